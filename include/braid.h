@@ -1,0 +1,10 @@
+/* braid.h — everything braid offers, one include.
+ * See README.md and docs/ for a tour; each header below opens with what its
+ * module is for and an example. */
+#ifndef BRAID_H
+#define BRAID_H
+#include <braid/common.h>
+#include <braid/loop.h>
+#include <braid/time.h>
+#include <braid/deferred.h>
+#endif

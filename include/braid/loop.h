@@ -1,0 +1,229 @@
+/* braid/loop.h — the event loop: explicit, one per thread, many per process.
+ *
+ * A braid_loop owns a poller backend (select, poll, epoll or io_uring, chosen
+ * at creation), a timer heap, a queue of calls posted from other threads and a
+ * queue of ready callbacks. One iteration (braid_loop_run_once) is exactly:
+ *
+ *   1. poll      wait for I/O; the timeout is 0 if anything below is ready,
+ *                else until the earliest timer, else forever;
+ *   2. I/O       run the callbacks of fd watchers reported ready;
+ *   3. timers    run the timers that are due (never early), in deadline order,
+ *                ties in the order they were started;
+ *   4. posted    run the calls posted from other threads (braid_loop_post)
+ *                that were queued when this phase began;
+ *   5. ready     run the same-thread callbacks queued with braid_loop_soon
+ *                (Deferred callbacks use this) that were queued when this
+ *                phase began; ones queued meanwhile run next iteration.
+ *
+ * Everything here is loop-affine: call it only on the loop's thread, except
+ * braid_loop_post(), braid_loop_post_node() and braid_loop_stop(), which any
+ * thread may call.
+ *
+ *     braid_loop *loop;
+ *     if (braid_loop_new(&loop, NULL) < 0) return 1;   // BRAID_BACKEND env picks
+ *     braid_watch w;
+ *     braid_watch_init(loop, &w, fd, on_readable, ctx);
+ *     braid_watch_set(&w, BRAID_READ);
+ *     braid_loop_run(loop);           // until stop, or nothing left to wait on
+ *     braid_watch_close(&w);
+ *     return braid_loop_destroy(loop) < 0;   // fails if anything is left open
+ *
+ * Ownership: the caller owns the loop and frees it with braid_loop_destroy,
+ * which refuses (BRAID_EBUSY, and logs each open handle) while a watcher,
+ * active timer, signal, posted call or other handle is still open — the leak
+ * gate every test ends with.
+ */
+#ifndef BRAID_LOOP_H
+#define BRAID_LOOP_H
+
+#include <braid/common.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef struct braid_loop braid_loop;
+typedef struct braid_clock braid_clock;
+
+/* ---- creation ------------------------------------------------------------- */
+typedef enum braid_backend {
+    BRAID_BACKEND_DEFAULT = 0,   /* $BRAID_BACKEND if set, else epoll (or poll off Linux) */
+    BRAID_BACKEND_SELECT,
+    BRAID_BACKEND_POLL,
+    BRAID_BACKEND_EPOLL,
+    BRAID_BACKEND_URING,         /* falls back to epoll if io_uring is unavailable,
+                                    unless BRAID_LOOP_STRICT_BACKEND is set */
+} braid_backend;
+
+enum {
+    BRAID_LOOP_STRICT_BACKEND = 1u << 0, /* fail with BRAID_ENOSYS instead of falling back */
+    BRAID_LOOP_NO_URING       = 1u << 1, /* never use io_uring (also: BRAID_NO_URING=1) */
+    BRAID_LOOP_NO_SIGNALS     = 1u << 2, /* reserved: do not touch the signal mask */
+};
+
+typedef void (*braid_log_fn)(void *ctx, braid_log_level level, const char *msg);
+
+typedef struct braid_loop_options {
+    braid_backend backend;
+    unsigned flags;
+    braid_clock *clock;          /* NULL: the real monotonic clock. Not owned. */
+    braid_log_fn log;            /* NULL: write to stderr */
+    void *log_ctx;
+} braid_loop_options;
+
+/* Create a loop. opts may be NULL. The env var BRAID_BACKEND=select|poll|epoll|
+ * uring overrides opts->backend when that is BRAID_BACKEND_DEFAULT. */
+BRAID_API int braid_loop_new(braid_loop **out, const braid_loop_options *opts);
+
+/* Destroy: BRAID_EBUSY (the loop stays valid; each open handle is logged) if
+ * anything is still open, else frees everything and returns 0. */
+BRAID_API int braid_loop_destroy(braid_loop *loop);
+
+/* Name of the backend in use: "select", "poll", "epoll" or "uring". */
+BRAID_API const char *braid_loop_backend(const braid_loop *loop);
+
+/* ---- running ------------------------------------------------------------------ */
+/* Run iterations until braid_loop_stop() or until nothing is alive (no active
+ * referenced watcher, timer, signal, hold, posted or ready call). Returns 0,
+ * or a negative code if the poller failed. */
+BRAID_API int braid_loop_run(braid_loop *loop);
+
+enum { BRAID_RUN_NOWAIT = 1u << 0 };  /* poll with timeout 0 */
+/* Exactly one iteration. Returns 1 if anything is still alive, 0 if not, <0 on
+ * a poller failure. */
+BRAID_API int braid_loop_run_once(braid_loop *loop, unsigned flags);
+
+/* Make braid_loop_run return after the current iteration. Thread-safe. */
+BRAID_API void braid_loop_stop(braid_loop *loop);
+
+/* Keep run() going while work is outstanding elsewhere (a pool job, a
+ * connect in flight): each hold must be released once. */
+BRAID_API void braid_loop_hold(braid_loop *loop);
+BRAID_API void braid_loop_release(braid_loop *loop);
+
+/* The time at the start of this iteration's timer phase (cached) and the
+ * clock read now, both in ns on the loop's clock. */
+BRAID_API uint64_t braid_loop_now(const braid_loop *loop);
+BRAID_API uint64_t braid_loop_now_fresh(braid_loop *loop);
+BRAID_API braid_clock *braid_loop_clock(braid_loop *loop);
+
+/* Iteration counter (starts at 0, +1 per run_once). */
+BRAID_API uint64_t braid_loop_iteration(const braid_loop *loop);
+
+/* ---- embedding (GLib and other loops) ------------------------------------------ */
+/* A file descriptor that becomes readable when the loop has something to do
+ * (epoll/io_uring fd; select/poll backends return BRAID_ENOSYS), and the
+ * timeout the next iteration would use in ns (BRAID_FOREVER if none). Drive
+ * the loop with braid_loop_run_once(loop, BRAID_RUN_NOWAIT) when it fires. */
+BRAID_API int braid_loop_backend_fd(const braid_loop *loop);
+BRAID_API uint64_t braid_loop_next_timeout(braid_loop *loop);
+
+/* ---- calls ----------------------------------------------------------------------- */
+typedef void (*braid_call_fn)(void *arg);
+
+/* Thread-safe: run fn(arg) on the loop's thread in the posted phase. Calls
+ * from one thread run in the order posted. Wakeups are batched: only the
+ * post that finds the queue empty writes the loop's eventfd. Allocates a
+ * node (BRAID_ENOMEM possible); see braid_loop_post_node to avoid it.
+ * A call posted after braid_loop_destroy began is a usage error. */
+BRAID_API int braid_loop_post(braid_loop *loop, braid_call_fn fn, void *arg);
+
+/* Allocation-free post with caller storage: the node must stay valid until
+ * fn runs; fn may free or reuse it. */
+typedef struct braid_post {
+    struct braid_post *next;
+    braid_call_fn fn;
+    void *arg;
+} braid_post;
+BRAID_API void braid_loop_post_node(braid_loop *loop, braid_post *node);
+
+/* Loop thread only: run fn(arg) in this or the next iteration's ready phase,
+ * in FIFO order. Caller-storage variant below; braid_loop_soon allocates. */
+typedef struct braid_soon {
+    struct braid_soon *next;
+    braid_call_fn fn;
+    void *arg;
+} braid_soon;
+BRAID_API int braid_loop_soon(braid_loop *loop, braid_call_fn fn, void *arg);
+BRAID_API void braid_loop_soon_node(braid_loop *loop, braid_soon *node);
+
+/* ---- fd watchers: IReactorFDSet, the lowest layer --------------------------------- */
+enum {
+    BRAID_READ  = 1u << 0,
+    BRAID_WRITE = 1u << 1,
+    BRAID_ERROR = 1u << 2,   /* reported with READ/WRITE on error or hang-up */
+    BRAID_HUP   = 1u << 3,
+};
+
+typedef struct braid_watch braid_watch;
+typedef void (*braid_watch_cb)(braid_watch *w, unsigned events, void *arg);
+
+/* Caller storage; fields are private. One watcher per fd per loop. */
+struct braid_watch {
+    braid_loop *loop;
+    braid_watch_cb cb;
+    void *arg;
+    int fd;
+    unsigned mask;       /* current interest */
+    uint32_t gen;        /* generation: stale-event guard */
+    unsigned flags;
+    struct braid_watch *pending_next; /* private */
+};
+
+/* Register fd (not taking ownership: close the fd yourself after closing the
+ * watcher). No interest yet. BRAID_EEXIST if fd already has a watcher. */
+BRAID_API int braid_watch_init(braid_loop *loop, braid_watch *w, int fd,
+                               braid_watch_cb cb, void *arg);
+/* Set interest to a mask of BRAID_READ|BRAID_WRITE (0 = none). */
+BRAID_API int braid_watch_set(braid_watch *w, unsigned mask);
+/* Unregister. Safe from any callback, including w's own; once it returns, no
+ * event is delivered for w even if already collected in this batch, and w's
+ * memory may be freed (a new watcher for the same fd number is safe too). */
+BRAID_API void braid_watch_close(braid_watch *w);
+/* A watcher with interest keeps run() alive unless unref'd. */
+BRAID_API void braid_watch_unref(braid_watch *w);
+
+/* ---- signals as loop events --------------------------------------------------- */
+typedef struct braid_signal braid_signal;
+typedef void (*braid_signal_cb)(braid_signal *s, int signo, void *arg);
+struct braid_signal {
+    braid_loop *loop;
+    braid_signal_cb cb;
+    void *arg;
+    int signo;
+    struct braid_signal *next;  /* private */
+    unsigned flags;
+};
+/* Deliver signo as a loop event (signalfd on Linux; a self-pipe elsewhere).
+ * Blocks signo in the calling thread; block it in other threads too (or create
+ * them after this) so the kernel queues it for the loop. Several braid_signal
+ * may watch one signo; each sees it. */
+BRAID_API int braid_signal_start(braid_loop *loop, braid_signal *s, int signo,
+                                 braid_signal_cb cb, void *arg);
+BRAID_API void braid_signal_stop(braid_signal *s);
+
+/* ---- handles: the leak gate ---------------------------------------------------- */
+/* Modules register long-lived objects so that braid_loop_destroy can refuse
+ * and name them. Users rarely call these directly. */
+typedef struct braid_handle {
+    struct braid_handle *prev, *next;
+    const char *kind;        /* "tcp", "pool", ... */
+    const char *name;        /* optional detail, may be NULL */
+} braid_handle;
+BRAID_API void braid_handle_open(braid_loop *loop, braid_handle *h, const char *kind);
+BRAID_API void braid_handle_close(braid_loop *loop, braid_handle *h);
+
+/* ---- logging ---------------------------------------------------------------- */
+BRAID_API void braid_log(braid_loop *loop, braid_log_level level, const char *fmt, ...)
+    BRAID_PRINTF(3, 4);
+
+/* Per-loop hook reached when a Deferred carrying an unconsumed failure is
+ * freed. Default: log it; debug builds (BRAID_DEBUG) abort after logging. */
+struct braid_failure;
+typedef void (*braid_unhandled_fn)(void *ctx, braid_loop *loop, const struct braid_failure *f);
+BRAID_API void braid_loop_set_unhandled(braid_loop *loop, braid_unhandled_fn fn, void *ctx);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

@@ -1,0 +1,149 @@
+/* Internal declarations shared by braid's modules (never installed).
+ * Internal symbols use the braid__ prefix. */
+#ifndef BRAID_INTERNAL_H
+#define BRAID_INTERNAL_H
+
+#include <braid/common.h>
+#include <braid/loop.h>
+#include <braid/time.h>
+#include <signal.h>
+#include <stdatomic.h>
+
+#define BRAID__UNUSED(x) ((void)(x))
+#define braid__container_of(ptr, type, member) \
+    ((type *)((char *)(ptr) - offsetof(type, member)))
+#define BRAID__LIKELY(x) __builtin_expect(!!(x), 1)
+#define BRAID__UNLIKELY(x) __builtin_expect(!!(x), 0)
+
+/* ---- poller backends (Redis ae's shape: a handful of small functions) ----------
+ * A backend reports readiness as (tag, events) pairs through
+ * braid__loop_push_event(); tag = gen << 32 | fd, so the loop can drop events
+ * for a watcher closed (or replaced) earlier in the same batch. */
+typedef struct braid__poller_ops {
+    const char *name;
+    int (*init)(braid_loop *loop);                 /* sets loop->pstate */
+    void (*destroy)(braid_loop *loop);
+    /* Change fd's interest from old_mask to new_mask (0 = remove). */
+    int (*update)(braid_loop *loop, int fd, unsigned old_mask, unsigned new_mask, uint64_t tag);
+    /* Wait up to timeout_ns (BRAID_FOREVER = no limit, 0 = don't block). */
+    int (*poll)(braid_loop *loop, uint64_t timeout_ns);
+    int (*backend_fd)(const braid_loop *loop);     /* or BRAID_ENOSYS */
+} braid__poller_ops;
+
+extern const braid__poller_ops braid__poller_select;
+extern const braid__poller_ops braid__poller_poll;
+extern const braid__poller_ops braid__poller_epoll;
+#ifdef BRAID_HAVE_URING
+extern const braid__poller_ops braid__poller_uring;
+/* Is io_uring usable on this kernel (probed once)? */
+bool braid__uring_available(void);
+#endif
+
+static inline uint64_t braid__tag(uint32_t gen, int fd) {
+    return ((uint64_t)gen << 32) | (uint32_t)fd;
+}
+
+typedef struct braid__event {
+    uint64_t tag;
+    unsigned events;        /* BRAID_READ | BRAID_WRITE | BRAID_ERROR | BRAID_HUP */
+} braid__event;
+
+/* Append one ready event (called by backends during poll). */
+int braid__loop_push_event(braid_loop *loop, uint64_t tag, unsigned events);
+
+/* ---- per-loop extension slots: module state that lives as long as the loop ----- */
+enum braid__slot {
+    BRAID__SLOT_DEFERRED,   /* deferred free list */
+    BRAID__SLOT_POOL,
+    BRAID__SLOT_FIBER,
+    BRAID__SLOT_STREAM,
+    BRAID__SLOT_HTTP,
+    BRAID__SLOT_TLS,
+    BRAID__SLOT_USER1,
+    BRAID__SLOT_USER2,
+    BRAID__NSLOTS
+};
+typedef struct braid__ext {
+    void *ptr;
+    void (*destroy)(braid_loop *loop, void *ptr);   /* run by braid_loop_destroy */
+} braid__ext;
+void *braid__loop_slot(braid_loop *loop, enum braid__slot s);
+void braid__loop_set_slot(braid_loop *loop, enum braid__slot s, void *ptr,
+                          void (*destroy)(braid_loop *, void *));
+
+/* ---- the loop ------------------------------------------------------------------ */
+enum {
+    BRAID__WATCH_OPEN  = 1u << 0,
+    BRAID__WATCH_UNREF = 1u << 1,
+    BRAID__WATCH_INTERNAL = 1u << 2,   /* not counted by the leak gate */
+};
+enum {
+    BRAID__TIMER_ACTIVE = 1u << 0,
+    BRAID__TIMER_UNREF  = 1u << 1,
+    BRAID__TIMER_OWNED  = 1u << 2,     /* allocated by braid_call_later */
+    BRAID__TIMER_RUNNING = 1u << 3,    /* owned timer inside its callback */
+};
+
+struct braid_loop {
+    const braid__poller_ops *poller;
+    void *pstate;
+    braid_clock *clock;
+    uint64_t now;                 /* cached at the timer phase */
+    uint64_t iteration;
+    unsigned flags;
+
+    /* fd table: fds[fd] is the open watcher for fd, or NULL */
+    braid_watch **fds;
+    size_t nfds;
+    uint32_t next_gen;
+    size_t watchers_open;         /* counted by the leak gate */
+    size_t watchers_alive;        /* open, with interest, referenced */
+
+    braid__event *events;         /* collected by the last poll */
+    size_t nevents, cap_events;
+
+    /* timers: 4-ary min-heap on (deadline, seq) */
+    braid_timer **heap;
+    size_t heap_len, heap_cap;
+    uint64_t timer_seq;
+    size_t timers_alive;          /* active and referenced */
+
+    /* posted from other threads: a Treiber stack, drained whole */
+    _Atomic(braid_post *) posted;
+    int wake_rfd, wake_wfd;       /* eventfd (same fd twice) or a pipe */
+    braid_watch wake_watch;
+    atomic_bool stop;
+    atomic_bool destroying;
+
+    /* ready callbacks (loop thread) */
+    braid_soon *soon_head, *soon_tail;
+
+    size_t holds;
+    braid_handle handles;         /* sentinel of the open-handle list */
+
+    /* signals */
+    int sigfd;
+    sigset_t sigmask;
+    braid_watch sig_watch;
+    braid_signal *signals;
+
+    braid_log_fn log;
+    void *log_ctx;
+    braid_unhandled_fn unhandled;
+    void *unhandled_ctx;
+
+    braid__ext ext[BRAID__NSLOTS];
+};
+
+/* Timer phase pieces, used by loop.c (timer.c owns the heap). */
+void braid__timers_run(braid_loop *loop, uint64_t now);
+uint64_t braid__timers_next_deadline(const braid_loop *loop);  /* UINT64_MAX if none */
+void braid__timers_destroy(braid_loop *loop);
+void braid__signals_close(braid_loop *loop);
+
+void braid__log(braid_loop *loop, braid_log_level level, const char *fmt, ...) BRAID_PRINTF(3, 4);
+
+/* Allocator internals for fault injection (alloc.c). */
+void braid__alloc_reset_injection(void);
+
+#endif

@@ -1,0 +1,544 @@
+/* The loop: creation, one precisely defined iteration, fd watchers, posted
+ * and ready calls, the handle registry and the leak gate.
+ *
+ * One iteration is poll -> I/O callbacks -> due timers -> posted calls ->
+ * ready calls (see <braid/loop.h>). Each phase runs only the work that was
+ * there when the phase began, so a flood in one phase cannot starve I/O. */
+#include "internal.h"
+#include <fcntl.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+#ifdef __linux__
+#include <sys/eventfd.h>
+#endif
+
+/* ---- logging ------------------------------------------------------------------ */
+static void default_log(void *ctx, braid_log_level level, const char *msg) {
+    static const char *const names[] = { "debug", "info", "warn", "error" };
+    (void)ctx;
+    fprintf(stderr, "braid[%s]: %s\n", names[level & 3], msg);
+}
+
+void braid__log(braid_loop *loop, braid_log_level level, const char *fmt, ...) {
+    char buf[1024];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(buf, sizeof buf, fmt, ap);
+    va_end(ap);
+    if (loop && loop->log) loop->log(loop->log_ctx, level, buf);
+    else default_log(NULL, level, buf);
+}
+
+void braid_log(braid_loop *loop, braid_log_level level, const char *fmt, ...) {
+    char buf[1024];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(buf, sizeof buf, fmt, ap);
+    va_end(ap);
+    if (loop && loop->log) loop->log(loop->log_ctx, level, buf);
+    else default_log(NULL, level, buf);
+}
+
+/* ---- backend choice ----------------------------------------------------------- */
+static braid_backend backend_from_env(void) {
+    const char *e = getenv("BRAID_BACKEND");
+    if (!e || !*e) return BRAID_BACKEND_DEFAULT;
+    if (!strcmp(e, "select")) return BRAID_BACKEND_SELECT;
+    if (!strcmp(e, "poll")) return BRAID_BACKEND_POLL;
+    if (!strcmp(e, "epoll")) return BRAID_BACKEND_EPOLL;
+    if (!strcmp(e, "uring") || !strcmp(e, "io_uring")) return BRAID_BACKEND_URING;
+    return (braid_backend)-1;
+}
+
+static const braid__poller_ops *pick_backend(braid_backend b, unsigned flags, int *err) {
+    *err = 0;
+    bool no_uring = (flags & BRAID_LOOP_NO_URING) ||
+                    (getenv("BRAID_NO_URING") && strcmp(getenv("BRAID_NO_URING"), "0"));
+    (void)no_uring;
+    switch (b) {
+    case BRAID_BACKEND_SELECT: return &braid__poller_select;
+    case BRAID_BACKEND_POLL: return &braid__poller_poll;
+    case BRAID_BACKEND_URING:
+#ifdef BRAID_HAVE_URING
+        if (!no_uring && braid__uring_available()) return &braid__poller_uring;
+#endif
+        if (flags & BRAID_LOOP_STRICT_BACKEND) { *err = BRAID_ENOSYS; return NULL; }
+        /* io_uring unavailable or turned off -> epoll */
+        __attribute__((fallthrough));
+    case BRAID_BACKEND_EPOLL:
+    case BRAID_BACKEND_DEFAULT:
+#ifdef __linux__
+        return &braid__poller_epoll;
+#else
+        return &braid__poller_poll;
+#endif
+    }
+    *err = BRAID_EINVAL;
+    return NULL;
+}
+
+/* ---- wakeup channel for posted calls ------------------------------------------ */
+static void wake_cb(braid_watch *w, unsigned events, void *arg) {
+    braid_loop *loop = arg;
+    (void)w; (void)events;
+    /* Drain the counter/pipe; the posted phase of this iteration runs the calls. */
+    uint64_t buf[16];
+    while (read(loop->wake_rfd, buf, sizeof buf) > 0 && loop->wake_rfd != loop->wake_wfd) {}
+}
+
+static int wake_open(braid_loop *loop) {
+#ifdef __linux__
+    int fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+    if (fd < 0) return -errno;
+    loop->wake_rfd = loop->wake_wfd = fd;
+#else
+    int p[2];
+    if (pipe(p) < 0) return -errno;
+    for (int i = 0; i < 2; i++) {
+        fcntl(p[i], F_SETFL, fcntl(p[i], F_GETFL) | O_NONBLOCK);
+        fcntl(p[i], F_SETFD, FD_CLOEXEC);
+    }
+    loop->wake_rfd = p[0]; loop->wake_wfd = p[1];
+#endif
+    return 0;
+}
+
+static void wake_close(braid_loop *loop) {
+    if (loop->wake_rfd >= 0) close(loop->wake_rfd);
+    if (loop->wake_wfd >= 0 && loop->wake_wfd != loop->wake_rfd) close(loop->wake_wfd);
+    loop->wake_rfd = loop->wake_wfd = -1;
+}
+
+static void wake_signal(braid_loop *loop) {
+#ifdef __linux__
+    uint64_t one = 1;
+    ssize_t r = write(loop->wake_wfd, &one, sizeof one);
+#else
+    char one = 1;
+    ssize_t r = write(loop->wake_wfd, &one, 1);
+#endif
+    (void)r;   /* EAGAIN: already signalled, which is all we need */
+}
+
+/* ---- create / destroy ---------------------------------------------------------- */
+int braid_loop_new(braid_loop **out, const braid_loop_options *opts) {
+    braid_loop_options o = { 0 };
+    if (!out) return BRAID_EINVAL;
+    *out = NULL;
+    if (opts) o = *opts;
+    braid_backend b = o.backend;
+    if (b == BRAID_BACKEND_DEFAULT) {
+        b = backend_from_env();
+        if ((int)b == -1) return BRAID_EINVAL;
+    }
+    int err;
+    const braid__poller_ops *ops = pick_backend(b, o.flags, &err);
+    if (!ops) return err;
+
+    braid_loop *loop = braid_calloc(1, sizeof *loop);
+    if (!loop) return BRAID_ENOMEM;
+    loop->poller = ops;
+    loop->clock = o.clock ? o.clock : braid_clock_monotonic();
+    loop->flags = o.flags;
+    loop->log = o.log;
+    loop->log_ctx = o.log_ctx;
+    loop->handles.next = loop->handles.prev = &loop->handles;
+    loop->wake_rfd = loop->wake_wfd = -1;
+    loop->sigfd = -1;
+    sigemptyset(&loop->sigmask);
+    loop->next_gen = 1;
+    atomic_init(&loop->posted, NULL);
+    atomic_init(&loop->stop, false);
+    atomic_init(&loop->destroying, false);
+
+    int rc = ops->init(loop);
+    if (rc < 0) { braid_free(loop); return rc; }
+    if ((rc = wake_open(loop)) < 0) goto fail;
+    if ((rc = braid_watch_init(loop, &loop->wake_watch, loop->wake_rfd, wake_cb, loop)) < 0)
+        goto fail;
+    loop->wake_watch.flags |= BRAID__WATCH_INTERNAL | BRAID__WATCH_UNREF;
+    loop->watchers_open--;
+    if ((rc = braid_watch_set(&loop->wake_watch, BRAID_READ)) < 0) {
+        loop->watchers_open++;
+        braid_watch_close(&loop->wake_watch);
+        goto fail;
+    }
+    loop->now = loop->clock->now(loop->clock);
+    *out = loop;
+    return 0;
+fail:
+    wake_close(loop);
+    ops->destroy(loop);
+    braid_free(loop->fds);
+    braid_free(loop->events);
+    braid_free(loop);
+    return rc;
+}
+
+/* The leak gate: name everything still open; true if anything is. */
+static bool report_open(braid_loop *loop) {
+    bool any = false;
+    if (loop->watchers_open) {
+        any = true;
+        for (size_t fd = 0; fd < loop->nfds; fd++) {
+            braid_watch *w = loop->fds[fd];
+            if (w && !(w->flags & BRAID__WATCH_INTERNAL))
+                braid__log(loop, BRAID_LOG_ERROR, "loop destroyed with fd watcher open (fd %zu)", fd);
+        }
+    }
+    if (loop->heap_len) {
+        any = true;
+        braid__log(loop, BRAID_LOG_ERROR, "loop destroyed with %zu active timer(s)", loop->heap_len);
+    }
+    if (loop->signals) {
+        any = true;
+        for (braid_signal *s = loop->signals; s; s = s->next)
+            braid__log(loop, BRAID_LOG_ERROR, "loop destroyed with signal watcher open (signal %d)",
+                       s->signo);
+    }
+    for (braid_handle *h = loop->handles.next; h != &loop->handles; h = h->next) {
+        any = true;
+        braid__log(loop, BRAID_LOG_ERROR, "loop destroyed with %s handle open%s%s", h->kind,
+                   h->name ? ": " : "", h->name ? h->name : "");
+    }
+    if (atomic_load(&loop->posted)) {
+        any = true;
+        braid__log(loop, BRAID_LOG_ERROR, "loop destroyed with posted calls not yet run");
+    }
+    if (loop->soon_head) {
+        any = true;
+        braid__log(loop, BRAID_LOG_ERROR, "loop destroyed with ready calls not yet run");
+    }
+    if (loop->holds) {
+        any = true;
+        braid__log(loop, BRAID_LOG_ERROR, "loop destroyed with %zu hold(s) not released", loop->holds);
+    }
+    return any;
+}
+
+int braid_loop_destroy(braid_loop *loop) {
+    if (!loop) return BRAID_EINVAL;
+    /* Module state (e.g. the Deferred free list) may report its own leaks. */
+    if (report_open(loop)) return BRAID_EBUSY;
+    atomic_store(&loop->destroying, true);
+    for (int i = BRAID__NSLOTS - 1; i >= 0; i--)
+        if (loop->ext[i].destroy) loop->ext[i].destroy(loop, loop->ext[i].ptr);
+    loop->watchers_open++;
+    braid_watch_close(&loop->wake_watch);
+    wake_close(loop);
+    braid__signals_close(loop);
+    braid__timers_destroy(loop);
+    loop->poller->destroy(loop);
+    braid_free(loop->fds);
+    braid_free(loop->events);
+    braid_free(loop);
+    return 0;
+}
+
+const char *braid_loop_backend(const braid_loop *loop) { return loop->poller->name; }
+int braid_loop_backend_fd(const braid_loop *loop) { return loop->poller->backend_fd(loop); }
+uint64_t braid_loop_now(const braid_loop *loop) { return loop->now; }
+uint64_t braid_loop_now_fresh(braid_loop *loop) { return loop->clock->now(loop->clock); }
+braid_clock *braid_loop_clock(braid_loop *loop) { return loop->clock; }
+uint64_t braid_loop_iteration(const braid_loop *loop) { return loop->iteration; }
+void braid_loop_hold(braid_loop *loop) { loop->holds++; }
+void braid_loop_release(braid_loop *loop) {
+    if (loop->holds == 0) { braid__log(loop, BRAID_LOG_ERROR, "braid_loop_release without hold"); abort(); }
+    loop->holds--;
+}
+void braid_loop_set_unhandled(braid_loop *loop, braid_unhandled_fn fn, void *ctx) {
+    loop->unhandled = fn;
+    loop->unhandled_ctx = ctx;
+}
+
+void *braid__loop_slot(braid_loop *loop, enum braid__slot s) { return loop->ext[s].ptr; }
+void braid__loop_set_slot(braid_loop *loop, enum braid__slot s, void *ptr,
+                          void (*destroy)(braid_loop *, void *)) {
+    loop->ext[s].ptr = ptr;
+    loop->ext[s].destroy = destroy;
+}
+
+/* ---- handles ------------------------------------------------------------------ */
+void braid_handle_open(braid_loop *loop, braid_handle *h, const char *kind) {
+    h->kind = kind;
+    h->next = loop->handles.next;
+    h->prev = &loop->handles;
+    loop->handles.next->prev = h;
+    loop->handles.next = h;
+}
+
+void braid_handle_close(braid_loop *loop, braid_handle *h) {
+    (void)loop;
+    if (!h->next) return;
+    h->prev->next = h->next;
+    h->next->prev = h->prev;
+    h->next = h->prev = NULL;
+}
+
+/* ---- fd watchers ---------------------------------------------------------------- */
+static int fds_reserve(braid_loop *loop, int fd) {
+    if ((size_t)fd < loop->nfds) return 0;
+    size_t n = loop->nfds ? loop->nfds : 64;
+    while (n <= (size_t)fd) n *= 2;
+    braid_watch **p = braid_realloc(loop->fds, n * sizeof *p);
+    if (!p) return BRAID_ENOMEM;
+    memset(p + loop->nfds, 0, (n - loop->nfds) * sizeof *p);
+    loop->fds = p;
+    loop->nfds = n;
+    return 0;
+}
+
+int braid_watch_init(braid_loop *loop, braid_watch *w, int fd, braid_watch_cb cb, void *arg) {
+    if (fd < 0 || !cb) return BRAID_EINVAL;
+    int rc = fds_reserve(loop, fd);
+    if (rc < 0) return rc;
+    if (loop->fds[fd]) return BRAID_EEXIST;
+    memset(w, 0, sizeof *w);
+    w->loop = loop;
+    w->cb = cb;
+    w->arg = arg;
+    w->fd = fd;
+    w->gen = loop->next_gen++;
+    if (loop->next_gen == 0) loop->next_gen = 1;
+    w->flags = BRAID__WATCH_OPEN;
+    loop->fds[fd] = w;
+    loop->watchers_open++;
+    return 0;
+}
+
+static bool watch_counts(const braid_watch *w) {
+    return w->mask && !(w->flags & BRAID__WATCH_UNREF);
+}
+
+int braid_watch_set(braid_watch *w, unsigned mask) {
+    if (!(w->flags & BRAID__WATCH_OPEN)) return BRAID_EINVAL;
+    braid_loop *loop = w->loop;
+    mask &= BRAID_READ | BRAID_WRITE;
+    if (mask == w->mask) return 0;
+    int rc = loop->poller->update(loop, w->fd, w->mask, mask, braid__tag(w->gen, w->fd));
+    if (rc < 0) return rc;
+    bool before = watch_counts(w);
+    w->mask = mask;
+    loop->watchers_alive += (size_t)watch_counts(w) - (size_t)before;
+    return 0;
+}
+
+void braid_watch_unref(braid_watch *w) {
+    if (w->flags & BRAID__WATCH_UNREF) return;
+    bool before = watch_counts(w);
+    w->flags |= BRAID__WATCH_UNREF;
+    if (before) w->loop->watchers_alive--;
+}
+
+void braid_watch_close(braid_watch *w) {
+    if (!(w->flags & BRAID__WATCH_OPEN)) return;
+    braid_loop *loop = w->loop;
+    if (w->mask) {
+        /* Removing may fail with EBADF if the user closed the fd first; the
+         * kernel already forgot it then, which is what we want. */
+        (void)loop->poller->update(loop, w->fd, w->mask, 0, braid__tag(w->gen, w->fd));
+        if (watch_counts(w)) loop->watchers_alive--;
+        w->mask = 0;
+    }
+    if ((size_t)w->fd < loop->nfds && loop->fds[w->fd] == w) loop->fds[w->fd] = NULL;
+    w->flags &= ~BRAID__WATCH_OPEN;
+    loop->watchers_open--;
+}
+
+int braid__loop_push_event(braid_loop *loop, uint64_t tag, unsigned events) {
+    if (loop->nevents == loop->cap_events) {
+        size_t n = loop->cap_events ? loop->cap_events * 2 : 256;
+        braid__event *p = braid_realloc(loop->events, n * sizeof *p);
+        if (!p) return BRAID_ENOMEM;
+        loop->events = p;
+        loop->cap_events = n;
+    }
+    loop->events[loop->nevents].tag = tag;
+    loop->events[loop->nevents].events = events;
+    loop->nevents++;
+    return 0;
+}
+
+/* Deliver collected events. The watcher is looked up by fd and checked by
+ * generation at delivery time, so a callback that closes another watcher (and
+ * even opens a new one on the same fd number) stops stale events for it. */
+static void dispatch_io(braid_loop *loop) {
+    for (size_t i = 0; i < loop->nevents; i++) {
+        uint64_t tag = loop->events[i].tag;
+        uint32_t fd = (uint32_t)tag;
+        if (fd >= loop->nfds) continue;
+        braid_watch *w = loop->fds[fd];
+        if (!w || w->gen != (uint32_t)(tag >> 32)) continue;   /* stale */
+        unsigned ev = loop->events[i].events;
+        if (ev & (BRAID_ERROR | BRAID_HUP)) ev |= w->mask;     /* wake whoever waits */
+        ev &= w->mask | BRAID_ERROR | BRAID_HUP;
+        if (!(ev & w->mask)) continue;
+        w->cb(w, ev, w->arg);
+    }
+    loop->nevents = 0;
+}
+
+/* ---- posted calls (any thread) ----------------------------------------------------- */
+void braid_loop_post_node(braid_loop *loop, braid_post *node) {
+    braid_post *head = atomic_load_explicit(&loop->posted, memory_order_relaxed);
+    do {
+        node->next = head;
+    } while (!atomic_compare_exchange_weak_explicit(&loop->posted, &head, node,
+                                                    memory_order_release, memory_order_relaxed));
+    /* Only the post that makes the queue non-empty wakes the loop: one
+     * eventfd write per batch however many calls follow it. */
+    if (head == NULL) wake_signal(loop);
+}
+
+typedef struct posted_call {
+    braid_post node;
+    braid_call_fn fn;
+    void *arg;
+} posted_call;
+
+static void posted_trampoline(void *p) {
+    posted_call *c = p;
+    braid_call_fn fn = c->fn;
+    void *arg = c->arg;
+    braid_free(c);
+    fn(arg);
+}
+
+int braid_loop_post(braid_loop *loop, braid_call_fn fn, void *arg) {
+    posted_call *c = braid_malloc(sizeof *c);
+    if (!c) return BRAID_ENOMEM;
+    c->fn = fn;
+    c->arg = arg;
+    c->node.fn = posted_trampoline;
+    c->node.arg = c;
+    braid_loop_post_node(loop, &c->node);
+    return 0;
+}
+
+static void run_posted(braid_loop *loop) {
+    if (!atomic_load_explicit(&loop->posted, memory_order_relaxed)) return;
+    braid_post *list = atomic_exchange_explicit(&loop->posted, NULL, memory_order_acquire);
+    /* The stack is newest-first; reverse it so each thread's calls run in order. */
+    braid_post *fifo = NULL;
+    while (list) {
+        braid_post *next = list->next;
+        list->next = fifo;
+        fifo = list;
+        list = next;
+    }
+    while (fifo) {
+        braid_post *next = fifo->next;   /* fn may free or reuse its node */
+        fifo->fn(fifo->arg);
+        fifo = next;
+    }
+}
+
+void braid_loop_stop(braid_loop *loop) {
+    atomic_store(&loop->stop, true);
+    wake_signal(loop);
+}
+
+/* ---- ready calls (loop thread) ------------------------------------------------------ */
+void braid_loop_soon_node(braid_loop *loop, braid_soon *node) {
+    node->next = NULL;
+    if (loop->soon_tail) loop->soon_tail->next = node;
+    else loop->soon_head = node;
+    loop->soon_tail = node;
+}
+
+typedef struct soon_call {
+    braid_soon node;
+    braid_call_fn fn;
+    void *arg;
+} soon_call;
+
+static void soon_trampoline(void *p) {
+    soon_call *c = p;
+    braid_call_fn fn = c->fn;
+    void *arg = c->arg;
+    braid_free(c);
+    fn(arg);
+}
+
+int braid_loop_soon(braid_loop *loop, braid_call_fn fn, void *arg) {
+    soon_call *c = braid_malloc(sizeof *c);
+    if (!c) return BRAID_ENOMEM;
+    c->fn = fn;
+    c->arg = arg;
+    c->node.fn = soon_trampoline;
+    c->node.arg = c;
+    braid_loop_soon_node(loop, &c->node);
+    return 0;
+}
+
+static void run_soon(braid_loop *loop) {
+    braid_soon *n = loop->soon_head;
+    loop->soon_head = loop->soon_tail = NULL;   /* new ones go to the next iteration */
+    while (n) {
+        braid_soon *next = n->next;
+        n->fn(n->arg);
+        n = next;
+    }
+}
+
+/* ---- running ------------------------------------------------------------------------ */
+static bool timers_alive(braid_loop *loop) {
+    if (!loop->timers_alive) return false;
+    if (!loop->clock->is_fake) return true;
+    /* Under a fake clock only a due timer is work: future ones wait for the test. */
+    return braid__timers_next_deadline(loop) <= loop->clock->now(loop->clock);
+}
+
+static bool loop_alive(braid_loop *loop) {
+    return loop->watchers_alive || loop->holds || loop->signals || loop->soon_head ||
+           atomic_load_explicit(&loop->posted, memory_order_relaxed) || timers_alive(loop);
+}
+
+static uint64_t poll_timeout(braid_loop *loop) {
+    if (loop->soon_head || atomic_load_explicit(&loop->posted, memory_order_relaxed) ||
+        atomic_load_explicit(&loop->stop, memory_order_relaxed))
+        return 0;
+    uint64_t d = braid__timers_next_deadline(loop);
+    if (d == UINT64_MAX) return BRAID_FOREVER;
+    uint64_t now = loop->clock->now(loop->clock);
+    if (d <= now) return 0;
+    if (loop->clock->is_fake) {
+        /* Fake time only moves when the test moves it: never sleep for a timer.
+         * Block only if there is real I/O (or a hold) that can wake us. */
+        return (loop->watchers_alive || loop->holds || loop->signals) ? BRAID_FOREVER : 0;
+    }
+    return d - now;
+}
+
+uint64_t braid_loop_next_timeout(braid_loop *loop) { return poll_timeout(loop); }
+
+int braid_loop_run_once(braid_loop *loop, unsigned flags) {
+    uint64_t timeout = (flags & BRAID_RUN_NOWAIT) ? 0 : poll_timeout(loop);
+    if (timeout == BRAID_FOREVER && !loop_alive(loop)) timeout = 0;
+    int rc = loop->poller->poll(loop, timeout);
+    if (rc < 0 && rc != -EINTR) {
+        loop->nevents = 0;
+        return rc;
+    }
+    dispatch_io(loop);
+    uint64_t now = loop->clock->now(loop->clock);
+    loop->now = now;
+    braid__timers_run(loop, now);
+    run_posted(loop);
+    run_soon(loop);
+    loop->iteration++;
+    return loop_alive(loop) ? 1 : 0;
+}
+
+int braid_loop_run(braid_loop *loop) {
+    int rc = 0;
+    while (!atomic_load_explicit(&loop->stop, memory_order_relaxed)) {
+        rc = braid_loop_run_once(loop, 0);
+        if (rc <= 0) break;
+    }
+    atomic_store(&loop->stop, false);
+    return rc < 0 ? rc : 0;
+}

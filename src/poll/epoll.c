@@ -1,0 +1,94 @@
+/* epoll backend (Linux). The event's data is the watcher's tag (generation
+ * << 32 | fd), never a pointer, so a stale event cannot reach freed memory.
+ * Waits use epoll_pwait2 (ns timeout, Linux 5.11) and fall back to
+ * epoll_wait with the timeout rounded up to whole ms, so we never wake early
+ * by rounding down. */
+#include "internal.h"
+#ifdef __linux__
+#include <stdlib.h>
+#include <sys/epoll.h>
+#include <sys/syscall.h>
+#include <time.h>
+#include <unistd.h>
+
+#define MAX_EVENTS 1024
+
+typedef struct epoll_state {
+    int epfd;
+    bool no_pwait2;
+    struct epoll_event ev[MAX_EVENTS];
+} epoll_state;
+
+static int ep_init(braid_loop *loop) {
+    epoll_state *s = braid_malloc(sizeof *s);
+    if (!s) return BRAID_ENOMEM;
+    s->epfd = epoll_create1(EPOLL_CLOEXEC);
+    if (s->epfd < 0) { int e = -errno; braid_free(s); return e; }
+    s->no_pwait2 = false;
+    loop->pstate = s;
+    return 0;
+}
+
+static void ep_destroy(braid_loop *loop) {
+    epoll_state *s = loop->pstate;
+    close(s->epfd);
+    braid_free(s);
+    loop->pstate = NULL;
+}
+
+static int ep_update(braid_loop *loop, int fd, unsigned old_mask, unsigned new_mask, uint64_t tag) {
+    epoll_state *s = loop->pstate;
+    struct epoll_event e = { 0 };
+    e.data.u64 = tag;
+    if (new_mask & BRAID_READ) e.events |= EPOLLIN | EPOLLRDHUP;
+    if (new_mask & BRAID_WRITE) e.events |= EPOLLOUT;
+    int op = !old_mask ? EPOLL_CTL_ADD : !new_mask ? EPOLL_CTL_DEL : EPOLL_CTL_MOD;
+    if (epoll_ctl(s->epfd, op, fd, &e) == 0) return 0;
+    int err = errno;
+    if (op == EPOLL_CTL_DEL && (err == EBADF || err == ENOENT)) return 0;  /* fd already gone */
+    if (op == EPOLL_CTL_MOD && err == ENOENT && epoll_ctl(s->epfd, EPOLL_CTL_ADD, fd, &e) == 0)
+        return 0;   /* the fd was closed and reopened under us: re-add */
+    return -err;
+}
+
+static int ep_poll(braid_loop *loop, uint64_t timeout_ns) {
+    epoll_state *s = loop->pstate;
+    int n;
+#ifdef SYS_epoll_pwait2
+    if (!s->no_pwait2 && timeout_ns != BRAID_FOREVER && timeout_ns != 0) {
+        struct timespec ts = { (time_t)(timeout_ns / 1000000000ull), (long)(timeout_ns % 1000000000ull) };
+        n = epoll_pwait2(s->epfd, s->ev, MAX_EVENTS, &ts, NULL);
+        if (n < 0 && errno == ENOSYS) { s->no_pwait2 = true; goto plain; }
+        goto got;
+    }
+plain:
+#endif
+    {
+        int ms;
+        if (timeout_ns == BRAID_FOREVER) ms = -1;
+        else if (timeout_ns >= (uint64_t)INT32_MAX * 1000000ull) ms = INT32_MAX;
+        else ms = (int)((timeout_ns + 999999) / 1000000);
+        n = epoll_wait(s->epfd, s->ev, MAX_EVENTS, ms);
+    }
+#ifdef SYS_epoll_pwait2
+got:
+#endif
+    if (n < 0) return errno == EINTR ? 0 : -errno;
+    for (int i = 0; i < n; i++) {
+        unsigned ev = 0, e = s->ev[i].events;
+        if (e & (EPOLLIN | EPOLLRDHUP | EPOLLPRI)) ev |= BRAID_READ;
+        if (e & EPOLLOUT) ev |= BRAID_WRITE;
+        if (e & EPOLLERR) ev |= BRAID_ERROR;
+        if (e & EPOLLHUP) ev |= BRAID_HUP;
+        int rc = braid__loop_push_event(loop, s->ev[i].data.u64, ev);
+        if (rc < 0) return rc;
+    }
+    return n;
+}
+
+static int ep_fd(const braid_loop *loop) { return ((epoll_state *)loop->pstate)->epfd; }
+
+const braid__poller_ops braid__poller_epoll = {
+    "epoll", ep_init, ep_destroy, ep_update, ep_poll, ep_fd,
+};
+#endif

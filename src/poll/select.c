@@ -1,0 +1,68 @@
+/* select(2) backend: the oldest multiplexer, for the survey and for systems
+ * with nothing better. fds >= FD_SETSIZE cannot be watched (BRAID_EINVAL). */
+#include "internal.h"
+#include <string.h>
+#include <sys/select.h>
+
+typedef struct select_state {
+    fd_set rfds, wfds;
+    int maxfd;
+    uint64_t tags[FD_SETSIZE];
+} select_state;
+
+static int sl_init(braid_loop *loop) {
+    select_state *s = braid_malloc(sizeof *s);
+    if (!s) return BRAID_ENOMEM;
+    FD_ZERO(&s->rfds);
+    FD_ZERO(&s->wfds);
+    s->maxfd = -1;
+    loop->pstate = s;
+    return 0;
+}
+
+static void sl_destroy(braid_loop *loop) {
+    braid_free(loop->pstate);
+    loop->pstate = NULL;
+}
+
+static int sl_update(braid_loop *loop, int fd, unsigned old_mask, unsigned new_mask, uint64_t tag) {
+    select_state *s = loop->pstate;
+    (void)old_mask;
+    if (fd >= FD_SETSIZE) return new_mask ? BRAID_EINVAL : 0;
+    if (new_mask & BRAID_READ) FD_SET(fd, &s->rfds); else FD_CLR(fd, &s->rfds);
+    if (new_mask & BRAID_WRITE) FD_SET(fd, &s->wfds); else FD_CLR(fd, &s->wfds);
+    s->tags[fd] = tag;
+    if (new_mask && fd > s->maxfd) s->maxfd = fd;
+    while (s->maxfd >= 0 && !FD_ISSET(s->maxfd, &s->rfds) && !FD_ISSET(s->maxfd, &s->wfds))
+        s->maxfd--;
+    return 0;
+}
+
+static int sl_poll(braid_loop *loop, uint64_t timeout_ns) {
+    select_state *s = loop->pstate;
+    fd_set r = s->rfds, w = s->wfds;
+    struct timeval tv, *tvp = NULL;
+    if (timeout_ns != BRAID_FOREVER) {
+        uint64_t us = (timeout_ns + 999) / 1000;     /* round up: never early */
+        tv.tv_sec = (time_t)(us / 1000000);
+        tv.tv_usec = (suseconds_t)(us % 1000000);
+        tvp = &tv;
+    }
+    int n = select(s->maxfd + 1, &r, &w, NULL, tvp);
+    if (n < 0) return errno == EINTR ? 0 : -errno;
+    for (int fd = 0; fd <= s->maxfd && n > 0; fd++) {
+        unsigned ev = 0;
+        if (FD_ISSET(fd, &r)) ev |= BRAID_READ;
+        if (FD_ISSET(fd, &w)) ev |= BRAID_WRITE;
+        if (!ev) continue;
+        int rc = braid__loop_push_event(loop, s->tags[fd], ev);
+        if (rc < 0) return rc;
+    }
+    return n;
+}
+
+static int sl_fd(const braid_loop *loop) { (void)loop; return BRAID_ENOSYS; }
+
+const braid__poller_ops braid__poller_select = {
+    "select", sl_init, sl_destroy, sl_update, sl_poll, sl_fd,
+};
