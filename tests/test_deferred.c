@@ -1,0 +1,612 @@
+/* Deferreds: every rule of <braid/deferred.h>, on the fake clock. */
+#include "harness.h"
+#include <braid/testing_deferred.h>
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+/* ---- fixtures -------------------------------------------------------------------- */
+typedef struct logcap {
+    int n;
+    int errors;
+    char last[1024];
+} logcap;
+static logcap g_log;
+static void cap_log(void *ctx, braid_log_level level, const char *msg) {
+    (void)ctx;
+    g_log.n++;
+    if (level == BRAID_LOG_ERROR) g_log.errors++;
+    snprintf(g_log.last, sizeof g_log.last, "%s", msg);
+}
+
+typedef struct unhandled_rec {
+    int n;
+    int code;
+    char file[256];
+    int line;
+    char func[64];
+    char text[1024];
+} unhandled_rec;
+static unhandled_rec g_unh;
+static void on_unhandled(void *ctx, braid_loop *loop, const braid_failure *f) {
+    (void)ctx; (void)loop;
+    g_unh.n++;
+    g_unh.code = f->code;
+    snprintf(g_unh.file, sizeof g_unh.file, "%s", f->file ? f->file : "");
+    snprintf(g_unh.func, sizeof g_unh.func, "%s", f->func ? f->func : "");
+    g_unh.line = f->line;
+    braid_failure_format(f, g_unh.text, sizeof g_unh.text);
+}
+
+static braid_fake_clock *fc;
+/* A loop on the fake clock whose log and unhandled-failure hook are captured. */
+static braid_loop *mkloop(void) {
+    memset(&g_log, 0, sizeof g_log);
+    memset(&g_unh, 0, sizeof g_unh);
+    fc = braid_fake_clock_new(0);
+    BT_TRUE(fc);
+    braid_loop_options o = { .clock = braid_fake_clock_base(fc), .log = cap_log };
+    braid_loop *loop = NULL;
+    BT_OK(braid_loop_new(&loop, &o));
+    braid_loop_set_unhandled(loop, on_unhandled, NULL);
+    return loop;
+}
+static void done(braid_loop *loop) {
+    BT_EQ(braid_deferred_live(loop), 0);
+    bt_loop_destroy(loop);
+    braid_fake_clock_free(fc);
+}
+
+/* A recorder: callbacks append what they saw. */
+typedef struct trace {
+    char s[256];
+    int n;
+} trace;
+static void tr(trace *t, const char *fmt, long v) {
+    char b[32];
+    snprintf(b, sizeof b, fmt, v);
+    strncat(t->s, b, sizeof t->s - strlen(t->s) - 1);
+    t->n++;
+}
+
+typedef struct step { trace *t; long add; int fail_code; } step;
+/* cb: value + add (a failure if fail_code), as an intptr. */
+static braid_result cb_add(braid_result r, void *arg) {
+    step *s = arg;
+    long v = (long)(intptr_t)r.value;
+    tr(s->t, "c%ld,", v);
+    if (s->fail_code) return braid_errf(s->fail_code, "step failed at %ld", v);
+    return braid_ok((void *)(intptr_t)(v + s->add));
+}
+/* eb: records the code; recovers with `add` unless fail_code (then passes on). */
+static braid_result eb_rec(braid_result r, void *arg) {
+    step *s = arg;
+    tr(s->t, "e%ld,", (long)r.failure->code);
+    if (s->fail_code) return r;
+    braid_result_drop(r);
+    return braid_ok((void *)(intptr_t)s->add);
+}
+
+static long value_of(braid_deferred *d) {
+    braid_result r = braid_expect_success(d);
+    long v = (long)(intptr_t)r.value;
+    braid_result_drop(r);
+    return v;
+}
+
+/* ---- basics ------------------------------------------------------------------------ */
+BT_TEST(fire_then_add_runs_at_once) {
+    braid_loop *loop = mkloop();
+    trace t = { 0 };
+    step s = { &t, 1, 0 };
+    braid_deferred *d = braid_deferred_new(loop);
+    BT_TRUE(d);
+    BT_FALSE(braid_deferred_called(d));
+    braid_expect_no_result(d);
+    BT_OK(braid_deferred_callback(d, (void *)(intptr_t)41, NULL));
+    BT_TRUE(braid_deferred_called(d));
+    BT_TRUE(braid_deferred_has_result(d));
+    BT_OK(braid_deferred_add_callback(d, cb_add, &s));
+    BT_STREQ(t.s, "c41,");
+    BT_EQ(value_of(d), 42);
+    braid_deferred_release(d);
+    done(loop);
+}
+
+BT_TEST(add_then_fire_in_order_and_tracks_switch) {
+    braid_loop *loop = mkloop();
+    trace t = { 0 };
+    step a = { &t, 1, 0 }, fail = { &t, 0, BRAID_EPIPE }, skipped = { &t, 100, 0 },
+         rec = { &t, 7, 0 }, b = { &t, 10, 0 };
+    braid_deferred *d = braid_deferred_new(loop);
+    BT_OK(braid_deferred_add_callbacks(d, cb_add, eb_rec, &a));      /* c1 -> 2 */
+    BT_OK(braid_deferred_add_callback(d, cb_add, &fail));            /* c2 -> EPIPE */
+    BT_OK(braid_deferred_add_callback(d, cb_add, &skipped));         /* skipped: failure */
+    BT_OK(braid_deferred_add_errback(d, eb_rec, &rec));              /* eEPIPE -> 7 */
+    BT_OK(braid_deferred_add_errback(d, eb_rec, &skipped));          /* skipped: success */
+    BT_OK(braid_deferred_add_both(d, cb_add, &b));                   /* c7 -> 17 */
+    braid_expect_no_result(d);
+    BT_EQ(t.n, 0);
+    BT_OK(braid_deferred_callback(d, (void *)(intptr_t)1, NULL));
+    char want[64];
+    snprintf(want, sizeof want, "c1,c2,e%d,c7,", BRAID_EPIPE);
+    BT_STREQ(t.s, want);
+    BT_EQ(value_of(d), 17);
+    braid_deferred_release(d);
+    done(loop);
+}
+
+static int g_freed;
+static void count_free(void *p) { g_freed++; braid_free(p); }
+
+BT_TEST(value_dtor_runs_once_when_released) {
+    braid_loop *loop = mkloop();
+    g_freed = 0;
+    braid_deferred *d = braid_deferred_new(loop);
+    BT_OK(braid_deferred_callback(d, braid_malloc(16), count_free));
+    BT_EQ(g_freed, 0);
+    braid_deferred_release(d);
+    BT_EQ(g_freed, 1);
+    /* braid_succeed: only the consumer reference */
+    d = braid_succeed(loop, braid_malloc(8), count_free);
+    BT_TRUE(braid_deferred_has_result(d));
+    braid_deferred_release(d);
+    BT_EQ(g_freed, 2);
+    done(loop);
+}
+
+BT_TEST(release_before_fire_keeps_it_alive_for_the_producer) {
+    braid_loop *loop = mkloop();
+    trace t = { 0 };
+    step s = { &t, 1, 0 };
+    braid_deferred *d = braid_deferred_new(loop);
+    BT_OK(braid_deferred_add_callback(d, cb_add, &s));
+    braid_deferred_release(d);                 /* consumer done */
+    BT_EQ(braid_deferred_live(loop), 1);       /* producer still holds it */
+    BT_OK(braid_deferred_callback(d, (void *)(intptr_t)5, NULL));
+    BT_STREQ(t.s, "c5,");
+    BT_EQ(braid_deferred_live(loop), 0);       /* freed after its callbacks ran */
+    done(loop);
+}
+
+BT_TEST(double_fire_is_a_reported_error) {
+    braid_loop *loop = mkloop();
+    g_freed = 0;
+    braid_deferred *d = braid_deferred_new(loop);
+    BT_OK(braid_deferred_callback(d, (void *)(intptr_t)1, NULL));
+    int errs = g_log.errors;
+    BT_ERR(braid_deferred_callback(d, braid_malloc(4), count_free), BRAID_EALREADY_CALLED);
+    BT_EQ(g_freed, 1);                          /* the second value was dropped */
+    BT_EQ(g_log.errors, errs + 1);
+    BT_TRUE(strstr(g_log.last, "fired twice") != NULL);
+    BT_ERR(braid_deferred_errback(d, braid_failure_new(BRAID_EPIPE, "late")),
+           BRAID_EALREADY_CALLED);
+    BT_EQ(value_of(d), 1);                      /* the first result stands */
+    BT_STREQ(braid_strerror(BRAID_EALREADY_CALLED), "Deferred already called");
+    braid_deferred_release(d);
+    BT_EQ(g_unh.n, 0);
+    done(loop);
+}
+
+BT_TEST(many_callbacks_spill_and_keep_order) {
+    braid_loop *loop = mkloop();
+    trace t = { 0 };
+    step s = { &t, 1, 0 };
+    braid_deferred *d = braid_deferred_new(loop);
+    for (int i = 0; i < 100; i++) BT_OK(braid_deferred_add_callback(d, cb_add, &s));
+    BT_OK(braid_deferred_callback(d, (void *)(intptr_t)0, NULL));
+    BT_EQ(t.n, 100);
+    BT_EQ(value_of(d), 100);
+    braid_deferred_release(d);
+    done(loop);
+}
+
+/* Ready path allocates nothing: already fired + callback, and new + callback + fire. */
+static braid_result pass(braid_result r, void *arg) { (void)arg; return r; }
+BT_TEST(ready_path_allocates_nothing) {
+    braid_loop *loop = mkloop();
+    braid_deferred *w = braid_deferred_new(loop);    /* warm the free list */
+    braid_deferred_callback(w, NULL, NULL);
+    braid_deferred_release(w);
+    long before = braid_test_alloc_count();
+    for (int i = 0; i < 1000; i++) {
+        braid_deferred *d = braid_deferred_new(loop);
+        braid_deferred_add_callback(d, pass, NULL);
+        braid_deferred_callback(d, (void *)(intptr_t)i, NULL);
+        braid_deferred_release(d);
+        braid_deferred *e = braid_succeed(loop, NULL, NULL);
+        braid_deferred_add_callbacks(e, pass, pass, NULL);
+        braid_deferred_add_callbacks(e, pass, pass, NULL);
+        braid_deferred_release(e);
+    }
+    BT_EQ(braid_test_alloc_count() - before, 0);
+    done(loop);
+}
+
+/* ---- chaining ------------------------------------------------------------------------ */
+static braid_result return_chain(braid_result r, void *arg) {
+    braid_result_drop(r);
+    return braid_chain((braid_deferred *)arg);
+}
+
+BT_TEST(chain_waits_for_inner) {
+    braid_loop *loop = mkloop();
+    trace t = { 0 };
+    step s = { &t, 1, 0 };
+    braid_deferred *inner = braid_deferred_new(loop);
+    braid_deferred *outer = braid_deferred_new(loop);
+    BT_OK(braid_deferred_add_callback(outer, return_chain, inner));  /* takes inner's consumer ref */
+    BT_OK(braid_deferred_add_callback(outer, cb_add, &s));
+    BT_OK(braid_deferred_callback(outer, NULL, NULL));
+    BT_TRUE(braid_deferred_called(outer));
+    braid_expect_no_result(outer);                  /* waiting on inner */
+    BT_EQ(t.n, 0);
+    BT_OK(braid_deferred_callback(inner, (void *)(intptr_t)9, NULL));
+    BT_STREQ(t.s, "c9,");
+    BT_EQ(value_of(outer), 10);
+    braid_deferred_release(outer);
+    done(loop);
+}
+
+BT_TEST(chain_to_already_fired_takes_its_result) {
+    braid_loop *loop = mkloop();
+    braid_deferred *inner = braid_fail(loop, braid_failure_new(BRAID_EPIPE, "inner"));
+    braid_deferred *outer = braid_deferred_new(loop);
+    BT_OK(braid_deferred_add_callback(outer, return_chain, inner));
+    BT_OK(braid_deferred_callback(outer, NULL, NULL));
+    braid_failure *f = braid_expect_failure(outer, BRAID_EPIPE);
+    BT_STREQ(f->message, "inner");
+    braid_failure_free(f);
+    braid_deferred_release(outer);
+    BT_EQ(g_unh.n, 0);
+    done(loop);
+}
+
+BT_TEST(fire_with_a_chain) {
+    braid_loop *loop = mkloop();
+    braid_deferred *inner = braid_deferred_new(loop);
+    braid_deferred *d = braid_deferred_new(loop);
+    BT_OK(braid_deferred_fire(d, braid_chain(inner)));
+    braid_expect_no_result(d);
+    BT_OK(braid_deferred_callback(inner, (void *)(intptr_t)3, NULL));
+    BT_EQ(value_of(d), 3);
+    braid_deferred_release(d);
+    done(loop);
+}
+
+static braid_result return_self(braid_result r, void *arg) {
+    braid_result_drop(r);
+    return braid_chain((braid_deferred *)arg);
+}
+BT_TEST(callback_returning_its_own_deferred_fails_it) {
+    braid_loop *loop = mkloop();
+    braid_deferred *d = braid_deferred_new(loop);
+    braid_deferred_ref(d);   /* the reference braid_chain hands over */
+    BT_OK(braid_deferred_add_callback(d, return_self, d));
+    BT_OK(braid_deferred_callback(d, NULL, NULL));
+    braid_failure *f = braid_expect_failure(d, BRAID_EINVAL);
+    braid_failure_free(f);
+    braid_deferred_release(d);
+    done(loop);
+}
+
+/* d[i]'s callback returns d[i+1]: firing the last unwinds a million levels. */
+BT_TEST(million_deep_chain_uses_constant_stack) {
+    braid_loop *loop = mkloop();
+    enum { N = 1000000 };
+    braid_deferred **ds = malloc(N * sizeof *ds);
+    BT_TRUE(ds);
+    for (int i = 0; i < N; i++) ds[i] = braid_deferred_new(loop);
+    for (int i = 0; i + 1 < N; i++) {
+        BT_OK(braid_deferred_add_callback(ds[i], return_chain, ds[i + 1]));
+        BT_OK(braid_deferred_callback(ds[i], NULL, NULL));   /* waits on ds[i+1] */
+    }
+    braid_expect_no_result(ds[0]);
+    BT_EQ(braid_deferred_live(loop), N);
+    BT_OK(braid_deferred_callback(ds[N - 1], (void *)(intptr_t)77, NULL));
+    BT_EQ(value_of(ds[0]), 77);
+    BT_EQ(braid_deferred_live(loop), 1);          /* only ds[0]: the chain let go of the rest */
+    braid_deferred_release(ds[0]);
+    free(ds);
+    done(loop);
+}
+
+/* The other shape: each callback returns an already-fired Deferred, a million times. */
+static braid_result return_fired(braid_result r, void *arg) {
+    braid_loop *loop = arg;
+    return braid_chain(braid_succeed(loop, (void *)((intptr_t)r.value + 1), NULL));
+}
+BT_TEST(million_callbacks_returning_fired_deferreds) {
+    braid_loop *loop = mkloop();
+    braid_deferred *d = braid_deferred_new(loop);
+    for (int i = 0; i < 1000000; i++) BT_OK(braid_deferred_add_callback(d, return_fired, loop));
+    BT_OK(braid_deferred_callback(d, (void *)(intptr_t)0, NULL));
+    BT_EQ(value_of(d), 1000000);
+    braid_deferred_release(d);
+    done(loop);
+}
+
+/* ---- pause ------------------------------------------------------------------------------- */
+BT_TEST(pause_holds_callbacks_until_unpaused) {
+    braid_loop *loop = mkloop();
+    trace t = { 0 };
+    step s = { &t, 1, 0 };
+    braid_deferred *d = braid_deferred_new(loop);
+    braid_deferred_pause(d);
+    braid_deferred_pause(d);
+    BT_OK(braid_deferred_add_callback(d, cb_add, &s));
+    BT_OK(braid_deferred_callback(d, (void *)(intptr_t)1, NULL));
+    BT_EQ(t.n, 0);
+    braid_expect_no_result(d);
+    BT_OK(braid_deferred_add_callback(d, cb_add, &s));
+    braid_deferred_unpause(d);
+    BT_EQ(t.n, 0);
+    braid_deferred_unpause(d);
+    BT_STREQ(t.s, "c1,c2,");
+    BT_EQ(value_of(d), 3);
+    braid_deferred_unpause(d);                 /* unbalanced: logged, harmless */
+    BT_TRUE(strstr(g_log.last, "without a pause") != NULL);
+    braid_deferred_release(d);
+    done(loop);
+}
+
+/* ---- cancellation ---------------------------------------------------------------------- */
+BT_TEST(cancel_without_canceller_errbacks_and_ignores_late_fire) {
+    braid_loop *loop = mkloop();
+    g_freed = 0;
+    braid_deferred *d = braid_deferred_new(loop);
+    braid_deferred_cancel(d);
+    braid_failure *f = braid_expect_failure(d, BRAID_ECANCELED);
+    braid_failure_free(f);
+    braid_deferred_release(d);                  /* consumer gone; producer still holds it */
+    BT_EQ(braid_deferred_live(loop), 1);
+    int errs = g_log.errors;
+    BT_OK(braid_deferred_callback(d, braid_malloc(4), count_free));  /* late: silent */
+    BT_EQ(g_log.errors, errs);
+    BT_EQ(g_freed, 1);
+    done(loop);
+}
+
+typedef struct cstate { int calls; bool fire; } cstate;
+static void canceller(braid_deferred *d, void *arg) {
+    cstate *c = arg;
+    c->calls++;
+    if (c->fire) braid_deferred_callback(d, (void *)(intptr_t)123, NULL);
+}
+BT_TEST(cancel_with_canceller) {
+    braid_loop *loop = mkloop();
+    cstate c = { 0, false };
+    braid_deferred *d = braid_deferred_new_cancellable(loop, canceller, &c);
+    braid_deferred_cancel(d);
+    BT_EQ(c.calls, 1);
+    braid_failure_free(braid_expect_failure(d, BRAID_ECANCELED));
+    braid_deferred_cancel(d);                    /* fired: ignored */
+    BT_EQ(c.calls, 1);
+    braid_deferred_release(d);
+    BT_EQ(braid_deferred_live(loop), 0);         /* the canceller released the producer */
+
+    cstate c2 = { 0, true };                     /* a canceller that fires with its own value */
+    d = braid_deferred_new_cancellable(loop, canceller, &c2);
+    braid_deferred_cancel(d);
+    BT_EQ(value_of(d), 123);
+    braid_deferred_release(d);
+    done(loop);
+}
+
+BT_TEST(cancel_reaches_through_chains) {
+    braid_loop *loop = mkloop();
+    cstate c = { 0, false };
+    trace t = { 0 };
+    step s = { &t, 0, BRAID_ECANCELED };
+    braid_deferred *leaf = braid_deferred_new_cancellable(loop, canceller, &c);
+    braid_deferred *mid = braid_deferred_new(loop);
+    braid_deferred *top = braid_deferred_new(loop);
+    BT_OK(braid_deferred_add_callback(mid, return_chain, leaf));
+    BT_OK(braid_deferred_callback(mid, NULL, NULL));
+    BT_OK(braid_deferred_add_callback(top, return_chain, mid));
+    BT_OK(braid_deferred_add_errback(top, eb_rec, &s));
+    BT_OK(braid_deferred_callback(top, NULL, NULL));
+    braid_deferred_cancel(top);
+    BT_EQ(c.calls, 1);
+    char want[32];
+    snprintf(want, sizeof want, "e%d,", BRAID_ECANCELED);
+    BT_STREQ(t.s, want);
+    braid_failure_free(braid_expect_failure(top, BRAID_ECANCELED));
+    braid_deferred_release(top);
+    done(loop);
+}
+
+/* ---- the unconsumed-failure rule ----------------------------------------------------------- */
+BT_TEST(unconsumed_failure_reported_with_origin) {
+    braid_loop *loop = mkloop();
+    braid_deferred *d = braid_deferred_new(loop);
+    int line = __LINE__ + 1;
+    braid_failure *f = braid_failure_new(BRAID_EPIPE, "the peer went away (%d)", 7);
+    BT_OK(braid_deferred_errback(d, f));
+    BT_EQ(g_unh.n, 0);
+    braid_deferred_release(d);
+    BT_EQ(g_unh.n, 1);
+    BT_EQ(g_unh.code, BRAID_EPIPE);
+    BT_EQ(g_unh.line, line);
+    BT_TRUE(strstr(g_unh.file, "test_deferred.c") != NULL);
+    BT_STREQ(g_unh.func, "bt_case_unconsumed_failure_reported_with_origin");
+    BT_TRUE(strstr(g_unh.text, "the peer went away (7)") != NULL);
+    /* consumed by an errback: no report */
+    trace t = { 0 };
+    step s = { &t, 0, 0 };
+    d = braid_deferred_new(loop);
+    braid_deferred_add_errback(d, eb_rec, &s);
+    braid_deferred_errback(d, braid_failure_new(BRAID_EPIPE, NULL));
+    braid_deferred_release(d);
+    BT_EQ(g_unh.n, 1);
+    done(loop);
+}
+
+BT_TEST(unconsumed_failure_default_logs_origin) {
+    /* The default hook logs (and aborts in BRAID_DEBUG builds: checked in a child). */
+    memset(&g_log, 0, sizeof g_log);
+    braid_loop_options o = { .log = cap_log };
+    braid_loop *loop = NULL;
+    BT_OK(braid_loop_new(&loop, &o));
+    fflush(stderr);
+    pid_t pid = fork();
+    if (pid == 0) {
+        braid_deferred *d = braid_fail(loop, braid_failure_new(BRAID_EPIPE, "lost"));
+        braid_deferred_release(d);
+        /* reached only without BRAID_DEBUG */
+        _exit(g_log.errors == 1 && strstr(g_log.last, "lost") && strstr(g_log.last, "test_deferred.c") ? 0 : 1);
+    }
+    int st = 0;
+    BT_EQ(waitpid(pid, &st, 0), pid);
+#ifdef BRAID_DEBUG
+    BT_TRUE(WIFSIGNALED(st) && WTERMSIG(st) == SIGABRT);
+#else
+    BT_TRUE(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+#endif
+    bt_loop_destroy(loop);
+}
+
+/* ---- failures ---------------------------------------------------------------------------- */
+BT_TEST(failure_wrap_and_format) {
+    braid_failure *inner = braid_failure_new(BRAID_ECONNRESET, "reset by %s", "peer");
+    braid_failure *outer = braid_failure_wrap(inner, BRAID_EHTTP, "request %d failed", 3);
+    BT_TRUE(outer->cause == inner);
+    char buf[512];
+    size_t n = braid_failure_format(outer, buf, sizeof buf);
+    BT_EQ(n, strlen(buf));
+    BT_TRUE(strstr(buf, "request 3 failed: HTTP protocol error") == buf);
+    BT_TRUE(strstr(buf, "; caused by: reset by peer") != NULL);
+    BT_TRUE(strstr(buf, "test_deferred.c:") != NULL);
+    char small[8];
+    BT_EQ(braid_failure_format(outer, small, sizeof small), n);   /* snprintf rules */
+    BT_EQ(strlen(small), 7);
+    braid_failure_free(outer);
+    /* no message */
+    braid_failure *f = braid_failure_new(BRAID_ETIMEDOUT, NULL);
+    BT_TRUE(f->message == NULL);
+    braid_failure_format(f, buf, sizeof buf);
+    BT_TRUE(strstr(buf, "timed out") != NULL);
+    braid_failure_free(f);
+}
+
+BT_TEST(failure_under_oom_keeps_its_code) {
+    braid_test_fail_alloc_after(1, true);
+    braid_failure *f = braid_failure_new(BRAID_ECANCELED, "x %d", 1);
+    braid_failure *g = braid_failure_new(BRAID_EPIPE, "y");
+    braid_failure *h = braid_failure_wrap(braid_failure_new(BRAID_ETIMEDOUT, NULL), BRAID_ECANCELED, "z");
+    braid_test_fail_alloc_after(0, false);
+    BT_EQ(f->code, BRAID_ECANCELED);
+    BT_EQ(g->code, BRAID_ENOMEM);
+    BT_EQ(h->code, BRAID_ECANCELED);
+    BT_TRUE(h->cause == NULL);
+    braid_failure_free(f);
+    braid_failure_free(g);
+    braid_failure_free(h);
+}
+
+/* ---- leak gate ----------------------------------------------------------------------------- */
+BT_TEST(leak_gate_refuses_unfired_deferred) {
+    braid_loop *loop = mkloop();
+    braid_deferred *d = braid_deferred_new(loop);
+    braid_deferred_release(d);
+    BT_ERR(braid_loop_destroy(loop), BRAID_EBUSY);
+    BT_TRUE(strstr(g_log.last, "1 Deferred(s) alive (1 never fired)") != NULL);
+    BT_OK(braid_deferred_callback(d, NULL, NULL));
+    done(loop);
+}
+
+/* ---- test helpers ------------------------------------------------------------------------ */
+static int g_expect_fails;
+static char g_expect_msg[1024];
+static void expect_handler(void *ctx, const char *file, int line, const char *msg) {
+    (void)ctx; (void)file; (void)line;
+    g_expect_fails++;
+    snprintf(g_expect_msg, sizeof g_expect_msg, "%s", msg);
+}
+BT_TEST(expect_helpers_report_mismatches) {
+    braid_loop *loop = mkloop();
+    braid_expect_set_handler(expect_handler, NULL);
+    g_expect_fails = 0;
+    braid_deferred *d = braid_deferred_new(loop);
+    braid_result r = braid_expect_success(d);
+    BT_EQ(g_expect_fails, 1);
+    BT_TRUE(r.value == NULL && r.failure == NULL);
+    BT_TRUE(strstr(g_expect_msg, "never fired") != NULL);
+    BT_TRUE(braid_expect_failure(d, 0) == NULL);
+    BT_EQ(g_expect_fails, 2);
+    braid_deferred_errback(d, braid_failure_new(BRAID_EPIPE, "boom"));
+    braid_expect_no_result(d);
+    BT_EQ(g_expect_fails, 3);
+    BT_TRUE(strstr(g_expect_msg, "boom") != NULL);
+    braid_expect_success(d);
+    BT_EQ(g_expect_fails, 4);
+    BT_TRUE(braid_expect_failure(d, BRAID_ETIMEDOUT) == NULL);   /* wrong code */
+    BT_EQ(g_expect_fails, 5);
+    braid_failure *f = braid_expect_failure(d, BRAID_EPIPE);
+    BT_EQ(g_expect_fails, 5);
+    braid_failure_free(f);
+    braid_expect_set_handler(NULL, NULL);
+    braid_deferred_release(d);
+    BT_EQ(g_unh.n, 0);                          /* taken = consumed */
+    done(loop);
+}
+
+/* ---- allocation-failure walk --------------------------------------------------------------- */
+/* Core scenario: new, 6 callbacks (spills), a chain, a timeout, fire, release.
+ * Under each injected failure it must report an error or complete, and leak nothing. */
+static int core_scenario(void) {
+    braid_loop *loop = NULL;
+    braid_loop_options o = { .clock = braid_fake_clock_base(fc), .log = cap_log };
+    int rc = braid_loop_new(&loop, &o);
+    if (rc < 0) return rc;
+    braid_loop_set_unhandled(loop, on_unhandled, NULL);
+    trace t = { 0 };
+    step s = { &t, 1, 0 };
+    rc = 0;
+    braid_deferred *d = braid_deferred_new(loop);
+    braid_deferred *inner = braid_deferred_new(loop);
+    if (!d || !inner) {
+        rc = BRAID_ENOMEM;
+        if (d) { braid_deferred_callback(d, NULL, NULL); braid_deferred_release(d); }
+        if (inner) { braid_deferred_callback(inner, NULL, NULL); braid_deferred_release(inner); }
+        goto out;
+    }
+    for (int i = 0; i < 6 && rc == 0; i++) rc = braid_deferred_add_callback(d, cb_add, &s);
+    if (rc == 0) rc = braid_deferred_add_timeout(d, 100);
+    if (rc == 0) {
+        rc = braid_deferred_add_callback(d, return_chain, inner);
+        if (rc < 0) braid_deferred_release(inner);
+    } else {
+        braid_deferred_release(inner);
+    }
+    braid_deferred_callback(d, (void *)(intptr_t)0, NULL);
+    braid_deferred_callback(inner, (void *)(intptr_t)5, NULL);   /* the producer fires either way */
+    if (braid_deferred_has_result(d)) {
+        braid_result r;
+        braid_deferred_take(d, &r);
+        braid_result_drop(r);
+    }
+    braid_deferred_release(d);
+out:
+    if (braid_loop_destroy(loop) < 0) return -9999;
+    return rc;
+}
+
+BT_TEST(allocation_failure_walk) {
+    fc = braid_fake_clock_new(0);
+    long base = braid_test_alloc_outstanding();
+    int failures_seen = 0;
+    for (long n = 1; n < 200; n++) {
+        braid_test_fail_alloc_after(n, false);
+        int rc = core_scenario();
+        bool failed = braid_test_alloc_failed();
+        braid_test_fail_alloc_after(0, false);
+        BT_NE(rc, -9999);                                    /* the leak gate held */
+        BT_EQ(braid_test_alloc_outstanding(), base);
+        if (!failed) { BT_OK(rc); break; }
+        if (rc < 0) { BT_ERR(rc, BRAID_ENOMEM); failures_seen++; }
+    }
+    BT_GT(failures_seen, 0);
+    BT_EQ(g_unh.n, 0);
+    braid_fake_clock_free(fc);
+}
