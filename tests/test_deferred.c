@@ -610,3 +610,500 @@ BT_TEST(allocation_failure_walk) {
     BT_EQ(g_unh.n, 0);
     braid_fake_clock_free(fc);
 }
+
+/* ---- use after release is caught, never silent ------------------------------------------- */
+BT_TEST(use_after_release_aborts) {
+    braid_loop *loop = mkloop();
+    fflush(stderr);
+    pid_t pid = fork();
+    if (pid == 0) {
+        braid_deferred *d = braid_succeed(loop, NULL, NULL);
+        braid_deferred_release(d);
+        braid_deferred_callback(d, NULL, NULL);   /* freed: must abort (or ASan report) */
+        _exit(0);
+    }
+    int st = 0;
+    BT_EQ(waitpid(pid, &st, 0), pid);
+    BT_FALSE(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+    done(loop);
+}
+
+/* ---- timeouts on the fake clock ------------------------------------------------------------ */
+BT_TEST(timeout_turns_cancel_into_etimedout) {
+    braid_loop *loop = mkloop();
+    braid_deferred *d = braid_deferred_new(loop);
+    BT_OK(braid_deferred_add_timeout(d, BRAID_MSEC(100)));
+    BT_EQ(braid_loop_timer_count(loop), 1);
+    BT_OK(braid_loop_advance(loop, BRAID_MSEC(100) - 1));
+    braid_expect_no_result(d);
+    BT_OK(braid_loop_advance(loop, 1));
+    braid_failure *f = braid_expect_failure(d, BRAID_ETIMEDOUT);
+    BT_TRUE(f->cause && f->cause->code == BRAID_ECANCELED);
+    braid_failure_free(f);
+    BT_EQ(braid_loop_timer_count(loop), 0);
+    braid_deferred_release(d);
+    BT_OK(braid_deferred_callback(d, NULL, NULL));   /* the producer, late: ignored */
+    done(loop);
+}
+
+BT_TEST(timeout_stops_when_fired_first) {
+    braid_loop *loop = mkloop();
+    braid_deferred *d = braid_deferred_new(loop);
+    BT_OK(braid_deferred_add_timeout(d, BRAID_MSEC(100)));
+    BT_OK(braid_loop_advance(loop, BRAID_MSEC(50)));
+    BT_OK(braid_deferred_callback(d, (void *)(intptr_t)8, NULL));
+    BT_EQ(braid_loop_timer_count(loop), 0);
+    BT_OK(braid_loop_advance(loop, BRAID_MSEC(100)));
+    BT_EQ(value_of(d), 8);
+    BT_OK(braid_deferred_add_timeout(d, 5));       /* already has its result: nothing to do */
+    BT_EQ(braid_loop_timer_count(loop), 0);
+    braid_deferred_release(d);
+    done(loop);
+}
+
+BT_TEST(timeout_uses_the_canceller_and_reaches_chains) {
+    braid_loop *loop = mkloop();
+    cstate c = { 0, false };
+    braid_deferred *leaf = braid_deferred_new_cancellable(loop, canceller, &c);
+    braid_deferred *d = braid_deferred_new(loop);
+    BT_OK(braid_deferred_add_callback(d, return_chain, leaf));
+    BT_OK(braid_deferred_callback(d, NULL, NULL));        /* d waits on leaf */
+    BT_OK(braid_deferred_add_timeout(d, BRAID_SECONDS(1)));
+    BT_OK(braid_loop_advance(loop, BRAID_SECONDS(1)));
+    BT_EQ(c.calls, 1);
+    braid_failure_free(braid_expect_failure(d, BRAID_ETIMEDOUT));
+    braid_deferred_release(d);
+    done(loop);
+}
+
+BT_TEST(plain_cancel_with_timeout_stays_ecanceled) {
+    braid_loop *loop = mkloop();
+    braid_deferred *d = braid_deferred_new(loop);
+    BT_OK(braid_deferred_add_timeout(d, BRAID_SECONDS(1)));
+    braid_deferred_cancel(d);
+    braid_failure_free(braid_expect_failure(d, BRAID_ECANCELED));
+    BT_EQ(braid_loop_timer_count(loop), 0);
+    braid_deferred_release(d);
+    BT_OK(braid_deferred_callback(d, NULL, NULL));
+    done(loop);
+}
+
+/* ---- combinators ------------------------------------------------------------------------ */
+static long rv(const braid_results *res, size_t i) { return (long)(intptr_t)res->r[i].value; }
+
+BT_TEST(gather_results_in_order) {
+    braid_loop *loop = mkloop();
+    braid_deferred *m[3], *ret[3];
+    for (int i = 0; i < 3; i++) ret[i] = m[i] = braid_deferred_new(loop);
+    braid_deferred *g = braid_gather(loop, m, 3, BRAID_GATHER_FAIL_FAST);
+    BT_TRUE(g);
+    braid_deferred_callback(ret[2], (void *)(intptr_t)30, NULL);
+    braid_deferred_callback(ret[0], (void *)(intptr_t)10, NULL);
+    braid_expect_no_result(g);
+    braid_deferred_callback(ret[1], (void *)(intptr_t)20, NULL);
+    braid_result r = braid_expect_success(g);
+    braid_results *res = r.value;
+    BT_TRUE(r.dtor == braid_results_free);
+    BT_EQ(res->n, 3); BT_EQ(res->nfailed, 0);
+    BT_EQ(rv(res, 0), 10); BT_EQ(rv(res, 1), 20); BT_EQ(rv(res, 2), 30);
+    braid_result_drop(r);
+    braid_deferred_release(g);
+    /* empty, and already-fired members */
+    g = braid_gather(loop, NULL, 0, 0);
+    r = braid_expect_success(g);
+    BT_EQ(((braid_results *)r.value)->n, 0);
+    braid_result_drop(r);
+    braid_deferred_release(g);
+    m[0] = braid_succeed(loop, (void *)(intptr_t)1, NULL);
+    m[1] = braid_succeed(loop, (void *)(intptr_t)2, NULL);
+    g = braid_gather(loop, m, 2, 0);
+    r = braid_expect_success(g);
+    BT_EQ(rv(r.value, 1), 2);
+    braid_result_drop(r);
+    braid_deferred_release(g);
+    done(loop);
+}
+
+BT_TEST(gather_fail_fast_cancels_the_rest) {
+    braid_loop *loop = mkloop();
+    cstate c = { 0, false };
+    braid_deferred *m[3];
+    m[0] = braid_deferred_new(loop);
+    m[1] = braid_deferred_new(loop);
+    m[2] = braid_deferred_new_cancellable(loop, canceller, &c);
+    braid_deferred *p0 = m[0], *p1 = m[1];
+    braid_deferred *g = braid_gather(loop, m, 3, BRAID_GATHER_FAIL_FAST);
+    braid_deferred_callback(p0, (void *)(intptr_t)1, NULL);
+    braid_deferred_errback(p1, braid_failure_new(BRAID_EPIPE, "member one broke"));
+    BT_EQ(c.calls, 1);                       /* m[2] was cancelled */
+    braid_failure *f = braid_expect_failure(g, BRAID_EFIRST_ERROR);
+    BT_TRUE(strstr(f->message, "#1") != NULL);
+    BT_TRUE(f->cause && f->cause->code == BRAID_EPIPE);
+    braid_failure_free(f);
+    braid_deferred_release(g);
+    BT_EQ(g_unh.n, 0);
+    done(loop);
+}
+
+BT_TEST(gather_collect_waits_and_lists_failures) {
+    braid_loop *loop = mkloop();
+    braid_deferred *m[4], *p[4];
+    for (int i = 0; i < 4; i++) p[i] = m[i] = braid_deferred_new(loop);
+    braid_deferred *g = braid_gather(loop, m, 4, BRAID_GATHER_COLLECT);
+    braid_deferred_errback(p[3], braid_failure_new(BRAID_ECONNRESET, "three"));
+    braid_deferred_callback(p[0], NULL, NULL);
+    braid_deferred_errback(p[1], braid_failure_new(BRAID_EPIPE, "one"));
+    braid_expect_no_result(g);               /* collect: waits for p[2] */
+    braid_deferred_callback(p[2], NULL, NULL);
+    braid_failure *f = braid_expect_failure(g, BRAID_EFIRST_ERROR);
+    BT_TRUE(strstr(f->message, "2 of 4 failed") != NULL);
+    BT_TRUE(strstr(f->message, "#1") && strstr(f->message, "#3"));
+    BT_EQ(f->cause->code, BRAID_EPIPE);      /* lowest index */
+    braid_failure_free(f);
+    braid_deferred_release(g);
+    BT_EQ(g_unh.n, 0);
+    done(loop);
+}
+
+BT_TEST(race_first_success_wins_rest_cancelled) {
+    braid_loop *loop = mkloop();
+    cstate c0 = { 0, false }, c2 = { 0, false };
+    braid_deferred *m[3];
+    m[0] = braid_deferred_new_cancellable(loop, canceller, &c0);
+    m[1] = braid_deferred_new(loop);
+    m[2] = braid_deferred_new_cancellable(loop, canceller, &c2);
+    braid_deferred *p1 = m[1];
+    braid_deferred *g = braid_race(loop, m, 3);
+    g_freed = 0;
+    braid_deferred_callback(p1, braid_malloc(4), count_free);
+    BT_EQ(c0.calls, 1); BT_EQ(c2.calls, 1);
+    braid_result r = braid_expect_success(g);
+    braid_race_win *w = r.value;
+    BT_EQ(w->index, 1);
+    BT_EQ(g_freed, 0);
+    braid_result_drop(r);
+    BT_EQ(g_freed, 1);                       /* the win owns the value */
+    braid_deferred_release(g);
+    BT_EQ(g_unh.n, 0);
+    done(loop);
+}
+
+BT_TEST(race_all_fail_and_race_of_fired) {
+    braid_loop *loop = mkloop();
+    braid_deferred *m[2], *p[2];
+    for (int i = 0; i < 2; i++) p[i] = m[i] = braid_deferred_new(loop);
+    braid_deferred *g = braid_race(loop, m, 2);
+    braid_deferred_errback(p[1], braid_failure_new(BRAID_EPIPE, "b"));
+    braid_expect_no_result(g);
+    braid_deferred_errback(p[0], braid_failure_new(BRAID_ECONNRESET, "a"));
+    braid_failure *f = braid_expect_failure(g, BRAID_EALL_FAILED);
+    BT_EQ(f->cause->code, BRAID_ECONNRESET);
+    braid_failure_free(f);
+    braid_deferred_release(g);
+    /* an already-fired member wins during construction; the other is cancelled */
+    cstate c = { 0, false };
+    m[0] = braid_deferred_new_cancellable(loop, canceller, &c);
+    m[1] = braid_succeed(loop, (void *)(intptr_t)5, NULL);
+    g = braid_race(loop, m, 2);
+    BT_EQ(c.calls, 1);
+    braid_result r = braid_expect_success(g);
+    BT_EQ(((braid_race_win *)r.value)->index, 1);
+    braid_result_drop(r);
+    braid_deferred_release(g);
+    g = braid_race(loop, NULL, 0);
+    braid_failure_free(braid_expect_failure(g, BRAID_EINVAL));
+    braid_deferred_release(g);
+    done(loop);
+}
+
+BT_TEST(deferred_list_per_entry) {
+    braid_loop *loop = mkloop();
+    braid_deferred *m[3], *p[3];
+    for (int i = 0; i < 3; i++) p[i] = m[i] = braid_deferred_new(loop);
+    braid_deferred *g = braid_deferred_list(loop, m, 3);
+    braid_deferred_callback(p[0], (void *)(intptr_t)1, NULL);
+    braid_deferred_errback(p[1], braid_failure_new(BRAID_EPIPE, "x"));
+    braid_expect_no_result(g);
+    braid_deferred_callback(p[2], (void *)(intptr_t)3, NULL);
+    braid_result r = braid_expect_success(g);
+    braid_results *res = r.value;
+    BT_EQ(res->nfailed, 1);
+    BT_TRUE(res->r[0].failure == NULL); BT_EQ(rv(res, 0), 1);
+    BT_TRUE(res->r[1].failure != NULL); BT_EQ(res->r[1].failure->code, BRAID_EPIPE);
+    BT_EQ(rv(res, 2), 3);
+    braid_result_drop(r);
+    braid_deferred_release(g);
+    BT_EQ(g_unh.n, 0);
+    done(loop);
+}
+
+/* Cancelling a combined Deferred reaches its members, and through a member's
+ * chain, its leaf. */
+BT_TEST(cancel_combinators_reaches_members) {
+    braid_loop *loop = mkloop();
+    braid_deferred *(*mk[3])(braid_loop *, braid_deferred *const *, size_t) = {
+        NULL, braid_race, braid_deferred_list };
+    for (int k = 0; k < 3; k++) {
+        cstate c0 = { 0, false }, leafc = { 0, false };
+        braid_deferred *leaf = braid_deferred_new_cancellable(loop, canceller, &leafc);
+        braid_deferred *m[2];
+        m[0] = braid_deferred_new_cancellable(loop, canceller, &c0);
+        m[1] = braid_deferred_new(loop);
+        braid_deferred *p1 = m[1];
+        braid_deferred_add_callback(m[1], return_chain, leaf);
+        braid_deferred_callback(p1, NULL, NULL);          /* m[1] waits on leaf */
+        braid_deferred *g = k == 0 ? braid_gather(loop, m, 2, BRAID_GATHER_COLLECT)
+                                   : mk[k](loop, m, 2);
+        braid_deferred_cancel(g);
+        BT_EQ(c0.calls, 1);
+        BT_EQ(leafc.calls, 1);
+        braid_failure_free(braid_expect_failure(g, BRAID_ECANCELED));
+        braid_deferred_release(g);
+    }
+    BT_EQ(g_unh.n, 0);
+    done(loop);
+}
+
+BT_TEST(gather_thousand) {
+    braid_loop *loop = mkloop();
+    enum { N = 1000 };
+    braid_deferred *m[N], *p[N];
+    for (int i = 0; i < N; i++) p[i] = m[i] = braid_deferred_new(loop);
+    braid_deferred *g = braid_gather(loop, m, N, 0);
+    for (int i = N - 1; i >= 0; i--) braid_deferred_callback(p[i], (void *)(intptr_t)i, NULL);
+    braid_result r = braid_expect_success(g);
+    for (int i = 0; i < N; i++) BT_EQ(rv(r.value, i), i);
+    braid_result_drop(r);
+    braid_deferred_release(g);
+    done(loop);
+}
+
+/* Combinator allocation-failure walk: NULL means nothing was taken. */
+static int gather_scenario(void) {
+    braid_loop *loop = NULL;
+    braid_loop_options o = { .clock = braid_fake_clock_base(fc), .log = cap_log };
+    int rc = braid_loop_new(&loop, &o);
+    if (rc < 0) return rc;
+    braid_loop_set_unhandled(loop, on_unhandled, NULL);
+    braid_deferred *m[6] = { 0 };
+    int n = 0;
+    rc = 0;
+    for (; n < 6; n++) {
+        m[n] = braid_deferred_new(loop);
+        if (!m[n]) { rc = BRAID_ENOMEM; break; }
+        for (int k = 0; k < 4 && rc == 0; k++)         /* spill: the reserve can fail */
+            rc = braid_deferred_add_callback(m[n], pass, NULL);
+        if (rc < 0) { n++; break; }
+    }
+    braid_deferred *g = NULL;
+    if (rc == 0) {
+        braid_deferred *lst = braid_deferred_list(loop, m + 3, 3);
+        g = lst ? braid_gather(loop, m, 3, 0) : NULL;
+        if (!lst || !g) rc = BRAID_ENOMEM;
+        for (int i = 0; i < 6; i++) braid_deferred_callback(m[i], NULL, NULL);
+        if (!lst) for (int i = 3; i < 6; i++) braid_deferred_release(m[i]);
+        if (!g) for (int i = 0; i < 3; i++) braid_deferred_release(m[i]);
+        braid_deferred_release(lst);
+        braid_deferred_release(g);
+    } else {
+        for (int i = 0; i < n; i++)
+            if (m[i]) { braid_deferred_callback(m[i], NULL, NULL); braid_deferred_release(m[i]); }
+    }
+    if (braid_loop_destroy(loop) < 0) return -9999;
+    return rc;
+}
+
+BT_TEST(combinator_allocation_failure_walk) {
+    fc = braid_fake_clock_new(0);
+    memset(&g_unh, 0, sizeof g_unh);
+    long base = braid_test_alloc_outstanding();
+    int seen = 0;
+    for (long n = 1; n < 300; n++) {
+        braid_test_fail_alloc_after(n, false);
+        int rc = gather_scenario();
+        bool failed = braid_test_alloc_failed();
+        braid_test_fail_alloc_after(0, false);
+        BT_NE(rc, -9999);
+        BT_EQ(braid_test_alloc_outstanding(), base);
+        if (!failed) { BT_OK(rc); break; }
+        if (rc < 0) { BT_ERR(rc, BRAID_ENOMEM); seen++; }
+    }
+    BT_GT(seen, 3);
+    BT_EQ(g_unh.n, 0);
+    braid_fake_clock_free(fc);
+}
+
+/* ---- defer_later ---------------------------------------------------------------------------- */
+static int g_thunk_calls;
+static braid_result thunk_val(void *arg) { g_thunk_calls++; return braid_ok(arg); }
+
+BT_TEST(defer_later_fires_on_time) {
+    braid_loop *loop = mkloop();
+    g_thunk_calls = 0;
+    braid_deferred *d = braid_defer_later(loop, BRAID_MSEC(10), thunk_val, (void *)(intptr_t)4);
+    braid_deferred *e = braid_defer_later(loop, BRAID_MSEC(20), NULL, NULL);
+    BT_OK(braid_loop_advance(loop, BRAID_MSEC(10) - 1));
+    braid_expect_no_result(d);
+    BT_OK(braid_loop_advance(loop, 1));
+    BT_EQ(value_of(d), 4);
+    BT_EQ(g_thunk_calls, 1);
+    braid_expect_no_result(e);
+    BT_OK(braid_loop_advance(loop, BRAID_MSEC(10)));
+    BT_EQ(value_of(e), 0);
+    braid_deferred_release(d);
+    braid_deferred_release(e);
+    done(loop);
+}
+
+BT_TEST(defer_later_cancel_stops_the_call) {
+    braid_loop *loop = mkloop();
+    g_thunk_calls = 0;
+    braid_deferred *d = braid_defer_later(loop, BRAID_MSEC(10), thunk_val, NULL);
+    BT_EQ(braid_loop_timer_count(loop), 1);
+    braid_deferred_cancel(d);
+    BT_EQ(braid_loop_timer_count(loop), 0);
+    braid_failure_free(braid_expect_failure(d, BRAID_ECANCELED));
+    BT_OK(braid_loop_advance(loop, BRAID_MSEC(50)));
+    BT_EQ(g_thunk_calls, 0);
+    braid_deferred_release(d);
+    done(loop);
+}
+
+/* ---- lock and semaphore ------------------------------------------------------------------ */
+BT_TEST(lock_is_fifo_and_cancellable) {
+    braid_loop *loop = mkloop();
+    braid_lock *l;
+    BT_OK(braid_lock_new(loop, &l));
+    braid_deferred *a = braid_lock_acquire(l);
+    BT_TRUE(braid_lock_locked(l));
+    braid_result r = braid_expect_success(a);
+    BT_TRUE(r.value == (void *)l);
+    braid_deferred *b = braid_lock_acquire(l), *c = braid_lock_acquire(l), *e = braid_lock_acquire(l);
+    braid_expect_no_result(b);
+    BT_EQ(braid_semaphore_waiting((braid_semaphore *)l), 3);
+    braid_deferred_cancel(c);                              /* c leaves the queue */
+    braid_failure_free(braid_expect_failure(c, BRAID_ECANCELED));
+    BT_EQ(braid_semaphore_waiting((braid_semaphore *)l), 2);
+    BT_ERR(braid_lock_free(l), BRAID_EBUSY);
+    BT_OK(braid_lock_release(l));                          /* -> b */
+    braid_result_drop(braid_expect_success(b));
+    braid_expect_no_result(e);
+    BT_OK(braid_lock_release(l));                          /* -> e, c skipped */
+    braid_result_drop(braid_expect_success(e));
+    BT_OK(braid_lock_release(l));
+    BT_FALSE(braid_lock_locked(l));
+    BT_ERR(braid_lock_release(l), BRAID_ELOCKED);
+    BT_OK(braid_lock_free(l));
+    braid_deferred_release(a); braid_deferred_release(b);
+    braid_deferred_release(c); braid_deferred_release(e);
+    done(loop);
+}
+
+static braid_result thunk_chain(void *arg) { return braid_chain((braid_deferred *)arg); }
+
+BT_TEST(lock_run_holds_until_the_result_is_known) {
+    braid_loop *loop = mkloop();
+    braid_lock *l;
+    BT_OK(braid_lock_new(loop, &l));
+    braid_deferred *work = braid_deferred_new(loop);
+    braid_deferred *r1 = braid_lock_run(l, thunk_chain, work);
+    BT_TRUE(braid_lock_locked(l));
+    braid_expect_no_result(r1);
+    g_thunk_calls = 0;
+    braid_deferred *r2 = braid_lock_run(l, thunk_val, (void *)(intptr_t)2);
+    BT_EQ(g_thunk_calls, 0);                               /* waits for the lock */
+    braid_deferred_errback(work, braid_failure_new(BRAID_EPIPE, "work failed"));
+    braid_failure_free(braid_expect_failure(r1, BRAID_EPIPE));   /* passed on */
+    BT_EQ(g_thunk_calls, 1);                               /* released even on failure */
+    BT_EQ(value_of(r2), 2);
+    BT_FALSE(braid_lock_locked(l));
+    BT_OK(braid_lock_free(l));
+    braid_deferred_release(r1);
+    braid_deferred_release(r2);
+    done(loop);
+}
+
+BT_TEST(semaphore_tokens) {
+    braid_loop *loop = mkloop();
+    braid_semaphore *s;
+    BT_ERR(braid_semaphore_new(loop, 0, &s), BRAID_EINVAL);
+    BT_OK(braid_semaphore_new(loop, 2, &s));
+    braid_deferred *a = braid_semaphore_acquire(s), *b = braid_semaphore_acquire(s),
+                   *c = braid_semaphore_acquire(s);
+    BT_TRUE(braid_deferred_has_result(a) && braid_deferred_has_result(b));
+    braid_expect_no_result(c);
+    BT_EQ(braid_semaphore_tokens(s), 0);
+    BT_OK(braid_semaphore_release(s));
+    BT_TRUE(braid_deferred_has_result(c));
+    BT_OK(braid_semaphore_release(s));
+    BT_OK(braid_semaphore_release(s));
+    BT_EQ(braid_semaphore_tokens(s), 2);
+    BT_ERR(braid_semaphore_release(s), BRAID_ELOCKED);
+    /* a cancelled run never runs its function nor releases a token it never had */
+    braid_deferred *h1 = braid_semaphore_acquire(s), *h2 = braid_semaphore_acquire(s);
+    g_thunk_calls = 0;
+    braid_deferred *r = braid_semaphore_run(s, thunk_val, NULL);
+    braid_deferred_cancel(r);
+    braid_failure_free(braid_expect_failure(r, BRAID_ECANCELED));
+    BT_EQ(g_thunk_calls, 0);
+    BT_EQ(braid_semaphore_tokens(s), 0);
+    BT_OK(braid_semaphore_release(s));
+    BT_OK(braid_semaphore_release(s));
+    BT_OK(braid_semaphore_free(s));
+    braid_deferred *all[] = { a, b, c, h1, h2, r };
+    for (int i = 0; i < 6; i++) braid_deferred_release(all[i]);
+    done(loop);
+}
+
+/* ---- queue ---------------------------------------------------------------------------------- */
+static braid_result eb_consume(braid_result r, void *arg) {
+    *(int *)arg = r.failure->code;
+    braid_result_drop(r);
+    return braid_ok(NULL);
+}
+
+BT_TEST(queue_bounded_both_ways) {
+    braid_loop *loop = mkloop();
+    braid_queue *q;
+    BT_ERR(braid_queue_new(loop, 0, 1, &q), BRAID_EINVAL);
+    BT_OK(braid_queue_new(loop, 2, 1, &q));
+    BT_OK(braid_queue_put(q, (void *)(intptr_t)1, NULL));
+    BT_OK(braid_queue_put(q, (void *)(intptr_t)2, NULL));
+    BT_ERR(braid_queue_put(q, (void *)(intptr_t)3, NULL), BRAID_EQUEUE_FULL);   /* overflow at once */
+    BT_EQ(braid_queue_size(q), 2);
+    braid_deferred *d;
+    BT_OK(braid_queue_get(q, &d)); BT_EQ(value_of(d), 1); braid_deferred_release(d);
+    BT_OK(braid_queue_get(q, &d)); BT_EQ(value_of(d), 2); braid_deferred_release(d);
+    braid_deferred *w;
+    BT_OK(braid_queue_get(q, &w));                         /* waits */
+    braid_expect_no_result(w);
+    BT_ERR(braid_queue_get(q, &d), BRAID_EQUEUE_EMPTY);    /* backlog 1: underflow at once */
+    BT_TRUE(d == NULL);
+    BT_OK(braid_queue_put(q, (void *)(intptr_t)7, NULL));  /* straight to the waiter */
+    BT_EQ(value_of(w), 7);
+    BT_EQ(braid_queue_size(q), 0);
+    braid_deferred_release(w);
+    /* a cancelled get leaves the queue */
+    BT_OK(braid_queue_get(q, &w));
+    braid_deferred_cancel(w);
+    BT_EQ(braid_queue_waiting(q), 0);
+    braid_failure_free(braid_expect_failure(w, BRAID_ECANCELED));
+    braid_deferred_release(w);
+    BT_OK(braid_queue_put(q, (void *)(intptr_t)8, NULL));
+    BT_EQ(braid_queue_size(q), 1);
+    /* free: stored values dropped, waiters told */
+    g_freed = 0;
+    braid_queue *q2;
+    BT_OK(braid_queue_new(loop, 1, 4, &q2));
+    int code = 0;
+    BT_OK(braid_queue_get(q2, &w));
+    braid_deferred_add_errback(w, eb_consume, &code);
+    braid_queue_free(q2);
+    BT_EQ(code, BRAID_ESHUTDOWN);
+    braid_deferred_release(w);
+    BT_OK(braid_queue_get(q, &d)); BT_EQ(value_of(d), 8); braid_deferred_release(d);
+    BT_OK(braid_queue_put(q, braid_malloc(3), count_free));
+    braid_queue_free(q);
+    BT_EQ(g_freed, 1);
+    done(loop);
+}
