@@ -99,8 +99,7 @@ static int pl_poll(braid_loop *loop, uint64_t timeout_ns) {
         if (re & POLLOUT) ev |= BRAID_WRITE;
         if (re & (POLLERR | POLLNVAL)) ev |= BRAID_ERROR;
         if (re & POLLHUP) ev |= BRAID_HUP;
-        int rc = braid__loop_push_event(loop, s->tags[i], ev);
-        if (rc < 0) return rc;
+        if (braid__loop_push_event(loop, s->tags[i], ev) < 0) break;   /* batch full */
     }
     return n;
 }

@@ -55,8 +55,7 @@ static int sl_poll(braid_loop *loop, uint64_t timeout_ns) {
         if (FD_ISSET(fd, &r)) ev |= BRAID_READ;
         if (FD_ISSET(fd, &w)) ev |= BRAID_WRITE;
         if (!ev) continue;
-        int rc = braid__loop_push_event(loop, s->tags[fd], ev);
-        if (rc < 0) return rc;
+        if (braid__loop_push_event(loop, s->tags[fd], ev) < 0) break;  /* batch full */
     }
     return n;
 }
