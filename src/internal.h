@@ -48,7 +48,10 @@ typedef struct braid__event {
     unsigned events;        /* BRAID_READ | BRAID_WRITE | BRAID_ERROR | BRAID_HUP */
 } braid__event;
 
-/* Append one ready event (called by backends during poll). */
+/* Append one ready event (called by backends during poll). Never allocates:
+ * returns BRAID_EAGAIN when the batch (BRAID__MAX_BATCH events) is full, and
+ * the backend stops collecting for this iteration. */
+#define BRAID__MAX_BATCH 1024
 int braid__loop_push_event(braid_loop *loop, uint64_t tag, unsigned events);
 
 /* ---- per-loop extension slots: module state that lives as long as the loop ----- */

@@ -154,8 +154,11 @@ int braid_loop_new(braid_loop **out, const braid_loop_options *opts) {
     atomic_init(&loop->stop, false);
     atomic_init(&loop->destroying, false);
 
+    loop->events = braid_malloc(BRAID__MAX_BATCH * sizeof *loop->events);
+    if (!loop->events) { braid_free(loop); return BRAID_ENOMEM; }
+    loop->cap_events = BRAID__MAX_BATCH;
     int rc = ops->init(loop);
-    if (rc < 0) { braid_free(loop); return rc; }
+    if (rc < 0) { braid_free(loop->events); braid_free(loop); return rc; }
     if ((rc = wake_open(loop)) < 0) goto fail;
     if ((rc = braid_watch_init(loop, &loop->wake_watch, loop->wake_rfd, wake_cb, loop)) < 0)
         goto fail;
@@ -355,13 +358,10 @@ void braid_watch_close(braid_watch *w) {
 }
 
 int braid__loop_push_event(braid_loop *loop, uint64_t tag, unsigned events) {
-    if (loop->nevents == loop->cap_events) {
-        size_t n = loop->cap_events ? loop->cap_events * 2 : 256;
-        braid__event *p = braid_realloc(loop->events, n * sizeof *p);
-        if (!p) return BRAID_ENOMEM;
-        loop->events = p;
-        loop->cap_events = n;
-    }
+    /* The batch is preallocated at loop creation: a poll never allocates and so
+     * never fails midway. A backend that finds it full stops collecting; with
+     * level-triggered readiness the rest is reported next iteration. */
+    if (loop->nevents == loop->cap_events) return BRAID_EAGAIN;
     loop->events[loop->nevents].tag = tag;
     loop->events[loop->nevents].events = events;
     loop->nevents++;

@@ -1,0 +1,81 @@
+/* The allocation-failure walk over the loop's core scenarios: for N = 1, 2,
+ * ... fail the Nth allocation; the scenario must report an error (never
+ * crash) and leave nothing allocated; stop when it succeeds with no failure
+ * injected. */
+#include "harness.h"
+#include <sys/socket.h>
+#include <unistd.h>
+#include <fcntl.h>
+
+static void noop_io(braid_watch *w, unsigned ev, void *arg) { (void)w; (void)ev; (void)arg; }
+static void noop_timer(braid_timer *t, void *arg) { (void)t; (void)arg; }
+static void noop_call(void *arg) { ++*(int *)arg; }
+
+/* Returns 0 on success or the first error; always cleans up. */
+static int scenario(void) {
+    braid_loop *loop;
+    int rc = braid_loop_new(&loop, NULL);
+    if (rc < 0) return rc;
+    int sv[2];
+    if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK, 0, sv) < 0) abort();
+    /* a watcher on a high fd forces the fd table to grow */
+    int hi = fcntl(sv[0], F_DUPFD_CLOEXEC, 700);
+    braid_watch w1, w2;
+    braid_timer timers[100];
+    int calls = 0, ntimers = 0, w1_open = 0, w2_open = 0;
+    if ((rc = braid_watch_init(loop, &w1, sv[0], noop_io, NULL)) < 0) goto out;
+    w1_open = 1;
+    if ((rc = braid_watch_set(&w1, BRAID_READ)) < 0) goto out;
+    if ((rc = braid_watch_init(loop, &w2, hi, noop_io, NULL)) < 0) goto out;
+    w2_open = 1;
+    if ((rc = braid_watch_set(&w2, BRAID_READ | BRAID_WRITE)) < 0) goto out;
+    for (; ntimers < 100; ntimers++) {
+        braid_timer_init(loop, &timers[ntimers], noop_timer, NULL);
+        if ((rc = braid_timer_start(&timers[ntimers], BRAID_SECONDS(10 + ntimers))) < 0) goto out;
+    }
+    braid_timer *later = braid_call_later(loop, BRAID_SECONDS(1), noop_call, &calls);
+    if (!later) { rc = BRAID_ENOMEM; goto out; }
+    braid_timer_cancel(later);
+    if ((rc = braid_loop_post(loop, noop_call, &calls)) < 0) goto out;
+    if ((rc = braid_loop_soon(loop, noop_call, &calls)) < 0) {
+        braid_loop_run_once(loop, BRAID_RUN_NOWAIT);   /* run the posted one */
+        goto out;
+    }
+    if ((rc = braid_loop_run_once(loop, BRAID_RUN_NOWAIT)) < 0) goto out;
+    if (calls != 2) abort();
+    rc = 0;
+out:
+    for (int i = 0; i < ntimers; i++) braid_timer_stop(&timers[i]);
+    if (w1_open) braid_watch_close(&w1);
+    if (w2_open) braid_watch_close(&w2);
+    if (braid_loop_destroy(loop) < 0) abort();
+    close(sv[0]); close(sv[1]); close(hi);
+    return rc;
+}
+
+BT_TEST(allocation_failure_walk) {
+    long base = braid_test_alloc_outstanding();
+    int failures = 0;
+    for (long n = 1; n < 10000; n++) {
+        braid_test_fail_alloc_after(n, false);
+        int rc = scenario();
+        bool injected = braid_test_alloc_failed();
+        braid_test_fail_alloc_after(0, false);
+        BT_EQ(braid_test_alloc_outstanding(), base);
+        if (!injected) { BT_OK(rc); break; }
+        BT_ERR(rc, BRAID_ENOMEM);
+        failures++;
+    }
+    BT_GE(failures, 5);   /* the walk really exercised several allocation sites */
+}
+
+BT_TEST(sticky_failure_and_allocator_swap) {
+    braid_test_fail_alloc_after(1, true);
+    BT_TRUE(braid_malloc(8) == NULL);
+    BT_TRUE(braid_malloc(8) == NULL);
+    braid_test_fail_alloc_after(0, false);
+    void *p = braid_malloc(8);
+    BT_TRUE(p != NULL);
+    BT_ERR(braid_set_allocator(NULL), BRAID_EBUSY);   /* memory outstanding */
+    braid_free(p);
+}
