@@ -1107,3 +1107,186 @@ BT_TEST(queue_bounded_both_ways) {
     BT_EQ(g_freed, 1);
     done(loop);
 }
+
+/* ---- re-entrancy ---------------------------------------------------------------------------- */
+typedef struct adder { braid_deferred *d; step *s; int added; } adder;
+static braid_result add_more(braid_result r, void *arg) {
+    adder *a = arg;
+    if (a->added++ < 2) braid_deferred_add_callback(a->d, add_more, a);   /* runs in this chain */
+    tr(a->s->t, "a%ld,", (long)(intptr_t)r.value);
+    return braid_ok((void *)((intptr_t)r.value + 1));
+}
+BT_TEST(callbacks_added_while_running_run_in_order) {
+    braid_loop *loop = mkloop();
+    trace t = { 0 };
+    step s = { &t, 100, 0 };
+    braid_deferred *d = braid_deferred_new(loop);
+    adder a = { d, &s, 0 };
+    BT_OK(braid_deferred_add_callback(d, add_more, &a));
+    BT_OK(braid_deferred_add_callback(d, cb_add, &s));
+    BT_OK(braid_deferred_callback(d, (void *)(intptr_t)0, NULL));
+    BT_STREQ(t.s, "a0,c1,a101,a102,");
+    BT_EQ(value_of(d), 103);
+    /* and on an already-fired Deferred (the no-storage path) */
+    memset(&t, 0, sizeof t);
+    a.added = 0;
+    BT_OK(braid_deferred_add_callback(d, add_more, &a));
+    BT_STREQ(t.s, "a0,a1,a2,");
+    BT_EQ(value_of(d), 3);
+    braid_deferred_release(d);
+    done(loop);
+}
+
+static braid_result release_self(braid_result r, void *arg) {
+    braid_deferred_release((braid_deferred *)arg);
+    return r;
+}
+static braid_result pause_self(braid_result r, void *arg) {
+    braid_deferred_pause((braid_deferred *)arg);
+    return r;
+}
+BT_TEST(release_and_pause_from_inside_a_callback) {
+    braid_loop *loop = mkloop();
+    trace t = { 0 };
+    step s = { &t, 1, 0 };
+    braid_deferred *d = braid_deferred_new(loop);
+    BT_OK(braid_deferred_add_callback(d, release_self, d));   /* the consumer lets go mid-chain */
+    BT_OK(braid_deferred_add_callback(d, cb_add, &s));
+    BT_OK(braid_deferred_callback(d, (void *)(intptr_t)1, NULL));
+    BT_STREQ(t.s, "c1,");
+    BT_EQ(braid_deferred_live(loop), 0);
+    memset(&t, 0, sizeof t);
+    d = braid_deferred_new(loop);
+    BT_OK(braid_deferred_add_callback(d, pause_self, d));
+    BT_OK(braid_deferred_add_callback(d, cb_add, &s));
+    BT_OK(braid_deferred_callback(d, (void *)(intptr_t)1, NULL));
+    BT_EQ(t.n, 0);
+    braid_expect_no_result(d);
+    braid_deferred_unpause(d);
+    BT_STREQ(t.s, "c1,");
+    BT_EQ(value_of(d), 2);
+    braid_deferred_release(d);
+    done(loop);
+}
+
+BT_TEST(chain_to_a_paused_deferred_resumes_on_unpause) {
+    braid_loop *loop = mkloop();
+    braid_deferred *inner = braid_succeed(loop, (void *)(intptr_t)6, NULL);
+    braid_deferred_pause(inner);
+    braid_deferred *keep = braid_deferred_ref(inner);
+    braid_deferred *outer = braid_deferred_new(loop);
+    BT_OK(braid_deferred_add_callback(outer, return_chain, inner));
+    BT_OK(braid_deferred_callback(outer, NULL, NULL));
+    braid_expect_no_result(outer);
+    braid_deferred_unpause(keep);
+    BT_EQ(value_of(outer), 6);
+    braid_deferred_release(keep);
+    braid_deferred_release(outer);
+    done(loop);
+}
+
+/* inner's own callback fires outer, whose callback chains back to inner while
+ * inner is still running: outer must wait for the rest of inner's chain. */
+typedef struct loopback { braid_deferred *outer; step *s; } loopback;
+static braid_result fire_outer(braid_result r, void *arg) {
+    loopback *lb = arg;
+    braid_deferred_callback(lb->outer, NULL, NULL);
+    tr(lb->s->t, "f%ld,", (long)(intptr_t)r.value);
+    return r;
+}
+BT_TEST(chain_to_a_running_deferred) {
+    braid_loop *loop = mkloop();
+    trace t = { 0 };
+    step s = { &t, 10, 0 };
+    braid_deferred *inner = braid_deferred_new(loop);
+    braid_deferred *outer = braid_deferred_new(loop);
+    loopback lb = { outer, &s };
+    BT_OK(braid_deferred_add_callback(outer, return_chain, braid_deferred_ref(inner)));
+    BT_OK(braid_deferred_add_callback(inner, fire_outer, &lb));
+    BT_OK(braid_deferred_add_callback(inner, cb_add, &s));
+    BT_OK(braid_deferred_callback(inner, (void *)(intptr_t)1, NULL));
+    BT_STREQ(t.s, "f1,c1,");
+    BT_EQ(value_of(outer), 11);               /* got inner's final result */
+    braid_deferred_release(inner);
+    braid_deferred_release(outer);
+    done(loop);
+}
+
+BT_TEST(failure_travels_through_a_chain) {
+    braid_loop *loop = mkloop();
+    trace t = { 0 };
+    step rec = { &t, 5, 0 };
+    braid_deferred *inner = braid_deferred_new(loop);
+    braid_deferred *outer = braid_deferred_new(loop);
+    BT_OK(braid_deferred_add_callback(outer, return_chain, inner));
+    BT_OK(braid_deferred_add_errback(outer, eb_rec, &rec));
+    BT_OK(braid_deferred_callback(outer, NULL, NULL));
+    BT_OK(braid_deferred_errback(inner, braid_failure_new(BRAID_EPIPE, NULL)));
+    BT_EQ(value_of(outer), 5);
+    braid_deferred_release(outer);
+    BT_EQ(g_unh.n, 0);
+    done(loop);
+}
+
+BT_TEST(released_while_paused_cleans_its_timeout) {
+    braid_loop *loop = mkloop();
+    braid_deferred *d = braid_deferred_new(loop);
+    braid_deferred_pause(d);
+    BT_OK(braid_deferred_add_timeout(d, BRAID_SECONDS(1)));
+    BT_EQ(braid_loop_timer_count(loop), 1);
+    BT_OK(braid_deferred_callback(d, NULL, NULL));
+    braid_deferred_release(d);                 /* nobody can unpause it now: freed */
+    BT_EQ(braid_loop_timer_count(loop), 0);
+    BT_TRUE(strstr(g_log.last, "never run") != NULL);
+    done(loop);
+}
+
+BT_TEST(take_and_state) {
+    braid_loop *loop = mkloop();
+    braid_deferred *d = braid_deferred_new(loop);
+    braid_result r;
+    BT_ERR(braid_deferred_take(d, &r), BRAID_EAGAIN);
+    BT_TRUE(braid_deferred_loop(d) == loop);
+    BT_FALSE(braid_deferred_is_failure(d));
+    braid_deferred_errback(d, braid_failure_new(BRAID_EPIPE, NULL));
+    BT_TRUE(braid_deferred_is_failure(d));
+    BT_OK(braid_deferred_take(d, &r));
+    BT_EQ(r.failure->code, BRAID_EPIPE);
+    braid_result_drop(r);
+    BT_FALSE(braid_deferred_is_failure(d));    /* now holds braid_ok(NULL) */
+    braid_deferred_release(d);
+    BT_EQ(g_unh.n, 0);
+    BT_STREQ(braid_strerror(BRAID_EALL_FAILED), "every raced Deferred failed");
+    done(loop);
+}
+
+static braid_result thunk_fail(void *arg) { (void)arg; return braid_errf(BRAID_EPIPE, "in lock"); }
+BT_TEST(lock_run_releases_on_failure_and_defer_later_chains) {
+    braid_loop *loop = mkloop();
+    braid_lock *l;
+    BT_OK(braid_lock_new(loop, &l));
+    braid_deferred *r = braid_lock_run(l, thunk_fail, NULL);
+    braid_failure_free(braid_expect_failure(r, BRAID_EPIPE));
+    BT_FALSE(braid_lock_locked(l));
+    braid_deferred_release(r);
+    BT_OK(braid_lock_free(l));
+    /* defer_later whose function returns an unfired Deferred */
+    braid_deferred *inner = braid_deferred_new(loop);
+    braid_deferred *d = braid_defer_later(loop, 10, thunk_chain, inner);
+    BT_OK(braid_loop_advance(loop, 10));
+    braid_expect_no_result(d);
+    braid_deferred_callback(inner, (void *)(intptr_t)12, NULL);
+    BT_EQ(value_of(d), 12);
+    braid_deferred_release(d);
+    done(loop);
+}
+
+BT_TEST(leak_gate_names_open_primitives) {
+    braid_loop *loop = mkloop();
+    braid_queue *q;
+    BT_OK(braid_queue_new(loop, 1, 1, &q));
+    BT_ERR(braid_loop_destroy(loop), BRAID_EBUSY);
+    BT_TRUE(strstr(g_log.last, "deferred queue") != NULL);
+    braid_queue_free(q);
+    done(loop);
+}
