@@ -274,6 +274,16 @@ static void dfree(braid_deferred *d) {
  * else make d wait for c (false). */
 static bool absorb_chain(braid_deferred *d, braid_deferred *c) {
     CHECK_LIVE(c, "braid_chain");
+    if (BRAID__UNLIKELY(d->result.value || d->result.failure)) {
+        /* A result is a value, a failure or a chain; the chain wins and
+         * what came with it is dropped rather than leaked. */
+        braid_result extra = d->result;
+        extra.chain = NULL;
+        braid_result_drop(extra);
+    }
+    d->result.value = NULL;
+    d->result.dtor = NULL;
+    d->result.failure = NULL;
     if (BRAID__UNLIKELY(c == d)) {
         /* braid_chain(d) handed over d's own consumer reference. */
         d->refs--;

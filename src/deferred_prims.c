@@ -136,8 +136,9 @@ static void waiter_cancel(braid_deferred *d, void *arg) {
 
 braid_deferred *braid_semaphore_acquire(braid_semaphore *s) {
     if (s->tokens && !s->waiters.live) {
-        s->tokens--;
-        return braid_succeed(s->loop, s, NULL);
+        braid_deferred *d = braid_succeed(s->loop, s, NULL);
+        if (d) s->tokens--;      /* only once the Deferred exists: NULL takes nothing */
+        return d;
     }
     braid_deferred *d = braid_deferred_new_cancellable(s->loop, waiter_cancel, s);
     if (!d) return NULL;

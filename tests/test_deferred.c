@@ -1290,3 +1290,84 @@ BT_TEST(leak_gate_names_open_primitives) {
     braid_queue_free(q);
     done(loop);
 }
+
+/* Primitives under allocation failure: every call either works or says
+ * ENOMEM, and a failed acquire takes no token. */
+static int prims_scenario(void) {
+    braid_loop *loop = NULL;
+    braid_loop_options o = { .clock = braid_fake_clock_base(fc), .log = cap_log };
+    int rc = braid_loop_new(&loop, &o);
+    if (rc < 0) return rc;
+    braid_loop_set_unhandled(loop, on_unhandled, NULL);
+    int first = 0;
+#define NOTE(x) do { int r_ = (x); if (r_ < 0 && !first) first = r_; } while (0)
+    braid_lock *l = NULL;
+    braid_queue *q = NULL;
+    NOTE(braid_lock_new(loop, &l));
+    NOTE(braid_queue_new(loop, 2, 2, &q));
+    if (l) {
+        braid_deferred *a = braid_lock_acquire(l);
+        braid_deferred *b = braid_lock_acquire(l);
+        if (!a) NOTE(BRAID_ENOMEM);
+        if (!b) NOTE(BRAID_ENOMEM);
+        bool held = a != NULL;                    /* b waits only if a holds the lock */
+        if (held && braid_lock_release(l) < 0) NOTE(-9998);
+        if (b && braid_lock_release(l) < 0) NOTE(-9998);
+        if (braid_lock_locked(l)) NOTE(-9998);
+        braid_deferred_release(a);
+        braid_deferred_release(b);
+        braid_deferred *r = braid_lock_run(l, thunk_val, NULL);
+        if (!r) NOTE(BRAID_ENOMEM);
+        braid_deferred_release(r);
+        if (braid_lock_free(l) < 0) NOTE(-9998);
+    }
+    if (q) {
+        braid_deferred *g = NULL;
+        NOTE(braid_queue_get(q, &g));             /* waits */
+        NOTE(braid_queue_put(q, (void *)(intptr_t)1, NULL));
+        NOTE(braid_queue_put(q, (void *)(intptr_t)2, NULL));
+        braid_deferred *g2 = NULL;
+        NOTE(braid_queue_get(q, &g2));
+        braid_deferred_release(g);
+        braid_deferred_release(g2);
+        braid_queue_free(q);
+    }
+    braid_deferred *later = braid_defer_later(loop, 10, NULL, NULL);
+    if (!later) NOTE(BRAID_ENOMEM);
+    braid_deferred *t = braid_deferred_new(loop);
+    if (!t) NOTE(BRAID_ENOMEM);
+    else NOTE(braid_deferred_add_timeout(t, 5));
+    braid_loop_advance(loop, 20);
+    if (t) { braid_deferred_callback(t, NULL, NULL); braid_deferred_cancel(t); }
+    if (later) braid_result_drop(braid_expect_success(later));
+    if (t) {
+        braid_result r;
+        if (braid_deferred_take(t, &r) == 0) braid_result_drop(r);
+    }
+    braid_deferred_release(later);
+    braid_deferred_release(t);
+#undef NOTE
+    if (braid_loop_destroy(loop) < 0) return -9999;
+    return first;
+}
+
+BT_TEST(primitives_allocation_failure_walk) {
+    fc = braid_fake_clock_new(0);
+    memset(&g_unh, 0, sizeof g_unh);
+    long base = braid_test_alloc_outstanding();
+    int seen = 0;
+    for (long n = 1; n < 300; n++) {
+        braid_test_fail_alloc_after(n, false);
+        int rc = prims_scenario();
+        bool failed = braid_test_alloc_failed();
+        braid_test_fail_alloc_after(0, false);
+        BT_NE(rc, -9999);
+        BT_NE(rc, -9998);
+        BT_EQ(braid_test_alloc_outstanding(), base);
+        if (!failed) { BT_OK(rc); break; }
+        if (rc < 0) { BT_ERR(rc, BRAID_ENOMEM); seen++; }
+    }
+    BT_GT(seen, 3);
+    BT_EQ(g_unh.n, 0);
+    braid_fake_clock_free(fc);
+}

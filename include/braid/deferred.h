@@ -193,7 +193,7 @@ BRAID_API void braid_deferred_cancel(braid_deferred *d);
 BRAID_API int braid_deferred_add_timeout(braid_deferred *d, uint64_t ns);
 
 /* ---- combinators ------------------------------------------------------------------
- * Each takes the consumer references of the n Deferreds in ds (the array
+ * Each takes the consumer references of the n Deferreds in ds (all non-NULL; the array
  * itself is only read) and returns a new Deferred, or NULL on allocation
  * failure, in which case nothing was taken. Member results are consumed by
  * the combinator: a member's failure is never reported as unhandled.
