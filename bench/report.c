@@ -415,7 +415,7 @@ static void make_plots(const exp_view *v, const char *out_dir, plot_list *pl, bo
                     unit[0] ? " (" : "", unit, unit[0] ? ")" : "");
             fprintf(f, "set key outside right top noenhanced\nset grid\n");
             if (e->plot_logx) fprintf(f, "set logscale x\n");
-            if (e->plot_logy) fprintf(f, "set logscale y\n");
+            if (e->plot_logy) fprintf(f, "set logscale y\nset format y '%%g'\n");
             else fprintf(f, "set yrange [0:*]\n");
             fprintf(f, "set offsets graph 0.03, graph 0.03, graph 0.03, 0\n");
             /* Series: one per (impl, backend). */
