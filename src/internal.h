@@ -37,6 +37,10 @@ extern const braid__poller_ops braid__poller_epoll;
 extern const braid__poller_ops braid__poller_uring;
 /* Is io_uring usable on this kernel (probed once)? */
 bool braid__uring_available(void);
+/* io_uring batches interest changes into its next wait; this hands them to
+ * the kernel now (an embedding loop waiting on the ring fd needs them in
+ * place). BRAID_ENOSYS if loop is not on io_uring. */
+int braid__uring_flush(braid_loop *loop);
 #endif
 
 static inline uint64_t braid__tag(uint32_t gen, int fd) {
