@@ -106,6 +106,8 @@ static braid_deferred *dalloc(braid_loop *loop, braid__dpool **pp) {
         unpoison(d);
         p->free = d->parent;
         p->nfree--;
+        if (BRAID__UNLIKELY(d->spill_cap > BRAID__DEFERRED_KEEP_SPILL))
+            p->big_spill_slots -= d->spill_cap;
     } else {
         d = braid_malloc(sizeof *d);
         if (!d) return NULL;
@@ -262,10 +264,16 @@ static void dfree(braid_deferred *d) {
     p->live--;
     if (BRAID__UNLIKELY(!(d->flags & BRAID__D_CALLED))) p->unfired--;
     if (p->nfree < FREE_LIST_MAX) {
-        if (d->spill_cap > BRAID__DEFERRED_KEEP_SPILL) {
-            braid_free(d->spill);
-            d->spill = NULL;
-            d->spill_cap = 0;
+        if (BRAID__UNLIKELY(d->spill_cap > BRAID__DEFERRED_KEEP_SPILL)) {
+            /* Large spill arrays are kept too, within a per-loop budget, so
+             * a loop that keeps building long chains stops allocating. */
+            if (p->big_spill_slots + d->spill_cap <= BRAID__DEFERRED_SPILL_BUDGET) {
+                p->big_spill_slots += d->spill_cap;
+            } else {
+                braid_free(d->spill);
+                d->spill = NULL;
+                d->spill_cap = 0;
+            }
         }
         d->flags = BRAID__D_FREED;
         d->parent = p->free;

@@ -11,8 +11,10 @@
 #define BRAID__DEFERRED_INLINE 3
 /* A spill array up to this many slots stays attached when a Deferred goes
  * back to the free list, so a loop that keeps adding a handful of callbacks
- * stops allocating after warm-up. */
+ * stops allocating after warm-up. Larger ones stay attached while the loop's
+ * free list holds fewer than SPILL_BUDGET slots in them (24 bytes a slot). */
 #define BRAID__DEFERRED_KEEP_SPILL 16
+#define BRAID__DEFERRED_SPILL_BUDGET 16384
 
 typedef struct braid__cbslot {
     braid_callback cb, eb;
@@ -52,6 +54,7 @@ typedef struct braid__dpool {
     size_t nfree;
     size_t live;                     /* allocated, not yet freed */
     size_t unfired;                  /* made with braid_deferred_new*, not yet fired */
+    size_t big_spill_slots;          /* in free-list spill arrays over KEEP_SPILL */
 } braid__dpool;
 
 /* Make room for `extra` more callbacks (so a later add cannot fail). */

@@ -1371,3 +1371,34 @@ BT_TEST(primitives_allocation_failure_walk) {
     BT_EQ(g_unh.n, 0);
     braid_fake_clock_free(fc);
 }
+
+/* Spill arrays are reused through the free list (within a budget). */
+BT_TEST(long_callback_lists_stop_allocating_and_stay_bounded) {
+    braid_loop *loop = mkloop();
+    for (int round = 0; round < 2; round++) {
+        long before = braid_test_alloc_count();
+        braid_deferred *d = braid_deferred_new(loop);
+        for (int i = 0; i < 100; i++) BT_OK(braid_deferred_add_callback(d, pass, NULL));
+        BT_OK(braid_deferred_callback(d, NULL, NULL));
+        braid_deferred_release(d);
+        if (round == 1) BT_EQ(braid_test_alloc_count() - before, 0);
+    }
+    /* 200 at once: every spill array (128 slots) beyond the budget is freed */
+    enum { N = 200 };
+    braid_deferred *ds[N];
+    for (int i = 0; i < N; i++) {
+        ds[i] = braid_deferred_new(loop);
+        for (int k = 0; k < 100; k++) braid_deferred_add_callback(ds[i], pass, NULL);
+    }
+    for (int i = 0; i < N; i++) {
+        braid_deferred_callback(ds[i], NULL, NULL);
+        braid_deferred_release(ds[i]);
+    }
+    long held = braid_test_alloc_outstanding();
+    BT_EQ(braid_deferred_live(loop), 0);
+    /* held: the loop, its pool, N Deferreds on the free list, <= 16384/128 spill arrays */
+    done(loop);
+    long after = braid_test_alloc_outstanding();
+    BT_LE(held - after, N + 16384 / 128 + 8);
+    BT_GE(held - after, N + 16384 / 128);
+}
