@@ -136,7 +136,6 @@ static _Noreturn void freed_use(const braid_deferred *d, const char *what) {
 static inline void unref(braid_deferred *d) {
     if (--d->refs == 0 && !(d->flags & BRAID__D_RUNNING)) dfree(d);
 }
-void braid__deferred_unref(braid_deferred *d) { unref(d); }
 
 /* ---- the unconsumed-failure rule ------------------------------------------------- */
 static void report_unhandled(braid_loop *loop, braid_failure *f) {

@@ -59,8 +59,6 @@ typedef struct braid__dpool {
 
 /* Make room for `extra` more callbacks (so a later add cannot fail). */
 int braid__deferred_reserve(braid_deferred *d, uint32_t extra);
-/* Drop the producer reference without firing (combinators that give up). */
-void braid__deferred_unref(braid_deferred *d);
 
 static inline bool braid__deferred_has_result(const braid_deferred *d) {
     return (d->flags & (BRAID__D_CALLED | BRAID__D_RUNNING | BRAID__D_WAITING)) ==
