@@ -290,9 +290,12 @@ BT_TEST(callback_returning_its_own_deferred_fails_it) {
     done(loop);
 }
 
-/* d[i]'s callback returns d[i+1]: firing the last unwinds a million levels. */
-BT_TEST(million_deep_chain_uses_constant_stack) {
-    braid_loop *loop = mkloop();
+/* d[i]'s callback returns d[i+1]: firing the last unwinds a million levels.
+ * Run on a thread with a 128 KiB stack: any recursion per level would blow
+ * it many times over (a million frames of even 16 bytes is 16 MB). */
+#include <pthread.h>
+static void *million_chain(void *arg) {
+    braid_loop *loop = arg;
     enum { N = 1000000 };
     braid_deferred **ds = malloc(N * sizeof *ds);
     BT_TRUE(ds);
@@ -306,8 +309,29 @@ BT_TEST(million_deep_chain_uses_constant_stack) {
     BT_OK(braid_deferred_callback(ds[N - 1], (void *)(intptr_t)77, NULL));
     BT_EQ(value_of(ds[0]), 77);
     BT_EQ(braid_deferred_live(loop), 1);          /* only ds[0]: the chain let go of the rest */
+    braid_deferred *top = ds[0];
+    for (int i = 0; i < N; i++) ds[i] = braid_deferred_new(loop);   /* and cancel, a million deep */
+    for (int i = 0; i + 1 < N; i++) {
+        BT_OK(braid_deferred_add_callback(ds[i], return_chain, ds[i + 1]));
+        BT_OK(braid_deferred_callback(ds[i], NULL, NULL));
+    }
+    braid_deferred_cancel(ds[0]);
+    braid_failure_free(braid_expect_failure(ds[0], BRAID_ECANCELED));
     braid_deferred_release(ds[0]);
+    BT_OK(braid_deferred_callback(ds[N - 1], NULL, NULL));   /* its producer, late: ignored */
+    braid_deferred_release(top);
     free(ds);
+    return NULL;
+}
+BT_TEST(million_deep_chain_uses_constant_stack) {
+    braid_loop *loop = mkloop();
+    pthread_attr_t a;
+    pthread_attr_init(&a);
+    pthread_attr_setstacksize(&a, 128 * 1024);
+    pthread_t t;
+    BT_EQ(pthread_create(&t, &a, million_chain, loop), 0);
+    BT_EQ(pthread_join(t, NULL), 0);
+    pthread_attr_destroy(&a);
     done(loop);
 }
 
