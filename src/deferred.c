@@ -412,6 +412,7 @@ braid_deferred *braid_succeed(braid_loop *loop, void *value, void (*dtor)(void *
 }
 
 braid_deferred *braid_fail(braid_loop *loop, braid_failure *f) {
+    if (BRAID__UNLIKELY(!f)) f = braid_failure_new(BRAID_EINVAL, "braid_fail without a failure");
     return fired(loop, braid_err(f));
 }
 
@@ -452,6 +453,8 @@ int braid_deferred_callback(braid_deferred *d, void *value, void (*dtor)(void *)
 }
 
 int braid_deferred_errback(braid_deferred *d, braid_failure *f) {
+    /* A NULL failure would silently switch to the callback track. */
+    if (BRAID__UNLIKELY(!f)) f = braid_failure_new(BRAID_EINVAL, "errback without a failure");
     return fire(d, braid_err(f), true);
 }
 

@@ -1281,6 +1281,14 @@ BT_TEST(take_and_state) {
     braid_deferred_release(d);
     BT_EQ(g_unh.n, 0);
     BT_STREQ(braid_strerror(BRAID_EALL_FAILED), "every raced Deferred failed");
+    /* a NULL failure stays on the errback track */
+    d = braid_deferred_new(loop);
+    BT_OK(braid_deferred_errback(d, NULL));
+    braid_failure_free(braid_expect_failure(d, BRAID_EINVAL));
+    braid_deferred_release(d);
+    d = braid_fail(loop, NULL);
+    braid_failure_free(braid_expect_failure(d, BRAID_EINVAL));
+    braid_deferred_release(d);
     done(loop);
 }
 
