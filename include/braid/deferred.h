@@ -150,7 +150,8 @@ BRAID_API braid_deferred *braid_fail(braid_loop *loop, braid_failure *f);
  * misuse is logged) if d already fired — except the one benign case of a
  * producer firing a Deferred that was cancelled without a canceller, which
  * is ignored silently, as in Twisted (see Ownership). braid_deferred_fire
- * takes any result, including braid_chain(other): d then waits for other. */
+ * takes any result, including braid_chain(other): d then waits for other.
+ * A NULL failure (errback, braid_fail) becomes a BRAID_EINVAL failure. */
 BRAID_API int braid_deferred_callback(braid_deferred *d, void *value, void (*dtor)(void *));
 BRAID_API int braid_deferred_errback(braid_deferred *d, braid_failure *f);
 BRAID_API int braid_deferred_fire(braid_deferred *d, braid_result r);
