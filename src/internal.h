@@ -73,10 +73,16 @@ enum braid__slot {
 typedef struct braid__ext {
     void *ptr;
     void (*destroy)(braid_loop *loop, void *ptr);   /* run by braid_loop_destroy */
+    /* Optional leak check run by braid_loop_destroy before anything is freed:
+     * log what the module still has open and return true to make destroy
+     * refuse (BRAID_EBUSY). */
+    bool (*report)(braid_loop *loop, void *ptr);
 } braid__ext;
 void *braid__loop_slot(braid_loop *loop, enum braid__slot s);
 void braid__loop_set_slot(braid_loop *loop, enum braid__slot s, void *ptr,
                           void (*destroy)(braid_loop *, void *));
+void braid__loop_set_slot_report(braid_loop *loop, enum braid__slot s,
+                                 bool (*report)(braid_loop *, void *));
 
 /* ---- the loop ------------------------------------------------------------------ */
 enum {

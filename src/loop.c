@@ -227,6 +227,8 @@ static bool report_open(braid_loop *loop) {
         any = true;
         braid__log(loop, BRAID_LOG_ERROR, "loop destroyed with %zu hold(s) not released", loop->holds);
     }
+    for (int i = 0; i < BRAID__NSLOTS; i++)
+        if (loop->ext[i].report && loop->ext[i].report(loop, loop->ext[i].ptr)) any = true;
     return any;
 }
 
@@ -270,6 +272,10 @@ void braid__loop_set_slot(braid_loop *loop, enum braid__slot s, void *ptr,
                           void (*destroy)(braid_loop *, void *)) {
     loop->ext[s].ptr = ptr;
     loop->ext[s].destroy = destroy;
+}
+void braid__loop_set_slot_report(braid_loop *loop, enum braid__slot s,
+                                 bool (*report)(braid_loop *, void *)) {
+    loop->ext[s].report = report;
 }
 
 /* ---- handles ------------------------------------------------------------------ */
