@@ -9,6 +9,7 @@
 #include <linux/filter.h>
 #include <linux/seccomp.h>
 #include <poll.h>
+#include <pthread.h>
 #include <stddef.h>
 #include <sys/prctl.h>
 #include <sys/socket.h>
@@ -353,6 +354,35 @@ BT_TEST(ended_multishot_poll_is_rearmed) {
     BT_EQ(write(sv[1], "x", 1), 1);
     for (int i = 0; i < 3 && !h.reads; i++) BT_OK(braid_loop_run_once(loop, 0));
     BT_EQ(h.reads, 1);
+    braid_watch_close(&w);
+    close(sv[0]); close(sv[1]);
+    bt_loop_destroy(loop);
+}
+
+/* io_uring cancels the requests of a thread that exits. A loop run for a
+ * while by one thread and then by another must not go deaf: the polls that
+ * the first thread armed end with -ECANCELED and are re-armed. */
+static void *run_once_thread(void *arg) {
+    braid_loop_run_once(arg, BRAID_RUN_NOWAIT);
+    return NULL;
+}
+
+BT_TEST(polls_survive_the_thread_that_armed_them) {
+    braid_loop *loop = uring_loop();
+    int sv[2]; pair(sv);
+    hits h = { 0 };
+    braid_watch w;
+    BT_OK(braid_watch_init(loop, &w, sv[0], on_io, &h));
+    BT_OK(braid_watch_set(&w, BRAID_READ));
+    pthread_t th;
+    BT_EQ(pthread_create(&th, NULL, run_once_thread, loop), 0);   /* arms, then exits */
+    BT_EQ(pthread_join(th, NULL), 0);
+    BT_EQ(write(sv[1], "x", 1), 1);
+    for (int i = 0; i < 3 && !h.reads; i++) BT_OK(braid_loop_run_once(loop, 0));
+    BT_EQ(h.reads, 1);
+    BT_EQ(write(sv[1], "y", 1), 1);
+    BT_OK(braid_loop_run_once(loop, 0));
+    BT_EQ(h.reads, 2);
     braid_watch_close(&w);
     close(sv[0]); close(sv[1]);
     bt_loop_destroy(loop);
