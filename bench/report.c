@@ -431,47 +431,50 @@ static void make_plots(const exp_view *v, const char *out_dir, plot_list *pl, bo
                 ser_of[k] = s;
             }
             int ndata = 0;
-            for (int s = 0; s < nser; s++) {
+            bool has[32] = { false };
+            for (int si = 0; si < nser; si++) {
                 double pts[1024][4];
                 int np = 0;
                 for (int k = 0; k < nm; k++) {
-                    if (ser_of[k] != s) continue;
+                    if (ser_of[k] != si) continue;
                     const bench_row *r = v->rows[members[k]];
                     double x, md, mn, mx;
                     if (!bench_row_param_num(r, e->plot_x, &x) || !bench_row_metric_get(r, metric, &md, &mn, &mx))
                         continue;
                     if (e->plot_logy && (md <= 0 || mn <= 0)) continue;
+                    if (e->plot_logx && x <= 0) continue;
                     pts[np][0] = x; pts[np][1] = md; pts[np][2] = mn; pts[np][3] = mx;
                     np++;
                 }
+                if (!np) continue;
                 qsort(pts, (size_t)np, sizeof pts[0], cmp_x);
-                fprintf(f, "$d%d << EOD\n", s);
+                fprintf(f, "$d%d << EOD\n", si);
                 for (int k = 0; k < np; k++) fprintf(f, "%.9g %.9g %.9g %.9g\n", pts[k][0], pts[k][1], pts[k][2], pts[k][3]);
                 fprintf(f, "EOD\n");
-                if (np) ndata++;
+                has[si] = true;
+                ndata++;
             }
-            if (!ndata) { fclose(f); continue; }
+            if (!ndata) { fclose(f); unlink(gp); continue; }
             fprintf(f, "plot ");
             bool first = true;
-            for (int s = 0; s < nser; s++) {
+            for (int si = 0; si < nser; si++) {
+                if (!has[si]) continue;
                 fprintf(f, "%s$d%d using 1:2:3:4 with yerrorlines lw 2 pt 7 ps 0.6 title \"%s\"", first ? "" : ", \\\n  ",
-                        s, labels[s]);
+                        si, labels[si]);
                 first = false;
             }
             fprintf(f, "\n");
             fclose(f);
             char cmd[8192];
             snprintf(cmd, sizeof cmd, "gnuplot '%s' 2>&1", gp);
+            unlink(svg);
             FILE *p = popen(cmd, "r");
             char line[512];
-            bool err = false;
-            while (p && fgets(line, sizeof line, p)) {
-                err = true;
-                fprintf(stderr, "gnuplot: %s", line);
-            }
+            while (p && fgets(line, sizeof line, p))
+                if (strcasestr(line, "error")) fprintf(stderr, "gnuplot: %s", line);   /* warnings are expected */
             if (p) pclose(p);
             unlink(gp);
-            if (err) continue;
+            if (access(svg, R_OK) != 0) continue;
             snprintf(pl->files[pl->n], sizeof pl->files[0], "%s", base);
             snprintf(pl->captions[pl->n], sizeof pl->captions[0], "%s%s%s", metric, group[0] ? " — " : "", group);
             pl->n++;
