@@ -663,7 +663,9 @@ bool bench_pair_ratio(const bench_row *a, const bench_row *b, const char *metric
     int k = 0;
     for (int i = 0; i < n && k < (int)(sizeof r / sizeof r[0]); i++) {
         double x = ma->samples[i], y = mb->samples[i];
-        if (isfinite(x) && isfinite(y) && y != 0) r[k++] = x / y;
+        /* A ratio of zero or negative values (counts of nothing, noisy
+         * differences) means nothing: such pairs are left out. */
+        if (isfinite(x) && isfinite(y) && x > 0 && y > 0) r[k++] = x / y;
     }
     if (!k) return false;
     if (median) *median = bench_median(r, k);

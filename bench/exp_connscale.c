@@ -1045,7 +1045,7 @@ BENCH_EXPERIMENT(connscale,
               "ctx_switches = the server's voluntary+involuntary context switches over its life. Processes are not "
               "pinned; the client and server share the 2 cores. Quick mode: N = 100, 1,000, 10,000, 3 runs each; "
               "full: N = 100, 1,000, 5,000, 10,000. Implementations alternate within each N.",
-    .run = run, .serve = serve, .conclude = conclude, .ratio_base = "braid-loop",
+    .run = run, .serve = serve, .conclude = conclude, .ratio_base = "braid-loop", .headline = "complete_ms,mem_per_conn",
     .quick_seconds = 90, .full_seconds = 400, .order = 5,
     .plot_x = "connections", .plot_metric = "connect_ms,complete_ms,mem_per_conn,cpu_per_conn",
     .plot_logx = true, .plot_logy = true);

@@ -492,6 +492,9 @@ typedef struct cmp_summary {
     double best, worst;          /* best/worst ratio for braid */
     char best_at[160], worst_at[160];
     bool higher_better;
+    double xs[256], logs[256];   /* plot_x and log(ratio) per point */
+    double xmax;                  /* largest plot_x seen (NAN: no plot_x) */
+    double at_xmax;               /* geometric mean of the ratios at xmax */
 } cmp_summary;
 
 /* The metrics a conclusion talks about: the plotted ones, else every metric. */
@@ -515,9 +518,21 @@ static int headline_metrics(const exp_view *v, char names[][64], int max) {
     return n;
 }
 
-static int summarize(const exp_view *v, cmp_summary *out, int max) {
+static int summarize(const exp_view *v, cmp_summary *out, int max, bool headline) {
     char metrics[16][64];
-    int nmet = headline_metrics(v, metrics, 16), n = 0;
+    int nmet = 0, n = 0;
+    const char *hl = v->e ? (v->e->headline ? v->e->headline : v->e->plot_metric) : NULL;
+    if (headline && hl) {
+        char buf[512];
+        snprintf(buf, sizeof buf, "%s", hl);
+        for (char *save, *m = strtok_r(buf, ",", &save); m && nmet < (headline && !v->e->headline ? 1 : 16);
+             m = strtok_r(NULL, ",", &save)) {
+            while (*m == ' ') m++;
+            snprintf(metrics[nmet++], 64, "%s", m);
+        }
+    } else {
+        nmet = headline_metrics(v, metrics, 16);
+    }
     if (!v->base) return 0;
     for (int pi = 0; pi < v->nimpls; pi++) {
         const char *peer = v->impls[pi];
@@ -544,11 +559,27 @@ static int summarize(const exp_view *v, cmp_summary *out, int max) {
                 params_text(r, NULL, at, sizeof at);
                 if (s.points == 0 || good > s.best) { s.best = good; snprintf(s.best_at, sizeof s.best_at, "%s", at); }
                 if (s.points == 0 || good < s.worst) { s.worst = good; snprintf(s.worst_at, sizeof s.worst_at, "%s", at); }
+                double xv;
+                if (s.points < 256) {
+                    s.xs[s.points] = v->e && v->e->plot_x && bench_row_param_num(r, v->e->plot_x, &xv) ? xv : NAN;
+                    s.logs[s.points] = log(rm);
+                }
                 s.points++;
                 s.wins += win;
                 s.losses += lose;
                 s.clear_losses += lose && best_pair < 1;
                 s.logsum += log(rm);
+            }
+            s.xmax = NAN;
+            s.at_xmax = NAN;
+            int np = s.points < 256 ? s.points : 256;
+            for (int k = 0; k < np; k++)
+                if (isfinite(s.xs[k]) && (!isfinite(s.xmax) || s.xs[k] > s.xmax)) s.xmax = s.xs[k];
+            if (isfinite(s.xmax)) {
+                double ls = 0;
+                int c = 0;
+                for (int k = 0; k < np; k++) if (s.xs[k] == s.xmax) { ls += s.logs[k]; c++; }
+                if (c) s.at_xmax = exp(ls / c);
             }
             if (s.points && n < max) out[n++] = s;
         }
@@ -560,7 +591,7 @@ static int summarize(const exp_view *v, cmp_summary *out, int max) {
  * wins and loses, by how much (pairwise ratios), and the worst point. */
 static void generic_conclusion(const exp_view *v, FILE *f) {
     cmp_summary s[64];
-    int n = summarize(v, s, 64);
+    int n = summarize(v, s, 64, false);
     if (!v->base) {
         fputs("<p>No braid row to compare against; the table stands on its own.</p>\n", f);
         return;
@@ -597,65 +628,88 @@ static void generic_conclusion(const exp_view *v, FILE *f) {
 }
 
 /* ---- the table --------------------------------------------------------------------------------------- */
+/* One table per experiment: a line per row (impl, backend, params), a
+ * column per metric. Each cell: the median, the min-max over runs, and for
+ * a peer's row the pairwise ratio base / this (coloured: green where the
+ * base is better in every run pair, red where it is worse in every pair,
+ * pale where the range straddles 1). */
 static void write_table(const exp_view *v, FILE *f) {
-    const char *keys[64];
-    int nkeys = 0;
-    for (int i = 0; i < v->nrows; i++)
+    const char *keys[64], *mets[BENCH_MAX_METRICS * 2], *units[BENCH_MAX_METRICS * 2];
+    int nkeys = 0, nmets = 0;
+    for (int i = 0; i < v->nrows; i++) {
         for (int p = 0; p < v->rows[i]->nparams; p++) {
             bool seen = false;
             for (int k = 0; k < nkeys; k++) if (!strcmp(keys[k], v->rows[i]->params[p].key)) seen = true;
             if (!seen && nkeys < 64) keys[nkeys++] = v->rows[i]->params[p].key;
         }
+        for (int m = 0; m < v->rows[i]->nmetrics; m++) {
+            bool seen = false;
+            for (int k = 0; k < nmets; k++) if (!strcmp(mets[k], v->rows[i]->metrics[m].name)) seen = true;
+            if (!seen && nmets < BENCH_MAX_METRICS * 2) {
+                units[nmets] = v->rows[i]->metrics[m].unit;
+                mets[nmets++] = v->rows[i]->metrics[m].name;
+            }
+        }
+    }
     fputs("<div class=\"tw\"><table>\n<tr><th>impl</th><th>backend</th>", f);
     for (int k = 0; k < nkeys; k++) { fputs("<th>", f); html_esc(f, keys[k]); fputs("</th>", f); }
-    fprintf(f, "<th>metric</th><th>median</th><th>min–max</th><th>unit</th><th>runs</th><th>%s ÷ this<br><small>pairwise median (min–max)</small></th></tr>\n",
-            v->base ? v->base : "braid");
+    for (int k = 0; k < nmets; k++) {
+        fputs("<th>", f); html_esc(f, mets[k]);
+        fputs("<br><small>", f); html_esc(f, units[k]);
+        fprintf(f, ", %s better</small></th>", bench_unit_higher_is_better(units[k]) ? "higher" : "lower");
+    }
+    fputs("<th>runs</th></tr>\n", f);
     for (int i = 0; i < v->nrows; i++) {
         const bench_row *r = v->rows[i];
         const bench_row *b = base_for(v, r);
         bool is_base = v->base && !strcmp(r->impl, v->base);
-        for (int m = 0; m < r->nmetrics; m++) {
-            const bench_metric *mt = &r->metrics[m];
+        fprintf(f, "<tr%s><td>", is_base ? " class=\"base\"" : "");
+        html_esc(f, r->impl);
+        fputs("</td><td>", f);
+        html_esc(f, r->backend);
+        fputs("</td>", f);
+        for (int k = 0; k < nkeys; k++) {
+            const char *t = bench_row_param_text(r, keys[k]);
+            fputs("<td>", f); html_esc(f, t ? t : ""); fputs("</td>", f);
+        }
+        for (int k = 0; k < nmets; k++) {
+            const bench_metric *mt = NULL;
+            for (int m = 0; m < r->nmetrics; m++) if (!strcmp(r->metrics[m].name, mets[k])) mt = &r->metrics[m];
+            if (!mt || !isfinite(mt->median)) { fputs("<td class=\"n\">–</td>", f); continue; }
             char a1[32], a2[32], a3[32];
-            fprintf(f, "<tr%s>", is_base ? " class=\"base\"" : "");
-            fputs("<td>", f); html_esc(f, r->impl);
-            fputs("</td><td>", f); html_esc(f, r->backend);
-            fputs("</td>", f);
-            for (int k = 0; k < nkeys; k++) {
-                const char *t = bench_row_param_text(r, keys[k]);
-                fputs("<td>", f); html_esc(f, t ? t : ""); fputs("</td>", f);
-            }
-            fputs("<td>", f); html_esc(f, mt->name);
-            fprintf(f, "</td><td class=\"n\">%s</td><td class=\"n\">%s–", fmt_num(a1, sizeof a1, mt->median),
-                    fmt_num(a2, sizeof a2, mt->min));
-            fprintf(f, "%s</td><td>", fmt_num(a3, sizeof a3, mt->max));
-            html_esc(f, mt->unit);
-            fprintf(f, "</td><td class=\"n\">%d</td>", mt->n);
+            fprintf(f, "<td class=\"n\"><b>%s</b>", fmt_num(a1, sizeof a1, mt->median));
+            if (mt->min != mt->max)
+                fprintf(f, " <small>%s–%s</small>", fmt_num(a2, sizeof a2, mt->min), fmt_num(a3, sizeof a3, mt->max));
             double rm, rn, rx;
             if (b && bench_pair_ratio(b, r, mt->name, &rm, &rn, &rx)) {
                 bool hb = bench_unit_higher_is_better(mt->unit);
                 bool better = hb ? rm > 1 : rm < 1;
                 bool clear = hb ? rn > 1 : rx < 1, clear_worse = hb ? rx < 1 : rn > 1;
                 const char *cls = clear ? "win" : clear_worse ? "lose" : better ? "lwin" : "llose";
-                if (rm == 1) cls = "";
-                fprintf(f, "<td class=\"n %s\">%s (%s–", cls, fmt_ratio(a1, sizeof a1, rm), fmt_ratio(a2, sizeof a2, rn));
-                fprintf(f, "%s)</td>", fmt_ratio(a3, sizeof a3, rx));
-            } else {
-                fputs("<td></td>", f);
+                if (rm == 1 && rn == 1 && rx == 1) cls = "";
+                fprintf(f, "<br><span class=\"r %s\" title=\"%s ÷ this, run by run\">÷ %s (%s–", cls, v->base,
+                        fmt_ratio(a1, sizeof a1, rm), fmt_ratio(a2, sizeof a2, rn));
+                fprintf(f, "%s)</span>", fmt_ratio(a3, sizeof a3, rx));
             }
-            fputs("</tr>\n", f);
+            fputs("</td>", f);
         }
+        fprintf(f, "<td class=\"n\">%d</td></tr>\n", r->runs);
     }
     fputs("</table></div>\n", f);
+    if (v->base)
+        fprintf(f, "<p><small>Each cell: <b>median</b> and min–max over runs; under a peer's value, \"÷ r (lo–hi)\" is "
+                   "%s's value divided by this row's, run by run (median and range of the per-run ratios). "
+                   "Green: %s better in every run pair; red: worse in every pair; pale: the range straddles 1.</small></p>\n",
+                v->base, v->base);
 }
 
 /* ---- index.html and summary.md ------------------------------------------------------------------------ */
 static const char *CSS =
     "body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222;line-height:1.45}"
     "h1{margin-bottom:.2em}h2{border-bottom:1px solid #ccc;padding-bottom:.2em;margin-top:2em}"
-    "table{border-collapse:collapse;font-size:13px}td,th{border:1px solid #ddd;padding:2px 6px;vertical-align:top}"
+    "table{border-collapse:collapse;font-size:13px}td,th{border:1px solid #ddd;padding:2px 6px;vertical-align:top;white-space:nowrap}"
     "th{background:#f4f4f4}.n{text-align:right;font-variant-numeric:tabular-nums}tr.base td{background:#f7fbff}"
-    ".win{background:#d9f2d9}.lwin{background:#eef8ee}.lose{background:#f8d7d7}.llose{background:#fbeeee}"
+    ".r{font-size:11px;padding:0 2px}.win{background:#c8ecc8}.lwin{background:#eaf6ea}.lose{background:#f6cccc}.llose{background:#fbecec}"
     ".tw{overflow-x:auto;max-height:32em;overflow-y:auto}.facts td:first-child{font-weight:600}"
     ".note{color:#8a5a00}img{max-width:100%}figure{margin:1em 0}figcaption{font-size:13px;color:#555}"
     "code{background:#f4f4f4;padding:0 3px}";
@@ -665,17 +719,20 @@ static void write_summary_md(exp_view *views, int nviews, const char *out_dir) {
     snprintf(path, sizeof path, "%s/summary.md", out_dir);
     FILE *f = fopen(path, "w");
     if (!f) return;
-    fprintf(f, "| experiment | braid vs | metric | braid ÷ peer (geo. mean, pairwise) | braid better / worse at |\n");
-    fprintf(f, "|---|---|---|---|---|\n");
+    fprintf(f, "| experiment | comparison | metric | braid ÷ peer, all points | at the largest point | braid better / worse at |\n");
+    fprintf(f, "|---|---|---|---|---|---|\n");
     for (int i = 0; i < nviews; i++) {
         cmp_summary s[64];
         if (!views[i].base || strncmp(views[i].base, "braid", 5)) continue;   /* braid rows only */
-        int n = summarize(&views[i], s, 64);
+        int n = summarize(&views[i], s, 64, true);
         for (int k = 0; k < n; k++) {
-            char g[32];
-            fprintf(f, "| %s | %s | %s (%s, %s better) | %s | %d / %d of %d |\n", views[i].name, s[k].peer, s[k].metric,
-                    s[k].unit, s[k].higher_better ? "higher" : "lower",
-                    fmt_ratio(g, sizeof g, exp(s[k].logsum / s[k].points)), s[k].wins, s[k].losses, s[k].points);
+            char g[32], gx[32], xs[96] = "–";
+            if (isfinite(s[k].at_xmax))
+                snprintf(xs, sizeof xs, "%s (%s = %.15g)", fmt_ratio(gx, sizeof gx, s[k].at_xmax), views[i].e->plot_x,
+                         s[k].xmax);
+            fprintf(f, "| %s | %s vs %s | %s (%s, %s better) | %s | %s | %d / %d of %d |\n", views[i].name,
+                    views[i].base, s[k].peer, s[k].metric, s[k].unit, s[k].higher_better ? "higher" : "lower",
+                    fmt_ratio(g, sizeof g, exp(s[k].logsum / s[k].points)), xs, s[k].wins, s[k].losses, s[k].points);
         }
     }
     char cpu[256] = "", kern[256] = "", date[64] = "";
@@ -684,8 +741,11 @@ static void write_summary_md(exp_view *views, int nviews, const char *out_dir) {
         if (!strcmp(facts[i].key, "kernel")) snprintf(kern, sizeof kern, "%s", facts[i].val);
         if (!strcmp(facts[i].key, "date")) snprintf(date, sizeof date, "%s", facts[i].val);
     }
-    fprintf(f, "\nMeasured %s on %s, %ld cores, %s; full report: bench/report/index.html "
-               "(raw rows: results.jsonl).\n", date, cpu, sysconf(_SC_NPROCESSORS_ONLN), kern);
+    fprintf(f, "\nRatios are braid ÷ peer, taken run by run (braid's run i against the peer's run i) and combined as a "
+               "geometric mean over the experiment's points; below 1 is better for braid where lower is better, above 1 "
+               "where higher is better. Measured %s on %s, %ld cores, %s; full report with method, plots and "
+               "conclusions: bench/report/index.html (raw rows: results.jsonl).\n",
+            date, cpu, sysconf(_SC_NPROCESSORS_ONLN), kern);
     fclose(f);
 }
 
