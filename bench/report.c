@@ -396,6 +396,16 @@ static void make_plots(const exp_view *v, const char *out_dir, plot_list *pl, bo
                 done[i] = true;
                 members[nm++] = i;
             }
+            /* A single x value is a point, not a curve: the table shows it. */
+            bool spread = false;
+            double x0 = NAN;
+            for (int k = 0; k < nm; k++) {
+                double xv;
+                if (!bench_row_param_num(v->rows[members[k]], e->plot_x, &xv)) continue;
+                if (isnan(x0)) x0 = xv;
+                else if (xv != x0) spread = true;
+            }
+            if (!spread) continue;
             char group[256], gslug[256], unit[64] = "";
             params_text(lead, e->plot_x, group, sizeof group);
             slug(group, gslug, sizeof gslug);
