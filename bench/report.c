@@ -622,7 +622,8 @@ static void generic_conclusion(const exp_view *v, FILE *f) {
                 fmt_ratio(g, sizeof g, gm), s[i].points, s[i].points == 1 ? "" : "s", v->base, s[i].wins, s[i].losses);
         if (s[i].losses)
             fprintf(f, " (%d of those worse in every run pair)", s[i].clear_losses);
-        fprintf(f, ". Best for %s: %s× better", v->base, fmt_ratio(b, sizeof b, s[i].best));
+        if (s[i].best >= 1) fprintf(f, ". Best for %s: %s× better", v->base, fmt_ratio(b, sizeof b, s[i].best));
+        else fprintf(f, ". Closest: %s× worse", fmt_ratio(b, sizeof b, 1 / s[i].best));
         if (s[i].best_at[0]) { fputs(" at ", f); html_esc(f, s[i].best_at); }
         if (s[i].worst < 1) {
             fprintf(f, "; worst: %s× worse", fmt_ratio(w, sizeof w, 1 / s[i].worst));
@@ -736,6 +737,7 @@ static void write_summary_md(exp_view *views, int nviews, const char *out_dir) {
         if (!views[i].base || strncmp(views[i].base, "braid", 5)) continue;   /* braid rows only */
         int n = summarize(&views[i], s, 64, true);
         for (int k = 0; k < n; k++) {
+            if (!strncmp(s[k].peer, "braid", 5)) continue;   /* braid variants are for the full report */
             char g[32], gx[32], xs[96] = "–";
             if (isfinite(s[k].at_xmax))
                 snprintf(xs, sizeof xs, "%s (%s = %.15g)", fmt_ratio(gx, sizeof gx, s[k].at_xmax), views[i].e->plot_x,
