@@ -739,7 +739,7 @@ static void progress_print(bool force) {
     fmt_dur(e4, sizeof e4, total_est);
     if (prog.tty) {
         char line[512];
-        snprintf(line, sizeof line, "[%d/%d %s] %s  %s/~%s  (all %s/~%s)", prog.index + 1, prog.total,
+        snprintf(line, sizeof line, "[%d/%d %s] %s  %s of ~%s  (all: %s of ~%s)", prog.index + 1, prog.total,
                  prog.exp ? prog.exp->name : "", prog.step, e1, e2, e3, e4);
         int cols = 120;
         const char *c = getenv("COLUMNS");
