@@ -933,6 +933,10 @@ static int run(bench_ctx *ctx) {
     cs_state *s = calloc(1, sizeof *s);
     if (!s) return -1;
     s->timeout_s = ctx->full ? 60 : 20;
+    char logpath[4200];
+    snprintf(logpath, sizeof logpath, "%s/connscale-server.log", ctx->out_dir);
+    FILE *lf = fopen(logpath, "w");   /* the servers' stderr, this invocation only */
+    if (lf) fclose(lf);
     char raw[4200];
     snprintf(raw, sizeof raw, "%s", ctx->self_exe);
     char *sl = strrchr(raw, '/');

@@ -809,7 +809,8 @@ int bench_report(bench_ctx *ctx, const char *out_dir, double total_seconds) {
         fputs("</td></tr>\n", f);
     }
     fputs("</table>\n<p>Placement: unless an experiment says otherwise, processes are not pinned (the scheduler "
-          "places them on the 2 cores); a cross-core wake-up costs about 30 µs here.</p>\n", f);
+          "places them on the cores; BENCHMARKING.md measured a cross-core wake-up at about 30 µs on this machine), and "
+          "other work on the machine (see the load average above) adds noise.</p>\n", f);
 
     fputs("<h2>Contents</h2>\n<ul>\n", f);
     for (int i = 0; i < nnames; i++) {
