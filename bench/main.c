@@ -83,8 +83,16 @@ static void list_experiments(void) {
     }
 }
 
+char bench_load_at_start[128];
+
 int main(int argc, char **argv) {
     setvbuf(stdout, NULL, _IOLBF, 0);
+    FILE *la = fopen("/proc/loadavg", "r");
+    if (la) {
+        if (fgets(bench_load_at_start, sizeof bench_load_at_start, la))
+            bench_load_at_start[strcspn(bench_load_at_start, "\n")] = 0;
+        fclose(la);
+    }
     bench_sort_experiments();
 
     if (argc >= 2 && !strcmp(argv[1], "serve")) {

@@ -208,8 +208,9 @@ static void collect_facts(bench_ctx *ctx) {
     }
     read_first_line("/proc/sys/kernel/threads-max", buf, sizeof buf);
     add_fact("kernel.threads-max", "%s", buf);
+    if (bench_load_at_start[0]) add_fact("load average at start", "%s", bench_load_at_start);
     read_first_line("/proc/loadavg", buf, sizeof buf);
-    add_fact("load average at report time", "%s", buf);
+    add_fact("load average at the end", "%s", buf);
     if (ctx && ctx->argv) {
         char cmd[512] = "";
         for (int i = 0; ctx->argv[i]; i++) {
