@@ -506,6 +506,9 @@ typedef struct cmp_summary {
     double xs[256], logs[256];   /* plot_x and log(ratio) per point */
     double xmax;                  /* largest plot_x seen (NAN: no plot_x) */
     double at_xmax;               /* geometric mean of the ratios at xmax */
+    char lost_at[8][128];         /* where braid was worse (pairwise median) */
+    double lost_by[8];            /* ... by this factor */
+    bool lost_clear[8];           /* ... in every run pair */
 } cmp_summary;
 
 /* The metrics a conclusion talks about: the plotted ones, else every metric. */
@@ -575,6 +578,11 @@ static int summarize(const exp_view *v, cmp_summary *out, int max, bool headline
                     s.xs[s.points] = v->e && v->e->plot_x && bench_row_param_num(r, v->e->plot_x, &xv) ? xv : NAN;
                     s.logs[s.points] = log(rm);
                 }
+                if (lose && s.losses < 8) {
+                    snprintf(s.lost_at[s.losses], sizeof s.lost_at[0], "%s", at);
+                    s.lost_by[s.losses] = 1 / good;
+                    s.lost_clear[s.losses] = best_pair < 1;
+                }
                 s.points++;
                 s.wins += win;
                 s.losses += lose;
@@ -632,7 +640,21 @@ static void generic_conclusion(const exp_view *v, FILE *f) {
             fprintf(f, "; least ahead: %s×", fmt_ratio(w, sizeof w, s[i].worst));
         }
         if (s[i].worst_at[0]) { fputs(" at ", f); html_esc(f, s[i].worst_at); }
-        fputs(".</li>\n", f);
+        fputs(".", f);
+        if (s[i].losses) {
+            fprintf(f, " %s is worse at: ", v->base);
+            int shown = s[i].losses < 8 ? s[i].losses : 8;
+            for (int k = 0; k < shown; k++) {
+                char lb[32];
+                fprintf(f, "%s", k ? "; " : "");
+                html_esc(f, s[i].lost_at[k][0] ? s[i].lost_at[k] : "the only point");
+                fprintf(f, " (%s×%s)", fmt_ratio(lb, sizeof lb, s[i].lost_by[k]),
+                        s[i].lost_clear[k] ? ", every run pair" : ", within noise");
+            }
+            if (s[i].losses > shown) fprintf(f, "; and %d more", s[i].losses - shown);
+            fputs(".", f);
+        }
+        fputs("</li>\n", f);
     }
     fputs("</ul>\n<p>Ratios are taken run by run (run <i>i</i> of one against run <i>i</i> of the other, measured back to back), "
           "and the table gives their median and range; where that range straddles 1.00 the difference is within this "
