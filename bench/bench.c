@@ -705,7 +705,7 @@ void bench_note(bench_ctx *ctx, const char *fmt, ...) {
 static struct {
     const bench_experiment *exp;
     int index, total;
-    double est, total_est, total_before;   /* seconds */
+    double est, total_est, est_before;     /* seconds: this one, all, the ones done */
     uint64_t t_start, t_exp, t_last_line;
     double fraction;
     char step[200];
@@ -730,7 +730,9 @@ static void progress_print(bool force) {
     if (prog.fraction > 0.05) est = el / prog.fraction;   /* the experiment's own measure */
     else if (el > est) est = el * 1.2;
     double total_el = (double)(now - prog.t_start) / 1e9;
-    double total_est = prog.total_before + est + (prog.total_est - prog.total_before - prog.est);
+    /* actual time so far + this one's remaining estimate + the estimates of those to come */
+    double rest = prog.total_est - prog.est_before - prog.est;
+    double total_est = total_el + (est > el ? est - el : 0) + (rest > 0 ? rest : 0);
     if (total_est < total_el) total_est = total_el;
     char e1[16], e2[16], e3[16], e4[16];
     fmt_dur(e1, sizeof e1, el);
@@ -758,7 +760,7 @@ static void progress_print(bool force) {
 }
 
 void bench_progress_begin_experiment(bench_ctx *ctx, const bench_experiment *e, int index, int total,
-                                     double est_seconds, double total_est, double total_elapsed) {
+                                     double est_seconds, double total_est, double est_before) {
     (void)ctx;
     if (!prog.started) {
         prog.started = true;
@@ -770,7 +772,7 @@ void bench_progress_begin_experiment(bench_ctx *ctx, const bench_experiment *e, 
     prog.total = total;
     prog.est = est_seconds;
     prog.total_est = total_est;
-    prog.total_before = total_elapsed;
+    prog.est_before = est_before;
     prog.t_exp = bench_now_ns();
     prog.fraction = 0;
     snprintf(prog.step, sizeof prog.step, "starting");

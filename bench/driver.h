@@ -59,7 +59,7 @@ void bench_store_close(void);
 
 /* Progress state (bench.c). */
 void bench_progress_begin_experiment(bench_ctx *ctx, const bench_experiment *e, int index, int total,
-                                     double est_seconds, double total_est, double total_elapsed);
+                                     double est_seconds, double total_est, double est_before);
 void bench_progress_end_experiment(bench_ctx *ctx);
 double bench_progress_elapsed(void);   /* seconds since the first experiment began */
 

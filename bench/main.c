@@ -177,13 +177,15 @@ int main(int argc, char **argv) {
     if (ntodo) printf("; estimate ~%.0f s; out %s\n", total_est, ctx.out_dir);
 
     int failures = 0;
+    double est_before = 0;
     uint64_t t0 = bench_now_ns();
     for (int i = 0; i < ntodo; i++) {
         const bench_experiment *e = todo[i];
         double q = e->quick_seconds > 0 ? e->quick_seconds : 10;
         double est = ctx.smoke ? 1 : ctx.full ? (e->full_seconds > 0 ? e->full_seconds : 10 * q) : q;
         ctx.experiment = e->name;
-        bench_progress_begin_experiment(&ctx, e, i, ntodo, est, total_est, bench_progress_elapsed());
+        bench_progress_begin_experiment(&ctx, e, i, ntodo, est, total_est, est_before);
+        est_before += est;
         int rc = e->run(&ctx);
         bench_progress_end_experiment(&ctx);
         if (rc != 0) {
