@@ -486,6 +486,7 @@ typedef struct cs_impl {
 static const cs_impl all_impls[] = {
     { "braid-loop", "loop", K_MODEL, "epoll" },
     { "epoll-raw", NULL, K_RAW, "epoll" },
+    { "braid-loop", "loop", K_MODEL, "uring" },
     { "braid-procs", "procs", K_MODEL, "epoll" },
     { "threads", "thread", K_MODEL, "" },
     { "pool", "pool", K_MODEL, "" },
@@ -542,7 +543,7 @@ static int spawn_server(bench_ctx *ctx, const cs_impl *im, int port, server_proc
     if (im->kind == K_MODEL) {
         argv[a++] = ctx->self_exe; argv[a++] = "serve"; argv[a++] = "connscale";
         argv[a++] = "--port"; argv[a++] = ports; argv[a++] = "--model"; argv[a++] = im->model;
-        if (!strcmp(im->model, "loop") || !strcmp(im->model, "procs")) { argv[a++] = "--backend"; argv[a++] = "epoll"; }
+        if (!strcmp(im->model, "loop") || !strcmp(im->model, "procs")) { argv[a++] = "--backend"; argv[a++] = im->backend; }
         if (!strcmp(im->model, "procs")) { argv[a++] = "--processes"; argv[a++] = procs; }
     } else if (im->kind == K_RAW) {
         snprintf(raw, sizeof raw, "%s", ctx->self_exe);
@@ -909,7 +910,7 @@ typedef struct cs_state {
 static bool split_runs(const cs_state *s, int impl) {
     const cs_impl *im = &all_impls[impl];
     if (im->model && !strcmp(im->model, "procs")) return false;
-    return s->split_all || im->kind == K_RAW || (im->model && !strcmp(im->model, "loop"));
+    return s->split_all || im->kind == K_RAW || (im->model && !strcmp(im->model, "loop") && !strcmp(im->backend, "epoll"));
 }
 
 static void measure(bench_ctx *ctx, int impl, int run, void *arg) {
@@ -941,14 +942,19 @@ static int run(bench_ctx *ctx) {
     snprintf(raw, sizeof raw, "%s", ctx->self_exe);
     char *sl = strrchr(raw, '/');
     snprintf(sl ? sl + 1 : raw, sizeof raw - (size_t)(sl ? sl + 1 - raw : 0), "braid-bench-epoll-raw");
+    bool have_uring = false;
+    for (int b = 0; b < ctx->nbackends; b++) if (!strcmp(ctx->backends[b], "uring")) have_uring = true;
+    for (int i = 0; i < CS_NIMPL; i++)
+        if (!strcmp(all_impls[i].backend, "uring") && !have_uring) s->skip[i] = true;
+    if (!have_uring) bench_note(ctx, "braid's io_uring backend is not available (or not selected): no braid-loop (uring) rows");
     if (access(raw, X_OK) != 0) {
-        s->skip[1] = true;
+        for (int i = 0; i < CS_NIMPL; i++) if (all_impls[i].kind == K_RAW) s->skip[i] = true;
         bench_note(ctx, "braid-bench-epoll-raw was not built next to braid-bench: no raw epoll rows");
     }
     char py[4200];
     snprintf(py, sizeof py, "%s/peers/connscale_twisted.py", ctx->data_dir);
     if (!bench_have_python_module("twisted") || access(py, R_OK) != 0) {
-        s->skip[5] = true;
+        for (int i = 0; i < CS_NIMPL; i++) if (all_impls[i].kind == K_TWISTED) s->skip[i] = true;
         bench_note(ctx, "python3-twisted is not installed for /usr/bin/python3: no Twisted rows");
     }
     struct rlimit rl;
@@ -959,7 +965,12 @@ static int run(bench_ctx *ctx) {
     bench_ctx c2 = *ctx;
     c2.runs = runs;
     const char *names[CS_NIMPL];
-    for (int i = 0; i < CS_NIMPL; i++) names[i] = all_impls[i].name;
+    static char labels[CS_NIMPL][48];
+    for (int i = 0; i < CS_NIMPL; i++) {
+        snprintf(labels[i], sizeof labels[i], "%s%s%s", all_impls[i].name,
+                 !strcmp(all_impls[i].backend, "uring") ? "/" : "", !strcmp(all_impls[i].backend, "uring") ? "uring" : "");
+        names[i] = labels[i];
+    }
     bool two_cpus = sysconf(_SC_NPROCESSORS_ONLN) >= 2;
     if (!two_cpus) bench_note(ctx, "one CPU online: the split placement is not measured");
     else bench_note(ctx, "placement \"split\" pins the server (all its threads) to CPU 1 and the load generator to "
@@ -1018,11 +1029,11 @@ static void conclude(bench_ctx *ctx, FILE *html) {
     char at[48];
     snprintf(at, sizeof at, "connections=%.0f", nmax);
     const char *unp = "placement=unpinned", *spl = "placement=split";
-    const bench_row *loop = bench_find_row(ctx, "braid-loop", NULL, at, unp, NULL);
+    const bench_row *loop = bench_find_row(ctx, "braid-loop", "epoll", at, unp, NULL);
     const bench_row *raw = bench_find_row(ctx, "epoll-raw", NULL, at, unp, NULL);
     fprintf(html, "<p>At %.0f simultaneous connections, unpinned:</p>\n<ul>\n", nmax);
     for (int i = 0; i < CS_NIMPL; i++) {
-        const bench_row *r = bench_find_row(ctx, all_impls[i].name, NULL, at, unp, NULL);
+        const bench_row *r = bench_find_row(ctx, all_impls[i].name, all_impls[i].backend, at, unp, NULL);
         double conn, comp, fail, mem, cpu, csw;
         if (!r || !bench_row_metric_get(r, "complete_ms", &comp, NULL, NULL)) continue;
         bench_row_metric_get(r, "connect_ms", &conn, NULL, NULL);
@@ -1030,10 +1041,11 @@ static void conclude(bench_ctx *ctx, FILE *html) {
         if (!bench_row_metric_get(r, "mem_per_conn", &mem, NULL, NULL)) mem = NAN;
         if (!bench_row_metric_get(r, "cpu_per_conn", &cpu, NULL, NULL)) cpu = NAN;
         if (!bench_row_metric_get(r, "ctx_switches", &csw, NULL, NULL)) csw = NAN;
-        fprintf(html, "<li><b>%s</b>: all connected after %.0f ms, all answered after %.0f ms; %.0f failed; "
+        fprintf(html, "<li><b>%s%s%s</b>: all connected after %.0f ms, all answered after %.0f ms; %.0f failed; "
                       "%.0f B of server memory (RSS) per connection; %.1f µs server CPU per connection; "
                       "%.0f context switches",
-                all_impls[i].name, conn, comp, fail, mem, cpu, csw);
+                all_impls[i].name, !strcmp(all_impls[i].backend, "uring") ? " (uring)" : "",
+                "", conn, comp, fail, mem, cpu, csw);
         double rm, rn, rx;
         if (loop && r != loop && bench_pair_ratio(r, loop, "complete_ms", &rm, &rn, &rx))
             fprintf(html, "; %.2f× braid-loop's completion time (run by run %.2f–%.2f)", rm, rn, rx);
@@ -1045,7 +1057,7 @@ static void conclude(bench_ctx *ctx, FILE *html) {
         fprintf(html, "<p><b>Target</b> (braid's loop within 1.1× of the raw epoll program at the largest N): braid-loop ÷ "
                       "epoll-raw completion time = %.2f unpinned (run by run %.2f–%.2f): %s.",
                 rm, rn, rx, rm <= 1.1 ? "met" : "NOT met");
-    const bench_row *loop_s = bench_find_row(ctx, "braid-loop", NULL, at, spl, NULL);
+    const bench_row *loop_s = bench_find_row(ctx, "braid-loop", "epoll", at, spl, NULL);
     const bench_row *raw_s = bench_find_row(ctx, "epoll-raw", NULL, at, spl, NULL);
     if (loop_s && raw_s && bench_pair_ratio(loop_s, raw_s, "complete_ms", &rm, &rn, &rx))
         fprintf(html, " With the server pinned to one CPU and the client to the other: %.2f (run by run %.2f–%.2f): %s.",
@@ -1112,7 +1124,7 @@ BENCH_EXPERIMENT(connscale,
               "acceptor thread starting a detached thread per connection with blocking I/O (64 KiB stacks, the one "
               "tuning: the default 8 MiB would reserve 80 GB of address space at 10,000); pool = an acceptor thread "
               "feeding 16 worker threads (64 KiB stacks) through a queue, blocking I/O; braid-loop = one braid loop on "
-              "epoll using fd watchers (braid_watch; braid's stream API was not in main when this was written); "
+              "epoll (and a second row on braid's io_uring backend) using fd watchers (braid_watch; braid's stream API was not in main when this was written); "
               "braid-procs = one braid loop per core in as many processes, each with its own listener bound with "
               "SO_REUSEPORT. Peers: epoll-raw = a minimal hand-written epoll program (bench/peers/epoll_raw.c, 17 "
               "bytes of state per fd, the floor); twisted = Twisted's epoll reactor running a Protocol "
@@ -1135,6 +1147,6 @@ BENCH_EXPERIMENT(connscale,
               "largest N and for braid-loop and epoll-raw only in quick mode). Quick mode: N = 100, 1,000, 10,000, 3 runs each; full: N = 100, 1,000, "
               "5,000, 10,000. Implementations alternate within each N.",
     .run = run, .serve = serve, .conclude = conclude, .ratio_base = "braid-loop", .headline = "complete_ms,mem_per_conn",
-    .quick_seconds = 55, .full_seconds = 500, .order = 5,
+    .quick_seconds = 60, .full_seconds = 500, .order = 5,
     .plot_x = "connections", .plot_metric = "connect_ms,complete_ms,mem_per_conn,cpu_per_conn",
     .plot_logx = true, .plot_logy = true);
