@@ -268,6 +268,30 @@ static void conclude(bench_ctx *ctx, FILE *html) {
         }
     }
     if (!(pmax > 0)) return;
+    /* The target: braid's rates >= libuv's at every point. */
+    int points = 0, below = 0;
+    char below_at[512] = "";
+    for (int i = 0; i < bench_nrows(ctx); i++) {
+        const bench_row *u = bench_get_row(ctx, i);
+        if (strcmp(bench_row_impl(u), "libuv")) continue;
+        const char *op = bench_row_param_text(u, "op"), *pend = bench_row_param_text(u, "pending");
+        char fo[64], fp[48];
+        snprintf(fo, sizeof fo, "op=%s", op ? op : "");
+        snprintf(fp, sizeof fp, "pending=%s", pend ? pend : "");
+        const bench_row *b = bench_find_row(ctx, "braid", NULL, fo, fp, NULL);
+        double rm, rn, rx;
+        if (!b || !bench_pair_ratio(b, u, "rate", &rm, &rn, &rx)) continue;
+        points++;
+        if (rm < 1) {
+            below++;
+            size_t l = strlen(below_at);
+            snprintf(below_at + l, sizeof below_at - l, "%s%s at %s pending (%.2f×, run by run %.2f–%.2f)",
+                     l ? "; " : "", op, pend, rm, rn, rx);
+        }
+    }
+    if (points)
+        fprintf(html, "<p><b>Target</b> (braid's timer rates ≥ libuv's): met at %d of %d points%s%s.</p>\n",
+                points - below, points, below ? "; below libuv: " : "", below_at);
     fputs("<p>What braid_timer_start's clock read costs (schedule+cancel, M ops/s):</p>\n<ul>\n", html);
     bool any = false;
     for (int k = 0; k < 2; k++) {
