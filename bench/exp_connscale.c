@@ -14,8 +14,10 @@
  * and two peers: a raw hand-written epoll program (peers/epoll_raw.c, the
  * floor) and Twisted on its epoll reactor (peers/connscale_twisted.py).
  *
- *   braid-bench serve connscale --port P [--model loop|thread|pool|procs]
+ *   braid-bench serve connscale --port P [--model loop|thread|pool|procs|stream]
  *       [--processes N] [--backend B] [--seconds S] [--backlog B] [--pool T]
+ * (stream: the protocol on braid's transport layer, when braid/stream.h is
+ * in the build)
  * serves alone so any client can drive it: prints "ready PORT", serves until
  * a line "quit" on stdin or for S seconds (stdin at EOF: S seconds, or
  * forever without --seconds), then prints
