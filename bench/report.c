@@ -835,6 +835,42 @@ int bench_report(bench_ctx *ctx, const char *out_dir, double total_seconds) {
           "places them on the cores; BENCHMARKING.md measured a cross-core wake-up at about 30 µs on this machine), and "
           "other work on the machine (see the load average above) adds noise.</p>\n", f);
 
+    /* The headline: what summary.md says, for a reader starting here. */
+    bool any_head = false;
+    for (int i = 0; i < nnames; i++) {
+        exp_view *v = &views[i];
+        if (!v->base || strncmp(v->base, "braid", 5)) continue;
+        cmp_summary *sm = bench_xmalloc(64 * sizeof *sm);
+        int n = summarize(v, sm, 64, true);
+        for (int k = 0; k < n; k++) {
+            if (!strncmp(sm[k].peer, "braid", 5)) continue;
+            if (!any_head)
+                fputs("<h2>Headline</h2>\n<p>braid ÷ peer for each experiment's headline metric, ratios taken run by "
+                      "run and combined as a geometric mean over the experiment's points (the largest point also on "
+                      "its own). Below 1 is better for braid where lower is better, above 1 where higher is better. "
+                      "Details, including every point where braid loses, are in each section.</p>\n<table>\n"
+                      "<tr><th>experiment</th><th>comparison</th><th>metric</th><th>all points</th>"
+                      "<th>largest point</th><th>braid better / worse at</th></tr>\n", f);
+            any_head = true;
+            char g[32], gx[32];
+            double gm = exp(sm[k].logsum / sm[k].points);
+            bool good = sm[k].higher_better ? gm > 1 : gm < 1;
+            fprintf(f, "<tr><td><a href=\"#%s\">%s</a></td><td>", v->name, v->name);
+            html_esc(f, v->base); fputs(" vs ", f); html_esc(f, sm[k].peer);
+            fputs("</td><td>", f); html_esc(f, sm[k].metric);
+            fprintf(f, " <small>(%s, %s better)</small></td><td class=\"n %s\">%s</td><td class=\"n\">", sm[k].unit,
+                    sm[k].higher_better ? "higher" : "lower", good ? "lwin" : "llose", fmt_ratio(g, sizeof g, gm));
+            if (isfinite(sm[k].at_xmax))
+                fprintf(f, "%s <small>(%s = %.15g)</small>", fmt_ratio(gx, sizeof gx, sm[k].at_xmax), v->e->plot_x,
+                        sm[k].xmax);
+            else
+                fputs("–", f);
+            fprintf(f, "</td><td class=\"n\">%d / %d of %d</td></tr>\n", sm[k].wins, sm[k].losses, sm[k].points);
+        }
+        free(sm);
+    }
+    if (any_head) fputs("</table>\n", f);
+
     fputs("<h2>Contents</h2>\n<ul>\n", f);
     for (int i = 0; i < nnames; i++) {
         fprintf(f, "<li><a href=\"#%s\">", views[i].name);
