@@ -442,7 +442,7 @@ static int serve_procs(const cs_opts *o) {
         }
     }
     print_stats(&sum);
-    return 0;
+    _exit(0);
 }
 
 /* ---- one braid loop on braid's transport layer (braid/stream.h) ------------------------------
@@ -513,8 +513,8 @@ static int serve_stream(const cs_opts *o) {
     fflush(stdout);
     braid_loop_run(s.loop);
     print_stats(NULL);
-    /* The process exits next; open transports go with it. */
-    return 0;
+    /* Open transports, the listener and the loop go with the process. */
+    _exit(0);
 }
 #endif
 
@@ -547,7 +547,9 @@ static int serve(int argc, char **argv) {
     if (lfd < 0) { fprintf(stderr, "connscale: listen: %s\n", strerror(-lfd)); return 1; }
     run_loop_server(&o, lfd, true, -1);
     print_stats(NULL);
-    return 0;
+    /* Connections still open and the loop go with the process (a server
+     * stopped by its driver has nothing to flush). */
+    _exit(0);
 }
 
 /* ======================================================================================

@@ -80,6 +80,9 @@ int main(int argc, char **argv) {
                 ssize_t r = read(0, line, sizeof line);
                 if (r <= 0 || !strncmp(line, "quit", 4)) {
                     print_stats();
+                    free(conns);
+                    close(ep);
+                    close(lfd);
                     return 0;
                 }
             } else {
