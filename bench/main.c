@@ -75,6 +75,11 @@ static int add_backends(bench_ctx *ctx, const char *list, bool explicit_) {
     return 0;
 }
 
+static bool is_backend_name(const char *s) {
+    return !strcmp(s, "select") || !strcmp(s, "poll") || !strcmp(s, "epoll") || !strcmp(s, "uring") ||
+           !strcmp(s, "io_uring");
+}
+
 static void list_experiments(void) {
     for (int i = 0; i < bench_nexperiments; i++) {
         const bench_experiment *e = bench_experiments[i];
@@ -130,6 +135,9 @@ int main(int argc, char **argv) {
         else if (!strcmp(a, "--smoke")) { ctx.smoke = true; ctx.quick = true; ctx.full = false; }
         else if (!strcmp(a, "--backend") && i + 1 < argc) {
             if (add_backends(&ctx, argv[++i], true) < 0) return 2;
+            /* --backend epoll uring ...: further bare backend names belong to it */
+            while (i + 1 < argc && is_backend_name(argv[i + 1]))
+                if (add_backends(&ctx, argv[++i], true) < 0) return 2;
         } else if (!strncmp(a, "--backend=", 10)) {
             if (add_backends(&ctx, a + 10, true) < 0) return 2;
         } else if (!strcmp(a, "--out") && i + 1 < argc) ctx.out_dir = argv[++i];
