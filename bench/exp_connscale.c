@@ -1176,7 +1176,8 @@ static void conclude(bench_ctx *ctx, FILE *html) {
             fprintf(html, "<p>Server CPU per connection, which does not depend on how the client is scheduled: "
                           "braid-loop %.1f µs, epoll-raw %.1f µs. Where a braid server finishes before the raw "
                           "program, the cause is scheduling on 2 shared cores (which process runs when, how many "
-                          "wake-ups), not less work: both make the same system calls per connection.</p>\n",
+                          "wake-ups), not less work: braid makes at least the raw program's system calls per connection (plus an "
+                          "epoll_ctl to unregister it).</p>\n",
                     lcpu, rcpu);
     }
     fputs("<p><b>Target</b> (≤ 1 KiB of user memory per connection):", html);

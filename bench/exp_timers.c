@@ -313,8 +313,9 @@ static void conclude(bench_ctx *ctx, FILE *html) {
     fputs("</ul>\n", html);
     if (any)
         fputs("<p>With few timers an op is little more than the clock read. With a million pending the heap's memory "
-              "accesses miss the cache, and reading the clock (rdtsc behind an lfence in the vDSO) stops the CPU from "
-              "overlapping one op's cache misses with the next's, which is why the same read costs far more there. "
+              "accesses miss the cache, and the likely reason the same read costs far more there is that reading the "
+              "clock (rdtsc behind an lfence in the vDSO) keeps the CPU from overlapping one op's cache misses with "
+              "the next's. "
               "braid_timer_start reads the clock to guarantee that a timer never fires earlier than its delay after "
               "the call; code arming many timers in a burst can use braid_timer_start_at with braid_loop_now() + delay "
               "(libuv's semantics: the deadline counts from the start of the loop iteration).</p>\n", html);
