@@ -266,7 +266,7 @@ static int run(bench_ctx *ctx) {
             s->act = malloc((size_t)A * sizeof(int));
             for (int i = 0; i < A; i++) s->act[i] = (int)((long)i * N / A);
             /* Rounds: enough to time reliably, bounded for the scanning backends. */
-            int base = N <= 100 ? 4000 : N <= 1000 ? 1500 : 300;
+            int base = N <= 100 ? 3000 : N <= 1000 ? 1000 : 200;
             if (A > 1) base /= 4;   /* each round is A reads and writes */
             s->rounds = ctx->smoke ? 100 : ctx->full ? base * 4 : base;
             for (int i = 0; i < s->nimpl; i++) {
@@ -393,7 +393,7 @@ BENCH_EXPERIMENT(survey,
               "the N (not timed), then time the loop until the A read callbacks have each read their byte: one "
               "blocking iteration (braid_loop_run_once, uv_run UV_RUN_ONCE, event_base_loop EVLOOP_ONCE) whose poll "
               "returns at once. ns per round includes two clock reads (~40 ns) for every implementation alike. "
-              "Quick mode: 4000 rounds at N ≤ 100, 1500 at N ≤ 1000, 300 above; the same sockets serve every "
+              "Quick mode: 3000 rounds at N ≤ 100, 1000 at N ≤ 1000, 200 above (a quarter of that with 100 active); the same sockets serve every "
               "implementation, which alternate within each point. select is limited to fd numbers below FD_SETSIZE.",
     .run = run, .conclude = conclude, .quick_seconds = 45, .full_seconds = 300, .order = 20,
     .plot_x = "registered", .plot_metric = "ns_per_iter", .plot_logx = true, .plot_logy = true);
