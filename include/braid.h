@@ -7,4 +7,6 @@
 #include <braid/loop.h>
 #include <braid/time.h>
 #include <braid/deferred.h>
+#include <braid/protocol.h>
+#include <braid/stream.h>
 #endif
