@@ -9,4 +9,5 @@
 #include <braid/deferred.h>
 #include <braid/protocol.h>
 #include <braid/stream.h>
+#include <braid/endpoint.h>
 #endif
