@@ -10,4 +10,5 @@
 #include <braid/protocol.h>
 #include <braid/stream.h>
 #include <braid/endpoint.h>
+#include <braid/framing.h>
 #endif
