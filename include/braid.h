@@ -11,4 +11,5 @@
 #include <braid/stream.h>
 #include <braid/endpoint.h>
 #include <braid/framing.h>
+#include <braid/dgram.h>
 #endif
