@@ -7,4 +7,9 @@
 #include <braid/loop.h>
 #include <braid/time.h>
 #include <braid/deferred.h>
+#include <braid/protocol.h>
+#include <braid/stream.h>
+#include <braid/endpoint.h>
+#include <braid/framing.h>
+#include <braid/dgram.h>
 #endif
