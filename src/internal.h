@@ -124,6 +124,16 @@ struct braid_loop {
     size_t holds;
     braid_handle handles;         /* sentinel of the open-handle list */
 
+    /* Busy-poll before blocking (pool.c sets these; see spin_for_posted in
+     * loop.c). While spin_holds > 0, work in flight on other threads will
+     * answer through braid_loop_post, and waking a sleeping loop costs tens
+     * of microseconds: run_once first watches the posted stack for up to
+     * spin_cur ns (adaptive, at most spin_max), and posters skip the eventfd
+     * write while `spinning` is set. Loop thread only, except `spinning`. */
+    size_t spin_holds;
+    uint64_t spin_max, spin_cur;
+    atomic_bool spinning;
+
     /* signals */
     int sigfd;
     sigset_t sigmask;
