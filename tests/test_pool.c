@@ -116,6 +116,13 @@ static braid_result plus_one_plain(void *p) {
 static atomic_int calls_ran;
 static void count_call(void *p) { (void)p; atomic_fetch_add(&calls_ran, 1); }
 
+/* A worker records a job in the statistics just after posting its result,
+ * so a result can reach the loop a moment before it is counted: wait until
+ * no job is running (yielding; no timing assumption). */
+static void stats_settled(braid_pool *pool, braid_pool_stats *st) {
+    for (braid_pool_stats_get(pool, st); st->running; braid_pool_stats_get(pool, st)) sched_yield();
+}
+
 static braid_pool *new_pool(braid_loop *loop, unsigned min, unsigned max, unsigned flags,
                             size_t limit) {
     braid_pool_options o = { .min_threads = min, .max_threads = max, .name = "test",
@@ -156,7 +163,7 @@ BT_TEST(results_and_failures_on_loop_thread) {
     }
     BT_EQ(atomic_load(&dtor_calls), N - (N + 4) / 5);   /* each value freed once */
     braid_pool_stats st;
-    braid_pool_stats_get(pool, &st);
+    stats_settled(pool, &st);
     BT_UEQ(st.completed, N);
     BT_UEQ(st.queued, 0);
     BT_UEQ(st.running, 0);
@@ -437,9 +444,11 @@ BT_TEST(sixteen_producer_threads) {
     for (int i = 0; i < PRODUCERS; i++) pthread_join(t[i], NULL);
     long want = (long)PER_PRODUCER * (PER_PRODUCER + 1) / 2;
     for (int i = 0; i < PRODUCERS; i++) BT_EQ(atomic_load(&prod_sums[i]), want);
+    /* The last job posted before its worker recorded it: wait for that. */
     braid_pool_stats st;
-    braid_pool_stats_get(pool, &st);
+    stats_settled(pool, &st);
     BT_UEQ(st.completed, PRODUCERS * PER_PRODUCER);
+    BT_UEQ(st.queued, 0);
     braid_pool_destroy(pool, BRAID_POOL_FINISH);
     bt_loop_destroy(loop);
 }

@@ -181,7 +181,9 @@ typedef struct braid_pool_stats {
     uint64_t run_hist[BRAID_POOL_HIST];    /* started -> finished */
 } braid_pool_stats;
 
-/* Any thread: a consistent snapshot. */
+/* Any thread: a consistent snapshot. A worker counts a job (completed, the
+ * histograms) just after posting its result, so a Deferred may fire a moment
+ * before its job shows in `completed`. */
 BRAID_API void braid_pool_stats_get(braid_pool *pool, braid_pool_stats *out);
 /* Bucket index of a duration, and the upper bound (ns) of the bucket holding
  * quantile q (0..1) of a histogram (0 if it is empty). */
