@@ -19,6 +19,7 @@ static const char *const own[] = {
     [14] = "HTTP protocol error",
     [15] = "lock misuse",
     [16] = "first error",
+    [17] = "every raced Deferred failed",
 };
 
 const char *braid_strerror(int code) {
