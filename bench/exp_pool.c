@@ -113,6 +113,11 @@ static int braid_setup(braid_loop **loop, braid_pool **pool, int threads) {
     if (braid_loop_new(loop, NULL) < 0) return -1;
     braid_pool_options o = { .min_threads = (unsigned)threads, .max_threads = (unsigned)threads,
                              .name = "bench", .loop = *loop };
+    /* For exploring the spin settings by hand (the experiment uses defaults). */
+    const char *e;
+    if ((e = getenv("BENCH_POOL_SPIN_NS"))) o.spin_ns = strtoull(e, NULL, 10);
+    if ((e = getenv("BENCH_POOL_LOOP_SPIN_NS"))) o.loop_spin_ns = strtoull(e, NULL, 10);
+    if (getenv("BENCH_POOL_NO_SPIN")) o.flags |= BRAID_POOL_NO_SPIN;
     return braid_pool_new(pool, &o);
 }
 

@@ -6,6 +6,7 @@
 #include <braid/common.h>
 #include <braid/loop.h>
 #include <braid/time.h>
+#include <sched.h>
 #include <signal.h>
 #include <stdatomic.h>
 
@@ -14,6 +15,24 @@
     ((type *)((char *)(ptr) - offsetof(type, member)))
 #define BRAID__LIKELY(x) __builtin_expect(!!(x), 1)
 #define BRAID__UNLIKELY(x) __builtin_expect(!!(x), 0)
+
+/* One step of a bounded busy-wait (loop.c, pool.c): a CPU pause the first
+ * few times, then sched_yield. Spinning with pause alone is a disaster when
+ * the cores are oversubscribed: the spinner can sit on the very core the
+ * thread it waits for needs, for a whole time slice. Yielding hands that
+ * core over at once and costs well under a microsecond when nobody else
+ * wants it. */
+static inline void braid__spin_step(unsigned i) {
+    if (i < 32) {
+#if defined(__x86_64__) || defined(__i386__)
+        __builtin_ia32_pause();
+#elif defined(__aarch64__)
+        __asm__ __volatile__("yield");
+#endif
+    } else {
+        sched_yield();
+    }
+}
 
 /* ---- poller backends (Redis ae's shape: a handful of small functions) ----------
  * A backend reports readiness as (tag, events) pairs through

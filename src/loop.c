@@ -547,14 +547,6 @@ static uint64_t mono_ns(void) {
     return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
 }
 
-static inline void cpu_relax(void) {
-#if defined(__x86_64__) || defined(__i386__)
-    __builtin_ia32_pause();
-#elif defined(__aarch64__)
-    __asm__ __volatile__("yield");
-#endif
-}
-
 /* Busy-poll the posted stack before a blocking poll, while other threads owe
  * this loop an answer (loop->spin_holds, kept by pool.c). Sleeping in the
  * poller and being woken through the eventfd costs ~30 µs on an idle core;
@@ -576,7 +568,7 @@ static uint64_t spin_for_posted(braid_loop *loop, uint64_t timeout, uint64_t *sl
             atomic_load_explicit(&loop->stop, memory_order_relaxed))
             break;
         if ((i & 15) == 0 && mono_ns() >= end) break;
-        cpu_relax();
+        braid__spin_step(i);
     }
     atomic_store(&loop->spinning, false);
     if (atomic_load(&loop->posted) || atomic_load_explicit(&loop->stop, memory_order_relaxed))

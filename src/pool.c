@@ -71,6 +71,8 @@ struct worker {
     worker *next_idle;           /* idle stack (pool lock) */
     worker *next_all;            /* every thread started, for joining */
     uint64_t spin_cur;           /* this worker's adaptive spin budget */
+    uint64_t chosen_at;          /* when a submitter chose it (pool lock) */
+    uint64_t run_start;          /* when its current job started, 0 if none (pool lock) */
     unsigned id;
     bool sleeping;               /* on the idle stack (pool lock) */
     bool exited;                 /* left worker_main; join and free it */
@@ -99,6 +101,8 @@ struct braid_pool {
     unsigned flags;
     braid_loop *loop;
     braid_handle handle;
+    double avg_run_ns;           /* running averages (pool lock), for choose_sleeper */
+    double avg_wake_ns;
     uint64_t completed, rejected, cancelled;
     uint64_t wait_hist[BRAID_POOL_HIST];
     uint64_t run_hist[BRAID_POOL_HIST];
@@ -109,14 +113,6 @@ static uint64_t mono_ns(void) {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
-}
-
-static inline void cpu_relax(void) {
-#if defined(__x86_64__) || defined(__i386__)
-    __builtin_ia32_pause();
-#elif defined(__aarch64__)
-    __asm__ __volatile__("yield");
-#endif
 }
 
 static void futex_wait(_Atomic uint32_t *addr, uint32_t val, uint64_t timeout_ns) {
@@ -262,11 +258,46 @@ static void run_job(braid_pool *pool, pool_job *j) {
     pool->classes[cls].running--;
     pool->nrunning--;
     pool->completed++;
+    pool->avg_run_ns += ((double)t0 - pool->avg_run_ns) / 8;
     pool->wait_hist[braid_pool_hist_bucket(wait)]++;
     pool->run_hist[braid_pool_hist_bucket(t0)]++;
 }
 
 /* ---- workers -------------------------------------------------------------------------- */
+/* Pool lock held. Pick a sleeping worker to wake if queued work is not
+ * already claimed by a spinning or waking worker — and only if no other
+ * worker is waking right now: wake-ups are chained, each woken worker
+ * passing the baton (below, in worker_main) when it finds more work than
+ * takers. A burst of submissions thus costs the submitter at most one
+ * futex system call, and tiny jobs, which the first worker clears before a
+ * second could even wake, wake nobody else. The flag is set here, under
+ * the lock, so the worker cannot see itself chosen before it is. */
+static worker *choose_sleeper(braid_pool *pool) {
+    size_t queued = atomic_load_explicit(&pool->nqueued, memory_order_relaxed);
+    if (!pool->idle || pool->npending || queued <= pool->nspinning) return NULL;
+    /* Workers already awake will get through the queue before a sleeper
+     * could even wake up: leave it asleep. Costs are running averages of
+     * this pool's own job run time and wake-up latency. A running worker
+     * counts as a taker only while its job is younger than both (a job
+     * stuck for longer, say a slow name lookup, must not hold up the queue). */
+    unsigned takers = pool->nspinning;
+    if (pool->nrunning) {
+        uint64_t now = mono_ns();
+        double fresh = 2 * pool->avg_run_ns > pool->avg_wake_ns ? 2 * pool->avg_run_ns : pool->avg_wake_ns;
+        for (worker *x = pool->all; x; x = x->next_all)
+            if (x->run_start && (double)(now - x->run_start) < fresh) takers++;
+    }
+    if (takers && (double)queued * pool->avg_run_ns < (double)takers * pool->avg_wake_ns) return NULL;
+    worker *w = pool->idle;
+    pool->idle = w->next_idle;
+    w->sleeping = false;
+    pool->nsleeping--;
+    pool->npending++;
+    w->chosen_at = mono_ns();
+    atomic_store_explicit(&w->wake, 1, memory_order_release);
+    return w;
+}
+
 /* Spin (without the lock) until work is queued or the pool stops, for at
  * most budget ns of real time. */
 static bool spin_for_work(braid_pool *pool, uint64_t budget) {
@@ -276,7 +307,7 @@ static bool spin_for_work(braid_pool *pool, uint64_t budget) {
             atomic_load_explicit(&pool->stopping, memory_order_relaxed))
             return true;
         if ((i & 15) == 0 && mono_ns() >= end) return false;
-        cpu_relax();
+        braid__spin_step(i);
     }
 }
 
@@ -302,8 +333,12 @@ static void *worker_main(void *arg) {
     for (;;) {
         pool_job *j = pick(pool);
         if (j) {
+            w->run_start = mono_ns();
+            worker *next = choose_sleeper(pool);   /* more work than takers: pass it on */
             pthread_mutex_unlock(&pool->mu);
+            if (next) futex_wake(&next->wake);
             run_job(pool, j);                 /* returns with the lock held */
+            w->run_start = 0;
             spun = false;
             continue;
         }
@@ -349,7 +384,11 @@ static void *worker_main(void *arg) {
             /* Chosen by a submitter (or by shutdown). Woken soon after going
              * to sleep: the spin would have caught it, so spin fully again. */
             pool->npending--;
-            if (!(pool->flags & BRAID_POOL_NO_SPIN) && mono_ns() - t0 <= pool->spin_max)
+            uint64_t now = mono_ns();
+            if (w->chosen_at && now > w->chosen_at)
+                pool->avg_wake_ns += ((double)(now - w->chosen_at) - pool->avg_wake_ns) / 8;
+            w->chosen_at = 0;
+            if (!(pool->flags & BRAID_POOL_NO_SPIN) && now - t0 <= pool->spin_max)
                 w->spin_cur = pool->spin_max;
             continue;
         }
@@ -454,6 +493,7 @@ int braid_pool_new(braid_pool **out, const braid_pool_options *opts) {
     pool->spin_max = spin ? (o.spin_ns ? o.spin_ns : DEFAULT_SPIN) : 0;
     pool->loop_spin = spin ? (o.loop_spin_ns ? o.loop_spin_ns : DEFAULT_SPIN) : 0;
     pool->clock = o.clock ? o.clock : braid_clock_monotonic();
+    pool->avg_wake_ns = 30000;   /* a first guess: a sleeping thread on an idle core */
     pool_class *def = &pool->classes[0];
     snprintf(def->name, sizeof def->name, "default");
     def->limit = o.queue_limit ? o.queue_limit : DEFAULT_QUEUE_LIMIT;
@@ -526,17 +566,11 @@ static int submit(braid_pool *pool, pool_job *j, int cls) {
     queue_append(pool, pc, j);
     worker *wake = NULL;
     bool spawn = false;
-    if (!(pool->flags & BRAID_POOL_MEMORY) && pc->running < pc->max_running &&
-        atomic_load_explicit(&pool->nqueued, memory_order_relaxed) > pool->nspinning + pool->npending) {
-        if (pool->idle) {
-            wake = pool->idle;
-            pool->idle = wake->next_idle;
-            wake->sleeping = false;
-            pool->nsleeping--;
-            pool->npending++;
-            atomic_store_explicit(&wake->wake, 1, memory_order_release);
-        } else if (pool->nthreads < pool->max_threads &&
-                   pool->nrunning + pool->nspinning + pool->npending >= pool->nthreads) {
+    if (!(pool->flags & BRAID_POOL_MEMORY) && pc->running < pc->max_running) {
+        wake = choose_sleeper(pool);
+        if (!wake && !pool->idle && pool->nthreads < pool->max_threads &&
+            atomic_load_explicit(&pool->nqueued, memory_order_relaxed) > pool->nspinning + pool->npending &&
+            pool->nrunning + pool->nspinning + pool->npending >= pool->nthreads) {
             pool->nthreads++;
             spawn = true;
         }
