@@ -352,11 +352,12 @@ static void *worker_main(void *arg) {
             bool found = spin_for_work(pool, w->spin_cur);
             pthread_mutex_lock(&pool->mu);
             pool->nspinning--;
-            if (!found) {
-                w->spin_cur /= 2;   /* a quiet spell: spin less next time */
-                spun = true;
-            }
-            continue;               /* submitters did not wake anyone for us: look again */
+            if (!found) w->spin_cur /= 2;   /* a quiet spell: spin less next time */
+            /* Look again (submitters woke nobody for us), but spin only once
+             * per idle spell: work we saw may belong to a class at its
+             * max_running, and re-spinning on it would burn a core. */
+            spun = true;
+            continue;
         }
 
         /* Sleep until a submitter picks this worker (or the idle timeout,
@@ -838,6 +839,7 @@ void braid_pool_stats_get(braid_pool *pool, braid_pool_stats *out) {
     out->running = pool->nrunning;
     out->threads = pool->nthreads;
     out->idle = pool->nsleeping + pool->nspinning;
+    out->spinning = pool->nspinning;
     out->completed = pool->completed;
     out->rejected = pool->rejected;
     out->cancelled = pool->cancelled;

@@ -172,6 +172,7 @@ typedef struct braid_pool_stats {
     uint64_t running;         /* being run by a worker now */
     uint64_t threads;         /* threads alive */
     uint64_t idle;            /* threads waiting for work (spinning or asleep) */
+    uint64_t spinning;        /* of those, spinning right now */
     uint64_t completed;       /* jobs that ran to the end (results dropped or not) */
     uint64_t rejected;        /* refused: queue full or shut down */
     uint64_t cancelled;       /* removed from a queue before they started */
