@@ -405,10 +405,10 @@ static void measure(bench_ctx *ctx, pool_state *s, int impl, int li, int run) {
 static int run(bench_ctx *ctx) {
     pool_state *s = calloc(1, sizeof *s);
     if (!s) return -1;
-    s->calls = 10000;                       /* seeds/003: 10,000 per caller */
-    s->tw_calls = ctx->full ? 10000 : 1000; /* Twisted at ~100 µs a call: fewer in quick mode */
-    s->warm = 1000;
-    double idle_secs = ctx->full || !ctx->quick ? 5 : 2;
+    s->calls = ctx->smoke ? 200 : 10000;    /* seeds/003: 10,000 per caller */
+    s->tw_calls = ctx->full ? 10000 : ctx->smoke ? 50 : 1000;   /* Twisted: ~50-500 µs a call */
+    s->warm = ctx->smoke ? 50 : 1000;
+    double idle_secs = ctx->smoke ? 0.2 : ctx->full || !ctx->quick ? 5 : 2;
     for (int i = 0; i < NIMPL; i++) s->have[i] = true;
 #ifndef BENCH_HAVE_LIBUV
     s->have[I_UV1] = s->have[I_UV4] = false;
@@ -468,6 +468,43 @@ static int run(bench_ctx *ctx) {
     return 0;
 }
 
+static double med_of(bench_ctx *ctx, const char *impl, int load, const char *metric) {
+    char f[32];
+    snprintf(f, sizeof f, "load=%d", load);
+    const bench_row *r = bench_find_row(ctx, impl, NULL, f, (char *)NULL);
+    double v = NAN;
+    if (r) bench_row_metric_get(r, metric, &v, NULL, NULL);
+    return v;
+}
+
+static void conclude(bench_ctx *ctx, FILE *html) {
+    double b1 = med_of(ctx, "braid-4t", 1, "us_per_call"), u1 = med_of(ctx, "libuv-4t", 1, "us_per_call");
+    double b1s = med_of(ctx, "braid-1t", 1, "us_per_call"), u1s = med_of(ctx, "libuv-1t", 1, "us_per_call");
+    double n1 = med_of(ctx, "naive-1t", 1, "us_per_call"), t1 = med_of(ctx, "twisted-4t", 1, "us_per_call");
+    double s1 = med_of(ctx, "sync", 1, "us_per_call");
+    double b16 = med_of(ctx, "braid-4t", 16, "calls_per_s"), u16 = med_of(ctx, "libuv-4t", 16, "calls_per_s");
+    double b16s = med_of(ctx, "braid-1t", 16, "calls_per_s"), u16s = med_of(ctx, "libuv-1t", 16, "calls_per_s");
+    double t16 = med_of(ctx, "twisted-4t", 16, "calls_per_s");
+    if (!isfinite(b1)) return;
+    fprintf(html, "<p>A round trip to a braid pool and back to the loop took %.1f µs at load 1 with 4 threads "
+                  "(%.1f µs with 1), against a plain call's %.3f µs.", b1, b1s, s1);
+    if (isfinite(u1))
+        fprintf(html, " libuv's uv_queue_work took %.1f µs (1 thread: %.1f): braid's round trip is %.2f× libuv's "
+                      "(1 thread: %.2f×).", u1, u1s, b1 / u1, b1s / u1s);
+    if (isfinite(n1)) fprintf(html, " The naive pthread+condvar+eventfd pool took %.1f µs.", n1);
+    if (isfinite(t1)) fprintf(html, " Twisted's deferToThreadPool took %.0f µs (seeds/003 reported 120 µs).", t1);
+    if (isfinite(u16))
+        fprintf(html, " At load 16 braid ran %.0f calls/s with 4 threads (1: %.0f) against libuv's %.0f (1: %.0f), "
+                      "%.1f× (%.1f×).", b16, b16s, u16, u16s, b16 / u16, b16s / u16s);
+    if (isfinite(t16)) fprintf(html, " Twisted managed %.0f calls/s.", t16);
+    fputs(" braid wins by not sleeping when sleeping costs more than waiting: workers and the loop poll "
+          "briefly (adaptive, yielding) before sleeping, wake-ups are chained and skipped when the awake "
+          "workers will clear the queue first, and completions come back in batches through the loop's "
+          "posted-call stack without allocating. On a machine shared with other work the ~30 µs wake-up of "
+          "an idle core shrinks (cores are not halted), which flatters the sleeping designs; the ratios "
+          "above come from runs alternating in the same invocation.</p>\n", html);
+}
+
 BENCH_EXPERIMENT(pool,
     .title = "Thread-pool round trip (seeds/003)",
     .question = "seeds/003: Twisted's deferToThread took 120 µs to run a trivial function in a thread and get "
@@ -482,5 +519,5 @@ BENCH_EXPERIMENT(pool,
               "before its pool starts); implementations alternate run by run; not pinned. braid: default "
               "pool options (workers and the loop spin up to 50 µs before sleeping, adaptive). Idle: CPU time "
               "(getrusage, whole process) of a started 4-thread pool over 5 s (quick: 2 s) after 1,000 calls.",
-    .run = run, .serve = serve, .quick_seconds = 60, .plot_x = "load", .plot_metric = "us_per_call",
-    .plot_logy = true);
+    .run = run, .serve = serve, .conclude = conclude, .ratio_base = "braid-4t", .quick_seconds = 75,
+    .full_seconds = 400, .order = 40, .plot_x = "load", .plot_metric = "us_per_call", .plot_logy = true);
