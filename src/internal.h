@@ -187,6 +187,13 @@ void braid__signals_close(braid_loop *loop);
 
 void braid__log(braid_loop *loop, braid_log_level level, const char *fmt, ...) BRAID_PRINTF(3, 4);
 
+/* The pool and class where this loop resolves host names (pool.c): the one
+ * given to braid_loop_set_resolver_pool, else a pool of the loop's own made
+ * on first use (up to 4 threads, no spinning) and destroyed with the loop.
+ * NULL on allocation failure. Loop thread. */
+struct braid_pool;
+struct braid_pool *braid__loop_resolver_pool(braid_loop *loop, int *cls);
+
 /* Allocator internals for fault injection (alloc.c). */
 void braid__alloc_reset_injection(void);
 

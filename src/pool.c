@@ -156,11 +156,17 @@ uint64_t braid_pool_hist_quantile(const uint64_t hist[BRAID_POOL_HIST], double q
 typedef struct loop_state {
     pool_job *free;
     size_t nfree;
+    braid_pool *resolver;        /* where name resolution runs (see pool.h) */
+    int resolver_cls;
+    bool resolver_owned;         /* created by braid__loop_resolver_pool */
 } loop_state;
 
 static void loop_state_destroy(braid_loop *loop, void *p) {
     (void)loop;
     loop_state *st = p;
+    /* No lookup is in flight (each holds the loop, and destroy refuses a
+     * held loop): this only joins idle threads. */
+    if (st->resolver_owned) braid_pool_destroy(st->resolver, BRAID_POOL_CANCEL);
     while (st->free) {
         pool_job *j = st->free;
         st->free = j->next;
@@ -169,13 +175,19 @@ static void loop_state_destroy(braid_loop *loop, void *p) {
     braid_free(st);
 }
 
-static pool_job *job_get(braid_loop *loop) {
+static loop_state *loop_state_get(braid_loop *loop) {
     loop_state *st = braid__loop_slot(loop, BRAID__SLOT_POOL);
     if (!st) {
         st = braid_calloc(1, sizeof *st);
         if (!st) return NULL;
         braid__loop_set_slot(loop, BRAID__SLOT_POOL, st, loop_state_destroy);
     }
+    return st;
+}
+
+static pool_job *job_get(braid_loop *loop) {
+    loop_state *st = loop_state_get(loop);
+    if (!st) return NULL;
     pool_job *j = st->free;
     if (j) {
         st->free = j->next;
@@ -850,4 +862,37 @@ void braid_pool_stats_get(braid_pool *pool, braid_pool_stats *out) {
     memcpy(out->wait_hist, pool->wait_hist, sizeof out->wait_hist);
     memcpy(out->run_hist, pool->run_hist, sizeof out->run_hist);
     pthread_mutex_unlock(&pool->mu);
+}
+
+/* ---- the resolver pool ------------------------------------------------------------------------- */
+int braid_loop_set_resolver_pool(braid_loop *loop, braid_pool *pool, int cls) {
+    if (!loop || !pool || cls < 0) return BRAID_EINVAL;
+    pthread_mutex_lock(&pool->mu);
+    bool ok = (unsigned)cls < pool->nclasses;
+    pthread_mutex_unlock(&pool->mu);
+    if (!ok) return BRAID_EINVAL;
+    loop_state *st = loop_state_get(loop);
+    if (!st) return BRAID_ENOMEM;
+    if (st->resolver_owned) braid_pool_destroy(st->resolver, BRAID_POOL_FINISH);
+    st->resolver = pool;
+    st->resolver_cls = cls;
+    st->resolver_owned = false;
+    return 0;
+}
+
+braid_pool *braid__loop_resolver_pool(braid_loop *loop, int *cls) {
+    loop_state *st = loop_state_get(loop);
+    if (!st) return NULL;
+    if (!st->resolver) {
+        /* Lookups are slow and rare next to a spin budget: never spin. */
+        braid_pool_options o = { .max_threads = 4, .name = "resolve", .flags = BRAID_POOL_NO_SPIN,
+                                 .queue_limit = 1024 };
+        braid_pool *pool;
+        if (braid_pool_new(&pool, &o) < 0) return NULL;
+        st->resolver = pool;
+        st->resolver_cls = 0;
+        st->resolver_owned = true;
+    }
+    *cls = st->resolver_cls;
+    return st->resolver;
 }
