@@ -134,7 +134,7 @@ static braid_pool *new_pool(braid_loop *loop, unsigned min, unsigned max, unsign
 }
 
 /* ---- results and failures arrive on the loop thread ----------------------------------------- */
-BT_TEST(results_and_failures_on_loop_thread) {
+BT_IO_TEST(results_and_failures_on_loop_thread) {
     braid_loop *loop = bt_loop_new(NULL);
     loop_thread = pthread_self();
     braid_pool *pool = new_pool(loop, 0, 4, 0, 0);
@@ -181,7 +181,7 @@ static braid_result log_order(braid_result r, void *p) {
     return r;
 }
 
-BT_TEST(one_thread_keeps_order) {
+BT_IO_TEST(one_thread_keeps_order) {
     braid_loop *loop = bt_loop_new(NULL);
     braid_pool *pool = new_pool(loop, 1, 1, 0, 0);
     order_n = 0;
@@ -494,7 +494,7 @@ static braid_result worker_asks_loop(void *p) {
     return braid_ok((void *)(intptr_t)7);
 }
 
-BT_TEST(blocking_call_from_thread) {
+BT_IO_TEST(blocking_call_from_thread) {
     braid_loop *loop = bt_loop_new(NULL);
     loop_thread = pthread_self();
     braid_pool *pool = new_pool(loop, 0, 2, 0, 0);
