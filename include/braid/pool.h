@@ -149,7 +149,8 @@ typedef enum braid_pool_mode {
 BRAID_API void braid_pool_shutdown(braid_pool *pool, braid_pool_mode mode);
 
 /* Shut down (mode), wait for every thread to exit, and free the pool. Not on
- * a pool worker. Completions already posted to loops are still delivered
+ * a pool worker; for a pool created with options.loop, on that loop's thread
+ * (it leaves the loop's leak gate). Completions already posted to loops are still delivered
  * there by their loops (the pool is not needed for that). A memory pool
  * with BRAID_POOL_FINISH runs its queued work on the calling thread. Do not
  * call it on a loop thread while FINISH work waits on that loop
