@@ -692,3 +692,33 @@ BT_TEST(resolver_pool_freed_with_loop) {
     BT_EQ(o.value, 10);
     bt_loop_destroy(loop);   /* joins its threads; the harness checks nothing leaked */
 }
+
+/* ---- thread options: names and stack size ----------------------------------------------------- */
+typedef struct thread_info { char name[16]; size_t stack; } thread_info;
+static braid_result describe_thread(void *p) {
+    thread_info *ti = p;
+    pthread_getname_np(pthread_self(), ti->name, sizeof ti->name);
+    pthread_attr_t attr;
+    if (pthread_getattr_np(pthread_self(), &attr) == 0) {
+        pthread_attr_getstacksize(&attr, &ti->stack);
+        pthread_attr_destroy(&attr);
+    }
+    return braid_ok(NULL);
+}
+
+BT_TEST(thread_names_and_stack_size) {
+    braid_loop *loop = bt_loop_new(NULL);
+    braid_pool_options o = { .max_threads = 1, .name = "db", .stack_size = 1 << 20, .loop = loop };
+    braid_pool *pool;
+    BT_OK(braid_pool_new(&pool, &o));
+    thread_info ti = { { 0 }, 0 };
+    outcome out = { 0 };
+    watch(braid_defer_to_pool(loop, pool, describe_thread, &ti), &out, false);
+    BT_OK(braid_loop_run(loop));
+    BT_STREQ(ti.name, "db-0");
+    BT_UEQ(ti.stack, 1 << 20);
+    braid_pool_destroy(pool, BRAID_POOL_FINISH);
+    braid_pool_options bad = { .min_threads = 3, .max_threads = 2 };
+    BT_ERR(braid_pool_new(&pool, &bad), BRAID_EINVAL);
+    bt_loop_destroy(loop);
+}
