@@ -514,10 +514,14 @@ int braid_pool_new(braid_pool **out, const braid_pool_options *opts) {
     pool->nclasses = 1;
     if (!(o.flags & BRAID_POOL_MEMORY)) {
         for (unsigned i = 0; i < o.min_threads; i++) {
+            pthread_mutex_lock(&pool->mu);   /* workers already started read it */
             pool->nthreads++;
+            pthread_mutex_unlock(&pool->mu);
             int rc = spawn_worker(pool);
             if (rc < 0) {
+                pthread_mutex_lock(&pool->mu);
                 pool->nthreads--;
+                pthread_mutex_unlock(&pool->mu);
                 pool->loop = NULL;
                 braid_pool_destroy(pool, BRAID_POOL_CANCEL);
                 return rc;
