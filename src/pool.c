@@ -25,6 +25,7 @@
 #include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/syscall.h>
 #include <time.h>
@@ -91,6 +92,7 @@ struct braid_pool {
     unsigned npending;           /* workers woken but not yet back under the lock */
     unsigned nsleeping;          /* on the idle stack */
     unsigned nrunning;
+    unsigned spin_cores;         /* spin only while fewer workers than this run (cores - 1) */
     unsigned next_id;
     worker *idle;
     worker *all;
@@ -358,7 +360,8 @@ static void *worker_main(void *arg) {
 
         /* Nothing to do. One idle worker at a time may spin for a while: a
          * wake-up from sleep costs more than the work it brings. */
-        if (!spun && w->spin_cur && pool->nspinning == 0 && !pool->shutdown) {
+        if (!spun && w->spin_cur && pool->nspinning == 0 && pool->nrunning < pool->spin_cores &&
+            !pool->shutdown) {
             pool->nspinning++;
             pthread_mutex_unlock(&pool->mu);
             bool found = spin_for_work(pool, w->spin_cur);
@@ -507,6 +510,11 @@ int braid_pool_new(braid_pool **out, const braid_pool_options *opts) {
     pool->loop_spin = spin ? (o.loop_spin_ns ? o.loop_spin_ns : DEFAULT_SPIN) : 0;
     pool->clock = o.clock ? o.clock : braid_clock_monotonic();
     pool->avg_wake_ns = 30000;   /* a first guess: a sleeping thread on an idle core */
+    /* Leave a core to the loop: an idle worker spins only while the running
+     * ones leave a core free (with 2 cores: only when no worker runs — a
+     * running worker picks the next job itself when it is done anyway). */
+    long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
+    pool->spin_cores = ncpu > 2 ? (unsigned)(ncpu - 1) : 1;
     pool_class *def = &pool->classes[0];
     snprintf(def->name, sizeof def->name, "default");
     def->limit = o.queue_limit ? o.queue_limit : DEFAULT_QUEUE_LIMIT;
