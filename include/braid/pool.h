@@ -43,7 +43,8 @@
  * Speed. A sleeping thread takes tens of microseconds to wake on an idle core,
  * more than the work itself in the common case. So: at most one idle worker
  * spins briefly (spin_ns, adaptive: halved after each spin that found
- * nothing) before sleeping; a burst of submissions wakes only as many sleeping
+ * nothing; only while running workers leave a core for the loop) before
+ * sleeping; a burst of submissions wakes only as many sleeping
  * workers as there is queued work not already claimed by a spinning or waking
  * worker; and while jobs are in flight the loop busy-polls its posted queue
  * briefly (loop_spin_ns, same adaptation) before blocking in its poller, and
