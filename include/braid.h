@@ -12,4 +12,5 @@
 #include <braid/endpoint.h>
 #include <braid/framing.h>
 #include <braid/dgram.h>
+#include <braid/pool.h>
 #endif

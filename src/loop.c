@@ -10,6 +10,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 #ifdef __linux__
 #include <sys/eventfd.h>
@@ -154,6 +155,7 @@ int braid_loop_new(braid_loop **out, const braid_loop_options *opts) {
     atomic_init(&loop->posted, NULL);
     atomic_init(&loop->stop, false);
     atomic_init(&loop->destroying, false);
+    atomic_init(&loop->spinning, false);
 
     loop->events = braid_malloc(BRAID__MAX_BATCH * sizeof *loop->events);
     if (!loop->events) { braid_free(loop); return BRAID_ENOMEM; }
@@ -401,10 +403,13 @@ void braid_loop_post_node(braid_loop *loop, braid_post *node) {
     do {
         node->next = head;
     } while (!atomic_compare_exchange_weak_explicit(&loop->posted, &head, node,
-                                                    memory_order_release, memory_order_relaxed));
+                                                    memory_order_seq_cst, memory_order_relaxed));
     /* Only the post that makes the queue non-empty wakes the loop: one
-     * eventfd write per batch however many calls follow it. */
-    if (head == NULL) wake_signal(loop);
+     * eventfd write per batch however many calls follow it. A loop that is
+     * busy-polling the stack (spin_for_posted) sees the node without it; the
+     * seq_cst push above and the loop's seq_cst clear-then-recheck of
+     * `spinning` make sure one side notices the other. */
+    if (head == NULL && !atomic_load(&loop->spinning)) wake_signal(loop);
 }
 
 typedef struct posted_call {
@@ -536,10 +541,56 @@ uint64_t braid_loop_next_timeout(braid_loop *loop) {
     return poll_timeout(loop);
 }
 
+static uint64_t mono_ns(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+/* Busy-poll the posted stack before a blocking poll, while other threads owe
+ * this loop an answer (loop->spin_holds, kept by pool.c). Sleeping in the
+ * poller and being woken through the eventfd costs ~30 µs on an idle core;
+ * a pool job answering in a few µs would spend most of its round trip
+ * there. The spin is bounded by spin_cur (always real time: a fake clock
+ * must not stretch it) and adapts: a spin that found nothing halves the
+ * next budget, down to no spinning at all; an answer arriving within
+ * spin_max of the loop going to sleep restores it (see run_once). Returns
+ * the timeout left for the real poll: 0 if something was posted. */
+static uint64_t spin_for_posted(braid_loop *loop, uint64_t timeout, uint64_t *slept_at) {
+    uint64_t budget = loop->spin_cur < timeout ? loop->spin_cur : timeout;
+    uint64_t start = mono_ns();
+    *slept_at = start;
+    if (!budget) return timeout;
+    atomic_store(&loop->spinning, true);
+    uint64_t end = start + budget;
+    for (unsigned i = 1;; i++) {
+        if (atomic_load_explicit(&loop->posted, memory_order_relaxed) ||
+            atomic_load_explicit(&loop->stop, memory_order_relaxed))
+            break;
+        if ((i & 15) == 0 && mono_ns() >= end) break;
+        braid__spin_step(i);
+    }
+    atomic_store(&loop->spinning, false);
+    if (atomic_load(&loop->posted) || atomic_load_explicit(&loop->stop, memory_order_relaxed))
+        return 0;
+    loop->spin_cur /= 2;
+    *slept_at = mono_ns();
+    if (timeout == BRAID_FOREVER) return timeout;
+    uint64_t spent = *slept_at - start;
+    return timeout > spent ? timeout - spent : 0;
+}
+
 int braid_loop_run_once(braid_loop *loop, unsigned flags) {
     uint64_t timeout = (flags & BRAID_RUN_NOWAIT) ? 0 : poll_timeout(loop);
     if (timeout == BRAID_FOREVER && !loop_alive(loop)) timeout = 0;
+    uint64_t slept_at = 0;
+    bool spun = timeout && loop->spin_holds && loop->spin_max;
+    if (spun) timeout = spin_for_posted(loop, timeout, &slept_at);
     int rc = loop->poller->poll(loop, timeout);
+    if (spun && timeout && loop->spin_cur < loop->spin_max &&
+        atomic_load_explicit(&loop->posted, memory_order_relaxed) &&
+        mono_ns() - slept_at <= loop->spin_max)
+        loop->spin_cur = loop->spin_max;   /* the answer came soon after all: spin again */
     if (rc < 0 && rc != -EINTR) {
         loop->nevents = 0;
         return rc;

@@ -1,0 +1,724 @@
+/* Thread pools: results and failures on the loop thread, ordering, cancel,
+ * bounded queues, classes, shutdown in both modes, 16 producers,
+ * blocking_call_from_thread, the memory worker, statistics, the leak gate and
+ * an allocation-failure walk. Threads synchronise through condition
+ * variables and the loop, never through sleeps. */
+// ctest-labels: pool threads
+#include "harness.h"
+#include <braid/pool.h>
+#include "internal.h"   /* braid__loop_resolver_pool */
+#include <pthread.h>
+#include <sched.h>
+#include <stdatomic.h>
+
+/* ---- helpers ------------------------------------------------------------------------ */
+typedef struct outcome {
+    int done;
+    int code;              /* failure code, 0 on success */
+    intptr_t value;
+    pthread_t thread;      /* where the callback ran */
+} outcome;
+
+static braid_result on_ok(braid_result r, void *p) {
+    outcome *o = p;
+    o->done = 1;
+    o->value = r.value ? *(intptr_t *)r.value : -1;
+    o->thread = pthread_self();
+    braid_result_drop(r);
+    return braid_ok(NULL);
+}
+static braid_result on_ok_plain(braid_result r, void *p) {
+    outcome *o = p;
+    o->done = 1;
+    o->value = (intptr_t)r.value;
+    o->thread = pthread_self();
+    braid_result_drop(r);
+    return braid_ok(NULL);
+}
+static braid_result on_err(braid_result r, void *p) {
+    outcome *o = p;
+    o->done = 1;
+    o->code = r.failure->code;
+    o->thread = pthread_self();
+    braid_result_drop(r);
+    return braid_ok(NULL);
+}
+static void watch(braid_deferred *d, outcome *o, bool boxed) {
+    BT_TRUE(d != NULL);
+    BT_OK(braid_deferred_add_callbacks(d, boxed ? on_ok : on_ok_plain, on_err, o));
+    braid_deferred_release(d);
+}
+
+/* A gate a job waits at until the test opens it; `arrived` counts waiters. */
+typedef struct gate {
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    int open, arrived;
+} gate;
+static void gate_init(gate *g) {
+    pthread_mutex_init(&g->mu, NULL);
+    pthread_cond_init(&g->cv, NULL);
+    g->open = g->arrived = 0;
+}
+static void gate_pass(gate *g) {
+    pthread_mutex_lock(&g->mu);
+    g->arrived++;
+    pthread_cond_broadcast(&g->cv);
+    while (!g->open) pthread_cond_wait(&g->cv, &g->mu);
+    pthread_mutex_unlock(&g->mu);
+}
+static void gate_wait_arrivals(gate *g, int n) {
+    pthread_mutex_lock(&g->mu);
+    while (g->arrived < n) pthread_cond_wait(&g->cv, &g->mu);
+    pthread_mutex_unlock(&g->mu);
+}
+static void gate_open(gate *g) {
+    pthread_mutex_lock(&g->mu);
+    g->open = 1;
+    pthread_cond_broadcast(&g->cv);
+    pthread_mutex_unlock(&g->mu);
+}
+
+static pthread_t loop_thread;
+static atomic_int dtor_calls;
+static _Atomic(pthread_t) dtor_thread;
+
+static void box_free(void *p) {
+    atomic_fetch_add(&dtor_calls, 1);
+    atomic_store(&dtor_thread, pthread_self());
+    braid_free(p);
+}
+
+/* f(x) = x + 1 as an owned value, recording the thread it ran on. */
+typedef struct job_arg {
+    intptr_t x;
+    pthread_t ran_on;
+    atomic_int ran;
+    gate *g;               /* optional: wait here first */
+    bool fail;
+} job_arg;
+
+static braid_result plus_one(void *p) {
+    job_arg *a = p;
+    a->ran_on = pthread_self();
+    atomic_fetch_add(&a->ran, 1);
+    if (a->g) gate_pass(a->g);
+    if (a->fail) return braid_errf(BRAID_ENOENT, "no such thing: %ld", (long)a->x);
+    intptr_t *v = braid_malloc(sizeof *v);
+    if (!v) return braid_err(braid_failure_new(BRAID_ENOMEM, NULL));
+    *v = a->x + 1;
+    return braid_ok_owned(v, box_free);
+}
+
+static braid_result plus_one_plain(void *p) {
+    return braid_ok((void *)((intptr_t)p + 1));
+}
+
+static atomic_int calls_ran;
+static void count_call(void *p) { (void)p; atomic_fetch_add(&calls_ran, 1); }
+
+/* A worker records a job in the statistics just after posting its result,
+ * so a result can reach the loop a moment before it is counted: wait until
+ * no job is running (yielding; no timing assumption). */
+static void stats_settled(braid_pool *pool, braid_pool_stats *st) {
+    for (braid_pool_stats_get(pool, st); st->running; braid_pool_stats_get(pool, st)) sched_yield();
+}
+
+static braid_pool *new_pool(braid_loop *loop, unsigned min, unsigned max, unsigned flags,
+                            size_t limit) {
+    braid_pool_options o = { .min_threads = min, .max_threads = max, .name = "test",
+                             .queue_limit = limit, .loop = loop, .flags = flags };
+    braid_pool *pool;
+    BT_OK(braid_pool_new(&pool, &o));
+    return pool;
+}
+
+/* ---- results and failures arrive on the loop thread ----------------------------------------- */
+BT_IO_TEST(results_and_failures_on_loop_thread) {
+    braid_loop *loop = bt_loop_new(NULL);
+    loop_thread = pthread_self();
+    braid_pool *pool = new_pool(loop, 0, 4, 0, 0);
+    enum { N = 64 };
+    static job_arg args[N];
+    static outcome out[N];
+    atomic_store(&dtor_calls, 0);
+    for (int i = 0; i < N; i++) {
+        memset(&args[i], 0, sizeof args[i]);
+        memset(&out[i], 0, sizeof out[i]);
+        args[i].x = i;
+        args[i].fail = i % 5 == 0;
+        watch(braid_defer_to_pool(loop, pool, plus_one, &args[i]), &out[i], true);
+    }
+    BT_OK(braid_loop_run(loop));   /* holds keep it running until every result is in */
+    for (int i = 0; i < N; i++) {
+        BT_TRUE(out[i].done);
+        BT_TRUE(pthread_equal(out[i].thread, loop_thread));
+        BT_FALSE(pthread_equal(args[i].ran_on, loop_thread));
+        BT_EQ(atomic_load(&args[i].ran), 1);
+        if (i % 5 == 0) {
+            BT_ERR(out[i].code, BRAID_ENOENT);
+        } else {
+            BT_EQ(out[i].code, 0);
+            BT_EQ(out[i].value, i + 1);
+        }
+    }
+    BT_EQ(atomic_load(&dtor_calls), N - (N + 4) / 5);   /* each value freed once */
+    braid_pool_stats st;
+    stats_settled(pool, &st);
+    BT_UEQ(st.completed, N);
+    BT_UEQ(st.queued, 0);
+    BT_UEQ(st.running, 0);
+    BT_ULE(st.threads, 4);
+    braid_pool_destroy(pool, BRAID_POOL_FINISH);
+    bt_loop_destroy(loop);
+}
+
+/* ---- one worker runs and delivers in submission order ---------------------------------------- */
+static int order_log[300], order_n;
+static braid_result log_order(braid_result r, void *p) {
+    (void)p;
+    order_log[order_n++] = (int)(intptr_t)r.value;
+    return r;
+}
+
+BT_IO_TEST(one_thread_keeps_order) {
+    braid_loop *loop = bt_loop_new(NULL);
+    braid_pool *pool = new_pool(loop, 1, 1, 0, 0);
+    order_n = 0;
+    for (int i = 0; i < 300; i++) {
+        braid_deferred *d = braid_defer_to_pool(loop, pool, plus_one_plain, (void *)(intptr_t)i);
+        BT_OK(braid_deferred_add_callback(d, log_order, NULL));
+        braid_deferred_release(d);
+    }
+    BT_OK(braid_loop_run(loop));
+    BT_EQ(order_n, 300);
+    for (int i = 0; i < 300; i++) BT_EQ(order_log[i], i + 1);
+    braid_pool_destroy(pool, BRAID_POOL_FINISH);
+    bt_loop_destroy(loop);
+}
+
+/* ---- cancelling: queued work leaves the queue, running work's result is dropped -------------- */
+BT_TEST(cancel_queued_work_never_runs) {
+    braid_loop *loop = bt_loop_new(NULL);
+    braid_pool *pool = new_pool(loop, 0, 0, BRAID_POOL_MEMORY, 0);
+    job_arg a[3] = { { .x = 1 }, { .x = 2 }, { .x = 3 } };
+    outcome o[3] = { { 0 } };
+    braid_deferred *d[3];
+    for (int i = 0; i < 3; i++) {
+        d[i] = braid_defer_to_pool(loop, pool, plus_one, &a[i]);
+        BT_OK(braid_deferred_add_callbacks(d[i], on_ok, on_err, &o[i]));
+    }
+    braid_deferred_cancel(d[1]);
+    BT_TRUE(o[1].done);                        /* fails at once, on this thread */
+    BT_ERR(o[1].code, BRAID_ECANCELED);
+    braid_pool_stats st;
+    braid_pool_stats_get(pool, &st);
+    BT_UEQ(st.queued, 2);
+    BT_UEQ(st.cancelled, 1);
+    BT_EQ(braid_pool_step(pool), 1);
+    BT_EQ(braid_pool_step(pool), 1);
+    BT_EQ(braid_pool_step(pool), 0);
+    BT_EQ(atomic_load(&a[1].ran), 0);          /* never ran */
+    BT_FALSE(o[0].done);                       /* results come through the loop */
+    BT_OK(braid_loop_run(loop));
+    BT_EQ(o[0].value, 2);
+    BT_EQ(o[2].value, 4);
+    for (int i = 0; i < 3; i++) braid_deferred_release(d[i]);
+    braid_pool_destroy(pool, BRAID_POOL_FINISH);
+    bt_loop_destroy(loop);
+}
+
+BT_TEST(cancel_running_work_drops_its_result) {
+    braid_loop *loop = bt_loop_new(NULL);
+    loop_thread = pthread_self();
+    braid_pool *pool = new_pool(loop, 1, 1, 0, 0);
+    gate g;
+    gate_init(&g);
+    job_arg a = { .x = 41, .g = &g };
+    outcome o = { 0 };
+    atomic_store(&dtor_calls, 0);
+    braid_deferred *d = braid_defer_to_pool(loop, pool, plus_one, &a);
+    BT_OK(braid_deferred_add_callbacks(d, on_ok, on_err, &o));
+    gate_wait_arrivals(&g, 1);                 /* it is running now */
+    braid_deferred_cancel(d);
+    BT_TRUE(o.done);
+    BT_ERR(o.code, BRAID_ECANCELED);
+    gate_open(&g);
+    BT_OK(braid_loop_run(loop));               /* the hold lasts until the result is back */
+    BT_EQ(atomic_load(&a.ran), 1);
+    BT_EQ(atomic_load(&dtor_calls), 1);        /* the dropped value was freed ... */
+    pthread_t t = atomic_load(&dtor_thread);
+    BT_TRUE(pthread_equal(t, loop_thread));    /* ... on the loop thread */
+    braid_deferred_release(d);
+    braid_pool_destroy(pool, BRAID_POOL_FINISH);
+    bt_loop_destroy(loop);
+}
+
+/* ---- a full queue fails at once ------------------------------------------------------------ */
+BT_TEST(queue_full_fails_fast) {
+    braid_loop *loop = bt_loop_new(NULL);
+    braid_pool *pool = new_pool(loop, 0, 0, BRAID_POOL_MEMORY, 2);
+    outcome o[3] = { { 0 } };
+    for (int i = 0; i < 3; i++)
+        watch(braid_defer_to_pool(loop, pool, plus_one_plain, (void *)(intptr_t)i), &o[i], false);
+    BT_FALSE(o[0].done);
+    BT_FALSE(o[1].done);
+    BT_TRUE(o[2].done);                        /* already failed, before any loop iteration */
+    BT_ERR(o[2].code, BRAID_EQUEUE_FULL);
+    BT_ERR(braid_call_in_pool(pool, count_call, NULL), BRAID_EQUEUE_FULL);
+    braid_pool_stats st;
+    braid_pool_stats_get(pool, &st);
+    BT_UEQ(st.rejected, 2);
+    BT_UEQ(st.queued, 2);
+    while (braid_pool_step(pool) > 0) {}
+    BT_OK(braid_loop_run(loop));
+    BT_EQ(o[0].value, 1);
+    BT_EQ(o[1].value, 2);
+    braid_pool_destroy(pool, BRAID_POOL_FINISH);
+    bt_loop_destroy(loop);
+}
+
+/* ---- classes: a flood of one class does not starve another ------------------------------------- */
+BT_TEST(classes_take_turns_and_cap_concurrency) {
+    braid_loop *loop = bt_loop_new(NULL);
+    braid_pool *pool = new_pool(loop, 4, 4, 0, 0);
+    int resolve = braid_pool_add_class(pool, "resolve", 16, 1);
+    BT_EQ(resolve, 1);
+    gate g;
+    gate_init(&g);
+    job_arg slow[3] = { { .x = 0, .g = &g }, { .x = 1, .g = &g }, { .x = 2, .g = &g } };
+    outcome os[3] = { { 0 } }, od = { 0 };
+    for (int i = 0; i < 3; i++)
+        watch(braid_defer_to_pool_class(loop, pool, resolve, plus_one, &slow[i]), &os[i], true);
+    gate_wait_arrivals(&g, 1);                 /* one resolve job runs, two wait */
+    job_arg quick = { .x = 10 };
+    watch(braid_defer_to_pool(loop, pool, plus_one, &quick), &od, true);
+    bt_run_until(loop, &od.done, 1000000);     /* default work is not stuck behind them */
+    BT_EQ(od.value, 11);
+    braid_pool_stats st;
+    braid_pool_stats_get(pool, &st);
+    BT_UEQ(st.class_running[resolve], 1);      /* max_running 1 although 3 threads idle */
+    BT_UEQ(st.class_queued[resolve], 2);
+    BT_EQ(g.arrived, 1);
+    /* Queued work of a capped class must not keep an idle worker spinning:
+     * the spin ends (bounded) and everyone but the runner goes to sleep. */
+    for (braid_pool_stats_get(pool, &st); st.spinning || st.idle != 3; braid_pool_stats_get(pool, &st))
+        sched_yield();
+    gate_open(&g);
+    BT_OK(braid_loop_run(loop));
+    for (int i = 0; i < 3; i++) BT_EQ(os[i].value, i + 1);
+    outcome bad = { 0 };
+    watch(braid_defer_to_pool_class(loop, pool, 7, plus_one, &quick), &bad, true);
+    BT_ERR(bad.code, BRAID_EINVAL);               /* no such class */
+    braid_pool_destroy(pool, BRAID_POOL_FINISH);
+    bt_loop_destroy(loop);
+}
+
+/* Round robin, seen exactly with the memory worker. */
+static int rr_log[8], rr_n;
+static void rr_record(void *p) { rr_log[rr_n++] = (int)(intptr_t)p; }
+
+BT_TEST(classes_round_robin_memory) {
+    braid_pool *pool = new_pool(NULL, 0, 0, BRAID_POOL_MEMORY, 0);
+    int c1 = braid_pool_add_class(pool, "resolve", 0, 0);
+    rr_n = 0;
+    for (int i = 0; i < 3; i++) BT_OK(braid_call_in_pool_class(pool, c1, rr_record, (void *)(intptr_t)(10 + i)));
+    BT_OK(braid_call_in_pool(pool, rr_record, (void *)(intptr_t)1));
+    BT_OK(braid_call_in_pool(pool, rr_record, (void *)(intptr_t)2));
+    BT_ERR(braid_call_in_pool_class(pool, 5, rr_record, NULL), BRAID_EINVAL);
+    while (braid_pool_step(pool) > 0) {}
+    int want[] = { 1, 10, 2, 11, 12 };
+    BT_EQ(rr_n, 5);
+    for (int i = 0; i < 5; i++) BT_EQ(rr_log[i], want[i]);
+    braid_pool_destroy(pool, BRAID_POOL_FINISH);
+}
+
+/* ---- shutdown with work in flight ---------------------------------------------------------------- */
+BT_TEST(shutdown_finish_runs_queued_work) {
+    braid_loop *loop = bt_loop_new(NULL);
+    braid_pool *pool = new_pool(loop, 0, 2, 0, 0);
+    gate g;
+    gate_init(&g);
+    enum { N = 20 };
+    job_arg a[N];
+    outcome o[N];
+    memset(a, 0, sizeof a);
+    memset(o, 0, sizeof o);
+    for (int i = 0; i < N; i++) {
+        a[i].x = i;
+        a[i].g = i == 0 ? &g : NULL;
+        watch(braid_defer_to_pool(loop, pool, plus_one, &a[i]), &o[i], true);
+    }
+    gate_wait_arrivals(&g, 1);
+    braid_pool_shutdown(pool, BRAID_POOL_FINISH);
+    job_arg late = { .x = 99 };
+    outcome ol = { 0 };
+    watch(braid_defer_to_pool(loop, pool, plus_one, &late), &ol, true);
+    BT_ERR(ol.code, BRAID_ESHUTDOWN);
+    gate_open(&g);
+    braid_pool_destroy(pool, BRAID_POOL_FINISH);   /* joins: everything ran */
+    for (int i = 0; i < N; i++) BT_EQ(atomic_load(&a[i].ran), 1);
+    BT_OK(braid_loop_run(loop));                   /* completions still delivered */
+    for (int i = 0; i < N; i++) {
+        BT_TRUE(o[i].done);
+        BT_EQ(o[i].value, i + 1);
+    }
+    bt_loop_destroy(loop);
+}
+
+BT_TEST(shutdown_cancel_fails_queued_work) {
+    braid_loop *loop = bt_loop_new(NULL);
+    braid_pool *pool = new_pool(loop, 1, 1, 0, 0);
+    gate g;
+    gate_init(&g);
+    enum { N = 10 };
+    job_arg a[N];
+    outcome o[N];
+    memset(a, 0, sizeof a);
+    memset(o, 0, sizeof o);
+    atomic_store(&calls_ran, 0);
+    for (int i = 0; i < N; i++) {
+        a[i].x = i;
+        a[i].g = i == 0 ? &g : NULL;
+        watch(braid_defer_to_pool(loop, pool, plus_one, &a[i]), &o[i], true);
+        if (i == 0) gate_wait_arrivals(&g, 1);    /* job 0 is running */
+    }
+    BT_OK(braid_call_in_pool(pool, count_call, NULL));
+    braid_pool_shutdown(pool, BRAID_POOL_CANCEL);
+    BT_ERR(braid_call_in_pool(pool, count_call, NULL), BRAID_ESHUTDOWN);
+    gate_open(&g);
+    braid_pool_destroy(pool, BRAID_POOL_CANCEL);
+    BT_OK(braid_loop_run(loop));
+    BT_EQ(o[0].value, 1);                          /* running work finished */
+    for (int i = 1; i < N; i++) {
+        BT_EQ(atomic_load(&a[i].ran), 0);
+        BT_ERR(o[i].code, BRAID_ECANCELED);
+    }
+    BT_EQ(atomic_load(&calls_ran), 0);             /* dropped call never ran */
+    bt_loop_destroy(loop);
+}
+
+/* ---- 16 producer threads --------------------------------------------------------------------- */
+enum { PRODUCERS = 16, PER_PRODUCER = 2000 };
+typedef struct prod {
+    braid_pool *pool;
+    braid_loop *loop;
+    atomic_long *sums;
+    int id;
+} prod;
+static atomic_long prod_sums[PRODUCERS];
+static atomic_long prod_done;
+static braid_post prod_finish;
+
+static void prod_all_done(void *p) { braid_loop_release(p); }
+
+static void prod_work(void *p) {
+    intptr_t v = (intptr_t)p;
+    atomic_fetch_add(&prod_sums[v >> 16], (long)(v & 0xffff));
+    if (atomic_fetch_add(&prod_done, 1) + 1 == PRODUCERS * PER_PRODUCER)
+        braid_loop_post_node(prod_finish.arg, &prod_finish);
+}
+
+static void *producer(void *p) {
+    prod *pr = p;
+    for (int i = 1; i <= PER_PRODUCER; i++) {
+        intptr_t v = ((intptr_t)pr->id << 16) | i;
+        int rc;
+        while ((rc = braid_call_in_pool(pr->pool, prod_work, (void *)v)) == BRAID_EQUEUE_FULL)
+            sched_yield();
+        if (rc < 0) abort();
+    }
+    return NULL;
+}
+
+BT_TEST(sixteen_producer_threads) {
+    braid_loop *loop = bt_loop_new(NULL);
+    braid_pool *pool = new_pool(loop, 0, 4, 0, 256);
+    atomic_store(&prod_done, 0);
+    for (int i = 0; i < PRODUCERS; i++) atomic_store(&prod_sums[i], 0);
+    prod_finish.fn = prod_all_done;
+    prod_finish.arg = loop;
+    braid_loop_hold(loop);                         /* released by the last job's post */
+    pthread_t t[PRODUCERS];
+    prod pr[PRODUCERS];
+    for (int i = 0; i < PRODUCERS; i++) {
+        pr[i] = (prod){ .pool = pool, .loop = loop, .id = i };
+        BT_EQ(pthread_create(&t[i], NULL, producer, &pr[i]), 0);
+    }
+    BT_OK(braid_loop_run(loop));
+    for (int i = 0; i < PRODUCERS; i++) pthread_join(t[i], NULL);
+    long want = (long)PER_PRODUCER * (PER_PRODUCER + 1) / 2;
+    for (int i = 0; i < PRODUCERS; i++) BT_EQ(atomic_load(&prod_sums[i]), want);
+    /* The last job posted before its worker recorded it: wait for that. */
+    braid_pool_stats st;
+    stats_settled(pool, &st);
+    BT_UEQ(st.completed, PRODUCERS * PER_PRODUCER);
+    BT_UEQ(st.queued, 0);
+    braid_pool_destroy(pool, BRAID_POOL_FINISH);
+    bt_loop_destroy(loop);
+}
+
+/* ---- blocking_call_from_thread ------------------------------------------------------------------ */
+static braid_deferred *loop_side_later(braid_loop *loop, void *arg);
+typedef struct later { braid_deferred *d; intptr_t v; } later;
+static void fire_later(void *p) {
+    later *l = p;
+    BT_TRUE(pthread_equal(pthread_self(), loop_thread));
+    braid_deferred_callback(l->d, (void *)(l->v * 2), NULL);
+    braid_free(l);
+}
+/* Loop side: a Deferred that fires a little later (next timer phase). */
+static braid_deferred *loop_side_later(braid_loop *loop, void *arg) {
+    later *l = braid_malloc(sizeof *l);
+    if (!l) return NULL;
+    l->d = braid_deferred_new(loop);
+    l->v = (intptr_t)arg;
+    braid_deferred *consumer = braid_deferred_ref(l->d);
+    if (!braid_call_later(loop, 0, fire_later, l)) abort();
+    braid_deferred_release(l->d);     /* the producer reference stays for fire_later */
+    return consumer;
+}
+static braid_deferred *loop_side_fail(braid_loop *loop, void *arg) {
+    (void)arg;
+    return braid_fail(loop, braid_failure_new(BRAID_EPIPE, "loop said no"));
+}
+typedef struct bc_arg { braid_loop *loop; intptr_t got; int code; } bc_arg;
+static braid_result worker_asks_loop(void *p) {
+    bc_arg *a = p;
+    braid_result r = braid_blocking_call_from_thread(a->loop, loop_side_later, (void *)(intptr_t)21);
+    a->got = r.failure ? -1 : (intptr_t)r.value;
+    braid_result_drop(r);
+    r = braid_blocking_call_from_thread(a->loop, loop_side_fail, NULL);
+    a->code = r.failure ? r.failure->code : 0;
+    braid_result_drop(r);
+    return braid_ok((void *)(intptr_t)7);
+}
+
+BT_IO_TEST(blocking_call_from_thread) {
+    braid_loop *loop = bt_loop_new(NULL);
+    loop_thread = pthread_self();
+    braid_pool *pool = new_pool(loop, 0, 2, 0, 0);
+    bc_arg a = { .loop = loop };
+    outcome o = { 0 };
+    watch(braid_defer_to_pool(loop, pool, worker_asks_loop, &a), &o, false);
+    BT_OK(braid_loop_run(loop));
+    BT_EQ(o.value, 7);
+    BT_EQ(a.got, 42);
+    BT_ERR(a.code, BRAID_EPIPE);
+    braid_pool_destroy(pool, BRAID_POOL_FINISH);
+    bt_loop_destroy(loop);
+}
+
+/* ---- the memory worker ----------------------------------------------------------------------- */
+BT_TEST(memory_worker_steps_by_hand) {
+    braid_loop *loop = bt_loop_new(NULL);
+    loop_thread = pthread_self();
+    braid_pool *pool = new_pool(loop, 0, 0, BRAID_POOL_MEMORY, 0);
+    BT_EQ(braid_pool_step(pool), 0);
+    job_arg a = { .x = 5 };
+    outcome o = { 0 };
+    watch(braid_defer_to_pool(loop, pool, plus_one, &a), &o, true);
+    BT_OK(braid_loop_run_once(loop, BRAID_RUN_NOWAIT));
+    BT_EQ(atomic_load(&a.ran), 0);                 /* nothing runs until stepped */
+    BT_FALSE(o.done);
+    BT_EQ(braid_pool_step(pool), 1);
+    BT_TRUE(pthread_equal(a.ran_on, loop_thread)); /* on the stepping thread */
+    BT_FALSE(o.done);                              /* delivered by the loop, not by step */
+    BT_OK(braid_loop_run_once(loop, BRAID_RUN_NOWAIT));
+    BT_TRUE(o.done);
+    BT_EQ(o.value, 6);
+    BT_EQ(braid_pool_step(pool), 0);
+    braid_pool *threaded = new_pool(NULL, 0, 1, 0, 0);
+    BT_ERR(braid_pool_step(threaded), BRAID_EINVAL);
+    braid_pool_destroy(threaded, BRAID_POOL_FINISH);
+    braid_pool_destroy(pool, BRAID_POOL_FINISH);
+    bt_loop_destroy(loop);
+}
+
+/* ---- statistics (fake clock, exact buckets) -------------------------------------------------------- */
+static braid_fake_clock *stats_clock;
+static braid_result advance_5us(void *p) {
+    braid_fake_clock_advance(stats_clock, 5000);
+    return braid_ok(p);
+}
+
+BT_TEST(stats_counts_and_histograms) {
+    stats_clock = braid_fake_clock_new(1000000);
+    braid_loop *loop = bt_loop_new(NULL);
+    braid_pool_options opt = { .flags = BRAID_POOL_MEMORY, .queue_limit = 3,
+                               .clock = braid_fake_clock_base(stats_clock), .loop = loop };
+    braid_pool *pool;
+    BT_OK(braid_pool_new(&pool, &opt));
+    outcome o[5] = { { 0 } };
+    for (int i = 0; i < 4; i++) watch(braid_defer_to_pool(loop, pool, advance_5us, NULL), &o[i], false);
+    braid_fake_clock_advance(stats_clock, 1000);   /* each waits >= 1 µs */
+    braid_pool_stats st;
+    braid_pool_stats_get(pool, &st);
+    BT_UEQ(st.queued, 3);
+    BT_UEQ(st.rejected, 1);
+    BT_UEQ(st.threads, 0);
+    BT_EQ(braid_pool_step(pool), 1);
+    BT_EQ(braid_pool_step(pool), 1);
+    braid_pool_stats_get(pool, &st);
+    BT_UEQ(st.completed, 2);
+    BT_UEQ(st.queued, 1);
+    BT_UEQ(st.run_hist[braid_pool_hist_bucket(5000)], 2);
+    BT_UEQ(braid_pool_hist_bucket(5000), 12);
+    BT_UEQ(st.wait_hist[braid_pool_hist_bucket(1000)], 1);   /* first waited 1000 ns */
+    BT_UEQ(st.wait_hist[braid_pool_hist_bucket(6000)], 1);   /* second also the first's run */
+    BT_UEQ(braid_pool_hist_quantile(st.run_hist, 0.5), 8192);
+    BT_UEQ(braid_pool_hist_quantile(st.wait_hist, 1.0), 8192);
+    BT_UEQ(braid_pool_hist_quantile(st.wait_hist, 0.5), 1024);
+    BT_EQ(braid_pool_step(pool), 1);
+    BT_OK(braid_loop_run(loop));
+    for (int i = 0; i < 3; i++) BT_TRUE(o[i].done && o[i].code == 0);
+    BT_ERR(o[3].code, BRAID_EQUEUE_FULL);
+    braid_pool_destroy(pool, BRAID_POOL_FINISH);
+    bt_loop_destroy(loop);
+    braid_fake_clock_free(stats_clock);
+}
+
+BT_TEST(idle_threads_counted_and_named) {
+    braid_pool *pool = new_pool(NULL, 2, 3, BRAID_POOL_NO_SPIN, 0);
+    braid_pool_stats st;
+    /* Started threads reach their sleep on their own; wait for them via stats
+     * polling with yields (no sleeps, no timing assumption). */
+    for (;;) {
+        braid_pool_stats_get(pool, &st);
+        if (st.idle == 2) break;
+        sched_yield();
+    }
+    BT_UEQ(st.threads, 2);
+    BT_UEQ(st.running, 0);
+    braid_pool_destroy(pool, BRAID_POOL_FINISH);
+}
+
+/* ---- the leak gate ---------------------------------------------------------------------------- */
+BT_TEST(pool_tied_to_loop_blocks_destroy) {
+    braid_loop *loop = bt_loop_new(NULL);
+    braid_pool *pool = new_pool(loop, 0, 1, 0, 0);
+    BT_ERR(braid_loop_destroy(loop), BRAID_EBUSY);
+    braid_pool_destroy(pool, BRAID_POOL_FINISH);
+    bt_loop_destroy(loop);
+}
+
+/* ---- allocation-failure walk ------------------------------------------------------------------------ */
+static int walk_code(outcome *o, int n) {
+    for (int i = 0; i < n; i++)
+        if (o[i].code) return o[i].code;
+    return 0;
+}
+
+static int alloc_scenario(unsigned flags) {
+    braid_loop *loop;
+    int rc = braid_loop_new(&loop, NULL);
+    if (rc < 0) return rc;
+    braid_pool_options opt = { .max_threads = 1, .flags = flags, .loop = loop };
+    braid_pool *pool;
+    if ((rc = braid_pool_new(&pool, &opt)) < 0) {
+        if (braid_loop_destroy(loop) < 0) abort();
+        return rc;
+    }
+    outcome o[3] = { { 0 } };
+    job_arg a[3] = { { .x = 1 }, { .x = 2 }, { .x = 3 } };
+    int n = 0;
+    for (; n < 3; n++) {
+        braid_deferred *d = braid_defer_to_pool(loop, pool, plus_one_plain, (void *)a[n].x);
+        if (!d) { rc = BRAID_ENOMEM; break; }
+        if ((rc = braid_deferred_add_callbacks(d, on_ok_plain, on_err, &o[n])) < 0) abort();
+        braid_deferred_release(d);
+    }
+    atomic_store(&calls_ran, 0);
+    int rc2 = braid_call_in_pool(pool, count_call, NULL);
+    if (rc == 0) rc = rc2;
+    if (flags & BRAID_POOL_MEMORY) while (braid_pool_step(pool) > 0) {}
+    if (braid_loop_run(loop) < 0) abort();
+    braid_pool_destroy(pool, BRAID_POOL_FINISH);
+    if (braid_loop_destroy(loop) < 0) abort();
+    if (rc == 0) rc = walk_code(o, n);
+    if (rc == 0 && (o[0].value != 2 || o[2].value != 4 || atomic_load(&calls_ran) != 1)) abort();
+    return rc;
+}
+
+static void alloc_walk(unsigned flags) {
+    long base = braid_test_alloc_outstanding();
+    int failures = 0;
+    for (long n = 1; n < 1000; n++) {
+        braid_test_fail_alloc_after(n, false);
+        int rc = alloc_scenario(flags);
+        bool injected = braid_test_alloc_failed();
+        braid_test_fail_alloc_after(0, false);
+        BT_EQ(braid_test_alloc_outstanding(), base);
+        if (!injected) { BT_OK(rc); break; }
+        BT_ERR(rc, BRAID_ENOMEM);
+        failures++;
+    }
+    BT_GE(failures, 5);
+}
+
+BT_TEST(allocation_failure_walk_memory) { alloc_walk(BRAID_POOL_MEMORY); }
+BT_TEST(allocation_failure_walk_threads) { alloc_walk(BRAID_POOL_NO_SPIN); }
+
+/* ---- the resolver pool ------------------------------------------------------------------------ */
+BT_TEST(resolver_pool_default_and_user) {
+    braid_loop *loop = bt_loop_new(NULL);
+    int cls = -1, cls2 = -1;
+    braid_pool *own = braid__loop_resolver_pool(loop, &cls);
+    BT_TRUE(own != NULL);
+    BT_EQ(cls, 0);
+    BT_TRUE(braid__loop_resolver_pool(loop, &cls2) == own);   /* made once */
+    outcome o = { 0 };
+    watch(braid_defer_to_pool_class(loop, own, cls, plus_one_plain, (void *)(intptr_t)1), &o, false);
+    BT_OK(braid_loop_run(loop));
+    BT_EQ(o.value, 2);
+    /* A class of the user's pool instead; the loop's own pool goes away. */
+    braid_pool *mine = new_pool(loop, 0, 2, 0, 0);
+    int rc = braid_pool_add_class(mine, "resolve", 64, 1);
+    BT_ERR(braid_loop_set_resolver_pool(loop, mine, 5), BRAID_EINVAL);
+    BT_OK(braid_loop_set_resolver_pool(loop, mine, rc));
+    BT_TRUE(braid__loop_resolver_pool(loop, &cls) == mine);
+    BT_EQ(cls, rc);
+    braid_pool_destroy(mine, BRAID_POOL_FINISH);
+    bt_loop_destroy(loop);
+}
+
+BT_TEST(resolver_pool_freed_with_loop) {
+    braid_loop *loop = bt_loop_new(NULL);
+    int cls;
+    braid_pool *own = braid__loop_resolver_pool(loop, &cls);
+    outcome o = { 0 };
+    watch(braid_defer_to_pool_class(loop, own, cls, plus_one_plain, (void *)(intptr_t)9), &o, false);
+    BT_OK(braid_loop_run(loop));
+    BT_EQ(o.value, 10);
+    bt_loop_destroy(loop);   /* joins its threads; the harness checks nothing leaked */
+}
+
+/* ---- thread options: names and stack size ----------------------------------------------------- */
+typedef struct thread_info { char name[16]; size_t stack; } thread_info;
+static braid_result describe_thread(void *p) {
+    thread_info *ti = p;
+    pthread_getname_np(pthread_self(), ti->name, sizeof ti->name);
+    pthread_attr_t attr;
+    if (pthread_getattr_np(pthread_self(), &attr) == 0) {
+        pthread_attr_getstacksize(&attr, &ti->stack);
+        pthread_attr_destroy(&attr);
+    }
+    return braid_ok(NULL);
+}
+
+BT_TEST(thread_names_and_stack_size) {
+    braid_loop *loop = bt_loop_new(NULL);
+    braid_pool_options o = { .max_threads = 1, .name = "db", .stack_size = 1 << 20, .loop = loop };
+    braid_pool *pool;
+    BT_OK(braid_pool_new(&pool, &o));
+    thread_info ti = { { 0 }, 0 };
+    outcome out = { 0 };
+    watch(braid_defer_to_pool(loop, pool, describe_thread, &ti), &out, false);
+    BT_OK(braid_loop_run(loop));
+    BT_STREQ(ti.name, "db-0");
+    BT_UEQ(ti.stack, 1 << 20);
+    braid_pool_destroy(pool, BRAID_POOL_FINISH);
+    braid_pool_options bad = { .min_threads = 3, .max_threads = 2 };
+    BT_ERR(braid_pool_new(&pool, &bad), BRAID_EINVAL);
+    bt_loop_destroy(loop);
+}
