@@ -436,3 +436,44 @@ int braid_fiber_set_pool_max(braid_loop *loop, size_t max) {
     }
     return 0;
 }
+
+/* ---- for braid-bench ---------------------------------------------------------------------- */
+static braid_result pingpong(void *arg) {
+    braid_fiber *f = arg;
+    while (!f->cancel_pending) switch_out(f, false);
+    return braid_ok(NULL);
+}
+
+/* n round trips (2n switches) between the caller and a bare fiber, with no
+ * loop or Deferred in between: the cost of the switch itself, annotations
+ * included. Returns the elapsed ns, or 0 if no stack could be had. */
+uint64_t braid__fiber_bench_switch(braid_loop *loop, long n) {
+    braid__fstate *st = fstate_get(loop);
+    braid_fiber *f = st ? braid__fiber_stack_get(st, 0) : NULL;
+    if (!f) return 0;
+    memset(&f->st, 0, offsetof(braid_fiber, map) - offsetof(braid_fiber, st));
+    f->st = st;
+    f->loop = loop;
+    f->fn = pingpong;
+    f->arg = f;
+    memcpy(f->name, "bench", 6);
+#ifdef BRAID__FIBER_TSAN
+    f->tsan_fiber = __tsan_create_fiber(0);
+#endif
+#ifdef BRAID__FIBER_ASM
+    ctx_init(f);
+#else
+    if (ctx_init(f) < 0) { braid__fiber_stack_put(st, f); return 0; }
+#endif
+    switch_in(f);                                  /* start it: it parks at once */
+    uint64_t t0 = braid_loop_now_fresh(loop);
+    for (long i = 0; i < n; i++) switch_in(f);
+    uint64_t t1 = braid_loop_now_fresh(loop);
+    f->cancel_pending = true;
+    switch_in(f);                                  /* let it return */
+#ifdef BRAID__FIBER_TSAN
+    __tsan_destroy_fiber(f->tsan_fiber);
+#endif
+    braid__fiber_stack_put(st, f);
+    return t1 - t0;
+}

@@ -129,5 +129,7 @@ void braid__fiber_entry(void);
 #endif
 /* C entry of every fiber (never returns). */
 void braid__fiber_main(braid_fiber *f);
+/* braid-bench: elapsed ns for n bare round trips (2n switches). */
+uint64_t braid__fiber_bench_switch(braid_loop *loop, long n);
 
 #endif

@@ -10,7 +10,7 @@
  * Frame at a saved stack pointer (160 bytes, 16-aligned):
  *   [0] x19 x20  [16] x21 x22  [32] x23 x24  [48] x25 x26  [64] x27 x28
  *   [80] x29 x30  [96] d8 d9  [112] d10 d11  [128] d12 d13  [144] d14 d15
- * src/fiber/context.h builds a new fiber's first frame in this layout with
+ * src/fiber/fiber.c (ctx_init) builds a new fiber's first frame in this layout with
  * x30 = braid__fiber_entry, x19 = the fiber and x20 = braid__fiber_main. */
 #if defined(__aarch64__) && !defined(BRAID_FIBER_UCONTEXT)
         .text
