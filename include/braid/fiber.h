@@ -100,6 +100,11 @@ BRAID_API braid_deferred *braid_fiber_spawn(braid_loop *loop, braid_fiber_fn fn,
  * An already-fired d returns at once without a switch. */
 BRAID_API braid_result braid_await(braid_deferred *d);
 
+/* braid_await with a deadline: if d has not fired ns from now (on the loop's
+ * clock) it is cancelled and the result is a BRAID_ETIMEDOUT failure
+ * (braid_deferred_add_timeout). ns == BRAID_FOREVER: plain braid_await. */
+BRAID_API braid_result braid_await_timeout(braid_deferred *d, uint64_t ns);
+
 /* Suspend the calling fiber for ns on the loop's clock (a fake clock works:
  * the fiber wakes when the test advances it past the deadline). 0, or
  * BRAID_ECANCELED if the fiber was cancelled while (or before) sleeping, or

@@ -380,6 +380,17 @@ braid_result braid_await(braid_deferred *d) {
     return r;
 }
 
+braid_result braid_await_timeout(braid_deferred *d, uint64_t ns) {
+    if (d && ns != BRAID_FOREVER) {
+        int rc = braid_deferred_add_timeout(d, ns);
+        if (BRAID__UNLIKELY(rc < 0)) {
+            abandon(d);
+            return braid_errf(rc, "braid_await_timeout: no memory for the timeout");
+        }
+    }
+    return braid_await(d);
+}
+
 /* ---- sleep and yield ------------------------------------------------------------------ */
 static void sleep_done(braid_timer *t, void *arg) {
     BRAID__UNUSED(t);
