@@ -35,7 +35,8 @@ static bool fstate_report(braid_loop *loop, void *ptr) {
     braid__fstate *st = ptr;
     if (!st->nlive) return false;
     static const char *const states[] = { "not started", "runnable", "running",
-                                          "blocked in await", "sleeping", "finishing" };
+                                          "blocked in await", "sleeping", "finishing",
+                                          "waiting on a stream" };
     braid__log(loop, BRAID_LOG_ERROR, "loop destroyed with %zu fiber(s) alive", st->nlive);
     int shown = 0;
     for (braid_fiber *f = st->live; f && shown < 10; f = f->next, shown++)
@@ -238,6 +239,7 @@ static void fiber_cancel(braid_deferred *d, void *arg) {
         braid_deferred_cancel(f->awaiting);
         break;
     case BRAID__F_SLEEP:
+    case BRAID__F_PARK:
         braid_timer_stop(&f->timer);
         f->cancel_pending = false;
         f->wake_rc = BRAID_ECANCELED;
@@ -392,9 +394,11 @@ braid_result braid_await_timeout(braid_deferred *d, uint64_t ns) {
 }
 
 /* ---- sleep and yield ------------------------------------------------------------------ */
+/* The sleep/park timer: a sleep ends normally, a park times out. */
 static void sleep_done(braid_timer *t, void *arg) {
     BRAID__UNUSED(t);
     braid_fiber *f = arg;
+    f->wake_rc = f->state == BRAID__F_PARK ? BRAID_ETIMEDOUT : 0;
     schedule(f, BRAID__F_RUNNABLE);
 }
 
@@ -425,6 +429,31 @@ int braid_fiber_yield(braid_loop *loop) {
         return BRAID_ECANCELED;
     }
     return 0;
+}
+
+/* ---- park / unpark (for waits built in C, like the fiber streams) ------------------- */
+int braid__fiber_park(braid_loop *loop, uint64_t timeout_ns) {
+    braid_fiber *f = current_of(loop);
+    if (BRAID__UNLIKELY(!f)) return BRAID_ENOT_IN_FIBER;
+    if (BRAID__UNLIKELY(f->cancel_pending)) {
+        f->cancel_pending = false;
+        return BRAID_ECANCELED;
+    }
+    if (timeout_ns != BRAID_FOREVER) {
+        int rc = braid_timer_start(&f->timer, timeout_ns);
+        if (rc < 0) return rc;
+    }
+    f->wake_rc = 0;
+    f->state = BRAID__F_PARK;
+    switch_out(f, false);
+    return f->wake_rc;
+}
+
+void braid__fiber_unpark(braid_fiber *f, int rc) {
+    if (f->state != BRAID__F_PARK) return;   /* already woken (or not parked) */
+    braid_timer_stop(&f->timer);
+    f->wake_rc = rc;
+    schedule(f, BRAID__F_RUNNABLE);
 }
 
 /* ---- queries ---------------------------------------------------------------------------- */

@@ -42,6 +42,7 @@ enum braid__fiber_state {
     BRAID__F_AWAIT,      /* blocked in braid_await (awaiting set) */
     BRAID__F_SLEEP,      /* blocked in braid_fiber_sleep (timer armed) */
     BRAID__F_DONE,       /* fn returned; its result waits in `result` */
+    BRAID__F_PARK,       /* blocked in braid__fiber_park (timer armed if a timeout) */
 };
 
 typedef struct braid__fstate braid__fstate;
@@ -127,6 +128,13 @@ void braid__fiber_set_running(braid_fiber *f);
 void braid__fiber_switch(void **save_sp, void *to_sp);
 void braid__fiber_entry(void);
 #endif
+/* Block the calling fiber until braid__fiber_unpark (returns its rc), the
+ * timeout (BRAID_ETIMEDOUT; BRAID_FOREVER = none) or cancellation
+ * (BRAID_ECANCELED). BRAID_ENOT_IN_FIBER outside a fiber. */
+int braid__fiber_park(braid_loop *loop, uint64_t timeout_ns);
+/* Wake a parked fiber (in the next ready phase) with rc; no-op otherwise. */
+void braid__fiber_unpark(braid_fiber *f, int rc);
+
 /* C entry of every fiber (never returns). */
 void braid__fiber_main(braid_fiber *f);
 /* braid-bench: elapsed ns for n bare round trips (2n switches). */
