@@ -49,6 +49,7 @@ static void fstate_destroy(braid_loop *loop, void *ptr) {
     BRAID__UNUSED(loop);
     braid__fiber_pool_drain(st);
     braid__fiber_guard_teardown(st);
+    if (st->client_factory) st->client_factory_free(st->client_factory);
     braid_free(st);
 }
 

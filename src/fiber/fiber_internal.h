@@ -102,6 +102,9 @@ struct braid__fstate {
     /* Finished stacks by mapping size. */
     struct { size_t map_size; braid_fiber *head; } pool[BRAID__FIBER_POOL_CLASSES];
     size_t npooled, pool_max;
+    /* braid_fstream_connect's factory (fiber streams), made on first use. */
+    void *client_factory;
+    void (*client_factory_free)(void *ff);
     /* The alternate signal stack we installed on this thread (if any). */
     void *altstack;
     size_t altstack_size;

@@ -74,8 +74,8 @@ static void unmap(braid_fiber *f) {
 
 braid_fiber *braid__fiber_stack_get(braid__fstate *st, size_t stack_size) {
     size_t page = st->page;
+    if (stack_size > SIZE_MAX / 4) return NULL;              /* nonsense; would overflow */
     size_t req = round_up(stack_size ? stack_size : BRAID_FIBER_DEFAULT_STACK, page);
-    if (req < stack_size) return NULL;                       /* overflowed */
     size_t map_size = page + round_up(req + sizeof(braid_fiber) + 64, page);
     for (int i = 0; i < BRAID__FIBER_POOL_CLASSES; i++) {
         if (st->pool[i].map_size != map_size || !st->pool[i].head) continue;
