@@ -166,11 +166,12 @@ static int run(bench_ctx *ctx) {
     braid_loop *loop;
     if (braid_loop_new(&loop, NULL) < 0) return 1;
     int runs = ctx->runs > BENCH_MAX_RUNS ? BENCH_MAX_RUNS : ctx->runs;
-    long nswitch = ctx->quick ? 2000000 : 10000000;
-    long nyield = ctx->quick ? 200000 : 1000000;
-    long nspawn = ctx->quick ? 200000 : 1000000;
-    long nthread = ctx->quick ? 2000 : 10000;
-    long nidle = 100000;
+    long div = ctx->smoke ? 100 : ctx->quick ? 5 : 1;
+    long nswitch = 10000000 / div;
+    long nyield = 1000000 / div;
+    long nspawn = 1000000 / div;
+    long nthread = 10000 / div;
+    long nidle = ctx->smoke ? 10000 : 100000;   /* the target is stated for 100,000 */
     static double sw_b[BENCH_MAX_RUNS], sw_u[BENCH_MAX_RUNS], sw_ratio[BENCH_MAX_RUNS];
     static double yl_b[BENCH_MAX_RUNS];
     static double sp_b[BENCH_MAX_RUNS], sp_u[BENCH_MAX_RUNS], sp_t[BENCH_MAX_RUNS];
@@ -269,4 +270,5 @@ BENCH_EXPERIMENT(fiber,
               "alternate braid and peers; ratios per run.",
     .run = run,
     .quick_seconds = 10,
+    .full_seconds = 45,
     .conclude = conclude);
