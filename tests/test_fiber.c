@@ -605,7 +605,7 @@ static braid_result overflow_fn(void *arg) {
     return braid_ok((void *)(intptr_t)recurse(0));
 }
 
-BT_TEST(guard_page_overflow_is_named) {
+static void overflow_in_child(const char *guard_mode) {
     int p[2];
     BT_OK(pipe(p));
     pid_t pid = fork();
@@ -613,6 +613,7 @@ BT_TEST(guard_page_overflow_is_named) {
     if (pid == 0) {
         dup2(p[1], STDERR_FILENO);
         close(p[0]);
+        if (guard_mode) setenv("BRAID_FIBER_GUARD", guard_mode, 1);
         braid_loop *loop;
         if (braid_loop_new(&loop, NULL) < 0) _exit(3);
         braid_fiber_options o = { .name = "deep-thought", .stack_size = 16384 };
@@ -634,6 +635,15 @@ BT_TEST(guard_page_overflow_is_named) {
     BT_EQ(WTERMSIG(status), SIGABRT);
     if (!strstr(buf, "fiber 'deep-thought' overflowed its 16384-byte stack"))
         bt_fail(__FILE__, __LINE__, "stderr was: %s", buf);
+}
+
+BT_TEST(guard_page_overflow_is_named) {
+    overflow_in_child(getenv("BRAID_FIBER_GUARD"));
+}
+
+/* The same with the guard page made by mprotect (kernels before 6.13). */
+BT_TEST(guard_page_overflow_mprotect) {
+    overflow_in_child("mprotect");
 }
 
 /* Faults that are not a guard-page hit go to the previous handler (here the

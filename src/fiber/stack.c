@@ -54,6 +54,16 @@ static size_t round_up(size_t n, size_t to) { return (n + to - 1) / to * to; }
 
 static int install_guard(void *p, size_t len) {
     int ok = atomic_load_explicit(&guard_madvise_ok, memory_order_relaxed);
+    if (ok == 0) {
+        /* BRAID_FIBER_GUARD=mprotect forces the old way (tests of the
+         * fallback; emulators such as qemu-user accept the new advice but
+         * ignore it). */
+        const char *e = getenv("BRAID_FIBER_GUARD");
+        if (e && !strcmp(e, "mprotect")) {
+            atomic_store_explicit(&guard_madvise_ok, -1, memory_order_relaxed);
+            ok = -1;
+        }
+    }
     if (ok >= 0) {
         if (madvise(p, len, MADV_GUARD_INSTALL) == 0) {
             if (!ok) atomic_store_explicit(&guard_madvise_ok, 1, memory_order_relaxed);
