@@ -13,4 +13,5 @@
 #include <braid/framing.h>
 #include <braid/dgram.h>
 #include <braid/pool.h>
+#include <braid/fiber.h>
 #endif
