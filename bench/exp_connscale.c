@@ -1008,7 +1008,7 @@ static void measure(bench_ctx *ctx, int impl, int run, void *arg) {
         for (double *p = &rr->connect_ms; p <= &rr->csw; p++) *p = NAN;
         if (!skip) bench_note(ctx, "%s: a run at N=%d could not start its server", all_impls[impl].name, s->n);
     }
-    usleep(50000);   /* let the previous server's sockets drain before the next */
+    usleep(20000);   /* let the previous server's sockets drain before the next */
 }
 
 static int run(bench_ctx *ctx) {

@@ -236,7 +236,7 @@ static int run(bench_ctx *ctx) {
             s->op = op;
             s->pending = ps[pi];
             if (op == OP_CANCEL && s->pending == 0) continue;
-            s->ops = ctx->smoke ? 20000 : ctx->full ? 1000000 : 200000;
+            s->ops = ctx->smoke ? 20000 : ctx->full ? 1000000 : 120000;
             if (op == OP_FIRE) s->ops /= 2;
             for (int i = 0; i < NIMPL; i++)
                 for (int r = 0; r < ctx->runs; r++) s->rate[i][r] = NAN;
@@ -328,8 +328,8 @@ BENCH_EXPERIMENT(timers,
                 "timers are pending, and does braid keep up with libuv and libevent?",
     .method = "Each implementation first schedules P timers 1-2 hours in the future (the same pseudo-random deadlines "
               "for all). schedule+cancel: stop a pseudo-randomly chosen pending timer and start it again with a new "
-              "far deadline (one cancel plus one schedule per op; no loop iteration runs; 200,000 ops in quick mode). "
-              "schedule+fire: schedule 100,000 timers due now (delay 0) and run non-blocking loop iterations until "
+              "far deadline (one cancel plus one schedule per op; no loop iteration runs; 120,000 ops in quick mode). "
+              "schedule+fire: schedule 60,000 timers (quick; 500,000 full) due now (delay 0) and run non-blocking loop iterations until "
               "every callback ran (one schedule, expiry and callback per op). Rate = ops / wall time, in millions "
               "per second (higher is better). Timers live in caller storage in every implementation: braid_timer, "
               "uv_timer_t, and struct event with event_assign; libevent's default base (epoll), libuv's default loop "

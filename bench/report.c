@@ -11,6 +11,7 @@
 #include "driver.h"
 
 #include <braid.h>
+#include <dirent.h>
 #include <math.h>
 #include <stdarg.h>
 #include <stdlib.h>
@@ -363,6 +364,24 @@ static void write_csv(const exp_view *v, const char *out_dir) {
         }
     }
     fclose(f);
+}
+
+/* Plots of an earlier run whose grouping no longer exists would linger
+ * beside the new ones: remove <name>-*.svg before drawing. */
+static void remove_old_plots(const char *out_dir, const char *name) {
+    DIR *d = opendir(out_dir);
+    if (!d) return;
+    size_t nl = strlen(name);
+    struct dirent *e;
+    while ((e = readdir(d))) {
+        size_t l = strlen(e->d_name);
+        if (l > nl + 5 && !strncmp(e->d_name, name, nl) && e->d_name[nl] == '-' && !strcmp(e->d_name + l - 4, ".svg")) {
+            char path[4200];
+            snprintf(path, sizeof path, "%s/%s", out_dir, e->d_name);
+            unlink(path);
+        }
+    }
+    closedir(d);
 }
 
 /* ---- plots ------------------------------------------------------------------------------------------ */
@@ -881,6 +900,7 @@ int bench_report(bench_ctx *ctx, const char *out_dir, double total_seconds) {
 
     for (int i = 0; i < nnames; i++) {
         exp_view *v = &views[i];
+        remove_old_plots(out_dir, v->name);
         write_csv(v, out_dir);
         plot_list *pl = bench_xmalloc(sizeof *pl);
         make_plots(v, out_dir, pl, have_gnuplot);
