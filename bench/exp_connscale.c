@@ -1200,6 +1200,8 @@ static void conclude(bench_ctx *ctx, FILE *html) {
             bench_row_metric_get(loop, "cpu_per_conn", &lc, NULL, NULL);
         }
         if (!loop || !bench_row_metric_get(loop, "complete_ms", &lcomp, NULL, NULL)) lcomp = NAN;
+        double tratio = tcomp / lcomp;
+        if (loop) bench_pair_ratio(thr, loop, "complete_ms", &tratio, NULL, NULL);
         if (tf > 0)
             fprintf(html, "<p><b>Thread per connection</b> failed %.0f of %.0f connections (median over runs) at this "
                           "size: see the server log (connscale-server.log) and the thread limits in the machine facts.",
@@ -1207,8 +1209,8 @@ static void conclude(bench_ctx *ctx, FILE *html) {
         else
             fprintf(html, "<p><b>Thread per connection</b> served all %.0f connections: on this kernel, with 64 KiB "
                           "stacks, %.0f threads are no problem to create (seeds/001's 2005 machine stopped near 256). "
-                          "It took %.2f× braid-loop's time to complete",
-                    nmax, nmax, tcomp / lcomp);
+                          "It took %.2f× braid-loop's time to complete (median of the run-by-run ratios)",
+                    nmax, nmax, tratio);
         if (tf <= 0 && isfinite(tm) && isfinite(lm) && lm > 0)
             fprintf(html, ", and each connection cost %.0f B of server memory (%.0f× braid-loop's %.0f B: a stack's "
                           "touched pages and thread bookkeeping)", tm, tm / lm, lm);
@@ -1217,8 +1219,8 @@ static void conclude(bench_ctx *ctx, FILE *html) {
         fputs(". Kernel-side costs (the thread's kernel stack, task struct) show in sys_mem_per_conn, which is "
               "system-wide and noisy on a shared machine.</p>\n", html);
     }
-    fputs("<p>The pool bounds the number of threads but serves at most its size at once; it does well here because "
-          "every request is tiny and arrives at once - a slow client would hold a worker. On 2 cores the load "
+    fputs("<p>The pool bounds the number of threads but serves at most its size at once; with every request tiny "
+          "and sent at once that limit costs little here, but a slow client would hold a worker. On 2 cores the load "
           "generator competes with the server, so the times measure the pair; CPU per connection separates the "
           "servers. Memory per connection comes from RSS, which grows in 4 KiB pages and allocator chunks: at "
           "N = 100 it is quantised noise; read it at the largest N.</p>\n", html);
