@@ -663,7 +663,9 @@ bool bench_pair_ratio(const bench_row *a, const bench_row *b, const char *metric
     int k = 0;
     for (int i = 0; i < n && k < (int)(sizeof r / sizeof r[0]); i++) {
         double x = ma->samples[i], y = mb->samples[i];
-        if (isfinite(x) && isfinite(y) && y != 0) r[k++] = x / y;
+        /* A ratio of zero or negative values (counts of nothing, noisy
+         * differences) means nothing: such pairs are left out. */
+        if (isfinite(x) && isfinite(y) && x > 0 && y > 0) r[k++] = x / y;
     }
     if (!k) return false;
     if (median) *median = bench_median(r, k);
@@ -703,7 +705,7 @@ void bench_note(bench_ctx *ctx, const char *fmt, ...) {
 static struct {
     const bench_experiment *exp;
     int index, total;
-    double est, total_est, total_before;   /* seconds */
+    double est, total_est, est_before;     /* seconds: this one, all, the ones done */
     uint64_t t_start, t_exp, t_last_line;
     double fraction;
     char step[200];
@@ -728,7 +730,9 @@ static void progress_print(bool force) {
     if (prog.fraction > 0.05) est = el / prog.fraction;   /* the experiment's own measure */
     else if (el > est) est = el * 1.2;
     double total_el = (double)(now - prog.t_start) / 1e9;
-    double total_est = prog.total_before + est + (prog.total_est - prog.total_before - prog.est);
+    /* actual time so far + this one's remaining estimate + the estimates of those to come */
+    double rest = prog.total_est - prog.est_before - prog.est;
+    double total_est = total_el + (est > el ? est - el : 0) + (rest > 0 ? rest : 0);
     if (total_est < total_el) total_est = total_el;
     char e1[16], e2[16], e3[16], e4[16];
     fmt_dur(e1, sizeof e1, el);
@@ -737,7 +741,7 @@ static void progress_print(bool force) {
     fmt_dur(e4, sizeof e4, total_est);
     if (prog.tty) {
         char line[512];
-        snprintf(line, sizeof line, "[%d/%d %s] %s  %s/~%s  (all %s/~%s)", prog.index + 1, prog.total,
+        snprintf(line, sizeof line, "[%d/%d %s] %s  %s of ~%s  (all: %s of ~%s)", prog.index + 1, prog.total,
                  prog.exp ? prog.exp->name : "", prog.step, e1, e2, e3, e4);
         int cols = 120;
         const char *c = getenv("COLUMNS");
@@ -756,7 +760,7 @@ static void progress_print(bool force) {
 }
 
 void bench_progress_begin_experiment(bench_ctx *ctx, const bench_experiment *e, int index, int total,
-                                     double est_seconds, double total_est, double total_elapsed) {
+                                     double est_seconds, double total_est, double est_before) {
     (void)ctx;
     if (!prog.started) {
         prog.started = true;
@@ -768,7 +772,7 @@ void bench_progress_begin_experiment(bench_ctx *ctx, const bench_experiment *e, 
     prog.total = total;
     prog.est = est_seconds;
     prog.total_est = total_est;
-    prog.total_before = total_elapsed;
+    prog.est_before = est_before;
     prog.t_exp = bench_now_ns();
     prog.fraction = 0;
     snprintf(prog.step, sizeof prog.step, "starting");

@@ -82,6 +82,9 @@ typedef struct bench_experiment {
     double full_seconds;
     /* Order in the report (lower first; default 100, ties by name). */
     int order;
+    /* Metric(s) for the headline table summary.md, comma-separated
+     * (default: the first of plot_metric, else every metric). */
+    const char *headline;
 } bench_experiment;
 
 void bench_register(const bench_experiment *e);
@@ -172,7 +175,8 @@ const double *bench_row_samples(const bench_row *r, const char *name, int *n);
 const bench_row *bench_find_row(bench_ctx *ctx, const char *impl, const char *backend, ...)
     __attribute__((sentinel));
 /* Pairwise ratio a/b of a metric: ratios of run i of a to run i of b for the
- * runs both have; median/min/max of those. false if either lacks samples. */
+ * runs both have (pairs with a non-positive or failed value are left out);
+ * median/min/max of those. false if no pair is left. */
 bool bench_pair_ratio(const bench_row *a, const bench_row *b, const char *metric,
                       double *median, double *min, double *max);
 /* Is a larger value better for this unit ("/s" rates)? */

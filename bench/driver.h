@@ -59,9 +59,12 @@ void bench_store_close(void);
 
 /* Progress state (bench.c). */
 void bench_progress_begin_experiment(bench_ctx *ctx, const bench_experiment *e, int index, int total,
-                                     double est_seconds, double total_est, double total_elapsed);
+                                     double est_seconds, double total_est, double est_before);
 void bench_progress_end_experiment(bench_ctx *ctx);
 double bench_progress_elapsed(void);   /* seconds since the first experiment began */
+
+/* /proc/loadavg when the run began (main.c), for the machine facts. */
+extern char bench_load_at_start[128];
 
 /* Report (report.c): CSV, SVG, index.html and summary.md from bench_results. */
 int bench_report(bench_ctx *ctx, const char *out_dir, double total_seconds);

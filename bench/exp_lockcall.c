@@ -225,17 +225,19 @@ static void conclude(bench_ctx *ctx, FILE *html) {
                       "thread, the same uncontended lock+unlock takes the atomic path and costs %.1f ns (%.1f× a call) "
                       "— the number a threaded server actually pays.",
                 mt, mt / call);
+    double ref = isfinite(mt) ? mt : mutex;
     if (isfinite(c2))
         fprintf(html, " Contended by two threads on two cores the same lock costs %.0f ns per lock+unlock "
-                      "(%.0f× uncontended): the cache line holding the lock moves between cores on nearly every "
-                      "acquisition, and losers sleep in the kernel (futex).",
-                c2, c2 / mutex);
+                      "(%.1f× the uncontended threaded path): the cache line holding the lock moves between the cores "
+                      "on most acquisitions, and a thread that finds it taken may sleep in the kernel (futex).",
+                c2, c2 / ref);
     if (isfinite(c1))
-        fprintf(html, " With both threads on one core it costs %.0f ns: they rarely collide because each runs a "
-                      "whole time slice alone, which is why a lock's cost depends on placement more than on the lock.",
-                c1);
+        fprintf(html, " With both threads on one core it costs %.0f ns (%.1f×): most likely they rarely collide, "
+                      "each running a whole time slice alone - a lock's cost depends on placement as much as on the "
+                      "lock.",
+                c1, c1 / ref);
     if (isfinite(at)) fprintf(html, " An uncontended atomic add costs %.1f ns for scale.", at);
-    fputs(" The ratio column below is call ÷ row (so 0.25 means the row costs 4 calls).</p>\n", html);
+    fputs(" The ratio under each value in the table above is call ÷ row (so 0.25 means the row costs 4 calls).</p>\n", html);
 }
 
 BENCH_EXPERIMENT(lockcall,

@@ -75,6 +75,11 @@ static int add_backends(bench_ctx *ctx, const char *list, bool explicit_) {
     return 0;
 }
 
+static bool is_backend_name(const char *s) {
+    return !strcmp(s, "select") || !strcmp(s, "poll") || !strcmp(s, "epoll") || !strcmp(s, "uring") ||
+           !strcmp(s, "io_uring");
+}
+
 static void list_experiments(void) {
     for (int i = 0; i < bench_nexperiments; i++) {
         const bench_experiment *e = bench_experiments[i];
@@ -83,8 +88,16 @@ static void list_experiments(void) {
     }
 }
 
+char bench_load_at_start[128];
+
 int main(int argc, char **argv) {
     setvbuf(stdout, NULL, _IOLBF, 0);
+    FILE *la = fopen("/proc/loadavg", "r");
+    if (la) {
+        if (fgets(bench_load_at_start, sizeof bench_load_at_start, la))
+            bench_load_at_start[strcspn(bench_load_at_start, "\n")] = 0;
+        fclose(la);
+    }
     bench_sort_experiments();
 
     if (argc >= 2 && !strcmp(argv[1], "serve")) {
@@ -122,6 +135,9 @@ int main(int argc, char **argv) {
         else if (!strcmp(a, "--smoke")) { ctx.smoke = true; ctx.quick = true; ctx.full = false; }
         else if (!strcmp(a, "--backend") && i + 1 < argc) {
             if (add_backends(&ctx, argv[++i], true) < 0) return 2;
+            /* --backend epoll uring ...: further bare backend names belong to it */
+            while (i + 1 < argc && is_backend_name(argv[i + 1]))
+                if (add_backends(&ctx, argv[++i], true) < 0) return 2;
         } else if (!strncmp(a, "--backend=", 10)) {
             if (add_backends(&ctx, a + 10, true) < 0) return 2;
         } else if (!strcmp(a, "--out") && i + 1 < argc) ctx.out_dir = argv[++i];
@@ -169,13 +185,15 @@ int main(int argc, char **argv) {
     if (ntodo) printf("; estimate ~%.0f s; out %s\n", total_est, ctx.out_dir);
 
     int failures = 0;
+    double est_before = 0;
     uint64_t t0 = bench_now_ns();
     for (int i = 0; i < ntodo; i++) {
         const bench_experiment *e = todo[i];
         double q = e->quick_seconds > 0 ? e->quick_seconds : 10;
         double est = ctx.smoke ? 1 : ctx.full ? (e->full_seconds > 0 ? e->full_seconds : 10 * q) : q;
         ctx.experiment = e->name;
-        bench_progress_begin_experiment(&ctx, e, i, ntodo, est, total_est, bench_progress_elapsed());
+        bench_progress_begin_experiment(&ctx, e, i, ntodo, est, total_est, est_before);
+        est_before += est;
         int rc = e->run(&ctx);
         bench_progress_end_experiment(&ctx);
         if (rc != 0) {

@@ -208,8 +208,9 @@ static void collect_facts(bench_ctx *ctx) {
     }
     read_first_line("/proc/sys/kernel/threads-max", buf, sizeof buf);
     add_fact("kernel.threads-max", "%s", buf);
+    if (bench_load_at_start[0]) add_fact("load average at start", "%s", bench_load_at_start);
     read_first_line("/proc/loadavg", buf, sizeof buf);
-    add_fact("load average at report time", "%s", buf);
+    add_fact("load average at the end", "%s", buf);
     if (ctx && ctx->argv) {
         char cmd[512] = "";
         for (int i = 0; ctx->argv[i]; i++) {
@@ -396,6 +397,16 @@ static void make_plots(const exp_view *v, const char *out_dir, plot_list *pl, bo
                 done[i] = true;
                 members[nm++] = i;
             }
+            /* A single x value is a point, not a curve: the table shows it. */
+            bool spread = false;
+            double x0 = NAN;
+            for (int k = 0; k < nm; k++) {
+                double xv;
+                if (!bench_row_param_num(v->rows[members[k]], e->plot_x, &xv)) continue;
+                if (isnan(x0)) x0 = xv;
+                else if (xv != x0) spread = true;
+            }
+            if (!spread) continue;
             char group[256], gslug[256], unit[64] = "";
             params_text(lead, e->plot_x, group, sizeof group);
             slug(group, gslug, sizeof gslug);
@@ -431,47 +442,50 @@ static void make_plots(const exp_view *v, const char *out_dir, plot_list *pl, bo
                 ser_of[k] = s;
             }
             int ndata = 0;
-            for (int s = 0; s < nser; s++) {
+            bool has[32] = { false };
+            for (int si = 0; si < nser; si++) {
                 double pts[1024][4];
                 int np = 0;
                 for (int k = 0; k < nm; k++) {
-                    if (ser_of[k] != s) continue;
+                    if (ser_of[k] != si) continue;
                     const bench_row *r = v->rows[members[k]];
                     double x, md, mn, mx;
                     if (!bench_row_param_num(r, e->plot_x, &x) || !bench_row_metric_get(r, metric, &md, &mn, &mx))
                         continue;
                     if (e->plot_logy && (md <= 0 || mn <= 0)) continue;
+                    if (e->plot_logx && x <= 0) continue;
                     pts[np][0] = x; pts[np][1] = md; pts[np][2] = mn; pts[np][3] = mx;
                     np++;
                 }
+                if (!np) continue;
                 qsort(pts, (size_t)np, sizeof pts[0], cmp_x);
-                fprintf(f, "$d%d << EOD\n", s);
+                fprintf(f, "$d%d << EOD\n", si);
                 for (int k = 0; k < np; k++) fprintf(f, "%.9g %.9g %.9g %.9g\n", pts[k][0], pts[k][1], pts[k][2], pts[k][3]);
                 fprintf(f, "EOD\n");
-                if (np) ndata++;
+                has[si] = true;
+                ndata++;
             }
-            if (!ndata) { fclose(f); continue; }
+            if (!ndata) { fclose(f); unlink(gp); continue; }
             fprintf(f, "plot ");
             bool first = true;
-            for (int s = 0; s < nser; s++) {
+            for (int si = 0; si < nser; si++) {
+                if (!has[si]) continue;
                 fprintf(f, "%s$d%d using 1:2:3:4 with yerrorlines lw 2 pt 7 ps 0.6 title \"%s\"", first ? "" : ", \\\n  ",
-                        s, labels[s]);
+                        si, labels[si]);
                 first = false;
             }
             fprintf(f, "\n");
             fclose(f);
             char cmd[8192];
             snprintf(cmd, sizeof cmd, "gnuplot '%s' 2>&1", gp);
+            unlink(svg);
             FILE *p = popen(cmd, "r");
             char line[512];
-            bool err = false;
-            while (p && fgets(line, sizeof line, p)) {
-                err = true;
-                fprintf(stderr, "gnuplot: %s", line);
-            }
+            while (p && fgets(line, sizeof line, p))
+                if (strcasestr(line, "error")) fprintf(stderr, "gnuplot: %s", line);   /* warnings are expected */
             if (p) pclose(p);
             unlink(gp);
-            if (err) continue;
+            if (access(svg, R_OK) != 0) continue;
             snprintf(pl->files[pl->n], sizeof pl->files[0], "%s", base);
             snprintf(pl->captions[pl->n], sizeof pl->captions[0], "%s%s%s", metric, group[0] ? " — " : "", group);
             pl->n++;
@@ -489,6 +503,12 @@ typedef struct cmp_summary {
     double best, worst;          /* best/worst ratio for braid */
     char best_at[160], worst_at[160];
     bool higher_better;
+    double xs[256], logs[256];   /* plot_x and log(ratio) per point */
+    double xmax;                  /* largest plot_x seen (NAN: no plot_x) */
+    double at_xmax;               /* geometric mean of the ratios at xmax */
+    char lost_at[8][128];         /* where braid was worse (pairwise median) */
+    double lost_by[8];            /* ... by this factor */
+    bool lost_clear[8];           /* ... in every run pair */
 } cmp_summary;
 
 /* The metrics a conclusion talks about: the plotted ones, else every metric. */
@@ -512,9 +532,21 @@ static int headline_metrics(const exp_view *v, char names[][64], int max) {
     return n;
 }
 
-static int summarize(const exp_view *v, cmp_summary *out, int max) {
+static int summarize(const exp_view *v, cmp_summary *out, int max, bool headline) {
     char metrics[16][64];
-    int nmet = headline_metrics(v, metrics, 16), n = 0;
+    int nmet = 0, n = 0;
+    const char *hl = v->e ? (v->e->headline ? v->e->headline : v->e->plot_metric) : NULL;
+    if (headline && hl) {
+        char buf[512];
+        snprintf(buf, sizeof buf, "%s", hl);
+        for (char *save, *m = strtok_r(buf, ",", &save); m && nmet < (headline && !v->e->headline ? 1 : 16);
+             m = strtok_r(NULL, ",", &save)) {
+            while (*m == ' ') m++;
+            snprintf(metrics[nmet++], 64, "%s", m);
+        }
+    } else {
+        nmet = headline_metrics(v, metrics, 16);
+    }
     if (!v->base) return 0;
     for (int pi = 0; pi < v->nimpls; pi++) {
         const char *peer = v->impls[pi];
@@ -541,11 +573,32 @@ static int summarize(const exp_view *v, cmp_summary *out, int max) {
                 params_text(r, NULL, at, sizeof at);
                 if (s.points == 0 || good > s.best) { s.best = good; snprintf(s.best_at, sizeof s.best_at, "%s", at); }
                 if (s.points == 0 || good < s.worst) { s.worst = good; snprintf(s.worst_at, sizeof s.worst_at, "%s", at); }
+                double xv;
+                if (s.points < 256) {
+                    s.xs[s.points] = v->e && v->e->plot_x && bench_row_param_num(r, v->e->plot_x, &xv) ? xv : NAN;
+                    s.logs[s.points] = log(rm);
+                }
+                if (lose && s.losses < 8) {
+                    snprintf(s.lost_at[s.losses], sizeof s.lost_at[0], "%s", at);
+                    s.lost_by[s.losses] = 1 / good;
+                    s.lost_clear[s.losses] = best_pair < 1;
+                }
                 s.points++;
                 s.wins += win;
                 s.losses += lose;
                 s.clear_losses += lose && best_pair < 1;
                 s.logsum += log(rm);
+            }
+            s.xmax = NAN;
+            s.at_xmax = NAN;
+            int np = s.points < 256 ? s.points : 256;
+            for (int k = 0; k < np; k++)
+                if (isfinite(s.xs[k]) && (!isfinite(s.xmax) || s.xs[k] > s.xmax)) s.xmax = s.xs[k];
+            if (isfinite(s.xmax)) {
+                double ls = 0;
+                int c = 0;
+                for (int k = 0; k < np; k++) if (s.xs[k] == s.xmax) { ls += s.logs[k]; c++; }
+                if (c) s.at_xmax = exp(ls / c);
             }
             if (s.points && n < max) out[n++] = s;
         }
@@ -557,7 +610,7 @@ static int summarize(const exp_view *v, cmp_summary *out, int max) {
  * wins and loses, by how much (pairwise ratios), and the worst point. */
 static void generic_conclusion(const exp_view *v, FILE *f) {
     cmp_summary s[64];
-    int n = summarize(v, s, 64);
+    int n = summarize(v, s, 64, false);
     if (!v->base) {
         fputs("<p>No braid row to compare against; the table stands on its own.</p>\n", f);
         return;
@@ -578,7 +631,8 @@ static void generic_conclusion(const exp_view *v, FILE *f) {
                 fmt_ratio(g, sizeof g, gm), s[i].points, s[i].points == 1 ? "" : "s", v->base, s[i].wins, s[i].losses);
         if (s[i].losses)
             fprintf(f, " (%d of those worse in every run pair)", s[i].clear_losses);
-        fprintf(f, ". Best for %s: %s× better", v->base, fmt_ratio(b, sizeof b, s[i].best));
+        if (s[i].best >= 1) fprintf(f, ". Best for %s: %s× better", v->base, fmt_ratio(b, sizeof b, s[i].best));
+        else fprintf(f, ". Closest: %s× worse", fmt_ratio(b, sizeof b, 1 / s[i].best));
         if (s[i].best_at[0]) { fputs(" at ", f); html_esc(f, s[i].best_at); }
         if (s[i].worst < 1) {
             fprintf(f, "; worst: %s× worse", fmt_ratio(w, sizeof w, 1 / s[i].worst));
@@ -586,7 +640,21 @@ static void generic_conclusion(const exp_view *v, FILE *f) {
             fprintf(f, "; least ahead: %s×", fmt_ratio(w, sizeof w, s[i].worst));
         }
         if (s[i].worst_at[0]) { fputs(" at ", f); html_esc(f, s[i].worst_at); }
-        fputs(".</li>\n", f);
+        fputs(".", f);
+        if (s[i].losses) {
+            fprintf(f, " %s is worse at: ", v->base);
+            int shown = s[i].losses < 8 ? s[i].losses : 8;
+            for (int k = 0; k < shown; k++) {
+                char lb[32];
+                fprintf(f, "%s", k ? "; " : "");
+                html_esc(f, s[i].lost_at[k][0] ? s[i].lost_at[k] : "the only point");
+                fprintf(f, " (%s×%s)", fmt_ratio(lb, sizeof lb, s[i].lost_by[k]),
+                        s[i].lost_clear[k] ? ", every run pair" : ", within noise");
+            }
+            if (s[i].losses > shown) fprintf(f, "; and %d more", s[i].losses - shown);
+            fputs(".", f);
+        }
+        fputs("</li>\n", f);
     }
     fputs("</ul>\n<p>Ratios are taken run by run (run <i>i</i> of one against run <i>i</i> of the other, measured back to back), "
           "and the table gives their median and range; where that range straddles 1.00 the difference is within this "
@@ -594,65 +662,88 @@ static void generic_conclusion(const exp_view *v, FILE *f) {
 }
 
 /* ---- the table --------------------------------------------------------------------------------------- */
+/* One table per experiment: a line per row (impl, backend, params), a
+ * column per metric. Each cell: the median, the min-max over runs, and for
+ * a peer's row the pairwise ratio base / this (coloured: green where the
+ * base is better in every run pair, red where it is worse in every pair,
+ * pale where the range straddles 1). */
 static void write_table(const exp_view *v, FILE *f) {
-    const char *keys[64];
-    int nkeys = 0;
-    for (int i = 0; i < v->nrows; i++)
+    const char *keys[64], *mets[BENCH_MAX_METRICS * 2], *units[BENCH_MAX_METRICS * 2];
+    int nkeys = 0, nmets = 0;
+    for (int i = 0; i < v->nrows; i++) {
         for (int p = 0; p < v->rows[i]->nparams; p++) {
             bool seen = false;
             for (int k = 0; k < nkeys; k++) if (!strcmp(keys[k], v->rows[i]->params[p].key)) seen = true;
             if (!seen && nkeys < 64) keys[nkeys++] = v->rows[i]->params[p].key;
         }
+        for (int m = 0; m < v->rows[i]->nmetrics; m++) {
+            bool seen = false;
+            for (int k = 0; k < nmets; k++) if (!strcmp(mets[k], v->rows[i]->metrics[m].name)) seen = true;
+            if (!seen && nmets < BENCH_MAX_METRICS * 2) {
+                units[nmets] = v->rows[i]->metrics[m].unit;
+                mets[nmets++] = v->rows[i]->metrics[m].name;
+            }
+        }
+    }
     fputs("<div class=\"tw\"><table>\n<tr><th>impl</th><th>backend</th>", f);
     for (int k = 0; k < nkeys; k++) { fputs("<th>", f); html_esc(f, keys[k]); fputs("</th>", f); }
-    fprintf(f, "<th>metric</th><th>median</th><th>min–max</th><th>unit</th><th>runs</th><th>%s ÷ this<br><small>pairwise median (min–max)</small></th></tr>\n",
-            v->base ? v->base : "braid");
+    for (int k = 0; k < nmets; k++) {
+        fputs("<th>", f); html_esc(f, mets[k]);
+        fputs("<br><small>", f); html_esc(f, units[k]);
+        fprintf(f, ", %s better</small></th>", bench_unit_higher_is_better(units[k]) ? "higher" : "lower");
+    }
+    fputs("<th>runs</th></tr>\n", f);
     for (int i = 0; i < v->nrows; i++) {
         const bench_row *r = v->rows[i];
         const bench_row *b = base_for(v, r);
         bool is_base = v->base && !strcmp(r->impl, v->base);
-        for (int m = 0; m < r->nmetrics; m++) {
-            const bench_metric *mt = &r->metrics[m];
+        fprintf(f, "<tr%s><td>", is_base ? " class=\"base\"" : "");
+        html_esc(f, r->impl);
+        fputs("</td><td>", f);
+        html_esc(f, r->backend);
+        fputs("</td>", f);
+        for (int k = 0; k < nkeys; k++) {
+            const char *t = bench_row_param_text(r, keys[k]);
+            fputs("<td>", f); html_esc(f, t ? t : ""); fputs("</td>", f);
+        }
+        for (int k = 0; k < nmets; k++) {
+            const bench_metric *mt = NULL;
+            for (int m = 0; m < r->nmetrics; m++) if (!strcmp(r->metrics[m].name, mets[k])) mt = &r->metrics[m];
+            if (!mt || !isfinite(mt->median)) { fputs("<td class=\"n\">–</td>", f); continue; }
             char a1[32], a2[32], a3[32];
-            fprintf(f, "<tr%s>", is_base ? " class=\"base\"" : "");
-            fputs("<td>", f); html_esc(f, r->impl);
-            fputs("</td><td>", f); html_esc(f, r->backend);
-            fputs("</td>", f);
-            for (int k = 0; k < nkeys; k++) {
-                const char *t = bench_row_param_text(r, keys[k]);
-                fputs("<td>", f); html_esc(f, t ? t : ""); fputs("</td>", f);
-            }
-            fputs("<td>", f); html_esc(f, mt->name);
-            fprintf(f, "</td><td class=\"n\">%s</td><td class=\"n\">%s–", fmt_num(a1, sizeof a1, mt->median),
-                    fmt_num(a2, sizeof a2, mt->min));
-            fprintf(f, "%s</td><td>", fmt_num(a3, sizeof a3, mt->max));
-            html_esc(f, mt->unit);
-            fprintf(f, "</td><td class=\"n\">%d</td>", mt->n);
+            fprintf(f, "<td class=\"n\"><b>%s</b>", fmt_num(a1, sizeof a1, mt->median));
+            if (mt->min != mt->max)
+                fprintf(f, " <small>%s–%s</small>", fmt_num(a2, sizeof a2, mt->min), fmt_num(a3, sizeof a3, mt->max));
             double rm, rn, rx;
             if (b && bench_pair_ratio(b, r, mt->name, &rm, &rn, &rx)) {
                 bool hb = bench_unit_higher_is_better(mt->unit);
                 bool better = hb ? rm > 1 : rm < 1;
                 bool clear = hb ? rn > 1 : rx < 1, clear_worse = hb ? rx < 1 : rn > 1;
                 const char *cls = clear ? "win" : clear_worse ? "lose" : better ? "lwin" : "llose";
-                if (rm == 1) cls = "";
-                fprintf(f, "<td class=\"n %s\">%s (%s–", cls, fmt_ratio(a1, sizeof a1, rm), fmt_ratio(a2, sizeof a2, rn));
-                fprintf(f, "%s)</td>", fmt_ratio(a3, sizeof a3, rx));
-            } else {
-                fputs("<td></td>", f);
+                if (rm == 1 && rn == 1 && rx == 1) cls = "";
+                fprintf(f, "<br><span class=\"r %s\" title=\"%s ÷ this, run by run\">÷ %s (%s–", cls, v->base,
+                        fmt_ratio(a1, sizeof a1, rm), fmt_ratio(a2, sizeof a2, rn));
+                fprintf(f, "%s)</span>", fmt_ratio(a3, sizeof a3, rx));
             }
-            fputs("</tr>\n", f);
+            fputs("</td>", f);
         }
+        fprintf(f, "<td class=\"n\">%d</td></tr>\n", r->runs);
     }
     fputs("</table></div>\n", f);
+    if (v->base)
+        fprintf(f, "<p><small>Each cell: <b>median</b> and min–max over runs; under a peer's value, \"÷ r (lo–hi)\" is "
+                   "%s's value divided by this row's, run by run (median and range of the per-run ratios). "
+                   "Green: %s better in every run pair; red: worse in every pair; pale: the range straddles 1.</small></p>\n",
+                v->base, v->base);
 }
 
 /* ---- index.html and summary.md ------------------------------------------------------------------------ */
 static const char *CSS =
     "body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222;line-height:1.45}"
     "h1{margin-bottom:.2em}h2{border-bottom:1px solid #ccc;padding-bottom:.2em;margin-top:2em}"
-    "table{border-collapse:collapse;font-size:13px}td,th{border:1px solid #ddd;padding:2px 6px;vertical-align:top}"
+    "table{border-collapse:collapse;font-size:13px}td,th{border:1px solid #ddd;padding:2px 6px;vertical-align:top;white-space:nowrap}"
     "th{background:#f4f4f4}.n{text-align:right;font-variant-numeric:tabular-nums}tr.base td{background:#f7fbff}"
-    ".win{background:#d9f2d9}.lwin{background:#eef8ee}.lose{background:#f8d7d7}.llose{background:#fbeeee}"
+    ".r{font-size:11px;padding:0 2px}.win{background:#c8ecc8}.lwin{background:#eaf6ea}.lose{background:#f6cccc}.llose{background:#fbecec}"
     ".tw{overflow-x:auto;max-height:32em;overflow-y:auto}.facts td:first-child{font-weight:600}"
     ".note{color:#8a5a00}img{max-width:100%}figure{margin:1em 0}figcaption{font-size:13px;color:#555}"
     "code{background:#f4f4f4;padding:0 3px}";
@@ -662,17 +753,21 @@ static void write_summary_md(exp_view *views, int nviews, const char *out_dir) {
     snprintf(path, sizeof path, "%s/summary.md", out_dir);
     FILE *f = fopen(path, "w");
     if (!f) return;
-    fprintf(f, "| experiment | braid vs | metric | braid ÷ peer (geo. mean, pairwise) | braid better / worse at |\n");
-    fprintf(f, "|---|---|---|---|---|\n");
+    fprintf(f, "| experiment | comparison | metric | braid ÷ peer, all points | at the largest point | braid better / worse at |\n");
+    fprintf(f, "|---|---|---|---|---|---|\n");
     for (int i = 0; i < nviews; i++) {
         cmp_summary s[64];
         if (!views[i].base || strncmp(views[i].base, "braid", 5)) continue;   /* braid rows only */
-        int n = summarize(&views[i], s, 64);
+        int n = summarize(&views[i], s, 64, true);
         for (int k = 0; k < n; k++) {
-            char g[32];
-            fprintf(f, "| %s | %s | %s (%s, %s better) | %s | %d / %d of %d |\n", views[i].name, s[k].peer, s[k].metric,
-                    s[k].unit, s[k].higher_better ? "higher" : "lower",
-                    fmt_ratio(g, sizeof g, exp(s[k].logsum / s[k].points)), s[k].wins, s[k].losses, s[k].points);
+            if (!strncmp(s[k].peer, "braid", 5)) continue;   /* braid variants are for the full report */
+            char g[32], gx[32], xs[96] = "–";
+            if (isfinite(s[k].at_xmax))
+                snprintf(xs, sizeof xs, "%s (%s = %.15g)", fmt_ratio(gx, sizeof gx, s[k].at_xmax), views[i].e->plot_x,
+                         s[k].xmax);
+            fprintf(f, "| %s | %s vs %s | %s (%s, %s better) | %s | %s | %d / %d of %d |\n", views[i].name,
+                    views[i].base, s[k].peer, s[k].metric, s[k].unit, s[k].higher_better ? "higher" : "lower",
+                    fmt_ratio(g, sizeof g, exp(s[k].logsum / s[k].points)), xs, s[k].wins, s[k].losses, s[k].points);
         }
     }
     char cpu[256] = "", kern[256] = "", date[64] = "";
@@ -681,8 +776,11 @@ static void write_summary_md(exp_view *views, int nviews, const char *out_dir) {
         if (!strcmp(facts[i].key, "kernel")) snprintf(kern, sizeof kern, "%s", facts[i].val);
         if (!strcmp(facts[i].key, "date")) snprintf(date, sizeof date, "%s", facts[i].val);
     }
-    fprintf(f, "\nMeasured %s on %s, %ld cores, %s; full report: bench/report/index.html "
-               "(raw rows: results.jsonl).\n", date, cpu, sysconf(_SC_NPROCESSORS_ONLN), kern);
+    fprintf(f, "\nRatios are braid ÷ peer, taken run by run (braid's run i against the peer's run i) and combined as a "
+               "geometric mean over the experiment's points; below 1 is better for braid where lower is better, above 1 "
+               "where higher is better. Measured %s on %s, %ld cores, %s; full report with method, plots and "
+               "conclusions: bench/report/index.html (raw rows: results.jsonl).\n",
+            date, cpu, sysconf(_SC_NPROCESSORS_ONLN), kern);
     fclose(f);
 }
 
@@ -734,7 +832,44 @@ int bench_report(bench_ctx *ctx, const char *out_dir, double total_seconds) {
         fputs("</td></tr>\n", f);
     }
     fputs("</table>\n<p>Placement: unless an experiment says otherwise, processes are not pinned (the scheduler "
-          "places them on the 2 cores); a cross-core wake-up costs about 30 µs here.</p>\n", f);
+          "places them on the cores; BENCHMARKING.md measured a cross-core wake-up at about 30 µs on this machine), and "
+          "other work on the machine (see the load average above) adds noise.</p>\n", f);
+
+    /* The headline: what summary.md says, for a reader starting here. */
+    bool any_head = false;
+    for (int i = 0; i < nnames; i++) {
+        exp_view *v = &views[i];
+        if (!v->base || strncmp(v->base, "braid", 5)) continue;
+        cmp_summary *sm = bench_xmalloc(64 * sizeof *sm);
+        int n = summarize(v, sm, 64, true);
+        for (int k = 0; k < n; k++) {
+            if (!strncmp(sm[k].peer, "braid", 5)) continue;
+            if (!any_head)
+                fputs("<h2>Headline</h2>\n<p>braid ÷ peer for each experiment's headline metric, ratios taken run by "
+                      "run and combined as a geometric mean over the experiment's points (the largest point also on "
+                      "its own). Below 1 is better for braid where lower is better, above 1 where higher is better. "
+                      "Details, including every point where braid loses, are in each section.</p>\n<table>\n"
+                      "<tr><th>experiment</th><th>comparison</th><th>metric</th><th>all points</th>"
+                      "<th>largest point</th><th>braid better / worse at</th></tr>\n", f);
+            any_head = true;
+            char g[32], gx[32];
+            double gm = exp(sm[k].logsum / sm[k].points);
+            bool good = sm[k].higher_better ? gm > 1 : gm < 1;
+            fprintf(f, "<tr><td><a href=\"#%s\">%s</a></td><td>", v->name, v->name);
+            html_esc(f, v->base); fputs(" vs ", f); html_esc(f, sm[k].peer);
+            fputs("</td><td>", f); html_esc(f, sm[k].metric);
+            fprintf(f, " <small>(%s, %s better)</small></td><td class=\"n %s\">%s</td><td class=\"n\">", sm[k].unit,
+                    sm[k].higher_better ? "higher" : "lower", good ? "lwin" : "llose", fmt_ratio(g, sizeof g, gm));
+            if (isfinite(sm[k].at_xmax))
+                fprintf(f, "%s <small>(%s = %.15g)</small>", fmt_ratio(gx, sizeof gx, sm[k].at_xmax), v->e->plot_x,
+                        sm[k].xmax);
+            else
+                fputs("–", f);
+            fprintf(f, "</td><td class=\"n\">%d / %d of %d</td></tr>\n", sm[k].wins, sm[k].losses, sm[k].points);
+        }
+        free(sm);
+    }
+    if (any_head) fputs("</table>\n", f);
 
     fputs("<h2>Contents</h2>\n<ul>\n", f);
     for (int i = 0; i < nnames; i++) {

@@ -7,5 +7,11 @@
 #include <braid/loop.h>
 #include <braid/time.h>
 #include <braid/deferred.h>
+#include <braid/protocol.h>
+#include <braid/stream.h>
+#include <braid/endpoint.h>
+#include <braid/framing.h>
+#include <braid/dgram.h>
 #include <braid/pool.h>
+#include <braid/fiber.h>
 #endif
