@@ -7,4 +7,5 @@
 #include <braid/loop.h>
 #include <braid/time.h>
 #include <braid/deferred.h>
+#include <braid/http.h>
 #endif
