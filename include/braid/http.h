@@ -159,7 +159,8 @@ BRAID_API void braid_http_chunked_init(braid_http_chunked *d, uint64_t max_body)
  * trailers) ended after n bytes of the input — buf[n..len) is untouched and
  * belongs to the next message; BRAID_EHTTP_CHUNK on malformed coding;
  * BRAID_EHTTP_BODY_TOO_LARGE past max_body. Trailer fields are validated and
- * discarded. Never reads outside buf[0..len). */
+ * discarded. *out_len is set on every return, errors included. Never reads
+ * outside buf[0..len). */
 BRAID_API ssize_t braid_http_chunked_decode(braid_http_chunked *d, char *buf, size_t len,
                                             size_t *out_len);
 

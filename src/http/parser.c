@@ -397,11 +397,22 @@ static int skip_reparse(const char *buf, size_t len, size_t prev_len, const lims
     return 1;
 }
 
-/* On INCOMPLETE, enforce the size limits on what has arrived so far. */
-static int incomplete(braid_http_message *m, size_t len, const char *line_end_seen, const lims *L,
-                      size_t line_len) {
-    if (!line_end_seen && line_len > L->line)
-        FAIL(BRAID_EHTTP_URI_TOO_LONG, "request line over the limit");
+/* The start line is over its limit if its first limit+1 bytes are all
+ * printable (SP..~): the decision depends only on those bytes, so a prefix of
+ * the input and the whole input always agree. */
+static bool line_too_long(const char *line, const char *end, size_t limit) {
+    size_t avail = (size_t)(end - line);
+    if (avail <= limit) return false;
+    for (size_t i = 0; i <= limit; i++)
+        if ((uint8_t)line[i] < 0x20 || (uint8_t)line[i] > 0x7e) return false;
+    return true;
+}
+
+/* INCOMPLETE inside the first max_head bytes while at least that many have
+ * arrived: the head is over its limit. The parse itself only ever looks at
+ * the first max_head bytes, so a longer input cannot turn this into another
+ * error. */
+static int incomplete(braid_http_message *m, size_t len, const lims *L) {
     if (len >= L->head) FAIL(BRAID_EHTTP_HEADERS_TOO_LARGE, "head over the limit");
     return BRAID_EHTTP_INCOMPLETE;
 }
@@ -412,55 +423,46 @@ int braid_http_parse_request(braid_http_message *m, braid_http_header *hdrs, siz
     lims L = get_limits(lim, max_hdrs);
     reset(m);
     if (skip_reparse(buf, len, prev_len, &L)) return BRAID_EHTTP_INCOMPLETE;
-    const char *p = buf, *end = buf + len;
+    const char *p = buf, *end = buf + (len < L.head ? len : L.head);
+    int rc;
     /* RFC 9112 2.2: ignore empty lines (CRLF) before the request line. */
     while (p < end && *p == '\r') {
-        int rc = expect_crlf(m, &p, end);
-        if (rc == BRAID_EHTTP_INCOMPLETE) return incomplete(m, len, NULL, &L, 0);
+        rc = expect_crlf(m, &p, end);
+        if (rc == BRAID_EHTTP_INCOMPLETE) return incomplete(m, len, &L);
         if (rc) return rc;
     }
-    const char *line = p;
-    int rc;
+    if (line_too_long(p, buf + len, L.line)) FAIL(BRAID_EHTTP_URI_TOO_LONG, "request line over the limit");
     if (p < end && *p == '\n') FAIL(BRAID_EHTTP_SYNTAX, "bare LF line ending");
     m->method = p;
     p = scan_token(p, end);
-    if (p >= end) goto line_incomplete;
-    if (*p != ' ') FAIL(BRAID_EHTTP_SYNTAX, "invalid character in the method");
+    if (p >= end) return incomplete(m, len, &L);
+    if (*p != ' ') FAIL(BRAID_EHTTP_SYNTAX, p == m->method ? "empty method" : "invalid character in the method");
     if (p == m->method) FAIL(BRAID_EHTTP_SYNTAX, "empty method");
     m->method_len = (size_t)(p - m->method);
     m->target = ++p;
     p = scan_target(p, end);
-    if (p >= end) goto line_incomplete;
+    if (p >= end) return incomplete(m, len, &L);
     if (*p != ' ') FAIL(BRAID_EHTTP_SYNTAX, "invalid character in the request-target");
     if (p == m->target) FAIL(BRAID_EHTTP_SYNTAX, "empty request-target");
     m->target_len = (size_t)(p - m->target);
     p++;
     rc = parse_version(m, &p, end);
-    if (rc == BRAID_EHTTP_INCOMPLETE) goto line_incomplete;
+    if (rc == BRAID_EHTTP_INCOMPLETE) return incomplete(m, len, &L);
     if (rc) return rc;
-    if ((size_t)(p - line) > L.line) FAIL(BRAID_EHTTP_URI_TOO_LONG, "request line over the limit");
     rc = expect_crlf(m, &p, end);
-    if (rc == BRAID_EHTTP_INCOMPLETE) goto line_incomplete;
+    if (rc == BRAID_EHTTP_INCOMPLETE) return incomplete(m, len, &L);
     if (rc) {
         if (m->error && strcmp(m->error, "invalid character") == 0)
             m->error = "junk after the HTTP version";
         return rc;
     }
     rc = parse_fields(m, hdrs, &p, end, L.headers);
-    if (rc == BRAID_EHTTP_INCOMPLETE) return incomplete(m, len, line, &L, 0);
-    if (rc) {
-        if (rc == BRAID_EHTTP_HEADERS_TOO_LARGE) return rc;
-        if ((size_t)(p - buf) > L.head) FAIL(BRAID_EHTTP_HEADERS_TOO_LARGE, "head over the limit");
-        return rc;
-    }
-    if ((size_t)(p - buf) > L.head) FAIL(BRAID_EHTTP_HEADERS_TOO_LARGE, "head over the limit");
+    if (rc == BRAID_EHTTP_INCOMPLETE) return incomplete(m, len, &L);
+    if (rc) return rc;
     rc = semantics(m, true, &L);
     if (rc) return rc;
     m->head_len = (size_t)(p - buf);
     return (int)m->head_len;
-line_incomplete:
-    /* A CR at the very end may be the line's own terminator. */
-    return incomplete(m, len, NULL, &L, (size_t)(end - line) - (end > line && end[-1] == '\r'));
 }
 
 int braid_http_parse_response(braid_http_message *m, braid_http_header *hdrs, size_t max_hdrs,
@@ -469,43 +471,42 @@ int braid_http_parse_response(braid_http_message *m, braid_http_header *hdrs, si
     lims L = get_limits(lim, max_hdrs);
     reset(m);
     if (skip_reparse(buf, len, prev_len, &L)) return BRAID_EHTTP_INCOMPLETE;
-    const char *p = buf, *end = buf + len;
+    const char *p = buf, *end = buf + (len < L.head ? len : L.head);
+    if (line_too_long(buf, buf + len, L.line)) FAIL(BRAID_EHTTP_URI_TOO_LONG, "status line over the limit");
     int rc = parse_version(m, &p, end);
-    if (rc == BRAID_EHTTP_INCOMPLETE) goto line_incomplete;
+    if (rc == BRAID_EHTTP_INCOMPLETE) return incomplete(m, len, &L);
     if (rc) return rc;
-    if (p >= end) goto line_incomplete;
+    if (p >= end) return incomplete(m, len, &L);
     if (*p != ' ') FAIL(BRAID_EHTTP_SYNTAX, "no space after the HTTP version");
     p++;
     if (end - p < 3) {
         for (const char *q = p; q < end; q++)
             if (*q < '0' || *q > '9') FAIL(BRAID_EHTTP_SYNTAX, "malformed status code");
-        goto line_incomplete;
+        return incomplete(m, len, &L);
     }
     for (int i = 0; i < 3; i++)
         if (p[i] < '0' || p[i] > '9') FAIL(BRAID_EHTTP_SYNTAX, "malformed status code");
     m->status = (p[0] - '0') * 100 + (p[1] - '0') * 10 + (p[2] - '0');
     if (m->status < 100) FAIL(BRAID_EHTTP_SYNTAX, "status code below 100");
     p += 3;
-    if (p >= end) goto line_incomplete;
+    if (p >= end) return incomplete(m, len, &L);
     if (*p == ' ') {
         p++;
         m->reason = p;
         p = scan_field(p, end);
-        if (p >= end) goto line_incomplete;
+        if (p >= end) return incomplete(m, len, &L);
         m->reason_len = (size_t)(p - m->reason);
     } else {
         /* RFC 9112 4: the SP before an empty reason is required, but common
          * servers omit it; accept "HTTP/1.1 200\r\n" as an empty reason. */
         m->reason = p;
     }
-    if ((size_t)(p - buf) > L.line) FAIL(BRAID_EHTTP_URI_TOO_LONG, "status line over the limit");
     rc = expect_crlf(m, &p, end);
-    if (rc == BRAID_EHTTP_INCOMPLETE) goto line_incomplete;
+    if (rc == BRAID_EHTTP_INCOMPLETE) return incomplete(m, len, &L);
     if (rc) return rc;
     rc = parse_fields(m, hdrs, &p, end, L.headers);
-    if (rc == BRAID_EHTTP_INCOMPLETE) return incomplete(m, len, buf, &L, 0);
+    if (rc == BRAID_EHTTP_INCOMPLETE) return incomplete(m, len, &L);
     if (rc) return rc;
-    if ((size_t)(p - buf) > L.head) FAIL(BRAID_EHTTP_HEADERS_TOO_LARGE, "head over the limit");
     rc = semantics(m, false, &L);
     if (rc) return rc;
     /* RFC 9112 6.3: these responses never have a body, whatever the fields
@@ -518,8 +519,6 @@ int braid_http_parse_response(braid_http_message *m, braid_http_header *hdrs, si
     }
     m->head_len = (size_t)(p - buf);
     return (int)m->head_len;
-line_incomplete:
-    return incomplete(m, len, NULL, &L, len - (len && buf[len - 1] == '\r'));
 }
 
 /* ---- chunked ------------------------------------------------------------------- */
@@ -560,6 +559,7 @@ static inline int hexval(char c) {
 
 ssize_t braid_http_chunked_decode(braid_http_chunked *d, char *buf, size_t len, size_t *out_len) {
     size_t in = 0, out = 0;
+    ssize_t rc;
     while (in < len) {
         char c = buf[in];
         switch (d->state) {
@@ -567,32 +567,32 @@ ssize_t braid_http_chunked_decode(braid_http_chunked *d, char *buf, size_t len, 
             int h = hexval(c);
             if (h >= 0) {
                 /* 16 hex digits fill 64 bits; leading zeros don't count. */
-                if (d->remaining >> 60) return BRAID_EHTTP_CHUNK;
+                if (d->remaining >> 60) { rc = BRAID_EHTTP_CHUNK; goto out; }
                 d->remaining = d->remaining << 4 | (uint64_t)h;
                 d->digits++;
                 in++;
                 break;
             }
-            if (d->digits == 0) return BRAID_EHTTP_CHUNK;
+            if (d->digits == 0) { rc = BRAID_EHTTP_CHUNK; goto out; }
             if (c == '\r') { d->state = CH_SIZE_LF; in++; break; }
             if (c == ';') { d->state = CH_EXT; in++; break; }
             if (c == ' ' || c == '\t') { d->state = CH_SIZE_WS; in++; break; }
-            return BRAID_EHTTP_CHUNK;
+            { rc = BRAID_EHTTP_CHUNK; goto out; }
         }
         case CH_SIZE_WS:
             if (c == ' ' || c == '\t') { in++; break; }
             if (c == ';') { d->state = CH_EXT; in++; break; }
-            return BRAID_EHTTP_CHUNK;
+            { rc = BRAID_EHTTP_CHUNK; goto out; }
         case CH_EXT:
             /* Extensions are ignored, but they must be printable and short:
              * a bare LF or CR in them is a smuggling vector. */
             if (c == '\r') { d->state = CH_SIZE_LF; in++; break; }
-            if (!(cls[(uint8_t)c] & C_FIELD)) return BRAID_EHTTP_CHUNK;
-            if (++d->line > CH_MAX_LINE) return BRAID_EHTTP_CHUNK;
+            if (!(cls[(uint8_t)c] & C_FIELD)) { rc = BRAID_EHTTP_CHUNK; goto out; }
+            if (++d->line > CH_MAX_LINE) { rc = BRAID_EHTTP_CHUNK; goto out; }
             in++;
             break;
         case CH_SIZE_LF:
-            if (c != '\n') return BRAID_EHTTP_CHUNK;
+            if (c != '\n') { rc = BRAID_EHTTP_CHUNK; goto out; }
             in++;
             d->line = 0;
             d->digits = 0;
@@ -601,7 +601,7 @@ ssize_t braid_http_chunked_decode(braid_http_chunked *d, char *buf, size_t len, 
                 break;
             }
             if (d->remaining > d->max_body - d->total || d->total > d->max_body)
-                return BRAID_EHTTP_BODY_TOO_LARGE;
+                { rc = BRAID_EHTTP_BODY_TOO_LARGE; goto out; }
             d->state = CH_DATA;
             break;
         case CH_DATA: {
@@ -616,12 +616,12 @@ ssize_t braid_http_chunked_decode(braid_http_chunked *d, char *buf, size_t len, 
             break;
         }
         case CH_DATA_CR:
-            if (c != '\r') return BRAID_EHTTP_CHUNK;
+            if (c != '\r') { rc = BRAID_EHTTP_CHUNK; goto out; }
             d->state = CH_DATA_LF;
             in++;
             break;
         case CH_DATA_LF:
-            if (c != '\n') return BRAID_EHTTP_CHUNK;
+            if (c != '\n') { rc = BRAID_EHTTP_CHUNK; goto out; }
             d->state = CH_SIZE;
             in++;
             break;
@@ -629,36 +629,39 @@ ssize_t braid_http_chunked_decode(braid_http_chunked *d, char *buf, size_t len, 
             if (c == '\r') { d->state = CH_FINAL_LF; in++; break; }
             /* A trailer field: a token name then ':' — checked loosely (name
              * must start with a tchar), the rest as a field value. */
-            if (!(cls[(uint8_t)c] & C_TCHAR)) return BRAID_EHTTP_CHUNK;
+            if (!(cls[(uint8_t)c] & C_TCHAR)) { rc = BRAID_EHTTP_CHUNK; goto out; }
             d->state = CH_TRAILER;
             in++;
-            if (++d->trailer > d->max_trailer) return BRAID_EHTTP_HEADERS_TOO_LARGE;
+            if (++d->trailer > d->max_trailer) { rc = BRAID_EHTTP_HEADERS_TOO_LARGE; goto out; }
             break;
         case CH_TRAILER:
             if (c == '\r') { d->state = CH_TRAILER_LF; in++; break; }
-            if (!(cls[(uint8_t)c] & C_FIELD)) return BRAID_EHTTP_CHUNK;
-            if (++d->trailer > d->max_trailer) return BRAID_EHTTP_HEADERS_TOO_LARGE;
+            if (!(cls[(uint8_t)c] & C_FIELD)) { rc = BRAID_EHTTP_CHUNK; goto out; }
+            if (++d->trailer > d->max_trailer) { rc = BRAID_EHTTP_HEADERS_TOO_LARGE; goto out; }
             in++;
             break;
         case CH_TRAILER_LF:
-            if (c != '\n') return BRAID_EHTTP_CHUNK;
+            if (c != '\n') { rc = BRAID_EHTTP_CHUNK; goto out; }
             d->state = CH_TRAILER_START;
             in++;
             break;
         case CH_FINAL_LF:
-            if (c != '\n') return BRAID_EHTTP_CHUNK;
+            if (c != '\n') { rc = BRAID_EHTTP_CHUNK; goto out; }
             d->state = CH_DONE;
             in++;
-            *out_len = out;
-            return (ssize_t)in;
+            rc = (ssize_t)in;
+            goto out;
         case CH_DONE:
-            *out_len = out;
-            return (ssize_t)in;
+            rc = (ssize_t)in;
+            goto out;
         }
     }
+    rc = d->state == CH_DONE ? (ssize_t)in : BRAID_EHTTP_INCOMPLETE;
+out:
+    /* Set on every return, errors too, so a caller can account for what it
+     * already got. */
     *out_len = out;
-    if (d->state == CH_DONE) return (ssize_t)in;
-    return BRAID_EHTTP_INCOMPLETE;
+    return rc;
 }
 
 size_t braid_http_chunk_head(char *out, size_t n) {
