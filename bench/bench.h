@@ -54,6 +54,9 @@ typedef struct bench_ctx {
     const char *self_exe;         /* path of braid-bench (to spawn `serve` children) */
     const char *data_dir;         /* bench/ source dir (python peers, configs) */
     void *priv;                   /* driver-private */
+    /* ---- extensions (driver v1) ---- */
+    bool smoke;                   /* --smoke: smallest setting only, for tests (seconds) */
+    const char *const *argv;      /* the command line, for the report */
 } bench_ctx;
 
 typedef struct bench_experiment {
@@ -71,6 +74,14 @@ typedef struct bench_experiment {
     bool plot_logx, plot_logy;
     /* optional: write the experiment's conclusion paragraph (HTML) from its rows */
     void (*conclude)(bench_ctx *ctx, FILE *html);
+    /* ---- extensions (driver v1) ---- */
+    /* Ratios in the report are taken against this impl's rows (default: the
+     * impl named "braid", else the first impl whose name starts with "braid"). */
+    const char *ratio_base;
+    /* Estimate of the --full run, for the progress line (default 10x quick). */
+    double full_seconds;
+    /* Order in the report (lower first; default 100, ties by name). */
+    int order;
 } bench_experiment;
 
 void bench_register(const bench_experiment *e);
@@ -108,5 +119,63 @@ int bench_free_port(void);
 /* Is a program on PATH / a python module importable? */
 bool bench_have_program(const char *name);
 bool bench_have_python_module(const char *module);
+
+/* ---- extensions (driver v1) --------------------------------------------------
+ *
+ * results.jsonl: each metric object also carries "samples":[...] (one value
+ * per run, in run order) so ratios can be taken pair by pair (run i of braid
+ * against run i of the peer) by the report and by anyone reading the rows.
+ * A param value is a JSON number (bench_row_param_int/_double) or string.
+ *
+ * Alternating runs: bench_alternate calls measure(ctx, impl, run, arg) for
+ * run = 0..ctx->runs-1 and, inside each run, every impl once; the impl that
+ * goes first rotates with the run (A B C, B C A, C A B, ...) so no impl is
+ * always measured on a cold (or warm) machine. The progress line shows
+ * "<label> impl run r/R". measure stores its own samples. */
+typedef void (*bench_measure_fn)(bench_ctx *ctx, int impl, int run, void *arg);
+void bench_alternate(bench_ctx *ctx, const char *label, int nimpl, const char *const *impl_names,
+                     bench_measure_fn measure, void *arg);
+
+void bench_row_param_double(bench_row *r, const char *key, double v);
+/* Fraction (0..1) of the experiment done, to refine the progress estimate. */
+void bench_progress_fraction(bench_ctx *ctx, double done);
+
+/* Peak resident set size (VmHWM) of pid in KiB; pid 0 = this process.
+ * bench_cpu_us and bench_rss_kib also accept pid 0 for this process. */
+long bench_peak_rss_kib(int pid);
+/* Context switches (voluntary + involuntary) of pid (0 = self) from /proc. */
+long long bench_ctxt_switches(int pid);
+/* MemAvailable from /proc/meminfo in KiB. */
+long bench_mem_available_kib(void);
+/* Run a shell command and return its first output line (stdout+stderr) in
+ * buf (empty on failure). */
+const char *bench_command_line(const char *cmd, char *buf, size_t len);
+/* Busy-spin for ns nanoseconds (calibrated handler cost). */
+void bench_spin_ns(uint64_t ns);
+
+/* ---- reading rows back (conclude hooks, the report) ------------------------------
+ * Rows of the experiment being reported, in the order they were written. */
+int bench_nrows(bench_ctx *ctx);
+const bench_row *bench_get_row(bench_ctx *ctx, int i);
+const char *bench_row_impl(const bench_row *r);
+const char *bench_row_backend(const bench_row *r);
+/* A param as a number (false if absent or a string) / as a string (NULL if
+ * absent; numbers are formatted). */
+bool bench_row_param_num(const bench_row *r, const char *key, double *out);
+const char *bench_row_param_text(const bench_row *r, const char *key);
+/* A metric's median/min/max (false if absent); samples in run order. */
+bool bench_row_metric_get(const bench_row *r, const char *name, double *median, double *min,
+                          double *max);
+const double *bench_row_samples(const bench_row *r, const char *name, int *n);
+/* Find the row with this impl and backend (NULL = any) whose params include
+ * every "key=value" in the NULL-terminated filter list. */
+const bench_row *bench_find_row(bench_ctx *ctx, const char *impl, const char *backend, ...)
+    __attribute__((sentinel));
+/* Pairwise ratio a/b of a metric: ratios of run i of a to run i of b for the
+ * runs both have; median/min/max of those. false if either lacks samples. */
+bool bench_pair_ratio(const bench_row *a, const bench_row *b, const char *metric,
+                      double *median, double *min, double *max);
+/* Is a larger value better for this unit ("/s" rates)? */
+bool bench_unit_higher_is_better(const char *unit);
 
 #endif

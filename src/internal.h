@@ -37,6 +37,10 @@ extern const braid__poller_ops braid__poller_epoll;
 extern const braid__poller_ops braid__poller_uring;
 /* Is io_uring usable on this kernel (probed once)? */
 bool braid__uring_available(void);
+/* io_uring batches interest changes into its next wait; this hands them to
+ * the kernel now (an embedding loop waiting on the ring fd needs them in
+ * place). BRAID_ENOSYS if loop is not on io_uring. */
+int braid__uring_flush(braid_loop *loop);
 #endif
 
 static inline uint64_t braid__tag(uint32_t gen, int fd) {
@@ -69,10 +73,16 @@ enum braid__slot {
 typedef struct braid__ext {
     void *ptr;
     void (*destroy)(braid_loop *loop, void *ptr);   /* run by braid_loop_destroy */
+    /* Optional leak check run by braid_loop_destroy before anything is freed:
+     * log what the module still has open and return true to make destroy
+     * refuse (BRAID_EBUSY). */
+    bool (*report)(braid_loop *loop, void *ptr);
 } braid__ext;
 void *braid__loop_slot(braid_loop *loop, enum braid__slot s);
 void braid__loop_set_slot(braid_loop *loop, enum braid__slot s, void *ptr,
                           void (*destroy)(braid_loop *, void *));
+void braid__loop_set_slot_report(braid_loop *loop, enum braid__slot s,
+                                 bool (*report)(braid_loop *, void *));
 
 /* ---- the loop ------------------------------------------------------------------ */
 enum {

@@ -55,8 +55,9 @@ static braid_backend backend_from_env(void) {
 
 static const braid__poller_ops *pick_backend(braid_backend b, unsigned flags, int *err) {
     *err = 0;
-    bool no_uring = (flags & BRAID_LOOP_NO_URING) ||
-                    (getenv("BRAID_NO_URING") && strcmp(getenv("BRAID_NO_URING"), "0"));
+    /* The kill switch: BRAID_NO_URING set to anything but "" or "0". */
+    const char *nu = getenv("BRAID_NO_URING");
+    bool no_uring = (flags & BRAID_LOOP_NO_URING) || (nu && *nu && strcmp(nu, "0"));
     (void)no_uring;
     switch (b) {
     case BRAID_BACKEND_SELECT: return &braid__poller_select;
@@ -158,6 +159,13 @@ int braid_loop_new(braid_loop **out, const braid_loop_options *opts) {
     if (!loop->events) { braid_free(loop); return BRAID_ENOMEM; }
     loop->cap_events = BRAID__MAX_BATCH;
     int rc = ops->init(loop);
+#ifdef BRAID_HAVE_URING
+    /* A ring can fail to set up after a good probe (limits): fall back. */
+    if (rc == BRAID_ENOSYS && ops == &braid__poller_uring && !(o.flags & BRAID_LOOP_STRICT_BACKEND)) {
+        loop->poller = ops = &braid__poller_epoll;
+        rc = ops->init(loop);
+    }
+#endif
     if (rc < 0) { braid_free(loop->events); braid_free(loop); return rc; }
     if ((rc = wake_open(loop)) < 0) goto fail;
     if ((rc = braid_watch_init(loop, &loop->wake_watch, loop->wake_rfd, wake_cb, loop)) < 0)
@@ -219,6 +227,8 @@ static bool report_open(braid_loop *loop) {
         any = true;
         braid__log(loop, BRAID_LOG_ERROR, "loop destroyed with %zu hold(s) not released", loop->holds);
     }
+    for (int i = 0; i < BRAID__NSLOTS; i++)
+        if (loop->ext[i].report && loop->ext[i].report(loop, loop->ext[i].ptr)) any = true;
     return any;
 }
 
@@ -262,6 +272,10 @@ void braid__loop_set_slot(braid_loop *loop, enum braid__slot s, void *ptr,
                           void (*destroy)(braid_loop *, void *)) {
     loop->ext[s].ptr = ptr;
     loop->ext[s].destroy = destroy;
+}
+void braid__loop_set_slot_report(braid_loop *loop, enum braid__slot s,
+                                 bool (*report)(braid_loop *, void *)) {
+    loop->ext[s].report = report;
 }
 
 /* ---- handles ------------------------------------------------------------------ */
@@ -513,7 +527,14 @@ static uint64_t poll_timeout(braid_loop *loop) {
     return d - now;
 }
 
-uint64_t braid_loop_next_timeout(braid_loop *loop) { return poll_timeout(loop); }
+uint64_t braid_loop_next_timeout(braid_loop *loop) {
+    /* Embedders call this before waiting on the backend fd: make pending
+     * interest changes effective first (io_uring queues them). */
+#ifdef BRAID_HAVE_URING
+    (void)braid__uring_flush(loop);
+#endif
+    return poll_timeout(loop);
+}
 
 int braid_loop_run_once(braid_loop *loop, unsigned flags) {
     uint64_t timeout = (flags & BRAID_RUN_NOWAIT) ? 0 : poll_timeout(loop);

@@ -70,6 +70,7 @@ extern "C" {
 #define BRAID_EHTTP             (-4014)  /* HTTP protocol error */
 #define BRAID_ELOCKED           (-4015)  /* lock/semaphore misuse */
 #define BRAID_EFIRST_ERROR      (-4016)  /* combinator: first error of several */
+#define BRAID_EALL_FAILED       (-4017)  /* race: every member failed */
 #define BRAID_ERRLAST           (-4099)
 
 /* The name of a code: a negative errno gives strerror's text, braid's own

@@ -27,17 +27,28 @@
  *
  * Ownership — read this once:
  *  - braid_deferred_new returns a Deferred holding two references: the
- *    producer's, dropped when it fires (callback/errback, including the
- *    errback that cancellation causes), and the consumer's, dropped by
- *    braid_deferred_release. A function that returns a Deferred hands the
- *    consumer reference to its caller. braid_succeed/braid_fail return
- *    already-fired Deferreds holding only the consumer reference.
+ *    producer's, dropped when it fires (callback/errback), and the
+ *    consumer's, dropped by braid_deferred_release. A function that returns a
+ *    Deferred hands the consumer reference to its caller. braid_succeed and
+ *    braid_fail return already-fired Deferreds holding only the consumer
+ *    reference. The Deferred is freed when both are gone and no chain holds
+ *    it; until then the pointer stays valid for whoever holds a reference.
+ *  - Cancellation and the producer: a Deferred made with a canceller tells
+ *    its producer through the canceller; once braid_deferred_cancel returns,
+ *    the producer reference is gone (the canceller fired d, or braid
+ *    errbacked it with BRAID_ECANCELED) and the producer must forget d. A
+ *    Deferred without a canceller cannot tell its producer, so the producer
+ *    keeps its reference and its later fire is ignored silently (the value is
+ *    dropped), as in Twisted; that fire is what drops the reference.
  *  - A producer that can no longer fire (its object is being closed) must
- *    errback or cancel; braid_loop_destroy reports a Deferred left unfired.
+ *    errback or cancel; braid_loop_destroy refuses (BRAID_EBUSY) while any
+ *    Deferred of the loop is alive, and logs how many were never fired.
  *  - A braid_result owns its value through dtor (may be NULL for borrowed
  *    values) and owns its failure. A callback receives ownership of the
  *    result it is given and returns ownership of the one it returns: return
- *    it as is, or braid_result_drop it and return another.
+ *    it as is, or braid_result_drop it and return another. Passing a value
+ *    or failure to braid_succeed/braid_fail/braid_deferred_fire passes its
+ *    ownership even when the call fails (it is dropped then).
  *  - Freeing a Deferred whose current result is a failure that no errback
  *    consumed reports it through the loop's unhandled hook (log with origin;
  *    debug builds abort): failures are never silently dropped.
@@ -133,8 +144,9 @@ BRAID_API braid_deferred *braid_fail(braid_loop *loop, braid_failure *f);
 
 /* Fire. BRAID_EALREADY_CALLED (and the value/failure is dropped, and the
  * misuse is logged) if d already fired — except the one benign case of a
- * producer firing a Deferred that was cancelled, which is ignored silently,
- * as in Twisted. */
+ * producer firing a Deferred that was cancelled without a canceller, which
+ * is ignored silently, as in Twisted (see Ownership). braid_deferred_fire
+ * takes any result, including braid_chain(other): d then waits for other. */
 BRAID_API int braid_deferred_callback(braid_deferred *d, void *value, void (*dtor)(void *));
 BRAID_API int braid_deferred_errback(braid_deferred *d, braid_failure *f);
 BRAID_API int braid_deferred_fire(braid_deferred *d, braid_result r);
@@ -164,18 +176,124 @@ BRAID_API braid_loop *braid_deferred_loop(const braid_deferred *d);
 BRAID_API int braid_deferred_take(braid_deferred *d, braid_result *out);
 
 /* ---- control ---------------------------------------------------------------------- */
+/* Pause: callbacks stop running until as many unpauses (the result waits
+ * in d). Unpausing the last pause runs the pending callbacks at once. */
 BRAID_API void braid_deferred_pause(braid_deferred *d);
 BRAID_API void braid_deferred_unpause(braid_deferred *d);
 /* Cancel: if unfired, run the canceller and errback with BRAID_ECANCELED if it
- * did not fire d; if d waits on a chained Deferred, cancel that one. A fired
- * Deferred ignores it. */
+ * did not fire d; if d waits on a chained Deferred, cancel that one (and so
+ * on down the chain, without recursion). A fired Deferred that waits on
+ * nothing ignores it. Combinators cancel their pending members. */
 BRAID_API void braid_deferred_cancel(braid_deferred *d);
-/* Cancel d after ns on its loop's clock; the resulting BRAID_ECANCELED failure
- * becomes BRAID_ETIMEDOUT. The timer goes when d fires. */
+/* Cancel d after ns on its loop's clock (Twisted's addTimeout): a callback
+ * pair is added at the current end of d's chain; when the chain reaches it
+ * the timer is stopped, and a BRAID_ECANCELED failure caused by the timeout
+ * becomes BRAID_ETIMEDOUT (cause: the cancellation). 0 at once if d already
+ * has its result; BRAID_ENOMEM possible. */
 BRAID_API int braid_deferred_add_timeout(braid_deferred *d, uint64_t ns);
 
-/* Combinators (gather, race, list) and primitives (lock, semaphore, queue,
- * defer_later) follow below. */
+/* ---- combinators ------------------------------------------------------------------
+ * Each takes the consumer references of the n Deferreds in ds (all non-NULL; the array
+ * itself is only read) and returns a new Deferred, or NULL on allocation
+ * failure, in which case nothing was taken. Member results are consumed by
+ * the combinator: a member's failure is never reported as unhandled.
+ * Cancelling the returned Deferred cancels every member still pending and
+ * errbacks it with BRAID_ECANCELED. */
+
+/* Results of gather and list: r[i] is member i's result, a value (owned
+ * through r[i].dtor) or a failure (r[i].failure set). Freed by
+ * braid_results_free, which is the dtor the combinators attach. */
+typedef struct braid_results {
+    size_t n;
+    size_t nfailed;
+    braid_result r[];
+} braid_results;
+BRAID_API void braid_results_free(void *results);
+
+enum {
+    BRAID_GATHER_FAIL_FAST = 0,    /* fail at the first member failure, cancel the rest */
+    BRAID_GATHER_COLLECT   = 1u,   /* wait for every member, then fail if any failed */
+};
+/* All results in order: succeeds with a braid_results* (no failures in it)
+ * when every member succeeded. Fail fast: the first failure errbacks with
+ * BRAID_EFIRST_ERROR whose cause is that member's failure (the message names
+ * its index), and the members still pending are cancelled. Collect: wait for
+ * all, then errback with BRAID_EFIRST_ERROR, cause the lowest-index failure,
+ * message listing every failed index and code. */
+BRAID_API braid_deferred *braid_gather(braid_loop *loop, braid_deferred *const *ds, size_t n,
+                                       unsigned flags);
+
+/* First success wins: succeeds with a braid_race_win* (freed by
+ * braid_race_win_free, the attached dtor; set win->dtor = NULL to keep the
+ * value), and the other members are cancelled. If every member fails:
+ * BRAID_EALL_FAILED, cause the lowest-index failure. n == 0: BRAID_EINVAL. */
+typedef struct braid_race_win {
+    size_t index;
+    void *value;
+    void (*dtor)(void *value);
+} braid_race_win;
+BRAID_API void braid_race_win_free(void *win);
+BRAID_API braid_deferred *braid_race(braid_loop *loop, braid_deferred *const *ds, size_t n);
+
+/* Twisted's DeferredList (consumeErrors=True): waits for every member and
+ * always succeeds with a braid_results* holding each member's value or
+ * failure (nfailed counts the failures). */
+BRAID_API braid_deferred *braid_deferred_list(braid_loop *loop, braid_deferred *const *ds,
+                                              size_t n);
+
+/* ---- primitives ------------------------------------------------------------------- */
+/* A function producing a result (a value, a failure or braid_chain(d)). */
+typedef braid_result (*braid_thunk)(void *arg);
+
+/* Twisted's deferLater: a Deferred that fires with fn(arg) (or braid_ok(NULL)
+ * if fn is NULL) ns from now on the loop's clock. Cancelling it before the
+ * timer fires stops the timer (fn never runs) and errbacks BRAID_ECANCELED.
+ * NULL on allocation failure. */
+BRAID_API braid_deferred *braid_defer_later(braid_loop *loop, uint64_t ns, braid_thunk fn,
+                                            void *arg);
+
+/* DeferredSemaphore: at most `tokens` holders. acquire returns a Deferred
+ * that fires with the semaphore (borrowed) once a token is held — at once if
+ * one is free; waiters are served FIFO; cancelling a waiting acquire removes
+ * it. release returns a token (BRAID_ELOCKED if none is held). run acquires,
+ * calls fn(arg), and releases when fn's result (possibly a chained Deferred)
+ * is known, passing it on. braid_semaphore_free: BRAID_EBUSY while a token is
+ * held or an acquire waits. Loop-affine, like everything here. */
+typedef struct braid_semaphore braid_semaphore;
+BRAID_API int braid_semaphore_new(braid_loop *loop, unsigned tokens, braid_semaphore **out);
+BRAID_API braid_deferred *braid_semaphore_acquire(braid_semaphore *s);
+BRAID_API int braid_semaphore_release(braid_semaphore *s);
+BRAID_API braid_deferred *braid_semaphore_run(braid_semaphore *s, braid_thunk fn, void *arg);
+BRAID_API unsigned braid_semaphore_tokens(const braid_semaphore *s);  /* free tokens */
+BRAID_API size_t braid_semaphore_waiting(const braid_semaphore *s);
+BRAID_API int braid_semaphore_free(braid_semaphore *s);
+
+/* DeferredLock: a semaphore of one token, with the lock's own names. */
+typedef struct braid_lock braid_lock;
+BRAID_API int braid_lock_new(braid_loop *loop, braid_lock **out);
+BRAID_API braid_deferred *braid_lock_acquire(braid_lock *l);
+BRAID_API int braid_lock_release(braid_lock *l);     /* BRAID_ELOCKED if not locked */
+BRAID_API braid_deferred *braid_lock_run(braid_lock *l, braid_thunk fn, void *arg);
+BRAID_API bool braid_lock_locked(const braid_lock *l);
+BRAID_API int braid_lock_free(braid_lock *l);        /* BRAID_EBUSY if locked */
+
+/* DeferredQueue, bounded both ways. put hands the value to the oldest
+ * waiting get, else stores it; BRAID_EQUEUE_FULL at once (the value stays
+ * the caller's) when `size` values are already stored. get stores a
+ * Deferred in *out that fires with the next value (already fired if one is
+ * stored); BRAID_EQUEUE_EMPTY at once when `backlog` gets already wait.
+ * Cancelling a waiting get removes it. braid_queue_free drops the stored
+ * values and errbacks waiting gets with BRAID_ESHUTDOWN. size >= 1. */
+typedef struct braid_queue braid_queue;
+BRAID_API int braid_queue_new(braid_loop *loop, size_t size, size_t backlog, braid_queue **out);
+BRAID_API int braid_queue_put(braid_queue *q, void *value, void (*dtor)(void *));
+BRAID_API int braid_queue_get(braid_queue *q, braid_deferred **out);
+BRAID_API size_t braid_queue_size(const braid_queue *q);     /* values stored */
+BRAID_API size_t braid_queue_waiting(const braid_queue *q);  /* gets waiting */
+BRAID_API void braid_queue_free(braid_queue *q);
+
+/* Live Deferreds of this loop (tests, stats). */
+BRAID_API size_t braid_deferred_live(braid_loop *loop);
 
 #ifdef __cplusplus
 }

@@ -11,6 +11,7 @@ typedef struct poll_state {
     size_t n, cap;
     int32_t *index;          /* index[fd] = position in pfds, or -1 */
     size_t nindex;
+    size_t rotor;            /* where the next over-full scan starts (fairness) */
 } poll_state;
 
 static int pl_init(braid_loop *loop) {
@@ -89,8 +90,12 @@ static int pl_poll(braid_loop *loop, uint64_t timeout_ns) {
     else ms = (int)((timeout_ns + 999999) / 1000000);   /* round up: never early */
     int n = poll(s->pfds, (nfds_t)s->n, ms);
     if (n < 0) return errno == EINTR ? 0 : -errno;
+    /* More ready fds than one batch holds: start where the last over-full scan
+     * stopped, so high positions are not starved by low ones. */
+    size_t start = (size_t)n > BRAID__MAX_BATCH && s->n ? s->rotor % s->n : 0;
     int found = 0;
-    for (size_t i = 0; i < s->n && found < n; i++) {
+    for (size_t k = 0; k < s->n && found < n; k++) {
+        size_t i = (start + k) % s->n;
         short re = s->pfds[i].revents;
         if (!re) continue;
         found++;
@@ -99,7 +104,7 @@ static int pl_poll(braid_loop *loop, uint64_t timeout_ns) {
         if (re & POLLOUT) ev |= BRAID_WRITE;
         if (re & (POLLERR | POLLNVAL)) ev |= BRAID_ERROR;
         if (re & POLLHUP) ev |= BRAID_HUP;
-        if (braid__loop_push_event(loop, s->tags[i], ev) < 0) break;   /* batch full */
+        if (braid__loop_push_event(loop, s->tags[i], ev) < 0) { s->rotor = i; break; }
     }
     return n;
 }

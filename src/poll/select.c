@@ -8,6 +8,7 @@ typedef struct select_state {
     fd_set rfds, wfds;
     int maxfd;
     uint64_t tags[FD_SETSIZE];
+    int rotor;               /* where the next over-full scan starts (fairness) */
 } select_state;
 
 static int sl_init(braid_loop *loop) {
@@ -50,12 +51,16 @@ static int sl_poll(braid_loop *loop, uint64_t timeout_ns) {
     }
     int n = select(s->maxfd + 1, &r, &w, NULL, tvp);
     if (n < 0) return errno == EINTR ? 0 : -errno;
-    for (int fd = 0; fd <= s->maxfd && n > 0; fd++) {
+    int span = s->maxfd + 1;
+    int start = n > BRAID__MAX_BATCH && span ? s->rotor % span : 0;
+    for (int k = 0, left = n; k < span && left > 0; k++) {
+        int fd = (start + k) % span;
         unsigned ev = 0;
         if (FD_ISSET(fd, &r)) ev |= BRAID_READ;
         if (FD_ISSET(fd, &w)) ev |= BRAID_WRITE;
         if (!ev) continue;
-        if (braid__loop_push_event(loop, s->tags[fd], ev) < 0) break;  /* batch full */
+        left -= ((ev & BRAID_READ) != 0) + ((ev & BRAID_WRITE) != 0);
+        if (braid__loop_push_event(loop, s->tags[fd], ev) < 0) { s->rotor = fd; break; }  /* batch full */
     }
     return n;
 }

@@ -1,0 +1,532 @@
+/* Deferreds: the core — allocation from a per-loop free list, firing, the
+ * callback loop, chaining, cancellation, pause, timeouts, and the
+ * unconsumed-failure rule.
+ *
+ * The callback loop (run) is the heart. It never recurses into itself to
+ * follow a chain: when a callback returns an unfired Deferred c, the outer
+ * Deferred d records c as its result (WAITING) and c records d as its
+ * parent. When c's own loop finishes, it moves its result into d and the
+ * same loop continues with d. Each Deferred has at most one parent (chaining
+ * takes the consumer reference, of which there is one), so no stack is
+ * needed at all: a million nested Deferreds unwind in one C frame.
+ *
+ * References: refs counts the producer reference (flag PRODUCER), the
+ * consumer reference and extra ones from braid_deferred_ref, plus one held
+ * by each chained Deferred waiting on it (its parent link) and temporary
+ * ones inside cancel. A Deferred is freed when refs reaches 0 outside its
+ * callback loop; inside, the loop frees it when it finishes. */
+#include "deferred_internal.h"
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#if defined(BRAID_ASAN) || defined(__SANITIZE_ADDRESS__)
+#include <sanitizer/asan_interface.h>
+/* Free-list entries are poisoned except their link, so a use after release
+ * is an ASan report even though the memory is not returned to malloc. */
+static void poison(braid_deferred *d) {
+    size_t off = offsetof(braid_deferred, parent);
+    ASAN_POISON_MEMORY_REGION(d, off);
+    ASAN_POISON_MEMORY_REGION((char *)d + off + sizeof d->parent,
+                              sizeof *d - off - sizeof d->parent);
+}
+static void unpoison(braid_deferred *d) { ASAN_UNPOISON_MEMORY_REGION(d, sizeof *d); }
+#else
+static inline void poison(braid_deferred *d) { (void)d; }
+static inline void unpoison(braid_deferred *d) { (void)d; }
+#endif
+
+/* Free Deferreds kept per loop; beyond this they go back to the allocator. */
+#define FREE_LIST_MAX 4096
+
+static const braid_result no_result = { NULL, NULL, NULL, NULL };
+
+static void run(braid_deferred *d);
+static void dfree(braid_deferred *d);
+
+/* ---- the per-loop pool ----------------------------------------------------------- */
+static bool dpool_report(braid_loop *loop, void *ptr) {
+    braid__dpool *p = ptr;
+    if (!p->live) return false;
+    braid__log(loop, BRAID_LOG_ERROR,
+               "loop destroyed with %zu Deferred(s) alive (%zu never fired): a producer did not "
+               "fire, or a consumer did not release", p->live, p->unfired);
+    return true;
+}
+
+static void dpool_destroy(braid_loop *loop, void *ptr) {
+    braid__dpool *p = ptr;
+    BRAID__UNUSED(loop);
+    braid_deferred *d = p->free;
+    while (d) {
+        braid_deferred *next = d->parent;
+        unpoison(d);
+        braid_free(d->spill);
+        braid_free(d);
+        d = next;
+    }
+    braid_free(p);
+}
+
+static braid__dpool *dpool_get(braid_loop *loop) {
+    braid__dpool *p = loop->ext[BRAID__SLOT_DEFERRED].ptr;
+    if (BRAID__LIKELY(p != NULL)) return p;
+    p = braid_calloc(1, sizeof *p);
+    if (!p) return NULL;
+    braid__loop_set_slot(loop, BRAID__SLOT_DEFERRED, p, dpool_destroy);
+    braid__loop_set_slot_report(loop, BRAID__SLOT_DEFERRED, dpool_report);
+    return p;
+}
+
+static inline braid__dpool *dpool_of(braid_deferred *d) {
+    return d->loop->ext[BRAID__SLOT_DEFERRED].ptr;
+}
+
+static braid_deferred *dalloc(braid_loop *loop, braid__dpool **pp) {
+    braid__dpool *p = dpool_get(loop);
+    if (BRAID__UNLIKELY(!p)) return NULL;
+    braid_deferred *d = p->free;
+    if (BRAID__LIKELY(d != NULL)) {
+        unpoison(d);
+        p->free = d->parent;
+        p->nfree--;
+    } else {
+        d = braid_malloc(sizeof *d);
+        if (!d) return NULL;
+        d->spill = NULL;
+        d->spill_cap = 0;
+    }
+    p->live++;
+    d->loop = loop;
+    d->ncb = d->pos = d->paused = 0;
+    d->result = no_result;
+    d->parent = NULL;
+    d->canceller = NULL;
+    d->canceller_arg = NULL;
+    *pp = p;
+    return d;
+}
+
+static _Noreturn void freed_use(const braid_deferred *d, const char *what) {
+    braid__log(NULL, BRAID_LOG_ERROR, "%s on a Deferred (%p) that was already freed", what,
+               (const void *)d);
+    abort();
+}
+#define CHECK_LIVE(d, what) \
+    do { if (BRAID__UNLIKELY((d)->flags & BRAID__D_FREED)) freed_use((d), (what)); } while (0)
+
+static inline void unref(braid_deferred *d) {
+    if (--d->refs == 0 && !(d->flags & BRAID__D_RUNNING)) dfree(d);
+}
+void braid__deferred_unref(braid_deferred *d) { unref(d); }
+
+/* ---- the unconsumed-failure rule ------------------------------------------------- */
+static void report_unhandled(braid_loop *loop, braid_failure *f) {
+    if (loop->unhandled) {
+        loop->unhandled(loop->unhandled_ctx, loop, f);
+    } else {
+        char buf[1024];
+        braid_failure_format(f, buf, sizeof buf);
+        braid__log(loop, BRAID_LOG_ERROR, "unhandled failure in a Deferred: %s", buf);
+#ifdef BRAID_DEBUG
+        /* Debug builds make an ignored failure impossible to miss. */
+        abort();
+#endif
+    }
+    braid_failure_free(f);
+}
+
+/* ---- callback slots ---------------------------------------------------------------- */
+static inline braid__cbslot *slot_at(braid_deferred *d, uint32_t i) {
+    return i < BRAID__DEFERRED_INLINE ? &d->slot[i] : &d->spill[i - BRAID__DEFERRED_INLINE];
+}
+
+int braid__deferred_reserve(braid_deferred *d, uint32_t extra) {
+    uint64_t need = (uint64_t)d->ncb + extra;
+    if (need <= BRAID__DEFERRED_INLINE) return 0;
+    need -= BRAID__DEFERRED_INLINE;
+    if (need <= d->spill_cap) return 0;
+    if (need > UINT32_MAX / 2) return BRAID_ENOMEM;
+    uint64_t cap = d->spill_cap ? d->spill_cap : 4;
+    while (cap < need) cap *= 2;
+    braid__cbslot *s = braid_realloc(d->spill, cap * sizeof *s);
+    if (!s) return BRAID_ENOMEM;
+    d->spill = s;
+    d->spill_cap = (uint32_t)cap;
+    return 0;
+}
+
+static inline int push_slot(braid_deferred *d, braid_callback cb, braid_callback eb, void *arg) {
+    uint32_t i = d->ncb;
+    braid__cbslot *s;
+    if (BRAID__LIKELY(i < BRAID__DEFERRED_INLINE)) {
+        s = &d->slot[i];
+    } else {
+        if (i - BRAID__DEFERRED_INLINE >= d->spill_cap && braid__deferred_reserve(d, 1) < 0)
+            return BRAID_ENOMEM;
+        s = &d->spill[i - BRAID__DEFERRED_INLINE];
+    }
+    s->cb = cb;
+    s->eb = eb;
+    s->arg = arg;
+    d->ncb = i + 1;
+    return 0;
+}
+
+/* ---- timeouts (Twisted's addTimeout) --------------------------------------------- */
+typedef struct dtimeout {
+    braid_timer timer;
+    braid_deferred *d;
+    bool fired;
+} dtimeout;
+
+static void timeout_fire(braid_timer *t, void *arg) {
+    dtimeout *to = arg;
+    BRAID__UNUSED(t);
+    to->fired = true;
+    /* May run d's chain down to timeout_done, which frees `to`: touch
+     * nothing after this. */
+    braid_deferred_cancel(to->d);
+}
+
+/* Added as both callback and errback at add_timeout time: the chain got
+ * here, so the timeout is over; a cancellation it caused becomes a
+ * timeout failure. */
+static braid_result timeout_done(braid_result r, void *arg) {
+    dtimeout *to = arg;
+    bool fired = to->fired;
+    braid_timer_stop(&to->timer);
+    braid_free(to);
+    if (fired && r.failure && r.failure->code == BRAID_ECANCELED)
+        return braid_err(braid_failure_wrap(r.failure, BRAID_ETIMEDOUT, "Deferred timed out"));
+    return r;
+}
+
+int braid_deferred_add_timeout(braid_deferred *d, uint64_t ns) {
+    CHECK_LIVE(d, "braid_deferred_add_timeout");
+    if (braid__deferred_has_result(d)) return 0;   /* nothing left to time out */
+    dtimeout *to = braid_malloc(sizeof *to);
+    if (!to) return BRAID_ENOMEM;
+    int rc = braid__deferred_reserve(d, 1);
+    if (rc < 0) { braid_free(to); return rc; }
+    braid_timer_init(d->loop, &to->timer, timeout_fire, to);
+    to->d = d;
+    to->fired = false;
+    rc = braid_timer_start(&to->timer, ns);
+    if (rc < 0) { braid_free(to); return rc; }
+    push_slot(d, timeout_done, timeout_done, to);   /* cannot fail: reserved */
+    return 0;
+}
+
+/* A Deferred freed with callbacks it never ran (it was paused, or its
+ * chain never finished, and everyone released it). Their arguments are the
+ * callers' business, except braid's own timeouts, which are cleaned here. */
+static void abandon_callbacks(braid_deferred *d) {
+    uint32_t n = d->ncb - d->pos;
+    for (uint32_t i = d->pos; i < d->ncb; i++) {
+        braid__cbslot *s = slot_at(d, i);
+        if (s->cb == timeout_done) {
+            dtimeout *to = s->arg;
+            braid_timer_stop(&to->timer);
+            braid_free(to);
+        }
+    }
+    d->pos = d->ncb = 0;
+    braid__log(d->loop, BRAID_LOG_WARN,
+               "Deferred freed with %u callback(s) never run (released while paused?)", n);
+}
+
+/* ---- freeing --------------------------------------------------------------------- */
+static void dfree(braid_deferred *d) {
+    braid_loop *loop = d->loop;
+    if (BRAID__UNLIKELY(d->pos != d->ncb)) abandon_callbacks(d);
+    braid_result r = d->result;
+    d->result = no_result;
+    braid__dpool *p = loop->ext[BRAID__SLOT_DEFERRED].ptr;
+    p->live--;
+    if (BRAID__UNLIKELY(!(d->flags & BRAID__D_CALLED))) p->unfired--;
+    if (p->nfree < FREE_LIST_MAX) {
+        if (d->spill_cap > BRAID__DEFERRED_KEEP_SPILL) {
+            braid_free(d->spill);
+            d->spill = NULL;
+            d->spill_cap = 0;
+        }
+        d->flags = BRAID__D_FREED;
+        d->parent = p->free;
+        p->free = d;
+        p->nfree++;
+        poison(d);
+    } else {
+        braid_free(d->spill);
+        braid_free(d);
+    }
+    /* Last: a dtor may call back into braid. Field by field, not through
+     * braid_result_drop: copying the 32-byte struct again here cost a
+     * store-forwarding stall measured at a quarter of the ready path. */
+    if (BRAID__UNLIKELY(r.failure != NULL)) report_unhandled(loop, r.failure);
+    if (r.value && r.dtor) r.dtor(r.value);
+    if (BRAID__UNLIKELY(r.chain != NULL)) braid_deferred_release(r.chain);
+}
+
+/* ---- the callback loop --------------------------------------------------------- */
+
+/* d's result is braid_chain(c). Take c's result now if it has one (true);
+ * else make d wait for c (false). */
+static bool absorb_chain(braid_deferred *d, braid_deferred *c) {
+    CHECK_LIVE(c, "braid_chain");
+    if (BRAID__UNLIKELY(d->result.value || d->result.failure)) {
+        /* A result is a value, a failure or a chain; the chain wins and
+         * what came with it is dropped rather than leaked. */
+        braid_result extra = d->result;
+        extra.chain = NULL;
+        braid_result_drop(extra);
+    }
+    d->result.value = NULL;
+    d->result.dtor = NULL;
+    d->result.failure = NULL;
+    if (BRAID__UNLIKELY(c == d)) {
+        /* braid_chain(d) handed over d's own consumer reference. */
+        d->refs--;
+        braid__log(d->loop, BRAID_LOG_ERROR, "a Deferred's callback returned that same Deferred");
+        d->result = braid_errf(BRAID_EINVAL, "callback returned its own Deferred");
+        return true;
+    }
+    if (braid__deferred_has_result(c)) {
+        d->result = c->result;
+        c->result = no_result;
+        unref(c);
+        return true;
+    }
+    if (BRAID__UNLIKELY(c->parent != NULL)) {
+        /* Only the holder of the consumer reference may chain c, once. The
+         * reference we were given is someone else's: leaking it is safer
+         * than dropping it. */
+        braid__log(d->loop, BRAID_LOG_ERROR, "a Deferred was chained twice");
+        d->result = braid_errf(BRAID_EINVAL, "Deferred already chained to another");
+        return true;
+    }
+    c->parent = d;
+    d->refs++;
+    d->flags |= BRAID__D_WAITING;
+    return false;
+}
+
+/* Run d's pending callbacks; when d is done and something waits on it, move
+ * the result there and go on with that one (iteration, not recursion). */
+static void run(braid_deferred *d) {
+    for (;;) {
+        d->flags |= BRAID__D_RUNNING;
+        for (;;) {
+            if (BRAID__UNLIKELY(d->result.chain != NULL)) {
+                if (!absorb_chain(d, d->result.chain)) break;
+                continue;
+            }
+            if (d->pos == d->ncb || d->paused) break;
+            braid__cbslot *s = slot_at(d, d->pos++);
+            braid_callback fn = d->result.failure ? s->eb : s->cb;
+            if (!fn) continue;
+            void *arg = s->arg;   /* s may move if fn adds callbacks */
+            braid_result r = d->result;
+            d->result = no_result;
+            d->result = fn(r, arg);
+        }
+        d->flags &= ~BRAID__D_RUNNING;
+        if ((d->flags & BRAID__D_WAITING) || d->paused) {
+            if (d->refs == 0) dfree(d);
+            return;
+        }
+        d->pos = d->ncb = 0;
+        braid_deferred *p = d->parent;
+        if (BRAID__LIKELY(p == NULL)) {
+            if (d->refs == 0) dfree(d);
+            return;
+        }
+        d->parent = NULL;
+        p->result = d->result;
+        d->result = no_result;
+        p->flags &= ~BRAID__D_WAITING;
+        p->refs--;        /* our link's reference; p's loop frees it if that was the last */
+        unref(d);         /* the consumer reference p held */
+        d = p;
+    }
+}
+
+/* ---- creating -------------------------------------------------------------------- */
+braid_deferred *braid_deferred_new(braid_loop *loop) {
+    braid__dpool *p;
+    braid_deferred *d = dalloc(loop, &p);
+    if (BRAID__UNLIKELY(!d)) return NULL;
+    d->refs = 2;
+    d->flags = BRAID__D_PRODUCER;
+    p->unfired++;
+    return d;
+}
+
+braid_deferred *braid_deferred_new_cancellable(braid_loop *loop, braid_canceller c, void *arg) {
+    braid_deferred *d = braid_deferred_new(loop);
+    if (d) {
+        d->canceller = c;
+        d->canceller_arg = arg;
+    }
+    return d;
+}
+
+static braid_deferred *fired(braid_loop *loop, braid_result r) {
+    braid__dpool *p;
+    braid_deferred *d = dalloc(loop, &p);
+    if (BRAID__UNLIKELY(!d)) {
+        braid_result_drop(r);
+        return NULL;
+    }
+    d->refs = 1;
+    d->flags = BRAID__D_CALLED;
+    d->result = r;
+    return d;
+}
+
+braid_deferred *braid_succeed(braid_loop *loop, void *value, void (*dtor)(void *)) {
+    return fired(loop, braid_ok_owned(value, dtor));
+}
+
+braid_deferred *braid_fail(braid_loop *loop, braid_failure *f) {
+    return fired(loop, braid_err(f));
+}
+
+/* ---- firing --------------------------------------------------------------------- */
+static int fire(braid_deferred *d, braid_result r, bool drop_producer) {
+    CHECK_LIVE(d, "firing");
+    if (BRAID__UNLIKELY(d->flags & BRAID__D_CALLED)) {
+        if ((d->flags & (BRAID__D_CANCELLED | BRAID__D_PRODUCER)) ==
+            (BRAID__D_CANCELLED | BRAID__D_PRODUCER)) {
+            /* The producer of a Deferred cancelled without a canceller
+             * fires late: benign, as in Twisted. Its reference goes now. */
+            d->flags &= ~BRAID__D_PRODUCER;
+            braid_result_drop(r);
+            unref(d);
+            return 0;
+        }
+        braid__log(d->loop, BRAID_LOG_ERROR,
+                   "a Deferred (%p) was fired twice: the second result is dropped",
+                   (void *)d);
+        braid_result_drop(r);
+        return BRAID_EALREADY_CALLED;
+    }
+    d->flags |= BRAID__D_CALLED;
+    dpool_of(d)->unfired--;
+    d->result = r;
+    if (drop_producer && (d->flags & BRAID__D_PRODUCER)) {
+        d->flags &= ~BRAID__D_PRODUCER;
+        d->refs--;    /* run() frees d at the end if this was the last */
+    }
+    if (BRAID__LIKELY(!(d->flags & BRAID__D_RUNNING))) run(d);
+    return 0;
+}
+
+int braid_deferred_fire(braid_deferred *d, braid_result r) { return fire(d, r, true); }
+
+int braid_deferred_callback(braid_deferred *d, void *value, void (*dtor)(void *)) {
+    return fire(d, braid_ok_owned(value, dtor), true);
+}
+
+int braid_deferred_errback(braid_deferred *d, braid_failure *f) {
+    return fire(d, braid_err(f), true);
+}
+
+/* ---- consuming ----------------------------------------------------------------- */
+int braid_deferred_add_callbacks(braid_deferred *d, braid_callback cb, braid_callback eb,
+                                 void *arg) {
+    CHECK_LIVE(d, "braid_deferred_add_callbacks");
+    if (braid__deferred_has_result(d)) {
+        /* Already fired and idle: run it now, storing nothing. */
+        braid_callback fn = d->result.failure ? eb : cb;
+        if (!fn) return 0;
+        braid_result r = d->result;
+        d->result = no_result;
+        d->flags |= BRAID__D_RUNNING;
+        d->result = fn(r, arg);
+        d->flags &= ~BRAID__D_RUNNING;
+        /* fn returned a chain, added callbacks, paused or released d. */
+        if (BRAID__UNLIKELY(d->result.chain || d->ncb || d->refs == 0 || d->paused)) run(d);
+        return 0;
+    }
+    return push_slot(d, cb, eb, arg);
+}
+
+int braid_deferred_add_callback(braid_deferred *d, braid_callback cb, void *arg) {
+    return braid_deferred_add_callbacks(d, cb, NULL, arg);
+}
+int braid_deferred_add_errback(braid_deferred *d, braid_callback eb, void *arg) {
+    return braid_deferred_add_callbacks(d, NULL, eb, arg);
+}
+int braid_deferred_add_both(braid_deferred *d, braid_callback fn, void *arg) {
+    return braid_deferred_add_callbacks(d, fn, fn, arg);
+}
+
+void braid_deferred_release(braid_deferred *d) {
+    if (!d) return;
+    CHECK_LIVE(d, "braid_deferred_release");
+    unref(d);
+}
+
+braid_deferred *braid_deferred_ref(braid_deferred *d) {
+    CHECK_LIVE(d, "braid_deferred_ref");
+    d->refs++;
+    return d;
+}
+
+/* ---- state -------------------------------------------------------------------------- */
+bool braid_deferred_called(const braid_deferred *d) { return d->flags & BRAID__D_CALLED; }
+bool braid_deferred_has_result(const braid_deferred *d) { return braid__deferred_has_result(d); }
+bool braid_deferred_is_failure(const braid_deferred *d) {
+    return braid__deferred_has_result(d) && d->result.failure != NULL;
+}
+braid_loop *braid_deferred_loop(const braid_deferred *d) { return d->loop; }
+
+int braid_deferred_take(braid_deferred *d, braid_result *out) {
+    CHECK_LIVE(d, "braid_deferred_take");
+    if (!braid__deferred_has_result(d)) return BRAID_EAGAIN;
+    *out = d->result;
+    d->result = no_result;
+    return 0;
+}
+
+size_t braid_deferred_live(braid_loop *loop) {
+    braid__dpool *p = loop->ext[BRAID__SLOT_DEFERRED].ptr;
+    return p ? p->live : 0;
+}
+
+/* ---- control -------------------------------------------------------------------- */
+void braid_deferred_pause(braid_deferred *d) {
+    CHECK_LIVE(d, "braid_deferred_pause");
+    d->paused++;
+}
+
+void braid_deferred_unpause(braid_deferred *d) {
+    CHECK_LIVE(d, "braid_deferred_unpause");
+    if (d->paused == 0) {
+        braid__log(d->loop, BRAID_LOG_ERROR, "braid_deferred_unpause without a pause");
+        return;
+    }
+    if (--d->paused == 0 && (d->flags & BRAID__D_CALLED) &&
+        !(d->flags & (BRAID__D_RUNNING | BRAID__D_WAITING)))
+        run(d);
+}
+
+void braid_deferred_cancel(braid_deferred *d) {
+    CHECK_LIVE(d, "braid_deferred_cancel");
+    /* Walk down to the unfired Deferred at the bottom of the chain: the
+     * cancellation of the leaf propagates back up through run(). */
+    while (d->flags & BRAID__D_CALLED) {
+        if (!(d->flags & BRAID__D_WAITING)) return;
+        d = d->result.chain;
+    }
+    d->refs++;    /* d must outlive its canceller and its errback */
+    d->flags |= BRAID__D_CANCELLED;
+    braid_canceller c = d->canceller;
+    void *carg = d->canceller_arg;
+    d->canceller = NULL;
+    if (c) c(d, carg);
+    if (!(d->flags & BRAID__D_CALLED))
+        fire(d, braid_errf(BRAID_ECANCELED, "Deferred cancelled"), c != NULL);
+    unref(d);
+}

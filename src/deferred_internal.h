@@ -1,0 +1,67 @@
+/* Deferred internals shared by src/deferred*.c (never installed). */
+#ifndef BRAID_DEFERRED_INTERNAL_H
+#define BRAID_DEFERRED_INTERNAL_H
+
+#include "internal.h"
+#include <braid/deferred.h>
+
+/* Callbacks stored inline before spilling to a heap array. Three covers the
+ * common "callback + errback + timeout" shapes; the struct stays at 168
+ * bytes (under three cache lines). */
+#define BRAID__DEFERRED_INLINE 3
+/* A spill array up to this many slots stays attached when a Deferred goes
+ * back to the free list, so a loop that keeps adding a handful of callbacks
+ * stops allocating after warm-up. */
+#define BRAID__DEFERRED_KEEP_SPILL 16
+
+typedef struct braid__cbslot {
+    braid_callback cb, eb;
+    void *arg;
+} braid__cbslot;
+
+enum {
+    BRAID__D_CALLED    = 1u << 0,   /* fired (callback/errback) */
+    BRAID__D_RUNNING   = 1u << 1,   /* inside the callback loop */
+    BRAID__D_WAITING   = 1u << 2,   /* result.chain is a Deferred we wait on */
+    BRAID__D_CANCELLED = 1u << 3,   /* cancel reached it while unfired */
+    BRAID__D_PRODUCER  = 1u << 4,   /* the producer reference is still held */
+    BRAID__D_FREED     = 1u << 5,   /* on the free list: any use is a bug */
+};
+
+struct braid_deferred {
+    braid_loop *loop;
+    uint32_t refs;
+    uint32_t flags;
+    uint32_t ncb, pos;               /* callbacks added / next to run */
+    uint32_t paused;
+    uint32_t spill_cap;
+    braid_result result;             /* while WAITING: result.chain */
+    /* The Deferred whose chain waits on this one: it holds our consumer
+     * reference (in its result.chain) and we hold a reference on it, given
+     * back when our result moves into it. On the free list: the next entry. */
+    braid_deferred *parent;
+    braid_canceller canceller;
+    void *canceller_arg;
+    braid__cbslot *spill;            /* slots [INLINE, spill_cap + INLINE) */
+    braid__cbslot slot[BRAID__DEFERRED_INLINE];
+};
+
+/* Per-loop state in BRAID__SLOT_DEFERRED. */
+typedef struct braid__dpool {
+    braid_deferred *free;
+    size_t nfree;
+    size_t live;                     /* allocated, not yet freed */
+    size_t unfired;                  /* made with braid_deferred_new*, not yet fired */
+} braid__dpool;
+
+/* Make room for `extra` more callbacks (so a later add cannot fail). */
+int braid__deferred_reserve(braid_deferred *d, uint32_t extra);
+/* Drop the producer reference without firing (combinators that give up). */
+void braid__deferred_unref(braid_deferred *d);
+
+static inline bool braid__deferred_has_result(const braid_deferred *d) {
+    return (d->flags & (BRAID__D_CALLED | BRAID__D_RUNNING | BRAID__D_WAITING)) ==
+               BRAID__D_CALLED && d->paused == 0;
+}
+
+#endif

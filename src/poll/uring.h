@@ -1,0 +1,118 @@
+/* io_uring completions for braid's transports (internal, never installed).
+ *
+ * When a loop runs on the io_uring backend, readiness for fd watchers comes
+ * from multishot poll requests (src/poll/uring.c), and the same ring also
+ * carries completion-based operations: a transport takes an SQE from the
+ * loop's ring, prepares any io_uring operation on it, and hands it to
+ * braid__uring_submit() with a braid__uring_op. Every CQE of that operation
+ * calls the op's callback on the loop thread, during the loop's poll phase
+ * (before the readiness callbacks of the same iteration), with the CQE's
+ * result and flags.
+ *
+ *     braid__uring_op op;
+ *     braid__uring_op_init(&op, on_recv, conn);
+ *     struct io_uring_sqe *sqe = braid__uring_sqe(loop);
+ *     if (!sqe) return BRAID_ENOSYS;                 // not an io_uring loop
+ *     io_uring_prep_recv(sqe, fd, buf, len, 0);
+ *     braid__uring_submit(loop, sqe, &op);           // queued; sent with the next wait
+ *     ...
+ *     static void on_recv(braid__uring_op *op, int res, unsigned flags) {
+ *         // res: bytes or -errno; flags & IORING_CQE_F_MORE: more CQEs follow
+ *     }
+ *
+ * A request's life (libuv's "request" rule): once submitted, an op completes
+ * exactly once with a final CQE (one without IORING_CQE_F_MORE), whatever
+ * happens — including -ECANCELED after braid__uring_cancel(). The op's memory
+ * must stay valid until that final callback; the callback may then free or
+ * resubmit it. Closing the fd does NOT cancel an operation (the kernel holds
+ * its own file reference), so an owner that closes must cancel its ops first
+ * and free them only from their final callback.
+ *
+ * While active, an op keeps braid_loop_run() going (like a watcher with
+ * interest, unless braid__uring_op_unref) and is an open handle for the leak
+ * gate ("uring op"). Submission is batched: SQEs are handed to the kernel
+ * together with the loop's next wait (one io_uring_enter per iteration);
+ * braid__uring_flush() submits at once.
+ *
+ * Provided-buffer rings (kernel 5.19) let multishot receives pick buffers
+ * themselves: braid__uring_bufs_new() registers a ring of `count` buffers of
+ * `size` bytes; a CQE carrying IORING_CQE_F_BUFFER names the buffer id
+ * (braid__uring_cqe_bid), the consumer reads braid__uring_bufs_get() and gives
+ * the buffer back with braid__uring_bufs_recycle(). When the ring runs dry a
+ * multishot receive ends with -ENOBUFS; recycle and submit it again.
+ *
+ * All of this is loop-thread only. Functions return BRAID_ENOSYS on a loop
+ * that is not using io_uring, or when the kernel lacks the feature.
+ */
+#ifndef BRAID_POLL_URING_H
+#define BRAID_POLL_URING_H
+
+#include "internal.h"
+#include <liburing.h>
+
+typedef struct braid__uring_op braid__uring_op;
+/* res: the CQE's result (>= 0, or -errno); flags: the CQE's flags
+ * (IORING_CQE_F_MORE, IORING_CQE_F_BUFFER, ...). */
+typedef void (*braid__uring_cb)(braid__uring_op *op, int res, unsigned flags);
+
+struct braid__uring_op {
+    braid__uring_cb cb;
+    void *data;              /* the owner's pointer, untouched by braid */
+    /* private */
+    braid_loop *loop;
+    unsigned state;
+    braid_handle handle;
+};
+
+/* Prepare caller storage (no allocation). */
+void braid__uring_op_init(braid__uring_op *op, braid__uring_cb cb, void *data);
+/* Is op submitted and its final CQE not yet delivered? */
+bool braid__uring_op_active(const braid__uring_op *op);
+/* Do not keep braid_loop_run() alive for this op (set before submitting). */
+void braid__uring_op_unref(braid__uring_op *op);
+
+/* The loop's ring, or NULL if the loop does not run on io_uring. */
+struct io_uring *braid__uring_ring(braid_loop *loop);
+/* An SQE of the loop's ring (submitting what is queued if the SQ is full),
+ * or NULL (not an io_uring loop, or the kernel refused the submission). The
+ * caller must prepare it and pass it to braid__uring_submit before anything
+ * else touches the ring. */
+struct io_uring_sqe *braid__uring_sqe(braid_loop *loop);
+/* Attach op to a prepared sqe (sets its user_data): op's callback receives
+ * each of its CQEs. The SQE goes to the kernel with the next wait. */
+void braid__uring_submit(braid_loop *loop, struct io_uring_sqe *sqe, braid__uring_op *op);
+/* Ask the kernel to cancel op. Its callback still receives a final CQE
+ * (usually -ECANCELED; the real result if it completed first). 0 if queued or
+ * already cancelling, BRAID_EINVAL if op is not active, BRAID_EAGAIN if no SQE. */
+int braid__uring_cancel(braid__uring_op *op);
+/* Submit what is queued now rather than with the next wait. */
+int braid__uring_flush(braid_loop *loop);
+
+/* ---- provided-buffer rings and multishot receive ------------------------------ */
+typedef struct braid__uring_bufs braid__uring_bufs;
+/* Register a ring of count buffers (a power of two, 1..32768) of size bytes
+ * each. BRAID_ENOSYS without kernel support (5.19). */
+int braid__uring_bufs_new(braid_loop *loop, unsigned count, unsigned size, braid__uring_bufs **out);
+/* Unregister and free. Cancel the receives that use it first (and wait for
+ * their final CQE). */
+void braid__uring_bufs_free(braid__uring_bufs *b);
+uint16_t braid__uring_bufs_group(const braid__uring_bufs *b);
+unsigned braid__uring_bufs_size(const braid__uring_bufs *b);
+/* The memory of buffer bid. */
+void *braid__uring_bufs_get(braid__uring_bufs *b, unsigned bid);
+/* Give buffer bid back to the kernel. */
+void braid__uring_bufs_recycle(braid__uring_bufs *b, unsigned bid);
+
+static inline unsigned braid__uring_cqe_bid(unsigned flags) {
+    return flags >> IORING_CQE_BUFFER_SHIFT;
+}
+
+/* A multishot recv on fd picking buffers from b: each CQE is one chunk
+ * (res bytes in buffer braid__uring_cqe_bid(flags)); res == 0 is EOF; the
+ * final CQE (no IORING_CQE_F_MORE) ends it. BRAID_ENOSYS without kernel
+ * support (6.0). */
+int braid__uring_recv_multishot(braid_loop *loop, braid__uring_op *op, int fd, braid__uring_bufs *b);
+/* Does this kernel do multishot recv with provided-buffer rings? (probed once) */
+bool braid__uring_have_recv_multishot(void);
+
+#endif
