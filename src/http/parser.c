@@ -410,16 +410,12 @@ static int skip_reparse(const char *buf, size_t len, size_t prev_len, const lims
     return 1;
 }
 
-/* The start line is over its limit if its first limit+1 bytes are all
- * printable (SP..~): the decision depends only on those bytes, so a prefix of
- * the input and the whole input always agree. */
-static bool line_too_long(const char *line, const char *end, size_t limit) {
-    size_t avail = (size_t)(end - line);
-    if (avail <= limit) return false;
-    for (size_t i = 0; i <= limit; i++)
-        if ((uint8_t)line[i] < 0x20 || (uint8_t)line[i] > 0x7e) return false;
-    return true;
-}
+/* The start line is parsed within its first max_request_line + 2 bytes (the
+ * line and its CRLF) and the head within its first max_head bytes. Only
+ * those bytes decide the outcome, so a prefix of an input and the whole input
+ * never disagree: an error earlier in the stream wins over a limit later. */
+static int line_incomplete(braid_http_message *m, const char *line, const char *end, size_t len,
+                           const lims *L, bool request);
 
 /* INCOMPLETE inside the first max_head bytes while at least that many have
  * arrived: the head is over its limit. The parse itself only ever looks at
@@ -428,6 +424,13 @@ static bool line_too_long(const char *line, const char *end, size_t limit) {
 static int incomplete(braid_http_message *m, size_t len, const lims *L) {
     if (len >= L->head) FAIL(BRAID_EHTTP_HEADERS_TOO_LARGE, "head over the limit");
     return BRAID_EHTTP_INCOMPLETE;
+}
+
+static int line_incomplete(braid_http_message *m, const char *line, const char *end, size_t len,
+                           const lims *L, bool request) {
+    if ((size_t)(end - line) >= L->line + 2)
+        FAIL(BRAID_EHTTP_URI_TOO_LONG, request ? "request line over the limit" : "status line over the limit");
+    return incomplete(m, len, L);
 }
 
 int braid_http_parse_request(braid_http_message *m, braid_http_header *hdrs, size_t max_hdrs,
@@ -444,31 +447,36 @@ int braid_http_parse_request(braid_http_message *m, braid_http_header *hdrs, siz
         if (rc == BRAID_EHTTP_INCOMPLETE) return incomplete(m, len, &L);
         if (rc) return rc;
     }
-    if (line_too_long(p, buf + len, L.line)) FAIL(BRAID_EHTTP_URI_TOO_LONG, "request line over the limit");
+    const char *line = p, *full = end;
+    if ((size_t)(end - line) > L.line + 2) end = line + L.line + 2;
+#define LINE_INCOMPLETE() line_incomplete(m, line, full, len, &L, true)
     if (p < end && *p == '\n') FAIL(BRAID_EHTTP_SYNTAX, "bare LF line ending");
     m->method = p;
     p = scan_token(p, end);
-    if (p >= end) return incomplete(m, len, &L);
+    if (p >= end) return LINE_INCOMPLETE();
     if (*p != ' ') FAIL(BRAID_EHTTP_SYNTAX, p == m->method ? "empty method" : "invalid character in the method");
     if (p == m->method) FAIL(BRAID_EHTTP_SYNTAX, "empty method");
     m->method_len = (size_t)(p - m->method);
     m->target = ++p;
     p = scan_target(p, end);
-    if (p >= end) return incomplete(m, len, &L);
+    if (p >= end) return LINE_INCOMPLETE();
     if (*p != ' ') FAIL(BRAID_EHTTP_SYNTAX, "invalid character in the request-target");
     if (p == m->target) FAIL(BRAID_EHTTP_SYNTAX, "empty request-target");
     m->target_len = (size_t)(p - m->target);
     p++;
     rc = parse_version(m, &p, end);
-    if (rc == BRAID_EHTTP_INCOMPLETE) return incomplete(m, len, &L);
+    if (rc == BRAID_EHTTP_INCOMPLETE) return LINE_INCOMPLETE();
     if (rc) return rc;
     rc = expect_crlf(m, &p, end);
-    if (rc == BRAID_EHTTP_INCOMPLETE) return incomplete(m, len, &L);
+    if (rc == BRAID_EHTTP_INCOMPLETE) return LINE_INCOMPLETE();
     if (rc) {
         if (m->error && strcmp(m->error, "invalid character") == 0)
             m->error = "junk after the HTTP version";
         return rc;
     }
+#undef LINE_INCOMPLETE
+    if ((size_t)(p - 2 - line) > L.line) FAIL(BRAID_EHTTP_URI_TOO_LONG, "request line over the limit");
+    end = full;
     rc = parse_fields(m, hdrs, &p, end, L.headers);
     if (rc == BRAID_EHTTP_INCOMPLETE) return incomplete(m, len, &L);
     if (rc) return rc;
@@ -484,30 +492,31 @@ int braid_http_parse_response(braid_http_message *m, braid_http_header *hdrs, si
     lims L = get_limits(lim, max_hdrs);
     reset(m);
     if (skip_reparse(buf, len, prev_len, &L)) return BRAID_EHTTP_INCOMPLETE;
-    const char *p = buf, *end = buf + (len < L.head ? len : L.head);
-    if (line_too_long(buf, buf + len, L.line)) FAIL(BRAID_EHTTP_URI_TOO_LONG, "status line over the limit");
+    const char *p = buf, *end = buf + (len < L.head ? len : L.head), *full = end;
+    if ((size_t)(end - buf) > L.line + 2) end = buf + L.line + 2;
+#define LINE_INCOMPLETE() line_incomplete(m, buf, full, len, &L, false)
     int rc = parse_version(m, &p, end);
-    if (rc == BRAID_EHTTP_INCOMPLETE) return incomplete(m, len, &L);
+    if (rc == BRAID_EHTTP_INCOMPLETE) return LINE_INCOMPLETE();
     if (rc) return rc;
-    if (p >= end) return incomplete(m, len, &L);
+    if (p >= end) return LINE_INCOMPLETE();
     if (*p != ' ') FAIL(BRAID_EHTTP_SYNTAX, "no space after the HTTP version");
     p++;
     if (end - p < 3) {
         for (const char *q = p; q < end; q++)
             if (*q < '0' || *q > '9') FAIL(BRAID_EHTTP_SYNTAX, "malformed status code");
-        return incomplete(m, len, &L);
+        return LINE_INCOMPLETE();
     }
     for (int i = 0; i < 3; i++)
         if (p[i] < '0' || p[i] > '9') FAIL(BRAID_EHTTP_SYNTAX, "malformed status code");
     m->status = (p[0] - '0') * 100 + (p[1] - '0') * 10 + (p[2] - '0');
     if (m->status < 100) FAIL(BRAID_EHTTP_SYNTAX, "status code below 100");
     p += 3;
-    if (p >= end) return incomplete(m, len, &L);
+    if (p >= end) return LINE_INCOMPLETE();
     if (*p == ' ') {
         p++;
         m->reason = p;
         p = scan_field(p, end);
-        if (p >= end) return incomplete(m, len, &L);
+        if (p >= end) return LINE_INCOMPLETE();
         m->reason_len = (size_t)(p - m->reason);
     } else {
         /* RFC 9112 4: the SP before an empty reason is required, but common
@@ -515,8 +524,11 @@ int braid_http_parse_response(braid_http_message *m, braid_http_header *hdrs, si
         m->reason = p;
     }
     rc = expect_crlf(m, &p, end);
-    if (rc == BRAID_EHTTP_INCOMPLETE) return incomplete(m, len, &L);
+    if (rc == BRAID_EHTTP_INCOMPLETE) return LINE_INCOMPLETE();
     if (rc) return rc;
+#undef LINE_INCOMPLETE
+    if ((size_t)(p - 2 - buf) > L.line) FAIL(BRAID_EHTTP_URI_TOO_LONG, "status line over the limit");
+    end = full;
     rc = parse_fields(m, hdrs, &p, end, L.headers);
     if (rc == BRAID_EHTTP_INCOMPLETE) return incomplete(m, len, &L);
     if (rc) return rc;
