@@ -14,4 +14,5 @@
 #include <braid/dgram.h>
 #include <braid/pool.h>
 #include <braid/fiber.h>
+#include <braid/http.h>
 #endif

@@ -20,6 +20,14 @@ static const char *const own[] = {
     [15] = "lock misuse",
     [16] = "first error",
     [17] = "every raced Deferred failed",
+    [56] = "incomplete HTTP message (more input needed)",
+    [57] = "malformed HTTP message",
+    [58] = "ambiguous or invalid HTTP body framing",
+    [59] = "malformed chunked encoding",
+    [60] = "HTTP request line too long",
+    [61] = "HTTP header fields too large",
+    [62] = "HTTP body too large",
+    [63] = "HTTP version not supported",
 };
 
 const char *braid_strerror(int code) {
