@@ -6,5 +6,6 @@
 #include <braid/common.h>
 #include <braid/loop.h>
 #include <braid/time.h>
+#include <braid/tls.h>
 #include <braid/deferred.h>
 #endif
