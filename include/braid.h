@@ -8,4 +8,6 @@
 #include <braid/time.h>
 #include <braid/tls.h>
 #include <braid/deferred.h>
+#include <braid/protocol.h>
+#include <braid/stream.h>
 #endif

@@ -1,0 +1,200 @@
+/* braid/stream.h — stream transports: TCP (v4/v6), Unix sockets, pipes,
+ * adopted descriptors, and the in-memory test doubles.
+ *
+ * A transport carries bytes for one protocol (<braid/protocol.h>). Writes are
+ * buffered and flow-controlled by default: several writes in one loop
+ * iteration leave in one system call (the buffer is flushed in the ready
+ * phase, or when the socket becomes writable again); a registered producer is
+ * paused at the high watermark (64 KiB) and resumed at the low one (16 KiB);
+ * a buffer beyond the hard cap (4 MiB) aborts the connection with
+ * BRAID_EBUFFER_LIMIT, so a peer that never reads cannot grow memory without
+ * bound. Reads go through one path that hands the protocol a buffer lent for
+ * the call (a per-loop 64 KiB read buffer: idle connections hold no read
+ * memory).
+ *
+ *     // server
+ *     braid_listener *l;
+ *     braid_tcp_listen_options o = { .host = "127.0.0.1", .port = 8000 };
+ *     braid_tcp_listen(loop, &o, &factory, &l);
+ *     ...
+ *     braid_listener_close(l);
+ *     // client: a Deferred of the connected protocol (borrowed pointer)
+ *     braid_deferred *d = braid_tcp_connect(loop, &(braid_tcp_connect_options){
+ *         .host = "127.0.0.1", .port = 8000, .timeout_ns = BRAID_SECONDS(5) }, &factory);
+ *
+ * Ownership: braid owns transports. A transport lives from connection_made
+ * until its protocol's connection_lost has returned; then braid frees it (and
+ * the protocol, see protocol.h). Listeners are owned by the caller until
+ * braid_listener_close. Every open transport and listener is a loop handle
+ * (the leak gate names it). Everything is loop-thread only, except host name
+ * resolution which runs on an internal thread and reports back to the loop.
+ */
+#ifndef BRAID_STREAM_H
+#define BRAID_STREAM_H
+
+#include <braid/protocol.h>
+#include <sys/uio.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* ---- the transport (ITransport, ITCPTransport, IHalfCloseableDescriptor) ---- */
+/* Queue bytes. 0, or: BRAID_ESHUTDOWN after lose_connection/shutdown_write/close
+ * (nothing queued), BRAID_EBUFFER_LIMIT if this write passed the hard cap (the
+ * connection is being aborted), BRAID_ENOMEM. */
+BRAID_API int braid_transport_write(braid_transport *t, const void *buf, size_t len);
+BRAID_API int braid_transport_writev(braid_transport *t, const struct iovec *iov, int iovcnt);
+/* Flush what is buffered, then close: connection_lost(BRAID_ECONNECTION_DONE). */
+BRAID_API void braid_transport_lose_connection(braid_transport *t);
+/* Close now, dropping the buffer: connection_lost(BRAID_ECONNECTION_LOST). */
+BRAID_API void braid_transport_abort(braid_transport *t);
+/* Half-close: flush, then shut the write side (FIN); write_connection_lost follows. */
+BRAID_API int braid_transport_shutdown_write(braid_transport *t);
+BRAID_API int braid_transport_get_peer(braid_transport *t, braid_address *out);
+BRAID_API int braid_transport_get_host(braid_transport *t, braid_address *out);
+/* TCP only (BRAID_ENOSYS otherwise). TCP transports start with NODELAY on. */
+BRAID_API int braid_transport_set_nodelay(braid_transport *t, bool on);
+BRAID_API int braid_transport_set_keepalive(braid_transport *t, bool on, int idle_seconds);
+/* Stop / restart delivering data_received (the transport as a push producer). */
+BRAID_API void braid_transport_pause_reading(braid_transport *t);
+BRAID_API void braid_transport_resume_reading(braid_transport *t);
+/* The transport's loop, its protocol, its kind ("tcp", "unix", "pipe", "memory"). */
+BRAID_API braid_loop *braid_transport_loop(const braid_transport *t);
+BRAID_API const char *braid_transport_kind(const braid_transport *t);
+
+/* Flow control: watermarks and the hard cap, in bytes (0 keeps the current value).
+ * low <= high <= cap, else BRAID_EINVAL. */
+BRAID_API int braid_transport_set_limits(braid_transport *t, size_t low, size_t high, size_t cap);
+/* Bytes queued and not yet accepted by the kernel (or the memory peer). */
+BRAID_API size_t braid_transport_buffered(const braid_transport *t);
+
+/* Consumer side: one producer at a time (BRAID_EBUSY if one is registered). */
+BRAID_API int braid_transport_register_producer(braid_transport *t, braid_producer *p,
+                                                bool streaming);
+BRAID_API void braid_transport_unregister_producer(braid_transport *t);
+/* The transport as a push producer of what it reads (pause = pause_reading);
+ * its stop_producing loses the connection. Valid while t lives. */
+BRAID_API braid_producer *braid_transport_producer(braid_transport *t);
+
+/* Unix transports: queue buf (len >= 1) with descriptors attached to its
+ * first byte (SCM_RIGHTS), after everything already queued. The fds are
+ * dup'ed (the caller keeps its own). At most 16 per call. BRAID_ENOSYS on
+ * other kinds. The receiver gets fds_received just before that byte's
+ * data_received. */
+BRAID_API int braid_transport_send_fds(braid_transport *t, const int *fds, int n,
+                                       const void *buf, size_t len);
+
+/* ---- listening ------------------------------------------------------------------ */
+typedef struct braid_listener braid_listener;
+
+typedef struct braid_tcp_listen_options {
+    const char *host;          /* numeric address; NULL or "" = all IPv4 ("::" for v6) */
+    int port;                  /* 0 = any; read it back with braid_listener_address */
+    bool ipv6;                 /* tcp6 */
+    int backlog;               /* 0 = 511 */
+    bool reuseport;            /* SO_REUSEPORT (several processes share the port) */
+    int accept_budget;         /* accepts per loop iteration, 0 = 64 (fairness) */
+} braid_tcp_listen_options;
+
+typedef struct braid_unix_listen_options {
+    const char *path;
+    int mode;                  /* chmod of the socket file, 0 = leave as umask gives */
+    int backlog;
+    int accept_budget;
+} braid_unix_listen_options;
+
+BRAID_API int braid_tcp_listen(braid_loop *loop, const braid_tcp_listen_options *o,
+                               braid_factory *f, braid_listener **out);
+BRAID_API int braid_unix_listen(braid_loop *loop, const braid_unix_listen_options *o,
+                                braid_factory *f, braid_listener **out);
+/* Listen on a descriptor made elsewhere (socket activation); takes ownership. */
+BRAID_API int braid_listen_adopt(braid_loop *loop, int fd, braid_factory *f, braid_listener **out);
+BRAID_API int braid_listener_address(const braid_listener *l, braid_address *out);
+/* Stop listening, close the socket (and unlink a Unix path we created), free.
+ * Accepted connections live on. */
+BRAID_API void braid_listener_close(braid_listener *l);
+/* Stats: accepted so far, and times the EMFILE back-off engaged. */
+BRAID_API uint64_t braid_listener_accepted(const braid_listener *l);
+BRAID_API uint64_t braid_listener_emfile_events(const braid_listener *l);
+/* EMFILE back-off: after running out of descriptors the listener stops
+ * accepting for this long (doubling to 1 s while it persists). Default 50 ms. */
+BRAID_API void braid_listener_set_backoff(braid_listener *l, uint64_t ns);
+
+/* ---- connecting ------------------------------------------------------------------ */
+typedef struct braid_tcp_connect_options {
+    const char *host;          /* name or numeric; names resolve off the loop thread */
+    int port;
+    uint64_t timeout_ns;       /* 0 = no timeout; BRAID_ETIMEDOUT when it fires */
+    const char *bind_host;     /* optional source address (numeric) */
+    int bind_port;
+    int family;                /* 0 = any, AF_INET or AF_INET6 */
+} braid_tcp_connect_options;
+
+/* A Deferred of the connected braid_protocol * (borrowed: it lives until its
+ * connection_lost). Cancelling it (or the timeout) closes the attempt. */
+BRAID_API braid_deferred *braid_tcp_connect(braid_loop *loop, const braid_tcp_connect_options *o,
+                                            braid_factory *f);
+BRAID_API braid_deferred *braid_unix_connect(braid_loop *loop, const char *path,
+                                             uint64_t timeout_ns, braid_factory *f);
+
+/* ---- adopting descriptors ---------------------------------------------------------- */
+/* Wrap a connected descriptor made elsewhere (a socketpair, a parent's socket,
+ * a pipe): braid takes ownership, sets O_NONBLOCK, and attaches p
+ * (connection_made runs before this returns). kind NULL = detect ("tcp",
+ * "unix" or "pipe"). */
+BRAID_API int braid_stream_adopt(braid_loop *loop, int fd, braid_protocol *p);
+/* A pipe pair (or stdin/stdout): reads from rfd, writes to wfd (either may be
+ * -1). shutdown_write closes wfd. Ownership of both is taken; for stdio pass
+ * dup(0), dup(1) if the process should keep its own. */
+BRAID_API int braid_stream_adopt_pipes(braid_loop *loop, int rfd, int wfd, braid_protocol *p);
+
+/* ---- test doubles (Twisted's StringTransport and iosim) ---------------------------- */
+/* A memory transport attached to p (connection_made runs before this returns).
+ * Written bytes stay queued (counting against the watermarks, pausing the
+ * producer) until the test consumes them, as a peer would read them. */
+typedef struct braid_memory_transport braid_memory_transport;
+BRAID_API braid_memory_transport *braid_memory_transport_new(braid_loop *loop, braid_protocol *p);
+BRAID_API braid_transport *braid_memory_transport_base(braid_memory_transport *m);
+/* The bytes written and not yet consumed (pointer valid until the next call). */
+BRAID_API const void *braid_memory_transport_data(braid_memory_transport *m, size_t *len);
+/* The peer reads n bytes (n > queued = all): watermarks, pending close and
+ * pending shutdown_write progress as with a real socket. */
+BRAID_API void braid_memory_transport_consume(braid_memory_transport *m, size_t n);
+/* Deliver bytes / EOF / loss from the fake peer to the protocol. receive
+ * returns BRAID_EAGAIN (nothing delivered) while reading is paused. */
+BRAID_API int braid_memory_transport_receive(braid_memory_transport *m, const void *buf, size_t len);
+BRAID_API void braid_memory_transport_peer_eof(braid_memory_transport *m);
+BRAID_API void braid_memory_transport_peer_lost(braid_memory_transport *m, int code);
+
+typedef struct braid_memory_state {
+    bool disconnecting;        /* lose_connection called, buffer not yet drained */
+    bool write_shut;           /* shutdown_write completed */
+    bool read_shut;            /* peer EOF delivered */
+    bool closed;               /* connection over (connection_lost queued or done) */
+    bool lost_delivered;       /* connection_lost has run */
+    bool aborted;
+    bool reading_paused;
+    bool producer_registered, producer_streaming, producer_paused;
+    int lost_code;
+    uint64_t bytes_written;    /* total accepted by write/writev */
+} braid_memory_state;
+BRAID_API braid_memory_state braid_memory_transport_state(const braid_memory_transport *m);
+/* Free the double (after connection_lost, or aborting first if still open). */
+BRAID_API void braid_memory_transport_free(braid_memory_transport *m);
+
+/* The pump (iosim): two protocols connected in memory. flush moves bytes,
+ * half-closes and closes across until nothing moves (running the loop's ready
+ * phase so connection_lost is delivered), honouring pause_reading. */
+typedef struct braid_pump braid_pump;
+BRAID_API braid_pump *braid_pump_new(braid_loop *loop, braid_protocol *client, braid_protocol *server);
+/* Returns the bytes moved. */
+BRAID_API size_t braid_pump_flush(braid_pump *pump);
+BRAID_API braid_memory_transport *braid_pump_client(braid_pump *pump);
+BRAID_API braid_memory_transport *braid_pump_server(braid_pump *pump);
+BRAID_API void braid_pump_free(braid_pump *pump);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

@@ -1,0 +1,12 @@
+/* The resolver's result type (internal). */
+#ifndef BRAID_STREAM_RESOLVE_H
+#define BRAID_STREAM_RESOLVE_H
+
+#include "stream_internal.h"
+
+typedef struct braid__addrlist {
+    size_t n;
+    braid_address addrs[];
+} braid__addrlist;
+
+#endif

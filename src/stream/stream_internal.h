@@ -1,0 +1,116 @@
+/* Internal shape of stream transports: the part every kind shares (write
+ * buffer, flow control, producers, close and loss delivery) lives in
+ * transport.c; a kind (fd.c: sockets and pipes; memory.c: the test double)
+ * supplies a small vtable for the system-level work. */
+#ifndef BRAID_STREAM_INTERNAL_H
+#define BRAID_STREAM_INTERNAL_H
+
+#include "internal.h"
+#include <braid/deferred.h>
+#include <braid/stream.h>
+
+#define BRAID__DEFAULT_LOW   (16u * 1024)
+#define BRAID__DEFAULT_HIGH  (64u * 1024)
+#define BRAID__DEFAULT_CAP   (4u * 1024 * 1024)
+#define BRAID__READ_BUF      (64u * 1024)
+
+enum {
+    BRAID__T_MADE          = 1u << 0,   /* connection_made ran */
+    BRAID__T_DISCONNECTING = 1u << 1,   /* lose_connection: close once flushed */
+    BRAID__T_SHUT_PENDING  = 1u << 2,   /* shutdown_write: shut once flushed */
+    BRAID__T_WRITE_SHUT    = 1u << 3,
+    BRAID__T_READ_SHUT     = 1u << 4,
+    BRAID__T_CLOSED        = 1u << 5,   /* OS resources released; lost queued */
+    BRAID__T_LOST_DONE     = 1u << 6,
+    BRAID__T_PAUSED        = 1u << 7,   /* pause_reading */
+    BRAID__T_FLUSH_QUEUED  = 1u << 8,
+    BRAID__T_ABORTED       = 1u << 9,
+    BRAID__T_IN_FLUSH      = 1u << 10,
+};
+
+typedef struct braid__transport_vt {
+    const char *kind;
+    /* Push buffered bytes out; report with braid__transport_wrote. */
+    void (*flush)(braid_transport *t);
+    /* Reading on/off changed (state flags already updated). */
+    void (*update_reading)(braid_transport *t);
+    /* The buffer is empty and a shutdown_write is pending: shut the write side.
+     * Returns 0 or a negative code (the connection is then lost with it). */
+    int (*shutdown_write)(braid_transport *t);
+    /* Release OS resources (stop watchers, close fds). No callbacks. */
+    void (*close)(braid_transport *t);
+    int (*get_addr)(braid_transport *t, bool peer, braid_address *out);
+    int (*set_option)(braid_transport *t, int opt, int a, int b);
+    /* After connection_lost: free the transport memory. */
+    void (*free)(braid_transport *t);
+} braid__transport_vt;
+
+enum { BRAID__OPT_NODELAY = 1, BRAID__OPT_KEEPALIVE = 2 };
+
+typedef struct braid__fdmsg {          /* descriptors to send before byte `at` */
+    struct braid__fdmsg *next;
+    uint64_t at;                      /* absolute stream offset */
+    int n;
+    int fds[];
+} braid__fdmsg;
+
+struct braid_transport {
+    const braid__transport_vt *vt;
+    braid_loop *loop;
+    braid_protocol *protocol;
+    braid_handle handle;
+    unsigned state;
+    /* write buffer: bytes [whead, whead + wlen) of wbuf */
+    char *wbuf;
+    size_t whead, wlen, wcap;
+    size_t low, high, cap;
+    uint64_t written_total;           /* bytes accepted by write() so far */
+    uint64_t sent_total;              /* bytes handed to the kernel so far */
+    braid__fdmsg *fdq;                /* pending SCM_RIGHTS messages, in order */
+    braid_producer *producer;
+    bool producer_streaming, producer_paused;
+    braid_producer self_producer;     /* the transport as a producer of reads */
+    int lost_code;
+    braid_soon flush_node, lost_node;
+};
+
+void braid__transport_init(braid_transport *t, braid_loop *loop, const braid__transport_vt *vt);
+/* Attach p and run connection_made. */
+void braid__transport_attach(braid_transport *t, braid_protocol *p);
+/* The one read path: hand bytes to the protocol. */
+void braid__transport_data(braid_transport *t, const void *buf, size_t len);
+/* The peer's EOF. */
+void braid__transport_eof(braid_transport *t);
+/* The kind wrote n bytes from the head of the buffer. */
+void braid__transport_wrote(braid_transport *t, size_t n);
+/* Close with code (idempotent): release OS resources now, connection_lost in
+ * the ready phase. */
+void braid__transport_lost(braid_transport *t, int code);
+static inline bool braid__transport_reading(const braid_transport *t) {
+    return !(t->state & (BRAID__T_PAUSED | BRAID__T_READ_SHUT | BRAID__T_CLOSED |
+                         BRAID__T_DISCONNECTING));
+}
+/* Free a protocol after connection_lost (destroy op, then memory if braid made it). */
+void braid__protocol_release(braid_protocol *p);
+enum { BRAID__PROTO_OWNED = 1u << 0 };
+
+/* The loop's shared read buffer (BRAID__READ_BUF bytes), or NULL on ENOMEM. */
+char *braid__stream_read_buffer(braid_loop *loop);
+
+/* fd transports (fd.c). */
+typedef enum { BRAID__FD_TCP, BRAID__FD_UNIX, BRAID__FD_PIPE } braid__fd_kind;
+/* Wrap a connected fd (taking ownership; wfd may equal rfd). */
+int braid__fd_transport_new(braid_loop *loop, int rfd, int wfd, braid__fd_kind kind,
+                            braid_transport **out);
+int braid__set_nonblock(int fd);
+
+/* Resolution (resolve.c): a Deferred of a struct addrinfo * list (owned by the
+ * result, freed by its dtor). Numeric hosts resolve at once; names on a
+ * helper thread. */
+struct addrinfo;
+braid_deferred *braid__resolve(braid_loop *loop, const char *host, int port,
+                               const struct addrinfo *hints);
+/* Parse a numeric host (v4 or v6, optional [..]) and port into out. */
+int braid__numeric_address(const char *host, int port, int family, braid_address *out);
+
+#endif

@@ -1,0 +1,743 @@
+/* Stream transports: memory transport and pump, TCP and Unix on every
+ * backend, flow control (producers paused at the high watermark, a reader
+ * that stops reading keeps the writer under the cap), half-close both ways,
+ * the hard cap, fd passing, pipes, connect failures, timeout and cancel. */
+// ctest-labels: stream
+#include "harness.h"
+#include <braid/testing_deferred.h>
+#include <arpa/inet.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <signal.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+/* ---- a recording protocol (test-owned memory, never freed by braid) ----------- */
+typedef struct tp {
+    braid_protocol base;
+    char in[1 << 16];
+    size_t inlen;              /* bytes kept (the first 64 KiB) */
+    uint64_t total_in;
+    int made, read_lost, write_lost, lost, lost_code;
+    bool echo;                 /* write back what arrives */
+    bool close_on_read_lost;   /* shutdown_write when the peer did */
+    int fds[8]; int nfds;
+} tp;
+
+static void tp_made(braid_protocol *p) { ((tp *)p)->made++; }
+static void tp_data(braid_protocol *p, const void *buf, size_t len) {
+    tp *t = (tp *)p;
+    size_t room = sizeof t->in - t->inlen;
+    memcpy(t->in + t->inlen, buf, len < room ? len : room);
+    t->inlen += len < room ? len : room;
+    t->total_in += len;
+    if (t->echo) braid_transport_write(p->transport, buf, len);
+}
+static void tp_read_lost(braid_protocol *p) {
+    tp *t = (tp *)p;
+    t->read_lost++;
+    if (t->close_on_read_lost) braid_transport_shutdown_write(p->transport);
+}
+static void tp_write_lost(braid_protocol *p) { ((tp *)p)->write_lost++; }
+static void tp_lost(braid_protocol *p, const braid_failure *f) {
+    tp *t = (tp *)p;
+    t->lost++;
+    t->lost_code = f->code;
+}
+static void tp_fds(braid_protocol *p, const int *fds, int n) {
+    tp *t = (tp *)p;
+    for (int i = 0; i < n && t->nfds < 8; i++) t->fds[t->nfds++] = fds[i];
+}
+static const braid_protocol_ops tp_ops = {
+    .connection_made = tp_made, .data_received = tp_data, .connection_lost = tp_lost,
+    .fds_received = tp_fds };
+static const braid_protocol_ops tp_half_ops = {
+    .connection_made = tp_made, .data_received = tp_data, .connection_lost = tp_lost,
+    .read_connection_lost = tp_read_lost, .write_connection_lost = tp_write_lost };
+
+/* A factory handing out test-owned protocols in order. */
+typedef struct tfactory { braid_factory f; tp *pool; int n, used; } tfactory;
+static braid_protocol *tf_build(braid_factory *f, const braid_address *peer) {
+    (void)peer;
+    tfactory *tf = (tfactory *)f;
+    if (tf->used == tf->n) return NULL;
+    return &tf->pool[tf->used++].base;
+}
+static void tf_init(tfactory *tf, tp *pool, int n, const braid_protocol_ops *ops) {
+    memset(tf, 0, sizeof *tf);
+    memset(pool, 0, sizeof *pool * (size_t)n);
+    for (int i = 0; i < n; i++) pool[i].base.ops = ops;
+    tf->f.build_protocol = tf_build;
+    tf->pool = pool;
+    tf->n = n;
+}
+
+/* ---- a push producer writing chunks while not paused --------------------------- */
+typedef struct pusher {
+    braid_producer prod;
+    braid_transport *t;
+    braid_loop *loop;
+    size_t chunk, limit, sent;
+    int pauses, resumes, stops;
+    bool paused, scheduled;
+    size_t max_buffered;
+} pusher;
+static void push_more(void *arg);
+static void push_schedule(pusher *p) {
+    if (p->scheduled || p->paused || p->sent >= p->limit || !p->t) return;
+    p->scheduled = true;
+    braid_loop_soon(p->loop, push_more, p);
+}
+static void push_more(void *arg) {
+    pusher *p = arg;
+    p->scheduled = false;
+    static char buf[16384];
+    while (!p->paused && p->sent < p->limit && p->t) {
+        size_t n = p->limit - p->sent < p->chunk ? p->limit - p->sent : p->chunk;
+        if (braid_transport_write(p->t, buf, n) < 0) return;
+        p->sent += n;
+        size_t b = braid_transport_buffered(p->t);
+        if (b > p->max_buffered) p->max_buffered = b;
+        /* a real producer yields to the loop now and then */
+        if (p->sent % (p->chunk * 8) == 0) { push_schedule(p); return; }
+    }
+}
+static void push_pause(braid_producer *pr) { pusher *p = pr->arg; p->paused = true; p->pauses++; }
+static void push_resume(braid_producer *pr) {
+    pusher *p = pr->arg;
+    p->paused = false;
+    p->resumes++;
+    push_schedule(p);
+}
+static void push_stop(braid_producer *pr) { pusher *p = pr->arg; p->stops++; p->t = NULL; }
+
+/* ======================= memory transport ======================================= */
+BT_TEST(memory_records_writes_and_close) {
+    braid_loop *loop = bt_loop_new(NULL);
+    tp p = { .base.ops = &tp_ops };
+    braid_memory_transport *m = braid_memory_transport_new(loop, &p.base);
+    BT_TRUE(m);
+    BT_EQ(p.made, 1);
+    braid_transport *t = p.base.transport;
+    BT_STREQ(braid_transport_kind(t), "memory");
+    BT_OK(braid_transport_write(t, "hello ", 6));
+    struct iovec v[2] = { { "wor", 3 }, { "ld", 2 } };
+    BT_OK(braid_transport_writev(t, v, 2));
+    size_t len;
+    const char *d = braid_memory_transport_data(m, &len);
+    BT_EQ(len, 11);
+    BT_TRUE(memcmp(d, "hello world", 11) == 0);
+    BT_OK(braid_memory_transport_receive(m, "ping", 4));
+    BT_EQ(p.inlen, 4);
+    braid_transport_lose_connection(t);
+    BT_ERR(braid_transport_write(t, "x", 1), BRAID_ESHUTDOWN);
+    BT_OK(braid_loop_run_once(loop, BRAID_RUN_NOWAIT));
+    braid_memory_state s = braid_memory_transport_state(m);
+    BT_TRUE(s.disconnecting);          /* waits for the peer to read everything */
+    BT_FALSE(s.closed);
+    braid_memory_transport_consume(m, 5);
+    BT_FALSE(braid_memory_transport_state(m).closed);
+    braid_memory_transport_consume(m, 100);
+    BT_TRUE(braid_memory_transport_state(m).closed);
+    BT_EQ(p.lost, 0);                  /* delivered in the ready phase, not inside consume */
+    BT_OK(braid_loop_run_once(loop, BRAID_RUN_NOWAIT));
+    BT_EQ(p.lost, 1);
+    BT_ERR(p.lost_code, BRAID_ECONNECTION_DONE);
+    BT_TRUE(braid_memory_transport_state(m).lost_delivered);
+    braid_memory_transport_free(m);
+    bt_loop_destroy(loop);
+}
+
+BT_TEST(memory_push_producer_watermarks_and_cap) {
+    braid_loop *loop = bt_loop_new(NULL);
+    tp p = { .base.ops = &tp_ops };
+    braid_memory_transport *m = braid_memory_transport_new(loop, &p.base);
+    braid_transport *t = p.base.transport;
+    BT_ERR(braid_transport_set_limits(t, 100, 50, 0), BRAID_EINVAL);
+    BT_OK(braid_transport_set_limits(t, 1000, 4000, 10000));
+    pusher pu = { .prod = { push_pause, push_resume, push_stop, &pu }, .t = t, .loop = loop,
+                  .chunk = 500, .limit = 1000000 };
+    BT_OK(braid_transport_register_producer(t, &pu.prod, true));
+    BT_ERR(braid_transport_register_producer(t, &pu.prod, true), BRAID_EBUSY);
+    push_schedule(&pu);
+    for (int i = 0; i < 5; i++) BT_OK(braid_loop_run_once(loop, BRAID_RUN_NOWAIT));
+    braid_memory_state s = braid_memory_transport_state(m);
+    BT_TRUE(s.producer_registered && s.producer_streaming && s.producer_paused);
+    BT_EQ(pu.pauses, 1);
+    BT_EQ(braid_transport_buffered(t), 4000);   /* paused exactly at the high mark */
+    braid_memory_transport_consume(m, 2000);     /* 2000 left: above low, still paused */
+    BT_EQ(pu.resumes, 0);
+    braid_memory_transport_consume(m, 1000);     /* 1000 = low: resumed */
+    BT_EQ(pu.resumes, 1);
+    for (int i = 0; i < 5; i++) BT_OK(braid_loop_run_once(loop, BRAID_RUN_NOWAIT));
+    BT_EQ(pu.pauses, 2);
+    BT_ULE(pu.max_buffered, 4000);
+    /* Past the cap: an unregistered writer blows it and the connection aborts. */
+    braid_transport_unregister_producer(t);
+    static char big[8000];
+    BT_ERR(braid_transport_write(t, big, sizeof big), BRAID_EBUFFER_LIMIT);
+    s = braid_memory_transport_state(m);
+    BT_TRUE(s.closed && s.aborted);
+    BT_OK(braid_loop_run_once(loop, BRAID_RUN_NOWAIT));
+    BT_EQ(p.lost, 1);
+    BT_ERR(p.lost_code, BRAID_EBUFFER_LIMIT);
+    BT_EQ(pu.stops, 0);                          /* it was unregistered */
+    braid_memory_transport_free(m);
+    bt_loop_destroy(loop);
+}
+
+/* pull producer: asked for a chunk each time the buffer drains */
+typedef struct puller { braid_producer prod; braid_transport *t; int asked; } puller;
+static void pull_more(braid_producer *pr) {
+    puller *p = pr->arg;
+    p->asked++;
+    braid_transport_write(p->t, "0123456789", 10);
+}
+BT_TEST(memory_pull_producer) {
+    braid_loop *loop = bt_loop_new(NULL);
+    tp p = { .base.ops = &tp_ops };
+    braid_memory_transport *m = braid_memory_transport_new(loop, &p.base);
+    puller pu = { .prod = { NULL, pull_more, NULL, &pu }, .t = p.base.transport };
+    BT_OK(braid_transport_register_producer(p.base.transport, &pu.prod, false));
+    BT_EQ(pu.asked, 1);
+    braid_memory_transport_consume(m, 10);
+    BT_EQ(pu.asked, 2);
+    BT_EQ(braid_transport_buffered(p.base.transport), 10);
+    braid_memory_transport_free(m);
+    BT_OK(braid_loop_run_once(loop, BRAID_RUN_NOWAIT));
+    BT_EQ(p.lost, 1);
+    bt_loop_destroy(loop);
+}
+
+BT_TEST(memory_half_close) {
+    braid_loop *loop = bt_loop_new(NULL);
+    tp p = { .base.ops = &tp_half_ops };
+    braid_memory_transport *m = braid_memory_transport_new(loop, &p.base);
+    braid_transport *t = p.base.transport;
+    BT_OK(braid_transport_write(t, "bye", 3));
+    BT_OK(braid_transport_shutdown_write(t));
+    BT_OK(braid_loop_run_once(loop, BRAID_RUN_NOWAIT));
+    BT_FALSE(braid_memory_transport_state(m).write_shut);   /* still 3 bytes queued */
+    braid_memory_transport_consume(m, 3);
+    BT_TRUE(braid_memory_transport_state(m).write_shut);
+    BT_EQ(p.write_lost, 1);
+    BT_OK(braid_memory_transport_receive(m, "more", 4));     /* reading still works */
+    BT_EQ(p.inlen, 4);
+    braid_memory_transport_peer_eof(m);
+    BT_EQ(p.read_lost, 1);
+    BT_TRUE(braid_memory_transport_state(m).closed);          /* both ways shut */
+    BT_OK(braid_loop_run_once(loop, BRAID_RUN_NOWAIT));
+    BT_EQ(p.lost, 1);
+    BT_ERR(p.lost_code, BRAID_ECONNECTION_DONE);
+    braid_memory_transport_free(m);
+    bt_loop_destroy(loop);
+}
+
+BT_TEST(pump_echo_and_backpressure) {
+    braid_loop *loop = bt_loop_new(NULL);
+    tp c = { .base.ops = &tp_ops }, s = { .base.ops = &tp_ops, .echo = true };
+    braid_pump *pump = braid_pump_new(loop, &c.base, &s.base);
+    BT_TRUE(pump);
+    BT_EQ(c.made, 1); BT_EQ(s.made, 1);
+    BT_OK(braid_transport_write(c.base.transport, "abc", 3));
+    braid_pump_flush(pump);
+    BT_EQ(s.inlen, 3); BT_EQ(c.inlen, 3);
+    BT_TRUE(memcmp(c.in, "abc", 3) == 0);
+    /* the client stops reading: the server's echo piles up in its buffer */
+    braid_transport_pause_reading(c.base.transport);
+    BT_OK(braid_transport_write(c.base.transport, "defg", 4));
+    braid_pump_flush(pump);
+    BT_EQ(s.inlen, 7); BT_EQ(c.inlen, 3);
+    BT_EQ(braid_transport_buffered(s.base.transport), 4);
+    braid_transport_resume_reading(c.base.transport);
+    braid_pump_flush(pump);
+    BT_EQ(c.inlen, 7);
+    /* client closes: the server (not half-close aware) follows */
+    braid_transport_lose_connection(c.base.transport);
+    braid_pump_flush(pump);
+    BT_EQ(c.lost, 1); BT_EQ(s.lost, 1);
+    BT_ERR(s.lost_code, BRAID_ECONNECTION_DONE);
+    braid_pump_free(pump);
+    bt_loop_destroy(loop);
+}
+
+/* The transport as a producer: a memory "proxy" forwarding A -> B with B's
+ * buffer pausing A's reading. */
+typedef struct fwd { braid_protocol base; braid_transport *to; } fwd;
+static void fwd_data(braid_protocol *p, const void *buf, size_t len) {
+    braid_transport_write(((fwd *)p)->to, buf, len);
+}
+static const braid_protocol_ops fwd_ops = { .data_received = fwd_data };
+BT_TEST(transport_is_a_push_producer) {
+    braid_loop *loop = bt_loop_new(NULL);
+    fwd a = { .base.ops = &fwd_ops };
+    tp b = { .base.ops = &tp_ops };
+    braid_memory_transport *ma = braid_memory_transport_new(loop, &a.base);
+    braid_memory_transport *mb = braid_memory_transport_new(loop, &b.base);
+    a.to = b.base.transport;
+    BT_OK(braid_transport_set_limits(b.base.transport, 10, 20, 1000));
+    BT_OK(braid_transport_register_producer(b.base.transport,
+                                            braid_transport_producer(a.base.transport), true));
+    static char buf[25];
+    BT_OK(braid_memory_transport_receive(ma, buf, sizeof buf));
+    BT_TRUE(braid_memory_transport_state(ma).reading_paused);      /* B full: A stops reading */
+    BT_ERR(braid_memory_transport_receive(ma, buf, 1), BRAID_EAGAIN);
+    braid_memory_transport_consume(mb, 15);
+    BT_FALSE(braid_memory_transport_state(ma).reading_paused);     /* drained to the low mark */
+    braid_transport_unregister_producer(b.base.transport);
+    braid_memory_transport_free(ma);
+    braid_memory_transport_free(mb);
+    BT_OK(braid_loop_run_once(loop, BRAID_RUN_NOWAIT));
+    bt_loop_destroy(loop);
+}
+
+/* Allocation-failure walk over the memory scenario: write, produce, close. */
+static int memory_scenario(void) {
+    braid_loop *loop;
+    braid_loop_options o = { .flags = 0 };
+    int rc = braid_loop_new(&loop, &o);
+    if (rc < 0) return rc;
+    tp p = { .base.ops = &tp_ops };
+    braid_memory_transport *m = braid_memory_transport_new(loop, &p.base);
+    if (!m) { braid_loop_destroy(loop); return BRAID_ENOMEM; }
+    static char big[100000];
+    rc = braid_transport_write(p.base.transport, big, sizeof big);
+    int rc2 = braid_transport_write(p.base.transport, "x", 1);
+    braid_memory_transport_consume(m, 50);
+    braid_transport_lose_connection(p.base.transport);
+    braid_memory_transport_consume(m, SIZE_MAX);
+    braid_memory_transport_free(m);
+    braid_loop_run_once(loop, BRAID_RUN_NOWAIT);
+    if (p.lost != 1) abort();
+    if (braid_loop_destroy(loop) < 0) abort();
+    return rc < 0 ? rc : rc2;
+}
+BT_TEST(memory_alloc_failure_walk) {
+    long base = braid_test_alloc_outstanding();
+    for (long n = 1;; n++) {
+        braid_test_fail_alloc_after(n, false);
+        int rc = memory_scenario();
+        bool failed = braid_test_alloc_failed();
+        braid_test_fail_alloc_after(0, false);
+        BT_EQ(braid_test_alloc_outstanding(), base);
+        if (!failed) { BT_OK(rc); break; }
+        BT_TRUE(n < 100);
+    }
+}
+
+/* ======================= real sockets, every backend ============================== */
+typedef struct got { braid_protocol *p; int failed; int code; int done; } got;
+static braid_result got_ok(braid_result r, void *arg) {
+    got *g = arg;
+    g->p = r.value;
+    g->done = 1;
+    return r;
+}
+static braid_result got_err(braid_result r, void *arg) {
+    got *g = arg;
+    g->failed = 1;
+    g->code = r.failure->code;
+    g->done = 1;
+    braid_result_drop(r);
+    return braid_ok(NULL);
+}
+static void await_connect(braid_loop *loop, braid_deferred *d, got *g) {
+    BT_OK(braid_deferred_add_callbacks(d, got_ok, got_err, g));
+    braid_deferred_release(d);
+    bt_run_until(loop, &g->done, 1000);
+}
+
+static braid_listener *listen_local(braid_loop *loop, braid_factory *f, int *port) {
+    braid_listener *l;
+    BT_OK(braid_tcp_listen(loop, &(braid_tcp_listen_options){ .host = "127.0.0.1" }, f, &l));
+    braid_address a;
+    BT_OK(braid_listener_address(l, &a));
+    *port = braid_address_port(&a);
+    BT_GT(*port, 0);
+    return l;
+}
+
+BT_IO_TEST(tcp_echo_roundtrip) {
+    braid_loop *loop = bt_loop_new(NULL);
+    tp spool[1], cpool[1];
+    tfactory sf, cf;
+    tf_init(&sf, spool, 1, &tp_ops);
+    tf_init(&cf, cpool, 1, &tp_ops);
+    spool[0].echo = true;
+    int port;
+    braid_listener *l = listen_local(loop, &sf.f, &port);
+    got g = { 0 };
+    await_connect(loop, braid_tcp_connect(loop, &(braid_tcp_connect_options){
+                      .host = "127.0.0.1", .port = port }, &cf.f), &g);
+    BT_FALSE(g.failed);
+    BT_TRUE(g.p == &cpool[0].base);
+    BT_EQ(cpool[0].made, 1);
+    braid_transport *t = g.p->transport;
+    BT_STREQ(braid_transport_kind(t), "tcp");
+    braid_address peer, host;
+    BT_OK(braid_transport_get_peer(t, &peer));
+    BT_OK(braid_transport_get_host(t, &host));
+    BT_EQ(braid_address_port(&peer), port);
+    char buf[64];
+    BT_STREQ(braid_address_format(&peer, buf, sizeof buf), (snprintf(buf + 32, 32, "127.0.0.1:%d", port), buf + 32));
+    BT_OK(braid_transport_set_nodelay(t, true));
+    BT_OK(braid_transport_set_keepalive(t, true, 30));
+    /* three small writes in one iteration: one buffer, echoed back whole */
+    BT_OK(braid_transport_write(t, "one ", 4));
+    BT_OK(braid_transport_write(t, "two ", 4));
+    BT_OK(braid_transport_write(t, "three", 5));
+    for (int i = 0; i < 1000 && cpool[0].inlen < 13; i++) BT_OK(braid_loop_run_once(loop, 0));
+    BT_EQ(cpool[0].inlen, 13);
+    BT_TRUE(memcmp(cpool[0].in, "one two three", 13) == 0);
+    BT_EQ(braid_listener_accepted(l), 1);
+    braid_transport_lose_connection(t);
+    for (int i = 0; i < 1000 && !(cpool[0].lost && spool[0].lost); i++) BT_OK(braid_loop_run_once(loop, 0));
+    BT_ERR(cpool[0].lost_code, BRAID_ECONNECTION_DONE);
+    BT_ERR(spool[0].lost_code, BRAID_ECONNECTION_DONE);
+    braid_listener_close(l);
+    bt_loop_destroy(loop);
+}
+
+/* The reader stops reading: the writer's producer is paused, its buffer stays
+ * at the high watermark (far under the cap) however long the writer tries;
+ * when the reader resumes, every byte arrives and the producer finishes. */
+BT_IO_TEST(tcp_slow_reader_pauses_producer) {
+    braid_loop *loop = bt_loop_new(NULL);
+    tp spool[1], cpool[1];
+    tfactory sf, cf;
+    tf_init(&sf, spool, 1, &tp_ops);
+    tf_init(&cf, cpool, 1, &tp_ops);
+    int port;
+    braid_listener *l = listen_local(loop, &sf.f, &port);
+    got g = { 0 };
+    await_connect(loop, braid_tcp_connect(loop, &(braid_tcp_connect_options){
+                      .host = "127.0.0.1", .port = port }, &cf.f), &g);
+    for (int i = 0; i < 100 && !spool[0].made; i++) BT_OK(braid_loop_run_once(loop, 0));
+    braid_transport *st = spool[0].base.transport, *ct = g.p->transport;
+    braid_transport_pause_reading(ct);
+    const size_t total = 32u << 20;      /* 32 MiB: far more than kernel buffers + cap */
+    pusher pu = { .prod = { push_pause, push_resume, push_stop, &pu }, .t = st, .loop = loop,
+                  .chunk = 16384, .limit = total };
+    BT_OK(braid_transport_register_producer(st, &pu.prod, true));
+    push_schedule(&pu);
+    for (int i = 0; i < 300; i++) BT_OK(braid_loop_run_once(loop, BRAID_RUN_NOWAIT));
+    BT_TRUE(pu.paused);
+    BT_GE(pu.pauses, 1);
+    BT_LT(pu.sent, total);
+    BT_ULE(pu.max_buffered, 64 * 1024 + 16384);    /* high watermark + one chunk */
+    BT_ULE(braid_transport_buffered(st), 4u << 20);
+    BT_EQ(cpool[0].total_in, 0);
+    uint64_t sent_while_paused = pu.sent;
+    for (int i = 0; i < 50; i++) BT_OK(braid_loop_run_once(loop, BRAID_RUN_NOWAIT));
+    BT_UEQ(pu.sent, sent_while_paused);            /* nothing more while paused */
+    braid_transport_resume_reading(ct);
+    for (int i = 0; i < 200000 && cpool[0].total_in < total; i++) BT_OK(braid_loop_run_once(loop, 0));
+    BT_UEQ(cpool[0].total_in, total);
+    BT_GE(pu.resumes, 1);
+    braid_transport_unregister_producer(st);
+    braid_transport_lose_connection(st);
+    for (int i = 0; i < 1000 && !(cpool[0].lost && spool[0].lost); i++) BT_OK(braid_loop_run_once(loop, 0));
+    BT_EQ(pu.stops, 0);
+    braid_listener_close(l);
+    bt_loop_destroy(loop);
+}
+
+/* Without a producer a writer to a peer that never reads passes the cap and
+ * the connection is aborted with BRAID_EBUFFER_LIMIT. */
+BT_IO_TEST(tcp_hard_cap_aborts) {
+    braid_loop *loop = bt_loop_new(NULL);
+    tp spool[1], cpool[1];
+    tfactory sf, cf;
+    tf_init(&sf, spool, 1, &tp_ops);
+    tf_init(&cf, cpool, 1, &tp_ops);
+    int port;
+    braid_listener *l = listen_local(loop, &sf.f, &port);
+    got g = { 0 };
+    await_connect(loop, braid_tcp_connect(loop, &(braid_tcp_connect_options){
+                      .host = "127.0.0.1", .port = port }, &cf.f), &g);
+    braid_transport_pause_reading(g.p->transport);
+    for (int i = 0; i < 100 && !spool[0].made; i++) BT_OK(braid_loop_run_once(loop, 0));
+    braid_transport *st = spool[0].base.transport;
+    static char chunk[65536];
+    int rc = 0, writes = 0;
+    for (; writes < 10000 && rc == 0; writes++) {
+        rc = braid_transport_write(st, chunk, sizeof chunk);
+        BT_OK(braid_loop_run_once(loop, BRAID_RUN_NOWAIT));
+    }
+    BT_ERR(rc, BRAID_EBUFFER_LIMIT);
+    for (int i = 0; i < 100 && !spool[0].lost; i++) BT_OK(braid_loop_run_once(loop, BRAID_RUN_NOWAIT));
+    BT_ERR(spool[0].lost_code, BRAID_EBUFFER_LIMIT);
+    braid_transport_abort(g.p->transport);
+    for (int i = 0; i < 100 && !cpool[0].lost; i++) BT_OK(braid_loop_run_once(loop, 0));
+    BT_ERR(cpool[0].lost_code, BRAID_ECONNECTION_LOST);
+    braid_listener_close(l);
+    bt_loop_destroy(loop);
+}
+
+/* Half-close both ways: the client shuts its write side, the server sees
+ * read_connection_lost, answers and shuts its own; both end cleanly. */
+BT_IO_TEST(tcp_half_close_both_ways) {
+    braid_loop *loop = bt_loop_new(NULL);
+    tp spool[1], cpool[1];
+    tfactory sf, cf;
+    tf_init(&sf, spool, 1, &tp_half_ops);
+    tf_init(&cf, cpool, 1, &tp_half_ops);
+    spool[0].echo = true;
+    spool[0].close_on_read_lost = true;
+    int port;
+    braid_listener *l = listen_local(loop, &sf.f, &port);
+    got g = { 0 };
+    await_connect(loop, braid_tcp_connect(loop, &(braid_tcp_connect_options){
+                      .host = "127.0.0.1", .port = port }, &cf.f), &g);
+    braid_transport *ct = g.p->transport;
+    BT_OK(braid_transport_write(ct, "request", 7));
+    BT_OK(braid_transport_shutdown_write(ct));
+    BT_ERR(braid_transport_write(ct, "late", 4), BRAID_ESHUTDOWN);
+    for (int i = 0; i < 1000 && !(cpool[0].lost && spool[0].lost); i++) BT_OK(braid_loop_run_once(loop, 0));
+    BT_EQ(cpool[0].write_lost, 1);
+    BT_EQ(spool[0].read_lost, 1);
+    BT_EQ(spool[0].write_lost, 1);
+    BT_EQ(cpool[0].read_lost, 1);
+    BT_EQ(cpool[0].inlen, 7);                      /* the answer came after our FIN */
+    BT_TRUE(memcmp(cpool[0].in, "request", 7) == 0);
+    BT_ERR(cpool[0].lost_code, BRAID_ECONNECTION_DONE);
+    BT_ERR(spool[0].lost_code, BRAID_ECONNECTION_DONE);
+    braid_listener_close(l);
+    bt_loop_destroy(loop);
+}
+
+BT_IO_TEST(tcp6_listen_connect) {
+    braid_loop *loop = bt_loop_new(NULL);
+    tp spool[1], cpool[1];
+    tfactory sf, cf;
+    tf_init(&sf, spool, 1, &tp_ops);
+    tf_init(&cf, cpool, 1, &tp_ops);
+    spool[0].echo = true;
+    braid_listener *l;
+    int rc = braid_tcp_listen(loop, &(braid_tcp_listen_options){ .host = "::1", .ipv6 = true }, &sf.f, &l);
+    if (rc == -EADDRNOTAVAIL || rc == -EAFNOSUPPORT) { bt_loop_destroy(loop); bt_skip("no IPv6 loopback"); }
+    BT_OK(rc);
+    braid_address a;
+    BT_OK(braid_listener_address(l, &a));
+    got g = { 0 };
+    await_connect(loop, braid_tcp_connect(loop, &(braid_tcp_connect_options){
+                      .host = "[::1]", .port = braid_address_port(&a) }, &cf.f), &g);
+    BT_FALSE(g.failed);
+    BT_OK(braid_transport_write(g.p->transport, "v6", 2));
+    for (int i = 0; i < 1000 && cpool[0].inlen < 2; i++) BT_OK(braid_loop_run_once(loop, 0));
+    BT_EQ(cpool[0].inlen, 2);
+    braid_transport_abort(g.p->transport);
+    for (int i = 0; i < 1000 && !(cpool[0].lost && spool[0].lost); i++) BT_OK(braid_loop_run_once(loop, 0));
+    braid_listener_close(l);
+    bt_loop_destroy(loop);
+}
+
+BT_IO_TEST(connect_refused_fails) {
+    braid_loop *loop = bt_loop_new(NULL);
+    tp cpool[1];
+    tfactory cf;
+    tf_init(&cf, cpool, 1, &tp_ops);
+    /* a port that was just free */
+    int s = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in sa = { .sin_family = AF_INET, .sin_addr.s_addr = htonl(0x7f000001) };
+    BT_OK(bind(s, (struct sockaddr *)&sa, sizeof sa));
+    socklen_t sl = sizeof sa;
+    getsockname(s, (struct sockaddr *)&sa, &sl);
+    close(s);
+    got g = { 0 };
+    await_connect(loop, braid_tcp_connect(loop, &(braid_tcp_connect_options){
+                      .host = "127.0.0.1", .port = ntohs(sa.sin_port) }, &cf.f), &g);
+    BT_TRUE(g.failed);
+    BT_ERR(g.code, -ECONNREFUSED);
+    BT_EQ(cpool[0].made, 0);
+    bt_loop_destroy(loop);
+}
+
+BT_IO_TEST(connect_cancel_and_timeout) {
+    braid_fake_clock *fc = braid_fake_clock_new(0);
+    braid_loop *loop = bt_loop_new(braid_fake_clock_base(fc));
+    tp spool[2], cpool[2];
+    tfactory sf, cf;
+    tf_init(&sf, spool, 2, &tp_ops);
+    tf_init(&cf, cpool, 2, &tp_ops);
+    int port;
+    braid_listener *l = listen_local(loop, &sf.f, &port);
+    /* cancel before the connect completed */
+    braid_deferred *d = braid_tcp_connect(loop, &(braid_tcp_connect_options){
+        .host = "127.0.0.1", .port = port }, &cf.f);
+    braid_expect_no_result(d);
+    braid_deferred_cancel(d);
+    braid_failure *f = braid_expect_failure(d, BRAID_ECANCELED);
+    braid_failure_free(f);
+    braid_deferred_release(d);
+    /* the timeout: the fake clock passes it before the loop sees the socket */
+    d = braid_tcp_connect(loop, &(braid_tcp_connect_options){
+        .host = "127.0.0.1", .port = port, .timeout_ns = BRAID_SECONDS(5) }, &cf.f);
+    braid_fake_clock_advance(fc, BRAID_SECONDS(5));
+    BT_OK(braid_loop_run_once(loop, BRAID_RUN_NOWAIT));
+    if (braid_deferred_called(d) && !braid_deferred_is_failure(d)) {
+        /* The I/O phase ran before the timer phase and the connect had completed. */
+        braid_result r = braid_expect_success(d);
+        braid_transport_abort(((braid_protocol *)r.value)->transport);
+        braid_result_drop(r);
+    } else {
+        f = braid_expect_failure(d, BRAID_ETIMEDOUT);
+        braid_failure_free(f);
+        BT_EQ(cpool[0].made + cpool[1].made, 0);
+    }
+    braid_deferred_release(d);
+    for (int i = 0; i < 20; i++) BT_OK(braid_loop_run_once(loop, BRAID_RUN_NOWAIT));
+    /* server-side connections opened by the kernel handshake end with EOF */
+    for (int i = 0; i < 2; i++)
+        if (spool[i].made) {
+            for (int k = 0; k < 1000 && !spool[i].lost; k++) BT_OK(braid_loop_run_once(loop, 0));
+        }
+    braid_listener_close(l);
+    bt_loop_destroy(loop);
+    braid_fake_clock_free(fc);
+}
+
+BT_IO_TEST(connect_by_name_resolves_off_thread) {
+    braid_loop *loop = bt_loop_new(NULL);
+    tp spool[1], cpool[1];
+    tfactory sf, cf;
+    tf_init(&sf, spool, 1, &tp_ops);
+    tf_init(&cf, cpool, 1, &tp_ops);
+    int port;
+    braid_listener *l = listen_local(loop, &sf.f, &port);
+    got g = { 0 };
+    braid_deferred *d = braid_tcp_connect(loop, &(braid_tcp_connect_options){
+        .host = "localhost", .port = port, .family = AF_INET }, &cf.f);
+    BT_FALSE(braid_deferred_called(d));   /* a name goes to the resolver thread */
+    await_connect(loop, d, &g);
+    BT_FALSE(g.failed);
+    braid_transport_lose_connection(g.p->transport);
+    for (int i = 0; i < 1000 && !(cpool[0].lost && spool[0].lost); i++) BT_OK(braid_loop_run_once(loop, 0));
+    braid_listener_close(l);
+    bt_loop_destroy(loop);
+}
+
+static void unix_path(char *buf, size_t n, const char *tag) {
+    snprintf(buf, n, "/tmp/braid-test-%d-%s.sock", (int)getpid(), tag);
+    unlink(buf);
+}
+
+BT_IO_TEST(unix_listen_connect_and_fd_passing) {
+    braid_loop *loop = bt_loop_new(NULL);
+    tp spool[1], cpool[1];
+    tfactory sf, cf;
+    tf_init(&sf, spool, 1, &tp_ops);
+    tf_init(&cf, cpool, 1, &tp_ops);
+    char path[128];
+    unix_path(path, sizeof path, "fd");
+    braid_listener *l;
+    BT_OK(braid_unix_listen(loop, &(braid_unix_listen_options){ .path = path, .mode = 0600 }, &sf.f, &l));
+    struct stat st;
+    BT_OK(stat(path, &st));
+    BT_EQ(st.st_mode & 0777, 0600);
+    got g = { 0 };
+    await_connect(loop, braid_unix_connect(loop, path, 0, &cf.f), &g);
+    BT_FALSE(g.failed);
+    braid_transport *ct = g.p->transport;
+    BT_STREQ(braid_transport_kind(ct), "unix");
+    /* send one end of a pipe with a byte; the server reads through it */
+    int pp[2];
+    BT_OK(pipe(pp));
+    BT_OK(braid_transport_write(ct, "before", 6));
+    BT_OK(braid_transport_send_fds(ct, &pp[1], 1, "F", 1));
+    BT_OK(braid_transport_write(ct, "after", 5));
+    close(pp[1]);
+    for (int i = 0; i < 1000 && spool[0].inlen < 12; i++) BT_OK(braid_loop_run_once(loop, 0));
+    BT_EQ(spool[0].inlen, 12);
+    BT_TRUE(memcmp(spool[0].in, "beforeFafter", 12) == 0);
+    BT_EQ(spool[0].nfds, 1);
+    BT_EQ(write(spool[0].fds[0], "via-fd", 6), 6);
+    char buf[16];
+    BT_EQ(read(pp[0], buf, sizeof buf), 6);
+    BT_TRUE(memcmp(buf, "via-fd", 6) == 0);
+    close(spool[0].fds[0]);
+    close(pp[0]);
+    int zero = 0;
+    BT_ERR(braid_transport_send_fds(spool[0].base.transport, &zero, 0, "x", 1), BRAID_EINVAL);
+    braid_transport_lose_connection(ct);
+    for (int i = 0; i < 1000 && !(cpool[0].lost && spool[0].lost); i++) BT_OK(braid_loop_run_once(loop, 0));
+    braid_listener_close(l);
+    BT_TRUE(stat(path, &st) < 0);                 /* the socket file went with the listener */
+    bt_loop_destroy(loop);
+}
+
+BT_IO_TEST(pipes_adopted) {
+    signal(SIGPIPE, SIG_IGN);
+    braid_loop *loop = bt_loop_new(NULL);
+    int a[2], b[2];
+    BT_OK(pipe(a));
+    BT_OK(pipe(b));
+    /* x writes to a[1], reads b[0]; y reads a[0], writes b[1] (echo) */
+    tp x = { .base.ops = &tp_half_ops }, y = { .base.ops = &tp_ops, .echo = true };
+    BT_OK(braid_stream_adopt_pipes(loop, b[0], a[1], &x.base));
+    BT_OK(braid_stream_adopt_pipes(loop, a[0], b[1], &y.base));
+    BT_STREQ(braid_transport_kind(x.base.transport), "pipe");
+    BT_OK(braid_transport_write(x.base.transport, "through pipes", 13));
+    for (int i = 0; i < 1000 && x.inlen < 13; i++) BT_OK(braid_loop_run_once(loop, 0));
+    BT_EQ(x.inlen, 13);
+    /* x shuts its write side: y sees EOF, loses its connection (closing b[1]), x sees EOF */
+    BT_OK(braid_transport_shutdown_write(x.base.transport));
+    for (int i = 0; i < 1000 && !(x.lost && y.lost); i++) BT_OK(braid_loop_run_once(loop, 0));
+    BT_EQ(x.write_lost, 1);
+    BT_EQ(x.read_lost, 1);
+    BT_ERR(x.lost_code, BRAID_ECONNECTION_DONE);
+    BT_ERR(y.lost_code, BRAID_ECONNECTION_DONE);
+    bt_loop_destroy(loop);
+}
+
+BT_IO_TEST(adopt_socketpair) {
+    braid_loop *loop = bt_loop_new(NULL);
+    int sv[2];
+    BT_OK(socketpair(AF_UNIX, SOCK_STREAM, 0, sv));
+    tp x = { .base.ops = &tp_ops }, y = { .base.ops = &tp_ops, .echo = true };
+    BT_OK(braid_stream_adopt(loop, sv[0], &x.base));
+    BT_OK(braid_stream_adopt(loop, sv[1], &y.base));
+    BT_STREQ(braid_transport_kind(x.base.transport), "unix");
+    BT_OK(braid_transport_write(x.base.transport, "pair", 4));
+    for (int i = 0; i < 1000 && x.inlen < 4; i++) BT_OK(braid_loop_run_once(loop, 0));
+    BT_EQ(x.inlen, 4);
+    braid_transport_abort(x.base.transport);
+    for (int i = 0; i < 1000 && !(x.lost && y.lost); i++) BT_OK(braid_loop_run_once(loop, 0));
+    BT_ERR(x.lost_code, BRAID_ECONNECTION_LOST);
+    bt_loop_destroy(loop);
+}
+
+/* The accept budget: many pending connections are accepted over several
+ * iterations, budget per iteration, all of them in the end. */
+BT_IO_TEST(accept_in_batches_with_budget) {
+    braid_loop *loop = bt_loop_new(NULL);
+    enum { N = 40 };
+    static tp spool[N];
+    tfactory sf;
+    tf_init(&sf, spool, N, &tp_ops);
+    braid_listener *l;
+    BT_OK(braid_tcp_listen(loop, &(braid_tcp_listen_options){ .host = "127.0.0.1", .accept_budget = 8 },
+                           &sf.f, &l));
+    braid_address a;
+    BT_OK(braid_listener_address(l, &a));
+    int cl[N];
+    for (int i = 0; i < N; i++) {
+        cl[i] = socket(AF_INET, SOCK_STREAM, 0);
+        BT_OK(connect(cl[i], (struct sockaddr *)&a.ss, a.len));
+    }
+    BT_OK(braid_loop_run_once(loop, 0));
+    BT_EQ(braid_listener_accepted(l), 8);
+    for (int i = 0; i < 20 && braid_listener_accepted(l) < N; i++) BT_OK(braid_loop_run_once(loop, 0));
+    BT_EQ(braid_listener_accepted(l), N);
+    for (int i = 0; i < N; i++) close(cl[i]);
+    int lost = 0;
+    for (int k = 0; k < 1000 && lost < N; k++) {
+        BT_OK(braid_loop_run_once(loop, 0));
+        lost = 0;
+        for (int i = 0; i < N; i++) lost += spool[i].lost;
+    }
+    BT_EQ(lost, N);
+    braid_listener_close(l);
+    bt_loop_destroy(loop);
+}
