@@ -62,6 +62,8 @@
 #define BRAID_TLS_H
 
 #include <braid/common.h>
+#include <braid/protocol.h>
+#include <braid/stream.h>
 
 #ifdef __cplusplus
 extern "C" {
@@ -194,6 +196,104 @@ BRAID_API int braid_tls_engine_error(const braid_tls_engine *e, const char **det
 BRAID_API struct ssl_st *braid_tls_engine_ssl(braid_tls_engine *e);
 /* Bytes of heap the engine holds in braid's own buffers (not OpenSSL's). */
 BRAID_API size_t braid_tls_engine_buffered(const braid_tls_engine *e);
+
+
+/* ==== TLS as a protocol wrapper over any stream transport =====================
+ *
+ * As Twisted's TLSMemoryBIOProtocol: a *glue* protocol sits on the real
+ * transport (TCP, Unix, pipe, memory) and runs an engine; the application's
+ * protocol sits on a *TLS transport* that the glue provides. The application
+ * sees bytes and an ordinary braid_transport: braid_transport_write,
+ * lose_connection (close_notify, then the lower transport is closed once it
+ * has flushed), abort, shutdown_write (close_notify, then FIN), producers,
+ * watermarks and the hard cap, pause/resume_reading — all of them work on the
+ * TLS transport, and hold end to end: plaintext waits in the TLS transport's
+ * buffer (counted against its watermarks and cap) and is sealed only while
+ * the lower transport's buffer is under its high watermark, so a peer that
+ * never reads stops the producer, and a writer that ignores that is cut off at
+ * the cap. Writes made in one loop iteration are sealed together in the ready
+ * phase, into records of up to 16 KiB (1-byte writes do not make 1-byte
+ * records).
+ *
+ *     // server: wrap any factory, listen with the wrapper
+ *     braid_tls_factory tf;
+ *     braid_tls_factory_init(&tf, &app_factory, &(braid_tls_wrap_options){
+ *         .ctx = server_ctx, .handshake_done = on_handshake });
+ *     braid_tcp_listen(loop, &(braid_tcp_listen_options){ .port = 8443 }, &tf.base, &l);
+ *     // client: a Deferred of the application's protocol
+ *     braid_tls_factory_init(&cf, &app_factory, &(braid_tls_wrap_options){
+ *         .ctx = client_ctx, .server_name = "example.com" });
+ *     braid_deferred *d = braid_tls_connect(loop, &(braid_tcp_connect_options){
+ *         .host = "example.com", .port = 443 }, &cf);
+ *     // STARTTLS: from inside the protocol, on its live connection
+ *     braid_tls_start(p, &(braid_tls_wrap_options){ .ctx = client_ctx,
+ *                                                   .server_name = "mail.example.com" });
+ *
+ * The application's connection_made runs as soon as the lower connection is
+ * made (writes before the handshake wait for it); handshake_done (optional)
+ * runs when the handshake completes, with the peer certificate and
+ * negotiated protocol; a failed handshake ends in connection_lost with the
+ * code (BRAID_ETLS_HOSTNAME, BRAID_ETLS_TIMEOUT, ...) — and
+ * braid_tls_transport_error gives the detail during connection_lost. A
+ * handshake not finished within the timeout (loop clock) fails with
+ * BRAID_ETLS_TIMEOUT. Bad input fails that connection only.
+ *
+ * Ownership: the factory wrapper is caller storage and must outlive its
+ * listeners and connections (like any factory); it holds a context
+ * reference until braid_tls_factory_cleanup. Glue protocols are freed by
+ * braid. Everything runs on the loop thread.
+ */
+typedef void (*braid_tls_handshake_fn)(braid_protocol *p, const braid_tls_info *info, void *arg);
+
+typedef struct braid_tls_wrap_options {
+    braid_tls_ctx *ctx;                 /* required */
+    const char *server_name;            /* client: SNI and the name the certificate must match */
+    braid_tls_handshake_fn handshake_done;
+    void *handshake_arg;
+    uint64_t handshake_timeout;         /* ns; 0: the context's (10 s default); BRAID_FOREVER: none */
+    /* braid_tls_start only: bytes already read from the peer that belong to
+     * the TLS stream (a pipelined ClientHello after the STARTTLS command). */
+    const void *initial;
+    size_t initial_len;
+} braid_tls_wrap_options;
+
+typedef struct braid_tls_factory {
+    braid_factory base;                 /* give &tf->base to listen/connect */
+    braid_factory *inner;               /* builds the application's protocols */
+    braid_tls_wrap_options opts;        /* private copy */
+    char *server_name;
+} braid_tls_factory;
+
+/* Wrap inner: each connection made through tf->base runs TLS with o->ctx
+ * (a reference is taken) and carries a protocol built by inner. */
+BRAID_API int braid_tls_factory_init(braid_tls_factory *tf, braid_factory *inner,
+                                     const braid_tls_wrap_options *o);
+BRAID_API void braid_tls_factory_cleanup(braid_tls_factory *tf);
+
+/* TCP connect through a client wrapper: a Deferred of the *application's*
+ * protocol (borrowed, lives until its connection_lost), fired when the TCP
+ * connection is made; the handshake follows. */
+BRAID_API braid_deferred *braid_tls_connect(braid_loop *loop, const braid_tcp_connect_options *o,
+                                            braid_tls_factory *tf);
+/* The application protocol carried by a glue protocol (what the stream
+ * module's connect Deferreds give for a wrapper factory), or NULL. */
+BRAID_API braid_protocol *braid_tls_wrapped_protocol(braid_protocol *glue);
+
+/* STARTTLS: switch p's live connection to TLS. Bytes p wrote before go out
+ * in clear first; from now on p->transport is a TLS transport over the old
+ * one. Call it from any of p's callbacks. BRAID_EBUSY if a producer is
+ * registered on p's transport (unregister it first), BRAID_ESHUTDOWN if the
+ * connection is closing, BRAID_ENOMEM, or the engine's error. */
+BRAID_API int braid_tls_start(braid_protocol *p, const braid_tls_wrap_options *o);
+
+BRAID_API bool braid_transport_is_tls(const braid_transport *t);
+/* The handshake's outcome (NULL before it completes or if t is not TLS). */
+BRAID_API const braid_tls_info *braid_tls_transport_info(braid_transport *t);
+/* The TLS error that ended or is ending the connection (0 if none) and its
+ * detail; valid until connection_lost returns. */
+BRAID_API int braid_tls_transport_error(braid_transport *t, const char **detail);
+/* The transport under the TLS transport (NULL once it is gone). */
+BRAID_API braid_transport *braid_tls_transport_lower(braid_transport *t);
 
 #ifdef __cplusplus
 }
