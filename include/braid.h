@@ -10,4 +10,6 @@
 #include <braid/deferred.h>
 #include <braid/protocol.h>
 #include <braid/stream.h>
+#include <braid/endpoint.h>
+#include <braid/framing.h>
 #endif

@@ -49,6 +49,9 @@ BRAID_API int braid_transport_writev(braid_transport *t, const struct iovec *iov
 BRAID_API void braid_transport_lose_connection(braid_transport *t);
 /* Close now, dropping the buffer: connection_lost(BRAID_ECONNECTION_LOST). */
 BRAID_API void braid_transport_abort(braid_transport *t);
+/* Abort with a reason of your own (e.g. a framing error such as
+ * BRAID_EMSGSIZE): connection_lost receives that code. */
+BRAID_API void braid_transport_abort_with(braid_transport *t, int code);
 /* Half-close: flush, then shut the write side (FIN); write_connection_lost follows. */
 BRAID_API int braid_transport_shutdown_write(braid_transport *t);
 BRAID_API int braid_transport_get_peer(braid_transport *t, braid_address *out);

@@ -277,6 +277,12 @@ void braid_transport_abort(braid_transport *t) {
     braid__transport_lost(t, BRAID_ECONNECTION_LOST);
 }
 
+void braid_transport_abort_with(braid_transport *t, int code) {
+    if (t->state & BRAID__T_CLOSED) return;
+    t->state |= BRAID__T_ABORTED;
+    braid__transport_lost(t, code < 0 ? code : BRAID_ECONNECTION_LOST);
+}
+
 /* ---- addresses and options -------------------------------------------------------------- */
 int braid_transport_get_peer(braid_transport *t, braid_address *out) {
     if (t->state & BRAID__T_CLOSED) return BRAID_ESHUTDOWN;

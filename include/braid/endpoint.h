@@ -1,0 +1,75 @@
+/* braid/endpoint.h — endpoints: where to listen or connect, as objects and as
+ * Twisted's strings.
+ *
+ * An endpoint names a transport and its address, so an application takes
+ * "where" from its configuration and never hard-codes a socket type:
+ *
+ *     braid_deferred *d = braid_listen(loop, "tcp:8080:interface=127.0.0.1:backlog=128", &f);
+ *     // d fires with the braid_listener * (yours: braid_listener_close it)
+ *     braid_deferred *c = braid_connect(loop, "tcp:host=example.com:port=80:timeout=5", &f);
+ *     // c fires with the connected braid_protocol * (braid's: valid until connection_lost)
+ *
+ * Server strings:  tcp:PORT[:interface=ADDR][:backlog=N][:reuseport=1]
+ *                  tcp6:PORT[:interface=ADDR6]...   (interface=\:\:1 — escape ':' with '\')
+ *                  unix:PATH[:mode=660][:backlog=N]   (or unix:address=PATH)
+ * Client strings:  tcp:host=H:port=P[:timeout=SECONDS][:bindAddress=ADDR[\:PORT]]
+ *                  tcp:H:P[...]                      (positional, as Twisted allows)
+ *                  tcp6:host=H:port=P...
+ *                  unix:path=PATH[:timeout=SECONDS]  (or unix:PATH)
+ * A malformed string fails with BRAID_EBAD_ENDPOINT and a message naming the
+ * bad part ("endpoint 'tcp:80:bogus=1': unknown parameter 'bogus'").
+ *
+ * braid_endpoint is plain caller storage (no allocation, no ownership).
+ * Deferreds fire on the loop thread; braid_listen's has already fired when
+ * it returns (listening is immediate); braid_connect's fires after the
+ * connection_made of the new protocol, or fails (timeout: BRAID_ETIMEDOUT;
+ * cancelling it stops the attempt).
+ */
+#ifndef BRAID_ENDPOINT_H
+#define BRAID_ENDPOINT_H
+
+#include <braid/stream.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef enum braid_endpoint_kind {
+    BRAID_ENDPOINT_TCP = 1,
+    BRAID_ENDPOINT_TCP6,
+    BRAID_ENDPOINT_UNIX,
+} braid_endpoint_kind;
+
+typedef struct braid_endpoint {
+    braid_endpoint_kind kind;
+    bool server;
+    char host[256];            /* server: interface ("" = any); client: host name */
+    int port;
+    int backlog;               /* 0 = default */
+    bool reuseport;
+    char path[108];            /* unix */
+    int mode;                  /* unix server: chmod, 0 = leave */
+    uint64_t timeout_ns;       /* client: 0 = none */
+    char bind_host[64];        /* client: source address */
+    int bind_port;
+} braid_endpoint;
+
+/* Parse a description into ep. 0, or BRAID_EBAD_ENDPOINT with a message in
+ * err (may be NULL) naming the bad part. */
+BRAID_API int braid_endpoint_parse_server(const char *desc, braid_endpoint *ep, char *err, size_t errlen);
+BRAID_API int braid_endpoint_parse_client(const char *desc, braid_endpoint *ep, char *err, size_t errlen);
+
+/* Deferred of braid_listener * / of the connected braid_protocol *. */
+BRAID_API braid_deferred *braid_endpoint_listen(braid_loop *loop, const braid_endpoint *ep,
+                                                braid_factory *f);
+BRAID_API braid_deferred *braid_endpoint_connect(braid_loop *loop, const braid_endpoint *ep,
+                                                 braid_factory *f);
+
+/* Parse and listen / connect in one call (a bad string: a failed Deferred). */
+BRAID_API braid_deferred *braid_listen(braid_loop *loop, const char *desc, braid_factory *f);
+BRAID_API braid_deferred *braid_connect(braid_loop *loop, const char *desc, braid_factory *f);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

@@ -1,0 +1,199 @@
+/* Endpoints: Twisted-style strings (good and malformed, each error naming
+ * the bad part), listen/connect through strings over TCP and Unix on every
+ * backend, and connect timeouts given in the string. */
+// ctest-labels: stream
+#include "harness.h"
+#include <braid/testing_deferred.h>
+#include <unistd.h>
+
+BT_TEST(parse_server_strings) {
+    braid_endpoint ep;
+    char err[256];
+    BT_OK(braid_endpoint_parse_server("tcp:8080:interface=127.0.0.1:backlog=128", &ep, err, sizeof err));
+    BT_EQ(ep.kind, BRAID_ENDPOINT_TCP);
+    BT_EQ(ep.port, 8080);
+    BT_STREQ(ep.host, "127.0.0.1");
+    BT_EQ(ep.backlog, 128);
+    BT_FALSE(ep.reuseport);
+    BT_OK(braid_endpoint_parse_server("tcp6:port=443:interface=\\:\\:1:reuseport=1", &ep, err, sizeof err));
+    BT_EQ(ep.kind, BRAID_ENDPOINT_TCP6);
+    BT_STREQ(ep.host, "::1");
+    BT_EQ(ep.port, 443);
+    BT_TRUE(ep.reuseport);
+    BT_OK(braid_endpoint_parse_server("unix:/tmp/x.sock:mode=660", &ep, err, sizeof err));
+    BT_EQ(ep.kind, BRAID_ENDPOINT_UNIX);
+    BT_STREQ(ep.path, "/tmp/x.sock");
+    BT_EQ(ep.mode, 0660);
+    BT_OK(braid_endpoint_parse_server("unix:address=/a\\:b", &ep, err, sizeof err));
+    BT_STREQ(ep.path, "/a:b");
+    BT_OK(braid_endpoint_parse_server("tcp:0", &ep, NULL, 0));
+    BT_EQ(ep.port, 0);
+}
+
+BT_TEST(parse_client_strings) {
+    braid_endpoint ep;
+    char err[256];
+    BT_OK(braid_endpoint_parse_client("tcp:host=example.com:port=80:timeout=2.5", &ep, err, sizeof err));
+    BT_STREQ(ep.host, "example.com");
+    BT_EQ(ep.port, 80);
+    BT_UEQ(ep.timeout_ns, BRAID_MSEC(2500));
+    BT_OK(braid_endpoint_parse_client("tcp:localhost:8000:bindAddress=127.0.0.1\\:5555", &ep, err, sizeof err));
+    BT_STREQ(ep.host, "localhost");
+    BT_EQ(ep.port, 8000);
+    BT_STREQ(ep.bind_host, "127.0.0.1");
+    BT_EQ(ep.bind_port, 5555);
+    BT_OK(braid_endpoint_parse_client("unix:path=/run/x.sock:timeout=1", &ep, err, sizeof err));
+    BT_STREQ(ep.path, "/run/x.sock");
+    BT_OK(braid_endpoint_parse_client("tcp6:host=\\:\\:1:port=9", &ep, err, sizeof err));
+    BT_STREQ(ep.host, "::1");
+}
+
+/* Each malformed string fails with BRAID_EBAD_ENDPOINT and a message
+ * containing the part that was wrong. */
+BT_TEST(malformed_strings_name_the_bad_part) {
+    static const struct { bool server; const char *desc, *needle; } cases[] = {
+        { true, "", "empty" },
+        { true, "tcpx:80", "tcpx" },
+        { true, "tcp:http", "'http'" },
+        { true, "tcp:70000", "'70000'" },
+        { true, "tcp:80:bogus=1", "'bogus'" },
+        { true, "tcp:80:backlog=lots", "backlog 'lots'" },
+        { true, "tcp:80:interface=localhost", "interface 'localhost'" },
+        { true, "tcp:80:81", "'81'" },
+        { true, "tcp:interface=127.0.0.1", "missing port" },
+        { true, "tcp:80:port=81", "twice" },
+        { true, "tcp:80:reuseport=maybe", "reuseport 'maybe'" },
+        { true, "unix:/x:mode=999", "mode '999'" },
+        { true, "unix:mode=600", "missing unix path" },
+        { true, "tcp:80\\", "trailing" },
+        { true, "tcp:80:timeout=1", "'timeout'" },
+        { false, "tcp:port=80", "missing host" },
+        { false, "tcp:host=h", "missing port" },
+        { false, "tcp:host=h:port=0", "port '0'" },
+        { false, "tcp:host=h:port=1:timeout=-1", "timeout '-1'" },
+        { false, "tcp:host=h:port=1:timeout=soon", "timeout 'soon'" },
+        { false, "tcp:host=h:port=1:bindAddress=nowhere", "bindAddress 'nowhere'" },
+        { false, "unix:path=", "unix path ''" },
+        { false, "unix:/a:/b", "'/b'" },
+        { false, "tcp:host=h:port=1:backlog=5", "'backlog'" },
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        braid_endpoint ep;
+        char err[256];
+        int rc = cases[i].server ? braid_endpoint_parse_server(cases[i].desc, &ep, err, sizeof err)
+                                 : braid_endpoint_parse_client(cases[i].desc, &ep, err, sizeof err);
+        if (rc != BRAID_EBAD_ENDPOINT)
+            bt_fail(__FILE__, __LINE__, "'%s' parsed (rc %d)", cases[i].desc, rc);
+        if (!strstr(err, cases[i].needle))
+            bt_fail(__FILE__, __LINE__, "'%s': message \"%s\" lacks \"%s\"", cases[i].desc, err,
+                    cases[i].needle);
+    }
+    /* through braid_listen: a failed Deferred with that message */
+    braid_loop *loop = bt_loop_new(NULL);
+    braid_factory f;
+    braid_factory_init(&f, &(braid_protocol_ops){ 0 }, 0, NULL);
+    braid_deferred *d = braid_listen(loop, "tcp:80:bogus=1", &f);
+    braid_failure *fl = braid_expect_failure(d, BRAID_EBAD_ENDPOINT);
+    BT_TRUE(strstr(fl->message, "'bogus'") != NULL);
+    braid_failure_free(fl);
+    braid_deferred_release(d);
+    d = braid_connect(loop, "tcp:host=x", &f);
+    fl = braid_expect_failure(d, BRAID_EBAD_ENDPOINT);
+    braid_failure_free(fl);
+    braid_deferred_release(d);
+    bt_loop_destroy(loop);
+}
+
+/* ---- listen/connect through strings ------------------------------------------------- */
+typedef struct ep_proto { braid_protocol base; } ep_proto;
+static int lost_count;
+static char got_buf[64];
+static size_t got_len;
+static void echo_data(braid_protocol *p, const void *buf, size_t len) {
+    braid_transport_write(p->transport, buf, len);
+}
+static void client_data(braid_protocol *p, const void *buf, size_t len) {
+    (void)p;
+    if (got_len + len <= sizeof got_buf) { memcpy(got_buf + got_len, buf, len); got_len += len; }
+}
+static void count_lost(braid_protocol *p, const braid_failure *f) { (void)p; (void)f; lost_count++; }
+static const braid_protocol_ops echo_ops = { .data_received = echo_data, .connection_lost = count_lost };
+static const braid_protocol_ops client_ops = { .data_received = client_data, .connection_lost = count_lost };
+
+static int starts, stops;
+static void f_start(braid_factory *f) { (void)f; starts++; }
+static void f_stop(braid_factory *f) { (void)f; stops++; }
+
+static void roundtrip(braid_loop *loop, const char *server_desc, const char *client_fmt) {
+    braid_factory sf, cf;
+    braid_factory_init(&sf, &echo_ops, sizeof(ep_proto), NULL);
+    braid_factory_init(&cf, &client_ops, sizeof(ep_proto), NULL);
+    sf.start = f_start;
+    sf.stop = f_stop;
+    starts = stops = 0;
+    braid_deferred *d = braid_listen(loop, server_desc, &sf);
+    BT_TRUE(braid_deferred_called(d));
+    braid_result r = braid_expect_success(d);
+    braid_deferred_release(d);
+    braid_listener *l = r.value;
+    BT_EQ(starts, 1);
+    braid_address a;
+    BT_OK(braid_listener_address(l, &a));
+    char desc[256];
+    snprintf(desc, sizeof desc, client_fmt, braid_address_port(&a));
+    d = braid_connect(loop, desc, &cf);
+    for (int i = 0; i < 1000 && !braid_deferred_called(d); i++) BT_OK(braid_loop_run_once(loop, 0));
+    r = braid_expect_success(d);
+    braid_deferred_release(d);
+    braid_protocol *p = r.value;
+    got_len = 0;
+    lost_count = 0;
+    BT_OK(braid_transport_write(p->transport, "endpoint", 8));
+    for (int i = 0; i < 1000 && got_len < 8; i++) BT_OK(braid_loop_run_once(loop, 0));
+    BT_EQ(got_len, 8);
+    braid_transport_lose_connection(p->transport);
+    for (int i = 0; i < 1000 && lost_count < 2; i++) BT_OK(braid_loop_run_once(loop, 0));
+    BT_EQ(lost_count, 2);
+    braid_listener_close(l);
+    BT_EQ(stops, 1);
+    BT_EQ(cf.refs, 0);
+}
+
+BT_IO_TEST(listen_connect_tcp_strings) {
+    braid_loop *loop = bt_loop_new(NULL);
+    roundtrip(loop, "tcp:0:interface=127.0.0.1:backlog=16", "tcp:host=127.0.0.1:port=%d:timeout=5");
+    roundtrip(loop, "tcp:0:interface=127.0.0.1:reuseport=1", "tcp:127.0.0.1:%d:bindAddress=127.0.0.1");
+    bt_loop_destroy(loop);
+}
+
+BT_IO_TEST(listen_connect_unix_strings) {
+    braid_loop *loop = bt_loop_new(NULL);
+    char sdesc[128], cdesc[128];
+    snprintf(sdesc, sizeof sdesc, "unix:/tmp/braid-ep-%d.sock:mode=600", (int)getpid());
+    snprintf(cdesc, sizeof cdesc, "unix:path=/tmp/braid-ep-%d.sock%%.0d", (int)getpid());
+    roundtrip(loop, sdesc, cdesc);
+    bt_loop_destroy(loop);
+}
+
+BT_IO_TEST(connect_string_timeout) {
+    braid_fake_clock *fc = braid_fake_clock_new(0);
+    braid_loop *loop = bt_loop_new(braid_fake_clock_base(fc));
+    braid_factory cf;
+    braid_factory_init(&cf, &client_ops, sizeof(ep_proto), NULL);
+    /* a name resolution in flight when the timeout passes */
+    braid_deferred *d = braid_connect(loop, "tcp:host=localhost:port=9:timeout=3", &cf);
+    braid_fake_clock_advance(fc, BRAID_SECONDS(3));
+    for (int i = 0; i < 5 && !braid_deferred_called(d); i++)
+        BT_OK(braid_loop_run_once(loop, BRAID_RUN_NOWAIT));
+    if (!braid_deferred_is_failure(d)) bt_fail(__FILE__, __LINE__, "expected a timeout");
+    braid_failure *f = braid_expect_failure(d, 0);
+    /* refused can beat the timer only if the resolver thread answered first */
+    BT_TRUE(f->code == BRAID_ETIMEDOUT || f->code == -ECONNREFUSED);
+    braid_failure_free(f);
+    braid_deferred_release(d);
+    /* the resolver thread holds the loop until it reported back */
+    for (int i = 0; i < 10000 && braid_loop_run_once(loop, 0) > 0; i++) {}
+    BT_EQ(cf.refs, 0);
+    bt_loop_destroy(loop);
+    braid_fake_clock_free(fc);
+}
