@@ -8,7 +8,8 @@
  *   gather1000          1,000 new Deferreds, gather them, fire each
  * Every callback returns its argument. Twisted runs the same operations in
  * bench/peers/twisted_deferred.py (Debian's python3-twisted), one process
- * per run, alternating with braid run by run; ratios are taken per run pair.
+ * per run, alternating with braid run by run (bench_alternate rotates who
+ * goes first); speedups are taken per run pair.
  * Allocations per op come from braid's allocator counter
  * (braid_test_alloc_count) over the timed loop, after a warm-up. */
 #include "bench.h"
@@ -23,8 +24,8 @@ static const char *const op_names[NOPS] = {
     "create_add100_fire", "chain", "gather1000",
 };
 static const int op_callbacks[NOPS] = { 1, 1, 2, 4, 100, 1, 0 };
-/* Iterations per timed run (full); quick mode divides by 4. Python's are
- * ~50x fewer so each side takes a similar ~50-100 ms. */
+/* Iterations per timed run in quick mode; full runs 4x as many, smoke 1/200.
+ * Python's are ~50x fewer so each side takes a similar ~50-100 ms per op. */
 static const long op_iters[NOPS] = { 2000000, 2000000, 1000000, 1000000, 40000, 1000000, 400 };
 static const long op_py_iters[NOPS] = { 40000, 40000, 20000, 20000, 800, 20000, 8 };
 
@@ -84,11 +85,11 @@ static double braid_op(braid_loop *loop, int op, long n, double *allocs) {
 }
 
 /* One Twisted run: all ops in one python process; fills ns[op]. */
-static int twisted_run(bench_ctx *ctx, const char *script, int div, double ns[NOPS]) {
+static int twisted_run(bench_ctx *ctx, const char *script, double scale, double ns[NOPS]) {
     char cmd[4096];
     int len = snprintf(cmd, sizeof cmd, "/usr/bin/python3 %s", script);
     for (int op = 0; op < NOPS; op++) {
-        long n = op_py_iters[op] / div;
+        long n = (long)(op_py_iters[op] * scale);
         len += snprintf(cmd + len, sizeof cmd - (size_t)len, " %s=%ld", op_names[op], n > 0 ? n : 1);
     }
     FILE *p = popen(cmd, "r");
@@ -110,56 +111,80 @@ static int twisted_run(bench_ctx *ctx, const char *script, int div, double ns[NO
     return 0;
 }
 
-static int run(bench_ctx *ctx) {
+typedef struct dstate {
     braid_loop *loop;
-    if (braid_loop_new(&loop, NULL) < 0) return 1;
+    const char *script;
+    double scale;                              /* iterations: quick 1, full 4, smoke 1/200 */
+    bool twisted_ok[BENCH_MAX_RUNS];
+    double b_ns[NOPS][BENCH_MAX_RUNS], b_alloc[NOPS][BENCH_MAX_RUNS];
+    double t_ns[NOPS][BENCH_MAX_RUNS];
+} dstate;
+
+/* One run of one implementation: every op, braid in-process or Twisted in
+ * one python process. bench_alternate rotates which goes first. */
+static void measure(bench_ctx *ctx, int impl, int r, void *arg) {
+    dstate *st = arg;
+    if (impl == 0) {
+        for (int op = 0; op < NOPS; op++) {
+            long n = (long)(op_iters[op] * st->scale);
+            st->b_ns[op][r] = braid_op(st->loop, op, n > 0 ? n : 1, &st->b_alloc[op][r]);
+        }
+    } else {
+        double ns[NOPS];
+        st->twisted_ok[r] = twisted_run(ctx, st->script, st->scale, ns) == 0;
+        for (int op = 0; op < NOPS; op++) st->t_ns[op][r] = st->twisted_ok[r] ? ns[op] : 0;
+    }
+}
+
+static int run(bench_ctx *ctx) {
+    static dstate st;
+    memset(&st, 0, sizeof st);
+    if (braid_loop_new(&st.loop, NULL) < 0) return 1;
     int runs = ctx->runs > BENCH_MAX_RUNS ? BENCH_MAX_RUNS : ctx->runs;
-    int div = ctx->quick ? 4 : 1;
+    st.scale = ctx->smoke ? 1.0 / 200 : ctx->full ? 4 : 1;
     char script[1024];
     snprintf(script, sizeof script, "%s/peers/twisted_deferred.py",
              ctx->data_dir ? ctx->data_dir : "bench");
+    st.script = script;
     bool twisted = bench_have_python_module("twisted");
     if (!twisted) bench_note(ctx, "deferred: python3-twisted not importable, Twisted rows skipped");
+    bench_note(ctx, "deferred: braid rows run on one loop (epoll, unused: Deferreds never touch "
+                    "the poller); Twisted %s via /usr/bin/python3, one process per run",
+               twisted ? "runs" : "skipped");
 
-    static double b_ns[NOPS][BENCH_MAX_RUNS], b_alloc[NOPS][BENCH_MAX_RUNS];
-    static double t_ns[NOPS][BENCH_MAX_RUNS], ratio[NOPS][BENCH_MAX_RUNS];
     double scratch;
-    for (int op = 0; op < NOPS; op++) braid_op(loop, op, op_iters[op] / 100 + 1, &scratch);  /* warm-up */
+    for (int op = 0; op < NOPS; op++)   /* warm-up: fill the free list, fault in pages */
+        braid_op(st.loop, op, (long)(op_iters[op] * st.scale / 20) + 1, &scratch);
 
-    int truns = 0;
-    for (int r = 0; r < runs; r++) {           /* alternating: braid, Twisted, braid, ... */
-        bench_progress(ctx, "run %d/%d braid", r + 1, runs);
-        for (int op = 0; op < NOPS; op++)
-            b_ns[op][r] = braid_op(loop, op, op_iters[op] / div, &b_alloc[op][r]);
-        if (twisted) {
-            bench_progress(ctx, "run %d/%d twisted", r + 1, runs);
-            double ns[NOPS];
-            if (twisted_run(ctx, script, div, ns) == 0) {
-                for (int op = 0; op < NOPS; op++) {
-                    t_ns[op][truns] = ns[op];
-                    ratio[op][truns] = ns[op] / b_ns[op][r];
-                }
-                truns++;
-            }
-        }
-    }
+    static const char *const impls[] = { "braid", "twisted" };
+    bench_alternate(ctx, "deferred", twisted ? 2 : 1, impls, measure, &st);
+
+    /* Rows; the speedup is taken run by run (Twisted run r / braid run r). */
     for (int op = 0; op < NOPS; op++) {
+        double t[BENCH_MAX_RUNS], ratio[BENCH_MAX_RUNS];
+        int nt = 0;
+        for (int r = 0; r < runs; r++) {
+            if (!twisted || !st.twisted_ok[r]) continue;
+            t[nt] = st.t_ns[op][r];
+            ratio[nt] = st.t_ns[op][r] / st.b_ns[op][r];
+            nt++;
+        }
         bench_row *row = bench_row_begin(ctx, "braid", "none");
         bench_row_param_str(row, "op", op_names[op]);
         bench_row_param_int(row, "callbacks", op_callbacks[op]);
-        bench_row_metric(row, "ns_per_op", b_ns[op], runs, "ns");
-        bench_row_metric(row, "allocs_per_op", b_alloc[op], runs, "allocs");
-        if (truns) bench_row_metric(row, "speedup_vs_twisted", ratio[op], truns, "x");
+        bench_row_metric(row, "ns_per_op", st.b_ns[op], runs, "ns");
+        bench_row_metric(row, "allocs_per_op", st.b_alloc[op], runs, "allocs");
+        if (nt) bench_row_metric(row, "speedup_vs_twisted", ratio, nt, "x");
         bench_row_end(row);
-        if (truns) {
+        if (nt) {
             row = bench_row_begin(ctx, "twisted", "none");
             bench_row_param_str(row, "op", op_names[op]);
             bench_row_param_int(row, "callbacks", op_callbacks[op]);
-            bench_row_metric(row, "ns_per_op", t_ns[op], truns, "ns");
+            bench_row_metric(row, "ns_per_op", t, nt, "ns");
             bench_row_end(row);
         }
     }
-    return braid_loop_destroy(loop) < 0;
+    return braid_loop_destroy(st.loop) < 0;
 }
 
 static void conclude(bench_ctx *ctx, FILE *html) {
@@ -181,5 +206,7 @@ BENCH_EXPERIMENT(deferred,
               "run, each op timed after a warm-up); ns/op per run, median and range; speedup "
               "is the per-run ratio Twisted/braid. Allocations counted by braid's allocator.",
     .run = run,
-    .quick_seconds = 15,
+    .quick_seconds = 8,
+    .full_seconds = 60,
+    .order = 20,
     .conclude = conclude);

@@ -11,8 +11,10 @@
 #define BRAID__DEFERRED_INLINE 3
 /* A spill array up to this many slots stays attached when a Deferred goes
  * back to the free list, so a loop that keeps adding a handful of callbacks
- * stops allocating after warm-up. */
+ * stops allocating after warm-up. Larger ones stay attached while the loop's
+ * free list holds fewer than SPILL_BUDGET slots in them (24 bytes a slot). */
 #define BRAID__DEFERRED_KEEP_SPILL 16
+#define BRAID__DEFERRED_SPILL_BUDGET 16384
 
 typedef struct braid__cbslot {
     braid_callback cb, eb;
@@ -52,12 +54,11 @@ typedef struct braid__dpool {
     size_t nfree;
     size_t live;                     /* allocated, not yet freed */
     size_t unfired;                  /* made with braid_deferred_new*, not yet fired */
+    size_t big_spill_slots;          /* in free-list spill arrays over KEEP_SPILL */
 } braid__dpool;
 
 /* Make room for `extra` more callbacks (so a later add cannot fail). */
 int braid__deferred_reserve(braid_deferred *d, uint32_t extra);
-/* Drop the producer reference without firing (combinators that give up). */
-void braid__deferred_unref(braid_deferred *d);
 
 static inline bool braid__deferred_has_result(const braid_deferred *d) {
     return (d->flags & (BRAID__D_CALLED | BRAID__D_RUNNING | BRAID__D_WAITING)) ==

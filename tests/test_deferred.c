@@ -290,9 +290,12 @@ BT_TEST(callback_returning_its_own_deferred_fails_it) {
     done(loop);
 }
 
-/* d[i]'s callback returns d[i+1]: firing the last unwinds a million levels. */
-BT_TEST(million_deep_chain_uses_constant_stack) {
-    braid_loop *loop = mkloop();
+/* d[i]'s callback returns d[i+1]: firing the last unwinds a million levels.
+ * Run on a thread with a 128 KiB stack: any recursion per level would blow
+ * it many times over (a million frames of even 16 bytes is 16 MB). */
+#include <pthread.h>
+static void *million_chain(void *arg) {
+    braid_loop *loop = arg;
     enum { N = 1000000 };
     braid_deferred **ds = malloc(N * sizeof *ds);
     BT_TRUE(ds);
@@ -306,8 +309,29 @@ BT_TEST(million_deep_chain_uses_constant_stack) {
     BT_OK(braid_deferred_callback(ds[N - 1], (void *)(intptr_t)77, NULL));
     BT_EQ(value_of(ds[0]), 77);
     BT_EQ(braid_deferred_live(loop), 1);          /* only ds[0]: the chain let go of the rest */
+    braid_deferred *top = ds[0];
+    for (int i = 0; i < N; i++) ds[i] = braid_deferred_new(loop);   /* and cancel, a million deep */
+    for (int i = 0; i + 1 < N; i++) {
+        BT_OK(braid_deferred_add_callback(ds[i], return_chain, ds[i + 1]));
+        BT_OK(braid_deferred_callback(ds[i], NULL, NULL));
+    }
+    braid_deferred_cancel(ds[0]);
+    braid_failure_free(braid_expect_failure(ds[0], BRAID_ECANCELED));
     braid_deferred_release(ds[0]);
+    BT_OK(braid_deferred_callback(ds[N - 1], NULL, NULL));   /* its producer, late: ignored */
+    braid_deferred_release(top);
     free(ds);
+    return NULL;
+}
+BT_TEST(million_deep_chain_uses_constant_stack) {
+    braid_loop *loop = mkloop();
+    pthread_attr_t a;
+    pthread_attr_init(&a);
+    pthread_attr_setstacksize(&a, 128 * 1024);
+    pthread_t t;
+    BT_EQ(pthread_create(&t, &a, million_chain, loop), 0);
+    BT_EQ(pthread_join(t, NULL), 0);
+    pthread_attr_destroy(&a);
     done(loop);
 }
 
@@ -1257,6 +1281,14 @@ BT_TEST(take_and_state) {
     braid_deferred_release(d);
     BT_EQ(g_unh.n, 0);
     BT_STREQ(braid_strerror(BRAID_EALL_FAILED), "every raced Deferred failed");
+    /* a NULL failure stays on the errback track */
+    d = braid_deferred_new(loop);
+    BT_OK(braid_deferred_errback(d, NULL));
+    braid_failure_free(braid_expect_failure(d, BRAID_EINVAL));
+    braid_deferred_release(d);
+    d = braid_fail(loop, NULL);
+    braid_failure_free(braid_expect_failure(d, BRAID_EINVAL));
+    braid_deferred_release(d);
     done(loop);
 }
 
@@ -1370,4 +1402,35 @@ BT_TEST(primitives_allocation_failure_walk) {
     BT_GT(seen, 3);
     BT_EQ(g_unh.n, 0);
     braid_fake_clock_free(fc);
+}
+
+/* Spill arrays are reused through the free list (within a budget). */
+BT_TEST(long_callback_lists_stop_allocating_and_stay_bounded) {
+    braid_loop *loop = mkloop();
+    for (int round = 0; round < 2; round++) {
+        long before = braid_test_alloc_count();
+        braid_deferred *d = braid_deferred_new(loop);
+        for (int i = 0; i < 100; i++) BT_OK(braid_deferred_add_callback(d, pass, NULL));
+        BT_OK(braid_deferred_callback(d, NULL, NULL));
+        braid_deferred_release(d);
+        if (round == 1) BT_EQ(braid_test_alloc_count() - before, 0);
+    }
+    /* 200 at once: every spill array (128 slots) beyond the budget is freed */
+    enum { N = 200 };
+    braid_deferred *ds[N];
+    for (int i = 0; i < N; i++) {
+        ds[i] = braid_deferred_new(loop);
+        for (int k = 0; k < 100; k++) braid_deferred_add_callback(ds[i], pass, NULL);
+    }
+    for (int i = 0; i < N; i++) {
+        braid_deferred_callback(ds[i], NULL, NULL);
+        braid_deferred_release(ds[i]);
+    }
+    long held = braid_test_alloc_outstanding();
+    BT_EQ(braid_deferred_live(loop), 0);
+    /* held: the loop, its pool, N Deferreds on the free list, <= 16384/128 spill arrays */
+    done(loop);
+    long after = braid_test_alloc_outstanding();
+    BT_LE(held - after, N + 16384 / 128 + 8);
+    BT_GE(held - after, N + 16384 / 128);
 }

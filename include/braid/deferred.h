@@ -20,10 +20,14 @@
  *     braid_deferred_add_callbacks(d, got_user, no_user, conn);
  *     braid_deferred_release(d);            // the consumer is done with d
  *
- * Callbacks run synchronously: when the Deferred fires, or at once when added
- * to a Deferred that has already fired (without allocating). Chains run as a
- * loop, never recursion: a chain of a million nested Deferreds uses constant
- * stack.
+ * Callbacks run synchronously on the loop's thread, inside the call that
+ * made them runnable: braid_deferred_callback/errback, unpause, the firing of
+ * a chained Deferred, or braid_deferred_add_* itself when the Deferred has
+ * already fired (then nothing is stored and nothing allocated). Chains run as
+ * a loop, never recursion: a chain of a million nested Deferreds uses
+ * constant stack. A callback may add callbacks to, pause, cancel or release
+ * the Deferred it runs on; it may keep the Deferred's pointer only while it
+ * holds a reference (braid_deferred_ref).
  *
  * Ownership — read this once:
  *  - braid_deferred_new returns a Deferred holding two references: the
@@ -146,7 +150,8 @@ BRAID_API braid_deferred *braid_fail(braid_loop *loop, braid_failure *f);
  * misuse is logged) if d already fired — except the one benign case of a
  * producer firing a Deferred that was cancelled without a canceller, which
  * is ignored silently, as in Twisted (see Ownership). braid_deferred_fire
- * takes any result, including braid_chain(other): d then waits for other. */
+ * takes any result, including braid_chain(other): d then waits for other.
+ * A NULL failure (errback, braid_fail) becomes a BRAID_EINVAL failure. */
 BRAID_API int braid_deferred_callback(braid_deferred *d, void *value, void (*dtor)(void *));
 BRAID_API int braid_deferred_errback(braid_deferred *d, braid_failure *f);
 BRAID_API int braid_deferred_fire(braid_deferred *d, braid_result r);

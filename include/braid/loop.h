@@ -114,7 +114,10 @@ BRAID_API uint64_t braid_loop_iteration(const braid_loop *loop);
 /* A file descriptor that becomes readable when the loop has something to do
  * (epoll/io_uring fd; select/poll backends return BRAID_ENOSYS), and the
  * timeout the next iteration would use in ns (BRAID_FOREVER if none). Drive
- * the loop with braid_loop_run_once(loop, BRAID_RUN_NOWAIT) when it fires. */
+ * the loop with braid_loop_run_once(loop, BRAID_RUN_NOWAIT) when it fires.
+ * Call braid_loop_next_timeout before every outer wait: on io_uring it also
+ * submits the interest changes queued since the last iteration, without which
+ * the backend fd would not wake for them. */
 BRAID_API int braid_loop_backend_fd(const braid_loop *loop);
 BRAID_API uint64_t braid_loop_next_timeout(braid_loop *loop);
 

@@ -3,8 +3,8 @@
  * Like Twisted's Clock, StringTransport and MemoryReactor, these live in the
  * library so that users test their own protocols the same way braid does.
  * Here: allocation fault injection (SQLite's method). The fake clock is in
- * <braid/time.h>; Deferred assertions, memory transports and a steppable pool
- * worker are added by their modules.
+ * <braid/time.h>, Deferred assertions in <braid/testing_deferred.h>; memory
+ * transports and a steppable pool worker are added by their modules.
  *
  *     for (long n = 1;; n++) {
  *         braid_test_fail_alloc_after(n, false);   // the nth allocation fails

@@ -1,0 +1,695 @@
+/* The io_uring backend: that it is really io_uring, how it is chosen and
+ * turned off, the completion interface (ops, cancellation, multishot recv
+ * with a provided-buffer ring), embedding through the backend fd, and the
+ * stale-event cases peculiar to multishot polls. The generic loop tests
+ * (test_loop.c) also run on it through BT_IO_TEST. */
+// ctest-labels: uring
+#include "harness.h"
+#include <fcntl.h>
+#include <linux/filter.h>
+#include <linux/seccomp.h>
+#include <poll.h>
+#include <pthread.h>
+#include <stddef.h>
+#include <sys/prctl.h>
+#include <sys/socket.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <unistd.h>
+#if __has_include(<liburing.h>)
+#include "poll/uring.h"
+#define HAVE_URING_H 1
+#endif
+
+static void pair(int sv[2]) {
+    if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0, sv) < 0)
+        bt_fail(__FILE__, __LINE__, "socketpair: %s", strerror(errno));
+}
+
+/* A loop on io_uring whatever BRAID_BACKEND says, or skip. */
+static braid_loop *uring_loop(void) {
+    braid_loop_options o = { .backend = BRAID_BACKEND_URING, .flags = BRAID_LOOP_STRICT_BACKEND };
+    braid_loop *loop = NULL;
+    int rc = braid_loop_new(&loop, &o);
+    if (rc == BRAID_ENOSYS) bt_skip("io_uring not available");
+    BT_OK(rc);
+    BT_STREQ(braid_loop_backend(loop), "uring");
+    return loop;
+}
+
+typedef struct hits { int reads, writes, errors; unsigned last; int read_size; } hits;
+
+static void on_io(braid_watch *w, unsigned ev, void *arg) {
+    hits *h = arg;
+    h->last = ev;
+    if (ev & BRAID_READ) {
+        h->reads++;
+        char buf[64];
+        size_t want = h->read_size ? (size_t)h->read_size : sizeof buf;
+        (void)!read(w->fd, buf, want);
+    }
+    if (ev & BRAID_WRITE) h->writes++;
+    if (ev & (BRAID_ERROR | BRAID_HUP)) h->errors++;
+}
+
+/* ---- choosing the backend ---------------------------------------------------------- */
+BT_TEST(backend_is_really_io_uring) {
+    braid_loop *loop = uring_loop();
+    int fd = braid_loop_backend_fd(loop);
+    BT_GE(fd, 0);
+    char path[64], target[128] = { 0 };
+    snprintf(path, sizeof path, "/proc/self/fd/%d", fd);
+    BT_GT(readlink(path, target, sizeof target - 1), 0);
+    BT_STREQ(target, "anon_inode:[io_uring]");
+#ifdef HAVE_URING_H
+    struct io_uring *ring = braid__uring_ring(loop);
+    BT_TRUE(ring != NULL);
+    BT_EQ(ring->ring_fd, fd);
+#endif
+    bt_loop_destroy(loop);
+}
+
+static const char *backend_of(braid_backend b, unsigned flags, int *rc) {
+    braid_loop_options o = { .backend = b, .flags = flags };
+    braid_loop *loop = NULL;
+    static char name[16];
+    *rc = braid_loop_new(&loop, &o);
+    if (*rc < 0) return "";
+    snprintf(name, sizeof name, "%s", braid_loop_backend(loop));
+    BT_OK(braid_loop_destroy(loop));
+    return name;
+}
+
+BT_TEST(kill_switch_flag_and_env) {
+    int rc;
+    unsetenv("BRAID_NO_URING");
+    unsetenv("BRAID_BACKEND");
+    if (strcmp(backend_of(BRAID_BACKEND_URING, BRAID_LOOP_STRICT_BACKEND, &rc), "uring"))
+        bt_skip("io_uring not available");
+    /* The flag: falls back to epoll, or fails when strict. */
+    BT_STREQ(backend_of(BRAID_BACKEND_URING, BRAID_LOOP_NO_URING, &rc), "epoll");
+    backend_of(BRAID_BACKEND_URING, BRAID_LOOP_NO_URING | BRAID_LOOP_STRICT_BACKEND, &rc);
+    BT_ERR(rc, BRAID_ENOSYS);
+    /* The environment, with the backend picked by BRAID_BACKEND too. */
+    setenv("BRAID_NO_URING", "1", 1);
+    BT_STREQ(backend_of(BRAID_BACKEND_URING, 0, &rc), "epoll");
+    backend_of(BRAID_BACKEND_URING, BRAID_LOOP_STRICT_BACKEND, &rc);
+    BT_ERR(rc, BRAID_ENOSYS);
+    setenv("BRAID_BACKEND", "uring", 1);
+    BT_STREQ(backend_of(BRAID_BACKEND_DEFAULT, 0, &rc), "epoll");
+    /* "0" and "" mean off. */
+    setenv("BRAID_NO_URING", "0", 1);
+    BT_STREQ(backend_of(BRAID_BACKEND_DEFAULT, 0, &rc), "uring");
+    setenv("BRAID_NO_URING", "", 1);
+    BT_STREQ(backend_of(BRAID_BACKEND_DEFAULT, 0, &rc), "uring");
+    BT_STREQ(backend_of(BRAID_BACKEND_DEFAULT, BRAID_LOOP_NO_URING, &rc), "epoll");
+    /* The kill switch touches nothing but io_uring. */
+    setenv("BRAID_NO_URING", "1", 1);
+    BT_STREQ(backend_of(BRAID_BACKEND_POLL, BRAID_LOOP_STRICT_BACKEND, &rc), "poll");
+    unsetenv("BRAID_NO_URING");
+    unsetenv("BRAID_BACKEND");
+}
+
+/* A kernel without io_uring, for real: a child process whose seccomp filter
+ * makes io_uring_setup fail with ENOSYS (as on kernels built without it or
+ * containers that forbid it). The once-per-process probe must say no, the
+ * loop must fall back to epoll, and strict must fail. */
+static int child_without_uring(void) {
+    struct sock_filter f[] = {
+        BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, nr)),
+        BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, SYS_io_uring_setup, 0, 1),
+        BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | ENOSYS),
+        BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
+    };
+    struct sock_fprog prog = { sizeof f / sizeof f[0], f };
+    if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0) return 10;
+    if (syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER, 0, &prog) < 0) return 11;
+    int rc;
+    if (strcmp(backend_of(BRAID_BACKEND_URING, 0, &rc), "epoll")) return 1;
+    backend_of(BRAID_BACKEND_URING, BRAID_LOOP_STRICT_BACKEND, &rc);
+    if (rc != BRAID_ENOSYS) return 2;
+    setenv("BRAID_BACKEND", "uring", 1);
+    if (strcmp(backend_of(BRAID_BACKEND_DEFAULT, 0, &rc), "epoll")) return 3;
+    /* and a fallback loop works */
+    braid_loop *loop;
+    if (braid_loop_new(&loop, NULL) < 0) return 4;
+    int sv[2]; pair(sv);
+    hits h = { 0 };
+    braid_watch w;
+    if (braid_watch_init(loop, &w, sv[0], on_io, &h) < 0 || braid_watch_set(&w, BRAID_READ) < 0) return 5;
+    if (write(sv[1], "x", 1) != 1 || braid_loop_run_once(loop, 0) < 0 || h.reads != 1) return 6;
+    braid_watch_close(&w);
+    if (braid_loop_destroy(loop) < 0) return 7;
+    return 0;
+}
+
+BT_TEST(unavailable_io_uring_falls_back_to_epoll) {
+    pid_t pid = fork();
+    BT_GE(pid, 0);
+    if (pid == 0) _exit(child_without_uring());
+    int status = 0;
+    BT_EQ(waitpid(pid, &status, 0), pid);
+    BT_TRUE(WIFEXITED(status));
+    if (WEXITSTATUS(status) == 10 || WEXITSTATUS(status) == 11) bt_skip("seccomp not permitted here");
+    BT_EQ(WEXITSTATUS(status), 0);
+}
+
+/* ---- embedding: the backend fd polls readable when the loop has work -------------- */
+BT_IO_TEST(backend_fd_readable_when_watched_socket_has_data) {
+    braid_loop *loop = bt_loop_new(NULL);
+    int bfd = braid_loop_backend_fd(loop);
+    if (!strcmp(bt_backend(), "select") || !strcmp(bt_backend(), "poll")) {
+        BT_ERR(bfd, BRAID_ENOSYS);          /* nothing to embed with: said so */
+        bt_loop_destroy(loop);
+        return;
+    }
+    BT_GE(bfd, 0);
+    int sv[2]; pair(sv);
+    hits h = { 0 };
+    braid_watch w;
+    BT_OK(braid_watch_init(loop, &w, sv[0], on_io, &h));
+    BT_OK(braid_watch_set(&w, BRAID_READ));
+    /* The outer loop's cycle: ask the timeout, wait on the fd, run NOWAIT. */
+    BT_UEQ(braid_loop_next_timeout(loop), BRAID_FOREVER);
+    struct pollfd p = { .fd = bfd, .events = POLLIN };
+    BT_EQ(poll(&p, 1, 0), 0);               /* nothing yet */
+    BT_EQ(write(sv[1], "data", 4), 4);
+    BT_EQ(poll(&p, 1, 5000), 1);
+    BT_TRUE(p.revents & POLLIN);
+    BT_OK(braid_loop_run_once(loop, BRAID_RUN_NOWAIT));
+    BT_EQ(h.reads, 1);
+    /* Drained: the fd is quiet again, and wakes again for new data. */
+    braid_loop_next_timeout(loop);
+    BT_EQ(poll(&p, 1, 0), 0);
+    BT_EQ(write(sv[1], "more", 4), 4);
+    BT_EQ(poll(&p, 1, 5000), 1);
+    BT_OK(braid_loop_run_once(loop, BRAID_RUN_NOWAIT));
+    BT_EQ(h.reads, 2);
+    braid_watch_close(&w);
+    close(sv[0]); close(sv[1]);
+    bt_loop_destroy(loop);
+}
+
+/* ---- level-triggered on every backend, multishot or not ------------------------------ */
+BT_IO_TEST(unread_data_is_reported_again) {
+    braid_loop *loop = bt_loop_new(NULL);
+    int sv[2]; pair(sv);
+    hits h = { .read_size = 1 };             /* read one byte per callback */
+    braid_watch w;
+    BT_OK(braid_watch_init(loop, &w, sv[0], on_io, &h));
+    BT_OK(braid_watch_set(&w, BRAID_READ));
+    BT_EQ(write(sv[1], "abc", 3), 3);
+    for (int i = 1; i <= 3; i++) {
+        BT_OK(braid_loop_run_once(loop, 0));
+        BT_EQ(h.reads, i);                   /* one callback per iteration */
+    }
+    BT_OK(braid_loop_run_once(loop, BRAID_RUN_NOWAIT));
+    BT_OK(braid_loop_run_once(loop, BRAID_RUN_NOWAIT));
+    BT_EQ(h.reads, 3);                       /* drained: quiet */
+    /* A writable socket stays writable: reported each iteration. */
+    BT_OK(braid_watch_set(&w, BRAID_WRITE));
+    for (int i = 1; i <= 3; i++) {
+        BT_OK(braid_loop_run_once(loop, 0));
+        BT_EQ(h.writes, i);
+    }
+    braid_watch_close(&w);
+    close(sv[0]); close(sv[1]);
+    bt_loop_destroy(loop);
+}
+
+/* More ready fds than one batch (BRAID__MAX_BATCH) holds: the rest come in
+ * the next iterations, each exactly once. Also pushes the io_uring backend
+ * past its SQ size while registering. */
+BT_IO_TEST(more_ready_fds_than_one_batch) {
+    if (!strcmp(bt_backend(), "select")) {
+        /* FD_SETSIZE caps select well below this test's fd numbers. */
+        braid_loop *loop = bt_loop_new(NULL);
+        int sv[2]; pair(sv);
+        int hi = fcntl(sv[0], F_DUPFD_CLOEXEC, 1100);
+        braid_watch w;
+        BT_OK(braid_watch_init(loop, &w, hi, on_io, NULL));
+        BT_ERR(braid_watch_set(&w, BRAID_READ), BRAID_EINVAL);
+        braid_watch_close(&w);
+        close(hi); close(sv[0]); close(sv[1]);
+        bt_loop_destroy(loop);
+        return;
+    }
+    braid_loop *loop = bt_loop_new(NULL);
+    enum { N = 1500 };
+    int (*sv)[2] = calloc(N, sizeof *sv);
+    braid_watch *w = calloc(N, sizeof *w);
+    hits *h = calloc(N, sizeof *h);
+    for (int i = 0; i < N; i++) {
+        pair(sv[i]);
+        BT_OK(braid_watch_init(loop, &w[i], sv[i][0], on_io, &h[i]));
+        BT_OK(braid_watch_set(&w[i], BRAID_READ));
+        BT_EQ(write(sv[i][1], "r", 1), 1);
+    }
+    int total = 0;
+    for (int it = 0; it < 10 && total < N; it++) {
+        BT_OK(braid_loop_run_once(loop, 0));
+        total = 0;
+        for (int i = 0; i < N; i++) total += h[i].reads;
+    }
+    BT_EQ(total, N);
+    for (int i = 0; i < N; i++) BT_EQ(h[i].reads, 1);
+    for (int i = 0; i < N; i++) { braid_watch_close(&w[i]); close(sv[i][0]); close(sv[i][1]); }
+    free(sv); free(w); free(h);
+    bt_loop_destroy(loop);
+}
+
+#ifdef HAVE_URING_H
+/* ---- stale CQEs on io_uring --------------------------------------------------------- */
+static void count_cb(braid_watch *w, unsigned ev, void *arg) { (void)w; (void)ev; ++*(int *)arg; }
+
+/* A readiness CQE sits in the CQ ring when its watcher is closed, its fd
+ * closed and the number reused for a new watcher: the CQE must reach
+ * neither (the old poll's seq is dead), and the new watcher still works. */
+BT_TEST(stale_cqe_in_ring_after_close_and_fd_reuse) {
+    braid_loop *loop = uring_loop();
+    struct io_uring *ring = braid__uring_ring(loop);
+    int sv[2]; pair(sv);
+    int old_hits = 0, new_hits = 0;
+    braid_watch *a = malloc(sizeof *a), b;
+    BT_OK(braid_watch_init(loop, a, sv[0], count_cb, &old_hits));
+    BT_OK(braid_watch_set(a, BRAID_READ));
+    BT_OK(braid_loop_run_once(loop, BRAID_RUN_NOWAIT));   /* poll armed */
+    BT_EQ(write(sv[1], "x", 1), 1);
+    struct pollfd p = { .fd = braid_loop_backend_fd(loop), .events = POLLIN };
+    BT_EQ(poll(&p, 1, 5000), 1);
+    io_uring_get_events(ring);                            /* post it if deferred */
+    BT_GE(io_uring_cq_ready(ring), 1);                    /* the CQE is there */
+    int old = sv[0];
+    braid_watch_close(a);
+    free(a);
+    close(sv[0]);
+    close(sv[1]);
+    pair(sv);
+    BT_EQ(sv[0], old);                                    /* number reused */
+    BT_OK(braid_watch_init(loop, &b, sv[0], count_cb, &new_hits));
+    BT_OK(braid_watch_set(&b, BRAID_READ));
+    BT_OK(braid_loop_run_once(loop, BRAID_RUN_NOWAIT));
+    BT_OK(braid_loop_run_once(loop, BRAID_RUN_NOWAIT));
+    BT_EQ(old_hits, 0);
+    BT_EQ(new_hits, 0);
+    BT_EQ(write(sv[1], "y", 1), 1);
+    BT_OK(braid_loop_run_once(loop, 0));
+    BT_EQ(new_hits, 1);
+    braid_watch_close(&b);
+    close(sv[0]); close(sv[1]);
+    bt_loop_destroy(loop);
+}
+
+/* Interest toggled within one iteration costs nothing and loses nothing. */
+BT_TEST(interest_changes_in_one_iteration_coalesce) {
+    braid_loop *loop = uring_loop();
+    struct io_uring *ring = braid__uring_ring(loop);
+    int sv[2]; pair(sv);
+    hits h = { 0 };
+    braid_watch w;
+    BT_OK(braid_watch_init(loop, &w, sv[0], on_io, &h));
+    BT_OK(braid_loop_run_once(loop, BRAID_RUN_NOWAIT));
+    BT_OK(braid_watch_set(&w, BRAID_READ));
+    BT_OK(braid_watch_set(&w, 0));
+    BT_OK(braid_watch_set(&w, BRAID_WRITE));
+    BT_OK(braid_watch_set(&w, BRAID_READ));
+    BT_EQ(io_uring_sq_ready(ring), 0);        /* nothing queued yet: changes are recorded */
+    braid_loop_next_timeout(loop);            /* reconciles and submits: one poll add */
+    BT_EQ(io_uring_sq_ready(ring), 0);
+    BT_EQ(write(sv[1], "x", 1), 1);
+    BT_OK(braid_loop_run_once(loop, 0));
+    BT_EQ(h.reads, 1);
+    BT_EQ(h.writes, 0);
+    braid_watch_close(&w);
+    close(sv[0]); close(sv[1]);
+    bt_loop_destroy(loop);
+}
+
+/* A multishot poll that the kernel ends (here: cancelled by fd from outside,
+ * a CQE without IORING_CQE_F_MORE) is re-armed: later data still arrives. */
+static void record_res(braid__uring_op *op, int res, unsigned flags) {
+    (void)flags;
+    *(int *)op->data = res;
+}
+
+BT_TEST(ended_multishot_poll_is_rearmed) {
+    braid_loop *loop = uring_loop();
+    int sv[2]; pair(sv);
+    hits h = { 0 };
+    braid_watch w;
+    BT_OK(braid_watch_init(loop, &w, sv[0], on_io, &h));
+    BT_OK(braid_watch_set(&w, BRAID_READ));
+    BT_OK(braid_loop_run_once(loop, BRAID_RUN_NOWAIT));   /* armed */
+    int cancelled = -1000;
+    braid__uring_op op;
+    braid__uring_op_init(&op, record_res, &cancelled);
+    struct io_uring_sqe *sqe = braid__uring_sqe(loop);
+    BT_TRUE(sqe != NULL);
+    io_uring_prep_cancel_fd(sqe, sv[0], IORING_ASYNC_CANCEL_ALL);
+    braid__uring_submit(loop, sqe, &op);
+    BT_OK(braid_loop_run_once(loop, 0));
+    BT_EQ(cancelled, 1);                       /* our poll was the one cancelled */
+    BT_FALSE(braid__uring_op_active(&op));
+    BT_EQ(h.reads, 0);
+    BT_EQ(write(sv[1], "x", 1), 1);
+    for (int i = 0; i < 3 && !h.reads; i++) BT_OK(braid_loop_run_once(loop, 0));
+    BT_EQ(h.reads, 1);
+    braid_watch_close(&w);
+    close(sv[0]); close(sv[1]);
+    bt_loop_destroy(loop);
+}
+
+/* io_uring cancels the requests of a thread that exits. A loop run for a
+ * while by one thread and then by another must not go deaf: the polls that
+ * the first thread armed end with -ECANCELED and are re-armed. */
+static void *run_once_thread(void *arg) {
+    braid_loop_run_once(arg, BRAID_RUN_NOWAIT);
+    return NULL;
+}
+
+BT_TEST(polls_survive_the_thread_that_armed_them) {
+    braid_loop *loop = uring_loop();
+    int sv[2]; pair(sv);
+    hits h = { 0 };
+    braid_watch w;
+    BT_OK(braid_watch_init(loop, &w, sv[0], on_io, &h));
+    BT_OK(braid_watch_set(&w, BRAID_READ));
+    pthread_t th;
+    BT_EQ(pthread_create(&th, NULL, run_once_thread, loop), 0);   /* arms, then exits */
+    BT_EQ(pthread_join(th, NULL), 0);
+    BT_EQ(write(sv[1], "x", 1), 1);
+    for (int i = 0; i < 3 && !h.reads; i++) BT_OK(braid_loop_run_once(loop, 0));
+    BT_EQ(h.reads, 1);
+    BT_EQ(write(sv[1], "y", 1), 1);
+    BT_OK(braid_loop_run_once(loop, 0));
+    BT_EQ(h.reads, 2);
+    braid_watch_close(&w);
+    close(sv[0]); close(sv[1]);
+    bt_loop_destroy(loop);
+}
+
+/* An fd closed before its poll reached the kernel: the poll fails with
+ * EBADF, the watcher hears BRAID_ERROR once and the poll is not retried in
+ * a loop. */
+BT_TEST(poll_on_closed_fd_reports_error_once) {
+    braid_loop *loop = uring_loop();
+    int sv[2]; pair(sv);
+    hits h = { 0 };
+    braid_watch w;
+    BT_OK(braid_watch_init(loop, &w, sv[0], on_io, &h));
+    BT_OK(braid_watch_set(&w, BRAID_READ));
+    close(sv[0]);                              /* before the add is submitted */
+    for (int i = 0; i < 3; i++) BT_OK(braid_loop_run_once(loop, BRAID_RUN_NOWAIT));
+    BT_EQ(h.errors, 1);
+    BT_TRUE(h.last & BRAID_ERROR);
+    braid_watch_close(&w);
+    close(sv[1]);
+    bt_loop_destroy(loop);
+}
+
+/* A completion callback runs before the readiness callbacks of the same
+ * iteration; if it closes (and frees) a watcher whose event is already
+ * collected, that event is dropped. */
+typedef struct close_other { braid_watch *victim; int victim_hits; int op_done; } close_other;
+static void victim_cb(braid_watch *w, unsigned ev, void *arg) { (void)w; (void)ev; ((close_other *)arg)->victim_hits++; }
+static void closer_op(braid__uring_op *op, int res, unsigned flags) {
+    (void)res; (void)flags;
+    close_other *c = op->data;
+    c->op_done = 1;
+    braid_watch_close(c->victim);
+    free(c->victim);
+    c->victim = NULL;
+}
+
+BT_TEST(completion_callback_closes_watcher_with_collected_event) {
+    braid_loop *loop = uring_loop();
+    int sv[2]; pair(sv);
+    close_other c = { .victim = malloc(sizeof(braid_watch)) };
+    BT_OK(braid_watch_init(loop, c.victim, sv[0], victim_cb, &c));
+    BT_OK(braid_watch_set(c.victim, BRAID_READ));
+    BT_OK(braid_loop_run_once(loop, BRAID_RUN_NOWAIT));
+    BT_EQ(write(sv[1], "x", 1), 1);           /* readiness CQE posted ... */
+    braid__uring_op op;
+    braid__uring_op_init(&op, closer_op, &c);
+    struct io_uring_sqe *sqe = braid__uring_sqe(loop);
+    io_uring_prep_nop(sqe);                    /* ... and a completion after it */
+    braid__uring_submit(loop, sqe, &op);
+    BT_OK(braid_loop_run_once(loop, 0));
+    if (!c.op_done) BT_OK(braid_loop_run_once(loop, 0));
+    BT_EQ(c.op_done, 1);
+    BT_EQ(c.victim_hits, 0);
+    close(sv[0]); close(sv[1]);
+    bt_loop_destroy(loop);
+}
+
+/* ---- the completion interface --------------------------------------------------------- */
+BT_TEST(completion_interface_absent_on_other_backends) {
+    braid_loop_options o = { .backend = BRAID_BACKEND_EPOLL };
+    braid_loop *loop;
+    BT_OK(braid_loop_new(&loop, &o));
+    BT_TRUE(braid__uring_ring(loop) == NULL);
+    BT_TRUE(braid__uring_sqe(loop) == NULL);
+    braid__uring_bufs *b = (braid__uring_bufs *)1;
+    BT_ERR(braid__uring_bufs_new(loop, 4, 64, &b), BRAID_ENOSYS);
+    BT_TRUE(b == NULL);
+    BT_ERR(braid__uring_flush(loop), BRAID_ENOSYS);
+    bt_loop_destroy(loop);
+}
+
+/* An op keeps run() going until its final CQE, which arrives exactly once. */
+typedef struct op_log { int calls, last_res; unsigned last_flags; } op_log;
+static void log_op(braid__uring_op *op, int res, unsigned flags) {
+    op_log *l = op->data;
+    l->calls++;
+    l->last_res = res;
+    l->last_flags = flags;
+}
+
+BT_TEST(op_completes_once_and_keeps_loop_alive) {
+    braid_loop *loop = uring_loop();
+    op_log l = { 0 };
+    braid__uring_op op;
+    braid__uring_op_init(&op, log_op, &l);
+    struct io_uring_sqe *sqe = braid__uring_sqe(loop);
+    struct __kernel_timespec ts = { 0, 20 * 1000 * 1000 };
+    io_uring_prep_timeout(sqe, &ts, 0, 0);     /* completes with -ETIME in 20 ms */
+    braid__uring_submit(loop, sqe, &op);
+    BT_TRUE(braid__uring_op_active(&op));
+    BT_OK(braid_loop_run(loop));               /* returns only once the op is done */
+    BT_EQ(l.calls, 1);
+    BT_EQ(l.last_res, -ETIME);
+    BT_FALSE(braid__uring_op_active(&op));
+    bt_loop_destroy(loop);
+}
+
+BT_TEST(cancelled_op_gets_ecanceled) {
+    braid_loop *loop = uring_loop();
+    int sv[2]; pair(sv);
+    op_log l = { 0 };
+    braid__uring_op op;
+    braid__uring_op_init(&op, log_op, &l);
+    static char buf[16];
+    struct io_uring_sqe *sqe = braid__uring_sqe(loop);
+    io_uring_prep_recv(sqe, sv[0], buf, sizeof buf, 0);   /* nothing to receive: waits */
+    braid__uring_submit(loop, sqe, &op);
+    BT_OK(braid_loop_run_once(loop, BRAID_RUN_NOWAIT));
+    BT_EQ(l.calls, 0);
+    BT_OK(braid__uring_cancel(&op));
+    BT_OK(braid__uring_cancel(&op));           /* again: already cancelling */
+    BT_OK(braid_loop_run(loop));
+    BT_EQ(l.calls, 1);
+    BT_EQ(l.last_res, -ECANCELED);
+    BT_ERR(braid__uring_cancel(&op), BRAID_EINVAL);   /* not active any more */
+    close(sv[0]); close(sv[1]);
+    bt_loop_destroy(loop);
+}
+
+/* Multishot recv over a socketpair with a provided-buffer ring: chunks land
+ * in kernel-chosen buffers, the ring running dry ends the recv with
+ * -ENOBUFS, recycling and resubmitting resumes it, EOF ends it with 0. */
+typedef struct rx {
+    braid__uring_bufs *bufs;
+    char got[256];
+    size_t len;
+    int chunks, finals, last_res, recycle;
+    unsigned last_flags;
+} rx;
+
+static void on_chunk(braid__uring_op *op, int res, unsigned flags) {
+    rx *r = op->data;
+    r->last_res = res;
+    r->last_flags = flags;
+    if (!(flags & IORING_CQE_F_MORE)) r->finals++;
+    if (res > 0) {
+        BT_TRUE(flags & IORING_CQE_F_BUFFER);
+        unsigned bid = braid__uring_cqe_bid(flags);
+        memcpy(r->got + r->len, braid__uring_bufs_get(r->bufs, bid), (size_t)res);
+        r->len += (size_t)res;
+        r->chunks++;
+        if (r->recycle) braid__uring_bufs_recycle(r->bufs, bid);
+    }
+}
+
+BT_TEST(multishot_recv_with_buffer_ring) {
+    braid_loop *loop = uring_loop();
+    if (!braid__uring_have_recv_multishot()) { bt_loop_destroy(loop); bt_skip("no multishot recv"); }
+    int sv[2]; pair(sv);
+    rx r = { .recycle = 1 };
+    BT_ERR(braid__uring_bufs_new(loop, 3, 16, &r.bufs), BRAID_EINVAL);   /* not a power of two */
+    BT_OK(braid__uring_bufs_new(loop, 4, 16, &r.bufs));
+    BT_EQ(braid__uring_bufs_size(r.bufs), 16);
+    braid__uring_op op;
+    braid__uring_op_init(&op, on_chunk, &r);
+    BT_OK(braid__uring_recv_multishot(loop, &op, sv[0], r.bufs));
+    /* Several messages, recycled as they come: the recv goes on. */
+    for (int i = 0; i < 10; i++) {
+        char msg[8];
+        int n = snprintf(msg, sizeof msg, "m%d;", i);
+        BT_EQ(write(sv[1], msg, (size_t)n), n);
+        BT_OK(braid_loop_run_once(loop, 0));
+    }
+    r.got[r.len] = 0;
+    BT_STREQ(r.got, "m0;m1;m2;m3;m4;m5;m6;m7;m8;m9;");
+    BT_EQ(r.finals, 0);
+    BT_TRUE(braid__uring_op_active(&op));
+    /* Without recycling, 4 buffers of 16 bytes run dry: -ENOBUFS, final. */
+    r.recycle = 0;
+    r.len = 0;
+    char big[100];
+    memset(big, 'z', sizeof big);
+    BT_EQ(write(sv[1], big, sizeof big), (ssize_t)sizeof big);
+    for (int i = 0; i < 10 && !r.finals; i++) BT_OK(braid_loop_run_once(loop, 0));
+    BT_EQ(r.finals, 1);
+    BT_EQ(r.last_res, -ENOBUFS);
+    BT_EQ(r.len, 64);                          /* four full buffers */
+    BT_FALSE(braid__uring_op_active(&op));
+    /* Give the buffers back, resubmit: the rest of the data, then EOF. */
+    for (unsigned bid = 0; bid < 4; bid++) braid__uring_bufs_recycle(r.bufs, bid);
+    r.recycle = 1;
+    BT_OK(braid__uring_recv_multishot(loop, &op, sv[0], r.bufs));
+    for (int i = 0; i < 10 && r.len < sizeof big; i++) BT_OK(braid_loop_run_once(loop, 0));
+    BT_EQ(r.len, sizeof big);
+    close(sv[1]);
+    for (int i = 0; i < 10 && r.finals < 2; i++) BT_OK(braid_loop_run_once(loop, 0));
+    BT_EQ(r.finals, 2);
+    BT_EQ(r.last_res, 0);                      /* EOF */
+    braid__uring_bufs_free(r.bufs);
+    close(sv[0]);
+    bt_loop_destroy(loop);
+}
+
+/* An owner (a connection, say) closes with its multishot recv in flight: it
+ * cancels, closes its fd at once, and frees itself from the op's final
+ * callback. Until then the loop's leak gate names the op. */
+typedef struct owner {
+    int fd;
+    braid__uring_op op;
+    braid__uring_bufs *bufs;
+    int *freed;
+} owner;
+
+static void owner_cb(braid__uring_op *op, int res, unsigned flags) {
+    owner *o = op->data;
+    if (res > 0 && (flags & IORING_CQE_F_BUFFER)) braid__uring_bufs_recycle(o->bufs, braid__uring_cqe_bid(flags));
+    if (!(flags & IORING_CQE_F_MORE)) {
+        BT_EQ(res, -ECANCELED);
+        braid__uring_bufs_free(o->bufs);
+        ++*o->freed;
+        free(o);
+    }
+}
+
+static int leak_logs;
+static void leak_log(void *ctx, braid_log_level l, const char *msg) {
+    (void)ctx;
+    if (l == BRAID_LOG_ERROR && strstr(msg, "uring")) leak_logs++;
+}
+
+BT_TEST(op_outstanding_when_owner_closes) {
+    braid_loop_options lo = { .backend = BRAID_BACKEND_URING, .flags = BRAID_LOOP_STRICT_BACKEND,
+                              .log = leak_log };
+    braid_loop *loop;
+    int rc = braid_loop_new(&loop, &lo);
+    if (rc == BRAID_ENOSYS) bt_skip("io_uring not available");
+    BT_OK(rc);
+    if (!braid__uring_have_recv_multishot()) { bt_loop_destroy(loop); bt_skip("no multishot recv"); }
+    int sv[2]; pair(sv);
+    int freed = 0;
+    owner *o = malloc(sizeof *o);
+    o->fd = sv[0];
+    o->freed = &freed;
+    BT_OK(braid__uring_bufs_new(loop, 8, 32, &o->bufs));
+    braid__uring_op_init(&o->op, owner_cb, o);
+    BT_OK(braid__uring_recv_multishot(loop, &o->op, o->fd, o->bufs));
+    BT_OK(braid_loop_run_once(loop, BRAID_RUN_NOWAIT));
+    /* The leak gate sees the op and the buffer ring. */
+    BT_ERR(braid_loop_destroy(loop), BRAID_EBUSY);
+    BT_EQ(leak_logs, 2);
+    /* Owner closes: cancel, close the fd now; memory goes in the callback. */
+    BT_OK(braid__uring_cancel(&o->op));
+    close(o->fd);
+    BT_OK(braid_loop_run(loop));
+    BT_EQ(freed, 1);
+    close(sv[1]);
+    BT_OK(braid_loop_destroy(loop));
+}
+
+/* The allocation-failure walk: loop creation on io_uring, watchers (fd
+ * table growth in the backend), an op and a buffer ring. */
+static void noop_io(braid_watch *w, unsigned ev, void *arg) { (void)w; (void)ev; (void)arg; }
+
+static int uring_scenario(void) {
+    braid_loop_options lo = { .backend = BRAID_BACKEND_URING, .flags = BRAID_LOOP_STRICT_BACKEND };
+    braid_loop *loop;
+    int rc = braid_loop_new(&loop, &lo);
+    if (rc < 0) return rc;
+    int sv[2];
+    pair(sv);
+    int hi = fcntl(sv[0], F_DUPFD_CLOEXEC, 900);
+    braid_watch w1, w2;
+    int w1_open = 0, w2_open = 0;
+    braid__uring_bufs *bufs = NULL;
+    if ((rc = braid_watch_init(loop, &w1, sv[0], noop_io, NULL)) < 0) goto out;
+    w1_open = 1;
+    if ((rc = braid_watch_set(&w1, BRAID_READ)) < 0) goto out;
+    if ((rc = braid_watch_init(loop, &w2, hi, noop_io, NULL)) < 0) goto out;
+    w2_open = 1;
+    if ((rc = braid_watch_set(&w2, BRAID_READ | BRAID_WRITE)) < 0) goto out;
+    if ((rc = braid__uring_bufs_new(loop, 4, 64, &bufs)) < 0) goto out;
+    op_log l = { 0 };
+    braid__uring_op op;
+    braid__uring_op_init(&op, log_op, &l);
+    struct io_uring_sqe *sqe = braid__uring_sqe(loop);
+    io_uring_prep_nop(sqe);
+    braid__uring_submit(loop, sqe, &op);
+    while (braid__uring_op_active(&op))
+        if ((rc = braid_loop_run_once(loop, 0)) < 0) abort();
+    if (l.calls != 1) abort();
+    rc = 0;
+out:
+    braid__uring_bufs_free(bufs);
+    if (w1_open) braid_watch_close(&w1);
+    if (w2_open) braid_watch_close(&w2);
+    if (braid_loop_destroy(loop) < 0) abort();
+    close(sv[0]); close(sv[1]); close(hi);
+    return rc;
+}
+
+BT_TEST(allocation_failure_walk_on_uring) {
+    braid_loop *probe = uring_loop();      /* skips without io_uring */
+    bt_loop_destroy(probe);
+    long base = braid_test_alloc_outstanding();
+    int failures = 0;
+    for (long n = 1; n < 1000; n++) {
+        braid_test_fail_alloc_after(n, false);
+        int rc = uring_scenario();
+        bool injected = braid_test_alloc_failed();
+        braid_test_fail_alloc_after(0, false);
+        BT_EQ(braid_test_alloc_outstanding(), base);
+        if (!injected) { BT_OK(rc); break; }
+        BT_ERR(rc, BRAID_ENOMEM);
+        failures++;
+    }
+    BT_GE(failures, 5);
+}
+#endif
