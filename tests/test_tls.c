@@ -9,6 +9,7 @@
 #include <braid/stream.h>
 #include <braid/tls.h>
 #include <signal.h>
+#include <sys/stat.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -651,5 +652,129 @@ BT_TEST(alloc_failure_walk) {
     }
     braid_tls_ctx_unref(sctx);
     braid_tls_ctx_unref(cctx);
+    bt_loop_destroy(loop);
+}
+
+/* ---- endpoint strings ------------------------------------------------------------------- */
+static braid_result keep_value(braid_result r, void *arg) {
+    got *g = arg;
+    g->done = 1;
+    if (r.failure) {
+        g->failed = 1;
+        g->code = r.failure->code;
+        braid_result_drop(r);
+        return braid_ok(NULL);
+    }
+    g->p = r.value;
+    return r;
+}
+
+static int endpoint_error(braid_loop *loop, const char *desc, bool server, char *msg, size_t msglen) {
+    afactory f;
+    app a[1];
+    af_init(&f, a, 1);
+    braid_tls_factory tf;
+    braid_deferred *d = server ? braid_tls_listen(loop, desc, &f.f, &tf)
+                               : braid_tls_connect_to(loop, desc, &f.f, &tf);
+    braid_result r;
+    BT_OK(braid_deferred_take(d, &r));
+    BT_TRUE(r.failure != NULL);
+    int code = r.failure->code;
+    snprintf(msg, msglen, "%s", r.failure->message ? r.failure->message : "");
+    braid_result_drop(r);
+    braid_deferred_release(d);
+    braid_tls_factory_cleanup(&tf);
+    return code;
+}
+
+BT_TEST(endpoint_string_errors) {
+    braid_loop *loop = bt_loop_new(NULL);
+    char msg[512];
+    BT_ERR(endpoint_error(loop, "ssl:8443", true, msg, sizeof msg), BRAID_EBAD_ENDPOINT);
+    BT_TRUE(strstr(msg, "privateKey") != NULL);
+    BT_ERR(endpoint_error(loop, "ssl:8443:privateKey=/nonexistent/k.pem", true, msg, sizeof msg), BRAID_ETLS);
+    BT_TRUE(strstr(msg, "/nonexistent/k.pem") != NULL);
+    BT_ERR(endpoint_error(loop, "ssl:8443:privateKey=k.pem:bogus=1", true, msg, sizeof msg), BRAID_EBAD_ENDPOINT);
+    BT_TRUE(strstr(msg, "bogus") != NULL);
+    BT_ERR(endpoint_error(loop, "tls:host=x:port=1:verifyClient=required", false, msg, sizeof msg), BRAID_EBAD_ENDPOINT);
+    BT_ERR(endpoint_error(loop, "tcp:host=x:port=1", false, msg, sizeof msg), BRAID_EBAD_ENDPOINT);
+    BT_ERR(endpoint_error(loop, "tls:host=x", false, msg, sizeof msg), BRAID_EBAD_ENDPOINT);
+    BT_TRUE(strstr(msg, "port") != NULL);
+    BT_ERR(endpoint_error(loop, "tls:host=x:port=1:minVersion=1.0", false, msg, sizeof msg), BRAID_EBAD_ENDPOINT);
+    bt_loop_destroy(loop);
+}
+
+BT_IO_TEST(endpoint_strings_over_tcp) {
+    signal(SIGPIPE, SIG_IGN);
+    braid_loop *loop = bt_loop_new(NULL);
+    char dir[] = "/tmp/braid-tls-XXXXXX";
+    BT_TRUE(mkdtemp(dir) != NULL);
+    btc_write(&world()->server, dir, "server");
+    btc_write(&world()->ca, dir, "ca");
+    /* a c_rehash'ed CA directory: <subject hash>.0 */
+    char hashed[600];
+    snprintf(hashed, sizeof hashed, "%s/cadir", dir);
+    BT_OK(mkdir(hashed, 0700));
+    snprintf(hashed, sizeof hashed, "%s/cadir/%08lx.0", dir, X509_subject_name_hash(world()->ca.x));
+    btc__write_file(hashed, world()->ca.cert_pem);
+
+    afactory sf, cf;
+    app s[2], c[2];
+    af_init(&sf, s, 2);
+    af_init(&cf, c, 2);
+    s[0].echo = s[1].echo = true;
+    char desc[1024];
+    snprintf(desc, sizeof desc, "ssl:0:interface=127.0.0.1:privateKey=%s/server.key:certKey=%s/server.crt:alpn=h2",
+             dir, dir);
+    braid_tls_factory stf, ctf, ctf2;
+    got gl = { 0 };
+    braid_deferred *d = braid_tls_listen(loop, desc, &sf.f, &stf);
+    BT_OK(braid_deferred_add_callbacks(d, keep_value, keep_value, &gl));
+    braid_deferred_release(d);
+    BT_FALSE(gl.failed);
+    braid_listener *l = (braid_listener *)gl.p;
+    braid_address a;
+    BT_OK(braid_listener_address(l, &a));
+    int port = braid_address_port(&a);
+
+    /* tls:host=...:port=...:caCertsDir=... (host name resolved, SNI and verification on it) */
+    snprintf(desc, sizeof desc, "tls:host=localhost:port=%d:caCertsDir=%s/cadir:alpn=h2:timeout=5", port, dir);
+    got g = { 0 };
+    d = braid_tls_connect_to(loop, desc, &cf.f, &ctf);
+    BT_OK(braid_deferred_add_callbacks(d, keep_value, keep_value, &g));
+    braid_deferred_release(d);
+    bt_run_until(loop, &g.done, 2000);
+    BT_FALSE(g.failed);
+    BT_TRUE(g.p == &c[0].base);
+    BT_OK(braid_transport_write(g.p->transport, "endpoint", 8));
+    for (int i = 0; i < 2000 && c[0].inlen < 8; i++) BT_OK(braid_loop_run_once(loop, 0));
+    BT_EQ(c[0].inlen, 8);
+    BT_STREQ(braid_tls_transport_info(g.p->transport)->alpn, "h2");
+    braid_transport_lose_connection(g.p->transport);
+    run_until(loop, &c[0].lost, &s[0].lost);
+    BT_ERR(c[0].lost_code, BRAID_ECONNECTION_DONE);
+
+    /* positional tls:HOST:PORT with a CA file, verifying the IP address */
+    snprintf(desc, sizeof desc, "tls:127.0.0.1:%d:caCerts=%s/ca.crt", port, dir);
+    got g2 = { 0 };
+    d = braid_tls_connect_to(loop, desc, &cf.f, &ctf2);
+    BT_OK(braid_deferred_add_callbacks(d, keep_value, keep_value, &g2));
+    braid_deferred_release(d);
+    bt_run_until(loop, &g2.done, 2000);
+    BT_FALSE(g2.failed);
+    BT_OK(braid_transport_write(g2.p->transport, "ip", 2));
+    for (int i = 0; i < 2000 && c[1].inlen < 2; i++) BT_OK(braid_loop_run_once(loop, 0));
+    BT_EQ(c[1].inlen, 2);
+    braid_transport_lose_connection(g2.p->transport);
+    run_until(loop, &c[1].lost, &s[1].lost);
+
+    braid_listener_close(l);
+    for (int i = 0; i < 5; i++) braid_loop_run_once(loop, BRAID_RUN_NOWAIT);
+    braid_tls_factory_cleanup(&stf);
+    braid_tls_factory_cleanup(&ctf);
+    braid_tls_factory_cleanup(&ctf2);
+    char cmd[700];
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
+    BT_EQ(system(cmd), 0);
     bt_loop_destroy(loop);
 }

@@ -295,6 +295,30 @@ BRAID_API int braid_tls_transport_error(braid_transport *t, const char **detail)
 /* The transport under the TLS transport (NULL once it is gone). */
 BRAID_API braid_transport *braid_tls_transport_lower(braid_transport *t);
 
+/* ---- endpoint strings ----------------------------------------------------------
+ * Twisted's TLS endpoint grammar on top of braid's tcp endpoints (the stream
+ * module's parser handles the TCP part; these add the TLS fields):
+ *
+ *   server  ssl:8443:privateKey=key.pem[:certKey=cert.pem][:extraCertChain=chain.pem]
+ *               [:caCerts=ca.pem|:caCertsDir=DIR][:verifyClient=optional|required]
+ *               [:alpn=h2,http/1.1][:minVersion=1.3][:interface=...][:backlog=N]...
+ *           (certKey defaults to privateKey: one PEM holding both)
+ *   client  tls:host=example.com:port=443[:caCerts=ca.pem|:caCertsDir=DIR]
+ *               [:serverName=NAME][:certKey=c.pem:privateKey=k.pem][:alpn=...]
+ *               [:minVersion=1.3][:timeout=S][:bindAddress=...]     (or tls:HOST:PORT)
+ *
+ * "ssl" and "tls" are synonyms on both sides. The context is built from the
+ * string; tf (caller storage) is initialised as the wrapper of inner and must
+ * outlive the listener/connection; release it with braid_tls_factory_cleanup
+ * afterwards — also when the Deferred failed. A bad string fails the
+ * Deferred with BRAID_EBAD_ENDPOINT naming the part; an unreadable
+ * certificate or key with BRAID_ETLS naming the file. Deferreds as in
+ * <braid/endpoint.h>: the listener, or the connected *application* protocol. */
+BRAID_API braid_deferred *braid_tls_listen(braid_loop *loop, const char *desc, braid_factory *inner,
+                                           braid_tls_factory *tf);
+BRAID_API braid_deferred *braid_tls_connect_to(braid_loop *loop, const char *desc,
+                                               braid_factory *inner, braid_tls_factory *tf);
+
 #ifdef __cplusplus
 }
 #endif
