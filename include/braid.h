@@ -6,6 +6,7 @@
 #include <braid/common.h>
 #include <braid/loop.h>
 #include <braid/time.h>
+#include <braid/tls.h>
 #include <braid/deferred.h>
 #include <braid/protocol.h>
 #include <braid/stream.h>
