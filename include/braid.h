@@ -6,6 +6,7 @@
 #include <braid/common.h>
 #include <braid/loop.h>
 #include <braid/time.h>
+#include <braid/tls.h>
 #include <braid/deferred.h>
 #include <braid/protocol.h>
 #include <braid/stream.h>
@@ -14,4 +15,5 @@
 #include <braid/dgram.h>
 #include <braid/pool.h>
 #include <braid/fiber.h>
+#include <braid/http.h>
 #endif

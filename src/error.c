@@ -20,6 +20,22 @@ static const char *const own[] = {
     [15] = "lock misuse",
     [16] = "first error",
     [17] = "every raced Deferred failed",
+    [56] = "incomplete HTTP message (more input needed)",
+    [57] = "malformed HTTP message",
+    [58] = "ambiguous or invalid HTTP body framing",
+    [59] = "malformed chunked encoding",
+    [60] = "HTTP request line too long",
+    [61] = "HTTP header fields too large",
+    [62] = "HTTP body too large",
+    [63] = "HTTP version not supported",
+    [64] = "TLS: peer certificate does not match the host name",
+    [65] = "TLS: peer certificate has expired or is not yet valid",
+    [66] = "TLS: peer certificate is not issued by a trusted CA",
+    [67] = "TLS: peer sent no certificate but one is required",
+    [68] = "TLS handshake timed out",
+    [69] = "TLS renegotiation refused",
+    [70] = "TLS: peer sent a fatal alert",
+    [71] = "TLS: stream truncated (no close_notify or handshake cut short)",
 };
 
 const char *braid_strerror(int code) {

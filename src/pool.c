@@ -49,6 +49,7 @@ struct pool_job {
     braid_pool_fn fn;
     braid_call_fn call;
     void *arg;
+    void (*arg_free)(void *);    /* loop thread, once fn is done with arg (or never ran) */
     braid_result result;
     uint64_t t_queued;
     _Atomic int state;           /* written under the pool lock */
@@ -632,6 +633,7 @@ static void job_complete(void *arg) {
     braid_deferred *d = j->d;
     braid_result r = j->result;
     bool dropped = j->dropped;
+    if (j->arg_free) j->arg_free(j->arg);
     if (j->spins) loop->spin_holds--;
     job_put(loop, j);
     braid_loop_release(loop);
@@ -652,6 +654,7 @@ static void job_cancel(braid_deferred *d, void *arg) {
             pool->cancelled++;
             pthread_mutex_unlock(&pool->mu);
             braid_loop *loop = j->loop;
+            if (j->arg_free) j->arg_free(j->arg);
             if (j->spins) loop->spin_holds--;
             job_put(loop, j);
             braid_loop_release(loop);
@@ -662,17 +665,26 @@ static void job_cancel(braid_deferred *d, void *arg) {
     j->dropped = true;
 }
 
-braid_deferred *braid_defer_to_pool_class(braid_loop *loop, braid_pool *pool, int cls,
-                                          braid_pool_fn fn, void *arg) {
-    if (!loop) return NULL;
-    if (!pool || !fn)
+braid_deferred *braid_defer_to_pool_full(braid_loop *loop, braid_pool *pool, int cls,
+                                         braid_pool_fn fn, void *arg, void (*arg_free)(void *)) {
+    if (!loop) {
+        if (arg_free) arg_free(arg);
+        return NULL;
+    }
+    if (!pool || !fn) {
+        if (arg_free) arg_free(arg);
         return braid_fail(loop, braid_failure_new(BRAID_EINVAL, "braid_defer_to_pool: no %s",
                                                   pool ? "function" : "pool"));
+    }
     pool_job *j = job_get(loop);
-    if (!j) return braid_fail(loop, braid_failure_new(BRAID_ENOMEM, NULL));
+    if (!j) {
+        if (arg_free) arg_free(arg);
+        return braid_fail(loop, braid_failure_new(BRAID_ENOMEM, NULL));
+    }
     braid_deferred *d = braid_deferred_new_cancellable(loop, job_cancel, j);
     if (!d) {
         job_put(loop, j);
+        if (arg_free) arg_free(arg);
         return NULL;
     }
     j->post.fn = job_complete;
@@ -683,11 +695,13 @@ braid_deferred *braid_defer_to_pool_class(braid_loop *loop, braid_pool *pool, in
     j->fn = fn;
     j->call = NULL;
     j->arg = arg;
+    j->arg_free = arg_free;
     j->dropped = false;
     j->spins = pool->loop_spin != 0;
     int rc = submit(pool, j, cls);
     if (rc < 0) {
         job_put(loop, j);
+        if (arg_free) arg_free(arg);
         braid_deferred_errback(d, braid_failure_new(rc, "pool %s: work refused", pool->name));
         return d;
     }
@@ -697,6 +711,11 @@ braid_deferred *braid_defer_to_pool_class(braid_loop *loop, braid_pool *pool, in
         if (loop->spin_max < pool->loop_spin) loop->spin_max = loop->spin_cur = pool->loop_spin;
     }
     return d;
+}
+
+braid_deferred *braid_defer_to_pool_class(braid_loop *loop, braid_pool *pool, int cls,
+                                          braid_pool_fn fn, void *arg) {
+    return braid_defer_to_pool_full(loop, pool, cls, fn, arg, NULL);
 }
 
 braid_deferred *braid_defer_to_pool(braid_loop *loop, braid_pool *pool, braid_pool_fn fn,

@@ -39,7 +39,8 @@ _Noreturn void bt_skip(const char *why);
 
 #define BT__CMP(a, b, op, fmt, type)                                         \
     do {                                                                     \
-        type bt_a_ = (type)(a), bt_b_ = (type)(b);                           \
+        type bt_a_ = (type)(a);                                              \
+        type bt_b_ = (type)(b);                                              \
         if (!(bt_a_ op bt_b_))                                               \
             bt_fail(__FILE__, __LINE__, "%s %s %s: " fmt " vs " fmt, #a, #op, #b, bt_a_, bt_b_); \
     } while (0)

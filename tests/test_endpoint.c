@@ -187,11 +187,11 @@ BT_IO_TEST(connect_string_timeout) {
         BT_OK(braid_loop_run_once(loop, BRAID_RUN_NOWAIT));
     if (!braid_deferred_is_failure(d)) bt_fail(__FILE__, __LINE__, "expected a timeout");
     braid_failure *f = braid_expect_failure(d, 0);
-    /* refused can beat the timer only if the resolver thread answered first */
+    /* refused can beat the timer only if the resolver pool answered first */
     BT_TRUE(f->code == BRAID_ETIMEDOUT || f->code == -ECONNREFUSED);
     braid_failure_free(f);
     braid_deferred_release(d);
-    /* the resolver thread holds the loop until it reported back */
+    /* the resolver pool job holds the loop until it reported back */
     for (int i = 0; i < 10000 && braid_loop_run_once(loop, 0) > 0; i++) {}
     BT_EQ(cf.refs, 0);
     bt_loop_destroy(loop);

@@ -722,3 +722,43 @@ BT_TEST(thread_names_and_stack_size) {
     BT_ERR(braid_pool_new(&pool, &bad), BRAID_EINVAL);
     bt_loop_destroy(loop);
 }
+
+/* ---- arg ownership: braid_defer_to_pool_full --------------------------------------------------- */
+static int args_freed;
+static void count_free(void *p) { args_freed++; braid_free(p); }
+static braid_result read_arg(void *p) { return braid_ok((void *)(intptr_t)*(int *)p); }
+
+BT_TEST(defer_full_frees_arg_exactly_once) {
+    braid_loop *loop = bt_loop_new(NULL);
+    braid_pool *pool = new_pool(loop, 0, 0, BRAID_POOL_MEMORY, 2);
+    args_freed = 0;
+    outcome o[4] = { { 0 } };
+    int *a[4];
+    for (int i = 0; i < 4; i++) {
+        a[i] = braid_malloc(sizeof(int));
+        *a[i] = 10 + i;
+    }
+    braid_deferred *d0 = braid_defer_to_pool_full(loop, pool, 0, read_arg, a[0], count_free);
+    BT_OK(braid_deferred_add_callbacks(d0, on_ok_plain, on_err, &o[0]));
+    braid_deferred *d1 = braid_defer_to_pool_full(loop, pool, 0, read_arg, a[1], count_free);
+    BT_OK(braid_deferred_add_callbacks(d1, on_ok_plain, on_err, &o[1]));
+    watch(braid_defer_to_pool_full(loop, pool, 0, read_arg, a[2], count_free), &o[2], false);
+    BT_ERR(o[2].code, BRAID_EQUEUE_FULL);          /* refused: arg freed at once */
+    BT_EQ(args_freed, 1);
+    braid_deferred_cancel(d1);                      /* queued: leaves the queue, arg freed */
+    BT_EQ(args_freed, 2);
+    BT_ERR(o[1].code, BRAID_ECANCELED);
+    BT_EQ(braid_pool_step(pool), 1);
+    BT_EQ(args_freed, 2);                           /* fn ran; freed when the result is delivered */
+    BT_OK(braid_loop_run(loop));
+    BT_EQ(args_freed, 3);
+    BT_EQ(o[0].value, 10);
+    watch(braid_defer_to_pool_full(loop, pool, 0, read_arg, a[3], count_free), &o[3], false);
+    braid_pool_destroy(pool, BRAID_POOL_CANCEL);    /* shut down while queued */
+    BT_OK(braid_loop_run(loop));
+    BT_ERR(o[3].code, BRAID_ECANCELED);
+    BT_EQ(args_freed, 4);
+    braid_deferred_release(d0);
+    braid_deferred_release(d1);
+    bt_loop_destroy(loop);
+}

@@ -609,7 +609,7 @@ BT_IO_TEST(connect_by_name_resolves_off_thread) {
     got g = { 0 };
     braid_deferred *d = braid_tcp_connect(loop, &(braid_tcp_connect_options){
         .host = "localhost", .port = port, .family = AF_INET }, &cf.f);
-    BT_FALSE(braid_deferred_called(d));   /* a name goes to the resolver thread */
+    BT_FALSE(braid_deferred_called(d));   /* a name goes to the resolver pool */
     await_connect(loop, d, &g);
     BT_FALSE(g.failed);
     braid_transport_lose_connection(g.p->transport);

@@ -134,6 +134,7 @@ BT_TEST(call_later_handle) {
     later_calls = 0;
     braid_timer *h = braid_call_later(loop, 100, later_fn, NULL);
     BT_TRUE(h);
+    BT_PTR_EQ(h->loop, loop);
     BT_TRUE(braid_timer_active(h));
     BT_OK(braid_timer_reset(h, 200));
     BT_OK(braid_loop_advance(loop, 150));

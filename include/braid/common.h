@@ -71,6 +71,15 @@ extern "C" {
 #define BRAID_ELOCKED           (-4015)  /* lock/semaphore misuse */
 #define BRAID_EFIRST_ERROR      (-4016)  /* combinator: first error of several */
 #define BRAID_EALL_FAILED       (-4017)  /* race: every member failed */
+/* tls: -4064..-4071 */
+#define BRAID_ETLS_HOSTNAME     (-4064)  /* peer certificate does not name the host */
+#define BRAID_ETLS_EXPIRED      (-4065)  /* peer certificate expired or not yet valid */
+#define BRAID_ETLS_UNKNOWN_CA   (-4066)  /* peer certificate not issued by a trusted CA */
+#define BRAID_ETLS_NO_CERT      (-4067)  /* peer sent no certificate where one is required */
+#define BRAID_ETLS_TIMEOUT      (-4068)  /* TLS handshake took too long */
+#define BRAID_ETLS_RENEGOTIATION (-4069) /* peer attempted renegotiation (refused) */
+#define BRAID_ETLS_ALERT        (-4070)  /* peer aborted with a fatal alert (e.g. rejected our certificate) */
+#define BRAID_ETLS_TRUNCATED    (-4071)  /* stream ended mid-handshake or without close_notify */
 #define BRAID_ERRLAST           (-4099)
 
 /* The name of a code: a negative errno gives strerror's text, braid's own

@@ -12,7 +12,7 @@
  *   4. posted    run the calls posted from other threads (braid_loop_post)
  *                that were queued when this phase began;
  *   5. ready     run the same-thread callbacks queued with braid_loop_soon
- *                (Deferred callbacks use this) that were queued when this
+ *                (fibers resume here) that were queued when this
  *                phase began; ones queued meanwhile run next iteration.
  *
  * Everything here is loop-affine: call it only on the loop's thread, except

@@ -120,6 +120,15 @@ BRAID_API braid_deferred *braid_defer_to_pool(braid_loop *loop, braid_pool *pool
 BRAID_API braid_deferred *braid_defer_to_pool_class(braid_loop *loop, braid_pool *pool, int cls,
                                                     braid_pool_fn fn, void *arg);
 
+/* The same, taking ownership of arg: arg_free(arg) runs on the loop's thread
+ * once fn is done with it — after fn returned (before the Deferred fires),
+ * or when the work was cancelled or refused before it ran, or at once if
+ * this call fails (NULL returned). So a request can carry heap data to the
+ * worker without leaking when it is cancelled in the queue. */
+BRAID_API braid_deferred *braid_defer_to_pool_full(braid_loop *loop, braid_pool *pool, int cls,
+                                                   braid_pool_fn fn, void *arg,
+                                                   void (*arg_free)(void *));
+
 /* Any thread: run fn(arg) on a worker, no result. 0, BRAID_EQUEUE_FULL,
  * BRAID_ESHUTDOWN, BRAID_ENOMEM or a thread-creation error. Work still queued
  * when the pool is shut down with BRAID_POOL_CANCEL is dropped without

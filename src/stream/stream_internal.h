@@ -106,7 +106,7 @@ int braid__set_nonblock(int fd);
 
 /* Resolution (resolve.c): a Deferred of a struct addrinfo * list (owned by the
  * result, freed by its dtor). Numeric hosts resolve at once; names on a
- * helper thread. */
+ * pool worker: the loop's resolver pool (see <braid/pool.h>). */
 struct addrinfo;
 braid_deferred *braid__resolve(braid_loop *loop, const char *host, int port,
                                const struct addrinfo *hints);

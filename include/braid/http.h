@@ -1,0 +1,190 @@
+/* braid/http.h — HTTP/1.1: a zero-copy parser, a chunked codec, and (below,
+ * once the stream transports are in) a server and a client.
+ *
+ * The parser is picohttpparser's shape: the caller owns the buffer, the
+ * results point into it, nothing is allocated, and "incomplete: call again
+ * with more bytes" is its own return (BRAID_EHTTP_INCOMPLETE). The parser is
+ * stateless over the head: call it with the whole buffer collected so far and
+ * the length you passed last time (prev_len, 0 the first time) so it can skip
+ * a re-parse when nothing that could end a line has arrived.
+ *
+ *     braid_http_header hdrs[64];
+ *     braid_http_message m;
+ *     int n = braid_http_parse_request(&m, hdrs, 64, buf, len, prev_len, NULL);
+ *     if (n == BRAID_EHTTP_INCOMPLETE) { prev_len = len; read more; }
+ *     else if (n < 0) reply(braid_http_error_status(n)), close;   // m.error says why
+ *     else { head is buf[0..n); m.method, m.target, hdrs[...] point into buf;
+ *            m.body says how the body is framed (m.content_length, chunked) }
+ *
+ * The parser is strict where laxness lets one message be read two ways
+ * (request smuggling): both Content-Length and Transfer-Encoding, duplicate or
+ * malformed Content-Length, a transfer coding other than a final "chunked",
+ * Transfer-Encoding on HTTP/1.0, bare CR or bare LF line ends, obs-fold
+ * continuation lines, whitespace before a header's colon, control characters
+ * and non-token characters where a token belongs, a missing or repeated Host
+ * on HTTP/1.1 — each is an error, and each error code maps to the status the
+ * server answers with (braid_http_error_status): 400, 414, 431, 413 or 505.
+ *
+ * The chunked decoder works in place and incrementally: feed it whatever
+ * arrived; it moves the payload bytes to the front of the buffer, keeps its
+ * position in a small state struct, and says when the body has ended and how
+ * many bytes it consumed (the rest is the next pipelined message).
+ *
+ * Threads: every function here is pure (no loop, no globals) and may run on
+ * any thread.
+ */
+#ifndef BRAID_HTTP_H
+#define BRAID_HTTP_H
+
+#include <braid/common.h>
+#include <sys/types.h>
+#include <time.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* ---- error codes (braid's http range -4056..-4063) ---------------------------- */
+#define BRAID_EHTTP_INCOMPLETE        (-4056) /* not an error: need more bytes */
+#define BRAID_EHTTP_SYNTAX            (-4057) /* malformed message          -> 400 */
+#define BRAID_EHTTP_FRAMING           (-4058) /* ambiguous/invalid body framing (smuggling shapes) -> 400 */
+#define BRAID_EHTTP_CHUNK             (-4059) /* bad chunked encoding       -> 400 */
+#define BRAID_EHTTP_URI_TOO_LONG      (-4060) /* request line over limit    -> 414 */
+#define BRAID_EHTTP_HEADERS_TOO_LARGE (-4061) /* head bytes / header count  -> 431 */
+#define BRAID_EHTTP_BODY_TOO_LARGE    (-4062) /* body over limit            -> 413 */
+#define BRAID_EHTTP_VERSION           (-4063) /* not HTTP/1.x               -> 505 */
+
+/* The status a server answers a parse error with (400 for codes outside the
+ * table). */
+BRAID_API int braid_http_error_status(int code);
+/* The standard reason phrase of a status code ("Not Found"), "" if unknown. */
+BRAID_API const char *braid_http_status_reason(int status);
+
+/* ---- limits --------------------------------------------------------------------- */
+typedef struct braid_http_limits {
+    size_t max_request_line;   /* bytes of the request line, CRLF excluded (8192) */
+    size_t max_head;           /* bytes of the whole head incl. start line (16384) */
+    size_t max_headers;        /* header fields (100; also capped by the caller's array) */
+    uint64_t max_body;         /* body bytes, Content-Length or chunked (1 MiB) */
+} braid_http_limits;
+
+/* Defaults, used when a limits pointer is NULL or a field is 0. */
+#define BRAID_HTTP_MAX_REQUEST_LINE 8192u
+#define BRAID_HTTP_MAX_HEAD         16384u
+#define BRAID_HTTP_MAX_HEADERS      100u
+#define BRAID_HTTP_MAX_BODY         (1024u * 1024u)
+
+/* ---- parsed messages ------------------------------------------------------------ */
+typedef struct braid_http_header {
+    const char *name;          /* points into the caller's buffer; not NUL-terminated */
+    size_t name_len;
+    const char *value;         /* surrounding whitespace trimmed */
+    size_t value_len;
+} braid_http_header;
+
+typedef enum braid_http_body {
+    BRAID_HTTP_BODY_NONE = 0,  /* no body (no framing headers; HEAD/1xx/204/304 responses) */
+    BRAID_HTTP_BODY_LENGTH,    /* content_length bytes follow the head */
+    BRAID_HTTP_BODY_CHUNKED,   /* chunked: feed it to braid_http_chunked_decode */
+    BRAID_HTTP_BODY_EOF,       /* responses only: the body runs until the connection closes */
+} braid_http_body;
+
+typedef struct braid_http_message {
+    /* requests */
+    const char *method;        /* into the buffer */
+    size_t method_len;
+    const char *target;        /* request-target as sent (origin-form, absolute-form, ...) */
+    size_t target_len;
+    /* responses */
+    int status;
+    const char *reason;
+    size_t reason_len;
+    /* both */
+    int minor_version;         /* HTTP/1.<minor_version> */
+    braid_http_header *headers;/* the caller's array */
+    size_t num_headers;
+    size_t head_len;           /* bytes of the head, = the parser's return value */
+    braid_http_body body;
+    uint64_t content_length;   /* when body == BRAID_HTTP_BODY_LENGTH */
+    bool keep_alive;           /* after Connection: close/keep-alive and the version */
+    bool expect_continue;      /* request carries Expect: 100-continue */
+    bool upgrade;              /* Connection: upgrade with an Upgrade header */
+    const char *host;          /* the Host value (NULL if absent) */
+    size_t host_len;
+    const char *error;         /* on failure: which rule the input broke (static text) */
+} braid_http_message;
+
+/* Parse a request head in buf[0..len). hdrs/max_hdrs is the caller's array;
+ * prev_len is the len of the previous call on this buffer (0 the first time).
+ * Returns the head length (> 0, body starts at buf + return), or
+ * BRAID_EHTTP_INCOMPLETE, or another BRAID_EHTTP_* error with m->error set.
+ * Never reads outside buf[0..len). lim may be NULL (defaults). */
+BRAID_API int braid_http_parse_request(braid_http_message *m, braid_http_header *hdrs,
+                                       size_t max_hdrs, const char *buf, size_t len,
+                                       size_t prev_len, const braid_http_limits *lim);
+
+/* Parse a response head. head_request: the request was HEAD (no body whatever
+ * the headers say). Same return convention. Responses without Content-Length
+ * or chunked framing get BRAID_HTTP_BODY_EOF. */
+BRAID_API int braid_http_parse_response(braid_http_message *m, braid_http_header *hdrs,
+                                        size_t max_hdrs, const char *buf, size_t len,
+                                        size_t prev_len, bool head_request,
+                                        const braid_http_limits *lim);
+
+/* Case-insensitive lookup of a header by name: the first match or NULL. */
+BRAID_API const braid_http_header *braid_http_find_header(const braid_http_message *m,
+                                                          const char *name);
+
+/* Does a comma-separated header value contain token (case-insensitive)? */
+BRAID_API bool braid_http_value_has_token(const char *value, size_t len, const char *token);
+
+/* ---- chunked transfer coding ---------------------------------------------------- */
+typedef struct braid_http_chunked {
+    uint64_t remaining;        /* payload bytes left in the current chunk */
+    uint64_t total;            /* payload bytes decoded so far */
+    uint64_t max_body;         /* limit (0: BRAID_HTTP_MAX_BODY) */
+    uint32_t line;             /* bytes of the current size/trailer line */
+    uint32_t trailer;          /* trailer bytes so far */
+    uint32_t max_trailer;      /* limit on trailer bytes (0: BRAID_HTTP_MAX_HEAD) */
+    uint8_t state;             /* private */
+    uint8_t digits;            /* private */
+} braid_http_chunked;
+
+/* Start decoding a body (max_body 0: the default limit). */
+BRAID_API void braid_http_chunked_init(braid_http_chunked *d, uint64_t max_body);
+
+/* Decode buf[0..len) in place. The payload decoded from this call is moved to
+ * buf[0..*out_len). Returns BRAID_EHTTP_INCOMPLETE if all len bytes were
+ * consumed and the body goes on; n >= 0 when the body (last chunk and
+ * trailers) ended after n bytes of the input — buf[n..len) is untouched and
+ * belongs to the next message; BRAID_EHTTP_CHUNK on malformed coding;
+ * BRAID_EHTTP_BODY_TOO_LARGE past max_body. Trailer fields are validated and
+ * discarded. *out_len is set on every return, errors included. Never reads
+ * outside buf[0..len). */
+BRAID_API ssize_t braid_http_chunked_decode(braid_http_chunked *d, char *buf, size_t len,
+                                            size_t *out_len);
+
+/* Has the decoder seen the whole body? */
+BRAID_API bool braid_http_chunked_done(const braid_http_chunked *d);
+
+/* Encoder. The head of one chunk of n > 0 bytes ("1a2b\r\n") into out
+ * (>= BRAID_HTTP_CHUNK_HEAD_MAX bytes); returns its length. The chunk is then
+ * the payload followed by "\r\n"; the body ends with BRAID_HTTP_CHUNKED_END. */
+#define BRAID_HTTP_CHUNK_HEAD_MAX 18
+#define BRAID_HTTP_CHUNKED_END "0\r\n\r\n"
+BRAID_API size_t braid_http_chunk_head(char *out, size_t n);
+/* Encode one whole chunk (head, payload, CRLF) into out; returns the bytes
+ * written, or 0 if out_cap is too small (n + 20 always suffices) or n == 0. */
+BRAID_API size_t braid_http_chunk_encode(char *out, size_t out_cap, const void *data, size_t n);
+
+/* ---- dates (IMF-fixdate, RFC 9110 5.6.7) ----------------------------------------- */
+#define BRAID_HTTP_DATE_LEN 29
+/* "Sun, 06 Nov 1994 08:49:37 GMT" into out (>= 30 bytes, NUL-terminated). */
+BRAID_API void braid_http_format_date(time_t t, char *out);
+/* Parse an IMF-fixdate (also RFC 850 and asctime forms); -1 if malformed. */
+BRAID_API time_t braid_http_parse_date(const char *s, size_t len);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

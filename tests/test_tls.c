@@ -1,0 +1,780 @@
+/* TLS as a protocol wrapper: over the in-memory pump, TCP, Unix sockets and
+ * pipes; STARTTLS; handshake timeout on the fake clock; close_notify; flow
+ * control through TLS (a never-reading peer keeps the writer under the cap);
+ * small writes aggregated into few records; bad input fails one connection
+ * only; allocation-failure walk. */
+// ctest-labels: tls
+#include "harness.h"
+#include "tls_certs.h"
+#include <braid/stream.h>
+#include <braid/tls.h>
+#include <signal.h>
+#include <sys/stat.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+static btc_world W;
+static bool world_made;
+static btc_world *world(void) {
+    if (!world_made) {
+        btc_world_make(&W, BTC_EC);
+        world_made = true;
+    }
+    return &W;
+}
+
+static braid_tls_ctx *server_ctx(const btc_cert *cert, const char *alpn) {
+    braid_tls_options o = { .cert_pem = cert->cert_pem, .key_pem = cert->key_pem, .alpn = alpn };
+    braid_tls_ctx *c;
+    char err[256];
+    if (braid_tls_ctx_new(&c, BRAID_TLS_SERVER, &o, err, sizeof err) < 0)
+        bt_fail(__FILE__, __LINE__, "server ctx: %s", err);
+    return c;
+}
+static braid_tls_ctx *client_ctx(const char *alpn) {
+    braid_tls_options o = { .ca_pem = world()->ca.cert_pem, .alpn = alpn };
+    braid_tls_ctx *c;
+    char err[256];
+    if (braid_tls_ctx_new(&c, BRAID_TLS_CLIENT, &o, err, sizeof err) < 0)
+        bt_fail(__FILE__, __LINE__, "client ctx: %s", err);
+    return c;
+}
+
+/* ---- a recording application protocol (test-owned) ----------------------------- */
+typedef struct app {
+    braid_protocol base;
+    char in[1 << 16];
+    size_t inlen;
+    uint64_t total_in;
+    int made, lost, lost_code, handshakes;
+    bool echo;
+    bool reused;
+    char alpn[32];
+    char peer[256];
+    char lost_detail[256];
+    int tls_error;
+    /* STARTTLS roles */
+    braid_tls_ctx *starttls_ctx;
+    bool starttls_client;
+} app;
+
+static void app_made(braid_protocol *p) { ((app *)p)->made++; }
+static void app_data(braid_protocol *p, const void *buf, size_t len) {
+    app *a = (app *)p;
+    size_t room = sizeof a->in - a->inlen;
+    memcpy(a->in + a->inlen, buf, len < room ? len : room);
+    a->inlen += len < room ? len : room;
+    a->total_in += len;
+    if (a->echo) braid_transport_write(p->transport, buf, len);
+}
+static void app_lost(braid_protocol *p, const braid_failure *f) {
+    app *a = (app *)p;
+    a->lost++;
+    a->lost_code = f->code;
+    const char *d = "";
+    a->tls_error = braid_tls_transport_error(p->transport, &d);
+    snprintf(a->lost_detail, sizeof a->lost_detail, "%s", d);
+}
+static const braid_protocol_ops app_ops = { .connection_made = app_made, .data_received = app_data,
+                                            .connection_lost = app_lost };
+
+static void on_hs(braid_protocol *p, const braid_tls_info *info, void *arg) {
+    app *a = (app *)p;
+    (void)arg;
+    a->handshakes++;
+    a->reused = info->session_reused;
+    snprintf(a->alpn, sizeof a->alpn, "%s", info->alpn);
+    snprintf(a->peer, sizeof a->peer, "%s", info->peer_subject);
+    BT_TRUE(braid_tls_transport_info(p->transport) == info);
+}
+
+typedef struct afactory { braid_factory f; app *pool; int n, used; } afactory;
+static braid_protocol *af_build(braid_factory *f, const braid_address *peer) {
+    (void)peer;
+    afactory *af = (afactory *)f;
+    if (af->used == af->n) return NULL;
+    return &af->pool[af->used++].base;
+}
+static void af_init(afactory *af, app *pool, int n) {
+    memset(af, 0, sizeof *af);
+    memset(pool, 0, sizeof *pool * (size_t)n);
+    for (int i = 0; i < n; i++) pool[i].base.ops = &app_ops;
+    af->f.build_protocol = af_build;
+    af->pool = pool;
+    af->n = n;
+}
+
+/* A TLS pair over the memory pump. */
+typedef struct pair {
+    braid_loop *loop;
+    braid_tls_ctx *sctx, *cctx;
+    afactory sf, cf;
+    app s[2], c[2];
+    braid_tls_factory stf, ctf;
+    braid_pump *pump;
+} pair;
+
+static void pair_open(pair *pr, braid_loop *loop, const char *host, const char *salpn, const char *calpn,
+                      const btc_cert *cert) {
+    memset(pr, 0, sizeof *pr);
+    pr->loop = loop;
+    pr->sctx = server_ctx(cert ? cert : &world()->server, salpn);
+    pr->cctx = client_ctx(calpn);
+    af_init(&pr->sf, pr->s, 2);
+    af_init(&pr->cf, pr->c, 2);
+    BT_OK(braid_tls_factory_init(&pr->stf, &pr->sf.f, &(braid_tls_wrap_options){
+        .ctx = pr->sctx, .handshake_done = on_hs }));
+    BT_OK(braid_tls_factory_init(&pr->ctf, &pr->cf.f, &(braid_tls_wrap_options){
+        .ctx = pr->cctx, .server_name = host, .handshake_done = on_hs }));
+    braid_protocol *cg = braid_factory_build(&pr->ctf.base, NULL);
+    braid_protocol *sg = braid_factory_build(&pr->stf.base, NULL);
+    BT_TRUE(cg && sg);
+    pr->pump = braid_pump_new(loop, cg, sg);
+    BT_TRUE(pr->pump != NULL);
+    BT_TRUE(braid_tls_wrapped_protocol(cg) == &pr->c[0].base);
+}
+
+static void pair_close(pair *pr) {
+    braid_pump_flush(pr->pump);
+    braid_pump_free(pr->pump);
+    braid_loop_run_once(pr->loop, BRAID_RUN_NOWAIT);
+    braid_tls_factory_cleanup(&pr->stf);
+    braid_tls_factory_cleanup(&pr->ctf);
+    braid_tls_ctx_unref(pr->sctx);
+    braid_tls_ctx_unref(pr->cctx);
+}
+
+BT_TEST(pump_handshake_data_close_notify) {
+    braid_loop *loop = bt_loop_new(NULL);
+    pair pr;
+    pair_open(&pr, loop, "localhost", "h2,http/1.1", "http/1.1", NULL);
+    app *c = &pr.c[0], *s = &pr.s[0];
+    BT_EQ(c->made, 1);
+    BT_EQ(s->made, 1);
+    BT_STREQ(braid_transport_kind(c->base.transport), "tls");
+    BT_TRUE(braid_transport_is_tls(c->base.transport));
+    BT_STREQ(braid_transport_kind(braid_tls_transport_lower(c->base.transport)), "memory");
+    /* Written before the handshake: waits for it. */
+    BT_OK(braid_transport_write(c->base.transport, "hello ", 6));
+    BT_OK(braid_transport_write(c->base.transport, "server", 6));
+    BT_TRUE(braid_tls_transport_info(c->base.transport) == NULL);
+    braid_pump_flush(pr.pump);
+    BT_EQ(c->handshakes, 1);
+    BT_EQ(s->handshakes, 1);
+    BT_STREQ(c->alpn, "http/1.1");
+    BT_STREQ(s->alpn, "http/1.1");
+    BT_TRUE(strstr(c->peer, "CN=localhost") != NULL);
+    BT_EQ(s->inlen, 12);
+    BT_TRUE(!memcmp(s->in, "hello server", 12));
+    BT_OK(braid_transport_write(s->base.transport, "hi", 2));
+    braid_pump_flush(pr.pump);
+    BT_EQ(c->inlen, 2);
+    /* lose_connection: close_notify; the server sees a clean end. */
+    braid_transport_lose_connection(c->base.transport);
+    braid_pump_flush(pr.pump);
+    BT_EQ(c->lost, 1);
+    BT_EQ(s->lost, 1);
+    BT_ERR(s->lost_code, BRAID_ECONNECTION_DONE);
+    BT_ERR(c->lost_code, BRAID_ECONNECTION_DONE);
+    BT_EQ(s->tls_error, 0);
+    pair_close(&pr);
+    bt_loop_destroy(loop);
+}
+
+BT_TEST(pump_verification_failure) {
+    braid_loop *loop = bt_loop_new(NULL);
+    pair pr;
+    pair_open(&pr, loop, "wrong.example", NULL, NULL, NULL);
+    BT_OK(braid_transport_write(pr.c[0].base.transport, "never sent", 10));
+    braid_pump_flush(pr.pump);
+    BT_EQ(pr.c[0].lost, 1);
+    BT_ERR(pr.c[0].lost_code, BRAID_ETLS_HOSTNAME);
+    BT_ERR(pr.c[0].tls_error, BRAID_ETLS_HOSTNAME);
+    BT_TRUE(strstr(pr.c[0].lost_detail, "wrong.example") != NULL);
+    BT_EQ(pr.c[0].handshakes, 0);
+    BT_EQ(pr.s[0].lost, 1);
+    BT_ERR(pr.s[0].lost_code, BRAID_ETLS_ALERT);
+    BT_EQ(pr.s[0].inlen, 0);
+    pair_close(&pr);
+    bt_loop_destroy(loop);
+}
+
+static int count_records(const unsigned char *p, size_t n, int type, size_t *consumed) {
+    int count = 0;
+    size_t i = 0;
+    while (i + 5 <= n) {
+        size_t l = (size_t)p[i + 3] << 8 | p[i + 4];
+        if (i + 5 + l > n) break;
+        if (p[i] == type) count++;
+        i += 5 + l;
+    }
+    if (consumed) *consumed = i;
+    return count;
+}
+
+BT_TEST(small_writes_make_one_record) {
+    braid_loop *loop = bt_loop_new(NULL);
+    pair pr;
+    pair_open(&pr, loop, "localhost", NULL, NULL, NULL);
+    braid_pump_flush(pr.pump);
+    BT_EQ(pr.c[0].handshakes, 1);
+    braid_memory_transport *cm = braid_pump_client(pr.pump);
+    size_t len;
+    braid_memory_transport_data(cm, &len);
+    BT_EQ(len, 0);
+    /* 2000 one-byte writes in one iteration */
+    for (int i = 0; i < 2000; i++) BT_OK(braid_transport_write(pr.c[0].base.transport, "x", 1));
+    BT_EQ(braid_transport_buffered(pr.c[0].base.transport), 2000);
+    BT_OK(braid_loop_run_once(loop, BRAID_RUN_NOWAIT));   /* the ready phase seals them */
+    BT_EQ(braid_transport_buffered(pr.c[0].base.transport), 0);
+    const unsigned char *p = braid_memory_transport_data(cm, &len);
+    size_t used;
+    BT_EQ(count_records(p, len, 23, &used), 1);
+    BT_EQ(used, len);
+    BT_LT(len, 2000 + 64);
+    braid_pump_flush(pr.pump);
+    BT_EQ(pr.s[0].inlen, 2000);
+    pair_close(&pr);
+    bt_loop_destroy(loop);
+}
+
+/* A peer that never reads: the writer's producer is paused, the TLS and lower
+ * buffers stay near their high watermarks; a writer ignoring that is cut off
+ * at the cap, not allowed to grow memory. */
+typedef struct pusher {
+    braid_producer prod;
+    braid_transport *t;
+    size_t sent, max_total;
+    bool paused;
+    int pauses, resumes;
+} pusher;
+static void p_pause(braid_producer *pr) { pusher *p = pr->arg; p->paused = true; p->pauses++; }
+static void p_resume(braid_producer *pr) { pusher *p = pr->arg; p->paused = false; p->resumes++; }
+static void p_stop(braid_producer *pr) { pusher *p = pr->arg; p->t = NULL; }
+
+BT_TEST(never_reading_peer_stays_under_cap) {
+    braid_loop *loop = bt_loop_new(NULL);
+    pair pr;
+    pair_open(&pr, loop, "localhost", NULL, NULL, NULL);
+    braid_pump_flush(pr.pump);
+    BT_EQ(pr.c[0].handshakes, 1);
+    braid_transport *t = pr.c[0].base.transport, *lower = braid_tls_transport_lower(t);
+    braid_memory_transport *cm = braid_pump_client(pr.pump);
+    pusher pu = { .prod = { p_pause, p_resume, p_stop, NULL }, .t = t };
+    pu.prod.arg = &pu;
+    BT_OK(braid_transport_register_producer(t, &pu.prod, true));
+    static char chunk[4096];
+    /* The pump is not flushed: nobody reads the client's ciphertext. */
+    for (int round = 0; round < 200 && !pu.paused; round++) {
+        for (int i = 0; i < 8 && !pu.paused; i++) {
+            BT_OK(braid_transport_write(t, chunk, sizeof chunk));
+            pu.sent += sizeof chunk;
+        }
+        BT_OK(braid_loop_run_once(loop, BRAID_RUN_NOWAIT));
+        size_t total = braid_transport_buffered(t) + braid_transport_buffered(lower);
+        if (total > pu.max_total) pu.max_total = total;
+    }
+    BT_TRUE(pu.paused);
+    for (int i = 0; i < 10; i++) BT_OK(braid_loop_run_once(loop, BRAID_RUN_NOWAIT));
+    size_t len;
+    braid_memory_transport_data(cm, &len);
+    /* lower: at most its high watermark plus one flush's worth of records;
+     * TLS: at most its high watermark plus one write burst. */
+    BT_LE(len, 64 * 1024 + 17 * 1024 + 1024);
+    BT_LE(braid_transport_buffered(t), 64 * 1024 + 8 * sizeof chunk);
+    BT_LE(pu.max_total, 2 * 64 * 1024 + 17 * 1024 + 8 * sizeof chunk + 1024);
+    /* The reader comes back: the producer resumes and everything arrives. */
+    size_t expect = pu.sent;
+    braid_pump_flush(pr.pump);
+    BT_EQ(pu.resumes, 1);
+    BT_EQ(pr.s[0].total_in, expect);
+    /* Ignoring the pause: the TLS transport's hard cap cuts the writer off. */
+    BT_OK(braid_transport_set_limits(t, 16 * 1024, 64 * 1024, 256 * 1024));
+    braid_transport_unregister_producer(t);
+    int rc = 0;
+    size_t n = 0;
+    while (rc == 0 && n < 64 * 1024 * 1024) {
+        rc = braid_transport_write(t, chunk, sizeof chunk);
+        n += sizeof chunk;
+        if ((n / sizeof chunk) % 16 == 0) braid_loop_run_once(loop, BRAID_RUN_NOWAIT);
+    }
+    BT_ERR(rc, BRAID_EBUFFER_LIMIT);
+    BT_LE(n, 256 * 1024 + 64 * 1024 + 17 * 1024 + 16 * sizeof chunk);
+    braid_pump_flush(pr.pump);
+    BT_EQ(pr.c[0].lost, 1);
+    BT_ERR(pr.c[0].lost_code, BRAID_EBUFFER_LIMIT);
+    pair_close(&pr);
+    bt_loop_destroy(loop);
+}
+
+/* The application pauses reading: plaintext stops (held, then the lower
+ * transport pauses) and resumes in order. */
+BT_TEST(pause_reading_through_tls) {
+    braid_loop *loop = bt_loop_new(NULL);
+    pair pr;
+    pair_open(&pr, loop, "localhost", NULL, NULL, NULL);
+    braid_pump_flush(pr.pump);
+    braid_transport_pause_reading(pr.s[0].base.transport);
+    static char big[200000];
+    for (size_t i = 0; i < sizeof big; i++) big[i] = (char)(i % 251);
+    BT_OK(braid_transport_write(pr.c[0].base.transport, big, sizeof big));
+    braid_pump_flush(pr.pump);
+    BT_EQ(pr.s[0].total_in, 0);
+    BT_GT(braid_transport_buffered(braid_tls_transport_lower(pr.c[0].base.transport)) +
+              braid_transport_buffered(pr.c[0].base.transport), 0);
+    braid_transport_resume_reading(pr.s[0].base.transport);
+    braid_pump_flush(pr.pump);
+    BT_EQ(pr.s[0].total_in, sizeof big);
+    BT_TRUE(!memcmp(pr.s[0].in, big, sizeof pr.s[0].in));
+    pair_close(&pr);
+    bt_loop_destroy(loop);
+}
+
+/* A plain protocol that writes garbage at a TLS server. */
+BT_TEST(garbage_fails_one_connection) {
+    braid_loop *loop = bt_loop_new(NULL);
+    braid_tls_ctx *sctx = server_ctx(&world()->server, NULL);
+    afactory sf;
+    app s[2];
+    af_init(&sf, s, 2);
+    braid_tls_factory stf;
+    BT_OK(braid_tls_factory_init(&stf, &sf.f, &(braid_tls_wrap_options){ .ctx = sctx }));
+    app junk = { .base.ops = &app_ops };
+    braid_pump *pump = braid_pump_new(loop, &junk.base, braid_factory_build(&stf.base, NULL));
+    BT_OK(braid_transport_write(junk.base.transport, "GET / HTTP/1.1\r\nHost: x\r\n\r\n", 27));
+    braid_pump_flush(pump);
+    BT_EQ(s[0].lost, 1);
+    BT_ERR(s[0].lost_code, BRAID_ETLS);
+    BT_EQ(junk.lost, 1);        /* the server closed it (after its alert) */
+    braid_pump_free(pump);
+    braid_loop_run_once(loop, BRAID_RUN_NOWAIT);
+    /* The same factory serves the next client. */
+    braid_tls_ctx *cctx = client_ctx(NULL);
+    afactory cf;
+    app c[1];
+    af_init(&cf, c, 1);
+    braid_tls_factory ctf;
+    BT_OK(braid_tls_factory_init(&ctf, &cf.f, &(braid_tls_wrap_options){ .ctx = cctx, .server_name = "localhost" }));
+    pump = braid_pump_new(loop, braid_factory_build(&ctf.base, NULL), braid_factory_build(&stf.base, NULL));
+    BT_OK(braid_transport_write(c[0].base.transport, "ok", 2));
+    braid_pump_flush(pump);
+    BT_EQ(s[1].inlen, 2);
+    braid_pump_free(pump);
+    braid_loop_run_once(loop, BRAID_RUN_NOWAIT);
+    braid_tls_factory_cleanup(&stf);
+    braid_tls_factory_cleanup(&ctf);
+    braid_tls_ctx_unref(sctx);
+    braid_tls_ctx_unref(cctx);
+    bt_loop_destroy(loop);
+}
+
+/* A server that never answers: the client's handshake times out on the
+ * loop's (fake) clock. */
+BT_TEST(handshake_timeout_on_fake_clock) {
+    braid_fake_clock *fc = braid_fake_clock_new(BRAID_SECONDS(100));
+    braid_loop *loop = bt_loop_new(braid_fake_clock_base(fc));
+    braid_tls_ctx *cctx = client_ctx(NULL);
+    afactory cf;
+    app c[1];
+    af_init(&cf, c, 1);
+    braid_tls_factory ctf;
+    BT_OK(braid_tls_factory_init(&ctf, &cf.f, &(braid_tls_wrap_options){
+        .ctx = cctx, .server_name = "localhost", .handshake_timeout = BRAID_SECONDS(5) }));
+    app silent = { .base.ops = &app_ops };
+    braid_pump *pump = braid_pump_new(loop, braid_factory_build(&ctf.base, NULL), &silent.base);
+    braid_pump_flush(pump);
+    BT_GT(silent.inlen, 0);            /* the ClientHello arrived, unanswered */
+    BT_OK(braid_loop_advance(loop, BRAID_SECONDS(4)));
+    BT_EQ(c[0].lost, 0);
+    BT_OK(braid_loop_advance(loop, BRAID_SECONDS(1)));
+    braid_pump_flush(pump);
+    BT_EQ(c[0].lost, 1);
+    BT_ERR(c[0].lost_code, BRAID_ETLS_TIMEOUT);
+    BT_EQ(silent.lost, 1);
+    braid_pump_free(pump);
+    braid_loop_run_once(loop, BRAID_RUN_NOWAIT);
+    braid_tls_factory_cleanup(&ctf);
+    braid_tls_ctx_unref(cctx);
+    bt_loop_destroy(loop);
+    braid_fake_clock_free(fc);
+}
+
+/* STARTTLS: a line protocol that upgrades its live connection. */
+static void st_data(braid_protocol *p, const void *buf, size_t len) {
+    app *a = (app *)p;
+    if (!braid_transport_is_tls(p->transport)) {
+        if (!a->starttls_client && len >= 9 && !memcmp(buf, "STARTTLS\n", 9)) {
+            BT_OK(braid_transport_write(p->transport, "GO\n", 3));
+            BT_OK(braid_tls_start(p, &(braid_tls_wrap_options){ .ctx = a->starttls_ctx,
+                                                                 .handshake_done = on_hs }));
+            return;
+        }
+        if (a->starttls_client && len >= 3 && !memcmp(buf, "GO\n", 3)) {
+            BT_OK(braid_tls_start(p, &(braid_tls_wrap_options){ .ctx = a->starttls_ctx,
+                                                                 .server_name = "localhost",
+                                                                 .handshake_done = on_hs }));
+            BT_OK(braid_transport_write(p->transport, "secret", 6));
+            return;
+        }
+    }
+    app_data(p, buf, len);
+}
+static const braid_protocol_ops st_ops = { .connection_made = app_made, .data_received = st_data,
+                                           .connection_lost = app_lost };
+
+BT_TEST(starttls_over_pump) {
+    braid_loop *loop = bt_loop_new(NULL);
+    braid_tls_ctx *sctx = server_ctx(&world()->server, NULL), *cctx = client_ctx(NULL);
+    app c = { .base.ops = &st_ops, .starttls_ctx = cctx, .starttls_client = true };
+    app s = { .base.ops = &st_ops, .starttls_ctx = sctx, .echo = true };
+    braid_pump *pump = braid_pump_new(loop, &c.base, &s.base);
+    BT_OK(braid_transport_write(c.base.transport, "STARTTLS\n", 9));
+    braid_pump_flush(pump);
+    BT_EQ(c.handshakes, 1);
+    BT_EQ(s.handshakes, 1);
+    BT_TRUE(braid_transport_is_tls(c.base.transport));
+    BT_TRUE(braid_transport_is_tls(s.base.transport));
+    BT_EQ(s.inlen, 6);
+    BT_TRUE(!memcmp(s.in, "secret", 6));
+    BT_EQ(c.inlen, 6);              /* echoed back through TLS */
+    braid_transport_lose_connection(c.base.transport);
+    braid_pump_flush(pump);
+    BT_ERR(c.lost_code, BRAID_ECONNECTION_DONE);
+    BT_ERR(s.lost_code, BRAID_ECONNECTION_DONE);
+    braid_pump_free(pump);
+    braid_loop_run_once(loop, BRAID_RUN_NOWAIT);
+    braid_tls_ctx_unref(sctx);
+    braid_tls_ctx_unref(cctx);
+    bt_loop_destroy(loop);
+}
+
+/* ---- real sockets, every backend ------------------------------------------------------ */
+typedef struct got { braid_protocol *p; int failed, code, done; } got;
+static braid_result got_ok(braid_result r, void *arg) {
+    got *g = arg;
+    g->p = r.value;
+    g->done = 1;
+    return r;
+}
+static braid_result got_err(braid_result r, void *arg) {
+    got *g = arg;
+    g->failed = 1;
+    g->code = r.failure->code;
+    g->done = 1;
+    braid_result_drop(r);
+    return braid_ok(NULL);
+}
+
+static void run_until(braid_loop *loop, int *a, int *b) {
+    for (int i = 0; i < 3000 && !(*a && *b); i++) BT_OK(braid_loop_run_once(loop, 0));
+    BT_TRUE(*a && *b);
+}
+
+BT_IO_TEST(tcp_tls_echo_resume_and_bad_client) {
+    signal(SIGPIPE, SIG_IGN);
+    braid_loop *loop = bt_loop_new(NULL);
+    braid_tls_ctx *sctx = server_ctx(&world()->server, "h2"), *cctx = client_ctx("h2");
+    afactory sf, cf;
+    app s[3], c[2];
+    af_init(&sf, s, 3);
+    af_init(&cf, c, 2);
+    for (int i = 0; i < 3; i++) s[i].echo = true;
+    braid_tls_factory stf, ctf;
+    BT_OK(braid_tls_factory_init(&stf, &sf.f, &(braid_tls_wrap_options){ .ctx = sctx, .handshake_done = on_hs }));
+    BT_OK(braid_tls_factory_init(&ctf, &cf.f, &(braid_tls_wrap_options){
+        .ctx = cctx, .server_name = "localhost", .handshake_done = on_hs }));
+    braid_listener *l;
+    BT_OK(braid_tcp_listen(loop, &(braid_tcp_listen_options){ .host = "127.0.0.1" }, &stf.base, &l));
+    braid_address a;
+    BT_OK(braid_listener_address(l, &a));
+    int port = braid_address_port(&a);
+
+    /* 1: a full handshake, echo, close_notify */
+    got g = { 0 };
+    braid_deferred *d = braid_tls_connect(loop, &(braid_tcp_connect_options){ .host = "127.0.0.1", .port = port }, &ctf);
+    BT_OK(braid_deferred_add_callbacks(d, got_ok, got_err, &g));
+    braid_deferred_release(d);
+    bt_run_until(loop, &g.done, 1000);
+    BT_FALSE(g.failed);
+    BT_TRUE(g.p == &c[0].base);
+    BT_OK(braid_transport_write(g.p->transport, "over tcp", 8));
+    for (int i = 0; i < 2000 && c[0].inlen < 8; i++) BT_OK(braid_loop_run_once(loop, 0));
+    BT_EQ(c[0].inlen, 8);
+    BT_EQ(c[0].handshakes, 1);
+    BT_STREQ(c[0].alpn, "h2");
+    BT_FALSE(c[0].reused);
+    braid_address peer;
+    BT_OK(braid_transport_get_peer(g.p->transport, &peer));
+    BT_EQ(braid_address_port(&peer), port);
+    BT_OK(braid_transport_set_nodelay(g.p->transport, true));
+    braid_transport_lose_connection(g.p->transport);
+    run_until(loop, &c[0].lost, &s[0].lost);
+    BT_ERR(c[0].lost_code, BRAID_ECONNECTION_DONE);
+    BT_ERR(s[0].lost_code, BRAID_ECONNECTION_DONE);
+
+    /* 2: garbage from a plain TCP client fails that connection only */
+    braid_factory plain;
+    app junk[1] = { { .base.ops = &app_ops } };
+    afactory jf;
+    af_init(&jf, junk, 1);
+    (void)plain;
+    got gj = { 0 };
+    d = braid_tcp_connect(loop, &(braid_tcp_connect_options){ .host = "127.0.0.1", .port = port }, &jf.f);
+    BT_OK(braid_deferred_add_callbacks(d, got_ok, got_err, &gj));
+    braid_deferred_release(d);
+    bt_run_until(loop, &gj.done, 1000);
+    BT_OK(braid_transport_write(gj.p->transport, "\x16\x03\x01\x00\x05hello-garbage", 18));
+    run_until(loop, &junk[0].lost, &s[1].lost);
+    BT_ERR(s[1].lost_code, BRAID_ETLS);
+
+    /* 3: the server still serves; the session is resumed */
+    got g2 = { 0 };
+    d = braid_tls_connect(loop, &(braid_tcp_connect_options){ .host = "127.0.0.1", .port = port }, &ctf);
+    BT_OK(braid_deferred_add_callbacks(d, got_ok, got_err, &g2));
+    braid_deferred_release(d);
+    bt_run_until(loop, &g2.done, 1000);
+    BT_OK(braid_transport_write(g2.p->transport, "again", 5));
+    for (int i = 0; i < 2000 && c[1].inlen < 5; i++) BT_OK(braid_loop_run_once(loop, 0));
+    BT_EQ(c[1].inlen, 5);
+    BT_TRUE(c[1].reused);
+    BT_TRUE(s[2].reused);
+    braid_transport_lose_connection(g2.p->transport);
+    run_until(loop, &c[1].lost, &s[2].lost);
+
+    braid_listener_close(l);
+    for (int i = 0; i < 5; i++) braid_loop_run_once(loop, BRAID_RUN_NOWAIT);
+    braid_tls_factory_cleanup(&stf);
+    braid_tls_factory_cleanup(&ctf);
+    braid_tls_ctx_unref(sctx);
+    braid_tls_ctx_unref(cctx);
+    bt_loop_destroy(loop);
+}
+
+/* Unix socketpair and pipes: adopt the descriptors with TLS glue on top. */
+static void tls_over_fds(bool pipes) {
+    signal(SIGPIPE, SIG_IGN);
+    braid_loop *loop = bt_loop_new(NULL);
+    braid_tls_ctx *sctx = server_ctx(&world()->server, NULL), *cctx = client_ctx(NULL);
+    afactory sf, cf;
+    app s[1], c[1];
+    af_init(&sf, s, 1);
+    af_init(&cf, c, 1);
+    s[0].echo = true;
+    braid_tls_factory stf, ctf;
+    BT_OK(braid_tls_factory_init(&stf, &sf.f, &(braid_tls_wrap_options){ .ctx = sctx }));
+    BT_OK(braid_tls_factory_init(&ctf, &cf.f, &(braid_tls_wrap_options){ .ctx = cctx, .server_name = "localhost" }));
+    braid_protocol *cg = braid_factory_build(&ctf.base, NULL), *sg = braid_factory_build(&stf.base, NULL);
+    if (pipes) {
+        int a[2], b[2];
+        BT_OK(pipe(a));
+        BT_OK(pipe(b));
+        BT_OK(braid_stream_adopt_pipes(loop, b[0], a[1], cg));
+        BT_OK(braid_stream_adopt_pipes(loop, a[0], b[1], sg));
+        BT_STREQ(braid_transport_kind(braid_tls_transport_lower(c[0].base.transport)), "pipe");
+    } else {
+        int sv[2];
+        BT_OK(socketpair(AF_UNIX, SOCK_STREAM, 0, sv));
+        BT_OK(braid_stream_adopt(loop, sv[0], cg));
+        BT_OK(braid_stream_adopt(loop, sv[1], sg));
+        BT_STREQ(braid_transport_kind(braid_tls_transport_lower(c[0].base.transport)), "unix");
+    }
+    static char big[100000];
+    for (size_t i = 0; i < sizeof big; i++) big[i] = (char)(i * 13);
+    BT_OK(braid_transport_write(c[0].base.transport, big, sizeof big));
+    for (int i = 0; i < 5000 && c[0].total_in < sizeof big; i++) BT_OK(braid_loop_run_once(loop, 0));
+    BT_EQ(c[0].total_in, sizeof big);
+    BT_TRUE(!memcmp(c[0].in, big, sizeof c[0].in));
+    braid_transport_lose_connection(c[0].base.transport);
+    run_until(loop, &c[0].lost, &s[0].lost);
+    BT_ERR(c[0].lost_code, BRAID_ECONNECTION_DONE);
+    BT_ERR(s[0].lost_code, BRAID_ECONNECTION_DONE);
+    for (int i = 0; i < 5; i++) braid_loop_run_once(loop, BRAID_RUN_NOWAIT);
+    braid_tls_factory_cleanup(&stf);
+    braid_tls_factory_cleanup(&ctf);
+    braid_tls_ctx_unref(sctx);
+    braid_tls_ctx_unref(cctx);
+    bt_loop_destroy(loop);
+}
+BT_IO_TEST(tls_over_unix_socketpair) { tls_over_fds(false); }
+BT_IO_TEST(tls_over_pipes) { tls_over_fds(true); }
+
+/* Allocation-failure walk: a pump scenario with handshake, data and close. */
+static int pump_scenario(braid_loop *loop, braid_tls_ctx *sctx, braid_tls_ctx *cctx) {
+    afactory sf, cf;
+    app s[1], c[1];
+    af_init(&sf, s, 1);
+    af_init(&cf, c, 1);
+    braid_tls_factory stf, ctf;
+    int rc = braid_tls_factory_init(&stf, &sf.f, &(braid_tls_wrap_options){ .ctx = sctx });
+    if (rc < 0) return rc;
+    rc = braid_tls_factory_init(&ctf, &cf.f, &(braid_tls_wrap_options){ .ctx = cctx, .server_name = "localhost" });
+    if (rc < 0) { braid_tls_factory_cleanup(&stf); return rc; }
+    braid_protocol *cg = braid_factory_build(&ctf.base, NULL), *sg = braid_factory_build(&stf.base, NULL);
+    braid_pump *pump = cg && sg ? braid_pump_new(loop, cg, sg) : NULL;
+    if (!pump) {
+        /* glue never attached: release it as a transport would */
+        if (cg) cg->ops->destroy(cg);
+        if (sg) sg->ops->destroy(sg);
+        rc = BRAID_ENOMEM;
+    } else {
+        if (c[0].base.transport) braid_transport_write(c[0].base.transport, "data", 4);
+        braid_pump_flush(pump);
+        if (c[0].base.transport && !c[0].lost) braid_transport_lose_connection(c[0].base.transport);
+        braid_pump_flush(pump);
+        rc = s[0].inlen == 4 && s[0].lost_code == BRAID_ECONNECTION_DONE ? 0 : BRAID_ECONNECTION_LOST;
+        braid_pump_free(pump);
+        braid_loop_run_once(loop, BRAID_RUN_NOWAIT);
+    }
+    braid_tls_factory_cleanup(&stf);
+    braid_tls_factory_cleanup(&ctf);
+    return rc;
+}
+
+BT_TEST(alloc_failure_walk) {
+    braid_loop *loop = bt_loop_new(NULL);
+    braid_tls_ctx *sctx = server_ctx(&world()->server, NULL), *cctx = client_ctx(NULL);
+    BT_OK(pump_scenario(loop, sctx, cctx));
+    braid_tls_ctx_flush_sessions(cctx);
+    long base = braid_test_alloc_outstanding();
+    for (long n = 1;; n++) {
+        braid_test_fail_alloc_after(n, false);
+        int rc = pump_scenario(loop, sctx, cctx);
+        bool failed = braid_test_alloc_failed();
+        braid_test_fail_alloc_after(0, false);
+        for (int i = 0; i < 3; i++) braid_loop_run_once(loop, BRAID_RUN_NOWAIT);
+        braid_tls_ctx_flush_sessions(cctx);
+        BT_EQ(braid_test_alloc_outstanding(), base);
+        if (!failed) {
+            BT_OK(rc);
+            break;
+        }
+        BT_LT(n, 2000);
+    }
+    braid_tls_ctx_unref(sctx);
+    braid_tls_ctx_unref(cctx);
+    bt_loop_destroy(loop);
+}
+
+/* ---- endpoint strings ------------------------------------------------------------------- */
+static braid_result keep_value(braid_result r, void *arg) {
+    got *g = arg;
+    g->done = 1;
+    if (r.failure) {
+        g->failed = 1;
+        g->code = r.failure->code;
+        braid_result_drop(r);
+        return braid_ok(NULL);
+    }
+    g->p = r.value;
+    return r;
+}
+
+static int endpoint_error(braid_loop *loop, const char *desc, bool server, char *msg, size_t msglen) {
+    afactory f;
+    app a[1];
+    af_init(&f, a, 1);
+    braid_tls_factory tf;
+    braid_deferred *d = server ? braid_tls_listen(loop, desc, &f.f, &tf)
+                               : braid_tls_connect_to(loop, desc, &f.f, &tf);
+    braid_result r;
+    BT_OK(braid_deferred_take(d, &r));
+    BT_TRUE(r.failure != NULL);
+    int code = r.failure->code;
+    snprintf(msg, msglen, "%s", r.failure->message ? r.failure->message : "");
+    braid_result_drop(r);
+    braid_deferred_release(d);
+    braid_tls_factory_cleanup(&tf);
+    return code;
+}
+
+BT_TEST(endpoint_string_errors) {
+    braid_loop *loop = bt_loop_new(NULL);
+    char msg[512];
+    BT_ERR(endpoint_error(loop, "ssl:8443", true, msg, sizeof msg), BRAID_EBAD_ENDPOINT);
+    BT_TRUE(strstr(msg, "privateKey") != NULL);
+    BT_ERR(endpoint_error(loop, "ssl:8443:privateKey=/nonexistent/k.pem", true, msg, sizeof msg), BRAID_ETLS);
+    BT_TRUE(strstr(msg, "/nonexistent/k.pem") != NULL);
+    BT_ERR(endpoint_error(loop, "ssl:8443:privateKey=k.pem:bogus=1", true, msg, sizeof msg), BRAID_EBAD_ENDPOINT);
+    BT_TRUE(strstr(msg, "bogus") != NULL);
+    BT_ERR(endpoint_error(loop, "tls:host=x:port=1:verifyClient=required", false, msg, sizeof msg), BRAID_EBAD_ENDPOINT);
+    BT_ERR(endpoint_error(loop, "tcp:host=x:port=1", false, msg, sizeof msg), BRAID_EBAD_ENDPOINT);
+    BT_ERR(endpoint_error(loop, "tls:host=x", false, msg, sizeof msg), BRAID_EBAD_ENDPOINT);
+    BT_TRUE(strstr(msg, "port") != NULL);
+    BT_ERR(endpoint_error(loop, "tls:host=x:port=1:minVersion=1.0", false, msg, sizeof msg), BRAID_EBAD_ENDPOINT);
+    bt_loop_destroy(loop);
+}
+
+BT_IO_TEST(endpoint_strings_over_tcp) {
+    signal(SIGPIPE, SIG_IGN);
+    braid_loop *loop = bt_loop_new(NULL);
+    char dir[] = "/tmp/braid-tls-XXXXXX";
+    BT_TRUE(mkdtemp(dir) != NULL);
+    btc_write(&world()->server, dir, "server");
+    btc_write(&world()->ca, dir, "ca");
+    /* a c_rehash'ed CA directory: <subject hash>.0 */
+    char hashed[600];
+    snprintf(hashed, sizeof hashed, "%s/cadir", dir);
+    BT_OK(mkdir(hashed, 0700));
+    snprintf(hashed, sizeof hashed, "%s/cadir/%08lx.0", dir, X509_subject_name_hash(world()->ca.x));
+    btc__write_file(hashed, world()->ca.cert_pem);
+
+    afactory sf, cf;
+    app s[2], c[2];
+    af_init(&sf, s, 2);
+    af_init(&cf, c, 2);
+    s[0].echo = s[1].echo = true;
+    char desc[1024];
+    snprintf(desc, sizeof desc, "ssl:0:interface=127.0.0.1:privateKey=%s/server.key:certKey=%s/server.crt:alpn=h2",
+             dir, dir);
+    braid_tls_factory stf, ctf, ctf2;
+    got gl = { 0 };
+    braid_deferred *d = braid_tls_listen(loop, desc, &sf.f, &stf);
+    BT_OK(braid_deferred_add_callbacks(d, keep_value, keep_value, &gl));
+    braid_deferred_release(d);
+    BT_FALSE(gl.failed);
+    braid_listener *l = (braid_listener *)gl.p;
+    braid_address a;
+    BT_OK(braid_listener_address(l, &a));
+    int port = braid_address_port(&a);
+
+    /* tls:host=...:port=...:caCertsDir=... (host name resolved, SNI and verification on it) */
+    snprintf(desc, sizeof desc, "tls:host=localhost:port=%d:caCertsDir=%s/cadir:alpn=h2:timeout=5", port, dir);
+    got g = { 0 };
+    d = braid_tls_connect_to(loop, desc, &cf.f, &ctf);
+    BT_OK(braid_deferred_add_callbacks(d, keep_value, keep_value, &g));
+    braid_deferred_release(d);
+    bt_run_until(loop, &g.done, 2000);
+    BT_FALSE(g.failed);
+    BT_TRUE(g.p == &c[0].base);
+    BT_OK(braid_transport_write(g.p->transport, "endpoint", 8));
+    for (int i = 0; i < 2000 && c[0].inlen < 8; i++) BT_OK(braid_loop_run_once(loop, 0));
+    BT_EQ(c[0].inlen, 8);
+    BT_STREQ(braid_tls_transport_info(g.p->transport)->alpn, "h2");
+    braid_transport_lose_connection(g.p->transport);
+    run_until(loop, &c[0].lost, &s[0].lost);
+    BT_ERR(c[0].lost_code, BRAID_ECONNECTION_DONE);
+
+    /* positional tls:HOST:PORT with a CA file, verifying the IP address */
+    snprintf(desc, sizeof desc, "tls:127.0.0.1:%d:caCerts=%s/ca.crt", port, dir);
+    got g2 = { 0 };
+    d = braid_tls_connect_to(loop, desc, &cf.f, &ctf2);
+    BT_OK(braid_deferred_add_callbacks(d, keep_value, keep_value, &g2));
+    braid_deferred_release(d);
+    bt_run_until(loop, &g2.done, 2000);
+    BT_FALSE(g2.failed);
+    BT_OK(braid_transport_write(g2.p->transport, "ip", 2));
+    for (int i = 0; i < 2000 && c[1].inlen < 2; i++) BT_OK(braid_loop_run_once(loop, 0));
+    BT_EQ(c[1].inlen, 2);
+    braid_transport_lose_connection(g2.p->transport);
+    run_until(loop, &c[1].lost, &s[1].lost);
+
+    braid_listener_close(l);
+    for (int i = 0; i < 5; i++) braid_loop_run_once(loop, BRAID_RUN_NOWAIT);
+    braid_tls_factory_cleanup(&stf);
+    braid_tls_factory_cleanup(&ctf);
+    braid_tls_factory_cleanup(&ctf2);
+    char cmd[700];
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
+    BT_EQ(system(cmd), 0);
+    bt_loop_destroy(loop);
+}
