@@ -741,3 +741,145 @@ BT_IO_TEST(accept_in_batches_with_budget) {
     braid_listener_close(l);
     bt_loop_destroy(loop);
 }
+
+/* ======================= allocation-failure walk over real sockets ================== */
+/* listen, connect (with a timeout), accept, small writes + writev echoed back,
+ * Unix listen/connect with a descriptor passed, lose_connection on both.
+ * Failing the Nth braid allocation anywhere must end in an error or a clean
+ * close — never a crash, a hang, or a leaked allocation or handle. */
+typedef struct walk_state {
+    int server_made, server_lost, client_lost, connect_done, connect_rc;
+    braid_protocol *client;
+    size_t client_got;
+    int fds_got;
+} walk_state;
+static void ws_server_made(braid_protocol *p) { ((walk_state *)p->user)->server_made++; }
+static void ws_server_data(braid_protocol *p, const void *buf, size_t len) {
+    braid_transport_write(p->transport, buf, len);
+}
+static void ws_server_fds(braid_protocol *p, const int *fds, int n) {
+    ((walk_state *)p->user)->fds_got += n;
+    for (int i = 0; i < n; i++) close(fds[i]);
+}
+static void ws_server_lost(braid_protocol *p, const braid_failure *f) {
+    (void)f;
+    ((walk_state *)p->user)->server_lost++;
+}
+static void ws_client_data(braid_protocol *p, const void *buf, size_t len) {
+    (void)buf;
+    ((walk_state *)p->user)->client_got += len;
+}
+static void ws_client_lost(braid_protocol *p, const braid_failure *f) {
+    (void)f;
+    walk_state *st = p->user;
+    st->client_lost++;
+    st->client = NULL;
+}
+static const braid_protocol_ops ws_server_ops = {
+    .connection_made = ws_server_made, .data_received = ws_server_data,
+    .fds_received = ws_server_fds, .connection_lost = ws_server_lost };
+static const braid_protocol_ops ws_client_ops = {
+    .data_received = ws_client_data, .connection_lost = ws_client_lost };
+static braid_result ws_connected(braid_result r, void *arg) {
+    walk_state *st = arg;
+    st->client = r.value;
+    st->connect_done = 1;
+    return r;
+}
+static braid_result ws_connect_failed(braid_result r, void *arg) {
+    walk_state *st = arg;
+    st->connect_done = 1;
+    st->connect_rc = r.failure->code;
+    braid_result_drop(r);
+    return braid_ok(NULL);
+}
+/* Run non-blocking iterations until cond holds (loopback answers at once;
+ * the bound only stops a broken run from hanging). */
+#define WALK_SPIN(loop, cond)                                                  \
+    for (int spin_ = 0; spin_ < 20000 && !(cond); spin_++)                     \
+        if (braid_loop_run_once(loop, BRAID_RUN_NOWAIT) < 0) break
+
+/* One connection over an open listener: connect, exchange, close. Returns 0
+ * if every step worked, else the first error; always leaves no connection. */
+static int walk_exchange(braid_loop *loop, walk_state *st, braid_deferred *d, bool pass_fd) {
+    int rc = 0;
+    if (!d) return BRAID_ENOMEM;
+    if ((rc = braid_deferred_add_callbacks(d, ws_connected, ws_connect_failed, st)) < 0) {
+        braid_deferred_cancel(d);
+        braid_deferred_release(d);
+        return rc;
+    }
+    braid_deferred_release(d);
+    WALK_SPIN(loop, st->connect_done);
+    if (!st->connect_done) abort();                /* loopback never takes this long */
+    if (!st->client) return st->connect_rc ? st->connect_rc : BRAID_EINVAL;
+    braid_transport *t = st->client->transport;
+    size_t want = 0;
+    if ((rc = braid_transport_write(t, "abc", 3)) == 0) want += 3;
+    if (rc == 0 && (rc = braid_transport_write(t, "defg", 4)) == 0) want += 4;
+    struct iovec v[2] = { { "hij", 3 }, { "klmno", 5 } };
+    if (rc == 0 && (rc = braid_transport_writev(t, v, 2)) == 0) want += 8;
+    if (rc == 0 && pass_fd) {
+        int fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
+        if ((rc = braid_transport_send_fds(t, &fd, 1, "F", 1)) == 0) want += 1;
+        close(fd);
+    }
+    WALK_SPIN(loop, st->client_got >= want || !st->client);
+    if (rc == 0 && st->client_got != want) rc = st->client ? BRAID_EINVAL : BRAID_ECONNECTION_LOST;
+    if (rc == 0 && pass_fd && st->fds_got != 1) rc = BRAID_EINVAL;
+    if (st->client) braid_transport_lose_connection(st->client->transport);
+    WALK_SPIN(loop, !st->client && st->server_lost == st->server_made);
+    if (st->client || st->server_lost != st->server_made) abort();
+    return rc;
+}
+
+static int stream_scenario(void) {
+    braid_loop *loop;
+    int rc = braid_loop_new(&loop, &(braid_loop_options){ .flags = BRAID_LOOP_STRICT_BACKEND });
+    if (rc < 0) return rc;
+    walk_state st = { 0 };
+    braid_factory sf, cf;
+    braid_factory_init(&sf, &ws_server_ops, sizeof(braid_protocol), &st);
+    braid_factory_init(&cf, &ws_client_ops, sizeof(braid_protocol), &st);
+    braid_listener *l = NULL;
+    rc = braid_tcp_listen(loop, &(braid_tcp_listen_options){ .host = "127.0.0.1" }, &sf, &l);
+    if (rc == 0) {
+        braid_address a;
+        if (braid_listener_address(l, &a) < 0) abort();
+        rc = walk_exchange(loop, &st, braid_tcp_connect(loop, &(braid_tcp_connect_options){
+                               .host = "127.0.0.1", .port = braid_address_port(&a),
+                               .timeout_ns = BRAID_SECONDS(30) }, &cf), false);
+        braid_listener_close(l);
+    }
+    if (rc == 0) {
+        char path[128];
+        snprintf(path, sizeof path, "/tmp/braid-walk-%d.sock", (int)getpid());
+        rc = braid_unix_listen(loop, &(braid_unix_listen_options){ .path = path }, &sf, &l);
+        if (rc == 0) {
+            memset(&st, 0, sizeof st);
+            rc = walk_exchange(loop, &st, braid_unix_connect(loop, path, BRAID_SECONDS(30), &cf), true);
+            braid_listener_close(l);
+        }
+    }
+    /* the leak gate: nothing may stay open whatever failed */
+    for (int i = 0; i < 3; i++) braid_loop_run_once(loop, BRAID_RUN_NOWAIT);
+    if (braid_loop_destroy(loop) < 0) abort();
+    return rc;
+}
+
+BT_IO_TEST(stream_alloc_failure_walk) {
+    bt_loop_destroy(bt_loop_new(NULL));            /* skips if the backend is missing */
+    long base = braid_test_alloc_outstanding();
+    int failures = 0;
+    for (long n = 1;; n++) {
+        braid_test_fail_alloc_after(n, false);
+        int rc = stream_scenario();
+        bool failed = braid_test_alloc_failed();
+        braid_test_fail_alloc_after(0, false);
+        BT_EQ(braid_test_alloc_outstanding(), base);
+        if (!failed) { BT_OK(rc); break; }
+        if (rc < 0) failures++;
+        BT_TRUE(n < 500);
+    }
+    BT_GT(failures, 10);          /* the walk reached into listen, connect and accept */
+}

@@ -199,8 +199,24 @@ braid_deferred *braid_tcp_connect(braid_loop *loop, const braid_tcp_connect_opti
     memset(&hints, 0, sizeof hints);
     hints.ai_family = o->family ? o->family : (c->have_bind ? c->bind_addr.ss.ss_family : AF_UNSPEC);
     braid_deferred *rd = braid__resolve(loop, o->host, o->port, &hints);
+    if (!rd) {                      /* out of memory making the resolution's Deferred */
+        connector_free(c);
+        braid_deferred_errback(d, braid_failure_new(BRAID_ENOMEM, "connect: resolving %s", o->host));
+        braid_deferred_release(d);
+        return d;
+    }
     c->resolving = rd;
-    braid_deferred_add_callbacks(rd, resolved, resolve_failed, c);
+    int rc = braid_deferred_add_callbacks(rd, resolved, resolve_failed, c);
+    if (rc < 0) {
+        /* Never happens with the inline slots; kept so a failure cannot leak c. */
+        c->resolving = NULL;
+        braid_deferred_cancel(rd);
+        braid_deferred_release(rd);
+        connector_free(c);
+        braid_deferred_errback(d, braid_failure_new(rc, "connect: resolving %s", o->host));
+        braid_deferred_release(d);
+        return d;
+    }
     braid_deferred_release(rd);
     braid_deferred_release(d);
     return d;
