@@ -11,6 +11,9 @@
 #include <signal.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
+#include <ctype.h>
+#include <stdio.h>
 #include <unistd.h>
 
 /* ---- a recording protocol (test-owned memory, never freed by braid) ----------- */
@@ -882,4 +885,276 @@ BT_IO_TEST(stream_alloc_failure_walk) {
         BT_TRUE(n < 500);
     }
     BT_GT(failures, 10);          /* the walk reached into listen, connect and accept */
+}
+
+/* ======================= gaps: coalescing, stdio, adoption, bind, resolver, pull =========== */
+/* Several writes in one iteration leave in one system call: over a
+ * SOCK_SEQPACKET pair every send() is one message, so the raw peer sees
+ * exactly how many calls the transport made. */
+BT_IO_TEST(small_writes_in_one_iteration_leave_in_one_syscall) {
+    braid_loop *loop = bt_loop_new(NULL);
+    int sv[2];
+    BT_OK(socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv));
+    tp x = { .base.ops = &tp_ops };
+    BT_OK(braid_stream_adopt(loop, sv[0], &x.base));
+    braid_transport *t = x.base.transport;
+    BT_OK(braid_transport_write(t, "one ", 4));
+    BT_OK(braid_transport_write(t, "two ", 4));
+    struct iovec v[2] = { { "thr", 3 }, { "ee", 2 } };
+    BT_OK(braid_transport_writev(t, v, 2));
+    BT_EQ(braid_transport_buffered(t), 13);       /* nothing left from inside write */
+    char buf[64];
+    BT_EQ(recv(sv[1], buf, sizeof buf, MSG_DONTWAIT), -1);
+    BT_OK(braid_loop_run_once(loop, BRAID_RUN_NOWAIT));
+    BT_EQ(braid_transport_buffered(t), 0);
+    BT_EQ(recv(sv[1], buf, sizeof buf, MSG_DONTWAIT), 13);   /* one message: one send() */
+    BT_TRUE(memcmp(buf, "one two three", 13) == 0);
+    BT_EQ(recv(sv[1], buf, sizeof buf, MSG_DONTWAIT), -1);
+    BT_EQ(errno, EAGAIN);
+    /* the next iteration's writes are the next call */
+    BT_OK(braid_transport_write(t, "four", 4));
+    BT_OK(braid_transport_write(t, "five", 4));
+    BT_OK(braid_loop_run_once(loop, BRAID_RUN_NOWAIT));
+    BT_EQ(recv(sv[1], buf, sizeof buf, MSG_DONTWAIT), 8);
+    BT_EQ(recv(sv[1], buf, sizeof buf, MSG_DONTWAIT), -1);
+    braid_transport_abort(t);
+    for (int i = 0; i < 100 && !x.lost; i++) BT_OK(braid_loop_run_once(loop, BRAID_RUN_NOWAIT));
+    BT_EQ(x.lost, 1);
+    close(sv[1]);
+    bt_loop_destroy(loop);
+}
+
+/* stdio: a child process whose stdin/stdout are pipes runs a braid protocol
+ * on dup(0)/dup(1) (upper-casing what it reads); the parent talks to it
+ * through adopted pipe ends, half-closes, and reads the answer to EOF. */
+static void upper_data(braid_protocol *p, const void *buf, size_t len) {
+    char tmp[256];
+    const char *in = buf;
+    while (len) {
+        size_t n = len < sizeof tmp ? len : sizeof tmp;
+        for (size_t i = 0; i < n; i++) tmp[i] = (char)toupper((unsigned char)in[i]);
+        braid_transport_write(p->transport, tmp, n);
+        in += n;
+        len -= n;
+    }
+}
+static int upper_lost_code;
+static void upper_lost(braid_protocol *p, const braid_failure *f) { (void)p; upper_lost_code = f->code; }
+static const braid_protocol_ops upper_ops = { .data_received = upper_data, .connection_lost = upper_lost };
+
+BT_IO_TEST(stdio_child_speaks_through_pipes) {
+    signal(SIGPIPE, SIG_IGN);
+    bt_loop_destroy(bt_loop_new(NULL));           /* skip before forking if the backend is missing */
+    int to_child[2], from_child[2];
+    BT_OK(pipe2(to_child, O_CLOEXEC));
+    BT_OK(pipe2(from_child, O_CLOEXEC));
+    pid_t pid = fork();
+    BT_TRUE(pid >= 0);
+    if (pid == 0) {
+        if (dup2(to_child[0], 0) < 0 || dup2(from_child[1], 1) < 0) _exit(2);
+        close(to_child[0]); close(to_child[1]); close(from_child[0]); close(from_child[1]);
+        braid_loop *cl;
+        if (braid_loop_new(&cl, &(braid_loop_options){ .flags = BRAID_LOOP_STRICT_BACKEND }) < 0) _exit(3);
+        braid_protocol up = { .ops = &upper_ops };
+        if (braid_stream_adopt_pipes(cl, dup(0), dup(1), &up) < 0) _exit(4);
+        braid_loop_run(cl);                       /* until EOF ended the connection */
+        if (braid_loop_destroy(cl) < 0) _exit(5);
+        _exit(upper_lost_code == BRAID_ECONNECTION_DONE ? 0 : 6);
+    }
+    close(to_child[0]);
+    close(from_child[1]);
+    braid_loop *loop = bt_loop_new(NULL);
+    tp x = { .base.ops = &tp_half_ops };
+    BT_OK(braid_stream_adopt_pipes(loop, from_child[0], to_child[1], &x.base));
+    BT_OK(braid_transport_write(x.base.transport, "hello, ", 7));
+    BT_OK(braid_transport_write(x.base.transport, "stdio", 5));
+    BT_OK(braid_transport_shutdown_write(x.base.transport));     /* the child's stdin EOF */
+    for (int i = 0; i < 1000 && !x.lost; i++) BT_OK(braid_loop_run_once(loop, 0));
+    BT_EQ(x.write_lost, 1);
+    BT_EQ(x.read_lost, 1);                        /* the child closed its stdout */
+    BT_ERR(x.lost_code, BRAID_ECONNECTION_DONE);
+    BT_EQ(x.inlen, 12);
+    BT_TRUE(memcmp(x.in, "HELLO, STDIO", 12) == 0);
+    int st;
+    BT_EQ(waitpid(pid, &st, 0), pid);
+    BT_TRUE(WIFEXITED(st));
+    BT_EQ(WEXITSTATUS(st), 0);
+    bt_loop_destroy(loop);
+}
+
+/* A listening socket made elsewhere (socket activation, a parent process). */
+BT_IO_TEST(listen_on_adopted_socket) {
+    braid_loop *loop = bt_loop_new(NULL);
+    tp spool[1], cpool[1];
+    tfactory sf, cf;
+    tf_init(&sf, spool, 1, &tp_ops);
+    tf_init(&cf, cpool, 1, &tp_ops);
+    spool[0].echo = true;
+    int s = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    struct sockaddr_in sa = { .sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
+    BT_OK(bind(s, (struct sockaddr *)&sa, sizeof sa));
+    BT_OK(listen(s, 16));
+    braid_listener *l;
+    BT_OK(braid_listen_adopt(loop, s, &sf.f, &l));
+    BT_TRUE(fcntl(s, F_GETFL) & O_NONBLOCK);
+    braid_address a;
+    BT_OK(braid_listener_address(l, &a));
+    got g = { 0 };
+    await_connect(loop, braid_tcp_connect(loop, &(braid_tcp_connect_options){
+                      .host = "127.0.0.1", .port = braid_address_port(&a) }, &cf.f), &g);
+    BT_FALSE(g.failed);
+    BT_OK(braid_transport_write(g.p->transport, "adopted", 7));
+    for (int i = 0; i < 1000 && cpool[0].inlen < 7; i++) BT_OK(braid_loop_run_once(loop, 0));
+    BT_EQ(cpool[0].inlen, 7);
+    BT_STREQ(braid_transport_kind(spool[0].base.transport), "tcp");
+    braid_transport_lose_connection(g.p->transport);
+    for (int i = 0; i < 1000 && !(cpool[0].lost && spool[0].lost); i++) BT_OK(braid_loop_run_once(loop, 0));
+    braid_listener_close(l);
+    BT_TRUE(fcntl(s, F_GETFD) < 0);               /* the listener owned (and closed) it */
+    bt_loop_destroy(loop);
+}
+
+/* Connecting from a chosen source address and port; a bad one fails clearly. */
+BT_IO_TEST(connect_with_bind_address) {
+    braid_loop *loop = bt_loop_new(NULL);
+    tp spool[1], cpool[1];
+    tfactory sf, cf;
+    tf_init(&sf, spool, 1, &tp_ops);
+    tf_init(&cf, cpool, 1, &tp_ops);
+    int port;
+    braid_listener *l = listen_local(loop, &sf.f, &port);
+    /* a source port that was just free */
+    int s = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in sa = { .sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
+    BT_OK(bind(s, (struct sockaddr *)&sa, sizeof sa));
+    socklen_t sl = sizeof sa;
+    BT_OK(getsockname(s, (struct sockaddr *)&sa, &sl));
+    close(s);
+    int src = ntohs(sa.sin_port);
+    got g = { 0 };
+    await_connect(loop, braid_tcp_connect(loop, &(braid_tcp_connect_options){
+                      .host = "127.0.0.1", .port = port, .bind_host = "127.0.0.1", .bind_port = src },
+                      &cf.f), &g);
+    BT_FALSE(g.failed);
+    braid_address host;
+    BT_OK(braid_transport_get_host(g.p->transport, &host));
+    BT_EQ(braid_address_port(&host), src);
+    for (int i = 0; i < 1000 && !spool[0].made; i++) BT_OK(braid_loop_run_once(loop, 0));
+    braid_address peer;
+    BT_OK(braid_transport_get_peer(spool[0].base.transport, &peer));
+    BT_EQ(braid_address_port(&peer), src);        /* the server sees our chosen port */
+    braid_transport_lose_connection(g.p->transport);
+    for (int i = 0; i < 1000 && !(cpool[0].lost && spool[0].lost); i++) BT_OK(braid_loop_run_once(loop, 0));
+    /* not a numeric address */
+    braid_deferred *d = braid_tcp_connect(loop, &(braid_tcp_connect_options){
+        .host = "127.0.0.1", .port = port, .bind_host = "nowhere" }, &cf.f);
+    braid_failure *f = braid_expect_failure(d, BRAID_EINVAL);
+    BT_TRUE(f->message && strstr(f->message, "nowhere"));
+    braid_failure_free(f);
+    braid_deferred_release(d);
+    braid_listener_close(l);
+    bt_loop_destroy(loop);
+}
+
+/* Cancelling a connect while its host name is still being resolved: the
+ * Deferred fails with BRAID_ECANCELED at once, no connection is made, and
+ * the lookup's late answer is dropped without a leak. */
+BT_IO_TEST(connect_cancelled_while_resolving) {
+    braid_loop *loop = bt_loop_new(NULL);
+    tp spool[1], cpool[1];
+    tfactory sf, cf;
+    tf_init(&sf, spool, 1, &tp_ops);
+    tf_init(&cf, cpool, 1, &tp_ops);
+    int port;
+    braid_listener *l = listen_local(loop, &sf.f, &port);
+    braid_deferred *d = braid_tcp_connect(loop, &(braid_tcp_connect_options){
+        .host = "localhost", .port = port, .family = AF_INET }, &cf.f);
+    braid_expect_no_result(d);
+    braid_deferred_cancel(d);
+    braid_failure *f = braid_expect_failure(d, BRAID_ECANCELED);
+    braid_failure_free(f);
+    braid_deferred_release(d);
+    braid_listener_close(l);
+    BT_OK(braid_loop_run(loop));                  /* returns once the lookup has reported back */
+    BT_EQ(cpool[0].made, 0);
+    BT_EQ(spool[0].made, 0);
+    bt_loop_destroy(loop);
+}
+
+/* A pull producer over TCP: asked for one chunk each time the buffer drains
+ * below the low watermark, so the buffer never holds more than low + chunk. */
+typedef struct tpuller {
+    braid_producer prod;
+    braid_transport *t;
+    int chunks, max, stops;
+    size_t max_buffered;
+} tpuller;
+static void tpull_resume(braid_producer *pr) {
+    tpuller *p = pr->arg;
+    static char chunk[32768];
+    if (p->chunks == p->max) {
+        braid_transport_unregister_producer(p->t);
+        braid_transport_lose_connection(p->t);
+        return;
+    }
+    memset(chunk, 'a' + p->chunks % 26, sizeof chunk);
+    if (braid_transport_write(p->t, chunk, sizeof chunk) < 0) return;
+    p->chunks++;
+    size_t b = braid_transport_buffered(p->t);
+    if (b > p->max_buffered) p->max_buffered = b;
+}
+static void tpull_stop(braid_producer *pr) { ((tpuller *)pr->arg)->stops++; }
+
+BT_IO_TEST(tcp_pull_producer) {
+    braid_loop *loop = bt_loop_new(NULL);
+    tp spool[1], cpool[1];
+    tfactory sf, cf;
+    tf_init(&sf, spool, 1, &tp_ops);
+    tf_init(&cf, cpool, 1, &tp_ops);
+    int port;
+    braid_listener *l = listen_local(loop, &sf.f, &port);
+    got g = { 0 };
+    await_connect(loop, braid_tcp_connect(loop, &(braid_tcp_connect_options){
+                      .host = "127.0.0.1", .port = port }, &cf.f), &g);
+    tpuller pu = { .prod = { NULL, tpull_resume, tpull_stop, &pu }, .t = g.p->transport, .max = 64 };
+    BT_OK(braid_transport_register_producer(pu.t, &pu.prod, false));
+    BT_EQ(pu.chunks, 1);                          /* a pull producer produces once at once */
+    BT_ERR(braid_transport_register_producer(pu.t, &pu.prod, false), BRAID_EBUSY);
+    for (int i = 0; i < 100000 && !(cpool[0].lost && spool[0].lost); i++) BT_OK(braid_loop_run_once(loop, 0));
+    BT_EQ(pu.chunks, 64);
+    BT_UEQ(spool[0].total_in, 64u * 32768);
+    BT_ULE(pu.max_buffered, 16384 + 32768);       /* low watermark + one chunk */
+    BT_EQ(pu.stops, 0);                           /* unregistered before the end */
+    BT_ERR(cpool[0].lost_code, BRAID_ECONNECTION_DONE);
+    braid_listener_close(l);
+    bt_loop_destroy(loop);
+}
+
+/* Half-close the other way round, on a Unix socketpair: the first side to
+ * shut its write side keeps receiving, the other keeps sending. */
+BT_IO_TEST(unix_half_close_receiver_keeps_sending) {
+    braid_loop *loop = bt_loop_new(NULL);
+    int sv[2];
+    BT_OK(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv));
+    tp x = { .base.ops = &tp_half_ops }, y = { .base.ops = &tp_half_ops };
+    BT_OK(braid_stream_adopt(loop, sv[0], &x.base));
+    BT_OK(braid_stream_adopt(loop, sv[1], &y.base));
+    BT_OK(braid_transport_write(y.base.transport, "bye", 3));
+    BT_OK(braid_transport_shutdown_write(y.base.transport));
+    for (int i = 0; i < 1000 && !x.read_lost; i++) BT_OK(braid_loop_run_once(loop, 0));
+    BT_EQ(x.read_lost, 1);
+    BT_EQ(y.write_lost, 1);
+    BT_EQ(x.lost + y.lost, 0);                    /* half open, not closed */
+    BT_EQ(x.inlen, 3);
+    BT_OK(braid_transport_write(x.base.transport, "still here", 10));
+    for (int i = 0; i < 1000 && y.inlen < 10; i++) BT_OK(braid_loop_run_once(loop, 0));
+    BT_EQ(y.inlen, 10);
+    BT_TRUE(memcmp(y.in, "still here", 10) == 0);
+    BT_OK(braid_transport_shutdown_write(x.base.transport));
+    for (int i = 0; i < 1000 && !(x.lost && y.lost); i++) BT_OK(braid_loop_run_once(loop, 0));
+    BT_EQ(y.read_lost, 1);
+    BT_EQ(x.write_lost, 1);
+    BT_ERR(x.lost_code, BRAID_ECONNECTION_DONE);
+    BT_ERR(y.lost_code, BRAID_ECONNECTION_DONE);
+    bt_loop_destroy(loop);
 }
