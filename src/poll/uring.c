@@ -557,6 +557,7 @@ void braid__uring_bufs_free(braid__uring_bufs *b) {
     braid_free(b);
 }
 
+void braid__uring_bufs_internal(braid__uring_bufs *b) { braid_handle_close(b->loop, &b->handle); }
 uint16_t braid__uring_bufs_group(const braid__uring_bufs *b) { return b->bgid; }
 unsigned braid__uring_bufs_size(const braid__uring_bufs *b) { return b->size; }
 

@@ -96,6 +96,9 @@ int braid__uring_bufs_new(braid_loop *loop, unsigned count, unsigned size, braid
 /* Unregister and free. Cancel the receives that use it first (and wait for
  * their final CQE). */
 void braid__uring_bufs_free(braid__uring_bufs *b);
+/* The ring is loop-internal state (freed from a slot destructor), not an
+ * open handle for the leak gate. */
+void braid__uring_bufs_internal(braid__uring_bufs *b);
 uint16_t braid__uring_bufs_group(const braid__uring_bufs *b);
 unsigned braid__uring_bufs_size(const braid__uring_bufs *b);
 /* The memory of buffer bid. */

@@ -5,7 +5,19 @@
  * braid__transport_data; an io_uring completion path would call the same
  * braid__transport_data with its own buffer. Writes leave from fd_flush: the
  * whole contiguous buffer in one send() (or a sendmsg carrying descriptors),
- * and write interest is asked for only after the kernel said EAGAIN. */
+ * and write interest is asked for only after the kernel said EAGAIN.
+ *
+ * On the io_uring backend TCP transports go by completions instead: a
+ * multishot recv picks buffers from a per-loop provided-buffer ring (each
+ * chunk handed to the protocol and the buffer recycled when data_received
+ * returns), and the write buffer leaves as a send SQE submitted with the
+ * loop's next wait. No read(), send() or epoll-style readiness per request:
+ * one io_uring_enter per iteration carries everything. The buffer a send
+ * points into is pinned (see braid_transport.wbuf_pinned). Ops outlive a
+ * closed transport until their final CQE: the memory waits as a "zombie"
+ * (freed by the final CQE, or with the loop). Unix sockets (descriptor
+ * passing needs recvmsg) and pipes keep the readiness path. Set
+ * BRAID_STREAM_COMPLETIONS=0 to keep TCP on readiness too (for comparison). */
 #include "stream_internal.h"
 #include <fcntl.h>
 #include <netinet/in.h>
@@ -13,9 +25,15 @@
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <stdlib.h>
 #include <unistd.h>
+#ifdef BRAID_HAVE_URING
+#include "poll/uring.h"
+#endif
 
 #define MAX_FDS_PER_MSG 16
+#define UR_BUF_COUNT 1024          /* provided buffers per loop (a power of two) */
+#define UR_BUF_SIZE (16u * 1024)   /* bytes each: 16 MiB per io_uring loop with TCP */
 
 typedef struct fd_transport {
     braid_transport base;
@@ -23,6 +41,19 @@ typedef struct fd_transport {
     int rfd, wfd;                  /* equal for sockets; -1 once closed */
     braid_watch rw, ww;            /* ww only when wfd != rfd */
     bool write_blocked;            /* the kernel said EAGAIN: wait for writable */
+#ifdef BRAID_HAVE_URING
+    bool ur;                       /* reads and writes by io_uring completions */
+    bool rdone;                    /* the recv ended for good (EOF or error) */
+    bool eof_pending;              /* EOF seen while paused: after the held data */
+    bool zombie;                   /* freed by braid; waits for its final CQEs */
+    bool held_queued;
+    braid__uring_op rop, wop;      /* multishot recv; send */
+    char *zbuf;                    /* the pinned write buffer, detached at close */
+    struct { unsigned bid, len; } *held;   /* chunks that arrived while paused */
+    int nheld, capheld;
+    braid_soon held_node;
+    struct fd_transport *znext, *zprev;
+#endif
 } fd_transport;
 
 int braid__set_nonblock(int fd) {
@@ -35,9 +66,17 @@ static bool split(const fd_transport *ft) { return ft->rfd != ft->wfd; }
 
 /* Interest follows state: read while the protocol wants data, write only
  * while the kernel is full. */
+#ifdef BRAID_HAVE_URING
+static void ur_update_reading(fd_transport *ft);
+static void ur_flush(fd_transport *ft);
+#endif
+
 static void update_watch(fd_transport *ft) {
     braid_transport *t = &ft->base;
     if (t->state & BRAID__T_CLOSED) return;
+#ifdef BRAID_HAVE_URING
+    if (ft->ur) { ur_update_reading(ft); return; }
+#endif
     unsigned rmask = braid__transport_reading(t) ? BRAID_READ : 0;
     unsigned wmask = ft->write_blocked ? BRAID_WRITE : 0;
     int rc = 0;
@@ -113,6 +152,9 @@ static ssize_t send_with_fds(fd_transport *ft, braid__fdmsg *m, const char *buf,
 
 static void fd_flush(braid_transport *t) {
     fd_transport *ft = (fd_transport *)t;
+#ifdef BRAID_HAVE_URING
+    if (ft->ur) { ur_flush(ft); return; }
+#endif
     if (ft->write_blocked) return;             /* the writable event will call us */
     while (t->wlen && !(t->state & BRAID__T_CLOSED)) {
         const char *p = t->wbuf + t->whead;
@@ -165,6 +207,227 @@ static void on_event(fd_transport *ft, unsigned ev, bool is_write_fd) {
 static void on_rw(braid_watch *w, unsigned ev, void *arg) { (void)w; on_event(arg, ev, false); }
 static void on_ww(braid_watch *w, unsigned ev, void *arg) { (void)w; on_event(arg, ev, true); }
 
+/* ---- io_uring completions (TCP on the uring backend) ------------------------------------ */
+#ifdef BRAID_HAVE_URING
+/* The loop's buffer ring, made on first use; NULL means "use readiness". */
+static braid__uring_bufs *ur_bufs(braid_loop *loop) {
+    if (!braid__uring_ring(loop)) return NULL;
+    braid__stream_state *st = braid__stream_state_get(loop);
+    if (!st || st->uring < 0) return NULL;
+    if (st->uring == 0) {
+        const char *e = getenv("BRAID_STREAM_COMPLETIONS");
+        braid__uring_bufs *b = NULL;
+        if ((e && e[0] == '0') || !braid__uring_have_recv_multishot() ||
+            braid__uring_bufs_new(loop, UR_BUF_COUNT, UR_BUF_SIZE, &b) < 0) {
+            st->uring = -1;            /* decided once per loop (ENOMEM included) */
+            return NULL;
+        }
+        braid__uring_bufs_internal(b);
+        st->ubufs = b;
+        st->uring = 1;
+    }
+    return st->ubufs;
+}
+
+static void ur_zombie_maybe_free(fd_transport *ft) {
+    if (braid__uring_op_active(&ft->rop) || braid__uring_op_active(&ft->wop) || ft->held_queued)
+        return;
+    braid__stream_state *st = braid__loop_slot(ft->base.loop, BRAID__SLOT_STREAM);
+    if (ft->zprev) ft->zprev->znext = ft->znext;
+    else st->zombies = ft->znext;
+    if (ft->znext) ft->znext->zprev = ft->zprev;
+    braid_free(ft->zbuf);
+    braid_free(ft->base.wbuf_retired);
+    braid_free(ft->held);
+    braid_free(ft);
+}
+
+static void ur_recycle_held(fd_transport *ft) {
+    braid__stream_state *st = braid__loop_slot(ft->base.loop, BRAID__SLOT_STREAM);
+    for (int i = 0; i < ft->nheld; i++) braid__uring_bufs_recycle(st->ubufs, ft->held[i].bid);
+    ft->nheld = 0;
+}
+
+void braid__fd_state_destroy(braid_loop *loop, braid__stream_state *st) {
+    (void)loop;
+    for (fd_transport *ft = st->zombies, *next; ft; ft = next) {
+        next = ft->znext;
+        /* The ring goes with the loop; the kernel cancels what is left. */
+        if (st->ubufs) ur_recycle_held(ft);
+        braid_free(ft->zbuf);
+        braid_free(ft->base.wbuf_retired);
+        braid_free(ft->held);
+        braid_free(ft);
+    }
+    st->zombies = NULL;
+    if (st->ubufs) braid__uring_bufs_free(st->ubufs);
+    st->ubufs = NULL;
+}
+
+static void ur_on_recv(braid__uring_op *op, int res, unsigned flags);
+
+static void ur_submit_recv(fd_transport *ft) {
+    braid__stream_state *st = braid__loop_slot(ft->base.loop, BRAID__SLOT_STREAM);
+    int rc = braid__uring_recv_multishot(ft->base.loop, &ft->rop, ft->rfd, st->ubufs);
+    if (rc < 0) { braid__transport_lost(&ft->base, rc); return; }
+    braid_handle_close(ft->base.loop, &ft->rop.handle);   /* the transport is the handle */
+}
+
+/* Deliver chunks held while paused (in order), then EOF if it came meanwhile. */
+static void ur_held_cb(void *arg) {
+    fd_transport *ft = arg;
+    braid_transport *t = &ft->base;
+    ft->held_queued = false;
+    if (ft->zombie) { ur_zombie_maybe_free(ft); return; }
+    braid__stream_state *st = braid__loop_slot(t->loop, BRAID__SLOT_STREAM);
+    int i = 0;
+    for (; i < ft->nheld && braid__transport_reading(t); i++) {
+        unsigned bid = ft->held[i].bid;
+        braid__transport_data(t, braid__uring_bufs_get(st->ubufs, bid), ft->held[i].len);
+        braid__uring_bufs_recycle(st->ubufs, bid);
+    }
+    if (i && i < ft->nheld) memmove(ft->held, ft->held + i, (size_t)(ft->nheld - i) * sizeof *ft->held);
+    ft->nheld -= i;
+    if (t->state & BRAID__T_CLOSED) { ur_recycle_held(ft); return; }
+    if (ft->nheld || !braid__transport_reading(t)) return;
+    if (ft->eof_pending) { ft->eof_pending = false; braid__transport_eof(t); return; }
+    if (!ft->rdone && !braid__uring_op_active(&ft->rop)) ur_submit_recv(ft);
+}
+
+static void ur_update_reading(fd_transport *ft) {
+    braid_transport *t = &ft->base;
+    if (braid__transport_reading(t)) {
+        if (ft->nheld || ft->eof_pending) {
+            if (!ft->held_queued) {
+                ft->held_queued = true;
+                braid_loop_soon_node(t->loop, &ft->held_node);
+            }
+        } else if (!ft->rdone && !braid__uring_op_active(&ft->rop)) {
+            ur_submit_recv(ft);
+        }
+    } else if (braid__uring_op_active(&ft->rop)) {
+        braid__uring_cancel(&ft->rop);   /* late chunks are held (paused) or dropped */
+    }
+}
+
+static void ur_on_recv(braid__uring_op *op, int res, unsigned flags) {
+    fd_transport *ft = op->data;
+    braid_transport *t = &ft->base;
+    braid__stream_state *st = braid__loop_slot(t->loop, BRAID__SLOT_STREAM);
+    bool final = !(flags & IORING_CQE_F_MORE);
+    bool live = !ft->zombie && !(t->state & BRAID__T_CLOSED);
+    if (flags & IORING_CQE_F_BUFFER) {
+        unsigned bid = braid__uring_cqe_bid(flags);
+        if (res > 0 && live && braid__transport_reading(t) && !ft->nheld) {
+            braid__transport_data(t, braid__uring_bufs_get(st->ubufs, bid), (size_t)res);
+            braid__uring_bufs_recycle(st->ubufs, bid);
+        } else if (res > 0 && live && (t->state & BRAID__T_PAUSED) &&
+                   !(t->state & (BRAID__T_READ_SHUT | BRAID__T_DISCONNECTING))) {
+            if (ft->nheld == ft->capheld) {
+                int cap = ft->capheld ? ft->capheld * 2 : 8;
+                void *h = braid_realloc(ft->held, (size_t)cap * sizeof *ft->held);
+                if (!h) {
+                    braid__uring_bufs_recycle(st->ubufs, bid);
+                    braid__transport_lost(t, BRAID_ENOMEM);
+                    goto end;
+                }
+                ft->held = h;
+                ft->capheld = cap;
+            }
+            ft->held[ft->nheld].bid = bid;
+            ft->held[ft->nheld].len = (unsigned)res;
+            ft->nheld++;
+        } else {
+            braid__uring_bufs_recycle(st->ubufs, bid);
+        }
+    } else if (res == 0 && live) {
+        ft->rdone = true;
+        if (braid__transport_reading(t) && !ft->nheld) braid__transport_eof(t);
+        else if (t->state & BRAID__T_PAUSED) ft->eof_pending = true;
+    } else if (res < 0 && res != -ENOBUFS && res != -ECANCELED && live) {
+        ft->rdone = true;
+        braid__transport_lost(t, res);
+    }
+end:
+    if (!final) return;
+    if (ft->zombie) { ur_zombie_maybe_free(ft); return; }
+    /* Ended without EOF (the ring ran dry, or a cancel): go on if wanted. */
+    if (!(t->state & BRAID__T_CLOSED)) update_watch(ft);
+}
+
+static void ur_on_send(braid__uring_op *op, int res, unsigned flags);
+
+static void ur_flush(fd_transport *ft) {
+    braid_transport *t = &ft->base;
+    if (braid__uring_op_active(&ft->wop) || !t->wlen || (t->state & BRAID__T_CLOSED)) return;
+    struct io_uring_sqe *sqe = braid__uring_sqe(t->loop);
+    if (!sqe) { braid__transport_lost(t, BRAID_EAGAIN); return; }
+    io_uring_prep_send(sqe, ft->wfd, t->wbuf + t->whead, t->wlen, MSG_NOSIGNAL);
+    t->wbuf_pinned = true;
+    braid__uring_submit(t->loop, sqe, &ft->wop);
+    braid_handle_close(t->loop, &ft->wop.handle);
+}
+
+static void ur_on_send(braid__uring_op *op, int res, unsigned flags) {
+    (void)flags;
+    fd_transport *ft = op->data;
+    braid_transport *t = &ft->base;
+    t->wbuf_pinned = false;
+    braid_free(t->wbuf_retired);
+    t->wbuf_retired = NULL;
+    braid_free(ft->zbuf);
+    ft->zbuf = NULL;
+    if (ft->zombie) { ur_zombie_maybe_free(ft); return; }
+    if (t->state & BRAID__T_CLOSED) return;
+    if (res < 0) {
+        if (res == -EAGAIN || res == -EINTR) { ur_flush(ft); return; }
+        braid__transport_lost(t, res);
+        return;
+    }
+    braid__transport_wrote(t, (size_t)res);
+    if (!(t->state & BRAID__T_CLOSED)) ur_flush(ft);
+}
+
+static void ur_close(fd_transport *ft) {
+    braid_transport *t = &ft->base;
+    if (braid__uring_op_active(&ft->rop)) {
+        braid__uring_op_unref(&ft->rop);
+        braid__uring_cancel(&ft->rop);
+    }
+    if (braid__uring_op_active(&ft->wop)) {
+        braid__uring_op_unref(&ft->wop);
+        braid__uring_cancel(&ft->wop);
+        /* the kernel may still read it: ours until the final CQE */
+        ft->zbuf = t->wbuf;
+        t->wbuf = NULL;
+        t->wcap = t->wlen = t->whead = 0;
+        t->wbuf_pinned = false;
+    }
+    braid__stream_state *st = braid__loop_slot(t->loop, BRAID__SLOT_STREAM);
+    if (ft->nheld) ur_recycle_held(ft);
+    (void)st;
+}
+
+/* vt->free: now, or once the last op reported. */
+static bool ur_free(fd_transport *ft) {
+    if (!braid__uring_op_active(&ft->rop) && !braid__uring_op_active(&ft->wop) && !ft->held_queued) {
+        braid_free(ft->zbuf);
+        braid_free(ft->base.wbuf_retired);
+        braid_free(ft->held);
+        return false;
+    }
+    braid__stream_state *st = braid__loop_slot(ft->base.loop, BRAID__SLOT_STREAM);
+    ft->zombie = true;
+    ft->zprev = NULL;
+    ft->znext = st->zombies;
+    if (ft->znext) ft->znext->zprev = ft;
+    st->zombies = ft;
+    return true;
+}
+#else
+void braid__fd_state_destroy(braid_loop *loop, braid__stream_state *st) { (void)loop; (void)st; }
+#endif
+
 static int fd_shutdown_write(braid_transport *t) {
     fd_transport *ft = (fd_transport *)t;
     if (ft->kind == BRAID__FD_PIPE) {
@@ -187,6 +450,9 @@ static void fd_close(braid_transport *t) {
         struct linger lg = { 1, 0 };
         setsockopt(ft->rfd, SOL_SOCKET, SO_LINGER, &lg, sizeof lg);
     }
+#ifdef BRAID_HAVE_URING
+    if (ft->ur) ur_close(ft);
+#endif
     if (ft->rfd >= 0) { braid_watch_close(&ft->rw); close(ft->rfd); }
     if (split(ft) && ft->wfd >= 0) { braid_watch_close(&ft->ww); close(ft->wfd); }
     ft->rfd = ft->wfd = -1;
@@ -213,7 +479,13 @@ static int fd_set_option(braid_transport *t, int opt, int a, int b) {
     return 0;
 }
 
-static void fd_free(braid_transport *t) { braid_free(t); }
+static void fd_free(braid_transport *t) {
+#ifdef BRAID_HAVE_URING
+    fd_transport *ft = (fd_transport *)t;
+    if (ft->ur && ur_free(ft)) return;
+#endif
+    braid_free(t);
+}
 
 static const braid__transport_vt vt_tcp = {
     "tcp", fd_flush, fd_update_reading, fd_shutdown_write, fd_close, fd_get_addr, fd_set_option, fd_free };
@@ -246,6 +518,15 @@ int braid__fd_transport_new(braid_loop *loop, int rfd, int wfd, braid__fd_kind k
         int on = 1;
         setsockopt(rfd, IPPROTO_TCP, TCP_NODELAY, &on, sizeof on);
     }
+#ifdef BRAID_HAVE_URING
+    if (kind == BRAID__FD_TCP && rfd >= 0 && rfd == wfd && ur_bufs(loop)) {
+        ft->ur = true;
+        braid__uring_op_init(&ft->rop, ur_on_recv, ft);
+        braid__uring_op_init(&ft->wop, ur_on_send, ft);
+        ft->held_node.fn = ur_held_cb;
+        ft->held_node.arg = ft;
+    }
+#endif
     if (rfd < 0) ft->base.state |= BRAID__T_READ_SHUT;
     if (wfd < 0) ft->base.state |= BRAID__T_WRITE_SHUT;
     update_watch(ft);

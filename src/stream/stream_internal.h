@@ -70,6 +70,12 @@ struct braid_transport {
     braid_producer *producer;
     bool producer_streaming, producer_paused;
     braid_producer self_producer;     /* the transport as a producer of reads */
+    /* A kind whose kernel operation reads from wbuf in place (io_uring send)
+     * sets wbuf_pinned: the buffer is then never compacted, and if it must
+     * grow the old one is parked in wbuf_retired (the kind frees it when the
+     * operation completes). */
+    bool wbuf_pinned;
+    char *wbuf_retired;
     int lost_code;
     braid_soon flush_node, lost_node;
 };
@@ -94,6 +100,16 @@ static inline bool braid__transport_reading(const braid_transport *t) {
 void braid__protocol_release(braid_protocol *p);
 enum { BRAID__PROTO_OWNED = 1u << 0 };
 
+/* Per-loop stream state (the loop's STREAM slot), made on first use. */
+typedef struct braid__stream_state {
+    char *readbuf;                    /* the shared BRAID__READ_BUF read buffer, lazily */
+    void *ubufs;                      /* fd.c: io_uring provided-buffer ring, lazily */
+    int uring;                        /* fd.c: 0 not decided, 1 completions, -1 readiness */
+    void *zombies;                    /* fd.c: transports waiting for their final CQEs */
+} braid__stream_state;
+braid__stream_state *braid__stream_state_get(braid_loop *loop);
+/* fd.c: release what fd.c keeps in the state (the loop is being destroyed). */
+void braid__fd_state_destroy(braid_loop *loop, braid__stream_state *st);
 /* The loop's shared read buffer (BRAID__READ_BUF bytes), or NULL on ENOMEM. */
 char *braid__stream_read_buffer(braid_loop *loop);
 

@@ -157,7 +157,7 @@ static void flush_cb(void *arg) {
 /* Make room for len more bytes: compact, then grow (doubling). */
 static int reserve(braid_transport *t, size_t len) {
     if (t->wcap - t->whead - t->wlen >= len) return 0;
-    if (t->whead && t->wcap - t->wlen >= len) {
+    if (t->whead && t->wcap - t->wlen >= len && !t->wbuf_pinned) {
         memmove(t->wbuf, t->wbuf + t->whead, t->wlen);
         t->whead = 0;
         return 0;
@@ -167,7 +167,13 @@ static int reserve(braid_transport *t, size_t len) {
     char *b = braid_malloc(n);
     if (!b) return BRAID_ENOMEM;
     if (t->wlen) memcpy(b, t->wbuf + t->whead, t->wlen);
-    braid_free(t->wbuf);
+    if (t->wbuf_pinned) {
+        /* The kernel still reads the old buffer: park it for the kind. */
+        t->wbuf_retired = t->wbuf;
+        t->wbuf_pinned = false;
+    } else {
+        braid_free(t->wbuf);
+    }
     t->wbuf = b;
     t->wcap = n;
     t->whead = 0;
@@ -224,7 +230,7 @@ void braid__transport_wrote(braid_transport *t, size_t n) {
     if (t->state & BRAID__T_CLOSED) return;
     /* Give back memory of a large buffer once it drained: an idle connection
      * should not keep a burst's worth of buffer. */
-    if (t->wlen == 0 && t->wcap > 64 * 1024) {
+    if (t->wlen == 0 && t->wcap > 64 * 1024 && !t->wbuf_pinned) {
         braid_free(t->wbuf);
         t->wbuf = NULL;
         t->wcap = 0;
@@ -364,19 +370,28 @@ static void lost_cb(void *arg) {
     t->vt->free(t);
 }
 
-/* ---- the shared read buffer --------------------------------------------------------------- */
-static void readbuf_destroy(braid_loop *loop, void *ptr) {
-    (void)loop;
-    braid_free(ptr);
+/* ---- per-loop state: the shared read buffer (and fd.c's io_uring parts) -------------------- */
+static void state_destroy(braid_loop *loop, void *ptr) {
+    braid__stream_state *st = ptr;
+    braid__fd_state_destroy(loop, st);
+    braid_free(st->readbuf);
+    braid_free(st);
+}
+
+braid__stream_state *braid__stream_state_get(braid_loop *loop) {
+    braid__stream_state *st = braid__loop_slot(loop, BRAID__SLOT_STREAM);
+    if (st) return st;
+    st = braid_calloc(1, sizeof *st);
+    if (!st) return NULL;
+    braid__loop_set_slot(loop, BRAID__SLOT_STREAM, st, state_destroy);
+    return st;
 }
 
 char *braid__stream_read_buffer(braid_loop *loop) {
-    char *b = braid__loop_slot(loop, BRAID__SLOT_STREAM);
-    if (b) return b;
-    b = braid_malloc(BRAID__READ_BUF);
-    if (!b) return NULL;
-    braid__loop_set_slot(loop, BRAID__SLOT_STREAM, b, readbuf_destroy);
-    return b;
+    braid__stream_state *st = braid__stream_state_get(loop);
+    if (!st) return NULL;
+    if (!st->readbuf) st->readbuf = braid_malloc(BRAID__READ_BUF);
+    return st->readbuf;
 }
 
 /* ---- addresses ------------------------------------------------------------------------------ */
