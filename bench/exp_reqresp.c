@@ -57,8 +57,19 @@ static void rr_data(braid_protocol *p, const void *buf, size_t len) {
 static void echo_data(braid_protocol *p, const void *buf, size_t len) {
     braid_transport_write(p->transport, buf, len);
 }
+/* The idiomatic braid echo: the transport is the producer of its own writes
+ * (reading pauses at the high watermark), so a client slower to read than to
+ * write cannot push the server past the hard cap. */
+static void echo_made(braid_protocol *p) {
+    braid_transport_register_producer(p->transport, braid_transport_producer(p->transport), true);
+}
+static void echo_lost(braid_protocol *p, const braid_failure *f) {
+    (void)f;
+    braid_transport_unregister_producer(p->transport);
+}
 static const braid_protocol_ops rr_ops = { .data_received = rr_data };
-static const braid_protocol_ops echo_ops = { .data_received = echo_data };
+static const braid_protocol_ops echo_ops = { .connection_made = echo_made, .data_received = echo_data,
+                                             .connection_lost = echo_lost };
 
 static braid_backend backend_enum(const char *b) {
     if (!b) return BRAID_BACKEND_EPOLL;
@@ -334,8 +345,10 @@ static run_result drive(int port, int nconn, int mode, double warm_s, double win
     }
     g.stopping = true;
     for (int i = 0; i < made; i++) {
-        if (mode == RR_MODE_ECHO) braid_transport_unregister_producer(conns[i].base.transport);
-        braid_transport_abort(conns[i].base.transport);
+        braid_transport *t = conns[i].base.transport;
+        if (!t) continue;                           /* already lost (the server went away) */
+        if (mode == RR_MODE_ECHO) braid_transport_unregister_producer(t);
+        braid_transport_abort(t);
     }
     while (g.lost < made && braid_loop_run_once(g.loop, BRAID_RUN_NOWAIT) >= 0) {}
     braid_loop_run_once(g.loop, BRAID_RUN_NOWAIT);   /* queued echo_pump calls */

@@ -318,11 +318,13 @@ static void ur_on_recv(braid__uring_op *op, int res, unsigned flags) {
     bool live = !ft->zombie && !(t->state & BRAID__T_CLOSED);
     if (flags & IORING_CQE_F_BUFFER) {
         unsigned bid = braid__uring_cqe_bid(flags);
-        if (res > 0 && live && braid__transport_reading(t) && !ft->nheld) {
+        bool wanted = res > 0 && live && !(t->state & (BRAID__T_READ_SHUT | BRAID__T_DISCONNECTING));
+        if (wanted && braid__transport_reading(t) && !ft->nheld) {
             braid__transport_data(t, braid__uring_bufs_get(st->ubufs, bid), (size_t)res);
             braid__uring_bufs_recycle(st->ubufs, bid);
-        } else if (res > 0 && live && (t->state & BRAID__T_PAUSED) &&
-                   !(t->state & (BRAID__T_READ_SHUT | BRAID__T_DISCONNECTING))) {
+        } else if (wanted) {
+            /* Paused (the cancel is on its way), or older chunks still wait
+             * to be delivered: keep it, in order. */
             if (ft->nheld == ft->capheld) {
                 int cap = ft->capheld ? ft->capheld * 2 : 8;
                 void *h = braid_realloc(ft->held, (size_t)cap * sizeof *ft->held);
@@ -343,7 +345,7 @@ static void ur_on_recv(braid__uring_op *op, int res, unsigned flags) {
     } else if (res == 0 && live) {
         ft->rdone = true;
         if (braid__transport_reading(t) && !ft->nheld) braid__transport_eof(t);
-        else if (t->state & BRAID__T_PAUSED) ft->eof_pending = true;
+        else ft->eof_pending = true;     /* after the held chunks, once reading again */
     } else if (res < 0 && res != -ENOBUFS && res != -ECANCELED && live) {
         ft->rdone = true;
         braid__transport_lost(t, res);
@@ -403,9 +405,8 @@ static void ur_close(fd_transport *ft) {
         t->wcap = t->wlen = t->whead = 0;
         t->wbuf_pinned = false;
     }
-    braid__stream_state *st = braid__loop_slot(t->loop, BRAID__SLOT_STREAM);
     if (ft->nheld) ur_recycle_held(ft);
-    (void)st;
+    ft->eof_pending = false;
 }
 
 /* vt->free: now, or once the last op reported. */
