@@ -10,7 +10,11 @@
  * BRAID_EBUFFER_LIMIT, so a peer that never reads cannot grow memory without
  * bound. Reads go through one path that hands the protocol a buffer lent for
  * the call (a per-loop 64 KiB read buffer: idle connections hold no read
- * memory).
+ * memory). On the io_uring backend TCP transports run on completions instead
+ * of readiness: a multishot recv into a per-loop provided-buffer ring (the
+ * protocol gets the ring buffer itself) and send SQEs that leave with the
+ * loop's next wait — no read()/send() system call per message
+ * (BRAID_STREAM_COMPLETIONS=0 turns this off; see docs/stream.md).
  *
  *     // server
  *     braid_listener *l;
@@ -135,7 +139,8 @@ typedef struct braid_tcp_connect_options {
 } braid_tcp_connect_options;
 
 /* A Deferred of the connected braid_protocol * (borrowed: it lives until its
- * connection_lost). Cancelling it (or the timeout) closes the attempt. */
+ * connection_lost). Cancelling it (or the timeout) closes the attempt. NULL
+ * only if even a failed Deferred could not be allocated. */
 BRAID_API braid_deferred *braid_tcp_connect(braid_loop *loop, const braid_tcp_connect_options *o,
                                             braid_factory *f);
 BRAID_API braid_deferred *braid_unix_connect(braid_loop *loop, const char *path,
