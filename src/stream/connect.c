@@ -53,7 +53,7 @@ static void connected(connector *c) {
     int fd = c->fd;
     c->fd = -1;
     braid_transport *t;
-    int rc = braid__fd_transport_new(c->loop, fd, fd, c->kind, &t);
+    int rc = braid__fd_transport_new(c->loop, fd, fd, c->kind, true, &t);
     if (rc < 0) { close(fd); fail(c, rc, "connect: transport"); return; }
     braid_address peer = c->addrs->addrs[c->next - 1];
     braid_protocol *p = braid_factory_build(c->factory, &peer);

@@ -34,6 +34,7 @@
 #define MAX_FDS_PER_MSG 16
 #define UR_BUF_COUNT 1024          /* provided buffers per loop (a power of two) */
 #define UR_BUF_SIZE (16u * 1024)   /* bytes each: 16 MiB per io_uring loop with TCP */
+#define UR_HOLD_MAX 4              /* chunks a paused transport holds before cancelling its recv */
 
 typedef struct fd_transport {
     braid_transport base;
@@ -41,6 +42,7 @@ typedef struct fd_transport {
     int rfd, wfd;                  /* equal for sockets; -1 once closed */
     braid_watch rw, ww;            /* ww only when wfd != rfd */
     bool write_blocked;            /* the kernel said EAGAIN: wait for writable */
+    bool read_disarmed;            /* paused and data came: read interest dropped */
 #ifdef BRAID_HAVE_URING
     bool ur;                       /* reads and writes by io_uring completions */
     bool rdone;                    /* the recv ended for good (EOF or error) */
@@ -71,13 +73,24 @@ static void ur_update_reading(fd_transport *ft);
 static void ur_flush(fd_transport *ft);
 #endif
 
+/* Pausing is lazy (libuv's trick): a paused transport keeps its read
+ * interest until data actually arrives while it is paused. A pause that ends
+ * before that — the flow-control cycle of a busy connection: pause at the
+ * high watermark, flush, resume — costs no system call. */
+static bool only_paused(const braid_transport *t) {
+    return (t->state & (BRAID__T_PAUSED | BRAID__T_READ_SHUT | BRAID__T_CLOSED |
+                        BRAID__T_DISCONNECTING)) == BRAID__T_PAUSED;
+}
+
 static void update_watch(fd_transport *ft) {
     braid_transport *t = &ft->base;
     if (t->state & BRAID__T_CLOSED) return;
 #ifdef BRAID_HAVE_URING
     if (ft->ur) { ur_update_reading(ft); return; }
 #endif
-    unsigned rmask = braid__transport_reading(t) ? BRAID_READ : 0;
+    bool reading = braid__transport_reading(t);
+    if (reading) ft->read_disarmed = false;
+    unsigned rmask = reading || (only_paused(t) && !ft->read_disarmed) ? BRAID_READ : 0;
     unsigned wmask = ft->write_blocked ? BRAID_WRITE : 0;
     int rc = 0;
     if (!split(ft)) {
@@ -201,7 +214,14 @@ static void on_event(fd_transport *ft, unsigned ev, bool is_write_fd) {
             braid__transport_wrote(t, 0);      /* pending close / shutdown */
         if (!ft->write_blocked) update_watch(ft);
     }
-    if ((ev & BRAID_READ) && !is_write_fd && !(t->state & BRAID__T_CLOSED)) fd_read(ft);
+    if ((ev & BRAID_READ) && !is_write_fd && !(t->state & BRAID__T_CLOSED)) {
+        if (braid__transport_reading(t)) {
+            fd_read(ft);
+        } else if (!ft->read_disarmed) {
+            ft->read_disarmed = true;          /* paused, and data is here: now drop interest */
+            update_watch(ft);
+        }
+    }
 }
 
 static void on_rw(braid_watch *w, unsigned ev, void *arg) { (void)w; on_event(arg, ev, false); }
@@ -305,7 +325,7 @@ static void ur_update_reading(fd_transport *ft) {
         } else if (!ft->rdone && !braid__uring_op_active(&ft->rop)) {
             ur_submit_recv(ft);
         }
-    } else if (braid__uring_op_active(&ft->rop)) {
+    } else if (braid__uring_op_active(&ft->rop) && !(only_paused(t) && ft->nheld < UR_HOLD_MAX)) {
         braid__uring_cancel(&ft->rop);   /* late chunks are held (paused) or dropped */
     }
 }
@@ -339,6 +359,9 @@ static void ur_on_recv(braid__uring_op *op, int res, unsigned flags) {
             ft->held[ft->nheld].bid = bid;
             ft->held[ft->nheld].len = (unsigned)res;
             ft->nheld++;
+            /* A pause is lazy (as with readiness): the recv goes on until a
+             * few chunks wait, then it is cancelled. */
+            if (ft->nheld >= UR_HOLD_MAX && !braid__transport_reading(t)) braid__uring_cancel(&ft->rop);
         } else {
             braid__uring_bufs_recycle(st->ubufs, bid);
         }
@@ -496,11 +519,11 @@ static const braid__transport_vt vt_pipe = {
     "pipe", fd_flush, fd_update_reading, fd_shutdown_write, fd_close, fd_get_addr, fd_set_option, fd_free };
 
 int braid__fd_transport_new(braid_loop *loop, int rfd, int wfd, braid__fd_kind kind,
-                            braid_transport **out) {
+                            bool nonblocking, braid_transport **out) {
     fd_transport *ft = braid_calloc(1, sizeof *ft);
     if (!ft) return BRAID_ENOMEM;
     int rc;
-    if (rfd >= 0 && (rc = braid__set_nonblock(rfd)) < 0) goto fail;
+    if (rfd >= 0 && !nonblocking && (rc = braid__set_nonblock(rfd)) < 0) goto fail;
     if (wfd >= 0 && wfd != rfd && (rc = braid__set_nonblock(wfd)) < 0) goto fail;
     /* A pipe pair with one side missing still needs distinct "fds" for split(). */
     ft->rfd = rfd;
@@ -589,7 +612,7 @@ static braid__fd_kind detect_kind(int fd) {
 int braid_stream_adopt(braid_loop *loop, int fd, braid_protocol *p) {
     if (fd < 0 || !p) return BRAID_EINVAL;
     braid_transport *t;
-    int rc = braid__fd_transport_new(loop, fd, fd, detect_kind(fd), &t);
+    int rc = braid__fd_transport_new(loop, fd, fd, detect_kind(fd), false, &t);
     if (rc < 0) return rc;
     braid__transport_attach(t, p);
     return 0;
@@ -598,7 +621,7 @@ int braid_stream_adopt(braid_loop *loop, int fd, braid_protocol *p) {
 int braid_stream_adopt_pipes(braid_loop *loop, int rfd, int wfd, braid_protocol *p) {
     if ((rfd < 0 && wfd < 0) || !p || rfd == wfd) return BRAID_EINVAL;
     braid_transport *t;
-    int rc = braid__fd_transport_new(loop, rfd, wfd, BRAID__FD_PIPE, &t);
+    int rc = braid__fd_transport_new(loop, rfd, wfd, BRAID__FD_PIPE, false, &t);
     if (rc < 0) return rc;
     braid__transport_attach(t, p);
     return 0;

@@ -81,7 +81,7 @@ static void on_accept(braid_watch *w, unsigned ev, void *arg) {
         if (l->reserve_fd < 0) l->reserve_fd = open_reserve();
         l->accepted++;
         braid_transport *t;
-        if (braid__fd_transport_new(l->loop, fd, fd, l->kind, &t) < 0) {
+        if (braid__fd_transport_new(l->loop, fd, fd, l->kind, true, &t) < 0) {
             close(fd);
             continue;
         }

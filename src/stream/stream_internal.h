@@ -115,9 +115,10 @@ char *braid__stream_read_buffer(braid_loop *loop);
 
 /* fd transports (fd.c). */
 typedef enum { BRAID__FD_TCP, BRAID__FD_UNIX, BRAID__FD_PIPE } braid__fd_kind;
-/* Wrap a connected fd (taking ownership; wfd may equal rfd). */
+/* Wrap a connected fd (taking ownership; wfd may equal rfd). nonblocking:
+ * the caller made it with SOCK_NONBLOCK (saves two fcntl calls per accept). */
 int braid__fd_transport_new(braid_loop *loop, int rfd, int wfd, braid__fd_kind kind,
-                            braid_transport **out);
+                            bool nonblocking, braid_transport **out);
 int braid__set_nonblock(int fd);
 
 /* Resolution (resolve.c): a Deferred of a struct addrinfo * list (owned by the
