@@ -61,7 +61,6 @@ static void echo_data(braid_protocol *p, const void *buf, size_t len) {
  * (reading pauses at the high watermark), so a client slower to read than to
  * write cannot push the server past the hard cap. */
 static void echo_made(braid_protocol *p) {
-    if (getenv("RR_NOBP")) return;
     braid_transport_register_producer(p->transport, braid_transport_producer(p->transport), true);
 }
 static void echo_lost(braid_protocol *p, const braid_failure *f) {
