@@ -133,6 +133,7 @@ static void fd_read(fd_transport *ft) {
     braid_transport *t = &ft->base;
     char *buf = braid__stream_read_buffer(t->loop);
     if (!buf) { braid__transport_lost(t, BRAID_ENOMEM); return; }
+    braid__transport_read_begin(t);
     for (int i = 0; i < 4 && braid__transport_reading(t); i++) {
         ssize_t n = ft->kind == BRAID__FD_UNIX ? recv_unix(ft, buf, BRAID__READ_BUF)
                                                : read(ft->rfd, buf, BRAID__READ_BUF);
@@ -147,6 +148,7 @@ static void fd_read(fd_transport *ft) {
         braid__transport_lost(t, -errno);
         break;
     }
+    braid__transport_read_end(t);
 }
 
 static ssize_t send_with_fds(fd_transport *ft, braid__fdmsg *m, const char *buf, size_t len) {
@@ -340,8 +342,10 @@ static void ur_on_recv(braid__uring_op *op, int res, unsigned flags) {
         unsigned bid = braid__uring_cqe_bid(flags);
         bool wanted = res > 0 && live && !(t->state & (BRAID__T_READ_SHUT | BRAID__T_DISCONNECTING));
         if (wanted && braid__transport_reading(t) && !ft->nheld) {
+            braid__transport_read_begin(t);
             braid__transport_data(t, braid__uring_bufs_get(st->ubufs, bid), (size_t)res);
             braid__uring_bufs_recycle(st->ubufs, bid);
+            braid__transport_read_end(t);
         } else if (wanted) {
             /* Paused (the cancel is on its way), or older chunks still wait
              * to be delivered: keep it, in order. */

@@ -26,6 +26,8 @@ enum {
     BRAID__T_FLUSH_QUEUED  = 1u << 8,
     BRAID__T_ABORTED       = 1u << 9,
     BRAID__T_IN_FLUSH      = 1u << 10,
+    BRAID__T_IN_READ       = 1u << 11,  /* a kind is delivering input (see read_begin) */
+    BRAID__T_FLUSH_AFTER   = 1u << 12,  /* a flush was asked for during it */
 };
 
 typedef struct braid__transport_vt {
@@ -85,6 +87,13 @@ void braid__transport_init(braid_transport *t, braid_loop *loop, const braid__tr
 void braid__transport_attach(braid_transport *t, braid_protocol *p);
 /* The one read path: hand bytes to the protocol. */
 void braid__transport_data(braid_transport *t, const void *buf, size_t len);
+/* A kind brackets one readiness event's (or completion's) input delivery:
+ * writes the protocol makes meanwhile are flushed once, at read_end, in one
+ * system call — not from the ready phase, which would touch every busy
+ * connection a second time per iteration. Writes made anywhere else still
+ * wait for the ready phase. */
+static inline void braid__transport_read_begin(braid_transport *t) { t->state |= BRAID__T_IN_READ; }
+void braid__transport_read_end(braid_transport *t);
 /* The peer's EOF. */
 void braid__transport_eof(braid_transport *t);
 /* The kind wrote n bytes from the head of the buffer. */

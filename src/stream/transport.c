@@ -137,13 +137,12 @@ void braid_transport_resume_reading(braid_transport *t) {
 /* ---- writes ------------------------------------------------------------------------------- */
 static void schedule_flush(braid_transport *t) {
     if (t->state & (BRAID__T_FLUSH_QUEUED | BRAID__T_CLOSED)) return;
+    if (t->state & BRAID__T_IN_READ) { t->state |= BRAID__T_FLUSH_AFTER; return; }
     t->state |= BRAID__T_FLUSH_QUEUED;
     braid_loop_soon_node(t->loop, &t->flush_node);
 }
 
-static void flush_cb(void *arg) {
-    braid_transport *t = arg;
-    t->state &= ~BRAID__T_FLUSH_QUEUED;
+static void flush_now(braid_transport *t) {
     if (t->state & BRAID__T_CLOSED) return;
     if (t->wlen) {
         t->state |= BRAID__T_IN_FLUSH;
@@ -152,6 +151,18 @@ static void flush_cb(void *arg) {
     } else {
         braid__transport_wrote(t, 0);   /* a pending close or shutdown with nothing queued */
     }
+}
+
+static void flush_cb(void *arg) {
+    braid_transport *t = arg;
+    t->state &= ~BRAID__T_FLUSH_QUEUED;
+    flush_now(t);
+}
+
+void braid__transport_read_end(braid_transport *t) {
+    unsigned st = t->state;
+    t->state &= ~(BRAID__T_IN_READ | BRAID__T_FLUSH_AFTER);
+    if ((st & BRAID__T_FLUSH_AFTER) && !(st & BRAID__T_FLUSH_QUEUED)) flush_now(t);
 }
 
 /* Make room for len more bytes: compact, then grow (doubling). */
