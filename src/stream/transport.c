@@ -4,8 +4,10 @@
  *
  * Writes are not sent from inside braid_transport_write: the bytes join the
  * buffer and the transport queues itself (once) for a flush in the loop's
- * ready phase, so many small writes made while handling one iteration's
- * input leave in one system call. */
+ * ready phase, so many small writes leave in one system call. Writes made
+ * while a kind delivers input (read_begin/read_end) are flushed right after
+ * that delivery instead: the same single send, without touching every busy
+ * connection a second time in the ready phase. */
 #include "stream_internal.h"
 #include <stdlib.h>
 #include <string.h>
