@@ -888,6 +888,16 @@ BT_IO_TEST(stream_alloc_failure_walk) {
 }
 
 /* ======================= gaps: coalescing, stdio, adoption, bind, resolver, pull =========== */
+static void triple_data(braid_protocol *p, const void *buf, size_t len) {
+    char out[4] = { 0, 0, ';', 0 };
+    out[0] = len ? ((const char *)buf)[0] : '?';
+    for (char k = '1'; k <= '3'; k++) {
+        out[1] = k;
+        braid_transport_write(p->transport, out, 3);
+    }
+}
+static const braid_protocol_ops triple_ops = { .data_received = triple_data, .connection_lost = tp_lost };
+
 /* Several writes in one iteration leave in one system call: over a
  * SOCK_SEQPACKET pair every send() is one message, so the raw peer sees
  * exactly how many calls the transport made. */
@@ -916,6 +926,14 @@ BT_IO_TEST(small_writes_in_one_iteration_leave_in_one_syscall) {
     BT_OK(braid_transport_write(t, "five", 4));
     BT_OK(braid_loop_run_once(loop, BRAID_RUN_NOWAIT));
     BT_EQ(recv(sv[1], buf, sizeof buf, MSG_DONTWAIT), 8);
+    BT_EQ(recv(sv[1], buf, sizeof buf, MSG_DONTWAIT), -1);
+    /* writes made while handling one read (three answers) leave in one call */
+    x.base.ops = &triple_ops;
+    BT_EQ(send(sv[1], "q", 1, 0), 1);
+    for (int i = 0; i < 100 && recv(sv[1], buf, sizeof buf, MSG_DONTWAIT | MSG_PEEK) < 0; i++)
+        BT_OK(braid_loop_run_once(loop, BRAID_RUN_NOWAIT));
+    BT_EQ(recv(sv[1], buf, sizeof buf, MSG_DONTWAIT), 9);
+    BT_TRUE(memcmp(buf, "q1;q2;q3;", 9) == 0);
     BT_EQ(recv(sv[1], buf, sizeof buf, MSG_DONTWAIT), -1);
     braid_transport_abort(t);
     for (int i = 0; i < 100 && !x.lost; i++) BT_OK(braid_loop_run_once(loop, BRAID_RUN_NOWAIT));
