@@ -24,6 +24,8 @@ typedef struct tp {
     uint64_t total_in;
     int made, read_lost, write_lost, lost, lost_code;
     bool echo;                 /* write back what arrives */
+    bool check_pattern;        /* byte k of the stream must be k % 251 */
+    int pattern_errors;
     bool close_on_read_lost;   /* shutdown_write when the peer did */
     int fds[8]; int nfds;
 } tp;
@@ -34,6 +36,9 @@ static void tp_data(braid_protocol *p, const void *buf, size_t len) {
     size_t room = sizeof t->in - t->inlen;
     memcpy(t->in + t->inlen, buf, len < room ? len : room);
     t->inlen += len < room ? len : room;
+    if (t->check_pattern)
+        for (size_t i = 0; i < len; i++)
+            if ((unsigned char)((const char *)buf)[i] != (t->total_in + i) % 251) t->pattern_errors++;
     t->total_in += len;
     if (t->echo) braid_transport_write(p->transport, buf, len);
 }
@@ -98,6 +103,7 @@ static void push_more(void *arg) {
     static char buf[16384];
     while (!p->paused && p->sent < p->limit && p->t) {
         size_t n = p->limit - p->sent < p->chunk ? p->limit - p->sent : p->chunk;
+        for (size_t i = 0; i < n; i++) buf[i] = (char)((p->sent + i) % 251);   /* order check */
         if (braid_transport_write(p->t, buf, n) < 0) return;
         p->sent += n;
         size_t b = braid_transport_buffered(p->t);
@@ -418,6 +424,7 @@ BT_IO_TEST(tcp_slow_reader_pauses_producer) {
                       .host = "127.0.0.1", .port = port }, &cf.f), &g);
     for (int i = 0; i < 100 && !spool[0].made; i++) BT_OK(braid_loop_run_once(loop, 0));
     braid_transport *st = spool[0].base.transport, *ct = g.p->transport;
+    cpool[0].check_pattern = true;
     braid_transport_pause_reading(ct);
     const size_t total = 32u << 20;      /* 32 MiB: far more than kernel buffers + cap */
     pusher pu = { .prod = { push_pause, push_resume, push_stop, &pu }, .t = st, .loop = loop,
@@ -437,6 +444,7 @@ BT_IO_TEST(tcp_slow_reader_pauses_producer) {
     braid_transport_resume_reading(ct);
     for (int i = 0; i < 200000 && cpool[0].total_in < total; i++) BT_OK(braid_loop_run_once(loop, 0));
     BT_UEQ(cpool[0].total_in, total);
+    BT_EQ(cpool[0].pattern_errors, 0);             /* every byte, in order, across pauses */
     BT_GE(pu.resumes, 1);
     braid_transport_unregister_producer(st);
     braid_transport_lose_connection(st);
@@ -1174,5 +1182,48 @@ BT_IO_TEST(unix_half_close_receiver_keeps_sending) {
     BT_EQ(x.write_lost, 1);
     BT_ERR(x.lost_code, BRAID_ECONNECTION_DONE);
     BT_ERR(y.lost_code, BRAID_ECONNECTION_DONE);
+    bt_loop_destroy(loop);
+}
+
+/* Data and EOF arrive while the reader is paused: nothing is delivered until
+ * it resumes, then all the data, in order, and only then the EOF. Repeated
+ * pause/resume in between must not lose or reorder a byte. */
+BT_IO_TEST(tcp_eof_while_paused_comes_after_the_data) {
+    braid_loop *loop = bt_loop_new(NULL);
+    tp spool[1], cpool[1];
+    tfactory sf, cf;
+    tf_init(&sf, spool, 1, &tp_half_ops);
+    tf_init(&cf, cpool, 1, &tp_ops);
+    spool[0].check_pattern = true;
+    int port;
+    braid_listener *l = listen_local(loop, &sf.f, &port);
+    got g = { 0 };
+    await_connect(loop, braid_tcp_connect(loop, &(braid_tcp_connect_options){
+                      .host = "127.0.0.1", .port = port }, &cf.f), &g);
+    for (int i = 0; i < 1000 && !spool[0].made; i++) BT_OK(braid_loop_run_once(loop, 0));
+    braid_transport *st = spool[0].base.transport;
+    braid_transport_pause_reading(st);
+    static char data[200000];
+    for (size_t i = 0; i < sizeof data; i++) data[i] = (char)(i % 251);
+    BT_OK(braid_transport_write(g.p->transport, data, sizeof data));
+    braid_transport_lose_connection(g.p->transport);         /* FIN after the data */
+    for (int i = 0; i < 1000 && !cpool[0].lost; i++) BT_OK(braid_loop_run_once(loop, 0));
+    for (int i = 0; i < 20; i++) BT_OK(braid_loop_run_once(loop, BRAID_RUN_NOWAIT));
+    BT_EQ(spool[0].total_in, 0);
+    BT_EQ(spool[0].read_lost, 0);
+    /* resume and pause again a few times while it trickles in */
+    for (int k = 0; k < 1000 && !spool[0].read_lost; k++) {
+        braid_transport_resume_reading(st);
+        BT_OK(braid_loop_run_once(loop, BRAID_RUN_NOWAIT));
+        if (k % 2 == 0 && !spool[0].read_lost) braid_transport_pause_reading(st);
+        BT_OK(braid_loop_run_once(loop, BRAID_RUN_NOWAIT));
+    }
+    BT_EQ(spool[0].read_lost, 1);
+    BT_UEQ(spool[0].total_in, sizeof data);                   /* all of it came before the EOF */
+    BT_EQ(spool[0].pattern_errors, 0);
+    braid_transport_lose_connection(st);
+    for (int i = 0; i < 1000 && !spool[0].lost; i++) BT_OK(braid_loop_run_once(loop, 0));
+    BT_ERR(spool[0].lost_code, BRAID_ECONNECTION_DONE);
+    braid_listener_close(l);
     bt_loop_destroy(loop);
 }
