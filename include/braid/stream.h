@@ -5,7 +5,8 @@
  * buffered and flow-controlled by default: several writes in one loop
  * iteration leave in one system call (writes made while handling one read
  * are flushed together as soon as the protocol returns; any others in the
- * ready phase, or when the socket becomes writable again); a registered producer is
+ * ready phase, or when the socket becomes writable again; a write of 16 KiB
+ * or more into an empty buffer is sent at once, uncopied); a registered producer is
  * paused at the high watermark (64 KiB) and resumed at the low one (16 KiB);
  * a buffer beyond the hard cap (4 MiB) aborts the connection with
  * BRAID_EBUFFER_LIMIT, so a peer that never reads cannot grow memory without

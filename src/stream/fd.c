@@ -507,6 +507,23 @@ static int fd_set_option(braid_transport *t, int opt, int a, int b) {
     return 0;
 }
 
+/* Readiness kinds only (io_uring TCP sends by completion). */
+static ssize_t fd_try_write(braid_transport *t, const void *buf, size_t len) {
+    fd_transport *ft = (fd_transport *)t;
+#ifdef BRAID_HAVE_URING
+    if (ft->ur) return 0;
+#endif
+    if (ft->write_blocked || ft->wfd < 0) return 0;
+    for (;;) {
+        ssize_t n = ft->kind == BRAID__FD_PIPE ? write(ft->wfd, buf, len)
+                                               : send(ft->wfd, buf, len, MSG_NOSIGNAL);
+        if (n >= 0) return n;
+        if (errno == EINTR) continue;
+        if (errno == EAGAIN || errno == EWOULDBLOCK) return 0;
+        return -errno;
+    }
+}
+
 static void fd_free(braid_transport *t) {
 #ifdef BRAID_HAVE_URING
     fd_transport *ft = (fd_transport *)t;
@@ -516,11 +533,11 @@ static void fd_free(braid_transport *t) {
 }
 
 static const braid__transport_vt vt_tcp = {
-    "tcp", fd_flush, fd_update_reading, fd_shutdown_write, fd_close, fd_get_addr, fd_set_option, fd_free };
+    "tcp", fd_flush, fd_update_reading, fd_shutdown_write, fd_close, fd_get_addr, fd_set_option, fd_free, fd_try_write };
 static const braid__transport_vt vt_unix = {
-    "unix", fd_flush, fd_update_reading, fd_shutdown_write, fd_close, fd_get_addr, fd_set_option, fd_free };
+    "unix", fd_flush, fd_update_reading, fd_shutdown_write, fd_close, fd_get_addr, fd_set_option, fd_free, fd_try_write };
 static const braid__transport_vt vt_pipe = {
-    "pipe", fd_flush, fd_update_reading, fd_shutdown_write, fd_close, fd_get_addr, fd_set_option, fd_free };
+    "pipe", fd_flush, fd_update_reading, fd_shutdown_write, fd_close, fd_get_addr, fd_set_option, fd_free, fd_try_write };
 
 int braid__fd_transport_new(braid_loop *loop, int rfd, int wfd, braid__fd_kind kind,
                             bool nonblocking, braid_transport **out) {

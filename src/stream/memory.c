@@ -44,7 +44,7 @@ static void m_free(braid_transport *t) {
 }
 
 static const braid__transport_vt vt_memory = {
-    "memory", m_flush, m_update_reading, m_shutdown_write, m_close, m_get_addr, m_set_option, m_free };
+    "memory", m_flush, m_update_reading, m_shutdown_write, m_close, m_get_addr, m_set_option, m_free, NULL };
 
 braid_memory_transport *braid_memory_transport_new(braid_loop *loop, braid_protocol *p) {
     braid_memory_transport *m = braid_calloc(1, sizeof *m);

@@ -45,7 +45,14 @@ typedef struct braid__transport_vt {
     int (*set_option)(braid_transport *t, int opt, int a, int b);
     /* After connection_lost: free the transport memory. */
     void (*free)(braid_transport *t);
+    /* Optional: hand len bytes to the kernel now (the buffer is empty).
+     * Bytes taken (>= 0), or a negative code. No callbacks. */
+    ssize_t (*try_write)(braid_transport *t, const void *buf, size_t len);
 } braid__transport_vt;
+
+/* A write at least this large that finds the buffer empty goes straight to
+ * the kernel (no copy); smaller ones coalesce in the buffer. */
+#define BRAID__DIRECT_WRITE_MIN (16u * 1024)
 
 enum { BRAID__OPT_NODELAY = 1, BRAID__OPT_KEEPALIVE = 2 };
 

@@ -207,6 +207,29 @@ int braid_transport_writev(braid_transport *t, const struct iovec *iov, int iovc
     size_t total = 0;
     for (int i = 0; i < iovcnt; i++) total += iov[i].iov_len;
     if (total == 0) return 0;
+    struct iovec first;
+    if (iovcnt == 1 && total >= BRAID__DIRECT_WRITE_MIN && t->wlen == 0 && !t->fdq &&
+        t->vt->try_write && !(t->state & BRAID__T_IN_FLUSH)) {
+        /* Bulk into an empty buffer: no copy, no waiting for the flush. The
+         * buffer stays empty, so watermarks and producers are untouched. */
+        ssize_t n = t->vt->try_write(t, iov[0].iov_base, total);
+        if (n < 0) {
+            braid__transport_lost(t, (int)n);
+            return (int)n;
+        }
+        t->written_total += (size_t)n;
+        t->sent_total += (size_t)n;
+        if ((size_t)n == total) {
+            /* A pull producer is asked for more when the buffer drains: the
+             * flush (with nothing queued) does that, from the ready phase. */
+            if (t->producer && !t->producer_streaming) schedule_flush(t);
+            return 0;
+        }
+        first.iov_base = (char *)iov[0].iov_base + n;
+        first.iov_len = total - (size_t)n;
+        iov = &first;
+        total -= (size_t)n;
+    }
     if (t->wlen + total > t->cap) {
         braid__log(t->loop, BRAID_LOG_WARN,
                    "%s transport: write buffer would reach %zu bytes (cap %zu): aborting",
