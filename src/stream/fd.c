@@ -605,15 +605,19 @@ int braid_transport_send_fds(braid_transport *t, const int *fds, int n, const vo
         }
         m->fds[m->n++] = d;
     }
+    /* Queue the message first: a queued message keeps the write below off
+     * the direct (uncopied) path, so the byte cannot leave without its fds. */
+    braid__fdmsg **pp = &t->fdq;
+    while (*pp) pp = &(*pp)->next;
+    *pp = m;
     int rc = braid_transport_write(t, buf, len);
     if (rc < 0) {
+        if (t->state & BRAID__T_CLOSED) return rc;   /* lost: the queue is freed with t */
+        *pp = NULL;
         for (int j = 0; j < m->n; j++) close(m->fds[j]);
         braid_free(m);
         return rc;
     }
-    braid__fdmsg **pp = &t->fdq;
-    while (*pp) pp = &(*pp)->next;
-    *pp = m;
     return 0;
 }
 
