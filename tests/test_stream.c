@@ -669,6 +669,18 @@ BT_IO_TEST(unix_listen_connect_and_fd_passing) {
     BT_TRUE(memcmp(buf, "via-fd", 6) == 0);
     close(spool[0].fds[0]);
     close(pp[0]);
+    /* a large message into an empty buffer (the uncopied direct path): the
+     * descriptor still travels with its first byte */
+    BT_EQ(braid_transport_buffered(ct), 0);
+    static char big[20000];
+    memset(big, 'B', sizeof big);
+    int nullfd = open("/dev/null", O_RDONLY | O_CLOEXEC);
+    BT_OK(braid_transport_send_fds(ct, &nullfd, 1, big, sizeof big));
+    close(nullfd);
+    for (int i = 0; i < 1000 && spool[0].total_in < 12 + sizeof big; i++) BT_OK(braid_loop_run_once(loop, 0));
+    BT_UEQ(spool[0].total_in, 12 + sizeof big);
+    BT_EQ(spool[0].nfds, 2);
+    close(spool[0].fds[1]);
     int zero = 0;
     BT_ERR(braid_transport_send_fds(spool[0].base.transport, &zero, 0, "x", 1), BRAID_EINVAL);
     braid_transport_lose_connection(ct);
