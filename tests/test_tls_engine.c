@@ -551,3 +551,31 @@ BT_TEST(alloc_failure_walk) {
     }
     BT_GT(failures, 0);
 }
+
+/* TLS 1.2 is the default floor; a server raised to 1.3 refuses a 1.2-only
+ * client, and the client gets the server's protocol_version alert. */
+BT_TEST(minimum_version) {
+    braid_tls_ctx *sc = server_ctx(&world()->server, NULL), *cc = client_ctx(NULL);
+    side c, s;
+    connect_pair(&c, &s, cc, sc, "localhost");
+    BT_EQ(SSL_get_min_proto_version(braid_tls_engine_ssl(s.e)), TLS1_2_VERSION);
+    BT_EQ(SSL_get_min_proto_version(braid_tls_engine_ssl(c.e)), TLS1_2_VERSION);
+    BT_STREQ(braid_tls_engine_info(c.e)->version, "TLSv1.3");
+    close_pair(&c, &s);
+    braid_tls_ctx_unref(sc);
+    braid_tls_options v13 = { .min_version = BRAID_TLS_V1_3 };
+    braid_tls_options v12 = { .max_version = BRAID_TLS_V1_2 };
+    sc = server_ctx(&world()->server, &v13);
+    braid_tls_ctx *cc12 = client_ctx(&v12);
+    connect_pair(&c, &s, cc12, sc, "localhost");
+    BT_ERR(s.rc, BRAID_ETLS);
+    BT_ERR(c.rc, BRAID_ETLS_ALERT);
+    const char *detail;
+    braid_tls_engine_error(c.e, &detail);
+    BT_TRUE(strstr(detail, "protocol version") != NULL);
+    BT_EQ(c.done + s.done, 0);
+    close_pair(&c, &s);
+    braid_tls_ctx_unref(sc);
+    braid_tls_ctx_unref(cc);
+    braid_tls_ctx_unref(cc12);
+}
