@@ -148,6 +148,12 @@ typedef struct braid_tls_engine_ops {
     void (*plaintext)(void *arg, const void *buf, size_t len);
     /* The handshake completed; info is also available from braid_tls_engine_info. */
     void (*handshake_done)(void *arg, const braid_tls_info *info);
+    /* Optional: ciphertext to send, handed over the moment OpenSSL produces
+     * it (buf is lent for the call). With it set the engine buffers no
+     * output at all and braid_tls_engine_out always returns none — the
+     * wrapper uses it to write records straight into the lower transport.
+     * It must not call back into the engine. */
+    void (*ciphertext)(void *arg, const void *buf, size_t len);
 } braid_tls_engine_ops;
 
 /* A connection's TLS state. For a client, server_name is sent as SNI and is
