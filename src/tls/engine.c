@@ -19,6 +19,7 @@
 
 #define RECORD_MAX 16384   /* TLS's maximum plaintext per record */
 #define DETAIL_MAX 256
+#define SEAL_MAX (4 * RECORD_MAX)   /* plaintext per SSL_write */
 
 struct braid_tls_engine {
     braid_tls_ctx *ctx;
@@ -391,12 +392,18 @@ int braid_tls_engine_feed_eof(braid_tls_engine *e) {
     return rc;
 }
 
-/* Seal len bytes (<= RECORD_MAX) into one record. */
+/* Seal len bytes (<= SEAL_MAX) into records of up to 16 KiB: one SSL_write
+ * for several records means one allocation of OpenSSL's write buffer (it is
+ * released after each call, SSL_MODE_RELEASE_BUFFERS) for all of them. */
 static int seal(braid_tls_engine *e, const void *buf, size_t len) {
-    ERR_clear_error();
-    int r = SSL_write(e->ssl, buf, (int)len);
-    if (r <= 0) return map_error(e, r);
-    /* Partial writes cannot happen: the BIO accepts everything or fails. */
+    const unsigned char *p = buf;
+    while (len) {   /* once, in practice: the BIO accepts everything or fails */
+        ERR_clear_error();
+        int r = SSL_write(e->ssl, p, (int)len);
+        if (r <= 0) return map_error(e, r);
+        p += r;
+        len -= (size_t)r;
+    }
     return 0;
 }
 
@@ -408,10 +415,11 @@ int braid_tls_engine_write(braid_tls_engine *e, const void *buf, size_t len) {
      * the caller's buffer; only the tail waits to be aggregated. */
     if (e->hs_done && e->q_off == e->q_len) {
         while (len >= RECORD_MAX) {
-            int rc = seal(e, p, RECORD_MAX);
+            size_t n = len < SEAL_MAX ? len - len % RECORD_MAX : SEAL_MAX;
+            int rc = seal(e, p, n);
             if (rc < 0) return rc;
-            p += RECORD_MAX;
-            len -= RECORD_MAX;
+            p += n;
+            len -= n;
         }
     }
     if (!len) return 0;
@@ -426,7 +434,7 @@ int braid_tls_engine_flush(braid_tls_engine *e) {
     if (!e->hs_done) return 0;
     while (e->q_off < e->q_len) {
         size_t n = e->q_len - e->q_off;
-        if (n > RECORD_MAX) n = RECORD_MAX;
+        if (n > SEAL_MAX) n = SEAL_MAX;
         int rc = seal(e, e->q + e->q_off, n);
         if (rc < 0) return rc;
         e->q_off += n;

@@ -40,7 +40,6 @@ typedef struct braid__tls_conn {
     braid_tls_engine *engine;
     braid_tls_ctx *ctx;           /* for engine creation */
     braid_tls_factory *tf;        /* the factory case: builds the application protocol */
-    braid_address peer;
     braid_tls_handshake_fn on_handshake;
     void *hs_arg;
     uint64_t hs_timeout;
@@ -280,7 +279,9 @@ static int start(braid__tls_conn *c, braid_protocol *app, bool app_attached) {
         app->transport = &c->t;
         c->t.state |= BRAID__T_MADE;
     } else {
-        if (!app) app = braid_factory_build(c->tf->inner, &c->peer);
+        braid_address peer = { .len = 0 };   /* not kept: an idle connection's bytes count */
+        if (braid_transport_get_peer(lower, &peer) < 0) memset(&peer, 0, sizeof peer);
+        if (!app) app = braid_factory_build(c->tf->inner, &peer);
         if (!app) {
             braid__transport_lost(&c->t, BRAID_ECONNECTION_DONE);   /* refused */
             return 0;
@@ -297,7 +298,6 @@ static int start(braid__tls_conn *c, braid_protocol *app, bool app_attached) {
 static void glue_made(braid_protocol *p) {
     braid__tls_conn *c = of_glue(p);
     c->lower = p->transport;
-    braid_transport_get_peer(c->lower, &c->peer);
     int rc = start(c, NULL, false);
     if (rc < 0) {
         braid__log(braid_transport_loop(c->lower), BRAID_LOG_WARN, "tls: cannot start: %s",
@@ -477,7 +477,7 @@ static braid_protocol *tls_build(braid_factory *f, const braid_address *peer) {
     braid__tls_conn *c = conn_new(&tf->opts, tf->server_name);
     if (!c) return NULL;
     c->tf = tf;
-    if (peer) c->peer = *peer;
+    (void)peer;   /* the inner factory gets the lower transport's peer when it is made */
     return &c->glue;
 }
 
