@@ -19,7 +19,8 @@
  *               first choice), since OpenSSL keeps the ephemeral keys for
  *               the connection's life and P-256 ones are 2.6 KB bigger.
  *
- * Quick mode: 3 runs of 0.6 s windows, one memory sample per key exchange.
+ * Quick mode: 3 runs (quick_runs) of 0.6 s windows, one memory sample per
+ * key exchange.
  * BRAID_BENCH_TLS=ecdsa,rsa,bulk,memory runs only the named parts.
  *
  * Same work everywhere: TLS 1.3, key exchange P-256, TLS_AES_128_GCM_SHA256
@@ -625,8 +626,8 @@ static int run(bench_ctx *ctx) {
         if (only && *only && !strstr(only, part[t])) continue;
         s->test = t;
         memset(s->failed, 0, sizeof s->failed);
-        /* Quick mode: 3 runs (1 for memory: 5,000 handshakes per sample). */
-        if (!ctx->full && !ctx->smoke) ctx->runs = t >= TEST_MEM ? 1 : saved_runs < 3 ? saved_runs : 3;
+        /* Quick mode: one memory sample per key exchange (5,000 handshakes each). */
+        if (!ctx->full && !ctx->smoke && t >= TEST_MEM) ctx->runs = 1;
         static const char *const labels[NTESTS] = { "handshakes ECDSA", "handshakes RSA", "throughput",
                                                      "idle memory P-256", "idle memory X25519" };
         bench_alternate(ctx, labels[t], s->nimpl, impl_names, measure, s);
@@ -747,5 +748,5 @@ BENCH_EXPERIMENT(tls,
               "with P-256 and with X25519 key exchange. "
               "braid serves from `braid-bench serve tls`, nginx 1.22 as one process with a temporary "
               "prefix; servers restarted every run, runs alternated.",
-    .run = run, .serve = serve, .conclude = conclude, .quick_seconds = 40, .full_seconds = 200,
+    .run = run, .serve = serve, .conclude = conclude, .quick_seconds = 40, .full_seconds = 480, .quick_runs = 3,
     .headline = "handshakes_per_s,mb_per_s,kib_per_conn");
