@@ -1186,3 +1186,27 @@ BT_IO_TEST(starttls_over_tcp) {
     braid_tls_ctx_unref(cctx);
     bt_loop_destroy(loop);
 }
+
+/* After a burst, an idle TLS connection holds no buffer of braid's: the TLS
+ * and lower write buffers are released once flushed, the engine keeps no
+ * output, the plaintext queue is freed. */
+BT_TEST(idle_connection_releases_buffers) {
+    braid_loop *loop = bt_loop_new(NULL);
+    pair pr;
+    pair_open(&pr, loop, "localhost", NULL, NULL, NULL);
+    braid_pump_flush(pr.pump);
+    for (int i = 0; i < 5; i++) braid_loop_run_once(loop, BRAID_RUN_NOWAIT);
+    long idle = braid_test_alloc_outstanding();
+    static char big[300000];
+    for (int round = 0; round < 3; round++) {
+        BT_OK(braid_transport_write(pr.c[0].base.transport, big, sizeof big));
+        BT_OK(braid_transport_write(pr.s[0].base.transport, "ack", 3));
+        braid_pump_flush(pr.pump);
+        for (int i = 0; i < 5; i++) braid_loop_run_once(loop, BRAID_RUN_NOWAIT);
+        BT_EQ(braid_test_alloc_outstanding(), idle);
+    }
+    BT_EQ(pr.s[0].total_in, 3 * sizeof big);
+    BT_EQ(pr.c[0].total_in, 9);
+    pair_close(&pr);
+    bt_loop_destroy(loop);
+}

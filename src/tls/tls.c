@@ -57,6 +57,7 @@ typedef struct braid__tls_conn {
     bool timer_on;
     bool deliver_queued;
     bool trim_queued;
+    bool wait_drain;              /* trim is waiting for the lower buffer to drain */
     bool client;
     char *server_name;
 } braid__tls_conn;
@@ -84,24 +85,44 @@ static void kick(braid__tls_conn *c) {
     braid_loop_soon_node(t->loop, &t->flush_node);
 }
 
+static void queue_trim(braid__tls_conn *c);
+
 /* Idle connections hold no write buffers: once the lower transport has
- * flushed what we wrote (its flush was queued before this, so it ran first)
- * and nothing waits in either buffer, both are released — an idle TLS
- * connection then costs OpenSSL's state and the structures, nothing more.
- * A connection whose lower write did not complete at once (a full socket,
- * io_uring) keeps its buffer until its next write. */
+ * flushed what we wrote (its flush was queued before this, so it usually
+ * ran first) and nothing waits in either buffer, both are released — an
+ * idle TLS connection then costs OpenSSL's state and the structures,
+ * nothing more. If the lower transport still holds bytes (a full socket,
+ * io_uring, the memory pump), we mark ourselves paused as its producer:
+ * transport.c then calls lower_resume as its writes complete, and we look
+ * again — on write progress only, never in a loop of our own. */
 static void trim(void *arg) {
     braid__tls_conn *c = arg;
     c->trim_queued = false;
-    if (c->t_live && c->lower && !c->lower->wlen && !c->t.wlen && !(c->t.state & BRAID__T_IN_FLUSH)) {
-        braid_transport *b[2] = { c->lower, &c->t };
-        for (int i = 0; i < 2; i++) {
-            braid_free(b[i]->wbuf);
-            b[i]->wbuf = NULL;
-            b[i]->whead = b[i]->wcap = 0;
+    if (c->t_live && c->lower && !c->t.wlen && !(c->t.state & (BRAID__T_IN_FLUSH | BRAID__T_CLOSED))) {
+        if (c->lower->wlen) {
+            if (c->prod_registered && c->lower->producer == &c->lower_prod) {
+                c->lower->producer_paused = true;
+                c->wait_drain = true;
+            }
+        } else {
+            braid_transport *b[2] = { c->lower, &c->t };
+            for (int i = 0; i < 2; i++) {
+                braid_free(b[i]->wbuf);
+                b[i]->wbuf = NULL;
+                b[i]->whead = b[i]->wcap = 0;
+            }
         }
     }
     conn_unref(c);
+}
+
+static void queue_trim(braid__tls_conn *c) {
+    if (c->trim_queued || !c->lower) return;
+    c->trim_queued = true;
+    c->refs++;
+    c->trim_node.fn = trim;
+    c->trim_node.arg = c;
+    braid_loop_soon_node(braid_transport_loop(c->lower), &c->trim_node);
 }
 
 /* The engine's ciphertext sink: records go straight into the lower
@@ -115,13 +136,7 @@ static void on_ciphertext(void *arg, const void *buf, size_t len) {
         c->out_rc = rc;
         return;
     }
-    if (!c->trim_queued) {
-        c->trim_queued = true;
-        c->refs++;
-        c->trim_node.fn = trim;
-        c->trim_node.arg = c;
-        braid_loop_soon_node(braid_transport_loop(c->lower), &c->trim_node);
-    }
+    queue_trim(c);
 }
 
 /* The outcome of the ciphertext written since the last call. */
@@ -240,6 +255,10 @@ static void lower_resume(braid_producer *p) {
     braid__tls_conn *c = p->arg;
     c->lower_full = false;
     kick(c);
+    if (c->wait_drain) {
+        c->wait_drain = false;
+        queue_trim(c);
+    }
 }
 static void lower_stop(braid_producer *p) {
     braid__tls_conn *c = p->arg;
