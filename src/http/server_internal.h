@@ -39,7 +39,7 @@ struct braid_http_server {
     bool shutting_down;
     /* Date header cache: refreshed when the loop clock passes date_next. */
     uint64_t date_next;
-    char date_line[8 + BRAID_HTTP_DATE_LEN + 3];   /* "Date: ...\r\n" */
+    char date_line[6 + BRAID_HTTP_DATE_LEN + 3];   /* "Date: ...\r\n" + NUL */
     /* static roots (static.c) */
     struct hs_static **statics;
     size_t nstatics;
