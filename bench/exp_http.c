@@ -254,7 +254,7 @@ static double tree_cpu_us(pid_t pid) {
 }
 
 /* ==== wrk =================================================================================== */
-typedef struct wrk_result { double rps, p50, p99, requests; bool ok; } wrk_result;
+typedef struct wrk_result { double rps, p50, p99, requests; bool ok; char errors[160]; } wrk_result;
 
 static double parse_lat_us(const char *s) {
     char *end;
@@ -267,7 +267,7 @@ static double parse_lat_us(const char *s) {
 }
 
 static wrk_result run_wrk(int port, int conns, int seconds) {
-    wrk_result r = { NAN, NAN, NAN, 0, false };
+    wrk_result r = { NAN, NAN, NAN, 0, false, "" };
     char cmd[256];
     snprintf(cmd, sizeof cmd, "wrk -t1 -c%d -d%ds --latency http://127.0.0.1:%d/ 2>&1", conns, seconds, port);
     FILE *p = popen(cmd, "r");
@@ -282,7 +282,12 @@ static wrk_result run_wrk(int port, int conns, int seconds) {
         else if (!strncmp(s, "50%", 3)) r.p50 = parse_lat_us(s + 3 + strspn(s + 3, " \t"));
         else if (!strncmp(s, "99%", 3)) r.p99 = parse_lat_us(s + 3 + strspn(s + 3, " \t"));
         else if (strstr(s, "requests in ")) r.requests = strtod(s, NULL);
-        else if (strstr(s, "Non-2xx") || strstr(s, "Socket errors")) errors = true;
+        else if (strstr(s, "Non-2xx") || strstr(s, "Socket errors")) {
+            s[strcspn(s, "\n")] = 0;
+            size_t el = strlen(r.errors);
+            snprintf(r.errors + el, sizeof r.errors - el, "%s%s", el ? "; " : "", s);
+            if (strstr(s, "Non-2xx")) errors = true;     /* wrong answers fail the run */
+        }
     }
     pclose(p);
     r.ok = isfinite(r.rps) && r.requests > 0 && !errors;
@@ -307,9 +312,11 @@ static void measure(bench_ctx *ctx, int i, int run, void *arg) {
     wrk_result r = run_wrk(s->port, h->conns, h->seconds);
     double c1 = tree_cpu_us(s->pid);
     if (!r.ok) {
-        bench_note(ctx, "%s, %d conns: run %d failed (wrk saw errors or no answers)", s->name, h->conns, run);
+        bench_note(ctx, "%s, %d conns: run %d failed (%s)", s->name, h->conns, run,
+                   r.errors[0] ? r.errors : "no answers");
         return;
     }
+    if (r.errors[0]) bench_note(ctx, "%s, %d conns, run %d: wrk reported %s", s->name, h->conns, run, r.errors);
     h->rps[i][run] = r.rps;
     h->p50[i][run] = r.p50;
     h->p99[i][run] = r.p99;

@@ -433,7 +433,8 @@ static void dispatch(hs_conn *c) {
     if (c->state == HS_HANDLER) {
         braid_log(s->loop, BRAID_LOG_ERROR, "http: handler for %.*s returned without answering",
                   (int)c->req.path_len, c->req.path);
-        braid__http_respond_error(c, 500);
+        c->xhdr_len = 0;
+        respond_status(c, 500, false);
     }
 }
 
@@ -446,11 +447,11 @@ static braid_result on_answer(braid_result r, void *arg) {
             char buf[256];
             braid_failure_format(r.failure, buf, sizeof buf);
             braid_log(c->srv->loop, BRAID_LOG_WARN, "http: handler failed: %s", buf);
-            c->state = HS_HANDLER;
-            braid__http_respond_error(c, 500);
+            c->xhdr_len = 0;
+            respond_status(c, 500, false);       /* the request was read whole: keep the connection */
         } else if (!r.value) {
-            c->state = HS_HANDLER;
-            braid__http_respond_error(c, 500);
+            c->xhdr_len = 0;
+            respond_status(c, 500, false);
         } else {
             c->state = HS_DEFERRED;
             braid_http_respond_response(&c->req, r.value);
