@@ -519,5 +519,5 @@ BENCH_EXPERIMENT(pool,
               "before its pool starts); implementations alternate run by run; not pinned. braid: default "
               "pool options (workers and the loop spin up to 50 µs before sleeping, adaptive). Idle: CPU time "
               "(getrusage, whole process) of a started 4-thread pool over 5 s (quick: 2 s) after 1,000 calls.",
-    .run = run, .serve = serve, .conclude = conclude, .ratio_base = "braid-4t", .quick_seconds = 75,
+    .run = run, .serve = serve, .conclude = conclude, .ratio_base = "braid-4t", .quick_seconds = 75, .quick_runs = 3,
     .full_seconds = 400, .order = 40, .plot_x = "load", .plot_metric = "us_per_call", .plot_logy = true);
