@@ -350,11 +350,8 @@ static int run(bench_ctx *ctx) {
             bench_note(ctx, "%s did not start; skipped", h->servers[i].name);
         }
     }
-    /* wrk takes whole seconds; quick mode keeps 3 alternating runs of 1 s */
+    /* wrk takes whole seconds: 1 s runs (3 alternating runs in quick mode, quick_runs) */
     h->seconds = ctx->full ? 5 : 1;
-    int saved_runs = ctx->runs;
-    if (!ctx->full && ctx->runs > 3) ctx->runs = 3;
-    if (ctx->smoke) ctx->runs = 1;
     static const int levels[] = { 16, 256 };
     for (int k = 0; k < (ctx->smoke ? 1 : 2); k++) {
         h->conns = levels[k];
@@ -377,7 +374,6 @@ static int run(bench_ctx *ctx) {
         }
         bench_progress_fraction(ctx, (k + 1) / 2.0);
     }
-    ctx->runs = saved_runs;
     for (int i = 0; i < h->nsrv; i++) stop_server(&h->servers[i]);
     bench_note(ctx, "wrk -t1 and the servers unpinned on a shared 2-core machine; wrk %d s per run; "
                     "epoll-min answers without parsing (a floor, no Date header)", h->seconds);
@@ -411,6 +407,6 @@ BENCH_EXPERIMENT(http,
     .method = "wrk -t1 -c16/-c256 --latency against each server, alternating runs, servers started "
               "once; server CPU (process + children, /proc) over each run divided by wrk's request "
               "count; GET / answered 200 text/plain \"Hello, World!\" with keep-alive.",
-    .run = run, .serve = serve, .conclude = conclude, .quick_seconds = 40, .full_seconds = 200,
+    .run = run, .serve = serve, .conclude = conclude, .quick_seconds = 40, .quick_runs = 3, .full_seconds = 200,
     .ratio_base = "braid-1p", .plot_x = "conns", .plot_metric = "server_cpu_us_per_req",
     .headline = "server_cpu_us_per_req,req_per_s");
