@@ -10,6 +10,7 @@
 #include <poll.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/un.h>
 #include <unistd.h>
 
 /* ---- fixtures ---------------------------------------------------------------------- */
@@ -191,6 +192,30 @@ BT_TEST(routing_404_405_prefix_exact) {
     o = take(&f);
     BT_TRUE(!strncmp(o, "HTTP/1.1 200 OK", 15));
     BT_TRUE(strstr(o, "pfx") == NULL);
+    fx_done(&f);
+}
+
+BT_TEST(pipelined_flood_bounded_by_drain) {
+    fx f;
+    fx_init(&f, NULL);
+    BT_OK(braid_http_route(f.s, "GET", "/", 0, h_hello, NULL));
+    fx_conn(&f);
+    enum { N = 3000 };
+    static const char one[] = "GET / HTTP/1.1\r\nHost: a\r\n\r\n";
+    static char flood[N * (sizeof one - 1) + 1];
+    for (int i = 0; i < N; i++) memcpy(flood + i * (sizeof one - 1), one, sizeof one - 1);
+    hits = 0;
+    BT_OK(braid_memory_transport_receive(f.m, flood, N * (sizeof one - 1)));
+    spin(f.loop);
+    /* the peer reads nothing: parsing stopped near the 64 KiB mark */
+    BT_LT(hits, N);
+    BT_ULE(braid_transport_buffered(braid_memory_transport_base(f.m)), 80 * 1024);
+    BT_TRUE(braid_memory_transport_state(f.m).reading_paused);
+    int answers = 0;
+    for (int i = 0; i < 1000 && answers < N; i++) answers += count(take(&f), "Hello, World!");
+    BT_EQ(answers, N);
+    BT_EQ(hits, N);
+    BT_FALSE(closed(&f));
     fx_done(&f);
 }
 
@@ -829,6 +854,33 @@ BT_IO_TEST(io_chunked_upload_and_smuggle) {
                         "0\r\n\r\nPOST / HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\n\r\n", buf, sizeof buf - 1);
     BT_TRUE(!strncmp(buf, "HTTP/1.1 400", 12));
     BT_EQ(count(buf, "HTTP/1.1"), 1);
+    close(fd);
+    io_done(&x);
+}
+
+BT_IO_TEST(io_unix_endpoint) {
+    braid_loop *loop = bt_loop_new(NULL);
+    braid_http_server *s;
+    BT_OK(braid_http_server_new(loop, NULL, &s));
+    BT_OK(braid_http_route(s, "GET", "/", 0, h_hello, NULL));
+    char path[108], ep[160];
+    snprintf(path, sizeof path, "/tmp/braid-http-%d.sock", (int)getpid());
+    unlink(path);
+    snprintf(ep, sizeof ep, "unix:%s", path);
+    braid_deferred *d = braid_http_listen(s, ep);
+    braid_result r;
+    BT_OK(braid_deferred_take(d, &r));
+    BT_TRUE(r.failure == NULL);
+    braid_listener *l = r.value;
+    braid_deferred_release(d);
+    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    struct sockaddr_un a = { .sun_family = AF_UNIX };
+    snprintf(a.sun_path, sizeof a.sun_path, "%s", path);
+    BT_OK(connect(fd, (struct sockaddr *)&a, sizeof a));
+    io x = { .loop = loop, .s = s, .l = l };
+    char buf[1024] = { 0 };
+    io_exchange(&x, fd, "GET / HTTP/1.1\r\nHost: a\r\n\r\n", buf, sizeof buf - 1);
+    BT_TRUE(strstr(buf, "Hello, World!") != NULL);
     close(fd);
     io_done(&x);
 }

@@ -731,7 +731,10 @@ static void hs_data(braid_protocol *p, const void *buf, size_t len) {
         return;
     }
     if (append(c, buf, len) < 0) {
-        if (request_live(c) && c->state != HS_BODY) { pause_reading(c); return; }
+        if (request_live(c) && c->state != HS_BODY) {   /* cannot answer now: cannot keep it either */
+            braid_transport_abort(p->transport);
+            return;
+        }
         braid__http_respond_error(c, c->state == HS_BODY ? 413 : 431);
         return;
     }
