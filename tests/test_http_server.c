@@ -366,6 +366,26 @@ BT_TEST(body_and_idle_timeouts) {
     fx_done(&f);
 }
 
+/* Deadlines start from the clock when the bytes arrive, not from the loop's
+ * cached time of its last timer phase (stale by however long it slept). */
+BT_TEST(deadline_from_fresh_clock_after_long_sleep) {
+    fx f;
+    braid_http_server_options o = { .idle_timeout_ns = BRAID_SECONDS(15) };
+    fx_init(&f, &o);
+    BT_OK(braid_http_route(f.s, "GET", "/", 0, h_hello, NULL));
+    fx_conn(&f);
+    feed(&f, "GET / HTTP/1.1\r\nHost: a\r\n\r\n");
+    take(&f);
+    braid_fake_clock_advance(f.clock, BRAID_SECONDS(10));   /* the loop "slept" 10 s */
+    BT_OK(braid_memory_transport_receive(f.m, "GET / HTTP/1.1\r\nHost: a\r\n\r\n", 27));
+    BT_TRUE(strstr(take(&f), "Hello, World!") != NULL);
+    BT_OK(braid_loop_advance(f.loop, BRAID_SECONDS(6)));    /* 16 s after the first, 6 after the second */
+    BT_FALSE(closed(&f));
+    BT_OK(braid_loop_advance(f.loop, BRAID_SECONDS(10)));
+    BT_TRUE(braid_memory_transport_state(f.m).closed);
+    fx_done(&f);
+}
+
 /* ---- asynchronous answers ------------------------------------------------------------------ */
 static braid_deferred *pending_d;
 static braid_deferred *h_later(braid_http_request *req, void *arg) {

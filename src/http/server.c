@@ -57,8 +57,21 @@ static bool valid_field(const char *name, const char *value) {
     return true;
 }
 
+/* The loop clock now. braid_loop_now is the time of the last timer phase,
+ * which, in an I/O callback after a long sleep, is as old as the sleep: a
+ * deadline computed from it could already have passed. So read the clock,
+ * once per loop iteration however many requests that iteration answers. */
+static uint64_t hs_now(braid_http_server *s) {
+    uint64_t it = braid_loop_iteration(s->loop) + 1;
+    if (s->now_iter != it) {
+        s->now = braid_loop_now_fresh(s->loop);
+        s->now_iter = it;
+    }
+    return s->now;
+}
+
 static void refresh_date(braid_http_server *s) {
-    uint64_t now = braid_loop_now(s->loop);
+    uint64_t now = hs_now(s);
     if (now < s->date_next) return;
     struct timespec ts;
     clock_gettime(CLOCK_REALTIME, &ts);
@@ -73,7 +86,7 @@ static void set_timer(hs_conn *c, uint8_t kind) {
     c->tkind = kind;
     if (kind == HS_T_NONE) return;
     braid_http_server *s = c->srv;
-    uint64_t d = braid_loop_now(s->loop) +
+    uint64_t d = hs_now(s) +
                  (kind == HS_T_HEADER ? s->header_timeout : kind == HS_T_BODY ? s->body_timeout
                                                                                : s->idle_timeout);
     c->deadline = d;
@@ -85,7 +98,7 @@ static void on_timer(braid_timer *t, void *arg) {
     (void)t;
     hs_conn *c = arg;
     if (c->dead || c->tkind == HS_T_NONE) return;
-    if (braid_loop_now(c->srv->loop) < c->deadline) {   /* moved later meanwhile */
+    if (braid_loop_now_fresh(c->srv->loop) < c->deadline) {   /* moved later meanwhile */
         braid_timer_start_at(&c->timer, c->deadline);
         return;
     }
@@ -759,7 +772,7 @@ static void hs_made(braid_protocol *p) {
     c->req.transport = p->transport;
     braid_timer_init(c->srv->loop, &c->timer, on_timer, c);
     c->tkind = HS_T_IDLE;
-    c->deadline = braid_loop_now(c->srv->loop) + c->srv->header_timeout;
+    c->deadline = hs_now(c->srv) + c->srv->header_timeout;
     braid_timer_start_at(&c->timer, c->deadline);
 }
 

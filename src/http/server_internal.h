@@ -39,6 +39,8 @@ struct braid_http_server {
     bool shutting_down;
     /* Date header cache: refreshed when the loop clock passes date_next. */
     uint64_t date_next;
+    /* a fresh clock reading, taken at most once per loop iteration (hs_now) */
+    uint64_t now, now_iter;
     char date_line[6 + BRAID_HTTP_DATE_LEN + 3];   /* "Date: ...\r\n" + NUL */
     /* static roots (static.c) */
     struct hs_static **statics;
