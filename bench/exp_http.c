@@ -355,10 +355,9 @@ static int run(bench_ctx *ctx) {
     static const int levels[] = { 16, 256 };
     for (int k = 0; k < (ctx->smoke ? 1 : 2); k++) {
         h->conns = levels[k];
-        for (int i = 0; i < h->nsrv; i++) {      /* warm-up: connections, caches, JIT-less python */
-            if (!h->servers[i].failed && !ctx->smoke) (void)run_wrk(h->servers[i].port, h->conns, 1);
-            if (!ctx->full) break;               /* quick: warm only the first */
-        }
+        if (ctx->full)                           /* warm-up (full mode only: quick stays short) */
+            for (int i = 0; i < h->nsrv; i++)
+                if (!h->servers[i].failed) (void)run_wrk(h->servers[i].port, h->conns, 1);
         char label[32];
         snprintf(label, sizeof label, "%d conns", h->conns);
         bench_alternate(ctx, label, h->nsrv, names, measure, h);
@@ -407,6 +406,6 @@ BENCH_EXPERIMENT(http,
     .method = "wrk -t1 -c16/-c256 --latency against each server, alternating runs, servers started "
               "once; server CPU (process + children, /proc) over each run divided by wrk's request "
               "count; GET / answered 200 text/plain \"Hello, World!\" with keep-alive.",
-    .run = run, .serve = serve, .conclude = conclude, .quick_seconds = 40, .quick_runs = 3, .full_seconds = 200,
+    .run = run, .serve = serve, .conclude = conclude, .quick_seconds = 42, .quick_runs = 3, .full_seconds = 600,
     .ratio_base = "braid-1p", .plot_x = "conns", .plot_metric = "server_cpu_us_per_req",
     .headline = "server_cpu_us_per_req,req_per_s");
