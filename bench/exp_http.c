@@ -390,10 +390,19 @@ static void conclude(bench_ctx *ctx, FILE *html) {
         double cr, rr, lo, hi;
         bool okc = bench_pair_ratio(b, n, "server_cpu_us_per_req", &cr, &lo, &hi);
         bool okr = bench_pair_ratio(b, n, "req_per_s", &rr, &lo, &hi);
-        fprintf(html, "At %s, braid (1 process) against nginx (1 worker): CPU per request %s%.2fx "
-                      "(target &le; 0.8x: %s), req/s %s%.2fx (target &ge; 1x: %s). ",
+        fprintf(html, "At %s connections, braid (1 process) against nginx (1 worker): CPU per request %s%.2fx "
+                      "(target &le; 0.8x: %s), req/s %s%.2fx (target &ge; 1x: %s)",
                 cv + 6, okc ? "" : "n/a ", okc ? cr : 0, okc && cr <= 0.8 ? "met" : "not met",
                 okr ? "" : "n/a ", okr ? rr : 0, okr && rr >= 1.0 ? "met" : "not met");
+        /* the floor: the epoll responder makes the same two system calls per
+         * request and does no HTTP work at all */
+        const bench_row *e = bench_find_row(ctx, "epoll-min", NULL, cv, NULL);
+        double er, br;
+        if (e && bench_pair_ratio(e, n, "server_cpu_us_per_req", &er, &lo, &hi) &&
+            bench_pair_ratio(b, e, "server_cpu_us_per_req", &br, &lo, &hi))
+            fprintf(html, "; the no-parsing epoll floor costs %.2fx nginx's CPU per request and braid "
+                          "%.2fx the floor", er, br);
+        fprintf(html, ". ");
     }
     fprintf(html, "Ratios are pairwise medians over alternating runs.</p>\n");
 }
