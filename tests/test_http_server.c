@@ -422,6 +422,41 @@ BT_TEST(deferred_answer_keeps_order) {
     fx_done(&f);
 }
 
+/* work on a pool: the handler returns the pool's Deferred, whose value is the response */
+static braid_result pool_work(void *arg) {
+    (void)arg;
+    char body[32];
+    int n = snprintf(body, sizeof body, "computed %d", 6 * 7);
+    return braid_ok_owned(braid_http_response_new(200, "text/plain", body, (size_t)n),
+                          braid_http_response_free);
+}
+typedef struct pool_ctx { braid_loop *loop; braid_pool *pool; } pool_ctx;
+static braid_deferred *h_pool(braid_http_request *req, void *arg) {
+    (void)req;
+    pool_ctx *pc = arg;
+    return braid_defer_to_pool(pc->loop, pc->pool, pool_work, NULL);
+}
+
+BT_TEST(handler_runs_work_on_a_pool) {
+    fx f;
+    fx_init(&f, NULL);
+    braid_pool *pool;
+    BT_OK(braid_pool_new(&pool, &(braid_pool_options){ .flags = BRAID_POOL_MEMORY }));
+    pool_ctx pc = { f.loop, pool };
+    BT_OK(braid_http_route(f.s, "GET", "/work", 0, h_pool, &pc));
+    BT_OK(braid_http_route(f.s, "GET", "/", 0, h_hello, NULL));
+    fx_conn(&f);
+    feed(&f, "GET /work HTTP/1.1\r\nHost: a\r\n\r\nGET / HTTP/1.1\r\nHost: a\r\n\r\n");
+    BT_STREQ(take(&f), "");                        /* the loop is free; the answer waits for the pool */
+    BT_EQ(braid_pool_step(pool), 1);                /* the worker runs the job */
+    spin(f.loop);
+    const char *o = take(&f);
+    const char *a = strstr(o, "computed 42"), *b = strstr(o, "Hello, World!");
+    BT_TRUE(a && b && a < b);
+    braid_pool_destroy(pool, BRAID_POOL_FINISH);
+    fx_done(&f);
+}
+
 static bool cancelled;
 static void on_cancel(braid_deferred *d, void *arg) { (void)d; (void)arg; cancelled = true; }
 static braid_deferred *h_forever(braid_http_request *req, void *arg) {
