@@ -179,6 +179,22 @@ static uint64_t deadline_of(const braid_fstream *s, uint64_t timeout_ns) {
     return now + timeout_ns < now ? BRAID_FOREVER : now + timeout_ns;
 }
 
+/* Before the fiber blocks: send what it queued now. A transport write is
+ * flushed by a ready call, and a ready phase runs only the calls queued when
+ * it began; the fiber itself runs in a ready phase, so its writes would wait
+ * for the next loop iteration (one more poll per round trip) where a callback
+ * protocol's, made in the I/O phase, leave in this one. The queued flush
+ * still runs later and finds nothing to do. */
+static void flush_before_wait(braid_fstream *s) {
+    braid_transport *t = s->base.transport;
+    if (!t || !t->wlen || (t->state & (BRAID__T_CLOSED | BRAID__T_IN_FLUSH)) ||
+        !(t->state & BRAID__T_FLUSH_QUEUED))
+        return;
+    t->state |= BRAID__T_IN_FLUSH;
+    t->vt->flush(t);
+    t->state &= ~BRAID__T_IN_FLUSH;
+}
+
 /* Park the calling fiber in *slot until woken, the deadline or cancellation. */
 static int park_in(braid_fstream *s, braid_fiber **slot, uint64_t deadline) {
     braid_fiber *f = s->loop ? braid_fiber_current(s->loop) : NULL;
@@ -190,6 +206,7 @@ static int park_in(braid_fstream *s, braid_fiber **slot, uint64_t deadline) {
         if (now >= deadline) return BRAID_ETIMEDOUT;
         timeout = deadline - now;
     }
+    flush_before_wait(s);
     *slot = f;
     int rc = braid__fiber_park(s->loop, timeout);
     *slot = NULL;
@@ -306,6 +323,8 @@ static int drain_to(braid_fstream *s, size_t target, uint64_t deadline) {
         braid_transport *t = s->base.transport;
         if (!t || s->lost)
             return s->lost && s->lost_code == BRAID_ECONNECTION_DONE ? 0 : write_end(s);
+        if (braid_transport_buffered(t) <= target) return 0;
+        flush_before_wait(s);        /* (park_in would, but then re-check first) */
         if (braid_transport_buffered(t) <= target) return 0;
         if (s->writer) return BRAID_EBUSY;
         s->wtarget = target;
