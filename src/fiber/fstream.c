@@ -74,6 +74,23 @@ static inline void wake(braid_fiber *f) {
     if (f) braid__fiber_unpark(f, 0);
 }
 
+/* Input for the parked reader (from the transport's I/O phase): queue the
+ * fiber, then the transport's flush behind it. A write queues its flush as
+ * a ready call, and a ready phase runs only the calls queued when it began;
+ * the fiber runs in a ready phase, so without this what it writes in answer
+ * would leave one loop iteration later (one more poll per round trip) than a
+ * callback protocol's, which writes from the I/O phase. With the flush
+ * already queued behind the fiber, its answer leaves in the same ready phase;
+ * if it writes nothing the flush finds nothing to do. */
+static void wake_reader(braid_fstream *s) {
+    braid__fiber_unpark(s->reader, 0);
+    braid_transport *t = s->base.transport;
+    if (t && !(t->state & (BRAID__T_FLUSH_QUEUED | BRAID__T_CLOSED))) {
+        t->state |= BRAID__T_FLUSH_QUEUED;
+        braid_loop_soon_node(t->loop, &t->flush_node);
+    }
+}
+
 /* Pause the transport's reading while we hold enough; resume below. */
 static void update_pause(braid_fstream *s) {
     braid_transport *t = s->base.transport;
@@ -135,13 +152,13 @@ static void fs_data(braid_protocol *p, const void *buf, size_t len) {
     memcpy(s->ibuf + s->ihead + s->ilen, buf, len);
     s->ilen += len;
     update_pause(s);
-    if (s->reader && s->ilen >= s->need) wake(s->reader);
+    if (s->reader && s->ilen >= s->need) wake_reader(s);
 }
 
 static void fs_eof(braid_protocol *p) {
     braid_fstream *s = (braid_fstream *)p;
     s->eof = true;
-    wake(s->reader);
+    if (s->reader) wake_reader(s);
 }
 
 static void fs_lost(braid_protocol *p, const braid_failure *reason) {
@@ -179,22 +196,6 @@ static uint64_t deadline_of(const braid_fstream *s, uint64_t timeout_ns) {
     return now + timeout_ns < now ? BRAID_FOREVER : now + timeout_ns;
 }
 
-/* Before the fiber blocks: send what it queued now. A transport write is
- * flushed by a ready call, and a ready phase runs only the calls queued when
- * it began; the fiber itself runs in a ready phase, so its writes would wait
- * for the next loop iteration (one more poll per round trip) where a callback
- * protocol's, made in the I/O phase, leave in this one. The queued flush
- * still runs later and finds nothing to do. */
-static void flush_before_wait(braid_fstream *s) {
-    braid_transport *t = s->base.transport;
-    if (!t || !t->wlen || (t->state & (BRAID__T_CLOSED | BRAID__T_IN_FLUSH)) ||
-        !(t->state & BRAID__T_FLUSH_QUEUED))
-        return;
-    t->state |= BRAID__T_IN_FLUSH;
-    t->vt->flush(t);
-    t->state &= ~BRAID__T_IN_FLUSH;
-}
-
 /* Park the calling fiber in *slot until woken, the deadline or cancellation. */
 static int park_in(braid_fstream *s, braid_fiber **slot, uint64_t deadline) {
     braid_fiber *f = s->loop ? braid_fiber_current(s->loop) : NULL;
@@ -206,7 +207,6 @@ static int park_in(braid_fstream *s, braid_fiber **slot, uint64_t deadline) {
         if (now >= deadline) return BRAID_ETIMEDOUT;
         timeout = deadline - now;
     }
-    flush_before_wait(s);
     *slot = f;
     int rc = braid__fiber_park(s->loop, timeout);
     *slot = NULL;
@@ -323,8 +323,6 @@ static int drain_to(braid_fstream *s, size_t target, uint64_t deadline) {
         braid_transport *t = s->base.transport;
         if (!t || s->lost)
             return s->lost && s->lost_code == BRAID_ECONNECTION_DONE ? 0 : write_end(s);
-        if (braid_transport_buffered(t) <= target) return 0;
-        flush_before_wait(s);        /* (park_in would, but then re-check first) */
         if (braid_transport_buffered(t) <= target) return 0;
         if (s->writer) return BRAID_EBUSY;
         s->wtarget = target;
