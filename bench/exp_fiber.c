@@ -372,6 +372,6 @@ BENCH_EXPERIMENT(fiber,
               "reqresp experiment's closed-loop client and windows, server CPU from /proc. "
               "Runs alternate braid and peers; ratios per run.",
     .run = run,
-    .quick_seconds = 20,
-    .full_seconds = 110,
+    .quick_seconds = 100,
+    .full_seconds = 400,
     .conclude = conclude);
