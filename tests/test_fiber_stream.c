@@ -692,6 +692,8 @@ static long raw_until_eof(braid_loop *loop, int fd) {
 
 static int raw_connect(int port) {
     int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    int small = 64 * 1024;   /* a small receive window: a non-reading peer fills up early */
+    setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &small, sizeof small);
     struct sockaddr_in a = { .sin_family = AF_INET, .sin_port = htons((uint16_t)port),
                              .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
     BT_OK(connect(fd, (struct sockaddr *)&a, sizeof a));
