@@ -37,6 +37,7 @@
 #define BRAID_HTTP_H
 
 #include <braid/common.h>
+#include <braid/protocol.h>
 #include <sys/types.h>
 #include <time.h>
 
@@ -183,6 +184,164 @@ BRAID_API size_t braid_http_chunk_encode(char *out, size_t out_cap, const void *
 BRAID_API void braid_http_format_date(time_t t, char *out);
 /* Parse an IMF-fixdate (also RFC 850 and asctime forms); -1 if malformed. */
 BRAID_API time_t braid_http_parse_date(const char *s, size_t len);
+
+/* ---- server -------------------------------------------------------------------------
+ *
+ * An HTTP/1.1 server on any stream transport (TCP, Unix, the memory double):
+ *
+ *     static braid_deferred *hello(braid_http_request *req, void *arg) {
+ *         braid_http_respond(req, 200, "text/plain", "Hello, World!", 13);
+ *         return NULL;                       // answered synchronously
+ *     }
+ *     braid_http_server *s;
+ *     braid_http_server_new(loop, NULL, &s);
+ *     braid_http_route(s, "GET", "/", 0, hello, NULL);
+ *     braid_http_route(s, NULL, "/api/", BRAID_HTTP_PREFIX, api, ctx);   // any method
+ *     braid_http_static(s, "/files/", "/srv/www");                        // sendfile, Range
+ *     braid_deferred *d = braid_http_listen(s, "tcp:8080:interface=127.0.0.1");
+ *
+ * A handler answers in one of three ways:
+ *  - synchronously: braid_http_respond (or _respond_response) before it
+ *    returns, and returns NULL;
+ *  - later: it returns a Deferred (the server takes the consumer reference)
+ *    that fires with a braid_http_response * made by braid_http_response_new
+ *    (owned through its dtor, braid_http_response_free). A failure becomes a
+ *    500. If the connection goes away first the Deferred is cancelled;
+ *  - streaming: braid_http_respond_start, then braid_http_write any number of
+ *    times (now or later, e.g. from a producer registered with
+ *    braid_http_register_producer, which the transport pauses and resumes at
+ *    its watermarks), then braid_http_finish. Content-Length when the length
+ *    is known, chunked otherwise (close-delimited for HTTP/1.0).
+ *    braid_http_finish must always be called, also after the connection was
+ *    lost (braid_http_write then returns BRAID_ESHUTDOWN and a registered
+ *    producer got stop_producing): it releases the request.
+ * The request (all pointers in it) stays valid until the response is
+ * complete — for a synchronous answer, until the handler returns.
+ *
+ * Per connection: requests are read one after another (pipelined requests
+ * wait in the connection's buffer, so responses leave in request order);
+ * while an answer is pending, reading pauses. Keep-alive by default
+ * (HTTP/1.1, or HTTP/1.0 with Connection: keep-alive). Bodies arrive whole
+ * (Content-Length or chunked, decoded) up to limits.max_body; a request with
+ * Expect: 100-continue gets "100 Continue" before its body is read. HEAD
+ * runs the GET route and the server drops the body. The Date header is
+ * formatted once per second.
+ *
+ * Routing: exact paths first, then the longest matching prefix route; a path
+ * that matches routes of other methods only gets 405 with an Allow header,
+ * no route at all 404. The path is matched as sent (before '?'), undecoded.
+ *
+ * Errors the parser finds are answered with their status (400, 413, 414,
+ * 431, 505) and "Connection: close", and the connection is closed after the
+ * answer: no ambiguous message is ever passed on (see the parser above).
+ * Timeouts on the loop's clock: a request head must be complete within
+ * header_timeout after its first byte (slowloris), its body within
+ * body_timeout after the head (both answered with 408 and closed), and an
+ * idle keep-alive connection is closed after idle_timeout.
+ *
+ * Ownership: the caller owns the server and frees it with
+ * braid_http_server_free after its listeners are closed; the server owns its
+ * connections (braid_http_server_shutdown closes them). Loop thread only. */
+typedef struct braid_http_server braid_http_server;
+
+typedef struct braid_http_request {
+    const char *method;        /* "GET"; all pointers are into the connection's buffer */
+    size_t method_len;
+    const char *target;        /* as sent: "/a/b?x=1" */
+    size_t target_len;
+    const char *path;          /* target up to '?' */
+    size_t path_len;
+    const char *query;         /* after '?', NULL if none */
+    size_t query_len;
+    size_t match_len;          /* bytes of path the route matched (prefix routes) */
+    int minor_version;
+    const braid_http_header *headers;
+    size_t num_headers;
+    const char *body;          /* the decoded body (NULL, 0 if none) */
+    size_t body_len;
+    bool head;                 /* a HEAD request: the body of the answer is dropped */
+    bool keep_alive;           /* the connection stays open after the answer */
+    braid_http_server *server;
+    braid_transport *transport;/* NULL once the connection is lost */
+} braid_http_request;
+
+/* A handler: answer synchronously and return NULL, or return a Deferred of a
+ * braid_http_response * (see above). */
+typedef braid_deferred *(*braid_http_handler)(braid_http_request *req, void *arg);
+
+typedef struct braid_http_server_options {
+    uint64_t header_timeout_ns;   /* 0 = 10 s */
+    uint64_t body_timeout_ns;     /* 0 = 30 s */
+    uint64_t idle_timeout_ns;     /* 0 = 15 s */
+    braid_http_limits limits;     /* zero fields take the parser's defaults */
+    const char *server_name;      /* Server header; NULL = "braid", "" = none */
+} braid_http_server_options;
+
+BRAID_API int braid_http_server_new(braid_loop *loop, const braid_http_server_options *o,
+                                    braid_http_server **out);
+/* Close every connection (idle now, busy after the answer in progress) and
+ * refuse new ones (they are closed at once). */
+BRAID_API void braid_http_server_shutdown(braid_http_server *s);
+/* Free; BRAID_EBUSY while connections are open (shut down and run the loop first). */
+BRAID_API int braid_http_server_free(braid_http_server *s);
+/* The factory to hand to any listener (braid_listen, braid_tcp_listen ...). */
+BRAID_API braid_factory *braid_http_server_factory(braid_http_server *s);
+/* braid_listen(loop, endpoint, factory): a Deferred of the braid_listener *
+ * (yours to close). "tcp:8080:reuseport=1" lets N processes share the port. */
+BRAID_API braid_deferred *braid_http_listen(braid_http_server *s, const char *endpoint);
+BRAID_API size_t braid_http_server_connections(const braid_http_server *s);
+BRAID_API uint64_t braid_http_server_requests(const braid_http_server *s);
+
+/* Routes. method NULL = any method; flags BRAID_HTTP_PREFIX: path is a
+ * prefix ("/api/" matches "/api/x"). BRAID_EEXIST for the same method and
+ * path twice, BRAID_EINVAL for a path not starting with '/'. */
+#define BRAID_HTTP_PREFIX 1u
+BRAID_API int braid_http_route(braid_http_server *s, const char *method, const char *path,
+                               unsigned flags, braid_http_handler h, void *arg);
+/* Serve files under root_dir at prefix (GET and HEAD): sendfile(2) on
+ * socket transports, single byte ranges (206/416), Last-Modified and
+ * If-Modified-Since (304). ".." and "." segments, encoded '/', '\\' or NUL,
+ * and symlinks leading out of root_dir are refused (404). A directory serves
+ * its index.html. */
+BRAID_API int braid_http_static(braid_http_server *s, const char *prefix, const char *root_dir);
+
+/* ---- answering ---- */
+/* Add a response header for the answer of req (before respond/respond_start).
+ * BRAID_EINVAL if name or value hold CR, LF or NUL (header injection) or name
+ * is not a token; BRAID_EMSGSIZE past 1 KiB of added headers. */
+BRAID_API int braid_http_add_header(braid_http_request *req, const char *name, const char *value);
+/* The whole answer at once (body copied; NULL content_type = no Content-Type).
+ * BRAID_EALREADY_CALLED if req was already answered. */
+BRAID_API int braid_http_respond(braid_http_request *req, int status, const char *content_type,
+                                 const void *body, size_t len);
+/* Start a streamed answer: content_length >= 0, or -1 for chunked. */
+BRAID_API int braid_http_respond_start(braid_http_request *req, int status,
+                                       const char *content_type, int64_t content_length);
+BRAID_API int braid_http_write(braid_http_request *req, const void *buf, size_t len);
+/* The transport's backpressure for a streamed body (unregistered at finish). */
+BRAID_API int braid_http_register_producer(braid_http_request *req, braid_producer *p,
+                                           bool streaming);
+/* End the streamed answer and release req. A Content-Length answer that got
+ * fewer bytes closes the connection (the peer cannot mistake the framing). */
+BRAID_API int braid_http_finish(braid_http_request *req);
+
+/* A response value for Deferreds. */
+typedef struct braid_http_response {
+    int status;
+    char *content_type;        /* owned; NULL = none */
+    char *headers;             /* owned: added header lines "Name: value\r\n"... */
+    size_t headers_len;
+    char *body;                /* owned */
+    size_t body_len;
+} braid_http_response;
+/* NULL on allocation failure; body and content_type are copied. */
+BRAID_API braid_http_response *braid_http_response_new(int status, const char *content_type,
+                                                       const void *body, size_t len);
+BRAID_API int braid_http_response_add_header(braid_http_response *r, const char *name,
+                                             const char *value);
+BRAID_API void braid_http_response_free(void *r);
+/* Answer req with r (copied; r stays the caller's). */
+BRAID_API int braid_http_respond_response(braid_http_request *req, const braid_http_response *r);
 
 #ifdef __cplusplus
 }
