@@ -700,7 +700,10 @@ static void attach(hc_req *q, hc_conn *k) {
 static braid_result on_connected(braid_result r, void *arg) {
     hc_req *q = arg;
     braid_deferred *cd = q->connect_d;
-    if (!cd) return r;   /* stale: the request ended while connecting */
+    if (!cd) {   /* stale: the request ended while connecting */
+        braid_result_drop(r);
+        return braid_ok(NULL);
+    }
     q->connect_d = NULL;
     braid_deferred_release(cd);
     hc_conn *k = r.value;
@@ -716,7 +719,10 @@ static braid_result on_connected(braid_result r, void *arg) {
 static braid_result on_connect_failed(braid_result r, void *arg) {
     hc_req *q = arg;
     braid_deferred *cd = q->connect_d;
-    if (!cd) return r;
+    if (!cd) {   /* our own cancel of a connect the request no longer needs */
+        braid_result_drop(r);
+        return braid_ok(NULL);
+    }
     q->connect_d = NULL;
     braid_deferred_release(cd);
     braid_failure *f = r.failure;
