@@ -397,7 +397,7 @@ static void conn_close(hc_conn *k, bool clean) {
 static void conn_free(hc_conn *k);
 /* A request let go of k: free it if its protocol is already gone. */
 static void conn_unhold(hc_conn *k) {
-    if (k->destroyed) conn_free(k);
+    if (k->destroyed && !k->processing) conn_free(k);
 }
 
 static void idle_expired(braid_timer *t, void *arg) {
@@ -1028,6 +1028,7 @@ static void process(hc_conn *k) {
     if (k->lost && !q->done && q->conn == k && !q->paused) lost_verdict(q, k);
     k->processing = false;
     req_unref(q);
+    if (k->destroyed && !k->req) conn_free(k);   /* let go of inside the loop */
 }
 
 /* ---- streaming controls ---------------------------------------------------------------- */
