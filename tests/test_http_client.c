@@ -1217,3 +1217,88 @@ BT_IO_TEST(https_over_loopback) {
     braid_tls_ctx_unref(other);
     bt_loop_destroy(loop);
 }
+
+/* ---- allocation failures: every one fails cleanly, nothing leaks ------------------------------------ */
+static braid_deferred *oom_connect(void *arg, braid_loop *loop, const char *host, int port, bool https,
+                                   braid_factory *f) {
+    env *e = arg;
+    (void)host, (void)port, (void)https;
+    braid_protocol *p = braid_factory_build(f, NULL);
+    if (!p) return braid_fail(loop, braid_failure_new(BRAID_ENOMEM, "build"));
+    braid_memory_transport *m = braid_memory_transport_new(loop, p);
+    if (!m) {
+        p->ops->destroy(p);   /* never attached: release it ourselves */
+        return braid_fail(loop, braid_failure_new(BRAID_ENOMEM, "transport"));
+    }
+    e->m[e->n++] = m;
+    return braid_succeed(loop, p, NULL);
+}
+
+static void oom_feed(env *e, const char *s) {
+    if (!e->n) return;
+    braid_memory_transport_consume(e->m[e->n - 1], SIZE_MAX);
+    (void)braid_memory_transport_receive(e->m[e->n - 1], s, strlen(s));
+}
+
+static int oom_scenario(braid_loop *loop) {
+    env e;
+    memset(&e, 0, sizeof e);
+    e.loop = loop;
+    int rc = braid_http_client_new(loop, &(braid_http_client_options){ .connect = oom_connect, .connect_arg = &e },
+                                   &e.c);
+    if (rc < 0) return rc;
+    res s[2];
+    memset(s, 0, sizeof s);
+    int result = 0;
+    for (int i = 0; i < 2 && !result; i++) {
+        braid_http_header h[] = { { .name = "X-A", .value = "1" } };
+        braid_deferred *d = braid_http_client_request(e.c, &(braid_http_request){
+            .method = "PUT", .url = "http://h/p", .headers = h, .num_headers = 1, .body = "abc", .body_len = 3,
+            .max_redirects = 1 });
+        if (!d) {
+            result = BRAID_ENOMEM;
+            break;
+        }
+        if (braid_deferred_add_callbacks(d, got, failed, &s[i]) < 0) {
+            braid_deferred_cancel(d);
+            braid_deferred_release(d);
+            result = BRAID_ENOMEM;
+            break;
+        }
+        braid_deferred_release(d);
+        if (!s[i].fired) oom_feed(&e, "HTTP/1.1 307 Temporary\r\nLocation: /q\r\nContent-Length: 1\r\n\r\nx");
+        if (!s[i].fired) oom_feed(&e, "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nX-B: 2\r\n\r\n"
+                                      "5\r\nhello\r\n0\r\n\r\n");
+        if (!s[i].fired) result = BRAID_EINVAL;
+        else if (s[i].code) result = s[i].code;
+        else if (strcmp(s[i].r->body, "hello") || s[i].r->redirects != 1) result = BRAID_EINVAL;
+    }
+    if (!result && e.n != 1) result = BRAID_EINVAL;   /* one connection for all of it */
+    braid_http_client_free(e.c);
+    for (int i = 0; i < 3; i++) braid_loop_run_once(loop, BRAID_RUN_NOWAIT);
+    for (int i = 0; i < e.n; i++) braid_memory_transport_free(e.m[i]);
+    for (int i = 0; i < 3; i++) braid_loop_run_once(loop, BRAID_RUN_NOWAIT);
+    for (int i = 0; i < 2; i++) res_clear(&s[i], true);
+    return result;
+}
+
+BT_TEST(allocation_failures) {
+    braid_loop *loop = bt_loop_new(NULL);
+    BT_OK(oom_scenario(loop));
+    long base = braid_test_alloc_outstanding();
+    for (long n = 1;; n++) {
+        braid_test_fail_alloc_after(n, false);
+        int rc = oom_scenario(loop);
+        bool hit = braid_test_alloc_failed();
+        braid_test_fail_alloc_after(0, false);
+        for (int i = 0; i < 3; i++) braid_loop_run_once(loop, BRAID_RUN_NOWAIT);
+        BT_EQ(braid_test_alloc_outstanding(), base);
+        if (!hit) {
+            BT_OK(rc);
+            BT_GT(n, 20);   /* the walk went through the whole scenario */
+            break;
+        }
+        BT_LT(n, 2000);
+    }
+    bt_loop_destroy(loop);
+}
