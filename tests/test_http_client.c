@@ -1302,3 +1302,116 @@ BT_TEST(allocation_failures) {
     }
     bt_loop_destroy(loop);
 }
+
+/* ---- streamed uploads ------------------------------------------------------------------------------------ */
+typedef struct upsrc {
+    int calls;
+    size_t sent, total, piece;
+    bool manual;                   /* the test writes, not the source */
+    braid_http_upload *u;
+} upsrc;
+
+static void source(braid_http_upload *u, void *arg) {
+    upsrc *s = arg;
+    s->calls++;
+    s->u = u;
+    if (s->manual) return;
+    static char pattern[65536];
+    for (size_t i = 0; i < sizeof pattern; i++) pattern[i] = (char)('a' + i % 26);
+    if (s->sent < s->total) {
+        size_t n = s->total - s->sent < s->piece ? s->total - s->sent : s->piece;
+        BT_OK(braid_http_upload_write(u, pattern, n));
+        s->sent += n;
+    }
+    if (s->sent == s->total) BT_OK(braid_http_upload_end(u));
+}
+
+BT_TEST(streamed_chunked_upload_with_backpressure) {
+    env e;
+    env_open(&e, NULL);
+    upsrc up = { .total = 100000, .piece = 30000 };
+    res s = { 0 };
+    watch(braid_http_client_request(e.c, &(braid_http_request){ .method = "POST", .url = "http://h/up",
+                                                               .body_source = source, .arg = &up }), &s);
+    static char wire[300000];
+    size_t wl = 0;
+    BT_EQ(up.calls, 1);   /* produced once; more only as the peer reads */
+    for (int i = 0; i < 100 && wl < sizeof wire; i++) {
+        size_t len;
+        const void *d = braid_memory_transport_data(e.m[0], &len);
+        if (!len) break;
+        memcpy(wire + wl, d, len);
+        wl += len;
+        int before = up.calls;
+        braid_memory_transport_consume(e.m[0], len);
+        if (up.sent < up.total) BT_EQ(up.calls, before + 1);   /* drained: asked for more */
+    }
+    BT_EQ(up.sent, 100000);
+    BT_GE(up.calls, 4);
+    /* What the server got: a chunked POST carrying exactly the body. */
+    braid_http_header h[16];
+    braid_http_message m;
+    int n = braid_http_parse_request(&m, h, 16, wire, wl, 0, NULL);
+    BT_GT(n, 0);
+    BT_EQ(m.body, BRAID_HTTP_BODY_CHUNKED);
+    braid_http_chunked ch;
+    braid_http_chunked_init(&ch, 0);
+    size_t out = 0;
+    BT_EQ(braid_http_chunked_decode(&ch, wire + n, wl - (size_t)n, &out), (ssize_t)(wl - (size_t)n));
+    BT_EQ(out, 100000);
+    for (size_t i = 0; i < out; i++)
+        if (wire[n + (ssize_t)i] != (char)('a' + (i % 30000) % 26)) bt_fail(__FILE__, __LINE__, "byte %zu", i);
+    BT_EQ(s.fired, 0);
+    feed(&e, 0, "HTTP/1.1 201 Created\r\nContent-Length: 0\r\n\r\n");
+    BT_EQ(s.r->status, 201);
+    BT_EQ(braid_http_client_get_stats(e.c).idle, 1);   /* a finished upload: reusable */
+    res_clear(&s, true);
+    env_close(&e);
+}
+
+BT_TEST(streamed_upload_with_length) {
+    env e;
+    env_open(&e, &(braid_http_client_options){ .header_timeout = BRAID_SECONDS(5) });
+    upsrc up = { .manual = true };
+    res s = { 0 };
+    watch(braid_http_client_request(e.c, &(braid_http_request){ .method = "PUT", .url = "http://h/f",
+                                                               .body_source = source, .body_len = 10,
+                                                               .arg = &up }), &s);
+    BT_EQ(up.calls, 1);
+    /* No header timeout while the upload is open. */
+    BT_OK(braid_loop_advance(e.loop, BRAID_SECONDS(60)));
+    BT_EQ(s.fired, 0);
+    BT_OK(braid_http_upload_write(up.u, "abcd", 4));
+    BT_ERR(braid_http_upload_write(up.u, "0123456", 7), BRAID_EINVAL);
+    BT_OK(braid_http_upload_write(up.u, "efghij", 6));
+    BT_OK(braid_http_upload_end(up.u));
+    BT_STREQ(sent(&e, 0), "PUT /f HTTP/1.1\r\nHost: h\r\nContent-Length: 10\r\n\r\nabcdefghij");
+    BT_ERR(braid_http_upload_write(up.u, "x", 1), BRAID_ESHUTDOWN);
+    /* ... and it starts once the upload ended. */
+    BT_OK(braid_loop_advance(e.loop, BRAID_SECONDS(6)));
+    BT_ERR(s.code, BRAID_ETIMEDOUT);
+    res_clear(&s, false);
+    /* Ending short of the announced length fails the request. */
+    memset(&up, 0, sizeof up);
+    up.manual = true;
+    watch(braid_http_client_request(e.c, &(braid_http_request){ .method = "PUT", .url = "http://h/f",
+                                                               .body_source = source, .body_len = 10,
+                                                               .arg = &up }), &s);
+    BT_OK(braid_http_upload_write(up.u, "abc", 3));
+    BT_ERR(braid_http_upload_end(up.u), BRAID_EINVAL);
+    BT_ERR(s.code, BRAID_EINVAL);
+    res_clear(&s, false);
+    /* The server answers before the upload is over: the response stands,
+     * the connection is not reused. */
+    memset(&up, 0, sizeof up);
+    up.manual = true;
+    watch(braid_http_client_request(e.c, &(braid_http_request){ .method = "POST", .url = "http://h/f",
+                                                               .body_source = source, .arg = &up }), &s);
+    BT_EQ(e.n, 3);
+    BT_OK(braid_http_upload_write(up.u, "abc", 3));
+    feed(&e, 2, "HTTP/1.1 413 Content Too Large\r\nContent-Length: 0\r\n\r\n");
+    BT_EQ(s.r->status, 413);
+    BT_EQ(braid_http_client_get_stats(e.c).idle, 0);
+    res_clear(&s, true);
+    env_close(&e);
+}

@@ -286,6 +286,9 @@ BRAID_API int braid_http_client_new(struct braid_loop *loop, const braid_http_cl
 BRAID_API void braid_http_client_free(braid_http_client *c);
 
 typedef void (*braid_http_body_fn)(braid_http_response *r, const void *buf, size_t len, void *arg);
+/* Streamed uploads: the request itself, as the source of its body sees it. */
+typedef struct braid_http_upload braid_http_upload;
+typedef void (*braid_http_source_fn)(braid_http_upload *u, void *arg);
 typedef void (*braid_http_end_fn)(braid_http_response *r, int code, void *arg);
 
 typedef struct braid_http_request {
@@ -297,6 +300,15 @@ typedef struct braid_http_request {
     const void *body;           /* request body (copied) */
     size_t body_len;
     bool chunked;               /* send the body with Transfer-Encoding: chunked */
+    /* A streamed request body instead of body: called once the head is on
+     * the connection and again each time its write buffer drains below the
+     * low watermark (a pull producer: backpressure from the server's reading).
+     * Write with braid_http_upload_write whenever data is ready (here or
+     * later), finish with braid_http_upload_end. Sent chunked, or with
+     * Content-Length: body_len if body_len > 0 (then exactly that many bytes).
+     * Streamed requests are never retried and 307/308 are not followed; the
+     * header timeout starts when the upload ends. */
+    braid_http_source_fn body_source;
     uint64_t max_body;          /* buffered response body limit (0: the client's) */
     int max_redirects;          /* 0: the client's; < 0: never follow */
     uint64_t connect_timeout, header_timeout, body_timeout;   /* 0: the client's */
@@ -324,6 +336,14 @@ struct braid_http_response {
  * memory; a bad request gives a failed Deferred (BRAID_EINVAL). */
 BRAID_API struct braid_deferred *braid_http_client_request(braid_http_client *c,
                                                            const braid_http_request *req);
+/* Streamed uploads (u is valid until the request's Deferred has fired, or in
+ * streaming mode until on_end). write: 0, BRAID_ESHUTDOWN once the request
+ * ended or the body was ended, BRAID_EINVAL past the announced length, or the
+ * transport's error. end: 0, or BRAID_EINVAL when fewer bytes than the
+ * announced length were written (the request then fails with it). */
+BRAID_API int braid_http_upload_write(braid_http_upload *u, const void *buf, size_t len);
+BRAID_API int braid_http_upload_end(braid_http_upload *u);
+
 /* The value of the first header called name (case-insensitive), or NULL. */
 BRAID_API const char *braid_http_response_header(const braid_http_response *r, const char *name);
 /* Free a buffered-mode response (the Deferred result's dtor). */

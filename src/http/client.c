@@ -84,6 +84,7 @@ struct hc_conn {
 };
 
 enum { PH_CONNECT, PH_HEADERS, PH_BODY, PH_DONE };
+enum { UP_NONE, UP_SENDING, UP_ENDED };
 
 typedef struct hc_field { char *name, *value; } hc_field;
 
@@ -112,6 +113,12 @@ struct hc_req {
     char *body;
     size_t body_len;
     bool chunked, has_body;
+    /* streamed upload */
+    braid_http_source_fn source;
+    int upload;                    /* UP_NONE, UP_SENDING, UP_ENDED */
+    uint64_t up_len, up_sent;      /* up_len UINT64_MAX: chunked */
+    braid_producer producer;
+    braid_transport *up_t;         /* where the producer is registered */
     char *wire;                    /* the serialised request */
     size_t wire_len;
     uint64_t max_body, t_connect, t_headers, t_body;
@@ -134,6 +141,7 @@ static void req_fail(hc_req *q, int code, braid_failure *cause, const char *fmt,
     BRAID_PRINTF(4, 5);
 static void req_start(hc_req *q);
 static void process(hc_conn *k);
+static void upload_detach(hc_req *q);
 
 /* ---- small helpers -------------------------------------------------------------- */
 typedef struct sbuf { char *p; size_t len, cap; bool oom; } sbuf;
@@ -487,7 +495,7 @@ static void lost_verdict(hc_req *q, hc_conn *k) {
         return;
     }
     if (q->phase == PH_HEADERS && !q->got_bytes && q->reused_conn && !q->retried &&
-        idempotent(q->method) && !k->inlen) {
+        idempotent(q->method) && !k->inlen && !q->source) {
         /* A pooled connection the server had closed: once more on a new one. */
         k->req = NULL;
         q->conn = NULL;
@@ -601,6 +609,7 @@ static void req_fail(hc_req *q, int code, braid_failure *cause, const char *fmt,
         braid_deferred_cancel(cd);
         braid_deferred_release(cd);
     }
+    upload_detach(q);
     if (q->conn) {
         hc_conn *k = q->conn;
         q->conn = NULL;
@@ -654,7 +663,15 @@ static int build_wire(hc_req *q) {
         sb_str(&b, q->fields[i].value);
         sb_str(&b, "\r\n");
     }
-    if (q->has_body && q->chunked) {
+    if (q->source) {
+        if (q->up_len == UINT64_MAX) {
+            sb_str(&b, "Transfer-Encoding: chunked\r\n\r\n");
+        } else {
+            char cl[48];
+            snprintf(cl, sizeof cl, "Content-Length: %" PRIu64 "\r\n\r\n", q->up_len);
+            sb_str(&b, cl);
+        }
+    } else if (q->has_body && q->chunked) {
         sb_str(&b, "Transfer-Encoding: chunked\r\n\r\n");
         if (q->body_len) {
             char h[BRAID_HTTP_CHUNK_HEAD_MAX];
@@ -692,9 +709,89 @@ static void attach(hc_req *q, hc_conn *k) {
     if (q->reused_conn) q->c->st.reused++;
     k->served++;
     q->got_bytes = false;
-    set_timer(q, PH_HEADERS, q->t_headers);
     int rc = braid_transport_write(k->base.transport, q->wire, q->wire_len);
-    if (rc < 0) req_fail(q, rc, NULL, "cannot send the request");
+    if (rc < 0) {
+        req_fail(q, rc, NULL, "cannot send the request");
+        return;
+    }
+    if (!q->source) {
+        set_timer(q, PH_HEADERS, q->t_headers);
+        return;
+    }
+    /* The header timeout starts when the upload ends. */
+    q->phase = PH_HEADERS;
+    braid_timer_stop(&q->timer);
+    q->upload = UP_SENDING;
+    q->up_t = k->base.transport;
+    req_ref(q);
+    rc = braid_transport_register_producer(q->up_t, &q->producer, false);   /* produces once */
+    if (rc < 0) {
+        q->up_t = NULL;
+        req_fail(q, rc, NULL, "cannot stream the request body");
+    }
+    req_unref(q);
+}
+
+static void upload_detach(hc_req *q) {
+    if (!q->up_t) return;
+    if (q->conn && !q->conn->lost) braid_transport_unregister_producer(q->up_t);
+    q->up_t = NULL;
+}
+
+static void up_resume(braid_producer *p) {
+    hc_req *q = p->arg;
+    if (q->done || q->upload != UP_SENDING) return;
+    req_ref(q);
+    q->source((braid_http_upload *)q, q->arg);
+    req_unref(q);
+}
+
+static void up_stop(braid_producer *p) {
+    /* The connection is going away: the request hears it through connection_lost. */
+    ((hc_req *)p->arg)->up_t = NULL;
+}
+
+static bool uploading(const hc_req *q) {
+    return q->upload == UP_SENDING && !q->done && q->conn && !q->conn->lost;
+}
+
+int braid_http_upload_write(braid_http_upload *u, const void *buf, size_t len) {
+    hc_req *q = (hc_req *)u;
+    if (!q || !uploading(q)) return BRAID_ESHUTDOWN;
+    if (!len) return 0;
+    if (q->up_len != UINT64_MAX && len > q->up_len - q->up_sent) return BRAID_EINVAL;
+    braid_transport *t = q->conn->base.transport;
+    int rc;
+    if (q->up_len == UINT64_MAX) {
+        char head[BRAID_HTTP_CHUNK_HEAD_MAX];
+        struct iovec v[3] = { { head, braid_http_chunk_head(head, len) }, { (void *)buf, len }, { "\r\n", 2 } };
+        rc = braid_transport_writev(t, v, 3);
+    } else {
+        rc = braid_transport_write(t, buf, len);
+    }
+    if (rc < 0) return rc;
+    q->up_sent += len;
+    return 0;
+}
+
+int braid_http_upload_end(braid_http_upload *u) {
+    hc_req *q = (hc_req *)u;
+    if (!q || !uploading(q)) return BRAID_ESHUTDOWN;
+    q->upload = UP_ENDED;
+    upload_detach(q);
+    if (q->up_len != UINT64_MAX && q->up_sent != q->up_len) {
+        req_fail(q, BRAID_EINVAL, NULL, "upload ended after %" PRIu64 " of %" PRIu64 " bytes", q->up_sent,
+                 q->up_len);
+        return BRAID_EINVAL;
+    }
+    int rc = 0;
+    if (q->up_len == UINT64_MAX) rc = braid_transport_write(q->conn->base.transport, BRAID_HTTP_CHUNKED_END, 5);
+    if (rc < 0) {
+        req_fail(q, rc, NULL, "cannot send the request body");
+        return rc;
+    }
+    if (q->phase == PH_HEADERS) set_timer(q, PH_HEADERS, q->t_headers);
+    return 0;
 }
 
 static braid_result on_connected(braid_result r, void *arg) {
@@ -783,11 +880,14 @@ static void req_start(hc_req *q) {
 
 /* The response body ended (or there was none). */
 static void req_complete(hc_req *q) {
+    bool upload_done = q->upload != UP_SENDING;
+    upload_detach(q);
+    if (q->upload == UP_SENDING) q->upload = UP_ENDED;   /* answered early: the rest is not wanted */
     hc_conn *k = q->conn;
     q->conn = NULL;
     braid_timer_stop(&q->timer);
     if (k) {
-        conn_release(k, q->keep_alive && q->body_kind != BRAID_HTTP_BODY_EOF);
+        conn_release(k, q->keep_alive && q->body_kind != BRAID_HTTP_BODY_EOF && upload_done);
         conn_unhold(k);
     }
     if (q->discard) {
@@ -811,6 +911,7 @@ static void req_complete(hc_req *q) {
             q->body_len = 0;
             q->has_body = false;
             q->chunked = false;
+            q->source = NULL;
         }
         if (u.https != q->https || u.port != q->port || strcasecmp(u.host, q->host))
             q->drop_credentials = true;
@@ -828,6 +929,8 @@ static void req_complete(hc_req *q) {
         braid_http_response_free(q->resp);
         q->resp = NULL;
         q->retried = false;
+        q->upload = UP_NONE;
+        q->up_sent = 0;
         if (!q->method || build_wire(q) < 0) {
             if (!q->method) q->method = braid_strdup("GET");
             req_fail(q, BRAID_ENOMEM, NULL, "out of memory following a redirect");
@@ -909,7 +1012,8 @@ static bool on_head(hc_req *q, hc_conn *k, const braid_http_message *m) {
     if (q->max_redirects > 0) {
         int s = m->status;
         const char *loc = braid_http_response_header(q->resp, "Location");
-        if (loc && (s == 301 || s == 302 || s == 303 || s == 307 || s == 308)) {
+        bool resend = s == 307 || s == 308 || ((s == 301 || s == 302) && strcmp(q->method, "POST"));
+        if (loc && (s == 301 || s == 302 || s == 303 || s == 307 || s == 308) && !(resend && q->source)) {
             if (q->redirects >= q->max_redirects) {
                 req_fail(q, BRAID_EHTTP, NULL, "too many redirects (%d)", q->redirects);
                 return false;
@@ -1170,7 +1274,14 @@ braid_deferred *braid_http_client_request(braid_http_client *c, const braid_http
                 q->conn_close = true;
         }
     }
-    if (!oom && !bad && (r->body_len || r->chunked)) {
+    if (!oom && !bad && r->body_source) {
+        if (r->body) bad = "body and body_source are exclusive";
+        q->source = r->body_source;
+        q->up_len = r->body_len ? r->body_len : UINT64_MAX;
+        q->producer.resume_producing = up_resume;
+        q->producer.stop_producing = up_stop;
+        q->producer.arg = q;
+    } else if (!oom && !bad && (r->body_len || r->chunked)) {
         q->has_body = true;
         q->chunked = r->chunked;
         q->body_len = r->body_len;
