@@ -1415,3 +1415,86 @@ BT_TEST(streamed_upload_with_length) {
     res_clear(&s, true);
     env_close(&e);
 }
+
+/* ---- re-entrancy: user code calling back in from the client's callbacks ---------------------------------- */
+typedef struct chain {
+    env *e;
+    int step;
+    res last;
+    bool free_client;
+} chain;
+
+static braid_result chain_next(braid_result r, void *arg) {
+    chain *ch = arg;
+    ch->step++;
+    braid_result_drop(r);   /* frees the response */
+    if (ch->free_client) {
+        braid_http_client_free(ch->e->c);
+        ch->e->c = NULL;
+        return braid_ok(NULL);
+    }
+    if (ch->step < 3) {
+        braid_deferred *d = get(ch->e, "http://h/next");
+        BT_OK(braid_deferred_add_callbacks(d, chain_next, failed, ch));
+        braid_deferred_release(d);
+    }
+    return braid_ok(NULL);
+}
+
+BT_TEST(requests_from_inside_callbacks) {
+    env e;
+    env_open(&e, NULL);
+    chain ch = { .e = &e };
+    braid_deferred *d = get(&e, "http://h/first");
+    BT_OK(braid_deferred_add_callbacks(d, chain_next, failed, &ch));
+    braid_deferred_release(d);
+    for (int i = 0; i < 3; i++) {
+        BT_EQ(ch.step, i);
+        feed(&e, 0, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok");
+    }
+    BT_EQ(ch.step, 3);
+    BT_EQ(e.n, 1);   /* the connection was back in the pool before each callback ran */
+    /* Freeing the client from inside a callback. */
+    ch.free_client = true;
+    d = get(&e, "http://h/last");
+    BT_OK(braid_deferred_add_callbacks(d, chain_next, failed, &ch));
+    braid_deferred_release(d);
+    feed(&e, 0, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok");
+    BT_EQ(ch.step, 4);
+    BT_TRUE(e.c == NULL);
+    settle(&e);
+    BT_TRUE(braid_memory_transport_state(e.m[0]).closed);
+    env_close(&e);
+}
+
+static void ignore_body(braid_http_response *r, const void *buf, size_t len, void *arg) {
+    (void)r, (void)buf, (void)len, (void)arg;
+}
+
+static void end_then_free(braid_http_response *r, int code, void *arg) {
+    env *e = arg;
+    (void)r;
+    BT_EQ(code, 0);
+    braid_http_client_free(e->c);
+    e->c = NULL;
+}
+
+BT_TEST(client_free_from_on_end) {
+    env e;
+    env_open(&e, NULL);
+    res s0 = { 0 };
+    watch(braid_http_client_request(e.c, &(braid_http_request){ .url = "http://h/", .on_body = NULL,
+                                                               .on_end = end_then_free, .arg = &e }), &s0);
+    /* on_end without on_body is buffered mode: on_end is not called there */
+    feed(&e, 0, "HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n");
+    BT_TRUE(e.c != NULL);
+    BT_EQ(s0.code, 0);
+    res_clear(&s0, true);
+    res s = { 0 };
+    watch(braid_http_client_request(e.c, &(braid_http_request){ .url = "http://h/", .on_body = ignore_body,
+                                                               .on_end = end_then_free, .arg = &e }), &s);
+    feed(&e, 0, "HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nabc");
+    BT_TRUE(e.c == NULL);
+    settle(&e);
+    env_close(&e);
+}
