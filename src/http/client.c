@@ -423,6 +423,10 @@ static void conn_release(hc_conn *k, bool reusable) {
         conn_close(k, true);
         return;
     }
+    /* Idle connections hold no read memory. */
+    braid_free(k->in);
+    k->in = NULL;
+    k->incap = 0;
     k->state = CONN_IDLE;
     k->prev = NULL;
     k->next = p->idle;
