@@ -627,8 +627,9 @@ static void req_fail(hc_req *q, int code, braid_failure *cause, const char *fmt,
     va_end(ap);
     if (!q->fired) {
         q->fired = true;
-        braid_failure *f = cause ? braid_failure_wrap(cause, code, "%s %s: %s", q->method, q->url, msg)
-                                 : braid_failure_new(code, "%s %s: %s", q->method, q->url, msg);
+        const char *m = q->method ? q->method : "?", *u = q->url ? q->url : "?";
+        braid_failure *f = cause ? braid_failure_wrap(cause, code, "%s %s: %s", m, u, msg)
+                                 : braid_failure_new(code, "%s %s: %s", m, u, msg);
         braid_deferred *d = q->d;
         q->d = NULL;
         braid_deferred_errback(d, f);
