@@ -85,6 +85,9 @@ typedef struct bench_experiment {
     /* Metric(s) for the headline table summary.md, comma-separated
      * (default: the first of plot_metric, else every metric). */
     const char *headline;
+    /* Alternating runs per implementation in quick mode when --runs is not
+     * given (default 5; issue 6 allows 3 for the heavy server experiments). */
+    int quick_runs;
 } bench_experiment;
 
 void bench_register(const bench_experiment *e);

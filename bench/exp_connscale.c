@@ -1047,10 +1047,7 @@ static int run(bench_ctx *ctx) {
     struct rlimit rl;
     if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && (long)rl.rlim_cur < 10100 && !ctx->smoke)
         bench_note(ctx, "ulimit -n is %ld: the largest N may fail for lack of fds", (long)rl.rlim_cur);
-    int runs = ctx->runs;
-    if (ctx->quick && !ctx->smoke && runs > 3) runs = 3;   /* quick: 3 runs per point (BENCHMARKING.md allows) */
-    bench_ctx c2 = *ctx;
-    c2.runs = runs;
+    const int runs = ctx->runs;   /* quick mode: 3 (.quick_runs below) */
     const char *names[CS_NIMPL];
     static char labels[CS_NIMPL][48];
     for (int i = 0; i < CS_NIMPL; i++) {
@@ -1073,7 +1070,7 @@ static int run(bench_ctx *ctx) {
             bench_progress_fraction(ctx, (double)step++ / nsteps);
             char label[48];
             snprintf(label, sizeof label, "N=%d%s", s->n, s->split ? " split" : "");
-            bench_alternate(&c2, label, CS_NIMPL, names, measure, s);
+            bench_alternate(ctx, label, CS_NIMPL, names, measure, s);
             for (int i = 0; i < CS_NIMPL; i++) {
                 if (s->skip[i] || (s->split && !split_runs(s, i))) continue;
                 double v[12][BENCH_MAX_RUNS];
@@ -1264,6 +1261,6 @@ BENCH_EXPERIMENT(connscale,
               "largest N and for braid-loop and epoll-raw only in quick mode). Quick mode: N = 100, 1,000, 10,000, 3 runs each; full: N = 100, 1,000, "
               "5,000, 10,000. Implementations alternate within each N.",
     .run = run, .serve = serve, .conclude = conclude, .ratio_base = "braid-loop", .headline = "complete_ms,mem_per_conn",
-    .quick_seconds = 65, .full_seconds = 500, .order = 5,
+    .quick_seconds = 65, .quick_runs = 3, .full_seconds = 500, .order = 5,
     .plot_x = "connections", .plot_metric = "connect_ms,complete_ms,mem_per_conn,cpu_per_conn",
     .plot_logx = true, .plot_logy = true);

@@ -18,7 +18,7 @@
  *   twisted-1t/4t  Twisted's deferToThreadPool with its own ThreadPool
  *               (bench/peers/twisted_pool.py under /usr/bin/python3)
  * Also: CPU time of an idle started pool (4 threads, after 1,000 round
- * trips) over 5 s (quick: 2 s), braid beside libuv, from getrusage. */
+ * trips) over 5 s (quick: 1 s), braid beside libuv, from getrusage. */
 #include "bench.h"
 
 #include <braid.h>
@@ -405,10 +405,10 @@ static void measure(bench_ctx *ctx, pool_state *s, int impl, int li, int run) {
 static int run(bench_ctx *ctx) {
     pool_state *s = calloc(1, sizeof *s);
     if (!s) return -1;
-    s->calls = ctx->smoke ? 200 : 10000;    /* seeds/003: 10,000 per caller */
-    s->tw_calls = ctx->full ? 10000 : ctx->smoke ? 50 : 1000;   /* Twisted: ~50-500 µs a call */
+    s->calls = ctx->smoke ? 200 : ctx->full || !ctx->quick ? 10000 : 4000;   /* seeds/003: 10,000 per caller */
+    s->tw_calls = ctx->full ? 10000 : ctx->smoke ? 50 : 300;   /* Twisted: ~50-500 µs a call */
     s->warm = ctx->smoke ? 50 : 1000;
-    double idle_secs = ctx->smoke ? 0.2 : ctx->full || !ctx->quick ? 5 : 2;
+    double idle_secs = ctx->smoke ? 0.2 : ctx->full || !ctx->quick ? 5 : 1;
     for (int i = 0; i < NIMPL; i++) s->have[i] = true;
 #ifndef BENCH_HAVE_LIBUV
     s->have[I_UV1] = s->have[I_UV4] = false;
@@ -512,12 +512,12 @@ BENCH_EXPERIMENT(pool,
                 "against libuv's uv_queue_work, a minimal pthread+condvar+eventfd pool and Twisted's own "
                 "deferToThreadPool, at 1, 8 and 16 concurrent callers?",
     .method = "f(x) = x+1 run in the pool, result awaited on the loop thread; each caller issues its next call "
-              "when the previous result arrives; 10,000 calls per caller (Twisted: 1,000 in quick mode), "
+              "when the previous result arrives; 10,000 calls per caller (quick mode: 4,000; Twisted: 300), "
               "after 1,000 untimed warm-up calls; 1, 8, 16 callers on the loop thread. us_per_call = elapsed / "
               "calls per caller (the latency a caller sees; for sync, the cost of one call); calls_per_s = all "
               "calls / elapsed. Every measurement is a fresh child process (libuv's UV_THREADPOOL_SIZE is set "
               "before its pool starts); implementations alternate run by run; not pinned. braid: default "
               "pool options (workers and the loop spin up to 50 µs before sleeping, adaptive). Idle: CPU time "
-              "(getrusage, whole process) of a started 4-thread pool over 5 s (quick: 2 s) after 1,000 calls.",
-    .run = run, .serve = serve, .conclude = conclude, .ratio_base = "braid-4t", .quick_seconds = 75,
+              "(getrusage, whole process) of a started 4-thread pool over 5 s (quick: 1 s) after 1,000 calls.",
+    .run = run, .serve = serve, .conclude = conclude, .ratio_base = "braid-4t", .quick_seconds = 40, .quick_runs = 3,
     .full_seconds = 400, .order = 40, .plot_x = "load", .plot_metric = "us_per_call", .plot_logy = true);

@@ -455,7 +455,7 @@ BENCH_EXPERIMENT(reqresp,
               "in the bench process, server in its own process; server CPU from /proc over the "
               "measuring window divided by requests; TCP_NODELAY and backlog 511 everywhere; "
               "libuv uses uv_try_write, libevent bufferevents, epoll-min direct write().",
-    .run = run_reqresp, .serve = serve, .quick_seconds = 120,
+    .run = run_reqresp, .serve = serve, .quick_seconds = 75, .quick_runs = 3,
     .plot_x = "conns", .plot_metric = "server_cpu_us_per_req", .plot_logx = true);
 
 BENCH_EXPERIMENT(echo,
@@ -465,5 +465,5 @@ BENCH_EXPERIMENT(echo,
     .method = "each client connection writes 64 KiB chunks from a push producer paused by braid's "
               "watermarks; the server writes back what it reads; MB/s received by the client and "
               "server CPU per MB over the window.",
-    .run = run_echo, .quick_seconds = 60,
+    .run = run_echo, .quick_seconds = 36, .quick_runs = 3,
     .plot_x = "conns", .plot_metric = "mb_per_s", .plot_logx = true);

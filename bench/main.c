@@ -159,6 +159,7 @@ int main(int argc, char **argv) {
     if (ctx.nbackends == 0) add_backends(&ctx, "select,poll,epoll,uring", false);
     ctx.runs = runs > 0 ? runs : ctx.smoke ? 2 : ctx.full ? 9 : 5;
     if (ctx.runs > BENCH_MAX_RUNS) ctx.runs = BENCH_MAX_RUNS;
+    const int default_runs = ctx.runs;
 
     /* The experiments to run, in report order. */
     const bench_experiment *todo[64];
@@ -179,7 +180,7 @@ int main(int argc, char **argv) {
         total_est += ctx.smoke ? 1 : ctx.full ? (e->full_seconds > 0 ? e->full_seconds : 10 * q) : q;
     }
     if (ntodo)
-        printf("braid-bench: %d experiment(s), %s mode, %d runs each, backends:", ntodo,
+        printf("braid-bench: %d experiment(s), %s mode, %d runs each (or the experiment's quick_runs), backends:", ntodo,
                ctx.smoke ? "smoke" : ctx.full ? "full" : "quick", ctx.runs);
     for (int i = 0; ntodo && i < ctx.nbackends; i++) printf(" %s", ctx.backends[i]);
     if (ntodo) printf("; estimate ~%.0f s; out %s\n", total_est, ctx.out_dir);
@@ -192,6 +193,9 @@ int main(int argc, char **argv) {
         double q = e->quick_seconds > 0 ? e->quick_seconds : 10;
         double est = ctx.smoke ? 1 : ctx.full ? (e->full_seconds > 0 ? e->full_seconds : 10 * q) : q;
         ctx.experiment = e->name;
+        ctx.runs = default_runs;
+        if (runs <= 0 && !ctx.smoke && !ctx.full && e->quick_runs > 0)
+            ctx.runs = e->quick_runs < BENCH_MAX_RUNS ? e->quick_runs : BENCH_MAX_RUNS;
         bench_progress_begin_experiment(&ctx, e, i, ntodo, est, total_est, est_before);
         est_before += est;
         int rc = e->run(&ctx);
