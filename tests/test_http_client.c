@@ -1498,3 +1498,66 @@ BT_TEST(client_free_from_on_end) {
     settle(&e);
     env_close(&e);
 }
+
+/* ---- max_per_host: requests beyond it wait for a connection ----------------------------------------------- */
+BT_TEST(max_per_host_queues_requests) {
+    env e;
+    env_open(&e, &(braid_http_client_options){ .max_per_host = 2, .connect_timeout = BRAID_SECONDS(5) });
+    res s[5];
+    memset(s, 0, sizeof s);
+    for (int i = 0; i < 4; i++) {
+        char url[32];
+        snprintf(url, sizeof url, "http://h/%d", i);
+        watch(get(&e, url), &s[i]);
+    }
+    BT_EQ(e.n, 2);
+    BT_EQ(braid_http_client_get_stats(e.c).waiting, 2);
+    /* Another origin is not held up. */
+    watch(get(&e, "http://other/"), &s[4]);
+    BT_EQ(e.n, 3);
+    feed(&e, 2, "HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n");
+    BT_EQ(s[4].code, 0);
+    /* The first response frees connection 0: request 2 (in order) takes it. */
+    BT_STREQ(sent(&e, 0), "GET /0 HTTP/1.1\r\nHost: h\r\n\r\n");
+    feed(&e, 0, "HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n");
+    BT_EQ(s[0].code, 0);
+    BT_STREQ(sent(&e, 0), "GET /2 HTTP/1.1\r\nHost: h\r\n\r\n");
+    BT_EQ(braid_http_client_get_stats(e.c).waiting, 1);
+    /* Connection 1 closes after its response: request 3 gets a new one. */
+    feed(&e, 1, "HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 0\r\n\r\n");
+    BT_EQ(s[1].code, 0);
+    settle(&e);
+    BT_EQ(e.n, 4);
+    BT_STREQ(sent(&e, 3), "GET /3 HTTP/1.1\r\nHost: h\r\n\r\n");
+    feed(&e, 0, "HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n");
+    feed(&e, 3, "HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n");
+    for (int i = 0; i < 5; i++) {
+        BT_EQ(s[i].fired, 1);
+        BT_EQ(s[i].code, 0);
+        res_clear(&s[i], true);
+    }
+    /* Both slots busy: a waiting request times out (connect timeout) or is
+     * cancelled without touching the busy connections. */
+    watch(get(&e, "http://h/a"), &s[0]);
+    watch(get(&e, "http://h/b"), &s[1]);
+    BT_EQ(e.n, 4);
+    watch(get(&e, "http://h/c"), &s[2]);
+    braid_deferred *d = get(&e, "http://h/d");
+    braid_deferred_ref(d);
+    watch(d, &s[3]);
+    BT_EQ(braid_http_client_get_stats(e.c).waiting, 2);
+    braid_deferred_cancel(d);
+    braid_deferred_release(d);
+    BT_ERR(s[3].code, BRAID_ECANCELED);
+    BT_EQ(braid_http_client_get_stats(e.c).waiting, 1);
+    BT_OK(braid_loop_advance(e.loop, BRAID_SECONDS(6)));
+    BT_ERR(s[2].code, BRAID_ETIMEDOUT);
+    BT_EQ(braid_http_client_get_stats(e.c).waiting, 0);
+    BT_EQ(s[0].fired + s[1].fired, 0);
+    feed(&e, 0, "HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n");
+    feed(&e, 3, "HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n");
+    BT_EQ(s[0].code + s[1].code, 0);
+    res_clear(&s[0], true);
+    res_clear(&s[1], true);
+    env_close(&e);
+}

@@ -217,7 +217,9 @@ BRAID_API time_t braid_http_parse_date(const char *s, size_t len);
  * its end, keep-alive on both sides, no stray bytes) goes back to its
  * origin's idle list; the next request to that origin reuses the most
  * recently used one. At most max_idle_per_host idle connections per origin
- * are kept (the surplus is closed) and each for idle_timeout. An idle
+ * are kept (the surplus is closed) and each for idle_timeout. With
+ * max_per_host set, requests beyond that many connections to one origin wait
+ * in order for one (the wait counts toward the connect timeout). An idle
  * connection the server closes, or that receives unsolicited bytes, leaves the
  * pool at once. If a reused connection dies before any byte of the response
  * arrived (the server closed it as we reused it), an idempotent request
@@ -263,6 +265,8 @@ struct braid_loop;
 
 typedef struct braid_http_client_options {
     size_t max_idle_per_host;   /* idle keep-alive connections kept per origin (4) */
+    size_t max_per_host;        /* connections per origin, idle ones included (0: no
+                                 * limit); requests beyond it wait, in order, for one */
     uint64_t idle_timeout;      /* how long an idle connection is kept (60 s) */
     uint64_t connect_timeout;   /* (30 s) */
     uint64_t header_timeout;    /* (60 s) */
@@ -359,6 +363,7 @@ typedef struct braid_http_client_stats {
     uint64_t retried;           /* requests retried after a stale pooled connection */
     size_t idle;                /* idle connections now, all origins */
     size_t active;              /* connections alive now (idle included) */
+    size_t waiting;             /* requests waiting for a connection (max_per_host) */
 } braid_http_client_stats;
 BRAID_API braid_http_client_stats braid_http_client_get_stats(const braid_http_client *c);
 

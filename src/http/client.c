@@ -62,6 +62,8 @@ struct hc_pool {
     int port;
     hc_conn *idle;                 /* most recently used first */
     size_t nidle;
+    size_t slots;                  /* connections open or being opened (max_per_host) */
+    hc_req *wait_head, *wait_tail; /* requests waiting for a slot */
 };
 
 enum { CONN_CONNECTING, CONN_BUSY, CONN_IDLE, CONN_CLOSING };
@@ -73,6 +75,7 @@ struct hc_conn {
     hc_req *req;                   /* the request it runs (CONN_BUSY) */
     int state;
     bool lost;                     /* connection_lost has run */
+    bool slot;                     /* holds one of its pool's slots */
     bool destroyed;                /* destroy ran while a paused request still held it */
     int lost_code;
     char detail[160];              /* TLS detail of the loss */
@@ -90,6 +93,9 @@ typedef struct hc_field { char *name, *value; } hc_field;
 
 struct hc_req {
     hc_req *prev, *next;           /* client->reqs */
+    hc_req *wnext;                 /* pool->wait list */
+    bool queued;                   /* on it */
+    bool slot;                     /* holds a slot for its connect attempt */
     braid_http_client *c;
     unsigned refs;
     braid_deferred *d;             /* the user's Deferred while unfired */
@@ -402,6 +408,35 @@ static void conn_close(hc_conn *k, bool clean) {
     else braid_transport_abort(k->base.transport);
 }
 
+/* ---- per-origin connection slots (max_per_host) ---------------------------------- */
+static void queue_remove(hc_req *q) {
+    if (!q->queued) return;
+    hc_pool *p = q->pool;
+    hc_req **pp = &p->wait_head, *prev = NULL;
+    while (*pp && *pp != q) { prev = *pp; pp = &(*pp)->wnext; }
+    if (*pp) *pp = q->wnext;
+    if (p->wait_tail == q) p->wait_tail = prev;
+    q->wnext = NULL;
+    q->queued = false;
+    p->c->st.waiting--;
+}
+
+/* Start waiting requests while a connection is idle or a slot is free. */
+static void pool_kick(hc_pool *p) {
+    braid_http_client *c = p->c;
+    while (p->wait_head && !c->closing &&
+           (p->idle || !c->o.max_per_host || p->slots < c->o.max_per_host)) {
+        hc_req *q = p->wait_head;
+        queue_remove(q);
+        req_start(q);
+    }
+}
+
+static void slot_release(hc_pool *p) {
+    p->slots--;
+    pool_kick(p);
+}
+
 static void conn_free(hc_conn *k);
 /* A request let go of k: free it if its protocol is already gone. */
 static void conn_unhold(hc_conn *k) {
@@ -444,6 +479,7 @@ static void conn_release(hc_conn *k, bool reusable) {
         conn_close(old, true);
     }
     braid_transport_resume_reading(k->base.transport);
+    pool_kick(p);   /* a waiting request takes it at once */
 }
 
 static void conn_made(braid_protocol *bp) {
@@ -525,6 +561,10 @@ static void conn_lost(braid_protocol *bp, const braid_failure *why) {
     if (tls) k->lost_code = tls;
     snprintf(k->detail, sizeof k->detail, "%s", d ? d : "");
     if (k->state != CONN_BUSY) k->state = CONN_CLOSING;
+    if (k->slot) {
+        k->slot = false;
+        slot_release(k->pool);
+    }
     if (k->req) process(k);   /* delivers what is left and decides */
 }
 
@@ -607,6 +647,9 @@ static void req_fail(hc_req *q, int code, braid_failure *cause, const char *fmt,
     q->done = true;
     q->phase = PH_DONE;
     req_unlink(q);
+    queue_remove(q);
+    bool slot = q->slot;
+    q->slot = false;
     if (q->connect_d) {
         braid_deferred *cd = q->connect_d;
         q->connect_d = NULL;
@@ -620,6 +663,7 @@ static void req_fail(hc_req *q, int code, braid_failure *cause, const char *fmt,
         conn_close(k, false);
         conn_unhold(k);
     }
+    if (slot) slot_release(q->pool);
     char msg[512];
     va_list ap;
     va_start(ap, fmt);
@@ -813,6 +857,10 @@ static braid_result on_connected(braid_result r, void *arg) {
     if (k->lost || k->state != CONN_CONNECTING) {
         req_fail(q, BRAID_ECONNECTION_LOST, NULL, "connection lost as it was made");
     } else {
+        if (q->slot) {   /* the slot passes to the connection */
+            q->slot = false;
+            k->slot = true;
+        }
         attach(q, k);
     }
     return braid_ok(NULL);
@@ -863,7 +911,18 @@ static void req_start(hc_req *q) {
             return;
         }
     }
-    set_timer(q, PH_CONNECT, q->t_connect);
+    set_timer(q, PH_CONNECT, q->t_connect);   /* waiting for a slot counts too */
+    if (c->o.max_per_host && p->slots >= c->o.max_per_host && !q->retried) {
+        q->queued = true;
+        q->wnext = NULL;
+        if (p->wait_tail) p->wait_tail->wnext = q;
+        else p->wait_head = q;
+        p->wait_tail = q;
+        c->st.waiting++;
+        return;
+    }
+    p->slots++;
+    q->slot = true;
     braid_deferred *cd;
     if (c->o.connect) {
         cd = c->o.connect(c->o.connect_arg, c->loop, p->host, p->port, p->https, &p->f);
