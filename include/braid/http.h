@@ -245,9 +245,10 @@ BRAID_API time_t braid_http_parse_date(const char *s, size_t len);
  * connection it runs on) and fails it with BRAID_ECANCELED.
  *
  * Errors: BRAID_EINVAL (bad URL, method or header), the parser's
- * BRAID_EHTTP_* codes for bad responses, BRAID_EHTTP for other protocol
- * violations (unexpected 1xx, bytes after the response, body cut short ->
- * BRAID_ECONNECTION_LOST), connection and TLS codes as they come.
+ * BRAID_EHTTP_* codes for bad responses, BRAID_EHTTP for an unexpected 101
+ * and too many redirects, BRAID_ECONNECTION_LOST for a body cut short (bytes
+ * after a response only keep its connection out of the pool), connection
+ * and TLS codes as they come.
  *
  * Ownership: the request struct and everything it points to are copied; the
  * client owns its connections; braid_http_client_free fails the requests in
@@ -258,7 +259,6 @@ BRAID_API time_t braid_http_parse_date(const char *s, size_t len);
 typedef struct braid_http_client braid_http_client;
 typedef struct braid_http_response braid_http_response;
 struct braid_tls_ctx;
-struct braid_protocol;
 struct braid_factory;
 struct braid_deferred;
 struct braid_loop;
