@@ -96,11 +96,15 @@ static int serve_braid(int port, const char *backend, int mode, double seconds) 
     return 0;       /* the process exits; connections close with it */
 }
 
+/* The fiber-per-connection braid server (bench/exp_fiber.c). */
+int rr_serve_fiber(int port, const char *backend, int mode, double seconds);
+
 /* braid-bench serve reqresp --port P [--backend B] [--seconds S]
- *                           [--impl braid|epoll|libuv|libevent] [--mode reqresp|echo] */
+ *                           [--impl braid|epoll|libuv|libevent|fiber] [--mode reqresp|echo]
+ *                           [--model callback|fiber]   (braid: --model fiber = --impl fiber) */
 static int serve(int argc, char **argv) {
     int port = 0, mode = RR_MODE_REQRESP;
-    const char *backend = "epoll", *impl = "braid";
+    const char *backend = "epoll", *impl = "braid", *model = "callback";
     double seconds = 0;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
@@ -109,14 +113,17 @@ static int serve(int argc, char **argv) {
         else if (!strcmp(a, "--seconds") && v) { seconds = atof(v); i++; }
         else if (!strcmp(a, "--impl") && v) { impl = v; i++; }
         else if (!strcmp(a, "--mode") && v) { mode = !strcmp(v, "echo") ? RR_MODE_ECHO : RR_MODE_REQRESP; i++; }
+        else if (!strcmp(a, "--model") && v) { model = v; i++; }
         else {
             fprintf(stderr, "usage: braid-bench serve reqresp --port P [--backend B] [--seconds S] "
-                            "[--impl braid|epoll|libuv|libevent] [--mode reqresp|echo]\n");
+                            "[--impl braid|epoll|libuv|libevent|fiber] [--mode reqresp|echo] "
+                            "[--model callback|fiber]\n");
             return 2;
         }
     }
     if (port <= 0) { fprintf(stderr, "serve reqresp: --port is required\n"); return 2; }
     signal(SIGPIPE, SIG_IGN);
+    if (!strcmp(impl, "fiber") || !strcmp(model, "fiber")) return rr_serve_fiber(port, backend, mode, seconds);
     if (!strcmp(impl, "braid")) return serve_braid(port, backend, mode, seconds);
     if (seconds > 0) alarm((unsigned)ceil(seconds));
     if (!strcmp(impl, "epoll")) return rr_serve_epoll(port, mode);
@@ -454,6 +461,22 @@ static int run_mode(bench_ctx *ctx, int mode) {
                     "braid (epoll) in the braid-bench process, the server a separate process");
     free(s);
     return 0;
+}
+
+/* For the fiber experiment (bench/exp_fiber.c): one reqresp run, this
+ * experiment's load generator against `serve reqresp --impl serve_impl`
+ * (epoll). 0 and the server's CPU µs per request and req/s, or -1. */
+int rr_run_once(bench_ctx *ctx, const char *serve_impl, int nconn, double warm, double window,
+                double *cpu_per_req, double *rps) {
+    impl im = { serve_impl, "epoll", serve_impl };
+    int port = bench_free_port();
+    pid_t pid = spawn_server(ctx, &im, port, RR_MODE_REQRESP);
+    if (pid < 0) return -1;
+    run_result r = drive(port, nconn, RR_MODE_REQRESP, warm, window, pid);
+    stop_server(pid);
+    *cpu_per_req = r.ok ? r.cpu_per : NAN;
+    *rps = r.ok ? r.rps : NAN;
+    return r.ok ? 0 : -1;
 }
 
 static int run_reqresp(bench_ctx *ctx) { return run_mode(ctx, RR_MODE_REQRESP); }

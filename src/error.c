@@ -20,6 +20,7 @@ static const char *const own[] = {
     [15] = "lock misuse",
     [16] = "first error",
     [17] = "every raced Deferred failed",
+    [32] = "end of stream before the requested data",
     [56] = "incomplete HTTP message (more input needed)",
     [57] = "malformed HTTP message",
     [58] = "ambiguous or invalid HTTP body framing",

@@ -20,6 +20,10 @@
 static void default_log(void *ctx, braid_log_level level, const char *msg) {
     static const char *const names[] = { "debug", "info", "warn", "error" };
     (void)ctx;
+    if (level == BRAID_LOG_DEBUG) {   /* debug lines only when asked for */
+        const char *e = getenv("BRAID_LOG_DEBUG");
+        if (!e || !*e || !strcmp(e, "0")) return;
+    }
     fprintf(stderr, "braid[%s]: %s\n", names[level & 3], msg);
 }
 

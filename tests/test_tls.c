@@ -8,6 +8,7 @@
 #include "tls_certs.h"
 #include <braid/stream.h>
 #include <braid/tls.h>
+#include <openssl/ssl.h>
 #include <signal.h>
 #include <sys/stat.h>
 #include <sys/socket.h>
@@ -776,5 +777,436 @@ BT_IO_TEST(endpoint_strings_over_tcp) {
     char cmd[700];
     snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
     BT_EQ(system(cmd), 0);
+    bt_loop_destroy(loop);
+}
+
+/* ---- more real-socket tests: a raw engine on a plain TCP connection --------------------- *
+ * rawtls is a plain braid protocol that runs a braid_tls_engine by hand: what
+ * the peer sends is kept (to count its records) and fed to the engine; the
+ * engine's output is written below. It plays the misbehaving client
+ * (renegotiation) and the record-counting server. */
+typedef struct rawtls {
+    braid_protocol base;
+    braid_tls_engine *e;
+    unsigned char wire[1 << 17];   /* ciphertext received */
+    size_t wirelen;
+    size_t wire_at_hs;             /* wirelen when our handshake completed */
+    size_t plain;                  /* plaintext bytes delivered */
+    int rc, lost, hs;
+} rawtls;
+
+static void raw_push(rawtls *r) {
+    size_t len;
+    const void *p;
+    while (r->base.transport && (p = braid_tls_engine_out(r->e, &len))) {
+        BT_OK(braid_transport_write(r->base.transport, p, len));
+        braid_tls_engine_consume(r->e, len);
+    }
+}
+static void raw_plain(void *arg, const void *buf, size_t len) {
+    (void)buf;
+    ((rawtls *)arg)->plain += len;
+}
+static void raw_hs(void *arg, const braid_tls_info *info) {
+    rawtls *r = arg;
+    (void)info;
+    r->hs++;
+}
+static const braid_tls_engine_ops raw_engine_ops = { .plaintext = raw_plain, .handshake_done = raw_hs };
+
+static void raw_made(braid_protocol *p) { raw_push((rawtls *)p); }
+static void raw_data(braid_protocol *p, const void *buf, size_t len) {
+    rawtls *r = (rawtls *)p;
+    bool before = braid_tls_engine_handshake_done(r->e);
+    size_t room = sizeof r->wire - r->wirelen;
+    memcpy(r->wire + r->wirelen, buf, len < room ? len : room);
+    /* Record where the handshake ended: everything fed in this call belongs
+     * to the handshake if it completes in it (the peer's first application
+     * records come in later reads, after its own handshake_done). */
+    r->wirelen += len < room ? len : room;
+    int rc = braid_tls_engine_feed(r->e, buf, len);
+    if (!before && braid_tls_engine_handshake_done(r->e)) r->wire_at_hs = r->wirelen;
+    if (rc && !r->rc) r->rc = rc;
+    raw_push(r);
+}
+static void raw_lost(braid_protocol *p, const braid_failure *f) {
+    (void)f;
+    ((rawtls *)p)->lost++;
+}
+static const braid_protocol_ops raw_ops = { .connection_made = raw_made, .data_received = raw_data,
+                                            .connection_lost = raw_lost };
+
+/* A listener on 127.0.0.1 for factory f; returns the port. */
+static int listen_on(braid_loop *loop, braid_factory *f, braid_listener **l) {
+    BT_OK(braid_tcp_listen(loop, &(braid_tcp_listen_options){ .host = "127.0.0.1" }, f, l));
+    braid_address a;
+    BT_OK(braid_listener_address(*l, &a));
+    return braid_address_port(&a);
+}
+
+static braid_protocol *plain_connect(braid_loop *loop, int port, braid_factory *f) {
+    got g = { 0 };
+    braid_deferred *d = braid_tcp_connect(loop, &(braid_tcp_connect_options){ .host = "127.0.0.1", .port = port }, f);
+    BT_OK(braid_deferred_add_callbacks(d, got_ok, got_err, &g));
+    braid_deferred_release(d);
+    bt_run_until(loop, &g.done, 1000);
+    BT_FALSE(g.failed);
+    return g.p;
+}
+
+typedef struct onefactory { braid_factory f; braid_protocol *p; } onefactory;
+static braid_protocol *one_build(braid_factory *f, const braid_address *peer) {
+    (void)peer;
+    onefactory *of = (onefactory *)f;
+    braid_protocol *p = of->p;
+    of->p = NULL;
+    return p;
+}
+static void one_init(onefactory *of, braid_protocol *p) {
+    memset(of, 0, sizeof *of);
+    of->f.build_protocol = one_build;
+    of->p = p;
+}
+
+/* A truncated handshake and a renegotiation attempt each fail their own
+ * connection with a clear code; the server keeps serving. */
+BT_IO_TEST(bad_input_over_tcp_fails_one_connection) {
+    signal(SIGPIPE, SIG_IGN);
+    braid_loop *loop = bt_loop_new(NULL);
+    braid_tls_options so = { .cert_pem = world()->server.cert_pem, .key_pem = world()->server.key_pem,
+                             .max_version = BRAID_TLS_V1_2 };   /* renegotiation exists up to 1.2 */
+    braid_tls_ctx *sctx, *cctx = client_ctx(NULL);
+    BT_OK(braid_tls_ctx_new(&sctx, BRAID_TLS_SERVER, &so, NULL, 0));
+    afactory sf;
+    app s[3];
+    af_init(&sf, s, 3);
+    s[2].echo = true;
+    braid_tls_factory stf;
+    BT_OK(braid_tls_factory_init(&stf, &sf.f, &(braid_tls_wrap_options){ .ctx = sctx }));
+    braid_listener *l;
+    int port = listen_on(loop, &stf.base, &l);
+
+    /* 1: half a ClientHello, then FIN */
+    braid_tls_engine *hello_src;
+    BT_OK(braid_tls_engine_new(&hello_src, cctx, "localhost", NULL, NULL));
+    size_t hlen;
+    const void *hello = braid_tls_engine_out(hello_src, &hlen);
+    afactory jf;
+    app junk[1];
+    af_init(&jf, junk, 1);
+    braid_protocol *jp = plain_connect(loop, port, &jf.f);
+    BT_OK(braid_transport_write(jp->transport, hello, hlen / 2));
+    braid_tls_engine_free(hello_src);
+    BT_OK(braid_transport_shutdown_write(jp->transport));
+    run_until(loop, &s[0].lost, &junk[0].lost);
+    BT_ERR(s[0].lost_code, BRAID_ETLS_TRUNCATED);
+    BT_ERR(s[0].tls_error, BRAID_ETLS_TRUNCATED);
+    BT_TRUE(strstr(s[0].lost_detail, "during the handshake") != NULL);
+
+    /* 2: a client that completes the handshake, then asks to renegotiate */
+    static rawtls rc1;
+    memset(&rc1, 0, sizeof rc1);
+    rc1.base.ops = &raw_ops;
+    BT_OK(braid_tls_engine_new(&rc1.e, cctx, "localhost", &raw_engine_ops, &rc1));
+    onefactory of;
+    one_init(&of, &rc1.base);
+    plain_connect(loop, port, &of.f);
+    bt_run_until(loop, &rc1.hs, 2000);
+    for (int i = 0; i < 2000 && !s[1].made; i++) BT_OK(braid_loop_run_once(loop, 0));
+    SSL *ssl = braid_tls_engine_ssl(rc1.e);
+    SSL_clear_options(ssl, SSL_OP_NO_RENEGOTIATION);
+    BT_EQ(SSL_renegotiate(ssl), 1);
+    SSL_do_handshake(ssl);          /* the new ClientHello, into the engine's output */
+    raw_push(&rc1);
+    run_until(loop, &s[1].lost, &rc1.lost);
+    BT_ERR(s[1].lost_code, BRAID_ETLS_RENEGOTIATION);
+    BT_TRUE(strstr(s[1].lost_detail, "renegotiation") != NULL);
+    braid_tls_engine_free(rc1.e);
+
+    /* 3: a good client is still served */
+    afactory cf;
+    app c[1];
+    af_init(&cf, c, 1);
+    braid_tls_factory ctf;
+    BT_OK(braid_tls_factory_init(&ctf, &cf.f, &(braid_tls_wrap_options){ .ctx = cctx, .server_name = "localhost" }));
+    got g = { 0 };
+    braid_deferred *d = braid_tls_connect(loop, &(braid_tcp_connect_options){ .host = "127.0.0.1", .port = port }, &ctf);
+    BT_OK(braid_deferred_add_callbacks(d, got_ok, got_err, &g));
+    braid_deferred_release(d);
+    bt_run_until(loop, &g.done, 1000);
+    BT_FALSE(g.failed);
+    BT_OK(braid_transport_write(g.p->transport, "still here", 10));
+    for (int i = 0; i < 2000 && c[0].inlen < 10; i++) BT_OK(braid_loop_run_once(loop, 0));
+    BT_EQ(c[0].inlen, 10);
+    braid_transport_lose_connection(g.p->transport);
+    run_until(loop, &c[0].lost, &s[2].lost);
+    BT_ERR(s[2].lost_code, BRAID_ECONNECTION_DONE);
+
+    braid_listener_close(l);
+    for (int i = 0; i < 5; i++) braid_loop_run_once(loop, BRAID_RUN_NOWAIT);
+    braid_tls_factory_cleanup(&stf);
+    braid_tls_factory_cleanup(&ctf);
+    braid_tls_ctx_unref(sctx);
+    braid_tls_ctx_unref(cctx);
+    bt_loop_destroy(loop);
+}
+
+/* Wrong host, expired, unknown CA: three distinct codes with clear details
+ * on the client; the rejected server sees the client's alert. */
+BT_IO_TEST(verification_failures_over_tcp) {
+    signal(SIGPIPE, SIG_IGN);
+    braid_loop *loop = bt_loop_new(NULL);
+    static const struct {
+        int which;                 /* 0: server cert, 1: expired, 2: rogue */
+        const char *host;
+        int code;
+        const char *detail;
+    } cases[] = {
+        { 0, "wrong.example", BRAID_ETLS_HOSTNAME, "does not match \"wrong.example\"" },
+        { 1, "localhost", BRAID_ETLS_EXPIRED, "validity period" },
+        { 2, "localhost", BRAID_ETLS_UNKNOWN_CA, "trusted CA" },
+    };
+    braid_tls_ctx *cctx = client_ctx(NULL);
+    for (size_t k = 0; k < sizeof cases / sizeof cases[0]; k++) {
+        const btc_cert *cert = cases[k].which == 0 ? &world()->server
+                             : cases[k].which == 1 ? &world()->expired : &world()->rogue;
+        braid_tls_ctx *sctx = server_ctx(cert, NULL);
+        afactory sf, cf;
+        app s[1], c[1];
+        af_init(&sf, s, 1);
+        af_init(&cf, c, 1);
+        braid_tls_factory stf, ctf;
+        BT_OK(braid_tls_factory_init(&stf, &sf.f, &(braid_tls_wrap_options){ .ctx = sctx }));
+        BT_OK(braid_tls_factory_init(&ctf, &cf.f, &(braid_tls_wrap_options){
+            .ctx = cctx, .server_name = cases[k].host, .handshake_done = on_hs }));
+        braid_listener *l;
+        int port = listen_on(loop, &stf.base, &l);
+        got g = { 0 };
+        braid_deferred *d = braid_tls_connect(loop, &(braid_tcp_connect_options){ .host = "127.0.0.1", .port = port }, &ctf);
+        BT_OK(braid_deferred_add_callbacks(d, got_ok, got_err, &g));
+        braid_deferred_release(d);
+        bt_run_until(loop, &g.done, 1000);
+        BT_FALSE(g.failed);
+        BT_OK(braid_transport_write(g.p->transport, "never", 5));
+        run_until(loop, &c[0].lost, &s[0].lost);
+        BT_ERR(c[0].lost_code, cases[k].code);
+        BT_ERR(c[0].tls_error, cases[k].code);
+        BT_EQ(c[0].handshakes, 0);
+        if (!strstr(c[0].lost_detail, cases[k].detail))
+            bt_fail(__FILE__, __LINE__, "detail \"%s\" lacks \"%s\"", c[0].lost_detail, cases[k].detail);
+        BT_ERR(s[0].lost_code, BRAID_ETLS_ALERT);
+        BT_EQ(s[0].inlen, 0);
+        braid_listener_close(l);
+        for (int i = 0; i < 5; i++) braid_loop_run_once(loop, BRAID_RUN_NOWAIT);
+        braid_tls_factory_cleanup(&stf);
+        braid_tls_factory_cleanup(&ctf);
+        braid_tls_ctx_unref(sctx);
+    }
+    braid_tls_ctx_unref(cctx);
+    bt_loop_destroy(loop);
+}
+
+/* 1-byte writes over a real socket: the server (a raw engine) counts the
+ * application-data records the client's 3000 writes arrive in. TLS 1.2 so
+ * that every type-23 record is application data (in 1.3 the client's
+ * Finished is one too). */
+typedef struct byter { app a; int writes; } byter;
+static void byter_hs(braid_protocol *p, const braid_tls_info *info, void *arg) {
+    byter *b = (byter *)p;
+    (void)info;
+    (void)arg;
+    for (int i = 0; i < b->writes; i++) BT_OK(braid_transport_write(p->transport, "y", 1));
+}
+
+BT_IO_TEST(one_byte_writes_over_tcp_make_few_records) {
+    signal(SIGPIPE, SIG_IGN);
+    braid_loop *loop = bt_loop_new(NULL);
+    braid_tls_options so = { .cert_pem = world()->server.cert_pem, .key_pem = world()->server.key_pem,
+                             .max_version = BRAID_TLS_V1_2 };
+    braid_tls_ctx *sctx, *cctx = client_ctx(NULL);
+    BT_OK(braid_tls_ctx_new(&sctx, BRAID_TLS_SERVER, &so, NULL, 0));
+    static rawtls rs;
+    memset(&rs, 0, sizeof rs);
+    rs.base.ops = &raw_ops;
+    BT_OK(braid_tls_engine_new(&rs.e, sctx, NULL, &raw_engine_ops, &rs));
+    onefactory of;
+    one_init(&of, &rs.base);
+    braid_listener *l;
+    int port = listen_on(loop, &of.f, &l);
+    byter b = { .a.base.ops = &app_ops, .writes = 3000 };
+    onefactory cf;
+    one_init(&cf, &b.a.base);
+    braid_tls_factory ctf;
+    BT_OK(braid_tls_factory_init(&ctf, &cf.f, &(braid_tls_wrap_options){
+        .ctx = cctx, .server_name = "localhost", .handshake_done = byter_hs }));
+    got g = { 0 };
+    braid_deferred *d = braid_tls_connect(loop, &(braid_tcp_connect_options){ .host = "127.0.0.1", .port = port }, &ctf);
+    BT_OK(braid_deferred_add_callbacks(d, got_ok, got_err, &g));
+    braid_deferred_release(d);
+    bt_run_until(loop, &g.done, 1000);
+    BT_FALSE(g.failed);
+    for (int i = 0; i < 3000 && rs.plain < 3000; i++) BT_OK(braid_loop_run_once(loop, 0));
+    BT_EQ(rs.plain, 3000);
+    BT_EQ(rs.rc, 0);
+    BT_STREQ(braid_tls_engine_info(rs.e)->version, "TLSv1.2");
+    size_t used;
+    int handshake_app = count_records(rs.wire, rs.wire_at_hs, 23, &used);
+    BT_EQ(handshake_app, 0);
+    BT_EQ(used, rs.wire_at_hs);
+    int app_records = count_records(rs.wire + rs.wire_at_hs, rs.wirelen - rs.wire_at_hs, 23, &used);
+    BT_EQ(used, rs.wirelen - rs.wire_at_hs);
+    BT_EQ(app_records, 1);
+    BT_LT(rs.wirelen - rs.wire_at_hs, 3000 + 64);
+    braid_transport_abort(g.p->transport);
+    run_until(loop, &b.a.lost, &rs.lost);
+    braid_listener_close(l);
+    for (int i = 0; i < 5; i++) braid_loop_run_once(loop, BRAID_RUN_NOWAIT);
+    braid_tls_engine_free(rs.e);
+    braid_tls_factory_cleanup(&ctf);
+    braid_tls_ctx_unref(sctx);
+    braid_tls_ctx_unref(cctx);
+    bt_loop_destroy(loop);
+}
+
+/* A TLS server that never reads, over a real socket: the client's producer
+ * is paused with its TLS and TCP buffers near their high watermarks (the
+ * kernel's socket buffers take the rest); a writer ignoring the pause is cut
+ * off at the TLS transport's cap. */
+static void never_read_made(braid_protocol *p) {
+    app_made(p);
+    braid_transport_pause_reading(p->transport);
+}
+static const braid_protocol_ops never_read_ops = { .connection_made = never_read_made,
+                                                   .data_received = app_data,
+                                                   .connection_lost = app_lost };
+
+BT_IO_TEST(never_reading_tls_peer_over_tcp_stays_under_cap) {
+    signal(SIGPIPE, SIG_IGN);
+    braid_loop *loop = bt_loop_new(NULL);
+    braid_tls_ctx *sctx = server_ctx(&world()->server, NULL), *cctx = client_ctx(NULL);
+    afactory sf, cf;
+    app s[1], c[1];
+    af_init(&sf, s, 1);
+    af_init(&cf, c, 1);
+    s[0].base.ops = &never_read_ops;
+    braid_tls_factory stf, ctf;
+    BT_OK(braid_tls_factory_init(&stf, &sf.f, &(braid_tls_wrap_options){ .ctx = sctx }));
+    BT_OK(braid_tls_factory_init(&ctf, &cf.f, &(braid_tls_wrap_options){
+        .ctx = cctx, .server_name = "localhost", .handshake_done = on_hs }));
+    braid_listener *l;
+    int port = listen_on(loop, &stf.base, &l);
+    got g = { 0 };
+    braid_deferred *d = braid_tls_connect(loop, &(braid_tcp_connect_options){ .host = "127.0.0.1", .port = port }, &ctf);
+    BT_OK(braid_deferred_add_callbacks(d, got_ok, got_err, &g));
+    braid_deferred_release(d);
+    bt_run_until(loop, &g.done, 1000);
+    BT_FALSE(g.failed);
+    bt_run_until(loop, &c[0].handshakes, 2000);
+    braid_transport *t = g.p->transport, *lower = braid_tls_transport_lower(t);
+    /* Small socket buffers keep the kernel's share bounded and the test quick. */
+    BT_OK(braid_transport_set_limits(t, 16 * 1024, 64 * 1024, 1024 * 1024));
+    pusher pu = { .prod = { p_pause, p_resume, p_stop, NULL }, .t = t };
+    pu.prod.arg = &pu;
+    BT_OK(braid_transport_register_producer(t, &pu.prod, true));
+    static char chunk[16384];
+    /* Write whenever not paused, until the producer has stayed paused for
+     * 50 iterations (the kernel's socket buffers have filled up). */
+    int stable = 0;
+    for (int round = 0; round < 20000 && stable < 50; round++) {
+        for (int i = 0; i < 4 && !pu.paused; i++) {
+            BT_OK(braid_transport_write(t, chunk, sizeof chunk));
+            pu.sent += sizeof chunk;
+        }
+        BT_OK(braid_loop_run_once(loop, BRAID_RUN_NOWAIT));
+        size_t total = braid_transport_buffered(t) + braid_transport_buffered(lower);
+        if (total > pu.max_total) pu.max_total = total;
+        stable = pu.paused ? stable + 1 : 0;
+    }
+    BT_TRUE(pu.paused);
+    BT_GE(stable, 50);
+    BT_LE(braid_transport_buffered(t), 64 * 1024 + 4 * sizeof chunk);
+    BT_LE(braid_transport_buffered(lower), 64 * 1024 + 17 * 1024);
+    BT_LE(pu.max_total, 64 * 1024 + 4 * sizeof chunk + 64 * 1024 + 17 * 1024);
+    BT_EQ(s[0].total_in, 0);
+    /* Ignoring the pause: cut off at the cap with BRAID_EBUFFER_LIMIT. */
+    braid_transport_unregister_producer(t);
+    int rc = 0;
+    size_t n = 0;
+    while (rc == 0 && n < 256u * 1024 * 1024) {
+        rc = braid_transport_write(t, chunk, sizeof chunk);
+        n += sizeof chunk;
+        if ((n / sizeof chunk) % 8 == 0) braid_loop_run_once(loop, BRAID_RUN_NOWAIT);
+    }
+    BT_ERR(rc, BRAID_EBUFFER_LIMIT);
+    BT_LE(braid_transport_buffered(t), 1024 * 1024);
+    bt_run_until(loop, &c[0].lost, 2000);
+    BT_ERR(c[0].lost_code, BRAID_EBUFFER_LIMIT);
+    /* The server notices the reset once it reads again. */
+    braid_transport_resume_reading(s[0].base.transport);
+    bt_run_until(loop, &s[0].lost, 5000);
+    braid_listener_close(l);
+    for (int i = 0; i < 5; i++) braid_loop_run_once(loop, BRAID_RUN_NOWAIT);
+    braid_tls_factory_cleanup(&stf);
+    braid_tls_factory_cleanup(&ctf);
+    braid_tls_ctx_unref(sctx);
+    braid_tls_ctx_unref(cctx);
+    bt_loop_destroy(loop);
+}
+
+/* STARTTLS over a real TCP connection. */
+BT_IO_TEST(starttls_over_tcp) {
+    signal(SIGPIPE, SIG_IGN);
+    braid_loop *loop = bt_loop_new(NULL);
+    braid_tls_ctx *sctx = server_ctx(&world()->server, NULL), *cctx = client_ctx(NULL);
+    app c = { .base.ops = &st_ops, .starttls_ctx = cctx, .starttls_client = true };
+    app s = { .base.ops = &st_ops, .starttls_ctx = sctx, .echo = true };
+    onefactory sf, cf;
+    one_init(&sf, &s.base);
+    one_init(&cf, &c.base);
+    braid_listener *l;
+    int port = listen_on(loop, &sf.f, &l);
+    braid_protocol *cp = plain_connect(loop, port, &cf.f);
+    BT_TRUE(cp == &c.base);
+    BT_OK(braid_transport_write(c.base.transport, "STARTTLS\n", 9));
+    for (int i = 0; i < 3000 && c.inlen < 6; i++) BT_OK(braid_loop_run_once(loop, 0));
+    BT_EQ(c.handshakes, 1);
+    BT_EQ(s.handshakes, 1);
+    BT_TRUE(braid_transport_is_tls(c.base.transport));
+    BT_STREQ(braid_transport_kind(braid_tls_transport_lower(s.base.transport)), "tcp");
+    BT_EQ(s.inlen, 6);
+    BT_EQ(c.inlen, 6);
+    BT_TRUE(!memcmp(c.in, "secret", 6));
+    braid_transport_lose_connection(c.base.transport);
+    run_until(loop, &c.lost, &s.lost);
+    BT_ERR(c.lost_code, BRAID_ECONNECTION_DONE);
+    BT_ERR(s.lost_code, BRAID_ECONNECTION_DONE);
+    braid_listener_close(l);
+    for (int i = 0; i < 5; i++) braid_loop_run_once(loop, BRAID_RUN_NOWAIT);
+    braid_tls_ctx_unref(sctx);
+    braid_tls_ctx_unref(cctx);
+    bt_loop_destroy(loop);
+}
+
+/* After a burst, an idle TLS connection holds no buffer of braid's: the TLS
+ * and lower write buffers are released once flushed, the engine keeps no
+ * output, the plaintext queue is freed. */
+BT_TEST(idle_connection_releases_buffers) {
+    braid_loop *loop = bt_loop_new(NULL);
+    pair pr;
+    pair_open(&pr, loop, "localhost", NULL, NULL, NULL);
+    braid_pump_flush(pr.pump);
+    for (int i = 0; i < 5; i++) braid_loop_run_once(loop, BRAID_RUN_NOWAIT);
+    long idle = braid_test_alloc_outstanding();
+    static char big[300000];
+    for (int round = 0; round < 3; round++) {
+        BT_OK(braid_transport_write(pr.c[0].base.transport, big, sizeof big));
+        BT_OK(braid_transport_write(pr.s[0].base.transport, "ack", 3));
+        braid_pump_flush(pr.pump);
+        for (int i = 0; i < 5; i++) braid_loop_run_once(loop, BRAID_RUN_NOWAIT);
+        BT_EQ(braid_test_alloc_outstanding(), idle);
+    }
+    BT_EQ(pr.s[0].total_in, 3 * sizeof big);
+    BT_EQ(pr.c[0].total_in, 9);
+    pair_close(&pr);
     bt_loop_destroy(loop);
 }

@@ -551,3 +551,88 @@ BT_TEST(alloc_failure_walk) {
     }
     BT_GT(failures, 0);
 }
+
+/* TLS 1.2 is the default floor; a server raised to 1.3 refuses a 1.2-only
+ * client, and the client gets the server's protocol_version alert. */
+BT_TEST(minimum_version) {
+    braid_tls_ctx *sc = server_ctx(&world()->server, NULL), *cc = client_ctx(NULL);
+    side c, s;
+    connect_pair(&c, &s, cc, sc, "localhost");
+    BT_EQ(SSL_get_min_proto_version(braid_tls_engine_ssl(s.e)), TLS1_2_VERSION);
+    BT_EQ(SSL_get_min_proto_version(braid_tls_engine_ssl(c.e)), TLS1_2_VERSION);
+    BT_STREQ(braid_tls_engine_info(c.e)->version, "TLSv1.3");
+    close_pair(&c, &s);
+    braid_tls_ctx_unref(sc);
+    braid_tls_options v13 = { .min_version = BRAID_TLS_V1_3 };
+    braid_tls_options v12 = { .max_version = BRAID_TLS_V1_2 };
+    sc = server_ctx(&world()->server, &v13);
+    braid_tls_ctx *cc12 = client_ctx(&v12);
+    connect_pair(&c, &s, cc12, sc, "localhost");
+    BT_ERR(s.rc, BRAID_ETLS);
+    BT_ERR(c.rc, BRAID_ETLS_ALERT);
+    const char *detail;
+    braid_tls_engine_error(c.e, &detail);
+    BT_TRUE(strstr(detail, "protocol version") != NULL);
+    BT_EQ(c.done + s.done, 0);
+    close_pair(&c, &s);
+    braid_tls_ctx_unref(sc);
+    braid_tls_ctx_unref(cc);
+    braid_tls_ctx_unref(cc12);
+}
+
+/* A server certificate issued by an intermediate CA: the client trusts only
+ * the root, so the server must send the chain — appended to the certificate
+ * PEM, or as a separate chain file (extraCertChain). */
+BT_TEST(certificate_chain) {
+    btc_cert inter, leaf;
+    btc_make_intermediate(&inter, BTC_EC, "braid test intermediate", &world()->ca, -3600, 86400);
+    btc_make(&leaf, BTC_EC, "localhost", "DNS:localhost", &inter, -3600, 86400);
+    braid_tls_ctx *cc = client_ctx(NULL);
+    side c, s;
+    /* leaf alone: the client cannot build a path to its root */
+    braid_tls_ctx *sc = server_ctx(&leaf, NULL);
+    connect_pair(&c, &s, cc, sc, "localhost");
+    BT_ERR(c.rc, BRAID_ETLS_UNKNOWN_CA);
+    close_pair(&c, &s);
+    braid_tls_ctx_unref(sc);
+    /* leaf + intermediate in one PEM */
+    size_t ll = strlen(leaf.cert_pem), il = strlen(inter.cert_pem);
+    char *both = malloc(ll + il + 1);
+    memcpy(both, leaf.cert_pem, ll);
+    memcpy(both + ll, inter.cert_pem, il + 1);
+    btc_cert withchain = leaf;
+    withchain.cert_pem = both;
+    sc = server_ctx(&withchain, NULL);
+    connect_pair(&c, &s, cc, sc, "localhost");
+    BT_EQ(c.rc, 0);
+    BT_EQ(c.done, 1);
+    close_pair(&c, &s);
+    braid_tls_ctx_unref(sc);
+    free(both);
+    /* files: certificate, key and a separate chain file */
+    char dir[] = "/tmp/braid-tls-chain-XXXXXX";
+    BT_TRUE(mkdtemp(dir) != NULL);
+    btc_write(&leaf, dir, "leaf");
+    btc_write(&inter, dir, "inter");
+    char cert[600], key[600], chain[600];
+    snprintf(cert, sizeof cert, "%s/leaf.crt", dir);
+    snprintf(key, sizeof key, "%s/leaf.key", dir);
+    snprintf(chain, sizeof chain, "%s/inter.crt", dir);
+    braid_tls_options fo = { .cert_file = cert, .key_file = key, .chain_file = chain };
+    char err[256];
+    BT_OK(braid_tls_ctx_new(&sc, BRAID_TLS_SERVER, &fo, err, sizeof err));
+    connect_pair(&c, &s, cc, sc, "localhost");
+    BT_EQ(c.rc, 0);
+    BT_EQ(c.done, 1);
+    BT_TRUE(strstr(braid_tls_engine_info(c.e)->peer_subject, "CN=localhost") != NULL);
+    STACK_OF(X509) *sent = SSL_get_peer_cert_chain(braid_tls_engine_ssl(c.e));
+    BT_EQ(sk_X509_num(sent), 2);   /* leaf and intermediate */
+    close_pair(&c, &s);
+    braid_tls_ctx_unref(sc);
+    char cmd[700];
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
+    BT_EQ(system(cmd), 0);
+    braid_tls_ctx_unref(cc);
+    btc_free(&leaf);
+    btc_free(&inter);
+}

@@ -56,8 +56,8 @@ static inline __attribute__((unused)) void btc__ext(X509 *x, X509 *issuer, int n
 /* Make a certificate: key type BTC_EC (P-256) or BTC_RSA (2048), subject CN,
  * subjectAltName list (NULL: none; a CA gets none), signed by issuer (NULL:
  * self-signed CA), valid from now+not_before to now+not_after seconds. */
-static inline __attribute__((unused)) void btc_make(btc_cert *out, int keytype, const char *cn, const char *san,
-                     const btc_cert *issuer, long not_before, long not_after) {
+static inline __attribute__((unused)) void btc__make(btc_cert *out, int keytype, const char *cn, const char *san,
+                     const btc_cert *issuer, long not_before, long not_after, int ca) {
     memset(out, 0, sizeof *out);
     EVP_PKEY *k = keytype == BTC_RSA ? EVP_RSA_gen(2048) : EVP_EC_gen("P-256");
     X509 *x = X509_new();
@@ -78,7 +78,11 @@ static inline __attribute__((unused)) void btc_make(btc_cert *out, int keytype, 
     X509 *ix = issuer ? issuer->x : x;
     X509_set_issuer_name(x, X509_get_subject_name(ix));
     btc__ext(x, ix, NID_subject_key_identifier, "hash");
-    if (issuer) {
+    if (issuer && ca) {              /* an intermediate CA */
+        btc__ext(x, ix, NID_authority_key_identifier, "keyid:always");
+        btc__ext(x, ix, NID_basic_constraints, "critical,CA:TRUE");
+        btc__ext(x, ix, NID_key_usage, "critical,keyCertSign,cRLSign");
+    } else if (issuer) {
         btc__ext(x, ix, NID_authority_key_identifier, "keyid:always");
         btc__ext(x, ix, NID_basic_constraints, "critical,CA:FALSE");
         btc__ext(x, ix, NID_key_usage, keytype == BTC_RSA ? "critical,digitalSignature,keyEncipherment"
@@ -100,6 +104,18 @@ static inline __attribute__((unused)) void btc_make(btc_cert *out, int keytype, 
     BIO_free(b);
     out->x = x;
     out->k = k;
+}
+
+static inline __attribute__((unused)) void btc_make(btc_cert *out, int keytype, const char *cn, const char *san,
+                     const btc_cert *issuer, long not_before, long not_after) {
+    btc__make(out, keytype, cn, san, issuer, not_before, not_after, issuer == NULL);
+}
+
+/* An intermediate CA signed by issuer. */
+static inline __attribute__((unused)) void btc_make_intermediate(btc_cert *out, int keytype, const char *cn,
+                                                                 const btc_cert *issuer, long not_before,
+                                                                 long not_after) {
+    btc__make(out, keytype, cn, NULL, issuer, not_before, not_after, 1);
 }
 
 static inline __attribute__((unused)) void btc_free(btc_cert *c) {

@@ -71,6 +71,8 @@ extern "C" {
 #define BRAID_ELOCKED           (-4015)  /* lock/semaphore misuse */
 #define BRAID_EFIRST_ERROR      (-4016)  /* combinator: first error of several */
 #define BRAID_EALL_FAILED       (-4017)  /* race: every member failed */
+/* fiber streams: -4032..-4039 */
+#define BRAID_EEOF              (-4032)  /* the stream ended before the requested data */
 /* tls: -4064..-4071 */
 #define BRAID_ETLS_HOSTNAME     (-4064)  /* peer certificate does not name the host */
 #define BRAID_ETLS_EXPIRED      (-4065)  /* peer certificate expired or not yet valid */

@@ -37,6 +37,7 @@
 #define BRAID_HTTP_H
 
 #include <braid/common.h>
+#include <braid/protocol.h>
 #include <sys/types.h>
 #include <time.h>
 
@@ -183,6 +184,347 @@ BRAID_API size_t braid_http_chunk_encode(char *out, size_t out_cap, const void *
 BRAID_API void braid_http_format_date(time_t t, char *out);
 /* Parse an IMF-fixdate (also RFC 850 and asctime forms); -1 if malformed. */
 BRAID_API time_t braid_http_parse_date(const char *s, size_t len);
+
+/* ---- server -------------------------------------------------------------------------
+ *
+ * An HTTP/1.1 server on any stream transport (TCP, Unix, the memory double):
+ *
+ *     static braid_deferred *hello(braid_http_request *req, void *arg) {
+ *         braid_http_respond(req, 200, "text/plain", "Hello, World!", 13);
+ *         return NULL;                       // answered synchronously
+ *     }
+ *     braid_http_server *s;
+ *     braid_http_server_new(loop, NULL, &s);
+ *     braid_http_route(s, "GET", "/", 0, hello, NULL);
+ *     braid_http_route(s, NULL, "/api/", BRAID_HTTP_PREFIX, api, ctx);   // any method
+ *     braid_http_static(s, "/files/", "/srv/www");                        // sendfile, Range
+ *     braid_deferred *d = braid_http_listen(s, "tcp:8080:interface=127.0.0.1");
+ *
+ * A handler answers in one of three ways:
+ *  - synchronously: braid_http_respond (or _respond_response) before it
+ *    returns, and returns NULL;
+ *  - later: it returns a Deferred (the server takes the consumer reference)
+ *    that fires with a braid_http_response * made by braid_http_response_new
+ *    (owned through its dtor, braid_http_response_free). A failure becomes a
+ *    500. If the connection goes away first the Deferred is cancelled;
+ *  - streaming: braid_http_respond_start, then braid_http_write any number of
+ *    times (now or later, e.g. from a producer registered with
+ *    braid_http_register_producer, which the transport pauses and resumes at
+ *    its watermarks), then braid_http_finish. Content-Length when the length
+ *    is known, chunked otherwise (close-delimited for HTTP/1.0).
+ *    braid_http_finish must always be called, also after the connection was
+ *    lost (braid_http_write then returns BRAID_ESHUTDOWN and a registered
+ *    producer got stop_producing): it releases the request.
+ * The request (all pointers in it) stays valid until the response is
+ * complete — for a synchronous answer, until the handler returns.
+ *
+ * Per connection: requests are read one after another (pipelined requests
+ * wait in the connection's buffer, so responses leave in request order);
+ * while an answer is pending, reading pauses. Keep-alive by default
+ * (HTTP/1.1, or HTTP/1.0 with Connection: keep-alive). Bodies arrive whole
+ * (Content-Length or chunked, decoded) up to limits.max_body; a request with
+ * Expect: 100-continue gets "100 Continue" before its body is read. HEAD
+ * runs the GET route and the server drops the body. The Date header is
+ * formatted once per second.
+ *
+ * Routing: exact paths first, then the longest matching prefix route; a path
+ * that matches routes of other methods only gets 405 with an Allow header,
+ * no route at all 404. The path is matched as sent (before '?'), undecoded.
+ *
+ * Errors the parser finds are answered with their status (400, 413, 414,
+ * 431, 505) and "Connection: close", and the connection is closed after the
+ * answer: no ambiguous message is ever passed on (see the parser above).
+ * Timeouts on the loop's clock: a request head must be complete within
+ * header_timeout after its first byte (slowloris), its body within
+ * body_timeout after the head (both answered with 408 and closed), and an
+ * idle keep-alive connection is closed after idle_timeout.
+ *
+ * Ownership: the caller owns the server and frees it with
+ * braid_http_server_free after its listeners are closed; the server owns its
+ * connections (braid_http_server_shutdown closes them). Loop thread only. */
+typedef struct braid_http_server braid_http_server;
+
+typedef struct braid_http_request {
+    const char *method;        /* "GET"; all pointers are into the connection's buffer */
+    size_t method_len;
+    const char *target;        /* as sent: "/a/b?x=1" */
+    size_t target_len;
+    const char *path;          /* target up to '?' */
+    size_t path_len;
+    const char *query;         /* after '?', NULL if none */
+    size_t query_len;
+    size_t match_len;          /* bytes of path the route matched (prefix routes) */
+    int minor_version;
+    const braid_http_header *headers;
+    size_t num_headers;
+    const char *body;          /* the decoded body (NULL, 0 if none) */
+    size_t body_len;
+    bool head;                 /* a HEAD request: the body of the answer is dropped */
+    bool keep_alive;           /* the connection stays open after the answer */
+    braid_http_server *server;
+    braid_transport *transport;/* NULL once the connection is lost */
+} braid_http_request;
+
+/* A handler: answer synchronously and return NULL, or return a Deferred of a
+ * braid_http_response * (see above). */
+typedef braid_deferred *(*braid_http_handler)(braid_http_request *req, void *arg);
+
+typedef struct braid_http_server_options {
+    uint64_t header_timeout_ns;   /* 0 = 10 s */
+    uint64_t body_timeout_ns;     /* 0 = 30 s */
+    uint64_t idle_timeout_ns;     /* 0 = 15 s */
+    braid_http_limits limits;     /* zero fields take the parser's defaults */
+    const char *server_name;      /* Server header; NULL = "braid", "" = none */
+} braid_http_server_options;
+
+BRAID_API int braid_http_server_new(braid_loop *loop, const braid_http_server_options *o,
+                                    braid_http_server **out);
+/* Close every connection (idle now, busy after the answer in progress) and
+ * refuse new ones (they are closed at once). */
+BRAID_API void braid_http_server_shutdown(braid_http_server *s);
+/* Free; BRAID_EBUSY while connections are open (shut down and run the loop first). */
+BRAID_API int braid_http_server_free(braid_http_server *s);
+/* The factory to hand to any listener (braid_listen, braid_tcp_listen ...). */
+BRAID_API braid_factory *braid_http_server_factory(braid_http_server *s);
+/* braid_listen(loop, endpoint, factory): a Deferred of the braid_listener *
+ * (yours to close). "tcp:8080:reuseport=1" lets N processes share the port. */
+BRAID_API braid_deferred *braid_http_listen(braid_http_server *s, const char *endpoint);
+BRAID_API size_t braid_http_server_connections(const braid_http_server *s);
+BRAID_API uint64_t braid_http_server_requests(const braid_http_server *s);
+
+/* Routes. method NULL = any method; flags BRAID_HTTP_PREFIX: path is a
+ * prefix ("/api/" matches "/api/x"). BRAID_EEXIST for the same method and
+ * path twice, BRAID_EINVAL for a path not starting with '/'. */
+#define BRAID_HTTP_PREFIX 1u
+BRAID_API int braid_http_route(braid_http_server *s, const char *method, const char *path,
+                               unsigned flags, braid_http_handler h, void *arg);
+/* Serve files under root_dir at prefix (GET and HEAD): sendfile(2) on
+ * socket transports, single byte ranges (206/416), Last-Modified and
+ * If-Modified-Since (304). ".." and "." segments, encoded '/', '\\' or NUL,
+ * and symlinks leading out of root_dir are refused (404). A directory serves
+ * its index.html. */
+BRAID_API int braid_http_static(braid_http_server *s, const char *prefix, const char *root_dir);
+
+/* ---- answering ---- */
+/* Add a response header for the answer of req (before respond/respond_start).
+ * BRAID_EINVAL if name or value hold CR, LF or NUL (header injection) or name
+ * is not a token; BRAID_EMSGSIZE past 1 KiB of added headers. */
+BRAID_API int braid_http_add_header(braid_http_request *req, const char *name, const char *value);
+/* The whole answer at once (body copied; NULL content_type = no Content-Type).
+ * BRAID_EALREADY_CALLED if req was already answered. */
+BRAID_API int braid_http_respond(braid_http_request *req, int status, const char *content_type,
+                                 const void *body, size_t len);
+/* Start a streamed answer: content_length >= 0, or -1 for chunked. */
+BRAID_API int braid_http_respond_start(braid_http_request *req, int status,
+                                       const char *content_type, int64_t content_length);
+BRAID_API int braid_http_write(braid_http_request *req, const void *buf, size_t len);
+/* The transport's backpressure for a streamed body (unregistered at finish). */
+BRAID_API int braid_http_register_producer(braid_http_request *req, braid_producer *p,
+                                           bool streaming);
+/* End the streamed answer and release req. A Content-Length answer that got
+ * fewer bytes closes the connection (the peer cannot mistake the framing). */
+BRAID_API int braid_http_finish(braid_http_request *req);
+
+/* A response value for Deferreds. */
+typedef struct braid_http_response {
+    int status;
+    char *content_type;        /* owned; NULL = none */
+    char *headers;             /* owned: added header lines "Name: value\r\n"... */
+    size_t headers_len;
+    char *body;                /* owned */
+    size_t body_len;
+} braid_http_response;
+/* NULL on allocation failure; body and content_type are copied. */
+BRAID_API braid_http_response *braid_http_response_new(int status, const char *content_type,
+                                                       const void *body, size_t len);
+BRAID_API int braid_http_response_add_header(braid_http_response *r, const char *name,
+                                             const char *value);
+BRAID_API void braid_http_response_free(void *r);
+/* Answer req with r (copied; r stays the caller's). */
+BRAID_API int braid_http_respond_response(braid_http_request *req, const braid_http_response *r);
+
+/* ---- client ---- */
+/* An HTTP/1.1 client: a connection pool per (scheme, host, port) with
+ * keep-alive, Content-Length / chunked / close-delimited bodies both ways,
+ * timeouts on the loop's clock, redirects (off unless asked for), and a
+ * Deferred of the response. https:// goes over braid's TLS (<braid/tls.h>)
+ * with certificate and host-name verification on.
+ *
+ *     braid_http_client *c;
+ *     braid_http_client_new(loop, NULL, &c);
+ *     braid_deferred *d = braid_http_client_request(c, &(braid_http_client_req){
+ *         .method = "GET", .url = "http://127.0.0.1:8080/hello" });
+ *     braid_deferred_add_callbacks(d, got_response, failed, arg);
+ *     // got_response: r.value is a braid_http_client_response * with the whole body
+ *     //   (buffered up to max_body), owned by the result: keep it (and free
+ *     //   it with braid_http_client_response_free) or let the result drop it.
+ *     ...
+ *     braid_http_client_free(c);
+ *
+ * Bodies. By default the Deferred fires once the whole body has arrived
+ * (resp->body, resp->body_len; NUL-terminated for convenience); a body over
+ * max_body fails the request with BRAID_EHTTP_BODY_TOO_LARGE. With on_body
+ * set the body streams instead: the Deferred fires at the end of the head
+ * with a response *borrowed* from the client (valid until on_end returns),
+ * then on_body is called with each piece as it arrives and on_end once with
+ * 0 (complete) or the error. braid_http_client_response_pause/resume stop and
+ * restart reading the connection (backpressure: the server's writes stall);
+ * braid_http_client_response_abort ends the body early (the connection is closed,
+ * on_end is not called).
+ *
+ * The pool. A connection whose response ended cleanly (framed body read to
+ * its end, keep-alive on both sides, no stray bytes) goes back to its
+ * origin's idle list; the next request to that origin reuses the most
+ * recently used one. At most max_idle_per_host idle connections per origin
+ * are kept (the surplus is closed) and each for idle_timeout. With
+ * max_per_host set, requests beyond that many connections to one origin wait
+ * in order for one (the wait counts toward the connect timeout). An idle
+ * connection the server closes, or that receives unsolicited bytes, leaves the
+ * pool at once. If a reused connection dies before any byte of the response
+ * arrived (the server closed it as we reused it), an idempotent request
+ * (GET, HEAD, PUT, DELETE, OPTIONS, TRACE) whose body is in memory is
+ * retried once on a fresh connection. A response that fails to parse, a
+ * timeout, a cancel or an abort closes its connection: it is never reused.
+ *
+ * Timeouts (ns, loop clock; 0: the default, BRAID_FOREVER: none), each
+ * failing the request with BRAID_ETIMEDOUT and a message naming which:
+ * connect (until the connection is made; TLS handshakes count toward the
+ * header timeout), headers (from the moment the request is handed to the
+ * connection until the whole response head has arrived), body (the longest
+ * silence between two pieces of the body; not counted while paused).
+ *
+ * Redirects are returned as responses unless max_redirects > 0: then 301,
+ * 302, 303, 307 and 308 with a Location are followed up to that many times
+ * (303, and 301/302 after a POST, become a bodiless GET; 307/308 resend the
+ * method and body); the discarded responses' bodies are read so their
+ * connections are reused; Authorization and Cookie headers are not sent to
+ * another origin. Past the limit: BRAID_EHTTP ("too many redirects").
+ *
+ * Cancelling the Deferred aborts the request (the connect attempt, or the
+ * connection it runs on) and fails it with BRAID_ECANCELED.
+ *
+ * Errors: BRAID_EINVAL (bad URL, method or header), the parser's
+ * BRAID_EHTTP_* codes for bad responses, BRAID_EHTTP for an unexpected 101
+ * and too many redirects, BRAID_ECONNECTION_LOST for a body cut short (bytes
+ * after a response only keep its connection out of the pool), connection
+ * and TLS codes as they come.
+ *
+ * Ownership: the request struct and everything it points to are copied; the
+ * client owns its connections; braid_http_client_free fails the requests in
+ * flight with BRAID_ESHUTDOWN, closes every connection and frees the client
+ * once the last connection is gone (run the loop an iteration to let that
+ * happen before braid_loop_destroy). Loop thread only.
+ */
+typedef struct braid_http_client braid_http_client;
+typedef struct braid_http_client_response braid_http_client_response;
+struct braid_tls_ctx;
+struct braid_factory;
+struct braid_deferred;
+struct braid_loop;
+
+typedef struct braid_http_client_options {
+    size_t max_idle_per_host;   /* idle keep-alive connections kept per origin (4) */
+    size_t max_per_host;        /* connections per origin, idle ones included (0: no
+                                 * limit); requests beyond it wait, in order, for one */
+    uint64_t idle_timeout;      /* how long an idle connection is kept (60 s) */
+    uint64_t connect_timeout;   /* (30 s) */
+    uint64_t header_timeout;    /* (60 s) */
+    uint64_t body_timeout;      /* silence while reading a body (60 s) */
+    uint64_t max_body;          /* buffered bodies (8 MiB); per request overridable */
+    size_t max_head;            /* response head bytes (BRAID_HTTP_MAX_HEAD) */
+    int max_redirects;          /* default for requests (0: redirects not followed) */
+    /* https: the TLS client context (a reference is taken). NULL: one made on
+     * first use that verifies against the system CA store. */
+    struct braid_tls_ctx *tls_ctx;
+    /* Tests and custom transports: open a connection to host:port, returning
+     * a Deferred of the connected protocol built by f (as braid_tcp_connect
+     * does). NULL: TCP. For https the client starts TLS on it itself. */
+    struct braid_deferred *(*connect)(void *arg, struct braid_loop *loop, const char *host, int port,
+                                      bool https, struct braid_factory *f);
+    void *connect_arg;
+} braid_http_client_options;
+
+BRAID_API int braid_http_client_new(struct braid_loop *loop, const braid_http_client_options *o,
+                                    braid_http_client **out);
+BRAID_API void braid_http_client_free(braid_http_client *c);
+
+typedef void (*braid_http_body_fn)(braid_http_client_response *r, const void *buf, size_t len, void *arg);
+/* Streamed uploads: the request itself, as the source of its body sees it. */
+typedef struct braid_http_upload braid_http_upload;
+typedef void (*braid_http_source_fn)(braid_http_upload *u, void *arg);
+typedef void (*braid_http_end_fn)(braid_http_client_response *r, int code, void *arg);
+
+typedef struct braid_http_client_req {
+    const char *method;         /* NULL: "GET" */
+    const char *url;            /* http://host[:port]/path?query or https://... */
+    const braid_http_header *headers;  /* extra fields (Host is added unless given;
+                                        * Content-Length/Transfer-Encoding are the client's) */
+    size_t num_headers;
+    const void *body;           /* request body (copied) */
+    size_t body_len;
+    bool chunked;               /* send the body with Transfer-Encoding: chunked */
+    /* A streamed request body instead of body: called once the head is on
+     * the connection and again each time its write buffer drains below the
+     * low watermark (a pull producer: backpressure from the server's reading).
+     * Write with braid_http_upload_write whenever data is ready (here or
+     * later), finish with braid_http_upload_end. Sent chunked, or with
+     * Content-Length: body_len if body_len > 0 (then exactly that many bytes).
+     * Streamed requests are never retried and 307/308 are not followed; the
+     * header timeout starts when the upload ends. */
+    braid_http_source_fn body_source;
+    uint64_t max_body;          /* buffered response body limit (0: the client's) */
+    int max_redirects;          /* 0: the client's; < 0: never follow */
+    uint64_t connect_timeout, header_timeout, body_timeout;   /* 0: the client's */
+    /* Streaming response bodies (see above). */
+    braid_http_body_fn on_body;
+    braid_http_end_fn on_end;
+    void *arg;
+} braid_http_client_req;
+
+struct braid_http_client_response {
+    int status;
+    int minor_version;          /* HTTP/1.<minor_version> */
+    const char *reason;         /* NUL-terminated */
+    braid_http_header *headers; /* names and values NUL-terminated, owned by the response */
+    size_t num_headers;
+    char *body;                 /* buffered mode: the body (NUL-terminated); else NULL */
+    size_t body_len;
+    const char *url;            /* the URL that answered (after redirects) */
+    int redirects;              /* redirects followed */
+    bool reused;                /* answered on a pooled (reused) connection */
+    void *priv;                 /* private */
+};
+
+/* A Deferred of braid_http_client_response * (see above). NULL only when out of
+ * memory; a bad request gives a failed Deferred (BRAID_EINVAL). */
+BRAID_API struct braid_deferred *braid_http_client_request(braid_http_client *c,
+                                                           const braid_http_client_req *req);
+/* Streamed uploads (u is valid until the request's Deferred has fired, or in
+ * streaming mode until on_end). write: 0, BRAID_ESHUTDOWN once the request
+ * ended or the body was ended, BRAID_EINVAL past the announced length, or the
+ * transport's error. end: 0, or BRAID_EINVAL when fewer bytes than the
+ * announced length were written (the request then fails with it). */
+BRAID_API int braid_http_upload_write(braid_http_upload *u, const void *buf, size_t len);
+BRAID_API int braid_http_upload_end(braid_http_upload *u);
+
+/* The value of the first header called name (case-insensitive), or NULL. */
+BRAID_API const char *braid_http_client_response_header(const braid_http_client_response *r, const char *name);
+/* Free a buffered-mode response (the Deferred result's dtor). */
+BRAID_API void braid_http_client_response_free(braid_http_client_response *r);
+/* Streaming mode only (no-ops otherwise or once the body has ended). */
+BRAID_API void braid_http_client_response_pause(braid_http_client_response *r);
+BRAID_API void braid_http_client_response_resume(braid_http_client_response *r);
+BRAID_API void braid_http_client_response_abort(braid_http_client_response *r);
+
+typedef struct braid_http_client_stats {
+    uint64_t connections;       /* connections opened (made) */
+    uint64_t reused;            /* requests that ran on a pooled connection */
+    uint64_t retried;           /* requests retried after a stale pooled connection */
+    size_t idle;                /* idle connections now, all origins */
+    size_t active;              /* connections alive now (idle included) */
+    size_t waiting;             /* requests waiting for a connection (max_per_host) */
+} braid_http_client_stats;
+BRAID_API braid_http_client_stats braid_http_client_get_stats(const braid_http_client *c);
 
 #ifdef __cplusplus
 }

@@ -67,7 +67,7 @@ typedef struct braid_loop_options {
     braid_backend backend;
     unsigned flags;
     braid_clock *clock;          /* NULL: the real monotonic clock. Not owned. */
-    braid_log_fn log;            /* NULL: write to stderr */
+    braid_log_fn log;            /* NULL: write to stderr (debug lines only with BRAID_LOG_DEBUG=1) */
     void *log_ctx;
 } braid_loop_options;
 

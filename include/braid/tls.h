@@ -37,7 +37,9 @@
  * that it names the host passed to braid_tls_engine_new; the minimum version
  * is TLS 1.2; renegotiation is refused (it fails the connection); session
  * tickets are on; idle connections release their record buffers
- * (SSL_MODE_RELEASE_BUFFERS).
+ * (SSL_MODE_RELEASE_BUFFERS). An idle engine holds no buffer of braid's;
+ * what remains is OpenSSL's connection state (about 16 KB with a P-256 key
+ * exchange, 13.5 KB with X25519). See docs/tls.md.
  *
  * Ownership: a context is reference-counted (braid_tls_ctx_ref/unref, the
  * creator holds one reference, each engine holds one). An engine is owned by
@@ -148,6 +150,12 @@ typedef struct braid_tls_engine_ops {
     void (*plaintext)(void *arg, const void *buf, size_t len);
     /* The handshake completed; info is also available from braid_tls_engine_info. */
     void (*handshake_done)(void *arg, const braid_tls_info *info);
+    /* Optional: ciphertext to send, handed over the moment OpenSSL produces
+     * it (buf is lent for the call). With it set the engine buffers no
+     * output at all and braid_tls_engine_out always returns none — the
+     * wrapper uses it to write records straight into the lower transport.
+     * It must not call back into the engine. */
+    void (*ciphertext)(void *arg, const void *buf, size_t len);
 } braid_tls_engine_ops;
 
 /* A connection's TLS state. For a client, server_name is sent as SNI and is
@@ -213,7 +221,11 @@ BRAID_API size_t braid_tls_engine_buffered(const braid_tls_engine *e);
  * never reads stops the producer, and a writer that ignores that is cut off at
  * the cap. Writes made in one loop iteration are sealed together in the ready
  * phase, into records of up to 16 KiB (1-byte writes do not make 1-byte
- * records).
+ * records). Records go straight into the lower transport's buffer (the
+ * engine's ciphertext op); once it has flushed, an idle connection's write
+ * buffers are released. The lower transport's high watermark is lowered to
+ * 48 KiB when it was at the default, so its buffer stays within the 64 KiB
+ * a transport keeps between bursts.
  *
  *     // server: wrap any factory, listen with the wrapper
  *     braid_tls_factory tf;

@@ -68,6 +68,8 @@ static braid__fstate *fstate_get(braid_loop *loop) {
     return st;
 }
 
+braid__fstate *braid__fiber_state(braid_loop *loop) { return fstate_get(loop); }
+
 static inline braid__fstate *fstate_peek(braid_loop *loop) {
     return loop->ext[BRAID__SLOT_FIBER].ptr;
 }

@@ -110,6 +110,9 @@ struct braid__fstate {
     size_t altstack_size;
 };
 
+/* The loop's fiber state, made on first use (NULL when out of memory). */
+braid__fstate *braid__fiber_state(braid_loop *loop);
+
 /* ---- stacks (stack.c) ---------------------------------------------------------------- */
 /* A control block on a fresh or pooled stack of at least stack_size usable
  * bytes; fields other than the stack's own are uninitialised. NULL if mmap

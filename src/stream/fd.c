@@ -24,6 +24,7 @@
 #include <netinet/tcp.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/sendfile.h>
 #include <sys/stat.h>
 #include <stdlib.h>
 #include <unistd.h>
@@ -204,6 +205,34 @@ static void fd_flush(braid_transport *t) {
     if (blocked != ft->write_blocked) {
         ft->write_blocked = blocked;
         update_watch(ft);
+    }
+}
+
+ssize_t braid__transport_sendfile(braid_transport *t, int in_fd, off_t *off, size_t count) {
+    if (t->vt->flush != fd_flush) return BRAID_ENOSYS;
+    fd_transport *ft = (fd_transport *)t;
+    if (t->wlen || t->fdq || ft->wfd < 0 ||
+        (t->state & (BRAID__T_CLOSED | BRAID__T_DISCONNECTING | BRAID__T_SHUT_PENDING | BRAID__T_WRITE_SHUT)))
+        return BRAID_ENOSYS;
+    if (ft->write_blocked) return BRAID_EAGAIN;
+    for (;;) {
+        ssize_t n = sendfile(ft->wfd, in_fd, off, count);
+        if (n > 0) {
+            t->written_total += (uint64_t)n;
+            t->sent_total += (uint64_t)n;
+            return n;
+        }
+        if (n < 0 && errno == EINTR) continue;
+        if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+            ft->write_blocked = true;          /* on writable: wrote(0) calls the producer */
+            update_watch(ft);
+            return BRAID_EAGAIN;
+        }
+        if (n == 0) return BRAID_EPIPE;        /* the file shrank under us */
+        int rc = -errno;
+        if (rc == -EINVAL || rc == -ENOSYS) return BRAID_ENOSYS;   /* fd cannot sendfile */
+        braid__transport_lost(t, rc);
+        return rc;
     }
 }
 

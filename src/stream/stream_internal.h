@@ -136,6 +136,14 @@ typedef enum { BRAID__FD_TCP, BRAID__FD_UNIX, BRAID__FD_PIPE } braid__fd_kind;
 int braid__fd_transport_new(braid_loop *loop, int rfd, int wfd, braid__fd_kind kind,
                             bool nonblocking, braid_transport **out);
 int braid__set_nonblock(int fd);
+/* sendfile(2) from in_fd at *off straight to an fd transport's socket, for
+ * the HTTP server's static files. Only while nothing is buffered (bytes must
+ * leave in order): returns the bytes sent (> 0, *off advanced), BRAID_ENOSYS
+ * for other kinds or a non-empty buffer (write through the buffer instead),
+ * BRAID_EAGAIN when the kernel is full (write interest is armed; a registered
+ * pull producer is called again once the socket drains), or the error that
+ * lost the connection. */
+ssize_t braid__transport_sendfile(braid_transport *t, int in_fd, off_t *off, size_t count);
 
 /* Resolution (resolve.c): a Deferred of a struct addrinfo * list (owned by the
  * result, freed by its dtor). Numeric hosts resolve at once; names on a

@@ -280,8 +280,10 @@ static SSL_CTX *new_ssl_ctx(braid_tls_ctx *ctx, const braid_tls_options *o, char
     SSL_CTX_set_options(c, SSL_OP_NO_RENEGOTIATION | SSL_OP_NO_COMPRESSION |
                                SSL_OP_CIPHER_SERVER_PREFERENCE |
                                (o->no_tickets && ctx->role == BRAID_TLS_SERVER ? SSL_OP_NO_TICKET : 0));
-    SSL_CTX_set_mode(c, SSL_MODE_RELEASE_BUFFERS | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER |
-                            SSL_MODE_ENABLE_PARTIAL_WRITE);
+    /* No SSL_MODE_ENABLE_PARTIAL_WRITE: the engine's BIO never refuses
+     * output, and without it one SSL_write of several records allocates
+     * OpenSSL's write buffer once instead of once per record. */
+    SSL_CTX_set_mode(c, SSL_MODE_RELEASE_BUFFERS | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
     if ((o->ciphers && SSL_CTX_set_cipher_list(c, o->ciphers) != 1) ||
         (o->ciphersuites && SSL_CTX_set_ciphersuites(c, o->ciphersuites) != 1) ||
         (o->groups && SSL_CTX_set1_groups_list(c, o->groups) != 1)) {

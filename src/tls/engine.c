@@ -18,6 +18,8 @@
 #include <string.h>
 
 #define RECORD_MAX 16384   /* TLS's maximum plaintext per record */
+#define DETAIL_MAX 256
+#define SEAL_MAX (4 * RECORD_MAX)   /* plaintext per SSL_write */
 
 struct braid_tls_engine {
     braid_tls_ctx *ctx;
@@ -36,8 +38,8 @@ struct braid_tls_engine {
     size_t q_off, q_len, q_cap;
     bool hs_done, peer_closed, shutdown_sent, reneg, out_oom;
     int error;
-    char detail[256];
-    char alpn[256];
+    char *detail;                 /* allocated when the engine fails */
+    char *alpn;                   /* allocated when a protocol was negotiated */
     braid_tls_info info;
 };
 
@@ -72,6 +74,10 @@ static int bio_write(BIO *b, const char *data, int len) {
     braid_tls_engine *e = BIO_get_data(b);
     BIO_clear_retry_flags(b);
     if (len <= 0) return 0;
+    if (e->ops && e->ops->ciphertext) {     /* straight to the owner: no buffer, no copy */
+        e->ops->ciphertext(e->arg, data, (size_t)len);
+        return len;
+    }
     if (!buf_reserve(&e->out, &e->out_off, &e->out_len, &e->out_cap, (size_t)len)) {
         e->out_oom = true;
         return -1;
@@ -134,10 +140,14 @@ static int fail(braid_tls_engine *e, int code, const char *fmt, ...) BRAID_PRINT
 static int fail(braid_tls_engine *e, int code, const char *fmt, ...) {
     if (!e->error) {
         e->error = code;
-        va_list ap;
-        va_start(ap, fmt);
-        vsnprintf(e->detail, sizeof e->detail, fmt, ap);
-        va_end(ap);
+        /* The detail is only kept for failed connections (a live one carries
+         * no 256-byte string); without memory for it, the code's name. */
+        if ((e->detail = braid_malloc(DETAIL_MAX))) {
+            va_list ap;
+            va_start(ap, fmt);
+            vsnprintf(e->detail, DETAIL_MAX, fmt, ap);
+            va_end(ap);
+        }
     }
     ERR_clear_error();
     return e->error;
@@ -215,10 +225,12 @@ static void fill_info(braid_tls_engine *e) {
     const unsigned char *p = NULL;
     unsigned l = 0;
     SSL_get0_alpn_selected(e->ssl, &p, &l);
-    if (l >= sizeof e->alpn) l = sizeof e->alpn - 1;
-    if (l) memcpy(e->alpn, p, l);
-    e->alpn[l] = 0;
-    i->alpn = e->alpn;
+    i->alpn = "";
+    if (l && (e->alpn = braid_malloc(l + 1))) {   /* without memory: reported as none */
+        memcpy(e->alpn, p, l);
+        e->alpn[l] = 0;
+        i->alpn = e->alpn;
+    }
     const char *sn = SSL_get_servername(e->ssl, TLSEXT_NAMETYPE_host_name);
     i->server_name = sn ? sn : "";
     i->session_reused = SSL_session_reused(e->ssl) == 1;
@@ -350,6 +362,8 @@ void braid_tls_engine_free(braid_tls_engine *e) {
     SSL_free(e->ssl);
     braid_free(e->out);
     braid_free(e->q);
+    braid_free(e->detail);
+    braid_free(e->alpn);
     braid_tls_ctx_unref(e->ctx);
     braid_free(e);
     ERR_clear_error();
@@ -378,12 +392,18 @@ int braid_tls_engine_feed_eof(braid_tls_engine *e) {
     return rc;
 }
 
-/* Seal len bytes (<= RECORD_MAX) into one record. */
+/* Seal len bytes (<= SEAL_MAX) into records of up to 16 KiB: one SSL_write
+ * for several records means one allocation of OpenSSL's write buffer (it is
+ * released after each call, SSL_MODE_RELEASE_BUFFERS) for all of them. */
 static int seal(braid_tls_engine *e, const void *buf, size_t len) {
-    ERR_clear_error();
-    int r = SSL_write(e->ssl, buf, (int)len);
-    if (r <= 0) return map_error(e, r);
-    /* Partial writes cannot happen: the BIO accepts everything or fails. */
+    const unsigned char *p = buf;
+    while (len) {   /* once, in practice: the BIO accepts everything or fails */
+        ERR_clear_error();
+        int r = SSL_write(e->ssl, p, (int)len);
+        if (r <= 0) return map_error(e, r);
+        p += r;
+        len -= (size_t)r;
+    }
     return 0;
 }
 
@@ -395,10 +415,11 @@ int braid_tls_engine_write(braid_tls_engine *e, const void *buf, size_t len) {
      * the caller's buffer; only the tail waits to be aggregated. */
     if (e->hs_done && e->q_off == e->q_len) {
         while (len >= RECORD_MAX) {
-            int rc = seal(e, p, RECORD_MAX);
+            size_t n = len < SEAL_MAX ? len - len % RECORD_MAX : SEAL_MAX;
+            int rc = seal(e, p, n);
             if (rc < 0) return rc;
-            p += RECORD_MAX;
-            len -= RECORD_MAX;
+            p += n;
+            len -= n;
         }
     }
     if (!len) return 0;
@@ -413,7 +434,7 @@ int braid_tls_engine_flush(braid_tls_engine *e) {
     if (!e->hs_done) return 0;
     while (e->q_off < e->q_len) {
         size_t n = e->q_len - e->q_off;
-        if (n > RECORD_MAX) n = RECORD_MAX;
+        if (n > SEAL_MAX) n = SEAL_MAX;
         int rc = seal(e, e->q + e->q_off, n);
         if (rc < 0) return rc;
         e->q_off += n;
@@ -458,7 +479,7 @@ const braid_tls_info *braid_tls_engine_info(const braid_tls_engine *e) {
 }
 
 int braid_tls_engine_error(const braid_tls_engine *e, const char **detail) {
-    if (detail) *detail = e->error ? e->detail : "";
+    if (detail) *detail = !e->error ? "" : e->detail ? e->detail : braid_strerror(e->error);
     return e->error;
 }
 

@@ -24,6 +24,14 @@
 #include <string.h>
 
 #define RECORD 16384
+/* transport.c frees a drained write buffer larger than 64 KiB, and the next
+ * burst allocates it again — for a bulk transfer that is an allocation (and
+ * often a heap trim) per round, costing more than the encryption. So the
+ * lower transport's high watermark is kept one sealed record below 64 KiB
+ * and its buffer never grows past that. */
+#define LOWER_KEEP (64u * 1024)
+#define RECORD_WIRE (RECORD + 64)          /* a sealed record, header and tag included, at most */
+#define LOWER_HIGH (LOWER_KEEP - RECORD_WIRE)
 
 typedef struct braid__tls_conn {
     braid_transport t;            /* the TLS transport (first: container_of is a cast) */
@@ -32,13 +40,14 @@ typedef struct braid__tls_conn {
     braid_tls_engine *engine;
     braid_tls_ctx *ctx;           /* for engine creation */
     braid_tls_factory *tf;        /* the factory case: builds the application protocol */
-    braid_address peer;
     braid_tls_handshake_fn on_handshake;
     void *hs_arg;
     uint64_t hs_timeout;
     braid_timer hs_timer;
     braid_producer lower_prod;    /* registered on the lower transport */
     braid_soon deliver_node;      /* deliver plaintext held while reading was paused */
+    braid_soon trim_node;         /* release drained buffers once the lower transport flushed */
+    int out_rc;                   /* first failed write of ciphertext to the lower transport */
     char *held;                   /* plaintext held while the application paused reading */
     size_t held_len, held_cap;
     unsigned refs;
@@ -47,6 +56,8 @@ typedef struct braid__tls_conn {
     bool prod_registered;
     bool timer_on;
     bool deliver_queued;
+    bool trim_queued;
+    bool wait_drain;              /* trim is waiting for the lower buffer to drain */
     bool client;
     char *server_name;
 } braid__tls_conn;
@@ -74,15 +85,64 @@ static void kick(braid__tls_conn *c) {
     braid_loop_soon_node(t->loop, &t->flush_node);
 }
 
-/* Move the engine's ciphertext into the lower transport's buffer. */
-static int push_out(braid__tls_conn *c) {
-    size_t len;
-    const void *p;
-    int rc = 0;
-    while (c->engine && (p = braid_tls_engine_out(c->engine, &len))) {
-        if (c->lower && rc == 0) rc = braid_transport_write(c->lower, p, len);
-        braid_tls_engine_consume(c->engine, len);
+static void queue_trim(braid__tls_conn *c);
+
+/* Idle connections hold no write buffers: once the lower transport has
+ * flushed what we wrote (its flush was queued before this, so it usually
+ * ran first) and nothing waits in either buffer, both are released — an
+ * idle TLS connection then costs OpenSSL's state and the structures,
+ * nothing more. If the lower transport still holds bytes (a full socket,
+ * io_uring, the memory pump), we mark ourselves paused as its producer:
+ * transport.c then calls lower_resume as its writes complete, and we look
+ * again — on write progress only, never in a loop of our own. */
+static void trim(void *arg) {
+    braid__tls_conn *c = arg;
+    c->trim_queued = false;
+    if (c->t_live && c->lower && !c->t.wlen && !(c->t.state & (BRAID__T_IN_FLUSH | BRAID__T_CLOSED))) {
+        if (c->lower->wlen) {
+            if (c->prod_registered && c->lower->producer == &c->lower_prod) {
+                c->lower->producer_paused = true;
+                c->wait_drain = true;
+            }
+        } else {
+            braid_transport *b[2] = { c->lower, &c->t };
+            for (int i = 0; i < 2; i++) {
+                braid_free(b[i]->wbuf);
+                b[i]->wbuf = NULL;
+                b[i]->whead = b[i]->wcap = 0;
+            }
+        }
     }
+    conn_unref(c);
+}
+
+static void queue_trim(braid__tls_conn *c) {
+    if (c->trim_queued || !c->lower) return;
+    c->trim_queued = true;
+    c->refs++;
+    c->trim_node.fn = trim;
+    c->trim_node.arg = c;
+    braid_loop_soon_node(braid_transport_loop(c->lower), &c->trim_node);
+}
+
+/* The engine's ciphertext sink: records go straight into the lower
+ * transport's buffer. A failed write is remembered and reported by
+ * push_out after the engine call returns (the engine is never re-entered). */
+static void on_ciphertext(void *arg, const void *buf, size_t len) {
+    braid__tls_conn *c = arg;
+    if (!c->lower || c->out_rc) return;
+    int rc = braid_transport_write(c->lower, buf, len);
+    if (rc < 0) {
+        c->out_rc = rc;
+        return;
+    }
+    queue_trim(c);
+}
+
+/* The outcome of the ciphertext written since the last call. */
+static int push_out(braid__tls_conn *c) {
+    int rc = c->out_rc;
+    c->out_rc = 0;
     return rc;
 }
 
@@ -175,7 +235,8 @@ static void on_handshake(void *arg, const braid_tls_info *info) {
 }
 
 static const braid_tls_engine_ops engine_ops = { .plaintext = on_plaintext,
-                                                 .handshake_done = on_handshake };
+                                                 .handshake_done = on_handshake,
+                                                 .ciphertext = on_ciphertext };
 
 static void hs_timeout(braid_timer *tm, void *arg) {
     braid__tls_conn *c = arg;
@@ -194,6 +255,10 @@ static void lower_resume(braid_producer *p) {
     braid__tls_conn *c = p->arg;
     c->lower_full = false;
     kick(c);
+    if (c->wait_drain) {
+        c->wait_drain = false;
+        queue_trim(c);
+    }
 }
 static void lower_stop(braid_producer *p) {
     braid__tls_conn *c = p->arg;
@@ -205,6 +270,9 @@ static void lower_stop(braid_producer *p) {
 static int start(braid__tls_conn *c, braid_protocol *app, bool app_attached) {
     braid_transport *lower = c->lower;
     braid_loop *loop = braid_transport_loop(lower);
+    /* Keep the lower buffer within LOWER_KEEP (unless its owner chose limits). */
+    if (lower->high == BRAID__DEFAULT_HIGH)
+        braid_transport_set_limits(lower, lower->low < LOWER_HIGH ? lower->low : LOWER_HIGH, LOWER_HIGH, 0);
     int rc = braid_tls_engine_new(&c->engine, c->ctx, c->server_name, &engine_ops, c);
     if (rc < 0) return rc;
     if (app_attached) {
@@ -230,7 +298,9 @@ static int start(braid__tls_conn *c, braid_protocol *app, bool app_attached) {
         app->transport = &c->t;
         c->t.state |= BRAID__T_MADE;
     } else {
-        if (!app) app = braid_factory_build(c->tf->inner, &c->peer);
+        braid_address peer = { .len = 0 };   /* not kept: an idle connection's bytes count */
+        if (braid_transport_get_peer(lower, &peer) < 0) memset(&peer, 0, sizeof peer);
+        if (!app) app = braid_factory_build(c->tf->inner, &peer);
         if (!app) {
             braid__transport_lost(&c->t, BRAID_ECONNECTION_DONE);   /* refused */
             return 0;
@@ -247,7 +317,6 @@ static int start(braid__tls_conn *c, braid_protocol *app, bool app_attached) {
 static void glue_made(braid_protocol *p) {
     braid__tls_conn *c = of_glue(p);
     c->lower = p->transport;
-    braid_transport_get_peer(c->lower, &c->peer);
     int rc = start(c, NULL, false);
     if (rc < 0) {
         braid__log(braid_transport_loop(c->lower), BRAID_LOG_WARN, "tls: cannot start: %s",
@@ -318,6 +387,8 @@ static void tls_flush(braid_transport *t) {
             if (!c->prod_registered) kick(c);
             return;
         }
+        /* Up to the lower high watermark (so the lower transport pauses
+         * us and its resume brings us back), at least one record. */
         size_t n = c->lower->high - below;
         if (n < RECORD) n = RECORD;
         if (n > t->wlen) n = t->wlen;
@@ -425,7 +496,7 @@ static braid_protocol *tls_build(braid_factory *f, const braid_address *peer) {
     braid__tls_conn *c = conn_new(&tf->opts, tf->server_name);
     if (!c) return NULL;
     c->tf = tf;
-    if (peer) c->peer = *peer;
+    (void)peer;   /* the inner factory gets the lower transport's peer when it is made */
     return &c->glue;
 }
 

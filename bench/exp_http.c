@@ -1,0 +1,420 @@
+/* http: braid's HTTP/1.1 server against nginx, a hand-written epoll
+ * responder and Twisted web, all answering GET / with 200, text/plain and
+ * the 13-byte body "Hello, World!" over keep-alive connections.
+ *
+ * Load: wrk -t1 (one client thread) at 16 and 256 connections. Servers:
+ *   braid-1p / braid-2p   `braid-bench serve http` with 1 or 2 processes
+ *                         sharing the port with SO_REUSEPORT;
+ *   nginx-1w / nginx-2w   worker_processes 1 / 2, access_log off,
+ *                         `return 200 "Hello, World!"`, non-daemon, temp prefix,
+ *                         keepalive_requests raised so wrk never reconnects;
+ *   epoll-min             bench/peers/http_epoll.c: counts "\r\n\r\n" and
+ *                         writes a canned answer (no parsing, no Date: a floor);
+ *   twisted               twisted.web on the epoll reactor (python3).
+ * Every server is started once, then the wrk runs alternate among them
+ * (rotating which goes first). Metrics per run: wrk's req/s and its p50/p99
+ * latency, and server CPU µs per request — utime+stime of the server process
+ * and its children (/proc) over the run divided by wrk's request count. On
+ * a 2-core machine wrk and the server share the CPUs, so CPU per request is
+ * what separates servers; req/s also depends on how the scheduler splits the
+ * cores. A missing peer (wrk, nginx, twisted) is skipped with a note. */
+#include "bench.h"
+
+#include <braid.h>
+#include <arpa/inet.h>
+#include <fcntl.h>
+#include <math.h>
+#include <netinet/in.h>
+#include <signal.h>
+#include <spawn.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+extern char **environ;
+
+/* ==== the braid server ===================================================================== */
+static braid_deferred *hello(braid_http_request *req, void *arg) {
+    (void)arg;
+    braid_http_respond(req, 200, "text/plain", "Hello, World!", 13);
+    return NULL;
+}
+
+static braid_backend backend_enum(const char *b) {
+    if (!b) return BRAID_BACKEND_EPOLL;
+    if (!strcmp(b, "select")) return BRAID_BACKEND_SELECT;
+    if (!strcmp(b, "poll")) return BRAID_BACKEND_POLL;
+    if (!strcmp(b, "uring")) return BRAID_BACKEND_URING;
+    return BRAID_BACKEND_EPOLL;
+}
+
+static void stop_loop(void *arg) { braid_loop_stop(arg); }
+
+static int serve_one(int port, const char *backend, double seconds, bool reuseport) {
+    braid_loop *loop;
+    braid_loop_options o = { .backend = backend_enum(backend), .flags = BRAID_LOOP_STRICT_BACKEND };
+    if (braid_loop_new(&loop, &o) < 0) {
+        fprintf(stderr, "serve http: backend %s unavailable\n", backend);
+        return 77;
+    }
+    braid_http_server *s;
+    if (braid_http_server_new(loop, NULL, &s) < 0) return 1;
+    braid_http_route(s, "GET", "/", 0, hello, NULL);
+    char ep[96];
+    snprintf(ep, sizeof ep, "tcp:%d:interface=127.0.0.1:backlog=511%s", port, reuseport ? ":reuseport=1" : "");
+    braid_deferred *d = braid_http_listen(s, ep);
+    braid_result r;
+    if (braid_deferred_take(d, &r) < 0 || r.failure) {
+        char buf[256] = "";
+        if (r.failure) braid_failure_format(r.failure, buf, sizeof buf);
+        fprintf(stderr, "serve http: listen %s: %s\n", ep, buf);
+        return 1;
+    }
+    braid_deferred_release(d);
+    if (seconds > 0) braid_call_later(loop, (uint64_t)(seconds * 1e9), stop_loop, loop);
+    braid_loop_run(loop);
+    return 0;        /* the process exits; connections close with it */
+}
+
+static pid_t kids[64];
+static int nkids;
+static void on_term(int sig) {
+    (void)sig;
+    for (int i = 0; i < nkids; i++) kill(kids[i], SIGTERM);
+    _exit(0);
+}
+
+/* braid-bench serve http --port P [--processes N] [--backend B] [--seconds S] */
+static int serve(int argc, char **argv) {
+    int port = 0, procs = 1;
+    const char *backend = "epoll";
+    double seconds = 0;
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
+        if (!strcmp(a, "--port") && v) { port = atoi(v); i++; }
+        else if (!strcmp(a, "--processes") && v) { procs = atoi(v); i++; }
+        else if (!strcmp(a, "--backend") && v) { backend = v; i++; }
+        else if (!strcmp(a, "--seconds") && v) { seconds = atof(v); i++; }
+        else {
+            fprintf(stderr, "usage: braid-bench serve http --port P [--processes N] [--backend B] "
+                            "[--seconds S]\n");
+            return 2;
+        }
+    }
+    if (port <= 0) { fprintf(stderr, "serve http: --port is required\n"); return 2; }
+    signal(SIGPIPE, SIG_IGN);
+    if (procs <= 1) return serve_one(port, backend, seconds, false);
+    if (procs > 64) procs = 64;
+    /* N processes, each with its own loop and its own SO_REUSEPORT listener */
+    for (int i = 0; i < procs; i++) {
+        pid_t p = fork();
+        if (p < 0) return 1;
+        if (p == 0) {
+            signal(SIGTERM, SIG_DFL);
+            _exit(serve_one(port, backend, seconds, true));
+        }
+        kids[nkids++] = p;
+    }
+    signal(SIGTERM, on_term);
+    signal(SIGINT, on_term);
+    int rc = 0, st;
+    for (int i = 0; i < nkids; i++)
+        if (waitpid(kids[i], &st, 0) == kids[i] && (!WIFEXITED(st) || WEXITSTATUS(st))) rc = 1;
+    return rc;
+}
+
+/* ==== peers ================================================================================ */
+typedef struct srv {
+    const char *name;         /* row impl */
+    pid_t pid;
+    int port;
+    char dir[128];            /* nginx prefix */
+    bool failed;
+} srv;
+
+static pid_t spawn_argv(char *const *argv) {
+    pid_t pid;
+    posix_spawn_file_actions_t fa;
+    posix_spawn_file_actions_init(&fa);
+    posix_spawn_file_actions_addopen(&fa, 1, "/dev/null", O_WRONLY, 0);
+    if (posix_spawnp(&pid, argv[0], &fa, NULL, argv, environ) != 0) pid = -1;
+    posix_spawn_file_actions_destroy(&fa);
+    return pid;
+}
+
+static bool wait_ready(pid_t pid, int port) {
+    for (int i = 0; i < 500; i++) {
+        int s = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        struct sockaddr_in a = { .sin_family = AF_INET, .sin_port = htons((uint16_t)port),
+                                 .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
+        int rc = connect(s, (struct sockaddr *)&a, sizeof a);
+        close(s);
+        if (rc == 0) return true;
+        int st;
+        if (waitpid(pid, &st, WNOHANG) == pid) return false;
+        usleep(10000);
+    }
+    return false;
+}
+
+static const char *nginx_bin(void) {
+    static const char *cands[] = { "/usr/sbin/nginx", "/usr/local/sbin/nginx", "/usr/local/nginx/sbin/nginx" };
+    for (size_t i = 0; i < sizeof cands / sizeof cands[0]; i++)
+        if (access(cands[i], X_OK) == 0) return cands[i];
+    return bench_have_program("nginx") ? "nginx" : NULL;
+}
+
+static bool start_server(bench_ctx *ctx, srv *s) {
+    char portbuf[16];
+    s->port = bench_free_port();
+    snprintf(portbuf, sizeof portbuf, "%d", s->port);
+    if (!strncmp(s->name, "braid-", 6)) {
+        char *argv[] = { (char *)ctx->self_exe, "serve", "http", "--port", portbuf, "--processes",
+                         !strcmp(s->name, "braid-2p") ? "2" : "1", NULL };
+        s->pid = spawn_argv(argv);
+    } else if (!strncmp(s->name, "nginx-", 6)) {
+        snprintf(s->dir, sizeof s->dir, "/tmp/braid-bench-nginx-XXXXXX");
+        if (!mkdtemp(s->dir)) return false;
+        char conf[256], text[2048];
+        snprintf(conf, sizeof conf, "%s/nginx.conf", s->dir);
+        snprintf(text, sizeof text,
+                 "worker_processes %d;\ndaemon off;\nerror_log %s/error.log;\npid %s/nginx.pid;\n"
+                 "events { worker_connections 4096; }\n"
+                 "http {\n  access_log off;\n  keepalive_requests 100000000;\n"
+                 "  client_body_temp_path %s/body;\n  proxy_temp_path %s/proxy;\n"
+                 "  fastcgi_temp_path %s/fcgi;\n  uwsgi_temp_path %s/uwsgi;\n  scgi_temp_path %s/scgi;\n"
+                 "  server {\n    listen 127.0.0.1:%d backlog=511;\n"
+                 "    location / { default_type text/plain; return 200 \"Hello, World!\"; }\n  }\n}\n",
+                 !strcmp(s->name, "nginx-2w") ? 2 : 1, s->dir, s->dir, s->dir, s->dir, s->dir, s->dir,
+                 s->dir, s->port);
+        FILE *f = fopen(conf, "w");
+        if (!f) return false;
+        fputs(text, f);
+        fclose(f);
+        char *argv[] = { (char *)nginx_bin(), "-p", s->dir, "-c", conf, NULL };
+        s->pid = spawn_argv(argv);
+    } else if (!strcmp(s->name, "epoll-min")) {
+        char exe[1024];
+        snprintf(exe, sizeof exe, "%s", ctx->self_exe);
+        char *slash = strrchr(exe, '/');
+        snprintf(slash ? slash + 1 : exe, sizeof exe - (size_t)(slash ? slash + 1 - exe : 0),
+                 "braid-bench-http-epoll");
+        char *argv[] = { exe, portbuf, NULL };
+        s->pid = spawn_argv(argv);
+    } else {
+        char script[1024];
+        snprintf(script, sizeof script, "%s/peers/http_twisted.py", ctx->data_dir);
+        char *argv[] = { "/usr/bin/python3", script, portbuf, NULL };
+        s->pid = spawn_argv(argv);
+    }
+    if (s->pid < 0 || !wait_ready(s->pid, s->port)) {
+        if (s->pid > 0) { kill(s->pid, SIGKILL); waitpid(s->pid, NULL, 0); }
+        return false;
+    }
+    return true;
+}
+
+static void stop_server(srv *s) {
+    if (s->pid <= 0) return;
+    kill(s->pid, !strncmp(s->name, "nginx-", 6) ? SIGQUIT : SIGTERM);
+    int st;
+    bool done = false;
+    for (int i = 0; i < 300 && !done; i++) {
+        if (waitpid(s->pid, &st, WNOHANG) == s->pid) done = true;
+        else usleep(10000);
+    }
+    if (!done) { kill(s->pid, SIGKILL); waitpid(s->pid, &st, 0); }
+    s->pid = -1;
+    if (s->dir[0]) {
+        char cmd[300];
+        snprintf(cmd, sizeof cmd, "rm -rf '%s'", s->dir);
+        if (system(cmd) != 0) {}
+        s->dir[0] = 0;
+    }
+}
+
+/* CPU of a server and its live children (nginx workers, braid's processes). */
+static double tree_cpu_us(pid_t pid) {
+    double sum = bench_cpu_us(pid);
+    if (!isfinite(sum)) return NAN;
+    char path[96];
+    snprintf(path, sizeof path, "/proc/%d/task/%d/children", pid, pid);
+    FILE *f = fopen(path, "r");
+    if (!f) return sum;
+    int c;
+    while (fscanf(f, "%d", &c) == 1) {
+        double x = bench_cpu_us(c);
+        if (isfinite(x)) sum += x;
+    }
+    fclose(f);
+    return sum;
+}
+
+/* ==== wrk =================================================================================== */
+typedef struct wrk_result { double rps, p50, p99, requests; bool ok; char errors[160]; } wrk_result;
+
+static double parse_lat_us(const char *s) {
+    char *end;
+    double v = strtod(s, &end);
+    if (end == s) return NAN;
+    if (!strncmp(end, "us", 2)) return v;
+    if (!strncmp(end, "ms", 2)) return v * 1e3;
+    if (!strncmp(end, "s", 1)) return v * 1e6;
+    return NAN;
+}
+
+static wrk_result run_wrk(int port, int conns, int seconds) {
+    wrk_result r = { NAN, NAN, NAN, 0, false, "" };
+    char cmd[256];
+    snprintf(cmd, sizeof cmd, "wrk -t1 -c%d -d%ds --latency http://127.0.0.1:%d/ 2>&1", conns, seconds, port);
+    FILE *p = popen(cmd, "r");
+    if (!p) return r;
+    char line[512];
+    bool errors = false;
+    while (fgets(line, sizeof line, p)) {
+        char *s = line;
+        while (*s == ' ' || *s == '\t') s++;
+        double v;
+        if (sscanf(s, "Requests/sec: %lf", &v) == 1) r.rps = v;
+        else if (!strncmp(s, "50%", 3)) r.p50 = parse_lat_us(s + 3 + strspn(s + 3, " \t"));
+        else if (!strncmp(s, "99%", 3)) r.p99 = parse_lat_us(s + 3 + strspn(s + 3, " \t"));
+        else if (strstr(s, "requests in ")) r.requests = strtod(s, NULL);
+        else if (strstr(s, "Non-2xx") || strstr(s, "Socket errors")) {
+            s[strcspn(s, "\n")] = 0;
+            size_t el = strlen(r.errors);
+            snprintf(r.errors + el, sizeof r.errors - el, "%s%s", el ? "; " : "", s);
+            if (strstr(s, "Non-2xx")) errors = true;     /* wrong answers fail the run */
+        }
+    }
+    pclose(p);
+    r.ok = isfinite(r.rps) && r.requests > 0 && !errors;
+    return r;
+}
+
+/* ==== the experiment ========================================================================== */
+#define MAX_SRV 8
+typedef struct hstate {
+    srv servers[MAX_SRV];
+    int nsrv, conns, seconds;
+    double rps[MAX_SRV][BENCH_MAX_RUNS], p50[MAX_SRV][BENCH_MAX_RUNS], p99[MAX_SRV][BENCH_MAX_RUNS],
+           cpu[MAX_SRV][BENCH_MAX_RUNS];
+} hstate;
+
+static void measure(bench_ctx *ctx, int i, int run, void *arg) {
+    hstate *h = arg;
+    srv *s = &h->servers[i];
+    h->rps[i][run] = h->p50[i][run] = h->p99[i][run] = h->cpu[i][run] = NAN;
+    if (s->failed) return;
+    double c0 = tree_cpu_us(s->pid);
+    wrk_result r = run_wrk(s->port, h->conns, h->seconds);
+    double c1 = tree_cpu_us(s->pid);
+    if (!r.ok) {
+        bench_note(ctx, "%s, %d conns: run %d failed (%s)", s->name, h->conns, run,
+                   r.errors[0] ? r.errors : "no answers");
+        return;
+    }
+    if (r.errors[0]) bench_note(ctx, "%s, %d conns, run %d: wrk reported %s", s->name, h->conns, run, r.errors);
+    h->rps[i][run] = r.rps;
+    h->p50[i][run] = r.p50;
+    h->p99[i][run] = r.p99;
+    h->cpu[i][run] = (c1 - c0) / r.requests;
+}
+
+static int run(bench_ctx *ctx) {
+    if (!bench_have_program("wrk")) {
+        bench_note(ctx, "wrk not found (apt-get install wrk): the http experiment was skipped");
+        return 0;
+    }
+    hstate *h = calloc(1, sizeof *h);
+    if (!h) return 1;
+    signal(SIGPIPE, SIG_IGN);
+    const char *names[MAX_SRV];
+    h->servers[h->nsrv++] = (srv){ .name = "braid-1p" };
+    h->servers[h->nsrv++] = (srv){ .name = "braid-2p" };
+    if (nginx_bin()) {
+        h->servers[h->nsrv++] = (srv){ .name = "nginx-1w" };
+        h->servers[h->nsrv++] = (srv){ .name = "nginx-2w" };
+    } else {
+        bench_note(ctx, "nginx not found (apt-get install nginx-light): its rows were skipped");
+    }
+    h->servers[h->nsrv++] = (srv){ .name = "epoll-min" };
+    if (bench_have_python_module("twisted")) h->servers[h->nsrv++] = (srv){ .name = "twisted" };
+    else bench_note(ctx, "python3-twisted not importable: the Twisted web server was skipped");
+    for (int i = 0; i < h->nsrv; i++) {
+        names[i] = h->servers[i].name;
+        if (!start_server(ctx, &h->servers[i])) {
+            h->servers[i].failed = true;
+            bench_note(ctx, "%s did not start; skipped", h->servers[i].name);
+        }
+    }
+    /* wrk takes whole seconds: 1 s runs (3 alternating runs in quick mode, quick_runs) */
+    h->seconds = ctx->full ? 5 : 1;
+    static const int levels[] = { 16, 256 };
+    for (int k = 0; k < (ctx->smoke ? 1 : 2); k++) {
+        h->conns = levels[k];
+        if (ctx->full)                           /* warm-up (full mode only: quick stays short) */
+            for (int i = 0; i < h->nsrv; i++)
+                if (!h->servers[i].failed) (void)run_wrk(h->servers[i].port, h->conns, 1);
+        char label[32];
+        snprintf(label, sizeof label, "%d conns", h->conns);
+        bench_alternate(ctx, label, h->nsrv, names, measure, h);
+        for (int i = 0; i < h->nsrv; i++) {
+            if (h->servers[i].failed) continue;
+            bench_row *row = bench_row_begin(ctx, h->servers[i].name, "epoll");
+            bench_row_param_int(row, "conns", h->conns);
+            bench_row_metric(row, "req_per_s", h->rps[i], ctx->runs, "req/s");
+            bench_row_metric(row, "server_cpu_us_per_req", h->cpu[i], ctx->runs, "us");
+            bench_row_metric(row, "p50_us", h->p50[i], ctx->runs, "us");
+            bench_row_metric(row, "p99_us", h->p99[i], ctx->runs, "us");
+            bench_row_end(row);
+        }
+        bench_progress_fraction(ctx, (k + 1) / 2.0);
+    }
+    for (int i = 0; i < h->nsrv; i++) stop_server(&h->servers[i]);
+    bench_note(ctx, "wrk -t1 and the servers unpinned on a shared 2-core machine; wrk %d s per run; "
+                    "epoll-min answers without parsing (a floor, no Date header)", h->seconds);
+    free(h);
+    return 0;
+}
+
+static void conclude(bench_ctx *ctx, FILE *html) {
+    fprintf(html, "<p>");
+    for (int k = 0; k < 2; k++) {
+        const char *cv = k ? "conns=256" : "conns=16";
+        const bench_row *b = bench_find_row(ctx, "braid-1p", NULL, cv, NULL);
+        const bench_row *n = bench_find_row(ctx, "nginx-1w", NULL, cv, NULL);
+        if (!b || !n) continue;
+        double cr, rr, lo, hi;
+        bool okc = bench_pair_ratio(b, n, "server_cpu_us_per_req", &cr, &lo, &hi);
+        bool okr = bench_pair_ratio(b, n, "req_per_s", &rr, &lo, &hi);
+        fprintf(html, "At %s connections, braid (1 process) against nginx (1 worker): CPU per request %s%.2fx "
+                      "(target &le; 0.8x: %s), req/s %s%.2fx (target &ge; 1x: %s)",
+                cv + 6, okc ? "" : "n/a ", okc ? cr : 0, okc && cr <= 0.8 ? "met" : "not met",
+                okr ? "" : "n/a ", okr ? rr : 0, okr && rr >= 1.0 ? "met" : "not met");
+        /* the floor: the epoll responder makes the same two system calls per
+         * request and does no HTTP work at all */
+        const bench_row *e = bench_find_row(ctx, "epoll-min", NULL, cv, NULL);
+        double er, br;
+        if (e && bench_pair_ratio(e, n, "server_cpu_us_per_req", &er, &lo, &hi) &&
+            bench_pair_ratio(b, e, "server_cpu_us_per_req", &br, &lo, &hi))
+            fprintf(html, "; the no-parsing epoll floor costs %.2fx nginx's CPU per request and braid "
+                          "%.2fx the floor", er, br);
+        fprintf(html, ". ");
+    }
+    fprintf(html, "Ratios are pairwise medians over alternating runs.</p>\n");
+}
+
+BENCH_EXPERIMENT(http,
+    .title = "HTTP/1.1 hello world: braid vs nginx, epoll, Twisted web",
+    .question = "How much server CPU does one keep-alive HTTP request cost in braid's HTTP server, "
+                "against nginx and a hand-written epoll responder, and how many requests per second "
+                "does wrk get at 16 and 256 connections?",
+    .method = "wrk -t1 -c16/-c256 --latency against each server, alternating runs, servers started "
+              "once; server CPU (process + children, /proc) over each run divided by wrk's request "
+              "count; GET / answered 200 text/plain \"Hello, World!\" with keep-alive.",
+    .run = run, .serve = serve, .conclude = conclude, .quick_seconds = 42, .quick_runs = 3, .full_seconds = 600,
+    .ratio_base = "braid-1p", .plot_x = "conns", .plot_metric = "server_cpu_us_per_req",
+    .headline = "server_cpu_us_per_req,req_per_s");

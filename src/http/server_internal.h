@@ -1,0 +1,123 @@
+/* Internal shape of the HTTP server (server.c) shared with the static file
+ * handler (static.c). */
+#ifndef BRAID_HTTP_SERVER_INTERNAL_H
+#define BRAID_HTTP_SERVER_INTERNAL_H
+
+#include "internal.h"
+#include <braid/endpoint.h>
+#include <braid/http.h>
+#include <braid/stream.h>
+#include <braid/time.h>
+#include "stream/stream_internal.h"
+
+#define HS_MAX_HEADERS 64          /* header slots per connection */
+#define HS_XHDR_MAX 1024           /* added response header bytes */
+
+typedef struct hs_route {
+    char *method;                  /* NULL = any */
+    char *path;
+    size_t path_len, method_len;
+    unsigned flags;
+    braid_http_handler h;
+    void *arg;
+} hs_route;
+
+typedef struct hs_conn hs_conn;
+
+struct braid_http_server {
+    braid_loop *loop;
+    braid_factory factory;
+    uint64_t header_timeout, body_timeout, idle_timeout;
+    braid_http_limits limits;
+    char *server_line;             /* "Server: braid\r\n" or "" */
+    size_t server_line_len;
+    hs_route *routes;
+    size_t nroutes, caproutes;
+    hs_conn *conns;                /* intrusive list of live connections */
+    size_t nconns;
+    uint64_t requests;
+    bool shutting_down;
+    /* Date header cache: refreshed when the loop clock passes date_next. */
+    uint64_t date_next;
+    /* a fresh clock reading, taken at most once per loop iteration (hs_now) */
+    uint64_t now, now_iter;
+    char date_line[6 + BRAID_HTTP_DATE_LEN + 3];   /* "Date: ...\r\n" + NUL */
+    /* static roots (static.c) */
+    struct hs_static **statics;
+    size_t nstatics;
+};
+
+/* Connection states. */
+enum {
+    HS_READING = 0,    /* parsing requests */
+    HS_BODY,           /* head parsed, waiting for the body */
+    HS_HANDLER,        /* inside the handler call */
+    HS_DEFERRED,       /* the handler returned a Deferred, not fired yet */
+    HS_STREAMING,      /* respond_start done, finish not yet */
+    HS_FILE,           /* sending a static file */
+    HS_CLOSING,        /* answered with close: ignore input */
+};
+
+/* Timer kinds: what the connection's single timer enforces. */
+enum { HS_T_NONE = 0, HS_T_HEADER, HS_T_BODY, HS_T_IDLE };
+
+struct hs_conn {
+    braid_protocol base;
+    braid_http_server *srv;
+    hs_conn *prev, *next;
+    braid_timer timer;
+    uint64_t deadline;
+    uint8_t tkind;
+    uint8_t state;
+    bool dead;                     /* connection_lost ran */
+    bool peer_eof;                 /* the peer shut its write side */
+    bool answered;                 /* the current request got its answer head */
+    bool keep_alive;               /* keep the connection after this answer */
+    bool chunked_out;              /* the streamed answer is chunked */
+    bool continue_sent;
+    bool drain_wait;               /* paused until the write buffer drains */
+    bool soon_queued;
+    bool reading_paused;
+    bool lent;                     /* the current request lives in the transport's lent buffer */
+    /* input buffer (allocated when a request spans reads or waits) */
+    char *buf;
+    size_t pos, len, cap;          /* unprocessed bytes are buf[pos..len) */
+    size_t prev_len;               /* parser hint for the head at pos */
+    /* the request at pos */
+    size_t head_len, cur_len;      /* head bytes; head + raw body once complete */
+    uint64_t content_length;
+    uint8_t body_kind;
+    size_t body_len, raw;          /* chunked: decoded bytes, offset of undecoded input */
+    braid_http_chunked chunked;
+    const hs_route *route;
+    int route_status;              /* 0, 404 or 405 */
+    braid_http_request req;
+    braid_http_header hdrs[HS_MAX_HEADERS];
+    /* answer in progress */
+    int64_t out_remaining;         /* Content-Length answers: bytes still due; -1 otherwise */
+    braid_deferred *pending;
+    bool user_producer;
+    unsigned holds;                /* references beyond the transport: pending answer */
+    char xhdr[HS_XHDR_MAX];
+    size_t xhdr_len;
+    /* static file answer */
+    int file_fd;
+    off_t file_off;
+    uint64_t file_left;
+    braid_producer prod;           /* file sender / drain waiter (pull producer) */
+    braid_soon soon;
+};
+
+/* server.c, for static.c */
+int braid__http_send_head(hs_conn *c, int status, const char *content_type, int64_t content_length);
+int braid__http_respond_error(hs_conn *c, int status);
+/* Start sending fd[off, off+len) as the body (the head is already out); takes fd. */
+void braid__http_send_file(hs_conn *c, int fd, off_t off, uint64_t len);
+
+/* static.c */
+typedef struct hs_static hs_static;
+braid_deferred *braid__http_static_handler(braid_http_request *req, void *arg);
+void braid__http_static_free(hs_static *st);
+int braid__http_static_new(const char *root, hs_static **out);
+
+#endif

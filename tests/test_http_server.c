@@ -1,0 +1,941 @@
+/* The HTTP server: unit cases over the memory transport (fake clock for the
+ * timeouts), smuggling shapes, static files, and integration cases on real
+ * loopback sockets on every backend. */
+#include "harness.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+/* ---- fixtures ---------------------------------------------------------------------- */
+typedef struct fx {
+    braid_fake_clock *clock;
+    braid_loop *loop;
+    braid_http_server *s;
+    braid_memory_transport *m;
+} fx;
+
+static int hits;
+
+static braid_deferred *h_hello(braid_http_request *req, void *arg) {
+    (void)arg;
+    hits++;
+    braid_http_respond(req, 200, "text/plain", "Hello, World!", 13);
+    return NULL;
+}
+
+/* echoes "<method> <path> q=<query> m=<match_len> body=<body>" */
+static braid_deferred *h_echo(braid_http_request *req, void *arg) {
+    char out[4096];
+    int n = snprintf(out, sizeof out, "%s %.*s %.*s q=%.*s m=%zu body=%.*s", arg ? (const char *)arg : "-",
+                     (int)req->method_len, req->method, (int)req->path_len, req->path,
+                     (int)req->query_len, req->query ? req->query : "", req->match_len,
+                     (int)req->body_len, req->body ? req->body : "");
+    braid_http_respond(req, 200, "text/plain", out, (size_t)n);
+    return NULL;
+}
+
+static void fx_init(fx *f, const braid_http_server_options *o) {
+    memset(f, 0, sizeof *f);
+    f->clock = braid_fake_clock_new(BRAID_SECONDS(1000));
+    f->loop = bt_loop_new(braid_fake_clock_base(f->clock));
+    BT_OK(braid_http_server_new(f->loop, o, &f->s));
+}
+
+static braid_memory_transport *fx_conn(fx *f) {
+    braid_protocol *p = braid_factory_build(braid_http_server_factory(f->s), NULL);
+    BT_TRUE(p != NULL);
+    f->m = braid_memory_transport_new(f->loop, p);
+    BT_TRUE(f->m != NULL);
+    return f->m;
+}
+
+static void spin(braid_loop *loop) {
+    for (int i = 0; i < 4; i++) BT_OK(braid_loop_run_once(loop, BRAID_RUN_NOWAIT));
+}
+
+static void feed(fx *f, const char *s) {
+    BT_OK(braid_memory_transport_receive(f->m, s, strlen(s)));
+    spin(f->loop);
+}
+
+/* Everything written so far, consumed, as a NUL-terminated string (static). */
+static const char *take(fx *f) {
+    static char buf[1 << 20];
+    size_t n;
+    const void *d = braid_memory_transport_data(f->m, &n);
+    if (n >= sizeof buf) n = sizeof buf - 1;
+    memcpy(buf, d, n);
+    buf[n] = 0;
+    braid_memory_transport_consume(f->m, n);
+    spin(f->loop);
+    return buf;
+}
+
+static bool closed(fx *f) {
+    braid_memory_state st = braid_memory_transport_state(f->m);
+    return st.closed || st.disconnecting;
+}
+
+static int count(const char *hay, const char *needle) {
+    int n = 0;
+    for (const char *p = hay; (p = strstr(p, needle)); p += strlen(needle)) n++;
+    return n;
+}
+
+static void fx_done(fx *f) {
+    if (f->m) braid_memory_transport_free(f->m);
+    spin(f->loop);
+    BT_OK(braid_http_server_free(f->s));
+    bt_loop_destroy(f->loop);
+    braid_fake_clock_free(f->clock);
+}
+
+/* ---- basics ------------------------------------------------------------------------- */
+BT_TEST(get_keepalive_date) {
+    fx f;
+    fx_init(&f, NULL);
+    BT_OK(braid_http_route(f.s, "GET", "/", 0, h_hello, NULL));
+    fx_conn(&f);
+    feed(&f, "GET / HTTP/1.1\r\nHost: a\r\n\r\n");
+    const char *o = take(&f);
+    BT_TRUE(!strncmp(o, "HTTP/1.1 200 OK\r\n", 17));
+    BT_TRUE(strstr(o, "\r\nContent-Length: 13\r\n") != NULL);
+    BT_TRUE(strstr(o, "\r\nContent-Type: text/plain\r\n") != NULL);
+    BT_TRUE(strstr(o, "\r\nDate: ") != NULL);
+    BT_TRUE(strstr(o, "GMT\r\n") != NULL);
+    BT_TRUE(strstr(o, "\r\n\r\nHello, World!") != NULL);
+    BT_TRUE(strstr(o, "Connection: close") == NULL);
+    BT_FALSE(closed(&f));
+    feed(&f, "GET / HTTP/1.1\r\nHost: a\r\n\r\n");
+    BT_EQ(count(take(&f), "Hello, World!"), 1);
+    BT_EQ(braid_http_server_requests(f.s), 2);
+    BT_EQ(braid_http_server_connections(f.s), 1);
+    fx_done(&f);
+}
+
+BT_TEST(pipelined_in_order_and_split) {
+    fx f;
+    fx_init(&f, NULL);
+    BT_OK(braid_http_route(f.s, NULL, "/", BRAID_HTTP_PREFIX, h_echo, NULL));
+    fx_conn(&f);
+    feed(&f, "GET /1 HTTP/1.1\r\nHost: a\r\n\r\nGET /2 HTTP/1.1\r\nHost: a\r\n\r\nGET /3 HTT");
+    const char *o = take(&f);
+    const char *a = strstr(o, "GET /1"), *b = strstr(o, "GET /2");
+    BT_TRUE(a && b && a < b);
+    BT_TRUE(strstr(o, "/3") == NULL);
+    feed(&f, "P/1.1\r\nHost: a\r\n\r\n");
+    BT_TRUE(strstr(take(&f), "GET /3") != NULL);
+    /* byte by byte */
+    const char *req = "POST /4?x=1 HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\nhello";
+    for (size_t i = 0; req[i]; i++) BT_OK(braid_memory_transport_receive(f.m, req + i, 1));
+    spin(f.loop);
+    BT_TRUE(strstr(take(&f), "POST /4 q=x=1 m=1 body=hello") != NULL);
+    fx_done(&f);
+}
+
+BT_TEST(head_and_http10) {
+    fx f;
+    fx_init(&f, NULL);
+    BT_OK(braid_http_route(f.s, "GET", "/", 0, h_hello, NULL));
+    fx_conn(&f);
+    feed(&f, "HEAD / HTTP/1.1\r\nHost: a\r\n\r\n");
+    const char *o = take(&f);
+    BT_TRUE(strstr(o, "Content-Length: 13\r\n") != NULL);
+    BT_TRUE(strstr(o, "Hello") == NULL);
+    feed(&f, "GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n");
+    o = take(&f);
+    BT_TRUE(strstr(o, "Connection: keep-alive\r\n") != NULL);
+    BT_FALSE(closed(&f));
+    feed(&f, "GET / HTTP/1.0\r\n\r\n");
+    o = take(&f);
+    BT_TRUE(strstr(o, "Connection: close\r\n") != NULL);
+    BT_TRUE(strstr(o, "Hello, World!") != NULL);
+    BT_TRUE(closed(&f));
+    fx_done(&f);
+}
+
+BT_TEST(routing_404_405_prefix_exact) {
+    fx f;
+    fx_init(&f, NULL);
+    BT_OK(braid_http_route(f.s, "GET", "/a", 0, h_echo, "exact"));
+    BT_OK(braid_http_route(f.s, "POST", "/a", 0, h_echo, "post"));
+    BT_OK(braid_http_route(f.s, "GET", "/a/", BRAID_HTTP_PREFIX, h_echo, "pfx"));
+    BT_OK(braid_http_route(f.s, "GET", "/a/b/", BRAID_HTTP_PREFIX, h_echo, "longer"));
+    BT_ERR(braid_http_route(f.s, "GET", "/a", 0, h_echo, NULL), BRAID_EEXIST);
+    BT_ERR(braid_http_route(f.s, "GET", "a", 0, h_echo, NULL), BRAID_EINVAL);
+    BT_ERR(braid_http_route(f.s, "G T", "/x", 0, h_echo, NULL), BRAID_EINVAL);
+    fx_conn(&f);
+    feed(&f, "GET /a HTTP/1.1\r\nHost: a\r\n\r\n");
+    BT_TRUE(strstr(take(&f), "exact GET /a") != NULL);
+    feed(&f, "POST /a HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\n\r\n");
+    BT_TRUE(strstr(take(&f), "post POST /a") != NULL);
+    feed(&f, "GET /a/x HTTP/1.1\r\nHost: a\r\n\r\n");
+    BT_TRUE(strstr(take(&f), "pfx GET /a/x q= m=3") != NULL);
+    feed(&f, "GET /a/b/c HTTP/1.1\r\nHost: a\r\n\r\n");
+    BT_TRUE(strstr(take(&f), "longer GET /a/b/c q= m=5") != NULL);
+    feed(&f, "GET /zzz HTTP/1.1\r\nHost: a\r\n\r\n");
+    const char *o = take(&f);
+    BT_TRUE(!strncmp(o, "HTTP/1.1 404 Not Found\r\n", 24));
+    feed(&f, "DELETE /a HTTP/1.1\r\nHost: a\r\n\r\n");
+    o = take(&f);
+    BT_TRUE(!strncmp(o, "HTTP/1.1 405 Method Not Allowed\r\n", 33));
+    BT_TRUE(strstr(o, "\r\nAllow: GET, POST, HEAD\r\n") != NULL);
+    BT_FALSE(closed(&f));                           /* misses keep the connection */
+    feed(&f, "HEAD /a/x HTTP/1.1\r\nHost: a\r\n\r\n");   /* HEAD runs the GET route */
+    o = take(&f);
+    BT_TRUE(!strncmp(o, "HTTP/1.1 200 OK", 15));
+    BT_TRUE(strstr(o, "pfx") == NULL);
+    fx_done(&f);
+}
+
+BT_TEST(pipelined_flood_bounded_by_drain) {
+    fx f;
+    fx_init(&f, NULL);
+    BT_OK(braid_http_route(f.s, "GET", "/", 0, h_hello, NULL));
+    fx_conn(&f);
+    enum { N = 3000 };
+    static const char one[] = "GET / HTTP/1.1\r\nHost: a\r\n\r\n";
+    static char flood[N * (sizeof one - 1) + 1];
+    for (int i = 0; i < N; i++) memcpy(flood + i * (sizeof one - 1), one, sizeof one - 1);
+    hits = 0;
+    BT_OK(braid_memory_transport_receive(f.m, flood, N * (sizeof one - 1)));
+    spin(f.loop);
+    /* the peer reads nothing: parsing stopped near the 64 KiB mark */
+    BT_LT(hits, N);
+    BT_ULE(braid_transport_buffered(braid_memory_transport_base(f.m)), 80 * 1024);
+    BT_TRUE(braid_memory_transport_state(f.m).reading_paused);
+    int answers = 0;
+    for (int i = 0; i < 1000 && answers < N; i++) answers += count(take(&f), "Hello, World!");
+    BT_EQ(answers, N);
+    BT_EQ(hits, N);
+    BT_FALSE(closed(&f));
+    fx_done(&f);
+}
+
+/* ---- bodies --------------------------------------------------------------------------- */
+BT_TEST(chunked_request_body) {
+    fx f;
+    fx_init(&f, NULL);
+    BT_OK(braid_http_route(f.s, "POST", "/", BRAID_HTTP_PREFIX, h_echo, NULL));
+    fx_conn(&f);
+    feed(&f, "POST /c HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhel");
+    BT_STREQ(take(&f), "");
+    feed(&f, "lo\r\n6;ext=1\r\n world\r\n0\r\nTrailer: x\r\n\r\nGET /next HTTP/1.1\r\nHost: a\r\n\r\n");
+    const char *o = take(&f);
+    BT_TRUE(strstr(o, "POST /c q= m=1 body=hello world") != NULL);
+    BT_TRUE(!strncmp(strstr(o, "body=hello world") + 16, "HTTP/1.1 405", 12));   /* GET /next: POST only */
+    fx_done(&f);
+}
+
+BT_TEST(expect_100_continue) {
+    fx f;
+    fx_init(&f, NULL);
+    BT_OK(braid_http_route(f.s, "PUT", "/up", 0, h_echo, NULL));
+    fx_conn(&f);
+    feed(&f, "PUT /up HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nExpect: 100-continue\r\n\r\n");
+    BT_STREQ(take(&f), "HTTP/1.1 100 Continue\r\n\r\n");
+    feed(&f, "abc");
+    const char *o = take(&f);
+    BT_TRUE(!strncmp(o, "HTTP/1.1 200 OK", 15));
+    BT_TRUE(strstr(o, "body=abc") != NULL);
+    /* no route: answered at once without asking for the body, then closed */
+    feed(&f, "PUT /nope HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nExpect: 100-continue\r\n\r\n");
+    o = take(&f);
+    BT_TRUE(!strncmp(o, "HTTP/1.1 404", 12));
+    BT_TRUE(strstr(o, "100 Continue") == NULL);
+    BT_TRUE(closed(&f));
+    fx_done(&f);
+}
+
+/* ---- smuggling and limits ---------------------------------------------------------------- */
+static void expect_rejected(const char *req, const char *status) {
+    fx f;
+    braid_http_server_options o = { .limits = { .max_body = 1000, .max_head = 2048 } };
+    fx_init(&f, &o);
+    hits = 0;
+    BT_OK(braid_http_route(f.s, NULL, "/", BRAID_HTTP_PREFIX, h_hello, NULL));
+    fx_conn(&f);
+    feed(&f, req);
+    const char *out = take(&f);
+    if (strncmp(out, status, strlen(status)))
+        bt_fail(__FILE__, __LINE__, "request %s\n answered %s, want %s", req, out, status);
+    BT_TRUE(strstr(out, "Connection: close\r\n") != NULL);
+    BT_EQ(count(out, "HTTP/1.1"), 1);             /* the smuggled request is never answered */
+    BT_EQ(hits, 0);
+    BT_TRUE(braid_memory_transport_state(f.m).closed);
+    fx_done(&f);
+}
+
+BT_TEST(smuggling_rejected) {
+    expect_rejected("POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n"
+                    "0\r\n\r\nGET /x HTTP/1.1\r\nHost: a\r\n\r\n", "HTTP/1.1 400");
+    expect_rejected("POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 4\r\nContent-Length: 5\r\n\r\nabcde",
+                    "HTTP/1.1 400");
+    expect_rejected("POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 4, 5\r\n\r\nabcde", "HTTP/1.1 400");
+    expect_rejected("POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nab\r\n0\r\n\r\n",
+                    "HTTP/1.1 400");
+    expect_rejected("POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n-1\r\nab\r\n0\r\n\r\n",
+                    "HTTP/1.1 400");
+    expect_rejected("POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip, chunked, x\r\n\r\n", "HTTP/1.1 400");
+    expect_rejected("POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding : chunked\r\n\r\n", "HTTP/1.1 400");
+    expect_rejected("GET / HTTP/1.1\nHost: a\r\n\r\n", "HTTP/1.1 400");                 /* bare LF */
+    expect_rejected("GET / HTTP/1.1\r\nHost: a\rX: y\r\n\r\n", "HTTP/1.1 400");          /* bare CR */
+    expect_rejected("GET / HTTP/1.1\r\nHost: a\r\nX: y\r\n z\r\n\r\n", "HTTP/1.1 400");   /* obs-fold */
+    expect_rejected("GET / HTTP/1.1\r\n\r\n", "HTTP/1.1 400");                           /* no Host */
+    expect_rejected("POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n", "HTTP/1.1 400");
+    expect_rejected("POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 1001\r\n\r\n", "HTTP/1.1 413");
+    expect_rejected("POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n"
+                    "3e9\r\n", "HTTP/1.1 413");
+    expect_rejected("GET / HTTP/2.0\r\nHost: a\r\n\r\n", "HTTP/1.1 505");
+    char big[4096];
+    snprintf(big, sizeof big, "GET / HTTP/1.1\r\nHost: a\r\nX: %03000d\r\n\r\n", 0);
+    expect_rejected(big, "HTTP/1.1 431");
+}
+
+BT_TEST(oversized_head_in_pieces_431) {
+    fx f;
+    braid_http_server_options o = { .limits = { .max_head = 1024 } };
+    fx_init(&f, &o);
+    BT_OK(braid_http_route(f.s, "GET", "/", 0, h_hello, NULL));
+    fx_conn(&f);
+    feed(&f, "GET / HTTP/1.1\r\nHost: a\r\n");
+    for (int i = 0; i < 40 && !closed(&f); i++) feed(&f, "X-Filler: 0123456789012345678901234567890\r\n");
+    BT_TRUE(!strncmp(take(&f), "HTTP/1.1 431", 12));
+    BT_TRUE(closed(&f));
+    fx_done(&f);
+}
+
+/* ---- timeouts (fake clock) --------------------------------------------------------------- */
+BT_TEST(slowloris_header_timeout) {
+    fx f;
+    braid_http_server_options o = { .header_timeout_ns = BRAID_SECONDS(10) };
+    fx_init(&f, &o);
+    BT_OK(braid_http_route(f.s, "GET", "/", 0, h_hello, NULL));
+    fx_conn(&f);
+    feed(&f, "GET / HTTP/1.1\r\n");
+    /* one byte every 3 s: progress does not extend the deadline */
+    const char *drip = "Host: aaaa";
+    for (int i = 0; i < 3; i++) {
+        BT_OK(braid_loop_advance(f.loop, BRAID_SECONDS(3)));
+        char b[2] = { drip[i], 0 };
+        feed(&f, b);
+        BT_FALSE(closed(&f));
+    }
+    BT_OK(braid_loop_advance(f.loop, BRAID_SECONDS(2)));
+    spin(f.loop);
+    const char *out = take(&f);
+    BT_TRUE(!strncmp(out, "HTTP/1.1 408", 12));
+    BT_TRUE(braid_memory_transport_state(f.m).closed);
+    fx_done(&f);
+}
+
+BT_TEST(body_and_idle_timeouts) {
+    fx f;
+    braid_http_server_options o = { .body_timeout_ns = BRAID_SECONDS(5), .idle_timeout_ns = BRAID_SECONDS(7) };
+    fx_init(&f, &o);
+    BT_OK(braid_http_route(f.s, "POST", "/", 0, h_echo, NULL));
+    fx_conn(&f);
+    feed(&f, "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 10\r\n\r\nabc");
+    BT_OK(braid_loop_advance(f.loop, BRAID_SECONDS(4)));
+    BT_FALSE(closed(&f));
+    BT_OK(braid_loop_advance(f.loop, BRAID_SECONDS(2)));
+    spin(f.loop);
+    BT_TRUE(!strncmp(take(&f), "HTTP/1.1 408", 12));
+    BT_TRUE(braid_memory_transport_state(f.m).closed);
+    braid_memory_transport_free(f.m);
+    /* idle: closed quietly after idle_timeout since the last answer */
+    fx_conn(&f);
+    feed(&f, "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 2\r\n\r\nok");
+    BT_TRUE(strstr(take(&f), "body=ok") != NULL);
+    BT_OK(braid_loop_advance(f.loop, BRAID_SECONDS(6)));
+    feed(&f, "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 2\r\n\r\nok");  /* resets idle */
+    take(&f);
+    BT_OK(braid_loop_advance(f.loop, BRAID_SECONDS(6)));
+    BT_FALSE(closed(&f));
+    BT_OK(braid_loop_advance(f.loop, BRAID_SECONDS(2)));
+    spin(f.loop);
+    BT_STREQ(take(&f), "");
+    BT_TRUE(braid_memory_transport_state(f.m).closed);
+    fx_done(&f);
+}
+
+/* Deadlines start from the clock when the bytes arrive, not from the loop's
+ * cached time of its last timer phase (stale by however long it slept). */
+BT_TEST(deadline_from_fresh_clock_after_long_sleep) {
+    fx f;
+    braid_http_server_options o = { .idle_timeout_ns = BRAID_SECONDS(15) };
+    fx_init(&f, &o);
+    BT_OK(braid_http_route(f.s, "GET", "/", 0, h_hello, NULL));
+    fx_conn(&f);
+    feed(&f, "GET / HTTP/1.1\r\nHost: a\r\n\r\n");
+    take(&f);
+    braid_fake_clock_advance(f.clock, BRAID_SECONDS(10));   /* the loop "slept" 10 s */
+    BT_OK(braid_memory_transport_receive(f.m, "GET / HTTP/1.1\r\nHost: a\r\n\r\n", 27));
+    BT_TRUE(strstr(take(&f), "Hello, World!") != NULL);
+    BT_OK(braid_loop_advance(f.loop, BRAID_SECONDS(6)));    /* 16 s after the first, 6 after the second */
+    BT_FALSE(closed(&f));
+    BT_OK(braid_loop_advance(f.loop, BRAID_SECONDS(10)));
+    BT_TRUE(braid_memory_transport_state(f.m).closed);
+    fx_done(&f);
+}
+
+/* ---- asynchronous answers ------------------------------------------------------------------ */
+static braid_deferred *pending_d;
+static braid_deferred *h_later(braid_http_request *req, void *arg) {
+    (void)req;
+    braid_loop *loop = arg;
+    pending_d = braid_deferred_new(loop);
+    return pending_d;
+}
+
+BT_TEST(deferred_answer_keeps_order) {
+    fx f;
+    fx_init(&f, NULL);
+    BT_OK(braid_http_route(f.s, "GET", "/slow", 0, h_later, f.loop));
+    BT_OK(braid_http_route(f.s, "GET", "/fast", 0, h_echo, NULL));
+    fx_conn(&f);
+    feed(&f, "GET /slow HTTP/1.1\r\nHost: a\r\n\r\nGET /fast HTTP/1.1\r\nHost: a\r\n\r\n");
+    BT_STREQ(take(&f), "");                         /* /fast waits behind /slow */
+    braid_http_response *r = braid_http_response_new(201, "text/plain", "later", 5);
+    BT_OK(braid_http_response_add_header(r, "X-Slow", "1"));
+    BT_ERR(braid_http_response_add_header(r, "X-Bad", "a\r\nInjected: 1"), BRAID_EINVAL);
+    BT_OK(braid_deferred_callback(pending_d, r, braid_http_response_free));
+    spin(f.loop);
+    const char *o = take(&f);
+    const char *a = strstr(o, "HTTP/1.1 201 Created"), *b = strstr(o, "/fast");
+    BT_TRUE(a && b && a < b);
+    BT_TRUE(strstr(o, "X-Slow: 1\r\n") != NULL);
+    BT_TRUE(strstr(o, "\r\n\r\nlater") != NULL);
+    /* a failure becomes 500, the connection stays */
+    feed(&f, "GET /slow HTTP/1.1\r\nHost: a\r\n\r\n");
+    BT_OK(braid_deferred_errback(pending_d, braid_failure_new(BRAID_EINVAL, "db down")));
+    spin(f.loop);
+    BT_TRUE(!strncmp(take(&f), "HTTP/1.1 500", 12));
+    BT_FALSE(closed(&f));
+    fx_done(&f);
+}
+
+/* work on a pool: the handler returns the pool's Deferred, whose value is the response */
+static braid_result pool_work(void *arg) {
+    (void)arg;
+    char body[32];
+    int n = snprintf(body, sizeof body, "computed %d", 6 * 7);
+    return braid_ok_owned(braid_http_response_new(200, "text/plain", body, (size_t)n),
+                          braid_http_response_free);
+}
+typedef struct pool_ctx { braid_loop *loop; braid_pool *pool; } pool_ctx;
+static braid_deferred *h_pool(braid_http_request *req, void *arg) {
+    (void)req;
+    pool_ctx *pc = arg;
+    return braid_defer_to_pool(pc->loop, pc->pool, pool_work, NULL);
+}
+
+BT_TEST(handler_runs_work_on_a_pool) {
+    fx f;
+    fx_init(&f, NULL);
+    braid_pool *pool;
+    BT_OK(braid_pool_new(&pool, &(braid_pool_options){ .flags = BRAID_POOL_MEMORY }));
+    pool_ctx pc = { f.loop, pool };
+    BT_OK(braid_http_route(f.s, "GET", "/work", 0, h_pool, &pc));
+    BT_OK(braid_http_route(f.s, "GET", "/", 0, h_hello, NULL));
+    fx_conn(&f);
+    feed(&f, "GET /work HTTP/1.1\r\nHost: a\r\n\r\nGET / HTTP/1.1\r\nHost: a\r\n\r\n");
+    BT_STREQ(take(&f), "");                        /* the loop is free; the answer waits for the pool */
+    BT_EQ(braid_pool_step(pool), 1);                /* the worker runs the job */
+    spin(f.loop);
+    const char *o = take(&f);
+    const char *a = strstr(o, "computed 42"), *b = strstr(o, "Hello, World!");
+    BT_TRUE(a && b && a < b);
+    braid_pool_destroy(pool, BRAID_POOL_FINISH);
+    fx_done(&f);
+}
+
+static bool cancelled;
+static void on_cancel(braid_deferred *d, void *arg) { (void)d; (void)arg; cancelled = true; }
+static braid_deferred *h_forever(braid_http_request *req, void *arg) {
+    (void)req;
+    return braid_deferred_new_cancellable(arg, on_cancel, NULL);
+}
+
+BT_TEST(deferred_cancelled_when_connection_lost) {
+    fx f;
+    fx_init(&f, NULL);
+    BT_OK(braid_http_route(f.s, "GET", "/", 0, h_forever, f.loop));
+    fx_conn(&f);
+    cancelled = false;
+    feed(&f, "GET / HTTP/1.1\r\nHost: a\r\n\r\n");
+    BT_FALSE(cancelled);
+    braid_memory_transport_peer_lost(f.m, BRAID_ECONNRESET);
+    spin(f.loop);
+    BT_TRUE(cancelled);
+    BT_EQ(braid_http_server_connections(f.s), 0);
+    fx_done(&f);
+}
+
+/* streaming: a push producer writes 8 KiB pieces until paused */
+typedef struct streamer {
+    braid_producer p;
+    braid_http_request *req;
+    bool paused, stopped;
+    int sent, total, pauses;
+} streamer;
+static streamer st;
+static void st_pump(streamer *s) {
+    static char piece[8192];
+    memset(piece, 'x', sizeof piece);
+    while (!s->paused && !s->stopped && s->sent < s->total) {
+        s->sent++;
+        BT_OK(braid_http_write(s->req, piece, sizeof piece));
+    }
+    if (s->sent == s->total && !s->stopped) {
+        BT_OK(braid_http_finish(s->req));
+        s->stopped = true;
+    }
+}
+static void st_pause(braid_producer *p) { streamer *s = p->arg; s->paused = true; s->pauses++; }
+static void st_resume(braid_producer *p) { streamer *s = p->arg; s->paused = false; st_pump(s); }
+static void st_stop(braid_producer *p) { streamer *s = p->arg; if (!s->stopped) { s->stopped = true; braid_http_finish(s->req); } }
+
+static braid_deferred *h_stream(braid_http_request *req, void *arg) {
+    (void)arg;
+    memset(&st, 0, sizeof st);
+    st.req = req;
+    st.total = 32;                                 /* 256 KiB, past the 64 KiB watermark */
+    st.p = (braid_producer){ st_pause, st_resume, st_stop, &st };
+    BT_OK(braid_http_respond_start(req, 200, "application/octet-stream", -1));
+    BT_OK(braid_http_register_producer(req, &st.p, true));
+    st_pump(&st);
+    return NULL;
+}
+
+BT_TEST(streamed_chunked_with_backpressure) {
+    fx f;
+    fx_init(&f, NULL);
+    BT_OK(braid_http_route(f.s, "GET", "/s", 0, h_stream, NULL));
+    BT_OK(braid_http_route(f.s, "GET", "/", 0, h_hello, NULL));
+    fx_conn(&f);
+    feed(&f, "GET /s HTTP/1.1\r\nHost: a\r\n\r\nGET / HTTP/1.1\r\nHost: a\r\n\r\n");
+    BT_TRUE(st.paused);                            /* the memory peer has not read */
+    BT_LT(st.sent, st.total);
+    /* read everything, piece by piece, and decode the chunked body */
+    static char all[1 << 20];
+    size_t have = 0;
+    for (int i = 0; i < 200; i++) {
+        size_t n;
+        const void *d = braid_memory_transport_data(f.m, &n);
+        if (!n) break;
+        memcpy(all + have, d, n);
+        have += n;
+        braid_memory_transport_consume(f.m, n);
+        spin(f.loop);
+    }
+    all[have] = 0;
+    BT_TRUE(st.stopped);
+    BT_GT(st.pauses, 0);
+    BT_TRUE(strstr(all, "Transfer-Encoding: chunked\r\n") != NULL);
+    char *body = strstr(all, "\r\n\r\n") + 4;
+    char *hello = strstr(body, "HTTP/1.1 200 OK");
+    BT_TRUE(hello != NULL);                        /* the pipelined request after the stream */
+    braid_http_chunked dec;
+    braid_http_chunked_init(&dec, 0);
+    size_t out;
+    ssize_t r = braid_http_chunked_decode(&dec, body, (size_t)(hello - body), &out);
+    BT_EQ(r, hello - body);
+    BT_EQ(out, 32 * 8192);
+    fx_done(&f);
+}
+
+static braid_deferred *h_short(braid_http_request *req, void *arg) {
+    (void)arg;
+    BT_OK(braid_http_respond_start(req, 200, NULL, 10));
+    BT_ERR(braid_http_write(req, "01234567890", 11), BRAID_EMSGSIZE);
+    BT_OK(braid_http_write(req, "0123", 4));
+    BT_OK(braid_http_finish(req));                 /* 6 bytes short: the connection must close */
+    return NULL;
+}
+
+BT_TEST(streamed_content_length_short_closes) {
+    fx f;
+    fx_init(&f, NULL);
+    BT_OK(braid_http_route(f.s, "GET", "/", 0, h_short, NULL));
+    fx_conn(&f);
+    feed(&f, "GET / HTTP/1.1\r\nHost: a\r\n\r\n");
+    const char *o = take(&f);
+    BT_TRUE(strstr(o, "Content-Length: 10\r\n") != NULL);
+    BT_TRUE(strstr(o, "\r\n\r\n0123") != NULL);
+    BT_TRUE(braid_memory_transport_state(f.m).closed);
+    fx_done(&f);
+}
+
+static braid_deferred *h_headers(braid_http_request *req, void *arg) {
+    (void)arg;
+    BT_ERR(braid_http_add_header(req, "X-A", "v\r\nSet-Cookie: evil=1"), BRAID_EINVAL);
+    BT_ERR(braid_http_add_header(req, "X A", "v"), BRAID_EINVAL);
+    BT_OK(braid_http_add_header(req, "X-A", "v"));
+    BT_OK(braid_http_respond(req, 200, NULL, "", 0));
+    BT_ERR(braid_http_respond(req, 200, NULL, "", 0), BRAID_EALREADY_CALLED);
+    return NULL;
+}
+
+static braid_deferred *h_silent(braid_http_request *req, void *arg) {
+    (void)req;
+    (void)arg;
+    return NULL;
+}
+
+BT_TEST(headers_validated_and_misuse) {
+    fx f;
+    fx_init(&f, NULL);
+    BT_OK(braid_http_route(f.s, "GET", "/h", 0, h_headers, NULL));
+    BT_OK(braid_http_route(f.s, "GET", "/silent", 0, h_silent, NULL));
+    fx_conn(&f);
+    feed(&f, "GET /h HTTP/1.1\r\nHost: a\r\n\r\n");
+    const char *o = take(&f);
+    BT_TRUE(strstr(o, "\r\nX-A: v\r\n") != NULL);
+    BT_TRUE(strstr(o, "evil") == NULL);
+    feed(&f, "GET /silent HTTP/1.1\r\nHost: a\r\n\r\n");      /* no answer: 500 */
+    BT_TRUE(!strncmp(take(&f), "HTTP/1.1 500", 12));
+    fx_done(&f);
+}
+
+BT_TEST(shutdown_closes_idle) {
+    fx f;
+    fx_init(&f, NULL);
+    BT_OK(braid_http_route(f.s, "GET", "/", 0, h_hello, NULL));
+    fx_conn(&f);
+    feed(&f, "GET / HTTP/1.1\r\nHost: a\r\n\r\n");
+    take(&f);
+    BT_ERR(braid_http_server_free(f.s), BRAID_EBUSY);
+    braid_http_server_shutdown(f.s);
+    spin(f.loop);
+    BT_TRUE(braid_memory_transport_state(f.m).closed);
+    BT_EQ(braid_http_server_connections(f.s), 0);
+    fx_done(&f);
+}
+
+/* ---- static files ---------------------------------------------------------------------------- */
+static char tmpdir[256];
+
+static void write_file(const char *rel, const char *data, size_t n) {
+    char p[512];
+    snprintf(p, sizeof p, "%s/%s", tmpdir, rel);
+    int fd = open(p, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    BT_TRUE(fd >= 0);
+    BT_EQ(write(fd, data, n), (ssize_t)n);
+    close(fd);
+}
+
+static void make_tree(void) {
+    snprintf(tmpdir, sizeof tmpdir, "/tmp/braid-http-test-XXXXXX");
+    BT_TRUE(mkdtemp(tmpdir) != NULL);
+    char p[512];
+    snprintf(p, sizeof p, "%s/root", tmpdir);
+    BT_OK(mkdir(p, 0755));
+    snprintf(p, sizeof p, "%s/root/sub", tmpdir);
+    BT_OK(mkdir(p, 0755));
+    write_file("secret.txt", "TOPSECRET", 9);
+    write_file("root/a.txt", "0123456789", 10);
+    write_file("root/sub/index.html", "<p>index</p>", 12);
+    char target[512];
+    snprintf(p, sizeof p, "%s/root/escape.txt", tmpdir);
+    snprintf(target, sizeof target, "%s/secret.txt", tmpdir);
+    BT_OK(symlink(target, p));
+    snprintf(p, sizeof p, "%s/root/inside.txt", tmpdir);
+    BT_OK(symlink("a.txt", p));
+}
+
+static void rm_tree(void) {
+    char cmd[600];
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", tmpdir);
+    BT_EQ(system(cmd), 0);
+}
+
+static const char *get(fx *f, const char *target, const char *extra) {
+    char req[1024];
+    snprintf(req, sizeof req, "GET %s HTTP/1.1\r\nHost: a\r\n%s\r\n", target, extra ? extra : "");
+    feed(f, req);
+    return take(f);
+}
+
+BT_TEST(static_files_ranges_and_escapes) {
+    make_tree();
+    fx f;
+    fx_init(&f, NULL);
+    char root[512];
+    snprintf(root, sizeof root, "%s/root", tmpdir);
+    BT_OK(braid_http_static(f.s, "/files/", root));
+    fx_conn(&f);
+    const char *o = get(&f, "/files/a.txt", NULL);
+    BT_TRUE(!strncmp(o, "HTTP/1.1 200 OK", 15));
+    BT_TRUE(strstr(o, "Content-Type: text/plain; charset=utf-8\r\n") != NULL);
+    BT_TRUE(strstr(o, "Content-Length: 10\r\n") != NULL);
+    BT_TRUE(strstr(o, "Accept-Ranges: bytes\r\n") != NULL);
+    BT_TRUE(strstr(o, "\r\n\r\n0123456789") != NULL);
+    char lm[64];
+    const char *l = strstr(o, "Last-Modified: ");
+    BT_TRUE(l != NULL);
+    snprintf(lm, sizeof lm, "If-Modified-Since: %.29s\r\n", l + 15);
+    o = get(&f, "/files/a.txt", lm);
+    BT_TRUE(!strncmp(o, "HTTP/1.1 304 Not Modified", 25));
+    BT_TRUE(strstr(o, "0123") == NULL);
+    o = get(&f, "/files/a.txt", "If-Modified-Since: Thu, 01 Jan 1970 00:00:00 GMT\r\n");
+    BT_TRUE(!strncmp(o, "HTTP/1.1 200", 12));
+    o = get(&f, "/files/a.txt", "Range: bytes=2-4\r\n");
+    BT_TRUE(!strncmp(o, "HTTP/1.1 206 Partial Content", 28));
+    BT_TRUE(strstr(o, "Content-Range: bytes 2-4/10\r\n") != NULL);
+    BT_TRUE(strstr(o, "\r\n\r\n234") != NULL && strstr(o, "2345") == NULL);
+    o = get(&f, "/files/a.txt", "Range: bytes=-3\r\n");
+    BT_TRUE(strstr(o, "Content-Range: bytes 7-9/10\r\n") != NULL);
+    o = get(&f, "/files/a.txt", "Range: bytes=8-\r\n");
+    BT_TRUE(strstr(o, "\r\n\r\n89") != NULL);
+    o = get(&f, "/files/a.txt", "Range: bytes=10-\r\n");
+    BT_TRUE(!strncmp(o, "HTTP/1.1 416", 12));
+    BT_TRUE(strstr(o, "Content-Range: bytes */10\r\n") != NULL);
+    o = get(&f, "/files/a.txt", "Range: bytes=0-1,4-5\r\n");       /* several: the whole file */
+    BT_TRUE(!strncmp(o, "HTTP/1.1 200", 12));
+    feed(&f, "HEAD /files/a.txt HTTP/1.1\r\nHost: a\r\n\r\n");
+    o = take(&f);
+    BT_TRUE(strstr(o, "Content-Length: 10\r\n") != NULL && strstr(o, "0123") == NULL);
+    o = get(&f, "/files/sub/", NULL);
+    BT_TRUE(strstr(o, "<p>index</p>") != NULL);
+    BT_TRUE(strstr(o, "text/html") != NULL);
+    o = get(&f, "/files/inside.txt", NULL);                       /* a symlink inside is fine */
+    BT_TRUE(strstr(o, "0123456789") != NULL);
+    static const char *const bad[] = {
+        "/files/../secret.txt", "/files/sub/../../secret.txt", "/files/%2e%2e/secret.txt",
+        "/files/..%2Fsecret.txt", "/files/sub%2F..%2F..%2Fsecret.txt", "/files/escape.txt",
+        "/files/..%5csecret.txt", "/files/a.txt%00", "/files/nothere", "/files/./a.txt",
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        o = get(&f, bad[i], NULL);
+        if (strncmp(o, "HTTP/1.1 404", 12) || strstr(o, "TOPSECRET"))
+            bt_fail(__FILE__, __LINE__, "%s answered: %.60s", bad[i], o);
+    }
+    BT_FALSE(closed(&f));
+    fx_done(&f);
+    rm_tree();
+}
+
+/* ---- real sockets, every backend ---------------------------------------------------------------- */
+typedef struct io {
+    braid_loop *loop;
+    braid_http_server *s;
+    braid_listener *l;
+    int port;
+} io;
+
+static void io_init(io *x, const char *extra_endpoint) {
+    x->loop = bt_loop_new(NULL);
+    BT_OK(braid_http_server_new(x->loop, NULL, &x->s));
+    char ep[128];
+    snprintf(ep, sizeof ep, "tcp:0:interface=127.0.0.1%s", extra_endpoint ? extra_endpoint : "");
+    braid_deferred *d = braid_http_listen(x->s, ep);
+    braid_result r;
+    BT_OK(braid_deferred_take(d, &r));
+    BT_TRUE(r.failure == NULL);
+    x->l = r.value;
+    braid_deferred_release(d);
+    braid_address a;
+    BT_OK(braid_listener_address(x->l, &a));
+    x->port = braid_address_port(&a);
+}
+
+static int io_connect(int port) {
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    struct sockaddr_in a = { .sin_family = AF_INET, .sin_port = htons((uint16_t)port),
+                             .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
+    BT_OK(connect(fd, (struct sockaddr *)&a, sizeof a));
+    return fd;
+}
+
+/* Complete answers (Content-Length framed) at the start of buf[0..n). */
+static int complete_answers(const char *buf, size_t n) {
+    int k = 0;
+    size_t off = 0;
+    while (off < n) {
+        braid_http_header h[32];
+        braid_http_message m;
+        braid_http_limits lim = { .max_body = 1u << 30 };
+        int r = braid_http_parse_response(&m, h, 32, buf + off, n - off, 0, false, &lim);
+        if (r <= 0) break;
+        uint64_t body = m.body == BRAID_HTTP_BODY_LENGTH ? m.content_length : 0;
+        if (n - off - (size_t)r < body) break;
+        off += (size_t)r + body;
+        k++;
+    }
+    return k;
+}
+
+/* Send req, run the loop until `answers` complete answers (or want bytes,
+ * or the close) came back. */
+static size_t io_exchange_n(io *x, int fd, const char *req, char *out, size_t want, int answers) {
+    if (req) BT_EQ(send(fd, req, strlen(req), MSG_NOSIGNAL), (ssize_t)strlen(req));
+    size_t have = 0;
+    for (int i = 0; i < 20000 && have < want; i++) {
+        BT_OK(braid_loop_run_once(x->loop, BRAID_RUN_NOWAIT));
+        struct pollfd p = { fd, POLLIN, 0 };
+        if (poll(&p, 1, 1) == 1) {
+            ssize_t n = recv(fd, out + have, want - have, MSG_DONTWAIT);
+            if (n == 0) break;
+            if (n > 0) have += (size_t)n;
+            if (answers > 0 && complete_answers(out, have) >= answers) break;
+        }
+    }
+    return have;
+}
+static size_t io_exchange(io *x, int fd, const char *req, char *out, size_t want) {
+    return io_exchange_n(x, fd, req, out, want, 1);
+}
+
+static void io_done(io *x) {
+    braid_listener_close(x->l);
+    braid_http_server_shutdown(x->s);
+    for (int i = 0; i < 100 && braid_http_server_connections(x->s); i++)
+        BT_OK(braid_loop_run_once(x->loop, BRAID_RUN_NOWAIT));
+    BT_OK(braid_http_server_free(x->s));
+    bt_loop_destroy(x->loop);
+}
+
+static const char HELLO_ANSWER_END[] = "\r\n\r\nHello, World!";
+
+BT_IO_TEST(io_keepalive_pipelined) {
+    io x;
+    io_init(&x, NULL);
+    BT_OK(braid_http_route(x.s, "GET", "/", 0, h_hello, NULL));
+    int fd = io_connect(x.port);
+    char buf[8192] = { 0 };
+    /* the answer's length is fixed: head + 13 */
+    size_t n = io_exchange(&x, fd, "GET / HTTP/1.1\r\nHost: a\r\n\r\n", buf, sizeof buf - 1);
+    (void)n;
+    buf[sizeof buf - 1] = 0;
+    char *end = strstr(buf, HELLO_ANSWER_END);
+    BT_TRUE(end != NULL);
+    size_t one = (size_t)(end - buf) + sizeof HELLO_ANSWER_END - 1;
+    char req3[256];
+    snprintf(req3, sizeof req3, "%s%s%s", "GET / HTTP/1.1\r\nHost: a\r\n\r\n", "GET / HTTP/1.1\r\nHost: a\r\n\r\n",
+             "GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n");
+    memset(buf, 0, sizeof buf);
+    n = io_exchange_n(&x, fd, req3, buf, sizeof buf - 1, 3);
+    BT_GE(n, 3 * one);
+    BT_EQ(count(buf, "Hello, World!"), 3);
+    BT_TRUE(strstr(buf, "Connection: close") != NULL);
+    /* closed by the server after the third */
+    char c;
+    n = io_exchange_n(&x, fd, NULL, &c, 1, 0);
+    BT_EQ(n, 0);
+    close(fd);
+    io_done(&x);
+}
+
+BT_IO_TEST(io_static_sendfile_large) {
+    make_tree();
+    char root[512], p[600];
+    snprintf(root, sizeof root, "%s/root", tmpdir);
+    snprintf(p, sizeof p, "%s/big.bin", root);
+    size_t size = 3u << 20;                       /* 3 MiB: several sendfile rounds */
+    char *data = malloc(size);
+    for (size_t i = 0; i < size; i++) data[i] = (char)(i * 7 + (i >> 12));
+    int fd = open(p, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    BT_EQ(write(fd, data, size), (ssize_t)size);
+    close(fd);
+    io x;
+    io_init(&x, NULL);
+    BT_OK(braid_http_static(x.s, "/", root));
+    int c = io_connect(x.port);
+    char *buf = malloc(size + 4096);
+    size_t n = io_exchange(&x, c, "GET /big.bin HTTP/1.1\r\nHost: a\r\n\r\n", buf, size + 4096);
+    buf[n < size + 4096 ? n : size + 4095] = 0;
+    char *body = strstr(buf, "\r\n\r\n");
+    BT_TRUE(body != NULL);
+    body += 4;
+    BT_EQ(n - (size_t)(body - buf), size);
+    BT_TRUE(memcmp(body, data, size) == 0);
+    /* a range from the middle, same connection */
+    n = io_exchange(&x, c, "GET /big.bin HTTP/1.1\r\nHost: a\r\nRange: bytes=1000000-1000099\r\n\r\n",
+                    buf, 4096);
+    buf[n] = 0;
+    BT_TRUE(strstr(buf, "206 Partial Content") != NULL);
+    body = strstr(buf, "\r\n\r\n") + 4;
+    BT_EQ(n - (size_t)(body - buf), 100);
+    BT_TRUE(memcmp(body, data + 1000000, 100) == 0);
+    close(c);
+    free(buf);
+    free(data);
+    io_done(&x);
+    rm_tree();
+}
+
+BT_IO_TEST(io_reuseport_two_listeners) {
+    io x;
+    io_init(&x, ":reuseport=1");
+    BT_OK(braid_http_route(x.s, "GET", "/", 0, h_hello, NULL));
+    char ep[96];
+    snprintf(ep, sizeof ep, "tcp:%d:interface=127.0.0.1:reuseport=1", x.port);
+    braid_deferred *d = braid_http_listen(x.s, ep);     /* a second listener on the same port */
+    braid_result r;
+    BT_OK(braid_deferred_take(d, &r));
+    BT_TRUE(r.failure == NULL);
+    braid_listener *l2 = r.value;
+    braid_deferred_release(d);
+    for (int i = 0; i < 8; i++) {
+        int fd = io_connect(x.port);
+        char buf[1024] = { 0 };
+        io_exchange(&x, fd, "GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n", buf, sizeof buf - 1);
+        BT_TRUE(strstr(buf, "Hello, World!") != NULL);
+        close(fd);
+    }
+    braid_listener_close(l2);
+    io_done(&x);
+}
+
+BT_IO_TEST(io_chunked_upload_and_smuggle) {
+    io x;
+    io_init(&x, NULL);
+    BT_OK(braid_http_route(x.s, "POST", "/", 0, h_echo, NULL));
+    int fd = io_connect(x.port);
+    char buf[4096] = { 0 };
+    io_exchange(&x, fd, "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
+                buf, sizeof buf - 1);
+    BT_TRUE(strstr(buf, "body=abc") != NULL);
+    memset(buf, 0, sizeof buf);
+    io_exchange(&x, fd, "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n"
+                        "0\r\n\r\nPOST / HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\n\r\n", buf, sizeof buf - 1);
+    BT_TRUE(!strncmp(buf, "HTTP/1.1 400", 12));
+    BT_EQ(count(buf, "HTTP/1.1"), 1);
+    close(fd);
+    io_done(&x);
+}
+
+BT_IO_TEST(io_unix_endpoint) {
+    braid_loop *loop = bt_loop_new(NULL);
+    braid_http_server *s;
+    BT_OK(braid_http_server_new(loop, NULL, &s));
+    BT_OK(braid_http_route(s, "GET", "/", 0, h_hello, NULL));
+    char path[108], ep[160];
+    snprintf(path, sizeof path, "/tmp/braid-http-%d.sock", (int)getpid());
+    unlink(path);
+    snprintf(ep, sizeof ep, "unix:%s", path);
+    braid_deferred *d = braid_http_listen(s, ep);
+    braid_result r;
+    BT_OK(braid_deferred_take(d, &r));
+    BT_TRUE(r.failure == NULL);
+    braid_listener *l = r.value;
+    braid_deferred_release(d);
+    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    struct sockaddr_un a = { .sun_family = AF_UNIX };
+    snprintf(a.sun_path, sizeof a.sun_path, "%s", path);
+    BT_OK(connect(fd, (struct sockaddr *)&a, sizeof a));
+    io x = { .loop = loop, .s = s, .l = l };
+    char buf[1024] = { 0 };
+    io_exchange(&x, fd, "GET / HTTP/1.1\r\nHost: a\r\n\r\n", buf, sizeof buf - 1);
+    BT_TRUE(strstr(buf, "Hello, World!") != NULL);
+    close(fd);
+    io_done(&x);
+}
