@@ -211,6 +211,9 @@ static void fd_flush(braid_transport *t) {
 ssize_t braid__transport_sendfile(braid_transport *t, int in_fd, off_t *off, size_t count) {
     if (t->vt->flush != fd_flush) return BRAID_ENOSYS;
     fd_transport *ft = (fd_transport *)t;
+#ifdef BRAID_HAVE_URING
+    if (ft->ur) return BRAID_ENOSYS;       /* completions: no write readiness to wait on */
+#endif
     if (t->wlen || t->fdq || ft->wfd < 0 ||
         (t->state & (BRAID__T_CLOSED | BRAID__T_DISCONNECTING | BRAID__T_SHUT_PENDING | BRAID__T_WRITE_SHUT)))
         return BRAID_ENOSYS;
