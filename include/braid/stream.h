@@ -12,11 +12,11 @@
  * BRAID_EBUFFER_LIMIT, so a peer that never reads cannot grow memory without
  * bound. Reads go through one path that hands the protocol a buffer lent for
  * the call (a per-loop 64 KiB read buffer: idle connections hold no read
- * memory). On the io_uring backend TCP transports run on completions instead
- * of readiness: a multishot recv into a per-loop provided-buffer ring (the
- * protocol gets the ring buffer itself) and send SQEs that leave with the
- * loop's next wait — no read()/send() system call per message
- * (BRAID_STREAM_COMPLETIONS=0 turns this off; see docs/stream.md).
+ * memory). On the io_uring backend TCP transports can run on completions
+ * instead of readiness (opt-in for now: BRAID_STREAM_COMPLETIONS=1): a
+ * multishot recv into a per-loop provided-buffer ring (the protocol gets the
+ * ring buffer itself) and send SQEs that leave with the loop's next wait — no
+ * read()/send() system call per message (see docs/stream.md).
  *
  *     // server
  *     braid_listener *l;
