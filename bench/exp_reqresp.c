@@ -82,9 +82,8 @@ static braid_backend backend_enum(const char *b) {
 static void stop_loop(void *arg) { braid_loop_stop(arg); }
 
 static int serve_braid(int port, const char *backend, int mode, double seconds) {
-    /* On io_uring, TCP by completions (opt-in in the library for now, see
+    /* On io_uring, TCP runs by completions (the library's default, see
      * docs/stream.md); BRAID_STREAM_COMPLETIONS=0 measures readiness. */
-    setenv("BRAID_STREAM_COMPLETIONS", "1", 0);
     braid_loop *loop;
     braid_loop_options o = { .backend = backend_enum(backend), .flags = BRAID_LOOP_STRICT_BACKEND };
     if (braid_loop_new(&loop, &o) < 0) { fprintf(stderr, "serve: backend %s unavailable\n", backend); return 77; }
@@ -494,7 +493,7 @@ BENCH_EXPERIMENT(reqresp,
               "in the bench process, server in its own process; server CPU from /proc over the "
               "measuring window divided by requests; TCP_NODELAY and backlog 511 everywhere; "
               "libuv uses uv_try_write, libevent bufferevents, epoll-min direct write(); "
-              "braid on uring runs TCP by io_uring completions (BRAID_STREAM_COMPLETIONS=1).",
+              "braid on uring runs TCP by io_uring completions (the default).",
     .run = run_reqresp, .serve = serve, .quick_seconds = 75, .quick_runs = 3,
     .plot_x = "conns", .plot_metric = "server_cpu_us_per_req", .plot_logx = true);
 

@@ -17,11 +17,8 @@
 #include <stdlib.h>
 #include <unistd.h>
 
-/* Every case here runs TCP on io_uring completions on the uring backend
- * (opt-in in the library for now; BRAID_STREAM_COMPLETIONS=0 tests readiness). */
-__attribute__((constructor)) static void use_completions(void) {
-    setenv("BRAID_STREAM_COMPLETIONS", "1", 0);
-}
+/* On the uring backend TCP runs on io_uring completions (the library's
+ * default; BRAID_STREAM_COMPLETIONS=0 in the environment tests readiness). */
 
 /* ---- a recording protocol (test-owned memory, never freed by braid) ----------- */
 typedef struct tp {

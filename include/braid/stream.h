@@ -13,7 +13,7 @@
  * bound. Reads go through one path that hands the protocol a buffer lent for
  * the call (a per-loop 64 KiB read buffer: idle connections hold no read
  * memory). On the io_uring backend TCP transports can run on completions
- * instead of readiness (opt-in for now: BRAID_STREAM_COMPLETIONS=1): a
+ * instead of readiness (the default; BRAID_STREAM_COMPLETIONS=0 turns it off): a
  * multishot recv into a per-loop provided-buffer ring (the protocol gets the
  * ring buffer itself) and send SQEs that leave with the loop's next wait — no
  * read()/send() system call per message (see docs/stream.md).

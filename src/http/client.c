@@ -526,6 +526,21 @@ static bool idempotent(const char *m) {
 
 static void req_complete(hc_req *q);
 
+/* A pooled connection the server had closed under q before q heard a byte:
+ * an idempotent request with its body in memory goes once more on a new one.
+ * false: q is not retryable (the caller fails it). */
+static bool retry_fresh(hc_req *q, hc_conn *k) {
+    if (!q->reused_conn || q->retried || !idempotent(q->method) || q->source) return false;
+    k->req = NULL;
+    q->conn = NULL;
+    q->retried = true;
+    q->pool->c->st.retried++;
+    conn_close(k, false);   /* nothing when it is already lost */
+    conn_unhold(k);
+    req_start(q);
+    return true;
+}
+
 /* The connection ended under q and nothing buffered can move q on any more
  * (paused requests wait: their buffered bytes may still complete them). */
 static void lost_verdict(hc_req *q, hc_conn *k) {
@@ -534,17 +549,7 @@ static void lost_verdict(hc_req *q, hc_conn *k) {
         req_complete(q);
         return;
     }
-    if (q->phase == PH_HEADERS && !q->got_bytes && q->reused_conn && !q->retried &&
-        idempotent(q->method) && !k->inlen && !q->source) {
-        /* A pooled connection the server had closed: once more on a new one. */
-        k->req = NULL;
-        q->conn = NULL;
-        q->retried = true;
-        q->pool->c->st.retried++;
-        conn_unhold(k);
-        req_start(q);
-        return;
-    }
+    if (q->phase == PH_HEADERS && !q->got_bytes && !k->inlen && retry_fresh(q, k)) return;
     if (code == BRAID_ECONNECTION_DONE) code = BRAID_ECONNECTION_LOST;
     req_fail(q, code, NULL, "%s:%d: connection closed %s%s%s", k->pool->host, k->pool->port,
              q->phase == PH_BODY ? "in the middle of the response body" : "before the response head ended",
@@ -759,6 +764,9 @@ static void attach(hc_req *q, hc_conn *k) {
     k->served++;
     q->got_bytes = false;
     int rc = braid_transport_write(k->base.transport, q->wire, q->wire_len);
+    /* BRAID_ESHUTDOWN on a pooled connection: the server's FIN came in with
+     * (or after) the last response, and the transport is already closing. */
+    if (rc == BRAID_ESHUTDOWN && retry_fresh(q, k)) return;
     if (rc < 0) {
         req_fail(q, rc, NULL, "cannot send the request");
         return;

@@ -16,8 +16,8 @@
  * points into is pinned (see braid_transport.wbuf_pinned). Ops outlive a
  * closed transport until their final CQE: the memory waits as a "zombie"
  * (freed by the final CQE, or with the loop). Unix sockets (descriptor
- * passing needs recvmsg) and pipes keep the readiness path. Opt-in for now:
- * BRAID_STREAM_COMPLETIONS=1 in the environment (read once per loop). */
+ * passing needs recvmsg) and pipes keep the readiness path. On by default;
+ * BRAID_STREAM_COMPLETIONS=0 in the environment (read once per loop) turns it off. */
 #include "stream_internal.h"
 #include <fcntl.h>
 #include <netinet/in.h>
@@ -271,11 +271,8 @@ static braid__uring_bufs *ur_bufs(braid_loop *loop) {
     if (st->uring == 0) {
         const char *e = getenv("BRAID_STREAM_COMPLETIONS");
         braid__uring_bufs *b = NULL;
-        /* Opt-in for now (BRAID_STREAM_COMPLETIONS=1): EOF reaches a protocol
-         * sooner than with readiness, and the HTTP client's pooled-connection
-         * reuse does not yet treat the resulting BRAID_ESHUTDOWN on write as
-         * "the server closed it, retry" (see docs/stream.md). */
-        if (!(e && e[0] == '1') || !braid__uring_have_recv_multishot() ||
+        /* On by default; BRAID_STREAM_COMPLETIONS=0 keeps TCP on readiness. */
+        if ((e && e[0] == '0') || !braid__uring_have_recv_multishot() ||
             braid__uring_bufs_new(loop, UR_BUF_COUNT, UR_BUF_SIZE, &b) < 0) {
             st->uring = -1;            /* decided once per loop (ENOMEM included) */
             return NULL;
