@@ -425,8 +425,8 @@ static int run_mode(bench_ctx *ctx, int mode) {
     rr_state *s = calloc(1, sizeof *s);
     if (!s) return 1;
     s->mode = mode;
-    s->warm = ctx->smoke ? 0.1 : ctx->full ? 1.0 : 0.3;
-    s->window = ctx->smoke ? 0.3 : ctx->full ? 5.0 : 1.0;
+    s->warm = ctx->smoke ? 0.1 : ctx->full ? 1.0 : 0.2;
+    s->window = ctx->smoke ? 0.3 : ctx->full ? 5.0 : 0.5;
     signal(SIGPIPE, SIG_IGN);
     for (int k = 0; k < nconns; k++) {
         s->nconn = ctx->smoke ? 64 : conns[k];
@@ -491,10 +491,11 @@ BENCH_EXPERIMENT(reqresp,
                 "and 1024 connections?",
     .method = "16-byte requests {seq,x} answered with {seq,2x+1}; closed-loop depth-1 braid client "
               "in the bench process, server in its own process; server CPU from /proc over the "
-              "measuring window divided by requests; TCP_NODELAY and backlog 511 everywhere; "
+              "measuring window divided by requests (window 0.5 s after 0.2 s of warm-up in quick mode, "
+              "5 s after 1 s in --full); TCP_NODELAY and backlog 511 everywhere; "
               "libuv uses uv_try_write, libevent bufferevents, epoll-min direct write(); "
               "braid on uring runs TCP by io_uring completions (the default).",
-    .run = run_reqresp, .serve = serve, .quick_seconds = 75, .quick_runs = 3,
+    .run = run_reqresp, .serve = serve, .quick_seconds = 65, .quick_runs = 3,
     .plot_x = "conns", .plot_metric = "server_cpu_us_per_req", .plot_logx = true);
 
 BENCH_EXPERIMENT(echo,
@@ -504,5 +505,5 @@ BENCH_EXPERIMENT(echo,
     .method = "each client connection writes 64 KiB chunks from a push producer paused by braid's "
               "watermarks; the server writes back what it reads; MB/s received by the client and "
               "server CPU per MB over the window.",
-    .run = run_echo, .quick_seconds = 36, .quick_runs = 3,
+    .run = run_echo, .quick_seconds = 45, .quick_runs = 3,
     .plot_x = "conns", .plot_metric = "mb_per_s", .plot_logx = true);
