@@ -287,16 +287,20 @@ static void run_job(braid_pool *pool, pool_job *j) {
  * futex system call, and tiny jobs, which the first worker clears before a
  * second could even wake, wake nobody else. The flag is set here, under
  * the lock, so the worker cannot see itself chosen before it is. */
-static worker *choose_sleeper(braid_pool *pool) {
+static worker *choose_sleeper(braid_pool *pool, bool count_running) {
     size_t queued = atomic_load_explicit(&pool->nqueued, memory_order_relaxed);
     if (!pool->idle || pool->npending || queued <= pool->nspinning) return NULL;
     /* Workers already awake will get through the queue before a sleeper
      * could even wake up: leave it asleep. Costs are running averages of
      * this pool's own job run time and wake-up latency. A running worker
      * counts as a taker only while its job is younger than both (a job
-     * stuck for longer, say a slow name lookup, must not hold up the queue). */
+     * stuck for longer, say a slow name lookup, must not hold up the queue).
+     * Only a worker passing the baton counts them: a submitter does not, for
+     * nothing would look at the queue again if the running job turned out
+     * long — the new job would wait behind it with every other worker asleep
+     * (a lost wake-up; the pool test that gates one job caught it). */
     unsigned takers = pool->nspinning;
-    if (pool->nrunning) {
+    if (count_running && pool->nrunning) {
         uint64_t now = mono_ns();
         double fresh = 2 * pool->avg_run_ns > pool->avg_wake_ns ? 2 * pool->avg_run_ns : pool->avg_wake_ns;
         for (worker *x = pool->all; x; x = x->next_all)
@@ -349,7 +353,7 @@ static void *worker_main(void *arg) {
         pool_job *j = pick(pool);
         if (j) {
             w->run_start = mono_ns();
-            worker *next = choose_sleeper(pool);   /* more work than takers: pass it on */
+            worker *next = choose_sleeper(pool, true);   /* more work than takers: pass it on */
             pthread_mutex_unlock(&pool->mu);
             if (next) futex_wake(&next->wake);
             run_job(pool, j);                 /* returns with the lock held */
@@ -593,7 +597,7 @@ static int submit(braid_pool *pool, pool_job *j, int cls) {
     worker *wake = NULL;
     bool spawn = false;
     if (!(pool->flags & BRAID_POOL_MEMORY) && pc->running < pc->max_running) {
-        wake = choose_sleeper(pool);
+        wake = choose_sleeper(pool, false);
         if (!wake && !pool->idle && pool->nthreads < pool->max_threads &&
             atomic_load_explicit(&pool->nqueued, memory_order_relaxed) > pool->nspinning + pool->npending &&
             pool->nrunning + pool->nspinning + pool->npending >= pool->nthreads) {

@@ -100,6 +100,7 @@ static uint64_t now_ms(void) {
 }
 
 BT_IO_TEST(emfile_backoff_keeps_cpu_idle) {
+    bt_loop_destroy(bt_loop_new(NULL));   /* skips here if the backend is missing */
     int down[2], up[2];
     BT_OK(pipe(down));
     BT_OK(pipe(up));
