@@ -2,7 +2,9 @@
  * progress line and the measuring helpers (see bench.h). */
 #include "driver.h"
 
+#include <braid/loop.h>
 #include <ctype.h>
+#include <signal.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <math.h>
@@ -898,6 +900,42 @@ int bench_free_port(void) {
     close(fd);
     return port;
 }
+
+bool bench_wait_accepting(int pid, int port) {
+    for (int i = 0; i < 500; i++) {
+        int s = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        struct sockaddr_in a = { .sin_family = AF_INET, .sin_port = htons((uint16_t)port),
+                                 .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
+        int rc = s < 0 ? -1 : connect(s, (struct sockaddr *)&a, sizeof a);
+        if (s >= 0) close(s);
+        if (rc == 0) return true;
+        int st;
+        if (waitpid(pid, &st, WNOHANG) == pid) return false;
+        usleep(10000);
+    }
+    return false;
+}
+
+void bench_stop_process(int pid, int sig, double timeout_s) {
+    if (pid <= 0) return;
+    kill(pid, sig);
+    int st;
+    for (double waited = 0; waited < timeout_s; waited += 0.005) {
+        if (waitpid(pid, &st, WNOHANG) == pid) return;
+        usleep(5000);
+    }
+    kill(pid, SIGKILL);
+    waitpid(pid, &st, 0);
+}
+
+int bench_backend(const char *b) {
+    if (b && !strcmp(b, "select")) return BRAID_BACKEND_SELECT;
+    if (b && !strcmp(b, "poll")) return BRAID_BACKEND_POLL;
+    if (b && (!strcmp(b, "uring") || !strcmp(b, "io_uring"))) return BRAID_BACKEND_URING;
+    return BRAID_BACKEND_EPOLL;
+}
+
+void bench_stop_loop(void *loop) { braid_loop_stop(loop); }
 
 const char *bench_command_line(const char *cmd, char *buf, size_t len) {
     buf[0] = 0;

@@ -122,6 +122,19 @@ double bench_cpu_us(int pid);
 long bench_rss_kib(int pid);
 /* Find a free TCP port on 127.0.0.1. */
 int bench_free_port(void);
+/* A server process started by an experiment: wait (up to 5 s) until
+ * 127.0.0.1:port accepts; false if pid exited first or time ran out (the
+ * caller then stops it). */
+bool bench_wait_accepting(int pid, int port);
+/* Send sig (SIGTERM, or nginx's SIGQUIT), reap pid within timeout_s, else
+ * SIGKILL and reap. */
+void bench_stop_process(int pid, int sig, double timeout_s);
+/* A braid backend by name ("select", "poll", "epoll", "uring"; NULL or
+ * anything else: epoll), as an int to keep braid out of this header
+ * (cast to braid_backend). */
+int bench_backend(const char *name);
+/* A callback for braid_call_later that stops the loop it is given. */
+void bench_stop_loop(void *loop);
 /* Is a program on PATH / a python module importable? */
 bool bench_have_program(const char *name);
 bool bench_have_python_module(const char *module);

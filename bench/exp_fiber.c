@@ -198,7 +198,6 @@ static int rr_fiber_conn(braid_fstream *s, void *arg) {
     }
 }
 
-static void rr_stop_loop(void *arg) { braid_loop_stop(arg); }
 
 int rr_serve_fiber(int port, const char *backend, int mode, double seconds);
 int rr_serve_fiber(int port, const char *backend, int mode, double seconds) {
@@ -218,7 +217,7 @@ int rr_serve_fiber(int port, const char *backend, int mode, double seconds) {
     int rc = braid_tcp_listen(loop, &(braid_tcp_listen_options){ .host = "127.0.0.1", .port = port,
                                                                   .backlog = 511 }, &ff.base, &l);
     if (rc < 0) { fprintf(stderr, "serve: listen: %s\n", braid_strerror(rc)); return 1; }
-    if (seconds > 0) braid_call_later(loop, (uint64_t)(seconds * 1e9), rr_stop_loop, loop);
+    if (seconds > 0) braid_call_later(loop, (uint64_t)(seconds * 1e9), bench_stop_loop, loop);
     braid_loop_run(loop);
     return 0;       /* the process exits; connections close with it */
 }

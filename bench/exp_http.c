@@ -43,19 +43,9 @@ static braid_deferred *hello(braid_http_request *req, void *arg) {
     return NULL;
 }
 
-static braid_backend backend_enum(const char *b) {
-    if (!b) return BRAID_BACKEND_EPOLL;
-    if (!strcmp(b, "select")) return BRAID_BACKEND_SELECT;
-    if (!strcmp(b, "poll")) return BRAID_BACKEND_POLL;
-    if (!strcmp(b, "uring")) return BRAID_BACKEND_URING;
-    return BRAID_BACKEND_EPOLL;
-}
-
-static void stop_loop(void *arg) { braid_loop_stop(arg); }
-
 static int serve_one(int port, const char *backend, double seconds, bool reuseport) {
     braid_loop *loop;
-    braid_loop_options o = { .backend = backend_enum(backend), .flags = BRAID_LOOP_STRICT_BACKEND };
+    braid_loop_options o = { .backend = (braid_backend)bench_backend(backend), .flags = BRAID_LOOP_STRICT_BACKEND };
     if (braid_loop_new(&loop, &o) < 0) {
         fprintf(stderr, "serve http: backend %s unavailable\n", backend);
         return 77;
@@ -74,7 +64,7 @@ static int serve_one(int port, const char *backend, double seconds, bool reusepo
         return 1;
     }
     braid_deferred_release(d);
-    if (seconds > 0) braid_call_later(loop, (uint64_t)(seconds * 1e9), stop_loop, loop);
+    if (seconds > 0) braid_call_later(loop, (uint64_t)(seconds * 1e9), bench_stop_loop, loop);
     braid_loop_run(loop);
     return 0;        /* the process exits; connections close with it */
 }
@@ -145,21 +135,6 @@ static pid_t spawn_argv(char *const *argv) {
     return pid;
 }
 
-static bool wait_ready(pid_t pid, int port) {
-    for (int i = 0; i < 500; i++) {
-        int s = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-        struct sockaddr_in a = { .sin_family = AF_INET, .sin_port = htons((uint16_t)port),
-                                 .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
-        int rc = connect(s, (struct sockaddr *)&a, sizeof a);
-        close(s);
-        if (rc == 0) return true;
-        int st;
-        if (waitpid(pid, &st, WNOHANG) == pid) return false;
-        usleep(10000);
-    }
-    return false;
-}
-
 static const char *nginx_bin(void) {
     static const char *cands[] = { "/usr/sbin/nginx", "/usr/local/sbin/nginx", "/usr/local/nginx/sbin/nginx" };
     for (size_t i = 0; i < sizeof cands / sizeof cands[0]; i++)
@@ -210,7 +185,7 @@ static bool start_server(bench_ctx *ctx, srv *s) {
         char *argv[] = { "/usr/bin/python3", script, portbuf, NULL };
         s->pid = spawn_argv(argv);
     }
-    if (s->pid < 0 || !wait_ready(s->pid, s->port)) {
+    if (s->pid < 0 || !bench_wait_accepting(s->pid, s->port)) {
         if (s->pid > 0) { kill(s->pid, SIGKILL); waitpid(s->pid, NULL, 0); }
         return false;
     }
@@ -219,14 +194,7 @@ static bool start_server(bench_ctx *ctx, srv *s) {
 
 static void stop_server(srv *s) {
     if (s->pid <= 0) return;
-    kill(s->pid, !strncmp(s->name, "nginx-", 6) ? SIGQUIT : SIGTERM);
-    int st;
-    bool done = false;
-    for (int i = 0; i < 300 && !done; i++) {
-        if (waitpid(s->pid, &st, WNOHANG) == s->pid) done = true;
-        else usleep(10000);
-    }
-    if (!done) { kill(s->pid, SIGKILL); waitpid(s->pid, &st, 0); }
+    bench_stop_process(s->pid, !strncmp(s->name, "nginx-", 6) ? SIGQUIT : SIGTERM, 3.0);
     s->pid = -1;
     if (s->dir[0]) {
         char cmd[300];

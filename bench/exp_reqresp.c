@@ -71,21 +71,11 @@ static const braid_protocol_ops rr_ops = { .data_received = rr_data };
 static const braid_protocol_ops echo_ops = { .connection_made = echo_made, .data_received = echo_data,
                                              .connection_lost = echo_lost };
 
-static braid_backend backend_enum(const char *b) {
-    if (!b) return BRAID_BACKEND_EPOLL;
-    if (!strcmp(b, "select")) return BRAID_BACKEND_SELECT;
-    if (!strcmp(b, "poll")) return BRAID_BACKEND_POLL;
-    if (!strcmp(b, "uring")) return BRAID_BACKEND_URING;
-    return BRAID_BACKEND_EPOLL;
-}
-
-static void stop_loop(void *arg) { braid_loop_stop(arg); }
-
 static int serve_braid(int port, const char *backend, int mode, double seconds) {
     /* On io_uring, TCP runs by completions (the library's default, see
      * docs/stream.md); BRAID_STREAM_COMPLETIONS=0 measures readiness. */
     braid_loop *loop;
-    braid_loop_options o = { .backend = backend_enum(backend), .flags = BRAID_LOOP_STRICT_BACKEND };
+    braid_loop_options o = { .backend = (braid_backend)bench_backend(backend), .flags = BRAID_LOOP_STRICT_BACKEND };
     if (braid_loop_new(&loop, &o) < 0) { fprintf(stderr, "serve: backend %s unavailable\n", backend); return 77; }
     braid_factory f;
     braid_factory_init(&f, mode == RR_MODE_ECHO ? &echo_ops : &rr_ops, sizeof(rr_conn), NULL);
@@ -93,7 +83,7 @@ static int serve_braid(int port, const char *backend, int mode, double seconds) 
     int rc = braid_tcp_listen(loop, &(braid_tcp_listen_options){ .host = "127.0.0.1", .port = port,
                                                                   .backlog = 511 }, &f, &l);
     if (rc < 0) { fprintf(stderr, "serve: listen: %s\n", braid_strerror(rc)); return 1; }
-    if (seconds > 0) braid_call_later(loop, (uint64_t)(seconds * 1e9), stop_loop, loop);
+    if (seconds > 0) braid_call_later(loop, (uint64_t)(seconds * 1e9), bench_stop_loop, loop);
     braid_loop_run(loop);
     return 0;       /* the process exits; connections close with it */
 }
@@ -167,33 +157,12 @@ static pid_t spawn_server(bench_ctx *ctx, const impl *im, int port, int mode) {
     argv[n] = NULL;
     pid_t pid;
     if (posix_spawn(&pid, argv[0], NULL, NULL, argv, environ) != 0) return -1;
-    /* ready when it accepts */
-    for (int i = 0; i < 500; i++) {
-        int s = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-        struct sockaddr_in a = { .sin_family = AF_INET, .sin_port = htons((uint16_t)port),
-                                 .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
-        int rc = connect(s, (struct sockaddr *)&a, sizeof a);
-        close(s);
-        if (rc == 0) return pid;
-        int st;
-        if (waitpid(pid, &st, WNOHANG) == pid) return -1;
-        usleep(10000);
-    }
-    kill(pid, SIGKILL);
-    waitpid(pid, NULL, 0);
+    if (bench_wait_accepting(pid, port)) return pid;   /* ready when it accepts */
+    bench_stop_process(pid, SIGKILL, 1.0);
     return -1;
 }
 
-static void stop_server(pid_t pid) {
-    kill(pid, SIGTERM);
-    int st;
-    for (int i = 0; i < 200; i++) {
-        if (waitpid(pid, &st, WNOHANG) == pid) return;
-        usleep(5000);
-    }
-    kill(pid, SIGKILL);
-    waitpid(pid, &st, 0);
-}
+static void stop_server(pid_t pid) { bench_stop_process(pid, SIGTERM, 1.0); }
 
 /* ==== the load generator (braid, epoll) ======================================================== */
 #define HIST_BUCKETS (64 * 16)

@@ -58,15 +58,8 @@ static void poke(sv_state *s) {
 /* ---- braid ------------------------------------------------------------------------ */
 static void braid_cb(braid_watch *w, unsigned ev, void *arg) { (void)ev; drain_fd(w->fd, arg); }
 
-static braid_backend backend_enum(const char *b) {
-    if (!strcmp(b, "select")) return BRAID_BACKEND_SELECT;
-    if (!strcmp(b, "poll")) return BRAID_BACKEND_POLL;
-    if (!strcmp(b, "uring")) return BRAID_BACKEND_URING;
-    return BRAID_BACKEND_EPOLL;
-}
-
 static double run_braid(sv_state *s, const char *backend) {
-    braid_loop_options o = { .backend = backend_enum(backend), .flags = BRAID_LOOP_STRICT_BACKEND };
+    braid_loop_options o = { .backend = (braid_backend)bench_backend(backend), .flags = BRAID_LOOP_STRICT_BACKEND };
     braid_loop *loop;
     if (braid_loop_new(&loop, &o) < 0) return NAN;
     braid_watch *w = calloc((size_t)s->npairs, sizeof *w);

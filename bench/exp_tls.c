@@ -133,16 +133,6 @@ static void ts_data(braid_protocol *p, const void *buf, size_t len) {
 
 static const braid_protocol_ops ts_ops = { .data_received = ts_data };
 
-static braid_backend backend_enum(const char *b) {
-    if (!b) return BRAID_BACKEND_EPOLL;
-    if (!strcmp(b, "select")) return BRAID_BACKEND_SELECT;
-    if (!strcmp(b, "poll")) return BRAID_BACKEND_POLL;
-    if (!strcmp(b, "uring")) return BRAID_BACKEND_URING;
-    return BRAID_BACKEND_EPOLL;
-}
-
-static void stop_loop(void *arg) { braid_loop_stop(arg); }
-
 /* Connections cut short at the end of a window are expected: only warnings
  * and errors are worth printing. */
 static void quiet_log(void *ctx, braid_log_level level, const char *msg) {
@@ -173,7 +163,7 @@ static int serve(int argc, char **argv) {
     signal(SIGPIPE, SIG_IGN);
     raise_nofile();
     braid_loop *loop;
-    braid_loop_options o = { .backend = backend_enum(backend), .flags = BRAID_LOOP_STRICT_BACKEND,
+    braid_loop_options o = { .backend = (braid_backend)bench_backend(backend), .flags = BRAID_LOOP_STRICT_BACKEND,
                              .log = quiet_log };
     if (braid_loop_new(&loop, &o) < 0) { fprintf(stderr, "serve tls: backend %s unavailable\n", backend); return 77; }
     char err[256];
@@ -191,7 +181,7 @@ static int serve(int argc, char **argv) {
     int rc = braid_tcp_listen(loop, &(braid_tcp_listen_options){ .host = "127.0.0.1", .port = port,
                                                                   .backlog = 511 }, &tf.base, &l);
     if (rc < 0) { fprintf(stderr, "serve tls: listen: %s\n", braid_strerror(rc)); return 1; }
-    if (seconds > 0) braid_call_later(loop, (uint64_t)(seconds * 1e9), stop_loop, loop);
+    if (seconds > 0) braid_call_later(loop, (uint64_t)(seconds * 1e9), bench_stop_loop, loop);
     braid_loop_run(loop);
     return 0;      /* the process exits; connections close with it */
 }
@@ -264,15 +254,6 @@ static int write_nginx_conf(const tls_world *w, int cert, int port, char *conf, 
     return fclose(f) == 0 ? 0 : -1;
 }
 
-static bool port_accepts(int port) {
-    int s = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    struct sockaddr_in a = { .sin_family = AF_INET, .sin_port = htons((uint16_t)port),
-                             .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
-    int rc = connect(s, (struct sockaddr *)&a, sizeof a);
-    close(s);
-    return rc == 0;
-}
-
 /* impl 0: braid, 1: nginx */
 static pid_t spawn_server(bench_ctx *ctx, const tls_world *w, int impl, int cert, int port) {
     char portbuf[16], certp[160], keyp[160], conf[200];
@@ -308,27 +289,12 @@ static pid_t spawn_server(bench_ctx *ctx, const tls_world *w, int impl, int cert
     int src = posix_spawn(&pid, argv[0], &fa, NULL, argv, environ);
     posix_spawn_file_actions_destroy(&fa);
     if (src != 0) return -1;
-    for (int i = 0; i < 500; i++) {
-        if (port_accepts(port)) return pid;
-        int st;
-        if (waitpid(pid, &st, WNOHANG) == pid) return -1;
-        usleep(10000);
-    }
-    kill(pid, SIGKILL);
-    waitpid(pid, NULL, 0);
+    if (bench_wait_accepting(pid, port)) return pid;
+    bench_stop_process(pid, SIGKILL, 1.0);
     return -1;
 }
 
-static void stop_server(pid_t pid) {
-    kill(pid, SIGTERM);
-    int st;
-    for (int i = 0; i < 400; i++) {
-        if (waitpid(pid, &st, WNOHANG) == pid) return;
-        usleep(5000);
-    }
-    kill(pid, SIGKILL);
-    waitpid(pid, &st, 0);
-}
+static void stop_server(pid_t pid) { bench_stop_process(pid, SIGTERM, 2.0); }
 
 /* ==== the load generator (braid, epoll) =============================================================== */
 typedef struct gen {
