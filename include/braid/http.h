@@ -447,7 +447,10 @@ BRAID_API int braid_http_respond_response(braid_http_request *req, const braid_h
  * (303, and 301/302 after a POST, become a bodiless GET; 307/308 resend the
  * method and body); the discarded responses' bodies are read so their
  * connections are reused; Authorization and Cookie headers are not sent to
- * another origin. Past the limit: BRAID_EHTTP ("too many redirects").
+ * another origin. Past the limit: BRAID_EHTTP ("too many redirects"). A
+ * Location with a scheme other than http or https (ftp:, file:, data: ...)
+ * fails the request with BRAID_EHTTP ("redirect to an unsupported scheme");
+ * an empty Location is no target: that 3xx is returned as the response.
  *
  * Cancelling the Deferred aborts the request (the connect attempt, or the
  * connection it runs on) and fails it with BRAID_ECANCELED.
@@ -456,7 +459,8 @@ BRAID_API int braid_http_respond_response(braid_http_request *req, const braid_h
  * BRAID_EHTTP_* codes for bad responses, BRAID_EHTTP for an unexpected 101
  * and too many redirects, BRAID_ECONNECTION_LOST for a body cut short (bytes
  * after a response only keep its connection out of the pool), connection
- * and TLS codes as they come.
+ * and TLS codes as they come (a TLS failure's message starts with TLS's own
+ * reason, e.g. the certificate verification error).
  *
  * Ownership: the request struct and everything it points to are copied; the
  * client owns its connections; braid_http_client_free fails the requests in
