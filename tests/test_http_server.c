@@ -1771,3 +1771,129 @@ BT_TEST(allocation_failure_walk_client_and_server) {
     BT_EQ(braid_deferred_live(loop), 0);
     bt_loop_destroy(loop);
 }
+
+/* ---- shutdown with a deadline ------------------------------------------------------------------------ */
+/* Idle connections close at once, busy ones after their answer; whatever has
+ * not closed when shutdown_timeout passes is aborted: a client that does not
+ * read its last answer, a Deferred that never fires, a stream that never ends. */
+BT_TEST(shutdown_deadline_escalates) {
+    fx f;
+    fx_init(&f, &(braid_http_server_options){ .shutdown_timeout_ns = BRAID_SECONDS(5),
+                                              .send_timeout_ns = BRAID_FOREVER });
+    BT_OK(braid_http_route(f.s, "GET", "/", 0, h_hello, NULL));
+    BT_OK(braid_http_route(f.s, "GET", "/pending", 0, h_pending, f.loop));
+    BT_OK(braid_http_route(f.s, "GET", "/stream", 0, h_stream_forever, NULL));
+    BT_OK(braid_http_route(f.s, "GET", "/later", 0, h_later, f.loop));
+    braid_memory_transport *m[5];
+    static const char *const reqs[5] = { "GET / HTTP/1.1\r\nHost: a\r\n\r\n", "GET / HTTP/1.1\r\nHost: a\r\n\r\n",
+                                         "GET /pending HTTP/1.1\r\nHost: a\r\n\r\n",
+                                         "GET /stream HTTP/1.1\r\nHost: a\r\n\r\n",
+                                         "GET /later HTTP/1.1\r\nHost: a\r\n\r\n" };
+    cancels = 0;
+    memset(&ls, 0, sizeof ls);
+    for (int i = 0; i < 5; i++) {
+        m[i] = fx_conn(&f);
+        BT_OK(braid_memory_transport_receive(m[i], reqs[i], strlen(reqs[i])));
+    }
+    spin(f.loop);
+    braid_memory_transport_consume(m[0], SIZE_MAX);   /* 0: idle, its answer read; 1: answer never read */
+    spin(f.loop);
+    BT_EQ(braid_http_server_connections(f.s), 5);
+    braid_http_server_shutdown(f.s);
+    spin(f.loop);
+    BT_TRUE(braid_memory_transport_state(m[0]).closed);   /* idle: closed at once */
+    BT_TRUE(braid_memory_transport_state(m[1]).disconnecting);
+    BT_EQ(braid_http_server_connections(f.s), 4);
+    /* the answer that completes in time closes the connection after it, cleanly */
+    BT_OK(braid_deferred_callback(pending_d, braid_http_response_new(200, "text/plain", "in time", 7),
+                                  braid_http_response_free));
+    spin(f.loop);
+    size_t n;
+    const char *o = braid_memory_transport_data(m[4], &n);
+    BT_TRUE(n > 0 && memmem(o, n, "Connection: close\r\n", 19) && memmem(o, n, "in time", 7));
+    braid_memory_transport_consume(m[4], SIZE_MAX);
+    spin(f.loop);
+    braid_memory_state st4 = braid_memory_transport_state(m[4]);
+    BT_TRUE(st4.closed && !st4.aborted);
+    BT_OK(braid_loop_advance(f.loop, BRAID_SECONDS(4)));
+    BT_EQ(braid_http_server_connections(f.s), 3);
+    BT_EQ(cancels, 0);
+    BT_EQ(ls.lost, 0);
+    BT_OK(braid_loop_advance(f.loop, BRAID_SECONDS(2)));
+    spin(f.loop);
+    BT_EQ(braid_http_server_connections(f.s), 0);
+    for (int i = 1; i < 4; i++) {
+        braid_memory_state ms = braid_memory_transport_state(m[i]);
+        BT_TRUE(ms.aborted);
+        BT_ERR(ms.lost_code, BRAID_ETIMEDOUT);
+    }
+    BT_EQ(cancels, 1);                                   /* the pending answer was cancelled */
+    BT_EQ(ls.lost, 1);                                   /* the stream was told */
+    for (int i = 0; i < 5; i++) braid_memory_transport_free(m[i]);
+    f.m = NULL;
+    fx_done(&f);
+}
+
+/* A streamed answer of 64 MiB under the transport's watermarks. */
+typedef struct big_stream { braid_producer p; braid_http_request *req; bool paused, done; size_t sent; } big_stream;
+static big_stream bs;
+static void bs_pump(big_stream *b) {
+    while (!b->paused && !b->done && b->sent < (64u << 20)) {
+        if (braid_http_write(b->req, big_body, 256 * 1024) < 0) return;
+        b->sent += 256 * 1024;
+    }
+}
+static void bs_pause(braid_producer *p) { ((big_stream *)p->arg)->paused = true; }
+static void bs_resume(braid_producer *p) { big_stream *b = p->arg; b->paused = false; bs_pump(b); }
+static void bs_stop(braid_producer *p) {
+    big_stream *b = p->arg;
+    if (!b->done) { b->done = true; braid_http_finish(b->req); }
+}
+static braid_deferred *h_big_stream(braid_http_request *req, void *arg) {
+    (void)arg;
+    memset(&bs, 0, sizeof bs);
+    bs.req = req;
+    bs.p = (braid_producer){ bs_pause, bs_resume, bs_stop, &bs };
+    BT_OK(braid_http_respond_start(req, 200, "application/octet-stream", -1));
+    BT_OK(braid_http_register_producer(req, &bs.p, true));
+    bs_pump(&bs);
+    return NULL;
+}
+
+/* The same over TCP: a client that stops reading a long answer does not
+ * hold the server's shutdown past the deadline. */
+BT_IO_TEST(io_shutdown_deadline_with_non_reader) {
+    big_body = calloc(1, BIG_BODY);
+    io x;
+    io_init_with(&x, NULL, &(braid_http_server_options){ .shutdown_timeout_ns = BRAID_SECONDS(3),
+                                                          .send_timeout_ns = BRAID_FOREVER }, true);
+    BT_OK(braid_http_route(x.s, "GET", "/big", 0, h_big_stream, NULL));
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    int small = 4096;
+    BT_OK(setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &small, sizeof small));
+    struct sockaddr_in sa = { .sin_family = AF_INET, .sin_port = htons((uint16_t)x.port),
+                              .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
+    BT_OK(connect(fd, (struct sockaddr *)&sa, sizeof sa));
+    send_all(fd, "GET /big HTTP/1.1\r\nHost: a\r\n\r\n");
+    io_wait_requests(&x, 1);
+    for (int i = 0; i < 100; i++) {
+        BT_OK(braid_loop_run_once(x.loop, BRAID_RUN_NOWAIT));
+        usleep(100);
+    }
+    braid_listener_close(x.l);
+    braid_http_server_shutdown(x.s);
+    for (int s = 0; s < 2; s++) {
+        BT_OK(braid_loop_advance(x.loop, BRAID_SECONDS(1)));
+        for (int i = 0; i < 5; i++) BT_OK(braid_loop_run_once(x.loop, BRAID_RUN_NOWAIT));
+        BT_EQ(braid_http_server_connections(x.s), 1);      /* still flushing */
+    }
+    BT_OK(braid_loop_advance(x.loop, BRAID_SECONDS(1) + 1));
+    for (int i = 0; i < 5; i++) BT_OK(braid_loop_run_once(x.loop, BRAID_RUN_NOWAIT));
+    BT_EQ(braid_http_server_connections(x.s), 0);
+    BT_TRUE(bs.done);                                       /* the stream was stopped */
+    close(fd);
+    BT_OK(braid_http_server_free(x.s));
+    bt_loop_destroy(x.loop);
+    braid_fake_clock_free(x.clock);
+    free(big_body);
+}

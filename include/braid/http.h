@@ -304,6 +304,9 @@ typedef struct braid_http_server_options {
     /* Abort a connection whose pending output made no progress for this long
      * (nginx's send_timeout): 0 = 60 s, BRAID_FOREVER = never. */
     uint64_t send_timeout_ns;
+    /* braid_http_server_shutdown's deadline: connections still open this long
+     * after it are aborted. 0 = 10 s, BRAID_FOREVER = wait for every answer. */
+    uint64_t shutdown_timeout_ns;
     /* zero fields take the parser's defaults; limits.max_headers sizes each
      * connection's header array (100 by default, at most 65536) */
     braid_http_limits limits;
@@ -316,8 +319,14 @@ typedef struct braid_http_server_options {
 
 BRAID_API int braid_http_server_new(braid_loop *loop, const braid_http_server_options *o,
                                     braid_http_server **out);
-/* Close every connection (idle now, busy after the answer in progress) and
- * refuse new ones (they are closed at once). */
+/* Close every connection and refuse new ones (they are closed at once), with
+ * a deadline of shutdown_timeout_ns (10 s) on the loop clock. Escalation:
+ * idle connections close now (flushing what they still owe); busy ones
+ * finish the answer in progress and then close (no keep-alive); every close
+ * is bounded by the deadline (braid_transport_close_within); when it passes,
+ * what is still open is aborted: pending Deferreds cancelled, on_lost hooks
+ * run, streams stopped, unsent bytes dropped (TCP peers get RST). Run the
+ * loop until braid_http_server_connections is 0, then free. */
 BRAID_API void braid_http_server_shutdown(braid_http_server *s);
 /* Free; BRAID_EBUSY while connections are open (shut down and run the loop first). */
 BRAID_API int braid_http_server_free(braid_http_server *s);

@@ -52,6 +52,7 @@ static void run_buffered(hs_conn *c);
 static void request_done(hs_conn *c);
 static void conn_maybe_free(hs_conn *c);
 static void watch_output(hs_conn *c);
+static void shutdown_timer_stop(braid_http_server *s);
 
 /* ---- small helpers ----------------------------------------------------------------- */
 static size_t u64_to_dec(char *out, uint64_t v) {
@@ -101,6 +102,16 @@ static void refresh_date(braid_http_server *s) {
     s->date_next = now + (uint64_t)(1000000000L - ts.tv_nsec);
 }
 
+/* ---- closing ----------------------------------------------------------------------- */
+/* Flush, then close. While the server shuts down with a deadline the close
+ * is bounded by it (braid_transport_close_within's escalation: flush, then
+ * abort when the deadline passes). */
+static void conn_close(hs_conn *c) {
+    braid_http_server *s = c->srv;
+    if (s->shutting_down && s->shutdown_deadline) braid__transport_close_at(c->base.transport, s->shutdown_deadline);
+    else braid_transport_lose_connection(c->base.transport);
+}
+
 /* ---- timers ------------------------------------------------------------------------ */
 static void set_timer(hs_conn *c, uint8_t kind) {
     c->tkind = kind;
@@ -127,12 +138,12 @@ static void on_timer(braid_timer *t, void *arg) {
     c->tkind = HS_T_NONE;
     if (kind == HS_T_IDLE) {
         c->state = HS_CLOSING;
-        braid_transport_lose_connection(c->base.transport);
+        conn_close(c);
     } else if (kind == HS_T_LINGER) {
         /* Drained long enough. If the answer is still not out, the client
          * does not read it either: no reason to wait for the flush. */
         if (braid_transport_buffered(c->base.transport)) braid_transport_abort(c->base.transport);
-        else braid_transport_lose_connection(c->base.transport);
+        else conn_close(c);
     } else {
         braid__http_respond_error(c, 408);
     }
@@ -680,7 +691,7 @@ static void request_done(hs_conn *c) {
         }
         c->state = HS_CLOSING;
         c->tkind = HS_T_NONE;
-        braid_transport_lose_connection(c->base.transport);
+        conn_close(c);
         return;
     }
     c->state = HS_READING;
@@ -794,14 +805,14 @@ static void after_run(hs_conn *c) {
         else if (c->peer_eof) {            /* nothing more can come: what is left is a partial head */
             c->state = HS_CLOSING;
             c->tkind = HS_T_NONE;
-            braid_transport_lose_connection(c->base.transport);
+            conn_close(c);
         } else if (c->len) { if (c->tkind != HS_T_HEADER) set_timer(c, HS_T_HEADER); }
         else set_timer(c, HS_T_IDLE);
     } else if (c->state == HS_BODY) {
         if (c->peer_eof) {
             c->state = HS_CLOSING;
             c->tkind = HS_T_NONE;
-            braid_transport_lose_connection(c->base.transport);
+            conn_close(c);
         }
     } else if (!c->lingering) {
         set_timer(c, HS_T_NONE);           /* an answer is pending, or closing */
@@ -899,7 +910,7 @@ static void hs_data(braid_protocol *p, const void *buf, size_t len) {
         /* Lingering: drop what comes, up to a bound. */
         if (c->lingering && (c->linger_bytes += len) > HS_LINGER_BYTES) {
             if (braid_transport_buffered(p->transport)) braid_transport_abort(p->transport);
-            else braid_transport_lose_connection(p->transport);
+            else conn_close(c);
         }
         return;
     }
@@ -933,7 +944,7 @@ static void hs_eof(braid_protocol *p) {
     case HS_BODY:
         c->state = HS_CLOSING;
         c->tkind = HS_T_NONE;
-        braid_transport_lose_connection(p->transport);
+        conn_close(c);
         return;
     case HS_DEFERRED:
     case HS_STREAMING:
@@ -965,6 +976,7 @@ static void hs_made(braid_protocol *p) {
 
 static void hs_lost(braid_protocol *p, const braid_failure *reason) {
     (void)reason;
+
     hs_conn *c = (hs_conn *)p;
     braid_http_server *s = c->srv;
     c->dead = true;
@@ -977,7 +989,7 @@ static void hs_lost(braid_protocol *p, const braid_failure *reason) {
     }
     if (c->prev) c->prev->next = c->next; else s->conns = c->next;
     if (c->next) c->next->prev = c->prev;
-    s->nconns--;
+    if (--s->nconns == 0 && s->shutting_down) shutdown_timer_stop(s);
     /* c stays allocated during connection_lost (the transport still points
      * at it), whatever the hook or the cancel release. */
     braid_http_lost_fn fn = c->lost_fn;
@@ -1251,6 +1263,7 @@ int braid_http_server_new(braid_loop *loop, const braid_http_server_options *o,
     s->body_timeout = o->body_timeout_ns ? o->body_timeout_ns : BRAID_SECONDS(30);
     s->idle_timeout = o->idle_timeout_ns ? o->idle_timeout_ns : BRAID_SECONDS(15);
     s->send_timeout = o->send_timeout_ns ? o->send_timeout_ns : BRAID_SECONDS(60);
+    s->shutdown_timeout = o->shutdown_timeout_ns ? o->shutdown_timeout_ns : BRAID_SECONDS(10);
     s->allow_half_close = o->allow_half_close;
     s->limits = o->limits;
     if (!s->limits.max_request_line) s->limits.max_request_line = BRAID_HTTP_MAX_REQUEST_LINE;
@@ -1277,21 +1290,53 @@ int braid_http_server_new(braid_loop *loop, const braid_http_server_options *o,
     return 0;
 }
 
+/* The shutdown deadline passed: every connection still open is aborted
+ * (pending answers cancelled, on_lost hooks run, streams stopped). */
+static void on_shutdown_deadline(braid_timer *t, void *arg) {
+    (void)t;
+    braid_http_server *s = arg;
+    size_t n = 0;
+    for (hs_conn *c = s->conns; c; c = c->next) {
+        if (c->dead || !c->base.transport) continue;
+        braid_transport_abort_with(c->base.transport, BRAID_ETIMEDOUT);   /* hs_lost runs later */
+        n++;
+    }
+    if (n) braid_log(s->loop, BRAID_LOG_INFO, "http: shutdown deadline passed: %zu connection(s) aborted", n);
+}
+
 void braid_http_server_shutdown(braid_http_server *s) {
-    s->shutting_down = true;
+    if (!s->shutting_down) {
+        s->shutting_down = true;
+        if (s->shutdown_timeout != BRAID_FOREVER && s->nconns) {
+            uint64_t now = braid_loop_now_fresh(s->loop);
+            s->shutdown_deadline = s->shutdown_timeout > UINT64_MAX - now ? UINT64_MAX : now + s->shutdown_timeout;
+            braid_timer_init(s->loop, &s->shutdown_timer, on_shutdown_deadline, s);
+            s->shutdown_timer_on = braid_timer_start_at(&s->shutdown_timer, s->shutdown_deadline) == 0;
+        }
+    }
     for (hs_conn *c = s->conns; c; c = c->next) {
         c->keep_alive = false;
         if (c->dead || !c->base.transport) continue;
         if ((c->state == HS_READING && !c->drain_wait) || c->state == HS_BODY) {
             c->state = HS_CLOSING;
-            braid_transport_lose_connection(c->base.transport);
+            c->tkind = HS_T_NONE;
+            conn_close(c);
+        } else if (c->state == HS_CLOSING) {
+            conn_close(c);                       /* closing already: now within the deadline */
         }
     }
+}
+
+static void shutdown_timer_stop(braid_http_server *s) {
+    if (!s->shutdown_timer_on) return;
+    braid_timer_stop(&s->shutdown_timer);
+    s->shutdown_timer_on = false;
 }
 
 int braid_http_server_free(braid_http_server *s) {
     if (!s) return 0;
     if (s->nconns) return BRAID_EBUSY;
+    shutdown_timer_stop(s);
     for (size_t i = 0; i < s->nroutes; i++) {
         braid_free(s->routes[i].path);
         braid_free(s->routes[i].method);

@@ -31,6 +31,10 @@ struct braid_http_server {
     braid_factory factory;
     uint64_t header_timeout, body_timeout, idle_timeout;
     uint64_t send_timeout;         /* BRAID_FOREVER: none */
+    uint64_t shutdown_timeout;     /* BRAID_FOREVER: none */
+    uint64_t shutdown_deadline;    /* absolute, loop clock; 0 = none */
+    braid_timer shutdown_timer;
+    bool shutdown_timer_on;
     bool allow_half_close;
     braid_http_limits limits;
     char *server_line;             /* "Server: braid\r\n" or "" */
