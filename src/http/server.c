@@ -206,7 +206,8 @@ static bool request_live(const hs_conn *c) {
 static int append(hs_conn *c, const void *data, size_t n) {
     size_t limit = 2 * c->srv->limits.max_head + c->srv->limits.max_body + BRAID__READ_BUF;
     if (c->len + n > c->cap) {
-        if (c->pos && !request_live(c)) {           /* compact first */
+        if (c->pos) {                               /* compact first: drop what was answered */
+            if (request_live(c)) rebase(c, c->buf + c->pos, c->len - c->pos, c->buf);
             memmove(c->buf, c->buf + c->pos, c->len - c->pos);
             c->len -= c->pos;
             c->pos = 0;
