@@ -551,8 +551,17 @@ void braid_deferred_cancel(braid_deferred *d) {
     braid_canceller c = d->canceller;
     void *carg = d->canceller_arg;
     d->canceller = NULL;
-    if (c) c(d, carg);
+    /* With a canceller, the producer gave up its reference by accepting
+     * cancellation: whoever fires now (the canceller, braid after it, or a
+     * cancel the canceller makes of its own Deferred) drops it. Without
+     * one, the producer keeps it and may fire late (ignored). */
+    bool drop_producer = c != NULL || (d->flags & BRAID__D_CANCELLING);
+    if (c) {
+        d->flags |= BRAID__D_CANCELLING;
+        c(d, carg);
+        d->flags &= ~BRAID__D_CANCELLING;
+    }
     if (!(d->flags & BRAID__D_CALLED))
-        fire(d, braid_errf(BRAID_ECANCELED, "Deferred cancelled"), c != NULL);
+        fire(d, braid_errf(BRAID_ECANCELED, "Deferred cancelled"), drop_producer);
     unref(d);
 }

@@ -28,6 +28,7 @@ enum {
     BRAID__D_CANCELLED = 1u << 3,   /* cancel reached it while unfired */
     BRAID__D_PRODUCER  = 1u << 4,   /* the producer reference is still held */
     BRAID__D_FREED     = 1u << 5,   /* on the free list: any use is a bug */
+    BRAID__D_CANCELLING = 1u << 6,  /* its canceller is running */
 };
 
 struct braid_deferred {

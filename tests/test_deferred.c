@@ -417,6 +417,29 @@ BT_TEST(cancel_with_canceller) {
     done(loop);
 }
 
+/* A canceller may cancel its own Deferred (it has nothing to stop and wants
+ * the ECANCELED failure now): the producer reference goes with that firing,
+ * as when braid fires after the canceller returns. It used to stay, leaking
+ * the Deferred and making the leak gate refuse the loop. */
+static void self_cancelling(braid_deferred *d, void *arg) {
+    cstate *c = arg;
+    c->calls++;
+    braid_deferred_cancel(d);
+    BT_TRUE(braid_deferred_called(d));          /* fired at once, inside the canceller */
+}
+BT_TEST(canceller_that_cancels_its_own_deferred_does_not_leak) {
+    braid_loop *loop = mkloop();
+    cstate c = { 0, false };
+    braid_deferred *d = braid_deferred_new_cancellable(loop, self_cancelling, &c);
+    braid_deferred_cancel(d);
+    BT_EQ(c.calls, 1);
+    braid_failure_free(braid_expect_failure(d, BRAID_ECANCELED));
+    braid_deferred_release(d);
+    BT_EQ(braid_deferred_live(loop), 0);
+    BT_EQ(g_log.errors, 0);                      /* no "fired twice" either */
+    done(loop);
+}
+
 BT_TEST(cancel_reaches_through_chains) {
     braid_loop *loop = mkloop();
     cstate c = { 0, false };

@@ -140,7 +140,9 @@ typedef void (*braid_canceller)(braid_deferred *d, void *arg);
 /* NULL only when allocation fails. */
 BRAID_API braid_deferred *braid_deferred_new(braid_loop *loop);
 /* With a canceller, called by braid_deferred_cancel while d is unfired; if the
- * canceller does not fire d, d is errbacked with BRAID_ECANCELED. */
+ * canceller does not fire d, d is errbacked with BRAID_ECANCELED. The
+ * canceller may fire d itself, or call braid_deferred_cancel(d) to errback it
+ * at once; either way the producer reference goes with that firing. */
 BRAID_API braid_deferred *braid_deferred_new_cancellable(braid_loop *loop,
                                                          braid_canceller c, void *arg);
 BRAID_API braid_deferred *braid_succeed(braid_loop *loop, void *value, void (*dtor)(void *));
