@@ -65,8 +65,8 @@ static bool dpool_report(braid_loop *loop, void *ptr) {
     braid__dpool *p = ptr;
     if (!p->live) return false;
     braid__log(loop, BRAID_LOG_ERROR,
-               "loop destroyed with %zu Deferred(s) alive (%zu never fired): a producer did not "
-               "fire, or a consumer did not release", p->live, p->unfired);
+               "loop not destroyed: %zu Deferred(s) still alive (%zu never fired): a producer "
+               "did not fire, or a consumer did not release", p->live, p->unfired);
     return true;
 }
 
@@ -130,8 +130,23 @@ static _Noreturn void freed_use(const braid_deferred *d, const char *what) {
                (const void *)d);
     abort();
 }
-#define CHECK_LIVE(d, what) \
-    do { if (BRAID__UNLIKELY((d)->flags & BRAID__D_FREED)) freed_use((d), (what)); } while (0)
+/* Every entry taking a Deferred: a freed one aborts with a message (see
+ * "use after free" in docs/deferred.md for how long that holds), and debug
+ * builds check that the caller is on the loop's thread. */
+#ifdef BRAID_DEBUG
+#define CHECK_THREAD(loop, what)                                                       \
+    do {                                                                               \
+        if (BRAID__UNLIKELY(!braid__loop_on_owner_thread(loop)))                       \
+            braid__loop_wrong_thread((loop), (what));                                  \
+    } while (0)
+#else
+#define CHECK_THREAD(loop, what) ((void)0)
+#endif
+#define CHECK_LIVE(d, what)                                                            \
+    do {                                                                               \
+        if (BRAID__UNLIKELY((d)->flags & BRAID__D_FREED)) freed_use((d), (what));      \
+        CHECK_THREAD((d)->loop, (what));                                               \
+    } while (0)
 
 static inline void unref(braid_deferred *d) {
     if (--d->refs == 0 && !(d->flags & BRAID__D_RUNNING)) dfree(d);
@@ -376,6 +391,7 @@ static void run(braid_deferred *d) {
 
 /* ---- creating -------------------------------------------------------------------- */
 braid_deferred *braid_deferred_new(braid_loop *loop) {
+    CHECK_THREAD(loop, "braid_deferred_new");
     braid__dpool *p;
     braid_deferred *d = dalloc(loop, &p);
     if (BRAID__UNLIKELY(!d)) return NULL;
@@ -386,6 +402,7 @@ braid_deferred *braid_deferred_new(braid_loop *loop) {
 }
 
 braid_deferred *braid_deferred_new_cancellable(braid_loop *loop, braid_canceller c, void *arg) {
+    CHECK_THREAD(loop, "braid_deferred_new_cancellable");
     braid_deferred *d = braid_deferred_new(loop);
     if (d) {
         d->canceller = c;
@@ -408,17 +425,19 @@ static braid_deferred *fired(braid_loop *loop, braid_result r) {
 }
 
 braid_deferred *braid_succeed(braid_loop *loop, void *value, void (*dtor)(void *)) {
+    CHECK_THREAD(loop, "braid_succeed");
     return fired(loop, braid_ok_owned(value, dtor));
 }
 
 braid_deferred *braid_fail(braid_loop *loop, braid_failure *f) {
+    CHECK_THREAD(loop, "braid_fail");
     if (BRAID__UNLIKELY(!f)) f = braid_failure_new(BRAID_EINVAL, "braid_fail without a failure");
     return fired(loop, braid_err(f));
 }
 
 /* ---- firing --------------------------------------------------------------------- */
-static int fire(braid_deferred *d, braid_result r, bool drop_producer) {
-    CHECK_LIVE(d, "firing");
+static inline int fire(braid_deferred *d, braid_result r, bool drop_producer, const char *what) {
+    CHECK_LIVE(d, what);
     if (BRAID__UNLIKELY(d->flags & BRAID__D_CALLED)) {
         if ((d->flags & (BRAID__D_CANCELLED | BRAID__D_PRODUCER)) ==
             (BRAID__D_CANCELLED | BRAID__D_PRODUCER)) {
@@ -446,16 +465,18 @@ static int fire(braid_deferred *d, braid_result r, bool drop_producer) {
     return 0;
 }
 
-int braid_deferred_fire(braid_deferred *d, braid_result r) { return fire(d, r, true); }
+int braid_deferred_fire(braid_deferred *d, braid_result r) {
+    return fire(d, r, true, "braid_deferred_fire");
+}
 
 int braid_deferred_callback(braid_deferred *d, void *value, void (*dtor)(void *)) {
-    return fire(d, braid_ok_owned(value, dtor), true);
+    return fire(d, braid_ok_owned(value, dtor), true, "braid_deferred_callback");
 }
 
 int braid_deferred_errback(braid_deferred *d, braid_failure *f) {
     /* A NULL failure would silently switch to the callback track. */
     if (BRAID__UNLIKELY(!f)) f = braid_failure_new(BRAID_EINVAL, "errback without a failure");
-    return fire(d, braid_err(f), true);
+    return fire(d, braid_err(f), true, "braid_deferred_errback");
 }
 
 /* ---- consuming ----------------------------------------------------------------- */
@@ -501,12 +522,22 @@ braid_deferred *braid_deferred_ref(braid_deferred *d) {
 }
 
 /* ---- state -------------------------------------------------------------------------- */
-bool braid_deferred_called(const braid_deferred *d) { return d->flags & BRAID__D_CALLED; }
-bool braid_deferred_has_result(const braid_deferred *d) { return braid__deferred_has_result(d); }
+bool braid_deferred_called(const braid_deferred *d) {
+    CHECK_LIVE(d, "braid_deferred_called");
+    return d->flags & BRAID__D_CALLED;
+}
+bool braid_deferred_has_result(const braid_deferred *d) {
+    CHECK_LIVE(d, "braid_deferred_has_result");
+    return braid__deferred_has_result(d);
+}
 bool braid_deferred_is_failure(const braid_deferred *d) {
+    CHECK_LIVE(d, "braid_deferred_is_failure");
     return braid__deferred_has_result(d) && d->result.failure != NULL;
 }
-braid_loop *braid_deferred_loop(const braid_deferred *d) { return d->loop; }
+braid_loop *braid_deferred_loop(const braid_deferred *d) {
+    CHECK_LIVE(d, "braid_deferred_loop");
+    return d->loop;
+}
 
 int braid_deferred_take(braid_deferred *d, braid_result *out) {
     CHECK_LIVE(d, "braid_deferred_take");
@@ -517,6 +548,7 @@ int braid_deferred_take(braid_deferred *d, braid_result *out) {
 }
 
 size_t braid_deferred_live(braid_loop *loop) {
+    CHECK_THREAD(loop, "braid_deferred_live");
     braid__dpool *p = loop->ext[BRAID__SLOT_DEFERRED].ptr;
     return p ? p->live : 0;
 }
@@ -562,6 +594,7 @@ void braid_deferred_cancel(braid_deferred *d) {
         d->flags &= ~BRAID__D_CANCELLING;
     }
     if (!(d->flags & BRAID__D_CALLED))
-        fire(d, braid_errf(BRAID_ECANCELED, "Deferred cancelled"), drop_producer);
+        fire(d, braid_errf(BRAID_ECANCELED, "Deferred cancelled"), drop_producer,
+             "braid_deferred_cancel");
     unref(d);
 }

@@ -42,7 +42,7 @@ extern "C" {
 /* ---- error codes ---------------------------------------------------------- */
 #define BRAID_ENOMEM      (-ENOMEM)
 #define BRAID_EINVAL      (-EINVAL)
-#define BRAID_EBUSY       (-EBUSY)       /* loop destroyed with handles still open */
+#define BRAID_EBUSY       (-EBUSY)       /* not destroyed: handles still open */
 #define BRAID_EEXIST      (-EEXIST)      /* a watcher already exists for this fd */
 #define BRAID_ENOENT      (-ENOENT)
 #define BRAID_ECANCELED   (-ECANCELED)   /* operation cancelled */
