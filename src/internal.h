@@ -226,5 +226,9 @@ struct braid_pool *braid__loop_resolver_pool(braid_loop *loop, int *cls);
 
 /* Allocator internals for fault injection (alloc.c). */
 void braid__alloc_reset_injection(void);
+/* Take `blocks` live blocks out of braid_test_alloc_outstanding (negative:
+ * put them back): for memory parked out of the program's reach, such as the
+ * debug builds' quarantine of freed Deferreds. */
+void braid__alloc_park(long blocks);
 
 #endif

@@ -1,5 +1,6 @@
 /* Deferreds: every rule of <braid/deferred.h>, on the fake clock. */
 #include "harness.h"
+#include "deferred_internal.h"   /* BRAID__DEFERRED_QUARANTINE */
 #include <braid/testing_deferred.h>
 #include <signal.h>
 #include <sys/wait.h>
@@ -201,13 +202,27 @@ BT_TEST(many_callbacks_spill_and_keep_order) {
     done(loop);
 }
 
+/* Warm a loop's free list. Debug builds hold freed Deferreds in a FIFO
+ * quarantine and reuse one only once BRAID__DEFERRED_QUARANTINE newer ones
+ * stand behind it: fill that first (release builds reuse at once). */
+static void warm_free_list(braid_loop *loop) {
+#ifdef BRAID_DEBUG
+    enum { N = BRAID__DEFERRED_QUARANTINE + 1 };
+#else
+    enum { N = 1 };
+#endif
+    braid_deferred **ds = malloc(N * sizeof *ds);
+    BT_TRUE(ds);
+    for (int i = 0; i < N; i++) ds[i] = braid_succeed(loop, NULL, NULL);
+    for (int i = 0; i < N; i++) braid_deferred_release(ds[i]);
+    free(ds);
+}
+
 /* Ready path allocates nothing: already fired + callback, and new + callback + fire. */
 static braid_result pass(braid_result r, void *arg) { (void)arg; return r; }
 BT_TEST(ready_path_allocates_nothing) {
     braid_loop *loop = mkloop();
-    braid_deferred *w = braid_deferred_new(loop);    /* warm the free list */
-    braid_deferred_callback(w, NULL, NULL);
-    braid_deferred_release(w);
+    warm_free_list(loop);
     long before = braid_test_alloc_count();
     for (int i = 0; i < 1000; i++) {
         braid_deferred *d = braid_deferred_new(loop);
@@ -674,6 +689,82 @@ BT_TEST(use_after_release_aborts) {
     int st = 0;
     BT_EQ(waitpid(pid, &st, 0), pid);
     BT_FALSE(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+    done(loop);
+}
+
+/* Debug builds keep that promise long after the release: 10,000 more
+ * Deferreds made and freed on the loop, then 10,000 made and kept, and the
+ * stale pointer still aborts with a message naming the call. Its memory
+ * used to be reused by the very next Deferred made (the free list is LIFO),
+ * so the stale call silently fired someone else's Deferred. */
+BT_TEST(use_after_release_aborts_long_after_in_debug_builds) {
+#ifndef BRAID_DEBUG
+    bt_skip("the quarantine of freed Deferreds is in debug builds (BRAID_DEBUG) only");
+#else
+    braid_loop *loop = mkloop();
+    int p[2];
+    BT_EQ(pipe(p), 0);
+    fflush(stderr);
+    pid_t pid = fork();
+    if (pid == 0) {
+        dup2(p[1], 2);
+        braid_loop *l2;
+        if (braid_loop_new(&l2, NULL) < 0) _exit(3);   /* default logger: stderr */
+        braid_deferred *d = braid_succeed(l2, NULL, NULL);
+        braid_deferred_release(d);
+        for (int i = 0; i < 10000; i++) {          /* churn: 10,000 made and freed */
+            braid_deferred *e = braid_deferred_new(l2);
+            braid_deferred_callback(e, NULL, NULL);
+            braid_deferred_release(e);
+        }
+        for (int i = 0; i < 10000; i++)            /* and 10,000 alive, never released */
+            (void)braid_deferred_new(l2);
+        braid_deferred_callback(d, NULL, NULL);   /* must not reach one of those */
+        _exit(0);
+    }
+    close(p[1]);
+    char out[2048];
+    size_t n = 0;
+    ssize_t r;
+    while (n + 1 < sizeof out && (r = read(p[0], out + n, sizeof out - 1 - n)) > 0) n += (size_t)r;
+    out[n] = 0;
+    close(p[0]);
+    int st = 0;
+    BT_EQ(waitpid(pid, &st, 0), pid);
+    if (!(WIFSIGNALED(st) && WTERMSIG(st) == SIGABRT) ||
+        !strstr(out, "braid_deferred_callback on a Deferred") || !strstr(out, "that was already freed"))
+        bt_fail(__FILE__, __LINE__, "status %#x, stderr: %s", st, out);
+    done(loop);
+#endif
+}
+
+/* The quarantine is bounded: once full, freed Deferreds are reused (oldest
+ * first) and a steady create/free loop stops allocating; the list never
+ * holds more than the quarantine plus one free list. */
+BT_TEST(deferred_quarantine_is_bounded_and_reused) {
+    braid_loop *loop = mkloop();
+    enum { Q = BRAID__DEFERRED_QUARANTINE };
+    long before = braid_test_alloc_count();
+    for (int i = 0; i < 2 * Q; i++) braid_deferred_release(braid_succeed(loop, NULL, NULL));
+    long made = braid_test_alloc_count() - before;
+#ifdef BRAID_DEBUG
+    BT_GE(made, Q);                 /* nothing reused before the quarantine filled */
+    BT_LE(made, Q + 8);
+#else
+    BT_LE(made, 8);                 /* release builds reuse at once */
+#endif
+    before = braid_test_alloc_count();
+    for (int i = 0; i < Q; i++) braid_deferred_release(braid_succeed(loop, NULL, NULL));
+    BT_EQ(braid_test_alloc_count() - before, 0);
+    /* Many freed at once: the list stays bounded. */
+    enum { M = Q + 3 * 4096 };
+    braid_deferred **ds = malloc(M * sizeof *ds);
+    BT_TRUE(ds);
+    for (int i = 0; i < M; i++) ds[i] = braid_succeed(loop, NULL, NULL);
+    for (int i = 0; i < M; i++) braid_deferred_release(ds[i]);
+    free(ds);
+    braid__dpool *pool = loop->ext[BRAID__SLOT_DEFERRED].ptr;
+    BT_LE(pool->nfree, (size_t)Q + 4096);
     done(loop);
 }
 
@@ -1432,6 +1523,19 @@ BT_TEST(primitives_allocation_failure_walk) {
 /* Spill arrays are reused through the free list (within a budget). */
 BT_TEST(long_callback_lists_stop_allocating_and_stay_bounded) {
     braid_loop *loop = mkloop();
+#ifdef BRAID_DEBUG
+    /* The free list is a FIFO quarantine here: a Deferred comes back with
+     * the spill array of one freed BRAID__DEFERRED_QUARANTINE earlier, so
+     * the reuse rules below are release-build ones (the ASan tree checks
+     * them). What holds in both: nothing leaks and the loop frees it all. */
+    for (int round = 0; round < 2; round++) {
+        braid_deferred *d = braid_deferred_new(loop);
+        for (int i = 0; i < 100; i++) BT_OK(braid_deferred_add_callback(d, pass, NULL));
+        BT_OK(braid_deferred_callback(d, NULL, NULL));
+        braid_deferred_release(d);
+    }
+    done(loop);
+#else
     for (int round = 0; round < 2; round++) {
         long before = braid_test_alloc_count();
         braid_deferred *d = braid_deferred_new(loop);
@@ -1458,4 +1562,5 @@ BT_TEST(long_callback_lists_stop_allocating_and_stay_bounded) {
     long after = braid_test_alloc_outstanding();
     BT_LE(held - after, N + 16384 / 128 + 8);
     BT_GE(held - after, N + 16384 / 128);
+#endif
 }

@@ -56,10 +56,16 @@
  *  - Freeing a Deferred whose current result is a failure that no errback
  *    consumed reports it through the loop's unhandled hook (log with origin;
  *    debug builds abort): failures are never silently dropped.
+ *  - Using a freed Deferred is a bug. Debug builds (BRAID_DEBUG) abort with
+ *    a message naming the call until 16,384 more Deferreds have been freed
+ *    on the loop (a quarantine); release builds only while its memory has
+ *    not been reused, which the next Deferred created usually does. See
+ *    docs/deferred.md, "Use after free".
  *
  * Everything is loop-affine: no atomics, no locks; touch a Deferred only on
  * its loop's thread (results from other threads come back through
- * braid_loop_post; see <braid/pool.h>). Deferreds come from a per-loop free
+ * braid_loop_post; see <braid/pool.h>). Debug builds check the thread and
+ * abort naming the call. Deferreds come from a per-loop free
  * list and store a few callbacks inline, so the ready path allocates nothing.
  */
 #ifndef BRAID_DEFERRED_H
