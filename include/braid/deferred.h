@@ -1,6 +1,6 @@
 /* braid/deferred.h — Deferreds: braid's currency for results.
  *
- * Twisted's Deferred in C (DESIGN.md, principle 4). A Deferred is a result
+ * Twisted's Deferred in C (docs/architecture.md, principle 4). A Deferred is a result
  * that is not here yet. Whoever produces it fires it once, with a value
  * (braid_deferred_callback) or a failure (braid_deferred_errback); whoever
  * consumes it adds callbacks. Each callback receives the previous result and
