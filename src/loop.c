@@ -337,8 +337,8 @@ void braid_handle_open(braid_loop *loop, braid_handle *h, const char *kind) {
 }
 
 void braid_handle_close(braid_loop *loop, braid_handle *h) {
-    BRAID__LOOP_AFFINE(loop);
     if (!h->next) return;
+    BRAID__LOOP_AFFINE(loop);
     h->prev->next = h->next;
     h->next->prev = h->prev;
     h->next = h->prev = NULL;
