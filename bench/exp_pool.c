@@ -1,4 +1,5 @@
-/* pool: seeds/003's deferToThread experiment, exactly. A trivial function
+/* pool: the deferToThread experiment of "Why deferToThread is so slow?"
+ * (Twisted-Python list, 2016), exactly. A trivial function
  * f(x) = x + 1 is run in a thread pool and its result awaited on the loop
  * thread, 10,000 times in a row per caller, with 1, 8 and 16 callers
  * running concurrently on the loop thread (each awaits its result before
@@ -405,7 +406,7 @@ static void measure(bench_ctx *ctx, pool_state *s, int impl, int li, int run) {
 static int run(bench_ctx *ctx) {
     pool_state *s = calloc(1, sizeof *s);
     if (!s) return -1;
-    s->calls = ctx->smoke ? 200 : ctx->full || !ctx->quick ? 10000 : 4000;   /* seeds/003: 10,000 per caller */
+    s->calls = ctx->smoke ? 200 : ctx->full || !ctx->quick ? 10000 : 4000;   /* as in the 2016 thread: 10,000 per caller */
     s->tw_calls = ctx->full ? 10000 : ctx->smoke ? 50 : 300;   /* Twisted: ~50-500 µs a call */
     s->warm = ctx->smoke ? 50 : 1000;
     double idle_secs = ctx->smoke ? 0.2 : ctx->full || !ctx->quick ? 5 : 1;
@@ -492,7 +493,7 @@ static void conclude(bench_ctx *ctx, FILE *html) {
         fprintf(html, " libuv's uv_queue_work took %.1f µs (1 thread: %.1f): braid's round trip is %.2f× libuv's "
                       "(1 thread: %.2f×).", u1, u1s, b1 / u1, b1s / u1s);
     if (isfinite(n1)) fprintf(html, " The naive pthread+condvar+eventfd pool took %.1f µs.", n1);
-    if (isfinite(t1)) fprintf(html, " Twisted's deferToThreadPool took %.0f µs (seeds/003 reported 120 µs).", t1);
+    if (isfinite(t1)) fprintf(html, " Twisted's deferToThreadPool took %.0f µs (\"Why deferToThread is so slow?\", 2016, reported 120 µs).", t1);
     if (isfinite(u16))
         fprintf(html, " At load 16 braid ran %.0f calls/s with 4 threads (1: %.0f) against libuv's %.0f (1: %.0f), "
                       "%.1f× (%.1f×).", b16, b16s, u16, u16s, b16 / u16, b16s / u16s);
@@ -506,8 +507,8 @@ static void conclude(bench_ctx *ctx, FILE *html) {
 }
 
 BENCH_EXPERIMENT(pool,
-    .title = "Thread-pool round trip (seeds/003)",
-    .question = "seeds/003: Twisted's deferToThread took 120 µs to run a trivial function in a thread and get "
+    .title = "Thread-pool round trip (\"Why deferToThread is so slow?\", 2016)",
+    .question = "\"Why deferToThread is so slow?\" (Twisted-Python list, 2016): Twisted's deferToThread took 120 µs to run a trivial function in a thread and get "
                 "its result back, and much more under load. How fast can a pool round trip be: braid's pools "
                 "against libuv's uv_queue_work, a minimal pthread+condvar+eventfd pool and Twisted's own "
                 "deferToThreadPool, at 1, 8 and 16 concurrent callers?",

@@ -1,7 +1,7 @@
 /* braid/pool.h — thread pools: blocking work off the loop, results back on it.
  *
  * A braid_pool is an object the user creates (there is no process-wide pool,
- * DESIGN.md principle 1): a few worker threads, a bounded queue per class of
+ * docs/architecture.md, principle 1): a few worker threads, a bounded queue per class of
  * work, and statistics. braid_defer_to_pool() runs fn(arg) on a worker and
  * returns a Deferred that fires on the loop's thread with fn's result or
  * failure. The way back is braid_loop_post_node with storage embedded in the
@@ -35,7 +35,7 @@
  * Deferred was cancelled meanwhile. fn must not return braid_chain(): a
  * worker cannot own a Deferred.
  *
- * Bounded by default (principle 5): a full class queue makes the Deferred fail
+ * Bounded by default (docs/architecture.md, principle 5): a full class queue makes the Deferred fail
  * at once with BRAID_EQUEUE_FULL (braid_call_in_pool returns it). Cancelling a
  * Deferred whose work has not started removes the work from the queue; work
  * already running finishes and its result is dropped.
