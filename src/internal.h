@@ -6,6 +6,7 @@
 #include <braid/common.h>
 #include <braid/loop.h>
 #include <braid/time.h>
+#include <pthread.h>
 #include <sched.h>
 #include <signal.h>
 #include <stdatomic.h>
@@ -155,6 +156,10 @@ struct braid_loop {
     size_t holds;
     braid_handle handles;         /* sentinel of the open-handle list */
 
+    /* The loop's thread: its creator, then whichever thread last entered
+     * braid_loop_run_once (see braid__loop_on_own_thread). */
+    _Atomic(pthread_t) thread;
+
     /* Busy-poll before blocking (pool.c sets these; see spin_for_posted in
      * loop.c). While spin_holds > 0, work in flight on other threads will
      * answer through braid_loop_post, and waking a sleeping loop costs tens
@@ -178,6 +183,11 @@ struct braid_loop {
 
     braid__ext ext[BRAID__NSLOTS];
 };
+
+/* True on the loop's thread (see `thread` above): a cheap check, for the
+ * calls that would deadlock there (braid_blocking_call_from_thread). Any
+ * thread. */
+bool braid__loop_on_own_thread(braid_loop *loop);
 
 /* Timer phase pieces, used by loop.c (timer.c owns the heap). */
 void braid__timers_run(braid_loop *loop, uint64_t now);

@@ -160,6 +160,7 @@ int braid_loop_new(braid_loop **out, const braid_loop_options *opts) {
     atomic_init(&loop->stop, false);
     atomic_init(&loop->destroying, false);
     atomic_init(&loop->spinning, false);
+    atomic_init(&loop->thread, pthread_self());
 
     loop->events = braid_malloc(BRAID__MAX_BATCH * sizeof *loop->events);
     if (!loop->events) { braid_free(loop); return BRAID_ENOMEM; }
@@ -584,7 +585,12 @@ static uint64_t spin_for_posted(braid_loop *loop, uint64_t timeout, uint64_t *sl
     return timeout > spent ? timeout - spent : 0;
 }
 
+bool braid__loop_on_own_thread(braid_loop *loop) {
+    return pthread_equal(atomic_load_explicit(&loop->thread, memory_order_relaxed), pthread_self());
+}
+
 int braid_loop_run_once(braid_loop *loop, unsigned flags) {
+    atomic_store_explicit(&loop->thread, pthread_self(), memory_order_relaxed);
     uint64_t timeout = (flags & BRAID_RUN_NOWAIT) ? 0 : poll_timeout(loop);
     if (timeout == BRAID_FOREVER && !loop_alive(loop)) timeout = 0;
     uint64_t slept_at = 0;

@@ -919,6 +919,12 @@ static void bcall_run(void *arg) {
 
 braid_result braid_blocking_call_from_thread(braid_loop *loop, braid_loop_fn fn, void *arg) {
     if (!loop || !fn) return braid_err(braid_failure_new(BRAID_EINVAL, "blocking call: bad arguments"));
+    /* On the loop's thread nobody would ever run fn: refuse rather than
+     * hang (a thread-id comparison, in every build). */
+    if (braid__loop_on_own_thread(loop))
+        return braid_err(braid_failure_new(BRAID_EDEADLK,
+                                           "braid_blocking_call_from_thread called on the loop's own thread "
+                                           "(it would wait forever for itself): call fn directly there"));
     bcall b;
     memset(&b, 0, sizeof b);
     b.loop = loop;

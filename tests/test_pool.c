@@ -1,8 +1,9 @@
 /* Thread pools: results and failures on the loop thread, ordering, cancel,
  * bounded queues, classes, shutdown in both modes, 16 producers, bursts of
  * blocking jobs (all running at once, whatever min_threads and the pool's
- * history), short jobs passing a blocked one, blocking_call_from_thread, the
- * memory worker, statistics, the leak gate and an allocation-failure walk. Threads synchronise through
+ * history), short jobs passing a blocked one, blocking_call_from_thread (and
+ * its misuse on the loop thread), the memory worker, statistics, the leak
+ * gate and an allocation-failure walk. Threads synchronise through
  * condition variables and the loop, never through sleeps. */
 // ctest-labels: pool threads
 #include "harness.h"
@@ -695,6 +696,81 @@ BT_IO_TEST(blocking_call_from_thread) {
     BT_EQ(a.got, 42);
     BT_ERR(a.code, BRAID_EPIPE);
     braid_pool_destroy(pool, BRAID_POOL_FINISH);
+    bt_loop_destroy(loop);
+}
+
+/* ---- blocking_call_from_thread on the loop's own thread ------------------------------------------ */
+/* It would wait forever for itself: it fails at once with BRAID_EDEADLK,
+ * and fn never runs. */
+static int misuse_fn_ran;
+static braid_deferred *misuse_fn(braid_loop *loop, void *arg) {
+    (void)arg;
+    misuse_fn_ran++;
+    return braid_succeed(loop, NULL, NULL);
+}
+typedef struct misuse { braid_loop *loop; int code; bool named; bool ran; } misuse;
+static void misuse_on_loop(void *p) {
+    misuse *m = p;
+    braid_result r = braid_blocking_call_from_thread(m->loop, misuse_fn, NULL);
+    m->ran = true;
+    m->code = r.failure ? r.failure->code : 0;
+    m->named = r.failure && r.failure->message &&
+               strstr(r.failure->message, "braid_blocking_call_from_thread") &&
+               strstr(r.failure->message, "own thread");
+    braid_result_drop(r);
+}
+
+BT_IO_TEST(blocking_call_on_loop_thread_fails) {
+    braid_loop *loop = bt_loop_new(NULL);
+    misuse_fn_ran = 0;
+    /* Inside a callback of the running loop. */
+    misuse m = { .loop = loop };
+    BT_OK(braid_loop_soon(loop, misuse_on_loop, &m));
+    BT_OK(braid_loop_run(loop));
+    BT_TRUE(m.ran);
+    BT_ERR(m.code, BRAID_EDEADLK);
+    BT_TRUE(m.named);
+    /* On the thread that made the loop, outside braid_loop_run: the loop's
+     * thread too (nobody else would run it). */
+    misuse m2 = { .loop = loop };
+    misuse_on_loop(&m2);
+    BT_ERR(m2.code, BRAID_EDEADLK);
+    BT_STREQ(braid_strerror(BRAID_EDEADLK), braid_strerror(-EDEADLK));
+    BT_EQ(misuse_fn_ran, 0);
+    BT_OK(braid_loop_run(loop));               /* nothing was left behind */
+    bt_loop_destroy(loop);
+}
+
+/* A loop made on one thread and run on another belongs to the one running
+ * it: from the maker's thread the call then works. */
+static void *run_loop_thread(void *p) {
+    if (braid_loop_run(p) < 0) abort();
+    return NULL;
+}
+static void release_loop(void *p) { braid_loop_release(p); }
+static braid_deferred *answer_on_runner(braid_loop *loop, void *arg) {
+    return braid_succeed(loop, (void *)((intptr_t)arg + 1), NULL);
+}
+
+BT_TEST(blocking_call_from_the_maker_of_a_loop_run_elsewhere) {
+    braid_loop *loop = bt_loop_new(NULL);
+    braid_loop_hold(loop);                     /* it runs until release_loop */
+    pthread_t t;
+    BT_EQ(pthread_create(&t, NULL, run_loop_thread, loop), 0);
+    /* The runner must have entered braid_loop_run before the call can work:
+     * ask it through the loop itself, which only its runner drains. */
+    braid_result r;
+    for (;;) {
+        r = braid_blocking_call_from_thread(loop, answer_on_runner, (void *)(intptr_t)41);
+        if (!r.failure || r.failure->code != BRAID_EDEADLK) break;
+        braid_result_drop(r);                  /* the runner has not started yet */
+        sched_yield();
+    }
+    BT_TRUE(r.failure == NULL);
+    BT_EQ((intptr_t)r.value, 42);
+    braid_result_drop(r);
+    BT_OK(braid_loop_post(loop, release_loop, loop));
+    pthread_join(t, NULL);
     bt_loop_destroy(loop);
 }
 

@@ -140,8 +140,14 @@ BRAID_API int braid_call_in_pool_class(braid_pool *pool, int cls, braid_call_fn 
 /* A thread that is not loop's (a pool worker, typically): run fn(arg) on the
  * loop's thread, wait until the Deferred it returns fires, and return that
  * result (the caller owns it: drop it when done). fn returning NULL gives a
- * BRAID_ENOMEM failure. Allocation-free. Calling it on the loop's own thread
- * deadlocks; so does waiting on a loop that no longer runs. */
+ * BRAID_ENOMEM failure. Allocation-free.
+ *
+ * On the loop's own thread — the thread running the loop (inside a callback,
+ * say), or the one that made it while no other thread has run it yet — it
+ * would wait forever for itself: it fails at once with BRAID_EDEADLK (a
+ * failure whose message names the misuse) and fn does not run. That check is
+ * one thread-id comparison, made in every build. Waiting on a loop that no
+ * longer runs still blocks forever. */
 typedef braid_deferred *(*braid_loop_fn)(braid_loop *loop, void *arg);
 BRAID_API braid_result braid_blocking_call_from_thread(braid_loop *loop, braid_loop_fn fn,
                                                        void *arg);
