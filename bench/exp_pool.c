@@ -855,7 +855,7 @@ static void conclude(bench_ctx *ctx, FILE *html) {
     double bc = ideal_gmean(ctx, "braid", "cpu", &bw), uc = ideal_gmean(ctx, "libuv", "cpu", &uw);
     double nc = ideal_gmean(ctx, "naive", "cpu", &nw);
     if (isfinite(bc)) {
-        fprintf(html, " CPU-bound jobs (a calibrated spin; the ideal counts this machine's %ld cores) took %.2f× "
+        fprintf(html, " CPU-bound jobs (each spinning until it has used its CPU time; the ideal counts this machine's %ld cores) took %.2f× "
                       "the ideal with braid", sysconf(_SC_NPROCESSORS_ONLN), bc);
         if (isfinite(uc)) fprintf(html, ", %.2f× with libuv", uc);
         if (isfinite(nc)) fprintf(html, ", %.2f× with the naive pool", nc);
