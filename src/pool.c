@@ -337,7 +337,8 @@ static size_t runnable(const braid_pool *pool) {
 }
 
 /* Pool lock held. How long the oldest queued job a worker could start now
- * has waited (pool clock; 0 if there is none, or the clock stands still). */
+ * has waited (pool clock: 0 if there is none, or if a test's fake clock
+ * stands still — the sentinel then goes by finished jobs alone). */
 static uint64_t oldest_wait(braid_pool *pool) {
     uint64_t now = pool_now(pool), most = 0;
     for (unsigned c = 0; c < pool->nclasses; c++) {
@@ -539,9 +540,9 @@ static void *worker_main(void *arg) {
              * busy with short ones), else twice as long (long ones run). */
             spun = true;
             bool progress = pool->completed != w->watch_seen;
-            uint64_t waited = oldest_wait(pool);
+            bool left = runnable(pool) && (!progress || oldest_wait(pool) >= STUCK_NS);
             w->watch_ns = progress ? WATCH_NS : w->watch_ns * 2 < WATCH_MAX_NS ? w->watch_ns * 2 : WATCH_MAX_NS;
-            rewatch = !(waited >= STUCK_NS || (waited && !progress));
+            rewatch = !left && !pool->shutdown;
             keep_watch = progress;
         }
     }

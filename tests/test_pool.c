@@ -466,9 +466,12 @@ static braid_result rv_job(void *p) {
  * the pool's averages say jobs are short and its workers trust each other
  * to take the next one — the case where a runner that then blocks stranded
  * the rest). Every job must be running at the same time. */
-static void burst_runs_at_once(unsigned min_threads, int n, int warm) {
+static void burst_runs_at_once_clock(unsigned min_threads, int n, int warm, braid_clock *clock) {
     braid_loop *loop = bt_loop_new(NULL);
-    braid_pool *pool = new_pool(loop, min_threads, (unsigned)n, 0, 0);
+    braid_pool_options opt = { .min_threads = min_threads, .max_threads = (unsigned)n, .name = "test",
+                               .loop = loop, .clock = clock };
+    braid_pool *pool;
+    BT_OK(braid_pool_new(&pool, &opt));
     static outcome wo[16];
     for (int done = 0; done < warm; done += 16) {
         for (int i = 0; i < 16; i++) {
@@ -495,6 +498,10 @@ static void burst_runs_at_once(unsigned min_threads, int n, int warm) {
     bt_loop_destroy(loop);
 }
 
+static void burst_runs_at_once(unsigned min_threads, int n, int warm) {
+    burst_runs_at_once_clock(min_threads, n, warm, NULL);
+}
+
 BT_TEST(burst_of_blocking_jobs_min0) { burst_runs_at_once(0, 4, 0); }
 BT_TEST(burst_of_blocking_jobs_min1) { burst_runs_at_once(1, 4, 0); }
 BT_TEST(burst_of_blocking_jobs_min4) { burst_runs_at_once(4, 4, 0); }
@@ -502,6 +509,13 @@ BT_TEST(burst_of_blocking_jobs_16) { burst_runs_at_once(2, 16, 0); }
 BT_TEST(burst_of_blocking_jobs_after_short_min0) { burst_runs_at_once(0, 4, 2000); }
 BT_TEST(burst_of_blocking_jobs_after_short_min1) { burst_runs_at_once(1, 4, 2000); }
 BT_TEST(burst_of_blocking_jobs_after_short_min4) { burst_runs_at_once(4, 4, 2000); }
+/* A pool whose statistics run on a fake clock that never moves: how long a
+ * job has been queued is unknowable, and the burst must still start. */
+BT_TEST(burst_of_blocking_jobs_fake_stats_clock) {
+    braid_fake_clock *fc = braid_fake_clock_new(1000000);
+    burst_runs_at_once_clock(4, 4, 2000, braid_fake_clock_base(fc));
+    braid_fake_clock_free(fc);
+}
 
 /* The same burst, queued by other threads with braid_call_in_pool, many
  * times over: every round must have all n running at once. */
