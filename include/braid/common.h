@@ -52,6 +52,7 @@ extern "C" {
 #define BRAID_EPIPE       (-EPIPE)
 #define BRAID_ECONNRESET  (-ECONNRESET)
 #define BRAID_EMSGSIZE    (-EMSGSIZE)    /* input larger than a configured limit */
+#define BRAID_EDEADLK     (-EDEADLK)     /* the call would wait for its own thread */
 
 #define BRAID_ERRBASE           (-4000)
 #define BRAID_EALREADY_CALLED   (-4001)  /* a Deferred fired twice */
