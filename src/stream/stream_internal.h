@@ -138,6 +138,7 @@ typedef struct braid__stream_state {
     char *readbuf;                    /* the shared BRAID__READ_BUF read buffer, lazily */
     void *ubufs;                      /* fd.c: io_uring provided-buffer ring, lazily */
     int uring;                        /* fd.c: 0 not decided, 1 completions, -1 readiness */
+    unsigned ur_conns;                /* fd.c: transports on completions (sizes the ring) */
     void *zombies;                    /* fd.c: transports waiting for their final CQEs */
 } braid__stream_state;
 braid__stream_state *braid__stream_state_get(braid_loop *loop);
