@@ -1475,3 +1475,42 @@ BT_IO_TEST(tls_close_within_bounds_the_lower_transport) {
     braid_fake_clock_free(fc);
     btc_world_free(&TW);
 }
+
+/* ======================= fiber streams: the endpoint parser's reason ================= */
+/* braid_fstream_connect returns only a code; for a malformed description the
+ * code's text ("malformed endpoint description") does not say what is wrong,
+ * so the parser's reason is logged at warning level (shown by default). */
+typedef struct logcap { char warn[512]; int warns; } logcap;
+static void cap_log(void *ctx, braid_log_level level, const char *msg) {
+    logcap *c = ctx;
+    if (level == BRAID_LOG_WARN) {
+        c->warns++;
+        snprintf(c->warn, sizeof c->warn, "%s", msg);
+    }
+}
+typedef struct fsc { braid_loop *loop; int rc; } fsc;
+static braid_result fsc_main(void *arg) {
+    fsc *c = arg;
+    braid_fstream *s = NULL;
+    c->rc = braid_fstream_connect(c->loop, "tcp:host=127.0.0.1:port=1:bogus=1", BRAID_SECONDS(1), &s);
+    braid_fstream_free(s);
+    return braid_ok(NULL);
+}
+BT_TEST(fstream_connect_keeps_the_endpoint_reason) {
+    logcap cap = { .warns = 0 };
+    braid_loop *loop;
+    BT_OK(braid_loop_new(&loop, &(braid_loop_options){ .log = cap_log, .log_ctx = &cap }));
+    fsc c = { .loop = loop, .rc = 0 };
+    braid_deferred *d = braid_fiber_spawn(loop, fsc_main, &c, NULL);
+    BT_TRUE(d != NULL);
+    BT_OK(braid_loop_run(loop));
+    braid_result r;
+    BT_OK(braid_deferred_take(d, &r));
+    braid_result_drop(r);
+    braid_deferred_release(d);
+    BT_ERR(c.rc, BRAID_EBAD_ENDPOINT);
+    BT_EQ(cap.warns, 1);
+    BT_TRUE(strstr(cap.warn, "unknown parameter 'bogus'") != NULL);
+    BT_TRUE(strstr(cap.warn, "tcp:host=127.0.0.1:port=1:bogus=1") != NULL);
+    bt_loop_destroy(loop);
+}
