@@ -483,9 +483,20 @@ static void ur_on_recv(braid__uring_op *op, int res, unsigned flags) {
 
 static void ur_on_send(braid__uring_op *op, int res, unsigned flags);
 
+static ssize_t fd_try_write(braid_transport *t, const void *buf, size_t len);
+
 static void ur_flush(fd_transport *ft) {
     braid_transport *t = &ft->base;
     if (braid__uring_op_active(&ft->wop) || !t->wlen || (t->state & BRAID__T_CLOSED)) return;
+    if (t->state & BRAID__T_EARLY_FLUSH) {
+        /* From inside write, past the high watermark: a send SQE would only
+         * leave with the next wait, so hand the kernel what it takes now. */
+        ssize_t n = fd_try_write(t, t->wbuf + t->whead, t->wlen);
+        if (n < 0) { braid__transport_lost(t, (int)n); return; }
+        if (n > 0) braid__transport_wrote(t, (size_t)n);
+        if (!t->wlen) return;
+        /* the kernel is full: the rest by a send SQE, done when it drains */
+    }
     struct io_uring_sqe *sqe = braid__uring_sqe(t->loop);
     if (!sqe) { braid__transport_lost(t, BRAID_EAGAIN); return; }
     io_uring_prep_send(sqe, ft->wfd, t->wbuf + t->whead, t->wlen, MSG_NOSIGNAL);
