@@ -449,6 +449,14 @@ static void ur_on_recv(braid__uring_op *op, int res, unsigned flags) {
     bool final = !(flags & IORING_CQE_F_MORE);
     bool live = !ft->zombie && !(t->state & BRAID__T_CLOSED);
     const char *data = (flags & IORING_CQE_F_BUFFER) ? braid__uring_bufs_data(st->ubufs, flags) : NULL;
+    if (res > 0) {
+        if (st->ur_iter != t->loop->iteration) {
+            st->ur_iter = t->loop->iteration;
+            st->ur_prev_recvs = st->ur_recvs;
+            st->ur_recvs = 0;
+        }
+        st->ur_recvs++;
+    }
     if (res > 0 && data) {
         bool wanted = live && !(t->state & (BRAID__T_READ_SHUT | BRAID__T_DISCONNECTING));
         if (wanted && braid__transport_reading(t) && !ft->nheld) {
@@ -488,9 +496,14 @@ static ssize_t fd_try_write(braid_transport *t, const void *buf, size_t len);
 static void ur_flush(fd_transport *ft) {
     braid_transport *t = &ft->base;
     if (braid__uring_op_active(&ft->wop) || !t->wlen || (t->state & BRAID__T_CLOSED)) return;
-    if (t->state & BRAID__T_EARLY_FLUSH) {
+    braid__stream_state *st = braid__loop_slot(t->loop, BRAID__SLOT_STREAM);
+    if ((t->state & BRAID__T_EARLY_FLUSH) || (st->ur_recvs <= 1 && st->ur_prev_recvs <= 1)) {
         /* From inside write, past the high watermark: a send SQE would only
-         * leave with the next wait, so hand the kernel what it takes now. */
+         * leave with the next wait, so hand the kernel what it takes now.
+         * Or a quiet loop (one receive per iteration, a ping-pong): the
+         * send's own completion would end the next wait at once and cost a
+         * second trip round the loop; a send() is cheaper. Busy loops (many
+         * receives per iteration) batch their sends into the wait. */
         ssize_t n = fd_try_write(t, t->wbuf + t->whead, t->wlen);
         if (n < 0) { braid__transport_lost(t, (int)n); return; }
         if (n > 0) braid__transport_wrote(t, (size_t)n);

@@ -143,6 +143,8 @@ typedef struct braid__stream_state {
     void *ubufs;                      /* fd.c: io_uring provided-buffer ring, lazily */
     int uring;                        /* fd.c: 0 not decided, 1 completions, -1 readiness */
     unsigned ur_conns;                /* fd.c: transports on completions (sizes the ring) */
+    uint64_t ur_iter;                 /* fd.c: the loop iteration ur_recvs counts */
+    unsigned ur_recvs, ur_prev_recvs; /* fd.c: receive completions in it, and in the last busy one */
     void *zombies;                    /* fd.c: transports waiting for their final CQEs */
 } braid__stream_state;
 braid__stream_state *braid__stream_state_get(braid_loop *loop);
