@@ -9,11 +9,14 @@
  *
  * On the io_uring backend TCP transports go by completions instead: a
  * multishot recv picks buffers from a per-loop provided-buffer ring (each
- * chunk handed to the protocol and the buffer recycled when data_received
- * returns), and the write buffer leaves as a send SQE submitted with the
- * loop's next wait. No read(), send() or epoll-style readiness per request:
- * one io_uring_enter per iteration carries everything. The buffer a send
- * points into is pinned (see braid_transport.wbuf_pinned). Ops outlive a
+ * chunk handed to the protocol and the buffer given back when data_received
+ * returns; chunks for a paused reader are pinned or copied), and the write
+ * buffer leaves as a send SQE submitted with the loop's next wait. No read()
+ * or epoll-style readiness per request: one io_uring_enter per iteration
+ * carries everything — except where a send() is cheaper: a large write with
+ * nothing queued, a buffer past its high watermark, a quiet loop (one
+ * receive per iteration). The buffer a send points into is pinned (see
+ * braid_transport.wbuf_pinned). Ops outlive a
  * closed transport until their final CQE: the memory waits as a "zombie"
  * (freed by the final CQE, or with the loop). Unix sockets (descriptor
  * passing needs recvmsg) and pipes keep the readiness path. On by default;
