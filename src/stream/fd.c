@@ -510,7 +510,7 @@ static void ur_flush(fd_transport *ft) {
         ssize_t n = fd_try_write(t, t->wbuf + t->whead, t->wlen);
         if (n < 0) { braid__transport_lost(t, (int)n); return; }
         if (n > 0) braid__transport_wrote(t, (size_t)n);
-        if (!t->wlen) return;
+        if (!t->wlen || (t->state & BRAID__T_CLOSED)) return;   /* a producer may have closed it */
         /* the kernel is full: the rest by a send SQE, done when it drains */
     }
     struct io_uring_sqe *sqe = braid__uring_sqe(t->loop);
