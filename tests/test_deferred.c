@@ -1,6 +1,6 @@
 /* Deferreds: every rule of <braid/deferred.h>, on the fake clock. */
 #include "harness.h"
-#include "deferred_internal.h"   /* BRAID__DEFERRED_QUARANTINE */
+#include "deferred/deferred_internal.h"   /* BRAID__DEFERRED_QUARANTINE */
 #include <braid/testing_deferred.h>
 #include <signal.h>
 #include <sys/wait.h>

@@ -8,7 +8,7 @@
 // ctest-labels: pool threads
 #include "harness.h"
 #include <braid/pool.h>
-#include "internal.h"   /* braid__loop_resolver_pool */
+#include "loop/loop_internal.h"   /* braid__loop_resolver_pool */
 #include <pthread.h>
 #include <sched.h>
 #include <stdatomic.h>

@@ -20,7 +20,7 @@
 #include <arpa/inet.h>
 #if __has_include(<liburing.h>)
 #include "poll/uring.h"
-#include "stream/stream_internal.h"
+#include "net/transport_impl.h"
 #define HAVE_URING_H 1
 #endif
 

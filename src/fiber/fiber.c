@@ -13,7 +13,7 @@
  * The sanitizers are told about every switch: ASan through
  * __sanitizer_{start,finish}_switch_fiber (else it takes the fiber's stack
  * for a giant overflow of the main one), TSan through __tsan_*_fiber. */
-#include "fiber_internal.h"
+#include "fiber/fiber_internal.h"
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>

@@ -11,7 +11,7 @@
 #ifndef BRAID_FIBER_INTERNAL_H
 #define BRAID_FIBER_INTERNAL_H
 
-#include "../internal.h"
+#include "loop/loop_internal.h"
 #include <braid/deferred.h>
 #include <braid/fiber.h>
 

@@ -36,7 +36,7 @@
  * unread input would make the kernel send a reset, and the client could lose
  * the answer. A second timer (wtimer) aborts a connection whose output makes
  * no progress for send_timeout. */
-#include "server_internal.h"
+#include "http/server_internal.h"
 
 #include <errno.h>
 #include <inttypes.h>

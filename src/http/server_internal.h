@@ -3,12 +3,12 @@
 #ifndef BRAID_HTTP_SERVER_INTERNAL_H
 #define BRAID_HTTP_SERVER_INTERNAL_H
 
-#include "internal.h"
+#include "loop/loop_internal.h"
 #include <braid/endpoint.h>
 #include <braid/http.h>
 #include <braid/stream.h>
 #include <braid/time.h>
-#include "stream/stream_internal.h"
+#include "net/transport_impl.h"
 
 #define HS_MAX_HEADERS_CAP 65536u  /* limits.max_headers is clamped to this */
 #define HS_XHDR_MAX 1024           /* added response header bytes */

@@ -9,7 +9,7 @@
  * opened file's real path (/proc/self/fd) must lie under the root's real
  * path. Every refusal answers 404: nothing tells a prober what exists
  * outside. Bodies leave with sendfile(2) (server.c, braid__http_send_file). */
-#include "server_internal.h"
+#include "http/server_internal.h"
 
 #include <errno.h>
 #include <fcntl.h>

@@ -3,7 +3,7 @@
  * Waits use epoll_pwait2 (ns timeout, Linux 5.11) and fall back to
  * epoll_wait with the timeout rounded up to whole ms, so we never wake early
  * by rounding down. */
-#include "internal.h"
+#include "loop/loop_internal.h"
 #ifdef __linux__
 #include <stdlib.h>
 #include <sys/epoll.h>

@@ -1,6 +1,6 @@
 /* poll(2) backend: a dense pollfd array plus an fd -> index map, so update is
  * O(1) (swap-remove) and poll is O(registered fds). Portable POSIX. */
-#include "internal.h"
+#include "loop/loop_internal.h"
 #include <limits.h>
 #include <poll.h>
 #include <string.h>

@@ -1,6 +1,6 @@
 /* select(2) backend: the oldest multiplexer, for the survey and for systems
  * with nothing better. fds >= FD_SETSIZE cannot be watched (BRAID_EINVAL). */
-#include "internal.h"
+#include "loop/loop_internal.h"
 #include <string.h>
 #include <sys/select.h>
 

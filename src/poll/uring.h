@@ -60,7 +60,7 @@
 #ifndef BRAID_POLL_URING_H
 #define BRAID_POLL_URING_H
 
-#include "internal.h"
+#include "loop/loop_internal.h"
 #include <liburing.h>
 
 typedef struct braid__uring_op braid__uring_op;

@@ -1,6 +1,6 @@
 /* TLS contexts: what connections share (certificates, CAs, policy, SNI
  * certificates, ALPN, ticket keys, the client session cache). */
-#include "tls_internal.h"
+#include "tls/tls_internal.h"
 #include <openssl/err.h>
 #include <openssl/pem.h>
 #include <stdarg.h>

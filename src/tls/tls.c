@@ -19,8 +19,8 @@
  * happens in the TLS transport's flush, which transport.c runs once per
  * iteration in the ready phase — every write of the iteration is sealed
  * together. */
-#include "tls_internal.h"
-#include "../stream/stream_internal.h"
+#include "tls/tls_internal.h"
+#include "net/transport_impl.h"
 #include <string.h>
 
 #define RECORD 16384

@@ -4,7 +4,7 @@
  * children share a cache line of pointers, which is why libuv-style binary
  * heaps lose to it at a million timers. Each timer stores its heap index, so
  * stop and reset are O(log n) with no search. */
-#include "internal.h"
+#include "loop/loop_internal.h"
 #include <stdlib.h>
 #include <string.h>
 

@@ -21,7 +21,7 @@
  * Lifetimes. A completion touches only its job and its loop, never the
  * pool, so a pool may be destroyed while completions are still queued on
  * their loops; the loop hold taken per job keeps the leak gate honest. */
-#include "internal.h"
+#include "loop/loop_internal.h"
 #include <braid/pool.h>
 #include <linux/futex.h>
 #include <pthread.h>

@@ -8,7 +8,7 @@
  * while a kind delivers input (read_begin/read_end) are flushed right after
  * that delivery instead: the same single send, without touching every busy
  * connection a second time in the ready phase. */
-#include "stream_internal.h"
+#include "net/transport_impl.h"
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>

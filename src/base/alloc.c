@@ -4,7 +4,7 @@
  * for the Nth allocation from now to fail (SQLite's method) and walk N = 1,
  * 2, ... through a scenario, checking that an error comes back and that
  * nothing leaks: braid_test_alloc_outstanding() counts live blocks. */
-#include "internal.h"
+#include "loop/loop_internal.h"
 #include <braid/testing.h>
 #include <stdlib.h>
 #include <string.h>

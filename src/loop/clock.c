@@ -1,5 +1,5 @@
 /* Clocks: the real monotonic clock and the fake clock tests advance by hand. */
-#include "internal.h"
+#include "loop/loop_internal.h"
 #include <time.h>
 
 static uint64_t mono_now(braid_clock *c) {

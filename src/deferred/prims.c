@@ -5,7 +5,7 @@
  * reference the primitive holds. Cancelling a waiter (its canceller) blanks
  * its ring entry, which is skipped when the ring is popped; a cancelled
  * waiter never receives a token or a value. */
-#include "deferred_internal.h"
+#include "deferred/deferred_internal.h"
 #include <string.h>
 
 /* ---- defer_later ------------------------------------------------------------------- */

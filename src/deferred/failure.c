@@ -5,7 +5,7 @@
  * code is kept (a cancellation stays a cancellation under memory pressure),
  * for anything else it becomes BRAID_ENOMEM. Static failures are never
  * freed and carry no cause. */
-#include "deferred_internal.h"
+#include "deferred/deferred_internal.h"
 #include <stdarg.h>
 #include <stdio.h>
 #include <string.h>

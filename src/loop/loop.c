@@ -4,7 +4,7 @@
  * One iteration is poll -> I/O callbacks -> due timers -> posted calls ->
  * ready calls (see <braid/loop.h>). Each phase runs only the work that was
  * there when the phase began, so a flood in one phase cannot starve I/O. */
-#include "internal.h"
+#include "loop/loop_internal.h"
 #include <fcntl.h>
 #include <stdarg.h>
 #include <stdio.h>

@@ -15,7 +15,7 @@
  * by each chained Deferred waiting on it (its parent link) and temporary
  * ones inside cancel. A Deferred is freed when refs reaches 0 outside its
  * callback loop; inside, the loop frees it when it finishes. */
-#include "deferred_internal.h"
+#include "deferred/deferred_internal.h"
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>

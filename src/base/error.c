@@ -1,5 +1,5 @@
 /* braid_strerror: names for -errno codes and for braid's own range. */
-#include "internal.h"
+#include "loop/loop_internal.h"
 #include <string.h>
 
 static const char *const own[] = {

@@ -2,7 +2,7 @@
 #ifndef BRAID_STREAM_RESOLVE_H
 #define BRAID_STREAM_RESOLVE_H
 
-#include "stream_internal.h"
+#include "net/transport_impl.h"
 
 typedef struct braid__addrlist {
     size_t n;

@@ -7,7 +7,7 @@
  * counts unreported members plus temporary holds taken while the state
  * calls out into code (cancelling members, firing out) that may re-enter
  * it, so it is never freed under its own feet. */
-#include "deferred_internal.h"
+#include "deferred/deferred_internal.h"
 #include <stdio.h>
 #include <string.h>
 

@@ -1,5 +1,5 @@
 /* Synchronous Deferred assertions for tests (<braid/testing_deferred.h>). */
-#include "deferred_internal.h"
+#include "deferred/deferred_internal.h"
 #include <braid/testing_deferred.h>
 #include <stdio.h>
 #include <stdlib.h>

@@ -2,7 +2,7 @@
  * grammar): fields separated by ':', '\' escapes the next character, a field
  * is either key=value or positional. Parsing never allocates; every error
  * names the part it did not like. */
-#include "stream_internal.h"
+#include "net/transport_impl.h"
 #include <braid/endpoint.h>
 #include <stdarg.h>
 #include <stdio.h>

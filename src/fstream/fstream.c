@@ -15,8 +15,8 @@
  * Lifetime: a reference for the protocol side (dropped by the destroy op,
  * after connection_lost) and one for the owner (the caller of
  * braid_fstream_new/connect, or a connection fiber of a factory). */
-#include "fiber_internal.h"
-#include "../stream/stream_internal.h"
+#include "fiber/fiber_internal.h"
+#include "net/transport_impl.h"
 #include <braid/endpoint.h>
 #include <string.h>
 

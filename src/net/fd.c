@@ -21,7 +21,7 @@
  * (freed by the final CQE, or with the loop). Unix sockets (descriptor
  * passing needs recvmsg) and pipes keep the readiness path. On by default;
  * BRAID_STREAM_COMPLETIONS=0 in the environment (read once per loop) turns it off. */
-#include "stream_internal.h"
+#include "net/transport_impl.h"
 #include <fcntl.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>

@@ -3,8 +3,8 @@
  * connected protocol after its connection_made. Cancelling the Deferred —
  * directly or through its timeout — stops the resolution or closes the
  * socket in flight. */
-#include "stream_internal.h"
-#include "resolve.h"
+#include "net/transport_impl.h"
+#include "net/resolve.h"
 #include <netdb.h>
 #include <string.h>
 #include <sys/socket.h>

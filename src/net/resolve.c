@@ -12,9 +12,9 @@
  * queue; one already running finishes and its answer is dropped. The pool
  * job holds the loop until it has reported back, so a loop cannot be
  * destroyed under a running lookup. */
-#include "stream_internal.h"
-#include "resolve.h"
-#include "../internal.h"
+#include "net/transport_impl.h"
+#include "net/resolve.h"
+#include "loop/loop_internal.h"
 #include <braid/pool.h>
 #include <netdb.h>
 #include <stdio.h>

@@ -1,7 +1,7 @@
 /* Framers meet transports: encoders that write one frame in one buffered
  * write, and the protocol glue that feeds a framer and aborts the connection
  * with the framing error as the reason. */
-#include "stream_internal.h"
+#include "net/transport_impl.h"
 #include <braid/framing.h>
 #include <string.h>
 

@@ -5,7 +5,7 @@
  * so the kernel queues them for the fd instead of running a handler. Other
  * POSIX systems get BRAID_ENOSYS for now (a self-pipe with sigaction would go
  * here). */
-#include "internal.h"
+#include "loop/loop_internal.h"
 #include <pthread.h>
 #include <unistd.h>
 #ifdef __linux__
