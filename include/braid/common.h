@@ -121,6 +121,8 @@ BRAID_API char *braid_strdup(const char *s);
 typedef enum braid_log_level {
     BRAID_LOG_DEBUG, BRAID_LOG_INFO, BRAID_LOG_WARN, BRAID_LOG_ERROR
 } braid_log_level;
+/* Where a loop's log lines go (braid_loop_options.log): msg is one line. */
+typedef void (*braid_log_fn)(void *ctx, braid_log_level level, const char *msg);
 
 #ifdef __cplusplus
 }

@@ -67,8 +67,6 @@ enum {
     BRAID_LOOP_NO_SIGNALS     = 1u << 2, /* reserved: do not touch the signal mask */
 };
 
-typedef void (*braid_log_fn)(void *ctx, braid_log_level level, const char *msg);
-
 typedef struct braid_loop_options {
     braid_backend backend;
     unsigned flags;

@@ -4,7 +4,8 @@
  * for the Nth allocation from now to fail (SQLite's method) and walk N = 1,
  * 2, ... through a scenario, checking that an error comes back and that
  * nothing leaks: braid_test_alloc_outstanding() counts live blocks. */
-#include "loop/loop_internal.h"
+#include "base/base.h"
+#include <stdatomic.h>
 #include <braid/testing.h>
 #include <stdlib.h>
 #include <string.h>

@@ -1,5 +1,5 @@
 /* braid_strerror: names for -errno codes and for braid's own range. */
-#include "loop/loop_internal.h"
+#include "base/base.h"
 #include <string.h>
 
 static const char *const own[] = {

@@ -17,34 +17,18 @@
 #endif
 
 /* ---- logging ------------------------------------------------------------------ */
-static void default_log(void *ctx, braid_log_level level, const char *msg) {
-    static const char *const names[] = { "debug", "info", "warn", "error" };
-    (void)ctx;
-    if (level == BRAID_LOG_DEBUG) {   /* debug lines only when asked for */
-        const char *e = getenv("BRAID_LOG_DEBUG");
-        if (!e || !*e || !strcmp(e, "0")) return;
-    }
-    fprintf(stderr, "braid[%s]: %s\n", names[level & 3], msg);
-}
-
 void braid__log(braid_loop *loop, braid_log_level level, const char *fmt, ...) {
-    char buf[1024];
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(buf, sizeof buf, fmt, ap);
+    braid__log_vwrite(loop ? loop->log : NULL, loop ? loop->log_ctx : NULL, level, fmt, ap);
     va_end(ap);
-    if (loop && loop->log) loop->log(loop->log_ctx, level, buf);
-    else default_log(NULL, level, buf);
 }
 
 void braid_log(braid_loop *loop, braid_log_level level, const char *fmt, ...) {
-    char buf[1024];
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(buf, sizeof buf, fmt, ap);
+    braid__log_vwrite(loop ? loop->log : NULL, loop ? loop->log_ctx : NULL, level, fmt, ap);
     va_end(ap);
-    if (loop && loop->log) loop->log(loop->log_ctx, level, buf);
-    else default_log(NULL, level, buf);
 }
 
 /* ---- loop affinity ---------------------------------------------------------------- */

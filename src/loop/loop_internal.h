@@ -3,39 +3,12 @@
 #ifndef BRAID_INTERNAL_H
 #define BRAID_INTERNAL_H
 
-#include <braid/common.h>
+#include "base/base.h"
 #include <braid/loop.h>
 #include <braid/time.h>
 #include <pthread.h>
-#include <sched.h>
 #include <signal.h>
 #include <stdatomic.h>
-
-#define BRAID__UNUSED(x) ((void)(x))
-#define braid__container_of(ptr, type, member) \
-    ((type *)((char *)(ptr) - offsetof(type, member)))
-#define BRAID__LIKELY(x) __builtin_expect(!!(x), 1)
-#define BRAID__UNLIKELY(x) __builtin_expect(!!(x), 0)
-
-/* One step of a bounded busy-wait (loop.c, pool.c): a CPU pause the first
- * few times, then sched_yield. Spinning with pause alone is a disaster when
- * the cores are oversubscribed: the spinner can sit on the very core the
- * thread it waits for needs, for a whole time slice (measured: 50-130 µs
- * round trips instead of 3). Yielding hands that core over at once and
- * costs well under a microsecond when nobody else wants it. Measured on the
- * 2-core machine under load, 8 pauses before yielding beat 32, 128 and 512
- * (round trip 2.2-3.8 µs vs 3-7, 4-16 and 3.5-42). */
-static inline void braid__spin_step(unsigned i) {
-    if (i < 8) {
-#if defined(__x86_64__) || defined(__i386__)
-        __builtin_ia32_pause();
-#elif defined(__aarch64__)
-        __asm__ __volatile__("yield");
-#endif
-    } else {
-        sched_yield();
-    }
-}
 
 /* ---- poller backends (Redis ae's shape: a handful of small functions) ----------
  * A backend reports readiness as (tag, events) pairs through
@@ -223,12 +196,5 @@ void braid__log(braid_loop *loop, braid_log_level level, const char *fmt, ...) B
  * NULL on allocation failure. Loop thread. */
 struct braid_pool;
 struct braid_pool *braid__loop_resolver_pool(braid_loop *loop, int *cls);
-
-/* Allocator internals for fault injection (alloc.c). */
-void braid__alloc_reset_injection(void);
-/* Take `blocks` live blocks out of braid_test_alloc_outstanding (negative:
- * put them back): for memory parked out of the program's reach, such as the
- * debug builds' quarantine of freed Deferreds. */
-void braid__alloc_park(long blocks);
 
 #endif

@@ -1,0 +1,32 @@
+/* Writing log lines: formatting, and the default sink (stderr).
+ *
+ * The sink is per loop (braid_loop_options.log); this file only formats a
+ * line and hands it to the sink it is given, so the layers below the loop
+ * (the pollers) log through the same path. */
+#include "base/base.h"
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static void default_log(braid_log_level level, const char *msg) {
+    static const char *const names[] = { "debug", "info", "warn", "error" };
+    if (level == BRAID_LOG_DEBUG) {   /* debug lines only when asked for */
+        const char *e = getenv("BRAID_LOG_DEBUG");
+        if (!e || !*e || !strcmp(e, "0")) return;
+    }
+    fprintf(stderr, "braid[%s]: %s\n", names[level & 3], msg);
+}
+
+void braid__log_vwrite(braid_log_fn fn, void *ctx, braid_log_level level, const char *fmt, va_list ap) {
+    char buf[1024];
+    vsnprintf(buf, sizeof buf, fmt, ap);
+    if (fn) fn(ctx, level, buf);
+    else default_log(level, buf);
+}
+
+void braid__log_write(braid_log_fn fn, void *ctx, braid_log_level level, const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    braid__log_vwrite(fn, ctx, level, fmt, ap);
+    va_end(ap);
+}
