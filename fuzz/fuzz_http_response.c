@@ -1,4 +1,4 @@
-// fuzz-sources: src/http/parser.c src/alloc.c src/error.c
+// fuzz-sources: src/http/parser.c src/base/*.c
 /* libFuzzer: response heads, with and without a HEAD request. */
 #include <braid/http.h>
 #include <stdlib.h>

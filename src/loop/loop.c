@@ -57,42 +57,51 @@ static inline void take_over(braid_loop *loop, const char *fn) {
 }
 
 /* ---- backend choice ----------------------------------------------------------- */
+/* The loop finds pollers by name in the poll layer's table (poll/poller.h);
+ * the names are <braid/loop.h>'s braid_backend values. */
+_Static_assert((unsigned)BRAID__POLL_READ == (unsigned)BRAID_READ &&
+               (unsigned)BRAID__POLL_WRITE == (unsigned)BRAID_WRITE &&
+               (unsigned)BRAID__POLL_ERROR == (unsigned)BRAID_ERROR &&
+               (unsigned)BRAID__POLL_HUP == (unsigned)BRAID_HUP,
+               "the poll layer's event bits are the loop's");
+static const char *const backend_names[] = {
+    [BRAID_BACKEND_SELECT] = "select", [BRAID_BACKEND_POLL] = "poll",
+    [BRAID_BACKEND_EPOLL] = "epoll", [BRAID_BACKEND_URING] = "uring",
+};
+#define DEFAULT_BACKEND "epoll"   /* where there is no epoll: poll */
+
 static braid_backend backend_from_env(void) {
     const char *e = getenv("BRAID_BACKEND");
     if (!e || !*e) return BRAID_BACKEND_DEFAULT;
-    if (!strcmp(e, "select")) return BRAID_BACKEND_SELECT;
-    if (!strcmp(e, "poll")) return BRAID_BACKEND_POLL;
-    if (!strcmp(e, "epoll")) return BRAID_BACKEND_EPOLL;
-    if (!strcmp(e, "uring") || !strcmp(e, "io_uring")) return BRAID_BACKEND_URING;
+    if (!strcmp(e, "io_uring")) e = "uring";
+    for (size_t b = 1; b < sizeof backend_names / sizeof backend_names[0]; b++)
+        if (!strcmp(e, backend_names[b])) return (braid_backend)b;
     return (braid_backend)-1;
 }
 
+static const braid__poller_ops *default_backend(void) {
+    const braid__poller_ops *ops = braid__poller_find(DEFAULT_BACKEND);
+    return ops ? ops : braid__poller_find("poll");
+}
+
+/* The backend asked for, if it is built in, usable here and not turned off;
+ * else the default one, unless BRAID_LOOP_STRICT_BACKEND (BRAID_ENOSYS). */
 static const braid__poller_ops *pick_backend(braid_backend b, unsigned flags, int *err) {
     *err = 0;
-    /* The kill switch: BRAID_NO_URING set to anything but "" or "0". */
-    const char *nu = getenv("BRAID_NO_URING");
-    bool no_uring = (flags & BRAID_LOOP_NO_URING) || (nu && *nu && strcmp(nu, "0"));
-    (void)no_uring;
-    switch (b) {
-    case BRAID_BACKEND_SELECT: return &braid__poller_select;
-    case BRAID_BACKEND_POLL: return &braid__poller_poll;
-    case BRAID_BACKEND_URING:
-#ifdef BRAID_HAVE_URING
-        if (!no_uring && braid__uring_available()) return &braid__poller_uring;
-#endif
-        if (flags & BRAID_LOOP_STRICT_BACKEND) { *err = BRAID_ENOSYS; return NULL; }
-        /* io_uring unavailable or turned off -> epoll */
-        __attribute__((fallthrough));
-    case BRAID_BACKEND_EPOLL:
-    case BRAID_BACKEND_DEFAULT:
-#ifdef __linux__
-        return &braid__poller_epoll;
-#else
-        return &braid__poller_poll;
-#endif
+    if (b == BRAID_BACKEND_DEFAULT) return default_backend();
+    if ((unsigned)b >= sizeof backend_names / sizeof backend_names[0] || !backend_names[b]) {
+        *err = BRAID_EINVAL;
+        return NULL;
     }
-    *err = BRAID_EINVAL;
-    return NULL;
+    const braid__poller_ops *ops = braid__poller_find(backend_names[b]);
+    /* io_uring's kill switch: BRAID_LOOP_NO_URING, or BRAID_NO_URING set to
+     * anything but "" or "0". */
+    const char *nu = getenv("BRAID_NO_URING");
+    if (b == BRAID_BACKEND_URING && ((flags & BRAID_LOOP_NO_URING) || (nu && *nu && strcmp(nu, "0"))))
+        ops = NULL;
+    if (ops && (!ops->available || ops->available())) return ops;
+    if (flags & BRAID_LOOP_STRICT_BACKEND) { *err = BRAID_ENOSYS; return NULL; }
+    return default_backend();
 }
 
 /* ---- wakeup channel for posted calls ------------------------------------------ */
@@ -155,7 +164,9 @@ int braid_loop_new(braid_loop **out, const braid_loop_options *opts) {
 
     braid_loop *loop = braid_calloc(1, sizeof *loop);
     if (!loop) return BRAID_ENOMEM;
-    loop->poller = ops;
+    loop->poller.ops = ops;
+    loop->poller.log = o.log;
+    loop->poller.log_ctx = o.log_ctx;
     loop->owner_thread = pthread_self();
     atomic_init(&loop->running, 0);
     loop->clock = o.clock ? o.clock : braid_clock_monotonic();
@@ -172,18 +183,16 @@ int braid_loop_new(braid_loop **out, const braid_loop_options *opts) {
     atomic_init(&loop->destroying, false);
     atomic_init(&loop->spinning, false);
 
-    loop->events = braid_malloc(BRAID__MAX_BATCH * sizeof *loop->events);
-    if (!loop->events) { braid_free(loop); return BRAID_ENOMEM; }
-    loop->cap_events = BRAID__MAX_BATCH;
-    int rc = ops->init(loop);
-#ifdef BRAID_HAVE_URING
-    /* A ring can fail to set up after a good probe (limits): fall back. */
-    if (rc == BRAID_ENOSYS && ops == &braid__poller_uring && !(o.flags & BRAID_LOOP_STRICT_BACKEND)) {
-        loop->poller = ops = &braid__poller_epoll;
-        rc = ops->init(loop);
+    loop->poller.events = braid_malloc(BRAID__MAX_BATCH * sizeof *loop->poller.events);
+    if (!loop->poller.events) { braid_free(loop); return BRAID_ENOMEM; }
+    int rc = ops->init(&loop->poller);
+    /* A backend can fail to set up after a good probe (io_uring: fd or
+     * memlock limits): fall back to the default one. */
+    if (rc == BRAID_ENOSYS && ops != default_backend() && !(o.flags & BRAID_LOOP_STRICT_BACKEND)) {
+        loop->poller.ops = ops = default_backend();
+        rc = ops->init(&loop->poller);
     }
-#endif
-    if (rc < 0) { braid_free(loop->events); braid_free(loop); return rc; }
+    if (rc < 0) { braid_free(loop->poller.events); braid_free(loop); return rc; }
     if ((rc = wake_open(loop)) < 0) goto fail;
     if ((rc = braid_watch_init(loop, &loop->wake_watch, loop->wake_rfd, wake_cb, loop)) < 0)
         goto fail;
@@ -199,9 +208,9 @@ int braid_loop_new(braid_loop **out, const braid_loop_options *opts) {
     return 0;
 fail:
     wake_close(loop);
-    ops->destroy(loop);
+    ops->destroy(&loop->poller);
     braid_free(loop->fds);
-    braid_free(loop->events);
+    braid_free(loop->poller.events);
     braid_free(loop);
     return rc;
 }
@@ -262,15 +271,15 @@ int braid_loop_destroy(braid_loop *loop) {
     wake_close(loop);
     braid__signals_close(loop);
     braid__timers_destroy(loop);
-    loop->poller->destroy(loop);
+    loop->poller.ops->destroy(&loop->poller);
     braid_free(loop->fds);
-    braid_free(loop->events);
+    braid_free(loop->poller.events);
     braid_free(loop);
     return 0;
 }
 
-const char *braid_loop_backend(const braid_loop *loop) { return loop->poller->name; }
-int braid_loop_backend_fd(const braid_loop *loop) { return loop->poller->backend_fd(loop); }
+const char *braid_loop_backend(const braid_loop *loop) { return loop->poller.ops->name; }
+int braid_loop_backend_fd(const braid_loop *loop) { return loop->poller.ops->backend_fd(&loop->poller); }
 uint64_t braid_loop_now(const braid_loop *loop) {
     BRAID__LOOP_AFFINE(loop);
     return loop->now;
@@ -370,7 +379,7 @@ int braid_watch_set(braid_watch *w, unsigned mask) {
     BRAID__LOOP_AFFINE(loop);
     mask &= BRAID_READ | BRAID_WRITE;
     if (mask == w->mask) return 0;
-    int rc = loop->poller->update(loop, w->fd, w->mask, mask, braid__tag(w->gen, w->fd));
+    int rc = loop->poller.ops->update(&loop->poller, w->fd, w->mask, mask, braid__tag(w->gen, w->fd));
     if (rc < 0) return rc;
     bool before = watch_counts(w);
     w->mask = mask;
@@ -393,7 +402,7 @@ void braid_watch_close(braid_watch *w) {
     if (w->mask) {
         /* Removing may fail with EBADF if the user closed the fd first; the
          * kernel already forgot it then, which is what we want. */
-        (void)loop->poller->update(loop, w->fd, w->mask, 0, braid__tag(w->gen, w->fd));
+        (void)loop->poller.ops->update(&loop->poller, w->fd, w->mask, 0, braid__tag(w->gen, w->fd));
         if (watch_counts(w)) loop->watchers_alive--;
         w->mask = 0;
     }
@@ -402,34 +411,23 @@ void braid_watch_close(braid_watch *w) {
     loop->watchers_open--;
 }
 
-int braid__loop_push_event(braid_loop *loop, uint64_t tag, unsigned events) {
-    /* The batch is preallocated at loop creation: a poll never allocates and so
-     * never fails midway. A backend that finds it full stops collecting; with
-     * level-triggered readiness the rest is reported next iteration. */
-    if (loop->nevents == loop->cap_events) return BRAID_EAGAIN;
-    loop->events[loop->nevents].tag = tag;
-    loop->events[loop->nevents].events = events;
-    loop->nevents++;
-    return 0;
-}
-
 /* Deliver collected events. The watcher is looked up by fd and checked by
  * generation at delivery time, so a callback that closes another watcher (and
  * even opens a new one on the same fd number) stops stale events for it. */
 static void dispatch_io(braid_loop *loop) {
-    for (size_t i = 0; i < loop->nevents; i++) {
-        uint64_t tag = loop->events[i].tag;
+    for (size_t i = 0; i < loop->poller.nevents; i++) {
+        uint64_t tag = loop->poller.events[i].tag;
         uint32_t fd = (uint32_t)tag;
         if (fd >= loop->nfds) continue;
         braid_watch *w = loop->fds[fd];
         if (!w || w->gen != (uint32_t)(tag >> 32)) continue;   /* stale */
-        unsigned ev = loop->events[i].events;
+        unsigned ev = loop->poller.events[i].events;
         if (ev & (BRAID_ERROR | BRAID_HUP)) ev |= w->mask;     /* wake whoever waits */
         ev &= w->mask | BRAID_ERROR | BRAID_HUP;
         if (!(ev & w->mask)) continue;
         w->cb(w, ev, w->arg);
     }
-    loop->nevents = 0;
+    loop->poller.nevents = 0;
 }
 
 /* ---- posted calls (any thread) ----------------------------------------------------- */
@@ -573,9 +571,7 @@ uint64_t braid_loop_next_timeout(braid_loop *loop) {
     BRAID__LOOP_AFFINE(loop);
     /* Embedders call this before waiting on the backend fd: make pending
      * interest changes effective first (io_uring queues them). */
-#ifdef BRAID_HAVE_URING
-    (void)braid__uring_flush(loop);
-#endif
+    if (loop->poller.ops->flush) (void)loop->poller.ops->flush(&loop->poller);
     return poll_timeout(loop);
 }
 
@@ -637,13 +633,13 @@ static int run_once(braid_loop *loop, unsigned flags) {
     uint64_t slept_at = 0;
     bool spun = timeout && loop->spin_holds && loop->spin_max;
     if (spun) timeout = spin_for_posted(loop, timeout, &slept_at);
-    int rc = loop->poller->poll(loop, timeout);
+    int rc = loop->poller.ops->poll(&loop->poller, timeout);
     if (spun && timeout && loop->spin_cur < loop->spin_max &&
         atomic_load_explicit(&loop->posted, memory_order_relaxed) &&
         mono_ns() - slept_at <= loop->spin_max)
         loop->spin_cur = loop->spin_max;   /* the answer came soon after all: spin again */
     if (rc < 0 && rc != -EINTR) {
-        loop->nevents = 0;
+        loop->poller.nevents = 0;
         return rc;
     }
     dispatch_io(loop);

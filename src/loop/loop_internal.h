@@ -4,54 +4,19 @@
 #define BRAID_INTERNAL_H
 
 #include "base/base.h"
+#include "poll/poller.h"
 #include <braid/loop.h>
 #include <braid/time.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdatomic.h>
 
-/* ---- poller backends (Redis ae's shape: a handful of small functions) ----------
- * A backend reports readiness as (tag, events) pairs through
- * braid__loop_push_event(); tag = gen << 32 | fd, so the loop can drop events
- * for a watcher closed (or replaced) earlier in the same batch. */
-typedef struct braid__poller_ops {
-    const char *name;
-    int (*init)(braid_loop *loop);                 /* sets loop->pstate */
-    void (*destroy)(braid_loop *loop);
-    /* Change fd's interest from old_mask to new_mask (0 = remove). */
-    int (*update)(braid_loop *loop, int fd, unsigned old_mask, unsigned new_mask, uint64_t tag);
-    /* Wait up to timeout_ns (BRAID_FOREVER = no limit, 0 = don't block). */
-    int (*poll)(braid_loop *loop, uint64_t timeout_ns);
-    int (*backend_fd)(const braid_loop *loop);     /* or BRAID_ENOSYS */
-} braid__poller_ops;
-
-extern const braid__poller_ops braid__poller_select;
-extern const braid__poller_ops braid__poller_poll;
-extern const braid__poller_ops braid__poller_epoll;
-#ifdef BRAID_HAVE_URING
-extern const braid__poller_ops braid__poller_uring;
-/* Is io_uring usable on this kernel (probed once)? */
-bool braid__uring_available(void);
-/* io_uring batches interest changes into its next wait; this hands them to
- * the kernel now (an embedding loop waiting on the ring fd needs them in
- * place). BRAID_ENOSYS if loop is not on io_uring. */
-int braid__uring_flush(braid_loop *loop);
-#endif
-
+/* The poller (poll/poller.h) reports (tag, events) pairs; tag = gen << 32 |
+ * fd, so the loop can drop events for a watcher closed (or replaced)
+ * earlier in the same batch. */
 static inline uint64_t braid__tag(uint32_t gen, int fd) {
     return ((uint64_t)gen << 32) | (uint32_t)fd;
 }
-
-typedef struct braid__event {
-    uint64_t tag;
-    unsigned events;        /* BRAID_READ | BRAID_WRITE | BRAID_ERROR | BRAID_HUP */
-} braid__event;
-
-/* Append one ready event (called by backends during poll). Never allocates:
- * returns BRAID_EAGAIN when the batch (BRAID__MAX_BATCH events) is full, and
- * the backend stops collecting for this iteration. */
-#define BRAID__MAX_BATCH 1024
-int braid__loop_push_event(braid_loop *loop, uint64_t tag, unsigned events);
 
 /* ---- per-loop extension slots: module state that lives as long as the loop ----- */
 enum braid__slot {
@@ -93,7 +58,7 @@ enum {
 };
 
 struct braid_loop {
-    const braid__poller_ops *poller;
+    braid__poller poller;         /* the backend, its state and the event batch */
     /* The thread the loop belongs to (docs/loop.md, "Threads"): its creator,
      * then whichever thread last ran it. Written only by that thread (and by
      * a thread taking the loop over in run/run_once/destroy), so another
@@ -102,7 +67,6 @@ struct braid_loop {
      * to catch a second thread running the loop at the same time. */
     pthread_t owner_thread;
     atomic_int running;
-    void *pstate;
     braid_clock *clock;
     uint64_t now;                 /* cached at the timer phase */
     uint64_t iteration;
@@ -114,9 +78,6 @@ struct braid_loop {
     uint32_t next_gen;
     size_t watchers_open;         /* counted by the leak gate */
     size_t watchers_alive;        /* open, with interest, referenced */
-
-    braid__event *events;         /* collected by the last poll */
-    size_t nevents, cap_events;
 
     /* timers: 4-ary min-heap on (deadline, seq) */
     braid_timer **heap;

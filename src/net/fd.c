@@ -2,23 +2,24 @@
  *
  * Readiness watchers drive both directions on every backend. The read path is
  * one function (fd_read) that fills the loop's shared buffer and hands it to
- * braid__transport_data; an io_uring completion path would call the same
- * braid__transport_data with its own buffer. Writes leave from fd_flush: the
+ * braid__transport_data; the completion path below hands the same function
+ * the chunks of a provided-buffer ring. Writes leave from fd_flush: the
  * whole contiguous buffer in one send() (or a sendmsg carrying descriptors),
  * and write interest is asked for only after the kernel said EAGAIN.
  *
- * On the io_uring backend TCP transports go by completions instead: a
+ * On a loop with a completion service (io_uring: loop/completion.h) TCP
+ * transports go by completions instead: a
  * multishot recv picks buffers from a per-loop provided-buffer ring (each
  * chunk handed to the protocol and the buffer given back when data_received
  * returns; chunks for a paused reader are pinned or copied), and the write
- * buffer leaves as a send SQE submitted with the loop's next wait. No read()
+ * buffer leaves as a send submitted with the loop's next wait. No read()
  * or epoll-style readiness per request: one io_uring_enter per iteration
  * carries everything — except where a send() is cheaper: a large write with
  * nothing queued, a buffer past its high watermark, a quiet loop (one
  * receive per iteration). The buffer a send points into is pinned (see
- * braid_transport.wbuf_pinned). Ops outlive a
- * closed transport until their final CQE: the memory waits as a "zombie"
- * (freed by the final CQE, or with the loop). Unix sockets (descriptor
+ * braid_transport.wbuf_pinned). Ops outlive a closed transport until their
+ * final completion: the memory waits as a "zombie" (freed by the final
+ * completion, or with the loop). Unix sockets (descriptor
  * passing needs recvmsg) and pipes keep the readiness path. On by default;
  * BRAID_STREAM_COMPLETIONS=0 in the environment (read once per loop) turns it off. */
 #include "net/transport_impl.h"
@@ -31,9 +32,7 @@
 #include <sys/stat.h>
 #include <stdlib.h>
 #include <unistd.h>
-#ifdef BRAID_HAVE_URING
-#include "poll/uring.h"
-#endif
+#include "loop/completion.h"
 
 #define MAX_FDS_PER_MSG 16
 /* The per-loop buffer ring. Incremental (kernel 6.12): 64 KiB buffers whose
@@ -67,20 +66,18 @@ typedef struct fd_transport {
     braid_watch rw, ww;            /* ww only when wfd != rfd */
     bool write_blocked;            /* the kernel said EAGAIN: wait for writable */
     bool read_disarmed;            /* paused and data came: read interest dropped */
-#ifdef BRAID_HAVE_URING
     bool ur;                       /* reads and writes by io_uring completions */
     bool rdone;                    /* the recv ended for good (EOF or error) */
     bool eof_pending;              /* EOF seen while paused: after the held data */
     bool zombie;                   /* freed by braid; waits for its final CQEs */
     bool held_queued;
-    braid__uring_op rop, wop;      /* multishot recv; send */
+    braid__completion_op rop, wop;      /* multishot recv; send */
     char *zbuf;                    /* the pinned write buffer, detached at close */
     struct ur_seg *held;           /* chunks that arrived while paused, in order */
     int hfirst, nheld, capheld;    /* held[hfirst, nheld) still to deliver */
     size_t hlen;                   /* their bytes */
     braid_soon held_node;
     struct fd_transport *znext, *zprev;
-#endif
 } fd_transport;
 
 int braid__set_nonblock(int fd) {
@@ -93,10 +90,8 @@ static bool split(const fd_transport *ft) { return ft->rfd != ft->wfd; }
 
 /* Interest follows state: read while the protocol wants data, write only
  * while the kernel is full. */
-#ifdef BRAID_HAVE_URING
 static void ur_update_reading(fd_transport *ft);
 static void ur_flush(fd_transport *ft);
-#endif
 
 /* Pausing is lazy (libuv's trick): a paused transport keeps its read
  * interest until data actually arrives while it is paused. A pause that ends
@@ -110,9 +105,7 @@ static bool only_paused(const braid_transport *t) {
 static void update_watch(fd_transport *ft) {
     braid_transport *t = &ft->base;
     if (t->state & BRAID__T_CLOSED) return;
-#ifdef BRAID_HAVE_URING
     if (ft->ur) { ur_update_reading(ft); return; }
-#endif
     bool reading = braid__transport_reading(t);
     if (reading) ft->read_disarmed = false;
     unsigned rmask = reading || (only_paused(t) && !ft->read_disarmed) ? BRAID_READ : 0;
@@ -192,9 +185,7 @@ static ssize_t send_with_fds(fd_transport *ft, braid__fdmsg *m, const char *buf,
 
 static void fd_flush(braid_transport *t) {
     fd_transport *ft = (fd_transport *)t;
-#ifdef BRAID_HAVE_URING
     if (ft->ur) { ur_flush(ft); return; }
-#endif
     if (ft->write_blocked) return;             /* the writable event will call us */
     while (t->wlen && !(t->state & BRAID__T_CLOSED)) {
         const char *p = t->wbuf + t->whead;
@@ -235,9 +226,7 @@ static void fd_flush(braid_transport *t) {
 ssize_t braid__transport_sendfile(braid_transport *t, int in_fd, off_t *off, size_t count) {
     if (t->vt->flush != fd_flush) return BRAID_ENOSYS;
     fd_transport *ft = (fd_transport *)t;
-#ifdef BRAID_HAVE_URING
     if (ft->ur) return BRAID_ENOSYS;       /* completions: no write readiness to wait on */
-#endif
     if (t->wlen || t->fdq || ft->wfd < 0 ||
         (t->state & (BRAID__T_CLOSED | BRAID__T_DISCONNECTING | BRAID__T_SHUT_PENDING | BRAID__T_WRITE_SHUT)))
         return BRAID_ENOSYS;
@@ -285,37 +274,36 @@ static void on_event(fd_transport *ft, unsigned ev, bool is_write_fd) {
 static void on_rw(braid_watch *w, unsigned ev, void *arg) { (void)w; on_event(arg, ev, false); }
 static void on_ww(braid_watch *w, unsigned ev, void *arg) { (void)w; on_event(arg, ev, true); }
 
-/* ---- io_uring completions (TCP on the uring backend) ------------------------------------ */
-#ifdef BRAID_HAVE_URING
+/* ---- completions (TCP on a loop with a completion service) ------------------------------ */
 /* The loop's buffer ring, made on first use; NULL means "use readiness". */
-static braid__uring_bufs *ur_bufs(braid_loop *loop) {
-    if (!braid__uring_ring(loop)) return NULL;
+static braid__completion_bufs *ur_bufs(braid_loop *loop) {
+    if (!braid__completion_available(loop)) return NULL;
     braid__stream_state *st = braid__stream_state_get(loop);
     if (!st || st->uring < 0) return NULL;
     if (st->uring == 0) {
         const char *e = getenv("BRAID_STREAM_COMPLETIONS");
         const char *ring = getenv("BRAID_STREAM_RING");
         bool plain = ring && !strcmp(ring, "plain");
-        braid__uring_bufs *b = NULL;
+        braid__completion_bufs *b = NULL;
         /* On by default; BRAID_STREAM_COMPLETIONS=0 keeps TCP on readiness;
          * BRAID_STREAM_RING=plain declines incremental buffers. */
         int rc = BRAID_ENOSYS;
-        if (!(e && e[0] == '0') && braid__uring_have_recv_multishot()) {
+        if (!(e && e[0] == '0') && braid__completion_have_recv_multishot()) {
             rc = plain ? BRAID_ENOSYS
-                       : braid__uring_bufs_new(loop, UR_INC_COUNT, UR_INC_MAX, UR_INC_SIZE, BRAID__BUFS_INC, &b);
-            if (rc == 0 && !braid__uring_bufs_incremental(b)) {
-                braid__uring_bufs_free(b);      /* the kernel has no incremental rings */
+                       : braid__completion_bufs_new(loop, UR_INC_COUNT, UR_INC_MAX, UR_INC_SIZE, BRAID__COMPLETION_BUFS_INC, &b);
+            if (rc == 0 && !braid__completion_bufs_incremental(b)) {
+                braid__completion_bufs_free(b);      /* the kernel has no incremental rings */
                 b = NULL;
                 rc = BRAID_ENOSYS;
             }
             if (rc < 0 && rc != BRAID_ENOMEM)
-                rc = braid__uring_bufs_new(loop, UR_PLAIN_COUNT, UR_PLAIN_MAX, UR_PLAIN_SIZE, 0, &b);
+                rc = braid__completion_bufs_new(loop, UR_PLAIN_COUNT, UR_PLAIN_MAX, UR_PLAIN_SIZE, 0, &b);
         }
         if (rc < 0) {
             st->uring = -1;            /* decided once per loop (ENOMEM included) */
             return NULL;
         }
-        braid__uring_bufs_internal(b);
+        braid__completion_bufs_internal(b);
         st->ubufs = b;
         st->uring = 1;
     }
@@ -325,7 +313,7 @@ static braid__uring_bufs *ur_bufs(braid_loop *loop) {
 static void ur_seg_release(fd_transport *ft, struct ur_seg *g) {
     if (g->bid >= 0) {
         braid__stream_state *st = braid__loop_slot(ft->base.loop, BRAID__SLOT_STREAM);
-        if (st && st->ubufs) braid__uring_bufs_unpin(st->ubufs, (unsigned)g->bid);
+        if (st && st->ubufs) braid__completion_bufs_unpin(st->ubufs, (unsigned)g->bid);
     } else {
         braid_free(g->p);
     }
@@ -340,7 +328,7 @@ static void ur_drop_held(fd_transport *ft) {
 }
 
 static void ur_zombie_maybe_free(fd_transport *ft) {
-    if (braid__uring_op_active(&ft->rop) || braid__uring_op_active(&ft->wop) || ft->held_queued)
+    if (braid__completion_op_active(&ft->rop) || braid__completion_op_active(&ft->wop) || ft->held_queued)
         return;
     braid__stream_state *st = braid__loop_slot(ft->base.loop, BRAID__SLOT_STREAM);
     if (ft->zprev) ft->zprev->znext = ft->znext;
@@ -363,17 +351,16 @@ void braid__fd_state_destroy(braid_loop *loop, braid__stream_state *st) {
         braid_free(ft);
     }
     st->zombies = NULL;
-    if (st->ubufs) braid__uring_bufs_free(st->ubufs);
+    if (st->ubufs) braid__completion_bufs_free(st->ubufs);
     st->ubufs = NULL;
 }
 
-static void ur_on_recv(braid__uring_op *op, int res, unsigned flags);
+static void ur_on_recv(braid__completion_op *op, int res, unsigned flags);
 
 static void ur_submit_recv(fd_transport *ft) {
     braid__stream_state *st = braid__loop_slot(ft->base.loop, BRAID__SLOT_STREAM);
-    int rc = braid__uring_recv_multishot(ft->base.loop, &ft->rop, ft->rfd, st->ubufs);
-    if (rc < 0) { braid__transport_lost(&ft->base, rc); return; }
-    braid_handle_close(ft->base.loop, &ft->rop.handle);   /* the transport is the handle */
+    int rc = braid__completion_recv_multishot(ft->base.loop, &ft->rop, ft->rfd, st->ubufs);
+    if (rc < 0) braid__transport_lost(&ft->base, rc);
 }
 
 /* Deliver the chunks held while paused (in order, each as it came), then
@@ -395,7 +382,7 @@ static void ur_held_cb(void *arg) {
     if (ft->hfirst == ft->nheld) ur_drop_held(ft);
     if (ft->hlen || !braid__transport_reading(t)) return;
     if (ft->eof_pending) { ft->eof_pending = false; braid__transport_eof(t); return; }
-    if (!ft->rdone && !braid__uring_op_active(&ft->rop)) ur_submit_recv(ft);
+    if (!ft->rdone && !braid__completion_op_active(&ft->rop)) ur_submit_recv(ft);
 }
 
 static void ur_update_reading(fd_transport *ft) {
@@ -406,17 +393,17 @@ static void ur_update_reading(fd_transport *ft) {
                 ft->held_queued = true;
                 braid_loop_soon_node(t->loop, &ft->held_node);
             }
-        } else if (!ft->rdone && !braid__uring_op_active(&ft->rop)) {
+        } else if (!ft->rdone && !braid__completion_op_active(&ft->rop)) {
             ur_submit_recv(ft);
         }
-    } else if (braid__uring_op_active(&ft->rop) && !(only_paused(t) && ft->hlen < UR_HOLD_MAX)) {
-        braid__uring_cancel(&ft->rop);   /* late chunks are held (paused) or dropped */
+    } else if (braid__completion_op_active(&ft->rop) && !(only_paused(t) && ft->hlen < UR_HOLD_MAX)) {
+        braid__completion_cancel(&ft->rop);   /* late chunks are held (paused) or dropped */
     }
 }
 
 /* Keep a chunk that arrived while paused (or behind chunks still held):
  * pinned in the ring if it has room, else copied. */
-static int ur_hold(fd_transport *ft, braid__uring_bufs *b, unsigned flags, const char *data, size_t len) {
+static int ur_hold(fd_transport *ft, braid__completion_bufs *b, unsigned flags, const char *data, size_t len) {
     if (ft->nheld == ft->capheld) {
         if (ft->hfirst) {
             memmove(ft->held, ft->held + ft->hfirst, (size_t)(ft->nheld - ft->hfirst) * sizeof *ft->held);
@@ -431,9 +418,9 @@ static int ur_hold(fd_transport *ft, braid__uring_bufs *b, unsigned flags, const
         }
     }
     struct ur_seg *g = &ft->held[ft->nheld];
-    if (braid__uring_bufs_pin(b, flags)) {
+    if (braid__completion_bufs_pin(b, flags)) {
         g->p = (char *)data;
-        g->bid = (int)braid__uring_cqe_bid(flags);
+        g->bid = (int)braid__completion_bid(flags);
     } else {
         if (!(g->p = braid_malloc(len))) return BRAID_ENOMEM;
         memcpy(g->p, data, len);
@@ -445,13 +432,13 @@ static int ur_hold(fd_transport *ft, braid__uring_bufs *b, unsigned flags, const
     return 0;
 }
 
-static void ur_on_recv(braid__uring_op *op, int res, unsigned flags) {
+static void ur_on_recv(braid__completion_op *op, int res, unsigned flags) {
     fd_transport *ft = op->data;
     braid_transport *t = &ft->base;
     braid__stream_state *st = braid__loop_slot(t->loop, BRAID__SLOT_STREAM);
-    bool final = !(flags & IORING_CQE_F_MORE);
+    bool final = !(flags & BRAID__COMPLETION_MORE);
     bool live = !ft->zombie && !(t->state & BRAID__T_CLOSED);
-    const char *data = (flags & IORING_CQE_F_BUFFER) ? braid__uring_bufs_data(st->ubufs, flags) : NULL;
+    const char *data = (flags & BRAID__COMPLETION_BUFFER) ? braid__completion_bufs_data(st->ubufs, flags) : NULL;
     if (res > 0) {
         if (st->ur_iter != t->loop->iteration) {
             st->ur_iter = t->loop->iteration;
@@ -472,7 +459,7 @@ static void ur_on_recv(braid__uring_op *op, int res, unsigned flags) {
             if (ur_hold(ft, st->ubufs, flags, data, (size_t)res) < 0) braid__transport_lost(t, BRAID_ENOMEM);
             /* A pause is lazy (as with readiness): the recv goes on until
              * some bytes wait, then it is cancelled. */
-            else if (ft->hlen >= UR_HOLD_MAX && !braid__transport_reading(t)) braid__uring_cancel(&ft->rop);
+            else if (ft->hlen >= UR_HOLD_MAX && !braid__transport_reading(t)) braid__completion_cancel(&ft->rop);
         }
     } else if (res == 0 && live) {
         ft->rdone = true;
@@ -482,23 +469,23 @@ static void ur_on_recv(braid__uring_op *op, int res, unsigned flags) {
         ft->rdone = true;
         braid__transport_lost(t, res);
     }
-    if (flags & IORING_CQE_F_BUFFER) braid__uring_bufs_consumed(st->ubufs, flags, res > 0 ? res : 0);
+    if (flags & BRAID__COMPLETION_BUFFER) braid__completion_bufs_consumed(st->ubufs, flags, res > 0 ? res : 0);
     /* The ring ran dry: a burst wanted more buffers than it has. A plain
      * ring needs a buffer per active connection: grow it. */
-    if (res == -ENOBUFS && !braid__uring_bufs_incremental(st->ubufs)) (void)braid__uring_bufs_grow(st->ubufs);
+    if (res == -ENOBUFS && !braid__completion_bufs_incremental(st->ubufs)) (void)braid__completion_bufs_grow(st->ubufs);
     if (!final) return;
     if (ft->zombie) { ur_zombie_maybe_free(ft); return; }
     /* Ended without EOF (the ring ran dry, or a cancel): go on if wanted. */
     if (!(t->state & BRAID__T_CLOSED)) update_watch(ft);
 }
 
-static void ur_on_send(braid__uring_op *op, int res, unsigned flags);
+static void ur_on_send(braid__completion_op *op, int res, unsigned flags);
 
 static ssize_t fd_try_write(braid_transport *t, const void *buf, size_t len);
 
 static void ur_flush(fd_transport *ft) {
     braid_transport *t = &ft->base;
-    if (braid__uring_op_active(&ft->wop) || !t->wlen || (t->state & BRAID__T_CLOSED)) return;
+    if (braid__completion_op_active(&ft->wop) || !t->wlen || (t->state & BRAID__T_CLOSED)) return;
     braid__stream_state *st = braid__loop_slot(t->loop, BRAID__SLOT_STREAM);
     if ((t->state & BRAID__T_EARLY_FLUSH) || (st->ur_recvs <= 1 && st->ur_prev_recvs <= 1)) {
         /* From inside write, past the high watermark: a send SQE would only
@@ -513,15 +500,12 @@ static void ur_flush(fd_transport *ft) {
         if (!t->wlen || (t->state & BRAID__T_CLOSED)) return;   /* a producer may have closed it */
         /* the kernel is full: the rest by a send SQE, done when it drains */
     }
-    struct io_uring_sqe *sqe = braid__uring_sqe(t->loop);
-    if (!sqe) { braid__transport_lost(t, BRAID_EAGAIN); return; }
-    io_uring_prep_send(sqe, ft->wfd, t->wbuf + t->whead, t->wlen, MSG_NOSIGNAL);
+    int rc = braid__completion_send(t->loop, &ft->wop, ft->wfd, t->wbuf + t->whead, t->wlen, MSG_NOSIGNAL);
+    if (rc < 0) { braid__transport_lost(t, rc); return; }
     t->wbuf_pinned = true;
-    braid__uring_submit(t->loop, sqe, &ft->wop);
-    braid_handle_close(t->loop, &ft->wop.handle);
 }
 
-static void ur_on_send(braid__uring_op *op, int res, unsigned flags) {
+static void ur_on_send(braid__completion_op *op, int res, unsigned flags) {
     (void)flags;
     fd_transport *ft = op->data;
     braid_transport *t = &ft->base;
@@ -543,13 +527,13 @@ static void ur_on_send(braid__uring_op *op, int res, unsigned flags) {
 
 static void ur_close(fd_transport *ft) {
     braid_transport *t = &ft->base;
-    if (braid__uring_op_active(&ft->rop)) {
-        braid__uring_op_unref(&ft->rop);
-        braid__uring_cancel(&ft->rop);
+    if (braid__completion_op_active(&ft->rop)) {
+        braid__completion_op_unref(&ft->rop);
+        braid__completion_cancel(&ft->rop);
     }
-    if (braid__uring_op_active(&ft->wop)) {
-        braid__uring_op_unref(&ft->wop);
-        braid__uring_cancel(&ft->wop);
+    if (braid__completion_op_active(&ft->wop)) {
+        braid__completion_op_unref(&ft->wop);
+        braid__completion_cancel(&ft->wop);
         /* the kernel may still read it: ours until the final CQE */
         ft->zbuf = t->wbuf;
         t->wbuf = NULL;
@@ -562,7 +546,7 @@ static void ur_close(fd_transport *ft) {
 
 /* vt->free: now, or once the last op reported. */
 static bool ur_free(fd_transport *ft) {
-    if (!braid__uring_op_active(&ft->rop) && !braid__uring_op_active(&ft->wop) && !ft->held_queued) {
+    if (!braid__completion_op_active(&ft->rop) && !braid__completion_op_active(&ft->wop) && !ft->held_queued) {
         braid_free(ft->zbuf);
         braid_free(ft->base.wbuf_retired);
         ur_drop_held(ft);
@@ -576,9 +560,6 @@ static bool ur_free(fd_transport *ft) {
     st->zombies = ft;
     return true;
 }
-#else
-void braid__fd_state_destroy(braid_loop *loop, braid__stream_state *st) { (void)loop; (void)st; }
-#endif
 
 static int fd_shutdown_write(braid_transport *t) {
     fd_transport *ft = (fd_transport *)t;
@@ -602,9 +583,7 @@ static void fd_close(braid_transport *t) {
         struct linger lg = { 1, 0 };
         setsockopt(ft->rfd, SOL_SOCKET, SO_LINGER, &lg, sizeof lg);
     }
-#ifdef BRAID_HAVE_URING
     if (ft->ur) ur_close(ft);
-#endif
     if (ft->rfd >= 0) { braid_watch_close(&ft->rw); close(ft->rfd); }
     if (split(ft) && ft->wfd >= 0) { braid_watch_close(&ft->ww); close(ft->wfd); }
     ft->rfd = ft->wfd = -1;
@@ -634,12 +613,10 @@ static int fd_set_option(braid_transport *t, int opt, int a, int b) {
 /* Readiness kinds only (io_uring TCP sends by completion). */
 static ssize_t fd_try_write(braid_transport *t, const void *buf, size_t len) {
     fd_transport *ft = (fd_transport *)t;
-#ifdef BRAID_HAVE_URING
     /* Completions too: a large write with nothing queued or in flight goes
      * out by send() at once, uncopied — no SQE, no copy into the buffer;
      * what the kernel does not take is queued and leaves by a send SQE. */
-    if (ft->ur && braid__uring_op_active(&ft->wop)) return 0;
-#endif
+    if (ft->ur && braid__completion_op_active(&ft->wop)) return 0;
     if (ft->write_blocked || ft->wfd < 0) return 0;
     for (;;) {
         ssize_t n = ft->kind == BRAID__FD_PIPE ? write(ft->wfd, buf, len)
@@ -652,14 +629,12 @@ static ssize_t fd_try_write(braid_transport *t, const void *buf, size_t len) {
 }
 
 static void fd_free(braid_transport *t) {
-#ifdef BRAID_HAVE_URING
     fd_transport *ft = (fd_transport *)t;
     if (ft->ur) {
         braid__stream_state *st = braid__loop_slot(t->loop, BRAID__SLOT_STREAM);
         st->ur_conns--;
         if (ur_free(ft)) return;
     }
-#endif
     braid_free(t);
 }
 
@@ -694,19 +669,19 @@ int braid__fd_transport_new(braid_loop *loop, int rfd, int wfd, braid__fd_kind k
         int on = 1;
         setsockopt(rfd, IPPROTO_TCP, TCP_NODELAY, &on, sizeof on);
     }
-#ifdef BRAID_HAVE_URING
     if (kind == BRAID__FD_TCP && rfd >= 0 && rfd == wfd && ur_bufs(loop)) {
         ft->ur = true;
         braid__stream_state *st = braid__loop_slot(loop, BRAID__SLOT_STREAM);
-        if (++st->ur_conns > UR_INC_CONNS_PER_BUF * braid__uring_bufs_count(st->ubufs) &&
-            braid__uring_bufs_incremental(st->ubufs))
-            (void)braid__uring_bufs_grow(st->ubufs);   /* more connections, more buffers */
-        braid__uring_op_init(&ft->rop, ur_on_recv, ft);
-        braid__uring_op_init(&ft->wop, ur_on_send, ft);
+        if (++st->ur_conns > UR_INC_CONNS_PER_BUF * braid__completion_bufs_count(st->ubufs) &&
+            braid__completion_bufs_incremental(st->ubufs))
+            (void)braid__completion_bufs_grow(st->ubufs);   /* more connections, more buffers */
+        braid__completion_op_init(&ft->rop, ur_on_recv, ft);
+        braid__completion_op_init(&ft->wop, ur_on_send, ft);
+        braid__completion_op_internal(&ft->rop);   /* the transport is the handle */
+        braid__completion_op_internal(&ft->wop);
         ft->held_node.fn = ur_held_cb;
         ft->held_node.arg = ft;
     }
-#endif
     if (rfd < 0) ft->base.state |= BRAID__T_READ_SHUT;
     if (wfd < 0) ft->base.state |= BRAID__T_WRITE_SHUT;
     update_watch(ft);
