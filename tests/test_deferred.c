@@ -763,7 +763,7 @@ BT_TEST(deferred_quarantine_is_bounded_and_reused) {
     for (int i = 0; i < M; i++) ds[i] = braid_succeed(loop, NULL, NULL);
     for (int i = 0; i < M; i++) braid_deferred_release(ds[i]);
     free(ds);
-    braid__dpool *pool = loop->ext[BRAID__SLOT_DEFERRED].ptr;
+    braid__dpool *pool = braid__deferred_pool(loop);
     BT_LE(pool->nfree, (size_t)Q + 4096);
     done(loop);
 }

@@ -900,10 +900,7 @@ static void sink_lost(braid_protocol *p, const braid_failure *f) {
 static const braid_protocol_ops sink_ops = { .connection_made = sink_made, .data_received = sink_data,
                                              .connection_lost = sink_lost };
 
-static braid__completion_bufs *loop_ring(braid_loop *loop) {
-    braid__stream_state *st = braid__loop_slot(loop, BRAID__SLOT_STREAM);
-    return st && st->uring == 1 ? st->ubufs : NULL;
-}
+static braid__completion_bufs *loop_ring(braid_loop *loop) { return braid__fd_ring(loop); }
 
 /* The ring is sized to use: a loop with a few TCP connections on
  * completions holds at most 1 MiB of receive buffers (it was 16 MiB before

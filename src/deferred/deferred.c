@@ -100,18 +100,24 @@ static void dpool_destroy(braid_loop *loop, void *ptr) {
     braid_free(p);
 }
 
+static braid_loop_key dpool_key = BRAID_LOOP_KEY_INIT("deferred", dpool_destroy, dpool_report);
+
 static braid__dpool *dpool_get(braid_loop *loop) {
-    braid__dpool *p = loop->ext[BRAID__SLOT_DEFERRED].ptr;
+    braid__dpool *p = braid__loop_data(loop, &dpool_key);
     if (BRAID__LIKELY(p != NULL)) return p;
     p = braid_calloc(1, sizeof *p);
     if (!p) return NULL;
-    braid__loop_set_slot(loop, BRAID__SLOT_DEFERRED, p, dpool_destroy);
-    braid__loop_set_slot_report(loop, BRAID__SLOT_DEFERRED, dpool_report);
+    if (braid_loop_set_data(loop, &dpool_key, p) < 0) {
+        braid_free(p);
+        return NULL;
+    }
     return p;
 }
 
+braid__dpool *braid__deferred_pool(braid_loop *loop) { return braid__loop_data(loop, &dpool_key); }
+
 static inline braid__dpool *dpool_of(braid_deferred *d) {
-    return d->loop->ext[BRAID__SLOT_DEFERRED].ptr;
+    return braid__loop_data(d->loop, &dpool_key);
 }
 
 static braid_deferred *dalloc(braid_loop *loop, braid__dpool **pp) {
@@ -347,7 +353,7 @@ static void dfree(braid_deferred *d) {
     if (BRAID__UNLIKELY(d->pos != d->ncb)) abandon_callbacks(d);
     braid_result r = d->result;
     d->result = no_result;
-    braid__dpool *p = loop->ext[BRAID__SLOT_DEFERRED].ptr;
+    braid__dpool *p = braid__loop_data(loop, &dpool_key);
     p->live--;
     if (BRAID__UNLIKELY(!(d->flags & BRAID__D_CALLED))) p->unfired--;
     free_list_put(p, d);
@@ -602,7 +608,7 @@ int braid_deferred_take(braid_deferred *d, braid_result *out) {
 
 size_t braid_deferred_live(braid_loop *loop) {
     CHECK_THREAD(loop, "braid_deferred_live");
-    braid__dpool *p = loop->ext[BRAID__SLOT_DEFERRED].ptr;
+    braid__dpool *p = braid__loop_data(loop, &dpool_key);
     return p ? p->live : 0;
 }
 

@@ -49,7 +49,7 @@ struct braid_deferred {
     braid__cbslot slot[BRAID__DEFERRED_INLINE];
 };
 
-/* Per-loop state in BRAID__SLOT_DEFERRED. */
+/* Per-loop state of Deferreds (under the deferred module's loop key). */
 /* Debug builds (BRAID_DEBUG): freed Deferreds wait in a FIFO quarantine and
  * are reused only after this many more have been freed on the loop (at most
  * this many plus a free list's 4,096, 168 bytes each, are held: 3.3 MiB). */
@@ -63,6 +63,9 @@ typedef struct braid__dpool {
     size_t unfired;                  /* made with braid_deferred_new*, not yet fired */
     size_t big_spill_slots;          /* in free-list spill arrays over KEEP_SPILL */
 } braid__dpool;
+
+/* The loop's Deferred state, or NULL before its first Deferred. */
+braid__dpool *braid__deferred_pool(braid_loop *loop);
 
 /* Make room for `extra` more callbacks (so a later add cannot fail). */
 int braid__deferred_reserve(braid_deferred *d, uint32_t extra);

@@ -53,8 +53,10 @@ static void fstate_destroy(braid_loop *loop, void *ptr) {
     braid_free(st);
 }
 
+static braid_loop_key fstate_key = BRAID_LOOP_KEY_INIT("fiber", fstate_destroy, fstate_report);
+
 static braid__fstate *fstate_get(braid_loop *loop) {
-    braid__fstate *st = braid__loop_slot(loop, BRAID__SLOT_FIBER);
+    braid__fstate *st = braid__loop_data(loop, &fstate_key);
     if (BRAID__LIKELY(st != NULL)) return st;
     st = braid_calloc(1, sizeof *st);
     if (!st) return NULL;
@@ -62,16 +64,18 @@ static braid__fstate *fstate_get(braid_loop *loop) {
     long page = sysconf(_SC_PAGESIZE);
     st->page = page > 0 ? (size_t)page : 4096;
     st->pool_max = BRAID__FIBER_POOL_DEFAULT;
+    if (braid_loop_set_data(loop, &fstate_key, st) < 0) {
+        braid_free(st);
+        return NULL;
+    }
     braid__fiber_guard_setup(st);
-    braid__loop_set_slot(loop, BRAID__SLOT_FIBER, st, fstate_destroy);
-    braid__loop_set_slot_report(loop, BRAID__SLOT_FIBER, fstate_report);
     return st;
 }
 
 braid__fstate *braid__fiber_state(braid_loop *loop) { return fstate_get(loop); }
 
 static inline braid__fstate *fstate_peek(braid_loop *loop) {
-    return loop->ext[BRAID__SLOT_FIBER].ptr;
+    return braid__loop_data(loop, &fstate_key);
 }
 
 /* ---- contexts ---------------------------------------------------------------------- */

@@ -32,6 +32,10 @@ void braid_log(braid_loop *loop, braid_log_level level, const char *fmt, ...) {
 }
 
 /* ---- loop affinity ---------------------------------------------------------------- */
+bool braid__loop_on_owner_thread(const braid_loop *loop) {
+    return pthread_equal(loop->owner_thread, pthread_self());
+}
+
 void braid__loop_wrong_thread(const braid_loop *loop, const char *fn) {
     braid__log((braid_loop *)loop, BRAID_LOG_ERROR,
                "%s called from a thread that does not own the loop (only braid_loop_post and "
@@ -253,8 +257,12 @@ static bool report_open(braid_loop *loop) {
         any = true;
         braid__log(loop, BRAID_LOG_ERROR, "loop not destroyed: %zu hold(s) not released", loop->holds);
     }
-    for (int i = 0; i < BRAID__NSLOTS; i++)
-        if (loop->ext[i].report && loop->ext[i].report(loop, loop->ext[i].ptr)) any = true;
+    for (unsigned k = 0; k < loop->nkeys; k++) {
+        unsigned i = loop->key_order[k];
+        braid_loop_key *key = loop->keys[i];
+        void *v = loop->head.key_data[i];
+        if (v && key->report && key->report(loop, v)) any = true;
+    }
     return any;
 }
 
@@ -264,8 +272,12 @@ int braid_loop_destroy(braid_loop *loop) {
     /* Module state (e.g. the Deferred free list) may report its own leaks. */
     if (report_open(loop)) return BRAID_EBUSY;
     atomic_store(&loop->destroying, true);
-    for (int i = BRAID__NSLOTS - 1; i >= 0; i--)
-        if (loop->ext[i].destroy) loop->ext[i].destroy(loop, loop->ext[i].ptr);
+    for (unsigned k = loop->nkeys; k-- > 0;) {
+        unsigned i = loop->key_order[k];
+        braid_loop_key *key = loop->keys[i];
+        void *v = loop->head.key_data[i];
+        if (v && key->free) key->free(loop, v);
+    }
     loop->watchers_open++;
     braid_watch_close(&loop->wake_watch);
     wake_close(loop);
@@ -308,15 +320,48 @@ void braid_loop_set_unhandled(braid_loop *loop, braid_unhandled_fn fn, void *ctx
     loop->unhandled_ctx = ctx;
 }
 
-void *braid__loop_slot(braid_loop *loop, enum braid__slot s) { return loop->ext[s].ptr; }
-void braid__loop_set_slot(braid_loop *loop, enum braid__slot s, void *ptr,
-                          void (*destroy)(braid_loop *, void *)) {
-    loop->ext[s].ptr = ptr;
-    loop->ext[s].destroy = destroy;
+/* ---- keys: per-loop data of modules ---------------------------------------------- */
+_Static_assert(offsetof(struct braid_loop, head) == 0, "loop/loop_module.h reads the head in place");
+_Static_assert(BRAID_LOOP_MAX_KEYS <= 64, "keys_set is one uint64_t");
+
+/* Keys are numbered once per process, on first set, under a lock (a key is
+ * set for the first time a handful of times per process). */
+static pthread_mutex_t keys_lock = PTHREAD_MUTEX_INITIALIZER;
+static unsigned keys_numbered;
+
+static unsigned key_number(braid_loop_key *key) {
+    unsigned i = __atomic_load_n(&key->index, __ATOMIC_ACQUIRE);
+    if (BRAID__LIKELY(i)) return i;
+    pthread_mutex_lock(&keys_lock);
+    i = key->index;
+    if (!i && keys_numbered < BRAID_LOOP_MAX_KEYS) {
+        i = ++keys_numbered;
+        __atomic_store_n(&key->index, i, __ATOMIC_RELEASE);
+    }
+    pthread_mutex_unlock(&keys_lock);
+    return i;
 }
-void braid__loop_set_slot_report(braid_loop *loop, enum braid__slot s,
-                                 bool (*report)(braid_loop *, void *)) {
-    loop->ext[s].report = report;
+
+void *braid_loop_data(braid_loop *loop, braid_loop_key *key) {
+    BRAID__LOOP_AFFINE(loop);
+    return braid__loop_data(loop, key);
+}
+
+int braid_loop_set_data(braid_loop *loop, braid_loop_key *key, void *value) {
+    BRAID__LOOP_AFFINE(loop);
+    unsigned n = key_number(key);
+    if (!n) {
+        braid__log(loop, BRAID_LOG_ERROR, "braid_loop_set_data: key \"%s\": this process has %d keys already",
+                   key->name ? key->name : "?", BRAID_LOOP_MAX_KEYS);
+        return BRAID_ENOMEM;
+    }
+    if (!(loop->keys_set & (1ull << (n - 1)))) {
+        loop->keys_set |= 1ull << (n - 1);
+        loop->keys[n] = key;
+        loop->key_order[loop->nkeys++] = (uint8_t)n;
+    }
+    loop->head.key_data[n] = value;
+    return 0;
 }
 
 /* ---- handles ------------------------------------------------------------------ */

@@ -4,6 +4,7 @@
 #define BRAID_INTERNAL_H
 
 #include "base/base.h"
+#include "loop/loop_module.h"
 #include "poll/poller.h"
 #include <braid/loop.h>
 #include <braid/time.h>
@@ -17,32 +18,6 @@
 static inline uint64_t braid__tag(uint32_t gen, int fd) {
     return ((uint64_t)gen << 32) | (uint32_t)fd;
 }
-
-/* ---- per-loop extension slots: module state that lives as long as the loop ----- */
-enum braid__slot {
-    BRAID__SLOT_DEFERRED,   /* deferred free list */
-    BRAID__SLOT_POOL,
-    BRAID__SLOT_FIBER,
-    BRAID__SLOT_STREAM,
-    BRAID__SLOT_HTTP,
-    BRAID__SLOT_TLS,
-    BRAID__SLOT_USER1,
-    BRAID__SLOT_USER2,
-    BRAID__NSLOTS
-};
-typedef struct braid__ext {
-    void *ptr;
-    void (*destroy)(braid_loop *loop, void *ptr);   /* run by braid_loop_destroy */
-    /* Optional leak check run by braid_loop_destroy before anything is freed:
-     * log what the module still has open and return true to make destroy
-     * refuse (BRAID_EBUSY). */
-    bool (*report)(braid_loop *loop, void *ptr);
-} braid__ext;
-void *braid__loop_slot(braid_loop *loop, enum braid__slot s);
-void braid__loop_set_slot(braid_loop *loop, enum braid__slot s, void *ptr,
-                          void (*destroy)(braid_loop *, void *));
-void braid__loop_set_slot_report(braid_loop *loop, enum braid__slot s,
-                                 bool (*report)(braid_loop *, void *));
 
 /* ---- the loop ------------------------------------------------------------------ */
 enum {
@@ -58,6 +33,11 @@ enum {
 };
 
 struct braid_loop {
+    struct braid__loop_head head; /* first (loop/loop_module.h): the keys' values */
+    braid_loop_key *keys[BRAID_LOOP_MAX_KEYS + 1];   /* by index: keys set on this loop */
+    uint64_t keys_set;            /* bit index - 1: set at least once */
+    uint8_t key_order[BRAID_LOOP_MAX_KEYS];      /* indexes, in the order first set */
+    unsigned nkeys;
     braid__poller poller;         /* the backend, its state and the event batch */
     /* The thread the loop belongs to (docs/loop.md, "Threads"): its creator,
      * then whichever thread last ran it. Written only by that thread (and by
@@ -118,38 +98,13 @@ struct braid_loop {
     void *log_ctx;
     braid_unhandled_fn unhandled;
     void *unhandled_ctx;
-
-    braid__ext ext[BRAID__NSLOTS];
 };
-
-/* ---- loop affinity --------------------------------------------------------------
- * Every loop-affine entry point starts with BRAID__LOOP_AFFINE(loop). Debug
- * builds (BRAID_DEBUG) abort there, naming the function, when the caller is
- * not the loop's owning thread; release builds compile it to nothing. The
- * thread-safe entries (braid_loop_post, braid_loop_post_node,
- * braid_loop_stop) never check. */
-_Noreturn void braid__loop_wrong_thread(const braid_loop *loop, const char *fn);
-#ifdef BRAID_DEBUG
-#define BRAID__LOOP_AFFINE(loop)                                                      \
-    do {                                                                              \
-        if (BRAID__UNLIKELY(!pthread_equal((loop)->owner_thread, pthread_self())))    \
-            braid__loop_wrong_thread((loop), __func__);                               \
-    } while (0)
-#else
-#define BRAID__LOOP_AFFINE(loop) ((void)0)
-#endif
-/* Is the calling thread the loop's owner (any build)? */
-static inline bool braid__loop_on_owner_thread(const braid_loop *loop) {
-    return pthread_equal(loop->owner_thread, pthread_self());
-}
 
 /* Timer phase pieces, used by loop.c (timer.c owns the heap). */
 void braid__timers_run(braid_loop *loop, uint64_t now);
 uint64_t braid__timers_next_deadline(const braid_loop *loop);  /* UINT64_MAX if none */
 void braid__timers_destroy(braid_loop *loop);
 void braid__signals_close(braid_loop *loop);
-
-void braid__log(braid_loop *loop, braid_log_level level, const char *fmt, ...) BRAID_PRINTF(3, 4);
 
 /* The pool and class where this loop resolves host names (pool.c): the one
  * given to braid_loop_set_resolver_pool, else a pool of the loop's own made

@@ -275,11 +275,34 @@ static void on_rw(braid_watch *w, unsigned ev, void *arg) { (void)w; on_event(ar
 static void on_ww(braid_watch *w, unsigned ev, void *arg) { (void)w; on_event(arg, ev, true); }
 
 /* ---- completions (TCP on a loop with a completion service) ------------------------------ */
+/* Per-loop state of fd transports on completions (under fd_key), made by
+ * the first TCP transport of a loop that has a completion service. */
+typedef struct fd_loop_state {
+    braid__completion_bufs *ubufs;    /* the provided-buffer ring */
+    int uring;                        /* 0 not decided, 1 completions, -1 readiness */
+    unsigned ur_conns;                /* transports on completions (sizes the ring) */
+    uint64_t ur_iter;                 /* the loop iteration ur_recvs counts */
+    unsigned ur_recvs, ur_prev_recvs; /* receive completions in it, and in the last busy one */
+    fd_transport *zombies;            /* transports waiting for their final completions */
+} fd_loop_state;
+
+static void fd_state_free(braid_loop *loop, void *ptr);
+static braid_loop_key fd_key = BRAID_LOOP_KEY_INIT("fd transports", fd_state_free, NULL);
+
+static inline fd_loop_state *fd_state(braid_loop *loop) { return braid__loop_data(loop, &fd_key); }
+
 /* The loop's buffer ring, made on first use; NULL means "use readiness". */
 static braid__completion_bufs *ur_bufs(braid_loop *loop) {
     if (!braid__completion_available(loop)) return NULL;
-    braid__stream_state *st = braid__stream_state_get(loop);
-    if (!st || st->uring < 0) return NULL;
+    fd_loop_state *st = fd_state(loop);
+    if (!st) {
+        if (!(st = braid_calloc(1, sizeof *st))) return NULL;
+        if (braid_loop_set_data(loop, &fd_key, st) < 0) {
+            braid_free(st);
+            return NULL;
+        }
+    }
+    if (st->uring < 0) return NULL;
     if (st->uring == 0) {
         const char *e = getenv("BRAID_STREAM_COMPLETIONS");
         const char *ring = getenv("BRAID_STREAM_RING");
@@ -312,7 +335,7 @@ static braid__completion_bufs *ur_bufs(braid_loop *loop) {
 
 static void ur_seg_release(fd_transport *ft, struct ur_seg *g) {
     if (g->bid >= 0) {
-        braid__stream_state *st = braid__loop_slot(ft->base.loop, BRAID__SLOT_STREAM);
+        fd_loop_state *st = fd_state(ft->base.loop);
         if (st && st->ubufs) braid__completion_bufs_unpin(st->ubufs, (unsigned)g->bid);
     } else {
         braid_free(g->p);
@@ -330,7 +353,7 @@ static void ur_drop_held(fd_transport *ft) {
 static void ur_zombie_maybe_free(fd_transport *ft) {
     if (braid__completion_op_active(&ft->rop) || braid__completion_op_active(&ft->wop) || ft->held_queued)
         return;
-    braid__stream_state *st = braid__loop_slot(ft->base.loop, BRAID__SLOT_STREAM);
+    fd_loop_state *st = fd_state(ft->base.loop);
     if (ft->zprev) ft->zprev->znext = ft->znext;
     else st->zombies = ft->znext;
     if (ft->znext) ft->znext->zprev = ft->zprev;
@@ -340,8 +363,14 @@ static void ur_zombie_maybe_free(fd_transport *ft) {
     braid_free(ft);
 }
 
-void braid__fd_state_destroy(braid_loop *loop, braid__stream_state *st) {
-    (void)loop;
+braid__completion_bufs *braid__fd_ring(braid_loop *loop) {
+    fd_loop_state *st = fd_state(loop);
+    return st && st->uring == 1 ? st->ubufs : NULL;
+}
+
+static void fd_state_free(braid_loop *loop, void *ptr) {
+    fd_loop_state *st = ptr;
+    BRAID__UNUSED(loop);
     for (fd_transport *ft = st->zombies, *next; ft; ft = next) {
         next = ft->znext;
         /* The ring goes with the loop; the kernel cancels what is left. */
@@ -350,15 +379,14 @@ void braid__fd_state_destroy(braid_loop *loop, braid__stream_state *st) {
         ur_drop_held(ft);
         braid_free(ft);
     }
-    st->zombies = NULL;
     if (st->ubufs) braid__completion_bufs_free(st->ubufs);
-    st->ubufs = NULL;
+    braid_free(st);
 }
 
 static void ur_on_recv(braid__completion_op *op, int res, unsigned flags);
 
 static void ur_submit_recv(fd_transport *ft) {
-    braid__stream_state *st = braid__loop_slot(ft->base.loop, BRAID__SLOT_STREAM);
+    fd_loop_state *st = fd_state(ft->base.loop);
     int rc = braid__completion_recv_multishot(ft->base.loop, &ft->rop, ft->rfd, st->ubufs);
     if (rc < 0) braid__transport_lost(&ft->base, rc);
 }
@@ -435,13 +463,14 @@ static int ur_hold(fd_transport *ft, braid__completion_bufs *b, unsigned flags, 
 static void ur_on_recv(braid__completion_op *op, int res, unsigned flags) {
     fd_transport *ft = op->data;
     braid_transport *t = &ft->base;
-    braid__stream_state *st = braid__loop_slot(t->loop, BRAID__SLOT_STREAM);
+    fd_loop_state *st = fd_state(t->loop);
     bool final = !(flags & BRAID__COMPLETION_MORE);
     bool live = !ft->zombie && !(t->state & BRAID__T_CLOSED);
     const char *data = (flags & BRAID__COMPLETION_BUFFER) ? braid__completion_bufs_data(st->ubufs, flags) : NULL;
     if (res > 0) {
-        if (st->ur_iter != t->loop->iteration) {
-            st->ur_iter = t->loop->iteration;
+        uint64_t iter = braid_loop_iteration(t->loop);
+        if (st->ur_iter != iter) {
+            st->ur_iter = iter;
             st->ur_prev_recvs = st->ur_recvs;
             st->ur_recvs = 0;
         }
@@ -486,7 +515,7 @@ static ssize_t fd_try_write(braid_transport *t, const void *buf, size_t len);
 static void ur_flush(fd_transport *ft) {
     braid_transport *t = &ft->base;
     if (braid__completion_op_active(&ft->wop) || !t->wlen || (t->state & BRAID__T_CLOSED)) return;
-    braid__stream_state *st = braid__loop_slot(t->loop, BRAID__SLOT_STREAM);
+    fd_loop_state *st = fd_state(t->loop);
     if ((t->state & BRAID__T_EARLY_FLUSH) || (st->ur_recvs <= 1 && st->ur_prev_recvs <= 1)) {
         /* From inside write, past the high watermark: a send SQE would only
          * leave with the next wait, so hand the kernel what it takes now.
@@ -552,7 +581,7 @@ static bool ur_free(fd_transport *ft) {
         ur_drop_held(ft);
         return false;
     }
-    braid__stream_state *st = braid__loop_slot(ft->base.loop, BRAID__SLOT_STREAM);
+    fd_loop_state *st = fd_state(ft->base.loop);
     ft->zombie = true;
     ft->zprev = NULL;
     ft->znext = st->zombies;
@@ -631,7 +660,7 @@ static ssize_t fd_try_write(braid_transport *t, const void *buf, size_t len) {
 static void fd_free(braid_transport *t) {
     fd_transport *ft = (fd_transport *)t;
     if (ft->ur) {
-        braid__stream_state *st = braid__loop_slot(t->loop, BRAID__SLOT_STREAM);
+        fd_loop_state *st = fd_state(t->loop);
         st->ur_conns--;
         if (ur_free(ft)) return;
     }
@@ -671,7 +700,7 @@ int braid__fd_transport_new(braid_loop *loop, int rfd, int wfd, braid__fd_kind k
     }
     if (kind == BRAID__FD_TCP && rfd >= 0 && rfd == wfd && ur_bufs(loop)) {
         ft->ur = true;
-        braid__stream_state *st = braid__loop_slot(loop, BRAID__SLOT_STREAM);
+        fd_loop_state *st = fd_state(loop);
         if (++st->ur_conns > UR_INC_CONNS_PER_BUF * braid__completion_bufs_count(st->ubufs) &&
             braid__completion_bufs_incremental(st->ubufs))
             (void)braid__completion_bufs_grow(st->ubufs);   /* more connections, more buffers */

@@ -463,28 +463,22 @@ static void lost_cb(void *arg) {
     t->vt->free(t);
 }
 
-/* ---- per-loop state: the shared read buffer (and fd.c's io_uring parts) -------------------- */
-static void state_destroy(braid_loop *loop, void *ptr) {
-    braid__stream_state *st = ptr;
-    braid__fd_state_destroy(loop, st);
-    braid_free(st->readbuf);
-    braid_free(st);
+/* ---- per-loop state: the shared read buffer ------------------------------------------------ */
+static void readbuf_free(braid_loop *loop, void *buf) {
+    BRAID__UNUSED(loop);
+    braid_free(buf);
 }
-
-braid__stream_state *braid__stream_state_get(braid_loop *loop) {
-    braid__stream_state *st = braid__loop_slot(loop, BRAID__SLOT_STREAM);
-    if (st) return st;
-    st = braid_calloc(1, sizeof *st);
-    if (!st) return NULL;
-    braid__loop_set_slot(loop, BRAID__SLOT_STREAM, st, state_destroy);
-    return st;
-}
+static braid_loop_key readbuf_key = BRAID_LOOP_KEY_INIT("stream read buffer", readbuf_free, NULL);
 
 char *braid__stream_read_buffer(braid_loop *loop) {
-    braid__stream_state *st = braid__stream_state_get(loop);
-    if (!st) return NULL;
-    if (!st->readbuf) st->readbuf = braid_malloc(BRAID__READ_BUF);
-    return st->readbuf;
+    char *buf = braid__loop_data(loop, &readbuf_key);
+    if (BRAID__LIKELY(buf != NULL)) return buf;
+    if (!(buf = braid_malloc(BRAID__READ_BUF))) return NULL;
+    if (braid_loop_set_data(loop, &readbuf_key, buf) < 0) {
+        braid_free(buf);
+        return NULL;
+    }
+    return buf;
 }
 
 /* ---- addresses ------------------------------------------------------------------------------ */

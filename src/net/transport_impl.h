@@ -137,19 +137,6 @@ static inline bool braid__transport_reading(const braid_transport *t) {
 void braid__protocol_release(braid_protocol *p);
 enum { BRAID__PROTO_OWNED = 1u << 0 };
 
-/* Per-loop stream state (the loop's STREAM slot), made on first use. */
-typedef struct braid__stream_state {
-    char *readbuf;                    /* the shared BRAID__READ_BUF read buffer, lazily */
-    void *ubufs;                      /* fd.c: io_uring provided-buffer ring, lazily */
-    int uring;                        /* fd.c: 0 not decided, 1 completions, -1 readiness */
-    unsigned ur_conns;                /* fd.c: transports on completions (sizes the ring) */
-    uint64_t ur_iter;                 /* fd.c: the loop iteration ur_recvs counts */
-    unsigned ur_recvs, ur_prev_recvs; /* fd.c: receive completions in it, and in the last busy one */
-    void *zombies;                    /* fd.c: transports waiting for their final CQEs */
-} braid__stream_state;
-braid__stream_state *braid__stream_state_get(braid_loop *loop);
-/* fd.c: release what fd.c keeps in the state (the loop is being destroyed). */
-void braid__fd_state_destroy(braid_loop *loop, braid__stream_state *st);
 /* The loop's shared read buffer (BRAID__READ_BUF bytes), or NULL on ENOMEM. */
 char *braid__stream_read_buffer(braid_loop *loop);
 
@@ -160,6 +147,10 @@ typedef enum { BRAID__FD_TCP, BRAID__FD_UNIX, BRAID__FD_PIPE } braid__fd_kind;
 int braid__fd_transport_new(braid_loop *loop, int rfd, int wfd, braid__fd_kind kind,
                             bool nonblocking, braid_transport **out);
 int braid__set_nonblock(int fd);
+/* The provided-buffer ring fd transports on completions receive into, or
+ * NULL (none made yet, or this loop keeps TCP on readiness). For tests. */
+struct braid__completion_bufs;
+struct braid__completion_bufs *braid__fd_ring(braid_loop *loop);
 /* sendfile(2) from in_fd at *off straight to an fd transport's socket, for
  * the HTTP server's static files. Only while nothing is buffered (bytes must
  * leave in order): returns the bytes sent (> 0, *off advanced), BRAID_ENOSYS

@@ -13,7 +13,7 @@
  * while the loop busy-polls, see spin_for_posted in loop.c).
  *
  * Job memory. A braid_defer_to_pool job is taken from a per-loop cache
- * (the loop's BRAID__SLOT_POOL) and given back there by the completion,
+ * (under the pool's loop key) and given back there by the completion,
  * both on the loop thread, so the steady state allocates nothing but the
  * Deferred (itself from a per-loop free list). braid_call_in_pool jobs come
  * from any thread and are plain allocations freed by the worker.
@@ -185,12 +185,17 @@ static void loop_state_destroy(braid_loop *loop, void *p) {
     braid_free(st);
 }
 
+static braid_loop_key loop_state_key = BRAID_LOOP_KEY_INIT("pool", loop_state_destroy, NULL);
+
 static loop_state *loop_state_get(braid_loop *loop) {
-    loop_state *st = braid__loop_slot(loop, BRAID__SLOT_POOL);
+    loop_state *st = braid__loop_data(loop, &loop_state_key);
     if (!st) {
         st = braid_calloc(1, sizeof *st);
         if (!st) return NULL;
-        braid__loop_set_slot(loop, BRAID__SLOT_POOL, st, loop_state_destroy);
+        if (braid_loop_set_data(loop, &loop_state_key, st) < 0) {
+            braid_free(st);
+            return NULL;
+        }
     }
     return st;
 }
@@ -208,7 +213,7 @@ static pool_job *job_get(braid_loop *loop) {
 }
 
 static void job_put(braid_loop *loop, pool_job *j) {
-    loop_state *st = braid__loop_slot(loop, BRAID__SLOT_POOL);
+    loop_state *st = braid__loop_data(loop, &loop_state_key);
     if (st->nfree >= JOB_CACHE_MAX) { braid_free(j); return; }
     j->next = st->free;
     st->free = j;

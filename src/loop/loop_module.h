@@ -1,0 +1,49 @@
+/* The loop's interface for braid's modules above it (internal, never
+ * installed). Published by the loop layer (src/loop/) for every module that
+ * builds on the loop: what <braid/loop.h> and <braid/time.h> offer users,
+ * plus a few things only braid's own modules need. The loop's fields stay
+ * in loop/loop_internal.h, which no module outside src/loop/ includes. */
+#ifndef BRAID_LOOP_MODULE_H
+#define BRAID_LOOP_MODULE_H
+
+#include "base/base.h"
+#include <braid/loop.h>
+#include <braid/time.h>
+
+/* A log line through the loop's sink (braid_loop_options.log; stderr when
+ * none, or when loop is NULL). */
+void braid__log(braid_loop *loop, braid_log_level level, const char *fmt, ...) BRAID_PRINTF(3, 4);
+
+/* ---- loop affinity --------------------------------------------------------------
+ * Every loop-affine entry point starts with BRAID__LOOP_AFFINE(loop). Debug
+ * builds (BRAID_DEBUG) abort there, naming the function, when the caller is
+ * not the loop's owning thread; release builds compile it to nothing. The
+ * thread-safe entries (braid_loop_post, braid_loop_post_node,
+ * braid_loop_stop) never check. */
+_Noreturn void braid__loop_wrong_thread(const braid_loop *loop, const char *fn);
+/* Is the calling thread the loop's owner (any build)? */
+bool braid__loop_on_owner_thread(const braid_loop *loop);
+#ifdef BRAID_DEBUG
+#define BRAID__LOOP_AFFINE(loop)                                                      \
+    do {                                                                              \
+        if (BRAID__UNLIKELY(!braid__loop_on_owner_thread(loop)))                      \
+            braid__loop_wrong_thread((loop), __func__);                               \
+    } while (0)
+#else
+#define BRAID__LOOP_AFFINE(loop) ((void)0)
+#endif
+
+/* ---- keys: braid_loop_data without a call ----------------------------------------
+ * A braid_loop begins with this head, so a module's hot path (a Deferred
+ * taken from its loop's free list) reads its key's value inline. */
+struct braid__loop_head {
+    /* by key index; [0], the index of a key never set, stays NULL, so the
+     * lookup needs no test */
+    void *key_data[BRAID_LOOP_MAX_KEYS + 1];
+};
+static inline void *braid__loop_data(braid_loop *loop, braid_loop_key *key) {
+    unsigned i = __atomic_load_n(&key->index, __ATOMIC_ACQUIRE);
+    return ((struct braid__loop_head *)(void *)loop)->key_data[i];
+}
+
+#endif
