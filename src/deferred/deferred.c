@@ -183,9 +183,7 @@ static inline void unref(braid_deferred *d) {
 
 /* ---- the unconsumed-failure rule ------------------------------------------------- */
 static void report_unhandled(braid_loop *loop, braid_failure *f) {
-    if (loop->unhandled) {
-        loop->unhandled(loop->unhandled_ctx, loop, f);
-    } else {
+    if (!braid__loop_unhandled(loop, f)) {
         char buf[1024];
         braid_failure_format(f, buf, sizeof buf);
         braid__log(loop, BRAID_LOG_ERROR, "unhandled failure in a Deferred: %s", buf);

@@ -2,7 +2,7 @@
 #ifndef BRAID_DEFERRED_INTERNAL_H
 #define BRAID_DEFERRED_INTERNAL_H
 
-#include "loop/loop_internal.h"
+#include "loop/loop_module.h"
 #include <braid/deferred.h>
 
 /* Callbacks stored inline before spilling to a heap array. Three covers the

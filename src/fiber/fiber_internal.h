@@ -11,7 +11,7 @@
 #ifndef BRAID_FIBER_INTERNAL_H
 #define BRAID_FIBER_INTERNAL_H
 
-#include "loop/loop_internal.h"
+#include "loop/loop_module.h"
 #include <braid/deferred.h>
 #include <braid/fiber.h>
 

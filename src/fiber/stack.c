@@ -20,6 +20,7 @@
 #include "fiber/fiber_internal.h"
 #include <pthread.h>
 #include <signal.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>

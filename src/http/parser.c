@@ -6,7 +6,7 @@
  * every byte read is inside buf[0..len) — the guard-page tests prove it.
  * Strictness is the point: anything that two implementations could read two
  * ways (RFC 9112 section 11.2, request smuggling) is refused. */
-#include "loop/loop_internal.h"
+#include "base/base.h"
 #include <braid/http.h>
 #include <string.h>
 #include <strings.h>

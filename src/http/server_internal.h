@@ -3,7 +3,7 @@
 #ifndef BRAID_HTTP_SERVER_INTERNAL_H
 #define BRAID_HTTP_SERVER_INTERNAL_H
 
-#include "loop/loop_internal.h"
+#include "loop/loop_module.h"
 #include <braid/endpoint.h>
 #include <braid/http.h>
 #include <braid/stream.h>

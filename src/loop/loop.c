@@ -320,6 +320,25 @@ void braid_loop_set_unhandled(braid_loop *loop, braid_unhandled_fn fn, void *ctx
     loop->unhandled_ctx = ctx;
 }
 
+bool braid__loop_unhandled(braid_loop *loop, const struct braid_failure *f) {
+    if (!loop->unhandled) return false;
+    loop->unhandled(loop->unhandled_ctx, loop, f);
+    return true;
+}
+
+void braid__loop_spin_hold(braid_loop *loop, uint64_t spin_ns) {
+    BRAID__LOOP_AFFINE(loop);
+    loop->spin_holds++;
+    if (loop->spin_max < spin_ns) loop->spin_max = loop->spin_cur = spin_ns;
+}
+
+void braid__loop_spin_release(braid_loop *loop) {
+    BRAID__LOOP_AFFINE(loop);
+    loop->spin_holds--;
+}
+
+bool braid__loop_has_ready(const braid_loop *loop) { return loop->soon_head != NULL; }
+
 /* ---- keys: per-loop data of modules ---------------------------------------------- */
 _Static_assert(offsetof(struct braid_loop, head) == 0, "loop/loop_module.h reads the head in place");
 _Static_assert(BRAID_LOOP_MAX_KEYS <= 64, "keys_set is one uint64_t");
@@ -627,7 +646,7 @@ static uint64_t mono_ns(void) {
 }
 
 /* Busy-poll the posted stack before a blocking poll, while other threads owe
- * this loop an answer (loop->spin_holds, kept by pool.c). Sleeping in the
+ * this loop an answer (loop->spin_holds: braid__loop_spin_hold). Sleeping in the
  * poller and being woken through the eventfd costs ~30 µs on an idle core;
  * a pool job answering in a few µs would spend most of its round trip
  * there. The spin is bounded by spin_cur (always real time: a fake clock

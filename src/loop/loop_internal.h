@@ -83,7 +83,8 @@ struct braid_loop {
      * answer through braid_loop_post, and waking a sleeping loop costs tens
      * of microseconds: run_once first watches the posted stack for up to
      * spin_cur ns (adaptive, at most spin_max), and posters skip the eventfd
-     * write while `spinning` is set. Loop thread only, except `spinning`. */
+     * write while `spinning` is set. Loop thread only, except `spinning`.
+     * Set through braid__loop_spin_hold/release (loop/loop_module.h). */
     size_t spin_holds;
     uint64_t spin_max, spin_cur;
     atomic_bool spinning;
@@ -105,12 +106,5 @@ void braid__timers_run(braid_loop *loop, uint64_t now);
 uint64_t braid__timers_next_deadline(const braid_loop *loop);  /* UINT64_MAX if none */
 void braid__timers_destroy(braid_loop *loop);
 void braid__signals_close(braid_loop *loop);
-
-/* The pool and class where this loop resolves host names (pool.c): the one
- * given to braid_loop_set_resolver_pool, else a pool of the loop's own made
- * on first use (up to 4 threads, no spinning) and destroyed with the loop.
- * NULL on allocation failure. Loop thread. */
-struct braid_pool;
-struct braid_pool *braid__loop_resolver_pool(braid_loop *loop, int *cls);
 
 #endif

@@ -33,6 +33,29 @@ bool braid__loop_on_owner_thread(const braid_loop *loop);
 #define BRAID__LOOP_AFFINE(loop) ((void)0)
 #endif
 
+/* ---- waiting for other threads ---------------------------------------------------
+ * Work in flight on another thread that will answer through braid_loop_post
+ * (a pool job): waking a loop asleep in its poller costs tens of
+ * microseconds, more than a fast job. While such work is held, run_once
+ * first busy-polls the posted calls for up to spin_ns (adaptive: halved
+ * after a spin that found nothing, restored when an answer came soon after
+ * the loop went to sleep), and posters skip the wake-up write while it
+ * spins. Hold before handing the work over (spin_ns: the budget that work
+ * deserves; the loop keeps the largest asked for), release once its answer
+ * ran or it was taken back. Neither keeps braid_loop_run going: hold the
+ * loop for that (braid_loop_hold). Loop thread. */
+void braid__loop_spin_hold(braid_loop *loop, uint64_t spin_ns);
+void braid__loop_spin_release(braid_loop *loop);
+
+/* Are ready calls (braid_loop_soon) queued? The memory pump runs the loop
+ * only while they are. */
+bool braid__loop_has_ready(const braid_loop *loop);
+
+/* Hand a failure nobody consumed to the loop's braid_loop_set_unhandled
+ * hook: true if there is one (it ran), false if the caller reports it. */
+struct braid_failure;
+bool braid__loop_unhandled(braid_loop *loop, const struct braid_failure *f);
+
 /* ---- keys: braid_loop_data without a call ----------------------------------------
  * A braid_loop begins with this head, so a module's hot path (a Deferred
  * taken from its loop's free list) reads its key's value inline. */

@@ -176,7 +176,7 @@ size_t braid_pump_flush(braid_pump *p) {
     for (int rounds = 0; rounds < 100000; rounds++) {
         size_t moved = pump_one(p, 0) + pump_one(p, 1);
         /* run the ready phase: flush requests, pending closes, connection_lost */
-        bool had_soon = p->loop->soon_head != NULL;
+        bool had_soon = braid__loop_has_ready(p->loop);
         if (had_soon) braid_loop_run_once(p->loop, BRAID_RUN_NOWAIT);
         total += moved;
         if (!moved && !had_soon) break;

@@ -11,15 +11,74 @@
  * Cancelling the Deferred takes a lookup that has not started out of the
  * queue; one already running finishes and its answer is dropped. The pool
  * job holds the loop until it has reported back, so a loop cannot be
- * destroyed under a running lookup. */
+ * destroyed under a running lookup.
+ *
+ * The resolver pool is per loop, kept under this module's loop key. */
 #include "net/transport_impl.h"
 #include "net/resolve.h"
-#include "loop/loop_internal.h"
 #include <braid/pool.h>
 #include <netdb.h>
 #include <stdio.h>
 #include <string.h>
 
+/* ---- the loop's resolver pool -------------------------------------------------------------- */
+typedef struct resolver {
+    braid_pool *pool;
+    int cls;
+    bool owned;                  /* made by braid__resolver_pool: destroyed with the loop */
+} resolver;
+
+static void resolver_free(braid_loop *loop, void *p) {
+    (void)loop;
+    resolver *r = p;
+    /* No lookup is in flight (each holds the loop, and destroy refuses a
+     * held loop): this only joins idle threads. */
+    if (r->owned) braid_pool_destroy(r->pool, BRAID_POOL_CANCEL);
+    braid_free(r);
+}
+
+static braid_loop_key resolver_key = BRAID_LOOP_KEY_INIT("resolver", resolver_free, NULL);
+
+static resolver *resolver_get(braid_loop *loop) {
+    resolver *r = braid__loop_data(loop, &resolver_key);
+    if (r) return r;
+    if (!(r = braid_calloc(1, sizeof *r))) return NULL;
+    if (braid_loop_set_data(loop, &resolver_key, r) < 0) {
+        braid_free(r);
+        return NULL;
+    }
+    return r;
+}
+
+int braid_loop_set_resolver_pool(braid_loop *loop, braid_pool *pool, int cls) {
+    if (!loop || !pool || cls < 0 || (unsigned)cls >= braid_pool_classes(pool)) return BRAID_EINVAL;
+    resolver *r = resolver_get(loop);
+    if (!r) return BRAID_ENOMEM;
+    if (r->owned) braid_pool_destroy(r->pool, BRAID_POOL_FINISH);
+    r->pool = pool;
+    r->cls = cls;
+    r->owned = false;
+    return 0;
+}
+
+braid_pool *braid__resolver_pool(braid_loop *loop, int *cls) {
+    resolver *r = resolver_get(loop);
+    if (!r) return NULL;
+    if (!r->pool) {
+        /* Lookups are slow and rare next to a spin budget: never spin. */
+        braid_pool_options o = { .max_threads = 4, .name = "resolve", .flags = BRAID_POOL_NO_SPIN,
+                                 .queue_limit = 1024 };
+        braid_pool *pool;
+        if (braid_pool_new(&pool, &o) < 0) return NULL;
+        r->pool = pool;
+        r->cls = 0;
+        r->owned = true;
+    }
+    *cls = r->cls;
+    return r->pool;
+}
+
+/* ---- lookups ------------------------------------------------------------------------------- */
 /* One lookup: owned by the pool job (freed by req_free on the loop thread
  * once the worker is done with it, or if it never ran). */
 typedef struct resolve_req {
@@ -97,7 +156,7 @@ braid_deferred *braid__resolve(braid_loop *loop, const char *host, int port,
     r->hints.ai_flags |= AI_ADDRCONFIG;
     r->hints.ai_canonname = NULL; r->hints.ai_addr = NULL; r->hints.ai_next = NULL;
     int cls;
-    braid_pool *pool = braid__loop_resolver_pool(loop, &cls);
+    braid_pool *pool = braid__resolver_pool(loop, &cls);
     if (!pool) {
         req_free(r);
         return braid_fail(loop, braid_failure_new(BRAID_ENOMEM, "resolving %s: no pool", host));

@@ -9,4 +9,11 @@ typedef struct braid__addrlist {
     braid_address addrs[];
 } braid__addrlist;
 
+/* The pool and class where this loop resolves host names: the one given to
+ * braid_loop_set_resolver_pool, else a pool of the loop's own made on first
+ * use (up to 4 threads, no spinning) and destroyed with the loop. NULL on
+ * allocation failure. Loop thread. */
+struct braid_pool;
+struct braid_pool *braid__resolver_pool(braid_loop *loop, int *cls);
+
 #endif

@@ -5,7 +5,7 @@
 #ifndef BRAID_STREAM_INTERNAL_H
 #define BRAID_STREAM_INTERNAL_H
 
-#include "loop/loop_internal.h"
+#include "loop/loop_module.h"
 #include <braid/deferred.h>
 #include <braid/stream.h>
 

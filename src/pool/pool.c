@@ -21,11 +21,12 @@
  * Lifetimes. A completion touches only its job and its loop, never the
  * pool, so a pool may be destroyed while completions are still queued on
  * their loops; the loop hold taken per job keeps the leak gate honest. */
-#include "loop/loop_internal.h"
+#include "loop/loop_module.h"
 #include <braid/pool.h>
 #include <linux/futex.h>
 #include <pthread.h>
 #include <signal.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -57,7 +58,7 @@ struct pool_job {
     _Atomic int state;           /* written under the pool lock */
     uint8_t cls;
     bool dropped;                /* loop thread: Deferred cancelled while running */
-    bool spins;                  /* counted in loop->spin_holds */
+    bool spins;                  /* holds the loop's busy-poll (braid__loop_spin_hold) */
 };
 
 typedef struct pool_class {
@@ -166,17 +167,11 @@ uint64_t braid_pool_hist_quantile(const uint64_t hist[BRAID_POOL_HIST], double q
 typedef struct loop_state {
     pool_job *free;
     size_t nfree;
-    braid_pool *resolver;        /* where name resolution runs (see pool.h) */
-    int resolver_cls;
-    bool resolver_owned;         /* created by braid__loop_resolver_pool */
 } loop_state;
 
 static void loop_state_destroy(braid_loop *loop, void *p) {
     (void)loop;
     loop_state *st = p;
-    /* No lookup is in flight (each holds the loop, and destroy refuses a
-     * held loop): this only joins idle threads. */
-    if (st->resolver_owned) braid_pool_destroy(st->resolver, BRAID_POOL_CANCEL);
     while (st->free) {
         pool_job *j = st->free;
         st->free = j->next;
@@ -715,6 +710,13 @@ int braid_pool_add_class(braid_pool *pool, const char *name, size_t queue_limit,
     return id;
 }
 
+unsigned braid_pool_classes(braid_pool *pool) {
+    pthread_mutex_lock(&pool->mu);
+    unsigned n = pool->nclasses;
+    pthread_mutex_unlock(&pool->mu);
+    return n;
+}
+
 /* ---- submission ------------------------------------------------------------------------- */
 /* Queue j in class cls and make sure someone will run it: a spinning or
  * already-woken worker, else one sleeping worker woken now, else a new
@@ -774,7 +776,7 @@ static void job_complete(void *arg) {
     braid_result r = j->result;
     bool dropped = j->dropped;
     if (j->arg_free) j->arg_free(j->arg);
-    if (j->spins) loop->spin_holds--;
+    if (j->spins) braid__loop_spin_release(loop);
     job_put(loop, j);
     braid_loop_release(loop);
     if (dropped) braid_result_drop(r);
@@ -795,7 +797,7 @@ static void job_cancel(braid_deferred *d, void *arg) {
             pthread_mutex_unlock(&pool->mu);
             braid_loop *loop = j->loop;
             if (j->arg_free) j->arg_free(j->arg);
-            if (j->spins) loop->spin_holds--;
+            if (j->spins) braid__loop_spin_release(loop);
             job_put(loop, j);
             braid_loop_release(loop);
             return;   /* the Deferred then fails with BRAID_ECANCELED */
@@ -846,10 +848,7 @@ braid_deferred *braid_defer_to_pool_full(braid_loop *loop, braid_pool *pool, int
         return d;
     }
     braid_loop_hold(loop);
-    if (j->spins) {
-        loop->spin_holds++;
-        if (loop->spin_max < pool->loop_spin) loop->spin_max = loop->spin_cur = pool->loop_spin;
-    }
+    if (j->spins) braid__loop_spin_hold(loop, pool->loop_spin);
     return d;
 }
 
@@ -1047,35 +1046,3 @@ void braid_pool_stats_get(braid_pool *pool, braid_pool_stats *out) {
     pthread_mutex_unlock(&pool->mu);
 }
 
-/* ---- the resolver pool ------------------------------------------------------------------------- */
-int braid_loop_set_resolver_pool(braid_loop *loop, braid_pool *pool, int cls) {
-    if (!loop || !pool || cls < 0) return BRAID_EINVAL;
-    pthread_mutex_lock(&pool->mu);
-    bool ok = (unsigned)cls < pool->nclasses;
-    pthread_mutex_unlock(&pool->mu);
-    if (!ok) return BRAID_EINVAL;
-    loop_state *st = loop_state_get(loop);
-    if (!st) return BRAID_ENOMEM;
-    if (st->resolver_owned) braid_pool_destroy(st->resolver, BRAID_POOL_FINISH);
-    st->resolver = pool;
-    st->resolver_cls = cls;
-    st->resolver_owned = false;
-    return 0;
-}
-
-braid_pool *braid__loop_resolver_pool(braid_loop *loop, int *cls) {
-    loop_state *st = loop_state_get(loop);
-    if (!st) return NULL;
-    if (!st->resolver) {
-        /* Lookups are slow and rare next to a spin budget: never spin. */
-        braid_pool_options o = { .max_threads = 4, .name = "resolve", .flags = BRAID_POOL_NO_SPIN,
-                                 .queue_limit = 1024 };
-        braid_pool *pool;
-        if (braid_pool_new(&pool, &o) < 0) return NULL;
-        st->resolver = pool;
-        st->resolver_cls = 0;
-        st->resolver_owned = true;
-    }
-    *cls = st->resolver_cls;
-    return st->resolver;
-}

@@ -2,7 +2,7 @@
 #ifndef BRAID_TLS_INTERNAL_H
 #define BRAID_TLS_INTERNAL_H
 
-#include "loop/loop_internal.h"
+#include "loop/loop_module.h"
 #include <braid/tls.h>
 #include <openssl/ssl.h>
 #include <pthread.h>
