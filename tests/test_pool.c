@@ -8,7 +8,7 @@
 // ctest-labels: pool threads
 #include "harness.h"
 #include <braid/pool.h>
-#include "net/resolve.h"   /* braid__resolver_pool */
+#include "net/net_internal.h"   /* braid__resolver_pool */
 #include <pthread.h>
 #include <sched.h>
 #include <stdatomic.h>

@@ -20,7 +20,7 @@
 #include <arpa/inet.h>
 #if __has_include(<liburing.h>)
 #include "loop/completion_uring.h"
-#include "net/transport_impl.h"
+#include "net/net_internal.h"
 #define HAVE_URING_H 1
 #endif
 

@@ -2,7 +2,8 @@
  * grammar): fields separated by ':', '\' escapes the next character, a field
  * is either key=value or positional. Parsing never allocates; every error
  * names the part it did not like. */
-#include "net/transport_impl.h"
+#include "base/base.h"
+#include <braid/dgram.h>
 #include <braid/endpoint.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -12,6 +13,14 @@
 
 #define MAX_FIELDS 16
 #define FIELD_LEN 512
+
+/* A numeric interface address ("" = any); an IPv6 one for tcp6. */
+static bool numeric_interface(const char *val, bool v6) {
+    braid_address a;
+    if (!*val) return true;
+    if (braid_address_from_numeric(val, 0, &a) < 0) return false;
+    return !v6 || a.ss.ss_family == AF_INET6;
+}
 
 typedef struct fields {
     int n;
@@ -132,8 +141,7 @@ static int parse(const char *desc, braid_endpoint *ep, bool server, char *err, s
             have_port = true;
         } else if (!strcmp(key, "interface") && !is_unix && server) {
             if (!copy(ep->host, sizeof ep->host, val) ||
-                braid__numeric_address(val, 0, ep->kind == BRAID_ENDPOINT_TCP6 ? AF_INET6 : 0,
-                                       &(braid_address){ 0 }) < 0)
+                !numeric_interface(val, ep->kind == BRAID_ENDPOINT_TCP6))
                 return bad(err, errlen, desc, "bad interface '%s' (a numeric %saddress)", val,
                            ep->kind == BRAID_ENDPOINT_TCP6 ? "IPv6 " : "");
         } else if (!strcmp(key, "host") && !is_unix && !server) {
@@ -171,7 +179,7 @@ static int parse(const char *desc, braid_endpoint *ep, bool server, char *err, s
             }
             long bp = 0;
             if ((port && !parse_int(port, 0, 65535, 10, &bp)) ||
-                braid__numeric_address(tmp, 0, 0, &(braid_address){ 0 }) < 0 ||
+                braid_address_from_numeric(tmp, 0, &(braid_address){ 0 }) < 0 ||
                 !copy(ep->bind_host, sizeof ep->bind_host, tmp))
                 return bad(err, errlen, desc, "bad bindAddress '%s'", val);
             ep->bind_port = (int)bp;

@@ -16,7 +16,7 @@
  * after connection_lost) and one for the owner (the caller of
  * braid_fstream_new/connect, or a connection fiber of a factory). */
 #include "fiber/fiber_internal.h"
-#include "net/transport_impl.h"
+#include "net/transport_ext.h"
 #include <braid/endpoint.h>
 #include <string.h>
 
@@ -84,11 +84,7 @@ static inline void wake(braid_fiber *f) {
  * if it writes nothing the flush finds nothing to do. */
 static void wake_reader(braid_fstream *s) {
     braid__fiber_unpark(s->reader, 0);
-    braid_transport *t = s->base.transport;
-    if (t && !(t->state & (BRAID__T_FLUSH_QUEUED | BRAID__T_CLOSED))) {
-        t->state |= BRAID__T_FLUSH_QUEUED;
-        braid_loop_soon_node(t->loop, &t->flush_node);
-    }
+    if (s->base.transport) braid__transport_queue_flush(s->base.transport);
 }
 
 /* Pause the transport's reading while we hold enough; resume below. */
@@ -336,8 +332,10 @@ int braid_fstream_write(braid_fstream *s, const void *buf, size_t len, uint64_t 
     if (!t || s->lost) return write_end(s);
     int rc = braid_transport_write(t, buf, len);
     if (rc < 0) return rc;
-    if (BRAID__LIKELY(t->wlen < t->high)) return 0;
-    return drain_to(s, t->low, deadline_of(s, timeout_ns));
+    size_t low, high;
+    braid__transport_watermarks(t, &low, &high);
+    if (BRAID__LIKELY(braid_transport_buffered(t) < high)) return 0;
+    return drain_to(s, low, deadline_of(s, timeout_ns));
 }
 
 int braid_fstream_flush(braid_fstream *s, uint64_t timeout_ns) {

@@ -156,14 +156,14 @@ static void on_timer(braid_timer *t, void *arg) {
  * armed timer is left alone, so a busy connection pays one timer start per
  * send_timeout, not one per answer. */
 static bool output_pending(const hs_conn *c) {
-    return c->base.transport->wlen > 0 || c->state == HS_FILE;
+    return braid_transport_buffered(c->base.transport) > 0 || c->state == HS_FILE;
 }
 
 static void watch_output(hs_conn *c) {
     if (c->dead || !c->base.transport || braid_timer_active(&c->wtimer) ||
         c->srv->send_timeout == BRAID_FOREVER || !output_pending(c))
         return;
-    c->wmark = c->base.transport->sent_total;
+    c->wmark = braid__transport_sent_total(c->base.transport);
     braid_timer_start_at(&c->wtimer, hs_now(c->srv) + c->srv->send_timeout);
 }
 
@@ -172,14 +172,14 @@ static void on_wtimer(braid_timer *t, void *arg) {
     hs_conn *c = arg;
     if (c->dead || !c->base.transport || !output_pending(c)) return;
     braid_transport *tr = c->base.transport;
-    if (tr->sent_total != c->wmark) {
-        c->wmark = tr->sent_total;
+    if (braid__transport_sent_total(tr) != c->wmark) {
+        c->wmark = braid__transport_sent_total(tr);
         braid_timer_start_at(&c->wtimer, braid_loop_now_fresh(c->srv->loop) + c->srv->send_timeout);
         return;
     }
     braid_log(c->srv->loop, BRAID_LOG_INFO,
               "http: no write progress for %" PRIu64 " ms (%zu bytes waiting): aborting the connection",
-              c->srv->send_timeout / 1000000, tr->wlen);
+              c->srv->send_timeout / 1000000, braid_transport_buffered(tr));
     braid_transport_abort_with(tr, BRAID_ETIMEDOUT);
 }
 

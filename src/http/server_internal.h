@@ -8,7 +8,7 @@
 #include <braid/http.h>
 #include <braid/stream.h>
 #include <braid/time.h>
-#include "net/transport_impl.h"
+#include "net/transport_ext.h"
 
 #define HS_MAX_HEADERS_CAP 65536u  /* limits.max_headers is clamped to this */
 #define HS_XHDR_MAX 1024           /* added response header bytes */

@@ -3,8 +3,7 @@
  * connected protocol after its connection_made. Cancelling the Deferred —
  * directly or through its timeout — stops the resolution or closes the
  * socket in flight. */
-#include "net/transport_impl.h"
-#include "net/resolve.h"
+#include "net/net_internal.h"
 #include <netdb.h>
 #include <string.h>
 #include <sys/socket.h>

@@ -4,7 +4,7 @@
  * once at open: recvmmsg needs them all at once. A callback may close the
  * socket mid-batch; the close is then deferred until the batch loop has
  * stopped touching it. */
-#include "net/transport_impl.h"
+#include "net/net_internal.h"
 #include <braid/dgram.h>
 #include <netinet/in.h>
 #include <string.h>

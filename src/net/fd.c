@@ -22,7 +22,7 @@
  * completion, or with the loop). Unix sockets (descriptor
  * passing needs recvmsg) and pipes keep the readiness path. On by default;
  * BRAID_STREAM_COMPLETIONS=0 in the environment (read once per loop) turns it off. */
-#include "net/transport_impl.h"
+#include "net/net_internal.h"
 #include <fcntl.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>

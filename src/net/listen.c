@@ -10,7 +10,7 @@
  * clean close instead of hanging in the backlog), reopens the spare, and
  * stops watching the listener for a back-off period (50 ms, doubling to 1 s
  * while the shortage lasts) so the CPU stays idle until descriptors free up. */
-#include "net/transport_impl.h"
+#include "net/net_internal.h"
 #include <arpa/inet.h>
 #include <fcntl.h>
 #include <netinet/in.h>

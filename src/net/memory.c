@@ -6,7 +6,7 @@
  * transport.c does the buffering, watermarks, hard cap and close
  * sequencing; only "the kernel" is replaced by the test, which consumes the
  * written bytes when it likes. */
-#include "net/transport_impl.h"
+#include "net/net_internal.h"
 #include <netinet/in.h>
 #include <string.h>
 

@@ -14,8 +14,7 @@
  * destroyed under a running lookup.
  *
  * The resolver pool is per loop, kept under this module's loop key. */
-#include "net/transport_impl.h"
-#include "net/resolve.h"
+#include "net/net_internal.h"
 #include <braid/pool.h>
 #include <netdb.h>
 #include <stdio.h>

@@ -8,7 +8,7 @@
  * while a kind delivers input (read_begin/read_end) are flushed right after
  * that delivery instead: the same single send, without touching every busy
  * connection a second time in the ready phase. */
-#include "net/transport_impl.h"
+#include "net/net_internal.h"
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -461,6 +461,42 @@ static void lost_cb(void *arg) {
     t->wcap = t->wlen = t->whead = 0;
     braid_handle_close(t->loop, &t->handle);
     t->vt->free(t);
+}
+
+/* ---- for modules above (net/transport_ext.h) and wrapper kinds ----------------------------- */
+void braid__transport_watermarks(const braid_transport *t, size_t *low, size_t *high) {
+    if (low) *low = t->low;
+    if (high) *high = t->high;
+}
+
+uint64_t braid__transport_sent_total(const braid_transport *t) { return t->sent_total; }
+
+void braid__transport_queue_flush(braid_transport *t) {
+    if (t->state & (BRAID__T_FLUSH_QUEUED | BRAID__T_CLOSED)) return;
+    t->state |= BRAID__T_FLUSH_QUEUED;
+    braid_loop_soon_node(t->loop, &t->flush_node);
+}
+
+bool braid__transport_writable(const braid_transport *t) {
+    return !(t->state & (BRAID__T_CLOSED | BRAID__T_DISCONNECTING | BRAID__T_SHUT_PENDING |
+                         BRAID__T_WRITE_SHUT));
+}
+
+bool braid__transport_has_producer(const braid_transport *t) { return t->producer != NULL; }
+
+void braid__transport_set_protocol(braid_transport *t, braid_protocol *p) { t->protocol = p; }
+
+bool braid__transport_pause_producer(braid_transport *t, braid_producer *p) {
+    if (t->producer != p) return false;
+    t->producer_paused = true;
+    return true;
+}
+
+void braid__transport_trim(braid_transport *t) {
+    if (t->wlen || t->wbuf_pinned) return;
+    braid_free(t->wbuf);
+    t->wbuf = NULL;
+    t->whead = t->wcap = 0;
 }
 
 /* ---- per-loop state: the shared read buffer ------------------------------------------------ */

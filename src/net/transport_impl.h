@@ -1,18 +1,25 @@
-/* Internal shape of stream transports: the part every kind shares (write
- * buffer, flow control, producers, close and loss delivery) lives in
- * transport.c; a kind (fd.c: sockets and pipes; memory.c: the test double)
- * supplies a small vtable for the system-level work. */
-#ifndef BRAID_STREAM_INTERNAL_H
-#define BRAID_STREAM_INTERNAL_H
+/* Transport kinds (internal, never installed): the shape of a stream
+ * transport, published by the net layer for the kinds that implement one —
+ * fd.c (sockets and pipes) and memory.c (the test double) in src/net/, and
+ * TLS (src/tls/), a kind that wraps another transport.
+ *
+ * The part every kind shares (write buffer, flow control, producers, close
+ * and loss delivery) lives in transport.c; a kind supplies a small vtable
+ * for the system-level work. A kind reads its own transport's fields (the
+ * buffer it flushes, the state flags, the lost code) and changes them only
+ * through the functions below; it touches another transport (a wrapper's
+ * lower one) only through <braid/stream.h>, net/transport_ext.h and the
+ * wrapper functions at the end. */
+#ifndef BRAID_NET_TRANSPORT_IMPL_H
+#define BRAID_NET_TRANSPORT_IMPL_H
 
-#include "loop/loop_module.h"
+#include "net/transport_ext.h"
 #include <braid/deferred.h>
 #include <braid/stream.h>
 
 #define BRAID__DEFAULT_LOW   (16u * 1024)
 #define BRAID__DEFAULT_HIGH  (64u * 1024)
 #define BRAID__DEFAULT_CAP   (4u * 1024 * 1024)
-#define BRAID__READ_BUF      (64u * 1024)
 
 enum {
     BRAID__T_MADE          = 1u << 0,   /* connection_made ran */
@@ -112,13 +119,9 @@ void braid__transport_data(braid_transport *t, const void *buf, size_t len);
  * wait for the ready phase. */
 static inline void braid__transport_read_begin(braid_transport *t) { t->state |= BRAID__T_IN_READ; }
 void braid__transport_read_end(braid_transport *t);
-/* Lose the connection (flush, then close) and abort it with BRAID_ETIMEDOUT
- * if it has not closed by `deadline` (absolute, loop clock). An earlier
- * deadline already set wins. braid_transport_close_within is this with
- * now + timeout. A wrapper kind (TLS) whose close ends in its lower
- * transport's lose_connection passes its own deadline down with this. */
-void braid__transport_close_at(braid_transport *t, uint64_t deadline);
-/* The close deadline of t (absolute, loop clock), or 0 if none was set. */
+/* A wrapper kind (TLS) whose close ends in its lower transport's
+ * lose_connection passes its own close deadline down with
+ * braid__transport_close_at (net/transport_ext.h). The close deadline of t (absolute, loop clock), or 0 if none was set. */
 static inline uint64_t braid__transport_close_deadline(const braid_transport *t) {
     return t->close_deadline;
 }
@@ -137,36 +140,20 @@ static inline bool braid__transport_reading(const braid_transport *t) {
 void braid__protocol_release(braid_protocol *p);
 enum { BRAID__PROTO_OWNED = 1u << 0 };
 
-/* The loop's shared read buffer (BRAID__READ_BUF bytes), or NULL on ENOMEM. */
-char *braid__stream_read_buffer(braid_loop *loop);
-
-/* fd transports (fd.c). */
-typedef enum { BRAID__FD_TCP, BRAID__FD_UNIX, BRAID__FD_PIPE } braid__fd_kind;
-/* Wrap a connected fd (taking ownership; wfd may equal rfd). nonblocking:
- * the caller made it with SOCK_NONBLOCK (saves two fcntl calls per accept). */
-int braid__fd_transport_new(braid_loop *loop, int rfd, int wfd, braid__fd_kind kind,
-                            bool nonblocking, braid_transport **out);
-int braid__set_nonblock(int fd);
-/* The provided-buffer ring fd transports on completions receive into, or
- * NULL (none made yet, or this loop keeps TCP on readiness). For tests. */
-struct braid__completion_bufs;
-struct braid__completion_bufs *braid__fd_ring(braid_loop *loop);
-/* sendfile(2) from in_fd at *off straight to an fd transport's socket, for
- * the HTTP server's static files. Only while nothing is buffered (bytes must
- * leave in order): returns the bytes sent (> 0, *off advanced), BRAID_ENOSYS
- * for other kinds or a non-empty buffer (write through the buffer instead),
- * BRAID_EAGAIN when the kernel is full (write interest is armed; a registered
- * pull producer is called again once the socket drains), or the error that
- * lost the connection. */
-ssize_t braid__transport_sendfile(braid_transport *t, int in_fd, off_t *off, size_t count);
-
-/* Resolution (resolve.c): a Deferred of a struct addrinfo * list (owned by the
- * result, freed by its dtor). Numeric hosts resolve at once; names on a
- * pool worker: the loop's resolver pool (see <braid/pool.h>). */
-struct addrinfo;
-braid_deferred *braid__resolve(braid_loop *loop, const char *host, int port,
-                               const struct addrinfo *hints);
-/* Parse a numeric host (v4 or v6, optional [..]) and port into out. */
-int braid__numeric_address(const char *host, int port, int family, braid_address *out);
+/* ---- for wrapper kinds, on the transport they wrap ---------------------------------- */
+/* Can t still be written to (not closed, closing or shut for writing)? */
+bool braid__transport_writable(const braid_transport *t);
+/* Is a producer registered on t? */
+bool braid__transport_has_producer(const braid_transport *t);
+/* STARTTLS: p takes the place of t's protocol (connection_made is not run
+ * again; t releases p, not the protocol it had, after connection_lost). */
+void braid__transport_set_protocol(braid_transport *t, braid_protocol *p);
+/* p is t's registered streaming producer: mark it paused, as if t's buffer
+ * had passed the high watermark, so that t resumes it once the buffer
+ * drains to the low one. false if p is not t's producer. */
+bool braid__transport_pause_producer(braid_transport *t, braid_producer *p);
+/* Give back the memory of t's write buffer if nothing is buffered (an idle
+ * connection holds none). */
+void braid__transport_trim(braid_transport *t);
 
 #endif
