@@ -360,6 +360,16 @@ BRAID_API int braid_http_add_header(braid_http_request *req, const char *name, c
  * BRAID_EALREADY_CALLED if req was already answered. */
 BRAID_API int braid_http_respond(braid_http_request *req, int status, const char *content_type,
                                  const void *body, size_t len);
+/* Answer with `length` bytes of the file fd from `offset` (Content-Length:
+ * length; no body for HEAD). Takes fd: it is closed once the body is out,
+ * when the connection is lost, or at once on an error. The body leaves by
+ * sendfile(2) on socket transports, read through the write buffer on others
+ * (TLS, memory); a file that turns out shorter aborts the connection (the
+ * framing cannot be kept). braid_http_static answers this way.
+ * BRAID_EALREADY_CALLED if req was already answered, BRAID_EINVAL for a bad
+ * status, fd or range. */
+BRAID_API int braid_http_respond_file(braid_http_request *req, int status, const char *content_type,
+                                      int fd, uint64_t offset, uint64_t length);
 /* Start a streamed answer: content_length >= 0, or -1 for chunked. */
 BRAID_API int braid_http_respond_start(braid_http_request *req, int status,
                                        const char *content_type, int64_t content_length);
