@@ -49,7 +49,6 @@ static void fstate_destroy(braid_loop *loop, void *ptr) {
     BRAID__UNUSED(loop);
     braid__fiber_pool_drain(st);
     braid__fiber_guard_teardown(st);
-    if (st->client_factory) st->client_factory_free(st->client_factory);
     braid_free(st);
 }
 
@@ -71,8 +70,6 @@ static braid__fstate *fstate_get(braid_loop *loop) {
     braid__fiber_guard_setup(st);
     return st;
 }
-
-braid__fstate *braid__fiber_state(braid_loop *loop) { return fstate_get(loop); }
 
 static inline braid__fstate *fstate_peek(braid_loop *loop) {
     return braid__loop_data(loop, &fstate_key);

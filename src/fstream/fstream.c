@@ -15,9 +15,10 @@
  * Lifetime: a reference for the protocol side (dropped by the destroy op,
  * after connection_lost) and one for the owner (the caller of
  * braid_fstream_new/connect, or a connection fiber of a factory). */
-#include "fiber/fiber_internal.h"
+#include "fiber/park.h"
 #include "net/transport_ext.h"
 #include <braid/endpoint.h>
+#include <braid/fstream.h>
 #include <string.h>
 
 #define FS_READ_LIMIT (64u * 1024)
@@ -396,7 +397,12 @@ static braid_protocol *client_build(braid_factory *f, const braid_address *peer)
     return s ? &s->base : NULL;
 }
 
-static void client_factory_free(void *ptr) { braid_free(ptr); }
+/* braid_fstream_connect's factory, one per loop (made on first use). */
+static void client_factory_free(braid_loop *loop, void *ptr) {
+    BRAID__UNUSED(loop);
+    braid_free(ptr);
+}
+static braid_loop_key client_factory_key = BRAID_LOOP_KEY_INIT("fstream", client_factory_free, NULL);
 
 /* An owned result: if the fiber never takes it (cancelled at that moment),
  * dropping it closes and releases the stream. */
@@ -415,16 +421,16 @@ int braid_fstream_connect(braid_loop *loop, const char *endpoint, uint64_t timeo
                           braid_fstream **out) {
     *out = NULL;
     if (!braid_fiber_current(loop)) return BRAID_ENOT_IN_FIBER;
-    braid__fstate *st = braid__fiber_state(loop);
-    if (!st) return BRAID_ENOMEM;
-    if (!st->client_factory) {
-        braid_factory *f = braid_calloc(1, sizeof *f);
-        if (!f) return BRAID_ENOMEM;
+    braid_factory *f = braid__loop_data(loop, &client_factory_key);
+    if (!f) {
+        if (!(f = braid_calloc(1, sizeof *f))) return BRAID_ENOMEM;
         f->build_protocol = client_build;
-        st->client_factory = f;
-        st->client_factory_free = client_factory_free;
+        if (braid_loop_set_data(loop, &client_factory_key, f) < 0) {
+            braid_free(f);
+            return BRAID_ENOMEM;
+        }
     }
-    braid_deferred *d = braid_connect(loop, endpoint, st->client_factory);
+    braid_deferred *d = braid_connect(loop, endpoint, f);
     if (!d) return BRAID_ENOMEM;
     if (braid_deferred_add_callback(d, claim, NULL) < 0) {
         braid_result r;
