@@ -533,12 +533,12 @@ BT_TEST(unconsumed_failure_default_logs_origin) {
 /* ---- failures ---------------------------------------------------------------------------- */
 BT_TEST(failure_wrap_and_format) {
     braid_failure *inner = braid_failure_new(BRAID_ECONNRESET, "reset by %s", "peer");
-    braid_failure *outer = braid_failure_wrap(inner, BRAID_EHTTP, "request %d failed", 3);
+    braid_failure *outer = braid_failure_wrap(inner, BRAID_EPROTO_INPUT, "request %d failed", 3);
     BT_TRUE(outer->cause == inner);
     char buf[512];
     size_t n = braid_failure_format(outer, buf, sizeof buf);
     BT_EQ(n, strlen(buf));
-    BT_TRUE(strstr(buf, "request 3 failed: HTTP protocol error") == buf);
+    BT_TRUE(strstr(buf, "request 3 failed: malformed input from peer") == buf);
     BT_TRUE(strstr(buf, "; caused by: reset by peer") != NULL);
     BT_TRUE(strstr(buf, "test_deferred.c:") != NULL);
     char small[8];

@@ -70,6 +70,10 @@
 extern "C" {
 #endif
 
+/* Error code of the fiber module (its range is -4040 ... -4047; this one is
+ * older and keeps its number). */
+#define BRAID_ENOT_IN_FIBER     (-4006)  /* an awaiting call outside a fiber */
+
 typedef struct braid_fiber braid_fiber;
 
 /* A fiber's body: runs on the fiber's stack; its result (a value, a failure,

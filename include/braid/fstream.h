@@ -65,6 +65,9 @@
 extern "C" {
 #endif
 
+/* Error codes: fiber streams own -4032 ... -4039. */
+#define BRAID_EEOF              (-4032)  /* the stream ended before the requested data */
+
 typedef struct braid_fstream braid_fstream;
 
 /* A stream not yet attached: pass braid_fstream_protocol(s) to a transport

@@ -45,15 +45,16 @@
 extern "C" {
 #endif
 
-/* ---- error codes (braid's http range -4056..-4063) ---------------------------- */
-#define BRAID_EHTTP_INCOMPLETE        (-4056) /* not an error: need more bytes */
-#define BRAID_EHTTP_SYNTAX            (-4057) /* malformed message          -> 400 */
-#define BRAID_EHTTP_FRAMING           (-4058) /* ambiguous/invalid body framing (smuggling shapes) -> 400 */
-#define BRAID_EHTTP_CHUNK             (-4059) /* bad chunked encoding       -> 400 */
-#define BRAID_EHTTP_URI_TOO_LONG      (-4060) /* request line over limit    -> 414 */
-#define BRAID_EHTTP_HEADERS_TOO_LARGE (-4061) /* head bytes / header count  -> 431 */
-#define BRAID_EHTTP_BODY_TOO_LARGE    (-4062) /* body over limit            -> 413 */
-#define BRAID_EHTTP_VERSION           (-4063) /* not HTTP/1.x               -> 505 */
+/* ---- error codes: the http range is -4100 ... -4149 ---------------------------- */
+#define BRAID_EHTTP_INCOMPLETE        (-4100) /* not an error: need more bytes */
+#define BRAID_EHTTP_SYNTAX            (-4101) /* malformed message          -> 400 */
+#define BRAID_EHTTP_FRAMING           (-4102) /* ambiguous/invalid body framing (smuggling shapes) -> 400 */
+#define BRAID_EHTTP_CHUNK             (-4103) /* bad chunked encoding       -> 400 */
+#define BRAID_EHTTP_URI_TOO_LONG      (-4104) /* request line over limit    -> 414 */
+#define BRAID_EHTTP_HEADERS_TOO_LARGE (-4105) /* head bytes / header count  -> 431 */
+#define BRAID_EHTTP_BODY_TOO_LARGE    (-4106) /* body over limit            -> 413 */
+#define BRAID_EHTTP_VERSION           (-4107) /* not HTTP/1.x               -> 505 */
+#define BRAID_EHTTP                   (-4014) /* HTTP protocol error (older, so in the shared range) */
 
 /* The status a server answers a parse error with (400 for codes outside the
  * table). */

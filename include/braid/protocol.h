@@ -58,6 +58,12 @@
 extern "C" {
 #endif
 
+/* Error codes of the net layer (its range is -4048 ... -4063; these three
+ * are older and keep their numbers). */
+#define BRAID_EBUFFER_LIMIT     (-4005)  /* a write buffer passed its hard cap */
+#define BRAID_ECONNECTION_DONE  (-4010)  /* connection closed cleanly */
+#define BRAID_ECONNECTION_LOST  (-4011)  /* connection closed uncleanly */
+
 typedef struct braid_transport braid_transport;
 typedef struct braid_protocol braid_protocol;
 typedef struct braid_factory braid_factory;

@@ -37,6 +37,36 @@ static inline void braid__spin_step(unsigned i) {
     }
 }
 
+/* ---- error domains ------------------------------------------------------------------
+ * A module of libbraid names its codes where it is built:
+ *
+ *     static const char *const tls_names[] = { [BRAID_ETLS_HOSTNAME - BRAID_ETLS_HOSTNAME] = "...", ... };
+ *     BRAID__ERROR_DOMAIN(tls, "tls", BRAID_ETLS_HOSTNAME, BRAID_ETLS_TRUNCATED, tls_names);
+ *
+ * (names[i] names code first - i.) On ELF with a GNU toolchain the domain
+ * is placed in the linker section "braid_errors", which braid_strerror scans
+ * (no registration, nothing run at start-up); elsewhere the macro makes a
+ * constructor that calls braid_error_domain_register. Put it in a file that
+ * every user of the module links (with a static libbraid, an object nobody
+ * references is left out, and its codes with it). A library of its own (a
+ * separate .so, e.g. libbraid-glib) registers with braid_error_domain_register:
+ * libbraid.so scans only its own section. */
+#if defined(__ELF__) && defined(__GNUC__)
+#define BRAID__ERROR_DOMAIN(id, module, first, last, names)                                  \
+    __attribute__((used, section("braid_errors"), aligned(sizeof(void *))))               \
+    static const braid_error_domain *const braid__errdom_ptr_##id =                       \
+        &(const braid_error_domain){ (module), (first), (last), (names), NULL }
+#else
+#define BRAID__ERROR_DOMAIN(id, module, first, last, names)                                  \
+    static braid_error_domain braid__errdom_##id = { (module), (first), (last), (names), NULL }; \
+    __attribute__((constructor)) static void braid__errdom_register_##id(void) {             \
+        (void)braid_error_domain_register(&braid__errdom_##id);                               \
+    }
+#endif
+/* Is every code named by at most one domain (built-in or registered)? The
+ * first code named twice goes to *dup (tests). */
+bool braid__error_domains_check(int *dup);
+
 /* ---- allocator internals for fault injection (alloc.c) ------------------------- */
 void braid__alloc_reset_injection(void);
 /* Take `blocks` live blocks out of braid_test_alloc_outstanding (negative:

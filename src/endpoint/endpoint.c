@@ -11,6 +11,9 @@
 #include <string.h>
 #include <sys/socket.h>
 
+static const char *const endpoint_names[] = { "malformed endpoint description" };
+BRAID__ERROR_DOMAIN(endpoint, "endpoint", BRAID_EBAD_ENDPOINT, BRAID_EBAD_ENDPOINT, endpoint_names);
+
 #define MAX_FIELDS 16
 #define FIELD_LEN 512
 

@@ -30,6 +30,9 @@ void __tsan_switch_to_fiber(void *fiber, unsigned flags);
 
 static const braid_result no_result = { NULL, NULL, NULL, NULL };
 
+static const char *const fiber_names[] = { "not inside a fiber" };
+BRAID__ERROR_DOMAIN(fiber, "fiber", BRAID_ENOT_IN_FIBER, BRAID_ENOT_IN_FIBER, fiber_names);
+
 /* ---- per-loop state ---------------------------------------------------------------- */
 static bool fstate_report(braid_loop *loop, void *ptr) {
     braid__fstate *st = ptr;

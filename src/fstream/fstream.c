@@ -21,6 +21,9 @@
 #include <braid/fstream.h>
 #include <string.h>
 
+static const char *const fstream_names[] = { "end of stream before the requested data" };
+BRAID__ERROR_DOMAIN(fstream, "fstream", BRAID_EEOF, BRAID_EEOF, fstream_names);
+
 #define FS_READ_LIMIT (64u * 1024)
 
 struct braid_fstream {

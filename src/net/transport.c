@@ -13,6 +13,15 @@
 #include <string.h>
 #include <unistd.h>
 
+/* The net layer's codes (numbered before the ranges existed, so in the
+ * shared range; its own range, -4048 ... -4063, is still empty). */
+static const char *const net_names[] = {
+    [BRAID_EBUFFER_LIMIT - BRAID_EBUFFER_LIMIT]    = "write buffer over its hard limit",
+    [BRAID_EBUFFER_LIMIT - BRAID_ECONNECTION_DONE] = "connection done",
+    [BRAID_EBUFFER_LIMIT - BRAID_ECONNECTION_LOST] = "connection lost",
+};
+BRAID__ERROR_DOMAIN(net, "net", BRAID_EBUFFER_LIMIT, BRAID_ECONNECTION_LOST, net_names);
+
 /* ---- protocols and factories ----------------------------------------------------- */
 static braid_protocol *default_build(braid_factory *f, const braid_address *peer) {
     (void)peer;
