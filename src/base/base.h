@@ -76,12 +76,21 @@ void braid__alloc_park(long blocks);
 
 /* ---- log lines (log.c) ------------------------------------------------------------
  * Format a line and hand it to fn(ctx, level, line), or, when fn is NULL,
- * to stderr as "braid[level]: line" (debug lines only when the environment
- * has BRAID_LOG_DEBUG set to something other than "" or "0"). A line is cut
- * at 1 KiB. The loop's braid__log (loop/loop_module.h) passes its own sink;
- * a poller, which sits below the loop, passes the sink it was given. */
-void braid__log_write(braid_log_fn fn, void *ctx, braid_log_level level, const char *fmt, ...)
-    BRAID_PRINTF(4, 5);
-void braid__log_vwrite(braid_log_fn fn, void *ctx, braid_log_level level, const char *fmt, va_list ap);
+ * to stderr as "braid[level] ns: line" ("braid[level]: line" when ns is
+ * NULL; debug lines only when the environment has BRAID_LOG_DEBUG set to
+ * something other than "" or "0"). A line is cut at 1 KiB. The loop's
+ * braid__log (loop/loop_module.h) passes its own sink; a poller, which sits
+ * below the loop, passes the sink it was given.
+ *
+ * ns is the namespace of the module that logs ("net", "tls"): each module
+ * declares its own, once, in its internal header —
+ *     static const char braid__log_ns[] = "tls";
+ * — and braid__log passes it (a file that logs without one in scope does
+ * not compile). User sinks get the line as it is; the namespace is for the
+ * default sink and for the structured log events to come. */
+void braid__log_write(braid_log_fn fn, void *ctx, const char *ns, braid_log_level level, const char *fmt, ...)
+    BRAID_PRINTF(5, 6);
+void braid__log_vwrite(braid_log_fn fn, void *ctx, const char *ns, braid_log_level level, const char *fmt,
+                       va_list ap);
 
 #endif

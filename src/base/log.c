@@ -8,25 +8,27 @@
 #include <stdlib.h>
 #include <string.h>
 
-static void default_log(braid_log_level level, const char *msg) {
+static void default_log(const char *ns, braid_log_level level, const char *msg) {
     static const char *const names[] = { "debug", "info", "warn", "error" };
     if (level == BRAID_LOG_DEBUG) {   /* debug lines only when asked for */
         const char *e = getenv("BRAID_LOG_DEBUG");
         if (!e || !*e || !strcmp(e, "0")) return;
     }
-    fprintf(stderr, "braid[%s]: %s\n", names[level & 3], msg);
+    if (ns) fprintf(stderr, "braid[%s] %s: %s\n", names[level & 3], ns, msg);
+    else fprintf(stderr, "braid[%s]: %s\n", names[level & 3], msg);
 }
 
-void braid__log_vwrite(braid_log_fn fn, void *ctx, braid_log_level level, const char *fmt, va_list ap) {
+void braid__log_vwrite(braid_log_fn fn, void *ctx, const char *ns, braid_log_level level, const char *fmt,
+                       va_list ap) {
     char buf[1024];
     vsnprintf(buf, sizeof buf, fmt, ap);
     if (fn) fn(ctx, level, buf);
-    else default_log(level, buf);
+    else default_log(ns, level, buf);
 }
 
-void braid__log_write(braid_log_fn fn, void *ctx, braid_log_level level, const char *fmt, ...) {
+void braid__log_write(braid_log_fn fn, void *ctx, const char *ns, braid_log_level level, const char *fmt, ...) {
     va_list ap;
     va_start(ap, fmt);
-    braid__log_vwrite(fn, ctx, level, fmt, ap);
+    braid__log_vwrite(fn, ctx, ns, level, fmt, ap);
     va_end(ap);
 }

@@ -5,6 +5,9 @@
 #include "loop/loop_module.h"
 #include <braid/deferred.h>
 
+/* The namespace of this module's log lines (base/base.h). */
+static const char braid__log_ns[] = "deferred";
+
 /* Callbacks stored inline before spilling to a heap array. Three covers the
  * common "callback + errback + timeout" shapes; the struct stays at 168
  * bytes (under three cache lines). */

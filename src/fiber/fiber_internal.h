@@ -16,6 +16,9 @@
 #include <braid/deferred.h>
 #include <braid/fiber.h>
 
+/* The namespace of this module's log lines (base/base.h). */
+static const char braid__log_ns[] = "fiber";
+
 #if !defined(BRAID_FIBER_UCONTEXT) && (defined(__x86_64__) || defined(__aarch64__))
 #define BRAID__FIBER_ASM 1
 #else

@@ -21,6 +21,9 @@
 #include <braid/fstream.h>
 #include <string.h>
 
+/* The namespace of this module's log lines (base/base.h). */
+static const char braid__log_ns[] = "fstream";
+
 static const char *const fstream_names[] = { "end of stream before the requested data" };
 BRAID__ERROR_DOMAIN(fstream, "fstream", BRAID_EEOF, BRAID_EEOF, fstream_names);
 

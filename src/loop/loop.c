@@ -17,17 +17,17 @@
 #endif
 
 /* ---- logging ------------------------------------------------------------------ */
-void braid__log(braid_loop *loop, braid_log_level level, const char *fmt, ...) {
+void braid__log_at(braid_loop *loop, const char *ns, braid_log_level level, const char *fmt, ...) {
     va_list ap;
     va_start(ap, fmt);
-    braid__log_vwrite(loop ? loop->log : NULL, loop ? loop->log_ctx : NULL, level, fmt, ap);
+    braid__log_vwrite(loop ? loop->log : NULL, loop ? loop->log_ctx : NULL, ns, level, fmt, ap);
     va_end(ap);
 }
 
 void braid_log(braid_loop *loop, braid_log_level level, const char *fmt, ...) {
     va_list ap;
     va_start(ap, fmt);
-    braid__log_vwrite(loop ? loop->log : NULL, loop ? loop->log_ctx : NULL, level, fmt, ap);
+    braid__log_vwrite(loop ? loop->log : NULL, loop ? loop->log_ctx : NULL, NULL, level, fmt, ap);
     va_end(ap);
 }
 

@@ -12,6 +12,9 @@
 #include <signal.h>
 #include <stdatomic.h>
 
+/* The namespace of this module's log lines (base/base.h). */
+static const char braid__log_ns[] = "loop";
+
 /* The poller (poll/poller.h) reports (tag, events) pairs; tag = gen << 32 |
  * fd, so the loop can drop events for a watcher closed (or replaced)
  * earlier in the same batch. */

@@ -11,8 +11,11 @@
 #include <braid/time.h>
 
 /* A log line through the loop's sink (braid_loop_options.log; stderr when
- * none, or when loop is NULL). */
-void braid__log(braid_loop *loop, braid_log_level level, const char *fmt, ...) BRAID_PRINTF(3, 4);
+ * none, or when loop is NULL), in the calling module's namespace: the
+ * braid__log_ns its internal header declares (base/base.h). */
+#define braid__log(loop, level, ...) braid__log_at((loop), braid__log_ns, (level), __VA_ARGS__)
+void braid__log_at(braid_loop *loop, const char *ns, braid_log_level level, const char *fmt, ...)
+    BRAID_PRINTF(4, 5);
 
 /* ---- loop affinity --------------------------------------------------------------
  * Every loop-affine entry point starts with BRAID__LOOP_AFFINE(loop). Debug

@@ -8,6 +8,9 @@
 
 #include "net/transport_impl.h"
 
+/* The namespace of this module's log lines (base/base.h). */
+static const char braid__log_ns[] = "net";
+
 /* The loop's shared read buffer (BRAID__READ_BUF bytes), or NULL on ENOMEM. */
 char *braid__stream_read_buffer(braid_loop *loop);
 

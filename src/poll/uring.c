@@ -158,7 +158,7 @@ static int ur_init(braid__poller *p) {
     if (rc < 0) {
         /* Creating a ring can fail after a good probe (fd or memlock limits):
          * say "not available" so the loop may fall back to epoll. */
-        braid__log_write(p->log, p->log_ctx, BRAID_LOG_WARN, "io_uring ring setup failed: %s", braid_strerror(rc));
+        braid__log_write(p->log, p->log_ctx, "poll", BRAID_LOG_WARN, "io_uring ring setup failed: %s", braid_strerror(rc));
         braid_free(s);
         return BRAID_ENOSYS;
     }
@@ -328,7 +328,7 @@ static void on_ready_cqe(braid__poller *p, ur_state *s, uint64_t ud, int res, un
     /* The request ended. */
     f->flags &= (uint8_t)~FD_ARMED;
     if (res < 0 && res != -ECANCELED) {
-        braid__log_write(p->log, p->log_ctx, BRAID_LOG_DEBUG, "io_uring poll on fd %d failed: %s", fd,
+        braid__log_write(p->log, p->log_ctx, "poll", BRAID_LOG_DEBUG, "io_uring poll on fd %d failed: %s", fd,
                          braid_strerror(res));
         (void)push_ready(p, s, f, BRAID__POLL_ERROR);
         f->flags |= FD_FAILED;
@@ -342,7 +342,7 @@ static void on_ready_cqe(braid__poller *p, ur_state *s, uint64_t ud, int res, un
 static void on_internal_failure(braid__poller *p, uint64_t ud, int res) {
     if (res == -ENOENT || res == -EALREADY) return;
     static const char *const what[] = { "request", "poll remove", "poll update", "cancel" };
-    braid__log_write(p->log, p->log_ctx, BRAID_LOG_WARN, "io_uring %s failed: %s", what[ud < 4 ? ud : 0], braid_strerror(res));
+    braid__log_write(p->log, p->log_ctx, "poll", BRAID_LOG_WARN, "io_uring %s failed: %s", what[ud < 4 ? ud : 0], braid_strerror(res));
 }
 
 /* Handle the CQEs present, copying each batch out and advancing the CQ head

@@ -8,6 +8,9 @@
 #include <pthread.h>
 #include <stdatomic.h>
 
+/* The namespace of this module's log lines (base/base.h). */
+static const char braid__log_ns[] = "tls";
+
 typedef struct braid__tls_sni {
     char *name;
     SSL_CTX *ctx;
