@@ -1,8 +1,9 @@
 /* Framers meet transports: encoders that write one frame in one buffered
  * write, and the protocol glue that feeds a framer and aborts the connection
  * with the framing error as the reason. */
-#include "net/transport_impl.h"
+#include "base/base.h"
 #include <braid/framing.h>
+#include <braid/stream.h>
 #include <string.h>
 
 /* ---- encoders ---------------------------------------------------------------------- */
