@@ -17,6 +17,22 @@
 #define BRAID__LIKELY(x) __builtin_expect(!!(x), 1)
 #define BRAID__UNLIKELY(x) __builtin_expect(!!(x), 0)
 
+/* Invariants stated where they must hold (SQLite's asserts as
+ * documentation): debug builds (BRAID_DEBUG) check them and abort, printing
+ * the condition, the file, the line and the function; release builds
+ * compile them out — the condition is not evaluated (only its type is
+ * taken, so a variable used in an assert alone stays "used"). Use it for
+ * what braid itself guarantees (buffer geometry, heap order, Deferred
+ * states, watcher tables); a user's misuse that can be reported is an
+ * error code or, in debug builds, a message naming the call. */
+#ifdef BRAID_DEBUG
+#define BRAID__ASSERT(cond) \
+    ((void)(BRAID__LIKELY(cond) ? 0 : (braid__assert_fail(#cond, __FILE__, __LINE__, __func__), 0)))
+#else
+#define BRAID__ASSERT(cond) ((void)sizeof(cond))
+#endif
+_Noreturn void braid__assert_fail(const char *cond, const char *file, int line, const char *fn);
+
 /* One step of a bounded busy-wait (loop.c, pool.c): a CPU pause the first
  * few times, then sched_yield. Spinning with pause alone is a disaster when
  * the cores are oversubscribed: the spinner can sit on the very core the

@@ -18,6 +18,11 @@ static void default_log(const char *ns, braid_log_level level, const char *msg) 
     else fprintf(stderr, "braid[%s]: %s\n", names[level & 3], msg);
 }
 
+void braid__assert_fail(const char *cond, const char *file, int line, const char *fn) {
+    fprintf(stderr, "braid: assertion failed: %s (%s:%d, %s)\n", cond, file, line, fn);
+    abort();
+}
+
 void braid__log_vwrite(braid_log_fn fn, void *ctx, const char *ns, braid_log_level level, const char *fmt,
                        va_list ap) {
     char buf[1024];

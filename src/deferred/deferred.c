@@ -178,6 +178,7 @@ static _Noreturn void freed_use(const braid_deferred *d, const char *what) {
     } while (0)
 
 static inline void unref(braid_deferred *d) {
+    BRAID__ASSERT(d->refs > 0);
     if (--d->refs == 0 && !(d->flags & BRAID__D_RUNNING)) dfree(d);
 }
 
@@ -217,6 +218,7 @@ int braid__deferred_reserve(braid_deferred *d, uint32_t extra) {
 
 static inline int push_slot(braid_deferred *d, braid_callback cb, braid_callback eb, void *arg) {
     uint32_t i = d->ncb;
+    BRAID__ASSERT(d->pos <= d->ncb && d->ncb <= BRAID__DEFERRED_INLINE + d->spill_cap);
     braid__cbslot *s;
     if (BRAID__LIKELY(i < BRAID__DEFERRED_INLINE)) {
         s = &d->slot[i];
@@ -348,6 +350,7 @@ static inline void free_list_put(braid__dpool *p, braid_deferred *d) {
 
 static void dfree(braid_deferred *d) {
     braid_loop *loop = d->loop;
+    BRAID__ASSERT(d->refs == 0 && !(d->flags & (BRAID__D_FREED | BRAID__D_RUNNING)));
     if (BRAID__UNLIKELY(d->pos != d->ncb)) abandon_callbacks(d);
     braid_result r = d->result;
     d->result = no_result;
@@ -417,6 +420,7 @@ static void run(braid_deferred *d) {
                 continue;
             }
             if (d->pos == d->ncb || d->paused) break;
+            BRAID__ASSERT(d->pos < d->ncb && d->ncb <= BRAID__DEFERRED_INLINE + d->spill_cap);
             braid__cbslot *s = slot_at(d, d->pos++);
             braid_callback fn = d->result.failure ? s->eb : s->cb;
             if (!fn) continue;
@@ -426,6 +430,11 @@ static void run(braid_deferred *d) {
             d->result = fn(r, arg);
         }
         d->flags &= ~BRAID__D_RUNNING;
+        /* Fired once, and a result is one thing: a value, a failure or the
+         * Deferred it waits on (and then it is marked waiting). */
+        BRAID__ASSERT(d->flags & BRAID__D_CALLED);
+        BRAID__ASSERT(!(d->flags & BRAID__D_WAITING) ||
+                      (d->result.chain && !d->result.value && !d->result.failure));
         if ((d->flags & BRAID__D_WAITING) || d->paused) {
             if (d->refs == 0) dfree(d);
             return;
@@ -437,6 +446,7 @@ static void run(braid_deferred *d) {
             return;
         }
         d->parent = NULL;
+        BRAID__ASSERT((p->flags & BRAID__D_WAITING) && p->result.chain == d && p->refs >= 1);
         p->result = d->result;
         d->result = no_result;
         p->flags &= ~BRAID__D_WAITING;
@@ -512,6 +522,7 @@ static inline int fire(braid_deferred *d, braid_result r, bool drop_producer, co
         return BRAID_EALREADY_CALLED;
     }
     d->flags |= BRAID__D_CALLED;
+    BRAID__ASSERT(dpool_of(d)->unfired > 0);
     dpool_of(d)->unfired--;
     store_result(&d->result, r);
     if (drop_producer && (d->flags & BRAID__D_PRODUCER)) {

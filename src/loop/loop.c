@@ -430,6 +430,7 @@ int braid_watch_init(braid_loop *loop, braid_watch *w, int fd, braid_watch_cb cb
     w->flags = BRAID__WATCH_OPEN;
     loop->fds[fd] = w;
     loop->watchers_open++;
+    BRAID__ASSERT(w->gen != 0);                     /* 0 is never a live generation */
     return 0;
 }
 
@@ -442,10 +443,12 @@ int braid_watch_set(braid_watch *w, unsigned mask) {
     braid_loop *loop = w->loop;
     BRAID__LOOP_AFFINE(loop);
     mask &= BRAID_READ | BRAID_WRITE;
+    BRAID__ASSERT((size_t)w->fd < loop->nfds && loop->fds[w->fd] == w);
     if (mask == w->mask) return 0;
     int rc = loop->poller.ops->update(&loop->poller, w->fd, w->mask, mask, braid__tag(w->gen, w->fd));
     if (rc < 0) return rc;
     bool before = watch_counts(w);
+    BRAID__ASSERT(!before || loop->watchers_alive > 0);
     w->mask = mask;
     loop->watchers_alive += (size_t)watch_counts(w) - (size_t)before;
     return 0;
@@ -472,6 +475,7 @@ void braid_watch_close(braid_watch *w) {
     }
     if ((size_t)w->fd < loop->nfds && loop->fds[w->fd] == w) loop->fds[w->fd] = NULL;
     w->flags &= ~BRAID__WATCH_OPEN;
+    BRAID__ASSERT(loop->watchers_open > 0);
     loop->watchers_open--;
 }
 
@@ -485,6 +489,7 @@ static void dispatch_io(braid_loop *loop) {
         if (fd >= loop->nfds) continue;
         braid_watch *w = loop->fds[fd];
         if (!w || w->gen != (uint32_t)(tag >> 32)) continue;   /* stale */
+        BRAID__ASSERT(w->fd == (int)fd && (w->flags & BRAID__WATCH_OPEN) && w->loop == loop);
         unsigned ev = loop->poller.events[i].events;
         if (ev & (BRAID_ERROR | BRAID_HUP)) ev |= w->mask;     /* wake whoever waits */
         ev &= w->mask | BRAID_ERROR | BRAID_HUP;
@@ -496,7 +501,9 @@ static void dispatch_io(braid_loop *loop) {
 
 /* ---- posted calls (any thread) ----------------------------------------------------- */
 void braid_loop_post_node(braid_loop *loop, braid_post *node) {
+    BRAID__ASSERT(node && node->fn);
     braid_post *head = atomic_load_explicit(&loop->posted, memory_order_relaxed);
+    BRAID__ASSERT(head != node);                    /* posted twice before it ran */
     do {
         node->next = head;
     } while (!atomic_compare_exchange_weak_explicit(&loop->posted, &head, node,
@@ -547,6 +554,7 @@ static void run_posted(braid_loop *loop) {
     }
     while (fifo) {
         braid_post *next = fifo->next;   /* fn may free or reuse its node */
+        BRAID__ASSERT(fifo->fn != NULL && next != fifo);
         fifo->fn(fifo->arg);
         fifo = next;
     }
@@ -560,6 +568,10 @@ void braid_loop_stop(braid_loop *loop) {
 /* ---- ready calls (loop thread) ------------------------------------------------------ */
 void braid_loop_soon_node(braid_loop *loop, braid_soon *node) {
     BRAID__LOOP_AFFINE(loop);
+    /* A node queued twice would make the queue a cycle: the ready phase
+     * would never end. */
+    BRAID__ASSERT(node->fn != NULL && node != loop->soon_tail);
+    BRAID__ASSERT((loop->soon_head == NULL) == (loop->soon_tail == NULL));
     node->next = NULL;
     if (loop->soon_tail) loop->soon_tail->next = node;
     else loop->soon_head = node;

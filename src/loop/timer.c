@@ -14,6 +14,27 @@ static inline bool before(const braid_timer *a, const braid_timer *b) {
     return a->deadline < b->deadline || (a->deadline == b->deadline && a->seq < b->seq);
 }
 
+/* Debug builds: the heap order and the index back-pointers around slot i
+ * (its parent and its children), after every change that moved a timer
+ * there; and, while the heap is small, the whole heap after every push, pop
+ * and removal. Release builds check nothing. */
+#ifdef BRAID_DEBUG
+static void heap_check_at(braid_timer *const *h, size_t n, size_t i) {
+    BRAID__ASSERT(i < n && h[i]->heap_index == i && (h[i]->flags & BRAID__TIMER_ACTIVE));
+    BRAID__ASSERT(i == 0 || !before(h[i], h[(i - 1) / 4]));
+    for (size_t c = 4 * i + 1; c < n && c <= 4 * i + 4; c++)
+        BRAID__ASSERT(h[c]->heap_index == c && !before(h[c], h[i]));
+}
+static void heap_check(const braid_loop *loop) {
+    BRAID__ASSERT(loop->heap_len <= loop->heap_cap);
+    if (loop->heap_len > 64) return;
+    for (size_t i = 0; i < loop->heap_len; i++) heap_check_at(loop->heap, loop->heap_len, i);
+}
+#else
+static inline void heap_check_at(braid_timer *const *h, size_t n, size_t i) { (void)h, (void)n, (void)i; }
+static inline void heap_check(const braid_loop *loop) { (void)loop; }
+#endif
+
 static void sift_up(braid_timer **h, size_t i) {
     braid_timer *t = h[i];
     while (i > 0) {
@@ -47,13 +68,20 @@ static void sift_down(braid_timer **h, size_t n, size_t i) {
 static void heap_remove(braid_loop *loop, braid_timer *t) {
     size_t i = t->heap_index;
     braid_timer **h = loop->heap;
+    BRAID__ASSERT(i < loop->heap_len && h[i] == t);
     size_t last = --loop->heap_len;
     t->heap_index = NO_INDEX;
-    if (i == last) return;
+    if (i == last) {
+        heap_check(loop);
+        return;
+    }
     h[i] = h[last];
     h[i]->heap_index = (uint32_t)i;
+    braid_timer *moved = h[i];
     if (i > 0 && before(h[i], h[(i - 1) / 4])) sift_up(h, i);
     else sift_down(h, loop->heap_len, i);
+    heap_check_at(h, loop->heap_len, moved->heap_index);
+    heap_check(loop);
 }
 
 static bool timer_counts(const braid_timer *t) {
@@ -77,10 +105,14 @@ int braid_timer_start_at(braid_timer *t, uint64_t deadline) {
         t->deadline = deadline;
         t->seq = loop->timer_seq++;
         size_t i = t->heap_index;
+        BRAID__ASSERT(i < loop->heap_len && loop->heap[i] == t);
         if (i > 0 && before(t, loop->heap[(i - 1) / 4])) sift_up(loop->heap, i);
         else sift_down(loop->heap, loop->heap_len, i);
+        heap_check_at(loop->heap, loop->heap_len, t->heap_index);
+        heap_check(loop);
         return 0;
     }
+    BRAID__ASSERT(t->heap_index == NO_INDEX);
     if (loop->heap_len == loop->heap_cap) {
         size_t n = loop->heap_cap ? loop->heap_cap * 2 : 64;
         if (n > NO_INDEX) return BRAID_ENOMEM;
@@ -95,6 +127,8 @@ int braid_timer_start_at(braid_timer *t, uint64_t deadline) {
     if (timer_counts(t)) loop->timers_alive++;
     loop->heap[loop->heap_len] = t;
     sift_up(loop->heap, loop->heap_len++);
+    heap_check_at(loop->heap, loop->heap_len, t->heap_index);
+    heap_check(loop);
     return 0;
 }
 
@@ -110,6 +144,7 @@ int braid_timer_start(braid_timer *t, uint64_t delay_ns) {
 void braid_timer_stop(braid_timer *t) {
     if (!(t->flags & BRAID__TIMER_ACTIVE)) return;
     BRAID__LOOP_AFFINE(t->loop);
+    BRAID__ASSERT(!timer_counts(t) || t->loop->timers_alive > 0);
     if (timer_counts(t)) t->loop->timers_alive--;
     heap_remove(t->loop, t);
     t->flags &= ~BRAID__TIMER_ACTIVE;
@@ -141,6 +176,7 @@ void braid__timers_run(braid_loop *loop, uint64_t now) {
     uint64_t phase_seq = loop->timer_seq;
     while (loop->heap_len) {
         braid_timer *t = loop->heap[0];
+        BRAID__ASSERT(t->heap_index == 0);
         if (t->deadline > now || t->seq >= phase_seq) break;
         braid_timer_stop(t);
         if (t->flags & BRAID__TIMER_OWNED) {

@@ -146,6 +146,15 @@ void braid_transport_resume_reading(braid_transport *t) {
 }
 
 /* ---- writes ------------------------------------------------------------------------------- */
+/* The write buffer's shape, checked in debug builds wherever it changes:
+ * the pending bytes [whead, whead + wlen) lie inside wbuf's wcap bytes, the
+ * watermarks are in order, and no byte was sent that was not written. */
+static inline void wbuf_check(const braid_transport *t) {
+    BRAID__ASSERT(t->whead + t->wlen <= t->wcap && (t->wcap == 0 || t->wbuf != NULL));
+    BRAID__ASSERT(t->low <= t->high && t->high <= t->cap);
+    BRAID__ASSERT(t->sent_total <= t->written_total);
+}
+
 static void schedule_flush(braid_transport *t) {
     if (t->state & (BRAID__T_FLUSH_QUEUED | BRAID__T_CLOSED)) return;
     if (t->state & BRAID__T_IN_READ) { t->state |= BRAID__T_FLUSH_AFTER; return; }
@@ -155,6 +164,7 @@ static void schedule_flush(braid_transport *t) {
 
 static void flush_now(braid_transport *t) {
     if (t->state & BRAID__T_CLOSED) return;
+    wbuf_check(t);
     if (t->wlen) {
         t->state |= BRAID__T_IN_FLUSH;
         t->vt->flush(t);
@@ -199,6 +209,7 @@ static int reserve(braid_transport *t, size_t len) {
     t->wbuf = b;
     t->wcap = n;
     t->whead = 0;
+    BRAID__ASSERT(t->wlen + len <= t->wcap);
     return 0;
 }
 
@@ -256,6 +267,7 @@ int braid_transport_writev(braid_transport *t, const struct iovec *iov, int iovc
     }
     t->wlen += total;
     t->written_total += total;
+    wbuf_check(t);
     if (t->wlen >= t->high && !(t->state & BRAID__T_IN_FLUSH)) {
         /* Past the high watermark: hand the kernel what it takes now rather
          * than at the end of the iteration. Many writes to one transport in
@@ -279,10 +291,12 @@ int braid_transport_write(braid_transport *t, const void *buf, size_t len) {
 
 /* Called by kinds (and by flush_cb with n = 0) after bytes left the buffer. */
 void braid__transport_wrote(braid_transport *t, size_t n) {
+    BRAID__ASSERT(n <= t->wlen);
     t->whead += n;
     t->wlen -= n;
     t->sent_total += n;
     if (t->wlen == 0) t->whead = 0;
+    wbuf_check(t);
     if (t->state & (BRAID__T_CLOSED | BRAID__T_EARLY_FLUSH)) return;   /* early: the flush queued by write calls producers */
     /* Give back memory of a large buffer once it drained: an idle connection
      * should not keep a burst's worth of buffer. */
