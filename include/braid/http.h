@@ -1,5 +1,5 @@
-/* braid/http.h — HTTP/1.1: a zero-copy parser, a chunked codec, and (below,
- * once the stream transports are in) a server and a client.
+/* braid/http.h — HTTP/1.1: a zero-copy parser, a chunked codec, and (below)
+ * a server and a client over any stream transport, TLS included.
  *
  * The parser is picohttpparser's shape: the caller owns the buffer, the
  * results point into it, nothing is allocated, and "incomplete: call again

@@ -64,8 +64,8 @@ typedef enum braid_backend {
 enum {
     BRAID_LOOP_STRICT_BACKEND = 1u << 0, /* fail with BRAID_ENOSYS instead of falling back */
     BRAID_LOOP_NO_URING       = 1u << 1, /* never use io_uring (also: BRAID_NO_URING=1) */
-    BRAID_LOOP_NO_SIGNALS     = 1u << 2, /* reserved: do not touch the signal mask */
 };
+/* (A loop touches the signal mask only for braid_signal_start.) */
 
 typedef struct braid_loop_options {
     braid_backend backend;
@@ -175,7 +175,6 @@ struct braid_watch {
     unsigned mask;       /* current interest */
     uint32_t gen;        /* generation: stale-event guard */
     unsigned flags;
-    struct braid_watch *pending_next; /* private */
 };
 
 /* Register fd (not taking ownership: close the fd yourself after closing the
@@ -202,7 +201,7 @@ struct braid_signal {
     struct braid_signal *next;  /* private */
     unsigned flags;
 };
-/* Deliver signo as a loop event (signalfd on Linux; a self-pipe elsewhere).
+/* Deliver signo as a loop event (signalfd: Linux only, BRAID_ENOSYS elsewhere).
  * Blocks signo in the calling thread; block it in other threads too (or create
  * them after this) so the kernel queues it for the loop. Several braid_signal
  * may watch one signo; each sees it. */

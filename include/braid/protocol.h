@@ -3,7 +3,7 @@
  * Twisted's split in C (docs/architecture.md, principle 3): a *protocol* sees bytes and
  * events, never a file descriptor; a *transport* (<braid/stream.h>) does the
  * system calls. The same protocol runs over TCP, Unix sockets, pipes, the
- * in-memory test transport and (later) TLS. A *factory* builds one protocol
+ * in-memory test transport and TLS (<braid/tls.h>). A *factory* builds one protocol
  * per accepted or connected peer.
  *
  *     typedef struct echo { braid_protocol base; size_t seen; } echo;

@@ -3,8 +3,8 @@
  * LINUX-ONLY (marked place): signalfd. The loop's signalfd carries the union
  * of the signals watched on it; the signals are blocked in the calling thread
  * so the kernel queues them for the fd instead of running a handler. Other
- * POSIX systems get BRAID_ENOSYS for now (a self-pipe with sigaction would go
- * here). */
+ * POSIX systems get BRAID_ENOSYS (a port would put a self-pipe written
+ * from a sigaction handler in this file, behind the same calls). */
 #include "loop/loop_internal.h"
 #include <pthread.h>
 #include <unistd.h>

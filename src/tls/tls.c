@@ -4,7 +4,7 @@
  * One allocation per connection (braid__tls_conn) holds both halves:
  *   - the *glue* protocol, attached to the lower transport, which feeds
  *     ciphertext to the engine and writes the engine's output below;
- *   - the *TLS transport*, a transport kind (stream_internal.h's vtable)
+ *   - the *TLS transport*, a transport kind (net/transport_impl.h's vtable)
  *     that the application's protocol is attached to. Its shared write buffer
  *     holds plaintext, so the watermarks, producers and the hard cap of
  *     transport.c apply to the application's writes unchanged.
