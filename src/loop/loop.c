@@ -32,8 +32,17 @@ void braid_log(braid_loop *loop, braid_log_level level, const char *fmt, ...) {
 }
 
 /* ---- loop affinity ---------------------------------------------------------------- */
+/* The owner is read and written with relaxed atomics: a thread that asks
+ * "am I the loop's?" while the loop is being handed over to another gets
+ * one answer or the other, never a torn one (and TSan sees no race). */
+static inline pthread_t owner_of(const braid_loop *loop) {
+    pthread_t t;
+    __atomic_load(&loop->owner_thread, &t, __ATOMIC_RELAXED);
+    return t;
+}
+
 bool braid__loop_on_owner_thread(const braid_loop *loop) {
-    return pthread_equal(loop->owner_thread, pthread_self());
+    return pthread_equal(owner_of(loop), pthread_self());
 }
 
 void braid__loop_wrong_thread(const braid_loop *loop, const char *fn) {
@@ -47,17 +56,17 @@ void braid__loop_wrong_thread(const braid_loop *loop, const char *fn) {
  * owner: that is how a loop made on one thread is run on another. The
  * caller makes the hand-over safe (pthread_create, a join); debug builds
  * abort if the owner is inside run_once at that moment. Only a changed
- * owner is written, so a reader on another thread (a pool worker asking
- * "am I on the loop's thread?") never races with a loop that stays put. */
+ * owner is written; a reader on another thread (a pool worker, or the
+ * loop's maker, asking "am I on the loop's thread?") may look at any time. */
 static inline void take_over(braid_loop *loop, const char *fn) {
     pthread_t self = pthread_self();
-    if (BRAID__LIKELY(pthread_equal(loop->owner_thread, self))) return;
+    if (BRAID__LIKELY(pthread_equal(owner_of(loop), self))) return;
 #ifdef BRAID_DEBUG
     if (atomic_load(&loop->running) > 0) braid__loop_wrong_thread(loop, fn);
 #else
     BRAID__UNUSED(fn);
 #endif
-    loop->owner_thread = self;
+    __atomic_store(&loop->owner_thread, &self, __ATOMIC_RELAXED);
 }
 
 /* ---- backend choice ----------------------------------------------------------- */

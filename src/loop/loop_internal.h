@@ -43,10 +43,9 @@ struct braid_loop {
     unsigned nkeys;
     braid__poller poller;         /* the backend, its state and the event batch */
     /* The thread the loop belongs to (docs/loop.md, "Threads"): its creator,
-     * then whichever thread last ran it. Written only by that thread (and by
-     * a thread taking the loop over in run/run_once/destroy), so another
-     * thread may compare against it without a race while no hand-over is
-     * under way. `running` (debug builds) counts run_once frames in progress,
+     * then whichever thread last ran it. Written only by a thread taking the
+     * loop over in run/run_once/destroy, read anywhere: relaxed atomics
+     * (owner_of in loop.c). `running` (debug builds) counts run_once frames in progress,
      * to catch a second thread running the loop at the same time. */
     pthread_t owner_thread;
     atomic_int running;
