@@ -135,6 +135,8 @@ struct braid_loop {
 
     braid__event *events;         /* collected by the last poll */
     size_t nevents, cap_events;
+    size_t io_next;               /* next one to deliver: an iteration nested in an
+                                     I/O callback continues the batch (loop.c) */
 
     /* timers: 4-ary min-heap on (deadline, seq) */
     braid_timer **heap;

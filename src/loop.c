@@ -384,21 +384,26 @@ int braid__loop_push_event(braid_loop *loop, uint64_t tag, unsigned events) {
 
 /* Deliver collected events. The watcher is looked up by fd and checked by
  * generation at delivery time, so a callback that closes another watcher (and
- * even opens a new one on the same fd number) stops stale events for it. */
+ * even opens a new one on the same fd number) stops stale events for it.
+ *
+ * Re-entrant: a callback may run an iteration of its own (a modal dialog's
+ * main loop with braid embedded in it). The batch has one cursor, io_next,
+ * so the nested iteration delivers what the outer one had not delivered yet,
+ * each event once, and the outer one then finds the batch done. */
 static void dispatch_io(braid_loop *loop) {
-    for (size_t i = 0; i < loop->nevents; i++) {
-        uint64_t tag = loop->events[i].tag;
-        uint32_t fd = (uint32_t)tag;
+    while (loop->io_next < loop->nevents) {
+        braid__event e = loop->events[loop->io_next++];
+        uint32_t fd = (uint32_t)e.tag;
         if (fd >= loop->nfds) continue;
         braid_watch *w = loop->fds[fd];
-        if (!w || w->gen != (uint32_t)(tag >> 32)) continue;   /* stale */
-        unsigned ev = loop->events[i].events;
+        if (!w || w->gen != (uint32_t)(e.tag >> 32)) continue;   /* stale */
+        unsigned ev = e.events;
         if (ev & (BRAID_ERROR | BRAID_HUP)) ev |= w->mask;     /* wake whoever waits */
         ev &= w->mask | BRAID_ERROR | BRAID_HUP;
         if (!(ev & w->mask)) continue;
         w->cb(w, ev, w->arg);
     }
-    loop->nevents = 0;
+    loop->io_next = loop->nevents = 0;
 }
 
 /* ---- posted calls (any thread) ----------------------------------------------------- */
@@ -585,18 +590,22 @@ static uint64_t spin_for_posted(braid_loop *loop, uint64_t timeout, uint64_t *sl
 }
 
 int braid_loop_run_once(braid_loop *loop, unsigned flags) {
-    uint64_t timeout = (flags & BRAID_RUN_NOWAIT) ? 0 : poll_timeout(loop);
+    /* Nested in an I/O callback with events of the outer batch still to
+     * deliver: deliver those first (dispatch_io) and poll next time, so no
+     * event is reported twice. */
+    bool nested_in_batch = loop->io_next < loop->nevents;
+    uint64_t timeout = (flags & BRAID_RUN_NOWAIT) || nested_in_batch ? 0 : poll_timeout(loop);
     if (timeout == BRAID_FOREVER && !loop_alive(loop)) timeout = 0;
     uint64_t slept_at = 0;
     bool spun = timeout && loop->spin_holds && loop->spin_max;
     if (spun) timeout = spin_for_posted(loop, timeout, &slept_at);
-    int rc = loop->poller->poll(loop, timeout);
+    int rc = nested_in_batch ? 0 : loop->poller->poll(loop, timeout);
     if (spun && timeout && loop->spin_cur < loop->spin_max &&
         atomic_load_explicit(&loop->posted, memory_order_relaxed) &&
         mono_ns() - slept_at <= loop->spin_max)
         loop->spin_cur = loop->spin_max;   /* the answer came soon after all: spin again */
     if (rc < 0 && rc != -EINTR) {
-        loop->nevents = 0;
+        loop->io_next = loop->nevents = 0;
         return rc;
     }
     dispatch_io(loop);
