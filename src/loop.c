@@ -260,6 +260,17 @@ int braid_loop_destroy(braid_loop *loop) {
 const char *braid_loop_backend(const braid_loop *loop) { return loop->poller->name; }
 int braid_loop_backend_fd(const braid_loop *loop) { return loop->poller->backend_fd(loop); }
 uint64_t braid_loop_now(const braid_loop *loop) { return loop->now; }
+
+size_t braid_loop_watched_fds(const braid_loop *loop, size_t cap, braid_loop_fd *out) {
+    size_t n = 0;
+    for (size_t fd = 0; fd < loop->nfds; fd++) {
+        const braid_watch *w = loop->fds[fd];
+        if (!w || !(w->flags & BRAID__WATCH_OPEN) || !w->mask) continue;
+        if (n < cap) out[n] = (braid_loop_fd){ .fd = (int)fd, .events = w->mask };
+        n++;
+    }
+    return n;
+}
 uint64_t braid_loop_now_fresh(braid_loop *loop) { return loop->clock->now(loop->clock); }
 braid_clock *braid_loop_clock(braid_loop *loop) { return loop->clock; }
 uint64_t braid_loop_iteration(const braid_loop *loop) { return loop->iteration; }

@@ -69,3 +69,50 @@ BT_IO_TEST(iteration_nested_in_io_callback_delivers_each_event_once) {
     close(a[0]); close(a[1]); close(b[0]); close(b[1]);
     bt_loop_destroy(loop);
 }
+
+/* ---- the watched-fd list ------------------------------------------------------------- */
+static void noop_io(braid_watch *w, unsigned ev, void *arg) { (void)w; (void)ev; (void)arg; }
+
+static bool listed(const braid_loop_fd *l, size_t n, int fd, unsigned events) {
+    for (size_t i = 0; i < n; i++)
+        if (l[i].fd == fd) return l[i].events == events;
+    return false;
+}
+
+BT_IO_TEST(watched_fds_lists_each_watcher_with_interest) {
+    braid_loop *loop = bt_loop_new(NULL);
+    int a[2], b[2];
+    pair(a);
+    pair(b);
+    size_t base = braid_loop_watched_fds(loop, 0, NULL);   /* the loop's own wake-up fd */
+    BT_GE(base, 1);
+    braid_watch wa, wb, wc;
+    BT_OK(braid_watch_init(loop, &wa, a[0], noop_io, NULL));
+    BT_OK(braid_watch_init(loop, &wb, b[0], noop_io, NULL));
+    BT_OK(braid_watch_init(loop, &wc, a[1], noop_io, NULL));   /* no interest: not listed */
+    BT_OK(braid_watch_set(&wa, BRAID_READ));
+    BT_OK(braid_watch_set(&wb, BRAID_READ | BRAID_WRITE));
+    braid_loop_fd l[16];
+    size_t n = braid_loop_watched_fds(loop, 16, l);
+    BT_EQ(n, base + 2);
+    BT_TRUE(listed(l, n, a[0], BRAID_READ));
+    BT_TRUE(listed(l, n, b[0], BRAID_READ | BRAID_WRITE));
+    BT_FALSE(listed(l, n, a[1], 0));
+    for (size_t i = 1; i < n; i++) BT_LT(l[i - 1].fd, l[i].fd);   /* ascending */
+    /* Too little room: the total, and only cap entries written. */
+    braid_loop_fd one[1] = { { -7, 0 } };
+    BT_EQ(braid_loop_watched_fds(loop, 1, one), base + 2);
+    BT_GE(one[0].fd, 0);
+    /* Interest changes and closes are seen at once. */
+    BT_OK(braid_watch_set(&wb, BRAID_WRITE));
+    braid_watch_close(&wa);
+    n = braid_loop_watched_fds(loop, 16, l);
+    BT_EQ(n, base + 1);
+    BT_TRUE(listed(l, n, b[0], BRAID_WRITE));
+    BT_FALSE(listed(l, n, a[0], BRAID_READ));
+    braid_watch_close(&wb);
+    braid_watch_close(&wc);
+    BT_EQ(braid_loop_watched_fds(loop, 16, l), base);
+    close(a[0]); close(a[1]); close(b[0]); close(b[1]);
+    bt_loop_destroy(loop);
+}

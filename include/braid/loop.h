@@ -121,6 +121,19 @@ BRAID_API uint64_t braid_loop_iteration(const braid_loop *loop);
 BRAID_API int braid_loop_backend_fd(const braid_loop *loop);
 BRAID_API uint64_t braid_loop_next_timeout(braid_loop *loop);
 
+/* With a backend that has no backend fd (select, poll) the outer loop
+ * watches braid's descriptors itself: the fds the loop's watchers want now
+ * and for what (BRAID_READ | BRAID_WRITE), the loop's own wake-up and signal
+ * fds included, in ascending fd order. Fills up to cap entries of out and
+ * returns the total (more than cap: call again with more room). O(watched
+ * fds), like a select or poll wait itself. Wait on them, then drive the loop
+ * with braid_loop_run_once(loop, BRAID_RUN_NOWAIT) as above. */
+typedef struct braid_loop_fd {
+    int fd;
+    unsigned events;
+} braid_loop_fd;
+BRAID_API size_t braid_loop_watched_fds(const braid_loop *loop, size_t cap, braid_loop_fd *out);
+
 /* ---- calls ----------------------------------------------------------------------- */
 typedef void (*braid_call_fn)(void *arg);
 
