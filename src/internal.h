@@ -157,6 +157,11 @@ struct braid_loop {
     size_t holds;
     braid_handle handles;         /* sentinel of the open-handle list */
 
+    /* prepare hooks, in start order; prepare_next is the cursor of the pass
+     * in progress (a hook may stop the next one) */
+    braid_prepare *prepares, *prepare_next;
+    bool in_prepare;
+
     /* Busy-poll before blocking (pool.c sets these; see spin_for_posted in
      * loop.c). While spin_holds > 0, work in flight on other threads will
      * answer through braid_loop_post, and waking a sleeping loop costs tens

@@ -229,6 +229,10 @@ static bool report_open(braid_loop *loop) {
         any = true;
         braid__log(loop, BRAID_LOG_ERROR, "loop destroyed with ready calls not yet run");
     }
+    for (braid_prepare *p = loop->prepares; p; p = p->next) {
+        any = true;
+        braid__log(loop, BRAID_LOG_ERROR, "loop destroyed with a prepare hook started");
+    }
     if (loop->holds) {
         any = true;
         braid__log(loop, BRAID_LOG_ERROR, "loop destroyed with %zu hold(s) not released", loop->holds);
@@ -523,6 +527,47 @@ static void run_soon(braid_loop *loop) {
     }
 }
 
+/* ---- prepare hooks ------------------------------------------------------------------ */
+void braid_prepare_start(braid_loop *loop, braid_prepare *p, braid_prepare_cb cb, void *arg) {
+    if (p->started && p->loop == loop) {
+        p->cb = cb;
+        p->arg = arg;
+        return;
+    }
+    p->loop = loop;
+    p->cb = cb;
+    p->arg = arg;
+    p->next = NULL;
+    p->prev = NULL;
+    braid_prepare **at = &loop->prepares;
+    while (*at) {
+        p->prev = *at;
+        at = &(*at)->next;
+    }
+    *at = p;
+    p->started = true;
+}
+
+void braid_prepare_stop(braid_prepare *p) {
+    if (!p->started) return;
+    braid_loop *loop = p->loop;
+    if (loop->prepare_next == p) loop->prepare_next = p->next;
+    if (p->prev) p->prev->next = p->next; else loop->prepares = p->next;
+    if (p->next) p->next->prev = p->prev;
+    p->next = p->prev = NULL;
+    p->started = false;
+}
+
+static void run_prepares(braid_loop *loop) {
+    loop->in_prepare = true;
+    for (braid_prepare *p = loop->prepares; p; p = loop->prepare_next) {
+        loop->prepare_next = p->next;
+        p->cb(p, p->arg);
+    }
+    loop->prepare_next = NULL;
+    loop->in_prepare = false;
+}
+
 /* ---- running ------------------------------------------------------------------------ */
 static bool timers_alive(braid_loop *loop) {
     if (!loop->timers_alive) return false;
@@ -601,6 +646,7 @@ static uint64_t spin_for_posted(braid_loop *loop, uint64_t timeout, uint64_t *sl
 }
 
 int braid_loop_run_once(braid_loop *loop, unsigned flags) {
+    if (loop->prepares && !loop->in_prepare) run_prepares(loop);
     /* Nested in an I/O callback with events of the outer batch still to
      * deliver: deliver those first (dispatch_io) and poll next time, so no
      * event is reported twice. */

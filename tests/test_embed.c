@@ -116,3 +116,99 @@ BT_IO_TEST(watched_fds_lists_each_watcher_with_interest) {
     close(a[0]); close(a[1]); close(b[0]); close(b[1]);
     bt_loop_destroy(loop);
 }
+
+/* ---- prepare hooks ------------------------------------------------------------------- */
+typedef struct prep {
+    braid_loop *loop;
+    braid_timer now_timer;     /* started by the hook, due at once */
+    int runs, fired;
+    uint64_t fired_in;         /* iteration the timer fired in */
+    braid_prepare *stop_other; /* stopped by the hook when set */
+    bool stop_self, nest;
+    int nested_runs;
+} prep;
+
+static void prep_fire(braid_timer *t, void *arg) {
+    prep *p = arg;
+    (void)t;
+    p->fired++;
+    p->fired_in = braid_loop_iteration(p->loop);
+}
+
+static void prep_hook(braid_prepare *h, void *arg) {
+    prep *p = arg;
+    p->runs++;
+    if (!braid_timer_active(&p->now_timer) && !p->fired) braid_timer_start(&p->now_timer, 0);
+    if (p->stop_other) braid_prepare_stop(p->stop_other);
+    if (p->stop_self) braid_prepare_stop(h);
+    if (p->nest) {
+        int before = p->runs;
+        BT_OK(braid_loop_run_once(p->loop, BRAID_RUN_NOWAIT));
+        p->nested_runs += p->runs - before;
+    }
+}
+
+static void safety(braid_timer *t, void *arg) { (void)t; (void)arg; }
+
+BT_IO_TEST(prepare_hook_runs_before_the_wait_and_shortens_it) {
+    braid_loop *loop = bt_loop_new(NULL);
+    int sv[2];
+    pair(sv);
+    braid_watch w;                             /* alive, never ready: a wait would block */
+    BT_OK(braid_watch_init(loop, &w, sv[0], noop_io, NULL));
+    BT_OK(braid_watch_set(&w, BRAID_READ));
+    braid_timer guard;                         /* bounds the test if the hook did not run */
+    braid_timer_init(loop, &guard, safety, NULL);
+    BT_OK(braid_timer_start(&guard, BRAID_SECONDS(5)));
+    prep p = { .loop = loop };
+    braid_timer_init(loop, &p.now_timer, prep_fire, &p);
+    braid_prepare h;
+    memset(&h, 0, sizeof h);
+    braid_prepare_start(loop, &h, prep_hook, &p);
+    uint64_t it = braid_loop_iteration(loop);
+    BT_OK(braid_loop_run_once(loop, 0));       /* the hook's timer makes the wait 0 */
+    BT_EQ(p.runs, 1);
+    BT_EQ(p.fired, 1);
+    BT_UEQ(p.fired_in, it);                    /* in this very iteration */
+    BT_TRUE(braid_timer_active(&guard));
+    BT_OK(braid_loop_run_once(loop, BRAID_RUN_NOWAIT));
+    BT_EQ(p.runs, 2);                          /* once per iteration */
+    /* The leak gate counts a started hook. */
+    braid_watch_close(&w);
+    braid_timer_stop(&guard);
+    BT_ERR(braid_loop_destroy(loop), BRAID_EBUSY);
+    braid_prepare_stop(&h);
+    braid_prepare_stop(&h);                    /* idempotent */
+    BT_OK(braid_loop_run_once(loop, BRAID_RUN_NOWAIT));
+    BT_EQ(p.runs, 2);
+    close(sv[0]); close(sv[1]);
+    bt_loop_destroy(loop);
+}
+
+BT_IO_TEST(prepare_hooks_stop_themselves_and_others_and_do_not_nest) {
+    braid_loop *loop = bt_loop_new(NULL);
+    prep a = { .loop = loop, .fired = 1 }, b = { .loop = loop, .fired = 1 }, c = { .loop = loop, .fired = 1 };
+    braid_timer_init(loop, &a.now_timer, prep_fire, &a);
+    braid_timer_init(loop, &b.now_timer, prep_fire, &b);
+    braid_timer_init(loop, &c.now_timer, prep_fire, &c);
+    braid_prepare ha, hb, hc;
+    memset(&ha, 0, sizeof ha); memset(&hb, 0, sizeof hb); memset(&hc, 0, sizeof hc);
+    braid_prepare_start(loop, &ha, prep_hook, &a);
+    braid_prepare_start(loop, &hb, prep_hook, &b);
+    braid_prepare_start(loop, &hc, prep_hook, &c);
+    a.stop_other = &hb;                        /* a stops the next one in the pass */
+    c.stop_self = true;
+    c.nest = true;                             /* and c runs an iteration: no hooks in it */
+    BT_OK(braid_loop_run_once(loop, BRAID_RUN_NOWAIT));
+    BT_EQ(a.runs, 1);
+    BT_EQ(b.runs, 0);
+    BT_EQ(c.runs, 1);
+    BT_EQ(c.nested_runs, 0);
+    BT_OK(braid_loop_run_once(loop, BRAID_RUN_NOWAIT));
+    BT_EQ(a.runs, 2);
+    BT_EQ(c.runs, 1);
+    /* A hook does not keep run() going. */
+    BT_OK(braid_loop_run(loop));
+    braid_prepare_stop(&ha);
+    bt_loop_destroy(loop);
+}
