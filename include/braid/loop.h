@@ -17,7 +17,13 @@
  *
  * Everything here is loop-affine: call it only on the loop's thread, except
  * braid_loop_post(), braid_loop_post_node() and braid_loop_stop(), which any
- * thread may call.
+ * thread may call. The loop's thread is the one that created it, or the one
+ * that last ran it: braid_loop_run, braid_loop_run_once and
+ * braid_loop_destroy called from another thread hand the loop over to it
+ * (the program synchronises the hand-over: thread creation, a join). Debug
+ * builds (BRAID_DEBUG) check the thread on every loop-affine entry and abort
+ * naming the function ("braid_call_later called from a thread that does not
+ * own the loop"); release builds do not check. See docs/loop.md.
  *
  *     braid_loop *loop;
  *     if (braid_loop_new(&loop, NULL) < 0) return 1;   // BRAID_BACKEND env picks
@@ -75,8 +81,9 @@ typedef struct braid_loop_options {
  * uring overrides opts->backend when that is BRAID_BACKEND_DEFAULT. */
 BRAID_API int braid_loop_new(braid_loop **out, const braid_loop_options *opts);
 
-/* Destroy: BRAID_EBUSY (the loop stays valid; each open handle is logged) if
- * anything is still open, else frees everything and returns 0. */
+/* Destroy: BRAID_EBUSY if anything is still open (the loop is not destroyed
+ * and stays valid; each open thing is logged as "loop not destroyed: …
+ * still open"), else frees everything and returns 0. */
 BRAID_API int braid_loop_destroy(braid_loop *loop);
 
 /* Name of the backend in use: "select", "poll", "epoll" or "uring". */
