@@ -213,7 +213,11 @@ _Noreturn void braid__loop_wrong_thread(const braid_loop *loop, const char *fn);
 #endif
 /* Is the calling thread the loop's owner (any build)? */
 static inline bool braid__loop_on_owner_thread(const braid_loop *loop) {
-    return pthread_equal(loop->owner_thread, pthread_self());
+    /* Other threads ask this (a pool worker: "am I on the loop's thread?")
+     * while a hand-over may be writing the owner: an atomic read. */
+    pthread_t owner;
+    __atomic_load(&loop->owner_thread, &owner, __ATOMIC_RELAXED);
+    return pthread_equal(owner, pthread_self());
 }
 
 /* Timer phase pieces, used by loop.c (timer.c owns the heap). */

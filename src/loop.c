@@ -69,7 +69,7 @@ static inline void take_over(braid_loop *loop, const char *fn) {
 #else
     BRAID__UNUSED(fn);
 #endif
-    loop->owner_thread = self;
+    __atomic_store(&loop->owner_thread, &self, __ATOMIC_RELAXED);   /* read by other threads */
 }
 
 /* ---- backend choice ----------------------------------------------------------- */
