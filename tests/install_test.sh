@@ -64,3 +64,28 @@ check_static_libs installed "$libdir/pkgconfig/braid.pc"
 LD_LIBRARY_PATH="$libdir" "$work/hello"
 "$cc" -static -o "$work/hello-static" "$work/hello.c" $(pkg-config --cflags --libs --static braid)
 "$work/hello-static"
+
+# 5: libbraid-glib, when it was built: braid-glib.pc brings braid and glib-2.0.
+if [ -f "$libdir/pkgconfig/braid-glib.pc" ]; then
+    cat >"$work/hello-glib.c" <<'C'
+#include <braid/glib.h>
+#include <braid/time.h>
+#include <stdio.h>
+static void tick(braid_timer *t, void *arg) { (void)t; g_main_loop_quit(arg); }
+int main(void) {
+    braid_loop *loop; braid_glib_source *src; braid_timer t;
+    if (braid_loop_new(&loop, NULL) < 0) return 1;
+    if (braid_glib_source_new(loop, NULL, NULL, &src) < 0) return 1;
+    GMainLoop *ml = g_main_loop_new(NULL, FALSE);
+    braid_timer_init(loop, &t, tick, ml);
+    braid_timer_start(&t, BRAID_MSEC(1));
+    g_main_loop_run(ml);                 /* GLib drives; the braid timer quits it */
+    printf("braid-glib: timer fired under GLib\n");
+    g_main_loop_unref(ml);
+    braid_glib_source_free(src);
+    return braid_loop_destroy(loop) < 0;
+}
+C
+    "$cc" -o "$work/hello-glib" "$work/hello-glib.c" $(pkg-config --cflags --libs braid-glib)
+    LD_LIBRARY_PATH="$libdir" "$work/hello-glib" || fail "hello-glib failed"
+fi

@@ -126,6 +126,41 @@ BRAID_API uint64_t braid_loop_iteration(const braid_loop *loop);
 BRAID_API int braid_loop_backend_fd(const braid_loop *loop);
 BRAID_API uint64_t braid_loop_next_timeout(braid_loop *loop);
 
+/* With a backend that has no backend fd (select, poll) the outer loop
+ * watches braid's descriptors itself: the fds the loop's watchers want now
+ * and for what (BRAID_READ | BRAID_WRITE), the loop's own wake-up and signal
+ * fds included, in ascending fd order. Fills up to cap entries of out and
+ * returns the total (more than cap: call again with more room). O(watched
+ * fds), like a select or poll wait itself. Wait on them, then drive the loop
+ * with braid_loop_run_once(loop, BRAID_RUN_NOWAIT) as above. */
+typedef struct braid_loop_fd {
+    int fd;
+    unsigned events;
+} braid_loop_fd;
+BRAID_API size_t braid_loop_watched_fds(const braid_loop *loop, size_t cap, braid_loop_fd *out);
+
+/* ---- prepare hooks: work done before each wait ----------------------------------- */
+/* A started prepare hook runs at the start of every braid_loop_run_once,
+ * before the wait's timeout is computed (libuv's uv_prepare, Redis ae's
+ * beforesleep): a timer due now or a braid_loop_soon call it makes shortens
+ * this very wait. A loop driving another one uses it to let the other loop
+ * prepare and to watch its fds (braid_glib_context in <braid/glib.h>).
+ * Hooks run in the order started; one may start or stop hooks, itself
+ * included. They do not keep run() alive; an iteration run from inside a
+ * hook runs no hooks. Caller storage, fields private; a started hook counts
+ * for the leak gate. */
+typedef struct braid_prepare braid_prepare;
+typedef void (*braid_prepare_cb)(braid_prepare *p, void *arg);
+struct braid_prepare {
+    braid_loop *loop;
+    braid_prepare_cb cb;
+    void *arg;
+    struct braid_prepare *prev, *next;   /* private */
+    bool started;
+};
+BRAID_API void braid_prepare_start(braid_loop *loop, braid_prepare *p, braid_prepare_cb cb, void *arg);
+BRAID_API void braid_prepare_stop(braid_prepare *p);   /* idempotent */
+
 /* ---- calls ----------------------------------------------------------------------- */
 typedef void (*braid_call_fn)(void *arg);
 

@@ -262,6 +262,10 @@ static bool report_open(braid_loop *loop) {
         any = true;
         braid__log(loop, BRAID_LOG_ERROR, "loop not destroyed: ready calls not yet run");
     }
+    for (braid_prepare *p = loop->prepares; p; p = p->next) {
+        any = true;
+        braid__log(loop, BRAID_LOG_ERROR, "loop not destroyed: a prepare hook is started");
+    }
     if (loop->holds) {
         any = true;
         braid__log(loop, BRAID_LOG_ERROR, "loop not destroyed: %zu hold(s) not released", loop->holds);
@@ -308,6 +312,18 @@ uint64_t braid_loop_now(const braid_loop *loop) {
 uint64_t braid_loop_now_fresh(braid_loop *loop) {
     BRAID__LOOP_AFFINE(loop);
     return loop->clock->now(loop->clock);
+}
+
+size_t braid_loop_watched_fds(const braid_loop *loop, size_t cap, braid_loop_fd *out) {
+    BRAID__LOOP_AFFINE(loop);
+    size_t n = 0;
+    for (size_t fd = 0; fd < loop->nfds; fd++) {
+        const braid_watch *w = loop->fds[fd];
+        if (!w || !(w->flags & BRAID__WATCH_OPEN) || !w->mask) continue;
+        if (n < cap) out[n] = (braid_loop_fd){ .fd = (int)fd, .events = w->mask };
+        n++;
+    }
+    return n;
 }
 braid_clock *braid_loop_clock(braid_loop *loop) { return loop->clock; }
 uint64_t braid_loop_iteration(const braid_loop *loop) {
@@ -490,22 +506,27 @@ void braid_watch_close(braid_watch *w) {
 
 /* Deliver collected events. The watcher is looked up by fd and checked by
  * generation at delivery time, so a callback that closes another watcher (and
- * even opens a new one on the same fd number) stops stale events for it. */
+ * even opens a new one on the same fd number) stops stale events for it.
+ *
+ * Re-entrant: a callback may run an iteration of its own (a modal dialog's
+ * main loop with braid embedded in it). The batch has one cursor, io_next,
+ * so the nested iteration delivers what the outer one had not delivered yet,
+ * each event once, and the outer one then finds the batch done. */
 static void dispatch_io(braid_loop *loop) {
-    for (size_t i = 0; i < loop->poller.nevents; i++) {
-        uint64_t tag = loop->poller.events[i].tag;
-        uint32_t fd = (uint32_t)tag;
+    while (loop->io_next < loop->poller.nevents) {
+        braid__event e = loop->poller.events[loop->io_next++];
+        uint32_t fd = (uint32_t)e.tag;
         if (fd >= loop->nfds) continue;
         braid_watch *w = loop->fds[fd];
-        if (!w || w->gen != (uint32_t)(tag >> 32)) continue;   /* stale */
+        if (!w || w->gen != (uint32_t)(e.tag >> 32)) continue;   /* stale */
         BRAID__ASSERT(w->fd == (int)fd && (w->flags & BRAID__WATCH_OPEN) && w->loop == loop);
-        unsigned ev = loop->poller.events[i].events;
+        unsigned ev = e.events;
         if (ev & (BRAID_ERROR | BRAID_HUP)) ev |= w->mask;     /* wake whoever waits */
         ev &= w->mask | BRAID_ERROR | BRAID_HUP;
         if (!(ev & w->mask)) continue;
         w->cb(w, ev, w->arg);
     }
-    loop->poller.nevents = 0;
+    loop->io_next = loop->poller.nevents = 0;
 }
 
 /* ---- posted calls (any thread) ----------------------------------------------------- */
@@ -623,6 +644,47 @@ static void run_soon(braid_loop *loop) {
     }
 }
 
+/* ---- prepare hooks ------------------------------------------------------------------ */
+void braid_prepare_start(braid_loop *loop, braid_prepare *p, braid_prepare_cb cb, void *arg) {
+    if (p->started && p->loop == loop) {
+        p->cb = cb;
+        p->arg = arg;
+        return;
+    }
+    p->loop = loop;
+    p->cb = cb;
+    p->arg = arg;
+    p->next = NULL;
+    p->prev = NULL;
+    braid_prepare **at = &loop->prepares;
+    while (*at) {
+        p->prev = *at;
+        at = &(*at)->next;
+    }
+    *at = p;
+    p->started = true;
+}
+
+void braid_prepare_stop(braid_prepare *p) {
+    if (!p->started) return;
+    braid_loop *loop = p->loop;
+    if (loop->prepare_next == p) loop->prepare_next = p->next;
+    if (p->prev) p->prev->next = p->next; else loop->prepares = p->next;
+    if (p->next) p->next->prev = p->prev;
+    p->next = p->prev = NULL;
+    p->started = false;
+}
+
+static void run_prepares(braid_loop *loop) {
+    loop->in_prepare = true;
+    for (braid_prepare *p = loop->prepares; p; p = loop->prepare_next) {
+        loop->prepare_next = p->next;
+        p->cb(p, p->arg);
+    }
+    loop->prepare_next = NULL;
+    loop->in_prepare = false;
+}
+
 /* ---- running ------------------------------------------------------------------------ */
 static bool timers_alive(braid_loop *loop) {
     if (!loop->timers_alive) return false;
@@ -713,18 +775,23 @@ int braid_loop_run_once(braid_loop *loop, unsigned flags) {
 }
 
 static int run_once(braid_loop *loop, unsigned flags) {
-    uint64_t timeout = (flags & BRAID_RUN_NOWAIT) ? 0 : poll_timeout(loop);
+    if (loop->prepares && !loop->in_prepare) run_prepares(loop);
+    /* Nested in an I/O callback with events of the outer batch still to
+     * deliver: deliver those first (dispatch_io) and poll next time, so no
+     * event is reported twice. */
+    bool nested_in_batch = loop->io_next < loop->poller.nevents;
+    uint64_t timeout = (flags & BRAID_RUN_NOWAIT) || nested_in_batch ? 0 : poll_timeout(loop);
     if (timeout == BRAID_FOREVER && !loop_alive(loop)) timeout = 0;
     uint64_t slept_at = 0;
     bool spun = timeout && loop->spin_holds && loop->spin_max;
     if (spun) timeout = spin_for_posted(loop, timeout, &slept_at);
-    int rc = loop->poller.ops->poll(&loop->poller, timeout);
+    int rc = nested_in_batch ? 0 : loop->poller.ops->poll(&loop->poller, timeout);
     if (spun && timeout && loop->spin_cur < loop->spin_max &&
         atomic_load_explicit(&loop->posted, memory_order_relaxed) &&
         mono_ns() - slept_at <= loop->spin_max)
         loop->spin_cur = loop->spin_max;   /* the answer came soon after all: spin again */
     if (rc < 0 && rc != -EINTR) {
-        loop->poller.nevents = 0;
+        loop->io_next = loop->poller.nevents = 0;
         return rc;
     }
     dispatch_io(loop);

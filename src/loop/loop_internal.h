@@ -42,6 +42,8 @@ struct braid_loop {
     uint8_t key_order[BRAID_LOOP_MAX_KEYS];      /* indexes, in the order first set */
     unsigned nkeys;
     braid__poller poller;         /* the backend, its state and the event batch */
+    size_t io_next;               /* next event of the batch to deliver: an iteration
+                                     nested in an I/O callback continues the batch */
     /* The thread the loop belongs to (docs/loop.md, "Threads"): its creator,
      * then whichever thread last ran it. Written only by a thread taking the
      * loop over in run/run_once/destroy, read anywhere: relaxed atomics
@@ -79,6 +81,11 @@ struct braid_loop {
 
     size_t holds;
     braid_handle handles;         /* sentinel of the open-handle list */
+
+    /* prepare hooks, in start order; prepare_next is the cursor of the pass
+     * in progress (a hook may stop the next one) */
+    braid_prepare *prepares, *prepare_next;
+    bool in_prepare;
 
     /* Busy-poll before blocking (pool.c sets these; see spin_for_posted in
      * loop.c). While spin_holds > 0, work in flight on other threads will
