@@ -36,7 +36,7 @@
  * page, then SSL_write); braid from a static buffer. Servers are restarted
  * for every run; runs alternate. */
 #include "bench.h"
-#include "../tests/tls_certs.h"
+#include "../tests/support/tls_certs.h"
 
 #include <braid.h>
 #include <braid/tls.h>

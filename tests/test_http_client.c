@@ -5,7 +5,8 @@
  * loopback). */
 // ctest-labels: http tls
 #include "harness.h"
-#include "tls_certs.h"
+#include "support/walk.h"
+#include "support/tls.h"
 #include <braid/http.h>
 #include <braid/stream.h>
 #include <braid/endpoint.h>
@@ -1115,32 +1116,6 @@ BT_IO_TEST(loopback_connection_refused) {
 }
 
 /* ---- HTTP over TLS --------------------------------------------------------------------------------------- */
-static btc_world W;
-static bool world_made;
-static btc_world *world(void) {
-    if (!world_made) {
-        btc_world_make(&W, BTC_EC);
-        world_made = true;
-    }
-    return &W;
-}
-
-static braid_tls_ctx *tls_server_ctx(void) {
-    braid_tls_ctx *ctx;
-    char err[256];
-    if (braid_tls_ctx_new(&ctx, BRAID_TLS_SERVER, &(braid_tls_options){ .cert_pem = world()->server.cert_pem,
-                                                                        .key_pem = world()->server.key_pem },
-                          err, sizeof err) < 0)
-        bt_fail(__FILE__, __LINE__, "server ctx: %s", err);
-    return ctx;
-}
-static braid_tls_ctx *tls_client_ctx(const char *ca_pem) {
-    braid_tls_ctx *ctx;
-    char err[256];
-    if (braid_tls_ctx_new(&ctx, BRAID_TLS_CLIENT, &(braid_tls_options){ .ca_pem = ca_pem }, err, sizeof err) < 0)
-        bt_fail(__FILE__, __LINE__, "client ctx: %s", err);
-    return ctx;
-}
 
 /* Memory pump: the client's connection meets a TLS server glue in memory. */
 typedef struct tls_env {
@@ -1175,7 +1150,7 @@ BT_TEST(https_over_memory_pump) {
     tls_env te;
     memset(&te, 0, sizeof te);
     srv_open(&te.sv, loop, NULL);
-    braid_tls_ctx *sctx = tls_server_ctx(), *cctx = tls_client_ctx(world()->ca.cert_pem);
+    braid_tls_ctx *sctx = bt_tls_server_ctx(NULL, NULL), *cctx = bt_tls_client_ctx(NULL);
     BT_OK(braid_tls_factory_init(&te.stf, &te.sv.f, &(braid_tls_wrap_options){ .ctx = sctx }));
     braid_http_client *c;
     BT_OK(braid_http_client_new(loop, &(braid_http_client_options){ .tls_ctx = cctx, .connect = pump_connect,
@@ -1214,7 +1189,7 @@ BT_IO_TEST(https_over_loopback) {
     braid_loop *loop = bt_loop_new(NULL);
     srv sv;
     srv_open(&sv, loop, NULL);
-    braid_tls_ctx *sctx = tls_server_ctx(), *cctx = tls_client_ctx(world()->ca.cert_pem);
+    braid_tls_ctx *sctx = bt_tls_server_ctx(NULL, NULL), *cctx = bt_tls_client_ctx(NULL);
     braid_tls_factory stf;
     BT_OK(braid_tls_factory_init(&stf, &sv.f, &(braid_tls_wrap_options){ .ctx = sctx }));
     srv_listen(&sv, loop, &stf.base);
@@ -1242,7 +1217,7 @@ BT_IO_TEST(https_over_loopback) {
     res_clear(&s, true);
     /* Verification is on: a client that does not trust the test CA refuses. */
     braid_http_client *c2;
-    braid_tls_ctx *other = tls_client_ctx(world()->rogue_ca.cert_pem);
+    braid_tls_ctx *other = bt_tls_client_ctx(&(braid_tls_options){ .ca_pem = bt_tls_world()->rogue_ca.cert_pem });
     BT_OK(braid_http_client_new(loop, &(braid_http_client_options){ .tls_ctx = other, .connect = loopback_connect },
                                 &c2));
     snprintf(url, sizeof url, "https://localhost:%d/", sv.port);
@@ -1295,7 +1270,8 @@ static void oom_feed(env *e, const char *s) {
     (void)braid_memory_transport_receive(e->m[e->n - 1], s, strlen(s));
 }
 
-static int oom_scenario(braid_loop *loop) {
+static int oom_scenario(void *arg) {
+    braid_loop *loop = arg;
     env e;
     memset(&e, 0, sizeof e);
     e.loop = loop;
@@ -1339,22 +1315,9 @@ static int oom_scenario(braid_loop *loop) {
 
 BT_TEST(allocation_failures) {
     braid_loop *loop = bt_loop_new(NULL);
-    BT_OK(oom_scenario(loop));
-    long base = braid_test_alloc_outstanding();
-    for (long n = 1;; n++) {
-        braid_test_fail_alloc_after(n, false);
-        int rc = oom_scenario(loop);
-        bool hit = braid_test_alloc_failed();
-        braid_test_fail_alloc_after(0, false);
-        for (int i = 0; i < 3; i++) braid_loop_run_once(loop, BRAID_RUN_NOWAIT);
-        BT_EQ(braid_test_alloc_outstanding(), base);
-        if (!hit) {
-            BT_OK(rc);
-            BT_GT(n, 20);   /* the walk went through the whole scenario */
-            break;
-        }
-        BT_LT(n, 2000);
-    }
+    bt_walk_result r = bt_alloc_walk(&(bt_walk){ .name = "client", .arg = loop, .body = oom_scenario,
+                                                 .loop = loop, .warm_up = true, .max_runs = 2000 });
+    BT_GT(r.runs, 20);   /* the walk went through the whole scenario */
     bt_loop_destroy(loop);
 }
 

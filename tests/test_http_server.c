@@ -2,6 +2,7 @@
  * timeouts), smuggling shapes, static files, and integration cases on real
  * loopback sockets on every backend. */
 #include "harness.h"
+#include "support/walk.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
@@ -1569,7 +1570,8 @@ static braid_deferred *h_stream_small(braid_http_request *req, void *arg) {
  * chunked POST, a Deferred answer, a streamed answer, a 404, then a bad
  * request (400, lingering close) and the client's FIN. 0 when every answer
  * came out right; an error otherwise (never a crash or a leak). */
-static int oom_server_scenario(braid_loop *loop) {
+static int oom_server_scenario(void *arg) {
+    braid_loop *loop = arg;
     braid_http_server *s;
     int rc = braid_http_server_new(loop, NULL, &s);
     if (rc < 0) return rc;
@@ -1629,26 +1631,10 @@ static int oom_server_scenario(braid_loop *loop) {
 
 BT_TEST(allocation_failure_walk_server) {
     braid_loop *loop = bt_loop_new(NULL);
-    BT_OK(oom_server_scenario(loop));
-    long base = braid_test_alloc_outstanding();
-    int injected = 0;
-    for (long n = 1;; n++) {
-        braid_test_fail_alloc_after(n, false);
-        int rc = oom_server_scenario(loop);
-        bool hit = braid_test_alloc_failed();
-        braid_test_fail_alloc_after(0, false);
-        for (int i = 0; i < 3; i++) braid_loop_run_once(loop, BRAID_RUN_NOWAIT);
-        BT_EQ(braid_test_alloc_outstanding(), base);
-        if (!hit) {
-            BT_OK(rc);
-            break;
-        }
-        injected++;
-        BT_LT(n, 2000);
-    }
-    BT_GT(injected, 10);                            /* the walk went through the whole path */
-    fprintf(stderr, "walk: %d allocation sites failed in turn\n", injected);
-    BT_EQ(braid_deferred_live(loop), 0);
+    bt_walk_result r = bt_alloc_walk(&(bt_walk){ .name = "server", .arg = loop, .body = oom_server_scenario,
+                                                 .loop = loop, .warm_up = true, .max_runs = 2000 });
+    BT_GT(r.injected, 10);                         /* the walk went through the whole path */
+    fprintf(stderr, "walk: %ld allocation sites failed in turn\n", r.injected);
     bt_loop_destroy(loop);
 }
 
@@ -1698,7 +1684,8 @@ static braid_result cres_fail(braid_result r, void *arg) {
     return braid_ok(NULL);
 }
 
-static int oom_client_server_scenario(braid_loop *loop) {
+static int oom_client_server_scenario(void *arg) {
+    braid_loop *loop = arg;
     pump_env e = { 0 };
     int rc = braid_http_server_new(loop, NULL, &e.s);
     if (rc < 0) return rc;
@@ -1749,26 +1736,11 @@ static int oom_client_server_scenario(braid_loop *loop) {
 
 BT_TEST(allocation_failure_walk_client_and_server) {
     braid_loop *loop = bt_loop_new(NULL);
-    BT_OK(oom_client_server_scenario(loop));
-    long base = braid_test_alloc_outstanding();
-    int injected = 0;
-    for (long n = 1;; n++) {
-        braid_test_fail_alloc_after(n, false);
-        int rc = oom_client_server_scenario(loop);
-        bool hit = braid_test_alloc_failed();
-        braid_test_fail_alloc_after(0, false);
-        for (int i = 0; i < 3; i++) braid_loop_run_once(loop, BRAID_RUN_NOWAIT);
-        BT_EQ(braid_test_alloc_outstanding(), base);
-        if (!hit) {
-            BT_OK(rc);
-            break;
-        }
-        injected++;
-        BT_LT(n, 2000);
-    }
-    BT_GT(injected, 10);
-    fprintf(stderr, "walk: %d allocation sites failed in turn\n", injected);
-    BT_EQ(braid_deferred_live(loop), 0);
+    bt_walk_result r = bt_alloc_walk(&(bt_walk){ .name = "client and server", .arg = loop,
+                                                 .body = oom_client_server_scenario, .loop = loop,
+                                                 .warm_up = true, .max_runs = 2000 });
+    BT_GT(r.injected, 10);
+    fprintf(stderr, "walk: %ld allocation sites failed in turn\n", r.injected);
     bt_loop_destroy(loop);
 }
 

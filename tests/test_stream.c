@@ -4,7 +4,10 @@
  * the hard cap, fd passing, pipes, connect failures, timeout and cancel. */
 // ctest-labels: stream
 #include "harness.h"
-#include "tls_certs.h"
+#include "support/net.h"
+#include "support/run.h"
+#include "support/tls.h"
+#include "support/walk.h"
 #include <braid/tls.h>
 #include <braid/testing_deferred.h>
 #include <arpa/inet.h>
@@ -310,7 +313,8 @@ BT_TEST(transport_is_a_push_producer) {
 }
 
 /* Allocation-failure walk over the memory scenario: write, produce, close. */
-static int memory_scenario(void) {
+static int memory_scenario(void *arg) {
+    (void)arg;
     braid_loop *loop;
     braid_loop_options o = { .flags = 0 };
     int rc = braid_loop_new(&loop, &o);
@@ -327,20 +331,11 @@ static int memory_scenario(void) {
     braid_memory_transport_free(m);
     braid_loop_run_once(loop, BRAID_RUN_NOWAIT);
     if (p.lost != 1) abort();
-    if (braid_loop_destroy(loop) < 0) abort();
+    bt_loop_destroy(loop);
     return rc < 0 ? rc : rc2;
 }
 BT_TEST(memory_alloc_failure_walk) {
-    long base = braid_test_alloc_outstanding();
-    for (long n = 1;; n++) {
-        braid_test_fail_alloc_after(n, false);
-        int rc = memory_scenario();
-        bool failed = braid_test_alloc_failed();
-        braid_test_fail_alloc_after(0, false);
-        BT_EQ(braid_test_alloc_outstanding(), base);
-        if (!failed) { BT_OK(rc); break; }
-        BT_TRUE(n < 100);
-    }
+    bt_alloc_walk(&(bt_walk){ .name = "memory transport", .body = memory_scenario, .max_runs = 100 });
 }
 
 /* ======================= real sockets, every backend ============================== */
@@ -365,16 +360,6 @@ static void await_connect(braid_loop *loop, braid_deferred *d, got *g) {
     bt_run_until(loop, &g->done, 1000);
 }
 
-static braid_listener *listen_local(braid_loop *loop, braid_factory *f, int *port) {
-    braid_listener *l;
-    BT_OK(braid_tcp_listen(loop, &(braid_tcp_listen_options){ .host = "127.0.0.1" }, f, &l));
-    braid_address a;
-    BT_OK(braid_listener_address(l, &a));
-    *port = braid_address_port(&a);
-    BT_GT(*port, 0);
-    return l;
-}
-
 BT_IO_TEST(tcp_echo_roundtrip) {
     braid_loop *loop = bt_loop_new(NULL);
     tp spool[1], cpool[1];
@@ -383,7 +368,7 @@ BT_IO_TEST(tcp_echo_roundtrip) {
     tf_init(&cf, cpool, 1, &tp_ops);
     spool[0].echo = true;
     int port;
-    braid_listener *l = listen_local(loop, &sf.f, &port);
+    braid_listener *l = bt_listen_tcp(loop, &sf.f, &port);
     got g = { 0 };
     await_connect(loop, braid_tcp_connect(loop, &(braid_tcp_connect_options){
                       .host = "127.0.0.1", .port = port }, &cf.f), &g);
@@ -426,7 +411,7 @@ BT_IO_TEST(tcp_slow_reader_pauses_producer) {
     tf_init(&sf, spool, 1, &tp_ops);
     tf_init(&cf, cpool, 1, &tp_ops);
     int port;
-    braid_listener *l = listen_local(loop, &sf.f, &port);
+    braid_listener *l = bt_listen_tcp(loop, &sf.f, &port);
     got g = { 0 };
     await_connect(loop, braid_tcp_connect(loop, &(braid_tcp_connect_options){
                       .host = "127.0.0.1", .port = port }, &cf.f), &g);
@@ -471,7 +456,7 @@ BT_IO_TEST(tcp_hard_cap_aborts) {
     tf_init(&sf, spool, 1, &tp_ops);
     tf_init(&cf, cpool, 1, &tp_ops);
     int port;
-    braid_listener *l = listen_local(loop, &sf.f, &port);
+    braid_listener *l = bt_listen_tcp(loop, &sf.f, &port);
     got g = { 0 };
     await_connect(loop, braid_tcp_connect(loop, &(braid_tcp_connect_options){
                       .host = "127.0.0.1", .port = port }, &cf.f), &g);
@@ -505,7 +490,7 @@ BT_IO_TEST(tcp_half_close_both_ways) {
     spool[0].echo = true;
     spool[0].close_on_read_lost = true;
     int port;
-    braid_listener *l = listen_local(loop, &sf.f, &port);
+    braid_listener *l = bt_listen_tcp(loop, &sf.f, &port);
     got g = { 0 };
     await_connect(loop, braid_tcp_connect(loop, &(braid_tcp_connect_options){
                       .host = "127.0.0.1", .port = port }, &cf.f), &g);
@@ -533,15 +518,12 @@ BT_IO_TEST(tcp6_listen_connect) {
     tf_init(&sf, spool, 1, &tp_ops);
     tf_init(&cf, cpool, 1, &tp_ops);
     spool[0].echo = true;
-    braid_listener *l;
-    int rc = braid_tcp_listen(loop, &(braid_tcp_listen_options){ .host = "::1", .ipv6 = true }, &sf.f, &l);
-    if (rc == -EADDRNOTAVAIL || rc == -EAFNOSUPPORT) { bt_loop_destroy(loop); bt_skip("no IPv6 loopback"); }
-    BT_OK(rc);
-    braid_address a;
-    BT_OK(braid_listener_address(l, &a));
+    int port;
+    braid_listener *l = bt_listen_tcp6(loop, &sf.f, &port);
+    if (!l) { bt_loop_destroy(loop); bt_skip("no IPv6 loopback"); }
     got g = { 0 };
     await_connect(loop, braid_tcp_connect(loop, &(braid_tcp_connect_options){
-                      .host = "[::1]", .port = braid_address_port(&a) }, &cf.f), &g);
+                      .host = "[::1]", .port = port }, &cf.f), &g);
     BT_FALSE(g.failed);
     BT_OK(braid_transport_write(g.p->transport, "v6", 2));
     for (int i = 0; i < 1000 && cpool[0].inlen < 2; i++) BT_OK(braid_loop_run_once(loop, 0));
@@ -557,16 +539,9 @@ BT_IO_TEST(connect_refused_fails) {
     tp cpool[1];
     tfactory cf;
     tf_init(&cf, cpool, 1, &tp_ops);
-    /* a port that was just free */
-    int s = socket(AF_INET, SOCK_STREAM, 0);
-    struct sockaddr_in sa = { .sin_family = AF_INET, .sin_addr.s_addr = htonl(0x7f000001) };
-    BT_OK(bind(s, (struct sockaddr *)&sa, sizeof sa));
-    socklen_t sl = sizeof sa;
-    getsockname(s, (struct sockaddr *)&sa, &sl);
-    close(s);
     got g = { 0 };
     await_connect(loop, braid_tcp_connect(loop, &(braid_tcp_connect_options){
-                      .host = "127.0.0.1", .port = ntohs(sa.sin_port) }, &cf.f), &g);
+                      .host = "127.0.0.1", .port = bt_free_port() }, &cf.f), &g);
     BT_TRUE(g.failed);
     BT_ERR(g.code, -ECONNREFUSED);
     BT_EQ(cpool[0].made, 0);
@@ -581,7 +556,7 @@ BT_IO_TEST(connect_cancel_and_timeout) {
     tf_init(&sf, spool, 2, &tp_ops);
     tf_init(&cf, cpool, 2, &tp_ops);
     int port;
-    braid_listener *l = listen_local(loop, &sf.f, &port);
+    braid_listener *l = bt_listen_tcp(loop, &sf.f, &port);
     /* cancel before the connect completed */
     braid_deferred *d = braid_tcp_connect(loop, &(braid_tcp_connect_options){
         .host = "127.0.0.1", .port = port }, &cf.f);
@@ -624,7 +599,7 @@ BT_IO_TEST(connect_by_name_resolves_off_thread) {
     tf_init(&sf, spool, 1, &tp_ops);
     tf_init(&cf, cpool, 1, &tp_ops);
     int port;
-    braid_listener *l = listen_local(loop, &sf.f, &port);
+    braid_listener *l = bt_listen_tcp(loop, &sf.f, &port);
     got g = { 0 };
     braid_deferred *d = braid_tcp_connect(loop, &(braid_tcp_connect_options){
         .host = "localhost", .port = port, .family = AF_INET }, &cf.f);
@@ -637,11 +612,6 @@ BT_IO_TEST(connect_by_name_resolves_off_thread) {
     bt_loop_destroy(loop);
 }
 
-static void unix_path(char *buf, size_t n, const char *tag) {
-    snprintf(buf, n, "/tmp/braid-test-%d-%s.sock", (int)getpid(), tag);
-    unlink(buf);
-}
-
 BT_IO_TEST(unix_listen_connect_and_fd_passing) {
     braid_loop *loop = bt_loop_new(NULL);
     tp spool[1], cpool[1];
@@ -649,7 +619,7 @@ BT_IO_TEST(unix_listen_connect_and_fd_passing) {
     tf_init(&sf, spool, 1, &tp_ops);
     tf_init(&cf, cpool, 1, &tp_ops);
     char path[128];
-    unix_path(path, sizeof path, "fd");
+    bt_unix_path(path, sizeof path, "fd");
     braid_listener *l;
     BT_OK(braid_unix_listen(loop, &(braid_unix_listen_options){ .path = path, .mode = 0600 }, &sf.f, &l));
     struct stat st;
@@ -750,13 +720,9 @@ BT_IO_TEST(accept_in_batches_with_budget) {
     braid_listener *l;
     BT_OK(braid_tcp_listen(loop, &(braid_tcp_listen_options){ .host = "127.0.0.1", .accept_budget = 8 },
                            &sf.f, &l));
-    braid_address a;
-    BT_OK(braid_listener_address(l, &a));
+    int port = bt_listener_port(l);
     int cl[N];
-    for (int i = 0; i < N; i++) {
-        cl[i] = socket(AF_INET, SOCK_STREAM, 0);
-        BT_OK(connect(cl[i], (struct sockaddr *)&a.ss, a.len));
-    }
+    for (int i = 0; i < N; i++) cl[i] = bt_connect_tcp(port, 0);
     BT_OK(braid_loop_run_once(loop, 0));
     BT_EQ(braid_listener_accepted(l), 8);
     for (int i = 0; i < 20 && braid_listener_accepted(l) < N; i++) BT_OK(braid_loop_run_once(loop, 0));
@@ -864,7 +830,8 @@ static int walk_exchange(braid_loop *loop, walk_state *st, braid_deferred *d, bo
     return rc;
 }
 
-static int stream_scenario(void) {
+static int stream_scenario(void *arg) {
+    (void)arg;
     braid_loop *loop;
     int rc = braid_loop_new(&loop, &(braid_loop_options){ .flags = BRAID_LOOP_STRICT_BACKEND });
     if (rc < 0) return rc;
@@ -884,7 +851,7 @@ static int stream_scenario(void) {
     }
     if (rc == 0) {
         char path[128];
-        snprintf(path, sizeof path, "/tmp/braid-walk-%d.sock", (int)getpid());
+        bt_unix_path(path, sizeof path, "walk");
         rc = braid_unix_listen(loop, &(braid_unix_listen_options){ .path = path }, &sf, &l);
         if (rc == 0) {
             memset(&st, 0, sizeof st);
@@ -894,25 +861,15 @@ static int stream_scenario(void) {
     }
     /* the leak gate: nothing may stay open whatever failed */
     for (int i = 0; i < 3; i++) braid_loop_run_once(loop, BRAID_RUN_NOWAIT);
-    if (braid_loop_destroy(loop) < 0) abort();
+    bt_loop_destroy(loop);
     return rc;
 }
 
 BT_IO_TEST(stream_alloc_failure_walk) {
     bt_loop_destroy(bt_loop_new(NULL));            /* skips if the backend is missing */
-    long base = braid_test_alloc_outstanding();
-    int failures = 0;
-    for (long n = 1;; n++) {
-        braid_test_fail_alloc_after(n, false);
-        int rc = stream_scenario();
-        bool failed = braid_test_alloc_failed();
-        braid_test_fail_alloc_after(0, false);
-        BT_EQ(braid_test_alloc_outstanding(), base);
-        if (!failed) { BT_OK(rc); break; }
-        if (rc < 0) failures++;
-        BT_TRUE(n < 500);
-    }
-    BT_GT(failures, 10);          /* the walk reached into listen, connect and accept */
+    bt_walk_result r = bt_alloc_walk(&(bt_walk){ .name = "tcp and unix", .body = stream_scenario,
+                                                 .max_runs = 500 });
+    BT_GT(r.errors, 10);          /* the walk reached into listen, connect and accept */
 }
 
 /* ======================= gaps: coalescing, stdio, adoption, bind, resolver, pull =========== */
@@ -1068,15 +1025,8 @@ BT_IO_TEST(connect_with_bind_address) {
     tf_init(&sf, spool, 1, &tp_ops);
     tf_init(&cf, cpool, 1, &tp_ops);
     int port;
-    braid_listener *l = listen_local(loop, &sf.f, &port);
-    /* a source port that was just free */
-    int s = socket(AF_INET, SOCK_STREAM, 0);
-    struct sockaddr_in sa = { .sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
-    BT_OK(bind(s, (struct sockaddr *)&sa, sizeof sa));
-    socklen_t sl = sizeof sa;
-    BT_OK(getsockname(s, (struct sockaddr *)&sa, &sl));
-    close(s);
-    int src = ntohs(sa.sin_port);
+    braid_listener *l = bt_listen_tcp(loop, &sf.f, &port);
+    int src = bt_free_port();   /* a source port that was just free */
     got g = { 0 };
     await_connect(loop, braid_tcp_connect(loop, &(braid_tcp_connect_options){
                       .host = "127.0.0.1", .port = port, .bind_host = "127.0.0.1", .bind_port = src },
@@ -1112,7 +1062,7 @@ BT_IO_TEST(connect_cancelled_while_resolving) {
     tf_init(&sf, spool, 1, &tp_ops);
     tf_init(&cf, cpool, 1, &tp_ops);
     int port;
-    braid_listener *l = listen_local(loop, &sf.f, &port);
+    braid_listener *l = bt_listen_tcp(loop, &sf.f, &port);
     braid_deferred *d = braid_tcp_connect(loop, &(braid_tcp_connect_options){
         .host = "localhost", .port = port, .family = AF_INET }, &cf.f);
     braid_expect_no_result(d);
@@ -1158,7 +1108,7 @@ BT_IO_TEST(tcp_pull_producer) {
     tf_init(&sf, spool, 1, &tp_ops);
     tf_init(&cf, cpool, 1, &tp_ops);
     int port;
-    braid_listener *l = listen_local(loop, &sf.f, &port);
+    braid_listener *l = bt_listen_tcp(loop, &sf.f, &port);
     got g = { 0 };
     await_connect(loop, braid_tcp_connect(loop, &(braid_tcp_connect_options){
                       .host = "127.0.0.1", .port = port }, &cf.f), &g);
@@ -1216,7 +1166,7 @@ BT_IO_TEST(tcp_eof_while_paused_comes_after_the_data) {
     tf_init(&cf, cpool, 1, &tp_ops);
     spool[0].check_pattern = true;
     int port;
-    braid_listener *l = listen_local(loop, &sf.f, &port);
+    braid_listener *l = bt_listen_tcp(loop, &sf.f, &port);
     got g = { 0 };
     await_connect(loop, braid_tcp_connect(loop, &(braid_tcp_connect_options){
                       .host = "127.0.0.1", .port = port }, &cf.f), &g);
@@ -1317,7 +1267,7 @@ BT_TEST(memory_close_within_deadline) {
 static void tcp_pair(braid_loop *loop, tfactory *sf, tfactory *cf, braid_listener **l,
                      braid_transport **st, braid_transport **ct) {
     int port;
-    *l = listen_local(loop, &sf->f, &port);
+    *l = bt_listen_tcp(loop, &sf->f, &port);
     got g = { 0 };
     await_connect(loop, braid_tcp_connect(loop, &(braid_tcp_connect_options){
                       .host = "127.0.0.1", .port = port }, &cf->f), &g);
@@ -1407,16 +1357,10 @@ BT_IO_TEST(tcp_close_within_reading_peer_closes_cleanly) {
  * lower transport (close_notify behind records a non-reading peer never
  * takes). Without that the application hears "closed cleanly" while the
  * TCP connection under it lingers — and keeps the loop — forever. */
-static btc_world TW;
 BT_IO_TEST(tls_close_within_bounds_the_lower_transport) {
-    btc_world_make(&TW, BTC_EC);
     braid_fake_clock *fc = braid_fake_clock_new(0);
     braid_loop *loop = bt_loop_new(braid_fake_clock_base(fc));
-    braid_tls_ctx *sctx, *cctx;
-    BT_OK(braid_tls_ctx_new(&sctx, BRAID_TLS_SERVER, &(braid_tls_options){
-        .cert_pem = TW.server.cert_pem, .key_pem = TW.server.key_pem }, NULL, 0));
-    BT_OK(braid_tls_ctx_new(&cctx, BRAID_TLS_CLIENT, &(braid_tls_options){
-        .ca_pem = TW.ca.cert_pem }, NULL, 0));
+    braid_tls_ctx *sctx = bt_tls_server_ctx(NULL, NULL), *cctx = bt_tls_client_ctx(NULL);
     tp spool[1], cpool[1];
     tfactory sf, cf;
     tf_init(&sf, spool, 1, &tp_ops);
@@ -1426,7 +1370,7 @@ BT_IO_TEST(tls_close_within_bounds_the_lower_transport) {
     BT_OK(braid_tls_factory_init(&ctf, &cf.f, &(braid_tls_wrap_options){
         .ctx = cctx, .server_name = "localhost" }));
     int port;
-    braid_listener *l = listen_local(loop, &stf.base, &port);
+    braid_listener *l = bt_listen_tcp(loop, &stf.base, &port);
     got g = { 0 };
     await_connect(loop, braid_tls_connect(loop, &(braid_tcp_connect_options){
                       .host = "127.0.0.1", .port = port }, &ctf), &g);
@@ -1473,7 +1417,6 @@ BT_IO_TEST(tls_close_within_bounds_the_lower_transport) {
     braid_tls_ctx_unref(cctx);
     bt_loop_destroy(loop);
     braid_fake_clock_free(fc);
-    btc_world_free(&TW);
 }
 
 /* ======================= fiber streams: the endpoint parser's reason ================= */
@@ -1567,16 +1510,6 @@ static void bc_add(bcast *b, braid_transport *t, size_t cap) {
     }
 }
 
-/* A raw non-blocking socket connected to port (the source's peer). */
-static int raw_connect(int port) {
-    int s = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    struct sockaddr_in a = { .sin_family = AF_INET, .sin_port = htons((uint16_t)port),
-                             .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
-    BT_EQ(connect(s, (struct sockaddr *)&a, sizeof a), 0);
-    BT_OK(fcntl(s, F_SETFL, fcntl(s, F_GETFL) | O_NONBLOCK));
-    return s;
-}
-
 /* Set up: a listener whose first connection is the source (bcast protocol)
  * and the next `nr` the recipients' server sides; the readers are braid
  * clients (cpool). */
@@ -1603,8 +1536,8 @@ static void bc_open(braid_loop *loop, bc_world *w, braid_factory *sf, tfactory *
     memset(sf, 0, sizeof *sf);
     sf->build_protocol = bc_build;
     sf->user = w;
-    w->l = listen_local(loop, sf, &w->port);
-    w->src = raw_connect(w->port);
+    w->l = bt_listen_tcp(loop, sf, &w->port);
+    w->src = bt_connect_tcp(w->port, BT_CONNECT_NONBLOCK);
     for (int i = 0; i < 1000 && w->accepted < 1; i++) BT_OK(braid_loop_run_once(loop, 0));
     tf_init(cf, w->cpool, nr, &tp_ops);
     for (int i = 0; i < nr; i++) {

@@ -5,7 +5,10 @@
  * only; allocation-failure walk. */
 // ctest-labels: tls
 #include "harness.h"
-#include "tls_certs.h"
+#include "support/net.h"
+#include "support/run.h"
+#include "support/tls.h"
+#include "support/walk.h"
 #include <braid/stream.h>
 #include <braid/tls.h>
 #include <openssl/ssl.h>
@@ -14,32 +17,6 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
-static btc_world W;
-static bool world_made;
-static btc_world *world(void) {
-    if (!world_made) {
-        btc_world_make(&W, BTC_EC);
-        world_made = true;
-    }
-    return &W;
-}
-
-static braid_tls_ctx *server_ctx(const btc_cert *cert, const char *alpn) {
-    braid_tls_options o = { .cert_pem = cert->cert_pem, .key_pem = cert->key_pem, .alpn = alpn };
-    braid_tls_ctx *c;
-    char err[256];
-    if (braid_tls_ctx_new(&c, BRAID_TLS_SERVER, &o, err, sizeof err) < 0)
-        bt_fail(__FILE__, __LINE__, "server ctx: %s", err);
-    return c;
-}
-static braid_tls_ctx *client_ctx(const char *alpn) {
-    braid_tls_options o = { .ca_pem = world()->ca.cert_pem, .alpn = alpn };
-    braid_tls_ctx *c;
-    char err[256];
-    if (braid_tls_ctx_new(&c, BRAID_TLS_CLIENT, &o, err, sizeof err) < 0)
-        bt_fail(__FILE__, __LINE__, "client ctx: %s", err);
-    return c;
-}
 
 /* ---- a recording application protocol (test-owned) ----------------------------- */
 typedef struct app {
@@ -119,8 +96,8 @@ static void pair_open(pair *pr, braid_loop *loop, const char *host, const char *
                       const btc_cert *cert) {
     memset(pr, 0, sizeof *pr);
     pr->loop = loop;
-    pr->sctx = server_ctx(cert ? cert : &world()->server, salpn);
-    pr->cctx = client_ctx(calpn);
+    pr->sctx = bt_tls_server_ctx(cert, &(braid_tls_options){ .alpn = salpn });
+    pr->cctx = bt_tls_client_ctx(&(braid_tls_options){ .alpn = calpn });
     af_init(&pr->sf, pr->s, 2);
     af_init(&pr->cf, pr->c, 2);
     BT_OK(braid_tls_factory_init(&pr->stf, &pr->sf.f, &(braid_tls_wrap_options){
@@ -334,7 +311,7 @@ BT_TEST(pause_reading_through_tls) {
 /* A plain protocol that writes garbage at a TLS server. */
 BT_TEST(garbage_fails_one_connection) {
     braid_loop *loop = bt_loop_new(NULL);
-    braid_tls_ctx *sctx = server_ctx(&world()->server, NULL);
+    braid_tls_ctx *sctx = bt_tls_server_ctx(NULL, NULL);
     afactory sf;
     app s[2];
     af_init(&sf, s, 2);
@@ -350,7 +327,7 @@ BT_TEST(garbage_fails_one_connection) {
     braid_pump_free(pump);
     braid_loop_run_once(loop, BRAID_RUN_NOWAIT);
     /* The same factory serves the next client. */
-    braid_tls_ctx *cctx = client_ctx(NULL);
+    braid_tls_ctx *cctx = bt_tls_client_ctx(NULL);
     afactory cf;
     app c[1];
     af_init(&cf, c, 1);
@@ -374,7 +351,7 @@ BT_TEST(garbage_fails_one_connection) {
 BT_TEST(handshake_timeout_on_fake_clock) {
     braid_fake_clock *fc = braid_fake_clock_new(BRAID_SECONDS(100));
     braid_loop *loop = bt_loop_new(braid_fake_clock_base(fc));
-    braid_tls_ctx *cctx = client_ctx(NULL);
+    braid_tls_ctx *cctx = bt_tls_client_ctx(NULL);
     afactory cf;
     app c[1];
     af_init(&cf, c, 1);
@@ -425,7 +402,7 @@ static const braid_protocol_ops st_ops = { .connection_made = app_made, .data_re
 
 BT_TEST(starttls_over_pump) {
     braid_loop *loop = bt_loop_new(NULL);
-    braid_tls_ctx *sctx = server_ctx(&world()->server, NULL), *cctx = client_ctx(NULL);
+    braid_tls_ctx *sctx = bt_tls_server_ctx(NULL, NULL), *cctx = bt_tls_client_ctx(NULL);
     app c = { .base.ops = &st_ops, .starttls_ctx = cctx, .starttls_client = true };
     app s = { .base.ops = &st_ops, .starttls_ctx = sctx, .echo = true };
     braid_pump *pump = braid_pump_new(loop, &c.base, &s.base);
@@ -474,7 +451,7 @@ static void run_until(braid_loop *loop, int *a, int *b) {
 BT_IO_TEST(tcp_tls_echo_resume_and_bad_client) {
     signal(SIGPIPE, SIG_IGN);
     braid_loop *loop = bt_loop_new(NULL);
-    braid_tls_ctx *sctx = server_ctx(&world()->server, "h2"), *cctx = client_ctx("h2");
+    braid_tls_ctx *sctx = bt_tls_server_ctx(NULL, &(braid_tls_options){ .alpn = "h2" }), *cctx = bt_tls_client_ctx(&(braid_tls_options){ .alpn = "h2" });
     afactory sf, cf;
     app s[3], c[2];
     af_init(&sf, s, 3);
@@ -555,7 +532,7 @@ BT_IO_TEST(tcp_tls_echo_resume_and_bad_client) {
 static void tls_over_fds(bool pipes) {
     signal(SIGPIPE, SIG_IGN);
     braid_loop *loop = bt_loop_new(NULL);
-    braid_tls_ctx *sctx = server_ctx(&world()->server, NULL), *cctx = client_ctx(NULL);
+    braid_tls_ctx *sctx = bt_tls_server_ctx(NULL, NULL), *cctx = bt_tls_client_ctx(NULL);
     afactory sf, cf;
     app s[1], c[1];
     af_init(&sf, s, 1);
@@ -600,7 +577,11 @@ BT_IO_TEST(tls_over_unix_socketpair) { tls_over_fds(false); }
 BT_IO_TEST(tls_over_pipes) { tls_over_fds(true); }
 
 /* Allocation-failure walk: a pump scenario with handshake, data and close. */
-static int pump_scenario(braid_loop *loop, braid_tls_ctx *sctx, braid_tls_ctx *cctx) {
+typedef struct pwalk { braid_loop *loop; braid_tls_ctx *sctx, *cctx; } pwalk;
+static int pump_scenario(void *arg) {
+    pwalk *w = arg;
+    braid_loop *loop = w->loop;
+    braid_tls_ctx *sctx = w->sctx, *cctx = w->cctx;
     afactory sf, cf;
     app s[1], c[1];
     af_init(&sf, s, 1);
@@ -631,28 +612,20 @@ static int pump_scenario(braid_loop *loop, braid_tls_ctx *sctx, braid_tls_ctx *c
     return rc;
 }
 
+/* Sessions the client caches live on between runs: dropped after each. */
+static void pump_teardown(void *arg, int rc, bool injected) {
+    pwalk *w = arg;
+    (void)rc, (void)injected;
+    for (int i = 0; i < 3; i++) braid_loop_run_once(w->loop, BRAID_RUN_NOWAIT);
+    braid_tls_ctx_flush_sessions(w->cctx);
+}
 BT_TEST(alloc_failure_walk) {
     braid_loop *loop = bt_loop_new(NULL);
-    braid_tls_ctx *sctx = server_ctx(&world()->server, NULL), *cctx = client_ctx(NULL);
-    BT_OK(pump_scenario(loop, sctx, cctx));
-    braid_tls_ctx_flush_sessions(cctx);
-    long base = braid_test_alloc_outstanding();
-    for (long n = 1;; n++) {
-        braid_test_fail_alloc_after(n, false);
-        int rc = pump_scenario(loop, sctx, cctx);
-        bool failed = braid_test_alloc_failed();
-        braid_test_fail_alloc_after(0, false);
-        for (int i = 0; i < 3; i++) braid_loop_run_once(loop, BRAID_RUN_NOWAIT);
-        braid_tls_ctx_flush_sessions(cctx);
-        BT_EQ(braid_test_alloc_outstanding(), base);
-        if (!failed) {
-            BT_OK(rc);
-            break;
-        }
-        BT_LT(n, 2000);
-    }
-    braid_tls_ctx_unref(sctx);
-    braid_tls_ctx_unref(cctx);
+    pwalk w = { loop, bt_tls_server_ctx(NULL, NULL), bt_tls_client_ctx(NULL) };
+    bt_alloc_walk(&(bt_walk){ .name = "tls pump", .arg = &w, .body = pump_scenario, .teardown = pump_teardown,
+                              .loop = loop, .warm_up = true, .max_runs = 2000 });
+    braid_tls_ctx_unref(w.sctx);
+    braid_tls_ctx_unref(w.cctx);
     bt_loop_destroy(loop);
 }
 
@@ -710,14 +683,14 @@ BT_IO_TEST(endpoint_strings_over_tcp) {
     braid_loop *loop = bt_loop_new(NULL);
     char dir[] = "/tmp/braid-tls-XXXXXX";
     BT_TRUE(mkdtemp(dir) != NULL);
-    btc_write(&world()->server, dir, "server");
-    btc_write(&world()->ca, dir, "ca");
+    btc_write(&bt_tls_world()->server, dir, "server");
+    btc_write(&bt_tls_world()->ca, dir, "ca");
     /* a c_rehash'ed CA directory: <subject hash>.0 */
     char hashed[600];
     snprintf(hashed, sizeof hashed, "%s/cadir", dir);
     BT_OK(mkdir(hashed, 0700));
-    snprintf(hashed, sizeof hashed, "%s/cadir/%08lx.0", dir, X509_subject_name_hash(world()->ca.x));
-    btc__write_file(hashed, world()->ca.cert_pem);
+    snprintf(hashed, sizeof hashed, "%s/cadir/%08lx.0", dir, X509_subject_name_hash(bt_tls_world()->ca.x));
+    btc__write_file(hashed, bt_tls_world()->ca.cert_pem);
 
     afactory sf, cf;
     app s[2], c[2];
@@ -873,9 +846,9 @@ static void one_init(onefactory *of, braid_protocol *p) {
 BT_IO_TEST(bad_input_over_tcp_fails_one_connection) {
     signal(SIGPIPE, SIG_IGN);
     braid_loop *loop = bt_loop_new(NULL);
-    braid_tls_options so = { .cert_pem = world()->server.cert_pem, .key_pem = world()->server.key_pem,
+    braid_tls_options so = { .cert_pem = bt_tls_world()->server.cert_pem, .key_pem = bt_tls_world()->server.key_pem,
                              .max_version = BRAID_TLS_V1_2 };   /* renegotiation exists up to 1.2 */
-    braid_tls_ctx *sctx, *cctx = client_ctx(NULL);
+    braid_tls_ctx *sctx, *cctx = bt_tls_client_ctx(NULL);
     BT_OK(braid_tls_ctx_new(&sctx, BRAID_TLS_SERVER, &so, NULL, 0));
     afactory sf;
     app s[3];
@@ -966,11 +939,11 @@ BT_IO_TEST(verification_failures_over_tcp) {
         { 1, "localhost", BRAID_ETLS_EXPIRED, "validity period" },
         { 2, "localhost", BRAID_ETLS_UNKNOWN_CA, "trusted CA" },
     };
-    braid_tls_ctx *cctx = client_ctx(NULL);
+    braid_tls_ctx *cctx = bt_tls_client_ctx(NULL);
     for (size_t k = 0; k < sizeof cases / sizeof cases[0]; k++) {
-        const btc_cert *cert = cases[k].which == 0 ? &world()->server
-                             : cases[k].which == 1 ? &world()->expired : &world()->rogue;
-        braid_tls_ctx *sctx = server_ctx(cert, NULL);
+        const btc_cert *cert = cases[k].which == 0 ? &bt_tls_world()->server
+                             : cases[k].which == 1 ? &bt_tls_world()->expired : &bt_tls_world()->rogue;
+        braid_tls_ctx *sctx = bt_tls_server_ctx(cert, NULL);
         afactory sf, cf;
         app s[1], c[1];
         af_init(&sf, s, 1);
@@ -1021,9 +994,9 @@ static void byter_hs(braid_protocol *p, const braid_tls_info *info, void *arg) {
 BT_IO_TEST(one_byte_writes_over_tcp_make_few_records) {
     signal(SIGPIPE, SIG_IGN);
     braid_loop *loop = bt_loop_new(NULL);
-    braid_tls_options so = { .cert_pem = world()->server.cert_pem, .key_pem = world()->server.key_pem,
+    braid_tls_options so = { .cert_pem = bt_tls_world()->server.cert_pem, .key_pem = bt_tls_world()->server.key_pem,
                              .max_version = BRAID_TLS_V1_2 };
-    braid_tls_ctx *sctx, *cctx = client_ctx(NULL);
+    braid_tls_ctx *sctx, *cctx = bt_tls_client_ctx(NULL);
     BT_OK(braid_tls_ctx_new(&sctx, BRAID_TLS_SERVER, &so, NULL, 0));
     static rawtls rs;
     memset(&rs, 0, sizeof rs);
@@ -1083,7 +1056,7 @@ static const braid_protocol_ops never_read_ops = { .connection_made = never_read
 BT_IO_TEST(never_reading_tls_peer_over_tcp_stays_under_cap) {
     signal(SIGPIPE, SIG_IGN);
     braid_loop *loop = bt_loop_new(NULL);
-    braid_tls_ctx *sctx = server_ctx(&world()->server, NULL), *cctx = client_ctx(NULL);
+    braid_tls_ctx *sctx = bt_tls_server_ctx(NULL, NULL), *cctx = bt_tls_client_ctx(NULL);
     afactory sf, cf;
     app s[1], c[1];
     af_init(&sf, s, 1);
@@ -1157,7 +1130,7 @@ BT_IO_TEST(never_reading_tls_peer_over_tcp_stays_under_cap) {
 BT_IO_TEST(starttls_over_tcp) {
     signal(SIGPIPE, SIG_IGN);
     braid_loop *loop = bt_loop_new(NULL);
-    braid_tls_ctx *sctx = server_ctx(&world()->server, NULL), *cctx = client_ctx(NULL);
+    braid_tls_ctx *sctx = bt_tls_server_ctx(NULL, NULL), *cctx = bt_tls_client_ctx(NULL);
     app c = { .base.ops = &st_ops, .starttls_ctx = cctx, .starttls_client = true };
     app s = { .base.ops = &st_ops, .starttls_ctx = sctx, .echo = true };
     onefactory sf, cf;
