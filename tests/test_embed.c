@@ -4,13 +4,9 @@
  * hooks (what a loop driving another one runs before each wait). */
 // ctest-labels: loop
 #include "harness.h"
+#include "support/net.h"
 #include <sys/socket.h>
 #include <unistd.h>
-
-static void pair(int sv[2]) {
-    if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0, sv) < 0)
-        bt_fail(__FILE__, __LINE__, "socketpair: %s", strerror(errno));
-}
 
 /* ---- nested iterations ------------------------------------------------------------- */
 typedef struct nest {
@@ -42,8 +38,8 @@ BT_IO_TEST(iteration_nested_in_io_callback_delivers_each_event_once) {
     braid_loop *loop = bt_loop_new(NULL);
     nest n = { .loop = loop };
     int a[2], b[2];
-    pair(a);
-    pair(b);
+    bt_socketpair(a);
+    bt_socketpair(b);
     braid_watch wa, wb;
     BT_OK(braid_watch_init(loop, &wa, a[0], nest_a, &n));
     BT_OK(braid_watch_init(loop, &wb, b[0], nest_b, &n));
@@ -82,8 +78,8 @@ static bool listed(const braid_loop_fd *l, size_t n, int fd, unsigned events) {
 BT_IO_TEST(watched_fds_lists_each_watcher_with_interest) {
     braid_loop *loop = bt_loop_new(NULL);
     int a[2], b[2];
-    pair(a);
-    pair(b);
+    bt_socketpair(a);
+    bt_socketpair(b);
     size_t base = braid_loop_watched_fds(loop, 0, NULL);   /* the loop's own wake-up fd */
     BT_GE(base, 1);
     braid_watch wa, wb, wc;
@@ -153,7 +149,7 @@ static void safety(braid_timer *t, void *arg) { (void)t; (void)arg; }
 BT_IO_TEST(prepare_hook_runs_before_the_wait_and_shortens_it) {
     braid_loop *loop = bt_loop_new(NULL);
     int sv[2];
-    pair(sv);
+    bt_socketpair(sv);
     braid_watch w;                             /* alive, never ready: a wait would block */
     BT_OK(braid_watch_init(loop, &w, sv[0], noop_io, NULL));
     BT_OK(braid_watch_set(&w, BRAID_READ));
