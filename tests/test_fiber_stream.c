@@ -679,7 +679,7 @@ BT_IO_TEST(tcp_peer_close_mid_read_and_cancel_all) {
     int port;
     braid_listener *l = bt_listen_tcp(loop, &ff.base, &port);
     int fds[3];
-    for (int i = 0; i < 3; i++) fds[i] = bt_connect_tcp(port, BT_CONNECT_SMALL_RCVBUF);
+    for (int i = 0; i < 3; i++) fds[i] = bt_connect_tcp_rcvbuf(port, 0, 64 * 1024);
     for (int i = 0; i < 1000 && braid_listener_accepted(l) < 3; i++) BT_OK(braid_loop_run_once(loop, 0));
     BT_EQ(braid_fstream_factory_count(&ff), 3);
     BT_EQ(write(fds[0], "0123456789", 10), 10);
@@ -730,7 +730,7 @@ BT_IO_TEST(tcp_write_waits_for_slow_reader) {
     braid_fstream_factory_init(&ff, loop, bulk_handler, &b, NULL);
     int port;
     braid_listener *l = bt_listen_tcp(loop, &ff.base, &port);
-    int fd = bt_connect_tcp(port, BT_CONNECT_SMALL_RCVBUF);
+    int fd = bt_connect_tcp_rcvbuf(port, 0, 64 * 1024);
     for (int i = 0; i < 2000; i++) BT_OK(braid_loop_run_once(loop, BRAID_RUN_NOWAIT));
     BT_FALSE(b.done);
     BT_GT(b.sent, 0);

@@ -5,6 +5,8 @@
  * loopback). */
 // ctest-labels: http tls
 #include "harness.h"
+#include "support/net.h"
+#include "support/run.h"
 #include "support/walk.h"
 #include "support/tls.h"
 #include <braid/http.h>
@@ -946,21 +948,7 @@ static void srv_open(srv *sv, braid_loop *loop, braid_factory *wrap_inner_for) {
     (void)wrap_inner_for;
 }
 
-static void srv_listen(srv *sv, braid_loop *loop, braid_factory *f) {
-    BT_OK(braid_tcp_listen(loop, &(braid_tcp_listen_options){ .host = "127.0.0.1", .port = 0 }, f, &sv->l));
-    braid_address a;
-    BT_OK(braid_listener_address(sv->l, &a));
-    sv->port = braid_address_port(&a);
-}
-
-static void run_until_fired(braid_loop *loop, res *s) {
-    for (int i = 0; i < 10000 && !s->fired; i++) braid_loop_run_once(loop, 0);
-    BT_EQ(s->fired, 1);
-}
-
-static void drain(braid_loop *loop) {
-    for (int i = 0; i < 5; i++) braid_loop_run_once(loop, BRAID_RUN_NOWAIT);
-}
+static void srv_listen(srv *sv, braid_loop *loop, braid_factory *f) { sv->l = bt_listen_tcp(loop, f, &sv->port); }
 
 BT_IO_TEST(loopback_sequential_requests_one_connection) {
     braid_loop *loop = bt_loop_new(NULL);
@@ -974,7 +962,8 @@ BT_IO_TEST(loopback_sequential_requests_one_connection) {
         res s = { 0 };
         snprintf(url, sizeof url, "http://127.0.0.1:%d/n%d", sv.port, i);
         watch(braid_http_client_request(c, &(braid_http_client_req){ .url = url }), &s);
-        run_until_fired(loop, &s);
+        BT_RUN_UNTIL(loop, s.fired, 10000);
+        BT_EQ(s.fired, 1);
         BT_EQ(s.code, 0);
         char want[16];
         snprintf(want, sizeof want, "/n%d", i);
@@ -988,18 +977,21 @@ BT_IO_TEST(loopback_sequential_requests_one_connection) {
     res s = { 0 };
     snprintf(url, sizeof url, "http://127.0.0.1:%d/chunked", sv.port);
     watch(braid_http_client_request(c, &(braid_http_client_req){ .url = url }), &s);
-    run_until_fired(loop, &s);
+    BT_RUN_UNTIL(loop, s.fired, 10000);
+    BT_EQ(s.fired, 1);
     BT_STREQ(s.r->body, "braid");
     res_clear(&s, true);
     snprintf(url, sizeof url, "http://127.0.0.1:%d/echo", sv.port);
     watch(braid_http_client_request(c, &(braid_http_client_req){ .method = "POST", .url = url,
                                                              .body = "payload", .body_len = 7 }), &s);
-    run_until_fired(loop, &s);
+    BT_RUN_UNTIL(loop, s.fired, 10000);
+    BT_EQ(s.fired, 1);
     BT_STREQ(s.r->body, "payload");
     res_clear(&s, true);
     snprintf(url, sizeof url, "http://127.0.0.1:%d/big", sv.port);
     watch(braid_http_client_request(c, &(braid_http_client_req){ .url = url }), &s);
-    run_until_fired(loop, &s);
+    BT_RUN_UNTIL(loop, s.fired, 10000);
+    BT_EQ(s.fired, 1);
     BT_EQ(s.r->body_len, 200000);
     BT_EQ(s.r->body[199999], 'z');
     res_clear(&s, true);
@@ -1007,7 +999,7 @@ BT_IO_TEST(loopback_sequential_requests_one_connection) {
     braid_http_client_free(c);
     braid_listener_close(sv.l);
     for (int i = 0; i < 100 && sv.lost < sv.conns; i++) braid_loop_run_once(loop, BRAID_RUN_NOWAIT);
-    drain(loop);
+    bt_spin(loop, 5);
     bt_loop_destroy(loop);
 }
 
@@ -1025,7 +1017,8 @@ BT_IO_TEST(loopback_streaming_backpressure) {
     s.pause_at_head = true;   /* from the Deferred's callback: nothing more is read */
     watch(braid_http_client_request(c, &(braid_http_client_req){ .url = url, .on_body = on_body, .on_end = on_end,
                                                              .arg = &s }), &s);
-    run_until_fired(loop, &s);
+    BT_RUN_UNTIL(loop, s.fired, 10000);
+    BT_EQ(s.fired, 1);
     /* Paused as soon as the head was in: the body stops arriving. */
     size_t before = s.total;
     for (int i = 0; i < 20; i++) braid_loop_run_once(loop, BRAID_RUN_NOWAIT);
@@ -1052,7 +1045,7 @@ BT_IO_TEST(loopback_streaming_backpressure) {
     braid_http_client_free(c);
     braid_listener_close(sv.l);
     for (int i = 0; i < 100 && sv.lost < sv.conns; i++) braid_loop_run_once(loop, BRAID_RUN_NOWAIT);
-    drain(loop);
+    bt_spin(loop, 5);
     bt_loop_destroy(loop);
 }
 
@@ -1072,14 +1065,16 @@ BT_IO_TEST(loopback_server_closes_keepalive) {
     for (int i = 0; i < 5; i++) {
         res s = { 0 };
         watch(braid_http_client_request(c, &(braid_http_client_req){ .url = url }), &s);
-        run_until_fired(loop, &s);
+        BT_RUN_UNTIL(loop, s.fired, 10000);
+        BT_EQ(s.fired, 1);
         BT_EQ(s.code, 0);
         BT_STREQ(s.r->body, "/x");
         res_clear(&s, true);
         if (i == 2) {   /* and once, reuse it before the FIN can have been seen */
             res s2 = { 0 };
             watch(braid_http_client_request(c, &(braid_http_client_req){ .url = url }), &s2);
-            run_until_fired(loop, &s2);
+            BT_RUN_UNTIL(loop, s2.fired, 10000);
+            BT_EQ(s2.fired, 1);
             BT_EQ(s2.code, 0);
             res_clear(&s2, true);
         }
@@ -1089,7 +1084,7 @@ BT_IO_TEST(loopback_server_closes_keepalive) {
     braid_http_client_free(c);
     braid_listener_close(sv.l);
     for (int i = 0; i < 100 && sv.lost < sv.conns; i++) braid_loop_run_once(loop, BRAID_RUN_NOWAIT);
-    drain(loop);
+    bt_spin(loop, 5);
     bt_loop_destroy(loop);
 }
 
@@ -1100,18 +1095,19 @@ BT_IO_TEST(loopback_connection_refused) {
     srv_listen(&sv, loop, &sv.f);
     int port = sv.port;
     braid_listener_close(sv.l);
-    drain(loop);
+    bt_spin(loop, 5);
     braid_http_client *c;
     BT_OK(braid_http_client_new(loop, NULL, &c));
     char url[128];
     snprintf(url, sizeof url, "http://127.0.0.1:%d/", port);
     res s = { 0 };
     watch(braid_http_client_request(c, &(braid_http_client_req){ .url = url }), &s);
-    run_until_fired(loop, &s);
+    BT_RUN_UNTIL(loop, s.fired, 10000);
+    BT_EQ(s.fired, 1);
     BT_ERR(s.code, -ECONNREFUSED);
     BT_TRUE(strstr(s.msg, "cannot connect") != NULL);
     braid_http_client_free(c);
-    drain(loop);
+    bt_spin(loop, 5);
     bt_loop_destroy(loop);
 }
 
@@ -1168,9 +1164,9 @@ BT_TEST(https_over_memory_pump) {
     BT_EQ(te.sv.conns, 1);
     braid_http_client_free(c);
     for (int j = 0; j < te.n; j++) braid_pump_flush(te.pumps[j]);
-    drain(loop);
+    bt_spin(loop, 5);
     for (int j = 0; j < te.n; j++) braid_pump_free(te.pumps[j]);
-    drain(loop);
+    bt_spin(loop, 5);
     braid_tls_factory_cleanup(&te.stf);
     braid_tls_ctx_unref(sctx);
     braid_tls_ctx_unref(cctx);
@@ -1201,7 +1197,8 @@ BT_IO_TEST(https_over_loopback) {
         res s = { 0 };
         snprintf(url, sizeof url, "https://localhost:%d/n%d", sv.port, i);
         watch(braid_http_client_request(c, &(braid_http_client_req){ .url = url }), &s);
-        run_until_fired(loop, &s);
+        BT_RUN_UNTIL(loop, s.fired, 10000);
+        BT_EQ(s.fired, 1);
         if (s.code) bt_fail(__FILE__, __LINE__, "https: %s", s.msg);
         char want[16];
         snprintf(want, sizeof want, "/n%d", i);
@@ -1212,7 +1209,8 @@ BT_IO_TEST(https_over_loopback) {
     snprintf(url, sizeof url, "https://localhost:%d/big", sv.port);
     res s = { 0 };
     watch(braid_http_client_request(c, &(braid_http_client_req){ .url = url }), &s);
-    run_until_fired(loop, &s);
+    BT_RUN_UNTIL(loop, s.fired, 10000);
+    BT_EQ(s.fired, 1);
     BT_EQ(s.r->body_len, 200000);
     res_clear(&s, true);
     /* Verification is on: a client that does not trust the test CA refuses. */
@@ -1222,7 +1220,8 @@ BT_IO_TEST(https_over_loopback) {
                                 &c2));
     snprintf(url, sizeof url, "https://localhost:%d/", sv.port);
     watch(braid_http_client_request(c2, &(braid_http_client_req){ .url = url }), &s);
-    run_until_fired(loop, &s);
+    BT_RUN_UNTIL(loop, s.fired, 10000);
+    BT_EQ(s.fired, 1);
     BT_ERR(s.code, BRAID_ETLS_UNKNOWN_CA);
     /* the message is TLS's reason first, not a "connection closed" of ours */
     char want[256];
@@ -1233,14 +1232,15 @@ BT_IO_TEST(https_over_loopback) {
     /* ... and the name must match. */
     snprintf(url, sizeof url, "https://wrong.example:%d/", sv.port);
     watch(braid_http_client_request(c, &(braid_http_client_req){ .url = url }), &s);
-    run_until_fired(loop, &s);
+    BT_RUN_UNTIL(loop, s.fired, 10000);
+    BT_EQ(s.fired, 1);
     BT_ERR(s.code, BRAID_ETLS_HOSTNAME);
     res_clear(&s, false);
     braid_http_client_free(c);
     braid_http_client_free(c2);
     braid_listener_close(sv.l);
     for (int i = 0; i < 200 && sv.lost < sv.conns; i++) braid_loop_run_once(loop, BRAID_RUN_NOWAIT);
-    drain(loop);
+    bt_spin(loop, 5);
     braid_tls_factory_cleanup(&stf);
     braid_tls_ctx_unref(sctx);
     braid_tls_ctx_unref(cctx);

@@ -443,11 +443,6 @@ static braid_result got_err(braid_result r, void *arg) {
     return braid_ok(NULL);
 }
 
-static void run_until(braid_loop *loop, int *a, int *b) {
-    for (int i = 0; i < 3000 && !(*a && *b); i++) BT_OK(braid_loop_run_once(loop, 0));
-    BT_TRUE(*a && *b);
-}
-
 BT_IO_TEST(tcp_tls_echo_resume_and_bad_client) {
     signal(SIGPIPE, SIG_IGN);
     braid_loop *loop = bt_loop_new(NULL);
@@ -461,11 +456,8 @@ BT_IO_TEST(tcp_tls_echo_resume_and_bad_client) {
     BT_OK(braid_tls_factory_init(&stf, &sf.f, &(braid_tls_wrap_options){ .ctx = sctx, .handshake_done = on_hs }));
     BT_OK(braid_tls_factory_init(&ctf, &cf.f, &(braid_tls_wrap_options){
         .ctx = cctx, .server_name = "localhost", .handshake_done = on_hs }));
-    braid_listener *l;
-    BT_OK(braid_tcp_listen(loop, &(braid_tcp_listen_options){ .host = "127.0.0.1" }, &stf.base, &l));
-    braid_address a;
-    BT_OK(braid_listener_address(l, &a));
-    int port = braid_address_port(&a);
+    int port;
+    braid_listener *l = bt_listen_tcp(loop, &stf.base, &port);
 
     /* 1: a full handshake, echo, close_notify */
     got g = { 0 };
@@ -486,7 +478,7 @@ BT_IO_TEST(tcp_tls_echo_resume_and_bad_client) {
     BT_EQ(braid_address_port(&peer), port);
     BT_OK(braid_transport_set_nodelay(g.p->transport, true));
     braid_transport_lose_connection(g.p->transport);
-    run_until(loop, &c[0].lost, &s[0].lost);
+    BT_RUN_UNTIL(loop, c[0].lost && s[0].lost, 3000);
     BT_ERR(c[0].lost_code, BRAID_ECONNECTION_DONE);
     BT_ERR(s[0].lost_code, BRAID_ECONNECTION_DONE);
 
@@ -502,7 +494,7 @@ BT_IO_TEST(tcp_tls_echo_resume_and_bad_client) {
     braid_deferred_release(d);
     bt_run_until(loop, &gj.done, 1000);
     BT_OK(braid_transport_write(gj.p->transport, "\x16\x03\x01\x00\x05hello-garbage", 18));
-    run_until(loop, &junk[0].lost, &s[1].lost);
+    BT_RUN_UNTIL(loop, junk[0].lost && s[1].lost, 3000);
     BT_ERR(s[1].lost_code, BRAID_ETLS);
 
     /* 3: the server still serves; the session is resumed */
@@ -517,7 +509,7 @@ BT_IO_TEST(tcp_tls_echo_resume_and_bad_client) {
     BT_TRUE(c[1].reused);
     BT_TRUE(s[2].reused);
     braid_transport_lose_connection(g2.p->transport);
-    run_until(loop, &c[1].lost, &s[2].lost);
+    BT_RUN_UNTIL(loop, c[1].lost && s[2].lost, 3000);
 
     braid_listener_close(l);
     for (int i = 0; i < 5; i++) braid_loop_run_once(loop, BRAID_RUN_NOWAIT);
@@ -563,7 +555,7 @@ static void tls_over_fds(bool pipes) {
     BT_EQ(c[0].total_in, sizeof big);
     BT_TRUE(!memcmp(c[0].in, big, sizeof c[0].in));
     braid_transport_lose_connection(c[0].base.transport);
-    run_until(loop, &c[0].lost, &s[0].lost);
+    BT_RUN_UNTIL(loop, c[0].lost && s[0].lost, 3000);
     BT_ERR(c[0].lost_code, BRAID_ECONNECTION_DONE);
     BT_ERR(s[0].lost_code, BRAID_ECONNECTION_DONE);
     for (int i = 0; i < 5; i++) braid_loop_run_once(loop, BRAID_RUN_NOWAIT);
@@ -725,7 +717,7 @@ BT_IO_TEST(endpoint_strings_over_tcp) {
     BT_EQ(c[0].inlen, 8);
     BT_STREQ(braid_tls_transport_info(g.p->transport)->alpn, "h2");
     braid_transport_lose_connection(g.p->transport);
-    run_until(loop, &c[0].lost, &s[0].lost);
+    BT_RUN_UNTIL(loop, c[0].lost && s[0].lost, 3000);
     BT_ERR(c[0].lost_code, BRAID_ECONNECTION_DONE);
 
     /* positional tls:HOST:PORT with a CA file, verifying the IP address */
@@ -740,7 +732,7 @@ BT_IO_TEST(endpoint_strings_over_tcp) {
     for (int i = 0; i < 2000 && c[1].inlen < 2; i++) BT_OK(braid_loop_run_once(loop, 0));
     BT_EQ(c[1].inlen, 2);
     braid_transport_lose_connection(g2.p->transport);
-    run_until(loop, &c[1].lost, &s[1].lost);
+    BT_RUN_UNTIL(loop, c[1].lost && s[1].lost, 3000);
 
     braid_listener_close(l);
     for (int i = 0; i < 5; i++) braid_loop_run_once(loop, BRAID_RUN_NOWAIT);
@@ -809,14 +801,6 @@ static void raw_lost(braid_protocol *p, const braid_failure *f) {
 static const braid_protocol_ops raw_ops = { .connection_made = raw_made, .data_received = raw_data,
                                             .connection_lost = raw_lost };
 
-/* A listener on 127.0.0.1 for factory f; returns the port. */
-static int listen_on(braid_loop *loop, braid_factory *f, braid_listener **l) {
-    BT_OK(braid_tcp_listen(loop, &(braid_tcp_listen_options){ .host = "127.0.0.1" }, f, l));
-    braid_address a;
-    BT_OK(braid_listener_address(*l, &a));
-    return braid_address_port(&a);
-}
-
 static braid_protocol *plain_connect(braid_loop *loop, int port, braid_factory *f) {
     got g = { 0 };
     braid_deferred *d = braid_tcp_connect(loop, &(braid_tcp_connect_options){ .host = "127.0.0.1", .port = port }, f);
@@ -856,8 +840,8 @@ BT_IO_TEST(bad_input_over_tcp_fails_one_connection) {
     s[2].echo = true;
     braid_tls_factory stf;
     BT_OK(braid_tls_factory_init(&stf, &sf.f, &(braid_tls_wrap_options){ .ctx = sctx }));
-    braid_listener *l;
-    int port = listen_on(loop, &stf.base, &l);
+    int port;
+    braid_listener *l = bt_listen_tcp(loop, &stf.base, &port);
 
     /* 1: half a ClientHello, then FIN */
     braid_tls_engine *hello_src;
@@ -871,7 +855,7 @@ BT_IO_TEST(bad_input_over_tcp_fails_one_connection) {
     BT_OK(braid_transport_write(jp->transport, hello, hlen / 2));
     braid_tls_engine_free(hello_src);
     BT_OK(braid_transport_shutdown_write(jp->transport));
-    run_until(loop, &s[0].lost, &junk[0].lost);
+    BT_RUN_UNTIL(loop, s[0].lost && junk[0].lost, 3000);
     BT_ERR(s[0].lost_code, BRAID_ETLS_TRUNCATED);
     BT_ERR(s[0].tls_error, BRAID_ETLS_TRUNCATED);
     BT_TRUE(strstr(s[0].lost_detail, "during the handshake") != NULL);
@@ -891,7 +875,7 @@ BT_IO_TEST(bad_input_over_tcp_fails_one_connection) {
     BT_EQ(SSL_renegotiate(ssl), 1);
     SSL_do_handshake(ssl);          /* the new ClientHello, into the engine's output */
     raw_push(&rc1);
-    run_until(loop, &s[1].lost, &rc1.lost);
+    BT_RUN_UNTIL(loop, s[1].lost && rc1.lost, 3000);
     BT_ERR(s[1].lost_code, BRAID_ETLS_RENEGOTIATION);
     BT_TRUE(strstr(s[1].lost_detail, "renegotiation") != NULL);
     braid_tls_engine_free(rc1.e);
@@ -912,7 +896,7 @@ BT_IO_TEST(bad_input_over_tcp_fails_one_connection) {
     for (int i = 0; i < 2000 && c[0].inlen < 10; i++) BT_OK(braid_loop_run_once(loop, 0));
     BT_EQ(c[0].inlen, 10);
     braid_transport_lose_connection(g.p->transport);
-    run_until(loop, &c[0].lost, &s[2].lost);
+    BT_RUN_UNTIL(loop, c[0].lost && s[2].lost, 3000);
     BT_ERR(s[2].lost_code, BRAID_ECONNECTION_DONE);
 
     braid_listener_close(l);
@@ -952,8 +936,8 @@ BT_IO_TEST(verification_failures_over_tcp) {
         BT_OK(braid_tls_factory_init(&stf, &sf.f, &(braid_tls_wrap_options){ .ctx = sctx }));
         BT_OK(braid_tls_factory_init(&ctf, &cf.f, &(braid_tls_wrap_options){
             .ctx = cctx, .server_name = cases[k].host, .handshake_done = on_hs }));
-        braid_listener *l;
-        int port = listen_on(loop, &stf.base, &l);
+        int port;
+        braid_listener *l = bt_listen_tcp(loop, &stf.base, &port);
         got g = { 0 };
         braid_deferred *d = braid_tls_connect(loop, &(braid_tcp_connect_options){ .host = "127.0.0.1", .port = port }, &ctf);
         BT_OK(braid_deferred_add_callbacks(d, got_ok, got_err, &g));
@@ -961,7 +945,7 @@ BT_IO_TEST(verification_failures_over_tcp) {
         bt_run_until(loop, &g.done, 1000);
         BT_FALSE(g.failed);
         BT_OK(braid_transport_write(g.p->transport, "never", 5));
-        run_until(loop, &c[0].lost, &s[0].lost);
+        BT_RUN_UNTIL(loop, c[0].lost && s[0].lost, 3000);
         BT_ERR(c[0].lost_code, cases[k].code);
         BT_ERR(c[0].tls_error, cases[k].code);
         BT_EQ(c[0].handshakes, 0);
@@ -1004,8 +988,8 @@ BT_IO_TEST(one_byte_writes_over_tcp_make_few_records) {
     BT_OK(braid_tls_engine_new(&rs.e, sctx, NULL, &raw_engine_ops, &rs));
     onefactory of;
     one_init(&of, &rs.base);
-    braid_listener *l;
-    int port = listen_on(loop, &of.f, &l);
+    int port;
+    braid_listener *l = bt_listen_tcp(loop, &of.f, &port);
     byter b = { .a.base.ops = &app_ops, .writes = 3000 };
     onefactory cf;
     one_init(&cf, &b.a.base);
@@ -1031,7 +1015,7 @@ BT_IO_TEST(one_byte_writes_over_tcp_make_few_records) {
     BT_EQ(app_records, 1);
     BT_LT(rs.wirelen - rs.wire_at_hs, 3000 + 64);
     braid_transport_abort(g.p->transport);
-    run_until(loop, &b.a.lost, &rs.lost);
+    BT_RUN_UNTIL(loop, b.a.lost && rs.lost, 3000);
     braid_listener_close(l);
     for (int i = 0; i < 5; i++) braid_loop_run_once(loop, BRAID_RUN_NOWAIT);
     braid_tls_engine_free(rs.e);
@@ -1066,8 +1050,8 @@ BT_IO_TEST(never_reading_tls_peer_over_tcp_stays_under_cap) {
     BT_OK(braid_tls_factory_init(&stf, &sf.f, &(braid_tls_wrap_options){ .ctx = sctx }));
     BT_OK(braid_tls_factory_init(&ctf, &cf.f, &(braid_tls_wrap_options){
         .ctx = cctx, .server_name = "localhost", .handshake_done = on_hs }));
-    braid_listener *l;
-    int port = listen_on(loop, &stf.base, &l);
+    int port;
+    braid_listener *l = bt_listen_tcp(loop, &stf.base, &port);
     got g = { 0 };
     braid_deferred *d = braid_tls_connect(loop, &(braid_tcp_connect_options){ .host = "127.0.0.1", .port = port }, &ctf);
     BT_OK(braid_deferred_add_callbacks(d, got_ok, got_err, &g));
@@ -1136,8 +1120,8 @@ BT_IO_TEST(starttls_over_tcp) {
     onefactory sf, cf;
     one_init(&sf, &s.base);
     one_init(&cf, &c.base);
-    braid_listener *l;
-    int port = listen_on(loop, &sf.f, &l);
+    int port;
+    braid_listener *l = bt_listen_tcp(loop, &sf.f, &port);
     braid_protocol *cp = plain_connect(loop, port, &cf.f);
     BT_TRUE(cp == &c.base);
     BT_OK(braid_transport_write(c.base.transport, "STARTTLS\n", 9));
@@ -1150,7 +1134,7 @@ BT_IO_TEST(starttls_over_tcp) {
     BT_EQ(c.inlen, 6);
     BT_TRUE(!memcmp(c.in, "secret", 6));
     braid_transport_lose_connection(c.base.transport);
-    run_until(loop, &c.lost, &s.lost);
+    BT_RUN_UNTIL(loop, c.lost && s.lost, 3000);
     BT_ERR(c.lost_code, BRAID_ECONNECTION_DONE);
     BT_ERR(s.lost_code, BRAID_ECONNECTION_DONE);
     braid_listener_close(l);

@@ -112,21 +112,21 @@ static int finish_connect(int fd, int rc, unsigned flags, const char *what) {
     return fd;
 }
 
-static int new_socket(int family, unsigned flags) {
+static int new_socket(int family, unsigned flags, int rcvbuf) {
     int fd = socket(family, SOCK_STREAM | SOCK_CLOEXEC | (flags & BT_CONNECT_ASYNC ? SOCK_NONBLOCK : 0), 0);
     if (fd < 0) {
         if (flags & BT_CONNECT_MAY_FAIL) return -1;
         bt_fail(__FILE__, __LINE__, "socket: %s", strerror(errno));
     }
-    if (flags & BT_CONNECT_SMALL_RCVBUF) {
-        int small = 64 * 1024;
-        setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &small, sizeof small);
-    }
+    if (rcvbuf > 0 && setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &rcvbuf, sizeof rcvbuf) < 0)
+        bt_fail(__FILE__, __LINE__, "SO_RCVBUF: %s", strerror(errno));
     return fd;
 }
 
-int bt_connect_tcp(int port, unsigned flags) {
-    int fd = new_socket(AF_INET, flags);
+int bt_connect_tcp(int port, unsigned flags) { return bt_connect_tcp_rcvbuf(port, flags, 0); }
+
+int bt_connect_tcp_rcvbuf(int port, unsigned flags, int rcvbuf) {
+    int fd = new_socket(AF_INET, flags, rcvbuf);
     if (fd < 0) return -1;
     struct sockaddr_in a = { .sin_family = AF_INET, .sin_port = htons((uint16_t)port),
                              .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
@@ -134,7 +134,7 @@ int bt_connect_tcp(int port, unsigned flags) {
 }
 
 int bt_connect_unix(const char *path, unsigned flags) {
-    int fd = new_socket(AF_UNIX, flags);
+    int fd = new_socket(AF_UNIX, flags, 0);
     if (fd < 0) return -1;
     struct sockaddr_un a = { .sun_family = AF_UNIX };
     snprintf(a.sun_path, sizeof a.sun_path, "%s", path);

@@ -41,11 +41,13 @@ int bt_free_port(void);
 enum {
     BT_CONNECT_NONBLOCK = 1u << 0,   /* connected, then made non-blocking */
     BT_CONNECT_ASYNC = 1u << 1,      /* non-blocking from the start: the connect may be in progress */
-    BT_CONNECT_SMALL_RCVBUF = 1u << 2, /* a 64 KiB receive buffer: a non-reading peer fills up early */
-    BT_CONNECT_MAY_FAIL = 1u << 3,   /* return -1 (errno set) instead of failing the case */
+    BT_CONNECT_MAY_FAIL = 1u << 2,   /* return -1 (errno set) instead of failing the case */
 };
 /* A raw TCP socket connected to 127.0.0.1:port (close-on-exec). */
 int bt_connect_tcp(int port, unsigned flags);
+/* The same with a receive buffer of rcvbuf bytes, set before connecting:
+ * a peer that does not read fills up early (the kernel may round it). */
+int bt_connect_tcp_rcvbuf(int port, unsigned flags, int rcvbuf);
 /* A raw Unix stream socket connected to path (close-on-exec). */
 int bt_connect_unix(const char *path, unsigned flags);
 
