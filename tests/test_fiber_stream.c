@@ -609,7 +609,7 @@ BT_IO_TEST(tcp_factory_and_connect_echo) {
     braid_expect_success(d);
     braid_deferred_release(d);
     /* the server fiber sees the client's close and ends */
-    for (int i = 0; i < 1000 && braid_fstream_factory_count(&ff); i++) BT_OK(braid_loop_run_once(loop, 0));
+    BT_RUN_UNTIL(loop, !braid_fstream_factory_count(&ff), 1000);
     BT_EQ(braid_fstream_factory_count(&ff), 0);
     braid_listener_close(l);
     for (int i = 0; i < 100 && braid_loop_run_once(loop, BRAID_RUN_NOWAIT) > 0; i++) {}
@@ -680,17 +680,17 @@ BT_IO_TEST(tcp_peer_close_mid_read_and_cancel_all) {
     braid_listener *l = bt_listen_tcp(loop, &ff.base, &port);
     int fds[3];
     for (int i = 0; i < 3; i++) fds[i] = bt_connect_tcp_rcvbuf(port, 0, 64 * 1024);
-    for (int i = 0; i < 1000 && braid_listener_accepted(l) < 3; i++) BT_OK(braid_loop_run_once(loop, 0));
+    BT_RUN_UNTIL(loop, braid_listener_accepted(l) >= 3, 1000);
     BT_EQ(braid_fstream_factory_count(&ff), 3);
     BT_EQ(write(fds[0], "0123456789", 10), 10);
     close(fds[0]);                            /* closes with 10 of 100 bytes sent */
-    for (int i = 0; i < 1000 && !b.eof; i++) BT_OK(braid_loop_run_once(loop, 0));
+    BT_RUN_UNTIL(loop, b.eof, 1000);
     BT_EQ(b.eof, 1);
-    for (int i = 0; i < 100 && braid_fstream_factory_count(&ff) > 2; i++) BT_OK(braid_loop_run_once(loop, 0));
+    BT_RUN_UNTIL(loop, braid_fstream_factory_count(&ff) <= 2, 100);
     BT_EQ(braid_fstream_factory_count(&ff), 2);
     braid_listener_close(l);
     braid_fstream_factory_cancel_all(&ff);
-    for (int i = 0; i < 1000 && braid_fstream_factory_count(&ff); i++) BT_OK(braid_loop_run_once(loop, 0));
+    BT_RUN_UNTIL(loop, !braid_fstream_factory_count(&ff), 1000);
     BT_EQ(braid_fstream_factory_count(&ff), 0);
     BT_EQ(b.cancelled, 2);
     BT_EQ(b.other, 0);
@@ -748,10 +748,10 @@ BT_IO_TEST(tcp_write_waits_for_slow_reader) {
         BT_OK(braid_loop_run_once(loop, BRAID_RUN_NOWAIT));
     }
     BT_EQ(got, 8u << 20);
-    for (int i = 0; i < 1000 && !b.done; i++) BT_OK(braid_loop_run_once(loop, 0));
+    BT_RUN_UNTIL(loop, b.done, 1000);
     BT_TRUE(b.done);
     BT_OK(b.rc);
-    for (int i = 0; i < 1000 && braid_fstream_factory_count(&ff); i++) BT_OK(braid_loop_run_once(loop, 0));
+    BT_RUN_UNTIL(loop, !braid_fstream_factory_count(&ff), 1000);
     BT_EQ(raw_until_eof(loop, fd), 0);        /* closed after the handler returned */
     close(fd);
     braid_listener_close(l);

@@ -998,7 +998,7 @@ BT_IO_TEST(loopback_sequential_requests_one_connection) {
     BT_EQ(sv.conns, 1);
     braid_http_client_free(c);
     braid_listener_close(sv.l);
-    for (int i = 0; i < 100 && sv.lost < sv.conns; i++) braid_loop_run_once(loop, BRAID_RUN_NOWAIT);
+    BT_RUN_UNTIL_NOWAIT(loop, sv.lost >= sv.conns, 100);
     bt_spin(loop, 5);
     bt_loop_destroy(loop);
 }
@@ -1044,7 +1044,7 @@ BT_IO_TEST(loopback_streaming_backpressure) {
     BT_GT(s.chunks, 2);
     braid_http_client_free(c);
     braid_listener_close(sv.l);
-    for (int i = 0; i < 100 && sv.lost < sv.conns; i++) braid_loop_run_once(loop, BRAID_RUN_NOWAIT);
+    BT_RUN_UNTIL_NOWAIT(loop, sv.lost >= sv.conns, 100);
     bt_spin(loop, 5);
     bt_loop_destroy(loop);
 }
@@ -1083,7 +1083,7 @@ BT_IO_TEST(loopback_server_closes_keepalive) {
     BT_EQ(sv.conns, 6);
     braid_http_client_free(c);
     braid_listener_close(sv.l);
-    for (int i = 0; i < 100 && sv.lost < sv.conns; i++) braid_loop_run_once(loop, BRAID_RUN_NOWAIT);
+    BT_RUN_UNTIL_NOWAIT(loop, sv.lost >= sv.conns, 100);
     bt_spin(loop, 5);
     bt_loop_destroy(loop);
 }
@@ -1239,7 +1239,7 @@ BT_IO_TEST(https_over_loopback) {
     braid_http_client_free(c);
     braid_http_client_free(c2);
     braid_listener_close(sv.l);
-    for (int i = 0; i < 200 && sv.lost < sv.conns; i++) braid_loop_run_once(loop, BRAID_RUN_NOWAIT);
+    BT_RUN_UNTIL_NOWAIT(loop, sv.lost >= sv.conns, 200);
     bt_spin(loop, 5);
     braid_tls_factory_cleanup(&stf);
     braid_tls_ctx_unref(sctx);

@@ -389,12 +389,12 @@ BT_IO_TEST(tcp_echo_roundtrip) {
     BT_OK(braid_transport_write(t, "one ", 4));
     BT_OK(braid_transport_write(t, "two ", 4));
     BT_OK(braid_transport_write(t, "three", 5));
-    for (int i = 0; i < 1000 && cpool[0].inlen < 13; i++) BT_OK(braid_loop_run_once(loop, 0));
+    BT_RUN_UNTIL(loop, cpool[0].inlen >= 13, 1000);
     BT_EQ(cpool[0].inlen, 13);
     BT_TRUE(memcmp(cpool[0].in, "one two three", 13) == 0);
     BT_EQ(braid_listener_accepted(l), 1);
     braid_transport_lose_connection(t);
-    for (int i = 0; i < 1000 && !(cpool[0].lost && spool[0].lost); i++) BT_OK(braid_loop_run_once(loop, 0));
+    BT_RUN_UNTIL(loop, cpool[0].lost && spool[0].lost, 1000);
     BT_ERR(cpool[0].lost_code, BRAID_ECONNECTION_DONE);
     BT_ERR(spool[0].lost_code, BRAID_ECONNECTION_DONE);
     braid_listener_close(l);
@@ -415,7 +415,7 @@ BT_IO_TEST(tcp_slow_reader_pauses_producer) {
     got g = { 0 };
     await_connect(loop, braid_tcp_connect(loop, &(braid_tcp_connect_options){
                       .host = "127.0.0.1", .port = port }, &cf.f), &g);
-    for (int i = 0; i < 100 && !spool[0].made; i++) BT_OK(braid_loop_run_once(loop, 0));
+    BT_RUN_UNTIL(loop, spool[0].made, 100);
     braid_transport *st = spool[0].base.transport, *ct = g.p->transport;
     cpool[0].check_pattern = true;
     braid_transport_pause_reading(ct);
@@ -435,13 +435,13 @@ BT_IO_TEST(tcp_slow_reader_pauses_producer) {
     for (int i = 0; i < 50; i++) BT_OK(braid_loop_run_once(loop, BRAID_RUN_NOWAIT));
     BT_UEQ(pu.sent, sent_while_paused);            /* nothing more while paused */
     braid_transport_resume_reading(ct);
-    for (int i = 0; i < 200000 && cpool[0].total_in < total; i++) BT_OK(braid_loop_run_once(loop, 0));
+    BT_RUN_UNTIL(loop, cpool[0].total_in >= total, 200000);
     BT_UEQ(cpool[0].total_in, total);
     BT_EQ(cpool[0].pattern_errors, 0);             /* every byte, in order, across pauses */
     BT_GE(pu.resumes, 1);
     braid_transport_unregister_producer(st);
     braid_transport_lose_connection(st);
-    for (int i = 0; i < 1000 && !(cpool[0].lost && spool[0].lost); i++) BT_OK(braid_loop_run_once(loop, 0));
+    BT_RUN_UNTIL(loop, cpool[0].lost && spool[0].lost, 1000);
     BT_EQ(pu.stops, 0);
     braid_listener_close(l);
     bt_loop_destroy(loop);
@@ -461,7 +461,7 @@ BT_IO_TEST(tcp_hard_cap_aborts) {
     await_connect(loop, braid_tcp_connect(loop, &(braid_tcp_connect_options){
                       .host = "127.0.0.1", .port = port }, &cf.f), &g);
     braid_transport_pause_reading(g.p->transport);
-    for (int i = 0; i < 100 && !spool[0].made; i++) BT_OK(braid_loop_run_once(loop, 0));
+    BT_RUN_UNTIL(loop, spool[0].made, 100);
     braid_transport *st = spool[0].base.transport;
     static char chunk[65536];
     int rc = 0, writes = 0;
@@ -470,10 +470,10 @@ BT_IO_TEST(tcp_hard_cap_aborts) {
         BT_OK(braid_loop_run_once(loop, BRAID_RUN_NOWAIT));
     }
     BT_ERR(rc, BRAID_EBUFFER_LIMIT);
-    for (int i = 0; i < 100 && !spool[0].lost; i++) BT_OK(braid_loop_run_once(loop, BRAID_RUN_NOWAIT));
+    BT_RUN_UNTIL_NOWAIT(loop, spool[0].lost, 100);
     BT_ERR(spool[0].lost_code, BRAID_EBUFFER_LIMIT);
     braid_transport_abort(g.p->transport);
-    for (int i = 0; i < 100 && !cpool[0].lost; i++) BT_OK(braid_loop_run_once(loop, 0));
+    BT_RUN_UNTIL(loop, cpool[0].lost, 100);
     BT_ERR(cpool[0].lost_code, BRAID_ECONNECTION_LOST);
     braid_listener_close(l);
     bt_loop_destroy(loop);
@@ -498,7 +498,7 @@ BT_IO_TEST(tcp_half_close_both_ways) {
     BT_OK(braid_transport_write(ct, "request", 7));
     BT_OK(braid_transport_shutdown_write(ct));
     BT_ERR(braid_transport_write(ct, "late", 4), BRAID_ESHUTDOWN);
-    for (int i = 0; i < 1000 && !(cpool[0].lost && spool[0].lost); i++) BT_OK(braid_loop_run_once(loop, 0));
+    BT_RUN_UNTIL(loop, cpool[0].lost && spool[0].lost, 1000);
     BT_EQ(cpool[0].write_lost, 1);
     BT_EQ(spool[0].read_lost, 1);
     BT_EQ(spool[0].write_lost, 1);
@@ -526,10 +526,10 @@ BT_IO_TEST(tcp6_listen_connect) {
                       .host = "[::1]", .port = port }, &cf.f), &g);
     BT_FALSE(g.failed);
     BT_OK(braid_transport_write(g.p->transport, "v6", 2));
-    for (int i = 0; i < 1000 && cpool[0].inlen < 2; i++) BT_OK(braid_loop_run_once(loop, 0));
+    BT_RUN_UNTIL(loop, cpool[0].inlen >= 2, 1000);
     BT_EQ(cpool[0].inlen, 2);
     braid_transport_abort(g.p->transport);
-    for (int i = 0; i < 1000 && !(cpool[0].lost && spool[0].lost); i++) BT_OK(braid_loop_run_once(loop, 0));
+    BT_RUN_UNTIL(loop, cpool[0].lost && spool[0].lost, 1000);
     braid_listener_close(l);
     bt_loop_destroy(loop);
 }
@@ -585,7 +585,7 @@ BT_IO_TEST(connect_cancel_and_timeout) {
     /* server-side connections opened by the kernel handshake end with EOF */
     for (int i = 0; i < 2; i++)
         if (spool[i].made) {
-            for (int k = 0; k < 1000 && !spool[i].lost; k++) BT_OK(braid_loop_run_once(loop, 0));
+            BT_RUN_UNTIL(loop, spool[i].lost, 1000);
         }
     braid_listener_close(l);
     bt_loop_destroy(loop);
@@ -607,7 +607,7 @@ BT_IO_TEST(connect_by_name_resolves_off_thread) {
     await_connect(loop, d, &g);
     BT_FALSE(g.failed);
     braid_transport_lose_connection(g.p->transport);
-    for (int i = 0; i < 1000 && !(cpool[0].lost && spool[0].lost); i++) BT_OK(braid_loop_run_once(loop, 0));
+    BT_RUN_UNTIL(loop, cpool[0].lost && spool[0].lost, 1000);
     braid_listener_close(l);
     bt_loop_destroy(loop);
 }
@@ -637,7 +637,7 @@ BT_IO_TEST(unix_listen_connect_and_fd_passing) {
     BT_OK(braid_transport_send_fds(ct, &pp[1], 1, "F", 1));
     BT_OK(braid_transport_write(ct, "after", 5));
     close(pp[1]);
-    for (int i = 0; i < 1000 && spool[0].inlen < 12; i++) BT_OK(braid_loop_run_once(loop, 0));
+    BT_RUN_UNTIL(loop, spool[0].inlen >= 12, 1000);
     BT_EQ(spool[0].inlen, 12);
     BT_TRUE(memcmp(spool[0].in, "beforeFafter", 12) == 0);
     BT_EQ(spool[0].nfds, 1);
@@ -655,14 +655,14 @@ BT_IO_TEST(unix_listen_connect_and_fd_passing) {
     int nullfd = open("/dev/null", O_RDONLY | O_CLOEXEC);
     BT_OK(braid_transport_send_fds(ct, &nullfd, 1, big, sizeof big));
     close(nullfd);
-    for (int i = 0; i < 1000 && spool[0].total_in < 12 + sizeof big; i++) BT_OK(braid_loop_run_once(loop, 0));
+    BT_RUN_UNTIL(loop, spool[0].total_in >= 12 + sizeof big, 1000);
     BT_UEQ(spool[0].total_in, 12 + sizeof big);
     BT_EQ(spool[0].nfds, 2);
     close(spool[0].fds[1]);
     int zero = 0;
     BT_ERR(braid_transport_send_fds(spool[0].base.transport, &zero, 0, "x", 1), BRAID_EINVAL);
     braid_transport_lose_connection(ct);
-    for (int i = 0; i < 1000 && !(cpool[0].lost && spool[0].lost); i++) BT_OK(braid_loop_run_once(loop, 0));
+    BT_RUN_UNTIL(loop, cpool[0].lost && spool[0].lost, 1000);
     braid_listener_close(l);
     BT_TRUE(stat(path, &st) < 0);                 /* the socket file went with the listener */
     bt_loop_destroy(loop);
@@ -680,11 +680,11 @@ BT_IO_TEST(pipes_adopted) {
     BT_OK(braid_stream_adopt_pipes(loop, a[0], b[1], &y.base));
     BT_STREQ(braid_transport_kind(x.base.transport), "pipe");
     BT_OK(braid_transport_write(x.base.transport, "through pipes", 13));
-    for (int i = 0; i < 1000 && x.inlen < 13; i++) BT_OK(braid_loop_run_once(loop, 0));
+    BT_RUN_UNTIL(loop, x.inlen >= 13, 1000);
     BT_EQ(x.inlen, 13);
     /* x shuts its write side: y sees EOF, loses its connection (closing b[1]), x sees EOF */
     BT_OK(braid_transport_shutdown_write(x.base.transport));
-    for (int i = 0; i < 1000 && !(x.lost && y.lost); i++) BT_OK(braid_loop_run_once(loop, 0));
+    BT_RUN_UNTIL(loop, x.lost && y.lost, 1000);
     BT_EQ(x.write_lost, 1);
     BT_EQ(x.read_lost, 1);
     BT_ERR(x.lost_code, BRAID_ECONNECTION_DONE);
@@ -701,10 +701,10 @@ BT_IO_TEST(adopt_socketpair) {
     BT_OK(braid_stream_adopt(loop, sv[1], &y.base));
     BT_STREQ(braid_transport_kind(x.base.transport), "unix");
     BT_OK(braid_transport_write(x.base.transport, "pair", 4));
-    for (int i = 0; i < 1000 && x.inlen < 4; i++) BT_OK(braid_loop_run_once(loop, 0));
+    BT_RUN_UNTIL(loop, x.inlen >= 4, 1000);
     BT_EQ(x.inlen, 4);
     braid_transport_abort(x.base.transport);
-    for (int i = 0; i < 1000 && !(x.lost && y.lost); i++) BT_OK(braid_loop_run_once(loop, 0));
+    BT_RUN_UNTIL(loop, x.lost && y.lost, 1000);
     BT_ERR(x.lost_code, BRAID_ECONNECTION_LOST);
     bt_loop_destroy(loop);
 }
@@ -725,7 +725,7 @@ BT_IO_TEST(accept_in_batches_with_budget) {
     for (int i = 0; i < N; i++) cl[i] = bt_connect_tcp(port, 0);
     BT_OK(braid_loop_run_once(loop, 0));
     BT_EQ(braid_listener_accepted(l), 8);
-    for (int i = 0; i < 20 && braid_listener_accepted(l) < N; i++) BT_OK(braid_loop_run_once(loop, 0));
+    BT_RUN_UNTIL(loop, braid_listener_accepted(l) >= N, 20);
     BT_EQ(braid_listener_accepted(l), N);
     for (int i = 0; i < N; i++) close(cl[i]);
     int lost = 0;
@@ -921,7 +921,7 @@ BT_IO_TEST(small_writes_in_one_iteration_leave_in_one_syscall) {
     BT_TRUE(memcmp(buf, "q1;q2;q3;", 9) == 0);
     BT_EQ(recv(sv[1], buf, sizeof buf, MSG_DONTWAIT), -1);
     braid_transport_abort(t);
-    for (int i = 0; i < 100 && !x.lost; i++) BT_OK(braid_loop_run_once(loop, BRAID_RUN_NOWAIT));
+    BT_RUN_UNTIL_NOWAIT(loop, x.lost, 100);
     BT_EQ(x.lost, 1);
     close(sv[1]);
     bt_loop_destroy(loop);
@@ -972,7 +972,7 @@ BT_IO_TEST(stdio_child_speaks_through_pipes) {
     BT_OK(braid_transport_write(x.base.transport, "hello, ", 7));
     BT_OK(braid_transport_write(x.base.transport, "stdio", 5));
     BT_OK(braid_transport_shutdown_write(x.base.transport));     /* the child's stdin EOF */
-    for (int i = 0; i < 1000 && !x.lost; i++) BT_OK(braid_loop_run_once(loop, 0));
+    BT_RUN_UNTIL(loop, x.lost, 1000);
     BT_EQ(x.write_lost, 1);
     BT_EQ(x.read_lost, 1);                        /* the child closed its stdout */
     BT_ERR(x.lost_code, BRAID_ECONNECTION_DONE);
@@ -1007,11 +1007,11 @@ BT_IO_TEST(listen_on_adopted_socket) {
                       .host = "127.0.0.1", .port = braid_address_port(&a) }, &cf.f), &g);
     BT_FALSE(g.failed);
     BT_OK(braid_transport_write(g.p->transport, "adopted", 7));
-    for (int i = 0; i < 1000 && cpool[0].inlen < 7; i++) BT_OK(braid_loop_run_once(loop, 0));
+    BT_RUN_UNTIL(loop, cpool[0].inlen >= 7, 1000);
     BT_EQ(cpool[0].inlen, 7);
     BT_STREQ(braid_transport_kind(spool[0].base.transport), "tcp");
     braid_transport_lose_connection(g.p->transport);
-    for (int i = 0; i < 1000 && !(cpool[0].lost && spool[0].lost); i++) BT_OK(braid_loop_run_once(loop, 0));
+    BT_RUN_UNTIL(loop, cpool[0].lost && spool[0].lost, 1000);
     braid_listener_close(l);
     BT_TRUE(fcntl(s, F_GETFD) < 0);               /* the listener owned (and closed) it */
     bt_loop_destroy(loop);
@@ -1035,12 +1035,12 @@ BT_IO_TEST(connect_with_bind_address) {
     braid_address host;
     BT_OK(braid_transport_get_host(g.p->transport, &host));
     BT_EQ(braid_address_port(&host), src);
-    for (int i = 0; i < 1000 && !spool[0].made; i++) BT_OK(braid_loop_run_once(loop, 0));
+    BT_RUN_UNTIL(loop, spool[0].made, 1000);
     braid_address peer;
     BT_OK(braid_transport_get_peer(spool[0].base.transport, &peer));
     BT_EQ(braid_address_port(&peer), src);        /* the server sees our chosen port */
     braid_transport_lose_connection(g.p->transport);
-    for (int i = 0; i < 1000 && !(cpool[0].lost && spool[0].lost); i++) BT_OK(braid_loop_run_once(loop, 0));
+    BT_RUN_UNTIL(loop, cpool[0].lost && spool[0].lost, 1000);
     /* not a numeric address */
     braid_deferred *d = braid_tcp_connect(loop, &(braid_tcp_connect_options){
         .host = "127.0.0.1", .port = port, .bind_host = "nowhere" }, &cf.f);
@@ -1116,7 +1116,7 @@ BT_IO_TEST(tcp_pull_producer) {
     BT_OK(braid_transport_register_producer(pu.t, &pu.prod, false));
     BT_EQ(pu.chunks, 1);                          /* a pull producer produces once at once */
     BT_ERR(braid_transport_register_producer(pu.t, &pu.prod, false), BRAID_EBUSY);
-    for (int i = 0; i < 100000 && !(cpool[0].lost && spool[0].lost); i++) BT_OK(braid_loop_run_once(loop, 0));
+    BT_RUN_UNTIL(loop, cpool[0].lost && spool[0].lost, 100000);
     BT_EQ(pu.chunks, 64);
     BT_UEQ(spool[0].total_in, 64u * 32768);
     BT_ULE(pu.max_buffered, 16384 + 32768);       /* low watermark + one chunk */
@@ -1137,17 +1137,17 @@ BT_IO_TEST(unix_half_close_receiver_keeps_sending) {
     BT_OK(braid_stream_adopt(loop, sv[1], &y.base));
     BT_OK(braid_transport_write(y.base.transport, "bye", 3));
     BT_OK(braid_transport_shutdown_write(y.base.transport));
-    for (int i = 0; i < 1000 && !x.read_lost; i++) BT_OK(braid_loop_run_once(loop, 0));
+    BT_RUN_UNTIL(loop, x.read_lost, 1000);
     BT_EQ(x.read_lost, 1);
     BT_EQ(y.write_lost, 1);
     BT_EQ(x.lost + y.lost, 0);                    /* half open, not closed */
     BT_EQ(x.inlen, 3);
     BT_OK(braid_transport_write(x.base.transport, "still here", 10));
-    for (int i = 0; i < 1000 && y.inlen < 10; i++) BT_OK(braid_loop_run_once(loop, 0));
+    BT_RUN_UNTIL(loop, y.inlen >= 10, 1000);
     BT_EQ(y.inlen, 10);
     BT_TRUE(memcmp(y.in, "still here", 10) == 0);
     BT_OK(braid_transport_shutdown_write(x.base.transport));
-    for (int i = 0; i < 1000 && !(x.lost && y.lost); i++) BT_OK(braid_loop_run_once(loop, 0));
+    BT_RUN_UNTIL(loop, x.lost && y.lost, 1000);
     BT_EQ(y.read_lost, 1);
     BT_EQ(x.write_lost, 1);
     BT_ERR(x.lost_code, BRAID_ECONNECTION_DONE);
@@ -1170,14 +1170,14 @@ BT_IO_TEST(tcp_eof_while_paused_comes_after_the_data) {
     got g = { 0 };
     await_connect(loop, braid_tcp_connect(loop, &(braid_tcp_connect_options){
                       .host = "127.0.0.1", .port = port }, &cf.f), &g);
-    for (int i = 0; i < 1000 && !spool[0].made; i++) BT_OK(braid_loop_run_once(loop, 0));
+    BT_RUN_UNTIL(loop, spool[0].made, 1000);
     braid_transport *st = spool[0].base.transport;
     braid_transport_pause_reading(st);
     static char data[200000];
     for (size_t i = 0; i < sizeof data; i++) data[i] = (char)(i % 251);
     BT_OK(braid_transport_write(g.p->transport, data, sizeof data));
     braid_transport_lose_connection(g.p->transport);         /* FIN after the data */
-    for (int i = 0; i < 1000 && !cpool[0].lost; i++) BT_OK(braid_loop_run_once(loop, 0));
+    BT_RUN_UNTIL(loop, cpool[0].lost, 1000);
     for (int i = 0; i < 20; i++) BT_OK(braid_loop_run_once(loop, BRAID_RUN_NOWAIT));
     BT_EQ(spool[0].total_in, 0);
     BT_EQ(spool[0].read_lost, 0);
@@ -1192,7 +1192,7 @@ BT_IO_TEST(tcp_eof_while_paused_comes_after_the_data) {
     BT_UEQ(spool[0].total_in, sizeof data);                   /* all of it came before the EOF */
     BT_EQ(spool[0].pattern_errors, 0);
     braid_transport_lose_connection(st);
-    for (int i = 0; i < 1000 && !spool[0].lost; i++) BT_OK(braid_loop_run_once(loop, 0));
+    BT_RUN_UNTIL(loop, spool[0].lost, 1000);
     BT_ERR(spool[0].lost_code, BRAID_ECONNECTION_DONE);
     braid_listener_close(l);
     bt_loop_destroy(loop);
@@ -1272,7 +1272,7 @@ static void tcp_pair(braid_loop *loop, tfactory *sf, tfactory *cf, braid_listene
     await_connect(loop, braid_tcp_connect(loop, &(braid_tcp_connect_options){
                       .host = "127.0.0.1", .port = port }, &cf->f), &g);
     BT_FALSE(g.failed);
-    for (int i = 0; i < 1000 && !sf->pool[0].made; i++) BT_OK(braid_loop_run_once(loop, 0));
+    BT_RUN_UNTIL(loop, sf->pool[0].made, 1000);
     BT_EQ(sf->pool[0].made, 1);
     *st = sf->pool[0].base.transport;
     *ct = g.p->transport;
@@ -1312,7 +1312,7 @@ BT_IO_TEST(tcp_close_within_non_reading_peer_aborts_at_deadline) {
     BT_TRUE(strstr(spool[0].lost_msg, "close deadline passed") != NULL);
     /* the client, reading again, gets what was in the kernel and then the reset */
     braid_transport_resume_reading(ct);
-    for (int i = 0; i < 100000 && !cpool[0].lost; i++) BT_OK(braid_loop_run_once(loop, 0));
+    BT_RUN_UNTIL(loop, cpool[0].lost, 100000);
     BT_EQ(cpool[0].lost, 1);
     BT_ERR(cpool[0].lost_code, BRAID_ECONNRESET);
     BT_LT(cpool[0].total_in, total);
@@ -1343,7 +1343,7 @@ BT_IO_TEST(tcp_close_within_reading_peer_closes_cleanly) {
     BT_OK(braid_transport_write(st, big, total));
     free(big);
     braid_transport_close_within(st, BRAID_SECONDS(3));
-    for (int i = 0; i < 100000 && !(spool[0].lost && cpool[0].lost); i++) BT_OK(braid_loop_run_once(loop, 0));
+    BT_RUN_UNTIL(loop, spool[0].lost && cpool[0].lost, 100000);
     BT_ERR(spool[0].lost_code, BRAID_ECONNECTION_DONE);
     BT_ERR(cpool[0].lost_code, BRAID_ECONNECTION_DONE);
     BT_UEQ(cpool[0].total_in, total);
@@ -1378,7 +1378,7 @@ BT_IO_TEST(tls_close_within_bounds_the_lower_transport) {
     braid_listener_close(l);
     /* the handshake completes when the client has something to say */
     BT_OK(braid_transport_write(g.p->transport, "hi", 2));
-    for (int i = 0; i < 10000 && spool[0].total_in < 2; i++) BT_OK(braid_loop_run_once(loop, 0));
+    BT_RUN_UNTIL(loop, spool[0].total_in >= 2, 10000);
     BT_EQ(spool[0].total_in, 2);
     braid_transport *st = spool[0].base.transport;
     braid_transport_pause_reading(g.p->transport);
@@ -1407,7 +1407,7 @@ BT_IO_TEST(tls_close_within_bounds_the_lower_transport) {
     /* the lower transport was reset at the deadline: the client, reading
      * again, meets the reset before any close_notify */
     braid_transport_resume_reading(g.p->transport);
-    for (int i = 0; i < 100000 && !cpool[0].lost; i++) BT_OK(braid_loop_run_once(loop, 0));
+    BT_RUN_UNTIL(loop, cpool[0].lost, 100000);
     BT_EQ(cpool[0].lost, 1);
     BT_ERR(cpool[0].lost_code, BRAID_ECONNRESET);
     BT_EQ(braid_loop_run(loop), 0);
@@ -1538,7 +1538,7 @@ static void bc_open(braid_loop *loop, bc_world *w, braid_factory *sf, tfactory *
     sf->user = w;
     w->l = bt_listen_tcp(loop, sf, &w->port);
     w->src = bt_connect_tcp(w->port, BT_CONNECT_NONBLOCK);
-    for (int i = 0; i < 1000 && w->accepted < 1; i++) BT_OK(braid_loop_run_once(loop, 0));
+    BT_RUN_UNTIL(loop, w->accepted >= 1, 1000);
     tf_init(cf, w->cpool, nr, &tp_ops);
     for (int i = 0; i < nr; i++) {
         w->cpool[i].check_pattern = true;
@@ -1547,7 +1547,7 @@ static void bc_open(braid_loop *loop, bc_world *w, braid_factory *sf, tfactory *
                           .host = "127.0.0.1", .port = w->port }, &cf->f), &g);
         BT_FALSE(g.failed);
     }
-    for (int i = 0; i < 1000 && w->accepted < 1 + nr; i++) BT_OK(braid_loop_run_once(loop, 0));
+    BT_RUN_UNTIL(loop, w->accepted >= 1 + nr, 1000);
     BT_EQ(w->accepted, 1 + nr);
     for (int i = 0; i < nr; i++) bc_add(&w->b, w->rpool[i].base.transport, cap);
 }
@@ -1613,7 +1613,7 @@ BT_IO_TEST(broadcast_slow_consumer_recipe) {
     w.cpool[1].check_pattern = false;              /* it will miss what was dropped */
     const size_t total = 8u << 20;
     bc_feed(loop, &w, total);
-    for (int i = 0; i < 200000 && w.cpool[0].total_in < total; i++) BT_OK(braid_loop_run_once(loop, BRAID_RUN_NOWAIT));
+    BT_RUN_UNTIL_NOWAIT(loop, w.cpool[0].total_in >= total, 200000);
     BT_UEQ(w.cpool[0].total_in, total);
     BT_EQ(w.cpool[0].pattern_errors, 0);
     BT_EQ(w.rpool[1].lost, 0);                     /* under its cap */
@@ -1624,7 +1624,7 @@ BT_IO_TEST(broadcast_slow_consumer_recipe) {
     BT_EQ(w.b.r[0].dropped, 0);
     /* it reads again: the buffer drains, the low-watermark callback clears it */
     braid_transport_resume_reading(slow_reader);
-    for (int i = 0; i < 100000 && w.b.r[1].slow; i++) BT_OK(braid_loop_run_once(loop, BRAID_RUN_NOWAIT));
+    BT_RUN_UNTIL_NOWAIT(loop, !w.b.r[1].slow, 100000);
     BT_FALSE(w.b.r[1].slow);
     BT_GE(w.b.r[1].crossings_low, 1);
     for (int i = 0; i < 100000 && w.cpool[1].total_in + w.b.r[1].dropped < total; i++)

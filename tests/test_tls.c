@@ -468,7 +468,7 @@ BT_IO_TEST(tcp_tls_echo_resume_and_bad_client) {
     BT_FALSE(g.failed);
     BT_TRUE(g.p == &c[0].base);
     BT_OK(braid_transport_write(g.p->transport, "over tcp", 8));
-    for (int i = 0; i < 2000 && c[0].inlen < 8; i++) BT_OK(braid_loop_run_once(loop, 0));
+    BT_RUN_UNTIL(loop, c[0].inlen >= 8, 2000);
     BT_EQ(c[0].inlen, 8);
     BT_EQ(c[0].handshakes, 1);
     BT_STREQ(c[0].alpn, "h2");
@@ -504,7 +504,7 @@ BT_IO_TEST(tcp_tls_echo_resume_and_bad_client) {
     braid_deferred_release(d);
     bt_run_until(loop, &g2.done, 1000);
     BT_OK(braid_transport_write(g2.p->transport, "again", 5));
-    for (int i = 0; i < 2000 && c[1].inlen < 5; i++) BT_OK(braid_loop_run_once(loop, 0));
+    BT_RUN_UNTIL(loop, c[1].inlen >= 5, 2000);
     BT_EQ(c[1].inlen, 5);
     BT_TRUE(c[1].reused);
     BT_TRUE(s[2].reused);
@@ -551,7 +551,7 @@ static void tls_over_fds(bool pipes) {
     static char big[100000];
     for (size_t i = 0; i < sizeof big; i++) big[i] = (char)(i * 13);
     BT_OK(braid_transport_write(c[0].base.transport, big, sizeof big));
-    for (int i = 0; i < 5000 && c[0].total_in < sizeof big; i++) BT_OK(braid_loop_run_once(loop, 0));
+    BT_RUN_UNTIL(loop, c[0].total_in >= sizeof big, 5000);
     BT_EQ(c[0].total_in, sizeof big);
     BT_TRUE(!memcmp(c[0].in, big, sizeof c[0].in));
     braid_transport_lose_connection(c[0].base.transport);
@@ -713,7 +713,7 @@ BT_IO_TEST(endpoint_strings_over_tcp) {
     BT_FALSE(g.failed);
     BT_TRUE(g.p == &c[0].base);
     BT_OK(braid_transport_write(g.p->transport, "endpoint", 8));
-    for (int i = 0; i < 2000 && c[0].inlen < 8; i++) BT_OK(braid_loop_run_once(loop, 0));
+    BT_RUN_UNTIL(loop, c[0].inlen >= 8, 2000);
     BT_EQ(c[0].inlen, 8);
     BT_STREQ(braid_tls_transport_info(g.p->transport)->alpn, "h2");
     braid_transport_lose_connection(g.p->transport);
@@ -729,7 +729,7 @@ BT_IO_TEST(endpoint_strings_over_tcp) {
     bt_run_until(loop, &g2.done, 2000);
     BT_FALSE(g2.failed);
     BT_OK(braid_transport_write(g2.p->transport, "ip", 2));
-    for (int i = 0; i < 2000 && c[1].inlen < 2; i++) BT_OK(braid_loop_run_once(loop, 0));
+    BT_RUN_UNTIL(loop, c[1].inlen >= 2, 2000);
     BT_EQ(c[1].inlen, 2);
     braid_transport_lose_connection(g2.p->transport);
     BT_RUN_UNTIL(loop, c[1].lost && s[1].lost, 3000);
@@ -869,7 +869,7 @@ BT_IO_TEST(bad_input_over_tcp_fails_one_connection) {
     one_init(&of, &rc1.base);
     plain_connect(loop, port, &of.f);
     bt_run_until(loop, &rc1.hs, 2000);
-    for (int i = 0; i < 2000 && !s[1].made; i++) BT_OK(braid_loop_run_once(loop, 0));
+    BT_RUN_UNTIL(loop, s[1].made, 2000);
     SSL *ssl = braid_tls_engine_ssl(rc1.e);
     SSL_clear_options(ssl, SSL_OP_NO_RENEGOTIATION);
     BT_EQ(SSL_renegotiate(ssl), 1);
@@ -893,7 +893,7 @@ BT_IO_TEST(bad_input_over_tcp_fails_one_connection) {
     bt_run_until(loop, &g.done, 1000);
     BT_FALSE(g.failed);
     BT_OK(braid_transport_write(g.p->transport, "still here", 10));
-    for (int i = 0; i < 2000 && c[0].inlen < 10; i++) BT_OK(braid_loop_run_once(loop, 0));
+    BT_RUN_UNTIL(loop, c[0].inlen >= 10, 2000);
     BT_EQ(c[0].inlen, 10);
     braid_transport_lose_connection(g.p->transport);
     BT_RUN_UNTIL(loop, c[0].lost && s[2].lost, 3000);
@@ -1002,7 +1002,7 @@ BT_IO_TEST(one_byte_writes_over_tcp_make_few_records) {
     braid_deferred_release(d);
     bt_run_until(loop, &g.done, 1000);
     BT_FALSE(g.failed);
-    for (int i = 0; i < 3000 && rs.plain < 3000; i++) BT_OK(braid_loop_run_once(loop, 0));
+    BT_RUN_UNTIL(loop, rs.plain >= 3000, 3000);
     BT_EQ(rs.plain, 3000);
     BT_EQ(rs.rc, 0);
     BT_STREQ(braid_tls_engine_info(rs.e)->version, "TLSv1.2");
@@ -1125,7 +1125,7 @@ BT_IO_TEST(starttls_over_tcp) {
     braid_protocol *cp = plain_connect(loop, port, &cf.f);
     BT_TRUE(cp == &c.base);
     BT_OK(braid_transport_write(c.base.transport, "STARTTLS\n", 9));
-    for (int i = 0; i < 3000 && c.inlen < 6; i++) BT_OK(braid_loop_run_once(loop, 0));
+    BT_RUN_UNTIL(loop, c.inlen >= 6, 3000);
     BT_EQ(c.handshakes, 1);
     BT_EQ(s.handshakes, 1);
     BT_TRUE(braid_transport_is_tls(c.base.transport));

@@ -5,6 +5,7 @@
  * (test_loop.c) also run on it through BT_IO_TEST. */
 // ctest-labels: uring
 #include "harness.h"
+#include "support/run.h"
 #include "support/net.h"
 #include "support/walk.h"
 #include <fcntl.h>
@@ -352,7 +353,7 @@ BT_TEST(ended_multishot_poll_is_rearmed) {
     BT_FALSE(braid__completion_op_active(&op));
     BT_EQ(h.reads, 0);
     BT_EQ(write(sv[1], "x", 1), 1);
-    for (int i = 0; i < 3 && !h.reads; i++) BT_OK(braid_loop_run_once(loop, 0));
+    BT_RUN_UNTIL(loop, h.reads, 3);
     BT_EQ(h.reads, 1);
     braid_watch_close(&w);
     close(sv[0]); close(sv[1]);
@@ -378,7 +379,7 @@ BT_TEST(polls_survive_the_thread_that_armed_them) {
     BT_EQ(pthread_create(&th, NULL, run_once_thread, loop), 0);   /* arms, then exits */
     BT_EQ(pthread_join(th, NULL), 0);
     BT_EQ(write(sv[1], "x", 1), 1);
-    for (int i = 0; i < 3 && !h.reads; i++) BT_OK(braid_loop_run_once(loop, 0));
+    BT_RUN_UNTIL(loop, h.reads, 3);
     BT_EQ(h.reads, 1);
     BT_EQ(write(sv[1], "y", 1), 1);
     BT_OK(braid_loop_run_once(loop, 0));
@@ -558,7 +559,7 @@ BT_TEST(multishot_recv_with_buffer_ring) {
     char big[100];
     memset(big, 'z', sizeof big);
     BT_EQ(write(sv[1], big, sizeof big), (ssize_t)sizeof big);
-    for (int i = 0; i < 10 && !r.finals; i++) BT_OK(braid_loop_run_once(loop, 0));
+    BT_RUN_UNTIL(loop, r.finals, 10);
     BT_EQ(r.finals, 1);
     BT_EQ(r.last_res, -ENOBUFS);
     BT_EQ(r.len, 64);                          /* four full buffers */
@@ -567,10 +568,10 @@ BT_TEST(multishot_recv_with_buffer_ring) {
     for (unsigned bid = 0; bid < 4; bid++) braid__completion_bufs_recycle(r.bufs, bid);
     r.recycle = 1;
     BT_OK(braid__completion_recv_multishot(loop, &op, sv[0], r.bufs));
-    for (int i = 0; i < 10 && r.len < sizeof big; i++) BT_OK(braid_loop_run_once(loop, 0));
+    BT_RUN_UNTIL(loop, r.len >= sizeof big, 10);
     BT_EQ(r.len, sizeof big);
     close(sv[1]);
-    for (int i = 0; i < 10 && r.finals < 2; i++) BT_OK(braid_loop_run_once(loop, 0));
+    BT_RUN_UNTIL(loop, r.finals >= 2, 10);
     BT_EQ(r.finals, 2);
     BT_EQ(r.last_res, 0);                      /* EOF */
     braid__completion_bufs_free(r.bufs);
@@ -764,7 +765,7 @@ BT_TEST(incremental_ring_shares_one_buffer) {
     for (int k = 0; k < 3; k++) {
         memset(big, 'a' + k, sizeof big);
         BT_EQ(write(sv[0][1], big, sizeof big), (ssize_t)sizeof big);
-        for (int j = 0; j < 10 && r.len[0] < 200 + (size_t)(k + 1) * sizeof big; j++) BT_OK(braid_loop_run_once(loop, 0));
+        BT_RUN_UNTIL(loop, r.len[0] >= 200 + (size_t)(k + 1) * sizeof big, 10);
     }
     BT_EQ(r.len[0], 200 + 3 * sizeof big);
     for (int k = 0; k < 3; k++)
@@ -822,24 +823,24 @@ BT_TEST(ring_grows_and_pins_hold_buffers) {
     char big[200];
     memset(big, 'q', sizeof big);
     BT_EQ(write(sv[1], big, 128), 128);
-    for (int i = 0; i < 10 && r.len < 128; i++) BT_OK(braid_loop_run_once(loop, 0));
+    BT_RUN_UNTIL(loop, r.len >= 128, 10);
     BT_EQ(r.len, 128);
     for (unsigned bid = 0; bid < 8; bid++)   /* consumed: 0 stays out (pinned twice) */
         braid__completion_bufs_consumed(r.bufs, IORING_CQE_F_BUFFER | (bid << IORING_CQE_BUFFER_SHIFT), 16);
     r.len = 0;
     BT_EQ(write(sv[1], big, sizeof big), (ssize_t)sizeof big);
-    for (int i = 0; i < 10 && !r.finals; i++) BT_OK(braid_loop_run_once(loop, 0));
+    BT_RUN_UNTIL(loop, r.finals, 10);
     BT_EQ(r.finals, 1);
     BT_EQ(r.len, 7 * 16);
     BT_EQ(r.last_res, -ENOBUFS);
     braid__completion_bufs_unpin(r.bufs, 0);            /* still pinned once */
     BT_FALSE(braid__completion_op_active(&op));
     BT_OK(braid__completion_recv_multishot(loop, &op, sv[0], r.bufs));
-    for (int i = 0; i < 10 && r.finals < 2; i++) BT_OK(braid_loop_run_once(loop, 0));
+    BT_RUN_UNTIL(loop, r.finals >= 2, 10);
     BT_EQ(r.len, 7 * 16);                          /* nothing: no buffer */
     braid__completion_bufs_unpin(r.bufs, 0);            /* now it is back */
     BT_OK(braid__completion_recv_multishot(loop, &op, sv[0], r.bufs));
-    for (int i = 0; i < 10 && r.finals < 3; i++) BT_OK(braid_loop_run_once(loop, 0));
+    BT_RUN_UNTIL(loop, r.finals >= 3, 10);
     BT_EQ(r.len, 8 * 16);
     BT_EQ(r.last_res, -ENOBUFS);
     BT_FALSE(braid__completion_op_active(&op));
