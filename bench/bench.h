@@ -209,9 +209,12 @@ bool bench_unit_higher_is_better(const char *unit);
  *
  *     int port = 0;
  *     const char *backend = "epoll";
+ *     int procs = 1;
  *     const bench_opt opts[] = {
- *         { .name = "--port", .kind = BENCH_OPT_INT, .value = &port, .metavar = "P", .help = "port to listen on", .required = true },
- *         { .name = "--backend", .kind = BENCH_OPT_STR, .value = &backend, .metavar = "B", .help = "braid backend", .choices = "select|poll|epoll|uring" },
+ *         BENCH_SERVE_PORT(&port),            // --port P, required
+ *         BENCH_SERVE_BACKEND(&backend),      // --backend B, one of braid's
+ *         { .name = "--processes", .kind = BENCH_OPT_INT, .value = &procs, .metavar = "N",
+ *           .help = "processes" },
  *         { 0 } };
  *     int rc;
  *     if (!bench_serve_args("http", argc, argv, opts, &rc)) return rc;
@@ -233,6 +236,14 @@ typedef struct bench_opt {
     const char *choices;  /* BENCH_OPT_STR: "a|b|c", the only values accepted (NULL: any) */
     bool required;
 } bench_opt;
+/* The options most serve modes share: a required port, a braid backend,
+ * a time limit in seconds (double; 0: until stopped). */
+#define BENCH_SERVE_PORT(p) { .name = "--port", .kind = BENCH_OPT_INT, .value = (p), .metavar = "P", \
+                            .help = "port to listen on", .required = true }
+#define BENCH_SERVE_BACKEND(b) { .name = "--backend", .kind = BENCH_OPT_STR, .value = (b), .metavar = "B", \
+                               .help = "braid backend", .choices = "select|poll|epoll|uring|io_uring" }
+#define BENCH_SERVE_SECONDS(s) { .name = "--seconds", .kind = BENCH_OPT_DOUBLE, .value = (s), .metavar = "S", \
+                               .help = "serve at most S seconds (0: until stopped)" }
 /* true: go on serving; false: stop with *exit_code (usage or error printed). */
 bool bench_serve_args(const char *experiment, int argc, char **argv, const bench_opt *opts, int *exit_code);
 /* The usage made from the table. */

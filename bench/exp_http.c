@@ -83,14 +83,11 @@ static int serve(int argc, char **argv) {
     const char *backend = "epoll";
     double seconds = 0;
     const bench_opt opts[] = {
-        { .name = "--port", .kind = BENCH_OPT_INT, .value = &port, .metavar = "P",
-          .help = "port to listen on", .required = true },
+        BENCH_SERVE_PORT(&port),
         { .name = "--processes", .kind = BENCH_OPT_INT, .value = &procs, .metavar = "N",
           .help = "processes, each with its own SO_REUSEPORT listener (max 64)" },
-        { .name = "--backend", .kind = BENCH_OPT_STR, .value = &backend, .metavar = "B",
-          .help = "braid backend", .choices = "select|poll|epoll|uring|io_uring" },
-        { .name = "--seconds", .kind = BENCH_OPT_DOUBLE, .value = &seconds, .metavar = "S",
-          .help = "serve at most S seconds (0: until stopped)" },
+        BENCH_SERVE_BACKEND(&backend),
+        BENCH_SERVE_SECONDS(&seconds),
         { 0 } };
     int rc;
     if (!bench_serve_args("http", argc, argv, opts, &rc)) return rc;

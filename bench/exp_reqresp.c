@@ -100,12 +100,9 @@ static int serve(int argc, char **argv) {
     double seconds = 0;
     const char *mode_name = "reqresp";
     const bench_opt opts[] = {
-        { .name = "--port", .kind = BENCH_OPT_INT, .value = &port, .metavar = "P",
-          .help = "port to listen on", .required = true },
-        { .name = "--backend", .kind = BENCH_OPT_STR, .value = &backend, .metavar = "B",
-          .help = "braid backend", .choices = "select|poll|epoll|uring|io_uring" },
-        { .name = "--seconds", .kind = BENCH_OPT_DOUBLE, .value = &seconds, .metavar = "S",
-          .help = "serve at most S seconds (0: until stopped)" },
+        BENCH_SERVE_PORT(&port),
+        BENCH_SERVE_BACKEND(&backend),
+        BENCH_SERVE_SECONDS(&seconds),
         { .name = "--impl", .kind = BENCH_OPT_STR, .value = &impl, .metavar = "NAME",
           .help = "server", .choices = "braid|epoll|libuv|libevent|fiber" },
         { .name = "--mode", .kind = BENCH_OPT_STR, .value = &mode_name, .metavar = "M",

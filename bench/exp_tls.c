@@ -147,16 +147,13 @@ static int serve(int argc, char **argv) {
     const char *backend = "epoll", *cert = NULL, *key = NULL;
     double seconds = 0;
     const bench_opt opts[] = {
-        { .name = "--port", .kind = BENCH_OPT_INT, .value = &port, .metavar = "P",
-          .help = "port to listen on", .required = true },
+        BENCH_SERVE_PORT(&port),
         { .name = "--cert", .kind = BENCH_OPT_STR, .value = &cert, .metavar = "CERT.pem",
           .help = "server certificate", .required = true },
         { .name = "--key", .kind = BENCH_OPT_STR, .value = &key, .metavar = "KEY.pem",
           .help = "its private key", .required = true },
-        { .name = "--backend", .kind = BENCH_OPT_STR, .value = &backend, .metavar = "B",
-          .help = "braid backend", .choices = "select|poll|epoll|uring|io_uring" },
-        { .name = "--seconds", .kind = BENCH_OPT_DOUBLE, .value = &seconds, .metavar = "S",
-          .help = "serve at most S seconds (0: until stopped)" },
+        BENCH_SERVE_BACKEND(&backend),
+        BENCH_SERVE_SECONDS(&seconds),
         { 0 } };
     int rc;
     if (!bench_serve_args("tls", argc, argv, opts, &rc)) return rc;
