@@ -37,6 +37,7 @@
 #define BRAID_HTTP_H
 
 #include <braid/common.h>
+#include <braid/context.h>
 #include <braid/protocol.h>
 #include <sys/types.h>
 #include <time.h>
@@ -297,6 +298,15 @@ typedef struct braid_http_request {
 /* A handler: answer synchronously and return NULL, or return a Deferred of a
  * braid_http_response * (see above). */
 typedef braid_deferred *(*braid_http_handler)(braid_http_request *req, void *arg);
+
+/* A handler runs in the context current when the server was made, plus
+ * this key = the request (<braid/context.h>); so does everything it
+ * schedules (callbacks, timers, pool jobs, fibers). Read it anywhere below
+ * the handler with braid_ctx_get_ptr(&braid_http_request_key). Borrowed,
+ * like the handler's req argument: valid until the request is answered. If
+ * the context cannot be made (no memory), the request gets a 500 and the
+ * handler is not called. */
+BRAID_API extern const braid_ctx_key braid_http_request_key;
 
 typedef struct braid_http_server_options {
     uint64_t header_timeout_ns;   /* 0 = 10 s */

@@ -172,20 +172,24 @@ typedef void (*braid_call_fn)(void *arg);
 BRAID_API int braid_loop_post(braid_loop *loop, braid_call_fn fn, void *arg);
 
 /* Allocation-free post with caller storage: the node must stay valid until
- * fn runs; fn may free or reuse it. */
+ * fn runs; fn may free or reuse it. Both kinds of post run fn in the
+ * posting thread's current context (<braid/context.h>), captured here. */
 typedef struct braid_post {
     struct braid_post *next;
     braid_call_fn fn;
     void *arg;
+    struct braid_ctx *ctx;        /* private: the captured context */
 } braid_post;
 BRAID_API void braid_loop_post_node(braid_loop *loop, braid_post *node);
 
 /* Loop thread only: run fn(arg) in this or the next iteration's ready phase,
- * in FIFO order. Caller-storage variant below; braid_loop_soon allocates. */
+ * in FIFO order, in the context current when it was queued. Caller-storage
+ * variant below; braid_loop_soon allocates. */
 typedef struct braid_soon {
     struct braid_soon *next;
     braid_call_fn fn;
     void *arg;
+    struct braid_ctx *ctx;        /* private: the captured context */
 } braid_soon;
 BRAID_API int braid_loop_soon(braid_loop *loop, braid_call_fn fn, void *arg);
 BRAID_API void braid_loop_soon_node(braid_loop *loop, braid_soon *node);

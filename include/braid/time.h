@@ -80,10 +80,12 @@ struct braid_timer {          /* caller storage; fields are private */
     uint64_t seq;             /* start order, breaks deadline ties */
     uint32_t heap_index;      /* UINT32_MAX when not in the heap */
     unsigned flags;
+    struct braid_ctx *ctx;    /* the context captured by start, restored for cb */
 };
 
 BRAID_API void braid_timer_init(braid_loop *loop, braid_timer *t, braid_timer_cb cb, void *arg);
-/* Arm to fire delay_ns from now (a running timer is moved: this is reset). */
+/* Arm to fire delay_ns from now (a running timer is moved: this is reset).
+ * cb runs in the context current at the (last) start (<braid/context.h>). */
 BRAID_API int braid_timer_start(braid_timer *t, uint64_t delay_ns);
 /* Arm to fire at an absolute time on the loop's clock. */
 BRAID_API int braid_timer_start_at(braid_timer *t, uint64_t deadline_ns);

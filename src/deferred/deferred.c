@@ -230,6 +230,7 @@ static inline int push_slot(braid_deferred *d, braid_callback cb, braid_callback
     s->cb = cb;
     s->eb = eb;
     s->arg = arg;
+    s->ctx = braid__ctx_capture();
     d->ncb = i + 1;
     return 0;
 }
@@ -286,6 +287,7 @@ static void abandon_callbacks(braid_deferred *d) {
     uint32_t n = d->ncb - d->pos;
     for (uint32_t i = d->pos; i < d->ncb; i++) {
         braid__cbslot *s = slot_at(d, i);
+        braid__ctx_release(s->ctx);
         if (s->cb == timeout_done) {
             dtimeout *to = s->arg;
             braid_timer_stop(&to->timer);
@@ -423,11 +425,18 @@ static void run(braid_deferred *d) {
             BRAID__ASSERT(d->pos < d->ncb && d->ncb <= BRAID__DEFERRED_INLINE + d->spill_cap);
             braid__cbslot *s = slot_at(d, d->pos++);
             braid_callback fn = d->result.failure ? s->eb : s->cb;
-            if (!fn) continue;
-            void *arg = s->arg;   /* s may move if fn adds callbacks */
+            braid_ctx *cx = s->ctx;   /* s may move if fn adds callbacks */
+            if (!fn) {
+                braid__ctx_release(cx);
+                continue;
+            }
+            void *arg = s->arg;
             braid_result r = d->result;
             d->result = no_result;
+            braid_ctx *prev = braid__ctx_swap(cx);   /* the context it was added in */
             d->result = fn(r, arg);
+            braid__ctx_swap(prev);
+            braid__ctx_release(cx);
         }
         d->flags &= ~BRAID__D_RUNNING;
         /* Fired once, and a result is one thing: a value, a failure or the

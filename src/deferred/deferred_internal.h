@@ -9,8 +9,8 @@
 static const char braid__log_ns[] = "deferred";
 
 /* Callbacks stored inline before spilling to a heap array. Three covers the
- * common "callback + errback + timeout" shapes; the struct stays at 168
- * bytes (under three cache lines). */
+ * common "callback + errback + timeout" shapes; the struct stays at 192
+ * bytes (three cache lines). */
 #define BRAID__DEFERRED_INLINE 3
 /* A spill array up to this many slots stays attached when a Deferred goes
  * back to the free list, so a loop that keeps adding a handful of callbacks
@@ -22,6 +22,7 @@ static const char braid__log_ns[] = "deferred";
 typedef struct braid__cbslot {
     braid_callback cb, eb;
     void *arg;
+    braid_ctx *ctx;                  /* captured when added, current while it runs */
 } braid__cbslot;
 
 enum {
@@ -55,7 +56,7 @@ struct braid_deferred {
 /* Per-loop state of Deferreds (under the deferred module's loop key). */
 /* Debug builds (BRAID_DEBUG): freed Deferreds wait in a FIFO quarantine and
  * are reused only after this many more have been freed on the loop (at most
- * this many plus a free list's 4,096, 168 bytes each, are held: 3.3 MiB). */
+ * this many plus a free list's 4,096, 192 bytes each, are held: 3.75 MiB). */
 #define BRAID__DEFERRED_QUARANTINE 16384
 
 typedef struct braid__dpool {

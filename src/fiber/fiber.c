@@ -185,7 +185,10 @@ static void finish(braid_fiber *f) {
 #ifdef BRAID__FIBER_TSAN
     __tsan_destroy_fiber(f->tsan_fiber);
 #endif
+    braid_ctx *cx = f->ctx;
+    f->ctx = f->ctx_cur = NULL;
     braid__fiber_stack_put(st, f);   /* first: the callbacks below may spawn */
+    braid__ctx_release(cx);
     if (d) braid_deferred_fire(d, r);
     else braid_result_drop(r);       /* cancelled: nobody wants it */
 }
@@ -204,7 +207,10 @@ static void run_fiber(void *arg) {
     braid_fiber *prev = st->current;
     st->current = f;
     braid__fiber_set_running(f);
+    /* The fiber has a current context of its own, kept across suspensions. */
+    braid_ctx *loop_ctx = braid__ctx_swap(f->ctx_cur);
     switch_in(f);
+    f->ctx_cur = braid__ctx_swap(loop_ctx);
     st->current = prev;
     braid__fiber_set_running(prev);
     if (f->state == BRAID__F_DONE) finish(f);
@@ -280,6 +286,7 @@ braid_deferred *braid_fiber_spawn(braid_loop *loop, braid_fiber_fn fn, void *arg
     f->result = no_result;
     f->soon.fn = run_fiber;
     f->soon.arg = f;
+    f->ctx = f->ctx_cur = braid__ctx_capture();
     braid_timer_init(loop, &f->timer, sleep_done, f);
     const char *name = opts && opts->name ? opts->name : "fiber";
     size_t n = strnlen(name, sizeof f->name - 1);
@@ -299,6 +306,8 @@ braid_deferred *braid_fiber_spawn(braid_loop *loop, braid_fiber_fn fn, void *arg
 #else
     if (ctx_init(f) < 0) {
         /* getcontext cannot really fail; fail the Deferred if it does. */
+        braid__ctx_release(f->ctx);
+        f->ctx = f->ctx_cur = NULL;
         braid__fiber_stack_put(st, f);
         braid_deferred_errback(d, braid_failure_new(BRAID_ENOSYS, "getcontext failed"));
         return d;

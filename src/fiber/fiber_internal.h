@@ -71,6 +71,8 @@ struct braid_fiber {
     braid_deferred *awaiting;    /* while BRAID__F_AWAIT (we hold its consumer reference) */
     braid_result result;         /* await's result in transit, then fn's */
     braid_soon soon;             /* resume node for the ready phase */
+    braid_ctx *ctx;              /* the spawner's context (a reference), until it ends */
+    braid_ctx *ctx_cur;          /* its current context while suspended (borrowed) */
     braid_timer timer;           /* braid_fiber_sleep */
     braid_fiber *prev, *next;    /* live list; next = pool link when pooled */
 

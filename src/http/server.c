@@ -522,6 +522,10 @@ static void fill_request(hs_conn *c, const braid_http_message *m) {
 
 static braid_result on_answer(braid_result r, void *arg);
 
+const braid_ctx_key braid_http_request_key =
+    BRAID_CTX_KEY_INIT("http.request", BRAID_CTX_PTR,
+                       "the braid_http_request * being handled (borrowed; valid until answered)");
+
 /* Run the route of the complete request in c->req. */
 static void dispatch(hs_conn *c) {
     braid_http_server *s = c->srv;
@@ -530,8 +534,14 @@ static void dispatch(hs_conn *c) {
         respond_miss(c, false);
         return;
     }
+    braid_ctx_scope scope;
+    if (braid_ctx_push_ptr(&scope, &braid_http_request_key, &c->req) < 0) {
+        respond_error(c, 500);
+        return;
+    }
     c->state = HS_HANDLER;
     braid_deferred *d = c->route->h(&c->req, c->route->arg);
+    braid_ctx_pop(&scope);
     if (d) {
         if (c->state != HS_HANDLER) {
             braid_log(s->loop, BRAID_LOG_ERROR, "http: handler answered and returned a Deferred; "

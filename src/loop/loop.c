@@ -534,6 +534,7 @@ void braid_loop_post_node(braid_loop *loop, braid_post *node) {
     BRAID__ASSERT(node && node->fn);
     braid_post *head = atomic_load_explicit(&loop->posted, memory_order_relaxed);
     BRAID__ASSERT(head != node);                    /* posted twice before it ran */
+    node->ctx = braid__ctx_capture();               /* the poster's, restored for fn */
     do {
         node->next = head;
     } while (!atomic_compare_exchange_weak_explicit(&loop->posted, &head, node,
@@ -585,7 +586,11 @@ static void run_posted(braid_loop *loop) {
     while (fifo) {
         braid_post *next = fifo->next;   /* fn may free or reuse its node */
         BRAID__ASSERT(fifo->fn != NULL && next != fifo);
+        braid_ctx *cx = fifo->ctx;
+        braid_ctx *prev = braid__ctx_swap(cx);
         fifo->fn(fifo->arg);
+        braid__ctx_swap(prev);
+        braid__ctx_release(cx);
         fifo = next;
     }
 }
@@ -603,6 +608,7 @@ void braid_loop_soon_node(braid_loop *loop, braid_soon *node) {
     BRAID__ASSERT(node->fn != NULL && node != loop->soon_tail);
     BRAID__ASSERT((loop->soon_head == NULL) == (loop->soon_tail == NULL));
     node->next = NULL;
+    node->ctx = braid__ctx_capture();
     if (loop->soon_tail) loop->soon_tail->next = node;
     else loop->soon_head = node;
     loop->soon_tail = node;
@@ -639,7 +645,11 @@ static void run_soon(braid_loop *loop) {
     loop->soon_head = loop->soon_tail = NULL;   /* new ones go to the next iteration */
     while (n) {
         braid_soon *next = n->next;
+        braid_ctx *cx = n->ctx;          /* fn may free or re-queue n */
+        braid_ctx *prev = braid__ctx_swap(cx);
         n->fn(n->arg);
+        braid__ctx_swap(prev);
+        braid__ctx_release(cx);
         n = next;
     }
 }

@@ -7,6 +7,7 @@
 #define BRAID_LOOP_MODULE_H
 
 #include "base/base.h"
+#include "context/capture.h"
 #include <braid/loop.h>
 #include <braid/time.h>
 

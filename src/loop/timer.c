@@ -104,6 +104,9 @@ int braid_timer_start_at(braid_timer *t, uint64_t deadline) {
     if (t->flags & BRAID__TIMER_ACTIVE) {
         t->deadline = deadline;
         t->seq = loop->timer_seq++;
+        braid_ctx *old = t->ctx;
+        t->ctx = braid__ctx_capture();
+        braid__ctx_release(old);
         size_t i = t->heap_index;
         BRAID__ASSERT(i < loop->heap_len && loop->heap[i] == t);
         if (i > 0 && before(t, loop->heap[(i - 1) / 4])) sift_up(loop->heap, i);
@@ -123,6 +126,7 @@ int braid_timer_start_at(braid_timer *t, uint64_t deadline) {
     }
     t->deadline = deadline;
     t->seq = loop->timer_seq++;
+    t->ctx = braid__ctx_capture();
     t->flags |= BRAID__TIMER_ACTIVE;
     if (timer_counts(t)) loop->timers_alive++;
     loop->heap[loop->heap_len] = t;
@@ -148,6 +152,9 @@ void braid_timer_stop(braid_timer *t) {
     if (timer_counts(t)) t->loop->timers_alive--;
     heap_remove(t->loop, t);
     t->flags &= ~BRAID__TIMER_ACTIVE;
+    braid_ctx *cx = t->ctx;
+    t->ctx = NULL;
+    braid__ctx_release(cx);
 }
 
 bool braid_timer_active(const braid_timer *t) { return t->flags & BRAID__TIMER_ACTIVE; }
@@ -178,7 +185,12 @@ void braid__timers_run(braid_loop *loop, uint64_t now) {
         braid_timer *t = loop->heap[0];
         BRAID__ASSERT(t->heap_index == 0);
         if (t->deadline > now || t->seq >= phase_seq) break;
+        /* The callback runs in the context captured by start; it may
+         * re-arm (capturing anew) or free t. */
+        braid_ctx *cx = t->ctx;
+        t->ctx = NULL;
         braid_timer_stop(t);
+        braid_ctx *prev = braid__ctx_swap(cx);
         if (t->flags & BRAID__TIMER_OWNED) {
             t->flags |= BRAID__TIMER_RUNNING;
             t->cb(t, t->arg);
@@ -188,6 +200,8 @@ void braid__timers_run(braid_loop *loop, uint64_t now) {
         } else {
             t->cb(t, t->arg);
         }
+        braid__ctx_swap(prev);
+        braid__ctx_release(cx);
     }
 }
 

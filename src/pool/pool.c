@@ -53,6 +53,7 @@ struct pool_job {
     braid_call_fn call;
     void *arg;
     void (*arg_free)(void *);    /* loop thread, once fn is done with arg (or never ran) */
+    braid_ctx *ctx;              /* the submitter's context, current while fn runs */
     braid_result result;
     uint64_t t_queued;
     _Atomic int state;           /* written under the pool lock */
@@ -208,6 +209,8 @@ static pool_job *job_get(braid_loop *loop) {
 }
 
 static void job_put(braid_loop *loop, pool_job *j) {
+    braid__ctx_release(j->ctx);
+    j->ctx = NULL;
     loop_state *st = braid__loop_data(loop, &loop_state_key);
     if (st->nfree >= JOB_CACHE_MAX) { braid_free(j); return; }
     j->next = st->free;
@@ -265,15 +268,21 @@ static void run_job(braid_pool *pool, pool_job *j) {
     uint64_t wait = t0 > j->t_queued ? t0 - j->t_queued : 0;
     unsigned cls = j->cls;
     if (j->loop) {
+        braid_ctx *prev = braid__ctx_swap(j->ctx);   /* the job's reference: released by job_put */
         j->result = j->fn(j->arg);
+        braid__ctx_swap(prev);
         uint64_t t1 = pool_now(pool);
         braid_loop_post_node(j->loop, &j->post);   /* j belongs to the loop now */
         t0 = t1 - t0;
     } else {
         braid_call_fn call = j->call;
         void *arg = j->arg;
+        braid_ctx *cx = j->ctx;
         braid_free(j);
+        braid_ctx *prev = braid__ctx_swap(cx);
         call(arg);
+        braid__ctx_swap(prev);
+        braid__ctx_release(cx);
         t0 = pool_now(pool) - t0;
     }
     pthread_mutex_lock(&pool->mu);
@@ -823,6 +832,7 @@ braid_deferred *braid_defer_to_pool_full(braid_loop *loop, braid_pool *pool, int
         if (arg_free) arg_free(arg);
         return braid_fail(loop, braid_failure_new(BRAID_ENOMEM, NULL));
     }
+    j->ctx = NULL;
     braid_deferred *d = braid_deferred_new_cancellable(loop, job_cancel, j);
     if (!d) {
         job_put(loop, j);
@@ -840,6 +850,7 @@ braid_deferred *braid_defer_to_pool_full(braid_loop *loop, braid_pool *pool, int
     j->arg_free = arg_free;
     j->dropped = false;
     j->spins = pool->loop_spin != 0;
+    j->ctx = braid__ctx_capture();
     int rc = submit(pool, j, cls);
     if (rc < 0) {
         job_put(loop, j);
@@ -870,8 +881,12 @@ int braid_call_in_pool_class(braid_pool *pool, int cls, braid_call_fn fn, void *
     j->pool = pool;
     j->call = fn;
     j->arg = arg;
+    j->ctx = braid__ctx_capture();
     int rc = submit(pool, j, cls);
-    if (rc < 0) braid_free(j);
+    if (rc < 0) {
+        braid__ctx_release(j->ctx);
+        braid_free(j);
+    }
     return rc;
 }
 
@@ -984,6 +999,7 @@ void braid_pool_shutdown(braid_pool *pool, braid_pool_mode mode) {
             j->result = braid_err(braid_failure_new(BRAID_ECANCELED, "pool %s shut down", pool->name));
             braid_loop_post_node(j->loop, &j->post);
         } else {
+            braid__ctx_release(j->ctx);
             braid_free(j);
         }
     }

@@ -1,0 +1,479 @@
+/* Execution context: typed keys, nested values, origins, and the context
+ * following work across every hop braid schedules — Deferred callbacks,
+ * timers and call_later, soon, post (from another thread), pool jobs, fiber
+ * spawn and await, HTTP handlers — one case per hop. Each hop case checks
+ * both directions: the work sees the context it was scheduled in, and not
+ * the one current where it happens to run.
+ */
+// ctest-labels: threads
+#include "harness.h"
+#include "support/run.h"
+#include "support/walk.h"
+#include <braid/context.h>
+#include <braid/deferred.h>
+#include <braid/fiber.h>
+#include <braid/http.h>
+#include <braid/pool.h>
+#include <braid/testing.h>
+#include <pthread.h>
+#include <stdatomic.h>
+
+static const braid_ctx_key USER = BRAID_CTX_KEY_INIT("test.user", BRAID_CTX_STR, "who asked");
+static const braid_ctx_key REQ_ID = BRAID_CTX_KEY_INIT("test.req", BRAID_CTX_U64, "a request number");
+static const braid_ctx_key TEMP = BRAID_CTX_KEY_INIT("test.temp", BRAID_CTX_F64, "a double");
+static const braid_ctx_key DEPTH = BRAID_CTX_KEY_INIT("test.depth", BRAID_CTX_I64, "an integer");
+
+static _Atomic int released;
+static void count_release(void *p) { (void)p; atomic_fetch_add(&released, 1); }
+static const braid_ctx_key OWNED = { "test.owned", BRAID_CTX_PTR, "an owned pointer", count_release };
+
+/* ---- the map itself -------------------------------------------------------------- */
+BT_TEST(with_nests_shadows_and_shares) {
+    braid_ctx *a, *b, *c;
+    BT_OK(braid_ctx_with_str(NULL, &USER, "alice", &a));
+    int line_a = __LINE__ - 1;
+    BT_OK(braid_ctx_with_u64(a, &REQ_ID, 7, &b));
+    BT_OK(braid_ctx_with_str(b, &USER, "bob", &c));   /* shadows alice in c only */
+    int line_c = __LINE__ - 1;
+    braid_ctx_value v;
+    BT_TRUE(braid_ctx_lookup(a, &USER, &v));
+    BT_STREQ(v.str, "alice");
+    BT_FALSE(braid_ctx_lookup(a, &REQ_ID, &v));
+    BT_TRUE(braid_ctx_lookup(b, &USER, &v));
+    BT_STREQ(v.str, "alice");
+    BT_TRUE(braid_ctx_lookup(c, &USER, &v));
+    BT_STREQ(v.str, "bob");
+    BT_TRUE(braid_ctx_lookup(c, &REQ_ID, &v));
+    BT_UEQ(v.u64, 7);
+    BT_EQ(braid_ctx_depth(c), 3);
+    BT_EQ(braid_ctx_depth(NULL), 0);
+    const char *file;
+    int line;
+    BT_TRUE(braid_ctx_origin(c, &USER, &file, &line));
+    BT_TRUE(strstr(file, "test_context.c") != NULL);
+    BT_EQ(line, line_c);
+    BT_TRUE(braid_ctx_origin(b, &USER, &file, &line));
+    BT_EQ(line, line_a);
+    BT_FALSE(braid_ctx_origin(a, &REQ_ID, &file, &line));
+    /* Dropping the parents' references keeps them alive inside c. */
+    braid_ctx_unref(a);
+    braid_ctx_unref(b);
+    BT_TRUE(braid_ctx_lookup(c, &USER, &v));
+    BT_STREQ(v.str, "bob");
+    braid_ctx_unref(c);
+}
+
+static bool collect(const braid_ctx_key *key, braid_ctx_value v, const char *file, int line, void *arg) {
+    (void)v; (void)file; (void)line;
+    char *out = arg;
+    strcat(out, key->name);
+    strcat(out, ";");
+    return true;
+}
+
+BT_TEST(visit_skips_shadowed_values) {
+    braid_ctx *a, *b, *c;
+    BT_OK(braid_ctx_with_str(NULL, &USER, "alice", &a));
+    BT_OK(braid_ctx_with_f64(a, &TEMP, 21.5, &b));
+    BT_OK(braid_ctx_with_str(b, &USER, "bob", &c));
+    char names[128] = "";
+    braid_ctx_visit(c, collect, names);
+    BT_STREQ(names, "test.user;test.temp;");
+    braid_ctx_unref(a);
+    braid_ctx_unref(b);
+    braid_ctx_unref(c);
+}
+
+BT_TEST(a_value_of_another_type_is_refused) {
+    braid_ctx *c = (braid_ctx *)0x1;
+    BT_ERR(braid_ctx_with_u64(NULL, &USER, 3, &c), BRAID_ECTX_TYPE);
+    BT_PTR_EQ(c, (braid_ctx *)0x1);                  /* untouched */
+    braid_ctx_scope s;
+    BT_ERR(braid_ctx_push_i64(&s, &REQ_ID, -1), BRAID_ECTX_TYPE);
+    BT_PTR_EQ(braid_ctx_current(), NULL);
+    BT_STREQ(braid_strerror(BRAID_ECTX_TYPE), "a context value of another type than its key's");
+}
+
+BT_TEST(push_pop_nest_and_restore) {
+    BT_PTR_EQ(braid_ctx_current(), NULL);
+    BT_EQ(braid_ctx_get_i64(&DEPTH, -1), -1);
+    braid_ctx_scope s1, s2;
+    BT_OK(braid_ctx_push_i64(&s1, &DEPTH, 1));
+    BT_EQ(braid_ctx_get_i64(&DEPTH, -1), 1);
+    BT_OK(braid_ctx_push_i64(&s2, &DEPTH, 2));
+    BT_EQ(braid_ctx_get_i64(&DEPTH, -1), 2);
+    BT_EQ(braid_ctx_depth(braid_ctx_current()), 2);
+    braid_ctx_pop(&s2);
+    BT_EQ(braid_ctx_get_i64(&DEPTH, -1), 1);
+    braid_ctx_pop(&s1);
+    BT_PTR_EQ(braid_ctx_current(), NULL);
+}
+
+BT_TEST(an_owned_pointer_is_released_with_the_last_reference) {
+    atomic_store(&released, 0);
+    static int thing;
+    braid_ctx *a, *b;
+    BT_OK(braid_ctx_with_ptr(NULL, &OWNED, &thing, &a));
+    BT_OK(braid_ctx_with_u64(a, &REQ_ID, 1, &b));
+    braid_ctx_unref(a);
+    BT_EQ(atomic_load(&released), 0);     /* b holds a */
+    BT_PTR_EQ(braid_ctx_current(), NULL);
+    braid_ctx_scope s;
+    braid_ctx_enter(&s, b);
+    braid_ctx_unref(b);                   /* the scope holds its own */
+    BT_PTR_EQ(braid_ctx_get_ptr(&OWNED), &thing);
+    braid_ctx_pop(&s);
+    BT_EQ(atomic_load(&released), 1);
+}
+
+/* ---- hop: Deferred callbacks ---------------------------------------------------------- */
+static const char *seen_user;
+static int seen_calls;
+static braid_result see_user(braid_result r, void *arg) {
+    (void)arg;
+    seen_user = braid_ctx_get_str(&USER);
+    seen_calls++;
+    return r;
+}
+
+BT_TEST(hop_deferred_callback_runs_in_the_context_it_was_added_in) {
+    braid_loop *loop = bt_loop_new(NULL);
+    braid_deferred *d1 = braid_deferred_new(loop), *d2 = braid_deferred_new(loop);
+    braid_ctx_scope s;
+    BT_OK(braid_ctx_push_str(&s, &USER, "alice"));
+    BT_OK(braid_deferred_add_callback(d1, see_user, NULL));
+    braid_ctx_pop(&s);
+    BT_OK(braid_deferred_add_callback(d2, see_user, NULL));   /* no context */
+    /* Fired from inside another context: the callbacks see their own. */
+    BT_OK(braid_ctx_push_str(&s, &USER, "mallory"));
+    BT_OK(braid_deferred_callback(d1, NULL, NULL));
+    BT_STREQ(seen_user, "alice");
+    BT_OK(braid_deferred_callback(d2, NULL, NULL));
+    BT_PTR_EQ(seen_user, NULL);
+    BT_STREQ(braid_ctx_get_str(&USER), "mallory");       /* the firer's, restored */
+    braid_ctx_pop(&s);
+    BT_EQ(seen_calls, 2);
+    braid_deferred_release(d1);
+    braid_deferred_release(d2);
+    bt_loop_destroy(loop);
+}
+
+BT_TEST(hop_deferred_callbacks_never_run_release_their_context) {
+    atomic_store(&released, 0);
+    static int thing;
+    braid_loop *loop = bt_loop_new(NULL);
+    braid_deferred *d = braid_deferred_new(loop);
+    braid_ctx_scope s;
+    BT_OK(braid_ctx_push_ptr(&s, &OWNED, &thing));
+    BT_OK(braid_deferred_add_callback(d, see_user, NULL));
+    braid_ctx_pop(&s);
+    BT_EQ(atomic_load(&released), 0);          /* the callback slot holds it */
+    braid_deferred_pause(d);
+    BT_OK(braid_deferred_callback(d, NULL, NULL));
+    braid_deferred_release(d);                 /* freed paused: the callback never runs */
+    BT_EQ(atomic_load(&released), 1);
+    bt_loop_destroy(loop);
+}
+
+/* ---- hop: timers and call_later -------------------------------------------------------- */
+static const char *timer_user;
+static uint64_t timer_req;
+static void on_timer(braid_timer *t, void *arg) {
+    (void)t; (void)arg;
+    timer_user = braid_ctx_get_str(&USER);
+}
+static void on_later(void *arg) {
+    (void)arg;
+    timer_req = braid_ctx_get_u64(&REQ_ID, 0);
+}
+
+BT_TEST(hop_timer_and_call_later_run_in_the_context_they_were_started_in) {
+    braid_fake_clock *clk = braid_fake_clock_new(0);
+    braid_loop *loop = bt_loop_new(braid_fake_clock_base(clk));
+    braid_timer t;
+    braid_timer_init(loop, &t, on_timer, NULL);
+    braid_ctx_scope s;
+    BT_OK(braid_ctx_push_str(&s, &USER, "alice"));
+    BT_OK(braid_timer_start(&t, BRAID_MSEC(10)));
+    braid_ctx_pop(&s);
+    BT_OK(braid_ctx_push_u64(&s, &REQ_ID, 42));
+    BT_TRUE(braid_call_later(loop, BRAID_MSEC(20), on_later, NULL) != NULL);
+    /* The loop runs them while something else is current on this thread. */
+    braid_ctx_scope other;
+    BT_OK(braid_ctx_push_str(&other, &USER, "mallory"));
+    bt_advance(loop, BRAID_MSEC(30));
+    BT_STREQ(timer_user, "alice");
+    BT_UEQ(timer_req, 42);
+    BT_STREQ(braid_ctx_get_str(&USER), "mallory");
+    braid_ctx_pop(&other);
+    braid_ctx_pop(&s);
+    /* Re-armed outside any context: the next firing sees none. */
+    BT_OK(braid_timer_start(&t, BRAID_MSEC(10)));
+    bt_advance(loop, BRAID_MSEC(10));
+    BT_PTR_EQ(timer_user, NULL);
+    bt_loop_destroy(loop);
+    braid_fake_clock_free(clk);
+}
+
+BT_TEST(hop_timer_stopped_releases_its_context) {
+    atomic_store(&released, 0);
+    static int thing;
+    braid_loop *loop = bt_loop_new(NULL);
+    braid_timer t;
+    braid_timer_init(loop, &t, on_timer, NULL);
+    braid_ctx_scope s;
+    BT_OK(braid_ctx_push_ptr(&s, &OWNED, &thing));
+    BT_OK(braid_timer_start(&t, BRAID_SECONDS(10)));
+    BT_OK(braid_timer_start(&t, BRAID_SECONDS(20)));     /* re-armed: still one reference */
+    braid_ctx_pop(&s);
+    BT_EQ(atomic_load(&released), 0);
+    braid_timer_stop(&t);
+    BT_EQ(atomic_load(&released), 1);
+    bt_loop_destroy(loop);
+}
+
+/* ---- hop: soon ---------------------------------------------------------------------- */
+static const char *soon_user;
+static int soon_ran;
+static void on_soon(void *arg) {
+    (void)arg;
+    soon_user = braid_ctx_get_str(&USER);
+    soon_ran++;
+}
+
+BT_TEST(hop_soon_runs_in_the_context_it_was_queued_in) {
+    braid_loop *loop = bt_loop_new(NULL);
+    braid_ctx_scope s;
+    BT_OK(braid_ctx_push_str(&s, &USER, "alice"));
+    BT_OK(braid_loop_soon(loop, on_soon, NULL));
+    braid_ctx_pop(&s);
+    BT_OK(braid_ctx_push_str(&s, &USER, "mallory"));
+    BT_RUN_UNTIL_NOWAIT(loop, soon_ran == 1, 10);
+    braid_ctx_pop(&s);
+    BT_STREQ(soon_user, "alice");
+    bt_loop_destroy(loop);
+}
+
+/* ---- hop: post, from another thread --------------------------------------------------- */
+typedef struct post_arg {
+    braid_loop *loop;
+    _Atomic int done;
+    uint64_t seen;
+} post_arg;
+
+static void on_posted(void *arg) {
+    post_arg *p = arg;
+    p->seen = braid_ctx_get_u64(&REQ_ID, 0);
+    atomic_store(&p->done, 1);
+}
+
+static void *poster(void *arg) {
+    post_arg *p = arg;
+    braid_ctx_scope s;
+    if (braid_ctx_push_u64(&s, &REQ_ID, 99) < 0) return NULL;
+    int rc = braid_loop_post(p->loop, on_posted, p);
+    braid_ctx_pop(&s);
+    return rc < 0 ? NULL : p;
+}
+
+BT_TEST(hop_post_runs_in_the_posting_threads_context) {
+    braid_loop *loop = bt_loop_new(NULL);
+    post_arg p = { .loop = loop };
+    braid_ctx_scope s;
+    BT_OK(braid_ctx_push_u64(&s, &REQ_ID, 1));   /* the loop thread's own */
+    pthread_t th;
+    BT_EQ(pthread_create(&th, NULL, poster, &p), 0);
+    void *ok;
+    pthread_join(th, &ok);
+    BT_TRUE(ok == &p);
+    BT_RUN_UNTIL(loop, atomic_load(&p.done), 100);
+    BT_UEQ(p.seen, 99);
+    BT_UEQ(braid_ctx_get_u64(&REQ_ID, 0), 1);
+    braid_ctx_pop(&s);
+    bt_loop_destroy(loop);
+}
+
+/* ---- hop: pool jobs -------------------------------------------------------------------- */
+static const char *job_user;
+static braid_result job(void *arg) {
+    (void)arg;
+    job_user = braid_ctx_get_str(&USER);     /* on a worker thread */
+    return braid_ok(NULL);
+}
+static _Atomic int call_seen;
+static void call_job(void *arg) {
+    (void)arg;
+    atomic_store(&call_seen, (int)braid_ctx_get_u64(&REQ_ID, 0));
+}
+
+BT_TEST(hop_pool_job_runs_in_the_submitters_context) {
+    braid_loop *loop = bt_loop_new(NULL);
+    braid_pool *pool;
+    BT_OK(braid_pool_new(&pool, &(braid_pool_options){ .max_threads = 2 }));
+    braid_ctx_scope s;
+    BT_OK(braid_ctx_push_str(&s, &USER, "alice"));
+    braid_deferred *d = braid_defer_to_pool(loop, pool, job, NULL);
+    BT_TRUE(d != NULL);
+    BT_OK(braid_deferred_add_callback(d, see_user, NULL));
+    braid_deferred_release(d);
+    braid_ctx_pop(&s);
+    seen_calls = 0;
+    seen_user = NULL;
+    BT_OK(braid_ctx_push_u64(&s, &REQ_ID, 5));
+    BT_OK(braid_call_in_pool(pool, call_job, NULL));
+    braid_ctx_pop(&s);
+    BT_RUN_UNTIL(loop, seen_calls == 1, 1000);
+    BT_STREQ(job_user, "alice");          /* the worker ran it in alice's context */
+    BT_STREQ(seen_user, "alice");         /* and so did the callback, on the loop */
+    BT_PTR_EQ(braid_ctx_current(), NULL);
+    braid_pool_destroy(pool, BRAID_POOL_FINISH);
+    BT_EQ(atomic_load(&call_seen), 5);
+    bt_loop_destroy(loop);
+}
+
+/* ---- hop: fiber spawn and await ---------------------------------------------------------- */
+typedef struct fib {
+    braid_loop *loop;
+    braid_deferred *gate;
+    const char *at_start;
+    uint64_t after_await;
+    const char *user_after_await;
+} fib;
+
+static braid_result fiber_body(void *arg) {
+    fib *f = arg;
+    f->at_start = braid_ctx_get_str(&USER);          /* the spawner's */
+    braid_ctx_scope s;
+    if (braid_ctx_push_u64(&s, &REQ_ID, 77) < 0) return braid_errf(BRAID_ENOMEM, "push");
+    braid_result r = braid_await(braid_deferred_ref(f->gate));
+    braid_result_drop(r);
+    f->after_await = braid_ctx_get_u64(&REQ_ID, 0);     /* its own, kept across the switch */
+    f->user_after_await = braid_ctx_get_str(&USER);
+    braid_ctx_pop(&s);
+    return braid_ok(NULL);
+}
+
+BT_TEST(hop_fiber_spawn_and_await_keep_the_fibers_context) {
+    braid_loop *loop = bt_loop_new(NULL);
+    fib f = { .loop = loop, .gate = braid_deferred_new(loop) };
+    braid_ctx_scope s;
+    BT_OK(braid_ctx_push_str(&s, &USER, "alice"));
+    braid_deferred *d = braid_fiber_spawn(loop, fiber_body, &f, NULL);
+    braid_ctx_pop(&s);
+    BT_TRUE(d != NULL);
+    bt_spin(loop, 2);                                   /* the fiber runs and awaits */
+    BT_STREQ(f.at_start, "alice");
+    /* While the fiber waits, the loop's thread does not see its values. */
+    BT_PTR_EQ(braid_ctx_current(), NULL);
+    BT_UEQ(braid_ctx_get_u64(&REQ_ID, 0), 0);
+    BT_OK(braid_ctx_push_str(&s, &USER, "mallory"));
+    BT_OK(braid_deferred_callback(f.gate, NULL, NULL));  /* resumed from another context */
+    braid_ctx_pop(&s);
+    BT_RUN_UNTIL_NOWAIT(loop, braid_deferred_has_result(d), 10);
+    BT_UEQ(f.after_await, 77);
+    BT_STREQ(f.user_after_await, "alice");
+    BT_PTR_EQ(braid_ctx_current(), NULL);
+    braid_deferred_release(d);
+    braid_deferred_release(f.gate);
+    bt_loop_destroy(loop);
+}
+
+/* ---- hop: HTTP handlers ------------------------------------------------------------------- */
+typedef struct hx {
+    braid_loop *loop;
+    braid_fake_clock *clk;
+    braid_http_server *srv;
+} hx;
+
+static braid_result answer_later(braid_result r, void *arg) {
+    (void)arg;
+    braid_result_drop(r);
+    /* Deep in the handler's work: the request is found in the context. */
+    braid_http_request *req = braid_ctx_get_ptr(&braid_http_request_key);
+    if (!req) return braid_errf(BRAID_EINVAL, "no request in the context");
+    char body[128];
+    int n = snprintf(body, sizeof body, "path=%.*s user=%s", (int)req->path_len, req->path,
+                     braid_ctx_get_str(&USER) ? braid_ctx_get_str(&USER) : "-");
+    braid_http_response *resp = braid_http_response_new(200, "text/plain", body, (size_t)n);
+    if (!resp) return braid_errf(BRAID_ENOMEM, "response");
+    return braid_ok_owned(resp, braid_http_response_free);
+}
+
+static braid_deferred *h_ctx(braid_http_request *req, void *arg) {
+    hx *x = arg;
+    BT_PTR_EQ(braid_ctx_get_ptr(&braid_http_request_key), req);
+    /* Answer after a delay, through a Deferred and a timer: two hops. */
+    braid_deferred *d = braid_defer_later(x->loop, BRAID_MSEC(req->path[1] == 'a' ? 20 : 10), NULL, NULL);
+    if (d) braid_deferred_add_callback(d, answer_later, NULL);
+    return d;
+}
+
+BT_TEST(hop_http_handler_has_the_request_and_requests_are_isolated) {
+    hx x;
+    x.clk = braid_fake_clock_new(BRAID_SECONDS(1));
+    x.loop = bt_loop_new(braid_fake_clock_base(x.clk));
+    braid_ctx_scope s;
+    BT_OK(braid_ctx_push_str(&s, &USER, "server-owner"));
+    BT_OK(braid_http_server_new(x.loop, NULL, &x.srv));
+    BT_OK(braid_http_route(x.srv, "GET", "/", BRAID_HTTP_PREFIX, h_ctx, &x));
+    braid_ctx_pop(&s);
+    braid_memory_transport *m[2];
+    for (int i = 0; i < 2; i++) {
+        braid_protocol *p = braid_factory_build(braid_http_server_factory(x.srv), NULL);
+        BT_TRUE(p != NULL);
+        m[i] = braid_memory_transport_new(x.loop, p);
+        BT_TRUE(m[i] != NULL);
+    }
+    /* Two requests in flight at once; the second answers first. */
+    const char *r0 = "GET /alpha HTTP/1.1\r\nHost: a\r\n\r\n", *r1 = "GET /beta HTTP/1.1\r\nHost: a\r\n\r\n";
+    BT_OK(braid_memory_transport_receive(m[0], r0, strlen(r0)));
+    BT_OK(braid_memory_transport_receive(m[1], r1, strlen(r1)));
+    bt_spin(x.loop, 4);
+    bt_advance(x.loop, BRAID_MSEC(30));
+    const char *want[2] = { "path=/alpha user=-", "path=/beta user=-" };
+    for (int i = 0; i < 2; i++) {
+        size_t n;
+        const char *out = braid_memory_transport_data(m[i], &n);
+        char buf[1024];
+        snprintf(buf, sizeof buf, "%.*s", (int)n, out);
+        BT_TRUE(strstr(buf, "200 OK") != NULL);
+        if (!strstr(buf, want[i])) bt_fail(__FILE__, __LINE__, "response %d: %s", i, buf);
+        braid_memory_transport_free(m[i]);
+    }
+    bt_spin(x.loop, 4);
+    BT_OK(braid_http_server_free(x.srv));
+    bt_loop_destroy(x.loop);
+    braid_fake_clock_free(x.clk);
+}
+
+/* ---- allocation failures ------------------------------------------------------------------ */
+static int walk_body(void *arg) {
+    braid_loop *loop = arg;
+    braid_ctx_scope s1, s2;
+    int rc = braid_ctx_push_str(&s1, &USER, "alice");
+    if (rc < 0) return rc;
+    rc = braid_ctx_push_u64(&s2, &REQ_ID, 3);
+    if (rc < 0) {
+        braid_ctx_pop(&s1);
+        return rc;
+    }
+    braid_deferred *d = braid_deferred_new(loop);
+    rc = d ? braid_deferred_add_callback(d, see_user, NULL) : BRAID_ENOMEM;
+    if (d) {
+        if (rc == 0) rc = braid_deferred_callback(d, NULL, NULL);
+        braid_deferred_release(d);
+    }
+    braid_ctx_pop(&s2);
+    braid_ctx_pop(&s1);
+    if (rc == 0 && braid_ctx_current() != NULL) return -9999;
+    return rc;
+}
+
+BT_TEST(alloc_walk_push_and_callbacks) {
+    braid_loop *loop = bt_loop_new(NULL);
+    bt_walk_result r = bt_alloc_walk(&(bt_walk){ .name = "context", .arg = loop, .body = walk_body,
+                                                 .loop = loop, .warm_up = true, .enomem_only = true });
+    BT_GE(r.errors, 2);
+    BT_PTR_EQ(braid_ctx_current(), NULL);
+    bt_loop_destroy(loop);
+}
