@@ -6,6 +6,11 @@
  *   chain               outer's callback returns an unfired inner; fire outer,
  *                       then inner; outer resumes with inner's result
  *   gather1000          1,000 new Deferreds, gather them, fire each
+ *   create_add1_fire with context=one: the same as create_add1_fire, run
+ *                       with a current context (<braid/context.h>) of one
+ *                       value, which the callback captures and restores: the
+ *                       row beside the context=none one is the context's cost
+ *                       (braid only: Twisted has no such thing)
  * Every callback returns its argument. Twisted runs the same operations in
  * bench/peers/twisted_deferred.py (Debian's python3-twisted), one process
  * per run, alternating with braid run by run (bench_alternate rotates who
@@ -84,6 +89,17 @@ static double braid_op(braid_loop *loop, int op, long n, double *allocs) {
     return (double)(t1 - t0) / (double)n;
 }
 
+static const braid_ctx_key bench_key = BRAID_CTX_KEY_INIT("bench.id", BRAID_CTX_U64, "a number");
+
+/* create_add1_fire under a context of one value. */
+static double braid_op_ctx(braid_loop *loop, long n, double *allocs) {
+    braid_ctx_scope s;
+    if (braid_ctx_push_u64(&s, &bench_key, 1) < 0) return 0;
+    double ns = braid_op(loop, OP_ADD1, n, allocs);
+    braid_ctx_pop(&s);
+    return ns;
+}
+
 /* One Twisted run: all ops in one python process; fills ns[op]. */
 static int twisted_run(bench_ctx *ctx, const char *script, double scale, double ns[NOPS]) {
     char cmd[4096];
@@ -118,6 +134,7 @@ typedef struct dstate {
     bool twisted_ok[BENCH_MAX_RUNS];
     double b_ns[NOPS][BENCH_MAX_RUNS], b_alloc[NOPS][BENCH_MAX_RUNS];
     double t_ns[NOPS][BENCH_MAX_RUNS];
+    double ctx_ns[BENCH_MAX_RUNS], ctx_alloc[BENCH_MAX_RUNS];
 } dstate;
 
 /* One run of one implementation: every op, braid in-process or Twisted in
@@ -129,6 +146,8 @@ static void measure(bench_ctx *ctx, int impl, int r, void *arg) {
             long n = (long)(op_iters[op] * st->scale);
             st->b_ns[op][r] = braid_op(st->loop, op, n > 0 ? n : 1, &st->b_alloc[op][r]);
         }
+        long n = (long)(op_iters[OP_ADD1] * st->scale);
+        st->ctx_ns[r] = braid_op_ctx(st->loop, n > 0 ? n : 1, &st->ctx_alloc[r]);
     } else {
         double ns[NOPS];
         st->twisted_ok[r] = twisted_run(ctx, st->script, st->scale, ns) == 0;
@@ -172,6 +191,7 @@ static int run(bench_ctx *ctx) {
         bench_row *row = bench_row_begin(ctx, "braid", "none");
         bench_row_param_str(row, "op", op_names[op]);
         bench_row_param_int(row, "callbacks", op_callbacks[op]);
+        bench_row_param_str(row, "context", "none");
         bench_row_metric(row, "ns_per_op", st.b_ns[op], runs, "ns");
         bench_row_metric(row, "allocs_per_op", st.b_alloc[op], runs, "allocs");
         if (nt) bench_row_metric(row, "speedup_vs_twisted", ratio, nt, "x");
@@ -181,6 +201,18 @@ static int run(bench_ctx *ctx) {
             bench_row_param_str(row, "op", op_names[op]);
             bench_row_param_int(row, "callbacks", op_callbacks[op]);
             bench_row_metric(row, "ns_per_op", t, nt, "ns");
+            bench_row_end(row);
+        }
+        if (op == OP_ADD1) {
+            double extra[BENCH_MAX_RUNS];
+            for (int r = 0; r < runs; r++) extra[r] = st.ctx_ns[r] - st.b_ns[op][r];
+            row = bench_row_begin(ctx, "braid", "none");
+            bench_row_param_str(row, "op", op_names[op]);
+            bench_row_param_int(row, "callbacks", op_callbacks[op]);
+            bench_row_param_str(row, "context", "one");
+            bench_row_metric(row, "ns_per_op", st.ctx_ns, runs, "ns");
+            bench_row_metric(row, "allocs_per_op", st.ctx_alloc, runs, "allocs");
+            bench_row_metric(row, "context_extra_ns", extra, runs, "ns");
             bench_row_end(row);
         }
     }
@@ -194,7 +226,13 @@ static void conclude(bench_ctx *ctx, FILE *html) {
                   "nothing; the 100-callback row spills to a heap array and gather allocates "
                   "its state and result array. Twisted's numbers include the Python "
                   "interpreter: the ratio is what moving a Deferred-heavy program to braid "
-                  "buys, not a statement about Twisted's design.</p>\n");
+                  "buys, not a statement about Twisted's design.</p>\n"
+                  "<p>The context=one row runs create_add1_fire with a current execution "
+                  "context: the callback takes a reference to it when added and makes it "
+                  "current while it runs (two atomic operations and four thread-local "
+                  "accesses); context_extra_ns is its cost over the context=none row of the "
+                  "same run. With no context the capture is one thread-local load and a test; "
+                  "its cost is measured against a build of the previous commit (docs/context.md).</p>\n");
 }
 
 BENCH_EXPERIMENT(deferred,

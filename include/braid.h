@@ -4,6 +4,7 @@
 #ifndef BRAID_H
 #define BRAID_H
 #include <braid/common.h>
+#include <braid/context.h>
 #include <braid/loop.h>
 #include <braid/time.h>
 #include <braid/tls.h>

@@ -73,6 +73,7 @@ typedef struct braid_loop_options {
     braid_clock *clock;          /* NULL: the real monotonic clock. Not owned. */
     braid_log_fn log;            /* NULL: write to stderr (debug lines only with BRAID_LOG_DEBUG=1) */
     void *log_ctx;
+    size_t log_queue_limit;      /* events other threads may have queued for the loop's logger (0: 1024) */
 } braid_loop_options;
 
 /* Create a loop. opts may be NULL. The env var BRAID_BACKEND=select|poll|epoll|
@@ -295,7 +296,12 @@ BRAID_API void *braid_loop_data(braid_loop *loop, braid_loop_key *key);
  * when the process already has BRAID_LOOP_MAX_KEYS other keys. */
 BRAID_API int braid_loop_set_data(braid_loop *loop, braid_loop_key *key, void *value);
 
-/* ---- logging ---------------------------------------------------------------- */
+/* ---- logging ----------------------------------------------------------------
+ * braid_log: an event with no namespace and no fields through the loop's
+ * logger (<braid/log.h>; any thread). braid_loop_logger: the loop's logger,
+ * valid until the loop is destroyed. */
+typedef struct braid_logger braid_logger;
+BRAID_API braid_logger *braid_loop_logger(braid_loop *loop);
 BRAID_API void braid_log(braid_loop *loop, braid_log_level level, const char *fmt, ...)
     BRAID_PRINTF(3, 4);
 

@@ -17,18 +17,39 @@
 #endif
 
 /* ---- logging ------------------------------------------------------------------ */
+/* Every line goes through the loop's logger (<braid/log.h>) as an event in
+ * the namespace "braid.<module>"; with no loop, straight to stderr. */
 void braid__log_at(braid_loop *loop, const char *ns, braid_log_level level, const char *fmt, ...) {
     va_list ap;
     va_start(ap, fmt);
-    braid__log_vwrite(loop ? loop->log : NULL, loop ? loop->log_ctx : NULL, ns, level, fmt, ap);
+    if (loop && loop->logger) {
+        char full[64];
+        snprintf(full, sizeof full, "braid.%s", ns);
+        braid_log_vemit(loop->logger, level, full, NULL, 0, fmt, ap);
+    } else {
+        braid__log_vwrite(NULL, NULL, ns, level, fmt, ap);
+    }
     va_end(ap);
 }
 
 void braid_log(braid_loop *loop, braid_log_level level, const char *fmt, ...) {
     va_list ap;
     va_start(ap, fmt);
-    braid__log_vwrite(loop ? loop->log : NULL, loop ? loop->log_ctx : NULL, NULL, level, fmt, ap);
+    if (loop && loop->logger) braid_log_vemit(loop->logger, level, NULL, NULL, 0, fmt, ap);
+    else braid__log_vwrite(NULL, NULL, NULL, level, fmt, ap);
     va_end(ap);
+}
+
+braid_logger *braid_loop_logger(braid_loop *loop) { return loop ? loop->logger : NULL; }
+
+static bool log_on_owner(void *arg) { return braid__loop_on_owner_thread(arg); }
+static void log_drain(void *arg) {
+    braid_loop *loop = arg;
+    braid__logger_drain(loop->logger);
+}
+static void log_wake(void *arg) {
+    braid_loop *loop = arg;
+    braid_loop_post_node(loop, &loop->log_post);
 }
 
 /* ---- loop affinity ---------------------------------------------------------------- */
@@ -46,7 +67,10 @@ bool braid__loop_on_owner_thread(const braid_loop *loop) {
 }
 
 void braid__loop_wrong_thread(const braid_loop *loop, const char *fn) {
-    braid__log((braid_loop *)loop, BRAID_LOG_ERROR,
+    /* Straight to stderr: from this thread the logger would queue the line
+     * for a loop that never gets to print it before the abort. */
+    (void)loop;
+    braid__log_write(NULL, NULL, braid__log_ns, BRAID_LOG_ERROR,
                "%s called from a thread that does not own the loop (only braid_loop_post and "
                "braid_loop_stop may be called from other threads; see docs/loop.md)", fn);
     abort();
@@ -216,6 +240,17 @@ int braid_loop_new(braid_loop **out, const braid_loop_options *opts) {
         braid_watch_close(&loop->wake_watch);
         goto fail;
     }
+    loop->log_post.fn = log_drain;
+    loop->log_post.arg = loop;
+    loop->logger = braid__logger_new(&(braid__logger_hooks){
+        .on_owner = log_on_owner, .wake = log_wake, .arg = loop, .queue_limit = o.log_queue_limit,
+        .legacy = o.log, .legacy_ctx = o.log_ctx });
+    if (!loop->logger) {
+        rc = BRAID_ENOMEM;
+        loop->watchers_open++;
+        braid_watch_close(&loop->wake_watch);
+        goto fail;
+    }
     loop->now = loop->clock->now(loop->clock);
     *out = loop;
     return 0;
@@ -296,6 +331,7 @@ int braid_loop_destroy(braid_loop *loop) {
     wake_close(loop);
     braid__signals_close(loop);
     braid__timers_destroy(loop);
+    braid__logger_free(loop->logger);
     loop->poller.ops->destroy(&loop->poller);
     braid_free(loop->fds);
     braid_free(loop->poller.events);

@@ -6,6 +6,7 @@
 #include "base/base.h"
 #include "loop/loop_module.h"
 #include "poll/poller.h"
+#include "log/logger.h"
 #include <braid/loop.h>
 #include <braid/time.h>
 #include <pthread.h>
@@ -106,6 +107,8 @@ struct braid_loop {
 
     braid_log_fn log;
     void *log_ctx;
+    braid_logger *logger;        /* structured logging (log/logger.h); made with the loop */
+    braid_post log_post;         /* wakes the loop to drain events from other threads */
     braid_unhandled_fn unhandled;
     void *unhandled_ctx;
 };
