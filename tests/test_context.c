@@ -126,12 +126,15 @@ BT_TEST(an_owned_pointer_is_released_with_the_last_reference) {
     BT_EQ(atomic_load(&released), 1);
 }
 
+/* Strings read from a context live in the context: copy them (NULL -> "(none)"). */
+static void keep(char *dst, const char *src) { snprintf(dst, 64, "%s", src ? src : "(none)"); }
+
 /* ---- hop: Deferred callbacks ---------------------------------------------------------- */
-static const char *seen_user;
+static char seen_user[64];
 static int seen_calls;
 static braid_result see_user(braid_result r, void *arg) {
     (void)arg;
-    seen_user = braid_ctx_get_str(&USER);
+    keep(seen_user, braid_ctx_get_str(&USER));
     seen_calls++;
     return r;
 }
@@ -149,7 +152,7 @@ BT_TEST(hop_deferred_callback_runs_in_the_context_it_was_added_in) {
     BT_OK(braid_deferred_callback(d1, NULL, NULL));
     BT_STREQ(seen_user, "alice");
     BT_OK(braid_deferred_callback(d2, NULL, NULL));
-    BT_PTR_EQ(seen_user, NULL);
+    BT_STREQ(seen_user, "(none)");
     BT_STREQ(braid_ctx_get_str(&USER), "mallory");       /* the firer's, restored */
     braid_ctx_pop(&s);
     BT_EQ(seen_calls, 2);
@@ -176,11 +179,11 @@ BT_TEST(hop_deferred_callbacks_never_run_release_their_context) {
 }
 
 /* ---- hop: timers and call_later -------------------------------------------------------- */
-static const char *timer_user;
+static char timer_user[64];
 static uint64_t timer_req;
 static void on_timer(braid_timer *t, void *arg) {
     (void)t; (void)arg;
-    timer_user = braid_ctx_get_str(&USER);
+    keep(timer_user, braid_ctx_get_str(&USER));
 }
 static void on_later(void *arg) {
     (void)arg;
@@ -210,7 +213,7 @@ BT_TEST(hop_timer_and_call_later_run_in_the_context_they_were_started_in) {
     /* Re-armed outside any context: the next firing sees none. */
     BT_OK(braid_timer_start(&t, BRAID_MSEC(10)));
     bt_advance(loop, BRAID_MSEC(10));
-    BT_PTR_EQ(timer_user, NULL);
+    BT_STREQ(timer_user, "(none)");
     bt_loop_destroy(loop);
     braid_fake_clock_free(clk);
 }
@@ -233,11 +236,11 @@ BT_TEST(hop_timer_stopped_releases_its_context) {
 }
 
 /* ---- hop: soon ---------------------------------------------------------------------- */
-static const char *soon_user;
+static char soon_user[64];
 static int soon_ran;
 static void on_soon(void *arg) {
     (void)arg;
-    soon_user = braid_ctx_get_str(&USER);
+    keep(soon_user, braid_ctx_get_str(&USER));
     soon_ran++;
 }
 
@@ -294,10 +297,10 @@ BT_TEST(hop_post_runs_in_the_posting_threads_context) {
 }
 
 /* ---- hop: pool jobs -------------------------------------------------------------------- */
-static const char *job_user;
+static char job_user[64];
 static braid_result job(void *arg) {
     (void)arg;
-    job_user = braid_ctx_get_str(&USER);     /* on a worker thread */
+    keep(job_user, braid_ctx_get_str(&USER));     /* on a worker thread */
     return braid_ok(NULL);
 }
 static _Atomic int call_seen;
@@ -318,7 +321,7 @@ BT_TEST(hop_pool_job_runs_in_the_submitters_context) {
     braid_deferred_release(d);
     braid_ctx_pop(&s);
     seen_calls = 0;
-    seen_user = NULL;
+    seen_user[0] = 0;
     BT_OK(braid_ctx_push_u64(&s, &REQ_ID, 5));
     BT_OK(braid_call_in_pool(pool, call_job, NULL));
     braid_ctx_pop(&s);
@@ -335,20 +338,20 @@ BT_TEST(hop_pool_job_runs_in_the_submitters_context) {
 typedef struct fib {
     braid_loop *loop;
     braid_deferred *gate;
-    const char *at_start;
+    char at_start[64];
     uint64_t after_await;
-    const char *user_after_await;
+    char user_after_await[64];
 } fib;
 
 static braid_result fiber_body(void *arg) {
     fib *f = arg;
-    f->at_start = braid_ctx_get_str(&USER);          /* the spawner's */
+    keep(f->at_start, braid_ctx_get_str(&USER));          /* the spawner's */
     braid_ctx_scope s;
     if (braid_ctx_push_u64(&s, &REQ_ID, 77) < 0) return braid_errf(BRAID_ENOMEM, "push");
     braid_result r = braid_await(braid_deferred_ref(f->gate));
     braid_result_drop(r);
     f->after_await = braid_ctx_get_u64(&REQ_ID, 0);     /* its own, kept across the switch */
-    f->user_after_await = braid_ctx_get_str(&USER);
+    keep(f->user_after_await, braid_ctx_get_str(&USER));
     braid_ctx_pop(&s);
     return braid_ok(NULL);
 }
