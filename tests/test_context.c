@@ -178,6 +178,94 @@ BT_TEST(hop_deferred_callbacks_never_run_release_their_context) {
     bt_loop_destroy(loop);
 }
 
+/* Callbacks of one Deferred added in different contexts (none, A, A, B,
+ * none): each runs in its own, across a pause in the middle, and each
+ * context is released once the callbacks added in it are done. */
+static char mixed_seen[5][64];
+static int mixed_n;
+static braid_result see_mixed(braid_result r, void *arg) {
+    (void)arg;
+    const char *u = braid_ctx_get_str(&USER);
+    uint64_t id = braid_ctx_get_u64(&REQ_ID, 0);
+    snprintf(mixed_seen[mixed_n++ % 5], 64, "%s/%llu", u ? u : "-", (unsigned long long)id);
+    return r;
+}
+static braid_result see_mixed_and_pause(braid_result r, void *arg) {
+    r = see_mixed(r, arg);
+    braid_deferred_pause(arg);
+    return r;
+}
+
+BT_TEST(hop_deferred_callbacks_of_one_deferred_in_several_contexts) {
+    atomic_store(&released, 0);
+    static int thing_a, thing_b;
+    mixed_n = 0;
+    braid_loop *loop = bt_loop_new(NULL);
+    braid_deferred *d = braid_deferred_new(loop);
+    braid_ctx_scope a0, a, b0, b;
+    BT_OK(braid_deferred_add_callback(d, see_mixed, NULL));           /* none */
+    BT_OK(braid_ctx_push_ptr(&a0, &OWNED, &thing_a));
+    BT_OK(braid_ctx_push_str(&a, &USER, "alice"));
+    BT_OK(braid_deferred_add_callback(d, see_mixed_and_pause, d));    /* A, pauses */
+    BT_OK(braid_deferred_add_callback(d, see_mixed, NULL));           /* A */
+    braid_ctx_pop(&a);
+    braid_ctx_pop(&a0);
+    BT_OK(braid_ctx_push_ptr(&b0, &OWNED, &thing_b));
+    BT_OK(braid_ctx_push_u64(&b, &REQ_ID, 7));
+    BT_OK(braid_deferred_add_callback(d, see_mixed, NULL));           /* B */
+    braid_ctx_pop(&b);
+    braid_ctx_pop(&b0);
+    BT_OK(braid_deferred_add_callback(d, see_mixed, NULL));           /* none again */
+    BT_EQ(atomic_load(&released), 0);         /* the Deferred holds both */
+    braid_ctx_scope m;
+    BT_OK(braid_ctx_push_str(&m, &USER, "mallory"));
+    BT_OK(braid_deferred_callback(d, NULL, NULL));
+    BT_EQ(mixed_n, 2);                        /* paused after A's first */
+    BT_STREQ(braid_ctx_get_str(&USER), "mallory");
+    braid_deferred_unpause(d);
+    BT_STREQ(braid_ctx_get_str(&USER), "mallory");
+    braid_ctx_pop(&m);
+    BT_EQ(mixed_n, 5);
+    BT_STREQ(mixed_seen[0], "-/0");
+    BT_STREQ(mixed_seen[1], "alice/0");
+    BT_STREQ(mixed_seen[2], "alice/0");
+    BT_STREQ(mixed_seen[3], "-/7");
+    BT_STREQ(mixed_seen[4], "-/0");
+    BT_EQ(atomic_load(&released), 2);         /* both given back once run */
+    braid_deferred_release(d);
+    bt_loop_destroy(loop);
+}
+
+/* The stash: a scope's context stays alive for callbacks still pending when
+ * the scope is popped (their references are real ones), and is released
+ * when the last of them is done, not before and not never. */
+BT_TEST(context_outlives_its_scope_while_callbacks_hold_it) {
+    atomic_store(&released, 0);
+    static int thing;
+    braid_loop *loop = bt_loop_new(NULL);
+    enum { N = 200 };                          /* more than one prepaid batch */
+    braid_deferred *ds[N];
+    braid_ctx_scope s;
+    BT_OK(braid_ctx_push_ptr(&s, &OWNED, &thing));
+    for (int i = 0; i < N; i++) {
+        ds[i] = braid_deferred_new(loop);
+        BT_OK(braid_deferred_add_callback(ds[i], see_user, NULL));
+    }
+    for (int i = 0; i < N / 2; i++) {          /* half run inside the scope */
+        BT_OK(braid_deferred_callback(ds[i], NULL, NULL));
+        braid_deferred_release(ds[i]);
+    }
+    braid_ctx_pop(&s);
+    BT_EQ(atomic_load(&released), 0);
+    for (int i = N / 2; i < N; i++) {
+        BT_EQ(atomic_load(&released), 0);
+        BT_OK(braid_deferred_callback(ds[i], NULL, NULL));
+        braid_deferred_release(ds[i]);
+    }
+    BT_EQ(atomic_load(&released), 1);
+    bt_loop_destroy(loop);
+}
+
 /* ---- hop: timers and call_later -------------------------------------------------------- */
 static char timer_user[64];
 static uint64_t timer_req;

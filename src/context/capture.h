@@ -34,9 +34,29 @@ struct braid_ctx {
  * %fs-relative access away. */
 extern __thread braid_ctx *braid__ctx_cur __attribute__((tls_model("initial-exec")));
 
+/* The thread's stash: references to one context (the one the innermost
+ * scope pushed on this thread) paid for in advance with one atomic add of
+ * BRAID__CTX_STASH_BATCH, so that the hops captured and released under
+ * that scope touch no atomic. References are interchangeable: one taken
+ * from a stash may be given back with braid_ctx_unref on any thread, and a
+ * reference released here into the stash may have been taken anywhere.
+ * The scope's pop gives back what the stash holds (one atomic subtract), so
+ * a stash never keeps a context alive past the scope that made it. */
+#define BRAID__CTX_STASH_BATCH 64
+extern __thread braid_ctx *braid__ctx_stash __attribute__((tls_model("initial-exec")));
+extern __thread uint32_t braid__ctx_stash_n __attribute__((tls_model("initial-exec")));
+
+void braid__ctx_take_slow(braid_ctx *c);
+
+/* A reference to c, which is alive (the caller holds it or it is current). */
+static inline void braid__ctx_take(braid_ctx *c) {
+    if (BRAID__LIKELY(c == braid__ctx_stash && braid__ctx_stash_n != 0)) braid__ctx_stash_n--;
+    else braid__ctx_take_slow(c);
+}
+
 static inline braid_ctx *braid__ctx_capture(void) {
     braid_ctx *c = braid__ctx_cur;
-    if (BRAID__UNLIKELY(c != NULL)) atomic_fetch_add_explicit(&c->refs, 1, memory_order_relaxed);
+    if (BRAID__UNLIKELY(c != NULL)) braid__ctx_take(c);
     return c;
 }
 
@@ -47,7 +67,10 @@ static inline braid_ctx *braid__ctx_swap(braid_ctx *c) {
 }
 
 static inline void braid__ctx_release(braid_ctx *c) {
-    if (BRAID__UNLIKELY(c != NULL)) braid_ctx_unref(c);
+    if (BRAID__UNLIKELY(c != NULL)) {
+        if (BRAID__LIKELY(c == braid__ctx_stash)) braid__ctx_stash_n++;
+        else braid_ctx_unref(c);
+    }
 }
 
 #endif

@@ -12,6 +12,8 @@
 #include <string.h>
 
 __thread braid_ctx *braid__ctx_cur __attribute__((tls_model("initial-exec")));
+__thread braid_ctx *braid__ctx_stash __attribute__((tls_model("initial-exec")));
+__thread uint32_t braid__ctx_stash_n __attribute__((tls_model("initial-exec")));
 
 static const char *const ctx_names[] = {
     [0] = "a context value of another type than its key's",
@@ -56,19 +58,55 @@ braid_ctx *braid_ctx_ref(braid_ctx *ctx) {
     return ctx;
 }
 
-void braid_ctx_unref(braid_ctx *ctx) {
+/* Drop n references to ctx (n >= 1): the parent's one when it was the last. */
+static void unref_n(braid_ctx *ctx, uint32_t n) {
     /* Iterative: dropping a deep chain uses no stack. */
     while (ctx) {
-        uint32_t was = atomic_fetch_sub_explicit(&ctx->refs, 1, memory_order_release);
-        BRAID__ASSERT(was > 0);
-        if (was != 1) return;
+        uint32_t was = atomic_fetch_sub_explicit(&ctx->refs, n, memory_order_release);
+        BRAID__ASSERT(was >= n);
+        if (was != n) return;
         atomic_thread_fence(memory_order_acquire);
         braid_ctx *parent = ctx->parent;
         if (ctx->key->type == BRAID_CTX_PTR && ctx->key->release && ctx->v.ptr)
             ctx->key->release(ctx->v.ptr);
         braid_free(ctx);
         ctx = parent;
+        n = 1;
     }
+}
+
+void braid_ctx_unref(braid_ctx *ctx) { unref_n(ctx, 1); }
+
+void braid__ctx_take_slow(braid_ctx *c) {
+    if (c == braid__ctx_stash) {      /* empty stash: buy a batch */
+        atomic_fetch_add_explicit(&c->refs, BRAID__CTX_STASH_BATCH, memory_order_relaxed);
+        braid__ctx_stash_n = BRAID__CTX_STASH_BATCH - 1;
+    } else {
+        atomic_fetch_add_explicit(&c->refs, 1, memory_order_relaxed);
+    }
+}
+
+/* Give back what the stash holds (plus `extra` references of the caller's
+ * to the same context) and empty it. */
+static void stash_flush(uint32_t extra, braid_ctx *c) {
+    braid_ctx *s = braid__ctx_stash;
+    uint32_t n = braid__ctx_stash_n;
+    braid__ctx_stash = NULL;
+    braid__ctx_stash_n = 0;
+    if (s == c) {
+        unref_n(c, n + extra);
+        return;
+    }
+    if (s && n) unref_n(s, n);
+    if (extra) unref_n(c, extra);
+}
+
+/* A scope's context becomes the thread's stash (the previous one, if
+ * another, given back first). */
+static void stash_adopt(braid_ctx *c) {
+    if (braid__ctx_stash == c) return;
+    if (braid__ctx_stash) stash_flush(0, NULL);
+    braid__ctx_stash = c;
 }
 
 static const braid_ctx *find(const braid_ctx *ctx, const braid_ctx_key *key) {
@@ -139,6 +177,7 @@ braid_ctx *braid_ctx_current(void) { return braid__ctx_cur; }
 void braid_ctx_enter(braid_ctx_scope *s, braid_ctx *ctx) {
     s->ctx = braid_ctx_ref(ctx);
     s->prev = braid__ctx_swap(ctx);
+    if (ctx) stash_adopt(ctx);
 }
 
 int braid_ctx_push_at(braid_ctx_scope *s, const braid_ctx_key *key, braid_ctx_type type, braid_ctx_value v,
@@ -148,13 +187,15 @@ int braid_ctx_push_at(braid_ctx_scope *s, const braid_ctx_key *key, braid_ctx_ty
     if (rc < 0) return rc;
     s->ctx = c;
     s->prev = braid__ctx_swap(c);
+    stash_adopt(c);
     return 0;
 }
 
 void braid_ctx_pop(braid_ctx_scope *s) {
     BRAID__ASSERT(braid__ctx_cur == s->ctx);    /* scopes pop in reverse order */
     braid__ctx_swap(s->prev);
-    braid_ctx_unref(s->ctx);
+    if (s->ctx && s->ctx == braid__ctx_stash) stash_flush(1, s->ctx);
+    else braid_ctx_unref(s->ctx);
     s->ctx = s->prev = NULL;
 }
 

@@ -201,7 +201,15 @@ static inline braid__cbslot *slot_at(braid_deferred *d, uint32_t i) {
     return i < BRAID__DEFERRED_INLINE ? &d->slot[i] : &d->spill[i - BRAID__DEFERRED_INLINE];
 }
 
+static inline uint32_t slots_needed(braid_deferred *d);
+
+static int reserve_slots(braid_deferred *d, uint32_t extra);
 int braid__deferred_reserve(braid_deferred *d, uint32_t extra) {
+    /* Room for a context marker too, when the next add needs one. */
+    return reserve_slots(d, extra + slots_needed(d) - 1);
+}
+
+static int reserve_slots(braid_deferred *d, uint32_t extra) {
     uint64_t need = (uint64_t)d->ncb + extra;
     if (need <= BRAID__DEFERRED_INLINE) return 0;
     need -= BRAID__DEFERRED_INLINE;
@@ -216,22 +224,71 @@ int braid__deferred_reserve(braid_deferred *d, uint32_t extra) {
     return 0;
 }
 
+/* The marker's callback: never called (run() recognises it). */
+static braid_result braid__ctx_mark(braid_result r, void *arg) {
+    BRAID__UNUSED(arg);
+    return r;
+}
+
+/* The context of the callbacks at slot i and after it, up to the next
+ * marker: the last marker before i, or none. */
+static braid_ctx *marker_before(braid_deferred *d, uint32_t i) {
+    if (!(d->flags & BRAID__D_CTX)) return NULL;
+    while (i-- > 0) {
+        braid__cbslot *s = slot_at(d, i);
+        if (s->cb == braid__ctx_mark) return s->arg;
+    }
+    return NULL;
+}
+
+/* Slots a callback added now takes: 2 when the current context is not the
+ * one of the last callbacks (a marker goes first). */
+static inline uint32_t slots_needed(braid_deferred *d) {
+    braid_ctx *cur = braid__ctx_cur;
+    if (BRAID__LIKELY(cur == NULL && !(d->flags & BRAID__D_CTX))) return 1;
+    return cur == marker_before(d, d->ncb) ? 1 : 2;
+}
+
+/* Give back the references of the markers still in force: the one before
+ * pos and those after it. */
+static void drop_markers(braid_deferred *d) {
+    if (!(d->flags & BRAID__D_CTX)) return;
+    braid__ctx_release(marker_before(d, d->pos));
+    for (uint32_t i = d->pos; i < d->ncb; i++) {
+        braid__cbslot *s = slot_at(d, i);
+        if (s->cb == braid__ctx_mark) braid__ctx_release(s->arg);
+    }
+    d->flags &= ~BRAID__D_CTX;
+}
+
+static inline braid__cbslot *next_slot(braid_deferred *d) {
+    uint32_t i = d->ncb;
+    BRAID__ASSERT(d->pos <= d->ncb && d->ncb < BRAID__DEFERRED_INLINE + d->spill_cap + 1);
+    braid__cbslot *s = slot_at(d, i);
+    d->ncb = i + 1;
+    return s;
+}
+
 static inline int push_slot(braid_deferred *d, braid_callback cb, braid_callback eb, void *arg) {
+    uint32_t need = slots_needed(d);
     uint32_t i = d->ncb;
     BRAID__ASSERT(d->pos <= d->ncb && d->ncb <= BRAID__DEFERRED_INLINE + d->spill_cap);
+    if (BRAID__UNLIKELY(i + need > BRAID__DEFERRED_INLINE + d->spill_cap) &&
+        reserve_slots(d, need) < 0)
+        return BRAID_ENOMEM;
     braid__cbslot *s;
-    if (BRAID__LIKELY(i < BRAID__DEFERRED_INLINE)) {
-        s = &d->slot[i];
-    } else {
-        if (i - BRAID__DEFERRED_INLINE >= d->spill_cap && braid__deferred_reserve(d, 1) < 0)
-            return BRAID_ENOMEM;
-        s = &d->spill[i - BRAID__DEFERRED_INLINE];
+    if (BRAID__UNLIKELY(need == 2)) {
+        /* The callbacks from here on run in the current context. */
+        s = next_slot(d);
+        s->cb = braid__ctx_mark;
+        s->eb = NULL;
+        s->arg = braid__ctx_capture();
+        d->flags |= BRAID__D_CTX;
     }
+    s = next_slot(d);
     s->cb = cb;
     s->eb = eb;
     s->arg = arg;
-    s->ctx = braid__ctx_capture();
-    d->ncb = i + 1;
     return 0;
 }
 
@@ -284,10 +341,11 @@ int braid_deferred_add_timeout(braid_deferred *d, uint64_t ns) {
  * chain never finished, and everyone released it). Their arguments are the
  * callers' business, except braid's own timeouts, which are cleaned here. */
 static void abandon_callbacks(braid_deferred *d) {
-    uint32_t n = d->ncb - d->pos;
+    uint32_t n = 0;
+    drop_markers(d);
     for (uint32_t i = d->pos; i < d->ncb; i++) {
         braid__cbslot *s = slot_at(d, i);
-        braid__ctx_release(s->ctx);
+        if (s->cb != braid__ctx_mark) n++;
         if (s->cb == timeout_done) {
             dtimeout *to = s->arg;
             braid_timer_stop(&to->timer);
@@ -354,6 +412,7 @@ static void dfree(braid_deferred *d) {
     braid_loop *loop = d->loop;
     BRAID__ASSERT(d->refs == 0 && !(d->flags & (BRAID__D_FREED | BRAID__D_RUNNING)));
     if (BRAID__UNLIKELY(d->pos != d->ncb)) abandon_callbacks(d);
+    else if (BRAID__UNLIKELY(d->flags & BRAID__D_CTX)) drop_markers(d);
     braid_result r = d->result;
     d->result = no_result;
     braid__dpool *p = braid__loop_data(loop, &dpool_key);
@@ -414,8 +473,13 @@ static bool absorb_chain(braid_deferred *d, braid_deferred *c) {
 /* Run d's pending callbacks; when d is done and something waits on it, move
  * the result there and go on with that one (iteration, not recursion). */
 static void run(braid_deferred *d) {
+    /* Each callback runs in the context it was added in (its marker's, or
+     * none); the caller's is current again when run returns. A context
+     * already current is not set again. */
+    braid_ctx *outer = braid__ctx_cur;
     for (;;) {
         d->flags |= BRAID__D_RUNNING;
+        braid_ctx *cx = marker_before(d, d->pos);
         for (;;) {
             if (BRAID__UNLIKELY(d->result.chain != NULL)) {
                 if (!absorb_chain(d, d->result.chain)) break;
@@ -424,20 +488,20 @@ static void run(braid_deferred *d) {
             if (d->pos == d->ncb || d->paused) break;
             BRAID__ASSERT(d->pos < d->ncb && d->ncb <= BRAID__DEFERRED_INLINE + d->spill_cap);
             braid__cbslot *s = slot_at(d, d->pos++);
-            braid_callback fn = d->result.failure ? s->eb : s->cb;
-            braid_ctx *cx = s->ctx;   /* s may move if fn adds callbacks */
-            if (!fn) {
-                braid__ctx_release(cx);
+            if (BRAID__UNLIKELY(s->cb == braid__ctx_mark)) {
+                braid__ctx_release(cx);     /* the previous marker's: done with */
+                cx = s->arg;
                 continue;
             }
-            void *arg = s->arg;
+            braid_callback fn = d->result.failure ? s->eb : s->cb;
+            if (!fn) continue;
+            void *arg = s->arg;   /* s may move if fn adds callbacks */
             braid_result r = d->result;
             d->result = no_result;
-            braid_ctx *prev = braid__ctx_swap(cx);   /* the context it was added in */
+            if (BRAID__UNLIKELY(braid__ctx_cur != cx)) braid__ctx_swap(cx);
             d->result = fn(r, arg);
-            braid__ctx_swap(prev);
-            braid__ctx_release(cx);
         }
+        if (BRAID__UNLIKELY(braid__ctx_cur != outer)) braid__ctx_swap(outer);
         d->flags &= ~BRAID__D_RUNNING;
         /* Fired once, and a result is one thing: a value, a failure or the
          * Deferred it waits on (and then it is marked waiting). */
@@ -448,6 +512,7 @@ static void run(braid_deferred *d) {
             if (d->refs == 0) dfree(d);
             return;
         }
+        if (BRAID__UNLIKELY(d->flags & BRAID__D_CTX)) drop_markers(d);
         d->pos = d->ncb = 0;
         braid_deferred *p = d->parent;
         if (BRAID__LIKELY(p == NULL)) {

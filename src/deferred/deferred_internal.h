@@ -9,8 +9,8 @@
 static const char braid__log_ns[] = "deferred";
 
 /* Callbacks stored inline before spilling to a heap array. Three covers the
- * common "callback + errback + timeout" shapes; the struct stays at 192
- * bytes (three cache lines). */
+ * common "callback + errback + timeout" shapes; the struct stays at 168
+ * bytes (under three cache lines). */
 #define BRAID__DEFERRED_INLINE 3
 /* A spill array up to this many slots stays attached when a Deferred goes
  * back to the free list, so a loop that keeps adding a handful of callbacks
@@ -19,10 +19,15 @@ static const char braid__log_ns[] = "deferred";
 #define BRAID__DEFERRED_KEEP_SPILL 16
 #define BRAID__DEFERRED_SPILL_BUDGET 16384
 
+/* A slot is a callback pair, or a context marker (cb == braid__ctx_mark,
+ * arg = a context reference): the callbacks after it, up to the next
+ * marker, were added in that context and run in it. Callbacks added with
+ * no context before any marker need none, so a Deferred used without
+ * contexts stores nothing for them; one used within one context stores one
+ * marker. */
 typedef struct braid__cbslot {
     braid_callback cb, eb;
     void *arg;
-    braid_ctx *ctx;                  /* captured when added, current while it runs */
 } braid__cbslot;
 
 enum {
@@ -33,6 +38,7 @@ enum {
     BRAID__D_PRODUCER  = 1u << 4,   /* the producer reference is still held */
     BRAID__D_FREED     = 1u << 5,   /* on the free list: any use is a bug */
     BRAID__D_CANCELLING = 1u << 6,  /* its canceller is running */
+    BRAID__D_CTX       = 1u << 7,   /* its slots hold context markers */
 };
 
 struct braid_deferred {
@@ -56,7 +62,7 @@ struct braid_deferred {
 /* Per-loop state of Deferreds (under the deferred module's loop key). */
 /* Debug builds (BRAID_DEBUG): freed Deferreds wait in a FIFO quarantine and
  * are reused only after this many more have been freed on the loop (at most
- * this many plus a free list's 4,096, 192 bytes each, are held: 3.75 MiB). */
+ * this many plus a free list's 4,096, 168 bytes each, are held: 3.3 MiB). */
 #define BRAID__DEFERRED_QUARANTINE 16384
 
 typedef struct braid__dpool {
