@@ -5,6 +5,7 @@
 #define BRAID_H
 #include <braid/common.h>
 #include <braid/context.h>
+#include <braid/log.h>
 #include <braid/loop.h>
 #include <braid/time.h>
 #include <braid/tls.h>

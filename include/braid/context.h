@@ -169,7 +169,9 @@ BRAID_API void braid_ctx_pop(braid_ctx_scope *s);
  *     braid_ctx_unref(job->ctx);                    // when the work is done with it
  *
  * capture returns a reference to the current context (NULL when empty: no
- * atomic operation then); swap makes c current (borrowed: keep it alive while
+ * atomic operation then; under a scope pushed on this thread, none either:
+ * the scope buys references 64 at a time and takes back the unused ones
+ * when popped); swap makes c current (borrowed: keep it alive while
  * it is current) and returns the previous one, borrowed. */
 BRAID_API braid_ctx *braid_ctx_capture(void);
 BRAID_API braid_ctx *braid_ctx_swap(braid_ctx *c);

@@ -196,6 +196,10 @@ static void report_unhandled(braid_loop *loop, braid_failure *f) {
     braid_failure_free(f);
 }
 
+/* 168 bytes on LP64: context markers live in the slots, not beside them. */
+_Static_assert(sizeof(void *) != 8 || sizeof(struct braid_deferred) == 168,
+               "a Deferred stays at 168 bytes");
+
 /* ---- callback slots ---------------------------------------------------------------- */
 static inline braid__cbslot *slot_at(braid_deferred *d, uint32_t i) {
     return i < BRAID__DEFERRED_INLINE ? &d->slot[i] : &d->spill[i - BRAID__DEFERRED_INLINE];
