@@ -7,6 +7,7 @@
 #include <braid/context.h>
 #include <braid/log.h>
 #include <braid/loop.h>
+#include <braid/introspect.h>
 #include <braid/time.h>
 #include <braid/tls.h>
 #include <braid/deferred.h>

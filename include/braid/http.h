@@ -299,9 +299,11 @@ typedef struct braid_http_request {
  * braid_http_response * (see above). */
 typedef braid_deferred *(*braid_http_handler)(braid_http_request *req, void *arg);
 
-/* A handler runs in the context current when the server was made, plus
- * this key = the request (<braid/context.h>); so does everything it
- * schedules (callbacks, timers, pool jobs, fibers). Read it anywhere below
+/* A handler runs in the context current when the request is dispatched,
+ * plus this key = the request and braid_log_request_id_key (<braid/log.h>)
+ * = the request's number on this server (1, 2, …: what
+ * braid_http_server_requests counts), so every log event of its work carries
+ * it; so does everything it schedules (callbacks, timers, pool jobs, fibers). Read it anywhere below
  * the handler with braid_ctx_get_ptr(&braid_http_request_key). Borrowed,
  * like the handler's req argument: valid until the request is answered. If
  * the context cannot be made (no memory), the request gets a 500 and the
@@ -361,6 +363,16 @@ BRAID_API int braid_http_route(braid_http_server *s, const char *method, const c
  * and symlinks leading out of root_dir are refused (404). A directory serves
  * its index.html. */
 BRAID_API int braid_http_static(braid_http_server *s, const char *prefix, const char *root_dir);
+
+/* Serve the server loop's introspection (<braid/introspect.h>): GET
+ * path + ".json" answers the JSON document, GET path a self-contained HTML
+ * page (no external assets) that shows it, refreshed every 2 s, with the
+ * "stages" and "components" sections drawn as an SVG graph. Both answer
+ * with Cache-Control: no-store. Guard it as you would any admin page (bind
+ * it to a loopback listener, or check the request before): it shows peers'
+ * addresses. BRAID_EINVAL, BRAID_EEXIST, BRAID_ENOMEM (the JSON route may
+ * then be in place without the page). */
+BRAID_API int braid_http_introspection_route(braid_http_server *s, const char *path);
 
 /* ---- answering ---- */
 /* Add a response header for the answer of req (before respond/respond_start).

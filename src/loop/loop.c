@@ -211,6 +211,7 @@ int braid_loop_new(braid_loop **out, const braid_loop_options *opts) {
     loop->log = o.log;
     loop->log_ctx = o.log_ctx;
     loop->handles.next = loop->handles.prev = &loop->handles;
+    braid__introspect_init(loop);
     loop->wake_rfd = loop->wake_wfd = -1;
     loop->sigfd = -1;
     sigemptyset(&loop->sigmask);

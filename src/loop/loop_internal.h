@@ -8,6 +8,7 @@
 #include "poll/poller.h"
 #include "log/logger.h"
 #include <braid/loop.h>
+#include <braid/introspect.h>
 #include <braid/time.h>
 #include <pthread.h>
 #include <signal.h>
@@ -82,6 +83,7 @@ struct braid_loop {
 
     size_t holds;
     braid_handle handles;         /* sentinel of the open-handle list */
+    braid_introspect_node inodes; /* sentinel of the introspection nodes (introspect.c) */
 
     /* prepare hooks, in start order; prepare_next is the cursor of the pass
      * in progress (a hook may stop the next one) */
@@ -115,6 +117,7 @@ struct braid_loop {
 
 /* Timer phase pieces, used by loop.c (timer.c owns the heap). */
 void braid__timers_run(braid_loop *loop, uint64_t now);
+void braid__introspect_init(braid_loop *loop);
 uint64_t braid__timers_next_deadline(const braid_loop *loop);  /* UINT64_MAX if none */
 void braid__timers_destroy(braid_loop *loop);
 void braid__signals_close(braid_loop *loop);

@@ -73,6 +73,23 @@ static void self_pause(braid_producer *p) { braid_transport_pause_reading(p->arg
 static void self_resume(braid_producer *p) { braid_transport_resume_reading(p->arg); }
 static void self_stop(braid_producer *p) { braid_transport_lose_connection(p->arg); }
 
+/* One entry of the loop's introspection "connections" (<braid/introspect.h>). */
+static void describe(braid_json *j, void *arg) {
+    braid_transport *t = arg;
+    braid_json_object_begin(j);
+    braid_json_kv_str(j, "kind", t->vt->kind);
+    braid_address a;
+    char peer[128] = "";
+    if (t->vt->get_addr && t->vt->get_addr(t, true, &a) == 0) braid_address_format(&a, peer, sizeof peer);
+    braid_json_kv_str(j, "peer", peer[0] ? peer : NULL);
+    braid_json_kv_u64(j, "buffered", t->wlen);
+    braid_json_kv_u64(j, "written", t->written_total);
+    braid_json_kv_u64(j, "sent", t->sent_total);
+    braid_json_kv_bool(j, "paused", (t->state & BRAID__T_PAUSED) != 0);
+    braid_json_kv_bool(j, "closing", (t->state & (BRAID__T_CLOSED | BRAID__T_DISCONNECTING)) != 0);
+    braid_json_object_end(j);
+}
+
 void braid__transport_init(braid_transport *t, braid_loop *loop, const braid__transport_vt *vt) {
     memset(t, 0, sizeof *t);
     t->vt = vt;
@@ -89,6 +106,7 @@ void braid__transport_init(braid_transport *t, braid_loop *loop, const braid__tr
     t->self_producer.stop_producing = self_stop;
     t->self_producer.arg = t;
     braid_handle_open(loop, &t->handle, vt->kind);
+    braid_introspect_add(loop, &t->inode, "connections", describe, t);
 }
 
 void braid__transport_attach(braid_transport *t, braid_protocol *p) {
@@ -483,6 +501,7 @@ static void lost_cb(void *arg) {
     t->wbuf = NULL;
     t->wcap = t->wlen = t->whead = 0;
     braid_handle_close(t->loop, &t->handle);
+    braid_introspect_remove(t->loop, &t->inode);
     t->vt->free(t);
 }
 

@@ -13,6 +13,7 @@
 #ifndef BRAID_NET_TRANSPORT_IMPL_H
 #define BRAID_NET_TRANSPORT_IMPL_H
 
+#include <braid/introspect.h>
 #include "net/transport_ext.h"
 #include <braid/deferred.h>
 #include <braid/stream.h>
@@ -105,6 +106,7 @@ struct braid_transport {
     uint64_t close_deadline;
     size_t close_unsent;              /* bytes still buffered when it passed */
     braid_timer close_timer;
+    braid_introspect_node inode;      /* in the loop's "connections" */
 };
 
 void braid__transport_init(braid_transport *t, braid_loop *loop, const braid__transport_vt *vt);

@@ -23,6 +23,7 @@
  * their loops; the loop hold taken per job keeps the leak gate honest. */
 #include "loop/loop_module.h"
 #include <braid/pool.h>
+#include <braid/introspect.h>
 #include <linux/futex.h>
 #include <pthread.h>
 #include <signal.h>
@@ -113,6 +114,7 @@ struct braid_pool {
     unsigned flags;
     braid_loop *loop;
     braid_handle handle;
+    braid_introspect_node inode;     /* in its loop's "pools" (<braid/introspect.h>) */
     double avg_run_ns;           /* running averages (pool lock), for find_taker */
     double avg_wake_ns;
     uint64_t completed, rejected, cancelled;
@@ -643,6 +645,44 @@ static int start_takers(braid_pool *pool, unsigned n) {
 }
 
 /* ---- creation --------------------------------------------------------------------------- */
+/* One entry of its loop's introspection "pools": the stats snapshot, the
+ * histograms as log2 buckets (counts; hist_bucket_ns[i] is bucket i's upper
+ * bound) cut after the last non-empty bucket, and their medians and p99. */
+static void json_hist(braid_json *j, const char *key, const uint64_t h[BRAID_POOL_HIST], unsigned n) {
+    braid_json_key(j, key);
+    braid_json_array_begin(j);
+    for (unsigned i = 0; i < n; i++) braid_json_u64(j, h[i]);
+    braid_json_array_end(j);
+}
+static void describe(braid_json *j, void *arg) {
+    braid_pool *pool = arg;
+    braid_pool_stats st;
+    braid_pool_stats_get(pool, &st);
+    unsigned n = 0;
+    for (unsigned i = 0; i < BRAID_POOL_HIST; i++)
+        if (st.wait_hist[i] || st.run_hist[i]) n = i + 1;
+    braid_json_object_begin(j);
+    braid_json_kv_str(j, "name", pool->name);
+    braid_json_kv_u64(j, "threads", st.threads);
+    braid_json_kv_u64(j, "idle", st.idle);
+    braid_json_kv_u64(j, "queued", st.queued);
+    braid_json_kv_u64(j, "running", st.running);
+    braid_json_kv_u64(j, "completed", st.completed);
+    braid_json_kv_u64(j, "rejected", st.rejected);
+    braid_json_kv_u64(j, "cancelled", st.cancelled);
+    braid_json_kv_u64(j, "wait_p50_ns", braid_pool_hist_quantile(st.wait_hist, 0.5));
+    braid_json_kv_u64(j, "wait_p99_ns", braid_pool_hist_quantile(st.wait_hist, 0.99));
+    braid_json_kv_u64(j, "run_p50_ns", braid_pool_hist_quantile(st.run_hist, 0.5));
+    braid_json_kv_u64(j, "run_p99_ns", braid_pool_hist_quantile(st.run_hist, 0.99));
+    json_hist(j, "wait_hist", st.wait_hist, n);
+    json_hist(j, "run_hist", st.run_hist, n);
+    braid_json_key(j, "hist_bucket_ns");
+    braid_json_array_begin(j);
+    for (unsigned i = 0; i < n; i++) braid_json_u64(j, i == BRAID_POOL_HIST - 1 ? UINT64_MAX : 2ull << i);
+    braid_json_array_end(j);
+    braid_json_object_end(j);
+}
+
 int braid_pool_new(braid_pool **out, const braid_pool_options *opts) {
     braid_pool_options o = { 0 };
     if (!out) return BRAID_EINVAL;
@@ -695,6 +735,7 @@ int braid_pool_new(braid_pool **out, const braid_pool_options *opts) {
     if (pool->loop) {
         braid_handle_open(pool->loop, &pool->handle, "pool");
         pool->handle.name = pool->name;
+        braid_introspect_add(pool->loop, &pool->inode, "pools", describe, pool);
     }
     *out = pool;
     return 0;
@@ -1021,7 +1062,10 @@ void braid_pool_destroy(braid_pool *pool, braid_pool_mode mode) {
         if (gone) break;
         sched_yield();
     }
-    if (pool->loop) braid_handle_close(pool->loop, &pool->handle);
+    if (pool->loop) {
+        braid_handle_close(pool->loop, &pool->handle);
+        braid_introspect_remove(pool->loop, &pool->inode);
+    }
     pthread_mutex_destroy(&pool->mu);
     braid_free(pool);
 }

@@ -1,0 +1,271 @@
+/* Introspection: the loop's JSON document (loop, connections, pools and
+ * registered sections) parsed back and its shape checked, sections added
+ * and removed, odd writers, the allocation-failure walk, and the HTTP route
+ * (JSON and page) fetched with braid's own HTTP client over loopback. */
+// ctest-labels: threads
+#include "harness.h"
+#include "support/json.h"
+#include "support/net.h"
+#include "support/run.h"
+#include "support/walk.h"
+#include <braid/http.h>
+#include <braid/introspect.h>
+#include <braid/pool.h>
+#include <braid/stream.h>
+#include <braid/testing.h>
+#include <string.h>
+
+static bt_json *doc_of(braid_loop *loop) {
+    char *text;
+    size_t len;
+    BT_OK(braid_introspect_json(loop, &text, &len));
+    BT_EQ(strlen(text), len);
+    bt_json *doc = bt_json_parse(text, len);
+    if (!doc) bt_fail(__FILE__, __LINE__, "not JSON: %s", text);
+    braid_free(text);
+    return doc;
+}
+
+static void is_type(const bt_json *obj, const char *key, int type) {
+    const bt_json *v = bt_json_get(obj, key);
+    if (bt_json_type(v) != type)
+        bt_fail(__FILE__, __LINE__, "member %s: type %d, want %d", key, bt_json_type(v), type);
+}
+
+/* A stage-like section: name, a number, links (the graph's edges). */
+typedef struct stage {
+    const char *name;
+    const char *links[2];
+    braid_introspect_node node;
+} stage;
+static void describe_stage(braid_json *j, void *arg) {
+    stage *s = arg;
+    braid_json_object_begin(j);
+    braid_json_kv_str(j, "name", s->name);
+    braid_json_kv_f64(j, "load", 0.5);
+    braid_json_key(j, "links");
+    braid_json_array_begin(j);
+    for (int i = 0; i < 2 && s->links[i]; i++) braid_json_str(j, s->links[i]);
+    braid_json_array_end(j);
+    braid_json_object_end(j);
+}
+/* Writers that misbehave: one leaves its object open, one writes nothing,
+ * one nests past the limit; the document stays valid. */
+static void leaves_open(braid_json *j, void *arg) {
+    (void)arg;
+    braid_json_object_begin(j);
+    braid_json_kv_str(j, "odd", "quote \" backslash \\ newline \n tab \t");
+    braid_json_key(j, "list");
+    braid_json_array_begin(j);
+    braid_json_i64(j, -3);
+}
+static void writes_nothing(braid_json *j, void *arg) { (void)j; (void)arg; }
+static void too_deep(braid_json *j, void *arg) {
+    (void)arg;
+    for (int i = 0; i < 40; i++) braid_json_array_begin(j);
+    braid_json_u64(j, 1);
+    for (int i = 0; i < 40; i++) braid_json_array_end(j);
+}
+
+BT_TEST(document_has_loop_pools_connections_and_sections) {
+    braid_loop *loop = bt_loop_new(NULL);
+    braid_pool *pool;
+    BT_OK(braid_pool_new(&pool, &(braid_pool_options){ .name = "ipool", .loop = loop,
+                                                        .max_threads = 1 }));
+    /* A connection: a memory transport with bytes it could not send. */
+    braid_protocol *p = calloc(1, sizeof *p);
+    braid_memory_transport *m = braid_memory_transport_new(loop, p);
+    BT_TRUE(m != NULL);
+    stage a = { "parse", { "render", NULL }, { 0 } }, b = { "render", { "parse", "out" }, { 0 } };
+    braid_introspect_add(loop, &a.node, "stages", describe_stage, &a);
+    braid_introspect_add(loop, &b.node, "stages", describe_stage, &b);
+    braid_introspect_node odd1, odd2, odd3;
+    braid_introspect_add(loop, &odd1, "odd", leaves_open, NULL);
+    braid_introspect_add(loop, &odd2, "odd", writes_nothing, NULL);
+    braid_introspect_add(loop, &odd3, "odd", too_deep, NULL);
+
+    bt_json *doc = doc_of(loop);
+    BT_EQ(bt_json_type(doc), BT_JSON_OBJ);
+    BT_EQ((int)bt_json_get(doc, "braid")->num, 1);
+    is_type(doc, "time_ns", BT_JSON_NUM);
+    const bt_json *l = bt_json_get(doc, "loop");
+    BT_EQ(bt_json_type(l), BT_JSON_OBJ);
+    BT_STREQ(bt_json_get(l, "backend")->str, braid_loop_backend(loop));
+    static const char *const nums[] = { "iteration", "now_ns", "handles_open", "watchers_open",
+                                        "watchers_alive", "fd_table_size", "timers_pending", "timers_alive",
+                                        "soon_pending" };
+    for (size_t i = 0; i < sizeof nums / sizeof *nums; i++) is_type(l, nums[i], BT_JSON_NUM);
+    const bt_json *h = bt_json_get(l, "handles");
+    BT_EQ(bt_json_type(h), BT_JSON_OBJ);
+    BT_EQ((int)bt_json_get(h, "pool")->num, 1);
+    BT_EQ((int)bt_json_get(h, "memory")->num, 1);
+
+    const bt_json *conns = bt_json_get(doc, "connections");
+    BT_EQ(bt_json_type(conns), BT_JSON_ARR);
+    BT_EQ(conns->n, 1);
+    const bt_json *c = bt_json_at(conns, 0);
+    BT_STREQ(bt_json_get(c, "kind")->str, "memory");
+    is_type(c, "buffered", BT_JSON_NUM);
+    is_type(c, "paused", BT_JSON_BOOL);
+    is_type(c, "closing", BT_JSON_BOOL);
+
+    const bt_json *pools = bt_json_get(doc, "pools");
+    BT_EQ(pools->n, 1);
+    const bt_json *pl = bt_json_at(pools, 0);
+    BT_STREQ(bt_json_get(pl, "name")->str, "ipool");
+    static const char *const pnums[] = { "threads", "idle", "queued", "running", "completed",
+                                         "rejected", "cancelled", "wait_p50_ns", "run_p99_ns" };
+    for (size_t i = 0; i < sizeof pnums / sizeof *pnums; i++) is_type(pl, pnums[i], BT_JSON_NUM);
+    is_type(pl, "wait_hist", BT_JSON_ARR);
+    is_type(pl, "run_hist", BT_JSON_ARR);
+    is_type(pl, "hist_bucket_ns", BT_JSON_ARR);
+
+    const bt_json *st = bt_json_get(doc, "stages");
+    BT_EQ(st->n, 2);
+    BT_STREQ(bt_json_get(bt_json_at(st, 0), "name")->str, "render");   /* newest first */
+    BT_EQ(bt_json_get(bt_json_at(st, 0), "links")->n, 2);
+    BT_STREQ(bt_json_at(bt_json_get(bt_json_at(st, 1), "links"), 0)->str, "render");
+
+    const bt_json *odd = bt_json_get(doc, "odd");
+    BT_EQ(odd->n, 2);                       /* the one that wrote nothing is absent */
+    BT_EQ(bt_json_type(bt_json_at(odd, 0)), BT_JSON_ARR);    /* too deep: cut to null inside */
+    const bt_json *o = bt_json_at(odd, 1);
+    BT_STREQ(bt_json_get(o, "odd")->str, "quote \" backslash \\ newline \n tab \t");
+    BT_EQ((int)bt_json_at(bt_json_get(o, "list"), 0)->num, -3);
+    bt_json_free(doc);
+
+    /* Removed nodes and their sections go; a second remove is harmless. */
+    braid_introspect_remove(loop, &a.node);
+    braid_introspect_remove(loop, &b.node);
+    braid_introspect_remove(loop, &b.node);
+    braid_introspect_remove(loop, &odd1);
+    braid_introspect_remove(loop, &odd2);
+    braid_introspect_remove(loop, &odd3);
+    braid_memory_transport_free(m);
+    bt_spin(loop, 2);
+    braid_pool_destroy(pool, BRAID_POOL_FINISH);
+    doc = doc_of(loop);
+    BT_TRUE(bt_json_get(doc, "stages") == NULL);
+    BT_TRUE(bt_json_get(doc, "pools") == NULL);
+    BT_TRUE(bt_json_get(doc, "connections") == NULL);
+    bt_json_free(doc);
+    free(p);
+    bt_loop_destroy(loop);
+}
+
+/* ---- allocation failures ----------------------------------------------------------------- */
+static int walk_body(void *arg) {
+    braid_loop *loop = arg;
+    char *text;
+    int rc = braid_introspect_json(loop, &text, NULL);
+    if (rc == 0) braid_free(text);
+    return rc;
+}
+
+BT_TEST(alloc_walk_document) {
+    braid_loop *loop = bt_loop_new(NULL);
+    stage a = { "a", { "b", NULL }, { 0 } };
+    braid_introspect_add(loop, &a.node, "stages", describe_stage, &a);
+    bt_walk_result r = bt_alloc_walk(&(bt_walk){ .name = "introspect", .body = walk_body, .arg = loop,
+                                                 .enomem_only = true });
+    BT_GE(r.errors, 1);
+    braid_introspect_remove(loop, &a.node);
+    bt_loop_destroy(loop);
+}
+
+/* ---- the HTTP route, fetched with braid's client ---------------------------------------------- */
+typedef struct fetch {
+    int done;
+    int status;
+    char *body;
+    size_t len;
+    char ctype[64];
+} fetch;
+
+static braid_result got(braid_result r, void *arg) {
+    fetch *f = arg;
+    f->done = 1;
+    if (r.failure) {
+        f->status = -1;
+        braid_result_drop(r);
+        return braid_ok(NULL);
+    }
+    braid_http_client_response *resp = r.value;
+    f->status = resp->status;
+    f->len = resp->body_len;
+    f->body = malloc(resp->body_len + 1);
+    memcpy(f->body, resp->body, resp->body_len);
+    f->body[resp->body_len] = 0;
+    const char *ct = braid_http_client_response_header(resp, "Content-Type");
+    snprintf(f->ctype, sizeof f->ctype, "%s", ct ? ct : "");
+    braid_result_drop(r);
+    return braid_ok(NULL);
+}
+
+static void get(braid_loop *loop, braid_http_client *c, const char *url, fetch *f) {
+    memset(f, 0, sizeof *f);
+    braid_deferred *d = braid_http_client_request(c, &(braid_http_client_req){ .url = url });
+    BT_TRUE(d != NULL);
+    braid_deferred_add_both(d, got, f);
+    braid_deferred_release(d);
+    BT_RUN_UNTIL(loop, f->done, 2000);
+}
+
+BT_IO_TEST(http_route_serves_the_document_and_its_page) {
+    braid_loop *loop = bt_loop_new(NULL);
+    braid_http_server *srv;
+    BT_OK(braid_http_server_new(loop, NULL, &srv));
+    BT_OK(braid_http_introspection_route(srv, "/_braid/"));
+    BT_EQ(braid_http_introspection_route(srv, "/_braid"), BRAID_EEXIST);
+    BT_EQ(braid_http_introspection_route(srv, "nope"), BRAID_EINVAL);
+    stage a = { "in", { "out", NULL }, { 0 } }, b = { "out", { NULL, NULL }, { 0 } };
+    braid_introspect_add(loop, &a.node, "components", describe_stage, &a);
+    braid_introspect_add(loop, &b.node, "components", describe_stage, &b);
+    int port;
+    braid_listener *l = bt_listen_tcp(loop, braid_http_server_factory(srv), &port);
+    braid_http_client *c;
+    BT_OK(braid_http_client_new(loop, NULL, &c));
+    char url[128];
+
+    fetch f;
+    snprintf(url, sizeof url, "http://127.0.0.1:%d/_braid.json", port);
+    get(loop, c, url, &f);
+    BT_EQ(f.status, 200);
+    BT_STREQ(f.ctype, "application/json");
+    bt_json *doc = bt_json_parse(f.body, f.len);
+    if (!doc) bt_fail(__FILE__, __LINE__, "not JSON: %s", f.body);
+    BT_STREQ(bt_json_get(bt_json_get(doc, "loop"), "backend")->str, bt_backend());
+    /* The client's own connection and the server's side of it are both there. */
+    const bt_json *conns = bt_json_get(doc, "connections");
+    BT_GE(conns->n, 2);
+    bool saw_peer = false;
+    for (size_t i = 0; i < conns->n; i++) {
+        const bt_json *p = bt_json_get(bt_json_at(conns, i), "peer");
+        if (bt_json_type(p) == BT_JSON_STR && strstr(p->str, "127.0.0.1")) saw_peer = true;
+    }
+    BT_TRUE(saw_peer);
+    BT_EQ(bt_json_get(doc, "components")->n, 2);
+    bt_json_free(doc);
+    free(f.body);
+
+    snprintf(url, sizeof url, "http://127.0.0.1:%d/_braid", port);
+    get(loop, c, url, &f);
+    BT_EQ(f.status, 200);
+    BT_TRUE(strncmp(f.ctype, "text/html", 9) == 0);
+    BT_TRUE(strstr(f.body, "<svg") != NULL);              /* draws the graph itself */
+    BT_TRUE(strstr(f.body, ".json'") != NULL);             /* fetches the document */
+    BT_TRUE(strstr(f.body, "<script src") == NULL);       /* no external assets */
+    BT_TRUE(strstr(f.body, "<link") == NULL);
+    BT_TRUE(strstr(f.body, "http://") == NULL || strstr(f.body, "http://www.w3.org/2000/svg") != NULL);
+    free(f.body);
+
+    braid_introspect_remove(loop, &a.node);
+    braid_introspect_remove(loop, &b.node);
+    braid_http_client_free(c);
+    braid_listener_close(l);
+    braid_http_server_shutdown(srv);
+    BT_RUN_UNTIL(loop, braid_http_server_connections(srv) == 0, 2000);
+    BT_OK(braid_http_server_free(srv));
+    bt_drain(loop);
+    bt_loop_destroy(loop);
+}
