@@ -13,6 +13,7 @@
 #include <braid/deferred.h>
 #include <braid/fiber.h>
 #include <braid/http.h>
+#include <braid/log.h>
 #include <braid/pool.h>
 #include <braid/testing.h>
 #include <pthread.h>
@@ -483,8 +484,9 @@ static braid_result answer_later(braid_result r, void *arg) {
     braid_http_request *req = braid_ctx_get_ptr(&braid_http_request_key);
     if (!req) return braid_errf(BRAID_EINVAL, "no request in the context");
     char body[128];
-    int n = snprintf(body, sizeof body, "path=%.*s user=%s", (int)req->path_len, req->path,
-                     braid_ctx_get_str(&USER) ? braid_ctx_get_str(&USER) : "-");
+    int n = snprintf(body, sizeof body, "path=%.*s user=%s id=%llu", (int)req->path_len, req->path,
+                     braid_ctx_get_str(&USER) ? braid_ctx_get_str(&USER) : "-",
+                     (unsigned long long)braid_ctx_get_u64(&braid_log_request_id_key, 0));
     braid_http_response *resp = braid_http_response_new(200, "text/plain", body, (size_t)n);
     if (!resp) return braid_errf(BRAID_ENOMEM, "response");
     return braid_ok_owned(resp, braid_http_response_free);
@@ -521,7 +523,7 @@ BT_TEST(hop_http_handler_has_the_request_and_requests_are_isolated) {
     BT_OK(braid_memory_transport_receive(m[1], r1, strlen(r1)));
     bt_spin(x.loop, 4);
     bt_advance(x.loop, BRAID_MSEC(30));
-    const char *want[2] = { "path=/alpha user=-", "path=/beta user=-" };
+    const char *want[2] = { "path=/alpha user=- id=1", "path=/beta user=- id=2" };
     for (int i = 0; i < 2; i++) {
         size_t n;
         const char *out = braid_memory_transport_data(m[i], &n);

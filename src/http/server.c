@@ -38,6 +38,7 @@
  * no progress for send_timeout. */
 #include "http/server_internal.h"
 
+#include <braid/log.h>
 #include <errno.h>
 #include <inttypes.h>
 #include <stdio.h>
@@ -534,14 +535,22 @@ static void dispatch(hs_conn *c) {
         respond_miss(c, false);
         return;
     }
-    braid_ctx_scope scope;
+    /* The handler's context: the request's number (the log's request id,
+     * <braid/log.h>) and the request. */
+    braid_ctx_scope id_scope, scope;
+    if (braid_ctx_push_u64(&id_scope, &braid_log_request_id_key, s->requests) < 0) {
+        respond_error(c, 500);
+        return;
+    }
     if (braid_ctx_push_ptr(&scope, &braid_http_request_key, &c->req) < 0) {
+        braid_ctx_pop(&id_scope);
         respond_error(c, 500);
         return;
     }
     c->state = HS_HANDLER;
     braid_deferred *d = c->route->h(&c->req, c->route->arg);
     braid_ctx_pop(&scope);
+    braid_ctx_pop(&id_scope);
     if (d) {
         if (c->state != HS_HANDLER) {
             braid_log(s->loop, BRAID_LOG_ERROR, "http: handler answered and returned a Deferred; "
