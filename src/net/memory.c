@@ -126,6 +126,7 @@ braid_pump *braid_pump_new(braid_loop *loop, braid_protocol *client, braid_proto
         for (int i = 0; i < 2; i++) {   /* never attached: nothing queued yet */
             if (!p->side[i]) continue;
             braid_handle_close(loop, &p->side[i]->base.handle);
+            braid_introspect_remove(loop, &p->side[i]->base.inode);
             braid_free(p->side[i]);
         }
         braid_free(p);
