@@ -40,7 +40,7 @@ static braid_result slow_job(void *arg) {
     braid_log_emit(braid_loop_logger(the_app->loop), BRAID_LOG_INFO, "app.work",
                    braid_log_fields(BRAID_LOG_I64("ms", ms)), "blocking for %ld ms", ms);
     usleep((useconds_t)ms * 1000);
-    return braid_ok((void *)(intptr_t)ms);
+    return braid_result_ok((void *)(intptr_t)ms);
 }
 
 static braid_result work_done(braid_result r, void *arg) {
@@ -53,8 +53,8 @@ static braid_result work_done(braid_result r, void *arg) {
     braid_log_emit(braid_loop_logger(the_app->loop), BRAID_LOG_INFO, "app.work", braid_log_no_fields,
                    "answered");
     braid_http_response *resp = braid_http_response_new(200, "text/plain", body, (size_t)n);
-    if (!resp) return braid_err(braid_failure_new(BRAID_ENOMEM, NULL));
-    return braid_ok_owned(resp, braid_http_response_free);
+    if (!resp) return braid_result_err(braid_failure_new(BRAID_ENOMEM, NULL));
+    return braid_result_ok_owned(resp, braid_http_response_free);
 }
 
 static braid_deferred *h_work(braid_http_request *req, void *arg) {
@@ -64,10 +64,10 @@ static braid_deferred *h_work(braid_http_request *req, void *arg) {
     if (req->query && req->query_len > 3 && !strncmp(req->query, "ms=", 3))
         ms = strtol(req->query + 3, &end, 10);
     if (ms < 0 || ms > 10000 || (end && end != req->query + req->query_len)) {
-        braid_http_respond(req, 400, "text/plain", "ms must be 0..10000\n", 20);
+        braid_http_request_respond(req, 400, "text/plain", "ms must be 0..10000\n", 20);
         return NULL;
     }
-    braid_deferred *d = braid_defer_to_pool(a->loop, a->pool, slow_job, (void *)(intptr_t)ms);
+    braid_deferred *d = braid_pool_defer(a->loop, a->pool, slow_job, (void *)(intptr_t)ms);
     braid_deferred_add_callback(d, work_done, NULL);
     return d;
 }
@@ -106,7 +106,7 @@ static braid_result checked(braid_result r, void *arg) {
     braid_result_drop(r);
     free(c);
     maybe_stop(a);
-    return braid_ok(NULL);
+    return braid_result_ok(NULL);
 }
 
 static void fetch(app *a, const char *path, int want_status, const char *want_text) {
@@ -117,7 +117,7 @@ static void fetch(app *a, const char *path, int want_status, const char *want_te
     a->pending++;
     braid_deferred *d = braid_http_client_request(a->client, &(braid_http_client_req){ .url = url });
     braid_deferred_add_both(d, checked, c);
-    braid_deferred_release(d);
+    braid_deferred_unref(d);
 }
 
 /* While /work blocks a pool thread, the state shows it running. */
@@ -135,7 +135,7 @@ static braid_result listening(braid_result r, void *arg) {
         braid_result_drop(r);
         braid_loop_stop(a->loop);
         a->failures++;
-        return braid_ok(NULL);
+        return braid_result_ok(NULL);
     }
     a->listener = r.value;
     braid_address addr;
@@ -144,9 +144,9 @@ static braid_result listening(braid_result r, void *arg) {
                    "listening; state at http://127.0.0.1:%d/_braid", a->port);
     if (a->client) {
         fetch(a, "/work?ms=300", 200, "worked 300 ms");
-        braid_call_later(a->loop, BRAID_MSEC(100), look_while_busy, a);
+        braid_timer_call_later(a->loop, BRAID_MSEC(100), look_while_busy, a);
     }
-    return braid_ok(NULL);
+    return braid_result_ok(NULL);
 }
 
 int main(int argc, char **argv) {
@@ -160,25 +160,25 @@ int main(int argc, char **argv) {
     if (braid_pool_new(&a.pool, &(braid_pool_options){ .name = "work", .max_threads = 2, .loop = a.loop }) < 0)
         return 1;
     if (braid_http_server_new(a.loop, NULL, &a.srv) < 0) return 1;
-    braid_http_route(a.srv, "GET", "/work", 0, h_work, &a);
+    braid_http_server_route(a.srv, "GET", "/work", 0, h_work, &a);
     braid_http_introspection_route(a.srv, "/_braid");
     if (self_test && braid_http_client_new(a.loop, NULL, &a.client) < 0) return 1;
     char ep[64];
     snprintf(ep, sizeof ep, "tcp:%d:interface=127.0.0.1", port);
-    braid_deferred *d = braid_http_listen(a.srv, ep);
+    braid_deferred *d = braid_http_server_listen(a.srv, ep);
     braid_deferred_add_both(d, listening, &a);
-    braid_deferred_release(d);
+    braid_deferred_unref(d);
     braid_loop_run(a.loop);
 
     /* Stopped (self-test) or interrupted: close what is left and check. */
     if (a.client) braid_http_client_free(a.client);
     braid_http_server_shutdown(a.srv);
     for (int i = 0; i < 100 && braid_http_server_connections(a.srv) > 0; i++)
-        braid_loop_run_once(a.loop, BRAID_RUN_NOWAIT);
+        braid_loop_run_once(a.loop, BRAID_LOOP_RUN_NOWAIT);
     braid_http_server_free(a.srv);
     braid_pool_destroy(a.pool, BRAID_POOL_FINISH);
-    braid_loop_run_once(a.loop, BRAID_RUN_NOWAIT);
-    int rc = braid_loop_destroy(a.loop);
+    braid_loop_run_once(a.loop, BRAID_LOOP_RUN_NOWAIT);
+    int rc = braid_loop_free(a.loop);
     if (rc < 0) fprintf(stderr, "loop destroy: %s\n", braid_strerror(rc));
     return a.failures || rc < 0 ? 1 : 0;
 }

@@ -157,8 +157,8 @@ BT_TEST(hop_deferred_callback_runs_in_the_context_it_was_added_in) {
     BT_STREQ(braid_ctx_get_str(&USER), "mallory");       /* the firer's, restored */
     braid_ctx_pop(&s);
     BT_EQ(seen_calls, 2);
-    braid_deferred_release(d1);
-    braid_deferred_release(d2);
+    braid_deferred_unref(d1);
+    braid_deferred_unref(d2);
     bt_loop_destroy(loop);
 }
 
@@ -174,7 +174,7 @@ BT_TEST(hop_deferred_callbacks_never_run_release_their_context) {
     BT_EQ(atomic_load(&released), 0);          /* the callback slot holds it */
     braid_deferred_pause(d);
     BT_OK(braid_deferred_callback(d, NULL, NULL));
-    braid_deferred_release(d);                 /* freed paused: the callback never runs */
+    braid_deferred_unref(d);                 /* freed paused: the callback never runs */
     BT_EQ(atomic_load(&released), 1);
     bt_loop_destroy(loop);
 }
@@ -233,7 +233,7 @@ BT_TEST(hop_deferred_callbacks_of_one_deferred_in_several_contexts) {
     BT_STREQ(mixed_seen[3], "-/7");
     BT_STREQ(mixed_seen[4], "-/0");
     BT_EQ(atomic_load(&released), 2);         /* both given back once run */
-    braid_deferred_release(d);
+    braid_deferred_unref(d);
     bt_loop_destroy(loop);
 }
 
@@ -254,14 +254,14 @@ BT_TEST(context_outlives_its_scope_while_callbacks_hold_it) {
     }
     for (int i = 0; i < N / 2; i++) {          /* half run inside the scope */
         BT_OK(braid_deferred_callback(ds[i], NULL, NULL));
-        braid_deferred_release(ds[i]);
+        braid_deferred_unref(ds[i]);
     }
     braid_ctx_pop(&s);
     BT_EQ(atomic_load(&released), 0);
     for (int i = N / 2; i < N; i++) {
         BT_EQ(atomic_load(&released), 0);
         BT_OK(braid_deferred_callback(ds[i], NULL, NULL));
-        braid_deferred_release(ds[i]);
+        braid_deferred_unref(ds[i]);
     }
     BT_EQ(atomic_load(&released), 1);
     bt_loop_destroy(loop);
@@ -289,7 +289,7 @@ BT_TEST(hop_timer_and_call_later_run_in_the_context_they_were_started_in) {
     BT_OK(braid_timer_start(&t, BRAID_MSEC(10)));
     braid_ctx_pop(&s);
     BT_OK(braid_ctx_push_u64(&s, &REQ_ID, 42));
-    BT_TRUE(braid_call_later(loop, BRAID_MSEC(20), on_later, NULL) != NULL);
+    BT_TRUE(braid_timer_call_later(loop, BRAID_MSEC(20), on_later, NULL) != NULL);
     /* The loop runs them while something else is current on this thread. */
     braid_ctx_scope other;
     BT_OK(braid_ctx_push_str(&other, &USER, "mallory"));
@@ -390,7 +390,7 @@ static char job_user[64];
 static braid_result job(void *arg) {
     (void)arg;
     keep(job_user, braid_ctx_get_str(&USER));     /* on a worker thread */
-    return braid_ok(NULL);
+    return braid_result_ok(NULL);
 }
 static _Atomic int call_seen;
 static void call_job(void *arg) {
@@ -404,15 +404,15 @@ BT_TEST(hop_pool_job_runs_in_the_submitters_context) {
     BT_OK(braid_pool_new(&pool, &(braid_pool_options){ .max_threads = 2 }));
     braid_ctx_scope s;
     BT_OK(braid_ctx_push_str(&s, &USER, "alice"));
-    braid_deferred *d = braid_defer_to_pool(loop, pool, job, NULL);
+    braid_deferred *d = braid_pool_defer(loop, pool, job, NULL);
     BT_TRUE(d != NULL);
     BT_OK(braid_deferred_add_callback(d, see_user, NULL));
-    braid_deferred_release(d);
+    braid_deferred_unref(d);
     braid_ctx_pop(&s);
     seen_calls = 0;
     seen_user[0] = 0;
     BT_OK(braid_ctx_push_u64(&s, &REQ_ID, 5));
-    BT_OK(braid_call_in_pool(pool, call_job, NULL));
+    BT_OK(braid_pool_call(pool, call_job, NULL));
     braid_ctx_pop(&s);
     BT_RUN_UNTIL(loop, seen_calls == 1, 1000);
     BT_STREQ(job_user, "alice");          /* the worker ran it in alice's context */
@@ -436,13 +436,13 @@ static braid_result fiber_body(void *arg) {
     fib *f = arg;
     keep(f->at_start, braid_ctx_get_str(&USER));          /* the spawner's */
     braid_ctx_scope s;
-    if (braid_ctx_push_u64(&s, &REQ_ID, 77) < 0) return braid_errf(BRAID_ENOMEM, "push");
-    braid_result r = braid_await(braid_deferred_ref(f->gate));
+    if (braid_ctx_push_u64(&s, &REQ_ID, 77) < 0) return braid_result_errf(BRAID_ENOMEM, "push");
+    braid_result r = braid_fiber_await(braid_deferred_ref(f->gate));
     braid_result_drop(r);
     f->after_await = braid_ctx_get_u64(&REQ_ID, 0);     /* its own, kept across the switch */
     keep(f->user_after_await, braid_ctx_get_str(&USER));
     braid_ctx_pop(&s);
-    return braid_ok(NULL);
+    return braid_result_ok(NULL);
 }
 
 BT_TEST(hop_fiber_spawn_and_await_keep_the_fibers_context) {
@@ -465,8 +465,8 @@ BT_TEST(hop_fiber_spawn_and_await_keep_the_fibers_context) {
     BT_UEQ(f.after_await, 77);
     BT_STREQ(f.user_after_await, "alice");
     BT_PTR_EQ(braid_ctx_current(), NULL);
-    braid_deferred_release(d);
-    braid_deferred_release(f.gate);
+    braid_deferred_unref(d);
+    braid_deferred_unref(f.gate);
     bt_loop_destroy(loop);
 }
 
@@ -482,21 +482,21 @@ static braid_result answer_later(braid_result r, void *arg) {
     braid_result_drop(r);
     /* Deep in the handler's work: the request is found in the context. */
     braid_http_request *req = braid_ctx_get_ptr(&braid_http_request_key);
-    if (!req) return braid_errf(BRAID_EINVAL, "no request in the context");
+    if (!req) return braid_result_errf(BRAID_EINVAL, "no request in the context");
     char body[128];
     int n = snprintf(body, sizeof body, "path=%.*s user=%s id=%llu", (int)req->path_len, req->path,
                      braid_ctx_get_str(&USER) ? braid_ctx_get_str(&USER) : "-",
                      (unsigned long long)braid_ctx_get_u64(&braid_log_request_id_key, 0));
     braid_http_response *resp = braid_http_response_new(200, "text/plain", body, (size_t)n);
-    if (!resp) return braid_errf(BRAID_ENOMEM, "response");
-    return braid_ok_owned(resp, braid_http_response_free);
+    if (!resp) return braid_result_errf(BRAID_ENOMEM, "response");
+    return braid_result_ok_owned(resp, braid_http_response_free);
 }
 
 static braid_deferred *h_ctx(braid_http_request *req, void *arg) {
     hx *x = arg;
     BT_PTR_EQ(braid_ctx_get_ptr(&braid_http_request_key), req);
     /* Answer after a delay, through a Deferred and a timer: two hops. */
-    braid_deferred *d = braid_defer_later(x->loop, BRAID_MSEC(req->path[1] == 'a' ? 20 : 10), NULL, NULL);
+    braid_deferred *d = braid_deferred_later(x->loop, BRAID_MSEC(req->path[1] == 'a' ? 20 : 10), NULL, NULL);
     if (d) braid_deferred_add_callback(d, answer_later, NULL);
     return d;
 }
@@ -508,7 +508,7 @@ BT_TEST(hop_http_handler_has_the_request_and_requests_are_isolated) {
     braid_ctx_scope s;
     BT_OK(braid_ctx_push_str(&s, &USER, "server-owner"));
     BT_OK(braid_http_server_new(x.loop, NULL, &x.srv));
-    BT_OK(braid_http_route(x.srv, "GET", "/", BRAID_HTTP_PREFIX, h_ctx, &x));
+    BT_OK(braid_http_server_route(x.srv, "GET", "/", BRAID_HTTP_ROUTE_PREFIX, h_ctx, &x));
     braid_ctx_pop(&s);
     braid_memory_transport *m[2];
     for (int i = 0; i < 2; i++) {
@@ -554,7 +554,7 @@ static int walk_body(void *arg) {
     rc = d ? braid_deferred_add_callback(d, see_user, NULL) : BRAID_ENOMEM;
     if (d) {
         if (rc == 0) rc = braid_deferred_callback(d, NULL, NULL);
-        braid_deferred_release(d);
+        braid_deferred_unref(d);
     }
     braid_ctx_pop(&s2);
     braid_ctx_pop(&s1);

@@ -188,7 +188,7 @@ static braid_result got(braid_result r, void *arg) {
     if (r.failure) {
         f->status = -1;
         braid_result_drop(r);
-        return braid_ok(NULL);
+        return braid_result_ok(NULL);
     }
     braid_http_client_response *resp = r.value;
     f->status = resp->status;
@@ -199,7 +199,7 @@ static braid_result got(braid_result r, void *arg) {
     const char *ct = braid_http_client_response_header(resp, "Content-Type");
     snprintf(f->ctype, sizeof f->ctype, "%s", ct ? ct : "");
     braid_result_drop(r);
-    return braid_ok(NULL);
+    return braid_result_ok(NULL);
 }
 
 static void get(braid_loop *loop, braid_http_client *c, const char *url, fetch *f) {
@@ -207,7 +207,7 @@ static void get(braid_loop *loop, braid_http_client *c, const char *url, fetch *
     braid_deferred *d = braid_http_client_request(c, &(braid_http_client_req){ .url = url });
     BT_TRUE(d != NULL);
     braid_deferred_add_both(d, got, f);
-    braid_deferred_release(d);
+    braid_deferred_unref(d);
     BT_RUN_UNTIL(loop, f->done, 2000);
 }
 

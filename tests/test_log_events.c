@@ -125,7 +125,7 @@ BT_TEST(json_lines_parse_back) {
                                     BRAID_LOG_F64("ratio", 0.5), BRAID_LOG_BOOL("cached", true),
                                     BRAID_LOG_I64("delta", -3)),
                    "query \"%s\" done", "select");
-    braid_log(loop, BRAID_LOG_ERROR, "plain line");
+    braid_loop_log(loop, BRAID_LOG_ERROR, "plain line");
     char buf[4096];
     ssize_t n = read(p[0], buf, sizeof buf - 1);
     BT_GT(n, 0);
@@ -182,7 +182,7 @@ BT_TEST(filters_change_at_run_time) {
     braid_log_emit(lg, BRAID_LOG_WARN, "app.db", braid_log_no_fields, "w2");
     BT_EQ(s.n, 2);
     BT_STREQ(s.last_msg, "w2");
-    braid_log(loop, BRAID_LOG_INFO, "no namespace, default level");
+    braid_loop_log(loop, BRAID_LOG_INFO, "no namespace, default level");
     BT_EQ(s.n, 3);
     BT_STREQ(s.last_ns, "");
     braid_log_observer_remove(o);
@@ -197,7 +197,7 @@ BT_TEST(braid_modules_log_in_their_namespace) {
     braid_timer t;
     braid_timer_init(loop, &t, (braid_timer_cb)(void (*)(void))abort, NULL);
     BT_OK(braid_timer_start(&t, BRAID_SECONDS(5)));
-    BT_ERR(braid_loop_destroy(loop), BRAID_EBUSY);
+    BT_ERR(braid_loop_free(loop), BRAID_EBUSY);
     BT_EQ(s.n, 1);
     BT_STREQ(s.last_ns, "braid.loop");
     BT_EQ(s.last_level, BRAID_LOG_ERROR);

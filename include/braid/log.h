@@ -28,7 +28,7 @@
  *                    braid_log_fields(BRAID_LOG_U64("rows", n), BRAID_LOG_STR("table", t)),
  *                    "query done in %d ms", ms);
  *
- * braid_log(loop, level, fmt, …) (<braid/loop.h>) is the same with no
+ * braid_loop_log(loop, level, fmt, …) (<braid/loop.h>) is the same with no
  * namespace and no fields; braid's own modules log through this logger in
  * the namespaces "braid.<module>". A loop made with braid_loop_options.log
  * gets that function as its first observer (it receives the message alone,
@@ -77,7 +77,7 @@ typedef struct braid_log_field {
 typedef struct braid_log_event {
     uint64_t time_ns;             /* wall clock (CLOCK_REALTIME), ns since the epoch */
     braid_log_level level;
-    const char *ns;               /* NULL: none (braid_log's lines) */
+    const char *ns;               /* NULL: none (braid_loop_log's lines) */
     const char *msg;              /* the formatted message */
     const braid_log_field *fields;
     size_t nfields;

@@ -26,7 +26,7 @@ static const char braid__log_ns[] = "deferred";
  * contexts stores nothing for them; one used within one context stores one
  * marker. */
 typedef struct braid__cbslot {
-    braid_callback cb, eb;
+    braid_deferred_cb cb, eb;
     void *arg;
 } braid__cbslot;
 
@@ -53,7 +53,7 @@ struct braid_deferred {
      * reference (in its result.chain) and we hold a reference on it, given
      * back when our result moves into it. On the free list: the next entry. */
     braid_deferred *parent;
-    braid_canceller canceller;
+    braid_deferred_cancel_fn canceller;
     void *canceller_arg;
     braid__cbslot *spill;            /* slots [INLINE, spill_cap + INLINE) */
     braid__cbslot slot[BRAID__DEFERRED_INLINE];

@@ -52,8 +52,8 @@ static const char page[] =
 
 static braid_deferred *serve_page(braid_http_request *req, void *arg) {
     BRAID__UNUSED(arg);
-    braid_http_add_header(req, "Cache-Control", "no-store");
-    braid_http_respond(req, 200, "text/html; charset=utf-8", page, sizeof page - 1);
+    braid_http_request_add_header(req, "Cache-Control", "no-store");
+    braid_http_request_respond(req, 200, "text/html; charset=utf-8", page, sizeof page - 1);
     return NULL;
 }
 
@@ -63,11 +63,11 @@ static braid_deferred *serve_json(braid_http_request *req, void *arg) {
     size_t len;
     int rc = braid_introspect_json(req->server->loop, &json, &len);
     if (rc < 0) {
-        braid_http_respond(req, 503, "text/plain", "out of memory\n", 14);
+        braid_http_request_respond(req, 503, "text/plain", "out of memory\n", 14);
         return NULL;
     }
-    braid_http_add_header(req, "Cache-Control", "no-store");
-    braid_http_respond(req, 200, "application/json", json, len);
+    braid_http_request_add_header(req, "Cache-Control", "no-store");
+    braid_http_request_respond(req, 200, "application/json", json, len);
     braid_free(json);
     return NULL;
 }
@@ -82,7 +82,7 @@ int braid_http_introspection_route(braid_http_server *s, const char *path) {
     html[n] = 0;
     memcpy(json, path, n);
     memcpy(json + n, ".json", 6);
-    int rc = braid_http_route(s, "GET", json, 0, serve_json, NULL);
+    int rc = braid_http_server_route(s, "GET", json, 0, serve_json, NULL);
     if (rc < 0) return rc;
-    return braid_http_route(s, "GET", html, 0, serve_page, NULL);
+    return braid_http_server_route(s, "GET", html, 0, serve_page, NULL);
 }

@@ -41,7 +41,7 @@ struct braid_log_observer {
     braid_log_observer_fn fn;
     void *arg;
     int fd;
-    braid_log_fn legacy;
+    braid_log_cb legacy;
     /* ring */
     braid_log_event **ring;
     size_t cap, head, count;

@@ -13,7 +13,7 @@ typedef struct braid__logger_hooks {
     void (*wake)(void *arg);         /* any thread: have braid__logger_drain run soon */
     void *arg;
     size_t queue_limit;              /* 0: 1024 */
-    braid_log_fn legacy;             /* braid_loop_options.log: the first observer */
+    braid_log_cb legacy;             /* braid_loop_options.log: the first observer */
     void *legacy_ctx;
 } braid__logger_hooks;
 
