@@ -367,7 +367,9 @@ static void c_close(client *c, bool rst) {
     c->blen = 0;
 }
 
-static bool c_connect(client *c, bool tls) {
+/* A TCP connection to the plain or the TLS port (10 s timeouts on every
+ * read and write); with handshake, the TLS handshake too. */
+static bool c_tcp(client *c, bool tls_port) {
     c_close(c, false);
     c->fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
     if (c->fd < 0) return false;
@@ -376,12 +378,18 @@ static bool c_connect(client *c, bool tls) {
     setsockopt(c->fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
     int one = 1;
     setsockopt(c->fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-    struct sockaddr_in a = { .sin_family = AF_INET, .sin_port = htons((uint16_t)(tls ? c->L->tls_port : c->L->port)),
+    struct sockaddr_in a = { .sin_family = AF_INET,
+                             .sin_port = htons((uint16_t)(tls_port ? c->L->tls_port : c->L->port)),
                              .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
     if (connect(c->fd, (struct sockaddr *)&a, sizeof a) < 0) {
         c_close(c, false);
         return false;
     }
+    return true;
+}
+
+static bool c_connect(client *c, bool tls) {
+    if (!c_tcp(c, tls)) return false;
     if (tls) {
         c->ssl = SSL_new(c->L->ssl);
         if (!c->ssl || SSL_set_fd(c->ssl, c->fd) != 1 || SSL_connect(c->ssl) != 1) {
@@ -651,8 +659,7 @@ static void run_vanish(client *c) {
     char req[256], tok[32];
     while (!stopping(c)) {
         int what = (int)(rnd(c) % 7);
-        bool tls = what == 6;
-        if (!c_connect(c, false)) {
+        if (!c_tcp(c, what == 6)) {
             atomic_fetch_add(&c->L->lost[c->kind], 1);   /* the server refused a connection */
             usleep(100000);
             continue;
@@ -698,27 +705,19 @@ static void run_vanish(client *c) {
             c_close(c, false);
             break;
         }
-        case 6:           /* a TLS handshake abandoned after the ClientHello */
-            c_close(c, false);
-            if (c_connect(c, false)) {
-                struct sockaddr_in a = { .sin_family = AF_INET, .sin_port = htons((uint16_t)c->L->tls_port),
-                                         .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
-                close(c->fd);
-                c->fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-                if (c->fd >= 0 && connect(c->fd, (struct sockaddr *)&a, sizeof a) == 0) {
-                    SSL *s = SSL_new(c->L->ssl);
-                    SSL_set_fd(s, c->fd);
-                    /* non-blocking connect: the hello goes out, we leave */
-                    fcntl(c->fd, F_SETFL, O_NONBLOCK);
-                    SSL_connect(s);
-                    ERR_clear_error();
-                    usleep(5000);
-                    SSL_free(s);
-                }
-                c_close(c, rnd(c) % 2);
+        case 6: {         /* a TLS handshake abandoned after the ClientHello */
+            SSL *s = SSL_new(c->L->ssl);
+            if (s) {
+                SSL_set_fd(s, c->fd);
+                fcntl(c->fd, F_SETFL, O_NONBLOCK);   /* the hello goes out, we do not wait */
+                SSL_connect(s);
+                ERR_clear_error();
+                usleep(5000);
+                SSL_free(s);
             }
-            (void)tls;
+            c_close(c, rnd(c) % 2);
             break;
+        }
         }
         atomic_fetch_add(&c->L->done[c->kind], 1);
         usleep(20000);
@@ -730,31 +729,21 @@ static void run_garbage(client *c) {
     char req[24000];
     while (!stopping(c)) {
         int what = (int)(rnd(c) % 7);
-        bool tls = what == 6;
-        if (!c_connect(c, false)) {
+        if (!c_tcp(c, what == 6)) {
             atomic_fetch_add(&c->L->lost[c->kind], 1);
             usleep(100000);
             continue;
         }
-        if (tls) {   /* random bytes to the TLS port */
-            close(c->fd);
-            c->fd = -1;
-            client t = *c;
-            t.fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-            struct timeval tv = { 10, 0 };
-            setsockopt(t.fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
-            struct sockaddr_in a = { .sin_family = AF_INET, .sin_port = htons((uint16_t)c->L->tls_port),
-                                     .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
-            if (t.fd >= 0 && connect(t.fd, (struct sockaddr *)&a, sizeof a) == 0) {
-                size_t n = 16 + rnd(c) % 2000;
-                for (size_t i = 0; i < n; i++) req[i] = (char)rnd(c);
-                if (rnd(c) % 2) { req[0] = 0x16; req[1] = 3; req[2] = 1; }   /* looks like a handshake record */
-                send(t.fd, req, n, MSG_NOSIGNAL);
+        if (what == 6) {   /* random bytes to the TLS port: an alert, then the server closes */
+            size_t n = 16 + rnd(c) % 2000;
+            for (size_t i = 0; i < n; i++) req[i] = (char)rnd(c);
+            if (rnd(c) % 2) { req[0] = 0x16; req[1] = 3; req[2] = 1; }   /* looks like a handshake record */
+            if (c_write(c, req, n)) {
                 char sink[4096];
-                while (recv(t.fd, sink, sizeof sink, 0) > 0) {}   /* an alert, then the server closes */
-                atomic_fetch_add(&c->L->done[c->kind], 1);
+                while (recv(c->fd, sink, sizeof sink, 0) > 0) {}
             }
-            if (t.fd >= 0) close(t.fd);
+            atomic_fetch_add(&c->L->done[c->kind], 1);
+            c_close(c, false);
             continue;
         }
         size_t n = 0;
