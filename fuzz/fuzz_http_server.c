@@ -6,7 +6,9 @@
  * Deferred ones that fire later on the loop clock (/d...; /df... fails and
  * becomes a 500), streamed ones written over several timer ticks (/s...) —
  * back-pressure, timeouts, the error answers and the close that follows
- * them. The server runs on a loop with a fake clock over the memory
+ * them, and static files under /f/ (path decoding, ranges,
+ * If-Modified-Since) from a directory made at start, beside which lies a
+ * file that must never be served (a symlink inside the root points at it). The server runs on a loop with a fake clock over the memory
  * transport. The first byte sets the size of the pieces the rest is fed in
  * (1..128) and whether the "peer" reads the answers as they come (bit 7
  * clear) or never does (set: the pending-answer bound must hold).
@@ -15,14 +17,18 @@
  * more than most inputs do); each input is one connection. After the peer's
  * EOF, every timer run out and the connection freed, the leak check holds
  * per input: the server has no connection, the loop no timer or ready call,
- * no Deferred is alive and braid's allocation count is back to where it was
- * (the Deferred free list is filled up front so reuse does not move it).
+ * no Deferred is alive, braid's allocation count is back to where it was
+ * (the Deferred free list is filled up front so reuse does not move it) and
+ * no file descriptor was left open (the lowest free one is as it was).
  * Every 4,096 inputs the world is torn down through the loop's own leak gate
  * (braid_loop_destroy refuses a loop with anything left open) and rebuilt. */
 #include <braid.h>
+#include <fcntl.h>
+#include <sys/stat.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 #include "fuzz_world.h"
 
 static braid_fake_clock *fc;
@@ -30,6 +36,88 @@ static braid_loop *loop;
 static braid_http_server *server;
 static long base_allocs;
 static unsigned inputs;
+static char root[64];
+/* Control bytes: no route can echo them (the parser refuses them in a request
+ * line or a header), so seeing them means the file was served. */
+#define SECRET "\x01\x02secret\x03\x04outside\x05\x06"
+
+static void put_file(const char *path, const char *text) {
+    FILE *f = fopen(path, "w");
+    if (!f || fputs(text, f) < 0 || fclose(f) != 0) abort();
+}
+
+static char top[32];
+static void remove_root(void) {
+    static const char *const files[] = { "www/link", "www/sub/b.txt", "www/index.html", "www/a.txt", "secret.txt" };
+    static const char *const dirs[] = { "www/sub", "www" };
+    char path[128];
+    for (size_t i = 0; i < sizeof files / sizeof files[0]; i++) {
+        snprintf(path, sizeof path, "%s/%s", top, files[i]);
+        unlink(path);
+    }
+    for (size_t i = 0; i < sizeof dirs / sizeof dirs[0]; i++) {
+        snprintf(path, sizeof path, "%s/%s", top, dirs[i]);
+        rmdir(path);
+    }
+    rmdir(top);
+}
+
+/* A directory tree for /f/: root/a.txt, root/index.html, root/sub/b.txt,
+ * root/link -> ../secret.txt (outside the root: must never be served). */
+static void make_root(void) {
+    char dir[] = "/tmp/braid-fuzz-XXXXXX", path[128];
+    if (!mkdtemp(dir)) abort();
+    snprintf(top, sizeof top, "%s", dir);
+    atexit(remove_root);
+    snprintf(path, sizeof path, "%s/secret.txt", dir);
+    put_file(path, SECRET "\n");
+    snprintf(root, sizeof root, "%s/www", dir);
+    if (mkdir(root, 0700) < 0) abort();
+    snprintf(path, sizeof path, "%s/a.txt", root);
+    put_file(path, "0123456789abcdefghijklmnopqrstuvwxyz\n");
+    snprintf(path, sizeof path, "%s/index.html", root);
+    put_file(path, "<p>index</p>\n");
+    snprintf(path, sizeof path, "%s/sub", root);
+    if (mkdir(path, 0700) < 0) abort();
+    snprintf(path, sizeof path, "%s/sub/b.txt", root);
+    put_file(path, "b\n");
+    snprintf(path, sizeof path, "%s/link", root);
+    if (symlink("../secret.txt", path) < 0) abort();
+}
+
+static int lowest_free_fd(void) {
+    int fd = fcntl(0, F_DUPFD_CLOEXEC, 0);
+    if (fd < 0) abort();
+    close(fd);
+    return fd;
+}
+
+/* The answers as the peer reads them, searched for the secret (also across
+ * two reads: the last bytes of each are kept). */
+static unsigned char seen_tail[sizeof SECRET];
+static size_t seen_len;
+static bool has_secret(const unsigned char *p, size_t n) {
+    for (size_t i = 0; i + sizeof SECRET - 1 <= n; i++)
+        if (p[i] == 1 && !memcmp(p + i, SECRET, sizeof SECRET - 1)) return true;
+    return false;
+}
+static void peer_reads(const void *data, size_t n) {
+    const unsigned char *p = data;
+    unsigned char buf[2 * sizeof SECRET];
+    size_t k = n < sizeof SECRET - 1 ? n : sizeof SECRET - 1;
+    memcpy(buf, seen_tail, seen_len);
+    memcpy(buf + seen_len, p, k);
+    if (has_secret(buf, seen_len + k) || has_secret(p, n)) abort();   /* a file outside the root was served */
+    size_t keep = n < sizeof SECRET - 1 ? n : sizeof SECRET - 1;
+    if (keep < sizeof SECRET - 1 && seen_len + keep > sizeof SECRET - 1) {
+        memmove(seen_tail, seen_tail + (seen_len + keep - (sizeof SECRET - 1)), sizeof SECRET - 1 - keep);
+        seen_len = sizeof SECRET - 1 - keep;
+    } else if (keep == sizeof SECRET - 1) {
+        seen_len = 0;
+    }
+    memcpy(seen_tail + seen_len, p + n - keep, keep);
+    seen_len += keep;
+}
 
 static braid_deferred *h_echo(braid_http_request *req, void *arg) {
     (void)arg;
@@ -101,6 +189,8 @@ static void world_new(void) {
         braid_http_route(server, NULL, "/d", BRAID_HTTP_PREFIX, h_later, NULL) < 0 ||
         braid_http_route(server, NULL, "/s", BRAID_HTTP_PREFIX, h_stream, NULL) < 0)
         abort();
+    if (!root[0]) make_root();
+    if (braid_http_static(server, "/f/", root) < 0) abort();
     /* Fill the Deferred free list, so that taking from it and giving back
      * leaves braid's allocation count unchanged. */
     static braid_deferred *ds[4096];
@@ -125,6 +215,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     data++;
     size--;
     if (!loop) world_new();
+    /* Taken per input: the sanitizer runtime keeps descriptors of its own
+     * (a pipe, once it has checked for leaks). */
+    int base_free_fd = lowest_free_fd();
 
     braid_protocol *p = braid_factory_build(braid_http_server_factory(server), NULL);
     if (!p) abort();
@@ -149,16 +242,21 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         }
         fzw_spin(loop);
         size_t out;
-        braid_memory_transport_data(m, &out);
-        if (reader) braid_memory_transport_consume(m, out);
-        else if (out > 8u << 20) abort();   /* the pending-answer bound */
+        const void *answers = braid_memory_transport_data(m, &out);
+        if (reader) {
+            peer_reads(answers, out);
+            braid_memory_transport_consume(m, out);
+        } else if (out > 8u << 20) {
+            abort();   /* the pending-answer bound */
+        }
         braid_fake_clock_advance(fc, BRAID_MSEC(100));
         fzw_spin(loop);
     }
     braid_memory_transport_peer_eof(m);
     if (reader) {
         size_t out;
-        braid_memory_transport_data(m, &out);
+        const void *answers = braid_memory_transport_data(m, &out);
+        peer_reads(answers, out);
         braid_memory_transport_consume(m, out);
     }
     /* Every timeout fires: the connection ends, whatever the input did. */
@@ -166,7 +264,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     braid_memory_transport_free(m);
     if (!fzw_expire(loop, fc, BRAID_SECONDS(5), 1000)) abort();
 
+    seen_len = 0;
     if (braid_http_server_connections(server) != 0) abort();
+    if (lowest_free_fd() != base_free_fd) abort();   /* a file or socket left open */
     if (braid_deferred_live(loop) != 0) abort();
     if (base_allocs < 0) base_allocs = braid_test_alloc_outstanding();
     if (braid_test_alloc_outstanding() != base_allocs) {
