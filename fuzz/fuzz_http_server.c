@@ -97,8 +97,14 @@ static int lowest_free_fd(void) {
 static unsigned char seen_tail[sizeof SECRET];
 static size_t seen_len;
 static bool has_secret(const unsigned char *p, size_t n) {
-    for (size_t i = 0; i + sizeof SECRET - 1 <= n; i++)
-        if (p[i] == 1 && !memcmp(p + i, SECRET, sizeof SECRET - 1)) return true;
+    /* memchr, not a byte loop: answers run to megabytes, and every compare
+     * in this file is instrumented for coverage */
+    const unsigned char *end = p + n, *q = p;
+    while (n >= sizeof SECRET - 1 && (q = memchr(q, 1, (size_t)(end - q))) != NULL) {
+        if ((size_t)(end - q) < sizeof SECRET - 1) return false;
+        if (!memcmp(q, SECRET, sizeof SECRET - 1)) return true;
+        q++;
+    }
     return false;
 }
 static void peer_reads(const void *data, size_t n) {
