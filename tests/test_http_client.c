@@ -198,7 +198,7 @@ BT_TEST(pool_reuses_one_connection) {
         snprintf(url, sizeof url, "http://h:8080/%d", i);
         watch(get(&e, url), &s);
         BT_EQ(e.n, 1);
-        char want[128];
+        char want[256];
         snprintf(want, sizeof want, "GET /%d HTTP/1.1\r\nHost: h:8080\r\n\r\n", i);
         BT_STREQ(sent(&e, 0), want);
         feed(&e, 0, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok");
@@ -724,6 +724,56 @@ BT_TEST(redirects) {
     env_close(&e);
 }
 
+/* A redirect elsewhere than http/https fails with the reason; an empty
+ * Location is no redirect at all (the 3xx is the answer). Neither is ever
+ * taken for a relative path. */
+BT_TEST(redirect_to_other_scheme_or_empty) {
+    env e;
+    env_open(&e, NULL);
+    static const char *const bad[] = { "ftp://files.example/x", "FILE:///etc/passwd", "data:text/plain,hi",
+                                       "javascript:alert(1)", "mailto:a@b" };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        res s = { 0 };
+        watch(braid_http_client_request(e.c, &(braid_http_client_req){ .url = "http://h/dir/a", .max_redirects = 5 }),
+              &s);
+        int k = e.n - 1;                            /* a failed request closes its connection */
+        sent(&e, k);
+        char resp[256];
+        snprintf(resp, sizeof resp, "HTTP/1.1 302 Found\r\nLocation: %s\r\nContent-Length: 0\r\n\r\n", bad[i]);
+        feed(&e, k, resp);
+        settle(&e);
+        BT_EQ(s.fired, 1);
+        BT_ERR(s.code, BRAID_EHTTP);
+        if (!strstr(s.msg, "redirect to an unsupported scheme") || !strstr(s.msg, bad[i]))
+            bt_fail(__FILE__, __LINE__, "Location %s: %s", bad[i], s.msg);
+        BT_STREQ(sent(&e, e.n - 1), "");            /* nothing was requested after it */
+        res_clear(&s, false);
+    }
+    /* a relative reference with a colon after a slash is still a path */
+    res s = { 0 };
+    watch(braid_http_client_request(e.c, &(braid_http_client_req){ .url = "http://h/dir/a", .max_redirects = 5 }), &s);
+    sent(&e, e.n - 1);
+    feed(&e, e.n - 1, "HTTP/1.1 302 Found\r\nLocation: ./b:c\r\nContent-Length: 0\r\n\r\n");
+    BT_STREQ(sent(&e, e.n - 1), "GET /dir/./b:c HTTP/1.1\r\nHost: h\r\n\r\n");
+    feed(&e, e.n - 1, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok");
+    BT_EQ(s.code, 0);
+    BT_EQ(s.r->redirects, 1);
+    res_clear(&s, true);
+    /* empty: returned, not followed to "/" */
+    watch(braid_http_client_request(e.c, &(braid_http_client_req){ .url = "http://h/dir/a", .max_redirects = 5 }), &s);
+    sent(&e, e.n - 1);
+    feed(&e, e.n - 1, "HTTP/1.1 301 Moved\r\nLocation: \r\nContent-Length: 3\r\n\r\nxyz");
+    settle(&e);
+    BT_EQ(s.fired, 1);
+    BT_EQ(s.code, 0);
+    BT_EQ(s.r->status, 301);
+    BT_EQ(s.r->redirects, 0);
+    BT_STREQ(s.r->body, "xyz");
+    BT_STREQ(sent(&e, e.n - 1), "");
+    res_clear(&s, true);
+    env_close(&e);
+}
+
 /* ---- streaming bodies with backpressure ------------------------------------------------------------- */
 BT_TEST(streaming_body_pause_resume) {
     env e;
@@ -1199,6 +1249,11 @@ BT_IO_TEST(https_over_loopback) {
     watch(braid_http_client_request(c2, &(braid_http_client_req){ .url = url }), &s);
     run_until_fired(loop, &s);
     BT_ERR(s.code, BRAID_ETLS_UNKNOWN_CA);
+    /* the message is TLS's reason first, not a "connection closed" of ours */
+    char want[256];
+    snprintf(want, sizeof want, "GET %s: server certificate is not issued by a trusted CA", url);
+    if (strncmp(s.msg, want, strlen(want)) || strstr(s.msg, "connection closed"))
+        bt_fail(__FILE__, __LINE__, "TLS failure reads: %s", s.msg);
     res_clear(&s, false);
     /* ... and the name must match. */
     snprintf(url, sizeof url, "https://wrong.example:%d/", sv.port);

@@ -78,9 +78,27 @@ static const char *take(fx *f) {
     return buf;
 }
 
+/* The server is done answering: closed, closing, or lingering (write side shut). */
 static bool closed(fx *f) {
     braid_memory_state st = braid_memory_transport_state(f->m);
-    return st.closed || st.disconnecting;
+    return st.closed || st.disconnecting || st.write_shut;
+}
+
+/* A lingering close: the answer was read (take), the write side is shut and
+ * the server still reads (and drops) input; the client's FIN ends it. */
+static void expect_linger_close(fx *f) {
+    braid_memory_state st = braid_memory_transport_state(f->m);
+    BT_TRUE(st.write_shut);
+    BT_FALSE(st.closed);
+    BT_FALSE(st.reading_paused);
+    BT_OK(braid_memory_transport_receive(f->m, "more input", 10));   /* dropped */
+    spin(f->loop);
+    BT_STREQ(take(f), "");
+    braid_memory_transport_peer_eof(f->m);
+    spin(f->loop);
+    st = braid_memory_transport_state(f->m);
+    BT_TRUE(st.closed);
+    BT_FALSE(st.aborted);
 }
 
 static int count(const char *hay, const char *needle) {
@@ -269,7 +287,7 @@ static void expect_rejected(const char *req, const char *status) {
     BT_TRUE(strstr(out, "Connection: close\r\n") != NULL);
     BT_EQ(count(out, "HTTP/1.1"), 1);             /* the smuggled request is never answered */
     BT_EQ(hits, 0);
-    BT_TRUE(braid_memory_transport_state(f.m).closed);
+    expect_linger_close(&f);
     fx_done(&f);
 }
 
@@ -332,7 +350,7 @@ BT_TEST(slowloris_header_timeout) {
     spin(f.loop);
     const char *out = take(&f);
     BT_TRUE(!strncmp(out, "HTTP/1.1 408", 12));
-    BT_TRUE(braid_memory_transport_state(f.m).closed);
+    expect_linger_close(&f);
     fx_done(&f);
 }
 
@@ -348,7 +366,7 @@ BT_TEST(body_and_idle_timeouts) {
     BT_OK(braid_loop_advance(f.loop, BRAID_SECONDS(2)));
     spin(f.loop);
     BT_TRUE(!strncmp(take(&f), "HTTP/1.1 408", 12));
-    BT_TRUE(braid_memory_transport_state(f.m).closed);
+    expect_linger_close(&f);
     braid_memory_transport_free(f.m);
     /* idle: closed quietly after idle_timeout since the last answer */
     fx_conn(&f);
@@ -729,11 +747,14 @@ typedef struct io {
     braid_http_server *s;
     braid_listener *l;
     int port;
+    braid_fake_clock *clock;       /* io_init_with(.., fake_clock = true) */
 } io;
 
-static void io_init(io *x, const char *extra_endpoint) {
-    x->loop = bt_loop_new(NULL);
-    BT_OK(braid_http_server_new(x->loop, NULL, &x->s));
+static void io_init_with(io *x, const char *extra_endpoint, const braid_http_server_options *o, bool fake_clock) {
+    memset(x, 0, sizeof *x);
+    if (fake_clock) x->clock = braid_fake_clock_new(BRAID_SECONDS(1000));
+    x->loop = bt_loop_new(x->clock ? braid_fake_clock_base(x->clock) : NULL);
+    BT_OK(braid_http_server_new(x->loop, o, &x->s));
     char ep[128];
     snprintf(ep, sizeof ep, "tcp:0:interface=127.0.0.1%s", extra_endpoint ? extra_endpoint : "");
     braid_deferred *d = braid_http_listen(x->s, ep);
@@ -746,6 +767,8 @@ static void io_init(io *x, const char *extra_endpoint) {
     BT_OK(braid_listener_address(x->l, &a));
     x->port = braid_address_port(&a);
 }
+
+static void io_init(io *x, const char *extra_endpoint) { io_init_with(x, extra_endpoint, NULL, false); }
 
 static int io_connect(int port) {
     int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
@@ -801,6 +824,7 @@ static void io_done(io *x) {
         BT_OK(braid_loop_run_once(x->loop, BRAID_RUN_NOWAIT));
     BT_OK(braid_http_server_free(x->s));
     bt_loop_destroy(x->loop);
+    if (x->clock) braid_fake_clock_free(x->clock);
 }
 
 static const char HELLO_ANSWER_END[] = "\r\n\r\nHello, World!";
@@ -938,4 +962,983 @@ BT_IO_TEST(io_unix_endpoint) {
     BT_TRUE(strstr(buf, "Hello, World!") != NULL);
     close(fd);
     io_done(&x);
+}
+
+/* ---- hang-ups while an answer is pending (real sockets, every backend) ------------------------------ */
+/* Run the loop (with short sleeps: real sockets) until done(arg) or ~4 s. */
+static bool io_run_until(io *x, bool (*done)(void *), void *arg) {
+    for (int i = 0; i < 8000; i++) {
+        if (done(arg)) return true;
+        BT_OK(braid_loop_run_once(x->loop, BRAID_RUN_NOWAIT));
+        usleep(500);
+    }
+    return done(arg);
+}
+static bool no_connections(void *arg) { return braid_http_server_connections(((io *)arg)->s) == 0; }
+typedef struct want_requests { io *x; uint64_t n; } want_requests;
+static bool requests_reached(void *arg) {
+    want_requests *w = arg;
+    return braid_http_server_requests(w->x->s) >= w->n;
+}
+static void io_wait_requests(io *x, uint64_t n) {
+    want_requests w = { x, n };
+    BT_TRUE(io_run_until(x, requests_reached, &w));
+}
+
+static int cancels;
+static void count_cancel(braid_deferred *d, void *arg) { (void)d; (void)arg; cancels++; }
+static braid_deferred *h_pending(braid_http_request *req, void *arg) {
+    (void)req;
+    return braid_deferred_new_cancellable(arg, count_cancel, NULL);
+}
+
+/* a streamed answer that never ends by itself; it learns of the loss from the hook */
+typedef struct lost_stream { braid_http_request *req; int lost, write_rc, finish_rc; } lost_stream;
+static lost_stream ls;
+static void ls_lost(braid_http_request *req, void *arg) {
+    lost_stream *l = arg;
+    l->lost++;
+    l->write_rc = braid_http_write(req, "late", 4);
+    l->finish_rc = braid_http_finish(req);        /* harmless after the loss; releases req */
+    l->req = NULL;
+}
+static braid_deferred *h_stream_forever(braid_http_request *req, void *arg) {
+    (void)arg;
+    BT_OK(braid_http_respond_start(req, 200, "text/plain", -1));
+    BT_OK(braid_http_write(req, "first", 5));
+    ls.req = req;
+    BT_OK(braid_http_on_lost(req, ls_lost, &ls));
+    return NULL;
+}
+
+/* Send req (if any), then read until needle arrived (fails after ~4 s). */
+static void io_read_until(io *x, int fd, const char *req, char *buf, size_t cap, const char *needle) {
+    if (req) BT_EQ(send(fd, req, strlen(req), MSG_NOSIGNAL), (ssize_t)strlen(req));
+    size_t have = 0;
+    buf[0] = 0;
+    for (int i = 0; i < 8000 && !strstr(buf, needle); i++) {
+        BT_OK(braid_loop_run_once(x->loop, BRAID_RUN_NOWAIT));
+        ssize_t n = recv(fd, buf + have, cap - 1 - have, MSG_DONTWAIT);
+        if (n > 0) {
+            have += (size_t)n;
+            buf[have] = 0;
+        } else {
+            BT_NE(n, 0);
+            usleep(500);
+        }
+    }
+    if (!strstr(buf, needle)) bt_fail(__FILE__, __LINE__, "no \"%s\" in: %s", needle, buf);
+}
+
+static void send_all(int fd, const char *s) {
+    BT_EQ(send(fd, s, strlen(s), MSG_NOSIGNAL), (ssize_t)strlen(s));
+}
+
+BT_IO_TEST(io_hangup_while_answer_pending) {
+    io x;
+    io_init(&x, NULL);
+    BT_OK(braid_http_route(x.s, "GET", "/pending", 0, h_pending, x.loop));
+    BT_OK(braid_http_route(x.s, "GET", "/stream", 0, h_stream_forever, NULL));
+    cancels = 0;
+    memset(&ls, 0, sizeof ls);
+    int a = io_connect(x.port), b = io_connect(x.port), c = io_connect(x.port);
+    send_all(a, "GET /pending HTTP/1.1\r\nHost: a\r\n\r\n");
+    send_all(b, "GET /pending HTTP/1.1\r\nHost: a\r\n\r\n");
+    char buf[4096] = { 0 };
+    io_read_until(&x, c, "GET /stream HTTP/1.1\r\nHost: a\r\n\r\n", buf, sizeof buf, "first");
+    io_wait_requests(&x, 3);
+    for (int i = 0; i < 20; i++) BT_OK(braid_loop_run_once(x.loop, BRAID_RUN_NOWAIT));
+    BT_EQ(cancels, 0);
+    BT_EQ(ls.lost, 0);
+    BT_EQ(braid_http_server_connections(x.s), 3);
+    close(a);                                                        /* FIN */
+    struct linger lg = { 1, 0 };
+    BT_OK(setsockopt(b, SOL_SOCKET, SO_LINGER, &lg, sizeof lg));
+    close(b);                                                        /* RST */
+    close(c);                                                        /* FIN, everything read */
+    BT_TRUE(io_run_until(&x, no_connections, &x));
+    BT_EQ(cancels, 2);                                               /* both pending answers cancelled */
+    BT_EQ(ls.lost, 1);                                               /* the stream was told */
+    BT_ERR(ls.write_rc, BRAID_ESHUTDOWN);
+    BT_ERR(ls.finish_rc, BRAID_ESHUTDOWN);
+    io_done(&x);
+}
+
+/* Clients that give up free the pool: their queued jobs are cancelled, never run. */
+static int jobs_run;
+static braid_result counted_job(void *arg) {
+    (void)arg;
+    jobs_run++;
+    return braid_ok_owned(braid_http_response_new(200, "text/plain", "done", 4), braid_http_response_free);
+}
+static braid_deferred *h_job(braid_http_request *req, void *arg) {
+    (void)req;
+    pool_ctx *pc = arg;
+    return braid_defer_to_pool(pc->loop, pc->pool, counted_job, NULL);
+}
+
+BT_IO_TEST(io_hangup_cancels_queued_pool_work) {
+    io x;
+    io_init(&x, NULL);
+    braid_pool *pool;
+    BT_OK(braid_pool_new(&pool, &(braid_pool_options){ .flags = BRAID_POOL_MEMORY }));
+    pool_ctx pc = { x.loop, pool };
+    BT_OK(braid_http_route(x.s, "GET", "/work", 0, h_job, &pc));
+    jobs_run = 0;
+    enum { N = 8 };
+    int fds[N];
+    for (int i = 0; i < N; i++) {
+        fds[i] = io_connect(x.port);
+        send_all(fds[i], "GET /work HTTP/1.1\r\nHost: a\r\n\r\n");
+    }
+    io_wait_requests(&x, N);
+    for (int i = 0; i < N; i++) close(fds[i]);                      /* they gave up */
+    BT_TRUE(io_run_until(&x, no_connections, &x));
+    BT_EQ(braid_pool_step(pool), 0);                                 /* nothing left queued */
+    BT_EQ(jobs_run, 0);
+    /* a later client gets its answer after one job */
+    int fd = io_connect(x.port);
+    send_all(fd, "GET /work HTTP/1.1\r\nHost: a\r\n\r\n");
+    io_wait_requests(&x, N + 1);
+    BT_EQ(braid_pool_step(pool), 1);
+    char buf[1024] = { 0 };
+    io_exchange(&x, fd, NULL, buf, sizeof buf - 1);
+    BT_TRUE(strstr(buf, "\r\n\r\ndone") != NULL);
+    BT_EQ(jobs_run, 1);
+    close(fd);
+    io_done(&x);
+    braid_pool_destroy(pool, BRAID_POOL_FINISH);
+}
+
+/* A FIN after the request: the client left (default), or a half-close whose
+ * answer is still wanted (allow_half_close). */
+BT_IO_TEST(io_half_close_policy) {
+    io x;
+    io_init(&x, NULL);
+    BT_OK(braid_http_route(x.s, "GET", "/pending", 0, h_pending, x.loop));
+    cancels = 0;
+    int fd = io_connect(x.port);
+    send_all(fd, "GET /pending HTTP/1.1\r\nHost: a\r\n\r\n");
+    io_wait_requests(&x, 1);
+    BT_OK(shutdown(fd, SHUT_WR));
+    BT_TRUE(io_run_until(&x, no_connections, &x));
+    BT_EQ(cancels, 1);
+    close(fd);
+    io_done(&x);
+
+    io_init_with(&x, NULL, &(braid_http_server_options){ .allow_half_close = true }, false);
+    BT_OK(braid_http_route(x.s, "GET", "/later", 0, h_later, x.loop));
+    fd = io_connect(x.port);
+    send_all(fd, "GET /later HTTP/1.1\r\nHost: a\r\n\r\n");
+    io_wait_requests(&x, 1);
+    BT_OK(shutdown(fd, SHUT_WR));
+    for (int i = 0; i < 50; i++) {
+        BT_OK(braid_loop_run_once(x.loop, BRAID_RUN_NOWAIT));
+        usleep(200);
+    }
+    BT_EQ(braid_http_server_connections(x.s), 1);                    /* still answering */
+    BT_OK(braid_deferred_callback(pending_d, braid_http_response_new(200, "text/plain", "after FIN", 9),
+                                  braid_http_response_free));
+    char buf[1024] = { 0 };
+    size_t n = io_exchange_n(&x, fd, NULL, buf, sizeof buf - 1, 0);  /* to the server's close */
+    BT_GT(n, 0);
+    BT_TRUE(strstr(buf, "Connection: close\r\n") != NULL);
+    BT_TRUE(strstr(buf, "\r\n\r\nafter FIN") != NULL);
+    BT_TRUE(io_run_until(&x, no_connections, &x));
+    close(fd);
+    io_done(&x);
+}
+
+/* ---- pipelining: parse before reading more ------------------------------------------------------- */
+static braid_deferred *h_path(braid_http_request *req, void *arg) {
+    (void)arg;
+    braid_http_respond(req, 200, "text/plain", req->path, req->path_len);
+    return NULL;
+}
+
+/* The answers at the start of buf[0..n): checks each body is "/<next>" and
+ * returns the bytes consumed. */
+static size_t check_answers(const char *buf, size_t n, int *next) {
+    size_t off = 0;
+    for (;;) {
+        braid_http_header h[32];
+        braid_http_message m;
+        int r = braid_http_parse_response(&m, h, 32, buf + off, n - off, 0, false, NULL);
+        if (r == BRAID_EHTTP_INCOMPLETE) return off;
+        BT_GT(r, 0);
+        BT_EQ(m.status, 200);
+        if (n - off - (size_t)r < m.content_length) return off;
+        char want[24];
+        int wl = snprintf(want, sizeof want, "/%d", *next);
+        if ((size_t)wl != m.content_length || memcmp(buf + off + r, want, (size_t)wl))
+            bt_fail(__FILE__, __LINE__, "answer %d is %.*s", *next, (int)m.content_length, buf + off + r);
+        (*next)++;
+        off += (size_t)r + m.content_length;
+    }
+}
+
+/* A big pipelined burst from a client that reads its answers (in 16 KiB
+ * sips, so output backs up now and then): every request is answered, in
+ * order, on the one connection. Small limits make the input bound small. */
+BT_IO_TEST(io_pipelined_burst_read_in_order) {
+    io x;
+    braid_http_server_options o = { .limits = { .max_head = 2048, .max_body = 1024 } };
+    io_init_with(&x, NULL, &o, false);
+    BT_OK(braid_http_route(x.s, NULL, "/", BRAID_HTTP_PREFIX, h_path, NULL));
+    enum { N = 20000 };
+    size_t cap = (size_t)N * 40, len = 0;
+    char *reqs = malloc(cap);
+    for (int i = 0; i < N; i++) len += (size_t)snprintf(reqs + len, cap - len, "GET /%d HTTP/1.1\r\nHost: a\r\n\r\n", i);
+    int fd = io_connect(x.port);
+    size_t sent = 0, have = 0, incap = 1 << 20;
+    char *in = malloc(incap);
+    int next = 0;
+    bool eof = false;
+    for (int it = 0; it < 400000 && next < N && !eof; it++) {
+        if (sent < len) {
+            ssize_t k = send(fd, reqs + sent, len - sent, MSG_DONTWAIT | MSG_NOSIGNAL);
+            if (k > 0) sent += (size_t)k;
+            else BT_TRUE(errno == EAGAIN || errno == EWOULDBLOCK);
+        }
+        BT_OK(braid_loop_run_once(x.loop, BRAID_RUN_NOWAIT));
+        ssize_t k = recv(fd, in + have, (incap - have) < 16384 ? incap - have : 16384, MSG_DONTWAIT);
+        if (k == 0) eof = true;
+        else if (k < 0) BT_TRUE(errno == EAGAIN || errno == EWOULDBLOCK);
+        else {
+            have += (size_t)k;
+            size_t used = check_answers(in, have, &next);
+            memmove(in, in + used, have - used);
+            have -= used;
+        }
+        if (k <= 0 && sent == len) usleep(100);
+    }
+    if (next < N) {
+        in[have < 200 ? have : 200] = 0;
+        bt_fail(__FILE__, __LINE__, "%d of %d answered (eof %d); then: %s", next, N, eof, in);
+    }
+    BT_EQ(braid_http_server_connections(x.s), 1);
+    close(fd);
+    free(in);
+    free(reqs);
+    io_done(&x);
+}
+
+/* Counting allocator: braid's heap in bytes (current and peak). */
+#include <malloc.h>
+static size_t heap_now, heap_peak;
+static void heap_add(size_t n) { heap_now += n; if (heap_now > heap_peak) heap_peak = heap_now; }
+static void *cnt_malloc(void *ctx, size_t n) {
+    (void)ctx;
+    void *p = malloc(n);
+    if (p) heap_add(malloc_usable_size(p));
+    return p;
+}
+static void *cnt_realloc(void *ctx, void *p, size_t n) {
+    (void)ctx;
+    size_t old = p ? malloc_usable_size(p) : 0;
+    void *q = realloc(p, n);
+    if (q) {
+        heap_now -= old;
+        heap_add(malloc_usable_size(q));
+    }
+    return q;
+}
+static void cnt_free(void *ctx, void *p) {
+    (void)ctx;
+    if (p) heap_now -= malloc_usable_size(p);
+    free(p);
+}
+
+/* A client that pipelines and never reads: the server holds a bounded amount
+ * of input (about max_head plus one read) and of output (the 64 KiB drain
+ * mark plus one batch), not a megabyte; once the client reads, every request
+ * is answered. */
+BT_IO_TEST(io_never_reading_pipeliner_memory_bounded) {
+    static const braid_allocator counting = { cnt_malloc, cnt_realloc, cnt_free, NULL };
+    BT_OK(braid_set_allocator(&counting));
+    io x;
+    io_init(&x, NULL);
+    BT_OK(braid_http_route(x.s, "GET", "/", 0, h_hello, NULL));
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    int small = 4096;
+    BT_OK(setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &small, sizeof small));
+    struct sockaddr_in sa = { .sin_family = AF_INET, .sin_port = htons((uint16_t)x.port),
+                              .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
+    BT_OK(connect(fd, (struct sockaddr *)&sa, sizeof sa));
+    char buf[4096] = { 0 };
+    io_exchange(&x, fd, "GET / HTTP/1.1\r\nHost: a\r\n\r\n", buf, sizeof buf - 1);   /* lazy allocations done */
+    BT_TRUE(strstr(buf, "Hello, World!") != NULL);
+    size_t base = heap_now;
+    heap_peak = heap_now;
+    static const char one[] = "GET / HTTP/1.1\r\nHost: a\r\n\r\n";
+    enum { CHUNK = 1000 };
+    static char chunk[CHUNK * (sizeof one - 1)];
+    for (int i = 0; i < CHUNK; i++) memcpy(chunk + i * (sizeof one - 1), one, sizeof one - 1);
+    size_t sent = 0, limit = 4u << 20, idle = 0;
+    while (sent < limit && idle < 400) {
+        ssize_t k = send(fd, chunk + sent % sizeof chunk, sizeof chunk - sent % sizeof chunk,
+                         MSG_DONTWAIT | MSG_NOSIGNAL);
+        if (k > 0) { sent += (size_t)k; idle = 0; }
+        else { BT_TRUE(errno == EAGAIN || errno == EWOULDBLOCK); idle++; }
+        BT_OK(braid_loop_run_once(x.loop, BRAID_RUN_NOWAIT));
+        if (k <= 0) usleep(200);
+    }
+    size_t grew = heap_peak - base;
+    fprintf(stderr, "never-reading pipeliner: %zu bytes sent, server heap peak +%zu bytes\n", sent, grew);
+    if (grew > 512 * 1024)
+        bt_fail(__FILE__, __LINE__, "the server's heap grew by %zu bytes for one pipelining client (%zu bytes sent)",
+                grew, sent);
+    BT_EQ(braid_http_server_connections(x.s), 1);
+    /* Finish the last partial request and read everything: all answered. */
+    size_t part = sent % (sizeof one - 1), off = part ? part : sizeof one - 1;
+    int want = (int)((sent + (sizeof one - 1) - 1) / (sizeof one - 1)), got = 0;
+    static char in[1 << 16];
+    size_t have = 0;
+    for (int it = 0; it < 400000 && got < want; it++) {
+        if (off < sizeof one - 1) {
+            ssize_t k = send(fd, one + off, sizeof one - 1 - off, MSG_DONTWAIT | MSG_NOSIGNAL);
+            if (k > 0) off += (size_t)k;
+        }
+        BT_OK(braid_loop_run_once(x.loop, BRAID_RUN_NOWAIT));
+        ssize_t k = recv(fd, in + have, sizeof in - have, MSG_DONTWAIT);
+        BT_NE(k, 0);
+        if (k < 0) {
+            BT_TRUE(errno == EAGAIN || errno == EWOULDBLOCK);
+            usleep(100);
+            continue;
+        }
+        have += (size_t)k;
+        size_t used = 0;
+        for (;;) {
+            int a = complete_answers(in + used, have - used) > 0;
+            if (!a) break;
+            braid_http_header h[16];
+            braid_http_message m;
+            int r = braid_http_parse_response(&m, h, 16, in + used, have - used, 0, false, NULL);
+            used += (size_t)r + m.content_length;
+            got++;
+        }
+        memmove(in, in + used, have - used);
+        have -= used;
+    }
+    BT_EQ(got, want);
+    close(fd);
+    BT_TRUE(io_run_until(&x, no_connections, &x));
+    io_done(&x);
+    BT_OK(braid_set_allocator(NULL));
+}
+
+/* ---- error answers close by lingering: the client reads them, no reset ---------------------------- */
+/* Send head, then junk bytes of filler while the server runs (as a client
+ * still sending its body does); then read to the end. Returns what was read;
+ * *last is the final recv's result (0 at a clean end, -errno on a reset),
+ * *send_err the error that stopped the sending (0 if all went). */
+static size_t error_exchange(io *x, const char *head, size_t junk, char *out, size_t cap, int *last,
+                             int *send_err) {
+    int fd = io_connect(x->port);
+    send_all(fd, head);
+    static char filler[65536];
+    memset(filler, 'j', sizeof filler);
+    size_t sent = 0;
+    *send_err = 0;
+    for (int i = 0; i < 20000 && sent < junk; i++) {
+        size_t n = junk - sent < sizeof filler ? junk - sent : sizeof filler;
+        ssize_t k = send(fd, filler, n, MSG_DONTWAIT | MSG_NOSIGNAL);
+        if (k > 0) sent += (size_t)k;
+        else if (errno != EAGAIN && errno != EWOULDBLOCK) { *send_err = -errno; break; }   /* reset */
+        BT_OK(braid_loop_run_once(x->loop, BRAID_RUN_NOWAIT));
+        if (k <= 0) usleep(100);
+    }
+    if (!*send_err && sent < junk) *send_err = BRAID_ETIMEDOUT;
+    size_t have = 0;
+    *last = 1;
+    for (int i = 0; i < 8000; i++) {
+        BT_OK(braid_loop_run_once(x->loop, BRAID_RUN_NOWAIT));
+        ssize_t k = recv(fd, out + have, cap - 1 - have, MSG_DONTWAIT);
+        if (k > 0) { have += (size_t)k; continue; }
+        if (k == 0) { *last = 0; break; }
+        if (errno != EAGAIN && errno != EWOULDBLOCK) { *last = -errno; break; }
+        usleep(500);
+    }
+    out[have] = 0;
+    close(fd);
+    BT_TRUE(io_run_until(x, no_connections, x));
+    return have;
+}
+
+BT_IO_TEST(io_error_answer_lingering_close) {
+    io x;
+    braid_http_server_options o = { .limits = { .max_body = 4096 } };
+    io_init_with(&x, NULL, &o, false);
+    BT_OK(braid_http_route(x.s, NULL, "/", BRAID_HTTP_PREFIX, h_hello, NULL));
+    static const struct { const char *head, *status; } cases[] = {
+        { "GET / HTTP/1.1\r\nHost: a\r\nBad Header: x\r\n\r\n", "HTTP/1.1 400" },
+        { "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 1000000\r\n\r\n", "HTTP/1.1 413" },
+        { "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n", "HTTP/1.1 400" },
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        char out[4096];
+        int last, send_err;
+        size_t n = error_exchange(&x, cases[i].head, 512 * 1024, out, sizeof out, &last, &send_err);
+        if (strncmp(out, cases[i].status, 12) || complete_answers(out, n) != 1 || last != 0 || send_err)
+            bt_fail(__FILE__, __LINE__, "case %zu: sending: %s; end %d (%s), %zu bytes: %s", i,
+                    send_err ? braid_strerror(send_err) : "ok", last, last < 0 ? strerror(-last) : "-", n, out);
+        BT_TRUE(strstr(out, "Connection: close\r\n") != NULL);
+    }
+    io_done(&x);
+}
+
+/* ---- write progress (send_timeout) ------------------------------------------------------------------ */
+static char *big_body;
+enum { BIG_BODY = 1 << 20 };
+static braid_deferred *h_big(braid_http_request *req, void *arg) {
+    (void)arg;
+    braid_http_respond(req, 200, "application/octet-stream", big_body, BIG_BODY);
+    return NULL;
+}
+
+/* Progress keeps the connection, however slow; no progress for the timeout aborts it. */
+BT_TEST(send_timeout_counts_progress) {
+    big_body = calloc(1, BIG_BODY);
+    fx f;
+    fx_init(&f, &(braid_http_server_options){ .send_timeout_ns = BRAID_SECONDS(10), .idle_timeout_ns = BRAID_SECONDS(3600) });
+    BT_OK(braid_http_route(f.s, "GET", "/big", 0, h_big, NULL));
+    fx_conn(&f);
+    feed(&f, "GET /big HTTP/1.1\r\nHost: a\r\n\r\n");
+    for (int i = 0; i < 24; i++) {                 /* 2 minutes, 100 bytes every 5 s */
+        BT_OK(braid_loop_advance(f.loop, BRAID_SECONDS(5)));
+        braid_memory_transport_consume(f.m, 100);
+        spin(f.loop);
+        BT_FALSE(closed(&f));
+    }
+    BT_OK(braid_loop_advance(f.loop, BRAID_SECONDS(19)));
+    BT_FALSE(closed(&f));                           /* within 2 x the timeout of the last progress */
+    BT_OK(braid_loop_advance(f.loop, BRAID_SECONDS(2)));
+    spin(f.loop);
+    braid_memory_state ms = braid_memory_transport_state(f.m);
+    BT_TRUE(ms.closed);
+    BT_TRUE(ms.aborted);
+    BT_ERR(ms.lost_code, BRAID_ETIMEDOUT);
+    BT_EQ(braid_http_server_connections(f.s), 0);
+    braid_memory_transport_free(f.m);
+    /* a keep-alive connection whose output went out is never touched by it */
+    fx_conn(&f);
+    feed(&f, "GET /big HTTP/1.1\r\nHost: a\r\n\r\n");
+    while (strlen(take(&f)) > 0) {}
+    BT_OK(braid_loop_advance(f.loop, BRAID_SECONDS(60)));
+    BT_FALSE(closed(&f));
+    fx_done(&f);
+    free(big_body);
+}
+
+/* A client that stops reading a large answer, and one that never reads a
+ * static file (sendfile waits for the socket): both are aborted after the
+ * timeout on the loop clock. */
+BT_IO_TEST(io_send_timeout_aborts_non_reader) {
+    make_tree();
+    char root[512], p[600];
+    snprintf(root, sizeof root, "%s/root", tmpdir);
+    snprintf(p, sizeof p, "%s/big.bin", root);
+    int ffd = open(p, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    BT_TRUE(ffd >= 0);
+    BT_OK(ftruncate(ffd, 8 << 20));
+    close(ffd);
+    big_body = calloc(1, BIG_BODY);
+    io x;
+    io_init_with(&x, NULL, &(braid_http_server_options){ .send_timeout_ns = BRAID_SECONDS(10) }, true);
+    BT_OK(braid_http_route(x.s, "GET", "/big", 0, h_big, NULL));
+    BT_OK(braid_http_static(x.s, "/files/", root));
+    int small = 4096;
+    int fds[2];
+    const char *reqs[2] = { "GET /big HTTP/1.1\r\nHost: a\r\n\r\n", "GET /files/big.bin HTTP/1.1\r\nHost: a\r\n\r\n" };
+    for (int i = 0; i < 2; i++) {
+        fds[i] = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        BT_OK(setsockopt(fds[i], SOL_SOCKET, SO_RCVBUF, &small, sizeof small));
+        struct sockaddr_in sa = { .sin_family = AF_INET, .sin_port = htons((uint16_t)x.port),
+                                  .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
+        BT_OK(connect(fds[i], (struct sockaddr *)&sa, sizeof sa));
+        send_all(fds[i], reqs[i]);
+    }
+    io_wait_requests(&x, 2);
+    for (int i = 0; i < 200; i++) {                 /* the kernel buffers fill */
+        BT_OK(braid_loop_run_once(x.loop, BRAID_RUN_NOWAIT));
+        usleep(100);
+    }
+    BT_EQ(braid_http_server_connections(x.s), 2);
+    for (int s = 0; s < 25 && braid_http_server_connections(x.s); s++) {
+        BT_OK(braid_loop_advance(x.loop, BRAID_SECONDS(1)));
+        for (int i = 0; i < 5; i++) BT_OK(braid_loop_run_once(x.loop, BRAID_RUN_NOWAIT));
+        if (s < 9) BT_EQ(braid_http_server_connections(x.s), 2);   /* not before the timeout */
+    }
+    BT_EQ(braid_http_server_connections(x.s), 0);
+    for (int i = 0; i < 2; i++) close(fds[i]);
+    io_done(&x);
+    free(big_body);
+    rm_tree();
+}
+
+/* ---- conformance ---------------------------------------------------------------------------------- */
+static braid_deferred *h_host(braid_http_request *req, void *arg) {
+    (void)arg;
+    char out[512];
+    int n = snprintf(out, sizeof out, "path=%.*s query=%.*s host=%.*s", (int)req->path_len, req->path,
+                     (int)req->query_len, req->query ? req->query : "", (int)req->host_len,
+                     req->host ? req->host : "");
+    braid_http_respond(req, 200, "text/plain", out, (size_t)n);
+    return NULL;
+}
+
+BT_TEST(absolute_form_targets) {
+    fx f;
+    fx_init(&f, NULL);
+    BT_OK(braid_http_route(f.s, "GET", "/a/", BRAID_HTTP_PREFIX, h_host, NULL));
+    BT_OK(braid_http_route(f.s, "GET", "/", 0, h_host, NULL));
+    fx_conn(&f);
+    feed(&f, "GET http://example.com:8080/a/b?x=1 HTTP/1.1\r\nHost: other\r\n\r\n");
+    BT_TRUE(strstr(take(&f), "path=/a/b query=x=1 host=example.com:8080") != NULL);
+    feed(&f, "GET HTTPS://Example.com HTTP/1.1\r\nHost: other\r\n\r\n");
+    BT_TRUE(strstr(take(&f), "path=/ query= host=Example.com") != NULL);
+    feed(&f, "GET http://h?q HTTP/1.1\r\nHost: h\r\n\r\n");
+    BT_TRUE(strstr(take(&f), "path=/ query=q host=h") != NULL);
+    feed(&f, "GET /a/z HTTP/1.1\r\nHost: origin\r\n\r\n");           /* origin form: the Host header */
+    BT_TRUE(strstr(take(&f), "path=/a/z query= host=origin") != NULL);
+    BT_FALSE(closed(&f));
+    feed(&f, "GET http://user@h/a/ HTTP/1.1\r\nHost: h\r\n\r\n");     /* userinfo: refused */
+    BT_TRUE(!strncmp(take(&f), "HTTP/1.1 400", 12));
+    expect_linger_close(&f);
+    braid_memory_transport_free(f.m);
+    fx_conn(&f);
+    feed(&f, "GET http:///a/ HTTP/1.1\r\nHost: h\r\n\r\n");            /* no authority */
+    BT_TRUE(!strncmp(take(&f), "HTTP/1.1 400", 12));
+    fx_done(&f);
+}
+
+static void headers_request(char *out, size_t cap, int nfields) {
+    size_t n = (size_t)snprintf(out, cap, "GET / HTTP/1.1\r\nHost: a\r\n");
+    for (int i = 1; i < nfields; i++) n += (size_t)snprintf(out + n, cap - n, "X-%d: v\r\n", i);
+    snprintf(out + n, cap - n, "\r\n");
+}
+
+BT_TEST(max_headers_honoured) {
+    static char req[65536];
+    fx f;
+    fx_init(&f, NULL);                              /* the default: 100 fields */
+    BT_OK(braid_http_route(f.s, "GET", "/", 0, h_hello, NULL));
+    fx_conn(&f);
+    headers_request(req, sizeof req, 100);
+    feed(&f, req);
+    BT_TRUE(!strncmp(take(&f), "HTTP/1.1 200", 12));
+    headers_request(req, sizeof req, 101);
+    feed(&f, req);
+    BT_TRUE(!strncmp(take(&f), "HTTP/1.1 431", 12));
+    fx_done(&f);
+    /* raised: 1000 fields */
+    fx_init(&f, &(braid_http_server_options){ .limits = { .max_headers = 1000, .max_head = 32768 } });
+    BT_OK(braid_http_route(f.s, "GET", "/", 0, h_hello, NULL));
+    fx_conn(&f);
+    headers_request(req, sizeof req, 1000);
+    feed(&f, req);
+    BT_TRUE(!strncmp(take(&f), "HTTP/1.1 200", 12));
+    headers_request(req, sizeof req, 1001);
+    feed(&f, req);
+    BT_TRUE(!strncmp(take(&f), "HTTP/1.1 431", 12));
+    fx_done(&f);
+}
+
+/* ---- allocation failures: every site on a representative path fails cleanly ---------------------- */
+static braid_deferred *h_async_answer(braid_http_request *req, void *arg) {
+    (void)req;
+    braid_http_response *r = braid_http_response_new(201, "text/plain", "later", 5);
+    if (!r) return NULL;                            /* no answer: the server answers 500 */
+    if (braid_http_response_add_header(r, "X-Later", "1") < 0) {
+        braid_http_response_free(r);
+        return NULL;
+    }
+    return braid_succeed(arg, r, braid_http_response_free);
+}
+static braid_deferred *h_stream_small(braid_http_request *req, void *arg) {
+    (void)arg;
+    if (braid_http_respond_start(req, 200, "text/plain", -1) < 0) return NULL;
+    braid_http_write(req, "chunk-one", 9);
+    braid_http_write(req, "chunk-two", 9);
+    braid_http_finish(req);
+    return NULL;
+}
+
+/* One server connection over the memory transport: a pipelined GET, a
+ * chunked POST, a Deferred answer, a streamed answer, a 404, then a bad
+ * request (400, lingering close) and the client's FIN. 0 when every answer
+ * came out right; an error otherwise (never a crash or a leak). */
+static int oom_server_scenario(braid_loop *loop) {
+    braid_http_server *s;
+    int rc = braid_http_server_new(loop, NULL, &s);
+    if (rc < 0) return rc;
+    if ((rc = braid_http_route(s, "GET", "/", 0, h_hello, NULL)) < 0 ||
+        (rc = braid_http_route(s, "POST", "/echo", 0, h_echo, NULL)) < 0 ||
+        (rc = braid_http_route(s, "GET", "/later", 0, h_async_answer, loop)) < 0 ||
+        (rc = braid_http_route(s, "GET", "/stream", 0, h_stream_small, NULL)) < 0) {
+        braid_http_server_free(s);
+        return rc;
+    }
+    braid_protocol *p = braid_factory_build(braid_http_server_factory(s), NULL);
+    if (!p) {
+        braid_http_server_free(s);
+        return BRAID_ENOMEM;
+    }
+    braid_memory_transport *m = braid_memory_transport_new(loop, p);
+    if (!m) {
+        p->ops->destroy(p);                         /* never attached: ours to release */
+        braid_http_server_free(s);
+        return BRAID_ENOMEM;
+    }
+    static const char in[] =
+        "GET / HTTP/1.1\r\nHost: a\r\n\r\n"
+        "POST /echo HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n"
+        "GET /later HTTP/1.1\r\nHost: a\r\n\r\n"
+        "GET /stream HTTP/1.1\r\nHost: a\r\n\r\n"
+        "GET /nope HTTP/1.1\r\nHost: a\r\n\r\n"
+        "GET / HTTP/1.1\r\nHost: a\r\nBad Header: 1\r\n\r\n";
+    static char out[8192];
+    size_t have = 0;
+    /* byte-split delivery too: the request that spans reads is buffered */
+    (void)braid_memory_transport_receive(m, in, 20);
+    (void)braid_memory_transport_receive(m, in + 20, sizeof in - 1 - 20);
+    for (int i = 0; i < 20; i++) {
+        braid_loop_run_once(loop, BRAID_RUN_NOWAIT);
+        size_t n;
+        const void *d = braid_memory_transport_data(m, &n);
+        if (n > sizeof out - 1 - have) n = sizeof out - 1 - have;
+        memcpy(out + have, d, n);
+        have += n;
+        braid_memory_transport_consume(m, n);
+    }
+    out[have] = 0;
+    braid_memory_transport_peer_eof(m);
+    for (int i = 0; i < 3; i++) braid_loop_run_once(loop, BRAID_RUN_NOWAIT);
+    braid_memory_state ms = braid_memory_transport_state(m);
+    int result = 0;
+    const char *a = strstr(out, "Hello, World!"), *b = strstr(out, "body=abc"), *c = strstr(out, "\r\n\r\nlater"),
+               *d = strstr(out, "chunk-two"), *e = strstr(out, "HTTP/1.1 404"), *f = strstr(out, "HTTP/1.1 400");
+    if (!(a && b && c && d && e && f && a < b && b < c && c < d && d < e && e < f) || !ms.closed || ms.aborted)
+        result = BRAID_EINVAL;
+    braid_memory_transport_free(m);
+    for (int i = 0; i < 3; i++) braid_loop_run_once(loop, BRAID_RUN_NOWAIT);
+    if (braid_http_server_free(s) < 0) abort();     /* every connection must be gone */
+    return result;
+}
+
+BT_TEST(allocation_failure_walk_server) {
+    braid_loop *loop = bt_loop_new(NULL);
+    BT_OK(oom_server_scenario(loop));
+    long base = braid_test_alloc_outstanding();
+    int injected = 0;
+    for (long n = 1;; n++) {
+        braid_test_fail_alloc_after(n, false);
+        int rc = oom_server_scenario(loop);
+        bool hit = braid_test_alloc_failed();
+        braid_test_fail_alloc_after(0, false);
+        for (int i = 0; i < 3; i++) braid_loop_run_once(loop, BRAID_RUN_NOWAIT);
+        BT_EQ(braid_test_alloc_outstanding(), base);
+        if (!hit) {
+            BT_OK(rc);
+            break;
+        }
+        injected++;
+        BT_LT(n, 2000);
+    }
+    BT_GT(injected, 10);                            /* the walk went through the whole path */
+    fprintf(stderr, "walk: %d allocation sites failed in turn\n", injected);
+    BT_EQ(braid_deferred_live(loop), 0);
+    bt_loop_destroy(loop);
+}
+
+/* The client and the server together, over the in-memory pump: a GET and a
+ * POST on one pooled connection. */
+typedef struct pump_env {
+    braid_http_server *s;
+    braid_pump *pump;
+} pump_env;
+
+static braid_deferred *pump_connect(void *arg, braid_loop *loop, const char *host, int port, bool https,
+                                    braid_factory *f) {
+    pump_env *e = arg;
+    (void)host, (void)port, (void)https;
+    if (e->pump) return braid_fail(loop, braid_failure_new(BRAID_EINVAL, "one connection only"));
+    braid_protocol *cp = braid_factory_build(f, NULL);
+    if (!cp) return braid_fail(loop, braid_failure_new(BRAID_ENOMEM, "client protocol"));
+    braid_protocol *sp = braid_factory_build(braid_http_server_factory(e->s), NULL);
+    if (!sp) {
+        cp->ops->destroy(cp);
+        return braid_fail(loop, braid_failure_new(BRAID_ENOMEM, "server protocol"));
+    }
+    e->pump = braid_pump_new(loop, cp, sp);
+    if (!e->pump) {
+        cp->ops->destroy(cp);
+        sp->ops->destroy(sp);
+        return braid_fail(loop, braid_failure_new(BRAID_ENOMEM, "pump"));
+    }
+    return braid_succeed(loop, cp, NULL);
+}
+
+typedef struct cres { int fired, code, status; char body[64]; } cres;
+static braid_result cres_ok(braid_result r, void *arg) {
+    cres *c = arg;
+    braid_http_client_response *resp = r.value;
+    c->fired++;
+    c->status = resp->status;
+    snprintf(c->body, sizeof c->body, "%s", resp->body);
+    braid_result_drop(r);
+    return braid_ok(NULL);
+}
+static braid_result cres_fail(braid_result r, void *arg) {
+    cres *c = arg;
+    c->fired++;
+    c->code = r.failure->code;
+    braid_result_drop(r);
+    return braid_ok(NULL);
+}
+
+static int oom_client_server_scenario(braid_loop *loop) {
+    pump_env e = { 0 };
+    int rc = braid_http_server_new(loop, NULL, &e.s);
+    if (rc < 0) return rc;
+    if ((rc = braid_http_route(e.s, "GET", "/", 0, h_hello, NULL)) < 0 ||
+        (rc = braid_http_route(e.s, "POST", "/echo", 0, h_echo, NULL)) < 0) {
+        braid_http_server_free(e.s);
+        return rc;
+    }
+    braid_http_client *c;
+    if ((rc = braid_http_client_new(loop, &(braid_http_client_options){ .connect = pump_connect, .connect_arg = &e },
+                                    &c)) < 0) {
+        braid_http_server_free(e.s);
+        return rc;
+    }
+    cres r[2];
+    memset(r, 0, sizeof r);
+    int result = 0;
+    for (int i = 0; i < 2 && !result; i++) {
+        braid_deferred *d = braid_http_client_request(c, &(braid_http_client_req){
+            .method = i ? "POST" : "GET", .url = i ? "http://h/echo" : "http://h/",
+            .body = i ? "payload" : NULL, .body_len = i ? 7 : 0 });
+        if (!d) { result = BRAID_ENOMEM; break; }
+        if (braid_deferred_add_callbacks(d, cres_ok, cres_fail, &r[i]) < 0) {
+            braid_deferred_cancel(d);
+            braid_deferred_release(d);
+            result = BRAID_ENOMEM;
+            break;
+        }
+        braid_deferred_release(d);
+        for (int k = 0; k < 10 && !r[i].fired; k++) {
+            if (e.pump) braid_pump_flush(e.pump);
+            braid_loop_run_once(loop, BRAID_RUN_NOWAIT);
+        }
+        if (!r[i].fired) result = BRAID_EINVAL;
+        else if (r[i].code) result = r[i].code;
+        else if (r[i].status != 200 || !strstr(r[i].body, i ? "body=payload" : "Hello, World!")) result = BRAID_EINVAL;
+    }
+    braid_http_client_free(c);
+    for (int k = 0; k < 3; k++) {
+        if (e.pump) braid_pump_flush(e.pump);
+        braid_loop_run_once(loop, BRAID_RUN_NOWAIT);
+    }
+    if (e.pump) braid_pump_free(e.pump);
+    for (int k = 0; k < 3; k++) braid_loop_run_once(loop, BRAID_RUN_NOWAIT);
+    if (braid_http_server_free(e.s) < 0) abort();
+    return result;
+}
+
+BT_TEST(allocation_failure_walk_client_and_server) {
+    braid_loop *loop = bt_loop_new(NULL);
+    BT_OK(oom_client_server_scenario(loop));
+    long base = braid_test_alloc_outstanding();
+    int injected = 0;
+    for (long n = 1;; n++) {
+        braid_test_fail_alloc_after(n, false);
+        int rc = oom_client_server_scenario(loop);
+        bool hit = braid_test_alloc_failed();
+        braid_test_fail_alloc_after(0, false);
+        for (int i = 0; i < 3; i++) braid_loop_run_once(loop, BRAID_RUN_NOWAIT);
+        BT_EQ(braid_test_alloc_outstanding(), base);
+        if (!hit) {
+            BT_OK(rc);
+            break;
+        }
+        injected++;
+        BT_LT(n, 2000);
+    }
+    BT_GT(injected, 10);
+    fprintf(stderr, "walk: %d allocation sites failed in turn\n", injected);
+    BT_EQ(braid_deferred_live(loop), 0);
+    bt_loop_destroy(loop);
+}
+
+/* ---- shutdown with a deadline ------------------------------------------------------------------------ */
+/* Idle connections close at once, busy ones after their answer; whatever has
+ * not closed when shutdown_timeout passes is aborted: a client that does not
+ * read its last answer, a Deferred that never fires, a stream that never ends. */
+BT_TEST(shutdown_deadline_escalates) {
+    fx f;
+    fx_init(&f, &(braid_http_server_options){ .shutdown_timeout_ns = BRAID_SECONDS(5),
+                                              .send_timeout_ns = BRAID_FOREVER });
+    BT_OK(braid_http_route(f.s, "GET", "/", 0, h_hello, NULL));
+    BT_OK(braid_http_route(f.s, "GET", "/pending", 0, h_pending, f.loop));
+    BT_OK(braid_http_route(f.s, "GET", "/stream", 0, h_stream_forever, NULL));
+    BT_OK(braid_http_route(f.s, "GET", "/later", 0, h_later, f.loop));
+    braid_memory_transport *m[5];
+    static const char *const reqs[5] = { "GET / HTTP/1.1\r\nHost: a\r\n\r\n", "GET / HTTP/1.1\r\nHost: a\r\n\r\n",
+                                         "GET /pending HTTP/1.1\r\nHost: a\r\n\r\n",
+                                         "GET /stream HTTP/1.1\r\nHost: a\r\n\r\n",
+                                         "GET /later HTTP/1.1\r\nHost: a\r\n\r\n" };
+    cancels = 0;
+    memset(&ls, 0, sizeof ls);
+    for (int i = 0; i < 5; i++) {
+        m[i] = fx_conn(&f);
+        BT_OK(braid_memory_transport_receive(m[i], reqs[i], strlen(reqs[i])));
+    }
+    spin(f.loop);
+    braid_memory_transport_consume(m[0], SIZE_MAX);   /* 0: idle, its answer read; 1: answer never read */
+    spin(f.loop);
+    BT_EQ(braid_http_server_connections(f.s), 5);
+    braid_http_server_shutdown(f.s);
+    spin(f.loop);
+    BT_TRUE(braid_memory_transport_state(m[0]).closed);   /* idle: closed at once */
+    BT_TRUE(braid_memory_transport_state(m[1]).disconnecting);
+    BT_EQ(braid_http_server_connections(f.s), 4);
+    /* the answer that completes in time closes the connection after it, cleanly */
+    BT_OK(braid_deferred_callback(pending_d, braid_http_response_new(200, "text/plain", "in time", 7),
+                                  braid_http_response_free));
+    spin(f.loop);
+    size_t n;
+    const char *o = braid_memory_transport_data(m[4], &n);
+    BT_TRUE(n > 0 && memmem(o, n, "Connection: close\r\n", 19) && memmem(o, n, "in time", 7));
+    braid_memory_transport_consume(m[4], SIZE_MAX);
+    spin(f.loop);
+    braid_memory_state st4 = braid_memory_transport_state(m[4]);
+    BT_TRUE(st4.closed && !st4.aborted);
+    BT_OK(braid_loop_advance(f.loop, BRAID_SECONDS(4)));
+    BT_EQ(braid_http_server_connections(f.s), 3);
+    BT_EQ(cancels, 0);
+    BT_EQ(ls.lost, 0);
+    BT_OK(braid_loop_advance(f.loop, BRAID_SECONDS(2)));
+    spin(f.loop);
+    BT_EQ(braid_http_server_connections(f.s), 0);
+    for (int i = 1; i < 4; i++) {
+        braid_memory_state ms = braid_memory_transport_state(m[i]);
+        BT_TRUE(ms.aborted);
+        BT_ERR(ms.lost_code, BRAID_ETIMEDOUT);
+    }
+    BT_EQ(cancels, 1);                                   /* the pending answer was cancelled */
+    BT_EQ(ls.lost, 1);                                   /* the stream was told */
+    for (int i = 0; i < 5; i++) braid_memory_transport_free(m[i]);
+    f.m = NULL;
+    fx_done(&f);
+}
+
+/* A streamed answer of 64 MiB under the transport's watermarks. */
+typedef struct big_stream { braid_producer p; braid_http_request *req; bool paused, done; size_t sent; } big_stream;
+static big_stream bs;
+static void bs_pump(big_stream *b) {
+    while (!b->paused && !b->done && b->sent < (64u << 20)) {
+        if (braid_http_write(b->req, big_body, 256 * 1024) < 0) return;
+        b->sent += 256 * 1024;
+    }
+}
+static void bs_pause(braid_producer *p) { ((big_stream *)p->arg)->paused = true; }
+static void bs_resume(braid_producer *p) { big_stream *b = p->arg; b->paused = false; bs_pump(b); }
+static void bs_stop(braid_producer *p) {
+    big_stream *b = p->arg;
+    if (!b->done) { b->done = true; braid_http_finish(b->req); }
+}
+static braid_deferred *h_big_stream(braid_http_request *req, void *arg) {
+    (void)arg;
+    memset(&bs, 0, sizeof bs);
+    bs.req = req;
+    bs.p = (braid_producer){ bs_pause, bs_resume, bs_stop, &bs };
+    BT_OK(braid_http_respond_start(req, 200, "application/octet-stream", -1));
+    BT_OK(braid_http_register_producer(req, &bs.p, true));
+    bs_pump(&bs);
+    return NULL;
+}
+
+/* The same over TCP: a client that stops reading a long answer does not
+ * hold the server's shutdown past the deadline. */
+BT_IO_TEST(io_shutdown_deadline_with_non_reader) {
+    big_body = calloc(1, BIG_BODY);
+    io x;
+    io_init_with(&x, NULL, &(braid_http_server_options){ .shutdown_timeout_ns = BRAID_SECONDS(3),
+                                                          .send_timeout_ns = BRAID_FOREVER }, true);
+    BT_OK(braid_http_route(x.s, "GET", "/big", 0, h_big_stream, NULL));
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    int small = 4096;
+    BT_OK(setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &small, sizeof small));
+    struct sockaddr_in sa = { .sin_family = AF_INET, .sin_port = htons((uint16_t)x.port),
+                              .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
+    BT_OK(connect(fd, (struct sockaddr *)&sa, sizeof sa));
+    send_all(fd, "GET /big HTTP/1.1\r\nHost: a\r\n\r\n");
+    io_wait_requests(&x, 1);
+    for (int i = 0; i < 100; i++) {
+        BT_OK(braid_loop_run_once(x.loop, BRAID_RUN_NOWAIT));
+        usleep(100);
+    }
+    braid_listener_close(x.l);
+    braid_http_server_shutdown(x.s);
+    for (int s = 0; s < 2; s++) {
+        BT_OK(braid_loop_advance(x.loop, BRAID_SECONDS(1)));
+        for (int i = 0; i < 5; i++) BT_OK(braid_loop_run_once(x.loop, BRAID_RUN_NOWAIT));
+        BT_EQ(braid_http_server_connections(x.s), 1);      /* still flushing */
+    }
+    BT_OK(braid_loop_advance(x.loop, BRAID_SECONDS(1) + 1));
+    for (int i = 0; i < 5; i++) BT_OK(braid_loop_run_once(x.loop, BRAID_RUN_NOWAIT));
+    BT_EQ(braid_http_server_connections(x.s), 0);
+    BT_TRUE(bs.done);                                       /* the stream was stopped */
+    close(fd);
+    BT_OK(braid_http_server_free(x.s));
+    bt_loop_destroy(x.loop);
+    braid_fake_clock_free(x.clock);
+    free(big_body);
+}
+
+/* Input that arrives while an answer is pending is appended behind requests
+ * already answered from the same buffer: those are dropped first (the buffer
+ * is compacted under the pending request), so small limits hold. */
+BT_TEST(pending_answer_after_buffered_burst_compacts) {
+    fx f;
+    fx_init(&f, &(braid_http_server_options){ .limits = { .max_head = 1024, .max_body = 512 } });
+    BT_OK(braid_http_route(f.s, "GET", "/", 0, h_hello, NULL));
+    BT_OK(braid_http_route(f.s, "GET", "/later", 0, h_later, f.loop));
+    fx_conn(&f);
+    static const char one[] = "GET / HTTP/1.1\r\nHost: a\r\n\r\n";
+    enum { N = 2000 };
+    static char burst[N * (sizeof one - 1) + 64];
+    size_t len = 0;
+    for (int i = 0; i < N; i++) { memcpy(burst + len, one, sizeof one - 1); len += sizeof one - 1; }
+    len += (size_t)snprintf(burst + len, sizeof burst - len, "GET /later HTTP/1.1\r\nHost: a\r\n\r\n");
+    pending_d = NULL;
+    hits = 0;
+    feed(&f, "GET / HT");                            /* a partial head: the buffered path */
+    BT_OK(braid_memory_transport_receive(f.m, "TP/1.1\r\nHost: a\r\n\r\n", 19));
+    BT_OK(braid_memory_transport_receive(f.m, burst, len));
+    int answers = 0;
+    for (int i = 0; i < 1000 && !pending_d; i++) answers += count(take(&f), "Hello, World!");
+    if (!pending_d) bt_fail(__FILE__, __LINE__, "%d answers, closed %d", answers, closed(&f));
+    answers += count(take(&f), "Hello, World!");     /* the rest of those before /later */
+    BT_EQ(answers, N + 1);
+    /* one more read of 60 KB while /later is pending (the bound allows a read):
+     * it fits once the answered requests are dropped from the buffer */
+    enum { M = 2200 };
+    static char more[M * (sizeof one - 1)];
+    for (int i = 0; i < M; i++) memcpy(more + i * (sizeof one - 1), one, sizeof one - 1);
+    BT_OK(braid_memory_transport_receive(f.m, more, sizeof more));
+    spin(f.loop);
+    BT_FALSE(closed(&f));
+    BT_OK(braid_deferred_callback(pending_d, braid_http_response_new(200, "text/plain", "later", 5),
+                                  braid_http_response_free));
+    spin(f.loop);
+    const char *o = take(&f);
+    BT_TRUE(!strncmp(o, "HTTP/1.1 200", 12) && strstr(o, "\r\n\r\nlater") != NULL);
+    answers = count(o, "Hello, World!");
+    for (int i = 0; i < 1000 && answers < M; i++) answers += count(take(&f), "Hello, World!");
+    BT_EQ(answers, M);
+    BT_FALSE(closed(&f));
+    fx_done(&f);
 }

@@ -4,6 +4,8 @@
  * the hard cap, fd passing, pipes, connect failures, timeout and cancel. */
 // ctest-labels: stream
 #include "harness.h"
+#include "tls_certs.h"
+#include <braid/tls.h>
 #include <braid/testing_deferred.h>
 #include <arpa/inet.h>
 #include <fcntl.h>
@@ -27,6 +29,7 @@ typedef struct tp {
     size_t inlen;              /* bytes kept (the first 64 KiB) */
     uint64_t total_in;
     int made, read_lost, write_lost, lost, lost_code;
+    char lost_msg[128];
     bool echo;                 /* write back what arrives */
     bool check_pattern;        /* byte k of the stream must be k % 251 */
     int pattern_errors;
@@ -56,6 +59,7 @@ static void tp_lost(braid_protocol *p, const braid_failure *f) {
     tp *t = (tp *)p;
     t->lost++;
     t->lost_code = f->code;
+    snprintf(t->lost_msg, sizeof t->lost_msg, "%s", f->message ? f->message : "");
 }
 static void tp_fds(braid_protocol *p, const int *fds, int n) {
     tp *t = (tp *)p;
@@ -1242,4 +1246,232 @@ BT_IO_TEST(tcp_eof_while_paused_comes_after_the_data) {
     BT_ERR(spool[0].lost_code, BRAID_ECONNECTION_DONE);
     braid_listener_close(l);
     bt_loop_destroy(loop);
+}
+
+/* ======================= close with a deadline ==================================== */
+/* A memory transport whose peer never consumes: close_within aborts it with
+ * BRAID_ETIMEDOUT exactly when the deadline passes on the loop clock; one
+ * whose peer consumes in time closes cleanly and the deadline is disarmed. */
+BT_TEST(memory_close_within_deadline) {
+    braid_fake_clock *fc = braid_fake_clock_new(1000);
+    braid_loop *loop = bt_loop_new(braid_fake_clock_base(fc));
+    /* the peer never reads */
+    tp p = { .base.ops = &tp_ops };
+    braid_memory_transport *m = braid_memory_transport_new(loop, &p.base);
+    static char big[100000];
+    BT_OK(braid_transport_write(p.base.transport, big, sizeof big));
+    braid_transport_close_within(p.base.transport, BRAID_SECONDS(2));
+    BT_ERR(braid_transport_write(p.base.transport, "x", 1), BRAID_ESHUTDOWN);
+    for (int i = 0; i < 10; i++) BT_OK(braid_loop_run_once(loop, BRAID_RUN_NOWAIT));
+    BT_TRUE(braid_memory_transport_state(m).disconnecting);
+    /* a later, longer deadline does not postpone it */
+    braid_transport_close_within(p.base.transport, BRAID_SECONDS(60));
+    braid_memory_transport_consume(m, 1000);           /* the peer takes a little */
+    BT_OK(braid_loop_advance(loop, BRAID_SECONDS(2) - 1));
+    BT_EQ(p.lost, 0);
+    BT_FALSE(braid_memory_transport_state(m).closed);
+    BT_OK(braid_loop_advance(loop, 1));
+    BT_OK(braid_loop_run_once(loop, BRAID_RUN_NOWAIT));
+    BT_EQ(p.lost, 1);
+    BT_ERR(p.lost_code, BRAID_ETIMEDOUT);
+    BT_TRUE(strstr(p.lost_msg, "close deadline passed with 99000 bytes unsent") != NULL);
+    BT_TRUE(braid_memory_transport_state(m).aborted);
+    braid_memory_transport_free(m);
+    /* the peer reads in time */
+    tp q = { .base.ops = &tp_ops };
+    m = braid_memory_transport_new(loop, &q.base);
+    BT_OK(braid_transport_write(q.base.transport, big, sizeof big));
+    braid_transport_lose_connection(q.base.transport);   /* then a deadline on top */
+    braid_transport_close_within(q.base.transport, BRAID_SECONDS(2));
+    BT_OK(braid_loop_advance(loop, BRAID_SECONDS(1)));
+    braid_memory_transport_consume(m, sizeof big);
+    BT_OK(braid_loop_run_once(loop, BRAID_RUN_NOWAIT));
+    BT_EQ(q.lost, 1);
+    BT_ERR(q.lost_code, BRAID_ECONNECTION_DONE);
+    BT_EQ(braid_loop_timer_count(loop), 0);              /* the deadline went with it */
+    BT_OK(braid_loop_advance(loop, BRAID_SECONDS(5)));
+    BT_EQ(q.lost, 1);
+    braid_memory_transport_free(m);
+    /* BRAID_FOREVER is plain lose_connection; 0 aborts at the next timer phase */
+    tp r = { .base.ops = &tp_ops };
+    m = braid_memory_transport_new(loop, &r.base);
+    BT_OK(braid_transport_write(r.base.transport, "abc", 3));
+    braid_transport_close_within(r.base.transport, BRAID_FOREVER);
+    BT_EQ(braid_loop_timer_count(loop), 0);
+    braid_transport_close_within(r.base.transport, 0);
+    BT_OK(braid_loop_run_once(loop, BRAID_RUN_NOWAIT));
+    BT_OK(braid_loop_run_once(loop, BRAID_RUN_NOWAIT));
+    BT_EQ(r.lost, 1);
+    BT_ERR(r.lost_code, BRAID_ETIMEDOUT);
+    braid_memory_transport_free(m);
+    bt_loop_destroy(loop);
+    braid_fake_clock_free(fc);
+}
+
+/* Over TCP on every backend, with the fake clock: the server closes with a
+ * deadline while 16 MiB are queued for a client that stopped reading. Nothing
+ * happens until the deadline; at the deadline (not a nanosecond earlier) the
+ * server's connection is lost with BRAID_ETIMEDOUT and the client sees a
+ * reset. The loop then has nothing left to run: a server shutting down this
+ * way exits however its peers behave. */
+static void tcp_pair(braid_loop *loop, tfactory *sf, tfactory *cf, braid_listener **l,
+                     braid_transport **st, braid_transport **ct) {
+    int port;
+    *l = listen_local(loop, &sf->f, &port);
+    got g = { 0 };
+    await_connect(loop, braid_tcp_connect(loop, &(braid_tcp_connect_options){
+                      .host = "127.0.0.1", .port = port }, &cf->f), &g);
+    BT_FALSE(g.failed);
+    for (int i = 0; i < 1000 && !sf->pool[0].made; i++) BT_OK(braid_loop_run_once(loop, 0));
+    BT_EQ(sf->pool[0].made, 1);
+    *st = sf->pool[0].base.transport;
+    *ct = g.p->transport;
+}
+
+BT_IO_TEST(tcp_close_within_non_reading_peer_aborts_at_deadline) {
+    braid_fake_clock *fc = braid_fake_clock_new(0);
+    braid_loop *loop = bt_loop_new(braid_fake_clock_base(fc));
+    tp spool[1], cpool[1];
+    tfactory sf, cf;
+    tf_init(&sf, spool, 1, &tp_ops);
+    tf_init(&cf, cpool, 1, &tp_ops);
+    braid_listener *l;
+    braid_transport *st, *ct;
+    tcp_pair(loop, &sf, &cf, &l, &st, &ct);
+    braid_listener_close(l);
+    braid_transport_pause_reading(ct);
+    const size_t total = 16u << 20;      /* far more than loopback's socket buffers */
+    char *big = malloc(total);
+    BT_TRUE(big);
+    memset(big, 'z', total);
+    BT_OK(braid_transport_set_limits(st, 0, 0, 2 * total));
+    BT_OK(braid_transport_write(st, big, total));
+    free(big);
+    for (int i = 0; i < 200; i++) BT_OK(braid_loop_run_once(loop, BRAID_RUN_NOWAIT));
+    BT_GT(braid_transport_buffered(st), 0);             /* the kernel took what it could */
+    braid_transport_close_within(st, BRAID_SECONDS(3));
+    for (int i = 0; i < 200; i++) BT_OK(braid_loop_run_once(loop, BRAID_RUN_NOWAIT));
+    BT_OK(braid_loop_advance(loop, BRAID_SECONDS(3) - 1));
+    for (int i = 0; i < 50; i++) BT_OK(braid_loop_run_once(loop, BRAID_RUN_NOWAIT));
+    BT_EQ(spool[0].lost, 0);                            /* still flushing */
+    BT_GT(braid_transport_buffered(st), 0);
+    BT_OK(braid_loop_advance(loop, 1));
+    BT_OK(braid_loop_run_once(loop, BRAID_RUN_NOWAIT));
+    BT_EQ(spool[0].lost, 1);
+    BT_ERR(spool[0].lost_code, BRAID_ETIMEDOUT);
+    BT_TRUE(strstr(spool[0].lost_msg, "close deadline passed") != NULL);
+    /* the client, reading again, gets what was in the kernel and then the reset */
+    braid_transport_resume_reading(ct);
+    for (int i = 0; i < 100000 && !cpool[0].lost; i++) BT_OK(braid_loop_run_once(loop, 0));
+    BT_EQ(cpool[0].lost, 1);
+    BT_ERR(cpool[0].lost_code, BRAID_ECONNRESET);
+    BT_LT(cpool[0].total_in, total);
+    BT_EQ(braid_loop_run(loop), 0);                     /* nothing keeps the loop */
+    bt_loop_destroy(loop);
+    braid_fake_clock_free(fc);
+}
+
+/* The peer reads: the close is clean, before the deadline, and the deadline
+ * is disarmed (the fake clock never moves in this test). */
+BT_IO_TEST(tcp_close_within_reading_peer_closes_cleanly) {
+    braid_fake_clock *fc = braid_fake_clock_new(0);
+    braid_loop *loop = bt_loop_new(braid_fake_clock_base(fc));
+    tp spool[1], cpool[1];
+    tfactory sf, cf;
+    tf_init(&sf, spool, 1, &tp_ops);
+    tf_init(&cf, cpool, 1, &tp_ops);
+    braid_listener *l;
+    braid_transport *st, *ct;
+    tcp_pair(loop, &sf, &cf, &l, &st, &ct);
+    braid_listener_close(l);
+    (void)ct;
+    const size_t total = 4u << 20;
+    char *big = malloc(total);
+    BT_TRUE(big);
+    memset(big, 'y', total);
+    BT_OK(braid_transport_set_limits(st, 0, 0, 2 * total));
+    BT_OK(braid_transport_write(st, big, total));
+    free(big);
+    braid_transport_close_within(st, BRAID_SECONDS(3));
+    for (int i = 0; i < 100000 && !(spool[0].lost && cpool[0].lost); i++) BT_OK(braid_loop_run_once(loop, 0));
+    BT_ERR(spool[0].lost_code, BRAID_ECONNECTION_DONE);
+    BT_ERR(cpool[0].lost_code, BRAID_ECONNECTION_DONE);
+    BT_UEQ(cpool[0].total_in, total);
+    BT_EQ(braid_loop_timer_count(loop), 0);
+    BT_EQ(braid_loop_run(loop), 0);
+    bt_loop_destroy(loop);
+    braid_fake_clock_free(fc);
+}
+
+/* TLS composes: the TLS transport's deadline also bounds the flush of its
+ * lower transport (close_notify behind records a non-reading peer never
+ * takes). Without that the application hears "closed cleanly" while the
+ * TCP connection under it lingers — and keeps the loop — forever. */
+static btc_world TW;
+BT_IO_TEST(tls_close_within_bounds_the_lower_transport) {
+    btc_world_make(&TW, BTC_EC);
+    braid_fake_clock *fc = braid_fake_clock_new(0);
+    braid_loop *loop = bt_loop_new(braid_fake_clock_base(fc));
+    braid_tls_ctx *sctx, *cctx;
+    BT_OK(braid_tls_ctx_new(&sctx, BRAID_TLS_SERVER, &(braid_tls_options){
+        .cert_pem = TW.server.cert_pem, .key_pem = TW.server.key_pem }, NULL, 0));
+    BT_OK(braid_tls_ctx_new(&cctx, BRAID_TLS_CLIENT, &(braid_tls_options){
+        .ca_pem = TW.ca.cert_pem }, NULL, 0));
+    tp spool[1], cpool[1];
+    tfactory sf, cf;
+    tf_init(&sf, spool, 1, &tp_ops);
+    tf_init(&cf, cpool, 1, &tp_ops);
+    braid_tls_factory stf, ctf;
+    BT_OK(braid_tls_factory_init(&stf, &sf.f, &(braid_tls_wrap_options){ .ctx = sctx }));
+    BT_OK(braid_tls_factory_init(&ctf, &cf.f, &(braid_tls_wrap_options){
+        .ctx = cctx, .server_name = "localhost" }));
+    int port;
+    braid_listener *l = listen_local(loop, &stf.base, &port);
+    got g = { 0 };
+    await_connect(loop, braid_tls_connect(loop, &(braid_tcp_connect_options){
+                      .host = "127.0.0.1", .port = port }, &ctf), &g);
+    BT_FALSE(g.failed);
+    braid_listener_close(l);
+    /* the handshake completes when the client has something to say */
+    BT_OK(braid_transport_write(g.p->transport, "hi", 2));
+    for (int i = 0; i < 10000 && spool[0].total_in < 2; i++) BT_OK(braid_loop_run_once(loop, 0));
+    BT_EQ(spool[0].total_in, 2);
+    braid_transport *st = spool[0].base.transport;
+    braid_transport_pause_reading(g.p->transport);
+    /* Small writes until the kernel is full and the lower (TCP) transport
+     * holds ciphertext: the TLS transport's own buffer is then empty, so its
+     * close completes at once (close_notify queued behind the records) and
+     * only the lower transport's flush is left to bound. */
+    static char chunk[4096];
+    braid_transport *lower = braid_tls_transport_lower(st);
+    for (int k = 0; k < 100000 && braid_transport_buffered(lower) < 8192; k++) {
+        BT_OK(braid_transport_write(st, chunk, sizeof chunk));
+        for (int i = 0; i < 4; i++) BT_OK(braid_loop_run_once(loop, BRAID_RUN_NOWAIT));
+    }
+    BT_GE(braid_transport_buffered(lower), 8192);
+    BT_EQ(braid_transport_buffered(st), 0);
+    braid_transport_close_within(st, BRAID_SECONDS(3));
+    for (int i = 0; i < 100; i++) BT_OK(braid_loop_run_once(loop, BRAID_RUN_NOWAIT));
+    BT_EQ(spool[0].lost, 1);                /* the TLS transport's part is done */
+    BT_ERR(spool[0].lost_code, BRAID_ECONNECTION_DONE);
+    BT_OK(braid_loop_advance(loop, BRAID_SECONDS(3) - 1));
+    for (int i = 0; i < 20; i++) BT_OK(braid_loop_run_once(loop, BRAID_RUN_NOWAIT));
+    BT_EQ(braid_loop_timer_count(loop), 1);  /* the lower transport's deadline, pending */
+    BT_OK(braid_loop_advance(loop, 1));
+    for (int i = 0; i < 20; i++) BT_OK(braid_loop_run_once(loop, BRAID_RUN_NOWAIT));
+    BT_EQ(braid_loop_timer_count(loop), 0);
+    /* the lower transport was reset at the deadline: the client, reading
+     * again, meets the reset before any close_notify */
+    braid_transport_resume_reading(g.p->transport);
+    for (int i = 0; i < 100000 && !cpool[0].lost; i++) BT_OK(braid_loop_run_once(loop, 0));
+    BT_EQ(cpool[0].lost, 1);
+    BT_ERR(cpool[0].lost_code, BRAID_ECONNRESET);
+    BT_EQ(braid_loop_run(loop), 0);
+    braid_tls_factory_cleanup(&stf);
+    braid_tls_factory_cleanup(&ctf);
+    braid_tls_ctx_unref(sctx);
+    braid_tls_ctx_unref(cctx);
+    bt_loop_destroy(loop);
+    braid_fake_clock_free(fc);
+    btc_world_free(&TW);
 }

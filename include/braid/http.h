@@ -213,31 +213,56 @@ BRAID_API time_t braid_http_parse_date(const char *s, size_t len);
  *    its watermarks), then braid_http_finish. Content-Length when the length
  *    is known, chunked otherwise (close-delimited for HTTP/1.0).
  *    braid_http_finish must always be called, also after the connection was
- *    lost (braid_http_write then returns BRAID_ESHUTDOWN and a registered
- *    producer got stop_producing): it releases the request.
+ *    lost (braid_http_write then returns BRAID_ESHUTDOWN, a registered
+ *    producer got stop_producing and the braid_http_on_lost hook ran): it
+ *    releases the request.
  * The request (all pointers in it) stays valid until the response is
- * complete — for a synchronous answer, until the handler returns.
+ * complete — for a synchronous answer, until the handler returns; for a
+ * Deferred, until it fired or was cancelled.
  *
- * Per connection: requests are read one after another (pipelined requests
- * wait in the connection's buffer, so responses leave in request order);
- * while an answer is pending, reading pauses. Keep-alive by default
- * (HTTP/1.1, or HTTP/1.0 with Connection: keep-alive). Bodies arrive whole
- * (Content-Length or chunked, decoded) up to limits.max_body; a request with
- * Expect: 100-continue gets "100 Continue" before its body is read. HEAD
- * runs the GET route and the server drops the body. The Date header is
- * formatted once per second.
+ * A client that goes away while its answer is pending is noticed at once:
+ * the connection keeps reading while an answer is pending (into a bounded
+ * buffer, see pipelining below), so a reset or a FIN from the client ends
+ * the connection, cancels the pending Deferred (which cancels the work it
+ * waits on, e.g. a queued pool job) and runs the request's on_lost hook.
+ * A FIN while an answer is pending counts as the client leaving (nginx's
+ * default for proxied requests); a client that half-closes after sending
+ * its requests and still wants the answers needs allow_half_close. A client
+ * whose pipelined input filled the bound is noticed when its answer is
+ * written (reading is then paused).
+ *
+ * Per connection: requests are answered one after another (pipelined
+ * requests wait in the connection's buffer, so responses leave in request
+ * order). What is buffered is parsed before more is read, and reading pauses
+ * while more than limits.max_head bytes of unparsed input wait (behind a
+ * pending answer, or while 64 KiB of answers wait for a client that does not
+ * read): a connection holds at most the request being answered plus about
+ * max_head + 64 KiB of input. Keep-alive by default (HTTP/1.1, or HTTP/1.0
+ * with Connection: keep-alive). Bodies arrive whole (Content-Length or
+ * chunked, decoded) up to limits.max_body; a request with Expect:
+ * 100-continue gets "100 Continue" before its body is read. HEAD runs the
+ * GET route and the server drops the body. The Date header is formatted
+ * once per second. Absolute-form targets ("GET http://host/p HTTP/1.1",
+ * RFC 9112 3.2.2) are routed by their path, and their authority is the
+ * request's host.
  *
  * Routing: exact paths first, then the longest matching prefix route; a path
  * that matches routes of other methods only gets 405 with an Allow header,
  * no route at all 404. The path is matched as sent (before '?'), undecoded.
  *
  * Errors the parser finds are answered with their status (400, 413, 414,
- * 431, 505) and "Connection: close", and the connection is closed after the
- * answer: no ambiguous message is ever passed on (see the parser above).
+ * 431, 505) and "Connection: close": no ambiguous message is ever passed on
+ * (see the parser above). An answer that closes the connection while the
+ * client may still be sending (errors, 408, an unread body) closes as
+ * nginx's lingering close does: the write side is shut after the answer,
+ * input is read and dropped for up to 5 s and 1 MiB, then the connection
+ * closes — so the client reads the answer instead of a reset.
  * Timeouts on the loop's clock: a request head must be complete within
  * header_timeout after its first byte (slowloris), its body within
- * body_timeout after the head (both answered with 408 and closed), and an
- * idle keep-alive connection is closed after idle_timeout.
+ * body_timeout after the head (both answered with 408 and closed), an idle
+ * keep-alive connection is closed after idle_timeout, and a connection whose
+ * answer makes no write progress for send_timeout (a client that does not
+ * read, or reads a byte a minute) is aborted.
  *
  * Ownership: the caller owns the server and frees it with
  * braid_http_server_free after its listeners are closed; the server owns its
@@ -259,6 +284,9 @@ typedef struct braid_http_request {
     size_t num_headers;
     const char *body;          /* the decoded body (NULL, 0 if none) */
     size_t body_len;
+    const char *host;          /* the authority of an absolute-form target, else the
+                                * Host header (NULL if none: HTTP/1.0) */
+    size_t host_len;
     bool head;                 /* a HEAD request: the body of the answer is dropped */
     bool keep_alive;           /* the connection stays open after the answer */
     braid_http_server *server;
@@ -273,14 +301,32 @@ typedef struct braid_http_server_options {
     uint64_t header_timeout_ns;   /* 0 = 10 s */
     uint64_t body_timeout_ns;     /* 0 = 30 s */
     uint64_t idle_timeout_ns;     /* 0 = 15 s */
-    braid_http_limits limits;     /* zero fields take the parser's defaults */
+    /* Abort a connection whose pending output made no progress for this long
+     * (nginx's send_timeout): 0 = 60 s, BRAID_FOREVER = never. */
+    uint64_t send_timeout_ns;
+    /* braid_http_server_shutdown's deadline: connections still open this long
+     * after it are aborted. 0 = 10 s, BRAID_FOREVER = wait for every answer. */
+    uint64_t shutdown_timeout_ns;
+    /* zero fields take the parser's defaults; limits.max_headers sizes each
+     * connection's header array (100 by default, at most 65536) */
+    braid_http_limits limits;
     const char *server_name;      /* Server header; NULL = "braid", "" = none */
+    /* A FIN from the client while its answer is pending: false (default) =
+     * the client left, cancel the answer and close; true = a half-close,
+     * answer anyway (then close). */
+    bool allow_half_close;
 } braid_http_server_options;
 
 BRAID_API int braid_http_server_new(braid_loop *loop, const braid_http_server_options *o,
                                     braid_http_server **out);
-/* Close every connection (idle now, busy after the answer in progress) and
- * refuse new ones (they are closed at once). */
+/* Close every connection and refuse new ones (they are closed at once), with
+ * a deadline of shutdown_timeout_ns (10 s) on the loop clock. Escalation:
+ * idle connections close now (flushing what they still owe); busy ones
+ * finish the answer in progress and then close (no keep-alive); every close
+ * is bounded by the deadline (braid_transport_close_within); when it passes,
+ * what is still open is aborted: pending Deferreds cancelled, on_lost hooks
+ * run, streams stopped, unsent bytes dropped (TCP peers get RST). Run the
+ * loop until braid_http_server_connections is 0, then free. */
 BRAID_API void braid_http_server_shutdown(braid_http_server *s);
 /* Free; BRAID_EBUSY while connections are open (shut down and run the loop first). */
 BRAID_API int braid_http_server_free(braid_http_server *s);
@@ -322,8 +368,20 @@ BRAID_API int braid_http_write(braid_http_request *req, const void *buf, size_t 
 BRAID_API int braid_http_register_producer(braid_http_request *req, braid_producer *p,
                                            bool streaming);
 /* End the streamed answer and release req. A Content-Length answer that got
- * fewer bytes closes the connection (the peer cannot mistake the framing). */
+ * fewer bytes closes the connection (the peer cannot mistake the framing).
+ * After the connection was lost it only releases req (returns
+ * BRAID_ESHUTDOWN); req must not be used after it. */
 BRAID_API int braid_http_finish(braid_http_request *req);
+/* Be told if the connection of req is lost before req's answer is complete
+ * (the client hung up or reset, send_timeout, an abort): fn runs once, from
+ * the loop, before the pending Deferred (if any) is cancelled. req stays
+ * valid in fn; a streamed answer still ends with braid_http_finish (from fn
+ * or later). Set it from the handler or later while the answer is pending
+ * (fn NULL removes it); it is cleared when the answer completes. 0,
+ * BRAID_ESHUTDOWN if the connection is already lost (fn is not called),
+ * BRAID_EINVAL when req has no answer pending. */
+typedef void (*braid_http_lost_fn)(braid_http_request *req, void *arg);
+BRAID_API int braid_http_on_lost(braid_http_request *req, braid_http_lost_fn fn, void *arg);
 
 /* A response value for Deferreds. */
 typedef struct braid_http_response {
@@ -398,7 +456,10 @@ BRAID_API int braid_http_respond_response(braid_http_request *req, const braid_h
  * (303, and 301/302 after a POST, become a bodiless GET; 307/308 resend the
  * method and body); the discarded responses' bodies are read so their
  * connections are reused; Authorization and Cookie headers are not sent to
- * another origin. Past the limit: BRAID_EHTTP ("too many redirects").
+ * another origin. Past the limit: BRAID_EHTTP ("too many redirects"). A
+ * Location with a scheme other than http or https (ftp:, file:, data: ...)
+ * fails the request with BRAID_EHTTP ("redirect to an unsupported scheme");
+ * an empty Location is no target: that 3xx is returned as the response.
  *
  * Cancelling the Deferred aborts the request (the connect attempt, or the
  * connection it runs on) and fails it with BRAID_ECANCELED.
@@ -407,7 +468,8 @@ BRAID_API int braid_http_respond_response(braid_http_request *req, const braid_h
  * BRAID_EHTTP_* codes for bad responses, BRAID_EHTTP for an unexpected 101
  * and too many redirects, BRAID_ECONNECTION_LOST for a body cut short (bytes
  * after a response only keep its connection out of the pool), connection
- * and TLS codes as they come.
+ * and TLS codes as they come (a TLS failure's message starts with TLS's own
+ * reason, e.g. the certificate verification error).
  *
  * Ownership: the request struct and everything it points to are copied; the
  * client owns its connections; braid_http_client_free fails the requests in

@@ -51,8 +51,24 @@ extern "C" {
  * connection is being aborted), BRAID_ENOMEM. */
 BRAID_API int braid_transport_write(braid_transport *t, const void *buf, size_t len);
 BRAID_API int braid_transport_writev(braid_transport *t, const struct iovec *iov, int iovcnt);
-/* Flush what is buffered, then close: connection_lost(BRAID_ECONNECTION_DONE). */
+/* Flush what is buffered, then close: connection_lost(BRAID_ECONNECTION_DONE).
+ * No deadline: a peer that never reads keeps the connection (and the loop)
+ * alive for as long as it likes — use close_within where that matters. */
 BRAID_API void braid_transport_lose_connection(braid_transport *t);
+/* A graceful close with a deadline: lose_connection now, and if the
+ * connection has not closed timeout_ns later on the loop clock (the peer did
+ * not read what was buffered), abort it — the rest of the buffer is dropped,
+ * a TCP peer gets RST, and connection_lost receives BRAID_ETIMEDOUT ("close
+ * deadline passed with N bytes unsent"). A peer that reads in time gets the
+ * usual clean close (BRAID_ECONNECTION_DONE). Escalation, in order: flush
+ * (as lose_connection) → deadline → abort. Calling it again, or after
+ * lose_connection, only ever moves the deadline earlier; BRAID_FOREVER is
+ * plain lose_connection; 0 aborts in the next timer phase unless the close
+ * completed first. Works on every kind; a TLS transport passes its deadline
+ * down to the transport under it (close_notify and the last records get the
+ * rest of the time, then that one is aborted too). Servers shutting down:
+ * close the listener, close_within every connection, run the loop dry. */
+BRAID_API void braid_transport_close_within(braid_transport *t, uint64_t timeout_ns);
 /* Close now, dropping the buffer: connection_lost(BRAID_ECONNECTION_LOST). */
 BRAID_API void braid_transport_abort(braid_transport *t);
 /* Abort with a reason of your own (e.g. a framing error such as

@@ -79,6 +79,7 @@ struct hc_conn {
     bool destroyed;                /* destroy ran while a paused request still held it */
     int lost_code;
     char detail[160];              /* TLS detail of the loss */
+    bool tls_failed;               /* the loss was a TLS error (detail says which) */
     bool processing, again;        /* process() re-entrancy */
     unsigned served;               /* requests attached so far */
     braid_timer idle_timer;
@@ -267,6 +268,17 @@ static int parse_url(const char *url, url_parts *u) {
         return BRAID_ENOMEM;
     }
     return 0;
+}
+
+/* The length of the URI scheme loc starts with (RFC 3986 3.1: ALPHA *(ALPHA
+ * / DIGIT / "+" / "-" / ".") followed by ':'), 0 for a relative reference. */
+static size_t scheme_len(const char *loc) {
+    if (!((loc[0] | 0x20) >= 'a' && (loc[0] | 0x20) <= 'z')) return 0;
+    size_t i = 1;
+    while (((loc[i] | 0x20) >= 'a' && (loc[i] | 0x20) <= 'z') || (loc[i] >= '0' && loc[i] <= '9') ||
+           loc[i] == '+' || loc[i] == '-' || loc[i] == '.')
+        i++;
+    return loc[i] == ':' ? i : 0;
 }
 
 /* Resolve a Location against the current URL: absolute, scheme-relative,
@@ -549,10 +561,16 @@ static void lost_verdict(hc_req *q, hc_conn *k) {
         req_complete(q);
         return;
     }
+    const char *when = q->phase == PH_BODY ? "in the middle of the response body" : "before the response head ended";
+    if (k->tls_failed) {
+        /* TLS said why (a verification failure, a bad record): that is the
+         * error, as TLS put it (req_fail puts the method and URL first). */
+        req_fail(q, code, NULL, "%s (TLS)", k->detail[0] ? k->detail : braid_strerror(code));
+        return;
+    }
     if (q->phase == PH_HEADERS && !q->got_bytes && !k->inlen && retry_fresh(q, k)) return;
     if (code == BRAID_ECONNECTION_DONE) code = BRAID_ECONNECTION_LOST;
-    req_fail(q, code, NULL, "%s:%d: connection closed %s%s%s", k->pool->host, k->pool->port,
-             q->phase == PH_BODY ? "in the middle of the response body" : "before the response head ended",
+    req_fail(q, code, NULL, "%s:%d: connection closed %s%s%s", k->pool->host, k->pool->port, when,
              k->detail[0] ? ": " : "", k->detail);
 }
 
@@ -563,7 +581,10 @@ static void conn_lost(braid_protocol *bp, const braid_failure *why) {
     k->lost_code = why ? why->code : BRAID_ECONNECTION_LOST;
     const char *d = NULL;
     int tls = braid_tls_transport_error(bp->transport, &d);
-    if (tls) k->lost_code = tls;
+    if (tls) {
+        k->lost_code = tls;
+        k->tls_failed = true;
+    }
     snprintf(k->detail, sizeof k->detail, "%s", d ? d : "");
     if (k->state != CONN_BUSY) k->state = CONN_CLOSING;
     if (k->slot) {
@@ -1085,7 +1106,15 @@ static bool on_head(hc_req *q, hc_conn *k, const braid_http_message *m) {
         int s = m->status;
         const char *loc = braid_http_client_response_header(q->resp, "Location");
         bool resend = s == 307 || s == 308 || ((s == 301 || s == 302) && strcmp(q->method, "POST"));
-        if (loc && (s == 301 || s == 302 || s == 303 || s == 307 || s == 308) && !(resend && q->source)) {
+        /* An empty Location names no target: the 3xx is the answer, as one
+         * without Location is. */
+        if (loc && *loc && (s == 301 || s == 302 || s == 303 || s == 307 || s == 308) && !(resend && q->source)) {
+            size_t sl = scheme_len(loc);
+            if (sl && !(sl == 4 && !strncasecmp(loc, "http", 4)) && !(sl == 5 && !strncasecmp(loc, "https", 5))) {
+                req_fail(q, BRAID_EHTTP, NULL, "%d redirect to an unsupported scheme \"%.*s\" (Location: %.200s)",
+                         s, (int)sl, loc, loc);
+                return false;
+            }
             if (q->redirects >= q->max_redirects) {
                 req_fail(q, BRAID_EHTTP, NULL, "too many redirects (%d)", q->redirects);
                 return false;

@@ -15,15 +15,34 @@
  * early).
  *
  * Ordering: the request at c->buf[pos] is the only one being answered; the
- * ones pipelined behind it wait in the buffer, and reading pauses while an
- * answer is pending, so answers leave in request order and a pipelining
- * client cannot grow the buffer. When the write buffer grows past 64 KiB
- * (a client that pipelines and does not read) parsing stops until it drains. */
+ * ones pipelined behind it wait in the buffer, so answers leave in request
+ * order. When the write buffer grows past 64 KiB (a client that pipelines
+ * and does not read) parsing stops until it drains.
+ *
+ * Reading (update_reading, the one place that decides): a connection reads
+ * while it parses heads and bodies, and also while an answer is pending, so
+ * that a client hanging up (FIN or reset) is noticed at once and its pending
+ * answer cancelled; but what is buffered is always parsed before more is
+ * read, and reading pauses while more than max_head bytes of unparsed input
+ * wait behind a pending answer or blocked output. A pipelining client that
+ * reads its answers therefore never grows the buffer, and one that does not
+ * read holds at most max_head plus one read of input.
+ *
+ * Closing: an answer that ends the connection while the client may still be
+ * sending (an error, 408, an unread body, pipelined bytes after a
+ * "Connection: close" request) closes by lingering (nginx's lingering
+ * close): shut the write side once the answer is out, read and drop input
+ * for HS_LINGER_NS and HS_LINGER_BYTES at most, then close. Closing with
+ * unread input would make the kernel send a reset, and the client could lose
+ * the answer. A second timer (wtimer) aborts a connection whose output makes
+ * no progress for send_timeout. */
 #include "server_internal.h"
 
 #include <errno.h>
+#include <inttypes.h>
 #include <stdio.h>
 #include <string.h>
+#include <strings.h>
 #include <unistd.h>
 
 #define HS_DRAIN_HIGH (64u * 1024)
@@ -32,6 +51,8 @@
 static void run_buffered(hs_conn *c);
 static void request_done(hs_conn *c);
 static void conn_maybe_free(hs_conn *c);
+static void watch_output(hs_conn *c);
+static void shutdown_timer_stop(braid_http_server *s);
 
 /* ---- small helpers ----------------------------------------------------------------- */
 static size_t u64_to_dec(char *out, uint64_t v) {
@@ -81,14 +102,25 @@ static void refresh_date(braid_http_server *s) {
     s->date_next = now + (uint64_t)(1000000000L - ts.tv_nsec);
 }
 
+/* ---- closing ----------------------------------------------------------------------- */
+/* Flush, then close. While the server shuts down with a deadline the close
+ * is bounded by it (braid_transport_close_within's escalation: flush, then
+ * abort when the deadline passes). */
+static void conn_close(hs_conn *c) {
+    braid_http_server *s = c->srv;
+    if (s->shutting_down && s->shutdown_deadline) braid__transport_close_at(c->base.transport, s->shutdown_deadline);
+    else braid_transport_lose_connection(c->base.transport);
+}
+
 /* ---- timers ------------------------------------------------------------------------ */
 static void set_timer(hs_conn *c, uint8_t kind) {
     c->tkind = kind;
     if (kind == HS_T_NONE) return;
     braid_http_server *s = c->srv;
-    uint64_t d = hs_now(s) +
-                 (kind == HS_T_HEADER ? s->header_timeout : kind == HS_T_BODY ? s->body_timeout
-                                                                               : s->idle_timeout);
+    uint64_t d = hs_now(s) + (kind == HS_T_HEADER ? s->header_timeout
+                              : kind == HS_T_BODY ? s->body_timeout
+                              : kind == HS_T_IDLE ? s->idle_timeout
+                                                  : HS_LINGER_NS);
     c->deadline = d;
     if (!braid_timer_active(&c->timer) || braid_timer_deadline(&c->timer) > d)
         braid_timer_start_at(&c->timer, d);
@@ -106,10 +138,49 @@ static void on_timer(braid_timer *t, void *arg) {
     c->tkind = HS_T_NONE;
     if (kind == HS_T_IDLE) {
         c->state = HS_CLOSING;
-        braid_transport_lose_connection(c->base.transport);
+        conn_close(c);
+    } else if (kind == HS_T_LINGER) {
+        /* Drained long enough. If the answer is still not out, the client
+         * does not read it either: no reason to wait for the flush. */
+        if (braid_transport_buffered(c->base.transport)) braid_transport_abort(c->base.transport);
+        else conn_close(c);
     } else {
         braid__http_respond_error(c, 408);
     }
+}
+
+/* Write progress (send_timeout, nginx's send_timeout): while output waits
+ * in the transport (or a file answer waits for the socket), wtimer runs; each
+ * time it fires it compares the transport's byte count with the mark taken
+ * when it was armed. Progress re-arms it; none aborts the connection. An
+ * armed timer is left alone, so a busy connection pays one timer start per
+ * send_timeout, not one per answer. */
+static bool output_pending(const hs_conn *c) {
+    return c->base.transport->wlen > 0 || c->state == HS_FILE;
+}
+
+static void watch_output(hs_conn *c) {
+    if (c->dead || !c->base.transport || braid_timer_active(&c->wtimer) ||
+        c->srv->send_timeout == BRAID_FOREVER || !output_pending(c))
+        return;
+    c->wmark = c->base.transport->sent_total;
+    braid_timer_start_at(&c->wtimer, hs_now(c->srv) + c->srv->send_timeout);
+}
+
+static void on_wtimer(braid_timer *t, void *arg) {
+    (void)t;
+    hs_conn *c = arg;
+    if (c->dead || !c->base.transport || !output_pending(c)) return;
+    braid_transport *tr = c->base.transport;
+    if (tr->sent_total != c->wmark) {
+        c->wmark = tr->sent_total;
+        braid_timer_start_at(&c->wtimer, braid_loop_now_fresh(c->srv->loop) + c->srv->send_timeout);
+        return;
+    }
+    braid_log(c->srv->loop, BRAID_LOG_INFO,
+              "http: no write progress for %" PRIu64 " ms (%zu bytes waiting): aborting the connection",
+              c->srv->send_timeout / 1000000, tr->wlen);
+    braid_transport_abort_with(tr, BRAID_ETIMEDOUT);
 }
 
 /* ---- input buffer -------------------------------------------------------------------- */
@@ -128,11 +199,15 @@ static bool request_live(const hs_conn *c) {
            c->state == HS_STREAMING || c->state == HS_FILE;
 }
 
-/* Append to the connection buffer. BRAID_EMSGSIZE past the limit. */
+/* Append to the connection buffer. BRAID_EMSGSIZE past the limit: the
+ * request being answered (head and body), the unparsed input that may wait
+ * behind it (max_head, see update_reading) and the one read that crosses
+ * that bound. */
 static int append(hs_conn *c, const void *data, size_t n) {
-    size_t limit = c->srv->limits.max_head + c->srv->limits.max_body + BRAID_HTTP_MAX_HEAD;
+    size_t limit = 2 * c->srv->limits.max_head + c->srv->limits.max_body + BRAID__READ_BUF;
     if (c->len + n > c->cap) {
-        if (c->pos && !request_live(c)) {           /* compact first */
+        if (c->pos) {                               /* compact first: drop what was answered */
+            if (request_live(c)) rebase(c, c->buf + c->pos, c->len - c->pos, c->buf);
             memmove(c->buf, c->buf + c->pos, c->len - c->pos);
             c->len -= c->pos;
             c->pos = 0;
@@ -259,8 +334,10 @@ static int respond_status(hs_conn *c, int status, bool close_after) {
     return rc;
 }
 
+/* An error answer closes: by lingering, as the client may still be sending. */
 int braid__http_respond_error(hs_conn *c, int status) {
     c->xhdr_len = 0;
+    c->linger_next = true;
     if (c->state == HS_READING) {         /* no request of its own: a neutral one */
         c->req.head = false;
         c->req.minor_version = 1;
@@ -270,9 +347,12 @@ int braid__http_respond_error(hs_conn *c, int status) {
     return respond_status(c, status, true);
 }
 
-/* Answer the route miss of the current request (404, or 405 with Allow). */
+/* Answer the route miss of the current request (404, or 405 with Allow; 400
+ * for a target that cannot be routed). close_after: the body was not read. */
 static void respond_miss(hs_conn *c, bool close_after) {
     c->xhdr_len = 0;
+    if (c->route_status == 400) close_after = true;
+    if (close_after) c->linger_next = true;
     if (c->route_status == 405) {
         braid_http_server *s = c->srv;
         char *p = c->xhdr;
@@ -387,11 +467,35 @@ static void fill_request(hs_conn *c, const braid_http_message *m) {
     q->method_len = m->method_len;
     q->target = m->target;
     q->target_len = m->target_len;
-    const char *qm = memchr(m->target, '?', m->target_len);
-    q->path = m->target;
-    q->path_len = qm ? (size_t)(qm - m->target) : m->target_len;
+    q->host = m->host;
+    q->host_len = m->host_len;
+    c->route_status = 0;
+    /* Absolute form (RFC 9112 3.2.2): the authority replaces Host, the rest
+     * is routed as an origin-form target ("" = "/"). */
+    const char *t = m->target, *end = m->target + m->target_len;
+    if (t < end && *t != '/') {
+        size_t skip = m->target_len >= 7 && !strncasecmp(t, "http://", 7)    ? 7
+                      : m->target_len >= 8 && !strncasecmp(t, "https://", 8) ? 8
+                                                                             : 0;
+        if (skip) {
+            const char *a = t + skip, *p = a;
+            while (p < end && *p != '/' && *p != '?' && *p != '#') p++;
+            q->host = a;
+            q->host_len = (size_t)(p - a);
+            if (p == a || memchr(a, '@', q->host_len) || (p < end && *p == '#'))
+                c->route_status = 400;     /* no host, userinfo (RFC 9110 4.2.4), a fragment */
+            t = p;
+        }
+    }
+    const char *qm = memchr(t, '?', (size_t)(end - t));
+    q->path = t;
+    q->path_len = qm ? (size_t)(qm - t) : (size_t)(end - t);
+    if (!q->path_len) {
+        q->path = "/";
+        q->path_len = 1;
+    }
     q->query = qm ? qm + 1 : NULL;
-    q->query_len = qm ? m->target_len - q->path_len - 1 : 0;
+    q->query_len = qm ? (size_t)(end - qm - 1) : 0;
     q->minor_version = m->minor_version;
     q->headers = c->hdrs;
     q->num_headers = m->num_headers;
@@ -409,7 +513,10 @@ static void fill_request(hs_conn *c, const braid_http_message *m) {
     c->continue_sent = false;
     c->content_length = m->content_length;
     c->body_kind = (uint8_t)m->body;
-    route_lookup(c);
+    c->lost_fn = NULL;
+    c->lost_arg = NULL;
+    c->route = NULL;
+    if (!c->route_status) route_lookup(c);
 }
 
 static braid_result on_answer(braid_result r, void *arg);
@@ -515,27 +622,83 @@ static void resume_reading(hs_conn *c) {
     }
 }
 
+/* Bytes of the request at pos (head and raw body) once its body is whole. */
+static size_t request_bytes(const hs_conn *c) {
+    return c->head_len + (c->body_kind == BRAID_HTTP_BODY_CHUNKED ? c->body_len
+                          : c->body_kind == BRAID_HTTP_BODY_LENGTH ? (size_t)c->content_length : 0);
+}
+
+/* The one place that decides whether the connection reads (see the file
+ * comment): always while a head or body is being read and while lingering;
+ * behind a pending answer or blocked output only while at most max_head
+ * bytes of unparsed input wait. Reading while an answer is pending is what
+ * lets a hang-up (FIN, reset) be seen. */
+static void update_reading(hs_conn *c) {
+    if (c->dead || !c->base.transport) return;
+    size_t waiting, used;
+    switch (c->state) {
+    case HS_READING:
+        if (!c->drain_wait) { resume_reading(c); return; }
+        waiting = c->len - c->pos;
+        break;
+    case HS_BODY:
+        resume_reading(c);
+        return;
+    case HS_DEFERRED:
+    case HS_STREAMING:
+    case HS_FILE:
+        used = c->lent ? 0 : c->pos + request_bytes(c);
+        waiting = c->len > used ? c->len - used : 0;
+        break;
+    case HS_CLOSING:
+        if (c->lingering) resume_reading(c);
+        return;
+    default:
+        return;                          /* HS_HANDLER: decided once the handler returned */
+    }
+    if (waiting > c->srv->limits.max_head) pause_reading(c);
+    else resume_reading(c);
+}
+
+/* Close after an answer while the client may still be sending: shut the
+ * write side once the answer is out and drain input for a while, so that
+ * closing with unread input does not reset the connection under the answer. */
+static void start_linger(hs_conn *c) {
+    c->state = HS_CLOSING;
+    c->lingering = true;
+    c->linger_bytes = 0;
+    set_timer(c, HS_T_LINGER);
+    if (braid_transport_shutdown_write(c->base.transport) < 0) return;
+    resume_reading(c);
+}
+
 /* The answer to the request at pos is complete: move on. */
 static void request_done(hs_conn *c) {
     bool async = c->state == HS_DEFERRED || c->state == HS_STREAMING || c->state == HS_FILE;
-    c->cur_len = c->head_len + (c->body_kind == BRAID_HTTP_BODY_CHUNKED ? c->body_len
-                                : c->body_kind == BRAID_HTTP_BODY_LENGTH ? (size_t)c->content_length : 0);
+    bool body_unread = c->state == HS_BODY;
+    c->cur_len = request_bytes(c);
     if (!c->lent && c->len >= c->pos + c->cur_len)
         c->pos += c->cur_len;            /* the request lived in our buffer */
     c->route = NULL;
     c->req.num_headers = 0;
+    c->lost_fn = NULL;
     if (c->dead) { c->state = HS_CLOSING; return; }
     if (!c->keep_alive) {
+        /* Input that may still come (an error cut the request short, its body
+         * was not read, or more requests follow): linger; else close now. */
+        bool more = c->linger_next || body_unread || c->tail_input || c->len > c->pos;
+        c->linger_next = false;
+        if (more && !c->peer_eof) {
+            start_linger(c);
+            return;
+        }
         c->state = HS_CLOSING;
         c->tkind = HS_T_NONE;
-        braid_transport_lose_connection(c->base.transport);
+        conn_close(c);
         return;
     }
     c->state = HS_READING;
-    if (async) {
-        resume_reading(c);
-        schedule_run(c);
-    }
+    if (async) schedule_run(c);          /* parse what waits before reading more */
 }
 
 /* ---- the body ---------------------------------------------------------------------- */
@@ -579,6 +742,7 @@ static bool body_step(hs_conn *c) {
 static void begin_buffered(hs_conn *c, const braid_http_message *m, int r) {
     c->head_len = (size_t)r;
     c->lent = false;
+    c->tail_input = false;
     fill_request(c, m);
     if (m->body == BRAID_HTTP_BODY_NONE) {
         dispatch(c);
@@ -610,16 +774,15 @@ static void drain_resume(braid_producer *p) {
     if (!c->drain_wait || c->dead || braid_transport_buffered(c->base.transport) > HS_DRAIN_LOW) return;
     c->drain_wait = false;
     braid_transport_unregister_producer(c->base.transport);
-    resume_reading(c);
-    schedule_run(c);
+    schedule_run(c);                     /* parse what waits; then update_reading decides */
 }
 static void prod_stop(braid_producer *p) { (void)p; }
 
-/* Too much unread output: stop parsing until the peer catches up. */
+/* Too much unread output: stop parsing until the peer catches up (reading
+ * goes on only up to the bound of update_reading). */
 static bool check_drain(hs_conn *c) {
     if (c->state != HS_READING || braid_transport_buffered(c->base.transport) <= HS_DRAIN_HIGH) return false;
     c->drain_wait = true;
-    pause_reading(c);
     c->prod = (braid_producer){ NULL, drain_resume, prod_stop, c };
     braid_transport_register_producer(c->base.transport, &c->prod, false);
     return true;
@@ -642,19 +805,23 @@ static void after_run(hs_conn *c) {
             c->prev_len = 0;
         }
         if (c->drain_wait) set_timer(c, HS_T_NONE);
-        else if (c->len) { if (c->tkind != HS_T_HEADER) set_timer(c, HS_T_HEADER); }
-        else if (c->peer_eof) {
+        else if (c->peer_eof) {            /* nothing more can come: what is left is a partial head */
             c->state = HS_CLOSING;
-            braid_transport_lose_connection(c->base.transport);
-        } else set_timer(c, HS_T_IDLE);
-    } else if (c->state != HS_BODY) {
-        set_timer(c, HS_T_NONE);
-        if (c->state != HS_CLOSING) pause_reading(c);   /* an answer is pending */
+            c->tkind = HS_T_NONE;
+            conn_close(c);
+        } else if (c->len) { if (c->tkind != HS_T_HEADER) set_timer(c, HS_T_HEADER); }
+        else set_timer(c, HS_T_IDLE);
+    } else if (c->state == HS_BODY) {
+        if (c->peer_eof) {
+            c->state = HS_CLOSING;
+            c->tkind = HS_T_NONE;
+            conn_close(c);
+        }
+    } else if (!c->lingering) {
+        set_timer(c, HS_T_NONE);           /* an answer is pending, or closing */
     }
-    if (c->state == HS_BODY && c->peer_eof) {
-        c->state = HS_CLOSING;
-        braid_transport_lose_connection(c->base.transport);
-    }
+    update_reading(c);
+    watch_output(c);
 }
 
 /* Parse and answer what is buffered at pos. */
@@ -667,7 +834,7 @@ static void run_buffered(hs_conn *c) {
         if (c->state != HS_READING || c->pos == c->len) break;
         if (check_drain(c)) break;
         braid_http_message m;
-        int r = braid_http_parse_request(&m, c->hdrs, HS_MAX_HEADERS, c->buf + c->pos,
+        int r = braid_http_parse_request(&m, c->hdrs, c->srv->limits.max_headers, c->buf + c->pos,
                                          c->len - c->pos, c->prev_len, &c->srv->limits);
         if (r == BRAID_EHTTP_INCOMPLETE) {
             c->prev_len = c->len - c->pos;
@@ -691,7 +858,7 @@ static void run_lent(hs_conn *c, const char *b, size_t n) {
     while (off < n && c->state == HS_READING && !c->drain_wait) {
         if (check_drain(c)) break;
         braid_http_message m;
-        int r = braid_http_parse_request(&m, c->hdrs, HS_MAX_HEADERS, b + off, n - off, 0,
+        int r = braid_http_parse_request(&m, c->hdrs, c->srv->limits.max_headers, b + off, n - off, 0,
                                          &c->srv->limits);
         if (r == BRAID_EHTTP_INCOMPLETE) break;
         if (r < 0) {
@@ -713,6 +880,7 @@ static void run_lent(hs_conn *c, const char *b, size_t n) {
             c->req.body_len = (size_t)m.content_length;
         }
         size_t total = (size_t)r + (size_t)(m.body == BRAID_HTTP_BODY_LENGTH ? m.content_length : 0);
+        c->tail_input = off + total < n;
         dispatch(c);
         if (c->state == HS_CLOSING || c->dead) return;
         if (c->state != HS_READING) {
@@ -740,7 +908,15 @@ static void run_lent(hs_conn *c, const char *b, size_t n) {
 /* ---- protocol ops ---------------------------------------------------------------------- */
 static void hs_data(braid_protocol *p, const void *buf, size_t len) {
     hs_conn *c = (hs_conn *)p;
-    if (c->state == HS_CLOSING || c->dead) return;
+    if (c->dead) return;
+    if (c->state == HS_CLOSING) {
+        /* Lingering: drop what comes, up to a bound. */
+        if (c->lingering && (c->linger_bytes += len) > HS_LINGER_BYTES) {
+            if (braid_transport_buffered(p->transport)) braid_transport_abort(p->transport);
+            else conn_close(c);
+        }
+        return;
+    }
     if (c->len == c->pos && c->state == HS_READING && !c->drain_wait) {
         run_lent(c, buf, len);
         return;
@@ -754,25 +930,48 @@ static void hs_data(braid_protocol *p, const void *buf, size_t len) {
         return;
     }
     if (c->state == HS_READING || c->state == HS_BODY) run_buffered(c);
+    else update_reading(c);              /* behind a pending answer: within the bound */
 }
 
+/* The client's FIN. Before a complete request (or in its body): nothing more
+ * can come, close. While an answer is pending: the client left (cancel the
+ * answer: the abort makes hs_lost run) unless allow_half_close, when the
+ * answer goes out and after_run closes. */
 static void hs_eof(braid_protocol *p) {
     hs_conn *c = (hs_conn *)p;
     c->peer_eof = true;
-    if (c->state == HS_READING && !c->drain_wait) {
+    switch (c->state) {
+    case HS_READING:
+        if (c->drain_wait) return;       /* answers wait for output; after_run closes later */
+        /* fallthrough */
+    case HS_BODY:
         c->state = HS_CLOSING;
-        braid_transport_lose_connection(p->transport);
-    } else if (c->state == HS_BODY) {
-        c->state = HS_CLOSING;
-        braid_transport_lose_connection(p->transport);
+        c->tkind = HS_T_NONE;
+        conn_close(c);
+        return;
+    case HS_DEFERRED:
+    case HS_STREAMING:
+    case HS_FILE:
+        if (c->srv->allow_half_close) return;
+        braid_log(c->srv->loop, BRAID_LOG_DEBUG, "http: the client closed while its answer was pending");
+        braid_transport_abort(p->transport);
+        return;
+    default:
+        return;                          /* closing; a lingering close ends with this EOF */
     }
-    /* else: the pending answer finishes, then after_run closes */
 }
 
 static void hs_made(braid_protocol *p) {
     hs_conn *c = (hs_conn *)p;
+    braid_http_server *s = c->srv;
+    c->made = true;
+    c->next = s->conns;
+    if (s->conns) s->conns->prev = c;
+    s->conns = c;
+    s->nconns++;
     c->req.transport = p->transport;
     braid_timer_init(c->srv->loop, &c->timer, on_timer, c);
+    braid_timer_init(c->srv->loop, &c->wtimer, on_wtimer, c);
     c->tkind = HS_T_IDLE;
     c->deadline = hs_now(c->srv) + c->srv->header_timeout;
     braid_timer_start_at(&c->timer, c->deadline);
@@ -780,18 +979,26 @@ static void hs_made(braid_protocol *p) {
 
 static void hs_lost(braid_protocol *p, const braid_failure *reason) {
     (void)reason;
+
     hs_conn *c = (hs_conn *)p;
     braid_http_server *s = c->srv;
     c->dead = true;
     c->req.transport = NULL;
     braid_timer_stop(&c->timer);
+    braid_timer_stop(&c->wtimer);
     if (c->file_fd >= 0) {
         close(c->file_fd);
         c->file_fd = -1;
     }
     if (c->prev) c->prev->next = c->next; else s->conns = c->next;
     if (c->next) c->next->prev = c->prev;
-    s->nconns--;
+    if (--s->nconns == 0 && s->shutting_down) shutdown_timer_stop(s);
+    /* c stays allocated during connection_lost (the transport still points
+     * at it), whatever the hook or the cancel release. */
+    braid_http_lost_fn fn = c->lost_fn;
+    c->lost_fn = NULL;
+    if (fn && (c->state == HS_DEFERRED || c->state == HS_STREAMING || c->state == HS_FILE))
+        fn(&c->req, c->lost_arg);
     if (c->pending) braid_deferred_cancel(c->pending);   /* on_answer sees dead */
 }
 
@@ -804,6 +1011,10 @@ static void conn_maybe_free(hs_conn *c) {
 static void hs_destroy(braid_protocol *p) {
     hs_conn *c = (hs_conn *)p;
     c->base.transport = NULL;
+    if (!c->made) {                      /* built, never attached to a transport */
+        braid_free(c);
+        return;
+    }
     conn_maybe_free(c);
 }
 
@@ -819,17 +1030,13 @@ static braid_protocol *hs_build(braid_factory *f, const braid_address *peer) {
     (void)peer;
     braid_http_server *s = f->user;
     if (s->shutting_down) return NULL;
-    hs_conn *c = braid_calloc(1, sizeof *c);
+    hs_conn *c = braid_calloc(1, sizeof *c + s->limits.max_headers * sizeof c->hdrs[0]);
     if (!c) return NULL;
     c->base.ops = &hs_ops;
     c->base.user = s;
     c->srv = s;
     c->file_fd = -1;
-    c->next = s->conns;
-    if (s->conns) s->conns->prev = c;
-    s->conns = c;
-    s->nconns++;
-    return &c->base;
+    return &c->base;                     /* listed and counted from connection_made */
 }
 
 /* ---- answering (public) ---------------------------------------------------------------- */
@@ -898,10 +1105,16 @@ int braid_http_write(braid_http_request *req, const void *buf, size_t len) {
         c->out_remaining -= (int64_t)len;
     }
     if (c->req.head) return 0;
-    if (!c->chunked_out) return braid_transport_write(c->base.transport, buf, len);
-    char ch[BRAID_HTTP_CHUNK_HEAD_MAX];
-    struct iovec iov[3] = { { ch, braid_http_chunk_head(ch, len) }, { (void *)buf, len }, { "\r\n", 2 } };
-    return braid_transport_writev(c->base.transport, iov, 3);
+    int rc;
+    if (!c->chunked_out) {
+        rc = braid_transport_write(c->base.transport, buf, len);
+    } else {
+        char ch[BRAID_HTTP_CHUNK_HEAD_MAX];
+        struct iovec iov[3] = { { ch, braid_http_chunk_head(ch, len) }, { (void *)buf, len }, { "\r\n", 2 } };
+        rc = braid_transport_writev(c->base.transport, iov, 3);
+    }
+    if (rc == 0) watch_output(c);
+    return rc;
 }
 
 int braid_http_register_producer(braid_http_request *req, braid_producer *p, bool streaming) {
@@ -916,8 +1129,9 @@ int braid_http_register_producer(braid_http_request *req, braid_producer *p, boo
 int braid_http_finish(braid_http_request *req) {
     hs_conn *c = CONN(req);
     if (c->state != HS_STREAMING) return BRAID_EINVAL;
-    int rc = 0;
+    int rc = BRAID_ESHUTDOWN;
     if (!c->dead && c->base.transport) {
+        rc = 0;
         if (c->user_producer) braid_transport_unregister_producer(c->base.transport);
         if (c->chunked_out && !c->req.head)
             rc = braid_transport_write(c->base.transport, BRAID_HTTP_CHUNKED_END, 5);
@@ -926,9 +1140,19 @@ int braid_http_finish(braid_http_request *req) {
     }
     c->user_producer = false;
     request_done(c);
+    if (!c->dead) watch_output(c);
     c->holds--;
     conn_maybe_free(c);
     return rc;
+}
+
+int braid_http_on_lost(braid_http_request *req, braid_http_lost_fn fn, void *arg) {
+    hs_conn *c = CONN(req);
+    if (c->dead) return BRAID_ESHUTDOWN;
+    if (c->state != HS_HANDLER && c->state != HS_DEFERRED && c->state != HS_STREAMING) return BRAID_EINVAL;
+    c->lost_fn = fn;
+    c->lost_arg = arg;
+    return 0;
 }
 
 /* ---- static file bodies ------------------------------------------------------------- */
@@ -1041,10 +1265,14 @@ int braid_http_server_new(braid_loop *loop, const braid_http_server_options *o,
     s->header_timeout = o->header_timeout_ns ? o->header_timeout_ns : BRAID_SECONDS(10);
     s->body_timeout = o->body_timeout_ns ? o->body_timeout_ns : BRAID_SECONDS(30);
     s->idle_timeout = o->idle_timeout_ns ? o->idle_timeout_ns : BRAID_SECONDS(15);
+    s->send_timeout = o->send_timeout_ns ? o->send_timeout_ns : BRAID_SECONDS(60);
+    s->shutdown_timeout = o->shutdown_timeout_ns ? o->shutdown_timeout_ns : BRAID_SECONDS(10);
+    s->allow_half_close = o->allow_half_close;
     s->limits = o->limits;
     if (!s->limits.max_request_line) s->limits.max_request_line = BRAID_HTTP_MAX_REQUEST_LINE;
     if (!s->limits.max_head) s->limits.max_head = BRAID_HTTP_MAX_HEAD;
-    if (!s->limits.max_headers || s->limits.max_headers > HS_MAX_HEADERS) s->limits.max_headers = HS_MAX_HEADERS;
+    if (!s->limits.max_headers) s->limits.max_headers = BRAID_HTTP_MAX_HEADERS;
+    if (s->limits.max_headers > HS_MAX_HEADERS_CAP) s->limits.max_headers = HS_MAX_HEADERS_CAP;
     if (!s->limits.max_body) s->limits.max_body = BRAID_HTTP_MAX_BODY;
     const char *name = o->server_name ? o->server_name : "braid";
     if (!valid_field("Server", name) || strlen(name) > 128) {
@@ -1065,21 +1293,53 @@ int braid_http_server_new(braid_loop *loop, const braid_http_server_options *o,
     return 0;
 }
 
+/* The shutdown deadline passed: every connection still open is aborted
+ * (pending answers cancelled, on_lost hooks run, streams stopped). */
+static void on_shutdown_deadline(braid_timer *t, void *arg) {
+    (void)t;
+    braid_http_server *s = arg;
+    size_t n = 0;
+    for (hs_conn *c = s->conns; c; c = c->next) {
+        if (c->dead || !c->base.transport) continue;
+        braid_transport_abort_with(c->base.transport, BRAID_ETIMEDOUT);   /* hs_lost runs later */
+        n++;
+    }
+    if (n) braid_log(s->loop, BRAID_LOG_INFO, "http: shutdown deadline passed: %zu connection(s) aborted", n);
+}
+
 void braid_http_server_shutdown(braid_http_server *s) {
-    s->shutting_down = true;
+    if (!s->shutting_down) {
+        s->shutting_down = true;
+        if (s->shutdown_timeout != BRAID_FOREVER && s->nconns) {
+            uint64_t now = braid_loop_now_fresh(s->loop);
+            s->shutdown_deadline = s->shutdown_timeout > UINT64_MAX - now ? UINT64_MAX : now + s->shutdown_timeout;
+            braid_timer_init(s->loop, &s->shutdown_timer, on_shutdown_deadline, s);
+            s->shutdown_timer_on = braid_timer_start_at(&s->shutdown_timer, s->shutdown_deadline) == 0;
+        }
+    }
     for (hs_conn *c = s->conns; c; c = c->next) {
         c->keep_alive = false;
         if (c->dead || !c->base.transport) continue;
         if ((c->state == HS_READING && !c->drain_wait) || c->state == HS_BODY) {
             c->state = HS_CLOSING;
-            braid_transport_lose_connection(c->base.transport);
+            c->tkind = HS_T_NONE;
+            conn_close(c);
+        } else if (c->state == HS_CLOSING) {
+            conn_close(c);                       /* closing already: now within the deadline */
         }
     }
+}
+
+static void shutdown_timer_stop(braid_http_server *s) {
+    if (!s->shutdown_timer_on) return;
+    braid_timer_stop(&s->shutdown_timer);
+    s->shutdown_timer_on = false;
 }
 
 int braid_http_server_free(braid_http_server *s) {
     if (!s) return 0;
     if (s->nconns) return BRAID_EBUSY;
+    shutdown_timer_stop(s);
     for (size_t i = 0; i < s->nroutes; i++) {
         braid_free(s->routes[i].path);
         braid_free(s->routes[i].method);

@@ -10,8 +10,10 @@
 #include <braid/time.h>
 #include "stream/stream_internal.h"
 
-#define HS_MAX_HEADERS 64          /* header slots per connection */
+#define HS_MAX_HEADERS_CAP 65536u  /* limits.max_headers is clamped to this */
 #define HS_XHDR_MAX 1024           /* added response header bytes */
+#define HS_LINGER_NS   BRAID_SECONDS(5)    /* lingering close: how long input is drained */
+#define HS_LINGER_BYTES (1024u * 1024)     /* ... and how much of it */
 
 typedef struct hs_route {
     char *method;                  /* NULL = any */
@@ -28,6 +30,12 @@ struct braid_http_server {
     braid_loop *loop;
     braid_factory factory;
     uint64_t header_timeout, body_timeout, idle_timeout;
+    uint64_t send_timeout;         /* BRAID_FOREVER: none */
+    uint64_t shutdown_timeout;     /* BRAID_FOREVER: none */
+    uint64_t shutdown_deadline;    /* absolute, loop clock; 0 = none */
+    braid_timer shutdown_timer;
+    bool shutdown_timer_on;
+    bool allow_half_close;
     braid_http_limits limits;
     char *server_line;             /* "Server: braid\r\n" or "" */
     size_t server_line_len;
@@ -55,11 +63,12 @@ enum {
     HS_DEFERRED,       /* the handler returned a Deferred, not fired yet */
     HS_STREAMING,      /* respond_start done, finish not yet */
     HS_FILE,           /* sending a static file */
-    HS_CLOSING,        /* answered with close: ignore input */
+    HS_CLOSING,        /* answered with close: ignore input (or drain it: lingering) */
 };
 
-/* Timer kinds: what the connection's single timer enforces. */
-enum { HS_T_NONE = 0, HS_T_HEADER, HS_T_BODY, HS_T_IDLE };
+/* Timer kinds: what the connection's timer enforces (the write-progress
+ * timer, wtimer, is separate: it runs whatever the state). */
+enum { HS_T_NONE = 0, HS_T_HEADER, HS_T_BODY, HS_T_IDLE, HS_T_LINGER };
 
 struct hs_conn {
     braid_protocol base;
@@ -69,8 +78,12 @@ struct hs_conn {
     uint64_t deadline;
     uint8_t tkind;
     uint8_t state;
+    bool made;                     /* connection_made ran (listed in srv->conns) */
     bool dead;                     /* connection_lost ran */
     bool peer_eof;                 /* the peer shut its write side */
+    bool lingering;                /* HS_CLOSING: write side shut, input drained and dropped */
+    bool linger_next;              /* close the answer in progress by lingering */
+    bool tail_input;               /* input follows the request in the lent buffer */
     bool answered;                 /* the current request got its answer head */
     bool keep_alive;               /* keep the connection after this answer */
     bool chunked_out;              /* the streamed answer is chunked */
@@ -90,9 +103,10 @@ struct hs_conn {
     size_t body_len, raw;          /* chunked: decoded bytes, offset of undecoded input */
     braid_http_chunked chunked;
     const hs_route *route;
-    int route_status;              /* 0, 404 or 405 */
+    int route_status;              /* 0, 400, 404 or 405 */
     braid_http_request req;
-    braid_http_header hdrs[HS_MAX_HEADERS];
+    braid_http_lost_fn lost_fn;    /* braid_http_on_lost */
+    void *lost_arg;
     /* answer in progress */
     int64_t out_remaining;         /* Content-Length answers: bytes still due; -1 otherwise */
     braid_deferred *pending;
@@ -106,6 +120,11 @@ struct hs_conn {
     uint64_t file_left;
     braid_producer prod;           /* file sender / drain waiter (pull producer) */
     braid_soon soon;
+    /* write progress (send_timeout) */
+    braid_timer wtimer;
+    uint64_t wmark;                /* transport's sent_total when wtimer was armed */
+    size_t linger_bytes;           /* input dropped while lingering */
+    braid_http_header hdrs[];      /* limits.max_headers slots */
 };
 
 /* server.c, for static.c */

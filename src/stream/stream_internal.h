@@ -28,6 +28,8 @@ enum {
     BRAID__T_IN_FLUSH      = 1u << 10,
     BRAID__T_IN_READ       = 1u << 11,  /* a kind is delivering input (see read_begin) */
     BRAID__T_FLUSH_AFTER   = 1u << 12,  /* a flush was asked for during it */
+    BRAID__T_CLOSE_TIMER   = 1u << 13,  /* close_timer initialised (close_within) */
+    BRAID__T_CLOSE_EXPIRED = 1u << 14,  /* the close deadline passed: aborted */
 };
 
 typedef struct braid__transport_vt {
@@ -87,6 +89,11 @@ struct braid_transport {
     char *wbuf_retired;
     int lost_code;
     braid_soon flush_node, lost_node;
+    /* braid_transport_close_within: the absolute deadline on the loop clock
+     * (0 = none) and its timer (initialised on first use). */
+    uint64_t close_deadline;
+    size_t close_unsent;              /* bytes still buffered when it passed */
+    braid_timer close_timer;
 };
 
 void braid__transport_init(braid_transport *t, braid_loop *loop, const braid__transport_vt *vt);
@@ -101,6 +108,16 @@ void braid__transport_data(braid_transport *t, const void *buf, size_t len);
  * wait for the ready phase. */
 static inline void braid__transport_read_begin(braid_transport *t) { t->state |= BRAID__T_IN_READ; }
 void braid__transport_read_end(braid_transport *t);
+/* Lose the connection (flush, then close) and abort it with BRAID_ETIMEDOUT
+ * if it has not closed by `deadline` (absolute, loop clock). An earlier
+ * deadline already set wins. braid_transport_close_within is this with
+ * now + timeout. A wrapper kind (TLS) whose close ends in its lower
+ * transport's lose_connection passes its own deadline down with this. */
+void braid__transport_close_at(braid_transport *t, uint64_t deadline);
+/* The close deadline of t (absolute, loop clock), or 0 if none was set. */
+static inline uint64_t braid__transport_close_deadline(const braid_transport *t) {
+    return t->close_deadline;
+}
 /* The peer's EOF. */
 void braid__transport_eof(braid_transport *t);
 /* The kind wrote n bytes from the head of the buffer. */

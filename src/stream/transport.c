@@ -305,6 +305,46 @@ void braid_transport_lose_connection(braid_transport *t) {
     schedule_flush(t);
 }
 
+/* The close deadline passed: what is still buffered is dropped and the
+ * connection reset (a TCP peer gets RST, as after abort). */
+static void close_deadline_cb(braid_timer *tm, void *arg) {
+    braid_transport *t = arg;
+    (void)tm;
+    if (t->state & BRAID__T_CLOSED) return;
+    t->close_unsent = t->wlen;
+    t->state |= BRAID__T_ABORTED | BRAID__T_CLOSE_EXPIRED;
+    braid__log(t->loop, BRAID_LOG_DEBUG, "%s transport: close deadline passed with %zu bytes unsent: aborting",
+               t->vt->kind, t->wlen);
+    braid__transport_lost(t, BRAID_ETIMEDOUT);
+}
+
+void braid__transport_close_at(braid_transport *t, uint64_t deadline) {
+    if (t->state & BRAID__T_CLOSED) return;
+    if (!t->close_deadline || deadline < t->close_deadline) {
+        if (!(t->state & BRAID__T_CLOSE_TIMER)) {
+            braid_timer_init(t->loop, &t->close_timer, close_deadline_cb, t);
+            t->state |= BRAID__T_CLOSE_TIMER;
+        }
+        t->close_deadline = deadline ? deadline : 1;
+        int rc = braid_timer_start_at(&t->close_timer, t->close_deadline);
+        if (rc < 0) {
+            /* Cannot arm the deadline (no memory for the timer heap): the
+             * promise is a bounded close, so close now. */
+            braid_transport_abort_with(t, BRAID_ETIMEDOUT);
+            return;
+        }
+    }
+    braid_transport_lose_connection(t);
+}
+
+void braid_transport_close_within(braid_transport *t, uint64_t timeout_ns) {
+    if (t->state & BRAID__T_CLOSED) return;
+    if (timeout_ns == BRAID_FOREVER) { braid_transport_lose_connection(t); return; }
+    uint64_t now = braid_loop_now_fresh(t->loop);
+    uint64_t deadline = timeout_ns > UINT64_MAX - now ? UINT64_MAX : now + timeout_ns;
+    braid__transport_close_at(t, deadline);
+}
+
 int braid_transport_shutdown_write(braid_transport *t) {
     if (t->state & BRAID__T_CLOSED) return BRAID_ESHUTDOWN;
     if (t->state & (BRAID__T_SHUT_PENDING | BRAID__T_WRITE_SHUT | BRAID__T_DISCONNECTING)) return 0;
@@ -369,7 +409,8 @@ void braid__transport_lost(braid_transport *t, int code) {
     if (t->state & BRAID__T_CLOSED) return;
     t->state |= BRAID__T_CLOSED;
     t->lost_code = code;
-    t->vt->close(t);
+    t->vt->close(t);     /* may read close_deadline (a wrapper passes it down) */
+    if (t->state & BRAID__T_CLOSE_TIMER) braid_timer_stop(&t->close_timer);
     braid_loop_soon_node(t->loop, &t->lost_node);
 }
 
@@ -385,7 +426,12 @@ static void lost_cb(void *arg) {
             const char *what = t->lost_code == BRAID_ECONNECTION_DONE ? "connection closed cleanly"
                              : t->lost_code == BRAID_ECONNECTION_LOST ? "connection aborted"
                              : "connection lost";
-            braid_failure *f = braid_failure_new(t->lost_code, "%s (%s)", what, t->vt->kind);
+            braid_failure *f =
+                (t->state & BRAID__T_CLOSE_EXPIRED)
+                    ? braid_failure_new(t->lost_code,
+                                        "close deadline passed with %zu bytes unsent: connection aborted (%s)",
+                                        t->close_unsent, t->vt->kind)
+                    : braid_failure_new(t->lost_code, "%s (%s)", what, t->vt->kind);
             p->ops->connection_lost(p, f);
             braid_failure_free(f);
         }

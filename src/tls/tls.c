@@ -436,7 +436,11 @@ static void tls_close(braid_transport *t) {
      * queued. Either way the lower transport flushes, then closes. */
     if (t->lost_code == BRAID_ECONNECTION_DONE) braid_tls_engine_shutdown(c->engine);
     push_out(c);
-    braid_transport_lose_connection(c->lower);
+    /* A close with a deadline (braid_transport_close_within) bounds the
+     * lower transport's flush too: the same deadline passes down. */
+    uint64_t deadline = braid__transport_close_deadline(t);
+    if (deadline) braid__transport_close_at(c->lower, deadline);
+    else braid_transport_lose_connection(c->lower);
 }
 
 static int tls_get_addr(braid_transport *t, bool peer, braid_address *out) {
