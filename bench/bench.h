@@ -7,7 +7,7 @@
  * line, and writes OUT/results.jsonl, per-experiment CSV, SVG plots and
  * index.html (bench/report.c).
  *
- * Rules every experiment follows (../shared/BENCHMARKING.md):
+ * Rules every experiment follows (docs/bench.md, "Rules"):
  *  - braid and its peers run in the same invocation, alternating A B A B,
  *    ctx->runs times each (>= 5; quick mode may use 3): use bench_alternate().
  *  - every measured row goes through bench_row_*: one JSON object per row in
@@ -62,7 +62,7 @@ typedef struct bench_ctx {
 typedef struct bench_experiment {
     const char *name;
     const char *title;            /* short title for the report */
-    const char *question;         /* what it answers, for a reader who never saw the seeds */
+    const char *question;         /* what it answers, for a reader who never read the sources */
     const char *method;           /* how it is measured, what was tuned */
     int (*run)(bench_ctx *ctx);   /* 0 on success */
     /* optional: `braid-bench serve <name> ...` serves alone so any client can drive it */

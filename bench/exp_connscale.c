@@ -1,5 +1,6 @@
-/* connscale: the threads-vs-events study seeds/000 and seeds/001 argued
- * about and never published. One protocol (connscale_proto.h: read 16
+/* connscale: the threads-vs-events study argued about in "A grotesque parody
+ * of science" and "I Can Draw Graphs Too" (Glyph Lefkowitz, 2005) and never
+ * published. One protocol (connscale_proto.h: read 16
  * bytes {seq, x}, answer {seq, 2x+1}, close), served under four concurrency
  * models by the same protocol function:
  *
@@ -1205,7 +1206,7 @@ static void conclude(bench_ctx *ctx, FILE *html) {
                     tf, nmax);
         else
             fprintf(html, "<p><b>Thread per connection</b> served all %.0f connections: on this kernel, with 64 KiB "
-                          "stacks, %.0f threads are no problem to create (seeds/001's 2005 machine stopped near 256). "
+                          "stacks, %.0f threads are no problem to create (in \"I Can Draw Graphs Too\", 2005, the machine stopped near 256). "
                           "It took %.2f× braid-loop's time to complete (median of the run-by-run ratios)",
                     nmax, nmax, tratio);
         if (tf <= 0 && isfinite(tm) && isfinite(lm) && lm > 0)
@@ -1224,9 +1225,9 @@ static void conclude(bench_ctx *ctx, FILE *html) {
 }
 
 BENCH_EXPERIMENT(connscale,
-    .title = "Threads vs events: N simultaneous connections (seeds/000, seeds/001)",
-    .question = "The oldest argument about servers: is a thread per connection as good as an event loop? seeds/001's "
-                "author drew (but never published) graphs of the time to connect and the time to complete N "
+    .title = "Threads vs events: N simultaneous connections (\"I Can Draw Graphs Too\", 2005)",
+    .question = "The oldest argument about servers: is a thread per connection as good as an event loop? In \"I Can "
+                "Draw Graphs Too\" (2005) Twisted's author drew (but never published) graphs of the time to connect and the time to complete N "
                 "simultaneous connections for threads and for Twisted's reactor. Here is that study, published: how "
                 "long until N clients are all connected, how long until all are answered, and what each connection "
                 "costs in memory and CPU - for a thread per connection, a thread pool, one braid loop, one braid loop "

@@ -1,4 +1,5 @@
-/* lockcall: seeds/002's "lock versus call" row. Is taking an uncontended
+/* lockcall: the "lock versus call" claim from the comments on "Twisted
+ * Do-Over" (2005). Is taking an uncontended
  * mutex really about as cheap as an empty function call, and what does the
  * same lock cost once two threads fight over it?
  *
@@ -216,7 +217,7 @@ static void conclude(bench_ctx *ctx, FILE *html) {
     bench_pair_ratio(rm, rc, "ns_per_op", &med, &lo, &hi);
     fprintf(html,
             "<p>An uncontended pthread mutex lock+unlock costs %.1f ns here, %.1f× an empty non-inlined call "
-            "(%.2f ns; run by run %.1f–%.1f×). seeds/002's commenter measured 2.7× on 2005 hardware: the claim "
+            "(%.2f ns; run by run %.1f–%.1f×). A commenter on \"Twisted Do-Over\" measured 2.7× on 2005 hardware: the claim "
             "that an uncontended lock is \"almost as cheap as a call\" holds in absolute terms (a few ns either way, "
             "nothing next to a system call), not as a ratio.",
             mutex, med, call, lo, hi);
@@ -241,8 +242,8 @@ static void conclude(bench_ctx *ctx, FILE *html) {
 }
 
 BENCH_EXPERIMENT(lockcall,
-    .title = "Lock versus call (seeds/002)",
-    .question = "How expensive is a mutex? seeds/002 argued that an uncontended lock is almost as cheap as an empty "
+    .title = "Lock versus call (\"Twisted Do-Over\", 2005)",
+    .question = "How expensive is a mutex? A comment on \"Twisted Do-Over\" (2005) argued that an uncontended lock is almost as cheap as an empty "
                 "function call, so locks are not what makes threaded code slow. Is that true here, and what happens "
                 "to the same lock when two threads contend for it?",
     .method = "Each measurement runs in a fresh process (braid-bench serve lockcall), timing a tight loop: an empty "

@@ -1,4 +1,5 @@
-/* pool: seeds/003's deferToThread experiment, exactly. A trivial function
+/* pool: the deferToThread experiment of "Why deferToThread is so slow?"
+ * (Twisted-Python list, 2016), exactly. A trivial function
  * f(x) = x + 1 is run in a thread pool and its result awaited on the loop
  * thread, 10,000 times in a row per caller, with 1, 8 and 16 callers
  * running concurrently on the loop thread (each awaits its result before
@@ -18,7 +19,20 @@
  *   twisted-1t/4t  Twisted's deferToThreadPool with its own ThreadPool
  *               (bench/peers/twisted_pool.py under /usr/bin/python3)
  * Also: CPU time of an idle started pool (4 threads, after 1,000 round
- * trips) over 5 s (quick: 1 s), braid beside libuv, from getrusage. */
+ * trips) over 5 s (quick: 1 s), braid beside libuv, from getrusage.
+ *
+ * Blocking work (the heavy case beside the micro-case): bursts of 1, 4 and
+ * 16 jobs submitted at once from the loop thread — jobs that sleep 1 ms or
+ * 50 ms, or spin until they have used 1 ms or 50 ms of CPU time (quick
+ * mode: 1 ms and 10 ms) — against pools
+ * of 4 and 16 threads (braid with min_threads 0, libuv with
+ * UV_THREADPOOL_SIZE set to the same count, the naive pool), each (impl,
+ * threads, job) in a fresh child that first runs one untimed burst of
+ * `threads` 1 ms sleeps (so every pool has started its threads). Reported:
+ * the time from the first submission to the last result on the loop
+ * (burst_ms), and that over the ideal (x_ideal): ceil(N/threads) jobs in a
+ * row for sleeps; for CPU work also the cores' share, N x job / min(threads,
+ * cores). */
 #include "bench.h"
 
 #include <braid.h>
@@ -184,6 +198,7 @@ typedef struct njob {
     struct njob *next;
     intptr_t x, result;
     long left;
+    void (*work)(void);      /* blocking row: the job instead of f */
 } njob;
 typedef struct npool {
     pthread_mutex_t mu;
@@ -192,7 +207,7 @@ typedef struct npool {
     njob *done;              /* finished, newest first */
     int efd, ep;
     bool stop;
-    pthread_t t[8];
+    pthread_t t[16];
     int nt;
 } npool;
 
@@ -206,7 +221,8 @@ static void *naive_worker(void *p) {
         np->head = j->next;
         if (!np->head) np->tail = NULL;
         pthread_mutex_unlock(&np->mu);
-        j->result = f_ptr(j->x);
+        if (j->work) j->work();
+        else j->result = f_ptr(j->x);
         pthread_mutex_lock(&np->mu);
         bool first = np->done == NULL;
         j->next = np->done;
@@ -258,27 +274,237 @@ static double naive_round(npool *np, int load, long calls) {
     for (int i = 0; i < load; i++) check(c[i].x, calls);
     return (double)dt;
 }
+static int naive_start(npool *np, int threads) {
+    memset(np, 0, sizeof *np);
+    pthread_mutex_init(&np->mu, NULL);
+    pthread_cond_init(&np->cv, NULL);
+    np->efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    np->ep = epoll_create1(EPOLL_CLOEXEC);
+    struct epoll_event ev = { .events = EPOLLIN };
+    if (np->efd < 0 || np->ep < 0 || epoll_ctl(np->ep, EPOLL_CTL_ADD, np->efd, &ev) < 0) return -1;
+    if (threads > (int)(sizeof np->t / sizeof np->t[0])) return -1;
+    for (np->nt = 0; np->nt < threads; np->nt++)
+        if (pthread_create(&np->t[np->nt], NULL, naive_worker, np)) return -1;
+    return 0;
+}
+static void naive_stop(npool *np) {
+    pthread_mutex_lock(&np->mu);
+    np->stop = true;
+    pthread_cond_broadcast(&np->cv);
+    pthread_mutex_unlock(&np->mu);
+    for (int i = 0; i < np->nt; i++) pthread_join(np->t[i], NULL);
+    close(np->efd);
+    close(np->ep);
+}
 static double run_naive(int threads, int load, long calls, long warm) {
     npool np;
-    memset(&np, 0, sizeof np);
-    pthread_mutex_init(&np.mu, NULL);
-    pthread_cond_init(&np.cv, NULL);
-    np.efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
-    np.ep = epoll_create1(EPOLL_CLOEXEC);
-    struct epoll_event ev = { .events = EPOLLIN };
-    if (np.efd < 0 || np.ep < 0 || epoll_ctl(np.ep, EPOLL_CTL_ADD, np.efd, &ev) < 0) return NAN;
-    for (np.nt = 0; np.nt < threads; np.nt++)
-        if (pthread_create(&np.t[np.nt], NULL, naive_worker, &np)) return NAN;
+    if (naive_start(&np, threads) < 0) return NAN;
     naive_round(&np, load, warm);
     double ns = naive_round(&np, load, calls);
-    pthread_mutex_lock(&np.mu);
-    np.stop = true;
-    pthread_cond_broadcast(&np.cv);
-    pthread_mutex_unlock(&np.mu);
-    for (int i = 0; i < np.nt; i++) pthread_join(np.t[i], NULL);
-    close(np.efd);
-    close(np.ep);
+    naive_stop(&np);
     return ns;
+}
+
+/* ---- blocking work: bursts of long jobs -------------------------------------------------------- */
+enum { B_BRAID, B_UV, B_NAIVE, NBIMPL };
+static const char *const bimpl_names[NBIMPL] = { "braid", "libuv", "naive" };
+static const int bursts[] = { 1, 4, 16 };
+#define NBURSTS 3
+static const int bthreads[] = { 4, 16 };
+#define NBTHREADS 2
+typedef struct bjob_kind { const char *name; bool cpu; int ms; } bjob_kind;
+static const bjob_kind bjobs[] = { { "sleep-1ms", false, 1 }, { "sleep-50ms", false, 50 },
+                                   { "cpu-1ms", true, 1 },      { "cpu-10ms", true, 10 },
+                                   { "cpu-50ms", true, 50 } };
+#define NBJOBS 5
+#define MAX_MODE_JOBS 4
+/* The kinds measured: --full the 50 ms CPU jobs; quick mode 10 ms ones
+ * (16 x 50 ms of CPU on 2 cores is 0.4 s a burst: too long for its budget);
+ * smoke only the 1 ms ones. */
+static const int jobs_full[] = { 0, 1, 2, 4 }, jobs_quick[] = { 0, 1, 2, 3 }, jobs_smoke[] = { 0, 2 };
+
+/* The job, set once per child before any pool starts. */
+static bool bjob_cpu;
+static uint64_t bjob_ns;
+static double spin_iters_per_ns;
+static volatile uint64_t spin_sink;
+
+static void spin_iters(uint64_t n) {
+    uint64_t x = 0;
+    for (uint64_t i = 0; i < n; i++) {
+        x += i * 2654435761u;
+        __asm__ volatile("" : "+r"(x));
+    }
+    spin_sink = x;
+}
+static uint64_t thread_cpu_ns(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+/* Iterations per ns of this thread's CPU time (the best of a few tries),
+ * only to size the spin between two looks at the CPU clock. */
+static void spin_calibrate(void) {
+    double best = 0;
+    for (int k = 0; k < 5; k++) {
+        uint64_t t0 = thread_cpu_ns();
+        spin_iters(2000000);
+        uint64_t dt = thread_cpu_ns() - t0;
+        double rate = dt ? 2000000.0 / (double)dt : 0;
+        if (rate > best) best = rate;
+    }
+    spin_iters_per_ns = best;
+}
+/* CPU work: spin until this thread has used bjob_ns of CPU time (checked
+ * every ~10 µs of spinning), so a job is the same work whatever the clock
+ * speed and however often it is preempted. */
+static void bjob_run(void) {
+    if (bjob_cpu) {
+        uint64_t end = thread_cpu_ns() + bjob_ns, chunk = (uint64_t)(spin_iters_per_ns * 10000) + 1;
+        while (thread_cpu_ns() < end) spin_iters(chunk);
+    } else {
+        struct timespec ts = { (time_t)(bjob_ns / 1000000000ull), (long)(bjob_ns % 1000000000ull) };
+        while (nanosleep(&ts, &ts) < 0) {}
+    }
+}
+static void bjob_sleep_1ms(void) {
+    struct timespec ts = { 0, 1000000 };
+    while (nanosleep(&ts, &ts) < 0) {}
+}
+
+/* braid: n jobs at once, the loop runs until every result is in. */
+static braid_result braid_bjob(void *arg) {
+    ((void (*)(void))arg)();
+    return braid_ok(NULL);
+}
+static double braid_burst(braid_loop *loop, braid_pool *pool, int n, void (*job)(void)) {
+    uint64_t t0 = bench_now_ns();
+    for (int i = 0; i < n; i++) {
+        braid_deferred *d = braid_defer_to_pool(loop, pool, braid_bjob, (void *)job);
+        if (!d || braid_deferred_is_failure(d)) {
+            fprintf(stderr, "pool bench: braid_defer_to_pool failed\n");
+            exit(3);
+        }
+        braid_deferred_release(d);
+    }
+    if (braid_loop_run(loop) < 0) exit(3);
+    return (double)(bench_now_ns() - t0);
+}
+
+#ifdef BENCH_HAVE_LIBUV
+static void uv_bjob(uv_work_t *req) { ((void (*)(void))req->data)(); }
+static void uv_bdone(uv_work_t *req, int status) {
+    (void)req;
+    if (status) exit(3);
+}
+static double uv_burst(uv_loop_t *loop, int n, void (*job)(void)) {
+    uv_work_t req[16];
+    uint64_t t0 = bench_now_ns();
+    for (int i = 0; i < n; i++) {
+        req[i].data = (void *)job;
+        if (uv_queue_work(loop, &req[i], uv_bjob, uv_bdone) != 0) exit(3);
+    }
+    uv_run(loop, UV_RUN_DEFAULT);
+    return (double)(bench_now_ns() - t0);
+}
+#endif
+
+static double naive_burst(npool *np, int n, void (*job)(void)) {
+    njob j[16];
+    int active = n;
+    uint64_t t0 = bench_now_ns();
+    for (int i = 0; i < n; i++) {
+        j[i] = (njob){ .work = job };
+        naive_submit(np, &j[i]);
+    }
+    while (active) {
+        struct epoll_event ev;
+        if (epoll_wait(np->ep, &ev, 1, -1) < 0) continue;
+        uint64_t v;
+        if (read(np->efd, &v, sizeof v) < 0) continue;
+        pthread_mutex_lock(&np->mu);
+        njob *list = np->done;
+        np->done = NULL;
+        pthread_mutex_unlock(&np->mu);
+        for (; list; list = list->next) active--;
+    }
+    return (double)(bench_now_ns() - t0);
+}
+
+static int cmp_double(const void *a, const void *b) {
+    double x = *(const double *)a, y = *(const double *)b;
+    return x < y ? -1 : x > y;
+}
+
+/* Child: one untimed burst of `threads` 1 ms sleeps, then for each burst
+ * size `reps` timed bursts; prints the median ns of each size. */
+static int serve_blocking(const char *impl, int threads, const char *job, int reps) {
+    int k = 0;
+    while (k < NBJOBS && strcmp(job, bjobs[k].name)) k++;
+    if (k == NBJOBS || threads < 1 || threads > 16 || reps < 1 || reps > 64) return 2;
+    bjob_cpu = bjobs[k].cpu;
+    bjob_ns = (uint64_t)bjobs[k].ms * 1000000ull;
+    if (bjob_cpu) spin_calibrate();
+    double med[NBURSTS], v[64];
+    if (!strcmp(impl, "braid")) {
+        braid_loop *loop;
+        braid_pool *pool;
+        if (braid_loop_new(&loop, NULL) < 0) return 1;
+        braid_pool_options o = { .max_threads = (unsigned)threads, .name = "bench", .loop = loop };
+        if (braid_pool_new(&pool, &o) < 0) return 1;
+        braid_burst(loop, pool, threads, bjob_sleep_1ms);
+        for (int b = 0; b < NBURSTS; b++) {
+            for (int r = 0; r < reps; r++) v[r] = braid_burst(loop, pool, bursts[b], bjob_run);
+            qsort(v, (size_t)reps, sizeof v[0], cmp_double);
+            med[b] = v[reps / 2];
+        }
+        braid_pool_destroy(pool, BRAID_POOL_FINISH);
+        if (braid_loop_destroy(loop) < 0) return 1;
+#ifdef BENCH_HAVE_LIBUV
+    } else if (!strcmp(impl, "libuv")) {
+        char n[16];
+        snprintf(n, sizeof n, "%d", threads);
+        setenv("UV_THREADPOOL_SIZE", n, 1);   /* before libuv's pool starts (first uv_queue_work) */
+        uv_loop_t loop;
+        uv_loop_init(&loop);
+        uv_burst(&loop, threads, bjob_sleep_1ms);
+        for (int b = 0; b < NBURSTS; b++) {
+            for (int r = 0; r < reps; r++) v[r] = uv_burst(&loop, bursts[b], bjob_run);
+            qsort(v, (size_t)reps, sizeof v[0], cmp_double);
+            med[b] = v[reps / 2];
+        }
+        uv_loop_close(&loop);
+#endif
+    } else if (!strcmp(impl, "naive")) {
+        npool np;
+        if (naive_start(&np, threads) < 0) return 1;
+        naive_burst(&np, threads, bjob_sleep_1ms);
+        for (int b = 0; b < NBURSTS; b++) {
+            for (int r = 0; r < reps; r++) v[r] = naive_burst(&np, bursts[b], bjob_run);
+            qsort(v, (size_t)reps, sizeof v[0], cmp_double);
+            med[b] = v[reps / 2];
+        }
+        naive_stop(&np);
+    } else {
+        fprintf(stderr, "pool: unknown or unavailable --blocking %s\n", impl);
+        return 2;
+    }
+    for (int b = 0; b < NBURSTS; b++) printf("%s%.0f", b ? " " : "", med[b]);
+    printf("\n");
+    return 0;
+}
+
+/* The ideal burst time (ms): ceil(n/threads) jobs in a row; CPU work also
+ * shares the cores. */
+static double ideal_ms(const bjob_kind *k, int n, int threads) {
+    double rows = (double)((n + threads - 1) / threads);
+    if (k->cpu) {
+        long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
+        int par = threads < ncpu ? threads : (int)(ncpu > 0 ? ncpu : 1);
+        double share = (double)n / par;
+        if (share > rows) rows = share;
+    }
+    return rows * k->ms;
 }
 
 /* ---- idle CPU ------------------------------------------------------------------------------------ */
@@ -326,20 +552,28 @@ static double idle_cpu(const char *impl, double secs) {
 /* braid-bench serve pool --impl NAME --load L --calls N --warm W
  *   prints elapsed ns for the measured round;
  * braid-bench serve pool --idle braid|libuv --seconds S
- *   prints CPU µs used while idle. */
+ *   prints CPU µs used while idle;
+ * braid-bench serve pool --blocking braid|libuv|naive --threads T --job KIND --reps R
+ *   (KIND: sleep-1ms, sleep-50ms, cpu-1ms, cpu-50ms) prints the median ns of
+ *   R bursts of 1, 4 and 16 jobs. */
 static int serve(int argc, char **argv) {
-    const char *impl = "braid-1t", *idle = NULL;
-    int load = 1;
+    const char *impl = "braid-1t", *idle = NULL, *blocking = NULL, *job = "sleep-1ms";
+    int load = 1, threads = 4, reps = 3;
     long calls = 10000, warm = 1000;
     double secs = 2;
     for (int i = 1; i + 1 < argc; i += 2) {
         if (!strcmp(argv[i], "--impl")) impl = argv[i + 1];
+        else if (!strcmp(argv[i], "--blocking")) blocking = argv[i + 1];
+        else if (!strcmp(argv[i], "--threads")) threads = atoi(argv[i + 1]);
+        else if (!strcmp(argv[i], "--job")) job = argv[i + 1];
+        else if (!strcmp(argv[i], "--reps")) reps = atoi(argv[i + 1]);
         else if (!strcmp(argv[i], "--load")) load = atoi(argv[i + 1]);
         else if (!strcmp(argv[i], "--calls")) calls = atol(argv[i + 1]);
         else if (!strcmp(argv[i], "--warm")) warm = atol(argv[i + 1]);
         else if (!strcmp(argv[i], "--idle")) idle = argv[i + 1];
         else if (!strcmp(argv[i], "--seconds")) secs = atof(argv[i + 1]);
     }
+    if (blocking) return serve_blocking(blocking, threads, job, reps);
     if (load < 1 || load > MAX_LOAD || calls < 1) return 2;
     double v = NAN;
     if (idle) {
@@ -378,7 +612,33 @@ typedef struct pool_state {
     double cps[NIMPL][NLOADS][BENCH_MAX_RUNS];
     double idle[2][BENCH_MAX_RUNS];
     bool have[NIMPL];
+    /* blocking work: burst ms per impl, threads, job, burst size, run */
+    double burst[NBIMPL][NBTHREADS][MAX_MODE_JOBS][NBURSTS][BENCH_MAX_RUNS];
+    bool bhave[NBIMPL];
+    const int *jobs;             /* indices into bjobs of the kinds measured */
+    int njobs;
 } pool_state;
+
+static const bjob_kind *bjob_at(const pool_state *s, int k) { return &bjobs[s->jobs[k]]; }
+
+/* One child per (impl, threads, job): its three burst medians. */
+static void measure_blocking(bench_ctx *ctx, pool_state *s, int impl, int ti, int k, int run) {
+    const bjob_kind *kind = bjob_at(s, k);
+    int reps = ctx->smoke || kind->ms >= 10 ? (ctx->full ? 3 : 1) : ctx->full ? 9 : kind->cpu ? 3 : 5;
+    char cmd[4400];
+    snprintf(cmd, sizeof cmd, "'%s' serve pool --blocking %s --threads %d --job %s --reps %d", ctx->self_exe,
+             bimpl_names[impl], bthreads[ti], kind->name, reps);
+    double ns[NBURSTS] = { NAN, NAN, NAN };
+    FILE *p = popen(cmd, "r");
+    if (p) {
+        if (fscanf(p, "%lf %lf %lf", &ns[0], &ns[1], &ns[2]) != 3) ns[0] = ns[1] = ns[2] = NAN;
+        if (pclose(p) != 0) ns[0] = ns[1] = ns[2] = NAN;
+    }
+    if (!isfinite(ns[0]))
+        bench_note(ctx, "pool: a blocking-work run of %s (%d threads, %s) failed", bimpl_names[impl], bthreads[ti],
+                   kind->name);
+    for (int b = 0; b < NBURSTS; b++) s->burst[impl][ti][k][b][run] = ns[b] / 1e6;
+}
 
 static void measure(bench_ctx *ctx, pool_state *s, int impl, int li, int run) {
     int load = loads[li];
@@ -405,13 +665,17 @@ static void measure(bench_ctx *ctx, pool_state *s, int impl, int li, int run) {
 static int run(bench_ctx *ctx) {
     pool_state *s = calloc(1, sizeof *s);
     if (!s) return -1;
-    s->calls = ctx->smoke ? 200 : ctx->full || !ctx->quick ? 10000 : 4000;   /* seeds/003: 10,000 per caller */
+    s->calls = ctx->smoke ? 200 : ctx->full || !ctx->quick ? 10000 : 4000;   /* the 2016 thread: 10,000 per caller */
     s->tw_calls = ctx->full ? 10000 : ctx->smoke ? 50 : 300;   /* Twisted: ~50-500 µs a call */
     s->warm = ctx->smoke ? 50 : 1000;
     double idle_secs = ctx->smoke ? 0.2 : ctx->full || !ctx->quick ? 5 : 1;
     for (int i = 0; i < NIMPL; i++) s->have[i] = true;
+    for (int i = 0; i < NBIMPL; i++) s->bhave[i] = true;
+    s->jobs = ctx->smoke ? jobs_smoke : ctx->full ? jobs_full : jobs_quick;
+    s->njobs = ctx->smoke ? 2 : MAX_MODE_JOBS;
 #ifndef BENCH_HAVE_LIBUV
     s->have[I_UV1] = s->have[I_UV4] = false;
+    s->bhave[B_UV] = false;
     bench_note(ctx, "pool: libuv not found at build time; its rows are skipped");
 #endif
     if (!bench_have_python_module("twisted")) {
@@ -427,6 +691,15 @@ static int run(bench_ctx *ctx) {
                 bench_progress(ctx, "load %d %s run %d/%d", loads[li], impl_names[impl], r + 1, runs);
                 measure(ctx, s, impl, li, r);
             }
+        for (int k = 0; k < s->njobs; k++)
+            for (int ti = 0; ti < NBTHREADS; ti++)
+                for (int i = 0; i < NBIMPL; i++) {
+                    int impl = (i + r) % NBIMPL;   /* rotate who goes first */
+                    if (!s->bhave[impl]) continue;
+                    bench_progress(ctx, "blocking %s x%d threads %s run %d/%d", bjob_at(s, k)->name, bthreads[ti],
+                                   bimpl_names[impl], r + 1, runs);
+                    measure_blocking(ctx, s, impl, ti, k, r);
+                }
         for (int k = 0; k < 2; k++) {
             int which = (k + r) % 2;
             const char *name = which ? "libuv" : "braid";
@@ -449,6 +722,27 @@ static int run(bench_ctx *ctx) {
             bench_row_metric(row, "calls_per_s", s->cps[i][li], runs, "calls/s");
             bench_row_end(row);
         }
+    for (int k = 0; k < s->njobs; k++)
+        for (int ti = 0; ti < NBTHREADS; ti++)
+            for (int i = 0; i < NBIMPL; i++) {
+                if (!s->bhave[i]) continue;
+                for (int b = 0; b < NBURSTS; b++) {
+                    const bjob_kind *kind = bjob_at(s, k);
+                    double ideal = ideal_ms(kind, bursts[b], bthreads[ti]), x[BENCH_MAX_RUNS];
+                    for (int r = 0; r < runs; r++) x[r] = s->burst[i][ti][k][b][r] / ideal;
+                    char name[32];
+                    snprintf(name, sizeof name, "%s-%dt", bimpl_names[i], bthreads[ti]);
+                    bench_row *row = bench_row_begin(ctx, name, "epoll");
+                    bench_row_param_int(row, "load", bursts[b]);
+                    bench_row_param_int(row, "threads", bthreads[ti]);
+                    bench_row_param_str(row, "job", kind->name);
+                    bench_row_metric(row, "burst_ms", s->burst[i][ti][k][b], runs, "ms");
+                    bench_row_metric(row, "x_ideal", x, runs, "x");
+                    for (int r = 0; r < runs; r++) x[r] = ideal;
+                    bench_row_metric(row, "ideal_ms", x, runs, "ms");
+                    bench_row_end(row);
+                }
+            }
     for (int k = 0; k < 2; k++) {
         if (k && !s->have[I_UV4]) continue;
         bench_row *row = bench_row_begin(ctx, k ? "libuv-4t-idle" : "braid-4t-idle", "epoll");
@@ -468,13 +762,50 @@ static int run(bench_ctx *ctx) {
     return 0;
 }
 
+/* The median of metric in the row of impl at this load that has it (the
+ * round-trip and blocking-work rows share impl names and loads). */
 static double med_of(bench_ctx *ctx, const char *impl, int load, const char *metric) {
-    char f[32];
-    snprintf(f, sizeof f, "load=%d", load);
-    const bench_row *r = bench_find_row(ctx, impl, NULL, f, (char *)NULL);
+    for (int i = 0; i < bench_nrows(ctx); i++) {
+        const bench_row *r = bench_get_row(ctx, i);
+        double l, v;
+        if (strcmp(bench_row_impl(r), impl) || !bench_row_param_num(r, "load", &l) || l != load) continue;
+        if (bench_row_metric_get(r, metric, &v, NULL, NULL)) return v;
+    }
+    return NAN;
+}
+
+/* A blocking-work row's median burst time (ms). */
+static double burst_of(bench_ctx *ctx, const char *impl, int threads, const char *job, int n) {
+    char name[32], fl[32], ft[32], fj[64];
+    snprintf(name, sizeof name, "%s-%dt", impl, threads);
+    snprintf(fl, sizeof fl, "load=%d", n);
+    snprintf(ft, sizeof ft, "threads=%d", threads);
+    snprintf(fj, sizeof fj, "job=%s", job);
+    const bench_row *r = bench_find_row(ctx, name, NULL, fl, ft, fj, (char *)NULL);
     double v = NAN;
-    if (r) bench_row_metric_get(r, metric, &v, NULL, NULL);
+    if (r) bench_row_metric_get(r, "burst_ms", &v, NULL, NULL);
     return v;
+}
+
+/* Geometric mean of an impl's x_ideal medians over every blocking burst of
+ * one kind of job ("sleep" or "cpu"), and the worst of them. */
+static double ideal_gmean(bench_ctx *ctx, const char *impl, const char *kind, double *worst) {
+    double logs = 0;
+    int n = 0;
+    *worst = NAN;
+    for (int i = 0; i < bench_nrows(ctx); i++) {
+        const bench_row *r = bench_get_row(ctx, i);
+        const char *job = bench_row_param_text(r, "job");
+        double v;
+        if (!job || strncmp(job, kind, strlen(kind)) || strncmp(bench_row_impl(r), impl, strlen(impl)) ||
+            bench_row_impl(r)[strlen(impl)] != '-' || !bench_row_metric_get(r, "x_ideal", &v, NULL, NULL) ||
+            !(v > 0))
+            continue;
+        logs += log(v);
+        n++;
+        if (!(*worst >= v)) *worst = v;
+    }
+    return n ? exp(logs / n) : NAN;
 }
 
 static void conclude(bench_ctx *ctx, FILE *html) {
@@ -492,7 +823,7 @@ static void conclude(bench_ctx *ctx, FILE *html) {
         fprintf(html, " libuv's uv_queue_work took %.1f µs (1 thread: %.1f): braid's round trip is %.2f× libuv's "
                       "(1 thread: %.2f×).", u1, u1s, b1 / u1, b1s / u1s);
     if (isfinite(n1)) fprintf(html, " The naive pthread+condvar+eventfd pool took %.1f µs.", n1);
-    if (isfinite(t1)) fprintf(html, " Twisted's deferToThreadPool took %.0f µs (seeds/003 reported 120 µs).", t1);
+    if (isfinite(t1)) fprintf(html, " Twisted's deferToThreadPool took %.0f µs (the 2016 thread reported 120 µs).", t1);
     if (isfinite(u16))
         fprintf(html, " At load 16 braid ran %.0f calls/s with 4 threads (1: %.0f) against libuv's %.0f (1: %.0f), "
                       "%.1f× (%.1f×).", b16, b16s, u16, u16s, b16 / u16, b16s / u16s);
@@ -503,14 +834,47 @@ static void conclude(bench_ctx *ctx, FILE *html) {
           "posted-call stack without allocating. On a machine shared with other work the ~30 µs wake-up of "
           "an idle core shrinks (cores are not halted), which flatters the sleeping designs; the ratios "
           "above come from runs alternating in the same invocation.</p>\n", html);
+
+    /* Blocking work. */
+    double bw, uw, nw;
+    double bs = ideal_gmean(ctx, "braid", "sleep", &bw), us = ideal_gmean(ctx, "libuv", "sleep", &uw);
+    double ns = ideal_gmean(ctx, "naive", "sleep", &nw);
+    if (!isfinite(bs)) return;
+    double bb16 = burst_of(ctx, "braid", 16, "sleep-50ms", 16), ub16 = burst_of(ctx, "libuv", 16, "sleep-50ms", 16);
+    double bb4 = burst_of(ctx, "braid", 4, "sleep-50ms", 16), ub4 = burst_of(ctx, "libuv", 4, "sleep-50ms", 16);
+    fprintf(html, "<p>Blocking work (the heavy case beside that micro-case): over every burst of sleeping jobs "
+                  "(1, 4 and 16 jobs of 1 ms and 50 ms, pools of 4 and 16 threads) braid took %.2f× the ideal "
+                  "(geometric mean; worst %.2f×)", bs, bw);
+    if (isfinite(us)) fprintf(html, ", libuv %.2f× (worst %.2f×)", us, uw);
+    if (isfinite(ns)) fprintf(html, ", the naive pool %.2f× (worst %.2f×)", ns, nw);
+    fputs(".", html);
+    if (isfinite(bb16))
+        fprintf(html, " Sixteen 50 ms sleeps took %.1f ms on 16 braid threads (ideal 50) and %.1f ms on 4 "
+                      "(ideal 200)%s", bb16, bb4, isfinite(ub16) ? "" : ".");
+    if (isfinite(bb16) && isfinite(ub16)) fprintf(html, "; libuv %.1f and %.1f ms.", ub16, ub4);
+    double bc = ideal_gmean(ctx, "braid", "cpu", &bw), uc = ideal_gmean(ctx, "libuv", "cpu", &uw);
+    double nc = ideal_gmean(ctx, "naive", "cpu", &nw);
+    if (isfinite(bc)) {
+        fprintf(html, " CPU-bound jobs (each spinning until it has used its CPU time; the ideal counts this machine's %ld cores) took %.2f× "
+                      "the ideal with braid", sysconf(_SC_NPROCESSORS_ONLN), bc);
+        if (isfinite(uc)) fprintf(html, ", %.2f× with libuv", uc);
+        if (isfinite(nc)) fprintf(html, ", %.2f× with the naive pool", nc);
+        fputs(" — on a shared machine other work takes its share of the cores too.", html);
+    }
+    fputs(" A pool's threads are all busy at once when there is work for them: braid wakes a sleeping "
+          "worker, or starts a thread, for each queued job no awake worker has claimed, and counts a "
+          "running worker as one only for short jobs and only while a sleeping one keeps watch "
+          "(docs/pool.md).</p>\n", html);
 }
 
 BENCH_EXPERIMENT(pool,
-    .title = "Thread-pool round trip (seeds/003)",
-    .question = "seeds/003: Twisted's deferToThread took 120 µs to run a trivial function in a thread and get "
-                "its result back, and much more under load. How fast can a pool round trip be: braid's pools "
-                "against libuv's uv_queue_work, a minimal pthread+condvar+eventfd pool and Twisted's own "
-                "deferToThreadPool, at 1, 8 and 16 concurrent callers?",
+    .title = "Thread-pool round trip and blocking work",
+    .question = "\"Why deferToThread is so slow?\" (Twisted-Python list, 2016): Twisted's deferToThread took "
+                "120 µs to run a trivial function in a thread and get its result back, and much more under load. "
+                "How fast can a pool round trip be: braid's pools against libuv's uv_queue_work, a minimal "
+                "pthread+condvar+eventfd pool and Twisted's own deferToThreadPool, at 1, 8 and 16 concurrent "
+                "callers? And for the work pools exist for, jobs that block or compute for milliseconds: does a "
+                "burst of them run on all the threads at once, as close to the ideal as the peers?",
     .method = "f(x) = x+1 run in the pool, result awaited on the loop thread; each caller issues its next call "
               "when the previous result arrives; 10,000 calls per caller (quick mode: 4,000; Twisted: 300), "
               "after 1,000 untimed warm-up calls; 1, 8, 16 callers on the loop thread. us_per_call = elapsed / "
@@ -518,6 +882,17 @@ BENCH_EXPERIMENT(pool,
               "calls / elapsed. Every measurement is a fresh child process (libuv's UV_THREADPOOL_SIZE is set "
               "before its pool starts); implementations alternate run by run; not pinned. braid: default "
               "pool options (workers and the loop spin up to 50 µs before sleeping, adaptive). Idle: CPU time "
-              "(getrusage, whole process) of a started 4-thread pool over 5 s (quick: 1 s) after 1,000 calls.",
-    .run = run, .serve = serve, .conclude = conclude, .ratio_base = "braid-4t", .quick_seconds = 40, .quick_runs = 3,
-    .full_seconds = 400, .order = 40, .plot_x = "load", .plot_metric = "us_per_call", .plot_logy = true);
+              "(getrusage, whole process) of a started 4-thread pool over 5 s (quick: 1 s) after 1,000 calls. "
+              "Blocking work: bursts of load = 1, 4, 16 jobs submitted at once from the loop thread — sleeping "
+              "1 ms or 50 ms, or spinning until they have used 1 ms or 50 ms of CPU time (quick mode: 1 ms and "
+              "10 ms) — on "
+              "pools of 4 and 16 threads (braid: min_threads 0, max_threads 4 or 16, default options; libuv: "
+              "UV_THREADPOOL_SIZE 4 or 16; the naive pool); one fresh child per implementation, thread count "
+              "and job, which first runs one untimed burst of as many 1 ms sleeps as threads, then times 5 "
+              "bursts of each size for 1 ms sleeps, 3 for 1 ms spins, 1 for longer jobs (full: 9, 9 and 3) "
+              "and keeps the median. "
+              "burst_ms = first submission to last result on the loop; x_ideal = burst_ms / ideal, the ideal "
+              "being ceil(load/threads) × the job for sleeps and max(that, load × job / min(threads, cores)) "
+              "for CPU work.",
+    .run = run, .serve = serve, .conclude = conclude, .ratio_base = "braid-4t", .quick_seconds = 55, .quick_runs = 3,
+    .full_seconds = 500, .order = 40, .plot_x = "load", .plot_metric = "us_per_call,x_ideal", .plot_logy = true);

@@ -1,4 +1,5 @@
-/* survey: the multiplexer survey seeds/001 wished someone would make. What
+/* survey: the multiplexer survey "I Can Draw Graphs Too" (2005) wished
+ * someone would make. What
  * does one loop iteration cost when N sockets are registered and only a few
  * are active, for each of braid's backends (select, poll, epoll, io_uring)
  * and for libuv's and libevent's loops on the very same sockets?

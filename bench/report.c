@@ -851,7 +851,7 @@ int bench_report(bench_ctx *ctx, const char *out_dir, double total_seconds) {
         fputs("</td></tr>\n", f);
     }
     fputs("</table>\n<p>Placement: unless an experiment says otherwise, processes are not pinned (the scheduler "
-          "places them on the cores; BENCHMARKING.md measured a cross-core wake-up at about 30 µs on this machine), and "
+          "places them on the cores; a cross-core wake-up was measured at about 30 µs on this machine), and "
           "other work on the machine (see the load average above) adds noise.</p>\n", f);
 
     /* The headline: what summary.md says, for a reader starting here. */

@@ -4,12 +4,17 @@
  *     echo-server unix:/tmp/echo.sock
  *
  * It prints "listening on ADDRESS" once ready. On Ctrl-C (SIGINT) or SIGTERM
- * it stops listening, asks every open connection to flush and close, and
- * exits once they have: the loop then has nothing left, and its leak gate
- * (braid_loop_destroy) confirms nothing was forgotten. */
+ * it stops listening and gives every open connection CLOSE_DEADLINE to take
+ * what is still queued for it; a peer that has not read it by then is cut
+ * off (reset). The loop then has nothing left, run() returns, and its leak
+ * gate (braid_loop_destroy) confirms nothing was forgotten. */
 #include <braid.h>
 #include <signal.h>
 #include <stdio.h>
+
+/* How long a connection may take to read what is queued for it once the
+ * server shuts down: a client that stopped reading cannot keep it alive. */
+#define CLOSE_DEADLINE BRAID_SECONDS(3)
 
 typedef struct server {
     braid_loop *loop;
@@ -32,21 +37,32 @@ static void conn_made(braid_protocol *p) {
     c->next = s->conns;
     if (s->conns) s->conns->prev = c;
     s->conns = c;
+    /* Back-pressure: what we read is what we write, so the connection is the
+     * producer of its own output. Once more than the high watermark (64 KiB)
+     * waits to be sent, braid stops reading from this peer, and resumes when
+     * it has read the echo down to the low one: a client that sends without
+     * reading costs us 64 KiB, not the 4 MiB hard cap. */
+    braid_transport_register_producer(p->transport, braid_transport_producer(p->transport), true);
 }
 
 /* The protocol sees bytes, never a socket: this same code echoes over TCP,
  * a Unix socket, a pipe, or the in-memory test transport. */
 static void conn_data(braid_protocol *p, const void *buf, size_t len) {
-    /* Buffered and flow-controlled: writes made during one loop iteration
-     * leave in one system call, and a peer that stops reading cannot grow
-     * this buffer past its cap (4 MiB by default). */
+    /* Buffered: writes made during one loop iteration leave in one system
+     * call (see conn_made for what stops a peer that does not read). */
     braid_transport_write(p->transport, buf, len);
 }
 
 static void conn_lost(braid_protocol *p, const braid_failure *reason) {
     server *s = p->user;
     conn *c = (conn *)p;
-    (void)reason;                     /* BRAID_ECONNECTION_DONE when clean */
+    /* BRAID_ECONNECTION_DONE when clean; BRAID_ETIMEDOUT when we closed it
+     * at shutdown and the peer had not read what was left by the deadline. */
+    if (reason->code == BRAID_ETIMEDOUT) {
+        char buf[256];
+        braid_failure_format(reason, buf, sizeof buf);
+        fprintf(stderr, "echo-server: cut off a client that did not read: %s\n", buf);
+    }
     if (c->prev) c->prev->next = c->next; else s->conns = c->next;
     if (c->next) c->next->prev = c->prev;
 }
@@ -59,16 +75,17 @@ static void stop_signals(server *s) {
     braid_signal_stop(&s->sigterm);
 }
 
-/* braid_listen's Deferred: the listener, once listening works ... */
+/* braid_listen answers with a Deferred, like everything in braid that has a
+ * result: its callback gets the listener once listening works ... */
 static braid_result listening(braid_result r, void *arg) {
     server *s = arg;
-    s->listener = r.value;
+    s->listener = r.value;            /* ours now: closed at shutdown */
     braid_address a;
     char buf[128];
     braid_listener_address(s->listener, &a);
     printf("listening on %s\n", braid_address_format(&a, buf, sizeof buf));
     fflush(stdout);
-    return r;
+    return braid_ok(NULL);
 }
 
 /* ... or the reason it did not (a bad endpoint string, a port in use). */
@@ -88,7 +105,9 @@ static void on_signal(braid_signal *sig, int signo, void *arg) {
     (void)sig; (void)signo;
     braid_listener_close(s->listener);
     s->listener = NULL;
-    for (conn *c = s->conns; c; c = c->next) braid_transport_lose_connection(c->base.transport);
+    /* Flush, close, and abort whoever is still not reading after the
+     * deadline (plain braid_transport_lose_connection would wait for ever). */
+    for (conn *c = s->conns; c; c = c->next) braid_transport_close_within(c->base.transport, CLOSE_DEADLINE);
     stop_signals(s);                  /* run() returns when the last connection closed */
 }
 
@@ -104,7 +123,7 @@ int main(int argc, char **argv) {
 
     braid_deferred *d = braid_listen(s.loop, where, &factory);
     braid_deferred_add_callbacks(d, listening, failed, &s);
-    braid_deferred_release(d);
+    braid_deferred_release(d);        /* we keep no reference: the callbacks do the rest */
 
     braid_loop_run(s.loop);           /* until nothing is left to do */
     if (braid_loop_destroy(s.loop) < 0) return 2;

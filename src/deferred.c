@@ -22,13 +22,15 @@
 
 #if defined(BRAID_ASAN) || defined(__SANITIZE_ADDRESS__)
 #include <sanitizer/asan_interface.h>
-/* Free-list entries are poisoned except their link, so a use after release
- * is an ASan report even though the memory is not returned to malloc. */
+/* Free-list entries are poisoned except their flags and link, so a use after
+ * release is an ASan report even though the memory is not returned to malloc
+ * (the flags stay readable so the entry points' own check can name the call). */
 static void poison(braid_deferred *d) {
-    size_t off = offsetof(braid_deferred, parent);
-    ASAN_POISON_MEMORY_REGION(d, off);
-    ASAN_POISON_MEMORY_REGION((char *)d + off + sizeof d->parent,
-                              sizeof *d - off - sizeof d->parent);
+    size_t fl = offsetof(braid_deferred, flags), pa = offsetof(braid_deferred, parent);
+    ASAN_POISON_MEMORY_REGION(d, fl);
+    ASAN_POISON_MEMORY_REGION((char *)d + fl + sizeof d->flags, pa - fl - sizeof d->flags);
+    ASAN_POISON_MEMORY_REGION((char *)d + pa + sizeof d->parent,
+                              sizeof *d - pa - sizeof d->parent);
 }
 static void unpoison(braid_deferred *d) { ASAN_UNPOISON_MEMORY_REGION(d, sizeof *d); }
 #else
@@ -36,7 +38,13 @@ static inline void poison(braid_deferred *d) { (void)d; }
 static inline void unpoison(braid_deferred *d) { (void)d; }
 #endif
 
-/* Free Deferreds kept per loop; beyond this they go back to the allocator. */
+/* Free Deferreds kept per loop for reuse; beyond this they go back to the
+ * allocator. Release builds reuse the most recently freed first (LIFO: its
+ * memory is still in cache). Debug builds keep the list in FIFO order and
+ * reuse an entry only when BRAID__DEFERRED_QUARANTINE newer ones stand behind
+ * it, so a Deferred used after it was freed still carries BRAID__D_FREED and
+ * aborts with a message until that many more have been freed on the loop
+ * (docs/deferred.md, "Use after free"). */
 #define FREE_LIST_MAX 4096
 
 static const braid_result no_result = { NULL, NULL, NULL, NULL };
@@ -65,10 +73,15 @@ static bool dpool_report(braid_loop *loop, void *ptr) {
     braid__dpool *p = ptr;
     if (!p->live) return false;
     braid__log(loop, BRAID_LOG_ERROR,
-               "loop destroyed with %zu Deferred(s) alive (%zu never fired): a producer did not "
-               "fire, or a consumer did not release", p->live, p->unfired);
+               "loop not destroyed: %zu Deferred(s) still alive (%zu never fired): a producer "
+               "did not fire, or a consumer did not release", p->live, p->unfired);
     return true;
 }
+
+#ifdef BRAID_DEBUG
+/* Blocks a free-list entry holds: itself and its spill array. */
+static inline long parked_blocks(const braid_deferred *d) { return d->spill ? 2 : 1; }
+#endif
 
 static void dpool_destroy(braid_loop *loop, void *ptr) {
     braid__dpool *p = ptr;
@@ -77,6 +90,9 @@ static void dpool_destroy(braid_loop *loop, void *ptr) {
     while (d) {
         braid_deferred *next = d->parent;
         unpoison(d);
+#ifdef BRAID_DEBUG
+        braid__alloc_park(-parked_blocks(d));
+#endif
         braid_free(d->spill);
         braid_free(d);
         d = next;
@@ -102,9 +118,16 @@ static braid_deferred *dalloc(braid_loop *loop, braid__dpool **pp) {
     braid__dpool *p = dpool_get(loop);
     if (BRAID__UNLIKELY(!p)) return NULL;
     braid_deferred *d = p->free;
+#ifdef BRAID_DEBUG
+    if (p->nfree <= BRAID__DEFERRED_QUARANTINE) d = NULL;   /* all still in quarantine */
+#endif
     if (BRAID__LIKELY(d != NULL)) {
         unpoison(d);
         p->free = d->parent;
+#ifdef BRAID_DEBUG
+        if (!p->free) p->free_tail = NULL;
+        braid__alloc_park(-parked_blocks(d));
+#endif
         p->nfree--;
         if (BRAID__UNLIKELY(d->spill_cap > BRAID__DEFERRED_KEEP_SPILL))
             p->big_spill_slots -= d->spill_cap;
@@ -130,8 +153,23 @@ static _Noreturn void freed_use(const braid_deferred *d, const char *what) {
                (const void *)d);
     abort();
 }
-#define CHECK_LIVE(d, what) \
-    do { if (BRAID__UNLIKELY((d)->flags & BRAID__D_FREED)) freed_use((d), (what)); } while (0)
+/* Every entry taking a Deferred: a freed one aborts with a message (see
+ * "use after free" in docs/deferred.md for how long that holds), and debug
+ * builds check that the caller is on the loop's thread. */
+#ifdef BRAID_DEBUG
+#define CHECK_THREAD(loop, what)                                                       \
+    do {                                                                               \
+        if (BRAID__UNLIKELY(!braid__loop_on_owner_thread(loop)))                       \
+            braid__loop_wrong_thread((loop), (what));                                  \
+    } while (0)
+#else
+#define CHECK_THREAD(loop, what) ((void)0)
+#endif
+#define CHECK_LIVE(d, what)                                                            \
+    do {                                                                               \
+        if (BRAID__UNLIKELY((d)->flags & BRAID__D_FREED)) freed_use((d), (what));      \
+        CHECK_THREAD((d)->loop, (what));                                               \
+    } while (0)
 
 static inline void unref(braid_deferred *d) {
     if (--d->refs == 0 && !(d->flags & BRAID__D_RUNNING)) dfree(d);
@@ -254,6 +292,56 @@ static void abandon_callbacks(braid_deferred *d) {
 }
 
 /* ---- freeing --------------------------------------------------------------------- */
+/* Put a dead Deferred on its loop's free list, or back to the allocator.
+ * Debug builds count the list's blocks as parked (braid__alloc_park), so the
+ * quarantine filling up is not mistaken for a leak by allocation walks. */
+static inline void free_list_put(braid__dpool *p, braid_deferred *d) {
+#ifdef BRAID_DEBUG
+    if (p->nfree >= BRAID__DEFERRED_QUARANTINE + FREE_LIST_MAX) {
+        /* Full: the oldest entry, with the whole quarantine behind it, goes
+         * back to the allocator. */
+        braid_deferred *old = p->free;
+        unpoison(old);
+        p->free = old->parent;
+        p->nfree--;
+        braid__alloc_park(-parked_blocks(old));
+        if (old->spill_cap > BRAID__DEFERRED_KEEP_SPILL) p->big_spill_slots -= old->spill_cap;
+        braid_free(old->spill);
+        braid_free(old);
+    }
+#else
+    if (BRAID__UNLIKELY(p->nfree >= FREE_LIST_MAX)) {
+        braid_free(d->spill);
+        braid_free(d);
+        return;
+    }
+#endif
+    if (BRAID__UNLIKELY(d->spill_cap > BRAID__DEFERRED_KEEP_SPILL)) {
+        /* Large spill arrays are kept too, within a per-loop budget, so
+         * a loop that keeps building long chains stops allocating. */
+        if (p->big_spill_slots + d->spill_cap <= BRAID__DEFERRED_SPILL_BUDGET) {
+            p->big_spill_slots += d->spill_cap;
+        } else {
+            braid_free(d->spill);
+            d->spill = NULL;
+            d->spill_cap = 0;
+        }
+    }
+    d->flags = BRAID__D_FREED;
+#ifdef BRAID_DEBUG
+    d->parent = NULL;                 /* FIFO: append */
+    if (p->free_tail) p->free_tail->parent = d;
+    else p->free = d;
+    p->free_tail = d;
+    braid__alloc_park(parked_blocks(d));
+#else
+    d->parent = p->free;              /* LIFO: push */
+    p->free = d;
+#endif
+    p->nfree++;
+    poison(d);
+}
+
 static void dfree(braid_deferred *d) {
     braid_loop *loop = d->loop;
     if (BRAID__UNLIKELY(d->pos != d->ncb)) abandon_callbacks(d);
@@ -262,27 +350,7 @@ static void dfree(braid_deferred *d) {
     braid__dpool *p = loop->ext[BRAID__SLOT_DEFERRED].ptr;
     p->live--;
     if (BRAID__UNLIKELY(!(d->flags & BRAID__D_CALLED))) p->unfired--;
-    if (p->nfree < FREE_LIST_MAX) {
-        if (BRAID__UNLIKELY(d->spill_cap > BRAID__DEFERRED_KEEP_SPILL)) {
-            /* Large spill arrays are kept too, within a per-loop budget, so
-             * a loop that keeps building long chains stops allocating. */
-            if (p->big_spill_slots + d->spill_cap <= BRAID__DEFERRED_SPILL_BUDGET) {
-                p->big_spill_slots += d->spill_cap;
-            } else {
-                braid_free(d->spill);
-                d->spill = NULL;
-                d->spill_cap = 0;
-            }
-        }
-        d->flags = BRAID__D_FREED;
-        d->parent = p->free;
-        p->free = d;
-        p->nfree++;
-        poison(d);
-    } else {
-        braid_free(d->spill);
-        braid_free(d);
-    }
+    free_list_put(p, d);
     /* Last: a dtor may call back into braid. Field by field, not through
      * braid_result_drop: copying the 32-byte struct again here cost a
      * store-forwarding stall measured at a quarter of the ready path. */
@@ -376,6 +444,7 @@ static void run(braid_deferred *d) {
 
 /* ---- creating -------------------------------------------------------------------- */
 braid_deferred *braid_deferred_new(braid_loop *loop) {
+    CHECK_THREAD(loop, "braid_deferred_new");
     braid__dpool *p;
     braid_deferred *d = dalloc(loop, &p);
     if (BRAID__UNLIKELY(!d)) return NULL;
@@ -386,6 +455,7 @@ braid_deferred *braid_deferred_new(braid_loop *loop) {
 }
 
 braid_deferred *braid_deferred_new_cancellable(braid_loop *loop, braid_canceller c, void *arg) {
+    CHECK_THREAD(loop, "braid_deferred_new_cancellable");
     braid_deferred *d = braid_deferred_new(loop);
     if (d) {
         d->canceller = c;
@@ -408,17 +478,19 @@ static braid_deferred *fired(braid_loop *loop, braid_result r) {
 }
 
 braid_deferred *braid_succeed(braid_loop *loop, void *value, void (*dtor)(void *)) {
+    CHECK_THREAD(loop, "braid_succeed");
     return fired(loop, braid_ok_owned(value, dtor));
 }
 
 braid_deferred *braid_fail(braid_loop *loop, braid_failure *f) {
+    CHECK_THREAD(loop, "braid_fail");
     if (BRAID__UNLIKELY(!f)) f = braid_failure_new(BRAID_EINVAL, "braid_fail without a failure");
     return fired(loop, braid_err(f));
 }
 
 /* ---- firing --------------------------------------------------------------------- */
-static int fire(braid_deferred *d, braid_result r, bool drop_producer) {
-    CHECK_LIVE(d, "firing");
+static inline int fire(braid_deferred *d, braid_result r, bool drop_producer, const char *what) {
+    CHECK_LIVE(d, what);
     if (BRAID__UNLIKELY(d->flags & BRAID__D_CALLED)) {
         if ((d->flags & (BRAID__D_CANCELLED | BRAID__D_PRODUCER)) ==
             (BRAID__D_CANCELLED | BRAID__D_PRODUCER)) {
@@ -446,16 +518,18 @@ static int fire(braid_deferred *d, braid_result r, bool drop_producer) {
     return 0;
 }
 
-int braid_deferred_fire(braid_deferred *d, braid_result r) { return fire(d, r, true); }
+int braid_deferred_fire(braid_deferred *d, braid_result r) {
+    return fire(d, r, true, "braid_deferred_fire");
+}
 
 int braid_deferred_callback(braid_deferred *d, void *value, void (*dtor)(void *)) {
-    return fire(d, braid_ok_owned(value, dtor), true);
+    return fire(d, braid_ok_owned(value, dtor), true, "braid_deferred_callback");
 }
 
 int braid_deferred_errback(braid_deferred *d, braid_failure *f) {
     /* A NULL failure would silently switch to the callback track. */
     if (BRAID__UNLIKELY(!f)) f = braid_failure_new(BRAID_EINVAL, "errback without a failure");
-    return fire(d, braid_err(f), true);
+    return fire(d, braid_err(f), true, "braid_deferred_errback");
 }
 
 /* ---- consuming ----------------------------------------------------------------- */
@@ -501,12 +575,22 @@ braid_deferred *braid_deferred_ref(braid_deferred *d) {
 }
 
 /* ---- state -------------------------------------------------------------------------- */
-bool braid_deferred_called(const braid_deferred *d) { return d->flags & BRAID__D_CALLED; }
-bool braid_deferred_has_result(const braid_deferred *d) { return braid__deferred_has_result(d); }
+bool braid_deferred_called(const braid_deferred *d) {
+    CHECK_LIVE(d, "braid_deferred_called");
+    return d->flags & BRAID__D_CALLED;
+}
+bool braid_deferred_has_result(const braid_deferred *d) {
+    CHECK_LIVE(d, "braid_deferred_has_result");
+    return braid__deferred_has_result(d);
+}
 bool braid_deferred_is_failure(const braid_deferred *d) {
+    CHECK_LIVE(d, "braid_deferred_is_failure");
     return braid__deferred_has_result(d) && d->result.failure != NULL;
 }
-braid_loop *braid_deferred_loop(const braid_deferred *d) { return d->loop; }
+braid_loop *braid_deferred_loop(const braid_deferred *d) {
+    CHECK_LIVE(d, "braid_deferred_loop");
+    return d->loop;
+}
 
 int braid_deferred_take(braid_deferred *d, braid_result *out) {
     CHECK_LIVE(d, "braid_deferred_take");
@@ -517,6 +601,7 @@ int braid_deferred_take(braid_deferred *d, braid_result *out) {
 }
 
 size_t braid_deferred_live(braid_loop *loop) {
+    CHECK_THREAD(loop, "braid_deferred_live");
     braid__dpool *p = loop->ext[BRAID__SLOT_DEFERRED].ptr;
     return p ? p->live : 0;
 }
@@ -551,8 +636,18 @@ void braid_deferred_cancel(braid_deferred *d) {
     braid_canceller c = d->canceller;
     void *carg = d->canceller_arg;
     d->canceller = NULL;
-    if (c) c(d, carg);
+    /* With a canceller, the producer gave up its reference by accepting
+     * cancellation: whoever fires now (the canceller, braid after it, or a
+     * cancel the canceller makes of its own Deferred) drops it. Without
+     * one, the producer keeps it and may fire late (ignored). */
+    bool drop_producer = c != NULL || (d->flags & BRAID__D_CANCELLING);
+    if (c) {
+        d->flags |= BRAID__D_CANCELLING;
+        c(d, carg);
+        d->flags &= ~BRAID__D_CANCELLING;
+    }
     if (!(d->flags & BRAID__D_CALLED))
-        fire(d, braid_errf(BRAID_ECANCELED, "Deferred cancelled"), c != NULL);
+        fire(d, braid_errf(BRAID_ECANCELED, "Deferred cancelled"), drop_producer,
+             "braid_deferred_cancel");
     unref(d);
 }

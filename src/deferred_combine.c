@@ -216,11 +216,14 @@ static braid_deferred *combine(braid_loop *loop, braid_deferred *const *ds, size
 
 braid_deferred *braid_gather(braid_loop *loop, braid_deferred *const *ds, size_t n,
                              unsigned flags) {
+    BRAID__LOOP_AFFINE(loop);
     return combine(loop, ds, n, K_GATHER, flags);
 }
 braid_deferred *braid_race(braid_loop *loop, braid_deferred *const *ds, size_t n) {
+    BRAID__LOOP_AFFINE(loop);
     return combine(loop, ds, n, K_RACE, 0);
 }
 braid_deferred *braid_deferred_list(braid_loop *loop, braid_deferred *const *ds, size_t n) {
+    BRAID__LOOP_AFFINE(loop);
     return combine(loop, ds, n, K_LIST, 0);
 }

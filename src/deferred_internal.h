@@ -28,6 +28,7 @@ enum {
     BRAID__D_CANCELLED = 1u << 3,   /* cancel reached it while unfired */
     BRAID__D_PRODUCER  = 1u << 4,   /* the producer reference is still held */
     BRAID__D_FREED     = 1u << 5,   /* on the free list: any use is a bug */
+    BRAID__D_CANCELLING = 1u << 6,  /* its canceller is running */
 };
 
 struct braid_deferred {
@@ -49,8 +50,14 @@ struct braid_deferred {
 };
 
 /* Per-loop state in BRAID__SLOT_DEFERRED. */
+/* Debug builds (BRAID_DEBUG): freed Deferreds wait in a FIFO quarantine and
+ * are reused only after this many more have been freed on the loop (at most
+ * this many plus a free list's 4,096, 168 bytes each, are held: 3.3 MiB). */
+#define BRAID__DEFERRED_QUARANTINE 16384
+
 typedef struct braid__dpool {
-    braid_deferred *free;
+    braid_deferred *free;            /* next to reuse (the oldest in debug builds) */
+    braid_deferred *free_tail;       /* debug builds: the most recently freed */
     size_t nfree;
     size_t live;                     /* allocated, not yet freed */
     size_t unfired;                  /* made with braid_deferred_new*, not yet fired */

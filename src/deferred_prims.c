@@ -39,6 +39,7 @@ static void later_cancel(braid_deferred *d, void *arg) {
 }
 
 braid_deferred *braid_defer_later(braid_loop *loop, uint64_t ns, braid_thunk fn, void *arg) {
+    BRAID__LOOP_AFFINE(loop);
     later *l = braid_malloc(sizeof *l);
     if (!l) return NULL;
     braid_deferred *d = braid_deferred_new_cancellable(loop, later_cancel, l);
@@ -117,6 +118,7 @@ struct braid_lock {
 };
 
 int braid_semaphore_new(braid_loop *loop, unsigned tokens, braid_semaphore **out) {
+    BRAID__LOOP_AFFINE(loop);
     if (!out) return BRAID_EINVAL;
     *out = NULL;
     if (!tokens) return BRAID_EINVAL;
@@ -135,6 +137,7 @@ static void waiter_cancel(braid_deferred *d, void *arg) {
 }
 
 braid_deferred *braid_semaphore_acquire(braid_semaphore *s) {
+    BRAID__LOOP_AFFINE(s->loop);
     if (s->tokens && !s->waiters.live) {
         braid_deferred *d = braid_succeed(s->loop, s, NULL);
         if (d) s->tokens--;      /* only once the Deferred exists: NULL takes nothing */
@@ -152,6 +155,7 @@ braid_deferred *braid_semaphore_acquire(braid_semaphore *s) {
 }
 
 int braid_semaphore_release(braid_semaphore *s) {
+    BRAID__LOOP_AFFINE(s->loop);
     if (s->tokens >= s->limit) {
         braid__log(s->loop, BRAID_LOG_ERROR, "release of a Deferred semaphore/lock not held");
         return BRAID_ELOCKED;
@@ -188,6 +192,7 @@ static braid_result run_done(braid_result r, void *arg) {
 }
 
 braid_deferred *braid_semaphore_run(braid_semaphore *s, braid_thunk fn, void *arg) {
+    BRAID__LOOP_AFFINE(s->loop);
     run_ctx *c = braid_malloc(sizeof *c);
     if (!c) return NULL;
     braid_deferred *d = braid_semaphore_acquire(s);
@@ -207,6 +212,7 @@ size_t braid_semaphore_waiting(const braid_semaphore *s) { return s->waiters.liv
 
 int braid_semaphore_free(braid_semaphore *s) {
     if (!s) return 0;
+    BRAID__LOOP_AFFINE(s->loop);
     if (s->tokens != s->limit || s->waiters.live) return BRAID_EBUSY;
     braid_handle_close(s->loop, &s->handle);
     braid_free(s->waiters.v);
@@ -215,6 +221,7 @@ int braid_semaphore_free(braid_semaphore *s) {
 }
 
 int braid_lock_new(braid_loop *loop, braid_lock **out) {
+    BRAID__LOOP_AFFINE(loop);
     if (!out) return BRAID_EINVAL;
     braid_semaphore *s;
     int rc = braid_semaphore_new(loop, 1, &s);
@@ -242,6 +249,7 @@ struct braid_queue {
 };
 
 int braid_queue_new(braid_loop *loop, size_t size, size_t backlog, braid_queue **out) {
+    BRAID__LOOP_AFFINE(loop);
     if (!out) return BRAID_EINVAL;
     *out = NULL;
     if (!size || size > SIZE_MAX / sizeof(braid_result)) return BRAID_EINVAL;
@@ -258,6 +266,7 @@ int braid_queue_new(braid_loop *loop, size_t size, size_t backlog, braid_queue *
 }
 
 int braid_queue_put(braid_queue *q, void *value, void (*dtor)(void *)) {
+    BRAID__LOOP_AFFINE(q->loop);
     braid_deferred *d = wring_pop(&q->getters);
     if (d) {
         d->canceller = NULL;
@@ -275,6 +284,7 @@ static void getter_cancel(braid_deferred *d, void *arg) {
 }
 
 int braid_queue_get(braid_queue *q, braid_deferred **out) {
+    BRAID__LOOP_AFFINE(q->loop);
     *out = NULL;
     if (q->len) {
         braid_deferred *d = braid_succeed(q->loop, NULL, NULL);
@@ -303,6 +313,7 @@ size_t braid_queue_waiting(const braid_queue *q) { return q->getters.live; }
 
 void braid_queue_free(braid_queue *q) {
     if (!q) return;
+    BRAID__LOOP_AFFINE(q->loop);
     while (q->len) {
         braid_result r = q->items[q->head];
         q->head = (q->head + 1) % q->size;

@@ -6,6 +6,7 @@
 #include <braid/common.h>
 #include <braid/loop.h>
 #include <braid/time.h>
+#include <pthread.h>
 #include <sched.h>
 #include <signal.h>
 #include <stdatomic.h>
@@ -120,6 +121,14 @@ enum {
 
 struct braid_loop {
     const braid__poller_ops *poller;
+    /* The thread the loop belongs to (docs/loop.md, "Threads"): its creator,
+     * then whichever thread last ran it. Written only by that thread (and by
+     * a thread taking the loop over in run/run_once/destroy), so another
+     * thread may compare against it without a race while no hand-over is
+     * under way. `running` (debug builds) counts run_once frames in progress,
+     * to catch a second thread running the loop at the same time. */
+    pthread_t owner_thread;
+    atomic_int running;
     void *pstate;
     braid_clock *clock;
     uint64_t now;                 /* cached at the timer phase */
@@ -135,6 +144,8 @@ struct braid_loop {
 
     braid__event *events;         /* collected by the last poll */
     size_t nevents, cap_events;
+    size_t io_next;               /* next one to deliver: an iteration nested in an
+                                     I/O callback continues the batch (loop.c) */
 
     /* timers: 4-ary min-heap on (deadline, seq) */
     braid_timer **heap;
@@ -154,6 +165,11 @@ struct braid_loop {
 
     size_t holds;
     braid_handle handles;         /* sentinel of the open-handle list */
+
+    /* prepare hooks, in start order; prepare_next is the cursor of the pass
+     * in progress (a hook may stop the next one) */
+    braid_prepare *prepares, *prepare_next;
+    bool in_prepare;
 
     /* Busy-poll before blocking (pool.c sets these; see spin_for_posted in
      * loop.c). While spin_holds > 0, work in flight on other threads will
@@ -179,6 +195,31 @@ struct braid_loop {
     braid__ext ext[BRAID__NSLOTS];
 };
 
+/* ---- loop affinity --------------------------------------------------------------
+ * Every loop-affine entry point starts with BRAID__LOOP_AFFINE(loop). Debug
+ * builds (BRAID_DEBUG) abort there, naming the function, when the caller is
+ * not the loop's owning thread; release builds compile it to nothing. The
+ * thread-safe entries (braid_loop_post, braid_loop_post_node,
+ * braid_loop_stop) never check. */
+_Noreturn void braid__loop_wrong_thread(const braid_loop *loop, const char *fn);
+#ifdef BRAID_DEBUG
+#define BRAID__LOOP_AFFINE(loop)                                                      \
+    do {                                                                              \
+        if (BRAID__UNLIKELY(!pthread_equal((loop)->owner_thread, pthread_self())))    \
+            braid__loop_wrong_thread((loop), __func__);                               \
+    } while (0)
+#else
+#define BRAID__LOOP_AFFINE(loop) ((void)0)
+#endif
+/* Is the calling thread the loop's owner (any build)? */
+static inline bool braid__loop_on_owner_thread(const braid_loop *loop) {
+    /* Other threads ask this (a pool worker: "am I on the loop's thread?")
+     * while a hand-over may be writing the owner: an atomic read. */
+    pthread_t owner;
+    __atomic_load(&loop->owner_thread, &owner, __ATOMIC_RELAXED);
+    return pthread_equal(owner, pthread_self());
+}
+
 /* Timer phase pieces, used by loop.c (timer.c owns the heap). */
 void braid__timers_run(braid_loop *loop, uint64_t now);
 uint64_t braid__timers_next_deadline(const braid_loop *loop);  /* UINT64_MAX if none */
@@ -196,5 +237,9 @@ struct braid_pool *braid__loop_resolver_pool(braid_loop *loop, int *cls);
 
 /* Allocator internals for fault injection (alloc.c). */
 void braid__alloc_reset_injection(void);
+/* Take `blocks` live blocks out of braid_test_alloc_outstanding (negative:
+ * put them back): for memory parked out of the program's reach, such as the
+ * debug builds' quarantine of freed Deferreds. */
+void braid__alloc_park(long blocks);
 
 #endif

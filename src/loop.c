@@ -47,6 +47,31 @@ void braid_log(braid_loop *loop, braid_log_level level, const char *fmt, ...) {
     else default_log(NULL, level, buf);
 }
 
+/* ---- loop affinity ---------------------------------------------------------------- */
+void braid__loop_wrong_thread(const braid_loop *loop, const char *fn) {
+    braid__log((braid_loop *)loop, BRAID_LOG_ERROR,
+               "%s called from a thread that does not own the loop (only braid_loop_post and "
+               "braid_loop_stop may be called from other threads; see docs/loop.md)", fn);
+    abort();
+}
+
+/* run, run_once and destroy may be called from a thread other than the
+ * owner: that is how a loop made on one thread is run on another. The
+ * caller makes the hand-over safe (pthread_create, a join); debug builds
+ * abort if the owner is inside run_once at that moment. Only a changed
+ * owner is written, so a reader on another thread (a pool worker asking
+ * "am I on the loop's thread?") never races with a loop that stays put. */
+static inline void take_over(braid_loop *loop, const char *fn) {
+    pthread_t self = pthread_self();
+    if (BRAID__LIKELY(pthread_equal(loop->owner_thread, self))) return;
+#ifdef BRAID_DEBUG
+    if (atomic_load(&loop->running) > 0) braid__loop_wrong_thread(loop, fn);
+#else
+    BRAID__UNUSED(fn);
+#endif
+    __atomic_store(&loop->owner_thread, &self, __ATOMIC_RELAXED);   /* read by other threads */
+}
+
 /* ---- backend choice ----------------------------------------------------------- */
 static braid_backend backend_from_env(void) {
     const char *e = getenv("BRAID_BACKEND");
@@ -147,6 +172,8 @@ int braid_loop_new(braid_loop **out, const braid_loop_options *opts) {
     braid_loop *loop = braid_calloc(1, sizeof *loop);
     if (!loop) return BRAID_ENOMEM;
     loop->poller = ops;
+    loop->owner_thread = pthread_self();
+    atomic_init(&loop->running, 0);
     loop->clock = o.clock ? o.clock : braid_clock_monotonic();
     loop->flags = o.flags;
     loop->log = o.log;
@@ -203,35 +230,39 @@ static bool report_open(braid_loop *loop) {
         for (size_t fd = 0; fd < loop->nfds; fd++) {
             braid_watch *w = loop->fds[fd];
             if (w && !(w->flags & BRAID__WATCH_INTERNAL))
-                braid__log(loop, BRAID_LOG_ERROR, "loop destroyed with fd watcher open (fd %zu)", fd);
+                braid__log(loop, BRAID_LOG_ERROR, "loop not destroyed: fd watcher still open (fd %zu)", fd);
         }
     }
     if (loop->heap_len) {
         any = true;
-        braid__log(loop, BRAID_LOG_ERROR, "loop destroyed with %zu active timer(s)", loop->heap_len);
+        braid__log(loop, BRAID_LOG_ERROR, "loop not destroyed: %zu timer(s) still active", loop->heap_len);
     }
     if (loop->signals) {
         any = true;
         for (braid_signal *s = loop->signals; s; s = s->next)
-            braid__log(loop, BRAID_LOG_ERROR, "loop destroyed with signal watcher open (signal %d)",
+            braid__log(loop, BRAID_LOG_ERROR, "loop not destroyed: signal watcher still open (signal %d)",
                        s->signo);
     }
     for (braid_handle *h = loop->handles.next; h != &loop->handles; h = h->next) {
         any = true;
-        braid__log(loop, BRAID_LOG_ERROR, "loop destroyed with %s handle open%s%s", h->kind,
+        braid__log(loop, BRAID_LOG_ERROR, "loop not destroyed: %s handle still open%s%s", h->kind,
                    h->name ? ": " : "", h->name ? h->name : "");
     }
     if (atomic_load(&loop->posted)) {
         any = true;
-        braid__log(loop, BRAID_LOG_ERROR, "loop destroyed with posted calls not yet run");
+        braid__log(loop, BRAID_LOG_ERROR, "loop not destroyed: posted calls not yet run");
     }
     if (loop->soon_head) {
         any = true;
-        braid__log(loop, BRAID_LOG_ERROR, "loop destroyed with ready calls not yet run");
+        braid__log(loop, BRAID_LOG_ERROR, "loop not destroyed: ready calls not yet run");
+    }
+    for (braid_prepare *p = loop->prepares; p; p = p->next) {
+        any = true;
+        braid__log(loop, BRAID_LOG_ERROR, "loop not destroyed: a prepare hook is started");
     }
     if (loop->holds) {
         any = true;
-        braid__log(loop, BRAID_LOG_ERROR, "loop destroyed with %zu hold(s) not released", loop->holds);
+        braid__log(loop, BRAID_LOG_ERROR, "loop not destroyed: %zu hold(s) not released", loop->holds);
     }
     for (int i = 0; i < BRAID__NSLOTS; i++)
         if (loop->ext[i].report && loop->ext[i].report(loop, loop->ext[i].ptr)) any = true;
@@ -240,6 +271,7 @@ static bool report_open(braid_loop *loop) {
 
 int braid_loop_destroy(braid_loop *loop) {
     if (!loop) return BRAID_EINVAL;
+    take_over(loop, __func__);
     /* Module state (e.g. the Deferred free list) may report its own leaks. */
     if (report_open(loop)) return BRAID_EBUSY;
     atomic_store(&loop->destroying, true);
@@ -259,16 +291,42 @@ int braid_loop_destroy(braid_loop *loop) {
 
 const char *braid_loop_backend(const braid_loop *loop) { return loop->poller->name; }
 int braid_loop_backend_fd(const braid_loop *loop) { return loop->poller->backend_fd(loop); }
-uint64_t braid_loop_now(const braid_loop *loop) { return loop->now; }
-uint64_t braid_loop_now_fresh(braid_loop *loop) { return loop->clock->now(loop->clock); }
+uint64_t braid_loop_now(const braid_loop *loop) {
+    BRAID__LOOP_AFFINE(loop);
+    return loop->now;
+}
+uint64_t braid_loop_now_fresh(braid_loop *loop) {
+    BRAID__LOOP_AFFINE(loop);
+    return loop->clock->now(loop->clock);
+}
+
+size_t braid_loop_watched_fds(const braid_loop *loop, size_t cap, braid_loop_fd *out) {
+    BRAID__LOOP_AFFINE(loop);
+    size_t n = 0;
+    for (size_t fd = 0; fd < loop->nfds; fd++) {
+        const braid_watch *w = loop->fds[fd];
+        if (!w || !(w->flags & BRAID__WATCH_OPEN) || !w->mask) continue;
+        if (n < cap) out[n] = (braid_loop_fd){ .fd = (int)fd, .events = w->mask };
+        n++;
+    }
+    return n;
+}
 braid_clock *braid_loop_clock(braid_loop *loop) { return loop->clock; }
-uint64_t braid_loop_iteration(const braid_loop *loop) { return loop->iteration; }
-void braid_loop_hold(braid_loop *loop) { loop->holds++; }
+uint64_t braid_loop_iteration(const braid_loop *loop) {
+    BRAID__LOOP_AFFINE(loop);
+    return loop->iteration;
+}
+void braid_loop_hold(braid_loop *loop) {
+    BRAID__LOOP_AFFINE(loop);
+    loop->holds++;
+}
 void braid_loop_release(braid_loop *loop) {
+    BRAID__LOOP_AFFINE(loop);
     if (loop->holds == 0) { braid__log(loop, BRAID_LOG_ERROR, "braid_loop_release without hold"); abort(); }
     loop->holds--;
 }
 void braid_loop_set_unhandled(braid_loop *loop, braid_unhandled_fn fn, void *ctx) {
+    BRAID__LOOP_AFFINE(loop);
     loop->unhandled = fn;
     loop->unhandled_ctx = ctx;
 }
@@ -286,6 +344,7 @@ void braid__loop_set_slot_report(braid_loop *loop, enum braid__slot s,
 
 /* ---- handles ------------------------------------------------------------------ */
 void braid_handle_open(braid_loop *loop, braid_handle *h, const char *kind) {
+    BRAID__LOOP_AFFINE(loop);
     h->kind = kind;
     h->next = loop->handles.next;
     h->prev = &loop->handles;
@@ -294,8 +353,8 @@ void braid_handle_open(braid_loop *loop, braid_handle *h, const char *kind) {
 }
 
 void braid_handle_close(braid_loop *loop, braid_handle *h) {
-    (void)loop;
     if (!h->next) return;
+    BRAID__LOOP_AFFINE(loop);
     h->prev->next = h->next;
     h->next->prev = h->prev;
     h->next = h->prev = NULL;
@@ -315,6 +374,7 @@ static int fds_reserve(braid_loop *loop, int fd) {
 }
 
 int braid_watch_init(braid_loop *loop, braid_watch *w, int fd, braid_watch_cb cb, void *arg) {
+    BRAID__LOOP_AFFINE(loop);
     if (fd < 0 || !cb) return BRAID_EINVAL;
     int rc = fds_reserve(loop, fd);
     if (rc < 0) return rc;
@@ -339,6 +399,7 @@ static bool watch_counts(const braid_watch *w) {
 int braid_watch_set(braid_watch *w, unsigned mask) {
     if (!(w->flags & BRAID__WATCH_OPEN)) return BRAID_EINVAL;
     braid_loop *loop = w->loop;
+    BRAID__LOOP_AFFINE(loop);
     mask &= BRAID_READ | BRAID_WRITE;
     if (mask == w->mask) return 0;
     int rc = loop->poller->update(loop, w->fd, w->mask, mask, braid__tag(w->gen, w->fd));
@@ -350,6 +411,7 @@ int braid_watch_set(braid_watch *w, unsigned mask) {
 }
 
 void braid_watch_unref(braid_watch *w) {
+    BRAID__LOOP_AFFINE(w->loop);
     if (w->flags & BRAID__WATCH_UNREF) return;
     bool before = watch_counts(w);
     w->flags |= BRAID__WATCH_UNREF;
@@ -359,6 +421,7 @@ void braid_watch_unref(braid_watch *w) {
 void braid_watch_close(braid_watch *w) {
     if (!(w->flags & BRAID__WATCH_OPEN)) return;
     braid_loop *loop = w->loop;
+    BRAID__LOOP_AFFINE(loop);
     if (w->mask) {
         /* Removing may fail with EBADF if the user closed the fd first; the
          * kernel already forgot it then, which is what we want. */
@@ -384,21 +447,26 @@ int braid__loop_push_event(braid_loop *loop, uint64_t tag, unsigned events) {
 
 /* Deliver collected events. The watcher is looked up by fd and checked by
  * generation at delivery time, so a callback that closes another watcher (and
- * even opens a new one on the same fd number) stops stale events for it. */
+ * even opens a new one on the same fd number) stops stale events for it.
+ *
+ * Re-entrant: a callback may run an iteration of its own (a modal dialog's
+ * main loop with braid embedded in it). The batch has one cursor, io_next,
+ * so the nested iteration delivers what the outer one had not delivered yet,
+ * each event once, and the outer one then finds the batch done. */
 static void dispatch_io(braid_loop *loop) {
-    for (size_t i = 0; i < loop->nevents; i++) {
-        uint64_t tag = loop->events[i].tag;
-        uint32_t fd = (uint32_t)tag;
+    while (loop->io_next < loop->nevents) {
+        braid__event e = loop->events[loop->io_next++];
+        uint32_t fd = (uint32_t)e.tag;
         if (fd >= loop->nfds) continue;
         braid_watch *w = loop->fds[fd];
-        if (!w || w->gen != (uint32_t)(tag >> 32)) continue;   /* stale */
-        unsigned ev = loop->events[i].events;
+        if (!w || w->gen != (uint32_t)(e.tag >> 32)) continue;   /* stale */
+        unsigned ev = e.events;
         if (ev & (BRAID_ERROR | BRAID_HUP)) ev |= w->mask;     /* wake whoever waits */
         ev &= w->mask | BRAID_ERROR | BRAID_HUP;
         if (!(ev & w->mask)) continue;
         w->cb(w, ev, w->arg);
     }
-    loop->nevents = 0;
+    loop->io_next = loop->nevents = 0;
 }
 
 /* ---- posted calls (any thread) ----------------------------------------------------- */
@@ -466,6 +534,7 @@ void braid_loop_stop(braid_loop *loop) {
 
 /* ---- ready calls (loop thread) ------------------------------------------------------ */
 void braid_loop_soon_node(braid_loop *loop, braid_soon *node) {
+    BRAID__LOOP_AFFINE(loop);
     node->next = NULL;
     if (loop->soon_tail) loop->soon_tail->next = node;
     else loop->soon_head = node;
@@ -487,6 +556,7 @@ static void soon_trampoline(void *p) {
 }
 
 int braid_loop_soon(braid_loop *loop, braid_call_fn fn, void *arg) {
+    BRAID__LOOP_AFFINE(loop);
     soon_call *c = braid_malloc(sizeof *c);
     if (!c) return BRAID_ENOMEM;
     c->fn = fn;
@@ -505,6 +575,47 @@ static void run_soon(braid_loop *loop) {
         n->fn(n->arg);
         n = next;
     }
+}
+
+/* ---- prepare hooks ------------------------------------------------------------------ */
+void braid_prepare_start(braid_loop *loop, braid_prepare *p, braid_prepare_cb cb, void *arg) {
+    if (p->started && p->loop == loop) {
+        p->cb = cb;
+        p->arg = arg;
+        return;
+    }
+    p->loop = loop;
+    p->cb = cb;
+    p->arg = arg;
+    p->next = NULL;
+    p->prev = NULL;
+    braid_prepare **at = &loop->prepares;
+    while (*at) {
+        p->prev = *at;
+        at = &(*at)->next;
+    }
+    *at = p;
+    p->started = true;
+}
+
+void braid_prepare_stop(braid_prepare *p) {
+    if (!p->started) return;
+    braid_loop *loop = p->loop;
+    if (loop->prepare_next == p) loop->prepare_next = p->next;
+    if (p->prev) p->prev->next = p->next; else loop->prepares = p->next;
+    if (p->next) p->next->prev = p->prev;
+    p->next = p->prev = NULL;
+    p->started = false;
+}
+
+static void run_prepares(braid_loop *loop) {
+    loop->in_prepare = true;
+    for (braid_prepare *p = loop->prepares; p; p = loop->prepare_next) {
+        loop->prepare_next = p->next;
+        p->cb(p, p->arg);
+    }
+    loop->prepare_next = NULL;
+    loop->in_prepare = false;
 }
 
 /* ---- running ------------------------------------------------------------------------ */
@@ -537,6 +648,7 @@ static uint64_t poll_timeout(braid_loop *loop) {
 }
 
 uint64_t braid_loop_next_timeout(braid_loop *loop) {
+    BRAID__LOOP_AFFINE(loop);
     /* Embedders call this before waiting on the backend fd: make pending
      * interest changes effective first (io_uring queues them). */
 #ifdef BRAID_HAVE_URING
@@ -584,19 +696,37 @@ static uint64_t spin_for_posted(braid_loop *loop, uint64_t timeout, uint64_t *sl
     return timeout > spent ? timeout - spent : 0;
 }
 
+static int run_once(braid_loop *loop, unsigned flags);
 int braid_loop_run_once(braid_loop *loop, unsigned flags) {
-    uint64_t timeout = (flags & BRAID_RUN_NOWAIT) ? 0 : poll_timeout(loop);
+    take_over(loop, __func__);
+#ifdef BRAID_DEBUG
+    atomic_fetch_add(&loop->running, 1);
+    int rc = run_once(loop, flags);
+    atomic_fetch_sub(&loop->running, 1);
+    return rc;
+#else
+    return run_once(loop, flags);
+#endif
+}
+
+static int run_once(braid_loop *loop, unsigned flags) {
+    if (loop->prepares && !loop->in_prepare) run_prepares(loop);
+    /* Nested in an I/O callback with events of the outer batch still to
+     * deliver: deliver those first (dispatch_io) and poll next time, so no
+     * event is reported twice. */
+    bool nested_in_batch = loop->io_next < loop->nevents;
+    uint64_t timeout = (flags & BRAID_RUN_NOWAIT) || nested_in_batch ? 0 : poll_timeout(loop);
     if (timeout == BRAID_FOREVER && !loop_alive(loop)) timeout = 0;
     uint64_t slept_at = 0;
     bool spun = timeout && loop->spin_holds && loop->spin_max;
     if (spun) timeout = spin_for_posted(loop, timeout, &slept_at);
-    int rc = loop->poller->poll(loop, timeout);
+    int rc = nested_in_batch ? 0 : loop->poller->poll(loop, timeout);
     if (spun && timeout && loop->spin_cur < loop->spin_max &&
         atomic_load_explicit(&loop->posted, memory_order_relaxed) &&
         mono_ns() - slept_at <= loop->spin_max)
         loop->spin_cur = loop->spin_max;   /* the answer came soon after all: spin again */
     if (rc < 0 && rc != -EINTR) {
-        loop->nevents = 0;
+        loop->io_next = loop->nevents = 0;
         return rc;
     }
     dispatch_io(loop);
@@ -610,6 +740,7 @@ int braid_loop_run_once(braid_loop *loop, unsigned flags) {
 }
 
 int braid_loop_run(braid_loop *loop) {
+    take_over(loop, __func__);
     int rc = 0;
     while (!atomic_load_explicit(&loop->stop, memory_order_relaxed)) {
         rc = braid_loop_run_once(loop, 0);

@@ -5,7 +5,9 @@
  * (enqueue, dequeue, finish), never while work runs or a thread sleeps.
  * Workers sleep on a futex word of their own, so a submission wakes exactly
  * the worker it chose, outside the lock, and only when the queued work is
- * not already claimed by a spinning or waking worker. Results go back with
+ * not already claimed by a spinning, waking or starting worker (or, for
+ * short jobs, a running one, while a sentinel keeps watch: see find_taker
+ * and the comment above it). Results go back with
  * braid_loop_post_node on a node embedded in the job, so completions
  * allocate nothing and a batch of them costs the loop one wake-up (or none,
  * while the loop busy-polls, see spin_for_posted in loop.c).
@@ -75,6 +77,8 @@ struct worker {
     uint64_t spin_cur;           /* this worker's adaptive spin budget */
     uint64_t chosen_at;          /* when a submitter chose it (pool lock) */
     uint64_t run_start;          /* when its current job started, 0 if none (pool lock) */
+    uint64_t watch_ns;           /* its next watch as the sentinel (0: WATCH_NS) */
+    uint64_t watch_seen;         /* pool->completed when its watch began */
     unsigned id;
     bool sleeping;               /* on the idle stack (pool lock) */
     bool exited;                 /* left worker_main; join and free it */
@@ -89,6 +93,7 @@ struct braid_pool {
     bool shutdown;
     unsigned min_threads, max_threads;
     unsigned nthreads;           /* started and not exited (including ones starting) */
+    unsigned nstarting;          /* created, not yet under the lock in worker_main */
     unsigned nspinning;          /* idle workers spinning right now */
     unsigned npending;           /* workers woken but not yet back under the lock */
     unsigned nsleeping;          /* on the idle stack */
@@ -97,6 +102,8 @@ struct braid_pool {
     unsigned next_id;
     worker *idle;
     worker *all;
+    worker *sentinel;            /* the sleeper keeping watch over running jobs, or NULL */
+    uint64_t sentinel_due;       /* when it wakes to look (mono_ns) */
     size_t stack_size;
     char name[16];
     uint64_t idle_timeout, spin_max, loop_spin;
@@ -104,7 +111,7 @@ struct braid_pool {
     unsigned flags;
     braid_loop *loop;
     braid_handle handle;
-    double avg_run_ns;           /* running averages (pool lock), for choose_sleeper */
+    double avg_run_ns;           /* running averages (pool lock), for find_taker */
     double avg_wake_ns;
     uint64_t completed, rejected, cancelled;
     uint64_t wait_hist[BRAID_POOL_HIST];
@@ -279,42 +286,131 @@ static void run_job(braid_pool *pool, pool_job *j) {
 }
 
 /* ---- workers -------------------------------------------------------------------------- */
-/* Pool lock held. Pick a sleeping worker to wake if queued work is not
- * already claimed by a spinning or waking worker — and only if no other
- * worker is waking right now: wake-ups are chained, each woken worker
- * passing the baton (below, in worker_main) when it finds more work than
- * takers. A burst of submissions thus costs the submitter at most one
- * futex system call, and tiny jobs, which the first worker clears before a
- * second could even wake, wake nobody else. The flag is set here, under
- * the lock, so the worker cannot see itself chosen before it is. */
-static worker *choose_sleeper(braid_pool *pool, bool count_running) {
-    size_t queued = atomic_load_explicit(&pool->nqueued, memory_order_relaxed);
-    if (!pool->idle || pool->npending || queued <= pool->nspinning) return NULL;
-    /* Workers already awake will get through the queue before a sleeper
-     * could even wake up: leave it asleep. Costs are running averages of
-     * this pool's own job run time and wake-up latency. A running worker
-     * counts as a taker only while its job is younger than both (a job
-     * stuck for longer, say a slow name lookup, must not hold up the queue).
-     * Only a worker passing the baton counts them: a submitter does not, for
-     * nothing would look at the queue again if the running job turned out
-     * long — the new job would wait behind it with every other worker asleep
-     * (a lost wake-up; the pool test that gates one job caught it). */
-    unsigned takers = pool->nspinning;
-    if (count_running && pool->nrunning) {
-        uint64_t now = mono_ns();
-        double fresh = 2 * pool->avg_run_ns > pool->avg_wake_ns ? 2 * pool->avg_run_ns : pool->avg_wake_ns;
-        for (worker *x = pool->all; x; x = x->next_all)
-            if (x->run_start && (double)(now - x->run_start) < fresh) takers++;
+/* How a queued job finds a thread. Each runnable queued job must have a
+ * taker: a worker that will look at the queue before it sleeps — one
+ * spinning, one woken and on its way (pending), or one starting. find_taker
+ * keeps that true at every submission and every pick, waking a sleeper or
+ * starting threads when there is more work than takers.
+ *
+ * A running worker also takes the next job when its own is done, and for
+ * the tiny jobs that dominate round trips that happens long before a
+ * sleeper could wake (~30 µs on an idle core): waking one then costs a core
+ * a context switch for nothing, and on 2 cores slows everything. But a
+ * runner is a taker only if its job turns out short, and blocking work,
+ * which may run for seconds, is what a pool is for: a burst trusted to a
+ * runner that then blocks waits behind it, with threads asleep or never
+ * started. So runners are trusted only while a sentinel keeps watch: a
+ * sleeping worker whose sleep has a deadline (the first to sleep while jobs
+ * run becomes it, and stays it while jobs keep finishing). When its watch
+ * ends with a job queued for STUCK_NS, or with any job queued and none
+ * finished during the watch, it takes the work itself and passes the baton;
+ * otherwise the runners are getting through the queue (one may just have
+ * lost its core for a while) and it watches again. Runners are trusted only
+ * if their jobs are fresh (younger than twice the average job and than a
+ * wake-up), only where they would clear the queue before a sleeper could
+ * wake, and only while the sentinel's deadline is at most WATCH_NS away: a
+ * burst of long jobs misjudged as short starts late by about that much at
+ * most (measured: 0.5-4 ms on a loaded 2-core machine), and once its first
+ * job finishes the average says "long" and nobody is trusted. A watch in
+ * which nothing finished doubles the next one (long jobs running for
+ * minutes cost a wake-up a second, not hundreds), and once the deadline is
+ * further than WATCH_NS nobody is trusted either. The watch's length trades
+ * that bound against the sentinel's wake-ups while short jobs stream (500 a
+ * second): at 0.5 ms they cost the 4-thread round trip of braid-bench pool
+ * ~6 % of its calls/s, at 2 ms nothing measurable. */
+#define WATCH_NS BRAID_MSEC(2)         /* the sentinel's watch; runners trusted within it */
+#define WATCH_MAX_NS BRAID_SECONDS(1)  /* the longest watch, after doubling */
+#define STUCK_NS (WATCH_NS / 4)        /* a queued job this old was left behind */
+
+/* Pool lock held. Queued jobs a worker could start now: those of classes
+ * below their max_running. */
+static size_t runnable(const braid_pool *pool) {
+    size_t n = 0;
+    for (unsigned c = 0; c < pool->nclasses; c++) {
+        const pool_class *pc = &pool->classes[c];
+        if (pc->queued && pc->running < pc->max_running) {
+            size_t room = pc->max_running - pc->running;
+            n += pc->queued < room ? pc->queued : room;
+        }
     }
-    if (takers && (double)queued * pool->avg_run_ns < (double)takers * pool->avg_wake_ns) return NULL;
-    worker *w = pool->idle;
-    pool->idle = w->next_idle;
+    return n;
+}
+
+/* Pool lock held. How long the oldest queued job a worker could start now
+ * has waited (pool clock: 0 if there is none, or if a test's fake clock
+ * stands still — the sentinel then goes by finished jobs alone). */
+static uint64_t oldest_wait(braid_pool *pool) {
+    uint64_t now = pool_now(pool), most = 0;
+    for (unsigned c = 0; c < pool->nclasses; c++) {
+        const pool_class *pc = &pool->classes[c];
+        if (pc->head && pc->running < pc->max_running && now > pc->head->t_queued &&
+            now - pc->head->t_queued > most)
+            most = now - pc->head->t_queued;
+    }
+    return most;
+}
+
+/* Pool lock held. Take sleeper w off the idle stack as chosen: its flag is
+ * set here, under the lock, so it cannot see itself chosen before it is,
+ * nor leave and be freed before the caller's futex_wake. */
+static void idle_choose(braid_pool *pool, worker *w) {
+    for (worker **pp = &pool->idle; *pp; pp = &(*pp)->next_idle)
+        if (*pp == w) {
+            *pp = w->next_idle;
+            break;
+        }
+    if (pool->sentinel == w) pool->sentinel = NULL;
     w->sleeping = false;
     pool->nsleeping--;
     pool->npending++;
     w->chosen_at = mono_ns();
     atomic_store_explicit(&w->wake, 1, memory_order_release);
-    return w;
+}
+
+/* Pool lock held. Make sure every runnable queued job has a taker (see
+ * above). Wakes a sleeper — not the sentinel while another sleeps. For
+ * short jobs one at a time: wake-ups are chained, each woken worker passing
+ * the baton when it picks a job and finds more work than takers, so a burst
+ * costs its submitter at most one futex system call; jobs longer than a
+ * wake-up get one each at once. With nobody asleep, starts a
+ * thread per job beyond the takers, up to max_threads, all at once (a
+ * thread that must wait for a core can take a scheduler tick to start: a
+ * chain of them would take ticks). Returns the worker the caller must
+ * futex_wake; sets *spawn to the number of threads the caller must start
+ * (counted already in nthreads and nstarting, see start_takers). */
+static worker *find_taker(braid_pool *pool, unsigned *spawn) {
+    *spawn = 0;
+    if (pool->flags & BRAID_POOL_MEMORY) return NULL;
+    size_t want = runnable(pool);
+    unsigned takers = pool->nspinning + pool->npending + pool->nstarting;
+    if (want <= takers) return NULL;
+    /* One sleeper waking at a time (it passes the baton) while jobs are
+     * short; jobs longer than a wake-up start together instead, one wake-up
+     * each, as a chain would start the last of them a wake-up per job late
+     * (a tick each, on cores busy with CPU-bound jobs). */
+    if (pool->idle && pool->npending && pool->avg_run_ns < pool->avg_wake_ns) return NULL;
+    uint64_t now;
+    if (pool->nrunning && pool->sentinel && pool->sentinel_due <= (now = mono_ns()) + WATCH_NS) {
+        double fresh = 2 * pool->avg_run_ns > pool->avg_wake_ns ? 2 * pool->avg_run_ns : pool->avg_wake_ns;
+        for (worker *x = pool->all; x; x = x->next_all)
+            if (x->run_start && (double)(now - x->run_start) < fresh) takers++;
+    }
+    /* The takers will clear the queue before a sleeper could wake. */
+    if (takers && (double)want * pool->avg_run_ns < (double)takers * pool->avg_wake_ns) return NULL;
+    if (pool->idle) {
+        worker *w = pool->idle;
+        if (w == pool->sentinel && w->next_idle) w = w->next_idle;
+        idle_choose(pool, w);
+        return w;
+    }
+    if (pool->nthreads < pool->max_threads && !pool->shutdown) {
+        size_t n = want - takers, room = pool->max_threads - pool->nthreads;
+        if (n > room) n = room;
+        pool->nthreads += (unsigned)n;
+        pool->nstarting += (unsigned)n;
+        *spawn = (unsigned)n;
+    }
+    return NULL;
 }
 
 /* Spin (without the lock) until work is queued or the pool stops, for at
@@ -330,15 +426,7 @@ static bool spin_for_work(braid_pool *pool, uint64_t budget) {
     }
 }
 
-static void idle_remove(braid_pool *pool, worker *w) {
-    for (worker **pp = &pool->idle; *pp; pp = &(*pp)->next_idle)
-        if (*pp == w) {
-            *pp = w->next_idle;
-            break;
-        }
-    w->sleeping = false;
-    pool->nsleeping--;
-}
+static int start_takers(braid_pool *pool, unsigned n);
 
 static void *worker_main(void *arg) {
     worker *w = arg;
@@ -348,17 +436,26 @@ static void *worker_main(void *arg) {
     pthread_setname_np(pthread_self(), name);
 
     pthread_mutex_lock(&pool->mu);
-    bool spun = false;   /* spun already in this idle spell */
+    pool->nstarting--;
+    bool spun = false;         /* spun already in this idle spell */
+    uint64_t idle_since = 0;   /* when this idle spell began (for the idle timeout) */
+    bool rewatch = false;      /* the sentinel watches again, without a pick */
+    bool keep_watch = false;   /* and stays one even if no job runs right now */
     for (;;) {
-        pool_job *j = pick(pool);
+        pool_job *j = rewatch ? NULL : pick(pool);
         if (j) {
             w->run_start = mono_ns();
-            worker *next = choose_sleeper(pool, true);   /* more work than takers: pass it on */
+            unsigned spawn;
+            worker *next = find_taker(pool, &spawn);   /* more work than takers: pass it on */
             pthread_mutex_unlock(&pool->mu);
             if (next) futex_wake(&next->wake);
+            if (spawn) start_takers(pool, spawn);   /* on failure the work waits for us */
             run_job(pool, j);                 /* returns with the lock held */
             w->run_start = 0;
+            w->watch_ns = 0;
+            keep_watch = false;
             spun = false;
+            idle_since = 0;
             continue;
         }
         if (pool->shutdown && !atomic_load_explicit(&pool->nqueued, memory_order_relaxed)) break;
@@ -380,24 +477,32 @@ static void *worker_main(void *arg) {
             continue;
         }
 
-        /* Sleep until a submitter picks this worker (or the idle timeout,
-         * for threads above min_threads). */
+        /* Sleep until a submitter picks this worker, or the idle timeout
+         * (threads above min_threads), or, as the sentinel, the end of its
+         * watch. The first to sleep while jobs run becomes the sentinel; a
+         * sentinel whose runners were busy stays one. */
+        uint64_t t0 = mono_ns(), end = BRAID_FOREVER;
+        if (!idle_since) idle_since = t0;
         bool timed = pool->nthreads > pool->min_threads;
+        if (timed) end = idle_since + pool->idle_timeout;
+        if (!pool->sentinel && !pool->shutdown && (pool->nrunning || keep_watch)) {
+            if (!w->watch_ns) w->watch_ns = WATCH_NS;
+            pool->sentinel = w;
+            pool->sentinel_due = t0 + w->watch_ns;
+            w->watch_seen = pool->completed;
+            if (pool->sentinel_due < end) end = pool->sentinel_due;
+        }
+        rewatch = keep_watch = false;
         atomic_store_explicit(&w->wake, 0, memory_order_relaxed);
         w->sleeping = true;
         w->next_idle = pool->idle;
         pool->idle = w;
         pool->nsleeping++;
         pthread_mutex_unlock(&pool->mu);
-        uint64_t t0 = mono_ns(), waited = 0;
-        while (!atomic_load_explicit(&w->wake, memory_order_acquire)) {
-            if (timed) {
-                if (waited >= pool->idle_timeout) break;
-                futex_wait(&w->wake, 0, pool->idle_timeout - waited);
-                waited = mono_ns() - t0;
-            } else {
-                futex_wait(&w->wake, 0, BRAID_FOREVER);
-            }
+        uint64_t now = t0;
+        while (!atomic_load_explicit(&w->wake, memory_order_acquire) && now < end) {
+            futex_wait(&w->wake, 0, end == BRAID_FOREVER ? BRAID_FOREVER : end - now);
+            if (end != BRAID_FOREVER) now = mono_ns();
         }
         pthread_mutex_lock(&pool->mu);
         spun = false;
@@ -405,27 +510,48 @@ static void *worker_main(void *arg) {
             /* Chosen by a submitter (or by shutdown). Woken soon after going
              * to sleep: the spin would have caught it, so spin fully again. */
             pool->npending--;
-            uint64_t now = mono_ns();
+            now = mono_ns();
             if (w->chosen_at && now > w->chosen_at)
                 pool->avg_wake_ns += ((double)(now - w->chosen_at) - pool->avg_wake_ns) / 8;
             w->chosen_at = 0;
+            w->watch_ns = 0;
+            idle_since = 0;
             if (!(pool->flags & BRAID_POOL_NO_SPIN) && now - t0 <= pool->spin_max)
                 w->spin_cur = pool->spin_max;
             continue;
         }
-        idle_remove(pool, w);
-        if (timed && pool->nthreads > pool->min_threads) break;
+        /* Timed out: off the idle stack without being chosen. */
+        for (worker **pp = &pool->idle; *pp; pp = &(*pp)->next_idle)
+            if (*pp == w) {
+                *pp = w->next_idle;
+                break;
+            }
+        w->sleeping = false;
+        pool->nsleeping--;
+        bool sentinel = pool->sentinel == w;
+        if (sentinel) pool->sentinel = NULL;
+        if (timed && now >= idle_since + pool->idle_timeout && pool->nthreads > pool->min_threads) break;
+        if (sentinel) {
+            /* The watch ended. A job queued for a while (STUCK_NS: the
+             * runners it was left to would have taken it long ago), or any
+             * job at all when none finished during the watch, was left
+             * behind: take it (the pick above; it passes the baton).
+             * Otherwise watch again — as long if jobs finished (the pool is
+             * busy with short ones), else twice as long (long ones run). */
+            spun = true;
+            bool progress = pool->completed != w->watch_seen;
+            bool left = runnable(pool) && (!progress || oldest_wait(pool) >= STUCK_NS);
+            w->watch_ns = progress ? WATCH_NS : w->watch_ns * 2 < WATCH_MAX_NS ? w->watch_ns * 2 : WATCH_MAX_NS;
+            rewatch = !left && !pool->shutdown;
+            keep_watch = progress;
+        }
     }
     /* Leaving. At shutdown the last job may have been run by another worker
      * while this one slept: whoever leaves wakes the sleepers so they leave too. */
     if (pool->shutdown) {
         while (pool->idle) {
             worker *s = pool->idle;
-            pool->idle = s->next_idle;
-            s->sleeping = false;
-            pool->nsleeping--;
-            pool->npending++;
-            atomic_store_explicit(&s->wake, 1, memory_order_release);
+            idle_choose(pool, s);
             futex_wake(&s->wake);   /* under the lock: s may move on at once */
         }
     }
@@ -490,6 +616,23 @@ static int spawn_worker(braid_pool *pool) {
     return 0;
 }
 
+/* Start the n threads find_taker asked for (lock not held). Those that fail
+ * to start are uncounted; the work stays queued for the threads there are.
+ * Returns 0 or the failure. */
+static int start_takers(braid_pool *pool, unsigned n) {
+    for (unsigned i = 0; i < n; i++) {
+        int rc = spawn_worker(pool);
+        if (rc < 0) {
+            pthread_mutex_lock(&pool->mu);
+            pool->nthreads -= n - i;
+            pool->nstarting -= n - i;
+            pthread_mutex_unlock(&pool->mu);
+            return rc;
+        }
+    }
+    return 0;
+}
+
 /* ---- creation --------------------------------------------------------------------------- */
 int braid_pool_new(braid_pool **out, const braid_pool_options *opts) {
     braid_pool_options o = { 0 };
@@ -529,12 +672,10 @@ int braid_pool_new(braid_pool **out, const braid_pool_options *opts) {
         for (unsigned i = 0; i < o.min_threads; i++) {
             pthread_mutex_lock(&pool->mu);   /* workers already started read it */
             pool->nthreads++;
+            pool->nstarting++;
             pthread_mutex_unlock(&pool->mu);
-            int rc = spawn_worker(pool);
+            int rc = start_takers(pool, 1);
             if (rc < 0) {
-                pthread_mutex_lock(&pool->mu);
-                pool->nthreads--;
-                pthread_mutex_unlock(&pool->mu);
                 pool->loop = NULL;
                 braid_pool_destroy(pool, BRAID_POOL_CANCEL);
                 return rc;
@@ -594,29 +735,19 @@ static int submit(braid_pool *pool, pool_job *j, int cls) {
     j->cls = (uint8_t)cls;
     atomic_store_explicit(&j->state, JOB_QUEUED, memory_order_relaxed);
     queue_append(pool, pc, j);
-    worker *wake = NULL;
-    bool spawn = false;
-    if (!(pool->flags & BRAID_POOL_MEMORY) && pc->running < pc->max_running) {
-        wake = choose_sleeper(pool, false);
-        if (!wake && !pool->idle && pool->nthreads < pool->max_threads &&
-            atomic_load_explicit(&pool->nqueued, memory_order_relaxed) > pool->nspinning + pool->npending &&
-            pool->nrunning + pool->nspinning + pool->npending >= pool->nthreads) {
-            pool->nthreads++;
-            spawn = true;
-        }
-    }
+    unsigned spawn;
+    worker *wake = find_taker(pool, &spawn);
     pthread_mutex_unlock(&pool->mu);
     /* The flag was set under the lock (so the worker cannot have left and
      * been freed before it sees it); only the system call happens here. A
      * wake of a futex word whose worker already moved on is harmless. */
     if (wake) futex_wake(&wake->wake);
     if (spawn) {
-        int rc = spawn_worker(pool);
+        int rc = start_takers(pool, spawn);
         if (rc < 0) {
             /* Could not start a thread: fine if another will run j, else j
              * fails with the reason. */
             pthread_mutex_lock(&pool->mu);
-            pool->nthreads--;
             if (pool->nthreads == 0 && atomic_load(&j->state) == JOB_QUEUED) {
                 queue_unlink(pool, j);
                 pool->rejected++;
@@ -789,6 +920,12 @@ static void bcall_run(void *arg) {
 
 braid_result braid_blocking_call_from_thread(braid_loop *loop, braid_loop_fn fn, void *arg) {
     if (!loop || !fn) return braid_err(braid_failure_new(BRAID_EINVAL, "blocking call: bad arguments"));
+    /* On the loop's thread nobody would ever run fn: refuse rather than
+     * hang (a thread-id comparison, in every build). */
+    if (braid__loop_on_owner_thread(loop))
+        return braid_err(braid_failure_new(BRAID_EDEADLK,
+                                           "braid_blocking_call_from_thread called on the loop's own thread "
+                                           "(it would wait forever for itself): call fn directly there"));
     bcall b;
     memset(&b, 0, sizeof b);
     b.loop = loop;
@@ -829,11 +966,7 @@ void braid_pool_shutdown(braid_pool *pool, braid_pool_mode mode) {
     /* Everyone sleeping wakes up to drain the queue or exit. */
     while (pool->idle) {
         worker *w = pool->idle;
-        pool->idle = w->next_idle;
-        w->sleeping = false;
-        pool->nsleeping--;
-        pool->npending++;
-        atomic_store_explicit(&w->wake, 1, memory_order_release);
+        idle_choose(pool, w);
         futex_wake(&w->wake);   /* under the lock: w may move on at once (rare path) */
     }
     pthread_mutex_unlock(&pool->mu);
@@ -857,7 +990,17 @@ void braid_pool_destroy(braid_pool *pool, braid_pool_mode mode) {
     braid_pool_shutdown(pool, mode);
     if (pool->flags & BRAID_POOL_MEMORY)
         while (braid_pool_step(pool) > 0) {}
-    reap(pool, true);
+    /* Join everyone. A worker may be starting a thread right now (decided
+     * before the shutdown: it is counted in nthreads but not yet on the
+     * list), so join until no thread is left at all. */
+    for (;;) {
+        reap(pool, true);
+        pthread_mutex_lock(&pool->mu);
+        bool gone = !pool->nthreads && !pool->all;
+        pthread_mutex_unlock(&pool->mu);
+        if (gone) break;
+        sched_yield();
+    }
     if (pool->loop) braid_handle_close(pool->loop, &pool->handle);
     pthread_mutex_destroy(&pool->mu);
     braid_free(pool);

@@ -35,6 +35,7 @@ static void sig_cb(braid_watch *w, unsigned events, void *arg) {
 #endif
 
 int braid_signal_start(braid_loop *loop, braid_signal *s, int signo, braid_signal_cb cb, void *arg) {
+    BRAID__LOOP_AFFINE(loop);
 #ifdef __linux__
     if (signo <= 0 || signo >= NSIG || !cb || signo == SIGKILL || signo == SIGSTOP)
         return BRAID_EINVAL;
@@ -78,6 +79,7 @@ int braid_signal_start(braid_loop *loop, braid_signal *s, int signo, braid_signa
 void braid_signal_stop(braid_signal *s) {
     if (!s->flags) return;
     braid_loop *loop = s->loop;
+    BRAID__LOOP_AFFINE(loop);
     for (braid_signal **p = &loop->signals; *p; p = &(*p)->next)
         if (*p == s) { *p = s->next; break; }
     s->flags = 0;

@@ -61,6 +61,7 @@ static bool timer_counts(const braid_timer *t) {
 }
 
 void braid_timer_init(braid_loop *loop, braid_timer *t, braid_timer_cb cb, void *arg) {
+    BRAID__LOOP_AFFINE(loop);
     memset(t, 0, sizeof *t);
     t->loop = loop;
     t->cb = cb;
@@ -70,6 +71,7 @@ void braid_timer_init(braid_loop *loop, braid_timer *t, braid_timer_cb cb, void 
 
 int braid_timer_start_at(braid_timer *t, uint64_t deadline) {
     braid_loop *loop = t->loop;
+    BRAID__LOOP_AFFINE(loop);
     if (!t->cb) return BRAID_EINVAL;
     if (t->flags & BRAID__TIMER_ACTIVE) {
         t->deadline = deadline;
@@ -97,6 +99,7 @@ int braid_timer_start_at(braid_timer *t, uint64_t deadline) {
 }
 
 int braid_timer_start(braid_timer *t, uint64_t delay_ns) {
+    BRAID__LOOP_AFFINE(t->loop);
     /* A fresh read, not the cached iteration time: the deadline is never
      * earlier than "delay after the moment of the call". */
     uint64_t now = t->loop->clock->now(t->loop->clock);
@@ -106,6 +109,7 @@ int braid_timer_start(braid_timer *t, uint64_t delay_ns) {
 
 void braid_timer_stop(braid_timer *t) {
     if (!(t->flags & BRAID__TIMER_ACTIVE)) return;
+    BRAID__LOOP_AFFINE(t->loop);
     if (timer_counts(t)) t->loop->timers_alive--;
     heap_remove(t->loop, t);
     t->flags &= ~BRAID__TIMER_ACTIVE;
@@ -116,11 +120,15 @@ uint64_t braid_timer_deadline(const braid_timer *t) { return t->deadline; }
 
 void braid_timer_unref(braid_timer *t) {
     if (t->flags & BRAID__TIMER_UNREF) return;
+    BRAID__LOOP_AFFINE(t->loop);
     if (timer_counts(t)) t->loop->timers_alive--;
     t->flags |= BRAID__TIMER_UNREF;
 }
 
-size_t braid_loop_timer_count(const braid_loop *loop) { return loop->heap_len; }
+size_t braid_loop_timer_count(const braid_loop *loop) {
+    BRAID__LOOP_AFFINE(loop);
+    return loop->heap_len;
+}
 
 uint64_t braid__timers_next_deadline(const braid_loop *loop) {
     return loop->heap_len ? loop->heap[0]->deadline : UINT64_MAX;
@@ -167,6 +175,7 @@ static void owned_cb(braid_timer *t, void *arg) {
 }
 
 braid_timer *braid_call_later(braid_loop *loop, uint64_t delay_ns, braid_call_fn fn, void *arg) {
+    BRAID__LOOP_AFFINE(loop);
     if (!fn) return NULL;
     owned_timer *o = braid_malloc(sizeof *o);
     if (!o) return NULL;
@@ -181,9 +190,13 @@ braid_timer *braid_call_later(braid_loop *loop, uint64_t delay_ns, braid_call_fn
     return &o->t;
 }
 
-int braid_timer_reset(braid_timer *t, uint64_t delay_ns) { return braid_timer_start(t, delay_ns); }
+int braid_timer_reset(braid_timer *t, uint64_t delay_ns) {
+    BRAID__LOOP_AFFINE(t->loop);
+    return braid_timer_start(t, delay_ns);
+}
 
 void braid_timer_cancel(braid_timer *t) {
+    if (t->loop) BRAID__LOOP_AFFINE(t->loop);
     braid_timer_stop(t);
     /* Inside its own callback the firing code frees it once the callback returns. */
     if ((t->flags & BRAID__TIMER_OWNED) && !(t->flags & BRAID__TIMER_RUNNING)) braid_free(t);
@@ -208,6 +221,7 @@ static void looping_fire(braid_timer *t, void *arg) {
 
 int braid_looping_start(braid_loop *loop, braid_looping *lc, uint64_t interval_ns, bool now,
                         braid_looping_cb cb, void *arg) {
+    BRAID__LOOP_AFFINE(loop);
     if (!interval_ns || !cb) return BRAID_EINVAL;
     memset(lc, 0, sizeof *lc);
     braid_timer_init(loop, &lc->timer, looping_fire, lc);

@@ -334,9 +334,12 @@ BT_IO_TEST(signal_delivered_as_loop_event) {
 
 /* ---- leak gate -------------------------------------------------------------------- */
 static int logged_errors;
+static char logged[2048];
 static void count_log(void *ctx, braid_log_level l, const char *msg) {
-    (void)ctx; (void)msg;
+    (void)ctx;
     if (l == BRAID_LOG_ERROR) logged_errors++;
+    size_t n = strlen(logged);
+    snprintf(logged + n, sizeof logged - n, "%s\n", msg);
 }
 BT_IO_TEST(leak_gate_names_open_watcher_and_handle) {
     braid_loop_options o = { .log = count_log, .flags = BRAID_LOOP_STRICT_BACKEND };
@@ -349,12 +352,180 @@ BT_IO_TEST(leak_gate_names_open_watcher_and_handle) {
     braid_handle h = { 0 };
     BT_OK(braid_watch_init(loop, &w, sv[0], on_io, NULL));
     braid_handle_open(loop, &h, "test-thing");
+    braid_deferred *d = braid_deferred_new(loop);
+    logged[0] = 0;
     BT_ERR(braid_loop_destroy(loop), BRAID_EBUSY);
-    BT_EQ(logged_errors, 2);
+    BT_EQ(logged_errors, 3);
+    /* A refusal says so: the loop was not destroyed, and what is still open. */
+    BT_TRUE(strstr(logged, "loop not destroyed: fd watcher still open (fd ") != NULL);
+    BT_TRUE(strstr(logged, "loop not destroyed: test-thing handle still open") != NULL);
+    BT_TRUE(strstr(logged, "loop not destroyed: 1 Deferred(s) still alive (1 never fired)") != NULL);
+    BT_TRUE(strstr(logged, "destroyed with") == NULL);
     braid_watch_close(&w);
     braid_handle_close(loop, &h);
+    BT_OK(braid_deferred_callback(d, NULL, NULL));
+    braid_deferred_release(d);
     BT_OK(braid_loop_destroy(loop));
     close(sv[0]); close(sv[1]);
+}
+
+/* ---- loop affinity: debug builds name the function called from the wrong thread ---- */
+#include <sys/wait.h>
+
+typedef void (*misuse_fn)(braid_loop *loop);
+typedef struct misuse { misuse_fn fn; braid_loop *loop; } misuse;
+static void *misuse_thread(void *arg) {
+    misuse *m = arg;
+    m->fn(m->loop);
+    return NULL;
+}
+static void noop_call(void *arg) { (void)arg; }
+static void noop_timer(braid_timer *t, void *arg) { (void)t; (void)arg; }
+static void noop_io(braid_watch *w, unsigned ev, void *arg) { (void)w; (void)ev; (void)arg; }
+
+static void misuse_call_later(braid_loop *loop) { braid_call_later(loop, BRAID_MSEC(1), noop_call, NULL); }
+static void misuse_soon(braid_loop *loop) { braid_loop_soon(loop, noop_call, NULL); }
+static braid_timer g_timer;   /* initialised on the loop's thread, started on another */
+static void misuse_timer_start(braid_loop *loop) { (void)loop; braid_timer_start(&g_timer, 1); }
+static void misuse_watch_init(braid_loop *loop) {
+    braid_watch w;
+    braid_watch_init(loop, &w, 0, noop_io, NULL);
+}
+static void misuse_deferred_new(braid_loop *loop) { braid_deferred_new(loop); }
+static braid_deferred *g_deferred;   /* made on the loop's thread, fired on another */
+static void misuse_deferred_callback(braid_loop *loop) {
+    (void)loop;
+    braid_deferred_callback(g_deferred, NULL, NULL);
+}
+static void misuse_hold(braid_loop *loop) { braid_loop_hold(loop); }
+static void misuse_run_once(braid_loop *loop) { braid_loop_run_once(loop, BRAID_RUN_NOWAIT); }
+
+/* Runs on the loop's thread inside run_once: another thread now tries to
+ * run the loop at the same time. */
+static void start_second_runner(void *arg) {
+    misuse m = { misuse_run_once, arg };
+    pthread_t th;
+    if (pthread_create(&th, NULL, misuse_thread, &m) == 0) pthread_join(th, NULL);
+}
+
+/* In a child: make a loop, let another thread do `fn` to it, report how the
+ * child ended and what it wrote to stderr. */
+static int run_misuse(misuse_fn fn, bool inside_run, char *out, size_t outlen) {
+    int p[2];
+    BT_EQ(pipe(p), 0);
+    fflush(stderr);
+    pid_t pid = fork();
+    BT_TRUE(pid >= 0);
+    if (pid == 0) {
+        dup2(p[1], 2);
+        close(p[0]);
+        braid_loop *loop;
+        if (braid_loop_new(&loop, NULL) < 0) _exit(3);   /* default logger: stderr */
+        braid_timer_init(loop, &g_timer, noop_timer, NULL);
+        g_deferred = braid_deferred_new(loop);
+        if (inside_run) {
+            braid_loop_soon(loop, start_second_runner, loop);
+            braid_loop_run_once(loop, BRAID_RUN_NOWAIT);
+        } else {
+            misuse m = { fn, loop };
+            pthread_t th;
+            if (pthread_create(&th, NULL, misuse_thread, &m) != 0) _exit(4);
+            pthread_join(th, NULL);
+        }
+        _exit(0);   /* reached only if nothing noticed */
+    }
+    close(p[1]);
+    size_t n = 0;
+    ssize_t r;
+    while (n + 1 < outlen && (r = read(p[0], out + n, outlen - 1 - n)) > 0) n += (size_t)r;
+    out[n] = 0;
+    close(p[0]);
+    int st = 0;
+    BT_EQ(waitpid(pid, &st, 0), pid);
+    return st;
+}
+
+BT_TEST(loop_affine_calls_from_another_thread_abort_naming_the_function) {
+    static const struct { misuse_fn fn; const char *name; bool inside_run; } cases[] = {
+        { misuse_call_later, "braid_call_later", false },
+        { misuse_soon, "braid_loop_soon", false },
+        { misuse_timer_start, "braid_timer_start", false },
+        { misuse_watch_init, "braid_watch_init", false },
+        { misuse_deferred_new, "braid_deferred_new", false },
+        { misuse_deferred_callback, "braid_deferred_callback", false },
+        { misuse_hold, "braid_loop_hold", false },
+        { NULL, "braid_loop_run_once", true },   /* a second thread running it */
+    };
+#ifndef BRAID_DEBUG
+    (void)cases;
+    (void)run_misuse;
+    bt_skip("the loop-thread check is in debug builds (BRAID_DEBUG) only");
+#else
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        char out[4096], want[256];
+        int st = run_misuse(cases[i].fn, cases[i].inside_run, out, sizeof out);
+        snprintf(want, sizeof want, "%s called from a thread that does not own the loop",
+                 cases[i].name);
+        if (!(WIFSIGNALED(st) && WTERMSIG(st) == SIGABRT) || !strstr(out, want))
+            bt_fail(__FILE__, __LINE__, "%s from another thread: status %#x, stderr: %s",
+                    cases[i].name, st, out);
+    }
+#endif
+}
+
+/* The thread-safe entries stay thread-safe in debug builds: posting and
+ * stopping from another thread while the loop runs is not misuse. */
+static void *post_and_stop(void *arg) {
+    braid_loop *loop = arg;
+    braid_loop_post(loop, noop_call, NULL);
+    braid_loop_stop(loop);
+    return NULL;
+}
+BT_TEST(post_and_stop_from_another_thread_are_not_misuse) {
+    char out[4096];
+    int p[2];
+    BT_EQ(pipe(p), 0);
+    fflush(stderr);
+    pid_t pid = fork();
+    if (pid == 0) {
+        dup2(p[1], 2);
+        braid_loop *loop;
+        if (braid_loop_new(&loop, NULL) < 0) _exit(3);
+        braid_loop_hold(loop);
+        pthread_t th;
+        if (pthread_create(&th, NULL, post_and_stop, loop) != 0) _exit(4);
+        braid_loop_run(loop);
+        pthread_join(th, NULL);
+        braid_loop_run_once(loop, BRAID_RUN_NOWAIT);   /* the post, if stop came first */
+        braid_loop_release(loop);
+        _exit(braid_loop_destroy(loop) == 0 ? 0 : 5);
+    }
+    close(p[1]);
+    ssize_t n = read(p[0], out, sizeof out - 1);
+    out[n > 0 ? n : 0] = 0;
+    close(p[0]);
+    int st = 0;
+    BT_EQ(waitpid(pid, &st, 0), pid);
+    if (!WIFEXITED(st) || WEXITSTATUS(st) != 0) bt_fail(__FILE__, __LINE__, "status %#x: %s", st, out);
+}
+
+/* A loop made on one thread may be run by another (the hand-over is the
+ * caller's, here pthread_create and join), then destroyed by the first. */
+static void *run_loop_thread(void *arg) {
+    BT_OK(braid_loop_run(arg));
+    return NULL;
+}
+static void count_call(void *arg) { ++*(int *)arg; }
+BT_TEST(loop_handed_to_another_thread_by_running_it) {
+    braid_loop *loop;
+    BT_OK(braid_loop_new(&loop, NULL));
+    int fired = 0;
+    BT_TRUE(braid_call_later(loop, BRAID_MSEC(1), count_call, &fired) != NULL);
+    pthread_t th;
+    BT_EQ(pthread_create(&th, NULL, run_loop_thread, loop), 0);
+    BT_EQ(pthread_join(th, NULL), 0);
+    BT_EQ(fired, 1);
+    BT_OK(braid_loop_destroy(loop));
 }
 
 BT_TEST(backend_selection) {

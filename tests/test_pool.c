@@ -1,8 +1,10 @@
 /* Thread pools: results and failures on the loop thread, ordering, cancel,
- * bounded queues, classes, shutdown in both modes, 16 producers,
- * blocking_call_from_thread, the memory worker, statistics, the leak gate and
- * an allocation-failure walk. Threads synchronise through condition
- * variables and the loop, never through sleeps. */
+ * bounded queues, classes, shutdown in both modes, 16 producers, bursts of
+ * blocking jobs (all running at once, whatever min_threads and the pool's
+ * history), short jobs passing a blocked one, blocking_call_from_thread (and
+ * its misuse on the loop thread), the memory worker, statistics, the leak
+ * gate and an allocation-failure walk. Threads synchronise through
+ * condition variables and the loop, never through sleeps. */
 // ctest-labels: pool threads
 #include "harness.h"
 #include <braid/pool.h>
@@ -10,6 +12,7 @@
 #include <pthread.h>
 #include <sched.h>
 #include <stdatomic.h>
+#include <time.h>
 
 /* ---- helpers ------------------------------------------------------------------------ */
 typedef struct outcome {
@@ -398,6 +401,207 @@ BT_TEST(shutdown_cancel_fails_queued_work) {
     bt_loop_destroy(loop);
 }
 
+/* ---- a burst of blocking jobs runs at once --------------------------------------------------- */
+/* A rendezvous that opens only once n jobs are inside it together: jobs that
+ * pass it all ran at the same time. A pool that leaves one of them queued
+ * behind the others would hang them forever, so a waiter that has seen
+ * nothing happen for RV_GUARD_S marks the rendezvous broken and lets
+ * everyone go: the test then fails instead of hanging. (A guard against a
+ * hang, not a timing assertion: with the pool working, every job arrives
+ * within the milliseconds a thread takes to start, even under sanitizers on
+ * a loaded machine.) */
+enum { RV_GUARD_S = 20 };
+typedef struct rendezvous {
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    int n, arrived;
+    bool open, broken;
+} rendezvous;
+
+static void rv_init(rendezvous *r, int n) {
+    pthread_mutex_init(&r->mu, NULL);
+    pthread_condattr_t ca;
+    pthread_condattr_init(&ca);
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+    pthread_cond_init(&r->cv, &ca);
+    pthread_condattr_destroy(&ca);
+    r->n = n;
+    r->arrived = 0;
+    r->open = r->broken = false;
+}
+
+static void rv_destroy(rendezvous *r) {
+    pthread_cond_destroy(&r->cv);
+    pthread_mutex_destroy(&r->mu);
+}
+
+static braid_result rv_job(void *p) {
+    rendezvous *r = p;
+    pthread_mutex_lock(&r->mu);
+    if (++r->arrived == r->n) {
+        r->open = true;
+        pthread_cond_broadcast(&r->cv);
+    }
+    for (;;) {
+        int seen = r->arrived;
+        struct timespec dl;
+        clock_gettime(CLOCK_MONOTONIC, &dl);
+        dl.tv_sec += RV_GUARD_S;
+        int rc = 0;
+        while (!r->open && !r->broken && r->arrived == seen && rc == 0)
+            rc = pthread_cond_timedwait(&r->cv, &r->mu, &dl);
+        if (r->open || r->broken) break;
+        if (rc == ETIMEDOUT) {       /* nobody arrived for RV_GUARD_S: the pool is stuck */
+            r->broken = true;
+            pthread_cond_broadcast(&r->cv);
+            break;
+        }
+    }
+    pthread_mutex_unlock(&r->mu);
+    return braid_ok(NULL);
+}
+
+/* N jobs that can only finish together, submitted at once to a pool of
+ * min_threads..n threads, after `warm` tiny jobs in flight 16 at a time (so
+ * the pool's averages say jobs are short and its workers trust each other
+ * to take the next one — the case where a runner that then blocks stranded
+ * the rest). Every job must be running at the same time. */
+static void burst_runs_at_once_clock(unsigned min_threads, int n, int warm, braid_clock *clock) {
+    braid_loop *loop = bt_loop_new(NULL);
+    braid_pool_options opt = { .min_threads = min_threads, .max_threads = (unsigned)n, .name = "test",
+                               .loop = loop, .clock = clock };
+    braid_pool *pool;
+    BT_OK(braid_pool_new(&pool, &opt));
+    static outcome wo[16];
+    for (int done = 0; done < warm; done += 16) {
+        for (int i = 0; i < 16; i++) {
+            memset(&wo[i], 0, sizeof wo[i]);
+            watch(braid_defer_to_pool(loop, pool, plus_one_plain, (void *)(intptr_t)i), &wo[i], false);
+        }
+        BT_OK(braid_loop_run(loop));
+        for (int i = 0; i < 16; i++) BT_EQ(wo[i].value, i + 1);
+    }
+    rendezvous rv;
+    rv_init(&rv, n);
+    outcome o[16];
+    memset(o, 0, sizeof o);
+    for (int i = 0; i < n; i++) watch(braid_defer_to_pool(loop, pool, rv_job, &rv), &o[i], false);
+    BT_OK(braid_loop_run(loop));
+    BT_FALSE(rv.broken);
+    BT_EQ(rv.arrived, n);
+    for (int i = 0; i < n; i++) BT_TRUE(o[i].done && o[i].code == 0);
+    braid_pool_stats st;
+    stats_settled(pool, &st);
+    BT_ULE(st.threads, (uint64_t)n);
+    braid_pool_destroy(pool, BRAID_POOL_FINISH);
+    rv_destroy(&rv);
+    bt_loop_destroy(loop);
+}
+
+static void burst_runs_at_once(unsigned min_threads, int n, int warm) {
+    burst_runs_at_once_clock(min_threads, n, warm, NULL);
+}
+
+BT_TEST(burst_of_blocking_jobs_min0) { burst_runs_at_once(0, 4, 0); }
+BT_TEST(burst_of_blocking_jobs_min1) { burst_runs_at_once(1, 4, 0); }
+BT_TEST(burst_of_blocking_jobs_min4) { burst_runs_at_once(4, 4, 0); }
+BT_TEST(burst_of_blocking_jobs_16) { burst_runs_at_once(2, 16, 0); }
+BT_TEST(burst_of_blocking_jobs_after_short_min0) { burst_runs_at_once(0, 4, 2000); }
+BT_TEST(burst_of_blocking_jobs_after_short_min1) { burst_runs_at_once(1, 4, 2000); }
+BT_TEST(burst_of_blocking_jobs_after_short_min4) { burst_runs_at_once(4, 4, 2000); }
+/* A pool whose statistics run on a fake clock that never moves: how long a
+ * job has been queued is unknowable, and the burst must still start. */
+BT_TEST(burst_of_blocking_jobs_fake_stats_clock) {
+    braid_fake_clock *fc = braid_fake_clock_new(1000000);
+    burst_runs_at_once_clock(4, 4, 2000, braid_fake_clock_base(fc));
+    braid_fake_clock_free(fc);
+}
+
+/* The same burst, queued by other threads with braid_call_in_pool, many
+ * times over: every round must have all n running at once. */
+static void call_rv(void *p) { braid_result_drop(rv_job(p)); }
+
+BT_TEST(bursts_from_call_in_pool) {
+    braid_pool *pool = new_pool(NULL, 1, 4, 0, 0);
+    for (int round = 0; round < 50; round++) {
+        rendezvous rv;
+        rv_init(&rv, 4);
+        for (int i = 0; i < 4; i++) BT_OK(braid_call_in_pool(pool, call_rv, &rv));
+        pthread_mutex_lock(&rv.mu);
+        while (!rv.open && !rv.broken) pthread_cond_wait(&rv.cv, &rv.mu);
+        pthread_mutex_unlock(&rv.mu);
+        BT_FALSE(rv.broken);
+        braid_pool_stats st;
+        stats_settled(pool, &st);   /* everyone left the rendezvous: it can go */
+        rv_destroy(&rv);
+        for (int i = 0; i < 64; i++) BT_OK(braid_call_in_pool(pool, count_call, NULL));   /* short ones between */
+    }
+    braid_pool_destroy(pool, BRAID_POOL_FINISH);
+}
+
+/* ---- short jobs are not stuck behind a blocked one ---------------------------------------------- */
+static volatile int mixed_guard_fired;
+static void mixed_guard(void *p) { (void)p; mixed_guard_fired = 1; }
+
+/* A long job (blocked at a gate), then N short ones: every short one must
+ * finish while the long one is still blocked. `together`: the short ones are
+ * queued right behind the long one, before it even starts (a worker taking
+ * the long job must not count on itself for the rest); else only once it
+ * runs. `warm` tiny jobs first, as in burst_runs_at_once. */
+static void short_jobs_pass_blocked_one(unsigned min_threads, bool together, int warm) {
+    braid_loop *loop = bt_loop_new(NULL);
+    braid_pool *pool = new_pool(loop, min_threads, 4, 0, 0);
+    enum { N = 32 };
+    static outcome o[N];
+    for (int done = 0; done < warm; done += N) {
+        for (int i = 0; i < N; i++) {
+            memset(&o[i], 0, sizeof o[i]);
+            watch(braid_defer_to_pool(loop, pool, plus_one_plain, (void *)(intptr_t)i), &o[i], false);
+        }
+        BT_OK(braid_loop_run(loop));
+    }
+    gate g;
+    gate_init(&g);
+    job_arg slow = { .x = 0, .g = &g };
+    outcome os = { 0 };
+    watch(braid_defer_to_pool(loop, pool, plus_one, &slow), &os, true);
+    if (!together) gate_wait_arrivals(&g, 1);  /* the long job is running (and blocked) */
+    bool all_done = false;
+    mixed_guard_fired = 0;
+    /* A hang guard, as above: short jobs stuck behind the blocked one would
+     * keep the loop waiting forever. */
+    braid_timer *guard = braid_call_later(loop, BRAID_SECONDS(RV_GUARD_S), mixed_guard, NULL);
+    BT_TRUE(guard != NULL);
+    for (int i = 0; i < N; i++) {
+        memset(&o[i], 0, sizeof o[i]);
+        watch(braid_defer_to_pool(loop, pool, plus_one_plain, (void *)(intptr_t)i), &o[i], false);
+    }
+    for (int it = 0; it < 1000000 && !all_done && !mixed_guard_fired; it++) {
+        BT_GE(braid_loop_run_once(loop, 0), 0);
+        int n = 0;
+        for (int i = 0; i < N; i++) n += o[i].done;
+        all_done = n == N;
+    }
+    BT_TRUE(all_done);                         /* every short job ran ... */
+    BT_FALSE(os.done);                         /* ... while the long one was still blocked */
+    for (int i = 0; i < N; i++) BT_EQ(o[i].value, i + 1);
+    braid_timer_cancel(guard);
+    gate_wait_arrivals(&g, 1);
+    gate_open(&g);
+    BT_OK(braid_loop_run(loop));
+    BT_EQ(os.value, 1);
+    braid_pool_destroy(pool, BRAID_POOL_FINISH);
+    bt_loop_destroy(loop);
+}
+
+BT_TEST(short_jobs_pass_a_blocked_one_min0) { short_jobs_pass_blocked_one(0, false, 0); }
+BT_TEST(short_jobs_pass_a_blocked_one_min1) { short_jobs_pass_blocked_one(1, false, 0); }
+BT_TEST(short_jobs_pass_a_blocked_one_min4) { short_jobs_pass_blocked_one(4, false, 0); }
+BT_TEST(short_jobs_queued_behind_a_blocking_one_min0) { short_jobs_pass_blocked_one(0, true, 0); }
+BT_TEST(short_jobs_queued_behind_a_blocking_one_min1) { short_jobs_pass_blocked_one(1, true, 0); }
+BT_TEST(short_jobs_queued_behind_a_blocking_one_min4) { short_jobs_pass_blocked_one(4, true, 0); }
+BT_TEST(short_jobs_queued_behind_a_blocking_one_after_short) { short_jobs_pass_blocked_one(4, true, 2048); }
+
 /* ---- 16 producer threads --------------------------------------------------------------------- */
 enum { PRODUCERS = 16, PER_PRODUCER = 2000 };
 typedef struct prod {
@@ -507,6 +711,83 @@ BT_IO_TEST(blocking_call_from_thread) {
     BT_ERR(a.code, BRAID_EPIPE);
     braid_pool_destroy(pool, BRAID_POOL_FINISH);
     bt_loop_destroy(loop);
+}
+
+/* ---- blocking_call_from_thread on the loop's own thread ------------------------------------------ */
+/* It would wait forever for itself: it fails at once with BRAID_EDEADLK,
+ * and fn never runs. */
+static int misuse_fn_ran;
+static braid_deferred *misuse_fn(braid_loop *loop, void *arg) {
+    (void)arg;
+    misuse_fn_ran++;
+    return braid_succeed(loop, NULL, NULL);
+}
+typedef struct misuse { braid_loop *loop; int code; bool named; bool ran; } misuse;
+static void misuse_on_loop(void *p) {
+    misuse *m = p;
+    braid_result r = braid_blocking_call_from_thread(m->loop, misuse_fn, NULL);
+    m->ran = true;
+    m->code = r.failure ? r.failure->code : 0;
+    m->named = r.failure && r.failure->message &&
+               strstr(r.failure->message, "braid_blocking_call_from_thread") &&
+               strstr(r.failure->message, "own thread");
+    braid_result_drop(r);
+}
+
+BT_IO_TEST(blocking_call_on_loop_thread_fails) {
+    braid_loop *loop = bt_loop_new(NULL);
+    misuse_fn_ran = 0;
+    /* Inside a callback of the running loop. */
+    misuse m = { .loop = loop };
+    BT_OK(braid_loop_soon(loop, misuse_on_loop, &m));
+    BT_OK(braid_loop_run(loop));
+    BT_TRUE(m.ran);
+    BT_ERR(m.code, BRAID_EDEADLK);
+    BT_TRUE(m.named);
+    /* On the thread that made the loop, outside braid_loop_run: the loop's
+     * thread too (nobody else would run it). */
+    misuse m2 = { .loop = loop };
+    misuse_on_loop(&m2);
+    BT_ERR(m2.code, BRAID_EDEADLK);
+    BT_STREQ(braid_strerror(BRAID_EDEADLK), braid_strerror(-EDEADLK));
+    BT_EQ(misuse_fn_ran, 0);
+    BT_OK(braid_loop_run(loop));               /* nothing was left behind */
+    bt_loop_destroy(loop);
+}
+
+/* A loop made on one thread and run on another belongs to the one running
+ * it: from the maker's thread the call then works. */
+/* The runner runs the loop, then destroys it: the loop is its own now. */
+static void *run_loop_thread(void *p) {
+    if (braid_loop_run(p) < 0) abort();
+    return (void *)(intptr_t)braid_loop_destroy(p);
+}
+static void release_loop(void *p) { braid_loop_release(p); }
+static braid_deferred *answer_on_runner(braid_loop *loop, void *arg) {
+    return braid_succeed(loop, (void *)((intptr_t)arg + 1), NULL);
+}
+
+BT_TEST(blocking_call_from_the_maker_of_a_loop_run_elsewhere) {
+    braid_loop *loop = bt_loop_new(NULL);
+    braid_loop_hold(loop);                     /* it runs until release_loop */
+    pthread_t t;
+    BT_EQ(pthread_create(&t, NULL, run_loop_thread, loop), 0);
+    /* The runner must have entered braid_loop_run before the call can work:
+     * ask it through the loop itself, which only its runner drains. */
+    braid_result r;
+    for (;;) {
+        r = braid_blocking_call_from_thread(loop, answer_on_runner, (void *)(intptr_t)41);
+        if (!r.failure || r.failure->code != BRAID_EDEADLK) break;
+        braid_result_drop(r);                  /* the runner has not started yet */
+        sched_yield();
+    }
+    BT_TRUE(r.failure == NULL);
+    BT_EQ((intptr_t)r.value, 42);
+    braid_result_drop(r);
+    BT_OK(braid_loop_post(loop, release_loop, loop));
+    void *rc;
+    pthread_join(t, &rc);
+    BT_OK((int)(intptr_t)rc);                  /* the leak gate, on the runner */
 }
 
 /* ---- the memory worker ----------------------------------------------------------------------- */

@@ -1475,3 +1475,232 @@ BT_IO_TEST(tls_close_within_bounds_the_lower_transport) {
     braid_fake_clock_free(fc);
     btc_world_free(&TW);
 }
+
+/* ======================= fiber streams: the endpoint parser's reason ================= */
+/* braid_fstream_connect returns only a code; for a malformed description the
+ * code's text ("malformed endpoint description") does not say what is wrong,
+ * so the parser's reason is logged at warning level (shown by default). */
+typedef struct logcap { char warn[512]; int warns; } logcap;
+static void cap_log(void *ctx, braid_log_level level, const char *msg) {
+    logcap *c = ctx;
+    if (level == BRAID_LOG_WARN) {
+        c->warns++;
+        snprintf(c->warn, sizeof c->warn, "%s", msg);
+    }
+}
+typedef struct fsc { braid_loop *loop; int rc; } fsc;
+static braid_result fsc_main(void *arg) {
+    fsc *c = arg;
+    braid_fstream *s = NULL;
+    c->rc = braid_fstream_connect(c->loop, "tcp:host=127.0.0.1:port=1:bogus=1", BRAID_SECONDS(1), &s);
+    braid_fstream_free(s);
+    return braid_ok(NULL);
+}
+BT_TEST(fstream_connect_keeps_the_endpoint_reason) {
+    logcap cap = { .warns = 0 };
+    braid_loop *loop;
+    BT_OK(braid_loop_new(&loop, &(braid_loop_options){ .log = cap_log, .log_ctx = &cap }));
+    fsc c = { .loop = loop, .rc = 0 };
+    braid_deferred *d = braid_fiber_spawn(loop, fsc_main, &c, NULL);
+    BT_TRUE(d != NULL);
+    BT_OK(braid_loop_run(loop));
+    braid_result r;
+    BT_OK(braid_deferred_take(d, &r));
+    braid_result_drop(r);
+    braid_deferred_release(d);
+    BT_ERR(c.rc, BRAID_EBAD_ENDPOINT);
+    BT_EQ(cap.warns, 1);
+    BT_TRUE(strstr(cap.warn, "unknown parameter 'bogus'") != NULL);
+    BT_TRUE(strstr(cap.warn, "tcp:host=127.0.0.1:port=1:bogus=1") != NULL);
+    bt_loop_destroy(loop);
+}
+
+/* ======================= broadcasting: the cap and slow consumers =================== */
+/* A broadcaster: whatever its source sends goes to every recipient (here
+ * the server side of the reader connections). With `recipe` set it follows
+ * docs/stream.md's slow-consumer recipe: each recipient has a push producer
+ * whose pause/resume are the high/low watermark callbacks, and a recipient
+ * over its high watermark is skipped (its messages dropped) until it drains. */
+enum { BC_MAX = 4 };
+typedef struct bcast bcast;
+typedef struct bc_recipient {
+    braid_producer prod;         /* the watermark callbacks */
+    bcast *b;
+    braid_transport *t;
+    bool slow;
+    int crossings_high, crossings_low;
+    uint64_t dropped;
+} bc_recipient;
+struct bcast {
+    braid_protocol base;         /* the source's protocol */
+    bc_recipient r[BC_MAX];
+    int n;
+    bool recipe;
+    uint64_t in;
+};
+static void bc_high(braid_producer *p) { bc_recipient *r = p->arg; r->slow = true; r->crossings_high++; }
+static void bc_low(braid_producer *p) { bc_recipient *r = p->arg; r->slow = false; r->crossings_low++; }
+static void bc_gone(braid_producer *p) { bc_recipient *r = p->arg; r->t = NULL; }
+static void bc_data(braid_protocol *p, const void *buf, size_t len) {
+    bcast *b = (bcast *)p;
+    b->in += len;
+    for (int i = 0; i < b->n; i++) {
+        bc_recipient *r = &b->r[i];
+        if (!r->t) continue;
+        if (b->recipe && r->slow) { r->dropped += len; continue; }
+        /* as a chat server would: one message (here 1 KiB) at a time */
+        for (size_t o = 0; o < len && r->t; o += 1024)
+            braid_transport_write(r->t, (const char *)buf + o, len - o < 1024 ? len - o : 1024);
+    }
+}
+static const braid_protocol_ops bc_ops = { .data_received = bc_data, .connection_lost = NULL };
+
+static void bc_add(bcast *b, braid_transport *t, size_t cap) {
+    bc_recipient *r = &b->r[b->n++];
+    r->b = b;
+    r->t = t;
+    BT_OK(braid_transport_set_limits(t, 16 * 1024, 64 * 1024, cap));
+    if (b->recipe) {
+        r->prod = (braid_producer){ .pause_producing = bc_high, .resume_producing = bc_low,
+                                    .stop_producing = bc_gone, .arg = r };
+        BT_OK(braid_transport_register_producer(t, &r->prod, true));
+    }
+}
+
+/* A raw non-blocking socket connected to port (the source's peer). */
+static int raw_connect(int port) {
+    int s = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    struct sockaddr_in a = { .sin_family = AF_INET, .sin_port = htons((uint16_t)port),
+                             .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
+    BT_EQ(connect(s, (struct sockaddr *)&a, sizeof a), 0);
+    BT_OK(fcntl(s, F_SETFL, fcntl(s, F_GETFL) | O_NONBLOCK));
+    return s;
+}
+
+/* Set up: a listener whose first connection is the source (bcast protocol)
+ * and the next `nr` the recipients' server sides; the readers are braid
+ * clients (cpool). */
+typedef struct bc_world {
+    braid_listener *l;
+    int port, src;
+    bcast b;
+    tp rpool[BC_MAX], cpool[BC_MAX];
+    int accepted;
+} bc_world;
+static braid_protocol *bc_build(braid_factory *f, const braid_address *peer) {
+    (void)peer;
+    bc_world *w = f->user;
+    if (w->accepted++ == 0) return &w->b.base;
+    return &w->rpool[w->accepted - 2].base;
+}
+
+static void bc_open(braid_loop *loop, bc_world *w, braid_factory *sf, tfactory *cf, int nr,
+                    bool recipe, size_t cap) {
+    memset(w, 0, sizeof *w);
+    w->b.base.ops = &bc_ops;
+    w->b.recipe = recipe;
+    for (int i = 0; i < BC_MAX; i++) w->rpool[i].base.ops = &tp_ops;
+    memset(sf, 0, sizeof *sf);
+    sf->build_protocol = bc_build;
+    sf->user = w;
+    w->l = listen_local(loop, sf, &w->port);
+    w->src = raw_connect(w->port);
+    for (int i = 0; i < 1000 && w->accepted < 1; i++) BT_OK(braid_loop_run_once(loop, 0));
+    tf_init(cf, w->cpool, nr, &tp_ops);
+    for (int i = 0; i < nr; i++) {
+        w->cpool[i].check_pattern = true;
+        got g = { 0 };
+        await_connect(loop, braid_tcp_connect(loop, &(braid_tcp_connect_options){
+                          .host = "127.0.0.1", .port = w->port }, &cf->f), &g);
+        BT_FALSE(g.failed);
+    }
+    for (int i = 0; i < 1000 && w->accepted < 1 + nr; i++) BT_OK(braid_loop_run_once(loop, 0));
+    BT_EQ(w->accepted, 1 + nr);
+    for (int i = 0; i < nr; i++) bc_add(&w->b, w->rpool[i].base.transport, cap);
+}
+
+/* Feed `total` pattern bytes into the source, running the loop meanwhile;
+ * the first 384 KiB go in before the loop looks, so one read delivers as
+ * much as a read event can. */
+static void bc_feed(braid_loop *loop, bc_world *w, size_t total) {
+    static char buf[65536];
+    size_t off = 0;
+    for (int spins = 0; off < total && spins < 2000000; spins++) {
+        size_t n = total - off < sizeof buf ? total - off : sizeof buf;
+        for (size_t j = 0; j < n; j++) buf[j] = (char)((off + j) % 251);
+        ssize_t k = write(w->src, buf, n);
+        if (k > 0) { off += (size_t)k; if (off < (384u << 10)) continue; }
+        BT_OK(braid_loop_run_once(loop, BRAID_RUN_NOWAIT));
+    }
+    BT_EQ(off, total);
+}
+
+/* Writes to a recipient in one iteration used to wait for the end of the
+ * iteration to be flushed: a read event delivering 4 × 64 KiB from the
+ * source killed a recipient with a 96 KiB cap although its reader kept up.
+ * Now a buffer past its high watermark is flushed at once and a reader that
+ * keeps up never comes near the cap. */
+BT_IO_TEST(broadcast_small_cap_keeps_readers_that_keep_up) {
+    braid_loop *loop = bt_loop_new(NULL);
+    braid_factory sf;
+    tfactory cf;
+    static bc_world w;
+    bc_open(loop, &w, &sf, &cf, 2, false, 96 * 1024);
+    const size_t total = 4u << 20;
+    bc_feed(loop, &w, total);
+    for (int i = 0; i < 200000 && (w.cpool[0].total_in < total || w.cpool[1].total_in < total); i++) {
+        if (w.rpool[0].lost || w.rpool[1].lost) break;
+        BT_OK(braid_loop_run_once(loop, BRAID_RUN_NOWAIT));
+    }
+    for (int i = 0; i < 2; i++) {
+        BT_EQ(w.rpool[i].lost, 0);                 /* not aborted: EBUFFER_LIMIT before */
+        BT_UEQ(w.cpool[i].total_in, total);
+        BT_EQ(w.cpool[i].pattern_errors, 0);
+    }
+    close(w.src);
+    for (int i = 0; i < 2; i++) braid_transport_lose_connection(w.rpool[i].base.transport);
+    for (int i = 0; i < 100000 && !(w.cpool[0].lost && w.cpool[1].lost && w.b.base.transport == NULL); i++)
+        BT_OK(braid_loop_run_once(loop, 0));
+    braid_listener_close(w.l);
+    bt_loop_destroy(loop);
+}
+
+/* The slow-consumer recipe: one recipient's reader stops reading. Its
+ * watermark callbacks (a push producer) mark it slow at the high watermark
+ * and the broadcaster drops its messages until it drains below the low one:
+ * it never nears its cap, the reader that keeps up gets every byte. */
+BT_IO_TEST(broadcast_slow_consumer_recipe) {
+    braid_loop *loop = bt_loop_new(NULL);
+    braid_factory sf;
+    tfactory cf;
+    static bc_world w;
+    bc_open(loop, &w, &sf, &cf, 2, true, 256 * 1024);
+    braid_transport *slow_reader = w.cpool[1].base.transport;
+    braid_transport_pause_reading(slow_reader);
+    w.cpool[1].check_pattern = false;              /* it will miss what was dropped */
+    const size_t total = 8u << 20;
+    bc_feed(loop, &w, total);
+    for (int i = 0; i < 200000 && w.cpool[0].total_in < total; i++) BT_OK(braid_loop_run_once(loop, BRAID_RUN_NOWAIT));
+    BT_UEQ(w.cpool[0].total_in, total);
+    BT_EQ(w.cpool[0].pattern_errors, 0);
+    BT_EQ(w.rpool[1].lost, 0);                     /* under its cap */
+    BT_GE(w.b.r[1].crossings_high, 1);
+    BT_TRUE(w.b.r[1].slow);
+    BT_GT(w.b.r[1].dropped, 0);
+    BT_ULE(braid_transport_buffered(w.b.r[1].t), 256 * 1024);
+    BT_EQ(w.b.r[0].dropped, 0);
+    /* it reads again: the buffer drains, the low-watermark callback clears it */
+    braid_transport_resume_reading(slow_reader);
+    for (int i = 0; i < 100000 && w.b.r[1].slow; i++) BT_OK(braid_loop_run_once(loop, BRAID_RUN_NOWAIT));
+    BT_FALSE(w.b.r[1].slow);
+    BT_GE(w.b.r[1].crossings_low, 1);
+    for (int i = 0; i < 100000 && w.cpool[1].total_in + w.b.r[1].dropped < total; i++)
+        BT_OK(braid_loop_run_once(loop, BRAID_RUN_NOWAIT));
+    BT_UEQ(w.cpool[1].total_in + w.b.r[1].dropped, total);   /* each byte: delivered or dropped */
+    close(w.src);
+    for (int i = 0; i < 2; i++) braid_transport_lose_connection(w.rpool[i].base.transport);
+    for (int i = 0; i < 100000 && !(w.cpool[0].lost && w.cpool[1].lost && w.b.base.transport == NULL); i++)
+        BT_OK(braid_loop_run_once(loop, 0));
+    braid_listener_close(w.l);
+    bt_loop_destroy(loop);
+}

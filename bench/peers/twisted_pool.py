@@ -1,7 +1,8 @@
-"""seeds/003's experiment in Twisted, for braid-bench's `pool` experiment.
+"""The experiment of "Why deferToThread is so slow?" (Twisted-Python list,
+2016) in Twisted, for braid-bench's `pool` experiment.
 
 f(x) = x + 1 runs in a dedicated twisted.python.threadpool.ThreadPool via
-deferToThreadPool (the author's advice in seeds/003: not the reactor's
+deferToThreadPool (the advice given in that thread: not the reactor's
 shared pool); `load` callers on the reactor thread each issue their next
 call when the previous result arrives. Plain Deferred callbacks (no
 inlineCallbacks, which only adds overhead). Prints the elapsed nanoseconds

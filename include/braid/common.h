@@ -1,7 +1,7 @@
 /* braid/common.h — what every braid module shares: error codes, the
  * replaceable allocator, time units and the export macro.
  *
- * Errors are return values (DESIGN.md, principle 7): every call returns 0 or a
+ * Errors are return values (docs/architecture.md, principle 7): every call returns 0 or a
  * negative errno-style code, and callbacks receive the same codes. System
  * errors are -errno (BRAID_ECANCELED == -ECANCELED, ...); braid's own
  * conditions live in a private range below -4000. braid_strerror() names
@@ -42,7 +42,7 @@ extern "C" {
 /* ---- error codes ---------------------------------------------------------- */
 #define BRAID_ENOMEM      (-ENOMEM)
 #define BRAID_EINVAL      (-EINVAL)
-#define BRAID_EBUSY       (-EBUSY)       /* loop destroyed with handles still open */
+#define BRAID_EBUSY       (-EBUSY)       /* not destroyed: handles still open */
 #define BRAID_EEXIST      (-EEXIST)      /* a watcher already exists for this fd */
 #define BRAID_ENOENT      (-ENOENT)
 #define BRAID_ECANCELED   (-ECANCELED)   /* operation cancelled */
@@ -52,6 +52,7 @@ extern "C" {
 #define BRAID_EPIPE       (-EPIPE)
 #define BRAID_ECONNRESET  (-ECONNRESET)
 #define BRAID_EMSGSIZE    (-EMSGSIZE)    /* input larger than a configured limit */
+#define BRAID_EDEADLK     (-EDEADLK)     /* the call would wait for its own thread */
 
 #define BRAID_ERRBASE           (-4000)
 #define BRAID_EALREADY_CALLED   (-4001)  /* a Deferred fired twice */

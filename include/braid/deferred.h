@@ -1,6 +1,6 @@
 /* braid/deferred.h — Deferreds: braid's currency for results.
  *
- * Twisted's Deferred in C (DESIGN.md, principle 4). A Deferred is a result
+ * Twisted's Deferred in C (docs/architecture.md, principle 4). A Deferred is a result
  * that is not here yet. Whoever produces it fires it once, with a value
  * (braid_deferred_callback) or a failure (braid_deferred_errback); whoever
  * consumes it adds callbacks. Each callback receives the previous result and
@@ -56,10 +56,16 @@
  *  - Freeing a Deferred whose current result is a failure that no errback
  *    consumed reports it through the loop's unhandled hook (log with origin;
  *    debug builds abort): failures are never silently dropped.
+ *  - Using a freed Deferred is a bug. Debug builds (BRAID_DEBUG) abort with
+ *    a message naming the call until 16,384 more Deferreds have been freed
+ *    on the loop (a quarantine); release builds only while its memory has
+ *    not been reused, which the next Deferred created usually does. See
+ *    docs/deferred.md, "Use after free".
  *
  * Everything is loop-affine: no atomics, no locks; touch a Deferred only on
  * its loop's thread (results from other threads come back through
- * braid_loop_post; see <braid/pool.h>). Deferreds come from a per-loop free
+ * braid_loop_post; see <braid/pool.h>). Debug builds check the thread and
+ * abort naming the call. Deferreds come from a per-loop free
  * list and store a few callbacks inline, so the ready path allocates nothing.
  */
 #ifndef BRAID_DEFERRED_H
@@ -140,7 +146,9 @@ typedef void (*braid_canceller)(braid_deferred *d, void *arg);
 /* NULL only when allocation fails. */
 BRAID_API braid_deferred *braid_deferred_new(braid_loop *loop);
 /* With a canceller, called by braid_deferred_cancel while d is unfired; if the
- * canceller does not fire d, d is errbacked with BRAID_ECANCELED. */
+ * canceller does not fire d, d is errbacked with BRAID_ECANCELED. The
+ * canceller may fire d itself, or call braid_deferred_cancel(d) to errback it
+ * at once; either way the producer reference goes with that firing. */
 BRAID_API braid_deferred *braid_deferred_new_cancellable(braid_loop *loop,
                                                          braid_canceller c, void *arg);
 BRAID_API braid_deferred *braid_succeed(braid_loop *loop, void *value, void (*dtor)(void *));

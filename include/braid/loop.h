@@ -17,7 +17,13 @@
  *
  * Everything here is loop-affine: call it only on the loop's thread, except
  * braid_loop_post(), braid_loop_post_node() and braid_loop_stop(), which any
- * thread may call.
+ * thread may call. The loop's thread is the one that created it, or the one
+ * that last ran it: braid_loop_run, braid_loop_run_once and
+ * braid_loop_destroy called from another thread hand the loop over to it
+ * (the program synchronises the hand-over: thread creation, a join). Debug
+ * builds (BRAID_DEBUG) check the thread on every loop-affine entry and abort
+ * naming the function ("braid_call_later called from a thread that does not
+ * own the loop"); release builds do not check. See docs/loop.md.
  *
  *     braid_loop *loop;
  *     if (braid_loop_new(&loop, NULL) < 0) return 1;   // BRAID_BACKEND env picks
@@ -75,8 +81,9 @@ typedef struct braid_loop_options {
  * uring overrides opts->backend when that is BRAID_BACKEND_DEFAULT. */
 BRAID_API int braid_loop_new(braid_loop **out, const braid_loop_options *opts);
 
-/* Destroy: BRAID_EBUSY (the loop stays valid; each open handle is logged) if
- * anything is still open, else frees everything and returns 0. */
+/* Destroy: BRAID_EBUSY if anything is still open (the loop is not destroyed
+ * and stays valid; each open thing is logged as "loop not destroyed: …
+ * still open"), else frees everything and returns 0. */
 BRAID_API int braid_loop_destroy(braid_loop *loop);
 
 /* Name of the backend in use: "select", "poll", "epoll" or "uring". */
@@ -120,6 +127,41 @@ BRAID_API uint64_t braid_loop_iteration(const braid_loop *loop);
  * the backend fd would not wake for them. */
 BRAID_API int braid_loop_backend_fd(const braid_loop *loop);
 BRAID_API uint64_t braid_loop_next_timeout(braid_loop *loop);
+
+/* With a backend that has no backend fd (select, poll) the outer loop
+ * watches braid's descriptors itself: the fds the loop's watchers want now
+ * and for what (BRAID_READ | BRAID_WRITE), the loop's own wake-up and signal
+ * fds included, in ascending fd order. Fills up to cap entries of out and
+ * returns the total (more than cap: call again with more room). O(watched
+ * fds), like a select or poll wait itself. Wait on them, then drive the loop
+ * with braid_loop_run_once(loop, BRAID_RUN_NOWAIT) as above. */
+typedef struct braid_loop_fd {
+    int fd;
+    unsigned events;
+} braid_loop_fd;
+BRAID_API size_t braid_loop_watched_fds(const braid_loop *loop, size_t cap, braid_loop_fd *out);
+
+/* ---- prepare hooks: work done before each wait ----------------------------------- */
+/* A started prepare hook runs at the start of every braid_loop_run_once,
+ * before the wait's timeout is computed (libuv's uv_prepare, Redis ae's
+ * beforesleep): a timer due now or a braid_loop_soon call it makes shortens
+ * this very wait. A loop driving another one uses it to let the other loop
+ * prepare and to watch its fds (braid_glib_context in <braid/glib.h>).
+ * Hooks run in the order started; one may start or stop hooks, itself
+ * included. They do not keep run() alive; an iteration run from inside a
+ * hook runs no hooks. Caller storage, fields private; a started hook counts
+ * for the leak gate. */
+typedef struct braid_prepare braid_prepare;
+typedef void (*braid_prepare_cb)(braid_prepare *p, void *arg);
+struct braid_prepare {
+    braid_loop *loop;
+    braid_prepare_cb cb;
+    void *arg;
+    struct braid_prepare *prev, *next;   /* private */
+    bool started;
+};
+BRAID_API void braid_prepare_start(braid_loop *loop, braid_prepare *p, braid_prepare_cb cb, void *arg);
+BRAID_API void braid_prepare_stop(braid_prepare *p);   /* idempotent */
 
 /* ---- calls ----------------------------------------------------------------------- */
 typedef void (*braid_call_fn)(void *arg);

@@ -1,7 +1,7 @@
 /* braid/pool.h — thread pools: blocking work off the loop, results back on it.
  *
- * A braid_pool is an object the user creates (there is no process-wide pool,
- * DESIGN.md principle 1): a few worker threads, a bounded queue per class of
+ * A braid_pool is an object the user creates (there is no process-wide pool:
+ * nothing in braid is global): a few worker threads, a bounded queue per class of
  * work, and statistics. braid_defer_to_pool() runs fn(arg) on a worker and
  * returns a Deferred that fires on the loop's thread with fn's result or
  * failure. The way back is braid_loop_post_node with storage embedded in the
@@ -35,21 +35,30 @@
  * Deferred was cancelled meanwhile. fn must not return braid_chain(): a
  * worker cannot own a Deferred.
  *
- * Bounded by default (principle 5): a full class queue makes the Deferred fail
+ * Bounded by default: a full class queue makes the Deferred fail
  * at once with BRAID_EQUEUE_FULL (braid_call_in_pool returns it). Cancelling a
  * Deferred whose work has not started removes the work from the queue; work
  * already running finishes and its result is dropped.
+ *
+ * Blocking work. Jobs that block (a query, a file, a lookup, a sleep) are
+ * what a pool is for: N jobs queued together on a pool whose max_threads is
+ * at least N all run at once, whatever min_threads — every queued job that
+ * no awake worker has claimed wakes a sleeping worker or starts a thread.
  *
  * Speed. A sleeping thread takes tens of microseconds to wake on an idle core,
  * more than the work itself in the common case. So: at most one idle worker
  * spins briefly (spin_ns, adaptive: halved after each spin that found
  * nothing; only while running workers leave a core for the loop) before
- * sleeping; a burst of submissions wakes only as many sleeping
- * workers as there is queued work not already claimed by a spinning or waking
- * worker; and while jobs are in flight the loop busy-polls its posted queue
- * briefly (loop_spin_ns, same adaptation) before blocking in its poller, and
- * workers skip the eventfd write while it does. An idle pool sleeps without
- * timeouts: it costs no CPU. BRAID_POOL_NO_SPIN turns all spinning off.
+ * sleeping; wake-ups of workers for short jobs are chained, one at a time; a
+ * running worker counts as the taker of the next queued job while the pool's
+ * jobs are short and its own is fresh, but only while a sleeping worker keeps
+ * watch (it looks at the queue every 2 ms while jobs run and takes what was
+ * left behind), so a burst of long jobs misjudged as short starts at most
+ * ~2 ms late; and while jobs are in flight the loop busy-polls its posted
+ * queue briefly (loop_spin_ns, same adaptation) before blocking in its
+ * poller, and workers skip the eventfd write while it does. An idle pool
+ * sleeps without timeouts: it costs no CPU. BRAID_POOL_NO_SPIN turns all
+ * spinning off. docs/pool.md has the details and the measurements.
  *
  * Testing: a pool created with BRAID_POOL_MEMORY has no threads; queued work
  * runs only when the test calls braid_pool_step() (Twisted's
@@ -82,7 +91,8 @@ enum {
 
 typedef struct braid_pool_options {
     unsigned min_threads;     /* started by braid_pool_new and kept while idle (0) */
-    unsigned max_threads;     /* upper bound, started on demand (0: 4) */
+    unsigned max_threads;     /* upper bound, started on demand, as many at once as
+                                 there are queued jobs to take (0: 4) */
     const char *name;         /* threads are named "<name>-<n>" (15 chars max; NULL: "braid-pool") */
     size_t stack_size;        /* worker stack size in bytes (0: the system default) */
     size_t queue_limit;       /* bound of the default class's queue (0: 4096) */
@@ -140,8 +150,14 @@ BRAID_API int braid_call_in_pool_class(braid_pool *pool, int cls, braid_call_fn 
 /* A thread that is not loop's (a pool worker, typically): run fn(arg) on the
  * loop's thread, wait until the Deferred it returns fires, and return that
  * result (the caller owns it: drop it when done). fn returning NULL gives a
- * BRAID_ENOMEM failure. Allocation-free. Calling it on the loop's own thread
- * deadlocks; so does waiting on a loop that no longer runs. */
+ * BRAID_ENOMEM failure. Allocation-free.
+ *
+ * On the loop's own thread — the thread running the loop (inside a callback,
+ * say), or the one that made it while no other thread has run it yet — it
+ * would wait forever for itself: it fails at once with BRAID_EDEADLK (a
+ * failure whose message names the misuse) and fn does not run. That check is
+ * one thread-id comparison, made in every build. Waiting on a loop that no
+ * longer runs still blocks forever. */
 typedef braid_deferred *(*braid_loop_fn)(braid_loop *loop, void *arg);
 BRAID_API braid_result braid_blocking_call_from_thread(braid_loop *loop, braid_loop_fn fn,
                                                        void *arg);

@@ -1,6 +1,6 @@
 /* braid/protocol.h — protocols, factories, producers and consumers.
  *
- * Twisted's split in C (DESIGN.md, principle 3): a *protocol* sees bytes and
+ * Twisted's split in C (docs/architecture.md, principle 3): a *protocol* sees bytes and
  * events, never a file descriptor; a *transport* (<braid/stream.h>) does the
  * system calls. The same protocol runs over TCP, Unix sockets, pipes, the
  * in-memory test transport and (later) TLS. A *factory* builds one protocol

@@ -6,17 +6,21 @@
  * iteration leave in one system call (writes made while handling one read
  * are flushed together as soon as the protocol returns; any others in the
  * ready phase, or when the socket becomes writable again; a write of 16 KiB
- * or more into an empty buffer is sent at once, uncopied); a registered producer is
- * paused at the high watermark (64 KiB) and resumed at the low one (16 KiB);
- * a buffer beyond the hard cap (4 MiB) aborts the connection with
- * BRAID_EBUFFER_LIMIT, so a peer that never reads cannot grow memory without
- * bound. Reads go through one path that hands the protocol a buffer lent for
+ * or more into an empty buffer is sent at once, uncopied; a buffer that
+ * passes the high watermark is handed to the kernel at once, from inside the
+ * write); a registered producer is paused when what the kernel refused
+ * reaches the high watermark (64 KiB) and resumed at the low one (16 KiB) —
+ * the watermark callbacks of libevent and libuv (see docs/stream.md for the
+ * slow-consumer recipe); a buffer beyond the hard cap (4 MiB) aborts the
+ * connection with BRAID_EBUFFER_LIMIT, so a peer that never reads cannot
+ * grow memory without bound. Reads go through one path that hands the protocol a buffer lent for
  * the call (a per-loop 64 KiB read buffer: idle connections hold no read
  * memory). On the io_uring backend TCP transports can run on completions
  * instead of readiness (the default; BRAID_STREAM_COMPLETIONS=0 turns it off): a
- * multishot recv into a per-loop provided-buffer ring (the protocol gets the
- * ring buffer itself) and send SQEs that leave with the loop's next wait — no
- * read()/send() system call per message (see docs/stream.md).
+ * multishot recv into a per-loop provided-buffer ring sized to use (the
+ * protocol gets the ring buffer itself) and send SQEs that leave with the
+ * loop's next wait — no read()/send() system call per message (see
+ * docs/stream.md).
  *
  *     // server
  *     braid_listener *l;
@@ -89,7 +93,11 @@ BRAID_API braid_loop *braid_transport_loop(const braid_transport *t);
 BRAID_API const char *braid_transport_kind(const braid_transport *t);
 
 /* Flow control: watermarks and the hard cap, in bytes (0 keeps the current value).
- * low <= high <= cap, else BRAID_EINVAL. */
+ * low <= high <= cap, else BRAID_EINVAL. A reader that keeps up never holds
+ * more than about high + the largest single write (on io_uring completions,
+ * plus what one iteration writes while a send is in flight): keep the cap
+ * well above that — docs/stream.md, "Broadcasting". Watermark callbacks: a
+ * streaming producer (register_producer) is paused at high, resumed at low. */
 BRAID_API int braid_transport_set_limits(braid_transport *t, size_t low, size_t high, size_t cap);
 /* Bytes queued and not yet accepted by the kernel (or the memory peer). */
 BRAID_API size_t braid_transport_buffered(const braid_transport *t);

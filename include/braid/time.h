@@ -1,6 +1,6 @@
 /* braid/time.h — clocks and timers.
  *
- * Time is injected (DESIGN.md, principle 6): a loop reads time from its
+ * Time is injected (docs/architecture.md, principle 6): a loop reads time from its
  * braid_clock, monotonic nanoseconds. The real clock is CLOCK_MONOTONIC; the
  * fake clock is advanced by hand in tests (Twisted's task.Clock) and drives
  * the very same timers. Timers never fire early: a timer started with delay d

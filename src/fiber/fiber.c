@@ -37,7 +37,7 @@ static bool fstate_report(braid_loop *loop, void *ptr) {
     static const char *const states[] = { "not started", "runnable", "running",
                                           "blocked in await", "sleeping", "finishing",
                                           "waiting on a stream" };
-    braid__log(loop, BRAID_LOG_ERROR, "loop destroyed with %zu fiber(s) alive", st->nlive);
+    braid__log(loop, BRAID_LOG_ERROR, "loop not destroyed: %zu fiber(s) still alive", st->nlive);
     int shown = 0;
     for (braid_fiber *f = st->live; f && shown < 10; f = f->next, shown++)
         braid__log(loop, BRAID_LOG_ERROR, "  fiber '%s' (%s)", f->name, states[f->state]);

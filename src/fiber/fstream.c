@@ -438,9 +438,17 @@ int braid_fstream_connect(braid_loop *loop, const char *endpoint, uint64_t timeo
     braid_result r = braid_await_timeout(d, timeout_ns);
     if (r.failure) {
         int code = r.failure->code;
-        char msg[256];
-        braid_failure_format(r.failure, msg, sizeof msg);
-        braid__log(loop, BRAID_LOG_DEBUG, "braid_fstream_connect %s: %s", endpoint, msg);
+        if (code == BRAID_EBAD_ENDPOINT) {
+            /* The caller's mistake, and the code alone ("malformed endpoint
+             * description") does not say what is wrong: the parser's reason
+             * goes to the log at warning level, which is shown by default. */
+            braid__log(loop, BRAID_LOG_WARN, "braid_fstream_connect: %s",
+                       r.failure->message ? r.failure->message : braid_strerror(code));
+        } else {
+            char msg[256];   /* the network's business: debug */
+            braid_failure_format(r.failure, msg, sizeof msg);
+            braid__log(loop, BRAID_LOG_DEBUG, "braid_fstream_connect %s: %s", endpoint, msg);
+        }
         braid_result_drop(r);
         return code;
     }

@@ -492,56 +492,120 @@ int braid__uring_flush(braid_loop *loop) {
 }
 
 /* ---- provided-buffer rings ---------------------------------------------------------------- */
+/* Incremental consumption: kernel 6.12, in io_uring_buf_reg.flags — a field
+ * older headers (before IOU_PBUF_RING_MMAP, 6.4) call "pad". */
+#ifndef IOU_PBUF_RING_INC
+#define IOU_PBUF_RING_INC 2
+#endif
+#ifdef IOU_PBUF_RING_MMAP
+#define BUF_REG_FLAGS flags
+#else
+#define BUF_REG_FLAGS pad
+#endif
+
 struct braid__uring_bufs {
     braid_loop *loop;
     struct io_uring_buf_ring *br;
     size_t ring_bytes;
-    char *mem;
-    unsigned count, size, mask;
+    char **addr;              /* max entries: the memory of each bid */
+    uint32_t *off;            /* max entries: bytes of bid the kernel filled (incremental) */
+    uint16_t *pins;           /* max entries: chunks of bid its consumers still hold */
+    uint8_t *kdone;           /* max entries: the kernel is done with bid (it waits for unpin) */
+    unsigned pinned;          /* buffers with pins */
+    char **slabs;             /* the allocations, one per growth step */
+    unsigned nslabs;
+    unsigned count, max, size, mask;
+    bool inc;
     uint16_t bgid;
     braid_handle handle;
 };
 
-int braid__uring_bufs_new(braid_loop *loop, unsigned count, unsigned size, braid__uring_bufs **out) {
+static void bufs_add(braid__uring_bufs *b, unsigned bid) {
+    b->off[bid] = 0;
+    b->kdone[bid] = 0;
+    io_uring_buf_ring_add(b->br, b->addr[bid], b->size, (unsigned short)bid, (int)b->mask, 0);
+    io_uring_buf_ring_advance(b->br, 1);
+}
+
+/* Provide buffers [count, n): one allocation for the lot. */
+static int bufs_provide(braid__uring_bufs *b, unsigned n) {
+    char *mem = braid_malloc((size_t)(n - b->count) * b->size);
+    if (!mem) return BRAID_ENOMEM;
+    b->slabs[b->nslabs++] = mem;
+    for (unsigned bid = b->count; bid < n; bid++) {
+        b->addr[bid] = mem + (size_t)(bid - b->count) * b->size;
+        bufs_add(b, bid);
+    }
+    b->count = n;
+    return 0;
+}
+
+static void bufs_release(braid__uring_bufs *b) {
+    for (unsigned i = 0; i < b->nslabs; i++) braid_free(b->slabs[i]);
+    braid_free(b->slabs);
+    braid_free(b->addr);
+    braid_free(b->off);
+    braid_free(b->pins);
+    braid_free(b->kdone);
+    if (b->br) munmap(b->br, b->ring_bytes);
+    braid_free(b);
+}
+
+static bool pow2(unsigned v) { return v && !(v & (v - 1)); }
+
+int braid__uring_bufs_new(braid_loop *loop, unsigned count, unsigned max, unsigned size,
+                          unsigned flags, braid__uring_bufs **out) {
     *out = NULL;
     if (!is_uring(loop)) return BRAID_ENOSYS;
-    if (!count || count > 32768 || (count & (count - 1)) || !size) return BRAID_EINVAL;
+    if (!pow2(count) || !pow2(max) || count > max || max > 32768 || !size) return BRAID_EINVAL;
     ur_state *s = loop->pstate;
     braid__uring_bufs *b = braid_calloc(1, sizeof *b);
     if (!b) return BRAID_ENOMEM;
-    b->mem = braid_malloc((size_t)count * size);
-    if (!b->mem) { braid_free(b); return BRAID_ENOMEM; }
+    unsigned nslabs = 1;
+    for (unsigned c = count; c < max; c *= 2) nslabs++;
+    b->addr = braid_calloc(max, sizeof *b->addr);
+    b->off = braid_calloc(max, sizeof *b->off);
+    b->pins = braid_calloc(max, sizeof *b->pins);
+    b->kdone = braid_calloc(max, sizeof *b->kdone);
+    b->slabs = braid_calloc(nslabs, sizeof *b->slabs);
+    if (!b->addr || !b->off || !b->pins || !b->kdone || !b->slabs) { bufs_release(b); return BRAID_ENOMEM; }
     /* liburing 2.3 has no io_uring_setup_buf_ring: map the (page-aligned)
-     * ring ourselves and register it. */
+     * ring ourselves and register it, with room for max entries. */
     long page = sysconf(_SC_PAGESIZE);
-    b->ring_bytes = ((size_t)count * sizeof(struct io_uring_buf) + (size_t)page - 1) & ~((size_t)page - 1);
+    b->ring_bytes = ((size_t)max * sizeof(struct io_uring_buf) + (size_t)page - 1) & ~((size_t)page - 1);
     void *ring = mmap(NULL, b->ring_bytes, PROT_READ | PROT_WRITE, MAP_ANONYMOUS | MAP_PRIVATE, -1, 0);
-    if (ring == MAP_FAILED) { braid_free(b->mem); braid_free(b); return BRAID_ENOMEM; }
+    if (ring == MAP_FAILED) { bufs_release(b); return BRAID_ENOMEM; }
     b->br = ring;
     io_uring_buf_ring_init(b->br);
     int rc = -EEXIST;
-    /* Group ids are per ring; skip ones still registered by someone else. */
-    for (unsigned tries = 0; tries < 65536 && rc == -EEXIST; tries++) {
+    bool inc = flags & BRAID__BUFS_INC;
+    /* Group ids are per ring; skip ones still registered by someone else.
+     * A kernel without incremental consumption refuses the flag: again
+     * without it. */
+    for (unsigned tries = 0; tries < 65536 && (rc == -EEXIST || (rc == -EINVAL && inc)); tries++) {
+        if (rc == -EINVAL) inc = false;
         struct io_uring_buf_reg reg = { 0 };
         reg.ring_addr = (uint64_t)(uintptr_t)ring;
-        reg.ring_entries = count;
+        reg.ring_entries = max;
         reg.bgid = s->next_bgid++;
+        reg.BUF_REG_FLAGS = inc ? IOU_PBUF_RING_INC : 0;
         rc = io_uring_register_buf_ring(&s->ring, &reg, 0);
         if (rc == 0) b->bgid = reg.bgid;
     }
     if (rc < 0) {
-        munmap(ring, b->ring_bytes);
-        braid_free(b->mem);
-        braid_free(b);
+        bufs_release(b);
         return rc == -EINVAL ? BRAID_ENOSYS : rc;
     }
     b->loop = loop;
-    b->count = count;
+    b->inc = inc;
+    b->max = max;
     b->size = size;
-    b->mask = (unsigned)io_uring_buf_ring_mask(count);
-    for (unsigned i = 0; i < count; i++)
-        io_uring_buf_ring_add(b->br, b->mem + (size_t)i * size, size, (unsigned short)i, (int)b->mask, (int)i);
-    io_uring_buf_ring_advance(b->br, (int)count);
+    b->mask = (unsigned)io_uring_buf_ring_mask(max);
+    if ((rc = bufs_provide(b, count)) < 0) {
+        io_uring_unregister_buf_ring(&s->ring, b->bgid);
+        bufs_release(b);
+        return rc;
+    }
     braid_handle_open(loop, &b->handle, "uring buffer ring");
     *out = b;
     return 0;
@@ -551,25 +615,63 @@ void braid__uring_bufs_free(braid__uring_bufs *b) {
     if (!b) return;
     ur_state *s = b->loop->pstate;
     io_uring_unregister_buf_ring(&s->ring, b->bgid);
-    munmap(b->br, b->ring_bytes);
     braid_handle_close(b->loop, &b->handle);
-    braid_free(b->mem);
-    braid_free(b);
+    bufs_release(b);
 }
 
 void braid__uring_bufs_internal(braid__uring_bufs *b) { braid_handle_close(b->loop, &b->handle); }
 uint16_t braid__uring_bufs_group(const braid__uring_bufs *b) { return b->bgid; }
 unsigned braid__uring_bufs_size(const braid__uring_bufs *b) { return b->size; }
+unsigned braid__uring_bufs_count(const braid__uring_bufs *b) { return b->count; }
+size_t braid__uring_bufs_memory(const braid__uring_bufs *b) { return (size_t)b->count * b->size; }
+bool braid__uring_bufs_incremental(const braid__uring_bufs *b) { return b->inc; }
+
+int braid__uring_bufs_grow(braid__uring_bufs *b) {
+    if (b->count >= b->max) return 0;
+    int rc = bufs_provide(b, b->count * 2);
+    return rc < 0 ? rc : 1;
+}
 
 void *braid__uring_bufs_get(braid__uring_bufs *b, unsigned bid) {
-    return bid < b->count ? b->mem + (size_t)bid * b->size : NULL;
+    return bid < b->count ? b->addr[bid] : NULL;
 }
 
 void braid__uring_bufs_recycle(braid__uring_bufs *b, unsigned bid) {
+    if (bid < b->count) bufs_add(b, bid);
+}
+
+void *braid__uring_bufs_data(braid__uring_bufs *b, unsigned flags) {
+    unsigned bid = braid__uring_cqe_bid(flags);
+    return bid < b->count ? b->addr[bid] + b->off[bid] : NULL;
+}
+
+void braid__uring_bufs_consumed(braid__uring_bufs *b, unsigned flags, int res) {
+    unsigned bid = braid__uring_cqe_bid(flags);
     if (bid >= b->count) return;
-    io_uring_buf_ring_add(b->br, b->mem + (size_t)bid * b->size, b->size, (unsigned short)bid,
-                          (int)b->mask, 0);
-    io_uring_buf_ring_advance(b->br, 1);
+    if (flags & IORING_CQE_F_BUF_MORE) {
+        if (res > 0) b->off[bid] += (uint32_t)res;   /* the kernel goes on filling it */
+        return;
+    }
+    if (b->pins[bid]) b->kdone[bid] = 1;            /* back when the last pin goes */
+    else bufs_add(b, bid);
+}
+
+bool braid__uring_bufs_pin(braid__uring_bufs *b, unsigned flags) {
+    unsigned bid = braid__uring_cqe_bid(flags);
+    if (bid >= b->count || b->pins[bid] == UINT16_MAX) return false;
+    if (!b->pins[bid]) {
+        if (b->pinned * 2 >= b->count) return false;   /* keep half the ring moving */
+        b->pinned++;
+    }
+    b->pins[bid]++;
+    return true;
+}
+
+void braid__uring_bufs_unpin(braid__uring_bufs *b, unsigned bid) {
+    if (bid >= b->count || !b->pins[bid]) return;
+    if (--b->pins[bid]) return;
+    b->pinned--;
+    if (b->kdone[bid]) bufs_add(b, bid);
 }
 
 int braid__uring_recv_multishot(braid_loop *loop, braid__uring_op *op, int fd, braid__uring_bufs *b) {

@@ -35,11 +35,24 @@
  * braid__uring_flush() submits at once.
  *
  * Provided-buffer rings (kernel 5.19) let multishot receives pick buffers
- * themselves: braid__uring_bufs_new() registers a ring of `count` buffers of
- * `size` bytes; a CQE carrying IORING_CQE_F_BUFFER names the buffer id
- * (braid__uring_cqe_bid), the consumer reads braid__uring_bufs_get() and gives
- * the buffer back with braid__uring_bufs_recycle(). When the ring runs dry a
- * multishot receive ends with -ENOBUFS; recycle and submit it again.
+ * themselves: braid__uring_bufs_new() registers a ring that starts with
+ * `count` buffers of `size` bytes and can grow to `max` (braid__uring_bufs_grow,
+ * e.g. when a receive ended with -ENOBUFS: the ring ran dry). A CQE carrying
+ * IORING_CQE_F_BUFFER names the buffer (braid__uring_cqe_bid); its data is at
+ * braid__uring_bufs_data(), and braid__uring_bufs_consumed() must follow once
+ * the data has been used: it gives the buffer back to the kernel when the
+ * kernel is done with it.
+ *
+ * Incremental consumption (BRAID__BUFS_INC, kernel 6.12: IOU_PBUF_RING_INC):
+ * a receive takes only the bytes it needs from the head buffer, so sixteen
+ * bytes from each of a thousand connections share one large buffer instead
+ * of taking a thousand; a CQE with IORING_CQE_F_BUF_MORE says the kernel will
+ * go on filling that buffer (the next chunk starts where this one ended —
+ * braid__uring_bufs_data tracks it). Without kernel support the ring is
+ * made without it (braid__uring_bufs_incremental says which); the same
+ * data/consumed calls work for both. A consumer that must keep a chunk past
+ * its callback (a paused reader) pins it; the buffer returns to the kernel
+ * when both are done with it.
  *
  * All of this is loop-thread only. Functions return BRAID_ENOSYS on a loop
  * that is not using io_uring, or when the kernel lacks the feature.
@@ -89,10 +102,16 @@ int braid__uring_cancel(braid__uring_op *op);
 int braid__uring_flush(braid_loop *loop);
 
 /* ---- provided-buffer rings and multishot receive ------------------------------ */
+#ifndef IORING_CQE_F_BUF_MORE
+#define IORING_CQE_F_BUF_MORE (1U << 4)   /* kernel 6.12; liburing < 2.8 lacks the name */
+#endif
 typedef struct braid__uring_bufs braid__uring_bufs;
-/* Register a ring of count buffers (a power of two, 1..32768) of size bytes
- * each. BRAID_ENOSYS without kernel support (5.19). */
-int braid__uring_bufs_new(braid_loop *loop, unsigned count, unsigned size, braid__uring_bufs **out);
+enum { BRAID__BUFS_INC = 1u << 0 };   /* ask for incremental consumption */
+/* Register a ring holding count buffers of size bytes at first, growable to
+ * max (count <= max, both powers of two, max <= 32768). flags:
+ * BRAID__BUFS_INC. BRAID_ENOSYS without kernel support (5.19). */
+int braid__uring_bufs_new(braid_loop *loop, unsigned count, unsigned max, unsigned size,
+                          unsigned flags, braid__uring_bufs **out);
 /* Unregister and free. Cancel the receives that use it first (and wait for
  * their final CQE). */
 void braid__uring_bufs_free(braid__uring_bufs *b);
@@ -101,9 +120,28 @@ void braid__uring_bufs_free(braid__uring_bufs *b);
 void braid__uring_bufs_internal(braid__uring_bufs *b);
 uint16_t braid__uring_bufs_group(const braid__uring_bufs *b);
 unsigned braid__uring_bufs_size(const braid__uring_bufs *b);
-/* The memory of buffer bid. */
+/* Buffers provided so far, and the bytes they take. */
+unsigned braid__uring_bufs_count(const braid__uring_bufs *b);
+size_t braid__uring_bufs_memory(const braid__uring_bufs *b);
+/* Is the ring consumed incrementally (asked for, and the kernel has it)? */
+bool braid__uring_bufs_incremental(const braid__uring_bufs *b);
+/* Double the buffers (up to max): 1 if it grew, 0 if already at max,
+ * BRAID_ENOMEM. */
+int braid__uring_bufs_grow(braid__uring_bufs *b);
+/* The data of a CQE with IORING_CQE_F_BUFFER (flags are the CQE's). */
+void *braid__uring_bufs_data(braid__uring_bufs *b, unsigned flags);
+/* The CQE's data (res bytes, 0 if none) has been used: advance within the
+ * buffer, and give it back to the kernel unless IORING_CQE_F_BUF_MORE. */
+void braid__uring_bufs_consumed(braid__uring_bufs *b, unsigned flags, int res);
+/* Keep a CQE's chunk beyond its callback (call before consumed): the buffer
+ * goes back to the kernel only after braid__uring_bufs_unpin(bid). false
+ * (copy the data instead) when pinned buffers already fill half the ring:
+ * the other half stays for the receives that must go on. */
+bool braid__uring_bufs_pin(braid__uring_bufs *b, unsigned flags);
+void braid__uring_bufs_unpin(braid__uring_bufs *b, unsigned bid);
+/* Lower level (non-incremental rings): the memory of buffer bid, and give it
+ * back to the kernel. */
 void *braid__uring_bufs_get(braid__uring_bufs *b, unsigned bid);
-/* Give buffer bid back to the kernel. */
 void braid__uring_bufs_recycle(braid__uring_bufs *b, unsigned bid);
 
 static inline unsigned braid__uring_cqe_bid(unsigned flags) {

@@ -9,11 +9,14 @@
  *
  * On the io_uring backend TCP transports go by completions instead: a
  * multishot recv picks buffers from a per-loop provided-buffer ring (each
- * chunk handed to the protocol and the buffer recycled when data_received
- * returns), and the write buffer leaves as a send SQE submitted with the
- * loop's next wait. No read(), send() or epoll-style readiness per request:
- * one io_uring_enter per iteration carries everything. The buffer a send
- * points into is pinned (see braid_transport.wbuf_pinned). Ops outlive a
+ * chunk handed to the protocol and the buffer given back when data_received
+ * returns; chunks for a paused reader are pinned or copied), and the write
+ * buffer leaves as a send SQE submitted with the loop's next wait. No read()
+ * or epoll-style readiness per request: one io_uring_enter per iteration
+ * carries everything — except where a send() is cheaper: a large write with
+ * nothing queued, a buffer past its high watermark, a quiet loop (one
+ * receive per iteration). The buffer a send points into is pinned (see
+ * braid_transport.wbuf_pinned). Ops outlive a
  * closed transport until their final CQE: the memory waits as a "zombie"
  * (freed by the final CQE, or with the loop). Unix sockets (descriptor
  * passing needs recvmsg) and pipes keep the readiness path. On by default;
@@ -33,9 +36,29 @@
 #endif
 
 #define MAX_FDS_PER_MSG 16
-#define UR_BUF_COUNT 1024          /* provided buffers per loop (a power of two) */
-#define UR_BUF_SIZE (16u * 1024)   /* bytes each: 16 MiB per io_uring loop with TCP */
-#define UR_HOLD_MAX 4              /* chunks a paused transport holds before cancelling its recv */
+/* The per-loop buffer ring. Incremental (kernel 6.12): 64 KiB buffers whose
+ * bytes every connection's receives share; 4 at first (256 KiB), and one
+ * more per 16 connections on completions (doubling), up to 256 (16 MiB). A
+ * small ring is also what keeps bulk transfer fast: the kernel reads ahead
+ * only what the ring holds (the rest waits in the socket, as with
+ * readiness), so a paused reader holds little and the buffers stay in the
+ * cache. When a burst runs it dry (-ENOBUFS) the receive is simply
+ * submitted again. Without incremental consumption every receive takes a
+ * whole buffer, so the ring must hold one per connection active in an
+ * iteration: 64 × 16 KiB at first (1 MiB), doubling on -ENOBUFS up to 1024
+ * (16 MiB). */
+#define UR_INC_SIZE (64u * 1024)
+#define UR_INC_COUNT 4u
+#define UR_INC_MAX 256u
+#define UR_INC_CONNS_PER_BUF 16u
+#define UR_PLAIN_SIZE (16u * 1024)
+#define UR_PLAIN_COUNT 64u
+#define UR_PLAIN_MAX 1024u
+#define UR_HOLD_MAX (64u * 1024)   /* bytes a paused transport holds before cancelling its recv */
+
+/* A chunk held for a paused reader: pinned in the ring (bid >= 0), or a
+ * copy of its own (bid < 0) when the ring had no room for more pins. */
+struct ur_seg { char *p; unsigned len; int bid; };
 
 typedef struct fd_transport {
     braid_transport base;
@@ -52,8 +75,9 @@ typedef struct fd_transport {
     bool held_queued;
     braid__uring_op rop, wop;      /* multishot recv; send */
     char *zbuf;                    /* the pinned write buffer, detached at close */
-    struct { unsigned bid, len; } *held;   /* chunks that arrived while paused */
-    int nheld, capheld;
+    struct ur_seg *held;           /* chunks that arrived while paused, in order */
+    int hfirst, nheld, capheld;    /* held[hfirst, nheld) still to deliver */
+    size_t hlen;                   /* their bytes */
     braid_soon held_node;
     struct fd_transport *znext, *zprev;
 #endif
@@ -270,10 +294,24 @@ static braid__uring_bufs *ur_bufs(braid_loop *loop) {
     if (!st || st->uring < 0) return NULL;
     if (st->uring == 0) {
         const char *e = getenv("BRAID_STREAM_COMPLETIONS");
+        const char *ring = getenv("BRAID_STREAM_RING");
+        bool plain = ring && !strcmp(ring, "plain");
         braid__uring_bufs *b = NULL;
-        /* On by default; BRAID_STREAM_COMPLETIONS=0 keeps TCP on readiness. */
-        if ((e && e[0] == '0') || !braid__uring_have_recv_multishot() ||
-            braid__uring_bufs_new(loop, UR_BUF_COUNT, UR_BUF_SIZE, &b) < 0) {
+        /* On by default; BRAID_STREAM_COMPLETIONS=0 keeps TCP on readiness;
+         * BRAID_STREAM_RING=plain declines incremental buffers. */
+        int rc = BRAID_ENOSYS;
+        if (!(e && e[0] == '0') && braid__uring_have_recv_multishot()) {
+            rc = plain ? BRAID_ENOSYS
+                       : braid__uring_bufs_new(loop, UR_INC_COUNT, UR_INC_MAX, UR_INC_SIZE, BRAID__BUFS_INC, &b);
+            if (rc == 0 && !braid__uring_bufs_incremental(b)) {
+                braid__uring_bufs_free(b);      /* the kernel has no incremental rings */
+                b = NULL;
+                rc = BRAID_ENOSYS;
+            }
+            if (rc < 0 && rc != BRAID_ENOMEM)
+                rc = braid__uring_bufs_new(loop, UR_PLAIN_COUNT, UR_PLAIN_MAX, UR_PLAIN_SIZE, 0, &b);
+        }
+        if (rc < 0) {
             st->uring = -1;            /* decided once per loop (ENOMEM included) */
             return NULL;
         }
@@ -282,6 +320,23 @@ static braid__uring_bufs *ur_bufs(braid_loop *loop) {
         st->uring = 1;
     }
     return st->ubufs;
+}
+
+static void ur_seg_release(fd_transport *ft, struct ur_seg *g) {
+    if (g->bid >= 0) {
+        braid__stream_state *st = braid__loop_slot(ft->base.loop, BRAID__SLOT_STREAM);
+        if (st && st->ubufs) braid__uring_bufs_unpin(st->ubufs, (unsigned)g->bid);
+    } else {
+        braid_free(g->p);
+    }
+}
+
+static void ur_drop_held(fd_transport *ft) {
+    for (int i = ft->hfirst; i < ft->nheld; i++) ur_seg_release(ft, &ft->held[i]);
+    braid_free(ft->held);
+    ft->held = NULL;
+    ft->hfirst = ft->nheld = ft->capheld = 0;
+    ft->hlen = 0;
 }
 
 static void ur_zombie_maybe_free(fd_transport *ft) {
@@ -293,14 +348,8 @@ static void ur_zombie_maybe_free(fd_transport *ft) {
     if (ft->znext) ft->znext->zprev = ft->zprev;
     braid_free(ft->zbuf);
     braid_free(ft->base.wbuf_retired);
-    braid_free(ft->held);
+    ur_drop_held(ft);
     braid_free(ft);
-}
-
-static void ur_recycle_held(fd_transport *ft) {
-    braid__stream_state *st = braid__loop_slot(ft->base.loop, BRAID__SLOT_STREAM);
-    for (int i = 0; i < ft->nheld; i++) braid__uring_bufs_recycle(st->ubufs, ft->held[i].bid);
-    ft->nheld = 0;
 }
 
 void braid__fd_state_destroy(braid_loop *loop, braid__stream_state *st) {
@@ -308,10 +357,9 @@ void braid__fd_state_destroy(braid_loop *loop, braid__stream_state *st) {
     for (fd_transport *ft = st->zombies, *next; ft; ft = next) {
         next = ft->znext;
         /* The ring goes with the loop; the kernel cancels what is left. */
-        if (st->ubufs) ur_recycle_held(ft);
         braid_free(ft->zbuf);
         braid_free(ft->base.wbuf_retired);
-        braid_free(ft->held);
+        ur_drop_held(ft);
         braid_free(ft);
     }
     st->zombies = NULL;
@@ -328,23 +376,24 @@ static void ur_submit_recv(fd_transport *ft) {
     braid_handle_close(ft->base.loop, &ft->rop.handle);   /* the transport is the handle */
 }
 
-/* Deliver chunks held while paused (in order), then EOF if it came meanwhile. */
+/* Deliver the chunks held while paused (in order, each as it came), then
+ * EOF if it came meanwhile. */
 static void ur_held_cb(void *arg) {
     fd_transport *ft = arg;
     braid_transport *t = &ft->base;
     ft->held_queued = false;
     if (ft->zombie) { ur_zombie_maybe_free(ft); return; }
-    braid__stream_state *st = braid__loop_slot(t->loop, BRAID__SLOT_STREAM);
-    int i = 0;
-    for (; i < ft->nheld && braid__transport_reading(t); i++) {
-        unsigned bid = ft->held[i].bid;
-        braid__transport_data(t, braid__uring_bufs_get(st->ubufs, bid), ft->held[i].len);
-        braid__uring_bufs_recycle(st->ubufs, bid);
+    while (ft->hfirst < ft->nheld && braid__transport_reading(t)) {
+        struct ur_seg g = ft->held[ft->hfirst++];
+        ft->hlen -= g.len;
+        braid__transport_read_begin(t);
+        braid__transport_data(t, g.p, g.len);
+        braid__transport_read_end(t);
+        ur_seg_release(ft, &g);
     }
-    if (i && i < ft->nheld) memmove(ft->held, ft->held + i, (size_t)(ft->nheld - i) * sizeof *ft->held);
-    ft->nheld -= i;
-    if (t->state & BRAID__T_CLOSED) { ur_recycle_held(ft); return; }
-    if (ft->nheld || !braid__transport_reading(t)) return;
+    if (t->state & BRAID__T_CLOSED) { ur_drop_held(ft); return; }
+    if (ft->hfirst == ft->nheld) ur_drop_held(ft);
+    if (ft->hlen || !braid__transport_reading(t)) return;
     if (ft->eof_pending) { ft->eof_pending = false; braid__transport_eof(t); return; }
     if (!ft->rdone && !braid__uring_op_active(&ft->rop)) ur_submit_recv(ft);
 }
@@ -360,9 +409,40 @@ static void ur_update_reading(fd_transport *ft) {
         } else if (!ft->rdone && !braid__uring_op_active(&ft->rop)) {
             ur_submit_recv(ft);
         }
-    } else if (braid__uring_op_active(&ft->rop) && !(only_paused(t) && ft->nheld < UR_HOLD_MAX)) {
+    } else if (braid__uring_op_active(&ft->rop) && !(only_paused(t) && ft->hlen < UR_HOLD_MAX)) {
         braid__uring_cancel(&ft->rop);   /* late chunks are held (paused) or dropped */
     }
+}
+
+/* Keep a chunk that arrived while paused (or behind chunks still held):
+ * pinned in the ring if it has room, else copied. */
+static int ur_hold(fd_transport *ft, braid__uring_bufs *b, unsigned flags, const char *data, size_t len) {
+    if (ft->nheld == ft->capheld) {
+        if (ft->hfirst) {
+            memmove(ft->held, ft->held + ft->hfirst, (size_t)(ft->nheld - ft->hfirst) * sizeof *ft->held);
+            ft->nheld -= ft->hfirst;
+            ft->hfirst = 0;
+        } else {
+            int cap = ft->capheld ? ft->capheld * 2 : 8;
+            void *h = braid_realloc(ft->held, (size_t)cap * sizeof *ft->held);
+            if (!h) return BRAID_ENOMEM;
+            ft->held = h;
+            ft->capheld = cap;
+        }
+    }
+    struct ur_seg *g = &ft->held[ft->nheld];
+    if (braid__uring_bufs_pin(b, flags)) {
+        g->p = (char *)data;
+        g->bid = (int)braid__uring_cqe_bid(flags);
+    } else {
+        if (!(g->p = braid_malloc(len))) return BRAID_ENOMEM;
+        memcpy(g->p, data, len);
+        g->bid = -1;
+    }
+    g->len = (unsigned)len;
+    ft->nheld++;
+    ft->hlen += len;
+    return 0;
 }
 
 static void ur_on_recv(braid__uring_op *op, int res, unsigned flags) {
@@ -371,46 +451,41 @@ static void ur_on_recv(braid__uring_op *op, int res, unsigned flags) {
     braid__stream_state *st = braid__loop_slot(t->loop, BRAID__SLOT_STREAM);
     bool final = !(flags & IORING_CQE_F_MORE);
     bool live = !ft->zombie && !(t->state & BRAID__T_CLOSED);
-    if (flags & IORING_CQE_F_BUFFER) {
-        unsigned bid = braid__uring_cqe_bid(flags);
-        bool wanted = res > 0 && live && !(t->state & (BRAID__T_READ_SHUT | BRAID__T_DISCONNECTING));
+    const char *data = (flags & IORING_CQE_F_BUFFER) ? braid__uring_bufs_data(st->ubufs, flags) : NULL;
+    if (res > 0) {
+        if (st->ur_iter != t->loop->iteration) {
+            st->ur_iter = t->loop->iteration;
+            st->ur_prev_recvs = st->ur_recvs;
+            st->ur_recvs = 0;
+        }
+        st->ur_recvs++;
+    }
+    if (res > 0 && data) {
+        bool wanted = live && !(t->state & (BRAID__T_READ_SHUT | BRAID__T_DISCONNECTING));
         if (wanted && braid__transport_reading(t) && !ft->nheld) {
             braid__transport_read_begin(t);
-            braid__transport_data(t, braid__uring_bufs_get(st->ubufs, bid), (size_t)res);
-            braid__uring_bufs_recycle(st->ubufs, bid);
+            braid__transport_data(t, data, (size_t)res);
             braid__transport_read_end(t);
         } else if (wanted) {
             /* Paused (the cancel is on its way), or older chunks still wait
-             * to be delivered: keep it, in order. */
-            if (ft->nheld == ft->capheld) {
-                int cap = ft->capheld ? ft->capheld * 2 : 8;
-                void *h = braid_realloc(ft->held, (size_t)cap * sizeof *ft->held);
-                if (!h) {
-                    braid__uring_bufs_recycle(st->ubufs, bid);
-                    braid__transport_lost(t, BRAID_ENOMEM);
-                    goto end;
-                }
-                ft->held = h;
-                ft->capheld = cap;
-            }
-            ft->held[ft->nheld].bid = bid;
-            ft->held[ft->nheld].len = (unsigned)res;
-            ft->nheld++;
-            /* A pause is lazy (as with readiness): the recv goes on until a
-             * few chunks wait, then it is cancelled. */
-            if (ft->nheld >= UR_HOLD_MAX && !braid__transport_reading(t)) braid__uring_cancel(&ft->rop);
-        } else {
-            braid__uring_bufs_recycle(st->ubufs, bid);
+             * to be delivered: keep this one, in order. */
+            if (ur_hold(ft, st->ubufs, flags, data, (size_t)res) < 0) braid__transport_lost(t, BRAID_ENOMEM);
+            /* A pause is lazy (as with readiness): the recv goes on until
+             * some bytes wait, then it is cancelled. */
+            else if (ft->hlen >= UR_HOLD_MAX && !braid__transport_reading(t)) braid__uring_cancel(&ft->rop);
         }
     } else if (res == 0 && live) {
         ft->rdone = true;
         if (braid__transport_reading(t) && !ft->nheld) braid__transport_eof(t);
-        else ft->eof_pending = true;     /* after the held chunks, once reading again */
+        else ft->eof_pending = true;     /* after the held bytes, once reading again */
     } else if (res < 0 && res != -ENOBUFS && res != -ECANCELED && live) {
         ft->rdone = true;
         braid__transport_lost(t, res);
     }
-end:
+    if (flags & IORING_CQE_F_BUFFER) braid__uring_bufs_consumed(st->ubufs, flags, res > 0 ? res : 0);
+    /* The ring ran dry: a burst wanted more buffers than it has. A plain
+     * ring needs a buffer per active connection: grow it. */
+    if (res == -ENOBUFS && !braid__uring_bufs_incremental(st->ubufs)) (void)braid__uring_bufs_grow(st->ubufs);
     if (!final) return;
     if (ft->zombie) { ur_zombie_maybe_free(ft); return; }
     /* Ended without EOF (the ring ran dry, or a cancel): go on if wanted. */
@@ -419,9 +494,25 @@ end:
 
 static void ur_on_send(braid__uring_op *op, int res, unsigned flags);
 
+static ssize_t fd_try_write(braid_transport *t, const void *buf, size_t len);
+
 static void ur_flush(fd_transport *ft) {
     braid_transport *t = &ft->base;
     if (braid__uring_op_active(&ft->wop) || !t->wlen || (t->state & BRAID__T_CLOSED)) return;
+    braid__stream_state *st = braid__loop_slot(t->loop, BRAID__SLOT_STREAM);
+    if ((t->state & BRAID__T_EARLY_FLUSH) || (st->ur_recvs <= 1 && st->ur_prev_recvs <= 1)) {
+        /* From inside write, past the high watermark: a send SQE would only
+         * leave with the next wait, so hand the kernel what it takes now.
+         * Or a quiet loop (one receive per iteration, a ping-pong): the
+         * send's own completion would end the next wait at once and cost a
+         * second trip round the loop; a send() is cheaper. Busy loops (many
+         * receives per iteration) batch their sends into the wait. */
+        ssize_t n = fd_try_write(t, t->wbuf + t->whead, t->wlen);
+        if (n < 0) { braid__transport_lost(t, (int)n); return; }
+        if (n > 0) braid__transport_wrote(t, (size_t)n);
+        if (!t->wlen || (t->state & BRAID__T_CLOSED)) return;   /* a producer may have closed it */
+        /* the kernel is full: the rest by a send SQE, done when it drains */
+    }
     struct io_uring_sqe *sqe = braid__uring_sqe(t->loop);
     if (!sqe) { braid__transport_lost(t, BRAID_EAGAIN); return; }
     io_uring_prep_send(sqe, ft->wfd, t->wbuf + t->whead, t->wlen, MSG_NOSIGNAL);
@@ -465,7 +556,7 @@ static void ur_close(fd_transport *ft) {
         t->wcap = t->wlen = t->whead = 0;
         t->wbuf_pinned = false;
     }
-    if (ft->nheld) ur_recycle_held(ft);
+    ur_drop_held(ft);
     ft->eof_pending = false;
 }
 
@@ -474,7 +565,7 @@ static bool ur_free(fd_transport *ft) {
     if (!braid__uring_op_active(&ft->rop) && !braid__uring_op_active(&ft->wop) && !ft->held_queued) {
         braid_free(ft->zbuf);
         braid_free(ft->base.wbuf_retired);
-        braid_free(ft->held);
+        ur_drop_held(ft);
         return false;
     }
     braid__stream_state *st = braid__loop_slot(ft->base.loop, BRAID__SLOT_STREAM);
@@ -544,7 +635,10 @@ static int fd_set_option(braid_transport *t, int opt, int a, int b) {
 static ssize_t fd_try_write(braid_transport *t, const void *buf, size_t len) {
     fd_transport *ft = (fd_transport *)t;
 #ifdef BRAID_HAVE_URING
-    if (ft->ur) return 0;
+    /* Completions too: a large write with nothing queued or in flight goes
+     * out by send() at once, uncopied — no SQE, no copy into the buffer;
+     * what the kernel does not take is queued and leaves by a send SQE. */
+    if (ft->ur && braid__uring_op_active(&ft->wop)) return 0;
 #endif
     if (ft->write_blocked || ft->wfd < 0) return 0;
     for (;;) {
@@ -560,7 +654,11 @@ static ssize_t fd_try_write(braid_transport *t, const void *buf, size_t len) {
 static void fd_free(braid_transport *t) {
 #ifdef BRAID_HAVE_URING
     fd_transport *ft = (fd_transport *)t;
-    if (ft->ur && ur_free(ft)) return;
+    if (ft->ur) {
+        braid__stream_state *st = braid__loop_slot(t->loop, BRAID__SLOT_STREAM);
+        st->ur_conns--;
+        if (ur_free(ft)) return;
+    }
 #endif
     braid_free(t);
 }
@@ -599,6 +697,10 @@ int braid__fd_transport_new(braid_loop *loop, int rfd, int wfd, braid__fd_kind k
 #ifdef BRAID_HAVE_URING
     if (kind == BRAID__FD_TCP && rfd >= 0 && rfd == wfd && ur_bufs(loop)) {
         ft->ur = true;
+        braid__stream_state *st = braid__loop_slot(loop, BRAID__SLOT_STREAM);
+        if (++st->ur_conns > UR_INC_CONNS_PER_BUF * braid__uring_bufs_count(st->ubufs) &&
+            braid__uring_bufs_incremental(st->ubufs))
+            (void)braid__uring_bufs_grow(st->ubufs);   /* more connections, more buffers */
         braid__uring_op_init(&ft->rop, ur_on_recv, ft);
         braid__uring_op_init(&ft->wop, ur_on_send, ft);
         ft->held_node.fn = ur_held_cb;

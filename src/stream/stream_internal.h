@@ -30,11 +30,15 @@ enum {
     BRAID__T_FLUSH_AFTER   = 1u << 12,  /* a flush was asked for during it */
     BRAID__T_CLOSE_TIMER   = 1u << 13,  /* close_timer initialised (close_within) */
     BRAID__T_CLOSE_EXPIRED = 1u << 14,  /* the close deadline passed: aborted */
+    BRAID__T_EARLY_FLUSH   = 1u << 15,  /* flushing from inside write (past the high watermark) */
 };
 
 typedef struct braid__transport_vt {
     const char *kind;
-    /* Push buffered bytes out; report with braid__transport_wrote. */
+    /* Push buffered bytes out; report with braid__transport_wrote. Called
+     * from the ready phase, after a read, on writability — and from inside
+     * write when the buffer passed its high watermark (BRAID__T_EARLY_FLUSH
+     * set: hand the kernel what it takes now; no callbacks follow). */
     void (*flush)(braid_transport *t);
     /* Reading on/off changed (state flags already updated). */
     void (*update_reading)(braid_transport *t);
@@ -138,6 +142,9 @@ typedef struct braid__stream_state {
     char *readbuf;                    /* the shared BRAID__READ_BUF read buffer, lazily */
     void *ubufs;                      /* fd.c: io_uring provided-buffer ring, lazily */
     int uring;                        /* fd.c: 0 not decided, 1 completions, -1 readiness */
+    unsigned ur_conns;                /* fd.c: transports on completions (sizes the ring) */
+    uint64_t ur_iter;                 /* fd.c: the loop iteration ur_recvs counts */
+    unsigned ur_recvs, ur_prev_recvs; /* fd.c: receive completions in it, and in the last busy one */
     void *zombies;                    /* fd.c: transports waiting for their final CQEs */
 } braid__stream_state;
 braid__stream_state *braid__stream_state_get(braid_loop *loop);

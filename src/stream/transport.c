@@ -247,6 +247,17 @@ int braid_transport_writev(braid_transport *t, const struct iovec *iov, int iovc
     }
     t->wlen += total;
     t->written_total += total;
+    if (t->wlen >= t->high && !(t->state & BRAID__T_IN_FLUSH)) {
+        /* Past the high watermark: hand the kernel what it takes now rather
+         * than at the end of the iteration. Many writes to one transport in
+         * one iteration (a broadcast fed by a busy source) then never count
+         * against the cap while its reader keeps up; only what the kernel
+         * refuses stays buffered, pauses the producer and counts. */
+        t->state |= BRAID__T_IN_FLUSH | BRAID__T_EARLY_FLUSH;
+        t->vt->flush(t);
+        t->state &= ~(BRAID__T_IN_FLUSH | BRAID__T_EARLY_FLUSH);
+        if (t->state & BRAID__T_CLOSED) return 0;   /* the send failed: connection_lost follows */
+    }
     maybe_pause_producer(t);
     schedule_flush(t);
     return 0;
@@ -263,7 +274,7 @@ void braid__transport_wrote(braid_transport *t, size_t n) {
     t->wlen -= n;
     t->sent_total += n;
     if (t->wlen == 0) t->whead = 0;
-    if (t->state & BRAID__T_CLOSED) return;
+    if (t->state & (BRAID__T_CLOSED | BRAID__T_EARLY_FLUSH)) return;   /* early: the flush queued by write calls producers */
     /* Give back memory of a large buffer once it drained: an idle connection
      * should not keep a burst's worth of buffer. */
     if (t->wlen == 0 && t->wcap > 64 * 1024 && !t->wbuf_pinned) {
