@@ -18,7 +18,13 @@
  * receive per iteration). The buffer a send points into is pinned (see
  * braid_transport.wbuf_pinned). Ops outlive a
  * closed transport until their final CQE: the memory waits as a "zombie"
- * (freed by the final CQE, or with the loop). Unix sockets (descriptor
+ * (freed by the final CQE, or with the loop), and so does the descriptor.
+ * An SQE names the descriptor by number and the kernel looks the number up
+ * only when the SQE is submitted (with the next wait): closed at once, the
+ * number could be reused in the same iteration (an accept) and a queued send
+ * would write this connection's bytes into the new one, a queued recv read
+ * the new one's. So a closed transport's descriptor is closed only once its
+ * last op has reported its final CQE (ur_release_fd). Unix sockets (descriptor
  * passing needs recvmsg) and pipes keep the readiness path. On by default;
  * BRAID_STREAM_COMPLETIONS=0 in the environment (read once per loop) turns it off. */
 #include "stream_internal.h"
@@ -73,6 +79,7 @@ typedef struct fd_transport {
     bool eof_pending;              /* EOF seen while paused: after the held data */
     bool zombie;                   /* freed by braid; waits for its final CQEs */
     bool held_queued;
+    int zfd;                       /* closed, but ops still name it: closed after their final CQEs */
     braid__uring_op rop, wop;      /* multishot recv; send */
     char *zbuf;                    /* the pinned write buffer, detached at close */
     struct ur_seg *held;           /* chunks that arrived while paused, in order */
@@ -339,7 +346,16 @@ static void ur_drop_held(fd_transport *ft) {
     ft->hlen = 0;
 }
 
+/* The descriptor of a closed transport goes once no op names it any more
+ * (see the top of the file). */
+static void ur_release_fd(fd_transport *ft) {
+    if (ft->zfd < 0 || braid__uring_op_active(&ft->rop) || braid__uring_op_active(&ft->wop)) return;
+    close(ft->zfd);
+    ft->zfd = -1;
+}
+
 static void ur_zombie_maybe_free(fd_transport *ft) {
+    ur_release_fd(ft);
     if (braid__uring_op_active(&ft->rop) || braid__uring_op_active(&ft->wop) || ft->held_queued)
         return;
     braid__stream_state *st = braid__loop_slot(ft->base.loop, BRAID__SLOT_STREAM);
@@ -357,6 +373,7 @@ void braid__fd_state_destroy(braid_loop *loop, braid__stream_state *st) {
     for (fd_transport *ft = st->zombies, *next; ft; ft = next) {
         next = ft->znext;
         /* The ring goes with the loop; the kernel cancels what is left. */
+        if (ft->zfd >= 0) close(ft->zfd);
         braid_free(ft->zbuf);
         braid_free(ft->base.wbuf_retired);
         ur_drop_held(ft);
@@ -487,6 +504,7 @@ static void ur_on_recv(braid__uring_op *op, int res, unsigned flags) {
      * ring needs a buffer per active connection: grow it. */
     if (res == -ENOBUFS && !braid__uring_bufs_incremental(st->ubufs)) (void)braid__uring_bufs_grow(st->ubufs);
     if (!final) return;
+    ur_release_fd(ft);
     if (ft->zombie) { ur_zombie_maybe_free(ft); return; }
     /* Ended without EOF (the ring ran dry, or a cancel): go on if wanted. */
     if (!(t->state & BRAID__T_CLOSED)) update_watch(ft);
@@ -530,6 +548,7 @@ static void ur_on_send(braid__uring_op *op, int res, unsigned flags) {
     t->wbuf_retired = NULL;
     braid_free(ft->zbuf);
     ft->zbuf = NULL;
+    ur_release_fd(ft);
     if (ft->zombie) { ur_zombie_maybe_free(ft); return; }
     if (t->state & BRAID__T_CLOSED) return;
     if (res < 0) {
@@ -563,6 +582,7 @@ static void ur_close(fd_transport *ft) {
 /* vt->free: now, or once the last op reported. */
 static bool ur_free(fd_transport *ft) {
     if (!braid__uring_op_active(&ft->rop) && !braid__uring_op_active(&ft->wop) && !ft->held_queued) {
+        ur_release_fd(ft);
         braid_free(ft->zbuf);
         braid_free(ft->base.wbuf_retired);
         ur_drop_held(ft);
@@ -603,7 +623,17 @@ static void fd_close(braid_transport *t) {
         setsockopt(ft->rfd, SOL_SOCKET, SO_LINGER, &lg, sizeof lg);
     }
 #ifdef BRAID_HAVE_URING
-    if (ft->ur) ur_close(ft);
+    if (ft->ur) {
+        ur_close(ft);
+        if (braid__uring_op_active(&ft->rop) || braid__uring_op_active(&ft->wop)) {
+            /* SQEs (queued or in flight) name the number: it stays ours
+             * until their final CQEs (ur_release_fd). */
+            braid_watch_close(&ft->rw);
+            ft->zfd = ft->rfd;
+            ft->rfd = ft->wfd = -1;
+            return;
+        }
+    }
 #endif
     if (ft->rfd >= 0) { braid_watch_close(&ft->rw); close(ft->rfd); }
     if (split(ft) && ft->wfd >= 0) { braid_watch_close(&ft->ww); close(ft->wfd); }
@@ -697,6 +727,7 @@ int braid__fd_transport_new(braid_loop *loop, int rfd, int wfd, braid__fd_kind k
 #ifdef BRAID_HAVE_URING
     if (kind == BRAID__FD_TCP && rfd >= 0 && rfd == wfd && ur_bufs(loop)) {
         ft->ur = true;
+        ft->zfd = -1;
         braid__stream_state *st = braid__loop_slot(loop, BRAID__SLOT_STREAM);
         if (++st->ur_conns > UR_INC_CONNS_PER_BUF * braid__uring_bufs_count(st->ubufs) &&
             braid__uring_bufs_incremental(st->ubufs))
