@@ -52,7 +52,7 @@
  * soak_samples_<backend>.csv. */
 #include "bench.h"
 #include "../tests/tls_certs.h"
-#include "internal.h"   /* the loop's timer heap size, for /status */
+#include "loop/loop_internal.h"   /* the loop's timer heap size, for /status */
 
 #include <braid.h>
 #include <braid/tls.h>

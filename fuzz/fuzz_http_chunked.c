@@ -1,4 +1,4 @@
-// fuzz-sources: src/http/parser.c src/alloc.c src/error.c
+// fuzz-sources: src/http/parser.c src/base/*.c
 /* libFuzzer: the in-place chunked decoder. The input is decoded whole and
  * again split at a point taken from its first byte; both must give the same
  * verdict, the same consumed length and the same payload. */

@@ -1,4 +1,4 @@
-// fuzz-sources: src/http/parser.c src/alloc.c src/error.c
+// fuzz-sources: src/http/parser.c src/base/*.c
 /* libFuzzer: request heads (and their chunked bodies). Invariants beyond "no
  * crash, no over-read" (ASan watches the exact-size input): a head length is
  * inside the input, every field points inside it, a prefix never succeeds with

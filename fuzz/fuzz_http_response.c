@@ -1,4 +1,4 @@
-// fuzz-sources: src/http/parser.c src/alloc.c src/error.c
+// fuzz-sources: src/http/parser.c src/base/*.c
 /* libFuzzer: response heads, with and without a HEAD request. The empty
  * input (libFuzzer runs it first) is also parsed from a NULL buffer, as the
  * HTTP client does before any byte has arrived. */

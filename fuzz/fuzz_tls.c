@@ -1,4 +1,4 @@
-// fuzz-sources: src/tls/engine.c src/tls/ctx.c src/alloc.c src/error.c
+// fuzz-sources: src/tls/engine.c src/tls/ctx.c src/base/*.c
 // fuzz-libs: -lssl -lcrypto
 /* libFuzzer: network input to TLS engines. The first byte picks the victim:
  *   0  a server engine fed the input as a client's flight (ClientHello, ...);

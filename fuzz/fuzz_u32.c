@@ -1,5 +1,5 @@
 /* libFuzzer target: 32-bit big-endian length-prefixed frames. */
-// fuzz-sources: src/stream/framing.c src/alloc.c
+// fuzz-sources: src/framing/framing.c src/base/*.c
 #include "fuzz_framer.h"
 
 static void init_u32(braid_framer *f, size_t max, fz_rec *r) {

@@ -15,5 +15,6 @@
 #include <braid/dgram.h>
 #include <braid/pool.h>
 #include <braid/fiber.h>
+#include <braid/fstream.h>
 #include <braid/http.h>
 #endif

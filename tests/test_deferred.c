@@ -1,6 +1,6 @@
 /* Deferreds: every rule of <braid/deferred.h>, on the fake clock. */
 #include "harness.h"
-#include "deferred_internal.h"   /* BRAID__DEFERRED_QUARANTINE */
+#include "deferred/deferred_internal.h"   /* BRAID__DEFERRED_QUARANTINE */
 #include <braid/testing_deferred.h>
 #include <signal.h>
 #include <sys/wait.h>
@@ -533,12 +533,12 @@ BT_TEST(unconsumed_failure_default_logs_origin) {
 /* ---- failures ---------------------------------------------------------------------------- */
 BT_TEST(failure_wrap_and_format) {
     braid_failure *inner = braid_failure_new(BRAID_ECONNRESET, "reset by %s", "peer");
-    braid_failure *outer = braid_failure_wrap(inner, BRAID_EHTTP, "request %d failed", 3);
+    braid_failure *outer = braid_failure_wrap(inner, BRAID_EPROTO_INPUT, "request %d failed", 3);
     BT_TRUE(outer->cause == inner);
     char buf[512];
     size_t n = braid_failure_format(outer, buf, sizeof buf);
     BT_EQ(n, strlen(buf));
-    BT_TRUE(strstr(buf, "request 3 failed: HTTP protocol error") == buf);
+    BT_TRUE(strstr(buf, "request 3 failed: malformed input from peer") == buf);
     BT_TRUE(strstr(buf, "; caused by: reset by peer") != NULL);
     BT_TRUE(strstr(buf, "test_deferred.c:") != NULL);
     char small[8];
@@ -763,7 +763,7 @@ BT_TEST(deferred_quarantine_is_bounded_and_reused) {
     for (int i = 0; i < M; i++) ds[i] = braid_succeed(loop, NULL, NULL);
     for (int i = 0; i < M; i++) braid_deferred_release(ds[i]);
     free(ds);
-    braid__dpool *pool = loop->ext[BRAID__SLOT_DEFERRED].ptr;
+    braid__dpool *pool = braid__deferred_pool(loop);
     BT_LE(pool->nfree, (size_t)Q + 4096);
     done(loop);
 }

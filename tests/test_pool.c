@@ -8,7 +8,7 @@
 // ctest-labels: pool threads
 #include "harness.h"
 #include <braid/pool.h>
-#include "internal.h"   /* braid__loop_resolver_pool */
+#include "net/net_internal.h"   /* braid__resolver_pool */
 #include <pthread.h>
 #include <sched.h>
 #include <stdatomic.h>
@@ -944,20 +944,23 @@ BT_TEST(allocation_failure_walk_threads) { alloc_walk(BRAID_POOL_NO_SPIN); }
 BT_TEST(resolver_pool_default_and_user) {
     braid_loop *loop = bt_loop_new(NULL);
     int cls = -1, cls2 = -1;
-    braid_pool *own = braid__loop_resolver_pool(loop, &cls);
+    braid_pool *own = braid__resolver_pool(loop, &cls);
     BT_TRUE(own != NULL);
     BT_EQ(cls, 0);
-    BT_TRUE(braid__loop_resolver_pool(loop, &cls2) == own);   /* made once */
+    BT_TRUE(braid__resolver_pool(loop, &cls2) == own);   /* made once */
     outcome o = { 0 };
     watch(braid_defer_to_pool_class(loop, own, cls, plus_one_plain, (void *)(intptr_t)1), &o, false);
     BT_OK(braid_loop_run(loop));
     BT_EQ(o.value, 2);
     /* A class of the user's pool instead; the loop's own pool goes away. */
     braid_pool *mine = new_pool(loop, 0, 2, 0, 0);
+    BT_EQ(braid_pool_classes(mine), 1);
     int rc = braid_pool_add_class(mine, "resolve", 64, 1);
+    BT_EQ(braid_pool_classes(mine), 2);
+    BT_ERR(braid_loop_set_resolver_pool(loop, mine, 2), BRAID_EINVAL);   /* no such class */
     BT_ERR(braid_loop_set_resolver_pool(loop, mine, 5), BRAID_EINVAL);
     BT_OK(braid_loop_set_resolver_pool(loop, mine, rc));
-    BT_TRUE(braid__loop_resolver_pool(loop, &cls) == mine);
+    BT_TRUE(braid__resolver_pool(loop, &cls) == mine);
     BT_EQ(cls, rc);
     braid_pool_destroy(mine, BRAID_POOL_FINISH);
     bt_loop_destroy(loop);
@@ -966,7 +969,7 @@ BT_TEST(resolver_pool_default_and_user) {
 BT_TEST(resolver_pool_freed_with_loop) {
     braid_loop *loop = bt_loop_new(NULL);
     int cls;
-    braid_pool *own = braid__loop_resolver_pool(loop, &cls);
+    braid_pool *own = braid__resolver_pool(loop, &cls);
     outcome o = { 0 };
     watch(braid_defer_to_pool_class(loop, own, cls, plus_one_plain, (void *)(intptr_t)9), &o, false);
     BT_OK(braid_loop_run(loop));

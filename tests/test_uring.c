@@ -19,8 +19,8 @@
 #include <netinet/in.h>
 #include <arpa/inet.h>
 #if __has_include(<liburing.h>)
-#include "poll/uring.h"
-#include "stream/stream_internal.h"
+#include "loop/completion_uring.h"
+#include "net/net_internal.h"
 #define HAVE_URING_H 1
 #endif
 
@@ -65,7 +65,7 @@ BT_TEST(backend_is_really_io_uring) {
     BT_GT(readlink(path, target, sizeof target - 1), 0);
     BT_STREQ(target, "anon_inode:[io_uring]");
 #ifdef HAVE_URING_H
-    struct io_uring *ring = braid__uring_ring(loop);
+    struct io_uring *ring = braid__completion_uring_ring(loop);
     BT_TRUE(ring != NULL);
     BT_EQ(ring->ring_fd, fd);
 #endif
@@ -270,7 +270,7 @@ static void count_cb(braid_watch *w, unsigned ev, void *arg) { (void)w; (void)ev
  * neither (the old poll's seq is dead), and the new watcher still works. */
 BT_TEST(stale_cqe_in_ring_after_close_and_fd_reuse) {
     braid_loop *loop = uring_loop();
-    struct io_uring *ring = braid__uring_ring(loop);
+    struct io_uring *ring = braid__completion_uring_ring(loop);
     int sv[2]; pair(sv);
     int old_hits = 0, new_hits = 0;
     braid_watch *a = malloc(sizeof *a), b;
@@ -306,7 +306,7 @@ BT_TEST(stale_cqe_in_ring_after_close_and_fd_reuse) {
 /* Interest toggled within one iteration costs nothing and loses nothing. */
 BT_TEST(interest_changes_in_one_iteration_coalesce) {
     braid_loop *loop = uring_loop();
-    struct io_uring *ring = braid__uring_ring(loop);
+    struct io_uring *ring = braid__completion_uring_ring(loop);
     int sv[2]; pair(sv);
     hits h = { 0 };
     braid_watch w;
@@ -330,7 +330,7 @@ BT_TEST(interest_changes_in_one_iteration_coalesce) {
 
 /* A multishot poll that the kernel ends (here: cancelled by fd from outside,
  * a CQE without IORING_CQE_F_MORE) is re-armed: later data still arrives. */
-static void record_res(braid__uring_op *op, int res, unsigned flags) {
+static void record_res(braid__completion_op *op, int res, unsigned flags) {
     (void)flags;
     *(int *)op->data = res;
 }
@@ -344,15 +344,15 @@ BT_TEST(ended_multishot_poll_is_rearmed) {
     BT_OK(braid_watch_set(&w, BRAID_READ));
     BT_OK(braid_loop_run_once(loop, BRAID_RUN_NOWAIT));   /* armed */
     int cancelled = -1000;
-    braid__uring_op op;
-    braid__uring_op_init(&op, record_res, &cancelled);
-    struct io_uring_sqe *sqe = braid__uring_sqe(loop);
+    braid__completion_op op;
+    braid__completion_op_init(&op, record_res, &cancelled);
+    struct io_uring_sqe *sqe = braid__completion_uring_sqe(loop);
     BT_TRUE(sqe != NULL);
     io_uring_prep_cancel_fd(sqe, sv[0], IORING_ASYNC_CANCEL_ALL);
-    braid__uring_submit(loop, sqe, &op);
+    braid__completion_uring_submit(loop, sqe, &op);
     BT_OK(braid_loop_run_once(loop, 0));
     BT_EQ(cancelled, 1);                       /* our poll was the one cancelled */
-    BT_FALSE(braid__uring_op_active(&op));
+    BT_FALSE(braid__completion_op_active(&op));
     BT_EQ(h.reads, 0);
     BT_EQ(write(sv[1], "x", 1), 1);
     for (int i = 0; i < 3 && !h.reads; i++) BT_OK(braid_loop_run_once(loop, 0));
@@ -415,7 +415,7 @@ BT_TEST(poll_on_closed_fd_reports_error_once) {
  * collected, that event is dropped. */
 typedef struct close_other { braid_watch *victim; int victim_hits; int op_done; } close_other;
 static void victim_cb(braid_watch *w, unsigned ev, void *arg) { (void)w; (void)ev; ((close_other *)arg)->victim_hits++; }
-static void closer_op(braid__uring_op *op, int res, unsigned flags) {
+static void closer_op(braid__completion_op *op, int res, unsigned flags) {
     (void)res; (void)flags;
     close_other *c = op->data;
     c->op_done = 1;
@@ -432,11 +432,11 @@ BT_TEST(completion_callback_closes_watcher_with_collected_event) {
     BT_OK(braid_watch_set(c.victim, BRAID_READ));
     BT_OK(braid_loop_run_once(loop, BRAID_RUN_NOWAIT));
     BT_EQ(write(sv[1], "x", 1), 1);           /* readiness CQE posted ... */
-    braid__uring_op op;
-    braid__uring_op_init(&op, closer_op, &c);
-    struct io_uring_sqe *sqe = braid__uring_sqe(loop);
+    braid__completion_op op;
+    braid__completion_op_init(&op, closer_op, &c);
+    struct io_uring_sqe *sqe = braid__completion_uring_sqe(loop);
     io_uring_prep_nop(sqe);                    /* ... and a completion after it */
-    braid__uring_submit(loop, sqe, &op);
+    braid__completion_uring_submit(loop, sqe, &op);
     BT_OK(braid_loop_run_once(loop, 0));
     if (!c.op_done) BT_OK(braid_loop_run_once(loop, 0));
     BT_EQ(c.op_done, 1);
@@ -450,18 +450,18 @@ BT_TEST(completion_interface_absent_on_other_backends) {
     braid_loop_options o = { .backend = BRAID_BACKEND_EPOLL };
     braid_loop *loop;
     BT_OK(braid_loop_new(&loop, &o));
-    BT_TRUE(braid__uring_ring(loop) == NULL);
-    BT_TRUE(braid__uring_sqe(loop) == NULL);
-    braid__uring_bufs *b = (braid__uring_bufs *)1;
-    BT_ERR(braid__uring_bufs_new(loop, 4, 4, 64, 0, &b), BRAID_ENOSYS);
+    BT_TRUE(braid__completion_uring_ring(loop) == NULL);
+    BT_TRUE(braid__completion_uring_sqe(loop) == NULL);
+    braid__completion_bufs *b = (braid__completion_bufs *)1;
+    BT_ERR(braid__completion_bufs_new(loop, 4, 4, 64, 0, &b), BRAID_ENOSYS);
     BT_TRUE(b == NULL);
-    BT_ERR(braid__uring_flush(loop), BRAID_ENOSYS);
+    BT_ERR(braid__completion_flush(loop), BRAID_ENOSYS);
     bt_loop_destroy(loop);
 }
 
 /* An op keeps run() going until its final CQE, which arrives exactly once. */
 typedef struct op_log { int calls, last_res; unsigned last_flags; } op_log;
-static void log_op(braid__uring_op *op, int res, unsigned flags) {
+static void log_op(braid__completion_op *op, int res, unsigned flags) {
     op_log *l = op->data;
     l->calls++;
     l->last_res = res;
@@ -471,17 +471,17 @@ static void log_op(braid__uring_op *op, int res, unsigned flags) {
 BT_TEST(op_completes_once_and_keeps_loop_alive) {
     braid_loop *loop = uring_loop();
     op_log l = { 0 };
-    braid__uring_op op;
-    braid__uring_op_init(&op, log_op, &l);
-    struct io_uring_sqe *sqe = braid__uring_sqe(loop);
+    braid__completion_op op;
+    braid__completion_op_init(&op, log_op, &l);
+    struct io_uring_sqe *sqe = braid__completion_uring_sqe(loop);
     struct __kernel_timespec ts = { 0, 20 * 1000 * 1000 };
     io_uring_prep_timeout(sqe, &ts, 0, 0);     /* completes with -ETIME in 20 ms */
-    braid__uring_submit(loop, sqe, &op);
-    BT_TRUE(braid__uring_op_active(&op));
+    braid__completion_uring_submit(loop, sqe, &op);
+    BT_TRUE(braid__completion_op_active(&op));
     BT_OK(braid_loop_run(loop));               /* returns only once the op is done */
     BT_EQ(l.calls, 1);
     BT_EQ(l.last_res, -ETIME);
-    BT_FALSE(braid__uring_op_active(&op));
+    BT_FALSE(braid__completion_op_active(&op));
     bt_loop_destroy(loop);
 }
 
@@ -489,20 +489,20 @@ BT_TEST(cancelled_op_gets_ecanceled) {
     braid_loop *loop = uring_loop();
     int sv[2]; pair(sv);
     op_log l = { 0 };
-    braid__uring_op op;
-    braid__uring_op_init(&op, log_op, &l);
+    braid__completion_op op;
+    braid__completion_op_init(&op, log_op, &l);
     static char buf[16];
-    struct io_uring_sqe *sqe = braid__uring_sqe(loop);
+    struct io_uring_sqe *sqe = braid__completion_uring_sqe(loop);
     io_uring_prep_recv(sqe, sv[0], buf, sizeof buf, 0);   /* nothing to receive: waits */
-    braid__uring_submit(loop, sqe, &op);
+    braid__completion_uring_submit(loop, sqe, &op);
     BT_OK(braid_loop_run_once(loop, BRAID_RUN_NOWAIT));
     BT_EQ(l.calls, 0);
-    BT_OK(braid__uring_cancel(&op));
-    BT_OK(braid__uring_cancel(&op));           /* again: already cancelling */
+    BT_OK(braid__completion_cancel(&op));
+    BT_OK(braid__completion_cancel(&op));           /* again: already cancelling */
     BT_OK(braid_loop_run(loop));
     BT_EQ(l.calls, 1);
     BT_EQ(l.last_res, -ECANCELED);
-    BT_ERR(braid__uring_cancel(&op), BRAID_EINVAL);   /* not active any more */
+    BT_ERR(braid__completion_cancel(&op), BRAID_EINVAL);   /* not active any more */
     close(sv[0]); close(sv[1]);
     bt_loop_destroy(loop);
 }
@@ -511,39 +511,39 @@ BT_TEST(cancelled_op_gets_ecanceled) {
  * in kernel-chosen buffers, the ring running dry ends the recv with
  * -ENOBUFS, recycling and resubmitting resumes it, EOF ends it with 0. */
 typedef struct rx {
-    braid__uring_bufs *bufs;
+    braid__completion_bufs *bufs;
     char got[256];
     size_t len;
     int chunks, finals, last_res, recycle;
     unsigned last_flags;
 } rx;
 
-static void on_chunk(braid__uring_op *op, int res, unsigned flags) {
+static void on_chunk(braid__completion_op *op, int res, unsigned flags) {
     rx *r = op->data;
     r->last_res = res;
     r->last_flags = flags;
     if (!(flags & IORING_CQE_F_MORE)) r->finals++;
     if (res > 0) {
         BT_TRUE(flags & IORING_CQE_F_BUFFER);
-        unsigned bid = braid__uring_cqe_bid(flags);
-        memcpy(r->got + r->len, braid__uring_bufs_get(r->bufs, bid), (size_t)res);
+        unsigned bid = braid__completion_bid(flags);
+        memcpy(r->got + r->len, braid__completion_bufs_get(r->bufs, bid), (size_t)res);
         r->len += (size_t)res;
         r->chunks++;
-        if (r->recycle) braid__uring_bufs_recycle(r->bufs, bid);
+        if (r->recycle) braid__completion_bufs_recycle(r->bufs, bid);
     }
 }
 
 BT_TEST(multishot_recv_with_buffer_ring) {
     braid_loop *loop = uring_loop();
-    if (!braid__uring_have_recv_multishot()) { bt_loop_destroy(loop); bt_skip("no multishot recv"); }
+    if (!braid__completion_have_recv_multishot()) { bt_loop_destroy(loop); bt_skip("no multishot recv"); }
     int sv[2]; pair(sv);
     rx r = { .recycle = 1 };
-    BT_ERR(braid__uring_bufs_new(loop, 3, 4, 16, 0, &r.bufs), BRAID_EINVAL);   /* not a power of two */
-    BT_OK(braid__uring_bufs_new(loop, 4, 4, 16, 0, &r.bufs));
-    BT_EQ(braid__uring_bufs_size(r.bufs), 16);
-    braid__uring_op op;
-    braid__uring_op_init(&op, on_chunk, &r);
-    BT_OK(braid__uring_recv_multishot(loop, &op, sv[0], r.bufs));
+    BT_ERR(braid__completion_bufs_new(loop, 3, 4, 16, 0, &r.bufs), BRAID_EINVAL);   /* not a power of two */
+    BT_OK(braid__completion_bufs_new(loop, 4, 4, 16, 0, &r.bufs));
+    BT_EQ(braid__completion_bufs_size(r.bufs), 16);
+    braid__completion_op op;
+    braid__completion_op_init(&op, on_chunk, &r);
+    BT_OK(braid__completion_recv_multishot(loop, &op, sv[0], r.bufs));
     /* Several messages, recycled as they come: the recv goes on. */
     for (int i = 0; i < 10; i++) {
         char msg[8];
@@ -554,7 +554,7 @@ BT_TEST(multishot_recv_with_buffer_ring) {
     r.got[r.len] = 0;
     BT_STREQ(r.got, "m0;m1;m2;m3;m4;m5;m6;m7;m8;m9;");
     BT_EQ(r.finals, 0);
-    BT_TRUE(braid__uring_op_active(&op));
+    BT_TRUE(braid__completion_op_active(&op));
     /* Without recycling, 4 buffers of 16 bytes run dry: -ENOBUFS, final. */
     r.recycle = 0;
     r.len = 0;
@@ -565,18 +565,18 @@ BT_TEST(multishot_recv_with_buffer_ring) {
     BT_EQ(r.finals, 1);
     BT_EQ(r.last_res, -ENOBUFS);
     BT_EQ(r.len, 64);                          /* four full buffers */
-    BT_FALSE(braid__uring_op_active(&op));
+    BT_FALSE(braid__completion_op_active(&op));
     /* Give the buffers back, resubmit: the rest of the data, then EOF. */
-    for (unsigned bid = 0; bid < 4; bid++) braid__uring_bufs_recycle(r.bufs, bid);
+    for (unsigned bid = 0; bid < 4; bid++) braid__completion_bufs_recycle(r.bufs, bid);
     r.recycle = 1;
-    BT_OK(braid__uring_recv_multishot(loop, &op, sv[0], r.bufs));
+    BT_OK(braid__completion_recv_multishot(loop, &op, sv[0], r.bufs));
     for (int i = 0; i < 10 && r.len < sizeof big; i++) BT_OK(braid_loop_run_once(loop, 0));
     BT_EQ(r.len, sizeof big);
     close(sv[1]);
     for (int i = 0; i < 10 && r.finals < 2; i++) BT_OK(braid_loop_run_once(loop, 0));
     BT_EQ(r.finals, 2);
     BT_EQ(r.last_res, 0);                      /* EOF */
-    braid__uring_bufs_free(r.bufs);
+    braid__completion_bufs_free(r.bufs);
     close(sv[0]);
     bt_loop_destroy(loop);
 }
@@ -586,17 +586,17 @@ BT_TEST(multishot_recv_with_buffer_ring) {
  * callback. Until then the loop's leak gate names the op. */
 typedef struct owner {
     int fd;
-    braid__uring_op op;
-    braid__uring_bufs *bufs;
+    braid__completion_op op;
+    braid__completion_bufs *bufs;
     int *freed;
 } owner;
 
-static void owner_cb(braid__uring_op *op, int res, unsigned flags) {
+static void owner_cb(braid__completion_op *op, int res, unsigned flags) {
     owner *o = op->data;
-    if (res > 0 && (flags & IORING_CQE_F_BUFFER)) braid__uring_bufs_recycle(o->bufs, braid__uring_cqe_bid(flags));
+    if (res > 0 && (flags & IORING_CQE_F_BUFFER)) braid__completion_bufs_recycle(o->bufs, braid__completion_bid(flags));
     if (!(flags & IORING_CQE_F_MORE)) {
         BT_EQ(res, -ECANCELED);
-        braid__uring_bufs_free(o->bufs);
+        braid__completion_bufs_free(o->bufs);
         ++*o->freed;
         free(o);
     }
@@ -615,21 +615,21 @@ BT_TEST(op_outstanding_when_owner_closes) {
     int rc = braid_loop_new(&loop, &lo);
     if (rc == BRAID_ENOSYS) bt_skip("io_uring not available");
     BT_OK(rc);
-    if (!braid__uring_have_recv_multishot()) { bt_loop_destroy(loop); bt_skip("no multishot recv"); }
+    if (!braid__completion_have_recv_multishot()) { bt_loop_destroy(loop); bt_skip("no multishot recv"); }
     int sv[2]; pair(sv);
     int freed = 0;
     owner *o = malloc(sizeof *o);
     o->fd = sv[0];
     o->freed = &freed;
-    BT_OK(braid__uring_bufs_new(loop, 8, 8, 32, 0, &o->bufs));
-    braid__uring_op_init(&o->op, owner_cb, o);
-    BT_OK(braid__uring_recv_multishot(loop, &o->op, o->fd, o->bufs));
+    BT_OK(braid__completion_bufs_new(loop, 8, 8, 32, 0, &o->bufs));
+    braid__completion_op_init(&o->op, owner_cb, o);
+    BT_OK(braid__completion_recv_multishot(loop, &o->op, o->fd, o->bufs));
     BT_OK(braid_loop_run_once(loop, BRAID_RUN_NOWAIT));
     /* The leak gate sees the op and the buffer ring. */
     BT_ERR(braid_loop_destroy(loop), BRAID_EBUSY);
     BT_EQ(leak_logs, 2);
     /* Owner closes: cancel, close the fd now; memory goes in the callback. */
-    BT_OK(braid__uring_cancel(&o->op));
+    BT_OK(braid__completion_cancel(&o->op));
     close(o->fd);
     BT_OK(braid_loop_run(loop));
     BT_EQ(freed, 1);
@@ -651,26 +651,26 @@ static int uring_scenario(void) {
     int hi = fcntl(sv[0], F_DUPFD_CLOEXEC, 900);
     braid_watch w1, w2;
     int w1_open = 0, w2_open = 0;
-    braid__uring_bufs *bufs = NULL;
+    braid__completion_bufs *bufs = NULL;
     if ((rc = braid_watch_init(loop, &w1, sv[0], noop_io, NULL)) < 0) goto out;
     w1_open = 1;
     if ((rc = braid_watch_set(&w1, BRAID_READ)) < 0) goto out;
     if ((rc = braid_watch_init(loop, &w2, hi, noop_io, NULL)) < 0) goto out;
     w2_open = 1;
     if ((rc = braid_watch_set(&w2, BRAID_READ | BRAID_WRITE)) < 0) goto out;
-    if ((rc = braid__uring_bufs_new(loop, 4, 8, 64, 0, &bufs)) < 0) goto out;
+    if ((rc = braid__completion_bufs_new(loop, 4, 8, 64, 0, &bufs)) < 0) goto out;
     op_log l = { 0 };
-    braid__uring_op op;
-    braid__uring_op_init(&op, log_op, &l);
-    struct io_uring_sqe *sqe = braid__uring_sqe(loop);
+    braid__completion_op op;
+    braid__completion_op_init(&op, log_op, &l);
+    struct io_uring_sqe *sqe = braid__completion_uring_sqe(loop);
     io_uring_prep_nop(sqe);
-    braid__uring_submit(loop, sqe, &op);
-    while (braid__uring_op_active(&op))
+    braid__completion_uring_submit(loop, sqe, &op);
+    while (braid__completion_op_active(&op))
         if ((rc = braid_loop_run_once(loop, 0)) < 0) abort();
     if (l.calls != 1) abort();
     rc = 0;
 out:
-    braid__uring_bufs_free(bufs);
+    braid__completion_bufs_free(bufs);
     if (w1_open) braid_watch_close(&w1);
     if (w2_open) braid_watch_close(&w2);
     if (braid_loop_destroy(loop) < 0) abort();
@@ -698,47 +698,47 @@ BT_TEST(allocation_failure_walk_on_uring) {
 
 /* ---- the buffer ring: incremental consumption, growth, pins ---------------------------- */
 typedef struct irx {
-    braid__uring_bufs *bufs;
+    braid__completion_bufs *bufs;
     char got[4][4096];
     size_t len[4];
     int bid_seen[4];
     int more_flags, chunks;
 } irx;
-typedef struct irx_op { braid__uring_op op; irx *r; int idx, fd; braid_loop *loop; bool stop; } irx_op;
+typedef struct irx_op { braid__completion_op op; irx *r; int idx, fd; braid_loop *loop; bool stop; } irx_op;
 
-static void on_irx(braid__uring_op *op, int res, unsigned flags) {
+static void on_irx(braid__completion_op *op, int res, unsigned flags) {
     irx_op *o = (irx_op *)op;
     irx *r = o->r;
     if (res > 0 && (flags & IORING_CQE_F_BUFFER)) {
-        const char *d = braid__uring_bufs_data(r->bufs, flags);
+        const char *d = braid__completion_bufs_data(r->bufs, flags);
         BT_TRUE(d != NULL);
         BT_LE(r->len[o->idx] + (size_t)res, sizeof r->got[0]);
         memcpy(r->got[o->idx] + r->len[o->idx], d, (size_t)res);
         r->len[o->idx] += (size_t)res;
-        r->bid_seen[o->idx] = (int)braid__uring_cqe_bid(flags);
-        if (flags & IORING_CQE_F_BUF_MORE) r->more_flags++;
+        r->bid_seen[o->idx] = (int)braid__completion_bid(flags);
+        if (flags & BRAID__COMPLETION_BUF_MORE) r->more_flags++;
         r->chunks++;
     }
-    if (flags & IORING_CQE_F_BUFFER) braid__uring_bufs_consumed(r->bufs, flags, res > 0 ? res : 0);
+    if (flags & IORING_CQE_F_BUFFER) braid__completion_bufs_consumed(r->bufs, flags, res > 0 ? res : 0);
     /* The ring ran dry (the one buffer was full before it came back): again. */
     if (!(flags & IORING_CQE_F_MORE) && res == -ENOBUFS && !o->stop)
-        BT_OK(braid__uring_recv_multishot(o->loop, op, o->fd, r->bufs));
+        BT_OK(braid__completion_recv_multishot(o->loop, op, o->fd, r->bufs));
 }
 
 /* With incremental consumption, small messages from four sockets share one
  * buffer (each chunk where the last ended), and the data is right. */
 BT_TEST(incremental_ring_shares_one_buffer) {
     braid_loop *loop = uring_loop();
-    if (!braid__uring_have_recv_multishot()) { bt_loop_destroy(loop); bt_skip("no multishot recv"); }
+    if (!braid__completion_have_recv_multishot()) { bt_loop_destroy(loop); bt_skip("no multishot recv"); }
     irx r = { 0 };
-    BT_OK(braid__uring_bufs_new(loop, 1, 4, 1024, BRAID__BUFS_INC, &r.bufs));
-    if (!braid__uring_bufs_incremental(r.bufs)) {
-        braid__uring_bufs_free(r.bufs);
+    BT_OK(braid__completion_bufs_new(loop, 1, 4, 1024, BRAID__COMPLETION_BUFS_INC, &r.bufs));
+    if (!braid__completion_bufs_incremental(r.bufs)) {
+        braid__completion_bufs_free(r.bufs);
         bt_loop_destroy(loop);
         bt_skip("kernel without incremental buffer rings (6.12)");
     }
-    BT_EQ(braid__uring_bufs_count(r.bufs), 1);
-    BT_EQ(braid__uring_bufs_memory(r.bufs), 1024);
+    BT_EQ(braid__completion_bufs_count(r.bufs), 1);
+    BT_EQ(braid__completion_bufs_memory(r.bufs), 1024);
     int sv[4][2];
     irx_op ops[4];
     for (int i = 0; i < 4; i++) {
@@ -748,8 +748,8 @@ BT_TEST(incremental_ring_shares_one_buffer) {
         ops[i].fd = sv[i][0];
         ops[i].loop = loop;
         ops[i].stop = false;
-        braid__uring_op_init(&ops[i].op, on_irx, NULL);
-        BT_OK(braid__uring_recv_multishot(loop, &ops[i].op, sv[i][0], r.bufs));
+        braid__completion_op_init(&ops[i].op, on_irx, NULL);
+        BT_OK(braid__completion_recv_multishot(loop, &ops[i].op, sv[i][0], r.bufs));
     }
     /* 4 sockets × 20 messages of 10 bytes = 800 bytes: all in the one buffer */
     for (int m = 0; m < 20; m++) {
@@ -783,17 +783,17 @@ BT_TEST(incremental_ring_shares_one_buffer) {
         for (size_t j = 0; j < sizeof big; j++) BT_EQ(r.got[0][200 + (size_t)k * sizeof big + j], 'a' + k);
     for (int i = 0; i < 4; i++) {
         ops[i].stop = true;
-        if (braid__uring_op_active(&ops[i].op)) BT_OK(braid__uring_cancel(&ops[i].op));
+        if (braid__completion_op_active(&ops[i].op)) BT_OK(braid__completion_cancel(&ops[i].op));
         close(sv[i][1]);
     }
     for (int k = 0; k < 20; k++) {
         bool any = false;
-        for (int i = 0; i < 4; i++) any |= braid__uring_op_active(&ops[i].op);
+        for (int i = 0; i < 4; i++) any |= braid__completion_op_active(&ops[i].op);
         if (!any) break;
         BT_OK(braid_loop_run_once(loop, 0));
     }
     for (int i = 0; i < 4; i++) close(sv[i][0]);
-    braid__uring_bufs_free(r.bufs);
+    braid__completion_bufs_free(r.bufs);
     bt_loop_destroy(loop);
 }
 
@@ -801,61 +801,61 @@ BT_TEST(incremental_ring_shares_one_buffer) {
  * kernel's hands until released, and are refused past half the ring. */
 BT_TEST(ring_grows_and_pins_hold_buffers) {
     braid_loop *loop = uring_loop();
-    if (!braid__uring_have_recv_multishot()) { bt_loop_destroy(loop); bt_skip("no multishot recv"); }
-    BT_ERR(braid__uring_bufs_new(loop, 8, 4, 16, 0, &(braid__uring_bufs *){ NULL }), BRAID_EINVAL);
+    if (!braid__completion_have_recv_multishot()) { bt_loop_destroy(loop); bt_skip("no multishot recv"); }
+    BT_ERR(braid__completion_bufs_new(loop, 8, 4, 16, 0, &(braid__completion_bufs *){ NULL }), BRAID_EINVAL);
     int sv[2]; pair(sv);
     rx r = { .recycle = 0 };
-    BT_OK(braid__uring_bufs_new(loop, 2, 8, 16, 0, &r.bufs));
-    BT_EQ(braid__uring_bufs_count(r.bufs), 2);
-    BT_EQ(braid__uring_bufs_grow(r.bufs), 1);
-    BT_EQ(braid__uring_bufs_count(r.bufs), 4);
-    BT_EQ(braid__uring_bufs_grow(r.bufs), 1);
-    BT_EQ(braid__uring_bufs_count(r.bufs), 8);
-    BT_EQ(braid__uring_bufs_grow(r.bufs), 0);      /* at max */
-    BT_EQ(braid__uring_bufs_memory(r.bufs), 8 * 16);
+    BT_OK(braid__completion_bufs_new(loop, 2, 8, 16, 0, &r.bufs));
+    BT_EQ(braid__completion_bufs_count(r.bufs), 2);
+    BT_EQ(braid__completion_bufs_grow(r.bufs), 1);
+    BT_EQ(braid__completion_bufs_count(r.bufs), 4);
+    BT_EQ(braid__completion_bufs_grow(r.bufs), 1);
+    BT_EQ(braid__completion_bufs_count(r.bufs), 8);
+    BT_EQ(braid__completion_bufs_grow(r.bufs), 0);      /* at max */
+    BT_EQ(braid__completion_bufs_memory(r.bufs), 8 * 16);
     /* pins: half the ring at most */
     unsigned f0 = IORING_CQE_F_BUFFER | (0u << IORING_CQE_BUFFER_SHIFT);
     unsigned f1 = IORING_CQE_F_BUFFER | (1u << IORING_CQE_BUFFER_SHIFT);
-    BT_TRUE(braid__uring_bufs_pin(r.bufs, f0));
-    BT_TRUE(braid__uring_bufs_pin(r.bufs, f0));    /* a second chunk of the same buffer */
+    BT_TRUE(braid__completion_bufs_pin(r.bufs, f0));
+    BT_TRUE(braid__completion_bufs_pin(r.bufs, f0));    /* a second chunk of the same buffer */
     for (unsigned bid = 1; bid < 4; bid++)
-        BT_TRUE(braid__uring_bufs_pin(r.bufs, IORING_CQE_F_BUFFER | (bid << IORING_CQE_BUFFER_SHIFT)));
-    BT_FALSE(braid__uring_bufs_pin(r.bufs, IORING_CQE_F_BUFFER | (4u << IORING_CQE_BUFFER_SHIFT)));
-    BT_TRUE(braid__uring_bufs_pin(r.bufs, f1));    /* an already pinned buffer: always */
-    for (unsigned bid = 1; bid < 4; bid++) braid__uring_bufs_unpin(r.bufs, bid);
-    braid__uring_bufs_unpin(r.bufs, 1);
+        BT_TRUE(braid__completion_bufs_pin(r.bufs, IORING_CQE_F_BUFFER | (bid << IORING_CQE_BUFFER_SHIFT)));
+    BT_FALSE(braid__completion_bufs_pin(r.bufs, IORING_CQE_F_BUFFER | (4u << IORING_CQE_BUFFER_SHIFT)));
+    BT_TRUE(braid__completion_bufs_pin(r.bufs, f1));    /* an already pinned buffer: always */
+    for (unsigned bid = 1; bid < 4; bid++) braid__completion_bufs_unpin(r.bufs, bid);
+    braid__completion_bufs_unpin(r.bufs, 1);
     /* A pinned buffer the kernel is done with is not given back: take
      * every buffer out of the ring (8 × 16 bytes) with buffer 0 pinned,
      * give them all back (consumed), and only 7 × 16 bytes more can
      * arrive; after the last unpin of buffer 0, 16 more. */
-    braid__uring_op op;
-    braid__uring_op_init(&op, on_chunk, &r);
-    BT_OK(braid__uring_recv_multishot(loop, &op, sv[0], r.bufs));
+    braid__completion_op op;
+    braid__completion_op_init(&op, on_chunk, &r);
+    BT_OK(braid__completion_recv_multishot(loop, &op, sv[0], r.bufs));
     char big[200];
     memset(big, 'q', sizeof big);
     BT_EQ(write(sv[1], big, 128), 128);
     for (int i = 0; i < 10 && r.len < 128; i++) BT_OK(braid_loop_run_once(loop, 0));
     BT_EQ(r.len, 128);
     for (unsigned bid = 0; bid < 8; bid++)   /* consumed: 0 stays out (pinned twice) */
-        braid__uring_bufs_consumed(r.bufs, IORING_CQE_F_BUFFER | (bid << IORING_CQE_BUFFER_SHIFT), 16);
+        braid__completion_bufs_consumed(r.bufs, IORING_CQE_F_BUFFER | (bid << IORING_CQE_BUFFER_SHIFT), 16);
     r.len = 0;
     BT_EQ(write(sv[1], big, sizeof big), (ssize_t)sizeof big);
     for (int i = 0; i < 10 && !r.finals; i++) BT_OK(braid_loop_run_once(loop, 0));
     BT_EQ(r.finals, 1);
     BT_EQ(r.len, 7 * 16);
     BT_EQ(r.last_res, -ENOBUFS);
-    braid__uring_bufs_unpin(r.bufs, 0);            /* still pinned once */
-    BT_FALSE(braid__uring_op_active(&op));
-    BT_OK(braid__uring_recv_multishot(loop, &op, sv[0], r.bufs));
+    braid__completion_bufs_unpin(r.bufs, 0);            /* still pinned once */
+    BT_FALSE(braid__completion_op_active(&op));
+    BT_OK(braid__completion_recv_multishot(loop, &op, sv[0], r.bufs));
     for (int i = 0; i < 10 && r.finals < 2; i++) BT_OK(braid_loop_run_once(loop, 0));
     BT_EQ(r.len, 7 * 16);                          /* nothing: no buffer */
-    braid__uring_bufs_unpin(r.bufs, 0);            /* now it is back */
-    BT_OK(braid__uring_recv_multishot(loop, &op, sv[0], r.bufs));
+    braid__completion_bufs_unpin(r.bufs, 0);            /* now it is back */
+    BT_OK(braid__completion_recv_multishot(loop, &op, sv[0], r.bufs));
     for (int i = 0; i < 10 && r.finals < 3; i++) BT_OK(braid_loop_run_once(loop, 0));
     BT_EQ(r.len, 8 * 16);
     BT_EQ(r.last_res, -ENOBUFS);
-    BT_FALSE(braid__uring_op_active(&op));
-    braid__uring_bufs_free(r.bufs);
+    BT_FALSE(braid__completion_op_active(&op));
+    braid__completion_bufs_free(r.bufs);
     close(sv[0]);
     bt_loop_destroy(loop);
 }
@@ -900,10 +900,7 @@ static void sink_lost(braid_protocol *p, const braid_failure *f) {
 static const braid_protocol_ops sink_ops = { .connection_made = sink_made, .data_received = sink_data,
                                              .connection_lost = sink_lost };
 
-static braid__uring_bufs *loop_ring(braid_loop *loop) {
-    braid__stream_state *st = braid__loop_slot(loop, BRAID__SLOT_STREAM);
-    return st && st->uring == 1 ? st->ubufs : NULL;
-}
+static braid__completion_bufs *loop_ring(braid_loop *loop) { return braid__fd_ring(loop); }
 
 /* The ring is sized to use: a loop with a few TCP connections on
  * completions holds at most 1 MiB of receive buffers (it was 16 MiB before
@@ -912,7 +909,7 @@ static braid__uring_bufs *loop_ring(braid_loop *loop) {
  * connection goes to the kernel at once, uncopied. */
 BT_TEST(completion_ring_sized_to_use) {
     braid_loop *loop = uring_loop();
-    if (!braid__uring_have_recv_multishot()) { bt_loop_destroy(loop); bt_skip("no multishot recv"); }
+    if (!braid__completion_have_recv_multishot()) { bt_loop_destroy(loop); bt_skip("no multishot recv"); }
     enum { N = 100 };
     static int fds[N][2];
     static sink k[N];
@@ -922,10 +919,10 @@ BT_TEST(completion_ring_sized_to_use) {
         k[i].base.ops = &sink_ops;
         BT_OK(braid_stream_adopt(loop, fds[i][1], &k[i].base));
     }
-    braid__uring_bufs *b = loop_ring(loop);
+    braid__completion_bufs *b = loop_ring(loop);
     BT_TRUE(b != NULL);
-    BT_ULE(braid__uring_bufs_memory(b), 1u << 20);
-    bool inc = braid__uring_bufs_incremental(b);
+    BT_ULE(braid__completion_bufs_memory(b), 1u << 20);
+    bool inc = braid__completion_bufs_incremental(b);
     /* a 256 KiB write on an idle connection: the kernel takes it now */
     static char big[256 * 1024];
     for (size_t i = 0; i < sizeof big; i++) big[i] = (char)(i % 251);
@@ -948,8 +945,8 @@ BT_TEST(completion_ring_sized_to_use) {
         BT_OK(braid_stream_adopt(loop, fds[i][1], &k[i].base));
     }
     if (inc) {
-        BT_GE(braid__uring_bufs_count(b), N / 16);   /* one buffer per 16 connections at least */
-        BT_ULE(braid__uring_bufs_memory(b), 8u << 20);
+        BT_GE(braid__completion_bufs_count(b), N / 16);   /* one buffer per 16 connections at least */
+        BT_ULE(braid__completion_bufs_memory(b), 8u << 20);
     }
     /* every connection speaks at once: all of it arrives, in order */
     uint64_t want = 0;
@@ -971,7 +968,7 @@ BT_TEST(completion_ring_sized_to_use) {
         BT_UEQ(k[i].total, want);
         BT_EQ(k[i].pattern_errors, 0);
     }
-    if (!inc) BT_ULE(braid__uring_bufs_memory(b), 16u << 20);
+    if (!inc) BT_ULE(braid__completion_bufs_memory(b), 16u << 20);
     for (int i = 0; i < N; i++) {
         braid_transport_abort(k[i].base.transport);
         close(fds[i][0]);
@@ -992,7 +989,7 @@ BT_TEST(completion_ring_sized_to_use) {
  * last; and the connections that were not paused kept receiving meanwhile. */
 BT_TEST(paused_readers_hold_in_order_without_starving_others) {
     braid_loop *loop = uring_loop();
-    if (!braid__uring_have_recv_multishot()) { bt_loop_destroy(loop); bt_skip("no multishot recv"); }
+    if (!braid__completion_have_recv_multishot()) { bt_loop_destroy(loop); bt_skip("no multishot recv"); }
     enum { N = 12, ACTIVE = 2 };
     int fds[N][2];
     static sink k[N];

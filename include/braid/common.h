@@ -4,8 +4,9 @@
  * Errors are return values (docs/architecture.md, principle 7): every call returns 0 or a
  * negative errno-style code, and callbacks receive the same codes. System
  * errors are -errno (BRAID_ECANCELED == -ECANCELED, ...); braid's own
- * conditions live in a private range below -4000. braid_strerror() names
- * either kind.
+ * conditions live in -4000 ... -4999, where each module owns a range and
+ * declares its codes in its own header (the shared ones are below).
+ * braid_strerror() names either kind.
  *
  *     braid_loop *loop;
  *     int rc = braid_loop_new(&loop, NULL);
@@ -54,40 +55,55 @@ extern "C" {
 #define BRAID_EMSGSIZE    (-EMSGSIZE)    /* input larger than a configured limit */
 #define BRAID_EDEADLK     (-EDEADLK)     /* the call would wait for its own thread */
 
+/* braid's range, -4000 ... -4999. Base, the loop and Deferreds own -4000
+ * ... -4031: the codes here. Every other module declares its codes in its
+ * own header and names them itself; the ranges are in docs/conventions.md.
+ * (-4005, -4006 and -4009 ... -4014, in this range, are other modules'
+ * codes numbered before the ranges existed: they keep their values.) */
 #define BRAID_ERRBASE           (-4000)
 #define BRAID_EALREADY_CALLED   (-4001)  /* a Deferred fired twice */
 #define BRAID_EQUEUE_FULL       (-4002)  /* a bounded queue rejected work */
 #define BRAID_EQUEUE_EMPTY      (-4003)  /* get from an empty queue that may not wait */
 #define BRAID_EPROTO_INPUT      (-4004)  /* malformed input from a peer */
-#define BRAID_EBUFFER_LIMIT     (-4005)  /* a write buffer passed its hard cap */
-#define BRAID_ENOT_IN_FIBER     (-4006)  /* an awaiting call outside a fiber */
 #define BRAID_EUNHANDLED        (-4007)  /* a failure nobody consumed */
 #define BRAID_ESHUTDOWN         (-4008)  /* the object is shutting down */
-#define BRAID_EBAD_ENDPOINT     (-4009)  /* malformed endpoint description */
-#define BRAID_ECONNECTION_DONE  (-4010)  /* connection closed cleanly */
-#define BRAID_ECONNECTION_LOST  (-4011)  /* connection closed uncleanly */
-#define BRAID_ETLS              (-4012)  /* TLS error (message says which) */
-#define BRAID_EVERIFY           (-4013)  /* peer certificate verification failed */
-#define BRAID_EHTTP             (-4014)  /* HTTP protocol error */
 #define BRAID_ELOCKED           (-4015)  /* lock/semaphore misuse */
 #define BRAID_EFIRST_ERROR      (-4016)  /* combinator: first error of several */
 #define BRAID_EALL_FAILED       (-4017)  /* race: every member failed */
-/* fiber streams: -4032..-4039 */
-#define BRAID_EEOF              (-4032)  /* the stream ended before the requested data */
-/* tls: -4064..-4071 */
-#define BRAID_ETLS_HOSTNAME     (-4064)  /* peer certificate does not name the host */
-#define BRAID_ETLS_EXPIRED      (-4065)  /* peer certificate expired or not yet valid */
-#define BRAID_ETLS_UNKNOWN_CA   (-4066)  /* peer certificate not issued by a trusted CA */
-#define BRAID_ETLS_NO_CERT      (-4067)  /* peer sent no certificate where one is required */
-#define BRAID_ETLS_TIMEOUT      (-4068)  /* TLS handshake took too long */
-#define BRAID_ETLS_RENEGOTIATION (-4069) /* peer attempted renegotiation (refused) */
-#define BRAID_ETLS_ALERT        (-4070)  /* peer aborted with a fatal alert (e.g. rejected our certificate) */
-#define BRAID_ETLS_TRUNCATED    (-4071)  /* stream ended mid-handshake or without close_notify */
-#define BRAID_ERRLAST           (-4099)
+#define BRAID_ERRLAST           (-4999)
 
 /* The name of a code: a negative errno gives strerror's text, braid's own
- * codes their description; never NULL. Thread-safe. */
+ * codes the name their module gave them ("unknown braid error" for a code
+ * nobody named); never NULL. Thread-safe. */
 BRAID_API const char *braid_strerror(int code);
+
+/* ---- error domains: each module names its own codes ---------------------------
+ * A module owns a range of braid's codes and names them in a domain it
+ * declares itself; braid_strerror looks a code up in the domains. braid's
+ * own modules declare theirs where they are built (no central table). A
+ * library built on braid (its own range: docs/conventions.md) registers
+ * its domain once, before its codes can reach anyone — from its
+ * initialisation, any thread (a program linked with the static libbraid
+ * has the names of the modules it uses: a module's names sit in one of its
+ * objects):
+ *
+ *     static const char *const names[] = { "redis: server replied with an error",
+ *                                          "redis: protocol violation" };
+ *     static braid_error_domain redis_errors = { "redis", -4900, -4901, names, NULL };
+ *     braid_error_domain_register(&redis_errors);
+ *
+ * names[i] names code first - i (NULL: not named by this domain); the
+ * domain is static storage and stays registered. */
+typedef struct braid_error_domain {
+    const char *module;
+    int first, last;                      /* first >= code >= last, within braid's range */
+    const char *const *names;             /* first - last + 1 entries */
+    struct braid_error_domain *next;      /* private */
+} braid_error_domain;
+/* 0 (also when d is registered already), BRAID_EINVAL for a range outside
+ * BRAID_ERRBASE ... BRAID_ERRLAST, BRAID_EEXIST if a code d names is named
+ * by another domain. */
+BRAID_API int braid_error_domain_register(braid_error_domain *d);
 
 /* ---- time units (all braid times are uint64_t nanoseconds) ---------------- */
 #define BRAID_NSEC(n)    ((uint64_t)(n))
@@ -121,6 +137,8 @@ BRAID_API char *braid_strdup(const char *s);
 typedef enum braid_log_level {
     BRAID_LOG_DEBUG, BRAID_LOG_INFO, BRAID_LOG_WARN, BRAID_LOG_ERROR
 } braid_log_level;
+/* Where a loop's log lines go (braid_loop_options.log): msg is one line. */
+typedef void (*braid_log_fn)(void *ctx, braid_log_level level, const char *msg);
 
 #ifdef __cplusplus
 }

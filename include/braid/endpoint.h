@@ -34,6 +34,9 @@
 extern "C" {
 #endif
 
+/* Error code of the endpoint module (older than the ranges: in the shared one). */
+#define BRAID_EBAD_ENDPOINT     (-4009)  /* malformed endpoint description */
+
 typedef enum braid_endpoint_kind {
     BRAID_ENDPOINT_TCP = 1,
     BRAID_ENDPOINT_TCP6,

@@ -1,5 +1,5 @@
-/* braid/http.h — HTTP/1.1: a zero-copy parser, a chunked codec, and (below,
- * once the stream transports are in) a server and a client.
+/* braid/http.h — HTTP/1.1: a zero-copy parser, a chunked codec, and (below)
+ * a server and a client over any stream transport, TLS included.
  *
  * The parser is picohttpparser's shape: the caller owns the buffer, the
  * results point into it, nothing is allocated, and "incomplete: call again
@@ -45,15 +45,16 @@
 extern "C" {
 #endif
 
-/* ---- error codes (braid's http range -4056..-4063) ---------------------------- */
-#define BRAID_EHTTP_INCOMPLETE        (-4056) /* not an error: need more bytes */
-#define BRAID_EHTTP_SYNTAX            (-4057) /* malformed message          -> 400 */
-#define BRAID_EHTTP_FRAMING           (-4058) /* ambiguous/invalid body framing (smuggling shapes) -> 400 */
-#define BRAID_EHTTP_CHUNK             (-4059) /* bad chunked encoding       -> 400 */
-#define BRAID_EHTTP_URI_TOO_LONG      (-4060) /* request line over limit    -> 414 */
-#define BRAID_EHTTP_HEADERS_TOO_LARGE (-4061) /* head bytes / header count  -> 431 */
-#define BRAID_EHTTP_BODY_TOO_LARGE    (-4062) /* body over limit            -> 413 */
-#define BRAID_EHTTP_VERSION           (-4063) /* not HTTP/1.x               -> 505 */
+/* ---- error codes: the http range is -4100 ... -4149 ---------------------------- */
+#define BRAID_EHTTP_INCOMPLETE        (-4100) /* not an error: need more bytes */
+#define BRAID_EHTTP_SYNTAX            (-4101) /* malformed message          -> 400 */
+#define BRAID_EHTTP_FRAMING           (-4102) /* ambiguous/invalid body framing (smuggling shapes) -> 400 */
+#define BRAID_EHTTP_CHUNK             (-4103) /* bad chunked encoding       -> 400 */
+#define BRAID_EHTTP_URI_TOO_LONG      (-4104) /* request line over limit    -> 414 */
+#define BRAID_EHTTP_HEADERS_TOO_LARGE (-4105) /* head bytes / header count  -> 431 */
+#define BRAID_EHTTP_BODY_TOO_LARGE    (-4106) /* body over limit            -> 413 */
+#define BRAID_EHTTP_VERSION           (-4107) /* not HTTP/1.x               -> 505 */
+#define BRAID_EHTTP                   (-4014) /* HTTP protocol error (older, so in the shared range) */
 
 /* The status a server answers a parse error with (400 for codes outside the
  * table). */
@@ -360,6 +361,16 @@ BRAID_API int braid_http_add_header(braid_http_request *req, const char *name, c
  * BRAID_EALREADY_CALLED if req was already answered. */
 BRAID_API int braid_http_respond(braid_http_request *req, int status, const char *content_type,
                                  const void *body, size_t len);
+/* Answer with `length` bytes of the file fd from `offset` (Content-Length:
+ * length; no body for HEAD). Takes fd: it is closed once the body is out,
+ * when the connection is lost, or at once on an error. The body leaves by
+ * sendfile(2) on socket transports, read through the write buffer on others
+ * (TLS, memory); a file that turns out shorter aborts the connection (the
+ * framing cannot be kept). braid_http_static answers this way.
+ * BRAID_EALREADY_CALLED if req was already answered, BRAID_EINVAL for a bad
+ * status, fd or range. */
+BRAID_API int braid_http_respond_file(braid_http_request *req, int status, const char *content_type,
+                                      int fd, uint64_t offset, uint64_t length);
 /* Start a streamed answer: content_length >= 0, or -1 for chunked. */
 BRAID_API int braid_http_respond_start(braid_http_request *req, int status,
                                        const char *content_type, int64_t content_length);

@@ -64,10 +64,8 @@ typedef enum braid_backend {
 enum {
     BRAID_LOOP_STRICT_BACKEND = 1u << 0, /* fail with BRAID_ENOSYS instead of falling back */
     BRAID_LOOP_NO_URING       = 1u << 1, /* never use io_uring (also: BRAID_NO_URING=1) */
-    BRAID_LOOP_NO_SIGNALS     = 1u << 2, /* reserved: do not touch the signal mask */
 };
-
-typedef void (*braid_log_fn)(void *ctx, braid_log_level level, const char *msg);
+/* (A loop touches the signal mask only for braid_signal_start.) */
 
 typedef struct braid_loop_options {
     braid_backend backend;
@@ -212,7 +210,6 @@ struct braid_watch {
     unsigned mask;       /* current interest */
     uint32_t gen;        /* generation: stale-event guard */
     unsigned flags;
-    struct braid_watch *pending_next; /* private */
 };
 
 /* Register fd (not taking ownership: close the fd yourself after closing the
@@ -239,7 +236,7 @@ struct braid_signal {
     struct braid_signal *next;  /* private */
     unsigned flags;
 };
-/* Deliver signo as a loop event (signalfd on Linux; a self-pipe elsewhere).
+/* Deliver signo as a loop event (signalfd: Linux only, BRAID_ENOSYS elsewhere).
  * Blocks signo in the calling thread; block it in other threads too (or create
  * them after this) so the kernel queues it for the loop. Several braid_signal
  * may watch one signo; each sees it. */
@@ -257,6 +254,42 @@ typedef struct braid_handle {
 } braid_handle;
 BRAID_API void braid_handle_open(braid_loop *loop, braid_handle *h, const char *kind);
 BRAID_API void braid_handle_close(braid_loop *loop, braid_handle *h);
+
+/* ---- per-loop data of a module: keys ---------------------------------------------- */
+/* A module keeps state that lives as long as a loop (a free list, a pool of
+ * stacks, a buffer ring) under a key it declares itself, so adding a module
+ * never touches the loop — a library built on braid does the same:
+ *
+ *     static void cache_free(braid_loop *loop, void *value) { my_cache_free(value); }
+ *     static braid_loop_key cache_key = BRAID_LOOP_KEY_INIT("mycache", cache_free, NULL);
+ *
+ *     my_cache *c = braid_loop_data(loop, &cache_key);
+ *     if (!c) {
+ *         if (!(c = my_cache_new())) return BRAID_ENOMEM;
+ *         if (braid_loop_set_data(loop, &cache_key, c) < 0) { my_cache_free(c); return BRAID_ENOMEM; }
+ *     }
+ *
+ * braid_loop_destroy runs each key's report (if any) as part of its leak
+ * gate — log what the module still has open and return true to make
+ * destroy refuse with BRAID_EBUSY — and then, once destroy goes ahead, each
+ * key's free with its value, in the reverse of the order the keys were
+ * first set on that loop. The key is static storage (never freed); it is
+ * numbered on first set, once per process, and at most BRAID_LOOP_MAX_KEYS
+ * keys can be. Values are the module's (braid never frees them but through
+ * free). Loop-affine. */
+#define BRAID_LOOP_MAX_KEYS 64
+typedef struct braid_loop_key {
+    const char *name;                               /* for messages */
+    void (*free)(braid_loop *loop, void *value);    /* may be NULL */
+    bool (*report)(braid_loop *loop, void *value);  /* may be NULL */
+    unsigned index;                                 /* private: 0 until first set */
+} braid_loop_key;
+#define BRAID_LOOP_KEY_INIT(name, free, report) { (name), (free), (report), 0 }
+/* key's value on loop, NULL if none was set. */
+BRAID_API void *braid_loop_data(braid_loop *loop, braid_loop_key *key);
+/* Set (or replace; NULL clears) key's value on loop. 0, or BRAID_ENOMEM
+ * when the process already has BRAID_LOOP_MAX_KEYS other keys. */
+BRAID_API int braid_loop_set_data(braid_loop *loop, braid_loop_key *key, void *value);
 
 /* ---- logging ---------------------------------------------------------------- */
 BRAID_API void braid_log(braid_loop *loop, braid_log_level level, const char *fmt, ...)

@@ -116,6 +116,9 @@ BRAID_API int braid_pool_new(braid_pool **out, const braid_pool_options *opts);
  * class id (1..BRAID_POOL_MAX_CLASSES-1) or a negative code. name is copied. */
 BRAID_API int braid_pool_add_class(braid_pool *pool, const char *name, size_t queue_limit,
                                    unsigned max_running);
+/* The number of classes (1 + those added): valid class ids are 0 to it - 1.
+ * Any thread. */
+BRAID_API unsigned braid_pool_classes(braid_pool *pool);
 
 /* ---- submitting work ------------------------------------------------------------------ */
 /* Loop thread: run fn(arg) on a worker; the returned Deferred fires on loop's

@@ -3,7 +3,7 @@
  * Twisted's split in C (docs/architecture.md, principle 3): a *protocol* sees bytes and
  * events, never a file descriptor; a *transport* (<braid/stream.h>) does the
  * system calls. The same protocol runs over TCP, Unix sockets, pipes, the
- * in-memory test transport and (later) TLS. A *factory* builds one protocol
+ * in-memory test transport and TLS (<braid/tls.h>). A *factory* builds one protocol
  * per accepted or connected peer.
  *
  *     typedef struct echo { braid_protocol base; size_t seen; } echo;
@@ -57,6 +57,12 @@
 #ifdef __cplusplus
 extern "C" {
 #endif
+
+/* Error codes of the net layer (its range is -4048 ... -4063; these three
+ * are older and keep their numbers). */
+#define BRAID_EBUFFER_LIMIT     (-4005)  /* a write buffer passed its hard cap */
+#define BRAID_ECONNECTION_DONE  (-4010)  /* connection closed cleanly */
+#define BRAID_ECONNECTION_LOST  (-4011)  /* connection closed uncleanly */
 
 typedef struct braid_transport braid_transport;
 typedef struct braid_protocol braid_protocol;

@@ -37,7 +37,8 @@
  * the protocol, see protocol.h). Listeners are owned by the caller until
  * braid_listener_close. Every open transport and listener is a loop handle
  * (the leak gate names it). Everything is loop-thread only, except host name
- * resolution which runs on an internal thread and reports back to the loop.
+ * resolution, which runs on a pool thread (the loop's resolver pool, see
+ * braid_loop_set_resolver_pool) and reports back to the loop.
  */
 #ifndef BRAID_STREAM_H
 #define BRAID_STREAM_H
@@ -175,8 +176,8 @@ BRAID_API braid_deferred *braid_unix_connect(braid_loop *loop, const char *path,
 /* ---- adopting descriptors ---------------------------------------------------------- */
 /* Wrap a connected descriptor made elsewhere (a socketpair, a parent's socket,
  * a pipe): braid takes ownership, sets O_NONBLOCK, and attaches p
- * (connection_made runs before this returns). kind NULL = detect ("tcp",
- * "unix" or "pipe"). */
+ * (connection_made runs before this returns). The kind ("tcp", "unix" or
+ * "pipe", see braid_transport_kind) is detected from the descriptor. */
 BRAID_API int braid_stream_adopt(braid_loop *loop, int fd, braid_protocol *p);
 /* A pipe pair (or stdin/stdout): reads from rfd, writes to wfd (either may be
  * -1). shutdown_write closes wfd. Ownership of both is taken; for stdio pass

@@ -71,6 +71,19 @@
 extern "C" {
 #endif
 
+/* ---- error codes: the tls range is -4064 ... -4099 ---------------------------------- */
+#define BRAID_ETLS_HOSTNAME     (-4064)  /* peer certificate does not name the host */
+#define BRAID_ETLS_EXPIRED      (-4065)  /* peer certificate expired or not yet valid */
+#define BRAID_ETLS_UNKNOWN_CA   (-4066)  /* peer certificate not issued by a trusted CA */
+#define BRAID_ETLS_NO_CERT      (-4067)  /* peer sent no certificate where one is required */
+#define BRAID_ETLS_TIMEOUT      (-4068)  /* TLS handshake took too long */
+#define BRAID_ETLS_RENEGOTIATION (-4069) /* peer attempted renegotiation (refused) */
+#define BRAID_ETLS_ALERT        (-4070)  /* peer aborted with a fatal alert (e.g. rejected our certificate) */
+#define BRAID_ETLS_TRUNCATED    (-4071)  /* stream ended mid-handshake or without close_notify */
+/* older, so in the shared range: */
+#define BRAID_ETLS              (-4012)  /* TLS error (the message says which) */
+#define BRAID_EVERIFY           (-4013)  /* peer certificate verification failed */
+
 struct ssl_st;    /* OpenSSL's SSL */
 struct x509_st;   /* OpenSSL's X509 */
 

@@ -13,7 +13,7 @@
  * The sanitizers are told about every switch: ASan through
  * __sanitizer_{start,finish}_switch_fiber (else it takes the fiber's stack
  * for a giant overflow of the main one), TSan through __tsan_*_fiber. */
-#include "fiber_internal.h"
+#include "fiber/fiber_internal.h"
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -29,6 +29,9 @@ void __tsan_switch_to_fiber(void *fiber, unsigned flags);
 #endif
 
 static const braid_result no_result = { NULL, NULL, NULL, NULL };
+
+static const char *const fiber_names[] = { "not inside a fiber" };
+BRAID__ERROR_DOMAIN(fiber, "fiber", BRAID_ENOT_IN_FIBER, BRAID_ENOT_IN_FIBER, fiber_names);
 
 /* ---- per-loop state ---------------------------------------------------------------- */
 static bool fstate_report(braid_loop *loop, void *ptr) {
@@ -49,12 +52,13 @@ static void fstate_destroy(braid_loop *loop, void *ptr) {
     BRAID__UNUSED(loop);
     braid__fiber_pool_drain(st);
     braid__fiber_guard_teardown(st);
-    if (st->client_factory) st->client_factory_free(st->client_factory);
     braid_free(st);
 }
 
+static braid_loop_key fstate_key = BRAID_LOOP_KEY_INIT("fiber", fstate_destroy, fstate_report);
+
 static braid__fstate *fstate_get(braid_loop *loop) {
-    braid__fstate *st = braid__loop_slot(loop, BRAID__SLOT_FIBER);
+    braid__fstate *st = braid__loop_data(loop, &fstate_key);
     if (BRAID__LIKELY(st != NULL)) return st;
     st = braid_calloc(1, sizeof *st);
     if (!st) return NULL;
@@ -62,16 +66,16 @@ static braid__fstate *fstate_get(braid_loop *loop) {
     long page = sysconf(_SC_PAGESIZE);
     st->page = page > 0 ? (size_t)page : 4096;
     st->pool_max = BRAID__FIBER_POOL_DEFAULT;
+    if (braid_loop_set_data(loop, &fstate_key, st) < 0) {
+        braid_free(st);
+        return NULL;
+    }
     braid__fiber_guard_setup(st);
-    braid__loop_set_slot(loop, BRAID__SLOT_FIBER, st, fstate_destroy);
-    braid__loop_set_slot_report(loop, BRAID__SLOT_FIBER, fstate_report);
     return st;
 }
 
-braid__fstate *braid__fiber_state(braid_loop *loop) { return fstate_get(loop); }
-
 static inline braid__fstate *fstate_peek(braid_loop *loop) {
-    return loop->ext[BRAID__SLOT_FIBER].ptr;
+    return braid__loop_data(loop, &fstate_key);
 }
 
 /* ---- contexts ---------------------------------------------------------------------- */

@@ -11,9 +11,13 @@
 #ifndef BRAID_FIBER_INTERNAL_H
 #define BRAID_FIBER_INTERNAL_H
 
-#include "../internal.h"
+#include "fiber/park.h"
+#include "loop/loop_module.h"
 #include <braid/deferred.h>
 #include <braid/fiber.h>
+
+/* The namespace of this module's log lines (base/base.h). */
+static const char braid__log_ns[] = "fiber";
 
 #if !defined(BRAID_FIBER_UCONTEXT) && (defined(__x86_64__) || defined(__aarch64__))
 #define BRAID__FIBER_ASM 1
@@ -92,7 +96,7 @@ struct braid_fiber {
 #define BRAID__FIBER_POOL_CLASSES 4
 #define BRAID__FIBER_POOL_DEFAULT 256
 
-/* Per-loop state in BRAID__SLOT_FIBER. */
+/* Per-loop state of fibers (under the fiber module's loop key). */
 struct braid__fstate {
     braid_loop *loop;
     braid_fiber *current;        /* running now (NULL on the loop's own stack) */
@@ -102,16 +106,10 @@ struct braid__fstate {
     /* Finished stacks by mapping size. */
     struct { size_t map_size; braid_fiber *head; } pool[BRAID__FIBER_POOL_CLASSES];
     size_t npooled, pool_max;
-    /* braid_fstream_connect's factory (fiber streams), made on first use. */
-    void *client_factory;
-    void (*client_factory_free)(void *ff);
     /* The alternate signal stack we installed on this thread (if any). */
     void *altstack;
     size_t altstack_size;
 };
-
-/* The loop's fiber state, made on first use (NULL when out of memory). */
-braid__fstate *braid__fiber_state(braid_loop *loop);
 
 /* ---- stacks (stack.c) ---------------------------------------------------------------- */
 /* A control block on a fresh or pooled stack of at least stack_size usable
@@ -134,12 +132,6 @@ void braid__fiber_set_running(braid_fiber *f);
 void braid__fiber_switch(void **save_sp, void *to_sp);
 void braid__fiber_entry(void);
 #endif
-/* Block the calling fiber until braid__fiber_unpark (returns its rc), the
- * timeout (BRAID_ETIMEDOUT; BRAID_FOREVER = none) or cancellation
- * (BRAID_ECANCELED). BRAID_ENOT_IN_FIBER outside a fiber. */
-int braid__fiber_park(braid_loop *loop, uint64_t timeout_ns);
-/* Wake a parked fiber (in the next ready phase) with rc; no-op otherwise. */
-void braid__fiber_unpark(braid_fiber *f, int rc);
 
 /* C entry of every fiber (never returns). */
 void braid__fiber_main(braid_fiber *f);

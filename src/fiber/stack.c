@@ -17,9 +17,10 @@
  * fault address lies in its guard page writes "fiber '<name>' overflowed its
  * N-byte stack" with write(2) and aborts. Any other fault is handed to the
  * handler that was installed before ours (ASan's, or the default action). */
-#include "fiber_internal.h"
+#include "fiber/fiber_internal.h"
 #include <pthread.h>
 #include <signal.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>

@@ -18,7 +18,7 @@
  * any user code sees its end; connections are never freed synchronously
  * (braid_transport_abort delivers connection_lost in the ready phase); the
  * client itself is freed only when its last connection is gone. */
-#include "internal.h"
+#include "loop/loop_module.h"
 #include <braid/deferred.h>
 #include <braid/http.h>
 #include <braid/stream.h>

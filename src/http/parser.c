@@ -6,7 +6,7 @@
  * every byte read is inside buf[0..len) — the guard-page tests prove it.
  * Strictness is the point: anything that two implementations could read two
  * ways (RFC 9112 section 11.2, request smuggling) is refused. */
-#include "internal.h"
+#include "base/base.h"
 #include <braid/http.h>
 #include <string.h>
 #include <strings.h>
@@ -15,6 +15,21 @@
 #if defined(__x86_64__) && defined(__GNUC__)
 #include <nmmintrin.h>
 #endif
+
+/* The http module's codes: its range (-4100 ... -4149), and an older one. */
+static const char *const http_names[] = {
+    [BRAID_EHTTP_INCOMPLETE - BRAID_EHTTP_INCOMPLETE]        = "incomplete HTTP message (more input needed)",
+    [BRAID_EHTTP_INCOMPLETE - BRAID_EHTTP_SYNTAX]            = "malformed HTTP message",
+    [BRAID_EHTTP_INCOMPLETE - BRAID_EHTTP_FRAMING]           = "ambiguous or invalid HTTP body framing",
+    [BRAID_EHTTP_INCOMPLETE - BRAID_EHTTP_CHUNK]             = "malformed chunked encoding",
+    [BRAID_EHTTP_INCOMPLETE - BRAID_EHTTP_URI_TOO_LONG]      = "HTTP request line too long",
+    [BRAID_EHTTP_INCOMPLETE - BRAID_EHTTP_HEADERS_TOO_LARGE] = "HTTP header fields too large",
+    [BRAID_EHTTP_INCOMPLETE - BRAID_EHTTP_BODY_TOO_LARGE]    = "HTTP body too large",
+    [BRAID_EHTTP_INCOMPLETE - BRAID_EHTTP_VERSION]           = "HTTP version not supported",
+};
+BRAID__ERROR_DOMAIN(http, "http", BRAID_EHTTP_INCOMPLETE, BRAID_EHTTP_VERSION, http_names);
+static const char *const http_old_names[] = { "HTTP protocol error" };
+BRAID__ERROR_DOMAIN(http_old, "http", BRAID_EHTTP, BRAID_EHTTP, http_old_names);
 
 /* Character classes. tchar (RFC 9110 5.6.2): token characters. */
 enum { C_TCHAR = 1, C_VCHAR = 2, C_FIELD = 4, C_TARGET = 8 };

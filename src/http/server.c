@@ -36,7 +36,7 @@
  * unread input would make the kernel send a reset, and the client could lose
  * the answer. A second timer (wtimer) aborts a connection whose output makes
  * no progress for send_timeout. */
-#include "server_internal.h"
+#include "http/server_internal.h"
 
 #include <errno.h>
 #include <inttypes.h>
@@ -53,6 +53,8 @@ static void request_done(hs_conn *c);
 static void conn_maybe_free(hs_conn *c);
 static void watch_output(hs_conn *c);
 static void shutdown_timer_stop(braid_http_server *s);
+static int respond_error(hs_conn *c, int status);
+static void send_file(hs_conn *c, int fd, off_t off, uint64_t len);
 
 /* ---- small helpers ----------------------------------------------------------------- */
 static size_t u64_to_dec(char *out, uint64_t v) {
@@ -145,7 +147,7 @@ static void on_timer(braid_timer *t, void *arg) {
         if (braid_transport_buffered(c->base.transport)) braid_transport_abort(c->base.transport);
         else conn_close(c);
     } else {
-        braid__http_respond_error(c, 408);
+        respond_error(c, 408);
     }
 }
 
@@ -156,14 +158,14 @@ static void on_timer(braid_timer *t, void *arg) {
  * armed timer is left alone, so a busy connection pays one timer start per
  * send_timeout, not one per answer. */
 static bool output_pending(const hs_conn *c) {
-    return c->base.transport->wlen > 0 || c->state == HS_FILE;
+    return braid_transport_buffered(c->base.transport) > 0 || c->state == HS_FILE;
 }
 
 static void watch_output(hs_conn *c) {
     if (c->dead || !c->base.transport || braid_timer_active(&c->wtimer) ||
         c->srv->send_timeout == BRAID_FOREVER || !output_pending(c))
         return;
-    c->wmark = c->base.transport->sent_total;
+    c->wmark = braid__transport_sent_total(c->base.transport);
     braid_timer_start_at(&c->wtimer, hs_now(c->srv) + c->srv->send_timeout);
 }
 
@@ -172,14 +174,14 @@ static void on_wtimer(braid_timer *t, void *arg) {
     hs_conn *c = arg;
     if (c->dead || !c->base.transport || !output_pending(c)) return;
     braid_transport *tr = c->base.transport;
-    if (tr->sent_total != c->wmark) {
-        c->wmark = tr->sent_total;
+    if (braid__transport_sent_total(tr) != c->wmark) {
+        c->wmark = braid__transport_sent_total(tr);
         braid_timer_start_at(&c->wtimer, braid_loop_now_fresh(c->srv->loop) + c->srv->send_timeout);
         return;
     }
     braid_log(c->srv->loop, BRAID_LOG_INFO,
               "http: no write progress for %" PRIu64 " ms (%zu bytes waiting): aborting the connection",
-              c->srv->send_timeout / 1000000, tr->wlen);
+              c->srv->send_timeout / 1000000, braid_transport_buffered(tr));
     braid_transport_abort_with(tr, BRAID_ETIMEDOUT);
 }
 
@@ -319,10 +321,6 @@ static int write_answer(hs_conn *c, int status, const char *ctype, int64_t conte
     return braid_transport_writev(c->base.transport, iov, n);
 }
 
-int braid__http_send_head(hs_conn *c, int status, const char *content_type, int64_t content_length) {
-    return write_answer(c, status, content_type, content_length, NULL, 0, false);
-}
-
 /* Answer with a short text body; errors from the parser or timeouts close. */
 static int respond_status(hs_conn *c, int status, bool close_after) {
     if (close_after) c->keep_alive = false;
@@ -335,7 +333,7 @@ static int respond_status(hs_conn *c, int status, bool close_after) {
 }
 
 /* An error answer closes: by lingering, as the client may still be sending. */
-int braid__http_respond_error(hs_conn *c, int status) {
+static int respond_error(hs_conn *c, int status) {
     c->xhdr_len = 0;
     c->linger_next = true;
     if (c->state == HS_READING) {         /* no request of its own: a neutral one */
@@ -426,6 +424,11 @@ static void route_lookup(hs_conn *c) {
 
 int braid_http_route(braid_http_server *s, const char *method, const char *path, unsigned flags,
                      braid_http_handler h, void *arg) {
+    return braid__http_route_owned(s, method, path, flags, h, arg, NULL);
+}
+
+int braid__http_route_owned(braid_http_server *s, const char *method, const char *path, unsigned flags,
+                            braid_http_handler h, void *arg, void (*arg_free)(void *arg)) {
     if (!s || !path || path[0] != '/' || !h) return BRAID_EINVAL;
     if (method) {
         if (!*method) return BRAID_EINVAL;
@@ -445,7 +448,7 @@ int braid_http_route(braid_http_server *s, const char *method, const char *path,
         s->routes = nr;
         s->caproutes = cap;
     }
-    hs_route r = { .flags = flags & BRAID_HTTP_PREFIX, .h = h, .arg = arg };
+    hs_route r = { .flags = flags & BRAID_HTTP_PREFIX, .h = h, .arg = arg, .arg_free = arg_free };
     r.path = braid_strdup(path);
     r.method = method ? braid_strdup(method) : NULL;
     if (!r.path || (method && !r.method)) {
@@ -548,7 +551,7 @@ static void dispatch(hs_conn *c) {
             braid_deferred_cancel(d);
             braid_deferred_release(d);
             c->state = HS_HANDLER;
-            braid__http_respond_error(c, 500);
+            respond_error(c, 500);
         }
         return;
     }
@@ -724,7 +727,7 @@ static bool body_step(hs_conn *c) {
         return false;
     }
     if (r < 0) {
-        braid__http_respond_error(c, braid_http_error_status((int)r));
+        respond_error(c, braid_http_error_status((int)r));
         return true;
     }
     /* the rest (the next pipelined request) closes the gap */
@@ -749,7 +752,7 @@ static void begin_buffered(hs_conn *c, const braid_http_message *m, int r) {
         return;
     }
     if (m->body == BRAID_HTTP_BODY_LENGTH && m->content_length > c->srv->limits.max_body) {
-        braid__http_respond_error(c, 413);
+        respond_error(c, 413);
         return;
     }
     c->body_len = 0;
@@ -842,7 +845,7 @@ static void run_buffered(hs_conn *c) {
         }
         c->prev_len = 0;
         if (r < 0) {
-            braid__http_respond_error(c, braid_http_error_status(r));
+            respond_error(c, braid_http_error_status(r));
             break;
         }
         begin_buffered(c, &m, r);
@@ -862,7 +865,7 @@ static void run_lent(hs_conn *c, const char *b, size_t n) {
                                          &c->srv->limits);
         if (r == BRAID_EHTTP_INCOMPLETE) break;
         if (r < 0) {
-            braid__http_respond_error(c, braid_http_error_status(r));
+            respond_error(c, braid_http_error_status(r));
             return;
         }
         if (m.body == BRAID_HTTP_BODY_CHUNKED ||
@@ -873,7 +876,7 @@ static void run_lent(hs_conn *c, const char *b, size_t n) {
         fill_request(c, &m);
         if (m.body == BRAID_HTTP_BODY_LENGTH) {
             if (m.content_length > c->srv->limits.max_body) {
-                braid__http_respond_error(c, 413);
+                respond_error(c, 413);
                 return;
             }
             c->req.body = b + off + r;
@@ -898,7 +901,7 @@ static void run_lent(hs_conn *c, const char *b, size_t n) {
         off += total;
     }
     if (off < n && append(c, b + off, n - off) < 0) {
-        braid__http_respond_error(c, c->state == HS_READING ? 431 : 413);
+        respond_error(c, c->state == HS_READING ? 431 : 413);
         return;
     }
     if (off < n) run_buffered(c);
@@ -926,7 +929,7 @@ static void hs_data(braid_protocol *p, const void *buf, size_t len) {
             braid_transport_abort(p->transport);
             return;
         }
-        braid__http_respond_error(c, c->state == HS_BODY ? 413 : 431);
+        respond_error(c, c->state == HS_BODY ? 413 : 431);
         return;
     }
     if (c->state == HS_READING || c->state == HS_BODY) run_buffered(c);
@@ -1070,6 +1073,28 @@ int braid_http_respond(braid_http_request *req, int status, const char *content_
     return rc < 0 ? rc : 0;
 }
 
+int braid_http_respond_file(braid_http_request *req, int status, const char *content_type, int fd,
+                            uint64_t offset, uint64_t length) {
+    hs_conn *c = CONN(req);
+    if (fd < 0) return BRAID_EINVAL;
+    if (!may_answer(c)) {
+        close(fd);
+        return BRAID_EALREADY_CALLED;
+    }
+    if (status < 200 || status > 999 || offset > INT64_MAX || length > INT64_MAX) {
+        close(fd);
+        return BRAID_EINVAL;
+    }
+    int rc = write_answer(c, status, content_type, (int64_t)length, NULL, 0, false);
+    if (rc < 0) {
+        close(fd);
+        request_done(c);
+        return rc;
+    }
+    send_file(c, fd, (off_t)offset, length);
+    return 0;
+}
+
 int braid_http_respond_response(braid_http_request *req, const braid_http_response *r) {
     hs_conn *c = CONN(req);
     if (!may_answer(c)) return BRAID_EALREADY_CALLED;
@@ -1200,7 +1225,8 @@ static void file_stop(braid_producer *p) {
     c->file_fd = -1;
 }
 
-void braid__http_send_file(hs_conn *c, int fd, off_t off, uint64_t len) {
+/* Send fd[off, off+len) as the body (the head is out); takes fd. */
+static void send_file(hs_conn *c, int fd, off_t off, uint64_t len) {
     if (c->req.head || len == 0 || c->dead) {
         close(fd);
         request_done(c);
@@ -1343,10 +1369,9 @@ int braid_http_server_free(braid_http_server *s) {
     for (size_t i = 0; i < s->nroutes; i++) {
         braid_free(s->routes[i].path);
         braid_free(s->routes[i].method);
+        if (s->routes[i].arg_free) s->routes[i].arg_free(s->routes[i].arg);
     }
     braid_free(s->routes);
-    for (size_t i = 0; i < s->nstatics; i++) braid__http_static_free(s->statics[i]);
-    braid_free(s->statics);
     braid_free(s->server_line);
     braid_free(s);
     return 0;
@@ -1360,19 +1385,3 @@ braid_deferred *braid_http_listen(braid_http_server *s, const char *endpoint) {
 
 size_t braid_http_server_connections(const braid_http_server *s) { return s->nconns; }
 uint64_t braid_http_server_requests(const braid_http_server *s) { return s->requests; }
-
-int braid_http_static(braid_http_server *s, const char *prefix, const char *root_dir) {
-    if (!s || !prefix || prefix[0] != '/' || !root_dir) return BRAID_EINVAL;
-    hs_static *st;
-    int rc = braid__http_static_new(root_dir, &st);
-    if (rc < 0) return rc;
-    hs_static **ns = braid_realloc(s->statics, (s->nstatics + 1) * sizeof *ns);
-    if (!ns) {
-        braid__http_static_free(st);
-        return BRAID_ENOMEM;
-    }
-    s->statics = ns;
-    s->statics[s->nstatics++] = st;
-    rc = braid_http_route(s, "GET", prefix, BRAID_HTTP_PREFIX, braid__http_static_handler, st);
-    return rc;
-}

@@ -1,14 +1,14 @@
-/* Internal shape of the HTTP server (server.c) shared with the static file
- * handler (static.c). */
+/* Internal shape of the HTTP server (private to server.c). */
 #ifndef BRAID_HTTP_SERVER_INTERNAL_H
 #define BRAID_HTTP_SERVER_INTERNAL_H
 
-#include "internal.h"
+#include "loop/loop_module.h"
 #include <braid/endpoint.h>
 #include <braid/http.h>
 #include <braid/stream.h>
 #include <braid/time.h>
-#include "stream/stream_internal.h"
+#include "http/http_internal.h"
+#include "net/transport_ext.h"
 
 #define HS_MAX_HEADERS_CAP 65536u  /* limits.max_headers is clamped to this */
 #define HS_XHDR_MAX 1024           /* added response header bytes */
@@ -22,6 +22,7 @@ typedef struct hs_route {
     unsigned flags;
     braid_http_handler h;
     void *arg;
+    void (*arg_free)(void *arg);   /* run when the server is freed */
 } hs_route;
 
 typedef struct hs_conn hs_conn;
@@ -50,9 +51,6 @@ struct braid_http_server {
     /* a fresh clock reading, taken at most once per loop iteration (hs_now) */
     uint64_t now, now_iter;
     char date_line[6 + BRAID_HTTP_DATE_LEN + 3];   /* "Date: ...\r\n" + NUL */
-    /* static roots (static.c) */
-    struct hs_static **statics;
-    size_t nstatics;
 };
 
 /* Connection states. */
@@ -127,16 +125,5 @@ struct hs_conn {
     braid_http_header hdrs[];      /* limits.max_headers slots */
 };
 
-/* server.c, for static.c */
-int braid__http_send_head(hs_conn *c, int status, const char *content_type, int64_t content_length);
-int braid__http_respond_error(hs_conn *c, int status);
-/* Start sending fd[off, off+len) as the body (the head is already out); takes fd. */
-void braid__http_send_file(hs_conn *c, int fd, off_t off, uint64_t len);
-
-/* static.c */
-typedef struct hs_static hs_static;
-braid_deferred *braid__http_static_handler(braid_http_request *req, void *arg);
-void braid__http_static_free(hs_static *st);
-int braid__http_static_new(const char *root, hs_static **out);
 
 #endif

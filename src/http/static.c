@@ -8,8 +8,13 @@
  * can lead out of the root. Where openat2 is missing (Linux < 5.6) the
  * opened file's real path (/proc/self/fd) must lie under the root's real
  * path. Every refusal answers 404: nothing tells a prober what exists
- * outside. Bodies leave with sendfile(2) (server.c, braid__http_send_file). */
-#include "server_internal.h"
+ * outside. Bodies leave with sendfile(2) where the transport allows it
+ * (braid_http_respond_file).
+ *
+ * A user of the server like any other: a prefix route (whose argument the
+ * server frees with it) and the answers of <braid/http.h>. */
+#include "http/http_internal.h"
+#include "base/base.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -28,12 +33,12 @@
 #endif
 #endif
 
-struct hs_static {
+typedef struct hs_static {
     int root_fd;
     char *root_real;            /* realpath of the root, for the fallback check */
-};
+} hs_static;
 
-int braid__http_static_new(const char *root, hs_static **out) {
+static int static_new(const char *root, hs_static **out) {
     char real[PATH_MAX];
     if (!realpath(root, real)) return -errno;
     int fd = open(real, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
@@ -49,7 +54,8 @@ int braid__http_static_new(const char *root, hs_static **out) {
     return 0;
 }
 
-void braid__http_static_free(hs_static *st) {
+static void static_free(void *arg) {
+    hs_static *st = arg;
     close(st->root_fd);
     braid_free(st->root_real);
     braid_free(st);
@@ -191,9 +197,8 @@ static int parse_range(const char *v, size_t n, uint64_t size, uint64_t *off, ui
     return 1;
 }
 
-braid_deferred *braid__http_static_handler(braid_http_request *req, void *arg) {
+static braid_deferred *static_handler(braid_http_request *req, void *arg) {
     hs_static *st = arg;
-    hs_conn *c = braid__container_of(req, hs_conn, req);
     char rel[PATH_MAX];
     if (!safe_relative(req->path + req->match_len, req->path_len - req->match_len, rel, sizeof rel)) {
         braid_http_respond(req, 404, "text/plain", "Not Found\n", 10);
@@ -247,7 +252,16 @@ braid_deferred *braid__http_static_handler(braid_http_request *req, void *arg) {
             braid_http_add_header(req, "Content-Range", cr);
         }
     }
-    braid__http_send_head(c, status, content_type_of(rel), (int64_t)len);
-    braid__http_send_file(c, fd, (off_t)off, len);
+    braid_http_respond_file(req, status, content_type_of(rel), fd, off, len);
     return NULL;
+}
+
+int braid_http_static(braid_http_server *s, const char *prefix, const char *root_dir) {
+    if (!s || !prefix || prefix[0] != '/' || !root_dir) return BRAID_EINVAL;
+    hs_static *st;
+    int rc = static_new(root_dir, &st);
+    if (rc < 0) return rc;
+    rc = braid__http_route_owned(s, "GET", prefix, BRAID_HTTP_PREFIX, static_handler, st, static_free);
+    if (rc < 0) static_free(st);
+    return rc;
 }

@@ -3,7 +3,7 @@
  * Waits use epoll_pwait2 (ns timeout, Linux 5.11) and fall back to
  * epoll_wait with the timeout rounded up to whole ms, so we never wake early
  * by rounding down. */
-#include "internal.h"
+#include "poll/poller.h"
 #ifdef __linux__
 #include <stdlib.h>
 #include <sys/epoll.h>
@@ -19,29 +19,29 @@ typedef struct epoll_state {
     struct epoll_event ev[MAX_EVENTS];
 } epoll_state;
 
-static int ep_init(braid_loop *loop) {
+static int ep_init(braid__poller *p) {
     epoll_state *s = braid_malloc(sizeof *s);
     if (!s) return BRAID_ENOMEM;
     s->epfd = epoll_create1(EPOLL_CLOEXEC);
     if (s->epfd < 0) { int e = -errno; braid_free(s); return e; }
     s->no_pwait2 = false;
-    loop->pstate = s;
+    p->state = s;
     return 0;
 }
 
-static void ep_destroy(braid_loop *loop) {
-    epoll_state *s = loop->pstate;
+static void ep_destroy(braid__poller *p) {
+    epoll_state *s = p->state;
     close(s->epfd);
     braid_free(s);
-    loop->pstate = NULL;
+    p->state = NULL;
 }
 
-static int ep_update(braid_loop *loop, int fd, unsigned old_mask, unsigned new_mask, uint64_t tag) {
-    epoll_state *s = loop->pstate;
+static int ep_update(braid__poller *p, int fd, unsigned old_mask, unsigned new_mask, uint64_t tag) {
+    epoll_state *s = p->state;
     struct epoll_event e = { 0 };
     e.data.u64 = tag;
-    if (new_mask & BRAID_READ) e.events |= EPOLLIN | EPOLLRDHUP;
-    if (new_mask & BRAID_WRITE) e.events |= EPOLLOUT;
+    if (new_mask & BRAID__POLL_READ) e.events |= EPOLLIN | EPOLLRDHUP;
+    if (new_mask & BRAID__POLL_WRITE) e.events |= EPOLLOUT;
     int op = !old_mask ? EPOLL_CTL_ADD : !new_mask ? EPOLL_CTL_DEL : EPOLL_CTL_MOD;
     if (epoll_ctl(s->epfd, op, fd, &e) == 0) return 0;
     int err = errno;
@@ -51,8 +51,8 @@ static int ep_update(braid_loop *loop, int fd, unsigned old_mask, unsigned new_m
     return -err;
 }
 
-static int ep_poll(braid_loop *loop, uint64_t timeout_ns) {
-    epoll_state *s = loop->pstate;
+static int ep_poll(braid__poller *p, uint64_t timeout_ns) {
+    epoll_state *s = p->state;
     int n;
 #ifdef SYS_epoll_pwait2
     if (!s->no_pwait2 && timeout_ns != BRAID_FOREVER && timeout_ns != 0) {
@@ -76,18 +76,19 @@ got:
     if (n < 0) return errno == EINTR ? 0 : -errno;
     for (int i = 0; i < n; i++) {
         unsigned ev = 0, e = s->ev[i].events;
-        if (e & (EPOLLIN | EPOLLRDHUP | EPOLLPRI)) ev |= BRAID_READ;
-        if (e & EPOLLOUT) ev |= BRAID_WRITE;
-        if (e & EPOLLERR) ev |= BRAID_ERROR;
-        if (e & EPOLLHUP) ev |= BRAID_HUP;
-        braid__loop_push_event(loop, s->ev[i].data.u64, ev);  /* MAX_EVENTS == batch size */
+        if (e & (EPOLLIN | EPOLLRDHUP | EPOLLPRI)) ev |= BRAID__POLL_READ;
+        if (e & EPOLLOUT) ev |= BRAID__POLL_WRITE;
+        if (e & EPOLLERR) ev |= BRAID__POLL_ERROR;
+        if (e & EPOLLHUP) ev |= BRAID__POLL_HUP;
+        braid__poller_push(p, s->ev[i].data.u64, ev);  /* MAX_EVENTS == batch size */
     }
     return n;
 }
 
-static int ep_fd(const braid_loop *loop) { return ((epoll_state *)loop->pstate)->epfd; }
+static int ep_fd(const braid__poller *p) { return ((epoll_state *)p->state)->epfd; }
 
 const braid__poller_ops braid__poller_epoll = {
-    "epoll", ep_init, ep_destroy, ep_update, ep_poll, ep_fd,
+    .name = "epoll", .init = ep_init, .destroy = ep_destroy, .update = ep_update, .poll = ep_poll,
+    .backend_fd = ep_fd,
 };
 #endif

@@ -1,6 +1,6 @@
 /* poll(2) backend: a dense pollfd array plus an fd -> index map, so update is
  * O(1) (swap-remove) and poll is O(registered fds). Portable POSIX. */
-#include "internal.h"
+#include "poll/poller.h"
 #include <limits.h>
 #include <poll.h>
 #include <string.h>
@@ -14,20 +14,20 @@ typedef struct poll_state {
     size_t rotor;            /* where the next over-full scan starts (fairness) */
 } poll_state;
 
-static int pl_init(braid_loop *loop) {
+static int pl_init(braid__poller *p) {
     poll_state *s = braid_calloc(1, sizeof *s);
     if (!s) return BRAID_ENOMEM;
-    loop->pstate = s;
+    p->state = s;
     return 0;
 }
 
-static void pl_destroy(braid_loop *loop) {
-    poll_state *s = loop->pstate;
+static void pl_destroy(braid__poller *p) {
+    poll_state *s = p->state;
     braid_free(s->pfds);
     braid_free(s->tags);
     braid_free(s->index);
     braid_free(s);
-    loop->pstate = NULL;
+    p->state = NULL;
 }
 
 static int reserve(poll_state *s, int fd) {
@@ -53,8 +53,8 @@ static int reserve(poll_state *s, int fd) {
     return 0;
 }
 
-static int pl_update(braid_loop *loop, int fd, unsigned old_mask, unsigned new_mask, uint64_t tag) {
-    poll_state *s = loop->pstate;
+static int pl_update(braid__poller *p, int fd, unsigned old_mask, unsigned new_mask, uint64_t tag) {
+    poll_state *s = p->state;
     (void)old_mask;
     int32_t at = (size_t)fd < s->nindex ? s->index[fd] : -1;
     if (!new_mask) {
@@ -75,15 +75,15 @@ static int pl_update(braid_loop *loop, int fd, unsigned old_mask, unsigned new_m
         s->index[fd] = at;
         s->pfds[at].fd = fd;
     }
-    s->pfds[at].events = (short)(((new_mask & BRAID_READ) ? POLLIN : 0) |
-                                 ((new_mask & BRAID_WRITE) ? POLLOUT : 0));
+    s->pfds[at].events = (short)(((new_mask & BRAID__POLL_READ) ? POLLIN : 0) |
+                                 ((new_mask & BRAID__POLL_WRITE) ? POLLOUT : 0));
     s->pfds[at].revents = 0;
     s->tags[at] = tag;
     return 0;
 }
 
-static int pl_poll(braid_loop *loop, uint64_t timeout_ns) {
-    poll_state *s = loop->pstate;
+static int pl_poll(braid__poller *p, uint64_t timeout_ns) {
+    poll_state *s = p->state;
     int ms;
     if (timeout_ns == BRAID_FOREVER) ms = -1;
     else if (timeout_ns >= (uint64_t)INT_MAX * 1000000ull) ms = INT_MAX;
@@ -100,17 +100,18 @@ static int pl_poll(braid_loop *loop, uint64_t timeout_ns) {
         if (!re) continue;
         found++;
         unsigned ev = 0;
-        if (re & (POLLIN | POLLPRI)) ev |= BRAID_READ;
-        if (re & POLLOUT) ev |= BRAID_WRITE;
-        if (re & (POLLERR | POLLNVAL)) ev |= BRAID_ERROR;
-        if (re & POLLHUP) ev |= BRAID_HUP;
-        if (braid__loop_push_event(loop, s->tags[i], ev) < 0) { s->rotor = i; break; }
+        if (re & (POLLIN | POLLPRI)) ev |= BRAID__POLL_READ;
+        if (re & POLLOUT) ev |= BRAID__POLL_WRITE;
+        if (re & (POLLERR | POLLNVAL)) ev |= BRAID__POLL_ERROR;
+        if (re & POLLHUP) ev |= BRAID__POLL_HUP;
+        if (braid__poller_push(p, s->tags[i], ev) < 0) { s->rotor = i; break; }
     }
     return n;
 }
 
-static int pl_fd(const braid_loop *loop) { (void)loop; return BRAID_ENOSYS; }
+static int pl_fd(const braid__poller *p) { (void)p; return BRAID_ENOSYS; }
 
 const braid__poller_ops braid__poller_poll = {
-    "poll", pl_init, pl_destroy, pl_update, pl_poll, pl_fd,
+    .name = "poll", .init = pl_init, .destroy = pl_destroy, .update = pl_update, .poll = pl_poll,
+    .backend_fd = pl_fd,
 };

@@ -1,11 +1,26 @@
 /* TLS contexts: what connections share (certificates, CAs, policy, SNI
  * certificates, ALPN, ticket keys, the client session cache). */
-#include "tls_internal.h"
+#include "tls/tls_internal.h"
 #include <openssl/err.h>
 #include <openssl/pem.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
+
+/* The tls module's codes: its range (-4064 ... -4099), and two older ones. */
+static const char *const tls_names[] = {
+    [BRAID_ETLS_HOSTNAME - BRAID_ETLS_HOSTNAME]      = "TLS: peer certificate does not match the host name",
+    [BRAID_ETLS_HOSTNAME - BRAID_ETLS_EXPIRED]       = "TLS: peer certificate has expired or is not yet valid",
+    [BRAID_ETLS_HOSTNAME - BRAID_ETLS_UNKNOWN_CA]    = "TLS: peer certificate is not issued by a trusted CA",
+    [BRAID_ETLS_HOSTNAME - BRAID_ETLS_NO_CERT]       = "TLS: peer sent no certificate but one is required",
+    [BRAID_ETLS_HOSTNAME - BRAID_ETLS_TIMEOUT]       = "TLS handshake timed out",
+    [BRAID_ETLS_HOSTNAME - BRAID_ETLS_RENEGOTIATION] = "TLS renegotiation refused",
+    [BRAID_ETLS_HOSTNAME - BRAID_ETLS_ALERT]         = "TLS: peer sent a fatal alert",
+    [BRAID_ETLS_HOSTNAME - BRAID_ETLS_TRUNCATED]     = "TLS: stream truncated (no close_notify or handshake cut short)",
+};
+BRAID__ERROR_DOMAIN(tls, "tls", BRAID_ETLS_HOSTNAME, BRAID_ETLS_TRUNCATED, tls_names);
+static const char *const tls_old_names[] = { "TLS error", "certificate verification failed" };
+BRAID__ERROR_DOMAIN(tls_old, "tls", BRAID_ETLS, BRAID_EVERIFY, tls_old_names);
 
 /* Most recent OpenSSL error queue entry as text, queue cleared. */
 void braid__tls_ssl_errstr(char *buf, size_t len) {

@@ -5,7 +5,7 @@
  * the description, the rest is handed to braid_endpoint_parse_server/client
  * as a "tcp:" string (its errors name the bad part as usual), and the
  * listener or connection is made through a braid_tls_factory. */
-#include "tls_internal.h"
+#include "tls/tls_internal.h"
 #include <braid/endpoint.h>
 #include <stdarg.h>
 #include <stdio.h>

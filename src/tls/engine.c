@@ -8,7 +8,7 @@
  * is freed as soon as it drains, and the plaintext queue likewise: an idle
  * engine holds no buffer of its own, and OpenSSL's record buffers are
  * released too (SSL_MODE_RELEASE_BUFFERS). */
-#include "tls_internal.h"
+#include "tls/tls_internal.h"
 #include <arpa/inet.h>
 #include <assert.h>
 #include <openssl/err.h>

@@ -4,7 +4,7 @@
  * One allocation per connection (braid__tls_conn) holds both halves:
  *   - the *glue* protocol, attached to the lower transport, which feeds
  *     ciphertext to the engine and writes the engine's output below;
- *   - the *TLS transport*, a transport kind (stream_internal.h's vtable)
+ *   - the *TLS transport*, a transport kind (net/transport_impl.h's vtable)
  *     that the application's protocol is attached to. Its shared write buffer
  *     holds plaintext, so the watermarks, producers and the hard cap of
  *     transport.c apply to the application's writes unchanged.
@@ -19,8 +19,8 @@
  * happens in the TLS transport's flush, which transport.c runs once per
  * iteration in the ready phase — every write of the iteration is sealed
  * together. */
-#include "tls_internal.h"
-#include "../stream/stream_internal.h"
+#include "tls/tls_internal.h"
+#include "net/transport_impl.h"
 #include <string.h>
 
 #define RECORD 16384
@@ -77,12 +77,9 @@ static void conn_unref(braid__tls_conn *c) {
     braid_free(c);
 }
 
-/* Queue the TLS transport's flush (transport.c's flush_cb) for the ready phase. */
+/* Queue the TLS transport's flush for the ready phase. */
 static void kick(braid__tls_conn *c) {
-    braid_transport *t = &c->t;
-    if (!c->t_live || (t->state & (BRAID__T_FLUSH_QUEUED | BRAID__T_CLOSED))) return;
-    t->state |= BRAID__T_FLUSH_QUEUED;
-    braid_loop_soon_node(t->loop, &t->flush_node);
+    if (c->t_live) braid__transport_queue_flush(&c->t);
 }
 
 static void queue_trim(braid__tls_conn *c);
@@ -99,18 +96,12 @@ static void trim(void *arg) {
     braid__tls_conn *c = arg;
     c->trim_queued = false;
     if (c->t_live && c->lower && !c->t.wlen && !(c->t.state & (BRAID__T_IN_FLUSH | BRAID__T_CLOSED))) {
-        if (c->lower->wlen) {
-            if (c->prod_registered && c->lower->producer == &c->lower_prod) {
-                c->lower->producer_paused = true;
+        if (braid_transport_buffered(c->lower)) {
+            if (c->prod_registered && braid__transport_pause_producer(c->lower, &c->lower_prod))
                 c->wait_drain = true;
-            }
         } else {
-            braid_transport *b[2] = { c->lower, &c->t };
-            for (int i = 0; i < 2; i++) {
-                braid_free(b[i]->wbuf);
-                b[i]->wbuf = NULL;
-                b[i]->whead = b[i]->wcap = 0;
-            }
+            braid__transport_trim(c->lower);
+            braid__transport_trim(&c->t);
         }
     }
     conn_unref(c);
@@ -271,14 +262,16 @@ static int start(braid__tls_conn *c, braid_protocol *app, bool app_attached) {
     braid_transport *lower = c->lower;
     braid_loop *loop = braid_transport_loop(lower);
     /* Keep the lower buffer within LOWER_KEEP (unless its owner chose limits). */
-    if (lower->high == BRAID__DEFAULT_HIGH)
-        braid_transport_set_limits(lower, lower->low < LOWER_HIGH ? lower->low : LOWER_HIGH, LOWER_HIGH, 0);
+    size_t low, high;
+    braid__transport_watermarks(lower, &low, &high);
+    if (high == BRAID__DEFAULT_HIGH)
+        braid_transport_set_limits(lower, low < LOWER_HIGH ? low : LOWER_HIGH, LOWER_HIGH, 0);
     int rc = braid_tls_engine_new(&c->engine, c->ctx, c->server_name, &engine_ops, c);
     if (rc < 0) return rc;
     if (app_attached) {
         /* STARTTLS: the glue takes the application's place on the lower
          * transport (which will release the glue, not the application). */
-        lower->protocol = &c->glue;
+        braid__transport_set_protocol(lower, &c->glue);
         c->glue.transport = lower;
     }
     braid__transport_init(&c->t, loop, &tls_vt);
@@ -379,9 +372,11 @@ static const braid_protocol_ops glue_ops = {
 static void tls_flush(braid_transport *t) {
     braid__tls_conn *c = of_t(t);
     if (!c->lower || !c->engine || !braid_tls_engine_handshake_done(c->engine)) return;
+    size_t lower_high;
+    braid__transport_watermarks(c->lower, NULL, &lower_high);
     while (t->wlen && !(t->state & BRAID__T_CLOSED)) {
         size_t below = braid_transport_buffered(c->lower);
-        if (c->lower_full || below >= c->lower->high) {
+        if (c->lower_full || below >= lower_high) {
             /* Without our producer registered (STARTTLS over a transport
              * that had one) nothing would wake us: poll again next round. */
             if (!c->prod_registered) kick(c);
@@ -389,7 +384,7 @@ static void tls_flush(braid_transport *t) {
         }
         /* Up to the lower high watermark (so the lower transport pauses
          * us and its resume brings us back), at least one record. */
-        size_t n = c->lower->high - below;
+        size_t n = lower_high - below;
         if (n < RECORD) n = RECORD;
         if (n > t->wlen) n = t->wlen;
         int rc = braid_tls_engine_write(c->engine, t->wbuf + t->whead, n);
@@ -556,10 +551,8 @@ braid_deferred *braid_tls_connect(braid_loop *loop, const braid_tcp_connect_opti
 int braid_tls_start(braid_protocol *p, const braid_tls_wrap_options *o) {
     if (!p || !p->transport || !o || !o->ctx) return BRAID_EINVAL;
     braid_transport *lower = p->transport;
-    if (lower->state & (BRAID__T_CLOSED | BRAID__T_DISCONNECTING | BRAID__T_SHUT_PENDING |
-                        BRAID__T_WRITE_SHUT))
-        return BRAID_ESHUTDOWN;
-    if (lower->producer) return BRAID_EBUSY;
+    if (!braid__transport_writable(lower)) return BRAID_ESHUTDOWN;
+    if (braid__transport_has_producer(lower)) return BRAID_EBUSY;
     braid__tls_conn *c = conn_new(o, o->server_name);
     if (!c) return BRAID_ENOMEM;
     c->lower = lower;

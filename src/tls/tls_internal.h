@@ -2,11 +2,14 @@
 #ifndef BRAID_TLS_INTERNAL_H
 #define BRAID_TLS_INTERNAL_H
 
-#include "../internal.h"
+#include "loop/loop_module.h"
 #include <braid/tls.h>
 #include <openssl/ssl.h>
 #include <pthread.h>
 #include <stdatomic.h>
+
+/* The namespace of this module's log lines (base/base.h). */
+static const char braid__log_ns[] = "tls";
 
 typedef struct braid__tls_sni {
     char *name;

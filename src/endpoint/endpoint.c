@@ -1,0 +1,252 @@
+/* Endpoint descriptions (Twisted's serverFromString/clientFromString
+ * grammar): fields separated by ':', '\' escapes the next character, a field
+ * is either key=value or positional. Parsing never allocates; every error
+ * names the part it did not like. */
+#include "base/base.h"
+#include <braid/dgram.h>
+#include <braid/endpoint.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+
+static const char *const endpoint_names[] = { "malformed endpoint description" };
+BRAID__ERROR_DOMAIN(endpoint, "endpoint", BRAID_EBAD_ENDPOINT, BRAID_EBAD_ENDPOINT, endpoint_names);
+
+#define MAX_FIELDS 16
+#define FIELD_LEN 512
+
+/* A numeric interface address ("" = any); an IPv6 one for tcp6. */
+static bool numeric_interface(const char *val, bool v6) {
+    braid_address a;
+    if (!*val) return true;
+    if (braid_address_from_numeric(val, 0, &a) < 0) return false;
+    return !v6 || a.ss.ss_family == AF_INET6;
+}
+
+typedef struct fields {
+    int n;
+    char f[MAX_FIELDS][FIELD_LEN];
+} fields;
+
+static int bad(char *err, size_t errlen, const char *desc, const char *fmt, ...)
+    BRAID_PRINTF(4, 5);
+static int bad(char *err, size_t errlen, const char *desc, const char *fmt, ...) {
+    if (err && errlen) {
+        int k = snprintf(err, errlen, "endpoint '%s': ", desc ? desc : "(null)");
+        if (k >= 0 && (size_t)k < errlen) {
+            va_list ap;
+            va_start(ap, fmt);
+            vsnprintf(err + k, errlen - (size_t)k, fmt, ap);
+            va_end(ap);
+        }
+    }
+    return BRAID_EBAD_ENDPOINT;
+}
+
+static int split(const char *desc, fields *fs, char *err, size_t errlen) {
+    fs->n = 0;
+    size_t len = 0;
+    char *cur = fs->f[0];
+    for (const char *p = desc;; p++) {
+        if (*p == '\\') {
+            if (!p[1]) return bad(err, errlen, desc, "trailing '\\'");
+            p++;
+        } else if (*p == ':' || *p == 0) {
+            cur[len] = 0;
+            fs->n++;
+            if (*p == 0) return 0;
+            if (fs->n == MAX_FIELDS) return bad(err, errlen, desc, "more than %d fields", MAX_FIELDS);
+            cur = fs->f[fs->n];
+            len = 0;
+            continue;
+        }
+        if (len + 1 >= FIELD_LEN) return bad(err, errlen, desc, "field %d too long", fs->n + 1);
+        cur[len++] = *p;
+    }
+}
+
+static bool parse_int(const char *s, long lo, long hi, int base, long *out) {
+    if (!*s) return false;
+    char *end;
+    errno = 0;
+    long v = strtol(s, &end, base);
+    if (*end || errno || v < lo || v > hi) return false;
+    *out = v;
+    return true;
+}
+
+static bool parse_seconds(const char *s, uint64_t *ns) {
+    if (!*s) return false;
+    char *end;
+    errno = 0;
+    double v = strtod(s, &end);
+    if (*end || errno || !(v > 0) || v > 1e9) return false;
+    *ns = (uint64_t)(v * 1e9);
+    return true;
+}
+
+static bool parse_bool(const char *s, bool *out) {
+    if (!strcmp(s, "1") || !strcmp(s, "true") || !strcmp(s, "yes")) { *out = true; return true; }
+    if (!strcmp(s, "0") || !strcmp(s, "false") || !strcmp(s, "no")) { *out = false; return true; }
+    return false;
+}
+
+static bool copy(char *dst, size_t n, const char *src) {
+    size_t l = strlen(src);
+    if (l >= n) return false;
+    memcpy(dst, src, l + 1);
+    return true;
+}
+
+static int parse(const char *desc, braid_endpoint *ep, bool server, char *err, size_t errlen) {
+    memset(ep, 0, sizeof *ep);
+    ep->server = server;
+    if (err && errlen) err[0] = 0;
+    if (!desc || !*desc) return bad(err, errlen, desc, "empty description");
+    fields fs;
+    int rc = split(desc, &fs, err, errlen);
+    if (rc < 0) return rc;
+    const char *kind = fs.f[0];
+    if (!strcmp(kind, "tcp")) ep->kind = BRAID_ENDPOINT_TCP;
+    else if (!strcmp(kind, "tcp6")) ep->kind = BRAID_ENDPOINT_TCP6;
+    else if (!strcmp(kind, "unix")) ep->kind = BRAID_ENDPOINT_UNIX;
+    else return bad(err, errlen, desc, "unknown endpoint type '%s' (want tcp, tcp6 or unix)", kind);
+    bool is_unix = ep->kind == BRAID_ENDPOINT_UNIX;
+    bool have_port = false, have_host = false, have_path = false;
+    int npos = 0;
+    for (int i = 1; i < fs.n; i++) {
+        char *f = fs.f[i];
+        char *eq = strchr(f, '=');
+        const char *key, *val;
+        if (!eq) {
+            /* positional: tcp server PORT; tcp client HOST PORT; unix PATH */
+            static const char *const tcp_server[] = { "port" };
+            static const char *const tcp_client[] = { "host", "port" };
+            static const char *const unix_pos[] = { "path" };
+            const char *const *names = is_unix ? unix_pos : server ? tcp_server : tcp_client;
+            int max = is_unix ? 1 : server ? 1 : 2;
+            if (npos >= max) return bad(err, errlen, desc, "unexpected positional argument '%s'", f);
+            key = names[npos++];
+            val = f;
+        } else {
+            *eq = 0;
+            key = f;
+            val = eq + 1;
+        }
+        long v;
+        if (!strcmp(key, "port") && !is_unix) {
+            if (have_port) return bad(err, errlen, desc, "port given twice");
+            if (!parse_int(val, server ? 0 : 1, 65535, 10, &v))
+                return bad(err, errlen, desc, "bad port '%s'", val);
+            ep->port = (int)v;
+            have_port = true;
+        } else if (!strcmp(key, "interface") && !is_unix && server) {
+            if (!copy(ep->host, sizeof ep->host, val) ||
+                !numeric_interface(val, ep->kind == BRAID_ENDPOINT_TCP6))
+                return bad(err, errlen, desc, "bad interface '%s' (a numeric %saddress)", val,
+                           ep->kind == BRAID_ENDPOINT_TCP6 ? "IPv6 " : "");
+        } else if (!strcmp(key, "host") && !is_unix && !server) {
+            if (have_host) return bad(err, errlen, desc, "host given twice");
+            if (!*val || !copy(ep->host, sizeof ep->host, val))
+                return bad(err, errlen, desc, "bad host '%s'", val);
+            have_host = true;
+        } else if (!strcmp(key, "backlog") && server) {
+            if (!parse_int(val, 1, 65535, 10, &v)) return bad(err, errlen, desc, "bad backlog '%s'", val);
+            ep->backlog = (int)v;
+        } else if (!strcmp(key, "reuseport") && server && !is_unix) {
+            if (!parse_bool(val, &ep->reuseport)) return bad(err, errlen, desc, "bad reuseport '%s'", val);
+        } else if ((!strcmp(key, "path") || !strcmp(key, "address")) && is_unix) {
+            if (have_path) return bad(err, errlen, desc, "path given twice");
+            if (!*val || !copy(ep->path, sizeof ep->path, val))
+                return bad(err, errlen, desc, "bad unix path '%s' (empty or longer than %zu)", val,
+                           sizeof ep->path - 1);
+            have_path = true;
+        } else if (!strcmp(key, "mode") && is_unix && server) {
+            if (!parse_int(val, 0, 07777, 8, &v)) return bad(err, errlen, desc, "bad mode '%s' (octal)", val);
+            ep->mode = (int)v;
+        } else if (!strcmp(key, "timeout") && !server) {
+            if (!parse_seconds(val, &ep->timeout_ns))
+                return bad(err, errlen, desc, "bad timeout '%s' (seconds > 0)", val);
+        } else if (!strcmp(key, "bindAddress") && !server && !is_unix) {
+            char tmp[FIELD_LEN];
+            if (!copy(tmp, sizeof tmp, val)) return bad(err, errlen, desc, "bad bindAddress");
+            char *port = NULL;
+            if (tmp[0] == '[') {
+                char *close = strchr(tmp, ']');
+                if (close && close[1] == ':') { port = close + 2; close[1] = 0; }
+            } else {
+                char *c = strchr(tmp, ':');
+                if (c && !strchr(c + 1, ':')) { *c = 0; port = c + 1; }
+            }
+            long bp = 0;
+            if ((port && !parse_int(port, 0, 65535, 10, &bp)) ||
+                braid_address_from_numeric(tmp, 0, &(braid_address){ 0 }) < 0 ||
+                !copy(ep->bind_host, sizeof ep->bind_host, tmp))
+                return bad(err, errlen, desc, "bad bindAddress '%s'", val);
+            ep->bind_port = (int)bp;
+        } else {
+            return bad(err, errlen, desc, "unknown parameter '%s' for a %s %s endpoint", key, kind,
+                       server ? "server" : "client");
+        }
+    }
+    if (is_unix && !have_path) return bad(err, errlen, desc, "missing unix path");
+    if (!is_unix && !have_port) return bad(err, errlen, desc, "missing port");
+    if (!is_unix && !server && !have_host) return bad(err, errlen, desc, "missing host");
+    return 0;
+}
+
+int braid_endpoint_parse_server(const char *desc, braid_endpoint *ep, char *err, size_t errlen) {
+    return parse(desc, ep, true, err, errlen);
+}
+int braid_endpoint_parse_client(const char *desc, braid_endpoint *ep, char *err, size_t errlen) {
+    return parse(desc, ep, false, err, errlen);
+}
+
+braid_deferred *braid_endpoint_listen(braid_loop *loop, const braid_endpoint *ep, braid_factory *f) {
+    braid_listener *l = NULL;
+    int rc;
+    if (ep->kind == BRAID_ENDPOINT_UNIX) {
+        braid_unix_listen_options o = { .path = ep->path, .mode = ep->mode, .backlog = ep->backlog };
+        rc = braid_unix_listen(loop, &o, f, &l);
+    } else {
+        braid_tcp_listen_options o = { .host = ep->host, .port = ep->port,
+                                       .ipv6 = ep->kind == BRAID_ENDPOINT_TCP6,
+                                       .backlog = ep->backlog, .reuseport = ep->reuseport };
+        rc = braid_tcp_listen(loop, &o, f, &l);
+    }
+    if (rc < 0) {
+        return braid_fail(loop, braid_failure_new(rc, "listen on %s %s:%d", ep->kind == BRAID_ENDPOINT_UNIX ? "unix" : "tcp",
+                                                  ep->kind == BRAID_ENDPOINT_UNIX ? ep->path : ep->host,
+                                                  ep->port));
+    }
+    braid_deferred *d = braid_succeed(loop, l, NULL);
+    if (!d) braid_listener_close(l);   /* braid_succeed only fails without memory */
+    return d;
+}
+
+braid_deferred *braid_endpoint_connect(braid_loop *loop, const braid_endpoint *ep, braid_factory *f) {
+    if (ep->kind == BRAID_ENDPOINT_UNIX) return braid_unix_connect(loop, ep->path, ep->timeout_ns, f);
+    braid_tcp_connect_options o = {
+        .host = ep->host, .port = ep->port, .timeout_ns = ep->timeout_ns,
+        .bind_host = ep->bind_host[0] ? ep->bind_host : NULL, .bind_port = ep->bind_port,
+        .family = ep->kind == BRAID_ENDPOINT_TCP6 ? AF_INET6 : 0 };
+    return braid_tcp_connect(loop, &o, f);
+}
+
+braid_deferred *braid_listen(braid_loop *loop, const char *desc, braid_factory *f) {
+    braid_endpoint ep;
+    char err[256];
+    int rc = braid_endpoint_parse_server(desc, &ep, err, sizeof err);
+    if (rc < 0) return braid_fail(loop, braid_failure_new(rc, "%s", err));
+    return braid_endpoint_listen(loop, &ep, f);
+}
+
+braid_deferred *braid_connect(braid_loop *loop, const char *desc, braid_factory *f) {
+    braid_endpoint ep;
+    char err[256];
+    int rc = braid_endpoint_parse_client(desc, &ep, err, sizeof err);
+    if (rc < 0) return braid_fail(loop, braid_failure_new(rc, "%s", err));
+    return braid_endpoint_connect(loop, &ep, f);
+}
