@@ -51,7 +51,7 @@
  * soak_timeline_<backend>.svg, the samples written to
  * soak_samples_<backend>.csv. */
 #include "bench.h"
-#include "../tests/tls_certs.h"
+#include "../tests/support/tls_certs.h"
 #include "loop/loop_internal.h"   /* the loop's timer heap size, for /status */
 
 #include <braid.h>
@@ -243,17 +243,15 @@ static braid_deferred *h_status(braid_http_request *req, void *arg) {
 static int serve(int argc, char **argv) {
     int port = 0, tls_port = 0;
     const char *backend = "epoll";
-    for (int i = 1; i < argc; i++) {
-        const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
-        if (!strcmp(a, "--port") && v) { port = atoi(v); i++; }
-        else if (!strcmp(a, "--tls-port") && v) { tls_port = atoi(v); i++; }
-        else if (!strcmp(a, "--backend") && v) { backend = v; i++; }
-        else {
-            fprintf(stderr, "usage: braid-bench serve soak --port P --tls-port Q [--backend B]\n");
-            return 2;
-        }
-    }
-    if (port <= 0 || tls_port <= 0) { fprintf(stderr, "serve soak: --port and --tls-port are required\n"); return 2; }
+    const bench_opt opts[] = {
+        BENCH_SERVE_PORT(&port),
+        { .name = "--tls-port", .kind = BENCH_OPT_INT, .value = &tls_port, .metavar = "Q",
+          .help = "port of the same server behind TLS", .required = true },
+        BENCH_SERVE_BACKEND(&backend),
+        { 0 } };
+    int rc;
+    if (!bench_serve_args("soak", argc, argv, opts, &rc)) return rc;
+    if (port <= 0 || tls_port <= 0) { fprintf(stderr, "serve soak: --port and --tls-port must be ports\n"); return 2; }
     signal(SIGPIPE, SIG_IGN);
     braid_loop_options lo = { .backend = (braid_backend)bench_backend(backend), .flags = BRAID_LOOP_STRICT_BACKEND };
     if (braid_loop_new(&S.loop, &lo) < 0) {

@@ -34,7 +34,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include "fuzz_world.h"
-#include "../tests/tls_certs.h"
+#include "../tests/support/tls_certs.h"
 
 #define MAX_CONNS 32
 #define MAX_REQS 4

@@ -18,7 +18,7 @@
  * process (a client engine's key generation would otherwise be a fifth of
  * a mode-2 input); each input gets fresh engines. */
 #include <braid/tls.h>
-#include "../tests/tls_certs.h"
+#include "../tests/support/tls_certs.h"
 #include <stdlib.h>
 #include <string.h>
 

@@ -16,7 +16,7 @@
  *    are counted here, so a leak on one of its error paths fails the walk. */
 // ctest-labels: tls
 #include "harness.h"
-#include "tls_certs.h"
+#include "support/tls_certs.h"
 #include <braid/tls.h>
 #include <openssl/crypto.h>
 #include <openssl/err.h>
