@@ -814,3 +814,215 @@ BT_TEST(allocation_failure_walk) {
     BT_GT(failures_seen, 5);
     braid_fake_clock_free(fc);
 }
+
+/* ---- introspection ---------------------------------------------------------------------------------- */
+BT_TEST(introspection_lists_components_boxes_and_links) {
+    braid_fake_clock *fc;
+    braid_loop *loop = fake_loop(&fc);
+    counts_reset();
+    relay r = { 0 };
+    sink s = { .keep_going = true };
+    braid_component *x = mk(loop, relay_run, &r, "re\"lay"), *k = mk(loop, sink_run, &s, "sink");
+    braid_component *p;
+    BT_OK(braid_component_pipeline_new(loop, &k, 1, NULL, &p));
+    BT_OK(braid_component_link(x, "outbox", p, "inbox", 0));
+    BT_OK(braid_component_deliver(k, BRAID_COMPONENT_INBOX, tmsg_new(1), tmsg_free));
+    char *json = NULL;
+    size_t len = 0;
+    BT_OK(braid_component_introspect(loop, &json, &len));
+    BT_EQ(len, strlen(json));
+    BT_TRUE(strstr(json, "\"name\":\"re\\\"lay\"") != NULL);   /* escaped */
+    BT_TRUE(strstr(json, "\"kind\":\"pipeline\"") != NULL);
+    BT_TRUE(strstr(json, "\"depth\":1,\"capacity\":1024") != NULL);
+    /* the relay's outbox is linked to the pipeline's inbox and delivers to the sink's */
+    char want[160];
+    snprintf(want, sizeof want, "\"linked_to\":{\"component\":\"c%p\",\"box\":\"inbox\",\"inbox\":true},"
+                                "\"delivers_to\":{\"component\":\"c%p\",\"box\":\"inbox\",\"inbox\":true}",
+             (void *)p, (void *)k);
+    BT_TRUE(strstr(json, want) != NULL);
+    braid_free(json);
+    braid_component_free(x);
+    braid_component_free(p);
+    BT_ALL_FREED();
+    fake_done(loop, fc);
+}
+
+/* ---- Deferred adapters ---------------------------------------------------------------------------- */
+BT_TEST(component_fed_from_a_deferred) {
+    braid_fake_clock *fc;
+    braid_loop *loop = fake_loop(&fc);
+    counts_reset();
+    braid_deferred *d = braid_deferred_new(loop);
+    braid_component *c, *k;
+    sink s = { 0 };
+    BT_OK(braid_component_new_from_deferred(loop, d, NULL, &c));
+    k = mk(loop, sink_run, &s, "sink");
+    BT_OK(braid_component_link(c, "outbox", k, "inbox", 0));
+    BT_OK(braid_component_link(c, "signal", k, "control", 0));
+    BT_OK(braid_component_activate(c));
+    BT_OK(braid_component_activate(k));
+    drain(loop);
+    BT_EQ(s.n, 0);
+    BT_OK(braid_deferred_callback(d, tmsg_new(42), tmsg_free));
+    drain(loop);
+    BT_EQ(s.n, 1);
+    BT_EQ(s.got[0], 42);
+    BT_TRUE(braid_component_is_done(c));
+    BT_TRUE(braid_component_is_done(k));   /* producer_finished followed */
+    braid_component_free(c);
+    braid_component_free(k);
+    /* a failure ends it with the code; freeing one whose Deferred never
+     * fired cancels the Deferred */
+    braid_deferred *d2 = braid_deferred_new(loop), *d3 = braid_deferred_new(loop);
+    braid_component *c2, *c3;
+    BT_OK(braid_component_new_from_deferred(loop, braid_deferred_ref(d2), NULL, &c2));
+    BT_OK(braid_component_new_from_deferred(loop, braid_deferred_ref(d3), NULL, &c3));
+    BT_OK(braid_component_activate(c2));
+    BT_OK(braid_deferred_errback(d2, braid_failure_new(BRAID_EPIPE, "gone")));
+    drain(loop);
+    BT_TRUE(braid_component_is_done(c2));
+    BT_ERR(braid_component_result(c2), BRAID_EPIPE);
+    braid_component_free(c2);
+    braid_component_free(c3);
+    BT_TRUE(braid_deferred_called(d3));   /* cancelled */
+    braid_deferred_callback(d3, NULL, NULL);   /* the producer's late fire, ignored, drops its reference */
+    braid_deferred_release(d2);
+    braid_deferred_release(d3);
+    BT_ALL_FREED();
+    fake_done(loop, fc);
+}
+
+static braid_result got_value(braid_result r, void *arg) {
+    *(int *)arg = ((tmsg *)r.value)->seq;
+    return r;   /* the Deferred frees the value with its dtor */
+}
+static braid_result got_failure(braid_result r, void *arg) {
+    *(int *)arg = r.failure->code;
+    braid_result_drop(r);
+    return braid_ok(NULL);
+}
+
+BT_TEST(component_that_fires_a_deferred) {
+    braid_fake_clock *fc;
+    braid_loop *loop = fake_loop(&fc);
+    counts_reset();
+    braid_deferred *d;
+    braid_component *c;
+    BT_OK(braid_component_new_to_deferred(loop, NULL, &d, &c));
+    int v = 0;
+    BT_OK(braid_deferred_add_callbacks(d, got_value, got_failure, &v));
+    BT_OK(braid_component_activate(c));
+    BT_OK(braid_component_deliver(c, BRAID_COMPONENT_INBOX, tmsg_new(7), tmsg_free));
+    drain(loop);
+    BT_EQ(v, 7);
+    BT_TRUE(braid_component_is_done(c));
+    braid_deferred_release(d);   /* frees the message through its dtor */
+    braid_component_free(c);
+    /* shut down first: BRAID_ESHUTDOWN; freed first: BRAID_ECANCELED */
+    braid_deferred *d2, *d3;
+    braid_component *c2, *c3;
+    int v2 = 0, v3 = 0;
+    BT_OK(braid_component_new_to_deferred(loop, NULL, &d2, &c2));
+    BT_OK(braid_component_new_to_deferred(loop, NULL, &d3, &c3));
+    BT_OK(braid_deferred_add_callbacks(d2, got_value, got_failure, &v2));
+    BT_OK(braid_deferred_add_callbacks(d3, got_value, got_failure, &v3));
+    BT_OK(braid_component_activate(c2));
+    BT_OK(braid_component_deliver(c2, BRAID_COMPONENT_CONTROL, BRAID_COMPONENT_SHUTDOWN, NULL));
+    drain(loop);
+    BT_ERR(v2, BRAID_ESHUTDOWN);
+    braid_component_free(c3);
+    BT_ERR(v3, BRAID_ECANCELED);
+    braid_component_free(c2);
+    braid_deferred_release(d2);
+    braid_deferred_release(d3);
+    BT_ALL_FREED();
+    fake_done(loop, fc);
+}
+
+/* ---- carousel ------------------------------------------------------------------------------------- */
+/* The factory builds a relay that adds the "next" message's seq to each
+ * message and ends after `limit` messages. */
+typedef struct crelay {
+    int add, limit, seen;
+} crelay;
+static int crelay_run(braid_component *c, void *st) {
+    crelay *r = st;
+    braid_component_msg m;
+    while (r->seen < r->limit && braid_component_recv(c, BRAID_COMPONENT_INBOX, &m) == 0) {
+        ((tmsg *)m.ptr)->seq += r->add;
+        r->seen++;
+        if (braid_component_send(c, BRAID_COMPONENT_OUTBOX, m.ptr, m.free) < 0) braid_component_msg_free(m);
+    }
+    if (r->seen == r->limit) return BRAID_COMPONENT_DONE;
+    return braid_component_handle_control(c);
+}
+static int g_built;
+static int make_relay(braid_loop *loop, braid_component_msg msg, void *arg, braid_component **out) {
+    (void)arg;
+    crelay *r = malloc(sizeof *r);
+    *r = (crelay){ ((tmsg *)msg.ptr)->seq, 2, 0 };
+    braid_component_msg_free(msg);
+    braid_component_options o = { .name = "child", .state_free = free };
+    int rc = braid_component_new(loop, crelay_run, r, &o, out);
+    if (rc < 0) free(r);
+    g_built++;
+    return rc;
+}
+
+typedef struct nexts {
+    int n;
+} nexts;
+static int count_next(braid_component *c, void *st) {
+    nexts *x = st;
+    braid_component_msg m;
+    while (braid_component_recv(c, BRAID_COMPONENT_INBOX, &m) == 0) {
+        if (m.ptr == BRAID_COMPONENT_NEXT) x->n++;
+        braid_component_msg_free(m);
+    }
+    return BRAID_COMPONENT_IDLE;
+}
+
+BT_TEST(carousel_replaces_its_child_per_message) {
+    braid_fake_clock *fc;
+    braid_loop *loop = fake_loop(&fc);
+    counts_reset();
+    g_built = 0;
+    braid_component *car, *snk, *nx;
+    sink s = { .keep_going = true };
+    nexts x = { 0 };
+    BT_OK(braid_component_carousel_new(loop, make_relay, NULL, NULL, &car));
+    snk = mk(loop, sink_run, &s, "sink");
+    nx = mk(loop, count_next, &x, "next-counter");
+    BT_OK(braid_component_link(car, "outbox", snk, "inbox", 0));
+    BT_OK(braid_component_link(car, "requestNext", nx, "inbox", 0));
+    braid_component *all[] = { car, snk, nx };
+    for (int i = 0; i < 3; i++) BT_OK(braid_component_activate(all[i]));
+    /* messages before any child wait in the carousel */
+    BT_OK(braid_component_deliver(car, BRAID_COMPONENT_INBOX, tmsg_new(1), tmsg_free));
+    drain(loop);
+    BT_EQ(s.n, 0);
+    BT_OK(braid_component_deliver(car, BRAID_COMPONENT_CAROUSEL_NEXT, tmsg_new(100), tmsg_free));
+    drain(loop);
+    BT_EQ(g_built, 1);
+    BT_EQ(s.n, 1);
+    BT_EQ(s.got[0], 101);   /* handed on to the first child */
+    /* a new child replaces the current one at once */
+    BT_OK(braid_component_deliver(car, BRAID_COMPONENT_CAROUSEL_NEXT, tmsg_new(200), tmsg_free));
+    drain(loop);
+    BT_EQ(x.n, 0);   /* replaced, not ended: no NEXT */
+    BT_OK(braid_component_deliver(car, BRAID_COMPONENT_INBOX, tmsg_new(2), tmsg_free));
+    BT_OK(braid_component_deliver(car, BRAID_COMPONENT_INBOX, tmsg_new(3), tmsg_free));
+    drain(loop);
+    BT_EQ(s.n, 3);
+    BT_EQ(s.got[1], 202);
+    BT_EQ(s.got[2], 203);
+    BT_EQ(x.n, 1);   /* that child ended after 2: the carousel asks for the next */
+    /* shutdown with no live child ends the carousel */
+    BT_OK(braid_component_deliver(car, BRAID_COMPONENT_CONTROL, BRAID_COMPONENT_SHUTDOWN, NULL));
+    drain(loop);
+    BT_TRUE(braid_component_is_done(car));
+    for (int i = 0; i < 3; i++) braid_component_free(all[i]);
+    BT_ALL_FREED();
+    BT_EQ(braid_component_count(loop), 0);
+    fake_done(loop, fc);
+}

@@ -114,9 +114,11 @@ static inline void braid_component_msg_free(braid_component_msg m) {
 
 /* The shutdown messages (free == NULL; compare pointers). */
 typedef struct braid_component_signal_msg { const char *name; } braid_component_signal_msg;
-BRAID_API extern const braid_component_signal_msg braid_component_signal_msgs[2];
+BRAID_API extern const braid_component_signal_msg braid_component_signal_msgs[3];
 #define BRAID_COMPONENT_PRODUCER_FINISHED ((void *)&braid_component_signal_msgs[0])
 #define BRAID_COMPONENT_SHUTDOWN          ((void *)&braid_component_signal_msgs[1])
+/* A carousel's request for its next child (on its "requestNext" outbox). */
+#define BRAID_COMPONENT_NEXT              ((void *)&braid_component_signal_msgs[2])
 static inline bool braid_component_is_shutdown_msg(const void *p) {
     return p == BRAID_COMPONENT_PRODUCER_FINISHED || p == BRAID_COMPONENT_SHUTDOWN;
 }
@@ -291,6 +293,63 @@ BRAID_API int braid_component_graphline_new(braid_loop *loop, const braid_compon
                                             const braid_component_options *opts, braid_component **out);
 /* A graphline's child by name (borrowed), or NULL. */
 BRAID_API braid_component *braid_component_child(const braid_component *composite, const char *name);
+
+/* A carousel (Kamaelia's Chassis/Carousel.py): each message on its "next"
+ * inbox (index BRAID_COMPONENT_CAROUSEL_NEXT) is handed to factory, which
+ * builds a new child (taking the message); the child replaces the current
+ * one (freed), gets the carousel's inbox (passthrough; what queued while
+ * there was no child is handed on) and its outbox leads to the
+ * carousel's. When a child ends, the carousel sends BRAID_COMPONENT_NEXT on
+ * "requestNext" (outbox BRAID_COMPONENT_CAROUSEL_REQUEST_NEXT). Shutdown on
+ * its control goes to the current child; the carousel ends (forwarding it
+ * on signal) once that child has ended. A factory error ends the carousel
+ * with that code. */
+typedef int (*braid_component_factory_fn)(braid_loop *loop, braid_component_msg msg, void *arg,
+                                          braid_component **out);
+enum { BRAID_COMPONENT_CAROUSEL_NEXT = 2, BRAID_COMPONENT_CAROUSEL_REQUEST_NEXT = 2 };
+BRAID_API int braid_component_carousel_new(braid_loop *loop, braid_component_factory_fn factory, void *arg,
+                                           const braid_component_options *opts, braid_component **out);
+
+/* ---- Deferred adapters -------------------------------------------------------------- */
+/* A component fed from a Deferred (takes d's consumer reference): when d
+ * fires with a value it sends it on outbox (free = the result's dtor), then
+ * PRODUCER_FINISHED on signal, and ends; a failure ends it with the
+ * failure's code after SHUTDOWN on signal. Freed before d fires: d is
+ * cancelled. */
+BRAID_API int braid_component_new_from_deferred(braid_loop *loop, braid_deferred *d,
+                                                const braid_component_options *opts, braid_component **out);
+/* A component that fires a Deferred (*d, one reference, yours) with the
+ * first message on its inbox (value = ptr, dtor = free) and ends; shutdown or
+ * producer_finished on control first: BRAID_ESHUTDOWN; freed first:
+ * BRAID_ECANCELED. */
+BRAID_API int braid_component_new_to_deferred(braid_loop *loop, const braid_component_options *opts,
+                                              braid_deferred **d, braid_component **out);
+
+/* ---- threaded components ---------------------------------------------------------------
+ * A component whose function runs in an OS thread of its own, for blocking
+ * libraries (Kamaelia's threadedcomponent). It has the usual boxes on the
+ * loop; between them and the thread are two bounded queues (the component's
+ * inbox capacity each way). The function uses only the calls below, from
+ * its own thread; it ends the component when it returns (its code as the
+ * result; send SHUTDOWN / PRODUCER_FINISHED on signal yourself). While the
+ * thread runs it holds the loop (braid_loop_hold). braid_component_free does
+ * not wait for the thread: its waits return BRAID_ECANCELED at once, and
+ * what is left is freed on the loop's thread when the function returns (so
+ * the loop cannot be destroyed before that). Timeouts here are on the real
+ * monotonic clock, not the loop's. */
+typedef struct braid_component_thread braid_component_thread;
+typedef int (*braid_component_thread_fn)(braid_component_thread *t, void *state);
+BRAID_API int braid_component_new_threaded(braid_loop *loop, braid_component_thread_fn fn, void *state,
+                                           const braid_component_options *opts, braid_component **out);
+/* The component's thread only: the next message from any inbox, oldest
+ * first (*box says which). 0, BRAID_ETIMEDOUT, BRAID_ECANCELED (freed). */
+BRAID_API int braid_component_thread_recv(braid_component_thread *t, int *box, braid_component_msg *out,
+                                          uint64_t timeout);
+/* The component's thread only: queue a message for outbox `box`, waiting
+ * for room up to timeout. 0, BRAID_ETIMEDOUT, BRAID_ECANCELED, BRAID_ENO_BOX;
+ * on error the message stays yours. */
+BRAID_API int braid_component_thread_send(braid_component_thread *t, int box, void *ptr, void (*free_fn)(void *),
+                                          uint64_t timeout);
 
 /* ---- fan-out: splitter, backplane, shared messages ------------------------------------ */
 /* One message to many destinations needs either sharing or copying. A

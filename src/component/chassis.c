@@ -6,8 +6,8 @@
 
 #include <string.h>
 
-static const braid__component_hooks pipeline_hooks = { "pipeline", NULL };
-static const braid__component_hooks graphline_hooks = { "graphline", NULL };
+static const braid__component_hooks pipeline_hooks = { .kind = "pipeline" };
+static const braid__component_hooks graphline_hooks = { .kind = "graphline" };
 
 static bool is_free_child(braid_loop *loop, braid_component *k) {
     return k && k->loop == loop && !k->parent && !k->activated && !k->done;

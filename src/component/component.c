@@ -16,9 +16,10 @@ static const char *const component_names[] = {
 };
 BRAID__ERROR_DOMAIN(component, "component", BRAID_EBOX_FULL, BRAID_EMSG_NOT_SHARABLE, component_names);
 
-const braid_component_signal_msg braid_component_signal_msgs[2] = {
+const braid_component_signal_msg braid_component_signal_msgs[3] = {
     { "producer_finished" },
     { "shutdown" },
+    { "next" },
 };
 
 static const braid_component_box_spec default_in[2] = {
@@ -486,10 +487,13 @@ int braid_component_activate(braid_component *c) {
     BRAID__LOOP_AFFINE(c->loop);
     if (c->activated || c->done) return BRAID_ECOMPONENT_STATE;
     switch (c->kind) {
-    case BRAID__C_CALLBACK:
+    case BRAID__C_CALLBACK: {
+        int rc = braid__component_threaded_start(c);
+        if (rc < 0) return rc;
         c->activated = true;
         runq_push(c);
         return 0;
+    }
     case BRAID__C_FIBER: {
         braid_fiber_options fo = { .stack_size = c->stack_size, .name = c->name };
         braid_deferred *d = braid_fiber_spawn(c->loop, fiber_main, c, &fo);
@@ -537,7 +541,9 @@ void braid__component_end(braid_component *c, int code) {
     c->done_ds = NULL;
     c->n_done_ds = 0;
     braid_component *p = c->parent;
-    if (p && p->activated && !p->done && !p->freeing) {
+    if (p && !p->freeing && p->hooks && p->hooks->on_child_end) {
+        p->hooks->on_child_end(p, c);
+    } else if (p && p->kind == BRAID__C_COMPOSITE && p->activated && !p->done && !p->freeing) {
         if (code && !p->result) p->result = code;
         BRAID__ASSERT(p->live_children > 0);
         if (--p->live_children == 0) braid__component_end(p, p->result);
@@ -594,7 +600,7 @@ static void detach_from_parent(braid_component *c) {
     if (p->last_child == c) p->last_child = prev;
     c->parent = NULL;
     c->next_sibling = NULL;
-    if (p->activated && !p->done && !p->freeing && !c->done) {
+    if (p->kind == BRAID__C_COMPOSITE && p->activated && !p->done && !p->freeing && !c->done) {
         if (--p->live_children == 0) braid__component_end(p, p->result);
     }
 }

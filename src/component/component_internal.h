@@ -54,6 +54,8 @@ typedef struct braid__sched braid__sched;
 typedef struct braid__component_hooks {
     const char *kind;                     /* for introspection */
     void (*on_free)(braid_component *c);  /* before the boxes are unlinked */
+    /* a child ended (instead of a composite's counting) */
+    void (*on_child_end)(braid_component *parent, braid_component *child);
 } braid__component_hooks;
 
 struct braid_component {
@@ -121,5 +123,7 @@ int braid__box_put(braid__box *ib, braid_component_msg m);
 void braid__box_wait(braid__box *ob);
 void braid__component_notify(braid_component *c);
 void braid__component_end(braid_component *c, int code);
+/* Start a threaded component's thread (0 for any other component). */
+int braid__component_threaded_start(braid_component *c);
 
 #endif

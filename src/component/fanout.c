@@ -46,7 +46,7 @@ typedef struct splitter {
     uint32_t next;             /* next outbox index to deliver cur to */
 } splitter;
 
-static const braid__component_hooks splitter_hooks = { "splitter", NULL };
+static const braid__component_hooks splitter_hooks = { .kind = "splitter" };
 
 /* A copy of m for one destination; false if it cannot be shared or copied. */
 static bool copy_for(splitter *sp, braid_component_msg m, braid_component_msg *out) {
@@ -270,8 +270,8 @@ static void subscriber_on_free(braid_component *c) {
 
 static void name_free(void *p) { braid_free(p); }
 
-static const braid__component_hooks publisher_hooks = { "publisher", NULL };
-static const braid__component_hooks subscriber_hooks = { "subscriber", subscriber_on_free };
+static const braid__component_hooks publisher_hooks = { .kind = "publisher" };
+static const braid__component_hooks subscriber_hooks = { .kind = "subscriber", .on_free = subscriber_on_free };
 
 int braid_backplane_publisher_new(braid_loop *loop, const char *name, braid_component **out) {
     BRAID__LOOP_AFFINE(loop);
