@@ -1026,3 +1026,31 @@ BT_TEST(carousel_replaces_its_child_per_message) {
     BT_EQ(braid_component_count(loop), 0);
     fake_done(loop, fc);
 }
+
+/* recv_wait on inbox returns when a shutdown lands on control instead of
+ * waiting out its timeout. */
+static int waits_on_inbox(braid_component *c, void *st) {
+    int *rc = st;
+    braid_component_msg m;
+    rc[0] = braid_component_recv_wait(c, BRAID_COMPONENT_INBOX, &m, BRAID_SECONDS(60));
+    rc[1] = braid_component_recv(c, BRAID_COMPONENT_CONTROL, &m);
+    return 0;
+}
+
+BT_TEST(fiber_recv_wait_returns_for_control) {
+    braid_fake_clock *fc;
+    braid_loop *loop = fake_loop(&fc);
+    int rc[2] = { 1, 1 };
+    braid_component *c;
+    BT_OK(braid_component_new_fiber(loop, waits_on_inbox, rc, NULL, &c));
+    BT_OK(braid_component_activate(c));
+    drain(loop);
+    BT_EQ(rc[0], 1);
+    BT_OK(braid_component_deliver(c, BRAID_COMPONENT_CONTROL, BRAID_COMPONENT_SHUTDOWN, NULL));
+    drain(loop);   /* no time passes */
+    BT_ERR(rc[0], BRAID_EAGAIN);
+    BT_OK(rc[1]);
+    BT_TRUE(braid_component_is_done(c));
+    braid_component_free(c);
+    fake_done(loop, fc);
+}

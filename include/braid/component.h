@@ -239,7 +239,9 @@ BRAID_API int braid_component_handle_control(braid_component *c);
  * if one came since the last wait). 0, BRAID_ETIMEDOUT, BRAID_ECANCELED (the
  * component is being freed), BRAID_ENOT_IN_FIBER. */
 BRAID_API int braid_component_wait(braid_component *c, uint64_t timeout);
-/* recv, waiting up to timeout for a message in `box`. */
+/* recv, waiting up to timeout for a message in `box`; BRAID_EAGAIN when
+ * instead control has a message (box being another inbox), so a shutdown
+ * is never waited past: check control then. */
 BRAID_API int braid_component_recv_wait(braid_component *c, int box, braid_component_msg *out,
                                         uint64_t timeout);
 /* send, waiting up to timeout for room (wake-on-pop). On error the message

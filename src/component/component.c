@@ -461,6 +461,8 @@ int braid_component_recv_wait(braid_component *c, int box, braid_component_msg *
     for (;;) {
         int rc = braid_component_recv(c, box, out);
         if (rc != BRAID_EAGAIN) return rc;
+        /* a signal on control is never waited past */
+        if (box != BRAID_COMPONENT_CONTROL && c->in[BRAID_COMPONENT_CONTROL]->len) return BRAID_EAGAIN;
         rc = fiber_wait(c, left_of(c->loop, deadline));
         if (rc < 0) return rc;
     }
