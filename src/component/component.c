@@ -298,6 +298,7 @@ int braid__component_create(braid_loop *loop, enum braid__ckind kind, const brai
     if (!s) return BRAID_ENOMEM;
     uint32_t n_in = (uint32_t)(2 + opts->n_inboxes), n_out = (uint32_t)(2 + opts->n_outboxes);
     uint32_t cap = opts->capacity ? opts->capacity : BRAID_COMPONENT_DEFAULT_CAPACITY;
+    int rc = BRAID_ENOMEM;
     braid_component *c = braid_calloc(1, sizeof *c);
     if (!c) return BRAID_ENOMEM;
     c->name = braid_strdup(opts->name ? opts->name : "component");
@@ -329,45 +330,40 @@ int braid__component_create(braid_loop *loop, enum braid__ckind kind, const brai
     *out = c;
     return 0;
 inval:
-    braid_free(c->name);
-    braid_free(c->boxes);
-    braid_free(c->in);
-    braid_free(c->out);
-    braid_free(c);
-    return BRAID_EINVAL;
+    rc = BRAID_EINVAL;
 nomem:
     braid_free(c->name);
     braid_free(c->boxes);
     braid_free(c->in);
     braid_free(c->out);
     braid_free(c);
-    return BRAID_ENOMEM;
+    return rc;
 }
 
-int braid_component_new(braid_loop *loop, braid_component_run_fn run, void *state,
-                        const braid_component_options *opts, braid_component **out) {
+/* The public constructors of the two plain kinds. */
+static int component_new(braid_loop *loop, enum braid__ckind kind, braid_component_run_fn run,
+                         braid_component_fiber_fn fn, void *state, const braid_component_options *opts,
+                         braid_component **out) {
     BRAID__LOOP_AFFINE(loop);
-    if (!run || !out) return BRAID_EINVAL;
+    if ((!run && !fn) || !out) return BRAID_EINVAL;
     braid_component *c;
-    int rc = braid__component_create(loop, BRAID__C_CALLBACK, opts, &c);
+    int rc = braid__component_create(loop, kind, opts, &c);
     if (rc < 0) return rc;
     c->run = run;
-    c->state = state;
-    *out = c;
-    return 0;
-}
-
-int braid_component_new_fiber(braid_loop *loop, braid_component_fiber_fn fn, void *state,
-                              const braid_component_options *opts, braid_component **out) {
-    BRAID__LOOP_AFFINE(loop);
-    if (!fn || !out) return BRAID_EINVAL;
-    braid_component *c;
-    int rc = braid__component_create(loop, BRAID__C_FIBER, opts, &c);
-    if (rc < 0) return rc;
     c->fiber_fn = fn;
     c->state = state;
     *out = c;
     return 0;
+}
+
+int braid_component_new(braid_loop *loop, braid_component_run_fn run, void *state,
+                        const braid_component_options *opts, braid_component **out) {
+    return component_new(loop, BRAID__C_CALLBACK, run, NULL, state, opts, out);
+}
+
+int braid_component_new_fiber(braid_loop *loop, braid_component_fiber_fn fn, void *state,
+                              const braid_component_options *opts, braid_component **out) {
+    return component_new(loop, BRAID__C_FIBER, NULL, fn, state, opts, out);
 }
 
 braid__box *braid__component_add_outbox(braid_component *c, const char *name) {

@@ -273,13 +273,20 @@ static void name_free(void *p) { braid_free(p); }
 static const braid__component_hooks publisher_hooks = { .kind = "publisher" };
 static const braid__component_hooks subscriber_hooks = { .kind = "subscriber", .on_free = subscriber_on_free };
 
-int braid_backplane_publisher_new(braid_loop *loop, const char *name, braid_component **out) {
-    BRAID__LOOP_AFFINE(loop);
+/* The backplane a new member joins. */
+static int join(braid_loop *loop, const char *name, braid_component **out, braid_backplane **bp) {
     if (!name || !out) return BRAID_EINVAL;
     braid__sched *s = braid__component_sched(loop);
     if (!s) return BRAID_ENOMEM;
-    braid_backplane *bp = find_backplane(s, name);
-    if (!bp) return BRAID_ENO_BACKPLANE;
+    *bp = find_backplane(s, name);
+    return *bp ? 0 : BRAID_ENO_BACKPLANE;
+}
+
+int braid_backplane_publisher_new(braid_loop *loop, const char *name, braid_component **out) {
+    BRAID__LOOP_AFFINE(loop);
+    braid_backplane *bp;
+    int jrc = join(loop, name, out, &bp);
+    if (jrc < 0) return jrc;
     braid_component_options o = { .name = "publisher" };
     braid_component *c;
     int rc = braid_component_new(loop, publisher_run, NULL, &o, &c);
@@ -292,16 +299,14 @@ int braid_backplane_publisher_new(braid_loop *loop, const char *name, braid_comp
 
 int braid_backplane_subscriber_new(braid_loop *loop, const char *name, braid_component **out) {
     BRAID__LOOP_AFFINE(loop);
-    if (!name || !out) return BRAID_EINVAL;
-    braid__sched *s = braid__component_sched(loop);
-    if (!s) return BRAID_ENOMEM;
-    braid_backplane *bp = find_backplane(s, name);
-    if (!bp) return BRAID_ENO_BACKPLANE;
+    braid_backplane *bp;
+    int rc = join(loop, name, out, &bp);
+    if (rc < 0) return rc;
     char *nm = braid_strdup(name);
     if (!nm) return BRAID_ENOMEM;
     braid_component_options o = { .name = "subscriber", .state_free = name_free };
     braid_component *c;
-    int rc = braid_component_new(loop, subscriber_run, nm, &o, &c);
+    rc = braid_component_new(loop, subscriber_run, nm, &o, &c);
     if (rc < 0) {
         braid_free(nm);
         return rc;
