@@ -86,6 +86,7 @@
 #include <braid/common.h>
 #include <braid/deferred.h>
 #include <braid/loop.h>
+#include <braid/protocol.h>
 
 #ifdef __cplusplus
 extern "C" {
@@ -352,6 +353,39 @@ BRAID_API int braid_component_thread_recv(braid_component_thread *t, int *box, b
  * on error the message stays yours. */
 BRAID_API int braid_component_thread_send(braid_component_thread *t, int box, void *ptr, void (*free_fn)(void *),
                                           uint64_t timeout);
+
+/* ---- the network as a component (Kamaelia's ConnectedServer) -------------------------
+ * A server gives every connection its own component: make(loop, peer, arg,
+ * &handler) builds a handler per connection, which is wired to a
+ * *connection* component standing for the socket — bytes read arrive on the
+ * handler's inbox, what the handler sends on its outbox is written, as
+ * chunks (braid_component_chunk, freed with braid_free). When the peer
+ * closes, the handler gets PRODUCER_FINISHED on control; a SHUTDOWN or
+ * PRODUCER_FINISHED the handler sends on signal closes the connection
+ * (after writing what it sent before). A handler whose inbox is full
+ * pauses reading from that peer until it pops (backpressure). Both
+ * components are freed once the connection is gone and the handler has
+ * ended. braid_component_server_factory is the protocol factory to listen
+ * with (braid_listen, braid_tcp_listen ...); close the listeners before
+ * braid_component_server_free, which aborts the connections still open
+ * (run the loop once afterwards to let them finish). */
+typedef struct braid_component_chunk {
+    size_t len;
+    unsigned char data[];
+} braid_component_chunk;
+/* A chunk holding a copy of len bytes of data (len 0 allowed); NULL when out
+ * of memory. Send it with free = braid_free. */
+BRAID_API braid_component_chunk *braid_component_chunk_new(const void *data, size_t len);
+
+typedef int (*braid_component_connection_fn)(braid_loop *loop, const braid_address *peer, void *arg,
+                                             braid_component **out);
+typedef struct braid_component_server braid_component_server;
+BRAID_API int braid_component_server_new(braid_loop *loop, braid_component_connection_fn make, void *arg,
+                                         braid_component_server **out);
+BRAID_API braid_factory *braid_component_server_factory(braid_component_server *s);
+/* Connections whose components are alive. */
+BRAID_API size_t braid_component_server_connections(const braid_component_server *s);
+BRAID_API void braid_component_server_free(braid_component_server *s);
 
 /* ---- fan-out: splitter, backplane, shared messages ------------------------------------ */
 /* One message to many destinations needs either sharing or copying. A
