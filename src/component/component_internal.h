@@ -26,19 +26,21 @@ static const char braid__log_ns[] = "component";
 
 typedef struct braid__box braid__box;
 struct braid__box {
+    /* hot: what a send and a receive touch, in the first 64 bytes */
     braid__box *real;              /* collapsed destination (an inbox), NULL = null sink */
     braid_component *owner;
     braid_component_msg *ring;     /* inboxes: size slots (a power of two), or NULL */
     uint32_t size, head, len, cap; /* cap: the bound; size grows up to >= cap */
+    braid__box *waiters;           /* inbox: outboxes waiting for a pop (wake-on-pop) */
+    uint64_t received;             /* messages appended to this box's ring */
+    /* cold: links and names */
     bool inbox;
     bool dynamic;                  /* allocated on its own (a splitter's destination) */
     const char *name, *doc;
     braid__box *sink;              /* link destination, NULL if none */
     braid__box *sources;           /* boxes linked to this one ... */
     braid__box *next_source;       /* ... chained through this field */
-    braid__box *waiters;           /* inbox: outboxes waiting for a pop (wake-on-pop) */
     braid__box *wait_next, *wait_prev, *waiting_on;
-    uint64_t received;             /* messages appended to this box's ring */
 };
 
 enum braid__ckind {
@@ -59,22 +61,25 @@ typedef struct braid__component_hooks {
 } braid__component_hooks;
 
 struct braid_component {
-    braid_loop *loop;
-    braid__sched *sched;
-    char *name;
-    enum braid__ckind kind;
-    const braid__component_hooks *hooks;
+    /* hot: what a run, a send and a receive touch come first */
     braid_component_run_fn run;
-    braid_component_fiber_fn fiber_fn;
     void *state;
-    void (*state_free)(void *state);
     braid__box **in, **out;
     uint32_t n_in, n_out;
-    uint32_t n_out_alloc;
-    braid__box *boxes;                      /* the declared boxes, one block */
-    /* scheduling */
-    braid_component *run_prev, *run_next;
+    braid__sched *sched;
     bool queued, running, wake_pending, activated, done, free_pending, freeing;
+    bool out_inline;                        /* out points into this allocation */
+    enum braid__ckind kind;
+    braid_component *run_prev, *run_next;
+    braid_component_stats stats;
+    braid_loop *loop;
+    /* cold */
+    char *name;
+    const braid__component_hooks *hooks;
+    braid_component_fiber_fn fiber_fn;
+    void (*state_free)(void *state);
+    uint32_t n_out_alloc;
+    braid__box *boxes;                      /* the declared boxes, in this allocation */
     int result;
     braid_deferred **done_ds;               /* when_done waiters (producer refs) */
     size_t n_done_ds;
@@ -89,7 +94,6 @@ struct braid_component {
     bool fiber_started, fiber_alive, parked;
     /* the loop's list of components */
     braid_component *all_prev, *all_next;
-    braid_component_stats stats;
     void *impl;                             /* the kind's own data (splitter) */
 };
 
