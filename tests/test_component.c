@@ -1,6 +1,8 @@
 /* Components: boxes, collapsed links, flow control, shutdown, chassis,
  * fan-out, fibers, and that every message is freed exactly once. */
 #include "harness.h"
+#include "support/run.h"
+#include "support/walk.h"
 
 #include <braid/component.h>
 
@@ -36,10 +38,6 @@ static braid_loop *fake_loop(braid_fake_clock **fc) {
 static void fake_done(braid_loop *loop, braid_fake_clock *fc) {
     bt_loop_destroy(loop);
     braid_fake_clock_free(fc);
-}
-/* Run ready work until nothing can run without time moving. */
-static void drain(braid_loop *loop) {
-    for (int i = 0; i < 10000 && braid_loop_run_once(loop, BRAID_RUN_NOWAIT) > 0; i++) {}
 }
 
 /* ---- components used by the tests ---------------------------------------------------- */
@@ -153,7 +151,7 @@ BT_TEST(idle_graph_runs_nothing) {
     braid_component *a = mk(loop, sink_run, &s1, "a"), *b = mk(loop, sink_run, &s2, "b");
     BT_OK(braid_component_activate(a));
     BT_OK(braid_component_activate(b));
-    drain(loop);
+    bt_drain(loop);
     BT_EQ(s1.runs, 1);   /* the activation run only */
     BT_EQ(s2.runs, 1);
     /* nothing pending: an iteration has nothing alive */
@@ -163,7 +161,7 @@ BT_TEST(idle_graph_runs_nothing) {
     /* one delivery wakes only its component */
     counts_reset();
     BT_OK(braid_component_deliver(b, BRAID_COMPONENT_INBOX, tmsg_new(7), tmsg_free));
-    drain(loop);
+    bt_drain(loop);
     BT_EQ(s1.runs, 1);
     BT_EQ(s2.runs, 2);
     BT_EQ(s2.got[0], 7);
@@ -276,7 +274,7 @@ BT_TEST(unlink_relink_while_messages_are_queued) {
     BT_EQ(braid_component_pending(b, BRAID_COMPONENT_INBOX), 2);
     BT_OK(braid_component_activate(a));
     BT_OK(braid_component_activate(b));
-    drain(loop);
+    bt_drain(loop);
     BT_EQ(s1.n, 3);
     BT_EQ(s2.n, 2);
     BT_EQ(s1.got[2], 2);
@@ -460,13 +458,13 @@ BT_TEST(fiber_recv_times_out_and_free_cancels_it) {
     braid_component *c;
     BT_OK(braid_component_new_fiber(loop, fiber_recv_timeout, rcs, NULL, &c));
     BT_OK(braid_component_activate(c));
-    drain(loop);
+    bt_drain(loop);
     BT_EQ(rcs[0], 1);   /* still waiting */
     braid_fake_clock_advance(fc, BRAID_MSEC(49));
-    drain(loop);
+    bt_drain(loop);
     BT_EQ(rcs[0], 1);
     braid_fake_clock_advance(fc, BRAID_MSEC(1));
-    drain(loop);
+    bt_drain(loop);
     BT_ERR(rcs[0], BRAID_ETIMEDOUT);
     BT_EQ(rcs[1], 1);   /* parked forever now */
     braid_deferred *d = braid_component_when_done(c);
@@ -478,7 +476,7 @@ BT_TEST(fiber_recv_times_out_and_free_cancels_it) {
     BT_ERR(r.failure->code, BRAID_ECANCELED);
     braid_result_drop(r);
     braid_deferred_release(d);
-    drain(loop);
+    bt_drain(loop);
     BT_ERR(rcs[1], BRAID_ECANCELED);
     BT_EQ(braid_component_count(loop), 0);
     fake_done(loop, fc);
@@ -493,7 +491,7 @@ BT_TEST(fiber_freed_before_start_never_runs) {
     BT_OK(braid_component_new_fiber(loop, fiber_recv_timeout, rcs, NULL, &c));
     BT_OK(braid_component_activate(c));
     braid_component_free(c);
-    drain(loop);
+    bt_drain(loop);
     BT_EQ(rcs[0], 1);
     BT_EQ(braid_component_count(loop), 0);
     fake_done(loop, fc);
@@ -659,7 +657,7 @@ BT_TEST(splitter_shares_messages_zero_copy) {
     /* a message that can be neither shared nor copied is refused, and freed */
     counts_reset();
     BT_OK(braid_component_deliver(sp, BRAID_COMPONENT_INBOX, tmsg_new(1), tmsg_free));
-    drain(loop);
+    bt_drain(loop);
     BT_EQ(g_freed, 1);
     BT_EQ(s1.n, 1);
     BT_EQ(s2.n, 1);
@@ -669,7 +667,7 @@ BT_TEST(splitter_shares_messages_zero_copy) {
     BT_ERR(braid_component_splitter_remove(sp, a, "inbox"), BRAID_ENOT_LINKED);
     p = braid_component_shared_new(sizeof *p, payload_dtor);
     BT_OK(braid_component_deliver(sp, BRAID_COMPONENT_INBOX, p, braid_component_shared_unref));
-    drain(loop);
+    bt_drain(loop);
     BT_EQ(s1.n, 1);
     BT_EQ(s2.n, 2);
     BT_EQ(g_payload_freed, 2);
@@ -717,7 +715,7 @@ BT_TEST(backplane_join_and_leave_during_traffic) {
     braid_component *all[] = { pub1, pub2, sub1, c1, c2 };
     for (int i = 0; i < 5; i++) BT_OK(braid_component_activate(all[i]));
     for (int i = 0; i < 10; i++) publish(i % 2 ? pub2 : pub1, i);
-    drain(loop);
+    bt_drain(loop);
     BT_EQ(ps1.n, 10);
     /* a second subscriber joins while messages are in flight */
     for (int i = 10; i < 15; i++) publish(pub1, i);
@@ -725,7 +723,7 @@ BT_TEST(backplane_join_and_leave_during_traffic) {
     BT_OK(braid_component_link(sub2, "outbox", c2, "inbox", 0));
     BT_OK(braid_component_activate(sub2));
     for (int i = 15; i < 20; i++) publish(pub2, i);
-    drain(loop);
+    bt_drain(loop);
     BT_EQ(ps1.n, 20);
     BT_EQ(ps2.n, 10);   /* everything published after it joined (and the queued ones) */
     BT_EQ(ps2.vals[9], 19);
@@ -733,21 +731,21 @@ BT_TEST(backplane_join_and_leave_during_traffic) {
     for (int i = 20; i < 25; i++) publish(pub1, i);
     braid_component_free(sub1);
     for (int i = 25; i < 30; i++) publish(pub1, i);
-    drain(loop);
+    bt_drain(loop);
     BT_EQ(ps1.n, 20);
     BT_EQ(ps2.n, 20);
     /* a publisher shutting down does not stop the bus */
     BT_OK(braid_component_deliver(pub2, BRAID_COMPONENT_CONTROL, BRAID_COMPONENT_SHUTDOWN, NULL));
-    drain(loop);
+    bt_drain(loop);
     BT_TRUE(braid_component_is_done(pub2));
     publish(pub1, 30);
-    drain(loop);
+    bt_drain(loop);
     BT_EQ(ps2.n, 21);
     BT_EQ(g_payload_freed, 31);   /* every payload freed once, whoever saw it */
     braid_backplane_free(bp);
     /* publishers of a freed bus drop what they get */
     publish(pub1, 31);
-    drain(loop);
+    bt_drain(loop);
     BT_EQ(g_payload_freed, 32);
     braid_component_free(sub2);
     braid_component *rest[] = { pub1, pub2, c1, c2 };
@@ -758,8 +756,10 @@ BT_TEST(backplane_join_and_leave_during_traffic) {
 /* ---- allocation failures -------------------------------------------------------------------------- */
 /* Build a pipeline of a source, a relay and a sink, plus a splitter and a
  * backplane, run it, free it; under each injected failure it must fail
- * cleanly or finish, and leak nothing. */
-static int alloc_scenario(braid_fake_clock *fc) {
+ * cleanly (BRAID_ENOMEM) or finish, and leak nothing (the walk checks the
+ * allocator, bt_loop_destroy the loop's leak gate). */
+static int alloc_scenario(void *arg) {
+    braid_fake_clock *fc = arg;
     braid_loop *loop = NULL;
     braid_loop_options o = { .clock = braid_fake_clock_base(fc) };
     int rc = braid_loop_new(&loop, &o);
@@ -780,7 +780,7 @@ static int alloc_scenario(braid_fake_clock *fc) {
     if ((rc = braid_backplane_subscriber_new(loop, "bus", &sub)) < 0) goto out;
     if ((rc = braid_component_activate(p)) < 0) goto out;
     if ((rc = braid_loop_run(loop)) < 0) goto out;
-    /* a ring that cannot grow refuses the send (ENOMEM), the sender keeps it */
+    /* a ring that cannot grow refuses the send (BRAID_ENOMEM): the source ends */
     if (snk.n != 40) rc = BRAID_ENOMEM;
 out:
     braid_component_free(sub);
@@ -788,30 +788,23 @@ out:
     braid_component_free(sp);
     braid_component_free(p);
     for (int i = 0; i < 3; i++) braid_component_free(k[i]);
-    if (braid_loop_destroy(loop) < 0) return -9999;
+    bt_loop_destroy(loop);
     return rc;
+}
+
+static void alloc_teardown(void *arg, int rc, bool injected) {
+    (void)arg;
+    (void)rc;
+    (void)injected;
+    BT_ALL_FREED();   /* every message freed exactly once, whatever failed */
 }
 
 BT_TEST(allocation_failure_walk) {
     braid_fake_clock *fc = braid_fake_clock_new(0);
-    long base = braid_test_alloc_outstanding();
-    int failures_seen = 0;
     counts_reset();
-    for (long n = 1; n < 400; n++) {
-        braid_test_fail_alloc_after(n, false);
-        int rc = alloc_scenario(fc);
-        bool failed = braid_test_alloc_failed();
-        braid_test_fail_alloc_after(0, false);
-        BT_NE(rc, -9999);
-        BT_EQ(braid_test_alloc_outstanding(), base);
-        BT_ALL_FREED();
-        if (!failed) {
-            BT_OK(rc);
-            break;
-        }
-        if (rc < 0) failures_seen++;
-    }
-    BT_GT(failures_seen, 5);
+    bt_walk_result r = bt_alloc_walk(&(bt_walk){ .name = "component", .arg = fc, .body = alloc_scenario,
+                                                 .teardown = alloc_teardown, .enomem_only = true });
+    BT_GT(r.errors, 5);
     braid_fake_clock_free(fc);
 }
 
@@ -861,10 +854,10 @@ BT_TEST(component_fed_from_a_deferred) {
     BT_OK(braid_component_link(c, "signal", k, "control", 0));
     BT_OK(braid_component_activate(c));
     BT_OK(braid_component_activate(k));
-    drain(loop);
+    bt_drain(loop);
     BT_EQ(s.n, 0);
     BT_OK(braid_deferred_callback(d, tmsg_new(42), tmsg_free));
-    drain(loop);
+    bt_drain(loop);
     BT_EQ(s.n, 1);
     BT_EQ(s.got[0], 42);
     BT_TRUE(braid_component_is_done(c));
@@ -879,7 +872,7 @@ BT_TEST(component_fed_from_a_deferred) {
     BT_OK(braid_component_new_from_deferred(loop, braid_deferred_ref(d3), NULL, &c3));
     BT_OK(braid_component_activate(c2));
     BT_OK(braid_deferred_errback(d2, braid_failure_new(BRAID_EPIPE, "gone")));
-    drain(loop);
+    bt_drain(loop);
     BT_TRUE(braid_component_is_done(c2));
     BT_ERR(braid_component_result(c2), BRAID_EPIPE);
     braid_component_free(c2);
@@ -913,7 +906,7 @@ BT_TEST(component_that_fires_a_deferred) {
     BT_OK(braid_deferred_add_callbacks(d, got_value, got_failure, &v));
     BT_OK(braid_component_activate(c));
     BT_OK(braid_component_deliver(c, BRAID_COMPONENT_INBOX, tmsg_new(7), tmsg_free));
-    drain(loop);
+    bt_drain(loop);
     BT_EQ(v, 7);
     BT_TRUE(braid_component_is_done(c));
     braid_deferred_release(d);   /* frees the message through its dtor */
@@ -928,7 +921,7 @@ BT_TEST(component_that_fires_a_deferred) {
     BT_OK(braid_deferred_add_callbacks(d3, got_value, got_failure, &v3));
     BT_OK(braid_component_activate(c2));
     BT_OK(braid_component_deliver(c2, BRAID_COMPONENT_CONTROL, BRAID_COMPONENT_SHUTDOWN, NULL));
-    drain(loop);
+    bt_drain(loop);
     BT_ERR(v2, BRAID_ESHUTDOWN);
     braid_component_free(c3);
     BT_ERR(v3, BRAID_ECANCELED);
@@ -999,27 +992,27 @@ BT_TEST(carousel_replaces_its_child_per_message) {
     for (int i = 0; i < 3; i++) BT_OK(braid_component_activate(all[i]));
     /* messages before any child wait in the carousel */
     BT_OK(braid_component_deliver(car, BRAID_COMPONENT_INBOX, tmsg_new(1), tmsg_free));
-    drain(loop);
+    bt_drain(loop);
     BT_EQ(s.n, 0);
     BT_OK(braid_component_deliver(car, BRAID_COMPONENT_CAROUSEL_NEXT, tmsg_new(100), tmsg_free));
-    drain(loop);
+    bt_drain(loop);
     BT_EQ(g_built, 1);
     BT_EQ(s.n, 1);
     BT_EQ(s.got[0], 101);   /* handed on to the first child */
     /* a new child replaces the current one at once */
     BT_OK(braid_component_deliver(car, BRAID_COMPONENT_CAROUSEL_NEXT, tmsg_new(200), tmsg_free));
-    drain(loop);
+    bt_drain(loop);
     BT_EQ(x.n, 0);   /* replaced, not ended: no NEXT */
     BT_OK(braid_component_deliver(car, BRAID_COMPONENT_INBOX, tmsg_new(2), tmsg_free));
     BT_OK(braid_component_deliver(car, BRAID_COMPONENT_INBOX, tmsg_new(3), tmsg_free));
-    drain(loop);
+    bt_drain(loop);
     BT_EQ(s.n, 3);
     BT_EQ(s.got[1], 202);
     BT_EQ(s.got[2], 203);
     BT_EQ(x.n, 1);   /* that child ended after 2: the carousel asks for the next */
     /* shutdown with no live child ends the carousel */
     BT_OK(braid_component_deliver(car, BRAID_COMPONENT_CONTROL, BRAID_COMPONENT_SHUTDOWN, NULL));
-    drain(loop);
+    bt_drain(loop);
     BT_TRUE(braid_component_is_done(car));
     for (int i = 0; i < 3; i++) braid_component_free(all[i]);
     BT_ALL_FREED();
@@ -1044,10 +1037,10 @@ BT_TEST(fiber_recv_wait_returns_for_control) {
     braid_component *c;
     BT_OK(braid_component_new_fiber(loop, waits_on_inbox, rc, NULL, &c));
     BT_OK(braid_component_activate(c));
-    drain(loop);
+    bt_drain(loop);
     BT_EQ(rc[0], 1);
     BT_OK(braid_component_deliver(c, BRAID_COMPONENT_CONTROL, BRAID_COMPONENT_SHUTDOWN, NULL));
-    drain(loop);   /* no time passes */
+    bt_drain(loop);   /* no time passes */
     BT_ERR(rc[0], BRAID_EAGAIN);
     BT_OK(rc[1]);
     BT_TRUE(braid_component_is_done(c));

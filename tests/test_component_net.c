@@ -3,6 +3,7 @@
  * signal, backpressure by pausing the reads. */
 // ctest-labels: component stream
 #include "harness.h"
+#include "support/run.h"
 
 #include <braid/component.h>
 
@@ -48,9 +49,7 @@ static int make_bye(braid_loop *loop, const braid_address *peer, void *arg, brai
     return braid_component_new(loop, bye_run, NULL, NULL, out);
 }
 
-static void spin(braid_loop *loop) {
-    for (int i = 0; i < 50; i++) braid_loop_run_once(loop, BRAID_RUN_NOWAIT);
-}
+static void spin(braid_loop *loop) { bt_spin(loop, 50); }
 
 static bool written(braid_memory_transport *m, const char *want) {
     size_t len;
@@ -209,8 +208,7 @@ BT_IO_TEST(echo_over_tcp) {
     BT_EQ(g_ngot, 4);
     BT_TRUE(memcmp(g_got, "ping", 4) == 0);
     /* the server side sees the close, the handler ends, all is reaped */
-    for (int i = 0; i < 1000 && braid_component_server_connections(s); i++) braid_loop_run_once(loop, 0);
-    BT_EQ(braid_component_server_connections(s), 0);
+    BT_RUN_UNTIL(loop, braid_component_server_connections(s) == 0, 1000);
     braid_listener_close(l);
     braid_component_server_free(s);
     spin(loop);
