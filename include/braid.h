@@ -16,5 +16,6 @@
 #include <braid/pool.h>
 #include <braid/fiber.h>
 #include <braid/fstream.h>
+#include <braid/stage.h>
 #include <braid/http.h>
 #endif
