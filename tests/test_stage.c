@@ -652,3 +652,231 @@ BT_TEST(handler_frees_a_stage_waiting_to_run) {
     bt_loop_destroy(loop);
     braid_fake_clock_free(fc);
 }
+
+/* ---- controllers, on the fake clock ------------------------------------------------------------ */
+typedef struct logbuf { char text[8192]; size_t len; } logbuf;
+static void log_to_buf(void *ctx, braid_log_level level, const char *msg) {
+    logbuf *b = ctx;
+    if (level < BRAID_LOG_INFO) return;
+    int n = snprintf(b->text + b->len, sizeof b->text - b->len, "%s\n", msg);
+    if (n > 0 && (size_t)n < sizeof b->text - b->len) b->len += (size_t)n;
+}
+static braid_loop *logged_loop(braid_fake_clock **fc, logbuf *lb) {
+    *fc = braid_fake_clock_new(BRAID_SECONDS(1));
+    braid_loop_options o = { .clock = braid_fake_clock_base(*fc), .log = log_to_buf, .log_ctx = lb };
+    braid_loop *loop;
+    BT_OK(braid_loop_new(&loop, &o));
+    return loop;
+}
+static void offer(braid_stage *st, int n, uint64_t service) {
+    for (int i = 0; i < n; i++) {
+        braid_stage_event e = mk(i);
+        ((ev *)e.data)->service = service;
+        if (braid_stage_enqueue(st, &e) < 0) braid_stage_event_free(&e);
+    }
+}
+
+BT_TEST(response_time_controller_aimd) {
+    static logbuf lb;
+    braid_fake_clock *fc;
+    braid_loop *loop = logged_loop(&fc, &lb);
+    braid_stage_domain *d;
+    BT_OK(braid_stage_domain_new(loop, NULL, NULL, &d));
+    static rec r;
+    rec_init(&r);
+    r.fc = fc;   /* the handler takes each event's scripted service time */
+    braid_stage *st;
+    BT_OK(braid_stage_new(d, "rt", record, &r, NULL, &st));
+    braid_stage_response_control c = { .period = BRAID_SECONDS(1), .target = BRAID_MSEC(10),
+                                       .rate_max = 1000, .add = 20 };
+    BT_ERR(braid_stage_control_response(st, &(braid_stage_response_control){ .period = 1 }), BRAID_EINVAL);
+    BT_OK(braid_stage_control_response(st, &c));
+    braid_stage_stats s;
+    braid_stage_stats_get(st, &s);
+    BT_TRUE(s.admit_rate == 1000);
+    /* 10 events of 5 ms in one batch: each answered 50 ms after it came. */
+    offer(st, 10, BRAID_MSEC(5));
+    BT_OK(braid_loop_run_once(loop, BRAID_RUN_NOWAIT));
+    braid_stage_stats_get(st, &s);
+    BT_UEQ(s.p90_response, BRAID_MSEC(50));
+    BT_OK(braid_loop_advance(loop, BRAID_SECONDS(1)));
+    braid_stage_stats_get(st, &s);
+    BT_TRUE(s.admit_rate == 500);
+    BT_TRUE(strstr(lb.text, "stage rt: rate 1000.0 -> 500.0/s (p90 above target: cut; p90 50000000 ns "
+                            "of 10 samples, target 10000000 ns, queue 0)") != NULL);
+    /* Fast answers: additive increase. */
+    offer(st, 10, BRAID_USEC(100));
+    BT_OK(braid_loop_run_once(loop, BRAID_RUN_NOWAIT));
+    BT_OK(braid_loop_advance(loop, BRAID_SECONDS(1)));
+    braid_stage_stats_get(st, &s);
+    BT_TRUE(s.admit_rate == 520);
+    BT_TRUE(strstr(lb.text, "rate 500.0 -> 520.0/s (p90 below 0.9 x target: add; p90 1000000 ns") != NULL);
+    /* No answers: no evidence, no change. */
+    BT_OK(braid_loop_advance(loop, BRAID_SECONDS(1)));
+    braid_stage_stats_get(st, &s);
+    BT_TRUE(s.admit_rate == 520);
+    /* Overload: the cut repeats down to rate_min (1), and refusals are visible. */
+    for (int i = 0; i < 12; i++) {
+        offer(st, 10, BRAID_MSEC(20));
+        BT_OK(braid_loop_run_once(loop, BRAID_RUN_NOWAIT));
+        BT_OK(braid_loop_advance(loop, BRAID_SECONDS(1)));
+    }
+    braid_stage_stats_get(st, &s);
+    BT_TRUE(s.admit_rate == 1);
+    BT_UGE(s.rejected_admission, 1);
+    braid_stage_free(st);
+    braid_stage_domain_free(d);
+    BT_OK(braid_loop_run_once(loop, BRAID_RUN_NOWAIT));
+    bt_loop_destroy(loop);
+    braid_fake_clock_free(fc);
+}
+
+BT_TEST(batch_controller_hill_climbs) {
+    static logbuf lb;
+    braid_fake_clock *fc;
+    braid_loop *loop = logged_loop(&fc, &lb);
+    braid_stage_domain *d;
+    BT_OK(braid_stage_domain_new(loop, NULL, NULL, &d));
+    braid_stage *st;
+    BT_OK(braid_stage_new(d, "b", nop, NULL, &(braid_stage_options){ .queue_limit = 4096 }, &st));
+    BT_OK(braid_stage_control_batch(st, &(braid_stage_batch_control){ .period = BRAID_SECONDS(1), .max = 100 }));
+    braid_stage_stats s;
+    braid_stage_stats_get(st, &s);
+    BT_EQ(s.batch_max, 100);
+    offer(st, 50, 0);
+    BT_OK(braid_loop_run_once(loop, BRAID_RUN_NOWAIT));
+    BT_OK(braid_loop_advance(loop, BRAID_SECONDS(1)));
+    braid_stage_stats_get(st, &s);
+    BT_EQ(s.batch_max, 83);
+    BT_TRUE(strstr(lb.text, "stage b: batch 100 -> 83 (better: keep direction; throughput 50.0/s, "
+                            "smoothed 50.0/s, best 50.0/s)") != NULL);
+    offer(st, 50, 0);
+    BT_OK(braid_loop_run_once(loop, BRAID_RUN_NOWAIT));
+    BT_OK(braid_loop_advance(loop, BRAID_SECONDS(1)));
+    braid_stage_stats_get(st, &s);
+    BT_EQ(s.batch_max, 100);
+    BT_TRUE(strstr(lb.text, "batch 83 -> 100 (worse: reverse") != NULL);
+    /* Throughput collapses: back to the largest batch. */
+    for (int i = 0; i < 8; i++) {
+        offer(st, 1, 0);
+        BT_OK(braid_loop_run_once(loop, BRAID_RUN_NOWAIT));
+        BT_OK(braid_loop_advance(loop, BRAID_SECONDS(1)));
+    }
+    BT_TRUE(strstr(lb.text, "collapse below 0.2 x best: reset to max") != NULL);
+    braid_stage_free(st);
+    braid_stage_domain_free(d);
+    BT_OK(braid_loop_run_once(loop, BRAID_RUN_NOWAIT));
+    bt_loop_destroy(loop);
+    braid_fake_clock_free(fc);
+}
+
+BT_TEST(thread_controller_grows_and_retires) {
+    static logbuf lb;
+    braid_fake_clock *fc;
+    braid_loop *loop = logged_loop(&fc, &lb);
+    braid_pool *pool;
+    BT_OK(braid_pool_new(&pool, &(braid_pool_options){ .flags = BRAID_POOL_MEMORY, .loop = loop }));
+    braid_stage_domain *d, *dl;
+    BT_OK(braid_stage_domain_new(loop, pool, NULL, &d));
+    BT_OK(braid_stage_domain_new(loop, NULL, NULL, &dl));
+    braid_stage *st, *onloop;
+    BT_OK(braid_stage_new(d, "t", nop, NULL, &(braid_stage_options){ .batch_max = 2 }, &st));
+    BT_OK(braid_stage_new(dl, "l", nop, NULL, NULL, &onloop));
+    braid_stage_thread_control tc = { .period = BRAID_SECONDS(1), .threshold = 5, .max = 3,
+                                      .idle_timeout = BRAID_SECONDS(2) };
+    BT_ERR(braid_stage_control_threads(onloop, &tc), BRAID_EINVAL);   /* one thread there */
+    BT_OK(braid_stage_control_threads(st, &tc));
+    offer(st, 10, 0);
+    braid_pool_stats ps;
+    braid_pool_stats_get(pool, &ps);
+    BT_UEQ(ps.queued, 1);                        /* one run for now */
+    BT_OK(braid_loop_advance(loop, BRAID_SECONDS(1)));
+    braid_stage_stats s;
+    braid_stage_stats_get(st, &s);
+    BT_EQ(s.threads, 2);
+    braid_pool_stats_get(pool, &ps);
+    BT_UEQ(ps.queued, 2);                        /* the new bound started a second run */
+    BT_TRUE(strstr(lb.text, "stage t: threads 1 -> 2 (queue 10, threshold 5, idle 0 ns, bounds 1..3)") != NULL);
+    BT_OK(braid_loop_advance(loop, BRAID_SECONDS(1)));
+    BT_OK(braid_loop_advance(loop, BRAID_SECONDS(1)));
+    braid_stage_stats_get(st, &s);
+    BT_EQ(s.threads, 3);                         /* bounded */
+    while (braid_pool_step(pool) > 0) {}
+    braid_stage_stats_get(st, &s);
+    BT_UEQ(s.handled, 10);
+    BT_OK(braid_loop_advance(loop, BRAID_SECONDS(1)));
+    braid_stage_stats_get(st, &s);
+    BT_EQ(s.threads, 3);                         /* idle 1 s < 2 s */
+    BT_OK(braid_loop_advance(loop, BRAID_SECONDS(1)));
+    braid_stage_stats_get(st, &s);
+    BT_EQ(s.threads, 2);
+    BT_TRUE(strstr(lb.text, "stage t: threads 3 -> 2 (queue 0, threshold 5, idle 2000000000 ns") != NULL);
+    BT_OK(braid_loop_advance(loop, BRAID_SECONDS(4)));
+    braid_stage_stats_get(st, &s);
+    BT_EQ(s.threads, 1);                         /* min */
+    braid_stage_free(st);
+    braid_stage_free(onloop);
+    braid_stage_domain_free(d);
+    braid_stage_domain_free(dl);
+    braid_pool_destroy(pool, BRAID_POOL_FINISH);
+    bt_loop_destroy(loop);
+    braid_fake_clock_free(fc);
+}
+
+/* ---- allocation failures --------------------------------------------------------------------- */
+static void fwd(braid_stage *st, braid_stage_event *evs, size_t n, void *arg) {
+    (void)st;
+    for (size_t i = 0; i < n; i++) (void)braid_stage_enqueue(arg, &evs[i]);
+}
+
+static int alloc_scenario(void) {
+    braid_loop *loop;
+    int rc = braid_loop_new(&loop, NULL);
+    if (rc < 0) return rc;
+    braid_pool *pool = NULL;
+    braid_stage_domain *dl = NULL, *dp = NULL;
+    braid_stage *a = NULL, *b = NULL;
+    if ((rc = braid_pool_new(&pool, &(braid_pool_options){ .flags = BRAID_POOL_MEMORY, .loop = loop })) < 0)
+        goto out;
+    if ((rc = braid_stage_domain_new(loop, NULL, NULL, &dl)) < 0) goto out;
+    if ((rc = braid_stage_domain_new(loop, pool, NULL, &dp)) < 0) goto out;
+    if ((rc = braid_stage_new(dp, "b", nop, NULL, NULL, &b)) < 0) goto out;
+    if ((rc = braid_stage_new(dl, "a", fwd, b, NULL, &a)) < 0) goto out;
+    for (int i = 0; i < 3; i++) {
+        ev *e = braid_calloc(1, sizeof *e);
+        if (!e) { rc = BRAID_ENOMEM; goto out; }
+        braid_stage_event x = BRAID_STAGE_EVENT(e, ev_free);
+        if ((rc = braid_stage_enqueue(a, &x)) < 0) abort();
+    }
+    if ((rc = braid_loop_run_once(loop, BRAID_RUN_NOWAIT)) < 0) goto out;
+    while (braid_pool_step(pool) > 0) {}
+    FILE *f = fopen("/dev/null", "w");
+    rc = braid_stage_dump(loop, BRAID_STAGE_JSON, f);
+    fclose(f);
+out:
+    braid_stage_free(a);
+    braid_stage_free(b);
+    braid_stage_domain_free(dl);
+    braid_stage_domain_free(dp);
+    while (braid_pool_step(pool) > 0) {}
+    if (braid_loop_run_once(loop, BRAID_RUN_NOWAIT) < 0) abort();
+    braid_pool_destroy(pool, BRAID_POOL_FINISH);
+    if (braid_loop_destroy(loop) < 0) abort();
+    return rc;
+}
+
+BT_TEST(allocation_failure_walk) {
+    long base = braid_test_alloc_outstanding();
+    int failures = 0;
+    for (long n = 1; n < 1000; n++) {
+        braid_test_fail_alloc_after(n, false);
+        int rc = alloc_scenario();
+        bool injected = braid_test_alloc_failed();
+        braid_test_fail_alloc_after(0, false);
+        BT_EQ(braid_test_alloc_outstanding(), base);
+        if (!injected) { BT_OK(rc); break; }
+        if (rc < 0) BT_ERR(rc, BRAID_ENOMEM);   /* a refused pool job is retried, not an error */
+        failures++;
+    }
+    BT_GE(failures, 8);
+}
