@@ -114,6 +114,12 @@ typedef void (*braid_stage_cb)(braid_stage *st, void *arg);
 typedef struct braid_stage_domain_options {
     const char *name;      /* for the graph dump (NULL: "loop" or "pool") */
     int pool_class;        /* the pool's class its runs are queued in (0) */
+    /* Pool domains: while runs started from the loop's thread are going, the
+     * loop busy-polls its posted calls for up to this long before sleeping
+     * (as braid_defer_to_pool does), so answers coming back skip the
+     * wake-up (0: 50 µs). */
+    uint64_t loop_spin_ns;
+    bool no_spin;          /* pool domains: never make the loop spin */
 } braid_stage_domain_options;
 
 /* A domain whose stages run on loop's thread (pool NULL) or on pool's
@@ -254,10 +260,14 @@ typedef struct braid_stage_response_control {
     double cut;             /* multiplicative decrease factor (0: 0.5) */
     double depth;           /* token bucket depth (0: 1 % of rate_max, at least 1) */
 } braid_stage_response_control;
-/* Installs a token bucket (braid_stage_admit_rate) and moves its rate:
- * when the p90 of the last 100 response times (enqueue to the end of the
- * batch that held the event) is above target, rate *= cut; below 0.9 ×
- * target, rate += add. Needs timing (not BRAID_STAGE_NO_TIMING). */
+/* Installs a token bucket (braid_stage_admit_rate) and moves its rate at
+ * each look, judging the response times (enqueue to the end of the batch
+ * that held the event) seen since the last look, the latest 100 at most:
+ * when their p90 is above target, rate = cut × min(rate, the rate the
+ * stage actually served since the last look); below 0.9 × target,
+ * rate += add; no response, no change. (SEDA cuts the rate in force; cutting
+ * from the served rate reaches the stage's capacity in one step instead of
+ * many when an overload begins.) Needs timing (not BRAID_STAGE_NO_TIMING). */
 BRAID_API int braid_stage_control_response(braid_stage *st, const braid_stage_response_control *c);
 
 /* ---- statistics and the graph ---------------------------------------------------------------- */

@@ -66,14 +66,14 @@ void braid__stage_refund_locked(braid_stage *st, double tokens) {
 void braid_stage_admit_all(braid_stage *st) {
     BRAID__LOOP_AFFINE(st->dom->loop);
     pthread_mutex_lock(&st->mu);
-    st->admit = ADMIT_ALL;
+    __atomic_store_n(&st->admit, ADMIT_ALL, __ATOMIC_RELAXED);
     pthread_mutex_unlock(&st->mu);
 }
 
 void braid_stage_admit_threshold(braid_stage *st, size_t threshold) {
     BRAID__LOOP_AFFINE(st->dom->loop);
     pthread_mutex_lock(&st->mu);
-    st->admit = ADMIT_THRESHOLD;
+    __atomic_store_n(&st->admit, ADMIT_THRESHOLD, __ATOMIC_RELAXED);
     st->threshold = threshold;
     pthread_mutex_unlock(&st->mu);
 }
@@ -83,7 +83,7 @@ int braid_stage_admit_rate(braid_stage *st, double rate, double depth) {
     BRAID__LOOP_AFFINE(st->dom->loop);
     uint64_t now = braid__stage_now(st->dom);
     pthread_mutex_lock(&st->mu);
-    st->admit = ADMIT_RATE;
+    __atomic_store_n(&st->admit, ADMIT_RATE, __ATOMIC_RELAXED);
     bucket_init(&st->bucket, rate, depth, now);
     pthread_mutex_unlock(&st->mu);
     return 0;
@@ -98,7 +98,7 @@ int braid_stage_admit_classes(braid_stage *st, size_t n, const double *rates, co
     BRAID__LOOP_AFFINE(st->dom->loop);
     uint64_t now = braid__stage_now(st->dom);
     pthread_mutex_lock(&st->mu);
-    st->admit = ADMIT_CLASSES;
+    __atomic_store_n(&st->admit, ADMIT_CLASSES, __ATOMIC_RELAXED);
     st->nclasses = n;
     for (size_t i = 0; i < n; i++) bucket_init(&st->classes[i], rates[i], depths[i], now);
     st->classify = classify;
@@ -110,7 +110,7 @@ int braid_stage_admit_classes(braid_stage *st, size_t n, const double *rates, co
 void braid_stage_admit_fn_set(braid_stage *st, braid_stage_admit_fn admit, void *arg) {
     BRAID__LOOP_AFFINE(st->dom->loop);
     pthread_mutex_lock(&st->mu);
-    st->admit = admit ? ADMIT_FN : ADMIT_ALL;
+    __atomic_store_n(&st->admit, admit ? ADMIT_FN : ADMIT_ALL, __ATOMIC_RELAXED);
     st->admit_fn = admit;
     st->admit_arg = arg;
     pthread_mutex_unlock(&st->mu);
@@ -257,17 +257,24 @@ static void response_look(braid_looping *lc, uint64_t ticks, void *arg) {
     (void)lc, (void)ticks;
     braid_stage *st = arg;
     const braid_stage_response_control *c = &st->rc;
+    uint64_t now = braid__stage_now(st->dom);
     pthread_mutex_lock(&st->mu);
-    unsigned nsamples = st->nsamples;
-    uint64_t p90 = braid__stage_p90_locked(st);
-    double before = st->bucket.rate, next = before;
-    const char *why = NULL;
     if (st->admit != ADMIT_RATE) {
         pthread_mutex_unlock(&st->mu);
         return;   /* the user replaced the bucket: the controller stands aside */
     }
+    unsigned nsamples = st->nsamples;
+    uint64_t p90 = braid__stage_p90_locked(st);
+    double dt = (double)(now - st->rc_last) / 1e9;
+    double tput = dt > 0 ? (double)(st->st.handled - st->rc_handled) / dt : 0;
+    st->rc_handled = st->st.handled;
+    st->rc_last = now;
+    double before = st->bucket.rate, next = before;
+    const char *why = NULL;
     if (nsamples && (double)p90 > (double)c->target) {
-        next = before * c->cut;
+        /* Cut from what the stage actually served, when that is lower:
+         * under overload the rate in force can be far above it. */
+        next = (tput > 0 && tput < before ? tput : before) * c->cut;
         why = "p90 above target: cut";
     } else if (nsamples && (double)p90 < 0.9 * (double)c->target) {
         next = before + c->add;
@@ -284,8 +291,8 @@ static void response_look(braid_looping *lc, uint64_t ticks, void *arg) {
     if (!why || next == before) return;
     braid__log(st->dom->loop, BRAID_LOG_INFO,
                "stage %s: rate %.1f -> %.1f/s (%s; p90 %" PRIu64 " ns of %u samples, target %" PRIu64
-               " ns, queue %zu)",
-               st->name, before, next, why, p90, nsamples, c->target, len);
+               " ns, served %.1f/s, queue %zu)",
+               st->name, before, next, why, p90, nsamples, c->target, tput, len);
 }
 
 int braid_stage_control_response(braid_stage *st, const braid_stage_response_control *c) {
@@ -310,6 +317,8 @@ int braid_stage_control_response(braid_stage *st, const braid_stage_response_con
     st->rc = r;
     pthread_mutex_lock(&st->mu);
     st->nsamples = st->sample_pos = 0;
+    st->rc_handled = st->st.handled;
+    st->rc_last = braid__stage_now(st->dom);
     pthread_mutex_unlock(&st->mu);
     rc = braid_looping_start(st->dom->loop, &st->ctl_response, r.period, false, response_look, st);
     if (rc == 0) st->ctl_response_on = true;

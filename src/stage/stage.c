@@ -15,6 +15,7 @@
  *     handlers never nest and the stack stays flat.
  */
 #include "stage_internal.h"
+#include <sched.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -46,6 +47,28 @@ void braid_stage_event_free(braid_stage_event *ev) {
 
 /* ---- domains ------------------------------------------------------------------------------- */
 static void dom_run(void *arg);
+static void dom_release(braid_stage_domain *d);
+
+/* Loop thread: a pool domain's runs all ended; stop the loop's busy-poll
+ * unless new ones started meanwhile. */
+static void spin_release_run(void *arg) {
+    braid_stage_domain *d = arg;
+    pthread_mutex_lock(&d->mu);
+    d->release_pending = false;
+    bool dead = d->dead, armed = d->armed;
+    pthread_mutex_unlock(&d->mu);
+    if (dead) {
+        if (!armed) dom_release(d);
+        return;
+    }
+    pthread_mutex_lock(&d->mu);
+    bool idle = !d->active;
+    pthread_mutex_unlock(&d->mu);
+    if (d->spin_held && idle) {
+        d->spin_held = false;
+        braid__loop_spin_release(d->loop);
+    }
+}
 
 int braid_stage_domain_new(braid_loop *loop, braid_pool *pool,
                            const braid_stage_domain_options *opts, braid_stage_domain **out) {
@@ -66,6 +89,8 @@ int braid_stage_domain_new(braid_loop *loop, braid_pool *pool,
     d->cls = o.pool_class;
     d->clock = braid_loop_clock(loop);
     pthread_mutex_init(&d->mu, NULL);
+    d->spin_ns = pool && !o.no_spin ? (o.loop_spin_ns ? o.loop_spin_ns : 50000) : 0;
+    d->release_post = (braid_post){ .fn = spin_release_run, .arg = d };
     d->post = (braid_post){ .fn = dom_run, .arg = d };
     d->soon = (braid_soon){ .fn = dom_run, .arg = d };
     d->handle.name = d->name;
@@ -88,11 +113,19 @@ void braid_stage_domain_free(braid_stage_domain *d) {
         abort();
     }
     braid_handle_close(d->loop, &d->handle);
+    if (d->spin_held) braid__loop_spin_release(d->loop);
+    d->spin_held = false;
     pthread_mutex_lock(&d->mu);
-    bool armed = d->armed;
-    if (armed) d->dead = true;
+    /* Runs of freed stages may still be leaving pool_run_ended. */
+    while (d->active) {
+        pthread_mutex_unlock(&d->mu);
+        sched_yield();
+        pthread_mutex_lock(&d->mu);
+    }
+    bool pending = d->armed || d->release_pending;
+    if (pending) d->dead = true;
     pthread_mutex_unlock(&d->mu);
-    if (!armed) dom_release(d);
+    if (!pending) dom_release(d);
 }
 
 /* ---- back-pressure notices -------------------------------------------------------------------- */
@@ -275,12 +308,34 @@ void braid_stage_free(braid_stage *st) {
 /* ---- running ---------------------------------------------------------------------------------- */
 static void pool_run(void *arg);
 
+/* Any thread: a pool domain's run ended (or never started). The last one
+ * asks the loop to stop its busy-poll. */
+static void pool_run_ended(braid_stage_domain *d) {
+    braid_loop *loop = d->loop;
+    braid_post *node = &d->release_post;
+    pthread_mutex_lock(&d->mu);
+    bool post = !--d->active && d->spin_ns && !d->release_pending && !d->dead;
+    if (post) d->release_pending = true;
+    pthread_mutex_unlock(&d->mu);
+    /* d may be freed from here on, but not the node: a pending release
+     * keeps the domain's memory until it has run. */
+    if (post) braid_loop_post_node(loop, node);
+}
+
 /* Start a scheduled run of st (st->runners already counts it). */
 static void schedule(braid_stage *st) {
     braid_stage_domain *d = st->dom;
     if (d->pool) {
+        pthread_mutex_lock(&d->mu);
+        d->active++;
+        pthread_mutex_unlock(&d->mu);
+        if (d->spin_ns && !d->spin_held && braid__loop_on_owner_thread(d->loop)) {
+            d->spin_held = true;
+            braid__loop_spin_hold(d->loop, d->spin_ns);
+        }
         int rc = braid_call_in_pool_class(d->pool, d->cls, pool_run, st);
         if (rc == 0) return;
+        pool_run_ended(d);
         /* The events stay queued; the next enqueue tries again. */
         pthread_mutex_lock(&st->mu);
         st->runners--;
@@ -390,11 +445,11 @@ static void dom_run(void *arg) {
     braid_stage_domain *d = arg;
     pthread_mutex_lock(&d->mu);
     d->armed = false;
-    bool dead = d->dead;
+    bool dead = d->dead, pending = d->release_pending;
     size_t count = d->runq_len;
     pthread_mutex_unlock(&d->mu);
     if (dead) {
-        dom_release(d);
+        if (!pending) dom_release(d);
         return;
     }
     dispatch_ctx saved = tctx;
@@ -420,11 +475,13 @@ static void dom_run(void *arg) {
 /* A pool domain's job: one run of one stage, then the direct list. */
 static void pool_run(void *arg) {
     braid_stage *st = arg;
+    braid_stage_domain *d = st->dom;   /* st may be freed once its run ends */
     dispatch_ctx saved = tctx;
-    tctx = (dispatch_ctx){ .dom = st->dom };
+    tctx = (dispatch_ctx){ .dom = d };
     stage_run(st, POOL_BUDGET);
     run_direct(POOL_BUDGET);
     tctx = saved;
+    pool_run_ended(d);
 }
 
 /* ---- enqueueing ------------------------------------------------------------------------------- */
@@ -487,6 +544,7 @@ static void push_locked(braid_stage *st, braid_stage_event *evs, size_t n, uint6
 
 /* Ask the user predicate about each event (no lock held). */
 static bool admit_fn_ok(braid_stage *st, const braid_stage_event *evs, size_t n) {
+    if (__atomic_load_n(&st->admit, __ATOMIC_RELAXED) != ADMIT_FN) return true;
     pthread_mutex_lock(&st->mu);
     braid_stage_admit_fn fn = st->admit == ADMIT_FN ? st->admit_fn : NULL;
     void *arg = st->admit_arg;

@@ -31,6 +31,12 @@ struct braid_stage_domain {
     bool dead;                     /* freed while armed: the wake-up frees it */
     braid_post post;
     braid_soon soon;
+    /* pool domains: the loop's busy-poll while runs are going */
+    uint64_t spin_ns;              /* 0: never */
+    unsigned active;               /* mu: runs queued or going */
+    bool spin_held;                /* loop thread */
+    bool release_pending;          /* mu: release_post is queued on the loop */
+    braid_post release_post;
 };
 
 enum { ADMIT_ALL, ADMIT_THRESHOLD, ADMIT_RATE, ADMIT_CLASSES, ADMIT_FN };
@@ -106,6 +112,7 @@ struct braid_stage {
     double bc_ewma, bc_best;
     size_t bc_best_batch;
     int bc_dir;                         /* +1 grow, -1 shrink */
+    uint64_t rc_handled, rc_last;       /* response controller: handled at the last look, and when */
 };
 
 enum { NOTE_CLOG = 1u, NOTE_DRAIN = 2u };
