@@ -885,3 +885,36 @@ BT_TEST(allocation_failure_walk) {
     }
     BT_GE(failures, 8);
 }
+
+/* braid_loop_run keeps going while a pool domain has work the loop started,
+ * so the answers it sends back to the loop are delivered before it returns. */
+BT_TEST(loop_run_waits_for_pool_domain_answers) {
+    braid_loop *loop = bt_loop_new(NULL);
+    braid_pool *pool;
+    BT_OK(braid_pool_new(&pool, &(braid_pool_options){ .max_threads = 2, .loop = loop }));
+    braid_stage_domain *dl, *dp;
+    BT_OK(braid_stage_domain_new(loop, NULL, NULL, &dl));
+    BT_OK(braid_stage_domain_new(loop, pool, NULL, &dp));
+    static rec rw, rl;
+    rec_init(&rw); rec_init(&rl);
+    braid_stage *w, *l;
+    BT_OK(braid_stage_new(dp, "work", record, &rw, &(braid_stage_options){ .queue_limit = 4096, .batch_max = 3 }, &w));
+    BT_OK(braid_stage_new(dl, "reply", record, &rl, &(braid_stage_options){ .queue_limit = 4096, .batch_max = 1 }, &l));
+    rw.next = l;
+    atomic_store(&freed, 0);
+    for (int round = 0; round < 20; round++) {
+        for (long i = 0; i < 100; i++) {
+            braid_stage_event e = mk(i);
+            BT_OK(braid_stage_enqueue(w, &e));
+        }
+        BT_OK(braid_loop_run(loop));
+        BT_EQ(atomic_load(&rl.handled), 100 * (round + 1));
+    }
+    braid_stage_free(w);
+    braid_stage_free(l);
+    braid_stage_domain_free(dl);
+    braid_stage_domain_free(dp);
+    BT_OK(braid_loop_run_once(loop, BRAID_RUN_NOWAIT));
+    braid_pool_destroy(pool, BRAID_POOL_FINISH);
+    bt_loop_destroy(loop);
+}

@@ -114,12 +114,13 @@ typedef void (*braid_stage_cb)(braid_stage *st, void *arg);
 typedef struct braid_stage_domain_options {
     const char *name;      /* for the graph dump (NULL: "loop" or "pool") */
     int pool_class;        /* the pool's class its runs are queued in (0) */
-    /* Pool domains: while runs started from the loop's thread are going, the
-     * loop busy-polls its posted calls for up to this long before sleeping
-     * (as braid_defer_to_pool does), so answers coming back skip the
-     * wake-up (0: 50 µs). */
+    /* Pool domains: while runs started from the loop's thread are going,
+     * braid_loop_run keeps running (the loop is held, as for
+     * braid_defer_to_pool), and with loop_spin_ns set the loop busy-polls
+     * its posted calls that long before sleeping, so answers coming back
+     * skip the wake-up (0: never spin; measured, spinning lost on a loaded
+     * 2-core machine: docs/stage.md). */
     uint64_t loop_spin_ns;
-    bool no_spin;          /* pool domains: never make the loop spin */
 } braid_stage_domain_options;
 
 /* A domain whose stages run on loop's thread (pool NULL) or on pool's

@@ -49,24 +49,23 @@ void braid_stage_event_free(braid_stage_event *ev) {
 static void dom_run(void *arg);
 static void dom_release(braid_stage_domain *d);
 
-/* Loop thread: a pool domain's runs all ended; stop the loop's busy-poll
- * unless new ones started meanwhile. */
+/* Loop thread: a pool domain's runs all ended; let the loop go (and stop
+ * its busy-poll) unless new ones started meanwhile. */
 static void spin_release_run(void *arg) {
     braid_stage_domain *d = arg;
     pthread_mutex_lock(&d->mu);
     d->release_pending = false;
     bool dead = d->dead, armed = d->armed;
+    bool release = !dead && d->held && !d->active;
+    if (release) d->held = false;
     pthread_mutex_unlock(&d->mu);
     if (dead) {
         if (!armed) dom_release(d);
         return;
     }
-    pthread_mutex_lock(&d->mu);
-    bool idle = !d->active;
-    pthread_mutex_unlock(&d->mu);
-    if (d->spin_held && idle) {
-        d->spin_held = false;
-        braid__loop_spin_release(d->loop);
+    if (release) {
+        if (d->spin_ns) braid__loop_spin_release(d->loop);
+        braid_loop_release(d->loop);
     }
 }
 
@@ -89,7 +88,7 @@ int braid_stage_domain_new(braid_loop *loop, braid_pool *pool,
     d->cls = o.pool_class;
     d->clock = braid_loop_clock(loop);
     pthread_mutex_init(&d->mu, NULL);
-    d->spin_ns = pool && !o.no_spin ? (o.loop_spin_ns ? o.loop_spin_ns : 50000) : 0;
+    d->spin_ns = pool ? o.loop_spin_ns : 0;
     d->release_post = (braid_post){ .fn = spin_release_run, .arg = d };
     d->post = (braid_post){ .fn = dom_run, .arg = d };
     d->soon = (braid_soon){ .fn = dom_run, .arg = d };
@@ -113,14 +112,17 @@ void braid_stage_domain_free(braid_stage_domain *d) {
         abort();
     }
     braid_handle_close(d->loop, &d->handle);
-    if (d->spin_held) braid__loop_spin_release(d->loop);
-    d->spin_held = false;
     pthread_mutex_lock(&d->mu);
     /* Runs of freed stages may still be leaving pool_run_ended. */
     while (d->active) {
         pthread_mutex_unlock(&d->mu);
         sched_yield();
         pthread_mutex_lock(&d->mu);
+    }
+    if (d->held) {
+        d->held = false;
+        if (d->spin_ns) braid__loop_spin_release(d->loop);
+        braid_loop_release(d->loop);
     }
     bool pending = d->armed || d->release_pending;
     if (pending) d->dead = true;
@@ -314,7 +316,7 @@ static void pool_run_ended(braid_stage_domain *d) {
     braid_loop *loop = d->loop;
     braid_post *node = &d->release_post;
     pthread_mutex_lock(&d->mu);
-    bool post = !--d->active && d->spin_ns && !d->release_pending && !d->dead;
+    bool post = !--d->active && d->held && !d->release_pending && !d->dead;
     if (post) d->release_pending = true;
     pthread_mutex_unlock(&d->mu);
     /* d may be freed from here on, but not the node: a pending release
@@ -326,12 +328,14 @@ static void pool_run_ended(braid_stage_domain *d) {
 static void schedule(braid_stage *st) {
     braid_stage_domain *d = st->dom;
     if (d->pool) {
+        bool mine = braid__loop_on_owner_thread(d->loop), hold = false;
         pthread_mutex_lock(&d->mu);
         d->active++;
+        if (mine && !d->held) d->held = hold = true;
         pthread_mutex_unlock(&d->mu);
-        if (d->spin_ns && !d->spin_held && braid__loop_on_owner_thread(d->loop)) {
-            d->spin_held = true;
-            braid__loop_spin_hold(d->loop, d->spin_ns);
+        if (hold) {
+            braid_loop_hold(d->loop);
+            if (d->spin_ns) braid__loop_spin_hold(d->loop, d->spin_ns);
         }
         int rc = braid_call_in_pool_class(d->pool, d->cls, pool_run, st);
         if (rc == 0) return;

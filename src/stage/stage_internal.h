@@ -31,10 +31,12 @@ struct braid_stage_domain {
     bool dead;                     /* freed while armed: the wake-up frees it */
     braid_post post;
     braid_soon soon;
-    /* pool domains: the loop's busy-poll while runs are going */
-    uint64_t spin_ns;              /* 0: never */
+    /* pool domains: while runs started from the loop's thread are going,
+     * the loop is held (braid_loop_run waits for their answers) and
+     * busy-polls its posted calls */
+    uint64_t spin_ns;              /* 0: never spin */
     unsigned active;               /* mu: runs queued or going */
-    bool spin_held;                /* loop thread */
+    bool held;                     /* mu: the hold is taken */
     bool release_pending;          /* mu: release_post is queued on the loop */
     braid_post release_post;
 };
