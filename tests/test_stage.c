@@ -918,3 +918,33 @@ BT_TEST(loop_run_waits_for_pool_domain_answers) {
     braid_pool_destroy(pool, BRAID_POOL_FINISH);
     bt_loop_destroy(loop);
 }
+
+/* A token bucket refills by the clock even when the stage keeps no timing;
+ * tokens taken by events that then find the queue full are given back. */
+BT_TEST(token_bucket_without_timing_and_full_refund) {
+    braid_fake_clock *fc;
+    braid_loop *loop = fake_loop(&fc);
+    braid_stage_domain *d;
+    BT_OK(braid_stage_domain_new(loop, NULL, NULL, &d));
+    braid_stage *st;
+    BT_OK(braid_stage_new(d, "s", nop, NULL,
+                          &(braid_stage_options){ .queue_limit = 1, .flags = BRAID_STAGE_NO_TIMING }, &st));
+    BT_OK(braid_stage_admit_rate(st, 10, 2));
+    atomic_store(&freed, 0);
+    braid_stage_event a = mk(1), b = mk(2);
+    BT_OK(braid_stage_enqueue(st, &a));                       /* token 1 of 2 */
+    BT_ERR(braid_stage_enqueue(st, &b), BRAID_ESTAGE_FULL);   /* token 2 taken, then given back */
+    BT_OK(braid_loop_run_once(loop, BRAID_RUN_NOWAIT));
+    BT_OK(braid_stage_enqueue(st, &b));                       /* the token given back */
+    BT_OK(braid_loop_run_once(loop, BRAID_RUN_NOWAIT));
+    braid_stage_event c = mk(3);
+    BT_ERR(braid_stage_enqueue(st, &c), BRAID_ESTAGE_REJECTED);
+    braid_fake_clock_advance(fc, BRAID_MSEC(100));             /* one token */
+    BT_OK(braid_stage_enqueue(st, &c));
+    braid_stage_free(st);
+    BT_EQ(atomic_load(&freed), 3);
+    braid_stage_domain_free(d);
+    BT_OK(braid_loop_run_once(loop, BRAID_RUN_NOWAIT));
+    bt_loop_destroy(loop);
+    braid_fake_clock_free(fc);
+}

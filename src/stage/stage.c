@@ -567,29 +567,49 @@ void braid__stage_kick(braid_stage *st) {
     start_run(st, k);
 }
 
+/* Does admission read the clock (token buckets)? */
+static bool needs_clock(braid_stage *st) {
+    int a = __atomic_load_n(&st->admit, __ATOMIC_RELAXED);
+    return a == ADMIT_RATE || a == ADMIT_CLASSES;
+}
+
+/* Under st->mu: may n events come in? Closed, then admission, then room;
+ * each refusal counted by cause. Tokens taken for events that then find
+ * no room are given back. */
+static int check_locked(braid_stage *st, const braid_stage_event *evs, size_t n, uint64_t now,
+                        bool fn_ok, double *tokens_out, bool *post) {
+    double tokens = 0;
+    st->st.arrivals += n;
+    if (st->closed) {
+        st->st.rejected_closed += n;
+        return BRAID_ESTAGE_CLOSED;
+    }
+    if (!fn_ok || (st->admit != ADMIT_FN && braid__stage_admit_locked(st, evs, n, now, &tokens) < 0)) {
+        st->st.rejected_admission += n;
+        return BRAID_ESTAGE_REJECTED;
+    }
+    if (st->len + st->reserved + n > st->cap) {
+        braid__stage_refund_locked(st, tokens);
+        refuse_full_locked(st, n, post);
+        return BRAID_ESTAGE_FULL;
+    }
+    if (tokens_out) *tokens_out = tokens;
+    return 0;
+}
+
 int braid_stage_enqueue_many(braid_stage *st, braid_stage_event *evs, size_t n) {
     if (!st || (n && !evs)) return BRAID_EINVAL;
     for (size_t i = 0; i < n; i++)
         if (!evs[i].data) return BRAID_EINVAL;
     if (!n) return 0;
-    uint64_t now = st->ring_t ? braid__stage_now(st->dom) : 0;
+    uint64_t now = st->ring_t || needs_clock(st) ? braid__stage_now(st->dom) : 0;
     bool fn_ok = admit_fn_ok(st, evs, n);
     bool post = false;
     int rc = 0;
     run_kind k = RUN_NONE;
     pthread_mutex_lock(&st->mu);
-    st->st.arrivals += n;
-    if (st->closed) {
-        st->st.rejected_closed += n;
-        rc = BRAID_ESTAGE_CLOSED;
-    } else if (!fn_ok || (st->admit != ADMIT_FN &&
-                          braid__stage_admit_locked(st, evs, n, now, NULL) < 0)) {
-        st->st.rejected_admission += n;
-        rc = BRAID_ESTAGE_REJECTED;
-    } else if (st->len + st->reserved + n > st->cap) {
-        refuse_full_locked(st, n, &post);
-        rc = BRAID_ESTAGE_FULL;
-    } else {
+    rc = check_locked(st, evs, n, now, fn_ok, NULL, &post);
+    if (rc == 0) {
         push_locked(st, evs, n, now, &post);
         k = need_run_locked(st);
     }
@@ -628,20 +648,8 @@ int braid_stage_prepare(braid_stage *st, const braid_stage_event *evs, size_t n,
     int rc = 0;
     double tokens = 0;
     pthread_mutex_lock(&st->mu);
-    st->st.arrivals += n;
-    if (st->closed) {
-        st->st.rejected_closed += n;
-        rc = BRAID_ESTAGE_CLOSED;
-    } else if (!fn_ok || (st->admit != ADMIT_FN &&
-                          braid__stage_admit_locked(st, evs, n, now, &tokens) < 0)) {
-        st->st.rejected_admission += n;
-        rc = BRAID_ESTAGE_REJECTED;
-    } else if (st->len + st->reserved + n > st->cap) {
-        refuse_full_locked(st, n, &post);
-        rc = BRAID_ESTAGE_FULL;
-    } else {
-        st->reserved += n;
-    }
+    rc = check_locked(st, evs, n, now, fn_ok, &tokens, &post);
+    if (rc == 0) st->reserved += n;
     pthread_mutex_unlock(&st->mu);
     if (post) braid_loop_post_node(st->dom->loop, &st->note);
     if (rc == 0) *out = (braid_stage_reservation){ .stage = st, .n = n, .tokens = tokens };
