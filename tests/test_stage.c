@@ -82,12 +82,26 @@ static braid_loop *fake_loop(braid_fake_clock **fc) {
     return bt_loop_new(braid_fake_clock_base(*fc));
 }
 
+/* A loop on a fake clock with a loop domain; closed by close_fake_loop,
+ * which frees the domain, runs the wake-ups still posted and passes the
+ * leak gate. */
+static braid_loop *fake_loop_domain(braid_fake_clock **fc, braid_stage_domain **d) {
+    braid_loop *loop = fake_loop(fc);
+    BT_OK(braid_stage_domain_new(loop, NULL, NULL, d));
+    return loop;
+}
+static void close_fake_loop(braid_loop *loop, braid_stage_domain *d, braid_fake_clock *fc) {
+    braid_stage_domain_free(d);
+    BT_OK(braid_loop_run_once(loop, BRAID_RUN_NOWAIT));
+    bt_loop_destroy(loop);
+    braid_fake_clock_free(fc);
+}
+
 /* ---- batches, order, errors ------------------------------------------------------------------- */
 BT_TEST(batches_in_order) {
     braid_fake_clock *fc;
-    braid_loop *loop = fake_loop(&fc);
     braid_stage_domain *d;
-    BT_OK(braid_stage_domain_new(loop, NULL, NULL, &d));
+    braid_loop *loop = fake_loop_domain(&fc, &d);
     static rec r;
     rec_init(&r);
     braid_stage *st;
@@ -116,9 +130,7 @@ BT_TEST(batches_in_order) {
     BT_UEQ(s.batch_hist[2], 2);   /* 4 */
     BT_UEQ(s.batch_hist[1], 1);   /* 2 */
     braid_stage_free(st);
-    braid_stage_domain_free(d);
-    bt_loop_destroy(loop);
-    braid_fake_clock_free(fc);
+    close_fake_loop(loop, d, fc);
 }
 
 static void nop(braid_stage *st, braid_stage_event *evs, size_t n, void *arg) {
@@ -127,9 +139,8 @@ static void nop(braid_stage *st, braid_stage_event *evs, size_t n, void *arg) {
 
 BT_TEST(enqueue_errors_are_distinct_and_leave_the_event) {
     braid_fake_clock *fc;
-    braid_loop *loop = fake_loop(&fc);
     braid_stage_domain *d;
-    BT_OK(braid_stage_domain_new(loop, NULL, NULL, &d));
+    braid_loop *loop = fake_loop_domain(&fc, &d);
     braid_stage *st;
     BT_OK(braid_stage_new(d, "s", nop, NULL, &(braid_stage_options){ .queue_limit = 2 }, &st));
     atomic_store(&freed, 0);
@@ -160,16 +171,13 @@ BT_TEST(enqueue_errors_are_distinct_and_leave_the_event) {
     braid_stage_event_free(&c);
     BT_EQ(atomic_load(&freed), 3);
     braid_stage_free(st);
-    braid_stage_domain_free(d);
-    bt_loop_destroy(loop);
-    braid_fake_clock_free(fc);
+    close_fake_loop(loop, d, fc);
 }
 
 BT_TEST(lossy_drops_and_frees) {
     braid_fake_clock *fc;
-    braid_loop *loop = fake_loop(&fc);
     braid_stage_domain *d;
-    BT_OK(braid_stage_domain_new(loop, NULL, NULL, &d));
+    braid_loop *loop = fake_loop_domain(&fc, &d);
     braid_stage *st;
     BT_OK(braid_stage_new(d, "s", nop, NULL, &(braid_stage_options){ .queue_limit = 1 }, &st));
     atomic_store(&freed, 0);
@@ -191,9 +199,8 @@ BT_TEST(lossy_drops_and_frees) {
 
 BT_TEST(enqueue_many_all_or_none) {
     braid_fake_clock *fc;
-    braid_loop *loop = fake_loop(&fc);
     braid_stage_domain *d;
-    BT_OK(braid_stage_domain_new(loop, NULL, NULL, &d));
+    braid_loop *loop = fake_loop_domain(&fc, &d);
     static rec r;
     rec_init(&r);
     braid_stage *st;
@@ -213,16 +220,13 @@ BT_TEST(enqueue_many_all_or_none) {
     for (long i = 0; i < 4; i++) BT_EQ(r.ids[i], i);
     BT_EQ(atomic_load(&freed), 5);
     braid_stage_free(st);
-    braid_stage_domain_free(d);
-    bt_loop_destroy(loop);
-    braid_fake_clock_free(fc);
+    close_fake_loop(loop, d, fc);
 }
 
 BT_TEST(prepare_commit_abort_fan_out) {
     braid_fake_clock *fc;
-    braid_loop *loop = fake_loop(&fc);
     braid_stage_domain *d;
-    BT_OK(braid_stage_domain_new(loop, NULL, NULL, &d));
+    braid_loop *loop = fake_loop_domain(&fc, &d);
     static rec r1, r2;
     rec_init(&r1);
     rec_init(&r2);
@@ -270,9 +274,7 @@ BT_TEST(prepare_commit_abort_fan_out) {
     BT_EQ(atomic_load(&freed), 8);
     braid_stage_free(s1);
     braid_stage_free(s2);
-    braid_stage_domain_free(d);
-    bt_loop_destroy(loop);
-    braid_fake_clock_free(fc);
+    close_fake_loop(loop, d, fc);
 }
 
 /* ---- back-pressure ----------------------------------------------------------------------------- */
@@ -290,9 +292,8 @@ static void on_drain(braid_stage *st, void *arg) {
 
 BT_TEST(clog_and_drain_callbacks) {
     braid_fake_clock *fc;
-    braid_loop *loop = fake_loop(&fc);
     braid_stage_domain *d;
-    BT_OK(braid_stage_domain_new(loop, NULL, NULL, &d));
+    braid_loop *loop = fake_loop_domain(&fc, &d);
     bp b = { 0 };
     braid_stage *st;
     braid_stage_options o = { .queue_limit = 4, .batch_max = 1, .clog_at = 3, .drain_at = 1,
@@ -325,17 +326,14 @@ BT_TEST(clog_and_drain_callbacks) {
     for (int i = 2; i < 5; i++) braid_stage_event_free(&v[i]);
     BT_EQ(atomic_load(&freed), 8);
     braid_stage_free(st);
-    braid_stage_domain_free(d);
-    bt_loop_destroy(loop);
-    braid_fake_clock_free(fc);
+    close_fake_loop(loop, d, fc);
 }
 
 /* ---- admission predicates ---------------------------------------------------------------------- */
 BT_TEST(token_bucket_on_the_loop_clock) {
     braid_fake_clock *fc;
-    braid_loop *loop = fake_loop(&fc);
     braid_stage_domain *d;
-    BT_OK(braid_stage_domain_new(loop, NULL, NULL, &d));
+    braid_loop *loop = fake_loop_domain(&fc, &d);
     braid_stage *st;
     BT_OK(braid_stage_new(d, "s", nop, NULL, NULL, &st));
     BT_ERR(braid_stage_admit_rate(st, 0, 1), BRAID_EINVAL);
@@ -374,9 +372,7 @@ BT_TEST(token_bucket_on_the_loop_clock) {
     BT_OK(braid_loop_run_once(loop, BRAID_RUN_NOWAIT));
     braid_stage_free(st);
     BT_EQ(atomic_load(&freed), 11);
-    braid_stage_domain_free(d);
-    bt_loop_destroy(loop);
-    braid_fake_clock_free(fc);
+    close_fake_loop(loop, d, fc);
 }
 
 static unsigned by_cls(const braid_stage_event *e, void *arg) {
@@ -386,9 +382,8 @@ static unsigned by_cls(const braid_stage_event *e, void *arg) {
 
 BT_TEST(class_buckets_and_user_predicate) {
     braid_fake_clock *fc;
-    braid_loop *loop = fake_loop(&fc);
     braid_stage_domain *d;
-    BT_OK(braid_stage_domain_new(loop, NULL, NULL, &d));
+    braid_loop *loop = fake_loop_domain(&fc, &d);
     braid_stage *st;
     BT_OK(braid_stage_new(d, "s", nop, NULL, NULL, &st));
     double rates[2] = { 1, 1 }, depths[2] = { 1, 3 };
@@ -409,9 +404,7 @@ BT_TEST(class_buckets_and_user_predicate) {
     BT_OK(braid_loop_run_once(loop, BRAID_RUN_NOWAIT));
     braid_stage_free(st);
     BT_EQ(atomic_load(&freed), 12);
-    braid_stage_domain_free(d);
-    bt_loop_destroy(loop);
-    braid_fake_clock_free(fc);
+    close_fake_loop(loop, d, fc);
 }
 
 static bool odd_only(braid_stage *st, const braid_stage_event *e, size_t qlen, void *arg) {
@@ -422,9 +415,8 @@ static bool odd_only(braid_stage *st, const braid_stage_event *e, size_t qlen, v
 
 BT_TEST(user_predicate_and_threshold) {
     braid_fake_clock *fc;
-    braid_loop *loop = fake_loop(&fc);
     braid_stage_domain *d;
-    BT_OK(braid_stage_domain_new(loop, NULL, NULL, &d));
+    braid_loop *loop = fake_loop_domain(&fc, &d);
     braid_stage *st;
     BT_OK(braid_stage_new(d, "s", nop, NULL, NULL, &st));
     size_t seen = 99;
@@ -441,10 +433,7 @@ BT_TEST(user_predicate_and_threshold) {
     braid_stage_event_free(&c);
     braid_stage_free(st);
     BT_EQ(atomic_load(&freed), 3);
-    braid_stage_domain_free(d);
-    BT_OK(braid_loop_run_once(loop, BRAID_RUN_NOWAIT));
-    bt_loop_destroy(loop);
-    braid_fake_clock_free(fc);
+    close_fake_loop(loop, d, fc);
 }
 
 /* ---- domains ------------------------------------------------------------------------------------ */
@@ -632,9 +621,8 @@ static void kill_other(braid_stage *st, braid_stage_event *evs, size_t n, void *
 
 BT_TEST(handler_frees_a_stage_waiting_to_run) {
     braid_fake_clock *fc;
-    braid_loop *loop = fake_loop(&fc);
     braid_stage_domain *d;
-    BT_OK(braid_stage_domain_new(loop, NULL, NULL, &d));
+    braid_loop *loop = fake_loop_domain(&fc, &d);
     killer k;
     braid_stage *a, *b;
     BT_OK(braid_stage_new(d, "a", kill_other, &k, NULL, &a));
@@ -648,9 +636,7 @@ BT_TEST(handler_frees_a_stage_waiting_to_run) {
     BT_TRUE(k.victim == NULL);
     BT_EQ(atomic_load(&freed), 2);
     braid_stage_free(a);
-    braid_stage_domain_free(d);
-    bt_loop_destroy(loop);
-    braid_fake_clock_free(fc);
+    close_fake_loop(loop, d, fc);
 }
 
 /* ---- controllers, on the fake clock ------------------------------------------------------------ */
@@ -730,10 +716,7 @@ BT_TEST(response_time_controller_aimd) {
     BT_TRUE(s.admit_rate == 1);
     BT_UGE(s.rejected_admission, 5 + 12 * 5);   /* most of the 120 refused */
     braid_stage_free(st);
-    braid_stage_domain_free(d);
-    BT_OK(braid_loop_run_once(loop, BRAID_RUN_NOWAIT));
-    bt_loop_destroy(loop);
-    braid_fake_clock_free(fc);
+    close_fake_loop(loop, d, fc);
 }
 
 BT_TEST(batch_controller_hill_climbs) {
@@ -769,10 +752,7 @@ BT_TEST(batch_controller_hill_climbs) {
     }
     BT_TRUE(strstr(lb.text, "collapse below 0.2 x best: reset to max") != NULL);
     braid_stage_free(st);
-    braid_stage_domain_free(d);
-    BT_OK(braid_loop_run_once(loop, BRAID_RUN_NOWAIT));
-    bt_loop_destroy(loop);
-    braid_fake_clock_free(fc);
+    close_fake_loop(loop, d, fc);
 }
 
 BT_TEST(thread_controller_grows_and_retires) {
@@ -923,9 +903,8 @@ BT_TEST(loop_run_waits_for_pool_domain_answers) {
  * tokens taken by events that then find the queue full are given back. */
 BT_TEST(token_bucket_without_timing_and_full_refund) {
     braid_fake_clock *fc;
-    braid_loop *loop = fake_loop(&fc);
     braid_stage_domain *d;
-    BT_OK(braid_stage_domain_new(loop, NULL, NULL, &d));
+    braid_loop *loop = fake_loop_domain(&fc, &d);
     braid_stage *st;
     BT_OK(braid_stage_new(d, "s", nop, NULL,
                           &(braid_stage_options){ .queue_limit = 1, .flags = BRAID_STAGE_NO_TIMING }, &st));
@@ -943,8 +922,5 @@ BT_TEST(token_bucket_without_timing_and_full_refund) {
     BT_OK(braid_stage_enqueue(st, &c));
     braid_stage_free(st);
     BT_EQ(atomic_load(&freed), 3);
-    braid_stage_domain_free(d);
-    BT_OK(braid_loop_run_once(loop, BRAID_RUN_NOWAIT));
-    bt_loop_destroy(loop);
-    braid_fake_clock_free(fc);
+    close_fake_loop(loop, d, fc);
 }
