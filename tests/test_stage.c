@@ -924,3 +924,43 @@ BT_TEST(token_bucket_without_timing_and_full_refund) {
     BT_EQ(atomic_load(&freed), 3);
     close_fake_loop(loop, d, fc);
 }
+
+/* Loop-only stages take no lock: a chain of them still delivers every
+ * event once, in order, by direct calls; a pool domain refuses the flag. */
+BT_TEST(loop_only_stages) {
+    braid_fake_clock *fc;
+    braid_stage_domain *d;
+    braid_loop *loop = fake_loop_domain(&fc, &d);
+    static rec r1, r2;
+    rec_init(&r1);
+    rec_init(&r2);
+    braid_stage *a, *b;
+    braid_stage_options o = { .batch_max = 8, .flags = BRAID_STAGE_LOOP_ONLY };
+    BT_OK(braid_stage_new(d, "a", record, &r1, &o, &a));
+    BT_OK(braid_stage_new(d, "b", record, &r2, &o, &b));
+    r1.next = b;
+    atomic_store(&freed, 0);
+    for (long i = 0; i < 100; i++) {
+        braid_stage_event e = mk(i);
+        BT_OK(braid_stage_enqueue(a, &e));
+    }
+    BT_OK(braid_loop_run_once(loop, BRAID_RUN_NOWAIT));
+    BT_EQ(r2.nids, 100);
+    for (long i = 0; i < 100; i++) BT_EQ(r2.ids[i], i);
+    braid_stage_stats s;
+    braid_stage_stats_get(b, &s);
+    BT_UEQ(s.runs_direct, 1);
+    BT_UEQ(s.batches, 13);
+    BT_EQ(atomic_load(&freed), 100);
+    braid_pool *pool;
+    BT_OK(braid_pool_new(&pool, &(braid_pool_options){ .flags = BRAID_POOL_MEMORY, .loop = loop }));
+    braid_stage_domain *dp;
+    BT_OK(braid_stage_domain_new(loop, pool, NULL, &dp));
+    braid_stage *c;
+    BT_ERR(braid_stage_new(dp, "c", nop, NULL, &o, &c), BRAID_EINVAL);
+    braid_stage_domain_free(dp);
+    braid_pool_destroy(pool, BRAID_POOL_FINISH);
+    braid_stage_free(a);
+    braid_stage_free(b);
+    close_fake_loop(loop, d, fc);
+}

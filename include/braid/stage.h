@@ -143,6 +143,11 @@ enum {
      * times (and no response-time controller). Saves a clock read per
      * enqueue and per batch. */
     BRAID_STAGE_NO_TIMING = 1u << 0,
+    /* Loop domains only: every event comes from the loop's own thread (its
+     * I/O callbacks, timers, handlers of loop-domain stages), so the stage
+     * takes no lock. Debug builds abort on an enqueue from another thread;
+     * braid_stage_stats_get is then loop-thread only too. */
+    BRAID_STAGE_LOOP_ONLY = 1u << 1,
 };
 
 typedef struct braid_stage_options {

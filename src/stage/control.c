@@ -65,27 +65,27 @@ void braid__stage_refund_locked(braid_stage *st, double tokens) {
 
 void braid_stage_admit_all(braid_stage *st) {
     BRAID__LOOP_AFFINE(st->dom->loop);
-    pthread_mutex_lock(&st->mu);
+    braid__stage_lock(st);
     __atomic_store_n(&st->admit, ADMIT_ALL, __ATOMIC_RELAXED);
-    pthread_mutex_unlock(&st->mu);
+    braid__stage_unlock(st);
 }
 
 void braid_stage_admit_threshold(braid_stage *st, size_t threshold) {
     BRAID__LOOP_AFFINE(st->dom->loop);
-    pthread_mutex_lock(&st->mu);
+    braid__stage_lock(st);
     __atomic_store_n(&st->admit, ADMIT_THRESHOLD, __ATOMIC_RELAXED);
     st->threshold = threshold;
-    pthread_mutex_unlock(&st->mu);
+    braid__stage_unlock(st);
 }
 
 int braid_stage_admit_rate(braid_stage *st, double rate, double depth) {
     if (!st || !(rate > 0) || !(depth >= 1)) return BRAID_EINVAL;
     BRAID__LOOP_AFFINE(st->dom->loop);
     uint64_t now = braid__stage_now(st->dom);
-    pthread_mutex_lock(&st->mu);
+    braid__stage_lock(st);
     __atomic_store_n(&st->admit, ADMIT_RATE, __ATOMIC_RELAXED);
     bucket_init(&st->bucket, rate, depth, now);
-    pthread_mutex_unlock(&st->mu);
+    braid__stage_unlock(st);
     return 0;
 }
 
@@ -97,23 +97,23 @@ int braid_stage_admit_classes(braid_stage *st, size_t n, const double *rates, co
         if (!(rates[i] > 0) || !(depths[i] >= 1)) return BRAID_EINVAL;
     BRAID__LOOP_AFFINE(st->dom->loop);
     uint64_t now = braid__stage_now(st->dom);
-    pthread_mutex_lock(&st->mu);
+    braid__stage_lock(st);
     __atomic_store_n(&st->admit, ADMIT_CLASSES, __ATOMIC_RELAXED);
     st->nclasses = n;
     for (size_t i = 0; i < n; i++) bucket_init(&st->classes[i], rates[i], depths[i], now);
     st->classify = classify;
     st->admit_arg = arg;
-    pthread_mutex_unlock(&st->mu);
+    braid__stage_unlock(st);
     return 0;
 }
 
 void braid_stage_admit_fn_set(braid_stage *st, braid_stage_admit_fn admit, void *arg) {
     BRAID__LOOP_AFFINE(st->dom->loop);
-    pthread_mutex_lock(&st->mu);
+    braid__stage_lock(st);
     __atomic_store_n(&st->admit, admit ? ADMIT_FN : ADMIT_ALL, __ATOMIC_RELAXED);
     st->admit_fn = admit;
     st->admit_arg = arg;
-    pthread_mutex_unlock(&st->mu);
+    braid__stage_unlock(st);
 }
 
 /* ---- the thread controller -------------------------------------------------------------------- */
@@ -121,7 +121,7 @@ static void threads_look(braid_looping *lc, uint64_t ticks, void *arg) {
     (void)lc, (void)ticks;
     braid_stage *st = arg;
     uint64_t now = braid__stage_now(st->dom);
-    pthread_mutex_lock(&st->mu);
+    braid__stage_lock(st);
     size_t len = st->len;
     if (len || st->running) st->last_busy = now;
     uint64_t idle = now - st->last_busy;
@@ -133,7 +133,7 @@ static void threads_look(braid_looping *lc, uint64_t ticks, void *arg) {
         st->last_busy = now;   /* one fewer per idle_timeout */
     }
     unsigned after = st->threads;
-    pthread_mutex_unlock(&st->mu);
+    braid__stage_unlock(st);
     if (after == before) return;
     braid__log(st->dom->loop, BRAID_LOG_INFO,
                "stage %s: threads %u -> %u (queue %zu, threshold %zu, idle %" PRIu64 " ns, bounds %u..%u)",
@@ -154,12 +154,12 @@ int braid_stage_control_threads(braid_stage *st, const braid_stage_thread_contro
     if (!t.max) t.max = 20;
     if (!t.idle_timeout) t.idle_timeout = BRAID_SECONDS(1);
     if (t.min > t.max) return BRAID_EINVAL;
-    pthread_mutex_lock(&st->mu);
+    braid__stage_lock(st);
     st->tc = t;
     if (st->threads < t.min) st->threads = t.min;
     if (st->threads > t.max) st->threads = t.max;
     st->last_busy = braid__stage_now(st->dom);
-    pthread_mutex_unlock(&st->mu);
+    braid__stage_unlock(st);
     int rc = braid_looping_start(st->dom->loop, &st->ctl_threads, t.period, false, threads_look, st);
     if (rc == 0) st->ctl_threads_on = true;
     return rc;
@@ -170,7 +170,7 @@ static void batch_look(braid_looping *lc, uint64_t ticks, void *arg) {
     (void)lc, (void)ticks;
     braid_stage *st = arg;
     uint64_t now = braid__stage_now(st->dom);
-    pthread_mutex_lock(&st->mu);
+    braid__stage_lock(st);
     uint64_t handled = st->st.handled;
     size_t before = st->batch_max;
     double dt = (double)(now - st->bc_last) / 1e9;
@@ -179,7 +179,7 @@ static void batch_look(braid_looping *lc, uint64_t ticks, void *arg) {
     st->bc_last = now;
     /* Nothing handled: no evidence either way; keep the batch size. */
     if (tput == 0) {
-        pthread_mutex_unlock(&st->mu);
+        braid__stage_unlock(st);
         return;
     }
     st->bc_ewma = st->bc_ewma == 0 ? tput : 0.7 * st->bc_ewma + 0.3 * tput;
@@ -207,7 +207,7 @@ static void batch_look(braid_looping *lc, uint64_t ticks, void *arg) {
     if (next > st->bc.max) next = st->bc.max;
     st->batch_max = next;
     double ewma = st->bc_ewma, best = st->bc_best;
-    pthread_mutex_unlock(&st->mu);
+    braid__stage_unlock(st);
     braid__log(st->dom->loop, BRAID_LOG_INFO,
                "stage %s: batch %zu -> %zu (%s; throughput %.1f/s, smoothed %.1f/s, best %.1f/s)",
                st->name, before, next, why, tput, ewma, best);
@@ -223,14 +223,14 @@ int braid_stage_control_batch(braid_stage *st, const braid_stage_batch_control *
     if (!b.min) b.min = 1;
     if (!b.max) b.max = BRAID_STAGE_MAX_BATCH;
     if (b.min > b.max || b.max > BRAID_STAGE_MAX_BATCH) return BRAID_EINVAL;
-    pthread_mutex_lock(&st->mu);
+    braid__stage_lock(st);
     st->bc = b;
     st->batch_max = b.max;   /* SEDA starts at the largest batch */
     st->bc_handled = st->st.handled;
     st->bc_last = braid__stage_now(st->dom);
     st->bc_ewma = st->bc_best = 0;
     st->bc_dir = -1;
-    pthread_mutex_unlock(&st->mu);
+    braid__stage_unlock(st);
     int rc = braid_looping_start(st->dom->loop, &st->ctl_batch, b.period, false, batch_look, st);
     if (rc == 0) st->ctl_batch_on = true;
     return rc;
@@ -258,9 +258,9 @@ static void response_look(braid_looping *lc, uint64_t ticks, void *arg) {
     braid_stage *st = arg;
     const braid_stage_response_control *c = &st->rc;
     uint64_t now = braid__stage_now(st->dom);
-    pthread_mutex_lock(&st->mu);
+    braid__stage_lock(st);
     if (st->admit != ADMIT_RATE) {
-        pthread_mutex_unlock(&st->mu);
+        braid__stage_unlock(st);
         return;   /* the user replaced the bucket: the controller stands aside */
     }
     unsigned nsamples = st->nsamples;
@@ -287,7 +287,7 @@ static void response_look(braid_looping *lc, uint64_t ticks, void *arg) {
     st->nsamples = 0;
     st->sample_pos = 0;
     size_t len = st->len;
-    pthread_mutex_unlock(&st->mu);
+    braid__stage_unlock(st);
     if (!why || next == before) return;
     braid__log(st->dom->loop, BRAID_LOG_INFO,
                "stage %s: rate %.1f -> %.1f/s (%s; p90 %" PRIu64 " ns of %u samples, target %" PRIu64
@@ -315,11 +315,11 @@ int braid_stage_control_response(braid_stage *st, const braid_stage_response_con
     int rc = braid_stage_admit_rate(st, r.rate_start, r.depth);
     if (rc < 0) return rc;
     st->rc = r;
-    pthread_mutex_lock(&st->mu);
+    braid__stage_lock(st);
     st->nsamples = st->sample_pos = 0;
     st->rc_handled = st->st.handled;
     st->rc_last = braid__stage_now(st->dom);
-    pthread_mutex_unlock(&st->mu);
+    braid__stage_unlock(st);
     rc = braid_looping_start(st->dom->loop, &st->ctl_response, r.period, false, response_look, st);
     if (rc == 0) st->ctl_response_on = true;
     return rc;

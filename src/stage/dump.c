@@ -54,7 +54,7 @@ void braid__stage_unregister(braid_stage *st) {
     if (st->reg_next) st->reg_next->reg_prev = st->reg_prev;
 }
 
-void braid__stage_edge_count(braid_stage *from, braid_stage *to, size_t n) {
+uint64_t *braid__stage_edge_count(braid_stage *from, braid_stage *to, size_t n) {
     for (int i = 0; i < BRAID__STAGE_EDGES; i++) {
         braid__stage_edge *e = &from->edges[i];
         braid_stage *t = __atomic_load_n(&e->to, __ATOMIC_ACQUIRE);
@@ -67,15 +67,21 @@ void braid__stage_edge_count(braid_stage *from, braid_stage *to, size_t n) {
                 t = to;
         }
         if (t == to) {
-            __atomic_fetch_add(&e->count, n, __ATOMIC_RELAXED);
-            return;
+            if (from->dom->pool) {
+                __atomic_fetch_add(&e->count, n, __ATOMIC_RELAXED);
+            } else {   /* only the loop's thread runs a loop-domain stage: no RMW needed */
+                uint64_t c = __atomic_load_n(&e->count, __ATOMIC_RELAXED);
+                __atomic_store_n(&e->count, c + n, __ATOMIC_RELAXED);
+            }
+            return &e->count;
         }
     }
     /* More than BRAID__STAGE_EDGES targets: the rest go uncounted. */
+    return NULL;
 }
 
 void braid_stage_stats_get(braid_stage *st, braid_stage_stats *out) {
-    pthread_mutex_lock(&st->mu);
+    braid__stage_lock(st);
     *out = st->st;
     out->queue_length = st->len;
     out->queue_limit = st->cap;
@@ -85,7 +91,7 @@ void braid_stage_stats_get(braid_stage *st, braid_stage_stats *out) {
     out->running = st->running;
     out->admit_rate = st->admit == ADMIT_RATE ? st->bucket.rate : 0;
     out->p90_response = braid__stage_p90_locked(st);
-    pthread_mutex_unlock(&st->mu);
+    braid__stage_unlock(st);
 }
 
 /* ---- the dump ------------------------------------------------------------------------------ */
@@ -139,9 +145,9 @@ int braid_stage_dump(braid_loop *loop, braid_stage_format fmt, FILE *out) {
         braid_stage *s = v[i];
         braid_stage_stats ss;
         braid_stage_stats_get(s, &ss);
-        pthread_mutex_lock(&s->mu);
+        braid__stage_lock(s);
         int admit = s->admit;
-        pthread_mutex_unlock(&s->mu);
+        braid__stage_unlock(s);
         uint64_t q50 = braid_pool_hist_quantile(ss.queue_hist, 0.5);
         uint64_t q99 = braid_pool_hist_quantile(ss.queue_hist, 0.99);
         uint64_t s50 = braid_pool_hist_quantile(ss.service_hist, 0.5);

@@ -32,6 +32,10 @@ typedef struct dispatch_ctx {
     braid_stage_domain *dom;
     braid_stage *cur;
     braid_stage *direct_head, *direct_tail;
+    /* the edge last counted from cur: a handler usually sends its whole
+     * batch to one stage */
+    braid_stage *edge_to;
+    uint64_t *edge_count;
 } dispatch_ctx;
 static _Thread_local dispatch_ctx tctx;
 
@@ -135,12 +139,12 @@ static void stage_release(braid_stage *st);
 
 static void note_run(void *arg) {
     braid_stage *st = arg;
-    pthread_mutex_lock(&st->mu);
+    braid__stage_lock(st);
     unsigned bits = st->note_bits;
     bool clogged = st->clogged, dead = st->dead;
     st->note_bits = 0;
     st->note_pending = false;
-    pthread_mutex_unlock(&st->mu);
+    braid__stage_unlock(st);
     if (dead) {
         stage_release(st);
         return;
@@ -193,6 +197,7 @@ int braid_stage_new(braid_stage_domain *dom, const char *name, braid_stage_fn fn
     if (!o.threads || !dom->pool) o.threads = 1;
     if (!o.clog_at || o.clog_at > o.queue_limit) o.clog_at = o.queue_limit;
     if (o.drain_at >= o.clog_at) return BRAID_EINVAL;
+    if ((o.flags & BRAID_STAGE_LOOP_ONLY) && dom->pool) return BRAID_EINVAL;
     braid_stage *st = braid_calloc(1, sizeof *st);
     if (!st) return BRAID_ENOMEM;
     st->name = braid_strdup(name ? name : "stage");
@@ -234,9 +239,9 @@ const char *braid_stage_name(const braid_stage *st) { return st->name; }
 
 void braid_stage_close(braid_stage *st) {
     if (!st) return;
-    pthread_mutex_lock(&st->mu);
+    braid__stage_lock(st);
     st->closed = true;
-    pthread_mutex_unlock(&st->mu);
+    braid__stage_unlock(st);
 }
 
 static void stage_release(braid_stage *st) {
@@ -266,9 +271,9 @@ void braid_stage_free(braid_stage *st) {
     braid_stage_domain *dom = st->dom;
     BRAID__LOOP_AFFINE(dom->loop);
     braid__stage_controls_stop(st);
-    pthread_mutex_lock(&st->mu);
+    braid__stage_lock(st);
     st->closed = st->freeing = true;
-    pthread_mutex_unlock(&st->mu);
+    braid__stage_unlock(st);
     /* Runs that have not started are taken back: from the loop domain's run
      * queue, from this thread's direct list. */
     unsigned taken = 0;
@@ -284,26 +289,26 @@ void braid_stage_free(braid_stage *st) {
     }
     pthread_mutex_unlock(&dom->mu);
     if (direct_remove(st)) taken++;
-    pthread_mutex_lock(&st->mu);
+    braid__stage_lock(st);
     st->runners -= taken;
     if (tctx.cur == st || (!dom->pool && st->runners)) {
-        pthread_mutex_unlock(&st->mu);
+        braid__stage_unlock(st);
         braid__log(dom->loop, BRAID_LOG_ERROR, "braid_stage_free(%s) called from its own handler", st->name);
         abort();
     }
     /* Pool runs already queued see `freeing` and end at once. */
-    while (st->runners) pthread_cond_wait(&st->cv, &st->mu);
+    while (st->runners) pthread_cond_wait(&st->cv, &st->mu);   /* pool domains: never LOOP_ONLY */
     size_t n = st->len;
     st->len = 0;
-    pthread_mutex_unlock(&st->mu);
+    braid__stage_unlock(st);
     for (size_t i = 0; i < n; i++) braid_stage_event_free(&st->ring[(st->head + i) % st->cap]);
     braid__stage_unregister(st);
     braid_handle_close(dom->loop, &st->handle);
     dom->nstages--;
-    pthread_mutex_lock(&st->mu);
+    braid__stage_lock(st);
     bool pending = st->note_pending;
     if (pending) st->dead = true;
-    pthread_mutex_unlock(&st->mu);
+    braid__stage_unlock(st);
     if (!pending) stage_release(st);
 }
 
@@ -341,10 +346,10 @@ static void schedule(braid_stage *st) {
         if (rc == 0) return;
         pool_run_ended(d);
         /* The events stay queued; the next enqueue tries again. */
-        pthread_mutex_lock(&st->mu);
+        braid__stage_lock(st);
         st->runners--;
         if (st->freeing && !st->runners) pthread_cond_broadcast(&st->cv);
-        pthread_mutex_unlock(&st->mu);
+        braid__stage_unlock(st);
         braid__log(NULL, BRAID_LOG_WARN, "stage %s: its pool refused a run: %s", st->name,
                    braid_strerror(rc));
         return;
@@ -364,6 +369,12 @@ static void schedule(braid_stage *st) {
     else braid_loop_post_node(d->loop, &d->post);
 }
 
+/* braid_pool_hist_bucket, inline: it runs twice per event on the hot path. */
+static inline unsigned hist_bucket(uint64_t ns) {
+    unsigned b = ns ? 63u - (unsigned)__builtin_clzll(ns) : 0;
+    return b < BRAID_POOL_HIST ? b : BRAID_POOL_HIST - 1;
+}
+
 /* Drain st in batches on this thread, up to budget batches; then either
  * end the run or, work remaining, schedule it again (fairness). */
 static void stage_run(braid_stage *st, unsigned budget) {
@@ -371,7 +382,7 @@ static void stage_run(braid_stage *st, unsigned budget) {
     uint64_t tq[BRAID_STAGE_MAX_BATCH];
     braid_stage_domain *d = st->dom;
     bool timing = st->ring_t != NULL;
-    pthread_mutex_lock(&st->mu);
+    braid__stage_lock(st);
     while (budget && !st->freeing && st->len) {
         budget--;
         size_t n = st->len < st->batch_max ? st->len : st->batch_max;
@@ -386,31 +397,33 @@ static void stage_run(braid_stage *st, unsigned budget) {
         st->running++;
         bool post = false;
         check_drain_locked(st, &post);
-        pthread_mutex_unlock(&st->mu);
+        braid__stage_unlock(st);
         if (post) braid_loop_post_node(d->loop, &st->note);
 
         braid_stage *outer = tctx.cur;
         tctx.cur = st;
+        tctx.edge_to = NULL;
         uint64_t t0 = timing ? braid__stage_now(d) : 0;
         st->fn(st, evs, n, st->arg);
         uint64_t t1 = timing ? braid__stage_now(d) : 0;
         tctx.cur = outer;
+        tctx.edge_to = NULL;
         for (size_t i = 0; i < n; i++) braid_stage_event_free(&evs[i]);
 
-        pthread_mutex_lock(&st->mu);
+        braid__stage_lock(st);
         st->running--;
         st->st.batches++;
         st->st.handled += n;
-        st->st.batch_hist[braid_pool_hist_bucket(n)]++;
+        st->st.batch_hist[hist_bucket(n)]++;
         if (timing) {
             uint64_t svc = (t1 - t0) / n;
-            st->st.service_hist[braid_pool_hist_bucket(svc)] += n;
+            st->st.service_hist[hist_bucket(svc)] += n;
             size_t first = n > BRAID__STAGE_SAMPLES ? n - BRAID__STAGE_SAMPLES : 0;
             for (size_t i = 0; i < n; i++) {
                 uint64_t q = t0 > tq[i] ? t0 - tq[i] : 0;
                 uint64_t r = t1 > tq[i] ? t1 - tq[i] : 0;
-                st->st.queue_hist[braid_pool_hist_bucket(q)]++;
-                st->st.response_hist[braid_pool_hist_bucket(r)]++;
+                st->st.queue_hist[hist_bucket(q)]++;
+                st->st.response_hist[hist_bucket(r)]++;
                 if (i < first) continue;
                 st->samples[st->sample_pos] = r;
                 st->sample_pos = (st->sample_pos + 1) % BRAID__STAGE_SAMPLES;
@@ -421,13 +434,13 @@ static void stage_run(braid_stage *st, unsigned budget) {
     }
     if (st->len && !st->freeing) {
         st->st.runs_scheduled++;
-        pthread_mutex_unlock(&st->mu);
+        braid__stage_unlock(st);
         schedule(st);   /* the run goes on later, as the same runner */
         return;
     }
     st->runners--;
     if (st->freeing && !st->runners) pthread_cond_broadcast(&st->cv);
-    pthread_mutex_unlock(&st->mu);
+    braid__stage_unlock(st);
 }
 
 /* Run every stage on this thread's direct list (and what they add to it). */
@@ -549,21 +562,35 @@ static void push_locked(braid_stage *st, braid_stage_event *evs, size_t n, uint6
 /* Ask the user predicate about each event (no lock held). */
 static bool admit_fn_ok(braid_stage *st, const braid_stage_event *evs, size_t n) {
     if (__atomic_load_n(&st->admit, __ATOMIC_RELAXED) != ADMIT_FN) return true;
-    pthread_mutex_lock(&st->mu);
+    braid__stage_lock(st);
     braid_stage_admit_fn fn = st->admit == ADMIT_FN ? st->admit_fn : NULL;
     void *arg = st->admit_arg;
     size_t len = st->len;
-    pthread_mutex_unlock(&st->mu);
+    braid__stage_unlock(st);
     if (!fn) return true;
     for (size_t i = 0; i < n; i++)
         if (!fn(st, &evs[i], len + i, arg)) return false;
     return true;
 }
 
+/* An enqueue made by the handler running on this thread is an edge of the
+ * graph: count it (cached for the common run of sends to one stage). */
+static inline void count_edge(braid_stage *to, size_t n) {
+    braid_stage *from = tctx.cur;
+    if (!from || from == to) return;
+    if (tctx.edge_to == to && !from->dom->pool) {   /* one thread runs a loop-domain stage */
+        __atomic_store_n(tctx.edge_count, __atomic_load_n(tctx.edge_count, __ATOMIC_RELAXED) + n,
+                         __ATOMIC_RELAXED);
+        return;
+    }
+    uint64_t *c = braid__stage_edge_count(from, to, n);
+    if (c) tctx.edge_to = to, tctx.edge_count = c;
+}
+
 void braid__stage_kick(braid_stage *st) {
-    pthread_mutex_lock(&st->mu);
+    braid__stage_lock(st);
     run_kind k = st->len ? need_run_locked(st) : RUN_NONE;
-    pthread_mutex_unlock(&st->mu);
+    braid__stage_unlock(st);
     start_run(st, k);
 }
 
@@ -584,7 +611,8 @@ static int check_locked(braid_stage *st, const braid_stage_event *evs, size_t n,
         st->st.rejected_closed += n;
         return BRAID_ESTAGE_CLOSED;
     }
-    if (!fn_ok || (st->admit != ADMIT_FN && braid__stage_admit_locked(st, evs, n, now, &tokens) < 0)) {
+    if (!fn_ok || (st->admit > ADMIT_ALL && st->admit != ADMIT_FN &&
+                   braid__stage_admit_locked(st, evs, n, now, &tokens) < 0)) {
         st->st.rejected_admission += n;
         return BRAID_ESTAGE_REJECTED;
     }
@@ -602,21 +630,22 @@ int braid_stage_enqueue_many(braid_stage *st, braid_stage_event *evs, size_t n) 
     for (size_t i = 0; i < n; i++)
         if (!evs[i].data) return BRAID_EINVAL;
     if (!n) return 0;
+    if (st->flags & BRAID_STAGE_LOOP_ONLY) BRAID__LOOP_AFFINE(st->dom->loop);
     uint64_t now = st->ring_t || needs_clock(st) ? braid__stage_now(st->dom) : 0;
     bool fn_ok = admit_fn_ok(st, evs, n);
     bool post = false;
     int rc = 0;
     run_kind k = RUN_NONE;
-    pthread_mutex_lock(&st->mu);
+    braid__stage_lock(st);
     rc = check_locked(st, evs, n, now, fn_ok, NULL, &post);
     if (rc == 0) {
         push_locked(st, evs, n, now, &post);
         k = need_run_locked(st);
     }
-    pthread_mutex_unlock(&st->mu);
+    braid__stage_unlock(st);
     if (post) braid_loop_post_node(st->dom->loop, &st->note);
     if (rc == 0) {
-        if (tctx.cur && tctx.cur != st) braid__stage_edge_count(tctx.cur, st, n);
+        count_edge(st, n);
         start_run(st, k);
     }
     return rc;
@@ -630,9 +659,9 @@ bool braid_stage_enqueue_lossy(braid_stage *st, braid_stage_event *ev) {
     int rc = braid_stage_enqueue_many(st, ev, 1);
     if (rc == 0) return true;
     if (st && rc != BRAID_EINVAL) {
-        pthread_mutex_lock(&st->mu);
+        braid__stage_lock(st);
         st->st.dropped++;
-        pthread_mutex_unlock(&st->mu);
+        braid__stage_unlock(st);
     }
     braid_stage_event_free(ev);
     return false;
@@ -647,10 +676,10 @@ int braid_stage_prepare(braid_stage *st, const braid_stage_event *evs, size_t n,
     bool post = false;
     int rc = 0;
     double tokens = 0;
-    pthread_mutex_lock(&st->mu);
+    braid__stage_lock(st);
     rc = check_locked(st, evs, n, now, fn_ok, &tokens, &post);
     if (rc == 0) st->reserved += n;
-    pthread_mutex_unlock(&st->mu);
+    braid__stage_unlock(st);
     if (post) braid_loop_post_node(st->dom->loop, &st->note);
     if (rc == 0) *out = (braid_stage_reservation){ .stage = st, .n = n, .tokens = tokens };
     return rc;
@@ -662,14 +691,14 @@ void braid_stage_commit(braid_stage_reservation *res, braid_stage_event *evs) {
     uint64_t now = st->ring_t ? braid__stage_now(st->dom) : 0;
     bool post = false;
     run_kind k;
-    pthread_mutex_lock(&st->mu);
+    braid__stage_lock(st);
     BRAID__ASSERT(st->reserved >= res->n);
     st->reserved -= res->n;
     push_locked(st, evs, res->n, now, &post);
     k = res->n ? need_run_locked(st) : RUN_NONE;
-    pthread_mutex_unlock(&st->mu);
+    braid__stage_unlock(st);
     if (post) braid_loop_post_node(st->dom->loop, &st->note);
-    if (tctx.cur && tctx.cur != st && res->n) braid__stage_edge_count(tctx.cur, st, res->n);
+    if (res->n) count_edge(st, res->n);
     start_run(st, k);
     res->stage = NULL;
 }
@@ -678,13 +707,13 @@ void braid_stage_abort(braid_stage_reservation *res) {
     braid_stage *st = res->stage;
     if (!st) return;
     bool post = false;
-    pthread_mutex_lock(&st->mu);
+    braid__stage_lock(st);
     BRAID__ASSERT(st->reserved >= res->n);
     st->reserved -= res->n;
     st->st.arrivals -= res->n;   /* never arrived */
     braid__stage_refund_locked(st, res->tokens);
     check_drain_locked(st, &post);
-    pthread_mutex_unlock(&st->mu);
+    braid__stage_unlock(st);
     if (post) braid_loop_post_node(st->dom->loop, &st->note);
     res->stage = NULL;
 }

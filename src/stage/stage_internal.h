@@ -119,6 +119,14 @@ struct braid_stage {
 
 enum { NOTE_CLOG = 1u, NOTE_DRAIN = 2u };
 
+/* The stage's lock, none for BRAID_STAGE_LOOP_ONLY stages (loop thread only). */
+static inline void braid__stage_lock(braid_stage *st) {
+    if (!(st->flags & BRAID_STAGE_LOOP_ONLY)) pthread_mutex_lock(&st->mu);
+}
+static inline void braid__stage_unlock(braid_stage *st) {
+    if (!(st->flags & BRAID_STAGE_LOOP_ONLY)) pthread_mutex_unlock(&st->mu);
+}
+
 static inline uint64_t braid__stage_now(braid_stage_domain *d) { return d->clock->now(d->clock); }
 
 /* control.c: admission under st->mu, for the n events evs. Returns 0 or
@@ -138,7 +146,8 @@ void braid__stage_controls_stop(braid_stage *st);
 /* dump.c: the loop's registry of stages */
 int braid__stage_register(braid_stage *st);
 void braid__stage_unregister(braid_stage *st);
-/* Remember that the stage running on this thread sent to `to`. */
-void braid__stage_edge_count(braid_stage *from, braid_stage *to, size_t n);
+/* Count n events sent from `from` (running on this thread) to `to`; the
+ * edge's counter, or NULL past BRAID__STAGE_EDGES targets. */
+uint64_t *braid__stage_edge_count(braid_stage *from, braid_stage *to, size_t n);
 
 #endif
