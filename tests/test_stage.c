@@ -691,7 +691,7 @@ BT_TEST(response_time_controller_aimd) {
      * from the rate in force. */
     BT_TRUE(s.admit_rate == 5);
     BT_TRUE(strstr(lb.text, "stage rt: rate 1000.0 -> 5.0/s (p90 above target: cut; p90 50000000 ns "
-                            "of 10 samples, target 10000000 ns, served 10.0/s, queue 0)") != NULL);
+                            "of 10 samples, last 0 ns, target 10000000 ns, served 10.0/s, queue 0)") != NULL);
     /* Fast answers: additive increase. The bucket (depth 10) has refilled
      * 5 tokens at 5/s since its last use: 5 of the 10 get in. */
     offer(st, 10, BRAID_USEC(100));
@@ -706,9 +706,26 @@ BT_TEST(response_time_controller_aimd) {
     BT_OK(braid_loop_advance(loop, BRAID_SECONDS(1)));
     braid_stage_stats_get(st, &s);
     BT_TRUE(s.admit_rate == 25);
-    /* Overload: the cut repeats down to rate_min (1), and refusals are visible. */
+    /* Slow answers (10 x 20 ms): cut, from the 10/s served. */
+    offer(st, 10, BRAID_MSEC(20));
+    BT_OK(braid_loop_run_once(loop, BRAID_RUN_NOWAIT));
+    BT_OK(braid_loop_advance(loop, BRAID_SECONDS(1)));
+    braid_stage_stats_get(st, &s);
+    BT_TRUE(s.admit_rate == 5);
+    /* Still above target but much faster than at the last look (the
+     * bucket lets 6 x 4 ms in: p90 24 ms against 200 ms): the cut is
+     * working, hold. */
+    offer(st, 10, BRAID_MSEC(4));
+    BT_OK(braid_loop_run_once(loop, BRAID_RUN_NOWAIT));
+    BT_OK(braid_loop_advance(loop, BRAID_SECONDS(1)));
+    braid_stage_stats_get(st, &s);
+    BT_TRUE(s.admit_rate == 5);
+    BT_TRUE(strstr(lb.text, "rate 5.0 -> 5.0/s (p90 above target but falling: hold; p90 24000000 ns of 6 "
+                            "samples, last 200000000 ns") != NULL);
+    /* Overload that does not let up: the cut repeats down to rate_min (1),
+     * and refusals are visible. */
     for (int i = 0; i < 12; i++) {
-        offer(st, 10, BRAID_MSEC(20));
+        offer(st, 10, BRAID_MSEC(20 + 10 * i));
         BT_OK(braid_loop_run_once(loop, BRAID_RUN_NOWAIT));
         BT_OK(braid_loop_advance(loop, BRAID_SECONDS(1)));
     }

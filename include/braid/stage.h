@@ -270,10 +270,14 @@ typedef struct braid_stage_response_control {
  * each look, judging the response times (enqueue to the end of the batch
  * that held the event) seen since the last look, the latest 100 at most:
  * when their p90 is above target, rate = cut × min(rate, the rate the
- * stage actually served since the last look); below 0.9 × target,
- * rate += add; no response, no change. (SEDA cuts the rate in force; cutting
- * from the served rate reaches the stage's capacity in one step instead of
- * many when an overload begins.) Needs timing (not BRAID_STAGE_NO_TIMING). */
+ * stage actually served since the last look) — unless the p90 fell by 10 %
+ * or more since the last look (the last cut is already draining the queue:
+ * hold); below 0.9 × target, rate += add; no response, no change. (SEDA
+ * cuts the rate in force at every look above target; cutting from the
+ * served rate reaches the stage's capacity in one step when an overload
+ * begins, and holding while the p90 falls keeps the queue from running dry,
+ * which is goodput lost: docs/stage.md.) Needs timing (not
+ * BRAID_STAGE_NO_TIMING). */
 BRAID_API int braid_stage_control_response(braid_stage *st, const braid_stage_response_control *c);
 
 /* ---- statistics and the graph ---------------------------------------------------------------- */

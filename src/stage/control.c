@@ -271,11 +271,15 @@ static void response_look(braid_looping *lc, uint64_t ticks, void *arg) {
     st->rc_last = now;
     double before = st->bucket.rate, next = before;
     const char *why = NULL;
-    if (nsamples && (double)p90 > (double)c->target) {
+    uint64_t last_p90 = st->rc_p90;
+    if (nsamples) st->rc_p90 = p90;
+    if (nsamples && (double)p90 > (double)c->target && (double)p90 > 0.9 * (double)last_p90) {
         /* Cut from what the stage actually served, when that is lower:
          * under overload the rate in force can be far above it. */
         next = (tput > 0 && tput < before ? tput : before) * c->cut;
         why = "p90 above target: cut";
+    } else if (nsamples && (double)p90 > (double)c->target) {
+        why = "p90 above target but falling: hold";
     } else if (nsamples && (double)p90 < 0.9 * (double)c->target) {
         next = before + c->add;
         why = "p90 below 0.9 x target: add";
@@ -288,11 +292,11 @@ static void response_look(braid_looping *lc, uint64_t ticks, void *arg) {
     st->sample_pos = 0;
     size_t len = st->len;
     braid__stage_unlock(st);
-    if (!why || next == before) return;
+    if (!why) return;
     braid__log(st->dom->loop, BRAID_LOG_INFO,
-               "stage %s: rate %.1f -> %.1f/s (%s; p90 %" PRIu64 " ns of %u samples, target %" PRIu64
-               " ns, served %.1f/s, queue %zu)",
-               st->name, before, next, why, p90, nsamples, c->target, tput, len);
+               "stage %s: rate %.1f -> %.1f/s (%s; p90 %" PRIu64 " ns of %u samples, last %" PRIu64
+               " ns, target %" PRIu64 " ns, served %.1f/s, queue %zu)",
+               st->name, before, next, why, p90, nsamples, last_p90, c->target, tput, len);
 }
 
 int braid_stage_control_response(braid_stage *st, const braid_stage_response_control *c) {
@@ -319,6 +323,7 @@ int braid_stage_control_response(braid_stage *st, const braid_stage_response_con
     st->nsamples = st->sample_pos = 0;
     st->rc_handled = st->st.handled;
     st->rc_last = braid__stage_now(st->dom);
+    st->rc_p90 = 0;
     braid__stage_unlock(st);
     rc = braid_looping_start(st->dom->loop, &st->ctl_response, r.period, false, response_look, st);
     if (rc == 0) st->ctl_response_on = true;

@@ -115,6 +115,7 @@ struct braid_stage {
     size_t bc_best_batch;
     int bc_dir;                         /* +1 grow, -1 shrink */
     uint64_t rc_handled, rc_last;       /* response controller: handled at the last look, and when */
+    uint64_t rc_p90;                    /* response controller: the p90 at the last look with samples */
 };
 
 enum { NOTE_CLOG = 1u, NOTE_DRAIN = 2u };
