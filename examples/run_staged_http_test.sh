@@ -1,8 +1,9 @@
 #!/bin/sh
 # Run staged-http on a temporary root with a slow "disk" (100 ms a read):
 # a file comes back right (a miss, then a hit from the cache stage), /stages
-# shows the graph, 200 requests at once get some 503s with Retry-After and
-# the rest 200, and SIGTERM stops the server with its leak gate passed.
+# shows the graph, a client that leaves mid-read does no harm, 200 requests
+# at once get some 503s with Retry-After and the rest 200, and SIGTERM stops
+# the server with its leak gate passed.
 set -u
 server=$1
 dir=$(mktemp -d)
@@ -31,6 +32,14 @@ code=$(curl -s -o /dev/null -w '%{http_code}' "$url/nope.txt")
 curl -s "$url/stages" >"$dir/stages.json"
 grep -q '"name":"cache"' "$dir/stages.json" && grep -q '"to":"disk"' "$dir/stages.json" ||
     { kill $pid; fail "stage graph: $(cat "$dir/stages.json")"; }
+
+# A client that gives up while its file is being read (100 ms): its answer
+# is dropped, the server goes on.
+printf 'late\n' >"$dir/root/late.txt"
+curl -s -m 0.03 "$url/late.txt" >/dev/null 2>&1 && { kill $pid; fail "a 30 ms client got a 100 ms answer"; }
+sleep 0.2
+body=$(curl -s "$url/late.txt") || { kill $pid; fail "GET after a client left failed"; }
+[ "$body" = "late" ] || { kill $pid; fail "after a client left: got '$body'"; }
 
 # Overload: 200 requests at once for files not cached yet (each its own path).
 for n in $(seq 1 200); do printf 'x\n' >"$dir/root/f$n"; done
