@@ -292,7 +292,8 @@ static void response_look(braid_looping *lc, uint64_t ticks, void *arg) {
     st->sample_pos = 0;
     size_t len = st->len;
     braid__stage_unlock(st);
-    if (!why) return;
+    bool hold = why && next == before && (double)p90 > (double)c->target;
+    if (!why || (next == before && !hold)) return;   /* pinned at a bound: nothing decided */
     braid__log(st->dom->loop, BRAID_LOG_INFO,
                "stage %s: rate %.1f -> %.1f/s (%s; p90 %" PRIu64 " ns of %u samples, last %" PRIu64
                " ns, target %" PRIu64 " ns, served %.1f/s, queue %zu)",
