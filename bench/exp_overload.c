@@ -244,25 +244,31 @@ static int serve_threads(int port) {
     }
 }
 
-/* braid-bench serve overload --impl I --port P --channels C [--work-us W] [--target-ms T] */
+/* braid-bench serve overload --port P [--impl I] [--channels C] [--work-us W] [--target-ms T] */
 static int serve(int argc, char **argv) {
     const char *impl = "braid-stages";
     int port = 0, channels = 2;
+    long work_us = 1000;
     double target_ms = 20;
-    for (int i = 1; i + 1 < argc; i += 2) {
-        if (!strcmp(argv[i], "--impl")) impl = argv[i + 1];
-        else if (!strcmp(argv[i], "--port")) port = atoi(argv[i + 1]);
-        else if (!strcmp(argv[i], "--channels")) channels = atoi(argv[i + 1]);
-        else if (!strcmp(argv[i], "--work-us")) work_ns = atol(argv[i + 1]) * 1000;
-        else if (!strcmp(argv[i], "--target-ms")) target_ms = atof(argv[i + 1]);
-    }
+    const bench_opt opts[] = {
+        BENCH_SERVE_PORT(&port),
+        { .name = "--impl", .kind = BENCH_OPT_STR, .value = &impl, .metavar = "I", .help = "the server",
+          .choices = "braid-stages|braid-unbounded|threads" },
+        { .name = "--channels", .kind = BENCH_OPT_INT, .value = &channels, .metavar = "C",
+          .help = "device channels (2)" },
+        { .name = "--work-us", .kind = BENCH_OPT_LONG, .value = &work_us, .metavar = "W",
+          .help = "microseconds a request holds a channel (1000)" },
+        { .name = "--target-ms", .kind = BENCH_OPT_DOUBLE, .value = &target_ms, .metavar = "T",
+          .help = "braid-stages: the response-time controller's target (20)" },
+        { 0 } };
+    int rc;
+    if (!bench_serve_args("overload", argc, argv, opts, &rc)) return rc;
+    work_ns = work_us * 1000;
     sem_init(&device, 0, (unsigned)channels);
     signal(SIGPIPE, SIG_IGN);
     if (!strcmp(impl, "braid-stages")) return serve_braid(port, channels, true, target_ms);
     if (!strcmp(impl, "braid-unbounded")) return serve_braid(port, channels, false, target_ms);
-    if (!strcmp(impl, "threads")) return serve_threads(port);
-    fprintf(stderr, "serve overload: unknown --impl %s\n", impl);
-    return 2;
+    return serve_threads(port);
 }
 
 /* ==== the open-loop generator =================================================================== */
