@@ -47,8 +47,8 @@
  * cannot take; braid_stage_enqueue_many takes all or none; prepare/commit/
  * abort reserve room in several stages first, for an atomic fan-out.
  *
- * Back-pressure. on_clog runs when an enqueue is refused or the queue
- * reaches clog_at; on_drain when a clogged queue falls to drain_at again.
+ * Back-pressure. on_clog runs when an enqueue is refused for lack of room
+ * or the queue reaches clog_at; on_drain when a clogged queue falls to drain_at again.
  * Both run on the loop's thread (the loop given to the stage's domain),
  * in that order, so a stream protocol feeding a stage can pause its
  * transport in on_clog and resume it in on_drain.
@@ -58,10 +58,12 @@
  * writes (examples/staged-http.c does that).
  *
  * Threads. braid_stage_enqueue and its variants, braid_stage_close and
- * braid_stage_stats may be called from any thread: that is the call for
+ * braid_stage_stats_get may be called from any thread (except for stages
+ * made with BRAID_STAGE_LOOP_ONLY): braid_stage_enqueue is the call for
  * code outside braid (a transaction committing on a worker, say) to hand
  * an owned event to a stage. Everything else is loop-affine (the domain's
- * loop). A handler runs on its domain's thread(s); in a pool domain up to
+ * loop). While a pool domain runs work the loop's thread handed it, it
+ * holds the loop, so braid_loop_run waits for the answers. A handler runs on its domain's thread(s); in a pool domain up to
  * `threads` batches of one stage run at once, so a handler must be
  * thread-safe for its own data when threads > 1.
  *
