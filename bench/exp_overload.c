@@ -176,9 +176,16 @@ static void st_reply(braid_stage *st, braid_stage_event *evs, size_t n, void *ar
     for (size_t i = 0; i < n; i++) answer(evs[i].data, true);
 }
 
+/* The controller logs each decision at info level: 20 a second here, too
+ * many for the bench's terminal. Warnings and errors go to stderr. */
+static void quiet_log(void *ctx, braid_log_level level, const char *msg) {
+    (void)ctx;
+    if (level >= BRAID_LOG_WARN) fprintf(stderr, "overload server: %s\n", msg);
+}
+
 static int serve_braid(int port, int channels, bool stages, double target_ms) {
     braid_loop *loop;
-    if (braid_loop_new(&loop, NULL) < 0) return 1;
+    if (braid_loop_new(&loop, &(braid_loop_options){ .log = quiet_log }) < 0) return 1;
     srv_loop = loop;
     use_stages = stages;
     braid_pool_options po = { .min_threads = (unsigned)channels, .max_threads = (unsigned)channels,
