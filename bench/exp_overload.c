@@ -607,5 +607,5 @@ BENCH_EXPERIMENT(overload,
               "(braid_defer_to_pool, queue 2^24), a thread per connection (blocking I/O), Twisted deferToThread. "
               "Quick: 1× and 4×, 1 s runs + 0.5 s to collect answers; full: 0.5/1/2/4×, 10 s + 3 s.",
     .run = run, .serve = serve, .conclude = conclude, .ratio_base = "braid-stages", .quick_seconds = 45,
-    .full_seconds = 900, .order = 62, .quick_runs = 3, .plot_x = "load", .plot_metric = "p99_ms",
+    .full_seconds = 1800, .order = 62, .quick_runs = 3, .plot_x = "load", .plot_metric = "p99_ms",
     .plot_logy = true, .headline = "goodput,p99_ms,max_ms");
