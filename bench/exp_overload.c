@@ -14,7 +14,7 @@
  *                    controller (target 20 ms, AIMD on a token rate); a stage
  *                    on the loop writes the answers. A refused request is
  *                    answered at once with "rejected" (HTTP's 503).
- *   braid-unbounded  braid's loop and braid_defer_to_pool (C threads), the
+ *   braid-unbounded  braid's loop and braid_pool_defer (C threads), the
  *                    pool's queue made effectively unbounded (2^24).
  *   threads          a thread per connection, blocking reads and writes.
  *   twisted          Twisted, deferToThread (the reactor's pool).
@@ -106,7 +106,7 @@ static bool use_stages;
 static braid_result pool_work(void *arg) {
     (void)arg;
     device_work();
-    return braid_ok(NULL);
+    return braid_result_ok(NULL);
 }
 static braid_result pool_done(braid_result res, void *arg) {
     oreq *r = arg;
@@ -128,9 +128,9 @@ static void take_request(sproto *p, const uint8_t *b) {
             braid_stage_event_free(&e);
         }
     } else {
-        braid_deferred *d = braid_defer_to_pool(srv_loop, srv_pool, pool_work, NULL);
-        braid_deferred_add_callbacks(d, pool_done, NULL, r);
-        braid_deferred_release(d);
+        braid_deferred *d = braid_pool_defer(srv_loop, srv_pool, pool_work, NULL);
+        braid_deferred_add(d, pool_done, NULL, r);
+        braid_deferred_unref(d);
     }
 }
 
@@ -604,7 +604,7 @@ BENCH_EXPERIMENT(overload,
               "intended send time, sends batched on a 1 ms tick). Servers in their own processes, fresh per point: "
               "braid-stages (loop stage → pool stage with 2 threads, queue 48, response-time controller target "
               "20 ms, period 50 ms, AIMD +100/s per look, ×0.95 of the served rate, starting at 100 000/s; refused requests answered at once), braid-unbounded "
-              "(braid_defer_to_pool, queue 2^24), a thread per connection (blocking I/O), Twisted deferToThread. "
+              "(braid_pool_defer, queue 2^24), a thread per connection (blocking I/O), Twisted deferToThread. "
               "Quick: 1× and 4×, 1 s runs + 0.5 s to collect answers; full: 0.5/1/2/4×, 10 s + 3 s.",
     .run = run, .serve = serve, .conclude = conclude, .ratio_base = "braid-stages", .quick_seconds = 45,
     .full_seconds = 1800, .order = 62, .quick_runs = 3, .plot_x = "load", .plot_metric = "p99_ms",

@@ -12,7 +12,7 @@
  *
  * Between domains (target: <= braid's own pool round trip): one event from
  * the loop to a stage in a pool domain that forwards it to a stage on the
- * loop — a round trip loop -> pool -> loop — against braid_defer_to_pool of
+ * loop — a round trip loop -> pool -> loop — against braid_pool_defer of
  * an empty function, the pool's own round trip. Unbatched: one in flight at
  * a time (the next sent when the previous came back). Batched: N in flight
  * at once, time until the last is back / N. ns per round trip. */
@@ -78,7 +78,7 @@ static double within(long n, size_t batch, unsigned flags, bool plain) {
         for (long sent = 0; sent < n; sent += chunk) {
             for (long k = 0; k < chunk; k++) evs[k] = BRAID_STAGE_EVENT(&evs[k], nofree);
             if (braid_stage_enqueue_many(ch.st[0], evs, (size_t)chunk) < 0) abort();
-            while (hops_done < (sent + chunk) * CHAIN) braid_loop_run_once(loop, BRAID_RUN_NOWAIT);
+            while (hops_done < (sent + chunk) * CHAIN) braid_loop_run_once(loop, BRAID_LOOP_RUN_NOWAIT);
         }
         double ns = (double)(bench_now_ns() - t0) / (double)(n * CHAIN);
         if (rep && ns < best) best = ns;
@@ -86,8 +86,8 @@ static double within(long n, size_t batch, unsigned flags, bool plain) {
     free(evs);
     for (int i = 0; i < CHAIN; i++) braid_stage_free(ch.st[i]);
     braid_stage_domain_free(d);
-    braid_loop_run_once(loop, BRAID_RUN_NOWAIT);
-    braid_loop_destroy(loop);
+    braid_loop_run_once(loop, BRAID_LOOP_RUN_NOWAIT);
+    braid_loop_free(loop);
     return best;
 }
 
@@ -109,7 +109,7 @@ static void x_back(braid_stage *st, braid_stage_event *evs, size_t n, void *arg)
     x->back_count += (long)n;
 }
 
-static braid_result empty_job(void *arg) { return braid_ok(arg); }
+static braid_result empty_job(void *arg) { return braid_result_ok(arg); }
 static braid_result pool_back(braid_result r, void *arg) {
     (*(long *)arg)++;
     return r;
@@ -146,9 +146,9 @@ static double across(long n, long inflight, int impl) {
                     braid_stage_event e = BRAID_STAGE_EVENT(&token, nofree);
                     if (braid_stage_enqueue(x.work, &e) < 0) abort();
                 } else {
-                    braid_deferred *d = braid_defer_to_pool(loop, pool, empty_job, NULL);
-                    braid_deferred_add_callbacks(d, pool_back, NULL, &done);
-                    braid_deferred_release(d);
+                    braid_deferred *d = braid_pool_defer(loop, pool, empty_job, NULL);
+                    braid_deferred_add(d, pool_back, NULL, &done);
+                    braid_deferred_unref(d);
                 }
                 sent++;
             }
@@ -162,11 +162,11 @@ static double across(long n, long inflight, int impl) {
         braid_stage_free(x.back);
         braid_stage_domain_free(dl);
         braid_stage_domain_free(dp);
-        braid_loop_run_once(loop, BRAID_RUN_NOWAIT);
+        braid_loop_run_once(loop, BRAID_LOOP_RUN_NOWAIT);
     }
     braid_pool_destroy(pool, BRAID_POOL_FINISH);
-    braid_loop_run_once(loop, BRAID_RUN_NOWAIT);
-    braid_loop_destroy(loop);
+    braid_loop_run_once(loop, BRAID_LOOP_RUN_NOWAIT);
+    braid_loop_free(loop);
     return best;
 }
 
@@ -249,7 +249,7 @@ static void conclude(bench_ctx *ctx, FILE *html) {
             "admission, a ring slot) and its share of a dispatch (the mutex again, the handler call, the free "
             "check, the statistics).</p>\n"
             "<p>Between the loop and a pool domain, one event at a time, a stage round trip (loop → pool stage → "
-            "loop stage) costs %.0f ns against %.0f ns for braid_defer_to_pool's own round trip (%s). With many "
+            "loop stage) costs %.0f ns against %.0f ns for braid_pool_defer's own round trip (%s). With many "
             "in flight: %.0f ns per event against %.0f ns.</p>\n",
             v[W_B64], v[W_B1], v[W_CALL], v[W_B64T] - v[W_B64], v[W_B64L], v[W_B1L],
             v[W_B64L] <= 20 ? "met by loop-only stages, batched" : v[W_B64] <= 20 ? "met when batched" : "missed", x[X_STAGE1], x[X_POOL1],
@@ -266,7 +266,7 @@ BENCH_EXPERIMENT(stagehop,
               "a warm-up (the machine is shared: the best repetition is the one nobody preempted), batch_max 64 and 1, with and without per-event timing, and with BRAID_STAGE_LOOP_ONLY "
               "(no lock); beside it the same chain as calls "
               "through a function pointer. Across: loop → stage in a 1-thread pool domain → stage on the loop, "
-              "against braid_defer_to_pool of an empty function on the same kind of pool, one in flight (unbatched) "
+              "against braid_pool_defer of an empty function on the same kind of pool, one in flight (unbatched) "
               "and 10 × N in flight (batched; quick N = 2 000). All in the braid-bench process; rows alternate run by run.",
     .run = run, .conclude = conclude, .ratio_base = "call", .quick_seconds = 8, .full_seconds = 60,
     .order = 60);

@@ -170,14 +170,14 @@ static braid_deferred *get_file(braid_http_request *req, void *arg) {
     job *j = calloc(1, sizeof *j);
     if (!j || !(j->path = strndup(req->path + 1, req->path_len - 1))) {
         free(j);
-        braid_http_respond(req, 500, "text/plain", "out of memory\n", 14);
+        braid_http_request_respond(req, 500, "text/plain", "out of memory\n", 14);
         return NULL;
     }
     j->a = a;
     j->d = braid_deferred_new(a->loop);
     if (!j->d) {
         job_free(j);
-        braid_http_respond(req, 500, "text/plain", "out of memory\n", 14);
+        braid_http_request_respond(req, 500, "text/plain", "out of memory\n", 14);
         return NULL;
     }
     braid_deferred *d = j->d;   /* its consumer reference goes to the server; the job keeps the producer one */
@@ -198,7 +198,7 @@ static braid_deferred *get_stages(braid_http_request *req, void *arg) {
     if (!f) return NULL;
     braid_stage_dump(a->loop, BRAID_STAGE_JSON, f);
     fclose(f);
-    braid_http_respond(req, 200, "application/json", buf, len);
+    braid_http_request_respond(req, 200, "application/json", buf, len);
     free(buf);
     return NULL;
 }
@@ -212,7 +212,7 @@ static braid_result listening(braid_result r, void *arg) {
     braid_listener_address(a->listener, &addr);
     printf("listening on %s\n", braid_address_format(&addr, buf, sizeof buf));
     fflush(stdout);
-    return braid_ok(NULL);
+    return braid_result_ok(NULL);
 }
 
 static void stop(app *a) {
@@ -232,7 +232,7 @@ static braid_result failed(braid_result r, void *arg) {
     braid_result_drop(r);
     a->status = 1;
     stop(a);
-    return braid_ok(NULL);
+    return braid_result_ok(NULL);
 }
 
 static void on_signal(braid_signal *s, int signo, void *arg) {
@@ -266,13 +266,13 @@ int main(int argc, char **argv) {
     if (braid_stage_control_response(a.disk, &rc) < 0) return 1;
 
     if (braid_http_server_new(a.loop, NULL, &a.server) < 0) return 1;
-    braid_http_route(a.server, "GET", "/stages", 0, get_stages, &a);
-    braid_http_route(a.server, "GET", "/", BRAID_HTTP_PREFIX, get_file, &a);
+    braid_http_server_route(a.server, "GET", "/stages", 0, get_stages, &a);
+    braid_http_server_route(a.server, "GET", "/", BRAID_HTTP_ROUTE_PREFIX, get_file, &a);
     braid_signal_start(a.loop, &a.sigint, SIGINT, on_signal, &a);
     braid_signal_start(a.loop, &a.sigterm, SIGTERM, on_signal, &a);
-    braid_deferred *d = braid_http_listen(a.server, where);
-    braid_deferred_add_callbacks(d, listening, failed, &a);
-    braid_deferred_release(d);
+    braid_deferred *d = braid_http_server_listen(a.server, where);
+    braid_deferred_add(d, listening, failed, &a);
+    braid_deferred_unref(d);
 
     /* The controller's timer keeps the loop running; stop() ends the
      * connections, then we take the stages down. */
@@ -283,13 +283,13 @@ int main(int argc, char **argv) {
     braid_stage_free(a.reply);
     braid_stage_domain_free(a.on_loop);
     braid_stage_domain_free(a.on_pool);
-    braid_loop_run_once(a.loop, BRAID_RUN_NOWAIT);   /* wake-ups still posted */
+    braid_loop_run_once(a.loop, BRAID_LOOP_RUN_NOWAIT);   /* wake-ups still posted */
     braid_http_server_free(a.server);
     braid_pool_destroy(a.pool, BRAID_POOL_FINISH);
     for (int k = 0; k < CACHE_SLOTS; k++) {
         free(a.cache_pages[k].path);
         free(a.cache_pages[k].body);
     }
-    if (braid_loop_destroy(a.loop) < 0) return 3;
+    if (braid_loop_free(a.loop) < 0) return 3;
     return a.status;
 }

@@ -86,7 +86,7 @@ static braid_loop *fake_loop_domain(braid_fake_clock **fc, braid_stage_domain **
 }
 static void close_fake_loop(braid_loop *loop, braid_stage_domain *d, braid_fake_clock *fc) {
     braid_stage_domain_free(d);
-    BT_OK(braid_loop_run_once(loop, BRAID_RUN_NOWAIT));
+    BT_OK(braid_loop_run_once(loop, BRAID_LOOP_RUN_NOWAIT));
     bt_loop_destroy(loop);
     braid_fake_clock_free(fc);
 }
@@ -107,7 +107,7 @@ BT_TEST(batches_in_order) {
         BT_TRUE(e.data == NULL);   /* moved */
     }
     BT_EQ(r.nids, 0);              /* nothing runs inside enqueue */
-    BT_OK(braid_loop_run_once(loop, BRAID_RUN_NOWAIT));
+    BT_OK(braid_loop_run_once(loop, BRAID_LOOP_RUN_NOWAIT));
     BT_EQ(r.nbatches, 3);
     BT_EQ(r.batches[0], 4);
     BT_EQ(r.batches[1], 4);
@@ -155,7 +155,7 @@ BT_TEST(enqueue_errors_are_distinct_and_leave_the_event) {
     BT_STREQ(braid_strerror(BRAID_ESTAGE_CLOSED), "stage closed");
     BT_EQ(atomic_load(&freed), 0);
     /* Closed: what was queued is still delivered. */
-    BT_OK(braid_loop_run_once(loop, BRAID_RUN_NOWAIT));
+    BT_OK(braid_loop_run_once(loop, BRAID_LOOP_RUN_NOWAIT));
     BT_EQ(atomic_load(&freed), 2);
     braid_stage_stats s;
     braid_stage_stats_get(st, &s);
@@ -186,7 +186,7 @@ BT_TEST(lossy_drops_and_frees) {
     braid_stage_free(st);            /* a, still queued */
     BT_EQ(atomic_load(&freed), 2);
     braid_stage_domain_free(d);      /* the wake-up for a is still in the loop: it frees d */
-    BT_OK(braid_loop_run_once(loop, BRAID_RUN_NOWAIT));
+    BT_OK(braid_loop_run_once(loop, BRAID_LOOP_RUN_NOWAIT));
     bt_loop_destroy(loop);
     braid_fake_clock_free(fc);
 }
@@ -208,7 +208,7 @@ BT_TEST(enqueue_many_all_or_none) {
     BT_ERR(braid_stage_enqueue_many(st, v + 3, 2), BRAID_ESTAGE_FULL);   /* 3 + 2 > 4 */
     BT_OK(braid_stage_enqueue_many(st, v + 3, 1));
     braid_stage_event_free(&v[4]);
-    BT_OK(braid_loop_run_once(loop, BRAID_RUN_NOWAIT));
+    BT_OK(braid_loop_run_once(loop, BRAID_LOOP_RUN_NOWAIT));
     BT_EQ(r.nids, 4);
     BT_EQ(r.nbatches, 1);
     for (long i = 0; i < 4; i++) BT_EQ(r.ids[i], i);
@@ -244,7 +244,7 @@ BT_TEST(prepare_commit_abort_fan_out) {
     braid_stage_stats_get(s1, &s);
     BT_EQ(s.reserved, 0);
     BT_OK(braid_stage_enqueue_many(s1, z2, 2));   /* the room came back */
-    BT_OK(braid_loop_run_once(loop, BRAID_RUN_NOWAIT));
+    BT_OK(braid_loop_run_once(loop, BRAID_LOOP_RUN_NOWAIT));
     BT_EQ(r1.nids, 2);
     /* Two to each: both prepare, both commit. */
     BT_OK(braid_stage_prepare(s1, x, 2, &ra));
@@ -253,7 +253,7 @@ BT_TEST(prepare_commit_abort_fan_out) {
     braid_stage_commit(&ra, x);
     braid_stage_commit(&rb, y);
     BT_TRUE(x[0].data == NULL && x[1].data == NULL && y[0].data == NULL && y[1].data == NULL);
-    BT_OK(braid_loop_run_once(loop, BRAID_RUN_NOWAIT));
+    BT_OK(braid_loop_run_once(loop, BRAID_LOOP_RUN_NOWAIT));
     BT_EQ(r1.nids, 4);
     BT_EQ(r2.nids, 2);
     BT_EQ(r1.ids[2], 0);
@@ -262,7 +262,7 @@ BT_TEST(prepare_commit_abort_fan_out) {
     BT_OK(braid_stage_prepare(s2, &y[2], 1, &rb));
     braid_stage_close(s2);
     braid_stage_commit(&rb, &y[2]);
-    BT_OK(braid_loop_run_once(loop, BRAID_RUN_NOWAIT));
+    BT_OK(braid_loop_run_once(loop, BRAID_LOOP_RUN_NOWAIT));
     BT_EQ(r2.nids, 3);
     braid_stage_event_free(&x[2]);
     BT_EQ(atomic_load(&freed), 8);
@@ -301,17 +301,17 @@ BT_TEST(clog_and_drain_callbacks) {
     braid_stage_event e = mk(2);
     BT_OK(braid_stage_enqueue(st, &e));        /* reaches clog_at */
     BT_EQ(b.n, 0);                              /* never inside enqueue */
-    BT_OK(braid_loop_run_once(loop, BRAID_RUN_NOWAIT));
+    BT_OK(braid_loop_run_once(loop, BRAID_LOOP_RUN_NOWAIT));
     /* The notice was posted before the run started; the run drains to
      * drain_at and posts the drain, delivered in the next iteration. */
-    BT_OK(braid_loop_run_once(loop, BRAID_RUN_NOWAIT));
+    BT_OK(braid_loop_run_once(loop, BRAID_LOOP_RUN_NOWAIT));
     BT_STREQ(b.log, "CD");
     /* A refusal for lack of room also clogs. */
     braid_stage_event v[5] = { mk(10), mk(11), mk(12), mk(13), mk(14) };
     BT_OK(braid_stage_enqueue_many(st, v, 2));
     BT_ERR(braid_stage_enqueue_many(st, v + 2, 3), BRAID_ESTAGE_FULL);
-    BT_OK(braid_loop_run_once(loop, BRAID_RUN_NOWAIT));
-    BT_OK(braid_loop_run_once(loop, BRAID_RUN_NOWAIT));
+    BT_OK(braid_loop_run_once(loop, BRAID_LOOP_RUN_NOWAIT));
+    BT_OK(braid_loop_run_once(loop, BRAID_LOOP_RUN_NOWAIT));
     BT_STREQ(b.log, "CDCD");
     braid_stage_stats s;
     braid_stage_stats_get(st, &s);
@@ -363,7 +363,7 @@ BT_TEST(token_bucket_on_the_loop_clock) {
     braid_stage_stats_get(st, &s);
     BT_UEQ(s.rejected_admission, 3 + 1 + 3 + 1);
     BT_TRUE(s.admit_rate == 10);
-    BT_OK(braid_loop_run_once(loop, BRAID_RUN_NOWAIT));
+    BT_OK(braid_loop_run_once(loop, BRAID_LOOP_RUN_NOWAIT));
     braid_stage_free(st);
     BT_EQ(atomic_load(&freed), 11);
     close_fake_loop(loop, d, fc);
@@ -395,7 +395,7 @@ BT_TEST(class_buckets_and_user_predicate) {
     BT_EQ(ok[1], 3);
     BT_EQ(ok[2], 0);   /* no such class */
     braid_stage_admit_fn_set(st, NULL, NULL);
-    BT_OK(braid_loop_run_once(loop, BRAID_RUN_NOWAIT));
+    BT_OK(braid_loop_run_once(loop, BRAID_LOOP_RUN_NOWAIT));
     braid_stage_free(st);
     BT_EQ(atomic_load(&freed), 12);
     close_fake_loop(loop, d, fc);
@@ -601,7 +601,7 @@ BT_TEST(free_with_events_queued_frees_each_once) {
     BT_EQ(atomic_load(&freed), 21);
     braid_stage_domain_free(dl);   /* its wake-up still queued: freed when it runs */
     braid_stage_domain_free(dp);
-    BT_OK(braid_loop_run_once(loop, BRAID_RUN_NOWAIT));
+    BT_OK(braid_loop_run_once(loop, BRAID_LOOP_RUN_NOWAIT));
     braid_pool_destroy(pool, BRAID_POOL_FINISH);
     bt_loop_destroy(loop);
 }
@@ -628,7 +628,7 @@ BT_TEST(handler_frees_a_stage_waiting_to_run) {
     braid_stage_event e = mk(1), f = mk(2);
     BT_OK(braid_stage_enqueue(a, &e));
     BT_OK(braid_stage_enqueue(b, &f));
-    BT_OK(braid_loop_run_once(loop, BRAID_RUN_NOWAIT));
+    BT_OK(braid_loop_run_once(loop, BRAID_LOOP_RUN_NOWAIT));
     BT_TRUE(k.victim == NULL);
     BT_EQ(atomic_load(&freed), 2);
     braid_stage_free(a);
@@ -678,7 +678,7 @@ BT_TEST(response_time_controller_aimd) {
     BT_TRUE(s.admit_rate == 1000);
     /* 10 events of 5 ms in one batch: each answered 50 ms after it came. */
     offer(st, 10, BRAID_MSEC(5));
-    BT_OK(braid_loop_run_once(loop, BRAID_RUN_NOWAIT));
+    BT_OK(braid_loop_run_once(loop, BRAID_LOOP_RUN_NOWAIT));
     braid_stage_stats_get(st, &s);
     BT_UEQ(s.p90_response, BRAID_MSEC(50));
     BT_OK(braid_loop_advance(loop, BRAID_SECONDS(1)));
@@ -693,7 +693,7 @@ BT_TEST(response_time_controller_aimd) {
     offer(st, 10, BRAID_USEC(100));
     braid_stage_stats_get(st, &s);
     BT_UEQ(s.rejected_admission, 5);
-    BT_OK(braid_loop_run_once(loop, BRAID_RUN_NOWAIT));
+    BT_OK(braid_loop_run_once(loop, BRAID_LOOP_RUN_NOWAIT));
     BT_OK(braid_loop_advance(loop, BRAID_SECONDS(1)));
     braid_stage_stats_get(st, &s);
     BT_TRUE(s.admit_rate == 25);
@@ -704,7 +704,7 @@ BT_TEST(response_time_controller_aimd) {
     BT_TRUE(s.admit_rate == 25);
     /* Slow answers (10 x 20 ms): cut, from the 10/s served. */
     offer(st, 10, BRAID_MSEC(20));
-    BT_OK(braid_loop_run_once(loop, BRAID_RUN_NOWAIT));
+    BT_OK(braid_loop_run_once(loop, BRAID_LOOP_RUN_NOWAIT));
     BT_OK(braid_loop_advance(loop, BRAID_SECONDS(1)));
     braid_stage_stats_get(st, &s);
     BT_TRUE(s.admit_rate == 5);
@@ -712,7 +712,7 @@ BT_TEST(response_time_controller_aimd) {
      * bucket lets 6 x 4 ms in: p90 24 ms against 200 ms): the cut is
      * working, hold. */
     offer(st, 10, BRAID_MSEC(4));
-    BT_OK(braid_loop_run_once(loop, BRAID_RUN_NOWAIT));
+    BT_OK(braid_loop_run_once(loop, BRAID_LOOP_RUN_NOWAIT));
     BT_OK(braid_loop_advance(loop, BRAID_SECONDS(1)));
     braid_stage_stats_get(st, &s);
     BT_TRUE(s.admit_rate == 5);
@@ -722,7 +722,7 @@ BT_TEST(response_time_controller_aimd) {
      * and refusals are visible. */
     for (int i = 0; i < 12; i++) {
         offer(st, 10, BRAID_MSEC(20 + 10 * i));
-        BT_OK(braid_loop_run_once(loop, BRAID_RUN_NOWAIT));
+        BT_OK(braid_loop_run_once(loop, BRAID_LOOP_RUN_NOWAIT));
         BT_OK(braid_loop_advance(loop, BRAID_SECONDS(1)));
     }
     braid_stage_stats_get(st, &s);
@@ -745,14 +745,14 @@ BT_TEST(batch_controller_hill_climbs) {
     braid_stage_stats_get(st, &s);
     BT_EQ(s.batch_max, 100);
     offer(st, 50, 0);
-    BT_OK(braid_loop_run_once(loop, BRAID_RUN_NOWAIT));
+    BT_OK(braid_loop_run_once(loop, BRAID_LOOP_RUN_NOWAIT));
     BT_OK(braid_loop_advance(loop, BRAID_SECONDS(1)));
     braid_stage_stats_get(st, &s);
     BT_EQ(s.batch_max, 83);
     BT_TRUE(strstr(lb.text, "stage b: batch 100 -> 83 (better: keep direction; throughput 50.0/s, "
                             "smoothed 50.0/s, best 50.0/s)") != NULL);
     offer(st, 50, 0);
-    BT_OK(braid_loop_run_once(loop, BRAID_RUN_NOWAIT));
+    BT_OK(braid_loop_run_once(loop, BRAID_LOOP_RUN_NOWAIT));
     BT_OK(braid_loop_advance(loop, BRAID_SECONDS(1)));
     braid_stage_stats_get(st, &s);
     BT_EQ(s.batch_max, 100);
@@ -760,7 +760,7 @@ BT_TEST(batch_controller_hill_climbs) {
     /* Throughput collapses: back to the largest batch. */
     for (int i = 0; i < 8; i++) {
         offer(st, 1, 0);
-        BT_OK(braid_loop_run_once(loop, BRAID_RUN_NOWAIT));
+        BT_OK(braid_loop_run_once(loop, BRAID_LOOP_RUN_NOWAIT));
         BT_OK(braid_loop_advance(loop, BRAID_SECONDS(1)));
     }
     BT_TRUE(strstr(lb.text, "collapse below 0.2 x best: reset to max") != NULL);
@@ -846,7 +846,7 @@ static int alloc_scenario(void) {
         braid_stage_event x = BRAID_STAGE_EVENT(e, ev_free);
         if ((rc = braid_stage_enqueue(a, &x)) < 0) abort();
     }
-    if ((rc = braid_loop_run_once(loop, BRAID_RUN_NOWAIT)) < 0) goto out;
+    if ((rc = braid_loop_run_once(loop, BRAID_LOOP_RUN_NOWAIT)) < 0) goto out;
     while (braid_pool_step(pool) > 0) {}
     FILE *f = fopen("/dev/null", "w");
     rc = braid_stage_dump(loop, BRAID_STAGE_JSON, f);
@@ -857,9 +857,9 @@ out:
     braid_stage_domain_free(dl);
     braid_stage_domain_free(dp);
     while (braid_pool_step(pool) > 0) {}
-    if (braid_loop_run_once(loop, BRAID_RUN_NOWAIT) < 0) abort();
+    if (braid_loop_run_once(loop, BRAID_LOOP_RUN_NOWAIT) < 0) abort();
     braid_pool_destroy(pool, BRAID_POOL_FINISH);
-    if (braid_loop_destroy(loop) < 0) abort();
+    if (braid_loop_free(loop) < 0) abort();
     return rc;
 }
 
@@ -903,7 +903,7 @@ BT_TEST(loop_run_waits_for_pool_domain_answers) {
     braid_stage_free(l);
     braid_stage_domain_free(dl);
     braid_stage_domain_free(dp);
-    BT_OK(braid_loop_run_once(loop, BRAID_RUN_NOWAIT));
+    BT_OK(braid_loop_run_once(loop, BRAID_LOOP_RUN_NOWAIT));
     braid_pool_destroy(pool, BRAID_POOL_FINISH);
     bt_loop_destroy(loop);
 }
@@ -922,9 +922,9 @@ BT_TEST(token_bucket_without_timing_and_full_refund) {
     braid_stage_event a = mk(1), b = mk(2);
     BT_OK(braid_stage_enqueue(st, &a));                       /* token 1 of 2 */
     BT_ERR(braid_stage_enqueue(st, &b), BRAID_ESTAGE_FULL);   /* token 2 taken, then given back */
-    BT_OK(braid_loop_run_once(loop, BRAID_RUN_NOWAIT));
+    BT_OK(braid_loop_run_once(loop, BRAID_LOOP_RUN_NOWAIT));
     BT_OK(braid_stage_enqueue(st, &b));                       /* the token given back */
-    BT_OK(braid_loop_run_once(loop, BRAID_RUN_NOWAIT));
+    BT_OK(braid_loop_run_once(loop, BRAID_LOOP_RUN_NOWAIT));
     braid_stage_event c = mk(3);
     BT_ERR(braid_stage_enqueue(st, &c), BRAID_ESTAGE_REJECTED);
     braid_fake_clock_advance(fc, BRAID_MSEC(100));             /* one token */
@@ -953,7 +953,7 @@ BT_TEST(loop_only_stages) {
         braid_stage_event e = mk(i);
         BT_OK(braid_stage_enqueue(a, &e));
     }
-    BT_OK(braid_loop_run_once(loop, BRAID_RUN_NOWAIT));
+    BT_OK(braid_loop_run_once(loop, BRAID_LOOP_RUN_NOWAIT));
     BT_EQ(r2.nids, 100);
     for (long i = 0; i < 100; i++) BT_EQ(r2.ids[i], i);
     braid_stage_stats s;

@@ -118,7 +118,7 @@ typedef struct braid_stage_domain_options {
     int pool_class;        /* the pool's class its runs are queued in (0) */
     /* Pool domains: while runs started from the loop's thread are going,
      * braid_loop_run keeps running (the loop is held, as for
-     * braid_defer_to_pool), and with loop_spin_ns set the loop busy-polls
+     * braid_pool_defer), and with loop_spin_ns set the loop busy-polls
      * its posted calls that long before sleeping, so answers coming back
      * skip the wake-up (0: never spin; measured, spinning lost on a loaded
      * 2-core machine: docs/stage.md). */

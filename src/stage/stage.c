@@ -342,7 +342,7 @@ static void schedule(braid_stage *st) {
             braid_loop_hold(d->loop);
             if (d->spin_ns) braid__loop_spin_hold(d->loop, d->spin_ns);
         }
-        int rc = braid_call_in_pool_class(d->pool, d->cls, pool_run, st);
+        int rc = braid_pool_call_class(d->pool, d->cls, pool_run, st);
         if (rc == 0) return;
         pool_run_ended(d);
         /* The events stay queued; the next enqueue tries again. */
