@@ -39,51 +39,6 @@ BRAID__ERROR_DOMAIN(tuplespace, "tuplespace", BRAID_ETUPLE_FULL, BRAID_ETUPLE_PR
 #define TS_DEFAULT_LEASE BRAID_SECONDS(30)
 #define TS_RETRY_LATER BRAID_SECONDS(1)
 
-/* ---- a chained hash table of intrusive nodes -------------------------------------- */
-typedef struct ts_htab {
-    ts_hnode **slots;
-    size_t mask, count;
-} ts_htab;
-
-static int htab_init(ts_htab *h, size_t slots) {
-    h->slots = braid_calloc(slots, sizeof *h->slots);
-    if (!h->slots) return BRAID_ENOMEM;
-    h->mask = slots - 1;
-    h->count = 0;
-    return 0;
-}
-
-/* Never fails: a table that cannot grow only gets longer chains. */
-static void htab_insert(ts_htab *h, ts_hnode *n) {
-    if (h->count >= 2 * (h->mask + 1)) {
-        size_t ns = 2 * (h->mask + 1);
-        ts_hnode **s = braid_calloc(ns, sizeof *s);
-        if (s) {
-            for (size_t i = 0; i <= h->mask; i++) {
-                for (ts_hnode *x = h->slots[i], *nx; x; x = nx) {
-                    nx = x->next;
-                    x->next = s[x->hash & (ns - 1)];
-                    s[x->hash & (ns - 1)] = x;
-                }
-            }
-            braid_free(h->slots);
-            h->slots = s;
-            h->mask = ns - 1;
-        }
-    }
-    ts_hnode **slot = &h->slots[n->hash & h->mask];
-    n->next = *slot;
-    *slot = n;
-    h->count++;
-}
-
-static void htab_remove(ts_htab *h, ts_hnode *n) {
-    ts_hnode **p = &h->slots[n->hash & h->mask];
-    while (*p != n) p = &(*p)->next;
-    *p = n->next;
-    h->count--;
-}
-
 /* ---- structures ----------------------------------------------------------------- */
 typedef struct ts_level {
     int32_t prio;
@@ -158,6 +113,7 @@ struct braid_tuplespace {
     bool watch_dead;
     /* served connections (server.c) */
     size_t conns;
+    braid_tuplespace_serve_options serve;
     braid_tuplespace_stats st;
 };
 
@@ -177,7 +133,7 @@ int braid_tuplespace_new(braid_loop *loop, const braid_tuplespace_options *opts,
     ts->dead_tag = braid_strdup(ts->o.dead_letter_tag ? ts->o.dead_letter_tag : "dead");
     ts->o.dead_letter_tag = ts->dead_tag;
     ts->loop = loop;
-    if (!ts->dead_tag || htab_init(&ts->buckets, 64) < 0 || htab_init(&ts->leases, 64) < 0) {
+    if (!ts->dead_tag || braid__ts_htab_init(&ts->buckets, 64) < 0 || braid__ts_htab_init(&ts->leases, 64) < 0) {
         braid_free(ts->buckets.slots);
         braid_free(ts->dead_tag);
         braid_free(ts);
@@ -214,7 +170,7 @@ static ts_bucket *bucket_get(braid_tuplespace *ts, uint32_t arity, const braid_f
     braid__ts_copy_fields(&b->key, &key, 1, &d);
     b->arity = arity;
     b->h.hash = braid__ts_key_hash(arity, f0);
-    htab_insert(&ts->buckets, &b->h);
+    braid__ts_htab_insert(&ts->buckets, &b->h);
     ts_arity *a = &ts->arity[arity];
     b->anext = a->buckets;
     if (a->buckets) a->buckets->aprev = b;
@@ -226,7 +182,7 @@ static ts_bucket *bucket_get(braid_tuplespace *ts, uint32_t arity, const braid_f
 /* Free a bucket nobody needs any more. */
 static void bucket_maybe_free(braid_tuplespace *ts, ts_bucket *b) {
     if (b->count || b->wfirst || b->reserved) return;
-    htab_remove(&ts->buckets, &b->h);
+    braid__ts_htab_remove(&ts->buckets, &b->h);
     ts_arity *a = &ts->arity[b->arity];
     if (b->aprev) b->aprev->anext = b->anext;
     else a->buckets = b->anext;
@@ -513,7 +469,7 @@ static void lease_grant(braid_tuplespace *ts, ts_entry *e, uint64_t lease_ns) {
     e->t.deliveries++;
     e->t.lease = ++ts->lease_seq;
     e->lnode.hash = e->t.lease;
-    htab_insert(&ts->leases, &e->lnode);
+    braid__ts_htab_insert(&ts->leases, &e->lnode);
     e->deadline = deadline_after(ts, lease_ns ? lease_ns : TS_DEFAULT_LEASE);
     e->state = TS_LEASED;
     ts->nleased++;
@@ -540,7 +496,7 @@ static void owner_unlink(ts_entry *e) {
 /* The lease ends (ack, nack or expiry): e leaves the table (and the heap
  * when remove_heap), its id dies. */
 static void lease_end(braid_tuplespace *ts, ts_entry *e, bool remove_heap) {
-    htab_remove(&ts->leases, &e->lnode);
+    braid__ts_htab_remove(&ts->leases, &e->lnode);
     owner_unlink(e);
     if (remove_heap) heap_remove(ts, e);
     ts->nleased--;
@@ -664,9 +620,7 @@ int braid_tuplespace_renew(braid_tuplespace *ts, uint64_t lease, uint64_t lease_
     return 0;
 }
 
-int braid__ts_lease_set_owner(braid_tuplespace *ts, uint64_t lease, void *owner,
-                              ts_entry **list_head) {
-    (void)owner;
+int braid__ts_lease_set_owner(braid_tuplespace *ts, uint64_t lease, ts_entry **list_head) {
     ts_entry *e = lease_find(ts, lease);
     if (!e) return BRAID_ETUPLE_NOLEASE;
     owner_unlink(e);
@@ -692,6 +646,8 @@ void braid__ts_conn_count(braid_tuplespace *ts, int delta) {
 }
 
 size_t braid_tuplespace_connections(const braid_tuplespace *ts) { return ts->conns; }
+
+braid_tuplespace_serve_options *braid__ts_serve_options(braid_tuplespace *ts) { return &ts->serve; }
 
 /* ---- offering a tuple to the waiting calls ------------------------------------------- */
 static braid_failure *oom(void) { return braid_failure_new(BRAID_ENOMEM, "tuple space: out of memory"); }

@@ -165,6 +165,46 @@ bool braid__ts_key_eq(const braid_field *a, const braid_field *b) {
     }
 }
 
+/* ---- a chained hash table of intrusive nodes -------------------------------------- */
+int braid__ts_htab_init(ts_htab *h, size_t slots) {
+    h->slots = braid_calloc(slots, sizeof *h->slots);
+    if (!h->slots) return BRAID_ENOMEM;
+    h->mask = slots - 1;
+    h->count = 0;
+    return 0;
+}
+
+/* Never fails: a table that cannot grow only gets longer chains. */
+void braid__ts_htab_insert(ts_htab *h, ts_hnode *n) {
+    if (h->count >= 2 * (h->mask + 1)) {
+        size_t ns = 2 * (h->mask + 1);
+        ts_hnode **s = braid_calloc(ns, sizeof *s);
+        if (s) {
+            for (size_t i = 0; i <= h->mask; i++) {
+                for (ts_hnode *x = h->slots[i], *nx; x; x = nx) {
+                    nx = x->next;
+                    x->next = s[x->hash & (ns - 1)];
+                    s[x->hash & (ns - 1)] = x;
+                }
+            }
+            braid_free(h->slots);
+            h->slots = s;
+            h->mask = ns - 1;
+        }
+    }
+    ts_hnode **slot = &h->slots[n->hash & h->mask];
+    n->next = *slot;
+    *slot = n;
+    h->count++;
+}
+
+void braid__ts_htab_remove(ts_htab *h, ts_hnode *n) {
+    ts_hnode **p = &h->slots[n->hash & h->mask];
+    while (*p != n) p = &(*p)->next;
+    *p = n->next;
+    h->count--;
+}
+
 /* ---- formatting ---------------------------------------------------------------- */
 typedef struct fmt_out { char *buf; size_t size, len; } fmt_out;
 

@@ -24,6 +24,16 @@ typedef struct ts_hnode {
     uint64_t hash;
 } ts_hnode;
 
+/* A chained hash table of intrusive nodes (tuple.c): buckets by key,
+ * leases by id, a client's requests by id. */
+typedef struct ts_htab {
+    ts_hnode **slots;
+    size_t mask, count;
+} ts_htab;
+int braid__ts_htab_init(ts_htab *h, size_t slots);      /* slots: a power of two */
+void braid__ts_htab_insert(ts_htab *h, ts_hnode *n);     /* never fails (chains grow) */
+void braid__ts_htab_remove(ts_htab *h, ts_hnode *n);
+
 struct ts_bucket;
 typedef struct ts_entry {
     struct ts_entry *prev, *next;   /* in its bucket's level list */
@@ -66,12 +76,13 @@ size_t braid__ts_accounted(const braid_field *f, size_t n);
 /* ---- leases held by a served connection (server.c) -------------------------------- */
 /* Tie a lease to an owner (a server connection) so that its end puts
  * every lease it holds back at once. 0 or BRAID_ETUPLE_NOLEASE. */
-int braid__ts_lease_set_owner(braid_tuplespace *ts, uint64_t lease, void *owner,
-                              ts_entry **list_head);
+int braid__ts_lease_set_owner(braid_tuplespace *ts, uint64_t lease, ts_entry **list_head);
 /* Put back every lease in the owner's list (as a nack). */
 void braid__ts_owner_release(braid_tuplespace *ts, ts_entry **list_head);
 /* Served connections: counted for braid_tuplespace_connections. */
 void braid__ts_conn_count(braid_tuplespace *ts, int delta);
+/* The options every served connection of the space uses. */
+braid_tuplespace_serve_options *braid__ts_serve_options(braid_tuplespace *ts);
 
 /* ---- the wire codec (wire.c) ------------------------------------------------------ */
 #define TS_WIRE_VERSION 1
