@@ -314,7 +314,7 @@ static void account_add(braid_tuplespace *ts, ts_entry *e) {
     ts->bytes += e->bytes;
 }
 
-static void offer(braid_tuplespace *ts, ts_entry *e, bool back);
+static void offer(braid_tuplespace *ts, ts_bucket *b, ts_entry *e, bool back);
 
 static void account_remove(braid_tuplespace *ts, ts_entry *e);
 
@@ -371,9 +371,9 @@ static void waiter_free(ts_waiter *w) {
 }
 
 /* The first waiting call (in call order) whose template matches t. */
-static ts_waiter *first_waiter(braid_tuplespace *ts, const braid_tuple *t) {
-    ts_bucket *b = bucket_find(ts, t->n, &t->f[0]);
-    ts_waiter *x = b ? b->wfirst : NULL, *y = ts->arity[t->n].wfirst;
+static ts_waiter *first_waiter(braid_tuplespace *ts, ts_bucket *b, const braid_tuple *t) {
+    ts_waiter *x = b->wfirst, *y = ts->arity[t->n].wfirst;
+    if (!x && !y) return NULL;
     while (x || y) {
         ts_waiter *w;
         if (x && (!y || x->seq < y->seq)) { w = x; x = x->next; }
@@ -537,7 +537,7 @@ static bool come_back(braid_tuplespace *ts, ts_entry *e) {
         braid_free(e);
         account_add(ts, d);
         ts->st.dead++;
-        offer(ts, d, false);
+        offer(ts, b, d, false);
         admit(ts);
         return true;
     }
@@ -546,7 +546,7 @@ static bool come_back(braid_tuplespace *ts, ts_entry *e) {
         if (b) bucket_maybe_free(ts, b);
         return false;
     }
-    offer(ts, e, true);
+    offer(ts, b, e, true);
     return true;
 }
 
@@ -655,11 +655,10 @@ static braid_failure *oom(void) { return braid_failure_new(BRAID_ENOMEM, "tuple 
 /* Offer loose, counted e (its bucket exists with a slot reserved for it)
  * to the waiting calls in order; store it if no taker takes it. back: e
  * comes back from a lease (keeps its turn). */
-static void offer(braid_tuplespace *ts, ts_entry *e, bool back) {
-    ts_bucket *b = bucket_find(ts, e->t.n, &e->t.f[0]);
-    BRAID__ASSERT(b && b->reserved > 0);
+static void offer(braid_tuplespace *ts, ts_bucket *b, ts_entry *e, bool back) {
+    BRAID__ASSERT(b && b->reserved > 0 && b == bucket_find(ts, e->t.n, &e->t.f[0]));
     for (;;) {
-        ts_waiter *w = first_waiter(ts, &e->t);
+        ts_waiter *w = first_waiter(ts, b, &e->t);
         if (!w) break;
         braid_deferred *d = w->d;
         uint8_t kind = w->kind;
@@ -724,15 +723,12 @@ static void notify(braid_tuplespace *ts, const braid_tuple *t) {
     }
 }
 
-/* A new entry for out, with its bucket's slot reserved. */
-static int prepare(braid_tuplespace *ts, const braid_field *f, size_t n, int32_t priority,
-                   ts_entry **out) {
-    int rc = braid__ts_check(f, n, false);
-    if (rc < 0) return rc;
+/* A new entry for out (fields checked), accounted at `bytes`. */
+static int prepare(const braid_field *f, size_t n, int32_t priority, size_t bytes, ts_entry **out) {
     ts_entry *e = braid__ts_entry_new(f, n);
     if (!e) return BRAID_ENOMEM;
     e->t.priority = priority;
-    e->bytes = braid__ts_accounted(f, n);
+    e->bytes = bytes;
     *out = e;
     return 0;
 }
@@ -751,7 +747,7 @@ static int write_entry(braid_tuplespace *ts, ts_entry *e) {
     /* The tuple is borrowed by notify callbacks; a callback cannot take it
      * (it is not in the space yet), and the bucket is held by the reservation. */
     notify(ts, &e->t);
-    offer(ts, e, false);
+    offer(ts, b, e, false);
     return 0;
 }
 
@@ -759,12 +755,13 @@ int braid_tuplespace_out(braid_tuplespace *ts, const braid_field *f, size_t n, i
     BRAID__LOOP_AFFINE(ts->loop);
     int rc = braid__ts_check(f, n, false);
     if (rc < 0) return rc;
-    if (!fits(ts, braid__ts_accounted(f, n)) || ts->ofirst) {
+    size_t bytes = braid__ts_accounted(f, n);
+    if (!fits(ts, bytes) || ts->ofirst) {
         ts->st.full++;
         return BRAID_ETUPLE_FULL;
     }
     ts_entry *e;
-    if ((rc = prepare(ts, f, n, priority, &e)) < 0) return rc;
+    if ((rc = prepare(f, n, priority, bytes, &e)) < 0) return rc;
     return write_entry(ts, e);
 }
 
@@ -810,7 +807,7 @@ braid_deferred *braid_tuplespace_out_wait(braid_tuplespace *ts, const braid_fiel
         return fail_now(ts->loop, BRAID_EQUEUE_FULL, "tuple space: too many waiting calls");
     ts_waiter *w = braid_calloc(1, sizeof *w);
     ts_entry *e = NULL;
-    if (!w || prepare(ts, f, n, priority, &e) < 0) {
+    if (!w || prepare(f, n, priority, bytes, &e) < 0) {
         braid_free(w);
         return fail_now(ts->loop, BRAID_ENOMEM, "tuple space: out of memory");
     }
