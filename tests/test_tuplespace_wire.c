@@ -406,3 +406,110 @@ BT_IO_TEST(wire_worker_processes_one_dies) {
     BT_EQ(st.tuples, 0);
     rig_close(&r);
 }
+
+/* ---- a listener and client_connect through endpoint strings ------------------------- */
+BT_IO_TEST(wire_listen_and_connect_unix) {
+    rig r;
+    rig_open(&r, NULL);
+    char dir[] = "/tmp/bt-ts-XXXXXX";
+    BT_TRUE(mkdtemp(dir));
+    char ep[128];
+    snprintf(ep, sizeof ep, "unix:%s/s", dir);
+    braid_factory f;
+    braid_tuplespace_factory_init(&f, r.ts, NULL);
+    braid_result lr = wait_result(r.loop, braid_listen(r.loop, ep, &f));
+    BT_TRUE(!lr.failure);
+    braid_listener *l = lr.value;
+    braid_result cr = wait_result(r.loop, braid_tuplespace_client_connect(r.loop, ep, NULL));
+    BT_TRUE(!cr.failure);
+    braid_tuplespace_client *c = cr.value;
+    cr.dtor = NULL;                                   /* keep the client */
+    braid_result_drop(cr);
+    BT_OK(wait_code(r.loop, braid_tuplespace_client_out(c, BRAID_FIELDS(braid_field_str("job"), braid_field_int(5)), 2)));
+    braid_tuple *t = wait_tuple(r.loop, braid_tuplespace_client_in(c, JOB_TMPL, 0));
+    BT_EQ(t->f[1].v.i, 5);
+    BT_EQ(t->priority, 2);
+    braid_tuple_free(t);
+    BT_EQ(braid_tuplespace_connections(r.ts), 1);
+    /* a connect to nowhere fails, and frees what it made */
+    char nowhere[160];
+    snprintf(nowhere, sizeof nowhere, "unix:%s/none", dir);
+    braid_result nr = wait_result(r.loop, braid_tuplespace_client_connect(r.loop, nowhere, NULL));
+    BT_TRUE(nr.failure != NULL);
+    braid_result_drop(nr);
+    braid_tuplespace_client_free(c);
+    braid_listener_close(l);
+    rig_close(&r);
+    rmdir(dir);
+}
+
+/* ---- allocation failure over the wire -------------------------------------------------- */
+/* A server and a client on one loop; every allocation of the scenario
+ * fails once in turn. Whatever fails, every Deferred gets a result, the
+ * connection ends cleanly, and nothing leaks. */
+static void wire_scenario(braid_loop *loop) {
+    braid_tuplespace *ts = NULL;
+    if (braid_tuplespace_new(loop, NULL, &ts) < 0) return;
+    (void)braid_tuplespace_out(ts, BRAID_FIELDS(braid_field_str("job"), braid_field_int(1)), 0);
+    int sv[2];
+    if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) < 0) abort();
+    braid_tuplespace_client *c = NULL;
+    if (braid_tuplespace_serve_fd(ts, sv[0], NULL) < 0) {
+        close(sv[1]);
+        braid_tuplespace_free(ts);
+        return;
+    }
+    if (braid_tuplespace_client_adopt(loop, sv[1], NULL, &c) < 0) c = NULL;
+    braid_deferred *d[4] = { NULL, NULL, NULL, NULL };
+    if (c) {
+        d[0] = braid_tuplespace_client_out(c, BRAID_FIELDS(braid_field_str("job"), braid_field_int(2)), 3);
+        d[1] = braid_tuplespace_client_in_lease(c, JOB_TMPL, BRAID_SECONDS(30), 0);
+        d[2] = braid_tuplespace_client_rd_all(c, JOB_TMPL, 0);
+        d[3] = braid_tuplespace_client_in(c, BRAID_FIELDS(braid_field_str("none")), BRAID_FOREVER);
+    }
+    for (int i = 0; i < 2000; i++) {
+        bool pending = false;
+        for (int k = 0; k < 3; k++) pending |= d[k] && !braid_deferred_has_result(d[k]);
+        if (!pending) break;
+        braid_loop_run_once(loop, BRAID_RUN_NOWAIT);
+        usleep(50);
+    }
+    for (int k = 0; k < 4; k++) {
+        if (!d[k]) continue;
+        if (k == 3) braid_deferred_cancel(d[k]);
+        if (!braid_deferred_has_result(d[k])) bt_fail(__FILE__, __LINE__, "call %d has no result", k);
+        braid_result r;
+        BT_OK(braid_deferred_take(d[k], &r));
+        braid_result_drop(r);
+        braid_deferred_release(d[k]);
+    }
+    braid_tuplespace_client_free(c);
+    for (int i = 0; i < 2000 && braid_tuplespace_connections(ts); i++) {
+        braid_loop_run_once(loop, BRAID_RUN_NOWAIT);
+        usleep(50);
+    }
+    BT_EQ(braid_tuplespace_connections(ts), 0);
+    braid_tuplespace_free(ts);
+    for (int i = 0; i < 20; i++) braid_loop_run_once(loop, BRAID_RUN_NOWAIT);
+}
+
+BT_IO_TEST(wire_allocation_failure_walk) {
+    braid_loop *loop = bt_loop_new(NULL);
+    wire_scenario(loop);                          /* warm the loop's free lists and buffers */
+    wire_scenario(loop);
+    long base = braid_test_alloc_outstanding();
+    long n;
+    for (n = 1;; n++) {
+        if (getenv("BT_TS_DEBUG")) fprintf(stderr, "n=%ld\n", n);
+        braid_test_fail_alloc_after(n, false);
+        wire_scenario(loop);
+        bool failed = braid_test_alloc_failed();
+        braid_test_fail_alloc_after(0, false);
+        BT_EQ(braid_deferred_live(loop), 0);
+        BT_EQ(braid_test_alloc_outstanding(), base);
+        if (!failed) break;
+        BT_LT(n, 2000);
+    }
+    BT_GT(n, 20);                                 /* the walk did walk */
+    bt_loop_destroy(loop);
+}

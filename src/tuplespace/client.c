@@ -39,11 +39,15 @@ struct ts_cproto {
 };
 
 /* ---- requests ----------------------------------------------------------------------- */
-static void send_frame(braid_tuplespace_client *c) {
-    if (c->p && !c->out.failed && c->out.len)
-        braid_transport_write(c->p->base.transport, c->out.p, c->out.len);
+/* Write the frame in c->out: 0, or the transport's error (nothing sent). */
+static int send_frame(braid_tuplespace_client *c) {
+    int rc = 0;
+    if (c->out.failed) rc = BRAID_ENOMEM;
+    else if (!c->p) rc = c->lost_code ? c->lost_code : BRAID_ECONNECTION_LOST;
+    else if (c->out.len) rc = braid_transport_write(c->p->base.transport, c->out.p, c->out.len);
     c->out.len = 0;
     c->out.failed = false;
+    return rc;
 }
 
 static void req_cancel(braid_deferred *d, void *arg) {
@@ -52,9 +56,12 @@ static void req_cancel(braid_deferred *d, void *arg) {
     braid_tuplespace_client *c = q->c;
     braid__ts_htab_remove(&c->reqs, &q->h);
     if (c->p) {
+        /* If this cannot be sent, the server keeps the call until the
+         * connection ends, and its late reply is ignored. */
+        c->out.len = 0;
         size_t at = braid__ts_wire_begin(&c->out, TS_OP_CANCEL, (uint32_t)q->h.hash);
         braid__ts_wire_end(&c->out, at);
-        send_frame(c);
+        (void)send_frame(c);
     }
     braid_free(q);                 /* braid fails d with BRAID_ECANCELED */
 }
@@ -89,15 +96,13 @@ static ts_creq *start(braid_tuplespace_client *c, uint8_t op, braid_deferred **d
 
 static braid_deferred *finish(braid_tuplespace_client *c, ts_creq *q, braid_deferred *d, size_t at) {
     braid__ts_wire_end(&c->out, at);
-    if (c->out.failed) {
-        c->out.len = 0;
-        c->out.failed = false;
+    int rc = send_frame(c);
+    if (rc < 0) {
         braid_free(q);
-        braid_deferred_errback(d, braid_failure_new(BRAID_ENOMEM, "tuple space client: out of memory"));
+        braid_deferred_errback(d, braid_failure_new(rc, "tuple space client: sending the request"));
         return d;
     }
     braid__ts_htab_insert(&c->reqs, &q->h);
-    send_frame(c);
     return d;
 }
 

@@ -42,8 +42,14 @@ static void send_buf(ts_conn *c) {
         braid_transport_abort_with(c->base.transport, BRAID_ENOMEM);
         return;
     }
-    if (c->out.len) braid_transport_write(c->base.transport, c->out.p, c->out.len);
+    int rc = c->out.len ? braid_transport_write(c->base.transport, c->out.p, c->out.len) : 0;
     c->out.len = 0;
+    if (rc < 0 && rc != BRAID_ESHUTDOWN && rc != BRAID_EBUFFER_LIMIT) {
+        /* a reply we cannot send leaves the client waiting: end the connection */
+        braid__log(braid_tuplespace_loop(c->ts), BRAID_LOG_WARN, "closing a client: writing a reply: %s",
+                   braid_strerror(rc));
+        braid_transport_abort_with(c->base.transport, rc);
+    }
 }
 
 static void reply_status(ts_conn *c, uint32_t id, int status) {
