@@ -282,6 +282,33 @@ BT_IO_TEST(wire_client_gone_returns_leases) {
     rig_close(&r);
 }
 
+/* Freeing the space closes the connections serving it; their clients see
+ * the connection end, and nothing is used after it is freed. */
+BT_IO_TEST(wire_space_freed_under_clients) {
+    braid_loop *loop = bt_loop_new(NULL);
+    braid_tuplespace *ts;
+    BT_OK(braid_tuplespace_new(loop, NULL, &ts));
+    rig r = { loop, ts };
+    braid_tuplespace_client *c = rig_client(&r, NULL);
+    BT_OK(braid_tuplespace_out(ts, BRAID_FIELDS(braid_field_str("job"), braid_field_int(1)), 0));
+    braid_tuple *t = wait_tuple(loop, braid_tuplespace_client_in_lease(c, JOB_TMPL, BRAID_SECONDS(30), 0));
+    braid_tuple_free(t);
+    braid_deferred *w = braid_tuplespace_client_in(c, JOB_TMPL, BRAID_FOREVER);
+    for (int i = 0; i < 100; i++) braid_loop_run_once(loop, BRAID_RUN_NOWAIT);
+    braid_tuplespace_stats st;
+    braid_tuplespace_stats_get(ts, &st);
+    BT_EQ(st.waiters, 1);
+    BT_EQ(st.leased, 1);
+    braid_tuplespace_free(ts);
+    BT_ERR(wait_code(loop, w), BRAID_ESHUTDOWN);  /* the server's answer, flushed before it closed */
+    for (int i = 0; i < 1000 && braid_tuplespace_client_is_connected(c); i++) braid_loop_run_once(loop, 0);
+    BT_FALSE(braid_tuplespace_client_is_connected(c));
+    braid_tuplespace_client_free(c);
+    for (int i = 0; i < 20; i++) braid_loop_run_once(loop, BRAID_RUN_NOWAIT);
+    BT_EQ(braid_deferred_live(loop), 0);
+    bt_loop_destroy(loop);
+}
+
 /* Bad frames close that connection only. */
 static int lost_code;
 static void on_lost(braid_tuplespace_client *c, int reason, void *arg) {

@@ -208,7 +208,9 @@ typedef struct braid_tuplespace_options {
 BRAID_API int braid_tuplespace_new(braid_loop *loop, const braid_tuplespace_options *opts,
                                    braid_tuplespace **out);
 /* Waiting calls fail with BRAID_ESHUTDOWN (their Deferreds fire inside this
- * call), every tuple, lease and notify registration is freed. NULL: no-op. */
+ * call; their callbacks must not use the space), the connections serving
+ * it are closed (their clients see the connection end), every tuple, lease
+ * and notify registration is freed. NULL: no-op. */
 BRAID_API void braid_tuplespace_free(braid_tuplespace *ts);
 BRAID_API braid_loop *braid_tuplespace_loop(const braid_tuplespace *ts);
 

@@ -26,7 +26,8 @@ typedef struct ts_req {
 struct ts_conn {
     braid_protocol base;           /* first: the transport sees a protocol */
     braid_framer framer;
-    braid_tuplespace *ts;
+    braid_tuplespace *ts;          /* NULL once the space was freed */
+    ts_conn *prev, *next;          /* in the space's list, while connected */
     ts_entry *leases;              /* the leases this connection holds */
     ts_req *reqs;                  /* its waiting calls */
     size_t npending;
@@ -179,12 +180,41 @@ static int on_frame(void *ctx, const void *frame, size_t len) {
 static void conn_made(braid_protocol *p) {
     ts_conn *c = (ts_conn *)p;
     braid_framer_init_u32(&c->framer, braid__ts_serve_options(c->ts)->max_frame, on_frame, c);
-    braid__ts_conn_count(c->ts, 1);
+    ts_conn **head = braid__ts_conns(c->ts);
+    c->next = *head;
+    if (*head) (*head)->prev = c;
+    *head = c;
+}
+
+static void conn_unlink(ts_conn *c) {
+    if (c->prev) c->prev->next = c->next;
+    else *braid__ts_conns(c->ts) = c->next;
+    if (c->next) c->next->prev = c->prev;
+    c->prev = c->next = NULL;
+}
+
+size_t braid_tuplespace_connections(const braid_tuplespace *ts) {
+    size_t n = 0;
+    for (ts_conn *c = *braid__ts_conns((braid_tuplespace *)ts); c; c = c->next) n++;
+    return n;
+}
+
+void braid__ts_server_detach(braid_tuplespace *ts) {
+    while (*braid__ts_conns(ts)) {
+        ts_conn *c = *braid__ts_conns(ts);
+        while (c->reqs) braid_deferred_cancel(c->reqs->d);   /* none left: the space failed them */
+        conn_unlink(c);
+        c->leases = NULL;          /* the space frees the tuples */
+        c->ts = NULL;
+        c->lost = true;
+        /* flush the ESHUTDOWN replies of its calls, then close (1 s at most) */
+        braid_transport_close_within(c->base.transport, BRAID_SECONDS(1));
+    }
 }
 
 static void conn_data(braid_protocol *p, const void *buf, size_t len) {
     ts_conn *c = (ts_conn *)p;
-    if (c->lost) return;
+    if (c->lost || !c->ts) return;
     int rc = braid_framer_feed(&c->framer, buf, len);
     if (rc < 0 && rc != BRAID_ESHUTDOWN) {
         char peer[128] = "?";
@@ -200,9 +230,10 @@ static void conn_lost(braid_protocol *p, const braid_failure *reason) {
     (void)reason;
     ts_conn *c = (ts_conn *)p;
     c->lost = true;
+    if (!c->ts) return;            /* the space went first (braid__ts_server_detach) */
     while (c->reqs) braid_deferred_cancel(c->reqs->d);     /* req_done unlinks */
     braid__ts_owner_release(c->ts, &c->leases);
-    braid__ts_conn_count(c->ts, -1);
+    conn_unlink(c);
 }
 
 static void conn_destroy(braid_protocol *p) {

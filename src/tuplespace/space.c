@@ -112,7 +112,7 @@ struct braid_tuplespace {
     unsigned notifying;
     bool watch_dead;
     /* served connections (server.c) */
-    size_t conns;
+    struct ts_conn *conns;
     braid_tuplespace_serve_options serve;
     braid_tuplespace_stats st;
 };
@@ -641,11 +641,7 @@ void braid__ts_owner_release(braid_tuplespace *ts, ts_entry **list_head) {
     rearm(ts);
 }
 
-void braid__ts_conn_count(braid_tuplespace *ts, int delta) {
-    ts->conns = (size_t)((ptrdiff_t)ts->conns + delta);
-}
-
-size_t braid_tuplespace_connections(const braid_tuplespace *ts) { return ts->conns; }
+struct ts_conn **braid__ts_conns(braid_tuplespace *ts) { return &ts->conns; }
 
 braid_tuplespace_serve_options *braid__ts_serve_options(braid_tuplespace *ts) { return &ts->serve; }
 
@@ -1107,6 +1103,7 @@ void braid_tuplespace_free(braid_tuplespace *ts) {
             b = b->anext;
         }
     }
+    if (ts->conns) braid__ts_server_detach(ts);
     braid_timer_stop(&ts->timer);
     for (uint32_t i = 0; i < ts->heap_len; i++) braid_free(ts->heap[i]);
     braid_free(ts->heap);

@@ -79,8 +79,13 @@ size_t braid__ts_accounted(const braid_field *f, size_t n);
 int braid__ts_lease_set_owner(braid_tuplespace *ts, uint64_t lease, ts_entry **list_head);
 /* Put back every lease in the owner's list (as a nack). */
 void braid__ts_owner_release(braid_tuplespace *ts, ts_entry **list_head);
-/* Served connections: counted for braid_tuplespace_connections. */
-void braid__ts_conn_count(braid_tuplespace *ts, int delta);
+/* The connections serving a space (server.c keeps the list; the space
+ * holds its head so that freeing the space can close them). */
+struct ts_conn;
+struct ts_conn **braid__ts_conns(braid_tuplespace *ts);
+/* Close every connection of the space, forgetting it (server.c; called by
+ * braid_tuplespace_free once the waiting calls have failed). */
+void braid__ts_server_detach(braid_tuplespace *ts);
 /* The options every served connection of the space uses. */
 braid_tuplespace_serve_options *braid__ts_serve_options(braid_tuplespace *ts);
 
