@@ -4,6 +4,9 @@
  * worker_main) that take jobs on leases — one of them dies mid-job and
  * every job still completes. */
 #include "harness.h"
+#include "support/net.h"
+#include "support/run.h"
+#include "support/walk.h"
 #include "tuplespace/tuplespace_internal.h"
 #include <braid/testing_deferred.h>
 #include <braid/tuplespace.h>
@@ -138,7 +141,7 @@ static void rig_open(rig *r, const braid_tuplespace_options *o) {
 /* A client on the same loop connected to the space through a socketpair. */
 static braid_tuplespace_client *rig_client(rig *r, const braid_tuplespace_client_options *o) {
     int sv[2];
-    BT_EQ(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
+    bt_socketpair(sv);
     BT_OK(braid_tuplespace_serve_fd(r->ts, sv[0], NULL));
     braid_tuplespace_client *c = NULL;
     BT_OK(braid_tuplespace_client_adopt(r->loop, sv[1], o, &c));
@@ -146,9 +149,7 @@ static braid_tuplespace_client *rig_client(rig *r, const braid_tuplespace_client
 }
 
 static void rig_close(rig *r) {
-    for (int i = 0; i < 1000 && braid_tuplespace_connections(r->ts); i++)
-        braid_loop_run_once(r->loop, BRAID_RUN_NOWAIT);
-    BT_EQ(braid_tuplespace_connections(r->ts), 0);
+    BT_RUN_UNTIL_NOWAIT(r->loop, braid_tuplespace_connections(r->ts) == 0, 1000);
     braid_tuplespace_free(r->ts);
     BT_EQ(braid_deferred_live(r->loop), 0);
     bt_loop_destroy(r->loop);
@@ -157,7 +158,7 @@ static void rig_close(rig *r) {
 /* Run until d has a result; return it (taken) and release d. */
 static braid_result wait_result(braid_loop *loop, braid_deferred *d) {
     BT_TRUE(d);
-    for (int i = 0; i < 100000 && !braid_deferred_has_result(d); i++) braid_loop_run_once(loop, 0);
+    BT_RUN_UNTIL(loop, braid_deferred_has_result(d), 100000);
     braid_result r;
     BT_OK(braid_deferred_take(d, &r));
     braid_deferred_release(d);
@@ -173,6 +174,12 @@ static int wait_code(braid_loop *loop, braid_deferred *d) {
     int code = r.failure ? r.failure->code : 0;
     braid_result_drop(r);
     return code;
+}
+
+static size_t waiters(braid_tuplespace *ts) {
+    braid_tuplespace_stats st;
+    braid_tuplespace_stats_get(ts, &st);
+    return st.waiters;
 }
 
 BT_IO_TEST(wire_operations) {
@@ -232,17 +239,10 @@ BT_IO_TEST(wire_operations) {
     braid_result_drop(res);
     /* cancelling a waiting call: failed at once, and the server forgets it */
     w = braid_tuplespace_client_in(c, JOB_TMPL, BRAID_FOREVER);
-    for (int i = 0; i < 100; i++) braid_loop_run_once(r.loop, BRAID_RUN_NOWAIT);
-    braid_tuplespace_stats st;
-    braid_tuplespace_stats_get(r.ts, &st);
-    BT_EQ(st.waiters, 1);
+    BT_RUN_UNTIL(r.loop, waiters(r.ts) == 1, 1000);
     braid_deferred_cancel(w);
     BT_ERR(wait_code(r.loop, w), BRAID_ECANCELED);
-    for (int i = 0; i < 1000 && st.waiters; i++) {
-        braid_loop_run_once(r.loop, BRAID_RUN_NOWAIT);
-        braid_tuplespace_stats_get(r.ts, &st);
-    }
-    BT_EQ(st.waiters, 0);
+    BT_RUN_UNTIL(r.loop, waiters(r.ts) == 0, 1000);
     /* the client still works after the cancel's late reply */
     BT_OK(wait_code(r.loop, braid_tuplespace_client_out(c, BRAID_FIELDS(braid_field_str("x")), 0)));
     braid_tuplespace_client_free(c);
@@ -262,7 +262,7 @@ BT_IO_TEST(wire_client_gone_returns_leases) {
     braid_deferred *pending = braid_tuplespace_client_in(c, BRAID_FIELDS(braid_field_str("never")), BRAID_FOREVER);
     /* other waits for a job: it gets the one c held, when c goes */
     braid_deferred *next = braid_tuplespace_client_in_lease(other, JOB_TMPL, BRAID_SECONDS(600), BRAID_FOREVER);
-    for (int i = 0; i < 100; i++) braid_loop_run_once(r.loop, BRAID_RUN_NOWAIT);
+    BT_RUN_UNTIL(r.loop, waiters(r.ts) == 2, 1000);
     braid_tuplespace_stats st;
     braid_tuplespace_stats_get(r.ts, &st);
     BT_EQ(st.leased, 1);
@@ -294,17 +294,16 @@ BT_IO_TEST(wire_space_freed_under_clients) {
     braid_tuple *t = wait_tuple(loop, braid_tuplespace_client_in_lease(c, JOB_TMPL, BRAID_SECONDS(30), 0));
     braid_tuple_free(t);
     braid_deferred *w = braid_tuplespace_client_in(c, JOB_TMPL, BRAID_FOREVER);
-    for (int i = 0; i < 100; i++) braid_loop_run_once(loop, BRAID_RUN_NOWAIT);
+    BT_RUN_UNTIL(loop, waiters(ts) == 1, 1000);
     braid_tuplespace_stats st;
     braid_tuplespace_stats_get(ts, &st);
     BT_EQ(st.waiters, 1);
     BT_EQ(st.leased, 1);
     braid_tuplespace_free(ts);
     BT_ERR(wait_code(loop, w), BRAID_ESHUTDOWN);  /* the server's answer, flushed before it closed */
-    for (int i = 0; i < 1000 && braid_tuplespace_client_is_connected(c); i++) braid_loop_run_once(loop, 0);
-    BT_FALSE(braid_tuplespace_client_is_connected(c));
+    BT_RUN_UNTIL(loop, !braid_tuplespace_client_is_connected(c), 1000);
     braid_tuplespace_client_free(c);
-    for (int i = 0; i < 20; i++) braid_loop_run_once(loop, BRAID_RUN_NOWAIT);
+    bt_drain(loop);
     BT_EQ(braid_deferred_live(loop), 0);
     bt_loop_destroy(loop);
 }
@@ -345,12 +344,10 @@ BT_IO_TEST(wire_bad_frames_close_one_connection) {
     };
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
         int sv[2];
-        BT_EQ(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
+        bt_socketpair(sv);
         BT_OK(braid_tuplespace_serve_fd(r.ts, sv[0], NULL));
         BT_EQ(write(sv[1], bad[i].bytes, bad[i].len), (ssize_t)bad[i].len);
-        for (int k = 0; k < 1000 && braid_tuplespace_connections(r.ts) > 1; k++)
-            braid_loop_run_once(r.loop, BRAID_RUN_NOWAIT);
-        if (braid_tuplespace_connections(r.ts) != 1) bt_fail(__FILE__, __LINE__, "not closed: %s", bad[i].name);
+        BT_RUN_UNTIL_NOWAIT(r.loop, braid_tuplespace_connections(r.ts) == 1, 1000);
         wait_eof(r.loop, sv[1]);                          /* closed on us */
         close(sv[1]);
     }
@@ -360,7 +357,7 @@ BT_IO_TEST(wire_bad_frames_close_one_connection) {
 
     /* the client side refuses a malformed reply the same way */
     int sv[2];
-    BT_EQ(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
+    bt_socketpair(sv);
     braid_tuplespace_client *c = NULL;
     braid_tuplespace_client_options co = { .lost = on_lost };
     BT_OK(braid_tuplespace_client_adopt(r.loop, sv[1], &co, &c));
@@ -395,13 +392,7 @@ BT_IO_TEST(wire_worker_processes_one_dies) {
     }
     /* both wait before the first job is out, so both get a share (a worker
      * that started late could otherwise find the work all done) */
-    braid_tuplespace_stats st;
-    braid_tuplespace_stats_get(r.ts, &st);
-    for (int i = 0; i < 100000 && st.waiters < WORKERS; i++) {
-        braid_loop_run_once(r.loop, 0);
-        braid_tuplespace_stats_get(r.ts, &st);
-    }
-    BT_EQ(st.waiters, WORKERS);
+    BT_RUN_UNTIL(r.loop, waiters(r.ts) == WORKERS, 100000);
     for (int j = 0; j < JOBS; j++)
         BT_OK(braid_tuplespace_out(r.ts, BRAID_FIELDS(braid_field_str("job"), braid_field_int(j)), j % 4));
     /* collect the results, de-duplicated by job id */
@@ -425,9 +416,10 @@ BT_IO_TEST(wire_worker_processes_one_dies) {
     BT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 3);      /* it did die mid-job */
     /* stop the survivor */
     BT_OK(braid_tuplespace_out(r.ts, BRAID_FIELDS(braid_field_str("job"), braid_field_int(-1)), -100));
-    for (int i = 0; i < 100000 && braid_tuplespace_connections(r.ts); i++) braid_loop_run_once(r.loop, 0);
+    BT_RUN_UNTIL(r.loop, braid_tuplespace_connections(r.ts) == 0, 100000);
     BT_EQ(waitpid(pids[1], &status, 0), pids[1]);
     BT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+    braid_tuplespace_stats st;
     braid_tuplespace_stats_get(r.ts, &st);
     BT_EQ(st.leased, 0);
     BT_EQ(st.tuples, 0);
@@ -438,15 +430,11 @@ BT_IO_TEST(wire_worker_processes_one_dies) {
 BT_IO_TEST(wire_listen_and_connect_unix) {
     rig r;
     rig_open(&r, NULL);
-    char dir[] = "/tmp/bt-ts-XXXXXX";
-    BT_TRUE(mkdtemp(dir));
-    char ep[128];
-    snprintf(ep, sizeof ep, "unix:%s/s", dir);
     braid_factory f;
     braid_tuplespace_factory_init(&f, r.ts, NULL);
-    braid_result lr = wait_result(r.loop, braid_listen(r.loop, ep, &f));
-    BT_TRUE(!lr.failure);
-    braid_listener *l = lr.value;
+    char path[108], ep[128];
+    braid_listener *l = bt_listen_unix(r.loop, &f, path, sizeof path);
+    snprintf(ep, sizeof ep, "unix:%s", path);
     braid_result cr = wait_result(r.loop, braid_tuplespace_client_connect(r.loop, ep, NULL));
     BT_TRUE(!cr.failure);
     braid_tuplespace_client *c = cr.value;
@@ -459,15 +447,14 @@ BT_IO_TEST(wire_listen_and_connect_unix) {
     braid_tuple_free(t);
     BT_EQ(braid_tuplespace_connections(r.ts), 1);
     /* a connect to nowhere fails, and frees what it made */
-    char nowhere[160];
-    snprintf(nowhere, sizeof nowhere, "unix:%s/none", dir);
+    char nowhere[140];
+    snprintf(nowhere, sizeof nowhere, "unix:%s.none", path);
     braid_result nr = wait_result(r.loop, braid_tuplespace_client_connect(r.loop, nowhere, NULL));
     BT_TRUE(nr.failure != NULL);
     braid_result_drop(nr);
     braid_tuplespace_client_free(c);
     braid_listener_close(l);
     rig_close(&r);
-    rmdir(dir);
 }
 
 /* ---- allocation failure over the wire -------------------------------------------------- */
@@ -479,7 +466,7 @@ static void wire_scenario(braid_loop *loop) {
     if (braid_tuplespace_new(loop, NULL, &ts) < 0) return;
     (void)braid_tuplespace_out(ts, BRAID_FIELDS(braid_field_str("job"), braid_field_int(1)), 0);
     int sv[2];
-    if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) < 0) abort();
+    bt_socketpair(sv);
     braid_tuplespace_client *c = NULL;
     if (braid_tuplespace_serve_fd(ts, sv[0], NULL) < 0) {
         close(sv[1]);
@@ -517,26 +504,18 @@ static void wire_scenario(braid_loop *loop) {
     }
     BT_EQ(braid_tuplespace_connections(ts), 0);
     braid_tuplespace_free(ts);
-    for (int i = 0; i < 20; i++) braid_loop_run_once(loop, BRAID_RUN_NOWAIT);
+    bt_spin(loop, 20);
+}
+
+static int wire_body(void *loop) {
+    wire_scenario(loop);
+    return 0;                                     /* every failure is absorbed by the calls' Deferreds */
 }
 
 BT_IO_TEST(wire_allocation_failure_walk) {
     braid_loop *loop = bt_loop_new(NULL);
-    wire_scenario(loop);                          /* warm the loop's free lists and buffers */
-    wire_scenario(loop);
-    long base = braid_test_alloc_outstanding();
-    long n;
-    for (n = 1;; n++) {
-        if (getenv("BT_TS_DEBUG")) fprintf(stderr, "n=%ld\n", n);
-        braid_test_fail_alloc_after(n, false);
-        wire_scenario(loop);
-        bool failed = braid_test_alloc_failed();
-        braid_test_fail_alloc_after(0, false);
-        BT_EQ(braid_deferred_live(loop), 0);
-        BT_EQ(braid_test_alloc_outstanding(), base);
-        if (!failed) break;
-        BT_LT(n, 2000);
-    }
-    BT_GT(n, 20);                                 /* the walk did walk */
+    bt_walk_result r = bt_alloc_walk(&(bt_walk){ .name = "tuplespace wire", .arg = loop, .body = wire_body,
+                                                 .loop = loop, .warm_up = true, .settle = 20 });
+    BT_GT(r.injected, 20);                        /* the walk went through server and client */
     bt_loop_destroy(loop);
 }
