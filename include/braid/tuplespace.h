@@ -202,9 +202,19 @@ typedef struct braid_tuplespace_options {
     uint32_t max_deliveries;        /* 0 = 10; a lease delivery beyond it makes a dead letter;
                                      * UINT32_MAX: never */
     const char *dead_letter_tag;    /* NULL = "dead": dead letters are (tag, fields...) */
+    /* Durability: NULL = in memory. A path keeps the space in an SQLite
+     * database (created if missing; reopening it loads every tuple back,
+     * a tuple that was leased coming back with its deliveries): each out
+     * is committed before it returns (WAL, synchronous=NORMAL: survives the
+     * process; sync_full: FULL, survives a power loss too). BRAID_ENOSYS
+     * when braid was built without SQLite; -EIO when the file cannot be
+     * used (the reason is logged). */
+    const char *path;
+    bool sync_full;
 } braid_tuplespace_options;
 
-/* 0, BRAID_ENOMEM. */
+/* 0, BRAID_ENOMEM, and with a path -EIO, BRAID_ENOSYS, BRAID_ETUPLE_PROTO (a
+ * row that does not decode). */
 BRAID_API int braid_tuplespace_new(braid_loop *loop, const braid_tuplespace_options *opts,
                                    braid_tuplespace **out);
 /* Waiting calls fail with BRAID_ESHUTDOWN (their Deferreds fire inside this
@@ -219,7 +229,7 @@ BRAID_API braid_loop *braid_tuplespace_loop(const braid_tuplespace *ts);
  * (readers get copies; the first waiting taker takes it), and stored if no
  * taker took it. 0, or BRAID_ETUPLE_FULL (nothing written), BRAID_EINVAL (a
  * field that is not an actual of a known type, n == 0 or too many fields),
- * BRAID_ENOMEM. */
+ * BRAID_ENOMEM, -EIO (a durable space could not write it: nothing written). */
 BRAID_API int braid_tuplespace_out(braid_tuplespace *ts, const braid_field *f, size_t n,
                                    int32_t priority);
 /* out that waits for room when the space is full (FIFO among waiting outs),

@@ -111,6 +111,7 @@ struct braid_tuplespace {
     size_t nwatches, capwatches;
     unsigned notifying;
     bool watch_dead;
+    ts_store *store;                 /* a durable space's database, or NULL */
     /* served connections (server.c) */
     struct ts_conn *conns;
     braid_tuplespace_serve_options serve;
@@ -118,6 +119,44 @@ struct braid_tuplespace {
 };
 
 static void timer_fired(braid_timer *t, void *arg);
+
+static int bucket_reserve(struct ts_bucket *b);
+static struct ts_bucket *bucket_get(braid_tuplespace *ts, uint32_t arity, const braid_field *f0);
+static void bucket_store(braid_tuplespace *ts, struct ts_bucket *b, ts_entry *e, bool back);
+static void bucket_maybe_free(braid_tuplespace *ts, struct ts_bucket *b);
+
+/* A row of a durable space, loaded at open: stored in out order. */
+static int load_row(void *arg, uint64_t rowid, uint64_t seq, int32_t priority, uint32_t deliveries,
+                    const braid_field *f, size_t n) {
+    braid_tuplespace *ts = arg;
+    ts_entry *e = braid__ts_entry_new(f, n);
+    if (!e) return BRAID_ENOMEM;
+    e->t.priority = priority;
+    e->t.deliveries = deliveries;
+    e->seq = seq;
+    e->rowid = rowid;
+    e->bytes = braid__ts_accounted(f, n);
+    struct ts_bucket *b = bucket_get(ts, (uint32_t)n, &e->t.f[0]);
+    if (!b || bucket_reserve(b) < 0) {
+        if (b) bucket_maybe_free(ts, b);
+        braid_free(e);
+        return BRAID_ENOMEM;
+    }
+    bucket_store(ts, b, e, false);
+    ts->count++;
+    ts->bytes += e->bytes;
+    if (seq > ts->seq) ts->seq = seq;
+    return 0;
+}
+
+static int open_store(braid_tuplespace *ts) {
+    char err[512] = "";
+    int rc = braid__ts_store_open(ts->o.path, ts->o.sync_full, &ts->store, err, sizeof err);
+    if (rc == 0) rc = braid__ts_store_load(ts->store, load_row, ts);
+    if (rc < 0) braid__log(ts->loop, BRAID_LOG_WARN, "durable space %s: %s", err[0] ? err : ts->o.path,
+                           braid_strerror(rc));
+    return rc;
+}
 
 /* ---- options, creation ------------------------------------------------------------ */
 int braid_tuplespace_new(braid_loop *loop, const braid_tuplespace_options *opts,
@@ -140,6 +179,16 @@ int braid_tuplespace_new(braid_loop *loop, const braid_tuplespace_options *opts,
         return BRAID_ENOMEM;
     }
     braid_timer_init(loop, &ts->timer, timer_fired, ts);
+    if (ts->o.path) {
+        int rc = open_store(ts);
+        if (rc < 0) {
+            ts->o.path = NULL;
+            braid_handle_open(loop, &ts->handle, "tuplespace");
+            braid_tuplespace_free(ts);
+            return rc;
+        }
+    }
+    ts->o.path = NULL;               /* the caller's string: not kept */
     braid_handle_open(loop, &ts->handle, "tuplespace");
     *out = ts;
     return 0;
@@ -346,6 +395,15 @@ static void account_remove(braid_tuplespace *ts, ts_entry *e) {
     ts->bytes -= e->bytes;
 }
 
+/* e leaves the space for good: its row goes (a failure leaves the row, so
+ * the tuple comes back after a restart: at least once, never lost). */
+static void forget(braid_tuplespace *ts, ts_entry *e) {
+    if (!ts->store || !e->rowid) return;
+    int rc = braid__ts_store_delete(ts->store, e->rowid);
+    if (rc < 0) braid__log(ts->loop, BRAID_LOG_WARN, "durable space: deleting a row failed (%s)", braid_strerror(rc));
+    e->rowid = 0;
+}
+
 /* ---- waiters --------------------------------------------------------------------- */
 static void waiter_unlink(braid_tuplespace *ts, ts_waiter *w) {
     ts_waiter **first, **last;
@@ -473,6 +531,8 @@ static void lease_grant(braid_tuplespace *ts, ts_entry *e, uint64_t lease_ns) {
     e->deadline = deadline_after(ts, lease_ns ? lease_ns : TS_DEFAULT_LEASE);
     e->state = TS_LEASED;
     ts->nleased++;
+    if (ts->store && e->rowid && braid__ts_store_deliveries(ts->store, e->rowid, e->t.deliveries) < 0)
+        braid__log(ts->loop, BRAID_LOG_WARN, "durable space: recording a delivery failed");
     heap_push(ts, e);
     rearm(ts);
 }
@@ -513,6 +573,7 @@ static bool come_back(braid_tuplespace *ts, ts_entry *e) {
             braid__log(ts->loop, BRAID_LOG_WARN, "dead letter of %u fields dropped (no room for the tag)",
                        e->t.n);
             account_remove(ts, e);
+            forget(ts, e);
             braid_free(e);
             ts->st.dead++;
             admit(ts);
@@ -533,7 +594,10 @@ static bool come_back(braid_tuplespace *ts, ts_entry *e) {
             braid_free(d);
             return false;
         }
+        if (ts->store && braid__ts_store_insert(ts->store, &d->t, d->seq, &d->rowid) < 0)
+            braid__log(ts->loop, BRAID_LOG_WARN, "durable space: writing a dead letter failed");
         account_remove(ts, e);
+        forget(ts, e);
         braid_free(e);
         account_add(ts, d);
         ts->st.dead++;
@@ -586,6 +650,7 @@ int braid_tuplespace_ack(braid_tuplespace *ts, uint64_t lease) {
     if (!e) return BRAID_ETUPLE_NOLEASE;
     lease_end(ts, e, true);
     account_remove(ts, e);
+    forget(ts, e);
     braid_free(e);
     ts->st.acks++;
     rearm(ts);
@@ -676,6 +741,7 @@ static void offer(braid_tuplespace *ts, ts_bucket *b, ts_entry *e, bool back) {
             b->reserved--;
             bucket_maybe_free(ts, b);
             account_remove(ts, e);
+            forget(ts, e);
             e->t.lease = 0;
             ts->st.ins++;
             braid_deferred_callback(d, &e->t, braid_tuple_free_value);
@@ -738,6 +804,15 @@ static int write_entry(braid_tuplespace *ts, ts_entry *e) {
         return BRAID_ENOMEM;
     }
     e->seq = ++ts->seq;
+    if (ts->store) {
+        int rc = braid__ts_store_insert(ts->store, &e->t, e->seq, &e->rowid);
+        if (rc < 0) {
+            b->reserved--;
+            bucket_maybe_free(ts, b);
+            braid_free(e);
+            return rc;
+        }
+    }
     account_add(ts, e);
     ts->st.outs++;
     /* The tuple is borrowed by notify callbacks; a callback cannot take it
@@ -834,6 +909,7 @@ static braid_tuple *take(braid_tuplespace *ts, ts_entry *e) {
     bucket_unlink(ts, e);
     bucket_maybe_free(ts, b);
     account_remove(ts, e);
+    forget(ts, e);
     ts->st.ins++;
     return &e->t;
 }
@@ -1125,6 +1201,7 @@ void braid_tuplespace_free(braid_tuplespace *ts) {
     braid_free(ts->buckets.slots);
     braid_free(ts->leases.slots);
     braid_free(ts->dead_tag);
+    braid__ts_store_close(ts->store);
     braid_handle_close(ts->loop, &ts->handle);
     braid_free(ts);
 }

@@ -44,6 +44,7 @@ typedef struct ts_entry {
     uint32_t heap_index;            /* in the lease heap, UINT32_MAX if not */
     uint8_t state;                  /* TS_LOOSE, TS_STORED, TS_LEASED, TS_RETURNING */
     size_t bytes;                   /* what it counts against max_bytes */
+    uint64_t rowid;                 /* a durable space's row, 0 if none */
     void *owner;                    /* leased to a served connection (server.c) */
     struct ts_entry *oprev, *onext; /* in that owner's list */
     braid_tuple t;                  /* last: the fields and their bytes follow */
@@ -88,6 +89,19 @@ struct ts_conn **braid__ts_conns(braid_tuplespace *ts);
 void braid__ts_server_detach(braid_tuplespace *ts);
 /* The options every served connection of the space uses. */
 braid_tuplespace_serve_options *braid__ts_serve_options(braid_tuplespace *ts);
+
+/* ---- durability (store.c) ----------------------------------------------------------- */
+typedef struct ts_store ts_store;
+typedef int (*braid__ts_store_row_fn)(void *arg, uint64_t rowid, uint64_t seq, int32_t priority,
+                                      uint32_t deliveries, const braid_field *f, size_t n);
+/* 0, -EIO (err says why), BRAID_ENOMEM, BRAID_ENOSYS (built without SQLite). */
+int braid__ts_store_open(const char *path, bool sync_full, ts_store **out, char *err, size_t errlen);
+void braid__ts_store_close(ts_store *s);
+/* Every row in out order; stops at each's first error. */
+int braid__ts_store_load(ts_store *s, braid__ts_store_row_fn each, void *arg);
+int braid__ts_store_insert(ts_store *s, const braid_tuple *t, uint64_t seq, uint64_t *rowid);
+int braid__ts_store_delete(ts_store *s, uint64_t rowid);
+int braid__ts_store_deliveries(ts_store *s, uint64_t rowid, uint32_t deliveries);
 
 /* ---- the wire codec (wire.c) ------------------------------------------------------ */
 #define TS_WIRE_VERSION 1
@@ -142,6 +156,8 @@ void braid__ts_put_tuple(ts_buf *b, const braid_tuple *t);
 /* Decode one frame body (without its length prefix). fields: caller's
  * array of BRAID_TUPLE_MAX_FIELDS. 0, BRAID_ETUPLE_VERSION, BRAID_ETUPLE_PROTO. */
 int braid__ts_wire_decode(const uint8_t *p, size_t len, braid_field *fields, ts_msg *m);
+/* A whole buffer of fields (a tuple's: all actuals) into f; 0 or BRAID_ETUPLE_PROTO. */
+int braid__ts_wire_fields(const uint8_t *p, size_t len, braid_field *f, uint32_t *n);
 /* Decode the next tuple of a reply's rest into a new tuple (yours).
  * 0, BRAID_ETUPLE_PROTO, BRAID_ENOMEM. */
 int braid__ts_wire_tuple(const uint8_t **p, size_t *len, braid_tuple **out);

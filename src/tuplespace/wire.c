@@ -219,6 +219,12 @@ int braid__ts_wire_decode(const uint8_t *p, size_t len, braid_field *fields, ts_
     return 0;
 }
 
+int braid__ts_wire_fields(const uint8_t *p, size_t len, braid_field *f, uint32_t *n) {
+    rd r = { p, len, false };
+    *n = get_fields(&r, f, false);
+    return r.bad || r.len ? BRAID_ETUPLE_PROTO : 0;
+}
+
 int braid__ts_wire_tuple(const uint8_t **p, size_t *len, braid_tuple **out) {
     braid_field f[BRAID_TUPLE_MAX_FIELDS];
     rd r = { *p, *len, false };
