@@ -9,7 +9,9 @@
  *           pair uses a keyed template on one more key (the index at work);
  *   formal  the resident tuples sit under min(R, 1,000) distinct keys and
  *           the template's first field is a formal: it visits every bucket
- *           of its arity (the case the index does not help: braid loses here).
+ *           of its arity (the case the index does not help: braid loses here);
+ *   durable the queue shape in a space kept in an SQLite file (WAL,
+ *           synchronous=NORMAL), 1,000 resident: two statements per pair.
  * Rates are over this thread's CPU time (the loops do no I/O, so that is
  * their cost however loaded the machine is); wall-clock rates beside them.
  * Beside it, braid's own DeferredQueue (braid_queue_put/get, a FIFO with no
@@ -77,15 +79,15 @@ static uint64_t cpu_now_ns(void) {
     return (uint64_t)t.tv_sec * 1000000000ull + (uint64_t)t.tv_nsec;
 }
 typedef struct cost { double cpu_ns, wall_ns; } cost;
-enum { SHAPE_QUEUE, SHAPE_KEYS, SHAPE_FORMAL, NSHAPES };
-static const char *const shape_names[NSHAPES] = { "queue", "keys", "formal" };
+enum { SHAPE_QUEUE, SHAPE_KEYS, SHAPE_FORMAL, SHAPE_DURABLE, NSHAPES };
+static const char *const shape_names[NSHAPES] = { "queue", "keys", "formal", "durable" };
 static const long residents[] = { 1, 1000, 100000 };
 #define NRES 3
 
 static void fill(braid_tuplespace *ts, int shape, long r) {
     for (long i = 0; i < r; i++) {
         int rc;
-        if (shape == SHAPE_QUEUE)
+        if (shape == SHAPE_QUEUE || shape == SHAPE_DURABLE)
             rc = braid_tuplespace_out(ts, BRAID_FIELDS(braid_field_str("job"), braid_field_int(i),
                                                        braid_field_bytes(payload, PAYLOAD)), 0);
         else if (shape == SHAPE_KEYS)
@@ -105,6 +107,12 @@ static void fill(braid_tuplespace *ts, int shape, long r) {
 static cost ts_pairs(braid_loop *loop, int shape, long r, long n) {
     braid_tuplespace *ts;
     braid_tuplespace_options o = { .max_tuples = 10000000, .max_bytes = (size_t)4 << 30 };
+    char path[64] = "", dir[] = "/tmp/braid-bench-tsd.XXXXXX";
+    if (shape == SHAPE_DURABLE) {
+        if (!mkdtemp(dir)) abort();
+        snprintf(path, sizeof path, "%s/space.db", dir);
+        o.path = path;
+    }
     if (braid_tuplespace_new(loop, &o, &ts) < 0) abort();
     fill(ts, shape, r);
     /* keys: the pair's own key 0; formal: a key of its own, so the template
@@ -124,6 +132,12 @@ static cost ts_pairs(braid_loop *loop, int shape, long r, long n) {
     }
     uint64_t t1 = bench_now_ns(), c1 = cpu_now_ns();
     braid_tuplespace_free(ts);
+    if (path[0]) {
+        char f[80];
+        const char *sfx[] = { "", "-wal", "-shm" };
+        for (int i = 0; i < 3; i++) { snprintf(f, sizeof f, "%s%s", path, sfx[i]); unlink(f); }
+        rmdir(dir);
+    }
     return (cost){ (double)(c1 - c0) / (double)n, (double)(t1 - t0) / (double)n };
 }
 
@@ -181,6 +195,10 @@ static void part1(bench_ctx *ctx) {
             s.r = residents[k];
             long n = s.n;
             if (shape == SHAPE_FORMAL && s.r >= 1000) s.n = n / 50 + 1;   /* it is slow: fewer pairs */
+            if (shape == SHAPE_DURABLE) {
+                if (k != 1) continue;                /* one point: 1,000 resident */
+                s.n = n / 100 + 1;
+            }
             char label[64];
             snprintf(label, sizeof label, "in-process %s R=%ld", shape_names[shape], s.r);
             bench_alternate(ctx, label, shape == SHAPE_QUEUE ? 2 : 1, impls, p1_measure, &s);
