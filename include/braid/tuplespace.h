@@ -328,11 +328,14 @@ typedef struct braid_tuplespace_serve_options {
     size_t max_frame;               /* 0 = 16 MiB */
     size_t max_pending;             /* 0 = 1,024 waiting calls per connection */
 } braid_tuplespace_serve_options;
-/* A factory building one server protocol per peer; ts and opts (copied)
- * must outlive the listeners using it. */
+/* A factory building one server protocol per peer; ts must outlive the
+ * listeners using it. opts (NULL: defaults) are copied into the space: the
+ * last ones given (here or to serve_fd) apply to every connection it
+ * serves from then on. */
 BRAID_API void braid_tuplespace_factory_init(braid_factory *f, braid_tuplespace *ts,
                                              const braid_tuplespace_serve_options *opts);
-/* Serve one connected descriptor (ownership taken). 0, BRAID_ENOMEM, or
+/* Serve one connected descriptor (ownership taken; closed on failure).
+ * opts as for factory_init (NULL keeps the space's). 0, BRAID_ENOMEM, or
  * braid_stream_adopt's error. */
 BRAID_API int braid_tuplespace_serve_fd(braid_tuplespace *ts, int fd,
                                         const braid_tuplespace_serve_options *opts);
@@ -395,9 +398,12 @@ BRAID_API braid_deferred *braid_tuplespace_client_renew(braid_tuplespace_client 
                                                         uint64_t lease_ns);
 
 /* ---- the blocking client: a worker process without a loop ----------------------------
- * One request at a time on a blocking descriptor; the same operations. Not
- * loop-affine (it has no loop): use it from one thread at a time. Timeouts
- * are the server's, on its clock; a call blocks until the reply comes. */
+ * One request at a time on a descriptor (blocking or not); the same
+ * operations. Not loop-affine (it has no loop): use it from one thread at a
+ * time. Timeouts are the server's, on its clock; a call blocks until the
+ * reply comes. After an error of the connection itself (BRAID_ECONNECTION_DONE,
+ * BRAID_EMSGSIZE, BRAID_ETUPLE_PROTO, a system error) the stream is not
+ * usable any more: free the client. */
 typedef struct braid_tuplespace_sync braid_tuplespace_sync;
 /* Over a connected descriptor (ownership taken; closed by _free). */
 BRAID_API int braid_tuplespace_sync_new(int fd, size_t max_frame, braid_tuplespace_sync **out);
