@@ -26,9 +26,10 @@ extern char **environ;
 /* A worker: takes jobs ("job", id) on leases through the blocking client,
  * writes ("result", id, deliveries) and acks; ("job", -1) tells it to stop.
  * With BT_TS_CRASH_AFTER=k it dies holding the lease of its k-th job. */
-static void worker_main(int fd, int crash_after) {
+static void worker_main(int fd, int wfd, int crash_after) {
     braid_tuplespace_sync *s;
-    if (braid_tuplespace_sync_new(fd, 0, &s) < 0) _exit(2);
+    if ((wfd < 0 ? braid_tuplespace_sync_new(fd, 0, &s) : braid_tuplespace_sync_new_pipes(fd, wfd, 0, &s)) < 0)
+        _exit(2);
     for (int k = 1;; k++) {
         braid_tuple *t = NULL;
         int rc = braid_tuplespace_sync_in_lease(s, JOB_TMPL, BRAID_SECONDS(60), BRAID_SECONDS(20), &t);
@@ -54,16 +55,19 @@ __attribute__((constructor)) static void maybe_worker(void) {
     const char *fd = getenv("BT_TS_WORKER_FD");
     if (!fd) return;
     const char *crash = getenv("BT_TS_CRASH_AFTER");
-    worker_main(atoi(fd), crash ? atoi(crash) : 0);
+    const char *wfd = getenv("BT_TS_WORKER_WFD");     /* a pipe pair: requests go there */
+    worker_main(atoi(fd), wfd ? atoi(wfd) : -1, crash ? atoi(crash) : 0);
 }
 
-static pid_t spawn_worker(int fd, int crash_after) {
+/* A worker on fd (a socket), or reading rfd and writing wfd (pipes: wfd >= 0). */
+static pid_t spawn_worker_pipes(int fd, int wfd, int crash_after) {
     posix_spawn_file_actions_t fa;
     posix_spawn_file_actions_init(&fa);
     posix_spawn_file_actions_adddup2(&fa, fd, 3);
+    if (wfd >= 0) posix_spawn_file_actions_adddup2(&fa, wfd, 4);
     char crash[64];
     snprintf(crash, sizeof crash, "BT_TS_CRASH_AFTER=%d", crash_after);
-    char *env[] = { "BT_TS_WORKER_FD=3", crash, NULL };
+    char *env[] = { "BT_TS_WORKER_FD=3", crash, wfd >= 0 ? "BT_TS_WORKER_WFD=4" : NULL, NULL };
     char *argv[] = { "tuplespace-worker", NULL };
     pid_t pid;
     int rc = posix_spawn(&pid, "/proc/self/exe", &fa, NULL, argv, env);
@@ -71,6 +75,8 @@ static pid_t spawn_worker(int fd, int crash_after) {
     BT_EQ(rc, 0);
     return pid;
 }
+
+static pid_t spawn_worker(int fd, int crash_after) { return spawn_worker_pipes(fd, -1, crash_after); }
 
 /* ---- the codec ------------------------------------------------------------------------ */
 BT_TEST(codec_roundtrip_and_truncation) {
@@ -518,4 +524,71 @@ BT_IO_TEST(wire_allocation_failure_walk) {
                                                  .loop = loop, .warm_up = true, .settle = 20 });
     BT_GT(r.injected, 20);                        /* the walk went through server and client */
     bt_loop_destroy(loop);
+}
+
+/* ---- pipes and TCP ------------------------------------------------------------------- */
+/* The space served over real pipe pairs: a client on the loop, and a worker
+ * process with the blocking client. */
+BT_IO_TEST(wire_over_pipes) {
+    rig r;
+    rig_open(&r, NULL);
+    int req[2], rep[2];                           /* requests client -> server, replies back */
+    BT_EQ(pipe2(req, O_CLOEXEC), 0);
+    BT_EQ(pipe2(rep, O_CLOEXEC), 0);
+    BT_OK(braid_tuplespace_serve_pipes(r.ts, req[0], rep[1], NULL));
+    braid_tuplespace_client *c = NULL;
+    BT_OK(braid_tuplespace_client_adopt_pipes(r.loop, rep[0], req[1], NULL, &c));
+    BT_OK(wait_code(r.loop, braid_tuplespace_client_out(c, BRAID_FIELDS(braid_field_str("job"), braid_field_int(1)), 0)));
+    braid_tuple *t = wait_tuple(r.loop, braid_tuplespace_client_in_lease(c, JOB_TMPL, BRAID_SECONDS(30), 0));
+    BT_EQ(t->f[1].v.i, 1);
+    BT_OK(wait_code(r.loop, braid_tuplespace_client_ack(c, t->lease)));
+    braid_tuple_free(t);
+    braid_tuplespace_client_free(c);
+    BT_RUN_UNTIL(r.loop, braid_tuplespace_connections(r.ts) == 0, 1000);
+
+    /* a worker process over pipes */
+    BT_EQ(pipe2(req, O_CLOEXEC), 0);
+    BT_EQ(pipe2(rep, O_CLOEXEC), 0);
+    BT_OK(braid_tuplespace_serve_pipes(r.ts, req[0], rep[1], NULL));
+    pid_t pid = spawn_worker_pipes(rep[0], req[1], 0);
+    close(rep[0]);
+    close(req[1]);
+    for (int j = 0; j < 5; j++)
+        BT_OK(braid_tuplespace_out(r.ts, BRAID_FIELDS(braid_field_str("job"), braid_field_int(j)), 0));
+    BT_OK(braid_tuplespace_out(r.ts, BRAID_FIELDS(braid_field_str("job"), braid_field_int(-1)), -1));
+    BT_RUN_UNTIL(r.loop, braid_tuplespace_connections(r.ts) == 0, 100000);
+    int status;
+    BT_EQ(waitpid(pid, &status, 0), pid);
+    BT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+    braid_tuple_list *l = NULL;
+    BT_OK(braid_tuplespace_in_all(r.ts, BRAID_FIELDS(braid_field_str("result"), braid_field_any(BRAID_FIELD_INT),
+                                                     braid_field_any(BRAID_FIELD_INT)), 0, &l));
+    BT_EQ(l->n, 5);
+    braid_tuple_list_free(l);
+    rig_close(&r);
+}
+
+/* The same space over TCP on loopback, through endpoint strings. */
+BT_IO_TEST(wire_over_tcp) {
+    rig r;
+    rig_open(&r, NULL);
+    braid_factory f;
+    braid_tuplespace_factory_init(&f, r.ts, NULL);
+    int port;
+    braid_listener *l = bt_listen_tcp(r.loop, &f, &port);
+    char ep[64];
+    snprintf(ep, sizeof ep, "tcp:host=127.0.0.1:port=%d", port);
+    braid_result cr = wait_result(r.loop, braid_tuplespace_client_connect(r.loop, ep, NULL));
+    BT_TRUE(!cr.failure);
+    braid_tuplespace_client *c = cr.value;
+    cr.dtor = NULL;
+    braid_result_drop(cr);
+    braid_deferred *w = braid_tuplespace_client_rd(c, JOB_TMPL, BRAID_SECONDS(30));
+    BT_OK(wait_code(r.loop, braid_tuplespace_client_out(c, BRAID_FIELDS(braid_field_str("job"), braid_field_int(9)), 0)));
+    braid_tuple *t = wait_tuple(r.loop, w);
+    BT_EQ(t->f[1].v.i, 9);
+    braid_tuple_free(t);
+    braid_tuplespace_client_free(c);
+    braid_listener_close(l);
+    rig_close(&r);
 }

@@ -339,6 +339,10 @@ BRAID_API void braid_tuplespace_factory_init(braid_factory *f, braid_tuplespace 
  * braid_stream_adopt's error. */
 BRAID_API int braid_tuplespace_serve_fd(braid_tuplespace *ts, int fd,
                                         const braid_tuplespace_serve_options *opts);
+/* Serve a pipe pair: read requests from rfd, write replies to wfd
+ * (ownership of both taken; both closed on failure). */
+BRAID_API int braid_tuplespace_serve_pipes(braid_tuplespace *ts, int rfd, int wfd,
+                                           const braid_tuplespace_serve_options *opts);
 /* Connections being served now. */
 BRAID_API size_t braid_tuplespace_connections(const braid_tuplespace *ts);
 
@@ -368,6 +372,10 @@ typedef struct braid_tuplespace_client_options {
 BRAID_API int braid_tuplespace_client_adopt(braid_loop *loop, int fd,
                                             const braid_tuplespace_client_options *opts,
                                             braid_tuplespace_client **out);
+/* The same over a pipe pair: replies read from rfd, requests written to wfd. */
+BRAID_API int braid_tuplespace_client_adopt_pipes(braid_loop *loop, int rfd, int wfd,
+                                                  const braid_tuplespace_client_options *opts,
+                                                  braid_tuplespace_client **out);
 /* A client connecting to an endpoint string ("unix:/path", "tcp:host=…:port=…").
  * Fires with the braid_tuplespace_client * (yours: free it). */
 BRAID_API braid_deferred *braid_tuplespace_client_connect(braid_loop *loop, const char *endpoint,
@@ -407,6 +415,9 @@ BRAID_API braid_deferred *braid_tuplespace_client_renew(braid_tuplespace_client 
 typedef struct braid_tuplespace_sync braid_tuplespace_sync;
 /* Over a connected descriptor (ownership taken; closed by _free). */
 BRAID_API int braid_tuplespace_sync_new(int fd, size_t max_frame, braid_tuplespace_sync **out);
+/* Over a pipe pair: replies read from rfd, requests written to wfd (both taken). */
+BRAID_API int braid_tuplespace_sync_new_pipes(int rfd, int wfd, size_t max_frame,
+                                              braid_tuplespace_sync **out);
 BRAID_API void braid_tuplespace_sync_free(braid_tuplespace_sync *s);
 BRAID_API int braid_tuplespace_sync_out(braid_tuplespace_sync *s, const braid_field *f, size_t n,
                                         int32_t priority);

@@ -310,28 +310,38 @@ static ts_cproto *proto_alloc(braid_tuplespace_client *c) {
     return p;
 }
 
-int braid_tuplespace_client_adopt(braid_loop *loop, int fd, const braid_tuplespace_client_options *opts,
-                                  braid_tuplespace_client **out) {
+/* A client over rfd/wfd (one descriptor when they are equal). */
+static int adopt(braid_loop *loop, int rfd, int wfd, const braid_tuplespace_client_options *opts,
+                 braid_tuplespace_client **out) {
     BRAID__LOOP_AFFINE(loop);
     braid_tuplespace_client *c = client_alloc(loop, opts);
     ts_cproto *p = c ? proto_alloc(c) : NULL;
-    if (!p) {
-        if (c) braid_free(c->reqs.slots);
-        braid_free(c);
-        close(fd);
-        return BRAID_ENOMEM;
-    }
-    int rc = braid_stream_adopt(loop, fd, &p->base);
-    if (rc < 0) {
+    int rc = BRAID_ENOMEM;
+    if (p) {
+        rc = rfd == wfd ? braid_stream_adopt(loop, rfd, &p->base) : braid_stream_adopt_pipes(loop, rfd, wfd, &p->base);
+        if (rc == 0) {
+            c->p = p;
+            *out = c;
+            return 0;
+        }
         cp_destroy(&p->base);
-        braid_free(c->reqs.slots);
-        braid_free(c);
-        close(fd);
-        return rc;
     }
-    c->p = p;
-    *out = c;
-    return 0;
+    if (c) braid_free(c->reqs.slots);
+    braid_free(c);
+    close(rfd);
+    if (wfd != rfd) close(wfd);
+    return rc;
+}
+
+int braid_tuplespace_client_adopt(braid_loop *loop, int fd, const braid_tuplespace_client_options *opts,
+                                  braid_tuplespace_client **out) {
+    return adopt(loop, fd, fd, opts, out);
+}
+
+int braid_tuplespace_client_adopt_pipes(braid_loop *loop, int rfd, int wfd,
+                                        const braid_tuplespace_client_options *opts,
+                                        braid_tuplespace_client **out) {
+    return adopt(loop, rfd, wfd, opts, out);
 }
 
 static braid_protocol *cbuild(braid_factory *f, const braid_address *peer) {

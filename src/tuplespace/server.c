@@ -280,15 +280,28 @@ void braid_tuplespace_factory_init(braid_factory *f, braid_tuplespace *ts,
     set_options(ts, opts);
 }
 
-int braid_tuplespace_serve_fd(braid_tuplespace *ts, int fd, const braid_tuplespace_serve_options *opts) {
+/* Serve rfd/wfd (one descriptor when they are equal). */
+static int serve(braid_tuplespace *ts, int rfd, int wfd, const braid_tuplespace_serve_options *opts) {
     BRAID__LOOP_AFFINE(braid_tuplespace_loop(ts));
     if (opts || !braid__ts_serve_options(ts)->max_frame) set_options(ts, opts);
     ts_conn *c = conn_new(ts);
-    if (!c) { close(fd); return BRAID_ENOMEM; }
-    int rc = braid_stream_adopt(braid_tuplespace_loop(ts), fd, &c->base);
-    if (rc < 0) {
+    int rc = BRAID_ENOMEM;
+    if (c) {
+        rc = rfd == wfd ? braid_stream_adopt(braid_tuplespace_loop(ts), rfd, &c->base)
+                        : braid_stream_adopt_pipes(braid_tuplespace_loop(ts), rfd, wfd, &c->base);
+        if (rc == 0) return 0;
         braid_free(c);
-        close(fd);
     }
+    close(rfd);
+    if (wfd != rfd) close(wfd);
     return rc;
+}
+
+int braid_tuplespace_serve_fd(braid_tuplespace *ts, int fd, const braid_tuplespace_serve_options *opts) {
+    return serve(ts, fd, fd, opts);
+}
+
+int braid_tuplespace_serve_pipes(braid_tuplespace *ts, int rfd, int wfd,
+                                 const braid_tuplespace_serve_options *opts) {
+    return serve(ts, rfd, wfd, opts);
 }

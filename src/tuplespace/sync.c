@@ -6,7 +6,8 @@
 #include <unistd.h>
 
 struct braid_tuplespace_sync {
-    int fd;
+    int fd;                        /* replies are read here */
+    int wfd;                       /* requests are written here (== fd but for pipes) */
     size_t max_frame;
     uint32_t next_id;
     ts_buf out;
@@ -14,18 +15,28 @@ struct braid_tuplespace_sync {
     size_t in_cap;
 };
 
-int braid_tuplespace_sync_new(int fd, size_t max_frame, braid_tuplespace_sync **out) {
+int braid_tuplespace_sync_new_pipes(int rfd, int wfd, size_t max_frame, braid_tuplespace_sync **out) {
     braid_tuplespace_sync *s = braid_calloc(1, sizeof *s);
-    if (!s) { close(fd); return BRAID_ENOMEM; }
-    s->fd = fd;
+    if (!s) {
+        close(rfd);
+        if (wfd != rfd) close(wfd);
+        return BRAID_ENOMEM;
+    }
+    s->fd = rfd;
+    s->wfd = wfd;
     s->max_frame = max_frame ? max_frame : TS_DEFAULT_MAX_FRAME;
     *out = s;
     return 0;
 }
 
+int braid_tuplespace_sync_new(int fd, size_t max_frame, braid_tuplespace_sync **out) {
+    return braid_tuplespace_sync_new_pipes(fd, fd, max_frame, out);
+}
+
 void braid_tuplespace_sync_free(braid_tuplespace_sync *s) {
     if (!s) return;
     close(s->fd);
+    if (s->wfd != s->fd) close(s->wfd);
     braid__ts_buf_free(&s->out);
     braid_free(s->in);
     braid_free(s);
@@ -71,7 +82,7 @@ static int read_full(int fd, uint8_t *p, size_t len) {
 /* Send the frame in s->out (id `id`) and read frames until its reply. */
 static int roundtrip(braid_tuplespace_sync *s, uint32_t id, braid_field *f, ts_msg *m) {
     if (s->out.failed) { s->out.len = 0; s->out.failed = false; return BRAID_ENOMEM; }
-    int rc = write_all(s->fd, s->out.p, s->out.len);
+    int rc = write_all(s->wfd, s->out.p, s->out.len);
     s->out.len = 0;
     if (rc < 0) return rc;
     for (;;) {
