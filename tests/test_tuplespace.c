@@ -528,6 +528,39 @@ BT_TEST(notify_future_tuples) {
     done(loop, ts);                              /* the last registration goes with the space */
 }
 
+/* The stream form: each future tuple a Deferred from a DeferredQueue, in
+ * order; what finds the queue full is dropped and counted. */
+BT_TEST(notify_as_a_stream_of_deferreds) {
+    braid_loop *loop = mkloop();
+    braid_tuplespace *ts = mkspace(loop, NULL);
+    braid_queue *q;
+    BT_OK(braid_queue_new(loop, 2, 4, &q));
+    braid_tuple_watch *w;
+    BT_OK(braid_tuplespace_notify_queue(ts, JOB_TMPL, q, &w));
+    braid_deferred *first;
+    BT_OK(braid_queue_get(q, &first));            /* waiting before anything is written */
+    braid_expect_no_result(first);
+    for (int i = 1; i <= 4; i++) out_job(ts, i, 0);   /* 1 to the waiting get, 2 and 3 queued, 4 dropped */
+    braid_tuple *t = tuple_of(first);
+    BT_EQ(t->f[1].v.i, 1);
+    braid_tuple_free(t);
+    for (int i = 2; i <= 3; i++) {
+        braid_deferred *d;
+        BT_OK(braid_queue_get(q, &d));
+        t = tuple_of(d);
+        BT_EQ(t->f[1].v.i, i);
+        braid_tuple_free(t);
+    }
+    BT_EQ(braid_tuple_watch_dropped(w), 1);
+    BT_EQ(braid_queue_size(q), 0);
+    for (int i = 1; i <= 4; i++) BT_EQ(take_job(ts), i);   /* the tuples themselves stayed */
+    braid_tuple_watch_free(w);
+    out_job(ts, 5, 0);
+    BT_EQ(braid_queue_size(q), 0);
+    braid_queue_free(q);
+    done(loop, ts);
+}
+
 /* ---- the index ---------------------------------------------------------------------- */
 /* Many keys, many tuples per key: every keyed in finds its own, in order,
  * and the index shrinks back to nothing. */

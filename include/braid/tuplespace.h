@@ -292,6 +292,15 @@ typedef struct braid_tuple_watch braid_tuple_watch;
 typedef void (*braid_tuple_watch_cb)(const braid_tuple *t, void *arg);
 BRAID_API int braid_tuplespace_notify(braid_tuplespace *ts, const braid_field *tmpl, size_t n,
                                       braid_tuple_watch_cb cb, void *arg, braid_tuple_watch **out);
+/* The stream form: every future matching tuple goes, as a copy, into q — a
+ * DeferredQueue you made and keep (braid_queue_get hands you a Deferred per
+ * tuple, in order; its value is a braid_tuple *, dtor braid_tuple_free_value).
+ * A tuple that finds q full (or cannot be copied) is dropped and counted.
+ * Free the registration before the queue. */
+BRAID_API int braid_tuplespace_notify_queue(braid_tuplespace *ts, const braid_field *tmpl, size_t n,
+                                            braid_queue *q, braid_tuple_watch **out);
+/* Tuples a queue registration dropped so far. */
+BRAID_API uint64_t braid_tuple_watch_dropped(const braid_tuple_watch *w);
 BRAID_API void braid_tuple_watch_free(braid_tuple_watch *w);
 
 /* ---- statistics -------------------------------------------------------------------- */

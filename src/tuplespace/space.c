@@ -83,6 +83,8 @@ struct braid_tuple_watch {
     braid_tuplespace *ts;
     braid_tuple_watch_cb cb;
     void *arg;
+    braid_queue *q;                  /* the stream form: copies go here */
+    uint64_t dropped;
     bool dead;
     uint32_t n;
     braid_field tmpl[];
@@ -772,7 +774,13 @@ static void notify(braid_tuplespace *ts, const braid_tuple *t) {
     ts->notifying++;
     for (size_t i = 0; i < ts->nwatches; i++) {
         braid_tuple_watch *w = ts->watches[i];
-        if (!w->dead && braid__ts_matches(w->tmpl, w->n, t)) w->cb(t, w->arg);
+        if (w->dead || !braid__ts_matches(w->tmpl, w->n, t)) continue;
+        if (!w->q) { w->cb(t, w->arg); continue; }
+        braid_tuple *c = braid_tuple_copy(t);
+        if (!c || braid_queue_put(w->q, c, braid_tuple_free_value) < 0) {
+            braid_tuple_free(c);      /* a put that fails leaves the value with us */
+            w->dropped++;
+        }
     }
     if (--ts->notifying == 0 && ts->watch_dead) {
         size_t k = 0;
@@ -1105,11 +1113,10 @@ int braid_tuplespace_rd_all(braid_tuplespace *ts, const braid_field *tmpl, size_
 }
 
 /* ---- notify ------------------------------------------------------------------------- */
-int braid_tuplespace_notify(braid_tuplespace *ts, const braid_field *tmpl, size_t n,
-                            braid_tuple_watch_cb cb, void *arg, braid_tuple_watch **out) {
-    BRAID__LOOP_AFFINE(ts->loop);
+static int watch_add(braid_tuplespace *ts, const braid_field *tmpl, size_t n, braid_tuple_watch_cb cb,
+                     void *arg, braid_queue *q, braid_tuple_watch **out) {
     int rc = braid__ts_check(tmpl, n, true);
-    if (rc < 0 || !cb) return BRAID_EINVAL;
+    if (rc < 0 || (!cb && !q)) return BRAID_EINVAL;
     if (ts->nwatches == ts->capwatches) {
         size_t nc = ts->capwatches ? ts->capwatches * 2 : 8;
         braid_tuple_watch **v = braid_realloc(ts->watches, nc * sizeof *v);
@@ -1125,11 +1132,27 @@ int braid_tuplespace_notify(braid_tuplespace *ts, const braid_field *tmpl, size_
     w->ts = ts;
     w->cb = cb;
     w->arg = arg;
+    w->q = q;
+    w->dropped = 0;
     w->dead = false;
     ts->watches[ts->nwatches++] = w;
     if (out) *out = w;
     return 0;
 }
+
+int braid_tuplespace_notify(braid_tuplespace *ts, const braid_field *tmpl, size_t n,
+                            braid_tuple_watch_cb cb, void *arg, braid_tuple_watch **out) {
+    BRAID__LOOP_AFFINE(ts->loop);
+    return cb ? watch_add(ts, tmpl, n, cb, arg, NULL, out) : BRAID_EINVAL;
+}
+
+int braid_tuplespace_notify_queue(braid_tuplespace *ts, const braid_field *tmpl, size_t n, braid_queue *q,
+                                  braid_tuple_watch **out) {
+    BRAID__LOOP_AFFINE(ts->loop);
+    return q ? watch_add(ts, tmpl, n, NULL, NULL, q, out) : BRAID_EINVAL;
+}
+
+uint64_t braid_tuple_watch_dropped(const braid_tuple_watch *w) { return w->dropped; }
 
 void braid_tuple_watch_free(braid_tuple_watch *w) {
     if (!w) return;
