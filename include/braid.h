@@ -18,4 +18,5 @@
 #include <braid/fstream.h>
 #include <braid/http.h>
 #include <braid/tuplespace.h>
+#include <braid/component.h>
 #endif
