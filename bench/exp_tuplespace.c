@@ -14,7 +14,7 @@
  *           synchronous=NORMAL), 1,000 resident: two statements per pair.
  * Rates are over this thread's CPU time (the loops do no I/O, so that is
  * their cost however loaded the machine is); wall-clock rates beside them.
- * Beside it, braid's own DeferredQueue (braid_queue_put/get, a FIFO with no
+ * Beside it, braid's own DeferredQueue (braid_deferred_queue_put/get, a FIFO with no
  * matching) with the same backlog and a 64-byte value: the floor.
  *
  * Part 2, over Unix sockets: a server process holds J jobs of 64 bytes;
@@ -144,27 +144,27 @@ static cost ts_pairs(braid_loop *loop, int shape, long r, long n) {
 static void free_value(void *v) { braid_free(v); }
 
 static cost dq_pairs(braid_loop *loop, long r, long n) {
-    braid_queue *q;
-    if (braid_queue_new(loop, (size_t)r + 2, 1, &q) < 0) abort();
+    braid_deferred_queue *q;
+    if (braid_deferred_queue_new(loop, (size_t)r + 2, 1, &q) < 0) abort();
     for (long i = 0; i < r; i++) {
         void *v = braid_malloc(PAYLOAD);
         memcpy(v, payload, PAYLOAD);
-        braid_queue_put(q, v, free_value);
+        braid_deferred_queue_put(q, v, free_value);
     }
     uint64_t t0 = bench_now_ns(), c0 = cpu_now_ns();
     for (long i = 0; i < n; i++) {
         void *v = braid_malloc(PAYLOAD);
         memcpy(v, payload, PAYLOAD);
-        if (braid_queue_put(q, v, free_value) < 0) abort();
+        if (braid_deferred_queue_put(q, v, free_value) < 0) abort();
         braid_deferred *d;
-        if (braid_queue_get(q, &d) < 0) abort();
+        if (braid_deferred_queue_get(q, &d) < 0) abort();
         braid_result res;
         braid_deferred_take(d, &res);
         braid_result_drop(res);
-        braid_deferred_release(d);
+        braid_deferred_unref(d);
     }
     uint64_t t1 = bench_now_ns(), c1 = cpu_now_ns();
-    braid_queue_free(q);
+    braid_deferred_queue_free(q);
     return (cost){ (double)(c1 - c0) / (double)n, (double)(t1 - t0) / (double)n };
 }
 
@@ -221,7 +221,7 @@ static void part1(bench_ctx *ctx) {
             }
         }
     }
-    braid_loop_destroy(s.loop);
+    braid_loop_free(s.loop);
 }
 
 /* ==== part 2: worker processes over Unix sockets ===================================== */
@@ -334,7 +334,7 @@ static void braid_server(const char *path, long jobs, int ctl) {
     if (braid_unix_listen(loop, &lo, &f, &l) < 0) _exit(8);
     braid_watch w;
     braid_watch_init(loop, &w, ctl, stop_on_eof, loop);
-    braid_watch_set(&w, BRAID_READ);
+    braid_watch_set_interest(&w, BRAID_WATCH_READ);
     braid_loop_run(loop);
     _exit(0);                         /* the measurement is over: no teardown needed */
 }
@@ -552,7 +552,7 @@ static void p3_measure(bench_ctx *ctx, int impl, int run, void *arg) {
     free(hi);
     free(lo);
     braid_tuplespace_free(ts);
-    braid_loop_destroy(loop);
+    braid_loop_free(loop);
 }
 
 static void part3(bench_ctx *ctx) {

@@ -142,7 +142,7 @@ int main(int argc, char **argv) {
            p.jobs, p.results, stored, p.duplicates, p.wrong, (unsigned long long)s.nacks,
            (unsigned long long)s.acks, (unsigned long long)s.expired, failed);
     braid_tuplespace_free(p.ts);
-    rc = braid_loop_destroy(p.loop);
+    rc = braid_loop_free(p.loop);
     free(p.seen);
     return p.results == p.jobs && !p.wrong && !failed && rc == 0 ? 0 : 1;
 }

@@ -46,16 +46,16 @@ static int64_t take_job(braid_tuplespace *ts) {
 
 /* The tuple a fired Deferred holds (yours), then the Deferred released. */
 static braid_tuple *tuple_of(braid_deferred *d) {
-    braid_result r = braid_expect_success(d);
+    braid_result r = braid_deferred_expect_success(d);
     braid_tuple *t = r.value;
     BT_TRUE(t);
-    braid_deferred_release(d);
+    braid_deferred_unref(d);
     return t;
 }
 static void expect_fail(braid_deferred *d, int code) {
-    braid_failure *f = braid_expect_failure(d, code);
+    braid_failure *f = braid_deferred_expect_failure(d, code);
     braid_failure_free(f);
-    braid_deferred_release(d);
+    braid_deferred_unref(d);
 }
 
 /* ---- matching ---------------------------------------------------------------- */
@@ -219,8 +219,8 @@ BT_TEST(waiters_fifo_readers_get_copies) {
     braid_deferred *i2 = braid_tuplespace_in(ts, BRAID_FIELDS(braid_field_any(BRAID_FIELD_STRING),
                                                               braid_field_any(BRAID_FIELD_INT)), BRAID_FOREVER);
     braid_deferred *other = braid_tuplespace_in(ts, BRAID_FIELDS(braid_field_str("other")), BRAID_FOREVER);
-    braid_expect_no_result(r1);
-    braid_expect_no_result(i1);
+    braid_deferred_expect_no_result(r1);
+    braid_deferred_expect_no_result(i1);
     braid_tuplespace_stats st;
     braid_tuplespace_stats_get(ts, &st);
     BT_EQ(st.waiters, 5);
@@ -231,8 +231,8 @@ BT_TEST(waiters_fifo_readers_get_copies) {
     t = tuple_of(i1);
     BT_EQ(t->f[1].v.i, 1);
     braid_tuple_free(t);
-    braid_expect_no_result(r2);
-    braid_expect_no_result(i2);
+    braid_deferred_expect_no_result(r2);
+    braid_deferred_expect_no_result(i2);
     out_job(ts, 2, 0);     /* the wild waiters, in order */
     t = tuple_of(r2);
     BT_EQ(t->f[1].v.i, 2);
@@ -241,7 +241,7 @@ BT_TEST(waiters_fifo_readers_get_copies) {
     BT_EQ(t->f[1].v.i, 2);
     braid_tuple_free(t);
     BT_EQ(take_job(ts), -1);
-    braid_expect_no_result(other);
+    braid_deferred_expect_no_result(other);
     braid_deferred_cancel(other);
     expect_fail(other, BRAID_ECANCELED);
     braid_tuplespace_stats_get(ts, &st);
@@ -264,7 +264,7 @@ BT_TEST(waiters_keyed_and_wild_in_call_order) {
         braid_tuple *t = tuple_of(d[i]);
         BT_EQ(t->f[1].v.i, 10 + i);
         braid_tuple_free(t);
-        for (int k = i + 1; k < 4; k++) braid_expect_no_result(d[k]);
+        for (int k = i + 1; k < 4; k++) braid_deferred_expect_no_result(d[k]);
     }
     done(loop, ts);
 }
@@ -276,10 +276,10 @@ BT_TEST(timeouts_on_the_loop_clock) {
     braid_deferred *a = braid_tuplespace_in(ts, JOB_TMPL, BRAID_MSEC(100));
     braid_deferred *b = braid_tuplespace_rd(ts, JOB_TMPL, BRAID_MSEC(300));
     braid_loop_advance(loop, BRAID_MSEC(99));
-    braid_expect_no_result(a);
+    braid_deferred_expect_no_result(a);
     braid_loop_advance(loop, BRAID_MSEC(1));
     expect_fail(a, BRAID_ETIMEDOUT);
-    braid_expect_no_result(b);
+    braid_deferred_expect_no_result(b);
     out_job(ts, 1, 0);            /* b reads it, its timer stops; the tuple stays */
     braid_tuple *t = tuple_of(b);
     braid_tuple_free(t);
@@ -375,7 +375,7 @@ BT_TEST(lease_expiry_wakes_waiter) {
     BT_OK(braid_tuplespace_inp_lease(ts, JOB_TMPL, BRAID_SECONDS(1), &t));
     braid_tuple_free(t);
     braid_deferred *w = braid_tuplespace_in_lease(ts, JOB_TMPL, BRAID_SECONDS(1), BRAID_FOREVER);
-    braid_expect_no_result(w);
+    braid_deferred_expect_no_result(w);
     braid_loop_advance(loop, BRAID_SECONDS(1));
     t = tuple_of(w);
     BT_EQ(t->f[1].v.i, 1);
@@ -456,9 +456,9 @@ BT_TEST(capacity_out_wait) {
     braid_tuplespace_options o = { .max_tuples = 1 };
     braid_tuplespace *ts = mkspace(loop, &o);
     braid_deferred *a = braid_tuplespace_out_wait(ts, BRAID_FIELDS(braid_field_str("job"), braid_field_int(1)), 0, 0);
-    braid_result r = braid_expect_success(a);      /* room: written at once */
+    braid_result r = braid_deferred_expect_success(a);      /* room: written at once */
     braid_result_drop(r);
-    braid_deferred_release(a);
+    braid_deferred_unref(a);
     expect_fail(braid_tuplespace_out_wait(ts, BRAID_FIELDS(braid_field_str("job"), braid_field_int(2)), 0, 0),
                 BRAID_ETUPLE_FULL);
     a = braid_tuplespace_out_wait(ts, BRAID_FIELDS(braid_field_str("job"), braid_field_int(2)), 0, BRAID_FOREVER);
@@ -468,18 +468,18 @@ BT_TEST(capacity_out_wait) {
                                                   BRAID_FOREVER);
     /* out does not jump the queue of waiting outs */
     BT_ERR(braid_tuplespace_out(ts, BRAID_FIELDS(braid_field_int(0)), 0), BRAID_ETUPLE_FULL);
-    braid_expect_no_result(a);
+    braid_deferred_expect_no_result(a);
     BT_EQ(take_job(ts), 1);                        /* room for one: a goes in */
-    r = braid_expect_success(a);
+    r = braid_deferred_expect_success(a);
     braid_result_drop(r);
-    braid_deferred_release(a);
-    braid_expect_no_result(b);
+    braid_deferred_unref(a);
+    braid_deferred_expect_no_result(b);
     braid_loop_advance(loop, BRAID_SECONDS(1));
     expect_fail(b, BRAID_ETIMEDOUT);
     BT_EQ(take_job(ts), 2);
-    r = braid_expect_success(c);
+    r = braid_deferred_expect_success(c);
     braid_result_drop(r);
-    braid_deferred_release(c);
+    braid_deferred_unref(c);
     BT_EQ(take_job(ts), 4);
     done(loop, ts);
 }
@@ -533,31 +533,31 @@ BT_TEST(notify_future_tuples) {
 BT_TEST(notify_as_a_stream_of_deferreds) {
     braid_loop *loop = mkloop();
     braid_tuplespace *ts = mkspace(loop, NULL);
-    braid_queue *q;
-    BT_OK(braid_queue_new(loop, 2, 4, &q));
+    braid_deferred_queue *q;
+    BT_OK(braid_deferred_queue_new(loop, 2, 4, &q));
     braid_tuple_watch *w;
     BT_OK(braid_tuplespace_notify_queue(ts, JOB_TMPL, q, &w));
     braid_deferred *first;
-    BT_OK(braid_queue_get(q, &first));            /* waiting before anything is written */
-    braid_expect_no_result(first);
+    BT_OK(braid_deferred_queue_get(q, &first));            /* waiting before anything is written */
+    braid_deferred_expect_no_result(first);
     for (int i = 1; i <= 4; i++) out_job(ts, i, 0);   /* 1 to the waiting get, 2 and 3 queued, 4 dropped */
     braid_tuple *t = tuple_of(first);
     BT_EQ(t->f[1].v.i, 1);
     braid_tuple_free(t);
     for (int i = 2; i <= 3; i++) {
         braid_deferred *d;
-        BT_OK(braid_queue_get(q, &d));
+        BT_OK(braid_deferred_queue_get(q, &d));
         t = tuple_of(d);
         BT_EQ(t->f[1].v.i, i);
         braid_tuple_free(t);
     }
     BT_EQ(braid_tuple_watch_dropped(w), 1);
-    BT_EQ(braid_queue_size(q), 0);
+    BT_EQ(braid_deferred_queue_size(q), 0);
     for (int i = 1; i <= 4; i++) BT_EQ(take_job(ts), i);   /* the tuples themselves stayed */
     braid_tuple_watch_free(w);
     out_job(ts, 5, 0);
-    BT_EQ(braid_queue_size(q), 0);
-    braid_queue_free(q);
+    BT_EQ(braid_deferred_queue_size(q), 0);
+    braid_deferred_queue_free(q);
     done(loop, ts);
 }
 
@@ -708,7 +708,7 @@ static void scenario(braid_loop *loop) {
         if (!ds[i]) continue;
         braid_result r;
         if (braid_deferred_take(ds[i], &r) == 0) braid_result_drop(r);
-        braid_deferred_release(ds[i]);
+        braid_deferred_unref(ds[i]);
     }
 }
 

@@ -167,7 +167,7 @@ static braid_result wait_result(braid_loop *loop, braid_deferred *d) {
     BT_RUN_UNTIL(loop, braid_deferred_has_result(d), 100000);
     braid_result r;
     BT_OK(braid_deferred_take(d, &r));
-    braid_deferred_release(d);
+    braid_deferred_unref(d);
     return r;
 }
 static braid_tuple *wait_tuple(braid_loop *loop, braid_deferred *d) {
@@ -274,9 +274,9 @@ BT_IO_TEST(wire_client_gone_returns_leases) {
     BT_EQ(st.leased, 1);
     BT_EQ(st.waiters, 2);
     braid_tuplespace_client_free(c);
-    braid_failure *f = braid_expect_failure(pending, BRAID_ESHUTDOWN);
+    braid_failure *f = braid_deferred_expect_failure(pending, BRAID_ESHUTDOWN);
     braid_failure_free(f);
-    braid_deferred_release(pending);
+    braid_deferred_unref(pending);
     t = wait_tuple(r.loop, next);
     BT_EQ(t->f[1].v.i, 7);
     BT_EQ(t->deliveries, 2);
@@ -330,7 +330,7 @@ static void wait_eof(braid_loop *loop, int fd) {
         ssize_t k = read(fd, buf, sizeof buf);
         if (k == 0) return;
         BT_TRUE(k < 0 && errno == EAGAIN);
-        braid_loop_run_once(loop, BRAID_RUN_NOWAIT);
+        braid_loop_run_once(loop, BRAID_LOOP_RUN_NOWAIT);
         struct pollfd p = { fd, POLLIN, 0 };
         poll(&p, 1, 1);
     }
@@ -491,7 +491,7 @@ static void wire_scenario(braid_loop *loop) {
         bool pending = false;
         for (int k = 0; k < 3; k++) pending |= d[k] && !braid_deferred_has_result(d[k]);
         if (!pending) break;
-        braid_loop_run_once(loop, BRAID_RUN_NOWAIT);
+        braid_loop_run_once(loop, BRAID_LOOP_RUN_NOWAIT);
         usleep(50);
     }
     for (int k = 0; k < 4; k++) {
@@ -501,11 +501,11 @@ static void wire_scenario(braid_loop *loop) {
         braid_result r;
         BT_OK(braid_deferred_take(d[k], &r));
         braid_result_drop(r);
-        braid_deferred_release(d[k]);
+        braid_deferred_unref(d[k]);
     }
     braid_tuplespace_client_free(c);
     for (int i = 0; i < 2000 && braid_tuplespace_connections(ts); i++) {
-        braid_loop_run_once(loop, BRAID_RUN_NOWAIT);
+        braid_loop_run_once(loop, BRAID_LOOP_RUN_NOWAIT);
         usleep(50);
     }
     BT_EQ(braid_tuplespace_connections(ts), 0);

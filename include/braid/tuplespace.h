@@ -29,8 +29,8 @@
  *     braid_deferred *d = braid_tuplespace_in_lease(ts,
  *         BRAID_FIELDS(braid_field_str("resize"), braid_field_any(BRAID_FIELD_INT),
  *                      braid_field_any(BRAID_FIELD_BYTES)), BRAID_SECONDS(30), BRAID_SECONDS(10));
- *     braid_deferred_add_callbacks(d, got_job, no_job, ctx);   // r.value: braid_tuple *
- *     braid_deferred_release(d);
+ *     braid_deferred_add(d, got_job, no_job, ctx);   // r.value: braid_tuple *
+ *     braid_deferred_unref(d);
  *     ...
  *     // in got_job, when the work is done (t->lease names the lease):
  *     braid_tuplespace_ack(ts, t->lease);
@@ -293,12 +293,12 @@ typedef void (*braid_tuple_watch_cb)(const braid_tuple *t, void *arg);
 BRAID_API int braid_tuplespace_notify(braid_tuplespace *ts, const braid_field *tmpl, size_t n,
                                       braid_tuple_watch_cb cb, void *arg, braid_tuple_watch **out);
 /* The stream form: every future matching tuple goes, as a copy, into q — a
- * DeferredQueue you made and keep (braid_queue_get hands you a Deferred per
+ * DeferredQueue you made and keep (braid_deferred_queue_get hands you a Deferred per
  * tuple, in order; its value is a braid_tuple *, dtor braid_tuple_free_value).
  * A tuple that finds q full (or cannot be copied) is dropped and counted.
  * Free the registration before the queue. */
 BRAID_API int braid_tuplespace_notify_queue(braid_tuplespace *ts, const braid_field *tmpl, size_t n,
-                                            braid_queue *q, braid_tuple_watch **out);
+                                            braid_deferred_queue *q, braid_tuple_watch **out);
 /* Tuples a queue registration dropped so far. */
 BRAID_API uint64_t braid_tuple_watch_dropped(const braid_tuple_watch *w);
 BRAID_API void braid_tuple_watch_free(braid_tuple_watch *w);
@@ -330,7 +330,7 @@ BRAID_API void braid_tuplespace_stats_get(const braid_tuplespace *ts, braid_tupl
  *
  *     braid_factory f;
  *     braid_tuplespace_factory_init(&f, ts, NULL);
- *     braid_deferred *d = braid_listen(loop, "unix:/run/jobs.sock", &f);   // or tcp:..., or:
+ *     braid_deferred *d = braid_endpoint_listen(loop, "unix:/run/jobs.sock", &f);   // or tcp:..., or:
  *     braid_tuplespace_serve_fd(ts, fd, NULL);     // one end of a socketpair or a pipe pair
  */
 typedef struct braid_tuplespace_serve_options {
@@ -345,7 +345,7 @@ BRAID_API void braid_tuplespace_factory_init(braid_factory *f, braid_tuplespace 
                                              const braid_tuplespace_serve_options *opts);
 /* Serve one connected descriptor (ownership taken; closed on failure).
  * opts as for factory_init (NULL keeps the space's). 0, BRAID_ENOMEM, or
- * braid_stream_adopt's error. */
+ * braid_transport_adopt's error. */
 BRAID_API int braid_tuplespace_serve_fd(braid_tuplespace *ts, int fd,
                                         const braid_tuplespace_serve_options *opts);
 /* Serve a pipe pair: read requests from rfd, write replies to wfd

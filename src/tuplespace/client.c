@@ -72,13 +72,13 @@ static void req_cancel(braid_deferred *d, void *arg) {
 static ts_creq *start(braid_tuplespace_client *c, uint8_t op, braid_deferred **d, size_t *at) {
     BRAID__LOOP_AFFINE(c->loop);
     if (!c->p) {
-        *d = braid_fail(c->loop, braid_failure_new(c->lost_code ? c->lost_code : BRAID_ECONNECTION_LOST,
+        *d = braid_deferred_fail(c->loop, braid_failure_new(c->lost_code ? c->lost_code : BRAID_ECONNECTION_LOST,
                                                    "tuple space client: not connected"));
         return NULL;
     }
     ts_creq *q = braid_calloc(1, sizeof *q);
     if (!q) {
-        *d = braid_fail(c->loop, braid_failure_new(BRAID_ENOMEM, "tuple space client: out of memory"));
+        *d = braid_deferred_fail(c->loop, braid_failure_new(BRAID_ENOMEM, "tuple space client: out of memory"));
         return NULL;
     }
     *d = braid_deferred_new_cancellable(c->loop, req_cancel, q);
@@ -107,7 +107,7 @@ static braid_deferred *finish(braid_tuplespace_client *c, ts_creq *q, braid_defe
 }
 
 static braid_deferred *bad(braid_tuplespace_client *c, int rc) {
-    return braid_fail(c->loop, braid_failure_new(rc, "tuple space client: invalid fields"));
+    return braid_deferred_fail(c->loop, braid_failure_new(rc, "tuple space client: invalid fields"));
 }
 
 static braid_deferred *call_fields(braid_tuplespace_client *c, uint8_t op, const braid_field *f,
@@ -280,7 +280,7 @@ static void cp_lost(braid_protocol *bp, const braid_failure *reason) {
 
 static void cp_destroy(braid_protocol *bp) {
     ts_cproto *p = (ts_cproto *)bp;
-    braid_framer_free(&p->framer);
+    braid_framer_close(&p->framer);
     braid_free(p);
 }
 
@@ -318,7 +318,7 @@ static int adopt(braid_loop *loop, int rfd, int wfd, const braid_tuplespace_clie
     ts_cproto *p = c ? proto_alloc(c) : NULL;
     int rc = BRAID_ENOMEM;
     if (p) {
-        rc = rfd == wfd ? braid_stream_adopt(loop, rfd, &p->base) : braid_stream_adopt_pipes(loop, rfd, wfd, &p->base);
+        rc = rfd == wfd ? braid_transport_adopt(loop, rfd, &p->base) : braid_transport_adopt_pipes(loop, rfd, wfd, &p->base);
         if (rc == 0) {
             c->p = p;
             *out = c;
@@ -356,7 +356,7 @@ static void client_free_value(void *c) { braid_tuplespace_client_free(c); }
 
 static braid_result connected(braid_result r, void *arg) {
     braid_result_drop(r);                    /* the protocol: borrowed */
-    return braid_ok_owned(arg, client_free_value);
+    return braid_result_ok_owned(arg, client_free_value);
 }
 
 static braid_result not_connected(braid_result r, void *arg) {
@@ -372,16 +372,16 @@ braid_deferred *braid_tuplespace_client_connect(braid_loop *loop, const char *en
                                                 const braid_tuplespace_client_options *opts) {
     BRAID__LOOP_AFFINE(loop);
     braid_tuplespace_client *c = client_alloc(loop, opts);
-    if (!c) return braid_fail(loop, braid_failure_new(BRAID_ENOMEM, "tuple space client: out of memory"));
+    if (!c) return braid_deferred_fail(loop, braid_failure_new(BRAID_ENOMEM, "tuple space client: out of memory"));
     c->factory.build_protocol = cbuild;
     c->factory.user = c;
-    braid_deferred *d = braid_connect(loop, endpoint, &c->factory);
+    braid_deferred *d = braid_endpoint_connect(loop, endpoint, &c->factory);
     if (!d) {
         braid_free(c->reqs.slots);
         braid_free(c);
         return NULL;
     }
-    if (braid_deferred_add_callbacks(d, connected, not_connected, c) < 0) {
+    if (braid_deferred_add(d, connected, not_connected, c) < 0) {
         braid_deferred_cancel(d);            /* cannot happen on a fresh Deferred; be safe */
     }
     return d;

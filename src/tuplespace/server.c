@@ -94,9 +94,9 @@ static braid_result req_done(braid_result r, void *arg) {
     if (q->next) q->next->prev = q->prev;
     c->npending--;
     respond(c, q->id, q->op, r);
-    braid_deferred_release(q->d);
+    braid_deferred_unref(q->d);
     braid_free(q);
-    return braid_ok(NULL);
+    return braid_result_ok(NULL);
 }
 
 /* A call that may wait: answer now, or keep a request record. */
@@ -109,20 +109,20 @@ static void wait_call(ts_conn *c, const ts_msg *m) {
     if (!d) { reply_status(c, m->id, BRAID_ENOMEM); return; }
     braid_result r;
     if (braid_deferred_take(d, &r) == 0) {
-        braid_deferred_release(d);
+        braid_deferred_unref(d);
         respond(c, m->id, m->op, r);
         return;
     }
     ts_req *q = NULL;
     int code = 0;
     if (c->npending >= braid__ts_serve_options(ts)->max_pending) code = BRAID_EQUEUE_FULL;
-    else if (!(q = braid_calloc(1, sizeof *q)) || braid_deferred_add_callbacks(d, req_done, req_done, q) < 0)
+    else if (!(q = braid_calloc(1, sizeof *q)) || braid_deferred_add(d, req_done, req_done, q) < 0)
         code = BRAID_ENOMEM;
     if (code) {
         braid_free(q);
         braid_deferred_cancel(d);
         if (braid_deferred_take(d, &r) == 0) braid_result_drop(r);
-        braid_deferred_release(d);
+        braid_deferred_unref(d);
         reply_status(c, m->id, code);
         return;
     }
@@ -208,7 +208,7 @@ void braid__ts_server_detach(braid_tuplespace *ts) {
         c->ts = NULL;
         c->lost = true;
         /* flush the ESHUTDOWN replies of its calls, then close (1 s at most) */
-        braid_transport_close_within(c->base.transport, BRAID_SECONDS(1));
+        braid_transport_close(c->base.transport, BRAID_SECONDS(1));
     }
 }
 
@@ -219,7 +219,7 @@ static void conn_data(braid_protocol *p, const void *buf, size_t len) {
     if (rc < 0 && rc != BRAID_ESHUTDOWN) {
         char peer[128] = "?";
         braid_address a;
-        if (braid_transport_get_peer(p->transport, &a) == 0) braid_address_format(&a, peer, sizeof peer);
+        if (braid_transport_peer(p->transport, &a) == 0) braid_address_format(&a, peer, sizeof peer);
         braid__log(braid_tuplespace_loop(c->ts), BRAID_LOG_WARN, "closing client %s (%s): %s", peer,
                    braid_transport_kind(p->transport), braid_strerror(rc));
         braid_transport_abort_with(p->transport, rc);
@@ -238,7 +238,7 @@ static void conn_lost(braid_protocol *p, const braid_failure *reason) {
 
 static void conn_destroy(braid_protocol *p) {
     ts_conn *c = (ts_conn *)p;
-    braid_framer_free(&c->framer);
+    braid_framer_close(&c->framer);
     braid__ts_buf_free(&c->out);
     braid_free(c);
 }
@@ -287,8 +287,8 @@ static int serve(braid_tuplespace *ts, int rfd, int wfd, const braid_tuplespace_
     ts_conn *c = conn_new(ts);
     int rc = BRAID_ENOMEM;
     if (c) {
-        rc = rfd == wfd ? braid_stream_adopt(braid_tuplespace_loop(ts), rfd, &c->base)
-                        : braid_stream_adopt_pipes(braid_tuplespace_loop(ts), rfd, wfd, &c->base);
+        rc = rfd == wfd ? braid_transport_adopt(braid_tuplespace_loop(ts), rfd, &c->base)
+                        : braid_transport_adopt_pipes(braid_tuplespace_loop(ts), rfd, wfd, &c->base);
         if (rc == 0) return 0;
         braid_free(c);
     }

@@ -83,7 +83,7 @@ struct braid_tuple_watch {
     braid_tuplespace *ts;
     braid_tuple_watch_cb cb;
     void *arg;
-    braid_queue *q;                  /* the stream form: copies go here */
+    braid_deferred_queue *q;                  /* the stream form: copies go here */
     uint64_t dropped;
     bool dead;
     uint32_t n;
@@ -513,7 +513,7 @@ static void rearm(braid_tuplespace *ts) {
         braid_timer_stop(&ts->timer);
         return;
     }
-    if (!braid_timer_active(&ts->timer) || braid_timer_deadline(&ts->timer) != ts->heap[0]->deadline) {
+    if (!braid_timer_is_active(&ts->timer) || braid_timer_deadline(&ts->timer) != ts->heap[0]->deadline) {
         braid_timer_start_at(&ts->timer, ts->heap[0]->deadline);
         braid_timer_unref(&ts->timer);
     }
@@ -777,7 +777,7 @@ static void notify(braid_tuplespace *ts, const braid_tuple *t) {
         if (w->dead || !braid__ts_matches(w->tmpl, w->n, t)) continue;
         if (!w->q) { w->cb(t, w->arg); continue; }
         braid_tuple *c = braid_tuple_copy(t);
-        if (!c || braid_queue_put(w->q, c, braid_tuple_free_value) < 0) {
+        if (!c || braid_deferred_queue_put(w->q, c, braid_tuple_free_value) < 0) {
             braid_tuple_free(c);      /* a put that fails leaves the value with us */
             w->dropped++;
         }
@@ -852,7 +852,7 @@ static void waiter_cancel(braid_deferred *d, void *arg) {
 }
 
 static braid_deferred *fail_now(braid_loop *loop, int code, const char *what) {
-    return braid_fail(loop, braid_failure_new(code, "%s", what));
+    return braid_deferred_fail(loop, braid_failure_new(code, "%s", what));
 }
 
 /* Arm a timeout on a waiting call's Deferred; false (and d failed) if it
@@ -876,7 +876,7 @@ braid_deferred *braid_tuplespace_out_wait(braid_tuplespace *ts, const braid_fiel
     if (fits(ts, bytes) && !ts->ofirst) {
         rc = braid_tuplespace_out(ts, f, n, priority);
         if (rc < 0) return fail_now(ts->loop, rc, "tuple space: out");
-        return braid_succeed(ts->loop, NULL, NULL);
+        return braid_deferred_succeed(ts->loop, NULL, NULL);
     }
     if (timeout == 0) {
         ts->st.full++;
@@ -979,7 +979,7 @@ static braid_deferred *wait_for(braid_tuplespace *ts, uint8_t kind, const braid_
     if (kind == W_IN) rc = braid_tuplespace_inp(ts, tmpl, n, &t);
     else if (kind == W_RD) rc = braid_tuplespace_rdp(ts, tmpl, n, &t);
     else rc = braid_tuplespace_inp_lease(ts, tmpl, n, lease_ns, &t);
-    if (rc == 0) return braid_succeed(ts->loop, t, braid_tuple_free_value);
+    if (rc == 0) return braid_deferred_succeed(ts->loop, t, braid_tuple_free_value);
     if (rc != BRAID_ETUPLE_NOMATCH || timeout == 0)
         return fail_now(ts->loop, rc, rc == BRAID_ETUPLE_NOMATCH ? "tuple space: no match" : "tuple space");
     if (ts->nwaiters >= ts->o.max_waiters)
@@ -1114,7 +1114,7 @@ int braid_tuplespace_rd_all(braid_tuplespace *ts, const braid_field *tmpl, size_
 
 /* ---- notify ------------------------------------------------------------------------- */
 static int watch_add(braid_tuplespace *ts, const braid_field *tmpl, size_t n, braid_tuple_watch_cb cb,
-                     void *arg, braid_queue *q, braid_tuple_watch **out) {
+                     void *arg, braid_deferred_queue *q, braid_tuple_watch **out) {
     int rc = braid__ts_check(tmpl, n, true);
     if (rc < 0 || (!cb && !q)) return BRAID_EINVAL;
     if (ts->nwatches == ts->capwatches) {
@@ -1146,7 +1146,7 @@ int braid_tuplespace_notify(braid_tuplespace *ts, const braid_field *tmpl, size_
     return cb ? watch_add(ts, tmpl, n, cb, arg, NULL, out) : BRAID_EINVAL;
 }
 
-int braid_tuplespace_notify_queue(braid_tuplespace *ts, const braid_field *tmpl, size_t n, braid_queue *q,
+int braid_tuplespace_notify_queue(braid_tuplespace *ts, const braid_field *tmpl, size_t n, braid_deferred_queue *q,
                                   braid_tuple_watch **out) {
     BRAID__LOOP_AFFINE(ts->loop);
     return q ? watch_add(ts, tmpl, n, NULL, NULL, q, out) : BRAID_EINVAL;
