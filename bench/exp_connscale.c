@@ -470,7 +470,7 @@ static void cs_data(braid_protocol *p, const void *data, size_t len) {
     uint8_t resp[CS_MSG];
     cs_reply(c->buf, resp);
     braid_transport_write(p->transport, resp, CS_MSG);
-    braid_transport_lose_connection(p->transport);
+    braid_transport_close_within(p->transport, BRAID_FOREVER);
 }
 
 static const braid_protocol_ops cs_proto_ops = { .data_received = cs_data };

@@ -112,7 +112,7 @@ static void ts_data(braid_protocol *p, const void *buf, size_t len) {
     c->rlen += len < room ? len : room;
     c->req[c->rlen] = 0;
     if (!strstr(c->req, "\r\n\r\n")) {
-        if (c->rlen == sizeof c->req - 1) braid_transport_lose_connection(p->transport);
+        if (c->rlen == sizeof c->req - 1) braid_transport_close_within(p->transport, BRAID_FOREVER);
         return;
     }
     if (!strncmp(c->req, "GET /big ", 9)) {
@@ -128,7 +128,7 @@ static void ts_data(braid_protocol *p, const void *buf, size_t len) {
         return;
     }
     braid_transport_write(p->transport, SMALL_RESPONSE, sizeof SMALL_RESPONSE - 1);
-    braid_transport_lose_connection(p->transport);
+    braid_transport_close_within(p->transport, BRAID_FOREVER);
 }
 
 static const braid_protocol_ops ts_ops = { .data_received = ts_data };

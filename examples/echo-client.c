@@ -31,7 +31,7 @@ static void on_data(braid_protocol *p, const void *buf, size_t len) {
     client *c = p->user;
     fwrite(buf, 1, len, stdout);
     c->received += len;
-    if (c->received >= c->expected) braid_transport_lose_connection(p->transport);
+    if (c->received >= c->expected) braid_transport_close_within(p->transport, BRAID_FOREVER);
 }
 
 static void on_lost(braid_protocol *p, const braid_failure *reason) {

@@ -106,7 +106,7 @@ static void on_signal(braid_signal *sig, int signo, void *arg) {
     braid_listener_close(s->listener);
     s->listener = NULL;
     /* Flush, close, and abort whoever is still not reading after the
-     * deadline (plain braid_transport_lose_connection would wait for ever). */
+     * deadline (plain braid_transport_close_within would wait for ever). */
     for (conn *c = s->conns; c; c = c->next) braid_transport_close_within(c->base.transport, CLOSE_DEADLINE);
     stop_signals(s);                  /* run() returns when the last connection closed */
 }

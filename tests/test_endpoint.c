@@ -151,7 +151,7 @@ static void roundtrip(braid_loop *loop, const char *server_desc, const char *cli
     BT_OK(braid_transport_write(p->transport, "endpoint", 8));
     for (int i = 0; i < 1000 && got_len < 8; i++) BT_OK(braid_loop_run_once(loop, 0));
     BT_EQ(got_len, 8);
-    braid_transport_lose_connection(p->transport);
+    braid_transport_close_within(p->transport, BRAID_FOREVER);
     for (int i = 0; i < 1000 && lost_count < 2; i++) BT_OK(braid_loop_run_once(loop, 0));
     BT_EQ(lost_count, 2);
     braid_listener_close(l);

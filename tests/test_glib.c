@@ -194,7 +194,7 @@ static void cli_data(braid_protocol *p, const void *buf, size_t len) {
     cli_push(t);
     if (t->echoed == t->total) {
         *t->done = true;
-        braid_transport_lose_connection(p->transport);
+        braid_transport_close_within(p->transport, BRAID_FOREVER);
     }
 }
 static void cli_lost(braid_protocol *p, const braid_failure *f) {

@@ -933,7 +933,7 @@ static void s_data(braid_protocol *p, const void *buf, size_t len) {
         if (ol) braid_transport_write(p->transport, out, (size_t)ol);
         memmove(k->in, k->in + n + body, k->len - (size_t)n - body);
         k->len -= (size_t)n + body;
-        if (sv->close_after) { braid_transport_lose_connection(p->transport); return; }
+        if (sv->close_after) { braid_transport_close_within(p->transport, BRAID_FOREVER); return; }
     }
 }
 static const braid_protocol_ops s_ops = { .connection_made = s_made, .data_received = s_data,

@@ -147,7 +147,7 @@ BT_TEST(memory_records_writes_and_close) {
     BT_TRUE(memcmp(d, "hello world", 11) == 0);
     BT_OK(braid_memory_transport_receive(m, "ping", 4));
     BT_EQ(p.inlen, 4);
-    braid_transport_lose_connection(t);
+    braid_transport_close_within(t, BRAID_FOREVER);
     BT_ERR(braid_transport_write(t, "x", 1), BRAID_ESHUTDOWN);
     BT_OK(braid_loop_run_once(loop, BRAID_RUN_NOWAIT));
     braid_memory_state s = braid_memory_transport_state(m);
@@ -271,7 +271,7 @@ BT_TEST(pump_echo_and_backpressure) {
     braid_pump_flush(pump);
     BT_EQ(c.inlen, 7);
     /* client closes: the server (not half-close aware) follows */
-    braid_transport_lose_connection(c.base.transport);
+    braid_transport_close_within(c.base.transport, BRAID_FOREVER);
     braid_pump_flush(pump);
     BT_EQ(c.lost, 1); BT_EQ(s.lost, 1);
     BT_ERR(s.lost_code, BRAID_ECONNECTION_DONE);
@@ -322,7 +322,7 @@ static int memory_scenario(void) {
     rc = braid_transport_write(p.base.transport, big, sizeof big);
     int rc2 = braid_transport_write(p.base.transport, "x", 1);
     braid_memory_transport_consume(m, 50);
-    braid_transport_lose_connection(p.base.transport);
+    braid_transport_close_within(p.base.transport, BRAID_FOREVER);
     braid_memory_transport_consume(m, SIZE_MAX);
     braid_memory_transport_free(m);
     braid_loop_run_once(loop, BRAID_RUN_NOWAIT);
@@ -408,7 +408,7 @@ BT_IO_TEST(tcp_echo_roundtrip) {
     BT_EQ(cpool[0].inlen, 13);
     BT_TRUE(memcmp(cpool[0].in, "one two three", 13) == 0);
     BT_EQ(braid_listener_accepted(l), 1);
-    braid_transport_lose_connection(t);
+    braid_transport_close_within(t, BRAID_FOREVER);
     for (int i = 0; i < 1000 && !(cpool[0].lost && spool[0].lost); i++) BT_OK(braid_loop_run_once(loop, 0));
     BT_ERR(cpool[0].lost_code, BRAID_ECONNECTION_DONE);
     BT_ERR(spool[0].lost_code, BRAID_ECONNECTION_DONE);
@@ -455,7 +455,7 @@ BT_IO_TEST(tcp_slow_reader_pauses_producer) {
     BT_EQ(cpool[0].pattern_errors, 0);             /* every byte, in order, across pauses */
     BT_GE(pu.resumes, 1);
     braid_transport_unregister_producer(st);
-    braid_transport_lose_connection(st);
+    braid_transport_close_within(st, BRAID_FOREVER);
     for (int i = 0; i < 1000 && !(cpool[0].lost && spool[0].lost); i++) BT_OK(braid_loop_run_once(loop, 0));
     BT_EQ(pu.stops, 0);
     braid_listener_close(l);
@@ -631,7 +631,7 @@ BT_IO_TEST(connect_by_name_resolves_off_thread) {
     BT_FALSE(braid_deferred_called(d));   /* a name goes to the resolver pool */
     await_connect(loop, d, &g);
     BT_FALSE(g.failed);
-    braid_transport_lose_connection(g.p->transport);
+    braid_transport_close_within(g.p->transport, BRAID_FOREVER);
     for (int i = 0; i < 1000 && !(cpool[0].lost && spool[0].lost); i++) BT_OK(braid_loop_run_once(loop, 0));
     braid_listener_close(l);
     bt_loop_destroy(loop);
@@ -691,7 +691,7 @@ BT_IO_TEST(unix_listen_connect_and_fd_passing) {
     close(spool[0].fds[1]);
     int zero = 0;
     BT_ERR(braid_transport_send_fds(spool[0].base.transport, &zero, 0, "x", 1), BRAID_EINVAL);
-    braid_transport_lose_connection(ct);
+    braid_transport_close_within(ct, BRAID_FOREVER);
     for (int i = 0; i < 1000 && !(cpool[0].lost && spool[0].lost); i++) BT_OK(braid_loop_run_once(loop, 0));
     braid_listener_close(l);
     BT_TRUE(stat(path, &st) < 0);                 /* the socket file went with the listener */
@@ -858,7 +858,7 @@ static int walk_exchange(braid_loop *loop, walk_state *st, braid_deferred *d, bo
     WALK_SPIN(loop, st->client_got >= want || !st->client);
     if (rc == 0 && st->client_got != want) rc = st->client ? BRAID_EINVAL : BRAID_ECONNECTION_LOST;
     if (rc == 0 && pass_fd && st->fds_got != 1) rc = BRAID_EINVAL;
-    if (st->client) braid_transport_lose_connection(st->client->transport);
+    if (st->client) braid_transport_close_within(st->client->transport, BRAID_FOREVER);
     WALK_SPIN(loop, !st->client && st->server_lost == st->server_made);
     if (st->client || st->server_lost != st->server_made) abort();
     return rc;
@@ -1053,7 +1053,7 @@ BT_IO_TEST(listen_on_adopted_socket) {
     for (int i = 0; i < 1000 && cpool[0].inlen < 7; i++) BT_OK(braid_loop_run_once(loop, 0));
     BT_EQ(cpool[0].inlen, 7);
     BT_STREQ(braid_transport_kind(spool[0].base.transport), "tcp");
-    braid_transport_lose_connection(g.p->transport);
+    braid_transport_close_within(g.p->transport, BRAID_FOREVER);
     for (int i = 0; i < 1000 && !(cpool[0].lost && spool[0].lost); i++) BT_OK(braid_loop_run_once(loop, 0));
     braid_listener_close(l);
     BT_TRUE(fcntl(s, F_GETFD) < 0);               /* the listener owned (and closed) it */
@@ -1089,7 +1089,7 @@ BT_IO_TEST(connect_with_bind_address) {
     braid_address peer;
     BT_OK(braid_transport_get_peer(spool[0].base.transport, &peer));
     BT_EQ(braid_address_port(&peer), src);        /* the server sees our chosen port */
-    braid_transport_lose_connection(g.p->transport);
+    braid_transport_close_within(g.p->transport, BRAID_FOREVER);
     for (int i = 0; i < 1000 && !(cpool[0].lost && spool[0].lost); i++) BT_OK(braid_loop_run_once(loop, 0));
     /* not a numeric address */
     braid_deferred *d = braid_tcp_connect(loop, &(braid_tcp_connect_options){
@@ -1140,7 +1140,7 @@ static void tpull_resume(braid_producer *pr) {
     static char chunk[32768];
     if (p->chunks == p->max) {
         braid_transport_unregister_producer(p->t);
-        braid_transport_lose_connection(p->t);
+        braid_transport_close_within(p->t, BRAID_FOREVER);
         return;
     }
     memset(chunk, 'a' + p->chunks % 26, sizeof chunk);
@@ -1226,7 +1226,7 @@ BT_IO_TEST(tcp_eof_while_paused_comes_after_the_data) {
     static char data[200000];
     for (size_t i = 0; i < sizeof data; i++) data[i] = (char)(i % 251);
     BT_OK(braid_transport_write(g.p->transport, data, sizeof data));
-    braid_transport_lose_connection(g.p->transport);         /* FIN after the data */
+    braid_transport_close_within(g.p->transport, BRAID_FOREVER);         /* FIN after the data */
     for (int i = 0; i < 1000 && !cpool[0].lost; i++) BT_OK(braid_loop_run_once(loop, 0));
     for (int i = 0; i < 20; i++) BT_OK(braid_loop_run_once(loop, BRAID_RUN_NOWAIT));
     BT_EQ(spool[0].total_in, 0);
@@ -1241,7 +1241,7 @@ BT_IO_TEST(tcp_eof_while_paused_comes_after_the_data) {
     BT_EQ(spool[0].read_lost, 1);
     BT_UEQ(spool[0].total_in, sizeof data);                   /* all of it came before the EOF */
     BT_EQ(spool[0].pattern_errors, 0);
-    braid_transport_lose_connection(st);
+    braid_transport_close_within(st, BRAID_FOREVER);
     for (int i = 0; i < 1000 && !spool[0].lost; i++) BT_OK(braid_loop_run_once(loop, 0));
     BT_ERR(spool[0].lost_code, BRAID_ECONNECTION_DONE);
     braid_listener_close(l);
@@ -1281,7 +1281,7 @@ BT_TEST(memory_close_within_deadline) {
     tp q = { .base.ops = &tp_ops };
     m = braid_memory_transport_new(loop, &q.base);
     BT_OK(braid_transport_write(q.base.transport, big, sizeof big));
-    braid_transport_lose_connection(q.base.transport);   /* then a deadline on top */
+    braid_transport_close_within(q.base.transport, BRAID_FOREVER);   /* then a deadline on top */
     braid_transport_close_within(q.base.transport, BRAID_SECONDS(2));
     BT_OK(braid_loop_advance(loop, BRAID_SECONDS(1)));
     braid_memory_transport_consume(m, sizeof big);
@@ -1658,7 +1658,7 @@ BT_IO_TEST(broadcast_small_cap_keeps_readers_that_keep_up) {
         BT_EQ(w.cpool[i].pattern_errors, 0);
     }
     close(w.src);
-    for (int i = 0; i < 2; i++) braid_transport_lose_connection(w.rpool[i].base.transport);
+    for (int i = 0; i < 2; i++) braid_transport_close_within(w.rpool[i].base.transport, BRAID_FOREVER);
     for (int i = 0; i < 100000 && !(w.cpool[0].lost && w.cpool[1].lost && w.b.base.transport == NULL); i++)
         BT_OK(braid_loop_run_once(loop, 0));
     braid_listener_close(w.l);
@@ -1698,7 +1698,7 @@ BT_IO_TEST(broadcast_slow_consumer_recipe) {
         BT_OK(braid_loop_run_once(loop, BRAID_RUN_NOWAIT));
     BT_UEQ(w.cpool[1].total_in + w.b.r[1].dropped, total);   /* each byte: delivered or dropped */
     close(w.src);
-    for (int i = 0; i < 2; i++) braid_transport_lose_connection(w.rpool[i].base.transport);
+    for (int i = 0; i < 2; i++) braid_transport_close_within(w.rpool[i].base.transport, BRAID_FOREVER);
     for (int i = 0; i < 100000 && !(w.cpool[0].lost && w.cpool[1].lost && w.b.base.transport == NULL); i++)
         BT_OK(braid_loop_run_once(loop, 0));
     braid_listener_close(w.l);

@@ -67,8 +67,8 @@ BT_TEST(reset_earlier_and_later) {
     braid_timer_init(loop, &b.t, note_id, &b);
     BT_OK(braid_timer_start(&a.t, 100));
     BT_OK(braid_timer_start(&b.t, 200));
-    BT_OK(braid_timer_reset(&a.t, 300));   /* later */
-    BT_OK(braid_timer_reset(&b.t, 50));    /* earlier */
+    BT_OK(braid_timer_start(&a.t, 300));   /* later */
+    BT_OK(braid_timer_start(&b.t, 50));    /* earlier */
     BT_UEQ(braid_timer_deadline(&b.t), 1050);
     BT_OK(braid_loop_advance(loop, 120));
     BT_EQ(r.n, 1); BT_EQ(r.order[0], 2);
@@ -128,7 +128,7 @@ BT_TEST(zero_delay_rearm_yields_each_iteration) {
 static int later_calls;
 static void later_fn(void *arg) { (void)arg; later_calls++; }
 static braid_timer *self_h;
-static void later_rearm(void *arg) { (void)arg; if (++later_calls < 3) braid_timer_reset(self_h, 5); }
+static void later_rearm(void *arg) { (void)arg; if (++later_calls < 3) braid_timer_start(self_h, 5); }
 BT_TEST(call_later_handle) {
     braid_loop *loop = fake_loop();
     later_calls = 0;
@@ -136,7 +136,7 @@ BT_TEST(call_later_handle) {
     BT_TRUE(h);
     BT_PTR_EQ(h->loop, loop);
     BT_TRUE(braid_timer_active(h));
-    BT_OK(braid_timer_reset(h, 200));
+    BT_OK(braid_timer_start(h, 200));
     BT_OK(braid_loop_advance(loop, 150));
     BT_EQ(later_calls, 0);
     BT_OK(braid_loop_advance(loop, 60));

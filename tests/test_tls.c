@@ -171,7 +171,7 @@ BT_TEST(pump_handshake_data_close_notify) {
     braid_pump_flush(pr.pump);
     BT_EQ(c->inlen, 2);
     /* lose_connection: close_notify; the server sees a clean end. */
-    braid_transport_lose_connection(c->base.transport);
+    braid_transport_close_within(c->base.transport, BRAID_FOREVER);
     braid_pump_flush(pr.pump);
     BT_EQ(c->lost, 1);
     BT_EQ(s->lost, 1);
@@ -438,7 +438,7 @@ BT_TEST(starttls_over_pump) {
     BT_EQ(s.inlen, 6);
     BT_TRUE(!memcmp(s.in, "secret", 6));
     BT_EQ(c.inlen, 6);              /* echoed back through TLS */
-    braid_transport_lose_connection(c.base.transport);
+    braid_transport_close_within(c.base.transport, BRAID_FOREVER);
     braid_pump_flush(pump);
     BT_ERR(c.lost_code, BRAID_ECONNECTION_DONE);
     BT_ERR(s.lost_code, BRAID_ECONNECTION_DONE);
@@ -508,7 +508,7 @@ BT_IO_TEST(tcp_tls_echo_resume_and_bad_client) {
     BT_OK(braid_transport_get_peer(g.p->transport, &peer));
     BT_EQ(braid_address_port(&peer), port);
     BT_OK(braid_transport_set_nodelay(g.p->transport, true));
-    braid_transport_lose_connection(g.p->transport);
+    braid_transport_close_within(g.p->transport, BRAID_FOREVER);
     run_until(loop, &c[0].lost, &s[0].lost);
     BT_ERR(c[0].lost_code, BRAID_ECONNECTION_DONE);
     BT_ERR(s[0].lost_code, BRAID_ECONNECTION_DONE);
@@ -539,7 +539,7 @@ BT_IO_TEST(tcp_tls_echo_resume_and_bad_client) {
     BT_EQ(c[1].inlen, 5);
     BT_TRUE(c[1].reused);
     BT_TRUE(s[2].reused);
-    braid_transport_lose_connection(g2.p->transport);
+    braid_transport_close_within(g2.p->transport, BRAID_FOREVER);
     run_until(loop, &c[1].lost, &s[2].lost);
 
     braid_listener_close(l);
@@ -585,7 +585,7 @@ static void tls_over_fds(bool pipes) {
     for (int i = 0; i < 5000 && c[0].total_in < sizeof big; i++) BT_OK(braid_loop_run_once(loop, 0));
     BT_EQ(c[0].total_in, sizeof big);
     BT_TRUE(!memcmp(c[0].in, big, sizeof c[0].in));
-    braid_transport_lose_connection(c[0].base.transport);
+    braid_transport_close_within(c[0].base.transport, BRAID_FOREVER);
     run_until(loop, &c[0].lost, &s[0].lost);
     BT_ERR(c[0].lost_code, BRAID_ECONNECTION_DONE);
     BT_ERR(s[0].lost_code, BRAID_ECONNECTION_DONE);
@@ -620,7 +620,7 @@ static int pump_scenario(braid_loop *loop, braid_tls_ctx *sctx, braid_tls_ctx *c
     } else {
         if (c[0].base.transport) braid_transport_write(c[0].base.transport, "data", 4);
         braid_pump_flush(pump);
-        if (c[0].base.transport && !c[0].lost) braid_transport_lose_connection(c[0].base.transport);
+        if (c[0].base.transport && !c[0].lost) braid_transport_close_within(c[0].base.transport, BRAID_FOREVER);
         braid_pump_flush(pump);
         rc = s[0].inlen == 4 && s[0].lost_code == BRAID_ECONNECTION_DONE ? 0 : BRAID_ECONNECTION_LOST;
         braid_pump_free(pump);
@@ -751,7 +751,7 @@ BT_IO_TEST(endpoint_strings_over_tcp) {
     for (int i = 0; i < 2000 && c[0].inlen < 8; i++) BT_OK(braid_loop_run_once(loop, 0));
     BT_EQ(c[0].inlen, 8);
     BT_STREQ(braid_tls_transport_info(g.p->transport)->alpn, "h2");
-    braid_transport_lose_connection(g.p->transport);
+    braid_transport_close_within(g.p->transport, BRAID_FOREVER);
     run_until(loop, &c[0].lost, &s[0].lost);
     BT_ERR(c[0].lost_code, BRAID_ECONNECTION_DONE);
 
@@ -766,7 +766,7 @@ BT_IO_TEST(endpoint_strings_over_tcp) {
     BT_OK(braid_transport_write(g2.p->transport, "ip", 2));
     for (int i = 0; i < 2000 && c[1].inlen < 2; i++) BT_OK(braid_loop_run_once(loop, 0));
     BT_EQ(c[1].inlen, 2);
-    braid_transport_lose_connection(g2.p->transport);
+    braid_transport_close_within(g2.p->transport, BRAID_FOREVER);
     run_until(loop, &c[1].lost, &s[1].lost);
 
     braid_listener_close(l);
@@ -938,7 +938,7 @@ BT_IO_TEST(bad_input_over_tcp_fails_one_connection) {
     BT_OK(braid_transport_write(g.p->transport, "still here", 10));
     for (int i = 0; i < 2000 && c[0].inlen < 10; i++) BT_OK(braid_loop_run_once(loop, 0));
     BT_EQ(c[0].inlen, 10);
-    braid_transport_lose_connection(g.p->transport);
+    braid_transport_close_within(g.p->transport, BRAID_FOREVER);
     run_until(loop, &c[0].lost, &s[2].lost);
     BT_ERR(s[2].lost_code, BRAID_ECONNECTION_DONE);
 
@@ -1176,7 +1176,7 @@ BT_IO_TEST(starttls_over_tcp) {
     BT_EQ(s.inlen, 6);
     BT_EQ(c.inlen, 6);
     BT_TRUE(!memcmp(c.in, "secret", 6));
-    braid_transport_lose_connection(c.base.transport);
+    braid_transport_close_within(c.base.transport, BRAID_FOREVER);
     run_until(loop, &c.lost, &s.lost);
     BT_ERR(c.lost_code, BRAID_ECONNECTION_DONE);
     BT_ERR(s.lost_code, BRAID_ECONNECTION_DONE);

@@ -361,7 +361,7 @@ static void plug_closed(mdi_multi *m, mdi_plug *plug, void *arg) {
     (void)m;
     (void)arg;
     p->closing = true;
-    if (p->t) braid_transport_lose_connection(p->t);
+    if (p->t) braid_transport_close_within(p->t, BRAID_FOREVER);
 }
 
 static void plug_forget(dplug *p) {
@@ -580,10 +580,10 @@ static int shutdown_all(app *a) {
     if (a->listener) braid_listener_close(a->listener);
     for (guint i = 0; i < a->plugs->len; i++) {
         dplug *p = a->plugs->pdata[i];
-        if (p && p->t) braid_transport_lose_connection(p->t);
+        if (p && p->t) braid_transport_close_within(p->t, BRAID_FOREVER);
     }
     for (guint i = 0; i < a->sconns->len; i++)
-        braid_transport_lose_connection(((sconn *)a->sconns->pdata[i])->fp.base.transport);
+        braid_transport_close_within(((sconn *)a->sconns->pdata[i])->fp.base.transport, BRAID_FOREVER);
     int rc = braid_loop_run(a->loop);      /* braid alone: the closes complete */
     mdi_cycler_free(a->cycler);
     mdi_multi_free(a->windows);

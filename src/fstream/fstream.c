@@ -357,7 +357,7 @@ int braid_fstream_shutdown_write(braid_fstream *s) {
 
 int braid_fstream_close(braid_fstream *s, uint64_t timeout_ns) {
     braid_transport *t = s->base.transport;
-    if (t && !s->lost) braid_transport_lose_connection(t);
+    if (t && !s->lost) braid_transport_close_within(t, BRAID_FOREVER);
     if (!s->loop || !braid_fiber_current(s->loop)) return 0;
     uint64_t deadline = deadline_of(s, timeout_ns);
     while (s->base.transport && !s->lost) {
@@ -391,7 +391,7 @@ braid_transport *braid_fstream_transport(braid_fstream *s) {
 
 void braid_fstream_free(braid_fstream *s) {
     if (!s) return;
-    if (s->base.transport && !s->lost) braid_transport_lose_connection(s->base.transport);
+    if (s->base.transport && !s->lost) braid_transport_close_within(s->base.transport, BRAID_FOREVER);
     if (!s->attached) s->refs--;   /* never attached: no destroy will come */
     fs_release(s);
 }

@@ -416,7 +416,7 @@ static void conn_close(hc_conn *k, bool clean) {
     k->state = CONN_CLOSING;
     k->req = NULL;
     if (k->lost || !k->base.transport) return;
-    if (clean) braid_transport_lose_connection(k->base.transport);
+    if (clean) braid_transport_close_within(k->base.transport, BRAID_FOREVER);
     else braid_transport_abort(k->base.transport);
 }
 

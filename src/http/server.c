@@ -111,7 +111,7 @@ static void refresh_date(braid_http_server *s) {
 static void conn_close(hs_conn *c) {
     braid_http_server *s = c->srv;
     if (s->shutting_down && s->shutdown_deadline) braid__transport_close_at(c->base.transport, s->shutdown_deadline);
-    else braid_transport_lose_connection(c->base.transport);
+    else braid_transport_close_within(c->base.transport, BRAID_FOREVER);
 }
 
 /* ---- timers ------------------------------------------------------------------------ */

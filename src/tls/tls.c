@@ -338,12 +338,12 @@ static void glue_data(braid_protocol *p, const void *buf, size_t len) {
 static void glue_read_lost(braid_protocol *p) {
     braid__tls_conn *c = of_glue(p);
     if (!c->t_live || (c->t.state & BRAID__T_CLOSED)) {
-        if (c->lower) braid_transport_lose_connection(c->lower);
+        if (c->lower) braid_transport_close_within(c->lower, BRAID_FOREVER);
         return;
     }
     int rc = braid_tls_engine_feed_eof(c->engine);
     if (rc != BRAID_ECONNECTION_DONE) fail(c, rc);   /* EOF without close_notify */
-    else if (c->lower) braid_transport_lose_connection(c->lower);
+    else if (c->lower) braid_transport_close_within(c->lower, BRAID_FOREVER);
 }
 
 static void glue_lost(braid_protocol *p, const braid_failure *reason) {
@@ -435,7 +435,7 @@ static void tls_close(braid_transport *t) {
      * lower transport's flush too: the same deadline passes down. */
     uint64_t deadline = braid__transport_close_deadline(t);
     if (deadline) braid__transport_close_at(c->lower, deadline);
-    else braid_transport_lose_connection(c->lower);
+    else braid_transport_close_within(c->lower, BRAID_FOREVER);
 }
 
 static int tls_get_addr(braid_transport *t, bool peer, braid_address *out) {
