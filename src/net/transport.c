@@ -373,7 +373,7 @@ void braid__transport_close_at(braid_transport *t, uint64_t deadline) {
     lose_connection(t);
 }
 
-void braid_transport_close_within(braid_transport *t, uint64_t timeout_ns) {
+void braid_transport_close(braid_transport *t, uint64_t timeout_ns) {
     if (t->state & BRAID__T_CLOSED) return;
     if (timeout_ns == BRAID_FOREVER) { lose_connection(t); return; }
     uint64_t now = braid_loop_now_fresh(t->loop);
@@ -402,11 +402,11 @@ void braid_transport_abort_with(braid_transport *t, int code) {
 }
 
 /* ---- addresses and options -------------------------------------------------------------- */
-int braid_transport_get_peer(braid_transport *t, braid_address *out) {
+int braid_transport_peer(braid_transport *t, braid_address *out) {
     if (t->state & BRAID__T_CLOSED) return BRAID_ESHUTDOWN;
     return t->vt->get_addr ? t->vt->get_addr(t, true, out) : BRAID_ENOSYS;
 }
-int braid_transport_get_host(braid_transport *t, braid_address *out) {
+int braid_transport_host(braid_transport *t, braid_address *out) {
     if (t->state & BRAID__T_CLOSED) return BRAID_ESHUTDOWN;
     return t->vt->get_addr ? t->vt->get_addr(t, false, out) : BRAID_ENOSYS;
 }
