@@ -20,7 +20,7 @@
  *   connection_made        once, when the transport is attached (p->transport set);
  *   data_received          any number of times; buf is lent for the call only;
  *   read_connection_lost   the peer shut its write side (EOF) — only if this op is
- *                          set; without it EOF means lose_connection (Twisted's
+ *                          set; without it EOF means close (Twisted's
  *                          IHalfCloseableProtocol);
  *   write_connection_lost  our own shutdown_write completed (buffer flushed, FIN sent);
  *   connection_lost        exactly once, last. reason is lent for the call:
@@ -28,7 +28,7 @@
  *                          error (-ECONNRESET, BRAID_ECONNECTION_LOST after abort,
  *                          BRAID_EBUFFER_LIMIT when the write cap was passed ...).
  *                          It runs in the loop's ready phase, never from inside
- *                          a call the protocol made (write, lose_connection).
+ *                          a call the protocol made (write, close).
  *   destroy                (optional) after connection_lost: release what the
  *                          protocol owns. A protocol built by braid_factory_init's
  *                          default builder is then freed by braid.

@@ -51,28 +51,26 @@ extern "C" {
 #endif
 
 /* ---- the transport (ITransport, ITCPTransport, IHalfCloseableDescriptor) ---- */
-/* Queue bytes. 0, or: BRAID_ESHUTDOWN after lose_connection/shutdown_write/close
+/* Queue bytes. 0, or: BRAID_ESHUTDOWN after close/shutdown_write
  * (nothing queued), BRAID_EBUFFER_LIMIT if this write passed the hard cap (the
  * connection is being aborted), BRAID_ENOMEM. */
 BRAID_API int braid_transport_write(braid_transport *t, const void *buf, size_t len);
 BRAID_API int braid_transport_writev(braid_transport *t, const struct iovec *iov, int iovcnt);
-/* Flush what is buffered, then close: connection_lost(BRAID_ECONNECTION_DONE).
- * No deadline: a peer that never reads keeps the connection (and the loop)
- * alive for as long as it likes — use close_within where that matters. */
-BRAID_API void braid_transport_close(braid_transport *t, BRAID_FOREVER);
-/* A graceful close with a deadline: lose_connection now, and if the
- * connection has not closed timeout_ns later on the loop clock (the peer did
- * not read what was buffered), abort it — the rest of the buffer is dropped,
- * a TCP peer gets RST, and connection_lost receives BRAID_ETIMEDOUT ("close
- * deadline passed with N bytes unsent"). A peer that reads in time gets the
- * usual clean close (BRAID_ECONNECTION_DONE). Escalation, in order: flush
- * (as lose_connection) → deadline → abort. Calling it again, or after
- * lose_connection, only ever moves the deadline earlier; BRAID_FOREVER is
- * plain lose_connection; 0 aborts in the next timer phase unless the close
- * completed first. Works on every kind; a TLS transport passes its deadline
- * down to the transport under it (close_notify and the last records get the
- * rest of the time, then that one is aborted too). Servers shutting down:
- * close the listener, close_within every connection, run the loop dry. */
+/* The graceful close: flush what is buffered, then close
+ * (connection_lost(BRAID_ECONNECTION_DONE)); if the connection has not
+ * closed timeout_ns later on the loop clock (the peer did not read what was
+ * buffered), abort it — the rest of the buffer is dropped, a TCP peer gets
+ * RST, and connection_lost receives BRAID_ETIMEDOUT ("close deadline passed
+ * with N bytes unsent"). A peer that reads in time gets the usual clean
+ * close. Escalation, in order: flush → deadline → abort. Calling it again
+ * only ever moves the deadline earlier; BRAID_FOREVER waits for the flush as
+ * long as the peer likes (a peer that never reads then keeps the connection,
+ * and the loop, alive: give servers a real timeout); 0 aborts in the next
+ * timer phase unless the close completed first. Works on every kind; a TLS
+ * transport passes its deadline down to the transport under it
+ * (close_notify and the last records get the rest of the time, then that
+ * one is aborted too). Servers shutting down: close the listener, close
+ * every connection with a timeout, run the loop dry. */
 BRAID_API void braid_transport_close(braid_transport *t, uint64_t timeout_ns);
 /* Close now, dropping the buffer: connection_lost(BRAID_ECONNECTION_LOST). */
 BRAID_API void braid_transport_abort(braid_transport *t);

@@ -19,7 +19,7 @@
  *     // Twisted's callLater: an allocated one-shot whose handle lives until
  *     // it has fired (after its callback returns) or was cancelled.
  *     braid_timer *h = braid_timer_call_later(loop, BRAID_SECONDS(1), fn, arg);
- *     braid_timer_start(h, BRAID_SECONDS(2));
+ *     braid_timer_start(h, BRAID_SECONDS(2)); // move it
  *     braid_timer_cancel(h);                  // stops and frees
  *
  *     // Tests:
@@ -99,8 +99,6 @@ BRAID_API void braid_timer_unref(braid_timer *t);
  * braid_timer_cancel. */
 BRAID_API braid_timer *braid_timer_call_later(braid_loop *loop, uint64_t delay_ns,
                                         braid_loop_call_cb fn, void *arg);
-/* Move a call_later (or any) timer's deadline to delay_ns from now. */
-BRAID_API int braid_timer_start(braid_timer *t, uint64_t delay_ns);
 /* Stop; for a call_later handle also free it. */
 BRAID_API void braid_timer_cancel(braid_timer *t);
 

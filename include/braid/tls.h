@@ -225,7 +225,7 @@ BRAID_API size_t braid_tls_engine_buffered(const braid_tls_engine *e);
  * transport (TCP, Unix, pipe, memory) and runs an engine; the application's
  * protocol sits on a *TLS transport* that the glue provides. The application
  * sees bytes and an ordinary braid_transport: braid_transport_write,
- * lose_connection (close_notify, then the lower transport is closed once it
+ * close (close_notify, then the lower transport is closed once it
  * has flushed), abort, shutdown_write (close_notify, then FIN), producers,
  * watermarks and the hard cap, pause/resume_reading — all of them work on the
  * TLS transport, and hold end to end: plaintext waits in the TLS transport's
