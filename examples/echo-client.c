@@ -62,7 +62,7 @@ int main(int argc, char **argv) {
         return 1;
     }
     client c = { .words = argv + 2, .nwords = argc - 2 };
-    if (braid_loop_new(&c.loop, NULL) < 0) return 1;
+    if (braid_loop_new(NULL, &c.loop) < 0) return 1;
     braid_factory factory;
     braid_factory_init(&factory, &client_ops, sizeof(braid_protocol), &c);
     braid_deferred *d = braid_endpoint_connect(c.loop, argv[1], &factory);

@@ -114,7 +114,7 @@ static void on_signal(braid_signal *sig, int signo, void *arg) {
 int main(int argc, char **argv) {
     const char *where = argc > 1 ? argv[1] : "tcp:8000:interface=127.0.0.1";
     server s = { 0 };
-    if (braid_loop_new(&s.loop, NULL) < 0) return 1;   /* $BRAID_BACKEND picks the poller */
+    if (braid_loop_new(NULL, &s.loop) < 0) return 1;   /* $BRAID_BACKEND picks the poller */
     braid_signal_start(s.loop, &s.sigint, SIGINT, on_signal, &s);
     braid_signal_start(s.loop, &s.sigterm, SIGTERM, on_signal, &s);
 

@@ -74,7 +74,7 @@ int main(int argc, char **argv) {
         return 2;
     }
     get g = { .status = 1 };
-    if (braid_loop_new(&g.loop, NULL) < 0) return 1;
+    if (braid_loop_new(NULL, &g.loop) < 0) return 1;
     if (braid_http_client_new(g.loop, &(braid_http_client_options){ .max_redirects = follow },
                               &g.client) < 0)
         return 1;

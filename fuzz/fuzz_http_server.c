@@ -37,22 +37,25 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     data++;
     size--;
 
-    braid_fake_clock *fc = braid_fake_clock_new(BRAID_SECONDS(1000));
+    braid_fake_clock *fc = NULL;
+    braid_fake_clock_new(BRAID_SECONDS(1000), &fc);
     braid_loop *loop;
     braid_loop_options lo = { .backend = BRAID_BACKEND_POLL, .clock = braid_fake_clock_base(fc) };
-    if (!fc || braid_loop_new(&loop, &lo) < 0) abort();
+    if (!fc || braid_loop_new(&lo, &loop) < 0) abort();
     braid_http_server *s;
     braid_http_server_options so = { 0 };
     if (braid_http_server_new(loop, &so, &s) < 0) abort();
     if (braid_http_server_route(s, NULL, "/", BRAID_HTTP_ROUTE_PREFIX, h_echo, NULL) < 0) abort();
     braid_protocol *p = braid_factory_build(braid_http_server_factory(s), NULL);
     if (!p) abort();
-    braid_memory_transport *m = braid_memory_transport_new(loop, p);
+    braid_memory_transport *m = NULL;
+    braid_memory_transport_new(loop, p, &m);
     if (!m) abort();
 
     for (size_t off = 0; off < size; off += piece) {
         size_t n = size - off < piece ? size - off : piece;
-        braid_memory_state st = braid_memory_transport_state(m);
+        struct braid_memory_transport_state st;
+        braid_memory_transport_state(m, &st);
         if (st.closed) break;
         if (braid_memory_transport_receive(m, data + off, n) < 0) break;
         spin(loop);

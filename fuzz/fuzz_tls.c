@@ -32,8 +32,8 @@ static void init(void) {
     btc_make(&srv, BTC_EC, "localhost", "DNS:localhost", &ca, -3600, 86400 * 365);
     braid_tls_options so = { .cert_pem = srv.cert_pem, .key_pem = srv.key_pem, .alpn = "h2,http/1.1" };
     braid_tls_options co = { .ca_pem = ca.cert_pem, .alpn = "h2" };
-    if (braid_tls_ctx_new(&server, BRAID_TLS_SERVER, &so, NULL, 0) < 0 ||
-        braid_tls_ctx_new(&client, BRAID_TLS_CLIENT, &co, NULL, 0) < 0)
+    if (braid_tls_ctx_new(BRAID_TLS_SERVER, &so, NULL, 0, &server) < 0 ||
+        braid_tls_ctx_new(BRAID_TLS_CLIENT, &co, NULL, 0, &client) < 0)
         abort();
 }
 
@@ -58,13 +58,13 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     braid_tls_engine *e = NULL;
     failed_now = false;
     if (mode == 1) {
-        if (braid_tls_engine_new(&e, client, "localhost", &ops, NULL) < 0) abort();
+        if (braid_tls_engine_new(client, "localhost", &ops, NULL, &e) < 0) abort();
         drain(e);                                   /* the ClientHello went out */
     } else {
-        if (braid_tls_engine_new(&e, server, NULL, &ops, NULL) < 0) abort();
+        if (braid_tls_engine_new(server, NULL, &ops, NULL, &e) < 0) abort();
         if (mode == 2) {
             braid_tls_engine *c;
-            if (braid_tls_engine_new(&c, client, "localhost", NULL, NULL) < 0) abort();
+            if (braid_tls_engine_new(client, "localhost", NULL, NULL, &c) < 0) abort();
             size_t len;
             const void *hello = braid_tls_engine_out(c, &len);
             if (braid_tls_engine_feed(e, hello, len) != 0) abort();

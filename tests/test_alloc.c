@@ -14,7 +14,7 @@ static void noop_call(void *arg) { ++*(int *)arg; }
 /* Returns 0 on success or the first error; always cleans up. */
 static int scenario(void) {
     braid_loop *loop;
-    int rc = braid_loop_new(&loop, NULL);
+    int rc = braid_loop_new(NULL, &loop);
     if (rc < 0) return rc;
     int sv[2];
     if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK, 0, sv) < 0) abort();

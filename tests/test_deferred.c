@@ -44,11 +44,11 @@ static braid_fake_clock *fc;
 static braid_loop *mkloop(void) {
     memset(&g_log, 0, sizeof g_log);
     memset(&g_unh, 0, sizeof g_unh);
-    fc = braid_fake_clock_new(0);
+    braid_fake_clock_new(0, &fc);
     BT_TRUE(fc);
     braid_loop_options o = { .clock = braid_fake_clock_base(fc), .log = cap_log };
     braid_loop *loop = NULL;
-    BT_OK(braid_loop_new(&loop, &o));
+    BT_OK(braid_loop_new(&o, &loop));
     braid_loop_set_unhandled(loop, on_unhandled, NULL);
     return loop;
 }
@@ -167,6 +167,47 @@ BT_TEST(release_before_fire_keeps_it_alive_for_the_producer) {
     BT_OK(braid_deferred_callback(d, (void *)(intptr_t)5, NULL));
     BT_STREQ(t.s, "c5,");
     BT_EQ(braid_deferred_live(loop), 0);       /* freed after its callbacks ran */
+    done(loop);
+}
+
+/* braid_deferred_then: the pair is added and the caller's reference taken
+ * over in one step — nothing to release afterwards, on either order. */
+static braid_result eb_take(braid_result r, void *arg) {
+    step *s = arg;
+    tr(s->t, "e%ld,", (long)r.failure->code);
+    braid_result_drop(r);
+    return braid_result_ok(NULL);
+}
+BT_TEST(then_takes_over_the_reference) {
+    braid_loop *loop = mkloop();
+    trace t = { 0 };
+    step s = { &t, 1, 0 };
+    /* pending: the producer's reference keeps d until it fires */
+    braid_deferred *d = braid_deferred_new(loop);
+    BT_OK(braid_deferred_then(d, cb_add, eb_take, &s));
+    BT_EQ(braid_deferred_live(loop), 1);
+    BT_OK(braid_deferred_callback(d, (void *)(intptr_t)5, NULL));
+    BT_STREQ(t.s, "c5,");
+    BT_EQ(braid_deferred_live(loop), 0);     /* freed: no reference was left with us */
+    /* already fired (as most ready paths are): runs at once, then freed */
+    BT_OK(braid_deferred_then(braid_deferred_succeed(loop, (void *)(intptr_t)9, NULL),
+                              cb_add, eb_take, &s));
+    BT_STREQ(t.s, "c5,c9,");
+    BT_EQ(braid_deferred_live(loop), 0);
+    /* a failure reaches eb and is consumed: nothing unhandled */
+    BT_OK(braid_deferred_then(braid_deferred_fail(loop, braid_failure_new(BRAID_EPIPE, NULL)),
+                              cb_add, eb_take, &s));
+    BT_EQ(g_unh.n, 0);
+    BT_EQ(braid_deferred_live(loop), 0);
+    done(loop);
+}
+
+BT_TEST(then_on_null_is_enomem) {
+    braid_loop *loop = mkloop();
+    trace t = { 0 };
+    step s = { &t, 1, 0 };
+    BT_ERR(braid_deferred_then(NULL, cb_add, eb_take, &s), BRAID_ENOMEM);
+    BT_EQ(t.n, 0);
     done(loop);
 }
 
@@ -511,7 +552,7 @@ BT_TEST(unconsumed_failure_default_logs_origin) {
     memset(&g_log, 0, sizeof g_log);
     braid_loop_options o = { .log = cap_log };
     braid_loop *loop = NULL;
-    BT_OK(braid_loop_new(&loop, &o));
+    BT_OK(braid_loop_new(&o, &loop));
     fflush(stderr);
     pid_t pid = fork();
     if (pid == 0) {
@@ -621,7 +662,7 @@ BT_TEST(expect_helpers_report_mismatches) {
 static int core_scenario(void) {
     braid_loop *loop = NULL;
     braid_loop_options o = { .clock = braid_fake_clock_base(fc), .log = cap_log };
-    int rc = braid_loop_new(&loop, &o);
+    int rc = braid_loop_new(&o, &loop);
     if (rc < 0) return rc;
     braid_loop_set_unhandled(loop, on_unhandled, NULL);
     trace t = { 0 };
@@ -657,7 +698,7 @@ out:
 }
 
 BT_TEST(allocation_failure_walk) {
-    fc = braid_fake_clock_new(0);
+    braid_fake_clock_new(0, &fc);
     long base = braid_test_alloc_outstanding();
     int failures_seen = 0;
     for (long n = 1; n < 200; n++) {
@@ -709,7 +750,7 @@ BT_TEST(use_after_release_aborts_long_after_in_debug_builds) {
     if (pid == 0) {
         dup2(p[1], 2);
         braid_loop *l2;
-        if (braid_loop_new(&l2, NULL) < 0) _exit(3);   /* default logger: stderr */
+        if (braid_loop_new(NULL, &l2) < 0) _exit(3);   /* default logger: stderr */
         braid_deferred *d = braid_deferred_succeed(l2, NULL, NULL);
         braid_deferred_unref(d);
         for (int i = 0; i < 10000; i++) {          /* churn: 10,000 made and freed */
@@ -1022,7 +1063,7 @@ BT_TEST(gather_thousand) {
 static int gather_scenario(void) {
     braid_loop *loop = NULL;
     braid_loop_options o = { .clock = braid_fake_clock_base(fc), .log = cap_log };
-    int rc = braid_loop_new(&loop, &o);
+    int rc = braid_loop_new(&o, &loop);
     if (rc < 0) return rc;
     braid_loop_set_unhandled(loop, on_unhandled, NULL);
     braid_deferred *m[6] = { 0 };
@@ -1054,7 +1095,7 @@ static int gather_scenario(void) {
 }
 
 BT_TEST(combinator_allocation_failure_walk) {
-    fc = braid_fake_clock_new(0);
+    braid_fake_clock_new(0, &fc);
     memset(&g_unh, 0, sizeof g_unh);
     long base = braid_test_alloc_outstanding();
     int seen = 0;
@@ -1444,7 +1485,7 @@ BT_TEST(leak_gate_names_open_primitives) {
 static int prims_scenario(void) {
     braid_loop *loop = NULL;
     braid_loop_options o = { .clock = braid_fake_clock_base(fc), .log = cap_log };
-    int rc = braid_loop_new(&loop, &o);
+    int rc = braid_loop_new(&o, &loop);
     if (rc < 0) return rc;
     braid_loop_set_unhandled(loop, on_unhandled, NULL);
     int first = 0;
@@ -1500,7 +1541,7 @@ static int prims_scenario(void) {
 }
 
 BT_TEST(primitives_allocation_failure_walk) {
-    fc = braid_fake_clock_new(0);
+    braid_fake_clock_new(0, &fc);
     memset(&g_unh, 0, sizeof g_unh);
     long base = braid_test_alloc_outstanding();
     int seen = 0;

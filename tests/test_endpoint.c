@@ -176,7 +176,8 @@ BT_IO_TEST(listen_connect_unix_strings) {
 }
 
 BT_IO_TEST(connect_string_timeout) {
-    braid_fake_clock *fc = braid_fake_clock_new(0);
+    braid_fake_clock *fc = NULL;
+    braid_fake_clock_new(0, &fc);
     braid_loop *loop = bt_loop_new(braid_fake_clock_base(fc));
     braid_factory cf;
     braid_factory_init(&cf, &client_ops, sizeof(ep_proto), NULL);

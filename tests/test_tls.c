@@ -28,7 +28,7 @@ static braid_tls_ctx *server_ctx(const btc_cert *cert, const char *alpn) {
     braid_tls_options o = { .cert_pem = cert->cert_pem, .key_pem = cert->key_pem, .alpn = alpn };
     braid_tls_ctx *c;
     char err[256];
-    if (braid_tls_ctx_new(&c, BRAID_TLS_SERVER, &o, err, sizeof err) < 0)
+    if (braid_tls_ctx_new(BRAID_TLS_SERVER, &o, err, sizeof err, &c) < 0)
         bt_fail(__FILE__, __LINE__, "server ctx: %s", err);
     return c;
 }
@@ -36,7 +36,7 @@ static braid_tls_ctx *client_ctx(const char *alpn) {
     braid_tls_options o = { .ca_pem = world()->ca.cert_pem, .alpn = alpn };
     braid_tls_ctx *c;
     char err[256];
-    if (braid_tls_ctx_new(&c, BRAID_TLS_CLIENT, &o, err, sizeof err) < 0)
+    if (braid_tls_ctx_new(BRAID_TLS_CLIENT, &o, err, sizeof err, &c) < 0)
         bt_fail(__FILE__, __LINE__, "client ctx: %s", err);
     return c;
 }
@@ -130,7 +130,7 @@ static void pair_open(pair *pr, braid_loop *loop, const char *host, const char *
     braid_protocol *cg = braid_factory_build(&pr->ctf.base, NULL);
     braid_protocol *sg = braid_factory_build(&pr->stf.base, NULL);
     BT_TRUE(cg && sg);
-    pr->pump = braid_pump_new(loop, cg, sg);
+    braid_pump_new(loop, cg, sg, &pr->pump);
     BT_TRUE(pr->pump != NULL);
     BT_TRUE(braid_tls_wrapped_protocol(cg) == &pr->c[0].base);
 }
@@ -341,7 +341,8 @@ BT_TEST(garbage_fails_one_connection) {
     braid_tls_factory stf;
     BT_OK(braid_tls_factory_init(&stf, &sf.f, &(braid_tls_wrap_options){ .ctx = sctx }));
     app junk = { .base.ops = &app_ops };
-    braid_pump *pump = braid_pump_new(loop, &junk.base, braid_factory_build(&stf.base, NULL));
+    braid_pump *pump = NULL;
+    braid_pump_new(loop, &junk.base, braid_factory_build(&stf.base, NULL), &pump);
     BT_OK(braid_transport_write(junk.base.transport, "GET / HTTP/1.1\r\nHost: x\r\n\r\n", 27));
     braid_pump_flush(pump);
     BT_EQ(s[0].lost, 1);
@@ -356,7 +357,7 @@ BT_TEST(garbage_fails_one_connection) {
     af_init(&cf, c, 1);
     braid_tls_factory ctf;
     BT_OK(braid_tls_factory_init(&ctf, &cf.f, &(braid_tls_wrap_options){ .ctx = cctx, .server_name = "localhost" }));
-    pump = braid_pump_new(loop, braid_factory_build(&ctf.base, NULL), braid_factory_build(&stf.base, NULL));
+    braid_pump_new(loop, braid_factory_build(&ctf.base, NULL), braid_factory_build(&stf.base, NULL), &pump);
     BT_OK(braid_transport_write(c[0].base.transport, "ok", 2));
     braid_pump_flush(pump);
     BT_EQ(s[1].inlen, 2);
@@ -372,7 +373,8 @@ BT_TEST(garbage_fails_one_connection) {
 /* A server that never answers: the client's handshake times out on the
  * loop's (fake) clock. */
 BT_TEST(handshake_timeout_on_fake_clock) {
-    braid_fake_clock *fc = braid_fake_clock_new(BRAID_SECONDS(100));
+    braid_fake_clock *fc = NULL;
+    braid_fake_clock_new(BRAID_SECONDS(100), &fc);
     braid_loop *loop = bt_loop_new(braid_fake_clock_base(fc));
     braid_tls_ctx *cctx = client_ctx(NULL);
     afactory cf;
@@ -382,7 +384,8 @@ BT_TEST(handshake_timeout_on_fake_clock) {
     BT_OK(braid_tls_factory_init(&ctf, &cf.f, &(braid_tls_wrap_options){
         .ctx = cctx, .server_name = "localhost", .handshake_timeout = BRAID_SECONDS(5) }));
     app silent = { .base.ops = &app_ops };
-    braid_pump *pump = braid_pump_new(loop, braid_factory_build(&ctf.base, NULL), &silent.base);
+    braid_pump *pump = NULL;
+    braid_pump_new(loop, braid_factory_build(&ctf.base, NULL), &silent.base, &pump);
     braid_pump_flush(pump);
     BT_GT(silent.inlen, 0);            /* the ClientHello arrived, unanswered */
     BT_OK(braid_loop_advance(loop, BRAID_SECONDS(4)));
@@ -428,7 +431,8 @@ BT_TEST(starttls_over_pump) {
     braid_tls_ctx *sctx = server_ctx(&world()->server, NULL), *cctx = client_ctx(NULL);
     app c = { .base.ops = &st_ops, .starttls_ctx = cctx, .starttls_client = true };
     app s = { .base.ops = &st_ops, .starttls_ctx = sctx, .echo = true };
-    braid_pump *pump = braid_pump_new(loop, &c.base, &s.base);
+    braid_pump *pump = NULL;
+    braid_pump_new(loop, &c.base, &s.base, &pump);
     BT_OK(braid_transport_write(c.base.transport, "STARTTLS\n", 9));
     braid_pump_flush(pump);
     BT_EQ(c.handshakes, 1);
@@ -611,7 +615,8 @@ static int pump_scenario(braid_loop *loop, braid_tls_ctx *sctx, braid_tls_ctx *c
     rc = braid_tls_factory_init(&ctf, &cf.f, &(braid_tls_wrap_options){ .ctx = cctx, .server_name = "localhost" });
     if (rc < 0) { braid_tls_factory_close(&stf); return rc; }
     braid_protocol *cg = braid_factory_build(&ctf.base, NULL), *sg = braid_factory_build(&stf.base, NULL);
-    braid_pump *pump = cg && sg ? braid_pump_new(loop, cg, sg) : NULL;
+    braid_pump *pump = NULL;
+    if (cg && sg) braid_pump_new(loop, cg, sg, &pump);
     if (!pump) {
         /* glue never attached: release it as a transport would */
         if (cg) cg->ops->destroy(cg);
@@ -876,7 +881,7 @@ BT_IO_TEST(bad_input_over_tcp_fails_one_connection) {
     braid_tls_options so = { .cert_pem = world()->server.cert_pem, .key_pem = world()->server.key_pem,
                              .max_version = BRAID_TLS_V1_2 };   /* renegotiation exists up to 1.2 */
     braid_tls_ctx *sctx, *cctx = client_ctx(NULL);
-    BT_OK(braid_tls_ctx_new(&sctx, BRAID_TLS_SERVER, &so, NULL, 0));
+    BT_OK(braid_tls_ctx_new(BRAID_TLS_SERVER, &so, NULL, 0, &sctx));
     afactory sf;
     app s[3];
     af_init(&sf, s, 3);
@@ -888,7 +893,7 @@ BT_IO_TEST(bad_input_over_tcp_fails_one_connection) {
 
     /* 1: half a ClientHello, then FIN */
     braid_tls_engine *hello_src;
-    BT_OK(braid_tls_engine_new(&hello_src, cctx, "localhost", NULL, NULL));
+    BT_OK(braid_tls_engine_new(cctx, "localhost", NULL, NULL, &hello_src));
     size_t hlen;
     const void *hello = braid_tls_engine_out(hello_src, &hlen);
     afactory jf;
@@ -907,7 +912,7 @@ BT_IO_TEST(bad_input_over_tcp_fails_one_connection) {
     static rawtls rc1;
     memset(&rc1, 0, sizeof rc1);
     rc1.base.ops = &raw_ops;
-    BT_OK(braid_tls_engine_new(&rc1.e, cctx, "localhost", &raw_engine_ops, &rc1));
+    BT_OK(braid_tls_engine_new(cctx, "localhost", &raw_engine_ops, &rc1, &rc1.e));
     onefactory of;
     one_init(&of, &rc1.base);
     plain_connect(loop, port, &of.f);
@@ -1024,11 +1029,11 @@ BT_IO_TEST(one_byte_writes_over_tcp_make_few_records) {
     braid_tls_options so = { .cert_pem = world()->server.cert_pem, .key_pem = world()->server.key_pem,
                              .max_version = BRAID_TLS_V1_2 };
     braid_tls_ctx *sctx, *cctx = client_ctx(NULL);
-    BT_OK(braid_tls_ctx_new(&sctx, BRAID_TLS_SERVER, &so, NULL, 0));
+    BT_OK(braid_tls_ctx_new(BRAID_TLS_SERVER, &so, NULL, 0, &sctx));
     static rawtls rs;
     memset(&rs, 0, sizeof rs);
     rs.base.ops = &raw_ops;
-    BT_OK(braid_tls_engine_new(&rs.e, sctx, NULL, &raw_engine_ops, &rs));
+    BT_OK(braid_tls_engine_new(sctx, NULL, &raw_engine_ops, &rs, &rs.e));
     onefactory of;
     one_init(&of, &rs.base);
     braid_listener *l;

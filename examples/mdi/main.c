@@ -612,7 +612,7 @@ int main(int argc, char **argv) {
         fprintf(stderr, "braid-mdi: cannot open a display (is DISPLAY set?)\n");
         return 77;
     }
-    if (braid_loop_new(&a.loop, NULL) < 0) return 1;
+    if (braid_loop_new(NULL, &a.loop) < 0) return 1;
     int rc = a.braid_main ? braid_glib_context_new(a.loop, NULL, NULL, &a.gc)
                           : braid_glib_source_new(a.loop, NULL, NULL, &a.src);
     if (rc < 0) {

@@ -12,8 +12,8 @@
  *         braid_dgram_send_to(d, buf, len, from);       // echo
  *     }
  *     braid_dgram *d;
- *     braid_dgram_open(loop, &(braid_dgram_options){ .host = "127.0.0.1", .port = 5353 },
- *                      &(braid_dgram_ops){ .datagram_received = got }, NULL, &d);
+ *     braid_dgram_open(loop, *                      &(braid_dgram_ops){ .datagram_received = got },
+ NULL, &(braid_dgram_options){ .host = "127.0.0.1", .port = 5353 }, &d);
  *     ...
  *     braid_dgram_close(d);
  *
@@ -54,8 +54,8 @@ typedef struct braid_dgram_options {
     size_t max_datagram;       /* receive buffer per datagram, 0 = 65536 */
 } braid_dgram_options;
 
-BRAID_API int braid_dgram_open(braid_loop *loop, const braid_dgram_options *o,
-                               const braid_dgram_ops *ops, void *arg, braid_dgram **out);
+BRAID_API int braid_dgram_open(braid_loop *loop, const braid_dgram_ops *ops,
+                               void *arg, const braid_dgram_options *o, braid_dgram **out);
 BRAID_API int braid_dgram_send_to(braid_dgram *d, const void *buf, size_t len,
                                   const braid_address *to);
 /* Connected mode. */

@@ -76,9 +76,9 @@ extern "C" {
 
 typedef struct braid_fiber braid_fiber;
 
-/* A fiber's body: runs on the fiber's stack; its result (a value, a failure,
- * or braid_result_chain(d)) fires the fiber's Deferred. */
-typedef braid_result (*braid_result_fn)(void *arg);
+/* A fiber's body is a braid_result_fn (<braid/deferred.h>): it runs on the
+ * fiber's stack; its result (a value, a failure, or braid_result_chain(d))
+ * fires the fiber's Deferred. */
 
 #define BRAID_FIBER_DEFAULT_STACK (64u * 1024u)
 #define BRAID_FIBER_NAME_MAX 32

@@ -16,7 +16,7 @@
  *         }
  *     }
  *     braid_fstream_factory ff;
- *     braid_fstream_factory_init(&ff, loop, echo_lines, NULL, NULL);
+ *     braid_fstream_factory_init(loop, &ff, echo_lines, NULL, NULL);
  *     braid_endpoint_listen(loop, "tcp:8000:interface=127.0.0.1", &ff.base);
  *
  * Timeouts: every call that can wait takes timeout_ns on the loop's clock
@@ -71,9 +71,9 @@ extern "C" {
 typedef struct braid_fstream braid_fstream;
 
 /* A stream not yet attached: pass braid_fstream_protocol(s) to a transport
- * (braid_transport_adopt, braid_memory_transport_new, braid_pump_new). NULL when
- * out of memory. */
-BRAID_API braid_fstream *braid_fstream_new(braid_loop *loop);
+ * (braid_transport_adopt, braid_memory_transport_new, braid_pump_new). 0 and *out
+ * (yours: braid_fstream_free), or BRAID_ENOMEM. */
+BRAID_API int braid_fstream_new(braid_loop *loop, braid_fstream **out);
 BRAID_API braid_protocol *braid_fstream_protocol(braid_fstream *s);
 /* The transport while the connection is open (peer address, TCP options), else NULL. */
 BRAID_API braid_transport *braid_fstream_transport(braid_fstream *s);
@@ -150,7 +150,7 @@ typedef struct braid_fstream_factory {
 } braid_fstream_factory;
 
 /* fopts may be NULL (default stack, name "fstream"). */
-BRAID_API void braid_fstream_factory_init(braid_fstream_factory *ff, braid_loop *loop,
+BRAID_API void braid_fstream_factory_init(braid_loop *loop, braid_fstream_factory *ff,
                                           braid_fstream_handler_fn handler, void *arg,
                                           const braid_fiber_options *fopts);
 /* Connection fibers alive. */

@@ -403,9 +403,10 @@ typedef struct braid_http_response {
     char *body;                /* owned */
     size_t body_len;
 } braid_http_response;
-/* NULL on allocation failure; body and content_type are copied. */
-BRAID_API braid_http_response *braid_http_response_new(int status, const char *content_type,
-                                                       const void *body, size_t len);
+/* body and content_type are copied. 0 and *out (yours: braid_http_response_free,
+ * or hand it to a Deferred with that dtor), or BRAID_ENOMEM. */
+BRAID_API int braid_http_response_new(int status, const char *content_type, const void *body,
+                                      size_t len, braid_http_response **out);
 BRAID_API int braid_http_response_add_header(braid_http_response *r, const char *name,
                                              const char *value);
 BRAID_API void braid_http_response_free(void *r);
@@ -589,15 +590,17 @@ BRAID_API void braid_http_client_response_pause(braid_http_client_response *r);
 BRAID_API void braid_http_client_response_resume(braid_http_client_response *r);
 BRAID_API void braid_http_client_response_abort(braid_http_client_response *r);
 
-typedef struct braid_http_client_stats {
+struct braid_http_client_stats {
     uint64_t connections;       /* connections opened (made) */
     uint64_t reused;            /* requests that ran on a pooled connection */
     uint64_t retried;           /* requests retried after a stale pooled connection */
     size_t idle;                /* idle connections now, all origins */
     size_t active;              /* connections alive now (idle included) */
     size_t waiting;             /* requests waiting for a connection (max_per_host) */
-} braid_http_client_stats;
-BRAID_API braid_http_client_stats braid_http_client_get_stats(const braid_http_client *c);
+};
+/* A snapshot of the client's counters (like stat(2): the struct and the
+ * function share the name). */
+BRAID_API void braid_http_client_stats(const braid_http_client *c, struct braid_http_client_stats *out);
 
 #ifdef __cplusplus
 }

@@ -26,7 +26,7 @@
  * own the loop"); release builds do not check. See docs/loop.md.
  *
  *     braid_loop *loop;
- *     if (braid_loop_new(&loop, NULL) < 0) return 1;   // BRAID_BACKEND env picks
+ *     if (braid_loop_new(NULL, &loop) < 0) return 1;   // BRAID_BACKEND env picks
  *     braid_watch w;
  *     braid_watch_init(loop, &w, fd, on_readable, ctx);
  *     braid_watch_set_interest(&w, BRAID_WATCH_READ);
@@ -77,7 +77,7 @@ typedef struct braid_loop_options {
 
 /* Create a loop. opts may be NULL. The env var BRAID_BACKEND=select|poll|epoll|
  * uring overrides opts->backend when that is BRAID_BACKEND_DEFAULT. */
-BRAID_API int braid_loop_new(braid_loop **out, const braid_loop_options *opts);
+BRAID_API int braid_loop_new(const braid_loop_options *opts, braid_loop **out);
 
 /* Destroy: BRAID_EBUSY if anything is still open (the loop is not destroyed
  * and stays valid; each open thing is logged as "loop not destroyed: …

@@ -123,7 +123,7 @@ BRAID_API void braid_factory_init(braid_factory *f, const braid_protocol_ops *op
 /* Build a protocol through f (used by transports; tests may call it). */
 BRAID_API braid_protocol *braid_factory_build(braid_factory *f, const braid_address *peer);
 /* Factory start/stop reference counting (listeners and connectors call these). */
-BRAID_API void braid_factory_ref(braid_factory *f);
+BRAID_API braid_factory *braid_factory_ref(braid_factory *f);   /* returns f */
 BRAID_API void braid_factory_unref(braid_factory *f);
 
 /* ---- producers ---------------------------------------------------------------------- */

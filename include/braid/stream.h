@@ -185,9 +185,11 @@ BRAID_API int braid_transport_adopt_pipes(braid_loop *loop, int rfd, int wfd, br
 /* ---- test doubles (Twisted's StringTransport and iosim) ---------------------------- */
 /* A memory transport attached to p (connection_made runs before this returns).
  * Written bytes stay queued (counting against the watermarks, pausing the
- * producer) until the test consumes them, as a peer would read them. */
+ * producer) until the test consumes them, as a peer would read them. 0 and
+ * *out (yours: braid_memory_transport_free), or BRAID_ENOMEM. */
 typedef struct braid_memory_transport braid_memory_transport;
-BRAID_API braid_memory_transport *braid_memory_transport_new(braid_loop *loop, braid_protocol *p);
+BRAID_API int braid_memory_transport_new(braid_loop *loop, braid_protocol *p,
+                                         braid_memory_transport **out);
 BRAID_API braid_transport *braid_memory_transport_base(braid_memory_transport *m);
 /* The bytes written and not yet consumed (pointer valid until the next call). */
 BRAID_API const void *braid_memory_transport_data(braid_memory_transport *m, size_t *len);
@@ -200,7 +202,7 @@ BRAID_API int braid_memory_transport_receive(braid_memory_transport *m, const vo
 BRAID_API void braid_memory_transport_peer_eof(braid_memory_transport *m);
 BRAID_API void braid_memory_transport_peer_lost(braid_memory_transport *m, int code);
 
-typedef struct braid_memory_state {
+struct braid_memory_transport_state {
     bool disconnecting;        /* lose_connection called, buffer not yet drained */
     bool write_shut;           /* shutdown_write completed */
     bool read_shut;            /* peer EOF delivered */
@@ -211,16 +213,21 @@ typedef struct braid_memory_state {
     bool producer_registered, producer_streaming, producer_paused;
     int lost_code;
     uint64_t bytes_written;    /* total accepted by write/writev */
-} braid_memory_state;
-BRAID_API braid_memory_state braid_memory_transport_state(const braid_memory_transport *m);
+};
+/* A snapshot of m's state into *out (like stat(2): the struct and the
+ * function share the name). */
+BRAID_API void braid_memory_transport_state(const braid_memory_transport *m,
+                                            struct braid_memory_transport_state *out);
 /* Free the double (after connection_lost, or aborting first if still open). */
 BRAID_API void braid_memory_transport_free(braid_memory_transport *m);
 
 /* The pump (iosim): two protocols connected in memory. flush moves bytes,
  * half-closes and closes across until nothing moves (running the loop's ready
- * phase so connection_lost is delivered), honouring pause_reading. */
+ * phase so connection_lost is delivered), honouring pause_reading. 0 and
+ * *out (yours: braid_pump_free), or BRAID_ENOMEM. */
 typedef struct braid_pump braid_pump;
-BRAID_API braid_pump *braid_pump_new(braid_loop *loop, braid_protocol *client, braid_protocol *server);
+BRAID_API int braid_pump_new(braid_loop *loop, braid_protocol *client, braid_protocol *server,
+                             braid_pump **out);
 /* Returns the bytes moved. */
 BRAID_API size_t braid_pump_flush(braid_pump *pump);
 BRAID_API braid_memory_transport *braid_pump_client(braid_pump *pump);

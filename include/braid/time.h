@@ -23,9 +23,10 @@
  *     braid_timer_cancel(h);                  // stops and frees
  *
  *     // Tests:
- *     braid_fake_clock *fc = braid_fake_clock_new(0);
+ *     braid_fake_clock *fc;
+ *     braid_fake_clock_new(0, &fc);
  *     braid_loop_options o = { .clock = braid_fake_clock_base(fc) };
- *     braid_loop_new(&loop, &o); ...
+ *     braid_loop_new(&o, &loop); ...
  *     braid_fake_clock_advance(fc, BRAID_SECONDS(1));
  *     braid_loop_run_once(loop, BRAID_LOOP_RUN_NOWAIT);   // due timers fire
  *
@@ -56,7 +57,9 @@ struct braid_clock {
 BRAID_API braid_clock *braid_clock_monotonic(void);
 
 typedef struct braid_fake_clock braid_fake_clock;
-BRAID_API braid_fake_clock *braid_fake_clock_new(uint64_t start_ns);
+/* A fake clock reading start (ns). 0 and *out (yours: braid_fake_clock_free,
+ * after the loops using it are freed), or BRAID_ENOMEM. */
+BRAID_API int braid_fake_clock_new(uint64_t start, braid_fake_clock **out);
 BRAID_API void braid_fake_clock_free(braid_fake_clock *c);
 BRAID_API braid_clock *braid_fake_clock_base(braid_fake_clock *c);
 BRAID_API void braid_fake_clock_advance(braid_fake_clock *c, uint64_t ns);

@@ -1240,10 +1240,10 @@ static void send_file(hs_conn *c, int fd, off_t off, uint64_t len) {
 }
 
 /* ---- responses as values ------------------------------------------------------------- */
-braid_http_response *braid_http_response_new(int status, const char *content_type, const void *body,
-                                             size_t len) {
+int braid_http_response_new(int status, const char *content_type, const void *body, size_t len,
+                            braid_http_response **out) {
     braid_http_response *r = braid_calloc(1, sizeof *r);
-    if (!r) return NULL;
+    if (!r) return BRAID_ENOMEM;
     r->status = status;
     if (content_type && !(r->content_type = braid_strdup(content_type))) goto fail;
     if (len) {
@@ -1251,10 +1251,11 @@ braid_http_response *braid_http_response_new(int status, const char *content_typ
         memcpy(r->body, body, len);
         r->body_len = len;
     }
-    return r;
+    *out = r;
+    return 0;
 fail:
     braid_http_response_free(r);
-    return NULL;
+    return BRAID_ENOMEM;
 }
 
 int braid_http_response_add_header(braid_http_response *r, const char *name, const char *value) {

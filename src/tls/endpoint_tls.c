@@ -128,7 +128,7 @@ static int make_ctx(const char *desc, const tls_desc *td, bool server, braid_tls
         else return bad(err, errlen, desc, "minVersion must be 1.2 or 1.3, not '%s'", v);
     }
     char why[256];
-    int rc = braid_tls_ctx_new(out, server ? BRAID_TLS_SERVER : BRAID_TLS_CLIENT, &o, why, sizeof why);
+    int rc = braid_tls_ctx_new(server ? BRAID_TLS_SERVER : BRAID_TLS_CLIENT, &o, why, sizeof why, out);
     if (rc < 0) snprintf(err, errlen, "endpoint '%s': %s", desc, why);
     return rc;
 }

@@ -266,7 +266,7 @@ static int start(braid__tls_conn *c, braid_protocol *app, bool app_attached) {
     braid__transport_watermarks(lower, &low, &high);
     if (high == BRAID__DEFAULT_HIGH)
         braid_transport_set_limits(lower, low < LOWER_HIGH ? low : LOWER_HIGH, LOWER_HIGH, 0);
-    int rc = braid_tls_engine_new(&c->engine, c->ctx, c->server_name, &engine_ops, c);
+    int rc = braid_tls_engine_new(c->ctx, c->server_name, &engine_ops, c, &c->engine);
     if (rc < 0) return rc;
     if (app_attached) {
         /* STARTTLS: the glue takes the application's place on the lower
