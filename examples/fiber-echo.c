@@ -112,9 +112,9 @@ int main(int argc, char **argv) {
     braid_fiber_options fo = { .name = "echo-conn" };
     braid_fstream_factory_init(loop, &s.factory, connection, NULL, &fo);
 
-    braid_deferred *d = braid_endpoint_listen(loop, where, &s.factory.base);
-    braid_deferred_add(d, listening, failed, &s);
-    braid_deferred_unref(d);                /* we keep no reference: the callbacks do the rest */
+    if (braid_deferred_then(braid_endpoint_listen(loop, where, &s.factory.base), listening, failed,
+                            &s) < 0)
+        return 1;
 
     braid_loop_run(loop);                     /* until nothing is left to do */
     if (braid_loop_free(loop) < 0) return 2;   /* the leak gate */
