@@ -36,7 +36,7 @@ BT_TEST(parse_client_strings) {
     BT_OK(braid_endpoint_parse_client("tcp:host=example.com:port=80:timeout=2.5", &ep, err, sizeof err));
     BT_STREQ(ep.host, "example.com");
     BT_EQ(ep.port, 80);
-    BT_UEQ(ep.timeout_ns, BRAID_MSEC(2500));
+    BT_UEQ(ep.timeout, BRAID_MSEC(2500));
     BT_OK(braid_endpoint_parse_client("tcp:localhost:8000:bindAddress=127.0.0.1\\:5555", &ep, err, sizeof err));
     BT_STREQ(ep.host, "localhost");
     BT_EQ(ep.port, 8000);

@@ -342,7 +342,7 @@ BT_TEST(oversized_head_in_pieces_431) {
 /* ---- timeouts (fake clock) --------------------------------------------------------------- */
 BT_TEST(slowloris_header_timeout) {
     fx f;
-    braid_http_server_options o = { .header_timeout_ns = BRAID_SECONDS(10) };
+    braid_http_server_options o = { .header_timeout = BRAID_SECONDS(10) };
     fx_init(&f, &o);
     BT_OK(braid_http_server_route(f.s, "GET", "/", 0, h_hello, NULL));
     fx_conn(&f);
@@ -365,7 +365,7 @@ BT_TEST(slowloris_header_timeout) {
 
 BT_TEST(body_and_idle_timeouts) {
     fx f;
-    braid_http_server_options o = { .body_timeout_ns = BRAID_SECONDS(5), .idle_timeout_ns = BRAID_SECONDS(7) };
+    braid_http_server_options o = { .body_timeout = BRAID_SECONDS(5), .idle_timeout = BRAID_SECONDS(7) };
     fx_init(&f, &o);
     BT_OK(braid_http_server_route(f.s, "POST", "/", 0, h_echo, NULL));
     fx_conn(&f);
@@ -397,7 +397,7 @@ BT_TEST(body_and_idle_timeouts) {
  * cached time of its last timer phase (stale by however long it slept). */
 BT_TEST(deadline_from_fresh_clock_after_long_sleep) {
     fx f;
-    braid_http_server_options o = { .idle_timeout_ns = BRAID_SECONDS(15) };
+    braid_http_server_options o = { .idle_timeout = BRAID_SECONDS(15) };
     fx_init(&f, &o);
     BT_OK(braid_http_server_route(f.s, "GET", "/", 0, h_hello, NULL));
     fx_conn(&f);
@@ -1418,7 +1418,7 @@ static braid_deferred *h_big(braid_http_request *req, void *arg) {
 BT_TEST(send_timeout_counts_progress) {
     big_body = calloc(1, BIG_BODY);
     fx f;
-    fx_init(&f, &(braid_http_server_options){ .send_timeout_ns = BRAID_SECONDS(10), .idle_timeout_ns = BRAID_SECONDS(3600) });
+    fx_init(&f, &(braid_http_server_options){ .send_timeout = BRAID_SECONDS(10), .idle_timeout = BRAID_SECONDS(3600) });
     BT_OK(braid_http_server_route(f.s, "GET", "/big", 0, h_big, NULL));
     fx_conn(&f);
     feed(&f, "GET /big HTTP/1.1\r\nHost: a\r\n\r\n");
@@ -1463,7 +1463,7 @@ BT_IO_TEST(io_send_timeout_aborts_non_reader) {
     close(ffd);
     big_body = calloc(1, BIG_BODY);
     io x;
-    io_init_with(&x, NULL, &(braid_http_server_options){ .send_timeout_ns = BRAID_SECONDS(10) }, true);
+    io_init_with(&x, NULL, &(braid_http_server_options){ .send_timeout = BRAID_SECONDS(10) }, true);
     BT_OK(braid_http_server_route(x.s, "GET", "/big", 0, h_big, NULL));
     BT_OK(braid_http_server_static(x.s, "/files/", root));
     int small = 4096;
@@ -1798,8 +1798,8 @@ BT_TEST(allocation_failure_walk_client_and_server) {
  * read its last answer, a Deferred that never fires, a stream that never ends. */
 BT_TEST(shutdown_deadline_escalates) {
     fx f;
-    fx_init(&f, &(braid_http_server_options){ .shutdown_timeout_ns = BRAID_SECONDS(5),
-                                              .send_timeout_ns = BRAID_FOREVER });
+    fx_init(&f, &(braid_http_server_options){ .shutdown_timeout = BRAID_SECONDS(5),
+                                              .send_timeout = BRAID_FOREVER });
     BT_OK(braid_http_server_route(f.s, "GET", "/", 0, h_hello, NULL));
     BT_OK(braid_http_server_route(f.s, "GET", "/pending", 0, h_pending, f.loop));
     BT_OK(braid_http_server_route(f.s, "GET", "/stream", 0, h_stream_forever, NULL));
@@ -1888,8 +1888,8 @@ static braid_deferred *h_big_stream(braid_http_request *req, void *arg) {
 BT_IO_TEST(io_shutdown_deadline_with_non_reader) {
     big_body = calloc(1, BIG_BODY);
     io x;
-    io_init_with(&x, NULL, &(braid_http_server_options){ .shutdown_timeout_ns = BRAID_SECONDS(3),
-                                                          .send_timeout_ns = BRAID_FOREVER }, true);
+    io_init_with(&x, NULL, &(braid_http_server_options){ .shutdown_timeout = BRAID_SECONDS(3),
+                                                          .send_timeout = BRAID_FOREVER }, true);
     BT_OK(braid_http_server_route(x.s, "GET", "/big", 0, h_big_stream, NULL));
     int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
     int small = 4096;

@@ -610,7 +610,7 @@ BT_IO_TEST(connect_cancel_and_timeout) {
     braid_deferred_unref(d);
     /* the timeout: the fake clock passes it before the loop sees the socket */
     d = braid_tcp_connect(loop, &(braid_tcp_connect_options){
-        .host = "127.0.0.1", .port = port, .timeout_ns = BRAID_SECONDS(5) }, &cf.f);
+        .host = "127.0.0.1", .port = port, .timeout = BRAID_SECONDS(5) }, &cf.f);
     braid_fake_clock_advance(fc, BRAID_SECONDS(5));
     BT_OK(braid_loop_run_once(loop, BRAID_LOOP_RUN_NOWAIT));
     if (braid_deferred_is_called(d) && !braid_deferred_is_failure(d)) {
@@ -897,7 +897,7 @@ static int stream_scenario(void) {
         if (braid_listener_address(l, &a) < 0) abort();
         rc = walk_exchange(loop, &st, braid_tcp_connect(loop, &(braid_tcp_connect_options){
                                .host = "127.0.0.1", .port = braid_address_port(&a),
-                               .timeout_ns = BRAID_SECONDS(30) }, &cf), false);
+                               .timeout = BRAID_SECONDS(30) }, &cf), false);
         braid_listener_close(l);
     }
     if (rc == 0) {

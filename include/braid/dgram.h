@@ -69,8 +69,6 @@ BRAID_API uint64_t braid_dgram_received(const braid_dgram *d);
 BRAID_API uint64_t braid_dgram_recv_calls(const braid_dgram *d);
 BRAID_API void braid_dgram_close(braid_dgram *d);
 
-/* Resolve a numeric "host" and port into an address (no DNS). */
-BRAID_API int braid_address_from_numeric(const char *host, int port, braid_address *out);
 
 #ifdef __cplusplus
 }

@@ -52,7 +52,7 @@ typedef struct braid_endpoint {
     bool reuseport;
     char path[108];            /* unix */
     int mode;                  /* unix server: chmod, 0 = leave */
-    uint64_t timeout_ns;       /* client: 0 = none */
+    uint64_t timeout;          /* client: 0 = none */
     char bind_host[64];        /* client: source address */
     int bind_port;
 } braid_endpoint;

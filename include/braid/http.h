@@ -299,15 +299,15 @@ typedef struct braid_http_request {
 typedef braid_deferred *(*braid_http_handler_fn)(braid_http_request *req, void *arg);
 
 typedef struct braid_http_server_options {
-    uint64_t header_timeout_ns;   /* 0 = 10 s */
-    uint64_t body_timeout_ns;     /* 0 = 30 s */
-    uint64_t idle_timeout_ns;     /* 0 = 15 s */
+    uint64_t header_timeout;      /* 0 = 10 s */
+    uint64_t body_timeout;        /* 0 = 30 s */
+    uint64_t idle_timeout;        /* 0 = 15 s */
     /* Abort a connection whose pending output made no progress for this long
      * (nginx's send_timeout): 0 = 60 s, BRAID_FOREVER = never. */
-    uint64_t send_timeout_ns;
+    uint64_t send_timeout;
     /* braid_http_server_shutdown's deadline: connections still open this long
      * after it are aborted. 0 = 10 s, BRAID_FOREVER = wait for every answer. */
-    uint64_t shutdown_timeout_ns;
+    uint64_t shutdown_timeout;
     /* zero fields take the parser's defaults; limits.max_headers sizes each
      * connection's header array (100 by default, at most 65536) */
     braid_http_limits limits;
@@ -321,7 +321,7 @@ typedef struct braid_http_server_options {
 BRAID_API int braid_http_server_new(braid_loop *loop, const braid_http_server_options *o,
                                     braid_http_server **out);
 /* Close every connection and refuse new ones (they are closed at once), with
- * a deadline of shutdown_timeout_ns (10 s) on the loop clock. Escalation:
+ * a deadline of shutdown_timeout (10 s) on the loop clock. Escalation:
  * idle connections close now (flushing what they still owe); busy ones
  * finish the answer in progress and then close (no keep-alive); every close
  * is bounded by the deadline (braid_transport_close); when it passes,

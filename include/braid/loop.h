@@ -114,6 +114,14 @@ BRAID_API braid_clock *braid_loop_clock(braid_loop *loop);
 
 /* Iteration counter (starts at 0, +1 per run_once). */
 BRAID_API uint64_t braid_loop_iteration(const braid_loop *loop);
+/* Pending timers on this loop (tests, stats). */
+BRAID_API size_t braid_loop_timer_count(const braid_loop *loop);
+
+/* Tests (a loop on a fake clock, <braid/time.h>): advance the clock by ns in
+ * steps, running one NOWAIT iteration after each timer deadline crossed, so
+ * timers fire at their own times in order (Twisted's Clock.pump). Returns
+ * BRAID_EINVAL if the loop's clock is not fake. */
+BRAID_API int braid_loop_advance(braid_loop *loop, uint64_t ns);
 
 /* ---- embedding (GLib and other loops) ------------------------------------------ */
 /* A file descriptor that becomes readable when the loop has something to do

@@ -193,17 +193,6 @@ BRAID_API void braid_pool_free(braid_pool *pool);
  * BRAID_EINVAL for a threaded pool. */
 BRAID_API int braid_pool_step(braid_pool *pool);
 
-/* ---- name resolution --------------------------------------------------------------------- */
-/* braid resolves host names (getaddrinfo, for connects and endpoints) in a
- * pool, so a slow DNS server neither blocks the loop nor starves other work.
- * By default a loop makes a small pool of its own for that on first use (up
- * to 4 threads, never spinning) and destroys it with the loop. Call this
- * (loop thread) to run lookups in class cls of one of your pools instead —
- * typically a class with a small max_running; the pool must outlive the
- * lookups. A loop-made pool in use before is destroyed (FINISH: lookups
- * already queued there still complete). */
-BRAID_API int braid_resolver_set_pool(braid_loop *loop, braid_pool *pool, int cls);
-
 /* ---- statistics ------------------------------------------------------------------------ */
 /* Histograms are log2 buckets of nanoseconds: bucket i counts durations d
  * with 2^i <= d < 2^(i+1) (bucket 0 also counts 0; the last is open-ended). */

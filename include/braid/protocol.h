@@ -77,6 +77,8 @@ typedef struct braid_address {
 BRAID_API const char *braid_address_format(const braid_address *a, char *buf, size_t size);
 /* The port of an IPv4/IPv6 address (host order), 0 otherwise. */
 BRAID_API int braid_address_port(const braid_address *a);
+/* Resolve a numeric "host" and port into an address (no DNS). */
+BRAID_API int braid_address_from_numeric(const char *host, int port, braid_address *out);
 
 typedef struct braid_protocol_ops {
     void (*connection_made)(braid_protocol *p);

@@ -30,7 +30,7 @@
  *     braid_listener_close(l);
  *     // client: a Deferred of the connected protocol (borrowed pointer)
  *     braid_deferred *d = braid_tcp_connect(loop, &(braid_tcp_connect_options){
- *         .host = "127.0.0.1", .port = 8000, .timeout_ns = BRAID_SECONDS(5) }, &factory);
+ *         .host = "127.0.0.1", .port = 8000, .timeout = BRAID_SECONDS(5) }, &factory);
  *
  * Ownership: braid owns transports. A transport lives from connection_made
  * until its protocol's connection_lost has returned; then braid frees it (and
@@ -157,7 +157,7 @@ BRAID_API void braid_listener_set_backoff(braid_listener *l, uint64_t ns);
 typedef struct braid_tcp_connect_options {
     const char *host;          /* name or numeric; names resolve off the loop thread */
     int port;
-    uint64_t timeout_ns;       /* 0 = no timeout; BRAID_ETIMEDOUT when it fires */
+    uint64_t timeout;          /* 0 = no timeout; BRAID_ETIMEDOUT when it fires */
     const char *bind_host;     /* optional source address (numeric) */
     int bind_port;
     int family;                /* 0 = any, AF_INET or AF_INET6 */
@@ -182,6 +182,18 @@ BRAID_API int braid_transport_adopt(braid_loop *loop, int fd, braid_protocol *p)
  * dup(0), dup(1) if the process should keep its own. */
 BRAID_API int braid_transport_adopt_pipes(braid_loop *loop, int rfd, int wfd, braid_protocol *p);
 
+/* ---- name resolution --------------------------------------------------------------------- */
+/* braid resolves host names (getaddrinfo, for connects and endpoints) in a
+ * pool, so a slow DNS server neither blocks the loop nor starves other work.
+ * By default a loop makes a small pool of its own for that on first use (up
+ * to 4 threads, never spinning) and destroys it with the loop. Call this
+ * (loop thread) to run lookups in class cls of one of your pools instead —
+ * typically a class with a small max_running; the pool must outlive the
+ * lookups. A loop-made pool in use before is destroyed (FINISH: lookups
+ * already queued there still complete). */
+struct braid_pool;
+BRAID_API int braid_resolver_set_pool(braid_loop *loop, struct braid_pool *pool, int cls);
+
 /* ---- test doubles (Twisted's StringTransport and iosim) ---------------------------- */
 /* A memory transport attached to p (connection_made runs before this returns).
  * Written bytes stay queued (counting against the watermarks, pausing the
@@ -203,7 +215,7 @@ BRAID_API void braid_memory_transport_peer_eof(braid_memory_transport *m);
 BRAID_API void braid_memory_transport_peer_lost(braid_memory_transport *m, int code);
 
 struct braid_memory_transport_state {
-    bool disconnecting;        /* lose_connection called, buffer not yet drained */
+    bool disconnecting;        /* close called, buffer not yet drained */
     bool write_shut;           /* shutdown_write completed */
     bool read_shut;            /* peer EOF delivered */
     bool closed;               /* connection over (connection_lost queued or done) */

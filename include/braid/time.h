@@ -65,11 +65,6 @@ BRAID_API braid_clock *braid_fake_clock_base(braid_fake_clock *c);
 BRAID_API void braid_fake_clock_advance(braid_fake_clock *c, uint64_t ns);
 BRAID_API void braid_fake_clock_set(braid_fake_clock *c, uint64_t ns); /* never backwards */
 
-/* Advance a loop's fake clock by ns in steps, running one NOWAIT iteration
- * after each timer deadline crossed, so timers fire at their own times in
- * order (Twisted's Clock.pump). Returns BRAID_EINVAL if the loop's clock is
- * not fake. */
-BRAID_API int braid_loop_advance(braid_loop *loop, uint64_t ns);
 
 /* ---- timers --------------------------------------------------------------------- */
 typedef struct braid_timer braid_timer;
@@ -105,8 +100,6 @@ BRAID_API braid_timer *braid_timer_call_later(braid_loop *loop, uint64_t delay_n
 /* Stop; for a call_later handle also free it. */
 BRAID_API void braid_timer_cancel(braid_timer *t);
 
-/* Pending timers on this loop (tests, stats). */
-BRAID_API size_t braid_loop_timer_count(const braid_loop *loop);
 
 /* ---- looping calls (Twisted's LoopingCall, withCount) ------------------------------- */
 typedef struct braid_looping braid_looping;

@@ -167,7 +167,7 @@ static int parse(const char *desc, braid_endpoint *ep, bool server, char *err, s
             if (!parse_int(val, 0, 07777, 8, &v)) return bad(err, errlen, desc, "bad mode '%s' (octal)", val);
             ep->mode = (int)v;
         } else if (!strcmp(key, "timeout") && !server) {
-            if (!parse_seconds(val, &ep->timeout_ns))
+            if (!parse_seconds(val, &ep->timeout))
                 return bad(err, errlen, desc, "bad timeout '%s' (seconds > 0)", val);
         } else if (!strcmp(key, "bindAddress") && !server && !is_unix) {
             char tmp[FIELD_LEN];
@@ -227,9 +227,9 @@ braid_deferred *braid_endpoint_listen_typed(braid_loop *loop, const braid_endpoi
 }
 
 braid_deferred *braid_endpoint_connect_typed(braid_loop *loop, const braid_endpoint *ep, braid_factory *f) {
-    if (ep->kind == BRAID_ENDPOINT_UNIX) return braid_unix_connect(loop, ep->path, ep->timeout_ns, f);
+    if (ep->kind == BRAID_ENDPOINT_UNIX) return braid_unix_connect(loop, ep->path, ep->timeout, f);
     braid_tcp_connect_options o = {
-        .host = ep->host, .port = ep->port, .timeout_ns = ep->timeout_ns,
+        .host = ep->host, .port = ep->port, .timeout = ep->timeout,
         .bind_host = ep->bind_host[0] ? ep->bind_host : NULL, .bind_port = ep->bind_port,
         .family = ep->kind == BRAID_ENDPOINT_TCP6 ? AF_INET6 : 0 };
     return braid_tcp_connect(loop, &o, f);

@@ -1287,11 +1287,11 @@ int braid_http_server_new(braid_loop *loop, const braid_http_server_options *o,
     braid_http_server *s = braid_calloc(1, sizeof *s);
     if (!s) return BRAID_ENOMEM;
     s->loop = loop;
-    s->header_timeout = o->header_timeout_ns ? o->header_timeout_ns : BRAID_SECONDS(10);
-    s->body_timeout = o->body_timeout_ns ? o->body_timeout_ns : BRAID_SECONDS(30);
-    s->idle_timeout = o->idle_timeout_ns ? o->idle_timeout_ns : BRAID_SECONDS(15);
-    s->send_timeout = o->send_timeout_ns ? o->send_timeout_ns : BRAID_SECONDS(60);
-    s->shutdown_timeout = o->shutdown_timeout_ns ? o->shutdown_timeout_ns : BRAID_SECONDS(10);
+    s->header_timeout = o->header_timeout ? o->header_timeout : BRAID_SECONDS(10);
+    s->body_timeout = o->body_timeout ? o->body_timeout : BRAID_SECONDS(30);
+    s->idle_timeout = o->idle_timeout ? o->idle_timeout : BRAID_SECONDS(15);
+    s->send_timeout = o->send_timeout ? o->send_timeout : BRAID_SECONDS(60);
+    s->shutdown_timeout = o->shutdown_timeout ? o->shutdown_timeout : BRAID_SECONDS(10);
     s->allow_half_close = o->allow_half_close;
     s->limits = o->limits;
     if (!s->limits.max_request_line) s->limits.max_request_line = BRAID_HTTP_MAX_REQUEST_LINE;
