@@ -33,10 +33,10 @@
  *
  * Callbacks run synchronously on the loop's thread, inside the call that
  * made them runnable: braid_deferred_callback/errback, unpause, the firing of
- * a chained Deferred, or braid_deferred_add_* itself when the Deferred has
+ * a chained Deferred, or braid_deferred_then/add* itself when the Deferred has
  * already fired (then nothing is stored and nothing allocated). Chains run as
  * a loop, never recursion: a chain of a million nested Deferreds uses
- * constant stack. A callback may add callbacks to, pause, cancel or release
+ * constant stack. A callback may add callbacks to, pause, cancel or unref
  * the Deferred it runs on; it may keep the Deferred's pointer only while it
  * holds a reference (braid_deferred_ref).
  *

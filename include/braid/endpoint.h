@@ -12,6 +12,8 @@
  * Server strings:  tcp:PORT[:interface=ADDR][:backlog=N][:reuseport=1]
  *                  tcp6:PORT[:interface=ADDR6]...   (interface=\:\:1 — escape ':' with '\')
  *                  unix:PATH[:mode=660][:backlog=N]   (or unix:address=PATH)
+ *                  fd:N   (or fd:fileno=N: listen on a listening socket made elsewhere —
+ *                         socket activation, a parent process; the listener takes it over)
  * Client strings:  tcp:host=H:port=P[:timeout=SECONDS][:bindAddress=ADDR[\:PORT]]
  *                  tcp:H:P[...]                      (positional, as Twisted allows)
  *                  tcp6:host=H:port=P...
@@ -41,6 +43,7 @@ typedef enum braid_endpoint_kind {
     BRAID_ENDPOINT_TCP = 1,
     BRAID_ENDPOINT_TCP6,
     BRAID_ENDPOINT_UNIX,
+    BRAID_ENDPOINT_FD,          /* server: a listening descriptor made elsewhere */
 } braid_endpoint_kind;
 
 typedef struct braid_endpoint {
@@ -52,6 +55,7 @@ typedef struct braid_endpoint {
     bool reuseport;
     char path[108];            /* unix */
     int mode;                  /* unix server: chmod, 0 = leave */
+    int fd;                    /* fd server: the listening descriptor (taken over) */
     uint64_t timeout;          /* client: 0 = none */
     char bind_host[64];        /* client: source address */
     int bind_port;

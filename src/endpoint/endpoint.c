@@ -5,6 +5,7 @@
 #include "base/base.h"
 #include <braid/dgram.h>
 #include <braid/endpoint.h>
+#include <limits.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -112,7 +113,19 @@ static int parse(const char *desc, braid_endpoint *ep, bool server, char *err, s
     if (!strcmp(kind, "tcp")) ep->kind = BRAID_ENDPOINT_TCP;
     else if (!strcmp(kind, "tcp6")) ep->kind = BRAID_ENDPOINT_TCP6;
     else if (!strcmp(kind, "unix")) ep->kind = BRAID_ENDPOINT_UNIX;
-    else return bad(err, errlen, desc, "unknown endpoint type '%s' (want tcp, tcp6 or unix)", kind);
+    else if (!strcmp(kind, "fd")) {
+        /* fd:N — a listening descriptor made elsewhere (socket activation) */
+        if (!server) return bad(err, errlen, desc, "'fd' is a server endpoint only");
+        if (fs.n != 2) return bad(err, errlen, desc, "want fd:N");
+        const char *v = fs.f[1];
+        if (!strncmp(v, "fileno=", 7)) v += 7;
+        long n;
+        if (!parse_int(v, 0, INT_MAX, 10, &n)) return bad(err, errlen, desc, "bad descriptor '%s'", v);
+        ep->kind = BRAID_ENDPOINT_FD;
+        ep->fd = (int)n;
+        return 0;
+    }
+    else return bad(err, errlen, desc, "unknown endpoint type '%s' (want tcp, tcp6, unix or fd)", kind);
     bool is_unix = ep->kind == BRAID_ENDPOINT_UNIX;
     bool have_port = false, have_host = false, have_path = false;
     int npos = 0;
@@ -207,7 +220,10 @@ int braid_endpoint_parse_client(const char *desc, braid_endpoint *ep, char *err,
 braid_deferred *braid_endpoint_listen_typed(braid_loop *loop, const braid_endpoint *ep, braid_factory *f) {
     braid_listener *l = NULL;
     int rc;
-    if (ep->kind == BRAID_ENDPOINT_UNIX) {
+    if (ep->kind == BRAID_ENDPOINT_FD) {
+        rc = braid_listen_adopt(loop, ep->fd, f, &l);
+        if (rc < 0) return braid_deferred_fail(loop, braid_failure_new(rc, "listen on fd %d", ep->fd));
+    } else if (ep->kind == BRAID_ENDPOINT_UNIX) {
         braid_unix_listen_options o = { .path = ep->path, .mode = ep->mode, .backlog = ep->backlog };
         rc = braid_unix_listen(loop, &o, f, &l);
     } else {
@@ -227,6 +243,8 @@ braid_deferred *braid_endpoint_listen_typed(braid_loop *loop, const braid_endpoi
 }
 
 braid_deferred *braid_endpoint_connect_typed(braid_loop *loop, const braid_endpoint *ep, braid_factory *f) {
+    if (ep->kind == BRAID_ENDPOINT_FD)
+        return braid_deferred_fail(loop, braid_failure_new(BRAID_EBAD_ENDPOINT, "an fd endpoint only listens"));
     if (ep->kind == BRAID_ENDPOINT_UNIX) return braid_unix_connect(loop, ep->path, ep->timeout, f);
     braid_tcp_connect_options o = {
         .host = ep->host, .port = ep->port, .timeout = ep->timeout,
