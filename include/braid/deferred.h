@@ -229,12 +229,12 @@ BRAID_API void braid_deferred_unpause(braid_deferred *d);
  * on down the chain, without recursion). A fired Deferred that waits on
  * nothing ignores it. Combinators cancel their pending members. */
 BRAID_API void braid_deferred_cancel(braid_deferred *d);
-/* Cancel d after ns on its loop's clock (Twisted's addTimeout): a callback
+/* Cancel d after timeout (ns) on its loop's clock (Twisted's addTimeout): a callback
  * pair is added at the current end of d's chain; when the chain reaches it
  * the timer is stopped, and a BRAID_ECANCELED failure caused by the timeout
  * becomes BRAID_ETIMEDOUT (cause: the cancellation). 0 at once if d already
  * has its result; BRAID_ENOMEM possible. */
-BRAID_API int braid_deferred_add_timeout(braid_deferred *d, uint64_t ns);
+BRAID_API int braid_deferred_add_timeout(braid_deferred *d, uint64_t timeout);
 
 /* ---- combinators ------------------------------------------------------------------
  * Each takes the consumer references of the n Deferreds in ds (all non-NULL; the array
@@ -288,10 +288,10 @@ BRAID_API braid_deferred *braid_deferred_list(braid_loop *loop, braid_deferred *
 /* ---- primitives ------------------------------------------------------------------- */
 
 /* Twisted's deferLater: a Deferred that fires with fn(arg) (or braid_result_ok(NULL)
- * if fn is NULL) ns from now on the loop's clock. Cancelling it before the
+ * if fn is NULL) timeout (ns) from now on the loop's clock. Cancelling it before the
  * timer fires stops the timer (fn never runs) and errbacks BRAID_ECANCELED.
  * NULL on allocation failure. */
-BRAID_API braid_deferred *braid_deferred_later(braid_loop *loop, uint64_t ns, braid_result_fn fn,
+BRAID_API braid_deferred *braid_deferred_later(braid_loop *loop, uint64_t timeout, braid_result_fn fn,
                                             void *arg);
 
 /* DeferredSemaphore: at most `tokens` holders. acquire returns a Deferred

@@ -58,7 +58,7 @@ BRAID_API int braid_transport_write(braid_transport *t, const void *buf, size_t 
 BRAID_API int braid_transport_writev(braid_transport *t, const struct iovec *iov, int iovcnt);
 /* The graceful close: flush what is buffered, then close
  * (connection_lost(BRAID_ECONNECTION_DONE)); if the connection has not
- * closed timeout_ns later on the loop clock (the peer did not read what was
+ * closed timeout later on the loop clock (the peer did not read what was
  * buffered), abort it — the rest of the buffer is dropped, a TCP peer gets
  * RST, and connection_lost receives BRAID_ETIMEDOUT ("close deadline passed
  * with N bytes unsent"). A peer that reads in time gets the usual clean
@@ -71,7 +71,7 @@ BRAID_API int braid_transport_writev(braid_transport *t, const struct iovec *iov
  * (close_notify and the last records get the rest of the time, then that
  * one is aborted too). Servers shutting down: close the listener, close
  * every connection with a timeout, run the loop dry. */
-BRAID_API void braid_transport_close(braid_transport *t, uint64_t timeout_ns);
+BRAID_API void braid_transport_close(braid_transport *t, uint64_t timeout);
 /* Close now, dropping the buffer: connection_lost(BRAID_ECONNECTION_LOST). */
 BRAID_API void braid_transport_abort(braid_transport *t);
 /* Abort with a reason of your own (e.g. a framing error such as
@@ -151,7 +151,7 @@ BRAID_API uint64_t braid_listener_accepted(const braid_listener *l);
 BRAID_API uint64_t braid_listener_emfile_events(const braid_listener *l);
 /* EMFILE back-off: after running out of descriptors the listener stops
  * accepting for this long (doubling to 1 s while it persists). Default 50 ms. */
-BRAID_API void braid_listener_set_backoff(braid_listener *l, uint64_t ns);
+BRAID_API void braid_listener_set_backoff(braid_listener *l, uint64_t backoff);
 
 /* ---- connecting ------------------------------------------------------------------ */
 typedef struct braid_tcp_connect_options {
@@ -169,7 +169,7 @@ typedef struct braid_tcp_connect_options {
 BRAID_API braid_deferred *braid_tcp_connect(braid_loop *loop, const braid_tcp_connect_options *o,
                                             braid_factory *f);
 BRAID_API braid_deferred *braid_unix_connect(braid_loop *loop, const char *path,
-                                             uint64_t timeout_ns, braid_factory *f);
+                                             uint64_t timeout, braid_factory *f);
 
 /* ---- adopting descriptors ---------------------------------------------------------- */
 /* Wrap a connected descriptor made elsewhere (a socketpair, a parent's socket,
