@@ -679,9 +679,8 @@ static int endpoint_error(braid_loop *loop, const char *desc, bool server, char 
     afactory f;
     app a[1];
     af_init(&f, a, 1);
-    braid_tls_factory tf;
-    braid_deferred *d = server ? braid_tls_listen(loop, desc, &f.f, &tf)
-                               : braid_tls_connect_to(loop, desc, &f.f, &tf);
+    braid_deferred *d = server ? braid_endpoint_listen(loop, desc, &f.f)
+                               : braid_endpoint_connect(loop, desc, &f.f);
     braid_result r;
     BT_OK(braid_deferred_take(d, &r));
     BT_TRUE(r.failure != NULL);
@@ -689,7 +688,7 @@ static int endpoint_error(braid_loop *loop, const char *desc, bool server, char 
     snprintf(msg, msglen, "%s", r.failure->message ? r.failure->message : "");
     braid_result_drop(r);
     braid_deferred_unref(d);
-    braid_tls_factory_close(&tf);
+    BT_EQ(f.f.refs, 0);                     /* the wrapper is gone with the failure */
     return code;
 }
 
@@ -703,7 +702,10 @@ BT_TEST(endpoint_string_errors) {
     BT_ERR(endpoint_error(loop, "ssl:8443:privateKey=k.pem:bogus=1", true, msg, sizeof msg), BRAID_EBAD_ENDPOINT);
     BT_TRUE(strstr(msg, "bogus") != NULL);
     BT_ERR(endpoint_error(loop, "tls:host=x:port=1:verifyClient=required", false, msg, sizeof msg), BRAID_EBAD_ENDPOINT);
-    BT_ERR(endpoint_error(loop, "tcp:host=x:port=1", false, msg, sizeof msg), BRAID_EBAD_ENDPOINT);
+    BT_ERR(endpoint_error(loop, "tls:host=x:port=1:serverName=", false, msg, sizeof msg), BRAID_EBAD_ENDPOINT);
+    BT_TRUE(strstr(msg, "serverName") != NULL);
+    BT_ERR(endpoint_error(loop, "ssl:8443:privateKey=k.pem:privateKey=k.pem", true, msg, sizeof msg), BRAID_EBAD_ENDPOINT);
+    BT_TRUE(strstr(msg, "twice") != NULL);
     BT_ERR(endpoint_error(loop, "tls:host=x", false, msg, sizeof msg), BRAID_EBAD_ENDPOINT);
     BT_TRUE(strstr(msg, "port") != NULL);
     BT_ERR(endpoint_error(loop, "tls:host=x:port=1:minVersion=1.0", false, msg, sizeof msg), BRAID_EBAD_ENDPOINT);
@@ -732,9 +734,8 @@ BT_IO_TEST(endpoint_strings_over_tcp) {
     char desc[1024];
     snprintf(desc, sizeof desc, "ssl:0:interface=127.0.0.1:privateKey=%s/server.key:certKey=%s/server.crt:alpn=h2",
              dir, dir);
-    braid_tls_factory stf, ctf, ctf2;
     got gl = { 0 };
-    braid_deferred *d = braid_tls_listen(loop, desc, &sf.f, &stf);
+    braid_deferred *d = braid_endpoint_listen(loop, desc, &sf.f);
     BT_OK(braid_deferred_add(d, keep_value, keep_value, &gl));
     braid_deferred_unref(d);
     BT_FALSE(gl.failed);
@@ -746,7 +747,7 @@ BT_IO_TEST(endpoint_strings_over_tcp) {
     /* tls:host=...:port=...:caCertsDir=... (host name resolved, SNI and verification on it) */
     snprintf(desc, sizeof desc, "tls:host=localhost:port=%d:caCertsDir=%s/cadir:alpn=h2:timeout=5", port, dir);
     got g = { 0 };
-    d = braid_tls_connect_to(loop, desc, &cf.f, &ctf);
+    d = braid_endpoint_connect(loop, desc, &cf.f);
     BT_OK(braid_deferred_add(d, keep_value, keep_value, &g));
     braid_deferred_unref(d);
     bt_run_until(loop, &g.done, 2000);
@@ -763,7 +764,7 @@ BT_IO_TEST(endpoint_strings_over_tcp) {
     /* positional tls:HOST:PORT with a CA file, verifying the IP address */
     snprintf(desc, sizeof desc, "tls:127.0.0.1:%d:caCerts=%s/ca.crt", port, dir);
     got g2 = { 0 };
-    d = braid_tls_connect_to(loop, desc, &cf.f, &ctf2);
+    d = braid_endpoint_connect(loop, desc, &cf.f);
     BT_OK(braid_deferred_add(d, keep_value, keep_value, &g2));
     braid_deferred_unref(d);
     bt_run_until(loop, &g2.done, 2000);
@@ -776,9 +777,8 @@ BT_IO_TEST(endpoint_strings_over_tcp) {
 
     braid_listener_close(l);
     for (int i = 0; i < 5; i++) braid_loop_run_once(loop, BRAID_LOOP_RUN_NOWAIT);
-    braid_tls_factory_close(&stf);
-    braid_tls_factory_close(&ctf);
-    braid_tls_factory_close(&ctf2);
+    BT_EQ(sf.f.refs, 0);                    /* the wrappers went with their listener and connectors */
+    BT_EQ(cf.f.refs, 0);
     char cmd[700];
     snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
     BT_EQ(system(cmd), 0);

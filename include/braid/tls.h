@@ -332,17 +332,27 @@ BRAID_API braid_transport *braid_tls_transport_lower(braid_transport *t);
  *               [:serverName=NAME][:certKey=c.pem:privateKey=k.pem][:alpn=...]
  *               [:minVersion=1.3][:timeout=S][:bindAddress=...]     (or tls:HOST:PORT)
  *
- * "ssl" and "tls" are synonyms on both sides. The context is built from the
- * string; tf (caller storage) is initialised as the wrapper of inner and must
- * outlive the listener/connection; release it with braid_tls_factory_close
- * afterwards — also when the Deferred failed. A bad string fails the
- * Deferred with BRAID_EBAD_ENDPOINT naming the part; an unreadable
- * certificate or key with BRAID_ETLS naming the file. Deferreds as in
- * <braid/endpoint.h>: the listener, or the connected *application* protocol. */
-BRAID_API braid_deferred *braid_tls_listen(braid_loop *loop, const char *desc, braid_factory *inner,
-                                           braid_tls_factory *tf);
-BRAID_API braid_deferred *braid_tls_connect_to(braid_loop *loop, const char *desc,
-                                               braid_factory *inner, braid_tls_factory *tf);
+ * "ssl" and "tls" are synonyms on both sides: kinds the TLS module registers
+ * with the endpoint module, so braid_endpoint_listen and
+ * braid_endpoint_connect (<braid/endpoint.h>) take these strings as they take
+ * tcp: ones:
+ *
+ *     braid_endpoint_listen(loop, "ssl:8443:privateKey=server.pem", &app_factory);
+ *     braid_endpoint_connect(loop, "tls:host=example.com:port=443", &app_factory);
+ *
+ * The context is built from the string and the wrapper factory is braid's
+ * (it goes with the listener, or once the connection is made); inner builds
+ * the application's protocols. A bad string fails the Deferred with
+ * BRAID_EBAD_ENDPOINT naming the part; an unreadable certificate or key
+ * with BRAID_ETLS naming the file. The Deferreds fire with the listener, or
+ * with the connected *application* protocol.
+ *
+ * The kinds are registered when the TLS module is loaded (with the static
+ * libbraid: when the program uses TLS contexts). A program that uses TLS
+ * only through endpoint strings and links the static libbraid calls
+ * braid_tls_endpoints_register() once first (any thread; 0, or the endpoint
+ * module's error). */
+BRAID_API int braid_tls_endpoints_register(void);
 
 #ifdef __cplusplus
 }

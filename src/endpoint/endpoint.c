@@ -6,6 +6,7 @@
 #include <braid/dgram.h>
 #include <braid/endpoint.h>
 #include <limits.h>
+#include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -253,7 +254,52 @@ braid_deferred *braid_endpoint_connect_typed(braid_loop *loop, const braid_endpo
     return braid_tcp_connect(loop, &o, f);
 }
 
+/* ---- registered kinds ------------------------------------------------------------------ */
+/* Pushed under the lock, read without it (a type is never removed). */
+static braid_endpoint_type *types;   /* __atomic builtins */
+static pthread_mutex_t types_lock = PTHREAD_MUTEX_INITIALIZER;
+
+static bool builtin_kind(const char *name, size_t len) {
+    static const char *const builtin[] = { "tcp", "tcp6", "unix", "fd" };
+    for (size_t i = 0; i < sizeof builtin / sizeof builtin[0]; i++)
+        if (strlen(builtin[i]) == len && !memcmp(builtin[i], name, len)) return true;
+    return false;
+}
+
+int braid_endpoint_type_register(braid_endpoint_type *t) {
+    if (!t || !t->name || !*t->name) return BRAID_EINVAL;
+    if (builtin_kind(t->name, strlen(t->name))) return BRAID_EEXIST;
+    pthread_mutex_lock(&types_lock);
+    int rc = 0;
+    for (braid_endpoint_type *r = types; r; r = r->next) {
+        if (r == t) goto out;
+        if (!strcmp(r->name, t->name)) { rc = BRAID_EEXIST; goto out; }
+    }
+    t->next = types;
+    __atomic_store_n(&types, t, __ATOMIC_RELEASE);
+out:
+    pthread_mutex_unlock(&types_lock);
+    return rc;
+}
+
+/* The registered type named by desc's first field, or NULL. */
+static const braid_endpoint_type *type_of(const char *desc) {
+    if (!desc) return NULL;
+    size_t len = strcspn(desc, ":\\");
+    if (builtin_kind(desc, len)) return NULL;
+    for (const braid_endpoint_type *t = __atomic_load_n(&types, __ATOMIC_ACQUIRE); t; t = t->next)
+        if (strlen(t->name) == len && !memcmp(t->name, desc, len)) return t;
+    return NULL;
+}
+
+static braid_deferred *no_side(braid_loop *loop, const char *desc, bool server) {
+    return braid_deferred_fail(loop, braid_failure_new(BRAID_EBAD_ENDPOINT, "endpoint '%s': this kind has no %s",
+                                                       desc, server ? "servers" : "clients"));
+}
+
 braid_deferred *braid_endpoint_listen(braid_loop *loop, const char *desc, braid_factory *f) {
+    const braid_endpoint_type *t = type_of(desc);
+    if (t) return t->listen ? t->listen(loop, desc, f) : no_side(loop, desc, true);
     braid_endpoint ep;
     char err[256];
     int rc = braid_endpoint_parse_server(desc, &ep, err, sizeof err);
@@ -262,6 +308,8 @@ braid_deferred *braid_endpoint_listen(braid_loop *loop, const char *desc, braid_
 }
 
 braid_deferred *braid_endpoint_connect(braid_loop *loop, const char *desc, braid_factory *f) {
+    const braid_endpoint_type *t = type_of(desc);
+    if (t) return t->connect ? t->connect(loop, desc, f) : no_side(loop, desc, false);
     braid_endpoint ep;
     char err[256];
     int rc = braid_endpoint_parse_client(desc, &ep, err, sizeof err);
