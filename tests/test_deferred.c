@@ -870,7 +870,7 @@ BT_TEST(plain_cancel_with_timeout_stays_ecanceled) {
 }
 
 /* ---- combinators ------------------------------------------------------------------------ */
-static long rv(const braid_results *res, size_t i) { return (long)(intptr_t)res->r[i].value; }
+static long rv(const braid_deferred_results *res, size_t i) { return (long)(intptr_t)res->r[i].value; }
 
 BT_TEST(gather_results_in_order) {
     braid_loop *loop = mkloop();
@@ -883,8 +883,8 @@ BT_TEST(gather_results_in_order) {
     braid_deferred_expect_no_result(g);
     braid_deferred_callback(ret[1], (void *)(intptr_t)20, NULL);
     braid_result r = braid_deferred_expect_success(g);
-    braid_results *res = r.value;
-    BT_TRUE(r.dtor == braid_results_free);
+    braid_deferred_results *res = r.value;
+    BT_TRUE(r.dtor == braid_deferred_results_free);
     BT_EQ(res->n, 3); BT_EQ(res->nfailed, 0);
     BT_EQ(rv(res, 0), 10); BT_EQ(rv(res, 1), 20); BT_EQ(rv(res, 2), 30);
     braid_result_drop(r);
@@ -892,7 +892,7 @@ BT_TEST(gather_results_in_order) {
     /* empty, and already-fired members */
     g = braid_deferred_gather(loop, NULL, 0, 0);
     r = braid_deferred_expect_success(g);
-    BT_EQ(((braid_results *)r.value)->n, 0);
+    BT_EQ(((braid_deferred_results *)r.value)->n, 0);
     braid_result_drop(r);
     braid_deferred_unref(g);
     m[0] = braid_deferred_succeed(loop, (void *)(intptr_t)1, NULL);
@@ -1007,7 +1007,7 @@ BT_TEST(deferred_list_per_entry) {
     braid_deferred_expect_no_result(g);
     braid_deferred_callback(p[2], (void *)(intptr_t)3, NULL);
     braid_result r = braid_deferred_expect_success(g);
-    braid_results *res = r.value;
+    braid_deferred_results *res = r.value;
     BT_EQ(res->nfailed, 1);
     BT_TRUE(res->r[0].failure == NULL); BT_EQ(rv(res, 0), 1);
     BT_TRUE(res->r[1].failure != NULL); BT_EQ(res->r[1].failure->code, BRAID_EPIPE);

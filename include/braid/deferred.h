@@ -246,19 +246,19 @@ BRAID_API int braid_deferred_add_timeout(braid_deferred *d, uint64_t timeout);
 
 /* Results of gather and list: r[i] is member i's result, a value (owned
  * through r[i].dtor) or a failure (r[i].failure set). Freed by
- * braid_results_free, which is the dtor the combinators attach. */
-typedef struct braid_results {
+ * braid_deferred_results_free, which is the dtor the combinators attach. */
+typedef struct braid_deferred_results {
     size_t n;
     size_t nfailed;
     braid_result r[];
-} braid_results;
-BRAID_API void braid_results_free(void *results);
+} braid_deferred_results;
+BRAID_API void braid_deferred_results_free(void *results);
 
 enum {
     BRAID_DEFERRED_GATHER_FAIL_FAST = 0,    /* fail at the first member failure, cancel the rest */
     BRAID_DEFERRED_GATHER_COLLECT   = 1u,   /* wait for every member, then fail if any failed */
 };
-/* All results in order: succeeds with a braid_results* (no failures in it)
+/* All results in order: succeeds with a braid_deferred_results* (no failures in it)
  * when every member succeeded. Fail fast: the first failure errbacks with
  * BRAID_EFIRST_ERROR whose cause is that member's failure (the message names
  * its index), and the members still pending are cancelled. Collect: wait for
@@ -280,7 +280,7 @@ BRAID_API void braid_deferred_race_win_free(void *win);
 BRAID_API braid_deferred *braid_deferred_race(braid_loop *loop, braid_deferred *const *ds, size_t n);
 
 /* Twisted's DeferredList (consumeErrors=True): waits for every member and
- * always succeeds with a braid_results* holding each member's value or
+ * always succeeds with a braid_deferred_results* holding each member's value or
  * failure (nfailed counts the failures). */
 BRAID_API braid_deferred *braid_deferred_list(braid_loop *loop, braid_deferred *const *ds,
                                               size_t n);

@@ -28,13 +28,13 @@ typedef struct comb {
     bool cancelling;
     size_t n;
     size_t remaining;
-    braid_results *res;         /* gather/list: results; race: failures */
+    braid_deferred_results *res;         /* gather/list: results; race: failures */
     braid_deferred_race_win *win;        /* race */
     member m[];
 } comb;
 
-void braid_results_free(void *p) {
-    braid_results *res = p;
+void braid_deferred_results_free(void *p) {
+    braid_deferred_results *res = p;
     if (!res) return;
     for (size_t i = 0; i < res->n; i++) braid_result_drop(res->r[i]);
     braid_free(res);
@@ -55,7 +55,7 @@ static void fire_out(comb *st, braid_result r) {
 /* "gather: 2 of 5 failed: #1 (code), #3 (code)" with the lowest-index
  * failure as the cause (moved out of res). */
 static braid_failure *summarize(comb *st, int code, const char *what) {
-    braid_results *res = st->res;
+    braid_deferred_results *res = st->res;
     char buf[512];
     int len = snprintf(buf, sizeof buf, "%s: %zu of %zu failed:", what, res->nfailed, res->n);
     braid_failure *cause = NULL;
@@ -85,15 +85,15 @@ static void maybe_finish(comb *st) {
             if (st->res->nfailed) {
                 fire_out(st, braid_result_err(summarize(st, BRAID_EFIRST_ERROR, "gather")));
             } else {
-                braid_results *res = st->res;
+                braid_deferred_results *res = st->res;
                 st->res = NULL;
-                fire_out(st, braid_result_ok_owned(res, braid_results_free));
+                fire_out(st, braid_result_ok_owned(res, braid_deferred_results_free));
             }
             break;
         case K_LIST: {
-            braid_results *res = st->res;
+            braid_deferred_results *res = st->res;
             st->res = NULL;
-            fire_out(st, braid_result_ok_owned(res, braid_results_free));
+            fire_out(st, braid_result_ok_owned(res, braid_deferred_results_free));
             break;
         }
         case K_RACE:
@@ -104,7 +104,7 @@ static void maybe_finish(comb *st) {
             break;
         }
     }
-    braid_results_free(st->res);
+    braid_deferred_results_free(st->res);
     braid_deferred_race_win_free(st->win);
     braid_free(st);
 }
@@ -174,7 +174,7 @@ static braid_deferred *combine(braid_loop *loop, braid_deferred *const *ds, size
                                comb_kind kind, unsigned flags) {
     if (n > (SIZE_MAX - sizeof(comb)) / sizeof(member) / 2) return NULL;
     comb *st = braid_calloc(1, sizeof *st + n * sizeof(member));
-    braid_results *res = braid_calloc(1, sizeof *res + n * sizeof(braid_result));
+    braid_deferred_results *res = braid_calloc(1, sizeof *res + n * sizeof(braid_result));
     braid_deferred_race_win *win = kind == K_RACE ? braid_calloc(1, sizeof *win) : NULL;
     braid_deferred *out = braid_deferred_new_cancellable(loop, comb_cancel, st);
     bool ok = st && res && out && (kind != K_RACE || win);
