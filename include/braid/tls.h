@@ -348,7 +348,7 @@ BRAID_API braid_transport *braid_tls_transport_lower(braid_transport *t);
  * with the connected *application* protocol.
  *
  * The kinds are registered when the TLS module is loaded (with the static
- * libbraid: when the program uses TLS contexts). A program that uses TLS
+ * libbraid: when the program uses the TLS wrapper). A program that uses TLS
  * only through endpoint strings and links the static libbraid calls
  * braid_tls_endpoints_register() once first (any thread; 0, or the endpoint
  * module's error). */

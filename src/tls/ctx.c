@@ -439,10 +439,3 @@ void braid_tls_ctx_unref(braid_tls_ctx *ctx) {
 
 braid_tls_role braid_tls_ctx_role(const braid_tls_ctx *ctx) { return ctx->role; }
 uint64_t braid_tls_ctx_handshake_timeout(const braid_tls_ctx *ctx) { return ctx->handshake_timeout; }
-
-/* TLS's endpoint kinds (endpoint_tls.c) are registered when the module is
- * loaded; the call from here makes a static link that uses contexts keep
- * endpoint_tls.o too. */
-__attribute__((constructor)) static void register_endpoints_at_load(void) {
-    (void)braid_tls_endpoints_register();
-}

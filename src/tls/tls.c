@@ -584,3 +584,11 @@ int braid_tls_transport_error(braid_transport *t, const char **detail) {
 braid_transport *braid_tls_transport_lower(braid_transport *t) {
     return braid_tls_is_transport(t) ? of_t(t)->lower : NULL;
 }
+
+/* TLS's endpoint kinds (endpoint_tls.c) are registered when the module is
+ * loaded; the call from here makes a static link that uses the TLS wrapper
+ * keep endpoint_tls.o too. (Not in ctx.c: the engine and contexts stand
+ * alone, without the loop or endpoints.) */
+__attribute__((constructor)) static void register_endpoints_at_load(void) {
+    (void)braid_tls_endpoints_register();
+}
