@@ -77,6 +77,8 @@ typedef struct braid_address {
 BRAID_API const char *braid_address_format(const braid_address *a, char *buf, size_t size);
 /* The port of an IPv4/IPv6 address (host order), 0 otherwise. */
 BRAID_API int braid_address_port(const braid_address *a);
+/* Resolve a numeric "host" and port into an address (no DNS). */
+BRAID_API int braid_address_from_numeric(const char *host, int port, braid_address *out);
 
 typedef struct braid_protocol_ops {
     void (*connection_made)(braid_protocol *p);
@@ -123,7 +125,7 @@ BRAID_API void braid_factory_init(braid_factory *f, const braid_protocol_ops *op
 /* Build a protocol through f (used by transports; tests may call it). */
 BRAID_API braid_protocol *braid_factory_build(braid_factory *f, const braid_address *peer);
 /* Factory start/stop reference counting (listeners and connectors call these). */
-BRAID_API void braid_factory_ref(braid_factory *f);
+BRAID_API braid_factory *braid_factory_ref(braid_factory *f);   /* returns f */
 BRAID_API void braid_factory_unref(braid_factory *f);
 
 /* ---- producers ---------------------------------------------------------------------- */

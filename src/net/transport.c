@@ -49,8 +49,9 @@ braid_protocol *braid_factory_build(braid_factory *f, const braid_address *peer)
     return p;
 }
 
-void braid_factory_ref(braid_factory *f) {
+braid_factory *braid_factory_ref(braid_factory *f) {
     if (f->refs++ == 0 && f->start) f->start(f);
+    return f;
 }
 
 void braid_factory_unref(braid_factory *f) {
