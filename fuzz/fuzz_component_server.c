@@ -58,7 +58,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     braid_component_server *s;
     if (braid_component_server_new(loop, make_echo, NULL, &s) < 0) abort();
     braid_protocol *p = braid_factory_build(braid_component_server_factory(s), NULL);
-    braid_memory_transport *m;
+    braid_memory_transport *m = NULL;
     braid_memory_transport_new(loop, p, &m);
     unsigned char *echoed = malloc(size + 1);
     size_t got = 0, off = 0;

@@ -235,7 +235,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
 
     braid_protocol *p = braid_factory_build(braid_http_server_factory(server), NULL);
     if (!p) abort();
-    braid_memory_transport *m;
+    braid_memory_transport *m = NULL;
     braid_memory_transport_new(loop, p, &m);
     if (!m) abort();
 

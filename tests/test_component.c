@@ -800,7 +800,7 @@ static void alloc_teardown(void *arg, int rc, bool injected) {
 }
 
 BT_TEST(allocation_failure_walk) {
-    braid_fake_clock *fc;
+    braid_fake_clock *fc = NULL;
     braid_fake_clock_new(0, &fc);
     counts_reset();
     bt_walk_result r = bt_alloc_walk(&(bt_walk){ .name = "component", .arg = fc, .body = alloc_scenario,

@@ -71,9 +71,9 @@ BT_TEST(echo_handler_per_connection_and_eof_ends_it) {
     BT_OK(braid_component_server_new(loop, make_echo, NULL, &s));
     braid_protocol *p1 = braid_factory_build(braid_component_server_factory(s), NULL);
     braid_protocol *p2 = braid_factory_build(braid_component_server_factory(s), NULL);
-    braid_memory_transport *m1;
+    braid_memory_transport *m1 = NULL;
     braid_memory_transport_new(loop, p1, &m1);
-    braid_memory_transport *m2;
+    braid_memory_transport *m2 = NULL;
     braid_memory_transport_new(loop, p2, &m2);
     BT_EQ(braid_component_server_connections(s), 2);
     BT_OK(braid_memory_transport_receive(m1, "hello ", 6));
@@ -107,7 +107,7 @@ BT_TEST(full_handler_pauses_reading_until_it_pops) {
     braid_component_server *s;
     BT_OK(braid_component_server_new(loop, make_echo, NULL, &s));
     braid_protocol *p = braid_factory_build(braid_component_server_factory(s), NULL);
-    braid_memory_transport *m;
+    braid_memory_transport *m = NULL;
     braid_memory_transport_new(loop, p, &m);
     spin(loop);
     BT_OK(braid_memory_transport_receive(m, "a", 1));
@@ -143,7 +143,7 @@ BT_TEST(server_free_aborts_open_connections) {
     braid_component_server *s;
     BT_OK(braid_component_server_new(loop, make_echo, NULL, &s));
     braid_protocol *p = braid_factory_build(braid_component_server_factory(s), NULL);
-    braid_memory_transport *m;
+    braid_memory_transport *m = NULL;
     braid_memory_transport_new(loop, p, &m);
     BT_OK(braid_memory_transport_receive(m, "x", 1));
     braid_component_server_free(s);
@@ -159,7 +159,7 @@ BT_TEST(handler_signal_closes_after_writing) {
     braid_component_server *s;
     BT_OK(braid_component_server_new(loop, make_bye, NULL, &s));
     braid_protocol *p = braid_factory_build(braid_component_server_factory(s), NULL);
-    braid_memory_transport *m;
+    braid_memory_transport *m = NULL;
     braid_memory_transport_new(loop, p, &m);
     spin(loop);
     BT_TRUE(written(m, "bye"));

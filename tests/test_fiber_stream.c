@@ -50,7 +50,7 @@ static braid_memory_transport *mem_stream(braid_loop *loop, fx *x) {
     x->loop = loop;
     braid_fstream_new(loop, &x->s);
     BT_TRUE(x->s != NULL);
-    braid_memory_transport *m;
+    braid_memory_transport *m = NULL;
     braid_memory_transport_new(loop, braid_fstream_protocol(x->s), &m);
     BT_TRUE(m != NULL);
     return m;
@@ -537,7 +537,7 @@ BT_TEST(pump_fiber_client_and_server) {
     pair p = { .loop = loop };
     braid_fstream_new(loop, &p.c);
     braid_fstream_new(loop, &p.s);
-    braid_pump *pump;
+    braid_pump *pump = NULL;
     braid_pump_new(loop, braid_fstream_protocol(p.c), braid_fstream_protocol(p.s), &pump);
     BT_TRUE(pump != NULL);
     braid_deferred *ds = braid_fiber_spawn(loop, pump_server, &p, NULL);

@@ -1269,7 +1269,7 @@ static braid_deferred *oom_connect(void *arg, braid_loop *loop, const char *host
     (void)host, (void)port, (void)https;
     braid_protocol *p = braid_factory_build(f, NULL);
     if (!p) return braid_deferred_fail(loop, braid_failure_new(BRAID_ENOMEM, "build"));
-    braid_memory_transport *m;
+    braid_memory_transport *m = NULL;
     braid_memory_transport_new(loop, p, &m);
     if (!m) {
         p->ops->destroy(p);   /* never attached: release it ourselves */

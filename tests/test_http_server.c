@@ -1576,7 +1576,7 @@ static int oom_server_scenario(void *arg) {
         braid_http_server_free(s);
         return BRAID_ENOMEM;
     }
-    braid_memory_transport *m;
+    braid_memory_transport *m = NULL;
     braid_memory_transport_new(loop, p, &m);
     if (!m) {
         p->ops->destroy(p);                         /* never attached: ours to release */

@@ -513,7 +513,7 @@ BT_TEST(burst_of_blocking_jobs_after_short_min4) { burst_runs_at_once(4, 4, 2000
 /* A pool whose statistics run on a fake clock that never moves: how long a
  * job has been queued is unknowable, and the burst must still start. */
 BT_TEST(burst_of_blocking_jobs_fake_stats_clock) {
-    braid_fake_clock *fc;
+    braid_fake_clock *fc = NULL;
     braid_fake_clock_new(1000000, &fc);
     burst_runs_at_once_clock(4, 4, 2000, braid_fake_clock_base(fc));
     braid_fake_clock_free(fc);

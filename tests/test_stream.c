@@ -143,7 +143,7 @@ static void push_stop(braid_producer *pr) { pusher *p = pr->arg; p->stops++; p->
 BT_TEST(memory_records_writes_and_close) {
     braid_loop *loop = bt_loop_new(NULL);
     tp p = { .base.ops = &tp_ops };
-    braid_memory_transport *m;
+    braid_memory_transport *m = NULL;
     braid_memory_transport_new(loop, &p.base, &m);
     BT_TRUE(m);
     BT_EQ(p.made, 1);
@@ -180,7 +180,7 @@ BT_TEST(memory_records_writes_and_close) {
 BT_TEST(memory_push_producer_watermarks_and_cap) {
     braid_loop *loop = bt_loop_new(NULL);
     tp p = { .base.ops = &tp_ops };
-    braid_memory_transport *m;
+    braid_memory_transport *m = NULL;
     braid_memory_transport_new(loop, &p.base, &m);
     braid_transport *t = p.base.transport;
     BT_ERR(braid_transport_set_limits(t, 100, 50, 0), BRAID_EINVAL);
@@ -226,7 +226,7 @@ static void pull_more(braid_producer *pr) {
 BT_TEST(memory_pull_producer) {
     braid_loop *loop = bt_loop_new(NULL);
     tp p = { .base.ops = &tp_ops };
-    braid_memory_transport *m;
+    braid_memory_transport *m = NULL;
     braid_memory_transport_new(loop, &p.base, &m);
     puller pu = { .prod = { NULL, pull_more, NULL, &pu }, .t = p.base.transport };
     BT_OK(braid_transport_register_producer(p.base.transport, &pu.prod, false));
@@ -243,7 +243,7 @@ BT_TEST(memory_pull_producer) {
 BT_TEST(memory_half_close) {
     braid_loop *loop = bt_loop_new(NULL);
     tp p = { .base.ops = &tp_half_ops };
-    braid_memory_transport *m;
+    braid_memory_transport *m = NULL;
     braid_memory_transport_new(loop, &p.base, &m);
     braid_transport *t = p.base.transport;
     BT_OK(braid_transport_write(t, "bye", 3));
@@ -268,7 +268,7 @@ BT_TEST(memory_half_close) {
 BT_TEST(pump_echo_and_backpressure) {
     braid_loop *loop = bt_loop_new(NULL);
     tp c = { .base.ops = &tp_ops }, s = { .base.ops = &tp_ops, .echo = true };
-    braid_pump *pump;
+    braid_pump *pump = NULL;
     braid_pump_new(loop, &c.base, &s.base, &pump);
     BT_TRUE(pump);
     BT_EQ(c.made, 1); BT_EQ(s.made, 1);
@@ -305,9 +305,9 @@ BT_TEST(transport_is_a_push_producer) {
     braid_loop *loop = bt_loop_new(NULL);
     fwd a = { .base.ops = &fwd_ops };
     tp b = { .base.ops = &tp_ops };
-    braid_memory_transport *ma;
+    braid_memory_transport *ma = NULL;
     braid_memory_transport_new(loop, &a.base, &ma);
-    braid_memory_transport *mb;
+    braid_memory_transport *mb = NULL;
     braid_memory_transport_new(loop, &b.base, &mb);
     a.to = b.base.transport;
     BT_OK(braid_transport_set_limits(b.base.transport, 10, 20, 1000));
@@ -334,7 +334,7 @@ static int memory_scenario(void *arg) {
     int rc = braid_loop_new(&o, &loop);
     if (rc < 0) return rc;
     tp p = { .base.ops = &tp_ops };
-    braid_memory_transport *m;
+    braid_memory_transport *m = NULL;
     braid_memory_transport_new(loop, &p.base, &m);
     if (!m) { braid_loop_free(loop); return BRAID_ENOMEM; }
     static char big[100000];
@@ -564,7 +564,7 @@ BT_IO_TEST(connect_refused_fails) {
 }
 
 BT_IO_TEST(connect_cancel_and_timeout) {
-    braid_fake_clock *fc;
+    braid_fake_clock *fc = NULL;
     braid_fake_clock_new(0, &fc);
     braid_loop *loop = bt_loop_new(braid_fake_clock_base(fc));
     tp spool[2], cpool[2];
@@ -1219,12 +1219,12 @@ BT_IO_TEST(tcp_eof_while_paused_comes_after_the_data) {
  * BRAID_ETIMEDOUT exactly when the deadline passes on the loop clock; one
  * whose peer consumes in time closes cleanly and the deadline is disarmed. */
 BT_TEST(memory_close_within_deadline) {
-    braid_fake_clock *fc;
+    braid_fake_clock *fc = NULL;
     braid_fake_clock_new(1000, &fc);
     braid_loop *loop = bt_loop_new(braid_fake_clock_base(fc));
     /* the peer never reads */
     tp p = { .base.ops = &tp_ops };
-    braid_memory_transport *m;
+    braid_memory_transport *m = NULL;
     braid_memory_transport_new(loop, &p.base, &m);
     static char big[100000];
     BT_OK(braid_transport_write(p.base.transport, big, sizeof big));
@@ -1297,7 +1297,7 @@ static void tcp_pair(braid_loop *loop, tfactory *sf, tfactory *cf, braid_listene
 }
 
 BT_IO_TEST(tcp_close_within_non_reading_peer_aborts_at_deadline) {
-    braid_fake_clock *fc;
+    braid_fake_clock *fc = NULL;
     braid_fake_clock_new(0, &fc);
     braid_loop *loop = bt_loop_new(braid_fake_clock_base(fc));
     tp spool[1], cpool[1];
@@ -1343,7 +1343,7 @@ BT_IO_TEST(tcp_close_within_non_reading_peer_aborts_at_deadline) {
 /* The peer reads: the close is clean, before the deadline, and the deadline
  * is disarmed (the fake clock never moves in this test). */
 BT_IO_TEST(tcp_close_within_reading_peer_closes_cleanly) {
-    braid_fake_clock *fc;
+    braid_fake_clock *fc = NULL;
     braid_fake_clock_new(0, &fc);
     braid_loop *loop = bt_loop_new(braid_fake_clock_base(fc));
     tp spool[1], cpool[1];
@@ -1378,7 +1378,7 @@ BT_IO_TEST(tcp_close_within_reading_peer_closes_cleanly) {
  * takes). Without that the application hears "closed cleanly" while the
  * TCP connection under it lingers — and keeps the loop — forever. */
 BT_IO_TEST(tls_close_within_bounds_the_lower_transport) {
-    braid_fake_clock *fc;
+    braid_fake_clock *fc = NULL;
     braid_fake_clock_new(0, &fc);
     braid_loop *loop = bt_loop_new(braid_fake_clock_base(fc));
     braid_tls_ctx *sctx = bt_tls_server_ctx(NULL, NULL), *cctx = bt_tls_client_ctx(NULL);

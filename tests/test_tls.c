@@ -318,7 +318,7 @@ BT_TEST(garbage_fails_one_connection) {
     braid_tls_factory stf;
     BT_OK(braid_tls_factory_init(&stf, &sf.f, &(braid_tls_wrap_options){ .ctx = sctx }));
     app junk = { .base.ops = &app_ops };
-    braid_pump *pump;
+    braid_pump *pump = NULL;
     braid_pump_new(loop, &junk.base, braid_factory_build(&stf.base, NULL), &pump);
     BT_OK(braid_transport_write(junk.base.transport, "GET / HTTP/1.1\r\nHost: x\r\n\r\n", 27));
     braid_pump_flush(pump);
@@ -350,7 +350,7 @@ BT_TEST(garbage_fails_one_connection) {
 /* A server that never answers: the client's handshake times out on the
  * loop's (fake) clock. */
 BT_TEST(handshake_timeout_on_fake_clock) {
-    braid_fake_clock *fc;
+    braid_fake_clock *fc = NULL;
     braid_fake_clock_new(BRAID_SECONDS(100), &fc);
     braid_loop *loop = bt_loop_new(braid_fake_clock_base(fc));
     braid_tls_ctx *cctx = bt_tls_client_ctx(NULL);
@@ -361,7 +361,7 @@ BT_TEST(handshake_timeout_on_fake_clock) {
     BT_OK(braid_tls_factory_init(&ctf, &cf.f, &(braid_tls_wrap_options){
         .ctx = cctx, .server_name = "localhost", .handshake_timeout = BRAID_SECONDS(5) }));
     app silent = { .base.ops = &app_ops };
-    braid_pump *pump;
+    braid_pump *pump = NULL;
     braid_pump_new(loop, braid_factory_build(&ctf.base, NULL), &silent.base, &pump);
     braid_pump_flush(pump);
     BT_GT(silent.inlen, 0);            /* the ClientHello arrived, unanswered */
@@ -408,7 +408,7 @@ BT_TEST(starttls_over_pump) {
     braid_tls_ctx *sctx = bt_tls_server_ctx(NULL, NULL), *cctx = bt_tls_client_ctx(NULL);
     app c = { .base.ops = &st_ops, .starttls_ctx = cctx, .starttls_client = true };
     app s = { .base.ops = &st_ops, .starttls_ctx = sctx, .echo = true };
-    braid_pump *pump;
+    braid_pump *pump = NULL;
     braid_pump_new(loop, &c.base, &s.base, &pump);
     BT_OK(braid_transport_write(c.base.transport, "STARTTLS\n", 9));
     braid_pump_flush(pump);
