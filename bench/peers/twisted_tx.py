@@ -1,0 +1,162 @@
+#!/usr/bin/python3
+"""The tx study's peer: bank transfers through Twisted's adbapi.
+
+Each of --clients clients does transfers back to back for --seconds: move a
+random amount from account A to account B if A's balance allows, log it,
+then notify a subscriber over a socket ("<id>\\n"). --arm runQuery issues the
+five statements as five runQuery/runOperation calls (each its own
+transaction and thread hop: how adbapi users write it); --arm runInteraction
+runs them as one interaction. --faults P makes the fourth statement fail
+with probability P (a reference to a missing table: a rollback). Prints one
+JSON line: transfers, seconds, p50/p99 latency (us), and the consistency
+check (sum of balances vs the invariant, negative balances, notifications of
+transfers that did not commit). Uses the schema exp_tx.c created.
+"""
+import argparse
+import json
+import os
+import random
+import socket
+import sys
+import threading
+import time
+
+from twisted.enterprise import adbapi
+from twisted.internet import defer, reactor
+
+ap = argparse.ArgumentParser()
+ap.add_argument("--engine", required=True, choices=["sqlite", "postgresql"])
+ap.add_argument("--target", required=True)  # sqlite path or libpq conninfo
+ap.add_argument("--arm", required=True, choices=["runQuery", "runInteraction"])
+ap.add_argument("--clients", type=int, default=8)
+ap.add_argument("--connections", type=int, default=8)
+ap.add_argument("--seconds", type=float, default=0.5)
+ap.add_argument("--accounts", type=int, default=100)
+ap.add_argument("--faults", type=float, default=0.0)
+ap.add_argument("--first-id", type=int, default=1)
+a = ap.parse_args()
+
+pg = a.engine == "postgresql"
+if pg:
+    pool = adbapi.ConnectionPool("psycopg2", a.target, cp_min=a.connections,
+                                 cp_max=a.connections, cp_reconnect=True)
+    P = "%s"
+else:
+    pool = adbapi.ConnectionPool("sqlite3", a.target, cp_min=a.connections,
+                                 cp_max=a.connections, check_same_thread=False,
+                                 timeout=5, isolation_level=None)
+    P = "?"
+
+READ = "SELECT bal FROM acct WHERE id = %s" % P
+READ_LOCK = READ + (" FOR UPDATE" if pg else "")
+DEBIT = "UPDATE acct SET bal = bal - %s WHERE id = %s" % (P, P)
+CREDIT = "UPDATE acct SET bal = bal + %s WHERE id = %s" % (P, P)
+CREDIT_FAULT = CREDIT + " AND EXISTS (SELECT 1 FROM no_such_table)"
+LOG = "INSERT INTO xlog (id, a, b, amount) VALUES (%s, %s, %s, %s)" % (P, P, P, P)
+
+rsock, wsock = socket.socketpair()
+notified = []
+
+
+def reader():
+    buf = b""
+    while True:
+        d = rsock.recv(65536)
+        if not d:
+            break
+        buf += d
+        *lines, buf = buf.split(b"\n")
+        notified.extend(int(x) for x in lines if x)
+
+
+rt = threading.Thread(target=reader, daemon=True)
+rt.start()
+
+next_id = [a.first_id]
+lat = []
+done = [0]
+deadline = [0.0]
+
+
+def pick():
+    x = random.randrange(a.accounts) + 1
+    y = random.randrange(a.accounts - 1) + 1
+    if y >= x:
+        y += 1
+    return x, y, random.randrange(1, 20)
+
+
+def interaction(txn, i, x, y, amt, fault):
+    if not pg:
+        txn.execute("BEGIN IMMEDIATE")
+    txn.execute(READ_LOCK, (x,))
+    bal = txn.fetchone()[0]
+    txn.execute(READ, (y,))
+    txn.fetchone()
+    if bal < amt:
+        return False
+    txn.execute(DEBIT, (amt, x))
+    txn.execute(CREDIT_FAULT if fault else CREDIT, (amt, y))
+    txn.execute(LOG, (i, x, y, amt))
+    return True
+
+
+@defer.inlineCallbacks
+def client():
+    while time.monotonic() < deadline[0]:
+        i = next_id[0]
+        next_id[0] += 1
+        x, y, amt = pick()
+        fault = random.random() < a.faults
+        t0 = time.monotonic()
+        try:
+            if a.arm == "runInteraction":
+                ok = yield pool.runInteraction(interaction, i, x, y, amt, fault)
+            else:
+                rows = yield pool.runQuery(READ, (x,))
+                yield pool.runQuery(READ, (y,))
+                ok = rows[0][0] >= amt
+                if ok:
+                    yield pool.runOperation(DEBIT, (amt, x))
+                    yield pool.runOperation(CREDIT_FAULT if fault else CREDIT, (amt, y))
+                    yield pool.runOperation(LOG, (i, x, y, amt))
+            if ok:
+                wsock.sendall(b"%d\n" % i)
+        except Exception:
+            pass  # a rollback or a lost connection: counted by the check
+        lat.append(time.monotonic() - t0)
+        done[0] += 1
+
+
+@defer.inlineCallbacks
+def main():
+    # warm the pool's connections
+    yield defer.gatherResults([pool.runQuery("SELECT 1") for _ in range(a.connections)])
+    t0 = time.monotonic()
+    deadline[0] = t0 + a.seconds
+    yield defer.DeferredList([client() for _ in range(a.clients)])
+    el = time.monotonic() - t0
+    wsock.shutdown(socket.SHUT_WR)
+    rt.join(5)
+    rows = yield pool.runQuery("SELECT coalesce(sum(bal), 0), "
+                               "coalesce(sum(CASE WHEN bal < 0 THEN 1 ELSE 0 END), 0) FROM acct")
+    logged = yield pool.runQuery("SELECT id FROM xlog WHERE id >= %s" % P, (a.first_id,))
+    logged = {r[0] for r in logged}
+    lat.sort()
+    n = len(lat)
+    out = {
+        "transfers": done[0], "seconds": el,
+        "p50_us": lat[n // 2] * 1e6 if n else 0, "p99_us": lat[min(n - 1, n * 99 // 100)] * 1e6 if n else 0,
+        "sum": int(rows[0][0]), "negative": int(rows[0][1]),
+        "notified": len(notified),
+        "notified_uncommitted": sum(1 for i in notified if i not in logged),
+        "committed": len(logged),
+    }
+    print(json.dumps(out))
+    sys.stdout.flush()
+    pool.close()
+    reactor.stop()
+
+
+reactor.callWhenRunning(main)
+reactor.run()
