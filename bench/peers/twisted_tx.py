@@ -42,9 +42,13 @@ if pg:
                                  cp_max=a.connections, cp_reconnect=True)
     P = "%s"
 else:
+    def setup(conn):  # what braid sets on every SQLite connection
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=NORMAL")
+
     pool = adbapi.ConnectionPool("sqlite3", a.target, cp_min=a.connections,
                                  cp_max=a.connections, check_same_thread=False,
-                                 timeout=5, isolation_level=None)
+                                 timeout=5, isolation_level=None, cp_openfun=setup)
     P = "?"
 
 READ = "SELECT bal FROM acct WHERE id = %s" % P

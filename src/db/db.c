@@ -94,6 +94,11 @@ struct braid_db {
     braid__db_config cfg;
     braid_pool *pool;
     pthread_key_t key;               /* this thread's connection */
+    /* SQLite allows one writer: this process's writers queue here, on a
+     * mutex, rather than in SQLite's busy handler, which sleeps 1 ms ... 100
+     * ms between tries (the busy timeout still covers other processes). */
+    pthread_mutex_t writer_mu;
+    bool serial_writers;
     unsigned max_attempts;
     _Atomic bool closing;
     /* completions (mu) */
@@ -616,7 +621,10 @@ static void worker(void *arg) {
         txn.emit_tail = &txn.emits;
         job_set_conn(j, c);
         bool begin_lost = false, in_commit = false;
+        bool writer = db->serial_writers && !(j->flags & BRAID_DB_READ_ONLY);
+        if (writer) pthread_mutex_lock(&db->writer_mu);
         res = run_attempt(&txn, j, &begin_lost, &in_commit);
+        if (writer) pthread_mutex_unlock(&db->writer_mu);
         job_set_conn(j, NULL);
         braid_failure_free(txn.failed);
         if (!res.failure) {
@@ -704,6 +712,7 @@ static void drain(braid_db *db) {
 
 static void db_struct_free(braid_db *db) {
     pthread_key_delete(db->key);
+    pthread_mutex_destroy(&db->writer_mu);
     pthread_mutex_destroy(&db->mu);
     braid_free(db->cfg.target);
     braid_free(db);
@@ -869,7 +878,15 @@ int braid_db_open(braid_loop *loop, const char *url, const braid_db_options *opt
         braid_free(db);
         return BRAID_ENOMEM;
     }
+    db->serial_writers = drv == &braid__db_sqlite;
+    if (pthread_mutex_init(&db->writer_mu, NULL) != 0) {
+        pthread_mutex_destroy(&db->mu);
+        braid_free(db->cfg.target);
+        braid_free(db);
+        return BRAID_ENOMEM;
+    }
     if (pthread_key_create(&db->key, conn_key_dtor) != 0) {
+        pthread_mutex_destroy(&db->writer_mu);
         pthread_mutex_destroy(&db->mu);
         braid_free(db->cfg.target);
         braid_free(db);
@@ -883,6 +900,9 @@ int braid_db_open(braid_loop *loop, const char *url, const braid_db_options *opt
         .queue_limit = o.queue_limit ? o.queue_limit : 1024,
         .idle_timeout = o.idle_timeout ? o.idle_timeout : BRAID_SECONDS(60),
         .loop = loop,
+        /* a transaction costs tens of microseconds at least: spinning for it
+         * would only take a core from the database */
+        .flags = BRAID_POOL_NO_SPIN,
     };
     int rc = braid_pool_new(&db->pool, &po);
     if (rc < 0) {

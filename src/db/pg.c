@@ -26,6 +26,10 @@ typedef struct pg_conn {
     unsigned char *unesc;      /* the last unescaped bytea */
     char *scratch;             /* parameter text */
     size_t scratch_cap;
+    /* prepared statements ("b1", "b2", ...) by SQL text, least recently used evicted */
+    struct { char *sql; unsigned name; uint64_t used; } *cache;
+    unsigned ncache, cap, next_name;
+    uint64_t clock;
 } pg_conn;
 
 static void notice_quiet(void *arg, const char *message) {
@@ -35,6 +39,8 @@ static void notice_quiet(void *arg, const char *message) {
 
 static void pg_close(braid__db_conn *bc) {
     pg_conn *c = (pg_conn *)bc;
+    for (unsigned i = 0; i < c->ncache; i++) braid_free(c->cache[i].sql);
+    braid_free(c->cache);
     if (c->res) PQclear(c->res);
     if (c->unesc) PQfreemem(c->unesc);
     if (c->cancel) PQfreeCancel(c->cancel);
@@ -60,6 +66,7 @@ static int pg_connect(braid_db *db, braid__db_conn **out, braid_failure **f) {
     }
     PQsetNoticeProcessor(c->pg, notice_quiet, NULL);
     c->cancel = PQgetCancel(c->pg);
+    c->cap = cfg->statement_cache;
     *out = &c->base;
     return 0;
 }
@@ -68,9 +75,17 @@ static int pg_connect(braid_db *db, braid__db_conn **out, braid_failure **f) {
  * flag meanwhile (a cancel from the loop can land before the statement
  * reached the server and be lost; the worker then cancels it itself). The
  * last result of the statement, or NULL when the connection failed. */
-static PGresult *pg_exec(pg_conn *c, const char *sql, int n, const char *const *values,
-                         const int *lengths, const int *formats) {
-    if (!PQsendQueryParams(c->pg, sql, n, NULL, values, lengths, formats, 0)) return NULL;
+enum { SEND_SIMPLE, SEND_PARAMS, SEND_PREPARE, SEND_PREPARED };
+static PGresult *pg_exec(pg_conn *c, int how, const char *name, const char *sql, int n,
+                         const char *const *values, const int *lengths, const int *formats) {
+    int sent;
+    switch (how) {
+    case SEND_SIMPLE: sent = PQsendQuery(c->pg, sql); break;
+    case SEND_PARAMS: sent = PQsendQueryParams(c->pg, sql, n, NULL, values, lengths, formats, 0); break;
+    case SEND_PREPARE: sent = PQsendPrepare(c->pg, name, sql, n, NULL); break;
+    default: sent = PQsendQueryPrepared(c->pg, name, n, values, lengths, formats, 0); break;
+    }
+    if (!sent) return NULL;
     bool cancelled = false;
     while (PQisBusy(c->pg)) {
         if (!cancelled && c->base.interrupt && atomic_load(c->base.interrupt)) {
@@ -177,7 +192,51 @@ static int pg_query(braid__db_conn *bc, const char *sql, const braid_db_value *p
             break;
         }
     }
-    PGresult *res = pg_exec(c, sql, (int)n, values, lengths, formats);
+    /* a prepared statement from the cache, prepared now if new */
+    char name[16] = "";
+    if (c->cap) {
+        c->clock++;
+        unsigned slot = c->ncache;
+        for (unsigned i = 0; i < c->ncache; i++)
+            if (!strcmp(c->cache[i].sql, sql)) { slot = i; break; }
+        if (slot < c->ncache) {
+            c->cache[slot].used = c->clock;
+            snprintf(name, sizeof name, "b%u", c->cache[slot].name);
+        } else {
+            if (!c->cache) c->cache = braid_calloc(c->cap, sizeof *c->cache);
+            char *copy = c->cache ? braid_strdup(sql) : NULL;
+            if (copy) {
+                if (c->ncache == c->cap) {   /* evict the least recently used */
+                    slot = 0;
+                    for (unsigned i = 1; i < c->ncache; i++)
+                        if (c->cache[i].used < c->cache[slot].used) slot = i;
+                    char dealloc[40];
+                    snprintf(dealloc, sizeof dealloc, "DEALLOCATE b%u", c->cache[slot].name);
+                    PGresult *d = pg_exec(c, SEND_SIMPLE, NULL, dealloc, 0, NULL, NULL, NULL);
+                    if (d) PQclear(d);
+                    braid_free(c->cache[slot].sql);
+                    c->cache[slot].sql = NULL;
+                } else {
+                    slot = c->ncache;
+                }
+                unsigned id = ++c->next_name;
+                snprintf(name, sizeof name, "b%u", id);
+                PGresult *pr = pg_exec(c, SEND_PREPARE, name, sql, (int)n, NULL, NULL, NULL);
+                if (!pr || PQresultStatus(pr) != PGRES_COMMAND_OK) {
+                    braid_free(copy);
+                    if (slot < c->ncache) c->cache[slot] = c->cache[--c->ncache];   /* the evicted gap */
+                    return pg_error(c, pr, f);
+                }
+                PQclear(pr);
+                c->cache[slot].sql = copy;
+                c->cache[slot].name = id;
+                c->cache[slot].used = c->clock;
+                if (slot == c->ncache) c->ncache++;
+            }
+        }
+    }
+    PGresult *res = name[0] ? pg_exec(c, SEND_PREPARED, name, NULL, (int)n, values, lengths, formats)
+                            : pg_exec(c, SEND_PARAMS, NULL, sql, (int)n, values, lengths, formats);
     ExecStatusType s = res ? PQresultStatus(res) : PGRES_FATAL_ERROR;
     if (s != PGRES_TUPLES_OK && s != PGRES_COMMAND_OK) return pg_error(c, res, f);
     c->res = res;
@@ -243,7 +302,7 @@ static const void *pg_column_bytes(braid__db_conn *bc, int col, size_t *len, boo
 
 static int pg_run1(pg_conn *c, const char *sql, braid_failure **f) {
     pg_finish(&c->base);
-    PGresult *res = pg_exec(c, sql, 0, NULL, NULL, NULL);
+    PGresult *res = pg_exec(c, SEND_SIMPLE, NULL, sql, 0, NULL, NULL, NULL);
     if (!res || PQresultStatus(res) != PGRES_COMMAND_OK) return pg_error(c, res, f);
     /* COMMIT of a transaction the server had aborted answers "ROLLBACK" */
     bool rolled_back = !strcmp(sql, "COMMIT") && !strcmp(PQcmdStatus(res), "ROLLBACK");
