@@ -502,6 +502,19 @@ static void wait_started(braid_loop *loop) {
     BT_TRUE(atomic_load(&started));
 }
 
+/* The worker's rollback comes after the Deferred failed: wait for it. */
+static void wait_rolled_back(braid_loop *loop, braid_db *db, uint64_t n) {
+    braid_db_stats st;
+    for (int i = 0; i < 20000; i++) {
+        braid_db_stats_get(db, &st);
+        if (st.rolled_back >= n) return;
+        struct timespec ts = { 0, 100000 };
+        nanosleep(&ts, NULL);
+        braid_loop_run_once(loop, BRAID_RUN_NOWAIT);
+    }
+    bt_fail(__FILE__, __LINE__, "no rollback after 2 s");
+}
+
 static void deadline_case(const char *url) {
     braid_fake_clock *clk = braid_fake_clock_new(BRAID_SECONDS(1));
     braid_loop *loop = bt_loop_new(braid_fake_clock_base(clk));
@@ -520,8 +533,9 @@ static void deadline_case(const char *url) {
     BT_OK(braid_loop_advance(loop, BRAID_SECONDS(1)));
     BT_EQ(o.fired, 0);   /* not yet */
     BT_OK(braid_loop_advance(loop, BRAID_SECONDS(1)));
-    run_until_fired(loop, &o);
+    BT_EQ(o.fired, 1);   /* at the deadline, in that timer phase */
     BT_ERR(o.code, BRAID_ETIMEDOUT);
+    wait_rolled_back(loop, db, 1);
     BT_EQ(rec.n, 0);
     BT_EQ(atomic_load(&freed_msgs), 1);
     braid_db_stats st;
@@ -535,6 +549,52 @@ static void deadline_case(const char *url) {
 }
 
 BT_TEST(sqlite_deadline_interrupts) { deadline_case(sqlite_url("deadline.db")); }
+
+/* fn blocks for a long time outside any statement (a computation, a sleep):
+ * the Deferred still fails at the deadline, and the transaction, when fn
+ * returns, rolls back instead of committing. */
+static braid_result busy_outside_sql(braid_txn *txn, void *arg) {
+    emit_int(txn, arg, 5);
+    if (braid_txn_exec(txn, "INSERT INTO k VALUES (1)", NULL, 0) < 0) return braid_txn_failure(txn);
+    atomic_store(&started, 1);
+    while (!atomic_load(&gate)) {
+        struct timespec ts = { 0, 200000 };
+        nanosleep(&ts, NULL);
+    }
+    return braid_ok(NULL);
+}
+
+BT_TEST(sqlite_deadline_while_fn_blocks) {
+    braid_fake_clock *clk = braid_fake_clock_new(BRAID_SECONDS(1));
+    braid_loop *loop = bt_loop_new(braid_fake_clock_base(clk));
+    braid_db *db;
+    BT_OK(braid_db_open(loop, sqlite_url("blocks.db"), NULL, &db));
+    exec_ok(loop, db, "CREATE TABLE k (v INTEGER)");
+    static recorder rec;
+    braid_db_target t;
+    braid_db_target_init_callback(&t, record, &rec);
+    atomic_store(&started, 0);
+    atomic_store(&gate, 0);
+    atomic_store(&freed_msgs, 0);
+    braid_db_run_options ro = { .timeout = BRAID_MSEC(500) };
+    outcome o;
+    watch(braid_db_run_interaction(db, busy_outside_sql, &t, &ro), &o);
+    wait_started(loop);
+    BT_OK(braid_loop_advance(loop, BRAID_MSEC(500)));
+    BT_EQ(o.fired, 1);                 /* fn still blocks: the Deferred did not wait for it */
+    BT_ERR(o.code, BRAID_ETIMEDOUT);
+    atomic_store(&gate, 1);
+    wait_rolled_back(loop, db, 1);
+    BT_EQ(rec.n, 0);
+    BT_EQ(atomic_load(&freed_msgs), 1);
+    outcome q;
+    watch(braid_db_query(db, "SELECT count(*) FROM k", NULL, 0), &q);
+    run_until_fired(loop, &q);
+    BT_EQ(((braid_db_rows *)q.value)->cells[0].u.i, 0);   /* rolled back, not committed */
+    braid_db_free(db);
+    db_done(loop);
+    braid_fake_clock_free(clk);
+}
 
 static braid_result wait_gate(braid_txn *txn, void *arg) {
     (void)arg;

@@ -73,13 +73,13 @@
  * BRAID_EDB_CONN_LOST (retried only when RETRYABLE; never when it was lost
  * during COMMIT, whose outcome is then unknown).
  *
- * Deadlines (run options' timeout, ns on the loop's clock): when it passes, an
- * interaction still queued never starts; a running one is interrupted
- * (sqlite3_interrupt, PQcancel) and rolled back; either way the Deferred fails
- * with BRAID_ETIMEDOUT. A transaction whose COMMIT already succeeded is
- * committed: it is released and succeeds, however late. Cancelling the
- * Deferred does the same with BRAID_ECANCELED (the Deferred fails at once; a
- * transaction that commits anyway still has its messages released).
+ * Deadlines (run options' timeout, ns on the loop's clock): when it passes, the
+ * Deferred fails at once with BRAID_ETIMEDOUT, even if fn is busy outside any
+ * statement; an interaction still queued never starts; a running one is
+ * interrupted (sqlite3_interrupt, PQcancel; fn's next statement fails) and
+ * rolled back. Only a transaction whose COMMIT was already under way can still
+ * commit: its messages are then released all the same (they are true).
+ * Cancelling the Deferred does the same with BRAID_ECANCELED.
  *
  * Threads. fn runs on one of the db's threads and must not touch loop-affine
  * objects; a braid_txn is valid only inside fn, on that thread. Everything

@@ -684,9 +684,6 @@ static void job_finish(braid_db *db, job *j) {
         emits_free(db, j->emits);
     }
     j->emits = NULL;
-    int intr = atomic_load(&j->interrupt);
-    if (intr == BRAID_ETIMEDOUT && j->result.failure)
-        atomic_fetch_add_explicit(&db->st_timed_out, 1, memory_order_relaxed);
     braid_deferred *d = j->d;
     braid_result r = j->result;
     braid_loop_release(db->loop);
@@ -740,11 +737,19 @@ static void job_interrupt(job *j, int code) {
     pthread_mutex_unlock(&j->db->mu);
 }
 
+/* The deadline fails the Deferred now, whatever the worker is doing (fn may
+ * be busy outside any statement for seconds), and interrupts the work; the
+ * job finishes later and its result is dropped. */
 static void on_deadline(braid_timer *t, void *arg) {
     (void)t;
     job *j = arg;
     j->timer_on = false;
     job_interrupt(j, BRAID_ETIMEDOUT);
+    braid_deferred *d = j->d;
+    if (!d) return;
+    j->d = NULL;
+    atomic_fetch_add_explicit(&j->db->st_timed_out, 1, memory_order_relaxed);
+    braid_deferred_errback(d, braid_failure_new(BRAID_ETIMEDOUT, "the interaction's deadline passed"));
 }
 
 static void on_cancel(braid_deferred *d, void *arg) {
