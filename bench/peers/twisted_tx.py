@@ -31,7 +31,7 @@ ap.add_argument("--arm", required=True, choices=["runQuery", "runInteraction"])
 ap.add_argument("--clients", type=int, default=8)
 ap.add_argument("--connections", type=int, default=8)
 ap.add_argument("--seconds", type=float, default=0.5)
-ap.add_argument("--accounts", type=int, default=100)
+ap.add_argument("--accounts", type=int, default=20)
 ap.add_argument("--faults", type=float, default=0.0)
 ap.add_argument("--first-id", type=int, default=1)
 a = ap.parse_args()
@@ -52,7 +52,8 @@ else:
     P = "?"
 
 READ = "SELECT bal FROM acct WHERE id = %s" % P
-READ_LOCK = READ + (" FOR UPDATE" if pg else "")
+# lock A and B in id order (PostgreSQL): transfers never deadlock
+READ_LOCK = "SELECT id, bal FROM acct WHERE id IN (%s, %s) ORDER BY id FOR UPDATE" % (P, P)
 DEBIT = "UPDATE acct SET bal = bal - %s WHERE id = %s" % (P, P)
 CREDIT = "UPDATE acct SET bal = bal + %s WHERE id = %s" % (P, P)
 CREDIT_FAULT = CREDIT + " AND EXISTS (SELECT 1 FROM no_such_table)"
@@ -93,8 +94,12 @@ def pick():
 def interaction(txn, i, x, y, amt, fault):
     if not pg:
         txn.execute("BEGIN IMMEDIATE")
-    txn.execute(READ_LOCK, (x,))
-    bal = txn.fetchone()[0]
+    if pg:
+        txn.execute(READ_LOCK, (x, y))
+        bal = [r[1] for r in txn.fetchall() if r[0] == x][0]
+    else:
+        txn.execute(READ, (x,))
+        bal = txn.fetchone()[0]
     txn.execute(READ, (y,))
     txn.fetchone()
     if bal < amt:
