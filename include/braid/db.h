@@ -88,8 +88,12 @@
  * delivery, or when the db is freed).
  *
  * Ownership. braid_db_free frees the db: interactions still queued fail with
- * BRAID_ESHUTDOWN, running ones finish (their Deferreds fire, committed ones
- * are released) before it returns, and every Deferred fires exactly once.
+ * BRAID_ESHUTDOWN; running ones are interrupted (their next statement fails)
+ * and rolled back unless already committing; it waits for their fn to return,
+ * and every Deferred has fired exactly once when it returns. If an answer was
+ * already posted to the loop and not yet run, the loop's next iteration runs
+ * that internal call (braid_loop_run does; before braid_loop_destroy, run
+ * braid_loop_run_once(loop, BRAID_RUN_NOWAIT)).
  *
  * Per-statement calls. braid_db_query runs one statement as its own
  * transaction and returns a Deferred of its rows: it exists to measure the

@@ -108,6 +108,7 @@ struct braid_db {
     job *done_head, *done_tail;
     bool wake_posted;
     braid_post wake;
+    bool freeing;                    /* braid_db_free runs: workers post no wake */
     bool freed;                      /* braid_db_free ran; the wake frees the struct */
     /* loop side */
     job *live;                       /* in flight */
@@ -433,8 +434,8 @@ static void insert_pending_locked(braid_db *db, order_node *o) {
 }
 
 static void wake_loop(braid_db *db) {
-    /* db->mu held by the caller */
-    if (db->done_head && !db->wake_posted) {
+    /* db->mu held by the caller; while braid_db_free runs, it drains itself */
+    if (db->done_head && !db->wake_posted && !db->freeing) {
         db->wake_posted = true;
         braid_loop_post_node(db->loop, &db->wake);
     }
@@ -921,6 +922,9 @@ int braid_db_open(braid_loop *loop, const char *url, const braid_db_options *opt
 void braid_db_free(braid_db *db) {
     if (!db) return;
     atomic_store(&db->closing, true);
+    pthread_mutex_lock(&db->mu);
+    db->freeing = true;
+    pthread_mutex_unlock(&db->mu);
     for (job *j = db->live; j; j = j->next_live) job_interrupt(j, BRAID_ESHUTDOWN);
     /* FINISH: queued jobs run, see `closing` and fail at once without touching
      * the database, so each Deferred fires exactly once. */
