@@ -61,6 +61,8 @@ static const int client_counts[] = { 1, 8, 64 };
 typedef struct result {
     double tps, p50_us, p99_us;
     double sum_drift, negative, notified_uncommitted, committed, retries;
+    double hung;             /* Twisted: clients whose transfer never completed (given up 10 s
+                                after the deadline) */
     bool ok;
 } result;
 
@@ -466,7 +468,7 @@ static result measure_twisted(bench_ctx *ctx, const char *engine, const char *ta
     result res = { 0 };
     char cmd[2048];
     snprintf(cmd, sizeof cmd,
-             "/usr/bin/python3 '%s/peers/twisted_tx.py' --engine %s --target '%s' --arm %s --clients %d "
+             "timeout -s KILL 60 /usr/bin/python3 '%s/peers/twisted_tx.py' --engine %s --target '%s' --arm %s --clients %d "
              "--connections %d --seconds %g --accounts %d --faults %g 2>/dev/null",
              ctx->data_dir, engine, target, arm == A_TW_INTER ? "runInteraction" : "runQuery", nclients,
              strcmp(engine, "sqlite") ? PG_CONNS : SQLITE_CONNS,
@@ -492,6 +494,7 @@ static result measure_twisted(bench_ctx *ctx, const char *engine, const char *ta
     res.negative = json_num(line, "negative");
     res.notified_uncommitted = json_num(line, "notified_uncommitted");
     res.committed = json_num(line, "committed");
+    res.hung = json_num(line, "hung");
     res.ok = true;
     return res;
 }
@@ -539,8 +542,8 @@ static void emit_rows(bench_ctx *ctx, tx_state *s, const char *pass) {
             result *x = &s->res[a][r];
             if (!x->ok) continue;
             double vals[9] = { x->tps, x->p50_us, x->p99_us, x->sum_drift, x->negative,
-                               x->notified_uncommitted, x->committed, x->retries, 0 };
-            for (int m = 0; m < 8; m++) v[m][n] = vals[m];
+                               x->notified_uncommitted, x->committed, x->retries, x->hung };
+            for (int m = 0; m < 9; m++) v[m][n] = vals[m];
             n++;
         }
         if (!n) {
@@ -560,6 +563,7 @@ static void emit_rows(bench_ctx *ctx, tx_state *s, const char *pass) {
         bench_row_metric(row, "notified_uncommitted", v[5], n, "notes");
         bench_row_metric(row, "committed", v[6], n, "transfers");
         if (a < A_TW_INTER) bench_row_metric(row, "retries", v[7], n, "retries");
+        else bench_row_metric(row, "clients_hung", v[8], n, "clients");
         bench_row_end(row);
     }
 }

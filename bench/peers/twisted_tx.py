@@ -137,34 +137,67 @@ def client():
         done[0] += 1
 
 
-@defer.inlineCallbacks
-def main():
-    # warm the pool's connections
-    yield defer.gatherResults([pool.runQuery("SELECT 1") for _ in range(a.connections)])
-    t0 = time.monotonic()
-    deadline[0] = t0 + a.seconds
-    yield defer.DeferredList([client() for _ in range(a.clients)])
-    el = time.monotonic() - t0
+finished = [0]
+
+
+def check_and_report(el, hung):
+    """The consistency check on a connection of its own (the pool may be stuck)."""
     wsock.shutdown(socket.SHUT_WR)
     rt.join(5)
-    rows = yield pool.runQuery("SELECT coalesce(sum(bal), 0), "
-                               "coalesce(sum(CASE WHEN bal < 0 THEN 1 ELSE 0 END), 0) FROM acct")
-    logged = yield pool.runQuery("SELECT id FROM xlog WHERE id >= %s" % P, (a.first_id,))
-    logged = {r[0] for r in logged}
+    if pg:
+        import psycopg2
+        c = psycopg2.connect(a.target)
+    else:
+        import sqlite3
+        c = sqlite3.connect(a.target, timeout=30)
+    cur = c.cursor()
+    cur.execute("SELECT CAST(coalesce(sum(bal), 0) AS BIGINT), "
+                "CAST(coalesce(sum(CASE WHEN bal < 0 THEN 1 ELSE 0 END), 0) AS BIGINT) FROM acct")
+    total, negative = cur.fetchone()
+    cur.execute("SELECT id FROM xlog WHERE id >= %s" % P, (a.first_id,))
+    logged = {r[0] for r in cur.fetchall()}
+    c.close()
     lat.sort()
     n = len(lat)
     out = {
         "transfers": done[0], "seconds": el,
         "p50_us": lat[n // 2] * 1e6 if n else 0, "p99_us": lat[min(n - 1, n * 99 // 100)] * 1e6 if n else 0,
-        "sum": int(rows[0][0]), "negative": int(rows[0][1]),
+        "sum": int(total), "negative": int(negative),
         "notified": len(notified),
         "notified_uncommitted": sum(1 for i in notified if i not in logged),
         "committed": len(logged),
+        "hung": hung,
     }
     print(json.dumps(out))
     sys.stdout.flush()
-    pool.close()
-    reactor.stop()
+    os._exit(0)
+
+
+t_start = [0.0]
+
+
+def give_up():
+    # clients still waiting long after the deadline: adbapi lost them (a killed
+    # connection whose Deferred never fires); report and leave
+    check_and_report(time.monotonic() - t_start[0], a.clients - finished[0])
+
+
+@defer.inlineCallbacks
+def counted_client():
+    yield client()
+    finished[0] += 1
+
+
+@defer.inlineCallbacks
+def main():
+    # warm the pool's connections
+    yield defer.gatherResults([pool.runQuery("SELECT 1") for _ in range(a.connections)])
+    t0 = time.monotonic()
+    t_start[0] = t0
+    deadline[0] = t0 + a.seconds
+    reactor.callLater(a.seconds + 10, give_up)
+    yield defer.DeferredList([counted_client() for _ in range(a.clients)])
+    check_and_report(time.monotonic() - t0, 0)
 
 
 reactor.callWhenRunning(main)
