@@ -775,29 +775,32 @@ BT_TEST(alloc_failure_walk) {
         braid_test_fail_alloc_after(n, false);
         braid_db *db = NULL;
         int rc = braid_db_open(loop, url, NULL, &db);
-        outcome o[2];
+        outcome o[3];
         memset(o, 0, sizeof o);
         int launched = 0;
         if (rc == 0) {
             braid_db_target t;
             braid_db_target_init_callback(&t, record, &rec);
             counter_arg a = { &t, 2 };
-            for (int i = 0; i < 2; i++) {
-                braid_deferred *d = braid_db_run_interaction(db, i ? bump : run_sql,
-                                                             i ? (void *)&a
-                                                               : (void *)"CREATE TABLE IF NOT EXISTS counter (v BIGINT)",
-                                                             NULL);
+            for (int i = 0; i < 3; i++) {
+                braid_db_value p = BRAID_DB_STR("walk");
+                braid_deferred *d =
+                    i == 2 ? braid_db_query(db, "SELECT v, $1 FROM counter", &p, 1)
+                           : braid_db_run_interaction(db, i ? bump : run_sql,
+                                                      i ? (void *)&a
+                                                        : (void *)"CREATE TABLE IF NOT EXISTS counter (v BIGINT)",
+                                                      NULL);
                 if (!d) continue;
                 launched++;
                 BT_OK(braid_deferred_add_callbacks(d, on_ok, on_err, &o[i]));
                 braid_deferred_release(d);
             }
-            for (int i = 0; i < 2; i++) {
+            for (int i = 0; i < 3; i++) {
                 volatile int *f = &o[i].fired;
                 for (int k = 0; k < 100000 && !*f && braid_loop_run_once(loop, 0) > 0; k++) {}
             }
             braid_db_free(db);
-            for (int i = 0; i < 2; i++) BT_LE(o[i].fired, 1);
+            for (int i = 0; i < 3; i++) BT_LE(o[i].fired, 1);
             /* a committed bump delivered both messages; every delivered one was freed */
             if (o[1].fired && o[1].code == 0) BT_EQ(rec.n, 2);
             else BT_EQ(rec.n, 0);
@@ -809,7 +812,8 @@ BT_TEST(alloc_failure_walk) {
         braid_test_fail_alloc_after(0, false);
         db_done(loop);
         BT_EQ(braid_test_alloc_outstanding(), base);
-        if (!failed && launched == 2 && o[0].fired && o[1].fired) break;
+        free_kept();
+        if (!failed && launched == 3 && o[0].fired && o[1].fired && o[2].fired) break;
     }
     BT_LT(n, 400);
 }
