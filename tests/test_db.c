@@ -948,28 +948,38 @@ static braid_result skew_fn(braid_txn *txn, void *arg) {
     return braid_ok(NULL);
 }
 
-static void skew_case(unsigned flags, bool expect_retry) {
-    const char *url = pg_url();
-    braid_loop *loop = bt_loop_new(NULL);
+/* Two interactions of fn on a db of 2 connections over the two-row table
+ * "oncall", run until both fired; messages recorded in rec. */
+static braid_db *race_two(braid_loop *loop, braid_txn_fn fn, unsigned flags, recorder *rec, outcome *o1,
+                          outcome *o2) {
     braid_db *db;
     braid_db_options opts = { .connections = 2 };
-    BT_OK(braid_db_open(loop, url, &opts, &db));
+    BT_OK(braid_db_open(loop, pg_url(), &opts, &db));
     exec_ok(loop, db, "DROP TABLE IF EXISTS oncall");
     exec_ok(loop, db, "CREATE TABLE oncall (id INT PRIMARY KEY, v INT)");
     exec_ok(loop, db, "INSERT INTO oncall VALUES (1, 0), (2, 0)");
-    static recorder rec;
-    rec.n = 0;
-    braid_db_target t;
-    braid_db_target_init_callback(&t, record, &rec);
+    rec->n = 0;
+    static braid_db_target t;
+    braid_db_target_init_callback(&t, record, rec);
     atomic_store(&at_barrier, 0);
     atomic_store(&freed_msgs, 0);
-    skew_arg a1 = { &t, 1 }, a2 = { &t, 2 };
+    static skew_arg a1, a2;
+    a1 = (skew_arg){ &t, 1 };
+    a2 = (skew_arg){ &t, 2 };
     braid_db_run_options ro = { .flags = flags };
+    watch(braid_db_run_interaction(db, fn, &a1, &ro), o1);
+    watch(braid_db_run_interaction(db, fn, &a2, &ro), o2);
+    run_until_fired(loop, o1);
+    run_until_fired(loop, o2);
+    return db;
+}
+
+static void skew_case(unsigned flags, bool expect_retry) {
+    pg_url();
+    braid_loop *loop = bt_loop_new(NULL);
+    static recorder rec;
     outcome o1, o2;
-    watch(braid_db_run_interaction(db, skew_fn, &a1, &ro), &o1);
-    watch(braid_db_run_interaction(db, skew_fn, &a2, &ro), &o2);
-    run_until_fired(loop, &o1);
-    run_until_fired(loop, &o2);
+    braid_db *db = race_two(loop, skew_fn, flags, &rec, &o1, &o2);
     braid_db_stats st;
     braid_db_stats_get(db, &st);
     if (expect_retry) {
@@ -1008,26 +1018,11 @@ static braid_result deadlock_fn(braid_txn *txn, void *arg) {
 }
 
 BT_TEST(pg_deadlock_retried) {
-    const char *url = pg_url();
+    pg_url();
     braid_loop *loop = bt_loop_new(NULL);
-    braid_db *db;
-    braid_db_options opts = { .connections = 2 };
-    BT_OK(braid_db_open(loop, url, &opts, &db));
-    exec_ok(loop, db, "DROP TABLE IF EXISTS oncall");
-    exec_ok(loop, db, "CREATE TABLE oncall (id INT PRIMARY KEY, v INT)");
-    exec_ok(loop, db, "INSERT INTO oncall VALUES (1, 0), (2, 0)");
     static recorder rec;
-    rec.n = 0;
-    braid_db_target t;
-    braid_db_target_init_callback(&t, record, &rec);
-    atomic_store(&at_barrier, 0);
-    skew_arg a1 = { &t, 1 }, a2 = { &t, 2 };
-    braid_db_run_options ro = { .flags = BRAID_DB_RETRYABLE };
     outcome o1, o2;
-    watch(braid_db_run_interaction(db, deadlock_fn, &a1, &ro), &o1);
-    watch(braid_db_run_interaction(db, deadlock_fn, &a2, &ro), &o2);
-    run_until_fired(loop, &o1);
-    run_until_fired(loop, &o2);
+    braid_db *db = race_two(loop, deadlock_fn, BRAID_DB_RETRYABLE, &rec, &o1, &o2);
     if (o1.code || o2.code) bt_fail(__FILE__, __LINE__, "%s / %s", o1.msg, o2.msg);
     braid_db_stats st;
     braid_db_stats_get(db, &st);
