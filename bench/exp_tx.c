@@ -468,7 +468,7 @@ static result measure_twisted(bench_ctx *ctx, const char *engine, const char *ta
     result res = { 0 };
     char cmd[2048];
     snprintf(cmd, sizeof cmd,
-             "timeout -s KILL 60 /usr/bin/python3 '%s/peers/twisted_tx.py' --engine %s --target '%s' --arm %s --clients %d "
+             "timeout -s KILL 30 /usr/bin/python3 '%s/peers/twisted_tx.py' --engine %s --target '%s' --arm %s --clients %d "
              "--connections %d --seconds %g --accounts %d --faults %g 2>/dev/null",
              ctx->data_dir, engine, target, arm == A_TW_INTER ? "runInteraction" : "runQuery", nclients,
              strcmp(engine, "sqlite") ? PG_CONNS : SQLITE_CONNS,
