@@ -11,7 +11,7 @@
  * plaintext afterwards, output can always be drained, and EOF ends every
  * engine with a code (DONE, TRUNCATED or its error). */
 #include <braid/tls.h>
-#include "../tests/tls_certs.h"
+#include "../tests/support/tls_certs.h"
 #include <stdlib.h>
 #include <string.h>
 

@@ -10,8 +10,8 @@
  * issuer == NULL makes a self-signed CA. Validity is given in seconds
  * relative to now (negative = in the past), so an expired certificate is
  * btc_make(..., -7200, -3600). */
-#ifndef BRAID_TESTS_TLS_CERTS_H
-#define BRAID_TESTS_TLS_CERTS_H
+#ifndef BRAID_TESTS_SUPPORT_TLS_CERTS_H
+#define BRAID_TESTS_SUPPORT_TLS_CERTS_H
 
 #include <openssl/evp.h>
 #include <openssl/pem.h>
