@@ -583,7 +583,7 @@ static int run(bench_ctx *ctx) {
     int rc = braid_db_pg_cluster_start(NULL, &cl, why, sizeof why);
     if (rc < 0) bench_note(ctx, "tx: no PostgreSQL (%s); its rows are skipped", why);
     bool tw_pg = s->have_twisted && bench_have_python_module("psycopg2");
-    double secs = ctx->smoke ? 0.1 : ctx->full ? 3.0 : 0.2;
+    double secs = ctx->smoke ? 0.1 : ctx->full ? 3.0 : 0.15;
     for (int e = 0; e < 2; e++) {
         bool pg = e == 1;
         if (pg && !cl) continue;
@@ -617,7 +617,7 @@ static int run(bench_ctx *ctx) {
         /* faults: 64 clients, 5% failing credits, killed backends on PostgreSQL */
         if (!ctx->smoke) {
             s->nclients = 64;
-            s->seconds = ctx->full ? 20.0 : 0.3;
+            s->seconds = ctx->full ? 20.0 : 0.25;
             s->faults = 0.05;
             s->max_transfers = ctx->full ? 100000 : 0;
             s->kill = pg ? braid_db_pg_cluster_conninfo(cl) : NULL;
