@@ -644,24 +644,31 @@ static double med(bench_ctx *ctx, const char *impl, const char *engine, const ch
 }
 
 static void conclude(bench_ctx *ctx, FILE *html) {
-    fprintf(html, "<p>");
+    fprintf(html, "<p>Ratios are medians of run-by-run ratios (same run, alternating). ");
+    static const char *const cl[] = { "clients=1", "clients=8", "clients=64" };
     for (int e = 0; e < 2; e++) {
         const char *eng = e ? "engine=postgresql" : "engine=sqlite";
-        double b = med(ctx, "braid-interaction", eng, "clients=64", "pass=clean", "transfers_per_s");
-        double a = med(ctx, "braid-per-statement", eng, "clients=64", "pass=clean", "transfers_per_s");
-        double t = med(ctx, "twisted-runInteraction", eng, "clients=64", "pass=clean", "transfers_per_s");
-        if (isfinite(b))
-            fprintf(html, "%s, 64 clients: whole transaction %.0f transfers/s, per-statement %.0f (%.1fx), "
-                          "Twisted runInteraction %.0f (braid %.1fx). ",
-                    eng + 7, b, a, b / a, t, b / t);
+        for (int i = 0; i < 3; i++) {
+            const bench_row *b = bench_find_row(ctx, "braid-interaction", NULL, eng, cl[i], "pass=clean", NULL);
+            const bench_row *a = bench_find_row(ctx, "braid-per-statement", NULL, eng, cl[i], "pass=clean", NULL);
+            const bench_row *t = bench_find_row(ctx, "twisted-runInteraction", NULL, eng, cl[i], "pass=clean", NULL);
+            double ra = NAN, rt = NAN, lo, hi;
+            if (b && a && !bench_pair_ratio(b, a, "transfers_per_s", &ra, &lo, &hi)) ra = NAN;
+            if (b && t && !bench_pair_ratio(b, t, "transfers_per_s", &rt, &lo, &hi)) rt = NAN;
+            if (!b) continue;
+            fprintf(html, "%s, %s: the whole transaction does %.2fx the per-statement arm%s and %.2fx Twisted's "
+                          "runInteraction. ",
+                    eng + 7, cl[i] + 8, ra, isfinite(ra) && ra < 1 ? " (braid loses here: whole transactions "
+                                                                     "hold their row locks longer)" : "", rt);
+        }
         double fb = med(ctx, "braid-interaction", eng, "clients=64", "pass=faults", "notified_uncommitted");
         double fbs = med(ctx, "braid-interaction", eng, "clients=64", "pass=faults", "sum_drift");
         double fa = med(ctx, "braid-per-statement", eng, "clients=64", "pass=faults", "sum_drift");
         double fan = med(ctx, "braid-per-statement", eng, "clients=64", "pass=faults", "negative_balances");
         if (isfinite(fb))
-            fprintf(html, "With faults: the whole transaction drifted the invariant by %.0f and notified %.0f "
+            fprintf(html, "With faults (%s): the whole transaction drifted the invariant by %.0f and notified %.0f "
                           "uncommitted transfers; per-statement drifted it by %.0f with %.0f negative balances. ",
-                    fbs, fb, fa, fan);
+                    eng + 7, fbs, fb, fa, fan);
     }
     fprintf(html, "</p>\n");
 }

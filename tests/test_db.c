@@ -670,6 +670,32 @@ static void shutdown_case(const char *url) {
 
 BT_TEST(sqlite_shutdown_with_interactions_in_flight) { shutdown_case(sqlite_url("shut.db")); }
 
+/* The db freed from a callback of one of its own interactions, while other
+ * answers wait in the same batch: they fire, nothing is used after free (ASan). */
+static braid_db *freed_in_cb;
+static braid_result free_db_cb(braid_result r, void *arg) {
+    outcome *o = arg;
+    o->fired++;
+    braid_result_drop(r);
+    braid_db_free(freed_in_cb);
+    return braid_ok(NULL);
+}
+BT_TEST(sqlite_free_from_callback) {
+    braid_loop *loop = bt_loop_new(NULL);
+    BT_OK(braid_db_open(loop, sqlite_url("cbfree.db"), NULL, &freed_in_cb));
+    outcome o[8];
+    for (int i = 0; i < 8; i++) {
+        braid_deferred *d = braid_db_run_interaction(freed_in_cb, run_sql, "SELECT 1", NULL);
+        memset(&o[i], 0, sizeof o[i]);
+        if (i == 0) BT_OK(braid_deferred_add_callbacks(d, free_db_cb, free_db_cb, &o[i]));
+        else BT_OK(braid_deferred_add_callbacks(d, on_ok, on_err, &o[i]));
+        braid_deferred_release(d);
+    }
+    bt_run_until(loop, &o[0].fired, 100000);
+    for (int i = 0; i < 8; i++) BT_EQ(o[i].fired, 1);   /* all of them, exactly once */
+    db_done(loop);
+}
+
 /* ---- cancel ---------------------------------------------------------------------------------------- */
 BT_TEST(sqlite_cancel_interrupts) {
     braid_loop *loop = bt_loop_new(NULL);

@@ -109,6 +109,8 @@ struct braid_db {
     bool wake_posted;
     braid_post wake;
     bool freeing;                    /* braid_db_free runs: workers post no wake */
+    unsigned draining;               /* drain() frames on the stack (loop thread) */
+    bool free_requested;             /* braid_db_free ran inside a drain: the outer one frees */
     bool freed;                      /* braid_db_free ran; the wake frees the struct */
     /* loop side */
     job *live;                       /* in flight */
@@ -693,19 +695,35 @@ static void job_finish(braid_db *db, job *j) {
     else braid_result_drop(r);
 }
 
+/* Finish the answered jobs. Their callbacks may call braid_db_free: the
+ * struct then stays until the outermost drain has returned. */
 static void drain(braid_db *db) {
+    db->draining++;
     for (;;) {
         pthread_mutex_lock(&db->mu);
         job *j = db->done_head;
         db->done_head = db->done_tail = NULL;
         pthread_mutex_unlock(&db->mu);
-        if (!j) return;
+        if (!j) break;
         while (j) {
             job *next = j->next_done;
             job_finish(db, j);
             j = next;
         }
     }
+    db->draining--;
+}
+
+static void db_struct_free(braid_db *db);
+
+/* The end of braid_db_free: the struct goes now, or with the wake-up still
+ * posted to the loop. */
+static void free_final(braid_db *db) {
+    pthread_mutex_lock(&db->mu);
+    db->freed = true;
+    bool posted = db->wake_posted;
+    pthread_mutex_unlock(&db->mu);
+    if (!posted) db_struct_free(db);
 }
 
 static void db_struct_free(braid_db *db) {
@@ -727,6 +745,7 @@ static void on_wake(void *arg) {
         return;
     }
     drain(db);
+    if (db->free_requested) free_final(db);   /* braid_db_free ran in a callback */
 }
 
 static void job_interrupt(job *j, int code) {
@@ -920,7 +939,7 @@ int braid_db_open(braid_loop *loop, const char *url, const braid_db_options *opt
 }
 
 void braid_db_free(braid_db *db) {
-    if (!db) return;
+    if (!db || db->pool == NULL) return;   /* NULL, or freed already from a callback */
     atomic_store(&db->closing, true);
     pthread_mutex_lock(&db->mu);
     db->freeing = true;
@@ -931,11 +950,11 @@ void braid_db_free(braid_db *db) {
     braid_pool_destroy(db->pool, BRAID_POOL_FINISH);
     db->pool = NULL;
     drain(db);
-    pthread_mutex_lock(&db->mu);
-    db->freed = true;
-    bool posted = db->wake_posted;
-    pthread_mutex_unlock(&db->mu);
-    if (!posted) db_struct_free(db);
+    if (db->draining) {   /* called from a callback of an answer being finished */
+        db->free_requested = true;
+        return;
+    }
+    free_final(db);
 }
 
 void braid_db_stats_get(braid_db *db, braid_db_stats *out) {
