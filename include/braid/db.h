@@ -328,11 +328,15 @@ BRAID_API const char *braid_db_engine(const braid_db *db);
  * braid_db_pg_cluster_stop runs — or the calling process exits in any way,
  * a failed assertion or a crash included — it stops the server and removes
  * the directory. Run as root, the server runs as the "postgres" user (or
- * "nobody"): PostgreSQL refuses root. bindir NULL: $BRAID_PG_BINDIR, else
+ * "nobody"): PostgreSQL refuses root. The data directory is copied from a
+ * template initdb'd once per user and binaries ($TMPDIR/braid-pg-template-*,
+ * made under a lock; BRAID_PG_TEMPLATE=0: initdb every time).
+ * bindir NULL: $BRAID_PG_BINDIR, else
  * `pg_config --bindir`, else the newest /usr/lib/postgresql/N/bin.
  * 0; BRAID_ENOSYS when no server binaries exist (a test skips: why says so);
  * another code when they exist but the cluster failed (why has the log's
- * tail). Any thread; blocks for initdb (about a second). */
+ * tail). Any thread; blocks for the copy and the start (a few tenths of a
+ * second; the first initdb about a second more). */
 typedef struct braid_db_pg_cluster braid_db_pg_cluster;
 BRAID_API int braid_db_pg_cluster_start(const char *bindir, braid_db_pg_cluster **out,
                                         char *why, size_t whylen);
