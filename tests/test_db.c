@@ -497,7 +497,7 @@ static braid_result long_query(braid_txn *txn, void *arg) {
 }
 
 static void wait_started(braid_loop *loop) {
-    for (int i = 0; i < 20000 && !atomic_load(&started); i++) {
+    for (int i = 0; i < 100000 && !atomic_load(&started); i++) {
         struct timespec ts = { 0, 100000 };
         nanosleep(&ts, NULL);
         braid_loop_run_once(loop, BRAID_RUN_NOWAIT);
@@ -508,14 +508,14 @@ static void wait_started(braid_loop *loop) {
 /* The worker's rollback comes after the Deferred failed: wait for it. */
 static void wait_rolled_back(braid_loop *loop, braid_db *db, uint64_t n) {
     braid_db_stats st;
-    for (int i = 0; i < 20000; i++) {
+    for (int i = 0; i < 100000; i++) {
         braid_db_stats_get(db, &st);
         if (st.rolled_back >= n) return;
         struct timespec ts = { 0, 100000 };
         nanosleep(&ts, NULL);
         braid_loop_run_once(loop, BRAID_RUN_NOWAIT);
     }
-    bt_fail(__FILE__, __LINE__, "no rollback after 2 s");
+    bt_fail(__FILE__, __LINE__, "no rollback after 10 s");
 }
 
 static void deadline_case(const char *url) {
@@ -967,7 +967,7 @@ BT_TEST(pg_rollback_on_statement_failure) {
 static _Atomic int at_barrier;
 static void barrier2(void) {
     atomic_fetch_add(&at_barrier, 1);
-    for (int i = 0; i < 20000 && atomic_load(&at_barrier) < 2; i++) {
+    for (int i = 0; i < 100000 && atomic_load(&at_barrier) < 2; i++) {
         struct timespec ts = { 0, 100000 };
         nanosleep(&ts, NULL);
     }

@@ -697,12 +697,17 @@ static void job_finish(braid_db *db, job *j) {
 
 /* Finish the answered jobs. Their callbacks may call braid_db_free: the
  * struct then stays until the outermost drain has returned. */
-static void drain(braid_db *db) {
+static void drain(braid_db *db, bool from_wake) {
     db->draining++;
     for (;;) {
         pthread_mutex_lock(&db->mu);
         job *j = db->done_head;
         db->done_head = db->done_tail = NULL;
+        /* The wake-up node is ours again only once the list is seen empty:
+         * answers that come meanwhile are taken by this loop, and no second
+         * wake-up is posted for them (it would find nothing, and keep the
+         * loop's leak gate shut). */
+        if (!j && from_wake) db->wake_posted = false;
         pthread_mutex_unlock(&db->mu);
         if (!j) break;
         while (j) {
@@ -737,14 +742,13 @@ static void db_struct_free(braid_db *db) {
 static void on_wake(void *arg) {
     braid_db *db = arg;
     pthread_mutex_lock(&db->mu);
-    db->wake_posted = false;
     bool freed = db->freed;
     pthread_mutex_unlock(&db->mu);
-    if (freed) {
+    if (freed) {   /* posted before braid_db_free, which drained it already */
         db_struct_free(db);
         return;
     }
-    drain(db);
+    drain(db, true);
     if (db->free_requested) free_final(db);   /* braid_db_free ran in a callback */
 }
 
@@ -949,7 +953,7 @@ void braid_db_free(braid_db *db) {
      * the database, so each Deferred fires exactly once. */
     braid_pool_destroy(db->pool, BRAID_POOL_FINISH);
     db->pool = NULL;
-    drain(db);
+    drain(db, false);
     if (db->draining) {   /* called from a callback of an answer being finished */
         db->free_requested = true;
         return;

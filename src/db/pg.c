@@ -73,8 +73,9 @@ static int pg_connect(braid_db *db, braid__db_conn **out, braid_failure **f) {
 
 /* Send a statement and wait for its result, watching the job's interrupt
  * flag meanwhile (a cancel from the loop can land before the statement
- * reached the server and be lost; the worker then cancels it itself). The
- * last result of the statement, or NULL when the connection failed. */
+ * reached the server and be lost; the worker then cancels it itself, again
+ * until it ends). The last result of the statement, or NULL when the
+ * connection failed. */
 enum { SEND_SIMPLE, SEND_PARAMS, SEND_PREPARE, SEND_PREPARED };
 static PGresult *pg_exec(pg_conn *c, int how, const char *name, const char *sql, int n,
                          const char *const *values, const int *lengths, const int *formats) {
@@ -86,16 +87,16 @@ static PGresult *pg_exec(pg_conn *c, int how, const char *name, const char *sql,
     default: sent = PQsendQueryPrepared(c->pg, name, n, values, lengths, formats, 0); break;
     }
     if (!sent) return NULL;
-    bool cancelled = false;
     while (PQisBusy(c->pg)) {
-        if (!cancelled && c->base.interrupt && atomic_load(c->base.interrupt)) {
+        /* A cancel that reaches the server before the statement started is
+         * ignored there: repeat it every 50 ms until the statement ends. */
+        if (c->base.interrupt && atomic_load(c->base.interrupt)) {
             char err[256];
             if (c->cancel) (void)PQcancel(c->cancel, err, sizeof err);
-            cancelled = true;
         }
         struct pollfd p = { .fd = PQsocket(c->pg), .events = POLLIN };
         if (p.fd < 0) break;
-        int r = poll(&p, 1, cancelled ? 1000 : 50);
+        int r = poll(&p, 1, 50);
         if (r < 0 && errno != EINTR) break;
         if (r > 0 && !PQconsumeInput(c->pg)) break;
     }
