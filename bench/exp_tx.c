@@ -692,6 +692,6 @@ BENCH_EXPERIMENT(tx, .title = "Transactions in threads: one hop per transaction 
                            "closed-loop clients for a fixed time, 8 connections on PostgreSQL and 1 on SQLite for every implementation, alternating; "
                            "consistency checked after each run; a second pass injects 5% failing statements and, "
                            "on PostgreSQL, a backend killed every 20 ms.",
-                 .run = run, .quick_seconds = 45, .full_seconds = 600, .plot_x = "clients",
+                 .run = run, .quick_seconds = 70, .full_seconds = 600, .plot_x = "clients",
                  .plot_metric = "transfers_per_s", .plot_logx = true, .conclude = conclude,
                  .ratio_base = "braid-interaction", .headline = "transfers_per_s", .quick_runs = 3);
