@@ -88,6 +88,9 @@ typedef struct bench_experiment {
     /* Alternating runs per implementation in quick mode when --runs is not
      * given (default 5; issue 6 allows 3 for the heavy server experiments). */
     int quick_runs;
+    /* Run only when named on the command line (minutes-long experiments such
+     * as soak stay out of `make bench`). */
+    bool explicit_only;
 } bench_experiment;
 
 void bench_register(const bench_experiment *e);

@@ -549,3 +549,28 @@ BT_TEST(strerror_names_codes) {
     BT_STREQ(braid_strerror(-4098), "unknown braid error");
     BT_STREQ(braid_strerror(12345), "unknown error");
 }
+
+/* ---- cancelling a ready call ---------------------------------------------------------- */
+static void soon_count(void *arg) { ++*(int *)arg; }
+
+BT_TEST(soon_cancel_takes_a_node_out_of_the_queue) {
+    braid_loop *loop = bt_loop_new(NULL);
+    int a = 0, b = 0, c = 0;
+    braid_soon na = { .fn = soon_count, .arg = &a }, nb = { .fn = soon_count, .arg = &b },
+               nc = { .fn = soon_count, .arg = &c };
+    braid_loop_soon_node(loop, &na);
+    braid_loop_soon_node(loop, &nb);
+    braid_loop_soon_node(loop, &nc);
+    BT_TRUE(braid_loop_soon_cancel(loop, &nc));    /* the tail */
+    BT_TRUE(braid_loop_soon_cancel(loop, &na));    /* the head */
+    BT_FALSE(braid_loop_soon_cancel(loop, &na));   /* not queued any more */
+    braid_loop_soon_node(loop, &nc);               /* the tail was fixed up */
+    braid_loop_run_once(loop, BRAID_RUN_NOWAIT);
+    BT_EQ(a, 0);
+    BT_EQ(b, 1);
+    BT_EQ(c, 1);
+    /* a cancelled node is no ready call left behind for the leak gate */
+    braid_loop_soon_node(loop, &na);
+    BT_TRUE(braid_loop_soon_cancel(loop, &na));
+    bt_loop_destroy(loop);
+}

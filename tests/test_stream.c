@@ -1637,3 +1637,104 @@ BT_IO_TEST(broadcast_slow_consumer_recipe) {
     braid_listener_close(w.l);
     bt_loop_destroy(loop);
 }
+
+/* ---- a descriptor number reused in the iteration that closed it ---------------------------- */
+/* A connected TCP pair on loopback, made without braid. */
+static void raw_tcp_pair(int sv[2]) {
+    int l = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    struct sockaddr_in a = { .sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
+    socklen_t al = sizeof a;
+    BT_GE(l, 0);
+    BT_EQ(bind(l, (struct sockaddr *)&a, sizeof a), 0);
+    BT_EQ(listen(l, 1), 0);
+    BT_EQ(getsockname(l, (struct sockaddr *)&a, &al), 0);
+    sv[0] = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    BT_EQ(connect(sv[0], (struct sockaddr *)&a, sizeof a), 0);
+    sv[1] = accept4(l, NULL, NULL, SOCK_CLOEXEC);
+    BT_GE(sv[1], 0);
+    close(l);
+}
+
+/* The lowest free descriptor number from `from` up names b's socket: what a
+ * connection accepted right after a close gets (accept takes the lowest
+ * free number; here from `from` up, whatever holes the process has below). */
+static int take_number(int b, int from) {
+    int fd = fcntl(b, F_DUPFD_CLOEXEC, from);
+    BT_GE(fd, 0);
+    close(b);
+    return fd;
+}
+
+/* A connection closed with a send still waiting to go (on io_uring: a send
+ * SQE queued for the next wait), and a new connection taking its descriptor
+ * number in the same iteration: none of the old connection's bytes may reach
+ * the new one. (On io_uring the queued send named the descriptor by number:
+ * submitted after the close, it wrote the old client's data to the new one.) */
+BT_IO_TEST(tcp_unsent_data_never_reaches_a_reused_descriptor) {
+    braid_loop *loop = bt_loop_new(NULL);
+    int a[2], b[2];
+    raw_tcp_pair(a);
+    raw_tcp_pair(b);
+    tp x = { .base.ops = &tp_ops };
+    BT_OK(braid_stream_adopt(loop, a[1], &x.base));
+    for (int i = 0; i < 5; i++) BT_OK(braid_loop_run_once(loop, BRAID_RUN_NOWAIT));
+    BT_EQ(x.made, 1);
+    braid_transport *t = x.base.transport;
+    const size_t total = 8u << 20;          /* far more than loopback's socket buffers */
+    char *big = malloc(total);
+    BT_TRUE(big);
+    memset(big, 'A', total);
+    BT_OK(braid_transport_set_limits(t, 0, 0, 2 * total));
+    BT_OK(braid_transport_write(t, big, total));
+    free(big);
+    BT_GT(braid_transport_buffered(t), 0);  /* the kernel did not take it all: a send waits */
+    braid_transport_abort(t);
+    int reused = take_number(b[1], a[1]);
+    for (int i = 0; i < 50; i++) BT_OK(braid_loop_run_once(loop, BRAID_RUN_NOWAIT));
+    BT_EQ(x.lost, 1);
+    char buf[4096];
+    ssize_t n = recv(b[0], buf, sizeof buf, MSG_DONTWAIT);
+    if (n > 0)
+        bt_fail(__FILE__, __LINE__, "the new connection (fd %d, was %d) received %zd bytes of the old one's ('%c'...)",
+                reused, a[1], n, buf[0]);
+    BT_EQ(n, -1);
+    BT_TRUE(errno == EAGAIN || errno == EWOULDBLOCK);
+    /* the new connection works both ways, untouched */
+    BT_EQ(write(reused, "new", 3), 3);
+    BT_EQ(recv(b[0], buf, sizeof buf, 0), 3);
+    BT_EQ(memcmp(buf, "new", 3), 0);
+    close(reused);
+    close(b[0]);
+    close(a[0]);
+    BT_EQ(braid_loop_run(loop), 0);
+    bt_loop_destroy(loop);
+}
+
+/* The same for a receive: a transport closed before its first receive was
+ * submitted (on io_uring: a recv SQE queued for the next wait), and a new
+ * connection on its number that already has data: the data stays for the
+ * new connection's owner, none of it read away by the closed transport. */
+BT_IO_TEST(tcp_closed_before_reading_never_reads_a_reused_descriptor) {
+    braid_loop *loop = bt_loop_new(NULL);
+    int a[2], b[2];
+    raw_tcp_pair(a);
+    raw_tcp_pair(b);
+    BT_EQ(write(b[0], "GET / HTTP/1.1\r\n\r\n", 18), 18);
+    tp x = { .base.ops = &tp_ops };
+    BT_OK(braid_stream_adopt(loop, a[1], &x.base));
+    braid_transport_abort(x.base.transport);
+    int reused = take_number(b[1], a[1]);
+    for (int i = 0; i < 50; i++) BT_OK(braid_loop_run_once(loop, BRAID_RUN_NOWAIT));
+    BT_EQ(x.total_in, 0);
+    char buf[64];
+    ssize_t n = recv(reused, buf, sizeof buf, MSG_DONTWAIT);
+    if (n != 18)
+        bt_fail(__FILE__, __LINE__, "the new connection (fd %d, was %d) kept %zd of its 18 bytes",
+                reused, a[1], n);
+    BT_EQ(memcmp(buf, "GET / HTTP/1.1\r\n\r\n", 18), 0);
+    close(reused);
+    close(b[0]);
+    close(a[0]);
+    BT_EQ(braid_loop_run(loop), 0);
+    bt_loop_destroy(loop);
+}

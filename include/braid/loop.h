@@ -189,6 +189,11 @@ typedef struct braid_soon {
 } braid_soon;
 BRAID_API int braid_loop_soon(braid_loop *loop, braid_call_fn fn, void *arg);
 BRAID_API void braid_loop_soon_node(braid_loop *loop, braid_soon *node);
+/* Take a node queued with braid_loop_soon_node out of the queue before it
+ * runs (a module whose queued work went away, so the leak gate does not
+ * see a ready call left behind). true if it was queued; false if it was
+ * not, or if its ready phase has already begun (it will run). O(queued). */
+BRAID_API bool braid_loop_soon_cancel(braid_loop *loop, braid_soon *node);
 
 /* ---- fd watchers: IReactorFDSet, the lowest layer --------------------------------- */
 enum {

@@ -608,6 +608,20 @@ void braid_loop_soon_node(braid_loop *loop, braid_soon *node) {
     loop->soon_tail = node;
 }
 
+bool braid_loop_soon_cancel(braid_loop *loop, braid_soon *node) {
+    BRAID__LOOP_AFFINE(loop);
+    braid_soon *prev = NULL;
+    for (braid_soon *n = loop->soon_head; n; prev = n, n = n->next) {
+        if (n != node) continue;
+        if (prev) prev->next = n->next;
+        else loop->soon_head = n->next;
+        if (loop->soon_tail == n) loop->soon_tail = prev;
+        n->next = NULL;
+        return true;
+    }
+    return false;
+}
+
 typedef struct soon_call {
     braid_soon node;
     braid_call_fn fn;
