@@ -172,7 +172,7 @@ out:
         for (int i = 0; i < ncomp; i++) braid_component_free(k[i]);
     free(k);
     free(st);
-    braid_loop_destroy(loop);
+    braid_loop_free(loop);
     return ns;
 }
 

@@ -320,7 +320,7 @@ out:
     braid_component_free(g->renderer);
     free(sp);
     free(sc);
-    braid_loop_destroy(loop);
+    braid_loop_free(loop);
 out0:
     world_free(&g->w);
     free(g);

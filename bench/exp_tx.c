@@ -179,7 +179,7 @@ static braid_result xfer_fn(braid_txn *txn, void *arg) {
         return braid_txn_failure(txn);
     }
     if (braid_txn_query_int(txn, SQL_READ, &pb, 1, &balb) != 1) return braid_txn_failure(txn);
-    if (bal < c->amount) return braid_ok(NULL);
+    if (bal < c->amount) return braid_result_ok(NULL);
     braid_db_value d[] = { BRAID_DB_INT(c->amount), BRAID_DB_INT(c->a) };
     braid_db_value cr[] = { BRAID_DB_INT(c->amount), BRAID_DB_INT(c->b) };
     braid_db_value lg[] = { BRAID_DB_INT(c->id), BRAID_DB_INT(c->a), BRAID_DB_INT(c->b), BRAID_DB_INT(c->amount) };
@@ -189,13 +189,13 @@ static braid_result xfer_fn(braid_txn *txn, void *arg) {
     char line[32];
     int n = snprintf(line, sizeof line, "%lld\n", (long long)c->id);
     if (braid_txn_emit_copy(txn, &c->run->sink.target, line, (size_t)n) < 0) return braid_txn_failure(txn);
-    return braid_ok(NULL);
+    return braid_result_ok(NULL);
 }
 
 static braid_result inter_done(braid_result res, void *arg) {
     braid_result_drop(res);
     transfer_done(arg);
-    return braid_ok(NULL);
+    return braid_result_ok(NULL);
 }
 
 /* (a): five Deferreds, each statement its own transaction */
@@ -208,22 +208,22 @@ static braid_result stmt_ok(braid_result res, void *arg) {
     c->step++;
     if (c->step == 2 && c->bal < c->amount) {   /* not enough: done, nothing to say */
         transfer_done(c);
-        return braid_ok(NULL);
+        return braid_result_ok(NULL);
     }
     if (c->step == 5) {
         char line[32];
         int n = snprintf(line, sizeof line, "%lld\n", (long long)c->id);
         if (c->run->sink.target.transport) braid_transport_write(c->run->sink.target.transport, line, (size_t)n);
         transfer_done(c);
-        return braid_ok(NULL);
+        return braid_result_ok(NULL);
     }
     stmt_issue(c);
-    return braid_ok(NULL);
+    return braid_result_ok(NULL);
 }
 static braid_result stmt_err(braid_result res, void *arg) {
     braid_result_drop(res);
     transfer_done(arg);
-    return braid_ok(NULL);
+    return braid_result_ok(NULL);
 }
 static void stmt_issue(client *c) {
     bench_run *r = c->run;
@@ -246,8 +246,8 @@ static void stmt_issue(client *c) {
         break;
     }
     braid_deferred *d = braid_db_query(r->db, sql, v, n);
-    braid_deferred_add_callbacks(d, stmt_ok, stmt_err, c);
-    braid_deferred_release(d);
+    braid_deferred_add(d, stmt_ok, stmt_err, c);
+    braid_deferred_unref(d);
 }
 
 static void client_next(client *c) {
@@ -270,8 +270,8 @@ static void client_next(client *c) {
     if (r->arm == A_INTER) {
         braid_db_run_options ro = { .flags = BRAID_DB_RETRYABLE };
         braid_deferred *d = braid_db_run_interaction(r->db, xfer_fn, c, &ro);
-        braid_deferred_add_callbacks(d, inter_done, inter_done, c);
-        braid_deferred_release(d);
+        braid_deferred_add(d, inter_done, inter_done, c);
+        braid_deferred_unref(d);
     } else {
         stmt_issue(c);
     }
@@ -286,14 +286,14 @@ static braid_result sync_cb(braid_result r, void *arg) {
     sync_q *q = arg;
     q->r = r;
     q->fired = 1;
-    return braid_ok(NULL);
+    return braid_result_ok(NULL);
 }
 static braid_result sync_query(braid_loop *loop, braid_db *db, const char *sql, const braid_db_value *p,
                                size_t n) {
     sync_q q = { 0 };
     braid_deferred *d = braid_db_query(db, sql, p, n);
-    braid_deferred_add_callbacks(d, sync_cb, sync_cb, &q);
-    braid_deferred_release(d);
+    braid_deferred_add(d, sync_cb, sync_cb, &q);
+    braid_deferred_unref(d);
     while (!q.fired) braid_loop_run_once(loop, 0);
     return q.r;
 }
@@ -342,7 +342,7 @@ static bool setup_schema(const char *url) {
     if (braid_loop_new(&loop, NULL) < 0) return false;
     braid_db *db;
     if (braid_db_open(loop, url, NULL, &db) < 0) {
-        braid_loop_destroy(loop);
+        braid_loop_free(loop);
         return false;
     }
     bool ok = sync_exec(loop, db, "DROP TABLE IF EXISTS xlog") && sync_exec(loop, db, "DROP TABLE IF EXISTS acct") &&
@@ -355,7 +355,7 @@ static bool setup_schema(const char *url) {
         braid_result_drop(r);
     }
     braid_db_free(db);
-    braid_loop_destroy(loop);
+    braid_loop_free(loop);
     return ok;
 }
 
@@ -374,7 +374,7 @@ static result measure_braid(const char *url, bool pg, int arm, int nclients, dou
     if (braid_loop_new(&r->loop, NULL) < 0) return res;
     braid_db_options o = { .connections = pg ? PG_CONNS : SQLITE_CONNS, .queue_limit = 4096 };
     if (braid_db_open(r->loop, url, &o, &r->db) < 0) {
-        braid_loop_destroy(r->loop);
+        braid_loop_free(r->loop);
         return res;
     }
     reset_tables(r->loop, r->db);
@@ -383,7 +383,7 @@ static result measure_braid(const char *url, bool pg, int arm, int nclients, dou
     subscriber sub = { .fd = sv[1] };
     pthread_create(&sub.th, NULL, sub_main, &sub);
     r->sink.base.ops = &sink_ops;
-    braid_stream_adopt(r->loop, sv[0], &r->sink.base);
+    braid_transport_adopt(r->loop, sv[0], &r->sink.base);
     braid_db_target_init_transport(&r->sink.target, r->sink.base.transport);
     r->pg = pg;
     r->arm = arm;
@@ -412,7 +412,7 @@ static result measure_braid(const char *url, bool pg, int arm, int nclients, dou
     braid_db_stats st;
     braid_db_stats_get(r->db, &st);
     /* flush the notifications, then check */
-    braid_transport_lose_connection(r->sink.base.transport);
+    braid_transport_close(r->sink.base.transport, BRAID_FOREVER);
     while (!r->sink.lost) braid_loop_run_once(r->loop, 0);
     pthread_join(sub.th, NULL);
     close(sv[1]);
@@ -448,7 +448,7 @@ static result measure_braid(const char *url, bool pg, int arm, int nclients, dou
     }
     res.retries = (double)(st.retries - st0.retries);
     braid_db_free(r->db);
-    braid_loop_destroy(r->loop);
+    braid_loop_free(r->loop);
     free(sub.ids);
     free(r->lat);
     free(r);
@@ -517,7 +517,7 @@ static void reset_via_braid(const char *url) {
         reset_tables(loop, db);
         braid_db_free(db);
     }
-    braid_loop_destroy(loop);
+    braid_loop_free(loop);
 }
 
 static void measure(bench_ctx *ctx, int impl, int run, void *arg) {

@@ -36,7 +36,7 @@ static int make_echo(braid_loop *loop, const braid_address *peer, void *arg, bra
 
 static void spin(braid_loop *loop) {
     for (int i = 0; i < 8; i++)
-        if (braid_loop_run_once(loop, BRAID_RUN_NOWAIT) < 0) abort();
+        if (braid_loop_run_once(loop, BRAID_LOOP_RUN_NOWAIT) < 0) abort();
 }
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
@@ -94,7 +94,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     braid_memory_transport_free(m);
     braid_component_server_free(s);
     spin(loop);
-    if (braid_loop_destroy(loop) < 0) abort();
+    if (braid_loop_free(loop) < 0) abort();
     free(echoed);
     return 0;
 }

@@ -70,11 +70,11 @@ static braid_deferred *mem_connect(void *arg, braid_loop *loop, const char *host
     (void)https;
     (void)port;
     if (z->n == MAX_CONNS || host[0] == 'r')   /* "refused.example": a failed connect */
-        return braid_fail(loop, braid_failure_new(-ECONNREFUSED, "connection refused"));
+        return braid_deferred_fail(loop, braid_failure_new(-ECONNREFUSED, "connection refused"));
     braid_protocol *p = braid_factory_build(f, NULL);
     if (!p) abort();
     z->m[z->n++] = braid_memory_transport_new(loop, p);
-    return braid_succeed(loop, p, NULL);
+    return braid_deferred_succeed(loop, p, NULL);
 }
 
 static void check_response(const req_state *s, const braid_http_client_response *r) {
@@ -95,14 +95,14 @@ static braid_result got(braid_result r, void *arg) {
     check_response(s, r.value);
     if (s->streaming) s->live = r.value;
     braid_result_drop(r);   /* buffered: frees the response; streaming: borrowed, no dtor */
-    return braid_ok(NULL);
+    return braid_result_ok(NULL);
 }
 static braid_result failed(braid_result r, void *arg) {
     req_state *s = arg;
     s->fired++;
     if (!r.failure || r.failure->code >= 0) abort();
     braid_result_drop(r);
-    return braid_ok(NULL);
+    return braid_result_ok(NULL);
 }
 
 static fz *cur;   /* the input being run (callbacks read its flags) */
@@ -151,8 +151,8 @@ static void issue(fz *z) {
     z->nreqs++;
     braid_deferred *d = braid_http_client_request(z->c, &q);
     if (!d) abort();
-    if (braid_deferred_add_callbacks(d, got, failed, s) < 0) abort();
-    braid_deferred_release(d);
+    if (braid_deferred_add(d, got, failed, s) < 0) abort();
+    braid_deferred_unref(d);
 }
 
 /* A request is over once its Deferred fired and, streaming, its body ended. */
@@ -277,7 +277,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     }
     for (int i = 0; i < z.n; i++) braid_memory_transport_free(z.m[i]);
     if (!fzw_expire(z.loop, z.fc, BRAID_SECONDS(5), 100)) abort();
-    if (braid_loop_destroy(z.loop) < 0) abort();   /* the leak gate */
+    if (braid_loop_free(z.loop) < 0) abort();   /* the leak gate */
     braid_fake_clock_free(z.fc);
     cur = NULL;
     return 0;

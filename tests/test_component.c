@@ -155,8 +155,8 @@ BT_TEST(idle_graph_runs_nothing) {
     BT_EQ(s1.runs, 1);   /* the activation run only */
     BT_EQ(s2.runs, 1);
     /* nothing pending: an iteration has nothing alive */
-    BT_EQ(braid_loop_run_once(loop, BRAID_RUN_NOWAIT), 0);
-    for (int i = 0; i < 10; i++) braid_loop_run_once(loop, BRAID_RUN_NOWAIT);
+    BT_EQ(braid_loop_run_once(loop, BRAID_LOOP_RUN_NOWAIT), 0);
+    for (int i = 0; i < 10; i++) braid_loop_run_once(loop, BRAID_LOOP_RUN_NOWAIT);
     BT_EQ(s1.runs, 1);
     /* one delivery wakes only its component */
     counts_reset();
@@ -475,7 +475,7 @@ BT_TEST(fiber_recv_times_out_and_free_cancels_it) {
     BT_OK(braid_deferred_take(d, &r));
     BT_ERR(r.failure->code, BRAID_ECANCELED);
     braid_result_drop(r);
-    braid_deferred_release(d);
+    braid_deferred_unref(d);
     bt_drain(loop);
     BT_ERR(rcs[1], BRAID_ECANCELED);
     BT_EQ(braid_component_count(loop), 0);
@@ -510,13 +510,13 @@ static braid_result record_end(braid_result r, void *arg) {
     tag *t = arg;
     t->log->names[t->log->n++] = t->name;
     braid_result_drop(r);
-    return braid_ok(NULL);
+    return braid_result_ok(NULL);
 }
 static void watch_end(braid_component *c, tag *t) {
     braid_deferred *d = braid_component_when_done(c);
     BT_TRUE(d != NULL);
     BT_OK(braid_deferred_add_both(d, record_end, t));
-    braid_deferred_release(d);
+    braid_deferred_unref(d);
 }
 
 BT_TEST(pipeline_drains_and_stops_in_order) {
@@ -620,7 +620,7 @@ BT_TEST(leak_gate_refuses_a_live_component) {
     braid_loop *loop = fake_loop(&fc);
     sink s = { 0 };
     braid_component *a = mk(loop, sink_run, &s, "leaky");
-    BT_ERR(braid_loop_destroy(loop), BRAID_EBUSY);
+    BT_ERR(braid_loop_free(loop), BRAID_EBUSY);
     braid_component_free(a);
     fake_done(loop, fc);
 }
@@ -877,10 +877,10 @@ BT_TEST(component_fed_from_a_deferred) {
     BT_ERR(braid_component_result(c2), BRAID_EPIPE);
     braid_component_free(c2);
     braid_component_free(c3);
-    BT_TRUE(braid_deferred_called(d3));   /* cancelled */
+    BT_TRUE(braid_deferred_is_called(d3));   /* cancelled */
     braid_deferred_callback(d3, NULL, NULL);   /* the producer's late fire, ignored, drops its reference */
-    braid_deferred_release(d2);
-    braid_deferred_release(d3);
+    braid_deferred_unref(d2);
+    braid_deferred_unref(d3);
     BT_ALL_FREED();
     fake_done(loop, fc);
 }
@@ -892,7 +892,7 @@ static braid_result got_value(braid_result r, void *arg) {
 static braid_result got_failure(braid_result r, void *arg) {
     *(int *)arg = r.failure->code;
     braid_result_drop(r);
-    return braid_ok(NULL);
+    return braid_result_ok(NULL);
 }
 
 BT_TEST(component_that_fires_a_deferred) {
@@ -903,13 +903,13 @@ BT_TEST(component_that_fires_a_deferred) {
     braid_component *c;
     BT_OK(braid_component_new_to_deferred(loop, NULL, &d, &c));
     int v = 0;
-    BT_OK(braid_deferred_add_callbacks(d, got_value, got_failure, &v));
+    BT_OK(braid_deferred_add(d, got_value, got_failure, &v));
     BT_OK(braid_component_activate(c));
     BT_OK(braid_component_deliver(c, BRAID_COMPONENT_INBOX, tmsg_new(7), tmsg_free));
     bt_drain(loop);
     BT_EQ(v, 7);
     BT_TRUE(braid_component_is_done(c));
-    braid_deferred_release(d);   /* frees the message through its dtor */
+    braid_deferred_unref(d);   /* frees the message through its dtor */
     braid_component_free(c);
     /* shut down first: BRAID_ESHUTDOWN; freed first: BRAID_ECANCELED */
     braid_deferred *d2, *d3;
@@ -917,8 +917,8 @@ BT_TEST(component_that_fires_a_deferred) {
     int v2 = 0, v3 = 0;
     BT_OK(braid_component_new_to_deferred(loop, NULL, &d2, &c2));
     BT_OK(braid_component_new_to_deferred(loop, NULL, &d3, &c3));
-    BT_OK(braid_deferred_add_callbacks(d2, got_value, got_failure, &v2));
-    BT_OK(braid_deferred_add_callbacks(d3, got_value, got_failure, &v3));
+    BT_OK(braid_deferred_add(d2, got_value, got_failure, &v2));
+    BT_OK(braid_deferred_add(d3, got_value, got_failure, &v3));
     BT_OK(braid_component_activate(c2));
     BT_OK(braid_component_deliver(c2, BRAID_COMPONENT_CONTROL, BRAID_COMPONENT_SHUTDOWN, NULL));
     bt_drain(loop);
@@ -926,8 +926,8 @@ BT_TEST(component_that_fires_a_deferred) {
     braid_component_free(c3);
     BT_ERR(v3, BRAID_ECANCELED);
     braid_component_free(c2);
-    braid_deferred_release(d2);
-    braid_deferred_release(d3);
+    braid_deferred_unref(d2);
+    braid_deferred_unref(d3);
     BT_ALL_FREED();
     fake_done(loop, fc);
 }

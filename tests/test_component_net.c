@@ -171,7 +171,7 @@ static int g_done;
 static void cl_made(braid_protocol *p) { braid_transport_write(p->transport, "ping", 4); }
 static void cl_data(braid_protocol *p, const void *buf, size_t len) {
     if (g_ngot + len <= sizeof g_got) memcpy(g_got + g_ngot, buf, len), g_ngot += len;
-    if (g_ngot >= 4) braid_transport_lose_connection(p->transport);
+    if (g_ngot >= 4) braid_transport_close(p->transport, BRAID_FOREVER);
 }
 static void cl_lost(braid_protocol *p, const braid_failure *f) {
     (void)p;
@@ -183,7 +183,7 @@ static const braid_protocol_ops client_ops = { .connection_made = cl_made, .data
 static braid_result drop_result(braid_result r, void *arg) {
     (void)arg;
     braid_result_drop(r);
-    return braid_ok(NULL);
+    return braid_result_ok(NULL);
 }
 
 BT_IO_TEST(echo_over_tcp) {
@@ -203,7 +203,7 @@ BT_IO_TEST(echo_over_tcp) {
     braid_tcp_connect_options co = { .host = "127.0.0.1", .port = braid_address_port(&a) };
     braid_deferred *d = braid_tcp_connect(loop, &co, &cf);
     BT_OK(braid_deferred_add_both(d, drop_result, NULL));
-    braid_deferred_release(d);
+    braid_deferred_unref(d);
     bt_run_until(loop, &g_done, 10000);
     BT_EQ(g_ngot, 4);
     BT_TRUE(memcmp(g_got, "ping", 4) == 0);

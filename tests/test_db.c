@@ -94,7 +94,7 @@ static braid_result on_ok(braid_result r, void *arg) {
         if (nkept == 256) bt_fail(__FILE__, __LINE__, "too many values kept");
         kept[nkept++] = r;
     }
-    return braid_ok(NULL);
+    return braid_result_ok(NULL);
 }
 static braid_result on_err(braid_result r, void *arg) {
     outcome *o = arg;
@@ -103,13 +103,13 @@ static braid_result on_err(braid_result r, void *arg) {
     braid_failure_format(r.failure, o->msg, sizeof o->msg);
     if (!braid_db_sqlstate(r.failure, o->sqlstate)) o->sqlstate[0] = 0;
     braid_result_drop(r);
-    return braid_ok(NULL);
+    return braid_result_ok(NULL);
 }
 static void watch(braid_deferred *d, outcome *o) {
     BT_TRUE(d != NULL);
     memset(o, 0, sizeof *o);
-    BT_OK(braid_deferred_add_callbacks(d, on_ok, on_err, o));
-    braid_deferred_release(d);
+    BT_OK(braid_deferred_add(d, on_ok, on_err, o));
+    braid_deferred_unref(d);
 }
 static void run_until_fired(braid_loop *loop, outcome *o) {
     volatile int *f = &o->fired;
@@ -119,7 +119,7 @@ static void run_until_fired(braid_loop *loop, outcome *o) {
 
 static braid_result run_sql(braid_txn *txn, void *sql) {
     if (braid_txn_exec(txn, sql, NULL, 0) < 0) return braid_txn_failure(txn);
-    return braid_ok(NULL);
+    return braid_result_ok(NULL);
 }
 static void exec_ok(braid_loop *loop, braid_db *db, const char *sql) {
     outcome o;
@@ -181,7 +181,7 @@ static braid_result typed_rows(braid_txn *txn, void *arg) {
     BT_EQ(braid_txn_step(txn), 0);
     int64_t *out = malloc(sizeof *out);
     *out = 7;
-    return braid_ok_owned(out, free);
+    return braid_result_ok_owned(out, free);
 }
 
 BT_TEST(sqlite_typed_rows_bound_parameters) {
@@ -252,7 +252,7 @@ static braid_result bump(braid_txn *txn, void *arg) {
     if (braid_txn_query_int(txn, "SELECT v FROM counter", NULL, 0, &v) != 1) return braid_txn_failure(txn);
     for (int k = 0; k < a->emits; k++)
         if (emit_int(txn, a->target, v * 10 + k) < 0) return braid_txn_failure(txn);
-    return braid_ok(NULL);
+    return braid_result_ok(NULL);
 }
 
 static void commit_order_case(braid_loop *loop, braid_db *db, int n) {
@@ -305,14 +305,14 @@ static braid_result rollback_fn(braid_txn *txn, void *arg) {
     if (braid_txn_exec(txn, "INSERT INTO acct VALUES (1, 100)", NULL, 0) != 1) return braid_txn_failure(txn);
     switch (a->mode) {
     case 0:
-        return braid_errf(BRAID_EINVAL, "insufficient funds");
+        return braid_result_errf(BRAID_EINVAL, "insufficient funds");
     case 1:
         (void)braid_txn_exec(txn, "INSERT INTO nowhere VALUES (1)", NULL, 0);
-        return braid_ok(NULL);   /* ignores the failure: the rollback must happen anyway */
+        return braid_result_ok(NULL);   /* ignores the failure: the rollback must happen anyway */
     default:
         /* a deferred foreign key: the violation is found at COMMIT */
         if (braid_txn_exec(txn, "INSERT INTO xfer VALUES (1, 999)", NULL, 0) != 1) return braid_txn_failure(txn);
-        return braid_ok(NULL);
+        return braid_result_ok(NULL);
     }
 }
 
@@ -363,7 +363,7 @@ typedef struct nest {
 static braid_result nest_fn(braid_txn *txn, void *arg) {
     nest *n = arg;
     return emit_int(txn, &n->t, 100) < 0 || emit_int(txn, &n->t, 101) < 0 ? braid_txn_failure(txn)
-                                                                             : braid_ok(NULL);
+                                                                             : braid_result_ok(NULL);
 }
 static void nest_deliver(void *data, size_t len, void *arg) {
     nest *n = arg;
@@ -402,7 +402,7 @@ static braid_result snapshot_fn(braid_txn *txn, void *arg) {
         sqlite3_close(o);
     }
     if (braid_txn_exec(txn, "UPDATE k SET v = v + 1", NULL, 0) < 0) return braid_txn_failure(txn);
-    return braid_ok(NULL);
+    return braid_result_ok(NULL);
 }
 
 static void busy_snapshot_case(unsigned flags, int want_code) {
@@ -493,14 +493,14 @@ static braid_result long_query(braid_txn *txn, void *arg) {
         ? "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c) SELECT count(*) FROM c"
         : "SELECT pg_sleep(60)";
     if (braid_txn_exec(txn, sql, NULL, 0) < 0) return braid_txn_failure(txn);
-    return braid_ok(NULL);
+    return braid_result_ok(NULL);
 }
 
 static void wait_started(braid_loop *loop) {
     for (int i = 0; i < 100000 && !atomic_load(&started); i++) {
         struct timespec ts = { 0, 100000 };
         nanosleep(&ts, NULL);
-        braid_loop_run_once(loop, BRAID_RUN_NOWAIT);
+        braid_loop_run_once(loop, BRAID_LOOP_RUN_NOWAIT);
     }
     BT_TRUE(atomic_load(&started));
 }
@@ -513,7 +513,7 @@ static void wait_rolled_back(braid_loop *loop, braid_db *db, uint64_t n) {
         if (st.rolled_back >= n) return;
         struct timespec ts = { 0, 100000 };
         nanosleep(&ts, NULL);
-        braid_loop_run_once(loop, BRAID_RUN_NOWAIT);
+        braid_loop_run_once(loop, BRAID_LOOP_RUN_NOWAIT);
     }
     bt_fail(__FILE__, __LINE__, "no rollback after 10 s");
 }
@@ -564,7 +564,7 @@ static braid_result busy_outside_sql(braid_txn *txn, void *arg) {
         struct timespec ts = { 0, 200000 };
         nanosleep(&ts, NULL);
     }
-    return braid_ok(NULL);
+    return braid_result_ok(NULL);
 }
 
 BT_TEST(sqlite_deadline_while_fn_blocks) {
@@ -608,7 +608,7 @@ static braid_result wait_gate(braid_txn *txn, void *arg) {
         struct timespec ts = { 0, 200000 };
         nanosleep(&ts, NULL);
     }
-    return braid_ok(NULL);
+    return braid_result_ok(NULL);
 }
 
 BT_TEST(sqlite_queue_full_fails_fast) {
@@ -663,7 +663,7 @@ static void shutdown_case(const char *url) {
     BT_EQ(rec.n, 0);
     BT_EQ(atomic_load(&freed_msgs), 0);   /* none of them got as far as emitting */
     /* nothing fires twice afterwards */
-    for (int i = 0; i < 10; i++) braid_loop_run_once(loop, BRAID_RUN_NOWAIT);
+    for (int i = 0; i < 10; i++) braid_loop_run_once(loop, BRAID_LOOP_RUN_NOWAIT);
     for (int i = 0; i < N; i++) BT_EQ(o[i].fired, 1);
     db_done(loop);
 }
@@ -678,7 +678,7 @@ static braid_result free_db_cb(braid_result r, void *arg) {
     o->fired++;
     braid_result_drop(r);
     braid_db_free(freed_in_cb);
-    return braid_ok(NULL);
+    return braid_result_ok(NULL);
 }
 BT_TEST(sqlite_free_from_callback) {
     braid_loop *loop = bt_loop_new(NULL);
@@ -687,9 +687,9 @@ BT_TEST(sqlite_free_from_callback) {
     for (int i = 0; i < 8; i++) {
         braid_deferred *d = braid_db_run_interaction(freed_in_cb, run_sql, "SELECT 1", NULL);
         memset(&o[i], 0, sizeof o[i]);
-        if (i == 0) BT_OK(braid_deferred_add_callbacks(d, free_db_cb, free_db_cb, &o[i]));
-        else BT_OK(braid_deferred_add_callbacks(d, on_ok, on_err, &o[i]));
-        braid_deferred_release(d);
+        if (i == 0) BT_OK(braid_deferred_add(d, free_db_cb, free_db_cb, &o[i]));
+        else BT_OK(braid_deferred_add(d, on_ok, on_err, &o[i]));
+        braid_deferred_unref(d);
     }
     bt_run_until(loop, &o[0].fired, 100000);
     for (int i = 0; i < 8; i++) BT_EQ(o[i].fired, 1);   /* all of them, exactly once */
@@ -706,10 +706,10 @@ BT_TEST(sqlite_cancel_interrupts) {
     BT_TRUE(d != NULL);
     outcome o;
     memset(&o, 0, sizeof o);
-    BT_OK(braid_deferred_add_callbacks(d, on_ok, on_err, &o));
+    BT_OK(braid_deferred_add(d, on_ok, on_err, &o));
     wait_started(loop);
     braid_deferred_cancel(d);
-    braid_deferred_release(d);
+    braid_deferred_unref(d);
     BT_EQ(o.fired, 1);
     BT_ERR(o.code, BRAID_ECANCELED);
     /* the worker was interrupted: the db is free again soon */
@@ -740,8 +740,8 @@ typedef struct tx_arg {
 static braid_result send_text(braid_txn *txn, void *arg) {
     tx_arg *a = arg;
     BT_OK(braid_txn_emit_copy(txn, a->t, a->text, strlen(a->text)));
-    if (a->fail) return braid_errf(BRAID_EINVAL, "rolled back");
-    return braid_ok(NULL);
+    if (a->fail) return braid_result_errf(BRAID_EINVAL, "rolled back");
+    return braid_result_ok(NULL);
 }
 
 BT_IO_TEST(transport_target_writes_only_committed) {
@@ -752,7 +752,7 @@ BT_IO_TEST(transport_target_writes_only_committed) {
     bt_socketpair(sv);
     braid_db_target t;
     sink_proto p = { .base.ops = &sink_ops, .target = &t };
-    BT_OK(braid_stream_adopt(loop, sv[0], &p.base));
+    BT_OK(braid_transport_adopt(loop, sv[0], &p.base));
     braid_db_target_init_transport(&t, p.base.transport);
     const char *texts[] = { "one\n", "two\n", "three\n" };
     for (int i = 0; i < 3; i++) {
@@ -762,13 +762,13 @@ BT_IO_TEST(transport_target_writes_only_committed) {
         run_until_fired(loop, &o);
         BT_EQ(o.code, i == 1 ? BRAID_EINVAL : 0);
     }
-    for (int i = 0; i < 20; i++) braid_loop_run_once(loop, BRAID_RUN_NOWAIT);   /* flush */
+    for (int i = 0; i < 20; i++) braid_loop_run_once(loop, BRAID_LOOP_RUN_NOWAIT);   /* flush */
     char buf[64] = "";
     ssize_t got = 0;
     for (int i = 0; i < 1000 && got < 10; i++) {
         ssize_t r = recv(sv[1], buf + got, sizeof buf - 1 - (size_t)got, MSG_DONTWAIT);
         if (r > 0) got += r;
-        else braid_loop_run_once(loop, BRAID_RUN_NOWAIT);
+        else braid_loop_run_once(loop, BRAID_LOOP_RUN_NOWAIT);
     }
     buf[got] = 0;
     BT_STREQ(buf, "one\nthree\n");
@@ -834,8 +834,8 @@ static int walk_body(void *arg) {
         };
         for (int i = 0; i < 3; i++) {
             if (!d[i]) continue;
-            BT_OK(braid_deferred_add_callbacks(d[i], on_ok, on_err, &w->o[i]));
-            braid_deferred_release(d[i]);
+            BT_OK(braid_deferred_add(d[i], on_ok, on_err, &w->o[i]));
+            braid_deferred_unref(d[i]);
         }
         for (int i = 0; i < 3; i++)
             BT_RUN_UNTIL(loop, !d[i] || w->o[i].fired, 100000);
@@ -984,7 +984,7 @@ static braid_result skew_fn(braid_txn *txn, void *arg) {
     if (braid_txn_attempt(txn) == 1) barrier2();
     braid_db_value p[] = { BRAID_DB_INT(sum + 1), BRAID_DB_INT(a->id) };
     if (braid_txn_exec(txn, "UPDATE oncall SET v = $1 WHERE id = $2", p, 2) < 0) return braid_txn_failure(txn);
-    return braid_ok(NULL);
+    return braid_result_ok(NULL);
 }
 
 /* Two interactions of fn on a db of 2 connections over the two-row table
@@ -1053,7 +1053,7 @@ static braid_result deadlock_fn(braid_txn *txn, void *arg) {
     if (braid_txn_attempt(txn) == 1) barrier2();
     if (braid_txn_exec(txn, "UPDATE oncall SET v = v + 1 WHERE id = $1", &other, 1) < 0)
         return braid_txn_failure(txn);
-    return braid_ok(NULL);
+    return braid_result_ok(NULL);
 }
 
 BT_TEST(pg_deadlock_retried) {
@@ -1085,7 +1085,7 @@ static braid_result killed_mid_txn(braid_txn *txn, void *arg) {
     snprintf(sql, sizeof sql, "SELECT pg_terminate_backend(%lld)", (long long)pid);
     pg_direct_exec(sql);
     if (braid_txn_exec(txn, "SELECT 1", NULL, 0) < 0) return braid_txn_failure(txn);
-    return braid_ok(NULL);
+    return braid_result_ok(NULL);
 }
 static braid_result backend_pid(braid_txn *txn, void *arg) {
     int64_t *pid = malloc(sizeof *pid);
@@ -1094,7 +1094,7 @@ static braid_result backend_pid(braid_txn *txn, void *arg) {
         free(pid);
         return braid_txn_failure(txn);
     }
-    return braid_ok_owned(pid, free);
+    return braid_result_ok_owned(pid, free);
 }
 
 BT_TEST(pg_connection_lost_mid_transaction) {

@@ -18,21 +18,21 @@
  *                                      &from, 1, &bal);
  *         if (rc < 0) return braid_txn_failure(txn);               // the driver's message
  *         if (rc == 0 || bal < x->amount)
- *             return braid_errf(BRAID_EINVAL, "insufficient funds");  // rolls back
+ *             return braid_result_errf(BRAID_EINVAL, "insufficient funds");  // rolls back
  *         braid_db_value p[] = { BRAID_DB_INT(x->amount), BRAID_DB_INT(x->from) };
  *         if (braid_txn_exec(txn, "UPDATE acct SET balance = balance - $1 WHERE id = $2",
  *                            p, 2) < 0)
  *             return braid_txn_failure(txn);
  *         ...
  *         braid_txn_emit_copy(txn, x->subscriber, "done\n", 5);  // sent only if it commits
- *         return braid_ok(NULL);
+ *         return braid_result_ok(NULL);
  *     }
  *     braid_db *db;
  *     if (braid_db_open(loop, "sqlite:bank.db", NULL, &db) < 0) ...;
  *     braid_db_run_options ro = { .flags = BRAID_DB_RETRYABLE, .timeout = BRAID_SECONDS(2) };
  *     braid_deferred *d = braid_db_run_interaction(db, transfer, x, &ro);
- *     braid_deferred_add_callbacks(d, done, failed, x);       // loop thread
- *     braid_deferred_release(d);
+ *     braid_deferred_add(d, done, failed, x);       // loop thread
+ *     braid_deferred_unref(d);
  *     ...
  *     braid_db_free(db);
  *
@@ -92,8 +92,8 @@
  * and rolled back unless already committing; it waits for their fn to return,
  * and every Deferred has fired exactly once when it returns. If an answer was
  * already posted to the loop and not yet run, the loop's next iteration runs
- * that internal call (braid_loop_run does; before braid_loop_destroy, run
- * braid_loop_run_once(loop, BRAID_RUN_NOWAIT)).
+ * that internal call (braid_loop_run does; before braid_loop_free, run
+ * braid_loop_run_once(loop, BRAID_LOOP_RUN_NOWAIT)).
  *
  * Per-statement calls. braid_db_query runs one statement as its own
  * transaction and returns a Deferred of its rows: it exists to measure the

@@ -2,7 +2,7 @@
  * and the release of their messages in commit order.
  *
  * An interaction is a job. The loop makes it (braid_db_run_interaction) and
- * queues it on the db's pool (braid_call_in_pool); a pool thread runs it on
+ * queues it on the db's pool (braid_pool_call); a pool thread runs it on
  * the connection that thread holds (a pthread key per db: the connection is
  * opened on the thread's first job and closed when the thread exits), then
  * hands it back through the db's completion list, which one braid_post node
@@ -351,8 +351,8 @@ const void *braid_txn_column_blob(braid_txn *txn, int col, size_t *len) {
 }
 
 braid_result braid_txn_failure(braid_txn *txn) {
-    if (!txn->failed) return braid_errf(BRAID_EDB_MISUSE, "braid_txn_failure: no statement failed");
-    return braid_err(failure_copy(txn->failed));
+    if (!txn->failed) return braid_result_errf(BRAID_EDB_MISUSE, "braid_txn_failure: no statement failed");
+    return braid_result_err(failure_copy(txn->failed));
 }
 unsigned braid_txn_attempt(const braid_txn *txn) { return txn->attempt; }
 const char *braid_txn_engine(const braid_txn *txn) { return txn->db->drv->name; }
@@ -478,7 +478,7 @@ static void job_complete(job *j) {
 /* braid_db_query: run the statement, collect its rows into one block. */
 static braid_result run_query_rows(braid_txn *txn, job *j) {
     int rc = braid_txn_query(txn, j->sql, j->params, j->nparams);
-    if (rc < 0) return braid_ok(NULL);   /* txn->failed says why */
+    if (rc < 0) return braid_result_ok(NULL);   /* txn->failed says why */
     size_t cap = 0, nrows = 0, ncols = (size_t)braid_txn_columns(txn);
     braid_db_rows *rows = NULL;
     /* two passes are impossible on a cursor: grow cells, copy text into a side arena */
@@ -543,10 +543,10 @@ static braid_result run_query_rows(braid_txn *txn, job *j) {
     txn_finish_rows(txn);
     if (rc == BRAID_ENOMEM) {
         braid_free(rows);
-        return braid_errf(BRAID_ENOMEM, "braid_db_query: no memory for the rows");
+        return braid_result_errf(BRAID_ENOMEM, "braid_db_query: no memory for the rows");
     }
-    if (rc < 0) return braid_ok(NULL);
-    return braid_ok_owned(rows, braid_free);
+    if (rc < 0) return braid_result_ok(NULL);
+    return braid_result_ok_owned(rows, braid_free);
 }
 
 /* One attempt. Returns its result; *commit_started when COMMIT was sent. */
@@ -558,27 +558,27 @@ static braid_result run_attempt(braid_txn *txn, job *j, bool *begin_lost, bool *
         if (rc == BRAID_EDB_CONN_LOST) {
             *begin_lost = true;
             c->broken = true;
-            return braid_err(f);
+            return braid_result_err(f);
         }
         txn_fail(txn, rc, f);
-        return braid_err(failure_copy(txn->failed));
+        return braid_result_err(failure_copy(txn->failed));
     }
     braid_result r = j->sql ? run_query_rows(txn, j) : j->fn(txn, j->arg);
     txn_finish_rows(txn);
     if (r.chain) {   /* a worker cannot own a Deferred */
         braid_result_drop(r);
-        r = braid_errf(BRAID_EINVAL, "an interaction returned braid_chain(); fn must return a value "
+        r = braid_result_errf(BRAID_EINVAL, "an interaction returned braid_result_chain(); fn must return a value "
                                      "or a failure");
     }
     if (!r.failure && txn->failed) {   /* a statement failed: that wins over fn's success */
         braid_result_drop(r);
-        r = braid_err(failure_copy(txn->failed));
+        r = braid_result_err(failure_copy(txn->failed));
     }
     if (!r.failure) {
         rc = txn_check(txn);   /* interrupted after fn's last statement? */
         if (rc < 0) {
             braid_result_drop(r);
-            r = braid_err(failure_copy(txn->failed));
+            r = braid_result_err(failure_copy(txn->failed));
         }
     }
     if (r.failure) {
@@ -592,7 +592,7 @@ static braid_result run_attempt(braid_txn *txn, job *j, bool *begin_lost, bool *
         braid_result_drop(r);
         if (rc == BRAID_EDB_CONN_LOST) c->broken = true;
         else c->drv->rollback(c);
-        return braid_err(f);
+        return braid_result_err(f);
     }
     j->committed = true;
     return r;
@@ -601,14 +601,14 @@ static braid_result run_attempt(braid_txn *txn, job *j, bool *begin_lost, bool *
 static void worker(void *arg) {
     job *j = arg;
     braid_db *db = j->db;
-    braid_result res = braid_ok(NULL);
+    braid_result res = braid_result_ok(NULL);
     bool reconnected = false;
     unsigned attempt = 0;
     for (;;) {
         int intr = atomic_load(&j->interrupt);
         if (atomic_load(&db->closing) && !intr) intr = BRAID_ESHUTDOWN;
         if (intr) {
-            res = braid_errf(intr, intr == BRAID_ESHUTDOWN ? "the db was freed before the interaction ran"
+            res = braid_result_errf(intr, intr == BRAID_ESHUTDOWN ? "the db was freed before the interaction ran"
                                                            : "the interaction was interrupted (%s) before it ran",
                              braid_strerror(intr));
             break;
@@ -616,7 +616,7 @@ static void worker(void *arg) {
         braid_failure *f = NULL;
         braid__db_conn *c = conn_get(db, &f);
         if (!c) {
-            res = braid_err(f);
+            res = braid_result_err(f);
             break;
         }
         attempt++;
@@ -649,7 +649,7 @@ static void worker(void *arg) {
                      !atomic_load(&j->interrupt) && !atomic_load(&db->closing);
         if (!retry) {
             if (retryable_code(code) && (j->flags & BRAID_DB_RETRYABLE))
-                res = braid_err(braid_failure_wrap(res.failure, code, "gave up after %u attempts",
+                res = braid_result_err(braid_failure_wrap(res.failure, code, "gave up after %u attempts",
                                                    attempt));
             break;
         }
@@ -801,7 +801,7 @@ static braid_deferred *submit(braid_db *db, job *j, const braid_db_run_options *
             uint64_t deadline = braid_loop_now(db->loop) + opts->timeout;
             if (braid_timer_start_at(&j->timer, deadline) == 0) j->timer_on = true;
         }
-        rc = braid_call_in_pool(db->pool, worker, j);
+        rc = braid_pool_call(db->pool, worker, j);
         if (rc < 0) {
             if (j->timer_on) braid_timer_stop(&j->timer);
             j->timer_on = false;

@@ -47,7 +47,7 @@ static void accept_one_and_drop(braid_listener *l) {
 static void backoff_fire(braid_timer *t, void *arg) {
     braid_listener *l = arg;
     (void)t;
-    braid_watch_set(&l->watch, BRAID_READ);
+    braid_watch_set_interest(&l->watch, BRAID_WATCH_READ);
 }
 
 static void on_accept(braid_watch *w, unsigned ev, void *arg) {
@@ -65,7 +65,7 @@ static void on_accept(braid_watch *w, unsigned ev, void *arg) {
             if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM) {
                 l->emfile_events++;
                 accept_one_and_drop(l);
-                braid_watch_set(&l->watch, 0);
+                braid_watch_set_interest(&l->watch, 0);
                 l->backoff_cur = l->backoff_cur ? l->backoff_cur * 2 : l->backoff_base;
                 if (l->backoff_cur > BRAID_SECONDS(1)) l->backoff_cur = BRAID_SECONDS(1);
                 braid__log(l->loop, BRAID_LOG_WARN,
@@ -108,7 +108,7 @@ static int listener_start(braid_loop *loop, int fd, braid__fd_kind kind, int bud
     l->reserve_fd = open_reserve();
     int rc = braid_watch_init(loop, &l->watch, fd, on_accept, l);
     if (rc < 0) goto fail;
-    if ((rc = braid_watch_set(&l->watch, BRAID_READ)) < 0) { braid_watch_close(&l->watch); goto fail; }
+    if ((rc = braid_watch_set_interest(&l->watch, BRAID_WATCH_READ)) < 0) { braid_watch_close(&l->watch); goto fail; }
     braid_timer_init(loop, &l->backoff, backoff_fire, l);
     braid_handle_open(loop, &l->handle, "listener");
     braid_factory_ref(f);
