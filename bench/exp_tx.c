@@ -339,7 +339,7 @@ static void *killer_main(void *arg) {
 
 static bool setup_schema(const char *url) {
     braid_loop *loop;
-    if (braid_loop_new(&loop, NULL) < 0) return false;
+    if (braid_loop_new(NULL, &loop) < 0) return false;
     braid_db *db;
     if (braid_db_open(loop, url, NULL, &db) < 0) {
         braid_loop_free(loop);
@@ -371,7 +371,7 @@ static result measure_braid(const char *url, bool pg, int arm, int nclients, dou
     result res = { 0 };
     bench_run *r = calloc(1, sizeof *r);
     r->lat = malloc(MAXLAT * sizeof *r->lat);
-    if (braid_loop_new(&r->loop, NULL) < 0) return res;
+    if (braid_loop_new(NULL, &r->loop) < 0) return res;
     braid_db_options o = { .connections = pg ? PG_CONNS : SQLITE_CONNS, .queue_limit = 4096 };
     if (braid_db_open(r->loop, url, &o, &r->db) < 0) {
         braid_loop_free(r->loop);
@@ -511,7 +511,7 @@ typedef struct tx_state {
 
 static void reset_via_braid(const char *url) {
     braid_loop *loop;
-    if (braid_loop_new(&loop, NULL) < 0) return;
+    if (braid_loop_new(NULL, &loop) < 0) return;
     braid_db *db;
     if (braid_db_open(loop, url, NULL, &db) == 0) {
         reset_tables(loop, db);

@@ -519,7 +519,8 @@ static void wait_rolled_back(braid_loop *loop, braid_db *db, uint64_t n) {
 }
 
 static void deadline_case(const char *url) {
-    braid_fake_clock *clk = braid_fake_clock_new(BRAID_SECONDS(1));
+    braid_fake_clock *clk;
+    braid_fake_clock_new(BRAID_SECONDS(1), &clk);
     braid_loop *loop = bt_loop_new(braid_fake_clock_base(clk));
     braid_db *db;
     BT_OK(braid_db_open(loop, url, NULL, &db));
@@ -568,7 +569,8 @@ static braid_result busy_outside_sql(braid_txn *txn, void *arg) {
 }
 
 BT_TEST(sqlite_deadline_while_fn_blocks) {
-    braid_fake_clock *clk = braid_fake_clock_new(BRAID_SECONDS(1));
+    braid_fake_clock *clk;
+    braid_fake_clock_new(BRAID_SECONDS(1), &clk);
     braid_loop *loop = bt_loop_new(braid_fake_clock_base(clk));
     braid_db *db;
     BT_OK(braid_db_open(loop, sqlite_url("blocks.db"), NULL, &db));

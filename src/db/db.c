@@ -933,7 +933,7 @@ int braid_db_open(braid_loop *loop, const char *url, const braid_db_options *opt
          * would only take a core from the database */
         .flags = BRAID_POOL_NO_SPIN,
     };
-    int rc = braid_pool_new(&db->pool, &po);
+    int rc = braid_pool_new(&po, &db->pool);
     if (rc < 0) {
         db_struct_free(db);
         return rc;
@@ -951,7 +951,7 @@ void braid_db_free(braid_db *db) {
     for (job *j = db->live; j; j = j->next_live) job_interrupt(j, BRAID_ESHUTDOWN);
     /* FINISH: queued jobs run, see `closing` and fail at once without touching
      * the database, so each Deferred fires exactly once. */
-    braid_pool_destroy(db->pool, BRAID_POOL_FINISH);
+    braid_pool_free(db->pool);
     db->pool = NULL;
     drain(db, false);
     if (db->draining) {   /* called from a callback of an answer being finished */
