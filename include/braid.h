@@ -17,4 +17,5 @@
 #include <braid/fiber.h>
 #include <braid/fstream.h>
 #include <braid/http.h>
+#include <braid/process.h>
 #endif
