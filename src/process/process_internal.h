@@ -49,4 +49,8 @@ int braid__rpc_parse(const void *frame, size_t len, braid__rpc_msg *out);
  * would pass max. */
 int braid__rpc_write(braid_transport *t, const braid__rpc_msg *m, size_t max);
 
+/* The write-buffer cap of a pool connection: room for in_flight calls
+ * (and replies) of max_frame bytes each, never below the 4 MiB default. */
+size_t braid__rpc_buffer_cap(size_t max_frame, unsigned in_flight);
+
 #endif

@@ -13,6 +13,7 @@ typedef struct wconn {
     const braid_worker_command *cmds;
     size_t ncmds;
     size_t outstanding;            /* calls handed to handlers, not yet answered */
+    size_t max_frame;              /* the pool's limit, either way */
     bool stopping;
     int result;
 } wconn;
@@ -37,7 +38,13 @@ static void maybe_finish(wconn *c) {
 
 static int send_msg(braid_worker_call *call, const braid__rpc_msg *m) {
     wconn *c = call->conn;
-    int rc = c->t ? braid__rpc_write(c->t, m, SIZE_MAX) : BRAID_ESHUTDOWN;
+    int rc = c->t ? braid__rpc_write(c->t, m, c->max_frame) : BRAID_ESHUTDOWN;
+    if (rc == BRAID_EMSGSIZE && m->type == BRAID__RPC_REPLY) {
+        /* Too large for the pool's frames: the caller gets an error instead. */
+        braid__rpc_msg f = { .type = BRAID__RPC_FAIL, .id = m->id, .code = BRAID_EMSGSIZE,
+                             .payload = "reply larger than the pool's frame limit", .len = 40 };
+        rc = braid__rpc_write(c->t, &f, c->max_frame);
+    }
     c->outstanding--;
     braid_free(call);
     maybe_finish(c);
@@ -102,7 +109,8 @@ static int on_frame(void *ctx, const void *frame, size_t len) {
 static void ws_made(braid_protocol *p) {
     wside *ws = (wside *)p;
     ws->c->t = p->transport;
-    braid_framer_init_u32(&ws->fp.framer, SIZE_MAX >> 1, on_frame, ws);
+    braid_framer_init_u32(&ws->fp.framer, ws->c->max_frame, on_frame, ws);
+    (void)braid_transport_set_limits(p->transport, 0, 0, braid__rpc_buffer_cap(ws->c->max_frame, 8));
     braid__rpc_msg m = { .type = BRAID__RPC_READY };
     (void)braid__rpc_write(p->transport, &m, SIZE_MAX);
 }
@@ -138,7 +146,10 @@ int braid_worker_main(braid_loop *loop, const braid_worker_command *cmds, size_t
         if (rc < 0) return rc;
         loop = own;
     }
-    wconn c = { .loop = loop, .cmds = cmds, .ncmds = n };
+    wconn c = { .loop = loop, .cmds = cmds, .ncmds = n, .max_frame = 16u << 20 };
+    const char *mf = getenv("BRAID_WORKER_MAX_FRAME");
+    if (mf && strtoull(mf, NULL, 10) >= 512) c.max_frame = (size_t)strtoull(mf, NULL, 10);
+    unsetenv("BRAID_WORKER_MAX_FRAME");
     wside *ws = braid_calloc(1, sizeof *ws);
     int rc = BRAID_ENOMEM;
     if (ws) {

@@ -37,6 +37,7 @@ struct worker {
     braid_process *proc;
     wproto *proto;
     bool ready, retiring;
+    bool broken;                   /* a send failed: its connection is going */
     unsigned in_flight;
     uint64_t calls_done;
     wcall head;                    /* calls sent to it (sentinel) */
@@ -320,9 +321,20 @@ static int on_frame(void *ctx, const void *frame, size_t len) {
     return 0;
 }
 
+/* The connection's write-buffer cap must hold every call a worker may
+ * have in flight at full size (the default 4 MiB would abort a 16 MiB call). */
+size_t braid__rpc_buffer_cap(size_t max_frame, unsigned in_flight) {
+    size_t per = max_frame + 4 + 64;
+    size_t cap = per > SIZE_MAX / (in_flight + 1u) ? SIZE_MAX / 2 : per * (in_flight + 1u);
+    return cap < (4u << 20) ? (4u << 20) : cap;
+}
+
 static void wp_made(braid_protocol *p) {
     wproto *wp = (wproto *)p;
-    braid_framer_init_u32(&wp->fp.framer, wp->w->pool->o.max_frame, on_frame, wp);
+    braid_workers *pool = wp->w->pool;
+    braid_framer_init_u32(&wp->fp.framer, pool->o.max_frame, on_frame, wp);
+    (void)braid_transport_set_limits(p->transport, 0, 0,
+                                     braid__rpc_buffer_cap(pool->o.max_frame, pool->o.max_in_flight));
 }
 
 static void wp_lost(braid_protocol *p, const braid_failure *reason) {
@@ -378,7 +390,9 @@ static int worker_spawn(braid_workers *pool, braid_failure **failure) {
     braid_timer_init(pool->loop, &w->stop_timer, stop_timer_cb, w);
     wp->fp.base.ops = &wp_ops;
     wp->w = w;
-    const char *env[] = { "BRAID_WORKER=3", pool->role_env[0] ? pool->role_env : NULL, NULL };
+    char maxenv[64];
+    snprintf(maxenv, sizeof maxenv, "BRAID_WORKER_MAX_FRAME=%zu", pool->o.max_frame);
+    const char *env[] = { "BRAID_WORKER=3", maxenv, pool->role_env[0] ? pool->role_env : NULL, NULL };
     int out = pool->o.devnull_output ? BRAID_PROCESS_FD_DEVNULL : BRAID_PROCESS_FD_INHERIT;
     braid_process_fd fds[] = { { 0, BRAID_PROCESS_FD_DEVNULL, 0, NULL },
                                { 1, (braid_process_fd_kind)out, 1, NULL },
@@ -461,11 +475,18 @@ static void send_call(worker *w, wcall *c) {
                          .command_len = c->command_len, .payload = c->payload, .len = c->len };
     int rc = braid__rpc_write(w->proto->fp.base.transport, &m, pool->o.max_frame);
     if (rc < 0) {
-        /* The transport is going (its connection_lost will fail the rest). */
+        /* The connection is going (its connection_lost handles the worker):
+         * the call waits for another one. */
         call_unlink(c);
         c->w = NULL;
         w->in_flight--;
-        call_fail(c, rc, "call '%s' could not be sent%s", NULL);
+        w->broken = true;
+        if (rc == BRAID_EBUFFER_LIMIT || rc == BRAID_EMSGSIZE) {
+            call_fail(c, BRAID_EMSGSIZE, "call '%s' does not fit the connection's buffer%s", NULL);
+        } else {
+            call_push(&pool->queue, c, true);
+            pool->queued++;
+        }
     }
 }
 
@@ -474,7 +495,7 @@ static void dispatch(braid_workers *pool) {
     while (pool->queue.next != &pool->queue) {
         worker *best = NULL;
         for (worker *w = pool->head.next; w != &pool->head; w = w->next) {
-            if (!w->ready || w->retiring || !w->proto || !w->proto->fp.base.transport ||
+            if (!w->ready || w->retiring || w->broken || !w->proto || !w->proto->fp.base.transport ||
                 w->in_flight >= pool->o.max_in_flight)
                 continue;
             if (!best || w->in_flight < best->in_flight) best = w;
