@@ -127,15 +127,15 @@ int main(int argc, char **argv) {
     braid_workers_options o = { .count = nworkers, .max_in_flight = 1, .max_frame = ndata * sizeof *data + 4096 };
     int rc = braid_workers_new(loop, &o, &j.w);
     if (rc < 0) { fprintf(stderr, "workers-sum: %s\n", braid_strerror(rc)); return 1; }
-    braid_workers_stats st;
-    braid_workers_stats_get(j.w, &st);
+    struct braid_workers_stats st;
+    braid_workers_stats(j.w, &st);
     unsigned n = st.workers;
 
     /* Copy the data set to every worker: once all are ready and idle,
      * with one call in flight per worker, n loads go one to each. */
     for (int i = 0; i < 1000000 && st.ready < n; i++) {
         braid_loop_run_once(loop, 0);
-        braid_workers_stats_get(j.w, &st);
+        braid_workers_stats(j.w, &st);
     }
     t0 = now_s();
     for (unsigned i = 0; i < n; i++) {

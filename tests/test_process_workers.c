@@ -122,9 +122,9 @@ static void call_rel(braid_workers *w, const char *cmd, const char *payload, res
     braid_deferred_release(call(w, cmd, payload, x, o));
 }
 static void wait_ready(braid_loop *loop, braid_workers *w, unsigned n) {
-    braid_workers_stats s;
+    struct braid_workers_stats s;
     for (int i = 0; i < 200000; i++) {
-        braid_workers_stats_get(w, &s);
+        braid_workers_stats(w, &s);
         if (s.ready >= n) return;
         braid_loop_run_once(loop, 0);
     }
@@ -176,8 +176,8 @@ BT_IO_TEST(workers_roundtrip) {
     call_rel(w, "later", NULL, &l, NULL);
     bt_run_until(loop, &l.done, 200000);
     BT_STREQ(l.data, "later");
-    braid_workers_stats s;
-    braid_workers_stats_get(w, &s);
+    struct braid_workers_stats s;
+    braid_workers_stats(w, &s);
     BT_UEQ(s.calls, 41);
     BT_UEQ(s.spawned, 2);
     finish(loop, w);
@@ -229,8 +229,8 @@ BT_IO_TEST(workers_crash) {
     bt_run_until(loop, &e.done, 200000);
     BT_EQ(e.code, 0);
     BT_NE(atoi(e.data), first);
-    braid_workers_stats s;
-    braid_workers_stats_get(w, &s);
+    struct braid_workers_stats s;
+    braid_workers_stats(w, &s);
     BT_UEQ(s.lost, 1);
     BT_UEQ(s.spawned, 2);
     finish(loop, w);
@@ -264,8 +264,8 @@ BT_IO_TEST(workers_timeout) {
     call_rel(w, "echo", "after", &e, NULL);
     bt_run_until(loop, &e.done, 200000);
     BT_STREQ(e.data, "after");
-    braid_workers_stats s;
-    braid_workers_stats_get(w, &s);
+    struct braid_workers_stats s;
+    braid_workers_stats(w, &s);
     BT_UEQ(s.timeouts, 1);
     finish(loop, w);
     braid_fake_clock_free(fc);
@@ -294,8 +294,8 @@ BT_IO_TEST(workers_bad_frames) {
     call_rel(w, "echo", "ok", &e, NULL);
     bt_run_until(loop, &e.done, 200000);
     BT_STREQ(e.data, "ok");
-    braid_workers_stats s;
-    braid_workers_stats_get(w, &s);
+    struct braid_workers_stats s;
+    braid_workers_stats(w, &s);
     BT_UEQ(s.lost, 2);
     finish(loop, w);
 }
@@ -326,8 +326,8 @@ BT_IO_TEST(workers_idempotent_resend) {
     call_rel(w, "crash", NULL, &c, &(braid_workers_call_options){ .idempotent = true });
     bt_run_until(loop, &c.done, 200000);
     BT_EQ(c.code, BRAID_EWORKER_LOST);
-    braid_workers_stats s;
-    braid_workers_stats_get(w, &s);
+    struct braid_workers_stats s;
+    braid_workers_stats(w, &s);
     BT_UEQ(s.resent, 2);
     unlink(marker);
     finish(loop, w);
@@ -347,8 +347,8 @@ BT_IO_TEST(workers_recycle) {
         last = atoi(r.data);
     }
     BT_EQ(distinct, 3);
-    braid_workers_stats s;
-    braid_workers_stats_get(w, &s);
+    struct braid_workers_stats s;
+    braid_workers_stats(w, &s);
     BT_UGE(s.recycled, 2);
     BT_UEQ(s.lost, 0);
     finish(loop, w);
@@ -367,14 +367,14 @@ BT_IO_TEST(workers_queue_full_and_cancel) {
     call_rel(w, "echo", "full", &full, NULL);
     BT_TRUE(full.done);
     BT_EQ(full.code, BRAID_EQUEUE_FULL);
-    braid_workers_stats s;
-    braid_workers_stats_get(w, &s);
+    struct braid_workers_stats s;
+    braid_workers_stats(w, &s);
     BT_EQ(s.queued, 2);
     BT_EQ(s.in_flight, 1);
     braid_deferred_cancel(d1);
     braid_deferred_release(d1);
     BT_EQ(q1.code, BRAID_ECANCELED);
-    braid_workers_stats_get(w, &s);
+    braid_workers_stats(w, &s);
     BT_EQ(s.queued, 1);
     /* Freeing the pool resolves every pending call. */
     braid_workers_free(w);
@@ -405,8 +405,8 @@ BT_IO_TEST(workers_shutdown) {
     BT_EQ(late.code, BRAID_ESHUTDOWN);
     bt_run_until(loop, &down, 400000);
     for (int i = 0; i < 6; i++) BT_STREQ(r[i].data, "later");
-    braid_workers_stats s;
-    braid_workers_stats_get(w, &s);
+    struct braid_workers_stats s;
+    braid_workers_stats(w, &s);
     BT_EQ(s.workers, 0);
     braid_workers_free(w);
     /* Cancel: a held call fails at once, the workers go. */

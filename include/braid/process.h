@@ -291,7 +291,7 @@ BRAID_API braid_deferred *braid_workers_shutdown(braid_workers *w, bool drain, u
  * killed and reaped. NULL is a no-op. */
 BRAID_API void braid_workers_free(braid_workers *w);
 
-typedef struct braid_workers_stats {
+struct braid_workers_stats {
     unsigned workers;              /* alive now */
     unsigned ready;                /* of which took their ready frame */
     size_t queued;                 /* calls waiting for a worker */
@@ -302,8 +302,10 @@ typedef struct braid_workers_stats {
     uint64_t timeouts;             /* calls failed by their timeout */
     uint64_t recycled;             /* workers retired by recycle_after */
     uint64_t resent;               /* idempotent calls sent again */
-} braid_workers_stats;
-BRAID_API void braid_workers_stats_get(const braid_workers *w, braid_workers_stats *out);
+};
+/* A snapshot (the struct and the function share the name, as stat(2)'s:
+ * `struct braid_workers_stats s; braid_workers_stats(w, &s);`). */
+BRAID_API void braid_workers_stats(const braid_workers *w, struct braid_workers_stats *out);
 /* The pids of the live workers into out (up to cap), returning how many
  * there are (tests, monitoring). */
 BRAID_API size_t braid_workers_pids(const braid_workers *w, pid_t *out, size_t cap);

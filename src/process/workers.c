@@ -66,7 +66,7 @@ struct braid_workers {
     braid_deferred *shutdown_d;
     int depth;                     /* inside callers' callbacks: free deferred */
     bool freeing, free_pending;
-    braid_workers_stats st;
+    struct braid_workers_stats st;
 };
 
 static void dispatch(braid_workers *pool);
@@ -768,7 +768,7 @@ static void pool_final_free(braid_workers *pool) {
     braid_free(pool);
 }
 
-void braid_workers_stats_get(const braid_workers *pool, braid_workers_stats *out) {
+void braid_workers_stats(const braid_workers *pool, struct braid_workers_stats *out) {
     *out = pool->st;
     out->workers = pool->alive;
     out->ready = 0;
