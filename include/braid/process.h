@@ -341,6 +341,93 @@ BRAID_API int braid_worker_call_fail(braid_worker_call *c, int code, const char 
 BRAID_API braid_loop *braid_worker_call_loop(const braid_worker_call *c);
 BRAID_API const char *braid_worker_call_command(const braid_worker_call *c);
 
+
+/* ==== N loops serving one port ========================================================
+ *
+ * braid_serve runs N loops — in N threads, or in N forked processes — that
+ * serve one TCP endpoint together, and returns when they have stopped:
+ *
+ *     static braid_factory *make(braid_loop *loop, unsigned i, void *arg) {
+ *         braid_factory *f = malloc(sizeof *f);                  // one per loop
+ *         braid_factory_init(f, &my_ops, sizeof(my_proto), NULL);
+ *         return f;
+ *     }
+ *     static void done(braid_factory *f, unsigned i, void *arg) { free(f); }
+ *     struct braid_serve_stats st;
+ *     braid_serve("tcp:8080", &(braid_serve_options){ .loops = 2, .processes = true,
+ *                                                     .method = BRAID_SERVE_REUSEPORT,
+ *                                                     .factory = make, .factory_done = done }, &st);
+ *
+ * The calling thread supervises: it binds the sockets (and keeps them for
+ * the whole run, so a restarted process takes over its predecessor's
+ * socket and queue), starts the loops, and on SIGTERM or SIGINT stops
+ * them gracefully: every loop stops accepting, its open connections get
+ * drain_timeout to finish, then those still open are shut down, and
+ * braid_serve returns. A child process that dies (crash, kill) while the
+ * server is not stopping is started again (unless no_restart).
+ *
+ * braid_serve blocks SIGTERM, SIGINT and SIGCHLD in the calling thread for
+ * its run (the loops take them as events; threads and children inherit
+ * the mask), so block them in your other threads too, as for
+ * braid_signal_start. Processes are made with fork(): call it from a
+ * process with no other threads running braid (a fork copies only the
+ * calling thread); each child makes its own loop after the fork. */
+typedef enum braid_serve_method {
+    /* (a) one SO_REUSEPORT listening socket per loop, the kernel balancing
+     * connections by a hash of the 4-tuple (Linux; where SO_REUSEPORT does
+     * not balance, e.g. macOS, every connection goes to one socket). */
+    BRAID_SERVE_REUSEPORT = 0,
+    /* (b) one listening socket watched by every loop with wake-one
+     * (BRAID_EXCLUSIVE: EPOLLEXCLUSIVE). The epoll backend only: on
+     * select, poll and io_uring this is BRAID_SERVE_SHARED (every loop
+     * wakes, one accepts). */
+    BRAID_SERVE_EXCLUSIVE,
+    /* (c) one acceptor (the supervisor's loop) accepts and hands each
+     * connection to the loops in turn (a posted call to a thread; a
+     * descriptor passed over a Unix socket to a process). */
+    BRAID_SERVE_ACCEPTOR,
+    /* One socket watched by every loop, all woken by each connection (the
+     * thundering herd; for comparison). */
+    BRAID_SERVE_SHARED,
+} braid_serve_method;
+
+typedef struct braid_serve_options {
+    unsigned loops;                /* 0: the number of online CPUs (at most 64) */
+    bool processes;                /* N forked processes instead of N threads */
+    braid_serve_method method;
+    braid_backend backend;         /* of every loop (default: $BRAID_BACKEND, else epoll) */
+    uint64_t drain_timeout;        /* after a stop, for open connections; 0: 5 s */
+    bool no_restart;               /* processes: leave a crashed child dead */
+    /* Called in each loop's thread (or child) with its loop: the factory
+     * that loop serves (NULL: that loop fails to start). Required. */
+    braid_factory *(*factory)(braid_loop *loop, unsigned index, void *arg);
+    /* Called there once the loop is gone (free the factory). May be NULL. */
+    void (*factory_done)(braid_factory *f, unsigned index, void *arg);
+    /* Called in the loop's thread/child once it serves, before it runs
+     * (start timers, signal handlers of your own). May be NULL. */
+    void (*on_loop)(braid_loop *loop, unsigned index, void *arg);
+    /* Called in the calling thread once the sockets are bound, with the
+     * port (useful with port 0). May be NULL. */
+    void (*on_listening)(int port, void *arg);
+    void *arg;
+} braid_serve_options;
+
+struct braid_serve_stats {
+    unsigned loops;
+    int port;
+    uint64_t accepted[64];         /* connections each loop accepted (balance) */
+    uint64_t total;
+    uint64_t restarts;             /* child processes started again */
+};
+
+/* Serve endpoint ("tcp:PORT[:interface=ADDR][:backlog=N]", tcp6 too; Unix
+ * endpoints: BRAID_ENOSYS) from N loops until SIGTERM/SIGINT, as above.
+ * 0 after a stop, or a negative code when it could not start (the port is
+ * taken, a loop's factory returned NULL ...). out (may be NULL) gets the
+ * per-loop counts. */
+BRAID_API int braid_serve(const char *endpoint, const braid_serve_options *opts,
+                          struct braid_serve_stats *out);
+
 #ifdef __cplusplus
 }
 #endif
