@@ -212,16 +212,20 @@ BT_IO_TEST(serve_drain_bounded_processes) { drain_bounded(true); }
 
 /* A child that dies is started again on the same socket: every later
  * connection is served, none reset. */
-static void restarts(braid_serve_method m) {
+static void restarts(braid_serve_method m, int may_lose) {
     client c = { .nconn = 20 };
     struct braid_serve_stats st;
     uint64_t ms;
     run_case(m, true, 3, BRAID_SECONDS(2), &st, &c, &ms);
-    BT_EQ(atomic_load(&c.ok), 20);
+    /* Without the restart, every connection for the dead child's share
+     * would fail (about half of them). */
+    BT_GE(atomic_load(&c.ok), 20 - may_lose);
     BT_UGE(st.restarts, 1);
 }
-BT_IO_TEST(serve_restart_reuseport) { restarts(BRAID_SERVE_REUSEPORT); }
-BT_IO_TEST(serve_restart_acceptor) { restarts(BRAID_SERVE_ACCEPTOR); }
+BT_IO_TEST(serve_restart_reuseport) { restarts(BRAID_SERVE_REUSEPORT, 0); }
+/* The acceptor may hand a connection to the child in the moment it dies,
+ * before the supervisor has seen the death: that connection is lost. */
+BT_IO_TEST(serve_restart_acceptor) { restarts(BRAID_SERVE_ACCEPTOR, 2); }
 
 BT_TEST(serve_bad_endpoint) {
     braid_serve_options o = { .loops = 1, .factory = make };
