@@ -72,30 +72,30 @@ typedef struct yield_arg { braid_loop *loop; long n; } yield_arg;
 static braid_result yielder(void *arg) {
     yield_arg *y = arg;
     for (long i = 0; i < y->n; i++) braid_fiber_yield(y->loop);
-    return braid_ok(NULL);
+    return braid_result_ok(NULL);
 }
 static double braid_yield_ns(braid_loop *loop, long n) {
     yield_arg y = { loop, n };
     braid_deferred *d = braid_fiber_spawn(loop, yielder, &y, NULL);
     if (!d) return 0;
-    braid_loop_run_once(loop, BRAID_RUN_NOWAIT);       /* started */
+    braid_loop_run_once(loop, BRAID_LOOP_RUN_NOWAIT);       /* started */
     uint64_t t0 = bench_now_ns();
     braid_loop_run(loop);
     uint64_t t1 = bench_now_ns();
-    braid_deferred_release(d);
+    braid_deferred_unref(d);
     return (double)(t1 - t0) / (double)n;
 }
 
 /* ---- spawn + finish ------------------------------------------------------------------- */
-static braid_result nothing(void *arg) { return braid_ok(arg); }
+static braid_result nothing(void *arg) { return braid_result_ok(arg); }
 
 #define BATCH 100
 static double braid_spawn_ns(braid_loop *loop, long n) {
     long batches = n / BATCH;
     uint64_t t0 = bench_now_ns();
     for (long b = 0; b < batches; b++) {
-        for (int i = 0; i < BATCH; i++) braid_deferred_release(braid_fiber_spawn(loop, nothing, NULL, NULL));
-        braid_loop_run_once(loop, BRAID_RUN_NOWAIT);
+        for (int i = 0; i < BATCH; i++) braid_deferred_unref(braid_fiber_spawn(loop, nothing, NULL, NULL));
+        braid_loop_run_once(loop, BRAID_LOOP_RUN_NOWAIT);
     }
     uint64_t t1 = bench_now_ns();
     return (double)(t1 - t0) / (double)(batches * BATCH);
@@ -142,7 +142,7 @@ typedef struct idle_arg { braid_loop *loop; } idle_arg;
 static braid_result idler(void *arg) {
     idle_arg *a = arg;
     braid_fiber_sleep(a->loop, BRAID_SECONDS(3600));
-    return braid_ok(NULL);
+    return braid_result_ok(NULL);
 }
 
 /* RSS growth in KiB for nfibers fibers asleep; 0 on failure. */
@@ -158,13 +158,13 @@ static double braid_idle_kib(long nfibers) {
     for (; made < nfibers; made++) {
         braid_deferred *d = braid_fiber_spawn(loop, idler, &a, NULL);
         if (!d) break;
-        braid_deferred_release(d);
+        braid_deferred_unref(d);
     }
-    braid_loop_run_once(loop, BRAID_RUN_NOWAIT);      /* all run to their sleep */
+    braid_loop_run_once(loop, BRAID_LOOP_RUN_NOWAIT);      /* all run to their sleep */
     long after = bench_rss_kib(getpid());
     braid_loop_advance(loop, BRAID_SECONDS(3600));
-    while (braid_loop_run_once(loop, BRAID_RUN_NOWAIT) > 0) {}
-    braid_loop_destroy(loop);
+    while (braid_loop_run_once(loop, BRAID_LOOP_RUN_NOWAIT) > 0) {}
+    braid_loop_free(loop);
     braid_fake_clock_free(fc);
     if (made < nfibers) return 0;
     return (double)(after - before);
@@ -217,7 +217,7 @@ int rr_serve_fiber(int port, const char *backend, int mode, double seconds) {
     int rc = braid_tcp_listen(loop, &(braid_tcp_listen_options){ .host = "127.0.0.1", .port = port,
                                                                   .backlog = 511 }, &ff.base, &l);
     if (rc < 0) { fprintf(stderr, "serve: listen: %s\n", braid_strerror(rc)); return 1; }
-    if (seconds > 0) braid_call_later(loop, (uint64_t)(seconds * 1e9), bench_stop_loop, loop);
+    if (seconds > 0) braid_timer_call_later(loop, (uint64_t)(seconds * 1e9), bench_stop_loop, loop);
     braid_loop_run(loop);
     return 0;       /* the process exits; connections close with it */
 }
@@ -286,7 +286,7 @@ static int run(bench_ctx *ctx) {
         rr_ratio[r] = rr_cpu_fb[r] / rr_cpu_cb[r];
     }
     const char *backend = braid_loop_backend(loop);   /* a static string */
-    braid_loop_destroy(loop);
+    braid_loop_free(loop);
 
     bench_row *row = bench_row_begin(ctx, "braid", "none");
     bench_row_param_str(row, "op", "switch");

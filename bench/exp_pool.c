@@ -11,7 +11,7 @@
  * libuv's process-global pool sized by UV_THREADPOOL_SIZE before it starts,
  * belong to that measurement only:
  *   sync        the plain synchronous call (not inlined), per call
- *   braid-1t/4t braid_defer_to_pool on a pool of 1 / 4 threads
+ *   braid-1t/4t braid_pool_defer on a pool of 1 / 4 threads
  *   libuv-1t/4t uv_queue_work, UV_THREADPOOL_SIZE=1 / 4
  *   naive-1t/4t a minimal pthread + condvar + eventfd pool (the practical
  *               limit of the naive design: one mutex, one condvar, results
@@ -91,7 +91,7 @@ typedef struct bcaller {
     intptr_t x;
 } bcaller;
 
-static braid_result braid_f(void *arg) { return braid_ok((void *)f_ptr((intptr_t)arg)); }
+static braid_result braid_f(void *arg) { return braid_result_ok((void *)f_ptr((intptr_t)arg)); }
 
 static void braid_issue(bcaller *c);
 static braid_result braid_got(braid_result r, void *p) {
@@ -99,15 +99,15 @@ static braid_result braid_got(braid_result r, void *p) {
     check((intptr_t)r.value, c->x + 1);
     c->x = (intptr_t)r.value;
     if (--c->left > 0) braid_issue(c);
-    return braid_ok(NULL);
+    return braid_result_ok(NULL);
 }
 static void braid_issue(bcaller *c) {
-    braid_deferred *d = braid_defer_to_pool(c->loop, c->pool, braid_f, (void *)c->x);
+    braid_deferred *d = braid_pool_defer(c->loop, c->pool, braid_f, (void *)c->x);
     if (!d || braid_deferred_add_callback(d, braid_got, c) < 0 || braid_deferred_is_failure(d)) {
-        fprintf(stderr, "pool bench: braid_defer_to_pool failed\n");
+        fprintf(stderr, "pool bench: braid_pool_defer failed\n");
         exit(3);
     }
-    braid_deferred_release(d);
+    braid_deferred_unref(d);
 }
 
 static double braid_round(braid_loop *loop, braid_pool *pool, int load, long calls) {
@@ -142,7 +142,7 @@ static double run_braid(int threads, int load, long calls, long warm) {
     braid_round(loop, pool, load, warm);
     double ns = braid_round(loop, pool, load, calls);
     braid_pool_destroy(pool, BRAID_POOL_FINISH);
-    if (braid_loop_destroy(loop) < 0) return NAN;
+    if (braid_loop_free(loop) < 0) return NAN;
     return ns;
 }
 
@@ -375,17 +375,17 @@ static void bjob_sleep_1ms(void) {
 /* braid: n jobs at once, the loop runs until every result is in. */
 static braid_result braid_bjob(void *arg) {
     ((void (*)(void))arg)();
-    return braid_ok(NULL);
+    return braid_result_ok(NULL);
 }
 static double braid_burst(braid_loop *loop, braid_pool *pool, int n, void (*job)(void)) {
     uint64_t t0 = bench_now_ns();
     for (int i = 0; i < n; i++) {
-        braid_deferred *d = braid_defer_to_pool(loop, pool, braid_bjob, (void *)job);
+        braid_deferred *d = braid_pool_defer(loop, pool, braid_bjob, (void *)job);
         if (!d || braid_deferred_is_failure(d)) {
-            fprintf(stderr, "pool bench: braid_defer_to_pool failed\n");
+            fprintf(stderr, "pool bench: braid_pool_defer failed\n");
             exit(3);
         }
-        braid_deferred_release(d);
+        braid_deferred_unref(d);
     }
     if (braid_loop_run(loop) < 0) exit(3);
     return (double)(bench_now_ns() - t0);
@@ -459,7 +459,7 @@ static int serve_blocking(const char *impl, int threads, const char *job, int re
             med[b] = v[reps / 2];
         }
         braid_pool_destroy(pool, BRAID_POOL_FINISH);
-        if (braid_loop_destroy(loop) < 0) return 1;
+        if (braid_loop_free(loop) < 0) return 1;
 #ifdef BENCH_HAVE_LIBUV
     } else if (!strcmp(impl, "libuv")) {
         char n[16];
@@ -529,7 +529,7 @@ static double idle_cpu(const char *impl, double secs) {
         sleep_s(secs);
         double used = cpu_self_us() - c0;
         braid_pool_destroy(pool, BRAID_POOL_FINISH);
-        braid_loop_destroy(loop);
+        braid_loop_free(loop);
         return used;
     }
 #ifdef BENCH_HAVE_LIBUV

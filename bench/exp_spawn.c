@@ -89,7 +89,7 @@ static double run_braid(int par, long n) {
     b_spawn(&s);
     if (braid_loop_run(loop) < 0) s.failed = true;
     uint64_t dt = bench_now_ns() - t0;
-    if (braid_loop_destroy(loop) < 0 || s.failed || s.done != n) return NAN;
+    if (braid_loop_free(loop) < 0 || s.failed || s.done != n) return NAN;
     return (double)dt;
 }
 

@@ -69,7 +69,7 @@ static double run_braid(sv_state *s, const char *backend) {
     if (!w) goto out;
     for (; n < s->npairs; n++) {
         if (braid_watch_init(loop, &w[n], s->rd[n], braid_cb, s) < 0) goto out;
-        if (braid_watch_set(&w[n], BRAID_READ) < 0) { braid_watch_close(&w[n]); goto out; }
+        if (braid_watch_set_interest(&w[n], BRAID_WATCH_READ) < 0) { braid_watch_close(&w[n]); goto out; }
     }
     uint64_t total = 0;
     for (int r = -1; r < s->rounds; r++) {   /* round -1 warms up */
@@ -83,7 +83,7 @@ static double run_braid(sv_state *s, const char *backend) {
 out:
     for (int i = 0; i < n; i++) braid_watch_close(&w[i]);
     free(w);
-    braid_loop_destroy(loop);
+    braid_loop_free(loop);
     return res;
 }
 

@@ -129,12 +129,12 @@ static braid_result b_err(braid_result r, void *arg) {
     braid_result_drop(r);
     c->s->failed = true;
     if (--c->s->active == 0) braid_loop_stop(c->s->loop);
-    return braid_ok(NULL);
+    return braid_result_ok(NULL);
 }
 static void b_issue(bcaller *c) {
     braid_deferred *d = braid_workers_call(c->s->w, c->s->job, &c->x, sizeof c->x, NULL);
-    if (!d || braid_deferred_add_callbacks(d, b_got, b_err, c) < 0) exit(3);
-    braid_deferred_release(d);
+    if (!d || braid_deferred_add(d, b_got, b_err, c) < 0) exit(3);
+    braid_deferred_unref(d);
 }
 static double b_round(bstate *s, int load, long calls) {
     s->active = load;
@@ -158,7 +158,7 @@ static double run_braid(const char *job, int load, long calls, long warm) {
     double ns = b_round(&s, load, calls);
     braid_workers_free(s.w);
     braid_loop_run(s.loop);   /* the connections close */
-    if (braid_loop_destroy(s.loop) < 0) return NAN;
+    if (braid_loop_free(s.loop) < 0) return NAN;
     return ns;
 }
 

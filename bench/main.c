@@ -48,7 +48,7 @@ static bool backend_available(const char *name) {
     braid_loop *loop;
     if (braid_loop_new(&loop, &o) < 0) return false;
     bool same = !strcmp(braid_loop_backend(loop), name);
-    braid_loop_destroy(loop);
+    braid_loop_free(loop);
     return same;
 }
 

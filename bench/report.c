@@ -155,7 +155,7 @@ static void collect_facts(bench_ctx *ctx) {
                 strcat(be, be[0] ? " " : "");
                 strcat(be, bes[i].name);
             }
-            braid_loop_destroy(loop);
+            braid_loop_free(loop);
         }
     }
     add_fact("braid backends", "%s", be);

@@ -94,7 +94,7 @@ static braid_result failed(braid_result r, void *arg) {
     j->failed++;
     j->pending--;
     braid_result_drop(r);
-    return braid_ok(NULL);
+    return braid_result_ok(NULL);
 }
 
 static void run_until_done(job *j) {
@@ -141,8 +141,8 @@ int main(int argc, char **argv) {
     for (unsigned i = 0; i < n; i++) {
         j.pending++;
         braid_deferred *d = braid_workers_call(j.w, "load", data, ndata * sizeof *data, NULL);
-        braid_deferred_add_callbacks(d, loaded, failed, &j);
-        braid_deferred_release(d);
+        braid_deferred_add(d, loaded, failed, &j);
+        braid_deferred_unref(d);
     }
     run_until_done(&j);
     double t_load = now_s() - t0;
@@ -154,8 +154,8 @@ int main(int argc, char **argv) {
         j.pending++;
         braid_deferred *d = braid_workers_call(j.w, "sum", &r, sizeof r,
                                                &(braid_workers_call_options){ .idempotent = true });
-        braid_deferred_add_callbacks(d, summed, failed, &j);
-        braid_deferred_release(d);
+        braid_deferred_add(d, summed, failed, &j);
+        braid_deferred_unref(d);
     }
     run_until_done(&j);
     double t_work = now_s() - t0;
@@ -166,8 +166,8 @@ int main(int argc, char **argv) {
            j.failed ? "FAILED" : j.total == want ? "correct" : "WRONG", t_one, t_load, t_work,
            t_work > 0 ? t_one / t_work : 0.0);
     braid_workers_free(j.w);
-    braid_loop_run_once(loop, BRAID_RUN_NOWAIT);
-    braid_loop_destroy(loop);
+    braid_loop_run_once(loop, BRAID_LOOP_RUN_NOWAIT);
+    braid_loop_free(loop);
     free(data);
     return j.failed || j.total != want;
 }

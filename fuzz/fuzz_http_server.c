@@ -21,13 +21,13 @@ static braid_deferred *h_echo(braid_http_request *req, void *arg) {
     char out[512];
     int n = snprintf(out, sizeof out, "%.*s %.*s body=%zu", (int)req->method_len, req->method,
                      (int)req->path_len, req->path, req->body_len);
-    braid_http_respond(req, 200, "text/plain", out, (size_t)n);
+    braid_http_request_respond(req, 200, "text/plain", out, (size_t)n);
     return NULL;
 }
 
 static void spin(braid_loop *loop) {
     for (int i = 0; i < 3; i++)
-        if (braid_loop_run_once(loop, BRAID_RUN_NOWAIT) < 0) abort();
+        if (braid_loop_run_once(loop, BRAID_LOOP_RUN_NOWAIT) < 0) abort();
 }
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
@@ -44,7 +44,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     braid_http_server *s;
     braid_http_server_options so = { 0 };
     if (braid_http_server_new(loop, &so, &s) < 0) abort();
-    if (braid_http_route(s, NULL, "/", BRAID_HTTP_PREFIX, h_echo, NULL) < 0) abort();
+    if (braid_http_server_route(s, NULL, "/", BRAID_HTTP_ROUTE_PREFIX, h_echo, NULL) < 0) abort();
     braid_protocol *p = braid_factory_build(braid_http_server_factory(s), NULL);
     if (!p) abort();
     braid_memory_transport *m = braid_memory_transport_new(loop, p);
@@ -71,7 +71,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     spin(loop);
     if (braid_http_server_free(s) < 0) abort();
     spin(loop);
-    if (braid_loop_destroy(loop) < 0) abort();
+    if (braid_loop_free(loop) < 0) abort();
     braid_fake_clock_free(fc);
     return 0;
 }

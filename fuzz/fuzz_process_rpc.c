@@ -47,6 +47,6 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         size_t n = size - i < step ? size - i : step;
         if (braid_framer_feed(&f, data + i, n) != 0) break;
     }
-    braid_framer_free(&f);
+    braid_framer_close(&f);
     return 0;
 }

@@ -49,8 +49,8 @@ braid_loop *bt_loop_new(braid_clock *clock) {
 }
 
 void bt_loop_destroy(braid_loop *loop) {
-    int rc = braid_loop_destroy(loop);
-    if (rc < 0) bt_fail(__FILE__, __LINE__, "leak gate: braid_loop_destroy: %s", braid_strerror(rc));
+    int rc = braid_loop_free(loop);
+    if (rc < 0) bt_fail(__FILE__, __LINE__, "leak gate: braid_loop_free: %s", braid_strerror(rc));
 }
 
 void bt_run_until(braid_loop *loop, volatile int *flag, int max_iterations) {

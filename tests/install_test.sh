@@ -21,7 +21,7 @@ int main(void) {
     braid_timer_start(&t, BRAID_MSEC(1));
     braid_loop_run(loop);
     printf("backend=%s fired=%d\n", braid_loop_backend(loop), fired);
-    return braid_loop_destroy(loop) < 0 || fired != 1;
+    return braid_loop_free(loop) < 0 || fired != 1;
 }
 C
 fail() { echo "install_test: $*" >&2; exit 1; }
@@ -83,7 +83,7 @@ int main(void) {
     printf("braid-glib: timer fired under GLib\n");
     g_main_loop_unref(ml);
     braid_glib_source_free(src);
-    return braid_loop_destroy(loop) < 0;
+    return braid_loop_free(loop) < 0;
 }
 C
     "$cc" -o "$work/hello-glib" "$work/hello-glib.c" $(pkg-config --cflags --libs braid-glib)

@@ -104,7 +104,7 @@ BT_IO_TEST(udp_connected_mode_and_errors) {
     }
     BT_OK(braid_dgram_send(a, "anyone?", 7));
     for (int i = 0; i < 100 && ra.errors < 2; i++) {
-        BT_OK(braid_loop_run_once(loop, BRAID_RUN_NOWAIT));
+        BT_OK(braid_loop_run_once(loop, BRAID_LOOP_RUN_NOWAIT));
         if (ra.errors < 2) usleep(1000);
     }
     BT_EQ(ra.errors, 2);
@@ -121,7 +121,7 @@ BT_IO_TEST(udp_close_inside_callback_and_pause) {
     BT_OK(braid_dgram_address(b, &ba));
     braid_dgram_pause_reading(b);
     for (int i = 0; i < 3; i++) BT_OK(braid_dgram_send_to(a, "x", 1, &ba));
-    for (int i = 0; i < 5; i++) BT_OK(braid_loop_run_once(loop, BRAID_RUN_NOWAIT));
+    for (int i = 0; i < 5; i++) BT_OK(braid_loop_run_once(loop, BRAID_LOOP_RUN_NOWAIT));
     BT_EQ(rb.n, 0);
     braid_dgram_resume_reading(b);
     for (int i = 0; i < 100 && rb.n < 1; i++) BT_OK(braid_loop_run_once(loop, 0));

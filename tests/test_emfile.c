@@ -73,7 +73,7 @@ static int child_main(int ctl_r, int ctl_w) {
     struct rlimit rl = { (rlim_t)probe + 5, (rlim_t)probe + 5 };
     close(probe);
     if (setrlimit(RLIMIT_NOFILE, &rl) < 0) return 2;
-    if (braid_watch_init(c.loop, &c.w, ctl_r, on_ctl, &c) < 0 || braid_watch_set(&c.w, BRAID_READ) < 0)
+    if (braid_watch_init(c.loop, &c.w, ctl_r, on_ctl, &c) < 0 || braid_watch_set_interest(&c.w, BRAID_WATCH_READ) < 0)
         return 2;
     if (write(ctl_w, &port, sizeof port) != sizeof port) return 2;
     while (!c.stop) braid_loop_run(c.loop);

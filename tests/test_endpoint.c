@@ -88,19 +88,19 @@ BT_TEST(malformed_strings_name_the_bad_part) {
             bt_fail(__FILE__, __LINE__, "'%s': message \"%s\" lacks \"%s\"", cases[i].desc, err,
                     cases[i].needle);
     }
-    /* through braid_listen: a failed Deferred with that message */
+    /* through braid_endpoint_listen: a failed Deferred with that message */
     braid_loop *loop = bt_loop_new(NULL);
     braid_factory f;
     braid_factory_init(&f, &(braid_protocol_ops){ 0 }, 0, NULL);
-    braid_deferred *d = braid_listen(loop, "tcp:80:bogus=1", &f);
-    braid_failure *fl = braid_expect_failure(d, BRAID_EBAD_ENDPOINT);
+    braid_deferred *d = braid_endpoint_listen(loop, "tcp:80:bogus=1", &f);
+    braid_failure *fl = braid_deferred_expect_failure(d, BRAID_EBAD_ENDPOINT);
     BT_TRUE(strstr(fl->message, "'bogus'") != NULL);
     braid_failure_free(fl);
-    braid_deferred_release(d);
-    d = braid_connect(loop, "tcp:host=x", &f);
-    fl = braid_expect_failure(d, BRAID_EBAD_ENDPOINT);
+    braid_deferred_unref(d);
+    d = braid_endpoint_connect(loop, "tcp:host=x", &f);
+    fl = braid_deferred_expect_failure(d, BRAID_EBAD_ENDPOINT);
     braid_failure_free(fl);
-    braid_deferred_release(d);
+    braid_deferred_unref(d);
     bt_loop_destroy(loop);
 }
 
@@ -131,27 +131,27 @@ static void roundtrip(braid_loop *loop, const char *server_desc, const char *cli
     sf.start = f_start;
     sf.stop = f_stop;
     starts = stops = 0;
-    braid_deferred *d = braid_listen(loop, server_desc, &sf);
-    BT_TRUE(braid_deferred_called(d));
-    braid_result r = braid_expect_success(d);
-    braid_deferred_release(d);
+    braid_deferred *d = braid_endpoint_listen(loop, server_desc, &sf);
+    BT_TRUE(braid_deferred_is_called(d));
+    braid_result r = braid_deferred_expect_success(d);
+    braid_deferred_unref(d);
     braid_listener *l = r.value;
     BT_EQ(starts, 1);
     braid_address a;
     BT_OK(braid_listener_address(l, &a));
     char desc[256];
     snprintf(desc, sizeof desc, client_fmt, braid_address_port(&a));
-    d = braid_connect(loop, desc, &cf);
-    for (int i = 0; i < 1000 && !braid_deferred_called(d); i++) BT_OK(braid_loop_run_once(loop, 0));
-    r = braid_expect_success(d);
-    braid_deferred_release(d);
+    d = braid_endpoint_connect(loop, desc, &cf);
+    for (int i = 0; i < 1000 && !braid_deferred_is_called(d); i++) BT_OK(braid_loop_run_once(loop, 0));
+    r = braid_deferred_expect_success(d);
+    braid_deferred_unref(d);
     braid_protocol *p = r.value;
     got_len = 0;
     lost_count = 0;
     BT_OK(braid_transport_write(p->transport, "endpoint", 8));
     for (int i = 0; i < 1000 && got_len < 8; i++) BT_OK(braid_loop_run_once(loop, 0));
     BT_EQ(got_len, 8);
-    braid_transport_lose_connection(p->transport);
+    braid_transport_close(p->transport, BRAID_FOREVER);
     for (int i = 0; i < 1000 && lost_count < 2; i++) BT_OK(braid_loop_run_once(loop, 0));
     BT_EQ(lost_count, 2);
     braid_listener_close(l);
@@ -181,16 +181,16 @@ BT_IO_TEST(connect_string_timeout) {
     braid_factory cf;
     braid_factory_init(&cf, &client_ops, sizeof(ep_proto), NULL);
     /* a name resolution in flight when the timeout passes */
-    braid_deferred *d = braid_connect(loop, "tcp:host=localhost:port=9:timeout=3", &cf);
+    braid_deferred *d = braid_endpoint_connect(loop, "tcp:host=localhost:port=9:timeout=3", &cf);
     braid_fake_clock_advance(fc, BRAID_SECONDS(3));
-    for (int i = 0; i < 5 && !braid_deferred_called(d); i++)
-        BT_OK(braid_loop_run_once(loop, BRAID_RUN_NOWAIT));
+    for (int i = 0; i < 5 && !braid_deferred_is_called(d); i++)
+        BT_OK(braid_loop_run_once(loop, BRAID_LOOP_RUN_NOWAIT));
     if (!braid_deferred_is_failure(d)) bt_fail(__FILE__, __LINE__, "expected a timeout");
-    braid_failure *f = braid_expect_failure(d, 0);
+    braid_failure *f = braid_deferred_expect_failure(d, 0);
     /* refused can beat the timer only if the resolver pool answered first */
     BT_TRUE(f->code == BRAID_ETIMEDOUT || f->code == -ECONNREFUSED);
     braid_failure_free(f);
-    braid_deferred_release(d);
+    braid_deferred_unref(d);
     /* the resolver pool job holds the loop until it reported back */
     for (int i = 0; i < 10000 && braid_loop_run_once(loop, 0) > 0; i++) {}
     BT_EQ(cf.refs, 0);

@@ -34,7 +34,7 @@ static braid_result got(braid_result r, void *arg) {
     s->r = r.value;
     /* buffered: ours now (r.dtor set; freed by res_clear); streaming: borrowed */
     if (s->pause_at_head) braid_http_client_response_pause(s->r);
-    return braid_ok(NULL);
+    return braid_result_ok(NULL);
 }
 static braid_result failed(braid_result r, void *arg) {
     res *s = arg;
@@ -42,7 +42,7 @@ static braid_result failed(braid_result r, void *arg) {
     s->code = r.failure->code;
     braid_failure_format(r.failure, s->msg, sizeof s->msg);
     braid_result_drop(r);
-    return braid_ok(NULL);
+    return braid_result_ok(NULL);
 }
 static void on_body(braid_http_client_response *r, const void *buf, size_t len, void *arg) {
     res *s = arg;
@@ -65,8 +65,8 @@ static void on_end(braid_http_client_response *r, int code, void *arg) {
 
 static void watch(braid_deferred *d, res *s) {
     BT_TRUE(d != NULL);
-    BT_OK(braid_deferred_add_callbacks(d, got, failed, s));
-    braid_deferred_release(d);
+    BT_OK(braid_deferred_add(d, got, failed, s));
+    braid_deferred_unref(d);
 }
 
 static void res_clear(res *s, bool owned) {
@@ -101,7 +101,7 @@ static braid_deferred *mem_connect(void *arg, braid_loop *loop, const char *host
     BT_TRUE(p != NULL);
     BT_LT(e->n, 16);
     e->m[e->n++] = braid_memory_transport_new(loop, p);
-    return braid_succeed(loop, p, NULL);
+    return braid_deferred_succeed(loop, p, NULL);
 }
 
 static void env_open(env *e, const braid_http_client_options *o) {
@@ -116,10 +116,10 @@ static void env_open(env *e, const braid_http_client_options *o) {
 
 static void env_close(env *e) {
     braid_http_client_free(e->c);
-    braid_loop_run_once(e->loop, BRAID_RUN_NOWAIT);
+    braid_loop_run_once(e->loop, BRAID_LOOP_RUN_NOWAIT);
     for (int i = 0; i < e->n; i++) braid_memory_transport_free(e->m[i]);
-    braid_loop_run_once(e->loop, BRAID_RUN_NOWAIT);
-    braid_loop_run_once(e->loop, BRAID_RUN_NOWAIT);
+    braid_loop_run_once(e->loop, BRAID_LOOP_RUN_NOWAIT);
+    braid_loop_run_once(e->loop, BRAID_LOOP_RUN_NOWAIT);
     bt_loop_destroy(e->loop);
     braid_fake_clock_free(e->clock);
 }
@@ -149,7 +149,7 @@ static void peer_eof(env *e, braid_memory_transport *m) {
 }
 
 static void settle(env *e) {
-    for (int i = 0; i < 3; i++) braid_loop_run_once(e->loop, BRAID_RUN_NOWAIT);
+    for (int i = 0; i < 3; i++) braid_loop_run_once(e->loop, BRAID_LOOP_RUN_NOWAIT);
 }
 
 static braid_deferred *get(env *e, const char *url) {
@@ -635,7 +635,7 @@ BT_TEST(cancel_aborts_request) {
     watch(d, &s);
     feed(&e, 0, "HTTP/1.1 200 OK\r\nContent-Le");
     braid_deferred_cancel(d);
-    braid_deferred_release(d);
+    braid_deferred_unref(d);
     BT_EQ(s.fired, 1);
     BT_ERR(s.code, BRAID_ECANCELED);
     settle(&e);
@@ -648,7 +648,7 @@ BT_TEST(cancel_aborts_request) {
     braid_deferred_ref(d);
     watch(d, &s);
     braid_deferred_cancel(d);
-    braid_deferred_release(d);
+    braid_deferred_unref(d);
     BT_ERR(s.code, BRAID_ECANCELED);
     BT_EQ(braid_loop_timer_count(e.loop), 0);
     env_close(&e);
@@ -933,7 +933,7 @@ static void s_data(braid_protocol *p, const void *buf, size_t len) {
         if (ol) braid_transport_write(p->transport, out, (size_t)ol);
         memmove(k->in, k->in + n + body, k->len - (size_t)n - body);
         k->len -= (size_t)n + body;
-        if (sv->close_after) { braid_transport_lose_connection(p->transport); return; }
+        if (sv->close_after) { braid_transport_close(p->transport, BRAID_FOREVER); return; }
     }
 }
 static const braid_protocol_ops s_ops = { .connection_made = s_made, .data_received = s_data,
@@ -958,7 +958,7 @@ static void run_until_fired(braid_loop *loop, res *s) {
 }
 
 static void drain(braid_loop *loop) {
-    for (int i = 0; i < 5; i++) braid_loop_run_once(loop, BRAID_RUN_NOWAIT);
+    for (int i = 0; i < 5; i++) braid_loop_run_once(loop, BRAID_LOOP_RUN_NOWAIT);
 }
 
 BT_IO_TEST(loopback_sequential_requests_one_connection) {
@@ -1005,7 +1005,7 @@ BT_IO_TEST(loopback_sequential_requests_one_connection) {
     BT_EQ(sv.conns, 1);
     braid_http_client_free(c);
     braid_listener_close(sv.l);
-    for (int i = 0; i < 100 && sv.lost < sv.conns; i++) braid_loop_run_once(loop, BRAID_RUN_NOWAIT);
+    for (int i = 0; i < 100 && sv.lost < sv.conns; i++) braid_loop_run_once(loop, BRAID_LOOP_RUN_NOWAIT);
     drain(loop);
     bt_loop_destroy(loop);
 }
@@ -1027,7 +1027,7 @@ BT_IO_TEST(loopback_streaming_backpressure) {
     run_until_fired(loop, &s);
     /* Paused as soon as the head was in: the body stops arriving. */
     size_t before = s.total;
-    for (int i = 0; i < 20; i++) braid_loop_run_once(loop, BRAID_RUN_NOWAIT);
+    for (int i = 0; i < 20; i++) braid_loop_run_once(loop, BRAID_LOOP_RUN_NOWAIT);
     BT_EQ(s.total, before);
     BT_EQ(s.ends, 0);
     BT_LT(s.total, 200000);
@@ -1041,7 +1041,7 @@ BT_IO_TEST(loopback_streaming_backpressure) {
             braid_http_client_response_resume(s.r);
             resumes++;
         }
-        braid_loop_run_once(loop, BRAID_RUN_NOWAIT);
+        braid_loop_run_once(loop, BRAID_LOOP_RUN_NOWAIT);
     }
     BT_EQ(s.ends, 1);
     BT_EQ(s.end_code, 0);
@@ -1050,7 +1050,7 @@ BT_IO_TEST(loopback_streaming_backpressure) {
     BT_GT(s.chunks, 2);
     braid_http_client_free(c);
     braid_listener_close(sv.l);
-    for (int i = 0; i < 100 && sv.lost < sv.conns; i++) braid_loop_run_once(loop, BRAID_RUN_NOWAIT);
+    for (int i = 0; i < 100 && sv.lost < sv.conns; i++) braid_loop_run_once(loop, BRAID_LOOP_RUN_NOWAIT);
     drain(loop);
     bt_loop_destroy(loop);
 }
@@ -1087,7 +1087,7 @@ BT_IO_TEST(loopback_server_closes_keepalive) {
     BT_EQ(sv.conns, 6);
     braid_http_client_free(c);
     braid_listener_close(sv.l);
-    for (int i = 0; i < 100 && sv.lost < sv.conns; i++) braid_loop_run_once(loop, BRAID_RUN_NOWAIT);
+    for (int i = 0; i < 100 && sv.lost < sv.conns; i++) braid_loop_run_once(loop, BRAID_LOOP_RUN_NOWAIT);
     drain(loop);
     bt_loop_destroy(loop);
 }
@@ -1159,13 +1159,13 @@ static braid_deferred *pump_connect(void *arg, braid_loop *loop, const char *hos
     braid_protocol *cp = braid_factory_build(f, NULL);
     braid_protocol *sp = braid_factory_build(&te->stf.base, NULL);
     te->pumps[te->n++] = braid_pump_new(loop, cp, sp);
-    return braid_succeed(loop, cp, NULL);
+    return braid_deferred_succeed(loop, cp, NULL);
 }
 
 static void pump_until(braid_loop *loop, tls_env *te, res *s) {
     for (int i = 0; i < 1000 && !s->fired; i++) {
         for (int j = 0; j < te->n; j++) braid_pump_flush(te->pumps[j]);
-        braid_loop_run_once(loop, BRAID_RUN_NOWAIT);
+        braid_loop_run_once(loop, BRAID_LOOP_RUN_NOWAIT);
     }
     BT_EQ(s->fired, 1);
 }
@@ -1196,7 +1196,7 @@ BT_TEST(https_over_memory_pump) {
     drain(loop);
     for (int j = 0; j < te.n; j++) braid_pump_free(te.pumps[j]);
     drain(loop);
-    braid_tls_factory_cleanup(&te.stf);
+    braid_tls_factory_close(&te.stf);
     braid_tls_ctx_unref(sctx);
     braid_tls_ctx_unref(cctx);
     bt_loop_destroy(loop);
@@ -1264,9 +1264,9 @@ BT_IO_TEST(https_over_loopback) {
     braid_http_client_free(c);
     braid_http_client_free(c2);
     braid_listener_close(sv.l);
-    for (int i = 0; i < 200 && sv.lost < sv.conns; i++) braid_loop_run_once(loop, BRAID_RUN_NOWAIT);
+    for (int i = 0; i < 200 && sv.lost < sv.conns; i++) braid_loop_run_once(loop, BRAID_LOOP_RUN_NOWAIT);
     drain(loop);
-    braid_tls_factory_cleanup(&stf);
+    braid_tls_factory_close(&stf);
     braid_tls_ctx_unref(sctx);
     braid_tls_ctx_unref(cctx);
     braid_tls_ctx_unref(other);
@@ -1279,14 +1279,14 @@ static braid_deferred *oom_connect(void *arg, braid_loop *loop, const char *host
     env *e = arg;
     (void)host, (void)port, (void)https;
     braid_protocol *p = braid_factory_build(f, NULL);
-    if (!p) return braid_fail(loop, braid_failure_new(BRAID_ENOMEM, "build"));
+    if (!p) return braid_deferred_fail(loop, braid_failure_new(BRAID_ENOMEM, "build"));
     braid_memory_transport *m = braid_memory_transport_new(loop, p);
     if (!m) {
         p->ops->destroy(p);   /* never attached: release it ourselves */
-        return braid_fail(loop, braid_failure_new(BRAID_ENOMEM, "transport"));
+        return braid_deferred_fail(loop, braid_failure_new(BRAID_ENOMEM, "transport"));
     }
     e->m[e->n++] = m;
-    return braid_succeed(loop, p, NULL);
+    return braid_deferred_succeed(loop, p, NULL);
 }
 
 static void oom_feed(env *e, const char *s) {
@@ -1314,13 +1314,13 @@ static int oom_scenario(braid_loop *loop) {
             result = BRAID_ENOMEM;
             break;
         }
-        if (braid_deferred_add_callbacks(d, got, failed, &s[i]) < 0) {
+        if (braid_deferred_add(d, got, failed, &s[i]) < 0) {
             braid_deferred_cancel(d);
-            braid_deferred_release(d);
+            braid_deferred_unref(d);
             result = BRAID_ENOMEM;
             break;
         }
-        braid_deferred_release(d);
+        braid_deferred_unref(d);
         if (!s[i].fired) oom_feed(&e, "HTTP/1.1 307 Temporary\r\nLocation: /q\r\nContent-Length: 1\r\n\r\nx");
         if (!s[i].fired) oom_feed(&e, "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nX-B: 2\r\n\r\n"
                                       "5\r\nhello\r\n0\r\n\r\n");
@@ -1330,9 +1330,9 @@ static int oom_scenario(braid_loop *loop) {
     }
     if (!result && e.n != 1) result = BRAID_EINVAL;   /* one connection for all of it */
     braid_http_client_free(e.c);
-    for (int i = 0; i < 3; i++) braid_loop_run_once(loop, BRAID_RUN_NOWAIT);
+    for (int i = 0; i < 3; i++) braid_loop_run_once(loop, BRAID_LOOP_RUN_NOWAIT);
     for (int i = 0; i < e.n; i++) braid_memory_transport_free(e.m[i]);
-    for (int i = 0; i < 3; i++) braid_loop_run_once(loop, BRAID_RUN_NOWAIT);
+    for (int i = 0; i < 3; i++) braid_loop_run_once(loop, BRAID_LOOP_RUN_NOWAIT);
     for (int i = 0; i < 2; i++) res_clear(&s[i], true);
     return result;
 }
@@ -1346,7 +1346,7 @@ BT_TEST(allocation_failures) {
         int rc = oom_scenario(loop);
         bool hit = braid_test_alloc_failed();
         braid_test_fail_alloc_after(0, false);
-        for (int i = 0; i < 3; i++) braid_loop_run_once(loop, BRAID_RUN_NOWAIT);
+        for (int i = 0; i < 3; i++) braid_loop_run_once(loop, BRAID_LOOP_RUN_NOWAIT);
         BT_EQ(braid_test_alloc_outstanding(), base);
         if (!hit) {
             BT_OK(rc);
@@ -1486,14 +1486,14 @@ static braid_result chain_next(braid_result r, void *arg) {
     if (ch->free_client) {
         braid_http_client_free(ch->e->c);
         ch->e->c = NULL;
-        return braid_ok(NULL);
+        return braid_result_ok(NULL);
     }
     if (ch->step < 3) {
         braid_deferred *d = get(ch->e, "http://h/next");
-        BT_OK(braid_deferred_add_callbacks(d, chain_next, failed, ch));
-        braid_deferred_release(d);
+        BT_OK(braid_deferred_add(d, chain_next, failed, ch));
+        braid_deferred_unref(d);
     }
-    return braid_ok(NULL);
+    return braid_result_ok(NULL);
 }
 
 BT_TEST(requests_from_inside_callbacks) {
@@ -1501,8 +1501,8 @@ BT_TEST(requests_from_inside_callbacks) {
     env_open(&e, NULL);
     chain ch = { .e = &e };
     braid_deferred *d = get(&e, "http://h/first");
-    BT_OK(braid_deferred_add_callbacks(d, chain_next, failed, &ch));
-    braid_deferred_release(d);
+    BT_OK(braid_deferred_add(d, chain_next, failed, &ch));
+    braid_deferred_unref(d);
     for (int i = 0; i < 3; i++) {
         BT_EQ(ch.step, i);
         feed(&e, 0, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok");
@@ -1512,8 +1512,8 @@ BT_TEST(requests_from_inside_callbacks) {
     /* Freeing the client from inside a callback. */
     ch.free_client = true;
     d = get(&e, "http://h/last");
-    BT_OK(braid_deferred_add_callbacks(d, chain_next, failed, &ch));
-    braid_deferred_release(d);
+    BT_OK(braid_deferred_add(d, chain_next, failed, &ch));
+    braid_deferred_unref(d);
     feed(&e, 0, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok");
     BT_EQ(ch.step, 4);
     BT_TRUE(e.c == NULL);
@@ -1602,7 +1602,7 @@ BT_TEST(max_per_host_queues_requests) {
     watch(d, &s[3]);
     BT_EQ(braid_http_client_get_stats(e.c).waiting, 2);
     braid_deferred_cancel(d);
-    braid_deferred_release(d);
+    braid_deferred_unref(d);
     BT_ERR(s[3].code, BRAID_ECANCELED);
     BT_EQ(braid_http_client_get_stats(e.c).waiting, 1);
     BT_OK(braid_loop_advance(e.loop, BRAID_SECONDS(6)));

@@ -1,5 +1,5 @@
-/* braid_http_respond_file: a handler answers with part of a file (the way
- * braid_http_static answers, now through the public API), over the memory
+/* braid_http_request_respond_file: a handler answers with part of a file (the way
+ * braid_http_server_static answers, now through the public API), over the memory
  * transport, where the body goes through the write buffer. Static files on
  * real sockets (sendfile) are test_http_server.c's static cases. */
 #include "harness.h"
@@ -39,10 +39,10 @@ static braid_deferred *h_file(braid_http_request *req, void *arg) {
     char p[64];
     snprintf(p, sizeof p, "%.*s", (int)req->path_len, req->path);
     if (sscanf(p, "/f/%u/%u", &off, &len) != 2 && strcmp(p, "/twice")) off = 0, len = 26;
-    last_rc = braid_http_respond_file(req, off ? 206 : 200, "text/plain", fd, off, len);
+    last_rc = braid_http_request_respond_file(req, off ? 206 : 200, "text/plain", fd, off, len);
     if (!strcmp(p, "/twice")) {
         int fd2 = open(path, O_RDONLY | O_CLOEXEC);
-        second_rc = braid_http_respond_file(req, 200, "text/plain", fd2, 0, 1);   /* closes fd2 */
+        second_rc = braid_http_request_respond_file(req, 200, "text/plain", fd2, 0, 1);   /* closes fd2 */
     }
     return NULL;
 }
@@ -54,14 +54,14 @@ typedef struct fx {
 } fx;
 
 static void spin(braid_loop *loop) {
-    for (int i = 0; i < 8; i++) BT_OK(braid_loop_run_once(loop, BRAID_RUN_NOWAIT));
+    for (int i = 0; i < 8; i++) BT_OK(braid_loop_run_once(loop, BRAID_LOOP_RUN_NOWAIT));
 }
 
 static void fx_init(fx *f) {
     make_file();
     f->loop = bt_loop_new(NULL);
     BT_OK(braid_http_server_new(f->loop, NULL, &f->s));
-    BT_OK(braid_http_route(f->s, NULL, "/", BRAID_HTTP_PREFIX, h_file, NULL));
+    BT_OK(braid_http_server_route(f->s, NULL, "/", BRAID_HTTP_ROUTE_PREFIX, h_file, NULL));
     braid_protocol *p = braid_factory_build(braid_http_server_factory(f->s), NULL);
     BT_TRUE(p != NULL);
     f->m = braid_memory_transport_new(f->loop, p);

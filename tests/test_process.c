@@ -192,7 +192,7 @@ static void signal_case(void) {
     braid_process_status st = { .exit_code = 55 };
     braid_deferred *d = braid_process_ended(p);
     BT_OK(braid_deferred_add_callback(d, got_status, &st));
-    braid_deferred_release(d);
+    braid_deferred_unref(d);
     BT_OK(braid_process_signal(p, SIGTERM));
     bt_run_until(loop, &r.ended, 100000);
     BT_EQ(r.st.exit_code, -1);
@@ -200,8 +200,8 @@ static void signal_case(void) {
     BT_EQ(st.signo, SIGTERM);      /* the Deferred fired with the status */
     /* After the end, a new Deferred has fired already. */
     d = braid_process_ended(p);
-    BT_TRUE(braid_deferred_called(d));
-    braid_deferred_release(d);
+    BT_TRUE(braid_deferred_is_called(d));
+    braid_deferred_unref(d);
     braid_process_free(p);
     bt_loop_destroy(loop);
     no_children_left();
@@ -223,7 +223,7 @@ BT_IO_TEST(process_kill_after) {
     BT_STREQ(r.out, "ready");
     BT_OK(braid_process_kill_after(p, BRAID_SECONDS(10)));
     braid_fake_clock_advance(fc, BRAID_SECONDS(9));
-    for (int i = 0; i < 20; i++) braid_loop_run_once(loop, BRAID_RUN_NOWAIT);
+    for (int i = 0; i < 20; i++) braid_loop_run_once(loop, BRAID_LOOP_RUN_NOWAIT);
     BT_FALSE(braid_process_has_exited(p, NULL));   /* SIGTERM ignored, SIGKILL not yet */
     braid_fake_clock_advance(fc, BRAID_SECONDS(1));
     bt_run_until(loop, &r.ended, 100000);
@@ -435,7 +435,7 @@ BT_IO_TEST(process_spawn_errors) {
     braid_failure_free(f);
     while (nf) close(filler[--nf]);
     BT_OK(setrlimit(RLIMIT_NOFILE, &old));
-    braid_loop_run_once(loop, BRAID_RUN_NOWAIT);
+    braid_loop_run_once(loop, BRAID_LOOP_RUN_NOWAIT);
     BT_EQ(count_fds(), before);
     bt_loop_destroy(loop);
     no_children_left();
@@ -458,7 +458,7 @@ BT_IO_TEST(process_spawn_eagain) {
         int rc = braid_process_spawn(loop, &o, &p, &f);
         bool named = f && strstr(f->message, "/bin/true");
         braid_failure_free(f);
-        if (braid_loop_destroy(loop) < 0) _exit(74);
+        if (braid_loop_free(loop) < 0) _exit(74);
         _exit(rc == -EAGAIN && named ? 0 : 1);
     }
     int st;
@@ -526,7 +526,7 @@ BT_IO_TEST(process_free_policies) {
     pid = braid_process_pid(p);
     braid_process_free(p);
     BT_EQ(kill(pid, 0), 0);
-    BT_ERR(braid_loop_destroy(loop), BRAID_EBUSY);   /* names it */
+    BT_ERR(braid_loop_free(loop), BRAID_EBUSY);   /* names it */
     kill(pid, SIGTERM);
     braid_loop_run(loop);
     bt_loop_destroy(loop);
@@ -552,7 +552,7 @@ BT_IO_TEST(process_alloc_walk) {
     braid_process_close_fd(p, 0);
     bt_run_until(loop, &r.ended, 100000);
     braid_process_free(p);
-    braid_loop_run_once(loop, BRAID_RUN_NOWAIT);
+    braid_loop_run_once(loop, BRAID_LOOP_RUN_NOWAIT);
     long base = braid_test_alloc_outstanding();
     int failures = 0;
     for (long n = 1; n < 200; n++) {
@@ -570,7 +570,7 @@ BT_IO_TEST(process_alloc_walk) {
             BT_ERR(rc, BRAID_ENOMEM);
             failures++;
         }
-        for (int i = 0; i < 4; i++) braid_loop_run_once(loop, BRAID_RUN_NOWAIT);
+        for (int i = 0; i < 4; i++) braid_loop_run_once(loop, BRAID_LOOP_RUN_NOWAIT);
         BT_EQ(braid_test_alloc_outstanding(), base);
         BT_EQ(count_fds(), fds_before);
         if (!failed) break;

@@ -68,9 +68,9 @@ static braid_result later_fire(braid_result r, void *arg) {
 }
 static void h_later(braid_worker_call *c, const void *buf, size_t len, void *arg) {
     (void)buf; (void)len; (void)arg;
-    braid_deferred *d = braid_defer_later(braid_worker_call_loop(c), BRAID_MSEC(1), NULL, NULL);
+    braid_deferred *d = braid_deferred_later(braid_worker_call_loop(c), BRAID_MSEC(1), NULL, NULL);
     braid_deferred_add_callback(d, later_fire, c);
-    braid_deferred_release(d);
+    braid_deferred_unref(d);
 }
 
 static const braid_worker_command cmds[] = {
@@ -107,19 +107,19 @@ static braid_result res_err(braid_result r, void *arg) {
     snprintf(x->msg, sizeof x->msg, "%s", r.failure->message ? r.failure->message : "");
     x->done = 1;
     braid_result_drop(r);
-    return braid_ok(NULL);
+    return braid_result_ok(NULL);
 }
 static braid_deferred *call(braid_workers *w, const char *cmd, const char *payload, res *x,
                             const braid_workers_call_options *o) {
     memset(x, 0, sizeof *x);
     braid_deferred *d = braid_workers_call(w, cmd, payload, payload ? strlen(payload) : 0, o);
     BT_TRUE(d != NULL);
-    BT_OK(braid_deferred_add_callbacks(d, res_ok, res_err, x));
+    BT_OK(braid_deferred_add(d, res_ok, res_err, x));
     return d;
 }
 static void call_rel(braid_workers *w, const char *cmd, const char *payload, res *x,
                      const braid_workers_call_options *o) {
-    braid_deferred_release(call(w, cmd, payload, x, o));
+    braid_deferred_unref(call(w, cmd, payload, x, o));
 }
 static void wait_ready(braid_loop *loop, braid_workers *w, unsigned n) {
     struct braid_workers_stats s;
@@ -132,7 +132,7 @@ static void wait_ready(braid_loop *loop, braid_workers *w, unsigned n) {
 }
 static void finish(braid_loop *loop, braid_workers *w) {
     braid_workers_free(w);
-    for (int i = 0; i < 4; i++) braid_loop_run_once(loop, BRAID_RUN_NOWAIT);
+    for (int i = 0; i < 4; i++) braid_loop_run_once(loop, BRAID_LOOP_RUN_NOWAIT);
     bt_loop_destroy(loop);
     errno = 0;
     BT_EQ(waitpid(-1, NULL, WNOHANG), -1);   /* no child left, not even a zombie */
@@ -250,7 +250,7 @@ BT_IO_TEST(workers_timeout) {
     res hold, hang;
     call_rel(w, "hold", NULL, &hold, &(braid_workers_call_options){ .timeout = BRAID_SECONDS(100) });
     call_rel(w, "hang", NULL, &hang, &(braid_workers_call_options){ .timeout = BRAID_SECONDS(5) });
-    for (int i = 0; i < 50; i++) braid_loop_run_once(loop, BRAID_RUN_NOWAIT);
+    for (int i = 0; i < 50; i++) braid_loop_run_once(loop, BRAID_LOOP_RUN_NOWAIT);
     BT_EQ(hang.done, 0);
     braid_fake_clock_advance(fc, BRAID_SECONDS(5));
     bt_run_until(loop, &hang.done, 200000);
@@ -372,7 +372,7 @@ BT_IO_TEST(workers_queue_full_and_cancel) {
     BT_EQ(s.queued, 2);
     BT_EQ(s.in_flight, 1);
     braid_deferred_cancel(d1);
-    braid_deferred_release(d1);
+    braid_deferred_unref(d1);
     BT_EQ(q1.code, BRAID_ECANCELED);
     braid_workers_stats(w, &s);
     BT_EQ(s.queued, 1);
@@ -380,7 +380,7 @@ BT_IO_TEST(workers_queue_full_and_cancel) {
     braid_workers_free(w);
     BT_EQ(h.code, BRAID_ESHUTDOWN);
     BT_EQ(q2.code, BRAID_ESHUTDOWN);
-    for (int i = 0; i < 4; i++) braid_loop_run_once(loop, BRAID_RUN_NOWAIT);
+    for (int i = 0; i < 4; i++) braid_loop_run_once(loop, BRAID_LOOP_RUN_NOWAIT);
     bt_loop_destroy(loop);
 }
 
@@ -399,7 +399,7 @@ BT_IO_TEST(workers_shutdown) {
     int down = 0;
     braid_deferred *d = braid_workers_shutdown(w, true, BRAID_SECONDS(30));
     braid_deferred_add_callback(d, set_flag, &down);
-    braid_deferred_release(d);
+    braid_deferred_unref(d);
     res late;
     call_rel(w, "echo", "x", &late, NULL);
     BT_EQ(late.code, BRAID_ESHUTDOWN);
@@ -414,11 +414,11 @@ BT_IO_TEST(workers_shutdown) {
     wait_ready(loop, w, 1);
     res h;
     call_rel(w, "hold", NULL, &h, NULL);
-    for (int i = 0; i < 20; i++) braid_loop_run_once(loop, BRAID_RUN_NOWAIT);
+    for (int i = 0; i < 20; i++) braid_loop_run_once(loop, BRAID_LOOP_RUN_NOWAIT);
     down = 0;
     d = braid_workers_shutdown(w, false, 0);
     braid_deferred_add_callback(d, set_flag, &down);
-    braid_deferred_release(d);
+    braid_deferred_unref(d);
     BT_EQ(h.code, BRAID_ESHUTDOWN);
     bt_run_until(loop, &down, 400000);
     finish(loop, w);
@@ -454,15 +454,15 @@ BT_IO_TEST(workers_alloc_walk) {
         braid_test_fail_alloc_after(n, false);
         braid_deferred *d = braid_workers_call(w, "echo", "walk", 4, NULL);
         if (d) {
-            BT_OK(braid_deferred_add_callbacks(d, res_ok, res_err, &r));
-            braid_deferred_release(d);
+            BT_OK(braid_deferred_add(d, res_ok, res_err, &r));
+            braid_deferred_unref(d);
             bt_run_until(loop, &r.done, 200000);
         }
         bool failed = braid_test_alloc_failed();
         braid_test_fail_alloc_after(0, false);
         if (!d || r.code) failures++;
         else BT_STREQ(r.data, "walk");
-        for (int i = 0; i < 4; i++) braid_loop_run_once(loop, BRAID_RUN_NOWAIT);
+        for (int i = 0; i < 4; i++) braid_loop_run_once(loop, BRAID_LOOP_RUN_NOWAIT);
         BT_EQ(braid_test_alloc_outstanding(), base);
         if (!failed) break;
     }

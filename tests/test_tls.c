@@ -138,9 +138,9 @@ static void pair_open(pair *pr, braid_loop *loop, const char *host, const char *
 static void pair_close(pair *pr) {
     braid_pump_flush(pr->pump);
     braid_pump_free(pr->pump);
-    braid_loop_run_once(pr->loop, BRAID_RUN_NOWAIT);
-    braid_tls_factory_cleanup(&pr->stf);
-    braid_tls_factory_cleanup(&pr->ctf);
+    braid_loop_run_once(pr->loop, BRAID_LOOP_RUN_NOWAIT);
+    braid_tls_factory_close(&pr->stf);
+    braid_tls_factory_close(&pr->ctf);
     braid_tls_ctx_unref(pr->sctx);
     braid_tls_ctx_unref(pr->cctx);
 }
@@ -153,7 +153,7 @@ BT_TEST(pump_handshake_data_close_notify) {
     BT_EQ(c->made, 1);
     BT_EQ(s->made, 1);
     BT_STREQ(braid_transport_kind(c->base.transport), "tls");
-    BT_TRUE(braid_transport_is_tls(c->base.transport));
+    BT_TRUE(braid_tls_is_transport(c->base.transport));
     BT_STREQ(braid_transport_kind(braid_tls_transport_lower(c->base.transport)), "memory");
     /* Written before the handshake: waits for it. */
     BT_OK(braid_transport_write(c->base.transport, "hello ", 6));
@@ -171,7 +171,7 @@ BT_TEST(pump_handshake_data_close_notify) {
     braid_pump_flush(pr.pump);
     BT_EQ(c->inlen, 2);
     /* lose_connection: close_notify; the server sees a clean end. */
-    braid_transport_lose_connection(c->base.transport);
+    braid_transport_close(c->base.transport, BRAID_FOREVER);
     braid_pump_flush(pr.pump);
     BT_EQ(c->lost, 1);
     BT_EQ(s->lost, 1);
@@ -226,7 +226,7 @@ BT_TEST(small_writes_make_one_record) {
     /* 2000 one-byte writes in one iteration */
     for (int i = 0; i < 2000; i++) BT_OK(braid_transport_write(pr.c[0].base.transport, "x", 1));
     BT_EQ(braid_transport_buffered(pr.c[0].base.transport), 2000);
-    BT_OK(braid_loop_run_once(loop, BRAID_RUN_NOWAIT));   /* the ready phase seals them */
+    BT_OK(braid_loop_run_once(loop, BRAID_LOOP_RUN_NOWAIT));   /* the ready phase seals them */
     BT_EQ(braid_transport_buffered(pr.c[0].base.transport), 0);
     const unsigned char *p = braid_memory_transport_data(cm, &len);
     size_t used;
@@ -271,12 +271,12 @@ BT_TEST(never_reading_peer_stays_under_cap) {
             BT_OK(braid_transport_write(t, chunk, sizeof chunk));
             pu.sent += sizeof chunk;
         }
-        BT_OK(braid_loop_run_once(loop, BRAID_RUN_NOWAIT));
+        BT_OK(braid_loop_run_once(loop, BRAID_LOOP_RUN_NOWAIT));
         size_t total = braid_transport_buffered(t) + braid_transport_buffered(lower);
         if (total > pu.max_total) pu.max_total = total;
     }
     BT_TRUE(pu.paused);
-    for (int i = 0; i < 10; i++) BT_OK(braid_loop_run_once(loop, BRAID_RUN_NOWAIT));
+    for (int i = 0; i < 10; i++) BT_OK(braid_loop_run_once(loop, BRAID_LOOP_RUN_NOWAIT));
     size_t len;
     braid_memory_transport_data(cm, &len);
     /* lower: at most its high watermark plus one flush's worth of records;
@@ -297,7 +297,7 @@ BT_TEST(never_reading_peer_stays_under_cap) {
     while (rc == 0 && n < 64 * 1024 * 1024) {
         rc = braid_transport_write(t, chunk, sizeof chunk);
         n += sizeof chunk;
-        if ((n / sizeof chunk) % 16 == 0) braid_loop_run_once(loop, BRAID_RUN_NOWAIT);
+        if ((n / sizeof chunk) % 16 == 0) braid_loop_run_once(loop, BRAID_LOOP_RUN_NOWAIT);
     }
     BT_ERR(rc, BRAID_EBUFFER_LIMIT);
     BT_LE(n, 256 * 1024 + 64 * 1024 + 17 * 1024 + 16 * sizeof chunk);
@@ -348,7 +348,7 @@ BT_TEST(garbage_fails_one_connection) {
     BT_ERR(s[0].lost_code, BRAID_ETLS);
     BT_EQ(junk.lost, 1);        /* the server closed it (after its alert) */
     braid_pump_free(pump);
-    braid_loop_run_once(loop, BRAID_RUN_NOWAIT);
+    braid_loop_run_once(loop, BRAID_LOOP_RUN_NOWAIT);
     /* The same factory serves the next client. */
     braid_tls_ctx *cctx = client_ctx(NULL);
     afactory cf;
@@ -361,9 +361,9 @@ BT_TEST(garbage_fails_one_connection) {
     braid_pump_flush(pump);
     BT_EQ(s[1].inlen, 2);
     braid_pump_free(pump);
-    braid_loop_run_once(loop, BRAID_RUN_NOWAIT);
-    braid_tls_factory_cleanup(&stf);
-    braid_tls_factory_cleanup(&ctf);
+    braid_loop_run_once(loop, BRAID_LOOP_RUN_NOWAIT);
+    braid_tls_factory_close(&stf);
+    braid_tls_factory_close(&ctf);
     braid_tls_ctx_unref(sctx);
     braid_tls_ctx_unref(cctx);
     bt_loop_destroy(loop);
@@ -393,8 +393,8 @@ BT_TEST(handshake_timeout_on_fake_clock) {
     BT_ERR(c[0].lost_code, BRAID_ETLS_TIMEOUT);
     BT_EQ(silent.lost, 1);
     braid_pump_free(pump);
-    braid_loop_run_once(loop, BRAID_RUN_NOWAIT);
-    braid_tls_factory_cleanup(&ctf);
+    braid_loop_run_once(loop, BRAID_LOOP_RUN_NOWAIT);
+    braid_tls_factory_close(&ctf);
     braid_tls_ctx_unref(cctx);
     bt_loop_destroy(loop);
     braid_fake_clock_free(fc);
@@ -403,7 +403,7 @@ BT_TEST(handshake_timeout_on_fake_clock) {
 /* STARTTLS: a line protocol that upgrades its live connection. */
 static void st_data(braid_protocol *p, const void *buf, size_t len) {
     app *a = (app *)p;
-    if (!braid_transport_is_tls(p->transport)) {
+    if (!braid_tls_is_transport(p->transport)) {
         if (!a->starttls_client && len >= 9 && !memcmp(buf, "STARTTLS\n", 9)) {
             BT_OK(braid_transport_write(p->transport, "GO\n", 3));
             BT_OK(braid_tls_start(p, &(braid_tls_wrap_options){ .ctx = a->starttls_ctx,
@@ -433,17 +433,17 @@ BT_TEST(starttls_over_pump) {
     braid_pump_flush(pump);
     BT_EQ(c.handshakes, 1);
     BT_EQ(s.handshakes, 1);
-    BT_TRUE(braid_transport_is_tls(c.base.transport));
-    BT_TRUE(braid_transport_is_tls(s.base.transport));
+    BT_TRUE(braid_tls_is_transport(c.base.transport));
+    BT_TRUE(braid_tls_is_transport(s.base.transport));
     BT_EQ(s.inlen, 6);
     BT_TRUE(!memcmp(s.in, "secret", 6));
     BT_EQ(c.inlen, 6);              /* echoed back through TLS */
-    braid_transport_lose_connection(c.base.transport);
+    braid_transport_close(c.base.transport, BRAID_FOREVER);
     braid_pump_flush(pump);
     BT_ERR(c.lost_code, BRAID_ECONNECTION_DONE);
     BT_ERR(s.lost_code, BRAID_ECONNECTION_DONE);
     braid_pump_free(pump);
-    braid_loop_run_once(loop, BRAID_RUN_NOWAIT);
+    braid_loop_run_once(loop, BRAID_LOOP_RUN_NOWAIT);
     braid_tls_ctx_unref(sctx);
     braid_tls_ctx_unref(cctx);
     bt_loop_destroy(loop);
@@ -463,7 +463,7 @@ static braid_result got_err(braid_result r, void *arg) {
     g->code = r.failure->code;
     g->done = 1;
     braid_result_drop(r);
-    return braid_ok(NULL);
+    return braid_result_ok(NULL);
 }
 
 static void run_until(braid_loop *loop, int *a, int *b) {
@@ -493,8 +493,8 @@ BT_IO_TEST(tcp_tls_echo_resume_and_bad_client) {
     /* 1: a full handshake, echo, close_notify */
     got g = { 0 };
     braid_deferred *d = braid_tls_connect(loop, &(braid_tcp_connect_options){ .host = "127.0.0.1", .port = port }, &ctf);
-    BT_OK(braid_deferred_add_callbacks(d, got_ok, got_err, &g));
-    braid_deferred_release(d);
+    BT_OK(braid_deferred_add(d, got_ok, got_err, &g));
+    braid_deferred_unref(d);
     bt_run_until(loop, &g.done, 1000);
     BT_FALSE(g.failed);
     BT_TRUE(g.p == &c[0].base);
@@ -505,10 +505,10 @@ BT_IO_TEST(tcp_tls_echo_resume_and_bad_client) {
     BT_STREQ(c[0].alpn, "h2");
     BT_FALSE(c[0].reused);
     braid_address peer;
-    BT_OK(braid_transport_get_peer(g.p->transport, &peer));
+    BT_OK(braid_transport_peer(g.p->transport, &peer));
     BT_EQ(braid_address_port(&peer), port);
     BT_OK(braid_transport_set_nodelay(g.p->transport, true));
-    braid_transport_lose_connection(g.p->transport);
+    braid_transport_close(g.p->transport, BRAID_FOREVER);
     run_until(loop, &c[0].lost, &s[0].lost);
     BT_ERR(c[0].lost_code, BRAID_ECONNECTION_DONE);
     BT_ERR(s[0].lost_code, BRAID_ECONNECTION_DONE);
@@ -521,8 +521,8 @@ BT_IO_TEST(tcp_tls_echo_resume_and_bad_client) {
     (void)plain;
     got gj = { 0 };
     d = braid_tcp_connect(loop, &(braid_tcp_connect_options){ .host = "127.0.0.1", .port = port }, &jf.f);
-    BT_OK(braid_deferred_add_callbacks(d, got_ok, got_err, &gj));
-    braid_deferred_release(d);
+    BT_OK(braid_deferred_add(d, got_ok, got_err, &gj));
+    braid_deferred_unref(d);
     bt_run_until(loop, &gj.done, 1000);
     BT_OK(braid_transport_write(gj.p->transport, "\x16\x03\x01\x00\x05hello-garbage", 18));
     run_until(loop, &junk[0].lost, &s[1].lost);
@@ -531,21 +531,21 @@ BT_IO_TEST(tcp_tls_echo_resume_and_bad_client) {
     /* 3: the server still serves; the session is resumed */
     got g2 = { 0 };
     d = braid_tls_connect(loop, &(braid_tcp_connect_options){ .host = "127.0.0.1", .port = port }, &ctf);
-    BT_OK(braid_deferred_add_callbacks(d, got_ok, got_err, &g2));
-    braid_deferred_release(d);
+    BT_OK(braid_deferred_add(d, got_ok, got_err, &g2));
+    braid_deferred_unref(d);
     bt_run_until(loop, &g2.done, 1000);
     BT_OK(braid_transport_write(g2.p->transport, "again", 5));
     for (int i = 0; i < 2000 && c[1].inlen < 5; i++) BT_OK(braid_loop_run_once(loop, 0));
     BT_EQ(c[1].inlen, 5);
     BT_TRUE(c[1].reused);
     BT_TRUE(s[2].reused);
-    braid_transport_lose_connection(g2.p->transport);
+    braid_transport_close(g2.p->transport, BRAID_FOREVER);
     run_until(loop, &c[1].lost, &s[2].lost);
 
     braid_listener_close(l);
-    for (int i = 0; i < 5; i++) braid_loop_run_once(loop, BRAID_RUN_NOWAIT);
-    braid_tls_factory_cleanup(&stf);
-    braid_tls_factory_cleanup(&ctf);
+    for (int i = 0; i < 5; i++) braid_loop_run_once(loop, BRAID_LOOP_RUN_NOWAIT);
+    braid_tls_factory_close(&stf);
+    braid_tls_factory_close(&ctf);
     braid_tls_ctx_unref(sctx);
     braid_tls_ctx_unref(cctx);
     bt_loop_destroy(loop);
@@ -569,14 +569,14 @@ static void tls_over_fds(bool pipes) {
         int a[2], b[2];
         BT_OK(pipe(a));
         BT_OK(pipe(b));
-        BT_OK(braid_stream_adopt_pipes(loop, b[0], a[1], cg));
-        BT_OK(braid_stream_adopt_pipes(loop, a[0], b[1], sg));
+        BT_OK(braid_transport_adopt_pipes(loop, b[0], a[1], cg));
+        BT_OK(braid_transport_adopt_pipes(loop, a[0], b[1], sg));
         BT_STREQ(braid_transport_kind(braid_tls_transport_lower(c[0].base.transport)), "pipe");
     } else {
         int sv[2];
         BT_OK(socketpair(AF_UNIX, SOCK_STREAM, 0, sv));
-        BT_OK(braid_stream_adopt(loop, sv[0], cg));
-        BT_OK(braid_stream_adopt(loop, sv[1], sg));
+        BT_OK(braid_transport_adopt(loop, sv[0], cg));
+        BT_OK(braid_transport_adopt(loop, sv[1], sg));
         BT_STREQ(braid_transport_kind(braid_tls_transport_lower(c[0].base.transport)), "unix");
     }
     static char big[100000];
@@ -585,13 +585,13 @@ static void tls_over_fds(bool pipes) {
     for (int i = 0; i < 5000 && c[0].total_in < sizeof big; i++) BT_OK(braid_loop_run_once(loop, 0));
     BT_EQ(c[0].total_in, sizeof big);
     BT_TRUE(!memcmp(c[0].in, big, sizeof c[0].in));
-    braid_transport_lose_connection(c[0].base.transport);
+    braid_transport_close(c[0].base.transport, BRAID_FOREVER);
     run_until(loop, &c[0].lost, &s[0].lost);
     BT_ERR(c[0].lost_code, BRAID_ECONNECTION_DONE);
     BT_ERR(s[0].lost_code, BRAID_ECONNECTION_DONE);
-    for (int i = 0; i < 5; i++) braid_loop_run_once(loop, BRAID_RUN_NOWAIT);
-    braid_tls_factory_cleanup(&stf);
-    braid_tls_factory_cleanup(&ctf);
+    for (int i = 0; i < 5; i++) braid_loop_run_once(loop, BRAID_LOOP_RUN_NOWAIT);
+    braid_tls_factory_close(&stf);
+    braid_tls_factory_close(&ctf);
     braid_tls_ctx_unref(sctx);
     braid_tls_ctx_unref(cctx);
     bt_loop_destroy(loop);
@@ -609,7 +609,7 @@ static int pump_scenario(braid_loop *loop, braid_tls_ctx *sctx, braid_tls_ctx *c
     int rc = braid_tls_factory_init(&stf, &sf.f, &(braid_tls_wrap_options){ .ctx = sctx });
     if (rc < 0) return rc;
     rc = braid_tls_factory_init(&ctf, &cf.f, &(braid_tls_wrap_options){ .ctx = cctx, .server_name = "localhost" });
-    if (rc < 0) { braid_tls_factory_cleanup(&stf); return rc; }
+    if (rc < 0) { braid_tls_factory_close(&stf); return rc; }
     braid_protocol *cg = braid_factory_build(&ctf.base, NULL), *sg = braid_factory_build(&stf.base, NULL);
     braid_pump *pump = cg && sg ? braid_pump_new(loop, cg, sg) : NULL;
     if (!pump) {
@@ -620,14 +620,14 @@ static int pump_scenario(braid_loop *loop, braid_tls_ctx *sctx, braid_tls_ctx *c
     } else {
         if (c[0].base.transport) braid_transport_write(c[0].base.transport, "data", 4);
         braid_pump_flush(pump);
-        if (c[0].base.transport && !c[0].lost) braid_transport_lose_connection(c[0].base.transport);
+        if (c[0].base.transport && !c[0].lost) braid_transport_close(c[0].base.transport, BRAID_FOREVER);
         braid_pump_flush(pump);
         rc = s[0].inlen == 4 && s[0].lost_code == BRAID_ECONNECTION_DONE ? 0 : BRAID_ECONNECTION_LOST;
         braid_pump_free(pump);
-        braid_loop_run_once(loop, BRAID_RUN_NOWAIT);
+        braid_loop_run_once(loop, BRAID_LOOP_RUN_NOWAIT);
     }
-    braid_tls_factory_cleanup(&stf);
-    braid_tls_factory_cleanup(&ctf);
+    braid_tls_factory_close(&stf);
+    braid_tls_factory_close(&ctf);
     return rc;
 }
 
@@ -642,7 +642,7 @@ BT_TEST(alloc_failure_walk) {
         int rc = pump_scenario(loop, sctx, cctx);
         bool failed = braid_test_alloc_failed();
         braid_test_fail_alloc_after(0, false);
-        for (int i = 0; i < 3; i++) braid_loop_run_once(loop, BRAID_RUN_NOWAIT);
+        for (int i = 0; i < 3; i++) braid_loop_run_once(loop, BRAID_LOOP_RUN_NOWAIT);
         braid_tls_ctx_flush_sessions(cctx);
         BT_EQ(braid_test_alloc_outstanding(), base);
         if (!failed) {
@@ -664,7 +664,7 @@ static braid_result keep_value(braid_result r, void *arg) {
         g->failed = 1;
         g->code = r.failure->code;
         braid_result_drop(r);
-        return braid_ok(NULL);
+        return braid_result_ok(NULL);
     }
     g->p = r.value;
     return r;
@@ -683,8 +683,8 @@ static int endpoint_error(braid_loop *loop, const char *desc, bool server, char 
     int code = r.failure->code;
     snprintf(msg, msglen, "%s", r.failure->message ? r.failure->message : "");
     braid_result_drop(r);
-    braid_deferred_release(d);
-    braid_tls_factory_cleanup(&tf);
+    braid_deferred_unref(d);
+    braid_tls_factory_close(&tf);
     return code;
 }
 
@@ -730,8 +730,8 @@ BT_IO_TEST(endpoint_strings_over_tcp) {
     braid_tls_factory stf, ctf, ctf2;
     got gl = { 0 };
     braid_deferred *d = braid_tls_listen(loop, desc, &sf.f, &stf);
-    BT_OK(braid_deferred_add_callbacks(d, keep_value, keep_value, &gl));
-    braid_deferred_release(d);
+    BT_OK(braid_deferred_add(d, keep_value, keep_value, &gl));
+    braid_deferred_unref(d);
     BT_FALSE(gl.failed);
     braid_listener *l = (braid_listener *)gl.p;
     braid_address a;
@@ -742,8 +742,8 @@ BT_IO_TEST(endpoint_strings_over_tcp) {
     snprintf(desc, sizeof desc, "tls:host=localhost:port=%d:caCertsDir=%s/cadir:alpn=h2:timeout=5", port, dir);
     got g = { 0 };
     d = braid_tls_connect_to(loop, desc, &cf.f, &ctf);
-    BT_OK(braid_deferred_add_callbacks(d, keep_value, keep_value, &g));
-    braid_deferred_release(d);
+    BT_OK(braid_deferred_add(d, keep_value, keep_value, &g));
+    braid_deferred_unref(d);
     bt_run_until(loop, &g.done, 2000);
     BT_FALSE(g.failed);
     BT_TRUE(g.p == &c[0].base);
@@ -751,7 +751,7 @@ BT_IO_TEST(endpoint_strings_over_tcp) {
     for (int i = 0; i < 2000 && c[0].inlen < 8; i++) BT_OK(braid_loop_run_once(loop, 0));
     BT_EQ(c[0].inlen, 8);
     BT_STREQ(braid_tls_transport_info(g.p->transport)->alpn, "h2");
-    braid_transport_lose_connection(g.p->transport);
+    braid_transport_close(g.p->transport, BRAID_FOREVER);
     run_until(loop, &c[0].lost, &s[0].lost);
     BT_ERR(c[0].lost_code, BRAID_ECONNECTION_DONE);
 
@@ -759,21 +759,21 @@ BT_IO_TEST(endpoint_strings_over_tcp) {
     snprintf(desc, sizeof desc, "tls:127.0.0.1:%d:caCerts=%s/ca.crt", port, dir);
     got g2 = { 0 };
     d = braid_tls_connect_to(loop, desc, &cf.f, &ctf2);
-    BT_OK(braid_deferred_add_callbacks(d, keep_value, keep_value, &g2));
-    braid_deferred_release(d);
+    BT_OK(braid_deferred_add(d, keep_value, keep_value, &g2));
+    braid_deferred_unref(d);
     bt_run_until(loop, &g2.done, 2000);
     BT_FALSE(g2.failed);
     BT_OK(braid_transport_write(g2.p->transport, "ip", 2));
     for (int i = 0; i < 2000 && c[1].inlen < 2; i++) BT_OK(braid_loop_run_once(loop, 0));
     BT_EQ(c[1].inlen, 2);
-    braid_transport_lose_connection(g2.p->transport);
+    braid_transport_close(g2.p->transport, BRAID_FOREVER);
     run_until(loop, &c[1].lost, &s[1].lost);
 
     braid_listener_close(l);
-    for (int i = 0; i < 5; i++) braid_loop_run_once(loop, BRAID_RUN_NOWAIT);
-    braid_tls_factory_cleanup(&stf);
-    braid_tls_factory_cleanup(&ctf);
-    braid_tls_factory_cleanup(&ctf2);
+    for (int i = 0; i < 5; i++) braid_loop_run_once(loop, BRAID_LOOP_RUN_NOWAIT);
+    braid_tls_factory_close(&stf);
+    braid_tls_factory_close(&ctf);
+    braid_tls_factory_close(&ctf2);
     char cmd[700];
     snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
     BT_EQ(system(cmd), 0);
@@ -817,7 +817,7 @@ static const braid_tls_engine_ops raw_engine_ops = { .plaintext = raw_plain, .ha
 static void raw_made(braid_protocol *p) { raw_push((rawtls *)p); }
 static void raw_data(braid_protocol *p, const void *buf, size_t len) {
     rawtls *r = (rawtls *)p;
-    bool before = braid_tls_engine_handshake_done(r->e);
+    bool before = braid_tls_engine_is_handshake_done(r->e);
     size_t room = sizeof r->wire - r->wirelen;
     memcpy(r->wire + r->wirelen, buf, len < room ? len : room);
     /* Record where the handshake ended: everything fed in this call belongs
@@ -825,7 +825,7 @@ static void raw_data(braid_protocol *p, const void *buf, size_t len) {
      * records come in later reads, after its own handshake_done). */
     r->wirelen += len < room ? len : room;
     int rc = braid_tls_engine_feed(r->e, buf, len);
-    if (!before && braid_tls_engine_handshake_done(r->e)) r->wire_at_hs = r->wirelen;
+    if (!before && braid_tls_engine_is_handshake_done(r->e)) r->wire_at_hs = r->wirelen;
     if (rc && !r->rc) r->rc = rc;
     raw_push(r);
 }
@@ -847,8 +847,8 @@ static int listen_on(braid_loop *loop, braid_factory *f, braid_listener **l) {
 static braid_protocol *plain_connect(braid_loop *loop, int port, braid_factory *f) {
     got g = { 0 };
     braid_deferred *d = braid_tcp_connect(loop, &(braid_tcp_connect_options){ .host = "127.0.0.1", .port = port }, f);
-    BT_OK(braid_deferred_add_callbacks(d, got_ok, got_err, &g));
-    braid_deferred_release(d);
+    BT_OK(braid_deferred_add(d, got_ok, got_err, &g));
+    braid_deferred_unref(d);
     bt_run_until(loop, &g.done, 1000);
     BT_FALSE(g.failed);
     return g.p;
@@ -931,21 +931,21 @@ BT_IO_TEST(bad_input_over_tcp_fails_one_connection) {
     BT_OK(braid_tls_factory_init(&ctf, &cf.f, &(braid_tls_wrap_options){ .ctx = cctx, .server_name = "localhost" }));
     got g = { 0 };
     braid_deferred *d = braid_tls_connect(loop, &(braid_tcp_connect_options){ .host = "127.0.0.1", .port = port }, &ctf);
-    BT_OK(braid_deferred_add_callbacks(d, got_ok, got_err, &g));
-    braid_deferred_release(d);
+    BT_OK(braid_deferred_add(d, got_ok, got_err, &g));
+    braid_deferred_unref(d);
     bt_run_until(loop, &g.done, 1000);
     BT_FALSE(g.failed);
     BT_OK(braid_transport_write(g.p->transport, "still here", 10));
     for (int i = 0; i < 2000 && c[0].inlen < 10; i++) BT_OK(braid_loop_run_once(loop, 0));
     BT_EQ(c[0].inlen, 10);
-    braid_transport_lose_connection(g.p->transport);
+    braid_transport_close(g.p->transport, BRAID_FOREVER);
     run_until(loop, &c[0].lost, &s[2].lost);
     BT_ERR(s[2].lost_code, BRAID_ECONNECTION_DONE);
 
     braid_listener_close(l);
-    for (int i = 0; i < 5; i++) braid_loop_run_once(loop, BRAID_RUN_NOWAIT);
-    braid_tls_factory_cleanup(&stf);
-    braid_tls_factory_cleanup(&ctf);
+    for (int i = 0; i < 5; i++) braid_loop_run_once(loop, BRAID_LOOP_RUN_NOWAIT);
+    braid_tls_factory_close(&stf);
+    braid_tls_factory_close(&ctf);
     braid_tls_ctx_unref(sctx);
     braid_tls_ctx_unref(cctx);
     bt_loop_destroy(loop);
@@ -983,8 +983,8 @@ BT_IO_TEST(verification_failures_over_tcp) {
         int port = listen_on(loop, &stf.base, &l);
         got g = { 0 };
         braid_deferred *d = braid_tls_connect(loop, &(braid_tcp_connect_options){ .host = "127.0.0.1", .port = port }, &ctf);
-        BT_OK(braid_deferred_add_callbacks(d, got_ok, got_err, &g));
-        braid_deferred_release(d);
+        BT_OK(braid_deferred_add(d, got_ok, got_err, &g));
+        braid_deferred_unref(d);
         bt_run_until(loop, &g.done, 1000);
         BT_FALSE(g.failed);
         BT_OK(braid_transport_write(g.p->transport, "never", 5));
@@ -997,9 +997,9 @@ BT_IO_TEST(verification_failures_over_tcp) {
         BT_ERR(s[0].lost_code, BRAID_ETLS_ALERT);
         BT_EQ(s[0].inlen, 0);
         braid_listener_close(l);
-        for (int i = 0; i < 5; i++) braid_loop_run_once(loop, BRAID_RUN_NOWAIT);
-        braid_tls_factory_cleanup(&stf);
-        braid_tls_factory_cleanup(&ctf);
+        for (int i = 0; i < 5; i++) braid_loop_run_once(loop, BRAID_LOOP_RUN_NOWAIT);
+        braid_tls_factory_close(&stf);
+        braid_tls_factory_close(&ctf);
         braid_tls_ctx_unref(sctx);
     }
     braid_tls_ctx_unref(cctx);
@@ -1041,8 +1041,8 @@ BT_IO_TEST(one_byte_writes_over_tcp_make_few_records) {
         .ctx = cctx, .server_name = "localhost", .handshake_done = byter_hs }));
     got g = { 0 };
     braid_deferred *d = braid_tls_connect(loop, &(braid_tcp_connect_options){ .host = "127.0.0.1", .port = port }, &ctf);
-    BT_OK(braid_deferred_add_callbacks(d, got_ok, got_err, &g));
-    braid_deferred_release(d);
+    BT_OK(braid_deferred_add(d, got_ok, got_err, &g));
+    braid_deferred_unref(d);
     bt_run_until(loop, &g.done, 1000);
     BT_FALSE(g.failed);
     for (int i = 0; i < 3000 && rs.plain < 3000; i++) BT_OK(braid_loop_run_once(loop, 0));
@@ -1060,9 +1060,9 @@ BT_IO_TEST(one_byte_writes_over_tcp_make_few_records) {
     braid_transport_abort(g.p->transport);
     run_until(loop, &b.a.lost, &rs.lost);
     braid_listener_close(l);
-    for (int i = 0; i < 5; i++) braid_loop_run_once(loop, BRAID_RUN_NOWAIT);
+    for (int i = 0; i < 5; i++) braid_loop_run_once(loop, BRAID_LOOP_RUN_NOWAIT);
     braid_tls_engine_free(rs.e);
-    braid_tls_factory_cleanup(&ctf);
+    braid_tls_factory_close(&ctf);
     braid_tls_ctx_unref(sctx);
     braid_tls_ctx_unref(cctx);
     bt_loop_destroy(loop);
@@ -1097,8 +1097,8 @@ BT_IO_TEST(never_reading_tls_peer_over_tcp_stays_under_cap) {
     int port = listen_on(loop, &stf.base, &l);
     got g = { 0 };
     braid_deferred *d = braid_tls_connect(loop, &(braid_tcp_connect_options){ .host = "127.0.0.1", .port = port }, &ctf);
-    BT_OK(braid_deferred_add_callbacks(d, got_ok, got_err, &g));
-    braid_deferred_release(d);
+    BT_OK(braid_deferred_add(d, got_ok, got_err, &g));
+    braid_deferred_unref(d);
     bt_run_until(loop, &g.done, 1000);
     BT_FALSE(g.failed);
     bt_run_until(loop, &c[0].handshakes, 2000);
@@ -1117,7 +1117,7 @@ BT_IO_TEST(never_reading_tls_peer_over_tcp_stays_under_cap) {
             BT_OK(braid_transport_write(t, chunk, sizeof chunk));
             pu.sent += sizeof chunk;
         }
-        BT_OK(braid_loop_run_once(loop, BRAID_RUN_NOWAIT));
+        BT_OK(braid_loop_run_once(loop, BRAID_LOOP_RUN_NOWAIT));
         size_t total = braid_transport_buffered(t) + braid_transport_buffered(lower);
         if (total > pu.max_total) pu.max_total = total;
         stable = pu.paused ? stable + 1 : 0;
@@ -1135,7 +1135,7 @@ BT_IO_TEST(never_reading_tls_peer_over_tcp_stays_under_cap) {
     while (rc == 0 && n < 256u * 1024 * 1024) {
         rc = braid_transport_write(t, chunk, sizeof chunk);
         n += sizeof chunk;
-        if ((n / sizeof chunk) % 8 == 0) braid_loop_run_once(loop, BRAID_RUN_NOWAIT);
+        if ((n / sizeof chunk) % 8 == 0) braid_loop_run_once(loop, BRAID_LOOP_RUN_NOWAIT);
     }
     BT_ERR(rc, BRAID_EBUFFER_LIMIT);
     BT_LE(braid_transport_buffered(t), 1024 * 1024);
@@ -1145,9 +1145,9 @@ BT_IO_TEST(never_reading_tls_peer_over_tcp_stays_under_cap) {
     braid_transport_resume_reading(s[0].base.transport);
     bt_run_until(loop, &s[0].lost, 5000);
     braid_listener_close(l);
-    for (int i = 0; i < 5; i++) braid_loop_run_once(loop, BRAID_RUN_NOWAIT);
-    braid_tls_factory_cleanup(&stf);
-    braid_tls_factory_cleanup(&ctf);
+    for (int i = 0; i < 5; i++) braid_loop_run_once(loop, BRAID_LOOP_RUN_NOWAIT);
+    braid_tls_factory_close(&stf);
+    braid_tls_factory_close(&ctf);
     braid_tls_ctx_unref(sctx);
     braid_tls_ctx_unref(cctx);
     bt_loop_destroy(loop);
@@ -1171,17 +1171,17 @@ BT_IO_TEST(starttls_over_tcp) {
     for (int i = 0; i < 3000 && c.inlen < 6; i++) BT_OK(braid_loop_run_once(loop, 0));
     BT_EQ(c.handshakes, 1);
     BT_EQ(s.handshakes, 1);
-    BT_TRUE(braid_transport_is_tls(c.base.transport));
+    BT_TRUE(braid_tls_is_transport(c.base.transport));
     BT_STREQ(braid_transport_kind(braid_tls_transport_lower(s.base.transport)), "tcp");
     BT_EQ(s.inlen, 6);
     BT_EQ(c.inlen, 6);
     BT_TRUE(!memcmp(c.in, "secret", 6));
-    braid_transport_lose_connection(c.base.transport);
+    braid_transport_close(c.base.transport, BRAID_FOREVER);
     run_until(loop, &c.lost, &s.lost);
     BT_ERR(c.lost_code, BRAID_ECONNECTION_DONE);
     BT_ERR(s.lost_code, BRAID_ECONNECTION_DONE);
     braid_listener_close(l);
-    for (int i = 0; i < 5; i++) braid_loop_run_once(loop, BRAID_RUN_NOWAIT);
+    for (int i = 0; i < 5; i++) braid_loop_run_once(loop, BRAID_LOOP_RUN_NOWAIT);
     braid_tls_ctx_unref(sctx);
     braid_tls_ctx_unref(cctx);
     bt_loop_destroy(loop);
@@ -1195,14 +1195,14 @@ BT_TEST(idle_connection_releases_buffers) {
     pair pr;
     pair_open(&pr, loop, "localhost", NULL, NULL, NULL);
     braid_pump_flush(pr.pump);
-    for (int i = 0; i < 5; i++) braid_loop_run_once(loop, BRAID_RUN_NOWAIT);
+    for (int i = 0; i < 5; i++) braid_loop_run_once(loop, BRAID_LOOP_RUN_NOWAIT);
     long idle = braid_test_alloc_outstanding();
     static char big[300000];
     for (int round = 0; round < 3; round++) {
         BT_OK(braid_transport_write(pr.c[0].base.transport, big, sizeof big));
         BT_OK(braid_transport_write(pr.s[0].base.transport, "ack", 3));
         braid_pump_flush(pr.pump);
-        for (int i = 0; i < 5; i++) braid_loop_run_once(loop, BRAID_RUN_NOWAIT);
+        for (int i = 0; i < 5; i++) braid_loop_run_once(loop, BRAID_LOOP_RUN_NOWAIT);
         BT_EQ(braid_test_alloc_outstanding(), idle);
     }
     BT_EQ(pr.s[0].total_in, 3 * sizeof big);

@@ -4,9 +4,9 @@
  * An endpoint names a transport and its address, so an application takes
  * "where" from its configuration and never hard-codes a socket type:
  *
- *     braid_deferred *d = braid_listen(loop, "tcp:8080:interface=127.0.0.1:backlog=128", &f);
+ *     braid_deferred *d = braid_endpoint_listen(loop, "tcp:8080:interface=127.0.0.1:backlog=128", &f);
  *     // d fires with the braid_listener * (yours: braid_listener_close it)
- *     braid_deferred *c = braid_connect(loop, "tcp:host=example.com:port=80:timeout=5", &f);
+ *     braid_deferred *c = braid_endpoint_connect(loop, "tcp:host=example.com:port=80:timeout=5", &f);
  *     // c fires with the connected braid_protocol * (braid's: valid until connection_lost)
  *
  * Server strings:  tcp:PORT[:interface=ADDR][:backlog=N][:reuseport=1]
@@ -20,8 +20,8 @@
  * bad part ("endpoint 'tcp:80:bogus=1': unknown parameter 'bogus'").
  *
  * braid_endpoint is plain caller storage (no allocation, no ownership).
- * Deferreds fire on the loop thread; braid_listen's has already fired when
- * it returns (listening is immediate); braid_connect's fires after the
+ * Deferreds fire on the loop thread; braid_endpoint_listen's has already fired when
+ * it returns (listening is immediate); braid_endpoint_connect's fires after the
  * connection_made of the new protocol, or fails (timeout: BRAID_ETIMEDOUT;
  * cancelling it stops the attempt).
  */
@@ -63,14 +63,14 @@ BRAID_API int braid_endpoint_parse_server(const char *desc, braid_endpoint *ep, 
 BRAID_API int braid_endpoint_parse_client(const char *desc, braid_endpoint *ep, char *err, size_t errlen);
 
 /* Deferred of braid_listener * / of the connected braid_protocol *. */
-BRAID_API braid_deferred *braid_endpoint_listen(braid_loop *loop, const braid_endpoint *ep,
+BRAID_API braid_deferred *braid_endpoint_listen_typed(braid_loop *loop, const braid_endpoint *ep,
                                                 braid_factory *f);
-BRAID_API braid_deferred *braid_endpoint_connect(braid_loop *loop, const braid_endpoint *ep,
+BRAID_API braid_deferred *braid_endpoint_connect_typed(braid_loop *loop, const braid_endpoint *ep,
                                                  braid_factory *f);
 
 /* Parse and listen / connect in one call (a bad string: a failed Deferred). */
-BRAID_API braid_deferred *braid_listen(braid_loop *loop, const char *desc, braid_factory *f);
-BRAID_API braid_deferred *braid_connect(braid_loop *loop, const char *desc, braid_factory *f);
+BRAID_API braid_deferred *braid_endpoint_listen(braid_loop *loop, const char *desc, braid_factory *f);
+BRAID_API braid_deferred *braid_endpoint_connect(braid_loop *loop, const char *desc, braid_factory *f);
 
 #ifdef __cplusplus
 }

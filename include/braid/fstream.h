@@ -17,7 +17,7 @@
  *     }
  *     braid_fstream_factory ff;
  *     braid_fstream_factory_init(&ff, loop, echo_lines, NULL, NULL);
- *     braid_listen(loop, "tcp:8000:interface=127.0.0.1", &ff.base);
+ *     braid_endpoint_listen(loop, "tcp:8000:interface=127.0.0.1", &ff.base);
  *
  * Timeouts: every call that can wait takes timeout_ns on the loop's clock
  * (a fake clock works), for the whole call however many chunks it takes;
@@ -71,7 +71,7 @@ extern "C" {
 typedef struct braid_fstream braid_fstream;
 
 /* A stream not yet attached: pass braid_fstream_protocol(s) to a transport
- * (braid_stream_adopt, braid_memory_transport_new, braid_pump_new). NULL when
+ * (braid_transport_adopt, braid_memory_transport_new, braid_pump_new). NULL when
  * out of memory. */
 BRAID_API braid_fstream *braid_fstream_new(braid_loop *loop);
 BRAID_API braid_protocol *braid_fstream_protocol(braid_fstream *s);
@@ -129,18 +129,18 @@ BRAID_API void braid_fstream_free(braid_fstream *s);
 BRAID_API int braid_fstream_connect(braid_loop *loop, const char *endpoint, uint64_t timeout_ns,
                                     braid_fstream **out);
 
-/* Accepting: a factory (pass &ff->base to braid_listen, braid_tcp_listen ...)
+/* Accepting: a factory (pass &ff->base to braid_endpoint_listen, braid_tcp_listen ...)
  * that runs handler(stream, arg) in a new fiber for every connection. When the
  * handler returns, the connection is closed gracefully and the stream
  * released; a negative return value is logged (debug level). If a fiber cannot
  * be spawned the connection is aborted. The factory must outlive its
  * connections (braid_fstream_factory_count). */
-typedef int (*braid_fstream_handler)(braid_fstream *s, void *arg);
+typedef int (*braid_fstream_handler_fn)(braid_fstream *s, void *arg);
 
 typedef struct braid_fstream_factory {
     braid_factory base;            /* first: what listeners take */
     braid_loop *loop;
-    braid_fstream_handler handler;
+    braid_fstream_handler_fn handler;
     void *arg;
     braid_fiber_options fiber;     /* stack size and name for connection fibers */
     size_t read_limit;             /* per stream, 0 = default */
@@ -151,7 +151,7 @@ typedef struct braid_fstream_factory {
 
 /* fopts may be NULL (default stack, name "fstream"). */
 BRAID_API void braid_fstream_factory_init(braid_fstream_factory *ff, braid_loop *loop,
-                                          braid_fstream_handler handler, void *arg,
+                                          braid_fstream_handler_fn handler, void *arg,
                                           const braid_fiber_options *fopts);
 /* Connection fibers alive. */
 BRAID_API size_t braid_fstream_factory_count(const braid_fstream_factory *ff);

@@ -14,7 +14,7 @@
  *     static const braid_protocol_ops echo_ops = { .data_received = echo_data };
  *     braid_factory f;
  *     braid_factory_init(&f, &echo_ops, sizeof(echo), NULL);   // calloc'd per peer
- *     braid_deferred *d = braid_listen(loop, "tcp:8000:interface=127.0.0.1", &f);
+ *     braid_deferred *d = braid_endpoint_listen(loop, "tcp:8000:interface=127.0.0.1", &f);
  *
  * Callbacks, all on the transport's loop thread, in this order:
  *   connection_made        once, when the transport is attached (p->transport set);

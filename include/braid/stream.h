@@ -38,7 +38,7 @@
  * braid_listener_close. Every open transport and listener is a loop handle
  * (the leak gate names it). Everything is loop-thread only, except host name
  * resolution, which runs on a pool thread (the loop's resolver pool, see
- * braid_loop_set_resolver_pool) and reports back to the loop.
+ * braid_resolver_set_pool) and reports back to the loop.
  */
 #ifndef BRAID_STREAM_H
 #define BRAID_STREAM_H
@@ -59,7 +59,7 @@ BRAID_API int braid_transport_writev(braid_transport *t, const struct iovec *iov
 /* Flush what is buffered, then close: connection_lost(BRAID_ECONNECTION_DONE).
  * No deadline: a peer that never reads keeps the connection (and the loop)
  * alive for as long as it likes — use close_within where that matters. */
-BRAID_API void braid_transport_lose_connection(braid_transport *t);
+BRAID_API void braid_transport_close(braid_transport *t, BRAID_FOREVER);
 /* A graceful close with a deadline: lose_connection now, and if the
  * connection has not closed timeout_ns later on the loop clock (the peer did
  * not read what was buffered), abort it — the rest of the buffer is dropped,
@@ -73,7 +73,7 @@ BRAID_API void braid_transport_lose_connection(braid_transport *t);
  * down to the transport under it (close_notify and the last records get the
  * rest of the time, then that one is aborted too). Servers shutting down:
  * close the listener, close_within every connection, run the loop dry. */
-BRAID_API void braid_transport_close_within(braid_transport *t, uint64_t timeout_ns);
+BRAID_API void braid_transport_close(braid_transport *t, uint64_t timeout_ns);
 /* Close now, dropping the buffer: connection_lost(BRAID_ECONNECTION_LOST). */
 BRAID_API void braid_transport_abort(braid_transport *t);
 /* Abort with a reason of your own (e.g. a framing error such as
@@ -81,8 +81,8 @@ BRAID_API void braid_transport_abort(braid_transport *t);
 BRAID_API void braid_transport_abort_with(braid_transport *t, int code);
 /* Half-close: flush, then shut the write side (FIN); write_connection_lost follows. */
 BRAID_API int braid_transport_shutdown_write(braid_transport *t);
-BRAID_API int braid_transport_get_peer(braid_transport *t, braid_address *out);
-BRAID_API int braid_transport_get_host(braid_transport *t, braid_address *out);
+BRAID_API int braid_transport_peer(braid_transport *t, braid_address *out);
+BRAID_API int braid_transport_host(braid_transport *t, braid_address *out);
 /* TCP only (BRAID_ENOSYS otherwise). TCP transports start with NODELAY on. */
 BRAID_API int braid_transport_set_nodelay(braid_transport *t, bool on);
 BRAID_API int braid_transport_set_keepalive(braid_transport *t, bool on, int idle_seconds);
@@ -184,11 +184,11 @@ BRAID_API braid_deferred *braid_unix_connect(braid_loop *loop, const char *path,
  * a pipe): braid takes ownership, sets O_NONBLOCK, and attaches p
  * (connection_made runs before this returns). The kind ("tcp", "unix" or
  * "pipe", see braid_transport_kind) is detected from the descriptor. */
-BRAID_API int braid_stream_adopt(braid_loop *loop, int fd, braid_protocol *p);
+BRAID_API int braid_transport_adopt(braid_loop *loop, int fd, braid_protocol *p);
 /* A pipe pair (or stdin/stdout): reads from rfd, writes to wfd (either may be
  * -1). shutdown_write closes wfd. Ownership of both is taken; for stdio pass
  * dup(0), dup(1) if the process should keep its own. */
-BRAID_API int braid_stream_adopt_pipes(braid_loop *loop, int rfd, int wfd, braid_protocol *p);
+BRAID_API int braid_transport_adopt_pipes(braid_loop *loop, int rfd, int wfd, braid_protocol *p);
 
 /* ---- test doubles (Twisted's StringTransport and iosim) ---------------------------- */
 /* A memory transport attached to p (connection_made runs before this returns).

@@ -18,8 +18,8 @@
  *
  *     // Twisted's callLater: an allocated one-shot whose handle lives until
  *     // it has fired (after its callback returns) or was cancelled.
- *     braid_timer *h = braid_call_later(loop, BRAID_SECONDS(1), fn, arg);
- *     braid_timer_reset(h, BRAID_SECONDS(2));
+ *     braid_timer *h = braid_timer_call_later(loop, BRAID_SECONDS(1), fn, arg);
+ *     braid_timer_start(h, BRAID_SECONDS(2));
  *     braid_timer_cancel(h);                  // stops and frees
  *
  *     // Tests:
@@ -27,7 +27,7 @@
  *     braid_loop_options o = { .clock = braid_fake_clock_base(fc) };
  *     braid_loop_new(&loop, &o); ...
  *     braid_fake_clock_advance(fc, BRAID_SECONDS(1));
- *     braid_loop_run_once(loop, BRAID_RUN_NOWAIT);   // due timers fire
+ *     braid_loop_run_once(loop, BRAID_LOOP_RUN_NOWAIT);   // due timers fire
  *
  * Under a fake clock the loop never sleeps waiting for a timer (time moves
  * only when the test moves it): a poll with only timers pending returns at
@@ -88,7 +88,7 @@ BRAID_API int braid_timer_start(braid_timer *t, uint64_t delay_ns);
 /* Arm to fire at an absolute time on the loop's clock. */
 BRAID_API int braid_timer_start_at(braid_timer *t, uint64_t deadline_ns);
 BRAID_API void braid_timer_stop(braid_timer *t);
-BRAID_API bool braid_timer_active(const braid_timer *t);
+BRAID_API bool braid_timer_is_active(const braid_timer *t);
 BRAID_API uint64_t braid_timer_deadline(const braid_timer *t);
 /* An active timer keeps run() alive unless unref'd. */
 BRAID_API void braid_timer_unref(braid_timer *t);
@@ -97,10 +97,10 @@ BRAID_API void braid_timer_unref(braid_timer *t);
  * Returns NULL on allocation failure. The handle is valid until fn has
  * returned (fn may reset it to fire again, which keeps it alive) or until
  * braid_timer_cancel. */
-BRAID_API braid_timer *braid_call_later(braid_loop *loop, uint64_t delay_ns,
-                                        braid_call_fn fn, void *arg);
+BRAID_API braid_timer *braid_timer_call_later(braid_loop *loop, uint64_t delay_ns,
+                                        braid_loop_call_cb fn, void *arg);
 /* Move a call_later (or any) timer's deadline to delay_ns from now. */
-BRAID_API int braid_timer_reset(braid_timer *t, uint64_t delay_ns);
+BRAID_API int braid_timer_start(braid_timer *t, uint64_t delay_ns);
 /* Stop; for a call_later handle also free it. */
 BRAID_API void braid_timer_cancel(braid_timer *t);
 

@@ -207,7 +207,7 @@ BRAID_API void braid_tls_engine_consume(braid_tls_engine *e, size_t n);
  * accepting input until the peer's close_notify or EOF). */
 BRAID_API int braid_tls_engine_shutdown(braid_tls_engine *e);
 
-BRAID_API bool braid_tls_engine_handshake_done(const braid_tls_engine *e);
+BRAID_API bool braid_tls_engine_is_handshake_done(const braid_tls_engine *e);
 /* NULL before the handshake completes. */
 BRAID_API const braid_tls_info *braid_tls_engine_info(const braid_tls_engine *e);
 /* The connection's fatal error code (0 if none) and a one-line description. */
@@ -265,15 +265,15 @@ BRAID_API size_t braid_tls_engine_buffered(const braid_tls_engine *e);
  *
  * Ownership: the factory wrapper is caller storage and must outlive its
  * listeners and connections (like any factory); it holds a context
- * reference until braid_tls_factory_cleanup. Glue protocols are freed by
+ * reference until braid_tls_factory_close. Glue protocols are freed by
  * braid. Everything runs on the loop thread.
  */
-typedef void (*braid_tls_handshake_fn)(braid_protocol *p, const braid_tls_info *info, void *arg);
+typedef void (*braid_tls_handshake_cb)(braid_protocol *p, const braid_tls_info *info, void *arg);
 
 typedef struct braid_tls_wrap_options {
     braid_tls_ctx *ctx;                 /* required */
     const char *server_name;            /* client: SNI and the name the certificate must match */
-    braid_tls_handshake_fn handshake_done;
+    braid_tls_handshake_cb handshake_done;
     void *handshake_arg;
     uint64_t handshake_timeout;         /* ns; 0: the context's (10 s default); BRAID_FOREVER: none */
     /* braid_tls_start only: bytes already read from the peer that belong to
@@ -293,7 +293,7 @@ typedef struct braid_tls_factory {
  * (a reference is taken) and carries a protocol built by inner. */
 BRAID_API int braid_tls_factory_init(braid_tls_factory *tf, braid_factory *inner,
                                      const braid_tls_wrap_options *o);
-BRAID_API void braid_tls_factory_cleanup(braid_tls_factory *tf);
+BRAID_API void braid_tls_factory_close(braid_tls_factory *tf);
 
 /* TCP connect through a client wrapper: a Deferred of the *application's*
  * protocol (borrowed, lives until its connection_lost), fired when the TCP
@@ -311,7 +311,7 @@ BRAID_API braid_protocol *braid_tls_wrapped_protocol(braid_protocol *glue);
  * connection is closing, BRAID_ENOMEM, or the engine's error. */
 BRAID_API int braid_tls_start(braid_protocol *p, const braid_tls_wrap_options *o);
 
-BRAID_API bool braid_transport_is_tls(const braid_transport *t);
+BRAID_API bool braid_tls_is_transport(const braid_transport *t);
 /* The handshake's outcome (NULL before it completes or if t is not TLS). */
 BRAID_API const braid_tls_info *braid_tls_transport_info(braid_transport *t);
 /* The TLS error that ended or is ending the connection (0 if none) and its
@@ -334,7 +334,7 @@ BRAID_API braid_transport *braid_tls_transport_lower(braid_transport *t);
  *
  * "ssl" and "tls" are synonyms on both sides. The context is built from the
  * string; tf (caller storage) is initialised as the wrapper of inner and must
- * outlive the listener/connection; release it with braid_tls_factory_cleanup
+ * outlive the listener/connection; release it with braid_tls_factory_close
  * afterwards — also when the Deferred failed. A bad string fails the
  * Deferred with BRAID_EBAD_ENDPOINT naming the part; an unreadable
  * certificate or key with BRAID_ETLS naming the file. Deferreds as in

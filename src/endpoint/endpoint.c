@@ -204,7 +204,7 @@ int braid_endpoint_parse_client(const char *desc, braid_endpoint *ep, char *err,
     return parse(desc, ep, false, err, errlen);
 }
 
-braid_deferred *braid_endpoint_listen(braid_loop *loop, const braid_endpoint *ep, braid_factory *f) {
+braid_deferred *braid_endpoint_listen_typed(braid_loop *loop, const braid_endpoint *ep, braid_factory *f) {
     braid_listener *l = NULL;
     int rc;
     if (ep->kind == BRAID_ENDPOINT_UNIX) {
@@ -217,16 +217,16 @@ braid_deferred *braid_endpoint_listen(braid_loop *loop, const braid_endpoint *ep
         rc = braid_tcp_listen(loop, &o, f, &l);
     }
     if (rc < 0) {
-        return braid_fail(loop, braid_failure_new(rc, "listen on %s %s:%d", ep->kind == BRAID_ENDPOINT_UNIX ? "unix" : "tcp",
+        return braid_deferred_fail(loop, braid_failure_new(rc, "listen on %s %s:%d", ep->kind == BRAID_ENDPOINT_UNIX ? "unix" : "tcp",
                                                   ep->kind == BRAID_ENDPOINT_UNIX ? ep->path : ep->host,
                                                   ep->port));
     }
-    braid_deferred *d = braid_succeed(loop, l, NULL);
-    if (!d) braid_listener_close(l);   /* braid_succeed only fails without memory */
+    braid_deferred *d = braid_deferred_succeed(loop, l, NULL);
+    if (!d) braid_listener_close(l);   /* braid_deferred_succeed only fails without memory */
     return d;
 }
 
-braid_deferred *braid_endpoint_connect(braid_loop *loop, const braid_endpoint *ep, braid_factory *f) {
+braid_deferred *braid_endpoint_connect_typed(braid_loop *loop, const braid_endpoint *ep, braid_factory *f) {
     if (ep->kind == BRAID_ENDPOINT_UNIX) return braid_unix_connect(loop, ep->path, ep->timeout_ns, f);
     braid_tcp_connect_options o = {
         .host = ep->host, .port = ep->port, .timeout_ns = ep->timeout_ns,
@@ -235,18 +235,18 @@ braid_deferred *braid_endpoint_connect(braid_loop *loop, const braid_endpoint *e
     return braid_tcp_connect(loop, &o, f);
 }
 
-braid_deferred *braid_listen(braid_loop *loop, const char *desc, braid_factory *f) {
+braid_deferred *braid_endpoint_listen(braid_loop *loop, const char *desc, braid_factory *f) {
     braid_endpoint ep;
     char err[256];
     int rc = braid_endpoint_parse_server(desc, &ep, err, sizeof err);
-    if (rc < 0) return braid_fail(loop, braid_failure_new(rc, "%s", err));
-    return braid_endpoint_listen(loop, &ep, f);
+    if (rc < 0) return braid_deferred_fail(loop, braid_failure_new(rc, "%s", err));
+    return braid_endpoint_listen_typed(loop, &ep, f);
 }
 
-braid_deferred *braid_connect(braid_loop *loop, const char *desc, braid_factory *f) {
+braid_deferred *braid_endpoint_connect(braid_loop *loop, const char *desc, braid_factory *f) {
     braid_endpoint ep;
     char err[256];
     int rc = braid_endpoint_parse_client(desc, &ep, err, sizeof err);
-    if (rc < 0) return braid_fail(loop, braid_failure_new(rc, "%s", err));
-    return braid_endpoint_connect(loop, &ep, f);
+    if (rc < 0) return braid_deferred_fail(loop, braid_failure_new(rc, "%s", err));
+    return braid_endpoint_connect_typed(loop, &ep, f);
 }

@@ -47,10 +47,10 @@ int braid_loop_advance(braid_loop *loop, uint64_t ns) {
         uint64_t d = braid__timers_next_deadline(loop);
         if (d > target) break;
         if (d > fc->now) fc->now = d;
-        int rc = braid_loop_run_once(loop, BRAID_RUN_NOWAIT);
+        int rc = braid_loop_run_once(loop, BRAID_LOOP_RUN_NOWAIT);
         if (rc < 0) return rc;
     }
     fc->now = target;
-    int rc = braid_loop_run_once(loop, BRAID_RUN_NOWAIT);
+    int rc = braid_loop_run_once(loop, BRAID_LOOP_RUN_NOWAIT);
     return rc < 0 ? rc : 0;
 }

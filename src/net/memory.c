@@ -177,7 +177,7 @@ size_t braid_pump_flush(braid_pump *p) {
         size_t moved = pump_one(p, 0) + pump_one(p, 1);
         /* run the ready phase: flush requests, pending closes, connection_lost */
         bool had_soon = braid__loop_has_ready(p->loop);
-        if (had_soon) braid_loop_run_once(p->loop, BRAID_RUN_NOWAIT);
+        if (had_soon) braid_loop_run_once(p->loop, BRAID_LOOP_RUN_NOWAIT);
         total += moved;
         if (!moved && !had_soon) break;
     }
@@ -191,5 +191,5 @@ void braid_pump_free(braid_pump *p) {
     braid_memory_transport_free(p->side[1]);
     braid_free(p);
     /* deliver the connection_lost calls the aborts queued, which frees the sides */
-    braid_loop_run_once(loop, BRAID_RUN_NOWAIT);
+    braid_loop_run_once(loop, BRAID_LOOP_RUN_NOWAIT);
 }

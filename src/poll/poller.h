@@ -20,8 +20,8 @@
  *               per process); init may still fail with BRAID_ENOSYS (limits)
  *               and the loop then falls back as it does for unavailable ones
  *
- * The event bits are <braid/loop.h>'s BRAID_READ, BRAID_WRITE, BRAID_ERROR
- * and BRAID_HUP, restated here so the layer below the loop does not include
+ * The event bits are <braid/loop.h>'s BRAID_WATCH_READ, BRAID_WATCH_WRITE, BRAID_WATCH_ERROR
+ * and BRAID_WATCH_HUP, restated here so the layer below the loop does not include
  * the loop's header (loop.c checks that they agree).
  *
  * A completion-based backend (io_uring) may also carry operations for the
@@ -67,7 +67,7 @@ struct braid__poller {
     void *state;                  /* the backend's own */
     braid__event *events;         /* the batch: BRAID__MAX_BATCH entries */
     size_t nevents;               /* filled by the last poll */
-    braid_log_fn log;             /* where the backend's log lines go */
+    braid_log_cb log;             /* where the backend's log lines go */
     void *log_ctx;
 };
 

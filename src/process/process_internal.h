@@ -12,7 +12,7 @@
 static const char braid__log_ns[] = "process";
 
 /* ---- the RPC wire format (rpc.c) -------------------------------------------------------
- * A frame is a u32 big-endian length (braid_frame_write_u32's framing), then:
+ * A frame is a u32 big-endian length (braid_framing_write_u32's framing), then:
  *   u8  version (BRAID__RPC_VERSION)
  *   u8  type    (braid__rpc_type)
  *   u32 call id (big-endian; 0 for READY and STOP)

@@ -124,7 +124,7 @@ static void adopt_conn(serve_slot *s, int fd) {
         close(fd);
         return;
     }
-    if (braid_stream_adopt(s->loop, fd, p) < 0) return;   /* adopt closed fd and dropped p */
+    if (braid_transport_adopt(s->loop, fd, p) < 0) return;   /* adopt closed fd and dropped p */
     s->accepted++;
 }
 
@@ -174,7 +174,7 @@ static void begin_drain(void *arg) {
         braid_listener_close(s->listener);
         s->listener = NULL;
     }
-    if (s->hand) braid_transport_lose_connection(s->hand);
+    if (s->hand) braid_transport_close(s->hand, BRAID_FOREVER);
     if (s->sigs) {   /* they would keep the loop running */
         braid_signal_stop(&s->sigterm);
         braid_signal_stop(&s->sigint);
@@ -217,7 +217,7 @@ static int slot_serve(serve_slot *s) {
             h->slot = s;
             int fd = s->hand_fd;
             s->hand_fd = -1;
-            if ((rc = braid_stream_adopt(s->loop, fd, &h->base)) < 0) goto out;
+            if ((rc = braid_transport_adopt(s->loop, fd, &h->base)) < 0) goto out;
             s->hand = h->base.transport;
         }
     } else {
@@ -240,8 +240,8 @@ out:
     braid_timer_stop(&s->drain_timer);
     /* Whatever the drain left (a protocol's own timers): one more bounded pass. */
     slot_set_live(s, false);
-    for (int i = 0; i < 100 && braid_loop_destroy(s->loop) < 0; i++) {
-        braid_loop_run_once(s->loop, BRAID_RUN_NOWAIT);
+    for (int i = 0; i < 100 && braid_loop_free(s->loop) < 0; i++) {
+        braid_loop_run_once(s->loop, BRAID_LOOP_RUN_NOWAIT);
         usleep(1000);
     }
     if (s->factory && r->o.factory_done) r->o.factory_done(s->factory, s->index, r->o.arg);
@@ -363,7 +363,7 @@ static int fork_child(serve_run *r, serve_slot *s) {
             if (h) {
                 h->base.ops = &sup_hand_ops;
                 h->slot = s;
-                if (braid_stream_adopt(r->sup, pair[0], &h->base) == 0) s->hand = h->base.transport;
+                if (braid_transport_adopt(r->sup, pair[0], &h->base) == 0) s->hand = h->base.transport;
             } else {
                 close(pair[0]);
             }
@@ -490,7 +490,7 @@ int braid_serve(const char *endpoint, const braid_serve_options *opts, struct br
         h->slot = s;
         int fd = s->parent_hand_fd;
         s->parent_hand_fd = -1;
-        if ((rc = braid_stream_adopt(r->sup, fd, &h->base)) < 0) goto out_loop;
+        if ((rc = braid_transport_adopt(r->sup, fd, &h->base)) < 0) goto out_loop;
         s->hand = h->base.transport;
     }
     braid_signal sterm, sint, schld;
@@ -500,7 +500,7 @@ int braid_serve(const char *endpoint, const braid_serve_options *opts, struct br
     if (r->o.processes) braid_signal_start(r->sup, &schld, SIGCHLD, on_child, r);
     if (r->o.method == BRAID_SERVE_ACCEPTOR) {
         braid_watch_init(r->sup, &r->accept_watch, r->fds[0], on_acceptor, r);
-        braid_watch_set(&r->accept_watch, BRAID_READ);
+        braid_watch_set_interest(&r->accept_watch, BRAID_WATCH_READ);
     }
     if (!r->o.processes) {
         for (unsigned i = 0; i < r->n; i++) {
@@ -529,9 +529,9 @@ int braid_serve(const char *endpoint, const braid_serve_options *opts, struct br
     braid_signal_stop(&sint);
     if (r->o.processes) braid_signal_stop(&schld);
     for (unsigned i = 0; i < r->n; i++)
-        if (r->slots[i].hand) braid_transport_lose_connection(r->slots[i].hand);
+        if (r->slots[i].hand) braid_transport_close(r->slots[i].hand, BRAID_FOREVER);
 out_loop:
-    for (int i = 0; i < 100 && braid_loop_destroy(r->sup) < 0; i++) braid_loop_run_once(r->sup, BRAID_RUN_NOWAIT);
+    for (int i = 0; i < 100 && braid_loop_free(r->sup) < 0; i++) braid_loop_run_once(r->sup, BRAID_LOOP_RUN_NOWAIT);
 out_kill:
     for (unsigned i = 0; i < r->n; i++) {
         serve_slot *s = &r->slots[i];

@@ -194,7 +194,7 @@ static void on_reaped(braid_process *p) {
     for (size_t i = 0; i < p->npipes; i++) {
         proc_pipe *pp = p->pipes[i];
         if (pp && pp->kind == BRAID_PROCESS_FD_TO_CHILD && pp->base.transport)
-            braid_transport_lose_connection(pp->base.transport);
+            braid_transport_close(pp->base.transport, BRAID_FOREVER);
     }
     if (!p->freed && p->proto && p->proto->exited) p->proto->exited(p, &p->status);
     maybe_ended(p);
@@ -569,7 +569,7 @@ int braid_process_spawn(braid_loop *loop, const braid_process_options *o, braid_
         what = "watching the pidfd";
         if ((rc = braid_watch_init(loop, &p->watch, p->pidfd, pidfd_cb, p)) < 0) goto fail_child;
         p->watching = true;
-        if ((rc = braid_watch_set(&p->watch, BRAID_READ)) < 0) goto fail_child;
+        if ((rc = braid_watch_set_interest(&p->watch, BRAID_WATCH_READ)) < 0) goto fail_child;
         what = NULL;
     } else {
         p->sig_next = st->sig_list;
@@ -590,7 +590,7 @@ int braid_process_spawn(braid_loop *loop, const braid_process_options *o, braid_
             pp->kind = s->kind;
             bp = &pp->base;
         }
-        if ((rc = braid_stream_adopt(loop, s->parent_end, bp)) < 0) {
+        if ((rc = braid_transport_adopt(loop, s->parent_end, bp)) < 0) {
             what = "attaching a pipe";
             goto fail_child;
         }
@@ -682,7 +682,7 @@ bool braid_process_has_exited(const braid_process *p, braid_process_status *out)
 
 braid_deferred *braid_process_ended(braid_process *p) {
     BRAID__LOOP_AFFINE(p->loop);
-    if (p->ended) return braid_succeed(p->loop, &p->status, NULL);
+    if (p->ended) return braid_deferred_succeed(p->loop, &p->status, NULL);
     braid_deferred *d = braid_deferred_new(p->loop);
     if (!d) return NULL;
     braid_deferred **w = braid_realloc(p->waiters, (p->nwaiters + 1) * sizeof *w);
@@ -731,7 +731,7 @@ int braid_process_close_fd(braid_process *p, int child_fd) {
     proc_pipe *pp = find_pipe(p, child_fd);
     if (!pp || !pp->base.transport) return BRAID_ENOENT;
     if (pp->kind == BRAID_PROCESS_FD_TO_CHILD) {
-        braid_transport_lose_connection(pp->base.transport);
+        braid_transport_close(pp->base.transport, BRAID_FOREVER);
         return 0;
     }
     return braid_transport_shutdown_write(pp->base.transport);

@@ -19,7 +19,7 @@ typedef struct wconn {
 } wconn;
 
 typedef struct wside {
-    braid_framed_protocol fp;
+    braid_framing_protocol fp;
     wconn *c;
 } wside;
 
@@ -33,7 +33,7 @@ bool braid_worker_is_child(void) { return getenv("BRAID_WORKER") != NULL; }
 const char *braid_worker_role(void) { return getenv("BRAID_WORKER_ROLE"); }
 
 static void maybe_finish(wconn *c) {
-    if (c->stopping && c->outstanding == 0 && c->t) braid_transport_lose_connection(c->t);
+    if (c->stopping && c->outstanding == 0 && c->t) braid_transport_close(c->t, BRAID_FOREVER);
 }
 
 static int send_msg(braid_worker_call *call, const braid__rpc_msg *m) {
@@ -123,13 +123,13 @@ static void ws_lost(braid_protocol *p, const braid_failure *reason) {
 }
 
 static void ws_destroy(braid_protocol *p) {
-    braid_framed_destroy(p);
+    braid_framing_protocol_destroy(p);
     braid_free(p);
 }
 
 static const braid_protocol_ops ws_ops = {
     .connection_made = ws_made,
-    .data_received = braid_framed_data_received,
+    .data_received = braid_framing_protocol_data_received,
     .connection_lost = ws_lost,
     .destroy = ws_destroy,
 };
@@ -155,7 +155,7 @@ int braid_worker_main(braid_loop *loop, const braid_worker_command *cmds, size_t
     if (ws) {
         ws->fp.base.ops = &ws_ops;
         ws->c = &c;
-        rc = braid_stream_adopt(loop, fd, &ws->fp.base);
+        rc = braid_transport_adopt(loop, fd, &ws->fp.base);
         if (rc < 0) braid_free(ws);
     }
     if (rc == 0) {
@@ -163,9 +163,9 @@ int braid_worker_main(braid_loop *loop, const braid_worker_command *cmds, size_t
             if ((rc = braid_loop_run(loop)) < 0) break;
         }
         /* connection_lost has run (it stops the loop): let its transport go. */
-        braid_loop_run_once(loop, BRAID_RUN_NOWAIT);
+        braid_loop_run_once(loop, BRAID_LOOP_RUN_NOWAIT);
         if (rc == 0) rc = c.result;
     }
-    if (own) (void)braid_loop_destroy(own);
+    if (own) (void)braid_loop_free(own);
     return rc;
 }

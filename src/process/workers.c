@@ -27,7 +27,7 @@ struct wcall {
 };
 
 typedef struct wproto {
-    braid_framed_protocol fp;
+    braid_framing_protocol fp;
     worker *w;                     /* NULL once the worker let go of it */
 } wproto;
 
@@ -314,7 +314,7 @@ static int on_frame(void *ctx, const void *frame, size_t len) {
     default:
         return BRAID_EPROTO_INPUT;
     }
-    if (w->retiring && w->in_flight == 0 && !braid_timer_active(&w->stop_timer)) worker_stop(w);
+    if (w->retiring && w->in_flight == 0 && !braid_timer_is_active(&w->stop_timer)) worker_stop(w);
     spawn_missing(pool);
     dispatch(pool);
     maybe_shutdown_done(pool);
@@ -365,13 +365,13 @@ static void wp_lost(braid_protocol *p, const braid_failure *reason) {
 }
 
 static void wp_destroy(braid_protocol *p) {
-    braid_framed_destroy(p);
+    braid_framing_protocol_destroy(p);
     braid_free(p);
 }
 
 static const braid_protocol_ops wp_ops = {
     .connection_made = wp_made,
-    .data_received = braid_framed_data_received,
+    .data_received = braid_framing_protocol_data_received,
     .connection_lost = wp_lost,
     .destroy = wp_destroy,
 };
@@ -594,15 +594,15 @@ braid_deferred *braid_workers_call(braid_workers *pool, const char *command, con
     braid_loop *loop = pool->loop;
     size_t cl = command ? strlen(command) : 0;
     if (cl == 0 || cl > 255 || (len && !payload))
-        return braid_fail(loop, braid_failure_new(BRAID_EINVAL, "worker call: bad command or payload"));
+        return braid_deferred_fail(loop, braid_failure_new(BRAID_EINVAL, "worker call: bad command or payload"));
     if (pool->shutting)
-        return braid_fail(loop, braid_failure_new(BRAID_ESHUTDOWN, "call '%s': the pool is shutting down",
+        return braid_deferred_fail(loop, braid_failure_new(BRAID_ESHUTDOWN, "call '%s': the pool is shutting down",
                                                   command));
     if (4 + BRAID__RPC_HEADER + 1 + cl + len > pool->o.max_frame + 4)
-        return braid_fail(loop, braid_failure_new(BRAID_EMSGSIZE, "call '%s': %zu bytes pass the frame limit",
+        return braid_deferred_fail(loop, braid_failure_new(BRAID_EMSGSIZE, "call '%s': %zu bytes pass the frame limit",
                                                   command, len));
     if (pool->queued >= pool->o.queue_limit)
-        return braid_fail(loop, braid_failure_new(BRAID_EQUEUE_FULL, "call '%s': %zu calls already queued",
+        return braid_deferred_fail(loop, braid_failure_new(BRAID_EQUEUE_FULL, "call '%s': %zu calls already queued",
                                                   command, pool->queued));
     wcall *c = braid_malloc(sizeof *c + cl + len);
     if (!c) return NULL;
@@ -670,7 +670,7 @@ static bool fail_all(braid_workers *pool, int code, bool sent) {
 static void stop_idle_workers(braid_workers *pool) {
     for (worker *w = pool->head.next, *n; w != &pool->head; w = n) {
         n = w->next;
-        if (w->in_flight == 0 && !braid_timer_active(&w->stop_timer)) {
+        if (w->in_flight == 0 && !braid_timer_is_active(&w->stop_timer)) {
             if (!w->proto) worker_remove(w);   /* its connection is gone already */
             else worker_stop(w);
         }
@@ -707,7 +707,7 @@ static void drain_timer_cb(braid_timer *t, void *arg) {
 braid_deferred *braid_workers_shutdown(braid_workers *pool, bool drain, uint64_t timeout) {
     BRAID__LOOP_AFFINE(pool->loop);
     if (pool->shutdown_d || pool->shutting)
-        return braid_fail(pool->loop, braid_failure_new(BRAID_EALREADY_CALLED, "workers: shutdown twice"));
+        return braid_deferred_fail(pool->loop, braid_failure_new(BRAID_EALREADY_CALLED, "workers: shutdown twice"));
     braid_deferred *d = braid_deferred_new(pool->loop);
     if (!d) return NULL;
     pool->shutting = true;

@@ -137,7 +137,7 @@ braid_deferred *braid_tls_listen(braid_loop *loop, const char *desc, braid_facto
                                  braid_tls_factory *tf) {
     memset(tf, 0, sizeof *tf);
     tls_desc *td = braid_malloc(sizeof *td);
-    if (!td) return braid_fail(loop, braid_failure_new(BRAID_ENOMEM, "tls endpoint"));
+    if (!td) return braid_deferred_fail(loop, braid_failure_new(BRAID_ENOMEM, "tls endpoint"));
     char err[768];
     braid_endpoint ep;
     braid_tls_ctx *ctx = NULL;
@@ -153,23 +153,23 @@ braid_deferred *braid_tls_listen(braid_loop *loop, const char *desc, braid_facto
         braid_tls_ctx_unref(ctx);
         if (rc < 0) snprintf(err, sizeof err, "tls endpoint: %s", braid_strerror(rc));
     }
-    if (rc < 0) return braid_fail(loop, braid_failure_new(rc, "%s", err));
-    return braid_endpoint_listen(loop, &ep, &tf->base);
+    if (rc < 0) return braid_deferred_fail(loop, braid_failure_new(rc, "%s", err));
+    return braid_endpoint_listen_typed(loop, &ep, &tf->base);
 }
 
 static braid_result to_app(braid_result r, void *arg) {
     BRAID__UNUSED(arg);
     if (r.failure) return r;
     braid_protocol *app = braid_tls_wrapped_protocol(r.value);
-    if (!app) return braid_errf(BRAID_ECONNECTION_LOST, "TLS connection ended before it started");
-    return braid_ok(app);
+    if (!app) return braid_result_errf(BRAID_ECONNECTION_LOST, "TLS connection ended before it started");
+    return braid_result_ok(app);
 }
 
 braid_deferred *braid_tls_connect_to(braid_loop *loop, const char *desc, braid_factory *inner,
                                      braid_tls_factory *tf) {
     memset(tf, 0, sizeof *tf);
     tls_desc *td = braid_malloc(sizeof *td);
-    if (!td) return braid_fail(loop, braid_failure_new(BRAID_ENOMEM, "tls endpoint"));
+    if (!td) return braid_deferred_fail(loop, braid_failure_new(BRAID_ENOMEM, "tls endpoint"));
     char err[768];
     braid_endpoint ep;
     braid_tls_ctx *ctx = NULL;
@@ -186,8 +186,8 @@ braid_deferred *braid_tls_connect_to(braid_loop *loop, const char *desc, braid_f
         if (rc < 0) snprintf(err, sizeof err, "tls endpoint: %s", braid_strerror(rc));
     }
     braid_free(td);
-    if (rc < 0) return braid_fail(loop, braid_failure_new(rc, "%s", err));
-    braid_deferred *d = braid_endpoint_connect(loop, &ep, &tf->base);
+    if (rc < 0) return braid_deferred_fail(loop, braid_failure_new(rc, "%s", err));
+    braid_deferred *d = braid_endpoint_connect_typed(loop, &ep, &tf->base);
     if (d && braid_deferred_add_callback(d, to_app, NULL) < 0) braid_deferred_cancel(d);
     return d;
 }

@@ -472,7 +472,7 @@ int braid_tls_engine_shutdown(braid_tls_engine *e) {
     return 0;
 }
 
-bool braid_tls_engine_handshake_done(const braid_tls_engine *e) { return e->hs_done; }
+bool braid_tls_engine_is_handshake_done(const braid_tls_engine *e) { return e->hs_done; }
 
 const braid_tls_info *braid_tls_engine_info(const braid_tls_engine *e) {
     return e->hs_done ? &e->info : NULL;
