@@ -7,6 +7,7 @@
 #include <signal.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <math.h>
 #include <netinet/in.h>
 #include <stdarg.h>
@@ -982,4 +983,104 @@ bool bench_have_python_module(const char *module) {
 void bench_spin_ns(uint64_t ns) {
     uint64_t end = bench_now_ns() + ns;
     while (bench_now_ns() < end) __asm__ volatile("" ::: "memory");
+}
+
+/* ---- serve-mode arguments (bench.h) ------------------------------------------------- */
+void bench_serve_usage(FILE *f, const char *experiment, const bench_opt *opts) {
+    fprintf(f, "usage: braid-bench serve %s", experiment);
+    for (const bench_opt *o = opts; o->name; o++)
+        fprintf(f, o->required ? " %s %s" : " [%s %s]", o->name, o->metavar ? o->metavar : "V");
+    fputc('\n', f);
+    for (const bench_opt *o = opts; o->name; o++) {
+        char left[64];
+        snprintf(left, sizeof left, "%s %s", o->name, o->metavar ? o->metavar : "V");
+        fprintf(f, "  %-22s %s", left, o->help ? o->help : "");
+        if (o->choices) fprintf(f, " (%s)", o->choices);
+        fputc('\n', f);
+    }
+}
+
+static bool opt_choice_ok(const char *choices, const char *v) {
+    size_t n = strlen(v);
+    for (const char *c = choices; *c;) {
+        const char *end = strchr(c, '|');
+        size_t len = end ? (size_t)(end - c) : strlen(c);
+        if (len == n && !strncmp(c, v, n)) return true;
+        if (!end) break;
+        c = end + 1;
+    }
+    return false;
+}
+
+static bool opt_set(const bench_opt *o, const char *v) {
+    char *end;
+    errno = 0;
+    switch (o->kind) {
+    case BENCH_OPT_INT: {
+        long x = strtol(v, &end, 10);
+        if (!*v || *end || errno || x < INT_MIN || x > INT_MAX) return false;
+        *(int *)o->value = (int)x;
+        return true;
+    }
+    case BENCH_OPT_LONG: {
+        long x = strtol(v, &end, 10);
+        if (!*v || *end || errno) return false;
+        *(long *)o->value = x;
+        return true;
+    }
+    case BENCH_OPT_DOUBLE: {
+        double x = strtod(v, &end);
+        if (!*v || *end || errno || !isfinite(x)) return false;
+        *(double *)o->value = x;
+        return true;
+    }
+    case BENCH_OPT_STR:
+        if (o->choices && !opt_choice_ok(o->choices, v)) return false;
+        *(const char **)o->value = v;
+        return true;
+    }
+    return false;
+}
+
+static bool serve_error(const char *experiment, const bench_opt *opts, int *exit_code, const char *fmt, ...) {
+    va_list ap;
+    fprintf(stderr, "braid-bench serve %s: ", experiment);
+    va_start(ap, fmt);
+    vfprintf(stderr, fmt, ap);
+    va_end(ap);
+    fputc('\n', stderr);
+    bench_serve_usage(stderr, experiment, opts);
+    *exit_code = 2;
+    return false;
+}
+
+bool bench_serve_args(const char *experiment, int argc, char **argv, const bench_opt *opts, int *exit_code) {
+    enum { MAX_OPTS = 32 };
+    bool seen[MAX_OPTS] = { false };
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i];
+        if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
+            bench_serve_usage(stdout, experiment, opts);
+            *exit_code = 0;
+            return false;
+        }
+        int k = 0;
+        while (opts[k].name && strcmp(opts[k].name, a)) k++;
+        if (!opts[k].name) return serve_error(experiment, opts, exit_code, "unknown option '%s'", a);
+        const bench_opt *o = &opts[k];
+        if (i + 1 >= argc) return serve_error(experiment, opts, exit_code, "%s needs a value (%s)", a,
+                                              o->metavar ? o->metavar : "V");
+        const char *v = argv[++i];
+        if (!opt_set(o, v)) {
+            static const char *const what[] = { "an integer", "an integer", "a number", "text" };
+            if (o->choices)
+                return serve_error(experiment, opts, exit_code, "%s %s: not one of %s", a, v, o->choices);
+            return serve_error(experiment, opts, exit_code, "%s %s: not %s", a, v, what[o->kind]);
+        }
+        if (k < MAX_OPTS) seen[k] = true;
+    }
+    for (int k = 0; opts[k].name; k++)
+        if (opts[k].required && !(k < MAX_OPTS && seen[k]))
+            return serve_error(experiment, opts, exit_code, "%s is required", opts[k].name);
+    return true;
 }

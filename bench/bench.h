@@ -88,6 +88,9 @@ typedef struct bench_experiment {
     /* Alternating runs per implementation in quick mode when --runs is not
      * given (default 5; issue 6 allows 3 for the heavy server experiments). */
     int quick_runs;
+    /* Run only when named on the command line (minutes-long experiments such
+     * as soak stay out of `make bench`). */
+    bool explicit_only;
 } bench_experiment;
 
 void bench_register(const bench_experiment *e);
@@ -197,5 +200,56 @@ bool bench_pair_ratio(const bench_row *a, const bench_row *b, const char *metric
                       double *median, double *min, double *max);
 /* Is a larger value better for this unit ("/s" rates)? */
 bool bench_unit_higher_is_better(const char *unit);
+
+
+/* ---- serve-mode arguments ------------------------------------------------------------
+ * `braid-bench serve EXP [--name VALUE]...`: every experiment with a serve
+ * mode describes its options in one table and parses them here; the usage
+ * message is made from the table. An unknown option, a missing or malformed
+ * value, a value outside an option's choices or a required option left out
+ * is an error that names the option and prints the usage (exit code 2);
+ * `--help` prints the usage to stdout (exit code 0).
+ *
+ *     int port = 0;
+ *     const char *backend = "epoll";
+ *     int procs = 1;
+ *     const bench_opt opts[] = {
+ *         BENCH_SERVE_PORT(&port),            // --port P, required
+ *         BENCH_SERVE_BACKEND(&backend),      // --backend B, one of braid's
+ *         { .name = "--processes", .kind = BENCH_OPT_INT, .value = &procs, .metavar = "N",
+ *           .help = "processes" },
+ *         { 0 } };
+ *     int rc;
+ *     if (!bench_serve_args("http", argc, argv, opts, &rc)) return rc;
+ *
+ * argv[0] is the experiment's name (what main.c hands to serve), options
+ * follow. Values keep their default when the option is absent. */
+typedef enum {
+    BENCH_OPT_INT,        /* int *: a decimal integer */
+    BENCH_OPT_LONG,       /* long *: a decimal integer */
+    BENCH_OPT_DOUBLE,     /* double *: a number */
+    BENCH_OPT_STR,        /* const char **: any text, or one of .choices */
+} bench_opt_kind;
+typedef struct bench_opt {
+    const char *name;     /* "--port"; NULL ends the table */
+    bench_opt_kind kind;
+    void *value;          /* where the value goes (its type follows kind) */
+    const char *metavar;  /* "P" in the usage */
+    const char *help;     /* one line in the usage */
+    const char *choices;  /* BENCH_OPT_STR: "a|b|c", the only values accepted (NULL: any) */
+    bool required;
+} bench_opt;
+/* The options most serve modes share: a required port, a braid backend,
+ * a time limit in seconds (double; 0: until stopped). */
+#define BENCH_SERVE_PORT(p) { .name = "--port", .kind = BENCH_OPT_INT, .value = (p), .metavar = "P", \
+                            .help = "port to listen on", .required = true }
+#define BENCH_SERVE_BACKEND(b) { .name = "--backend", .kind = BENCH_OPT_STR, .value = (b), .metavar = "B", \
+                               .help = "braid backend", .choices = "select|poll|epoll|uring|io_uring" }
+#define BENCH_SERVE_SECONDS(s) { .name = "--seconds", .kind = BENCH_OPT_DOUBLE, .value = (s), .metavar = "S", \
+                               .help = "serve at most S seconds (0: until stopped)" }
+/* true: go on serving; false: stop with *exit_code (usage or error printed). */
+bool bench_serve_args(const char *experiment, int argc, char **argv, const bench_opt *opts, int *exit_code);
+/* The usage made from the table. */
+void bench_serve_usage(FILE *f, const char *experiment, const bench_opt *opts);
 
 #endif

@@ -522,19 +522,27 @@ static int serve_stream(const cs_opts *o) {
 static int serve(int argc, char **argv) {
     cs_opts o = { .port = 0, .model = "loop", .processes = 0, .backend = NULL, .seconds = 0,
                   .backlog = CS_BACKLOG, .pool = CS_POOL };
-    for (int i = 1; i < argc; i++) {
-        const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
-        if (!v) { fprintf(stderr, "connscale serve: %s needs a value\n", a); return 2; }
-        if (!strcmp(a, "--port")) o.port = atoi(v);
-        else if (!strcmp(a, "--model")) o.model = v;
-        else if (!strcmp(a, "--processes")) o.processes = atoi(v);
-        else if (!strcmp(a, "--backend")) o.backend = v;
-        else if (!strcmp(a, "--seconds")) o.seconds = atoi(v);
-        else if (!strcmp(a, "--backlog")) o.backlog = atoi(v);
-        else if (!strcmp(a, "--pool")) o.pool = atoi(v);
-        else { fprintf(stderr, "connscale serve: unknown option %s\n", a); return 2; }
-        i++;
-    }
+    const bench_opt opts[] = {
+        { .name = "--port", .kind = BENCH_OPT_INT, .value = &o.port, .metavar = "P",
+          .help = "port to listen on (0: any, printed as \"ready PORT\")" },
+        { .name = "--model", .kind = BENCH_OPT_STR, .value = &o.model, .metavar = "M", .help = "concurrency model",
+#ifdef CS_HAVE_STREAM
+          .choices = "loop|thread|pool|procs|stream" },
+#else
+          .choices = "loop|thread|pool|procs" },
+#endif
+        { .name = "--processes", .kind = BENCH_OPT_INT, .value = &o.processes, .metavar = "N",
+          .help = "processes of the procs model (0: one per CPU)" },
+        { .name = "--backend", .kind = BENCH_OPT_STR, .value = &o.backend, .metavar = "B",
+          .help = "braid backend", .choices = "select|poll|epoll|uring|io_uring" },
+        { .name = "--seconds", .kind = BENCH_OPT_INT, .value = &o.seconds, .metavar = "S",
+          .help = "serve at most S seconds (0: until stopped)" },
+        { .name = "--backlog", .kind = BENCH_OPT_INT, .value = &o.backlog, .metavar = "N", .help = "listen backlog" },
+        { .name = "--pool", .kind = BENCH_OPT_INT, .value = &o.pool, .metavar = "N",
+          .help = "threads of the pool model" },
+        { 0 } };
+    int rc;
+    if (!bench_serve_args("connscale", argc, argv, opts, &rc)) return rc;
     if (o.processes <= 0) o.processes = (int)sysconf(_SC_NPROCESSORS_ONLN);
     signal(SIGPIPE, SIG_IGN);
     if (!strcmp(o.model, "thread")) return serve_threads(&o, false);
@@ -543,7 +551,6 @@ static int serve(int argc, char **argv) {
 #ifdef CS_HAVE_STREAM
     if (!strcmp(o.model, "stream")) return serve_stream(&o);
 #endif
-    if (strcmp(o.model, "loop")) { fprintf(stderr, "connscale serve: unknown model %s\n", o.model); return 2; }
     int lfd = cs_listen(o.port, o.backlog, false, true);
     if (lfd < 0) { fprintf(stderr, "connscale: listen: %s\n", strerror(-lfd)); return 1; }
     run_loop_server(&o, lfd, true, -1);

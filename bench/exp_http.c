@@ -82,19 +82,16 @@ static int serve(int argc, char **argv) {
     int port = 0, procs = 1;
     const char *backend = "epoll";
     double seconds = 0;
-    for (int i = 1; i < argc; i++) {
-        const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
-        if (!strcmp(a, "--port") && v) { port = atoi(v); i++; }
-        else if (!strcmp(a, "--processes") && v) { procs = atoi(v); i++; }
-        else if (!strcmp(a, "--backend") && v) { backend = v; i++; }
-        else if (!strcmp(a, "--seconds") && v) { seconds = atof(v); i++; }
-        else {
-            fprintf(stderr, "usage: braid-bench serve http --port P [--processes N] [--backend B] "
-                            "[--seconds S]\n");
-            return 2;
-        }
-    }
-    if (port <= 0) { fprintf(stderr, "serve http: --port is required\n"); return 2; }
+    const bench_opt opts[] = {
+        BENCH_SERVE_PORT(&port),
+        { .name = "--processes", .kind = BENCH_OPT_INT, .value = &procs, .metavar = "N",
+          .help = "processes, each with its own SO_REUSEPORT listener (max 64)" },
+        BENCH_SERVE_BACKEND(&backend),
+        BENCH_SERVE_SECONDS(&seconds),
+        { 0 } };
+    int rc;
+    if (!bench_serve_args("http", argc, argv, opts, &rc)) return rc;
+    if (port <= 0) { fprintf(stderr, "braid-bench serve http: --port %d: not a port\n", port); return 2; }
     signal(SIGPIPE, SIG_IGN);
     if (procs <= 1) return serve_one(port, backend, seconds, false);
     if (procs > 64) procs = 64;
@@ -110,7 +107,8 @@ static int serve(int argc, char **argv) {
     }
     signal(SIGTERM, on_term);
     signal(SIGINT, on_term);
-    int rc = 0, st;
+    int st;
+    rc = 0;
     for (int i = 0; i < nkids; i++)
         if (waitpid(kids[i], &st, 0) == kids[i] && (!WIFEXITED(st) || WEXITSTATUS(st))) rc = 1;
     return rc;

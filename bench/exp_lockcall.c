@@ -143,10 +143,13 @@ static double measure_here(int impl, long iters) {
 static int serve(int argc, char **argv) {
     const char *op = "call";
     long iters = 1000000;
-    for (int i = 1; i + 1 < argc; i += 2) {
-        if (!strcmp(argv[i], "--op")) op = argv[i + 1];
-        else if (!strcmp(argv[i], "--iters")) iters = atol(argv[i + 1]);
-    }
+    const bench_opt opts[] = {
+        { .name = "--op", .kind = BENCH_OPT_STR, .value = &op, .metavar = "NAME", .help = "what to time",
+          .choices = "call|mutex|mutex-mt|mutex-2t-2cores|mutex-2t-1core|atomic-add" },
+        { .name = "--iters", .kind = BENCH_OPT_LONG, .value = &iters, .metavar = "N", .help = "operations timed" },
+        { 0 } };
+    int rc;
+    if (!bench_serve_args("lockcall", argc, argv, opts, &rc)) return rc;
     for (int k = 0; k < NIMPL; k++)
         if (!strcmp(op, impl_names[k])) {
             printf("%.6f\n", measure_here(k, iters));

@@ -561,18 +561,28 @@ static int serve(int argc, char **argv) {
     int load = 1, threads = 4, reps = 3;
     long calls = 10000, warm = 1000;
     double secs = 2;
-    for (int i = 1; i + 1 < argc; i += 2) {
-        if (!strcmp(argv[i], "--impl")) impl = argv[i + 1];
-        else if (!strcmp(argv[i], "--blocking")) blocking = argv[i + 1];
-        else if (!strcmp(argv[i], "--threads")) threads = atoi(argv[i + 1]);
-        else if (!strcmp(argv[i], "--job")) job = argv[i + 1];
-        else if (!strcmp(argv[i], "--reps")) reps = atoi(argv[i + 1]);
-        else if (!strcmp(argv[i], "--load")) load = atoi(argv[i + 1]);
-        else if (!strcmp(argv[i], "--calls")) calls = atol(argv[i + 1]);
-        else if (!strcmp(argv[i], "--warm")) warm = atol(argv[i + 1]);
-        else if (!strcmp(argv[i], "--idle")) idle = argv[i + 1];
-        else if (!strcmp(argv[i], "--seconds")) secs = atof(argv[i + 1]);
-    }
+    const bench_opt opts[] = {
+        { .name = "--impl", .kind = BENCH_OPT_STR, .value = &impl, .metavar = "NAME",
+          .help = "implementation timed (sync, braid-1t, braid-4t, libuv-1t, ...)" },
+        { .name = "--load", .kind = BENCH_OPT_INT, .value = &load, .metavar = "L", .help = "calls in flight" },
+        { .name = "--calls", .kind = BENCH_OPT_LONG, .value = &calls, .metavar = "N",
+          .help = "calls in the measured round" },
+        { .name = "--warm", .kind = BENCH_OPT_LONG, .value = &warm, .metavar = "W", .help = "calls before it" },
+        { .name = "--idle", .kind = BENCH_OPT_STR, .value = &idle, .metavar = "IMPL",
+          .help = "instead: CPU used while idle", .choices = "braid|libuv" },
+        { .name = "--seconds", .kind = BENCH_OPT_DOUBLE, .value = &secs, .metavar = "S",
+          .help = "how long --idle watches" },
+        { .name = "--blocking", .kind = BENCH_OPT_STR, .value = &blocking, .metavar = "IMPL",
+          .help = "instead: bursts of blocking jobs",
+          .choices = "braid|libuv|naive" },
+        { .name = "--threads", .kind = BENCH_OPT_INT, .value = &threads, .metavar = "T",
+          .help = "threads for --blocking" },
+        { .name = "--job", .kind = BENCH_OPT_STR, .value = &job, .metavar = "KIND", .help = "job of --blocking",
+          .choices = "sleep-1ms|sleep-50ms|cpu-1ms|cpu-50ms" },
+        { .name = "--reps", .kind = BENCH_OPT_INT, .value = &reps, .metavar = "R", .help = "bursts of --blocking" },
+        { 0 } };
+    int rc;
+    if (!bench_serve_args("pool", argc, argv, opts, &rc)) return rc;
     if (blocking) return serve_blocking(blocking, threads, job, reps);
     if (load < 1 || load > MAX_LOAD || calls < 1) return 2;
     double v = NAN;

@@ -98,22 +98,23 @@ static int serve(int argc, char **argv) {
     int port = 0, mode = RR_MODE_REQRESP;
     const char *backend = "epoll", *impl = "braid", *model = "callback";
     double seconds = 0;
-    for (int i = 1; i < argc; i++) {
-        const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
-        if (!strcmp(a, "--port") && v) { port = atoi(v); i++; }
-        else if (!strcmp(a, "--backend") && v) { backend = v; i++; }
-        else if (!strcmp(a, "--seconds") && v) { seconds = atof(v); i++; }
-        else if (!strcmp(a, "--impl") && v) { impl = v; i++; }
-        else if (!strcmp(a, "--mode") && v) { mode = !strcmp(v, "echo") ? RR_MODE_ECHO : RR_MODE_REQRESP; i++; }
-        else if (!strcmp(a, "--model") && v) { model = v; i++; }
-        else {
-            fprintf(stderr, "usage: braid-bench serve reqresp --port P [--backend B] [--seconds S] "
-                            "[--impl braid|epoll|libuv|libevent|fiber] [--mode reqresp|echo] "
-                            "[--model callback|fiber]\n");
-            return 2;
-        }
-    }
-    if (port <= 0) { fprintf(stderr, "serve reqresp: --port is required\n"); return 2; }
+    const char *mode_name = "reqresp";
+    const bench_opt opts[] = {
+        BENCH_SERVE_PORT(&port),
+        BENCH_SERVE_BACKEND(&backend),
+        BENCH_SERVE_SECONDS(&seconds),
+        { .name = "--impl", .kind = BENCH_OPT_STR, .value = &impl, .metavar = "NAME",
+          .help = "server", .choices = "braid|epoll|libuv|libevent|fiber" },
+        { .name = "--mode", .kind = BENCH_OPT_STR, .value = &mode_name, .metavar = "M",
+          .help = "protocol", .choices = "reqresp|echo" },
+        { .name = "--model", .kind = BENCH_OPT_STR, .value = &model, .metavar = "M",
+          .help = "braid's model (fiber = --impl fiber)",
+          .choices = "callback|fiber" },
+        { 0 } };
+    int rc;
+    if (!bench_serve_args("reqresp", argc, argv, opts, &rc)) return rc;
+    if (port <= 0) { fprintf(stderr, "braid-bench serve reqresp: --port %d: not a port\n", port); return 2; }
+    mode = !strcmp(mode_name, "echo") ? RR_MODE_ECHO : RR_MODE_REQRESP;
     signal(SIGPIPE, SIG_IGN);
     if (!strcmp(impl, "fiber") || !strcmp(model, "fiber")) return rr_serve_fiber(port, backend, mode, seconds);
     if (!strcmp(impl, "braid")) return serve_braid(port, backend, mode, seconds);

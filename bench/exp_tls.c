@@ -36,7 +36,7 @@
  * page, then SSL_write); braid from a static buffer. Servers are restarted
  * for every run; runs alternate. */
 #include "bench.h"
-#include "../tests/tls_certs.h"
+#include "../tests/support/tls_certs.h"
 
 #include <braid.h>
 #include <braid/tls.h>
@@ -146,20 +146,18 @@ static int serve(int argc, char **argv) {
     int port = 0;
     const char *backend = "epoll", *cert = NULL, *key = NULL;
     double seconds = 0;
-    for (int i = 1; i < argc; i++) {
-        const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
-        if (!strcmp(a, "--port") && v) { port = atoi(v); i++; }
-        else if (!strcmp(a, "--backend") && v) { backend = v; i++; }
-        else if (!strcmp(a, "--seconds") && v) { seconds = atof(v); i++; }
-        else if (!strcmp(a, "--cert") && v) { cert = v; i++; }
-        else if (!strcmp(a, "--key") && v) { key = v; i++; }
-        else {
-            fprintf(stderr, "usage: braid-bench serve tls --port P --cert CERT.pem --key KEY.pem "
-                            "[--backend B] [--seconds S]\n");
-            return 2;
-        }
-    }
-    if (port <= 0 || !cert || !key) { fprintf(stderr, "serve tls: --port, --cert and --key are required\n"); return 2; }
+    const bench_opt opts[] = {
+        BENCH_SERVE_PORT(&port),
+        { .name = "--cert", .kind = BENCH_OPT_STR, .value = &cert, .metavar = "CERT.pem",
+          .help = "server certificate", .required = true },
+        { .name = "--key", .kind = BENCH_OPT_STR, .value = &key, .metavar = "KEY.pem",
+          .help = "its private key", .required = true },
+        BENCH_SERVE_BACKEND(&backend),
+        BENCH_SERVE_SECONDS(&seconds),
+        { 0 } };
+    int rc;
+    if (!bench_serve_args("tls", argc, argv, opts, &rc)) return rc;
+    if (port <= 0) { fprintf(stderr, "braid-bench serve tls: --port %d: not a port\n", port); return 2; }
     signal(SIGPIPE, SIG_IGN);
     raise_nofile();
     braid_loop *loop;
@@ -178,7 +176,7 @@ static int serve(int argc, char **argv) {
     braid_tls_factory tf;
     if (braid_tls_factory_init(&tf, &app, &(braid_tls_wrap_options){ .ctx = ctx }) < 0) return 1;
     braid_listener *l;
-    int rc = braid_tcp_listen(loop, &(braid_tcp_listen_options){ .host = "127.0.0.1", .port = port,
+    rc = braid_tcp_listen(loop, &(braid_tcp_listen_options){ .host = "127.0.0.1", .port = port,
                                                                   .backlog = 511 }, &tf.base, &l);
     if (rc < 0) { fprintf(stderr, "serve tls: listen: %s\n", braid_strerror(rc)); return 1; }
     if (seconds > 0) braid_timer_call_later(loop, (uint64_t)(seconds * 1e9), bench_stop_loop, loop);

@@ -83,8 +83,8 @@ static bool is_backend_name(const char *s) {
 static void list_experiments(void) {
     for (int i = 0; i < bench_nexperiments; i++) {
         const bench_experiment *e = bench_experiments[i];
-        printf("%-12s %s%s (quick ~%.0f s)\n", e->name, e->title ? e->title : "",
-               e->serve ? " [serve]" : "", e->quick_seconds);
+        printf("%-12s %s%s (quick ~%.0f s)%s\n", e->name, e->title ? e->title : "",
+               e->serve ? " [serve]" : "", e->quick_seconds, e->explicit_only ? " [only when named]" : "");
     }
 }
 
@@ -165,7 +165,7 @@ int main(int argc, char **argv) {
     const bench_experiment *todo[64];
     int ntodo = 0;
     for (int i = 0; i < bench_nexperiments; i++) {
-        bool want = nnames == 0;
+        bool want = nnames == 0 && !bench_experiments[i]->explicit_only;
         for (int k = 0; k < nnames; k++) if (!strcmp(names[k], bench_experiments[i]->name)) want = true;
         if (want && !report_only) todo[ntodo++] = bench_experiments[i];
     }

@@ -45,6 +45,16 @@ assert {"call", "mutex"} <= impls, impls
 print(f"{len(rows)} rows ok: {sorted(impls)}")
 EOF
 
+# Serve-mode arguments: one parser for every experiment (bench_serve_args).
+"$bench" serve reqresp --help | grep -q -- '--mode M' || { echo "serve --help lacks the options"; exit 1; }
+for args in "http --bogus 1" "http --port x" "tls --port 5" "connscale --model nope" "http --port"; do
+    rc=0
+    # shellcheck disable=SC2086
+    "$bench" serve $args >"$out/serve.txt" 2>&1 || rc=$?
+    [ "$rc" = 2 ] && grep -q '^usage: braid-bench serve' "$out/serve.txt" ||
+        { echo "serve $args: exit $rc, want 2 and the usage"; cat "$out/serve.txt"; exit 1; }
+done
+
 # A second run of nothing keeps the rows (report-only rebuild).
 "$bench" --report-only --out "$out" >/dev/null
 test "$(wc -l <"$out/results.jsonl")" -ge 1 || { echo "report-only lost rows"; exit 1; }

@@ -3,7 +3,9 @@
  * crash, no over-read" (ASan watches the exact-size input): a head length is
  * inside the input, every field points inside it, a prefix never succeeds with
  * another length nor fails with another error, and re-parsing from prev_len
- * agrees with parsing from scratch. */
+ * agrees with parsing from scratch. The empty input (libFuzzer runs it
+ * first) is parsed from a NULL buffer, as a connection with nothing
+ * buffered would. */
 #include <braid/http.h>
 #include <stdlib.h>
 #include <string.h>
@@ -13,7 +15,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     braid_http_header h[32], h2[32];
     braid_http_limits lim = { .max_request_line = 512, .max_head = 2048, .max_headers = 32,
                               .max_body = 4096 };
-    const char *buf = (const char *)data;
+    const char *buf = size ? (const char *)data : NULL;
     int rc = braid_http_parse_request(&m, h, 32, buf, size, 0, &lim);
     if (rc > 0) {
         if ((size_t)rc > size) abort();

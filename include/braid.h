@@ -18,4 +18,5 @@
 #include <braid/fstream.h>
 #include <braid/http.h>
 #include <braid/process.h>
+#include <braid/component.h>
 #endif

@@ -7,6 +7,16 @@
 static struct { const char *name; bt_fn fn; int io; } cases[MAX_CASES];
 static int ncases;
 static const char *current = "?";
+static char context[256];
+
+void bt_context(const char *fmt, ...) {
+    context[0] = 0;
+    if (!fmt) return;
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(context, sizeof context, fmt, ap);
+    va_end(ap);
+}
 
 void bt_register(const char *name, bt_fn fn, int io) {
     if (ncases == MAX_CASES) { fprintf(stderr, "too many test cases\n"); exit(2); }
@@ -18,7 +28,8 @@ void bt_register(const char *name, bt_fn fn, int io) {
 
 void bt_fail(const char *file, int line, const char *fmt, ...) {
     va_list ap;
-    fprintf(stderr, "FAIL %s [%s] %s:%d: ", current, bt_backend(), file, line);
+    fprintf(stderr, "FAIL %s [%s]%s%s%s %s:%d: ", current, bt_backend(), context[0] ? " (" : "", context,
+            context[0] ? ")" : "", file, line);
     va_start(ap, fmt);
     vfprintf(stderr, fmt, ap);
     va_end(ap);

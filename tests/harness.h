@@ -84,7 +84,13 @@ const char *bt_backend(void);
 braid_loop *bt_loop_new(braid_clock *clock);
 /* Leak gate: destroy must succeed. */
 void bt_loop_destroy(braid_loop *loop);
-/* Run the loop until *flag becomes nonzero; fails after max_iterations. */
+/* Run the loop until *flag becomes nonzero; fails after max_iterations.
+ * (More run-until helpers: support/run.h.) */
 void bt_run_until(braid_loop *loop, volatile int *flag, int max_iterations);
+
+/* What the case is doing now, printed by bt_fail after the case's name (a
+ * helper running many rounds names the round: "walk core: allocation 7
+ * failed"). bt_context(NULL) clears it. */
+void bt_context(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 
 #endif

@@ -3,6 +3,8 @@
  * crash) and leave nothing allocated; stop when it succeeds with no failure
  * injected. */
 #include "harness.h"
+#include "support/net.h"
+#include "support/walk.h"
 #include <sys/socket.h>
 #include <unistd.h>
 #include <fcntl.h>
@@ -12,12 +14,13 @@ static void noop_timer(braid_timer *t, void *arg) { (void)t; (void)arg; }
 static void noop_call(void *arg) { ++*(int *)arg; }
 
 /* Returns 0 on success or the first error; always cleans up. */
-static int scenario(void) {
+static int scenario(void *arg) {
+    (void)arg;
     braid_loop *loop;
     int rc = braid_loop_new(&loop, NULL);
     if (rc < 0) return rc;
     int sv[2];
-    if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK, 0, sv) < 0) abort();
+    bt_socketpair(sv);
     /* a watcher on a high fd forces the fd table to grow */
     int hi = fcntl(sv[0], F_DUPFD_CLOEXEC, 700);
     braid_watch w1, w2;
@@ -48,25 +51,15 @@ out:
     for (int i = 0; i < ntimers; i++) braid_timer_stop(&timers[i]);
     if (w1_open) braid_watch_close(&w1);
     if (w2_open) braid_watch_close(&w2);
-    if (braid_loop_free(loop) < 0) abort();
+    bt_loop_destroy(loop);
     close(sv[0]); close(sv[1]); close(hi);
     return rc;
 }
 
 BT_TEST(allocation_failure_walk) {
-    long base = braid_test_alloc_outstanding();
-    int failures = 0;
-    for (long n = 1; n < 10000; n++) {
-        braid_test_fail_alloc_after(n, false);
-        int rc = scenario();
-        bool injected = braid_test_alloc_failed();
-        braid_test_fail_alloc_after(0, false);
-        BT_EQ(braid_test_alloc_outstanding(), base);
-        if (!injected) { BT_OK(rc); break; }
-        BT_ERR(rc, BRAID_ENOMEM);
-        failures++;
-    }
-    BT_GE(failures, 5);   /* the walk really exercised several allocation sites */
+    bt_walk_result r = bt_alloc_walk(&(bt_walk){ .name = "loop core", .body = scenario, .enomem_only = true,
+                                                 .must_fail = true });
+    BT_GE(r.errors, 5);   /* the walk really exercised several allocation sites */
 }
 
 BT_TEST(sticky_failure_and_allocator_swap) {

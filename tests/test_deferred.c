@@ -1,5 +1,6 @@
 /* Deferreds: every rule of <braid/deferred.h>, on the fake clock. */
 #include "harness.h"
+#include "support/walk.h"
 #include "deferred/deferred_internal.h"   /* BRAID__DEFERRED_QUARANTINE */
 #include <braid/testing_deferred.h>
 #include <signal.h>
@@ -618,7 +619,8 @@ BT_TEST(expect_helpers_report_mismatches) {
 /* ---- allocation-failure walk --------------------------------------------------------------- */
 /* Core scenario: new, 6 callbacks (spills), a chain, a timeout, fire, release.
  * Under each injected failure it must report an error or complete, and leak nothing. */
-static int core_scenario(void) {
+static int core_scenario(void *arg) {
+    (void)arg;
     braid_loop *loop = NULL;
     braid_loop_options o = { .clock = braid_fake_clock_base(fc), .log = cap_log };
     int rc = braid_loop_new(&loop, &o);
@@ -652,25 +654,15 @@ static int core_scenario(void) {
     }
     braid_deferred_unref(d);
 out:
-    if (braid_loop_free(loop) < 0) return -9999;
+    bt_loop_destroy(loop);   /* the leak gate, every run */
     return rc;
 }
 
 BT_TEST(allocation_failure_walk) {
     fc = braid_fake_clock_new(0);
-    long base = braid_test_alloc_outstanding();
-    int failures_seen = 0;
-    for (long n = 1; n < 200; n++) {
-        braid_test_fail_alloc_after(n, false);
-        int rc = core_scenario();
-        bool failed = braid_test_alloc_failed();
-        braid_test_fail_alloc_after(0, false);
-        BT_NE(rc, -9999);                                    /* the leak gate held */
-        BT_EQ(braid_test_alloc_outstanding(), base);
-        if (!failed) { BT_OK(rc); break; }
-        if (rc < 0) { BT_ERR(rc, BRAID_ENOMEM); failures_seen++; }
-    }
-    BT_GT(failures_seen, 0);
+    bt_walk_result r = bt_alloc_walk(&(bt_walk){ .name = "core", .body = core_scenario, .enomem_only = true,
+                                                 .max_runs = 200 });
+    BT_GT(r.errors, 0);
     BT_EQ(g_unh.n, 0);
     braid_fake_clock_free(fc);
 }
@@ -1019,7 +1011,8 @@ BT_TEST(gather_thousand) {
 }
 
 /* Combinator allocation-failure walk: NULL means nothing was taken. */
-static int gather_scenario(void) {
+static int gather_scenario(void *arg) {
+    (void)arg;
     braid_loop *loop = NULL;
     braid_loop_options o = { .clock = braid_fake_clock_base(fc), .log = cap_log };
     int rc = braid_loop_new(&loop, &o);
@@ -1049,26 +1042,16 @@ static int gather_scenario(void) {
         for (int i = 0; i < n; i++)
             if (m[i]) { braid_deferred_callback(m[i], NULL, NULL); braid_deferred_unref(m[i]); }
     }
-    if (braid_loop_free(loop) < 0) return -9999;
+    bt_loop_destroy(loop);   /* the leak gate, every run */
     return rc;
 }
 
 BT_TEST(combinator_allocation_failure_walk) {
     fc = braid_fake_clock_new(0);
     memset(&g_unh, 0, sizeof g_unh);
-    long base = braid_test_alloc_outstanding();
-    int seen = 0;
-    for (long n = 1; n < 300; n++) {
-        braid_test_fail_alloc_after(n, false);
-        int rc = gather_scenario();
-        bool failed = braid_test_alloc_failed();
-        braid_test_fail_alloc_after(0, false);
-        BT_NE(rc, -9999);
-        BT_EQ(braid_test_alloc_outstanding(), base);
-        if (!failed) { BT_OK(rc); break; }
-        if (rc < 0) { BT_ERR(rc, BRAID_ENOMEM); seen++; }
-    }
-    BT_GT(seen, 3);
+    bt_walk_result r = bt_alloc_walk(&(bt_walk){ .name = "combinators", .body = gather_scenario,
+                                                 .enomem_only = true, .max_runs = 300 });
+    BT_GT(r.errors, 3);
     BT_EQ(g_unh.n, 0);
     braid_fake_clock_free(fc);
 }
@@ -1441,7 +1424,8 @@ BT_TEST(leak_gate_names_open_primitives) {
 
 /* Primitives under allocation failure: every call either works or says
  * ENOMEM, and a failed acquire takes no token. */
-static int prims_scenario(void) {
+static int prims_scenario(void *arg) {
+    (void)arg;
     braid_loop *loop = NULL;
     braid_loop_options o = { .clock = braid_fake_clock_base(fc), .log = cap_log };
     int rc = braid_loop_new(&loop, &o);
@@ -1495,27 +1479,16 @@ static int prims_scenario(void) {
     braid_deferred_unref(later);
     braid_deferred_unref(t);
 #undef NOTE
-    if (braid_loop_free(loop) < 0) return -9999;
+    bt_loop_destroy(loop);   /* the leak gate, every run */
     return first;
 }
 
 BT_TEST(primitives_allocation_failure_walk) {
     fc = braid_fake_clock_new(0);
     memset(&g_unh, 0, sizeof g_unh);
-    long base = braid_test_alloc_outstanding();
-    int seen = 0;
-    for (long n = 1; n < 300; n++) {
-        braid_test_fail_alloc_after(n, false);
-        int rc = prims_scenario();
-        bool failed = braid_test_alloc_failed();
-        braid_test_fail_alloc_after(0, false);
-        BT_NE(rc, -9999);
-        BT_NE(rc, -9998);
-        BT_EQ(braid_test_alloc_outstanding(), base);
-        if (!failed) { BT_OK(rc); break; }
-        if (rc < 0) { BT_ERR(rc, BRAID_ENOMEM); seen++; }
-    }
-    BT_GT(seen, 3);
+    bt_walk_result r = bt_alloc_walk(&(bt_walk){ .name = "primitives", .body = prims_scenario,
+                                                 .enomem_only = true, .max_runs = 300 });   /* -9998: misuse */
+    BT_GT(r.errors, 3);
     BT_EQ(g_unh.n, 0);
     braid_fake_clock_free(fc);
 }

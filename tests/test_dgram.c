@@ -3,6 +3,7 @@
  * oversized datagrams reported, close from inside a callback. */
 // ctest-labels: stream
 #include "harness.h"
+#include "support/run.h"
 #include <unistd.h>
 
 typedef struct drec {
@@ -45,7 +46,7 @@ BT_IO_TEST(udp_send_receive_and_echo) {
     BT_OK(braid_dgram_address(a, &aa));
     BT_OK(braid_dgram_address(b, &ba));
     BT_OK(braid_dgram_send_to(a, "ping", 4, &ba));
-    for (int i = 0; i < 100 && ra.n < 1; i++) BT_OK(braid_loop_run_once(loop, 0));
+    BT_RUN_UNTIL(loop, ra.n >= 1, 100);
     BT_EQ(rb.n, 1);
     BT_EQ(ra.n, 1);
     BT_EQ(ra.last_len, 4);
@@ -64,7 +65,7 @@ BT_IO_TEST(udp_recvmmsg_batches) {
     braid_address ba;
     BT_OK(braid_dgram_address(b, &ba));
     for (int i = 0; i < 64; i++) BT_OK(braid_dgram_send_to(a, &i, sizeof i, &ba));
-    for (int i = 0; i < 100 && rb.n < 64; i++) BT_OK(braid_loop_run_once(loop, 0));
+    BT_RUN_UNTIL(loop, rb.n >= 64, 100);
     BT_EQ(rb.n, 64);
     BT_UEQ(braid_dgram_received(b), 64);
     /* 64 datagrams already queued: 4 full batches of 16 (+ at most one empty try) */
@@ -83,13 +84,13 @@ BT_IO_TEST(udp_connected_mode_and_errors) {
     BT_ERR(braid_dgram_send(b, "x", 1), BRAID_EINVAL);     /* not connected */
     BT_OK(braid_dgram_connect(a, &ba));
     BT_OK(braid_dgram_send(a, "to b", 4));
-    for (int i = 0; i < 100 && rb.n < 1; i++) BT_OK(braid_loop_run_once(loop, 0));
+    BT_RUN_UNTIL(loop, rb.n >= 1, 100);
     BT_EQ(rb.n, 1);
     /* b answers with a datagram larger than a's 8-byte buffers: reported, dropped */
     braid_address aa;
     BT_OK(braid_dgram_address(a, &aa));
     BT_OK(braid_dgram_send_to(b, "0123456789abcdef", 16, &aa));
-    for (int i = 0; i < 100 && ra.errors < 1; i++) BT_OK(braid_loop_run_once(loop, 0));
+    BT_RUN_UNTIL(loop, ra.errors >= 1, 100);
     BT_ERR(ra.last_error, BRAID_EMSGSIZE);
     BT_EQ(ra.n, 0);
     /* b goes away: a's next send draws ICMP port unreachable -> ECONNREFUSED */
@@ -124,7 +125,7 @@ BT_IO_TEST(udp_close_inside_callback_and_pause) {
     for (int i = 0; i < 5; i++) BT_OK(braid_loop_run_once(loop, BRAID_LOOP_RUN_NOWAIT));
     BT_EQ(rb.n, 0);
     braid_dgram_resume_reading(b);
-    for (int i = 0; i < 100 && rb.n < 1; i++) BT_OK(braid_loop_run_once(loop, 0));
+    BT_RUN_UNTIL(loop, rb.n >= 1, 100);
     BT_EQ(rb.n, 1);            /* closed after the first: the rest of the batch is dropped */
     braid_dgram_close(a);
     bt_loop_destroy(loop);

@@ -4,13 +4,10 @@
  * hooks (what a loop driving another one runs before each wait). */
 // ctest-labels: loop
 #include "harness.h"
+#include "support/run.h"
+#include "support/net.h"
 #include <sys/socket.h>
 #include <unistd.h>
-
-static void pair(int sv[2]) {
-    if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0, sv) < 0)
-        bt_fail(__FILE__, __LINE__, "socketpair: %s", strerror(errno));
-}
 
 /* ---- nested iterations ------------------------------------------------------------- */
 typedef struct nest {
@@ -42,8 +39,8 @@ BT_IO_TEST(iteration_nested_in_io_callback_delivers_each_event_once) {
     braid_loop *loop = bt_loop_new(NULL);
     nest n = { .loop = loop };
     int a[2], b[2];
-    pair(a);
-    pair(b);
+    bt_socketpair(a);
+    bt_socketpair(b);
     braid_watch wa, wb;
     BT_OK(braid_watch_init(loop, &wa, a[0], nest_a, &n));
     BT_OK(braid_watch_init(loop, &wb, b[0], nest_b, &n));
@@ -55,7 +52,7 @@ BT_IO_TEST(iteration_nested_in_io_callback_delivers_each_event_once) {
     /* Both are ready in one batch. The nested iteration delivers the rest of
      * the outer batch (the other watcher) and nothing twice; the outer one
      * then has nothing left to deliver. */
-    for (int i = 0; i < 100 && n.calls[0] + n.calls[1] < 2; i++) BT_OK(braid_loop_run_once(loop, 0));
+    BT_RUN_UNTIL(loop, n.calls[0] + n.calls[1] >= 2, 100);
     BT_EQ(n.calls[0], 1);
     BT_EQ(n.calls[1], 1);
     BT_EQ(n.nested_saw_other, 1);
@@ -82,8 +79,8 @@ static bool listed(const braid_loop_fd *l, size_t n, int fd, unsigned events) {
 BT_IO_TEST(watched_fds_lists_each_watcher_with_interest) {
     braid_loop *loop = bt_loop_new(NULL);
     int a[2], b[2];
-    pair(a);
-    pair(b);
+    bt_socketpair(a);
+    bt_socketpair(b);
     size_t base = braid_loop_watched_fds(loop, 0, NULL);   /* the loop's own wake-up fd */
     BT_GE(base, 1);
     braid_watch wa, wb, wc;
@@ -153,7 +150,7 @@ static void safety(braid_timer *t, void *arg) { (void)t; (void)arg; }
 BT_IO_TEST(prepare_hook_runs_before_the_wait_and_shortens_it) {
     braid_loop *loop = bt_loop_new(NULL);
     int sv[2];
-    pair(sv);
+    bt_socketpair(sv);
     braid_watch w;                             /* alive, never ready: a wait would block */
     BT_OK(braid_watch_init(loop, &w, sv[0], noop_io, NULL));
     BT_OK(braid_watch_set_interest(&w, BRAID_WATCH_READ));

@@ -10,6 +10,7 @@
  * depend on timing precision. */
 // ctest-labels: stream
 #include "harness.h"
+#include "support/net.h"
 #include <arpa/inet.h>
 #include <fcntl.h>
 #include <netinet/in.h>
@@ -84,15 +85,6 @@ static int child_main(int ctl_r, int ctl_w) {
 }
 
 /* ---- the parent ---------------------------------------------------------------------- */
-static int connect_to(int port, bool block) {
-    int s = socket(AF_INET, SOCK_STREAM | (block ? 0 : SOCK_NONBLOCK), 0);
-    struct sockaddr_in sa = { .sin_family = AF_INET, .sin_port = htons((uint16_t)port),
-                              .sin_addr.s_addr = htonl(0x7f000001) };
-    int rc = connect(s, (struct sockaddr *)&sa, sizeof sa);
-    if (rc < 0 && errno != EINPROGRESS) { close(s); return -1; }
-    return s;
-}
-
 static uint64_t now_ms(void) {
     struct timespec t;
     clock_gettime(CLOCK_MONOTONIC, &t);
@@ -118,7 +110,7 @@ BT_IO_TEST(emfile_backoff_keeps_cpu_idle) {
     /* Hold connections open until the child's table is full. */
     int held[64], nheld = 0;
     for (int i = 0; i < 20; i++) {
-        int s = connect_to(port, true);
+        int s = bt_connect_tcp(port, BT_CONNECT_MAY_FAIL);
         if (s >= 0) held[nheld++] = s;
     }
     usleep(50000);
@@ -127,7 +119,7 @@ BT_IO_TEST(emfile_backoff_keeps_cpu_idle) {
     uint64_t end = now_ms() + 600;
     int hammered = 0;
     while (now_ms() < end) {
-        int s = connect_to(port, false);
+        int s = bt_connect_tcp(port, BT_CONNECT_ASYNC | BT_CONNECT_MAY_FAIL);
         if (s >= 0) { close(s); hammered++; }
         usleep(2000);
     }
@@ -146,7 +138,7 @@ BT_IO_TEST(emfile_backoff_keeps_cpu_idle) {
     bool echoed = false;
     uint64_t deadline = now_ms() + 5000;
     while (!echoed && now_ms() < deadline) {
-        s = connect_to(port, true);
+        s = bt_connect_tcp(port, BT_CONNECT_MAY_FAIL);
         if (s < 0) { usleep(20000); continue; }
         struct timeval tv = { 1, 0 };
         setsockopt(s, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);

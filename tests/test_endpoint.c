@@ -3,6 +3,7 @@
  * backend, and connect timeouts given in the string. */
 // ctest-labels: stream
 #include "harness.h"
+#include "support/run.h"
 #include <braid/testing_deferred.h>
 #include <unistd.h>
 
@@ -142,17 +143,17 @@ static void roundtrip(braid_loop *loop, const char *server_desc, const char *cli
     char desc[256];
     snprintf(desc, sizeof desc, client_fmt, braid_address_port(&a));
     d = braid_endpoint_connect(loop, desc, &cf);
-    for (int i = 0; i < 1000 && !braid_deferred_is_called(d); i++) BT_OK(braid_loop_run_once(loop, 0));
+    BT_RUN_UNTIL(loop, braid_deferred_is_called(d), 1000);
     r = braid_deferred_expect_success(d);
     braid_deferred_unref(d);
     braid_protocol *p = r.value;
     got_len = 0;
     lost_count = 0;
     BT_OK(braid_transport_write(p->transport, "endpoint", 8));
-    for (int i = 0; i < 1000 && got_len < 8; i++) BT_OK(braid_loop_run_once(loop, 0));
+    BT_RUN_UNTIL(loop, got_len >= 8, 1000);
     BT_EQ(got_len, 8);
     braid_transport_close(p->transport, BRAID_FOREVER);
-    for (int i = 0; i < 1000 && lost_count < 2; i++) BT_OK(braid_loop_run_once(loop, 0));
+    BT_RUN_UNTIL(loop, lost_count >= 2, 1000);
     BT_EQ(lost_count, 2);
     braid_listener_close(l);
     BT_EQ(stops, 1);

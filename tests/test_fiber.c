@@ -2,6 +2,8 @@
  * many fibers at once, guard-page overflow, allocation failures. */
 // ctest-labels: fiber
 #include "harness.h"
+#include "support/run.h"
+#include "support/walk.h"
 #include <braid/fiber.h>
 #include <braid/testing_deferred.h>
 #include <signal.h>
@@ -22,11 +24,6 @@ static braid_loop *fake_loop(braid_fake_clock **fc) {
 static void fake_done(braid_loop *loop, braid_fake_clock *fc) {
     bt_loop_destroy(loop);
     braid_fake_clock_free(fc);
-}
-
-/* Run ready work until nothing is left that can run without time moving. */
-static void drain(braid_loop *loop) {
-    for (int i = 0; i < 1000 && braid_loop_run_once(loop, BRAID_LOOP_RUN_NOWAIT) > 0; i++) {}
 }
 
 /* A canceller that does nothing: cancel then errbacks and the (absent)
@@ -100,7 +97,7 @@ BT_TEST(await_later_fired) {
     later_ctx c = { .loop = loop };
     c.wait = braid_deferred_new(loop);
     braid_deferred *d = braid_fiber_spawn(loop, await_later_fn, &c, NULL);
-    drain(loop);
+    bt_drain(loop);
     BT_EQ(c.before, 1);
     BT_EQ(c.after, 0);
     braid_deferred_expect_no_result(d);
@@ -167,10 +164,10 @@ BT_TEST(failures_propagate_as_values) {
     braid_fake_clock *fc;
     braid_loop *loop = fake_loop(&fc);
     braid_deferred *d = braid_fiber_spawn(loop, failing_fn, loop, NULL);
-    drain(loop);
+    bt_drain(loop);
     braid_deferred_expect_no_result(d);
     braid_loop_advance(loop, BRAID_MSEC(10));
-    drain(loop);
+    bt_drain(loop);
     braid_failure *f = braid_deferred_expect_failure(d, BRAID_EPROTO_INPUT);
     BT_TRUE(f->cause != NULL);
     BT_ERR(f->cause->code, BRAID_ETIMEDOUT);
@@ -199,18 +196,18 @@ BT_TEST(await_timeout_and_chained_return) {
     braid_fake_clock *fc;
     braid_loop *loop = fake_loop(&fc);
     braid_deferred *d = braid_fiber_spawn(loop, chain_fn, loop, NULL);
-    drain(loop);
+    bt_drain(loop);
     braid_loop_advance(loop, BRAID_MSEC(4));
-    drain(loop);
+    bt_drain(loop);
     braid_deferred_expect_no_result(d);                     /* still waiting out the 5 ms */
     for (int i = 0; i < 2; i++) {
         braid_loop_advance(loop, BRAID_MSEC(1));
-        drain(loop);
+        bt_drain(loop);
     }
     BT_EQ(braid_fiber_count(loop), 0);             /* finished; its Deferred waits on the chain */
     braid_deferred_expect_no_result(d);
     braid_loop_advance(loop, BRAID_MSEC(1));
-    drain(loop);
+    bt_drain(loop);
     braid_result_drop(braid_deferred_expect_success(d));
     braid_deferred_unref(d);
     fake_done(loop, fc);
@@ -250,7 +247,7 @@ BT_TEST(cancel_while_blocked) {
     braid_loop *loop = fake_loop(&fc);
     cancel_ctx c = { .loop = loop };
     braid_deferred *d = braid_fiber_spawn(loop, blocked_fn, &c, NULL);
-    drain(loop);
+    bt_drain(loop);
     BT_EQ(c.reached, 1);
     braid_deferred_cancel(d);
     /* The spawn Deferred fails at once; the awaited one was cancelled. */
@@ -259,11 +256,11 @@ BT_TEST(cancel_while_blocked) {
     braid_deferred_unref(d);
     BT_EQ(c.awaited_cancelled, 1);
     BT_EQ(c.cleaned_up, 0);
-    drain(loop);
+    bt_drain(loop);
     BT_ERR(c.await_rc, BRAID_ECANCELED);
     BT_EQ(braid_fiber_count(loop), 1);         /* sleeping in its cleanup */
     braid_loop_advance(loop, BRAID_MSEC(1));
-    drain(loop);
+    bt_drain(loop);
     BT_EQ(c.cleaned_up, 1);
     BT_EQ(braid_fiber_count(loop), 0);
     fake_done(loop, fc);
@@ -282,13 +279,13 @@ BT_TEST(cancel_while_sleeping) {
     braid_loop *loop = fake_loop(&fc);
     cancel_ctx c = { .loop = loop };
     braid_deferred *d = braid_fiber_spawn(loop, sleeper_fn, &c, NULL);
-    drain(loop);
+    bt_drain(loop);
     BT_EQ(braid_loop_timer_count(loop), 1);
     braid_deferred_cancel(d);
     braid_failure_free(braid_deferred_expect_failure(d, BRAID_ECANCELED));
     braid_deferred_unref(d);
     BT_EQ(braid_loop_timer_count(loop), 0);    /* the sleep's timer is gone */
-    drain(loop);
+    bt_drain(loop);
     BT_ERR(c.await_rc, BRAID_ECANCELED);
     BT_EQ(c.cleaned_up, 1);
     fake_done(loop, fc);
@@ -301,7 +298,7 @@ BT_TEST(cancel_before_start) {
     braid_deferred_cancel(d);
     braid_failure_free(braid_deferred_expect_failure(d, BRAID_ECANCELED));
     braid_deferred_unref(d);
-    drain(loop);
+    bt_drain(loop);
     BT_EQ(c.reached, 0);                        /* fn never ran */
     BT_EQ(braid_fiber_count(loop), 0);
     bt_loop_destroy(loop);
@@ -325,7 +322,7 @@ BT_TEST(cancel_while_runnable) {
     braid_loop *loop = fake_loop(&fc);
     cancel_ctx c = { .loop = loop };
     braid_deferred *d = braid_fiber_spawn(loop, runnable_fn, &c, NULL);
-    drain(loop);
+    bt_drain(loop);
     /* Fire the timer but stop before the ready phase resumes the fiber:
      * advance the clock and cancel from a timer that runs just after. */
     braid_fake_clock_advance(fc, BRAID_MSEC(1));
@@ -335,14 +332,14 @@ BT_TEST(cancel_while_runnable) {
     if (c.reached == 0) {
         braid_deferred_cancel(d);
         braid_failure_free(braid_deferred_expect_failure(d, BRAID_ECANCELED));
-        drain(loop);
+        bt_drain(loop);
         BT_EQ(c.reached, 1);                   /* the value had already arrived */
     } else {
         /* Resumed in the same iteration: it is now runnable after its first
          * yield; cancel hits the yield. */
         braid_deferred_cancel(d);
         braid_failure_free(braid_deferred_expect_failure(d, BRAID_ECANCELED));
-        drain(loop);
+        bt_drain(loop);
     }
     BT_ERR(c.await_rc, BRAID_ECANCELED);
     BT_EQ(c.cleaned_up, 1);
@@ -372,16 +369,16 @@ BT_TEST(fake_clock_sleeps) {
     braid_deferred *d[3];
     nwake = 0;
     for (int i = 0; i < 3; i++) d[i] = braid_fiber_spawn(loop, sleep_fn, &a[i], NULL);
-    drain(loop);
+    bt_drain(loop);
     BT_EQ(nwake, 0);
     braid_loop_advance(loop, BRAID_SECONDS(1) - 1);
-    drain(loop);
+    bt_drain(loop);
     BT_EQ(nwake, 0);                            /* never early */
     braid_loop_advance(loop, 1);
-    drain(loop);
+    bt_drain(loop);
     BT_EQ(nwake, 1);
     braid_loop_advance(loop, BRAID_SECONDS(10));
-    drain(loop);
+    bt_drain(loop);
     BT_EQ(nwake, 3);
     BT_EQ(wake_order[0], 1);
     BT_EQ(wake_order[1], 2);
@@ -535,17 +532,17 @@ static braid_result whoami_fn(void *arg) {
 BT_TEST(stacks_are_pooled) {
     braid_loop *loop = bt_loop_new(NULL);
     braid_deferred *d = braid_fiber_spawn(loop, whoami_fn, loop, NULL);
-    drain(loop);
+    bt_drain(loop);
     void *first = braid_deferred_expect_success(d).value;
     braid_deferred_unref(d);
     d = braid_fiber_spawn(loop, whoami_fn, loop, NULL);
-    drain(loop);
+    bt_drain(loop);
     BT_TRUE(braid_deferred_expect_success(d).value == first);   /* the same stack again */
     braid_deferred_unref(d);
     /* A different size gets a different stack. */
     braid_fiber_options o = { .stack_size = 256 * 1024 };
     d = braid_fiber_spawn(loop, whoami_fn, loop, &o);
-    drain(loop);
+    bt_drain(loop);
     BT_TRUE(braid_deferred_expect_success(d).value != first);
     braid_deferred_unref(d);
     /* A size that cannot be mapped: NULL, not a crash. */
@@ -586,7 +583,7 @@ BT_TEST(hundred_thousand_fibers) {
     BT_EQ(braid_fiber_count(loop), MANY);      /* all alive, all asleep */
     BT_EQ(many_done, 0);
     braid_loop_advance(loop, BRAID_SECONDS(1));
-    drain(loop);
+    bt_drain(loop);
     BT_EQ(many_done, MANY);
     BT_EQ(fired, MANY);
     BT_EQ(braid_fiber_count(loop), 0);
@@ -736,7 +733,12 @@ BT_TEST(leak_gate_names_blocked_fibers) {
 }
 
 /* ---- allocation failures ---------------------------------------------------------------------- */
-typedef struct walk_ctx { braid_loop *loop; int step; } walk_ctx;
+typedef struct walk_ctx {
+    braid_fake_clock *fc;
+    braid_loop *loop;
+    braid_deferred *d;
+    int step;
+} walk_ctx;
 
 static braid_result walk_child(void *arg) {
     walk_ctx *w = arg;
@@ -756,39 +758,40 @@ static braid_result walk_fn(void *arg) {
 }
 
 /* Every allocation in the scenario fails in turn: each run ends with either
- * success or a failure delivered as a value, and nothing leaks (the harness
+ * success or a failure delivered as a value, and nothing leaks (the walk
  * checks braid allocations; the leak gate checks Deferreds and fibers). */
-BT_TEST(allocation_failure_walk) {
-    for (long n = 1;; n++) {
-        braid_fake_clock *fc = braid_fake_clock_new(0);
-        braid_loop *loop = bt_loop_new(braid_fake_clock_base(fc));
-        long base = braid_test_alloc_outstanding();
-        walk_ctx w = { loop, 0 };
-        braid_test_fail_alloc_after(n, false);
-        braid_deferred *d = braid_fiber_spawn(loop, walk_fn, &w, NULL);
-        if (d) {
-            drain(loop);
-            for (int k = 0; k < 4; k++) {     /* each wait starts after the previous ends */
-                braid_loop_advance(loop, BRAID_MSEC(2));
-                drain(loop);
-            }
-        }
-        bool failed = braid_test_alloc_failed();
-        braid_test_fail_alloc_after(0, false);
-        if (d) {
-            braid_result r;
-            if (braid_deferred_take(d, &r) < 0) bt_fail(__FILE__, __LINE__, "n=%ld: not finished", n);
-            if (r.failure) BT_TRUE(failed);
-            else BT_EQ(w.step, 1);
-            braid_result_drop(r);
-            braid_deferred_unref(d);
-        } else {
-            BT_TRUE(failed);
-        }
-        BT_EQ(braid_fiber_count(loop), 0);
-        (void)base;
-        fake_done(loop, fc);
-        if (!failed) break;
-        BT_LT(n, 100);
+static void walk_setup(void *arg) {
+    walk_ctx *w = arg;
+    w->fc = braid_fake_clock_new(0);
+    w->loop = bt_loop_new(braid_fake_clock_base(w->fc));
+    w->d = NULL;
+    w->step = 0;
+}
+static int walk_body(void *arg) {
+    walk_ctx *w = arg;
+    w->d = braid_fiber_spawn(w->loop, walk_fn, w, NULL);
+    if (!w->d) return BRAID_ENOMEM;
+    bt_drain(w->loop);
+    for (int k = 0; k < 4; k++) {     /* each wait starts after the previous ends */
+        braid_loop_advance(w->loop, BRAID_MSEC(2));
+        bt_drain(w->loop);
     }
+    braid_result r;
+    if (braid_deferred_take(w->d, &r) < 0) bt_fail(__FILE__, __LINE__, "the fiber has not finished");
+    int rc = r.failure ? r.failure->code : 0;
+    if (!r.failure) BT_EQ(w->step, 1);
+    braid_result_drop(r);
+    return rc;
+}
+static void walk_teardown(void *arg, int rc, bool injected) {
+    walk_ctx *w = arg;
+    (void)rc, (void)injected;
+    braid_deferred_unref(w->d);
+    BT_EQ(braid_fiber_count(w->loop), 0);
+    fake_done(w->loop, w->fc);
+}
+BT_TEST(allocation_failure_walk) {
+    walk_ctx w;
+    bt_alloc_walk(&(bt_walk){ .name = "fiber", .arg = &w, .setup = walk_setup, .body = walk_body,
+                              .teardown = walk_teardown, .max_runs = 100 });
 }

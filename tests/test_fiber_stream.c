@@ -4,6 +4,8 @@
  * and over real loopback sockets (factory + connect) on every backend. */
 // ctest-labels: fiber stream
 #include "harness.h"
+#include "support/net.h"
+#include "support/run.h"
 #include <braid/fiber.h>
 #include <braid/testing_deferred.h>
 #include <arpa/inet.h>
@@ -22,11 +24,6 @@ static braid_loop *fake_loop(braid_fake_clock **fc) {
 static void fake_done(braid_loop *loop, braid_fake_clock *fc) {
     bt_loop_destroy(loop);
     braid_fake_clock_free(fc);
-}
-
-/* Run ready work until nothing is left that can run without time moving. */
-static void drain(braid_loop *loop) {
-    for (int i = 0; i < 1000 && braid_loop_run_once(loop, BRAID_LOOP_RUN_NOWAIT) > 0; i++) {}
 }
 
 /* A fiber body under test: what it saw, step by step. */
@@ -54,7 +51,7 @@ static braid_memory_transport *mem_stream(braid_loop *loop, fx *x) {
 /* Close the memory transport from the peer, deliver the loss, free everything. */
 static void mem_end(braid_loop *loop, braid_memory_transport *m, fx *x) {
     if (!braid_memory_transport_state(m).closed) braid_memory_transport_peer_lost(m, BRAID_ECONNECTION_LOST);
-    drain(loop);
+    bt_drain(loop);
     braid_memory_transport_free(m);
     braid_fstream_free(x->s);
 }
@@ -81,7 +78,7 @@ BT_TEST(read_exactly_many_chunks) {
     fx x = { 0 };
     braid_memory_transport *m = mem_stream(loop, &x);
     braid_deferred *d = spawn(loop, exact_fn, &x);
-    drain(loop);
+    bt_drain(loop);
     BT_EQ(x.step, 1);                         /* blocked: nothing there */
     char data[203];
     for (int i = 0; i < 203; i++) data[i] = (char)('a' + i % 26);
@@ -91,14 +88,14 @@ BT_TEST(read_exactly_many_chunks) {
         size_t k = 200 - off < 7 ? 200 - off : 7;
         BT_OK(braid_memory_transport_receive(m, data + off, k));
         off += k;
-        drain(loop);
+        bt_drain(loop);
         if (off < 200) BT_EQ(x.step, 1);      /* not before the last byte */
     }
     BT_EQ(x.step, 2);
     BT_OK(x.rc[0]);
     BT_TRUE(memcmp(x.buf[0], data, 200) == 0);
     BT_OK(braid_memory_transport_receive(m, data + 200, 3));
-    drain(loop);
+    bt_drain(loop);
     BT_EQ(x.step, 3);
     BT_OK(x.rc[1]);
     BT_TRUE(memcmp(x.buf[1], data + 200, 3) == 0);
@@ -152,11 +149,11 @@ BT_TEST(read_line_split_delimiters_and_oversize) {
     fx x = { 0 };
     braid_memory_transport *m = mem_stream(loop, &x);
     braid_deferred *d = spawn(loop, lines_fn, &x);
-    drain(loop);
+    bt_drain(loop);
     const char *chunks[] = { "hel", "lo\r", "\n", "wor", "ld\nx\n" };
     for (int i = 0; i < 5; i++) {
         BT_OK(braid_memory_transport_receive(m, chunks[i], strlen(chunks[i])));
-        drain(loop);
+        bt_drain(loop);
         if (i < 2) BT_EQ(x.step, 1);
     }
     BT_EQ(x.step, 4);
@@ -164,19 +161,19 @@ BT_TEST(read_line_split_delimiters_and_oversize) {
     BT_EQ(x.n[1], 6); BT_STREQ(x.buf[1], "world\n");
     BT_EQ(x.n[2], 2); BT_STREQ(x.buf[2], "x\n");
     BT_OK(braid_memory_transport_receive(m, "0123456789", 10));
-    drain(loop);
+    bt_drain(loop);
     BT_EQ(x.step, 4);                         /* 10 < 15: still waiting */
     BT_OK(braid_memory_transport_receive(m, "abcdefgh", 8));
-    drain(loop);
+    bt_drain(loop);
     BT_EQ(x.step, 5);
     BT_ERR(x.n[3], BRAID_EMSGSIZE);           /* a clear error, nothing consumed */
     BT_OK(braid_memory_transport_receive(m, "\ntail", 5));
-    drain(loop);
+    bt_drain(loop);
     BT_EQ(x.n[4], 19);
     BT_STREQ(x.buf[4], "0123456789abcdefgh\n");
     BT_EQ(x.step, 6);
     braid_memory_transport_peer_eof(m);
-    drain(loop);
+    bt_drain(loop);
     BT_EQ(x.step, 7);
     BT_EQ(x.n[5], 4); BT_STREQ(x.buf[5], "tail");
     BT_EQ(x.n[6], 0);
@@ -207,26 +204,26 @@ BT_TEST(deadlines_on_fake_clock) {
     fx x = { 0 };
     braid_memory_transport *m = mem_stream(loop, &x);
     braid_deferred *d = spawn(loop, deadline_fn, &x);
-    drain(loop);
+    bt_drain(loop);
     BT_OK(braid_memory_transport_receive(m, "abc", 3));
-    drain(loop);
+    bt_drain(loop);
     braid_loop_advance(loop, BRAID_MSEC(999));
-    drain(loop);
+    bt_drain(loop);
     BT_EQ(x.step, 1);                         /* the deadline covers the whole read */
     braid_loop_advance(loop, BRAID_MSEC(1));
-    drain(loop);
+    bt_drain(loop);
     BT_EQ(x.step, 2);
     BT_ERR(x.rc[0], BRAID_ETIMEDOUT);
     BT_EQ(braid_fstream_buffered(x.s), 3);   /* nothing consumed */
     braid_loop_advance(loop, BRAID_MSEC(500));
-    drain(loop);
+    bt_drain(loop);
     BT_EQ(x.step, 3);
     BT_ERR(x.n[1], BRAID_ETIMEDOUT);
     braid_loop_advance(loop, BRAID_SECONDS(3600));
-    drain(loop);
+    bt_drain(loop);
     BT_EQ(x.step, 3);                         /* no deadline: still waiting */
     BT_OK(braid_memory_transport_receive(m, "defghij", 7));
-    drain(loop);
+    bt_drain(loop);
     BT_EQ(x.step, 5);
     BT_OK(x.rc[2]);
     BT_TRUE(memcmp(x.buf[2], "abcdefghij", 10) == 0);
@@ -257,13 +254,13 @@ BT_TEST(peer_eof_mid_read) {
     fx x = { 0 };
     braid_memory_transport *m = mem_stream(loop, &x);
     braid_deferred *d = spawn(loop, eof_fn, &x);
-    drain(loop);
+    bt_drain(loop);
     BT_OK(braid_memory_transport_receive(m, "abcd", 4));
-    drain(loop);
+    bt_drain(loop);
     BT_EQ(x.step, 1);
     braid_memory_transport_peer_eof(m);
     for (int i = 0; i < 20 && x.step < 2; i++) {
-        drain(loop);
+        bt_drain(loop);
         braid_memory_transport_consume(m, 100);   /* the peer reads our "bye" */
     }
     BT_EQ(x.step, 2);
@@ -297,10 +294,10 @@ BT_TEST(connection_lost_mid_read) {
     fx x = { 0 };
     braid_memory_transport *m = mem_stream(loop, &x);
     braid_deferred *d = spawn(loop, lost_fn, &x);
-    drain(loop);
+    bt_drain(loop);
     BT_OK(braid_memory_transport_receive(m, "one\ntw", 6));
     braid_memory_transport_peer_lost(m, BRAID_ECONNRESET);
-    drain(loop);
+    bt_drain(loop);
     BT_EQ(x.step, 2);
     BT_EQ(x.n[0], 4);                         /* what arrived before the loss first */
     BT_ERR(x.n[1], BRAID_ECONNRESET);         /* then the reason, not a fake EOF */
@@ -328,12 +325,12 @@ BT_TEST(cancel_while_blocked_in_read) {
     fx x = { 0 };
     braid_memory_transport *m = mem_stream(loop, &x);
     braid_deferred *d = spawn(loop, cancel_fn, &x);
-    drain(loop);
+    bt_drain(loop);
     BT_OK(braid_memory_transport_receive(m, "partial", 7));
-    drain(loop);
+    bt_drain(loop);
     BT_EQ(x.step, 1);
     braid_deferred_cancel(d);
-    drain(loop);
+    bt_drain(loop);
     BT_EQ(x.step, 3);
     BT_ERR(x.n[0], BRAID_ECANCELED);
     BT_EQ(braid_fstream_buffered(x.s), 7);
@@ -362,10 +359,10 @@ BT_TEST(second_reader_is_busy) {
     braid_memory_transport *m = mem_stream(loop, &x);
     braid_deferred *d1 = spawn(loop, two_readers_fn, &x);
     braid_deferred *d2 = spawn(loop, two_readers_fn, &x);
-    drain(loop);
+    bt_drain(loop);
     BT_ERR(x.n[1], BRAID_EBUSY);
     BT_OK(braid_memory_transport_receive(m, "hi", 2));
-    drain(loop);
+    bt_drain(loop);
     BT_EQ(x.n[0], 2);
     braid_deferred_expect_success(d1);
     braid_deferred_expect_success(d2);
@@ -397,7 +394,7 @@ BT_TEST(write_waits_for_never_reading_peer_then_resumes) {
     fx x = { 0 };
     braid_memory_transport *m = mem_stream(loop, &x);
     braid_deferred *d = spawn(loop, writer_fn, &x);
-    for (int i = 0; i < 50; i++) drain(loop);
+    for (int i = 0; i < 50; i++) bt_drain(loop);
     BT_EQ(x.step, 1);
     BT_EQ(x.wrote, 7 * sizeof big);           /* the 8th write reached 64 KiB (high): waiting */
     size_t len;
@@ -406,11 +403,11 @@ BT_TEST(write_waits_for_never_reading_peer_then_resumes) {
     BT_FALSE(braid_memory_transport_state(m).closed);
     /* the peer reads down to 48 KiB: above the low watermark (16 KiB), still waiting */
     braid_memory_transport_consume(m, 16 * 1024);
-    drain(loop);
+    bt_drain(loop);
     BT_EQ(x.wrote, 7 * sizeof big);
     /* down to 16 KiB: resumed, and it writes until the next high watermark */
     braid_memory_transport_consume(m, 32 * 1024);
-    drain(loop);
+    bt_drain(loop);
     BT_EQ(x.step, 1);
     BT_EQ(x.wrote, 13 * sizeof big);
     uint64_t total = 0;
@@ -418,16 +415,16 @@ BT_TEST(write_waits_for_never_reading_peer_then_resumes) {
         braid_memory_transport_data(m, &len);
         total += len;
         braid_memory_transport_consume(m, len);
-        drain(loop);
+        bt_drain(loop);
     }
     BT_EQ(x.step, 2);                         /* all written; flush waits for the rest */
     braid_memory_transport_data(m, &len);
     BT_GT(len, 0);
     braid_memory_transport_consume(m, len - 1);
-    drain(loop);
+    bt_drain(loop);
     BT_EQ(x.step, 2);                         /* one byte left: not flushed */
     braid_memory_transport_consume(m, 1);
-    drain(loop);
+    bt_drain(loop);
     BT_EQ(x.step, 3);
     BT_OK(x.rc[1]);
     BT_UEQ(braid_memory_transport_state(m).bytes_written, 32 * sizeof big);
@@ -458,15 +455,15 @@ BT_TEST(write_and_close_time_out_on_fake_clock) {
     fx x = { 0 };
     braid_memory_transport *m = mem_stream(loop, &x);
     braid_deferred *d = spawn(loop, write_timeout_fn, &x);
-    drain(loop);
+    bt_drain(loop);
     BT_EQ(x.step, 1);
     braid_loop_advance(loop, BRAID_SECONDS(5));
-    drain(loop);
+    bt_drain(loop);
     BT_EQ(x.step, 2);
     BT_ERR(x.rc[0], BRAID_ETIMEDOUT);
     BT_FALSE(braid_memory_transport_state(m).closed);
     braid_loop_advance(loop, BRAID_SECONDS(5));
-    drain(loop);
+    bt_drain(loop);
     BT_EQ(x.step, 3);
     BT_ERR(x.rc[1], BRAID_ETIMEDOUT);
     BT_TRUE(braid_memory_transport_state(m).aborted);
@@ -548,7 +545,7 @@ BT_TEST(pump_fiber_client_and_server) {
     braid_deferred_unref(dc);
     braid_deferred_unref(ds);
     braid_pump_flush(pump);
-    drain(loop);
+    bt_drain(loop);
     braid_pump_free(pump);
     braid_fstream_free(p.c);
     braid_fstream_free(p.s);
@@ -594,15 +591,6 @@ static braid_result tcp_client(void *arg) {
     return braid_result_ok(NULL);
 }
 
-static braid_listener *listen_local(braid_loop *loop, braid_factory *f, int *port) {
-    braid_listener *l;
-    BT_OK(braid_tcp_listen(loop, &(braid_tcp_listen_options){ .host = "127.0.0.1" }, f, &l));
-    braid_address a;
-    BT_OK(braid_listener_address(l, &a));
-    *port = braid_address_port(&a);
-    return l;
-}
-
 BT_IO_TEST(tcp_factory_and_connect_echo) {
     braid_loop *loop = bt_loop_new(NULL);
     int served = 0;
@@ -610,7 +598,7 @@ BT_IO_TEST(tcp_factory_and_connect_echo) {
     braid_fiber_options fo = { .name = "echo-conn" };
     braid_fstream_factory_init(&ff, loop, echo_handler, &served, &fo);
     net n = { .loop = loop };
-    braid_listener *l = listen_local(loop, &ff.base, &n.port);
+    braid_listener *l = bt_listen_tcp(loop, &ff.base, &n.port);
     braid_deferred *d = braid_fiber_spawn(loop, tcp_client, &n, NULL);
     bt_run_until(loop, &n.done, 10000);
     BT_OK(n.rc);
@@ -621,7 +609,7 @@ BT_IO_TEST(tcp_factory_and_connect_echo) {
     braid_deferred_expect_success(d);
     braid_deferred_unref(d);
     /* the server fiber sees the client's close and ends */
-    for (int i = 0; i < 1000 && braid_fstream_factory_count(&ff); i++) BT_OK(braid_loop_run_once(loop, 0));
+    BT_RUN_UNTIL(loop, !braid_fstream_factory_count(&ff), 1000);
     BT_EQ(braid_fstream_factory_count(&ff), 0);
     braid_listener_close(l);
     for (int i = 0; i < 100 && braid_loop_run_once(loop, BRAID_LOOP_RUN_NOWAIT) > 0; i++) {}
@@ -641,14 +629,7 @@ static braid_result refused_client(void *arg) {
 
 BT_IO_TEST(tcp_connect_refused) {
     braid_loop *loop = bt_loop_new(NULL);
-    /* a port nobody listens on: bind one, read its number, close it */
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
-    struct sockaddr_in a = { .sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
-    socklen_t al = sizeof a;
-    BT_OK(bind(fd, (struct sockaddr *)&a, sizeof a));
-    BT_OK(getsockname(fd, (struct sockaddr *)&a, &al));
-    close(fd);
-    net n = { .loop = loop, .port = ntohs(a.sin_port) };
+    net n = { .loop = loop, .port = bt_free_port() };   /* a port nobody listens on */
     braid_deferred *d = braid_fiber_spawn(loop, refused_client, &n, NULL);
     bt_run_until(loop, &n.done, 10000);
     BT_ERR(n.rc, -ECONNREFUSED);
@@ -690,36 +671,26 @@ static long raw_until_eof(braid_loop *loop, int fd) {
     return -1;
 }
 
-static int raw_connect(int port) {
-    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    int small = 64 * 1024;   /* a small receive window: a non-reading peer fills up early */
-    setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &small, sizeof small);
-    struct sockaddr_in a = { .sin_family = AF_INET, .sin_port = htons((uint16_t)port),
-                             .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
-    BT_OK(connect(fd, (struct sockaddr *)&a, sizeof a));
-    return fd;
-}
-
 BT_IO_TEST(tcp_peer_close_mid_read_and_cancel_all) {
     braid_loop *loop = bt_loop_new(NULL);
     blk b = { 0 };
     braid_fstream_factory ff;
     braid_fstream_factory_init(&ff, loop, blocking_handler, &b, NULL);
     int port;
-    braid_listener *l = listen_local(loop, &ff.base, &port);
+    braid_listener *l = bt_listen_tcp(loop, &ff.base, &port);
     int fds[3];
-    for (int i = 0; i < 3; i++) fds[i] = raw_connect(port);
-    for (int i = 0; i < 1000 && braid_listener_accepted(l) < 3; i++) BT_OK(braid_loop_run_once(loop, 0));
+    for (int i = 0; i < 3; i++) fds[i] = bt_connect_tcp_rcvbuf(port, 0, 64 * 1024);
+    BT_RUN_UNTIL(loop, braid_listener_accepted(l) >= 3, 1000);
     BT_EQ(braid_fstream_factory_count(&ff), 3);
     BT_EQ(write(fds[0], "0123456789", 10), 10);
     close(fds[0]);                            /* closes with 10 of 100 bytes sent */
-    for (int i = 0; i < 1000 && !b.eof; i++) BT_OK(braid_loop_run_once(loop, 0));
+    BT_RUN_UNTIL(loop, b.eof, 1000);
     BT_EQ(b.eof, 1);
-    for (int i = 0; i < 100 && braid_fstream_factory_count(&ff) > 2; i++) BT_OK(braid_loop_run_once(loop, 0));
+    BT_RUN_UNTIL(loop, braid_fstream_factory_count(&ff) <= 2, 100);
     BT_EQ(braid_fstream_factory_count(&ff), 2);
     braid_listener_close(l);
     braid_fstream_factory_cancel_all(&ff);
-    for (int i = 0; i < 1000 && braid_fstream_factory_count(&ff); i++) BT_OK(braid_loop_run_once(loop, 0));
+    BT_RUN_UNTIL(loop, !braid_fstream_factory_count(&ff), 1000);
     BT_EQ(braid_fstream_factory_count(&ff), 0);
     BT_EQ(b.cancelled, 2);
     BT_EQ(b.other, 0);
@@ -758,8 +729,8 @@ BT_IO_TEST(tcp_write_waits_for_slow_reader) {
     braid_fstream_factory ff;
     braid_fstream_factory_init(&ff, loop, bulk_handler, &b, NULL);
     int port;
-    braid_listener *l = listen_local(loop, &ff.base, &port);
-    int fd = raw_connect(port);
+    braid_listener *l = bt_listen_tcp(loop, &ff.base, &port);
+    int fd = bt_connect_tcp_rcvbuf(port, 0, 64 * 1024);
     for (int i = 0; i < 2000; i++) BT_OK(braid_loop_run_once(loop, BRAID_LOOP_RUN_NOWAIT));
     BT_FALSE(b.done);
     BT_GT(b.sent, 0);
@@ -777,10 +748,10 @@ BT_IO_TEST(tcp_write_waits_for_slow_reader) {
         BT_OK(braid_loop_run_once(loop, BRAID_LOOP_RUN_NOWAIT));
     }
     BT_EQ(got, 8u << 20);
-    for (int i = 0; i < 1000 && !b.done; i++) BT_OK(braid_loop_run_once(loop, 0));
+    BT_RUN_UNTIL(loop, b.done, 1000);
     BT_TRUE(b.done);
     BT_OK(b.rc);
-    for (int i = 0; i < 1000 && braid_fstream_factory_count(&ff); i++) BT_OK(braid_loop_run_once(loop, 0));
+    BT_RUN_UNTIL(loop, !braid_fstream_factory_count(&ff), 1000);
     BT_EQ(raw_until_eof(loop, fd), 0);        /* closed after the handler returned */
     close(fd);
     braid_listener_close(l);

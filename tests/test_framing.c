@@ -3,6 +3,7 @@
  * the protocol glue aborts a connection with the framing error. */
 // ctest-labels: stream
 #include "harness.h"
+#include "support/walk.h"
 
 typedef struct frames { char data[4096]; size_t len; int n; int stop_after; } frames;
 static int collect(void *ctx, const void *frame, size_t len) {
@@ -108,23 +109,27 @@ BT_TEST(callback_stops_parsing) {
     braid_framer_close(&f);
 }
 
+typedef struct fwalk { braid_framer f; frames fr; } fwalk;
+static void fwalk_setup(void *arg) {
+    fwalk *w = arg;
+    init(&w->f, U32, 1000, &w->fr);
+}
+static int fwalk_body(void *arg) {
+    fwalk *w = arg;
+    int rc = braid_framer_feed(&w->f, "\0\0\0\5ab", 6);
+    if (rc == 0) rc = braid_framer_feed(&w->f, "cde", 3);
+    return rc;
+}
+static void fwalk_teardown(void *arg, int rc, bool injected) {
+    fwalk *w = arg;
+    braid_framer_close(&w->f);
+    BT_EQ(w->fr.n, injected ? 0 : 1);   /* no frame delivered from a failed feed */
+    (void)rc;
+}
 BT_TEST(framer_alloc_failure_walk) {
-    long base = braid_test_alloc_outstanding();
-    for (long n = 1;; n++) {
-        braid_framer f;
-        frames fr;
-        init(&f, U32, 1000, &fr);
-        braid_test_fail_alloc_after(n, false);
-        int rc = braid_framer_feed(&f, "\0\0\0\5ab", 6);
-        if (rc == 0) rc = braid_framer_feed(&f, "cde", 3);
-        bool failed = braid_test_alloc_failed();
-        braid_test_fail_alloc_after(0, false);
-        braid_framer_close(&f);
-        BT_EQ(braid_test_alloc_outstanding(), base);
-        if (!failed) { BT_OK(rc); BT_EQ(fr.n, 1); break; }
-        BT_ERR(rc, BRAID_ENOMEM);
-        BT_EQ(fr.n, 0);
-    }
+    fwalk w;
+    bt_alloc_walk(&(bt_walk){ .name = "framer", .arg = &w, .setup = fwalk_setup, .body = fwalk_body,
+                              .teardown = fwalk_teardown, .enomem_only = true, .must_fail = true });
 }
 
 /* ---- over a pump: a line server that echoes lines, limit 16 ---------------------------- */

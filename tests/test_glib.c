@@ -8,16 +8,12 @@
  * racing two clocks; every wait is bounded by a guard that fails the case. */
 // ctest-labels: glib threads
 #include "harness.h"
+#include "support/net.h"
 #include <braid/glib.h>
 #include <glib-unix.h>
 #include <pthread.h>
 #include <sys/socket.h>
 #include <unistd.h>
-
-static void pair(int sv[2]) {
-    if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0, sv) < 0)
-        bt_fail(__FILE__, __LINE__, "socketpair: %s", strerror(errno));
-}
 
 /* Which side runs the thread in this case. */
 typedef enum { GLIB_DRIVES, BRAID_DRIVES } driver;
@@ -142,8 +138,8 @@ static void ring_open(world *w, ring *r, int rounds, bool *done) {
     memset(r, 0, sizeof *r);
     r->rounds = rounds;
     r->done = done;
-    pair(r->a);
-    pair(r->b);
+    bt_socketpair(r->a);
+    bt_socketpair(r->b);
     BT_OK(braid_watch_init(w->loop, &r->w, r->a[0], ring_braid, r));
     BT_OK(braid_watch_set_interest(&r->w, BRAID_WATCH_READ));
     r->gsrc = g_unix_fd_add(r->b[0], G_IO_IN, ring_glib, r);
@@ -313,7 +309,7 @@ static void idle_case(driver who) {
     world w;
     world_open(&w, who);
     int sv[2];
-    pair(sv);
+    bt_socketpair(sv);
     braid_watch quiet;               /* an idle fd on each side */
     BT_OK(braid_watch_init(w.loop, &quiet, sv[0], ring_braid, NULL));
     BT_OK(braid_watch_set_interest(&quiet, BRAID_WATCH_READ));
@@ -410,8 +406,8 @@ static void nested_case(driver who, nest_from from) {
     world w;
     world_open(&w, who);
     nested n = { .w = &w, .inner = g_main_loop_new(NULL, FALSE) };
-    pair(n.sv);
-    pair(n.start_sv);
+    bt_socketpair(n.sv);
+    bt_socketpair(n.start_sv);
     braid_timer_init(w.loop, &n.start, nested_from_timer, &n);
     braid_timer_init(w.loop, &n.t2, nested_t2, &n);
     BT_OK(braid_watch_init(w.loop, &n.io, n.sv[0], nested_io, &n));
@@ -459,7 +455,7 @@ static void attach_case(driver who) {
     world_open(&w, who);
     attach a = { .w = &w };
     int sv[2];
-    pair(sv);
+    bt_socketpair(sv);
     braid_watch io;
     BT_OK(braid_watch_init(w.loop, &io, sv[0], attach_on_io, &a));
     BT_OK(braid_watch_set_interest(&io, BRAID_WATCH_READ));
@@ -567,7 +563,7 @@ BT_IO_TEST(braid_drives_glib_fd_sources_added_and_removed) {
     size_t base = braid_loop_watched_fds(w.loop, 0, NULL);
     dyn d = { .w = &w };
     for (int i = 0; i < 3; i++) {
-        pair(d.sv[i]);
+        bt_socketpair(d.sv[i]);
         d.ids[i] = g_unix_fd_add(d.sv[i][0], G_IO_IN, dyn_fd, &d);
     }
     BT_OK(braid_loop_run_once(w.loop, BRAID_LOOP_RUN_NOWAIT));

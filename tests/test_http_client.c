@@ -5,7 +5,10 @@
  * loopback). */
 // ctest-labels: http tls
 #include "harness.h"
-#include "tls_certs.h"
+#include "support/net.h"
+#include "support/run.h"
+#include "support/walk.h"
+#include "support/tls.h"
 #include <braid/http.h>
 #include <braid/stream.h>
 #include <braid/endpoint.h>
@@ -945,21 +948,7 @@ static void srv_open(srv *sv, braid_loop *loop, braid_factory *wrap_inner_for) {
     (void)wrap_inner_for;
 }
 
-static void srv_listen(srv *sv, braid_loop *loop, braid_factory *f) {
-    BT_OK(braid_tcp_listen(loop, &(braid_tcp_listen_options){ .host = "127.0.0.1", .port = 0 }, f, &sv->l));
-    braid_address a;
-    BT_OK(braid_listener_address(sv->l, &a));
-    sv->port = braid_address_port(&a);
-}
-
-static void run_until_fired(braid_loop *loop, res *s) {
-    for (int i = 0; i < 10000 && !s->fired; i++) braid_loop_run_once(loop, 0);
-    BT_EQ(s->fired, 1);
-}
-
-static void drain(braid_loop *loop) {
-    for (int i = 0; i < 5; i++) braid_loop_run_once(loop, BRAID_LOOP_RUN_NOWAIT);
-}
+static void srv_listen(srv *sv, braid_loop *loop, braid_factory *f) { sv->l = bt_listen_tcp(loop, f, &sv->port); }
 
 BT_IO_TEST(loopback_sequential_requests_one_connection) {
     braid_loop *loop = bt_loop_new(NULL);
@@ -973,7 +962,8 @@ BT_IO_TEST(loopback_sequential_requests_one_connection) {
         res s = { 0 };
         snprintf(url, sizeof url, "http://127.0.0.1:%d/n%d", sv.port, i);
         watch(braid_http_client_request(c, &(braid_http_client_req){ .url = url }), &s);
-        run_until_fired(loop, &s);
+        BT_RUN_UNTIL(loop, s.fired, 10000);
+        BT_EQ(s.fired, 1);
         BT_EQ(s.code, 0);
         char want[16];
         snprintf(want, sizeof want, "/n%d", i);
@@ -987,26 +977,29 @@ BT_IO_TEST(loopback_sequential_requests_one_connection) {
     res s = { 0 };
     snprintf(url, sizeof url, "http://127.0.0.1:%d/chunked", sv.port);
     watch(braid_http_client_request(c, &(braid_http_client_req){ .url = url }), &s);
-    run_until_fired(loop, &s);
+    BT_RUN_UNTIL(loop, s.fired, 10000);
+    BT_EQ(s.fired, 1);
     BT_STREQ(s.r->body, "braid");
     res_clear(&s, true);
     snprintf(url, sizeof url, "http://127.0.0.1:%d/echo", sv.port);
     watch(braid_http_client_request(c, &(braid_http_client_req){ .method = "POST", .url = url,
                                                              .body = "payload", .body_len = 7 }), &s);
-    run_until_fired(loop, &s);
+    BT_RUN_UNTIL(loop, s.fired, 10000);
+    BT_EQ(s.fired, 1);
     BT_STREQ(s.r->body, "payload");
     res_clear(&s, true);
     snprintf(url, sizeof url, "http://127.0.0.1:%d/big", sv.port);
     watch(braid_http_client_request(c, &(braid_http_client_req){ .url = url }), &s);
-    run_until_fired(loop, &s);
+    BT_RUN_UNTIL(loop, s.fired, 10000);
+    BT_EQ(s.fired, 1);
     BT_EQ(s.r->body_len, 200000);
     BT_EQ(s.r->body[199999], 'z');
     res_clear(&s, true);
     BT_EQ(sv.conns, 1);
     braid_http_client_free(c);
     braid_listener_close(sv.l);
-    for (int i = 0; i < 100 && sv.lost < sv.conns; i++) braid_loop_run_once(loop, BRAID_LOOP_RUN_NOWAIT);
-    drain(loop);
+    BT_RUN_UNTIL_NOWAIT(loop, sv.lost >= sv.conns, 100);
+    bt_spin(loop, 5);
     bt_loop_destroy(loop);
 }
 
@@ -1024,7 +1017,8 @@ BT_IO_TEST(loopback_streaming_backpressure) {
     s.pause_at_head = true;   /* from the Deferred's callback: nothing more is read */
     watch(braid_http_client_request(c, &(braid_http_client_req){ .url = url, .on_body = on_body, .on_end = on_end,
                                                              .arg = &s }), &s);
-    run_until_fired(loop, &s);
+    BT_RUN_UNTIL(loop, s.fired, 10000);
+    BT_EQ(s.fired, 1);
     /* Paused as soon as the head was in: the body stops arriving. */
     size_t before = s.total;
     for (int i = 0; i < 20; i++) braid_loop_run_once(loop, BRAID_LOOP_RUN_NOWAIT);
@@ -1050,8 +1044,8 @@ BT_IO_TEST(loopback_streaming_backpressure) {
     BT_GT(s.chunks, 2);
     braid_http_client_free(c);
     braid_listener_close(sv.l);
-    for (int i = 0; i < 100 && sv.lost < sv.conns; i++) braid_loop_run_once(loop, BRAID_LOOP_RUN_NOWAIT);
-    drain(loop);
+    BT_RUN_UNTIL_NOWAIT(loop, sv.lost >= sv.conns, 100);
+    bt_spin(loop, 5);
     bt_loop_destroy(loop);
 }
 
@@ -1071,14 +1065,16 @@ BT_IO_TEST(loopback_server_closes_keepalive) {
     for (int i = 0; i < 5; i++) {
         res s = { 0 };
         watch(braid_http_client_request(c, &(braid_http_client_req){ .url = url }), &s);
-        run_until_fired(loop, &s);
+        BT_RUN_UNTIL(loop, s.fired, 10000);
+        BT_EQ(s.fired, 1);
         BT_EQ(s.code, 0);
         BT_STREQ(s.r->body, "/x");
         res_clear(&s, true);
         if (i == 2) {   /* and once, reuse it before the FIN can have been seen */
             res s2 = { 0 };
             watch(braid_http_client_request(c, &(braid_http_client_req){ .url = url }), &s2);
-            run_until_fired(loop, &s2);
+            BT_RUN_UNTIL(loop, s2.fired, 10000);
+            BT_EQ(s2.fired, 1);
             BT_EQ(s2.code, 0);
             res_clear(&s2, true);
         }
@@ -1087,8 +1083,8 @@ BT_IO_TEST(loopback_server_closes_keepalive) {
     BT_EQ(sv.conns, 6);
     braid_http_client_free(c);
     braid_listener_close(sv.l);
-    for (int i = 0; i < 100 && sv.lost < sv.conns; i++) braid_loop_run_once(loop, BRAID_LOOP_RUN_NOWAIT);
-    drain(loop);
+    BT_RUN_UNTIL_NOWAIT(loop, sv.lost >= sv.conns, 100);
+    bt_spin(loop, 5);
     bt_loop_destroy(loop);
 }
 
@@ -1099,48 +1095,23 @@ BT_IO_TEST(loopback_connection_refused) {
     srv_listen(&sv, loop, &sv.f);
     int port = sv.port;
     braid_listener_close(sv.l);
-    drain(loop);
+    bt_spin(loop, 5);
     braid_http_client *c;
     BT_OK(braid_http_client_new(loop, NULL, &c));
     char url[128];
     snprintf(url, sizeof url, "http://127.0.0.1:%d/", port);
     res s = { 0 };
     watch(braid_http_client_request(c, &(braid_http_client_req){ .url = url }), &s);
-    run_until_fired(loop, &s);
+    BT_RUN_UNTIL(loop, s.fired, 10000);
+    BT_EQ(s.fired, 1);
     BT_ERR(s.code, -ECONNREFUSED);
     BT_TRUE(strstr(s.msg, "cannot connect") != NULL);
     braid_http_client_free(c);
-    drain(loop);
+    bt_spin(loop, 5);
     bt_loop_destroy(loop);
 }
 
 /* ---- HTTP over TLS --------------------------------------------------------------------------------------- */
-static btc_world W;
-static bool world_made;
-static btc_world *world(void) {
-    if (!world_made) {
-        btc_world_make(&W, BTC_EC);
-        world_made = true;
-    }
-    return &W;
-}
-
-static braid_tls_ctx *tls_server_ctx(void) {
-    braid_tls_ctx *ctx;
-    char err[256];
-    if (braid_tls_ctx_new(&ctx, BRAID_TLS_SERVER, &(braid_tls_options){ .cert_pem = world()->server.cert_pem,
-                                                                        .key_pem = world()->server.key_pem },
-                          err, sizeof err) < 0)
-        bt_fail(__FILE__, __LINE__, "server ctx: %s", err);
-    return ctx;
-}
-static braid_tls_ctx *tls_client_ctx(const char *ca_pem) {
-    braid_tls_ctx *ctx;
-    char err[256];
-    if (braid_tls_ctx_new(&ctx, BRAID_TLS_CLIENT, &(braid_tls_options){ .ca_pem = ca_pem }, err, sizeof err) < 0)
-        bt_fail(__FILE__, __LINE__, "client ctx: %s", err);
-    return ctx;
-}
 
 /* Memory pump: the client's connection meets a TLS server glue in memory. */
 typedef struct tls_env {
@@ -1175,7 +1146,7 @@ BT_TEST(https_over_memory_pump) {
     tls_env te;
     memset(&te, 0, sizeof te);
     srv_open(&te.sv, loop, NULL);
-    braid_tls_ctx *sctx = tls_server_ctx(), *cctx = tls_client_ctx(world()->ca.cert_pem);
+    braid_tls_ctx *sctx = bt_tls_server_ctx(NULL, NULL), *cctx = bt_tls_client_ctx(NULL);
     BT_OK(braid_tls_factory_init(&te.stf, &te.sv.f, &(braid_tls_wrap_options){ .ctx = sctx }));
     braid_http_client *c;
     BT_OK(braid_http_client_new(loop, &(braid_http_client_options){ .tls_ctx = cctx, .connect = pump_connect,
@@ -1193,9 +1164,9 @@ BT_TEST(https_over_memory_pump) {
     BT_EQ(te.sv.conns, 1);
     braid_http_client_free(c);
     for (int j = 0; j < te.n; j++) braid_pump_flush(te.pumps[j]);
-    drain(loop);
+    bt_spin(loop, 5);
     for (int j = 0; j < te.n; j++) braid_pump_free(te.pumps[j]);
-    drain(loop);
+    bt_spin(loop, 5);
     braid_tls_factory_close(&te.stf);
     braid_tls_ctx_unref(sctx);
     braid_tls_ctx_unref(cctx);
@@ -1214,7 +1185,7 @@ BT_IO_TEST(https_over_loopback) {
     braid_loop *loop = bt_loop_new(NULL);
     srv sv;
     srv_open(&sv, loop, NULL);
-    braid_tls_ctx *sctx = tls_server_ctx(), *cctx = tls_client_ctx(world()->ca.cert_pem);
+    braid_tls_ctx *sctx = bt_tls_server_ctx(NULL, NULL), *cctx = bt_tls_client_ctx(NULL);
     braid_tls_factory stf;
     BT_OK(braid_tls_factory_init(&stf, &sv.f, &(braid_tls_wrap_options){ .ctx = sctx }));
     srv_listen(&sv, loop, &stf.base);
@@ -1226,7 +1197,8 @@ BT_IO_TEST(https_over_loopback) {
         res s = { 0 };
         snprintf(url, sizeof url, "https://localhost:%d/n%d", sv.port, i);
         watch(braid_http_client_request(c, &(braid_http_client_req){ .url = url }), &s);
-        run_until_fired(loop, &s);
+        BT_RUN_UNTIL(loop, s.fired, 10000);
+        BT_EQ(s.fired, 1);
         if (s.code) bt_fail(__FILE__, __LINE__, "https: %s", s.msg);
         char want[16];
         snprintf(want, sizeof want, "/n%d", i);
@@ -1237,17 +1209,19 @@ BT_IO_TEST(https_over_loopback) {
     snprintf(url, sizeof url, "https://localhost:%d/big", sv.port);
     res s = { 0 };
     watch(braid_http_client_request(c, &(braid_http_client_req){ .url = url }), &s);
-    run_until_fired(loop, &s);
+    BT_RUN_UNTIL(loop, s.fired, 10000);
+    BT_EQ(s.fired, 1);
     BT_EQ(s.r->body_len, 200000);
     res_clear(&s, true);
     /* Verification is on: a client that does not trust the test CA refuses. */
     braid_http_client *c2;
-    braid_tls_ctx *other = tls_client_ctx(world()->rogue_ca.cert_pem);
+    braid_tls_ctx *other = bt_tls_client_ctx(&(braid_tls_options){ .ca_pem = bt_tls_world()->rogue_ca.cert_pem });
     BT_OK(braid_http_client_new(loop, &(braid_http_client_options){ .tls_ctx = other, .connect = loopback_connect },
                                 &c2));
     snprintf(url, sizeof url, "https://localhost:%d/", sv.port);
     watch(braid_http_client_request(c2, &(braid_http_client_req){ .url = url }), &s);
-    run_until_fired(loop, &s);
+    BT_RUN_UNTIL(loop, s.fired, 10000);
+    BT_EQ(s.fired, 1);
     BT_ERR(s.code, BRAID_ETLS_UNKNOWN_CA);
     /* the message is TLS's reason first, not a "connection closed" of ours */
     char want[256];
@@ -1258,14 +1232,15 @@ BT_IO_TEST(https_over_loopback) {
     /* ... and the name must match. */
     snprintf(url, sizeof url, "https://wrong.example:%d/", sv.port);
     watch(braid_http_client_request(c, &(braid_http_client_req){ .url = url }), &s);
-    run_until_fired(loop, &s);
+    BT_RUN_UNTIL(loop, s.fired, 10000);
+    BT_EQ(s.fired, 1);
     BT_ERR(s.code, BRAID_ETLS_HOSTNAME);
     res_clear(&s, false);
     braid_http_client_free(c);
     braid_http_client_free(c2);
     braid_listener_close(sv.l);
-    for (int i = 0; i < 200 && sv.lost < sv.conns; i++) braid_loop_run_once(loop, BRAID_LOOP_RUN_NOWAIT);
-    drain(loop);
+    BT_RUN_UNTIL_NOWAIT(loop, sv.lost >= sv.conns, 200);
+    bt_spin(loop, 5);
     braid_tls_factory_close(&stf);
     braid_tls_ctx_unref(sctx);
     braid_tls_ctx_unref(cctx);
@@ -1295,7 +1270,8 @@ static void oom_feed(env *e, const char *s) {
     (void)braid_memory_transport_receive(e->m[e->n - 1], s, strlen(s));
 }
 
-static int oom_scenario(braid_loop *loop) {
+static int oom_scenario(void *arg) {
+    braid_loop *loop = arg;
     env e;
     memset(&e, 0, sizeof e);
     e.loop = loop;
@@ -1339,22 +1315,9 @@ static int oom_scenario(braid_loop *loop) {
 
 BT_TEST(allocation_failures) {
     braid_loop *loop = bt_loop_new(NULL);
-    BT_OK(oom_scenario(loop));
-    long base = braid_test_alloc_outstanding();
-    for (long n = 1;; n++) {
-        braid_test_fail_alloc_after(n, false);
-        int rc = oom_scenario(loop);
-        bool hit = braid_test_alloc_failed();
-        braid_test_fail_alloc_after(0, false);
-        for (int i = 0; i < 3; i++) braid_loop_run_once(loop, BRAID_LOOP_RUN_NOWAIT);
-        BT_EQ(braid_test_alloc_outstanding(), base);
-        if (!hit) {
-            BT_OK(rc);
-            BT_GT(n, 20);   /* the walk went through the whole scenario */
-            break;
-        }
-        BT_LT(n, 2000);
-    }
+    bt_walk_result r = bt_alloc_walk(&(bt_walk){ .name = "client", .arg = loop, .body = oom_scenario,
+                                                 .loop = loop, .warm_up = true, .max_runs = 2000 });
+    BT_GT(r.runs, 20);   /* the walk went through the whole scenario */
     bt_loop_destroy(loop);
 }
 

@@ -3,6 +3,7 @@
  * transport, where the body goes through the write buffer. Static files on
  * real sockets (sendfile) are test_http_server.c's static cases. */
 #include "harness.h"
+#include "support/run.h"
 
 #include <fcntl.h>
 #include <sys/socket.h>
@@ -53,10 +54,6 @@ typedef struct fx {
     braid_memory_transport *m;
 } fx;
 
-static void spin(braid_loop *loop) {
-    for (int i = 0; i < 8; i++) BT_OK(braid_loop_run_once(loop, BRAID_LOOP_RUN_NOWAIT));
-}
-
 static void fx_init(fx *f) {
     make_file();
     f->loop = bt_loop_new(NULL);
@@ -71,20 +68,20 @@ static void fx_init(fx *f) {
 static const char *ask(fx *f, const char *req) {
     static char buf[8192];
     BT_OK(braid_memory_transport_receive(f->m, req, strlen(req)));
-    spin(f->loop);
+    bt_spin(f->loop, 8);
     size_t n;
     const void *d = braid_memory_transport_data(f->m, &n);
     if (n >= sizeof buf) n = sizeof buf - 1;
     memcpy(buf, d, n);
     buf[n] = 0;
     braid_memory_transport_consume(f->m, n);
-    spin(f->loop);
+    bt_spin(f->loop, 8);
     return buf;
 }
 
 static void fx_done(fx *f) {
     braid_memory_transport_free(f->m);
-    spin(f->loop);
+    bt_spin(f->loop, 8);
     BT_OK(braid_http_server_free(f->s));
     bt_loop_destroy(f->loop);
     unlink(path);
@@ -132,7 +129,7 @@ BT_TEST(short_file_aborts) {
     fx_init(&f);
     int fds = open_fds();
     BT_OK(braid_memory_transport_receive(f.m, "GET /f/20/100 HTTP/1.1\r\nHost: x\r\n\r\n", 36));
-    spin(f.loop);
+    bt_spin(f.loop, 8);
     BT_OK(last_rc);
     BT_TRUE(braid_memory_transport_state(f.m).aborted);
     BT_EQ(open_fds(), fds);

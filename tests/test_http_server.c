@@ -2,6 +2,9 @@
  * timeouts), smuggling shapes, static files, and integration cases on real
  * loopback sockets on every backend. */
 #include "harness.h"
+#include "support/net.h"
+#include "support/run.h"
+#include "support/walk.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
@@ -56,13 +59,9 @@ static braid_memory_transport *fx_conn(fx *f) {
     return f->m;
 }
 
-static void spin(braid_loop *loop) {
-    for (int i = 0; i < 4; i++) BT_OK(braid_loop_run_once(loop, BRAID_LOOP_RUN_NOWAIT));
-}
-
 static void feed(fx *f, const char *s) {
     BT_OK(braid_memory_transport_receive(f->m, s, strlen(s)));
-    spin(f->loop);
+    bt_spin(f->loop, 4);
 }
 
 /* Everything written so far, consumed, as a NUL-terminated string (static). */
@@ -74,7 +73,7 @@ static const char *take(fx *f) {
     memcpy(buf, d, n);
     buf[n] = 0;
     braid_memory_transport_consume(f->m, n);
-    spin(f->loop);
+    bt_spin(f->loop, 4);
     return buf;
 }
 
@@ -92,10 +91,10 @@ static void expect_linger_close(fx *f) {
     BT_FALSE(st.closed);
     BT_FALSE(st.reading_paused);
     BT_OK(braid_memory_transport_receive(f->m, "more input", 10));   /* dropped */
-    spin(f->loop);
+    bt_spin(f->loop, 4);
     BT_STREQ(take(f), "");
     braid_memory_transport_peer_eof(f->m);
-    spin(f->loop);
+    bt_spin(f->loop, 4);
     st = braid_memory_transport_state(f->m);
     BT_TRUE(st.closed);
     BT_FALSE(st.aborted);
@@ -109,7 +108,7 @@ static int count(const char *hay, const char *needle) {
 
 static void fx_done(fx *f) {
     if (f->m) braid_memory_transport_free(f->m);
-    spin(f->loop);
+    bt_spin(f->loop, 4);
     BT_OK(braid_http_server_free(f->s));
     bt_loop_destroy(f->loop);
     braid_fake_clock_free(f->clock);
@@ -153,7 +152,7 @@ BT_TEST(pipelined_in_order_and_split) {
     /* byte by byte */
     const char *req = "POST /4?x=1 HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\nhello";
     for (size_t i = 0; req[i]; i++) BT_OK(braid_memory_transport_receive(f.m, req + i, 1));
-    spin(f.loop);
+    bt_spin(f.loop, 4);
     BT_TRUE(strstr(take(&f), "POST /4 q=x=1 m=1 body=hello") != NULL);
     fx_done(&f);
 }
@@ -224,7 +223,7 @@ BT_TEST(pipelined_flood_bounded_by_drain) {
     for (int i = 0; i < N; i++) memcpy(flood + i * (sizeof one - 1), one, sizeof one - 1);
     hits = 0;
     BT_OK(braid_memory_transport_receive(f.m, flood, N * (sizeof one - 1)));
-    spin(f.loop);
+    bt_spin(f.loop, 4);
     /* the peer reads nothing: parsing stopped near the 64 KiB mark */
     BT_LT(hits, N);
     BT_ULE(braid_transport_buffered(braid_memory_transport_base(f.m)), 80 * 1024);
@@ -347,7 +346,7 @@ BT_TEST(slowloris_header_timeout) {
         BT_FALSE(closed(&f));
     }
     BT_OK(braid_loop_advance(f.loop, BRAID_SECONDS(2)));
-    spin(f.loop);
+    bt_spin(f.loop, 4);
     const char *out = take(&f);
     BT_TRUE(!strncmp(out, "HTTP/1.1 408", 12));
     expect_linger_close(&f);
@@ -364,7 +363,7 @@ BT_TEST(body_and_idle_timeouts) {
     BT_OK(braid_loop_advance(f.loop, BRAID_SECONDS(4)));
     BT_FALSE(closed(&f));
     BT_OK(braid_loop_advance(f.loop, BRAID_SECONDS(2)));
-    spin(f.loop);
+    bt_spin(f.loop, 4);
     BT_TRUE(!strncmp(take(&f), "HTTP/1.1 408", 12));
     expect_linger_close(&f);
     braid_memory_transport_free(f.m);
@@ -378,7 +377,7 @@ BT_TEST(body_and_idle_timeouts) {
     BT_OK(braid_loop_advance(f.loop, BRAID_SECONDS(6)));
     BT_FALSE(closed(&f));
     BT_OK(braid_loop_advance(f.loop, BRAID_SECONDS(2)));
-    spin(f.loop);
+    bt_spin(f.loop, 4);
     BT_STREQ(take(&f), "");
     BT_TRUE(braid_memory_transport_state(f.m).closed);
     fx_done(&f);
@@ -425,7 +424,7 @@ BT_TEST(deferred_answer_keeps_order) {
     BT_OK(braid_http_response_add_header(r, "X-Slow", "1"));
     BT_ERR(braid_http_response_add_header(r, "X-Bad", "a\r\nInjected: 1"), BRAID_EINVAL);
     BT_OK(braid_deferred_callback(pending_d, r, braid_http_response_free));
-    spin(f.loop);
+    bt_spin(f.loop, 4);
     const char *o = take(&f);
     const char *a = strstr(o, "HTTP/1.1 201 Created"), *b = strstr(o, "/fast");
     BT_TRUE(a && b && a < b);
@@ -434,7 +433,7 @@ BT_TEST(deferred_answer_keeps_order) {
     /* a failure becomes 500, the connection stays */
     feed(&f, "GET /slow HTTP/1.1\r\nHost: a\r\n\r\n");
     BT_OK(braid_deferred_errback(pending_d, braid_failure_new(BRAID_EINVAL, "db down")));
-    spin(f.loop);
+    bt_spin(f.loop, 4);
     BT_TRUE(!strncmp(take(&f), "HTTP/1.1 500", 12));
     BT_FALSE(closed(&f));
     fx_done(&f);
@@ -467,7 +466,7 @@ BT_TEST(handler_runs_work_on_a_pool) {
     feed(&f, "GET /work HTTP/1.1\r\nHost: a\r\n\r\nGET / HTTP/1.1\r\nHost: a\r\n\r\n");
     BT_STREQ(take(&f), "");                        /* the loop is free; the answer waits for the pool */
     BT_EQ(braid_pool_step(pool), 1);                /* the worker runs the job */
-    spin(f.loop);
+    bt_spin(f.loop, 4);
     const char *o = take(&f);
     const char *a = strstr(o, "computed 42"), *b = strstr(o, "Hello, World!");
     BT_TRUE(a && b && a < b);
@@ -491,7 +490,7 @@ BT_TEST(deferred_cancelled_when_connection_lost) {
     feed(&f, "GET / HTTP/1.1\r\nHost: a\r\n\r\n");
     BT_FALSE(cancelled);
     braid_memory_transport_peer_lost(f.m, BRAID_ECONNRESET);
-    spin(f.loop);
+    bt_spin(f.loop, 4);
     BT_TRUE(cancelled);
     BT_EQ(braid_http_server_connections(f.s), 0);
     fx_done(&f);
@@ -552,7 +551,7 @@ BT_TEST(streamed_chunked_with_backpressure) {
         memcpy(all + have, d, n);
         have += n;
         braid_memory_transport_consume(f.m, n);
-        spin(f.loop);
+        bt_spin(f.loop, 4);
     }
     all[have] = 0;
     BT_TRUE(st.stopped);
@@ -632,7 +631,7 @@ BT_TEST(shutdown_closes_idle) {
     take(&f);
     BT_ERR(braid_http_server_free(f.s), BRAID_EBUSY);
     braid_http_server_shutdown(f.s);
-    spin(f.loop);
+    bt_spin(f.loop, 4);
     BT_TRUE(braid_memory_transport_state(f.m).closed);
     BT_EQ(braid_http_server_connections(f.s), 0);
     fx_done(&f);
@@ -770,14 +769,6 @@ static void io_init_with(io *x, const char *extra_endpoint, const braid_http_ser
 
 static void io_init(io *x, const char *extra_endpoint) { io_init_with(x, extra_endpoint, NULL, false); }
 
-static int io_connect(int port) {
-    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    struct sockaddr_in a = { .sin_family = AF_INET, .sin_port = htons((uint16_t)port),
-                             .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
-    BT_OK(connect(fd, (struct sockaddr *)&a, sizeof a));
-    return fd;
-}
-
 /* Complete answers (Content-Length framed) at the start of buf[0..n). */
 static int complete_answers(const char *buf, size_t n) {
     int k = 0;
@@ -833,7 +824,7 @@ BT_IO_TEST(io_keepalive_pipelined) {
     io x;
     io_init(&x, NULL);
     BT_OK(braid_http_server_route(x.s, "GET", "/", 0, h_hello, NULL));
-    int fd = io_connect(x.port);
+    int fd = bt_connect_tcp(x.port, 0);
     char buf[8192] = { 0 };
     /* the answer's length is fixed: head + 13 */
     size_t n = io_exchange(&x, fd, "GET / HTTP/1.1\r\nHost: a\r\n\r\n", buf, sizeof buf - 1);
@@ -872,7 +863,7 @@ BT_IO_TEST(io_static_sendfile_large) {
     io x;
     io_init(&x, NULL);
     BT_OK(braid_http_server_static(x.s, "/", root));
-    int c = io_connect(x.port);
+    int c = bt_connect_tcp(x.port, 0);
     char *buf = malloc(size + 4096);
     size_t n = io_exchange(&x, c, "GET /big.bin HTTP/1.1\r\nHost: a\r\n\r\n", buf, size + 4096);
     buf[n < size + 4096 ? n : size + 4095] = 0;
@@ -909,7 +900,7 @@ BT_IO_TEST(io_reuseport_two_listeners) {
     braid_listener *l2 = r.value;
     braid_deferred_unref(d);
     for (int i = 0; i < 8; i++) {
-        int fd = io_connect(x.port);
+        int fd = bt_connect_tcp(x.port, 0);
         char buf[1024] = { 0 };
         io_exchange(&x, fd, "GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n", buf, sizeof buf - 1);
         BT_TRUE(strstr(buf, "Hello, World!") != NULL);
@@ -923,7 +914,7 @@ BT_IO_TEST(io_chunked_upload_and_smuggle) {
     io x;
     io_init(&x, NULL);
     BT_OK(braid_http_server_route(x.s, "POST", "/", 0, h_echo, NULL));
-    int fd = io_connect(x.port);
+    int fd = bt_connect_tcp(x.port, 0);
     char buf[4096] = { 0 };
     io_exchange(&x, fd, "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
                 buf, sizeof buf - 1);
@@ -943,19 +934,14 @@ BT_IO_TEST(io_unix_endpoint) {
     BT_OK(braid_http_server_new(loop, NULL, &s));
     BT_OK(braid_http_server_route(s, "GET", "/", 0, h_hello, NULL));
     char path[108], ep[160];
-    snprintf(path, sizeof path, "/tmp/braid-http-%d.sock", (int)getpid());
-    unlink(path);
-    snprintf(ep, sizeof ep, "unix:%s", path);
+    snprintf(ep, sizeof ep, "unix:%s", bt_unix_path(path, sizeof path, "http"));
     braid_deferred *d = braid_http_server_listen(s, ep);
     braid_result r;
     BT_OK(braid_deferred_take(d, &r));
     BT_TRUE(r.failure == NULL);
     braid_listener *l = r.value;
     braid_deferred_unref(d);
-    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    struct sockaddr_un a = { .sun_family = AF_UNIX };
-    snprintf(a.sun_path, sizeof a.sun_path, "%s", path);
-    BT_OK(connect(fd, (struct sockaddr *)&a, sizeof a));
+    int fd = bt_connect_unix(path, 0);
     io x = { .loop = loop, .s = s, .l = l };
     char buf[1024] = { 0 };
     io_exchange(&x, fd, "GET / HTTP/1.1\r\nHost: a\r\n\r\n", buf, sizeof buf - 1);
@@ -1041,7 +1027,7 @@ BT_IO_TEST(io_hangup_while_answer_pending) {
     BT_OK(braid_http_server_route(x.s, "GET", "/stream", 0, h_stream_forever, NULL));
     cancels = 0;
     memset(&ls, 0, sizeof ls);
-    int a = io_connect(x.port), b = io_connect(x.port), c = io_connect(x.port);
+    int a = bt_connect_tcp(x.port, 0), b = bt_connect_tcp(x.port, 0), c = bt_connect_tcp(x.port, 0);
     send_all(a, "GET /pending HTTP/1.1\r\nHost: a\r\n\r\n");
     send_all(b, "GET /pending HTTP/1.1\r\nHost: a\r\n\r\n");
     char buf[4096] = { 0 };
@@ -1088,7 +1074,7 @@ BT_IO_TEST(io_hangup_cancels_queued_pool_work) {
     enum { N = 8 };
     int fds[N];
     for (int i = 0; i < N; i++) {
-        fds[i] = io_connect(x.port);
+        fds[i] = bt_connect_tcp(x.port, 0);
         send_all(fds[i], "GET /work HTTP/1.1\r\nHost: a\r\n\r\n");
     }
     io_wait_requests(&x, N);
@@ -1097,7 +1083,7 @@ BT_IO_TEST(io_hangup_cancels_queued_pool_work) {
     BT_EQ(braid_pool_step(pool), 0);                                 /* nothing left queued */
     BT_EQ(jobs_run, 0);
     /* a later client gets its answer after one job */
-    int fd = io_connect(x.port);
+    int fd = bt_connect_tcp(x.port, 0);
     send_all(fd, "GET /work HTTP/1.1\r\nHost: a\r\n\r\n");
     io_wait_requests(&x, N + 1);
     BT_EQ(braid_pool_step(pool), 1);
@@ -1117,7 +1103,7 @@ BT_IO_TEST(io_half_close_policy) {
     io_init(&x, NULL);
     BT_OK(braid_http_server_route(x.s, "GET", "/pending", 0, h_pending, x.loop));
     cancels = 0;
-    int fd = io_connect(x.port);
+    int fd = bt_connect_tcp(x.port, 0);
     send_all(fd, "GET /pending HTTP/1.1\r\nHost: a\r\n\r\n");
     io_wait_requests(&x, 1);
     BT_OK(shutdown(fd, SHUT_WR));
@@ -1128,7 +1114,7 @@ BT_IO_TEST(io_half_close_policy) {
 
     io_init_with(&x, NULL, &(braid_http_server_options){ .allow_half_close = true }, false);
     BT_OK(braid_http_server_route(x.s, "GET", "/later", 0, h_later, x.loop));
-    fd = io_connect(x.port);
+    fd = bt_connect_tcp(x.port, 0);
     send_all(fd, "GET /later HTTP/1.1\r\nHost: a\r\n\r\n");
     io_wait_requests(&x, 1);
     BT_OK(shutdown(fd, SHUT_WR));
@@ -1189,7 +1175,7 @@ BT_IO_TEST(io_pipelined_burst_read_in_order) {
     size_t cap = (size_t)N * 40, len = 0;
     char *reqs = malloc(cap);
     for (int i = 0; i < N; i++) len += (size_t)snprintf(reqs + len, cap - len, "GET /%d HTTP/1.1\r\nHost: a\r\n\r\n", i);
-    int fd = io_connect(x.port);
+    int fd = bt_connect_tcp(x.port, 0);
     size_t sent = 0, have = 0, incap = 1 << 20;
     char *in = malloc(incap);
     int next = 0;
@@ -1259,12 +1245,7 @@ BT_IO_TEST(io_never_reading_pipeliner_memory_bounded) {
     io x;
     io_init(&x, NULL);
     BT_OK(braid_http_server_route(x.s, "GET", "/", 0, h_hello, NULL));
-    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    int small = 4096;
-    BT_OK(setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &small, sizeof small));
-    struct sockaddr_in sa = { .sin_family = AF_INET, .sin_port = htons((uint16_t)x.port),
-                              .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
-    BT_OK(connect(fd, (struct sockaddr *)&sa, sizeof sa));
+    int fd = bt_connect_tcp_rcvbuf(x.port, 0, 4096);
     char buf[4096] = { 0 };
     io_exchange(&x, fd, "GET / HTTP/1.1\r\nHost: a\r\n\r\n", buf, sizeof buf - 1);   /* lazy allocations done */
     BT_TRUE(strstr(buf, "Hello, World!") != NULL);
@@ -1335,7 +1316,7 @@ BT_IO_TEST(io_never_reading_pipeliner_memory_bounded) {
  * *send_err the error that stopped the sending (0 if all went). */
 static size_t error_exchange(io *x, const char *head, size_t junk, char *out, size_t cap, int *last,
                              int *send_err) {
-    int fd = io_connect(x->port);
+    int fd = bt_connect_tcp(x->port, 0);
     send_all(fd, head);
     static char filler[65536];
     memset(filler, 'j', sizeof filler);
@@ -1408,13 +1389,13 @@ BT_TEST(send_timeout_counts_progress) {
     for (int i = 0; i < 24; i++) {                 /* 2 minutes, 100 bytes every 5 s */
         BT_OK(braid_loop_advance(f.loop, BRAID_SECONDS(5)));
         braid_memory_transport_consume(f.m, 100);
-        spin(f.loop);
+        bt_spin(f.loop, 4);
         BT_FALSE(closed(&f));
     }
     BT_OK(braid_loop_advance(f.loop, BRAID_SECONDS(19)));
     BT_FALSE(closed(&f));                           /* within 2 x the timeout of the last progress */
     BT_OK(braid_loop_advance(f.loop, BRAID_SECONDS(2)));
-    spin(f.loop);
+    bt_spin(f.loop, 4);
     braid_memory_state ms = braid_memory_transport_state(f.m);
     BT_TRUE(ms.closed);
     BT_TRUE(ms.aborted);
@@ -1448,15 +1429,10 @@ BT_IO_TEST(io_send_timeout_aborts_non_reader) {
     io_init_with(&x, NULL, &(braid_http_server_options){ .send_timeout_ns = BRAID_SECONDS(10) }, true);
     BT_OK(braid_http_server_route(x.s, "GET", "/big", 0, h_big, NULL));
     BT_OK(braid_http_server_static(x.s, "/files/", root));
-    int small = 4096;
     int fds[2];
     const char *reqs[2] = { "GET /big HTTP/1.1\r\nHost: a\r\n\r\n", "GET /files/big.bin HTTP/1.1\r\nHost: a\r\n\r\n" };
     for (int i = 0; i < 2; i++) {
-        fds[i] = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-        BT_OK(setsockopt(fds[i], SOL_SOCKET, SO_RCVBUF, &small, sizeof small));
-        struct sockaddr_in sa = { .sin_family = AF_INET, .sin_port = htons((uint16_t)x.port),
-                                  .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
-        BT_OK(connect(fds[i], (struct sockaddr *)&sa, sizeof sa));
+        fds[i] = bt_connect_tcp_rcvbuf(x.port, 0, 4096);
         send_all(fds[i], reqs[i]);
     }
     io_wait_requests(&x, 2);
@@ -1569,7 +1545,8 @@ static braid_deferred *h_stream_small(braid_http_request *req, void *arg) {
  * chunked POST, a Deferred answer, a streamed answer, a 404, then a bad
  * request (400, lingering close) and the client's FIN. 0 when every answer
  * came out right; an error otherwise (never a crash or a leak). */
-static int oom_server_scenario(braid_loop *loop) {
+static int oom_server_scenario(void *arg) {
+    braid_loop *loop = arg;
     braid_http_server *s;
     int rc = braid_http_server_new(loop, NULL, &s);
     if (rc < 0) return rc;
@@ -1629,26 +1606,10 @@ static int oom_server_scenario(braid_loop *loop) {
 
 BT_TEST(allocation_failure_walk_server) {
     braid_loop *loop = bt_loop_new(NULL);
-    BT_OK(oom_server_scenario(loop));
-    long base = braid_test_alloc_outstanding();
-    int injected = 0;
-    for (long n = 1;; n++) {
-        braid_test_fail_alloc_after(n, false);
-        int rc = oom_server_scenario(loop);
-        bool hit = braid_test_alloc_failed();
-        braid_test_fail_alloc_after(0, false);
-        for (int i = 0; i < 3; i++) braid_loop_run_once(loop, BRAID_LOOP_RUN_NOWAIT);
-        BT_EQ(braid_test_alloc_outstanding(), base);
-        if (!hit) {
-            BT_OK(rc);
-            break;
-        }
-        injected++;
-        BT_LT(n, 2000);
-    }
-    BT_GT(injected, 10);                            /* the walk went through the whole path */
-    fprintf(stderr, "walk: %d allocation sites failed in turn\n", injected);
-    BT_EQ(braid_deferred_live(loop), 0);
+    bt_walk_result r = bt_alloc_walk(&(bt_walk){ .name = "server", .arg = loop, .body = oom_server_scenario,
+                                                 .loop = loop, .warm_up = true, .max_runs = 2000 });
+    BT_GT(r.injected, 10);                         /* the walk went through the whole path */
+    fprintf(stderr, "walk: %ld allocation sites failed in turn\n", r.injected);
     bt_loop_destroy(loop);
 }
 
@@ -1698,7 +1659,8 @@ static braid_result cres_fail(braid_result r, void *arg) {
     return braid_result_ok(NULL);
 }
 
-static int oom_client_server_scenario(braid_loop *loop) {
+static int oom_client_server_scenario(void *arg) {
+    braid_loop *loop = arg;
     pump_env e = { 0 };
     int rc = braid_http_server_new(loop, NULL, &e.s);
     if (rc < 0) return rc;
@@ -1749,26 +1711,11 @@ static int oom_client_server_scenario(braid_loop *loop) {
 
 BT_TEST(allocation_failure_walk_client_and_server) {
     braid_loop *loop = bt_loop_new(NULL);
-    BT_OK(oom_client_server_scenario(loop));
-    long base = braid_test_alloc_outstanding();
-    int injected = 0;
-    for (long n = 1;; n++) {
-        braid_test_fail_alloc_after(n, false);
-        int rc = oom_client_server_scenario(loop);
-        bool hit = braid_test_alloc_failed();
-        braid_test_fail_alloc_after(0, false);
-        for (int i = 0; i < 3; i++) braid_loop_run_once(loop, BRAID_LOOP_RUN_NOWAIT);
-        BT_EQ(braid_test_alloc_outstanding(), base);
-        if (!hit) {
-            BT_OK(rc);
-            break;
-        }
-        injected++;
-        BT_LT(n, 2000);
-    }
-    BT_GT(injected, 10);
-    fprintf(stderr, "walk: %d allocation sites failed in turn\n", injected);
-    BT_EQ(braid_deferred_live(loop), 0);
+    bt_walk_result r = bt_alloc_walk(&(bt_walk){ .name = "client and server", .arg = loop,
+                                                 .body = oom_client_server_scenario, .loop = loop,
+                                                 .warm_up = true, .max_runs = 2000 });
+    BT_GT(r.injected, 10);
+    fprintf(stderr, "walk: %ld allocation sites failed in turn\n", r.injected);
     bt_loop_destroy(loop);
 }
 
@@ -1795,24 +1742,24 @@ BT_TEST(shutdown_deadline_escalates) {
         m[i] = fx_conn(&f);
         BT_OK(braid_memory_transport_receive(m[i], reqs[i], strlen(reqs[i])));
     }
-    spin(f.loop);
+    bt_spin(f.loop, 4);
     braid_memory_transport_consume(m[0], SIZE_MAX);   /* 0: idle, its answer read; 1: answer never read */
-    spin(f.loop);
+    bt_spin(f.loop, 4);
     BT_EQ(braid_http_server_connections(f.s), 5);
     braid_http_server_shutdown(f.s);
-    spin(f.loop);
+    bt_spin(f.loop, 4);
     BT_TRUE(braid_memory_transport_state(m[0]).closed);   /* idle: closed at once */
     BT_TRUE(braid_memory_transport_state(m[1]).disconnecting);
     BT_EQ(braid_http_server_connections(f.s), 4);
     /* the answer that completes in time closes the connection after it, cleanly */
     BT_OK(braid_deferred_callback(pending_d, braid_http_response_new(200, "text/plain", "in time", 7),
                                   braid_http_response_free));
-    spin(f.loop);
+    bt_spin(f.loop, 4);
     size_t n;
     const char *o = braid_memory_transport_data(m[4], &n);
     BT_TRUE(n > 0 && memmem(o, n, "Connection: close\r\n", 19) && memmem(o, n, "in time", 7));
     braid_memory_transport_consume(m[4], SIZE_MAX);
-    spin(f.loop);
+    bt_spin(f.loop, 4);
     braid_memory_state st4 = braid_memory_transport_state(m[4]);
     BT_TRUE(st4.closed && !st4.aborted);
     BT_OK(braid_loop_advance(f.loop, BRAID_SECONDS(4)));
@@ -1820,7 +1767,7 @@ BT_TEST(shutdown_deadline_escalates) {
     BT_EQ(cancels, 0);
     BT_EQ(ls.lost, 0);
     BT_OK(braid_loop_advance(f.loop, BRAID_SECONDS(2)));
-    spin(f.loop);
+    bt_spin(f.loop, 4);
     BT_EQ(braid_http_server_connections(f.s), 0);
     for (int i = 1; i < 4; i++) {
         braid_memory_state ms = braid_memory_transport_state(m[i]);
@@ -1868,12 +1815,7 @@ BT_IO_TEST(io_shutdown_deadline_with_non_reader) {
     io_init_with(&x, NULL, &(braid_http_server_options){ .shutdown_timeout_ns = BRAID_SECONDS(3),
                                                           .send_timeout_ns = BRAID_FOREVER }, true);
     BT_OK(braid_http_server_route(x.s, "GET", "/big", 0, h_big_stream, NULL));
-    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    int small = 4096;
-    BT_OK(setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &small, sizeof small));
-    struct sockaddr_in sa = { .sin_family = AF_INET, .sin_port = htons((uint16_t)x.port),
-                              .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
-    BT_OK(connect(fd, (struct sockaddr *)&sa, sizeof sa));
+    int fd = bt_connect_tcp_rcvbuf(x.port, 0, 4096);
     send_all(fd, "GET /big HTTP/1.1\r\nHost: a\r\n\r\n");
     io_wait_requests(&x, 1);
     for (int i = 0; i < 100; i++) {
@@ -1929,11 +1871,11 @@ BT_TEST(pending_answer_after_buffered_burst_compacts) {
     static char more[M * (sizeof one - 1)];
     for (int i = 0; i < M; i++) memcpy(more + i * (sizeof one - 1), one, sizeof one - 1);
     BT_OK(braid_memory_transport_receive(f.m, more, sizeof more));
-    spin(f.loop);
+    bt_spin(f.loop, 4);
     BT_FALSE(closed(&f));
     BT_OK(braid_deferred_callback(pending_d, braid_http_response_new(200, "text/plain", "later", 5),
                                   braid_http_response_free));
-    spin(f.loop);
+    bt_spin(f.loop, 4);
     const char *o = take(&f);
     BT_TRUE(!strncmp(o, "HTTP/1.1 200", 12) && strstr(o, "\r\n\r\nlater") != NULL);
     answers = count(o, "Hello, World!");

@@ -2,15 +2,11 @@
  * order, posted calls from many threads, signals, stop, holds, the leak gate. */
 // ctest-labels: loop threads
 #include "harness.h"
+#include "support/net.h"
 #include <pthread.h>
 #include <signal.h>
 #include <sys/socket.h>
 #include <unistd.h>
-
-static void pair(int sv[2]) {
-    if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0, sv) < 0)
-        bt_fail(__FILE__, __LINE__, "socketpair: %s", strerror(errno));
-}
 
 typedef struct hits { int reads, writes, errors; unsigned last; char buf[64]; } hits;
 
@@ -28,7 +24,7 @@ static void on_io(braid_watch *w, unsigned ev, void *arg) {
 
 BT_IO_TEST(read_and_write_readiness) {
     braid_loop *loop = bt_loop_new(NULL);
-    int sv[2]; pair(sv);
+    int sv[2]; bt_socketpair(sv);
     hits h = { 0 };
     braid_watch w;
     BT_OK(braid_watch_init(loop, &w, sv[0], on_io, &h));
@@ -54,7 +50,7 @@ BT_IO_TEST(read_and_write_readiness) {
 
 BT_IO_TEST(hangup_wakes_reader) {
     braid_loop *loop = bt_loop_new(NULL);
-    int sv[2]; pair(sv);
+    int sv[2]; bt_socketpair(sv);
     hits h = { 0 };
     braid_watch w;
     BT_OK(braid_watch_init(loop, &w, sv[0], on_io, &h));
@@ -93,7 +89,7 @@ static void stale_a(braid_watch *w, unsigned ev, void *arg) {
         c->b = NULL;
         close(old);
         int fds[2];
-        pair(fds);                           /* lowest free fd: old's number comes back */
+        bt_socketpair(fds);                           /* lowest free fd: old's number comes back */
         c->reused_fd = fds[0] == old ? 1 : 0;
         c->sv_b[0] = fds[0];
         close(c->sv_b[1]);
@@ -106,7 +102,7 @@ static void stale_a(braid_watch *w, unsigned ev, void *arg) {
 BT_IO_TEST(stale_event_after_close_and_fd_reuse) {
     braid_loop *loop = bt_loop_new(NULL);
     stale_ctx c = { .loop = loop };
-    pair(c.sv_a); pair(c.sv_b);
+    bt_socketpair(c.sv_a); bt_socketpair(c.sv_b);
     /* Make b's fd number smaller or larger than a's: test both orders. */
     for (int round = 0; round < 2; round++) {
         c.b = malloc(sizeof *c.b);
@@ -147,7 +143,7 @@ static void self_close(braid_watch *w, unsigned ev, void *arg) {
 
 BT_IO_TEST(callback_closes_its_own_watcher) {
     braid_loop *loop = bt_loop_new(NULL);
-    int sv[2]; pair(sv);
+    int sv[2]; bt_socketpair(sv);
     int n = 0;
     braid_watch *w = malloc(sizeof *w);
     BT_OK(braid_watch_init(loop, w, sv[0], self_close, &n));
@@ -169,7 +165,7 @@ BT_IO_TEST(many_watchers_only_ready_ones_fire) {
     braid_watch *w = calloc(N, sizeof *w);
     hits *h = calloc(N, sizeof *h);
     for (int i = 0; i < N; i++) {
-        pair(sv[i]);
+        bt_socketpair(sv[i]);
         BT_OK(braid_watch_init(loop, &w[i], sv[i][0], on_io, &h[i]));
         BT_OK(braid_watch_set_interest(&w[i], BRAID_WATCH_READ));
     }
@@ -194,7 +190,7 @@ static void ord_soon(void *arg) { (void)arg; order[norder++] = 'S'; }
 BT_IO_TEST(one_iteration_runs_phases_in_order) {
     braid_fake_clock *fc = braid_fake_clock_new(0);
     braid_loop *loop = bt_loop_new(braid_fake_clock_base(fc));
-    int sv[2]; pair(sv);
+    int sv[2]; bt_socketpair(sv);
     braid_watch w; braid_timer t;
     BT_OK(braid_watch_init(loop, &w, sv[0], ord_io, NULL));
     BT_OK(braid_watch_set_interest(&w, BRAID_WATCH_READ));
@@ -347,7 +343,7 @@ BT_IO_TEST(leak_gate_names_open_watcher_and_handle) {
     int rc = braid_loop_new(&loop, &o);
     if (rc == BRAID_ENOSYS) bt_skip("backend not available");
     BT_OK(rc);
-    int sv[2]; pair(sv);
+    int sv[2]; bt_socketpair(sv);
     braid_watch w;
     braid_handle h = { 0 };
     BT_OK(braid_watch_init(loop, &w, sv[0], on_io, NULL));
@@ -552,4 +548,29 @@ BT_TEST(strerror_names_codes) {
     BT_TRUE(strstr(braid_strerror(BRAID_ENOMEM), "memory") != NULL);
     BT_STREQ(braid_strerror(-4098), "unknown braid error");
     BT_STREQ(braid_strerror(12345), "unknown error");
+}
+
+/* ---- cancelling a ready call ---------------------------------------------------------- */
+static void soon_count(void *arg) { ++*(int *)arg; }
+
+BT_TEST(soon_cancel_takes_a_node_out_of_the_queue) {
+    braid_loop *loop = bt_loop_new(NULL);
+    int a = 0, b = 0, c = 0;
+    braid_soon na = { .fn = soon_count, .arg = &a }, nb = { .fn = soon_count, .arg = &b },
+               nc = { .fn = soon_count, .arg = &c };
+    braid_loop_soon_node(loop, &na);
+    braid_loop_soon_node(loop, &nb);
+    braid_loop_soon_node(loop, &nc);
+    BT_TRUE(braid_loop_soon_cancel(loop, &nc));    /* the tail */
+    BT_TRUE(braid_loop_soon_cancel(loop, &na));    /* the head */
+    BT_FALSE(braid_loop_soon_cancel(loop, &na));   /* not queued any more */
+    braid_loop_soon_node(loop, &nc);               /* the tail was fixed up */
+    braid_loop_run_once(loop, BRAID_LOOP_RUN_NOWAIT);
+    BT_EQ(a, 0);
+    BT_EQ(b, 1);
+    BT_EQ(c, 1);
+    /* a cancelled node is no ready call left behind for the leak gate */
+    braid_loop_soon_node(loop, &na);
+    BT_TRUE(braid_loop_soon_cancel(loop, &na));
+    bt_loop_destroy(loop);
 }

@@ -7,6 +7,7 @@
  * condition variables and the loop, never through sleeps. */
 // ctest-labels: pool threads
 #include "harness.h"
+#include "support/walk.h"
 #include <braid/pool.h>
 #include "net/net_internal.h"   /* braid__resolver_pool */
 #include <pthread.h>
@@ -890,14 +891,15 @@ static int walk_code(outcome *o, int n) {
     return 0;
 }
 
-static int alloc_scenario(unsigned flags) {
+static int alloc_scenario(void *arg) {
+    unsigned flags = *(unsigned *)arg;
     braid_loop *loop;
     int rc = braid_loop_new(&loop, NULL);
     if (rc < 0) return rc;
     braid_pool_options opt = { .max_threads = 1, .flags = flags, .loop = loop };
     braid_pool *pool;
     if ((rc = braid_pool_new(&pool, &opt)) < 0) {
-        if (braid_loop_free(loop) < 0) abort();
+        bt_loop_destroy(loop);
         return rc;
     }
     outcome o[3] = { { 0 } };
@@ -915,26 +917,17 @@ static int alloc_scenario(unsigned flags) {
     if (flags & BRAID_POOL_MEMORY) while (braid_pool_step(pool) > 0) {}
     if (braid_loop_run(loop) < 0) abort();
     braid_pool_destroy(pool, BRAID_POOL_FINISH);
-    if (braid_loop_free(loop) < 0) abort();
+    bt_loop_destroy(loop);
     if (rc == 0) rc = walk_code(o, n);
     if (rc == 0 && (o[0].value != 2 || o[2].value != 4 || atomic_load(&calls_ran) != 1)) abort();
     return rc;
 }
 
 static void alloc_walk(unsigned flags) {
-    long base = braid_test_alloc_outstanding();
-    int failures = 0;
-    for (long n = 1; n < 1000; n++) {
-        braid_test_fail_alloc_after(n, false);
-        int rc = alloc_scenario(flags);
-        bool injected = braid_test_alloc_failed();
-        braid_test_fail_alloc_after(0, false);
-        BT_EQ(braid_test_alloc_outstanding(), base);
-        if (!injected) { BT_OK(rc); break; }
-        BT_ERR(rc, BRAID_ENOMEM);
-        failures++;
-    }
-    BT_GE(failures, 5);
+    bt_walk_result r = bt_alloc_walk(&(bt_walk){ .name = flags & BRAID_POOL_MEMORY ? "memory pool" : "thread pool",
+                                                 .arg = &flags, .body = alloc_scenario, .enomem_only = true,
+                                                 .must_fail = true, .max_runs = 1000 });
+    BT_GE(r.errors, 5);
 }
 
 BT_TEST(allocation_failure_walk_memory) { alloc_walk(BRAID_POOL_MEMORY); }

@@ -4,7 +4,10 @@
  * the hard cap, fd passing, pipes, connect failures, timeout and cancel. */
 // ctest-labels: stream
 #include "harness.h"
-#include "tls_certs.h"
+#include "support/net.h"
+#include "support/run.h"
+#include "support/tls.h"
+#include "support/walk.h"
 #include <braid/tls.h>
 #include <braid/testing_deferred.h>
 #include <arpa/inet.h>
@@ -310,7 +313,8 @@ BT_TEST(transport_is_a_push_producer) {
 }
 
 /* Allocation-failure walk over the memory scenario: write, produce, close. */
-static int memory_scenario(void) {
+static int memory_scenario(void *arg) {
+    (void)arg;
     braid_loop *loop;
     braid_loop_options o = { .flags = 0 };
     int rc = braid_loop_new(&loop, &o);
@@ -327,20 +331,11 @@ static int memory_scenario(void) {
     braid_memory_transport_free(m);
     braid_loop_run_once(loop, BRAID_LOOP_RUN_NOWAIT);
     if (p.lost != 1) abort();
-    if (braid_loop_free(loop) < 0) abort();
+    bt_loop_destroy(loop);
     return rc < 0 ? rc : rc2;
 }
 BT_TEST(memory_alloc_failure_walk) {
-    long base = braid_test_alloc_outstanding();
-    for (long n = 1;; n++) {
-        braid_test_fail_alloc_after(n, false);
-        int rc = memory_scenario();
-        bool failed = braid_test_alloc_failed();
-        braid_test_fail_alloc_after(0, false);
-        BT_EQ(braid_test_alloc_outstanding(), base);
-        if (!failed) { BT_OK(rc); break; }
-        BT_TRUE(n < 100);
-    }
+    bt_alloc_walk(&(bt_walk){ .name = "memory transport", .body = memory_scenario, .max_runs = 100 });
 }
 
 /* ======================= real sockets, every backend ============================== */
@@ -365,16 +360,6 @@ static void await_connect(braid_loop *loop, braid_deferred *d, got *g) {
     bt_run_until(loop, &g->done, 1000);
 }
 
-static braid_listener *listen_local(braid_loop *loop, braid_factory *f, int *port) {
-    braid_listener *l;
-    BT_OK(braid_tcp_listen(loop, &(braid_tcp_listen_options){ .host = "127.0.0.1" }, f, &l));
-    braid_address a;
-    BT_OK(braid_listener_address(l, &a));
-    *port = braid_address_port(&a);
-    BT_GT(*port, 0);
-    return l;
-}
-
 BT_IO_TEST(tcp_echo_roundtrip) {
     braid_loop *loop = bt_loop_new(NULL);
     tp spool[1], cpool[1];
@@ -383,7 +368,7 @@ BT_IO_TEST(tcp_echo_roundtrip) {
     tf_init(&cf, cpool, 1, &tp_ops);
     spool[0].echo = true;
     int port;
-    braid_listener *l = listen_local(loop, &sf.f, &port);
+    braid_listener *l = bt_listen_tcp(loop, &sf.f, &port);
     got g = { 0 };
     await_connect(loop, braid_tcp_connect(loop, &(braid_tcp_connect_options){
                       .host = "127.0.0.1", .port = port }, &cf.f), &g);
@@ -404,12 +389,12 @@ BT_IO_TEST(tcp_echo_roundtrip) {
     BT_OK(braid_transport_write(t, "one ", 4));
     BT_OK(braid_transport_write(t, "two ", 4));
     BT_OK(braid_transport_write(t, "three", 5));
-    for (int i = 0; i < 1000 && cpool[0].inlen < 13; i++) BT_OK(braid_loop_run_once(loop, 0));
+    BT_RUN_UNTIL(loop, cpool[0].inlen >= 13, 1000);
     BT_EQ(cpool[0].inlen, 13);
     BT_TRUE(memcmp(cpool[0].in, "one two three", 13) == 0);
     BT_EQ(braid_listener_accepted(l), 1);
     braid_transport_close(t, BRAID_FOREVER);
-    for (int i = 0; i < 1000 && !(cpool[0].lost && spool[0].lost); i++) BT_OK(braid_loop_run_once(loop, 0));
+    BT_RUN_UNTIL(loop, cpool[0].lost && spool[0].lost, 1000);
     BT_ERR(cpool[0].lost_code, BRAID_ECONNECTION_DONE);
     BT_ERR(spool[0].lost_code, BRAID_ECONNECTION_DONE);
     braid_listener_close(l);
@@ -426,11 +411,11 @@ BT_IO_TEST(tcp_slow_reader_pauses_producer) {
     tf_init(&sf, spool, 1, &tp_ops);
     tf_init(&cf, cpool, 1, &tp_ops);
     int port;
-    braid_listener *l = listen_local(loop, &sf.f, &port);
+    braid_listener *l = bt_listen_tcp(loop, &sf.f, &port);
     got g = { 0 };
     await_connect(loop, braid_tcp_connect(loop, &(braid_tcp_connect_options){
                       .host = "127.0.0.1", .port = port }, &cf.f), &g);
-    for (int i = 0; i < 100 && !spool[0].made; i++) BT_OK(braid_loop_run_once(loop, 0));
+    BT_RUN_UNTIL(loop, spool[0].made, 100);
     braid_transport *st = spool[0].base.transport, *ct = g.p->transport;
     cpool[0].check_pattern = true;
     braid_transport_pause_reading(ct);
@@ -450,13 +435,13 @@ BT_IO_TEST(tcp_slow_reader_pauses_producer) {
     for (int i = 0; i < 50; i++) BT_OK(braid_loop_run_once(loop, BRAID_LOOP_RUN_NOWAIT));
     BT_UEQ(pu.sent, sent_while_paused);            /* nothing more while paused */
     braid_transport_resume_reading(ct);
-    for (int i = 0; i < 200000 && cpool[0].total_in < total; i++) BT_OK(braid_loop_run_once(loop, 0));
+    BT_RUN_UNTIL(loop, cpool[0].total_in >= total, 200000);
     BT_UEQ(cpool[0].total_in, total);
     BT_EQ(cpool[0].pattern_errors, 0);             /* every byte, in order, across pauses */
     BT_GE(pu.resumes, 1);
     braid_transport_unregister_producer(st);
     braid_transport_close(st, BRAID_FOREVER);
-    for (int i = 0; i < 1000 && !(cpool[0].lost && spool[0].lost); i++) BT_OK(braid_loop_run_once(loop, 0));
+    BT_RUN_UNTIL(loop, cpool[0].lost && spool[0].lost, 1000);
     BT_EQ(pu.stops, 0);
     braid_listener_close(l);
     bt_loop_destroy(loop);
@@ -471,12 +456,12 @@ BT_IO_TEST(tcp_hard_cap_aborts) {
     tf_init(&sf, spool, 1, &tp_ops);
     tf_init(&cf, cpool, 1, &tp_ops);
     int port;
-    braid_listener *l = listen_local(loop, &sf.f, &port);
+    braid_listener *l = bt_listen_tcp(loop, &sf.f, &port);
     got g = { 0 };
     await_connect(loop, braid_tcp_connect(loop, &(braid_tcp_connect_options){
                       .host = "127.0.0.1", .port = port }, &cf.f), &g);
     braid_transport_pause_reading(g.p->transport);
-    for (int i = 0; i < 100 && !spool[0].made; i++) BT_OK(braid_loop_run_once(loop, 0));
+    BT_RUN_UNTIL(loop, spool[0].made, 100);
     braid_transport *st = spool[0].base.transport;
     static char chunk[65536];
     int rc = 0, writes = 0;
@@ -485,10 +470,10 @@ BT_IO_TEST(tcp_hard_cap_aborts) {
         BT_OK(braid_loop_run_once(loop, BRAID_LOOP_RUN_NOWAIT));
     }
     BT_ERR(rc, BRAID_EBUFFER_LIMIT);
-    for (int i = 0; i < 100 && !spool[0].lost; i++) BT_OK(braid_loop_run_once(loop, BRAID_LOOP_RUN_NOWAIT));
+    BT_RUN_UNTIL_NOWAIT(loop, spool[0].lost, 100);
     BT_ERR(spool[0].lost_code, BRAID_EBUFFER_LIMIT);
     braid_transport_abort(g.p->transport);
-    for (int i = 0; i < 100 && !cpool[0].lost; i++) BT_OK(braid_loop_run_once(loop, 0));
+    BT_RUN_UNTIL(loop, cpool[0].lost, 100);
     BT_ERR(cpool[0].lost_code, BRAID_ECONNECTION_LOST);
     braid_listener_close(l);
     bt_loop_destroy(loop);
@@ -505,7 +490,7 @@ BT_IO_TEST(tcp_half_close_both_ways) {
     spool[0].echo = true;
     spool[0].close_on_read_lost = true;
     int port;
-    braid_listener *l = listen_local(loop, &sf.f, &port);
+    braid_listener *l = bt_listen_tcp(loop, &sf.f, &port);
     got g = { 0 };
     await_connect(loop, braid_tcp_connect(loop, &(braid_tcp_connect_options){
                       .host = "127.0.0.1", .port = port }, &cf.f), &g);
@@ -513,7 +498,7 @@ BT_IO_TEST(tcp_half_close_both_ways) {
     BT_OK(braid_transport_write(ct, "request", 7));
     BT_OK(braid_transport_shutdown_write(ct));
     BT_ERR(braid_transport_write(ct, "late", 4), BRAID_ESHUTDOWN);
-    for (int i = 0; i < 1000 && !(cpool[0].lost && spool[0].lost); i++) BT_OK(braid_loop_run_once(loop, 0));
+    BT_RUN_UNTIL(loop, cpool[0].lost && spool[0].lost, 1000);
     BT_EQ(cpool[0].write_lost, 1);
     BT_EQ(spool[0].read_lost, 1);
     BT_EQ(spool[0].write_lost, 1);
@@ -533,21 +518,18 @@ BT_IO_TEST(tcp6_listen_connect) {
     tf_init(&sf, spool, 1, &tp_ops);
     tf_init(&cf, cpool, 1, &tp_ops);
     spool[0].echo = true;
-    braid_listener *l;
-    int rc = braid_tcp_listen(loop, &(braid_tcp_listen_options){ .host = "::1", .ipv6 = true }, &sf.f, &l);
-    if (rc == -EADDRNOTAVAIL || rc == -EAFNOSUPPORT) { bt_loop_destroy(loop); bt_skip("no IPv6 loopback"); }
-    BT_OK(rc);
-    braid_address a;
-    BT_OK(braid_listener_address(l, &a));
+    int port;
+    braid_listener *l = bt_listen_tcp6(loop, &sf.f, &port);
+    if (!l) { bt_loop_destroy(loop); bt_skip("no IPv6 loopback"); }
     got g = { 0 };
     await_connect(loop, braid_tcp_connect(loop, &(braid_tcp_connect_options){
-                      .host = "[::1]", .port = braid_address_port(&a) }, &cf.f), &g);
+                      .host = "[::1]", .port = port }, &cf.f), &g);
     BT_FALSE(g.failed);
     BT_OK(braid_transport_write(g.p->transport, "v6", 2));
-    for (int i = 0; i < 1000 && cpool[0].inlen < 2; i++) BT_OK(braid_loop_run_once(loop, 0));
+    BT_RUN_UNTIL(loop, cpool[0].inlen >= 2, 1000);
     BT_EQ(cpool[0].inlen, 2);
     braid_transport_abort(g.p->transport);
-    for (int i = 0; i < 1000 && !(cpool[0].lost && spool[0].lost); i++) BT_OK(braid_loop_run_once(loop, 0));
+    BT_RUN_UNTIL(loop, cpool[0].lost && spool[0].lost, 1000);
     braid_listener_close(l);
     bt_loop_destroy(loop);
 }
@@ -557,16 +539,9 @@ BT_IO_TEST(connect_refused_fails) {
     tp cpool[1];
     tfactory cf;
     tf_init(&cf, cpool, 1, &tp_ops);
-    /* a port that was just free */
-    int s = socket(AF_INET, SOCK_STREAM, 0);
-    struct sockaddr_in sa = { .sin_family = AF_INET, .sin_addr.s_addr = htonl(0x7f000001) };
-    BT_OK(bind(s, (struct sockaddr *)&sa, sizeof sa));
-    socklen_t sl = sizeof sa;
-    getsockname(s, (struct sockaddr *)&sa, &sl);
-    close(s);
     got g = { 0 };
     await_connect(loop, braid_tcp_connect(loop, &(braid_tcp_connect_options){
-                      .host = "127.0.0.1", .port = ntohs(sa.sin_port) }, &cf.f), &g);
+                      .host = "127.0.0.1", .port = bt_free_port() }, &cf.f), &g);
     BT_TRUE(g.failed);
     BT_ERR(g.code, -ECONNREFUSED);
     BT_EQ(cpool[0].made, 0);
@@ -581,7 +556,7 @@ BT_IO_TEST(connect_cancel_and_timeout) {
     tf_init(&sf, spool, 2, &tp_ops);
     tf_init(&cf, cpool, 2, &tp_ops);
     int port;
-    braid_listener *l = listen_local(loop, &sf.f, &port);
+    braid_listener *l = bt_listen_tcp(loop, &sf.f, &port);
     /* cancel before the connect completed */
     braid_deferred *d = braid_tcp_connect(loop, &(braid_tcp_connect_options){
         .host = "127.0.0.1", .port = port }, &cf.f);
@@ -610,7 +585,7 @@ BT_IO_TEST(connect_cancel_and_timeout) {
     /* server-side connections opened by the kernel handshake end with EOF */
     for (int i = 0; i < 2; i++)
         if (spool[i].made) {
-            for (int k = 0; k < 1000 && !spool[i].lost; k++) BT_OK(braid_loop_run_once(loop, 0));
+            BT_RUN_UNTIL(loop, spool[i].lost, 1000);
         }
     braid_listener_close(l);
     bt_loop_destroy(loop);
@@ -624,7 +599,7 @@ BT_IO_TEST(connect_by_name_resolves_off_thread) {
     tf_init(&sf, spool, 1, &tp_ops);
     tf_init(&cf, cpool, 1, &tp_ops);
     int port;
-    braid_listener *l = listen_local(loop, &sf.f, &port);
+    braid_listener *l = bt_listen_tcp(loop, &sf.f, &port);
     got g = { 0 };
     braid_deferred *d = braid_tcp_connect(loop, &(braid_tcp_connect_options){
         .host = "localhost", .port = port, .family = AF_INET }, &cf.f);
@@ -632,14 +607,9 @@ BT_IO_TEST(connect_by_name_resolves_off_thread) {
     await_connect(loop, d, &g);
     BT_FALSE(g.failed);
     braid_transport_close(g.p->transport, BRAID_FOREVER);
-    for (int i = 0; i < 1000 && !(cpool[0].lost && spool[0].lost); i++) BT_OK(braid_loop_run_once(loop, 0));
+    BT_RUN_UNTIL(loop, cpool[0].lost && spool[0].lost, 1000);
     braid_listener_close(l);
     bt_loop_destroy(loop);
-}
-
-static void unix_path(char *buf, size_t n, const char *tag) {
-    snprintf(buf, n, "/tmp/braid-test-%d-%s.sock", (int)getpid(), tag);
-    unlink(buf);
 }
 
 BT_IO_TEST(unix_listen_connect_and_fd_passing) {
@@ -649,7 +619,7 @@ BT_IO_TEST(unix_listen_connect_and_fd_passing) {
     tf_init(&sf, spool, 1, &tp_ops);
     tf_init(&cf, cpool, 1, &tp_ops);
     char path[128];
-    unix_path(path, sizeof path, "fd");
+    bt_unix_path(path, sizeof path, "fd");
     braid_listener *l;
     BT_OK(braid_unix_listen(loop, &(braid_unix_listen_options){ .path = path, .mode = 0600 }, &sf.f, &l));
     struct stat st;
@@ -667,7 +637,7 @@ BT_IO_TEST(unix_listen_connect_and_fd_passing) {
     BT_OK(braid_transport_send_fds(ct, &pp[1], 1, "F", 1));
     BT_OK(braid_transport_write(ct, "after", 5));
     close(pp[1]);
-    for (int i = 0; i < 1000 && spool[0].inlen < 12; i++) BT_OK(braid_loop_run_once(loop, 0));
+    BT_RUN_UNTIL(loop, spool[0].inlen >= 12, 1000);
     BT_EQ(spool[0].inlen, 12);
     BT_TRUE(memcmp(spool[0].in, "beforeFafter", 12) == 0);
     BT_EQ(spool[0].nfds, 1);
@@ -685,14 +655,14 @@ BT_IO_TEST(unix_listen_connect_and_fd_passing) {
     int nullfd = open("/dev/null", O_RDONLY | O_CLOEXEC);
     BT_OK(braid_transport_send_fds(ct, &nullfd, 1, big, sizeof big));
     close(nullfd);
-    for (int i = 0; i < 1000 && spool[0].total_in < 12 + sizeof big; i++) BT_OK(braid_loop_run_once(loop, 0));
+    BT_RUN_UNTIL(loop, spool[0].total_in >= 12 + sizeof big, 1000);
     BT_UEQ(spool[0].total_in, 12 + sizeof big);
     BT_EQ(spool[0].nfds, 2);
     close(spool[0].fds[1]);
     int zero = 0;
     BT_ERR(braid_transport_send_fds(spool[0].base.transport, &zero, 0, "x", 1), BRAID_EINVAL);
     braid_transport_close(ct, BRAID_FOREVER);
-    for (int i = 0; i < 1000 && !(cpool[0].lost && spool[0].lost); i++) BT_OK(braid_loop_run_once(loop, 0));
+    BT_RUN_UNTIL(loop, cpool[0].lost && spool[0].lost, 1000);
     braid_listener_close(l);
     BT_TRUE(stat(path, &st) < 0);                 /* the socket file went with the listener */
     bt_loop_destroy(loop);
@@ -710,11 +680,11 @@ BT_IO_TEST(pipes_adopted) {
     BT_OK(braid_transport_adopt_pipes(loop, a[0], b[1], &y.base));
     BT_STREQ(braid_transport_kind(x.base.transport), "pipe");
     BT_OK(braid_transport_write(x.base.transport, "through pipes", 13));
-    for (int i = 0; i < 1000 && x.inlen < 13; i++) BT_OK(braid_loop_run_once(loop, 0));
+    BT_RUN_UNTIL(loop, x.inlen >= 13, 1000);
     BT_EQ(x.inlen, 13);
     /* x shuts its write side: y sees EOF, loses its connection (closing b[1]), x sees EOF */
     BT_OK(braid_transport_shutdown_write(x.base.transport));
-    for (int i = 0; i < 1000 && !(x.lost && y.lost); i++) BT_OK(braid_loop_run_once(loop, 0));
+    BT_RUN_UNTIL(loop, x.lost && y.lost, 1000);
     BT_EQ(x.write_lost, 1);
     BT_EQ(x.read_lost, 1);
     BT_ERR(x.lost_code, BRAID_ECONNECTION_DONE);
@@ -731,10 +701,10 @@ BT_IO_TEST(adopt_socketpair) {
     BT_OK(braid_transport_adopt(loop, sv[1], &y.base));
     BT_STREQ(braid_transport_kind(x.base.transport), "unix");
     BT_OK(braid_transport_write(x.base.transport, "pair", 4));
-    for (int i = 0; i < 1000 && x.inlen < 4; i++) BT_OK(braid_loop_run_once(loop, 0));
+    BT_RUN_UNTIL(loop, x.inlen >= 4, 1000);
     BT_EQ(x.inlen, 4);
     braid_transport_abort(x.base.transport);
-    for (int i = 0; i < 1000 && !(x.lost && y.lost); i++) BT_OK(braid_loop_run_once(loop, 0));
+    BT_RUN_UNTIL(loop, x.lost && y.lost, 1000);
     BT_ERR(x.lost_code, BRAID_ECONNECTION_LOST);
     bt_loop_destroy(loop);
 }
@@ -750,16 +720,12 @@ BT_IO_TEST(accept_in_batches_with_budget) {
     braid_listener *l;
     BT_OK(braid_tcp_listen(loop, &(braid_tcp_listen_options){ .host = "127.0.0.1", .accept_budget = 8 },
                            &sf.f, &l));
-    braid_address a;
-    BT_OK(braid_listener_address(l, &a));
+    int port = bt_listener_port(l);
     int cl[N];
-    for (int i = 0; i < N; i++) {
-        cl[i] = socket(AF_INET, SOCK_STREAM, 0);
-        BT_OK(connect(cl[i], (struct sockaddr *)&a.ss, a.len));
-    }
+    for (int i = 0; i < N; i++) cl[i] = bt_connect_tcp(port, 0);
     BT_OK(braid_loop_run_once(loop, 0));
     BT_EQ(braid_listener_accepted(l), 8);
-    for (int i = 0; i < 20 && braid_listener_accepted(l) < N; i++) BT_OK(braid_loop_run_once(loop, 0));
+    BT_RUN_UNTIL(loop, braid_listener_accepted(l) >= N, 20);
     BT_EQ(braid_listener_accepted(l), N);
     for (int i = 0; i < N; i++) close(cl[i]);
     int lost = 0;
@@ -864,7 +830,8 @@ static int walk_exchange(braid_loop *loop, walk_state *st, braid_deferred *d, bo
     return rc;
 }
 
-static int stream_scenario(void) {
+static int stream_scenario(void *arg) {
+    (void)arg;
     braid_loop *loop;
     int rc = braid_loop_new(&loop, &(braid_loop_options){ .flags = BRAID_LOOP_STRICT_BACKEND });
     if (rc < 0) return rc;
@@ -884,7 +851,7 @@ static int stream_scenario(void) {
     }
     if (rc == 0) {
         char path[128];
-        snprintf(path, sizeof path, "/tmp/braid-walk-%d.sock", (int)getpid());
+        bt_unix_path(path, sizeof path, "walk");
         rc = braid_unix_listen(loop, &(braid_unix_listen_options){ .path = path }, &sf, &l);
         if (rc == 0) {
             memset(&st, 0, sizeof st);
@@ -894,25 +861,15 @@ static int stream_scenario(void) {
     }
     /* the leak gate: nothing may stay open whatever failed */
     for (int i = 0; i < 3; i++) braid_loop_run_once(loop, BRAID_LOOP_RUN_NOWAIT);
-    if (braid_loop_free(loop) < 0) abort();
+    bt_loop_destroy(loop);
     return rc;
 }
 
 BT_IO_TEST(stream_alloc_failure_walk) {
     bt_loop_destroy(bt_loop_new(NULL));            /* skips if the backend is missing */
-    long base = braid_test_alloc_outstanding();
-    int failures = 0;
-    for (long n = 1;; n++) {
-        braid_test_fail_alloc_after(n, false);
-        int rc = stream_scenario();
-        bool failed = braid_test_alloc_failed();
-        braid_test_fail_alloc_after(0, false);
-        BT_EQ(braid_test_alloc_outstanding(), base);
-        if (!failed) { BT_OK(rc); break; }
-        if (rc < 0) failures++;
-        BT_TRUE(n < 500);
-    }
-    BT_GT(failures, 10);          /* the walk reached into listen, connect and accept */
+    bt_walk_result r = bt_alloc_walk(&(bt_walk){ .name = "tcp and unix", .body = stream_scenario,
+                                                 .max_runs = 500 });
+    BT_GT(r.errors, 10);          /* the walk reached into listen, connect and accept */
 }
 
 /* ======================= gaps: coalescing, stdio, adoption, bind, resolver, pull =========== */
@@ -964,7 +921,7 @@ BT_IO_TEST(small_writes_in_one_iteration_leave_in_one_syscall) {
     BT_TRUE(memcmp(buf, "q1;q2;q3;", 9) == 0);
     BT_EQ(recv(sv[1], buf, sizeof buf, MSG_DONTWAIT), -1);
     braid_transport_abort(t);
-    for (int i = 0; i < 100 && !x.lost; i++) BT_OK(braid_loop_run_once(loop, BRAID_LOOP_RUN_NOWAIT));
+    BT_RUN_UNTIL_NOWAIT(loop, x.lost, 100);
     BT_EQ(x.lost, 1);
     close(sv[1]);
     bt_loop_destroy(loop);
@@ -1015,7 +972,7 @@ BT_IO_TEST(stdio_child_speaks_through_pipes) {
     BT_OK(braid_transport_write(x.base.transport, "hello, ", 7));
     BT_OK(braid_transport_write(x.base.transport, "stdio", 5));
     BT_OK(braid_transport_shutdown_write(x.base.transport));     /* the child's stdin EOF */
-    for (int i = 0; i < 1000 && !x.lost; i++) BT_OK(braid_loop_run_once(loop, 0));
+    BT_RUN_UNTIL(loop, x.lost, 1000);
     BT_EQ(x.write_lost, 1);
     BT_EQ(x.read_lost, 1);                        /* the child closed its stdout */
     BT_ERR(x.lost_code, BRAID_ECONNECTION_DONE);
@@ -1050,11 +1007,11 @@ BT_IO_TEST(listen_on_adopted_socket) {
                       .host = "127.0.0.1", .port = braid_address_port(&a) }, &cf.f), &g);
     BT_FALSE(g.failed);
     BT_OK(braid_transport_write(g.p->transport, "adopted", 7));
-    for (int i = 0; i < 1000 && cpool[0].inlen < 7; i++) BT_OK(braid_loop_run_once(loop, 0));
+    BT_RUN_UNTIL(loop, cpool[0].inlen >= 7, 1000);
     BT_EQ(cpool[0].inlen, 7);
     BT_STREQ(braid_transport_kind(spool[0].base.transport), "tcp");
     braid_transport_close(g.p->transport, BRAID_FOREVER);
-    for (int i = 0; i < 1000 && !(cpool[0].lost && spool[0].lost); i++) BT_OK(braid_loop_run_once(loop, 0));
+    BT_RUN_UNTIL(loop, cpool[0].lost && spool[0].lost, 1000);
     braid_listener_close(l);
     BT_TRUE(fcntl(s, F_GETFD) < 0);               /* the listener owned (and closed) it */
     bt_loop_destroy(loop);
@@ -1068,15 +1025,8 @@ BT_IO_TEST(connect_with_bind_address) {
     tf_init(&sf, spool, 1, &tp_ops);
     tf_init(&cf, cpool, 1, &tp_ops);
     int port;
-    braid_listener *l = listen_local(loop, &sf.f, &port);
-    /* a source port that was just free */
-    int s = socket(AF_INET, SOCK_STREAM, 0);
-    struct sockaddr_in sa = { .sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
-    BT_OK(bind(s, (struct sockaddr *)&sa, sizeof sa));
-    socklen_t sl = sizeof sa;
-    BT_OK(getsockname(s, (struct sockaddr *)&sa, &sl));
-    close(s);
-    int src = ntohs(sa.sin_port);
+    braid_listener *l = bt_listen_tcp(loop, &sf.f, &port);
+    int src = bt_free_port();   /* a source port that was just free */
     got g = { 0 };
     await_connect(loop, braid_tcp_connect(loop, &(braid_tcp_connect_options){
                       .host = "127.0.0.1", .port = port, .bind_host = "127.0.0.1", .bind_port = src },
@@ -1085,12 +1035,12 @@ BT_IO_TEST(connect_with_bind_address) {
     braid_address host;
     BT_OK(braid_transport_host(g.p->transport, &host));
     BT_EQ(braid_address_port(&host), src);
-    for (int i = 0; i < 1000 && !spool[0].made; i++) BT_OK(braid_loop_run_once(loop, 0));
+    BT_RUN_UNTIL(loop, spool[0].made, 1000);
     braid_address peer;
     BT_OK(braid_transport_peer(spool[0].base.transport, &peer));
     BT_EQ(braid_address_port(&peer), src);        /* the server sees our chosen port */
     braid_transport_close(g.p->transport, BRAID_FOREVER);
-    for (int i = 0; i < 1000 && !(cpool[0].lost && spool[0].lost); i++) BT_OK(braid_loop_run_once(loop, 0));
+    BT_RUN_UNTIL(loop, cpool[0].lost && spool[0].lost, 1000);
     /* not a numeric address */
     braid_deferred *d = braid_tcp_connect(loop, &(braid_tcp_connect_options){
         .host = "127.0.0.1", .port = port, .bind_host = "nowhere" }, &cf.f);
@@ -1112,7 +1062,7 @@ BT_IO_TEST(connect_cancelled_while_resolving) {
     tf_init(&sf, spool, 1, &tp_ops);
     tf_init(&cf, cpool, 1, &tp_ops);
     int port;
-    braid_listener *l = listen_local(loop, &sf.f, &port);
+    braid_listener *l = bt_listen_tcp(loop, &sf.f, &port);
     braid_deferred *d = braid_tcp_connect(loop, &(braid_tcp_connect_options){
         .host = "localhost", .port = port, .family = AF_INET }, &cf.f);
     braid_deferred_expect_no_result(d);
@@ -1158,7 +1108,7 @@ BT_IO_TEST(tcp_pull_producer) {
     tf_init(&sf, spool, 1, &tp_ops);
     tf_init(&cf, cpool, 1, &tp_ops);
     int port;
-    braid_listener *l = listen_local(loop, &sf.f, &port);
+    braid_listener *l = bt_listen_tcp(loop, &sf.f, &port);
     got g = { 0 };
     await_connect(loop, braid_tcp_connect(loop, &(braid_tcp_connect_options){
                       .host = "127.0.0.1", .port = port }, &cf.f), &g);
@@ -1166,7 +1116,7 @@ BT_IO_TEST(tcp_pull_producer) {
     BT_OK(braid_transport_register_producer(pu.t, &pu.prod, false));
     BT_EQ(pu.chunks, 1);                          /* a pull producer produces once at once */
     BT_ERR(braid_transport_register_producer(pu.t, &pu.prod, false), BRAID_EBUSY);
-    for (int i = 0; i < 100000 && !(cpool[0].lost && spool[0].lost); i++) BT_OK(braid_loop_run_once(loop, 0));
+    BT_RUN_UNTIL(loop, cpool[0].lost && spool[0].lost, 100000);
     BT_EQ(pu.chunks, 64);
     BT_UEQ(spool[0].total_in, 64u * 32768);
     BT_ULE(pu.max_buffered, 16384 + 32768);       /* low watermark + one chunk */
@@ -1187,17 +1137,17 @@ BT_IO_TEST(unix_half_close_receiver_keeps_sending) {
     BT_OK(braid_transport_adopt(loop, sv[1], &y.base));
     BT_OK(braid_transport_write(y.base.transport, "bye", 3));
     BT_OK(braid_transport_shutdown_write(y.base.transport));
-    for (int i = 0; i < 1000 && !x.read_lost; i++) BT_OK(braid_loop_run_once(loop, 0));
+    BT_RUN_UNTIL(loop, x.read_lost, 1000);
     BT_EQ(x.read_lost, 1);
     BT_EQ(y.write_lost, 1);
     BT_EQ(x.lost + y.lost, 0);                    /* half open, not closed */
     BT_EQ(x.inlen, 3);
     BT_OK(braid_transport_write(x.base.transport, "still here", 10));
-    for (int i = 0; i < 1000 && y.inlen < 10; i++) BT_OK(braid_loop_run_once(loop, 0));
+    BT_RUN_UNTIL(loop, y.inlen >= 10, 1000);
     BT_EQ(y.inlen, 10);
     BT_TRUE(memcmp(y.in, "still here", 10) == 0);
     BT_OK(braid_transport_shutdown_write(x.base.transport));
-    for (int i = 0; i < 1000 && !(x.lost && y.lost); i++) BT_OK(braid_loop_run_once(loop, 0));
+    BT_RUN_UNTIL(loop, x.lost && y.lost, 1000);
     BT_EQ(y.read_lost, 1);
     BT_EQ(x.write_lost, 1);
     BT_ERR(x.lost_code, BRAID_ECONNECTION_DONE);
@@ -1216,18 +1166,18 @@ BT_IO_TEST(tcp_eof_while_paused_comes_after_the_data) {
     tf_init(&cf, cpool, 1, &tp_ops);
     spool[0].check_pattern = true;
     int port;
-    braid_listener *l = listen_local(loop, &sf.f, &port);
+    braid_listener *l = bt_listen_tcp(loop, &sf.f, &port);
     got g = { 0 };
     await_connect(loop, braid_tcp_connect(loop, &(braid_tcp_connect_options){
                       .host = "127.0.0.1", .port = port }, &cf.f), &g);
-    for (int i = 0; i < 1000 && !spool[0].made; i++) BT_OK(braid_loop_run_once(loop, 0));
+    BT_RUN_UNTIL(loop, spool[0].made, 1000);
     braid_transport *st = spool[0].base.transport;
     braid_transport_pause_reading(st);
     static char data[200000];
     for (size_t i = 0; i < sizeof data; i++) data[i] = (char)(i % 251);
     BT_OK(braid_transport_write(g.p->transport, data, sizeof data));
     braid_transport_close(g.p->transport, BRAID_FOREVER);         /* FIN after the data */
-    for (int i = 0; i < 1000 && !cpool[0].lost; i++) BT_OK(braid_loop_run_once(loop, 0));
+    BT_RUN_UNTIL(loop, cpool[0].lost, 1000);
     for (int i = 0; i < 20; i++) BT_OK(braid_loop_run_once(loop, BRAID_LOOP_RUN_NOWAIT));
     BT_EQ(spool[0].total_in, 0);
     BT_EQ(spool[0].read_lost, 0);
@@ -1242,7 +1192,7 @@ BT_IO_TEST(tcp_eof_while_paused_comes_after_the_data) {
     BT_UEQ(spool[0].total_in, sizeof data);                   /* all of it came before the EOF */
     BT_EQ(spool[0].pattern_errors, 0);
     braid_transport_close(st, BRAID_FOREVER);
-    for (int i = 0; i < 1000 && !spool[0].lost; i++) BT_OK(braid_loop_run_once(loop, 0));
+    BT_RUN_UNTIL(loop, spool[0].lost, 1000);
     BT_ERR(spool[0].lost_code, BRAID_ECONNECTION_DONE);
     braid_listener_close(l);
     bt_loop_destroy(loop);
@@ -1317,12 +1267,12 @@ BT_TEST(memory_close_within_deadline) {
 static void tcp_pair(braid_loop *loop, tfactory *sf, tfactory *cf, braid_listener **l,
                      braid_transport **st, braid_transport **ct) {
     int port;
-    *l = listen_local(loop, &sf->f, &port);
+    *l = bt_listen_tcp(loop, &sf->f, &port);
     got g = { 0 };
     await_connect(loop, braid_tcp_connect(loop, &(braid_tcp_connect_options){
                       .host = "127.0.0.1", .port = port }, &cf->f), &g);
     BT_FALSE(g.failed);
-    for (int i = 0; i < 1000 && !sf->pool[0].made; i++) BT_OK(braid_loop_run_once(loop, 0));
+    BT_RUN_UNTIL(loop, sf->pool[0].made, 1000);
     BT_EQ(sf->pool[0].made, 1);
     *st = sf->pool[0].base.transport;
     *ct = g.p->transport;
@@ -1362,7 +1312,7 @@ BT_IO_TEST(tcp_close_within_non_reading_peer_aborts_at_deadline) {
     BT_TRUE(strstr(spool[0].lost_msg, "close deadline passed") != NULL);
     /* the client, reading again, gets what was in the kernel and then the reset */
     braid_transport_resume_reading(ct);
-    for (int i = 0; i < 100000 && !cpool[0].lost; i++) BT_OK(braid_loop_run_once(loop, 0));
+    BT_RUN_UNTIL(loop, cpool[0].lost, 100000);
     BT_EQ(cpool[0].lost, 1);
     BT_ERR(cpool[0].lost_code, BRAID_ECONNRESET);
     BT_LT(cpool[0].total_in, total);
@@ -1393,7 +1343,7 @@ BT_IO_TEST(tcp_close_within_reading_peer_closes_cleanly) {
     BT_OK(braid_transport_write(st, big, total));
     free(big);
     braid_transport_close(st, BRAID_SECONDS(3));
-    for (int i = 0; i < 100000 && !(spool[0].lost && cpool[0].lost); i++) BT_OK(braid_loop_run_once(loop, 0));
+    BT_RUN_UNTIL(loop, spool[0].lost && cpool[0].lost, 100000);
     BT_ERR(spool[0].lost_code, BRAID_ECONNECTION_DONE);
     BT_ERR(cpool[0].lost_code, BRAID_ECONNECTION_DONE);
     BT_UEQ(cpool[0].total_in, total);
@@ -1407,16 +1357,10 @@ BT_IO_TEST(tcp_close_within_reading_peer_closes_cleanly) {
  * lower transport (close_notify behind records a non-reading peer never
  * takes). Without that the application hears "closed cleanly" while the
  * TCP connection under it lingers — and keeps the loop — forever. */
-static btc_world TW;
 BT_IO_TEST(tls_close_within_bounds_the_lower_transport) {
-    btc_world_make(&TW, BTC_EC);
     braid_fake_clock *fc = braid_fake_clock_new(0);
     braid_loop *loop = bt_loop_new(braid_fake_clock_base(fc));
-    braid_tls_ctx *sctx, *cctx;
-    BT_OK(braid_tls_ctx_new(&sctx, BRAID_TLS_SERVER, &(braid_tls_options){
-        .cert_pem = TW.server.cert_pem, .key_pem = TW.server.key_pem }, NULL, 0));
-    BT_OK(braid_tls_ctx_new(&cctx, BRAID_TLS_CLIENT, &(braid_tls_options){
-        .ca_pem = TW.ca.cert_pem }, NULL, 0));
+    braid_tls_ctx *sctx = bt_tls_server_ctx(NULL, NULL), *cctx = bt_tls_client_ctx(NULL);
     tp spool[1], cpool[1];
     tfactory sf, cf;
     tf_init(&sf, spool, 1, &tp_ops);
@@ -1426,7 +1370,7 @@ BT_IO_TEST(tls_close_within_bounds_the_lower_transport) {
     BT_OK(braid_tls_factory_init(&ctf, &cf.f, &(braid_tls_wrap_options){
         .ctx = cctx, .server_name = "localhost" }));
     int port;
-    braid_listener *l = listen_local(loop, &stf.base, &port);
+    braid_listener *l = bt_listen_tcp(loop, &stf.base, &port);
     got g = { 0 };
     await_connect(loop, braid_tls_connect(loop, &(braid_tcp_connect_options){
                       .host = "127.0.0.1", .port = port }, &ctf), &g);
@@ -1434,7 +1378,7 @@ BT_IO_TEST(tls_close_within_bounds_the_lower_transport) {
     braid_listener_close(l);
     /* the handshake completes when the client has something to say */
     BT_OK(braid_transport_write(g.p->transport, "hi", 2));
-    for (int i = 0; i < 10000 && spool[0].total_in < 2; i++) BT_OK(braid_loop_run_once(loop, 0));
+    BT_RUN_UNTIL(loop, spool[0].total_in >= 2, 10000);
     BT_EQ(spool[0].total_in, 2);
     braid_transport *st = spool[0].base.transport;
     braid_transport_pause_reading(g.p->transport);
@@ -1463,7 +1407,7 @@ BT_IO_TEST(tls_close_within_bounds_the_lower_transport) {
     /* the lower transport was reset at the deadline: the client, reading
      * again, meets the reset before any close_notify */
     braid_transport_resume_reading(g.p->transport);
-    for (int i = 0; i < 100000 && !cpool[0].lost; i++) BT_OK(braid_loop_run_once(loop, 0));
+    BT_RUN_UNTIL(loop, cpool[0].lost, 100000);
     BT_EQ(cpool[0].lost, 1);
     BT_ERR(cpool[0].lost_code, BRAID_ECONNRESET);
     BT_EQ(braid_loop_run(loop), 0);
@@ -1473,7 +1417,6 @@ BT_IO_TEST(tls_close_within_bounds_the_lower_transport) {
     braid_tls_ctx_unref(cctx);
     bt_loop_destroy(loop);
     braid_fake_clock_free(fc);
-    btc_world_free(&TW);
 }
 
 /* ======================= fiber streams: the endpoint parser's reason ================= */
@@ -1567,16 +1510,6 @@ static void bc_add(bcast *b, braid_transport *t, size_t cap) {
     }
 }
 
-/* A raw non-blocking socket connected to port (the source's peer). */
-static int raw_connect(int port) {
-    int s = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    struct sockaddr_in a = { .sin_family = AF_INET, .sin_port = htons((uint16_t)port),
-                             .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
-    BT_EQ(connect(s, (struct sockaddr *)&a, sizeof a), 0);
-    BT_OK(fcntl(s, F_SETFL, fcntl(s, F_GETFL) | O_NONBLOCK));
-    return s;
-}
-
 /* Set up: a listener whose first connection is the source (bcast protocol)
  * and the next `nr` the recipients' server sides; the readers are braid
  * clients (cpool). */
@@ -1603,9 +1536,9 @@ static void bc_open(braid_loop *loop, bc_world *w, braid_factory *sf, tfactory *
     memset(sf, 0, sizeof *sf);
     sf->build_protocol = bc_build;
     sf->user = w;
-    w->l = listen_local(loop, sf, &w->port);
-    w->src = raw_connect(w->port);
-    for (int i = 0; i < 1000 && w->accepted < 1; i++) BT_OK(braid_loop_run_once(loop, 0));
+    w->l = bt_listen_tcp(loop, sf, &w->port);
+    w->src = bt_connect_tcp(w->port, BT_CONNECT_NONBLOCK);
+    BT_RUN_UNTIL(loop, w->accepted >= 1, 1000);
     tf_init(cf, w->cpool, nr, &tp_ops);
     for (int i = 0; i < nr; i++) {
         w->cpool[i].check_pattern = true;
@@ -1614,7 +1547,7 @@ static void bc_open(braid_loop *loop, bc_world *w, braid_factory *sf, tfactory *
                           .host = "127.0.0.1", .port = w->port }, &cf->f), &g);
         BT_FALSE(g.failed);
     }
-    for (int i = 0; i < 1000 && w->accepted < 1 + nr; i++) BT_OK(braid_loop_run_once(loop, 0));
+    BT_RUN_UNTIL(loop, w->accepted >= 1 + nr, 1000);
     BT_EQ(w->accepted, 1 + nr);
     for (int i = 0; i < nr; i++) bc_add(&w->b, w->rpool[i].base.transport, cap);
 }
@@ -1680,7 +1613,7 @@ BT_IO_TEST(broadcast_slow_consumer_recipe) {
     w.cpool[1].check_pattern = false;              /* it will miss what was dropped */
     const size_t total = 8u << 20;
     bc_feed(loop, &w, total);
-    for (int i = 0; i < 200000 && w.cpool[0].total_in < total; i++) BT_OK(braid_loop_run_once(loop, BRAID_LOOP_RUN_NOWAIT));
+    BT_RUN_UNTIL_NOWAIT(loop, w.cpool[0].total_in >= total, 200000);
     BT_UEQ(w.cpool[0].total_in, total);
     BT_EQ(w.cpool[0].pattern_errors, 0);
     BT_EQ(w.rpool[1].lost, 0);                     /* under its cap */
@@ -1691,7 +1624,7 @@ BT_IO_TEST(broadcast_slow_consumer_recipe) {
     BT_EQ(w.b.r[0].dropped, 0);
     /* it reads again: the buffer drains, the low-watermark callback clears it */
     braid_transport_resume_reading(slow_reader);
-    for (int i = 0; i < 100000 && w.b.r[1].slow; i++) BT_OK(braid_loop_run_once(loop, BRAID_LOOP_RUN_NOWAIT));
+    BT_RUN_UNTIL_NOWAIT(loop, !w.b.r[1].slow, 100000);
     BT_FALSE(w.b.r[1].slow);
     BT_GE(w.b.r[1].crossings_low, 1);
     for (int i = 0; i < 100000 && w.cpool[1].total_in + w.b.r[1].dropped < total; i++)
@@ -1702,5 +1635,106 @@ BT_IO_TEST(broadcast_slow_consumer_recipe) {
     for (int i = 0; i < 100000 && !(w.cpool[0].lost && w.cpool[1].lost && w.b.base.transport == NULL); i++)
         BT_OK(braid_loop_run_once(loop, 0));
     braid_listener_close(w.l);
+    bt_loop_destroy(loop);
+}
+
+/* ---- a descriptor number reused in the iteration that closed it ---------------------------- */
+/* A connected TCP pair on loopback, made without braid. */
+static void raw_tcp_pair(int sv[2]) {
+    int l = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    struct sockaddr_in a = { .sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
+    socklen_t al = sizeof a;
+    BT_GE(l, 0);
+    BT_EQ(bind(l, (struct sockaddr *)&a, sizeof a), 0);
+    BT_EQ(listen(l, 1), 0);
+    BT_EQ(getsockname(l, (struct sockaddr *)&a, &al), 0);
+    sv[0] = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    BT_EQ(connect(sv[0], (struct sockaddr *)&a, sizeof a), 0);
+    sv[1] = accept4(l, NULL, NULL, SOCK_CLOEXEC);
+    BT_GE(sv[1], 0);
+    close(l);
+}
+
+/* The lowest free descriptor number from `from` up names b's socket: what a
+ * connection accepted right after a close gets (accept takes the lowest
+ * free number; here from `from` up, whatever holes the process has below). */
+static int take_number(int b, int from) {
+    int fd = fcntl(b, F_DUPFD_CLOEXEC, from);
+    BT_GE(fd, 0);
+    close(b);
+    return fd;
+}
+
+/* A connection closed with a send still waiting to go (on io_uring: a send
+ * SQE queued for the next wait), and a new connection taking its descriptor
+ * number in the same iteration: none of the old connection's bytes may reach
+ * the new one. (On io_uring the queued send named the descriptor by number:
+ * submitted after the close, it wrote the old client's data to the new one.) */
+BT_IO_TEST(tcp_unsent_data_never_reaches_a_reused_descriptor) {
+    braid_loop *loop = bt_loop_new(NULL);
+    int a[2], b[2];
+    raw_tcp_pair(a);
+    raw_tcp_pair(b);
+    tp x = { .base.ops = &tp_ops };
+    BT_OK(braid_transport_adopt(loop, a[1], &x.base));
+    for (int i = 0; i < 5; i++) BT_OK(braid_loop_run_once(loop, BRAID_LOOP_RUN_NOWAIT));
+    BT_EQ(x.made, 1);
+    braid_transport *t = x.base.transport;
+    const size_t total = 8u << 20;          /* far more than loopback's socket buffers */
+    char *big = malloc(total);
+    BT_TRUE(big);
+    memset(big, 'A', total);
+    BT_OK(braid_transport_set_limits(t, 0, 0, 2 * total));
+    BT_OK(braid_transport_write(t, big, total));
+    free(big);
+    BT_GT(braid_transport_buffered(t), 0);  /* the kernel did not take it all: a send waits */
+    braid_transport_abort(t);
+    int reused = take_number(b[1], a[1]);
+    for (int i = 0; i < 50; i++) BT_OK(braid_loop_run_once(loop, BRAID_LOOP_RUN_NOWAIT));
+    BT_EQ(x.lost, 1);
+    char buf[4096];
+    ssize_t n = recv(b[0], buf, sizeof buf, MSG_DONTWAIT);
+    if (n > 0)
+        bt_fail(__FILE__, __LINE__, "the new connection (fd %d, was %d) received %zd bytes of the old one's ('%c'...)",
+                reused, a[1], n, buf[0]);
+    BT_EQ(n, -1);
+    BT_TRUE(errno == EAGAIN || errno == EWOULDBLOCK);
+    /* the new connection works both ways, untouched */
+    BT_EQ(write(reused, "new", 3), 3);
+    BT_EQ(recv(b[0], buf, sizeof buf, 0), 3);
+    BT_EQ(memcmp(buf, "new", 3), 0);
+    close(reused);
+    close(b[0]);
+    close(a[0]);
+    BT_EQ(braid_loop_run(loop), 0);
+    bt_loop_destroy(loop);
+}
+
+/* The same for a receive: a transport closed before its first receive was
+ * submitted (on io_uring: a recv SQE queued for the next wait), and a new
+ * connection on its number that already has data: the data stays for the
+ * new connection's owner, none of it read away by the closed transport. */
+BT_IO_TEST(tcp_closed_before_reading_never_reads_a_reused_descriptor) {
+    braid_loop *loop = bt_loop_new(NULL);
+    int a[2], b[2];
+    raw_tcp_pair(a);
+    raw_tcp_pair(b);
+    BT_EQ(write(b[0], "GET / HTTP/1.1\r\n\r\n", 18), 18);
+    tp x = { .base.ops = &tp_ops };
+    BT_OK(braid_transport_adopt(loop, a[1], &x.base));
+    braid_transport_abort(x.base.transport);
+    int reused = take_number(b[1], a[1]);
+    for (int i = 0; i < 50; i++) BT_OK(braid_loop_run_once(loop, BRAID_LOOP_RUN_NOWAIT));
+    BT_EQ(x.total_in, 0);
+    char buf[64];
+    ssize_t n = recv(reused, buf, sizeof buf, MSG_DONTWAIT);
+    if (n != 18)
+        bt_fail(__FILE__, __LINE__, "the new connection (fd %d, was %d) kept %zd of its 18 bytes",
+                reused, a[1], n);
+    BT_EQ(memcmp(buf, "GET / HTTP/1.1\r\n\r\n", 18), 0);
+    close(reused);
+    close(b[0]);
+    close(a[0]);
+    BT_EQ(braid_loop_run(loop), 0);
     bt_loop_destroy(loop);
 }

@@ -5,7 +5,10 @@
  * only; allocation-failure walk. */
 // ctest-labels: tls
 #include "harness.h"
-#include "tls_certs.h"
+#include "support/net.h"
+#include "support/run.h"
+#include "support/tls.h"
+#include "support/walk.h"
 #include <braid/stream.h>
 #include <braid/tls.h>
 #include <openssl/ssl.h>
@@ -14,32 +17,6 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
-static btc_world W;
-static bool world_made;
-static btc_world *world(void) {
-    if (!world_made) {
-        btc_world_make(&W, BTC_EC);
-        world_made = true;
-    }
-    return &W;
-}
-
-static braid_tls_ctx *server_ctx(const btc_cert *cert, const char *alpn) {
-    braid_tls_options o = { .cert_pem = cert->cert_pem, .key_pem = cert->key_pem, .alpn = alpn };
-    braid_tls_ctx *c;
-    char err[256];
-    if (braid_tls_ctx_new(&c, BRAID_TLS_SERVER, &o, err, sizeof err) < 0)
-        bt_fail(__FILE__, __LINE__, "server ctx: %s", err);
-    return c;
-}
-static braid_tls_ctx *client_ctx(const char *alpn) {
-    braid_tls_options o = { .ca_pem = world()->ca.cert_pem, .alpn = alpn };
-    braid_tls_ctx *c;
-    char err[256];
-    if (braid_tls_ctx_new(&c, BRAID_TLS_CLIENT, &o, err, sizeof err) < 0)
-        bt_fail(__FILE__, __LINE__, "client ctx: %s", err);
-    return c;
-}
 
 /* ---- a recording application protocol (test-owned) ----------------------------- */
 typedef struct app {
@@ -119,8 +96,8 @@ static void pair_open(pair *pr, braid_loop *loop, const char *host, const char *
                       const btc_cert *cert) {
     memset(pr, 0, sizeof *pr);
     pr->loop = loop;
-    pr->sctx = server_ctx(cert ? cert : &world()->server, salpn);
-    pr->cctx = client_ctx(calpn);
+    pr->sctx = bt_tls_server_ctx(cert, &(braid_tls_options){ .alpn = salpn });
+    pr->cctx = bt_tls_client_ctx(&(braid_tls_options){ .alpn = calpn });
     af_init(&pr->sf, pr->s, 2);
     af_init(&pr->cf, pr->c, 2);
     BT_OK(braid_tls_factory_init(&pr->stf, &pr->sf.f, &(braid_tls_wrap_options){
@@ -334,7 +311,7 @@ BT_TEST(pause_reading_through_tls) {
 /* A plain protocol that writes garbage at a TLS server. */
 BT_TEST(garbage_fails_one_connection) {
     braid_loop *loop = bt_loop_new(NULL);
-    braid_tls_ctx *sctx = server_ctx(&world()->server, NULL);
+    braid_tls_ctx *sctx = bt_tls_server_ctx(NULL, NULL);
     afactory sf;
     app s[2];
     af_init(&sf, s, 2);
@@ -350,7 +327,7 @@ BT_TEST(garbage_fails_one_connection) {
     braid_pump_free(pump);
     braid_loop_run_once(loop, BRAID_LOOP_RUN_NOWAIT);
     /* The same factory serves the next client. */
-    braid_tls_ctx *cctx = client_ctx(NULL);
+    braid_tls_ctx *cctx = bt_tls_client_ctx(NULL);
     afactory cf;
     app c[1];
     af_init(&cf, c, 1);
@@ -374,7 +351,7 @@ BT_TEST(garbage_fails_one_connection) {
 BT_TEST(handshake_timeout_on_fake_clock) {
     braid_fake_clock *fc = braid_fake_clock_new(BRAID_SECONDS(100));
     braid_loop *loop = bt_loop_new(braid_fake_clock_base(fc));
-    braid_tls_ctx *cctx = client_ctx(NULL);
+    braid_tls_ctx *cctx = bt_tls_client_ctx(NULL);
     afactory cf;
     app c[1];
     af_init(&cf, c, 1);
@@ -425,7 +402,7 @@ static const braid_protocol_ops st_ops = { .connection_made = app_made, .data_re
 
 BT_TEST(starttls_over_pump) {
     braid_loop *loop = bt_loop_new(NULL);
-    braid_tls_ctx *sctx = server_ctx(&world()->server, NULL), *cctx = client_ctx(NULL);
+    braid_tls_ctx *sctx = bt_tls_server_ctx(NULL, NULL), *cctx = bt_tls_client_ctx(NULL);
     app c = { .base.ops = &st_ops, .starttls_ctx = cctx, .starttls_client = true };
     app s = { .base.ops = &st_ops, .starttls_ctx = sctx, .echo = true };
     braid_pump *pump = braid_pump_new(loop, &c.base, &s.base);
@@ -466,15 +443,10 @@ static braid_result got_err(braid_result r, void *arg) {
     return braid_result_ok(NULL);
 }
 
-static void run_until(braid_loop *loop, int *a, int *b) {
-    for (int i = 0; i < 3000 && !(*a && *b); i++) BT_OK(braid_loop_run_once(loop, 0));
-    BT_TRUE(*a && *b);
-}
-
 BT_IO_TEST(tcp_tls_echo_resume_and_bad_client) {
     signal(SIGPIPE, SIG_IGN);
     braid_loop *loop = bt_loop_new(NULL);
-    braid_tls_ctx *sctx = server_ctx(&world()->server, "h2"), *cctx = client_ctx("h2");
+    braid_tls_ctx *sctx = bt_tls_server_ctx(NULL, &(braid_tls_options){ .alpn = "h2" }), *cctx = bt_tls_client_ctx(&(braid_tls_options){ .alpn = "h2" });
     afactory sf, cf;
     app s[3], c[2];
     af_init(&sf, s, 3);
@@ -484,11 +456,8 @@ BT_IO_TEST(tcp_tls_echo_resume_and_bad_client) {
     BT_OK(braid_tls_factory_init(&stf, &sf.f, &(braid_tls_wrap_options){ .ctx = sctx, .handshake_done = on_hs }));
     BT_OK(braid_tls_factory_init(&ctf, &cf.f, &(braid_tls_wrap_options){
         .ctx = cctx, .server_name = "localhost", .handshake_done = on_hs }));
-    braid_listener *l;
-    BT_OK(braid_tcp_listen(loop, &(braid_tcp_listen_options){ .host = "127.0.0.1" }, &stf.base, &l));
-    braid_address a;
-    BT_OK(braid_listener_address(l, &a));
-    int port = braid_address_port(&a);
+    int port;
+    braid_listener *l = bt_listen_tcp(loop, &stf.base, &port);
 
     /* 1: a full handshake, echo, close_notify */
     got g = { 0 };
@@ -499,7 +468,7 @@ BT_IO_TEST(tcp_tls_echo_resume_and_bad_client) {
     BT_FALSE(g.failed);
     BT_TRUE(g.p == &c[0].base);
     BT_OK(braid_transport_write(g.p->transport, "over tcp", 8));
-    for (int i = 0; i < 2000 && c[0].inlen < 8; i++) BT_OK(braid_loop_run_once(loop, 0));
+    BT_RUN_UNTIL(loop, c[0].inlen >= 8, 2000);
     BT_EQ(c[0].inlen, 8);
     BT_EQ(c[0].handshakes, 1);
     BT_STREQ(c[0].alpn, "h2");
@@ -509,7 +478,7 @@ BT_IO_TEST(tcp_tls_echo_resume_and_bad_client) {
     BT_EQ(braid_address_port(&peer), port);
     BT_OK(braid_transport_set_nodelay(g.p->transport, true));
     braid_transport_close(g.p->transport, BRAID_FOREVER);
-    run_until(loop, &c[0].lost, &s[0].lost);
+    BT_RUN_UNTIL(loop, c[0].lost && s[0].lost, 3000);
     BT_ERR(c[0].lost_code, BRAID_ECONNECTION_DONE);
     BT_ERR(s[0].lost_code, BRAID_ECONNECTION_DONE);
 
@@ -525,7 +494,7 @@ BT_IO_TEST(tcp_tls_echo_resume_and_bad_client) {
     braid_deferred_unref(d);
     bt_run_until(loop, &gj.done, 1000);
     BT_OK(braid_transport_write(gj.p->transport, "\x16\x03\x01\x00\x05hello-garbage", 18));
-    run_until(loop, &junk[0].lost, &s[1].lost);
+    BT_RUN_UNTIL(loop, junk[0].lost && s[1].lost, 3000);
     BT_ERR(s[1].lost_code, BRAID_ETLS);
 
     /* 3: the server still serves; the session is resumed */
@@ -535,12 +504,12 @@ BT_IO_TEST(tcp_tls_echo_resume_and_bad_client) {
     braid_deferred_unref(d);
     bt_run_until(loop, &g2.done, 1000);
     BT_OK(braid_transport_write(g2.p->transport, "again", 5));
-    for (int i = 0; i < 2000 && c[1].inlen < 5; i++) BT_OK(braid_loop_run_once(loop, 0));
+    BT_RUN_UNTIL(loop, c[1].inlen >= 5, 2000);
     BT_EQ(c[1].inlen, 5);
     BT_TRUE(c[1].reused);
     BT_TRUE(s[2].reused);
     braid_transport_close(g2.p->transport, BRAID_FOREVER);
-    run_until(loop, &c[1].lost, &s[2].lost);
+    BT_RUN_UNTIL(loop, c[1].lost && s[2].lost, 3000);
 
     braid_listener_close(l);
     for (int i = 0; i < 5; i++) braid_loop_run_once(loop, BRAID_LOOP_RUN_NOWAIT);
@@ -555,7 +524,7 @@ BT_IO_TEST(tcp_tls_echo_resume_and_bad_client) {
 static void tls_over_fds(bool pipes) {
     signal(SIGPIPE, SIG_IGN);
     braid_loop *loop = bt_loop_new(NULL);
-    braid_tls_ctx *sctx = server_ctx(&world()->server, NULL), *cctx = client_ctx(NULL);
+    braid_tls_ctx *sctx = bt_tls_server_ctx(NULL, NULL), *cctx = bt_tls_client_ctx(NULL);
     afactory sf, cf;
     app s[1], c[1];
     af_init(&sf, s, 1);
@@ -582,11 +551,11 @@ static void tls_over_fds(bool pipes) {
     static char big[100000];
     for (size_t i = 0; i < sizeof big; i++) big[i] = (char)(i * 13);
     BT_OK(braid_transport_write(c[0].base.transport, big, sizeof big));
-    for (int i = 0; i < 5000 && c[0].total_in < sizeof big; i++) BT_OK(braid_loop_run_once(loop, 0));
+    BT_RUN_UNTIL(loop, c[0].total_in >= sizeof big, 5000);
     BT_EQ(c[0].total_in, sizeof big);
     BT_TRUE(!memcmp(c[0].in, big, sizeof c[0].in));
     braid_transport_close(c[0].base.transport, BRAID_FOREVER);
-    run_until(loop, &c[0].lost, &s[0].lost);
+    BT_RUN_UNTIL(loop, c[0].lost && s[0].lost, 3000);
     BT_ERR(c[0].lost_code, BRAID_ECONNECTION_DONE);
     BT_ERR(s[0].lost_code, BRAID_ECONNECTION_DONE);
     for (int i = 0; i < 5; i++) braid_loop_run_once(loop, BRAID_LOOP_RUN_NOWAIT);
@@ -600,7 +569,11 @@ BT_IO_TEST(tls_over_unix_socketpair) { tls_over_fds(false); }
 BT_IO_TEST(tls_over_pipes) { tls_over_fds(true); }
 
 /* Allocation-failure walk: a pump scenario with handshake, data and close. */
-static int pump_scenario(braid_loop *loop, braid_tls_ctx *sctx, braid_tls_ctx *cctx) {
+typedef struct pwalk { braid_loop *loop; braid_tls_ctx *sctx, *cctx; } pwalk;
+static int pump_scenario(void *arg) {
+    pwalk *w = arg;
+    braid_loop *loop = w->loop;
+    braid_tls_ctx *sctx = w->sctx, *cctx = w->cctx;
     afactory sf, cf;
     app s[1], c[1];
     af_init(&sf, s, 1);
@@ -631,28 +604,20 @@ static int pump_scenario(braid_loop *loop, braid_tls_ctx *sctx, braid_tls_ctx *c
     return rc;
 }
 
+/* Sessions the client caches live on between runs: dropped after each. */
+static void pump_teardown(void *arg, int rc, bool injected) {
+    pwalk *w = arg;
+    (void)rc, (void)injected;
+    for (int i = 0; i < 3; i++) braid_loop_run_once(w->loop, BRAID_LOOP_RUN_NOWAIT);
+    braid_tls_ctx_flush_sessions(w->cctx);
+}
 BT_TEST(alloc_failure_walk) {
     braid_loop *loop = bt_loop_new(NULL);
-    braid_tls_ctx *sctx = server_ctx(&world()->server, NULL), *cctx = client_ctx(NULL);
-    BT_OK(pump_scenario(loop, sctx, cctx));
-    braid_tls_ctx_flush_sessions(cctx);
-    long base = braid_test_alloc_outstanding();
-    for (long n = 1;; n++) {
-        braid_test_fail_alloc_after(n, false);
-        int rc = pump_scenario(loop, sctx, cctx);
-        bool failed = braid_test_alloc_failed();
-        braid_test_fail_alloc_after(0, false);
-        for (int i = 0; i < 3; i++) braid_loop_run_once(loop, BRAID_LOOP_RUN_NOWAIT);
-        braid_tls_ctx_flush_sessions(cctx);
-        BT_EQ(braid_test_alloc_outstanding(), base);
-        if (!failed) {
-            BT_OK(rc);
-            break;
-        }
-        BT_LT(n, 2000);
-    }
-    braid_tls_ctx_unref(sctx);
-    braid_tls_ctx_unref(cctx);
+    pwalk w = { loop, bt_tls_server_ctx(NULL, NULL), bt_tls_client_ctx(NULL) };
+    bt_alloc_walk(&(bt_walk){ .name = "tls pump", .arg = &w, .body = pump_scenario, .teardown = pump_teardown,
+                              .loop = loop, .warm_up = true, .max_runs = 2000 });
+    braid_tls_ctx_unref(w.sctx);
+    braid_tls_ctx_unref(w.cctx);
     bt_loop_destroy(loop);
 }
 
@@ -710,14 +675,14 @@ BT_IO_TEST(endpoint_strings_over_tcp) {
     braid_loop *loop = bt_loop_new(NULL);
     char dir[] = "/tmp/braid-tls-XXXXXX";
     BT_TRUE(mkdtemp(dir) != NULL);
-    btc_write(&world()->server, dir, "server");
-    btc_write(&world()->ca, dir, "ca");
+    btc_write(&bt_tls_world()->server, dir, "server");
+    btc_write(&bt_tls_world()->ca, dir, "ca");
     /* a c_rehash'ed CA directory: <subject hash>.0 */
     char hashed[600];
     snprintf(hashed, sizeof hashed, "%s/cadir", dir);
     BT_OK(mkdir(hashed, 0700));
-    snprintf(hashed, sizeof hashed, "%s/cadir/%08lx.0", dir, X509_subject_name_hash(world()->ca.x));
-    btc__write_file(hashed, world()->ca.cert_pem);
+    snprintf(hashed, sizeof hashed, "%s/cadir/%08lx.0", dir, X509_subject_name_hash(bt_tls_world()->ca.x));
+    btc__write_file(hashed, bt_tls_world()->ca.cert_pem);
 
     afactory sf, cf;
     app s[2], c[2];
@@ -748,11 +713,11 @@ BT_IO_TEST(endpoint_strings_over_tcp) {
     BT_FALSE(g.failed);
     BT_TRUE(g.p == &c[0].base);
     BT_OK(braid_transport_write(g.p->transport, "endpoint", 8));
-    for (int i = 0; i < 2000 && c[0].inlen < 8; i++) BT_OK(braid_loop_run_once(loop, 0));
+    BT_RUN_UNTIL(loop, c[0].inlen >= 8, 2000);
     BT_EQ(c[0].inlen, 8);
     BT_STREQ(braid_tls_transport_info(g.p->transport)->alpn, "h2");
     braid_transport_close(g.p->transport, BRAID_FOREVER);
-    run_until(loop, &c[0].lost, &s[0].lost);
+    BT_RUN_UNTIL(loop, c[0].lost && s[0].lost, 3000);
     BT_ERR(c[0].lost_code, BRAID_ECONNECTION_DONE);
 
     /* positional tls:HOST:PORT with a CA file, verifying the IP address */
@@ -764,10 +729,10 @@ BT_IO_TEST(endpoint_strings_over_tcp) {
     bt_run_until(loop, &g2.done, 2000);
     BT_FALSE(g2.failed);
     BT_OK(braid_transport_write(g2.p->transport, "ip", 2));
-    for (int i = 0; i < 2000 && c[1].inlen < 2; i++) BT_OK(braid_loop_run_once(loop, 0));
+    BT_RUN_UNTIL(loop, c[1].inlen >= 2, 2000);
     BT_EQ(c[1].inlen, 2);
     braid_transport_close(g2.p->transport, BRAID_FOREVER);
-    run_until(loop, &c[1].lost, &s[1].lost);
+    BT_RUN_UNTIL(loop, c[1].lost && s[1].lost, 3000);
 
     braid_listener_close(l);
     for (int i = 0; i < 5; i++) braid_loop_run_once(loop, BRAID_LOOP_RUN_NOWAIT);
@@ -836,14 +801,6 @@ static void raw_lost(braid_protocol *p, const braid_failure *f) {
 static const braid_protocol_ops raw_ops = { .connection_made = raw_made, .data_received = raw_data,
                                             .connection_lost = raw_lost };
 
-/* A listener on 127.0.0.1 for factory f; returns the port. */
-static int listen_on(braid_loop *loop, braid_factory *f, braid_listener **l) {
-    BT_OK(braid_tcp_listen(loop, &(braid_tcp_listen_options){ .host = "127.0.0.1" }, f, l));
-    braid_address a;
-    BT_OK(braid_listener_address(*l, &a));
-    return braid_address_port(&a);
-}
-
 static braid_protocol *plain_connect(braid_loop *loop, int port, braid_factory *f) {
     got g = { 0 };
     braid_deferred *d = braid_tcp_connect(loop, &(braid_tcp_connect_options){ .host = "127.0.0.1", .port = port }, f);
@@ -873,9 +830,9 @@ static void one_init(onefactory *of, braid_protocol *p) {
 BT_IO_TEST(bad_input_over_tcp_fails_one_connection) {
     signal(SIGPIPE, SIG_IGN);
     braid_loop *loop = bt_loop_new(NULL);
-    braid_tls_options so = { .cert_pem = world()->server.cert_pem, .key_pem = world()->server.key_pem,
+    braid_tls_options so = { .cert_pem = bt_tls_world()->server.cert_pem, .key_pem = bt_tls_world()->server.key_pem,
                              .max_version = BRAID_TLS_V1_2 };   /* renegotiation exists up to 1.2 */
-    braid_tls_ctx *sctx, *cctx = client_ctx(NULL);
+    braid_tls_ctx *sctx, *cctx = bt_tls_client_ctx(NULL);
     BT_OK(braid_tls_ctx_new(&sctx, BRAID_TLS_SERVER, &so, NULL, 0));
     afactory sf;
     app s[3];
@@ -883,8 +840,8 @@ BT_IO_TEST(bad_input_over_tcp_fails_one_connection) {
     s[2].echo = true;
     braid_tls_factory stf;
     BT_OK(braid_tls_factory_init(&stf, &sf.f, &(braid_tls_wrap_options){ .ctx = sctx }));
-    braid_listener *l;
-    int port = listen_on(loop, &stf.base, &l);
+    int port;
+    braid_listener *l = bt_listen_tcp(loop, &stf.base, &port);
 
     /* 1: half a ClientHello, then FIN */
     braid_tls_engine *hello_src;
@@ -898,7 +855,7 @@ BT_IO_TEST(bad_input_over_tcp_fails_one_connection) {
     BT_OK(braid_transport_write(jp->transport, hello, hlen / 2));
     braid_tls_engine_free(hello_src);
     BT_OK(braid_transport_shutdown_write(jp->transport));
-    run_until(loop, &s[0].lost, &junk[0].lost);
+    BT_RUN_UNTIL(loop, s[0].lost && junk[0].lost, 3000);
     BT_ERR(s[0].lost_code, BRAID_ETLS_TRUNCATED);
     BT_ERR(s[0].tls_error, BRAID_ETLS_TRUNCATED);
     BT_TRUE(strstr(s[0].lost_detail, "during the handshake") != NULL);
@@ -912,13 +869,13 @@ BT_IO_TEST(bad_input_over_tcp_fails_one_connection) {
     one_init(&of, &rc1.base);
     plain_connect(loop, port, &of.f);
     bt_run_until(loop, &rc1.hs, 2000);
-    for (int i = 0; i < 2000 && !s[1].made; i++) BT_OK(braid_loop_run_once(loop, 0));
+    BT_RUN_UNTIL(loop, s[1].made, 2000);
     SSL *ssl = braid_tls_engine_ssl(rc1.e);
     SSL_clear_options(ssl, SSL_OP_NO_RENEGOTIATION);
     BT_EQ(SSL_renegotiate(ssl), 1);
     SSL_do_handshake(ssl);          /* the new ClientHello, into the engine's output */
     raw_push(&rc1);
-    run_until(loop, &s[1].lost, &rc1.lost);
+    BT_RUN_UNTIL(loop, s[1].lost && rc1.lost, 3000);
     BT_ERR(s[1].lost_code, BRAID_ETLS_RENEGOTIATION);
     BT_TRUE(strstr(s[1].lost_detail, "renegotiation") != NULL);
     braid_tls_engine_free(rc1.e);
@@ -936,10 +893,10 @@ BT_IO_TEST(bad_input_over_tcp_fails_one_connection) {
     bt_run_until(loop, &g.done, 1000);
     BT_FALSE(g.failed);
     BT_OK(braid_transport_write(g.p->transport, "still here", 10));
-    for (int i = 0; i < 2000 && c[0].inlen < 10; i++) BT_OK(braid_loop_run_once(loop, 0));
+    BT_RUN_UNTIL(loop, c[0].inlen >= 10, 2000);
     BT_EQ(c[0].inlen, 10);
     braid_transport_close(g.p->transport, BRAID_FOREVER);
-    run_until(loop, &c[0].lost, &s[2].lost);
+    BT_RUN_UNTIL(loop, c[0].lost && s[2].lost, 3000);
     BT_ERR(s[2].lost_code, BRAID_ECONNECTION_DONE);
 
     braid_listener_close(l);
@@ -966,11 +923,11 @@ BT_IO_TEST(verification_failures_over_tcp) {
         { 1, "localhost", BRAID_ETLS_EXPIRED, "validity period" },
         { 2, "localhost", BRAID_ETLS_UNKNOWN_CA, "trusted CA" },
     };
-    braid_tls_ctx *cctx = client_ctx(NULL);
+    braid_tls_ctx *cctx = bt_tls_client_ctx(NULL);
     for (size_t k = 0; k < sizeof cases / sizeof cases[0]; k++) {
-        const btc_cert *cert = cases[k].which == 0 ? &world()->server
-                             : cases[k].which == 1 ? &world()->expired : &world()->rogue;
-        braid_tls_ctx *sctx = server_ctx(cert, NULL);
+        const btc_cert *cert = cases[k].which == 0 ? &bt_tls_world()->server
+                             : cases[k].which == 1 ? &bt_tls_world()->expired : &bt_tls_world()->rogue;
+        braid_tls_ctx *sctx = bt_tls_server_ctx(cert, NULL);
         afactory sf, cf;
         app s[1], c[1];
         af_init(&sf, s, 1);
@@ -979,8 +936,8 @@ BT_IO_TEST(verification_failures_over_tcp) {
         BT_OK(braid_tls_factory_init(&stf, &sf.f, &(braid_tls_wrap_options){ .ctx = sctx }));
         BT_OK(braid_tls_factory_init(&ctf, &cf.f, &(braid_tls_wrap_options){
             .ctx = cctx, .server_name = cases[k].host, .handshake_done = on_hs }));
-        braid_listener *l;
-        int port = listen_on(loop, &stf.base, &l);
+        int port;
+        braid_listener *l = bt_listen_tcp(loop, &stf.base, &port);
         got g = { 0 };
         braid_deferred *d = braid_tls_connect(loop, &(braid_tcp_connect_options){ .host = "127.0.0.1", .port = port }, &ctf);
         BT_OK(braid_deferred_add(d, got_ok, got_err, &g));
@@ -988,7 +945,7 @@ BT_IO_TEST(verification_failures_over_tcp) {
         bt_run_until(loop, &g.done, 1000);
         BT_FALSE(g.failed);
         BT_OK(braid_transport_write(g.p->transport, "never", 5));
-        run_until(loop, &c[0].lost, &s[0].lost);
+        BT_RUN_UNTIL(loop, c[0].lost && s[0].lost, 3000);
         BT_ERR(c[0].lost_code, cases[k].code);
         BT_ERR(c[0].tls_error, cases[k].code);
         BT_EQ(c[0].handshakes, 0);
@@ -1021,9 +978,9 @@ static void byter_hs(braid_protocol *p, const braid_tls_info *info, void *arg) {
 BT_IO_TEST(one_byte_writes_over_tcp_make_few_records) {
     signal(SIGPIPE, SIG_IGN);
     braid_loop *loop = bt_loop_new(NULL);
-    braid_tls_options so = { .cert_pem = world()->server.cert_pem, .key_pem = world()->server.key_pem,
+    braid_tls_options so = { .cert_pem = bt_tls_world()->server.cert_pem, .key_pem = bt_tls_world()->server.key_pem,
                              .max_version = BRAID_TLS_V1_2 };
-    braid_tls_ctx *sctx, *cctx = client_ctx(NULL);
+    braid_tls_ctx *sctx, *cctx = bt_tls_client_ctx(NULL);
     BT_OK(braid_tls_ctx_new(&sctx, BRAID_TLS_SERVER, &so, NULL, 0));
     static rawtls rs;
     memset(&rs, 0, sizeof rs);
@@ -1031,8 +988,8 @@ BT_IO_TEST(one_byte_writes_over_tcp_make_few_records) {
     BT_OK(braid_tls_engine_new(&rs.e, sctx, NULL, &raw_engine_ops, &rs));
     onefactory of;
     one_init(&of, &rs.base);
-    braid_listener *l;
-    int port = listen_on(loop, &of.f, &l);
+    int port;
+    braid_listener *l = bt_listen_tcp(loop, &of.f, &port);
     byter b = { .a.base.ops = &app_ops, .writes = 3000 };
     onefactory cf;
     one_init(&cf, &b.a.base);
@@ -1045,7 +1002,7 @@ BT_IO_TEST(one_byte_writes_over_tcp_make_few_records) {
     braid_deferred_unref(d);
     bt_run_until(loop, &g.done, 1000);
     BT_FALSE(g.failed);
-    for (int i = 0; i < 3000 && rs.plain < 3000; i++) BT_OK(braid_loop_run_once(loop, 0));
+    BT_RUN_UNTIL(loop, rs.plain >= 3000, 3000);
     BT_EQ(rs.plain, 3000);
     BT_EQ(rs.rc, 0);
     BT_STREQ(braid_tls_engine_info(rs.e)->version, "TLSv1.2");
@@ -1058,7 +1015,7 @@ BT_IO_TEST(one_byte_writes_over_tcp_make_few_records) {
     BT_EQ(app_records, 1);
     BT_LT(rs.wirelen - rs.wire_at_hs, 3000 + 64);
     braid_transport_abort(g.p->transport);
-    run_until(loop, &b.a.lost, &rs.lost);
+    BT_RUN_UNTIL(loop, b.a.lost && rs.lost, 3000);
     braid_listener_close(l);
     for (int i = 0; i < 5; i++) braid_loop_run_once(loop, BRAID_LOOP_RUN_NOWAIT);
     braid_tls_engine_free(rs.e);
@@ -1083,7 +1040,7 @@ static const braid_protocol_ops never_read_ops = { .connection_made = never_read
 BT_IO_TEST(never_reading_tls_peer_over_tcp_stays_under_cap) {
     signal(SIGPIPE, SIG_IGN);
     braid_loop *loop = bt_loop_new(NULL);
-    braid_tls_ctx *sctx = server_ctx(&world()->server, NULL), *cctx = client_ctx(NULL);
+    braid_tls_ctx *sctx = bt_tls_server_ctx(NULL, NULL), *cctx = bt_tls_client_ctx(NULL);
     afactory sf, cf;
     app s[1], c[1];
     af_init(&sf, s, 1);
@@ -1093,8 +1050,8 @@ BT_IO_TEST(never_reading_tls_peer_over_tcp_stays_under_cap) {
     BT_OK(braid_tls_factory_init(&stf, &sf.f, &(braid_tls_wrap_options){ .ctx = sctx }));
     BT_OK(braid_tls_factory_init(&ctf, &cf.f, &(braid_tls_wrap_options){
         .ctx = cctx, .server_name = "localhost", .handshake_done = on_hs }));
-    braid_listener *l;
-    int port = listen_on(loop, &stf.base, &l);
+    int port;
+    braid_listener *l = bt_listen_tcp(loop, &stf.base, &port);
     got g = { 0 };
     braid_deferred *d = braid_tls_connect(loop, &(braid_tcp_connect_options){ .host = "127.0.0.1", .port = port }, &ctf);
     BT_OK(braid_deferred_add(d, got_ok, got_err, &g));
@@ -1157,18 +1114,18 @@ BT_IO_TEST(never_reading_tls_peer_over_tcp_stays_under_cap) {
 BT_IO_TEST(starttls_over_tcp) {
     signal(SIGPIPE, SIG_IGN);
     braid_loop *loop = bt_loop_new(NULL);
-    braid_tls_ctx *sctx = server_ctx(&world()->server, NULL), *cctx = client_ctx(NULL);
+    braid_tls_ctx *sctx = bt_tls_server_ctx(NULL, NULL), *cctx = bt_tls_client_ctx(NULL);
     app c = { .base.ops = &st_ops, .starttls_ctx = cctx, .starttls_client = true };
     app s = { .base.ops = &st_ops, .starttls_ctx = sctx, .echo = true };
     onefactory sf, cf;
     one_init(&sf, &s.base);
     one_init(&cf, &c.base);
-    braid_listener *l;
-    int port = listen_on(loop, &sf.f, &l);
+    int port;
+    braid_listener *l = bt_listen_tcp(loop, &sf.f, &port);
     braid_protocol *cp = plain_connect(loop, port, &cf.f);
     BT_TRUE(cp == &c.base);
     BT_OK(braid_transport_write(c.base.transport, "STARTTLS\n", 9));
-    for (int i = 0; i < 3000 && c.inlen < 6; i++) BT_OK(braid_loop_run_once(loop, 0));
+    BT_RUN_UNTIL(loop, c.inlen >= 6, 3000);
     BT_EQ(c.handshakes, 1);
     BT_EQ(s.handshakes, 1);
     BT_TRUE(braid_tls_is_transport(c.base.transport));
@@ -1177,7 +1134,7 @@ BT_IO_TEST(starttls_over_tcp) {
     BT_EQ(c.inlen, 6);
     BT_TRUE(!memcmp(c.in, "secret", 6));
     braid_transport_close(c.base.transport, BRAID_FOREVER);
-    run_until(loop, &c.lost, &s.lost);
+    BT_RUN_UNTIL(loop, c.lost && s.lost, 3000);
     BT_ERR(c.lost_code, BRAID_ECONNECTION_DONE);
     BT_ERR(s.lost_code, BRAID_ECONNECTION_DONE);
     braid_listener_close(l);

@@ -5,6 +5,9 @@
  * (test_loop.c) also run on it through BT_IO_TEST. */
 // ctest-labels: uring
 #include "harness.h"
+#include "support/run.h"
+#include "support/net.h"
+#include "support/walk.h"
 #include <fcntl.h>
 #include <linux/filter.h>
 #include <linux/seccomp.h>
@@ -23,11 +26,6 @@
 #include "net/net_internal.h"
 #define HAVE_URING_H 1
 #endif
-
-static void pair(int sv[2]) {
-    if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0, sv) < 0)
-        bt_fail(__FILE__, __LINE__, "socketpair: %s", strerror(errno));
-}
 
 /* A loop on io_uring whatever BRAID_BACKEND says, or skip. */
 static braid_loop *uring_loop(void) {
@@ -136,7 +134,7 @@ static int child_without_uring(void) {
     /* and a fallback loop works */
     braid_loop *loop;
     if (braid_loop_new(&loop, NULL) < 0) return 4;
-    int sv[2]; pair(sv);
+    int sv[2]; bt_socketpair(sv);
     hits h = { 0 };
     braid_watch w;
     if (braid_watch_init(loop, &w, sv[0], on_io, &h) < 0 || braid_watch_set_interest(&w, BRAID_WATCH_READ) < 0) return 5;
@@ -167,7 +165,7 @@ BT_IO_TEST(backend_fd_readable_when_watched_socket_has_data) {
         return;
     }
     BT_GE(bfd, 0);
-    int sv[2]; pair(sv);
+    int sv[2]; bt_socketpair(sv);
     hits h = { 0 };
     braid_watch w;
     BT_OK(braid_watch_init(loop, &w, sv[0], on_io, &h));
@@ -196,7 +194,7 @@ BT_IO_TEST(backend_fd_readable_when_watched_socket_has_data) {
 /* ---- level-triggered on every backend, multishot or not ------------------------------ */
 BT_IO_TEST(unread_data_is_reported_again) {
     braid_loop *loop = bt_loop_new(NULL);
-    int sv[2]; pair(sv);
+    int sv[2]; bt_socketpair(sv);
     hits h = { .read_size = 1 };             /* read one byte per callback */
     braid_watch w;
     BT_OK(braid_watch_init(loop, &w, sv[0], on_io, &h));
@@ -227,7 +225,7 @@ BT_IO_TEST(more_ready_fds_than_one_batch) {
     if (!strcmp(bt_backend(), "select")) {
         /* FD_SETSIZE caps select well below this test's fd numbers. */
         braid_loop *loop = bt_loop_new(NULL);
-        int sv[2]; pair(sv);
+        int sv[2]; bt_socketpair(sv);
         int hi = fcntl(sv[0], F_DUPFD_CLOEXEC, 1100);
         braid_watch w;
         BT_OK(braid_watch_init(loop, &w, hi, on_io, NULL));
@@ -243,7 +241,7 @@ BT_IO_TEST(more_ready_fds_than_one_batch) {
     braid_watch *w = calloc(N, sizeof *w);
     hits *h = calloc(N, sizeof *h);
     for (int i = 0; i < N; i++) {
-        pair(sv[i]);
+        bt_socketpair(sv[i]);
         BT_OK(braid_watch_init(loop, &w[i], sv[i][0], on_io, &h[i]));
         BT_OK(braid_watch_set_interest(&w[i], BRAID_WATCH_READ));
         BT_EQ(write(sv[i][1], "r", 1), 1);
@@ -271,7 +269,7 @@ static void count_cb(braid_watch *w, unsigned ev, void *arg) { (void)w; (void)ev
 BT_TEST(stale_cqe_in_ring_after_close_and_fd_reuse) {
     braid_loop *loop = uring_loop();
     struct io_uring *ring = braid__completion_uring_ring(loop);
-    int sv[2]; pair(sv);
+    int sv[2]; bt_socketpair(sv);
     int old_hits = 0, new_hits = 0;
     braid_watch *a = malloc(sizeof *a), b;
     BT_OK(braid_watch_init(loop, a, sv[0], count_cb, &old_hits));
@@ -287,7 +285,7 @@ BT_TEST(stale_cqe_in_ring_after_close_and_fd_reuse) {
     free(a);
     close(sv[0]);
     close(sv[1]);
-    pair(sv);
+    bt_socketpair(sv);
     BT_EQ(sv[0], old);                                    /* number reused */
     BT_OK(braid_watch_init(loop, &b, sv[0], count_cb, &new_hits));
     BT_OK(braid_watch_set_interest(&b, BRAID_WATCH_READ));
@@ -307,7 +305,7 @@ BT_TEST(stale_cqe_in_ring_after_close_and_fd_reuse) {
 BT_TEST(interest_changes_in_one_iteration_coalesce) {
     braid_loop *loop = uring_loop();
     struct io_uring *ring = braid__completion_uring_ring(loop);
-    int sv[2]; pair(sv);
+    int sv[2]; bt_socketpair(sv);
     hits h = { 0 };
     braid_watch w;
     BT_OK(braid_watch_init(loop, &w, sv[0], on_io, &h));
@@ -337,7 +335,7 @@ static void record_res(braid__completion_op *op, int res, unsigned flags) {
 
 BT_TEST(ended_multishot_poll_is_rearmed) {
     braid_loop *loop = uring_loop();
-    int sv[2]; pair(sv);
+    int sv[2]; bt_socketpair(sv);
     hits h = { 0 };
     braid_watch w;
     BT_OK(braid_watch_init(loop, &w, sv[0], on_io, &h));
@@ -355,7 +353,7 @@ BT_TEST(ended_multishot_poll_is_rearmed) {
     BT_FALSE(braid__completion_op_active(&op));
     BT_EQ(h.reads, 0);
     BT_EQ(write(sv[1], "x", 1), 1);
-    for (int i = 0; i < 3 && !h.reads; i++) BT_OK(braid_loop_run_once(loop, 0));
+    BT_RUN_UNTIL(loop, h.reads, 3);
     BT_EQ(h.reads, 1);
     braid_watch_close(&w);
     close(sv[0]); close(sv[1]);
@@ -372,7 +370,7 @@ static void *run_once_thread(void *arg) {
 
 BT_TEST(polls_survive_the_thread_that_armed_them) {
     braid_loop *loop = uring_loop();
-    int sv[2]; pair(sv);
+    int sv[2]; bt_socketpair(sv);
     hits h = { 0 };
     braid_watch w;
     BT_OK(braid_watch_init(loop, &w, sv[0], on_io, &h));
@@ -381,7 +379,7 @@ BT_TEST(polls_survive_the_thread_that_armed_them) {
     BT_EQ(pthread_create(&th, NULL, run_once_thread, loop), 0);   /* arms, then exits */
     BT_EQ(pthread_join(th, NULL), 0);
     BT_EQ(write(sv[1], "x", 1), 1);
-    for (int i = 0; i < 3 && !h.reads; i++) BT_OK(braid_loop_run_once(loop, 0));
+    BT_RUN_UNTIL(loop, h.reads, 3);
     BT_EQ(h.reads, 1);
     BT_EQ(write(sv[1], "y", 1), 1);
     BT_OK(braid_loop_run_once(loop, 0));
@@ -396,7 +394,7 @@ BT_TEST(polls_survive_the_thread_that_armed_them) {
  * a loop. */
 BT_TEST(poll_on_closed_fd_reports_error_once) {
     braid_loop *loop = uring_loop();
-    int sv[2]; pair(sv);
+    int sv[2]; bt_socketpair(sv);
     hits h = { 0 };
     braid_watch w;
     BT_OK(braid_watch_init(loop, &w, sv[0], on_io, &h));
@@ -426,7 +424,7 @@ static void closer_op(braid__completion_op *op, int res, unsigned flags) {
 
 BT_TEST(completion_callback_closes_watcher_with_collected_event) {
     braid_loop *loop = uring_loop();
-    int sv[2]; pair(sv);
+    int sv[2]; bt_socketpair(sv);
     close_other c = { .victim = malloc(sizeof(braid_watch)) };
     BT_OK(braid_watch_init(loop, c.victim, sv[0], victim_cb, &c));
     BT_OK(braid_watch_set_interest(c.victim, BRAID_WATCH_READ));
@@ -487,7 +485,7 @@ BT_TEST(op_completes_once_and_keeps_loop_alive) {
 
 BT_TEST(cancelled_op_gets_ecanceled) {
     braid_loop *loop = uring_loop();
-    int sv[2]; pair(sv);
+    int sv[2]; bt_socketpair(sv);
     op_log l = { 0 };
     braid__completion_op op;
     braid__completion_op_init(&op, log_op, &l);
@@ -536,7 +534,7 @@ static void on_chunk(braid__completion_op *op, int res, unsigned flags) {
 BT_TEST(multishot_recv_with_buffer_ring) {
     braid_loop *loop = uring_loop();
     if (!braid__completion_have_recv_multishot()) { bt_loop_destroy(loop); bt_skip("no multishot recv"); }
-    int sv[2]; pair(sv);
+    int sv[2]; bt_socketpair(sv);
     rx r = { .recycle = 1 };
     BT_ERR(braid__completion_bufs_new(loop, 3, 4, 16, 0, &r.bufs), BRAID_EINVAL);   /* not a power of two */
     BT_OK(braid__completion_bufs_new(loop, 4, 4, 16, 0, &r.bufs));
@@ -561,7 +559,7 @@ BT_TEST(multishot_recv_with_buffer_ring) {
     char big[100];
     memset(big, 'z', sizeof big);
     BT_EQ(write(sv[1], big, sizeof big), (ssize_t)sizeof big);
-    for (int i = 0; i < 10 && !r.finals; i++) BT_OK(braid_loop_run_once(loop, 0));
+    BT_RUN_UNTIL(loop, r.finals, 10);
     BT_EQ(r.finals, 1);
     BT_EQ(r.last_res, -ENOBUFS);
     BT_EQ(r.len, 64);                          /* four full buffers */
@@ -570,10 +568,10 @@ BT_TEST(multishot_recv_with_buffer_ring) {
     for (unsigned bid = 0; bid < 4; bid++) braid__completion_bufs_recycle(r.bufs, bid);
     r.recycle = 1;
     BT_OK(braid__completion_recv_multishot(loop, &op, sv[0], r.bufs));
-    for (int i = 0; i < 10 && r.len < sizeof big; i++) BT_OK(braid_loop_run_once(loop, 0));
+    BT_RUN_UNTIL(loop, r.len >= sizeof big, 10);
     BT_EQ(r.len, sizeof big);
     close(sv[1]);
-    for (int i = 0; i < 10 && r.finals < 2; i++) BT_OK(braid_loop_run_once(loop, 0));
+    BT_RUN_UNTIL(loop, r.finals >= 2, 10);
     BT_EQ(r.finals, 2);
     BT_EQ(r.last_res, 0);                      /* EOF */
     braid__completion_bufs_free(r.bufs);
@@ -616,7 +614,7 @@ BT_TEST(op_outstanding_when_owner_closes) {
     if (rc == BRAID_ENOSYS) bt_skip("io_uring not available");
     BT_OK(rc);
     if (!braid__completion_have_recv_multishot()) { bt_loop_destroy(loop); bt_skip("no multishot recv"); }
-    int sv[2]; pair(sv);
+    int sv[2]; bt_socketpair(sv);
     int freed = 0;
     owner *o = malloc(sizeof *o);
     o->fd = sv[0];
@@ -641,13 +639,14 @@ BT_TEST(op_outstanding_when_owner_closes) {
  * table growth in the backend), an op and a buffer ring. */
 static void noop_io(braid_watch *w, unsigned ev, void *arg) { (void)w; (void)ev; (void)arg; }
 
-static int uring_scenario(void) {
+static int uring_scenario(void *arg) {
+    (void)arg;
     braid_loop_options lo = { .backend = BRAID_BACKEND_URING, .flags = BRAID_LOOP_STRICT_BACKEND };
     braid_loop *loop;
     int rc = braid_loop_new(&loop, &lo);
     if (rc < 0) return rc;
     int sv[2];
-    pair(sv);
+    bt_socketpair(sv);
     int hi = fcntl(sv[0], F_DUPFD_CLOEXEC, 900);
     braid_watch w1, w2;
     int w1_open = 0, w2_open = 0;
@@ -673,7 +672,7 @@ out:
     braid__completion_bufs_free(bufs);
     if (w1_open) braid_watch_close(&w1);
     if (w2_open) braid_watch_close(&w2);
-    if (braid_loop_free(loop) < 0) abort();
+    bt_loop_destroy(loop);
     close(sv[0]); close(sv[1]); close(hi);
     return rc;
 }
@@ -681,19 +680,9 @@ out:
 BT_TEST(allocation_failure_walk_on_uring) {
     braid_loop *probe = uring_loop();      /* skips without io_uring */
     bt_loop_destroy(probe);
-    long base = braid_test_alloc_outstanding();
-    int failures = 0;
-    for (long n = 1; n < 1000; n++) {
-        braid_test_fail_alloc_after(n, false);
-        int rc = uring_scenario();
-        bool injected = braid_test_alloc_failed();
-        braid_test_fail_alloc_after(0, false);
-        BT_EQ(braid_test_alloc_outstanding(), base);
-        if (!injected) { BT_OK(rc); break; }
-        BT_ERR(rc, BRAID_ENOMEM);
-        failures++;
-    }
-    BT_GE(failures, 5);
+    bt_walk_result r = bt_alloc_walk(&(bt_walk){ .name = "uring", .body = uring_scenario, .enomem_only = true,
+                                                 .must_fail = true, .max_runs = 1000 });
+    BT_GE(r.errors, 5);
 }
 
 /* ---- the buffer ring: incremental consumption, growth, pins ---------------------------- */
@@ -742,7 +731,7 @@ BT_TEST(incremental_ring_shares_one_buffer) {
     int sv[4][2];
     irx_op ops[4];
     for (int i = 0; i < 4; i++) {
-        pair(sv[i]);
+        bt_socketpair(sv[i]);
         ops[i].r = &r;
         ops[i].idx = i;
         ops[i].fd = sv[i][0];
@@ -776,7 +765,7 @@ BT_TEST(incremental_ring_shares_one_buffer) {
     for (int k = 0; k < 3; k++) {
         memset(big, 'a' + k, sizeof big);
         BT_EQ(write(sv[0][1], big, sizeof big), (ssize_t)sizeof big);
-        for (int j = 0; j < 10 && r.len[0] < 200 + (size_t)(k + 1) * sizeof big; j++) BT_OK(braid_loop_run_once(loop, 0));
+        BT_RUN_UNTIL(loop, r.len[0] >= 200 + (size_t)(k + 1) * sizeof big, 10);
     }
     BT_EQ(r.len[0], 200 + 3 * sizeof big);
     for (int k = 0; k < 3; k++)
@@ -803,7 +792,7 @@ BT_TEST(ring_grows_and_pins_hold_buffers) {
     braid_loop *loop = uring_loop();
     if (!braid__completion_have_recv_multishot()) { bt_loop_destroy(loop); bt_skip("no multishot recv"); }
     BT_ERR(braid__completion_bufs_new(loop, 8, 4, 16, 0, &(braid__completion_bufs *){ NULL }), BRAID_EINVAL);
-    int sv[2]; pair(sv);
+    int sv[2]; bt_socketpair(sv);
     rx r = { .recycle = 0 };
     BT_OK(braid__completion_bufs_new(loop, 2, 8, 16, 0, &r.bufs));
     BT_EQ(braid__completion_bufs_count(r.bufs), 2);
@@ -834,24 +823,24 @@ BT_TEST(ring_grows_and_pins_hold_buffers) {
     char big[200];
     memset(big, 'q', sizeof big);
     BT_EQ(write(sv[1], big, 128), 128);
-    for (int i = 0; i < 10 && r.len < 128; i++) BT_OK(braid_loop_run_once(loop, 0));
+    BT_RUN_UNTIL(loop, r.len >= 128, 10);
     BT_EQ(r.len, 128);
     for (unsigned bid = 0; bid < 8; bid++)   /* consumed: 0 stays out (pinned twice) */
         braid__completion_bufs_consumed(r.bufs, IORING_CQE_F_BUFFER | (bid << IORING_CQE_BUFFER_SHIFT), 16);
     r.len = 0;
     BT_EQ(write(sv[1], big, sizeof big), (ssize_t)sizeof big);
-    for (int i = 0; i < 10 && !r.finals; i++) BT_OK(braid_loop_run_once(loop, 0));
+    BT_RUN_UNTIL(loop, r.finals, 10);
     BT_EQ(r.finals, 1);
     BT_EQ(r.len, 7 * 16);
     BT_EQ(r.last_res, -ENOBUFS);
     braid__completion_bufs_unpin(r.bufs, 0);            /* still pinned once */
     BT_FALSE(braid__completion_op_active(&op));
     BT_OK(braid__completion_recv_multishot(loop, &op, sv[0], r.bufs));
-    for (int i = 0; i < 10 && r.finals < 2; i++) BT_OK(braid_loop_run_once(loop, 0));
+    BT_RUN_UNTIL(loop, r.finals >= 2, 10);
     BT_EQ(r.len, 7 * 16);                          /* nothing: no buffer */
     braid__completion_bufs_unpin(r.bufs, 0);            /* now it is back */
     BT_OK(braid__completion_recv_multishot(loop, &op, sv[0], r.bufs));
-    for (int i = 0; i < 10 && r.finals < 3; i++) BT_OK(braid_loop_run_once(loop, 0));
+    BT_RUN_UNTIL(loop, r.finals >= 3, 10);
     BT_EQ(r.len, 8 * 16);
     BT_EQ(r.last_res, -ENOBUFS);
     BT_FALSE(braid__completion_op_active(&op));
@@ -861,21 +850,6 @@ BT_TEST(ring_grows_and_pins_hold_buffers) {
 }
 
 /* ---- TCP on completions: the ring's size, direct sends, paused readers --------------- */
-/* A connected TCP pair on loopback (blocking setup, then non-blocking). */
-static void tcp_socketpair(int sv[2]) {
-    int l = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    struct sockaddr_in a = { .sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
-    socklen_t al = sizeof a;
-    BT_EQ(bind(l, (struct sockaddr *)&a, sizeof a), 0);
-    BT_EQ(listen(l, 8), 0);
-    BT_EQ(getsockname(l, (struct sockaddr *)&a, &al), 0);
-    sv[0] = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    BT_EQ(connect(sv[0], (struct sockaddr *)&a, sizeof a), 0);
-    sv[1] = accept4(l, NULL, NULL, SOCK_CLOEXEC);
-    BT_GE(sv[1], 0);
-    close(l);
-}
-
 typedef struct sink {
     braid_protocol base;
     uint64_t total;
@@ -915,7 +889,7 @@ BT_TEST(completion_ring_sized_to_use) {
     static sink k[N];
     memset(k, 0, sizeof k);
     for (int i = 0; i < 2; i++) {
-        tcp_socketpair(fds[i]);
+        bt_tcp_socketpair(fds[i]);
         k[i].base.ops = &sink_ops;
         BT_OK(braid_transport_adopt(loop, fds[i][1], &k[i].base));
     }
@@ -940,7 +914,7 @@ BT_TEST(completion_ring_sized_to_use) {
     }
     /* more connections */
     for (int i = 2; i < N; i++) {
-        tcp_socketpair(fds[i]);
+        bt_tcp_socketpair(fds[i]);
         k[i].base.ops = &sink_ops;
         BT_OK(braid_transport_adopt(loop, fds[i][1], &k[i].base));
     }
@@ -995,7 +969,7 @@ BT_TEST(paused_readers_hold_in_order_without_starving_others) {
     static sink k[N];
     memset(k, 0, sizeof k);
     for (int i = 0; i < N; i++) {
-        tcp_socketpair(fds[i]);
+        bt_tcp_socketpair(fds[i]);
         int on = 1 << 20;
         setsockopt(fds[i][0], SOL_SOCKET, SO_SNDBUF, &on, sizeof on);
         k[i].base.ops = &sink_ops;

@@ -189,6 +189,11 @@ typedef struct braid_soon {
 } braid_soon;
 BRAID_API int braid_loop_soon(braid_loop *loop, braid_loop_call_cb fn, void *arg);
 BRAID_API void braid_loop_soon_node(braid_loop *loop, braid_soon *node);
+/* Take a node queued with braid_loop_soon_node out of the queue before it
+ * runs (a module whose queued work went away, so the leak gate does not
+ * see a ready call left behind). true if it was queued; false if it was
+ * not, or if its ready phase has already begun (it will run). O(queued). */
+BRAID_API bool braid_loop_soon_cancel(braid_loop *loop, braid_soon *node);
 
 /* ---- fd watchers: IReactorFDSet, the lowest layer --------------------------------- */
 enum {
@@ -202,7 +207,7 @@ enum {
      * Only the epoll backend honours it; select, poll and io_uring ignore
      * it and every watching loop wakes (accept then fails with EAGAIN in
      * all but one). */
-    BRAID_EXCLUSIVE = 1u << 4,
+    BRAID_WATCH_EXCLUSIVE = 1u << 4,
 };
 
 typedef struct braid_watch braid_watch;
@@ -224,7 +229,7 @@ struct braid_watch {
 BRAID_API int braid_watch_init(braid_loop *loop, braid_watch *w, int fd,
                                braid_watch_cb cb, void *arg);
 /* Set interest to a mask of BRAID_WATCH_READ|BRAID_WATCH_WRITE (0 = none), optionally
- * with BRAID_EXCLUSIVE. */
+ * with BRAID_WATCH_EXCLUSIVE. */
 BRAID_API int braid_watch_set_interest(braid_watch *w, unsigned mask);
 /* Unregister. Safe from any callback, including w's own; once it returns, no
  * event is delivered for w even if already collected in this batch, and w's

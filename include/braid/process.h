@@ -378,7 +378,7 @@ typedef enum braid_serve_method {
      * not balance, e.g. macOS, every connection goes to one socket). */
     BRAID_SERVE_REUSEPORT = 0,
     /* (b) one listening socket watched by every loop with wake-one
-     * (BRAID_EXCLUSIVE: EPOLLEXCLUSIVE). The epoll backend only: on
+     * (BRAID_WATCH_EXCLUSIVE: EPOLLEXCLUSIVE). The epoll backend only: on
      * select, poll and io_uring this is BRAID_SERVE_SHARED (every loop
      * wakes, one accepts). */
     BRAID_SERVE_EXCLUSIVE,

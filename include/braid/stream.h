@@ -153,7 +153,7 @@ BRAID_API uint64_t braid_listener_accepted(const braid_listener *l);
 BRAID_API uint64_t braid_listener_emfile_events(const braid_listener *l);
 /* Accept with wake-one: when the same listening socket is watched by several
  * loops (threads, or processes that inherited it), a new connection wakes
- * one loop instead of all of them (BRAID_EXCLUSIVE: EPOLLEXCLUSIVE on the
+ * one loop instead of all of them (BRAID_WATCH_EXCLUSIVE: EPOLLEXCLUSIVE on the
  * epoll backend; the other backends wake every loop, and all but one find
  * nothing to accept). 0 or a negative code from the poller. */
 BRAID_API int braid_listener_set_exclusive(braid_listener *l, bool on);

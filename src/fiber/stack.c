@@ -217,7 +217,7 @@ void braid__fiber_guard_setup(braid__fstate *st) {
                    -1, 0);
     if (m == MAP_FAILED) {
         braid__log(st->loop, BRAID_LOG_WARN,
-                   "fiber: no alternate signal stack; a stack overflow will not be named");
+                   "no alternate signal stack; a stack overflow will not be named");
         return;
     }
     stack_t ss = { .ss_sp = m, .ss_size = ALTSTACK_SIZE, .ss_flags = 0 };

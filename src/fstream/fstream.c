@@ -513,7 +513,7 @@ static void start_handler(braid_fstream *s) {
     if (!d) {
         s->refs--;
         s->ff = NULL;
-        braid__log(s->loop, BRAID_LOG_WARN, "fstream: no memory for a connection fiber: dropped");
+        braid__log(s->loop, BRAID_LOG_WARN, "no memory for a connection fiber: dropped");
         braid_transport_abort_with(s->base.transport, BRAID_ENOMEM);
         return;
     }

@@ -453,6 +453,7 @@ int braid_http_parse_request(braid_http_message *m, braid_http_header *hdrs, siz
                              const braid_http_limits *lim) {
     lims L = get_limits(lim, max_hdrs);
     reset(m);
+    if (!len) return BRAID_EHTTP_INCOMPLETE;   /* buf may be NULL: no arithmetic on it */
     if (skip_reparse(buf, len, prev_len, &L)) return BRAID_EHTTP_INCOMPLETE;
     const char *p = buf, *end = buf + (len < L.head ? len : L.head);
     int rc;
@@ -506,6 +507,7 @@ int braid_http_parse_response(braid_http_message *m, braid_http_header *hdrs, si
                               const braid_http_limits *lim) {
     lims L = get_limits(lim, max_hdrs);
     reset(m);
+    if (!len) return BRAID_EHTTP_INCOMPLETE;   /* buf may be NULL: no arithmetic on it */
     if (skip_reparse(buf, len, prev_len, &L)) return BRAID_EHTTP_INCOMPLETE;
     const char *p = buf, *end = buf + (len < L.head ? len : L.head), *full = end;
     if ((size_t)(end - buf) > L.line + 2) end = buf + L.line + 2;

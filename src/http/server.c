@@ -220,7 +220,9 @@ static int append(hs_conn *c, const void *data, size_t n) {
             while (cap < c->len + n) cap *= 2;
             char *nb = braid_realloc(c->buf, cap);
             if (!nb) return BRAID_ENOMEM;
-            if (nb != c->buf && request_live(c)) rebase(c, c->buf, c->len, nb);
+            /* c->buf may be NULL (a lent request moving in): nothing to rebase,
+             * and no arithmetic on a NULL pointer (UB: fuzz_http_server) */
+            if (nb != c->buf && c->buf && request_live(c)) rebase(c, c->buf, c->len, nb);
             c->buf = nb;
             c->cap = cap;
         }

@@ -76,7 +76,7 @@ _Static_assert((unsigned)BRAID__POLL_READ == (unsigned)BRAID_WATCH_READ &&
                (unsigned)BRAID__POLL_WRITE == (unsigned)BRAID_WATCH_WRITE &&
                (unsigned)BRAID__POLL_ERROR == (unsigned)BRAID_WATCH_ERROR &&
                (unsigned)BRAID__POLL_HUP == (unsigned)BRAID_WATCH_HUP &&
-               (unsigned)BRAID__POLL_EXCLUSIVE == (unsigned)BRAID_EXCLUSIVE,
+               (unsigned)BRAID__POLL_EXCLUSIVE == (unsigned)BRAID_WATCH_EXCLUSIVE,
                "the poll layer's event bits are the loop's");
 static const char *const backend_names[] = {
     [BRAID_BACKEND_SELECT] = "select", [BRAID_BACKEND_POLL] = "poll",
@@ -468,7 +468,7 @@ int braid_watch_set_interest(braid_watch *w, unsigned mask) {
     if (!(w->flags & BRAID__WATCH_OPEN)) return BRAID_EINVAL;
     braid_loop *loop = w->loop;
     BRAID__LOOP_AFFINE(loop);
-    mask &= BRAID_WATCH_READ | BRAID_WATCH_WRITE | BRAID_EXCLUSIVE;
+    mask &= BRAID_WATCH_READ | BRAID_WATCH_WRITE | BRAID_WATCH_EXCLUSIVE;
     if (!(mask & (BRAID_WATCH_READ | BRAID_WATCH_WRITE))) mask = 0;
     BRAID__ASSERT((size_t)w->fd < loop->nfds && loop->fds[w->fd] == w);
     if (mask == w->mask) return 0;
@@ -608,6 +608,20 @@ void braid_loop_soon_node(braid_loop *loop, braid_soon *node) {
     if (loop->soon_tail) loop->soon_tail->next = node;
     else loop->soon_head = node;
     loop->soon_tail = node;
+}
+
+bool braid_loop_soon_cancel(braid_loop *loop, braid_soon *node) {
+    BRAID__LOOP_AFFINE(loop);
+    braid_soon *prev = NULL;
+    for (braid_soon *n = loop->soon_head; n; prev = n, n = n->next) {
+        if (n != node) continue;
+        if (prev) prev->next = n->next;
+        else loop->soon_head = n->next;
+        if (loop->soon_tail == n) loop->soon_tail = prev;
+        n->next = NULL;
+        return true;
+    }
+    return false;
 }
 
 typedef struct soon_call {

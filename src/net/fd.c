@@ -19,7 +19,13 @@
  * receive per iteration). The buffer a send points into is pinned (see
  * braid_transport.wbuf_pinned). Ops outlive a closed transport until their
  * final completion: the memory waits as a "zombie" (freed by the final
- * completion, or with the loop). Unix sockets (descriptor
+ * completion, or with the loop), and so does the descriptor. An op names the
+ * descriptor by number and the kernel looks the number up only when the op
+ * is submitted (with the next wait): closed at once, the number could be
+ * reused in the same iteration (an accept) and a queued send would write
+ * this connection's bytes into the new one, a queued recv read the new
+ * one's. So a closed transport's descriptor is closed only once its last op
+ * has reported its final completion (ur_release_fd). Unix sockets (descriptor
  * passing needs recvmsg) and pipes keep the readiness path. On by default;
  * BRAID_STREAM_COMPLETIONS=0 in the environment (read once per loop) turns it off. */
 #include "net/net_internal.h"
@@ -71,6 +77,7 @@ typedef struct fd_transport {
     bool eof_pending;              /* EOF seen while paused: after the held data */
     bool zombie;                   /* freed by braid; waits for its final CQEs */
     bool held_queued;
+    int zfd;                       /* closed, but ops still name it: closed after their final completions */
     braid__completion_op rop, wop;      /* multishot recv; send */
     char *zbuf;                    /* the pinned write buffer, detached at close */
     struct ur_seg *held;           /* chunks that arrived while paused, in order */
@@ -350,7 +357,16 @@ static void ur_drop_held(fd_transport *ft) {
     ft->hlen = 0;
 }
 
+/* The descriptor of a closed transport goes once no op names it any more
+ * (see the top of the file). */
+static void ur_release_fd(fd_transport *ft) {
+    if (ft->zfd < 0 || braid__completion_op_active(&ft->rop) || braid__completion_op_active(&ft->wop)) return;
+    close(ft->zfd);
+    ft->zfd = -1;
+}
+
 static void ur_zombie_maybe_free(fd_transport *ft) {
+    ur_release_fd(ft);
     if (braid__completion_op_active(&ft->rop) || braid__completion_op_active(&ft->wop) || ft->held_queued)
         return;
     fd_loop_state *st = fd_state(ft->base.loop);
@@ -374,6 +390,7 @@ static void fd_state_free(braid_loop *loop, void *ptr) {
     for (fd_transport *ft = st->zombies, *next; ft; ft = next) {
         next = ft->znext;
         /* The ring goes with the loop; the kernel cancels what is left. */
+        if (ft->zfd >= 0) close(ft->zfd);
         braid_free(ft->zbuf);
         braid_free(ft->base.wbuf_retired);
         ur_drop_held(ft);
@@ -503,6 +520,7 @@ static void ur_on_recv(braid__completion_op *op, int res, unsigned flags) {
      * ring needs a buffer per active connection: grow it. */
     if (res == -ENOBUFS && !braid__completion_bufs_incremental(st->ubufs)) (void)braid__completion_bufs_grow(st->ubufs);
     if (!final) return;
+    ur_release_fd(ft);
     if (ft->zombie) { ur_zombie_maybe_free(ft); return; }
     /* Ended without EOF (the ring ran dry, or a cancel): go on if wanted. */
     if (!(t->state & BRAID__T_CLOSED)) update_watch(ft);
@@ -543,6 +561,7 @@ static void ur_on_send(braid__completion_op *op, int res, unsigned flags) {
     t->wbuf_retired = NULL;
     braid_free(ft->zbuf);
     ft->zbuf = NULL;
+    ur_release_fd(ft);
     if (ft->zombie) { ur_zombie_maybe_free(ft); return; }
     if (t->state & BRAID__T_CLOSED) return;
     if (res < 0) {
@@ -576,6 +595,7 @@ static void ur_close(fd_transport *ft) {
 /* vt->free: now, or once the last op reported. */
 static bool ur_free(fd_transport *ft) {
     if (!braid__completion_op_active(&ft->rop) && !braid__completion_op_active(&ft->wop) && !ft->held_queued) {
+        ur_release_fd(ft);
         braid_free(ft->zbuf);
         braid_free(ft->base.wbuf_retired);
         ur_drop_held(ft);
@@ -612,7 +632,17 @@ static void fd_close(braid_transport *t) {
         struct linger lg = { 1, 0 };
         setsockopt(ft->rfd, SOL_SOCKET, SO_LINGER, &lg, sizeof lg);
     }
-    if (ft->ur) ur_close(ft);
+    if (ft->ur) {
+        ur_close(ft);
+        if (braid__completion_op_active(&ft->rop) || braid__completion_op_active(&ft->wop)) {
+            /* Ops (queued or in flight) name the number: it stays ours
+             * until their final completions (ur_release_fd). */
+            braid_watch_close(&ft->rw);
+            ft->zfd = ft->rfd;
+            ft->rfd = ft->wfd = -1;
+            return;
+        }
+    }
     if (ft->rfd >= 0) { braid_watch_close(&ft->rw); close(ft->rfd); }
     if (split(ft) && ft->wfd >= 0) { braid_watch_close(&ft->ww); close(ft->wfd); }
     ft->rfd = ft->wfd = -1;
@@ -678,6 +708,7 @@ int braid__fd_transport_new(braid_loop *loop, int rfd, int wfd, braid__fd_kind k
                             bool nonblocking, braid_transport **out) {
     fd_transport *ft = braid_calloc(1, sizeof *ft);
     if (!ft) return BRAID_ENOMEM;
+    ft->zfd = -1;
     int rc;
     if (rfd >= 0 && !nonblocking && (rc = braid__set_nonblock(rfd)) < 0) goto fail;
     if (wfd >= 0 && wfd != rfd && (rc = braid__set_nonblock(wfd)) < 0) goto fail;

@@ -31,7 +31,7 @@ struct braid_listener {
     braid_timer backoff;
     uint64_t backoff_base, backoff_cur;
     uint64_t accepted, emfile_events;
-    unsigned interest;             /* BRAID_WATCH_READ, with BRAID_EXCLUSIVE if asked */
+    unsigned interest;             /* BRAID_WATCH_READ, with BRAID_WATCH_EXCLUSIVE if asked */
     char *unix_path;               /* unlinked on close */
     braid_handle handle;
 };
@@ -252,7 +252,7 @@ uint64_t braid_listener_emfile_events(const braid_listener *l) { return l->emfil
 void braid_listener_set_backoff(braid_listener *l, uint64_t ns) { l->backoff_base = ns ? ns : 1; }
 
 int braid_listener_set_exclusive(braid_listener *l, bool on) {
-    unsigned want = BRAID_WATCH_READ | (on ? BRAID_EXCLUSIVE : 0u);
+    unsigned want = BRAID_WATCH_READ | (on ? BRAID_WATCH_EXCLUSIVE : 0u);
     if (want == l->interest) return 0;
     l->interest = want;
     if (braid_timer_is_active(&l->backoff)) return 0;   /* set when the back-off ends */

@@ -167,12 +167,28 @@ static int map_error(braid_tls_engine *e, int ret) {
     if (reason == SSL_R_CERTIFICATE_VERIFY_FAILED) {
         long vr = SSL_get_verify_result(e->ssl);
         const char *what = X509_verify_cert_error_string(vr);
-        const char *host = SSL_get_servername(e->ssl, TLSEXT_NAMETYPE_host_name);
         switch (vr) {
-        case X509_V_ERR_HOSTNAME_MISMATCH:
-        case X509_V_ERR_IP_ADDRESS_MISMATCH:
+        case X509_V_ERR_HOSTNAME_MISMATCH: {
+            /* the name checked (SNI is the same name, but an address is never sent as SNI) */
+            const char *host = X509_VERIFY_PARAM_get0_host(SSL_get0_param(e->ssl), 0);
+            if (!host) host = SSL_get_servername(e->ssl, TLSEXT_NAMETYPE_host_name);
             return fail(e, BRAID_ETLS_HOSTNAME, "%s certificate does not match \"%s\" (%s)",
                         role_name(e), host ? host : "?", what);
+        }
+        case X509_V_ERR_IP_ADDRESS_MISMATCH: {
+            /* OpenSSL spells an IPv6 address out in full ("0:0:0:0:0:0:0:1");
+             * name it as users write it ("::1"). */
+            char *ip = X509_VERIFY_PARAM_get1_ip_asc(SSL_get0_param(e->ssl));
+            char text[INET6_ADDRSTRLEN] = "(unknown)";
+            unsigned char a6[16];
+            if (ip && strchr(ip, ':') && inet_pton(AF_INET6, ip, a6) == 1)
+                inet_ntop(AF_INET6, a6, text, sizeof text);
+            else if (ip)
+                snprintf(text, sizeof text, "%s", ip);
+            OPENSSL_free(ip);
+            return fail(e, BRAID_ETLS_HOSTNAME, "%s certificate does not match IP address %s (%s)",
+                        role_name(e), text, what);
+        }
         case X509_V_ERR_CERT_HAS_EXPIRED:
         case X509_V_ERR_CERT_NOT_YET_VALID:
             return fail(e, BRAID_ETLS_EXPIRED, "%s certificate is outside its validity period (%s)",

@@ -143,7 +143,7 @@ static void fail(braid__tls_conn *c, int code) {
     if (!c->t_live || (c->t.state & BRAID__T_CLOSED)) return;
     const char *detail = "";
     if (c->engine) braid_tls_engine_error(c->engine, &detail);
-    braid__log(c->t.loop, BRAID_LOG_DEBUG, "tls: connection failed: %s%s%s", braid_strerror(code),
+    braid__log(c->t.loop, BRAID_LOG_DEBUG, "connection failed: %s%s%s", braid_strerror(code),
                *detail ? ": " : "", detail);
     braid__transport_lost(&c->t, code);
 }
@@ -312,7 +312,7 @@ static void glue_made(braid_protocol *p) {
     c->lower = p->transport;
     int rc = start(c, NULL, false);
     if (rc < 0) {
-        braid__log(braid_transport_loop(c->lower), BRAID_LOG_WARN, "tls: cannot start: %s",
+        braid__log(braid_transport_loop(c->lower), BRAID_LOG_WARN, "cannot start: %s",
                    braid_strerror(rc));
         braid_transport_abort(c->lower);
     }
