@@ -162,7 +162,7 @@ static void wake_signal(braid_loop *loop) {
 }
 
 /* ---- create / destroy ---------------------------------------------------------- */
-int braid_loop_new(braid_loop **out, const braid_loop_options *opts) {
+int braid_loop_new(const braid_loop_options *opts, braid_loop **out) {
     braid_loop_options o = { 0 };
     if (!out) return BRAID_EINVAL;
     *out = NULL;
