@@ -83,7 +83,7 @@ static void b_spawn(bstate *s) {
 
 static double run_braid(int par, long n) {
     braid_loop *loop;
-    if (braid_loop_new(&loop, NULL) < 0) return NAN;
+    if (braid_loop_new(NULL, &loop) < 0) return NAN;
     bstate s = { .loop = loop, .left = n, .par = par };
     uint64_t t0 = bench_now_ns();
     b_spawn(&s);

@@ -150,7 +150,7 @@ static double b_round(bstate *s, int load, long calls) {
 static double run_braid(const char *job, int load, long calls, long warm) {
     static const char *const argv[] = { "braid-bench", "serve", "workers", "--worker", NULL };
     bstate s = { .job = job };
-    if (braid_loop_new(&s.loop, NULL) < 0) return NAN;
+    if (braid_loop_new(NULL, &s.loop) < 0) return NAN;
     braid_workers_options o = { .program = "/proc/self/exe", .argv = argv, .count = NWORKERS,
                                 .max_in_flight = MAX_LOAD };
     if (braid_workers_new(s.loop, &o, &s.w) < 0) return NAN;

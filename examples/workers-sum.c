@@ -121,7 +121,7 @@ int main(int argc, char **argv) {
     double t_one = now_s() - t0;
 
     braid_loop *loop;
-    if (braid_loop_new(&loop, NULL) < 0) return 1;
+    if (braid_loop_new(NULL, &loop) < 0) return 1;
     job j = { .loop = loop, .m = m };
     /* Frames carry the whole data set in one "load" call. */
     braid_workers_options o = { .count = nworkers, .max_in_flight = 1, .max_frame = ndata * sizeof *data + 4096 };

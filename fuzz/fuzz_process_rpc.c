@@ -35,10 +35,9 @@ static const braid_protocol_ops sink_ops = { 0 };
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     if (!loop) {
-        if (braid_loop_new(&loop, NULL) < 0) abort();
+        if (braid_loop_new(NULL, &loop) < 0) abort();
         sink.ops = &sink_ops;
-        mt = braid_memory_transport_new(loop, &sink);
-        if (!mt) abort();
+        if (braid_memory_transport_new(loop, &sink, &mt) < 0) abort();
     }
     braid_framer f;
     braid_framer_init_u32(&f, 1u << 16, on_frame, NULL);

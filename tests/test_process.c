@@ -215,7 +215,8 @@ BT_IO_TEST(process_signal_sigchld) {
 /* A child that ignores SIGTERM is killed when kill_after's timeout passes
  * on the (fake) loop clock, and not before. */
 BT_IO_TEST(process_kill_after) {
-    braid_fake_clock *fc = braid_fake_clock_new(0);
+    braid_fake_clock *fc;
+    braid_fake_clock_new(0, &fc);
     braid_loop *loop = bt_loop_new(braid_fake_clock_base(fc));
     rec r = { 0 };
     braid_process *p = spawn_role(loop, "ignore_term", &r);
@@ -451,7 +452,7 @@ BT_IO_TEST(process_spawn_eagain) {
         struct rlimit lim = { 0, 0 };
         if (setrlimit(RLIMIT_NPROC, &lim) < 0) _exit(76);
         braid_loop *loop;
-        if (braid_loop_new(&loop, NULL) < 0) _exit(75);
+        if (braid_loop_new(NULL, &loop) < 0) _exit(75);
         braid_process_options o = { .file = "/bin/true" };
         braid_process *p;
         braid_failure *f = NULL;

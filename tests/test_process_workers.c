@@ -240,7 +240,8 @@ BT_IO_TEST(workers_crash) {
  * call fails with BRAID_ETIMEDOUT, the other call it held with
  * BRAID_EWORKER_LOST. The timeout runs on the fake clock. */
 BT_IO_TEST(workers_timeout) {
-    braid_fake_clock *fc = braid_fake_clock_new(0);
+    braid_fake_clock *fc;
+    braid_fake_clock_new(0, &fc);
     braid_loop *loop = bt_loop_new(braid_fake_clock_base(fc));
     braid_workers *w;
     BT_OK(braid_workers_new(loop, &(braid_workers_options){ .count = 1 }, &w));

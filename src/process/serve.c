@@ -194,7 +194,7 @@ static void on_stop_signal(braid_signal *sig, int signo, void *arg) {
 static int slot_serve(serve_slot *s) {
     serve_run *r = s->run;
     braid_loop_options lo = { .backend = r->o.backend };
-    int rc = braid_loop_new(&s->loop, &lo);
+    int rc = braid_loop_new(&lo, &s->loop);
     if (rc < 0) return rc;
     braid_timer_init(s->loop, &s->drain_timer, drain_expired, s);
     s->factory = r->o.factory(s->loop, s->index, r->o.arg);
@@ -478,7 +478,7 @@ int braid_serve(const char *endpoint, const braid_serve_options *opts, struct br
             if ((rc = fork_child(r, &r->slots[i])) < 0) goto out_kill;
     }
     braid_loop_options lo = { .backend = r->o.backend };
-    if ((rc = braid_loop_new(&r->sup, &lo)) < 0) goto out_kill;
+    if ((rc = braid_loop_new(&lo, &r->sup)) < 0) goto out_kill;
     /* Processes forked before the supervisor's loop existed: their hand-off
      * sockets become transports now. */
     for (unsigned i = 0; i < r->n; i++) {

@@ -142,7 +142,7 @@ int braid_worker_main(braid_loop *loop, const braid_worker_command *cmds, size_t
     unsetenv("BRAID_WORKER");
     braid_loop *own = NULL;
     if (!loop) {
-        int rc = braid_loop_new(&own, NULL);
+        int rc = braid_loop_new(NULL, &own);
         if (rc < 0) return rc;
         loop = own;
     }
