@@ -17,5 +17,6 @@
 #include <braid/fiber.h>
 #include <braid/fstream.h>
 #include <braid/http.h>
+#include <braid/process.h>
 #include <braid/component.h>
 #endif

@@ -209,6 +209,13 @@ enum {
     BRAID_WATCH_WRITE = 1u << 1,
     BRAID_WATCH_ERROR = 1u << 2,   /* reported with READ/WRITE on error or hang-up */
     BRAID_WATCH_HUP   = 1u << 3,
+    /* With BRAID_WATCH_READ in braid_watch_set_interest: when several loops (threads or
+     * processes) watch the same open file — one listening socket — a
+     * readiness wakes one of them, not all (EPOLLEXCLUSIVE, Linux >= 4.5).
+     * Only the epoll backend honours it; select, poll and io_uring ignore
+     * it and every watching loop wakes (accept then fails with EAGAIN in
+     * all but one). */
+    BRAID_WATCH_EXCLUSIVE = 1u << 4,
 };
 
 typedef struct braid_watch braid_watch;
@@ -229,7 +236,8 @@ struct braid_watch {
  * watcher). No interest yet. BRAID_EEXIST if fd already has a watcher. */
 BRAID_API int braid_watch_init(braid_loop *loop, braid_watch *w, int fd,
                                braid_watch_cb cb, void *arg);
-/* Set interest to a mask of BRAID_WATCH_READ|BRAID_WATCH_WRITE (0 = none). */
+/* Set interest to a mask of BRAID_WATCH_READ|BRAID_WATCH_WRITE (0 = none), optionally
+ * with BRAID_WATCH_EXCLUSIVE. */
 BRAID_API int braid_watch_set_interest(braid_watch *w, unsigned mask);
 /* Unregister. Safe from any callback, including w's own; once it returns, no
  * event is delivered for w even if already collected in this batch, and w's

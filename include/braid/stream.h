@@ -149,6 +149,12 @@ BRAID_API void braid_listener_close(braid_listener *l);
 /* Stats: accepted so far, and times the EMFILE back-off engaged. */
 BRAID_API uint64_t braid_listener_accepted(const braid_listener *l);
 BRAID_API uint64_t braid_listener_emfile_events(const braid_listener *l);
+/* Accept with wake-one: when the same listening socket is watched by several
+ * loops (threads, or processes that inherited it), a new connection wakes
+ * one loop instead of all of them (BRAID_WATCH_EXCLUSIVE: EPOLLEXCLUSIVE on the
+ * epoll backend; the other backends wake every loop, and all but one find
+ * nothing to accept). 0 or a negative code from the poller. */
+BRAID_API int braid_listener_set_exclusive(braid_listener *l, bool on);
 /* EMFILE back-off: after running out of descriptors the listener stops
  * accepting for this long (doubling to 1 s while it persists). Default 50 ms. */
 BRAID_API void braid_listener_set_backoff(braid_listener *l, uint64_t backoff);
