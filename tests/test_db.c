@@ -519,7 +519,7 @@ static void wait_rolled_back(braid_loop *loop, braid_db *db, uint64_t n) {
 }
 
 static void deadline_case(const char *url) {
-    braid_fake_clock *clk;
+    braid_fake_clock *clk = NULL;
     braid_fake_clock_new(BRAID_SECONDS(1), &clk);
     braid_loop *loop = bt_loop_new(braid_fake_clock_base(clk));
     braid_db *db;
@@ -569,7 +569,7 @@ static braid_result busy_outside_sql(braid_txn *txn, void *arg) {
 }
 
 BT_TEST(sqlite_deadline_while_fn_blocks) {
-    braid_fake_clock *clk;
+    braid_fake_clock *clk = NULL;
     braid_fake_clock_new(BRAID_SECONDS(1), &clk);
     braid_loop *loop = bt_loop_new(braid_fake_clock_base(clk));
     braid_db *db;

@@ -215,7 +215,7 @@ BT_IO_TEST(process_signal_sigchld) {
 /* A child that ignores SIGTERM is killed when kill_after's timeout passes
  * on the (fake) loop clock, and not before. */
 BT_IO_TEST(process_kill_after) {
-    braid_fake_clock *fc;
+    braid_fake_clock *fc = NULL;
     braid_fake_clock_new(0, &fc);
     braid_loop *loop = bt_loop_new(braid_fake_clock_base(fc));
     rec r = { 0 };

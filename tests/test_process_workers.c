@@ -240,7 +240,7 @@ BT_IO_TEST(workers_crash) {
  * call fails with BRAID_ETIMEDOUT, the other call it held with
  * BRAID_EWORKER_LOST. The timeout runs on the fake clock. */
 BT_IO_TEST(workers_timeout) {
-    braid_fake_clock *fc;
+    braid_fake_clock *fc = NULL;
     braid_fake_clock_new(0, &fc);
     braid_loop *loop = bt_loop_new(braid_fake_clock_base(fc));
     braid_workers *w;
