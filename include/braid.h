@@ -17,6 +17,7 @@
 #include <braid/fiber.h>
 #include <braid/fstream.h>
 #include <braid/http.h>
+#include <braid/process.h>
 #include <braid/tuplespace.h>
 #include <braid/component.h>
 #endif
