@@ -185,7 +185,7 @@ static void p1_measure(bench_ctx *ctx, int impl, int run, void *arg) {
 static void part1(bench_ctx *ctx) {
     static p1 s;
     memset(&s, 0, sizeof s);
-    if (braid_loop_new(&s.loop, NULL) < 0) return;
+    if (braid_loop_new(NULL, &s.loop) < 0) return;
     s.n = ctx->smoke ? 2000 : ctx->full ? 2000000 : 300000;
     static const char *const impls[] = { "braid", "braid-dqueue" };
     for (int shape = 0; shape < NSHAPES; shape++) {
@@ -322,7 +322,7 @@ static void braid_server(const char *path, long jobs, int ctl) {
     braid_loop *loop;
     braid_tuplespace *ts;
     braid_tuplespace_options o = { .max_tuples = (size_t)jobs + 1000 };
-    if (braid_loop_new(&loop, NULL) < 0 || braid_tuplespace_new(loop, &o, &ts) < 0) _exit(8);
+    if (braid_loop_new(NULL, &loop) < 0 || braid_tuplespace_new(loop, &o, &ts) < 0) _exit(8);
     for (long i = 0; i < jobs; i++)
         if (braid_tuplespace_out(ts, BRAID_FIELDS(braid_field_str("job"), braid_field_int(i),
                                                   braid_field_bytes(payload, PAYLOAD)), 0) < 0)
@@ -519,7 +519,7 @@ static void p3_measure(bench_ctx *ctx, int impl, int run, void *arg) {
     p3 *s = arg;
     braid_loop *loop;
     braid_tuplespace *ts;
-    if (braid_loop_new(&loop, NULL) < 0 || braid_tuplespace_new(loop, NULL, &ts) < 0) abort();
+    if (braid_loop_new(NULL, &loop) < 0 || braid_tuplespace_new(loop, NULL, &ts) < 0) abort();
     for (long i = 0; i < s->backlog; i++)      /* the backlog: low, arrived at tick 0 */
         braid_tuplespace_out(ts, BRAID_FIELDS(braid_field_str("job"), braid_field_bool(false), braid_field_int(0)), 0);
     double *hi = malloc(sizeof(double) * (size_t)s->ticks), *lo = malloc(sizeof(double) * (size_t)s->ticks);

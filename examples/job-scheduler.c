@@ -90,7 +90,7 @@ int main(int argc, char **argv) {
     }
     signal(SIGPIPE, SIG_IGN);
     p.seen = calloc((size_t)p.jobs, 1);
-    int rc = braid_loop_new(&p.loop, NULL);
+    int rc = braid_loop_new(NULL, &p.loop);
     if (rc == 0) rc = braid_tuplespace_new(p.loop, NULL, &p.ts);
     if (rc < 0) { fprintf(stderr, "job-scheduler: %s\n", braid_strerror(rc)); return 1; }
 

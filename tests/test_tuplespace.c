@@ -11,7 +11,7 @@
 
 static braid_fake_clock *fc;
 static braid_loop *mkloop(void) {
-    fc = braid_fake_clock_new(1000);
+    braid_fake_clock_new(1000, &fc);
     BT_TRUE(fc);
     return bt_loop_new(braid_fake_clock_base(fc));
 }
@@ -613,7 +613,7 @@ BT_TEST(durable_across_a_crash) {
     if (pid == 0) {
         braid_loop *loop;
         int rc;
-        if (braid_loop_new(&loop, NULL) < 0) _exit(2);
+        if (braid_loop_new(NULL, &loop) < 0) _exit(2);
         braid_tuplespace *ts = open_durable(loop, path, &rc);
         if (rc < 0) _exit(3);
         out_job(ts, 1, 0);
