@@ -18,5 +18,7 @@
 #include <braid/fstream.h>
 #include <braid/stage.h>
 #include <braid/http.h>
+#include <braid/process.h>
+#include <braid/tuplespace.h>
 #include <braid/component.h>
 #endif
