@@ -185,12 +185,12 @@ static void quiet_log(void *ctx, braid_log_level level, const char *msg) {
 
 static int serve_braid(int port, int channels, bool stages, double target_ms) {
     braid_loop *loop;
-    if (braid_loop_new(&loop, &(braid_loop_options){ .log = quiet_log }) < 0) return 1;
+    if (braid_loop_new(&(braid_loop_options){ .log = quiet_log }, &loop) < 0) return 1;
     srv_loop = loop;
     use_stages = stages;
     braid_pool_options po = { .min_threads = (unsigned)channels, .max_threads = (unsigned)channels,
                               .loop = loop, .queue_limit = stages ? 0 : (1u << 24) };
-    if (braid_pool_new(&srv_pool, &po) < 0) return 1;
+    if (braid_pool_new(&po, &srv_pool) < 0) return 1;
     braid_stage_domain *dl, *dp;
     if (stages) {
         braid_stage_domain_new(loop, NULL, NULL, &dl);

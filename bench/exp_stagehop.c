@@ -60,7 +60,7 @@ static double within(long n, size_t batch, unsigned flags, bool plain) {
         return (double)(bench_now_ns() - t0) / (double)(n * CHAIN);
     }
     braid_loop *loop;
-    if (braid_loop_new(&loop, NULL) < 0) return NAN;
+    if (braid_loop_new(NULL, &loop) < 0) return NAN;
     braid_stage_domain *d;
     braid_stage_domain_new(loop, NULL, NULL, &d);
     /* Queues of 1024 (the default), fed 1024 at a time: a ring that fits in
@@ -118,10 +118,10 @@ static braid_result pool_back(braid_result r, void *arg) {
 /* impl 0: stage round trip, 1: defer_to_pool. inflight 1 or n. */
 static double across(long n, long inflight, int impl) {
     braid_loop *loop;
-    if (braid_loop_new(&loop, NULL) < 0) return NAN;
+    if (braid_loop_new(NULL, &loop) < 0) return NAN;
     braid_pool *pool;
-    braid_pool_new(&pool, &(braid_pool_options){ .max_threads = 1, .min_threads = 1, .loop = loop,
-                                                 .queue_limit = (size_t)n + 16 });
+    braid_pool_new(&(braid_pool_options){ .max_threads = 1, .min_threads = 1, .loop = loop,
+                                                 .queue_limit = (size_t)n + 16 }, &pool);
     xd x = { .loop = loop };
     braid_stage_domain *dl = NULL, *dp = NULL;
     if (impl == 0) {
@@ -164,7 +164,7 @@ static double across(long n, long inflight, int impl) {
         braid_stage_domain_free(dp);
         braid_loop_run_once(loop, BRAID_LOOP_RUN_NOWAIT);
     }
-    braid_pool_destroy(pool, BRAID_POOL_FINISH);
+    braid_pool_free(pool);
     braid_loop_run_once(loop, BRAID_LOOP_RUN_NOWAIT);
     braid_loop_free(loop);
     return best;

@@ -80,7 +80,8 @@ static void job_free(void *p) {
 static void job_free_on_loop(void *p) { job_free(p); }
 
 static void answer(job *j, int status, const char *type, const char *body, size_t len, bool retry) {
-    braid_http_response *r = braid_http_response_new(status, type, body, len);
+    braid_http_response *r = NULL;
+    braid_http_response_new(status, type, body, len, &r);
     if (r && retry) braid_http_response_add_header(r, "Retry-After", "1");
     braid_deferred *d = j->d;
     j->d = NULL;
@@ -249,8 +250,8 @@ int main(int argc, char **argv) {
     a.root = argv[1];
     const char *where = argc > 2 ? argv[2] : "tcp:8080:interface=127.0.0.1";
     a.delay_ms = argc > 3 ? atol(argv[3]) : 0;
-    if (braid_loop_new(&a.loop, NULL) < 0) return 1;
-    if (braid_pool_new(&a.pool, &(braid_pool_options){ .max_threads = 4, .name = "disk", .loop = a.loop }) < 0)
+    if (braid_loop_new(NULL, &a.loop) < 0) return 1;
+    if (braid_pool_new(&(braid_pool_options){ .max_threads = 4, .name = "disk", .loop = a.loop }, &a.pool) < 0)
         return 1;
     if (braid_stage_domain_new(a.loop, NULL, NULL, &a.on_loop) < 0 ||
         braid_stage_domain_new(a.loop, a.pool, &(braid_stage_domain_options){ .name = "disk pool" }, &a.on_pool) < 0 ||
@@ -285,7 +286,7 @@ int main(int argc, char **argv) {
     braid_stage_domain_free(a.on_pool);
     braid_loop_run_once(a.loop, BRAID_LOOP_RUN_NOWAIT);   /* wake-ups still posted */
     braid_http_server_free(a.server);
-    braid_pool_destroy(a.pool, BRAID_POOL_FINISH);
+    braid_pool_free(a.pool);
     for (int k = 0; k < CACHE_SLOTS; k++) {
         free(a.cache_pages[k].path);
         free(a.cache_pages[k].body);

@@ -72,7 +72,7 @@ static void record(braid_stage *st, braid_stage_event *evs, size_t n, void *arg)
 }
 
 static braid_loop *fake_loop(braid_fake_clock **fc) {
-    *fc = braid_fake_clock_new(BRAID_SECONDS(1));
+    braid_fake_clock_new(BRAID_SECONDS(1), fc);
     return bt_loop_new(braid_fake_clock_base(*fc));
 }
 
@@ -435,7 +435,7 @@ BT_TEST(user_predicate_and_threshold) {
 BT_TEST(direct_within_a_domain_queue_between) {
     braid_loop *loop = bt_loop_new(NULL);
     braid_pool *pool;
-    BT_OK(braid_pool_new(&pool, &(braid_pool_options){ .max_threads = 2, .loop = loop }));
+    BT_OK(braid_pool_new(&(braid_pool_options){ .max_threads = 2, .loop = loop }, &pool));
     braid_stage_domain *dl, *dp;
     BT_OK(braid_stage_domain_new(loop, NULL, NULL, &dl));
     BT_OK(braid_stage_domain_new(loop, pool, &(braid_stage_domain_options){ .name = "workers" }, &dp));
@@ -507,7 +507,7 @@ BT_TEST(direct_within_a_domain_queue_between) {
     BT_EQ(atomic_load(&freed), N);
     braid_stage_domain_free(dl);
     braid_stage_domain_free(dp);
-    braid_pool_destroy(pool, BRAID_POOL_FINISH);
+    braid_pool_free(pool);
     bt_loop_destroy(loop);
 }
 
@@ -528,7 +528,7 @@ static void *produce(void *p) {
 BT_TEST(cross_domain_from_many_threads) {
     braid_loop *loop = bt_loop_new(NULL);
     braid_pool *pool;
-    BT_OK(braid_pool_new(&pool, &(braid_pool_options){ .max_threads = 3, .loop = loop }));
+    BT_OK(braid_pool_new(&(braid_pool_options){ .max_threads = 3, .loop = loop }, &pool));
     braid_stage_domain *dl, *dp;
     BT_OK(braid_stage_domain_new(loop, NULL, NULL, &dl));
     BT_OK(braid_stage_domain_new(loop, pool, NULL, &dp));
@@ -564,7 +564,7 @@ BT_TEST(cross_domain_from_many_threads) {
     BT_EQ(atomic_load(&freed), P * N);
     braid_stage_domain_free(dl);
     braid_stage_domain_free(dp);
-    braid_pool_destroy(pool, BRAID_POOL_FINISH);
+    braid_pool_free(pool);
     bt_loop_destroy(loop);
 }
 
@@ -572,7 +572,7 @@ BT_TEST(cross_domain_from_many_threads) {
 BT_TEST(free_with_events_queued_frees_each_once) {
     braid_loop *loop = bt_loop_new(NULL);
     braid_pool *pool;
-    BT_OK(braid_pool_new(&pool, &(braid_pool_options){ .flags = BRAID_POOL_MEMORY, .loop = loop }));
+    BT_OK(braid_pool_new(&(braid_pool_options){ .flags = BRAID_POOL_MEMORY, .loop = loop }, &pool));
     braid_stage_domain *dl, *dp;
     BT_OK(braid_stage_domain_new(loop, NULL, NULL, &dl));
     BT_OK(braid_stage_domain_new(loop, pool, NULL, &dp));
@@ -602,7 +602,7 @@ BT_TEST(free_with_events_queued_frees_each_once) {
     braid_stage_domain_free(dl);   /* its wake-up still queued: freed when it runs */
     braid_stage_domain_free(dp);
     BT_OK(braid_loop_run_once(loop, BRAID_LOOP_RUN_NOWAIT));
-    braid_pool_destroy(pool, BRAID_POOL_FINISH);
+    braid_pool_free(pool);
     bt_loop_destroy(loop);
 }
 
@@ -644,10 +644,10 @@ static void log_to_buf(void *ctx, braid_log_level level, const char *msg) {
     if (n > 0 && (size_t)n < sizeof b->text - b->len) b->len += (size_t)n;
 }
 static braid_loop *logged_loop(braid_fake_clock **fc, logbuf *lb) {
-    *fc = braid_fake_clock_new(BRAID_SECONDS(1));
+    braid_fake_clock_new(BRAID_SECONDS(1), fc);
     braid_loop_options o = { .clock = braid_fake_clock_base(*fc), .log = log_to_buf, .log_ctx = lb };
     braid_loop *loop;
-    BT_OK(braid_loop_new(&loop, &o));
+    BT_OK(braid_loop_new(&o, &loop));
     return loop;
 }
 static void offer(braid_stage *st, int n, uint64_t service) {
@@ -773,7 +773,7 @@ BT_TEST(thread_controller_grows_and_retires) {
     braid_fake_clock *fc;
     braid_loop *loop = logged_loop(&fc, &lb);
     braid_pool *pool;
-    BT_OK(braid_pool_new(&pool, &(braid_pool_options){ .flags = BRAID_POOL_MEMORY, .loop = loop }));
+    BT_OK(braid_pool_new(&(braid_pool_options){ .flags = BRAID_POOL_MEMORY, .loop = loop }, &pool));
     braid_stage_domain *d, *dl;
     BT_OK(braid_stage_domain_new(loop, pool, NULL, &d));
     BT_OK(braid_stage_domain_new(loop, NULL, NULL, &dl));
@@ -785,14 +785,14 @@ BT_TEST(thread_controller_grows_and_retires) {
     BT_ERR(braid_stage_control_threads(onloop, &tc), BRAID_EINVAL);   /* one thread there */
     BT_OK(braid_stage_control_threads(st, &tc));
     offer(st, 10, 0);
-    braid_pool_stats ps;
-    braid_pool_stats_get(pool, &ps);
+    struct braid_pool_stats ps;
+    braid_pool_stats(pool, &ps);
     BT_UEQ(ps.queued, 1);                        /* one run for now */
     BT_OK(braid_loop_advance(loop, BRAID_SECONDS(1)));
     braid_stage_stats s;
     braid_stage_stats_get(st, &s);
     BT_EQ(s.threads, 2);
-    braid_pool_stats_get(pool, &ps);
+    braid_pool_stats(pool, &ps);
     BT_UEQ(ps.queued, 2);                        /* the new bound started a second run */
     BT_TRUE(strstr(lb.text, "stage t: threads 1 -> 2 (queue 10, threshold 5, idle 0 ns, bounds 1..3)") != NULL);
     BT_OK(braid_loop_advance(loop, BRAID_SECONDS(1)));
@@ -816,7 +816,7 @@ BT_TEST(thread_controller_grows_and_retires) {
     braid_stage_free(onloop);
     braid_stage_domain_free(d);
     braid_stage_domain_free(dl);
-    braid_pool_destroy(pool, BRAID_POOL_FINISH);
+    braid_pool_free(pool);
     bt_loop_destroy(loop);
     braid_fake_clock_free(fc);
 }
@@ -829,12 +829,12 @@ static void fwd(braid_stage *st, braid_stage_event *evs, size_t n, void *arg) {
 
 static int alloc_scenario(void) {
     braid_loop *loop;
-    int rc = braid_loop_new(&loop, NULL);
+    int rc = braid_loop_new(NULL, &loop);
     if (rc < 0) return rc;
     braid_pool *pool = NULL;
     braid_stage_domain *dl = NULL, *dp = NULL;
     braid_stage *a = NULL, *b = NULL;
-    if ((rc = braid_pool_new(&pool, &(braid_pool_options){ .flags = BRAID_POOL_MEMORY, .loop = loop })) < 0)
+    if ((rc = braid_pool_new(&(braid_pool_options){ .flags = BRAID_POOL_MEMORY, .loop = loop }, &pool)) < 0)
         goto out;
     if ((rc = braid_stage_domain_new(loop, NULL, NULL, &dl)) < 0) goto out;
     if ((rc = braid_stage_domain_new(loop, pool, NULL, &dp)) < 0) goto out;
@@ -858,7 +858,7 @@ out:
     braid_stage_domain_free(dp);
     while (braid_pool_step(pool) > 0) {}
     if (braid_loop_run_once(loop, BRAID_LOOP_RUN_NOWAIT) < 0) abort();
-    braid_pool_destroy(pool, BRAID_POOL_FINISH);
+    braid_pool_free(pool);
     if (braid_loop_free(loop) < 0) abort();
     return rc;
 }
@@ -880,7 +880,7 @@ BT_TEST(allocation_failure_walk) {
 BT_TEST(loop_run_waits_for_pool_domain_answers) {
     braid_loop *loop = bt_loop_new(NULL);
     braid_pool *pool;
-    BT_OK(braid_pool_new(&pool, &(braid_pool_options){ .max_threads = 2, .loop = loop }));
+    BT_OK(braid_pool_new(&(braid_pool_options){ .max_threads = 2, .loop = loop }, &pool));
     braid_stage_domain *dl, *dp;
     BT_OK(braid_stage_domain_new(loop, NULL, NULL, &dl));
     BT_OK(braid_stage_domain_new(loop, pool, NULL, &dp));
@@ -904,7 +904,7 @@ BT_TEST(loop_run_waits_for_pool_domain_answers) {
     braid_stage_domain_free(dl);
     braid_stage_domain_free(dp);
     BT_OK(braid_loop_run_once(loop, BRAID_LOOP_RUN_NOWAIT));
-    braid_pool_destroy(pool, BRAID_POOL_FINISH);
+    braid_pool_free(pool);
     bt_loop_destroy(loop);
 }
 
@@ -962,13 +962,13 @@ BT_TEST(loop_only_stages) {
     BT_UEQ(s.batches, 13);
     BT_EQ(atomic_load(&freed), 100);
     braid_pool *pool;
-    BT_OK(braid_pool_new(&pool, &(braid_pool_options){ .flags = BRAID_POOL_MEMORY, .loop = loop }));
+    BT_OK(braid_pool_new(&(braid_pool_options){ .flags = BRAID_POOL_MEMORY, .loop = loop }, &pool));
     braid_stage_domain *dp;
     BT_OK(braid_stage_domain_new(loop, pool, NULL, &dp));
     braid_stage *c;
     BT_ERR(braid_stage_new(dp, "c", nop, NULL, &o, &c), BRAID_EINVAL);
     braid_stage_domain_free(dp);
-    braid_pool_destroy(pool, BRAID_POOL_FINISH);
+    braid_pool_free(pool);
     braid_stage_free(a);
     braid_stage_free(b);
     close_fake_loop(loop, d, fc);
