@@ -359,7 +359,7 @@ static int run_loop_server(const cs_opts *o, int lfd, bool ctl, int ready_fd) {
     memset(&s, 0, sizeof s);
     s.lfd = lfd;
     braid_loop_options lo = { .backend = cs_backend(o->backend) };
-    if (braid_loop_new(&s.loop, &lo) < 0) return 1;
+    if (braid_loop_new(&lo, &s.loop) < 0) return 1;
     braid_watch_init(s.loop, &s.listen_w, lfd, listen_cb, &s);
     braid_watch_set_interest(&s.listen_w, BRAID_WATCH_READ);
     braid_timer_init(s.loop, &s.limit, limit_cb, &s);
@@ -497,7 +497,7 @@ static int serve_stream(const cs_opts *o) {
     cs_stream_server s;
     memset(&s, 0, sizeof s);
     braid_loop_options lo = { .backend = cs_backend(o->backend) };
-    if (braid_loop_new(&s.loop, &lo) < 0) return 1;
+    if (braid_loop_new(&lo, &s.loop) < 0) return 1;
     braid_factory f;
     braid_factory_init(&f, &cs_proto_ops, sizeof(cs_proto), NULL);
     braid_listener *l;
@@ -890,7 +890,7 @@ static int one_run(bench_ctx *ctx, const cs_impl *im, int n, int timeout_s, bool
     cl.n = n;
     cl.c = calloc((size_t)n, sizeof *cl.c);
     braid_loop_options lo = { .backend = BRAID_BACKEND_EPOLL };
-    if (!cl.c || braid_loop_new(&cl.loop, &lo) < 0) {
+    if (!cl.c || braid_loop_new(&lo, &cl.loop) < 0) {
         free(cl.c);
         sp_stats st;
         stop_server(&sp, &st);

@@ -196,7 +196,7 @@ static void measure(bench_ctx *ctx, int impl, int r, void *arg) {
 static int run(bench_ctx *ctx) {
     static dstate st;
     memset(&st, 0, sizeof st);
-    if (braid_loop_new(&st.loop, NULL) < 0) return 1;
+    if (braid_loop_new(NULL, &st.loop) < 0) return 1;
     int runs = ctx->runs > BENCH_MAX_RUNS ? BENCH_MAX_RUNS : ctx->runs;
     st.scale = ctx->smoke ? 1.0 / 200 : ctx->full ? 4 : 1;
     char script[1024];

@@ -147,10 +147,11 @@ static braid_result idler(void *arg) {
 
 /* RSS growth in KiB for nfibers fibers asleep; 0 on failure. */
 static double braid_idle_kib(long nfibers) {
-    braid_fake_clock *fc = braid_fake_clock_new(0);
+    braid_fake_clock *fc = NULL;
+    braid_fake_clock_new(0, &fc);
     braid_loop_options o = { .clock = braid_fake_clock_base(fc) };
     braid_loop *loop;
-    if (!fc || braid_loop_new(&loop, &o) < 0) { braid_fake_clock_free(fc); return 0; }
+    if (!fc || braid_loop_new(&o, &loop) < 0) { braid_fake_clock_free(fc); return 0; }
     braid_fiber_set_pool_max(loop, 0);
     idle_arg a = { loop };
     long before = bench_rss_kib(getpid());
@@ -207,12 +208,12 @@ int rr_serve_fiber(int port, const char *backend, int mode, double seconds) {
     else if (backend && !strcmp(backend, "uring")) b = BRAID_BACKEND_URING;
     braid_loop *loop;
     braid_loop_options o = { .backend = b, .flags = BRAID_LOOP_STRICT_BACKEND };
-    if (braid_loop_new(&loop, &o) < 0) { fprintf(stderr, "serve: backend %s unavailable\n", backend); return 77; }
+    if (braid_loop_new(&o, &loop) < 0) { fprintf(stderr, "serve: backend %s unavailable\n", backend); return 77; }
     static int smode;
     smode = mode;
     static braid_fstream_factory ff;
     braid_fiber_options fo = { .name = "rr-conn" };
-    braid_fstream_factory_init(&ff, loop, rr_fiber_conn, &smode, &fo);
+    braid_fstream_factory_init(loop, &ff, rr_fiber_conn, &smode, &fo);
     braid_listener *l;
     int rc = braid_tcp_listen(loop, &(braid_tcp_listen_options){ .host = "127.0.0.1", .port = port,
                                                                   .backlog = 511 }, &ff.base, &l);
@@ -229,7 +230,7 @@ int rr_run_once(bench_ctx *ctx, const char *serve_impl, int nconn, double warm, 
 /* ---- the experiment ------------------------------------------------------------------- */
 static int run(bench_ctx *ctx) {
     braid_loop *loop;
-    if (braid_loop_new(&loop, NULL) < 0) return 1;
+    if (braid_loop_new(NULL, &loop) < 0) return 1;
     int runs = ctx->runs > BENCH_MAX_RUNS ? BENCH_MAX_RUNS : ctx->runs;
     long div = ctx->smoke ? 100 : ctx->quick ? 5 : 1;
     long nswitch = 10000000 / div;

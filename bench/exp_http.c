@@ -46,7 +46,7 @@ static braid_deferred *hello(braid_http_request *req, void *arg) {
 static int serve_one(int port, const char *backend, double seconds, bool reuseport) {
     braid_loop *loop;
     braid_loop_options o = { .backend = (braid_backend)bench_backend(backend), .flags = BRAID_LOOP_STRICT_BACKEND };
-    if (braid_loop_new(&loop, &o) < 0) {
+    if (braid_loop_new(&o, &loop) < 0) {
         fprintf(stderr, "serve http: backend %s unavailable\n", backend);
         return 77;
     }

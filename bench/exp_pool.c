@@ -124,7 +124,7 @@ static double braid_round(braid_loop *loop, braid_pool *pool, int load, long cal
 }
 
 static int braid_setup(braid_loop **loop, braid_pool **pool, int threads) {
-    if (braid_loop_new(loop, NULL) < 0) return -1;
+    if (braid_loop_new(NULL, loop) < 0) return -1;
     braid_pool_options o = { .min_threads = (unsigned)threads, .max_threads = (unsigned)threads,
                              .name = "bench", .loop = *loop };
     /* For exploring the spin settings by hand (the experiment uses defaults). */
@@ -132,7 +132,7 @@ static int braid_setup(braid_loop **loop, braid_pool **pool, int threads) {
     if ((e = getenv("BENCH_POOL_SPIN_NS"))) o.spin_ns = strtoull(e, NULL, 10);
     if ((e = getenv("BENCH_POOL_LOOP_SPIN_NS"))) o.loop_spin_ns = strtoull(e, NULL, 10);
     if (getenv("BENCH_POOL_NO_SPIN")) o.flags |= BRAID_POOL_NO_SPIN;
-    return braid_pool_new(pool, &o);
+    return braid_pool_new(&o, pool);
 }
 
 static double run_braid(int threads, int load, long calls, long warm) {
@@ -141,7 +141,7 @@ static double run_braid(int threads, int load, long calls, long warm) {
     if (braid_setup(&loop, &pool, threads) < 0) return NAN;
     braid_round(loop, pool, load, warm);
     double ns = braid_round(loop, pool, load, calls);
-    braid_pool_destroy(pool, BRAID_POOL_FINISH);
+    braid_pool_free(pool);
     if (braid_loop_free(loop) < 0) return NAN;
     return ns;
 }
@@ -449,16 +449,16 @@ static int serve_blocking(const char *impl, int threads, const char *job, int re
     if (!strcmp(impl, "braid")) {
         braid_loop *loop;
         braid_pool *pool;
-        if (braid_loop_new(&loop, NULL) < 0) return 1;
+        if (braid_loop_new(NULL, &loop) < 0) return 1;
         braid_pool_options o = { .max_threads = (unsigned)threads, .name = "bench", .loop = loop };
-        if (braid_pool_new(&pool, &o) < 0) return 1;
+        if (braid_pool_new(&o, &pool) < 0) return 1;
         braid_burst(loop, pool, threads, bjob_sleep_1ms);
         for (int b = 0; b < NBURSTS; b++) {
             for (int r = 0; r < reps; r++) v[r] = braid_burst(loop, pool, bursts[b], bjob_run);
             qsort(v, (size_t)reps, sizeof v[0], cmp_double);
             med[b] = v[reps / 2];
         }
-        braid_pool_destroy(pool, BRAID_POOL_FINISH);
+        braid_pool_free(pool);
         if (braid_loop_free(loop) < 0) return 1;
 #ifdef BENCH_HAVE_LIBUV
     } else if (!strcmp(impl, "libuv")) {
@@ -528,7 +528,7 @@ static double idle_cpu(const char *impl, double secs) {
         double c0 = cpu_self_us();
         sleep_s(secs);
         double used = cpu_self_us() - c0;
-        braid_pool_destroy(pool, BRAID_POOL_FINISH);
+        braid_pool_free(pool);
         braid_loop_free(loop);
         return used;
     }

@@ -76,7 +76,7 @@ static int serve_braid(int port, const char *backend, int mode, double seconds) 
      * docs/stream.md); BRAID_STREAM_COMPLETIONS=0 measures readiness. */
     braid_loop *loop;
     braid_loop_options o = { .backend = (braid_backend)bench_backend(backend), .flags = BRAID_LOOP_STRICT_BACKEND };
-    if (braid_loop_new(&loop, &o) < 0) { fprintf(stderr, "serve: backend %s unavailable\n", backend); return 77; }
+    if (braid_loop_new(&o, &loop) < 0) { fprintf(stderr, "serve: backend %s unavailable\n", backend); return 77; }
     braid_factory f;
     braid_factory_init(&f, mode == RR_MODE_ECHO ? &echo_ops : &rr_ops, sizeof(rr_conn), NULL);
     braid_listener *l;
@@ -279,7 +279,7 @@ static run_result drive(int port, int nconn, int mode, double warm_s, double win
     run_result res = { .ok = false };
     gen g = { .mode = mode };
     braid_loop_options o = { .backend = BRAID_BACKEND_EPOLL };
-    if (braid_loop_new(&g.loop, &o) < 0) return res;
+    if (braid_loop_new(&o, &g.loop) < 0) return res;
     gconn *conns = calloc((size_t)nconn, sizeof *conns);
     int made = 0;
     for (; made < nconn; made++) {

@@ -136,8 +136,9 @@ static braid_result run_job(void *arg) {   /* on a pool worker */
     } else {
         usleep((useconds_t)(j->n * 1000));
     }
-    braid_http_response *r = braid_http_response_new(200, "text/plain", body, len);
-    if (!r) return braid_result_errf(BRAID_ENOMEM, "response");
+    braid_http_response *r;
+    if (braid_http_response_new(200, "text/plain", body, len, &r) < 0)
+        return braid_result_errf(BRAID_ENOMEM, "response");
     return braid_result_ok_owned(r, braid_http_response_free);
 }
 
@@ -227,8 +228,8 @@ static braid_deferred *h_big(braid_http_request *req, void *arg) {
 
 static braid_deferred *h_status(braid_http_request *req, void *arg) {
     (void)arg;
-    braid_pool_stats ps;
-    braid_pool_stats_get(S.pool, &ps);
+    struct braid_pool_stats ps;
+    braid_pool_stats(S.pool, &ps);
     char out[512];
     int n = snprintf(out, sizeof out, "timers %zu\nconns %zu\ndeferreds %zu\npool_queued %llu\npool_running %llu\n"
                                       "requests %llu\n",
@@ -254,12 +255,12 @@ static int serve(int argc, char **argv) {
     if (port <= 0 || tls_port <= 0) { fprintf(stderr, "serve soak: --port and --tls-port must be ports\n"); return 2; }
     signal(SIGPIPE, SIG_IGN);
     braid_loop_options lo = { .backend = (braid_backend)bench_backend(backend), .flags = BRAID_LOOP_STRICT_BACKEND };
-    if (braid_loop_new(&S.loop, &lo) < 0) {
+    if (braid_loop_new(&lo, &S.loop) < 0) {
         fprintf(stderr, "serve soak: backend %s unavailable\n", backend);
         return 77;
     }
     braid_pool_options po = { .max_threads = 8, .name = "soak", .loop = S.loop };
-    if (braid_pool_new(&S.pool, &po) < 0 || braid_http_server_new(S.loop, NULL, &S.http) < 0) return 1;
+    if (braid_pool_new(&po, &S.pool) < 0 || braid_http_server_new(S.loop, NULL, &S.http) < 0) return 1;
     if (braid_http_server_route(S.http, NULL, "/echo", 0, h_echo, NULL) < 0 ||
         braid_http_server_route(S.http, "GET", "/pool", 0, h_job, NULL) < 0 ||
         braid_http_server_route(S.http, "GET", "/cpu", 0, h_job, &S) < 0 ||
@@ -281,9 +282,7 @@ static int serve(int argc, char **argv) {
     btc_make(&cert, BTC_EC, "localhost", "DNS:localhost,IP:127.0.0.1", &ca, -3600, 86400);
     braid_tls_ctx *tctx;
     char err[256];
-    if (braid_tls_ctx_new(&tctx, BRAID_TLS_SERVER,
-                          &(braid_tls_options){ .cert_pem = cert.cert_pem, .key_pem = cert.key_pem }, err,
-                          sizeof err) < 0) {
+    if (braid_tls_ctx_new(BRAID_TLS_SERVER, &(braid_tls_options){ .cert_pem = cert.cert_pem, .key_pem = cert.key_pem }, err, sizeof err, &tctx) < 0) {
         fprintf(stderr, "serve soak: %s\n", err);
         return 1;
     }

@@ -62,7 +62,7 @@ static void braid_cb(braid_watch *w, unsigned ev, void *arg) { (void)ev; drain_f
 static double run_braid(sv_state *s, const char *backend) {
     braid_loop_options o = { .backend = (braid_backend)bench_backend(backend), .flags = BRAID_LOOP_STRICT_BACKEND };
     braid_loop *loop;
-    if (braid_loop_new(&loop, &o) < 0) return NAN;
+    if (braid_loop_new(&o, &loop) < 0) return NAN;
     braid_watch *w = calloc((size_t)s->npairs, sizeof *w);
     double res = NAN;
     int n = 0;

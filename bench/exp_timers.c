@@ -61,7 +61,7 @@ static void braid_fire_cb(braid_timer *t, void *arg) { (void)t; ((tm_state *)arg
 static double run_braid(tm_state *s, bool cached) {
     braid_loop *loop;
     braid_loop_options o = { .backend = BRAID_BACKEND_EPOLL };
-    if (braid_loop_new(&loop, &o) < 0) return NAN;
+    if (braid_loop_new(&o, &loop) < 0) return NAN;
     braid_timer *pend = malloc((size_t)(s->pending ? s->pending : 1) * sizeof *pend);
     braid_timer *fire = s->op == OP_FIRE ? malloc((size_t)s->ops * sizeof *fire) : NULL;
     if (!pend || (s->op == OP_FIRE && !fire)) { free(pend); free(fire); braid_loop_free(loop); return NAN; }

@@ -163,11 +163,11 @@ static int serve(int argc, char **argv) {
     braid_loop *loop;
     braid_loop_options o = { .backend = (braid_backend)bench_backend(backend), .flags = BRAID_LOOP_STRICT_BACKEND,
                              .log = quiet_log };
-    if (braid_loop_new(&loop, &o) < 0) { fprintf(stderr, "serve tls: backend %s unavailable\n", backend); return 77; }
+    if (braid_loop_new(&o, &loop) < 0) { fprintf(stderr, "serve tls: backend %s unavailable\n", backend); return 77; }
     char err[256];
     braid_tls_ctx *ctx;
-    if (braid_tls_ctx_new(&ctx, BRAID_TLS_SERVER, &(braid_tls_options){ .cert_file = cert, .key_file = key },
-                          err, sizeof err) < 0) {
+    if (braid_tls_ctx_new(BRAID_TLS_SERVER, &(braid_tls_options){ .cert_file = cert, .key_file = key }, err,
+                          sizeof err, &ctx) < 0) {
         fprintf(stderr, "serve tls: %s\n", err);
         return 1;
     }
@@ -425,14 +425,14 @@ static int gen_init(gen *g, int port, int mode, const char *groups) {
     g->port = port;
     g->mode = mode;
     braid_loop_options o = { .backend = BRAID_BACKEND_EPOLL, .log = quiet_log };
-    if (braid_loop_new(&g->loop, &o) < 0) return -1;
+    if (braid_loop_new(&o, &g->loop) < 0) return -1;
     /* Full handshakes only (no session cache); the certificate is not
      * verified (see the header); TLS 1.3, P-256, AES-128-GCM offered alone. */
     braid_tls_options co = { .verify = BRAID_TLS_VERIFY_NONE, .no_tickets = true,
                              .groups = groups, .ciphersuites = "TLS_AES_128_GCM_SHA256",
                              .min_version = BRAID_TLS_V1_3 };
     char err[256];
-    if (braid_tls_ctx_new(&g->ctx, BRAID_TLS_CLIENT, &co, err, sizeof err) < 0) {
+    if (braid_tls_ctx_new(BRAID_TLS_CLIENT, &co, err, sizeof err, &g->ctx) < 0) {
         fprintf(stderr, "tls client: %s\n", err);
         braid_loop_free(g->loop);
         return -1;

@@ -106,7 +106,7 @@ static void on_signal(braid_signal *sig, int signo, void *arg) {
     braid_listener_close(s->listener);
     s->listener = NULL;
     /* Flush, close, and abort whoever is still not reading after the
-     * deadline (plain braid_transport_close would wait for ever). */
+     * deadline (BRAID_FOREVER would let such a peer keep us for ever). */
     for (conn *c = s->conns; c; c = c->next) braid_transport_close(c->base.transport, CLOSE_DEADLINE);
     stop_signals(s);                  /* run() returns when the last connection closed */
 }
@@ -114,16 +114,17 @@ static void on_signal(braid_signal *sig, int signo, void *arg) {
 int main(int argc, char **argv) {
     const char *where = argc > 1 ? argv[1] : "tcp:8000:interface=127.0.0.1";
     server s = { 0 };
-    if (braid_loop_new(&s.loop, NULL) < 0) return 1;   /* $BRAID_BACKEND picks the poller */
+    if (braid_loop_new(NULL, &s.loop) < 0) return 1;   /* $BRAID_BACKEND picks the poller */
     braid_signal_start(s.loop, &s.sigint, SIGINT, on_signal, &s);
     braid_signal_start(s.loop, &s.sigterm, SIGTERM, on_signal, &s);
 
     braid_factory factory;
     braid_factory_init(&factory, &echo_ops, sizeof(conn), &s);
 
-    braid_deferred *d = braid_endpoint_listen(s.loop, where, &factory);
-    braid_deferred_add(d, listening, failed, &s);
-    braid_deferred_unref(d);        /* we keep no reference: the callbacks do the rest */
+    /* then: the callbacks take the result and the Deferred is theirs — there
+     * is nothing for us to release, and nothing to leak. */
+    if (braid_deferred_then(braid_endpoint_listen(s.loop, where, &factory), listening, failed, &s) < 0)
+        return 1;
 
     braid_loop_run(s.loop);           /* until nothing is left to do */
     if (braid_loop_free(s.loop) < 0) return 2;

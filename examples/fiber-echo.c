@@ -104,17 +104,17 @@ int main(int argc, char **argv) {
     const char *where = argc > 1 ? argv[1] : "tcp:8000:interface=127.0.0.1";
     server s = { 0 };
     braid_loop *loop;
-    if (braid_loop_new(&loop, NULL) < 0) return 1;
+    if (braid_loop_new(NULL, &loop) < 0) return 1;
     braid_signal_start(loop, &s.sigint, SIGINT, on_signal, &s);
     braid_signal_start(loop, &s.sigterm, SIGTERM, on_signal, &s);
 
     /* A factory that spawns connection(stream, NULL) in a fiber per connection. */
     braid_fiber_options fo = { .name = "echo-conn" };
-    braid_fstream_factory_init(&s.factory, loop, connection, NULL, &fo);
+    braid_fstream_factory_init(loop, &s.factory, connection, NULL, &fo);
 
-    braid_deferred *d = braid_endpoint_listen(loop, where, &s.factory.base);
-    braid_deferred_add(d, listening, failed, &s);
-    braid_deferred_unref(d);                /* we keep no reference: the callbacks do the rest */
+    if (braid_deferred_then(braid_endpoint_listen(loop, where, &s.factory.base), listening, failed,
+                            &s) < 0)
+        return 1;
 
     braid_loop_run(loop);                     /* until nothing is left to do */
     if (braid_loop_free(loop) < 0) return 2;   /* the leak gate */

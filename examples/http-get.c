@@ -74,15 +74,13 @@ int main(int argc, char **argv) {
         return 2;
     }
     get g = { .status = 1 };
-    if (braid_loop_new(&g.loop, NULL) < 0) return 1;
+    if (braid_loop_new(NULL, &g.loop) < 0) return 1;
     if (braid_http_client_new(g.loop, &(braid_http_client_options){ .max_redirects = follow },
                               &g.client) < 0)
         return 1;
     braid_deferred *d = braid_http_client_request(g.client, &(braid_http_client_req){
         .url = argv[i], .on_body = on_body, .on_end = on_end, .arg = &g });
-    if (!d) return 1;
-    braid_deferred_add(d, on_head, on_fail, &g);
-    braid_deferred_unref(d);
+    if (braid_deferred_then(d, on_head, on_fail, &g) < 0) return 1;
     braid_loop_run(g.loop);           /* returns once the client and its connection are gone */
     fflush(stdout);
     if (braid_loop_free(g.loop) < 0) return 1;

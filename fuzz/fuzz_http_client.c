@@ -36,6 +36,13 @@
 #include "fuzz_world.h"
 #include "../tests/support/tls_certs.h"
 
+/* braid_memory_transport_state as a value, for assertions. */
+static struct braid_memory_transport_state mstate(const braid_memory_transport *m) {
+    struct braid_memory_transport_state st;
+    braid_memory_transport_state(m, &st);
+    return st;
+}
+
 #define MAX_CONNS 32
 #define MAX_REQS 4
 /* Splits the input into the answers to successive requests: at each one the
@@ -73,7 +80,7 @@ static braid_deferred *mem_connect(void *arg, braid_loop *loop, const char *host
         return braid_deferred_fail(loop, braid_failure_new(-ECONNREFUSED, "connection refused"));
     braid_protocol *p = braid_factory_build(f, NULL);
     if (!p) abort();
-    z->m[z->n++] = braid_memory_transport_new(loop, p);
+    braid_memory_transport_new(loop, p, &z->m[z->n++]);
     return braid_deferred_succeed(loop, p, NULL);
 }
 
@@ -168,9 +175,9 @@ static bool all_done(const fz *z) {
 /* The connection the server answers on: the last one a request was written
  * to, while it is open; else the newest open one (unsolicited bytes). */
 static braid_memory_transport *answering(fz *z) {
-    if (z->active >= 0 && !braid_memory_transport_state(z->m[z->active]).closed) return z->m[z->active];
+    if (z->active >= 0 && !mstate(z->m[z->active]).closed) return z->m[z->active];
     for (int i = z->n - 1; i >= 0; i--)
-        if (!braid_memory_transport_state(z->m[i]).closed) return z->m[i];
+        if (!mstate(z->m[i]).closed) return z->m[i];
     return NULL;
 }
 
@@ -220,7 +227,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         static btc_cert ca;
         btc_make(&ca, BTC_EC, "fuzz CA", NULL, NULL, -3600, 86400 * 365);
         braid_tls_options co = { .ca_pem = ca.cert_pem };
-        if (braid_tls_ctx_new(&tls_client, BRAID_TLS_CLIENT, &co, NULL, 0) < 0) abort();
+        if (braid_tls_ctx_new(BRAID_TLS_CLIENT, &co, NULL, 0, &tls_client) < 0) abort();
     }
     fz z = { .active = -1 };
     cur = &z;
@@ -230,10 +237,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     data += 2;
     size -= 2;
 
-    z.fc = braid_fake_clock_new(BRAID_SECONDS(1000));
+    braid_fake_clock_new(BRAID_SECONDS(1000), &z.fc);
     braid_loop_options lo = { .backend = BRAID_BACKEND_POLL, .clock = braid_fake_clock_base(z.fc),
                               .log = fzw_log };
-    if (!z.fc || braid_loop_new(&z.loop, &lo) < 0) abort();
+    if (!z.fc || braid_loop_new(&lo, &z.loop) < 0) abort();
     braid_http_client_options co = {
         .connect = mem_connect, .connect_arg = &z, .tls_ctx = tls_client,
         .max_per_host = (z.flags & 0x80) ? 1 : 0,

@@ -31,6 +31,13 @@
 #include <unistd.h>
 #include "fuzz_world.h"
 
+/* braid_memory_transport_state as a value, for assertions. */
+static struct braid_memory_transport_state mstate(const braid_memory_transport *m) {
+    struct braid_memory_transport_state st;
+    braid_memory_transport_state(m, &st);
+    return st;
+}
+
 static braid_fake_clock *fc;
 static braid_loop *loop;
 static braid_http_server *server;
@@ -137,8 +144,9 @@ static braid_deferred *h_echo(braid_http_request *req, void *arg) {
 /* /d...: the answer comes (path length % 4) * 100 ms later; /df... fails. */
 static braid_result later_ok(void *arg) {
     (void)arg;
-    braid_http_response *r = braid_http_response_new(200, "text/plain", "later", 5);
-    if (!r) return braid_result_errf(BRAID_ENOMEM, "response");
+    braid_http_response *r;
+    if (braid_http_response_new(200, "text/plain", "later", 5, &r) < 0)
+        return braid_result_errf(BRAID_ENOMEM, "response");
     return braid_result_ok_owned(r, braid_http_response_free);
 }
 static braid_result later_fail(void *arg) {
@@ -185,10 +193,10 @@ static braid_deferred *h_stream(braid_http_request *req, void *arg) {
 }
 
 static void world_new(void) {
-    fc = braid_fake_clock_new(BRAID_SECONDS(1000));
+    braid_fake_clock_new(BRAID_SECONDS(1000), &fc);
     braid_loop_options lo = { .backend = BRAID_BACKEND_POLL, .clock = braid_fake_clock_base(fc),
                                .log = fzw_log };
-    if (!fc || braid_loop_new(&loop, &lo) < 0) abort();
+    if (!fc || braid_loop_new(&lo, &loop) < 0) abort();
     braid_http_server_options so = { 0 };
     if (braid_http_server_new(loop, &so, &server) < 0) abort();
     if (braid_http_server_route(server, NULL, "/", BRAID_HTTP_ROUTE_PREFIX, h_echo, NULL) < 0 ||
@@ -227,13 +235,14 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
 
     braid_protocol *p = braid_factory_build(braid_http_server_factory(server), NULL);
     if (!p) abort();
-    braid_memory_transport *m = braid_memory_transport_new(loop, p);
+    braid_memory_transport *m = NULL;
+    braid_memory_transport_new(loop, p, &m);
     if (!m) abort();
 
     int stalled = 0;
     for (size_t off = 0; off < size;) {
         size_t n = size - off < piece ? size - off : piece;
-        if (braid_memory_transport_state(m).closed) break;
+        if (mstate(m).closed) break;
         /* Reading pauses while an answer is pending: the piece is offered
          * again after the clock moves on (a peer that never reads can keep
          * it paused: then the rest of the input is dropped). */

@@ -17,7 +17,7 @@ static void noop_call(void *arg) { ++*(int *)arg; }
 static int scenario(void *arg) {
     (void)arg;
     braid_loop *loop;
-    int rc = braid_loop_new(&loop, NULL);
+    int rc = braid_loop_new(NULL, &loop);
     if (rc < 0) return rc;
     int sv[2];
     bt_socketpair(sv);

@@ -32,7 +32,7 @@ static void counts_reset(void) { g_made = g_freed = 0; }
 #define BT_ALL_FREED() BT_EQ(g_freed, g_made)
 
 static braid_loop *fake_loop(braid_fake_clock **fc) {
-    *fc = braid_fake_clock_new(0);
+    braid_fake_clock_new(0, fc);
     return bt_loop_new(braid_fake_clock_base(*fc));
 }
 static void fake_done(braid_loop *loop, braid_fake_clock *fc) {
@@ -134,8 +134,8 @@ BT_TEST(send_recv_through_a_link_in_order) {
     BT_TRUE(braid_component_is_done(b));
     /* batched: the sink ran once for the whole burst (plus its activation) */
     BT_LE(snk.runs, 2);
-    braid_component_stats st;
-    braid_component_stats_get(a, &st);
+    struct braid_component_stats st;
+    braid_component_stats(a, &st);
     BT_UEQ(st.sent, 101);
     braid_component_free(a);
     braid_component_free(b);
@@ -231,15 +231,15 @@ BT_TEST(links_collapse_through_nested_composites) {
     BT_OK(braid_component_activate(top));
     BT_OK(braid_loop_run(loop));
     BT_EQ(snk.n, 50);
-    braid_component_stats st;
-    braid_component_stats_get(s, &st);
+    struct braid_component_stats st;
+    braid_component_stats(s, &st);
     BT_UEQ(st.received, 51);   /* 50 data + producer_finished, each one append */
     braid_component *comps[] = { p1, p2, p3, top };
     for (int i = 0; i < 4; i++) {
-        braid_component_stats_get(comps[i], &st);
+        braid_component_stats(comps[i], &st);
         BT_UEQ(st.received, 0);   /* nothing ever stopped at a composite */
     }
-    braid_component_stats_get(a, &st);
+    braid_component_stats(a, &st);
     BT_UEQ(st.sent, 51);
     BT_UEQ(st.dropped, 0);
     /* all ended, composites after their children */
@@ -279,8 +279,8 @@ BT_TEST(unlink_relink_while_messages_are_queued) {
     BT_EQ(s2.n, 2);
     BT_EQ(s1.got[2], 2);
     BT_EQ(s2.got[0], 3);
-    braid_component_stats st;
-    braid_component_stats_get(x, &st);
+    struct braid_component_stats st;
+    braid_component_stats(x, &st);
     BT_UEQ(st.dropped, 1);
     BT_UEQ(st.sent, 5);
     braid_component_free(x);
@@ -357,8 +357,8 @@ BT_TEST(box_full_and_wake_on_pop) {
     tmsg *m3 = tmsg_new(-3);
     BT_ERR(braid_component_send(a, BRAID_COMPONENT_OUTBOX, m3, tmsg_free), BRAID_EBOX_FULL);
     tmsg_free(m3);
-    braid_component_stats st;
-    braid_component_stats_get(a, &st);
+    struct braid_component_stats st;
+    braid_component_stats(a, &st);
     BT_UEQ(st.full, 1);
     BT_OK(braid_component_activate(a));
     BT_OK(braid_component_activate(b));
@@ -585,8 +585,8 @@ BT_TEST(graphline_shutdown_in_order) {
     BT_EQ(log.n, 4);
     for (int i = 0; i < 4; i++) BT_STREQ(log.names[i], tags[i].name);
     /* the signal came out of the graphline's own signal box (unlinked: dropped) */
-    braid_component_stats st;
-    braid_component_stats_get(s, &st);
+    struct braid_component_stats st;
+    braid_component_stats(s, &st);
     BT_UEQ(st.dropped, 1);
     braid_component_free(g);
     BT_ALL_FREED();
@@ -762,7 +762,7 @@ static int alloc_scenario(void *arg) {
     braid_fake_clock *fc = arg;
     braid_loop *loop = NULL;
     braid_loop_options o = { .clock = braid_fake_clock_base(fc) };
-    int rc = braid_loop_new(&loop, &o);
+    int rc = braid_loop_new(&o, &loop);
     if (rc < 0) return rc;
     source src = { .n = 40 };
     relay r = { 0 };
@@ -800,7 +800,8 @@ static void alloc_teardown(void *arg, int rc, bool injected) {
 }
 
 BT_TEST(allocation_failure_walk) {
-    braid_fake_clock *fc = braid_fake_clock_new(0);
+    braid_fake_clock *fc = NULL;
+    braid_fake_clock_new(0, &fc);
     counts_reset();
     bt_walk_result r = bt_alloc_walk(&(bt_walk){ .name = "component", .arg = fc, .body = alloc_scenario,
                                                  .teardown = alloc_teardown, .enomem_only = true });

@@ -45,11 +45,11 @@ static braid_fake_clock *fc;
 static braid_loop *mkloop(void) {
     memset(&g_log, 0, sizeof g_log);
     memset(&g_unh, 0, sizeof g_unh);
-    fc = braid_fake_clock_new(0);
+    braid_fake_clock_new(0, &fc);
     BT_TRUE(fc);
     braid_loop_options o = { .clock = braid_fake_clock_base(fc), .log = cap_log };
     braid_loop *loop = NULL;
-    BT_OK(braid_loop_new(&loop, &o));
+    BT_OK(braid_loop_new(&o, &loop));
     braid_loop_set_unhandled(loop, on_unhandled, NULL);
     return loop;
 }
@@ -512,7 +512,7 @@ BT_TEST(unconsumed_failure_default_logs_origin) {
     memset(&g_log, 0, sizeof g_log);
     braid_loop_options o = { .log = cap_log };
     braid_loop *loop = NULL;
-    BT_OK(braid_loop_new(&loop, &o));
+    BT_OK(braid_loop_new(&o, &loop));
     fflush(stderr);
     pid_t pid = fork();
     if (pid == 0) {
@@ -623,7 +623,7 @@ static int core_scenario(void *arg) {
     (void)arg;
     braid_loop *loop = NULL;
     braid_loop_options o = { .clock = braid_fake_clock_base(fc), .log = cap_log };
-    int rc = braid_loop_new(&loop, &o);
+    int rc = braid_loop_new(&o, &loop);
     if (rc < 0) return rc;
     braid_loop_set_unhandled(loop, on_unhandled, NULL);
     trace t = { 0 };
@@ -659,7 +659,7 @@ out:
 }
 
 BT_TEST(allocation_failure_walk) {
-    fc = braid_fake_clock_new(0);
+    braid_fake_clock_new(0, &fc);
     bt_walk_result r = bt_alloc_walk(&(bt_walk){ .name = "core", .body = core_scenario, .enomem_only = true,
                                                  .max_runs = 200 });
     BT_GT(r.errors, 0);
@@ -701,7 +701,7 @@ BT_TEST(use_after_release_aborts_long_after_in_debug_builds) {
     if (pid == 0) {
         dup2(p[1], 2);
         braid_loop *l2;
-        if (braid_loop_new(&l2, NULL) < 0) _exit(3);   /* default logger: stderr */
+        if (braid_loop_new(NULL, &l2) < 0) _exit(3);   /* default logger: stderr */
         braid_deferred *d = braid_deferred_succeed(l2, NULL, NULL);
         braid_deferred_unref(d);
         for (int i = 0; i < 10000; i++) {          /* churn: 10,000 made and freed */
@@ -1015,7 +1015,7 @@ static int gather_scenario(void *arg) {
     (void)arg;
     braid_loop *loop = NULL;
     braid_loop_options o = { .clock = braid_fake_clock_base(fc), .log = cap_log };
-    int rc = braid_loop_new(&loop, &o);
+    int rc = braid_loop_new(&o, &loop);
     if (rc < 0) return rc;
     braid_loop_set_unhandled(loop, on_unhandled, NULL);
     braid_deferred *m[6] = { 0 };
@@ -1047,7 +1047,7 @@ static int gather_scenario(void *arg) {
 }
 
 BT_TEST(combinator_allocation_failure_walk) {
-    fc = braid_fake_clock_new(0);
+    braid_fake_clock_new(0, &fc);
     memset(&g_unh, 0, sizeof g_unh);
     bt_walk_result r = bt_alloc_walk(&(bt_walk){ .name = "combinators", .body = gather_scenario,
                                                  .enomem_only = true, .max_runs = 300 });
@@ -1428,7 +1428,7 @@ static int prims_scenario(void *arg) {
     (void)arg;
     braid_loop *loop = NULL;
     braid_loop_options o = { .clock = braid_fake_clock_base(fc), .log = cap_log };
-    int rc = braid_loop_new(&loop, &o);
+    int rc = braid_loop_new(&o, &loop);
     if (rc < 0) return rc;
     braid_loop_set_unhandled(loop, on_unhandled, NULL);
     int first = 0;
@@ -1484,7 +1484,7 @@ static int prims_scenario(void *arg) {
 }
 
 BT_TEST(primitives_allocation_failure_walk) {
-    fc = braid_fake_clock_new(0);
+    braid_fake_clock_new(0, &fc);
     memset(&g_unh, 0, sizeof g_unh);
     bt_walk_result r = bt_alloc_walk(&(bt_walk){ .name = "primitives", .body = prims_scenario,
                                                  .enomem_only = true, .max_runs = 300 });   /* -9998: misuse */

@@ -33,8 +33,8 @@ static const braid_dgram_ops ops = { .datagram_received = on_dgram, .error = on_
 
 static braid_dgram *open_local(braid_loop *loop, drec *r, int batch, size_t max) {
     braid_dgram *d;
-    BT_OK(braid_dgram_open(loop, &(braid_dgram_options){ .host = "127.0.0.1", .batch = batch,
-                                                         .max_datagram = max }, &ops, r, &d));
+    BT_OK(braid_dgram_open(loop, &ops, r, &(braid_dgram_options){ .host = "127.0.0.1", .batch = batch,
+                                                         .max_datagram = max }, &d));
     return d;
 }
 

@@ -61,7 +61,7 @@ static void on_ctl(braid_watch *w, unsigned ev, void *arg) {
 
 static int child_main(int ctl_r, int ctl_w) {
     child c = { .ctl_r = ctl_r, .ctl_w = ctl_w };
-    if (braid_loop_new(&c.loop, &(braid_loop_options){ .flags = BRAID_LOOP_STRICT_BACKEND }) < 0) return 2;
+    if (braid_loop_new(&(braid_loop_options){ .flags = BRAID_LOOP_STRICT_BACKEND }, &c.loop) < 0) return 2;
     braid_factory f;
     braid_factory_init(&f, &echo_ops, sizeof(braid_protocol), NULL);
     if (braid_tcp_listen(c.loop, &(braid_tcp_listen_options){ .host = "127.0.0.1", .backlog = 64 }, &f, &c.l) < 0)

@@ -5,6 +5,10 @@
 #include "harness.h"
 #include "support/run.h"
 #include <braid/testing_deferred.h>
+#include <arpa/inet.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 BT_TEST(parse_server_strings) {
@@ -29,6 +33,11 @@ BT_TEST(parse_server_strings) {
     BT_STREQ(ep.path, "/a:b");
     BT_OK(braid_endpoint_parse_server("tcp:0", &ep, NULL, 0));
     BT_EQ(ep.port, 0);
+    BT_OK(braid_endpoint_parse_server("fd:3", &ep, err, sizeof err));
+    BT_EQ(ep.kind, BRAID_ENDPOINT_FD);
+    BT_EQ(ep.fd, 3);
+    BT_OK(braid_endpoint_parse_server("fd:fileno=7", &ep, err, sizeof err));
+    BT_EQ(ep.fd, 7);
 }
 
 BT_TEST(parse_client_strings) {
@@ -37,7 +46,7 @@ BT_TEST(parse_client_strings) {
     BT_OK(braid_endpoint_parse_client("tcp:host=example.com:port=80:timeout=2.5", &ep, err, sizeof err));
     BT_STREQ(ep.host, "example.com");
     BT_EQ(ep.port, 80);
-    BT_UEQ(ep.timeout_ns, BRAID_MSEC(2500));
+    BT_UEQ(ep.timeout, BRAID_MSEC(2500));
     BT_OK(braid_endpoint_parse_client("tcp:localhost:8000:bindAddress=127.0.0.1\\:5555", &ep, err, sizeof err));
     BT_STREQ(ep.host, "localhost");
     BT_EQ(ep.port, 8000);
@@ -77,6 +86,10 @@ BT_TEST(malformed_strings_name_the_bad_part) {
         { false, "unix:path=", "unix path ''" },
         { false, "unix:/a:/b", "'/b'" },
         { false, "tcp:host=h:port=1:backlog=5", "'backlog'" },
+        { true, "fd:x", "descriptor 'x'" },
+        { true, "fd:-1", "descriptor '-1'" },
+        { true, "fd:3:backlog=5", "fd:N" },
+        { false, "fd:3", "server endpoint only" },
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         braid_endpoint ep;
@@ -176,8 +189,25 @@ BT_IO_TEST(listen_connect_unix_strings) {
     bt_loop_destroy(loop);
 }
 
+/* fd:N listens on a socket made elsewhere (socket activation): the
+ * listener takes it over and serves on it like any other. */
+BT_IO_TEST(listen_fd_string_adopts_a_listening_socket) {
+    braid_loop *loop = bt_loop_new(NULL);
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in sa = { .sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
+    BT_TRUE(fd >= 0);
+    BT_TRUE(bind(fd, (struct sockaddr *)&sa, sizeof sa) == 0);
+    BT_TRUE(listen(fd, 8) == 0);
+    char desc[32];
+    snprintf(desc, sizeof desc, "fd:%d", fd);
+    roundtrip(loop, desc, "tcp:host=127.0.0.1:port=%d");   /* closes the listener, and fd with it */
+    BT_TRUE(fcntl(fd, F_GETFD) < 0);
+    bt_loop_destroy(loop);
+}
+
 BT_IO_TEST(connect_string_timeout) {
-    braid_fake_clock *fc = braid_fake_clock_new(0);
+    braid_fake_clock *fc = NULL;
+    braid_fake_clock_new(0, &fc);
     braid_loop *loop = bt_loop_new(braid_fake_clock_base(fc));
     braid_factory cf;
     braid_factory_init(&cf, &client_ops, sizeof(ep_proto), NULL);

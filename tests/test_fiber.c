@@ -17,7 +17,7 @@
 
 /* ---- helpers ------------------------------------------------------------------------ */
 static braid_loop *fake_loop(braid_fake_clock **fc) {
-    *fc = braid_fake_clock_new(0);
+    braid_fake_clock_new(0, fc);
     return bt_loop_new(braid_fake_clock_base(*fc));
 }
 
@@ -612,7 +612,7 @@ static void overflow_in_child(const char *guard_mode) {
         close(p[0]);
         if (guard_mode) setenv("BRAID_FIBER_GUARD", guard_mode, 1);
         braid_loop *loop;
-        if (braid_loop_new(&loop, NULL) < 0) _exit(3);
+        if (braid_loop_new(NULL, &loop) < 0) _exit(3);
         braid_fiber_options o = { .name = "deep-thought", .stack_size = 16384 };
         braid_deferred *d = braid_fiber_spawn(loop, overflow_fn, NULL, &o);
         if (!d) _exit(4);
@@ -662,7 +662,7 @@ static void expect_plain_segv(bool in_fiber) {
         dup2(p[1], STDERR_FILENO);
         close(p[0]);
         braid_loop *loop;
-        if (braid_loop_new(&loop, NULL) < 0) _exit(3);
+        if (braid_loop_new(NULL, &loop) < 0) _exit(3);
         braid_fiber_options o = { .name = "nullish" };
         braid_deferred *d = braid_fiber_spawn(loop, in_fiber ? null_deref_fn : whoami_fn, loop, &o);
         if (!d) _exit(4);
@@ -717,7 +717,7 @@ BT_TEST(leak_gate_names_blocked_fibers) {
     braid_loop *loop;
     braid_loop_options o = { .log = capture_log };
     logged[0] = 0;
-    BT_OK(braid_loop_new(&loop, &o));
+    BT_OK(braid_loop_new(&o, &loop));
     braid_fiber_options fo = named("stuck-one");
     braid_deferred *d = braid_fiber_spawn(loop, stuck_fn, loop, &fo);
     BT_OK(braid_loop_run(loop));                 /* returns: nothing can wake it */
@@ -762,7 +762,7 @@ static braid_result walk_fn(void *arg) {
  * checks braid allocations; the leak gate checks Deferreds and fibers). */
 static void walk_setup(void *arg) {
     walk_ctx *w = arg;
-    w->fc = braid_fake_clock_new(0);
+    braid_fake_clock_new(0, &w->fc);
     w->loop = bt_loop_new(braid_fake_clock_base(w->fc));
     w->d = NULL;
     w->step = 0;

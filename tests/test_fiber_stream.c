@@ -15,9 +15,16 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+/* braid_memory_transport_state as a value, for assertions. */
+static struct braid_memory_transport_state mstate(const braid_memory_transport *m) {
+    struct braid_memory_transport_state st;
+    braid_memory_transport_state(m, &st);
+    return st;
+}
+
 /* ---- helpers ------------------------------------------------------------------------ */
 static braid_loop *fake_loop(braid_fake_clock **fc) {
-    *fc = braid_fake_clock_new(0);
+    braid_fake_clock_new(0, fc);
     return bt_loop_new(braid_fake_clock_base(*fc));
 }
 
@@ -41,16 +48,17 @@ typedef struct fx {
 /* A memory-transport stream and a fiber running fn on it. */
 static braid_memory_transport *mem_stream(braid_loop *loop, fx *x) {
     x->loop = loop;
-    x->s = braid_fstream_new(loop);
+    braid_fstream_new(loop, &x->s);
     BT_TRUE(x->s != NULL);
-    braid_memory_transport *m = braid_memory_transport_new(loop, braid_fstream_protocol(x->s));
+    braid_memory_transport *m = NULL;
+    braid_memory_transport_new(loop, braid_fstream_protocol(x->s), &m);
     BT_TRUE(m != NULL);
     return m;
 }
 
 /* Close the memory transport from the peer, deliver the loss, free everything. */
 static void mem_end(braid_loop *loop, braid_memory_transport *m, fx *x) {
-    if (!braid_memory_transport_state(m).closed) braid_memory_transport_peer_lost(m, BRAID_ECONNECTION_LOST);
+    if (!mstate(m).closed) braid_memory_transport_peer_lost(m, BRAID_ECONNECTION_LOST);
     bt_drain(loop);
     braid_memory_transport_free(m);
     braid_fstream_free(x->s);
@@ -271,8 +279,8 @@ BT_TEST(peer_eof_mid_read) {
     BT_ERR(x.rc[3], BRAID_EEOF);
     BT_OK(x.rc[4]);
     BT_OK(x.rc[5]);                           /* closed cleanly */
-    BT_UEQ(braid_memory_transport_state(m).bytes_written, 3);
-    BT_TRUE(braid_memory_transport_state(m).lost_delivered);
+    BT_UEQ(mstate(m).bytes_written, 3);
+    BT_TRUE(mstate(m).lost_delivered);
     braid_deferred_expect_success(d);
     braid_deferred_unref(d);
     mem_end(loop, m, &x);
@@ -400,7 +408,7 @@ BT_TEST(write_waits_for_never_reading_peer_then_resumes) {
     size_t len;
     braid_memory_transport_data(m, &len);
     BT_EQ(len, 8 * sizeof big);
-    BT_FALSE(braid_memory_transport_state(m).closed);
+    BT_FALSE(mstate(m).closed);
     /* the peer reads down to 48 KiB: above the low watermark (16 KiB), still waiting */
     braid_memory_transport_consume(m, 16 * 1024);
     bt_drain(loop);
@@ -427,7 +435,7 @@ BT_TEST(write_waits_for_never_reading_peer_then_resumes) {
     bt_drain(loop);
     BT_EQ(x.step, 3);
     BT_OK(x.rc[1]);
-    BT_UEQ(braid_memory_transport_state(m).bytes_written, 32 * sizeof big);
+    BT_UEQ(mstate(m).bytes_written, 32 * sizeof big);
     braid_deferred_expect_success(d);
     braid_deferred_unref(d);
     mem_end(loop, m, &x);
@@ -461,13 +469,13 @@ BT_TEST(write_and_close_time_out_on_fake_clock) {
     bt_drain(loop);
     BT_EQ(x.step, 2);
     BT_ERR(x.rc[0], BRAID_ETIMEDOUT);
-    BT_FALSE(braid_memory_transport_state(m).closed);
+    BT_FALSE(mstate(m).closed);
     braid_loop_advance(loop, BRAID_SECONDS(5));
     bt_drain(loop);
     BT_EQ(x.step, 3);
     BT_ERR(x.rc[1], BRAID_ETIMEDOUT);
-    BT_TRUE(braid_memory_transport_state(m).aborted);
-    BT_TRUE(braid_memory_transport_state(m).lost_delivered);
+    BT_TRUE(mstate(m).aborted);
+    BT_TRUE(mstate(m).lost_delivered);
     braid_deferred_expect_success(d);
     braid_deferred_unref(d);
     mem_end(loop, m, &x);
@@ -482,13 +490,13 @@ BT_TEST(read_limit_pauses_transport) {
     braid_memory_transport *m = mem_stream(loop, &x);
     braid_fstream_set_read_limit(x.s, 1000);
     BT_OK(braid_memory_transport_receive(m, big, 999));
-    BT_FALSE(braid_memory_transport_state(m).reading_paused);
+    BT_FALSE(mstate(m).reading_paused);
     BT_OK(braid_memory_transport_receive(m, big, 1));
-    BT_TRUE(braid_memory_transport_state(m).reading_paused);
+    BT_TRUE(mstate(m).reading_paused);
     BT_ERR(braid_memory_transport_receive(m, big, 1), BRAID_EAGAIN);
     char b[600];
     BT_EQ(braid_fstream_read(x.s, b, sizeof b, 0), 600);
-    BT_FALSE(braid_memory_transport_state(m).reading_paused);
+    BT_FALSE(mstate(m).reading_paused);
     mem_end(loop, m, &x);
     bt_loop_destroy(loop);
 }
@@ -526,8 +534,11 @@ static braid_result pump_client(void *arg) {
 
 BT_TEST(pump_fiber_client_and_server) {
     braid_loop *loop = bt_loop_new(NULL);
-    pair p = { .loop = loop, .c = braid_fstream_new(loop), .s = braid_fstream_new(loop) };
-    braid_pump *pump = braid_pump_new(loop, braid_fstream_protocol(p.c), braid_fstream_protocol(p.s));
+    pair p = { .loop = loop };
+    braid_fstream_new(loop, &p.c);
+    braid_fstream_new(loop, &p.s);
+    braid_pump *pump = NULL;
+    braid_pump_new(loop, braid_fstream_protocol(p.c), braid_fstream_protocol(p.s), &pump);
     BT_TRUE(pump != NULL);
     braid_deferred *ds = braid_fiber_spawn(loop, pump_server, &p, NULL);
     braid_deferred *dc = braid_fiber_spawn(loop, pump_client, &p, NULL);
@@ -596,7 +607,7 @@ BT_IO_TEST(tcp_factory_and_connect_echo) {
     int served = 0;
     braid_fstream_factory ff;
     braid_fiber_options fo = { .name = "echo-conn" };
-    braid_fstream_factory_init(&ff, loop, echo_handler, &served, &fo);
+    braid_fstream_factory_init(loop, &ff, echo_handler, &served, &fo);
     net n = { .loop = loop };
     braid_listener *l = bt_listen_tcp(loop, &ff.base, &n.port);
     braid_deferred *d = braid_fiber_spawn(loop, tcp_client, &n, NULL);
@@ -675,7 +686,7 @@ BT_IO_TEST(tcp_peer_close_mid_read_and_cancel_all) {
     braid_loop *loop = bt_loop_new(NULL);
     blk b = { 0 };
     braid_fstream_factory ff;
-    braid_fstream_factory_init(&ff, loop, blocking_handler, &b, NULL);
+    braid_fstream_factory_init(loop, &ff, blocking_handler, &b, NULL);
     int port;
     braid_listener *l = bt_listen_tcp(loop, &ff.base, &port);
     int fds[3];
@@ -727,7 +738,7 @@ BT_IO_TEST(tcp_write_waits_for_slow_reader) {
     braid_loop *loop = bt_loop_new(NULL);
     bulk b = { 0 };
     braid_fstream_factory ff;
-    braid_fstream_factory_init(&ff, loop, bulk_handler, &b, NULL);
+    braid_fstream_factory_init(loop, &ff, bulk_handler, &b, NULL);
     int port;
     braid_listener *l = bt_listen_tcp(loop, &ff.base, &port);
     int fd = bt_connect_tcp_rcvbuf(port, 0, 64 * 1024);

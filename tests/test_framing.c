@@ -163,7 +163,8 @@ BT_TEST(framed_protocol_over_pump) {
     braid_loop *loop = bt_loop_new(NULL);
     liner s = { .fp.base.ops = &liner_ops };
     rec c = { .base.ops = &rec_ops };
-    braid_pump *pump = braid_pump_new(loop, &c.base, &s.fp.base);
+    braid_pump *pump = NULL;
+    braid_pump_new(loop, &c.base, &s.fp.base, &pump);
     BT_OK(braid_transport_write(c.base.transport, "one\ntw", 6));
     braid_pump_flush(pump);
     BT_OK(braid_transport_write(c.base.transport, "o\n", 2));
@@ -182,7 +183,8 @@ BT_TEST(framed_protocol_over_pump) {
 BT_TEST(encoders_roundtrip) {
     braid_loop *loop = bt_loop_new(NULL);
     rec r = { .base.ops = &rec_ops };
-    braid_memory_transport *m = braid_memory_transport_new(loop, &r.base);
+    braid_memory_transport *m = NULL;
+    braid_memory_transport_new(loop, &r.base, &m);
     BT_OK(braid_framing_write_u32(r.base.transport, "abc", 3));
     BT_OK(braid_framing_write_netstring(r.base.transport, "hello world", 11));
     size_t len;

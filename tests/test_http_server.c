@@ -16,6 +16,19 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+/* braid_http_response_new as an expression: the response, or NULL. */
+static braid_http_response *response(int status, const char *type, const void *body, size_t len) {
+    braid_http_response *r = NULL;
+    return braid_http_response_new(status, type, body, len, &r) < 0 ? NULL : r;
+}
+
+/* braid_memory_transport_state as a value, for assertions. */
+static struct braid_memory_transport_state mstate(const braid_memory_transport *m) {
+    struct braid_memory_transport_state out;
+    braid_memory_transport_state(m, &out);
+    return out;
+}
+
 /* ---- fixtures ---------------------------------------------------------------------- */
 typedef struct fx {
     braid_fake_clock *clock;
@@ -46,7 +59,7 @@ static braid_deferred *h_echo(braid_http_request *req, void *arg) {
 
 static void fx_init(fx *f, const braid_http_server_options *o) {
     memset(f, 0, sizeof *f);
-    f->clock = braid_fake_clock_new(BRAID_SECONDS(1000));
+    braid_fake_clock_new(BRAID_SECONDS(1000), &f->clock);
     f->loop = bt_loop_new(braid_fake_clock_base(f->clock));
     BT_OK(braid_http_server_new(f->loop, o, &f->s));
 }
@@ -54,7 +67,7 @@ static void fx_init(fx *f, const braid_http_server_options *o) {
 static braid_memory_transport *fx_conn(fx *f) {
     braid_protocol *p = braid_factory_build(braid_http_server_factory(f->s), NULL);
     BT_TRUE(p != NULL);
-    f->m = braid_memory_transport_new(f->loop, p);
+    braid_memory_transport_new(f->loop, p, &f->m);
     BT_TRUE(f->m != NULL);
     return f->m;
 }
@@ -79,14 +92,14 @@ static const char *take(fx *f) {
 
 /* The server is done answering: closed, closing, or lingering (write side shut). */
 static bool closed(fx *f) {
-    braid_memory_state st = braid_memory_transport_state(f->m);
+    struct braid_memory_transport_state st = mstate(f->m);
     return st.closed || st.disconnecting || st.write_shut;
 }
 
 /* A lingering close: the answer was read (take), the write side is shut and
  * the server still reads (and drops) input; the client's FIN ends it. */
 static void expect_linger_close(fx *f) {
-    braid_memory_state st = braid_memory_transport_state(f->m);
+    struct braid_memory_transport_state st = mstate(f->m);
     BT_TRUE(st.write_shut);
     BT_FALSE(st.closed);
     BT_FALSE(st.reading_paused);
@@ -95,7 +108,7 @@ static void expect_linger_close(fx *f) {
     BT_STREQ(take(f), "");
     braid_memory_transport_peer_eof(f->m);
     bt_spin(f->loop, 4);
-    st = braid_memory_transport_state(f->m);
+    st = mstate(f->m);
     BT_TRUE(st.closed);
     BT_FALSE(st.aborted);
 }
@@ -227,7 +240,7 @@ BT_TEST(pipelined_flood_bounded_by_drain) {
     /* the peer reads nothing: parsing stopped near the 64 KiB mark */
     BT_LT(hits, N);
     BT_ULE(braid_transport_buffered(braid_memory_transport_base(f.m)), 80 * 1024);
-    BT_TRUE(braid_memory_transport_state(f.m).reading_paused);
+    BT_TRUE(mstate(f.m).reading_paused);
     int answers = 0;
     for (int i = 0; i < 1000 && answers < N; i++) answers += count(take(&f), "Hello, World!");
     BT_EQ(answers, N);
@@ -332,7 +345,7 @@ BT_TEST(oversized_head_in_pieces_431) {
 /* ---- timeouts (fake clock) --------------------------------------------------------------- */
 BT_TEST(slowloris_header_timeout) {
     fx f;
-    braid_http_server_options o = { .header_timeout_ns = BRAID_SECONDS(10) };
+    braid_http_server_options o = { .header_timeout = BRAID_SECONDS(10) };
     fx_init(&f, &o);
     BT_OK(braid_http_server_route(f.s, "GET", "/", 0, h_hello, NULL));
     fx_conn(&f);
@@ -355,7 +368,7 @@ BT_TEST(slowloris_header_timeout) {
 
 BT_TEST(body_and_idle_timeouts) {
     fx f;
-    braid_http_server_options o = { .body_timeout_ns = BRAID_SECONDS(5), .idle_timeout_ns = BRAID_SECONDS(7) };
+    braid_http_server_options o = { .body_timeout = BRAID_SECONDS(5), .idle_timeout = BRAID_SECONDS(7) };
     fx_init(&f, &o);
     BT_OK(braid_http_server_route(f.s, "POST", "/", 0, h_echo, NULL));
     fx_conn(&f);
@@ -379,7 +392,7 @@ BT_TEST(body_and_idle_timeouts) {
     BT_OK(braid_loop_advance(f.loop, BRAID_SECONDS(2)));
     bt_spin(f.loop, 4);
     BT_STREQ(take(&f), "");
-    BT_TRUE(braid_memory_transport_state(f.m).closed);
+    BT_TRUE(mstate(f.m).closed);
     fx_done(&f);
 }
 
@@ -387,7 +400,7 @@ BT_TEST(body_and_idle_timeouts) {
  * cached time of its last timer phase (stale by however long it slept). */
 BT_TEST(deadline_from_fresh_clock_after_long_sleep) {
     fx f;
-    braid_http_server_options o = { .idle_timeout_ns = BRAID_SECONDS(15) };
+    braid_http_server_options o = { .idle_timeout = BRAID_SECONDS(15) };
     fx_init(&f, &o);
     BT_OK(braid_http_server_route(f.s, "GET", "/", 0, h_hello, NULL));
     fx_conn(&f);
@@ -399,7 +412,7 @@ BT_TEST(deadline_from_fresh_clock_after_long_sleep) {
     BT_OK(braid_loop_advance(f.loop, BRAID_SECONDS(6)));    /* 16 s after the first, 6 after the second */
     BT_FALSE(closed(&f));
     BT_OK(braid_loop_advance(f.loop, BRAID_SECONDS(10)));
-    BT_TRUE(braid_memory_transport_state(f.m).closed);
+    BT_TRUE(mstate(f.m).closed);
     fx_done(&f);
 }
 
@@ -420,7 +433,7 @@ BT_TEST(deferred_answer_keeps_order) {
     fx_conn(&f);
     feed(&f, "GET /slow HTTP/1.1\r\nHost: a\r\n\r\nGET /fast HTTP/1.1\r\nHost: a\r\n\r\n");
     BT_STREQ(take(&f), "");                         /* /fast waits behind /slow */
-    braid_http_response *r = braid_http_response_new(201, "text/plain", "later", 5);
+    braid_http_response *r = response(201, "text/plain", "later", 5);
     BT_OK(braid_http_response_add_header(r, "X-Slow", "1"));
     BT_ERR(braid_http_response_add_header(r, "X-Bad", "a\r\nInjected: 1"), BRAID_EINVAL);
     BT_OK(braid_deferred_callback(pending_d, r, braid_http_response_free));
@@ -444,7 +457,7 @@ static braid_result pool_work(void *arg) {
     (void)arg;
     char body[32];
     int n = snprintf(body, sizeof body, "computed %d", 6 * 7);
-    return braid_result_ok_owned(braid_http_response_new(200, "text/plain", body, (size_t)n),
+    return braid_result_ok_owned(response(200, "text/plain", body, (size_t)n),
                           braid_http_response_free);
 }
 typedef struct pool_ctx { braid_loop *loop; braid_pool *pool; } pool_ctx;
@@ -458,7 +471,7 @@ BT_TEST(handler_runs_work_on_a_pool) {
     fx f;
     fx_init(&f, NULL);
     braid_pool *pool;
-    BT_OK(braid_pool_new(&pool, &(braid_pool_options){ .flags = BRAID_POOL_MEMORY }));
+    BT_OK(braid_pool_new(&(braid_pool_options){ .flags = BRAID_POOL_MEMORY }, &pool));
     pool_ctx pc = { f.loop, pool };
     BT_OK(braid_http_server_route(f.s, "GET", "/work", 0, h_pool, &pc));
     BT_OK(braid_http_server_route(f.s, "GET", "/", 0, h_hello, NULL));
@@ -470,7 +483,7 @@ BT_TEST(handler_runs_work_on_a_pool) {
     const char *o = take(&f);
     const char *a = strstr(o, "computed 42"), *b = strstr(o, "Hello, World!");
     BT_TRUE(a && b && a < b);
-    braid_pool_destroy(pool, BRAID_POOL_FINISH);
+    braid_pool_free(pool);
     fx_done(&f);
 }
 
@@ -587,7 +600,7 @@ BT_TEST(streamed_content_length_short_closes) {
     const char *o = take(&f);
     BT_TRUE(strstr(o, "Content-Length: 10\r\n") != NULL);
     BT_TRUE(strstr(o, "\r\n\r\n0123") != NULL);
-    BT_TRUE(braid_memory_transport_state(f.m).closed);
+    BT_TRUE(mstate(f.m).closed);
     fx_done(&f);
 }
 
@@ -632,7 +645,7 @@ BT_TEST(shutdown_closes_idle) {
     BT_ERR(braid_http_server_free(f.s), BRAID_EBUSY);
     braid_http_server_shutdown(f.s);
     bt_spin(f.loop, 4);
-    BT_TRUE(braid_memory_transport_state(f.m).closed);
+    BT_TRUE(mstate(f.m).closed);
     BT_EQ(braid_http_server_connections(f.s), 0);
     fx_done(&f);
 }
@@ -751,7 +764,7 @@ typedef struct io {
 
 static void io_init_with(io *x, const char *extra_endpoint, const braid_http_server_options *o, bool fake_clock) {
     memset(x, 0, sizeof *x);
-    if (fake_clock) x->clock = braid_fake_clock_new(BRAID_SECONDS(1000));
+    if (fake_clock) braid_fake_clock_new(BRAID_SECONDS(1000), &x->clock);
     x->loop = bt_loop_new(x->clock ? braid_fake_clock_base(x->clock) : NULL);
     BT_OK(braid_http_server_new(x->loop, o, &x->s));
     char ep[128];
@@ -1055,7 +1068,7 @@ static int jobs_run;
 static braid_result counted_job(void *arg) {
     (void)arg;
     jobs_run++;
-    return braid_result_ok_owned(braid_http_response_new(200, "text/plain", "done", 4), braid_http_response_free);
+    return braid_result_ok_owned(response(200, "text/plain", "done", 4), braid_http_response_free);
 }
 static braid_deferred *h_job(braid_http_request *req, void *arg) {
     (void)req;
@@ -1067,7 +1080,7 @@ BT_IO_TEST(io_hangup_cancels_queued_pool_work) {
     io x;
     io_init(&x, NULL);
     braid_pool *pool;
-    BT_OK(braid_pool_new(&pool, &(braid_pool_options){ .flags = BRAID_POOL_MEMORY }));
+    BT_OK(braid_pool_new(&(braid_pool_options){ .flags = BRAID_POOL_MEMORY }, &pool));
     pool_ctx pc = { x.loop, pool };
     BT_OK(braid_http_server_route(x.s, "GET", "/work", 0, h_job, &pc));
     jobs_run = 0;
@@ -1093,7 +1106,7 @@ BT_IO_TEST(io_hangup_cancels_queued_pool_work) {
     BT_EQ(jobs_run, 1);
     close(fd);
     io_done(&x);
-    braid_pool_destroy(pool, BRAID_POOL_FINISH);
+    braid_pool_free(pool);
 }
 
 /* A FIN after the request: the client left (default), or a half-close whose
@@ -1123,7 +1136,7 @@ BT_IO_TEST(io_half_close_policy) {
         usleep(200);
     }
     BT_EQ(braid_http_server_connections(x.s), 1);                    /* still answering */
-    BT_OK(braid_deferred_callback(pending_d, braid_http_response_new(200, "text/plain", "after FIN", 9),
+    BT_OK(braid_deferred_callback(pending_d, response(200, "text/plain", "after FIN", 9),
                                   braid_http_response_free));
     char buf[1024] = { 0 };
     size_t n = io_exchange_n(&x, fd, NULL, buf, sizeof buf - 1, 0);  /* to the server's close */
@@ -1211,6 +1224,7 @@ BT_IO_TEST(io_pipelined_burst_read_in_order) {
 
 /* Counting allocator: braid's heap in bytes (current and peak). */
 #include <malloc.h>
+
 static size_t heap_now, heap_peak;
 static void heap_add(size_t n) { heap_now += n; if (heap_now > heap_peak) heap_peak = heap_now; }
 static void *cnt_malloc(void *ctx, size_t n) {
@@ -1382,7 +1396,7 @@ static braid_deferred *h_big(braid_http_request *req, void *arg) {
 BT_TEST(send_timeout_counts_progress) {
     big_body = calloc(1, BIG_BODY);
     fx f;
-    fx_init(&f, &(braid_http_server_options){ .send_timeout_ns = BRAID_SECONDS(10), .idle_timeout_ns = BRAID_SECONDS(3600) });
+    fx_init(&f, &(braid_http_server_options){ .send_timeout = BRAID_SECONDS(10), .idle_timeout = BRAID_SECONDS(3600) });
     BT_OK(braid_http_server_route(f.s, "GET", "/big", 0, h_big, NULL));
     fx_conn(&f);
     feed(&f, "GET /big HTTP/1.1\r\nHost: a\r\n\r\n");
@@ -1396,7 +1410,7 @@ BT_TEST(send_timeout_counts_progress) {
     BT_FALSE(closed(&f));                           /* within 2 x the timeout of the last progress */
     BT_OK(braid_loop_advance(f.loop, BRAID_SECONDS(2)));
     bt_spin(f.loop, 4);
-    braid_memory_state ms = braid_memory_transport_state(f.m);
+    struct braid_memory_transport_state ms = mstate(f.m);
     BT_TRUE(ms.closed);
     BT_TRUE(ms.aborted);
     BT_ERR(ms.lost_code, BRAID_ETIMEDOUT);
@@ -1426,7 +1440,7 @@ BT_IO_TEST(io_send_timeout_aborts_non_reader) {
     close(ffd);
     big_body = calloc(1, BIG_BODY);
     io x;
-    io_init_with(&x, NULL, &(braid_http_server_options){ .send_timeout_ns = BRAID_SECONDS(10) }, true);
+    io_init_with(&x, NULL, &(braid_http_server_options){ .send_timeout = BRAID_SECONDS(10) }, true);
     BT_OK(braid_http_server_route(x.s, "GET", "/big", 0, h_big, NULL));
     BT_OK(braid_http_server_static(x.s, "/files/", root));
     int fds[2];
@@ -1524,7 +1538,7 @@ BT_TEST(max_headers_honoured) {
 /* ---- allocation failures: every site on a representative path fails cleanly ---------------------- */
 static braid_deferred *h_async_answer(braid_http_request *req, void *arg) {
     (void)req;
-    braid_http_response *r = braid_http_response_new(201, "text/plain", "later", 5);
+    braid_http_response *r = response(201, "text/plain", "later", 5);
     if (!r) return NULL;                            /* no answer: the server answers 500 */
     if (braid_http_response_add_header(r, "X-Later", "1") < 0) {
         braid_http_response_free(r);
@@ -1562,7 +1576,8 @@ static int oom_server_scenario(void *arg) {
         braid_http_server_free(s);
         return BRAID_ENOMEM;
     }
-    braid_memory_transport *m = braid_memory_transport_new(loop, p);
+    braid_memory_transport *m = NULL;
+    braid_memory_transport_new(loop, p, &m);
     if (!m) {
         p->ops->destroy(p);                         /* never attached: ours to release */
         braid_http_server_free(s);
@@ -1592,7 +1607,7 @@ static int oom_server_scenario(void *arg) {
     out[have] = 0;
     braid_memory_transport_peer_eof(m);
     for (int i = 0; i < 3; i++) braid_loop_run_once(loop, BRAID_LOOP_RUN_NOWAIT);
-    braid_memory_state ms = braid_memory_transport_state(m);
+    struct braid_memory_transport_state ms = mstate(m);
     int result = 0;
     const char *a = strstr(out, "Hello, World!"), *b = strstr(out, "body=abc"), *c = strstr(out, "\r\n\r\nlater"),
                *d = strstr(out, "chunk-two"), *e = strstr(out, "HTTP/1.1 404"), *f = strstr(out, "HTTP/1.1 400");
@@ -1632,7 +1647,7 @@ static braid_deferred *pump_connect(void *arg, braid_loop *loop, const char *hos
         cp->ops->destroy(cp);
         return braid_deferred_fail(loop, braid_failure_new(BRAID_ENOMEM, "server protocol"));
     }
-    e->pump = braid_pump_new(loop, cp, sp);
+    braid_pump_new(loop, cp, sp, &e->pump);
     if (!e->pump) {
         cp->ops->destroy(cp);
         sp->ops->destroy(sp);
@@ -1725,8 +1740,8 @@ BT_TEST(allocation_failure_walk_client_and_server) {
  * read its last answer, a Deferred that never fires, a stream that never ends. */
 BT_TEST(shutdown_deadline_escalates) {
     fx f;
-    fx_init(&f, &(braid_http_server_options){ .shutdown_timeout_ns = BRAID_SECONDS(5),
-                                              .send_timeout_ns = BRAID_FOREVER });
+    fx_init(&f, &(braid_http_server_options){ .shutdown_timeout = BRAID_SECONDS(5),
+                                              .send_timeout = BRAID_FOREVER });
     BT_OK(braid_http_server_route(f.s, "GET", "/", 0, h_hello, NULL));
     BT_OK(braid_http_server_route(f.s, "GET", "/pending", 0, h_pending, f.loop));
     BT_OK(braid_http_server_route(f.s, "GET", "/stream", 0, h_stream_forever, NULL));
@@ -1748,11 +1763,11 @@ BT_TEST(shutdown_deadline_escalates) {
     BT_EQ(braid_http_server_connections(f.s), 5);
     braid_http_server_shutdown(f.s);
     bt_spin(f.loop, 4);
-    BT_TRUE(braid_memory_transport_state(m[0]).closed);   /* idle: closed at once */
-    BT_TRUE(braid_memory_transport_state(m[1]).disconnecting);
+    BT_TRUE(mstate(m[0]).closed);   /* idle: closed at once */
+    BT_TRUE(mstate(m[1]).disconnecting);
     BT_EQ(braid_http_server_connections(f.s), 4);
     /* the answer that completes in time closes the connection after it, cleanly */
-    BT_OK(braid_deferred_callback(pending_d, braid_http_response_new(200, "text/plain", "in time", 7),
+    BT_OK(braid_deferred_callback(pending_d, response(200, "text/plain", "in time", 7),
                                   braid_http_response_free));
     bt_spin(f.loop, 4);
     size_t n;
@@ -1760,7 +1775,7 @@ BT_TEST(shutdown_deadline_escalates) {
     BT_TRUE(n > 0 && memmem(o, n, "Connection: close\r\n", 19) && memmem(o, n, "in time", 7));
     braid_memory_transport_consume(m[4], SIZE_MAX);
     bt_spin(f.loop, 4);
-    braid_memory_state st4 = braid_memory_transport_state(m[4]);
+    struct braid_memory_transport_state st4 = mstate(m[4]);
     BT_TRUE(st4.closed && !st4.aborted);
     BT_OK(braid_loop_advance(f.loop, BRAID_SECONDS(4)));
     BT_EQ(braid_http_server_connections(f.s), 3);
@@ -1770,7 +1785,7 @@ BT_TEST(shutdown_deadline_escalates) {
     bt_spin(f.loop, 4);
     BT_EQ(braid_http_server_connections(f.s), 0);
     for (int i = 1; i < 4; i++) {
-        braid_memory_state ms = braid_memory_transport_state(m[i]);
+        struct braid_memory_transport_state ms = mstate(m[i]);
         BT_TRUE(ms.aborted);
         BT_ERR(ms.lost_code, BRAID_ETIMEDOUT);
     }
@@ -1812,8 +1827,8 @@ static braid_deferred *h_big_stream(braid_http_request *req, void *arg) {
 BT_IO_TEST(io_shutdown_deadline_with_non_reader) {
     big_body = calloc(1, BIG_BODY);
     io x;
-    io_init_with(&x, NULL, &(braid_http_server_options){ .shutdown_timeout_ns = BRAID_SECONDS(3),
-                                                          .send_timeout_ns = BRAID_FOREVER }, true);
+    io_init_with(&x, NULL, &(braid_http_server_options){ .shutdown_timeout = BRAID_SECONDS(3),
+                                                          .send_timeout = BRAID_FOREVER }, true);
     BT_OK(braid_http_server_route(x.s, "GET", "/big", 0, h_big_stream, NULL));
     int fd = bt_connect_tcp_rcvbuf(x.port, 0, 4096);
     send_all(fd, "GET /big HTTP/1.1\r\nHost: a\r\n\r\n");
@@ -1873,7 +1888,7 @@ BT_TEST(pending_answer_after_buffered_burst_compacts) {
     BT_OK(braid_memory_transport_receive(f.m, more, sizeof more));
     bt_spin(f.loop, 4);
     BT_FALSE(closed(&f));
-    BT_OK(braid_deferred_callback(pending_d, braid_http_response_new(200, "text/plain", "later", 5),
+    BT_OK(braid_deferred_callback(pending_d, response(200, "text/plain", "later", 5),
                                   braid_http_response_free));
     bt_spin(f.loop, 4);
     const char *o = take(&f);

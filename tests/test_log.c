@@ -32,7 +32,7 @@ static void noop(braid_timer *t, void *arg) { (void)t; (void)arg; }
 
 static void leaky_loop(void) {
     braid_loop *loop;
-    if (braid_loop_new(&loop, NULL) < 0) _exit(2);
+    if (braid_loop_new(NULL, &loop) < 0) _exit(2);
     braid_timer t;
     braid_timer_init(loop, &t, noop, NULL);
     braid_timer_start(&t, BRAID_SECONDS(5));
@@ -58,7 +58,7 @@ static void cap(void *ctx, braid_log_level level, const char *msg) {
 BT_TEST(user_sink_gets_the_line_alone) {
     braid_loop *loop;
     braid_loop_options o = { .log = cap };
-    BT_OK(braid_loop_new(&loop, &o));
+    BT_OK(braid_loop_new(&o, &loop));
     braid_timer t;
     braid_timer_init(loop, &t, noop, NULL);
     BT_OK(braid_timer_start(&t, BRAID_SECONDS(5)));

@@ -188,7 +188,8 @@ static void ord_post(void *arg) { (void)arg; order[norder++] = 'P'; }
 static void ord_soon(void *arg) { (void)arg; order[norder++] = 'S'; }
 
 BT_IO_TEST(one_iteration_runs_phases_in_order) {
-    braid_fake_clock *fc = braid_fake_clock_new(0);
+    braid_fake_clock *fc = NULL;
+    braid_fake_clock_new(0, &fc);
     braid_loop *loop = bt_loop_new(braid_fake_clock_base(fc));
     int sv[2]; bt_socketpair(sv);
     braid_watch w; braid_timer t;
@@ -340,7 +341,7 @@ static void count_log(void *ctx, braid_log_level l, const char *msg) {
 BT_IO_TEST(leak_gate_names_open_watcher_and_handle) {
     braid_loop_options o = { .log = count_log, .flags = BRAID_LOOP_STRICT_BACKEND };
     braid_loop *loop;
-    int rc = braid_loop_new(&loop, &o);
+    int rc = braid_loop_new(&o, &loop);
     if (rc == BRAID_ENOSYS) bt_skip("backend not available");
     BT_OK(rc);
     int sv[2]; bt_socketpair(sv);
@@ -416,7 +417,7 @@ static int run_misuse(misuse_fn fn, bool inside_run, char *out, size_t outlen) {
         dup2(p[1], 2);
         close(p[0]);
         braid_loop *loop;
-        if (braid_loop_new(&loop, NULL) < 0) _exit(3);   /* default logger: stderr */
+        if (braid_loop_new(NULL, &loop) < 0) _exit(3);   /* default logger: stderr */
         braid_timer_init(loop, &g_timer, noop_timer, NULL);
         g_deferred = braid_deferred_new(loop);
         if (inside_run) {
@@ -486,7 +487,7 @@ BT_TEST(post_and_stop_from_another_thread_are_not_misuse) {
     if (pid == 0) {
         dup2(p[1], 2);
         braid_loop *loop;
-        if (braid_loop_new(&loop, NULL) < 0) _exit(3);
+        if (braid_loop_new(NULL, &loop) < 0) _exit(3);
         braid_loop_hold(loop);
         pthread_t th;
         if (pthread_create(&th, NULL, post_and_stop, loop) != 0) _exit(4);
@@ -514,7 +515,7 @@ static void *run_loop_thread(void *arg) {
 static void count_call(void *arg) { ++*(int *)arg; }
 BT_TEST(loop_handed_to_another_thread_by_running_it) {
     braid_loop *loop;
-    BT_OK(braid_loop_new(&loop, NULL));
+    BT_OK(braid_loop_new(NULL, &loop));
     int fired = 0;
     BT_TRUE(braid_timer_call_later(loop, BRAID_MSEC(1), count_call, &fired) != NULL);
     pthread_t th;
@@ -527,17 +528,17 @@ BT_TEST(loop_handed_to_another_thread_by_running_it) {
 BT_TEST(backend_selection) {
     braid_loop *loop;
     braid_loop_options o = { .backend = BRAID_BACKEND_POLL };
-    BT_OK(braid_loop_new(&loop, &o));
+    BT_OK(braid_loop_new(&o, &loop));
     BT_STREQ(braid_loop_backend(loop), "poll");
     BT_OK(braid_loop_free(loop));
     setenv("BRAID_BACKEND", "select", 1);
-    BT_OK(braid_loop_new(&loop, NULL));
+    BT_OK(braid_loop_new(NULL, &loop));
     BT_STREQ(braid_loop_backend(loop), "select");
     BT_OK(braid_loop_free(loop));
     setenv("BRAID_BACKEND", "kqueue", 1);
-    BT_ERR(braid_loop_new(&loop, NULL), BRAID_EINVAL);
+    BT_ERR(braid_loop_new(NULL, &loop), BRAID_EINVAL);
     unsetenv("BRAID_BACKEND");
-    BT_OK(braid_loop_new(&loop, NULL));
+    BT_OK(braid_loop_new(NULL, &loop));
     BT_STREQ(braid_loop_backend(loop), "epoll");
     BT_OK(braid_loop_free(loop));
 }

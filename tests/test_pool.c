@@ -124,8 +124,8 @@ static void count_call(void *p) { (void)p; atomic_fetch_add(&calls_ran, 1); }
 /* A worker records a job in the statistics just after posting its result,
  * so a result can reach the loop a moment before it is counted: wait until
  * no job is running (yielding; no timing assumption). */
-static void stats_settled(braid_pool *pool, braid_pool_stats *st) {
-    for (braid_pool_stats_get(pool, st); st->running; braid_pool_stats_get(pool, st)) sched_yield();
+static void stats_settled(braid_pool *pool, struct braid_pool_stats *st) {
+    for (braid_pool_stats(pool, st); st->running; braid_pool_stats(pool, st)) sched_yield();
 }
 
 static braid_pool *new_pool(braid_loop *loop, unsigned min, unsigned max, unsigned flags,
@@ -133,7 +133,7 @@ static braid_pool *new_pool(braid_loop *loop, unsigned min, unsigned max, unsign
     braid_pool_options o = { .min_threads = min, .max_threads = max, .name = "test",
                              .queue_limit = limit, .loop = loop, .flags = flags };
     braid_pool *pool;
-    BT_OK(braid_pool_new(&pool, &o));
+    BT_OK(braid_pool_new(&o, &pool));
     return pool;
 }
 
@@ -167,13 +167,13 @@ BT_IO_TEST(results_and_failures_on_loop_thread) {
         }
     }
     BT_EQ(atomic_load(&dtor_calls), N - (N + 4) / 5);   /* each value freed once */
-    braid_pool_stats st;
+    struct braid_pool_stats st;
     stats_settled(pool, &st);
     BT_UEQ(st.completed, N);
     BT_UEQ(st.queued, 0);
     BT_UEQ(st.running, 0);
     BT_ULE(st.threads, 4);
-    braid_pool_destroy(pool, BRAID_POOL_FINISH);
+    braid_pool_free(pool);
     bt_loop_destroy(loop);
 }
 
@@ -197,7 +197,7 @@ BT_IO_TEST(one_thread_keeps_order) {
     BT_OK(braid_loop_run(loop));
     BT_EQ(order_n, 300);
     for (int i = 0; i < 300; i++) BT_EQ(order_log[i], i + 1);
-    braid_pool_destroy(pool, BRAID_POOL_FINISH);
+    braid_pool_free(pool);
     bt_loop_destroy(loop);
 }
 
@@ -215,8 +215,8 @@ BT_TEST(cancel_queued_work_never_runs) {
     braid_deferred_cancel(d[1]);
     BT_TRUE(o[1].done);                        /* fails at once, on this thread */
     BT_ERR(o[1].code, BRAID_ECANCELED);
-    braid_pool_stats st;
-    braid_pool_stats_get(pool, &st);
+    struct braid_pool_stats st;
+    braid_pool_stats(pool, &st);
     BT_UEQ(st.queued, 2);
     BT_UEQ(st.cancelled, 1);
     BT_EQ(braid_pool_step(pool), 1);
@@ -228,7 +228,7 @@ BT_TEST(cancel_queued_work_never_runs) {
     BT_EQ(o[0].value, 2);
     BT_EQ(o[2].value, 4);
     for (int i = 0; i < 3; i++) braid_deferred_unref(d[i]);
-    braid_pool_destroy(pool, BRAID_POOL_FINISH);
+    braid_pool_free(pool);
     bt_loop_destroy(loop);
 }
 
@@ -254,7 +254,7 @@ BT_TEST(cancel_running_work_drops_its_result) {
     pthread_t t = atomic_load(&dtor_thread);
     BT_TRUE(pthread_equal(t, loop_thread));    /* ... on the loop thread */
     braid_deferred_unref(d);
-    braid_pool_destroy(pool, BRAID_POOL_FINISH);
+    braid_pool_free(pool);
     bt_loop_destroy(loop);
 }
 
@@ -270,15 +270,15 @@ BT_TEST(queue_full_fails_fast) {
     BT_TRUE(o[2].done);                        /* already failed, before any loop iteration */
     BT_ERR(o[2].code, BRAID_EQUEUE_FULL);
     BT_ERR(braid_pool_call(pool, count_call, NULL), BRAID_EQUEUE_FULL);
-    braid_pool_stats st;
-    braid_pool_stats_get(pool, &st);
+    struct braid_pool_stats st;
+    braid_pool_stats(pool, &st);
     BT_UEQ(st.rejected, 2);
     BT_UEQ(st.queued, 2);
     while (braid_pool_step(pool) > 0) {}
     BT_OK(braid_loop_run(loop));
     BT_EQ(o[0].value, 1);
     BT_EQ(o[1].value, 2);
-    braid_pool_destroy(pool, BRAID_POOL_FINISH);
+    braid_pool_free(pool);
     bt_loop_destroy(loop);
 }
 
@@ -299,14 +299,14 @@ BT_TEST(classes_take_turns_and_cap_concurrency) {
     watch(braid_pool_defer(loop, pool, plus_one, &quick), &od, true);
     bt_run_until(loop, &od.done, 1000000);     /* default work is not stuck behind them */
     BT_EQ(od.value, 11);
-    braid_pool_stats st;
-    braid_pool_stats_get(pool, &st);
+    struct braid_pool_stats st;
+    braid_pool_stats(pool, &st);
     BT_UEQ(st.class_running[resolve], 1);      /* max_running 1 although 3 threads idle */
     BT_UEQ(st.class_queued[resolve], 2);
     BT_EQ(g.arrived, 1);
     /* Queued work of a capped class must not keep an idle worker spinning:
      * the spin ends (bounded) and everyone but the runner goes to sleep. */
-    for (braid_pool_stats_get(pool, &st); st.spinning || st.idle != 3; braid_pool_stats_get(pool, &st))
+    for (braid_pool_stats(pool, &st); st.spinning || st.idle != 3; braid_pool_stats(pool, &st))
         sched_yield();
     gate_open(&g);
     BT_OK(braid_loop_run(loop));
@@ -314,7 +314,7 @@ BT_TEST(classes_take_turns_and_cap_concurrency) {
     outcome bad = { 0 };
     watch(braid_pool_defer_class(loop, pool, 7, plus_one, &quick), &bad, true);
     BT_ERR(bad.code, BRAID_EINVAL);               /* no such class */
-    braid_pool_destroy(pool, BRAID_POOL_FINISH);
+    braid_pool_free(pool);
     bt_loop_destroy(loop);
 }
 
@@ -334,7 +334,7 @@ BT_TEST(classes_round_robin_memory) {
     int want[] = { 1, 10, 2, 11, 12 };
     BT_EQ(rr_n, 5);
     for (int i = 0; i < 5; i++) BT_EQ(rr_log[i], want[i]);
-    braid_pool_destroy(pool, BRAID_POOL_FINISH);
+    braid_pool_free(pool);
 }
 
 /* ---- shutdown with work in flight ---------------------------------------------------------------- */
@@ -360,7 +360,7 @@ BT_TEST(shutdown_finish_runs_queued_work) {
     watch(braid_pool_defer(loop, pool, plus_one, &late), &ol, true);
     BT_ERR(ol.code, BRAID_ESHUTDOWN);
     gate_open(&g);
-    braid_pool_destroy(pool, BRAID_POOL_FINISH);   /* joins: everything ran */
+    braid_pool_free(pool);   /* joins: everything ran */
     for (int i = 0; i < N; i++) BT_EQ(atomic_load(&a[i].ran), 1);
     BT_OK(braid_loop_run(loop));                   /* completions still delivered */
     for (int i = 0; i < N; i++) {
@@ -391,7 +391,7 @@ BT_TEST(shutdown_cancel_fails_queued_work) {
     braid_pool_shutdown(pool, BRAID_POOL_CANCEL);
     BT_ERR(braid_pool_call(pool, count_call, NULL), BRAID_ESHUTDOWN);
     gate_open(&g);
-    braid_pool_destroy(pool, BRAID_POOL_CANCEL);
+    braid_pool_shutdown(pool, BRAID_POOL_CANCEL); braid_pool_free(pool);
     BT_OK(braid_loop_run(loop));
     BT_EQ(o[0].value, 1);                          /* running work finished */
     for (int i = 1; i < N; i++) {
@@ -472,7 +472,7 @@ static void burst_runs_at_once_clock(unsigned min_threads, int n, int warm, brai
     braid_pool_options opt = { .min_threads = min_threads, .max_threads = (unsigned)n, .name = "test",
                                .loop = loop, .clock = clock };
     braid_pool *pool;
-    BT_OK(braid_pool_new(&pool, &opt));
+    BT_OK(braid_pool_new(&opt, &pool));
     static outcome wo[16];
     for (int done = 0; done < warm; done += 16) {
         for (int i = 0; i < 16; i++) {
@@ -491,10 +491,10 @@ static void burst_runs_at_once_clock(unsigned min_threads, int n, int warm, brai
     BT_FALSE(rv.broken);
     BT_EQ(rv.arrived, n);
     for (int i = 0; i < n; i++) BT_TRUE(o[i].done && o[i].code == 0);
-    braid_pool_stats st;
+    struct braid_pool_stats st;
     stats_settled(pool, &st);
     BT_ULE(st.threads, (uint64_t)n);
-    braid_pool_destroy(pool, BRAID_POOL_FINISH);
+    braid_pool_free(pool);
     rv_destroy(&rv);
     bt_loop_destroy(loop);
 }
@@ -513,7 +513,8 @@ BT_TEST(burst_of_blocking_jobs_after_short_min4) { burst_runs_at_once(4, 4, 2000
 /* A pool whose statistics run on a fake clock that never moves: how long a
  * job has been queued is unknowable, and the burst must still start. */
 BT_TEST(burst_of_blocking_jobs_fake_stats_clock) {
-    braid_fake_clock *fc = braid_fake_clock_new(1000000);
+    braid_fake_clock *fc = NULL;
+    braid_fake_clock_new(1000000, &fc);
     burst_runs_at_once_clock(4, 4, 2000, braid_fake_clock_base(fc));
     braid_fake_clock_free(fc);
 }
@@ -532,12 +533,12 @@ BT_TEST(bursts_from_call_in_pool) {
         while (!rv.open && !rv.broken) pthread_cond_wait(&rv.cv, &rv.mu);
         pthread_mutex_unlock(&rv.mu);
         BT_FALSE(rv.broken);
-        braid_pool_stats st;
+        struct braid_pool_stats st;
         stats_settled(pool, &st);   /* everyone left the rendezvous: it can go */
         rv_destroy(&rv);
         for (int i = 0; i < 64; i++) BT_OK(braid_pool_call(pool, count_call, NULL));   /* short ones between */
     }
-    braid_pool_destroy(pool, BRAID_POOL_FINISH);
+    braid_pool_free(pool);
 }
 
 /* ---- short jobs are not stuck behind a blocked one ---------------------------------------------- */
@@ -591,7 +592,7 @@ static void short_jobs_pass_blocked_one(unsigned min_threads, bool together, int
     gate_open(&g);
     BT_OK(braid_loop_run(loop));
     BT_EQ(os.value, 1);
-    braid_pool_destroy(pool, BRAID_POOL_FINISH);
+    braid_pool_free(pool);
     bt_loop_destroy(loop);
 }
 
@@ -655,11 +656,11 @@ BT_TEST(sixteen_producer_threads) {
     long want = (long)PER_PRODUCER * (PER_PRODUCER + 1) / 2;
     for (int i = 0; i < PRODUCERS; i++) BT_EQ(atomic_load(&prod_sums[i]), want);
     /* The last job posted before its worker recorded it: wait for that. */
-    braid_pool_stats st;
+    struct braid_pool_stats st;
     stats_settled(pool, &st);
     BT_UEQ(st.completed, PRODUCERS * PER_PRODUCER);
     BT_UEQ(st.queued, 0);
-    braid_pool_destroy(pool, BRAID_POOL_FINISH);
+    braid_pool_free(pool);
     bt_loop_destroy(loop);
 }
 
@@ -710,7 +711,7 @@ BT_IO_TEST(blocking_call_from_thread) {
     BT_EQ(o.value, 7);
     BT_EQ(a.got, 42);
     BT_ERR(a.code, BRAID_EPIPE);
-    braid_pool_destroy(pool, BRAID_POOL_FINISH);
+    braid_pool_free(pool);
     bt_loop_destroy(loop);
 }
 
@@ -812,8 +813,8 @@ BT_TEST(memory_worker_steps_by_hand) {
     BT_EQ(braid_pool_step(pool), 0);
     braid_pool *threaded = new_pool(NULL, 0, 1, 0, 0);
     BT_ERR(braid_pool_step(threaded), BRAID_EINVAL);
-    braid_pool_destroy(threaded, BRAID_POOL_FINISH);
-    braid_pool_destroy(pool, BRAID_POOL_FINISH);
+    braid_pool_free(threaded);
+    braid_pool_free(pool);
     bt_loop_destroy(loop);
 }
 
@@ -825,23 +826,23 @@ static braid_result advance_5us(void *p) {
 }
 
 BT_TEST(stats_counts_and_histograms) {
-    stats_clock = braid_fake_clock_new(1000000);
+    braid_fake_clock_new(1000000, &stats_clock);
     braid_loop *loop = bt_loop_new(NULL);
     braid_pool_options opt = { .flags = BRAID_POOL_MEMORY, .queue_limit = 3,
                                .clock = braid_fake_clock_base(stats_clock), .loop = loop };
     braid_pool *pool;
-    BT_OK(braid_pool_new(&pool, &opt));
+    BT_OK(braid_pool_new(&opt, &pool));
     outcome o[5] = { { 0 } };
     for (int i = 0; i < 4; i++) watch(braid_pool_defer(loop, pool, advance_5us, NULL), &o[i], false);
     braid_fake_clock_advance(stats_clock, 1000);   /* each waits >= 1 µs */
-    braid_pool_stats st;
-    braid_pool_stats_get(pool, &st);
+    struct braid_pool_stats st;
+    braid_pool_stats(pool, &st);
     BT_UEQ(st.queued, 3);
     BT_UEQ(st.rejected, 1);
     BT_UEQ(st.threads, 0);
     BT_EQ(braid_pool_step(pool), 1);
     BT_EQ(braid_pool_step(pool), 1);
-    braid_pool_stats_get(pool, &st);
+    braid_pool_stats(pool, &st);
     BT_UEQ(st.completed, 2);
     BT_UEQ(st.queued, 1);
     BT_UEQ(st.run_hist[braid_pool_hist_bucket(5000)], 2);
@@ -855,24 +856,24 @@ BT_TEST(stats_counts_and_histograms) {
     BT_OK(braid_loop_run(loop));
     for (int i = 0; i < 3; i++) BT_TRUE(o[i].done && o[i].code == 0);
     BT_ERR(o[3].code, BRAID_EQUEUE_FULL);
-    braid_pool_destroy(pool, BRAID_POOL_FINISH);
+    braid_pool_free(pool);
     bt_loop_destroy(loop);
     braid_fake_clock_free(stats_clock);
 }
 
 BT_TEST(idle_threads_counted_and_named) {
     braid_pool *pool = new_pool(NULL, 2, 3, BRAID_POOL_NO_SPIN, 0);
-    braid_pool_stats st;
+    struct braid_pool_stats st;
     /* Started threads reach their sleep on their own; wait for them via stats
      * polling with yields (no sleeps, no timing assumption). */
     for (;;) {
-        braid_pool_stats_get(pool, &st);
+        braid_pool_stats(pool, &st);
         if (st.idle == 2) break;
         sched_yield();
     }
     BT_UEQ(st.threads, 2);
     BT_UEQ(st.running, 0);
-    braid_pool_destroy(pool, BRAID_POOL_FINISH);
+    braid_pool_free(pool);
 }
 
 /* ---- the leak gate ---------------------------------------------------------------------------- */
@@ -880,7 +881,7 @@ BT_TEST(pool_tied_to_loop_blocks_destroy) {
     braid_loop *loop = bt_loop_new(NULL);
     braid_pool *pool = new_pool(loop, 0, 1, 0, 0);
     BT_ERR(braid_loop_free(loop), BRAID_EBUSY);
-    braid_pool_destroy(pool, BRAID_POOL_FINISH);
+    braid_pool_free(pool);
     bt_loop_destroy(loop);
 }
 
@@ -894,11 +895,11 @@ static int walk_code(outcome *o, int n) {
 static int alloc_scenario(void *arg) {
     unsigned flags = *(unsigned *)arg;
     braid_loop *loop;
-    int rc = braid_loop_new(&loop, NULL);
+    int rc = braid_loop_new(NULL, &loop);
     if (rc < 0) return rc;
     braid_pool_options opt = { .max_threads = 1, .flags = flags, .loop = loop };
     braid_pool *pool;
-    if ((rc = braid_pool_new(&pool, &opt)) < 0) {
+    if ((rc = braid_pool_new(&opt, &pool)) < 0) {
         bt_loop_destroy(loop);
         return rc;
     }
@@ -916,7 +917,7 @@ static int alloc_scenario(void *arg) {
     if (rc == 0) rc = rc2;
     if (flags & BRAID_POOL_MEMORY) while (braid_pool_step(pool) > 0) {}
     if (braid_loop_run(loop) < 0) abort();
-    braid_pool_destroy(pool, BRAID_POOL_FINISH);
+    braid_pool_free(pool);
     bt_loop_destroy(loop);
     if (rc == 0) rc = walk_code(o, n);
     if (rc == 0 && (o[0].value != 2 || o[2].value != 4 || atomic_load(&calls_ran) != 1)) abort();
@@ -955,7 +956,7 @@ BT_TEST(resolver_pool_default_and_user) {
     BT_OK(braid_resolver_set_pool(loop, mine, rc));
     BT_TRUE(braid__resolver_pool(loop, &cls) == mine);
     BT_EQ(cls, rc);
-    braid_pool_destroy(mine, BRAID_POOL_FINISH);
+    braid_pool_free(mine);
     bt_loop_destroy(loop);
 }
 
@@ -987,16 +988,16 @@ BT_TEST(thread_names_and_stack_size) {
     braid_loop *loop = bt_loop_new(NULL);
     braid_pool_options o = { .max_threads = 1, .name = "db", .stack_size = 1 << 20, .loop = loop };
     braid_pool *pool;
-    BT_OK(braid_pool_new(&pool, &o));
+    BT_OK(braid_pool_new(&o, &pool));
     thread_info ti = { { 0 }, 0 };
     outcome out = { 0 };
     watch(braid_pool_defer(loop, pool, describe_thread, &ti), &out, false);
     BT_OK(braid_loop_run(loop));
     BT_STREQ(ti.name, "db-0");
     BT_UEQ(ti.stack, 1 << 20);
-    braid_pool_destroy(pool, BRAID_POOL_FINISH);
+    braid_pool_free(pool);
     braid_pool_options bad = { .min_threads = 3, .max_threads = 2 };
-    BT_ERR(braid_pool_new(&pool, &bad), BRAID_EINVAL);
+    BT_ERR(braid_pool_new(&bad, &pool), BRAID_EINVAL);
     bt_loop_destroy(loop);
 }
 
@@ -1031,7 +1032,7 @@ BT_TEST(defer_full_frees_arg_exactly_once) {
     BT_EQ(args_freed, 3);
     BT_EQ(o[0].value, 10);
     watch(braid_pool_defer_full(loop, pool, 0, read_arg, a[3], count_free), &o[3], false);
-    braid_pool_destroy(pool, BRAID_POOL_CANCEL);    /* shut down while queued */
+    braid_pool_shutdown(pool, BRAID_POOL_CANCEL); braid_pool_free(pool);    /* shut down while queued */
     BT_OK(braid_loop_run(loop));
     BT_ERR(o[3].code, BRAID_ECANCELED);
     BT_EQ(args_freed, 4);

@@ -22,6 +22,13 @@
 #include <stdlib.h>
 #include <unistd.h>
 
+/* braid_memory_transport_state as a value, for assertions. */
+static struct braid_memory_transport_state mstate(const braid_memory_transport *m) {
+    struct braid_memory_transport_state st;
+    braid_memory_transport_state(m, &st);
+    return st;
+}
+
 /* On the uring backend TCP runs on io_uring completions (the library's
  * default; BRAID_STREAM_COMPLETIONS=0 in the environment tests readiness). */
 
@@ -136,7 +143,8 @@ static void push_stop(braid_producer *pr) { pusher *p = pr->arg; p->stops++; p->
 BT_TEST(memory_records_writes_and_close) {
     braid_loop *loop = bt_loop_new(NULL);
     tp p = { .base.ops = &tp_ops };
-    braid_memory_transport *m = braid_memory_transport_new(loop, &p.base);
+    braid_memory_transport *m = NULL;
+    braid_memory_transport_new(loop, &p.base, &m);
     BT_TRUE(m);
     BT_EQ(p.made, 1);
     braid_transport *t = p.base.transport;
@@ -153,18 +161,18 @@ BT_TEST(memory_records_writes_and_close) {
     braid_transport_close(t, BRAID_FOREVER);
     BT_ERR(braid_transport_write(t, "x", 1), BRAID_ESHUTDOWN);
     BT_OK(braid_loop_run_once(loop, BRAID_LOOP_RUN_NOWAIT));
-    braid_memory_state s = braid_memory_transport_state(m);
+    struct braid_memory_transport_state s = mstate(m);
     BT_TRUE(s.disconnecting);          /* waits for the peer to read everything */
     BT_FALSE(s.closed);
     braid_memory_transport_consume(m, 5);
-    BT_FALSE(braid_memory_transport_state(m).closed);
+    BT_FALSE(mstate(m).closed);
     braid_memory_transport_consume(m, 100);
-    BT_TRUE(braid_memory_transport_state(m).closed);
+    BT_TRUE(mstate(m).closed);
     BT_EQ(p.lost, 0);                  /* delivered in the ready phase, not inside consume */
     BT_OK(braid_loop_run_once(loop, BRAID_LOOP_RUN_NOWAIT));
     BT_EQ(p.lost, 1);
     BT_ERR(p.lost_code, BRAID_ECONNECTION_DONE);
-    BT_TRUE(braid_memory_transport_state(m).lost_delivered);
+    BT_TRUE(mstate(m).lost_delivered);
     braid_memory_transport_free(m);
     bt_loop_destroy(loop);
 }
@@ -172,7 +180,8 @@ BT_TEST(memory_records_writes_and_close) {
 BT_TEST(memory_push_producer_watermarks_and_cap) {
     braid_loop *loop = bt_loop_new(NULL);
     tp p = { .base.ops = &tp_ops };
-    braid_memory_transport *m = braid_memory_transport_new(loop, &p.base);
+    braid_memory_transport *m = NULL;
+    braid_memory_transport_new(loop, &p.base, &m);
     braid_transport *t = p.base.transport;
     BT_ERR(braid_transport_set_limits(t, 100, 50, 0), BRAID_EINVAL);
     BT_OK(braid_transport_set_limits(t, 1000, 4000, 10000));
@@ -182,7 +191,7 @@ BT_TEST(memory_push_producer_watermarks_and_cap) {
     BT_ERR(braid_transport_register_producer(t, &pu.prod, true), BRAID_EBUSY);
     push_schedule(&pu);
     for (int i = 0; i < 5; i++) BT_OK(braid_loop_run_once(loop, BRAID_LOOP_RUN_NOWAIT));
-    braid_memory_state s = braid_memory_transport_state(m);
+    struct braid_memory_transport_state s = mstate(m);
     BT_TRUE(s.producer_registered && s.producer_streaming && s.producer_paused);
     BT_EQ(pu.pauses, 1);
     BT_EQ(braid_transport_buffered(t), 4000);   /* paused exactly at the high mark */
@@ -197,7 +206,7 @@ BT_TEST(memory_push_producer_watermarks_and_cap) {
     braid_transport_unregister_producer(t);
     static char big[8000];
     BT_ERR(braid_transport_write(t, big, sizeof big), BRAID_EBUFFER_LIMIT);
-    s = braid_memory_transport_state(m);
+    s = mstate(m);
     BT_TRUE(s.closed && s.aborted);
     BT_OK(braid_loop_run_once(loop, BRAID_LOOP_RUN_NOWAIT));
     BT_EQ(p.lost, 1);
@@ -217,7 +226,8 @@ static void pull_more(braid_producer *pr) {
 BT_TEST(memory_pull_producer) {
     braid_loop *loop = bt_loop_new(NULL);
     tp p = { .base.ops = &tp_ops };
-    braid_memory_transport *m = braid_memory_transport_new(loop, &p.base);
+    braid_memory_transport *m = NULL;
+    braid_memory_transport_new(loop, &p.base, &m);
     puller pu = { .prod = { NULL, pull_more, NULL, &pu }, .t = p.base.transport };
     BT_OK(braid_transport_register_producer(p.base.transport, &pu.prod, false));
     BT_EQ(pu.asked, 1);
@@ -233,20 +243,21 @@ BT_TEST(memory_pull_producer) {
 BT_TEST(memory_half_close) {
     braid_loop *loop = bt_loop_new(NULL);
     tp p = { .base.ops = &tp_half_ops };
-    braid_memory_transport *m = braid_memory_transport_new(loop, &p.base);
+    braid_memory_transport *m = NULL;
+    braid_memory_transport_new(loop, &p.base, &m);
     braid_transport *t = p.base.transport;
     BT_OK(braid_transport_write(t, "bye", 3));
     BT_OK(braid_transport_shutdown_write(t));
     BT_OK(braid_loop_run_once(loop, BRAID_LOOP_RUN_NOWAIT));
-    BT_FALSE(braid_memory_transport_state(m).write_shut);   /* still 3 bytes queued */
+    BT_FALSE(mstate(m).write_shut);   /* still 3 bytes queued */
     braid_memory_transport_consume(m, 3);
-    BT_TRUE(braid_memory_transport_state(m).write_shut);
+    BT_TRUE(mstate(m).write_shut);
     BT_EQ(p.write_lost, 1);
     BT_OK(braid_memory_transport_receive(m, "more", 4));     /* reading still works */
     BT_EQ(p.inlen, 4);
     braid_memory_transport_peer_eof(m);
     BT_EQ(p.read_lost, 1);
-    BT_TRUE(braid_memory_transport_state(m).closed);          /* both ways shut */
+    BT_TRUE(mstate(m).closed);          /* both ways shut */
     BT_OK(braid_loop_run_once(loop, BRAID_LOOP_RUN_NOWAIT));
     BT_EQ(p.lost, 1);
     BT_ERR(p.lost_code, BRAID_ECONNECTION_DONE);
@@ -257,7 +268,8 @@ BT_TEST(memory_half_close) {
 BT_TEST(pump_echo_and_backpressure) {
     braid_loop *loop = bt_loop_new(NULL);
     tp c = { .base.ops = &tp_ops }, s = { .base.ops = &tp_ops, .echo = true };
-    braid_pump *pump = braid_pump_new(loop, &c.base, &s.base);
+    braid_pump *pump = NULL;
+    braid_pump_new(loop, &c.base, &s.base, &pump);
     BT_TRUE(pump);
     BT_EQ(c.made, 1); BT_EQ(s.made, 1);
     BT_OK(braid_transport_write(c.base.transport, "abc", 3));
@@ -293,18 +305,20 @@ BT_TEST(transport_is_a_push_producer) {
     braid_loop *loop = bt_loop_new(NULL);
     fwd a = { .base.ops = &fwd_ops };
     tp b = { .base.ops = &tp_ops };
-    braid_memory_transport *ma = braid_memory_transport_new(loop, &a.base);
-    braid_memory_transport *mb = braid_memory_transport_new(loop, &b.base);
+    braid_memory_transport *ma = NULL;
+    braid_memory_transport_new(loop, &a.base, &ma);
+    braid_memory_transport *mb = NULL;
+    braid_memory_transport_new(loop, &b.base, &mb);
     a.to = b.base.transport;
     BT_OK(braid_transport_set_limits(b.base.transport, 10, 20, 1000));
     BT_OK(braid_transport_register_producer(b.base.transport,
                                             braid_transport_producer(a.base.transport), true));
     static char buf[25];
     BT_OK(braid_memory_transport_receive(ma, buf, sizeof buf));
-    BT_TRUE(braid_memory_transport_state(ma).reading_paused);      /* B full: A stops reading */
+    BT_TRUE(mstate(ma).reading_paused);      /* B full: A stops reading */
     BT_ERR(braid_memory_transport_receive(ma, buf, 1), BRAID_EAGAIN);
     braid_memory_transport_consume(mb, 15);
-    BT_FALSE(braid_memory_transport_state(ma).reading_paused);     /* drained to the low mark */
+    BT_FALSE(mstate(ma).reading_paused);     /* drained to the low mark */
     braid_transport_unregister_producer(b.base.transport);
     braid_memory_transport_free(ma);
     braid_memory_transport_free(mb);
@@ -317,10 +331,11 @@ static int memory_scenario(void *arg) {
     (void)arg;
     braid_loop *loop;
     braid_loop_options o = { .flags = 0 };
-    int rc = braid_loop_new(&loop, &o);
+    int rc = braid_loop_new(&o, &loop);
     if (rc < 0) return rc;
     tp p = { .base.ops = &tp_ops };
-    braid_memory_transport *m = braid_memory_transport_new(loop, &p.base);
+    braid_memory_transport *m = NULL;
+    braid_memory_transport_new(loop, &p.base, &m);
     if (!m) { braid_loop_free(loop); return BRAID_ENOMEM; }
     static char big[100000];
     rc = braid_transport_write(p.base.transport, big, sizeof big);
@@ -549,7 +564,8 @@ BT_IO_TEST(connect_refused_fails) {
 }
 
 BT_IO_TEST(connect_cancel_and_timeout) {
-    braid_fake_clock *fc = braid_fake_clock_new(0);
+    braid_fake_clock *fc = NULL;
+    braid_fake_clock_new(0, &fc);
     braid_loop *loop = bt_loop_new(braid_fake_clock_base(fc));
     tp spool[2], cpool[2];
     tfactory sf, cf;
@@ -567,7 +583,7 @@ BT_IO_TEST(connect_cancel_and_timeout) {
     braid_deferred_unref(d);
     /* the timeout: the fake clock passes it before the loop sees the socket */
     d = braid_tcp_connect(loop, &(braid_tcp_connect_options){
-        .host = "127.0.0.1", .port = port, .timeout_ns = BRAID_SECONDS(5) }, &cf.f);
+        .host = "127.0.0.1", .port = port, .timeout = BRAID_SECONDS(5) }, &cf.f);
     braid_fake_clock_advance(fc, BRAID_SECONDS(5));
     BT_OK(braid_loop_run_once(loop, BRAID_LOOP_RUN_NOWAIT));
     if (braid_deferred_is_called(d) && !braid_deferred_is_failure(d)) {
@@ -833,7 +849,7 @@ static int walk_exchange(braid_loop *loop, walk_state *st, braid_deferred *d, bo
 static int stream_scenario(void *arg) {
     (void)arg;
     braid_loop *loop;
-    int rc = braid_loop_new(&loop, &(braid_loop_options){ .flags = BRAID_LOOP_STRICT_BACKEND });
+    int rc = braid_loop_new(&(braid_loop_options){ .flags = BRAID_LOOP_STRICT_BACKEND }, &loop);
     if (rc < 0) return rc;
     walk_state st = { 0 };
     braid_factory sf, cf;
@@ -846,7 +862,7 @@ static int stream_scenario(void *arg) {
         if (braid_listener_address(l, &a) < 0) abort();
         rc = walk_exchange(loop, &st, braid_tcp_connect(loop, &(braid_tcp_connect_options){
                                .host = "127.0.0.1", .port = braid_address_port(&a),
-                               .timeout_ns = BRAID_SECONDS(30) }, &cf), false);
+                               .timeout = BRAID_SECONDS(30) }, &cf), false);
         braid_listener_close(l);
     }
     if (rc == 0) {
@@ -957,7 +973,7 @@ BT_IO_TEST(stdio_child_speaks_through_pipes) {
         if (dup2(to_child[0], 0) < 0 || dup2(from_child[1], 1) < 0) _exit(2);
         close(to_child[0]); close(to_child[1]); close(from_child[0]); close(from_child[1]);
         braid_loop *cl;
-        if (braid_loop_new(&cl, &(braid_loop_options){ .flags = BRAID_LOOP_STRICT_BACKEND }) < 0) _exit(3);
+        if (braid_loop_new(&(braid_loop_options){ .flags = BRAID_LOOP_STRICT_BACKEND }, &cl) < 0) _exit(3);
         braid_protocol up = { .ops = &upper_ops };
         if (braid_transport_adopt_pipes(cl, dup(0), dup(1), &up) < 0) _exit(4);
         braid_loop_run(cl);                       /* until EOF ended the connection */
@@ -1203,33 +1219,35 @@ BT_IO_TEST(tcp_eof_while_paused_comes_after_the_data) {
  * BRAID_ETIMEDOUT exactly when the deadline passes on the loop clock; one
  * whose peer consumes in time closes cleanly and the deadline is disarmed. */
 BT_TEST(memory_close_within_deadline) {
-    braid_fake_clock *fc = braid_fake_clock_new(1000);
+    braid_fake_clock *fc = NULL;
+    braid_fake_clock_new(1000, &fc);
     braid_loop *loop = bt_loop_new(braid_fake_clock_base(fc));
     /* the peer never reads */
     tp p = { .base.ops = &tp_ops };
-    braid_memory_transport *m = braid_memory_transport_new(loop, &p.base);
+    braid_memory_transport *m = NULL;
+    braid_memory_transport_new(loop, &p.base, &m);
     static char big[100000];
     BT_OK(braid_transport_write(p.base.transport, big, sizeof big));
     braid_transport_close(p.base.transport, BRAID_SECONDS(2));
     BT_ERR(braid_transport_write(p.base.transport, "x", 1), BRAID_ESHUTDOWN);
     for (int i = 0; i < 10; i++) BT_OK(braid_loop_run_once(loop, BRAID_LOOP_RUN_NOWAIT));
-    BT_TRUE(braid_memory_transport_state(m).disconnecting);
+    BT_TRUE(mstate(m).disconnecting);
     /* a later, longer deadline does not postpone it */
     braid_transport_close(p.base.transport, BRAID_SECONDS(60));
     braid_memory_transport_consume(m, 1000);           /* the peer takes a little */
     BT_OK(braid_loop_advance(loop, BRAID_SECONDS(2) - 1));
     BT_EQ(p.lost, 0);
-    BT_FALSE(braid_memory_transport_state(m).closed);
+    BT_FALSE(mstate(m).closed);
     BT_OK(braid_loop_advance(loop, 1));
     BT_OK(braid_loop_run_once(loop, BRAID_LOOP_RUN_NOWAIT));
     BT_EQ(p.lost, 1);
     BT_ERR(p.lost_code, BRAID_ETIMEDOUT);
     BT_TRUE(strstr(p.lost_msg, "close deadline passed with 99000 bytes unsent") != NULL);
-    BT_TRUE(braid_memory_transport_state(m).aborted);
+    BT_TRUE(mstate(m).aborted);
     braid_memory_transport_free(m);
     /* the peer reads in time */
     tp q = { .base.ops = &tp_ops };
-    m = braid_memory_transport_new(loop, &q.base);
+    braid_memory_transport_new(loop, &q.base, &m);
     BT_OK(braid_transport_write(q.base.transport, big, sizeof big));
     braid_transport_close(q.base.transport, BRAID_FOREVER);   /* then a deadline on top */
     braid_transport_close(q.base.transport, BRAID_SECONDS(2));
@@ -1244,7 +1262,7 @@ BT_TEST(memory_close_within_deadline) {
     braid_memory_transport_free(m);
     /* BRAID_FOREVER is plain lose_connection; 0 aborts at the next timer phase */
     tp r = { .base.ops = &tp_ops };
-    m = braid_memory_transport_new(loop, &r.base);
+    braid_memory_transport_new(loop, &r.base, &m);
     BT_OK(braid_transport_write(r.base.transport, "abc", 3));
     braid_transport_close(r.base.transport, BRAID_FOREVER);
     BT_EQ(braid_loop_timer_count(loop), 0);
@@ -1279,7 +1297,8 @@ static void tcp_pair(braid_loop *loop, tfactory *sf, tfactory *cf, braid_listene
 }
 
 BT_IO_TEST(tcp_close_within_non_reading_peer_aborts_at_deadline) {
-    braid_fake_clock *fc = braid_fake_clock_new(0);
+    braid_fake_clock *fc = NULL;
+    braid_fake_clock_new(0, &fc);
     braid_loop *loop = bt_loop_new(braid_fake_clock_base(fc));
     tp spool[1], cpool[1];
     tfactory sf, cf;
@@ -1324,7 +1343,8 @@ BT_IO_TEST(tcp_close_within_non_reading_peer_aborts_at_deadline) {
 /* The peer reads: the close is clean, before the deadline, and the deadline
  * is disarmed (the fake clock never moves in this test). */
 BT_IO_TEST(tcp_close_within_reading_peer_closes_cleanly) {
-    braid_fake_clock *fc = braid_fake_clock_new(0);
+    braid_fake_clock *fc = NULL;
+    braid_fake_clock_new(0, &fc);
     braid_loop *loop = bt_loop_new(braid_fake_clock_base(fc));
     tp spool[1], cpool[1];
     tfactory sf, cf;
@@ -1358,7 +1378,8 @@ BT_IO_TEST(tcp_close_within_reading_peer_closes_cleanly) {
  * takes). Without that the application hears "closed cleanly" while the
  * TCP connection under it lingers — and keeps the loop — forever. */
 BT_IO_TEST(tls_close_within_bounds_the_lower_transport) {
-    braid_fake_clock *fc = braid_fake_clock_new(0);
+    braid_fake_clock *fc = NULL;
+    braid_fake_clock_new(0, &fc);
     braid_loop *loop = bt_loop_new(braid_fake_clock_base(fc));
     braid_tls_ctx *sctx = bt_tls_server_ctx(NULL, NULL), *cctx = bt_tls_client_ctx(NULL);
     tp spool[1], cpool[1];
@@ -1442,7 +1463,7 @@ static braid_result fsc_main(void *arg) {
 BT_TEST(fstream_connect_keeps_the_endpoint_reason) {
     logcap cap = { .warns = 0 };
     braid_loop *loop;
-    BT_OK(braid_loop_new(&loop, &(braid_loop_options){ .log = cap_log, .log_ctx = &cap }));
+    BT_OK(braid_loop_new(&(braid_loop_options){ .log = cap_log, .log_ctx = &cap }, &loop));
     fsc c = { .loop = loop, .rc = 0 };
     braid_deferred *d = braid_fiber_spawn(loop, fsc_main, &c, NULL);
     BT_TRUE(d != NULL);

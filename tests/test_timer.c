@@ -13,7 +13,7 @@ static void note_id(braid_timer *t, void *arg) {
 
 static braid_fake_clock *fc;
 static braid_loop *fake_loop(void) {
-    fc = braid_fake_clock_new(1000);
+    braid_fake_clock_new(1000, &fc);
     BT_TRUE(fc);
     return bt_loop_new(braid_fake_clock_base(fc));
 }

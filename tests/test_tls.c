@@ -107,7 +107,7 @@ static void pair_open(pair *pr, braid_loop *loop, const char *host, const char *
     braid_protocol *cg = braid_factory_build(&pr->ctf.base, NULL);
     braid_protocol *sg = braid_factory_build(&pr->stf.base, NULL);
     BT_TRUE(cg && sg);
-    pr->pump = braid_pump_new(loop, cg, sg);
+    braid_pump_new(loop, cg, sg, &pr->pump);
     BT_TRUE(pr->pump != NULL);
     BT_TRUE(braid_tls_wrapped_protocol(cg) == &pr->c[0].base);
 }
@@ -318,7 +318,8 @@ BT_TEST(garbage_fails_one_connection) {
     braid_tls_factory stf;
     BT_OK(braid_tls_factory_init(&stf, &sf.f, &(braid_tls_wrap_options){ .ctx = sctx }));
     app junk = { .base.ops = &app_ops };
-    braid_pump *pump = braid_pump_new(loop, &junk.base, braid_factory_build(&stf.base, NULL));
+    braid_pump *pump = NULL;
+    braid_pump_new(loop, &junk.base, braid_factory_build(&stf.base, NULL), &pump);
     BT_OK(braid_transport_write(junk.base.transport, "GET / HTTP/1.1\r\nHost: x\r\n\r\n", 27));
     braid_pump_flush(pump);
     BT_EQ(s[0].lost, 1);
@@ -333,7 +334,7 @@ BT_TEST(garbage_fails_one_connection) {
     af_init(&cf, c, 1);
     braid_tls_factory ctf;
     BT_OK(braid_tls_factory_init(&ctf, &cf.f, &(braid_tls_wrap_options){ .ctx = cctx, .server_name = "localhost" }));
-    pump = braid_pump_new(loop, braid_factory_build(&ctf.base, NULL), braid_factory_build(&stf.base, NULL));
+    braid_pump_new(loop, braid_factory_build(&ctf.base, NULL), braid_factory_build(&stf.base, NULL), &pump);
     BT_OK(braid_transport_write(c[0].base.transport, "ok", 2));
     braid_pump_flush(pump);
     BT_EQ(s[1].inlen, 2);
@@ -349,7 +350,8 @@ BT_TEST(garbage_fails_one_connection) {
 /* A server that never answers: the client's handshake times out on the
  * loop's (fake) clock. */
 BT_TEST(handshake_timeout_on_fake_clock) {
-    braid_fake_clock *fc = braid_fake_clock_new(BRAID_SECONDS(100));
+    braid_fake_clock *fc = NULL;
+    braid_fake_clock_new(BRAID_SECONDS(100), &fc);
     braid_loop *loop = bt_loop_new(braid_fake_clock_base(fc));
     braid_tls_ctx *cctx = bt_tls_client_ctx(NULL);
     afactory cf;
@@ -359,7 +361,8 @@ BT_TEST(handshake_timeout_on_fake_clock) {
     BT_OK(braid_tls_factory_init(&ctf, &cf.f, &(braid_tls_wrap_options){
         .ctx = cctx, .server_name = "localhost", .handshake_timeout = BRAID_SECONDS(5) }));
     app silent = { .base.ops = &app_ops };
-    braid_pump *pump = braid_pump_new(loop, braid_factory_build(&ctf.base, NULL), &silent.base);
+    braid_pump *pump = NULL;
+    braid_pump_new(loop, braid_factory_build(&ctf.base, NULL), &silent.base, &pump);
     braid_pump_flush(pump);
     BT_GT(silent.inlen, 0);            /* the ClientHello arrived, unanswered */
     BT_OK(braid_loop_advance(loop, BRAID_SECONDS(4)));
@@ -405,7 +408,8 @@ BT_TEST(starttls_over_pump) {
     braid_tls_ctx *sctx = bt_tls_server_ctx(NULL, NULL), *cctx = bt_tls_client_ctx(NULL);
     app c = { .base.ops = &st_ops, .starttls_ctx = cctx, .starttls_client = true };
     app s = { .base.ops = &st_ops, .starttls_ctx = sctx, .echo = true };
-    braid_pump *pump = braid_pump_new(loop, &c.base, &s.base);
+    braid_pump *pump = NULL;
+    braid_pump_new(loop, &c.base, &s.base, &pump);
     BT_OK(braid_transport_write(c.base.transport, "STARTTLS\n", 9));
     braid_pump_flush(pump);
     BT_EQ(c.handshakes, 1);
@@ -584,7 +588,8 @@ static int pump_scenario(void *arg) {
     rc = braid_tls_factory_init(&ctf, &cf.f, &(braid_tls_wrap_options){ .ctx = cctx, .server_name = "localhost" });
     if (rc < 0) { braid_tls_factory_close(&stf); return rc; }
     braid_protocol *cg = braid_factory_build(&ctf.base, NULL), *sg = braid_factory_build(&stf.base, NULL);
-    braid_pump *pump = cg && sg ? braid_pump_new(loop, cg, sg) : NULL;
+    braid_pump *pump = NULL;
+    if (cg && sg) braid_pump_new(loop, cg, sg, &pump);
     if (!pump) {
         /* glue never attached: release it as a transport would */
         if (cg) cg->ops->destroy(cg);
@@ -639,9 +644,8 @@ static int endpoint_error(braid_loop *loop, const char *desc, bool server, char 
     afactory f;
     app a[1];
     af_init(&f, a, 1);
-    braid_tls_factory tf;
-    braid_deferred *d = server ? braid_tls_listen(loop, desc, &f.f, &tf)
-                               : braid_tls_connect_to(loop, desc, &f.f, &tf);
+    braid_deferred *d = server ? braid_endpoint_listen(loop, desc, &f.f)
+                               : braid_endpoint_connect(loop, desc, &f.f);
     braid_result r;
     BT_OK(braid_deferred_take(d, &r));
     BT_TRUE(r.failure != NULL);
@@ -649,7 +653,7 @@ static int endpoint_error(braid_loop *loop, const char *desc, bool server, char 
     snprintf(msg, msglen, "%s", r.failure->message ? r.failure->message : "");
     braid_result_drop(r);
     braid_deferred_unref(d);
-    braid_tls_factory_close(&tf);
+    BT_EQ(f.f.refs, 0);                     /* the wrapper is gone with the failure */
     return code;
 }
 
@@ -663,7 +667,10 @@ BT_TEST(endpoint_string_errors) {
     BT_ERR(endpoint_error(loop, "ssl:8443:privateKey=k.pem:bogus=1", true, msg, sizeof msg), BRAID_EBAD_ENDPOINT);
     BT_TRUE(strstr(msg, "bogus") != NULL);
     BT_ERR(endpoint_error(loop, "tls:host=x:port=1:verifyClient=required", false, msg, sizeof msg), BRAID_EBAD_ENDPOINT);
-    BT_ERR(endpoint_error(loop, "tcp:host=x:port=1", false, msg, sizeof msg), BRAID_EBAD_ENDPOINT);
+    BT_ERR(endpoint_error(loop, "tls:host=x:port=1:serverName=", false, msg, sizeof msg), BRAID_EBAD_ENDPOINT);
+    BT_TRUE(strstr(msg, "serverName") != NULL);
+    BT_ERR(endpoint_error(loop, "ssl:8443:privateKey=k.pem:privateKey=k.pem", true, msg, sizeof msg), BRAID_EBAD_ENDPOINT);
+    BT_TRUE(strstr(msg, "twice") != NULL);
     BT_ERR(endpoint_error(loop, "tls:host=x", false, msg, sizeof msg), BRAID_EBAD_ENDPOINT);
     BT_TRUE(strstr(msg, "port") != NULL);
     BT_ERR(endpoint_error(loop, "tls:host=x:port=1:minVersion=1.0", false, msg, sizeof msg), BRAID_EBAD_ENDPOINT);
@@ -692,9 +699,8 @@ BT_IO_TEST(endpoint_strings_over_tcp) {
     char desc[1024];
     snprintf(desc, sizeof desc, "ssl:0:interface=127.0.0.1:privateKey=%s/server.key:certKey=%s/server.crt:alpn=h2",
              dir, dir);
-    braid_tls_factory stf, ctf, ctf2;
     got gl = { 0 };
-    braid_deferred *d = braid_tls_listen(loop, desc, &sf.f, &stf);
+    braid_deferred *d = braid_endpoint_listen(loop, desc, &sf.f);
     BT_OK(braid_deferred_add(d, keep_value, keep_value, &gl));
     braid_deferred_unref(d);
     BT_FALSE(gl.failed);
@@ -706,14 +712,14 @@ BT_IO_TEST(endpoint_strings_over_tcp) {
     /* tls:host=...:port=...:caCertsDir=... (host name resolved, SNI and verification on it) */
     snprintf(desc, sizeof desc, "tls:host=localhost:port=%d:caCertsDir=%s/cadir:alpn=h2:timeout=5", port, dir);
     got g = { 0 };
-    d = braid_tls_connect_to(loop, desc, &cf.f, &ctf);
+    d = braid_endpoint_connect(loop, desc, &cf.f);
     BT_OK(braid_deferred_add(d, keep_value, keep_value, &g));
     braid_deferred_unref(d);
     bt_run_until(loop, &g.done, 2000);
     BT_FALSE(g.failed);
     BT_TRUE(g.p == &c[0].base);
     BT_OK(braid_transport_write(g.p->transport, "endpoint", 8));
-    BT_RUN_UNTIL(loop, c[0].inlen >= 8, 2000);
+    for (int i = 0; i < 2000 && c[0].inlen < 8; i++) BT_OK(braid_loop_run_once(loop, 0));
     BT_EQ(c[0].inlen, 8);
     BT_STREQ(braid_tls_transport_info(g.p->transport)->alpn, "h2");
     braid_transport_close(g.p->transport, BRAID_FOREVER);
@@ -723,22 +729,21 @@ BT_IO_TEST(endpoint_strings_over_tcp) {
     /* positional tls:HOST:PORT with a CA file, verifying the IP address */
     snprintf(desc, sizeof desc, "tls:127.0.0.1:%d:caCerts=%s/ca.crt", port, dir);
     got g2 = { 0 };
-    d = braid_tls_connect_to(loop, desc, &cf.f, &ctf2);
+    d = braid_endpoint_connect(loop, desc, &cf.f);
     BT_OK(braid_deferred_add(d, keep_value, keep_value, &g2));
     braid_deferred_unref(d);
     bt_run_until(loop, &g2.done, 2000);
     BT_FALSE(g2.failed);
     BT_OK(braid_transport_write(g2.p->transport, "ip", 2));
-    BT_RUN_UNTIL(loop, c[1].inlen >= 2, 2000);
+    for (int i = 0; i < 2000 && c[1].inlen < 2; i++) BT_OK(braid_loop_run_once(loop, 0));
     BT_EQ(c[1].inlen, 2);
     braid_transport_close(g2.p->transport, BRAID_FOREVER);
     BT_RUN_UNTIL(loop, c[1].lost && s[1].lost, 3000);
 
     braid_listener_close(l);
     for (int i = 0; i < 5; i++) braid_loop_run_once(loop, BRAID_LOOP_RUN_NOWAIT);
-    braid_tls_factory_close(&stf);
-    braid_tls_factory_close(&ctf);
-    braid_tls_factory_close(&ctf2);
+    BT_EQ(sf.f.refs, 0);                    /* the wrappers went with their listener and connectors */
+    BT_EQ(cf.f.refs, 0);
     char cmd[700];
     snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
     BT_EQ(system(cmd), 0);
@@ -833,7 +838,7 @@ BT_IO_TEST(bad_input_over_tcp_fails_one_connection) {
     braid_tls_options so = { .cert_pem = bt_tls_world()->server.cert_pem, .key_pem = bt_tls_world()->server.key_pem,
                              .max_version = BRAID_TLS_V1_2 };   /* renegotiation exists up to 1.2 */
     braid_tls_ctx *sctx, *cctx = bt_tls_client_ctx(NULL);
-    BT_OK(braid_tls_ctx_new(&sctx, BRAID_TLS_SERVER, &so, NULL, 0));
+    BT_OK(braid_tls_ctx_new(BRAID_TLS_SERVER, &so, NULL, 0, &sctx));
     afactory sf;
     app s[3];
     af_init(&sf, s, 3);
@@ -845,7 +850,7 @@ BT_IO_TEST(bad_input_over_tcp_fails_one_connection) {
 
     /* 1: half a ClientHello, then FIN */
     braid_tls_engine *hello_src;
-    BT_OK(braid_tls_engine_new(&hello_src, cctx, "localhost", NULL, NULL));
+    BT_OK(braid_tls_engine_new(cctx, "localhost", NULL, NULL, &hello_src));
     size_t hlen;
     const void *hello = braid_tls_engine_out(hello_src, &hlen);
     afactory jf;
@@ -864,7 +869,7 @@ BT_IO_TEST(bad_input_over_tcp_fails_one_connection) {
     static rawtls rc1;
     memset(&rc1, 0, sizeof rc1);
     rc1.base.ops = &raw_ops;
-    BT_OK(braid_tls_engine_new(&rc1.e, cctx, "localhost", &raw_engine_ops, &rc1));
+    BT_OK(braid_tls_engine_new(cctx, "localhost", &raw_engine_ops, &rc1, &rc1.e));
     onefactory of;
     one_init(&of, &rc1.base);
     plain_connect(loop, port, &of.f);
@@ -981,11 +986,11 @@ BT_IO_TEST(one_byte_writes_over_tcp_make_few_records) {
     braid_tls_options so = { .cert_pem = bt_tls_world()->server.cert_pem, .key_pem = bt_tls_world()->server.key_pem,
                              .max_version = BRAID_TLS_V1_2 };
     braid_tls_ctx *sctx, *cctx = bt_tls_client_ctx(NULL);
-    BT_OK(braid_tls_ctx_new(&sctx, BRAID_TLS_SERVER, &so, NULL, 0));
+    BT_OK(braid_tls_ctx_new(BRAID_TLS_SERVER, &so, NULL, 0, &sctx));
     static rawtls rs;
     memset(&rs, 0, sizeof rs);
     rs.base.ops = &raw_ops;
-    BT_OK(braid_tls_engine_new(&rs.e, sctx, NULL, &raw_engine_ops, &rs));
+    BT_OK(braid_tls_engine_new(sctx, NULL, &raw_engine_ops, &rs, &rs.e));
     onefactory of;
     one_init(&of, &rs.base);
     int port;

@@ -31,7 +31,7 @@
 static braid_loop *uring_loop(void) {
     braid_loop_options o = { .backend = BRAID_BACKEND_URING, .flags = BRAID_LOOP_STRICT_BACKEND };
     braid_loop *loop = NULL;
-    int rc = braid_loop_new(&loop, &o);
+    int rc = braid_loop_new(&o, &loop);
     if (rc == BRAID_ENOSYS) bt_skip("io_uring not available");
     BT_OK(rc);
     BT_STREQ(braid_loop_backend(loop), "uring");
@@ -74,7 +74,7 @@ static const char *backend_of(braid_backend b, unsigned flags, int *rc) {
     braid_loop_options o = { .backend = b, .flags = flags };
     braid_loop *loop = NULL;
     static char name[16];
-    *rc = braid_loop_new(&loop, &o);
+    *rc = braid_loop_new(&o, &loop);
     if (*rc < 0) return "";
     snprintf(name, sizeof name, "%s", braid_loop_backend(loop));
     BT_OK(braid_loop_free(loop));
@@ -133,7 +133,7 @@ static int child_without_uring(void) {
     if (strcmp(backend_of(BRAID_BACKEND_DEFAULT, 0, &rc), "epoll")) return 3;
     /* and a fallback loop works */
     braid_loop *loop;
-    if (braid_loop_new(&loop, NULL) < 0) return 4;
+    if (braid_loop_new(NULL, &loop) < 0) return 4;
     int sv[2]; bt_socketpair(sv);
     hits h = { 0 };
     braid_watch w;
@@ -447,7 +447,7 @@ BT_TEST(completion_callback_closes_watcher_with_collected_event) {
 BT_TEST(completion_interface_absent_on_other_backends) {
     braid_loop_options o = { .backend = BRAID_BACKEND_EPOLL };
     braid_loop *loop;
-    BT_OK(braid_loop_new(&loop, &o));
+    BT_OK(braid_loop_new(&o, &loop));
     BT_TRUE(braid__completion_uring_ring(loop) == NULL);
     BT_TRUE(braid__completion_uring_sqe(loop) == NULL);
     braid__completion_bufs *b = (braid__completion_bufs *)1;
@@ -610,7 +610,7 @@ BT_TEST(op_outstanding_when_owner_closes) {
     braid_loop_options lo = { .backend = BRAID_BACKEND_URING, .flags = BRAID_LOOP_STRICT_BACKEND,
                               .log = leak_log };
     braid_loop *loop;
-    int rc = braid_loop_new(&loop, &lo);
+    int rc = braid_loop_new(&lo, &loop);
     if (rc == BRAID_ENOSYS) bt_skip("io_uring not available");
     BT_OK(rc);
     if (!braid__completion_have_recv_multishot()) { bt_loop_destroy(loop); bt_skip("no multishot recv"); }
@@ -643,7 +643,7 @@ static int uring_scenario(void *arg) {
     (void)arg;
     braid_loop_options lo = { .backend = BRAID_BACKEND_URING, .flags = BRAID_LOOP_STRICT_BACKEND };
     braid_loop *loop;
-    int rc = braid_loop_new(&loop, &lo);
+    int rc = braid_loop_new(&lo, &loop);
     if (rc < 0) return rc;
     int sv[2];
     bt_socketpair(sv);

@@ -361,7 +361,7 @@ static void plug_closed(mdi_multi *m, mdi_plug *plug, void *arg) {
     (void)m;
     (void)arg;
     p->closing = true;
-    if (p->t) braid_transport_close(p->t, BRAID_FOREVER);
+    if (p->t) braid_transport_close(p->t, BRAID_SECONDS(2));
 }
 
 static void plug_forget(dplug *p) {
@@ -531,9 +531,7 @@ static braid_result listening(braid_result r, void *arg) {
         g_ptr_array_add(a->plugs, p);
         mdi_multi_add(a->windows, &p->plug, -1);
         braid_factory_init(&p->factory, &client_ops, sizeof(cproto), p);
-        braid_deferred *d = braid_endpoint_connect(a->loop, desc, &p->factory);
-        braid_deferred_add_errback(d, connect_failed, p);
-        braid_deferred_unref(d);
+        braid_deferred_then(braid_endpoint_connect(a->loop, desc, &p->factory), NULL, connect_failed, p);
     }
     braid_timer_start(&a->tick, BRAID_SECONDS(1));
     if (a->test) {
@@ -580,10 +578,10 @@ static int shutdown_all(app *a) {
     if (a->listener) braid_listener_close(a->listener);
     for (guint i = 0; i < a->plugs->len; i++) {
         dplug *p = a->plugs->pdata[i];
-        if (p && p->t) braid_transport_close(p->t, BRAID_FOREVER);
+        if (p && p->t) braid_transport_close(p->t, BRAID_SECONDS(2));
     }
     for (guint i = 0; i < a->sconns->len; i++)
-        braid_transport_close(((sconn *)a->sconns->pdata[i])->fp.base.transport, BRAID_FOREVER);
+        braid_transport_close(((sconn *)a->sconns->pdata[i])->fp.base.transport, BRAID_SECONDS(2));
     int rc = braid_loop_run(a->loop);      /* braid alone: the closes complete */
     mdi_cycler_free(a->cycler);
     mdi_multi_free(a->windows);
@@ -612,7 +610,7 @@ int main(int argc, char **argv) {
         fprintf(stderr, "braid-mdi: cannot open a display (is DISPLAY set?)\n");
         return 77;
     }
-    if (braid_loop_new(&a.loop, NULL) < 0) return 1;
+    if (braid_loop_new(NULL, &a.loop) < 0) return 1;
     int rc = a.braid_main ? braid_glib_context_new(a.loop, NULL, NULL, &a.gc)
                           : braid_glib_source_new(a.loop, NULL, NULL, &a.src);
     if (rc < 0) {
@@ -649,9 +647,8 @@ int main(int argc, char **argv) {
     gtk_widget_show_all(a.cycler->window);
 
     braid_factory_init(&a.server_f, &server_ops, sizeof(sconn), &a);
-    braid_deferred *d = braid_endpoint_listen(a.loop, "tcp:0:interface=127.0.0.1", &a.server_f);
-    braid_deferred_add(d, listening, listen_failed, &a);
-    braid_deferred_unref(d);
+    braid_deferred_then(braid_endpoint_listen(a.loop, "tcp:0:interface=127.0.0.1", &a.server_f),
+                        listening, listen_failed, &a);
     if (a.test && braid_watch_init(a.loop, &a.in_watch, 0, on_stdin, &a) == 0) {
         a.in_open = true;
         braid_watch_set_interest(&a.in_watch, BRAID_WATCH_READ);

@@ -9,7 +9,7 @@
  * braid_strerror() names either kind.
  *
  *     braid_loop *loop;
- *     int rc = braid_loop_new(&loop, NULL);
+ *     int rc = braid_loop_new(NULL, &loop);
  *     if (rc < 0) fprintf(stderr, "braid: %s\n", braid_strerror(rc));
  *
  * Allocation: all of braid allocates through one replaceable allocator.

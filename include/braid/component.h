@@ -436,14 +436,14 @@ BRAID_API int braid_backplane_publisher_new(braid_loop *loop, const char *name, 
 BRAID_API int braid_backplane_subscriber_new(braid_loop *loop, const char *name, braid_component **out);
 
 /* ---- statistics and introspection ----------------------------------------------------- */
-typedef struct braid_component_stats {
+struct braid_component_stats {
     uint64_t runs;       /* callback runs / fiber wake-ups */
     uint64_t received;   /* messages appended to its inboxes' storage */
     uint64_t sent;       /* messages it sent that were delivered */
     uint64_t dropped;    /* sent into a null sink */
     uint64_t full;       /* sends refused with BRAID_EBOX_FULL */
-} braid_component_stats;
-BRAID_API void braid_component_stats_get(const braid_component *c, braid_component_stats *out);
+};
+BRAID_API void braid_component_stats(const braid_component *c, struct braid_component_stats *out);
 
 /* Components alive on the loop. */
 BRAID_API size_t braid_component_count(braid_loop *loop);

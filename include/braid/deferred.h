@@ -16,20 +16,36 @@
  *         braid_result_drop(r);             // consumed: the chain is clean
  *         return braid_result_ok(NULL);
  *     }
+ *     braid_deferred_then(lookup_user(loop, name), got_user, no_user, conn);
+ *
+ * braid_deferred_then adds the callback pair and takes over the reference
+ * lookup_user handed you, in one step: there is nothing left to release and
+ * nothing to leak. Use braid_deferred_add (the reference stays yours) only
+ * to add several pairs, to cancel later or to inspect d, and then drop the
+ * reference with braid_deferred_unref:
+ *
  *     braid_deferred *d = lookup_user(loop, name);
+ *     if (!d) return BRAID_ENOMEM;
  *     braid_deferred_add(d, got_user, no_user, conn);
- *     braid_deferred_unref(d);            // the consumer is done with d
+ *     braid_deferred_add_timeout(d, BRAID_SECONDS(5));
+ *     ...                                   // keep d to cancel it
+ *     braid_deferred_unref(d);              // the consumer is done with d
  *
  * Callbacks run synchronously on the loop's thread, inside the call that
  * made them runnable: braid_deferred_callback/errback, unpause, the firing of
- * a chained Deferred, or braid_deferred_add_* itself when the Deferred has
+ * a chained Deferred, or braid_deferred_then/add* itself when the Deferred has
  * already fired (then nothing is stored and nothing allocated). Chains run as
  * a loop, never recursion: a chain of a million nested Deferreds uses
- * constant stack. A callback may add callbacks to, pause, cancel or release
+ * constant stack. A callback may add callbacks to, pause, cancel or unref
  * the Deferred it runs on; it may keep the Deferred's pointer only while it
  * holds a reference (braid_deferred_ref).
  *
  * Ownership — read this once:
+ *  - The rule: a function returning braid_deferred * hands you one
+ *    reference. It returns NULL only when it could not allocate the
+ *    Deferred itself (nothing happened then); every other error is the
+ *    Deferred's failure. Hand the reference to braid_deferred_then (the
+ *    usual way), or keep it and release it with braid_deferred_unref.
  *  - braid_deferred_new returns a Deferred holding two references: the
  *    producer's, dropped when it fires (callback/errback), and the
  *    consumer's, dropped by braid_deferred_unref. A function that returns a
@@ -141,6 +157,10 @@ BRAID_API void braid_result_drop(braid_result r);
 /* A callback: receives the previous result (r.failure set for errbacks). */
 typedef braid_result (*braid_deferred_cb)(braid_result r, void *arg);
 typedef void (*braid_deferred_cancel_fn)(braid_deferred *d, void *arg);
+/* The one type of "a function producing a result from an argument" (a
+ * value, a failure or braid_result_chain(d)): pool work, a fiber's body,
+ * braid_deferred_later, braid_deferred_lock_run and _semaphore_run. */
+typedef braid_result (*braid_result_fn)(void *arg);
 
 /* ---- creating and firing ---------------------------------------------------------- */
 /* NULL only when allocation fails. */
@@ -165,16 +185,27 @@ BRAID_API int braid_deferred_errback(braid_deferred *d, braid_failure *f);
 BRAID_API int braid_deferred_fire(braid_deferred *d, braid_result r);
 
 /* ---- consuming ------------------------------------------------------------------- */
-/* cb runs on success, eb on failure; either may be NULL (pass through).
- * BRAID_ENOMEM only when more than the inline slots are needed and the
- * spill allocation fails. */
-BRAID_API int braid_deferred_add(braid_deferred *d, braid_deferred_cb cb,
-                                           braid_deferred_cb eb, void *arg);
+/* The usual way: add the pair (cb on success, eb on failure; either may be
+ * NULL: pass through) and take over the caller's reference to d in one
+ * step — after it the caller does not touch d. d NULL (its producer could
+ * not allocate it) returns BRAID_ENOMEM, so braid_deferred_then(op(...), ...)
+ * nests safely. BRAID_ENOMEM otherwise only when d already holds more pairs
+ * than its inline slots and the spill allocation fails; the reference is
+ * taken over even then. */
+BRAID_API int braid_deferred_then(braid_deferred *d, braid_deferred_cb cb, braid_deferred_cb eb,
+                                  void *arg);
+/* Add the pair and leave the reference with the caller (to add several
+ * pairs, cancel later or inspect d; drop it with braid_deferred_unref).
+ * BRAID_ENOMEM as for braid_deferred_then; d must not be NULL. */
+BRAID_API int braid_deferred_add(braid_deferred *d, braid_deferred_cb cb, braid_deferred_cb eb,
+                                 void *arg);
+/* Thin forms of braid_deferred_add: one side only, or the same fn for both. */
 BRAID_API int braid_deferred_add_callback(braid_deferred *d, braid_deferred_cb cb, void *arg);
 BRAID_API int braid_deferred_add_errback(braid_deferred *d, braid_deferred_cb eb, void *arg);
 BRAID_API int braid_deferred_add_both(braid_deferred *d, braid_deferred_cb fn, void *arg);
 
-/* Drop the consumer reference. */
+/* Drop a reference (the one a Deferred-returning call handed you, or one
+ * taken with braid_deferred_ref). NULL is a no-op. */
 BRAID_API void braid_deferred_unref(braid_deferred *d);
 /* An extra reference, dropped with braid_deferred_unref. */
 BRAID_API braid_deferred *braid_deferred_ref(braid_deferred *d);
@@ -198,12 +229,12 @@ BRAID_API void braid_deferred_unpause(braid_deferred *d);
  * on down the chain, without recursion). A fired Deferred that waits on
  * nothing ignores it. Combinators cancel their pending members. */
 BRAID_API void braid_deferred_cancel(braid_deferred *d);
-/* Cancel d after ns on its loop's clock (Twisted's addTimeout): a callback
+/* Cancel d after timeout (ns) on its loop's clock (Twisted's addTimeout): a callback
  * pair is added at the current end of d's chain; when the chain reaches it
  * the timer is stopped, and a BRAID_ECANCELED failure caused by the timeout
  * becomes BRAID_ETIMEDOUT (cause: the cancellation). 0 at once if d already
  * has its result; BRAID_ENOMEM possible. */
-BRAID_API int braid_deferred_add_timeout(braid_deferred *d, uint64_t ns);
+BRAID_API int braid_deferred_add_timeout(braid_deferred *d, uint64_t timeout);
 
 /* ---- combinators ------------------------------------------------------------------
  * Each takes the consumer references of the n Deferreds in ds (all non-NULL; the array
@@ -255,14 +286,12 @@ BRAID_API braid_deferred *braid_deferred_list(braid_loop *loop, braid_deferred *
                                               size_t n);
 
 /* ---- primitives ------------------------------------------------------------------- */
-/* A function producing a result (a value, a failure or braid_result_chain(d)). */
-typedef braid_result (*braid_result_fn)(void *arg);
 
 /* Twisted's deferLater: a Deferred that fires with fn(arg) (or braid_result_ok(NULL)
- * if fn is NULL) ns from now on the loop's clock. Cancelling it before the
+ * if fn is NULL) timeout (ns) from now on the loop's clock. Cancelling it before the
  * timer fires stops the timer (fn never runs) and errbacks BRAID_ECANCELED.
  * NULL on allocation failure. */
-BRAID_API braid_deferred *braid_deferred_later(braid_loop *loop, uint64_t ns, braid_result_fn fn,
+BRAID_API braid_deferred *braid_deferred_later(braid_loop *loop, uint64_t timeout, braid_result_fn fn,
                                             void *arg);
 
 /* DeferredSemaphore: at most `tokens` holders. acquire returns a Deferred

@@ -76,9 +76,9 @@ extern "C" {
 
 typedef struct braid_fiber braid_fiber;
 
-/* A fiber's body: runs on the fiber's stack; its result (a value, a failure,
- * or braid_result_chain(d)) fires the fiber's Deferred. */
-typedef braid_result (*braid_result_fn)(void *arg);
+/* A fiber's body is a braid_result_fn (<braid/deferred.h>): it runs on the
+ * fiber's stack; its result (a value, a failure, or braid_result_chain(d))
+ * fires the fiber's Deferred. */
 
 #define BRAID_FIBER_DEFAULT_STACK (64u * 1024u)
 #define BRAID_FIBER_NAME_MAX 32
@@ -104,16 +104,16 @@ BRAID_API braid_deferred *braid_fiber_spawn(braid_loop *loop, braid_result_fn fn
  * An already-fired d returns at once without a switch. */
 BRAID_API braid_result braid_fiber_await(braid_deferred *d);
 
-/* braid_fiber_await with a deadline: if d has not fired ns from now (on the loop's
+/* braid_fiber_await with a deadline: if d has not fired timeout ns from now (on the loop's
  * clock) it is cancelled and the result is a BRAID_ETIMEDOUT failure
- * (braid_deferred_add_timeout). ns == BRAID_FOREVER: plain braid_fiber_await. */
-BRAID_API braid_result braid_fiber_await_timeout(braid_deferred *d, uint64_t ns);
+ * (braid_deferred_add_timeout). timeout == BRAID_FOREVER: plain braid_fiber_await. */
+BRAID_API braid_result braid_fiber_await_timeout(braid_deferred *d, uint64_t timeout);
 
-/* Suspend the calling fiber for ns on the loop's clock (a fake clock works:
+/* Suspend the calling fiber for timeout ns on the loop's clock (a fake clock works:
  * the fiber wakes when the test advances it past the deadline). 0, or
  * BRAID_ECANCELED if the fiber was cancelled while (or before) sleeping, or
  * BRAID_ENOT_IN_FIBER. No allocation. */
-BRAID_API int braid_fiber_sleep(braid_loop *loop, uint64_t ns);
+BRAID_API int braid_fiber_sleep(braid_loop *loop, uint64_t timeout);
 
 /* Let the loop run everything else that is ready, then continue (the fiber
  * resumes in the next ready phase). 0, BRAID_ECANCELED or BRAID_ENOT_IN_FIBER. */

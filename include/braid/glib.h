@@ -12,7 +12,7 @@
  * iteration per dispatch. Twisted's gtk reactors work this way.
  *
  *     braid_loop *loop;
- *     braid_loop_new(&loop, NULL);
+ *     braid_loop_new(NULL, &loop);
  *     braid_glib_source *src;
  *     braid_glib_source_new(loop, NULL, NULL, &src);    // NULL: GLib's default context
  *     ...                                               // braid connections, GTK windows

@@ -311,15 +311,15 @@ typedef braid_deferred *(*braid_http_handler_fn)(braid_http_request *req, void *
 BRAID_API extern const braid_ctx_key braid_http_request_key;
 
 typedef struct braid_http_server_options {
-    uint64_t header_timeout_ns;   /* 0 = 10 s */
-    uint64_t body_timeout_ns;     /* 0 = 30 s */
-    uint64_t idle_timeout_ns;     /* 0 = 15 s */
+    uint64_t header_timeout;      /* 0 = 10 s */
+    uint64_t body_timeout;        /* 0 = 30 s */
+    uint64_t idle_timeout;        /* 0 = 15 s */
     /* Abort a connection whose pending output made no progress for this long
      * (nginx's send_timeout): 0 = 60 s, BRAID_FOREVER = never. */
-    uint64_t send_timeout_ns;
+    uint64_t send_timeout;
     /* braid_http_server_shutdown's deadline: connections still open this long
      * after it are aborted. 0 = 10 s, BRAID_FOREVER = wait for every answer. */
-    uint64_t shutdown_timeout_ns;
+    uint64_t shutdown_timeout;
     /* zero fields take the parser's defaults; limits.max_headers sizes each
      * connection's header array (100 by default, at most 65536) */
     braid_http_limits limits;
@@ -333,7 +333,7 @@ typedef struct braid_http_server_options {
 BRAID_API int braid_http_server_new(braid_loop *loop, const braid_http_server_options *o,
                                     braid_http_server **out);
 /* Close every connection and refuse new ones (they are closed at once), with
- * a deadline of shutdown_timeout_ns (10 s) on the loop clock. Escalation:
+ * a deadline of shutdown_timeout (10 s) on the loop clock. Escalation:
  * idle connections close now (flushing what they still owe); busy ones
  * finish the answer in progress and then close (no keep-alive); every close
  * is bounded by the deadline (braid_transport_close); when it passes,
@@ -425,9 +425,10 @@ typedef struct braid_http_response {
     char *body;                /* owned */
     size_t body_len;
 } braid_http_response;
-/* NULL on allocation failure; body and content_type are copied. */
-BRAID_API braid_http_response *braid_http_response_new(int status, const char *content_type,
-                                                       const void *body, size_t len);
+/* body and content_type are copied. 0 and *out (yours: braid_http_response_free,
+ * or hand it to a Deferred with that dtor), or BRAID_ENOMEM. */
+BRAID_API int braid_http_response_new(int status, const char *content_type, const void *body,
+                                      size_t len, braid_http_response **out);
 BRAID_API int braid_http_response_add_header(braid_http_response *r, const char *name,
                                              const char *value);
 BRAID_API void braid_http_response_free(void *r);
@@ -611,15 +612,17 @@ BRAID_API void braid_http_client_response_pause(braid_http_client_response *r);
 BRAID_API void braid_http_client_response_resume(braid_http_client_response *r);
 BRAID_API void braid_http_client_response_abort(braid_http_client_response *r);
 
-typedef struct braid_http_client_stats {
+struct braid_http_client_stats {
     uint64_t connections;       /* connections opened (made) */
     uint64_t reused;            /* requests that ran on a pooled connection */
     uint64_t retried;           /* requests retried after a stale pooled connection */
     size_t idle;                /* idle connections now, all origins */
     size_t active;              /* connections alive now (idle included) */
     size_t waiting;             /* requests waiting for a connection (max_per_host) */
-} braid_http_client_stats;
-BRAID_API braid_http_client_stats braid_http_client_get_stats(const braid_http_client *c);
+};
+/* A snapshot of the client's counters (like stat(2): the struct and the
+ * function share the name). */
+BRAID_API void braid_http_client_stats(const braid_http_client *c, struct braid_http_client_stats *out);
 
 #ifdef __cplusplus
 }

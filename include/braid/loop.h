@@ -26,7 +26,7 @@
  * own the loop"); release builds do not check. See docs/loop.md.
  *
  *     braid_loop *loop;
- *     if (braid_loop_new(&loop, NULL) < 0) return 1;   // BRAID_BACKEND env picks
+ *     if (braid_loop_new(NULL, &loop) < 0) return 1;   // BRAID_BACKEND env picks
  *     braid_watch w;
  *     braid_watch_init(loop, &w, fd, on_readable, ctx);
  *     braid_watch_set_interest(&w, BRAID_WATCH_READ);
@@ -78,7 +78,7 @@ typedef struct braid_loop_options {
 
 /* Create a loop. opts may be NULL. The env var BRAID_BACKEND=select|poll|epoll|
  * uring overrides opts->backend when that is BRAID_BACKEND_DEFAULT. */
-BRAID_API int braid_loop_new(braid_loop **out, const braid_loop_options *opts);
+BRAID_API int braid_loop_new(const braid_loop_options *opts, braid_loop **out);
 
 /* Destroy: BRAID_EBUSY if anything is still open (the loop is not destroyed
  * and stays valid; each open thing is logged as "loop not destroyed: …
@@ -115,6 +115,14 @@ BRAID_API braid_clock *braid_loop_clock(braid_loop *loop);
 
 /* Iteration counter (starts at 0, +1 per run_once). */
 BRAID_API uint64_t braid_loop_iteration(const braid_loop *loop);
+/* Pending timers on this loop (tests, stats). */
+BRAID_API size_t braid_loop_timer_count(const braid_loop *loop);
+
+/* Tests (a loop on a fake clock, <braid/time.h>): advance the clock by ns in
+ * steps, running one NOWAIT iteration after each timer deadline crossed, so
+ * timers fire at their own times in order (Twisted's Clock.pump). Returns
+ * BRAID_EINVAL if the loop's clock is not fake. */
+BRAID_API int braid_loop_advance(braid_loop *loop, uint64_t ns);
 
 /* ---- embedding (GLib and other loops) ------------------------------------------ */
 /* A file descriptor that becomes readable when the loop has something to do
@@ -206,6 +214,13 @@ enum {
     BRAID_WATCH_WRITE = 1u << 1,
     BRAID_WATCH_ERROR = 1u << 2,   /* reported with READ/WRITE on error or hang-up */
     BRAID_WATCH_HUP   = 1u << 3,
+    /* With BRAID_WATCH_READ in braid_watch_set_interest: when several loops (threads or
+     * processes) watch the same open file — one listening socket — a
+     * readiness wakes one of them, not all (EPOLLEXCLUSIVE, Linux >= 4.5).
+     * Only the epoll backend honours it; select, poll and io_uring ignore
+     * it and every watching loop wakes (accept then fails with EAGAIN in
+     * all but one). */
+    BRAID_WATCH_EXCLUSIVE = 1u << 4,
 };
 
 typedef struct braid_watch braid_watch;
@@ -226,7 +241,8 @@ struct braid_watch {
  * watcher). No interest yet. BRAID_EEXIST if fd already has a watcher. */
 BRAID_API int braid_watch_init(braid_loop *loop, braid_watch *w, int fd,
                                braid_watch_cb cb, void *arg);
-/* Set interest to a mask of BRAID_WATCH_READ|BRAID_WATCH_WRITE (0 = none). */
+/* Set interest to a mask of BRAID_WATCH_READ|BRAID_WATCH_WRITE (0 = none), optionally
+ * with BRAID_WATCH_EXCLUSIVE. */
 BRAID_API int braid_watch_set_interest(braid_watch *w, unsigned mask);
 /* Unregister. Safe from any callback, including w's own; once it returns, no
  * event is delivered for w even if already collected in this batch, and w's

@@ -15,12 +15,12 @@
  *     }
  *     braid_pool *db;
  *     braid_pool_options o = { .max_threads = 4, .name = "db", .loop = loop };
- *     if (braid_pool_new(&db, &o) < 0) ...;
+ *     if (braid_pool_new(&o, &db) < 0) ...;
  *     braid_deferred *d = braid_pool_defer(loop, db, lookup_user, name);
  *     braid_deferred_add(d, send_profile, send_error, conn);  // loop thread
  *     braid_deferred_unref(d);
  *     ...
- *     braid_pool_destroy(db, BRAID_POOL_FINISH);   // joins the threads
+ *     braid_pool_free(db);   // joins the threads
  *
  * Threads. fn runs on a worker thread and must not touch loop-affine objects
  * (Deferreds, timers, transports); to reach the loop from there use
@@ -29,7 +29,7 @@
  * braid_pool_call, braid_pool_shutdown and braid_pool_stats may be called
  * from any thread; braid_pool_defer only on the loop's thread.
  *
- * Ownership. The caller owns the pool and frees it with braid_pool_destroy.
+ * Ownership. The caller owns the pool and frees it with braid_pool_free.
  * fn's braid_result owns its value through its dtor; braid hands it to the
  * Deferred, or drops it (calling the dtor on the loop's thread) if the
  * Deferred was cancelled meanwhile. fn must not return braid_result_chain(): a
@@ -78,9 +78,8 @@ extern "C" {
 
 typedef struct braid_pool braid_pool;
 
-/* Work with a result: runs on a worker; its result (value with dtor, or a
- * failure) becomes the Deferred's. */
-typedef braid_result (*braid_result_fn)(void *arg);
+/* Work with a result is a braid_result_fn (<braid/deferred.h>): it runs on a
+ * worker; its result (value with dtor, or a failure) becomes the Deferred's. */
 
 enum {
     BRAID_POOL_MEMORY  = 1u << 0,  /* no threads: braid_pool_step runs the work */
@@ -106,7 +105,7 @@ typedef struct braid_pool_options {
 
 /* Create a pool (opts may be NULL: 0..4 threads, default class of 4096).
  * Starts min_threads threads; returns their creation error if one fails. */
-BRAID_API int braid_pool_new(braid_pool **out, const braid_pool_options *opts);
+BRAID_API int braid_pool_new(const braid_pool_options *opts, braid_pool **out);
 
 /* ---- classes of work --------------------------------------------------------------- */
 /* Work is queued per class; workers take from the classes in turn and never
@@ -177,14 +176,16 @@ typedef enum braid_pool_mode {
  * (a later CANCEL still cancels what is queued). */
 BRAID_API void braid_pool_shutdown(braid_pool *pool, braid_pool_mode mode);
 
-/* Shut down (mode), wait for every thread to exit, and free the pool. Not on
+/* Shut down (BRAID_POOL_FINISH, unless braid_pool_shutdown(pool,
+ * BRAID_POOL_CANCEL) came first), wait for every thread to exit, and free
+ * the pool; NULL is a no-op. Not on
  * a pool worker; for a pool created with options.loop, on that loop's thread
  * (it leaves the loop's leak gate). Completions already posted to loops are still delivered
  * there by their loops (the pool is not needed for that). A memory pool
- * with BRAID_POOL_FINISH runs its queued work on the calling thread. Do not
+ * runs its queued work on the calling thread. Do not
  * call it on a loop thread while FINISH work waits on that loop
  * (braid_pool_blocking_call): that deadlocks. */
-BRAID_API void braid_pool_destroy(braid_pool *pool, braid_pool_mode mode);
+BRAID_API void braid_pool_free(braid_pool *pool);
 
 /* ---- the memory worker (tests) ----------------------------------------------------------- */
 /* BRAID_POOL_MEMORY pools only: run the next queued job on the calling thread,
@@ -192,23 +193,12 @@ BRAID_API void braid_pool_destroy(braid_pool *pool, braid_pool_mode mode);
  * BRAID_EINVAL for a threaded pool. */
 BRAID_API int braid_pool_step(braid_pool *pool);
 
-/* ---- name resolution --------------------------------------------------------------------- */
-/* braid resolves host names (getaddrinfo, for connects and endpoints) in a
- * pool, so a slow DNS server neither blocks the loop nor starves other work.
- * By default a loop makes a small pool of its own for that on first use (up
- * to 4 threads, never spinning) and destroys it with the loop. Call this
- * (loop thread) to run lookups in class cls of one of your pools instead —
- * typically a class with a small max_running; the pool must outlive the
- * lookups. A loop-made pool in use before is destroyed (FINISH: lookups
- * already queued there still complete). */
-BRAID_API int braid_resolver_set_pool(braid_loop *loop, braid_pool *pool, int cls);
-
 /* ---- statistics ------------------------------------------------------------------------ */
 /* Histograms are log2 buckets of nanoseconds: bucket i counts durations d
  * with 2^i <= d < 2^(i+1) (bucket 0 also counts 0; the last is open-ended). */
 #define BRAID_POOL_HIST 40
 
-typedef struct braid_pool_stats {
+struct braid_pool_stats {
     uint64_t queued;          /* waiting in a queue now */
     uint64_t running;         /* being run by a worker now */
     uint64_t threads;         /* threads alive */
@@ -221,12 +211,12 @@ typedef struct braid_pool_stats {
     uint64_t class_running[BRAID_POOL_MAX_CLASSES];
     uint64_t wait_hist[BRAID_POOL_HIST];   /* queued -> started */
     uint64_t run_hist[BRAID_POOL_HIST];    /* started -> finished */
-} braid_pool_stats;
+};
 
 /* Any thread: a consistent snapshot. A worker counts a job (completed, the
  * histograms) just after posting its result, so a Deferred may fire a moment
  * before its job shows in `completed`. */
-BRAID_API void braid_pool_stats_get(braid_pool *pool, braid_pool_stats *out);
+BRAID_API void braid_pool_stats(braid_pool *pool, struct braid_pool_stats *out);
 /* Bucket index of a duration, and the upper bound (ns) of the bucket holding
  * quantile q (0..1) of a histogram (0 if it is empty). */
 BRAID_API unsigned braid_pool_hist_bucket(uint64_t ns);

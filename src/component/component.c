@@ -799,7 +799,7 @@ int braid_component_unlink(braid_component *src, const char *src_box, int kind) 
 }
 
 /* ---- statistics ------------------------------------------------------------------------------- */
-void braid_component_stats_get(const braid_component *c, braid_component_stats *out) { *out = c->stats; }
+void braid_component_stats(const braid_component *c, struct braid_component_stats *out) { *out = c->stats; }
 
 size_t braid_component_count(braid_loop *loop) {
     braid__sched *s = braid_loop_data(loop, &sched_key);

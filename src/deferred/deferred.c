@@ -645,6 +645,14 @@ int braid_deferred_add(braid_deferred *d, braid_deferred_cb cb, braid_deferred_c
     return push_slot(d, cb, eb, arg);
 }
 
+int braid_deferred_then(braid_deferred *d, braid_deferred_cb cb, braid_deferred_cb eb, void *arg) {
+    if (!d) return BRAID_ENOMEM;
+    CHECK_LIVE(d, "braid_deferred_then");
+    int rc = braid_deferred_add(d, cb, eb, arg);
+    unref(d);
+    return rc;
+}
+
 int braid_deferred_add_callback(braid_deferred *d, braid_deferred_cb cb, void *arg) {
     return braid_deferred_add(d, cb, NULL, arg);
 }

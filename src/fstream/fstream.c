@@ -377,10 +377,12 @@ void braid_fstream_abort(braid_fstream *s) {
 }
 
 /* ---- objects ------------------------------------------------------------------------------- */
-braid_fstream *braid_fstream_new(braid_loop *loop) {
+int braid_fstream_new(braid_loop *loop, braid_fstream **out) {
     braid_fstream *s = fs_alloc(loop);
-    if (s) s->refs++;              /* the caller's */
-    return s;
+    if (!s) return BRAID_ENOMEM;
+    s->refs++;                     /* the caller's */
+    *out = s;
+    return 0;
 }
 
 braid_protocol *braid_fstream_protocol(braid_fstream *s) { return &s->base; }
@@ -525,7 +527,7 @@ static void start_handler(braid_fstream *s) {
     ff->nconns++;
 }
 
-void braid_fstream_factory_init(braid_fstream_factory *ff, braid_loop *loop,
+void braid_fstream_factory_init(braid_loop *loop, braid_fstream_factory *ff,
                                 braid_fstream_handler_fn handler, void *arg,
                                 const braid_fiber_options *fopts) {
     memset(ff, 0, sizeof *ff);

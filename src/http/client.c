@@ -50,7 +50,7 @@ struct braid_http_client {
     hc_req *reqs;                  /* requests in flight (doubly linked) */
     size_t conns;                  /* protocols alive (built, not yet destroyed) */
     bool closing;
-    braid_http_client_stats st;
+    struct braid_http_client_stats st;
 };
 
 struct hc_pool {
@@ -919,7 +919,7 @@ static void req_start(hc_req *q) {
     q->got_bytes = false;
     if (q->https && !c->tls) {
         char err[256] = "";
-        int rc = braid_tls_ctx_new(&c->tls, BRAID_TLS_CLIENT, &(braid_tls_options){ 0 }, err, sizeof err);
+        int rc = braid_tls_ctx_new(BRAID_TLS_CLIENT, &(braid_tls_options){ 0 }, err, sizeof err, &c->tls);
         if (rc < 0) {
             c->tls = NULL;
             req_fail(q, rc, NULL, "TLS client context: %s", err);
@@ -1307,10 +1307,9 @@ void braid_http_client_free(braid_http_client *c) {
     client_maybe_free(c);
 }
 
-braid_http_client_stats braid_http_client_get_stats(const braid_http_client *c) {
-    braid_http_client_stats s = c->st;
-    s.active = c->conns;
-    return s;
+void braid_http_client_stats(const braid_http_client *c, struct braid_http_client_stats *out) {
+    *out = c->st;
+    out->active = c->conns;
 }
 
 static void on_cancel(braid_deferred *d, void *arg) {

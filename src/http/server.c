@@ -1261,10 +1261,10 @@ static void send_file(hs_conn *c, int fd, off_t off, uint64_t len) {
 }
 
 /* ---- responses as values ------------------------------------------------------------- */
-braid_http_response *braid_http_response_new(int status, const char *content_type, const void *body,
-                                             size_t len) {
+int braid_http_response_new(int status, const char *content_type, const void *body, size_t len,
+                            braid_http_response **out) {
     braid_http_response *r = braid_calloc(1, sizeof *r);
-    if (!r) return NULL;
+    if (!r) return BRAID_ENOMEM;
     r->status = status;
     if (content_type && !(r->content_type = braid_strdup(content_type))) goto fail;
     if (len) {
@@ -1272,10 +1272,11 @@ braid_http_response *braid_http_response_new(int status, const char *content_typ
         memcpy(r->body, body, len);
         r->body_len = len;
     }
-    return r;
+    *out = r;
+    return 0;
 fail:
     braid_http_response_free(r);
-    return NULL;
+    return BRAID_ENOMEM;
 }
 
 int braid_http_response_add_header(braid_http_response *r, const char *name, const char *value) {
@@ -1307,11 +1308,11 @@ int braid_http_server_new(braid_loop *loop, const braid_http_server_options *o,
     braid_http_server *s = braid_calloc(1, sizeof *s);
     if (!s) return BRAID_ENOMEM;
     s->loop = loop;
-    s->header_timeout = o->header_timeout_ns ? o->header_timeout_ns : BRAID_SECONDS(10);
-    s->body_timeout = o->body_timeout_ns ? o->body_timeout_ns : BRAID_SECONDS(30);
-    s->idle_timeout = o->idle_timeout_ns ? o->idle_timeout_ns : BRAID_SECONDS(15);
-    s->send_timeout = o->send_timeout_ns ? o->send_timeout_ns : BRAID_SECONDS(60);
-    s->shutdown_timeout = o->shutdown_timeout_ns ? o->shutdown_timeout_ns : BRAID_SECONDS(10);
+    s->header_timeout = o->header_timeout ? o->header_timeout : BRAID_SECONDS(10);
+    s->body_timeout = o->body_timeout ? o->body_timeout : BRAID_SECONDS(30);
+    s->idle_timeout = o->idle_timeout ? o->idle_timeout : BRAID_SECONDS(15);
+    s->send_timeout = o->send_timeout ? o->send_timeout : BRAID_SECONDS(60);
+    s->shutdown_timeout = o->shutdown_timeout ? o->shutdown_timeout : BRAID_SECONDS(10);
     s->allow_half_close = o->allow_half_close;
     s->limits = o->limits;
     if (!s->limits.max_request_line) s->limits.max_request_line = BRAID_HTTP_MAX_REQUEST_LINE;

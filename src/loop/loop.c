@@ -99,7 +99,8 @@ static inline void take_over(braid_loop *loop, const char *fn) {
 _Static_assert((unsigned)BRAID__POLL_READ == (unsigned)BRAID_WATCH_READ &&
                (unsigned)BRAID__POLL_WRITE == (unsigned)BRAID_WATCH_WRITE &&
                (unsigned)BRAID__POLL_ERROR == (unsigned)BRAID_WATCH_ERROR &&
-               (unsigned)BRAID__POLL_HUP == (unsigned)BRAID_WATCH_HUP,
+               (unsigned)BRAID__POLL_HUP == (unsigned)BRAID_WATCH_HUP &&
+               (unsigned)BRAID__POLL_EXCLUSIVE == (unsigned)BRAID_WATCH_EXCLUSIVE,
                "the poll layer's event bits are the loop's");
 static const char *const backend_names[] = {
     [BRAID_BACKEND_SELECT] = "select", [BRAID_BACKEND_POLL] = "poll",
@@ -185,7 +186,7 @@ static void wake_signal(braid_loop *loop) {
 }
 
 /* ---- create / destroy ---------------------------------------------------------- */
-int braid_loop_new(braid_loop **out, const braid_loop_options *opts) {
+int braid_loop_new(const braid_loop_options *opts, braid_loop **out) {
     braid_loop_options o = { 0 };
     if (!out) return BRAID_EINVAL;
     *out = NULL;
@@ -357,7 +358,7 @@ size_t braid_loop_watched_fds(const braid_loop *loop, size_t cap, braid_loop_fd 
     for (size_t fd = 0; fd < loop->nfds; fd++) {
         const braid_watch *w = loop->fds[fd];
         if (!w || !(w->flags & BRAID__WATCH_OPEN) || !w->mask) continue;
-        if (n < cap) out[n] = (braid_loop_fd){ .fd = (int)fd, .events = w->mask };
+        if (n < cap) out[n] = (braid_loop_fd){ .fd = (int)fd, .events = w->mask & (BRAID_WATCH_READ | BRAID_WATCH_WRITE) };
         n++;
     }
     return n;
@@ -504,7 +505,8 @@ int braid_watch_set_interest(braid_watch *w, unsigned mask) {
     if (!(w->flags & BRAID__WATCH_OPEN)) return BRAID_EINVAL;
     braid_loop *loop = w->loop;
     BRAID__LOOP_AFFINE(loop);
-    mask &= BRAID_WATCH_READ | BRAID_WATCH_WRITE;
+    mask &= BRAID_WATCH_READ | BRAID_WATCH_WRITE | BRAID_WATCH_EXCLUSIVE;
+    if (!(mask & (BRAID_WATCH_READ | BRAID_WATCH_WRITE))) mask = 0;
     BRAID__ASSERT((size_t)w->fd < loop->nfds && loop->fds[w->fd] == w);
     if (mask == w->mask) return 0;
     int rc = loop->poller.ops->update(&loop->poller, w->fd, w->mask, mask, braid__tag(w->gen, w->fd));
@@ -558,8 +560,8 @@ static void dispatch_io(braid_loop *loop) {
         if (!w || w->gen != (uint32_t)(e.tag >> 32)) continue;   /* stale */
         BRAID__ASSERT(w->fd == (int)fd && (w->flags & BRAID__WATCH_OPEN) && w->loop == loop);
         unsigned ev = e.events;
-        if (ev & (BRAID_WATCH_ERROR | BRAID_WATCH_HUP)) ev |= w->mask;     /* wake whoever waits */
-        ev &= w->mask | BRAID_WATCH_ERROR | BRAID_WATCH_HUP;
+        if (ev & (BRAID_WATCH_ERROR | BRAID_WATCH_HUP)) ev |= w->mask & (BRAID_WATCH_READ | BRAID_WATCH_WRITE);     /* wake whoever waits */
+        ev &= (w->mask & (BRAID_WATCH_READ | BRAID_WATCH_WRITE)) | BRAID_WATCH_ERROR | BRAID_WATCH_HUP;
         if (!(ev & w->mask)) continue;
         w->cb(w, ev, w->arg);
     }

@@ -240,11 +240,6 @@ braid_timer *braid_timer_call_later(braid_loop *loop, uint64_t delay_ns, braid_l
     return &o->t;
 }
 
-int braid_timer_start(braid_timer *t, uint64_t delay_ns) {
-    BRAID__LOOP_AFFINE(t->loop);
-    return braid_timer_start(t, delay_ns);
-}
-
 void braid_timer_cancel(braid_timer *t) {
     if (t->loop) BRAID__LOOP_AFFINE(t->loop);
     braid_timer_stop(t);

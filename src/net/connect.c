@@ -180,7 +180,7 @@ braid_deferred *braid_tcp_connect(braid_loop *loop, const braid_tcp_connect_opti
     if (!o || !f || !o->host)
         return braid_deferred_fail(loop, braid_failure_new(BRAID_EINVAL, "connect: no host"));
     connector *c = NULL;
-    braid_deferred *d = start(loop, f, BRAID__FD_TCP, o->timeout_ns, &c);
+    braid_deferred *d = start(loop, f, BRAID__FD_TCP, o->timeout, &c);
     if (!c) return d;
     braid_deferred_ref(d);          /* the connector may finish inside this call */
     if (o->bind_host || o->bind_port) {

@@ -85,8 +85,8 @@ static void on_readable(braid_watch *w, unsigned ev, void *arg) {
     if (d->close_pending) dgram_free(d);
 }
 
-int braid_dgram_open(braid_loop *loop, const braid_dgram_options *o, const braid_dgram_ops *ops,
-                     void *arg, braid_dgram **out) {
+int braid_dgram_open(braid_loop *loop, const braid_dgram_ops *ops, void *arg,
+                     const braid_dgram_options *o, braid_dgram **out) {
     if (!o || !ops || !out) return BRAID_EINVAL;
     braid_address a;
     int rc = braid__numeric_address(o->host, o->port, o->ipv6 ? AF_INET6 : 0, &a);

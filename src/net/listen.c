@@ -31,6 +31,7 @@ struct braid_listener {
     braid_timer backoff;
     uint64_t backoff_base, backoff_cur;
     uint64_t accepted, emfile_events;
+    unsigned interest;             /* BRAID_WATCH_READ, with BRAID_WATCH_EXCLUSIVE if asked */
     char *unix_path;               /* unlinked on close */
     braid_handle handle;
 };
@@ -47,7 +48,7 @@ static void accept_one_and_drop(braid_listener *l) {
 static void backoff_fire(braid_timer *t, void *arg) {
     braid_listener *l = arg;
     (void)t;
-    braid_watch_set_interest(&l->watch, BRAID_WATCH_READ);
+    braid_watch_set_interest(&l->watch, l->interest);
 }
 
 static void on_accept(braid_watch *w, unsigned ev, void *arg) {
@@ -105,6 +106,7 @@ static int listener_start(braid_loop *loop, int fd, braid__fd_kind kind, int bud
     l->kind = kind;
     l->budget = budget > 0 ? budget : 64;
     l->backoff_base = BRAID_MSEC(50);
+    l->interest = BRAID_WATCH_READ;
     l->reserve_fd = open_reserve();
     int rc = braid_watch_init(loop, &l->watch, fd, on_accept, l);
     if (rc < 0) goto fail;
@@ -248,3 +250,11 @@ void braid_listener_close(braid_listener *l) {
 uint64_t braid_listener_accepted(const braid_listener *l) { return l->accepted; }
 uint64_t braid_listener_emfile_events(const braid_listener *l) { return l->emfile_events; }
 void braid_listener_set_backoff(braid_listener *l, uint64_t ns) { l->backoff_base = ns ? ns : 1; }
+
+int braid_listener_set_exclusive(braid_listener *l, bool on) {
+    unsigned want = BRAID_WATCH_READ | (on ? BRAID_WATCH_EXCLUSIVE : 0u);
+    if (want == l->interest) return 0;
+    l->interest = want;
+    if (braid_timer_is_active(&l->backoff)) return 0;   /* set when the back-off ends */
+    return braid_watch_set_interest(&l->watch, want);
+}

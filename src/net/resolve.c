@@ -32,7 +32,10 @@ static void resolver_free(braid_loop *loop, void *p) {
     resolver *r = p;
     /* No lookup is in flight (each holds the loop, and destroy refuses a
      * held loop): this only joins idle threads. */
-    if (r->owned) braid_pool_destroy(r->pool, BRAID_POOL_CANCEL);
+    if (r->owned) {
+        braid_pool_shutdown(r->pool, BRAID_POOL_CANCEL);
+        braid_pool_free(r->pool);
+    }
     braid_free(r);
 }
 
@@ -53,7 +56,7 @@ int braid_resolver_set_pool(braid_loop *loop, braid_pool *pool, int cls) {
     if (!loop || !pool || cls < 0 || (unsigned)cls >= braid_pool_classes(pool)) return BRAID_EINVAL;
     resolver *r = resolver_get(loop);
     if (!r) return BRAID_ENOMEM;
-    if (r->owned) braid_pool_destroy(r->pool, BRAID_POOL_FINISH);
+    if (r->owned) braid_pool_free(r->pool);
     r->pool = pool;
     r->cls = cls;
     r->owned = false;
@@ -68,7 +71,7 @@ braid_pool *braid__resolver_pool(braid_loop *loop, int *cls) {
         braid_pool_options o = { .max_threads = 4, .name = "resolve", .flags = BRAID_POOL_NO_SPIN,
                                  .queue_limit = 1024 };
         braid_pool *pool;
-        if (braid_pool_new(&pool, &o) < 0) return NULL;
+        if (braid_pool_new(&o, &pool) < 0) return NULL;
         r->pool = pool;
         r->cls = 0;
         r->owned = true;

@@ -49,8 +49,9 @@ braid_protocol *braid_factory_build(braid_factory *f, const braid_address *peer)
     return p;
 }
 
-void braid_factory_ref(braid_factory *f) {
+braid_factory *braid_factory_ref(braid_factory *f) {
     if (f->refs++ == 0 && f->start) f->start(f);
+    return f;
 }
 
 void braid_factory_unref(braid_factory *f) {
@@ -68,10 +69,11 @@ void braid__protocol_release(braid_protocol *p) {
 /* ---- setup ---------------------------------------------------------------------------- */
 static void flush_cb(void *arg);
 static void lost_cb(void *arg);
+static void lose_connection(braid_transport *t);
 
 static void self_pause(braid_producer *p) { braid_transport_pause_reading(p->arg); }
 static void self_resume(braid_producer *p) { braid_transport_resume_reading(p->arg); }
-static void self_stop(braid_producer *p) { braid_transport_close(p->arg, BRAID_FOREVER); }
+static void self_stop(braid_producer *p) { lose_connection(p->arg); }
 
 /* One entry of the loop's introspection "connections" (<braid/introspect.h>). */
 static void describe(braid_json *j, void *arg) {
@@ -147,7 +149,7 @@ void braid__transport_eof(braid_transport *t) {
             braid__transport_lost(t, BRAID_ECONNECTION_DONE);
     } else {
         /* Not half-close aware: EOF ends the connection once our bytes are out. */
-        braid_transport_close(t, BRAID_FOREVER);
+        lose_connection(t);
     }
 }
 
@@ -349,7 +351,8 @@ void braid__transport_wrote(braid_transport *t, size_t n) {
     }
 }
 
-void braid_transport_close(braid_transport *t, BRAID_FOREVER) {
+/* Flush what is buffered, then close: braid_transport_close with no deadline. */
+static void lose_connection(braid_transport *t) {
     if (t->state & (BRAID__T_CLOSED | BRAID__T_DISCONNECTING)) return;
     t->state |= BRAID__T_DISCONNECTING;
     /* No more input matters once we are closing. */
@@ -386,12 +389,12 @@ void braid__transport_close_at(braid_transport *t, uint64_t deadline) {
             return;
         }
     }
-    braid_transport_close(t, BRAID_FOREVER);
+    lose_connection(t);
 }
 
 void braid_transport_close(braid_transport *t, uint64_t timeout_ns) {
     if (t->state & BRAID__T_CLOSED) return;
-    if (timeout_ns == BRAID_FOREVER) { braid_transport_close(t, BRAID_FOREVER); return; }
+    if (timeout_ns == BRAID_FOREVER) { lose_connection(t); return; }
     uint64_t now = braid_loop_now_fresh(t->loop);
     uint64_t deadline = timeout_ns > UINT64_MAX - now ? UINT64_MAX : now + timeout_ns;
     braid__transport_close_at(t, deadline);

@@ -37,6 +37,7 @@ enum {
     BRAID__POLL_WRITE = 1u << 1,
     BRAID__POLL_ERROR = 1u << 2,
     BRAID__POLL_HUP   = 1u << 3,
+    BRAID__POLL_EXCLUSIVE = 1u << 4,   /* in update masks only: wake one waiter (epoll) */
 };
 
 typedef struct braid__event {

@@ -656,8 +656,8 @@ static void json_hist(braid_json *j, const char *key, const uint64_t h[BRAID_POO
 }
 static void describe(braid_json *j, void *arg) {
     braid_pool *pool = arg;
-    braid_pool_stats st;
-    braid_pool_stats_get(pool, &st);
+    struct braid_pool_stats st;
+    braid_pool_stats(pool, &st);
     unsigned n = 0;
     for (unsigned i = 0; i < BRAID_POOL_HIST; i++)
         if (st.wait_hist[i] || st.run_hist[i]) n = i + 1;
@@ -683,7 +683,7 @@ static void describe(braid_json *j, void *arg) {
     braid_json_object_end(j);
 }
 
-int braid_pool_new(braid_pool **out, const braid_pool_options *opts) {
+int braid_pool_new(const braid_pool_options *opts, braid_pool **out) {
     braid_pool_options o = { 0 };
     if (!out) return BRAID_EINVAL;
     *out = NULL;
@@ -726,7 +726,8 @@ int braid_pool_new(braid_pool **out, const braid_pool_options *opts) {
             int rc = start_takers(pool, 1);
             if (rc < 0) {
                 pool->loop = NULL;
-                braid_pool_destroy(pool, BRAID_POOL_CANCEL);
+                braid_pool_shutdown(pool, BRAID_POOL_CANCEL);
+                braid_pool_free(pool);
                 return rc;
             }
         }
@@ -1046,9 +1047,9 @@ void braid_pool_shutdown(braid_pool *pool, braid_pool_mode mode) {
     }
 }
 
-void braid_pool_destroy(braid_pool *pool, braid_pool_mode mode) {
+void braid_pool_free(braid_pool *pool) {
     if (!pool) return;
-    braid_pool_shutdown(pool, mode);
+    braid_pool_shutdown(pool, BRAID_POOL_FINISH);   /* after a CANCEL: nothing left to run */
     if (pool->flags & BRAID_POOL_MEMORY)
         while (braid_pool_step(pool) > 0) {}
     /* Join everyone. A worker may be starting a thread right now (decided
@@ -1086,7 +1087,7 @@ int braid_pool_step(braid_pool *pool) {
 }
 
 /* ---- statistics -------------------------------------------------------------------------------- */
-void braid_pool_stats_get(braid_pool *pool, braid_pool_stats *out) {
+void braid_pool_stats(braid_pool *pool, struct braid_pool_stats *out) {
     memset(out, 0, sizeof *out);
     pthread_mutex_lock(&pool->mu);
     out->queued = atomic_load_explicit(&pool->nqueued, memory_order_relaxed);

@@ -300,8 +300,8 @@ static int drive(braid_tls_engine *e) {
 
 /* ---- public API ------------------------------------------------------------------------------ */
 
-int braid_tls_engine_new(braid_tls_engine **out, braid_tls_ctx *ctx, const char *server_name,
-                         const braid_tls_engine_ops *ops, void *arg) {
+int braid_tls_engine_new(braid_tls_ctx *ctx, const char *server_name, const braid_tls_engine_ops *ops,
+                         void *arg, braid_tls_engine **out) {
     *out = NULL;
     bool client = ctx->role == BRAID_TLS_CLIENT;
     if (client && ctx->check_host && (!server_name || !*server_name)) return BRAID_EINVAL;

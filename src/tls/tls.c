@@ -38,8 +38,8 @@ typedef struct braid__tls_conn {
     braid_protocol glue;          /* the protocol on the lower transport */
     braid_transport *lower;       /* NULL once the lower transport is gone */
     braid_tls_engine *engine;
-    braid_tls_ctx *ctx;           /* for engine creation */
-    braid_tls_factory *tf;        /* the factory case: builds the application protocol */
+    braid_tls_ctx *ctx;           /* for engine creation (a reference of the connection's) */
+    braid_factory *inner;         /* the factory case: builds the application protocol */
     braid_tls_handshake_cb on_handshake;
     void *hs_arg;
     uint64_t hs_timeout;
@@ -74,6 +74,7 @@ static void conn_unref(braid__tls_conn *c) {
     if (--c->refs) return;
     braid_free(c->held);
     braid_free(c->server_name);
+    braid_tls_ctx_unref(c->ctx);
     braid_free(c);
 }
 
@@ -266,7 +267,7 @@ static int start(braid__tls_conn *c, braid_protocol *app, bool app_attached) {
     braid__transport_watermarks(lower, &low, &high);
     if (high == BRAID__DEFAULT_HIGH)
         braid_transport_set_limits(lower, low < LOWER_HIGH ? low : LOWER_HIGH, LOWER_HIGH, 0);
-    int rc = braid_tls_engine_new(&c->engine, c->ctx, c->server_name, &engine_ops, c);
+    int rc = braid_tls_engine_new(c->ctx, c->server_name, &engine_ops, c, &c->engine);
     if (rc < 0) return rc;
     if (app_attached) {
         /* STARTTLS: the glue takes the application's place on the lower
@@ -293,7 +294,7 @@ static int start(braid__tls_conn *c, braid_protocol *app, bool app_attached) {
     } else {
         braid_address peer = { .len = 0 };   /* not kept: an idle connection's bytes count */
         if (braid_transport_peer(lower, &peer) < 0) memset(&peer, 0, sizeof peer);
-        if (!app) app = braid_factory_build(c->tf->inner, &peer);
+        if (!app) app = braid_factory_build(c->inner, &peer);
         if (!app) {
             braid__transport_lost(&c->t, BRAID_ECONNECTION_DONE);   /* refused */
             return 0;
@@ -481,7 +482,7 @@ static braid__tls_conn *conn_new(const braid_tls_wrap_options *o, const char *se
         return NULL;
     }
     c->glue.ops = &glue_ops;
-    c->ctx = o->ctx;
+    c->ctx = braid_tls_ctx_ref(o->ctx);   /* the connection may outlive its factory */
     c->on_handshake = o->handshake_done;
     c->hs_arg = o->handshake_arg;
     c->hs_timeout = o->handshake_timeout ? o->handshake_timeout
@@ -494,7 +495,7 @@ static braid_protocol *tls_build(braid_factory *f, const braid_address *peer) {
     braid_tls_factory *tf = (braid_tls_factory *)f;
     braid__tls_conn *c = conn_new(&tf->opts, tf->server_name);
     if (!c) return NULL;
-    c->tf = tf;
+    c->inner = tf->inner;
     (void)peer;   /* the inner factory gets the lower transport's peer when it is made */
     return &c->glue;
 }
@@ -582,4 +583,12 @@ int braid_tls_transport_error(braid_transport *t, const char **detail) {
 
 braid_transport *braid_tls_transport_lower(braid_transport *t) {
     return braid_tls_is_transport(t) ? of_t(t)->lower : NULL;
+}
+
+/* TLS's endpoint kinds (endpoint_tls.c) are registered when the module is
+ * loaded; the call from here makes a static link that uses the TLS wrapper
+ * keep endpoint_tls.o too. (Not in ctx.c: the engine and contexts stand
+ * alone, without the loop or endpoints.) */
+__attribute__((constructor)) static void register_endpoints_at_load(void) {
+    (void)braid_tls_endpoints_register();
 }
