@@ -52,8 +52,8 @@ static braid_result work_done(braid_result r, void *arg) {
                      (unsigned long long)braid_ctx_get_u64(&braid_log_request_id_key, 0));
     braid_log_emit(braid_loop_logger(the_app->loop), BRAID_LOG_INFO, "app.work", braid_log_no_fields,
                    "answered");
-    braid_http_response *resp = braid_http_response_new(200, "text/plain", body, (size_t)n);
-    if (!resp) return braid_result_err(braid_failure_new(BRAID_ENOMEM, NULL));
+    braid_http_response *resp = NULL;
+    if (braid_http_response_new(200, "text/plain", body, (size_t)n, &resp) < 0) return braid_result_err(braid_failure_new(BRAID_ENOMEM, NULL));
     return braid_result_ok_owned(resp, braid_http_response_free);
 }
 
@@ -154,10 +154,10 @@ int main(int argc, char **argv) {
     int port = !self_test && argc > 1 ? atoi(argv[1]) : self_test ? 0 : 8080;
     app a = { 0 };
     the_app = &a;
-    if (braid_loop_new(&a.loop, NULL) < 0) return 1;
+    if (braid_loop_new(NULL, &a.loop) < 0) return 1;
     braid_log_observer *json;
     braid_logger_add_json(braid_loop_logger(a.loop), 2, &json);
-    if (braid_pool_new(&a.pool, &(braid_pool_options){ .name = "work", .max_threads = 2, .loop = a.loop }) < 0)
+    if (braid_pool_new(&(braid_pool_options){ .name = "work", .max_threads = 2, .loop = a.loop }, &a.pool) < 0)
         return 1;
     if (braid_http_server_new(a.loop, NULL, &a.srv) < 0) return 1;
     braid_http_server_route(a.srv, "GET", "/work", 0, h_work, &a);
@@ -176,7 +176,7 @@ int main(int argc, char **argv) {
     for (int i = 0; i < 100 && braid_http_server_connections(a.srv) > 0; i++)
         braid_loop_run_once(a.loop, BRAID_LOOP_RUN_NOWAIT);
     braid_http_server_free(a.srv);
-    braid_pool_destroy(a.pool, BRAID_POOL_FINISH);
+    braid_pool_free(a.pool);
     braid_loop_run_once(a.loop, BRAID_LOOP_RUN_NOWAIT);
     int rc = braid_loop_free(a.loop);
     if (rc < 0) fprintf(stderr, "loop destroy: %s\n", braid_strerror(rc));

@@ -1,4 +1,4 @@
-// fuzz-sources: src/base/*.c src/poll/*.c src/loop/*.c src/deferred/*.c src/pool/*.c src/fiber/*.c src/fiber/*.S src/net/*.c src/component/*.c
+// fuzz-sources: src/base/*.c src/context/*.c src/log/*.c src/poll/*.c src/loop/*.c src/deferred/*.c src/pool/*.c src/fiber/*.c src/fiber/*.S src/net/*.c src/component/*.c
 // fuzz-libs: -lpthread
 /* libFuzzer: network input through the component server (ConnectedServer):
  * bytes from a peer over the memory transport become chunks on an echo

@@ -1,4 +1,4 @@
-// fuzz-sources: src/base/*.c src/poll/*.c src/loop/*.c src/deferred/*.c src/pool/*.c src/fiber/*.c src/fiber/*.S src/net/*.c src/endpoint/*.c src/tls/ctx.c src/tls/engine.c src/tls/tls.c
+// fuzz-sources: src/base/*.c src/context/*.c src/log/*.c src/poll/*.c src/loop/*.c src/deferred/*.c src/pool/*.c src/fiber/*.c src/fiber/*.S src/net/*.c src/endpoint/*.c src/tls/ctx.c src/tls/engine.c src/tls/tls.c
 // fuzz-libs: -lssl -lcrypto -lpthread
 /* libFuzzer: endpoint descriptions, as a configuration file or a command
  * line hands them over: braid_endpoint_parse_server/client (the stream

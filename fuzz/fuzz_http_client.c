@@ -1,4 +1,4 @@
-// fuzz-sources: src/base/*.c src/poll/*.c src/loop/*.c src/deferred/*.c src/pool/*.c src/fiber/*.c src/fiber/*.S src/net/*.c src/framing/*.c src/fstream/*.c src/endpoint/*.c src/tls/*.c src/http/*.c
+// fuzz-sources: src/base/*.c src/context/*.c src/log/*.c src/poll/*.c src/loop/*.c src/deferred/*.c src/pool/*.c src/fiber/*.c src/fiber/*.S src/net/*.c src/framing/*.c src/fstream/*.c src/endpoint/*.c src/tls/*.c src/http/*.c
 // fuzz-libs: -lssl -lcrypto -lpthread
 /* libFuzzer: a whole HTTP client fed a server's bytes, the mirror of
  * fuzz_http_server. The client connects over memory transports (its

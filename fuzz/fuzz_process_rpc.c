@@ -1,4 +1,4 @@
-// fuzz-sources: src/base/*.c src/poll/*.c src/loop/*.c src/deferred/*.c src/pool/*.c src/net/*.c src/framing/*.c src/endpoint/*.c src/process/*.c
+// fuzz-sources: src/base/*.c src/context/*.c src/log/*.c src/poll/*.c src/loop/*.c src/deferred/*.c src/pool/*.c src/net/*.c src/framing/*.c src/endpoint/*.c src/process/*.c
 // fuzz-libs: -lpthread
 /* libFuzzer: the worker pool's wire format as either side reads it — a
  * byte stream cut into u32 length-prefixed frames (limit 64 KiB), each

@@ -280,7 +280,8 @@ static void on_later(void *arg) {
 }
 
 BT_TEST(hop_timer_and_call_later_run_in_the_context_they_were_started_in) {
-    braid_fake_clock *clk = braid_fake_clock_new(0);
+    braid_fake_clock *clk = NULL;
+    braid_fake_clock_new(0, &clk);
     braid_loop *loop = bt_loop_new(braid_fake_clock_base(clk));
     braid_timer t;
     braid_timer_init(loop, &t, on_timer, NULL);
@@ -401,7 +402,7 @@ static void call_job(void *arg) {
 BT_TEST(hop_pool_job_runs_in_the_submitters_context) {
     braid_loop *loop = bt_loop_new(NULL);
     braid_pool *pool;
-    BT_OK(braid_pool_new(&pool, &(braid_pool_options){ .max_threads = 2 }));
+    BT_OK(braid_pool_new(&(braid_pool_options){ .max_threads = 2 }, &pool));
     braid_ctx_scope s;
     BT_OK(braid_ctx_push_str(&s, &USER, "alice"));
     braid_deferred *d = braid_pool_defer(loop, pool, job, NULL);
@@ -418,7 +419,7 @@ BT_TEST(hop_pool_job_runs_in_the_submitters_context) {
     BT_STREQ(job_user, "alice");          /* the worker ran it in alice's context */
     BT_STREQ(seen_user, "alice");         /* and so did the callback, on the loop */
     BT_PTR_EQ(braid_ctx_current(), NULL);
-    braid_pool_destroy(pool, BRAID_POOL_FINISH);
+    braid_pool_free(pool);
     BT_EQ(atomic_load(&call_seen), 5);
     bt_loop_destroy(loop);
 }
@@ -487,8 +488,8 @@ static braid_result answer_later(braid_result r, void *arg) {
     int n = snprintf(body, sizeof body, "path=%.*s user=%s id=%llu", (int)req->path_len, req->path,
                      braid_ctx_get_str(&USER) ? braid_ctx_get_str(&USER) : "-",
                      (unsigned long long)braid_ctx_get_u64(&braid_log_request_id_key, 0));
-    braid_http_response *resp = braid_http_response_new(200, "text/plain", body, (size_t)n);
-    if (!resp) return braid_result_errf(BRAID_ENOMEM, "response");
+    braid_http_response *resp = NULL;
+    if (braid_http_response_new(200, "text/plain", body, (size_t)n, &resp) < 0) return braid_result_errf(BRAID_ENOMEM, "response");
     return braid_result_ok_owned(resp, braid_http_response_free);
 }
 
@@ -503,7 +504,7 @@ static braid_deferred *h_ctx(braid_http_request *req, void *arg) {
 
 BT_TEST(hop_http_handler_has_the_request_and_requests_are_isolated) {
     hx x;
-    x.clk = braid_fake_clock_new(BRAID_SECONDS(1));
+    braid_fake_clock_new(BRAID_SECONDS(1), &x.clk);
     x.loop = bt_loop_new(braid_fake_clock_base(x.clk));
     braid_ctx_scope s;
     BT_OK(braid_ctx_push_str(&s, &USER, "server-owner"));
@@ -514,7 +515,7 @@ BT_TEST(hop_http_handler_has_the_request_and_requests_are_isolated) {
     for (int i = 0; i < 2; i++) {
         braid_protocol *p = braid_factory_build(braid_http_server_factory(x.srv), NULL);
         BT_TRUE(p != NULL);
-        m[i] = braid_memory_transport_new(x.loop, p);
+        braid_memory_transport_new(x.loop, p, &m[i]);
         BT_TRUE(m[i] != NULL);
     }
     /* Two requests in flight at once; the second answers first. */

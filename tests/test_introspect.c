@@ -70,11 +70,12 @@ static void too_deep(braid_json *j, void *arg) {
 BT_TEST(document_has_loop_pools_connections_and_sections) {
     braid_loop *loop = bt_loop_new(NULL);
     braid_pool *pool;
-    BT_OK(braid_pool_new(&pool, &(braid_pool_options){ .name = "ipool", .loop = loop,
-                                                        .max_threads = 1 }));
+    BT_OK(braid_pool_new(&(braid_pool_options){ .name = "ipool", .loop = loop,
+                                                        .max_threads = 1 }, &pool));
     /* A connection: a memory transport with bytes it could not send. */
     braid_protocol *p = calloc(1, sizeof *p);
-    braid_memory_transport *m = braid_memory_transport_new(loop, p);
+    braid_memory_transport *m = NULL;
+    braid_memory_transport_new(loop, p, &m);
     BT_TRUE(m != NULL);
     stage a = { "parse", { "render", NULL }, { 0 } }, b = { "render", { "parse", "out" }, { 0 } };
     braid_introspect_add(loop, &a.node, "stages", describe_stage, &a);
@@ -143,7 +144,7 @@ BT_TEST(document_has_loop_pools_connections_and_sections) {
     braid_introspect_remove(loop, &odd3);
     braid_memory_transport_free(m);
     bt_spin(loop, 2);
-    braid_pool_destroy(pool, BRAID_POOL_FINISH);
+    braid_pool_free(pool);
     doc = doc_of(loop);
     BT_TRUE(bt_json_get(doc, "stages") == NULL);
     BT_TRUE(bt_json_get(doc, "pools") == NULL);

@@ -317,7 +317,7 @@ static void run_threads(braid_logger *lg, int per) {
 
 BT_TEST(sixteen_threads_below_the_bound_lose_nothing) {
     braid_loop *loop;
-    BT_OK(braid_loop_new(&loop, &(braid_loop_options){ .log_queue_limit = THREADS * 50 }));
+    BT_OK(braid_loop_new(&(braid_loop_options){ .log_queue_limit = THREADS * 50 }, &loop));
     braid_logger *lg = braid_loop_logger(loop);
     tally t = { .all_from_thread = true };
     braid_log_observer *o;
@@ -336,7 +336,7 @@ BT_TEST(sixteen_threads_below_the_bound_lose_nothing) {
 
 BT_TEST(sixteen_threads_above_the_bound_count_the_drops) {
     braid_loop *loop;
-    BT_OK(braid_loop_new(&loop, &(braid_loop_options){ .log_queue_limit = 100 }));
+    BT_OK(braid_loop_new(&(braid_loop_options){ .log_queue_limit = 100 }, &loop));
     braid_logger *lg = braid_loop_logger(loop);
     tally t = { .all_from_thread = true };
     braid_log_observer *o;

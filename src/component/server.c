@@ -131,7 +131,7 @@ static void on_made(braid_protocol *p) {
     c->srv = s;
     c->proto = cp;
     c->t = p->transport;
-    c->reap = (braid_soon){ NULL, reap, c };
+    c->reap = (braid_soon){ .fn = reap, .arg = c };
     braid_component_options so = { .name = "connection" };
     if (braid_component_new(s->loop, sock_run, c, &so, &c->sock) < 0) goto fail;
     braid_address peer = { 0 };

@@ -196,8 +196,8 @@ int braid_component_new_threaded(braid_loop *loop, braid_component_thread_fn fn,
     t->fn = fn;
     t->state = state;
     t->state_free = opts ? opts->state_free : NULL;
-    t->post = (braid_post){ NULL, on_post, t };
-    t->done_post = (braid_post){ NULL, on_done, t };
+    t->post = (braid_post){ .fn = on_post, .arg = t };
+    t->done_post = (braid_post){ .fn = on_done, .arg = t };
     braid_component_options o = { .name = "threaded" };
     if (opts) o = *opts;
     if (!o.name) o.name = "threaded";
