@@ -11,7 +11,7 @@
  * The input is the description (cut at the first NUL); the error buffer's
  * size comes from its length, so short and NULL buffers are exercised.
  * Invariants beyond "no crash, no over-read": the result is 0 or
- * BRAID_EBAD_ENDPOINT; on success the kind is known, the port in range and
+ * BRAID_EBAD_ENDPOINT; on success the kind is known (fd:N only for a server, N ≥ 0), the port in range and
  * every string field NUL-terminated inside its array; on failure the
  * message is NUL-terminated inside the buffer and names the endpoint; the
  * same string parses the same way twice. */
@@ -20,8 +20,10 @@
 #include <string.h>
 
 static void check_ep(const braid_endpoint *ep, bool server) {
-    if (ep->kind != BRAID_ENDPOINT_TCP && ep->kind != BRAID_ENDPOINT_TCP6 && ep->kind != BRAID_ENDPOINT_UNIX)
+    if (ep->kind != BRAID_ENDPOINT_TCP && ep->kind != BRAID_ENDPOINT_TCP6 && ep->kind != BRAID_ENDPOINT_UNIX &&
+        ep->kind != BRAID_ENDPOINT_FD)
         abort();
+    if (ep->kind == BRAID_ENDPOINT_FD && (!server || ep->fd < 0)) abort();   /* fd:N listens only */
     if (ep->server != server) abort();
     if (ep->port < 0 || ep->port > 65535 || ep->bind_port < 0 || ep->bind_port > 65535) abort();
     if (!memchr(ep->host, 0, sizeof ep->host) || !memchr(ep->path, 0, sizeof ep->path) ||
