@@ -793,6 +793,157 @@ BT_IO_TEST(transport_target_writes_only_committed) {
     db_done(loop);
 }
 
+/* ---- a stage target: commit order, rollback, a full stage ------------------------------------------ */
+/* The stage's handler records the values and leaves the slots: the stage
+ * frees them (count_free), once each. */
+static void stage_record(braid_stage *st, braid_stage_event *ev, size_t n, void *arg) {
+    (void)st;
+    recorder *r = arg;
+    for (size_t i = 0; i < n; i++)
+        if (r->n < MAXREC) memcpy(&r->v[r->n++], ev[i].data, sizeof(int64_t));
+}
+static void run_until_handled(braid_loop *loop, recorder *r, int n) {
+    for (int i = 0; i < 100000 && r->n < n; i++) braid_loop_run_once(loop, BRAID_LOOP_RUN_NOWAIT);
+    BT_EQ(r->n, n);
+}
+
+BT_TEST(sqlite_stage_target) {
+    braid_loop *loop = bt_loop_new(NULL);
+    braid_db *db;
+    braid_db_options dbo = { .connections = 4 };
+    BT_OK(braid_db_open(loop, sqlite_url("stage.db"), &dbo, &db));
+    braid_stage_domain *dom;
+    BT_OK(braid_stage_domain_new(loop, NULL, NULL, &dom));
+    static recorder rec;
+    rec.n = 0;
+    braid_stage *st;
+    braid_stage_options so = { .queue_limit = 1024 };
+    BT_OK(braid_stage_new(dom, "sink", stage_record, &rec, &so, &st));
+    braid_db_target t;
+    braid_db_target_init_stage(&t, st);
+
+    /* commit: 50 interactions x 3 messages reach the stage in commit order */
+    exec_ok(loop, db, "CREATE TABLE counter (v BIGINT)");
+    exec_ok(loop, db, "INSERT INTO counter VALUES (0)");
+    exec_ok(loop, db, "CREATE TABLE acct (id INTEGER PRIMARY KEY, bal INTEGER)");
+    atomic_store(&freed_msgs, 0);
+    counter_arg a = { &t, 3 };
+    enum { N = 50 };
+    static outcome o[N];
+    for (int i = 0; i < N; i++) watch(braid_db_run_interaction(db, bump, &a, NULL), &o[i]);
+    for (int i = 0; i < N; i++) {
+        run_until_fired(loop, &o[i]);
+        BT_EQ(o[i].code, 0);
+    }
+    run_until_handled(loop, &rec, 3 * N);
+    for (int i = 0; i < rec.n; i++) BT_EQ(rec.v[i], (int64_t)(i / 3 + 1) * 10 + i % 3);
+    BT_EQ(atomic_load(&freed_msgs), 3 * N);   /* freed once each, by the stage */
+    BT_UEQ(t.delivered, 3 * N);
+    BT_UEQ(t.dropped, 0);
+
+    /* rollback: nothing reaches the stage, each message freed once */
+    atomic_store(&freed_msgs, 0);
+    rb_arg ra = { &t, 0 };
+    outcome ro;
+    watch(braid_db_run_interaction(db, rollback_fn, &ra, NULL), &ro);
+    run_until_fired(loop, &ro);
+    BT_ERR(ro.code, BRAID_EINVAL);
+    for (int i = 0; i < 20; i++) braid_loop_run_once(loop, BRAID_LOOP_RUN_NOWAIT);
+    BT_EQ(atomic_load(&freed_msgs), 5);
+    BT_EQ(rec.n, 3 * N);
+    braid_stage_stats ss;
+    braid_stage_stats_get(st, &ss);
+    BT_UEQ(ss.arrivals, 3 * N);
+
+    braid_db_stats ds;
+    braid_db_stats_get(db, &ds);
+    BT_UEQ(ds.released, 3 * N);
+    BT_UEQ(ds.refused, 0);
+    BT_UEQ(ds.dropped, 5);
+
+    /* a full stage: queue_limit 1, one interaction of 3 messages. The first
+     * is taken, the other two refused: freed once each and counted. */
+    braid_stage *small;
+    braid_stage_options so1 = { .queue_limit = 1 };
+    static recorder rec1;
+    rec1.n = 0;
+    BT_OK(braid_stage_new(dom, "small", stage_record, &rec1, &so1, &small));
+    braid_db_target t1;
+    braid_db_target_init_stage(&t1, small);
+    atomic_store(&freed_msgs, 0);
+    counter_arg a1 = { &t1, 3 };
+    outcome o1;
+    watch(braid_db_run_interaction(db, bump, &a1, NULL), &o1);
+    run_until_fired(loop, &o1);
+    BT_EQ(o1.code, 0);   /* committed: a refused message does not undo the commit */
+    BT_GE(atomic_load(&freed_msgs), 2);   /* the refused two (the stage may have run already) */
+    BT_UEQ(t1.delivered, 1);
+    BT_UEQ(t1.dropped, 2);
+    BT_ERR(t1.last_error, BRAID_ESTAGE_FULL);
+    run_until_handled(loop, &rec1, 1);
+    BT_EQ(rec1.v[0], (int64_t)(N + 1) * 10);
+    BT_EQ(atomic_load(&freed_msgs), 3);
+    braid_db_stats_get(db, &ds);
+    BT_UEQ(ds.released, 3 * N + 1);
+    BT_UEQ(ds.refused, 2);
+    braid_stage_stats_get(small, &ss);
+    BT_UEQ(ss.rejected_full, 2);
+
+    /* a closed stage refuses too */
+    braid_stage_close(small);
+    atomic_store(&freed_msgs, 0);
+    a1.emits = 1;
+    watch(braid_db_run_interaction(db, bump, &a1, NULL), &o1);
+    run_until_fired(loop, &o1);
+    BT_EQ(atomic_load(&freed_msgs), 1);
+    BT_ERR(t1.last_error, BRAID_ESTAGE_CLOSED);
+
+    braid_db_free(db);
+    braid_stage_free(small);
+    braid_stage_free(st);
+    braid_stage_domain_free(dom);
+    db_done(loop);
+}
+
+/* ---- the context hop: fn runs in the caller's context, its txn under braid_db_txn_key ----------------- */
+static const braid_ctx_key test_user_key = BRAID_CTX_KEY_INIT("test.user", BRAID_CTX_STR, "who asked");
+typedef struct ctx_seen {
+    char user[16];
+    bool txn_is_fn_txn;
+    bool outside_null;
+} ctx_seen;
+static braid_result ctx_fn(braid_txn *txn, void *arg) {
+    ctx_seen *s = arg;
+    const char *u = braid_ctx_get_str(&test_user_key);
+    snprintf(s->user, sizeof s->user, "%s", u ? u : "(none)");
+    s->txn_is_fn_txn = braid_ctx_get_ptr(&braid_db_txn_key) == txn;
+    /* the txn found in the context is usable: a statement through it */
+    braid_txn *via = braid_ctx_get_ptr(&braid_db_txn_key);
+    int64_t v = 0;
+    if (!via || braid_txn_query_int(via, "SELECT 41 + 1", NULL, 0, &v) != 1 || v != 42)
+        return braid_result_errf(BRAID_EINVAL, "the context's txn did not work");
+    return braid_result_ok(NULL);
+}
+
+BT_TEST(sqlite_interaction_runs_in_callers_context) {
+    braid_loop *loop = bt_loop_new(NULL);
+    braid_db *db;
+    BT_OK(braid_db_open(loop, sqlite_url("ctx.db"), NULL, &db));
+    ctx_seen seen = { "", false, false };
+    outcome o;
+    braid_ctx_scope s;
+    BT_OK(braid_ctx_push_str(&s, &test_user_key, "alice"));
+    watch(braid_db_run_interaction(db, ctx_fn, &seen, NULL), &o);
+    braid_ctx_pop(&s);   /* the interaction keeps the context it was started in */
+    run_until_fired(loop, &o);
+    BT_EQ(o.code, 0);
+    BT_STREQ(seen.user, "alice");
+    BT_TRUE(seen.txn_is_fn_txn);
+    BT_TRUE(braid_ctx_get_ptr(&braid_db_txn_key) == NULL);   /* not on the loop's thread */
+    braid_db_free(db);
+    db_done(loop);
+}
+
 /* ---- allocation failures ------------------------------------------------------------------------------ */
 /* One scenario of the walk: open, an interaction that creates a table, one
  * that emits two messages, a braid_db_query; then free. Every Deferred fires

@@ -110,8 +110,10 @@
 #define BRAID_DB_H
 
 #include <braid/common.h>
+#include <braid/context.h>
 #include <braid/deferred.h>
 #include <braid/loop.h>
+#include <braid/stage.h>
 #include <braid/stream.h>
 #include <string.h>
 
@@ -220,19 +222,25 @@ BRAID_API const char *braid_txn_engine(const braid_txn *txn);
  * A target is where released messages go, on the loop's thread. It is caller
  * storage that must stay valid until every interaction that emitted to it
  * has fired its Deferred (or the db is freed). Three kinds share one small
- * interface: deliver(target, data, len, free_fn) takes the message (it must
- * call free_fn(data) once, when done, if free_fn is not NULL). */
+ * interface: deliver(target, data, len, free_fn) takes the message — it sees
+ * that free_fn(data) runs exactly once (if free_fn is not NULL), now or by
+ * whoever it hands the message to — and returns 0 when the message was
+ * delivered, or a negative code when the target refused it (it freed the
+ * message then): the db counts the first in its stats' `released`, the
+ * second in `refused`. */
 typedef struct braid_db_target braid_db_target;
 typedef void (*braid_db_target_cb)(void *data, size_t len, void *arg);
 typedef struct braid_db_target_ops {
-    void (*deliver)(braid_db_target *t, void *data, size_t len, void (*free_fn)(void *));
+    int (*deliver)(braid_db_target *t, void *data, size_t len, void (*free_fn)(void *));
 } braid_db_target_ops;
-struct braid_db_target {              /* fields private but for ops and arg */
+struct braid_db_target {              /* fields private but for ops, arg and the counters */
     const braid_db_target_ops *ops;
     void *arg;
     braid_transport *transport;
+    braid_stage *stage;
     braid_db_target_cb cb;
     uint64_t delivered, dropped;      /* readable counters */
+    int last_error;                   /* readable: the last refusal's code (0: none) */
 };
 /* A callback on the loop: cb(data, len, arg) borrows the message; braid frees
  * it when cb returns. */
@@ -242,6 +250,21 @@ BRAID_API void braid_db_target_init_callback(braid_db_target *t, braid_db_target
  * released after it are dropped (counted in `dropped`). */
 BRAID_API void braid_db_target_init_transport(braid_db_target *t, braid_transport *transport);
 BRAID_API void braid_db_target_detach(braid_db_target *t);
+/* A SEDA stage (<braid/stage.h>): each released message becomes the event
+ * BRAID_STAGE_EVENT(data, free_fn), enqueued with braid_stage_enqueue on the
+ * loop's thread, interactions in commit order and each one's messages in
+ * emit order. The length is not carried (a stage's event is a pointer):
+ * emit self-describing objects with braid_txn_emit, and never NULL data.
+ * Policy on refusal: an enqueue refused (BRAID_ESTAGE_FULL, _REJECTED,
+ * _CLOSED) never blocks the release and never retries: the message is freed
+ * at once (free_fn, exactly once) and counted — the target's `dropped` and
+ * `last_error`, the db's stats' `refused`; the stage's own statistics count
+ * the refusal too, and its on_clog runs. A message the stage takes is the
+ * stage's: its handler, or braid_stage_free, frees it. The stage must be on
+ * the db's loop (a BRAID_STAGE_LOOP_ONLY stage is fine) and outlive the
+ * target. A program that must lose no message sizes the stage's queue_limit
+ * for its bursts, or uses a callback target that decides itself. */
+BRAID_API void braid_db_target_init_stage(braid_db_target *t, braid_stage *stage);
 
 /* Queue a message for target, released when (if) this attempt commits. Takes
  * data (free_fn(data) frees it exactly once: after delivery, or at rollback;
@@ -256,6 +279,14 @@ BRAID_API int braid_txn_emit_copy(braid_txn *txn, braid_db_target *target, const
 
 /* ---- running ---------------------------------------------------------------------------- */
 typedef braid_result (*braid_txn_fn)(braid_txn *txn, void *arg);
+
+/* The context hop. fn runs in the context that was current on the thread
+ * that called braid_db_run_interaction (captured there, <braid/context.h>),
+ * plus this key: braid_ctx_get_ptr(&braid_db_txn_key) is fn's braid_txn (and
+ * through it its connection) in fn and in anything fn calls on that thread
+ * — a library need not be passed the txn to take part in the transaction.
+ * Outside fn it is NULL (or an outer value). */
+BRAID_API extern const braid_ctx_key braid_db_txn_key;
 
 enum {
     BRAID_DB_RETRYABLE = 1u << 0,  /* re-run on BUSY / 40001 / 40P01 (fn must be safe to re-run) */
@@ -311,6 +342,8 @@ typedef struct braid_db_stats {
     uint64_t connects;        /* connections opened in all */
     uint64_t released;        /* messages delivered */
     uint64_t dropped;         /* messages freed unreleased (rollbacks) */
+    uint64_t refused;         /* committed messages their target refused and freed (a full,
+                                 rejecting or closed stage; a detached transport) */
     uint64_t rejected;        /* interactions refused: queue full or shut down */
     uint64_t timed_out;       /* interactions failed by their deadline */
 } braid_db_stats;

@@ -66,6 +66,7 @@ typedef struct job {
     braid_txn_fn fn;
     void *arg;
     unsigned flags;
+    braid_ctx *ctx;                  /* the caller's context, current while fn runs */
     /* braid_db_query: the statement and its copied parameters */
     char *sql;
     braid_db_value *params;
@@ -116,7 +117,7 @@ struct braid_db {
     job *live;                       /* in flight */
     /* stats (atomics: read from any thread) */
     _Atomic uint64_t st_committed, st_rolled_back, st_retries, st_reconnects, st_connects,
-        st_released, st_dropped, st_rejected, st_timed_out;
+        st_released, st_dropped, st_refused, st_rejected, st_timed_out;
     _Atomic unsigned thread_seq;
 };
 
@@ -131,6 +132,9 @@ struct braid_txn {
 };
 
 const braid__db_config *braid__db_config_of(braid_db *db) { return &db->cfg; }
+
+const braid_ctx_key braid_db_txn_key = BRAID_CTX_KEY_INIT(
+    "db.txn", BRAID_CTX_PTR, "the braid_txn of the interaction whose fn runs on this thread");
 
 /* ---- failures ------------------------------------------------------------------------ */
 braid_failure *braid__db_failure(int code, const char *sqlstate, const char *fmt, ...) {
@@ -168,10 +172,11 @@ static bool retryable_code(int code) {
 }
 
 /* ---- targets --------------------------------------------------------------------------- */
-static void deliver_callback(braid_db_target *t, void *data, size_t len, void (*free_fn)(void *)) {
+static int deliver_callback(braid_db_target *t, void *data, size_t len, void (*free_fn)(void *)) {
     t->cb(data, len, t->arg);
     t->delivered++;
     if (free_fn) free_fn(data);
+    return 0;
 }
 static const braid_db_target_ops callback_ops = { deliver_callback };
 
@@ -182,12 +187,12 @@ void braid_db_target_init_callback(braid_db_target *t, braid_db_target_cb cb, vo
     t->arg = arg;
 }
 
-static void deliver_transport(braid_db_target *t, void *data, size_t len, void (*free_fn)(void *)) {
-    if (t->transport && braid_transport_write(t->transport, data, len) >= 0)
-        t->delivered++;
-    else
-        t->dropped++;
+static int deliver_transport(braid_db_target *t, void *data, size_t len, void (*free_fn)(void *)) {
+    int rc = t->transport ? braid_transport_write(t->transport, data, len) : BRAID_EPIPE;
+    if (rc >= 0) t->delivered++;
+    else t->dropped++;
     if (free_fn) free_fn(data);
+    return rc < 0 ? rc : 0;
 }
 static const braid_db_target_ops transport_ops = { deliver_transport };
 
@@ -198,6 +203,30 @@ void braid_db_target_init_transport(braid_db_target *t, braid_transport *transpo
 }
 
 void braid_db_target_detach(braid_db_target *t) { t->transport = NULL; }
+
+/* A stage: the message becomes the event (data, free_fn). braid_stage_enqueue
+ * takes it on 0 and leaves it with us on every error: then it is freed here,
+ * once, and counted (the target's `dropped`, the db's `refused`). */
+static int deliver_stage(braid_db_target *t, void *data, size_t len, void (*free_fn)(void *)) {
+    (void)len;
+    braid_stage_event ev = BRAID_STAGE_EVENT(data, free_fn);
+    int rc = braid_stage_enqueue(t->stage, &ev);
+    if (rc == 0) {
+        t->delivered++;
+        return 0;
+    }
+    t->dropped++;
+    t->last_error = rc;
+    if (free_fn) free_fn(data);
+    return rc;
+}
+static const braid_db_target_ops stage_ops = { deliver_stage };
+
+void braid_db_target_init_stage(braid_db_target *t, braid_stage *stage) {
+    memset(t, 0, sizeof *t);
+    t->ops = &stage_ops;
+    t->stage = stage;
+}
 
 /* ---- emit -------------------------------------------------------------------------------- */
 static void emits_free(braid_db *db, emit_node *e) {
@@ -604,6 +633,18 @@ static void worker(void *arg) {
     braid_result res = braid_result_ok(NULL);
     bool reconnected = false;
     unsigned attempt = 0;
+    /* The context hop: the caller's context, plus braid_db_txn_key = &txn
+     * (one address for every attempt), is current while fn runs. */
+    braid_txn txn;
+    braid_ctx *prev_ctx = braid_ctx_swap(j->ctx);
+    braid_ctx_scope scope;
+    int prc = braid_ctx_push_ptr(&scope, &braid_db_txn_key, &txn);
+    if (prc < 0) {
+        braid_ctx_swap(prev_ctx);
+        j->result = braid_result_errf(prc, "no memory for the interaction's context");
+        job_complete(j);
+        return;
+    }
     for (;;) {
         int intr = atomic_load(&j->interrupt);
         if (atomic_load(&db->closing) && !intr) intr = BRAID_ESHUTDOWN;
@@ -620,7 +661,7 @@ static void worker(void *arg) {
             break;
         }
         attempt++;
-        braid_txn txn = { .db = db, .job = j, .conn = c, .attempt = attempt };
+        txn = (braid_txn){ .db = db, .job = j, .conn = c, .attempt = attempt };
         txn.emit_tail = &txn.emits;
         job_set_conn(j, c);
         bool begin_lost = false, in_commit = false;
@@ -657,12 +698,15 @@ static void worker(void *arg) {
         atomic_fetch_add_explicit(&db->st_retries, 1, memory_order_relaxed);
         backoff(attempt + 1);
     }
+    braid_ctx_pop(&scope);
+    braid_ctx_swap(prev_ctx);
     j->result = res;
     job_complete(j);
 }
 
 /* ---- the loop side ------------------------------------------------------------------------------ */
 static void job_free(job *j) {
+    braid_ctx_unref(j->ctx);
     braid_free(j->sql);
     braid_free(j->params);
     braid_free(j);
@@ -679,9 +723,10 @@ static void job_finish(braid_db *db, job *j) {
     if (j->committed) {
         for (emit_node *e = j->emits, *next; e; e = next) {
             next = e->next;
-            e->target->ops->deliver(e->target, e->data, e->len, e->free_fn);
+            int rc = e->target->ops->deliver(e->target, e->data, e->len, e->free_fn);
             braid_free(e);
-            atomic_fetch_add_explicit(&db->st_released, 1, memory_order_relaxed);
+            atomic_fetch_add_explicit(rc == 0 ? &db->st_released : &db->st_refused, 1,
+                                      memory_order_relaxed);
         }
     } else {
         emits_free(db, j->emits);
@@ -831,6 +876,7 @@ braid_deferred *braid_db_run_interaction(braid_db *db, braid_txn_fn fn, void *ar
     j->fn = fn;
     j->arg = arg;
     j->flags = opts ? opts->flags : 0;
+    j->ctx = braid_ctx_capture();   /* fn runs in the caller's context (worker) */
     return submit(db, j, opts);
 }
 
@@ -969,6 +1015,7 @@ void braid_db_stats_get(braid_db *db, braid_db_stats *out) {
     out->connects = atomic_load(&db->st_connects);
     out->released = atomic_load(&db->st_released);
     out->dropped = atomic_load(&db->st_dropped);
+    out->refused = atomic_load(&db->st_refused);
     out->rejected = atomic_load(&db->st_rejected);
     out->timed_out = atomic_load(&db->st_timed_out);
 }
