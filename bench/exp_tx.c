@@ -394,8 +394,8 @@ static result measure_braid(const char *url, bool pg, int arm, int nclients, dou
     r->seed = 12345u + (unsigned)nclients;
     killer k = { .conninfo = kill_conninfo };
     if (kill_conninfo) pthread_create(&k.th, NULL, killer_main, &k);
-    braid_db_stats st0;
-    braid_db_stats_get(r->db, &st0);
+    struct braid_db_stats st0;
+    braid_db_stats(r->db, &st0);
     uint64_t t0 = bench_now_ns();
     r->deadline = t0 + (uint64_t)(seconds * 1e9);
     r->running = nclients;
@@ -409,8 +409,8 @@ static result measure_braid(const char *url, bool pg, int arm, int nclients, dou
         atomic_store(&k.stop, true);
         pthread_join(k.th, NULL);
     }
-    braid_db_stats st;
-    braid_db_stats_get(r->db, &st);
+    struct braid_db_stats st;
+    braid_db_stats(r->db, &st);
     /* flush the notifications, then check */
     braid_transport_close(r->sink.base.transport, BRAID_FOREVER);
     while (!r->sink.lost) braid_loop_run_once(r->loop, 0);

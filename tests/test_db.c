@@ -278,8 +278,8 @@ static void commit_order_case(braid_loop *loop, braid_db *db, int n) {
     for (int i = 0; i < rec.n; i++) BT_EQ(rec.v[i], (int64_t)(i / 3 + 1) * 10 + i % 3);
     BT_EQ(atomic_load(&freed_msgs), 3 * n);   /* each freed once, after delivery */
     BT_UEQ(t.delivered, 3 * n);
-    braid_db_stats st;
-    braid_db_stats_get(db, &st);
+    struct braid_db_stats st;
+    braid_db_stats(db, &st);
     BT_UEQ(st.released, 3 * n);
 }
 
@@ -344,8 +344,8 @@ BT_TEST(sqlite_rollback_drops_each_message_once) {
         run_until_fired(loop, &q);
         BT_EQ(((braid_db_rows *)q.value)->cells[0].u.i, 0);
     }
-    braid_db_stats st;
-    braid_db_stats_get(db, &st);
+    struct braid_db_stats st;
+    braid_db_stats(db, &st);
     BT_UEQ(st.dropped, 15);
     BT_UEQ(st.released, 0);
     braid_db_free(db);
@@ -422,8 +422,8 @@ static void busy_snapshot_case(unsigned flags, int want_code) {
     outcome o;
     watch(braid_db_run_interaction(db, snapshot_fn, &t, &ro), &o);
     run_until_fired(loop, &o);
-    braid_db_stats st;
-    braid_db_stats_get(db, &st);
+    struct braid_db_stats st;
+    braid_db_stats(db, &st);
     if (want_code) {
         BT_ERR(o.code, want_code);
         if (!strstr(o.msg, "SQLITE_BUSY") && !strstr(o.msg, "locked"))
@@ -471,8 +471,8 @@ BT_TEST(sqlite_busy_retries_bounded) {
     run_until_fired(loop, &o);
     BT_ERR(o.code, BRAID_EDB_BUSY);
     if (!strstr(o.msg, "gave up after 3 attempts")) bt_fail(__FILE__, __LINE__, "%s", o.msg);
-    braid_db_stats st;
-    braid_db_stats_get(db, &st);
+    struct braid_db_stats st;
+    braid_db_stats(db, &st);
     BT_UEQ(st.retries, 2);
     sqlite3_exec(holder, "ROLLBACK", NULL, NULL, NULL);
     sqlite3_close(holder);
@@ -507,9 +507,9 @@ static void wait_started(braid_loop *loop) {
 
 /* The worker's rollback comes after the Deferred failed: wait for it. */
 static void wait_rolled_back(braid_loop *loop, braid_db *db, uint64_t n) {
-    braid_db_stats st;
+    struct braid_db_stats st;
     for (int i = 0; i < 100000; i++) {
-        braid_db_stats_get(db, &st);
+        braid_db_stats(db, &st);
         if (st.rolled_back >= n) return;
         struct timespec ts = { 0, 100000 };
         nanosleep(&ts, NULL);
@@ -542,8 +542,8 @@ static void deadline_case(const char *url) {
     wait_rolled_back(loop, db, 1);
     BT_EQ(rec.n, 0);
     BT_EQ(atomic_load(&freed_msgs), 1);
-    braid_db_stats st;
-    braid_db_stats_get(db, &st);
+    struct braid_db_stats st;
+    braid_db_stats(db, &st);
     BT_UEQ(st.timed_out, 1);
     /* a deadline passed while still queued: never runs */
     exec_ok(loop, db, "SELECT 1");
@@ -632,8 +632,8 @@ BT_TEST(sqlite_queue_full_fails_fast) {
     run_until_fired(loop, &b);
     BT_EQ(a.code, 0);
     BT_EQ(b.code, 0);
-    braid_db_stats st;
-    braid_db_stats_get(db, &st);
+    struct braid_db_stats st;
+    braid_db_stats(db, &st);
     BT_UEQ(st.rejected, 1);
     braid_db_free(db);
     db_done(loop);
@@ -855,8 +855,8 @@ BT_TEST(sqlite_stage_target) {
     braid_stage_stats_get(st, &ss);
     BT_UEQ(ss.arrivals, 3 * N);
 
-    braid_db_stats ds;
-    braid_db_stats_get(db, &ds);
+    struct braid_db_stats ds;
+    braid_db_stats(db, &ds);
     BT_UEQ(ds.released, 3 * N);
     BT_UEQ(ds.refused, 0);
     BT_UEQ(ds.dropped, 5);
@@ -883,7 +883,7 @@ BT_TEST(sqlite_stage_target) {
     run_until_handled(loop, &rec1, 1);
     BT_EQ(rec1.v[0], (int64_t)(N + 1) * 10);
     BT_EQ(atomic_load(&freed_msgs), 3);
-    braid_db_stats_get(db, &ds);
+    braid_db_stats(db, &ds);
     BT_UEQ(ds.released, 3 * N + 1);
     BT_UEQ(ds.refused, 2);
     braid_stage_stats_get(small, &ss);
@@ -1172,8 +1172,8 @@ static void skew_case(unsigned flags, bool expect_retry) {
     static recorder rec;
     outcome o1, o2;
     braid_db *db = race_two(loop, skew_fn, flags, &rec, &o1, &o2);
-    braid_db_stats st;
-    braid_db_stats_get(db, &st);
+    struct braid_db_stats st;
+    braid_db_stats(db, &st);
     if (expect_retry) {
         if (o1.code || o2.code) bt_fail(__FILE__, __LINE__, "%s / %s", o1.msg, o2.msg);
         BT_UEQ(st.retries, 1);
@@ -1216,8 +1216,8 @@ BT_TEST(pg_deadlock_retried) {
     outcome o1, o2;
     braid_db *db = race_two(loop, deadlock_fn, BRAID_DB_RETRYABLE, &rec, &o1, &o2);
     if (o1.code || o2.code) bt_fail(__FILE__, __LINE__, "%s / %s", o1.msg, o2.msg);
-    braid_db_stats st;
-    braid_db_stats_get(db, &st);
+    struct braid_db_stats st;
+    braid_db_stats(db, &st);
     BT_UGE(st.retries, 1);
     BT_EQ(rec.n, 2);
     outcome q;
@@ -1271,8 +1271,8 @@ BT_TEST(pg_connection_lost_mid_transaction) {
     watch(braid_db_run_interaction(db, backend_pid, NULL, NULL), &o);
     run_until_fired(loop, &o);
     if (o.code) bt_fail(__FILE__, __LINE__, "%s", o.msg);
-    braid_db_stats st;
-    braid_db_stats_get(db, &st);
+    struct braid_db_stats st;
+    braid_db_stats(db, &st);
     BT_UEQ(st.reconnects, 1);
     BT_UEQ(st.connects, 2);
     braid_db_free(db);
@@ -1301,8 +1301,8 @@ BT_TEST(pg_dead_idle_connection_reconnects) {
     run_until_fired(loop, &o);
     if (o.code) bt_fail(__FILE__, __LINE__, "%s", o.msg);
     BT_NE(*(int64_t *)o.value, pid);
-    braid_db_stats st;
-    braid_db_stats_get(db, &st);
+    struct braid_db_stats st;
+    braid_db_stats(db, &st);
     BT_UEQ(st.reconnects, 1);
     braid_db_free(db);
     db_done(loop);

@@ -334,7 +334,7 @@ BRAID_API braid_deferred *braid_db_query(braid_db *db, const char *sql,
  * with a SQLSTATE. Looks down f's causes. */
 BRAID_API bool braid_db_sqlstate(const braid_failure *f, char out[6]);
 
-typedef struct braid_db_stats {
+struct braid_db_stats {
     uint64_t committed;       /* interactions committed */
     uint64_t rolled_back;     /* attempts rolled back (fn, statement, commit failures) */
     uint64_t retries;         /* attempts re-run (BUSY, 40001, 40P01) */
@@ -346,9 +346,9 @@ typedef struct braid_db_stats {
                                  rejecting or closed stage; a detached transport) */
     uint64_t rejected;        /* interactions refused: queue full or shut down */
     uint64_t timed_out;       /* interactions failed by their deadline */
-} braid_db_stats;
+};
 /* Any thread: a snapshot. */
-BRAID_API void braid_db_stats_get(braid_db *db, braid_db_stats *out);
+BRAID_API void braid_db_stats(braid_db *db, struct braid_db_stats *out);
 
 /* The engine: "sqlite" or "postgresql". */
 BRAID_API const char *braid_db_engine(const braid_db *db);

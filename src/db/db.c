@@ -1007,7 +1007,7 @@ void braid_db_free(braid_db *db) {
     free_final(db);
 }
 
-void braid_db_stats_get(braid_db *db, braid_db_stats *out) {
+void braid_db_stats(braid_db *db, struct braid_db_stats *out) {
     out->committed = atomic_load(&db->st_committed);
     out->rolled_back = atomic_load(&db->st_rolled_back);
     out->retries = atomic_load(&db->st_retries);
