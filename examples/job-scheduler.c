@@ -3,8 +3,10 @@
  *     job-scheduler [JOBS] [WORKERS]        (default 200 jobs, 4 workers)
  *
  * The producer puts JOBS prioritised jobs ("job", id, x) into a space on its
- * loop and serves the space to WORKERS child processes, each through a
- * socketpair of its own (a two-way pipe). A worker takes a job on a 2 s
+ * loop and serves the space to WORKERS child processes: this program run
+ * again with braid_tuplespace_spawn_worker, which gives each a socketpair of
+ * its own at fd 3 (JOB_SCHEDULER_FD=3 tells it it is a worker and where the
+ * space is). A worker takes a job on a 2 s
  * lease, works (squares x, a few milliseconds of "work"), writes ("result",
  * id, x*x, pid) and acks. A third of the way through, the producer kills one
  * worker with SIGKILL, most likely in the middle of a job: its connection
@@ -19,16 +21,14 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/socket.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
 #define MAXW 64
 
 /* ---- a worker process: the blocking client, no loop ---------------------------------- */
-static void worker(int fd) {
+static int worker(int fd) {
     braid_tuplespace_sync *s;
-    if (braid_tuplespace_sync_new(fd, 0, &s) < 0) _exit(1);
+    if (braid_tuplespace_sync_new(fd, 0, &s) < 0) return 1;
     for (;;) {
         braid_tuple *t;
         int rc = braid_tuplespace_sync_in_lease(s, BRAID_FIELDS(braid_field_str("job"),
@@ -37,7 +37,8 @@ static void worker(int fd) {
                                                 BRAID_SECONDS(2), BRAID_SECONDS(30), &t);
         if (rc < 0) {
             fprintf(stderr, "worker %d: %s\n", (int)getpid(), braid_strerror(rc));
-            _exit(1);
+            braid_tuplespace_sync_free(s);
+            return 1;
         }
         int64_t id = t->f[1].v.i, x = t->f[2].v.i;
         if (id < 0) {                                   /* the producer says: stop */
@@ -49,11 +50,14 @@ static void worker(int fd) {
         rc = braid_tuplespace_sync_out(s, BRAID_FIELDS(braid_field_str("result"), braid_field_int(id),
                                                        braid_field_int(x * x), braid_field_int(getpid())), 0);
         if (rc == 0) rc = braid_tuplespace_sync_ack(s, t->lease);
-        if (rc < 0 && rc != BRAID_ETUPLE_NOLEASE) _exit(1);   /* NOLEASE: it expired; redone elsewhere */
         braid_tuple_free(t);
+        if (rc < 0 && rc != BRAID_ETUPLE_NOLEASE) {     /* NOLEASE: it expired; redone elsewhere */
+            braid_tuplespace_sync_free(s);
+            return 1;
+        }
     }
     braid_tuplespace_sync_free(s);
-    _exit(0);
+    return 0;
 }
 
 /* ---- the producer ----------------------------------------------------------------------- */
@@ -62,7 +66,7 @@ typedef struct producer {
     braid_tuplespace *ts;
     long jobs, results, duplicates, wrong;
     unsigned char *seen;
-    pid_t pids[MAXW];
+    braid_process *w[MAXW];
     int workers;
     bool killed;
 } producer;
@@ -76,13 +80,15 @@ static void on_result(const braid_tuple *t, void *arg) {
     p->results++;
     if (!p->killed && p->results >= p->jobs / 3) {     /* mid-run: kill a worker */
         p->killed = true;
-        kill(p->pids[0], SIGKILL);
-        printf("killed worker %d after %ld results\n", (int)p->pids[0], p->results);
+        braid_process_signal(p->w[0], SIGKILL);
+        printf("killed worker %d after %ld results\n", (int)braid_process_pid(p->w[0]), p->results);
     }
     if (p->results == p->jobs) braid_loop_stop(p->loop);
 }
 
 int main(int argc, char **argv) {
+    const char *fd = getenv("JOB_SCHEDULER_FD");
+    if (fd) return worker(atoi(fd));                    /* run again as a worker */
     producer p = { .jobs = argc > 1 ? atol(argv[1]) : 200, .workers = argc > 2 ? atoi(argv[2]) : 4 };
     if (p.jobs < 1 || p.workers < 2 || p.workers > MAXW) {
         fprintf(stderr, "usage: job-scheduler [JOBS >= 1] [WORKERS 2..%d]\n", MAXW);
@@ -94,15 +100,17 @@ int main(int argc, char **argv) {
     if (rc == 0) rc = braid_tuplespace_new(p.loop, NULL, &p.ts);
     if (rc < 0) { fprintf(stderr, "job-scheduler: %s\n", braid_strerror(rc)); return 1; }
 
-    /* the workers, each on a socketpair of its own */
+    /* the workers: this program again (/proc/self/exe, as braid_workers
+     * runs it), each served by the space on a socketpair at its fd 3, with
+     * the producer's stdin, stdout and stderr */
+    const char *env[] = { "JOB_SCHEDULER_FD=3", NULL };
+    const char *wargv[] = { "job-scheduler-worker", NULL };
+    braid_process_options wo = { .file = "/proc/self/exe", .argv = wargv,
+                                 .env_mode = BRAID_PROCESS_ENV_EXTEND, .env = env };
     for (int i = 0; i < p.workers; i++) {
-        int sv[2];
-        if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) < 0) { perror("socketpair"); return 1; }
-        p.pids[i] = fork();
-        if (p.pids[i] == 0) { close(sv[0]); worker(sv[1]); }
-        close(sv[1]);
-        if ((rc = braid_tuplespace_serve_fd(p.ts, sv[0], NULL)) < 0) {
-            fprintf(stderr, "serve: %s\n", braid_strerror(rc));
+        braid_failure *why = NULL;
+        if ((rc = braid_tuplespace_spawn_worker(p.ts, &wo, 3, NULL, &p.w[i], &why)) < 0) {
+            fprintf(stderr, "job-scheduler: %s\n", why ? why->message : braid_strerror(rc));
             return 1;
         }
     }
@@ -128,13 +136,14 @@ int main(int argc, char **argv) {
     /* stop the survivors: one lowest-priority pill each */
     for (int i = 1; i < p.workers; i++)
         braid_tuplespace_out(p.ts, BRAID_FIELDS(braid_field_str("job"), braid_field_int(-1), braid_field_int(0)), -1);
-    while (braid_tuplespace_connections(p.ts)) braid_loop_run_once(p.loop, 0);
     int failed = 0;
     for (int i = 0; i < p.workers; i++) {
-        int st;
-        waitpid(p.pids[i], &st, 0);
-        if (i > 0 && !(WIFEXITED(st) && WEXITSTATUS(st) == 0)) failed++;
+        braid_process_status st;
+        while (!braid_process_has_exited(p.w[i], &st)) braid_loop_run_once(p.loop, 0);
+        if (i > 0 && st.exit_code != 0) failed++;
+        braid_process_free(p.w[i]);
     }
+    while (braid_tuplespace_connections(p.ts)) braid_loop_run_once(p.loop, 0);
     braid_tuplespace_stats s;
     braid_tuplespace_stats_get(p.ts, &s);
     printf("%ld jobs, %ld distinct results (%zu stored), %ld duplicates, %ld wrong; "

@@ -11,22 +11,19 @@
 #include <braid/testing_deferred.h>
 #include <braid/tuplespace.h>
 #include <signal.h>
-#include <spawn.h>
 #include <sys/socket.h>
-#include <sys/wait.h>
 #include <fcntl.h>
 #include <poll.h>
 #include <unistd.h>
-
-extern char **environ;
 
 #define JOB_TMPL BRAID_FIELDS(braid_field_str("job"), braid_field_any(BRAID_FIELD_INT))
 
 /* ---- the worker process ------------------------------------------------------------ */
 /* A worker: takes jobs ("job", id) on leases through the blocking client,
  * writes ("result", id, deliveries) and acks; ("job", -1) tells it to stop.
- * With BT_TS_CRASH_AFTER=k it dies holding the lease of its k-th job. */
-static void worker_main(int fd, int wfd, int crash_after) {
+ * With BT_TS_CRASH_AFTER=k it dies holding the lease of its k-th job; with
+ * BT_TS_HOLD_AFTER=k it keeps that lease until it is killed. */
+static void worker_main(int fd, int wfd, int crash_after, int hold_after) {
     braid_tuplespace_sync *s;
     if ((wfd < 0 ? braid_tuplespace_sync_new(fd, 0, &s) : braid_tuplespace_sync_new_pipes(fd, wfd, 0, &s)) < 0)
         _exit(2);
@@ -41,6 +38,7 @@ static void worker_main(int fd, int wfd, int crash_after) {
             break;
         }
         if (k == crash_after) _exit(3);                /* dies holding the lease */
+        while (k == hold_after) pause();               /* holds it until killed */
         if (braid_tuplespace_sync_out(s, BRAID_FIELDS(braid_field_str("result"), braid_field_int(id),
                                                       braid_field_int(t->deliveries)), 0) < 0)
             _exit(5);
@@ -56,27 +54,32 @@ __attribute__((constructor)) static void maybe_worker(void) {
     if (!fd) return;
     const char *crash = getenv("BT_TS_CRASH_AFTER");
     const char *wfd = getenv("BT_TS_WORKER_WFD");     /* a pipe pair: requests go there */
-    worker_main(atoi(fd), wfd ? atoi(wfd) : -1, crash ? atoi(crash) : 0);
+    const char *hold = getenv("BT_TS_HOLD_AFTER");
+    worker_main(atoi(fd), wfd ? atoi(wfd) : -1, crash ? atoi(crash) : 0, hold ? atoi(hold) : 0);
 }
 
-/* A worker on fd (a socket), or reading rfd and writing wfd (pipes: wfd >= 0). */
-static pid_t spawn_worker_pipes(int fd, int wfd, int crash_after) {
-    posix_spawn_file_actions_t fa;
-    posix_spawn_file_actions_init(&fa);
-    posix_spawn_file_actions_adddup2(&fa, fd, 3);
-    if (wfd >= 0) posix_spawn_file_actions_adddup2(&fa, wfd, 4);
-    char crash[64];
+/* This program again as a worker, with braid's process machinery: the
+ * space's own end of a socketpair at the worker's fd 3
+ * (braid_tuplespace_spawn_worker), its 0, 1 and 2 inherited. */
+static braid_process *spawn_worker(braid_tuplespace *ts, int crash_after, int hold_after) {
+    char crash[64], hold[64];
     snprintf(crash, sizeof crash, "BT_TS_CRASH_AFTER=%d", crash_after);
-    char *env[] = { "BT_TS_WORKER_FD=3", crash, wfd >= 0 ? "BT_TS_WORKER_WFD=4" : NULL, NULL };
-    char *argv[] = { "tuplespace-worker", NULL };
-    pid_t pid;
-    int rc = posix_spawn(&pid, "/proc/self/exe", &fa, NULL, argv, env);
-    posix_spawn_file_actions_destroy(&fa);
-    BT_EQ(rc, 0);
-    return pid;
+    snprintf(hold, sizeof hold, "BT_TS_HOLD_AFTER=%d", hold_after);
+    const char *env[] = { "BT_TS_WORKER_FD=3", crash, hold, NULL };
+    const char *argv[] = { "tuplespace-worker", NULL };
+    braid_process_options o = { .file = "/proc/self/exe", .argv = argv,
+                                .env_mode = BRAID_PROCESS_ENV_EXTEND, .env = env };
+    braid_process *p = NULL;
+    BT_OK(braid_tuplespace_spawn_worker(ts, &o, 3, NULL, &p, NULL));
+    return p;
 }
 
-static pid_t spawn_worker(int fd, int crash_after) { return spawn_worker_pipes(fd, -1, crash_after); }
+/* Run until p has been reaped; its exit code (-1: killed by a signal). */
+static int wait_exit(braid_loop *loop, braid_process *p) {
+    braid_process_status st = { 0 };
+    BT_RUN_UNTIL(loop, braid_process_has_exited(p, &st), 100000);
+    return st.exit_code;
+}
 
 /* ---- the codec ------------------------------------------------------------------------ */
 BT_TEST(codec_roundtrip_and_truncation) {
@@ -388,14 +391,10 @@ BT_IO_TEST(wire_worker_processes_one_dies) {
     rig r;
     rig_open(&r, NULL);
     enum { JOBS = 24, WORKERS = 2 };
-    pid_t pids[WORKERS];
-    for (int i = 0; i < WORKERS; i++) {
-        int sv[2];
-        BT_EQ(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
-        BT_OK(braid_tuplespace_serve_fd(r.ts, sv[0], NULL));
-        pids[i] = spawn_worker(sv[1], i == 0 ? 1 : 0);   /* both waiting: each gets a job */
-        close(sv[1]);
-    }
+    braid_process *w[WORKERS];
+    for (int i = 0; i < WORKERS; i++)
+        w[i] = spawn_worker(r.ts, i == 0 ? 1 : 0, 0);    /* both waiting: each gets a job */
+    BT_EQ(braid_tuplespace_connections(r.ts), WORKERS);
     /* both wait before the first job is out, so both get a share (a worker
      * that started late could otherwise find the work all done) */
     BT_RUN_UNTIL(r.loop, waiters(r.ts) == WORKERS, 100000);
@@ -417,18 +416,72 @@ BT_IO_TEST(wire_worker_processes_one_dies) {
     }
     BT_EQ(distinct, JOBS);
     BT_GE(redelivered, 1);
-    int status;
-    BT_EQ(waitpid(pids[0], &status, 0), pids[0]);
-    BT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 3);      /* it did die mid-job */
+    BT_EQ(wait_exit(r.loop, w[0]), 3);                  /* it did die mid-job */
     /* stop the survivor */
     BT_OK(braid_tuplespace_out(r.ts, BRAID_FIELDS(braid_field_str("job"), braid_field_int(-1)), -100));
     BT_RUN_UNTIL(r.loop, braid_tuplespace_connections(r.ts) == 0, 100000);
-    BT_EQ(waitpid(pids[1], &status, 0), pids[1]);
-    BT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+    BT_EQ(wait_exit(r.loop, w[1]), 0);
+    for (int i = 0; i < WORKERS; i++) braid_process_free(w[i]);
     braid_tuplespace_stats st;
     braid_tuplespace_stats_get(r.ts, &st);
     BT_EQ(st.leased, 0);
     BT_EQ(st.tuples, 0);
+    rig_close(&r);
+}
+
+/* A worker killed (SIGKILL, by freeing its braid_process) while it holds a
+ * lease: its connection ends and the job is back in the space at once,
+ * delivered again to the next taker. */
+BT_IO_TEST(wire_spawned_worker_killed_gives_the_job_back) {
+    rig r;
+    rig_open(&r, NULL);
+    BT_OK(braid_tuplespace_out(r.ts, BRAID_FIELDS(braid_field_str("job"), braid_field_int(7)), 0));
+    braid_process *w = spawn_worker(r.ts, 0, 1);         /* takes job 7 and sits on it */
+    braid_tuplespace_stats st;
+    for (int i = 0; i < 100000; i++) {
+        braid_tuplespace_stats_get(r.ts, &st);
+        if (st.leased == 1) break;
+        braid_loop_run_once(r.loop, 0);
+    }
+    BT_EQ(st.leased, 1);
+    braid_process_free(w);                              /* SIGKILL, reaped here */
+    BT_RUN_UNTIL(r.loop, braid_tuplespace_connections(r.ts) == 0, 100000);
+    braid_tuplespace_stats_get(r.ts, &st);
+    BT_EQ(st.leased, 0);
+    BT_EQ(st.tuples, 1);
+    braid_tuple *t = wait_tuple(r.loop, braid_tuplespace_in_lease(r.ts, JOB_TMPL, BRAID_SECONDS(30), 0));
+    BT_EQ(t->f[1].v.i, 7);
+    BT_EQ(t->deliveries, 2);
+    BT_OK(braid_tuplespace_ack(r.ts, t->lease));
+    braid_tuple_free(t);
+    rig_close(&r);
+}
+
+/* A spawn that fails leaves nothing behind: no connection, no descriptor,
+ * no protocol (the leak gate), and the reason named. */
+BT_IO_TEST(wire_spawn_worker_failures) {
+    rig r;
+    rig_open(&r, NULL);
+    braid_process *p = NULL;
+    braid_failure *why = NULL;
+    BT_EQ(braid_tuplespace_spawn_worker(r.ts, &(braid_process_options){ .file = "/no/such/worker" }, 3, NULL,
+                                        &p, &why),
+          -ENOENT);
+    BT_TRUE(why != NULL);
+    BT_TRUE(strstr(why->message, "/no/such/worker") != NULL);
+    braid_failure_free(why);
+    /* child_fd already in the map, or out of range */
+    braid_process_fd fds[] = { { 3, BRAID_PROCESS_FD_DEVNULL, 0, NULL } };
+    BT_EQ(braid_tuplespace_spawn_worker(r.ts, &(braid_process_options){ .file = "/proc/self/exe", .fds = fds,
+                                                                        .nfds = 1 },
+                                        3, NULL, &p, NULL),
+          BRAID_EINVAL);
+    BT_EQ(braid_tuplespace_spawn_worker(r.ts, &(braid_process_options){ .file = "/proc/self/exe" }, -1, NULL,
+                                        &p, NULL),
+          BRAID_EINVAL);
+    BT_EQ(braid_tuplespace_spawn_worker(r.ts, NULL, 3, NULL, &p, NULL), BRAID_EINVAL);
+    BT_TRUE(p == NULL);
+    BT_EQ(braid_tuplespace_connections(r.ts), 0);
     rig_close(&r);
 }
 
@@ -550,16 +603,29 @@ BT_IO_TEST(wire_over_pipes) {
     BT_EQ(pipe2(req, O_CLOEXEC), 0);
     BT_EQ(pipe2(rep, O_CLOEXEC), 0);
     BT_OK(braid_tuplespace_serve_pipes(r.ts, req[0], rep[1], NULL));
-    pid_t pid = spawn_worker_pipes(rep[0], req[1], 0);
+    /* the worker reads replies at 3 and writes requests to 4: real pipes,
+     * inherited through the fd map (the process module's own "pipes" are
+     * socketpairs) */
+    braid_process_fd fds[] = { { 0, BRAID_PROCESS_FD_DEVNULL, 0, NULL },
+                               { 1, BRAID_PROCESS_FD_INHERIT, 1, NULL },
+                               { 2, BRAID_PROCESS_FD_INHERIT, 2, NULL },
+                               { 3, BRAID_PROCESS_FD_INHERIT, rep[0], NULL },
+                               { 4, BRAID_PROCESS_FD_INHERIT, req[1], NULL } };
+    const char *env[] = { "BT_TS_WORKER_FD=3", "BT_TS_WORKER_WFD=4", NULL };
+    const char *argv[] = { "tuplespace-worker", NULL };
+    braid_process *w = NULL;
+    BT_OK(braid_process_spawn(r.loop, &(braid_process_options){ .file = "/proc/self/exe", .argv = argv,
+                                                                .env_mode = BRAID_PROCESS_ENV_EXTEND,
+                                                                .env = env, .fds = fds, .nfds = 5 },
+                              &w, NULL));
     close(rep[0]);
     close(req[1]);
     for (int j = 0; j < 5; j++)
         BT_OK(braid_tuplespace_out(r.ts, BRAID_FIELDS(braid_field_str("job"), braid_field_int(j)), 0));
     BT_OK(braid_tuplespace_out(r.ts, BRAID_FIELDS(braid_field_str("job"), braid_field_int(-1)), -1));
     BT_RUN_UNTIL(r.loop, braid_tuplespace_connections(r.ts) == 0, 100000);
-    int status;
-    BT_EQ(waitpid(pid, &status, 0), pid);
-    BT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+    BT_EQ(wait_exit(r.loop, w), 0);
+    braid_process_free(w);
     braid_tuple_list *l = NULL;
     BT_OK(braid_tuplespace_in_all(r.ts, BRAID_FIELDS(braid_field_str("result"), braid_field_any(BRAID_FIELD_INT),
                                                      braid_field_any(BRAID_FIELD_INT)), 0, &l));

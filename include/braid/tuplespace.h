@@ -73,6 +73,14 @@
  * client for a worker with no loop. When a client's connection ends, its
  * leases are put back at once and its waiting calls are dropped. See
  * "The wire protocol" below and docs/tuplespace.md.
+ *
+ * Worker processes: braid_tuplespace_spawn_worker starts a program with
+ * braid_process_spawn (<braid/process.h>: your options, fd map and
+ * protocol) and adds to its fd map one child fd connected to the space:
+ * the worker opens a client on that fd (braid_tuplespace_sync_new, or
+ * braid_tuplespace_client_adopt on a loop of its own). A worker that dies
+ * — crash, SIGKILL, exit — ends its connection, and the leases it held go
+ * back to the space at once.
  */
 #ifndef BRAID_TUPLESPACE_H
 #define BRAID_TUPLESPACE_H
@@ -80,6 +88,7 @@
 #include <braid/common.h>
 #include <braid/deferred.h>
 #include <braid/loop.h>
+#include <braid/process.h>
 #include <braid/protocol.h>
 #include <string.h>
 
@@ -354,6 +363,32 @@ BRAID_API int braid_tuplespace_serve_pipes(braid_tuplespace *ts, int rfd, int wf
                                            const braid_tuplespace_serve_options *opts);
 /* Connections being served now. */
 BRAID_API size_t braid_tuplespace_connections(const braid_tuplespace *ts);
+
+/* Spawn a worker process served by the space: braid_process_spawn(loop of
+ * ts, opts, out, failure) with one more entry in the fd map, child_fd
+ * (0 ... 1023, not already in opts->fds) a socketpair end whose parent end
+ * is served like braid_tuplespace_serve_fd (serve: as there; NULL keeps the
+ * space's). opts->fds NULL means what it means to braid_process_spawn
+ * (0, 1 and 2 inherited), plus child_fd. Tell the worker which fd it is
+ * (argv or env); it opens a client on it:
+ *
+ *     // the parent                                  // the worker (same or another program)
+ *     const char *env[] = { "JOB_FD=3", NULL };      int fd = atoi(getenv("JOB_FD"));
+ *     braid_process_options o = {                    braid_tuplespace_sync *s;
+ *         .file = "/usr/libexec/job-worker",         braid_tuplespace_sync_new(fd, 0, &s);
+ *         .env_mode = BRAID_PROCESS_ENV_EXTEND,      ... sync_in_lease / sync_out / sync_ack ...
+ *         .env = env };
+ *     braid_process *p;
+ *     braid_tuplespace_spawn_worker(ts, &o, 3, NULL, &p, NULL);
+ *
+ * 0 and *out (yours: braid_process_free, or watch it with opts->protocol /
+ * braid_process_ended), or braid_process_spawn's errors, with nothing left
+ * behind. The connection lives apart from the braid_process: freeing the
+ * handle kills the child (BRAID_PROCESS_FREE_KILL), which ends the
+ * connection and puts its leases back. Call it on the space's loop. */
+BRAID_API int braid_tuplespace_spawn_worker(braid_tuplespace *ts, const braid_process_options *opts,
+                                            int child_fd, const braid_tuplespace_serve_options *serve,
+                                            braid_process **out, braid_failure **failure);
 
 /* ---- the client on a loop ---------------------------------------------------------
  * The same operations against a space served elsewhere, each a Deferred with

@@ -11,6 +11,7 @@
 #include "loop/loop_module.h"
 #include <braid/framing.h>
 #include <braid/stream.h>
+#include <fcntl.h>
 #include <unistd.h>
 
 typedef struct ts_conn ts_conn;
@@ -33,6 +34,7 @@ struct ts_conn {
     size_t npending;
     ts_buf out;                    /* the reply being built */
     bool lost;
+    bool *made;                    /* spawn_worker: told when a transport took it */
 };
 
 static void send_buf(ts_conn *c) {
@@ -179,6 +181,8 @@ static int on_frame(void *ctx, const void *frame, size_t len) {
 
 static void conn_made(braid_protocol *p) {
     ts_conn *c = (ts_conn *)p;
+    if (c->made) *c->made = true;
+    c->made = NULL;
     braid_framer_init_u32(&c->framer, braid__ts_serve_options(c->ts)->max_frame, on_frame, c);
     ts_conn **head = braid__ts_conns(c->ts);
     c->next = *head;
@@ -304,4 +308,53 @@ int braid_tuplespace_serve_fd(braid_tuplespace *ts, int fd, const braid_tuplespa
 int braid_tuplespace_serve_pipes(braid_tuplespace *ts, int rfd, int wfd,
                                  const braid_tuplespace_serve_options *opts) {
     return serve(ts, rfd, wfd, opts);
+}
+
+/* A worker process with one end of a socketpair at child_fd, served here:
+ * the connection is a protocol of our own in braid_process_spawn's fd map,
+ * so the process module makes the socketpair, puts the child's end in
+ * place and adopts the parent's end with the protocol. */
+int braid_tuplespace_spawn_worker(braid_tuplespace *ts, const braid_process_options *opts,
+                                  int child_fd, const braid_tuplespace_serve_options *serve,
+                                  braid_process **out, braid_failure **failure) {
+    BRAID__LOOP_AFFINE(braid_tuplespace_loop(ts));
+    if (failure) *failure = NULL;
+    if (!opts || !out || (opts->nfds && !opts->fds)) {
+        if (failure) *failure = braid_failure_new(BRAID_EINVAL, "spawn worker: no options");
+        return BRAID_EINVAL;
+    }
+    /* The caller's map (or spawn's default one: 0, 1, 2 inherited where
+     * open), then child_fd. A duplicate child_fd is spawn's BRAID_EINVAL. */
+    size_t n = opts->fds ? opts->nfds : 3;
+    braid_process_fd *map = braid_calloc(n + 1, sizeof *map);
+    ts_conn *c = conn_new(ts);
+    if (!map || !c) {
+        braid_free(map);
+        braid_free(c);
+        if (failure) *failure = braid_failure_new(BRAID_ENOMEM, "spawn worker: out of memory");
+        return BRAID_ENOMEM;
+    }
+    if (opts->fds) {
+        memcpy(map, opts->fds, n * sizeof *map);
+    } else {
+        n = 0;
+        for (int i = 0; i < 3; i++)
+            if (fcntl(i, F_GETFD) >= 0)
+                map[n++] = (braid_process_fd){ .child_fd = i, .kind = BRAID_PROCESS_FD_INHERIT, .parent_fd = i };
+    }
+    map[n++] = (braid_process_fd){ .child_fd = child_fd, .kind = BRAID_PROCESS_FD_STREAM,
+                                   .protocol = &c->base };
+    if (serve || !braid__ts_serve_options(ts)->max_frame) set_options(ts, serve);
+    bool made = false;
+    c->made = &made;
+    braid_process_options o = *opts;
+    o.fds = map;
+    o.nfds = n;
+    int rc = braid_process_spawn(braid_tuplespace_loop(ts), &o, out, failure);
+    braid_free(map);
+    /* Taken by a transport (conn_made ran, and cleared c->made): the
+     * transport owns it (a spawn that failed after that aborted it). Never
+     * taken: ours to free. */
+    if (!made) braid_free(c);
+    return rc;
 }
