@@ -136,7 +136,7 @@ void bench_stop_process(int pid, int sig, double timeout_s);
  * anything else: epoll), as an int to keep braid out of this header
  * (cast to braid_backend). */
 int bench_backend(const char *name);
-/* A callback for braid_call_later that stops the loop it is given. */
+/* A callback for braid_timer_call_later that stops the loop it is given. */
 void bench_stop_loop(void *loop);
 /* Is a program on PATH / a python module importable? */
 bool bench_have_program(const char *name);

@@ -141,7 +141,7 @@ enum { MODE_BATCHED, MODE_ONE, MODE_POSTMAN };
 /* ns for n messages through the pipeline; NAN on a setup failure. */
 static double run_braid(cmsg *msgs, long n, uint64_t work_ns, int mode) {
     braid_loop *loop;
-    if (braid_loop_new(&loop, NULL) < 0) return NAN;
+    if (braid_loop_new(NULL, &loop) < 0) return NAN;
     int ncomp = mode == MODE_POSTMAN ? STAGES + HOPS : STAGES;
     bstage *st = calloc((size_t)ncomp, sizeof *st);
     braid_component **k = calloc((size_t)ncomp, sizeof *k);
@@ -172,7 +172,7 @@ out:
         for (int i = 0; i < ncomp; i++) braid_component_free(k[i]);
     free(k);
     free(st);
-    braid_loop_destroy(loop);
+    braid_loop_free(loop);
     return ns;
 }
 

@@ -302,8 +302,8 @@ static void conn_cb(braid_watch *w, unsigned events, void *arg) {
     }
     ssize_t n = write(w->fd, c->buf + c->sent, CS_MSG - c->sent);
     if (n > 0) c->sent += (uint8_t)n;
-    if (n < 0 && errno == EAGAIN) { braid_watch_set(w, BRAID_WRITE); return; }
-    if (n > 0 && c->sent < CS_MSG) { braid_watch_set(w, BRAID_WRITE); return; }
+    if (n < 0 && errno == EAGAIN) { braid_watch_set_interest(w, BRAID_WATCH_WRITE); return; }
+    if (n > 0 && c->sent < CS_MSG) { braid_watch_set_interest(w, BRAID_WATCH_WRITE); return; }
     conn_close(s, c);
 }
 
@@ -317,7 +317,7 @@ static void listen_cb(braid_watch *w, unsigned events, void *arg) {
         cs_conn *c = braid_malloc(sizeof *c);
         if (!c) { close(fd); continue; }
         c->have = c->sent = 0;
-        if (braid_watch_init(s->loop, &c->w, fd, conn_cb, s) < 0 || braid_watch_set(&c->w, BRAID_READ) < 0) {
+        if (braid_watch_init(s->loop, &c->w, fd, conn_cb, s) < 0 || braid_watch_set_interest(&c->w, BRAID_WATCH_READ) < 0) {
             braid_watch_close(&c->w);
             braid_free(c);
             close(fd);
@@ -359,14 +359,14 @@ static int run_loop_server(const cs_opts *o, int lfd, bool ctl, int ready_fd) {
     memset(&s, 0, sizeof s);
     s.lfd = lfd;
     braid_loop_options lo = { .backend = cs_backend(o->backend) };
-    if (braid_loop_new(&s.loop, &lo) < 0) return 1;
+    if (braid_loop_new(&lo, &s.loop) < 0) return 1;
     braid_watch_init(s.loop, &s.listen_w, lfd, listen_cb, &s);
-    braid_watch_set(&s.listen_w, BRAID_READ);
+    braid_watch_set_interest(&s.listen_w, BRAID_WATCH_READ);
     braid_timer_init(s.loop, &s.limit, limit_cb, &s);
     if (o->seconds > 0) braid_timer_start(&s.limit, BRAID_SECONDS(o->seconds));
     if (ctl) {
         braid_watch_init(s.loop, &s.ctl_w, 0, ctl_cb, &s);
-        braid_watch_set(&s.ctl_w, BRAID_READ);
+        braid_watch_set_interest(&s.ctl_w, BRAID_WATCH_READ);
     }
     if (ready_fd >= 0) {
         ssize_t r = write(ready_fd, "r", 1);
@@ -470,7 +470,7 @@ static void cs_data(braid_protocol *p, const void *data, size_t len) {
     uint8_t resp[CS_MSG];
     cs_reply(c->buf, resp);
     braid_transport_write(p->transport, resp, CS_MSG);
-    braid_transport_lose_connection(p->transport);
+    braid_transport_close(p->transport, BRAID_FOREVER);
 }
 
 static const braid_protocol_ops cs_proto_ops = { .data_received = cs_data };
@@ -497,7 +497,7 @@ static int serve_stream(const cs_opts *o) {
     cs_stream_server s;
     memset(&s, 0, sizeof s);
     braid_loop_options lo = { .backend = cs_backend(o->backend) };
-    if (braid_loop_new(&s.loop, &lo) < 0) return 1;
+    if (braid_loop_new(&lo, &s.loop) < 0) return 1;
     braid_factory f;
     braid_factory_init(&f, &cs_proto_ops, sizeof(cs_proto), NULL);
     braid_listener *l;
@@ -509,7 +509,7 @@ static int serve_stream(const cs_opts *o) {
     braid_timer_init(s.loop, &s.limit, stream_limit_cb, &s);
     if (o->seconds > 0) braid_timer_start(&s.limit, BRAID_SECONDS(o->seconds));
     braid_watch_init(s.loop, &s.ctl_w, 0, stream_ctl_cb, &s);
-    braid_watch_set(&s.ctl_w, BRAID_READ);
+    braid_watch_set_interest(&s.ctl_w, BRAID_WATCH_READ);
     printf("ready %d\n", braid_address_port(&addr));
     fflush(stdout);
     braid_loop_run(s.loop);
@@ -832,7 +832,7 @@ static void cl_cb(braid_watch *w, unsigned events, void *arg) {
         getsockopt(w->fd, SOL_SOCKET, SO_ERROR, &err, &l);
         if (err) { cl_fail(cl, c); cl_check_stop(cl, false); return; }
         c->state = CL_CONNECTED;
-        braid_watch_set(w, 0);
+        braid_watch_set_interest(w, 0);
         cl->connected++;
         cl->t_last = bench_now_ns();
         cl_check_stop(cl, false);
@@ -890,7 +890,7 @@ static int one_run(bench_ctx *ctx, const cs_impl *im, int n, int timeout_s, bool
     cl.n = n;
     cl.c = calloc((size_t)n, sizeof *cl.c);
     braid_loop_options lo = { .backend = BRAID_BACKEND_EPOLL };
-    if (!cl.c || braid_loop_new(&cl.loop, &lo) < 0) {
+    if (!cl.c || braid_loop_new(&lo, &cl.loop) < 0) {
         free(cl.c);
         sp_stats st;
         stop_server(&sp, &st);
@@ -925,7 +925,7 @@ static int one_run(bench_ctx *ctx, const cs_impl *im, int n, int timeout_s, bool
             cl.t_last = bench_now_ns();
         } else {
             c->state = CL_CONNECTING;
-            braid_watch_set(&c->w, BRAID_WRITE);
+            braid_watch_set_interest(&c->w, BRAID_WATCH_WRITE);
         }
     }
     if (cl.connected + cl.failed < n) braid_loop_run(cl.loop);
@@ -955,14 +955,14 @@ static int one_run(bench_ctx *ctx, const cs_impl *im, int n, int timeout_s, bool
         ssize_t w = write(c->w.fd, req, CS_MSG);
         if (w != CS_MSG) { cl_fail(&cl, c); continue; }
         c->state = CL_WAITING;
-        braid_watch_set(&c->w, BRAID_READ);
+        braid_watch_set_interest(&c->w, BRAID_WATCH_READ);
     }
     if (cl.done + cl.failed < n) braid_loop_run(cl.loop);
     uint64_t t_req = (cl.timed_out ? bench_now_ns() : cl.t_last) - t1;
     for (int i = 0; i < n; i++)
         if (cl.c[i].state == CL_CONNECTED || cl.c[i].state == CL_WAITING) cl_fail(&cl, &cl.c[i]);
     braid_timer_stop(&cl.deadline);
-    braid_loop_destroy(cl.loop);
+    braid_loop_free(cl.loop);
     free(cl.c);
 
     listen_counters(&ov1, &dr1);

@@ -1,7 +1,7 @@
 /* braid-bench experiment `deferred`: what a Deferred costs, beside Twisted's.
  *
  * Rows (each "op" is the whole sequence, release included):
- *   fired_add1          braid_succeed + 1 callback added to the fired Deferred
+ *   fired_add1          braid_deferred_succeed + 1 callback added to the fired Deferred
  *   create_addK_fire    new + K callbacks (K = 1, 2, 4, 100) + fire
  *   chain               outer's callback returns an unfired inner; fire outer,
  *                       then inner; outer resumes with inner's result
@@ -32,7 +32,7 @@ static const long op_py_iters[NOPS] = { 40000, 40000, 20000, 20000, 800, 20000, 
 static braid_result pass(braid_result r, void *arg) { (void)arg; return r; }
 static braid_result return_arg(braid_result r, void *arg) {
     braid_result_drop(r);
-    return braid_chain((braid_deferred *)arg);
+    return braid_result_chain((braid_deferred *)arg);
 }
 
 /* Run op n times; returns ns per op, stores allocations per op. */
@@ -43,9 +43,9 @@ static double braid_op(braid_loop *loop, int op, long n, double *allocs) {
     switch (op) {
     case OP_FIRED_ADD1:
         for (long i = 0; i < n; i++) {
-            braid_deferred *d = braid_succeed(loop, (void *)(intptr_t)i, NULL);
+            braid_deferred *d = braid_deferred_succeed(loop, (void *)(intptr_t)i, NULL);
             braid_deferred_add_callback(d, pass, NULL);
-            braid_deferred_release(d);
+            braid_deferred_unref(d);
         }
         break;
     case OP_ADD1: case OP_ADD2: case OP_ADD4: case OP_ADD100: {
@@ -54,7 +54,7 @@ static double braid_op(braid_loop *loop, int op, long n, double *allocs) {
             braid_deferred *d = braid_deferred_new(loop);
             for (int j = 0; j < k; j++) braid_deferred_add_callback(d, pass, NULL);
             braid_deferred_callback(d, (void *)(intptr_t)i, NULL);
-            braid_deferred_release(d);
+            braid_deferred_unref(d);
         }
         break;
     }
@@ -65,17 +65,17 @@ static double braid_op(braid_loop *loop, int op, long n, double *allocs) {
             braid_deferred_add_callback(outer, return_arg, inner);
             braid_deferred_callback(outer, NULL, NULL);
             braid_deferred_callback(inner, (void *)(intptr_t)i, NULL);
-            braid_deferred_release(outer);
+            braid_deferred_unref(outer);
         }
         break;
     case OP_GATHER:
         for (long i = 0; i < n; i++) {
             braid_deferred *fire[1000];
             for (int j = 0; j < 1000; j++) fire[j] = ds[j] = braid_deferred_new(loop);
-            braid_deferred *g = braid_gather(loop, ds, 1000, BRAID_GATHER_FAIL_FAST);
+            braid_deferred *g = braid_deferred_gather(loop, ds, 1000, BRAID_DEFERRED_GATHER_FAIL_FAST);
             for (int j = 0; j < 1000; j++) braid_deferred_callback(fire[j], (void *)(intptr_t)j, NULL);
             braid_deferred_add_callback(g, pass, NULL);
-            braid_deferred_release(g);
+            braid_deferred_unref(g);
         }
         break;
     }
@@ -139,7 +139,7 @@ static void measure(bench_ctx *ctx, int impl, int r, void *arg) {
 static int run(bench_ctx *ctx) {
     static dstate st;
     memset(&st, 0, sizeof st);
-    if (braid_loop_new(&st.loop, NULL) < 0) return 1;
+    if (braid_loop_new(NULL, &st.loop) < 0) return 1;
     int runs = ctx->runs > BENCH_MAX_RUNS ? BENCH_MAX_RUNS : ctx->runs;
     st.scale = ctx->smoke ? 1.0 / 200 : ctx->full ? 4 : 1;
     char script[1024];
@@ -184,7 +184,7 @@ static int run(bench_ctx *ctx) {
             bench_row_end(row);
         }
     }
-    return braid_loop_destroy(st.loop) < 0;
+    return braid_loop_free(st.loop) < 0;
 }
 
 static void conclude(bench_ctx *ctx, FILE *html) {

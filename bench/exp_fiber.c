@@ -72,30 +72,30 @@ typedef struct yield_arg { braid_loop *loop; long n; } yield_arg;
 static braid_result yielder(void *arg) {
     yield_arg *y = arg;
     for (long i = 0; i < y->n; i++) braid_fiber_yield(y->loop);
-    return braid_ok(NULL);
+    return braid_result_ok(NULL);
 }
 static double braid_yield_ns(braid_loop *loop, long n) {
     yield_arg y = { loop, n };
     braid_deferred *d = braid_fiber_spawn(loop, yielder, &y, NULL);
     if (!d) return 0;
-    braid_loop_run_once(loop, BRAID_RUN_NOWAIT);       /* started */
+    braid_loop_run_once(loop, BRAID_LOOP_RUN_NOWAIT);       /* started */
     uint64_t t0 = bench_now_ns();
     braid_loop_run(loop);
     uint64_t t1 = bench_now_ns();
-    braid_deferred_release(d);
+    braid_deferred_unref(d);
     return (double)(t1 - t0) / (double)n;
 }
 
 /* ---- spawn + finish ------------------------------------------------------------------- */
-static braid_result nothing(void *arg) { return braid_ok(arg); }
+static braid_result nothing(void *arg) { return braid_result_ok(arg); }
 
 #define BATCH 100
 static double braid_spawn_ns(braid_loop *loop, long n) {
     long batches = n / BATCH;
     uint64_t t0 = bench_now_ns();
     for (long b = 0; b < batches; b++) {
-        for (int i = 0; i < BATCH; i++) braid_deferred_release(braid_fiber_spawn(loop, nothing, NULL, NULL));
-        braid_loop_run_once(loop, BRAID_RUN_NOWAIT);
+        for (int i = 0; i < BATCH; i++) braid_deferred_unref(braid_fiber_spawn(loop, nothing, NULL, NULL));
+        braid_loop_run_once(loop, BRAID_LOOP_RUN_NOWAIT);
     }
     uint64_t t1 = bench_now_ns();
     return (double)(t1 - t0) / (double)(batches * BATCH);
@@ -142,15 +142,16 @@ typedef struct idle_arg { braid_loop *loop; } idle_arg;
 static braid_result idler(void *arg) {
     idle_arg *a = arg;
     braid_fiber_sleep(a->loop, BRAID_SECONDS(3600));
-    return braid_ok(NULL);
+    return braid_result_ok(NULL);
 }
 
 /* RSS growth in KiB for nfibers fibers asleep; 0 on failure. */
 static double braid_idle_kib(long nfibers) {
-    braid_fake_clock *fc = braid_fake_clock_new(0);
+    braid_fake_clock *fc = NULL;
+    braid_fake_clock_new(0, &fc);
     braid_loop_options o = { .clock = braid_fake_clock_base(fc) };
     braid_loop *loop;
-    if (!fc || braid_loop_new(&loop, &o) < 0) { braid_fake_clock_free(fc); return 0; }
+    if (!fc || braid_loop_new(&o, &loop) < 0) { braid_fake_clock_free(fc); return 0; }
     braid_fiber_set_pool_max(loop, 0);
     idle_arg a = { loop };
     long before = bench_rss_kib(getpid());
@@ -158,13 +159,13 @@ static double braid_idle_kib(long nfibers) {
     for (; made < nfibers; made++) {
         braid_deferred *d = braid_fiber_spawn(loop, idler, &a, NULL);
         if (!d) break;
-        braid_deferred_release(d);
+        braid_deferred_unref(d);
     }
-    braid_loop_run_once(loop, BRAID_RUN_NOWAIT);      /* all run to their sleep */
+    braid_loop_run_once(loop, BRAID_LOOP_RUN_NOWAIT);      /* all run to their sleep */
     long after = bench_rss_kib(getpid());
     braid_loop_advance(loop, BRAID_SECONDS(3600));
-    while (braid_loop_run_once(loop, BRAID_RUN_NOWAIT) > 0) {}
-    braid_loop_destroy(loop);
+    while (braid_loop_run_once(loop, BRAID_LOOP_RUN_NOWAIT) > 0) {}
+    braid_loop_free(loop);
     braid_fake_clock_free(fc);
     if (made < nfibers) return 0;
     return (double)(after - before);
@@ -207,17 +208,17 @@ int rr_serve_fiber(int port, const char *backend, int mode, double seconds) {
     else if (backend && !strcmp(backend, "uring")) b = BRAID_BACKEND_URING;
     braid_loop *loop;
     braid_loop_options o = { .backend = b, .flags = BRAID_LOOP_STRICT_BACKEND };
-    if (braid_loop_new(&loop, &o) < 0) { fprintf(stderr, "serve: backend %s unavailable\n", backend); return 77; }
+    if (braid_loop_new(&o, &loop) < 0) { fprintf(stderr, "serve: backend %s unavailable\n", backend); return 77; }
     static int smode;
     smode = mode;
     static braid_fstream_factory ff;
     braid_fiber_options fo = { .name = "rr-conn" };
-    braid_fstream_factory_init(&ff, loop, rr_fiber_conn, &smode, &fo);
+    braid_fstream_factory_init(loop, &ff, rr_fiber_conn, &smode, &fo);
     braid_listener *l;
     int rc = braid_tcp_listen(loop, &(braid_tcp_listen_options){ .host = "127.0.0.1", .port = port,
                                                                   .backlog = 511 }, &ff.base, &l);
     if (rc < 0) { fprintf(stderr, "serve: listen: %s\n", braid_strerror(rc)); return 1; }
-    if (seconds > 0) braid_call_later(loop, (uint64_t)(seconds * 1e9), bench_stop_loop, loop);
+    if (seconds > 0) braid_timer_call_later(loop, (uint64_t)(seconds * 1e9), bench_stop_loop, loop);
     braid_loop_run(loop);
     return 0;       /* the process exits; connections close with it */
 }
@@ -229,7 +230,7 @@ int rr_run_once(bench_ctx *ctx, const char *serve_impl, int nconn, double warm, 
 /* ---- the experiment ------------------------------------------------------------------- */
 static int run(bench_ctx *ctx) {
     braid_loop *loop;
-    if (braid_loop_new(&loop, NULL) < 0) return 1;
+    if (braid_loop_new(NULL, &loop) < 0) return 1;
     int runs = ctx->runs > BENCH_MAX_RUNS ? BENCH_MAX_RUNS : ctx->runs;
     long div = ctx->smoke ? 100 : ctx->quick ? 5 : 1;
     long nswitch = 10000000 / div;
@@ -286,7 +287,7 @@ static int run(bench_ctx *ctx) {
         rr_ratio[r] = rr_cpu_fb[r] / rr_cpu_cb[r];
     }
     const char *backend = braid_loop_backend(loop);   /* a static string */
-    braid_loop_destroy(loop);
+    braid_loop_free(loop);
 
     bench_row *row = bench_row_begin(ctx, "braid", "none");
     bench_row_param_str(row, "op", "switch");

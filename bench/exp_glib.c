@@ -91,9 +91,9 @@ static int env_open(env *e, int impl, const char *backend) {
     if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0, e->sv) < 0) return -1;
     if (has_braid(impl)) {
         braid_loop_options o = { .backend = (braid_backend)bench_backend(backend) };
-        if (braid_loop_new(&e->loop, &o) < 0) return -1;
+        if (braid_loop_new(&o, &e->loop) < 0) return -1;
         braid_watch_init(e->loop, &e->idle_w, e->sv[0], never_b, NULL);
-        braid_watch_set(&e->idle_w, BRAID_READ);
+        braid_watch_set_interest(&e->idle_w, BRAID_WATCH_READ);
         braid_timer_init(e->loop, &e->far_b, never_t, NULL);
         braid_timer_start(&e->far_b, BRAID_SECONDS(600));
     }
@@ -134,7 +134,7 @@ static void env_close(env *e) {
     if (e->loop) {
         braid_watch_close(&e->idle_w);
         braid_timer_stop(&e->far_b);
-        braid_loop_destroy(e->loop);
+        braid_loop_free(e->loop);
     }
     if (e->ctx) {
         g_source_destroy(e->idle_g);

@@ -39,23 +39,23 @@ extern char **environ;
 /* ==== the braid server ===================================================================== */
 static braid_deferred *hello(braid_http_request *req, void *arg) {
     (void)arg;
-    braid_http_respond(req, 200, "text/plain", "Hello, World!", 13);
+    braid_http_request_respond(req, 200, "text/plain", "Hello, World!", 13);
     return NULL;
 }
 
 static int serve_one(int port, const char *backend, double seconds, bool reuseport) {
     braid_loop *loop;
     braid_loop_options o = { .backend = (braid_backend)bench_backend(backend), .flags = BRAID_LOOP_STRICT_BACKEND };
-    if (braid_loop_new(&loop, &o) < 0) {
+    if (braid_loop_new(&o, &loop) < 0) {
         fprintf(stderr, "serve http: backend %s unavailable\n", backend);
         return 77;
     }
     braid_http_server *s;
     if (braid_http_server_new(loop, NULL, &s) < 0) return 1;
-    braid_http_route(s, "GET", "/", 0, hello, NULL);
+    braid_http_server_route(s, "GET", "/", 0, hello, NULL);
     char ep[96];
     snprintf(ep, sizeof ep, "tcp:%d:interface=127.0.0.1:backlog=511%s", port, reuseport ? ":reuseport=1" : "");
-    braid_deferred *d = braid_http_listen(s, ep);
+    braid_deferred *d = braid_http_server_listen(s, ep);
     braid_result r;
     if (braid_deferred_take(d, &r) < 0 || r.failure) {
         char buf[256] = "";
@@ -63,8 +63,8 @@ static int serve_one(int port, const char *backend, double seconds, bool reusepo
         fprintf(stderr, "serve http: listen %s: %s\n", ep, buf);
         return 1;
     }
-    braid_deferred_release(d);
-    if (seconds > 0) braid_call_later(loop, (uint64_t)(seconds * 1e9), bench_stop_loop, loop);
+    braid_deferred_unref(d);
+    if (seconds > 0) braid_timer_call_later(loop, (uint64_t)(seconds * 1e9), bench_stop_loop, loop);
     braid_loop_run(loop);
     return 0;        /* the process exits; connections close with it */
 }

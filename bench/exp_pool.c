@@ -11,7 +11,7 @@
  * libuv's process-global pool sized by UV_THREADPOOL_SIZE before it starts,
  * belong to that measurement only:
  *   sync        the plain synchronous call (not inlined), per call
- *   braid-1t/4t braid_defer_to_pool on a pool of 1 / 4 threads
+ *   braid-1t/4t braid_pool_defer on a pool of 1 / 4 threads
  *   libuv-1t/4t uv_queue_work, UV_THREADPOOL_SIZE=1 / 4
  *   naive-1t/4t a minimal pthread + condvar + eventfd pool (the practical
  *               limit of the naive design: one mutex, one condvar, results
@@ -91,7 +91,7 @@ typedef struct bcaller {
     intptr_t x;
 } bcaller;
 
-static braid_result braid_f(void *arg) { return braid_ok((void *)f_ptr((intptr_t)arg)); }
+static braid_result braid_f(void *arg) { return braid_result_ok((void *)f_ptr((intptr_t)arg)); }
 
 static void braid_issue(bcaller *c);
 static braid_result braid_got(braid_result r, void *p) {
@@ -99,15 +99,15 @@ static braid_result braid_got(braid_result r, void *p) {
     check((intptr_t)r.value, c->x + 1);
     c->x = (intptr_t)r.value;
     if (--c->left > 0) braid_issue(c);
-    return braid_ok(NULL);
+    return braid_result_ok(NULL);
 }
 static void braid_issue(bcaller *c) {
-    braid_deferred *d = braid_defer_to_pool(c->loop, c->pool, braid_f, (void *)c->x);
+    braid_deferred *d = braid_pool_defer(c->loop, c->pool, braid_f, (void *)c->x);
     if (!d || braid_deferred_add_callback(d, braid_got, c) < 0 || braid_deferred_is_failure(d)) {
-        fprintf(stderr, "pool bench: braid_defer_to_pool failed\n");
+        fprintf(stderr, "pool bench: braid_pool_defer failed\n");
         exit(3);
     }
-    braid_deferred_release(d);
+    braid_deferred_unref(d);
 }
 
 static double braid_round(braid_loop *loop, braid_pool *pool, int load, long calls) {
@@ -124,7 +124,7 @@ static double braid_round(braid_loop *loop, braid_pool *pool, int load, long cal
 }
 
 static int braid_setup(braid_loop **loop, braid_pool **pool, int threads) {
-    if (braid_loop_new(loop, NULL) < 0) return -1;
+    if (braid_loop_new(NULL, loop) < 0) return -1;
     braid_pool_options o = { .min_threads = (unsigned)threads, .max_threads = (unsigned)threads,
                              .name = "bench", .loop = *loop };
     /* For exploring the spin settings by hand (the experiment uses defaults). */
@@ -132,7 +132,7 @@ static int braid_setup(braid_loop **loop, braid_pool **pool, int threads) {
     if ((e = getenv("BENCH_POOL_SPIN_NS"))) o.spin_ns = strtoull(e, NULL, 10);
     if ((e = getenv("BENCH_POOL_LOOP_SPIN_NS"))) o.loop_spin_ns = strtoull(e, NULL, 10);
     if (getenv("BENCH_POOL_NO_SPIN")) o.flags |= BRAID_POOL_NO_SPIN;
-    return braid_pool_new(pool, &o);
+    return braid_pool_new(&o, pool);
 }
 
 static double run_braid(int threads, int load, long calls, long warm) {
@@ -141,8 +141,8 @@ static double run_braid(int threads, int load, long calls, long warm) {
     if (braid_setup(&loop, &pool, threads) < 0) return NAN;
     braid_round(loop, pool, load, warm);
     double ns = braid_round(loop, pool, load, calls);
-    braid_pool_destroy(pool, BRAID_POOL_FINISH);
-    if (braid_loop_destroy(loop) < 0) return NAN;
+    braid_pool_free(pool);
+    if (braid_loop_free(loop) < 0) return NAN;
     return ns;
 }
 
@@ -375,17 +375,17 @@ static void bjob_sleep_1ms(void) {
 /* braid: n jobs at once, the loop runs until every result is in. */
 static braid_result braid_bjob(void *arg) {
     ((void (*)(void))arg)();
-    return braid_ok(NULL);
+    return braid_result_ok(NULL);
 }
 static double braid_burst(braid_loop *loop, braid_pool *pool, int n, void (*job)(void)) {
     uint64_t t0 = bench_now_ns();
     for (int i = 0; i < n; i++) {
-        braid_deferred *d = braid_defer_to_pool(loop, pool, braid_bjob, (void *)job);
+        braid_deferred *d = braid_pool_defer(loop, pool, braid_bjob, (void *)job);
         if (!d || braid_deferred_is_failure(d)) {
-            fprintf(stderr, "pool bench: braid_defer_to_pool failed\n");
+            fprintf(stderr, "pool bench: braid_pool_defer failed\n");
             exit(3);
         }
-        braid_deferred_release(d);
+        braid_deferred_unref(d);
     }
     if (braid_loop_run(loop) < 0) exit(3);
     return (double)(bench_now_ns() - t0);
@@ -449,17 +449,17 @@ static int serve_blocking(const char *impl, int threads, const char *job, int re
     if (!strcmp(impl, "braid")) {
         braid_loop *loop;
         braid_pool *pool;
-        if (braid_loop_new(&loop, NULL) < 0) return 1;
+        if (braid_loop_new(NULL, &loop) < 0) return 1;
         braid_pool_options o = { .max_threads = (unsigned)threads, .name = "bench", .loop = loop };
-        if (braid_pool_new(&pool, &o) < 0) return 1;
+        if (braid_pool_new(&o, &pool) < 0) return 1;
         braid_burst(loop, pool, threads, bjob_sleep_1ms);
         for (int b = 0; b < NBURSTS; b++) {
             for (int r = 0; r < reps; r++) v[r] = braid_burst(loop, pool, bursts[b], bjob_run);
             qsort(v, (size_t)reps, sizeof v[0], cmp_double);
             med[b] = v[reps / 2];
         }
-        braid_pool_destroy(pool, BRAID_POOL_FINISH);
-        if (braid_loop_destroy(loop) < 0) return 1;
+        braid_pool_free(pool);
+        if (braid_loop_free(loop) < 0) return 1;
 #ifdef BENCH_HAVE_LIBUV
     } else if (!strcmp(impl, "libuv")) {
         char n[16];
@@ -528,8 +528,8 @@ static double idle_cpu(const char *impl, double secs) {
         double c0 = cpu_self_us();
         sleep_s(secs);
         double used = cpu_self_us() - c0;
-        braid_pool_destroy(pool, BRAID_POOL_FINISH);
-        braid_loop_destroy(loop);
+        braid_pool_free(pool);
+        braid_loop_free(loop);
         return used;
     }
 #ifdef BENCH_HAVE_LIBUV

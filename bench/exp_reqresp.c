@@ -76,14 +76,14 @@ static int serve_braid(int port, const char *backend, int mode, double seconds) 
      * docs/stream.md); BRAID_STREAM_COMPLETIONS=0 measures readiness. */
     braid_loop *loop;
     braid_loop_options o = { .backend = (braid_backend)bench_backend(backend), .flags = BRAID_LOOP_STRICT_BACKEND };
-    if (braid_loop_new(&loop, &o) < 0) { fprintf(stderr, "serve: backend %s unavailable\n", backend); return 77; }
+    if (braid_loop_new(&o, &loop) < 0) { fprintf(stderr, "serve: backend %s unavailable\n", backend); return 77; }
     braid_factory f;
     braid_factory_init(&f, mode == RR_MODE_ECHO ? &echo_ops : &rr_ops, sizeof(rr_conn), NULL);
     braid_listener *l;
     int rc = braid_tcp_listen(loop, &(braid_tcp_listen_options){ .host = "127.0.0.1", .port = port,
                                                                   .backlog = 511 }, &f, &l);
     if (rc < 0) { fprintf(stderr, "serve: listen: %s\n", braid_strerror(rc)); return 1; }
-    if (seconds > 0) braid_call_later(loop, (uint64_t)(seconds * 1e9), bench_stop_loop, loop);
+    if (seconds > 0) braid_timer_call_later(loop, (uint64_t)(seconds * 1e9), bench_stop_loop, loop);
     braid_loop_run(loop);
     return 0;       /* the process exits; connections close with it */
 }
@@ -279,7 +279,7 @@ static run_result drive(int port, int nconn, int mode, double warm_s, double win
     run_result res = { .ok = false };
     gen g = { .mode = mode };
     braid_loop_options o = { .backend = BRAID_BACKEND_EPOLL };
-    if (braid_loop_new(&g.loop, &o) < 0) return res;
+    if (braid_loop_new(&o, &g.loop) < 0) return res;
     gconn *conns = calloc((size_t)nconn, sizeof *conns);
     int made = 0;
     for (; made < nconn; made++) {
@@ -290,7 +290,7 @@ static run_result drive(int port, int nconn, int mode, double warm_s, double win
         gconn *c = &conns[made];
         c->base.ops = &gen_ops;
         c->g = &g;
-        if (braid_stream_adopt(g.loop, s, &c->base) < 0) { close(s); break; }
+        if (braid_transport_adopt(g.loop, s, &c->base) < 0) { close(s); break; }
         if (mode == RR_MODE_ECHO) {
             c->prod = (braid_producer){ prod_pause, prod_resume, prod_stop, c };
             braid_transport_register_producer(c->base.transport, &c->prod, true);
@@ -301,12 +301,12 @@ static run_result drive(int port, int nconn, int mode, double warm_s, double win
             if (mode == RR_MODE_ECHO) braid_loop_soon(g.loop, echo_pump, &conns[i]);
             else g_send(&conns[i]);
         }
-        braid_call_later(g.loop, (uint64_t)(warm_s * 1e9), window_end, &g);
+        braid_timer_call_later(g.loop, (uint64_t)(warm_s * 1e9), window_end, &g);
         braid_loop_run(g.loop);                     /* warm-up */
         double cpu0 = bench_cpu_us(server);
         uint64_t t0 = bench_now_ns();
         g.measuring = true;
-        braid_call_later(g.loop, (uint64_t)(window_s * 1e9), window_end, &g);
+        braid_timer_call_later(g.loop, (uint64_t)(window_s * 1e9), window_end, &g);
         braid_loop_run(g.loop);                     /* the window */
         g.measuring = false;
         double cpu1 = bench_cpu_us(server);
@@ -329,9 +329,9 @@ static run_result drive(int port, int nconn, int mode, double warm_s, double win
         if (mode == RR_MODE_ECHO) braid_transport_unregister_producer(t);
         braid_transport_abort(t);
     }
-    while (g.lost < made && braid_loop_run_once(g.loop, BRAID_RUN_NOWAIT) >= 0) {}
-    braid_loop_run_once(g.loop, BRAID_RUN_NOWAIT);   /* queued echo_pump calls */
-    braid_loop_destroy(g.loop);
+    while (g.lost < made && braid_loop_run_once(g.loop, BRAID_LOOP_RUN_NOWAIT) >= 0) {}
+    braid_loop_run_once(g.loop, BRAID_LOOP_RUN_NOWAIT);   /* queued echo_pump calls */
+    braid_loop_free(g.loop);
     free(conns);
     return res;
 }

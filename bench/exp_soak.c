@@ -112,9 +112,9 @@ static braid_deferred *h_echo(braid_http_request *req, void *arg) {
     (void)arg;
     S.requests++;
     if (req->method_len == 4 && !memcmp(req->method, "POST", 4))
-        braid_http_respond(req, 200, "application/octet-stream", req->body, req->body_len);
+        braid_http_request_respond(req, 200, "application/octet-stream", req->body, req->body_len);
     else
-        braid_http_respond(req, 200, "text/plain", req->query ? req->query : "", req->query ? req->query_len : 0);
+        braid_http_request_respond(req, 200, "text/plain", req->query ? req->query : "", req->query ? req->query_len : 0);
     return NULL;
 }
 
@@ -136,9 +136,10 @@ static braid_result run_job(void *arg) {   /* on a pool worker */
     } else {
         usleep((useconds_t)(j->n * 1000));
     }
-    braid_http_response *r = braid_http_response_new(200, "text/plain", body, len);
-    if (!r) return braid_errf(BRAID_ENOMEM, "response");
-    return braid_ok_owned(r, braid_http_response_free);
+    braid_http_response *r;
+    if (braid_http_response_new(200, "text/plain", body, len, &r) < 0)
+        return braid_result_errf(BRAID_ENOMEM, "response");
+    return braid_result_ok_owned(r, braid_http_response_free);
 }
 
 static braid_deferred *h_job(braid_http_request *req, void *arg) {
@@ -148,12 +149,12 @@ static braid_deferred *h_job(braid_http_request *req, void *arg) {
     split_query(req, &a, &alen, &b, &blen);
     long n = strtol(a, NULL, 10);
     if (n < 0 || n > 100000 || alen == 0) {
-        braid_http_respond(req, 400, "text/plain", "bad query\n", 10);
+        braid_http_request_respond(req, 400, "text/plain", "bad query\n", 10);
         return NULL;
     }
     job *j = malloc(sizeof *j + blen + 1);
     if (!j) {
-        braid_http_respond(req, 503, "text/plain", "no memory\n", 10);
+        braid_http_request_respond(req, 503, "text/plain", "no memory\n", 10);
         return NULL;
     }
     j->n = n;
@@ -161,7 +162,7 @@ static braid_deferred *h_job(braid_http_request *req, void *arg) {
     j->len = blen;
     memcpy(j->token, b, blen);
     j->token[blen] = 0;
-    return braid_defer_to_pool_full(S.loop, S.pool, 0, run_job, j, free);
+    return braid_pool_defer_full(S.loop, S.pool, 0, run_job, j, free);
 }
 
 /* /big: a push producer writing 64 KiB pieces of the pattern until paused. */
@@ -175,7 +176,7 @@ static void big_free(void *arg) { free(arg); }
 static void big_end(big *g) {
     if (g->done) return;
     g->done = true;
-    braid_http_finish(g->req);
+    braid_http_request_finish(g->req);
     braid_loop_soon(S.loop, big_free, g);   /* after the transport is done with the producer */
 }
 static void big_pump(big *g) {
@@ -187,7 +188,7 @@ static void big_pump(big *g) {
     }
     while (!g->paused && !g->done && g->off < g->total) {
         size_t n = g->total - g->off < sizeof piece ? (size_t)(g->total - g->off) : sizeof piece;
-        if (braid_http_write(g->req, piece, n) < 0) {
+        if (braid_http_request_write(g->req, piece, n) < 0) {
             big_end(g);
             return;
         }
@@ -209,15 +210,15 @@ static braid_deferred *h_big(braid_http_request *req, void *arg) {
     long n = req->query ? strtol(req->query, NULL, 10) : 0;
     if (n < 0 || n > (long)BIG_MAX) n = 0;
     big *g = calloc(1, sizeof *g);
-    if (!g || braid_http_respond_start(req, 200, "application/octet-stream", n) < 0) {
+    if (!g || braid_http_request_respond_start(req, 200, "application/octet-stream", n) < 0) {
         free(g);
-        braid_http_finish(req);
+        braid_http_request_finish(req);
         return NULL;
     }
     g->req = req;
     g->total = (uint64_t)n;
     g->p = (braid_producer){ big_pause, big_resume, big_stop, g };
-    if (braid_http_register_producer(req, &g->p, true) < 0) {
+    if (braid_http_request_register_producer(req, &g->p, true) < 0) {
         big_end(g);
         return NULL;
     }
@@ -227,15 +228,15 @@ static braid_deferred *h_big(braid_http_request *req, void *arg) {
 
 static braid_deferred *h_status(braid_http_request *req, void *arg) {
     (void)arg;
-    braid_pool_stats ps;
-    braid_pool_stats_get(S.pool, &ps);
+    struct braid_pool_stats ps;
+    braid_pool_stats(S.pool, &ps);
     char out[512];
     int n = snprintf(out, sizeof out, "timers %zu\nconns %zu\ndeferreds %zu\npool_queued %llu\npool_running %llu\n"
                                       "requests %llu\n",
                      S.loop->heap_len, braid_http_server_connections(S.http), braid_deferred_live(S.loop),
                      (unsigned long long)ps.queued, (unsigned long long)ps.running,
                      (unsigned long long)S.requests);
-    braid_http_respond(req, 200, "text/plain", out, (size_t)n);
+    braid_http_request_respond(req, 200, "text/plain", out, (size_t)n);
     return NULL;
 }
 
@@ -254,36 +255,34 @@ static int serve(int argc, char **argv) {
     if (port <= 0 || tls_port <= 0) { fprintf(stderr, "serve soak: --port and --tls-port must be ports\n"); return 2; }
     signal(SIGPIPE, SIG_IGN);
     braid_loop_options lo = { .backend = (braid_backend)bench_backend(backend), .flags = BRAID_LOOP_STRICT_BACKEND };
-    if (braid_loop_new(&S.loop, &lo) < 0) {
+    if (braid_loop_new(&lo, &S.loop) < 0) {
         fprintf(stderr, "serve soak: backend %s unavailable\n", backend);
         return 77;
     }
     braid_pool_options po = { .max_threads = 8, .name = "soak", .loop = S.loop };
-    if (braid_pool_new(&S.pool, &po) < 0 || braid_http_server_new(S.loop, NULL, &S.http) < 0) return 1;
-    if (braid_http_route(S.http, NULL, "/echo", 0, h_echo, NULL) < 0 ||
-        braid_http_route(S.http, "GET", "/pool", 0, h_job, NULL) < 0 ||
-        braid_http_route(S.http, "GET", "/cpu", 0, h_job, &S) < 0 ||
-        braid_http_route(S.http, "GET", "/big", 0, h_big, NULL) < 0 ||
-        braid_http_route(S.http, "GET", "/status", 0, h_status, NULL) < 0)
+    if (braid_pool_new(&po, &S.pool) < 0 || braid_http_server_new(S.loop, NULL, &S.http) < 0) return 1;
+    if (braid_http_server_route(S.http, NULL, "/echo", 0, h_echo, NULL) < 0 ||
+        braid_http_server_route(S.http, "GET", "/pool", 0, h_job, NULL) < 0 ||
+        braid_http_server_route(S.http, "GET", "/cpu", 0, h_job, &S) < 0 ||
+        braid_http_server_route(S.http, "GET", "/big", 0, h_big, NULL) < 0 ||
+        braid_http_server_route(S.http, "GET", "/status", 0, h_status, NULL) < 0)
         return 1;
     char ep[96];
     snprintf(ep, sizeof ep, "tcp:%d:interface=127.0.0.1:backlog=511", port);
-    braid_deferred *d = braid_http_listen(S.http, ep);
+    braid_deferred *d = braid_http_server_listen(S.http, ep);
     braid_result r;
     if (braid_deferred_take(d, &r) < 0 || r.failure) {
         fprintf(stderr, "serve soak: cannot listen on %s\n", ep);
         return 1;
     }
-    braid_deferred_release(d);
+    braid_deferred_unref(d);
 
     btc_cert ca, cert;
     btc_make(&ca, BTC_EC, "soak CA", NULL, NULL, -3600, 86400);
     btc_make(&cert, BTC_EC, "localhost", "DNS:localhost,IP:127.0.0.1", &ca, -3600, 86400);
     braid_tls_ctx *tctx;
     char err[256];
-    if (braid_tls_ctx_new(&tctx, BRAID_TLS_SERVER,
-                          &(braid_tls_options){ .cert_pem = cert.cert_pem, .key_pem = cert.key_pem }, err,
-                          sizeof err) < 0) {
+    if (braid_tls_ctx_new(BRAID_TLS_SERVER, &(braid_tls_options){ .cert_pem = cert.cert_pem, .key_pem = cert.key_pem }, err, sizeof err, &tctx) < 0) {
         fprintf(stderr, "serve soak: %s\n", err);
         return 1;
     }

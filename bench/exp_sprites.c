@@ -277,7 +277,7 @@ static double run_components(int n, int frames, bool batched, uint64_t *sum, dou
     g->batched = batched;
     braid_loop *loop;
     double ns = NAN;
-    if (braid_loop_new(&loop, NULL) < 0) goto out0;
+    if (braid_loop_new(NULL, &loop) < 0) goto out0;
     braid_component **sp = calloc((size_t)n, sizeof *sp);
     sprite_comp *sc = calloc((size_t)n, sizeof *sc);
     if (!sp || !sc) goto out;
@@ -320,7 +320,7 @@ out:
     braid_component_free(g->renderer);
     free(sp);
     free(sc);
-    braid_loop_destroy(loop);
+    braid_loop_free(loop);
 out0:
     world_free(&g->w);
     free(g);

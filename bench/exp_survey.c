@@ -62,14 +62,14 @@ static void braid_cb(braid_watch *w, unsigned ev, void *arg) { (void)ev; drain_f
 static double run_braid(sv_state *s, const char *backend) {
     braid_loop_options o = { .backend = (braid_backend)bench_backend(backend), .flags = BRAID_LOOP_STRICT_BACKEND };
     braid_loop *loop;
-    if (braid_loop_new(&loop, &o) < 0) return NAN;
+    if (braid_loop_new(&o, &loop) < 0) return NAN;
     braid_watch *w = calloc((size_t)s->npairs, sizeof *w);
     double res = NAN;
     int n = 0;
     if (!w) goto out;
     for (; n < s->npairs; n++) {
         if (braid_watch_init(loop, &w[n], s->rd[n], braid_cb, s) < 0) goto out;
-        if (braid_watch_set(&w[n], BRAID_READ) < 0) { braid_watch_close(&w[n]); goto out; }
+        if (braid_watch_set_interest(&w[n], BRAID_WATCH_READ) < 0) { braid_watch_close(&w[n]); goto out; }
     }
     uint64_t total = 0;
     for (int r = -1; r < s->rounds; r++) {   /* round -1 warms up */
@@ -83,7 +83,7 @@ static double run_braid(sv_state *s, const char *backend) {
 out:
     for (int i = 0; i < n; i++) braid_watch_close(&w[i]);
     free(w);
-    braid_loop_destroy(loop);
+    braid_loop_free(loop);
     return res;
 }
 

@@ -61,10 +61,10 @@ static void braid_fire_cb(braid_timer *t, void *arg) { (void)t; ((tm_state *)arg
 static double run_braid(tm_state *s, bool cached) {
     braid_loop *loop;
     braid_loop_options o = { .backend = BRAID_BACKEND_EPOLL };
-    if (braid_loop_new(&loop, &o) < 0) return NAN;
+    if (braid_loop_new(&o, &loop) < 0) return NAN;
     braid_timer *pend = malloc((size_t)(s->pending ? s->pending : 1) * sizeof *pend);
     braid_timer *fire = s->op == OP_FIRE ? malloc((size_t)s->ops * sizeof *fire) : NULL;
-    if (!pend || (s->op == OP_FIRE && !fire)) { free(pend); free(fire); braid_loop_destroy(loop); return NAN; }
+    if (!pend || (s->op == OP_FIRE && !fire)) { free(pend); free(fire); braid_loop_free(loop); return NAN; }
     rng_state = 0x9e3779b97f4a7c15ull;
     for (long i = 0; i < s->pending; i++) {
         braid_timer_init(loop, &pend[i], braid_never, NULL);
@@ -86,12 +86,12 @@ static double run_braid(tm_state *s, bool cached) {
             if (cached) braid_timer_start_at(&fire[k], braid_loop_now(loop));
             else braid_timer_start(&fire[k], 0);
         }
-        while (s->fired < s->ops) braid_loop_run_once(loop, BRAID_RUN_NOWAIT);
+        while (s->fired < s->ops) braid_loop_run_once(loop, BRAID_LOOP_RUN_NOWAIT);
     }
     uint64_t dt = bench_now_ns() - t0;
     rate = (double)s->ops / ((double)dt / 1e9);
     for (long i = 0; i < s->pending; i++) braid_timer_stop(&pend[i]);
-    braid_loop_destroy(loop);
+    braid_loop_free(loop);
     free(pend);
     free(fire);
     return rate;

@@ -112,7 +112,7 @@ static void ts_data(braid_protocol *p, const void *buf, size_t len) {
     c->rlen += len < room ? len : room;
     c->req[c->rlen] = 0;
     if (!strstr(c->req, "\r\n\r\n")) {
-        if (c->rlen == sizeof c->req - 1) braid_transport_lose_connection(p->transport);
+        if (c->rlen == sizeof c->req - 1) braid_transport_close(p->transport, BRAID_FOREVER);
         return;
     }
     if (!strncmp(c->req, "GET /big ", 9)) {
@@ -128,7 +128,7 @@ static void ts_data(braid_protocol *p, const void *buf, size_t len) {
         return;
     }
     braid_transport_write(p->transport, SMALL_RESPONSE, sizeof SMALL_RESPONSE - 1);
-    braid_transport_lose_connection(p->transport);
+    braid_transport_close(p->transport, BRAID_FOREVER);
 }
 
 static const braid_protocol_ops ts_ops = { .data_received = ts_data };
@@ -163,11 +163,11 @@ static int serve(int argc, char **argv) {
     braid_loop *loop;
     braid_loop_options o = { .backend = (braid_backend)bench_backend(backend), .flags = BRAID_LOOP_STRICT_BACKEND,
                              .log = quiet_log };
-    if (braid_loop_new(&loop, &o) < 0) { fprintf(stderr, "serve tls: backend %s unavailable\n", backend); return 77; }
+    if (braid_loop_new(&o, &loop) < 0) { fprintf(stderr, "serve tls: backend %s unavailable\n", backend); return 77; }
     char err[256];
     braid_tls_ctx *ctx;
-    if (braid_tls_ctx_new(&ctx, BRAID_TLS_SERVER, &(braid_tls_options){ .cert_file = cert, .key_file = key },
-                          err, sizeof err) < 0) {
+    if (braid_tls_ctx_new(BRAID_TLS_SERVER, &(braid_tls_options){ .cert_file = cert, .key_file = key }, err,
+                          sizeof err, &ctx) < 0) {
         fprintf(stderr, "serve tls: %s\n", err);
         return 1;
     }
@@ -179,7 +179,7 @@ static int serve(int argc, char **argv) {
     rc = braid_tcp_listen(loop, &(braid_tcp_listen_options){ .host = "127.0.0.1", .port = port,
                                                                   .backlog = 511 }, &tf.base, &l);
     if (rc < 0) { fprintf(stderr, "serve tls: listen: %s\n", braid_strerror(rc)); return 1; }
-    if (seconds > 0) braid_call_later(loop, (uint64_t)(seconds * 1e9), bench_stop_loop, loop);
+    if (seconds > 0) braid_timer_call_later(loop, (uint64_t)(seconds * 1e9), bench_stop_loop, loop);
     braid_loop_run(loop);
     return 0;      /* the process exits; connections close with it */
 }
@@ -401,7 +401,7 @@ static braid_result g_connected(braid_result r, void *arg) {
         if (g->mode == 2) g->opening--;
         braid_result_drop(r);
         if (!g->stopping) braid_loop_soon(g->loop, g_reopen, g);
-        return braid_ok(NULL);
+        return braid_result_ok(NULL);
     }
     return r;
 }
@@ -415,8 +415,8 @@ static void g_open(gen *g) {
         braid_deferred *d = braid_tls_connect(g->loop, &(braid_tcp_connect_options){
             .host = "127.0.0.1", .port = g->port }, &g->tf);
         if (!d) { g->inflight--; g->errors++; return; }
-        braid_deferred_add_callbacks(d, g_connected, g_connected, g);
-        braid_deferred_release(d);
+        braid_deferred_add(d, g_connected, g_connected, g);
+        braid_deferred_unref(d);
     }
 }
 
@@ -425,16 +425,16 @@ static int gen_init(gen *g, int port, int mode, const char *groups) {
     g->port = port;
     g->mode = mode;
     braid_loop_options o = { .backend = BRAID_BACKEND_EPOLL, .log = quiet_log };
-    if (braid_loop_new(&g->loop, &o) < 0) return -1;
+    if (braid_loop_new(&o, &g->loop) < 0) return -1;
     /* Full handshakes only (no session cache); the certificate is not
      * verified (see the header); TLS 1.3, P-256, AES-128-GCM offered alone. */
     braid_tls_options co = { .verify = BRAID_TLS_VERIFY_NONE, .no_tickets = true,
                              .groups = groups, .ciphersuites = "TLS_AES_128_GCM_SHA256",
                              .min_version = BRAID_TLS_V1_3 };
     char err[256];
-    if (braid_tls_ctx_new(&g->ctx, BRAID_TLS_CLIENT, &co, err, sizeof err) < 0) {
+    if (braid_tls_ctx_new(BRAID_TLS_CLIENT, &co, err, sizeof err, &g->ctx) < 0) {
         fprintf(stderr, "tls client: %s\n", err);
-        braid_loop_destroy(g->loop);
+        braid_loop_free(g->loop);
         return -1;
     }
     braid_factory_init(&g->app, &gconn_ops, sizeof(gconn), g);
@@ -453,9 +453,9 @@ static void gen_close(gen *g) {
     }
     uint64_t end = bench_now_ns() + 5000000000ull;
     while (g->inflight > 0 && bench_now_ns() < end) braid_loop_run_once(g->loop, 0);
-    for (int i = 0; i < 20; i++) braid_loop_run_once(g->loop, BRAID_RUN_NOWAIT);
-    if (braid_loop_destroy(g->loop) < 0) fprintf(stderr, "tls client: loop not empty at the end\n");
-    braid_tls_factory_cleanup(&g->tf);
+    for (int i = 0; i < 20; i++) braid_loop_run_once(g->loop, BRAID_LOOP_RUN_NOWAIT);
+    if (braid_loop_free(g->loop) < 0) fprintf(stderr, "tls client: loop not empty at the end\n");
+    braid_tls_factory_close(&g->tf);
     braid_tls_ctx_unref(g->ctx);
 }
 
@@ -470,12 +470,12 @@ static result drive(int port, int mode, int k, double warm, double window, pid_t
     if (gen_init(&g, port, mode, "P-256") < 0) return res;
     g.target = mode == 1 ? 1 : k;
     g_open(&g);
-    braid_call_later(g.loop, (uint64_t)(warm * 1e9), window_end, &g);
+    braid_timer_call_later(g.loop, (uint64_t)(warm * 1e9), window_end, &g);
     braid_loop_run(g.loop);
     double cpu0 = bench_cpu_us(server), ccpu0 = bench_cpu_us(0);
     uint64_t t0 = bench_now_ns();
     g.measuring = true;
-    braid_call_later(g.loop, (uint64_t)(window * 1e9), window_end, &g);
+    braid_timer_call_later(g.loop, (uint64_t)(window * 1e9), window_end, &g);
     braid_loop_run(g.loop);
     g.measuring = false;
     double cpu1 = bench_cpu_us(server), ccpu1 = bench_cpu_us(0);
@@ -496,7 +496,7 @@ static result drive(int port, int mode, int k, double warm, double window, pid_t
 
 static void settle(gen *g, double seconds) {
     uint64_t end = bench_now_ns() + (uint64_t)(seconds * 1e9);
-    while (bench_now_ns() < end) braid_loop_run_once(g->loop, BRAID_RUN_NOWAIT), usleep(1000);
+    while (bench_now_ns() < end) braid_loop_run_once(g->loop, BRAID_LOOP_RUN_NOWAIT), usleep(1000);
 }
 
 /* memory: n idle TLS connections; the server's RSS growth per connection. */

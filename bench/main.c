@@ -46,9 +46,9 @@ static bool backend_available(const char *name) {
     if ((int)b < 0) return false;
     braid_loop_options o = { .backend = b, .flags = BRAID_LOOP_STRICT_BACKEND };
     braid_loop *loop;
-    if (braid_loop_new(&loop, &o) < 0) return false;
+    if (braid_loop_new(&o, &loop) < 0) return false;
     bool same = !strcmp(braid_loop_backend(loop), name);
-    braid_loop_destroy(loop);
+    braid_loop_free(loop);
     return same;
 }
 

@@ -150,12 +150,12 @@ static void collect_facts(bench_ctx *ctx) {
     for (int i = 0; i < 4; i++) {
         braid_loop_options o = { .backend = bes[i].b, .flags = BRAID_LOOP_STRICT_BACKEND };
         braid_loop *loop;
-        if (braid_loop_new(&loop, &o) == 0) {
+        if (braid_loop_new(&o, &loop) == 0) {
             if (!strcmp(braid_loop_backend(loop), bes[i].name)) {
                 strcat(be, be[0] ? " " : "");
                 strcat(be, bes[i].name);
             }
-            braid_loop_destroy(loop);
+            braid_loop_free(loop);
         }
     }
     add_fact("braid backends", "%s", be);

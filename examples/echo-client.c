@@ -31,7 +31,7 @@ static void on_data(braid_protocol *p, const void *buf, size_t len) {
     client *c = p->user;
     fwrite(buf, 1, len, stdout);
     c->received += len;
-    if (c->received >= c->expected) braid_transport_lose_connection(p->transport);
+    if (c->received >= c->expected) braid_transport_close(p->transport, BRAID_SECONDS(5));
 }
 
 static void on_lost(braid_protocol *p, const braid_failure *reason) {
@@ -45,7 +45,7 @@ static void on_lost(braid_protocol *p, const braid_failure *reason) {
 static const braid_protocol_ops client_ops = {
     .connection_made = on_made, .data_received = on_data, .connection_lost = on_lost };
 
-/* braid_connect's Deferred fails if the connection could not be made. */
+/* braid_endpoint_connect's Deferred fails if the connection could not be made. */
 static braid_result connect_failed(braid_result r, void *arg) {
     client *c = arg;
     char buf[256];
@@ -53,7 +53,7 @@ static braid_result connect_failed(braid_result r, void *arg) {
     fprintf(stderr, "echo-client: %s\n", buf);
     c->status = 1;
     braid_result_drop(r);
-    return braid_ok(NULL);
+    return braid_result_ok(NULL);
 }
 
 int main(int argc, char **argv) {
@@ -62,14 +62,15 @@ int main(int argc, char **argv) {
         return 1;
     }
     client c = { .words = argv + 2, .nwords = argc - 2 };
-    if (braid_loop_new(&c.loop, NULL) < 0) return 1;
+    if (braid_loop_new(NULL, &c.loop) < 0) return 1;
     braid_factory factory;
     braid_factory_init(&factory, &client_ops, sizeof(braid_protocol), &c);
-    braid_deferred *d = braid_connect(c.loop, argv[1], &factory);
-    braid_deferred_add_errback(d, connect_failed, &c);
-    braid_deferred_release(d);
+    /* Only the errback: the protocol starts in connection_made. */
+    if (braid_deferred_then(braid_endpoint_connect(c.loop, argv[1], &factory), NULL, connect_failed,
+                            &c) < 0)
+        return 1;
     braid_loop_run(c.loop);           /* returns when the connection is over */
     fflush(stdout);
-    if (braid_loop_destroy(c.loop) < 0) return 1;
+    if (braid_loop_free(c.loop) < 0) return 1;
     return c.status;
 }

@@ -7,7 +7,7 @@
  * it stops listening and gives every open connection CLOSE_DEADLINE to take
  * what is still queued for it; a peer that has not read it by then is cut
  * off (reset). The loop then has nothing left, run() returns, and its leak
- * gate (braid_loop_destroy) confirms nothing was forgotten. */
+ * gate (braid_loop_free) confirms nothing was forgotten. */
 #include <braid.h>
 #include <signal.h>
 #include <stdio.h>
@@ -75,7 +75,7 @@ static void stop_signals(server *s) {
     braid_signal_stop(&s->sigterm);
 }
 
-/* braid_listen answers with a Deferred, like everything in braid that has a
+/* braid_endpoint_listen answers with a Deferred, like everything in braid that has a
  * result: its callback gets the listener once listening works ... */
 static braid_result listening(braid_result r, void *arg) {
     server *s = arg;
@@ -85,7 +85,7 @@ static braid_result listening(braid_result r, void *arg) {
     braid_listener_address(s->listener, &a);
     printf("listening on %s\n", braid_address_format(&a, buf, sizeof buf));
     fflush(stdout);
-    return braid_ok(NULL);
+    return braid_result_ok(NULL);
 }
 
 /* ... or the reason it did not (a bad endpoint string, a port in use). */
@@ -97,7 +97,7 @@ static braid_result failed(braid_result r, void *arg) {
     braid_result_drop(r);             /* handled, so not reported as unhandled */
     stop_signals(s);                  /* nothing left to wait for: run() returns */
     s->status = 1;
-    return braid_ok(NULL);
+    return braid_result_ok(NULL);
 }
 
 static void on_signal(braid_signal *sig, int signo, void *arg) {
@@ -106,26 +106,27 @@ static void on_signal(braid_signal *sig, int signo, void *arg) {
     braid_listener_close(s->listener);
     s->listener = NULL;
     /* Flush, close, and abort whoever is still not reading after the
-     * deadline (plain braid_transport_lose_connection would wait for ever). */
-    for (conn *c = s->conns; c; c = c->next) braid_transport_close_within(c->base.transport, CLOSE_DEADLINE);
+     * deadline (BRAID_FOREVER would let such a peer keep us for ever). */
+    for (conn *c = s->conns; c; c = c->next) braid_transport_close(c->base.transport, CLOSE_DEADLINE);
     stop_signals(s);                  /* run() returns when the last connection closed */
 }
 
 int main(int argc, char **argv) {
     const char *where = argc > 1 ? argv[1] : "tcp:8000:interface=127.0.0.1";
     server s = { 0 };
-    if (braid_loop_new(&s.loop, NULL) < 0) return 1;   /* $BRAID_BACKEND picks the poller */
+    if (braid_loop_new(NULL, &s.loop) < 0) return 1;   /* $BRAID_BACKEND picks the poller */
     braid_signal_start(s.loop, &s.sigint, SIGINT, on_signal, &s);
     braid_signal_start(s.loop, &s.sigterm, SIGTERM, on_signal, &s);
 
     braid_factory factory;
     braid_factory_init(&factory, &echo_ops, sizeof(conn), &s);
 
-    braid_deferred *d = braid_listen(s.loop, where, &factory);
-    braid_deferred_add_callbacks(d, listening, failed, &s);
-    braid_deferred_release(d);        /* we keep no reference: the callbacks do the rest */
+    /* then: the callbacks take the result and the Deferred is theirs — there
+     * is nothing for us to release, and nothing to leak. */
+    if (braid_deferred_then(braid_endpoint_listen(s.loop, where, &factory), listening, failed, &s) < 0)
+        return 1;
 
     braid_loop_run(s.loop);           /* until nothing is left to do */
-    if (braid_loop_destroy(s.loop) < 0) return 2;
+    if (braid_loop_free(s.loop) < 0) return 2;
     return s.status;
 }

@@ -66,7 +66,7 @@ static void stop_signals(server *s) {
     braid_signal_stop(&s->sigterm);
 }
 
-/* braid_listen answers with a Deferred, like everything in braid that has a
+/* braid_endpoint_listen answers with a Deferred, like everything in braid that has a
  * result: its callback gets the listener once listening works ... */
 static braid_result listening(braid_result r, void *arg) {
     server *s = arg;
@@ -76,7 +76,7 @@ static braid_result listening(braid_result r, void *arg) {
     braid_listener_address(s->listener, &a);
     printf("listening on %s\n", braid_address_format(&a, buf, sizeof buf));
     fflush(stdout);
-    return braid_ok(NULL);
+    return braid_result_ok(NULL);
 }
 
 /* ... or the reason it did not (a bad endpoint string, a port in use). */
@@ -88,7 +88,7 @@ static braid_result failed(braid_result r, void *arg) {
     braid_result_drop(r);                     /* handled, so not reported as unhandled */
     stop_signals(s);                          /* nothing left to wait for: run() returns */
     s->status = 1;
-    return braid_ok(NULL);
+    return braid_result_ok(NULL);
 }
 
 static void on_signal(braid_signal *sig, int signo, void *arg) {
@@ -104,19 +104,19 @@ int main(int argc, char **argv) {
     const char *where = argc > 1 ? argv[1] : "tcp:8000:interface=127.0.0.1";
     server s = { 0 };
     braid_loop *loop;
-    if (braid_loop_new(&loop, NULL) < 0) return 1;
+    if (braid_loop_new(NULL, &loop) < 0) return 1;
     braid_signal_start(loop, &s.sigint, SIGINT, on_signal, &s);
     braid_signal_start(loop, &s.sigterm, SIGTERM, on_signal, &s);
 
     /* A factory that spawns connection(stream, NULL) in a fiber per connection. */
     braid_fiber_options fo = { .name = "echo-conn" };
-    braid_fstream_factory_init(&s.factory, loop, connection, NULL, &fo);
+    braid_fstream_factory_init(loop, &s.factory, connection, NULL, &fo);
 
-    braid_deferred *d = braid_listen(loop, where, &s.factory.base);
-    braid_deferred_add_callbacks(d, listening, failed, &s);
-    braid_deferred_release(d);                /* we keep no reference: the callbacks do the rest */
+    if (braid_deferred_then(braid_endpoint_listen(loop, where, &s.factory.base), listening, failed,
+                            &s) < 0)
+        return 1;
 
     braid_loop_run(loop);                     /* until nothing is left to do */
-    if (braid_loop_destroy(loop) < 0) return 2;   /* the leak gate */
+    if (braid_loop_free(loop) < 0) return 2;   /* the leak gate */
     return s.status;
 }

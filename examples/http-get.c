@@ -10,7 +10,7 @@
  * Shutting down: once the response has ended (or failed), the client is
  * freed, which closes its kept-alive connection. The loop then has nothing
  * left to wait for, braid_loop_run returns by itself, and the leak gate
- * (braid_loop_destroy) confirms everything was closed. */
+ * (braid_loop_free) confirms everything was closed. */
 #include <braid.h>
 #include <stdio.h>
 #include <string.h>
@@ -63,7 +63,7 @@ static braid_result on_fail(braid_result r, void *arg) {
     fprintf(stderr, "http-get: %s\n", msg);
     braid_result_drop(r);             /* handled, so not reported as unhandled */
     finish(g, 1);
-    return braid_ok(NULL);
+    return braid_result_ok(NULL);
 }
 
 int main(int argc, char **argv) {
@@ -74,17 +74,15 @@ int main(int argc, char **argv) {
         return 2;
     }
     get g = { .status = 1 };
-    if (braid_loop_new(&g.loop, NULL) < 0) return 1;
+    if (braid_loop_new(NULL, &g.loop) < 0) return 1;
     if (braid_http_client_new(g.loop, &(braid_http_client_options){ .max_redirects = follow },
                               &g.client) < 0)
         return 1;
     braid_deferred *d = braid_http_client_request(g.client, &(braid_http_client_req){
         .url = argv[i], .on_body = on_body, .on_end = on_end, .arg = &g });
-    if (!d) return 1;
-    braid_deferred_add_callbacks(d, on_head, on_fail, &g);
-    braid_deferred_release(d);
+    if (braid_deferred_then(d, on_head, on_fail, &g) < 0) return 1;
     braid_loop_run(g.loop);           /* returns once the client and its connection are gone */
     fflush(stdout);
-    if (braid_loop_destroy(g.loop) < 0) return 1;
+    if (braid_loop_free(g.loop) < 0) return 1;
     return g.status;
 }

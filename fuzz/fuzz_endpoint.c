@@ -5,7 +5,7 @@
  * module's "tcp:", "tcp6:", "unix:" grammar) and the TLS wrapper's split of
  * "ssl:"/"tls:" strings into its own fields and a "tcp:" remainder (the
  * static split() of src/tls/endpoint_tls.c, included here), which is then
- * parsed as braid_tls_listen/braid_tls_connect_to do. No file is read and no
+ * parsed as braid_endpoint_listen/braid_endpoint_connect do for ssl:/tls:. No file is read and no
  * socket made: contexts are never built.
  *
  * The input is the description (cut at the first NUL); the error buffer's

@@ -51,7 +51,7 @@ static int fz_run(fz_init_fn init, size_t header, const uint8_t *data, size_t si
     }
     if (rc_a != rc_b || ra.n != rb.n || ra.hash != rb.hash) abort();
     if (rc_a == 0 && braid_framer_pending(&a) != braid_framer_pending(&b)) abort();
-    braid_framer_free(&a);
-    braid_framer_free(&b);
+    braid_framer_close(&a);
+    braid_framer_close(&b);
     return 0;
 }

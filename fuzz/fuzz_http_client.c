@@ -36,6 +36,13 @@
 #include "fuzz_world.h"
 #include "../tests/support/tls_certs.h"
 
+/* braid_memory_transport_state as a value, for assertions. */
+static struct braid_memory_transport_state mstate(const braid_memory_transport *m) {
+    struct braid_memory_transport_state st;
+    braid_memory_transport_state(m, &st);
+    return st;
+}
+
 #define MAX_CONNS 32
 #define MAX_REQS 4
 /* Splits the input into the answers to successive requests: at each one the
@@ -70,11 +77,11 @@ static braid_deferred *mem_connect(void *arg, braid_loop *loop, const char *host
     (void)https;
     (void)port;
     if (z->n == MAX_CONNS || host[0] == 'r')   /* "refused.example": a failed connect */
-        return braid_fail(loop, braid_failure_new(-ECONNREFUSED, "connection refused"));
+        return braid_deferred_fail(loop, braid_failure_new(-ECONNREFUSED, "connection refused"));
     braid_protocol *p = braid_factory_build(f, NULL);
     if (!p) abort();
-    z->m[z->n++] = braid_memory_transport_new(loop, p);
-    return braid_succeed(loop, p, NULL);
+    braid_memory_transport_new(loop, p, &z->m[z->n++]);
+    return braid_deferred_succeed(loop, p, NULL);
 }
 
 static void check_response(const req_state *s, const braid_http_client_response *r) {
@@ -95,14 +102,14 @@ static braid_result got(braid_result r, void *arg) {
     check_response(s, r.value);
     if (s->streaming) s->live = r.value;
     braid_result_drop(r);   /* buffered: frees the response; streaming: borrowed, no dtor */
-    return braid_ok(NULL);
+    return braid_result_ok(NULL);
 }
 static braid_result failed(braid_result r, void *arg) {
     req_state *s = arg;
     s->fired++;
     if (!r.failure || r.failure->code >= 0) abort();
     braid_result_drop(r);
-    return braid_ok(NULL);
+    return braid_result_ok(NULL);
 }
 
 static fz *cur;   /* the input being run (callbacks read its flags) */
@@ -151,8 +158,8 @@ static void issue(fz *z) {
     z->nreqs++;
     braid_deferred *d = braid_http_client_request(z->c, &q);
     if (!d) abort();
-    if (braid_deferred_add_callbacks(d, got, failed, s) < 0) abort();
-    braid_deferred_release(d);
+    if (braid_deferred_add(d, got, failed, s) < 0) abort();
+    braid_deferred_unref(d);
 }
 
 /* A request is over once its Deferred fired and, streaming, its body ended. */
@@ -168,9 +175,9 @@ static bool all_done(const fz *z) {
 /* The connection the server answers on: the last one a request was written
  * to, while it is open; else the newest open one (unsolicited bytes). */
 static braid_memory_transport *answering(fz *z) {
-    if (z->active >= 0 && !braid_memory_transport_state(z->m[z->active]).closed) return z->m[z->active];
+    if (z->active >= 0 && !mstate(z->m[z->active]).closed) return z->m[z->active];
     for (int i = z->n - 1; i >= 0; i--)
-        if (!braid_memory_transport_state(z->m[i]).closed) return z->m[i];
+        if (!mstate(z->m[i]).closed) return z->m[i];
     return NULL;
 }
 
@@ -220,7 +227,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         static btc_cert ca;
         btc_make(&ca, BTC_EC, "fuzz CA", NULL, NULL, -3600, 86400 * 365);
         braid_tls_options co = { .ca_pem = ca.cert_pem };
-        if (braid_tls_ctx_new(&tls_client, BRAID_TLS_CLIENT, &co, NULL, 0) < 0) abort();
+        if (braid_tls_ctx_new(BRAID_TLS_CLIENT, &co, NULL, 0, &tls_client) < 0) abort();
     }
     fz z = { .active = -1 };
     cur = &z;
@@ -230,10 +237,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     data += 2;
     size -= 2;
 
-    z.fc = braid_fake_clock_new(BRAID_SECONDS(1000));
+    braid_fake_clock_new(BRAID_SECONDS(1000), &z.fc);
     braid_loop_options lo = { .backend = BRAID_BACKEND_POLL, .clock = braid_fake_clock_base(z.fc),
                               .log = fzw_log };
-    if (!z.fc || braid_loop_new(&z.loop, &lo) < 0) abort();
+    if (!z.fc || braid_loop_new(&lo, &z.loop) < 0) abort();
     braid_http_client_options co = {
         .connect = mem_connect, .connect_arg = &z, .tls_ctx = tls_client,
         .max_per_host = (z.flags & 0x80) ? 1 : 0,
@@ -277,7 +284,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     }
     for (int i = 0; i < z.n; i++) braid_memory_transport_free(z.m[i]);
     if (!fzw_expire(z.loop, z.fc, BRAID_SECONDS(5), 100)) abort();
-    if (braid_loop_destroy(z.loop) < 0) abort();   /* the leak gate */
+    if (braid_loop_free(z.loop) < 0) abort();   /* the leak gate */
     braid_fake_clock_free(z.fc);
     cur = NULL;
     return 0;

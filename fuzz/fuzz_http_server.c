@@ -21,7 +21,7 @@
  * (the Deferred free list is filled up front so reuse does not move it) and
  * no file descriptor was left open (the lowest free one is as it was).
  * Every 4,096 inputs the world is torn down through the loop's own leak gate
- * (braid_loop_destroy refuses a loop with anything left open) and rebuilt. */
+ * (braid_loop_free refuses a loop with anything left open) and rebuilt. */
 #include <braid.h>
 #include <fcntl.h>
 #include <sys/stat.h>
@@ -30,6 +30,13 @@
 #include <string.h>
 #include <unistd.h>
 #include "fuzz_world.h"
+
+/* braid_memory_transport_state as a value, for assertions. */
+static struct braid_memory_transport_state mstate(const braid_memory_transport *m) {
+    struct braid_memory_transport_state st;
+    braid_memory_transport_state(m, &st);
+    return st;
+}
 
 static braid_fake_clock *fc;
 static braid_loop *loop;
@@ -130,25 +137,26 @@ static braid_deferred *h_echo(braid_http_request *req, void *arg) {
     char out[512];
     int n = snprintf(out, sizeof out, "%.*s %.*s body=%zu", (int)req->method_len, req->method,
                      (int)req->path_len, req->path, req->body_len);
-    braid_http_respond(req, 200, "text/plain", out, (size_t)n);
+    braid_http_request_respond(req, 200, "text/plain", out, (size_t)n);
     return NULL;
 }
 
 /* /d...: the answer comes (path length % 4) * 100 ms later; /df... fails. */
 static braid_result later_ok(void *arg) {
     (void)arg;
-    braid_http_response *r = braid_http_response_new(200, "text/plain", "later", 5);
-    if (!r) return braid_errf(BRAID_ENOMEM, "response");
-    return braid_ok_owned(r, braid_http_response_free);
+    braid_http_response *r;
+    if (braid_http_response_new(200, "text/plain", "later", 5, &r) < 0)
+        return braid_result_errf(BRAID_ENOMEM, "response");
+    return braid_result_ok_owned(r, braid_http_response_free);
 }
 static braid_result later_fail(void *arg) {
     (void)arg;
-    return braid_errf(BRAID_EINVAL, "handler failed");
+    return braid_result_errf(BRAID_EINVAL, "handler failed");
 }
 static braid_deferred *h_later(braid_http_request *req, void *arg) {
     (void)arg;
     bool fail = req->path_len > 2 && req->path[2] == 'f';
-    return braid_defer_later(loop, BRAID_MSEC(100) * (req->path_len % 4),
+    return braid_deferred_later(loop, BRAID_MSEC(100) * (req->path_len % 4),
                              fail ? later_fail : later_ok, NULL);
 }
 
@@ -162,17 +170,17 @@ static void stream_tick(braid_timer *t, void *arg) {
     (void)t;
     stream_state *s = arg;
     static char piece[16384];
-    if (s->left-- > 0 && braid_http_write(s->req, piece, sizeof piece) == 0) {
+    if (s->left-- > 0 && braid_http_request_write(s->req, piece, sizeof piece) == 0) {
         braid_timer_start(&s->t, BRAID_MSEC(100));
         return;
     }
-    braid_http_finish(s->req);   /* also after the connection was lost: it releases the request */
+    braid_http_request_finish(s->req);   /* also after the connection was lost: it releases the request */
     free(s);
 }
 static braid_deferred *h_stream(braid_http_request *req, void *arg) {
     (void)arg;
-    if (braid_http_respond_start(req, 200, "application/octet-stream", -1) < 0) {
-        braid_http_finish(req);
+    if (braid_http_request_respond_start(req, 200, "application/octet-stream", -1) < 0) {
+        braid_http_request_finish(req);
         return NULL;
     }
     stream_state *s = malloc(sizeof *s);
@@ -185,31 +193,31 @@ static braid_deferred *h_stream(braid_http_request *req, void *arg) {
 }
 
 static void world_new(void) {
-    fc = braid_fake_clock_new(BRAID_SECONDS(1000));
+    braid_fake_clock_new(BRAID_SECONDS(1000), &fc);
     braid_loop_options lo = { .backend = BRAID_BACKEND_POLL, .clock = braid_fake_clock_base(fc),
                                .log = fzw_log };
-    if (!fc || braid_loop_new(&loop, &lo) < 0) abort();
+    if (!fc || braid_loop_new(&lo, &loop) < 0) abort();
     braid_http_server_options so = { 0 };
     if (braid_http_server_new(loop, &so, &server) < 0) abort();
-    if (braid_http_route(server, NULL, "/", BRAID_HTTP_PREFIX, h_echo, NULL) < 0 ||
-        braid_http_route(server, NULL, "/d", BRAID_HTTP_PREFIX, h_later, NULL) < 0 ||
-        braid_http_route(server, NULL, "/s", BRAID_HTTP_PREFIX, h_stream, NULL) < 0)
+    if (braid_http_server_route(server, NULL, "/", BRAID_HTTP_ROUTE_PREFIX, h_echo, NULL) < 0 ||
+        braid_http_server_route(server, NULL, "/d", BRAID_HTTP_ROUTE_PREFIX, h_later, NULL) < 0 ||
+        braid_http_server_route(server, NULL, "/s", BRAID_HTTP_ROUTE_PREFIX, h_stream, NULL) < 0)
         abort();
     if (!root[0]) make_root();
-    if (braid_http_static(server, "/f/", root) < 0) abort();
+    if (braid_http_server_static(server, "/f/", root) < 0) abort();
     /* Fill the Deferred free list, so that taking from it and giving back
      * leaves braid's allocation count unchanged. */
     static braid_deferred *ds[4096];
     for (size_t i = 0; i < 4096; i++)
-        if (!(ds[i] = braid_succeed(loop, NULL, NULL))) abort();
-    for (size_t i = 0; i < 4096; i++) braid_deferred_release(ds[i]);
+        if (!(ds[i] = braid_deferred_succeed(loop, NULL, NULL))) abort();
+    for (size_t i = 0; i < 4096; i++) braid_deferred_unref(ds[i]);
     base_allocs = -1;   /* taken after the first connection (lazy per-loop state) */
 }
 
 static void world_free(void) {
     if (braid_http_server_free(server) < 0) abort();
     fzw_spin(loop);
-    if (braid_loop_destroy(loop) < 0) abort();   /* the loop's leak gate */
+    if (braid_loop_free(loop) < 0) abort();   /* the loop's leak gate */
     braid_fake_clock_free(fc);
     loop = NULL;
 }
@@ -227,13 +235,14 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
 
     braid_protocol *p = braid_factory_build(braid_http_server_factory(server), NULL);
     if (!p) abort();
-    braid_memory_transport *m = braid_memory_transport_new(loop, p);
+    braid_memory_transport *m = NULL;
+    braid_memory_transport_new(loop, p, &m);
     if (!m) abort();
 
     int stalled = 0;
     for (size_t off = 0; off < size;) {
         size_t n = size - off < piece ? size - off : piece;
-        if (braid_memory_transport_state(m).closed) break;
+        if (mstate(m).closed) break;
         /* Reading pauses while an answer is pending: the piece is offered
          * again after the clock moves on (a peer that never reads can keep
          * it paused: then the rest of the input is dropped). */

@@ -43,12 +43,12 @@ static void init(void) {
     braid_tls_options so12 = { .cert_pem = srv.cert_pem, .key_pem = srv.key_pem, .ca_pem = ca.cert_pem,
                                .verify = BRAID_TLS_VERIFY_OPTIONAL, .max_version = BRAID_TLS_V1_2 };
     braid_tls_options co = { .ca_pem = ca.cert_pem, .alpn = "h2" };
-    if (braid_tls_ctx_new(&server, BRAID_TLS_SERVER, &so, NULL, 0) < 0 ||
-        braid_tls_ctx_new(&server12, BRAID_TLS_SERVER, &so12, NULL, 0) < 0 ||
-        braid_tls_ctx_new(&client, BRAID_TLS_CLIENT, &co, NULL, 0) < 0)
+    if (braid_tls_ctx_new(BRAID_TLS_SERVER, &so, NULL, 0, &server) < 0 ||
+        braid_tls_ctx_new(BRAID_TLS_SERVER, &so12, NULL, 0, &server12) < 0 ||
+        braid_tls_ctx_new(BRAID_TLS_CLIENT, &co, NULL, 0, &client) < 0)
         abort();
     braid_tls_engine *c;
-    if (braid_tls_engine_new(&c, client, "localhost", NULL, NULL) < 0) abort();
+    if (braid_tls_engine_new(client, "localhost", NULL, NULL, &c) < 0) abort();
     const void *h = braid_tls_engine_out(c, &hello_len);
     if (!h || hello_len > sizeof hello) abort();
     memcpy(hello, h, hello_len);
@@ -76,10 +76,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     braid_tls_engine *e = NULL;
     failed_now = false;
     if (mode == 1) {
-        if (braid_tls_engine_new(&e, client, "localhost", &ops, NULL) < 0) abort();
+        if (braid_tls_engine_new(client, "localhost", &ops, NULL, &e) < 0) abort();
         drain(e);                                   /* the ClientHello went out */
     } else {
-        if (braid_tls_engine_new(&e, mode == 3 ? server12 : server, NULL, &ops, NULL) < 0) abort();
+        if (braid_tls_engine_new(mode == 3 ? server12 : server, NULL, &ops, NULL, &e) < 0) abort();
         if (mode >= 2) {
             if (braid_tls_engine_feed(e, hello, hello_len) != 0) abort();
             drain(e);

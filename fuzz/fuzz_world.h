@@ -25,7 +25,7 @@ static void fzw_log(void *ctx, braid_log_level level, const char *msg) {
 /* Run ready work until the loop is idle: 0, or abort on a loop error. */
 static void fzw_spin(braid_loop *loop) {
     for (int i = 0; i < 64; i++) {
-        int rc = braid_loop_run_once(loop, BRAID_RUN_NOWAIT);
+        int rc = braid_loop_run_once(loop, BRAID_LOOP_RUN_NOWAIT);
         if (rc < 0) abort();
         if (rc == 0) return;
     }

@@ -16,6 +16,9 @@
 #include <braid/pool.h>
 #include <braid/fiber.h>
 #include <braid/fstream.h>
+#include <braid/stage.h>
 #include <braid/http.h>
+#include <braid/process.h>
+#include <braid/tuplespace.h>
 #include <braid/component.h>
 #endif

@@ -50,7 +50,7 @@ const char *bt_backend(void) {
 braid_loop *bt_loop_new(braid_clock *clock) {
     braid_loop_options o = { .clock = clock, .flags = BRAID_LOOP_STRICT_BACKEND };
     braid_loop *loop = NULL;
-    int rc = braid_loop_new(&loop, &o);
+    int rc = braid_loop_new(&o, &loop);
     if (rc == BRAID_ENOSYS) bt_skip("backend not available on this system");
     if (rc < 0) bt_fail(__FILE__, __LINE__, "braid_loop_new: %s", braid_strerror(rc));
     if (strcmp(braid_loop_backend(loop), bt_backend()) != 0)
@@ -60,8 +60,8 @@ braid_loop *bt_loop_new(braid_clock *clock) {
 }
 
 void bt_loop_destroy(braid_loop *loop) {
-    int rc = braid_loop_destroy(loop);
-    if (rc < 0) bt_fail(__FILE__, __LINE__, "leak gate: braid_loop_destroy: %s", braid_strerror(rc));
+    int rc = braid_loop_free(loop);
+    if (rc < 0) bt_fail(__FILE__, __LINE__, "leak gate: braid_loop_free: %s", braid_strerror(rc));
 }
 
 void bt_run_until(braid_loop *loop, volatile int *flag, int max_iterations) {

@@ -16,12 +16,12 @@ cat >"$work/hello.c" <<'C'
 static void tick(braid_timer *t, void *arg) { (void)t; ++*(int *)arg; }
 int main(void) {
     braid_loop *loop; int fired = 0; braid_timer t;
-    if (braid_loop_new(&loop, NULL) < 0) return 1;
+    if (braid_loop_new(NULL, &loop) < 0) return 1;
     braid_timer_init(loop, &t, tick, &fired);
     braid_timer_start(&t, BRAID_MSEC(1));
     braid_loop_run(loop);
     printf("backend=%s fired=%d\n", braid_loop_backend(loop), fired);
-    return braid_loop_destroy(loop) < 0 || fired != 1;
+    return braid_loop_free(loop) < 0 || fired != 1;
 }
 C
 fail() { echo "install_test: $*" >&2; exit 1; }
@@ -74,7 +74,7 @@ if [ -f "$libdir/pkgconfig/braid-glib.pc" ]; then
 static void tick(braid_timer *t, void *arg) { (void)t; g_main_loop_quit(arg); }
 int main(void) {
     braid_loop *loop; braid_glib_source *src; braid_timer t;
-    if (braid_loop_new(&loop, NULL) < 0) return 1;
+    if (braid_loop_new(NULL, &loop) < 0) return 1;
     if (braid_glib_source_new(loop, NULL, NULL, &src) < 0) return 1;
     GMainLoop *ml = g_main_loop_new(NULL, FALSE);
     braid_timer_init(loop, &t, tick, ml);
@@ -83,7 +83,7 @@ int main(void) {
     printf("braid-glib: timer fired under GLib\n");
     g_main_loop_unref(ml);
     braid_glib_source_free(src);
-    return braid_loop_destroy(loop) < 0;
+    return braid_loop_free(loop) < 0;
 }
 C
     "$cc" -o "$work/hello-glib" "$work/hello-glib.c" $(pkg-config --cflags --libs braid-glib)

@@ -17,7 +17,7 @@ static void noop_call(void *arg) { ++*(int *)arg; }
 static int scenario(void *arg) {
     (void)arg;
     braid_loop *loop;
-    int rc = braid_loop_new(&loop, NULL);
+    int rc = braid_loop_new(NULL, &loop);
     if (rc < 0) return rc;
     int sv[2];
     bt_socketpair(sv);
@@ -28,23 +28,23 @@ static int scenario(void *arg) {
     int calls = 0, ntimers = 0, w1_open = 0, w2_open = 0;
     if ((rc = braid_watch_init(loop, &w1, sv[0], noop_io, NULL)) < 0) goto out;
     w1_open = 1;
-    if ((rc = braid_watch_set(&w1, BRAID_READ)) < 0) goto out;
+    if ((rc = braid_watch_set_interest(&w1, BRAID_WATCH_READ)) < 0) goto out;
     if ((rc = braid_watch_init(loop, &w2, hi, noop_io, NULL)) < 0) goto out;
     w2_open = 1;
-    if ((rc = braid_watch_set(&w2, BRAID_READ | BRAID_WRITE)) < 0) goto out;
+    if ((rc = braid_watch_set_interest(&w2, BRAID_WATCH_READ | BRAID_WATCH_WRITE)) < 0) goto out;
     for (; ntimers < 100; ntimers++) {
         braid_timer_init(loop, &timers[ntimers], noop_timer, NULL);
         if ((rc = braid_timer_start(&timers[ntimers], BRAID_SECONDS(10 + ntimers))) < 0) goto out;
     }
-    braid_timer *later = braid_call_later(loop, BRAID_SECONDS(1), noop_call, &calls);
+    braid_timer *later = braid_timer_call_later(loop, BRAID_SECONDS(1), noop_call, &calls);
     if (!later) { rc = BRAID_ENOMEM; goto out; }
     braid_timer_cancel(later);
     if ((rc = braid_loop_post(loop, noop_call, &calls)) < 0) goto out;
     if ((rc = braid_loop_soon(loop, noop_call, &calls)) < 0) {
-        braid_loop_run_once(loop, BRAID_RUN_NOWAIT);   /* run the posted one */
+        braid_loop_run_once(loop, BRAID_LOOP_RUN_NOWAIT);   /* run the posted one */
         goto out;
     }
-    if ((rc = braid_loop_run_once(loop, BRAID_RUN_NOWAIT)) < 0) goto out;
+    if ((rc = braid_loop_run_once(loop, BRAID_LOOP_RUN_NOWAIT)) < 0) goto out;
     if (calls != 2) abort();
     rc = 0;
 out:
@@ -69,6 +69,6 @@ BT_TEST(sticky_failure_and_allocator_swap) {
     braid_test_fail_alloc_after(0, false);
     void *p = braid_malloc(8);
     BT_TRUE(p != NULL);
-    BT_ERR(braid_set_allocator(NULL), BRAID_EBUSY);   /* memory outstanding */
+    BT_ERR(braid_allocator_set(NULL), BRAID_EBUSY);   /* memory outstanding */
     braid_free(p);
 }

@@ -118,11 +118,12 @@ static int pump_path(braid_loop *loop, braid_tls_ctx *sctx, braid_tls_ctx *cctx)
     if (rc < 0) return rc;
     rc = braid_tls_factory_init(&ctf, &cf.f, &(braid_tls_wrap_options){ .ctx = cctx, .server_name = "localhost" });
     if (rc < 0) {
-        braid_tls_factory_cleanup(&stf);
+        braid_tls_factory_close(&stf);
         return rc;
     }
     braid_protocol *cg = braid_factory_build(&ctf.base, NULL), *sg = braid_factory_build(&stf.base, NULL);
-    braid_pump *pump = cg && sg ? braid_pump_new(loop, cg, sg) : NULL;
+    braid_pump *pump = NULL;
+    if (cg && sg) braid_pump_new(loop, cg, sg, &pump);
     if (!pump) {
         if (cg) cg->ops->destroy(cg);   /* glue never attached: released as a transport would */
         if (sg) sg->ops->destroy(sg);
@@ -130,7 +131,7 @@ static int pump_path(braid_loop *loop, braid_tls_ctx *sctx, braid_tls_ctx *cctx)
     } else {
         int wrc = c[0].base.transport && !c[0].lost ? braid_transport_write(c[0].base.transport, MSG, MSGLEN) : 0;
         braid_pump_flush(pump);
-        if (c[0].base.transport && !c[0].lost) braid_transport_lose_connection(c[0].base.transport);
+        if (c[0].base.transport && !c[0].lost) braid_transport_close(c[0].base.transport, BRAID_FOREVER);
         braid_pump_flush(pump);
         /* Every connection is over, whatever failed: an application protocol
          * that was built heard connection_lost exactly once (a glue that could
@@ -145,10 +146,10 @@ static int pump_path(braid_loop *loop, braid_tls_ctx *sctx, braid_tls_ctx *cctx)
                  : s[0].lost_code < 0 && s[0].lost_code != BRAID_ECONNECTION_DONE ? s[0].lost_code
                                                                                    : BRAID_ECONNECTION_LOST;
         braid_pump_free(pump);
-        braid_loop_run_once(loop, BRAID_RUN_NOWAIT);
+        braid_loop_run_once(loop, BRAID_LOOP_RUN_NOWAIT);
     }
-    braid_tls_factory_cleanup(&stf);
-    braid_tls_factory_cleanup(&ctf);
+    braid_tls_factory_close(&stf);
+    braid_tls_factory_close(&ctf);
     return rc;
 }
 
@@ -161,10 +162,8 @@ BT_TEST(openssl_allocation_walk) {
     braid_loop *loop = bt_loop_new(NULL);
     braid_tls_ctx *sctx, *cctx;
     char err[256];
-    BT_OK(braid_tls_ctx_new(&sctx, BRAID_TLS_SERVER,
-                            &(braid_tls_options){ .cert_pem = w.server.cert_pem, .key_pem = w.server.key_pem }, err,
-                            sizeof err));
-    BT_OK(braid_tls_ctx_new(&cctx, BRAID_TLS_CLIENT, &(braid_tls_options){ .ca_pem = w.ca.cert_pem }, err, sizeof err));
+    BT_OK(braid_tls_ctx_new(BRAID_TLS_SERVER, &(braid_tls_options){ .cert_pem = w.server.cert_pem, .key_pem = w.server.key_pem }, err, sizeof err, &sctx));
+    BT_OK(braid_tls_ctx_new(BRAID_TLS_CLIENT, &(braid_tls_options){ .ca_pem = w.ca.cert_pem }, err, sizeof err, &cctx));
     /* Warm up: OpenSSL's per-thread error state, DRBGs and fetched
      * algorithms are made once and kept for the process. */
     for (int i = 0; i < 2; i++) {
@@ -191,7 +190,7 @@ BT_TEST(openssl_allocation_walk) {
             rc = pump_path(loop, sctx, cctx);
             ossl_countdown = 0;
             failed = ossl_failed;
-            for (int i = 0; i < 3; i++) braid_loop_run_once(loop, BRAID_RUN_NOWAIT);
+            for (int i = 0; i < 3; i++) braid_loop_run_once(loop, BRAID_LOOP_RUN_NOWAIT);
             braid_tls_ctx_flush_sessions(cctx);
             ERR_clear_error();
             after = ossl_live;
@@ -235,7 +234,7 @@ static braid_result cw_err(braid_result r, void *arg) {
     w->code = r.failure->code;
     w->done = 1;
     braid_result_drop(r);
-    return braid_ok(NULL);
+    return braid_result_ok(NULL);
 }
 
 /* Run the loop until *flag (a bounded number of iterations: each waits for
@@ -255,7 +254,7 @@ static int tcp_path(braid_loop *loop, braid_tls_ctx *sctx, braid_tls_ctx *cctx) 
     if (rc < 0) return rc;
     rc = braid_tls_factory_init(&ctf, &cf.f, &(braid_tls_wrap_options){ .ctx = cctx, .server_name = "localhost" });
     if (rc < 0) {
-        braid_tls_factory_cleanup(&stf);
+        braid_tls_factory_close(&stf);
         return rc;
     }
     braid_listener *l = NULL;
@@ -269,8 +268,8 @@ static int tcp_path(braid_loop *loop, braid_tls_ctx *sctx, braid_tls_ctx *cctx) 
         if (!d) {
             rc = BRAID_ENOMEM;
         } else {
-            BT_OK(braid_deferred_add_callbacks(d, cw_ok, cw_err, &w));
-            braid_deferred_release(d);
+            BT_OK(braid_deferred_add(d, cw_ok, cw_err, &w));
+            braid_deferred_unref(d);
             BT_TRUE(run_for(loop, &w.done));
             rc = w.code;
         }
@@ -280,7 +279,7 @@ static int tcp_path(braid_loop *loop, braid_tls_ctx *sctx, braid_tls_ctx *cctx) 
         int wrc = c[0].lost ? 0 : braid_transport_write(w.p->transport, MSG, MSGLEN);
         for (int i = 0; i < 3000 && wrc == 0 && !c[0].lost && c[0].inlen < MSGLEN; i++)
             BT_OK(braid_loop_run_once(loop, 0));
-        if (!c[0].lost) braid_transport_lose_connection(w.p->transport);
+        if (!c[0].lost) braid_transport_close(w.p->transport, BRAID_FOREVER);
         if (cf.used) BT_TRUE(run_for(loop, &c[0].lost));
         if (sf.used) BT_TRUE(run_for(loop, &s[0].lost));
         bool echoed = c[0].inlen == MSGLEN && !memcmp(c[0].in, MSG, MSGLEN);
@@ -292,9 +291,9 @@ static int tcp_path(braid_loop *loop, braid_tls_ctx *sctx, braid_tls_ctx *cctx) 
     if (l) braid_listener_close(l);
     /* A connection the listener accepted after the client gave up ends too. */
     if (sf.used && !s[0].lost) BT_TRUE(run_for(loop, &s[0].lost));
-    for (int i = 0; i < 5; i++) braid_loop_run_once(loop, BRAID_RUN_NOWAIT);
-    braid_tls_factory_cleanup(&stf);
-    braid_tls_factory_cleanup(&ctf);
+    for (int i = 0; i < 5; i++) braid_loop_run_once(loop, BRAID_LOOP_RUN_NOWAIT);
+    braid_tls_factory_close(&stf);
+    braid_tls_factory_close(&ctf);
     return rc;
 }
 
@@ -305,10 +304,8 @@ BT_IO_TEST(tcp_allocation_walk) {
     braid_loop *loop = bt_loop_new(NULL);
     braid_tls_ctx *sctx, *cctx;
     char err[256];
-    BT_OK(braid_tls_ctx_new(&sctx, BRAID_TLS_SERVER,
-                            &(braid_tls_options){ .cert_pem = w.server.cert_pem, .key_pem = w.server.key_pem }, err,
-                            sizeof err));
-    BT_OK(braid_tls_ctx_new(&cctx, BRAID_TLS_CLIENT, &(braid_tls_options){ .ca_pem = w.ca.cert_pem }, err, sizeof err));
+    BT_OK(braid_tls_ctx_new(BRAID_TLS_SERVER, &(braid_tls_options){ .cert_pem = w.server.cert_pem, .key_pem = w.server.key_pem }, err, sizeof err, &sctx));
+    BT_OK(braid_tls_ctx_new(BRAID_TLS_CLIENT, &(braid_tls_options){ .ca_pem = w.ca.cert_pem }, err, sizeof err, &cctx));
     for (int i = 0; i < 2; i++) {   /* warm-up: per-loop stream state, the Deferred free list */
         BT_OK(tcp_path(loop, sctx, cctx));
         braid_tls_ctx_flush_sessions(cctx);

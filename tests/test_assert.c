@@ -37,7 +37,7 @@ static void nothing(void *arg) { (void)arg; }
 
 static void soon_twice(void) {
     braid_loop *loop;
-    if (braid_loop_new(&loop, NULL) < 0) _exit(2);
+    if (braid_loop_new(NULL, &loop) < 0) _exit(2);
     static braid_soon node = { NULL, nothing, NULL };
     braid_loop_soon_node(loop, &node);
     braid_loop_soon_node(loop, &node);
@@ -45,7 +45,7 @@ static void soon_twice(void) {
 
 static void post_twice(void) {
     braid_loop *loop;
-    if (braid_loop_new(&loop, NULL) < 0) _exit(2);
+    if (braid_loop_new(NULL, &loop) < 0) _exit(2);
     static braid_post node = { NULL, nothing, NULL };
     braid_loop_post_node(loop, &node);
     braid_loop_post_node(loop, &node);

@@ -32,7 +32,7 @@ static void counts_reset(void) { g_made = g_freed = 0; }
 #define BT_ALL_FREED() BT_EQ(g_freed, g_made)
 
 static braid_loop *fake_loop(braid_fake_clock **fc) {
-    *fc = braid_fake_clock_new(0);
+    braid_fake_clock_new(0, fc);
     return bt_loop_new(braid_fake_clock_base(*fc));
 }
 static void fake_done(braid_loop *loop, braid_fake_clock *fc) {
@@ -134,8 +134,8 @@ BT_TEST(send_recv_through_a_link_in_order) {
     BT_TRUE(braid_component_is_done(b));
     /* batched: the sink ran once for the whole burst (plus its activation) */
     BT_LE(snk.runs, 2);
-    braid_component_stats st;
-    braid_component_stats_get(a, &st);
+    struct braid_component_stats st;
+    braid_component_stats(a, &st);
     BT_UEQ(st.sent, 101);
     braid_component_free(a);
     braid_component_free(b);
@@ -155,8 +155,8 @@ BT_TEST(idle_graph_runs_nothing) {
     BT_EQ(s1.runs, 1);   /* the activation run only */
     BT_EQ(s2.runs, 1);
     /* nothing pending: an iteration has nothing alive */
-    BT_EQ(braid_loop_run_once(loop, BRAID_RUN_NOWAIT), 0);
-    for (int i = 0; i < 10; i++) braid_loop_run_once(loop, BRAID_RUN_NOWAIT);
+    BT_EQ(braid_loop_run_once(loop, BRAID_LOOP_RUN_NOWAIT), 0);
+    for (int i = 0; i < 10; i++) braid_loop_run_once(loop, BRAID_LOOP_RUN_NOWAIT);
     BT_EQ(s1.runs, 1);
     /* one delivery wakes only its component */
     counts_reset();
@@ -231,15 +231,15 @@ BT_TEST(links_collapse_through_nested_composites) {
     BT_OK(braid_component_activate(top));
     BT_OK(braid_loop_run(loop));
     BT_EQ(snk.n, 50);
-    braid_component_stats st;
-    braid_component_stats_get(s, &st);
+    struct braid_component_stats st;
+    braid_component_stats(s, &st);
     BT_UEQ(st.received, 51);   /* 50 data + producer_finished, each one append */
     braid_component *comps[] = { p1, p2, p3, top };
     for (int i = 0; i < 4; i++) {
-        braid_component_stats_get(comps[i], &st);
+        braid_component_stats(comps[i], &st);
         BT_UEQ(st.received, 0);   /* nothing ever stopped at a composite */
     }
-    braid_component_stats_get(a, &st);
+    braid_component_stats(a, &st);
     BT_UEQ(st.sent, 51);
     BT_UEQ(st.dropped, 0);
     /* all ended, composites after their children */
@@ -279,8 +279,8 @@ BT_TEST(unlink_relink_while_messages_are_queued) {
     BT_EQ(s2.n, 2);
     BT_EQ(s1.got[2], 2);
     BT_EQ(s2.got[0], 3);
-    braid_component_stats st;
-    braid_component_stats_get(x, &st);
+    struct braid_component_stats st;
+    braid_component_stats(x, &st);
     BT_UEQ(st.dropped, 1);
     BT_UEQ(st.sent, 5);
     braid_component_free(x);
@@ -357,8 +357,8 @@ BT_TEST(box_full_and_wake_on_pop) {
     tmsg *m3 = tmsg_new(-3);
     BT_ERR(braid_component_send(a, BRAID_COMPONENT_OUTBOX, m3, tmsg_free), BRAID_EBOX_FULL);
     tmsg_free(m3);
-    braid_component_stats st;
-    braid_component_stats_get(a, &st);
+    struct braid_component_stats st;
+    braid_component_stats(a, &st);
     BT_UEQ(st.full, 1);
     BT_OK(braid_component_activate(a));
     BT_OK(braid_component_activate(b));
@@ -475,7 +475,7 @@ BT_TEST(fiber_recv_times_out_and_free_cancels_it) {
     BT_OK(braid_deferred_take(d, &r));
     BT_ERR(r.failure->code, BRAID_ECANCELED);
     braid_result_drop(r);
-    braid_deferred_release(d);
+    braid_deferred_unref(d);
     bt_drain(loop);
     BT_ERR(rcs[1], BRAID_ECANCELED);
     BT_EQ(braid_component_count(loop), 0);
@@ -510,13 +510,13 @@ static braid_result record_end(braid_result r, void *arg) {
     tag *t = arg;
     t->log->names[t->log->n++] = t->name;
     braid_result_drop(r);
-    return braid_ok(NULL);
+    return braid_result_ok(NULL);
 }
 static void watch_end(braid_component *c, tag *t) {
     braid_deferred *d = braid_component_when_done(c);
     BT_TRUE(d != NULL);
     BT_OK(braid_deferred_add_both(d, record_end, t));
-    braid_deferred_release(d);
+    braid_deferred_unref(d);
 }
 
 BT_TEST(pipeline_drains_and_stops_in_order) {
@@ -585,8 +585,8 @@ BT_TEST(graphline_shutdown_in_order) {
     BT_EQ(log.n, 4);
     for (int i = 0; i < 4; i++) BT_STREQ(log.names[i], tags[i].name);
     /* the signal came out of the graphline's own signal box (unlinked: dropped) */
-    braid_component_stats st;
-    braid_component_stats_get(s, &st);
+    struct braid_component_stats st;
+    braid_component_stats(s, &st);
     BT_UEQ(st.dropped, 1);
     braid_component_free(g);
     BT_ALL_FREED();
@@ -620,7 +620,7 @@ BT_TEST(leak_gate_refuses_a_live_component) {
     braid_loop *loop = fake_loop(&fc);
     sink s = { 0 };
     braid_component *a = mk(loop, sink_run, &s, "leaky");
-    BT_ERR(braid_loop_destroy(loop), BRAID_EBUSY);
+    BT_ERR(braid_loop_free(loop), BRAID_EBUSY);
     braid_component_free(a);
     fake_done(loop, fc);
 }
@@ -762,7 +762,7 @@ static int alloc_scenario(void *arg) {
     braid_fake_clock *fc = arg;
     braid_loop *loop = NULL;
     braid_loop_options o = { .clock = braid_fake_clock_base(fc) };
-    int rc = braid_loop_new(&loop, &o);
+    int rc = braid_loop_new(&o, &loop);
     if (rc < 0) return rc;
     source src = { .n = 40 };
     relay r = { 0 };
@@ -800,7 +800,8 @@ static void alloc_teardown(void *arg, int rc, bool injected) {
 }
 
 BT_TEST(allocation_failure_walk) {
-    braid_fake_clock *fc = braid_fake_clock_new(0);
+    braid_fake_clock *fc = NULL;
+    braid_fake_clock_new(0, &fc);
     counts_reset();
     bt_walk_result r = bt_alloc_walk(&(bt_walk){ .name = "component", .arg = fc, .body = alloc_scenario,
                                                  .teardown = alloc_teardown, .enomem_only = true });
@@ -877,10 +878,10 @@ BT_TEST(component_fed_from_a_deferred) {
     BT_ERR(braid_component_result(c2), BRAID_EPIPE);
     braid_component_free(c2);
     braid_component_free(c3);
-    BT_TRUE(braid_deferred_called(d3));   /* cancelled */
+    BT_TRUE(braid_deferred_is_called(d3));   /* cancelled */
     braid_deferred_callback(d3, NULL, NULL);   /* the producer's late fire, ignored, drops its reference */
-    braid_deferred_release(d2);
-    braid_deferred_release(d3);
+    braid_deferred_unref(d2);
+    braid_deferred_unref(d3);
     BT_ALL_FREED();
     fake_done(loop, fc);
 }
@@ -892,7 +893,7 @@ static braid_result got_value(braid_result r, void *arg) {
 static braid_result got_failure(braid_result r, void *arg) {
     *(int *)arg = r.failure->code;
     braid_result_drop(r);
-    return braid_ok(NULL);
+    return braid_result_ok(NULL);
 }
 
 BT_TEST(component_that_fires_a_deferred) {
@@ -903,13 +904,13 @@ BT_TEST(component_that_fires_a_deferred) {
     braid_component *c;
     BT_OK(braid_component_new_to_deferred(loop, NULL, &d, &c));
     int v = 0;
-    BT_OK(braid_deferred_add_callbacks(d, got_value, got_failure, &v));
+    BT_OK(braid_deferred_add(d, got_value, got_failure, &v));
     BT_OK(braid_component_activate(c));
     BT_OK(braid_component_deliver(c, BRAID_COMPONENT_INBOX, tmsg_new(7), tmsg_free));
     bt_drain(loop);
     BT_EQ(v, 7);
     BT_TRUE(braid_component_is_done(c));
-    braid_deferred_release(d);   /* frees the message through its dtor */
+    braid_deferred_unref(d);   /* frees the message through its dtor */
     braid_component_free(c);
     /* shut down first: BRAID_ESHUTDOWN; freed first: BRAID_ECANCELED */
     braid_deferred *d2, *d3;
@@ -917,8 +918,8 @@ BT_TEST(component_that_fires_a_deferred) {
     int v2 = 0, v3 = 0;
     BT_OK(braid_component_new_to_deferred(loop, NULL, &d2, &c2));
     BT_OK(braid_component_new_to_deferred(loop, NULL, &d3, &c3));
-    BT_OK(braid_deferred_add_callbacks(d2, got_value, got_failure, &v2));
-    BT_OK(braid_deferred_add_callbacks(d3, got_value, got_failure, &v3));
+    BT_OK(braid_deferred_add(d2, got_value, got_failure, &v2));
+    BT_OK(braid_deferred_add(d3, got_value, got_failure, &v3));
     BT_OK(braid_component_activate(c2));
     BT_OK(braid_component_deliver(c2, BRAID_COMPONENT_CONTROL, BRAID_COMPONENT_SHUTDOWN, NULL));
     bt_drain(loop);
@@ -926,8 +927,8 @@ BT_TEST(component_that_fires_a_deferred) {
     braid_component_free(c3);
     BT_ERR(v3, BRAID_ECANCELED);
     braid_component_free(c2);
-    braid_deferred_release(d2);
-    braid_deferred_release(d3);
+    braid_deferred_unref(d2);
+    braid_deferred_unref(d3);
     BT_ALL_FREED();
     fake_done(loop, fc);
 }

@@ -7,6 +7,13 @@
 
 #include <braid/component.h>
 
+/* braid_memory_transport_state as a value, for assertions. */
+static struct braid_memory_transport_state mstate(const braid_memory_transport *m) {
+    struct braid_memory_transport_state st;
+    braid_memory_transport_state(m, &st);
+    return st;
+}
+
 /* An echo handler; with hold set it does not read until released. */
 typedef struct echo_state {
     bool hold;
@@ -64,8 +71,10 @@ BT_TEST(echo_handler_per_connection_and_eof_ends_it) {
     BT_OK(braid_component_server_new(loop, make_echo, NULL, &s));
     braid_protocol *p1 = braid_factory_build(braid_component_server_factory(s), NULL);
     braid_protocol *p2 = braid_factory_build(braid_component_server_factory(s), NULL);
-    braid_memory_transport *m1 = braid_memory_transport_new(loop, p1);
-    braid_memory_transport *m2 = braid_memory_transport_new(loop, p2);
+    braid_memory_transport *m1 = NULL;
+    braid_memory_transport_new(loop, p1, &m1);
+    braid_memory_transport *m2 = NULL;
+    braid_memory_transport_new(loop, p2, &m2);
     BT_EQ(braid_component_server_connections(s), 2);
     BT_OK(braid_memory_transport_receive(m1, "hello ", 6));
     BT_OK(braid_memory_transport_receive(m2, "other", 5));
@@ -79,7 +88,7 @@ BT_TEST(echo_handler_per_connection_and_eof_ends_it) {
     spin(loop);
     braid_memory_transport_consume(m1, 100);
     spin(loop);
-    BT_TRUE(braid_memory_transport_state(m1).lost_delivered);
+    BT_TRUE(mstate(m1).lost_delivered);
     BT_EQ(braid_component_server_connections(s), 1);
     /* a connection lost under the handler */
     braid_memory_transport_peer_lost(m2, BRAID_ECONNRESET);
@@ -98,21 +107,22 @@ BT_TEST(full_handler_pauses_reading_until_it_pops) {
     braid_component_server *s;
     BT_OK(braid_component_server_new(loop, make_echo, NULL, &s));
     braid_protocol *p = braid_factory_build(braid_component_server_factory(s), NULL);
-    braid_memory_transport *m = braid_memory_transport_new(loop, p);
+    braid_memory_transport *m = NULL;
+    braid_memory_transport_new(loop, p, &m);
     spin(loop);
     BT_OK(braid_memory_transport_receive(m, "a", 1));
     BT_OK(braid_memory_transport_receive(m, "b", 1));
-    BT_FALSE(braid_memory_transport_state(m).reading_paused);
+    BT_FALSE(mstate(m).reading_paused);
     BT_OK(braid_memory_transport_receive(m, "c", 1));   /* the handler's inbox (2) is full */
-    BT_TRUE(braid_memory_transport_state(m).reading_paused);
+    BT_TRUE(mstate(m).reading_paused);
     BT_ERR(braid_memory_transport_receive(m, "d", 1), BRAID_EAGAIN);
     spin(loop);
-    BT_TRUE(braid_memory_transport_state(m).reading_paused);
+    BT_TRUE(mstate(m).reading_paused);
     /* the handler reads again: what was held goes first, then reading resumes */
     g_echo.hold = false;
     braid_component_wake(g_handler);
     spin(loop);
-    BT_FALSE(braid_memory_transport_state(m).reading_paused);
+    BT_FALSE(mstate(m).reading_paused);
     BT_OK(braid_memory_transport_receive(m, "d", 1));
     spin(loop);
     BT_TRUE(written(m, "abcd"));
@@ -133,12 +143,13 @@ BT_TEST(server_free_aborts_open_connections) {
     braid_component_server *s;
     BT_OK(braid_component_server_new(loop, make_echo, NULL, &s));
     braid_protocol *p = braid_factory_build(braid_component_server_factory(s), NULL);
-    braid_memory_transport *m = braid_memory_transport_new(loop, p);
+    braid_memory_transport *m = NULL;
+    braid_memory_transport_new(loop, p, &m);
     BT_OK(braid_memory_transport_receive(m, "x", 1));
     braid_component_server_free(s);
     BT_EQ(braid_component_count(loop), 0);
     spin(loop);
-    BT_TRUE(braid_memory_transport_state(m).aborted);
+    BT_TRUE(mstate(m).aborted);
     braid_memory_transport_free(m);
     bt_loop_destroy(loop);
 }
@@ -148,13 +159,14 @@ BT_TEST(handler_signal_closes_after_writing) {
     braid_component_server *s;
     BT_OK(braid_component_server_new(loop, make_bye, NULL, &s));
     braid_protocol *p = braid_factory_build(braid_component_server_factory(s), NULL);
-    braid_memory_transport *m = braid_memory_transport_new(loop, p);
+    braid_memory_transport *m = NULL;
+    braid_memory_transport_new(loop, p, &m);
     spin(loop);
     BT_TRUE(written(m, "bye"));
-    BT_TRUE(braid_memory_transport_state(m).disconnecting || braid_memory_transport_state(m).closed);
+    BT_TRUE(mstate(m).disconnecting || mstate(m).closed);
     braid_memory_transport_consume(m, 3);
     spin(loop);
-    BT_TRUE(braid_memory_transport_state(m).lost_delivered);
+    BT_TRUE(mstate(m).lost_delivered);
     BT_EQ(braid_component_server_connections(s), 0);
     braid_memory_transport_free(m);
     braid_component_server_free(s);
@@ -171,7 +183,7 @@ static int g_done;
 static void cl_made(braid_protocol *p) { braid_transport_write(p->transport, "ping", 4); }
 static void cl_data(braid_protocol *p, const void *buf, size_t len) {
     if (g_ngot + len <= sizeof g_got) memcpy(g_got + g_ngot, buf, len), g_ngot += len;
-    if (g_ngot >= 4) braid_transport_lose_connection(p->transport);
+    if (g_ngot >= 4) braid_transport_close(p->transport, BRAID_FOREVER);
 }
 static void cl_lost(braid_protocol *p, const braid_failure *f) {
     (void)p;
@@ -183,7 +195,7 @@ static const braid_protocol_ops client_ops = { .connection_made = cl_made, .data
 static braid_result drop_result(braid_result r, void *arg) {
     (void)arg;
     braid_result_drop(r);
-    return braid_ok(NULL);
+    return braid_result_ok(NULL);
 }
 
 BT_IO_TEST(echo_over_tcp) {
@@ -203,7 +215,7 @@ BT_IO_TEST(echo_over_tcp) {
     braid_tcp_connect_options co = { .host = "127.0.0.1", .port = braid_address_port(&a) };
     braid_deferred *d = braid_tcp_connect(loop, &co, &cf);
     BT_OK(braid_deferred_add_both(d, drop_result, NULL));
-    braid_deferred_release(d);
+    braid_deferred_unref(d);
     bt_run_until(loop, &g_done, 10000);
     BT_EQ(g_ngot, 4);
     BT_TRUE(memcmp(g_got, "ping", 4) == 0);

@@ -45,11 +45,11 @@ static braid_fake_clock *fc;
 static braid_loop *mkloop(void) {
     memset(&g_log, 0, sizeof g_log);
     memset(&g_unh, 0, sizeof g_unh);
-    fc = braid_fake_clock_new(0);
+    braid_fake_clock_new(0, &fc);
     BT_TRUE(fc);
     braid_loop_options o = { .clock = braid_fake_clock_base(fc), .log = cap_log };
     braid_loop *loop = NULL;
-    BT_OK(braid_loop_new(&loop, &o));
+    BT_OK(braid_loop_new(&o, &loop));
     braid_loop_set_unhandled(loop, on_unhandled, NULL);
     return loop;
 }
@@ -77,8 +77,8 @@ static braid_result cb_add(braid_result r, void *arg) {
     step *s = arg;
     long v = (long)(intptr_t)r.value;
     tr(s->t, "c%ld,", v);
-    if (s->fail_code) return braid_errf(s->fail_code, "step failed at %ld", v);
-    return braid_ok((void *)(intptr_t)(v + s->add));
+    if (s->fail_code) return braid_result_errf(s->fail_code, "step failed at %ld", v);
+    return braid_result_ok((void *)(intptr_t)(v + s->add));
 }
 /* eb: records the code; recovers with `add` unless fail_code (then passes on). */
 static braid_result eb_rec(braid_result r, void *arg) {
@@ -86,11 +86,11 @@ static braid_result eb_rec(braid_result r, void *arg) {
     tr(s->t, "e%ld,", (long)r.failure->code);
     if (s->fail_code) return r;
     braid_result_drop(r);
-    return braid_ok((void *)(intptr_t)s->add);
+    return braid_result_ok((void *)(intptr_t)s->add);
 }
 
 static long value_of(braid_deferred *d) {
-    braid_result r = braid_expect_success(d);
+    braid_result r = braid_deferred_expect_success(d);
     long v = (long)(intptr_t)r.value;
     braid_result_drop(r);
     return v;
@@ -103,15 +103,15 @@ BT_TEST(fire_then_add_runs_at_once) {
     step s = { &t, 1, 0 };
     braid_deferred *d = braid_deferred_new(loop);
     BT_TRUE(d);
-    BT_FALSE(braid_deferred_called(d));
-    braid_expect_no_result(d);
+    BT_FALSE(braid_deferred_is_called(d));
+    braid_deferred_expect_no_result(d);
     BT_OK(braid_deferred_callback(d, (void *)(intptr_t)41, NULL));
-    BT_TRUE(braid_deferred_called(d));
+    BT_TRUE(braid_deferred_is_called(d));
     BT_TRUE(braid_deferred_has_result(d));
     BT_OK(braid_deferred_add_callback(d, cb_add, &s));
     BT_STREQ(t.s, "c41,");
     BT_EQ(value_of(d), 42);
-    braid_deferred_release(d);
+    braid_deferred_unref(d);
     done(loop);
 }
 
@@ -121,20 +121,20 @@ BT_TEST(add_then_fire_in_order_and_tracks_switch) {
     step a = { &t, 1, 0 }, fail = { &t, 0, BRAID_EPIPE }, skipped = { &t, 100, 0 },
          rec = { &t, 7, 0 }, b = { &t, 10, 0 };
     braid_deferred *d = braid_deferred_new(loop);
-    BT_OK(braid_deferred_add_callbacks(d, cb_add, eb_rec, &a));      /* c1 -> 2 */
+    BT_OK(braid_deferred_add(d, cb_add, eb_rec, &a));      /* c1 -> 2 */
     BT_OK(braid_deferred_add_callback(d, cb_add, &fail));            /* c2 -> EPIPE */
     BT_OK(braid_deferred_add_callback(d, cb_add, &skipped));         /* skipped: failure */
     BT_OK(braid_deferred_add_errback(d, eb_rec, &rec));              /* eEPIPE -> 7 */
     BT_OK(braid_deferred_add_errback(d, eb_rec, &skipped));          /* skipped: success */
     BT_OK(braid_deferred_add_both(d, cb_add, &b));                   /* c7 -> 17 */
-    braid_expect_no_result(d);
+    braid_deferred_expect_no_result(d);
     BT_EQ(t.n, 0);
     BT_OK(braid_deferred_callback(d, (void *)(intptr_t)1, NULL));
     char want[64];
     snprintf(want, sizeof want, "c1,c2,e%d,c7,", BRAID_EPIPE);
     BT_STREQ(t.s, want);
     BT_EQ(value_of(d), 17);
-    braid_deferred_release(d);
+    braid_deferred_unref(d);
     done(loop);
 }
 
@@ -147,12 +147,12 @@ BT_TEST(value_dtor_runs_once_when_released) {
     braid_deferred *d = braid_deferred_new(loop);
     BT_OK(braid_deferred_callback(d, braid_malloc(16), count_free));
     BT_EQ(g_freed, 0);
-    braid_deferred_release(d);
+    braid_deferred_unref(d);
     BT_EQ(g_freed, 1);
-    /* braid_succeed: only the consumer reference */
-    d = braid_succeed(loop, braid_malloc(8), count_free);
+    /* braid_deferred_succeed: only the consumer reference */
+    d = braid_deferred_succeed(loop, braid_malloc(8), count_free);
     BT_TRUE(braid_deferred_has_result(d));
-    braid_deferred_release(d);
+    braid_deferred_unref(d);
     BT_EQ(g_freed, 2);
     done(loop);
 }
@@ -163,7 +163,7 @@ BT_TEST(release_before_fire_keeps_it_alive_for_the_producer) {
     step s = { &t, 1, 0 };
     braid_deferred *d = braid_deferred_new(loop);
     BT_OK(braid_deferred_add_callback(d, cb_add, &s));
-    braid_deferred_release(d);                 /* consumer done */
+    braid_deferred_unref(d);                 /* consumer done */
     BT_EQ(braid_deferred_live(loop), 1);       /* producer still holds it */
     BT_OK(braid_deferred_callback(d, (void *)(intptr_t)5, NULL));
     BT_STREQ(t.s, "c5,");
@@ -185,7 +185,7 @@ BT_TEST(double_fire_is_a_reported_error) {
            BRAID_EALREADY_CALLED);
     BT_EQ(value_of(d), 1);                      /* the first result stands */
     BT_STREQ(braid_strerror(BRAID_EALREADY_CALLED), "Deferred already called");
-    braid_deferred_release(d);
+    braid_deferred_unref(d);
     BT_EQ(g_unh.n, 0);
     done(loop);
 }
@@ -199,7 +199,7 @@ BT_TEST(many_callbacks_spill_and_keep_order) {
     BT_OK(braid_deferred_callback(d, (void *)(intptr_t)0, NULL));
     BT_EQ(t.n, 100);
     BT_EQ(value_of(d), 100);
-    braid_deferred_release(d);
+    braid_deferred_unref(d);
     done(loop);
 }
 
@@ -214,8 +214,8 @@ static void warm_free_list(braid_loop *loop) {
 #endif
     braid_deferred **ds = malloc(N * sizeof *ds);
     BT_TRUE(ds);
-    for (int i = 0; i < N; i++) ds[i] = braid_succeed(loop, NULL, NULL);
-    for (int i = 0; i < N; i++) braid_deferred_release(ds[i]);
+    for (int i = 0; i < N; i++) ds[i] = braid_deferred_succeed(loop, NULL, NULL);
+    for (int i = 0; i < N; i++) braid_deferred_unref(ds[i]);
     free(ds);
 }
 
@@ -229,11 +229,11 @@ BT_TEST(ready_path_allocates_nothing) {
         braid_deferred *d = braid_deferred_new(loop);
         braid_deferred_add_callback(d, pass, NULL);
         braid_deferred_callback(d, (void *)(intptr_t)i, NULL);
-        braid_deferred_release(d);
-        braid_deferred *e = braid_succeed(loop, NULL, NULL);
-        braid_deferred_add_callbacks(e, pass, pass, NULL);
-        braid_deferred_add_callbacks(e, pass, pass, NULL);
-        braid_deferred_release(e);
+        braid_deferred_unref(d);
+        braid_deferred *e = braid_deferred_succeed(loop, NULL, NULL);
+        braid_deferred_add(e, pass, pass, NULL);
+        braid_deferred_add(e, pass, pass, NULL);
+        braid_deferred_unref(e);
     }
     BT_EQ(braid_test_alloc_count() - before, 0);
     done(loop);
@@ -242,7 +242,7 @@ BT_TEST(ready_path_allocates_nothing) {
 /* ---- chaining ------------------------------------------------------------------------ */
 static braid_result return_chain(braid_result r, void *arg) {
     braid_result_drop(r);
-    return braid_chain((braid_deferred *)arg);
+    return braid_result_chain((braid_deferred *)arg);
 }
 
 BT_TEST(chain_waits_for_inner) {
@@ -254,26 +254,26 @@ BT_TEST(chain_waits_for_inner) {
     BT_OK(braid_deferred_add_callback(outer, return_chain, inner));  /* takes inner's consumer ref */
     BT_OK(braid_deferred_add_callback(outer, cb_add, &s));
     BT_OK(braid_deferred_callback(outer, NULL, NULL));
-    BT_TRUE(braid_deferred_called(outer));
-    braid_expect_no_result(outer);                  /* waiting on inner */
+    BT_TRUE(braid_deferred_is_called(outer));
+    braid_deferred_expect_no_result(outer);                  /* waiting on inner */
     BT_EQ(t.n, 0);
     BT_OK(braid_deferred_callback(inner, (void *)(intptr_t)9, NULL));
     BT_STREQ(t.s, "c9,");
     BT_EQ(value_of(outer), 10);
-    braid_deferred_release(outer);
+    braid_deferred_unref(outer);
     done(loop);
 }
 
 BT_TEST(chain_to_already_fired_takes_its_result) {
     braid_loop *loop = mkloop();
-    braid_deferred *inner = braid_fail(loop, braid_failure_new(BRAID_EPIPE, "inner"));
+    braid_deferred *inner = braid_deferred_fail(loop, braid_failure_new(BRAID_EPIPE, "inner"));
     braid_deferred *outer = braid_deferred_new(loop);
     BT_OK(braid_deferred_add_callback(outer, return_chain, inner));
     BT_OK(braid_deferred_callback(outer, NULL, NULL));
-    braid_failure *f = braid_expect_failure(outer, BRAID_EPIPE);
+    braid_failure *f = braid_deferred_expect_failure(outer, BRAID_EPIPE);
     BT_STREQ(f->message, "inner");
     braid_failure_free(f);
-    braid_deferred_release(outer);
+    braid_deferred_unref(outer);
     BT_EQ(g_unh.n, 0);
     done(loop);
 }
@@ -282,27 +282,27 @@ BT_TEST(fire_with_a_chain) {
     braid_loop *loop = mkloop();
     braid_deferred *inner = braid_deferred_new(loop);
     braid_deferred *d = braid_deferred_new(loop);
-    BT_OK(braid_deferred_fire(d, braid_chain(inner)));
-    braid_expect_no_result(d);
+    BT_OK(braid_deferred_fire(d, braid_result_chain(inner)));
+    braid_deferred_expect_no_result(d);
     BT_OK(braid_deferred_callback(inner, (void *)(intptr_t)3, NULL));
     BT_EQ(value_of(d), 3);
-    braid_deferred_release(d);
+    braid_deferred_unref(d);
     done(loop);
 }
 
 static braid_result return_self(braid_result r, void *arg) {
     braid_result_drop(r);
-    return braid_chain((braid_deferred *)arg);
+    return braid_result_chain((braid_deferred *)arg);
 }
 BT_TEST(callback_returning_its_own_deferred_fails_it) {
     braid_loop *loop = mkloop();
     braid_deferred *d = braid_deferred_new(loop);
-    braid_deferred_ref(d);   /* the reference braid_chain hands over */
+    braid_deferred_ref(d);   /* the reference braid_result_chain hands over */
     BT_OK(braid_deferred_add_callback(d, return_self, d));
     BT_OK(braid_deferred_callback(d, NULL, NULL));
-    braid_failure *f = braid_expect_failure(d, BRAID_EINVAL);
+    braid_failure *f = braid_deferred_expect_failure(d, BRAID_EINVAL);
     braid_failure_free(f);
-    braid_deferred_release(d);
+    braid_deferred_unref(d);
     done(loop);
 }
 
@@ -321,7 +321,7 @@ static void *million_chain(void *arg) {
         BT_OK(braid_deferred_add_callback(ds[i], return_chain, ds[i + 1]));
         BT_OK(braid_deferred_callback(ds[i], NULL, NULL));   /* waits on ds[i+1] */
     }
-    braid_expect_no_result(ds[0]);
+    braid_deferred_expect_no_result(ds[0]);
     BT_EQ(braid_deferred_live(loop), N);
     BT_OK(braid_deferred_callback(ds[N - 1], (void *)(intptr_t)77, NULL));
     BT_EQ(value_of(ds[0]), 77);
@@ -333,10 +333,10 @@ static void *million_chain(void *arg) {
         BT_OK(braid_deferred_callback(ds[i], NULL, NULL));
     }
     braid_deferred_cancel(ds[0]);
-    braid_failure_free(braid_expect_failure(ds[0], BRAID_ECANCELED));
-    braid_deferred_release(ds[0]);
+    braid_failure_free(braid_deferred_expect_failure(ds[0], BRAID_ECANCELED));
+    braid_deferred_unref(ds[0]);
     BT_OK(braid_deferred_callback(ds[N - 1], NULL, NULL));   /* its producer, late: ignored */
-    braid_deferred_release(top);
+    braid_deferred_unref(top);
     free(ds);
     done(loop);
     return NULL;
@@ -356,7 +356,7 @@ BT_TEST(million_deep_chain_uses_constant_stack) {
 /* The other shape: each callback returns an already-fired Deferred, a million times. */
 static braid_result return_fired(braid_result r, void *arg) {
     braid_loop *loop = arg;
-    return braid_chain(braid_succeed(loop, (void *)((intptr_t)r.value + 1), NULL));
+    return braid_result_chain(braid_deferred_succeed(loop, (void *)((intptr_t)r.value + 1), NULL));
 }
 BT_TEST(million_callbacks_returning_fired_deferreds) {
     braid_loop *loop = mkloop();
@@ -364,7 +364,7 @@ BT_TEST(million_callbacks_returning_fired_deferreds) {
     for (int i = 0; i < 1000000; i++) BT_OK(braid_deferred_add_callback(d, return_fired, loop));
     BT_OK(braid_deferred_callback(d, (void *)(intptr_t)0, NULL));
     BT_EQ(value_of(d), 1000000);
-    braid_deferred_release(d);
+    braid_deferred_unref(d);
     done(loop);
 }
 
@@ -379,7 +379,7 @@ BT_TEST(pause_holds_callbacks_until_unpaused) {
     BT_OK(braid_deferred_add_callback(d, cb_add, &s));
     BT_OK(braid_deferred_callback(d, (void *)(intptr_t)1, NULL));
     BT_EQ(t.n, 0);
-    braid_expect_no_result(d);
+    braid_deferred_expect_no_result(d);
     BT_OK(braid_deferred_add_callback(d, cb_add, &s));
     braid_deferred_unpause(d);
     BT_EQ(t.n, 0);
@@ -388,7 +388,7 @@ BT_TEST(pause_holds_callbacks_until_unpaused) {
     BT_EQ(value_of(d), 3);
     braid_deferred_unpause(d);                 /* unbalanced: logged, harmless */
     BT_TRUE(strstr(g_log.last, "without a pause") != NULL);
-    braid_deferred_release(d);
+    braid_deferred_unref(d);
     done(loop);
 }
 
@@ -398,9 +398,9 @@ BT_TEST(cancel_without_canceller_errbacks_and_ignores_late_fire) {
     g_freed = 0;
     braid_deferred *d = braid_deferred_new(loop);
     braid_deferred_cancel(d);
-    braid_failure *f = braid_expect_failure(d, BRAID_ECANCELED);
+    braid_failure *f = braid_deferred_expect_failure(d, BRAID_ECANCELED);
     braid_failure_free(f);
-    braid_deferred_release(d);                  /* consumer gone; producer still holds it */
+    braid_deferred_unref(d);                  /* consumer gone; producer still holds it */
     BT_EQ(braid_deferred_live(loop), 1);
     int errs = g_log.errors;
     BT_OK(braid_deferred_callback(d, braid_malloc(4), count_free));  /* late: silent */
@@ -421,17 +421,17 @@ BT_TEST(cancel_with_canceller) {
     braid_deferred *d = braid_deferred_new_cancellable(loop, canceller, &c);
     braid_deferred_cancel(d);
     BT_EQ(c.calls, 1);
-    braid_failure_free(braid_expect_failure(d, BRAID_ECANCELED));
+    braid_failure_free(braid_deferred_expect_failure(d, BRAID_ECANCELED));
     braid_deferred_cancel(d);                    /* fired: ignored */
     BT_EQ(c.calls, 1);
-    braid_deferred_release(d);
+    braid_deferred_unref(d);
     BT_EQ(braid_deferred_live(loop), 0);         /* the canceller released the producer */
 
     cstate c2 = { 0, true };                     /* a canceller that fires with its own value */
     d = braid_deferred_new_cancellable(loop, canceller, &c2);
     braid_deferred_cancel(d);
     BT_EQ(value_of(d), 123);
-    braid_deferred_release(d);
+    braid_deferred_unref(d);
     done(loop);
 }
 
@@ -443,7 +443,7 @@ static void self_cancelling(braid_deferred *d, void *arg) {
     cstate *c = arg;
     c->calls++;
     braid_deferred_cancel(d);
-    BT_TRUE(braid_deferred_called(d));          /* fired at once, inside the canceller */
+    BT_TRUE(braid_deferred_is_called(d));          /* fired at once, inside the canceller */
 }
 BT_TEST(canceller_that_cancels_its_own_deferred_does_not_leak) {
     braid_loop *loop = mkloop();
@@ -451,8 +451,8 @@ BT_TEST(canceller_that_cancels_its_own_deferred_does_not_leak) {
     braid_deferred *d = braid_deferred_new_cancellable(loop, self_cancelling, &c);
     braid_deferred_cancel(d);
     BT_EQ(c.calls, 1);
-    braid_failure_free(braid_expect_failure(d, BRAID_ECANCELED));
-    braid_deferred_release(d);
+    braid_failure_free(braid_deferred_expect_failure(d, BRAID_ECANCELED));
+    braid_deferred_unref(d);
     BT_EQ(braid_deferred_live(loop), 0);
     BT_EQ(g_log.errors, 0);                      /* no "fired twice" either */
     done(loop);
@@ -476,8 +476,8 @@ BT_TEST(cancel_reaches_through_chains) {
     char want[32];
     snprintf(want, sizeof want, "e%d,", BRAID_ECANCELED);
     BT_STREQ(t.s, want);
-    braid_failure_free(braid_expect_failure(top, BRAID_ECANCELED));
-    braid_deferred_release(top);
+    braid_failure_free(braid_deferred_expect_failure(top, BRAID_ECANCELED));
+    braid_deferred_unref(top);
     done(loop);
 }
 
@@ -489,7 +489,7 @@ BT_TEST(unconsumed_failure_reported_with_origin) {
     braid_failure *f = braid_failure_new(BRAID_EPIPE, "the peer went away (%d)", 7);
     BT_OK(braid_deferred_errback(d, f));
     BT_EQ(g_unh.n, 0);
-    braid_deferred_release(d);
+    braid_deferred_unref(d);
     BT_EQ(g_unh.n, 1);
     BT_EQ(g_unh.code, BRAID_EPIPE);
     BT_EQ(g_unh.line, line);
@@ -502,7 +502,7 @@ BT_TEST(unconsumed_failure_reported_with_origin) {
     d = braid_deferred_new(loop);
     braid_deferred_add_errback(d, eb_rec, &s);
     braid_deferred_errback(d, braid_failure_new(BRAID_EPIPE, NULL));
-    braid_deferred_release(d);
+    braid_deferred_unref(d);
     BT_EQ(g_unh.n, 1);
     done(loop);
 }
@@ -512,12 +512,12 @@ BT_TEST(unconsumed_failure_default_logs_origin) {
     memset(&g_log, 0, sizeof g_log);
     braid_loop_options o = { .log = cap_log };
     braid_loop *loop = NULL;
-    BT_OK(braid_loop_new(&loop, &o));
+    BT_OK(braid_loop_new(&o, &loop));
     fflush(stderr);
     pid_t pid = fork();
     if (pid == 0) {
-        braid_deferred *d = braid_fail(loop, braid_failure_new(BRAID_EPIPE, "lost"));
-        braid_deferred_release(d);
+        braid_deferred *d = braid_deferred_fail(loop, braid_failure_new(BRAID_EPIPE, "lost"));
+        braid_deferred_unref(d);
         /* reached only without BRAID_DEBUG */
         _exit(g_log.errors == 1 && strstr(g_log.last, "lost") && strstr(g_log.last, "test_deferred.c") ? 0 : 1);
     }
@@ -573,8 +573,8 @@ BT_TEST(failure_under_oom_keeps_its_code) {
 BT_TEST(leak_gate_refuses_unfired_deferred) {
     braid_loop *loop = mkloop();
     braid_deferred *d = braid_deferred_new(loop);
-    braid_deferred_release(d);
-    BT_ERR(braid_loop_destroy(loop), BRAID_EBUSY);
+    braid_deferred_unref(d);
+    BT_ERR(braid_loop_free(loop), BRAID_EBUSY);
     BT_TRUE(strstr(g_log.last, "loop not destroyed: 1 Deferred(s) still alive (1 never fired)") != NULL);
     BT_OK(braid_deferred_callback(d, NULL, NULL));
     done(loop);
@@ -590,28 +590,28 @@ static void expect_handler(void *ctx, const char *file, int line, const char *ms
 }
 BT_TEST(expect_helpers_report_mismatches) {
     braid_loop *loop = mkloop();
-    braid_expect_set_handler(expect_handler, NULL);
+    braid_deferred_expect_set_handler(expect_handler, NULL);
     g_expect_fails = 0;
     braid_deferred *d = braid_deferred_new(loop);
-    braid_result r = braid_expect_success(d);
+    braid_result r = braid_deferred_expect_success(d);
     BT_EQ(g_expect_fails, 1);
     BT_TRUE(r.value == NULL && r.failure == NULL);
     BT_TRUE(strstr(g_expect_msg, "never fired") != NULL);
-    BT_TRUE(braid_expect_failure(d, 0) == NULL);
+    BT_TRUE(braid_deferred_expect_failure(d, 0) == NULL);
     BT_EQ(g_expect_fails, 2);
     braid_deferred_errback(d, braid_failure_new(BRAID_EPIPE, "boom"));
-    braid_expect_no_result(d);
+    braid_deferred_expect_no_result(d);
     BT_EQ(g_expect_fails, 3);
     BT_TRUE(strstr(g_expect_msg, "boom") != NULL);
-    braid_expect_success(d);
+    braid_deferred_expect_success(d);
     BT_EQ(g_expect_fails, 4);
-    BT_TRUE(braid_expect_failure(d, BRAID_ETIMEDOUT) == NULL);   /* wrong code */
+    BT_TRUE(braid_deferred_expect_failure(d, BRAID_ETIMEDOUT) == NULL);   /* wrong code */
     BT_EQ(g_expect_fails, 5);
-    braid_failure *f = braid_expect_failure(d, BRAID_EPIPE);
+    braid_failure *f = braid_deferred_expect_failure(d, BRAID_EPIPE);
     BT_EQ(g_expect_fails, 5);
     braid_failure_free(f);
-    braid_expect_set_handler(NULL, NULL);
-    braid_deferred_release(d);
+    braid_deferred_expect_set_handler(NULL, NULL);
+    braid_deferred_unref(d);
     BT_EQ(g_unh.n, 0);                          /* taken = consumed */
     done(loop);
 }
@@ -623,7 +623,7 @@ static int core_scenario(void *arg) {
     (void)arg;
     braid_loop *loop = NULL;
     braid_loop_options o = { .clock = braid_fake_clock_base(fc), .log = cap_log };
-    int rc = braid_loop_new(&loop, &o);
+    int rc = braid_loop_new(&o, &loop);
     if (rc < 0) return rc;
     braid_loop_set_unhandled(loop, on_unhandled, NULL);
     trace t = { 0 };
@@ -633,17 +633,17 @@ static int core_scenario(void *arg) {
     braid_deferred *inner = braid_deferred_new(loop);
     if (!d || !inner) {
         rc = BRAID_ENOMEM;
-        if (d) { braid_deferred_callback(d, NULL, NULL); braid_deferred_release(d); }
-        if (inner) { braid_deferred_callback(inner, NULL, NULL); braid_deferred_release(inner); }
+        if (d) { braid_deferred_callback(d, NULL, NULL); braid_deferred_unref(d); }
+        if (inner) { braid_deferred_callback(inner, NULL, NULL); braid_deferred_unref(inner); }
         goto out;
     }
     for (int i = 0; i < 6 && rc == 0; i++) rc = braid_deferred_add_callback(d, cb_add, &s);
     if (rc == 0) rc = braid_deferred_add_timeout(d, 100);
     if (rc == 0) {
         rc = braid_deferred_add_callback(d, return_chain, inner);
-        if (rc < 0) braid_deferred_release(inner);
+        if (rc < 0) braid_deferred_unref(inner);
     } else {
-        braid_deferred_release(inner);
+        braid_deferred_unref(inner);
     }
     braid_deferred_callback(d, (void *)(intptr_t)0, NULL);
     braid_deferred_callback(inner, (void *)(intptr_t)5, NULL);   /* the producer fires either way */
@@ -652,14 +652,14 @@ static int core_scenario(void *arg) {
         braid_deferred_take(d, &r);
         braid_result_drop(r);
     }
-    braid_deferred_release(d);
+    braid_deferred_unref(d);
 out:
     bt_loop_destroy(loop);   /* the leak gate, every run */
     return rc;
 }
 
 BT_TEST(allocation_failure_walk) {
-    fc = braid_fake_clock_new(0);
+    braid_fake_clock_new(0, &fc);
     bt_walk_result r = bt_alloc_walk(&(bt_walk){ .name = "core", .body = core_scenario, .enomem_only = true,
                                                  .max_runs = 200 });
     BT_GT(r.errors, 0);
@@ -673,8 +673,8 @@ BT_TEST(use_after_release_aborts) {
     fflush(stderr);
     pid_t pid = fork();
     if (pid == 0) {
-        braid_deferred *d = braid_succeed(loop, NULL, NULL);
-        braid_deferred_release(d);
+        braid_deferred *d = braid_deferred_succeed(loop, NULL, NULL);
+        braid_deferred_unref(d);
         braid_deferred_callback(d, NULL, NULL);   /* freed: must abort (or ASan report) */
         _exit(0);
     }
@@ -701,13 +701,13 @@ BT_TEST(use_after_release_aborts_long_after_in_debug_builds) {
     if (pid == 0) {
         dup2(p[1], 2);
         braid_loop *l2;
-        if (braid_loop_new(&l2, NULL) < 0) _exit(3);   /* default logger: stderr */
-        braid_deferred *d = braid_succeed(l2, NULL, NULL);
-        braid_deferred_release(d);
+        if (braid_loop_new(NULL, &l2) < 0) _exit(3);   /* default logger: stderr */
+        braid_deferred *d = braid_deferred_succeed(l2, NULL, NULL);
+        braid_deferred_unref(d);
         for (int i = 0; i < 10000; i++) {          /* churn: 10,000 made and freed */
             braid_deferred *e = braid_deferred_new(l2);
             braid_deferred_callback(e, NULL, NULL);
-            braid_deferred_release(e);
+            braid_deferred_unref(e);
         }
         for (int i = 0; i < 10000; i++)            /* and 10,000 alive, never released */
             (void)braid_deferred_new(l2);
@@ -737,7 +737,7 @@ BT_TEST(deferred_quarantine_is_bounded_and_reused) {
     braid_loop *loop = mkloop();
     enum { Q = BRAID__DEFERRED_QUARANTINE };
     long before = braid_test_alloc_count();
-    for (int i = 0; i < 2 * Q; i++) braid_deferred_release(braid_succeed(loop, NULL, NULL));
+    for (int i = 0; i < 2 * Q; i++) braid_deferred_unref(braid_deferred_succeed(loop, NULL, NULL));
     long made = braid_test_alloc_count() - before;
 #ifdef BRAID_DEBUG
     BT_GE(made, Q);                 /* nothing reused before the quarantine filled */
@@ -746,14 +746,14 @@ BT_TEST(deferred_quarantine_is_bounded_and_reused) {
     BT_LE(made, 8);                 /* release builds reuse at once */
 #endif
     before = braid_test_alloc_count();
-    for (int i = 0; i < Q; i++) braid_deferred_release(braid_succeed(loop, NULL, NULL));
+    for (int i = 0; i < Q; i++) braid_deferred_unref(braid_deferred_succeed(loop, NULL, NULL));
     BT_EQ(braid_test_alloc_count() - before, 0);
     /* Many freed at once: the list stays bounded. */
     enum { M = Q + 3 * 4096 };
     braid_deferred **ds = malloc(M * sizeof *ds);
     BT_TRUE(ds);
-    for (int i = 0; i < M; i++) ds[i] = braid_succeed(loop, NULL, NULL);
-    for (int i = 0; i < M; i++) braid_deferred_release(ds[i]);
+    for (int i = 0; i < M; i++) ds[i] = braid_deferred_succeed(loop, NULL, NULL);
+    for (int i = 0; i < M; i++) braid_deferred_unref(ds[i]);
     free(ds);
     braid__dpool *pool = braid__deferred_pool(loop);
     BT_LE(pool->nfree, (size_t)Q + 4096);
@@ -767,13 +767,13 @@ BT_TEST(timeout_turns_cancel_into_etimedout) {
     BT_OK(braid_deferred_add_timeout(d, BRAID_MSEC(100)));
     BT_EQ(braid_loop_timer_count(loop), 1);
     BT_OK(braid_loop_advance(loop, BRAID_MSEC(100) - 1));
-    braid_expect_no_result(d);
+    braid_deferred_expect_no_result(d);
     BT_OK(braid_loop_advance(loop, 1));
-    braid_failure *f = braid_expect_failure(d, BRAID_ETIMEDOUT);
+    braid_failure *f = braid_deferred_expect_failure(d, BRAID_ETIMEDOUT);
     BT_TRUE(f->cause && f->cause->code == BRAID_ECANCELED);
     braid_failure_free(f);
     BT_EQ(braid_loop_timer_count(loop), 0);
-    braid_deferred_release(d);
+    braid_deferred_unref(d);
     BT_OK(braid_deferred_callback(d, NULL, NULL));   /* the producer, late: ignored */
     done(loop);
 }
@@ -789,7 +789,7 @@ BT_TEST(timeout_stops_when_fired_first) {
     BT_EQ(value_of(d), 8);
     BT_OK(braid_deferred_add_timeout(d, 5));       /* already has its result: nothing to do */
     BT_EQ(braid_loop_timer_count(loop), 0);
-    braid_deferred_release(d);
+    braid_deferred_unref(d);
     done(loop);
 }
 
@@ -803,8 +803,8 @@ BT_TEST(timeout_uses_the_canceller_and_reaches_chains) {
     BT_OK(braid_deferred_add_timeout(d, BRAID_SECONDS(1)));
     BT_OK(braid_loop_advance(loop, BRAID_SECONDS(1)));
     BT_EQ(c.calls, 1);
-    braid_failure_free(braid_expect_failure(d, BRAID_ETIMEDOUT));
-    braid_deferred_release(d);
+    braid_failure_free(braid_deferred_expect_failure(d, BRAID_ETIMEDOUT));
+    braid_deferred_unref(d);
     done(loop);
 }
 
@@ -813,46 +813,46 @@ BT_TEST(plain_cancel_with_timeout_stays_ecanceled) {
     braid_deferred *d = braid_deferred_new(loop);
     BT_OK(braid_deferred_add_timeout(d, BRAID_SECONDS(1)));
     braid_deferred_cancel(d);
-    braid_failure_free(braid_expect_failure(d, BRAID_ECANCELED));
+    braid_failure_free(braid_deferred_expect_failure(d, BRAID_ECANCELED));
     BT_EQ(braid_loop_timer_count(loop), 0);
-    braid_deferred_release(d);
+    braid_deferred_unref(d);
     BT_OK(braid_deferred_callback(d, NULL, NULL));
     done(loop);
 }
 
 /* ---- combinators ------------------------------------------------------------------------ */
-static long rv(const braid_results *res, size_t i) { return (long)(intptr_t)res->r[i].value; }
+static long rv(const braid_deferred_results *res, size_t i) { return (long)(intptr_t)res->r[i].value; }
 
 BT_TEST(gather_results_in_order) {
     braid_loop *loop = mkloop();
     braid_deferred *m[3], *ret[3];
     for (int i = 0; i < 3; i++) ret[i] = m[i] = braid_deferred_new(loop);
-    braid_deferred *g = braid_gather(loop, m, 3, BRAID_GATHER_FAIL_FAST);
+    braid_deferred *g = braid_deferred_gather(loop, m, 3, BRAID_DEFERRED_GATHER_FAIL_FAST);
     BT_TRUE(g);
     braid_deferred_callback(ret[2], (void *)(intptr_t)30, NULL);
     braid_deferred_callback(ret[0], (void *)(intptr_t)10, NULL);
-    braid_expect_no_result(g);
+    braid_deferred_expect_no_result(g);
     braid_deferred_callback(ret[1], (void *)(intptr_t)20, NULL);
-    braid_result r = braid_expect_success(g);
-    braid_results *res = r.value;
-    BT_TRUE(r.dtor == braid_results_free);
+    braid_result r = braid_deferred_expect_success(g);
+    braid_deferred_results *res = r.value;
+    BT_TRUE(r.dtor == braid_deferred_results_free);
     BT_EQ(res->n, 3); BT_EQ(res->nfailed, 0);
     BT_EQ(rv(res, 0), 10); BT_EQ(rv(res, 1), 20); BT_EQ(rv(res, 2), 30);
     braid_result_drop(r);
-    braid_deferred_release(g);
+    braid_deferred_unref(g);
     /* empty, and already-fired members */
-    g = braid_gather(loop, NULL, 0, 0);
-    r = braid_expect_success(g);
-    BT_EQ(((braid_results *)r.value)->n, 0);
+    g = braid_deferred_gather(loop, NULL, 0, 0);
+    r = braid_deferred_expect_success(g);
+    BT_EQ(((braid_deferred_results *)r.value)->n, 0);
     braid_result_drop(r);
-    braid_deferred_release(g);
-    m[0] = braid_succeed(loop, (void *)(intptr_t)1, NULL);
-    m[1] = braid_succeed(loop, (void *)(intptr_t)2, NULL);
-    g = braid_gather(loop, m, 2, 0);
-    r = braid_expect_success(g);
+    braid_deferred_unref(g);
+    m[0] = braid_deferred_succeed(loop, (void *)(intptr_t)1, NULL);
+    m[1] = braid_deferred_succeed(loop, (void *)(intptr_t)2, NULL);
+    g = braid_deferred_gather(loop, m, 2, 0);
+    r = braid_deferred_expect_success(g);
     BT_EQ(rv(r.value, 1), 2);
     braid_result_drop(r);
-    braid_deferred_release(g);
+    braid_deferred_unref(g);
     done(loop);
 }
 
@@ -864,15 +864,15 @@ BT_TEST(gather_fail_fast_cancels_the_rest) {
     m[1] = braid_deferred_new(loop);
     m[2] = braid_deferred_new_cancellable(loop, canceller, &c);
     braid_deferred *p0 = m[0], *p1 = m[1];
-    braid_deferred *g = braid_gather(loop, m, 3, BRAID_GATHER_FAIL_FAST);
+    braid_deferred *g = braid_deferred_gather(loop, m, 3, BRAID_DEFERRED_GATHER_FAIL_FAST);
     braid_deferred_callback(p0, (void *)(intptr_t)1, NULL);
     braid_deferred_errback(p1, braid_failure_new(BRAID_EPIPE, "member one broke"));
     BT_EQ(c.calls, 1);                       /* m[2] was cancelled */
-    braid_failure *f = braid_expect_failure(g, BRAID_EFIRST_ERROR);
+    braid_failure *f = braid_deferred_expect_failure(g, BRAID_EFIRST_ERROR);
     BT_TRUE(strstr(f->message, "#1") != NULL);
     BT_TRUE(f->cause && f->cause->code == BRAID_EPIPE);
     braid_failure_free(f);
-    braid_deferred_release(g);
+    braid_deferred_unref(g);
     BT_EQ(g_unh.n, 0);
     done(loop);
 }
@@ -881,18 +881,18 @@ BT_TEST(gather_collect_waits_and_lists_failures) {
     braid_loop *loop = mkloop();
     braid_deferred *m[4], *p[4];
     for (int i = 0; i < 4; i++) p[i] = m[i] = braid_deferred_new(loop);
-    braid_deferred *g = braid_gather(loop, m, 4, BRAID_GATHER_COLLECT);
+    braid_deferred *g = braid_deferred_gather(loop, m, 4, BRAID_DEFERRED_GATHER_COLLECT);
     braid_deferred_errback(p[3], braid_failure_new(BRAID_ECONNRESET, "three"));
     braid_deferred_callback(p[0], NULL, NULL);
     braid_deferred_errback(p[1], braid_failure_new(BRAID_EPIPE, "one"));
-    braid_expect_no_result(g);               /* collect: waits for p[2] */
+    braid_deferred_expect_no_result(g);               /* collect: waits for p[2] */
     braid_deferred_callback(p[2], NULL, NULL);
-    braid_failure *f = braid_expect_failure(g, BRAID_EFIRST_ERROR);
+    braid_failure *f = braid_deferred_expect_failure(g, BRAID_EFIRST_ERROR);
     BT_TRUE(strstr(f->message, "2 of 4 failed") != NULL);
     BT_TRUE(strstr(f->message, "#1") && strstr(f->message, "#3"));
     BT_EQ(f->cause->code, BRAID_EPIPE);      /* lowest index */
     braid_failure_free(f);
-    braid_deferred_release(g);
+    braid_deferred_unref(g);
     BT_EQ(g_unh.n, 0);
     done(loop);
 }
@@ -905,17 +905,17 @@ BT_TEST(race_first_success_wins_rest_cancelled) {
     m[1] = braid_deferred_new(loop);
     m[2] = braid_deferred_new_cancellable(loop, canceller, &c2);
     braid_deferred *p1 = m[1];
-    braid_deferred *g = braid_race(loop, m, 3);
+    braid_deferred *g = braid_deferred_race(loop, m, 3);
     g_freed = 0;
     braid_deferred_callback(p1, braid_malloc(4), count_free);
     BT_EQ(c0.calls, 1); BT_EQ(c2.calls, 1);
-    braid_result r = braid_expect_success(g);
-    braid_race_win *w = r.value;
+    braid_result r = braid_deferred_expect_success(g);
+    braid_deferred_race_win *w = r.value;
     BT_EQ(w->index, 1);
     BT_EQ(g_freed, 0);
     braid_result_drop(r);
     BT_EQ(g_freed, 1);                       /* the win owns the value */
-    braid_deferred_release(g);
+    braid_deferred_unref(g);
     BT_EQ(g_unh.n, 0);
     done(loop);
 }
@@ -924,27 +924,27 @@ BT_TEST(race_all_fail_and_race_of_fired) {
     braid_loop *loop = mkloop();
     braid_deferred *m[2], *p[2];
     for (int i = 0; i < 2; i++) p[i] = m[i] = braid_deferred_new(loop);
-    braid_deferred *g = braid_race(loop, m, 2);
+    braid_deferred *g = braid_deferred_race(loop, m, 2);
     braid_deferred_errback(p[1], braid_failure_new(BRAID_EPIPE, "b"));
-    braid_expect_no_result(g);
+    braid_deferred_expect_no_result(g);
     braid_deferred_errback(p[0], braid_failure_new(BRAID_ECONNRESET, "a"));
-    braid_failure *f = braid_expect_failure(g, BRAID_EALL_FAILED);
+    braid_failure *f = braid_deferred_expect_failure(g, BRAID_EALL_FAILED);
     BT_EQ(f->cause->code, BRAID_ECONNRESET);
     braid_failure_free(f);
-    braid_deferred_release(g);
+    braid_deferred_unref(g);
     /* an already-fired member wins during construction; the other is cancelled */
     cstate c = { 0, false };
     m[0] = braid_deferred_new_cancellable(loop, canceller, &c);
-    m[1] = braid_succeed(loop, (void *)(intptr_t)5, NULL);
-    g = braid_race(loop, m, 2);
+    m[1] = braid_deferred_succeed(loop, (void *)(intptr_t)5, NULL);
+    g = braid_deferred_race(loop, m, 2);
     BT_EQ(c.calls, 1);
-    braid_result r = braid_expect_success(g);
-    BT_EQ(((braid_race_win *)r.value)->index, 1);
+    braid_result r = braid_deferred_expect_success(g);
+    BT_EQ(((braid_deferred_race_win *)r.value)->index, 1);
     braid_result_drop(r);
-    braid_deferred_release(g);
-    g = braid_race(loop, NULL, 0);
-    braid_failure_free(braid_expect_failure(g, BRAID_EINVAL));
-    braid_deferred_release(g);
+    braid_deferred_unref(g);
+    g = braid_deferred_race(loop, NULL, 0);
+    braid_failure_free(braid_deferred_expect_failure(g, BRAID_EINVAL));
+    braid_deferred_unref(g);
     done(loop);
 }
 
@@ -955,16 +955,16 @@ BT_TEST(deferred_list_per_entry) {
     braid_deferred *g = braid_deferred_list(loop, m, 3);
     braid_deferred_callback(p[0], (void *)(intptr_t)1, NULL);
     braid_deferred_errback(p[1], braid_failure_new(BRAID_EPIPE, "x"));
-    braid_expect_no_result(g);
+    braid_deferred_expect_no_result(g);
     braid_deferred_callback(p[2], (void *)(intptr_t)3, NULL);
-    braid_result r = braid_expect_success(g);
-    braid_results *res = r.value;
+    braid_result r = braid_deferred_expect_success(g);
+    braid_deferred_results *res = r.value;
     BT_EQ(res->nfailed, 1);
     BT_TRUE(res->r[0].failure == NULL); BT_EQ(rv(res, 0), 1);
     BT_TRUE(res->r[1].failure != NULL); BT_EQ(res->r[1].failure->code, BRAID_EPIPE);
     BT_EQ(rv(res, 2), 3);
     braid_result_drop(r);
-    braid_deferred_release(g);
+    braid_deferred_unref(g);
     BT_EQ(g_unh.n, 0);
     done(loop);
 }
@@ -974,7 +974,7 @@ BT_TEST(deferred_list_per_entry) {
 BT_TEST(cancel_combinators_reaches_members) {
     braid_loop *loop = mkloop();
     braid_deferred *(*mk[3])(braid_loop *, braid_deferred *const *, size_t) = {
-        NULL, braid_race, braid_deferred_list };
+        NULL, braid_deferred_race, braid_deferred_list };
     for (int k = 0; k < 3; k++) {
         cstate c0 = { 0, false }, leafc = { 0, false };
         braid_deferred *leaf = braid_deferred_new_cancellable(loop, canceller, &leafc);
@@ -984,13 +984,13 @@ BT_TEST(cancel_combinators_reaches_members) {
         braid_deferred *p1 = m[1];
         braid_deferred_add_callback(m[1], return_chain, leaf);
         braid_deferred_callback(p1, NULL, NULL);          /* m[1] waits on leaf */
-        braid_deferred *g = k == 0 ? braid_gather(loop, m, 2, BRAID_GATHER_COLLECT)
+        braid_deferred *g = k == 0 ? braid_deferred_gather(loop, m, 2, BRAID_DEFERRED_GATHER_COLLECT)
                                    : mk[k](loop, m, 2);
         braid_deferred_cancel(g);
         BT_EQ(c0.calls, 1);
         BT_EQ(leafc.calls, 1);
-        braid_failure_free(braid_expect_failure(g, BRAID_ECANCELED));
-        braid_deferred_release(g);
+        braid_failure_free(braid_deferred_expect_failure(g, BRAID_ECANCELED));
+        braid_deferred_unref(g);
     }
     BT_EQ(g_unh.n, 0);
     done(loop);
@@ -1001,12 +1001,12 @@ BT_TEST(gather_thousand) {
     enum { N = 1000 };
     braid_deferred *m[N], *p[N];
     for (int i = 0; i < N; i++) p[i] = m[i] = braid_deferred_new(loop);
-    braid_deferred *g = braid_gather(loop, m, N, 0);
+    braid_deferred *g = braid_deferred_gather(loop, m, N, 0);
     for (int i = N - 1; i >= 0; i--) braid_deferred_callback(p[i], (void *)(intptr_t)i, NULL);
-    braid_result r = braid_expect_success(g);
+    braid_result r = braid_deferred_expect_success(g);
     for (int i = 0; i < N; i++) BT_EQ(rv(r.value, i), i);
     braid_result_drop(r);
-    braid_deferred_release(g);
+    braid_deferred_unref(g);
     done(loop);
 }
 
@@ -1015,7 +1015,7 @@ static int gather_scenario(void *arg) {
     (void)arg;
     braid_loop *loop = NULL;
     braid_loop_options o = { .clock = braid_fake_clock_base(fc), .log = cap_log };
-    int rc = braid_loop_new(&loop, &o);
+    int rc = braid_loop_new(&o, &loop);
     if (rc < 0) return rc;
     braid_loop_set_unhandled(loop, on_unhandled, NULL);
     braid_deferred *m[6] = { 0 };
@@ -1031,23 +1031,23 @@ static int gather_scenario(void *arg) {
     braid_deferred *g = NULL;
     if (rc == 0) {
         braid_deferred *lst = braid_deferred_list(loop, m + 3, 3);
-        g = lst ? braid_gather(loop, m, 3, 0) : NULL;
+        g = lst ? braid_deferred_gather(loop, m, 3, 0) : NULL;
         if (!lst || !g) rc = BRAID_ENOMEM;
         for (int i = 0; i < 6; i++) braid_deferred_callback(m[i], NULL, NULL);
-        if (!lst) for (int i = 3; i < 6; i++) braid_deferred_release(m[i]);
-        if (!g) for (int i = 0; i < 3; i++) braid_deferred_release(m[i]);
-        braid_deferred_release(lst);
-        braid_deferred_release(g);
+        if (!lst) for (int i = 3; i < 6; i++) braid_deferred_unref(m[i]);
+        if (!g) for (int i = 0; i < 3; i++) braid_deferred_unref(m[i]);
+        braid_deferred_unref(lst);
+        braid_deferred_unref(g);
     } else {
         for (int i = 0; i < n; i++)
-            if (m[i]) { braid_deferred_callback(m[i], NULL, NULL); braid_deferred_release(m[i]); }
+            if (m[i]) { braid_deferred_callback(m[i], NULL, NULL); braid_deferred_unref(m[i]); }
     }
     bt_loop_destroy(loop);   /* the leak gate, every run */
     return rc;
 }
 
 BT_TEST(combinator_allocation_failure_walk) {
-    fc = braid_fake_clock_new(0);
+    braid_fake_clock_new(0, &fc);
     memset(&g_unh, 0, sizeof g_unh);
     bt_walk_result r = bt_alloc_walk(&(bt_walk){ .name = "combinators", .body = gather_scenario,
                                                  .enomem_only = true, .max_runs = 300 });
@@ -1058,123 +1058,123 @@ BT_TEST(combinator_allocation_failure_walk) {
 
 /* ---- defer_later ---------------------------------------------------------------------------- */
 static int g_thunk_calls;
-static braid_result thunk_val(void *arg) { g_thunk_calls++; return braid_ok(arg); }
+static braid_result thunk_val(void *arg) { g_thunk_calls++; return braid_result_ok(arg); }
 
 BT_TEST(defer_later_fires_on_time) {
     braid_loop *loop = mkloop();
     g_thunk_calls = 0;
-    braid_deferred *d = braid_defer_later(loop, BRAID_MSEC(10), thunk_val, (void *)(intptr_t)4);
-    braid_deferred *e = braid_defer_later(loop, BRAID_MSEC(20), NULL, NULL);
+    braid_deferred *d = braid_deferred_later(loop, BRAID_MSEC(10), thunk_val, (void *)(intptr_t)4);
+    braid_deferred *e = braid_deferred_later(loop, BRAID_MSEC(20), NULL, NULL);
     BT_OK(braid_loop_advance(loop, BRAID_MSEC(10) - 1));
-    braid_expect_no_result(d);
+    braid_deferred_expect_no_result(d);
     BT_OK(braid_loop_advance(loop, 1));
     BT_EQ(value_of(d), 4);
     BT_EQ(g_thunk_calls, 1);
-    braid_expect_no_result(e);
+    braid_deferred_expect_no_result(e);
     BT_OK(braid_loop_advance(loop, BRAID_MSEC(10)));
     BT_EQ(value_of(e), 0);
-    braid_deferred_release(d);
-    braid_deferred_release(e);
+    braid_deferred_unref(d);
+    braid_deferred_unref(e);
     done(loop);
 }
 
 BT_TEST(defer_later_cancel_stops_the_call) {
     braid_loop *loop = mkloop();
     g_thunk_calls = 0;
-    braid_deferred *d = braid_defer_later(loop, BRAID_MSEC(10), thunk_val, NULL);
+    braid_deferred *d = braid_deferred_later(loop, BRAID_MSEC(10), thunk_val, NULL);
     BT_EQ(braid_loop_timer_count(loop), 1);
     braid_deferred_cancel(d);
     BT_EQ(braid_loop_timer_count(loop), 0);
-    braid_failure_free(braid_expect_failure(d, BRAID_ECANCELED));
+    braid_failure_free(braid_deferred_expect_failure(d, BRAID_ECANCELED));
     BT_OK(braid_loop_advance(loop, BRAID_MSEC(50)));
     BT_EQ(g_thunk_calls, 0);
-    braid_deferred_release(d);
+    braid_deferred_unref(d);
     done(loop);
 }
 
 /* ---- lock and semaphore ------------------------------------------------------------------ */
 BT_TEST(lock_is_fifo_and_cancellable) {
     braid_loop *loop = mkloop();
-    braid_lock *l;
-    BT_OK(braid_lock_new(loop, &l));
-    braid_deferred *a = braid_lock_acquire(l);
-    BT_TRUE(braid_lock_locked(l));
-    braid_result r = braid_expect_success(a);
+    braid_deferred_lock *l;
+    BT_OK(braid_deferred_lock_new(loop, &l));
+    braid_deferred *a = braid_deferred_lock_acquire(l);
+    BT_TRUE(braid_deferred_lock_is_locked(l));
+    braid_result r = braid_deferred_expect_success(a);
     BT_TRUE(r.value == (void *)l);
-    braid_deferred *b = braid_lock_acquire(l), *c = braid_lock_acquire(l), *e = braid_lock_acquire(l);
-    braid_expect_no_result(b);
-    BT_EQ(braid_semaphore_waiting((braid_semaphore *)l), 3);
+    braid_deferred *b = braid_deferred_lock_acquire(l), *c = braid_deferred_lock_acquire(l), *e = braid_deferred_lock_acquire(l);
+    braid_deferred_expect_no_result(b);
+    BT_EQ(braid_deferred_semaphore_waiting((braid_deferred_semaphore *)l), 3);
     braid_deferred_cancel(c);                              /* c leaves the queue */
-    braid_failure_free(braid_expect_failure(c, BRAID_ECANCELED));
-    BT_EQ(braid_semaphore_waiting((braid_semaphore *)l), 2);
-    BT_ERR(braid_lock_free(l), BRAID_EBUSY);
-    BT_OK(braid_lock_release(l));                          /* -> b */
-    braid_result_drop(braid_expect_success(b));
-    braid_expect_no_result(e);
-    BT_OK(braid_lock_release(l));                          /* -> e, c skipped */
-    braid_result_drop(braid_expect_success(e));
-    BT_OK(braid_lock_release(l));
-    BT_FALSE(braid_lock_locked(l));
-    BT_ERR(braid_lock_release(l), BRAID_ELOCKED);
-    BT_OK(braid_lock_free(l));
-    braid_deferred_release(a); braid_deferred_release(b);
-    braid_deferred_release(c); braid_deferred_release(e);
+    braid_failure_free(braid_deferred_expect_failure(c, BRAID_ECANCELED));
+    BT_EQ(braid_deferred_semaphore_waiting((braid_deferred_semaphore *)l), 2);
+    BT_ERR(braid_deferred_lock_free(l), BRAID_EBUSY);
+    BT_OK(braid_deferred_lock_release(l));                          /* -> b */
+    braid_result_drop(braid_deferred_expect_success(b));
+    braid_deferred_expect_no_result(e);
+    BT_OK(braid_deferred_lock_release(l));                          /* -> e, c skipped */
+    braid_result_drop(braid_deferred_expect_success(e));
+    BT_OK(braid_deferred_lock_release(l));
+    BT_FALSE(braid_deferred_lock_is_locked(l));
+    BT_ERR(braid_deferred_lock_release(l), BRAID_ELOCKED);
+    BT_OK(braid_deferred_lock_free(l));
+    braid_deferred_unref(a); braid_deferred_unref(b);
+    braid_deferred_unref(c); braid_deferred_unref(e);
     done(loop);
 }
 
-static braid_result thunk_chain(void *arg) { return braid_chain((braid_deferred *)arg); }
+static braid_result thunk_chain(void *arg) { return braid_result_chain((braid_deferred *)arg); }
 
 BT_TEST(lock_run_holds_until_the_result_is_known) {
     braid_loop *loop = mkloop();
-    braid_lock *l;
-    BT_OK(braid_lock_new(loop, &l));
+    braid_deferred_lock *l;
+    BT_OK(braid_deferred_lock_new(loop, &l));
     braid_deferred *work = braid_deferred_new(loop);
-    braid_deferred *r1 = braid_lock_run(l, thunk_chain, work);
-    BT_TRUE(braid_lock_locked(l));
-    braid_expect_no_result(r1);
+    braid_deferred *r1 = braid_deferred_lock_run(l, thunk_chain, work);
+    BT_TRUE(braid_deferred_lock_is_locked(l));
+    braid_deferred_expect_no_result(r1);
     g_thunk_calls = 0;
-    braid_deferred *r2 = braid_lock_run(l, thunk_val, (void *)(intptr_t)2);
+    braid_deferred *r2 = braid_deferred_lock_run(l, thunk_val, (void *)(intptr_t)2);
     BT_EQ(g_thunk_calls, 0);                               /* waits for the lock */
     braid_deferred_errback(work, braid_failure_new(BRAID_EPIPE, "work failed"));
-    braid_failure_free(braid_expect_failure(r1, BRAID_EPIPE));   /* passed on */
+    braid_failure_free(braid_deferred_expect_failure(r1, BRAID_EPIPE));   /* passed on */
     BT_EQ(g_thunk_calls, 1);                               /* released even on failure */
     BT_EQ(value_of(r2), 2);
-    BT_FALSE(braid_lock_locked(l));
-    BT_OK(braid_lock_free(l));
-    braid_deferred_release(r1);
-    braid_deferred_release(r2);
+    BT_FALSE(braid_deferred_lock_is_locked(l));
+    BT_OK(braid_deferred_lock_free(l));
+    braid_deferred_unref(r1);
+    braid_deferred_unref(r2);
     done(loop);
 }
 
 BT_TEST(semaphore_tokens) {
     braid_loop *loop = mkloop();
-    braid_semaphore *s;
-    BT_ERR(braid_semaphore_new(loop, 0, &s), BRAID_EINVAL);
-    BT_OK(braid_semaphore_new(loop, 2, &s));
-    braid_deferred *a = braid_semaphore_acquire(s), *b = braid_semaphore_acquire(s),
-                   *c = braid_semaphore_acquire(s);
+    braid_deferred_semaphore *s;
+    BT_ERR(braid_deferred_semaphore_new(loop, 0, &s), BRAID_EINVAL);
+    BT_OK(braid_deferred_semaphore_new(loop, 2, &s));
+    braid_deferred *a = braid_deferred_semaphore_acquire(s), *b = braid_deferred_semaphore_acquire(s),
+                   *c = braid_deferred_semaphore_acquire(s);
     BT_TRUE(braid_deferred_has_result(a) && braid_deferred_has_result(b));
-    braid_expect_no_result(c);
-    BT_EQ(braid_semaphore_tokens(s), 0);
-    BT_OK(braid_semaphore_release(s));
+    braid_deferred_expect_no_result(c);
+    BT_EQ(braid_deferred_semaphore_tokens(s), 0);
+    BT_OK(braid_deferred_semaphore_release(s));
     BT_TRUE(braid_deferred_has_result(c));
-    BT_OK(braid_semaphore_release(s));
-    BT_OK(braid_semaphore_release(s));
-    BT_EQ(braid_semaphore_tokens(s), 2);
-    BT_ERR(braid_semaphore_release(s), BRAID_ELOCKED);
+    BT_OK(braid_deferred_semaphore_release(s));
+    BT_OK(braid_deferred_semaphore_release(s));
+    BT_EQ(braid_deferred_semaphore_tokens(s), 2);
+    BT_ERR(braid_deferred_semaphore_release(s), BRAID_ELOCKED);
     /* a cancelled run never runs its function nor releases a token it never had */
-    braid_deferred *h1 = braid_semaphore_acquire(s), *h2 = braid_semaphore_acquire(s);
+    braid_deferred *h1 = braid_deferred_semaphore_acquire(s), *h2 = braid_deferred_semaphore_acquire(s);
     g_thunk_calls = 0;
-    braid_deferred *r = braid_semaphore_run(s, thunk_val, NULL);
+    braid_deferred *r = braid_deferred_semaphore_run(s, thunk_val, NULL);
     braid_deferred_cancel(r);
-    braid_failure_free(braid_expect_failure(r, BRAID_ECANCELED));
+    braid_failure_free(braid_deferred_expect_failure(r, BRAID_ECANCELED));
     BT_EQ(g_thunk_calls, 0);
-    BT_EQ(braid_semaphore_tokens(s), 0);
-    BT_OK(braid_semaphore_release(s));
-    BT_OK(braid_semaphore_release(s));
-    BT_OK(braid_semaphore_free(s));
+    BT_EQ(braid_deferred_semaphore_tokens(s), 0);
+    BT_OK(braid_deferred_semaphore_release(s));
+    BT_OK(braid_deferred_semaphore_release(s));
+    BT_OK(braid_deferred_semaphore_free(s));
     braid_deferred *all[] = { a, b, c, h1, h2, r };
-    for (int i = 0; i < 6; i++) braid_deferred_release(all[i]);
+    for (int i = 0; i < 6; i++) braid_deferred_unref(all[i]);
     done(loop);
 }
 
@@ -1182,51 +1182,51 @@ BT_TEST(semaphore_tokens) {
 static braid_result eb_consume(braid_result r, void *arg) {
     *(int *)arg = r.failure->code;
     braid_result_drop(r);
-    return braid_ok(NULL);
+    return braid_result_ok(NULL);
 }
 
 BT_TEST(queue_bounded_both_ways) {
     braid_loop *loop = mkloop();
-    braid_queue *q;
-    BT_ERR(braid_queue_new(loop, 0, 1, &q), BRAID_EINVAL);
-    BT_OK(braid_queue_new(loop, 2, 1, &q));
-    BT_OK(braid_queue_put(q, (void *)(intptr_t)1, NULL));
-    BT_OK(braid_queue_put(q, (void *)(intptr_t)2, NULL));
-    BT_ERR(braid_queue_put(q, (void *)(intptr_t)3, NULL), BRAID_EQUEUE_FULL);   /* overflow at once */
-    BT_EQ(braid_queue_size(q), 2);
+    braid_deferred_queue *q;
+    BT_ERR(braid_deferred_queue_new(loop, 0, 1, &q), BRAID_EINVAL);
+    BT_OK(braid_deferred_queue_new(loop, 2, 1, &q));
+    BT_OK(braid_deferred_queue_put(q, (void *)(intptr_t)1, NULL));
+    BT_OK(braid_deferred_queue_put(q, (void *)(intptr_t)2, NULL));
+    BT_ERR(braid_deferred_queue_put(q, (void *)(intptr_t)3, NULL), BRAID_EQUEUE_FULL);   /* overflow at once */
+    BT_EQ(braid_deferred_queue_size(q), 2);
     braid_deferred *d;
-    BT_OK(braid_queue_get(q, &d)); BT_EQ(value_of(d), 1); braid_deferred_release(d);
-    BT_OK(braid_queue_get(q, &d)); BT_EQ(value_of(d), 2); braid_deferred_release(d);
+    BT_OK(braid_deferred_queue_get(q, &d)); BT_EQ(value_of(d), 1); braid_deferred_unref(d);
+    BT_OK(braid_deferred_queue_get(q, &d)); BT_EQ(value_of(d), 2); braid_deferred_unref(d);
     braid_deferred *w;
-    BT_OK(braid_queue_get(q, &w));                         /* waits */
-    braid_expect_no_result(w);
-    BT_ERR(braid_queue_get(q, &d), BRAID_EQUEUE_EMPTY);    /* backlog 1: underflow at once */
+    BT_OK(braid_deferred_queue_get(q, &w));                         /* waits */
+    braid_deferred_expect_no_result(w);
+    BT_ERR(braid_deferred_queue_get(q, &d), BRAID_EQUEUE_EMPTY);    /* backlog 1: underflow at once */
     BT_TRUE(d == NULL);
-    BT_OK(braid_queue_put(q, (void *)(intptr_t)7, NULL));  /* straight to the waiter */
+    BT_OK(braid_deferred_queue_put(q, (void *)(intptr_t)7, NULL));  /* straight to the waiter */
     BT_EQ(value_of(w), 7);
-    BT_EQ(braid_queue_size(q), 0);
-    braid_deferred_release(w);
+    BT_EQ(braid_deferred_queue_size(q), 0);
+    braid_deferred_unref(w);
     /* a cancelled get leaves the queue */
-    BT_OK(braid_queue_get(q, &w));
+    BT_OK(braid_deferred_queue_get(q, &w));
     braid_deferred_cancel(w);
-    BT_EQ(braid_queue_waiting(q), 0);
-    braid_failure_free(braid_expect_failure(w, BRAID_ECANCELED));
-    braid_deferred_release(w);
-    BT_OK(braid_queue_put(q, (void *)(intptr_t)8, NULL));
-    BT_EQ(braid_queue_size(q), 1);
+    BT_EQ(braid_deferred_queue_waiting(q), 0);
+    braid_failure_free(braid_deferred_expect_failure(w, BRAID_ECANCELED));
+    braid_deferred_unref(w);
+    BT_OK(braid_deferred_queue_put(q, (void *)(intptr_t)8, NULL));
+    BT_EQ(braid_deferred_queue_size(q), 1);
     /* free: stored values dropped, waiters told */
     g_freed = 0;
-    braid_queue *q2;
-    BT_OK(braid_queue_new(loop, 1, 4, &q2));
+    braid_deferred_queue *q2;
+    BT_OK(braid_deferred_queue_new(loop, 1, 4, &q2));
     int code = 0;
-    BT_OK(braid_queue_get(q2, &w));
+    BT_OK(braid_deferred_queue_get(q2, &w));
     braid_deferred_add_errback(w, eb_consume, &code);
-    braid_queue_free(q2);
+    braid_deferred_queue_free(q2);
     BT_EQ(code, BRAID_ESHUTDOWN);
-    braid_deferred_release(w);
-    BT_OK(braid_queue_get(q, &d)); BT_EQ(value_of(d), 8); braid_deferred_release(d);
-    BT_OK(braid_queue_put(q, braid_malloc(3), count_free));
-    braid_queue_free(q);
+    braid_deferred_unref(w);
+    BT_OK(braid_deferred_queue_get(q, &d)); BT_EQ(value_of(d), 8); braid_deferred_unref(d);
+    BT_OK(braid_deferred_queue_put(q, braid_malloc(3), count_free));
+    braid_deferred_queue_free(q);
     BT_EQ(g_freed, 1);
     done(loop);
 }
@@ -1237,7 +1237,7 @@ static braid_result add_more(braid_result r, void *arg) {
     adder *a = arg;
     if (a->added++ < 2) braid_deferred_add_callback(a->d, add_more, a);   /* runs in this chain */
     tr(a->s->t, "a%ld,", (long)(intptr_t)r.value);
-    return braid_ok((void *)((intptr_t)r.value + 1));
+    return braid_result_ok((void *)((intptr_t)r.value + 1));
 }
 BT_TEST(callbacks_added_while_running_run_in_order) {
     braid_loop *loop = mkloop();
@@ -1256,12 +1256,12 @@ BT_TEST(callbacks_added_while_running_run_in_order) {
     BT_OK(braid_deferred_add_callback(d, add_more, &a));
     BT_STREQ(t.s, "a0,a1,a2,");
     BT_EQ(value_of(d), 3);
-    braid_deferred_release(d);
+    braid_deferred_unref(d);
     done(loop);
 }
 
 static braid_result release_self(braid_result r, void *arg) {
-    braid_deferred_release((braid_deferred *)arg);
+    braid_deferred_unref((braid_deferred *)arg);
     return r;
 }
 static braid_result pause_self(braid_result r, void *arg) {
@@ -1284,27 +1284,27 @@ BT_TEST(release_and_pause_from_inside_a_callback) {
     BT_OK(braid_deferred_add_callback(d, cb_add, &s));
     BT_OK(braid_deferred_callback(d, (void *)(intptr_t)1, NULL));
     BT_EQ(t.n, 0);
-    braid_expect_no_result(d);
+    braid_deferred_expect_no_result(d);
     braid_deferred_unpause(d);
     BT_STREQ(t.s, "c1,");
     BT_EQ(value_of(d), 2);
-    braid_deferred_release(d);
+    braid_deferred_unref(d);
     done(loop);
 }
 
 BT_TEST(chain_to_a_paused_deferred_resumes_on_unpause) {
     braid_loop *loop = mkloop();
-    braid_deferred *inner = braid_succeed(loop, (void *)(intptr_t)6, NULL);
+    braid_deferred *inner = braid_deferred_succeed(loop, (void *)(intptr_t)6, NULL);
     braid_deferred_pause(inner);
     braid_deferred *keep = braid_deferred_ref(inner);
     braid_deferred *outer = braid_deferred_new(loop);
     BT_OK(braid_deferred_add_callback(outer, return_chain, inner));
     BT_OK(braid_deferred_callback(outer, NULL, NULL));
-    braid_expect_no_result(outer);
+    braid_deferred_expect_no_result(outer);
     braid_deferred_unpause(keep);
     BT_EQ(value_of(outer), 6);
-    braid_deferred_release(keep);
-    braid_deferred_release(outer);
+    braid_deferred_unref(keep);
+    braid_deferred_unref(outer);
     done(loop);
 }
 
@@ -1330,8 +1330,8 @@ BT_TEST(chain_to_a_running_deferred) {
     BT_OK(braid_deferred_callback(inner, (void *)(intptr_t)1, NULL));
     BT_STREQ(t.s, "f1,c1,");
     BT_EQ(value_of(outer), 11);               /* got inner's final result */
-    braid_deferred_release(inner);
-    braid_deferred_release(outer);
+    braid_deferred_unref(inner);
+    braid_deferred_unref(outer);
     done(loop);
 }
 
@@ -1346,7 +1346,7 @@ BT_TEST(failure_travels_through_a_chain) {
     BT_OK(braid_deferred_callback(outer, NULL, NULL));
     BT_OK(braid_deferred_errback(inner, braid_failure_new(BRAID_EPIPE, NULL)));
     BT_EQ(value_of(outer), 5);
-    braid_deferred_release(outer);
+    braid_deferred_unref(outer);
     BT_EQ(g_unh.n, 0);
     done(loop);
 }
@@ -1358,7 +1358,7 @@ BT_TEST(released_while_paused_cleans_its_timeout) {
     BT_OK(braid_deferred_add_timeout(d, BRAID_SECONDS(1)));
     BT_EQ(braid_loop_timer_count(loop), 1);
     BT_OK(braid_deferred_callback(d, NULL, NULL));
-    braid_deferred_release(d);                 /* nobody can unpause it now: freed */
+    braid_deferred_unref(d);                 /* nobody can unpause it now: freed */
     BT_EQ(braid_loop_timer_count(loop), 0);
     BT_TRUE(strstr(g_log.last, "never run") != NULL);
     done(loop);
@@ -1376,49 +1376,49 @@ BT_TEST(take_and_state) {
     BT_OK(braid_deferred_take(d, &r));
     BT_EQ(r.failure->code, BRAID_EPIPE);
     braid_result_drop(r);
-    BT_FALSE(braid_deferred_is_failure(d));    /* now holds braid_ok(NULL) */
-    braid_deferred_release(d);
+    BT_FALSE(braid_deferred_is_failure(d));    /* now holds braid_result_ok(NULL) */
+    braid_deferred_unref(d);
     BT_EQ(g_unh.n, 0);
     BT_STREQ(braid_strerror(BRAID_EALL_FAILED), "every raced Deferred failed");
     /* a NULL failure stays on the errback track */
     d = braid_deferred_new(loop);
     BT_OK(braid_deferred_errback(d, NULL));
-    braid_failure_free(braid_expect_failure(d, BRAID_EINVAL));
-    braid_deferred_release(d);
-    d = braid_fail(loop, NULL);
-    braid_failure_free(braid_expect_failure(d, BRAID_EINVAL));
-    braid_deferred_release(d);
+    braid_failure_free(braid_deferred_expect_failure(d, BRAID_EINVAL));
+    braid_deferred_unref(d);
+    d = braid_deferred_fail(loop, NULL);
+    braid_failure_free(braid_deferred_expect_failure(d, BRAID_EINVAL));
+    braid_deferred_unref(d);
     done(loop);
 }
 
-static braid_result thunk_fail(void *arg) { (void)arg; return braid_errf(BRAID_EPIPE, "in lock"); }
+static braid_result thunk_fail(void *arg) { (void)arg; return braid_result_errf(BRAID_EPIPE, "in lock"); }
 BT_TEST(lock_run_releases_on_failure_and_defer_later_chains) {
     braid_loop *loop = mkloop();
-    braid_lock *l;
-    BT_OK(braid_lock_new(loop, &l));
-    braid_deferred *r = braid_lock_run(l, thunk_fail, NULL);
-    braid_failure_free(braid_expect_failure(r, BRAID_EPIPE));
-    BT_FALSE(braid_lock_locked(l));
-    braid_deferred_release(r);
-    BT_OK(braid_lock_free(l));
+    braid_deferred_lock *l;
+    BT_OK(braid_deferred_lock_new(loop, &l));
+    braid_deferred *r = braid_deferred_lock_run(l, thunk_fail, NULL);
+    braid_failure_free(braid_deferred_expect_failure(r, BRAID_EPIPE));
+    BT_FALSE(braid_deferred_lock_is_locked(l));
+    braid_deferred_unref(r);
+    BT_OK(braid_deferred_lock_free(l));
     /* defer_later whose function returns an unfired Deferred */
     braid_deferred *inner = braid_deferred_new(loop);
-    braid_deferred *d = braid_defer_later(loop, 10, thunk_chain, inner);
+    braid_deferred *d = braid_deferred_later(loop, 10, thunk_chain, inner);
     BT_OK(braid_loop_advance(loop, 10));
-    braid_expect_no_result(d);
+    braid_deferred_expect_no_result(d);
     braid_deferred_callback(inner, (void *)(intptr_t)12, NULL);
     BT_EQ(value_of(d), 12);
-    braid_deferred_release(d);
+    braid_deferred_unref(d);
     done(loop);
 }
 
 BT_TEST(leak_gate_names_open_primitives) {
     braid_loop *loop = mkloop();
-    braid_queue *q;
-    BT_OK(braid_queue_new(loop, 1, 1, &q));
-    BT_ERR(braid_loop_destroy(loop), BRAID_EBUSY);
+    braid_deferred_queue *q;
+    BT_OK(braid_deferred_queue_new(loop, 1, 1, &q));
+    BT_ERR(braid_loop_free(loop), BRAID_EBUSY);
     BT_TRUE(strstr(g_log.last, "deferred queue") != NULL);
-    braid_queue_free(q);
+    braid_deferred_queue_free(q);
     done(loop);
 }
 
@@ -1428,63 +1428,63 @@ static int prims_scenario(void *arg) {
     (void)arg;
     braid_loop *loop = NULL;
     braid_loop_options o = { .clock = braid_fake_clock_base(fc), .log = cap_log };
-    int rc = braid_loop_new(&loop, &o);
+    int rc = braid_loop_new(&o, &loop);
     if (rc < 0) return rc;
     braid_loop_set_unhandled(loop, on_unhandled, NULL);
     int first = 0;
 #define NOTE(x) do { int r_ = (x); if (r_ < 0 && !first) first = r_; } while (0)
-    braid_lock *l = NULL;
-    braid_queue *q = NULL;
-    NOTE(braid_lock_new(loop, &l));
-    NOTE(braid_queue_new(loop, 2, 2, &q));
+    braid_deferred_lock *l = NULL;
+    braid_deferred_queue *q = NULL;
+    NOTE(braid_deferred_lock_new(loop, &l));
+    NOTE(braid_deferred_queue_new(loop, 2, 2, &q));
     if (l) {
-        braid_deferred *a = braid_lock_acquire(l);
-        braid_deferred *b = braid_lock_acquire(l);
+        braid_deferred *a = braid_deferred_lock_acquire(l);
+        braid_deferred *b = braid_deferred_lock_acquire(l);
         if (!a) NOTE(BRAID_ENOMEM);
         if (!b) NOTE(BRAID_ENOMEM);
         bool held = a != NULL;                    /* b waits only if a holds the lock */
-        if (held && braid_lock_release(l) < 0) NOTE(-9998);
-        if (b && braid_lock_release(l) < 0) NOTE(-9998);
-        if (braid_lock_locked(l)) NOTE(-9998);
-        braid_deferred_release(a);
-        braid_deferred_release(b);
-        braid_deferred *r = braid_lock_run(l, thunk_val, NULL);
+        if (held && braid_deferred_lock_release(l) < 0) NOTE(-9998);
+        if (b && braid_deferred_lock_release(l) < 0) NOTE(-9998);
+        if (braid_deferred_lock_is_locked(l)) NOTE(-9998);
+        braid_deferred_unref(a);
+        braid_deferred_unref(b);
+        braid_deferred *r = braid_deferred_lock_run(l, thunk_val, NULL);
         if (!r) NOTE(BRAID_ENOMEM);
-        braid_deferred_release(r);
-        if (braid_lock_free(l) < 0) NOTE(-9998);
+        braid_deferred_unref(r);
+        if (braid_deferred_lock_free(l) < 0) NOTE(-9998);
     }
     if (q) {
         braid_deferred *g = NULL;
-        NOTE(braid_queue_get(q, &g));             /* waits */
-        NOTE(braid_queue_put(q, (void *)(intptr_t)1, NULL));
-        NOTE(braid_queue_put(q, (void *)(intptr_t)2, NULL));
+        NOTE(braid_deferred_queue_get(q, &g));             /* waits */
+        NOTE(braid_deferred_queue_put(q, (void *)(intptr_t)1, NULL));
+        NOTE(braid_deferred_queue_put(q, (void *)(intptr_t)2, NULL));
         braid_deferred *g2 = NULL;
-        NOTE(braid_queue_get(q, &g2));
-        braid_deferred_release(g);
-        braid_deferred_release(g2);
-        braid_queue_free(q);
+        NOTE(braid_deferred_queue_get(q, &g2));
+        braid_deferred_unref(g);
+        braid_deferred_unref(g2);
+        braid_deferred_queue_free(q);
     }
-    braid_deferred *later = braid_defer_later(loop, 10, NULL, NULL);
+    braid_deferred *later = braid_deferred_later(loop, 10, NULL, NULL);
     if (!later) NOTE(BRAID_ENOMEM);
     braid_deferred *t = braid_deferred_new(loop);
     if (!t) NOTE(BRAID_ENOMEM);
     else NOTE(braid_deferred_add_timeout(t, 5));
     braid_loop_advance(loop, 20);
     if (t) { braid_deferred_callback(t, NULL, NULL); braid_deferred_cancel(t); }
-    if (later) braid_result_drop(braid_expect_success(later));
+    if (later) braid_result_drop(braid_deferred_expect_success(later));
     if (t) {
         braid_result r;
         if (braid_deferred_take(t, &r) == 0) braid_result_drop(r);
     }
-    braid_deferred_release(later);
-    braid_deferred_release(t);
+    braid_deferred_unref(later);
+    braid_deferred_unref(t);
 #undef NOTE
     bt_loop_destroy(loop);   /* the leak gate, every run */
     return first;
 }
 
 BT_TEST(primitives_allocation_failure_walk) {
-    fc = braid_fake_clock_new(0);
+    braid_fake_clock_new(0, &fc);
     memset(&g_unh, 0, sizeof g_unh);
     bt_walk_result r = bt_alloc_walk(&(bt_walk){ .name = "primitives", .body = prims_scenario,
                                                  .enomem_only = true, .max_runs = 300 });   /* -9998: misuse */
@@ -1505,7 +1505,7 @@ BT_TEST(long_callback_lists_stop_allocating_and_stay_bounded) {
         braid_deferred *d = braid_deferred_new(loop);
         for (int i = 0; i < 100; i++) BT_OK(braid_deferred_add_callback(d, pass, NULL));
         BT_OK(braid_deferred_callback(d, NULL, NULL));
-        braid_deferred_release(d);
+        braid_deferred_unref(d);
     }
     done(loop);
 #else
@@ -1514,7 +1514,7 @@ BT_TEST(long_callback_lists_stop_allocating_and_stay_bounded) {
         braid_deferred *d = braid_deferred_new(loop);
         for (int i = 0; i < 100; i++) BT_OK(braid_deferred_add_callback(d, pass, NULL));
         BT_OK(braid_deferred_callback(d, NULL, NULL));
-        braid_deferred_release(d);
+        braid_deferred_unref(d);
         if (round == 1) BT_EQ(braid_test_alloc_count() - before, 0);
     }
     /* 200 at once: every spill array (128 slots) beyond the budget is freed */
@@ -1526,7 +1526,7 @@ BT_TEST(long_callback_lists_stop_allocating_and_stay_bounded) {
     }
     for (int i = 0; i < N; i++) {
         braid_deferred_callback(ds[i], NULL, NULL);
-        braid_deferred_release(ds[i]);
+        braid_deferred_unref(ds[i]);
     }
     long held = braid_test_alloc_outstanding();
     BT_EQ(braid_deferred_live(loop), 0);

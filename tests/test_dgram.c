@@ -33,8 +33,8 @@ static const braid_dgram_ops ops = { .datagram_received = on_dgram, .error = on_
 
 static braid_dgram *open_local(braid_loop *loop, drec *r, int batch, size_t max) {
     braid_dgram *d;
-    BT_OK(braid_dgram_open(loop, &(braid_dgram_options){ .host = "127.0.0.1", .batch = batch,
-                                                         .max_datagram = max }, &ops, r, &d));
+    BT_OK(braid_dgram_open(loop, &ops, r, &(braid_dgram_options){ .host = "127.0.0.1", .batch = batch,
+                                                         .max_datagram = max }, &d));
     return d;
 }
 
@@ -105,7 +105,7 @@ BT_IO_TEST(udp_connected_mode_and_errors) {
     }
     BT_OK(braid_dgram_send(a, "anyone?", 7));
     for (int i = 0; i < 100 && ra.errors < 2; i++) {
-        BT_OK(braid_loop_run_once(loop, BRAID_RUN_NOWAIT));
+        BT_OK(braid_loop_run_once(loop, BRAID_LOOP_RUN_NOWAIT));
         if (ra.errors < 2) usleep(1000);
     }
     BT_EQ(ra.errors, 2);
@@ -122,7 +122,7 @@ BT_IO_TEST(udp_close_inside_callback_and_pause) {
     BT_OK(braid_dgram_address(b, &ba));
     braid_dgram_pause_reading(b);
     for (int i = 0; i < 3; i++) BT_OK(braid_dgram_send_to(a, "x", 1, &ba));
-    for (int i = 0; i < 5; i++) BT_OK(braid_loop_run_once(loop, BRAID_RUN_NOWAIT));
+    for (int i = 0; i < 5; i++) BT_OK(braid_loop_run_once(loop, BRAID_LOOP_RUN_NOWAIT));
     BT_EQ(rb.n, 0);
     braid_dgram_resume_reading(b);
     BT_RUN_UNTIL(loop, rb.n >= 1, 100);

@@ -27,7 +27,7 @@ static void nest_io(braid_watch *w, unsigned ev, void *arg, int me) {
         /* The first callback of the batch runs an iteration of its own, as a
          * modal dialog opened from a network callback does. */
         n->depth++;
-        BT_OK(braid_loop_run_once(n->loop, BRAID_RUN_NOWAIT));
+        BT_OK(braid_loop_run_once(n->loop, BRAID_LOOP_RUN_NOWAIT));
         n->depth--;
         n->nested_saw_other = n->calls[!me];
     }
@@ -44,9 +44,9 @@ BT_IO_TEST(iteration_nested_in_io_callback_delivers_each_event_once) {
     braid_watch wa, wb;
     BT_OK(braid_watch_init(loop, &wa, a[0], nest_a, &n));
     BT_OK(braid_watch_init(loop, &wb, b[0], nest_b, &n));
-    BT_OK(braid_watch_set(&wa, BRAID_READ));
-    BT_OK(braid_watch_set(&wb, BRAID_READ));
-    BT_OK(braid_loop_run_once(loop, BRAID_RUN_NOWAIT));   /* arm (io_uring) */
+    BT_OK(braid_watch_set_interest(&wa, BRAID_WATCH_READ));
+    BT_OK(braid_watch_set_interest(&wb, BRAID_WATCH_READ));
+    BT_OK(braid_loop_run_once(loop, BRAID_LOOP_RUN_NOWAIT));   /* arm (io_uring) */
     BT_EQ(write(a[1], "x", 1), 1);
     BT_EQ(write(b[1], "y", 1), 1);
     /* Both are ready in one batch. The nested iteration delivers the rest of
@@ -87,13 +87,13 @@ BT_IO_TEST(watched_fds_lists_each_watcher_with_interest) {
     BT_OK(braid_watch_init(loop, &wa, a[0], noop_io, NULL));
     BT_OK(braid_watch_init(loop, &wb, b[0], noop_io, NULL));
     BT_OK(braid_watch_init(loop, &wc, a[1], noop_io, NULL));   /* no interest: not listed */
-    BT_OK(braid_watch_set(&wa, BRAID_READ));
-    BT_OK(braid_watch_set(&wb, BRAID_READ | BRAID_WRITE));
+    BT_OK(braid_watch_set_interest(&wa, BRAID_WATCH_READ));
+    BT_OK(braid_watch_set_interest(&wb, BRAID_WATCH_READ | BRAID_WATCH_WRITE));
     braid_loop_fd l[16];
     size_t n = braid_loop_watched_fds(loop, 16, l);
     BT_EQ(n, base + 2);
-    BT_TRUE(listed(l, n, a[0], BRAID_READ));
-    BT_TRUE(listed(l, n, b[0], BRAID_READ | BRAID_WRITE));
+    BT_TRUE(listed(l, n, a[0], BRAID_WATCH_READ));
+    BT_TRUE(listed(l, n, b[0], BRAID_WATCH_READ | BRAID_WATCH_WRITE));
     BT_FALSE(listed(l, n, a[1], 0));
     for (size_t i = 1; i < n; i++) BT_LT(l[i - 1].fd, l[i].fd);   /* ascending */
     /* Too little room: the total, and only cap entries written. */
@@ -101,12 +101,12 @@ BT_IO_TEST(watched_fds_lists_each_watcher_with_interest) {
     BT_EQ(braid_loop_watched_fds(loop, 1, one), base + 2);
     BT_GE(one[0].fd, 0);
     /* Interest changes and closes are seen at once. */
-    BT_OK(braid_watch_set(&wb, BRAID_WRITE));
+    BT_OK(braid_watch_set_interest(&wb, BRAID_WATCH_WRITE));
     braid_watch_close(&wa);
     n = braid_loop_watched_fds(loop, 16, l);
     BT_EQ(n, base + 1);
-    BT_TRUE(listed(l, n, b[0], BRAID_WRITE));
-    BT_FALSE(listed(l, n, a[0], BRAID_READ));
+    BT_TRUE(listed(l, n, b[0], BRAID_WATCH_WRITE));
+    BT_FALSE(listed(l, n, a[0], BRAID_WATCH_READ));
     braid_watch_close(&wb);
     braid_watch_close(&wc);
     BT_EQ(braid_loop_watched_fds(loop, 16, l), base);
@@ -135,12 +135,12 @@ static void prep_fire(braid_timer *t, void *arg) {
 static void prep_hook(braid_prepare *h, void *arg) {
     prep *p = arg;
     p->runs++;
-    if (!braid_timer_active(&p->now_timer) && !p->fired) braid_timer_start(&p->now_timer, 0);
+    if (!braid_timer_is_active(&p->now_timer) && !p->fired) braid_timer_start(&p->now_timer, 0);
     if (p->stop_other) braid_prepare_stop(p->stop_other);
     if (p->stop_self) braid_prepare_stop(h);
     if (p->nest) {
         int before = p->runs;
-        BT_OK(braid_loop_run_once(p->loop, BRAID_RUN_NOWAIT));
+        BT_OK(braid_loop_run_once(p->loop, BRAID_LOOP_RUN_NOWAIT));
         p->nested_runs += p->runs - before;
     }
 }
@@ -153,7 +153,7 @@ BT_IO_TEST(prepare_hook_runs_before_the_wait_and_shortens_it) {
     bt_socketpair(sv);
     braid_watch w;                             /* alive, never ready: a wait would block */
     BT_OK(braid_watch_init(loop, &w, sv[0], noop_io, NULL));
-    BT_OK(braid_watch_set(&w, BRAID_READ));
+    BT_OK(braid_watch_set_interest(&w, BRAID_WATCH_READ));
     braid_timer guard;                         /* bounds the test if the hook did not run */
     braid_timer_init(loop, &guard, safety, NULL);
     BT_OK(braid_timer_start(&guard, BRAID_SECONDS(5)));
@@ -167,16 +167,16 @@ BT_IO_TEST(prepare_hook_runs_before_the_wait_and_shortens_it) {
     BT_EQ(p.runs, 1);
     BT_EQ(p.fired, 1);
     BT_UEQ(p.fired_in, it);                    /* in this very iteration */
-    BT_TRUE(braid_timer_active(&guard));
-    BT_OK(braid_loop_run_once(loop, BRAID_RUN_NOWAIT));
+    BT_TRUE(braid_timer_is_active(&guard));
+    BT_OK(braid_loop_run_once(loop, BRAID_LOOP_RUN_NOWAIT));
     BT_EQ(p.runs, 2);                          /* once per iteration */
     /* The leak gate counts a started hook. */
     braid_watch_close(&w);
     braid_timer_stop(&guard);
-    BT_ERR(braid_loop_destroy(loop), BRAID_EBUSY);
+    BT_ERR(braid_loop_free(loop), BRAID_EBUSY);
     braid_prepare_stop(&h);
     braid_prepare_stop(&h);                    /* idempotent */
-    BT_OK(braid_loop_run_once(loop, BRAID_RUN_NOWAIT));
+    BT_OK(braid_loop_run_once(loop, BRAID_LOOP_RUN_NOWAIT));
     BT_EQ(p.runs, 2);
     close(sv[0]); close(sv[1]);
     bt_loop_destroy(loop);
@@ -196,12 +196,12 @@ BT_IO_TEST(prepare_hooks_stop_themselves_and_others_and_do_not_nest) {
     a.stop_other = &hb;                        /* a stops the next one in the pass */
     c.stop_self = true;
     c.nest = true;                             /* and c runs an iteration: no hooks in it */
-    BT_OK(braid_loop_run_once(loop, BRAID_RUN_NOWAIT));
+    BT_OK(braid_loop_run_once(loop, BRAID_LOOP_RUN_NOWAIT));
     BT_EQ(a.runs, 1);
     BT_EQ(b.runs, 0);
     BT_EQ(c.runs, 1);
     BT_EQ(c.nested_runs, 0);
-    BT_OK(braid_loop_run_once(loop, BRAID_RUN_NOWAIT));
+    BT_OK(braid_loop_run_once(loop, BRAID_LOOP_RUN_NOWAIT));
     BT_EQ(a.runs, 2);
     BT_EQ(c.runs, 1);
     /* A hook does not keep run() going. */

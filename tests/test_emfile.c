@@ -61,7 +61,7 @@ static void on_ctl(braid_watch *w, unsigned ev, void *arg) {
 
 static int child_main(int ctl_r, int ctl_w) {
     child c = { .ctl_r = ctl_r, .ctl_w = ctl_w };
-    if (braid_loop_new(&c.loop, &(braid_loop_options){ .flags = BRAID_LOOP_STRICT_BACKEND }) < 0) return 2;
+    if (braid_loop_new(&(braid_loop_options){ .flags = BRAID_LOOP_STRICT_BACKEND }, &c.loop) < 0) return 2;
     braid_factory f;
     braid_factory_init(&f, &echo_ops, sizeof(braid_protocol), NULL);
     if (braid_tcp_listen(c.loop, &(braid_tcp_listen_options){ .host = "127.0.0.1", .backlog = 64 }, &f, &c.l) < 0)
@@ -74,7 +74,7 @@ static int child_main(int ctl_r, int ctl_w) {
     struct rlimit rl = { (rlim_t)probe + 5, (rlim_t)probe + 5 };
     close(probe);
     if (setrlimit(RLIMIT_NOFILE, &rl) < 0) return 2;
-    if (braid_watch_init(c.loop, &c.w, ctl_r, on_ctl, &c) < 0 || braid_watch_set(&c.w, BRAID_READ) < 0)
+    if (braid_watch_init(c.loop, &c.w, ctl_r, on_ctl, &c) < 0 || braid_watch_set_interest(&c.w, BRAID_WATCH_READ) < 0)
         return 2;
     if (write(ctl_w, &port, sizeof port) != sizeof port) return 2;
     while (!c.stop) braid_loop_run(c.loop);

@@ -5,6 +5,10 @@
 #include "harness.h"
 #include "support/run.h"
 #include <braid/testing_deferred.h>
+#include <arpa/inet.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 BT_TEST(parse_server_strings) {
@@ -29,6 +33,11 @@ BT_TEST(parse_server_strings) {
     BT_STREQ(ep.path, "/a:b");
     BT_OK(braid_endpoint_parse_server("tcp:0", &ep, NULL, 0));
     BT_EQ(ep.port, 0);
+    BT_OK(braid_endpoint_parse_server("fd:3", &ep, err, sizeof err));
+    BT_EQ(ep.kind, BRAID_ENDPOINT_FD);
+    BT_EQ(ep.fd, 3);
+    BT_OK(braid_endpoint_parse_server("fd:fileno=7", &ep, err, sizeof err));
+    BT_EQ(ep.fd, 7);
 }
 
 BT_TEST(parse_client_strings) {
@@ -37,7 +46,7 @@ BT_TEST(parse_client_strings) {
     BT_OK(braid_endpoint_parse_client("tcp:host=example.com:port=80:timeout=2.5", &ep, err, sizeof err));
     BT_STREQ(ep.host, "example.com");
     BT_EQ(ep.port, 80);
-    BT_UEQ(ep.timeout_ns, BRAID_MSEC(2500));
+    BT_UEQ(ep.timeout, BRAID_MSEC(2500));
     BT_OK(braid_endpoint_parse_client("tcp:localhost:8000:bindAddress=127.0.0.1\\:5555", &ep, err, sizeof err));
     BT_STREQ(ep.host, "localhost");
     BT_EQ(ep.port, 8000);
@@ -77,6 +86,10 @@ BT_TEST(malformed_strings_name_the_bad_part) {
         { false, "unix:path=", "unix path ''" },
         { false, "unix:/a:/b", "'/b'" },
         { false, "tcp:host=h:port=1:backlog=5", "'backlog'" },
+        { true, "fd:x", "descriptor 'x'" },
+        { true, "fd:-1", "descriptor '-1'" },
+        { true, "fd:3:backlog=5", "fd:N" },
+        { false, "fd:3", "server endpoint only" },
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         braid_endpoint ep;
@@ -89,19 +102,19 @@ BT_TEST(malformed_strings_name_the_bad_part) {
             bt_fail(__FILE__, __LINE__, "'%s': message \"%s\" lacks \"%s\"", cases[i].desc, err,
                     cases[i].needle);
     }
-    /* through braid_listen: a failed Deferred with that message */
+    /* through braid_endpoint_listen: a failed Deferred with that message */
     braid_loop *loop = bt_loop_new(NULL);
     braid_factory f;
     braid_factory_init(&f, &(braid_protocol_ops){ 0 }, 0, NULL);
-    braid_deferred *d = braid_listen(loop, "tcp:80:bogus=1", &f);
-    braid_failure *fl = braid_expect_failure(d, BRAID_EBAD_ENDPOINT);
+    braid_deferred *d = braid_endpoint_listen(loop, "tcp:80:bogus=1", &f);
+    braid_failure *fl = braid_deferred_expect_failure(d, BRAID_EBAD_ENDPOINT);
     BT_TRUE(strstr(fl->message, "'bogus'") != NULL);
     braid_failure_free(fl);
-    braid_deferred_release(d);
-    d = braid_connect(loop, "tcp:host=x", &f);
-    fl = braid_expect_failure(d, BRAID_EBAD_ENDPOINT);
+    braid_deferred_unref(d);
+    d = braid_endpoint_connect(loop, "tcp:host=x", &f);
+    fl = braid_deferred_expect_failure(d, BRAID_EBAD_ENDPOINT);
     braid_failure_free(fl);
-    braid_deferred_release(d);
+    braid_deferred_unref(d);
     bt_loop_destroy(loop);
 }
 
@@ -132,27 +145,27 @@ static void roundtrip(braid_loop *loop, const char *server_desc, const char *cli
     sf.start = f_start;
     sf.stop = f_stop;
     starts = stops = 0;
-    braid_deferred *d = braid_listen(loop, server_desc, &sf);
-    BT_TRUE(braid_deferred_called(d));
-    braid_result r = braid_expect_success(d);
-    braid_deferred_release(d);
+    braid_deferred *d = braid_endpoint_listen(loop, server_desc, &sf);
+    BT_TRUE(braid_deferred_is_called(d));
+    braid_result r = braid_deferred_expect_success(d);
+    braid_deferred_unref(d);
     braid_listener *l = r.value;
     BT_EQ(starts, 1);
     braid_address a;
     BT_OK(braid_listener_address(l, &a));
     char desc[256];
     snprintf(desc, sizeof desc, client_fmt, braid_address_port(&a));
-    d = braid_connect(loop, desc, &cf);
-    BT_RUN_UNTIL(loop, braid_deferred_called(d), 1000);
-    r = braid_expect_success(d);
-    braid_deferred_release(d);
+    d = braid_endpoint_connect(loop, desc, &cf);
+    BT_RUN_UNTIL(loop, braid_deferred_is_called(d), 1000);
+    r = braid_deferred_expect_success(d);
+    braid_deferred_unref(d);
     braid_protocol *p = r.value;
     got_len = 0;
     lost_count = 0;
     BT_OK(braid_transport_write(p->transport, "endpoint", 8));
     BT_RUN_UNTIL(loop, got_len >= 8, 1000);
     BT_EQ(got_len, 8);
-    braid_transport_lose_connection(p->transport);
+    braid_transport_close(p->transport, BRAID_FOREVER);
     BT_RUN_UNTIL(loop, lost_count >= 2, 1000);
     BT_EQ(lost_count, 2);
     braid_listener_close(l);
@@ -176,22 +189,39 @@ BT_IO_TEST(listen_connect_unix_strings) {
     bt_loop_destroy(loop);
 }
 
+/* fd:N listens on a socket made elsewhere (socket activation): the
+ * listener takes it over and serves on it like any other. */
+BT_IO_TEST(listen_fd_string_adopts_a_listening_socket) {
+    braid_loop *loop = bt_loop_new(NULL);
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in sa = { .sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
+    BT_TRUE(fd >= 0);
+    BT_TRUE(bind(fd, (struct sockaddr *)&sa, sizeof sa) == 0);
+    BT_TRUE(listen(fd, 8) == 0);
+    char desc[32];
+    snprintf(desc, sizeof desc, "fd:%d", fd);
+    roundtrip(loop, desc, "tcp:host=127.0.0.1:port=%d");   /* closes the listener, and fd with it */
+    BT_TRUE(fcntl(fd, F_GETFD) < 0);
+    bt_loop_destroy(loop);
+}
+
 BT_IO_TEST(connect_string_timeout) {
-    braid_fake_clock *fc = braid_fake_clock_new(0);
+    braid_fake_clock *fc = NULL;
+    braid_fake_clock_new(0, &fc);
     braid_loop *loop = bt_loop_new(braid_fake_clock_base(fc));
     braid_factory cf;
     braid_factory_init(&cf, &client_ops, sizeof(ep_proto), NULL);
     /* a name resolution in flight when the timeout passes */
-    braid_deferred *d = braid_connect(loop, "tcp:host=localhost:port=9:timeout=3", &cf);
+    braid_deferred *d = braid_endpoint_connect(loop, "tcp:host=localhost:port=9:timeout=3", &cf);
     braid_fake_clock_advance(fc, BRAID_SECONDS(3));
-    for (int i = 0; i < 5 && !braid_deferred_called(d); i++)
-        BT_OK(braid_loop_run_once(loop, BRAID_RUN_NOWAIT));
+    for (int i = 0; i < 5 && !braid_deferred_is_called(d); i++)
+        BT_OK(braid_loop_run_once(loop, BRAID_LOOP_RUN_NOWAIT));
     if (!braid_deferred_is_failure(d)) bt_fail(__FILE__, __LINE__, "expected a timeout");
-    braid_failure *f = braid_expect_failure(d, 0);
+    braid_failure *f = braid_deferred_expect_failure(d, 0);
     /* refused can beat the timer only if the resolver pool answered first */
     BT_TRUE(f->code == BRAID_ETIMEDOUT || f->code == -ECONNREFUSED);
     braid_failure_free(f);
-    braid_deferred_release(d);
+    braid_deferred_unref(d);
     /* the resolver pool job holds the loop until it reported back */
     for (int i = 0; i < 10000 && braid_loop_run_once(loop, 0) > 0; i++) {}
     BT_EQ(cf.refs, 0);

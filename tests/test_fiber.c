@@ -17,7 +17,7 @@
 
 /* ---- helpers ------------------------------------------------------------------------ */
 static braid_loop *fake_loop(braid_fake_clock **fc) {
-    *fc = braid_fake_clock_new(0);
+    braid_fake_clock_new(0, fc);
     return bt_loop_new(braid_fake_clock_base(*fc));
 }
 
@@ -42,13 +42,13 @@ static braid_result await_fired_fn(void *arg) {
     braid_loop *loop = arg;
     step = 1;
     uint64_t it = braid_loop_iteration(loop);
-    braid_result r = braid_await(braid_succeed(loop, (void *)(intptr_t)42, NULL));
+    braid_result r = braid_fiber_await(braid_deferred_succeed(loop, (void *)(intptr_t)42, NULL));
     /* No switch happened: still the same iteration, same fiber. */
     BT_UEQ(braid_loop_iteration(loop), it);
     BT_TRUE(r.failure == NULL);
     BT_EQ((intptr_t)r.value, 42);
     step = 2;
-    return braid_ok((void *)(intptr_t)((intptr_t)r.value + 1));
+    return braid_result_ok((void *)(intptr_t)((intptr_t)r.value + 1));
 }
 
 BT_TEST(await_already_fired) {
@@ -59,14 +59,14 @@ BT_TEST(await_already_fired) {
     BT_TRUE(d != NULL);
     /* Spawning never runs the fiber inside the call. */
     BT_EQ(step, 0);
-    braid_expect_no_result(d);
+    braid_deferred_expect_no_result(d);
     BT_EQ(braid_fiber_count(loop), 1);
-    braid_loop_run_once(loop, BRAID_RUN_NOWAIT);
+    braid_loop_run_once(loop, BRAID_LOOP_RUN_NOWAIT);
     BT_EQ(step, 2);
-    braid_result r = braid_expect_success(d);
+    braid_result r = braid_deferred_expect_success(d);
     BT_EQ((intptr_t)r.value, 43);
     BT_EQ(braid_fiber_count(loop), 0);
-    braid_deferred_release(d);
+    braid_deferred_unref(d);
     bt_loop_destroy(loop);
 }
 
@@ -81,12 +81,12 @@ static braid_result await_later_fn(void *arg) {
     later_ctx *c = arg;
     c->before = 1;
     braid_deferred *w = braid_deferred_ref(c->wait);   /* the test keeps the producer side */
-    braid_result r = braid_await(w);
+    braid_result r = braid_fiber_await(w);
     BT_TRUE(r.failure == NULL);
     c->got = r.value;
     braid_result_drop(r);
     c->after = 1;
-    return braid_ok(NULL);
+    return braid_result_ok(NULL);
 }
 
 static int dtor_calls;
@@ -100,52 +100,52 @@ BT_TEST(await_later_fired) {
     bt_drain(loop);
     BT_EQ(c.before, 1);
     BT_EQ(c.after, 0);
-    braid_expect_no_result(d);
+    braid_deferred_expect_no_result(d);
     dtor_calls = 0;
     /* Firing does not run the fiber inside the producer's call: it resumes
      * in the next ready phase. */
     braid_deferred_callback(c.wait, (void *)(intptr_t)7, count_dtor);
     BT_EQ(c.after, 0);
-    braid_deferred_release(c.wait);          /* the consumer ref taken above is the fiber's */
-    braid_loop_run_once(loop, BRAID_RUN_NOWAIT);
+    braid_deferred_unref(c.wait);          /* the consumer ref taken above is the fiber's */
+    braid_loop_run_once(loop, BRAID_LOOP_RUN_NOWAIT);
     BT_EQ(c.after, 1);
     BT_EQ((intptr_t)c.got, 7);
     BT_EQ(dtor_calls, 1);                    /* the fiber dropped the value it owned */
-    braid_result r = braid_expect_success(d);
+    braid_result r = braid_deferred_expect_success(d);
     braid_result_drop(r);
-    braid_deferred_release(d);
+    braid_deferred_unref(d);
     bt_loop_destroy(loop);
 }
 
 /* A chain of awaits: each resumes with the previous fiber's value. */
 static braid_result child_fn(void *arg) {
-    return braid_ok((void *)((intptr_t)arg * 2));
+    return braid_result_ok((void *)((intptr_t)arg * 2));
 }
 static braid_result parent_fn(void *arg) {
     braid_loop *loop = arg;
     intptr_t sum = 0;
     for (intptr_t i = 1; i <= 10; i++) {
-        braid_result r = braid_await(braid_fiber_spawn(loop, child_fn, (void *)i, NULL));
+        braid_result r = braid_fiber_await(braid_fiber_spawn(loop, child_fn, (void *)i, NULL));
         if (r.failure) return r;
         sum += (intptr_t)r.value;
     }
-    return braid_ok((void *)sum);
+    return braid_result_ok((void *)sum);
 }
 
 BT_TEST(fiber_awaits_fibers) {
     braid_loop *loop = bt_loop_new(NULL);
     braid_deferred *d = braid_fiber_spawn(loop, parent_fn, loop, NULL);
     BT_OK(braid_loop_run(loop));
-    braid_result r = braid_expect_success(d);
+    braid_result r = braid_deferred_expect_success(d);
     BT_EQ((intptr_t)r.value, 110);
-    braid_deferred_release(d);
+    braid_deferred_unref(d);
     bt_loop_destroy(loop);
 }
 
 /* ---- failures come back as values ------------------------------------------------------ */
 static braid_result failing_fn(void *arg) {
     braid_loop *loop = arg;
-    braid_result r = braid_await(braid_fail(loop, braid_failure_new(BRAID_EPIPE, "boom")));
+    braid_result r = braid_fiber_await(braid_deferred_fail(loop, braid_failure_new(BRAID_EPIPE, "boom")));
     BT_TRUE(r.failure != NULL);
     BT_ERR(r.failure->code, BRAID_EPIPE);
     BT_STREQ(r.failure->message, "boom");
@@ -153,11 +153,11 @@ static braid_result failing_fn(void *arg) {
     /* A later-fired failure too. */
     braid_deferred *w = braid_deferred_new_cancellable(loop, no_canceller, NULL);
     braid_deferred_add_timeout(w, BRAID_MSEC(10));
-    r = braid_await(w);
+    r = braid_fiber_await(w);
     BT_TRUE(r.failure != NULL);
     BT_ERR(r.failure->code, BRAID_ETIMEDOUT);
     /* ...and out of the fiber, as its Deferred's failure. */
-    return braid_err(braid_failure_wrap(r.failure, BRAID_EPROTO_INPUT, "fiber gave up"));
+    return braid_result_err(braid_failure_wrap(r.failure, BRAID_EPROTO_INPUT, "fiber gave up"));
 }
 
 BT_TEST(failures_propagate_as_values) {
@@ -165,31 +165,31 @@ BT_TEST(failures_propagate_as_values) {
     braid_loop *loop = fake_loop(&fc);
     braid_deferred *d = braid_fiber_spawn(loop, failing_fn, loop, NULL);
     bt_drain(loop);
-    braid_expect_no_result(d);
+    braid_deferred_expect_no_result(d);
     braid_loop_advance(loop, BRAID_MSEC(10));
     bt_drain(loop);
-    braid_failure *f = braid_expect_failure(d, BRAID_EPROTO_INPUT);
+    braid_failure *f = braid_deferred_expect_failure(d, BRAID_EPROTO_INPUT);
     BT_TRUE(f->cause != NULL);
     BT_ERR(f->cause->code, BRAID_ETIMEDOUT);
     braid_failure_free(f);
-    braid_deferred_release(d);
+    braid_deferred_unref(d);
     fake_done(loop, fc);
 }
 
-/* A fiber may return a Deferred (braid_chain): its Deferred then fires with
+/* A fiber may return a Deferred (braid_result_chain): its Deferred then fires with
  * that one's result. And await with a deadline. */
 static braid_result chain_fn(void *arg) {
     braid_loop *loop = arg;
-    braid_result r = braid_await_timeout(braid_deferred_new_cancellable(loop, no_canceller, NULL),
+    braid_result r = braid_fiber_await_timeout(braid_deferred_new_cancellable(loop, no_canceller, NULL),
                                          BRAID_MSEC(5));
     BT_TRUE(r.failure != NULL);
     BT_ERR(r.failure->code, BRAID_ETIMEDOUT);
     braid_result_drop(r);
-    r = braid_await_timeout(braid_defer_later(loop, BRAID_MSEC(1), NULL, NULL), BRAID_MSEC(5));
+    r = braid_fiber_await_timeout(braid_deferred_later(loop, BRAID_MSEC(1), NULL, NULL), BRAID_MSEC(5));
     BT_TRUE(r.failure == NULL);
-    r = braid_await_timeout(braid_succeed(loop, (void *)(intptr_t)3, NULL), BRAID_FOREVER);
+    r = braid_fiber_await_timeout(braid_deferred_succeed(loop, (void *)(intptr_t)3, NULL), BRAID_FOREVER);
     BT_EQ((intptr_t)r.value, 3);
-    return braid_chain(braid_defer_later(loop, BRAID_MSEC(1), NULL, NULL));
+    return braid_result_chain(braid_deferred_later(loop, BRAID_MSEC(1), NULL, NULL));
 }
 
 BT_TEST(await_timeout_and_chained_return) {
@@ -199,17 +199,17 @@ BT_TEST(await_timeout_and_chained_return) {
     bt_drain(loop);
     braid_loop_advance(loop, BRAID_MSEC(4));
     bt_drain(loop);
-    braid_expect_no_result(d);                     /* still waiting out the 5 ms */
+    braid_deferred_expect_no_result(d);                     /* still waiting out the 5 ms */
     for (int i = 0; i < 2; i++) {
         braid_loop_advance(loop, BRAID_MSEC(1));
         bt_drain(loop);
     }
     BT_EQ(braid_fiber_count(loop), 0);             /* finished; its Deferred waits on the chain */
-    braid_expect_no_result(d);
+    braid_deferred_expect_no_result(d);
     braid_loop_advance(loop, BRAID_MSEC(1));
     bt_drain(loop);
-    braid_result_drop(braid_expect_success(d));
-    braid_deferred_release(d);
+    braid_result_drop(braid_deferred_expect_success(d));
+    braid_deferred_unref(d);
     fake_done(loop, fc);
 }
 
@@ -230,16 +230,16 @@ static void note_cancel(braid_deferred *d, void *arg) {
 static braid_result blocked_fn(void *arg) {
     cancel_ctx *c = arg;
     c->reached = 1;
-    braid_result r = braid_await(braid_deferred_new_cancellable(c->loop, note_cancel, c));
+    braid_result r = braid_fiber_await(braid_deferred_new_cancellable(c->loop, note_cancel, c));
     c->await_rc = r.failure ? r.failure->code : 0;
-    BT_TRUE(braid_fiber_cancelled(braid_fiber_current(c->loop)));
+    BT_TRUE(braid_fiber_is_cancelled(braid_fiber_current(c->loop)));
     braid_result_drop(r);
     /* Cleanup may await normally: the cancellation was delivered once. */
-    r = braid_await(braid_succeed(c->loop, NULL, NULL));
+    r = braid_fiber_await(braid_deferred_succeed(c->loop, NULL, NULL));
     BT_TRUE(r.failure == NULL);
     BT_OK(braid_fiber_sleep(c->loop, BRAID_MSEC(1)));
     c->cleaned_up = 1;
-    return braid_ok((void *)(intptr_t)99);   /* dropped: the Deferred was cancelled */
+    return braid_result_ok((void *)(intptr_t)99);   /* dropped: the Deferred was cancelled */
 }
 
 BT_TEST(cancel_while_blocked) {
@@ -251,9 +251,9 @@ BT_TEST(cancel_while_blocked) {
     BT_EQ(c.reached, 1);
     braid_deferred_cancel(d);
     /* The spawn Deferred fails at once; the awaited one was cancelled. */
-    braid_failure *f = braid_expect_failure(d, BRAID_ECANCELED);
+    braid_failure *f = braid_deferred_expect_failure(d, BRAID_ECANCELED);
     braid_failure_free(f);
-    braid_deferred_release(d);
+    braid_deferred_unref(d);
     BT_EQ(c.awaited_cancelled, 1);
     BT_EQ(c.cleaned_up, 0);
     bt_drain(loop);
@@ -271,7 +271,7 @@ static braid_result sleeper_fn(void *arg) {
     c->reached = 1;
     c->await_rc = braid_fiber_sleep(c->loop, BRAID_SECONDS(3600));
     c->cleaned_up = 1;
-    return braid_ok(NULL);
+    return braid_result_ok(NULL);
 }
 
 BT_TEST(cancel_while_sleeping) {
@@ -282,8 +282,8 @@ BT_TEST(cancel_while_sleeping) {
     bt_drain(loop);
     BT_EQ(braid_loop_timer_count(loop), 1);
     braid_deferred_cancel(d);
-    braid_failure_free(braid_expect_failure(d, BRAID_ECANCELED));
-    braid_deferred_release(d);
+    braid_failure_free(braid_deferred_expect_failure(d, BRAID_ECANCELED));
+    braid_deferred_unref(d);
     BT_EQ(braid_loop_timer_count(loop), 0);    /* the sleep's timer is gone */
     bt_drain(loop);
     BT_ERR(c.await_rc, BRAID_ECANCELED);
@@ -296,8 +296,8 @@ BT_TEST(cancel_before_start) {
     cancel_ctx c = { .loop = loop };
     braid_deferred *d = braid_fiber_spawn(loop, blocked_fn, &c, NULL);
     braid_deferred_cancel(d);
-    braid_failure_free(braid_expect_failure(d, BRAID_ECANCELED));
-    braid_deferred_release(d);
+    braid_failure_free(braid_deferred_expect_failure(d, BRAID_ECANCELED));
+    braid_deferred_unref(d);
     bt_drain(loop);
     BT_EQ(c.reached, 0);                        /* fn never ran */
     BT_EQ(braid_fiber_count(loop), 0);
@@ -308,13 +308,13 @@ BT_TEST(cancel_before_start) {
  * next wait returns BRAID_ECANCELED. */
 static braid_result runnable_fn(void *arg) {
     cancel_ctx *c = arg;
-    braid_deferred *w = braid_defer_later(c->loop, BRAID_MSEC(1), NULL, NULL);
-    braid_result r = braid_await(w);
+    braid_deferred *w = braid_deferred_later(c->loop, BRAID_MSEC(1), NULL, NULL);
+    braid_result r = braid_fiber_await(w);
     c->reached = r.failure ? r.failure->code : 1;
     braid_result_drop(r);
     c->await_rc = braid_fiber_yield(c->loop);
     c->cleaned_up = braid_fiber_yield(c->loop) == 0;
-    return braid_ok(NULL);
+    return braid_result_ok(NULL);
 }
 
 BT_TEST(cancel_while_runnable) {
@@ -326,24 +326,24 @@ BT_TEST(cancel_while_runnable) {
     /* Fire the timer but stop before the ready phase resumes the fiber:
      * advance the clock and cancel from a timer that runs just after. */
     braid_fake_clock_advance(fc, BRAID_MSEC(1));
-    braid_loop_run_once(loop, BRAID_RUN_NOWAIT);   /* timer fires; resume runs this phase */
+    braid_loop_run_once(loop, BRAID_LOOP_RUN_NOWAIT);   /* timer fires; resume runs this phase */
     /* The resume was queued while the ready phase ran? It runs next phase
      * if queued during it; check where we are. */
     if (c.reached == 0) {
         braid_deferred_cancel(d);
-        braid_failure_free(braid_expect_failure(d, BRAID_ECANCELED));
+        braid_failure_free(braid_deferred_expect_failure(d, BRAID_ECANCELED));
         bt_drain(loop);
         BT_EQ(c.reached, 1);                   /* the value had already arrived */
     } else {
         /* Resumed in the same iteration: it is now runnable after its first
          * yield; cancel hits the yield. */
         braid_deferred_cancel(d);
-        braid_failure_free(braid_expect_failure(d, BRAID_ECANCELED));
+        braid_failure_free(braid_deferred_expect_failure(d, BRAID_ECANCELED));
         bt_drain(loop);
     }
     BT_ERR(c.await_rc, BRAID_ECANCELED);
     BT_EQ(c.cleaned_up, 1);
-    braid_deferred_release(d);
+    braid_deferred_unref(d);
     fake_done(loop, fc);
 }
 
@@ -356,7 +356,7 @@ static braid_result sleep_fn(void *arg) {
     BT_OK(braid_fiber_sleep(a->loop, a->ns));
     a->woke_at = braid_loop_now_fresh(a->loop);
     wake_order[nwake++] = a->id;
-    return braid_ok(NULL);
+    return braid_result_ok(NULL);
 }
 
 BT_TEST(fake_clock_sleeps) {
@@ -385,8 +385,8 @@ BT_TEST(fake_clock_sleeps) {
     BT_EQ(wake_order[2], 0);
     for (int i = 0; i < 3; i++) {
         BT_UGE(a[i].woke_at, a[i].ns);
-        braid_result_drop(braid_expect_success(d[i]));
-        braid_deferred_release(d[i]);
+        braid_result_drop(braid_deferred_expect_success(d[i]));
+        braid_deferred_unref(d[i]);
     }
     fake_done(loop, fc);
 }
@@ -396,16 +396,16 @@ BT_TEST(await_outside_fiber) {
     braid_loop *loop = bt_loop_new(NULL);
     cancel_ctx c = { .loop = loop };
     braid_deferred *w = braid_deferred_new_cancellable(loop, note_cancel, &c);
-    braid_result r = braid_await(w);           /* not a crash: a failure */
+    braid_result r = braid_fiber_await(w);           /* not a crash: a failure */
     BT_TRUE(r.failure != NULL);
     BT_ERR(r.failure->code, BRAID_ENOT_IN_FIBER);
     braid_result_drop(r);
     BT_EQ(c.awaited_cancelled, 1);             /* the Deferred was cancelled, released */
     /* An already-failed Deferred: its failure is consumed, not reported. */
-    r = braid_await(braid_fail(loop, braid_failure_new(BRAID_EPIPE, NULL)));
+    r = braid_fiber_await(braid_deferred_fail(loop, braid_failure_new(BRAID_EPIPE, NULL)));
     BT_ERR(r.failure->code, BRAID_ENOT_IN_FIBER);
     braid_result_drop(r);
-    r = braid_await(NULL);
+    r = braid_fiber_await(NULL);
     BT_ERR(r.failure->code, BRAID_ENOMEM);
     braid_result_drop(r);
     BT_ERR(braid_fiber_sleep(loop, 1), BRAID_ENOT_IN_FIBER);
@@ -425,7 +425,7 @@ static braid_result yield_fn(void *arg) {
         trace[ntrace++] = y->tag;
         BT_OK(braid_fiber_yield(y->loop));
     }
-    return braid_ok(NULL);
+    return braid_result_ok(NULL);
 }
 
 BT_TEST(yield_interleaves) {
@@ -437,8 +437,8 @@ BT_TEST(yield_interleaves) {
     BT_OK(braid_loop_run(loop));
     trace[ntrace] = 0;
     BT_STREQ(trace, "ababab");
-    braid_deferred_release(da);
-    braid_deferred_release(db);
+    braid_deferred_unref(da);
+    braid_deferred_unref(db);
     bt_loop_destroy(loop);
 }
 
@@ -459,7 +459,7 @@ static braid_result regs_fn(void *arg) {
     BT_EQ(a + b + c + d + e + f, want);
     BT_TRUE(x == seed * 0.5 + 75.0);
     BT_TRUE(z > seed * 0.25);
-    return braid_ok(NULL);
+    return braid_result_ok(NULL);
 }
 
 BT_TEST(registers_survive_switches) {
@@ -469,8 +469,8 @@ BT_TEST(registers_survive_switches) {
     for (int i = 0; i < 4; i++) d[i] = braid_fiber_spawn(loop, regs_fn, &y[i], NULL);
     BT_OK(braid_loop_run(loop));
     for (int i = 0; i < 4; i++) {
-        braid_result_drop(braid_expect_success(d[i]));
-        braid_deferred_release(d[i]);
+        braid_result_drop(braid_deferred_expect_success(d[i]));
+        braid_deferred_unref(d[i]);
     }
     bt_loop_destroy(loop);
 }
@@ -499,7 +499,7 @@ static braid_result round_fn(void *arg) {
     volatile double q = num / three;
     set_rounding(0);
     volatile double n = num / three;
-    return braid_ok((void *)(intptr_t)(y->tag ? q > n : q < n));
+    return braid_result_ok((void *)(intptr_t)(y->tag ? q > n : q < n));
 }
 
 BT_TEST(rounding_mode_per_fiber) {
@@ -513,38 +513,38 @@ BT_TEST(rounding_mode_per_fiber) {
     yarg up = { loop, 1 }, down = { loop, 0 };
     braid_deferred *du = braid_fiber_spawn(loop, round_fn, &up, NULL);
     braid_deferred *dd = braid_fiber_spawn(loop, round_fn, &down, NULL);
-    while (braid_loop_run_once(loop, BRAID_RUN_NOWAIT) > 0) BT_EQ(rounding(), 0);
-    braid_result r = braid_expect_success(du);
+    while (braid_loop_run_once(loop, BRAID_LOOP_RUN_NOWAIT) > 0) BT_EQ(rounding(), 0);
+    braid_result r = braid_deferred_expect_success(du);
     BT_EQ((intptr_t)r.value, 1);
-    r = braid_expect_success(dd);
+    r = braid_deferred_expect_success(dd);
     BT_EQ((intptr_t)r.value, 1);
-    braid_deferred_release(du);
-    braid_deferred_release(dd);
+    braid_deferred_unref(du);
+    braid_deferred_unref(dd);
     bt_loop_destroy(loop);
 }
 #endif
 
 /* ---- stacks: pooling, 100,000 at once, overflow ---------------------------------------------- */
 static braid_result whoami_fn(void *arg) {
-    return braid_ok(braid_fiber_current((braid_loop *)arg));
+    return braid_result_ok(braid_fiber_current((braid_loop *)arg));
 }
 
 BT_TEST(stacks_are_pooled) {
     braid_loop *loop = bt_loop_new(NULL);
     braid_deferred *d = braid_fiber_spawn(loop, whoami_fn, loop, NULL);
     bt_drain(loop);
-    void *first = braid_expect_success(d).value;
-    braid_deferred_release(d);
+    void *first = braid_deferred_expect_success(d).value;
+    braid_deferred_unref(d);
     d = braid_fiber_spawn(loop, whoami_fn, loop, NULL);
     bt_drain(loop);
-    BT_TRUE(braid_expect_success(d).value == first);   /* the same stack again */
-    braid_deferred_release(d);
+    BT_TRUE(braid_deferred_expect_success(d).value == first);   /* the same stack again */
+    braid_deferred_unref(d);
     /* A different size gets a different stack. */
     braid_fiber_options o = { .stack_size = 256 * 1024 };
     d = braid_fiber_spawn(loop, whoami_fn, loop, &o);
     bt_drain(loop);
-    BT_TRUE(braid_expect_success(d).value != first);
-    braid_deferred_release(d);
+    BT_TRUE(braid_deferred_expect_success(d).value != first);
+    braid_deferred_unref(d);
     /* A size that cannot be mapped: NULL, not a crash. */
     braid_fiber_options huge = { .stack_size = SIZE_MAX };
     BT_TRUE(braid_fiber_spawn(loop, whoami_fn, loop, &huge) == NULL);
@@ -556,9 +556,9 @@ BT_TEST(stacks_are_pooled) {
 static long many_done;
 static braid_result many_fn(void *arg) {
     braid_loop *loop = arg;
-    if (braid_fiber_sleep(loop, BRAID_SECONDS(1)) < 0) return braid_errf(BRAID_ECANCELED, NULL);
+    if (braid_fiber_sleep(loop, BRAID_SECONDS(1)) < 0) return braid_result_errf(BRAID_ECANCELED, NULL);
     many_done++;
-    return braid_ok(NULL);
+    return braid_result_ok(NULL);
 }
 static braid_result many_done_cb(braid_result r, void *arg) {
     (*(long *)arg)++;
@@ -577,9 +577,9 @@ BT_TEST(hundred_thousand_fibers) {
         braid_deferred *d = braid_fiber_spawn(loop, many_fn, loop, NULL);
         if (!d) bt_fail(__FILE__, __LINE__, "spawn %ld failed", i);
         BT_OK(braid_deferred_add_callback(d, many_done_cb, &fired));
-        braid_deferred_release(d);
+        braid_deferred_unref(d);
     }
-    braid_loop_run_once(loop, BRAID_RUN_NOWAIT);
+    braid_loop_run_once(loop, BRAID_LOOP_RUN_NOWAIT);
     BT_EQ(braid_fiber_count(loop), MANY);      /* all alive, all asleep */
     BT_EQ(many_done, 0);
     braid_loop_advance(loop, BRAID_SECONDS(1));
@@ -599,7 +599,7 @@ static __attribute__((noinline)) int recurse(int n) {
 }
 static braid_result overflow_fn(void *arg) {
     (void)arg;
-    return braid_ok((void *)(intptr_t)recurse(0));
+    return braid_result_ok((void *)(intptr_t)recurse(0));
 }
 
 static void overflow_in_child(const char *guard_mode) {
@@ -612,7 +612,7 @@ static void overflow_in_child(const char *guard_mode) {
         close(p[0]);
         if (guard_mode) setenv("BRAID_FIBER_GUARD", guard_mode, 1);
         braid_loop *loop;
-        if (braid_loop_new(&loop, NULL) < 0) _exit(3);
+        if (braid_loop_new(NULL, &loop) < 0) _exit(3);
         braid_fiber_options o = { .name = "deep-thought", .stack_size = 16384 };
         braid_deferred *d = braid_fiber_spawn(loop, overflow_fn, NULL, &o);
         if (!d) _exit(4);
@@ -650,7 +650,7 @@ static braid_result null_deref_fn(void *arg) {
     (void)arg;
     volatile int *volatile p = (volatile int *)(uintptr_t)64;   /* not NULL: UBSan would catch that first */
     *p = 1;
-    return braid_ok(NULL);
+    return braid_result_ok(NULL);
 }
 
 static void expect_plain_segv(bool in_fiber) {
@@ -662,7 +662,7 @@ static void expect_plain_segv(bool in_fiber) {
         dup2(p[1], STDERR_FILENO);
         close(p[0]);
         braid_loop *loop;
-        if (braid_loop_new(&loop, NULL) < 0) _exit(3);
+        if (braid_loop_new(NULL, &loop) < 0) _exit(3);
         braid_fiber_options o = { .name = "nullish" };
         braid_deferred *d = braid_fiber_spawn(loop, in_fiber ? null_deref_fn : whoami_fn, loop, &o);
         if (!d) _exit(4);
@@ -707,29 +707,29 @@ static void capture_log(void *ctx, braid_log_level level, const char *msg) {
 static braid_result stuck_fn(void *arg) {
     braid_loop *loop = arg;
     /* Nobody fires it; cancelling makes it fail (its producer gives up). */
-    braid_result r = braid_await(braid_deferred_new_cancellable(loop, no_canceller, NULL));
+    braid_result r = braid_fiber_await(braid_deferred_new_cancellable(loop, no_canceller, NULL));
     int code = r.failure ? r.failure->code : 0;
     braid_result_drop(r);
-    return code == BRAID_ECANCELED ? braid_ok(NULL) : braid_errf(BRAID_EINVAL, "unexpected");
+    return code == BRAID_ECANCELED ? braid_result_ok(NULL) : braid_result_errf(BRAID_EINVAL, "unexpected");
 }
 
 BT_TEST(leak_gate_names_blocked_fibers) {
     braid_loop *loop;
     braid_loop_options o = { .log = capture_log };
     logged[0] = 0;
-    BT_OK(braid_loop_new(&loop, &o));
+    BT_OK(braid_loop_new(&o, &loop));
     braid_fiber_options fo = named("stuck-one");
     braid_deferred *d = braid_fiber_spawn(loop, stuck_fn, loop, &fo);
     BT_OK(braid_loop_run(loop));                 /* returns: nothing can wake it */
-    BT_ERR(braid_loop_destroy(loop), BRAID_EBUSY);
+    BT_ERR(braid_loop_free(loop), BRAID_EBUSY);
     if (!strstr(logged, "fiber 'stuck-one' (blocked in await)"))
         bt_fail(__FILE__, __LINE__, "log was: %s", logged);
     braid_deferred_cancel(d);                    /* cancel-by-close: it exits */
-    braid_failure_free(braid_expect_failure(d, BRAID_ECANCELED));
-    braid_deferred_release(d);
+    braid_failure_free(braid_deferred_expect_failure(d, BRAID_ECANCELED));
+    braid_deferred_unref(d);
     BT_OK(braid_loop_run(loop));
     BT_EQ(braid_fiber_count(loop), 0);
-    BT_OK(braid_loop_destroy(loop));
+    BT_OK(braid_loop_free(loop));
 }
 
 /* ---- allocation failures ---------------------------------------------------------------------- */
@@ -742,19 +742,19 @@ typedef struct walk_ctx {
 
 static braid_result walk_child(void *arg) {
     walk_ctx *w = arg;
-    if (braid_fiber_sleep(w->loop, BRAID_MSEC(1)) < 0) return braid_errf(BRAID_ECANCELED, NULL);
-    return braid_ok((void *)(intptr_t)5);
+    if (braid_fiber_sleep(w->loop, BRAID_MSEC(1)) < 0) return braid_result_errf(BRAID_ECANCELED, NULL);
+    return braid_result_ok((void *)(intptr_t)5);
 }
 
 static braid_result walk_fn(void *arg) {
     walk_ctx *w = arg;
-    braid_result r = braid_await(braid_fiber_spawn(w->loop, walk_child, w, NULL));
+    braid_result r = braid_fiber_await(braid_fiber_spawn(w->loop, walk_child, w, NULL));
     if (r.failure) return r;
-    braid_deferred *later = braid_defer_later(w->loop, BRAID_MSEC(2), NULL, NULL);
-    braid_result r2 = braid_await(later);
+    braid_deferred *later = braid_deferred_later(w->loop, BRAID_MSEC(2), NULL, NULL);
+    braid_result r2 = braid_fiber_await(later);
     if (r2.failure) return r2;
     w->step = 1;
-    return braid_ok(r.value);
+    return braid_result_ok(r.value);
 }
 
 /* Every allocation in the scenario fails in turn: each run ends with either
@@ -762,7 +762,7 @@ static braid_result walk_fn(void *arg) {
  * checks braid allocations; the leak gate checks Deferreds and fibers). */
 static void walk_setup(void *arg) {
     walk_ctx *w = arg;
-    w->fc = braid_fake_clock_new(0);
+    braid_fake_clock_new(0, &w->fc);
     w->loop = bt_loop_new(braid_fake_clock_base(w->fc));
     w->d = NULL;
     w->step = 0;
@@ -786,7 +786,7 @@ static int walk_body(void *arg) {
 static void walk_teardown(void *arg, int rc, bool injected) {
     walk_ctx *w = arg;
     (void)rc, (void)injected;
-    braid_deferred_release(w->d);
+    braid_deferred_unref(w->d);
     BT_EQ(braid_fiber_count(w->loop), 0);
     fake_done(w->loop, w->fc);
 }

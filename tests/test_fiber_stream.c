@@ -15,9 +15,16 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+/* braid_memory_transport_state as a value, for assertions. */
+static struct braid_memory_transport_state mstate(const braid_memory_transport *m) {
+    struct braid_memory_transport_state st;
+    braid_memory_transport_state(m, &st);
+    return st;
+}
+
 /* ---- helpers ------------------------------------------------------------------------ */
 static braid_loop *fake_loop(braid_fake_clock **fc) {
-    *fc = braid_fake_clock_new(0);
+    braid_fake_clock_new(0, fc);
     return bt_loop_new(braid_fake_clock_base(*fc));
 }
 
@@ -41,22 +48,23 @@ typedef struct fx {
 /* A memory-transport stream and a fiber running fn on it. */
 static braid_memory_transport *mem_stream(braid_loop *loop, fx *x) {
     x->loop = loop;
-    x->s = braid_fstream_new(loop);
+    braid_fstream_new(loop, &x->s);
     BT_TRUE(x->s != NULL);
-    braid_memory_transport *m = braid_memory_transport_new(loop, braid_fstream_protocol(x->s));
+    braid_memory_transport *m = NULL;
+    braid_memory_transport_new(loop, braid_fstream_protocol(x->s), &m);
     BT_TRUE(m != NULL);
     return m;
 }
 
 /* Close the memory transport from the peer, deliver the loss, free everything. */
 static void mem_end(braid_loop *loop, braid_memory_transport *m, fx *x) {
-    if (!braid_memory_transport_state(m).closed) braid_memory_transport_peer_lost(m, BRAID_ECONNECTION_LOST);
+    if (!mstate(m).closed) braid_memory_transport_peer_lost(m, BRAID_ECONNECTION_LOST);
     bt_drain(loop);
     braid_memory_transport_free(m);
     braid_fstream_free(x->s);
 }
 
-static braid_deferred *spawn(braid_loop *loop, braid_fiber_fn fn, fx *x) {
+static braid_deferred *spawn(braid_loop *loop, braid_result_fn fn, fx *x) {
     braid_deferred *d = braid_fiber_spawn(loop, fn, x, NULL);
     BT_TRUE(d != NULL);
     return d;
@@ -70,7 +78,7 @@ static braid_result exact_fn(void *arg) {
     x->step = 2;
     x->rc[1] = braid_fstream_read_exactly(x->s, x->buf[1], 3, BRAID_FOREVER);
     x->step = 3;
-    return braid_ok(NULL);
+    return braid_result_ok(NULL);
 }
 
 BT_TEST(read_exactly_many_chunks) {
@@ -100,8 +108,8 @@ BT_TEST(read_exactly_many_chunks) {
     BT_OK(x.rc[1]);
     BT_TRUE(memcmp(x.buf[1], data + 200, 3) == 0);
     BT_EQ(braid_fstream_buffered(x.s), 0);
-    braid_expect_success(d);
-    braid_deferred_release(d);
+    braid_deferred_expect_success(d);
+    braid_deferred_unref(d);
     mem_end(loop, m, &x);
     bt_loop_destroy(loop);
 }
@@ -141,7 +149,7 @@ static braid_result lines_fn(void *arg) {
     x->n[5] = braid_fstream_read_line(x->s, x->buf[5], 64, '\n', BRAID_FOREVER);   /* "tail" at EOF */
     x->n[6] = braid_fstream_read_line(x->s, x->buf[6], 64, '\n', BRAID_FOREVER);   /* then 0 */
     x->step = 7;
-    return braid_ok(NULL);
+    return braid_result_ok(NULL);
 }
 
 BT_TEST(read_line_split_delimiters_and_oversize) {
@@ -177,8 +185,8 @@ BT_TEST(read_line_split_delimiters_and_oversize) {
     BT_EQ(x.step, 7);
     BT_EQ(x.n[5], 4); BT_STREQ(x.buf[5], "tail");
     BT_EQ(x.n[6], 0);
-    braid_expect_success(d);
-    braid_deferred_release(d);
+    braid_deferred_expect_success(d);
+    braid_deferred_unref(d);
     mem_end(loop, m, &x);
     bt_loop_destroy(loop);
 }
@@ -195,7 +203,7 @@ static braid_result deadline_fn(void *arg) {
     x->step = 4;
     x->n[3] = braid_fstream_read(x->s, x->buf[3], 64, 0);   /* nothing there: no wait */
     x->step = 5;
-    return braid_ok(NULL);
+    return braid_result_ok(NULL);
 }
 
 BT_TEST(deadlines_on_fake_clock) {
@@ -228,8 +236,8 @@ BT_TEST(deadlines_on_fake_clock) {
     BT_OK(x.rc[2]);
     BT_TRUE(memcmp(x.buf[2], "abcdefghij", 10) == 0);
     BT_ERR(x.n[3], BRAID_ETIMEDOUT);
-    braid_expect_success(d);
-    braid_deferred_release(d);
+    braid_deferred_expect_success(d);
+    braid_deferred_unref(d);
     mem_end(loop, m, &x);
     fake_done(loop, fc);
 }
@@ -246,7 +254,7 @@ static braid_result eof_fn(void *arg) {
     x->rc[4] = braid_fstream_write(x->s, "bye", 3, BRAID_FOREVER);
     x->rc[5] = braid_fstream_close(x->s, BRAID_SECONDS(1));
     x->step = 2;
-    return braid_ok(NULL);
+    return braid_result_ok(NULL);
 }
 
 BT_TEST(peer_eof_mid_read) {
@@ -271,10 +279,10 @@ BT_TEST(peer_eof_mid_read) {
     BT_ERR(x.rc[3], BRAID_EEOF);
     BT_OK(x.rc[4]);
     BT_OK(x.rc[5]);                           /* closed cleanly */
-    BT_UEQ(braid_memory_transport_state(m).bytes_written, 3);
-    BT_TRUE(braid_memory_transport_state(m).lost_delivered);
-    braid_expect_success(d);
-    braid_deferred_release(d);
+    BT_UEQ(mstate(m).bytes_written, 3);
+    BT_TRUE(mstate(m).lost_delivered);
+    braid_deferred_expect_success(d);
+    braid_deferred_unref(d);
     mem_end(loop, m, &x);
     bt_loop_destroy(loop);
 }
@@ -286,7 +294,7 @@ static braid_result lost_fn(void *arg) {
     x->n[1] = braid_fstream_read_line(x->s, x->buf[1], 64, '\n', BRAID_FOREVER);
     x->rc[2] = braid_fstream_write(x->s, "x", 1, BRAID_FOREVER);
     x->step = 2;
-    return braid_ok(NULL);
+    return braid_result_ok(NULL);
 }
 
 BT_TEST(connection_lost_mid_read) {
@@ -302,8 +310,8 @@ BT_TEST(connection_lost_mid_read) {
     BT_EQ(x.n[0], 4);                         /* what arrived before the loss first */
     BT_ERR(x.n[1], BRAID_ECONNRESET);         /* then the reason, not a fake EOF */
     BT_ERR(x.rc[2], BRAID_ECONNRESET);
-    braid_expect_success(d);
-    braid_deferred_release(d);
+    braid_deferred_expect_success(d);
+    braid_deferred_unref(d);
     mem_end(loop, m, &x);
     bt_loop_destroy(loop);
 }
@@ -317,7 +325,7 @@ static braid_result cancel_fn(void *arg) {
     /* cleanup after cancellation still works: say goodbye */
     x->rc[1] = braid_fstream_write(x->s, "cancelled\n", 10, BRAID_FOREVER);
     x->step = 3;
-    return braid_ok(NULL);
+    return braid_result_ok(NULL);
 }
 
 BT_TEST(cancel_while_blocked_in_read) {
@@ -339,8 +347,8 @@ BT_TEST(cancel_while_blocked_in_read) {
     const char *w = braid_memory_transport_data(m, &len);
     BT_EQ(len, 10);
     BT_TRUE(memcmp(w, "cancelled\n", 10) == 0);
-    braid_failure_free(braid_expect_failure(d, BRAID_ECANCELED));
-    braid_deferred_release(d);
+    braid_failure_free(braid_deferred_expect_failure(d, BRAID_ECANCELED));
+    braid_deferred_unref(d);
     BT_EQ(braid_fiber_count(loop), 0);
     mem_end(loop, m, &x);
     bt_loop_destroy(loop);
@@ -350,7 +358,7 @@ static braid_result two_readers_fn(void *arg) {
     fx *x = arg;
     int i = x->step++;
     x->n[i] = braid_fstream_read(x->s, x->buf[i], 64, BRAID_FOREVER);
-    return braid_ok(NULL);
+    return braid_result_ok(NULL);
 }
 
 BT_TEST(second_reader_is_busy) {
@@ -364,10 +372,10 @@ BT_TEST(second_reader_is_busy) {
     BT_OK(braid_memory_transport_receive(m, "hi", 2));
     bt_drain(loop);
     BT_EQ(x.n[0], 2);
-    braid_expect_success(d1);
-    braid_expect_success(d2);
-    braid_deferred_release(d1);
-    braid_deferred_release(d2);
+    braid_deferred_expect_success(d1);
+    braid_deferred_expect_success(d2);
+    braid_deferred_unref(d1);
+    braid_deferred_unref(d2);
     mem_end(loop, m, &x);
     bt_loop_destroy(loop);
 }
@@ -380,13 +388,13 @@ static braid_result writer_fn(void *arg) {
     x->step = 1;
     for (int i = 0; i < 32; i++) {            /* 256 KiB in 8 KiB writes */
         int rc = braid_fstream_write(x->s, big, sizeof big, BRAID_FOREVER);
-        if (rc < 0) { x->rc[0] = rc; return braid_ok(NULL); }
+        if (rc < 0) { x->rc[0] = rc; return braid_result_ok(NULL); }
         x->wrote += sizeof big;
     }
     x->step = 2;
     x->rc[1] = braid_fstream_flush(x->s, BRAID_FOREVER);
     x->step = 3;
-    return braid_ok(NULL);
+    return braid_result_ok(NULL);
 }
 
 BT_TEST(write_waits_for_never_reading_peer_then_resumes) {
@@ -400,7 +408,7 @@ BT_TEST(write_waits_for_never_reading_peer_then_resumes) {
     size_t len;
     braid_memory_transport_data(m, &len);
     BT_EQ(len, 8 * sizeof big);
-    BT_FALSE(braid_memory_transport_state(m).closed);
+    BT_FALSE(mstate(m).closed);
     /* the peer reads down to 48 KiB: above the low watermark (16 KiB), still waiting */
     braid_memory_transport_consume(m, 16 * 1024);
     bt_drain(loop);
@@ -427,9 +435,9 @@ BT_TEST(write_waits_for_never_reading_peer_then_resumes) {
     bt_drain(loop);
     BT_EQ(x.step, 3);
     BT_OK(x.rc[1]);
-    BT_UEQ(braid_memory_transport_state(m).bytes_written, 32 * sizeof big);
-    braid_expect_success(d);
-    braid_deferred_release(d);
+    BT_UEQ(mstate(m).bytes_written, 32 * sizeof big);
+    braid_deferred_expect_success(d);
+    braid_deferred_unref(d);
     mem_end(loop, m, &x);
     bt_loop_destroy(loop);
 }
@@ -444,7 +452,7 @@ static braid_result write_timeout_fn(void *arg) {
     x->step = 2;
     x->rc[1] = braid_fstream_close(x->s, BRAID_SECONDS(5));
     x->step = 3;
-    return braid_ok(NULL);
+    return braid_result_ok(NULL);
 }
 
 /* A write waiting on a peer that never reads times out; close with a timeout
@@ -461,15 +469,15 @@ BT_TEST(write_and_close_time_out_on_fake_clock) {
     bt_drain(loop);
     BT_EQ(x.step, 2);
     BT_ERR(x.rc[0], BRAID_ETIMEDOUT);
-    BT_FALSE(braid_memory_transport_state(m).closed);
+    BT_FALSE(mstate(m).closed);
     braid_loop_advance(loop, BRAID_SECONDS(5));
     bt_drain(loop);
     BT_EQ(x.step, 3);
     BT_ERR(x.rc[1], BRAID_ETIMEDOUT);
-    BT_TRUE(braid_memory_transport_state(m).aborted);
-    BT_TRUE(braid_memory_transport_state(m).lost_delivered);
-    braid_expect_success(d);
-    braid_deferred_release(d);
+    BT_TRUE(mstate(m).aborted);
+    BT_TRUE(mstate(m).lost_delivered);
+    braid_deferred_expect_success(d);
+    braid_deferred_unref(d);
     mem_end(loop, m, &x);
     fake_done(loop, fc);
 }
@@ -482,13 +490,13 @@ BT_TEST(read_limit_pauses_transport) {
     braid_memory_transport *m = mem_stream(loop, &x);
     braid_fstream_set_read_limit(x.s, 1000);
     BT_OK(braid_memory_transport_receive(m, big, 999));
-    BT_FALSE(braid_memory_transport_state(m).reading_paused);
+    BT_FALSE(mstate(m).reading_paused);
     BT_OK(braid_memory_transport_receive(m, big, 1));
-    BT_TRUE(braid_memory_transport_state(m).reading_paused);
+    BT_TRUE(mstate(m).reading_paused);
     BT_ERR(braid_memory_transport_receive(m, big, 1), BRAID_EAGAIN);
     char b[600];
     BT_EQ(braid_fstream_read(x.s, b, sizeof b, 0), 600);
-    BT_FALSE(braid_memory_transport_state(m).reading_paused);
+    BT_FALSE(mstate(m).reading_paused);
     mem_end(loop, m, &x);
     bt_loop_destroy(loop);
 }
@@ -507,7 +515,7 @@ static braid_result pump_server(void *arg) {
         if (braid_fstream_write(p->s, line, (size_t)n, BRAID_FOREVER) < 0) break;
     }
     braid_fstream_close(p->s, BRAID_FOREVER);
-    return braid_ok(NULL);
+    return braid_result_ok(NULL);
 }
 
 static braid_result pump_client(void *arg) {
@@ -521,29 +529,32 @@ static braid_result pump_client(void *arg) {
     }
     braid_fstream_shutdown_write(p->c);
     char b[8];
-    return braid_ok((void *)(intptr_t)braid_fstream_read(p->c, b, sizeof b, BRAID_FOREVER));
+    return braid_result_ok((void *)(intptr_t)braid_fstream_read(p->c, b, sizeof b, BRAID_FOREVER));
 }
 
 BT_TEST(pump_fiber_client_and_server) {
     braid_loop *loop = bt_loop_new(NULL);
-    pair p = { .loop = loop, .c = braid_fstream_new(loop), .s = braid_fstream_new(loop) };
-    braid_pump *pump = braid_pump_new(loop, braid_fstream_protocol(p.c), braid_fstream_protocol(p.s));
+    pair p = { .loop = loop };
+    braid_fstream_new(loop, &p.c);
+    braid_fstream_new(loop, &p.s);
+    braid_pump *pump = NULL;
+    braid_pump_new(loop, braid_fstream_protocol(p.c), braid_fstream_protocol(p.s), &pump);
     BT_TRUE(pump != NULL);
     braid_deferred *ds = braid_fiber_spawn(loop, pump_server, &p, NULL);
     braid_deferred *dc = braid_fiber_spawn(loop, pump_client, &p, NULL);
     for (int i = 0; i < 2000 && braid_fiber_count(loop); i++) {
-        braid_loop_run_once(loop, BRAID_RUN_NOWAIT);
+        braid_loop_run_once(loop, BRAID_LOOP_RUN_NOWAIT);
         braid_pump_flush(pump);
     }
     BT_EQ(braid_fiber_count(loop), 0);
     BT_EQ(p.got, 100);
     BT_STREQ(p.last, "LINE99\n");
     BT_EQ(p.server_rc, 0);                    /* the server saw a clean EOF */
-    braid_result r = braid_expect_success(dc);
+    braid_result r = braid_deferred_expect_success(dc);
     BT_EQ((intptr_t)r.value, 0);              /* and the client the server's close */
-    braid_expect_success(ds);
-    braid_deferred_release(dc);
-    braid_deferred_release(ds);
+    braid_deferred_expect_success(ds);
+    braid_deferred_unref(dc);
+    braid_deferred_unref(ds);
     braid_pump_flush(pump);
     bt_drain(loop);
     braid_pump_free(pump);
@@ -578,7 +589,7 @@ static braid_result tcp_client(void *arg) {
     snprintf(ep, sizeof ep, "tcp:host=127.0.0.1:port=%d", n->port);
     braid_fstream *s;
     n->rc = braid_fstream_connect(n->loop, ep, BRAID_SECONDS(10), &s);
-    if (n->rc < 0) { n->done = 1; return braid_ok(NULL); }
+    if (n->rc < 0) { n->done = 1; return braid_result_ok(NULL); }
     BT_TRUE(braid_fstream_transport(s) != NULL);
     /* one write in two pieces, the second line split */
     braid_fstream_write(s, "hello\nwor", 9, BRAID_SECONDS(10));
@@ -588,7 +599,7 @@ static braid_result tcp_client(void *arg) {
     n->rc = braid_fstream_close(s, BRAID_SECONDS(10));
     braid_fstream_free(s);
     n->done = 1;
-    return braid_ok(NULL);
+    return braid_result_ok(NULL);
 }
 
 BT_IO_TEST(tcp_factory_and_connect_echo) {
@@ -596,7 +607,7 @@ BT_IO_TEST(tcp_factory_and_connect_echo) {
     int served = 0;
     braid_fstream_factory ff;
     braid_fiber_options fo = { .name = "echo-conn" };
-    braid_fstream_factory_init(&ff, loop, echo_handler, &served, &fo);
+    braid_fstream_factory_init(loop, &ff, echo_handler, &served, &fo);
     net n = { .loop = loop };
     braid_listener *l = bt_listen_tcp(loop, &ff.base, &n.port);
     braid_deferred *d = braid_fiber_spawn(loop, tcp_client, &n, NULL);
@@ -606,13 +617,13 @@ BT_IO_TEST(tcp_factory_and_connect_echo) {
     BT_STREQ(n.got[0], "hello\n");
     BT_STREQ(n.got[1], "world\n");
     BT_EQ(served, 2);
-    braid_expect_success(d);
-    braid_deferred_release(d);
+    braid_deferred_expect_success(d);
+    braid_deferred_unref(d);
     /* the server fiber sees the client's close and ends */
     BT_RUN_UNTIL(loop, !braid_fstream_factory_count(&ff), 1000);
     BT_EQ(braid_fstream_factory_count(&ff), 0);
     braid_listener_close(l);
-    for (int i = 0; i < 100 && braid_loop_run_once(loop, BRAID_RUN_NOWAIT) > 0; i++) {}
+    for (int i = 0; i < 100 && braid_loop_run_once(loop, BRAID_LOOP_RUN_NOWAIT) > 0; i++) {}
     bt_loop_destroy(loop);
 }
 
@@ -624,7 +635,7 @@ static braid_result refused_client(void *arg) {
     n->rc = braid_fstream_connect(n->loop, ep, BRAID_SECONDS(10), &s);
     n->ok = s == NULL;
     n->done = 1;
-    return braid_ok(NULL);
+    return braid_result_ok(NULL);
 }
 
 BT_IO_TEST(tcp_connect_refused) {
@@ -634,8 +645,8 @@ BT_IO_TEST(tcp_connect_refused) {
     bt_run_until(loop, &n.done, 10000);
     BT_ERR(n.rc, -ECONNREFUSED);
     BT_TRUE(n.ok);
-    braid_expect_success(d);
-    braid_deferred_release(d);
+    braid_deferred_expect_success(d);
+    braid_deferred_unref(d);
     braid_fstream *s;
     BT_ERR(braid_fstream_connect(loop, "tcp:host=127.0.0.1:port=1", 0, &s), BRAID_ENOT_IN_FIBER);
     bt_loop_destroy(loop);
@@ -666,7 +677,7 @@ static long raw_until_eof(braid_loop *loop, int fd) {
         ssize_t k = read(fd, rb, sizeof rb);
         if (k == 0) return total;
         if (k > 0) total += k;
-        BT_OK(braid_loop_run_once(loop, BRAID_RUN_NOWAIT));
+        BT_OK(braid_loop_run_once(loop, BRAID_LOOP_RUN_NOWAIT));
     }
     return -1;
 }
@@ -675,7 +686,7 @@ BT_IO_TEST(tcp_peer_close_mid_read_and_cancel_all) {
     braid_loop *loop = bt_loop_new(NULL);
     blk b = { 0 };
     braid_fstream_factory ff;
-    braid_fstream_factory_init(&ff, loop, blocking_handler, &b, NULL);
+    braid_fstream_factory_init(loop, &ff, blocking_handler, &b, NULL);
     int port;
     braid_listener *l = bt_listen_tcp(loop, &ff.base, &port);
     int fds[3];
@@ -699,7 +710,7 @@ BT_IO_TEST(tcp_peer_close_mid_read_and_cancel_all) {
         BT_EQ(raw_until_eof(loop, fds[i]), 0);
         close(fds[i]);
     }
-    for (int i = 0; i < 100 && braid_loop_run_once(loop, BRAID_RUN_NOWAIT) > 0; i++) {}
+    for (int i = 0; i < 100 && braid_loop_run_once(loop, BRAID_LOOP_RUN_NOWAIT) > 0; i++) {}
     bt_loop_destroy(loop);
 }
 
@@ -727,17 +738,17 @@ BT_IO_TEST(tcp_write_waits_for_slow_reader) {
     braid_loop *loop = bt_loop_new(NULL);
     bulk b = { 0 };
     braid_fstream_factory ff;
-    braid_fstream_factory_init(&ff, loop, bulk_handler, &b, NULL);
+    braid_fstream_factory_init(loop, &ff, bulk_handler, &b, NULL);
     int port;
     braid_listener *l = bt_listen_tcp(loop, &ff.base, &port);
     int fd = bt_connect_tcp_rcvbuf(port, 0, 64 * 1024);
-    for (int i = 0; i < 2000; i++) BT_OK(braid_loop_run_once(loop, BRAID_RUN_NOWAIT));
+    for (int i = 0; i < 2000; i++) BT_OK(braid_loop_run_once(loop, BRAID_LOOP_RUN_NOWAIT));
     BT_FALSE(b.done);
     BT_GT(b.sent, 0);
     BT_LT(b.sent, 8u << 20);                  /* blocked in a write */
     BT_ULE(b.max_buffered, 64 * 1024 + sizeof big);
     size_t before = b.sent;
-    for (int i = 0; i < 200; i++) BT_OK(braid_loop_run_once(loop, BRAID_RUN_NOWAIT));
+    for (int i = 0; i < 200; i++) BT_OK(braid_loop_run_once(loop, BRAID_LOOP_RUN_NOWAIT));
     BT_EQ(b.sent, before);                    /* and stays blocked */
     fcntl(fd, F_SETFL, O_NONBLOCK);
     size_t got = 0;
@@ -745,7 +756,7 @@ BT_IO_TEST(tcp_write_waits_for_slow_reader) {
     for (int i = 0; i < 1000000 && got < (8u << 20); i++) {
         ssize_t k = read(fd, rbuf, sizeof rbuf);
         if (k > 0) got += (size_t)k;
-        BT_OK(braid_loop_run_once(loop, BRAID_RUN_NOWAIT));
+        BT_OK(braid_loop_run_once(loop, BRAID_LOOP_RUN_NOWAIT));
     }
     BT_EQ(got, 8u << 20);
     BT_RUN_UNTIL(loop, b.done, 1000);
@@ -755,6 +766,6 @@ BT_IO_TEST(tcp_write_waits_for_slow_reader) {
     BT_EQ(raw_until_eof(loop, fd), 0);        /* closed after the handler returned */
     close(fd);
     braid_listener_close(l);
-    for (int i = 0; i < 100 && braid_loop_run_once(loop, BRAID_RUN_NOWAIT) > 0; i++) {}
+    for (int i = 0; i < 100 && braid_loop_run_once(loop, BRAID_LOOP_RUN_NOWAIT) > 0; i++) {}
     bt_loop_destroy(loop);
 }

@@ -34,7 +34,7 @@ static void every_split(kind k, const char *in, size_t n, size_t max, const char
     BT_ERR(rc, want_rc);
     whole.data[whole.len] = 0;
     BT_STREQ(whole.data, want);
-    braid_framer_free(&f);
+    braid_framer_close(&f);
     for (size_t a = 0; a <= n; a++)
         for (size_t b = a; b <= n; b++) {
             frames fr;
@@ -46,7 +46,7 @@ static void every_split(kind k, const char *in, size_t n, size_t max, const char
             if (r3 != want_rc || strcmp(fr.data, want))
                 bt_fail(__FILE__, __LINE__, "split %zu/%zu: rc %d frames \"%s\", want %d \"%s\"", a, b,
                         r3, fr.data, want_rc, want);
-            braid_framer_free(&f);
+            braid_framer_close(&f);
         }
 }
 
@@ -64,14 +64,14 @@ BT_TEST(line_receiver) {
     BT_EQ(braid_framer_pending(&f), 11);
     BT_ERR(braid_framer_feed(&f, "x", 1), BRAID_EMSGSIZE);
     BT_ERR(braid_framer_feed(&f, "\r\n", 2), BRAID_EMSGSIZE);   /* sticky */
-    braid_framer_free(&f);
+    braid_framer_close(&f);
     /* a custom delimiter */
     memset(&fr, 0, sizeof fr);
     BT_OK(braid_framer_init_line(&f, "\n", 100, collect, &fr));
     BT_OK(braid_framer_feed(&f, "a\nb\nc", 5));
     fr.data[fr.len] = 0;
     BT_STREQ(fr.data, "a|b|");
-    braid_framer_free(&f);
+    braid_framer_close(&f);
     BT_ERR(braid_framer_init_line(&f, "", 10, collect, &fr), BRAID_EINVAL);
 }
 
@@ -106,7 +106,7 @@ BT_TEST(callback_stops_parsing) {
     BT_EQ(fr.n, 2);
     BT_EQ(braid_framer_feed(&f, "d\r\n", 3), 7);
     BT_EQ(fr.n, 2);
-    braid_framer_free(&f);
+    braid_framer_close(&f);
 }
 
 typedef struct fwalk { braid_framer f; frames fr; } fwalk;
@@ -122,7 +122,7 @@ static int fwalk_body(void *arg) {
 }
 static void fwalk_teardown(void *arg, int rc, bool injected) {
     fwalk *w = arg;
-    braid_framer_free(&w->f);
+    braid_framer_close(&w->f);
     BT_EQ(w->fr.n, injected ? 0 : 1);   /* no frame delivered from a failed feed */
     (void)rc;
 }
@@ -133,10 +133,10 @@ BT_TEST(framer_alloc_failure_walk) {
 }
 
 /* ---- over a pump: a line server that echoes lines, limit 16 ---------------------------- */
-typedef struct liner { braid_framed_protocol fp; int lost_code; int lost; } liner;
+typedef struct liner { braid_framing_protocol fp; int lost_code; int lost; } liner;
 static int on_line(void *ctx, const void *line, size_t len) {
     braid_protocol *p = ctx;
-    return braid_frame_write_line(p->transport, "\n", line, len) < 0;
+    return braid_framing_write_line(p->transport, "\n", line, len) < 0;
 }
 static void liner_made(braid_protocol *p) {
     braid_framer_init_line(&((liner *)p)->fp.framer, "\n", 16, on_line, p);
@@ -145,9 +145,9 @@ static void liner_lost(braid_protocol *p, const braid_failure *f) {
     ((liner *)p)->lost++;
     ((liner *)p)->lost_code = f->code;
 }
-static void liner_destroy(braid_protocol *p) { braid_framed_destroy(p); }
+static void liner_destroy(braid_protocol *p) { braid_framing_protocol_destroy(p); }
 static const braid_protocol_ops liner_ops = {
-    .connection_made = liner_made, .data_received = braid_framed_data_received,
+    .connection_made = liner_made, .data_received = braid_framing_protocol_data_received,
     .connection_lost = liner_lost, .destroy = liner_destroy };
 
 typedef struct rec { braid_protocol base; char in[256]; size_t len; int lost; } rec;
@@ -163,14 +163,15 @@ BT_TEST(framed_protocol_over_pump) {
     braid_loop *loop = bt_loop_new(NULL);
     liner s = { .fp.base.ops = &liner_ops };
     rec c = { .base.ops = &rec_ops };
-    braid_pump *pump = braid_pump_new(loop, &c.base, &s.fp.base);
+    braid_pump *pump = NULL;
+    braid_pump_new(loop, &c.base, &s.fp.base, &pump);
     BT_OK(braid_transport_write(c.base.transport, "one\ntw", 6));
     braid_pump_flush(pump);
     BT_OK(braid_transport_write(c.base.transport, "o\n", 2));
     braid_pump_flush(pump);
     BT_EQ(c.len, 8);
     BT_TRUE(memcmp(c.in, "one\ntwo\n", 8) == 0);
-    BT_OK(braid_frame_write_line(c.base.transport, "\n", "this line is longer than sixteen", 32));
+    BT_OK(braid_framing_write_line(c.base.transport, "\n", "this line is longer than sixteen", 32));
     braid_pump_flush(pump);
     BT_EQ(s.lost, 1);
     BT_ERR(s.lost_code, BRAID_EMSGSIZE);
@@ -182,9 +183,10 @@ BT_TEST(framed_protocol_over_pump) {
 BT_TEST(encoders_roundtrip) {
     braid_loop *loop = bt_loop_new(NULL);
     rec r = { .base.ops = &rec_ops };
-    braid_memory_transport *m = braid_memory_transport_new(loop, &r.base);
-    BT_OK(braid_frame_write_u32(r.base.transport, "abc", 3));
-    BT_OK(braid_frame_write_netstring(r.base.transport, "hello world", 11));
+    braid_memory_transport *m = NULL;
+    braid_memory_transport_new(loop, &r.base, &m);
+    BT_OK(braid_framing_write_u32(r.base.transport, "abc", 3));
+    BT_OK(braid_framing_write_netstring(r.base.transport, "hello world", 11));
     size_t len;
     const char *d = braid_memory_transport_data(m, &len);
     BT_EQ(len, 7 + 15);
@@ -193,13 +195,13 @@ BT_TEST(encoders_roundtrip) {
     frames fr;
     init(&f, U32, 100, &fr);
     BT_OK(braid_framer_feed(&f, d, 7));
-    braid_framer_free(&f);
+    braid_framer_close(&f);
     init(&f, NETSTRING, 100, &fr);
     BT_OK(braid_framer_feed(&f, d + 7, 15));
     fr.data[fr.len] = 0;
     BT_STREQ(fr.data, "hello world|");
-    braid_framer_free(&f);
+    braid_framer_close(&f);
     braid_memory_transport_free(m);
-    BT_OK(braid_loop_run_once(loop, BRAID_RUN_NOWAIT));
+    BT_OK(braid_loop_run_once(loop, BRAID_LOOP_RUN_NOWAIT));
     bt_loop_destroy(loop);
 }

@@ -141,7 +141,7 @@ static void ring_open(world *w, ring *r, int rounds, bool *done) {
     bt_socketpair(r->a);
     bt_socketpair(r->b);
     BT_OK(braid_watch_init(w->loop, &r->w, r->a[0], ring_braid, r));
-    BT_OK(braid_watch_set(&r->w, BRAID_READ));
+    BT_OK(braid_watch_set_interest(&r->w, BRAID_WATCH_READ));
     r->gsrc = g_unix_fd_add(r->b[0], G_IO_IN, ring_glib, r);
     BT_EQ(write(r->a[1], "x", 1), 1);
 }
@@ -190,7 +190,7 @@ static void cli_data(braid_protocol *p, const void *buf, size_t len) {
     cli_push(t);
     if (t->echoed == t->total) {
         *t->done = true;
-        braid_transport_lose_connection(p->transport);
+        braid_transport_close(p->transport, BRAID_FOREVER);
     }
 }
 static void cli_lost(braid_protocol *p, const braid_failure *f) {
@@ -209,9 +209,9 @@ static braid_result tcp_listening(braid_result r, void *arg) {
     char desc[96];
     BT_OK(braid_listener_address(t->listener, &a));
     snprintf(desc, sizeof desc, "tcp:host=127.0.0.1:port=%d:timeout=5", braid_address_port(&a));
-    braid_deferred *d = braid_connect(t->w->loop, desc, &t->client_f);
-    braid_deferred_release(d);
-    return braid_ok(NULL);
+    braid_deferred *d = braid_endpoint_connect(t->w->loop, desc, &t->client_f);
+    braid_deferred_unref(d);
+    return braid_result_ok(NULL);
 }
 
 static void tcp_open(world *w, tcp *t, size_t total, bool *done) {
@@ -221,9 +221,9 @@ static void tcp_open(world *w, tcp *t, size_t total, bool *done) {
     t->done = done;
     braid_factory_init(&t->server_f, &srv_ops, sizeof(braid_protocol), t);
     braid_factory_init(&t->client_f, &cli_ops, sizeof(braid_protocol), t);
-    braid_deferred *d = braid_listen(w->loop, "tcp:0:interface=127.0.0.1", &t->server_f);
+    braid_deferred *d = braid_endpoint_listen(w->loop, "tcp:0:interface=127.0.0.1", &t->server_f);
     BT_OK(braid_deferred_add_callback(d, tcp_listening, t));
-    braid_deferred_release(d);
+    braid_deferred_unref(d);
 }
 
 static void tcp_close(tcp *t) {
@@ -312,7 +312,7 @@ static void idle_case(driver who) {
     bt_socketpair(sv);
     braid_watch quiet;               /* an idle fd on each side */
     BT_OK(braid_watch_init(w.loop, &quiet, sv[0], ring_braid, NULL));
-    BT_OK(braid_watch_set(&quiet, BRAID_READ));
+    BT_OK(braid_watch_set_interest(&quiet, BRAID_WATCH_READ));
     guint gquiet = g_unix_fd_add(sv[1], G_IO_IN, never, NULL);
     int glib_iterations = 0;
     GSource *cs = g_source_new(&count_funcs, sizeof(counter));
@@ -411,9 +411,9 @@ static void nested_case(driver who, nest_from from) {
     braid_timer_init(w.loop, &n.start, nested_from_timer, &n);
     braid_timer_init(w.loop, &n.t2, nested_t2, &n);
     BT_OK(braid_watch_init(w.loop, &n.io, n.sv[0], nested_io, &n));
-    BT_OK(braid_watch_set(&n.io, BRAID_READ));
+    BT_OK(braid_watch_set_interest(&n.io, BRAID_WATCH_READ));
     BT_OK(braid_watch_init(w.loop, &n.start_io, n.start_sv[0], nested_from_io, &n));
-    BT_OK(braid_watch_set(&n.start_io, BRAID_READ));
+    BT_OK(braid_watch_set_interest(&n.start_io, BRAID_WATCH_READ));
     if (from == FROM_BRAID_TIMER) BT_OK(braid_timer_start(&n.start, BRAID_MSEC(1)));
     else if (from == FROM_BRAID_IO) BT_EQ(write(n.start_sv[1], "s", 1), 1);
     else g_timeout_add(1, nested_from_glib, &n);
@@ -458,7 +458,7 @@ static void attach_case(driver who) {
     bt_socketpair(sv);
     braid_watch io;
     BT_OK(braid_watch_init(w.loop, &io, sv[0], attach_on_io, &a));
-    BT_OK(braid_watch_set(&io, BRAID_READ));
+    BT_OK(braid_watch_set_interest(&io, BRAID_WATCH_READ));
     BT_EQ(write(sv[1], "x", 1), 1);
     /* Nothing else is pending: had GLib been prepared before the braid callback
      * and not after it, braid would sleep until the guard. */
@@ -491,7 +491,7 @@ static gboolean free_context_cb(gpointer arg) {
 BT_IO_TEST(glib_drives_source_freed_from_its_own_callback) {
     world w;
     world_open(&w, GLIB_DRIVES);
-    BT_ERR(braid_loop_destroy(w.loop), BRAID_EBUSY);   /* the source is a handle */
+    BT_ERR(braid_loop_free(w.loop), BRAID_EBUSY);   /* the source is a handle */
     braid_timer t;
     braid_timer_init(w.loop, &t, free_source_cb, &w);
     BT_OK(braid_timer_start(&t, BRAID_MSEC(1)));
@@ -506,7 +506,7 @@ BT_IO_TEST(braid_drives_context_freed_from_a_glib_callback) {
     world w;
     world_open(&w, BRAID_DRIVES);
     BT_TRUE(g_main_context_is_owner(NULL));
-    BT_ERR(braid_loop_destroy(w.loop), BRAID_EBUSY);   /* the driver is a handle */
+    BT_ERR(braid_loop_free(w.loop), BRAID_EBUSY);   /* the driver is a handle */
     g_timeout_add(1, free_context_cb, &w);
     braid_timer guard;
     braid_timer_init(w.loop, &guard, braid_guard_fired, "the GLib timeout");
@@ -559,19 +559,19 @@ static gboolean dyn_step(gpointer arg) {
 BT_IO_TEST(braid_drives_glib_fd_sources_added_and_removed) {
     world w;
     world_open(&w, BRAID_DRIVES);
-    BT_OK(braid_loop_run_once(w.loop, BRAID_RUN_NOWAIT));   /* GLib's own fds watched */
+    BT_OK(braid_loop_run_once(w.loop, BRAID_LOOP_RUN_NOWAIT));   /* GLib's own fds watched */
     size_t base = braid_loop_watched_fds(w.loop, 0, NULL);
     dyn d = { .w = &w };
     for (int i = 0; i < 3; i++) {
         bt_socketpair(d.sv[i]);
         d.ids[i] = g_unix_fd_add(d.sv[i][0], G_IO_IN, dyn_fd, &d);
     }
-    BT_OK(braid_loop_run_once(w.loop, BRAID_RUN_NOWAIT));
+    BT_OK(braid_loop_run_once(w.loop, BRAID_LOOP_RUN_NOWAIT));
     BT_EQ(braid_loop_watched_fds(w.loop, 0, NULL), base + 3);
     g_timeout_add(2, dyn_step, &d);
     world_run(&w, "three fd sources");
     for (int i = 0; i < 3; i++) BT_EQ(d.fired[i], 1);
-    BT_OK(braid_loop_run_once(w.loop, BRAID_RUN_NOWAIT));
+    BT_OK(braid_loop_run_once(w.loop, BRAID_LOOP_RUN_NOWAIT));
     BT_EQ(braid_loop_watched_fds(w.loop, 0, NULL), base);   /* removed sources: watchers gone */
     for (int i = 0; i < 3; i++) { close(d.sv[i][0]); close(d.sv[i][1]); }
     world_close(&w);

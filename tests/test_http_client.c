@@ -14,6 +14,20 @@
 #include <braid/endpoint.h>
 #include <braid/tls.h>
 
+/* braid_http_client_stats as a value, for assertions. */
+static struct braid_http_client_stats cstats(const braid_http_client *c) {
+    struct braid_http_client_stats st;
+    braid_http_client_stats(c, &st);
+    return st;
+}
+
+/* braid_memory_transport_state as a value, for assertions. */
+static struct braid_memory_transport_state mstate(const braid_memory_transport *m) {
+    struct braid_memory_transport_state st;
+    braid_memory_transport_state(m, &st);
+    return st;
+}
+
 /* ---- results ----------------------------------------------------------------------- */
 typedef struct res {
     int fired;
@@ -37,7 +51,7 @@ static braid_result got(braid_result r, void *arg) {
     s->r = r.value;
     /* buffered: ours now (r.dtor set; freed by res_clear); streaming: borrowed */
     if (s->pause_at_head) braid_http_client_response_pause(s->r);
-    return braid_ok(NULL);
+    return braid_result_ok(NULL);
 }
 static braid_result failed(braid_result r, void *arg) {
     res *s = arg;
@@ -45,7 +59,7 @@ static braid_result failed(braid_result r, void *arg) {
     s->code = r.failure->code;
     braid_failure_format(r.failure, s->msg, sizeof s->msg);
     braid_result_drop(r);
-    return braid_ok(NULL);
+    return braid_result_ok(NULL);
 }
 static void on_body(braid_http_client_response *r, const void *buf, size_t len, void *arg) {
     res *s = arg;
@@ -68,8 +82,8 @@ static void on_end(braid_http_client_response *r, int code, void *arg) {
 
 static void watch(braid_deferred *d, res *s) {
     BT_TRUE(d != NULL);
-    BT_OK(braid_deferred_add_callbacks(d, got, failed, s));
-    braid_deferred_release(d);
+    BT_OK(braid_deferred_add(d, got, failed, s));
+    braid_deferred_unref(d);
 }
 
 static void res_clear(res *s, bool owned) {
@@ -103,13 +117,13 @@ static braid_deferred *mem_connect(void *arg, braid_loop *loop, const char *host
     braid_protocol *p = braid_factory_build(f, NULL);
     BT_TRUE(p != NULL);
     BT_LT(e->n, 16);
-    e->m[e->n++] = braid_memory_transport_new(loop, p);
-    return braid_succeed(loop, p, NULL);
+    braid_memory_transport_new(loop, p, &e->m[e->n++]);
+    return braid_deferred_succeed(loop, p, NULL);
 }
 
 static void env_open(env *e, const braid_http_client_options *o) {
     memset(e, 0, sizeof *e);
-    e->clock = braid_fake_clock_new(BRAID_SECONDS(1000));
+    braid_fake_clock_new(BRAID_SECONDS(1000), &e->clock);
     e->loop = bt_loop_new(braid_fake_clock_base(e->clock));
     braid_http_client_options oo = o ? *o : (braid_http_client_options){ 0 };
     oo.connect = mem_connect;
@@ -119,10 +133,10 @@ static void env_open(env *e, const braid_http_client_options *o) {
 
 static void env_close(env *e) {
     braid_http_client_free(e->c);
-    braid_loop_run_once(e->loop, BRAID_RUN_NOWAIT);
+    braid_loop_run_once(e->loop, BRAID_LOOP_RUN_NOWAIT);
     for (int i = 0; i < e->n; i++) braid_memory_transport_free(e->m[i]);
-    braid_loop_run_once(e->loop, BRAID_RUN_NOWAIT);
-    braid_loop_run_once(e->loop, BRAID_RUN_NOWAIT);
+    braid_loop_run_once(e->loop, BRAID_LOOP_RUN_NOWAIT);
+    braid_loop_run_once(e->loop, BRAID_LOOP_RUN_NOWAIT);
     bt_loop_destroy(e->loop);
     braid_fake_clock_free(e->clock);
 }
@@ -152,7 +166,7 @@ static void peer_eof(env *e, braid_memory_transport *m) {
 }
 
 static void settle(env *e) {
-    for (int i = 0; i < 3; i++) braid_loop_run_once(e->loop, BRAID_RUN_NOWAIT);
+    for (int i = 0; i < 3; i++) braid_loop_run_once(e->loop, BRAID_LOOP_RUN_NOWAIT);
 }
 
 static braid_deferred *get(env *e, const char *url) {
@@ -184,10 +198,10 @@ BT_TEST(get_content_length) {
     BT_TRUE(braid_http_client_response_header(s.r, "X-None") == NULL);
     BT_STREQ(s.r->url, "http://Example.com/a/b?x=1#frag");
     BT_FALSE(s.r->reused);
-    braid_http_client_stats st = braid_http_client_get_stats(e.c);
+    struct braid_http_client_stats st = cstats(e.c);
     BT_EQ(st.idle, 1);
     BT_EQ(st.connections, 1);
-    BT_FALSE(braid_memory_transport_state(e.m[0]).closed);
+    BT_FALSE(mstate(e.m[0]).closed);
     res_clear(&s, true);
     env_close(&e);
 }
@@ -210,7 +224,7 @@ BT_TEST(pool_reuses_one_connection) {
         BT_EQ(s.r->reused, i > 0);
         res_clear(&s, true);
     }
-    braid_http_client_stats st = braid_http_client_get_stats(e.c);
+    struct braid_http_client_stats st = cstats(e.c);
     BT_EQ(st.connections, 1);
     BT_EQ(st.reused, 9);
     BT_EQ(e.connects, 1);
@@ -220,7 +234,7 @@ BT_TEST(pool_reuses_one_connection) {
     BT_EQ(e.n, 2);
     feed(&e, 1, "HTTP/1.1 204 No Content\r\n\r\n");
     BT_EQ(s.r->status, 204);
-    BT_EQ(braid_http_client_get_stats(e.c).idle, 2);
+    BT_EQ(cstats(e.c).idle, 2);
     res_clear(&s, true);
     env_close(&e);
 }
@@ -239,7 +253,7 @@ BT_TEST(chunked_response_byte_by_byte) {
     BT_EQ(s.fired, 1);
     BT_EQ(s.code, 0);
     BT_STREQ(s.r->body, "hello world!");
-    BT_EQ(braid_http_client_get_stats(e.c).idle, 1);
+    BT_EQ(cstats(e.c).idle, 1);
     res_clear(&s, true);
     /* The connection is reused after a chunked body. */
     watch(get(&e, "http://h/2"), &s);
@@ -266,7 +280,7 @@ BT_TEST(close_delimited_body) {
     BT_EQ(s.fired, 1);
     BT_EQ(s.code, 0);
     BT_STREQ(s.r->body, "abcdef");
-    BT_EQ(braid_http_client_get_stats(e.c).idle, 0);
+    BT_EQ(cstats(e.c).idle, 0);
     res_clear(&s, true);
     /* Content-Length with "Connection: close": not pooled either. */
     watch(get(&e, "http://h/"), &s);
@@ -274,15 +288,15 @@ BT_TEST(close_delimited_body) {
     feed(&e, 1, "HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 1\r\n\r\nx");
     BT_EQ(s.code, 0);
     settle(&e);
-    BT_EQ(braid_http_client_get_stats(e.c).idle, 0);
-    BT_TRUE(braid_memory_transport_state(e.m[1]).closed || braid_memory_transport_state(e.m[1]).disconnecting);
+    BT_EQ(cstats(e.c).idle, 0);
+    BT_TRUE(mstate(e.m[1]).closed || mstate(e.m[1]).disconnecting);
     res_clear(&s, true);
     /* HTTP/1.0 without keep-alive: not pooled. */
     watch(get(&e, "http://h/"), &s);
     BT_EQ(e.n, 3);
     feed(&e, 2, "HTTP/1.0 200 OK\r\nContent-Length: 1\r\n\r\nx");
     BT_EQ(s.code, 0);
-    BT_EQ(braid_http_client_get_stats(e.c).idle, 0);
+    BT_EQ(cstats(e.c).idle, 0);
     res_clear(&s, true);
     /* A body cut short by EOF is an error, not a short body. */
     watch(get(&e, "http://h/"), &s);
@@ -323,7 +337,7 @@ BT_TEST(head_204_304_have_no_body) {
     BT_STREQ(s.r->body, "ok");
     res_clear(&s, true);
     BT_EQ(e.n, 1);   /* all on one connection */
-    BT_EQ(braid_http_client_get_stats(e.c).idle, 1);
+    BT_EQ(cstats(e.c).idle, 1);
     env_close(&e);
 }
 
@@ -415,8 +429,8 @@ BT_TEST(bad_responses_fail_and_close) {
         else BT_LT(s.code, 0);
         BT_TRUE(strstr(s.msg, "GET http://h/") != NULL);
         settle(&e);
-        BT_TRUE(braid_memory_transport_state(e.m[0]).closed);
-        BT_EQ(braid_http_client_get_stats(e.c).idle, 0);
+        BT_TRUE(mstate(e.m[0]).closed);
+        BT_EQ(cstats(e.c).idle, 0);
         /* The next request opens a new connection. */
         res s2 = { 0 };
         watch(get(&e, "http://h/"), &s2);
@@ -460,7 +474,7 @@ BT_TEST(oversized_head_and_body) {
     BT_EQ(s4.code, 0);
     res_clear(&s4, true);
     settle(&e);
-    for (int i = 0; i < 3; i++) BT_TRUE(braid_memory_transport_state(e.m[i]).closed);
+    for (int i = 0; i < 3; i++) BT_TRUE(mstate(e.m[i]).closed);
     env_close(&e);
 }
 
@@ -472,18 +486,18 @@ BT_TEST(stray_bytes_make_connection_unusable) {
     /* A second response the client never asked for rides along. */
     feed(&e, 0, "HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\naHTTP/1.1 200 OK\r\n");
     BT_EQ(s.code, 0);
-    BT_EQ(braid_http_client_get_stats(e.c).idle, 0);
+    BT_EQ(cstats(e.c).idle, 0);
     res_clear(&s, true);
     /* Bytes arriving on an idle pooled connection: dropped from the pool. */
     watch(get(&e, "http://h/"), &s);
     BT_EQ(e.n, 2);
     feed(&e, 1, "HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\na");
-    BT_EQ(braid_http_client_get_stats(e.c).idle, 1);
+    BT_EQ(cstats(e.c).idle, 1);
     feed(&e, 1, "junk");
-    BT_EQ(braid_http_client_get_stats(e.c).idle, 0);
+    BT_EQ(cstats(e.c).idle, 0);
     res_clear(&s, true);
     settle(&e);
-    BT_TRUE(braid_memory_transport_state(e.m[1]).closed);
+    BT_TRUE(mstate(e.m[1]).closed);
     env_close(&e);
 }
 
@@ -496,11 +510,11 @@ BT_TEST(pool_limits_and_idle_timeout) {
     BT_EQ(e.n, 3);   /* three concurrent requests: three connections */
     for (int i = 0; i < 3; i++) feed(&e, i, "HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n");
     for (int i = 0; i < 3; i++) res_clear(&s[i], true);
-    braid_http_client_stats st = braid_http_client_get_stats(e.c);
+    struct braid_http_client_stats st = cstats(e.c);
     BT_EQ(st.idle, 2);   /* the oldest surplus one was closed */
     settle(&e);
-    BT_TRUE(braid_memory_transport_state(e.m[0]).closed);
-    BT_FALSE(braid_memory_transport_state(e.m[2]).closed);
+    BT_TRUE(mstate(e.m[0]).closed);
+    BT_FALSE(mstate(e.m[2]).closed);
     /* The most recently used connection serves the next request. */
     watch(get(&e, "http://h/"), &s[0]);
     BT_TRUE(strlen(sent(&e, 2)) > 0);
@@ -509,12 +523,12 @@ BT_TEST(pool_limits_and_idle_timeout) {
     res_clear(&s[0], true);
     /* Idle for 5 s: closed. */
     BT_OK(braid_loop_advance(e.loop, BRAID_SECONDS(4)));
-    BT_EQ(braid_http_client_get_stats(e.c).idle, 2);
+    BT_EQ(cstats(e.c).idle, 2);
     BT_OK(braid_loop_advance(e.loop, BRAID_SECONDS(2)));
     settle(&e);
-    BT_EQ(braid_http_client_get_stats(e.c).idle, 0);
-    BT_TRUE(braid_memory_transport_state(e.m[1]).closed);
-    BT_TRUE(braid_memory_transport_state(e.m[2]).closed);
+    BT_EQ(cstats(e.c).idle, 0);
+    BT_TRUE(mstate(e.m[1]).closed);
+    BT_TRUE(mstate(e.m[2]).closed);
     env_close(&e);
 }
 
@@ -528,7 +542,7 @@ BT_TEST(server_closes_pooled_connection) {
     /* Closed while idle: leaves the pool, the next request connects anew. */
     peer_eof(&e, e.m[0]);
     settle(&e);
-    BT_EQ(braid_http_client_get_stats(e.c).idle, 0);
+    BT_EQ(cstats(e.c).idle, 0);
     watch(get(&e, "http://h/"), &s);
     BT_EQ(e.n, 2);
     sent(&e, 1);
@@ -548,7 +562,7 @@ BT_TEST(server_closes_pooled_connection) {
     BT_EQ(s.code, 0);
     BT_STREQ(s.r->body, "ok");
     BT_FALSE(s.r->reused);
-    BT_EQ(braid_http_client_get_stats(e.c).retried, 1);
+    BT_EQ(cstats(e.c).retried, 1);
     res_clear(&s, true);
     /* A POST is not retried. */
     watch(braid_http_client_request(e.c, &(braid_http_client_req){ .method = "POST", .url = "http://h/",
@@ -600,7 +614,7 @@ BT_TEST(timeouts) {
     BT_ERR(s.code, BRAID_ETIMEDOUT);
     BT_TRUE(strstr(s.msg, "response header timeout") != NULL);
     settle(&e);
-    BT_TRUE(braid_memory_transport_state(e.m[0]).closed);
+    BT_TRUE(mstate(e.m[0]).closed);
     /* body: the silence between pieces */
     res_clear(&s, false);
     watch(get(&e, "http://h/"), &s);
@@ -615,7 +629,7 @@ BT_TEST(timeouts) {
     BT_ERR(s.code, BRAID_ETIMEDOUT);
     BT_TRUE(strstr(s.msg, "response body timeout") != NULL);
     settle(&e);
-    BT_TRUE(braid_memory_transport_state(e.m[1]).closed);
+    BT_TRUE(mstate(e.m[1]).closed);
     /* Per-request override; BRAID_FOREVER disables. */
     res_clear(&s, false);
     watch(braid_http_client_request(e.c, &(braid_http_client_req){ .url = "http://h/",
@@ -638,12 +652,12 @@ BT_TEST(cancel_aborts_request) {
     watch(d, &s);
     feed(&e, 0, "HTTP/1.1 200 OK\r\nContent-Le");
     braid_deferred_cancel(d);
-    braid_deferred_release(d);
+    braid_deferred_unref(d);
     BT_EQ(s.fired, 1);
     BT_ERR(s.code, BRAID_ECANCELED);
     settle(&e);
-    BT_TRUE(braid_memory_transport_state(e.m[0]).aborted);
-    BT_EQ(braid_http_client_get_stats(e.c).idle, 0);
+    BT_TRUE(mstate(e.m[0]).aborted);
+    BT_EQ(cstats(e.c).idle, 0);
     /* Cancel while connecting. */
     e.hang = true;
     res_clear(&s, false);
@@ -651,7 +665,7 @@ BT_TEST(cancel_aborts_request) {
     braid_deferred_ref(d);
     watch(d, &s);
     braid_deferred_cancel(d);
-    braid_deferred_release(d);
+    braid_deferred_unref(d);
     BT_ERR(s.code, BRAID_ECANCELED);
     BT_EQ(braid_loop_timer_count(e.loop), 0);
     env_close(&e);
@@ -665,12 +679,12 @@ BT_TEST(client_free_fails_requests) {
     watch(get(&e, "http://h/"), &s2);
     feed(&e, 1, "HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n");
     res_clear(&s2, true);
-    BT_EQ(braid_http_client_get_stats(e.c).idle, 1);
+    BT_EQ(cstats(e.c).idle, 1);
     braid_http_client_free(e.c);
     BT_ERR(s.code, BRAID_ESHUTDOWN);
     settle(&e);
-    BT_TRUE(braid_memory_transport_state(e.m[0]).closed);
-    BT_TRUE(braid_memory_transport_state(e.m[1]).closed);
+    BT_TRUE(mstate(e.m[0]).closed);
+    BT_TRUE(mstate(e.m[1]).closed);
     e.c = NULL;
     env_close(&e);
 }
@@ -794,20 +808,20 @@ BT_TEST(streaming_body_pause_resume) {
     s.pause_in_body = true;
     feed(&e, 0, "wo");
     BT_EQ(s.chunks, 2);
-    BT_TRUE(braid_memory_transport_state(e.m[0]).reading_paused);
+    BT_TRUE(mstate(e.m[0]).reading_paused);
     BT_ERR(braid_memory_transport_receive(e.m[0], "rld!", 4), BRAID_EAGAIN);
     /* No body timeout while paused. */
     BT_OK(braid_loop_advance(e.loop, BRAID_SECONDS(30)));
     BT_EQ(s.ends, 0);
     s.pause_in_body = false;
     braid_http_client_response_resume(s.r);
-    BT_FALSE(braid_memory_transport_state(e.m[0]).reading_paused);
+    BT_FALSE(mstate(e.m[0]).reading_paused);
     feed(&e, 0, "rld!");
     BT_EQ(s.ends, 1);
     BT_EQ(s.end_code, 0);
     BT_EQ(s.body_len, 12);
     BT_TRUE(memcmp(s.body, "hello world!", 12) == 0);
-    BT_EQ(braid_http_client_get_stats(e.c).idle, 1);
+    BT_EQ(cstats(e.c).idle, 1);
     res_clear(&s, false);
     /* The server closes while we are paused with the rest of the body
      * already buffered (it came with the head): it still completes on resume. */
@@ -866,7 +880,7 @@ BT_TEST(streaming_body_pause_resume) {
     BT_EQ(s.chunks, 1);
     BT_EQ(s.ends, 0);
     settle(&e);
-    BT_TRUE(braid_memory_transport_state(e.m[3]).aborted);
+    BT_TRUE(mstate(e.m[3]).aborted);
     res_clear(&s, false);
     /* A streamed body that stalls: on_end gets the timeout. */
     watch(braid_http_client_request(e.c, &(braid_http_client_req){ .url = "http://h/", .on_body = on_body,
@@ -936,7 +950,7 @@ static void s_data(braid_protocol *p, const void *buf, size_t len) {
         if (ol) braid_transport_write(p->transport, out, (size_t)ol);
         memmove(k->in, k->in + n + body, k->len - (size_t)n - body);
         k->len -= (size_t)n + body;
-        if (sv->close_after) { braid_transport_lose_connection(p->transport); return; }
+        if (sv->close_after) { braid_transport_close(p->transport, BRAID_FOREVER); return; }
     }
 }
 static const braid_protocol_ops s_ops = { .connection_made = s_made, .data_received = s_data,
@@ -972,7 +986,7 @@ BT_IO_TEST(loopback_sequential_requests_one_connection) {
     }
     BT_EQ(sv.conns, 1);
     BT_EQ(sv.requests, 20);
-    BT_EQ(braid_http_client_get_stats(c).connections, 1);
+    BT_EQ(cstats(c).connections, 1);
     /* chunked, a POST body, a body larger than one read */
     res s = { 0 };
     snprintf(url, sizeof url, "http://127.0.0.1:%d/chunked", sv.port);
@@ -1021,7 +1035,7 @@ BT_IO_TEST(loopback_streaming_backpressure) {
     BT_EQ(s.fired, 1);
     /* Paused as soon as the head was in: the body stops arriving. */
     size_t before = s.total;
-    for (int i = 0; i < 20; i++) braid_loop_run_once(loop, BRAID_RUN_NOWAIT);
+    for (int i = 0; i < 20; i++) braid_loop_run_once(loop, BRAID_LOOP_RUN_NOWAIT);
     BT_EQ(s.total, before);
     BT_EQ(s.ends, 0);
     BT_LT(s.total, 200000);
@@ -1035,7 +1049,7 @@ BT_IO_TEST(loopback_streaming_backpressure) {
             braid_http_client_response_resume(s.r);
             resumes++;
         }
-        braid_loop_run_once(loop, BRAID_RUN_NOWAIT);
+        braid_loop_run_once(loop, BRAID_LOOP_RUN_NOWAIT);
     }
     BT_EQ(s.ends, 1);
     BT_EQ(s.end_code, 0);
@@ -1129,14 +1143,14 @@ static braid_deferred *pump_connect(void *arg, braid_loop *loop, const char *hos
     BT_EQ(port, 443);
     braid_protocol *cp = braid_factory_build(f, NULL);
     braid_protocol *sp = braid_factory_build(&te->stf.base, NULL);
-    te->pumps[te->n++] = braid_pump_new(loop, cp, sp);
-    return braid_succeed(loop, cp, NULL);
+    braid_pump_new(loop, cp, sp, &te->pumps[te->n++]);
+    return braid_deferred_succeed(loop, cp, NULL);
 }
 
 static void pump_until(braid_loop *loop, tls_env *te, res *s) {
     for (int i = 0; i < 1000 && !s->fired; i++) {
         for (int j = 0; j < te->n; j++) braid_pump_flush(te->pumps[j]);
-        braid_loop_run_once(loop, BRAID_RUN_NOWAIT);
+        braid_loop_run_once(loop, BRAID_LOOP_RUN_NOWAIT);
     }
     BT_EQ(s->fired, 1);
 }
@@ -1167,7 +1181,7 @@ BT_TEST(https_over_memory_pump) {
     bt_spin(loop, 5);
     for (int j = 0; j < te.n; j++) braid_pump_free(te.pumps[j]);
     bt_spin(loop, 5);
-    braid_tls_factory_cleanup(&te.stf);
+    braid_tls_factory_close(&te.stf);
     braid_tls_ctx_unref(sctx);
     braid_tls_ctx_unref(cctx);
     bt_loop_destroy(loop);
@@ -1241,7 +1255,7 @@ BT_IO_TEST(https_over_loopback) {
     braid_listener_close(sv.l);
     BT_RUN_UNTIL_NOWAIT(loop, sv.lost >= sv.conns, 200);
     bt_spin(loop, 5);
-    braid_tls_factory_cleanup(&stf);
+    braid_tls_factory_close(&stf);
     braid_tls_ctx_unref(sctx);
     braid_tls_ctx_unref(cctx);
     braid_tls_ctx_unref(other);
@@ -1254,14 +1268,15 @@ static braid_deferred *oom_connect(void *arg, braid_loop *loop, const char *host
     env *e = arg;
     (void)host, (void)port, (void)https;
     braid_protocol *p = braid_factory_build(f, NULL);
-    if (!p) return braid_fail(loop, braid_failure_new(BRAID_ENOMEM, "build"));
-    braid_memory_transport *m = braid_memory_transport_new(loop, p);
+    if (!p) return braid_deferred_fail(loop, braid_failure_new(BRAID_ENOMEM, "build"));
+    braid_memory_transport *m = NULL;
+    braid_memory_transport_new(loop, p, &m);
     if (!m) {
         p->ops->destroy(p);   /* never attached: release it ourselves */
-        return braid_fail(loop, braid_failure_new(BRAID_ENOMEM, "transport"));
+        return braid_deferred_fail(loop, braid_failure_new(BRAID_ENOMEM, "transport"));
     }
     e->m[e->n++] = m;
-    return braid_succeed(loop, p, NULL);
+    return braid_deferred_succeed(loop, p, NULL);
 }
 
 static void oom_feed(env *e, const char *s) {
@@ -1290,13 +1305,13 @@ static int oom_scenario(void *arg) {
             result = BRAID_ENOMEM;
             break;
         }
-        if (braid_deferred_add_callbacks(d, got, failed, &s[i]) < 0) {
+        if (braid_deferred_add(d, got, failed, &s[i]) < 0) {
             braid_deferred_cancel(d);
-            braid_deferred_release(d);
+            braid_deferred_unref(d);
             result = BRAID_ENOMEM;
             break;
         }
-        braid_deferred_release(d);
+        braid_deferred_unref(d);
         if (!s[i].fired) oom_feed(&e, "HTTP/1.1 307 Temporary\r\nLocation: /q\r\nContent-Length: 1\r\n\r\nx");
         if (!s[i].fired) oom_feed(&e, "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nX-B: 2\r\n\r\n"
                                       "5\r\nhello\r\n0\r\n\r\n");
@@ -1306,9 +1321,9 @@ static int oom_scenario(void *arg) {
     }
     if (!result && e.n != 1) result = BRAID_EINVAL;   /* one connection for all of it */
     braid_http_client_free(e.c);
-    for (int i = 0; i < 3; i++) braid_loop_run_once(loop, BRAID_RUN_NOWAIT);
+    for (int i = 0; i < 3; i++) braid_loop_run_once(loop, BRAID_LOOP_RUN_NOWAIT);
     for (int i = 0; i < e.n; i++) braid_memory_transport_free(e.m[i]);
-    for (int i = 0; i < 3; i++) braid_loop_run_once(loop, BRAID_RUN_NOWAIT);
+    for (int i = 0; i < 3; i++) braid_loop_run_once(loop, BRAID_LOOP_RUN_NOWAIT);
     for (int i = 0; i < 2; i++) res_clear(&s[i], true);
     return result;
 }
@@ -1382,7 +1397,7 @@ BT_TEST(streamed_chunked_upload_with_backpressure) {
     BT_EQ(s.fired, 0);
     feed(&e, 0, "HTTP/1.1 201 Created\r\nContent-Length: 0\r\n\r\n");
     BT_EQ(s.r->status, 201);
-    BT_EQ(braid_http_client_get_stats(e.c).idle, 1);   /* a finished upload: reusable */
+    BT_EQ(cstats(e.c).idle, 1);   /* a finished upload: reusable */
     res_clear(&s, true);
     env_close(&e);
 }
@@ -1429,7 +1444,7 @@ BT_TEST(streamed_upload_with_length) {
     BT_OK(braid_http_upload_write(up.u, "abc", 3));
     feed(&e, 2, "HTTP/1.1 413 Content Too Large\r\nContent-Length: 0\r\n\r\n");
     BT_EQ(s.r->status, 413);
-    BT_EQ(braid_http_client_get_stats(e.c).idle, 0);
+    BT_EQ(cstats(e.c).idle, 0);
     res_clear(&s, true);
     env_close(&e);
 }
@@ -1449,14 +1464,14 @@ static braid_result chain_next(braid_result r, void *arg) {
     if (ch->free_client) {
         braid_http_client_free(ch->e->c);
         ch->e->c = NULL;
-        return braid_ok(NULL);
+        return braid_result_ok(NULL);
     }
     if (ch->step < 3) {
         braid_deferred *d = get(ch->e, "http://h/next");
-        BT_OK(braid_deferred_add_callbacks(d, chain_next, failed, ch));
-        braid_deferred_release(d);
+        BT_OK(braid_deferred_add(d, chain_next, failed, ch));
+        braid_deferred_unref(d);
     }
-    return braid_ok(NULL);
+    return braid_result_ok(NULL);
 }
 
 BT_TEST(requests_from_inside_callbacks) {
@@ -1464,8 +1479,8 @@ BT_TEST(requests_from_inside_callbacks) {
     env_open(&e, NULL);
     chain ch = { .e = &e };
     braid_deferred *d = get(&e, "http://h/first");
-    BT_OK(braid_deferred_add_callbacks(d, chain_next, failed, &ch));
-    braid_deferred_release(d);
+    BT_OK(braid_deferred_add(d, chain_next, failed, &ch));
+    braid_deferred_unref(d);
     for (int i = 0; i < 3; i++) {
         BT_EQ(ch.step, i);
         feed(&e, 0, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok");
@@ -1475,13 +1490,13 @@ BT_TEST(requests_from_inside_callbacks) {
     /* Freeing the client from inside a callback. */
     ch.free_client = true;
     d = get(&e, "http://h/last");
-    BT_OK(braid_deferred_add_callbacks(d, chain_next, failed, &ch));
-    braid_deferred_release(d);
+    BT_OK(braid_deferred_add(d, chain_next, failed, &ch));
+    braid_deferred_unref(d);
     feed(&e, 0, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok");
     BT_EQ(ch.step, 4);
     BT_TRUE(e.c == NULL);
     settle(&e);
-    BT_TRUE(braid_memory_transport_state(e.m[0]).closed);
+    BT_TRUE(mstate(e.m[0]).closed);
     env_close(&e);
 }
 
@@ -1529,7 +1544,7 @@ BT_TEST(max_per_host_queues_requests) {
         watch(get(&e, url), &s[i]);
     }
     BT_EQ(e.n, 2);
-    BT_EQ(braid_http_client_get_stats(e.c).waiting, 2);
+    BT_EQ(cstats(e.c).waiting, 2);
     /* Another origin is not held up. */
     watch(get(&e, "http://other/"), &s[4]);
     BT_EQ(e.n, 3);
@@ -1540,7 +1555,7 @@ BT_TEST(max_per_host_queues_requests) {
     feed(&e, 0, "HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n");
     BT_EQ(s[0].code, 0);
     BT_STREQ(sent(&e, 0), "GET /2 HTTP/1.1\r\nHost: h\r\n\r\n");
-    BT_EQ(braid_http_client_get_stats(e.c).waiting, 1);
+    BT_EQ(cstats(e.c).waiting, 1);
     /* Connection 1 closes after its response: request 3 gets a new one. */
     feed(&e, 1, "HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 0\r\n\r\n");
     BT_EQ(s[1].code, 0);
@@ -1563,14 +1578,14 @@ BT_TEST(max_per_host_queues_requests) {
     braid_deferred *d = get(&e, "http://h/d");
     braid_deferred_ref(d);
     watch(d, &s[3]);
-    BT_EQ(braid_http_client_get_stats(e.c).waiting, 2);
+    BT_EQ(cstats(e.c).waiting, 2);
     braid_deferred_cancel(d);
-    braid_deferred_release(d);
+    braid_deferred_unref(d);
     BT_ERR(s[3].code, BRAID_ECANCELED);
-    BT_EQ(braid_http_client_get_stats(e.c).waiting, 1);
+    BT_EQ(cstats(e.c).waiting, 1);
     BT_OK(braid_loop_advance(e.loop, BRAID_SECONDS(6)));
     BT_ERR(s[2].code, BRAID_ETIMEDOUT);
-    BT_EQ(braid_http_client_get_stats(e.c).waiting, 0);
+    BT_EQ(cstats(e.c).waiting, 0);
     BT_EQ(s[0].fired + s[1].fired, 0);
     feed(&e, 0, "HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n");
     feed(&e, 3, "HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n");
@@ -1611,7 +1626,7 @@ BT_TEST(mangled_responses) {
         }
         /* Fed in random slices, then the connection ends; the clock runs out. */
         size_t off = 0;
-        while (off < len && e.n && !braid_memory_transport_state(e.m[e.n - 1]).closed) {
+        while (off < len && e.n && !mstate(e.m[e.n - 1]).closed) {
             seed = seed * 6364136223846793005ull + 1442695040888963407ull;
             size_t n = 1 + (size_t)(seed >> 40) % 16;
             if (n > len - off) n = len - off;

@@ -1,5 +1,5 @@
-/* braid_http_respond_file: a handler answers with part of a file (the way
- * braid_http_static answers, now through the public API), over the memory
+/* braid_http_request_respond_file: a handler answers with part of a file (the way
+ * braid_http_server_static answers, now through the public API), over the memory
  * transport, where the body goes through the write buffer. Static files on
  * real sockets (sendfile) are test_http_server.c's static cases. */
 #include "harness.h"
@@ -8,6 +8,13 @@
 #include <fcntl.h>
 #include <sys/socket.h>
 #include <unistd.h>
+
+/* braid_memory_transport_state as a value, for assertions. */
+static struct braid_memory_transport_state mstate(const braid_memory_transport *m) {
+    struct braid_memory_transport_state st;
+    braid_memory_transport_state(m, &st);
+    return st;
+}
 
 static char path[64];
 
@@ -40,10 +47,10 @@ static braid_deferred *h_file(braid_http_request *req, void *arg) {
     char p[64];
     snprintf(p, sizeof p, "%.*s", (int)req->path_len, req->path);
     if (sscanf(p, "/f/%u/%u", &off, &len) != 2 && strcmp(p, "/twice")) off = 0, len = 26;
-    last_rc = braid_http_respond_file(req, off ? 206 : 200, "text/plain", fd, off, len);
+    last_rc = braid_http_request_respond_file(req, off ? 206 : 200, "text/plain", fd, off, len);
     if (!strcmp(p, "/twice")) {
         int fd2 = open(path, O_RDONLY | O_CLOEXEC);
-        second_rc = braid_http_respond_file(req, 200, "text/plain", fd2, 0, 1);   /* closes fd2 */
+        second_rc = braid_http_request_respond_file(req, 200, "text/plain", fd2, 0, 1);   /* closes fd2 */
     }
     return NULL;
 }
@@ -58,10 +65,10 @@ static void fx_init(fx *f) {
     make_file();
     f->loop = bt_loop_new(NULL);
     BT_OK(braid_http_server_new(f->loop, NULL, &f->s));
-    BT_OK(braid_http_route(f->s, NULL, "/", BRAID_HTTP_PREFIX, h_file, NULL));
+    BT_OK(braid_http_server_route(f->s, NULL, "/", BRAID_HTTP_ROUTE_PREFIX, h_file, NULL));
     braid_protocol *p = braid_factory_build(braid_http_server_factory(f->s), NULL);
     BT_TRUE(p != NULL);
-    f->m = braid_memory_transport_new(f->loop, p);
+    braid_memory_transport_new(f->loop, p, &f->m);
     BT_TRUE(f->m != NULL);
 }
 
@@ -131,7 +138,7 @@ BT_TEST(short_file_aborts) {
     BT_OK(braid_memory_transport_receive(f.m, "GET /f/20/100 HTTP/1.1\r\nHost: x\r\n\r\n", 36));
     bt_spin(f.loop, 8);
     BT_OK(last_rc);
-    BT_TRUE(braid_memory_transport_state(f.m).aborted);
+    BT_TRUE(mstate(f.m).aborted);
     BT_EQ(open_fds(), fds);
     fx_done(&f);
 }

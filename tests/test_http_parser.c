@@ -546,7 +546,7 @@ static bool braid_accepts(const char *s, size_t len, braid_http_message *m, brai
     return ok;
 }
 
-typedef struct dcase { const char *in; bool braid_ok; const char *differs; } dcase;
+typedef struct dcase { const char *in; bool braid_result_ok; const char *differs; } dcase;
 
 /* The corpus. `differs` is NULL where both parsers must agree on the verdict
  * and the fields; otherwise it says why braid's answer is the right one. */
@@ -616,9 +616,9 @@ static void differential(void) {
         size_t blen;
         bool b = braid_accepts(s, len, &m, h, body, &blen);
         bool hp = hp_accepts(s, len, &o, &p);
-        if (b != corpus[i].braid_ok)
+        if (b != corpus[i].braid_result_ok)
             bt_fail(__FILE__, __LINE__, "corpus %zu: braid %s (%s), expected %s", i,
-                    b ? "accepts" : "rejects", m.error ? m.error : "-", corpus[i].braid_ok ? "accept" : "reject");
+                    b ? "accepts" : "rejects", m.error ? m.error : "-", corpus[i].braid_result_ok ? "accept" : "reject");
         if (corpus[i].differs) {
             /* The justification must still be true: the parsers do differ,
              * in verdict or in fields. */

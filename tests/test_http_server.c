@@ -16,6 +16,19 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+/* braid_http_response_new as an expression: the response, or NULL. */
+static braid_http_response *response(int status, const char *type, const void *body, size_t len) {
+    braid_http_response *r = NULL;
+    return braid_http_response_new(status, type, body, len, &r) < 0 ? NULL : r;
+}
+
+/* braid_memory_transport_state as a value, for assertions. */
+static struct braid_memory_transport_state mstate(const braid_memory_transport *m) {
+    struct braid_memory_transport_state out;
+    braid_memory_transport_state(m, &out);
+    return out;
+}
+
 /* ---- fixtures ---------------------------------------------------------------------- */
 typedef struct fx {
     braid_fake_clock *clock;
@@ -29,7 +42,7 @@ static int hits;
 static braid_deferred *h_hello(braid_http_request *req, void *arg) {
     (void)arg;
     hits++;
-    braid_http_respond(req, 200, "text/plain", "Hello, World!", 13);
+    braid_http_request_respond(req, 200, "text/plain", "Hello, World!", 13);
     return NULL;
 }
 
@@ -40,13 +53,13 @@ static braid_deferred *h_echo(braid_http_request *req, void *arg) {
                      (int)req->method_len, req->method, (int)req->path_len, req->path,
                      (int)req->query_len, req->query ? req->query : "", req->match_len,
                      (int)req->body_len, req->body ? req->body : "");
-    braid_http_respond(req, 200, "text/plain", out, (size_t)n);
+    braid_http_request_respond(req, 200, "text/plain", out, (size_t)n);
     return NULL;
 }
 
 static void fx_init(fx *f, const braid_http_server_options *o) {
     memset(f, 0, sizeof *f);
-    f->clock = braid_fake_clock_new(BRAID_SECONDS(1000));
+    braid_fake_clock_new(BRAID_SECONDS(1000), &f->clock);
     f->loop = bt_loop_new(braid_fake_clock_base(f->clock));
     BT_OK(braid_http_server_new(f->loop, o, &f->s));
 }
@@ -54,7 +67,7 @@ static void fx_init(fx *f, const braid_http_server_options *o) {
 static braid_memory_transport *fx_conn(fx *f) {
     braid_protocol *p = braid_factory_build(braid_http_server_factory(f->s), NULL);
     BT_TRUE(p != NULL);
-    f->m = braid_memory_transport_new(f->loop, p);
+    braid_memory_transport_new(f->loop, p, &f->m);
     BT_TRUE(f->m != NULL);
     return f->m;
 }
@@ -79,14 +92,14 @@ static const char *take(fx *f) {
 
 /* The server is done answering: closed, closing, or lingering (write side shut). */
 static bool closed(fx *f) {
-    braid_memory_state st = braid_memory_transport_state(f->m);
+    struct braid_memory_transport_state st = mstate(f->m);
     return st.closed || st.disconnecting || st.write_shut;
 }
 
 /* A lingering close: the answer was read (take), the write side is shut and
  * the server still reads (and drops) input; the client's FIN ends it. */
 static void expect_linger_close(fx *f) {
-    braid_memory_state st = braid_memory_transport_state(f->m);
+    struct braid_memory_transport_state st = mstate(f->m);
     BT_TRUE(st.write_shut);
     BT_FALSE(st.closed);
     BT_FALSE(st.reading_paused);
@@ -95,7 +108,7 @@ static void expect_linger_close(fx *f) {
     BT_STREQ(take(f), "");
     braid_memory_transport_peer_eof(f->m);
     bt_spin(f->loop, 4);
-    st = braid_memory_transport_state(f->m);
+    st = mstate(f->m);
     BT_TRUE(st.closed);
     BT_FALSE(st.aborted);
 }
@@ -118,7 +131,7 @@ static void fx_done(fx *f) {
 BT_TEST(get_keepalive_date) {
     fx f;
     fx_init(&f, NULL);
-    BT_OK(braid_http_route(f.s, "GET", "/", 0, h_hello, NULL));
+    BT_OK(braid_http_server_route(f.s, "GET", "/", 0, h_hello, NULL));
     fx_conn(&f);
     feed(&f, "GET / HTTP/1.1\r\nHost: a\r\n\r\n");
     const char *o = take(&f);
@@ -140,7 +153,7 @@ BT_TEST(get_keepalive_date) {
 BT_TEST(pipelined_in_order_and_split) {
     fx f;
     fx_init(&f, NULL);
-    BT_OK(braid_http_route(f.s, NULL, "/", BRAID_HTTP_PREFIX, h_echo, NULL));
+    BT_OK(braid_http_server_route(f.s, NULL, "/", BRAID_HTTP_ROUTE_PREFIX, h_echo, NULL));
     fx_conn(&f);
     feed(&f, "GET /1 HTTP/1.1\r\nHost: a\r\n\r\nGET /2 HTTP/1.1\r\nHost: a\r\n\r\nGET /3 HTT");
     const char *o = take(&f);
@@ -160,7 +173,7 @@ BT_TEST(pipelined_in_order_and_split) {
 BT_TEST(head_and_http10) {
     fx f;
     fx_init(&f, NULL);
-    BT_OK(braid_http_route(f.s, "GET", "/", 0, h_hello, NULL));
+    BT_OK(braid_http_server_route(f.s, "GET", "/", 0, h_hello, NULL));
     fx_conn(&f);
     feed(&f, "HEAD / HTTP/1.1\r\nHost: a\r\n\r\n");
     const char *o = take(&f);
@@ -181,13 +194,13 @@ BT_TEST(head_and_http10) {
 BT_TEST(routing_404_405_prefix_exact) {
     fx f;
     fx_init(&f, NULL);
-    BT_OK(braid_http_route(f.s, "GET", "/a", 0, h_echo, "exact"));
-    BT_OK(braid_http_route(f.s, "POST", "/a", 0, h_echo, "post"));
-    BT_OK(braid_http_route(f.s, "GET", "/a/", BRAID_HTTP_PREFIX, h_echo, "pfx"));
-    BT_OK(braid_http_route(f.s, "GET", "/a/b/", BRAID_HTTP_PREFIX, h_echo, "longer"));
-    BT_ERR(braid_http_route(f.s, "GET", "/a", 0, h_echo, NULL), BRAID_EEXIST);
-    BT_ERR(braid_http_route(f.s, "GET", "a", 0, h_echo, NULL), BRAID_EINVAL);
-    BT_ERR(braid_http_route(f.s, "G T", "/x", 0, h_echo, NULL), BRAID_EINVAL);
+    BT_OK(braid_http_server_route(f.s, "GET", "/a", 0, h_echo, "exact"));
+    BT_OK(braid_http_server_route(f.s, "POST", "/a", 0, h_echo, "post"));
+    BT_OK(braid_http_server_route(f.s, "GET", "/a/", BRAID_HTTP_ROUTE_PREFIX, h_echo, "pfx"));
+    BT_OK(braid_http_server_route(f.s, "GET", "/a/b/", BRAID_HTTP_ROUTE_PREFIX, h_echo, "longer"));
+    BT_ERR(braid_http_server_route(f.s, "GET", "/a", 0, h_echo, NULL), BRAID_EEXIST);
+    BT_ERR(braid_http_server_route(f.s, "GET", "a", 0, h_echo, NULL), BRAID_EINVAL);
+    BT_ERR(braid_http_server_route(f.s, "G T", "/x", 0, h_echo, NULL), BRAID_EINVAL);
     fx_conn(&f);
     feed(&f, "GET /a HTTP/1.1\r\nHost: a\r\n\r\n");
     BT_TRUE(strstr(take(&f), "exact GET /a") != NULL);
@@ -215,7 +228,7 @@ BT_TEST(routing_404_405_prefix_exact) {
 BT_TEST(pipelined_flood_bounded_by_drain) {
     fx f;
     fx_init(&f, NULL);
-    BT_OK(braid_http_route(f.s, "GET", "/", 0, h_hello, NULL));
+    BT_OK(braid_http_server_route(f.s, "GET", "/", 0, h_hello, NULL));
     fx_conn(&f);
     enum { N = 3000 };
     static const char one[] = "GET / HTTP/1.1\r\nHost: a\r\n\r\n";
@@ -227,7 +240,7 @@ BT_TEST(pipelined_flood_bounded_by_drain) {
     /* the peer reads nothing: parsing stopped near the 64 KiB mark */
     BT_LT(hits, N);
     BT_ULE(braid_transport_buffered(braid_memory_transport_base(f.m)), 80 * 1024);
-    BT_TRUE(braid_memory_transport_state(f.m).reading_paused);
+    BT_TRUE(mstate(f.m).reading_paused);
     int answers = 0;
     for (int i = 0; i < 1000 && answers < N; i++) answers += count(take(&f), "Hello, World!");
     BT_EQ(answers, N);
@@ -240,7 +253,7 @@ BT_TEST(pipelined_flood_bounded_by_drain) {
 BT_TEST(chunked_request_body) {
     fx f;
     fx_init(&f, NULL);
-    BT_OK(braid_http_route(f.s, "POST", "/", BRAID_HTTP_PREFIX, h_echo, NULL));
+    BT_OK(braid_http_server_route(f.s, "POST", "/", BRAID_HTTP_ROUTE_PREFIX, h_echo, NULL));
     fx_conn(&f);
     feed(&f, "POST /c HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhel");
     BT_STREQ(take(&f), "");
@@ -254,7 +267,7 @@ BT_TEST(chunked_request_body) {
 BT_TEST(expect_100_continue) {
     fx f;
     fx_init(&f, NULL);
-    BT_OK(braid_http_route(f.s, "PUT", "/up", 0, h_echo, NULL));
+    BT_OK(braid_http_server_route(f.s, "PUT", "/up", 0, h_echo, NULL));
     fx_conn(&f);
     feed(&f, "PUT /up HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nExpect: 100-continue\r\n\r\n");
     BT_STREQ(take(&f), "HTTP/1.1 100 Continue\r\n\r\n");
@@ -277,7 +290,7 @@ static void expect_rejected(const char *req, const char *status) {
     braid_http_server_options o = { .limits = { .max_body = 1000, .max_head = 2048 } };
     fx_init(&f, &o);
     hits = 0;
-    BT_OK(braid_http_route(f.s, NULL, "/", BRAID_HTTP_PREFIX, h_hello, NULL));
+    BT_OK(braid_http_server_route(f.s, NULL, "/", BRAID_HTTP_ROUTE_PREFIX, h_hello, NULL));
     fx_conn(&f);
     feed(&f, req);
     const char *out = take(&f);
@@ -320,7 +333,7 @@ BT_TEST(oversized_head_in_pieces_431) {
     fx f;
     braid_http_server_options o = { .limits = { .max_head = 1024 } };
     fx_init(&f, &o);
-    BT_OK(braid_http_route(f.s, "GET", "/", 0, h_hello, NULL));
+    BT_OK(braid_http_server_route(f.s, "GET", "/", 0, h_hello, NULL));
     fx_conn(&f);
     feed(&f, "GET / HTTP/1.1\r\nHost: a\r\n");
     for (int i = 0; i < 40 && !closed(&f); i++) feed(&f, "X-Filler: 0123456789012345678901234567890\r\n");
@@ -332,9 +345,9 @@ BT_TEST(oversized_head_in_pieces_431) {
 /* ---- timeouts (fake clock) --------------------------------------------------------------- */
 BT_TEST(slowloris_header_timeout) {
     fx f;
-    braid_http_server_options o = { .header_timeout_ns = BRAID_SECONDS(10) };
+    braid_http_server_options o = { .header_timeout = BRAID_SECONDS(10) };
     fx_init(&f, &o);
-    BT_OK(braid_http_route(f.s, "GET", "/", 0, h_hello, NULL));
+    BT_OK(braid_http_server_route(f.s, "GET", "/", 0, h_hello, NULL));
     fx_conn(&f);
     feed(&f, "GET / HTTP/1.1\r\n");
     /* one byte every 3 s: progress does not extend the deadline */
@@ -355,9 +368,9 @@ BT_TEST(slowloris_header_timeout) {
 
 BT_TEST(body_and_idle_timeouts) {
     fx f;
-    braid_http_server_options o = { .body_timeout_ns = BRAID_SECONDS(5), .idle_timeout_ns = BRAID_SECONDS(7) };
+    braid_http_server_options o = { .body_timeout = BRAID_SECONDS(5), .idle_timeout = BRAID_SECONDS(7) };
     fx_init(&f, &o);
-    BT_OK(braid_http_route(f.s, "POST", "/", 0, h_echo, NULL));
+    BT_OK(braid_http_server_route(f.s, "POST", "/", 0, h_echo, NULL));
     fx_conn(&f);
     feed(&f, "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 10\r\n\r\nabc");
     BT_OK(braid_loop_advance(f.loop, BRAID_SECONDS(4)));
@@ -379,7 +392,7 @@ BT_TEST(body_and_idle_timeouts) {
     BT_OK(braid_loop_advance(f.loop, BRAID_SECONDS(2)));
     bt_spin(f.loop, 4);
     BT_STREQ(take(&f), "");
-    BT_TRUE(braid_memory_transport_state(f.m).closed);
+    BT_TRUE(mstate(f.m).closed);
     fx_done(&f);
 }
 
@@ -387,9 +400,9 @@ BT_TEST(body_and_idle_timeouts) {
  * cached time of its last timer phase (stale by however long it slept). */
 BT_TEST(deadline_from_fresh_clock_after_long_sleep) {
     fx f;
-    braid_http_server_options o = { .idle_timeout_ns = BRAID_SECONDS(15) };
+    braid_http_server_options o = { .idle_timeout = BRAID_SECONDS(15) };
     fx_init(&f, &o);
-    BT_OK(braid_http_route(f.s, "GET", "/", 0, h_hello, NULL));
+    BT_OK(braid_http_server_route(f.s, "GET", "/", 0, h_hello, NULL));
     fx_conn(&f);
     feed(&f, "GET / HTTP/1.1\r\nHost: a\r\n\r\n");
     take(&f);
@@ -399,7 +412,7 @@ BT_TEST(deadline_from_fresh_clock_after_long_sleep) {
     BT_OK(braid_loop_advance(f.loop, BRAID_SECONDS(6)));    /* 16 s after the first, 6 after the second */
     BT_FALSE(closed(&f));
     BT_OK(braid_loop_advance(f.loop, BRAID_SECONDS(10)));
-    BT_TRUE(braid_memory_transport_state(f.m).closed);
+    BT_TRUE(mstate(f.m).closed);
     fx_done(&f);
 }
 
@@ -415,12 +428,12 @@ static braid_deferred *h_later(braid_http_request *req, void *arg) {
 BT_TEST(deferred_answer_keeps_order) {
     fx f;
     fx_init(&f, NULL);
-    BT_OK(braid_http_route(f.s, "GET", "/slow", 0, h_later, f.loop));
-    BT_OK(braid_http_route(f.s, "GET", "/fast", 0, h_echo, NULL));
+    BT_OK(braid_http_server_route(f.s, "GET", "/slow", 0, h_later, f.loop));
+    BT_OK(braid_http_server_route(f.s, "GET", "/fast", 0, h_echo, NULL));
     fx_conn(&f);
     feed(&f, "GET /slow HTTP/1.1\r\nHost: a\r\n\r\nGET /fast HTTP/1.1\r\nHost: a\r\n\r\n");
     BT_STREQ(take(&f), "");                         /* /fast waits behind /slow */
-    braid_http_response *r = braid_http_response_new(201, "text/plain", "later", 5);
+    braid_http_response *r = response(201, "text/plain", "later", 5);
     BT_OK(braid_http_response_add_header(r, "X-Slow", "1"));
     BT_ERR(braid_http_response_add_header(r, "X-Bad", "a\r\nInjected: 1"), BRAID_EINVAL);
     BT_OK(braid_deferred_callback(pending_d, r, braid_http_response_free));
@@ -444,24 +457,24 @@ static braid_result pool_work(void *arg) {
     (void)arg;
     char body[32];
     int n = snprintf(body, sizeof body, "computed %d", 6 * 7);
-    return braid_ok_owned(braid_http_response_new(200, "text/plain", body, (size_t)n),
+    return braid_result_ok_owned(response(200, "text/plain", body, (size_t)n),
                           braid_http_response_free);
 }
 typedef struct pool_ctx { braid_loop *loop; braid_pool *pool; } pool_ctx;
 static braid_deferred *h_pool(braid_http_request *req, void *arg) {
     (void)req;
     pool_ctx *pc = arg;
-    return braid_defer_to_pool(pc->loop, pc->pool, pool_work, NULL);
+    return braid_pool_defer(pc->loop, pc->pool, pool_work, NULL);
 }
 
 BT_TEST(handler_runs_work_on_a_pool) {
     fx f;
     fx_init(&f, NULL);
     braid_pool *pool;
-    BT_OK(braid_pool_new(&pool, &(braid_pool_options){ .flags = BRAID_POOL_MEMORY }));
+    BT_OK(braid_pool_new(&(braid_pool_options){ .flags = BRAID_POOL_MEMORY }, &pool));
     pool_ctx pc = { f.loop, pool };
-    BT_OK(braid_http_route(f.s, "GET", "/work", 0, h_pool, &pc));
-    BT_OK(braid_http_route(f.s, "GET", "/", 0, h_hello, NULL));
+    BT_OK(braid_http_server_route(f.s, "GET", "/work", 0, h_pool, &pc));
+    BT_OK(braid_http_server_route(f.s, "GET", "/", 0, h_hello, NULL));
     fx_conn(&f);
     feed(&f, "GET /work HTTP/1.1\r\nHost: a\r\n\r\nGET / HTTP/1.1\r\nHost: a\r\n\r\n");
     BT_STREQ(take(&f), "");                        /* the loop is free; the answer waits for the pool */
@@ -470,7 +483,7 @@ BT_TEST(handler_runs_work_on_a_pool) {
     const char *o = take(&f);
     const char *a = strstr(o, "computed 42"), *b = strstr(o, "Hello, World!");
     BT_TRUE(a && b && a < b);
-    braid_pool_destroy(pool, BRAID_POOL_FINISH);
+    braid_pool_free(pool);
     fx_done(&f);
 }
 
@@ -484,7 +497,7 @@ static braid_deferred *h_forever(braid_http_request *req, void *arg) {
 BT_TEST(deferred_cancelled_when_connection_lost) {
     fx f;
     fx_init(&f, NULL);
-    BT_OK(braid_http_route(f.s, "GET", "/", 0, h_forever, f.loop));
+    BT_OK(braid_http_server_route(f.s, "GET", "/", 0, h_forever, f.loop));
     fx_conn(&f);
     cancelled = false;
     feed(&f, "GET / HTTP/1.1\r\nHost: a\r\n\r\n");
@@ -509,16 +522,16 @@ static void st_pump(streamer *s) {
     memset(piece, 'x', sizeof piece);
     while (!s->paused && !s->stopped && s->sent < s->total) {
         s->sent++;
-        BT_OK(braid_http_write(s->req, piece, sizeof piece));
+        BT_OK(braid_http_request_write(s->req, piece, sizeof piece));
     }
     if (s->sent == s->total && !s->stopped) {
-        BT_OK(braid_http_finish(s->req));
+        BT_OK(braid_http_request_finish(s->req));
         s->stopped = true;
     }
 }
 static void st_pause(braid_producer *p) { streamer *s = p->arg; s->paused = true; s->pauses++; }
 static void st_resume(braid_producer *p) { streamer *s = p->arg; s->paused = false; st_pump(s); }
-static void st_stop(braid_producer *p) { streamer *s = p->arg; if (!s->stopped) { s->stopped = true; braid_http_finish(s->req); } }
+static void st_stop(braid_producer *p) { streamer *s = p->arg; if (!s->stopped) { s->stopped = true; braid_http_request_finish(s->req); } }
 
 static braid_deferred *h_stream(braid_http_request *req, void *arg) {
     (void)arg;
@@ -526,8 +539,8 @@ static braid_deferred *h_stream(braid_http_request *req, void *arg) {
     st.req = req;
     st.total = 32;                                 /* 256 KiB, past the 64 KiB watermark */
     st.p = (braid_producer){ st_pause, st_resume, st_stop, &st };
-    BT_OK(braid_http_respond_start(req, 200, "application/octet-stream", -1));
-    BT_OK(braid_http_register_producer(req, &st.p, true));
+    BT_OK(braid_http_request_respond_start(req, 200, "application/octet-stream", -1));
+    BT_OK(braid_http_request_register_producer(req, &st.p, true));
     st_pump(&st);
     return NULL;
 }
@@ -535,8 +548,8 @@ static braid_deferred *h_stream(braid_http_request *req, void *arg) {
 BT_TEST(streamed_chunked_with_backpressure) {
     fx f;
     fx_init(&f, NULL);
-    BT_OK(braid_http_route(f.s, "GET", "/s", 0, h_stream, NULL));
-    BT_OK(braid_http_route(f.s, "GET", "/", 0, h_hello, NULL));
+    BT_OK(braid_http_server_route(f.s, "GET", "/s", 0, h_stream, NULL));
+    BT_OK(braid_http_server_route(f.s, "GET", "/", 0, h_hello, NULL));
     fx_conn(&f);
     feed(&f, "GET /s HTTP/1.1\r\nHost: a\r\n\r\nGET / HTTP/1.1\r\nHost: a\r\n\r\n");
     BT_TRUE(st.paused);                            /* the memory peer has not read */
@@ -571,33 +584,33 @@ BT_TEST(streamed_chunked_with_backpressure) {
 
 static braid_deferred *h_short(braid_http_request *req, void *arg) {
     (void)arg;
-    BT_OK(braid_http_respond_start(req, 200, NULL, 10));
-    BT_ERR(braid_http_write(req, "01234567890", 11), BRAID_EMSGSIZE);
-    BT_OK(braid_http_write(req, "0123", 4));
-    BT_OK(braid_http_finish(req));                 /* 6 bytes short: the connection must close */
+    BT_OK(braid_http_request_respond_start(req, 200, NULL, 10));
+    BT_ERR(braid_http_request_write(req, "01234567890", 11), BRAID_EMSGSIZE);
+    BT_OK(braid_http_request_write(req, "0123", 4));
+    BT_OK(braid_http_request_finish(req));                 /* 6 bytes short: the connection must close */
     return NULL;
 }
 
 BT_TEST(streamed_content_length_short_closes) {
     fx f;
     fx_init(&f, NULL);
-    BT_OK(braid_http_route(f.s, "GET", "/", 0, h_short, NULL));
+    BT_OK(braid_http_server_route(f.s, "GET", "/", 0, h_short, NULL));
     fx_conn(&f);
     feed(&f, "GET / HTTP/1.1\r\nHost: a\r\n\r\n");
     const char *o = take(&f);
     BT_TRUE(strstr(o, "Content-Length: 10\r\n") != NULL);
     BT_TRUE(strstr(o, "\r\n\r\n0123") != NULL);
-    BT_TRUE(braid_memory_transport_state(f.m).closed);
+    BT_TRUE(mstate(f.m).closed);
     fx_done(&f);
 }
 
 static braid_deferred *h_headers(braid_http_request *req, void *arg) {
     (void)arg;
-    BT_ERR(braid_http_add_header(req, "X-A", "v\r\nSet-Cookie: evil=1"), BRAID_EINVAL);
-    BT_ERR(braid_http_add_header(req, "X A", "v"), BRAID_EINVAL);
-    BT_OK(braid_http_add_header(req, "X-A", "v"));
-    BT_OK(braid_http_respond(req, 200, NULL, "", 0));
-    BT_ERR(braid_http_respond(req, 200, NULL, "", 0), BRAID_EALREADY_CALLED);
+    BT_ERR(braid_http_request_add_header(req, "X-A", "v\r\nSet-Cookie: evil=1"), BRAID_EINVAL);
+    BT_ERR(braid_http_request_add_header(req, "X A", "v"), BRAID_EINVAL);
+    BT_OK(braid_http_request_add_header(req, "X-A", "v"));
+    BT_OK(braid_http_request_respond(req, 200, NULL, "", 0));
+    BT_ERR(braid_http_request_respond(req, 200, NULL, "", 0), BRAID_EALREADY_CALLED);
     return NULL;
 }
 
@@ -610,8 +623,8 @@ static braid_deferred *h_silent(braid_http_request *req, void *arg) {
 BT_TEST(headers_validated_and_misuse) {
     fx f;
     fx_init(&f, NULL);
-    BT_OK(braid_http_route(f.s, "GET", "/h", 0, h_headers, NULL));
-    BT_OK(braid_http_route(f.s, "GET", "/silent", 0, h_silent, NULL));
+    BT_OK(braid_http_server_route(f.s, "GET", "/h", 0, h_headers, NULL));
+    BT_OK(braid_http_server_route(f.s, "GET", "/silent", 0, h_silent, NULL));
     fx_conn(&f);
     feed(&f, "GET /h HTTP/1.1\r\nHost: a\r\n\r\n");
     const char *o = take(&f);
@@ -625,14 +638,14 @@ BT_TEST(headers_validated_and_misuse) {
 BT_TEST(shutdown_closes_idle) {
     fx f;
     fx_init(&f, NULL);
-    BT_OK(braid_http_route(f.s, "GET", "/", 0, h_hello, NULL));
+    BT_OK(braid_http_server_route(f.s, "GET", "/", 0, h_hello, NULL));
     fx_conn(&f);
     feed(&f, "GET / HTTP/1.1\r\nHost: a\r\n\r\n");
     take(&f);
     BT_ERR(braid_http_server_free(f.s), BRAID_EBUSY);
     braid_http_server_shutdown(f.s);
     bt_spin(f.loop, 4);
-    BT_TRUE(braid_memory_transport_state(f.m).closed);
+    BT_TRUE(mstate(f.m).closed);
     BT_EQ(braid_http_server_connections(f.s), 0);
     fx_done(&f);
 }
@@ -687,7 +700,7 @@ BT_TEST(static_files_ranges_and_escapes) {
     fx_init(&f, NULL);
     char root[512];
     snprintf(root, sizeof root, "%s/root", tmpdir);
-    BT_OK(braid_http_static(f.s, "/files/", root));
+    BT_OK(braid_http_server_static(f.s, "/files/", root));
     fx_conn(&f);
     const char *o = get(&f, "/files/a.txt", NULL);
     BT_TRUE(!strncmp(o, "HTTP/1.1 200 OK", 15));
@@ -751,17 +764,17 @@ typedef struct io {
 
 static void io_init_with(io *x, const char *extra_endpoint, const braid_http_server_options *o, bool fake_clock) {
     memset(x, 0, sizeof *x);
-    if (fake_clock) x->clock = braid_fake_clock_new(BRAID_SECONDS(1000));
+    if (fake_clock) braid_fake_clock_new(BRAID_SECONDS(1000), &x->clock);
     x->loop = bt_loop_new(x->clock ? braid_fake_clock_base(x->clock) : NULL);
     BT_OK(braid_http_server_new(x->loop, o, &x->s));
     char ep[128];
     snprintf(ep, sizeof ep, "tcp:0:interface=127.0.0.1%s", extra_endpoint ? extra_endpoint : "");
-    braid_deferred *d = braid_http_listen(x->s, ep);
+    braid_deferred *d = braid_http_server_listen(x->s, ep);
     braid_result r;
     BT_OK(braid_deferred_take(d, &r));
     BT_TRUE(r.failure == NULL);
     x->l = r.value;
-    braid_deferred_release(d);
+    braid_deferred_unref(d);
     braid_address a;
     BT_OK(braid_listener_address(x->l, &a));
     x->port = braid_address_port(&a);
@@ -793,7 +806,7 @@ static size_t io_exchange_n(io *x, int fd, const char *req, char *out, size_t wa
     if (req) BT_EQ(send(fd, req, strlen(req), MSG_NOSIGNAL), (ssize_t)strlen(req));
     size_t have = 0;
     for (int i = 0; i < 20000 && have < want; i++) {
-        BT_OK(braid_loop_run_once(x->loop, BRAID_RUN_NOWAIT));
+        BT_OK(braid_loop_run_once(x->loop, BRAID_LOOP_RUN_NOWAIT));
         struct pollfd p = { fd, POLLIN, 0 };
         if (poll(&p, 1, 1) == 1) {
             ssize_t n = recv(fd, out + have, want - have, MSG_DONTWAIT);
@@ -812,7 +825,7 @@ static void io_done(io *x) {
     braid_listener_close(x->l);
     braid_http_server_shutdown(x->s);
     for (int i = 0; i < 100 && braid_http_server_connections(x->s); i++)
-        BT_OK(braid_loop_run_once(x->loop, BRAID_RUN_NOWAIT));
+        BT_OK(braid_loop_run_once(x->loop, BRAID_LOOP_RUN_NOWAIT));
     BT_OK(braid_http_server_free(x->s));
     bt_loop_destroy(x->loop);
     if (x->clock) braid_fake_clock_free(x->clock);
@@ -823,7 +836,7 @@ static const char HELLO_ANSWER_END[] = "\r\n\r\nHello, World!";
 BT_IO_TEST(io_keepalive_pipelined) {
     io x;
     io_init(&x, NULL);
-    BT_OK(braid_http_route(x.s, "GET", "/", 0, h_hello, NULL));
+    BT_OK(braid_http_server_route(x.s, "GET", "/", 0, h_hello, NULL));
     int fd = bt_connect_tcp(x.port, 0);
     char buf[8192] = { 0 };
     /* the answer's length is fixed: head + 13 */
@@ -862,7 +875,7 @@ BT_IO_TEST(io_static_sendfile_large) {
     close(fd);
     io x;
     io_init(&x, NULL);
-    BT_OK(braid_http_static(x.s, "/", root));
+    BT_OK(braid_http_server_static(x.s, "/", root));
     int c = bt_connect_tcp(x.port, 0);
     char *buf = malloc(size + 4096);
     size_t n = io_exchange(&x, c, "GET /big.bin HTTP/1.1\r\nHost: a\r\n\r\n", buf, size + 4096);
@@ -890,15 +903,15 @@ BT_IO_TEST(io_static_sendfile_large) {
 BT_IO_TEST(io_reuseport_two_listeners) {
     io x;
     io_init(&x, ":reuseport=1");
-    BT_OK(braid_http_route(x.s, "GET", "/", 0, h_hello, NULL));
+    BT_OK(braid_http_server_route(x.s, "GET", "/", 0, h_hello, NULL));
     char ep[96];
     snprintf(ep, sizeof ep, "tcp:%d:interface=127.0.0.1:reuseport=1", x.port);
-    braid_deferred *d = braid_http_listen(x.s, ep);     /* a second listener on the same port */
+    braid_deferred *d = braid_http_server_listen(x.s, ep);     /* a second listener on the same port */
     braid_result r;
     BT_OK(braid_deferred_take(d, &r));
     BT_TRUE(r.failure == NULL);
     braid_listener *l2 = r.value;
-    braid_deferred_release(d);
+    braid_deferred_unref(d);
     for (int i = 0; i < 8; i++) {
         int fd = bt_connect_tcp(x.port, 0);
         char buf[1024] = { 0 };
@@ -913,7 +926,7 @@ BT_IO_TEST(io_reuseport_two_listeners) {
 BT_IO_TEST(io_chunked_upload_and_smuggle) {
     io x;
     io_init(&x, NULL);
-    BT_OK(braid_http_route(x.s, "POST", "/", 0, h_echo, NULL));
+    BT_OK(braid_http_server_route(x.s, "POST", "/", 0, h_echo, NULL));
     int fd = bt_connect_tcp(x.port, 0);
     char buf[4096] = { 0 };
     io_exchange(&x, fd, "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
@@ -932,15 +945,15 @@ BT_IO_TEST(io_unix_endpoint) {
     braid_loop *loop = bt_loop_new(NULL);
     braid_http_server *s;
     BT_OK(braid_http_server_new(loop, NULL, &s));
-    BT_OK(braid_http_route(s, "GET", "/", 0, h_hello, NULL));
+    BT_OK(braid_http_server_route(s, "GET", "/", 0, h_hello, NULL));
     char path[108], ep[160];
     snprintf(ep, sizeof ep, "unix:%s", bt_unix_path(path, sizeof path, "http"));
-    braid_deferred *d = braid_http_listen(s, ep);
+    braid_deferred *d = braid_http_server_listen(s, ep);
     braid_result r;
     BT_OK(braid_deferred_take(d, &r));
     BT_TRUE(r.failure == NULL);
     braid_listener *l = r.value;
-    braid_deferred_release(d);
+    braid_deferred_unref(d);
     int fd = bt_connect_unix(path, 0);
     io x = { .loop = loop, .s = s, .l = l };
     char buf[1024] = { 0 };
@@ -955,7 +968,7 @@ BT_IO_TEST(io_unix_endpoint) {
 static bool io_run_until(io *x, bool (*done)(void *), void *arg) {
     for (int i = 0; i < 8000; i++) {
         if (done(arg)) return true;
-        BT_OK(braid_loop_run_once(x->loop, BRAID_RUN_NOWAIT));
+        BT_OK(braid_loop_run_once(x->loop, BRAID_LOOP_RUN_NOWAIT));
         usleep(500);
     }
     return done(arg);
@@ -984,16 +997,16 @@ static lost_stream ls;
 static void ls_lost(braid_http_request *req, void *arg) {
     lost_stream *l = arg;
     l->lost++;
-    l->write_rc = braid_http_write(req, "late", 4);
-    l->finish_rc = braid_http_finish(req);        /* harmless after the loss; releases req */
+    l->write_rc = braid_http_request_write(req, "late", 4);
+    l->finish_rc = braid_http_request_finish(req);        /* harmless after the loss; releases req */
     l->req = NULL;
 }
 static braid_deferred *h_stream_forever(braid_http_request *req, void *arg) {
     (void)arg;
-    BT_OK(braid_http_respond_start(req, 200, "text/plain", -1));
-    BT_OK(braid_http_write(req, "first", 5));
+    BT_OK(braid_http_request_respond_start(req, 200, "text/plain", -1));
+    BT_OK(braid_http_request_write(req, "first", 5));
     ls.req = req;
-    BT_OK(braid_http_on_lost(req, ls_lost, &ls));
+    BT_OK(braid_http_request_on_lost(req, ls_lost, &ls));
     return NULL;
 }
 
@@ -1003,7 +1016,7 @@ static void io_read_until(io *x, int fd, const char *req, char *buf, size_t cap,
     size_t have = 0;
     buf[0] = 0;
     for (int i = 0; i < 8000 && !strstr(buf, needle); i++) {
-        BT_OK(braid_loop_run_once(x->loop, BRAID_RUN_NOWAIT));
+        BT_OK(braid_loop_run_once(x->loop, BRAID_LOOP_RUN_NOWAIT));
         ssize_t n = recv(fd, buf + have, cap - 1 - have, MSG_DONTWAIT);
         if (n > 0) {
             have += (size_t)n;
@@ -1023,8 +1036,8 @@ static void send_all(int fd, const char *s) {
 BT_IO_TEST(io_hangup_while_answer_pending) {
     io x;
     io_init(&x, NULL);
-    BT_OK(braid_http_route(x.s, "GET", "/pending", 0, h_pending, x.loop));
-    BT_OK(braid_http_route(x.s, "GET", "/stream", 0, h_stream_forever, NULL));
+    BT_OK(braid_http_server_route(x.s, "GET", "/pending", 0, h_pending, x.loop));
+    BT_OK(braid_http_server_route(x.s, "GET", "/stream", 0, h_stream_forever, NULL));
     cancels = 0;
     memset(&ls, 0, sizeof ls);
     int a = bt_connect_tcp(x.port, 0), b = bt_connect_tcp(x.port, 0), c = bt_connect_tcp(x.port, 0);
@@ -1033,7 +1046,7 @@ BT_IO_TEST(io_hangup_while_answer_pending) {
     char buf[4096] = { 0 };
     io_read_until(&x, c, "GET /stream HTTP/1.1\r\nHost: a\r\n\r\n", buf, sizeof buf, "first");
     io_wait_requests(&x, 3);
-    for (int i = 0; i < 20; i++) BT_OK(braid_loop_run_once(x.loop, BRAID_RUN_NOWAIT));
+    for (int i = 0; i < 20; i++) BT_OK(braid_loop_run_once(x.loop, BRAID_LOOP_RUN_NOWAIT));
     BT_EQ(cancels, 0);
     BT_EQ(ls.lost, 0);
     BT_EQ(braid_http_server_connections(x.s), 3);
@@ -1055,21 +1068,21 @@ static int jobs_run;
 static braid_result counted_job(void *arg) {
     (void)arg;
     jobs_run++;
-    return braid_ok_owned(braid_http_response_new(200, "text/plain", "done", 4), braid_http_response_free);
+    return braid_result_ok_owned(response(200, "text/plain", "done", 4), braid_http_response_free);
 }
 static braid_deferred *h_job(braid_http_request *req, void *arg) {
     (void)req;
     pool_ctx *pc = arg;
-    return braid_defer_to_pool(pc->loop, pc->pool, counted_job, NULL);
+    return braid_pool_defer(pc->loop, pc->pool, counted_job, NULL);
 }
 
 BT_IO_TEST(io_hangup_cancels_queued_pool_work) {
     io x;
     io_init(&x, NULL);
     braid_pool *pool;
-    BT_OK(braid_pool_new(&pool, &(braid_pool_options){ .flags = BRAID_POOL_MEMORY }));
+    BT_OK(braid_pool_new(&(braid_pool_options){ .flags = BRAID_POOL_MEMORY }, &pool));
     pool_ctx pc = { x.loop, pool };
-    BT_OK(braid_http_route(x.s, "GET", "/work", 0, h_job, &pc));
+    BT_OK(braid_http_server_route(x.s, "GET", "/work", 0, h_job, &pc));
     jobs_run = 0;
     enum { N = 8 };
     int fds[N];
@@ -1093,7 +1106,7 @@ BT_IO_TEST(io_hangup_cancels_queued_pool_work) {
     BT_EQ(jobs_run, 1);
     close(fd);
     io_done(&x);
-    braid_pool_destroy(pool, BRAID_POOL_FINISH);
+    braid_pool_free(pool);
 }
 
 /* A FIN after the request: the client left (default), or a half-close whose
@@ -1101,7 +1114,7 @@ BT_IO_TEST(io_hangup_cancels_queued_pool_work) {
 BT_IO_TEST(io_half_close_policy) {
     io x;
     io_init(&x, NULL);
-    BT_OK(braid_http_route(x.s, "GET", "/pending", 0, h_pending, x.loop));
+    BT_OK(braid_http_server_route(x.s, "GET", "/pending", 0, h_pending, x.loop));
     cancels = 0;
     int fd = bt_connect_tcp(x.port, 0);
     send_all(fd, "GET /pending HTTP/1.1\r\nHost: a\r\n\r\n");
@@ -1113,17 +1126,17 @@ BT_IO_TEST(io_half_close_policy) {
     io_done(&x);
 
     io_init_with(&x, NULL, &(braid_http_server_options){ .allow_half_close = true }, false);
-    BT_OK(braid_http_route(x.s, "GET", "/later", 0, h_later, x.loop));
+    BT_OK(braid_http_server_route(x.s, "GET", "/later", 0, h_later, x.loop));
     fd = bt_connect_tcp(x.port, 0);
     send_all(fd, "GET /later HTTP/1.1\r\nHost: a\r\n\r\n");
     io_wait_requests(&x, 1);
     BT_OK(shutdown(fd, SHUT_WR));
     for (int i = 0; i < 50; i++) {
-        BT_OK(braid_loop_run_once(x.loop, BRAID_RUN_NOWAIT));
+        BT_OK(braid_loop_run_once(x.loop, BRAID_LOOP_RUN_NOWAIT));
         usleep(200);
     }
     BT_EQ(braid_http_server_connections(x.s), 1);                    /* still answering */
-    BT_OK(braid_deferred_callback(pending_d, braid_http_response_new(200, "text/plain", "after FIN", 9),
+    BT_OK(braid_deferred_callback(pending_d, response(200, "text/plain", "after FIN", 9),
                                   braid_http_response_free));
     char buf[1024] = { 0 };
     size_t n = io_exchange_n(&x, fd, NULL, buf, sizeof buf - 1, 0);  /* to the server's close */
@@ -1138,7 +1151,7 @@ BT_IO_TEST(io_half_close_policy) {
 /* ---- pipelining: parse before reading more ------------------------------------------------------- */
 static braid_deferred *h_path(braid_http_request *req, void *arg) {
     (void)arg;
-    braid_http_respond(req, 200, "text/plain", req->path, req->path_len);
+    braid_http_request_respond(req, 200, "text/plain", req->path, req->path_len);
     return NULL;
 }
 
@@ -1170,7 +1183,7 @@ BT_IO_TEST(io_pipelined_burst_read_in_order) {
     io x;
     braid_http_server_options o = { .limits = { .max_head = 2048, .max_body = 1024 } };
     io_init_with(&x, NULL, &o, false);
-    BT_OK(braid_http_route(x.s, NULL, "/", BRAID_HTTP_PREFIX, h_path, NULL));
+    BT_OK(braid_http_server_route(x.s, NULL, "/", BRAID_HTTP_ROUTE_PREFIX, h_path, NULL));
     enum { N = 20000 };
     size_t cap = (size_t)N * 40, len = 0;
     char *reqs = malloc(cap);
@@ -1186,7 +1199,7 @@ BT_IO_TEST(io_pipelined_burst_read_in_order) {
             if (k > 0) sent += (size_t)k;
             else BT_TRUE(errno == EAGAIN || errno == EWOULDBLOCK);
         }
-        BT_OK(braid_loop_run_once(x.loop, BRAID_RUN_NOWAIT));
+        BT_OK(braid_loop_run_once(x.loop, BRAID_LOOP_RUN_NOWAIT));
         ssize_t k = recv(fd, in + have, (incap - have) < 16384 ? incap - have : 16384, MSG_DONTWAIT);
         if (k == 0) eof = true;
         else if (k < 0) BT_TRUE(errno == EAGAIN || errno == EWOULDBLOCK);
@@ -1211,6 +1224,7 @@ BT_IO_TEST(io_pipelined_burst_read_in_order) {
 
 /* Counting allocator: braid's heap in bytes (current and peak). */
 #include <malloc.h>
+
 static size_t heap_now, heap_peak;
 static void heap_add(size_t n) { heap_now += n; if (heap_now > heap_peak) heap_peak = heap_now; }
 static void *cnt_malloc(void *ctx, size_t n) {
@@ -1241,10 +1255,10 @@ static void cnt_free(void *ctx, void *p) {
  * is answered. */
 BT_IO_TEST(io_never_reading_pipeliner_memory_bounded) {
     static const braid_allocator counting = { cnt_malloc, cnt_realloc, cnt_free, NULL };
-    BT_OK(braid_set_allocator(&counting));
+    BT_OK(braid_allocator_set(&counting));
     io x;
     io_init(&x, NULL);
-    BT_OK(braid_http_route(x.s, "GET", "/", 0, h_hello, NULL));
+    BT_OK(braid_http_server_route(x.s, "GET", "/", 0, h_hello, NULL));
     int fd = bt_connect_tcp_rcvbuf(x.port, 0, 4096);
     char buf[4096] = { 0 };
     io_exchange(&x, fd, "GET / HTTP/1.1\r\nHost: a\r\n\r\n", buf, sizeof buf - 1);   /* lazy allocations done */
@@ -1261,7 +1275,7 @@ BT_IO_TEST(io_never_reading_pipeliner_memory_bounded) {
                          MSG_DONTWAIT | MSG_NOSIGNAL);
         if (k > 0) { sent += (size_t)k; idle = 0; }
         else { BT_TRUE(errno == EAGAIN || errno == EWOULDBLOCK); idle++; }
-        BT_OK(braid_loop_run_once(x.loop, BRAID_RUN_NOWAIT));
+        BT_OK(braid_loop_run_once(x.loop, BRAID_LOOP_RUN_NOWAIT));
         if (k <= 0) usleep(200);
     }
     size_t grew = heap_peak - base;
@@ -1280,7 +1294,7 @@ BT_IO_TEST(io_never_reading_pipeliner_memory_bounded) {
             ssize_t k = send(fd, one + off, sizeof one - 1 - off, MSG_DONTWAIT | MSG_NOSIGNAL);
             if (k > 0) off += (size_t)k;
         }
-        BT_OK(braid_loop_run_once(x.loop, BRAID_RUN_NOWAIT));
+        BT_OK(braid_loop_run_once(x.loop, BRAID_LOOP_RUN_NOWAIT));
         ssize_t k = recv(fd, in + have, sizeof in - have, MSG_DONTWAIT);
         BT_NE(k, 0);
         if (k < 0) {
@@ -1307,7 +1321,7 @@ BT_IO_TEST(io_never_reading_pipeliner_memory_bounded) {
     close(fd);
     BT_TRUE(io_run_until(&x, no_connections, &x));
     io_done(&x);
-    BT_OK(braid_set_allocator(NULL));
+    BT_OK(braid_allocator_set(NULL));
 }
 
 /* ---- error answers close by lingering: the client reads them, no reset ---------------------------- */
@@ -1328,14 +1342,14 @@ static size_t error_exchange(io *x, const char *head, size_t junk, char *out, si
         ssize_t k = send(fd, filler, n, MSG_DONTWAIT | MSG_NOSIGNAL);
         if (k > 0) sent += (size_t)k;
         else if (errno != EAGAIN && errno != EWOULDBLOCK) { *send_err = -errno; break; }   /* reset */
-        BT_OK(braid_loop_run_once(x->loop, BRAID_RUN_NOWAIT));
+        BT_OK(braid_loop_run_once(x->loop, BRAID_LOOP_RUN_NOWAIT));
         if (k <= 0) usleep(100);
     }
     if (!*send_err && sent < junk) *send_err = BRAID_ETIMEDOUT;
     size_t have = 0;
     *last = 1;
     for (int i = 0; i < 8000; i++) {
-        BT_OK(braid_loop_run_once(x->loop, BRAID_RUN_NOWAIT));
+        BT_OK(braid_loop_run_once(x->loop, BRAID_LOOP_RUN_NOWAIT));
         ssize_t k = recv(fd, out + have, cap - 1 - have, MSG_DONTWAIT);
         if (k > 0) { have += (size_t)k; continue; }
         if (k == 0) { *last = 0; break; }
@@ -1352,7 +1366,7 @@ BT_IO_TEST(io_error_answer_lingering_close) {
     io x;
     braid_http_server_options o = { .limits = { .max_body = 4096 } };
     io_init_with(&x, NULL, &o, false);
-    BT_OK(braid_http_route(x.s, NULL, "/", BRAID_HTTP_PREFIX, h_hello, NULL));
+    BT_OK(braid_http_server_route(x.s, NULL, "/", BRAID_HTTP_ROUTE_PREFIX, h_hello, NULL));
     static const struct { const char *head, *status; } cases[] = {
         { "GET / HTTP/1.1\r\nHost: a\r\nBad Header: x\r\n\r\n", "HTTP/1.1 400" },
         { "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 1000000\r\n\r\n", "HTTP/1.1 413" },
@@ -1375,7 +1389,7 @@ static char *big_body;
 enum { BIG_BODY = 1 << 20 };
 static braid_deferred *h_big(braid_http_request *req, void *arg) {
     (void)arg;
-    braid_http_respond(req, 200, "application/octet-stream", big_body, BIG_BODY);
+    braid_http_request_respond(req, 200, "application/octet-stream", big_body, BIG_BODY);
     return NULL;
 }
 
@@ -1383,8 +1397,8 @@ static braid_deferred *h_big(braid_http_request *req, void *arg) {
 BT_TEST(send_timeout_counts_progress) {
     big_body = calloc(1, BIG_BODY);
     fx f;
-    fx_init(&f, &(braid_http_server_options){ .send_timeout_ns = BRAID_SECONDS(10), .idle_timeout_ns = BRAID_SECONDS(3600) });
-    BT_OK(braid_http_route(f.s, "GET", "/big", 0, h_big, NULL));
+    fx_init(&f, &(braid_http_server_options){ .send_timeout = BRAID_SECONDS(10), .idle_timeout = BRAID_SECONDS(3600) });
+    BT_OK(braid_http_server_route(f.s, "GET", "/big", 0, h_big, NULL));
     fx_conn(&f);
     feed(&f, "GET /big HTTP/1.1\r\nHost: a\r\n\r\n");
     for (int i = 0; i < 24; i++) {                 /* 2 minutes, 100 bytes every 5 s */
@@ -1397,7 +1411,7 @@ BT_TEST(send_timeout_counts_progress) {
     BT_FALSE(closed(&f));                           /* within 2 x the timeout of the last progress */
     BT_OK(braid_loop_advance(f.loop, BRAID_SECONDS(2)));
     bt_spin(f.loop, 4);
-    braid_memory_state ms = braid_memory_transport_state(f.m);
+    struct braid_memory_transport_state ms = mstate(f.m);
     BT_TRUE(ms.closed);
     BT_TRUE(ms.aborted);
     BT_ERR(ms.lost_code, BRAID_ETIMEDOUT);
@@ -1427,9 +1441,9 @@ BT_IO_TEST(io_send_timeout_aborts_non_reader) {
     close(ffd);
     big_body = calloc(1, BIG_BODY);
     io x;
-    io_init_with(&x, NULL, &(braid_http_server_options){ .send_timeout_ns = BRAID_SECONDS(10) }, true);
-    BT_OK(braid_http_route(x.s, "GET", "/big", 0, h_big, NULL));
-    BT_OK(braid_http_static(x.s, "/files/", root));
+    io_init_with(&x, NULL, &(braid_http_server_options){ .send_timeout = BRAID_SECONDS(10) }, true);
+    BT_OK(braid_http_server_route(x.s, "GET", "/big", 0, h_big, NULL));
+    BT_OK(braid_http_server_static(x.s, "/files/", root));
     int fds[2];
     const char *reqs[2] = { "GET /big HTTP/1.1\r\nHost: a\r\n\r\n", "GET /files/big.bin HTTP/1.1\r\nHost: a\r\n\r\n" };
     for (int i = 0; i < 2; i++) {
@@ -1438,13 +1452,13 @@ BT_IO_TEST(io_send_timeout_aborts_non_reader) {
     }
     io_wait_requests(&x, 2);
     for (int i = 0; i < 200; i++) {                 /* the kernel buffers fill */
-        BT_OK(braid_loop_run_once(x.loop, BRAID_RUN_NOWAIT));
+        BT_OK(braid_loop_run_once(x.loop, BRAID_LOOP_RUN_NOWAIT));
         usleep(100);
     }
     BT_EQ(braid_http_server_connections(x.s), 2);
     for (int s = 0; s < 25 && braid_http_server_connections(x.s); s++) {
         BT_OK(braid_loop_advance(x.loop, BRAID_SECONDS(1)));
-        for (int i = 0; i < 5; i++) BT_OK(braid_loop_run_once(x.loop, BRAID_RUN_NOWAIT));
+        for (int i = 0; i < 5; i++) BT_OK(braid_loop_run_once(x.loop, BRAID_LOOP_RUN_NOWAIT));
         if (s < 9) BT_EQ(braid_http_server_connections(x.s), 2);   /* not before the timeout */
     }
     BT_EQ(braid_http_server_connections(x.s), 0);
@@ -1461,15 +1475,15 @@ static braid_deferred *h_host(braid_http_request *req, void *arg) {
     int n = snprintf(out, sizeof out, "path=%.*s query=%.*s host=%.*s", (int)req->path_len, req->path,
                      (int)req->query_len, req->query ? req->query : "", (int)req->host_len,
                      req->host ? req->host : "");
-    braid_http_respond(req, 200, "text/plain", out, (size_t)n);
+    braid_http_request_respond(req, 200, "text/plain", out, (size_t)n);
     return NULL;
 }
 
 BT_TEST(absolute_form_targets) {
     fx f;
     fx_init(&f, NULL);
-    BT_OK(braid_http_route(f.s, "GET", "/a/", BRAID_HTTP_PREFIX, h_host, NULL));
-    BT_OK(braid_http_route(f.s, "GET", "/", 0, h_host, NULL));
+    BT_OK(braid_http_server_route(f.s, "GET", "/a/", BRAID_HTTP_ROUTE_PREFIX, h_host, NULL));
+    BT_OK(braid_http_server_route(f.s, "GET", "/", 0, h_host, NULL));
     fx_conn(&f);
     feed(&f, "GET http://example.com:8080/a/b?x=1 HTTP/1.1\r\nHost: other\r\n\r\n");
     BT_TRUE(strstr(take(&f), "path=/a/b query=x=1 host=example.com:8080") != NULL);
@@ -1500,7 +1514,7 @@ BT_TEST(max_headers_honoured) {
     static char req[65536];
     fx f;
     fx_init(&f, NULL);                              /* the default: 100 fields */
-    BT_OK(braid_http_route(f.s, "GET", "/", 0, h_hello, NULL));
+    BT_OK(braid_http_server_route(f.s, "GET", "/", 0, h_hello, NULL));
     fx_conn(&f);
     headers_request(req, sizeof req, 100);
     feed(&f, req);
@@ -1511,7 +1525,7 @@ BT_TEST(max_headers_honoured) {
     fx_done(&f);
     /* raised: 1000 fields */
     fx_init(&f, &(braid_http_server_options){ .limits = { .max_headers = 1000, .max_head = 32768 } });
-    BT_OK(braid_http_route(f.s, "GET", "/", 0, h_hello, NULL));
+    BT_OK(braid_http_server_route(f.s, "GET", "/", 0, h_hello, NULL));
     fx_conn(&f);
     headers_request(req, sizeof req, 1000);
     feed(&f, req);
@@ -1525,20 +1539,20 @@ BT_TEST(max_headers_honoured) {
 /* ---- allocation failures: every site on a representative path fails cleanly ---------------------- */
 static braid_deferred *h_async_answer(braid_http_request *req, void *arg) {
     (void)req;
-    braid_http_response *r = braid_http_response_new(201, "text/plain", "later", 5);
+    braid_http_response *r = response(201, "text/plain", "later", 5);
     if (!r) return NULL;                            /* no answer: the server answers 500 */
     if (braid_http_response_add_header(r, "X-Later", "1") < 0) {
         braid_http_response_free(r);
         return NULL;
     }
-    return braid_succeed(arg, r, braid_http_response_free);
+    return braid_deferred_succeed(arg, r, braid_http_response_free);
 }
 static braid_deferred *h_stream_small(braid_http_request *req, void *arg) {
     (void)arg;
-    if (braid_http_respond_start(req, 200, "text/plain", -1) < 0) return NULL;
-    braid_http_write(req, "chunk-one", 9);
-    braid_http_write(req, "chunk-two", 9);
-    braid_http_finish(req);
+    if (braid_http_request_respond_start(req, 200, "text/plain", -1) < 0) return NULL;
+    braid_http_request_write(req, "chunk-one", 9);
+    braid_http_request_write(req, "chunk-two", 9);
+    braid_http_request_finish(req);
     return NULL;
 }
 
@@ -1551,10 +1565,10 @@ static int oom_server_scenario(void *arg) {
     braid_http_server *s;
     int rc = braid_http_server_new(loop, NULL, &s);
     if (rc < 0) return rc;
-    if ((rc = braid_http_route(s, "GET", "/", 0, h_hello, NULL)) < 0 ||
-        (rc = braid_http_route(s, "POST", "/echo", 0, h_echo, NULL)) < 0 ||
-        (rc = braid_http_route(s, "GET", "/later", 0, h_async_answer, loop)) < 0 ||
-        (rc = braid_http_route(s, "GET", "/stream", 0, h_stream_small, NULL)) < 0) {
+    if ((rc = braid_http_server_route(s, "GET", "/", 0, h_hello, NULL)) < 0 ||
+        (rc = braid_http_server_route(s, "POST", "/echo", 0, h_echo, NULL)) < 0 ||
+        (rc = braid_http_server_route(s, "GET", "/later", 0, h_async_answer, loop)) < 0 ||
+        (rc = braid_http_server_route(s, "GET", "/stream", 0, h_stream_small, NULL)) < 0) {
         braid_http_server_free(s);
         return rc;
     }
@@ -1563,7 +1577,8 @@ static int oom_server_scenario(void *arg) {
         braid_http_server_free(s);
         return BRAID_ENOMEM;
     }
-    braid_memory_transport *m = braid_memory_transport_new(loop, p);
+    braid_memory_transport *m = NULL;
+    braid_memory_transport_new(loop, p, &m);
     if (!m) {
         p->ops->destroy(p);                         /* never attached: ours to release */
         braid_http_server_free(s);
@@ -1582,7 +1597,7 @@ static int oom_server_scenario(void *arg) {
     (void)braid_memory_transport_receive(m, in, 20);
     (void)braid_memory_transport_receive(m, in + 20, sizeof in - 1 - 20);
     for (int i = 0; i < 20; i++) {
-        braid_loop_run_once(loop, BRAID_RUN_NOWAIT);
+        braid_loop_run_once(loop, BRAID_LOOP_RUN_NOWAIT);
         size_t n;
         const void *d = braid_memory_transport_data(m, &n);
         if (n > sizeof out - 1 - have) n = sizeof out - 1 - have;
@@ -1592,15 +1607,15 @@ static int oom_server_scenario(void *arg) {
     }
     out[have] = 0;
     braid_memory_transport_peer_eof(m);
-    for (int i = 0; i < 3; i++) braid_loop_run_once(loop, BRAID_RUN_NOWAIT);
-    braid_memory_state ms = braid_memory_transport_state(m);
+    for (int i = 0; i < 3; i++) braid_loop_run_once(loop, BRAID_LOOP_RUN_NOWAIT);
+    struct braid_memory_transport_state ms = mstate(m);
     int result = 0;
     const char *a = strstr(out, "Hello, World!"), *b = strstr(out, "body=abc"), *c = strstr(out, "\r\n\r\nlater"),
                *d = strstr(out, "chunk-two"), *e = strstr(out, "HTTP/1.1 404"), *f = strstr(out, "HTTP/1.1 400");
     if (!(a && b && c && d && e && f && a < b && b < c && c < d && d < e && e < f) || !ms.closed || ms.aborted)
         result = BRAID_EINVAL;
     braid_memory_transport_free(m);
-    for (int i = 0; i < 3; i++) braid_loop_run_once(loop, BRAID_RUN_NOWAIT);
+    for (int i = 0; i < 3; i++) braid_loop_run_once(loop, BRAID_LOOP_RUN_NOWAIT);
     if (braid_http_server_free(s) < 0) abort();     /* every connection must be gone */
     return result;
 }
@@ -1625,21 +1640,21 @@ static braid_deferred *pump_connect(void *arg, braid_loop *loop, const char *hos
                                     braid_factory *f) {
     pump_env *e = arg;
     (void)host, (void)port, (void)https;
-    if (e->pump) return braid_fail(loop, braid_failure_new(BRAID_EINVAL, "one connection only"));
+    if (e->pump) return braid_deferred_fail(loop, braid_failure_new(BRAID_EINVAL, "one connection only"));
     braid_protocol *cp = braid_factory_build(f, NULL);
-    if (!cp) return braid_fail(loop, braid_failure_new(BRAID_ENOMEM, "client protocol"));
+    if (!cp) return braid_deferred_fail(loop, braid_failure_new(BRAID_ENOMEM, "client protocol"));
     braid_protocol *sp = braid_factory_build(braid_http_server_factory(e->s), NULL);
     if (!sp) {
         cp->ops->destroy(cp);
-        return braid_fail(loop, braid_failure_new(BRAID_ENOMEM, "server protocol"));
+        return braid_deferred_fail(loop, braid_failure_new(BRAID_ENOMEM, "server protocol"));
     }
-    e->pump = braid_pump_new(loop, cp, sp);
+    braid_pump_new(loop, cp, sp, &e->pump);
     if (!e->pump) {
         cp->ops->destroy(cp);
         sp->ops->destroy(sp);
-        return braid_fail(loop, braid_failure_new(BRAID_ENOMEM, "pump"));
+        return braid_deferred_fail(loop, braid_failure_new(BRAID_ENOMEM, "pump"));
     }
-    return braid_succeed(loop, cp, NULL);
+    return braid_deferred_succeed(loop, cp, NULL);
 }
 
 typedef struct cres { int fired, code, status; char body[64]; } cres;
@@ -1650,14 +1665,14 @@ static braid_result cres_ok(braid_result r, void *arg) {
     c->status = resp->status;
     snprintf(c->body, sizeof c->body, "%s", resp->body);
     braid_result_drop(r);
-    return braid_ok(NULL);
+    return braid_result_ok(NULL);
 }
 static braid_result cres_fail(braid_result r, void *arg) {
     cres *c = arg;
     c->fired++;
     c->code = r.failure->code;
     braid_result_drop(r);
-    return braid_ok(NULL);
+    return braid_result_ok(NULL);
 }
 
 static int oom_client_server_scenario(void *arg) {
@@ -1665,8 +1680,8 @@ static int oom_client_server_scenario(void *arg) {
     pump_env e = { 0 };
     int rc = braid_http_server_new(loop, NULL, &e.s);
     if (rc < 0) return rc;
-    if ((rc = braid_http_route(e.s, "GET", "/", 0, h_hello, NULL)) < 0 ||
-        (rc = braid_http_route(e.s, "POST", "/echo", 0, h_echo, NULL)) < 0) {
+    if ((rc = braid_http_server_route(e.s, "GET", "/", 0, h_hello, NULL)) < 0 ||
+        (rc = braid_http_server_route(e.s, "POST", "/echo", 0, h_echo, NULL)) < 0) {
         braid_http_server_free(e.s);
         return rc;
     }
@@ -1684,16 +1699,16 @@ static int oom_client_server_scenario(void *arg) {
             .method = i ? "POST" : "GET", .url = i ? "http://h/echo" : "http://h/",
             .body = i ? "payload" : NULL, .body_len = i ? 7 : 0 });
         if (!d) { result = BRAID_ENOMEM; break; }
-        if (braid_deferred_add_callbacks(d, cres_ok, cres_fail, &r[i]) < 0) {
+        if (braid_deferred_add(d, cres_ok, cres_fail, &r[i]) < 0) {
             braid_deferred_cancel(d);
-            braid_deferred_release(d);
+            braid_deferred_unref(d);
             result = BRAID_ENOMEM;
             break;
         }
-        braid_deferred_release(d);
+        braid_deferred_unref(d);
         for (int k = 0; k < 10 && !r[i].fired; k++) {
             if (e.pump) braid_pump_flush(e.pump);
-            braid_loop_run_once(loop, BRAID_RUN_NOWAIT);
+            braid_loop_run_once(loop, BRAID_LOOP_RUN_NOWAIT);
         }
         if (!r[i].fired) result = BRAID_EINVAL;
         else if (r[i].code) result = r[i].code;
@@ -1702,10 +1717,10 @@ static int oom_client_server_scenario(void *arg) {
     braid_http_client_free(c);
     for (int k = 0; k < 3; k++) {
         if (e.pump) braid_pump_flush(e.pump);
-        braid_loop_run_once(loop, BRAID_RUN_NOWAIT);
+        braid_loop_run_once(loop, BRAID_LOOP_RUN_NOWAIT);
     }
     if (e.pump) braid_pump_free(e.pump);
-    for (int k = 0; k < 3; k++) braid_loop_run_once(loop, BRAID_RUN_NOWAIT);
+    for (int k = 0; k < 3; k++) braid_loop_run_once(loop, BRAID_LOOP_RUN_NOWAIT);
     if (braid_http_server_free(e.s) < 0) abort();
     return result;
 }
@@ -1726,12 +1741,12 @@ BT_TEST(allocation_failure_walk_client_and_server) {
  * read its last answer, a Deferred that never fires, a stream that never ends. */
 BT_TEST(shutdown_deadline_escalates) {
     fx f;
-    fx_init(&f, &(braid_http_server_options){ .shutdown_timeout_ns = BRAID_SECONDS(5),
-                                              .send_timeout_ns = BRAID_FOREVER });
-    BT_OK(braid_http_route(f.s, "GET", "/", 0, h_hello, NULL));
-    BT_OK(braid_http_route(f.s, "GET", "/pending", 0, h_pending, f.loop));
-    BT_OK(braid_http_route(f.s, "GET", "/stream", 0, h_stream_forever, NULL));
-    BT_OK(braid_http_route(f.s, "GET", "/later", 0, h_later, f.loop));
+    fx_init(&f, &(braid_http_server_options){ .shutdown_timeout = BRAID_SECONDS(5),
+                                              .send_timeout = BRAID_FOREVER });
+    BT_OK(braid_http_server_route(f.s, "GET", "/", 0, h_hello, NULL));
+    BT_OK(braid_http_server_route(f.s, "GET", "/pending", 0, h_pending, f.loop));
+    BT_OK(braid_http_server_route(f.s, "GET", "/stream", 0, h_stream_forever, NULL));
+    BT_OK(braid_http_server_route(f.s, "GET", "/later", 0, h_later, f.loop));
     braid_memory_transport *m[5];
     static const char *const reqs[5] = { "GET / HTTP/1.1\r\nHost: a\r\n\r\n", "GET / HTTP/1.1\r\nHost: a\r\n\r\n",
                                          "GET /pending HTTP/1.1\r\nHost: a\r\n\r\n",
@@ -1749,11 +1764,11 @@ BT_TEST(shutdown_deadline_escalates) {
     BT_EQ(braid_http_server_connections(f.s), 5);
     braid_http_server_shutdown(f.s);
     bt_spin(f.loop, 4);
-    BT_TRUE(braid_memory_transport_state(m[0]).closed);   /* idle: closed at once */
-    BT_TRUE(braid_memory_transport_state(m[1]).disconnecting);
+    BT_TRUE(mstate(m[0]).closed);   /* idle: closed at once */
+    BT_TRUE(mstate(m[1]).disconnecting);
     BT_EQ(braid_http_server_connections(f.s), 4);
     /* the answer that completes in time closes the connection after it, cleanly */
-    BT_OK(braid_deferred_callback(pending_d, braid_http_response_new(200, "text/plain", "in time", 7),
+    BT_OK(braid_deferred_callback(pending_d, response(200, "text/plain", "in time", 7),
                                   braid_http_response_free));
     bt_spin(f.loop, 4);
     size_t n;
@@ -1761,7 +1776,7 @@ BT_TEST(shutdown_deadline_escalates) {
     BT_TRUE(n > 0 && memmem(o, n, "Connection: close\r\n", 19) && memmem(o, n, "in time", 7));
     braid_memory_transport_consume(m[4], SIZE_MAX);
     bt_spin(f.loop, 4);
-    braid_memory_state st4 = braid_memory_transport_state(m[4]);
+    struct braid_memory_transport_state st4 = mstate(m[4]);
     BT_TRUE(st4.closed && !st4.aborted);
     BT_OK(braid_loop_advance(f.loop, BRAID_SECONDS(4)));
     BT_EQ(braid_http_server_connections(f.s), 3);
@@ -1771,7 +1786,7 @@ BT_TEST(shutdown_deadline_escalates) {
     bt_spin(f.loop, 4);
     BT_EQ(braid_http_server_connections(f.s), 0);
     for (int i = 1; i < 4; i++) {
-        braid_memory_state ms = braid_memory_transport_state(m[i]);
+        struct braid_memory_transport_state ms = mstate(m[i]);
         BT_TRUE(ms.aborted);
         BT_ERR(ms.lost_code, BRAID_ETIMEDOUT);
     }
@@ -1787,7 +1802,7 @@ typedef struct big_stream { braid_producer p; braid_http_request *req; bool paus
 static big_stream bs;
 static void bs_pump(big_stream *b) {
     while (!b->paused && !b->done && b->sent < (64u << 20)) {
-        if (braid_http_write(b->req, big_body, 256 * 1024) < 0) return;
+        if (braid_http_request_write(b->req, big_body, 256 * 1024) < 0) return;
         b->sent += 256 * 1024;
     }
 }
@@ -1795,15 +1810,15 @@ static void bs_pause(braid_producer *p) { ((big_stream *)p->arg)->paused = true;
 static void bs_resume(braid_producer *p) { big_stream *b = p->arg; b->paused = false; bs_pump(b); }
 static void bs_stop(braid_producer *p) {
     big_stream *b = p->arg;
-    if (!b->done) { b->done = true; braid_http_finish(b->req); }
+    if (!b->done) { b->done = true; braid_http_request_finish(b->req); }
 }
 static braid_deferred *h_big_stream(braid_http_request *req, void *arg) {
     (void)arg;
     memset(&bs, 0, sizeof bs);
     bs.req = req;
     bs.p = (braid_producer){ bs_pause, bs_resume, bs_stop, &bs };
-    BT_OK(braid_http_respond_start(req, 200, "application/octet-stream", -1));
-    BT_OK(braid_http_register_producer(req, &bs.p, true));
+    BT_OK(braid_http_request_respond_start(req, 200, "application/octet-stream", -1));
+    BT_OK(braid_http_request_register_producer(req, &bs.p, true));
     bs_pump(&bs);
     return NULL;
 }
@@ -1813,25 +1828,25 @@ static braid_deferred *h_big_stream(braid_http_request *req, void *arg) {
 BT_IO_TEST(io_shutdown_deadline_with_non_reader) {
     big_body = calloc(1, BIG_BODY);
     io x;
-    io_init_with(&x, NULL, &(braid_http_server_options){ .shutdown_timeout_ns = BRAID_SECONDS(3),
-                                                          .send_timeout_ns = BRAID_FOREVER }, true);
-    BT_OK(braid_http_route(x.s, "GET", "/big", 0, h_big_stream, NULL));
+    io_init_with(&x, NULL, &(braid_http_server_options){ .shutdown_timeout = BRAID_SECONDS(3),
+                                                          .send_timeout = BRAID_FOREVER }, true);
+    BT_OK(braid_http_server_route(x.s, "GET", "/big", 0, h_big_stream, NULL));
     int fd = bt_connect_tcp_rcvbuf(x.port, 0, 4096);
     send_all(fd, "GET /big HTTP/1.1\r\nHost: a\r\n\r\n");
     io_wait_requests(&x, 1);
     for (int i = 0; i < 100; i++) {
-        BT_OK(braid_loop_run_once(x.loop, BRAID_RUN_NOWAIT));
+        BT_OK(braid_loop_run_once(x.loop, BRAID_LOOP_RUN_NOWAIT));
         usleep(100);
     }
     braid_listener_close(x.l);
     braid_http_server_shutdown(x.s);
     for (int s = 0; s < 2; s++) {
         BT_OK(braid_loop_advance(x.loop, BRAID_SECONDS(1)));
-        for (int i = 0; i < 5; i++) BT_OK(braid_loop_run_once(x.loop, BRAID_RUN_NOWAIT));
+        for (int i = 0; i < 5; i++) BT_OK(braid_loop_run_once(x.loop, BRAID_LOOP_RUN_NOWAIT));
         BT_EQ(braid_http_server_connections(x.s), 1);      /* still flushing */
     }
     BT_OK(braid_loop_advance(x.loop, BRAID_SECONDS(1) + 1));
-    for (int i = 0; i < 5; i++) BT_OK(braid_loop_run_once(x.loop, BRAID_RUN_NOWAIT));
+    for (int i = 0; i < 5; i++) BT_OK(braid_loop_run_once(x.loop, BRAID_LOOP_RUN_NOWAIT));
     BT_EQ(braid_http_server_connections(x.s), 0);
     BT_TRUE(bs.done);                                       /* the stream was stopped */
     close(fd);
@@ -1847,8 +1862,8 @@ BT_IO_TEST(io_shutdown_deadline_with_non_reader) {
 BT_TEST(pending_answer_after_buffered_burst_compacts) {
     fx f;
     fx_init(&f, &(braid_http_server_options){ .limits = { .max_head = 1024, .max_body = 512 } });
-    BT_OK(braid_http_route(f.s, "GET", "/", 0, h_hello, NULL));
-    BT_OK(braid_http_route(f.s, "GET", "/later", 0, h_later, f.loop));
+    BT_OK(braid_http_server_route(f.s, "GET", "/", 0, h_hello, NULL));
+    BT_OK(braid_http_server_route(f.s, "GET", "/later", 0, h_later, f.loop));
     fx_conn(&f);
     static const char one[] = "GET / HTTP/1.1\r\nHost: a\r\n\r\n";
     enum { N = 2000 };
@@ -1874,7 +1889,7 @@ BT_TEST(pending_answer_after_buffered_burst_compacts) {
     BT_OK(braid_memory_transport_receive(f.m, more, sizeof more));
     bt_spin(f.loop, 4);
     BT_FALSE(closed(&f));
-    BT_OK(braid_deferred_callback(pending_d, braid_http_response_new(200, "text/plain", "later", 5),
+    BT_OK(braid_deferred_callback(pending_d, response(200, "text/plain", "later", 5),
                                   braid_http_response_free));
     bt_spin(f.loop, 4);
     const char *o = take(&f);

@@ -1,6 +1,6 @@
 /* Log lines carry the namespace of the module that wrote them on the
  * default sink (stderr): "braid[error] loop: ...". A user sink gets the
- * line as it was; braid_log (the user's own lines) has no namespace. */
+ * line as it was; braid_loop_log (the user's own lines) has no namespace. */
 #include "harness.h"
 #include <sys/wait.h>
 #include <unistd.h>
@@ -32,14 +32,14 @@ static void noop(braid_timer *t, void *arg) { (void)t; (void)arg; }
 
 static void leaky_loop(void) {
     braid_loop *loop;
-    if (braid_loop_new(&loop, NULL) < 0) _exit(2);
+    if (braid_loop_new(NULL, &loop) < 0) _exit(2);
     braid_timer t;
     braid_timer_init(loop, &t, noop, NULL);
     braid_timer_start(&t, BRAID_SECONDS(5));
-    if (braid_loop_destroy(loop) != BRAID_EBUSY) _exit(3);    /* logs through the loop module */
-    braid_log(loop, BRAID_LOG_WARN, "a user line");
+    if (braid_loop_free(loop) != BRAID_EBUSY) _exit(3);    /* logs through the loop module */
+    braid_loop_log(loop, BRAID_LOG_WARN, "a user line");
     braid_timer_stop(&t);
-    if (braid_loop_destroy(loop) < 0) _exit(4);
+    if (braid_loop_free(loop) < 0) _exit(4);
 }
 
 BT_TEST(default_sink_names_the_module) {
@@ -58,12 +58,12 @@ static void cap(void *ctx, braid_log_level level, const char *msg) {
 BT_TEST(user_sink_gets_the_line_alone) {
     braid_loop *loop;
     braid_loop_options o = { .log = cap };
-    BT_OK(braid_loop_new(&loop, &o));
+    BT_OK(braid_loop_new(&o, &loop));
     braid_timer t;
     braid_timer_init(loop, &t, noop, NULL);
     BT_OK(braid_timer_start(&t, BRAID_SECONDS(5)));
-    BT_ERR(braid_loop_destroy(loop), BRAID_EBUSY);
+    BT_ERR(braid_loop_free(loop), BRAID_EBUSY);
     BT_STREQ(got, "loop not destroyed: 1 timer(s) still active");
     braid_timer_stop(&t);
-    BT_OK(braid_loop_destroy(loop));
+    BT_OK(braid_loop_free(loop));
 }

@@ -13,13 +13,13 @@ typedef struct hits { int reads, writes, errors; unsigned last; char buf[64]; } 
 static void on_io(braid_watch *w, unsigned ev, void *arg) {
     hits *h = arg;
     h->last = ev;
-    if (ev & BRAID_READ) {
+    if (ev & BRAID_WATCH_READ) {
         h->reads++;
         ssize_t n = read(w->fd, h->buf, sizeof h->buf);
         (void)n;
     }
-    if (ev & BRAID_WRITE) h->writes++;
-    if (ev & (BRAID_ERROR | BRAID_HUP)) h->errors++;
+    if (ev & BRAID_WATCH_WRITE) h->writes++;
+    if (ev & (BRAID_WATCH_ERROR | BRAID_WATCH_HUP)) h->errors++;
 }
 
 BT_IO_TEST(read_and_write_readiness) {
@@ -29,19 +29,19 @@ BT_IO_TEST(read_and_write_readiness) {
     braid_watch w;
     BT_OK(braid_watch_init(loop, &w, sv[0], on_io, &h));
     BT_ERR(braid_watch_init(loop, &(braid_watch){0}, sv[0], on_io, &h), BRAID_EEXIST);
-    BT_OK(braid_watch_set(&w, BRAID_WRITE));
+    BT_OK(braid_watch_set_interest(&w, BRAID_WATCH_WRITE));
     BT_OK(braid_loop_run_once(loop, 0));
     BT_EQ(h.writes, 1); BT_EQ(h.reads, 0);
-    BT_OK(braid_watch_set(&w, BRAID_READ));
-    BT_OK(braid_loop_run_once(loop, BRAID_RUN_NOWAIT));
+    BT_OK(braid_watch_set_interest(&w, BRAID_WATCH_READ));
+    BT_OK(braid_loop_run_once(loop, BRAID_LOOP_RUN_NOWAIT));
     BT_EQ(h.reads, 0);                       /* nothing to read yet */
     BT_EQ(write(sv[1], "hello", 5), 5);
     BT_OK(braid_loop_run_once(loop, 0));
     BT_EQ(h.reads, 1);
     BT_TRUE(memcmp(h.buf, "hello", 5) == 0);
-    BT_OK(braid_watch_set(&w, 0));           /* no interest: nothing delivered */
+    BT_OK(braid_watch_set_interest(&w, 0));           /* no interest: nothing delivered */
     BT_EQ(write(sv[1], "x", 1), 1);
-    BT_OK(braid_loop_run_once(loop, BRAID_RUN_NOWAIT));
+    BT_OK(braid_loop_run_once(loop, BRAID_LOOP_RUN_NOWAIT));
     BT_EQ(h.reads, 1);
     braid_watch_close(&w);
     close(sv[0]); close(sv[1]);
@@ -54,7 +54,7 @@ BT_IO_TEST(hangup_wakes_reader) {
     hits h = { 0 };
     braid_watch w;
     BT_OK(braid_watch_init(loop, &w, sv[0], on_io, &h));
-    BT_OK(braid_watch_set(&w, BRAID_READ));
+    BT_OK(braid_watch_set_interest(&w, BRAID_WATCH_READ));
     close(sv[1]);
     BT_OK(braid_loop_run_once(loop, 0));
     BT_EQ(h.reads, 1);                       /* EOF is readable */
@@ -95,7 +95,7 @@ static void stale_a(braid_watch *w, unsigned ev, void *arg) {
         close(c->sv_b[1]);
         c->sv_b[1] = fds[1];
         BT_OK(braid_watch_init(c->loop, &c->b2, fds[0], stale_b2, c));
-        BT_OK(braid_watch_set(&c->b2, BRAID_READ));   /* not readable: nothing written */
+        BT_OK(braid_watch_set_interest(&c->b2, BRAID_WATCH_READ));   /* not readable: nothing written */
     }
 }
 
@@ -109,8 +109,8 @@ BT_IO_TEST(stale_event_after_close_and_fd_reuse) {
         c.a_hits = c.b_hits = c.b2_hits = 0;
         BT_OK(braid_watch_init(loop, &c.a, c.sv_a[0], stale_a, &c));
         BT_OK(braid_watch_init(loop, c.b, c.sv_b[0], stale_b, &c));
-        BT_OK(braid_watch_set(&c.a, BRAID_READ));
-        BT_OK(braid_watch_set(c.b, BRAID_READ));
+        BT_OK(braid_watch_set_interest(&c.a, BRAID_WATCH_READ));
+        BT_OK(braid_watch_set_interest(c.b, BRAID_WATCH_READ));
         BT_EQ(write(c.sv_a[1], "a", 1), 1);
         BT_EQ(write(c.sv_b[1], "b", 1), 1);   /* both ready in one poll */
         BT_OK(braid_loop_run_once(loop, 0));
@@ -147,11 +147,11 @@ BT_IO_TEST(callback_closes_its_own_watcher) {
     int n = 0;
     braid_watch *w = malloc(sizeof *w);
     BT_OK(braid_watch_init(loop, w, sv[0], self_close, &n));
-    BT_OK(braid_watch_set(w, BRAID_READ | BRAID_WRITE));
+    BT_OK(braid_watch_set_interest(w, BRAID_WATCH_READ | BRAID_WATCH_WRITE));
     BT_EQ(write(sv[1], "z", 1), 1);
     BT_OK(braid_loop_run_once(loop, 0));
     BT_EQ(n, 1);
-    BT_OK(braid_loop_run_once(loop, BRAID_RUN_NOWAIT));
+    BT_OK(braid_loop_run_once(loop, BRAID_LOOP_RUN_NOWAIT));
     BT_EQ(n, 1);
     close(sv[0]); close(sv[1]);
     bt_loop_destroy(loop);
@@ -167,7 +167,7 @@ BT_IO_TEST(many_watchers_only_ready_ones_fire) {
     for (int i = 0; i < N; i++) {
         bt_socketpair(sv[i]);
         BT_OK(braid_watch_init(loop, &w[i], sv[i][0], on_io, &h[i]));
-        BT_OK(braid_watch_set(&w[i], BRAID_READ));
+        BT_OK(braid_watch_set_interest(&w[i], BRAID_WATCH_READ));
     }
     for (int i = 0; i < N; i += 7) BT_EQ(write(sv[i][1], "r", 1), 1);
     BT_OK(braid_loop_run_once(loop, 0));
@@ -188,12 +188,13 @@ static void ord_post(void *arg) { (void)arg; order[norder++] = 'P'; }
 static void ord_soon(void *arg) { (void)arg; order[norder++] = 'S'; }
 
 BT_IO_TEST(one_iteration_runs_phases_in_order) {
-    braid_fake_clock *fc = braid_fake_clock_new(0);
+    braid_fake_clock *fc = NULL;
+    braid_fake_clock_new(0, &fc);
     braid_loop *loop = bt_loop_new(braid_fake_clock_base(fc));
     int sv[2]; bt_socketpair(sv);
     braid_watch w; braid_timer t;
     BT_OK(braid_watch_init(loop, &w, sv[0], ord_io, NULL));
-    BT_OK(braid_watch_set(&w, BRAID_READ));
+    BT_OK(braid_watch_set_interest(&w, BRAID_WATCH_READ));
     braid_timer_init(loop, &t, ord_timer, NULL);
     BT_OK(braid_timer_start(&t, 0));
     BT_OK(braid_loop_soon(loop, ord_soon, NULL));   /* queued first, runs last */
@@ -340,7 +341,7 @@ static void count_log(void *ctx, braid_log_level l, const char *msg) {
 BT_IO_TEST(leak_gate_names_open_watcher_and_handle) {
     braid_loop_options o = { .log = count_log, .flags = BRAID_LOOP_STRICT_BACKEND };
     braid_loop *loop;
-    int rc = braid_loop_new(&loop, &o);
+    int rc = braid_loop_new(&o, &loop);
     if (rc == BRAID_ENOSYS) bt_skip("backend not available");
     BT_OK(rc);
     int sv[2]; bt_socketpair(sv);
@@ -350,7 +351,7 @@ BT_IO_TEST(leak_gate_names_open_watcher_and_handle) {
     braid_handle_open(loop, &h, "test-thing");
     braid_deferred *d = braid_deferred_new(loop);
     logged[0] = 0;
-    BT_ERR(braid_loop_destroy(loop), BRAID_EBUSY);
+    BT_ERR(braid_loop_free(loop), BRAID_EBUSY);
     BT_EQ(logged_errors, 3);
     /* A refusal says so: the loop was not destroyed, and what is still open. */
     BT_TRUE(strstr(logged, "loop not destroyed: fd watcher still open (fd ") != NULL);
@@ -360,8 +361,8 @@ BT_IO_TEST(leak_gate_names_open_watcher_and_handle) {
     braid_watch_close(&w);
     braid_handle_close(loop, &h);
     BT_OK(braid_deferred_callback(d, NULL, NULL));
-    braid_deferred_release(d);
-    BT_OK(braid_loop_destroy(loop));
+    braid_deferred_unref(d);
+    BT_OK(braid_loop_free(loop));
     close(sv[0]); close(sv[1]);
 }
 
@@ -379,7 +380,7 @@ static void noop_call(void *arg) { (void)arg; }
 static void noop_timer(braid_timer *t, void *arg) { (void)t; (void)arg; }
 static void noop_io(braid_watch *w, unsigned ev, void *arg) { (void)w; (void)ev; (void)arg; }
 
-static void misuse_call_later(braid_loop *loop) { braid_call_later(loop, BRAID_MSEC(1), noop_call, NULL); }
+static void misuse_call_later(braid_loop *loop) { braid_timer_call_later(loop, BRAID_MSEC(1), noop_call, NULL); }
 static void misuse_soon(braid_loop *loop) { braid_loop_soon(loop, noop_call, NULL); }
 static braid_timer g_timer;   /* initialised on the loop's thread, started on another */
 static void misuse_timer_start(braid_loop *loop) { (void)loop; braid_timer_start(&g_timer, 1); }
@@ -394,7 +395,7 @@ static void misuse_deferred_callback(braid_loop *loop) {
     braid_deferred_callback(g_deferred, NULL, NULL);
 }
 static void misuse_hold(braid_loop *loop) { braid_loop_hold(loop); }
-static void misuse_run_once(braid_loop *loop) { braid_loop_run_once(loop, BRAID_RUN_NOWAIT); }
+static void misuse_run_once(braid_loop *loop) { braid_loop_run_once(loop, BRAID_LOOP_RUN_NOWAIT); }
 
 /* Runs on the loop's thread inside run_once: another thread now tries to
  * run the loop at the same time. */
@@ -416,12 +417,12 @@ static int run_misuse(misuse_fn fn, bool inside_run, char *out, size_t outlen) {
         dup2(p[1], 2);
         close(p[0]);
         braid_loop *loop;
-        if (braid_loop_new(&loop, NULL) < 0) _exit(3);   /* default logger: stderr */
+        if (braid_loop_new(NULL, &loop) < 0) _exit(3);   /* default logger: stderr */
         braid_timer_init(loop, &g_timer, noop_timer, NULL);
         g_deferred = braid_deferred_new(loop);
         if (inside_run) {
             braid_loop_soon(loop, start_second_runner, loop);
-            braid_loop_run_once(loop, BRAID_RUN_NOWAIT);
+            braid_loop_run_once(loop, BRAID_LOOP_RUN_NOWAIT);
         } else {
             misuse m = { fn, loop };
             pthread_t th;
@@ -443,7 +444,7 @@ static int run_misuse(misuse_fn fn, bool inside_run, char *out, size_t outlen) {
 
 BT_TEST(loop_affine_calls_from_another_thread_abort_naming_the_function) {
     static const struct { misuse_fn fn; const char *name; bool inside_run; } cases[] = {
-        { misuse_call_later, "braid_call_later", false },
+        { misuse_call_later, "braid_timer_call_later", false },
         { misuse_soon, "braid_loop_soon", false },
         { misuse_timer_start, "braid_timer_start", false },
         { misuse_watch_init, "braid_watch_init", false },
@@ -486,15 +487,15 @@ BT_TEST(post_and_stop_from_another_thread_are_not_misuse) {
     if (pid == 0) {
         dup2(p[1], 2);
         braid_loop *loop;
-        if (braid_loop_new(&loop, NULL) < 0) _exit(3);
+        if (braid_loop_new(NULL, &loop) < 0) _exit(3);
         braid_loop_hold(loop);
         pthread_t th;
         if (pthread_create(&th, NULL, post_and_stop, loop) != 0) _exit(4);
         braid_loop_run(loop);
         pthread_join(th, NULL);
-        braid_loop_run_once(loop, BRAID_RUN_NOWAIT);   /* the post, if stop came first */
+        braid_loop_run_once(loop, BRAID_LOOP_RUN_NOWAIT);   /* the post, if stop came first */
         braid_loop_release(loop);
-        _exit(braid_loop_destroy(loop) == 0 ? 0 : 5);
+        _exit(braid_loop_free(loop) == 0 ? 0 : 5);
     }
     close(p[1]);
     ssize_t n = read(p[0], out, sizeof out - 1);
@@ -514,32 +515,32 @@ static void *run_loop_thread(void *arg) {
 static void count_call(void *arg) { ++*(int *)arg; }
 BT_TEST(loop_handed_to_another_thread_by_running_it) {
     braid_loop *loop;
-    BT_OK(braid_loop_new(&loop, NULL));
+    BT_OK(braid_loop_new(NULL, &loop));
     int fired = 0;
-    BT_TRUE(braid_call_later(loop, BRAID_MSEC(1), count_call, &fired) != NULL);
+    BT_TRUE(braid_timer_call_later(loop, BRAID_MSEC(1), count_call, &fired) != NULL);
     pthread_t th;
     BT_EQ(pthread_create(&th, NULL, run_loop_thread, loop), 0);
     BT_EQ(pthread_join(th, NULL), 0);
     BT_EQ(fired, 1);
-    BT_OK(braid_loop_destroy(loop));
+    BT_OK(braid_loop_free(loop));
 }
 
 BT_TEST(backend_selection) {
     braid_loop *loop;
     braid_loop_options o = { .backend = BRAID_BACKEND_POLL };
-    BT_OK(braid_loop_new(&loop, &o));
+    BT_OK(braid_loop_new(&o, &loop));
     BT_STREQ(braid_loop_backend(loop), "poll");
-    BT_OK(braid_loop_destroy(loop));
+    BT_OK(braid_loop_free(loop));
     setenv("BRAID_BACKEND", "select", 1);
-    BT_OK(braid_loop_new(&loop, NULL));
+    BT_OK(braid_loop_new(NULL, &loop));
     BT_STREQ(braid_loop_backend(loop), "select");
-    BT_OK(braid_loop_destroy(loop));
+    BT_OK(braid_loop_free(loop));
     setenv("BRAID_BACKEND", "kqueue", 1);
-    BT_ERR(braid_loop_new(&loop, NULL), BRAID_EINVAL);
+    BT_ERR(braid_loop_new(NULL, &loop), BRAID_EINVAL);
     unsetenv("BRAID_BACKEND");
-    BT_OK(braid_loop_new(&loop, NULL));
+    BT_OK(braid_loop_new(NULL, &loop));
     BT_STREQ(braid_loop_backend(loop), "epoll");
-    BT_OK(braid_loop_destroy(loop));
+    BT_OK(braid_loop_free(loop));
 }
 
 BT_TEST(strerror_names_codes) {
@@ -565,7 +566,7 @@ BT_TEST(soon_cancel_takes_a_node_out_of_the_queue) {
     BT_TRUE(braid_loop_soon_cancel(loop, &na));    /* the head */
     BT_FALSE(braid_loop_soon_cancel(loop, &na));   /* not queued any more */
     braid_loop_soon_node(loop, &nc);               /* the tail was fixed up */
-    braid_loop_run_once(loop, BRAID_RUN_NOWAIT);
+    braid_loop_run_once(loop, BRAID_LOOP_RUN_NOWAIT);
     BT_EQ(a, 0);
     BT_EQ(b, 1);
     BT_EQ(c, 1);

@@ -1,6 +1,6 @@
 /* Keys: per-loop data a module declares for itself (braid_loop_data,
  * braid_loop_set_data in <braid/loop.h>). The loop knows no module: each
- * keeps its state under its own static key, freed by braid_loop_destroy in
+ * keeps its state under its own static key, freed by braid_loop_free in
  * the reverse order of first set, and may make destroy refuse through its
  * report hook. */
 #include "harness.h"
@@ -62,7 +62,7 @@ static int open_things;
 static bool report_open(braid_loop *loop, void *value) {
     (void)value;
     if (!open_things) return false;
-    braid_log(loop, BRAID_LOG_ERROR, "loop not destroyed: %d test thing(s) still open", open_things);
+    braid_loop_log(loop, BRAID_LOG_ERROR, "loop not destroyed: %d test thing(s) still open", open_things);
     return true;
 }
 static int freed;
@@ -77,7 +77,7 @@ BT_TEST(report_makes_destroy_refuse) {
     static int state;
     BT_OK(braid_loop_set_data(loop, &key_r, &state));
     open_things = 2;
-    BT_ERR(braid_loop_destroy(loop), BRAID_EBUSY);
+    BT_ERR(braid_loop_free(loop), BRAID_EBUSY);
     BT_EQ(freed, 0);                                      /* refused: nothing freed */
     BT_TRUE(braid_loop_data(loop, &key_r) == &state);     /* the loop is untouched */
     open_things = 0;

@@ -22,6 +22,13 @@
 #include <stdlib.h>
 #include <unistd.h>
 
+/* braid_memory_transport_state as a value, for assertions. */
+static struct braid_memory_transport_state mstate(const braid_memory_transport *m) {
+    struct braid_memory_transport_state st;
+    braid_memory_transport_state(m, &st);
+    return st;
+}
+
 /* On the uring backend TCP runs on io_uring completions (the library's
  * default; BRAID_STREAM_COMPLETIONS=0 in the environment tests readiness). */
 
@@ -136,7 +143,8 @@ static void push_stop(braid_producer *pr) { pusher *p = pr->arg; p->stops++; p->
 BT_TEST(memory_records_writes_and_close) {
     braid_loop *loop = bt_loop_new(NULL);
     tp p = { .base.ops = &tp_ops };
-    braid_memory_transport *m = braid_memory_transport_new(loop, &p.base);
+    braid_memory_transport *m = NULL;
+    braid_memory_transport_new(loop, &p.base, &m);
     BT_TRUE(m);
     BT_EQ(p.made, 1);
     braid_transport *t = p.base.transport;
@@ -150,21 +158,21 @@ BT_TEST(memory_records_writes_and_close) {
     BT_TRUE(memcmp(d, "hello world", 11) == 0);
     BT_OK(braid_memory_transport_receive(m, "ping", 4));
     BT_EQ(p.inlen, 4);
-    braid_transport_lose_connection(t);
+    braid_transport_close(t, BRAID_FOREVER);
     BT_ERR(braid_transport_write(t, "x", 1), BRAID_ESHUTDOWN);
-    BT_OK(braid_loop_run_once(loop, BRAID_RUN_NOWAIT));
-    braid_memory_state s = braid_memory_transport_state(m);
+    BT_OK(braid_loop_run_once(loop, BRAID_LOOP_RUN_NOWAIT));
+    struct braid_memory_transport_state s = mstate(m);
     BT_TRUE(s.disconnecting);          /* waits for the peer to read everything */
     BT_FALSE(s.closed);
     braid_memory_transport_consume(m, 5);
-    BT_FALSE(braid_memory_transport_state(m).closed);
+    BT_FALSE(mstate(m).closed);
     braid_memory_transport_consume(m, 100);
-    BT_TRUE(braid_memory_transport_state(m).closed);
+    BT_TRUE(mstate(m).closed);
     BT_EQ(p.lost, 0);                  /* delivered in the ready phase, not inside consume */
-    BT_OK(braid_loop_run_once(loop, BRAID_RUN_NOWAIT));
+    BT_OK(braid_loop_run_once(loop, BRAID_LOOP_RUN_NOWAIT));
     BT_EQ(p.lost, 1);
     BT_ERR(p.lost_code, BRAID_ECONNECTION_DONE);
-    BT_TRUE(braid_memory_transport_state(m).lost_delivered);
+    BT_TRUE(mstate(m).lost_delivered);
     braid_memory_transport_free(m);
     bt_loop_destroy(loop);
 }
@@ -172,7 +180,8 @@ BT_TEST(memory_records_writes_and_close) {
 BT_TEST(memory_push_producer_watermarks_and_cap) {
     braid_loop *loop = bt_loop_new(NULL);
     tp p = { .base.ops = &tp_ops };
-    braid_memory_transport *m = braid_memory_transport_new(loop, &p.base);
+    braid_memory_transport *m = NULL;
+    braid_memory_transport_new(loop, &p.base, &m);
     braid_transport *t = p.base.transport;
     BT_ERR(braid_transport_set_limits(t, 100, 50, 0), BRAID_EINVAL);
     BT_OK(braid_transport_set_limits(t, 1000, 4000, 10000));
@@ -181,8 +190,8 @@ BT_TEST(memory_push_producer_watermarks_and_cap) {
     BT_OK(braid_transport_register_producer(t, &pu.prod, true));
     BT_ERR(braid_transport_register_producer(t, &pu.prod, true), BRAID_EBUSY);
     push_schedule(&pu);
-    for (int i = 0; i < 5; i++) BT_OK(braid_loop_run_once(loop, BRAID_RUN_NOWAIT));
-    braid_memory_state s = braid_memory_transport_state(m);
+    for (int i = 0; i < 5; i++) BT_OK(braid_loop_run_once(loop, BRAID_LOOP_RUN_NOWAIT));
+    struct braid_memory_transport_state s = mstate(m);
     BT_TRUE(s.producer_registered && s.producer_streaming && s.producer_paused);
     BT_EQ(pu.pauses, 1);
     BT_EQ(braid_transport_buffered(t), 4000);   /* paused exactly at the high mark */
@@ -190,16 +199,16 @@ BT_TEST(memory_push_producer_watermarks_and_cap) {
     BT_EQ(pu.resumes, 0);
     braid_memory_transport_consume(m, 1000);     /* 1000 = low: resumed */
     BT_EQ(pu.resumes, 1);
-    for (int i = 0; i < 5; i++) BT_OK(braid_loop_run_once(loop, BRAID_RUN_NOWAIT));
+    for (int i = 0; i < 5; i++) BT_OK(braid_loop_run_once(loop, BRAID_LOOP_RUN_NOWAIT));
     BT_EQ(pu.pauses, 2);
     BT_ULE(pu.max_buffered, 4000);
     /* Past the cap: an unregistered writer blows it and the connection aborts. */
     braid_transport_unregister_producer(t);
     static char big[8000];
     BT_ERR(braid_transport_write(t, big, sizeof big), BRAID_EBUFFER_LIMIT);
-    s = braid_memory_transport_state(m);
+    s = mstate(m);
     BT_TRUE(s.closed && s.aborted);
-    BT_OK(braid_loop_run_once(loop, BRAID_RUN_NOWAIT));
+    BT_OK(braid_loop_run_once(loop, BRAID_LOOP_RUN_NOWAIT));
     BT_EQ(p.lost, 1);
     BT_ERR(p.lost_code, BRAID_EBUFFER_LIMIT);
     BT_EQ(pu.stops, 0);                          /* it was unregistered */
@@ -217,7 +226,8 @@ static void pull_more(braid_producer *pr) {
 BT_TEST(memory_pull_producer) {
     braid_loop *loop = bt_loop_new(NULL);
     tp p = { .base.ops = &tp_ops };
-    braid_memory_transport *m = braid_memory_transport_new(loop, &p.base);
+    braid_memory_transport *m = NULL;
+    braid_memory_transport_new(loop, &p.base, &m);
     puller pu = { .prod = { NULL, pull_more, NULL, &pu }, .t = p.base.transport };
     BT_OK(braid_transport_register_producer(p.base.transport, &pu.prod, false));
     BT_EQ(pu.asked, 1);
@@ -225,7 +235,7 @@ BT_TEST(memory_pull_producer) {
     BT_EQ(pu.asked, 2);
     BT_EQ(braid_transport_buffered(p.base.transport), 10);
     braid_memory_transport_free(m);
-    BT_OK(braid_loop_run_once(loop, BRAID_RUN_NOWAIT));
+    BT_OK(braid_loop_run_once(loop, BRAID_LOOP_RUN_NOWAIT));
     BT_EQ(p.lost, 1);
     bt_loop_destroy(loop);
 }
@@ -233,21 +243,22 @@ BT_TEST(memory_pull_producer) {
 BT_TEST(memory_half_close) {
     braid_loop *loop = bt_loop_new(NULL);
     tp p = { .base.ops = &tp_half_ops };
-    braid_memory_transport *m = braid_memory_transport_new(loop, &p.base);
+    braid_memory_transport *m = NULL;
+    braid_memory_transport_new(loop, &p.base, &m);
     braid_transport *t = p.base.transport;
     BT_OK(braid_transport_write(t, "bye", 3));
     BT_OK(braid_transport_shutdown_write(t));
-    BT_OK(braid_loop_run_once(loop, BRAID_RUN_NOWAIT));
-    BT_FALSE(braid_memory_transport_state(m).write_shut);   /* still 3 bytes queued */
+    BT_OK(braid_loop_run_once(loop, BRAID_LOOP_RUN_NOWAIT));
+    BT_FALSE(mstate(m).write_shut);   /* still 3 bytes queued */
     braid_memory_transport_consume(m, 3);
-    BT_TRUE(braid_memory_transport_state(m).write_shut);
+    BT_TRUE(mstate(m).write_shut);
     BT_EQ(p.write_lost, 1);
     BT_OK(braid_memory_transport_receive(m, "more", 4));     /* reading still works */
     BT_EQ(p.inlen, 4);
     braid_memory_transport_peer_eof(m);
     BT_EQ(p.read_lost, 1);
-    BT_TRUE(braid_memory_transport_state(m).closed);          /* both ways shut */
-    BT_OK(braid_loop_run_once(loop, BRAID_RUN_NOWAIT));
+    BT_TRUE(mstate(m).closed);          /* both ways shut */
+    BT_OK(braid_loop_run_once(loop, BRAID_LOOP_RUN_NOWAIT));
     BT_EQ(p.lost, 1);
     BT_ERR(p.lost_code, BRAID_ECONNECTION_DONE);
     braid_memory_transport_free(m);
@@ -257,7 +268,8 @@ BT_TEST(memory_half_close) {
 BT_TEST(pump_echo_and_backpressure) {
     braid_loop *loop = bt_loop_new(NULL);
     tp c = { .base.ops = &tp_ops }, s = { .base.ops = &tp_ops, .echo = true };
-    braid_pump *pump = braid_pump_new(loop, &c.base, &s.base);
+    braid_pump *pump = NULL;
+    braid_pump_new(loop, &c.base, &s.base, &pump);
     BT_TRUE(pump);
     BT_EQ(c.made, 1); BT_EQ(s.made, 1);
     BT_OK(braid_transport_write(c.base.transport, "abc", 3));
@@ -274,7 +286,7 @@ BT_TEST(pump_echo_and_backpressure) {
     braid_pump_flush(pump);
     BT_EQ(c.inlen, 7);
     /* client closes: the server (not half-close aware) follows */
-    braid_transport_lose_connection(c.base.transport);
+    braid_transport_close(c.base.transport, BRAID_FOREVER);
     braid_pump_flush(pump);
     BT_EQ(c.lost, 1); BT_EQ(s.lost, 1);
     BT_ERR(s.lost_code, BRAID_ECONNECTION_DONE);
@@ -293,22 +305,24 @@ BT_TEST(transport_is_a_push_producer) {
     braid_loop *loop = bt_loop_new(NULL);
     fwd a = { .base.ops = &fwd_ops };
     tp b = { .base.ops = &tp_ops };
-    braid_memory_transport *ma = braid_memory_transport_new(loop, &a.base);
-    braid_memory_transport *mb = braid_memory_transport_new(loop, &b.base);
+    braid_memory_transport *ma = NULL;
+    braid_memory_transport_new(loop, &a.base, &ma);
+    braid_memory_transport *mb = NULL;
+    braid_memory_transport_new(loop, &b.base, &mb);
     a.to = b.base.transport;
     BT_OK(braid_transport_set_limits(b.base.transport, 10, 20, 1000));
     BT_OK(braid_transport_register_producer(b.base.transport,
                                             braid_transport_producer(a.base.transport), true));
     static char buf[25];
     BT_OK(braid_memory_transport_receive(ma, buf, sizeof buf));
-    BT_TRUE(braid_memory_transport_state(ma).reading_paused);      /* B full: A stops reading */
+    BT_TRUE(mstate(ma).reading_paused);      /* B full: A stops reading */
     BT_ERR(braid_memory_transport_receive(ma, buf, 1), BRAID_EAGAIN);
     braid_memory_transport_consume(mb, 15);
-    BT_FALSE(braid_memory_transport_state(ma).reading_paused);     /* drained to the low mark */
+    BT_FALSE(mstate(ma).reading_paused);     /* drained to the low mark */
     braid_transport_unregister_producer(b.base.transport);
     braid_memory_transport_free(ma);
     braid_memory_transport_free(mb);
-    BT_OK(braid_loop_run_once(loop, BRAID_RUN_NOWAIT));
+    BT_OK(braid_loop_run_once(loop, BRAID_LOOP_RUN_NOWAIT));
     bt_loop_destroy(loop);
 }
 
@@ -317,19 +331,20 @@ static int memory_scenario(void *arg) {
     (void)arg;
     braid_loop *loop;
     braid_loop_options o = { .flags = 0 };
-    int rc = braid_loop_new(&loop, &o);
+    int rc = braid_loop_new(&o, &loop);
     if (rc < 0) return rc;
     tp p = { .base.ops = &tp_ops };
-    braid_memory_transport *m = braid_memory_transport_new(loop, &p.base);
-    if (!m) { braid_loop_destroy(loop); return BRAID_ENOMEM; }
+    braid_memory_transport *m = NULL;
+    braid_memory_transport_new(loop, &p.base, &m);
+    if (!m) { braid_loop_free(loop); return BRAID_ENOMEM; }
     static char big[100000];
     rc = braid_transport_write(p.base.transport, big, sizeof big);
     int rc2 = braid_transport_write(p.base.transport, "x", 1);
     braid_memory_transport_consume(m, 50);
-    braid_transport_lose_connection(p.base.transport);
+    braid_transport_close(p.base.transport, BRAID_FOREVER);
     braid_memory_transport_consume(m, SIZE_MAX);
     braid_memory_transport_free(m);
-    braid_loop_run_once(loop, BRAID_RUN_NOWAIT);
+    braid_loop_run_once(loop, BRAID_LOOP_RUN_NOWAIT);
     if (p.lost != 1) abort();
     bt_loop_destroy(loop);
     return rc < 0 ? rc : rc2;
@@ -352,11 +367,11 @@ static braid_result got_err(braid_result r, void *arg) {
     g->code = r.failure->code;
     g->done = 1;
     braid_result_drop(r);
-    return braid_ok(NULL);
+    return braid_result_ok(NULL);
 }
 static void await_connect(braid_loop *loop, braid_deferred *d, got *g) {
-    BT_OK(braid_deferred_add_callbacks(d, got_ok, got_err, g));
-    braid_deferred_release(d);
+    BT_OK(braid_deferred_add(d, got_ok, got_err, g));
+    braid_deferred_unref(d);
     bt_run_until(loop, &g->done, 1000);
 }
 
@@ -378,8 +393,8 @@ BT_IO_TEST(tcp_echo_roundtrip) {
     braid_transport *t = g.p->transport;
     BT_STREQ(braid_transport_kind(t), "tcp");
     braid_address peer, host;
-    BT_OK(braid_transport_get_peer(t, &peer));
-    BT_OK(braid_transport_get_host(t, &host));
+    BT_OK(braid_transport_peer(t, &peer));
+    BT_OK(braid_transport_host(t, &host));
     BT_EQ(braid_address_port(&peer), port);
     char buf[64];
     BT_STREQ(braid_address_format(&peer, buf, sizeof buf), (snprintf(buf + 32, 32, "127.0.0.1:%d", port), buf + 32));
@@ -393,7 +408,7 @@ BT_IO_TEST(tcp_echo_roundtrip) {
     BT_EQ(cpool[0].inlen, 13);
     BT_TRUE(memcmp(cpool[0].in, "one two three", 13) == 0);
     BT_EQ(braid_listener_accepted(l), 1);
-    braid_transport_lose_connection(t);
+    braid_transport_close(t, BRAID_FOREVER);
     BT_RUN_UNTIL(loop, cpool[0].lost && spool[0].lost, 1000);
     BT_ERR(cpool[0].lost_code, BRAID_ECONNECTION_DONE);
     BT_ERR(spool[0].lost_code, BRAID_ECONNECTION_DONE);
@@ -424,7 +439,7 @@ BT_IO_TEST(tcp_slow_reader_pauses_producer) {
                   .chunk = 16384, .limit = total };
     BT_OK(braid_transport_register_producer(st, &pu.prod, true));
     push_schedule(&pu);
-    for (int i = 0; i < 300; i++) BT_OK(braid_loop_run_once(loop, BRAID_RUN_NOWAIT));
+    for (int i = 0; i < 300; i++) BT_OK(braid_loop_run_once(loop, BRAID_LOOP_RUN_NOWAIT));
     BT_TRUE(pu.paused);
     BT_GE(pu.pauses, 1);
     BT_LT(pu.sent, total);
@@ -432,7 +447,7 @@ BT_IO_TEST(tcp_slow_reader_pauses_producer) {
     BT_ULE(braid_transport_buffered(st), 4u << 20);
     BT_EQ(cpool[0].total_in, 0);
     uint64_t sent_while_paused = pu.sent;
-    for (int i = 0; i < 50; i++) BT_OK(braid_loop_run_once(loop, BRAID_RUN_NOWAIT));
+    for (int i = 0; i < 50; i++) BT_OK(braid_loop_run_once(loop, BRAID_LOOP_RUN_NOWAIT));
     BT_UEQ(pu.sent, sent_while_paused);            /* nothing more while paused */
     braid_transport_resume_reading(ct);
     BT_RUN_UNTIL(loop, cpool[0].total_in >= total, 200000);
@@ -440,7 +455,7 @@ BT_IO_TEST(tcp_slow_reader_pauses_producer) {
     BT_EQ(cpool[0].pattern_errors, 0);             /* every byte, in order, across pauses */
     BT_GE(pu.resumes, 1);
     braid_transport_unregister_producer(st);
-    braid_transport_lose_connection(st);
+    braid_transport_close(st, BRAID_FOREVER);
     BT_RUN_UNTIL(loop, cpool[0].lost && spool[0].lost, 1000);
     BT_EQ(pu.stops, 0);
     braid_listener_close(l);
@@ -467,7 +482,7 @@ BT_IO_TEST(tcp_hard_cap_aborts) {
     int rc = 0, writes = 0;
     for (; writes < 10000 && rc == 0; writes++) {
         rc = braid_transport_write(st, chunk, sizeof chunk);
-        BT_OK(braid_loop_run_once(loop, BRAID_RUN_NOWAIT));
+        BT_OK(braid_loop_run_once(loop, BRAID_LOOP_RUN_NOWAIT));
     }
     BT_ERR(rc, BRAID_EBUFFER_LIMIT);
     BT_RUN_UNTIL_NOWAIT(loop, spool[0].lost, 100);
@@ -549,7 +564,8 @@ BT_IO_TEST(connect_refused_fails) {
 }
 
 BT_IO_TEST(connect_cancel_and_timeout) {
-    braid_fake_clock *fc = braid_fake_clock_new(0);
+    braid_fake_clock *fc = NULL;
+    braid_fake_clock_new(0, &fc);
     braid_loop *loop = bt_loop_new(braid_fake_clock_base(fc));
     tp spool[2], cpool[2];
     tfactory sf, cf;
@@ -560,28 +576,28 @@ BT_IO_TEST(connect_cancel_and_timeout) {
     /* cancel before the connect completed */
     braid_deferred *d = braid_tcp_connect(loop, &(braid_tcp_connect_options){
         .host = "127.0.0.1", .port = port }, &cf.f);
-    braid_expect_no_result(d);
+    braid_deferred_expect_no_result(d);
     braid_deferred_cancel(d);
-    braid_failure *f = braid_expect_failure(d, BRAID_ECANCELED);
+    braid_failure *f = braid_deferred_expect_failure(d, BRAID_ECANCELED);
     braid_failure_free(f);
-    braid_deferred_release(d);
+    braid_deferred_unref(d);
     /* the timeout: the fake clock passes it before the loop sees the socket */
     d = braid_tcp_connect(loop, &(braid_tcp_connect_options){
-        .host = "127.0.0.1", .port = port, .timeout_ns = BRAID_SECONDS(5) }, &cf.f);
+        .host = "127.0.0.1", .port = port, .timeout = BRAID_SECONDS(5) }, &cf.f);
     braid_fake_clock_advance(fc, BRAID_SECONDS(5));
-    BT_OK(braid_loop_run_once(loop, BRAID_RUN_NOWAIT));
-    if (braid_deferred_called(d) && !braid_deferred_is_failure(d)) {
+    BT_OK(braid_loop_run_once(loop, BRAID_LOOP_RUN_NOWAIT));
+    if (braid_deferred_is_called(d) && !braid_deferred_is_failure(d)) {
         /* The I/O phase ran before the timer phase and the connect had completed. */
-        braid_result r = braid_expect_success(d);
+        braid_result r = braid_deferred_expect_success(d);
         braid_transport_abort(((braid_protocol *)r.value)->transport);
         braid_result_drop(r);
     } else {
-        f = braid_expect_failure(d, BRAID_ETIMEDOUT);
+        f = braid_deferred_expect_failure(d, BRAID_ETIMEDOUT);
         braid_failure_free(f);
         BT_EQ(cpool[0].made + cpool[1].made, 0);
     }
-    braid_deferred_release(d);
-    for (int i = 0; i < 20; i++) BT_OK(braid_loop_run_once(loop, BRAID_RUN_NOWAIT));
+    braid_deferred_unref(d);
+    for (int i = 0; i < 20; i++) BT_OK(braid_loop_run_once(loop, BRAID_LOOP_RUN_NOWAIT));
     /* server-side connections opened by the kernel handshake end with EOF */
     for (int i = 0; i < 2; i++)
         if (spool[i].made) {
@@ -603,10 +619,10 @@ BT_IO_TEST(connect_by_name_resolves_off_thread) {
     got g = { 0 };
     braid_deferred *d = braid_tcp_connect(loop, &(braid_tcp_connect_options){
         .host = "localhost", .port = port, .family = AF_INET }, &cf.f);
-    BT_FALSE(braid_deferred_called(d));   /* a name goes to the resolver pool */
+    BT_FALSE(braid_deferred_is_called(d));   /* a name goes to the resolver pool */
     await_connect(loop, d, &g);
     BT_FALSE(g.failed);
-    braid_transport_lose_connection(g.p->transport);
+    braid_transport_close(g.p->transport, BRAID_FOREVER);
     BT_RUN_UNTIL(loop, cpool[0].lost && spool[0].lost, 1000);
     braid_listener_close(l);
     bt_loop_destroy(loop);
@@ -661,7 +677,7 @@ BT_IO_TEST(unix_listen_connect_and_fd_passing) {
     close(spool[0].fds[1]);
     int zero = 0;
     BT_ERR(braid_transport_send_fds(spool[0].base.transport, &zero, 0, "x", 1), BRAID_EINVAL);
-    braid_transport_lose_connection(ct);
+    braid_transport_close(ct, BRAID_FOREVER);
     BT_RUN_UNTIL(loop, cpool[0].lost && spool[0].lost, 1000);
     braid_listener_close(l);
     BT_TRUE(stat(path, &st) < 0);                 /* the socket file went with the listener */
@@ -676,8 +692,8 @@ BT_IO_TEST(pipes_adopted) {
     BT_OK(pipe(b));
     /* x writes to a[1], reads b[0]; y reads a[0], writes b[1] (echo) */
     tp x = { .base.ops = &tp_half_ops }, y = { .base.ops = &tp_ops, .echo = true };
-    BT_OK(braid_stream_adopt_pipes(loop, b[0], a[1], &x.base));
-    BT_OK(braid_stream_adopt_pipes(loop, a[0], b[1], &y.base));
+    BT_OK(braid_transport_adopt_pipes(loop, b[0], a[1], &x.base));
+    BT_OK(braid_transport_adopt_pipes(loop, a[0], b[1], &y.base));
     BT_STREQ(braid_transport_kind(x.base.transport), "pipe");
     BT_OK(braid_transport_write(x.base.transport, "through pipes", 13));
     BT_RUN_UNTIL(loop, x.inlen >= 13, 1000);
@@ -697,8 +713,8 @@ BT_IO_TEST(adopt_socketpair) {
     int sv[2];
     BT_OK(socketpair(AF_UNIX, SOCK_STREAM, 0, sv));
     tp x = { .base.ops = &tp_ops }, y = { .base.ops = &tp_ops, .echo = true };
-    BT_OK(braid_stream_adopt(loop, sv[0], &x.base));
-    BT_OK(braid_stream_adopt(loop, sv[1], &y.base));
+    BT_OK(braid_transport_adopt(loop, sv[0], &x.base));
+    BT_OK(braid_transport_adopt(loop, sv[1], &y.base));
     BT_STREQ(braid_transport_kind(x.base.transport), "unix");
     BT_OK(braid_transport_write(x.base.transport, "pair", 4));
     BT_RUN_UNTIL(loop, x.inlen >= 4, 1000);
@@ -788,25 +804,25 @@ static braid_result ws_connect_failed(braid_result r, void *arg) {
     st->connect_done = 1;
     st->connect_rc = r.failure->code;
     braid_result_drop(r);
-    return braid_ok(NULL);
+    return braid_result_ok(NULL);
 }
 /* Run non-blocking iterations until cond holds (loopback answers at once;
  * the bound only stops a broken run from hanging). */
 #define WALK_SPIN(loop, cond)                                                  \
     for (int spin_ = 0; spin_ < 20000 && !(cond); spin_++)                     \
-        if (braid_loop_run_once(loop, BRAID_RUN_NOWAIT) < 0) break
+        if (braid_loop_run_once(loop, BRAID_LOOP_RUN_NOWAIT) < 0) break
 
 /* One connection over an open listener: connect, exchange, close. Returns 0
  * if every step worked, else the first error; always leaves no connection. */
 static int walk_exchange(braid_loop *loop, walk_state *st, braid_deferred *d, bool pass_fd) {
     int rc = 0;
     if (!d) return BRAID_ENOMEM;
-    if ((rc = braid_deferred_add_callbacks(d, ws_connected, ws_connect_failed, st)) < 0) {
+    if ((rc = braid_deferred_add(d, ws_connected, ws_connect_failed, st)) < 0) {
         braid_deferred_cancel(d);
-        braid_deferred_release(d);
+        braid_deferred_unref(d);
         return rc;
     }
-    braid_deferred_release(d);
+    braid_deferred_unref(d);
     WALK_SPIN(loop, st->connect_done);
     if (!st->connect_done) abort();                /* loopback never takes this long */
     if (!st->client) return st->connect_rc ? st->connect_rc : BRAID_EINVAL;
@@ -824,7 +840,7 @@ static int walk_exchange(braid_loop *loop, walk_state *st, braid_deferred *d, bo
     WALK_SPIN(loop, st->client_got >= want || !st->client);
     if (rc == 0 && st->client_got != want) rc = st->client ? BRAID_EINVAL : BRAID_ECONNECTION_LOST;
     if (rc == 0 && pass_fd && st->fds_got != 1) rc = BRAID_EINVAL;
-    if (st->client) braid_transport_lose_connection(st->client->transport);
+    if (st->client) braid_transport_close(st->client->transport, BRAID_FOREVER);
     WALK_SPIN(loop, !st->client && st->server_lost == st->server_made);
     if (st->client || st->server_lost != st->server_made) abort();
     return rc;
@@ -833,7 +849,7 @@ static int walk_exchange(braid_loop *loop, walk_state *st, braid_deferred *d, bo
 static int stream_scenario(void *arg) {
     (void)arg;
     braid_loop *loop;
-    int rc = braid_loop_new(&loop, &(braid_loop_options){ .flags = BRAID_LOOP_STRICT_BACKEND });
+    int rc = braid_loop_new(&(braid_loop_options){ .flags = BRAID_LOOP_STRICT_BACKEND }, &loop);
     if (rc < 0) return rc;
     walk_state st = { 0 };
     braid_factory sf, cf;
@@ -846,7 +862,7 @@ static int stream_scenario(void *arg) {
         if (braid_listener_address(l, &a) < 0) abort();
         rc = walk_exchange(loop, &st, braid_tcp_connect(loop, &(braid_tcp_connect_options){
                                .host = "127.0.0.1", .port = braid_address_port(&a),
-                               .timeout_ns = BRAID_SECONDS(30) }, &cf), false);
+                               .timeout = BRAID_SECONDS(30) }, &cf), false);
         braid_listener_close(l);
     }
     if (rc == 0) {
@@ -860,7 +876,7 @@ static int stream_scenario(void *arg) {
         }
     }
     /* the leak gate: nothing may stay open whatever failed */
-    for (int i = 0; i < 3; i++) braid_loop_run_once(loop, BRAID_RUN_NOWAIT);
+    for (int i = 0; i < 3; i++) braid_loop_run_once(loop, BRAID_LOOP_RUN_NOWAIT);
     bt_loop_destroy(loop);
     return rc;
 }
@@ -891,7 +907,7 @@ BT_IO_TEST(small_writes_in_one_iteration_leave_in_one_syscall) {
     int sv[2];
     BT_OK(socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv));
     tp x = { .base.ops = &tp_ops };
-    BT_OK(braid_stream_adopt(loop, sv[0], &x.base));
+    BT_OK(braid_transport_adopt(loop, sv[0], &x.base));
     braid_transport *t = x.base.transport;
     BT_OK(braid_transport_write(t, "one ", 4));
     BT_OK(braid_transport_write(t, "two ", 4));
@@ -900,7 +916,7 @@ BT_IO_TEST(small_writes_in_one_iteration_leave_in_one_syscall) {
     BT_EQ(braid_transport_buffered(t), 13);       /* nothing left from inside write */
     char buf[64];
     BT_EQ(recv(sv[1], buf, sizeof buf, MSG_DONTWAIT), -1);
-    BT_OK(braid_loop_run_once(loop, BRAID_RUN_NOWAIT));
+    BT_OK(braid_loop_run_once(loop, BRAID_LOOP_RUN_NOWAIT));
     BT_EQ(braid_transport_buffered(t), 0);
     BT_EQ(recv(sv[1], buf, sizeof buf, MSG_DONTWAIT), 13);   /* one message: one send() */
     BT_TRUE(memcmp(buf, "one two three", 13) == 0);
@@ -909,14 +925,14 @@ BT_IO_TEST(small_writes_in_one_iteration_leave_in_one_syscall) {
     /* the next iteration's writes are the next call */
     BT_OK(braid_transport_write(t, "four", 4));
     BT_OK(braid_transport_write(t, "five", 4));
-    BT_OK(braid_loop_run_once(loop, BRAID_RUN_NOWAIT));
+    BT_OK(braid_loop_run_once(loop, BRAID_LOOP_RUN_NOWAIT));
     BT_EQ(recv(sv[1], buf, sizeof buf, MSG_DONTWAIT), 8);
     BT_EQ(recv(sv[1], buf, sizeof buf, MSG_DONTWAIT), -1);
     /* writes made while handling one read (three answers) leave in one call */
     x.base.ops = &triple_ops;
     BT_EQ(send(sv[1], "q", 1, 0), 1);
     for (int i = 0; i < 100 && recv(sv[1], buf, sizeof buf, MSG_DONTWAIT | MSG_PEEK) < 0; i++)
-        BT_OK(braid_loop_run_once(loop, BRAID_RUN_NOWAIT));
+        BT_OK(braid_loop_run_once(loop, BRAID_LOOP_RUN_NOWAIT));
     BT_EQ(recv(sv[1], buf, sizeof buf, MSG_DONTWAIT), 9);
     BT_TRUE(memcmp(buf, "q1;q2;q3;", 9) == 0);
     BT_EQ(recv(sv[1], buf, sizeof buf, MSG_DONTWAIT), -1);
@@ -957,18 +973,18 @@ BT_IO_TEST(stdio_child_speaks_through_pipes) {
         if (dup2(to_child[0], 0) < 0 || dup2(from_child[1], 1) < 0) _exit(2);
         close(to_child[0]); close(to_child[1]); close(from_child[0]); close(from_child[1]);
         braid_loop *cl;
-        if (braid_loop_new(&cl, &(braid_loop_options){ .flags = BRAID_LOOP_STRICT_BACKEND }) < 0) _exit(3);
+        if (braid_loop_new(&(braid_loop_options){ .flags = BRAID_LOOP_STRICT_BACKEND }, &cl) < 0) _exit(3);
         braid_protocol up = { .ops = &upper_ops };
-        if (braid_stream_adopt_pipes(cl, dup(0), dup(1), &up) < 0) _exit(4);
+        if (braid_transport_adopt_pipes(cl, dup(0), dup(1), &up) < 0) _exit(4);
         braid_loop_run(cl);                       /* until EOF ended the connection */
-        if (braid_loop_destroy(cl) < 0) _exit(5);
+        if (braid_loop_free(cl) < 0) _exit(5);
         _exit(upper_lost_code == BRAID_ECONNECTION_DONE ? 0 : 6);
     }
     close(to_child[0]);
     close(from_child[1]);
     braid_loop *loop = bt_loop_new(NULL);
     tp x = { .base.ops = &tp_half_ops };
-    BT_OK(braid_stream_adopt_pipes(loop, from_child[0], to_child[1], &x.base));
+    BT_OK(braid_transport_adopt_pipes(loop, from_child[0], to_child[1], &x.base));
     BT_OK(braid_transport_write(x.base.transport, "hello, ", 7));
     BT_OK(braid_transport_write(x.base.transport, "stdio", 5));
     BT_OK(braid_transport_shutdown_write(x.base.transport));     /* the child's stdin EOF */
@@ -1010,7 +1026,7 @@ BT_IO_TEST(listen_on_adopted_socket) {
     BT_RUN_UNTIL(loop, cpool[0].inlen >= 7, 1000);
     BT_EQ(cpool[0].inlen, 7);
     BT_STREQ(braid_transport_kind(spool[0].base.transport), "tcp");
-    braid_transport_lose_connection(g.p->transport);
+    braid_transport_close(g.p->transport, BRAID_FOREVER);
     BT_RUN_UNTIL(loop, cpool[0].lost && spool[0].lost, 1000);
     braid_listener_close(l);
     BT_TRUE(fcntl(s, F_GETFD) < 0);               /* the listener owned (and closed) it */
@@ -1033,21 +1049,21 @@ BT_IO_TEST(connect_with_bind_address) {
                       &cf.f), &g);
     BT_FALSE(g.failed);
     braid_address host;
-    BT_OK(braid_transport_get_host(g.p->transport, &host));
+    BT_OK(braid_transport_host(g.p->transport, &host));
     BT_EQ(braid_address_port(&host), src);
     BT_RUN_UNTIL(loop, spool[0].made, 1000);
     braid_address peer;
-    BT_OK(braid_transport_get_peer(spool[0].base.transport, &peer));
+    BT_OK(braid_transport_peer(spool[0].base.transport, &peer));
     BT_EQ(braid_address_port(&peer), src);        /* the server sees our chosen port */
-    braid_transport_lose_connection(g.p->transport);
+    braid_transport_close(g.p->transport, BRAID_FOREVER);
     BT_RUN_UNTIL(loop, cpool[0].lost && spool[0].lost, 1000);
     /* not a numeric address */
     braid_deferred *d = braid_tcp_connect(loop, &(braid_tcp_connect_options){
         .host = "127.0.0.1", .port = port, .bind_host = "nowhere" }, &cf.f);
-    braid_failure *f = braid_expect_failure(d, BRAID_EINVAL);
+    braid_failure *f = braid_deferred_expect_failure(d, BRAID_EINVAL);
     BT_TRUE(f->message && strstr(f->message, "nowhere"));
     braid_failure_free(f);
-    braid_deferred_release(d);
+    braid_deferred_unref(d);
     braid_listener_close(l);
     bt_loop_destroy(loop);
 }
@@ -1065,11 +1081,11 @@ BT_IO_TEST(connect_cancelled_while_resolving) {
     braid_listener *l = bt_listen_tcp(loop, &sf.f, &port);
     braid_deferred *d = braid_tcp_connect(loop, &(braid_tcp_connect_options){
         .host = "localhost", .port = port, .family = AF_INET }, &cf.f);
-    braid_expect_no_result(d);
+    braid_deferred_expect_no_result(d);
     braid_deferred_cancel(d);
-    braid_failure *f = braid_expect_failure(d, BRAID_ECANCELED);
+    braid_failure *f = braid_deferred_expect_failure(d, BRAID_ECANCELED);
     braid_failure_free(f);
-    braid_deferred_release(d);
+    braid_deferred_unref(d);
     braid_listener_close(l);
     BT_OK(braid_loop_run(loop));                  /* returns once the lookup has reported back */
     BT_EQ(cpool[0].made, 0);
@@ -1090,7 +1106,7 @@ static void tpull_resume(braid_producer *pr) {
     static char chunk[32768];
     if (p->chunks == p->max) {
         braid_transport_unregister_producer(p->t);
-        braid_transport_lose_connection(p->t);
+        braid_transport_close(p->t, BRAID_FOREVER);
         return;
     }
     memset(chunk, 'a' + p->chunks % 26, sizeof chunk);
@@ -1133,8 +1149,8 @@ BT_IO_TEST(unix_half_close_receiver_keeps_sending) {
     int sv[2];
     BT_OK(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv));
     tp x = { .base.ops = &tp_half_ops }, y = { .base.ops = &tp_half_ops };
-    BT_OK(braid_stream_adopt(loop, sv[0], &x.base));
-    BT_OK(braid_stream_adopt(loop, sv[1], &y.base));
+    BT_OK(braid_transport_adopt(loop, sv[0], &x.base));
+    BT_OK(braid_transport_adopt(loop, sv[1], &y.base));
     BT_OK(braid_transport_write(y.base.transport, "bye", 3));
     BT_OK(braid_transport_shutdown_write(y.base.transport));
     BT_RUN_UNTIL(loop, x.read_lost, 1000);
@@ -1176,22 +1192,22 @@ BT_IO_TEST(tcp_eof_while_paused_comes_after_the_data) {
     static char data[200000];
     for (size_t i = 0; i < sizeof data; i++) data[i] = (char)(i % 251);
     BT_OK(braid_transport_write(g.p->transport, data, sizeof data));
-    braid_transport_lose_connection(g.p->transport);         /* FIN after the data */
+    braid_transport_close(g.p->transport, BRAID_FOREVER);         /* FIN after the data */
     BT_RUN_UNTIL(loop, cpool[0].lost, 1000);
-    for (int i = 0; i < 20; i++) BT_OK(braid_loop_run_once(loop, BRAID_RUN_NOWAIT));
+    for (int i = 0; i < 20; i++) BT_OK(braid_loop_run_once(loop, BRAID_LOOP_RUN_NOWAIT));
     BT_EQ(spool[0].total_in, 0);
     BT_EQ(spool[0].read_lost, 0);
     /* resume and pause again a few times while it trickles in */
     for (int k = 0; k < 1000 && !spool[0].read_lost; k++) {
         braid_transport_resume_reading(st);
-        BT_OK(braid_loop_run_once(loop, BRAID_RUN_NOWAIT));
+        BT_OK(braid_loop_run_once(loop, BRAID_LOOP_RUN_NOWAIT));
         if (k % 2 == 0 && !spool[0].read_lost) braid_transport_pause_reading(st);
-        BT_OK(braid_loop_run_once(loop, BRAID_RUN_NOWAIT));
+        BT_OK(braid_loop_run_once(loop, BRAID_LOOP_RUN_NOWAIT));
     }
     BT_EQ(spool[0].read_lost, 1);
     BT_UEQ(spool[0].total_in, sizeof data);                   /* all of it came before the EOF */
     BT_EQ(spool[0].pattern_errors, 0);
-    braid_transport_lose_connection(st);
+    braid_transport_close(st, BRAID_FOREVER);
     BT_RUN_UNTIL(loop, spool[0].lost, 1000);
     BT_ERR(spool[0].lost_code, BRAID_ECONNECTION_DONE);
     braid_listener_close(l);
@@ -1203,39 +1219,41 @@ BT_IO_TEST(tcp_eof_while_paused_comes_after_the_data) {
  * BRAID_ETIMEDOUT exactly when the deadline passes on the loop clock; one
  * whose peer consumes in time closes cleanly and the deadline is disarmed. */
 BT_TEST(memory_close_within_deadline) {
-    braid_fake_clock *fc = braid_fake_clock_new(1000);
+    braid_fake_clock *fc = NULL;
+    braid_fake_clock_new(1000, &fc);
     braid_loop *loop = bt_loop_new(braid_fake_clock_base(fc));
     /* the peer never reads */
     tp p = { .base.ops = &tp_ops };
-    braid_memory_transport *m = braid_memory_transport_new(loop, &p.base);
+    braid_memory_transport *m = NULL;
+    braid_memory_transport_new(loop, &p.base, &m);
     static char big[100000];
     BT_OK(braid_transport_write(p.base.transport, big, sizeof big));
-    braid_transport_close_within(p.base.transport, BRAID_SECONDS(2));
+    braid_transport_close(p.base.transport, BRAID_SECONDS(2));
     BT_ERR(braid_transport_write(p.base.transport, "x", 1), BRAID_ESHUTDOWN);
-    for (int i = 0; i < 10; i++) BT_OK(braid_loop_run_once(loop, BRAID_RUN_NOWAIT));
-    BT_TRUE(braid_memory_transport_state(m).disconnecting);
+    for (int i = 0; i < 10; i++) BT_OK(braid_loop_run_once(loop, BRAID_LOOP_RUN_NOWAIT));
+    BT_TRUE(mstate(m).disconnecting);
     /* a later, longer deadline does not postpone it */
-    braid_transport_close_within(p.base.transport, BRAID_SECONDS(60));
+    braid_transport_close(p.base.transport, BRAID_SECONDS(60));
     braid_memory_transport_consume(m, 1000);           /* the peer takes a little */
     BT_OK(braid_loop_advance(loop, BRAID_SECONDS(2) - 1));
     BT_EQ(p.lost, 0);
-    BT_FALSE(braid_memory_transport_state(m).closed);
+    BT_FALSE(mstate(m).closed);
     BT_OK(braid_loop_advance(loop, 1));
-    BT_OK(braid_loop_run_once(loop, BRAID_RUN_NOWAIT));
+    BT_OK(braid_loop_run_once(loop, BRAID_LOOP_RUN_NOWAIT));
     BT_EQ(p.lost, 1);
     BT_ERR(p.lost_code, BRAID_ETIMEDOUT);
     BT_TRUE(strstr(p.lost_msg, "close deadline passed with 99000 bytes unsent") != NULL);
-    BT_TRUE(braid_memory_transport_state(m).aborted);
+    BT_TRUE(mstate(m).aborted);
     braid_memory_transport_free(m);
     /* the peer reads in time */
     tp q = { .base.ops = &tp_ops };
-    m = braid_memory_transport_new(loop, &q.base);
+    braid_memory_transport_new(loop, &q.base, &m);
     BT_OK(braid_transport_write(q.base.transport, big, sizeof big));
-    braid_transport_lose_connection(q.base.transport);   /* then a deadline on top */
-    braid_transport_close_within(q.base.transport, BRAID_SECONDS(2));
+    braid_transport_close(q.base.transport, BRAID_FOREVER);   /* then a deadline on top */
+    braid_transport_close(q.base.transport, BRAID_SECONDS(2));
     BT_OK(braid_loop_advance(loop, BRAID_SECONDS(1)));
     braid_memory_transport_consume(m, sizeof big);
-    BT_OK(braid_loop_run_once(loop, BRAID_RUN_NOWAIT));
+    BT_OK(braid_loop_run_once(loop, BRAID_LOOP_RUN_NOWAIT));
     BT_EQ(q.lost, 1);
     BT_ERR(q.lost_code, BRAID_ECONNECTION_DONE);
     BT_EQ(braid_loop_timer_count(loop), 0);              /* the deadline went with it */
@@ -1244,13 +1262,13 @@ BT_TEST(memory_close_within_deadline) {
     braid_memory_transport_free(m);
     /* BRAID_FOREVER is plain lose_connection; 0 aborts at the next timer phase */
     tp r = { .base.ops = &tp_ops };
-    m = braid_memory_transport_new(loop, &r.base);
+    braid_memory_transport_new(loop, &r.base, &m);
     BT_OK(braid_transport_write(r.base.transport, "abc", 3));
-    braid_transport_close_within(r.base.transport, BRAID_FOREVER);
+    braid_transport_close(r.base.transport, BRAID_FOREVER);
     BT_EQ(braid_loop_timer_count(loop), 0);
-    braid_transport_close_within(r.base.transport, 0);
-    BT_OK(braid_loop_run_once(loop, BRAID_RUN_NOWAIT));
-    BT_OK(braid_loop_run_once(loop, BRAID_RUN_NOWAIT));
+    braid_transport_close(r.base.transport, 0);
+    BT_OK(braid_loop_run_once(loop, BRAID_LOOP_RUN_NOWAIT));
+    BT_OK(braid_loop_run_once(loop, BRAID_LOOP_RUN_NOWAIT));
     BT_EQ(r.lost, 1);
     BT_ERR(r.lost_code, BRAID_ETIMEDOUT);
     braid_memory_transport_free(m);
@@ -1279,7 +1297,8 @@ static void tcp_pair(braid_loop *loop, tfactory *sf, tfactory *cf, braid_listene
 }
 
 BT_IO_TEST(tcp_close_within_non_reading_peer_aborts_at_deadline) {
-    braid_fake_clock *fc = braid_fake_clock_new(0);
+    braid_fake_clock *fc = NULL;
+    braid_fake_clock_new(0, &fc);
     braid_loop *loop = bt_loop_new(braid_fake_clock_base(fc));
     tp spool[1], cpool[1];
     tfactory sf, cf;
@@ -1297,16 +1316,16 @@ BT_IO_TEST(tcp_close_within_non_reading_peer_aborts_at_deadline) {
     BT_OK(braid_transport_set_limits(st, 0, 0, 2 * total));
     BT_OK(braid_transport_write(st, big, total));
     free(big);
-    for (int i = 0; i < 200; i++) BT_OK(braid_loop_run_once(loop, BRAID_RUN_NOWAIT));
+    for (int i = 0; i < 200; i++) BT_OK(braid_loop_run_once(loop, BRAID_LOOP_RUN_NOWAIT));
     BT_GT(braid_transport_buffered(st), 0);             /* the kernel took what it could */
-    braid_transport_close_within(st, BRAID_SECONDS(3));
-    for (int i = 0; i < 200; i++) BT_OK(braid_loop_run_once(loop, BRAID_RUN_NOWAIT));
+    braid_transport_close(st, BRAID_SECONDS(3));
+    for (int i = 0; i < 200; i++) BT_OK(braid_loop_run_once(loop, BRAID_LOOP_RUN_NOWAIT));
     BT_OK(braid_loop_advance(loop, BRAID_SECONDS(3) - 1));
-    for (int i = 0; i < 50; i++) BT_OK(braid_loop_run_once(loop, BRAID_RUN_NOWAIT));
+    for (int i = 0; i < 50; i++) BT_OK(braid_loop_run_once(loop, BRAID_LOOP_RUN_NOWAIT));
     BT_EQ(spool[0].lost, 0);                            /* still flushing */
     BT_GT(braid_transport_buffered(st), 0);
     BT_OK(braid_loop_advance(loop, 1));
-    BT_OK(braid_loop_run_once(loop, BRAID_RUN_NOWAIT));
+    BT_OK(braid_loop_run_once(loop, BRAID_LOOP_RUN_NOWAIT));
     BT_EQ(spool[0].lost, 1);
     BT_ERR(spool[0].lost_code, BRAID_ETIMEDOUT);
     BT_TRUE(strstr(spool[0].lost_msg, "close deadline passed") != NULL);
@@ -1324,7 +1343,8 @@ BT_IO_TEST(tcp_close_within_non_reading_peer_aborts_at_deadline) {
 /* The peer reads: the close is clean, before the deadline, and the deadline
  * is disarmed (the fake clock never moves in this test). */
 BT_IO_TEST(tcp_close_within_reading_peer_closes_cleanly) {
-    braid_fake_clock *fc = braid_fake_clock_new(0);
+    braid_fake_clock *fc = NULL;
+    braid_fake_clock_new(0, &fc);
     braid_loop *loop = bt_loop_new(braid_fake_clock_base(fc));
     tp spool[1], cpool[1];
     tfactory sf, cf;
@@ -1342,7 +1362,7 @@ BT_IO_TEST(tcp_close_within_reading_peer_closes_cleanly) {
     BT_OK(braid_transport_set_limits(st, 0, 0, 2 * total));
     BT_OK(braid_transport_write(st, big, total));
     free(big);
-    braid_transport_close_within(st, BRAID_SECONDS(3));
+    braid_transport_close(st, BRAID_SECONDS(3));
     BT_RUN_UNTIL(loop, spool[0].lost && cpool[0].lost, 100000);
     BT_ERR(spool[0].lost_code, BRAID_ECONNECTION_DONE);
     BT_ERR(cpool[0].lost_code, BRAID_ECONNECTION_DONE);
@@ -1358,7 +1378,8 @@ BT_IO_TEST(tcp_close_within_reading_peer_closes_cleanly) {
  * takes). Without that the application hears "closed cleanly" while the
  * TCP connection under it lingers — and keeps the loop — forever. */
 BT_IO_TEST(tls_close_within_bounds_the_lower_transport) {
-    braid_fake_clock *fc = braid_fake_clock_new(0);
+    braid_fake_clock *fc = NULL;
+    braid_fake_clock_new(0, &fc);
     braid_loop *loop = bt_loop_new(braid_fake_clock_base(fc));
     braid_tls_ctx *sctx = bt_tls_server_ctx(NULL, NULL), *cctx = bt_tls_client_ctx(NULL);
     tp spool[1], cpool[1];
@@ -1390,19 +1411,19 @@ BT_IO_TEST(tls_close_within_bounds_the_lower_transport) {
     braid_transport *lower = braid_tls_transport_lower(st);
     for (int k = 0; k < 100000 && braid_transport_buffered(lower) < 8192; k++) {
         BT_OK(braid_transport_write(st, chunk, sizeof chunk));
-        for (int i = 0; i < 4; i++) BT_OK(braid_loop_run_once(loop, BRAID_RUN_NOWAIT));
+        for (int i = 0; i < 4; i++) BT_OK(braid_loop_run_once(loop, BRAID_LOOP_RUN_NOWAIT));
     }
     BT_GE(braid_transport_buffered(lower), 8192);
     BT_EQ(braid_transport_buffered(st), 0);
-    braid_transport_close_within(st, BRAID_SECONDS(3));
-    for (int i = 0; i < 100; i++) BT_OK(braid_loop_run_once(loop, BRAID_RUN_NOWAIT));
+    braid_transport_close(st, BRAID_SECONDS(3));
+    for (int i = 0; i < 100; i++) BT_OK(braid_loop_run_once(loop, BRAID_LOOP_RUN_NOWAIT));
     BT_EQ(spool[0].lost, 1);                /* the TLS transport's part is done */
     BT_ERR(spool[0].lost_code, BRAID_ECONNECTION_DONE);
     BT_OK(braid_loop_advance(loop, BRAID_SECONDS(3) - 1));
-    for (int i = 0; i < 20; i++) BT_OK(braid_loop_run_once(loop, BRAID_RUN_NOWAIT));
+    for (int i = 0; i < 20; i++) BT_OK(braid_loop_run_once(loop, BRAID_LOOP_RUN_NOWAIT));
     BT_EQ(braid_loop_timer_count(loop), 1);  /* the lower transport's deadline, pending */
     BT_OK(braid_loop_advance(loop, 1));
-    for (int i = 0; i < 20; i++) BT_OK(braid_loop_run_once(loop, BRAID_RUN_NOWAIT));
+    for (int i = 0; i < 20; i++) BT_OK(braid_loop_run_once(loop, BRAID_LOOP_RUN_NOWAIT));
     BT_EQ(braid_loop_timer_count(loop), 0);
     /* the lower transport was reset at the deadline: the client, reading
      * again, meets the reset before any close_notify */
@@ -1411,8 +1432,8 @@ BT_IO_TEST(tls_close_within_bounds_the_lower_transport) {
     BT_EQ(cpool[0].lost, 1);
     BT_ERR(cpool[0].lost_code, BRAID_ECONNRESET);
     BT_EQ(braid_loop_run(loop), 0);
-    braid_tls_factory_cleanup(&stf);
-    braid_tls_factory_cleanup(&ctf);
+    braid_tls_factory_close(&stf);
+    braid_tls_factory_close(&ctf);
     braid_tls_ctx_unref(sctx);
     braid_tls_ctx_unref(cctx);
     bt_loop_destroy(loop);
@@ -1437,12 +1458,12 @@ static braid_result fsc_main(void *arg) {
     braid_fstream *s = NULL;
     c->rc = braid_fstream_connect(c->loop, "tcp:host=127.0.0.1:port=1:bogus=1", BRAID_SECONDS(1), &s);
     braid_fstream_free(s);
-    return braid_ok(NULL);
+    return braid_result_ok(NULL);
 }
 BT_TEST(fstream_connect_keeps_the_endpoint_reason) {
     logcap cap = { .warns = 0 };
     braid_loop *loop;
-    BT_OK(braid_loop_new(&loop, &(braid_loop_options){ .log = cap_log, .log_ctx = &cap }));
+    BT_OK(braid_loop_new(&(braid_loop_options){ .log = cap_log, .log_ctx = &cap }, &loop));
     fsc c = { .loop = loop, .rc = 0 };
     braid_deferred *d = braid_fiber_spawn(loop, fsc_main, &c, NULL);
     BT_TRUE(d != NULL);
@@ -1450,7 +1471,7 @@ BT_TEST(fstream_connect_keeps_the_endpoint_reason) {
     braid_result r;
     BT_OK(braid_deferred_take(d, &r));
     braid_result_drop(r);
-    braid_deferred_release(d);
+    braid_deferred_unref(d);
     BT_ERR(c.rc, BRAID_EBAD_ENDPOINT);
     BT_EQ(cap.warns, 1);
     BT_TRUE(strstr(cap.warn, "unknown parameter 'bogus'") != NULL);
@@ -1563,7 +1584,7 @@ static void bc_feed(braid_loop *loop, bc_world *w, size_t total) {
         for (size_t j = 0; j < n; j++) buf[j] = (char)((off + j) % 251);
         ssize_t k = write(w->src, buf, n);
         if (k > 0) { off += (size_t)k; if (off < (384u << 10)) continue; }
-        BT_OK(braid_loop_run_once(loop, BRAID_RUN_NOWAIT));
+        BT_OK(braid_loop_run_once(loop, BRAID_LOOP_RUN_NOWAIT));
     }
     BT_EQ(off, total);
 }
@@ -1583,7 +1604,7 @@ BT_IO_TEST(broadcast_small_cap_keeps_readers_that_keep_up) {
     bc_feed(loop, &w, total);
     for (int i = 0; i < 200000 && (w.cpool[0].total_in < total || w.cpool[1].total_in < total); i++) {
         if (w.rpool[0].lost || w.rpool[1].lost) break;
-        BT_OK(braid_loop_run_once(loop, BRAID_RUN_NOWAIT));
+        BT_OK(braid_loop_run_once(loop, BRAID_LOOP_RUN_NOWAIT));
     }
     for (int i = 0; i < 2; i++) {
         BT_EQ(w.rpool[i].lost, 0);                 /* not aborted: EBUFFER_LIMIT before */
@@ -1591,7 +1612,7 @@ BT_IO_TEST(broadcast_small_cap_keeps_readers_that_keep_up) {
         BT_EQ(w.cpool[i].pattern_errors, 0);
     }
     close(w.src);
-    for (int i = 0; i < 2; i++) braid_transport_lose_connection(w.rpool[i].base.transport);
+    for (int i = 0; i < 2; i++) braid_transport_close(w.rpool[i].base.transport, BRAID_FOREVER);
     for (int i = 0; i < 100000 && !(w.cpool[0].lost && w.cpool[1].lost && w.b.base.transport == NULL); i++)
         BT_OK(braid_loop_run_once(loop, 0));
     braid_listener_close(w.l);
@@ -1628,10 +1649,10 @@ BT_IO_TEST(broadcast_slow_consumer_recipe) {
     BT_FALSE(w.b.r[1].slow);
     BT_GE(w.b.r[1].crossings_low, 1);
     for (int i = 0; i < 100000 && w.cpool[1].total_in + w.b.r[1].dropped < total; i++)
-        BT_OK(braid_loop_run_once(loop, BRAID_RUN_NOWAIT));
+        BT_OK(braid_loop_run_once(loop, BRAID_LOOP_RUN_NOWAIT));
     BT_UEQ(w.cpool[1].total_in + w.b.r[1].dropped, total);   /* each byte: delivered or dropped */
     close(w.src);
-    for (int i = 0; i < 2; i++) braid_transport_lose_connection(w.rpool[i].base.transport);
+    for (int i = 0; i < 2; i++) braid_transport_close(w.rpool[i].base.transport, BRAID_FOREVER);
     for (int i = 0; i < 100000 && !(w.cpool[0].lost && w.cpool[1].lost && w.b.base.transport == NULL); i++)
         BT_OK(braid_loop_run_once(loop, 0));
     braid_listener_close(w.l);
@@ -1676,8 +1697,8 @@ BT_IO_TEST(tcp_unsent_data_never_reaches_a_reused_descriptor) {
     raw_tcp_pair(a);
     raw_tcp_pair(b);
     tp x = { .base.ops = &tp_ops };
-    BT_OK(braid_stream_adopt(loop, a[1], &x.base));
-    for (int i = 0; i < 5; i++) BT_OK(braid_loop_run_once(loop, BRAID_RUN_NOWAIT));
+    BT_OK(braid_transport_adopt(loop, a[1], &x.base));
+    for (int i = 0; i < 5; i++) BT_OK(braid_loop_run_once(loop, BRAID_LOOP_RUN_NOWAIT));
     BT_EQ(x.made, 1);
     braid_transport *t = x.base.transport;
     const size_t total = 8u << 20;          /* far more than loopback's socket buffers */
@@ -1690,7 +1711,7 @@ BT_IO_TEST(tcp_unsent_data_never_reaches_a_reused_descriptor) {
     BT_GT(braid_transport_buffered(t), 0);  /* the kernel did not take it all: a send waits */
     braid_transport_abort(t);
     int reused = take_number(b[1], a[1]);
-    for (int i = 0; i < 50; i++) BT_OK(braid_loop_run_once(loop, BRAID_RUN_NOWAIT));
+    for (int i = 0; i < 50; i++) BT_OK(braid_loop_run_once(loop, BRAID_LOOP_RUN_NOWAIT));
     BT_EQ(x.lost, 1);
     char buf[4096];
     ssize_t n = recv(b[0], buf, sizeof buf, MSG_DONTWAIT);
@@ -1721,10 +1742,10 @@ BT_IO_TEST(tcp_closed_before_reading_never_reads_a_reused_descriptor) {
     raw_tcp_pair(b);
     BT_EQ(write(b[0], "GET / HTTP/1.1\r\n\r\n", 18), 18);
     tp x = { .base.ops = &tp_ops };
-    BT_OK(braid_stream_adopt(loop, a[1], &x.base));
+    BT_OK(braid_transport_adopt(loop, a[1], &x.base));
     braid_transport_abort(x.base.transport);
     int reused = take_number(b[1], a[1]);
-    for (int i = 0; i < 50; i++) BT_OK(braid_loop_run_once(loop, BRAID_RUN_NOWAIT));
+    for (int i = 0; i < 50; i++) BT_OK(braid_loop_run_once(loop, BRAID_LOOP_RUN_NOWAIT));
     BT_EQ(x.total_in, 0);
     char buf[64];
     ssize_t n = recv(reused, buf, sizeof buf, MSG_DONTWAIT);

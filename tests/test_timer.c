@@ -13,7 +13,7 @@ static void note_id(braid_timer *t, void *arg) {
 
 static braid_fake_clock *fc;
 static braid_loop *fake_loop(void) {
-    fc = braid_fake_clock_new(1000);
+    braid_fake_clock_new(1000, &fc);
     BT_TRUE(fc);
     return bt_loop_new(braid_fake_clock_base(fc));
 }
@@ -49,13 +49,13 @@ BT_TEST(never_early) {
     braid_timer_init(loop, &a.t, note_id, &a);
     BT_OK(braid_timer_start(&a.t, BRAID_MSEC(10)));
     braid_fake_clock_advance(fc, BRAID_MSEC(10) - 1);
-    for (int i = 0; i < 5; i++) BT_OK(braid_loop_run_once(loop, BRAID_RUN_NOWAIT));
+    for (int i = 0; i < 5; i++) BT_OK(braid_loop_run_once(loop, BRAID_LOOP_RUN_NOWAIT));
     BT_EQ(r.n, 0);
-    BT_TRUE(braid_timer_active(&a.t));
+    BT_TRUE(braid_timer_is_active(&a.t));
     braid_fake_clock_advance(fc, 1);
-    BT_OK(braid_loop_run_once(loop, BRAID_RUN_NOWAIT));
+    BT_OK(braid_loop_run_once(loop, BRAID_LOOP_RUN_NOWAIT));
     BT_EQ(r.n, 1);
-    BT_FALSE(braid_timer_active(&a.t));
+    BT_FALSE(braid_timer_is_active(&a.t));
     fake_done(loop);
 }
 
@@ -67,8 +67,8 @@ BT_TEST(reset_earlier_and_later) {
     braid_timer_init(loop, &b.t, note_id, &b);
     BT_OK(braid_timer_start(&a.t, 100));
     BT_OK(braid_timer_start(&b.t, 200));
-    BT_OK(braid_timer_reset(&a.t, 300));   /* later */
-    BT_OK(braid_timer_reset(&b.t, 50));    /* earlier */
+    BT_OK(braid_timer_start(&a.t, 300));   /* later */
+    BT_OK(braid_timer_start(&b.t, 50));    /* earlier */
     BT_UEQ(braid_timer_deadline(&b.t), 1050);
     BT_OK(braid_loop_advance(loop, 120));
     BT_EQ(r.n, 1); BT_EQ(r.order[0], 2);
@@ -104,7 +104,7 @@ BT_TEST(callback_stops_other_due_timer) {
     BT_OK(braid_timer_start(&a.t, 10));
     BT_OK(braid_timer_start(&b.t, 10));
     braid_fake_clock_advance(fc, 10);
-    BT_OK(braid_loop_run_once(loop, BRAID_RUN_NOWAIT));
+    BT_OK(braid_loop_run_once(loop, BRAID_LOOP_RUN_NOWAIT));
     BT_EQ(r.n, 1);
     fake_done(loop);
 }
@@ -117,9 +117,9 @@ BT_TEST(zero_delay_rearm_yields_each_iteration) {
     braid_timer t;
     braid_timer_init(loop, &t, rearm, NULL);
     BT_OK(braid_timer_start(&t, 0));
-    BT_OK(braid_loop_run_once(loop, BRAID_RUN_NOWAIT));
+    BT_OK(braid_loop_run_once(loop, BRAID_LOOP_RUN_NOWAIT));
     BT_EQ(rearm_count, 1);
-    BT_OK(braid_loop_run_once(loop, BRAID_RUN_NOWAIT));
+    BT_OK(braid_loop_run_once(loop, BRAID_LOOP_RUN_NOWAIT));
     BT_EQ(rearm_count, 2);
     braid_timer_stop(&t);
     fake_done(loop);
@@ -128,25 +128,25 @@ BT_TEST(zero_delay_rearm_yields_each_iteration) {
 static int later_calls;
 static void later_fn(void *arg) { (void)arg; later_calls++; }
 static braid_timer *self_h;
-static void later_rearm(void *arg) { (void)arg; if (++later_calls < 3) braid_timer_reset(self_h, 5); }
+static void later_rearm(void *arg) { (void)arg; if (++later_calls < 3) braid_timer_start(self_h, 5); }
 BT_TEST(call_later_handle) {
     braid_loop *loop = fake_loop();
     later_calls = 0;
-    braid_timer *h = braid_call_later(loop, 100, later_fn, NULL);
+    braid_timer *h = braid_timer_call_later(loop, 100, later_fn, NULL);
     BT_TRUE(h);
     BT_PTR_EQ(h->loop, loop);
-    BT_TRUE(braid_timer_active(h));
-    BT_OK(braid_timer_reset(h, 200));
+    BT_TRUE(braid_timer_is_active(h));
+    BT_OK(braid_timer_start(h, 200));
     BT_OK(braid_loop_advance(loop, 150));
     BT_EQ(later_calls, 0);
     BT_OK(braid_loop_advance(loop, 60));
     BT_EQ(later_calls, 1);                /* fired and freed (leak check covers it) */
-    braid_timer *c = braid_call_later(loop, 100, later_fn, NULL);
+    braid_timer *c = braid_timer_call_later(loop, 100, later_fn, NULL);
     braid_timer_cancel(c);                /* cancelled and freed */
     BT_OK(braid_loop_advance(loop, 200));
     BT_EQ(later_calls, 1);
     later_calls = 0;
-    self_h = braid_call_later(loop, 5, later_rearm, NULL);   /* re-arms itself twice */
+    self_h = braid_timer_call_later(loop, 5, later_rearm, NULL);   /* re-arms itself twice */
     BT_OK(braid_loop_advance(loop, 100));
     BT_EQ(later_calls, 3);
     fake_done(loop);
@@ -163,20 +163,20 @@ BT_TEST(looping_call_counts_missed_ticks) {
     braid_looping lc;
     lc_rec r = { .n = 0 };
     BT_OK(braid_looping_start(loop, &lc, 10, true, lc_cb, &r));
-    BT_OK(braid_loop_run_once(loop, BRAID_RUN_NOWAIT));       /* tick 0 at once */
+    BT_OK(braid_loop_run_once(loop, BRAID_LOOP_RUN_NOWAIT));       /* tick 0 at once */
     BT_EQ(r.n, 1); BT_UEQ(r.ticks[0], 1);
     BT_OK(braid_loop_advance(loop, 10));                        /* tick 1 */
     BT_EQ(r.n, 2); BT_UEQ(r.ticks[1], 1);
     /* The loop is "busy" for 35 ns: jump the clock without running timers. */
     braid_fake_clock_advance(fc, 35);
-    BT_OK(braid_loop_run_once(loop, BRAID_RUN_NOWAIT));       /* at 45: tick 4, missed 2,3 */
+    BT_OK(braid_loop_run_once(loop, BRAID_LOOP_RUN_NOWAIT));       /* at 45: tick 4, missed 2,3 */
     BT_EQ(r.n, 3); BT_UEQ(r.ticks[2], 3);
     BT_UEQ(lc.missed, 2);
     BT_OK(braid_loop_advance(loop, 5));                         /* tick 5 back on the grid */
     BT_EQ(r.n, 4); BT_UEQ(r.ticks[3], 1);
     BT_OK(braid_loop_advance(loop, 100));
     BT_EQ(r.n, 6);
-    BT_FALSE(braid_timer_active(&lc.timer));
+    BT_FALSE(braid_timer_is_active(&lc.timer));
     fake_done(loop);
 }
 
@@ -202,7 +202,7 @@ BT_TEST(million_timers) {
     for (size_t i = 0; i < N; i += 2) braid_timer_stop(&ts[i]);
     BT_EQ(braid_loop_timer_count(loop), N / 2);
     braid_fake_clock_advance(fc, 1000000);
-    BT_OK(braid_loop_run_once(loop, BRAID_RUN_NOWAIT));
+    BT_OK(braid_loop_run_once(loop, BRAID_LOOP_RUN_NOWAIT));
     BT_EQ(fired, N / 2);
     BT_EQ(out_of_order, 0);
     free(ts);
@@ -229,7 +229,7 @@ BT_TEST(leak_gate_refuses_active_timer) {
     BT_OK(braid_timer_start(&t, 10));
     int logged = 0;
     (void)logged;
-    BT_ERR(braid_loop_destroy(loop), BRAID_EBUSY);
+    BT_ERR(braid_loop_free(loop), BRAID_EBUSY);
     braid_timer_stop(&t);
     fake_done(loop);
 }

@@ -107,7 +107,7 @@ static void pair_open(pair *pr, braid_loop *loop, const char *host, const char *
     braid_protocol *cg = braid_factory_build(&pr->ctf.base, NULL);
     braid_protocol *sg = braid_factory_build(&pr->stf.base, NULL);
     BT_TRUE(cg && sg);
-    pr->pump = braid_pump_new(loop, cg, sg);
+    braid_pump_new(loop, cg, sg, &pr->pump);
     BT_TRUE(pr->pump != NULL);
     BT_TRUE(braid_tls_wrapped_protocol(cg) == &pr->c[0].base);
 }
@@ -115,9 +115,9 @@ static void pair_open(pair *pr, braid_loop *loop, const char *host, const char *
 static void pair_close(pair *pr) {
     braid_pump_flush(pr->pump);
     braid_pump_free(pr->pump);
-    braid_loop_run_once(pr->loop, BRAID_RUN_NOWAIT);
-    braid_tls_factory_cleanup(&pr->stf);
-    braid_tls_factory_cleanup(&pr->ctf);
+    braid_loop_run_once(pr->loop, BRAID_LOOP_RUN_NOWAIT);
+    braid_tls_factory_close(&pr->stf);
+    braid_tls_factory_close(&pr->ctf);
     braid_tls_ctx_unref(pr->sctx);
     braid_tls_ctx_unref(pr->cctx);
 }
@@ -130,7 +130,7 @@ BT_TEST(pump_handshake_data_close_notify) {
     BT_EQ(c->made, 1);
     BT_EQ(s->made, 1);
     BT_STREQ(braid_transport_kind(c->base.transport), "tls");
-    BT_TRUE(braid_transport_is_tls(c->base.transport));
+    BT_TRUE(braid_tls_is_transport(c->base.transport));
     BT_STREQ(braid_transport_kind(braid_tls_transport_lower(c->base.transport)), "memory");
     /* Written before the handshake: waits for it. */
     BT_OK(braid_transport_write(c->base.transport, "hello ", 6));
@@ -148,7 +148,7 @@ BT_TEST(pump_handshake_data_close_notify) {
     braid_pump_flush(pr.pump);
     BT_EQ(c->inlen, 2);
     /* lose_connection: close_notify; the server sees a clean end. */
-    braid_transport_lose_connection(c->base.transport);
+    braid_transport_close(c->base.transport, BRAID_FOREVER);
     braid_pump_flush(pr.pump);
     BT_EQ(c->lost, 1);
     BT_EQ(s->lost, 1);
@@ -203,7 +203,7 @@ BT_TEST(small_writes_make_one_record) {
     /* 2000 one-byte writes in one iteration */
     for (int i = 0; i < 2000; i++) BT_OK(braid_transport_write(pr.c[0].base.transport, "x", 1));
     BT_EQ(braid_transport_buffered(pr.c[0].base.transport), 2000);
-    BT_OK(braid_loop_run_once(loop, BRAID_RUN_NOWAIT));   /* the ready phase seals them */
+    BT_OK(braid_loop_run_once(loop, BRAID_LOOP_RUN_NOWAIT));   /* the ready phase seals them */
     BT_EQ(braid_transport_buffered(pr.c[0].base.transport), 0);
     const unsigned char *p = braid_memory_transport_data(cm, &len);
     size_t used;
@@ -248,12 +248,12 @@ BT_TEST(never_reading_peer_stays_under_cap) {
             BT_OK(braid_transport_write(t, chunk, sizeof chunk));
             pu.sent += sizeof chunk;
         }
-        BT_OK(braid_loop_run_once(loop, BRAID_RUN_NOWAIT));
+        BT_OK(braid_loop_run_once(loop, BRAID_LOOP_RUN_NOWAIT));
         size_t total = braid_transport_buffered(t) + braid_transport_buffered(lower);
         if (total > pu.max_total) pu.max_total = total;
     }
     BT_TRUE(pu.paused);
-    for (int i = 0; i < 10; i++) BT_OK(braid_loop_run_once(loop, BRAID_RUN_NOWAIT));
+    for (int i = 0; i < 10; i++) BT_OK(braid_loop_run_once(loop, BRAID_LOOP_RUN_NOWAIT));
     size_t len;
     braid_memory_transport_data(cm, &len);
     /* lower: at most its high watermark plus one flush's worth of records;
@@ -274,7 +274,7 @@ BT_TEST(never_reading_peer_stays_under_cap) {
     while (rc == 0 && n < 64 * 1024 * 1024) {
         rc = braid_transport_write(t, chunk, sizeof chunk);
         n += sizeof chunk;
-        if ((n / sizeof chunk) % 16 == 0) braid_loop_run_once(loop, BRAID_RUN_NOWAIT);
+        if ((n / sizeof chunk) % 16 == 0) braid_loop_run_once(loop, BRAID_LOOP_RUN_NOWAIT);
     }
     BT_ERR(rc, BRAID_EBUFFER_LIMIT);
     BT_LE(n, 256 * 1024 + 64 * 1024 + 17 * 1024 + 16 * sizeof chunk);
@@ -318,14 +318,15 @@ BT_TEST(garbage_fails_one_connection) {
     braid_tls_factory stf;
     BT_OK(braid_tls_factory_init(&stf, &sf.f, &(braid_tls_wrap_options){ .ctx = sctx }));
     app junk = { .base.ops = &app_ops };
-    braid_pump *pump = braid_pump_new(loop, &junk.base, braid_factory_build(&stf.base, NULL));
+    braid_pump *pump = NULL;
+    braid_pump_new(loop, &junk.base, braid_factory_build(&stf.base, NULL), &pump);
     BT_OK(braid_transport_write(junk.base.transport, "GET / HTTP/1.1\r\nHost: x\r\n\r\n", 27));
     braid_pump_flush(pump);
     BT_EQ(s[0].lost, 1);
     BT_ERR(s[0].lost_code, BRAID_ETLS);
     BT_EQ(junk.lost, 1);        /* the server closed it (after its alert) */
     braid_pump_free(pump);
-    braid_loop_run_once(loop, BRAID_RUN_NOWAIT);
+    braid_loop_run_once(loop, BRAID_LOOP_RUN_NOWAIT);
     /* The same factory serves the next client. */
     braid_tls_ctx *cctx = bt_tls_client_ctx(NULL);
     afactory cf;
@@ -333,14 +334,14 @@ BT_TEST(garbage_fails_one_connection) {
     af_init(&cf, c, 1);
     braid_tls_factory ctf;
     BT_OK(braid_tls_factory_init(&ctf, &cf.f, &(braid_tls_wrap_options){ .ctx = cctx, .server_name = "localhost" }));
-    pump = braid_pump_new(loop, braid_factory_build(&ctf.base, NULL), braid_factory_build(&stf.base, NULL));
+    braid_pump_new(loop, braid_factory_build(&ctf.base, NULL), braid_factory_build(&stf.base, NULL), &pump);
     BT_OK(braid_transport_write(c[0].base.transport, "ok", 2));
     braid_pump_flush(pump);
     BT_EQ(s[1].inlen, 2);
     braid_pump_free(pump);
-    braid_loop_run_once(loop, BRAID_RUN_NOWAIT);
-    braid_tls_factory_cleanup(&stf);
-    braid_tls_factory_cleanup(&ctf);
+    braid_loop_run_once(loop, BRAID_LOOP_RUN_NOWAIT);
+    braid_tls_factory_close(&stf);
+    braid_tls_factory_close(&ctf);
     braid_tls_ctx_unref(sctx);
     braid_tls_ctx_unref(cctx);
     bt_loop_destroy(loop);
@@ -349,7 +350,8 @@ BT_TEST(garbage_fails_one_connection) {
 /* A server that never answers: the client's handshake times out on the
  * loop's (fake) clock. */
 BT_TEST(handshake_timeout_on_fake_clock) {
-    braid_fake_clock *fc = braid_fake_clock_new(BRAID_SECONDS(100));
+    braid_fake_clock *fc = NULL;
+    braid_fake_clock_new(BRAID_SECONDS(100), &fc);
     braid_loop *loop = bt_loop_new(braid_fake_clock_base(fc));
     braid_tls_ctx *cctx = bt_tls_client_ctx(NULL);
     afactory cf;
@@ -359,7 +361,8 @@ BT_TEST(handshake_timeout_on_fake_clock) {
     BT_OK(braid_tls_factory_init(&ctf, &cf.f, &(braid_tls_wrap_options){
         .ctx = cctx, .server_name = "localhost", .handshake_timeout = BRAID_SECONDS(5) }));
     app silent = { .base.ops = &app_ops };
-    braid_pump *pump = braid_pump_new(loop, braid_factory_build(&ctf.base, NULL), &silent.base);
+    braid_pump *pump = NULL;
+    braid_pump_new(loop, braid_factory_build(&ctf.base, NULL), &silent.base, &pump);
     braid_pump_flush(pump);
     BT_GT(silent.inlen, 0);            /* the ClientHello arrived, unanswered */
     BT_OK(braid_loop_advance(loop, BRAID_SECONDS(4)));
@@ -370,8 +373,8 @@ BT_TEST(handshake_timeout_on_fake_clock) {
     BT_ERR(c[0].lost_code, BRAID_ETLS_TIMEOUT);
     BT_EQ(silent.lost, 1);
     braid_pump_free(pump);
-    braid_loop_run_once(loop, BRAID_RUN_NOWAIT);
-    braid_tls_factory_cleanup(&ctf);
+    braid_loop_run_once(loop, BRAID_LOOP_RUN_NOWAIT);
+    braid_tls_factory_close(&ctf);
     braid_tls_ctx_unref(cctx);
     bt_loop_destroy(loop);
     braid_fake_clock_free(fc);
@@ -380,7 +383,7 @@ BT_TEST(handshake_timeout_on_fake_clock) {
 /* STARTTLS: a line protocol that upgrades its live connection. */
 static void st_data(braid_protocol *p, const void *buf, size_t len) {
     app *a = (app *)p;
-    if (!braid_transport_is_tls(p->transport)) {
+    if (!braid_tls_is_transport(p->transport)) {
         if (!a->starttls_client && len >= 9 && !memcmp(buf, "STARTTLS\n", 9)) {
             BT_OK(braid_transport_write(p->transport, "GO\n", 3));
             BT_OK(braid_tls_start(p, &(braid_tls_wrap_options){ .ctx = a->starttls_ctx,
@@ -405,22 +408,23 @@ BT_TEST(starttls_over_pump) {
     braid_tls_ctx *sctx = bt_tls_server_ctx(NULL, NULL), *cctx = bt_tls_client_ctx(NULL);
     app c = { .base.ops = &st_ops, .starttls_ctx = cctx, .starttls_client = true };
     app s = { .base.ops = &st_ops, .starttls_ctx = sctx, .echo = true };
-    braid_pump *pump = braid_pump_new(loop, &c.base, &s.base);
+    braid_pump *pump = NULL;
+    braid_pump_new(loop, &c.base, &s.base, &pump);
     BT_OK(braid_transport_write(c.base.transport, "STARTTLS\n", 9));
     braid_pump_flush(pump);
     BT_EQ(c.handshakes, 1);
     BT_EQ(s.handshakes, 1);
-    BT_TRUE(braid_transport_is_tls(c.base.transport));
-    BT_TRUE(braid_transport_is_tls(s.base.transport));
+    BT_TRUE(braid_tls_is_transport(c.base.transport));
+    BT_TRUE(braid_tls_is_transport(s.base.transport));
     BT_EQ(s.inlen, 6);
     BT_TRUE(!memcmp(s.in, "secret", 6));
     BT_EQ(c.inlen, 6);              /* echoed back through TLS */
-    braid_transport_lose_connection(c.base.transport);
+    braid_transport_close(c.base.transport, BRAID_FOREVER);
     braid_pump_flush(pump);
     BT_ERR(c.lost_code, BRAID_ECONNECTION_DONE);
     BT_ERR(s.lost_code, BRAID_ECONNECTION_DONE);
     braid_pump_free(pump);
-    braid_loop_run_once(loop, BRAID_RUN_NOWAIT);
+    braid_loop_run_once(loop, BRAID_LOOP_RUN_NOWAIT);
     braid_tls_ctx_unref(sctx);
     braid_tls_ctx_unref(cctx);
     bt_loop_destroy(loop);
@@ -440,7 +444,7 @@ static braid_result got_err(braid_result r, void *arg) {
     g->code = r.failure->code;
     g->done = 1;
     braid_result_drop(r);
-    return braid_ok(NULL);
+    return braid_result_ok(NULL);
 }
 
 BT_IO_TEST(tcp_tls_echo_resume_and_bad_client) {
@@ -462,8 +466,8 @@ BT_IO_TEST(tcp_tls_echo_resume_and_bad_client) {
     /* 1: a full handshake, echo, close_notify */
     got g = { 0 };
     braid_deferred *d = braid_tls_connect(loop, &(braid_tcp_connect_options){ .host = "127.0.0.1", .port = port }, &ctf);
-    BT_OK(braid_deferred_add_callbacks(d, got_ok, got_err, &g));
-    braid_deferred_release(d);
+    BT_OK(braid_deferred_add(d, got_ok, got_err, &g));
+    braid_deferred_unref(d);
     bt_run_until(loop, &g.done, 1000);
     BT_FALSE(g.failed);
     BT_TRUE(g.p == &c[0].base);
@@ -474,10 +478,10 @@ BT_IO_TEST(tcp_tls_echo_resume_and_bad_client) {
     BT_STREQ(c[0].alpn, "h2");
     BT_FALSE(c[0].reused);
     braid_address peer;
-    BT_OK(braid_transport_get_peer(g.p->transport, &peer));
+    BT_OK(braid_transport_peer(g.p->transport, &peer));
     BT_EQ(braid_address_port(&peer), port);
     BT_OK(braid_transport_set_nodelay(g.p->transport, true));
-    braid_transport_lose_connection(g.p->transport);
+    braid_transport_close(g.p->transport, BRAID_FOREVER);
     BT_RUN_UNTIL(loop, c[0].lost && s[0].lost, 3000);
     BT_ERR(c[0].lost_code, BRAID_ECONNECTION_DONE);
     BT_ERR(s[0].lost_code, BRAID_ECONNECTION_DONE);
@@ -490,8 +494,8 @@ BT_IO_TEST(tcp_tls_echo_resume_and_bad_client) {
     (void)plain;
     got gj = { 0 };
     d = braid_tcp_connect(loop, &(braid_tcp_connect_options){ .host = "127.0.0.1", .port = port }, &jf.f);
-    BT_OK(braid_deferred_add_callbacks(d, got_ok, got_err, &gj));
-    braid_deferred_release(d);
+    BT_OK(braid_deferred_add(d, got_ok, got_err, &gj));
+    braid_deferred_unref(d);
     bt_run_until(loop, &gj.done, 1000);
     BT_OK(braid_transport_write(gj.p->transport, "\x16\x03\x01\x00\x05hello-garbage", 18));
     BT_RUN_UNTIL(loop, junk[0].lost && s[1].lost, 3000);
@@ -500,21 +504,21 @@ BT_IO_TEST(tcp_tls_echo_resume_and_bad_client) {
     /* 3: the server still serves; the session is resumed */
     got g2 = { 0 };
     d = braid_tls_connect(loop, &(braid_tcp_connect_options){ .host = "127.0.0.1", .port = port }, &ctf);
-    BT_OK(braid_deferred_add_callbacks(d, got_ok, got_err, &g2));
-    braid_deferred_release(d);
+    BT_OK(braid_deferred_add(d, got_ok, got_err, &g2));
+    braid_deferred_unref(d);
     bt_run_until(loop, &g2.done, 1000);
     BT_OK(braid_transport_write(g2.p->transport, "again", 5));
     BT_RUN_UNTIL(loop, c[1].inlen >= 5, 2000);
     BT_EQ(c[1].inlen, 5);
     BT_TRUE(c[1].reused);
     BT_TRUE(s[2].reused);
-    braid_transport_lose_connection(g2.p->transport);
+    braid_transport_close(g2.p->transport, BRAID_FOREVER);
     BT_RUN_UNTIL(loop, c[1].lost && s[2].lost, 3000);
 
     braid_listener_close(l);
-    for (int i = 0; i < 5; i++) braid_loop_run_once(loop, BRAID_RUN_NOWAIT);
-    braid_tls_factory_cleanup(&stf);
-    braid_tls_factory_cleanup(&ctf);
+    for (int i = 0; i < 5; i++) braid_loop_run_once(loop, BRAID_LOOP_RUN_NOWAIT);
+    braid_tls_factory_close(&stf);
+    braid_tls_factory_close(&ctf);
     braid_tls_ctx_unref(sctx);
     braid_tls_ctx_unref(cctx);
     bt_loop_destroy(loop);
@@ -538,14 +542,14 @@ static void tls_over_fds(bool pipes) {
         int a[2], b[2];
         BT_OK(pipe(a));
         BT_OK(pipe(b));
-        BT_OK(braid_stream_adopt_pipes(loop, b[0], a[1], cg));
-        BT_OK(braid_stream_adopt_pipes(loop, a[0], b[1], sg));
+        BT_OK(braid_transport_adopt_pipes(loop, b[0], a[1], cg));
+        BT_OK(braid_transport_adopt_pipes(loop, a[0], b[1], sg));
         BT_STREQ(braid_transport_kind(braid_tls_transport_lower(c[0].base.transport)), "pipe");
     } else {
         int sv[2];
         BT_OK(socketpair(AF_UNIX, SOCK_STREAM, 0, sv));
-        BT_OK(braid_stream_adopt(loop, sv[0], cg));
-        BT_OK(braid_stream_adopt(loop, sv[1], sg));
+        BT_OK(braid_transport_adopt(loop, sv[0], cg));
+        BT_OK(braid_transport_adopt(loop, sv[1], sg));
         BT_STREQ(braid_transport_kind(braid_tls_transport_lower(c[0].base.transport)), "unix");
     }
     static char big[100000];
@@ -554,13 +558,13 @@ static void tls_over_fds(bool pipes) {
     BT_RUN_UNTIL(loop, c[0].total_in >= sizeof big, 5000);
     BT_EQ(c[0].total_in, sizeof big);
     BT_TRUE(!memcmp(c[0].in, big, sizeof c[0].in));
-    braid_transport_lose_connection(c[0].base.transport);
+    braid_transport_close(c[0].base.transport, BRAID_FOREVER);
     BT_RUN_UNTIL(loop, c[0].lost && s[0].lost, 3000);
     BT_ERR(c[0].lost_code, BRAID_ECONNECTION_DONE);
     BT_ERR(s[0].lost_code, BRAID_ECONNECTION_DONE);
-    for (int i = 0; i < 5; i++) braid_loop_run_once(loop, BRAID_RUN_NOWAIT);
-    braid_tls_factory_cleanup(&stf);
-    braid_tls_factory_cleanup(&ctf);
+    for (int i = 0; i < 5; i++) braid_loop_run_once(loop, BRAID_LOOP_RUN_NOWAIT);
+    braid_tls_factory_close(&stf);
+    braid_tls_factory_close(&ctf);
     braid_tls_ctx_unref(sctx);
     braid_tls_ctx_unref(cctx);
     bt_loop_destroy(loop);
@@ -582,9 +586,10 @@ static int pump_scenario(void *arg) {
     int rc = braid_tls_factory_init(&stf, &sf.f, &(braid_tls_wrap_options){ .ctx = sctx });
     if (rc < 0) return rc;
     rc = braid_tls_factory_init(&ctf, &cf.f, &(braid_tls_wrap_options){ .ctx = cctx, .server_name = "localhost" });
-    if (rc < 0) { braid_tls_factory_cleanup(&stf); return rc; }
+    if (rc < 0) { braid_tls_factory_close(&stf); return rc; }
     braid_protocol *cg = braid_factory_build(&ctf.base, NULL), *sg = braid_factory_build(&stf.base, NULL);
-    braid_pump *pump = cg && sg ? braid_pump_new(loop, cg, sg) : NULL;
+    braid_pump *pump = NULL;
+    if (cg && sg) braid_pump_new(loop, cg, sg, &pump);
     if (!pump) {
         /* glue never attached: release it as a transport would */
         if (cg) cg->ops->destroy(cg);
@@ -593,14 +598,14 @@ static int pump_scenario(void *arg) {
     } else {
         if (c[0].base.transport) braid_transport_write(c[0].base.transport, "data", 4);
         braid_pump_flush(pump);
-        if (c[0].base.transport && !c[0].lost) braid_transport_lose_connection(c[0].base.transport);
+        if (c[0].base.transport && !c[0].lost) braid_transport_close(c[0].base.transport, BRAID_FOREVER);
         braid_pump_flush(pump);
         rc = s[0].inlen == 4 && s[0].lost_code == BRAID_ECONNECTION_DONE ? 0 : BRAID_ECONNECTION_LOST;
         braid_pump_free(pump);
-        braid_loop_run_once(loop, BRAID_RUN_NOWAIT);
+        braid_loop_run_once(loop, BRAID_LOOP_RUN_NOWAIT);
     }
-    braid_tls_factory_cleanup(&stf);
-    braid_tls_factory_cleanup(&ctf);
+    braid_tls_factory_close(&stf);
+    braid_tls_factory_close(&ctf);
     return rc;
 }
 
@@ -608,7 +613,7 @@ static int pump_scenario(void *arg) {
 static void pump_teardown(void *arg, int rc, bool injected) {
     pwalk *w = arg;
     (void)rc, (void)injected;
-    for (int i = 0; i < 3; i++) braid_loop_run_once(w->loop, BRAID_RUN_NOWAIT);
+    for (int i = 0; i < 3; i++) braid_loop_run_once(w->loop, BRAID_LOOP_RUN_NOWAIT);
     braid_tls_ctx_flush_sessions(w->cctx);
 }
 BT_TEST(alloc_failure_walk) {
@@ -629,7 +634,7 @@ static braid_result keep_value(braid_result r, void *arg) {
         g->failed = 1;
         g->code = r.failure->code;
         braid_result_drop(r);
-        return braid_ok(NULL);
+        return braid_result_ok(NULL);
     }
     g->p = r.value;
     return r;
@@ -639,17 +644,16 @@ static int endpoint_error(braid_loop *loop, const char *desc, bool server, char 
     afactory f;
     app a[1];
     af_init(&f, a, 1);
-    braid_tls_factory tf;
-    braid_deferred *d = server ? braid_tls_listen(loop, desc, &f.f, &tf)
-                               : braid_tls_connect_to(loop, desc, &f.f, &tf);
+    braid_deferred *d = server ? braid_endpoint_listen(loop, desc, &f.f)
+                               : braid_endpoint_connect(loop, desc, &f.f);
     braid_result r;
     BT_OK(braid_deferred_take(d, &r));
     BT_TRUE(r.failure != NULL);
     int code = r.failure->code;
     snprintf(msg, msglen, "%s", r.failure->message ? r.failure->message : "");
     braid_result_drop(r);
-    braid_deferred_release(d);
-    braid_tls_factory_cleanup(&tf);
+    braid_deferred_unref(d);
+    BT_EQ(f.f.refs, 0);                     /* the wrapper is gone with the failure */
     return code;
 }
 
@@ -663,7 +667,10 @@ BT_TEST(endpoint_string_errors) {
     BT_ERR(endpoint_error(loop, "ssl:8443:privateKey=k.pem:bogus=1", true, msg, sizeof msg), BRAID_EBAD_ENDPOINT);
     BT_TRUE(strstr(msg, "bogus") != NULL);
     BT_ERR(endpoint_error(loop, "tls:host=x:port=1:verifyClient=required", false, msg, sizeof msg), BRAID_EBAD_ENDPOINT);
-    BT_ERR(endpoint_error(loop, "tcp:host=x:port=1", false, msg, sizeof msg), BRAID_EBAD_ENDPOINT);
+    BT_ERR(endpoint_error(loop, "tls:host=x:port=1:serverName=", false, msg, sizeof msg), BRAID_EBAD_ENDPOINT);
+    BT_TRUE(strstr(msg, "serverName") != NULL);
+    BT_ERR(endpoint_error(loop, "ssl:8443:privateKey=k.pem:privateKey=k.pem", true, msg, sizeof msg), BRAID_EBAD_ENDPOINT);
+    BT_TRUE(strstr(msg, "twice") != NULL);
     BT_ERR(endpoint_error(loop, "tls:host=x", false, msg, sizeof msg), BRAID_EBAD_ENDPOINT);
     BT_TRUE(strstr(msg, "port") != NULL);
     BT_ERR(endpoint_error(loop, "tls:host=x:port=1:minVersion=1.0", false, msg, sizeof msg), BRAID_EBAD_ENDPOINT);
@@ -692,11 +699,10 @@ BT_IO_TEST(endpoint_strings_over_tcp) {
     char desc[1024];
     snprintf(desc, sizeof desc, "ssl:0:interface=127.0.0.1:privateKey=%s/server.key:certKey=%s/server.crt:alpn=h2",
              dir, dir);
-    braid_tls_factory stf, ctf, ctf2;
     got gl = { 0 };
-    braid_deferred *d = braid_tls_listen(loop, desc, &sf.f, &stf);
-    BT_OK(braid_deferred_add_callbacks(d, keep_value, keep_value, &gl));
-    braid_deferred_release(d);
+    braid_deferred *d = braid_endpoint_listen(loop, desc, &sf.f);
+    BT_OK(braid_deferred_add(d, keep_value, keep_value, &gl));
+    braid_deferred_unref(d);
     BT_FALSE(gl.failed);
     braid_listener *l = (braid_listener *)gl.p;
     braid_address a;
@@ -706,39 +712,38 @@ BT_IO_TEST(endpoint_strings_over_tcp) {
     /* tls:host=...:port=...:caCertsDir=... (host name resolved, SNI and verification on it) */
     snprintf(desc, sizeof desc, "tls:host=localhost:port=%d:caCertsDir=%s/cadir:alpn=h2:timeout=5", port, dir);
     got g = { 0 };
-    d = braid_tls_connect_to(loop, desc, &cf.f, &ctf);
-    BT_OK(braid_deferred_add_callbacks(d, keep_value, keep_value, &g));
-    braid_deferred_release(d);
+    d = braid_endpoint_connect(loop, desc, &cf.f);
+    BT_OK(braid_deferred_add(d, keep_value, keep_value, &g));
+    braid_deferred_unref(d);
     bt_run_until(loop, &g.done, 2000);
     BT_FALSE(g.failed);
     BT_TRUE(g.p == &c[0].base);
     BT_OK(braid_transport_write(g.p->transport, "endpoint", 8));
-    BT_RUN_UNTIL(loop, c[0].inlen >= 8, 2000);
+    for (int i = 0; i < 2000 && c[0].inlen < 8; i++) BT_OK(braid_loop_run_once(loop, 0));
     BT_EQ(c[0].inlen, 8);
     BT_STREQ(braid_tls_transport_info(g.p->transport)->alpn, "h2");
-    braid_transport_lose_connection(g.p->transport);
+    braid_transport_close(g.p->transport, BRAID_FOREVER);
     BT_RUN_UNTIL(loop, c[0].lost && s[0].lost, 3000);
     BT_ERR(c[0].lost_code, BRAID_ECONNECTION_DONE);
 
     /* positional tls:HOST:PORT with a CA file, verifying the IP address */
     snprintf(desc, sizeof desc, "tls:127.0.0.1:%d:caCerts=%s/ca.crt", port, dir);
     got g2 = { 0 };
-    d = braid_tls_connect_to(loop, desc, &cf.f, &ctf2);
-    BT_OK(braid_deferred_add_callbacks(d, keep_value, keep_value, &g2));
-    braid_deferred_release(d);
+    d = braid_endpoint_connect(loop, desc, &cf.f);
+    BT_OK(braid_deferred_add(d, keep_value, keep_value, &g2));
+    braid_deferred_unref(d);
     bt_run_until(loop, &g2.done, 2000);
     BT_FALSE(g2.failed);
     BT_OK(braid_transport_write(g2.p->transport, "ip", 2));
-    BT_RUN_UNTIL(loop, c[1].inlen >= 2, 2000);
+    for (int i = 0; i < 2000 && c[1].inlen < 2; i++) BT_OK(braid_loop_run_once(loop, 0));
     BT_EQ(c[1].inlen, 2);
-    braid_transport_lose_connection(g2.p->transport);
+    braid_transport_close(g2.p->transport, BRAID_FOREVER);
     BT_RUN_UNTIL(loop, c[1].lost && s[1].lost, 3000);
 
     braid_listener_close(l);
-    for (int i = 0; i < 5; i++) braid_loop_run_once(loop, BRAID_RUN_NOWAIT);
-    braid_tls_factory_cleanup(&stf);
-    braid_tls_factory_cleanup(&ctf);
-    braid_tls_factory_cleanup(&ctf2);
+    for (int i = 0; i < 5; i++) braid_loop_run_once(loop, BRAID_LOOP_RUN_NOWAIT);
+    BT_EQ(sf.f.refs, 0);                    /* the wrappers went with their listener and connectors */
+    BT_EQ(cf.f.refs, 0);
     char cmd[700];
     snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
     BT_EQ(system(cmd), 0);
@@ -782,7 +787,7 @@ static const braid_tls_engine_ops raw_engine_ops = { .plaintext = raw_plain, .ha
 static void raw_made(braid_protocol *p) { raw_push((rawtls *)p); }
 static void raw_data(braid_protocol *p, const void *buf, size_t len) {
     rawtls *r = (rawtls *)p;
-    bool before = braid_tls_engine_handshake_done(r->e);
+    bool before = braid_tls_engine_is_handshake_done(r->e);
     size_t room = sizeof r->wire - r->wirelen;
     memcpy(r->wire + r->wirelen, buf, len < room ? len : room);
     /* Record where the handshake ended: everything fed in this call belongs
@@ -790,7 +795,7 @@ static void raw_data(braid_protocol *p, const void *buf, size_t len) {
      * records come in later reads, after its own handshake_done). */
     r->wirelen += len < room ? len : room;
     int rc = braid_tls_engine_feed(r->e, buf, len);
-    if (!before && braid_tls_engine_handshake_done(r->e)) r->wire_at_hs = r->wirelen;
+    if (!before && braid_tls_engine_is_handshake_done(r->e)) r->wire_at_hs = r->wirelen;
     if (rc && !r->rc) r->rc = rc;
     raw_push(r);
 }
@@ -804,8 +809,8 @@ static const braid_protocol_ops raw_ops = { .connection_made = raw_made, .data_r
 static braid_protocol *plain_connect(braid_loop *loop, int port, braid_factory *f) {
     got g = { 0 };
     braid_deferred *d = braid_tcp_connect(loop, &(braid_tcp_connect_options){ .host = "127.0.0.1", .port = port }, f);
-    BT_OK(braid_deferred_add_callbacks(d, got_ok, got_err, &g));
-    braid_deferred_release(d);
+    BT_OK(braid_deferred_add(d, got_ok, got_err, &g));
+    braid_deferred_unref(d);
     bt_run_until(loop, &g.done, 1000);
     BT_FALSE(g.failed);
     return g.p;
@@ -833,7 +838,7 @@ BT_IO_TEST(bad_input_over_tcp_fails_one_connection) {
     braid_tls_options so = { .cert_pem = bt_tls_world()->server.cert_pem, .key_pem = bt_tls_world()->server.key_pem,
                              .max_version = BRAID_TLS_V1_2 };   /* renegotiation exists up to 1.2 */
     braid_tls_ctx *sctx, *cctx = bt_tls_client_ctx(NULL);
-    BT_OK(braid_tls_ctx_new(&sctx, BRAID_TLS_SERVER, &so, NULL, 0));
+    BT_OK(braid_tls_ctx_new(BRAID_TLS_SERVER, &so, NULL, 0, &sctx));
     afactory sf;
     app s[3];
     af_init(&sf, s, 3);
@@ -845,7 +850,7 @@ BT_IO_TEST(bad_input_over_tcp_fails_one_connection) {
 
     /* 1: half a ClientHello, then FIN */
     braid_tls_engine *hello_src;
-    BT_OK(braid_tls_engine_new(&hello_src, cctx, "localhost", NULL, NULL));
+    BT_OK(braid_tls_engine_new(cctx, "localhost", NULL, NULL, &hello_src));
     size_t hlen;
     const void *hello = braid_tls_engine_out(hello_src, &hlen);
     afactory jf;
@@ -864,7 +869,7 @@ BT_IO_TEST(bad_input_over_tcp_fails_one_connection) {
     static rawtls rc1;
     memset(&rc1, 0, sizeof rc1);
     rc1.base.ops = &raw_ops;
-    BT_OK(braid_tls_engine_new(&rc1.e, cctx, "localhost", &raw_engine_ops, &rc1));
+    BT_OK(braid_tls_engine_new(cctx, "localhost", &raw_engine_ops, &rc1, &rc1.e));
     onefactory of;
     one_init(&of, &rc1.base);
     plain_connect(loop, port, &of.f);
@@ -888,21 +893,21 @@ BT_IO_TEST(bad_input_over_tcp_fails_one_connection) {
     BT_OK(braid_tls_factory_init(&ctf, &cf.f, &(braid_tls_wrap_options){ .ctx = cctx, .server_name = "localhost" }));
     got g = { 0 };
     braid_deferred *d = braid_tls_connect(loop, &(braid_tcp_connect_options){ .host = "127.0.0.1", .port = port }, &ctf);
-    BT_OK(braid_deferred_add_callbacks(d, got_ok, got_err, &g));
-    braid_deferred_release(d);
+    BT_OK(braid_deferred_add(d, got_ok, got_err, &g));
+    braid_deferred_unref(d);
     bt_run_until(loop, &g.done, 1000);
     BT_FALSE(g.failed);
     BT_OK(braid_transport_write(g.p->transport, "still here", 10));
     BT_RUN_UNTIL(loop, c[0].inlen >= 10, 2000);
     BT_EQ(c[0].inlen, 10);
-    braid_transport_lose_connection(g.p->transport);
+    braid_transport_close(g.p->transport, BRAID_FOREVER);
     BT_RUN_UNTIL(loop, c[0].lost && s[2].lost, 3000);
     BT_ERR(s[2].lost_code, BRAID_ECONNECTION_DONE);
 
     braid_listener_close(l);
-    for (int i = 0; i < 5; i++) braid_loop_run_once(loop, BRAID_RUN_NOWAIT);
-    braid_tls_factory_cleanup(&stf);
-    braid_tls_factory_cleanup(&ctf);
+    for (int i = 0; i < 5; i++) braid_loop_run_once(loop, BRAID_LOOP_RUN_NOWAIT);
+    braid_tls_factory_close(&stf);
+    braid_tls_factory_close(&ctf);
     braid_tls_ctx_unref(sctx);
     braid_tls_ctx_unref(cctx);
     bt_loop_destroy(loop);
@@ -940,8 +945,8 @@ BT_IO_TEST(verification_failures_over_tcp) {
         braid_listener *l = bt_listen_tcp(loop, &stf.base, &port);
         got g = { 0 };
         braid_deferred *d = braid_tls_connect(loop, &(braid_tcp_connect_options){ .host = "127.0.0.1", .port = port }, &ctf);
-        BT_OK(braid_deferred_add_callbacks(d, got_ok, got_err, &g));
-        braid_deferred_release(d);
+        BT_OK(braid_deferred_add(d, got_ok, got_err, &g));
+        braid_deferred_unref(d);
         bt_run_until(loop, &g.done, 1000);
         BT_FALSE(g.failed);
         BT_OK(braid_transport_write(g.p->transport, "never", 5));
@@ -954,9 +959,9 @@ BT_IO_TEST(verification_failures_over_tcp) {
         BT_ERR(s[0].lost_code, BRAID_ETLS_ALERT);
         BT_EQ(s[0].inlen, 0);
         braid_listener_close(l);
-        for (int i = 0; i < 5; i++) braid_loop_run_once(loop, BRAID_RUN_NOWAIT);
-        braid_tls_factory_cleanup(&stf);
-        braid_tls_factory_cleanup(&ctf);
+        for (int i = 0; i < 5; i++) braid_loop_run_once(loop, BRAID_LOOP_RUN_NOWAIT);
+        braid_tls_factory_close(&stf);
+        braid_tls_factory_close(&ctf);
         braid_tls_ctx_unref(sctx);
     }
     braid_tls_ctx_unref(cctx);
@@ -981,11 +986,11 @@ BT_IO_TEST(one_byte_writes_over_tcp_make_few_records) {
     braid_tls_options so = { .cert_pem = bt_tls_world()->server.cert_pem, .key_pem = bt_tls_world()->server.key_pem,
                              .max_version = BRAID_TLS_V1_2 };
     braid_tls_ctx *sctx, *cctx = bt_tls_client_ctx(NULL);
-    BT_OK(braid_tls_ctx_new(&sctx, BRAID_TLS_SERVER, &so, NULL, 0));
+    BT_OK(braid_tls_ctx_new(BRAID_TLS_SERVER, &so, NULL, 0, &sctx));
     static rawtls rs;
     memset(&rs, 0, sizeof rs);
     rs.base.ops = &raw_ops;
-    BT_OK(braid_tls_engine_new(&rs.e, sctx, NULL, &raw_engine_ops, &rs));
+    BT_OK(braid_tls_engine_new(sctx, NULL, &raw_engine_ops, &rs, &rs.e));
     onefactory of;
     one_init(&of, &rs.base);
     int port;
@@ -998,8 +1003,8 @@ BT_IO_TEST(one_byte_writes_over_tcp_make_few_records) {
         .ctx = cctx, .server_name = "localhost", .handshake_done = byter_hs }));
     got g = { 0 };
     braid_deferred *d = braid_tls_connect(loop, &(braid_tcp_connect_options){ .host = "127.0.0.1", .port = port }, &ctf);
-    BT_OK(braid_deferred_add_callbacks(d, got_ok, got_err, &g));
-    braid_deferred_release(d);
+    BT_OK(braid_deferred_add(d, got_ok, got_err, &g));
+    braid_deferred_unref(d);
     bt_run_until(loop, &g.done, 1000);
     BT_FALSE(g.failed);
     BT_RUN_UNTIL(loop, rs.plain >= 3000, 3000);
@@ -1017,9 +1022,9 @@ BT_IO_TEST(one_byte_writes_over_tcp_make_few_records) {
     braid_transport_abort(g.p->transport);
     BT_RUN_UNTIL(loop, b.a.lost && rs.lost, 3000);
     braid_listener_close(l);
-    for (int i = 0; i < 5; i++) braid_loop_run_once(loop, BRAID_RUN_NOWAIT);
+    for (int i = 0; i < 5; i++) braid_loop_run_once(loop, BRAID_LOOP_RUN_NOWAIT);
     braid_tls_engine_free(rs.e);
-    braid_tls_factory_cleanup(&ctf);
+    braid_tls_factory_close(&ctf);
     braid_tls_ctx_unref(sctx);
     braid_tls_ctx_unref(cctx);
     bt_loop_destroy(loop);
@@ -1054,8 +1059,8 @@ BT_IO_TEST(never_reading_tls_peer_over_tcp_stays_under_cap) {
     braid_listener *l = bt_listen_tcp(loop, &stf.base, &port);
     got g = { 0 };
     braid_deferred *d = braid_tls_connect(loop, &(braid_tcp_connect_options){ .host = "127.0.0.1", .port = port }, &ctf);
-    BT_OK(braid_deferred_add_callbacks(d, got_ok, got_err, &g));
-    braid_deferred_release(d);
+    BT_OK(braid_deferred_add(d, got_ok, got_err, &g));
+    braid_deferred_unref(d);
     bt_run_until(loop, &g.done, 1000);
     BT_FALSE(g.failed);
     bt_run_until(loop, &c[0].handshakes, 2000);
@@ -1074,7 +1079,7 @@ BT_IO_TEST(never_reading_tls_peer_over_tcp_stays_under_cap) {
             BT_OK(braid_transport_write(t, chunk, sizeof chunk));
             pu.sent += sizeof chunk;
         }
-        BT_OK(braid_loop_run_once(loop, BRAID_RUN_NOWAIT));
+        BT_OK(braid_loop_run_once(loop, BRAID_LOOP_RUN_NOWAIT));
         size_t total = braid_transport_buffered(t) + braid_transport_buffered(lower);
         if (total > pu.max_total) pu.max_total = total;
         stable = pu.paused ? stable + 1 : 0;
@@ -1092,7 +1097,7 @@ BT_IO_TEST(never_reading_tls_peer_over_tcp_stays_under_cap) {
     while (rc == 0 && n < 256u * 1024 * 1024) {
         rc = braid_transport_write(t, chunk, sizeof chunk);
         n += sizeof chunk;
-        if ((n / sizeof chunk) % 8 == 0) braid_loop_run_once(loop, BRAID_RUN_NOWAIT);
+        if ((n / sizeof chunk) % 8 == 0) braid_loop_run_once(loop, BRAID_LOOP_RUN_NOWAIT);
     }
     BT_ERR(rc, BRAID_EBUFFER_LIMIT);
     BT_LE(braid_transport_buffered(t), 1024 * 1024);
@@ -1102,9 +1107,9 @@ BT_IO_TEST(never_reading_tls_peer_over_tcp_stays_under_cap) {
     braid_transport_resume_reading(s[0].base.transport);
     bt_run_until(loop, &s[0].lost, 5000);
     braid_listener_close(l);
-    for (int i = 0; i < 5; i++) braid_loop_run_once(loop, BRAID_RUN_NOWAIT);
-    braid_tls_factory_cleanup(&stf);
-    braid_tls_factory_cleanup(&ctf);
+    for (int i = 0; i < 5; i++) braid_loop_run_once(loop, BRAID_LOOP_RUN_NOWAIT);
+    braid_tls_factory_close(&stf);
+    braid_tls_factory_close(&ctf);
     braid_tls_ctx_unref(sctx);
     braid_tls_ctx_unref(cctx);
     bt_loop_destroy(loop);
@@ -1128,17 +1133,17 @@ BT_IO_TEST(starttls_over_tcp) {
     BT_RUN_UNTIL(loop, c.inlen >= 6, 3000);
     BT_EQ(c.handshakes, 1);
     BT_EQ(s.handshakes, 1);
-    BT_TRUE(braid_transport_is_tls(c.base.transport));
+    BT_TRUE(braid_tls_is_transport(c.base.transport));
     BT_STREQ(braid_transport_kind(braid_tls_transport_lower(s.base.transport)), "tcp");
     BT_EQ(s.inlen, 6);
     BT_EQ(c.inlen, 6);
     BT_TRUE(!memcmp(c.in, "secret", 6));
-    braid_transport_lose_connection(c.base.transport);
+    braid_transport_close(c.base.transport, BRAID_FOREVER);
     BT_RUN_UNTIL(loop, c.lost && s.lost, 3000);
     BT_ERR(c.lost_code, BRAID_ECONNECTION_DONE);
     BT_ERR(s.lost_code, BRAID_ECONNECTION_DONE);
     braid_listener_close(l);
-    for (int i = 0; i < 5; i++) braid_loop_run_once(loop, BRAID_RUN_NOWAIT);
+    for (int i = 0; i < 5; i++) braid_loop_run_once(loop, BRAID_LOOP_RUN_NOWAIT);
     braid_tls_ctx_unref(sctx);
     braid_tls_ctx_unref(cctx);
     bt_loop_destroy(loop);
@@ -1152,14 +1157,14 @@ BT_TEST(idle_connection_releases_buffers) {
     pair pr;
     pair_open(&pr, loop, "localhost", NULL, NULL, NULL);
     braid_pump_flush(pr.pump);
-    for (int i = 0; i < 5; i++) braid_loop_run_once(loop, BRAID_RUN_NOWAIT);
+    for (int i = 0; i < 5; i++) braid_loop_run_once(loop, BRAID_LOOP_RUN_NOWAIT);
     long idle = braid_test_alloc_outstanding();
     static char big[300000];
     for (int round = 0; round < 3; round++) {
         BT_OK(braid_transport_write(pr.c[0].base.transport, big, sizeof big));
         BT_OK(braid_transport_write(pr.s[0].base.transport, "ack", 3));
         braid_pump_flush(pr.pump);
-        for (int i = 0; i < 5; i++) braid_loop_run_once(loop, BRAID_RUN_NOWAIT);
+        for (int i = 0; i < 5; i++) braid_loop_run_once(loop, BRAID_LOOP_RUN_NOWAIT);
         BT_EQ(braid_test_alloc_outstanding(), idle);
     }
     BT_EQ(pr.s[0].total_in, 3 * sizeof big);

@@ -54,8 +54,8 @@ static void connect_pair(side *c, side *s, braid_tls_ctx *cc, braid_tls_ctx *sc,
     memset(s, 0, sizeof *s);
     c->name = "client";
     s->name = "server";
-    BT_OK(braid_tls_engine_new(&s->e, sc, NULL, &side_ops, s));
-    BT_OK(braid_tls_engine_new(&c->e, cc, host, &side_ops, c));
+    BT_OK(braid_tls_engine_new(sc, NULL, &side_ops, s, &s->e));
+    BT_OK(braid_tls_engine_new(cc, host, &side_ops, c, &c->e));
     shuttle(c, s);
 }
 
@@ -190,7 +190,7 @@ BT_TEST(verify_ip_address) {
 BT_TEST(client_needs_host_name) {
     braid_tls_ctx *cc = bt_tls_client_ctx(NULL);
     braid_tls_engine *e;
-    BT_ERR(braid_tls_engine_new(&e, cc, NULL, &side_ops, NULL), BRAID_EINVAL);
+    BT_ERR(braid_tls_engine_new(cc, NULL, &side_ops, NULL, &e), BRAID_EINVAL);
     braid_tls_ctx_unref(cc);
 }
 
@@ -223,7 +223,7 @@ BT_TEST(alpn) {
     braid_tls_ctx *bad;
     braid_tls_options bo = { .alpn = "h2,,x" };
     char err[256];
-    BT_ERR(braid_tls_ctx_new(&bad, BRAID_TLS_CLIENT, &bo, err, sizeof err), BRAID_EINVAL);
+    BT_ERR(braid_tls_ctx_new(BRAID_TLS_CLIENT, &bo, err, sizeof err, &bad), BRAID_EINVAL);
 }
 
 BT_TEST(sni_picks_certificate) {
@@ -329,7 +329,7 @@ BT_TEST(client_certificates) {
 BT_TEST(garbage_fails_that_engine_only) {
     braid_tls_ctx *sc = bt_tls_server_ctx(NULL, NULL), *cc = bt_tls_client_ctx(NULL);
     braid_tls_engine *bad;
-    BT_OK(braid_tls_engine_new(&bad, sc, NULL, &side_ops, NULL));
+    BT_OK(braid_tls_engine_new(sc, NULL, &side_ops, NULL, &bad));
     const char junk[] = "GET / HTTP/1.1\r\nHost: localhost\r\n\r\n";
     BT_ERR(braid_tls_engine_feed(bad, junk, sizeof junk - 1), BRAID_ETLS);
     const char *detail;
@@ -356,8 +356,8 @@ BT_TEST(garbage_fails_that_engine_only) {
 BT_TEST(truncation) {
     braid_tls_ctx *sc = bt_tls_server_ctx(NULL, NULL), *cc = bt_tls_client_ctx(NULL);
     side c = { 0 }, s = { 0 };
-    BT_OK(braid_tls_engine_new(&s.e, sc, NULL, &side_ops, &s));
-    BT_OK(braid_tls_engine_new(&c.e, cc, "localhost", &side_ops, &c));
+    BT_OK(braid_tls_engine_new(sc, NULL, &side_ops, &s, &s.e));
+    BT_OK(braid_tls_engine_new(cc, "localhost", &side_ops, &c, &c.e));
     size_t len;
     const void *hello = braid_tls_engine_out(c.e, &len);
     BT_GT(len, 20);
@@ -434,8 +434,8 @@ BT_TEST(small_writes_aggregate) {
 BT_TEST(writes_before_handshake_wait) {
     braid_tls_ctx *sc = bt_tls_server_ctx(NULL, NULL), *cc = bt_tls_client_ctx(NULL);
     side c = { 0 }, s = { 0 };
-    BT_OK(braid_tls_engine_new(&s.e, sc, NULL, &side_ops, &s));
-    BT_OK(braid_tls_engine_new(&c.e, cc, "localhost", &side_ops, &c));
+    BT_OK(braid_tls_engine_new(sc, NULL, &side_ops, &s, &s.e));
+    BT_OK(braid_tls_engine_new(cc, "localhost", &side_ops, &c, &c.e));
     BT_OK(braid_tls_engine_write(c.e, "early", 5));
     BT_OK(braid_tls_engine_flush(c.e));   /* nothing to seal yet */
     BT_EQ(braid_tls_engine_queued(c.e), 5);
@@ -466,15 +466,15 @@ BT_TEST(context_errors_are_clear) {
     braid_tls_ctx *c;
     char err[256];
     braid_tls_options o = { .cert_file = "/nonexistent/cert.pem", .key_file = "/nonexistent/key.pem" };
-    BT_ERR(braid_tls_ctx_new(&c, BRAID_TLS_SERVER, &o, err, sizeof err), BRAID_ETLS);
+    BT_ERR(braid_tls_ctx_new(BRAID_TLS_SERVER, &o, err, sizeof err, &c), BRAID_ETLS);
     BT_TRUE(strstr(err, "/nonexistent/cert.pem") != NULL);
     braid_tls_options mismatch = { .cert_pem = bt_tls_world()->server.cert_pem, .key_pem = bt_tls_world()->client.key_pem };
-    BT_ERR(braid_tls_ctx_new(&c, BRAID_TLS_SERVER, &mismatch, err, sizeof err), BRAID_ETLS);
+    BT_ERR(braid_tls_ctx_new(BRAID_TLS_SERVER, &mismatch, err, sizeof err, &c), BRAID_ETLS);
     BT_TRUE(strstr(err, "does not match") != NULL);
     braid_tls_options nokey = { .cert_pem = bt_tls_world()->server.cert_pem };
-    BT_ERR(braid_tls_ctx_new(&c, BRAID_TLS_SERVER, &nokey, err, sizeof err), BRAID_EINVAL);
+    BT_ERR(braid_tls_ctx_new(BRAID_TLS_SERVER, &nokey, err, sizeof err, &c), BRAID_EINVAL);
     braid_tls_options badciph = { .ciphers = "NOT-A-CIPHER" };
-    BT_ERR(braid_tls_ctx_new(&c, BRAID_TLS_SERVER, &badciph, err, sizeof err), BRAID_EINVAL);
+    BT_ERR(braid_tls_ctx_new(BRAID_TLS_SERVER, &badciph, err, sizeof err, &c), BRAID_EINVAL);
 }
 
 /* Allocation-failure walk over a whole handshake, data and close: every
@@ -486,10 +486,10 @@ static int scenario(void *arg) {
     braid_tls_options so = { .cert_pem = bt_tls_world()->server.cert_pem, .key_pem = bt_tls_world()->server.key_pem,
                              .alpn = "h2" };
     braid_tls_options co = { .ca_pem = bt_tls_world()->ca.cert_pem, .alpn = "h2" };
-    int rc = braid_tls_ctx_new(&sc, BRAID_TLS_SERVER, &so, NULL, 0);
-    if (rc == 0) rc = braid_tls_ctx_new(&cc, BRAID_TLS_CLIENT, &co, NULL, 0);
-    if (rc == 0) rc = braid_tls_engine_new(&se, sc, NULL, NULL, NULL);
-    if (rc == 0) rc = braid_tls_engine_new(&ce, cc, "localhost", NULL, NULL);
+    int rc = braid_tls_ctx_new(BRAID_TLS_SERVER, &so, NULL, 0, &sc);
+    if (rc == 0) rc = braid_tls_ctx_new(BRAID_TLS_CLIENT, &co, NULL, 0, &cc);
+    if (rc == 0) rc = braid_tls_engine_new(sc, NULL, NULL, NULL, &se);
+    if (rc == 0) rc = braid_tls_engine_new(cc, "localhost", NULL, NULL, &ce);
     for (int i = 0; rc == 0 && i < 10; i++) {
         if (i == 3) {
             rc = braid_tls_engine_write(ce, "hello", 5);
@@ -589,7 +589,7 @@ BT_TEST(certificate_chain) {
     snprintf(chain, sizeof chain, "%s/inter.crt", dir);
     braid_tls_options fo = { .cert_file = cert, .key_file = key, .chain_file = chain };
     char err[256];
-    BT_OK(braid_tls_ctx_new(&sc, BRAID_TLS_SERVER, &fo, err, sizeof err));
+    BT_OK(braid_tls_ctx_new(BRAID_TLS_SERVER, &fo, err, sizeof err, &sc));
     connect_pair(&c, &s, cc, sc, "localhost");
     BT_EQ(c.rc, 0);
     BT_EQ(c.done, 1);

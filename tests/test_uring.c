@@ -31,7 +31,7 @@
 static braid_loop *uring_loop(void) {
     braid_loop_options o = { .backend = BRAID_BACKEND_URING, .flags = BRAID_LOOP_STRICT_BACKEND };
     braid_loop *loop = NULL;
-    int rc = braid_loop_new(&loop, &o);
+    int rc = braid_loop_new(&o, &loop);
     if (rc == BRAID_ENOSYS) bt_skip("io_uring not available");
     BT_OK(rc);
     BT_STREQ(braid_loop_backend(loop), "uring");
@@ -43,14 +43,14 @@ typedef struct hits { int reads, writes, errors; unsigned last; int read_size; }
 static void on_io(braid_watch *w, unsigned ev, void *arg) {
     hits *h = arg;
     h->last = ev;
-    if (ev & BRAID_READ) {
+    if (ev & BRAID_WATCH_READ) {
         h->reads++;
         char buf[64];
         size_t want = h->read_size ? (size_t)h->read_size : sizeof buf;
         (void)!read(w->fd, buf, want);
     }
-    if (ev & BRAID_WRITE) h->writes++;
-    if (ev & (BRAID_ERROR | BRAID_HUP)) h->errors++;
+    if (ev & BRAID_WATCH_WRITE) h->writes++;
+    if (ev & (BRAID_WATCH_ERROR | BRAID_WATCH_HUP)) h->errors++;
 }
 
 /* ---- choosing the backend ---------------------------------------------------------- */
@@ -74,10 +74,10 @@ static const char *backend_of(braid_backend b, unsigned flags, int *rc) {
     braid_loop_options o = { .backend = b, .flags = flags };
     braid_loop *loop = NULL;
     static char name[16];
-    *rc = braid_loop_new(&loop, &o);
+    *rc = braid_loop_new(&o, &loop);
     if (*rc < 0) return "";
     snprintf(name, sizeof name, "%s", braid_loop_backend(loop));
-    BT_OK(braid_loop_destroy(loop));
+    BT_OK(braid_loop_free(loop));
     return name;
 }
 
@@ -133,14 +133,14 @@ static int child_without_uring(void) {
     if (strcmp(backend_of(BRAID_BACKEND_DEFAULT, 0, &rc), "epoll")) return 3;
     /* and a fallback loop works */
     braid_loop *loop;
-    if (braid_loop_new(&loop, NULL) < 0) return 4;
+    if (braid_loop_new(NULL, &loop) < 0) return 4;
     int sv[2]; bt_socketpair(sv);
     hits h = { 0 };
     braid_watch w;
-    if (braid_watch_init(loop, &w, sv[0], on_io, &h) < 0 || braid_watch_set(&w, BRAID_READ) < 0) return 5;
+    if (braid_watch_init(loop, &w, sv[0], on_io, &h) < 0 || braid_watch_set_interest(&w, BRAID_WATCH_READ) < 0) return 5;
     if (write(sv[1], "x", 1) != 1 || braid_loop_run_once(loop, 0) < 0 || h.reads != 1) return 6;
     braid_watch_close(&w);
-    if (braid_loop_destroy(loop) < 0) return 7;
+    if (braid_loop_free(loop) < 0) return 7;
     return 0;
 }
 
@@ -169,7 +169,7 @@ BT_IO_TEST(backend_fd_readable_when_watched_socket_has_data) {
     hits h = { 0 };
     braid_watch w;
     BT_OK(braid_watch_init(loop, &w, sv[0], on_io, &h));
-    BT_OK(braid_watch_set(&w, BRAID_READ));
+    BT_OK(braid_watch_set_interest(&w, BRAID_WATCH_READ));
     /* The outer loop's cycle: ask the timeout, wait on the fd, run NOWAIT. */
     BT_UEQ(braid_loop_next_timeout(loop), BRAID_FOREVER);
     struct pollfd p = { .fd = bfd, .events = POLLIN };
@@ -177,14 +177,14 @@ BT_IO_TEST(backend_fd_readable_when_watched_socket_has_data) {
     BT_EQ(write(sv[1], "data", 4), 4);
     BT_EQ(poll(&p, 1, 5000), 1);
     BT_TRUE(p.revents & POLLIN);
-    BT_OK(braid_loop_run_once(loop, BRAID_RUN_NOWAIT));
+    BT_OK(braid_loop_run_once(loop, BRAID_LOOP_RUN_NOWAIT));
     BT_EQ(h.reads, 1);
     /* Drained: the fd is quiet again, and wakes again for new data. */
     braid_loop_next_timeout(loop);
     BT_EQ(poll(&p, 1, 0), 0);
     BT_EQ(write(sv[1], "more", 4), 4);
     BT_EQ(poll(&p, 1, 5000), 1);
-    BT_OK(braid_loop_run_once(loop, BRAID_RUN_NOWAIT));
+    BT_OK(braid_loop_run_once(loop, BRAID_LOOP_RUN_NOWAIT));
     BT_EQ(h.reads, 2);
     braid_watch_close(&w);
     close(sv[0]); close(sv[1]);
@@ -198,17 +198,17 @@ BT_IO_TEST(unread_data_is_reported_again) {
     hits h = { .read_size = 1 };             /* read one byte per callback */
     braid_watch w;
     BT_OK(braid_watch_init(loop, &w, sv[0], on_io, &h));
-    BT_OK(braid_watch_set(&w, BRAID_READ));
+    BT_OK(braid_watch_set_interest(&w, BRAID_WATCH_READ));
     BT_EQ(write(sv[1], "abc", 3), 3);
     for (int i = 1; i <= 3; i++) {
         BT_OK(braid_loop_run_once(loop, 0));
         BT_EQ(h.reads, i);                   /* one callback per iteration */
     }
-    BT_OK(braid_loop_run_once(loop, BRAID_RUN_NOWAIT));
-    BT_OK(braid_loop_run_once(loop, BRAID_RUN_NOWAIT));
+    BT_OK(braid_loop_run_once(loop, BRAID_LOOP_RUN_NOWAIT));
+    BT_OK(braid_loop_run_once(loop, BRAID_LOOP_RUN_NOWAIT));
     BT_EQ(h.reads, 3);                       /* drained: quiet */
     /* A writable socket stays writable: reported each iteration. */
-    BT_OK(braid_watch_set(&w, BRAID_WRITE));
+    BT_OK(braid_watch_set_interest(&w, BRAID_WATCH_WRITE));
     for (int i = 1; i <= 3; i++) {
         BT_OK(braid_loop_run_once(loop, 0));
         BT_EQ(h.writes, i);
@@ -229,7 +229,7 @@ BT_IO_TEST(more_ready_fds_than_one_batch) {
         int hi = fcntl(sv[0], F_DUPFD_CLOEXEC, 1100);
         braid_watch w;
         BT_OK(braid_watch_init(loop, &w, hi, on_io, NULL));
-        BT_ERR(braid_watch_set(&w, BRAID_READ), BRAID_EINVAL);
+        BT_ERR(braid_watch_set_interest(&w, BRAID_WATCH_READ), BRAID_EINVAL);
         braid_watch_close(&w);
         close(hi); close(sv[0]); close(sv[1]);
         bt_loop_destroy(loop);
@@ -243,7 +243,7 @@ BT_IO_TEST(more_ready_fds_than_one_batch) {
     for (int i = 0; i < N; i++) {
         bt_socketpair(sv[i]);
         BT_OK(braid_watch_init(loop, &w[i], sv[i][0], on_io, &h[i]));
-        BT_OK(braid_watch_set(&w[i], BRAID_READ));
+        BT_OK(braid_watch_set_interest(&w[i], BRAID_WATCH_READ));
         BT_EQ(write(sv[i][1], "r", 1), 1);
     }
     int total = 0;
@@ -273,8 +273,8 @@ BT_TEST(stale_cqe_in_ring_after_close_and_fd_reuse) {
     int old_hits = 0, new_hits = 0;
     braid_watch *a = malloc(sizeof *a), b;
     BT_OK(braid_watch_init(loop, a, sv[0], count_cb, &old_hits));
-    BT_OK(braid_watch_set(a, BRAID_READ));
-    BT_OK(braid_loop_run_once(loop, BRAID_RUN_NOWAIT));   /* poll armed */
+    BT_OK(braid_watch_set_interest(a, BRAID_WATCH_READ));
+    BT_OK(braid_loop_run_once(loop, BRAID_LOOP_RUN_NOWAIT));   /* poll armed */
     BT_EQ(write(sv[1], "x", 1), 1);
     struct pollfd p = { .fd = braid_loop_backend_fd(loop), .events = POLLIN };
     BT_EQ(poll(&p, 1, 5000), 1);
@@ -288,9 +288,9 @@ BT_TEST(stale_cqe_in_ring_after_close_and_fd_reuse) {
     bt_socketpair(sv);
     BT_EQ(sv[0], old);                                    /* number reused */
     BT_OK(braid_watch_init(loop, &b, sv[0], count_cb, &new_hits));
-    BT_OK(braid_watch_set(&b, BRAID_READ));
-    BT_OK(braid_loop_run_once(loop, BRAID_RUN_NOWAIT));
-    BT_OK(braid_loop_run_once(loop, BRAID_RUN_NOWAIT));
+    BT_OK(braid_watch_set_interest(&b, BRAID_WATCH_READ));
+    BT_OK(braid_loop_run_once(loop, BRAID_LOOP_RUN_NOWAIT));
+    BT_OK(braid_loop_run_once(loop, BRAID_LOOP_RUN_NOWAIT));
     BT_EQ(old_hits, 0);
     BT_EQ(new_hits, 0);
     BT_EQ(write(sv[1], "y", 1), 1);
@@ -309,11 +309,11 @@ BT_TEST(interest_changes_in_one_iteration_coalesce) {
     hits h = { 0 };
     braid_watch w;
     BT_OK(braid_watch_init(loop, &w, sv[0], on_io, &h));
-    BT_OK(braid_loop_run_once(loop, BRAID_RUN_NOWAIT));
-    BT_OK(braid_watch_set(&w, BRAID_READ));
-    BT_OK(braid_watch_set(&w, 0));
-    BT_OK(braid_watch_set(&w, BRAID_WRITE));
-    BT_OK(braid_watch_set(&w, BRAID_READ));
+    BT_OK(braid_loop_run_once(loop, BRAID_LOOP_RUN_NOWAIT));
+    BT_OK(braid_watch_set_interest(&w, BRAID_WATCH_READ));
+    BT_OK(braid_watch_set_interest(&w, 0));
+    BT_OK(braid_watch_set_interest(&w, BRAID_WATCH_WRITE));
+    BT_OK(braid_watch_set_interest(&w, BRAID_WATCH_READ));
     BT_EQ(io_uring_sq_ready(ring), 0);        /* nothing queued yet: changes are recorded */
     braid_loop_next_timeout(loop);            /* reconciles and submits: one poll add */
     BT_EQ(io_uring_sq_ready(ring), 0);
@@ -339,8 +339,8 @@ BT_TEST(ended_multishot_poll_is_rearmed) {
     hits h = { 0 };
     braid_watch w;
     BT_OK(braid_watch_init(loop, &w, sv[0], on_io, &h));
-    BT_OK(braid_watch_set(&w, BRAID_READ));
-    BT_OK(braid_loop_run_once(loop, BRAID_RUN_NOWAIT));   /* armed */
+    BT_OK(braid_watch_set_interest(&w, BRAID_WATCH_READ));
+    BT_OK(braid_loop_run_once(loop, BRAID_LOOP_RUN_NOWAIT));   /* armed */
     int cancelled = -1000;
     braid__completion_op op;
     braid__completion_op_init(&op, record_res, &cancelled);
@@ -364,7 +364,7 @@ BT_TEST(ended_multishot_poll_is_rearmed) {
  * while by one thread and then by another must not go deaf: the polls that
  * the first thread armed end with -ECANCELED and are re-armed. */
 static void *run_once_thread(void *arg) {
-    braid_loop_run_once(arg, BRAID_RUN_NOWAIT);
+    braid_loop_run_once(arg, BRAID_LOOP_RUN_NOWAIT);
     return NULL;
 }
 
@@ -374,7 +374,7 @@ BT_TEST(polls_survive_the_thread_that_armed_them) {
     hits h = { 0 };
     braid_watch w;
     BT_OK(braid_watch_init(loop, &w, sv[0], on_io, &h));
-    BT_OK(braid_watch_set(&w, BRAID_READ));
+    BT_OK(braid_watch_set_interest(&w, BRAID_WATCH_READ));
     pthread_t th;
     BT_EQ(pthread_create(&th, NULL, run_once_thread, loop), 0);   /* arms, then exits */
     BT_EQ(pthread_join(th, NULL), 0);
@@ -390,7 +390,7 @@ BT_TEST(polls_survive_the_thread_that_armed_them) {
 }
 
 /* An fd closed before its poll reached the kernel: the poll fails with
- * EBADF, the watcher hears BRAID_ERROR once and the poll is not retried in
+ * EBADF, the watcher hears BRAID_WATCH_ERROR once and the poll is not retried in
  * a loop. */
 BT_TEST(poll_on_closed_fd_reports_error_once) {
     braid_loop *loop = uring_loop();
@@ -398,11 +398,11 @@ BT_TEST(poll_on_closed_fd_reports_error_once) {
     hits h = { 0 };
     braid_watch w;
     BT_OK(braid_watch_init(loop, &w, sv[0], on_io, &h));
-    BT_OK(braid_watch_set(&w, BRAID_READ));
+    BT_OK(braid_watch_set_interest(&w, BRAID_WATCH_READ));
     close(sv[0]);                              /* before the add is submitted */
-    for (int i = 0; i < 3; i++) BT_OK(braid_loop_run_once(loop, BRAID_RUN_NOWAIT));
+    for (int i = 0; i < 3; i++) BT_OK(braid_loop_run_once(loop, BRAID_LOOP_RUN_NOWAIT));
     BT_EQ(h.errors, 1);
-    BT_TRUE(h.last & BRAID_ERROR);
+    BT_TRUE(h.last & BRAID_WATCH_ERROR);
     braid_watch_close(&w);
     close(sv[1]);
     bt_loop_destroy(loop);
@@ -427,8 +427,8 @@ BT_TEST(completion_callback_closes_watcher_with_collected_event) {
     int sv[2]; bt_socketpair(sv);
     close_other c = { .victim = malloc(sizeof(braid_watch)) };
     BT_OK(braid_watch_init(loop, c.victim, sv[0], victim_cb, &c));
-    BT_OK(braid_watch_set(c.victim, BRAID_READ));
-    BT_OK(braid_loop_run_once(loop, BRAID_RUN_NOWAIT));
+    BT_OK(braid_watch_set_interest(c.victim, BRAID_WATCH_READ));
+    BT_OK(braid_loop_run_once(loop, BRAID_LOOP_RUN_NOWAIT));
     BT_EQ(write(sv[1], "x", 1), 1);           /* readiness CQE posted ... */
     braid__completion_op op;
     braid__completion_op_init(&op, closer_op, &c);
@@ -447,7 +447,7 @@ BT_TEST(completion_callback_closes_watcher_with_collected_event) {
 BT_TEST(completion_interface_absent_on_other_backends) {
     braid_loop_options o = { .backend = BRAID_BACKEND_EPOLL };
     braid_loop *loop;
-    BT_OK(braid_loop_new(&loop, &o));
+    BT_OK(braid_loop_new(&o, &loop));
     BT_TRUE(braid__completion_uring_ring(loop) == NULL);
     BT_TRUE(braid__completion_uring_sqe(loop) == NULL);
     braid__completion_bufs *b = (braid__completion_bufs *)1;
@@ -493,7 +493,7 @@ BT_TEST(cancelled_op_gets_ecanceled) {
     struct io_uring_sqe *sqe = braid__completion_uring_sqe(loop);
     io_uring_prep_recv(sqe, sv[0], buf, sizeof buf, 0);   /* nothing to receive: waits */
     braid__completion_uring_submit(loop, sqe, &op);
-    BT_OK(braid_loop_run_once(loop, BRAID_RUN_NOWAIT));
+    BT_OK(braid_loop_run_once(loop, BRAID_LOOP_RUN_NOWAIT));
     BT_EQ(l.calls, 0);
     BT_OK(braid__completion_cancel(&op));
     BT_OK(braid__completion_cancel(&op));           /* again: already cancelling */
@@ -610,7 +610,7 @@ BT_TEST(op_outstanding_when_owner_closes) {
     braid_loop_options lo = { .backend = BRAID_BACKEND_URING, .flags = BRAID_LOOP_STRICT_BACKEND,
                               .log = leak_log };
     braid_loop *loop;
-    int rc = braid_loop_new(&loop, &lo);
+    int rc = braid_loop_new(&lo, &loop);
     if (rc == BRAID_ENOSYS) bt_skip("io_uring not available");
     BT_OK(rc);
     if (!braid__completion_have_recv_multishot()) { bt_loop_destroy(loop); bt_skip("no multishot recv"); }
@@ -622,9 +622,9 @@ BT_TEST(op_outstanding_when_owner_closes) {
     BT_OK(braid__completion_bufs_new(loop, 8, 8, 32, 0, &o->bufs));
     braid__completion_op_init(&o->op, owner_cb, o);
     BT_OK(braid__completion_recv_multishot(loop, &o->op, o->fd, o->bufs));
-    BT_OK(braid_loop_run_once(loop, BRAID_RUN_NOWAIT));
+    BT_OK(braid_loop_run_once(loop, BRAID_LOOP_RUN_NOWAIT));
     /* The leak gate sees the op and the buffer ring. */
-    BT_ERR(braid_loop_destroy(loop), BRAID_EBUSY);
+    BT_ERR(braid_loop_free(loop), BRAID_EBUSY);
     BT_EQ(leak_logs, 2);
     /* Owner closes: cancel, close the fd now; memory goes in the callback. */
     BT_OK(braid__completion_cancel(&o->op));
@@ -632,7 +632,7 @@ BT_TEST(op_outstanding_when_owner_closes) {
     BT_OK(braid_loop_run(loop));
     BT_EQ(freed, 1);
     close(sv[1]);
-    BT_OK(braid_loop_destroy(loop));
+    BT_OK(braid_loop_free(loop));
 }
 
 /* The allocation-failure walk: loop creation on io_uring, watchers (fd
@@ -643,7 +643,7 @@ static int uring_scenario(void *arg) {
     (void)arg;
     braid_loop_options lo = { .backend = BRAID_BACKEND_URING, .flags = BRAID_LOOP_STRICT_BACKEND };
     braid_loop *loop;
-    int rc = braid_loop_new(&loop, &lo);
+    int rc = braid_loop_new(&lo, &loop);
     if (rc < 0) return rc;
     int sv[2];
     bt_socketpair(sv);
@@ -653,10 +653,10 @@ static int uring_scenario(void *arg) {
     braid__completion_bufs *bufs = NULL;
     if ((rc = braid_watch_init(loop, &w1, sv[0], noop_io, NULL)) < 0) goto out;
     w1_open = 1;
-    if ((rc = braid_watch_set(&w1, BRAID_READ)) < 0) goto out;
+    if ((rc = braid_watch_set_interest(&w1, BRAID_WATCH_READ)) < 0) goto out;
     if ((rc = braid_watch_init(loop, &w2, hi, noop_io, NULL)) < 0) goto out;
     w2_open = 1;
-    if ((rc = braid_watch_set(&w2, BRAID_READ | BRAID_WRITE)) < 0) goto out;
+    if ((rc = braid_watch_set_interest(&w2, BRAID_WATCH_READ | BRAID_WATCH_WRITE)) < 0) goto out;
     if ((rc = braid__completion_bufs_new(loop, 4, 8, 64, 0, &bufs)) < 0) goto out;
     op_log l = { 0 };
     braid__completion_op op;
@@ -749,7 +749,7 @@ BT_TEST(incremental_ring_shares_one_buffer) {
         }
         BT_OK(braid_loop_run_once(loop, 0));
     }
-    for (int k = 0; k < 10; k++) BT_OK(braid_loop_run_once(loop, BRAID_RUN_NOWAIT));
+    for (int k = 0; k < 10; k++) BT_OK(braid_loop_run_once(loop, BRAID_LOOP_RUN_NOWAIT));
     for (int i = 0; i < 4; i++) {
         BT_EQ(r.len[i], 200);
         for (int m = 0; m < 20; m++) {
@@ -891,7 +891,7 @@ BT_TEST(completion_ring_sized_to_use) {
     for (int i = 0; i < 2; i++) {
         bt_tcp_socketpair(fds[i]);
         k[i].base.ops = &sink_ops;
-        BT_OK(braid_stream_adopt(loop, fds[i][1], &k[i].base));
+        BT_OK(braid_transport_adopt(loop, fds[i][1], &k[i].base));
     }
     braid__completion_bufs *b = loop_ring(loop);
     BT_TRUE(b != NULL);
@@ -916,7 +916,7 @@ BT_TEST(completion_ring_sized_to_use) {
     for (int i = 2; i < N; i++) {
         bt_tcp_socketpair(fds[i]);
         k[i].base.ops = &sink_ops;
-        BT_OK(braid_stream_adopt(loop, fds[i][1], &k[i].base));
+        BT_OK(braid_transport_adopt(loop, fds[i][1], &k[i].base));
     }
     if (inc) {
         BT_GE(braid__completion_bufs_count(b), N / 16);   /* one buffer per 16 connections at least */
@@ -951,7 +951,7 @@ BT_TEST(completion_ring_sized_to_use) {
         bool all = true;
         for (int i = 0; i < N; i++) all &= k[i].lost == 1;
         if (all) break;
-        BT_OK(braid_loop_run_once(loop, BRAID_RUN_NOWAIT));
+        BT_OK(braid_loop_run_once(loop, BRAID_LOOP_RUN_NOWAIT));
     }
     braid_loop_run(loop);
     bt_loop_destroy(loop);
@@ -974,7 +974,7 @@ BT_TEST(paused_readers_hold_in_order_without_starving_others) {
         setsockopt(fds[i][0], SOL_SOCKET, SO_SNDBUF, &on, sizeof on);
         k[i].base.ops = &sink_ops;
         k[i].paused_from_start = i >= ACTIVE;
-        BT_OK(braid_stream_adopt(loop, fds[i][1], &k[i].base));
+        BT_OK(braid_transport_adopt(loop, fds[i][1], &k[i].base));
         /* the lazy pause lets the recv start; data then arrives while paused */
         braid_transport *t = k[i].base.transport;
         if (i >= ACTIVE) { braid_transport_resume_reading(t); braid_transport_pause_reading(t); }
@@ -988,7 +988,7 @@ BT_TEST(paused_readers_hold_in_order_without_starving_others) {
         for (int tries = 0; off < sizeof data && tries < 1000; tries++) {
             ssize_t n = write(fds[i][0], data + off, sizeof data - off);
             if (n > 0) off += (size_t)n;
-            BT_OK(braid_loop_run_once(loop, BRAID_RUN_NOWAIT));
+            BT_OK(braid_loop_run_once(loop, BRAID_LOOP_RUN_NOWAIT));
         }
         BT_EQ(off, sizeof data);
         shutdown(fds[i][0], SHUT_WR);
@@ -997,7 +997,7 @@ BT_TEST(paused_readers_hold_in_order_without_starving_others) {
         bool done = true;
         for (int i = 0; i < ACTIVE; i++) done &= k[i].lost == 1;
         if (done) break;
-        BT_OK(braid_loop_run_once(loop, BRAID_RUN_NOWAIT));
+        BT_OK(braid_loop_run_once(loop, BRAID_LOOP_RUN_NOWAIT));
     }
     for (int i = 0; i < ACTIVE; i++) {
         BT_UEQ(k[i].total, sizeof data);     /* the unpaused ones were not starved */
@@ -1009,7 +1009,7 @@ BT_TEST(paused_readers_hold_in_order_without_starving_others) {
         bool done = true;
         for (int i = ACTIVE; i < N; i++) done &= k[i].lost == 1;
         if (done) break;
-        BT_OK(braid_loop_run_once(loop, BRAID_RUN_NOWAIT));
+        BT_OK(braid_loop_run_once(loop, BRAID_LOOP_RUN_NOWAIT));
     }
     for (int i = 0; i < N; i++) {
         BT_UEQ(k[i].total, sizeof data);

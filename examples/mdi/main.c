@@ -52,7 +52,7 @@ typedef struct app app;
 
 /* ---- the line server ------------------------------------------------------------------------ */
 typedef struct sconn {
-    braid_framed_protocol fp;     /* first */
+    braid_framing_protocol fp;     /* first */
     app *a;
     char name[64];
 } sconn;
@@ -71,7 +71,7 @@ typedef struct dplug {
 } dplug;
 
 typedef struct cproto {
-    braid_framed_protocol fp;     /* first */
+    braid_framing_protocol fp;     /* first */
     dplug *p;
 } cproto;
 
@@ -131,7 +131,7 @@ static void quit(app *a) {
 static void server_broadcast(app *a, const char *line) {
     for (guint i = 0; i < a->sconns->len; i++) {
         sconn *c = a->sconns->pdata[i];
-        braid_frame_write_line(c->fp.base.transport, "\n", line, strlen(line));
+        braid_framing_write_line(c->fp.base.transport, "\n", line, strlen(line));
     }
 }
 
@@ -163,9 +163,9 @@ static void server_lost(braid_protocol *p, const braid_failure *reason) {
 
 static const braid_protocol_ops server_ops = {
     .connection_made = server_made,
-    .data_received = braid_framed_data_received,
+    .data_received = braid_framing_protocol_data_received,
     .connection_lost = server_lost,
-    .destroy = braid_framed_destroy,
+    .destroy = braid_framing_protocol_destroy,
 };
 
 static void on_tick(braid_timer *t, void *arg) {
@@ -188,7 +188,7 @@ static void on_load_timer(braid_timer *t, void *arg) {
     while (a->load_sent < due && a->sconns->len) {
         sconn *c = a->sconns->pdata[a->load_sent % a->sconns->len];
         int n = snprintf(line, sizeof line, "load %llu", (unsigned long long)a->load_sent);
-        braid_frame_write_line(c->fp.base.transport, "\n", line, (size_t)n);
+        braid_framing_write_line(c->fp.base.transport, "\n", line, (size_t)n);
         a->load_sent++;
     }
     if (a->load_end && now >= a->load_end) {
@@ -286,7 +286,7 @@ static void client_made(braid_protocol *bp) {
     braid_framer_init_line(&c->fp.framer, "\n", 512, client_line, p);
     char line[80];
     int n = snprintf(line, sizeof line, "name %s", p->plug.name);
-    braid_frame_write_line(p->t, "\n", line, (size_t)n);
+    braid_framing_write_line(p->t, "\n", line, (size_t)n);
     gtk_label_set_text(p->chat, "connected");
 }
 
@@ -301,13 +301,13 @@ static void client_lost(braid_protocol *bp, const braid_failure *reason) {
 
 static void client_destroy(braid_protocol *bp) {
     dplug *p = bp->user;
-    braid_framed_destroy(bp);
+    braid_framing_protocol_destroy(bp);
     plug_forget(p);                /* the connection is over: so is the plug */
 }
 
 static const braid_protocol_ops client_ops = {
     .connection_made = client_made,
-    .data_received = braid_framed_data_received,
+    .data_received = braid_framing_protocol_data_received,
     .connection_lost = client_lost,
     .destroy = client_destroy,
 };
@@ -318,7 +318,7 @@ static void entry_activate(GtkEntry *e, gpointer arg) {
     if (!p->t || !*text) return;
     char line[520];
     int n = snprintf(line, sizeof line, "say %.500s", text);
-    braid_frame_write_line(p->t, "\n", line, (size_t)n);
+    braid_framing_write_line(p->t, "\n", line, (size_t)n);
     gtk_entry_set_text(e, "");
 }
 
@@ -361,7 +361,7 @@ static void plug_closed(mdi_multi *m, mdi_plug *plug, void *arg) {
     (void)m;
     (void)arg;
     p->closing = true;
-    if (p->t) braid_transport_lose_connection(p->t);
+    if (p->t) braid_transport_close(p->t, BRAID_SECONDS(2));
 }
 
 static void plug_forget(dplug *p) {
@@ -380,7 +380,7 @@ static braid_result connect_failed(braid_result r, void *arg) {
     fprintf(stderr, "braid-mdi: %s: %s\n", p->plug.name, buf);
     braid_result_drop(r);
     plug_forget(p);
-    return braid_ok(NULL);
+    return braid_result_ok(NULL);
 }
 
 /* ---- test mode ------------------------------------------------------------------------------------------ */
@@ -531,9 +531,7 @@ static braid_result listening(braid_result r, void *arg) {
         g_ptr_array_add(a->plugs, p);
         mdi_multi_add(a->windows, &p->plug, -1);
         braid_factory_init(&p->factory, &client_ops, sizeof(cproto), p);
-        braid_deferred *d = braid_connect(a->loop, desc, &p->factory);
-        braid_deferred_add_errback(d, connect_failed, p);
-        braid_deferred_release(d);
+        braid_deferred_then(braid_endpoint_connect(a->loop, desc, &p->factory), NULL, connect_failed, p);
     }
     braid_timer_start(&a->tick, BRAID_SECONDS(1));
     if (a->test) {
@@ -551,7 +549,7 @@ static braid_result listen_failed(braid_result r, void *arg) {
     braid_result_drop(r);
     a->status = 1;
     quit(a);
-    return braid_ok(NULL);
+    return braid_result_ok(NULL);
 }
 
 /* Test mode: fixed places, as no window manager places windows there. */
@@ -580,10 +578,10 @@ static int shutdown_all(app *a) {
     if (a->listener) braid_listener_close(a->listener);
     for (guint i = 0; i < a->plugs->len; i++) {
         dplug *p = a->plugs->pdata[i];
-        if (p && p->t) braid_transport_lose_connection(p->t);
+        if (p && p->t) braid_transport_close(p->t, BRAID_SECONDS(2));
     }
     for (guint i = 0; i < a->sconns->len; i++)
-        braid_transport_lose_connection(((sconn *)a->sconns->pdata[i])->fp.base.transport);
+        braid_transport_close(((sconn *)a->sconns->pdata[i])->fp.base.transport, BRAID_SECONDS(2));
     int rc = braid_loop_run(a->loop);      /* braid alone: the closes complete */
     mdi_cycler_free(a->cycler);
     mdi_multi_free(a->windows);
@@ -592,7 +590,7 @@ static int shutdown_all(app *a) {
     g_ptr_array_unref(a->plugs);
     g_ptr_array_unref(a->sconns);
     g_array_unref(a->lateness_us);
-    if (braid_loop_destroy(a->loop) < 0) return 2;
+    if (braid_loop_free(a->loop) < 0) return 2;
     return rc < 0 ? 1 : a->status;
 }
 
@@ -612,7 +610,7 @@ int main(int argc, char **argv) {
         fprintf(stderr, "braid-mdi: cannot open a display (is DISPLAY set?)\n");
         return 77;
     }
-    if (braid_loop_new(&a.loop, NULL) < 0) return 1;
+    if (braid_loop_new(NULL, &a.loop) < 0) return 1;
     int rc = a.braid_main ? braid_glib_context_new(a.loop, NULL, NULL, &a.gc)
                           : braid_glib_source_new(a.loop, NULL, NULL, &a.src);
     if (rc < 0) {
@@ -649,12 +647,11 @@ int main(int argc, char **argv) {
     gtk_widget_show_all(a.cycler->window);
 
     braid_factory_init(&a.server_f, &server_ops, sizeof(sconn), &a);
-    braid_deferred *d = braid_listen(a.loop, "tcp:0:interface=127.0.0.1", &a.server_f);
-    braid_deferred_add_callbacks(d, listening, listen_failed, &a);
-    braid_deferred_release(d);
+    braid_deferred_then(braid_endpoint_listen(a.loop, "tcp:0:interface=127.0.0.1", &a.server_f),
+                        listening, listen_failed, &a);
     if (a.test && braid_watch_init(a.loop, &a.in_watch, 0, on_stdin, &a) == 0) {
         a.in_open = true;
-        braid_watch_set(&a.in_watch, BRAID_READ);
+        braid_watch_set_interest(&a.in_watch, BRAID_WATCH_READ);
     }
 
     if (a.braid_main) braid_loop_run(a.loop);   /* braid owns the thread, GTK runs inside */

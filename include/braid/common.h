@@ -9,11 +9,11 @@
  * braid_strerror() names either kind.
  *
  *     braid_loop *loop;
- *     int rc = braid_loop_new(&loop, NULL);
+ *     int rc = braid_loop_new(NULL, &loop);
  *     if (rc < 0) fprintf(stderr, "braid: %s\n", braid_strerror(rc));
  *
  * Allocation: all of braid allocates through one replaceable allocator.
- * braid_set_allocator() must be called before any braid object exists (it is
+ * braid_allocator_set() must be called before any braid object exists (it is
  * process-wide because objects cross threads: a pool job allocated on the loop
  * thread is freed on a worker). Tests use braid_test_fail_alloc_after() from
  * <braid/testing.h> to make the Nth allocation fail.
@@ -122,7 +122,7 @@ typedef struct braid_allocator {
 
 /* Replace the allocator (NULL restores malloc/realloc/free). Call it before any
  * braid object exists; returns BRAID_EBUSY if braid memory is outstanding. */
-BRAID_API int braid_set_allocator(const braid_allocator *a);
+BRAID_API int braid_allocator_set(const braid_allocator *a);
 
 /* braid's own allocation entry points, for modules and for user code that
  * hands memory to braid to free. malloc/realloc may return NULL (and do under
@@ -138,7 +138,7 @@ typedef enum braid_log_level {
     BRAID_LOG_DEBUG, BRAID_LOG_INFO, BRAID_LOG_WARN, BRAID_LOG_ERROR
 } braid_log_level;
 /* Where a loop's log lines go (braid_loop_options.log): msg is one line. */
-typedef void (*braid_log_fn)(void *ctx, braid_log_level level, const char *msg);
+typedef void (*braid_log_cb)(void *ctx, braid_log_level level, const char *msg);
 
 #ifdef __cplusplus
 }

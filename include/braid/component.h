@@ -37,7 +37,7 @@
  *    again: drain the boxes, or ask to be woken (Kamaelia's pause()).
  *  - a *fiber* (braid_component_new_fiber): straight-line code with
  *    braid_component_recv_wait / braid_component_send_wait /
- *    braid_component_wait, which may also braid_await Deferreds (fiber.h).
+ *    braid_component_wait, which may also braid_fiber_await Deferreds (fiber.h).
  *    It ends when its function returns.
  * Only components with pending messages or wake-ups run: an idle graph
  * costs nothing and keeps no loop running (braid_loop_run returns when the
@@ -366,7 +366,7 @@ BRAID_API int braid_component_thread_send(braid_component_thread *t, int box, vo
  * pauses reading from that peer until it pops (backpressure). Both
  * components are freed once the connection is gone and the handler has
  * ended. braid_component_server_factory is the protocol factory to listen
- * with (braid_listen, braid_tcp_listen ...); close the listeners before
+ * with (braid_endpoint_listen, braid_tcp_listen ...); close the listeners before
  * braid_component_server_free, which aborts the connections still open
  * (run the loop once afterwards to let them finish). */
 typedef struct braid_component_chunk {
@@ -436,14 +436,14 @@ BRAID_API int braid_backplane_publisher_new(braid_loop *loop, const char *name, 
 BRAID_API int braid_backplane_subscriber_new(braid_loop *loop, const char *name, braid_component **out);
 
 /* ---- statistics and introspection ----------------------------------------------------- */
-typedef struct braid_component_stats {
+struct braid_component_stats {
     uint64_t runs;       /* callback runs / fiber wake-ups */
     uint64_t received;   /* messages appended to its inboxes' storage */
     uint64_t sent;       /* messages it sent that were delivered */
     uint64_t dropped;    /* sent into a null sink */
     uint64_t full;       /* sends refused with BRAID_EBOX_FULL */
-} braid_component_stats;
-BRAID_API void braid_component_stats_get(const braid_component *c, braid_component_stats *out);
+};
+BRAID_API void braid_component_stats(const braid_component *c, struct braid_component_stats *out);
 
 /* Components alive on the loop. */
 BRAID_API size_t braid_component_count(braid_loop *loop);

@@ -12,8 +12,8 @@
  *         braid_dgram_send_to(d, buf, len, from);       // echo
  *     }
  *     braid_dgram *d;
- *     braid_dgram_open(loop, &(braid_dgram_options){ .host = "127.0.0.1", .port = 5353 },
- *                      &(braid_dgram_ops){ .datagram_received = got }, NULL, &d);
+ *     braid_dgram_open(loop, *                      &(braid_dgram_ops){ .datagram_received = got },
+ NULL, &(braid_dgram_options){ .host = "127.0.0.1", .port = 5353 }, &d);
  *     ...
  *     braid_dgram_close(d);
  *
@@ -54,8 +54,8 @@ typedef struct braid_dgram_options {
     size_t max_datagram;       /* receive buffer per datagram, 0 = 65536 */
 } braid_dgram_options;
 
-BRAID_API int braid_dgram_open(braid_loop *loop, const braid_dgram_options *o,
-                               const braid_dgram_ops *ops, void *arg, braid_dgram **out);
+BRAID_API int braid_dgram_open(braid_loop *loop, const braid_dgram_ops *ops,
+                               void *arg, const braid_dgram_options *o, braid_dgram **out);
 BRAID_API int braid_dgram_send_to(braid_dgram *d, const void *buf, size_t len,
                                   const braid_address *to);
 /* Connected mode. */
@@ -69,8 +69,6 @@ BRAID_API uint64_t braid_dgram_received(const braid_dgram *d);
 BRAID_API uint64_t braid_dgram_recv_calls(const braid_dgram *d);
 BRAID_API void braid_dgram_close(braid_dgram *d);
 
-/* Resolve a numeric "host" and port into an address (no DNS). */
-BRAID_API int braid_address_from_numeric(const char *host, int port, braid_address *out);
 
 #ifdef __cplusplus
 }

@@ -2,7 +2,7 @@
  *
  * C has no generators, and a protocol written as a chain of callbacks has its
  * stack ripped apart at every wait. A fiber is a stackful coroutine that runs
- * on the loop's thread: it calls braid_await(d), which suspends it until the
+ * on the loop's thread: it calls braid_fiber_await(d), which suspends it until the
  * Deferred d fires and then returns d's result (a value or a failure, as a
  * return value — never a jump). Meanwhile the loop runs everything else.
  * This is Twisted's inlineCallbacks with a real stack (libdill, Seastar
@@ -11,18 +11,18 @@
  *     static braid_result session(void *arg) {
  *         struct conn *c = arg;
  *         for (;;) {
- *             braid_result r = braid_await(lookup_user(c->loop, c->name));
+ *             braid_result r = braid_fiber_await(lookup_user(c->loop, c->name));
  *             if (r.failure) return r;                  // pass the failure on
  *             send_profile(c, r.value);
  *             braid_result_drop(r);
  *             if (braid_fiber_sleep(c->loop, BRAID_SECONDS(1)) < 0)
- *                 return braid_errf(BRAID_ECANCELED, "session cancelled");
+ *                 return braid_result_errf(BRAID_ECANCELED, "session cancelled");
  *         }
  *     }
  *     braid_fiber_options o = { .name = "session" };
  *     braid_deferred *d = braid_fiber_spawn(loop, session, c, &o);
- *     braid_deferred_add_callbacks(d, done, failed, c);   // fn's result lands here
- *     braid_deferred_release(d);
+ *     braid_deferred_add(d, done, failed, c);   // fn's result lands here
+ *     braid_deferred_unref(d);
  *
  * Scheduling: a fiber starts in the loop's ready phase after it was spawned
  * (never inside braid_fiber_spawn), and each time what it awaits fires it is
@@ -50,7 +50,7 @@
  * than the guard page can jump over it.
  *
  * Ownership: braid_fiber_spawn returns the consumer reference of the fiber's
- * Deferred. braid_await takes the consumer reference of the Deferred it is
+ * Deferred. braid_fiber_await takes the consumer reference of the Deferred it is
  * given and hands the caller ownership of the result (drop it with
  * braid_result_drop). A fiber's return value is owned by its Deferred.
  *
@@ -76,9 +76,9 @@ extern "C" {
 
 typedef struct braid_fiber braid_fiber;
 
-/* A fiber's body: runs on the fiber's stack; its result (a value, a failure,
- * or braid_chain(d)) fires the fiber's Deferred. */
-typedef braid_result (*braid_fiber_fn)(void *arg);
+/* A fiber's body is a braid_result_fn (<braid/deferred.h>): it runs on the
+ * fiber's stack; its result (a value, a failure, or braid_result_chain(d))
+ * fires the fiber's Deferred. */
 
 #define BRAID_FIBER_DEFAULT_STACK (64u * 1024u)
 #define BRAID_FIBER_NAME_MAX 32
@@ -92,7 +92,7 @@ typedef struct braid_fiber_options {
  * Returns the consumer reference of a Deferred that fires with fn's result;
  * cancelling it cancels the fiber (see above). NULL when out of memory (the
  * Deferred, or the stack: mmap failed). opts may be NULL. */
-BRAID_API braid_deferred *braid_fiber_spawn(braid_loop *loop, braid_fiber_fn fn, void *arg,
+BRAID_API braid_deferred *braid_fiber_spawn(braid_loop *loop, braid_result_fn fn, void *arg,
                                             const braid_fiber_options *opts);
 
 /* Suspend the calling fiber until d fires; return d's result (ownership to
@@ -102,18 +102,18 @@ BRAID_API braid_deferred *braid_fiber_spawn(braid_loop *loop, braid_fiber_fn fn,
  *    cancelled and released (its result, if any, is dropped);
  *  - the fiber was cancelled: a BRAID_ECANCELED failure (d is cancelled).
  * An already-fired d returns at once without a switch. */
-BRAID_API braid_result braid_await(braid_deferred *d);
+BRAID_API braid_result braid_fiber_await(braid_deferred *d);
 
-/* braid_await with a deadline: if d has not fired ns from now (on the loop's
+/* braid_fiber_await with a deadline: if d has not fired timeout ns from now (on the loop's
  * clock) it is cancelled and the result is a BRAID_ETIMEDOUT failure
- * (braid_deferred_add_timeout). ns == BRAID_FOREVER: plain braid_await. */
-BRAID_API braid_result braid_await_timeout(braid_deferred *d, uint64_t ns);
+ * (braid_deferred_add_timeout). timeout == BRAID_FOREVER: plain braid_fiber_await. */
+BRAID_API braid_result braid_fiber_await_timeout(braid_deferred *d, uint64_t timeout);
 
-/* Suspend the calling fiber for ns on the loop's clock (a fake clock works:
+/* Suspend the calling fiber for timeout ns on the loop's clock (a fake clock works:
  * the fiber wakes when the test advances it past the deadline). 0, or
  * BRAID_ECANCELED if the fiber was cancelled while (or before) sleeping, or
  * BRAID_ENOT_IN_FIBER. No allocation. */
-BRAID_API int braid_fiber_sleep(braid_loop *loop, uint64_t ns);
+BRAID_API int braid_fiber_sleep(braid_loop *loop, uint64_t timeout);
 
 /* Let the loop run everything else that is ready, then continue (the fiber
  * resumes in the next ready phase). 0, BRAID_ECANCELED or BRAID_ENOT_IN_FIBER. */
@@ -125,7 +125,7 @@ BRAID_API braid_fiber *braid_fiber_current(braid_loop *loop);
 BRAID_API const char *braid_fiber_name(const braid_fiber *f);
 /* Was the fiber's Deferred cancelled (even if the failure was already
  * delivered)? A long computation between awaits can poll this. */
-BRAID_API bool braid_fiber_cancelled(const braid_fiber *f);
+BRAID_API bool braid_fiber_is_cancelled(const braid_fiber *f);
 
 /* Fibers alive on loop (spawned, not yet finished), for tests and stats. */
 BRAID_API size_t braid_fiber_count(braid_loop *loop);

@@ -18,10 +18,10 @@
  * 0 to go on, or anything else to stop (feed then returns that value and the
  * framer refuses further input); errors are sticky.
  *
- *     typedef struct chat { braid_framed_protocol fp; } chat;   // framer inside
+ *     typedef struct chat { braid_framing_protocol fp; } chat;   // framer inside
  *     static int on_line(void *ctx, const void *line, size_t len) {
  *         braid_protocol *p = ctx;
- *         braid_frame_write_line(p->transport, "\r\n", line, len);   // echo the line
+ *         braid_framing_write_line(p->transport, "\r\n", line, len);   // echo the line
  *         return 0;
  *     }
  *     static void chat_made(braid_protocol *p) {
@@ -29,12 +29,12 @@
  *     }
  *     static const braid_protocol_ops chat_ops = {
  *         .connection_made = chat_made,
- *         .data_received = braid_framed_data_received,   // feeds; aborts on a framing error
- *         .destroy = braid_framed_destroy,               // frees the framer's buffer
+ *         .data_received = braid_framing_protocol_data_received,   // feeds; aborts on a framing error
+ *         .destroy = braid_framing_protocol_destroy,               // frees the framer's buffer
  *     };
  *
  * Ownership: the framer is caller storage; its partial-frame buffer is
- * allocated through braid_malloc and released by braid_framer_free. Callbacks
+ * allocated through braid_malloc and released by braid_framer_close. Callbacks
  * run inside braid_framer_feed (for a protocol: on its loop thread). Do not
  * call feed from inside cb.
  */
@@ -47,16 +47,16 @@
 extern "C" {
 #endif
 
-typedef enum braid_frame_kind {
-    BRAID_FRAME_LINE = 1,
-    BRAID_FRAME_U32,
-    BRAID_FRAME_NETSTRING,
-} braid_frame_kind;
+typedef enum braid_framer_kind {
+    BRAID_FRAMER_LINE = 1,
+    BRAID_FRAMER_U32,
+    BRAID_FRAMER_NETSTRING,
+} braid_framer_kind;
 
-typedef int (*braid_frame_cb)(void *ctx, const void *frame, size_t len);
+typedef int (*braid_framer_fn)(void *ctx, const void *frame, size_t len);
 
 typedef struct braid_framer {      /* caller storage; fields private */
-    braid_frame_kind kind;
+    braid_framer_kind kind;
     size_t max;
     char delim[8];
     size_t delim_len;
@@ -64,36 +64,36 @@ typedef struct braid_framer {      /* caller storage; fields private */
     size_t len, cap;
     size_t scanned;                /* line: bytes of buf already searched */
     int error;                     /* sticky: 0, an error code, or cb's stop value */
-    braid_frame_cb cb;
+    braid_framer_fn cb;
     void *ctx;
 } braid_framer;
 
 /* delim: 1..8 bytes (NULL = "\r\n"); max: longest frame accepted, excluding
  * the delimiter / header. */
 BRAID_API int braid_framer_init_line(braid_framer *f, const char *delim, size_t max,
-                                     braid_frame_cb cb, void *ctx);
-BRAID_API void braid_framer_init_u32(braid_framer *f, size_t max, braid_frame_cb cb, void *ctx);
-BRAID_API void braid_framer_init_netstring(braid_framer *f, size_t max, braid_frame_cb cb, void *ctx);
+                                     braid_framer_fn cb, void *ctx);
+BRAID_API void braid_framer_init_u32(braid_framer *f, size_t max, braid_framer_fn cb, void *ctx);
+BRAID_API void braid_framer_init_netstring(braid_framer *f, size_t max, braid_framer_fn cb, void *ctx);
 /* 0, BRAID_EMSGSIZE, BRAID_EPROTO_INPUT, BRAID_ENOMEM, or cb's stop value. */
 BRAID_API int braid_framer_feed(braid_framer *f, const void *data, size_t len);
 /* Bytes of an incomplete frame held now. */
 BRAID_API size_t braid_framer_pending(const braid_framer *f);
-BRAID_API void braid_framer_free(braid_framer *f);
+BRAID_API void braid_framer_close(braid_framer *f);
 
 /* Encoders: write one frame to a transport (one buffered write). */
-BRAID_API int braid_frame_write_line(braid_transport *t, const char *delim, const void *data, size_t len);
-BRAID_API int braid_frame_write_u32(braid_transport *t, const void *data, size_t len);
-BRAID_API int braid_frame_write_netstring(braid_transport *t, const void *data, size_t len);
+BRAID_API int braid_framing_write_line(braid_transport *t, const char *delim, const void *data, size_t len);
+BRAID_API int braid_framing_write_u32(braid_transport *t, const void *data, size_t len);
+BRAID_API int braid_framing_write_netstring(braid_transport *t, const void *data, size_t len);
 
-/* Protocol glue: a protocol whose struct begins with braid_framed_protocol
+/* Protocol glue: a protocol whose struct begins with braid_framing_protocol
  * can use these ops. A framing error aborts the connection with that code as
  * connection_lost's reason (BRAID_EMSGSIZE, BRAID_EPROTO_INPUT). */
-typedef struct braid_framed_protocol {
+typedef struct braid_framing_protocol {
     braid_protocol base;
     braid_framer framer;
-} braid_framed_protocol;
-BRAID_API void braid_framed_data_received(braid_protocol *p, const void *buf, size_t len);
-BRAID_API void braid_framed_destroy(braid_protocol *p);
+} braid_framing_protocol;
+BRAID_API void braid_framing_protocol_data_received(braid_protocol *p, const void *buf, size_t len);
+BRAID_API void braid_framing_protocol_destroy(braid_protocol *p);
 
 #ifdef __cplusplus
 }

@@ -16,10 +16,10 @@
  *         }
  *     }
  *     braid_fstream_factory ff;
- *     braid_fstream_factory_init(&ff, loop, echo_lines, NULL, NULL);
- *     braid_listen(loop, "tcp:8000:interface=127.0.0.1", &ff.base);
+ *     braid_fstream_factory_init(loop, &ff, echo_lines, NULL, NULL);
+ *     braid_endpoint_listen(loop, "tcp:8000:interface=127.0.0.1", &ff.base);
  *
- * Timeouts: every call that can wait takes timeout_ns on the loop's clock
+ * Timeouts: every call that can wait takes timeout on the loop's clock
  * (a fake clock works), for the whole call however many chunks it takes;
  * BRAID_FOREVER waits without a bound, 0 only takes what is already there.
  * A call that times out returns BRAID_ETIMEDOUT; what it would have read is
@@ -71,20 +71,20 @@ extern "C" {
 typedef struct braid_fstream braid_fstream;
 
 /* A stream not yet attached: pass braid_fstream_protocol(s) to a transport
- * (braid_stream_adopt, braid_memory_transport_new, braid_pump_new). NULL when
- * out of memory. */
-BRAID_API braid_fstream *braid_fstream_new(braid_loop *loop);
+ * (braid_transport_adopt, braid_memory_transport_new, braid_pump_new). 0 and *out
+ * (yours: braid_fstream_free), or BRAID_ENOMEM. */
+BRAID_API int braid_fstream_new(braid_loop *loop, braid_fstream **out);
 BRAID_API braid_protocol *braid_fstream_protocol(braid_fstream *s);
 /* The transport while the connection is open (peer address, TCP options), else NULL. */
 BRAID_API braid_transport *braid_fstream_transport(braid_fstream *s);
 
 /* Up to max bytes (at least 1): waits for some to arrive. The count, 0 at a
  * clean EOF, or an error. */
-BRAID_API ssize_t braid_fstream_read(braid_fstream *s, void *buf, size_t max, uint64_t timeout_ns);
+BRAID_API ssize_t braid_fstream_read(braid_fstream *s, void *buf, size_t max, uint64_t timeout);
 /* Exactly n bytes (collected over as many chunks as it takes). 0 or an
  * error (BRAID_EEOF: the stream ended first; the partial bytes stay
  * readable with braid_fstream_read). */
-BRAID_API int braid_fstream_read_exactly(braid_fstream *s, void *buf, size_t n, uint64_t timeout_ns);
+BRAID_API int braid_fstream_read_exactly(braid_fstream *s, void *buf, size_t n, uint64_t timeout);
 /* One line: the bytes up to and including the first delim, copied to buf and
  * NUL-terminated, so a line may be at most size - 1 bytes with its delimiter.
  * Returns its length (delimiter included); at EOF an unterminated last line is
@@ -92,7 +92,7 @@ BRAID_API int braid_fstream_read_exactly(braid_fstream *s, void *buf, size_t n, 
  * arrived without a delimiter (they stay buffered: a line-based protocol
  * usually closes here). size >= 2, else BRAID_EINVAL. */
 BRAID_API ssize_t braid_fstream_read_line(braid_fstream *s, char *buf, size_t size, int delim,
-                                          uint64_t timeout_ns);
+                                          uint64_t timeout);
 /* Bytes buffered and not yet read. */
 BRAID_API size_t braid_fstream_buffered(const braid_fstream *s);
 /* Stop reading from the transport once this many bytes are buffered (0 =
@@ -102,10 +102,10 @@ BRAID_API void braid_fstream_set_read_limit(braid_fstream *s, size_t limit);
 /* Queue len bytes; if the transport's buffer is now at or above its high
  * watermark, wait until it drained to the low watermark. 0 or an error (on a
  * timeout the bytes stay queued). Does not switch when there is room. */
-BRAID_API int braid_fstream_write(braid_fstream *s, const void *buf, size_t len, uint64_t timeout_ns);
+BRAID_API int braid_fstream_write(braid_fstream *s, const void *buf, size_t len, uint64_t timeout);
 /* Wait until everything written was handed to the kernel (or the memory
  * peer consumed it). 0 or an error. */
-BRAID_API int braid_fstream_flush(braid_fstream *s, uint64_t timeout_ns);
+BRAID_API int braid_fstream_flush(braid_fstream *s, uint64_t timeout);
 /* Half-close: send EOF once the buffer drained (reading goes on). */
 BRAID_API int braid_fstream_shutdown_write(braid_fstream *s);
 /* Close gracefully: flush what is queued, close, and wait until the
@@ -113,7 +113,7 @@ BRAID_API int braid_fstream_shutdown_write(braid_fstream *s);
  * a timeout (or cancellation) the connection is aborted and BRAID_ETIMEDOUT
  * (BRAID_ECANCELED) returned. Outside a fiber it starts the close and
  * returns 0 without waiting. The stream stays valid (reads give EOF). */
-BRAID_API int braid_fstream_close(braid_fstream *s, uint64_t timeout_ns);
+BRAID_API int braid_fstream_close(braid_fstream *s, uint64_t timeout);
 /* Drop the connection now, discarding what is queued. */
 BRAID_API void braid_fstream_abort(braid_fstream *s);
 /* Release the caller's stream. A connection still open is closed gracefully
@@ -123,24 +123,24 @@ BRAID_API void braid_fstream_free(braid_fstream *s);
 
 /* From a fiber: connect to a client endpoint string ("tcp:host=127.0.0.1:
  * port=8000", "unix:path=/run/x.sock", see <braid/endpoint.h>) and wait for
- * the connection, at most timeout_ns. 0 and *out (free it with
+ * the connection, at most timeout. 0 and *out (free it with
  * braid_fstream_free), or the connect failure's code (BRAID_ETIMEDOUT,
  * -ECONNREFUSED, BRAID_EBAD_ENDPOINT, BRAID_ECANCELED, BRAID_ENOT_IN_FIBER). */
-BRAID_API int braid_fstream_connect(braid_loop *loop, const char *endpoint, uint64_t timeout_ns,
+BRAID_API int braid_fstream_connect(braid_loop *loop, const char *endpoint, uint64_t timeout,
                                     braid_fstream **out);
 
-/* Accepting: a factory (pass &ff->base to braid_listen, braid_tcp_listen ...)
+/* Accepting: a factory (pass &ff->base to braid_endpoint_listen, braid_tcp_listen ...)
  * that runs handler(stream, arg) in a new fiber for every connection. When the
  * handler returns, the connection is closed gracefully and the stream
  * released; a negative return value is logged (debug level). If a fiber cannot
  * be spawned the connection is aborted. The factory must outlive its
  * connections (braid_fstream_factory_count). */
-typedef int (*braid_fstream_handler)(braid_fstream *s, void *arg);
+typedef int (*braid_fstream_handler_fn)(braid_fstream *s, void *arg);
 
 typedef struct braid_fstream_factory {
     braid_factory base;            /* first: what listeners take */
     braid_loop *loop;
-    braid_fstream_handler handler;
+    braid_fstream_handler_fn handler;
     void *arg;
     braid_fiber_options fiber;     /* stack size and name for connection fibers */
     size_t read_limit;             /* per stream, 0 = default */
@@ -150,8 +150,8 @@ typedef struct braid_fstream_factory {
 } braid_fstream_factory;
 
 /* fopts may be NULL (default stack, name "fstream"). */
-BRAID_API void braid_fstream_factory_init(braid_fstream_factory *ff, braid_loop *loop,
-                                          braid_fstream_handler handler, void *arg,
+BRAID_API void braid_fstream_factory_init(braid_loop *loop, braid_fstream_factory *ff,
+                                          braid_fstream_handler_fn handler, void *arg,
                                           const braid_fiber_options *fopts);
 /* Connection fibers alive. */
 BRAID_API size_t braid_fstream_factory_count(const braid_fstream_factory *ff);

@@ -12,13 +12,13 @@
  * iteration per dispatch. Twisted's gtk reactors work this way.
  *
  *     braid_loop *loop;
- *     braid_loop_new(&loop, NULL);
+ *     braid_loop_new(NULL, &loop);
  *     braid_glib_source *src;
  *     braid_glib_source_new(loop, NULL, NULL, &src);    // NULL: GLib's default context
  *     ...                                               // braid connections, GTK windows
  *     gtk_main();                                       // runs both, until gtk_main_quit()
  *     braid_glib_source_free(src);
- *     braid_loop_destroy(loop);                         // the leak gate
+ *     braid_loop_free(loop);                         // the leak gate
  *
  * GLib inside braid — braid owns the thread (braid_loop_run). A
  * braid_glib_context drives a GMainContext: its fds become braid watchers,
@@ -66,7 +66,7 @@ typedef struct braid_glib_source_options {
 
 /* Attach a braid source for loop to context (NULL: g_main_context_default()).
  * opts may be NULL. Works on every braid backend. The source is a handle on
- * the loop: braid_loop_destroy refuses (BRAID_EBUSY) while it exists.
+ * the loop: braid_loop_free refuses (BRAID_EBUSY) while it exists.
  * *out is yours to free with braid_glib_source_free. BRAID_ENOMEM, or a
  * negative errno if the timerfd cannot be made. */
 BRAID_API int braid_glib_source_new(braid_loop *loop, GMainContext *context,

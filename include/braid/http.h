@@ -167,7 +167,7 @@ BRAID_API ssize_t braid_http_chunked_decode(braid_http_chunked *d, char *buf, si
                                             size_t *out_len);
 
 /* Has the decoder seen the whole body? */
-BRAID_API bool braid_http_chunked_done(const braid_http_chunked *d);
+BRAID_API bool braid_http_chunked_is_done(const braid_http_chunked *d);
 
 /* Encoder. The head of one chunk of n > 0 bytes ("1a2b\r\n") into out
  * (>= BRAID_HTTP_CHUNK_HEAD_MAX bytes); returns its length. The chunk is then
@@ -191,31 +191,31 @@ BRAID_API time_t braid_http_parse_date(const char *s, size_t len);
  * An HTTP/1.1 server on any stream transport (TCP, Unix, the memory double):
  *
  *     static braid_deferred *hello(braid_http_request *req, void *arg) {
- *         braid_http_respond(req, 200, "text/plain", "Hello, World!", 13);
+ *         braid_http_request_respond(req, 200, "text/plain", "Hello, World!", 13);
  *         return NULL;                       // answered synchronously
  *     }
  *     braid_http_server *s;
  *     braid_http_server_new(loop, NULL, &s);
- *     braid_http_route(s, "GET", "/", 0, hello, NULL);
- *     braid_http_route(s, NULL, "/api/", BRAID_HTTP_PREFIX, api, ctx);   // any method
- *     braid_http_static(s, "/files/", "/srv/www");                        // sendfile, Range
- *     braid_deferred *d = braid_http_listen(s, "tcp:8080:interface=127.0.0.1");
+ *     braid_http_server_route(s, "GET", "/", 0, hello, NULL);
+ *     braid_http_server_route(s, NULL, "/api/", BRAID_HTTP_ROUTE_PREFIX, api, ctx);   // any method
+ *     braid_http_server_static(s, "/files/", "/srv/www");                        // sendfile, Range
+ *     braid_deferred *d = braid_http_server_listen(s, "tcp:8080:interface=127.0.0.1");
  *
  * A handler answers in one of three ways:
- *  - synchronously: braid_http_respond (or _respond_response) before it
+ *  - synchronously: braid_http_request_respond (or _respond_response) before it
  *    returns, and returns NULL;
  *  - later: it returns a Deferred (the server takes the consumer reference)
  *    that fires with a braid_http_response * made by braid_http_response_new
  *    (owned through its dtor, braid_http_response_free). A failure becomes a
  *    500. If the connection goes away first the Deferred is cancelled;
- *  - streaming: braid_http_respond_start, then braid_http_write any number of
+ *  - streaming: braid_http_request_respond_start, then braid_http_request_write any number of
  *    times (now or later, e.g. from a producer registered with
- *    braid_http_register_producer, which the transport pauses and resumes at
- *    its watermarks), then braid_http_finish. Content-Length when the length
+ *    braid_http_request_register_producer, which the transport pauses and resumes at
+ *    its watermarks), then braid_http_request_finish. Content-Length when the length
  *    is known, chunked otherwise (close-delimited for HTTP/1.0).
- *    braid_http_finish must always be called, also after the connection was
- *    lost (braid_http_write then returns BRAID_ESHUTDOWN, a registered
- *    producer got stop_producing and the braid_http_on_lost hook ran): it
+ *    braid_http_request_finish must always be called, also after the connection was
+ *    lost (braid_http_request_write then returns BRAID_ESHUTDOWN, a registered
+ *    producer got stop_producing and the braid_http_request_on_lost hook ran): it
  *    releases the request.
  * The request (all pointers in it) stays valid until the response is
  * complete — for a synchronous answer, until the handler returns; for a
@@ -296,18 +296,18 @@ typedef struct braid_http_request {
 
 /* A handler: answer synchronously and return NULL, or return a Deferred of a
  * braid_http_response * (see above). */
-typedef braid_deferred *(*braid_http_handler)(braid_http_request *req, void *arg);
+typedef braid_deferred *(*braid_http_handler_fn)(braid_http_request *req, void *arg);
 
 typedef struct braid_http_server_options {
-    uint64_t header_timeout_ns;   /* 0 = 10 s */
-    uint64_t body_timeout_ns;     /* 0 = 30 s */
-    uint64_t idle_timeout_ns;     /* 0 = 15 s */
+    uint64_t header_timeout;      /* 0 = 10 s */
+    uint64_t body_timeout;        /* 0 = 30 s */
+    uint64_t idle_timeout;        /* 0 = 15 s */
     /* Abort a connection whose pending output made no progress for this long
      * (nginx's send_timeout): 0 = 60 s, BRAID_FOREVER = never. */
-    uint64_t send_timeout_ns;
+    uint64_t send_timeout;
     /* braid_http_server_shutdown's deadline: connections still open this long
      * after it are aborted. 0 = 10 s, BRAID_FOREVER = wait for every answer. */
-    uint64_t shutdown_timeout_ns;
+    uint64_t shutdown_timeout;
     /* zero fields take the parser's defaults; limits.max_headers sizes each
      * connection's header array (100 by default, at most 65536) */
     braid_http_limits limits;
@@ -321,78 +321,78 @@ typedef struct braid_http_server_options {
 BRAID_API int braid_http_server_new(braid_loop *loop, const braid_http_server_options *o,
                                     braid_http_server **out);
 /* Close every connection and refuse new ones (they are closed at once), with
- * a deadline of shutdown_timeout_ns (10 s) on the loop clock. Escalation:
+ * a deadline of shutdown_timeout (10 s) on the loop clock. Escalation:
  * idle connections close now (flushing what they still owe); busy ones
  * finish the answer in progress and then close (no keep-alive); every close
- * is bounded by the deadline (braid_transport_close_within); when it passes,
+ * is bounded by the deadline (braid_transport_close); when it passes,
  * what is still open is aborted: pending Deferreds cancelled, on_lost hooks
  * run, streams stopped, unsent bytes dropped (TCP peers get RST). Run the
  * loop until braid_http_server_connections is 0, then free. */
 BRAID_API void braid_http_server_shutdown(braid_http_server *s);
 /* Free; BRAID_EBUSY while connections are open (shut down and run the loop first). */
 BRAID_API int braid_http_server_free(braid_http_server *s);
-/* The factory to hand to any listener (braid_listen, braid_tcp_listen ...). */
+/* The factory to hand to any listener (braid_endpoint_listen, braid_tcp_listen ...). */
 BRAID_API braid_factory *braid_http_server_factory(braid_http_server *s);
-/* braid_listen(loop, endpoint, factory): a Deferred of the braid_listener *
+/* braid_endpoint_listen(loop, endpoint, factory): a Deferred of the braid_listener *
  * (yours to close). "tcp:8080:reuseport=1" lets N processes share the port. */
-BRAID_API braid_deferred *braid_http_listen(braid_http_server *s, const char *endpoint);
+BRAID_API braid_deferred *braid_http_server_listen(braid_http_server *s, const char *endpoint);
 BRAID_API size_t braid_http_server_connections(const braid_http_server *s);
 BRAID_API uint64_t braid_http_server_requests(const braid_http_server *s);
 
-/* Routes. method NULL = any method; flags BRAID_HTTP_PREFIX: path is a
+/* Routes. method NULL = any method; flags BRAID_HTTP_ROUTE_PREFIX: path is a
  * prefix ("/api/" matches "/api/x"). BRAID_EEXIST for the same method and
  * path twice, BRAID_EINVAL for a path not starting with '/'. */
-#define BRAID_HTTP_PREFIX 1u
-BRAID_API int braid_http_route(braid_http_server *s, const char *method, const char *path,
-                               unsigned flags, braid_http_handler h, void *arg);
+#define BRAID_HTTP_ROUTE_PREFIX 1u
+BRAID_API int braid_http_server_route(braid_http_server *s, const char *method, const char *path,
+                               unsigned flags, braid_http_handler_fn h, void *arg);
 /* Serve files under root_dir at prefix (GET and HEAD): sendfile(2) on
  * socket transports, single byte ranges (206/416), Last-Modified and
  * If-Modified-Since (304). ".." and "." segments, encoded '/', '\\' or NUL,
  * and symlinks leading out of root_dir are refused (404). A directory serves
  * its index.html. */
-BRAID_API int braid_http_static(braid_http_server *s, const char *prefix, const char *root_dir);
+BRAID_API int braid_http_server_static(braid_http_server *s, const char *prefix, const char *root_dir);
 
 /* ---- answering ---- */
 /* Add a response header for the answer of req (before respond/respond_start).
  * BRAID_EINVAL if name or value hold CR, LF or NUL (header injection) or name
  * is not a token; BRAID_EMSGSIZE past 1 KiB of added headers. */
-BRAID_API int braid_http_add_header(braid_http_request *req, const char *name, const char *value);
+BRAID_API int braid_http_request_add_header(braid_http_request *req, const char *name, const char *value);
 /* The whole answer at once (body copied; NULL content_type = no Content-Type).
  * BRAID_EALREADY_CALLED if req was already answered. */
-BRAID_API int braid_http_respond(braid_http_request *req, int status, const char *content_type,
+BRAID_API int braid_http_request_respond(braid_http_request *req, int status, const char *content_type,
                                  const void *body, size_t len);
 /* Answer with `length` bytes of the file fd from `offset` (Content-Length:
  * length; no body for HEAD). Takes fd: it is closed once the body is out,
  * when the connection is lost, or at once on an error. The body leaves by
  * sendfile(2) on socket transports, read through the write buffer on others
  * (TLS, memory); a file that turns out shorter aborts the connection (the
- * framing cannot be kept). braid_http_static answers this way.
+ * framing cannot be kept). braid_http_server_static answers this way.
  * BRAID_EALREADY_CALLED if req was already answered, BRAID_EINVAL for a bad
  * status, fd or range. */
-BRAID_API int braid_http_respond_file(braid_http_request *req, int status, const char *content_type,
+BRAID_API int braid_http_request_respond_file(braid_http_request *req, int status, const char *content_type,
                                       int fd, uint64_t offset, uint64_t length);
 /* Start a streamed answer: content_length >= 0, or -1 for chunked. */
-BRAID_API int braid_http_respond_start(braid_http_request *req, int status,
+BRAID_API int braid_http_request_respond_start(braid_http_request *req, int status,
                                        const char *content_type, int64_t content_length);
-BRAID_API int braid_http_write(braid_http_request *req, const void *buf, size_t len);
+BRAID_API int braid_http_request_write(braid_http_request *req, const void *buf, size_t len);
 /* The transport's backpressure for a streamed body (unregistered at finish). */
-BRAID_API int braid_http_register_producer(braid_http_request *req, braid_producer *p,
+BRAID_API int braid_http_request_register_producer(braid_http_request *req, braid_producer *p,
                                            bool streaming);
 /* End the streamed answer and release req. A Content-Length answer that got
  * fewer bytes closes the connection (the peer cannot mistake the framing).
  * After the connection was lost it only releases req (returns
  * BRAID_ESHUTDOWN); req must not be used after it. */
-BRAID_API int braid_http_finish(braid_http_request *req);
+BRAID_API int braid_http_request_finish(braid_http_request *req);
 /* Be told if the connection of req is lost before req's answer is complete
  * (the client hung up or reset, send_timeout, an abort): fn runs once, from
  * the loop, before the pending Deferred (if any) is cancelled. req stays
- * valid in fn; a streamed answer still ends with braid_http_finish (from fn
+ * valid in fn; a streamed answer still ends with braid_http_request_finish (from fn
  * or later). Set it from the handler or later while the answer is pending
  * (fn NULL removes it); it is cleared when the answer completes. 0,
  * BRAID_ESHUTDOWN if the connection is already lost (fn is not called),
  * BRAID_EINVAL when req has no answer pending. */
-typedef void (*braid_http_lost_fn)(braid_http_request *req, void *arg);
-BRAID_API int braid_http_on_lost(braid_http_request *req, braid_http_lost_fn fn, void *arg);
+typedef void (*braid_http_request_lost_cb)(braid_http_request *req, void *arg);
+BRAID_API int braid_http_request_on_lost(braid_http_request *req, braid_http_request_lost_cb fn, void *arg);
 
 /* A response value for Deferreds. */
 typedef struct braid_http_response {
@@ -403,14 +403,15 @@ typedef struct braid_http_response {
     char *body;                /* owned */
     size_t body_len;
 } braid_http_response;
-/* NULL on allocation failure; body and content_type are copied. */
-BRAID_API braid_http_response *braid_http_response_new(int status, const char *content_type,
-                                                       const void *body, size_t len);
+/* body and content_type are copied. 0 and *out (yours: braid_http_response_free,
+ * or hand it to a Deferred with that dtor), or BRAID_ENOMEM. */
+BRAID_API int braid_http_response_new(int status, const char *content_type, const void *body,
+                                      size_t len, braid_http_response **out);
 BRAID_API int braid_http_response_add_header(braid_http_response *r, const char *name,
                                              const char *value);
 BRAID_API void braid_http_response_free(void *r);
 /* Answer req with r (copied; r stays the caller's). */
-BRAID_API int braid_http_respond_response(braid_http_request *req, const braid_http_response *r);
+BRAID_API int braid_http_request_respond_response(braid_http_request *req, const braid_http_response *r);
 
 /* ---- client ---- */
 /* An HTTP/1.1 client: a connection pool per (scheme, host, port) with
@@ -423,7 +424,7 @@ BRAID_API int braid_http_respond_response(braid_http_request *req, const braid_h
  *     braid_http_client_new(loop, NULL, &c);
  *     braid_deferred *d = braid_http_client_request(c, &(braid_http_client_req){
  *         .method = "GET", .url = "http://127.0.0.1:8080/hello" });
- *     braid_deferred_add_callbacks(d, got_response, failed, arg);
+ *     braid_deferred_add(d, got_response, failed, arg);
  *     // got_response: r.value is a braid_http_client_response * with the whole body
  *     //   (buffered up to max_body), owned by the result: keep it (and free
  *     //   it with braid_http_client_response_free) or let the result drop it.
@@ -486,7 +487,7 @@ BRAID_API int braid_http_respond_response(braid_http_request *req, const braid_h
  * client owns its connections; braid_http_client_free fails the requests in
  * flight with BRAID_ESHUTDOWN, closes every connection and frees the client
  * once the last connection is gone (run the loop an iteration to let that
- * happen before braid_loop_destroy). Loop thread only.
+ * happen before braid_loop_free). Loop thread only.
  */
 typedef struct braid_http_client braid_http_client;
 typedef struct braid_http_client_response braid_http_client_response;
@@ -521,11 +522,11 @@ BRAID_API int braid_http_client_new(struct braid_loop *loop, const braid_http_cl
                                     braid_http_client **out);
 BRAID_API void braid_http_client_free(braid_http_client *c);
 
-typedef void (*braid_http_body_fn)(braid_http_client_response *r, const void *buf, size_t len, void *arg);
+typedef void (*braid_http_client_body_cb)(braid_http_client_response *r, const void *buf, size_t len, void *arg);
 /* Streamed uploads: the request itself, as the source of its body sees it. */
 typedef struct braid_http_upload braid_http_upload;
-typedef void (*braid_http_source_fn)(braid_http_upload *u, void *arg);
-typedef void (*braid_http_end_fn)(braid_http_client_response *r, int code, void *arg);
+typedef void (*braid_http_upload_cb)(braid_http_upload *u, void *arg);
+typedef void (*braid_http_client_end_cb)(braid_http_client_response *r, int code, void *arg);
 
 typedef struct braid_http_client_req {
     const char *method;         /* NULL: "GET" */
@@ -544,13 +545,13 @@ typedef struct braid_http_client_req {
      * Content-Length: body_len if body_len > 0 (then exactly that many bytes).
      * Streamed requests are never retried and 307/308 are not followed; the
      * header timeout starts when the upload ends. */
-    braid_http_source_fn body_source;
+    braid_http_upload_cb body_source;
     uint64_t max_body;          /* buffered response body limit (0: the client's) */
     int max_redirects;          /* 0: the client's; < 0: never follow */
     uint64_t connect_timeout, header_timeout, body_timeout;   /* 0: the client's */
     /* Streaming response bodies (see above). */
-    braid_http_body_fn on_body;
-    braid_http_end_fn on_end;
+    braid_http_client_body_cb on_body;
+    braid_http_client_end_cb on_end;
     void *arg;
 } braid_http_client_req;
 
@@ -589,15 +590,17 @@ BRAID_API void braid_http_client_response_pause(braid_http_client_response *r);
 BRAID_API void braid_http_client_response_resume(braid_http_client_response *r);
 BRAID_API void braid_http_client_response_abort(braid_http_client_response *r);
 
-typedef struct braid_http_client_stats {
+struct braid_http_client_stats {
     uint64_t connections;       /* connections opened (made) */
     uint64_t reused;            /* requests that ran on a pooled connection */
     uint64_t retried;           /* requests retried after a stale pooled connection */
     size_t idle;                /* idle connections now, all origins */
     size_t active;              /* connections alive now (idle included) */
     size_t waiting;             /* requests waiting for a connection (max_per_host) */
-} braid_http_client_stats;
-BRAID_API braid_http_client_stats braid_http_client_get_stats(const braid_http_client *c);
+};
+/* A snapshot of the client's counters (like stat(2): the struct and the
+ * function share the name). */
+BRAID_API void braid_http_client_stats(const braid_http_client *c, struct braid_http_client_stats *out);
 
 #ifdef __cplusplus
 }

@@ -19,22 +19,22 @@
  * braid_loop_post(), braid_loop_post_node() and braid_loop_stop(), which any
  * thread may call. The loop's thread is the one that created it, or the one
  * that last ran it: braid_loop_run, braid_loop_run_once and
- * braid_loop_destroy called from another thread hand the loop over to it
+ * braid_loop_free called from another thread hand the loop over to it
  * (the program synchronises the hand-over: thread creation, a join). Debug
  * builds (BRAID_DEBUG) check the thread on every loop-affine entry and abort
- * naming the function ("braid_call_later called from a thread that does not
+ * naming the function ("braid_timer_call_later called from a thread that does not
  * own the loop"); release builds do not check. See docs/loop.md.
  *
  *     braid_loop *loop;
- *     if (braid_loop_new(&loop, NULL) < 0) return 1;   // BRAID_BACKEND env picks
+ *     if (braid_loop_new(NULL, &loop) < 0) return 1;   // BRAID_BACKEND env picks
  *     braid_watch w;
  *     braid_watch_init(loop, &w, fd, on_readable, ctx);
- *     braid_watch_set(&w, BRAID_READ);
+ *     braid_watch_set_interest(&w, BRAID_WATCH_READ);
  *     braid_loop_run(loop);           // until stop, or nothing left to wait on
  *     braid_watch_close(&w);
- *     return braid_loop_destroy(loop) < 0;   // fails if anything is left open
+ *     return braid_loop_free(loop) < 0;   // fails if anything is left open
  *
- * Ownership: the caller owns the loop and frees it with braid_loop_destroy,
+ * Ownership: the caller owns the loop and frees it with braid_loop_free,
  * which refuses (BRAID_EBUSY, and logs each open handle) while a watcher,
  * active timer, signal, posted call or other handle is still open — the leak
  * gate every test ends with.
@@ -71,18 +71,18 @@ typedef struct braid_loop_options {
     braid_backend backend;
     unsigned flags;
     braid_clock *clock;          /* NULL: the real monotonic clock. Not owned. */
-    braid_log_fn log;            /* NULL: write to stderr (debug lines only with BRAID_LOG_DEBUG=1) */
+    braid_log_cb log;            /* NULL: write to stderr (debug lines only with BRAID_LOG_DEBUG=1) */
     void *log_ctx;
 } braid_loop_options;
 
 /* Create a loop. opts may be NULL. The env var BRAID_BACKEND=select|poll|epoll|
  * uring overrides opts->backend when that is BRAID_BACKEND_DEFAULT. */
-BRAID_API int braid_loop_new(braid_loop **out, const braid_loop_options *opts);
+BRAID_API int braid_loop_new(const braid_loop_options *opts, braid_loop **out);
 
 /* Destroy: BRAID_EBUSY if anything is still open (the loop is not destroyed
  * and stays valid; each open thing is logged as "loop not destroyed: …
  * still open"), else frees everything and returns 0. */
-BRAID_API int braid_loop_destroy(braid_loop *loop);
+BRAID_API int braid_loop_free(braid_loop *loop);
 
 /* Name of the backend in use: "select", "poll", "epoll" or "uring". */
 BRAID_API const char *braid_loop_backend(const braid_loop *loop);
@@ -93,7 +93,7 @@ BRAID_API const char *braid_loop_backend(const braid_loop *loop);
  * or a negative code if the poller failed. */
 BRAID_API int braid_loop_run(braid_loop *loop);
 
-enum { BRAID_RUN_NOWAIT = 1u << 0 };  /* poll with timeout 0 */
+enum { BRAID_LOOP_RUN_NOWAIT = 1u << 0 };  /* poll with timeout 0 */
 /* Exactly one iteration. Returns 1 if anything is still alive, 0 if not, <0 on
  * a poller failure. */
 BRAID_API int braid_loop_run_once(braid_loop *loop, unsigned flags);
@@ -114,12 +114,20 @@ BRAID_API braid_clock *braid_loop_clock(braid_loop *loop);
 
 /* Iteration counter (starts at 0, +1 per run_once). */
 BRAID_API uint64_t braid_loop_iteration(const braid_loop *loop);
+/* Pending timers on this loop (tests, stats). */
+BRAID_API size_t braid_loop_timer_count(const braid_loop *loop);
+
+/* Tests (a loop on a fake clock, <braid/time.h>): advance the clock by ns in
+ * steps, running one NOWAIT iteration after each timer deadline crossed, so
+ * timers fire at their own times in order (Twisted's Clock.pump). Returns
+ * BRAID_EINVAL if the loop's clock is not fake. */
+BRAID_API int braid_loop_advance(braid_loop *loop, uint64_t ns);
 
 /* ---- embedding (GLib and other loops) ------------------------------------------ */
 /* A file descriptor that becomes readable when the loop has something to do
  * (epoll/io_uring fd; select/poll backends return BRAID_ENOSYS), and the
  * timeout the next iteration would use in ns (BRAID_FOREVER if none). Drive
- * the loop with braid_loop_run_once(loop, BRAID_RUN_NOWAIT) when it fires.
+ * the loop with braid_loop_run_once(loop, BRAID_LOOP_RUN_NOWAIT) when it fires.
  * Call braid_loop_next_timeout before every outer wait: on io_uring it also
  * submits the interest changes queued since the last iteration, without which
  * the backend fd would not wake for them. */
@@ -128,11 +136,11 @@ BRAID_API uint64_t braid_loop_next_timeout(braid_loop *loop);
 
 /* With a backend that has no backend fd (select, poll) the outer loop
  * watches braid's descriptors itself: the fds the loop's watchers want now
- * and for what (BRAID_READ | BRAID_WRITE), the loop's own wake-up and signal
+ * and for what (BRAID_WATCH_READ | BRAID_WATCH_WRITE), the loop's own wake-up and signal
  * fds included, in ascending fd order. Fills up to cap entries of out and
  * returns the total (more than cap: call again with more room). O(watched
  * fds), like a select or poll wait itself. Wait on them, then drive the loop
- * with braid_loop_run_once(loop, BRAID_RUN_NOWAIT) as above. */
+ * with braid_loop_run_once(loop, BRAID_LOOP_RUN_NOWAIT) as above. */
 typedef struct braid_loop_fd {
     int fd;
     unsigned events;
@@ -162,20 +170,20 @@ BRAID_API void braid_prepare_start(braid_loop *loop, braid_prepare *p, braid_pre
 BRAID_API void braid_prepare_stop(braid_prepare *p);   /* idempotent */
 
 /* ---- calls ----------------------------------------------------------------------- */
-typedef void (*braid_call_fn)(void *arg);
+typedef void (*braid_loop_call_cb)(void *arg);
 
 /* Thread-safe: run fn(arg) on the loop's thread in the posted phase. Calls
  * from one thread run in the order posted. Wakeups are batched: only the
  * post that finds the queue empty writes the loop's eventfd. Allocates a
  * node (BRAID_ENOMEM possible); see braid_loop_post_node to avoid it.
- * A call posted after braid_loop_destroy began is a usage error. */
-BRAID_API int braid_loop_post(braid_loop *loop, braid_call_fn fn, void *arg);
+ * A call posted after braid_loop_free began is a usage error. */
+BRAID_API int braid_loop_post(braid_loop *loop, braid_loop_call_cb fn, void *arg);
 
 /* Allocation-free post with caller storage: the node must stay valid until
  * fn runs; fn may free or reuse it. */
 typedef struct braid_post {
     struct braid_post *next;
-    braid_call_fn fn;
+    braid_loop_call_cb fn;
     void *arg;
 } braid_post;
 BRAID_API void braid_loop_post_node(braid_loop *loop, braid_post *node);
@@ -184,10 +192,10 @@ BRAID_API void braid_loop_post_node(braid_loop *loop, braid_post *node);
  * in FIFO order. Caller-storage variant below; braid_loop_soon allocates. */
 typedef struct braid_soon {
     struct braid_soon *next;
-    braid_call_fn fn;
+    braid_loop_call_cb fn;
     void *arg;
 } braid_soon;
-BRAID_API int braid_loop_soon(braid_loop *loop, braid_call_fn fn, void *arg);
+BRAID_API int braid_loop_soon(braid_loop *loop, braid_loop_call_cb fn, void *arg);
 BRAID_API void braid_loop_soon_node(braid_loop *loop, braid_soon *node);
 /* Take a node queued with braid_loop_soon_node out of the queue before it
  * runs (a module whose queued work went away, so the leak gate does not
@@ -197,10 +205,17 @@ BRAID_API bool braid_loop_soon_cancel(braid_loop *loop, braid_soon *node);
 
 /* ---- fd watchers: IReactorFDSet, the lowest layer --------------------------------- */
 enum {
-    BRAID_READ  = 1u << 0,
-    BRAID_WRITE = 1u << 1,
-    BRAID_ERROR = 1u << 2,   /* reported with READ/WRITE on error or hang-up */
-    BRAID_HUP   = 1u << 3,
+    BRAID_WATCH_READ  = 1u << 0,
+    BRAID_WATCH_WRITE = 1u << 1,
+    BRAID_WATCH_ERROR = 1u << 2,   /* reported with READ/WRITE on error or hang-up */
+    BRAID_WATCH_HUP   = 1u << 3,
+    /* With BRAID_WATCH_READ in braid_watch_set_interest: when several loops (threads or
+     * processes) watch the same open file — one listening socket — a
+     * readiness wakes one of them, not all (EPOLLEXCLUSIVE, Linux >= 4.5).
+     * Only the epoll backend honours it; select, poll and io_uring ignore
+     * it and every watching loop wakes (accept then fails with EAGAIN in
+     * all but one). */
+    BRAID_WATCH_EXCLUSIVE = 1u << 4,
 };
 
 typedef struct braid_watch braid_watch;
@@ -221,8 +236,9 @@ struct braid_watch {
  * watcher). No interest yet. BRAID_EEXIST if fd already has a watcher. */
 BRAID_API int braid_watch_init(braid_loop *loop, braid_watch *w, int fd,
                                braid_watch_cb cb, void *arg);
-/* Set interest to a mask of BRAID_READ|BRAID_WRITE (0 = none). */
-BRAID_API int braid_watch_set(braid_watch *w, unsigned mask);
+/* Set interest to a mask of BRAID_WATCH_READ|BRAID_WATCH_WRITE (0 = none), optionally
+ * with BRAID_WATCH_EXCLUSIVE. */
+BRAID_API int braid_watch_set_interest(braid_watch *w, unsigned mask);
 /* Unregister. Safe from any callback, including w's own; once it returns, no
  * event is delivered for w even if already collected in this batch, and w's
  * memory may be freed (a new watcher for the same fd number is safe too). */
@@ -250,7 +266,7 @@ BRAID_API int braid_signal_start(braid_loop *loop, braid_signal *s, int signo,
 BRAID_API void braid_signal_stop(braid_signal *s);
 
 /* ---- handles: the leak gate ---------------------------------------------------- */
-/* Modules register long-lived objects so that braid_loop_destroy can refuse
+/* Modules register long-lived objects so that braid_loop_free can refuse
  * and name them. Users rarely call these directly. */
 typedef struct braid_handle {
     struct braid_handle *prev, *next;
@@ -274,7 +290,7 @@ BRAID_API void braid_handle_close(braid_loop *loop, braid_handle *h);
  *         if (braid_loop_set_data(loop, &cache_key, c) < 0) { my_cache_free(c); return BRAID_ENOMEM; }
  *     }
  *
- * braid_loop_destroy runs each key's report (if any) as part of its leak
+ * braid_loop_free runs each key's report (if any) as part of its leak
  * gate — log what the module still has open and return true to make
  * destroy refuse with BRAID_EBUSY — and then, once destroy goes ahead, each
  * key's free with its value, in the reverse of the order the keys were
@@ -297,14 +313,14 @@ BRAID_API void *braid_loop_data(braid_loop *loop, braid_loop_key *key);
 BRAID_API int braid_loop_set_data(braid_loop *loop, braid_loop_key *key, void *value);
 
 /* ---- logging ---------------------------------------------------------------- */
-BRAID_API void braid_log(braid_loop *loop, braid_log_level level, const char *fmt, ...)
+BRAID_API void braid_loop_log(braid_loop *loop, braid_log_level level, const char *fmt, ...)
     BRAID_PRINTF(3, 4);
 
 /* Per-loop hook reached when a Deferred carrying an unconsumed failure is
  * freed. Default: log it; debug builds (BRAID_DEBUG) abort after logging. */
 struct braid_failure;
-typedef void (*braid_unhandled_fn)(void *ctx, braid_loop *loop, const struct braid_failure *f);
-BRAID_API void braid_loop_set_unhandled(braid_loop *loop, braid_unhandled_fn fn, void *ctx);
+typedef void (*braid_loop_unhandled_cb)(void *ctx, braid_loop *loop, const struct braid_failure *f);
+BRAID_API void braid_loop_set_unhandled(braid_loop *loop, braid_loop_unhandled_cb fn, void *ctx);
 
 #ifdef __cplusplus
 }

@@ -2,7 +2,7 @@
  *
  * A braid_pool is an object the user creates (there is no process-wide pool:
  * nothing in braid is global): a few worker threads, a bounded queue per class of
- * work, and statistics. braid_defer_to_pool() runs fn(arg) on a worker and
+ * work, and statistics. braid_pool_defer() runs fn(arg) on a worker and
  * returns a Deferred that fires on the loop's thread with fn's result or
  * failure. The way back is braid_loop_post_node with storage embedded in the
  * job, so a completion allocates nothing and many completions cost the loop
@@ -10,33 +10,33 @@
  *
  *     static braid_result lookup_user(void *name) {          // on a worker
  *         user *u = db_find(name);
- *         if (!u) return braid_errf(BRAID_ENOENT, "no user %s", (char *)name);
- *         return braid_ok_owned(u, user_free);
+ *         if (!u) return braid_result_errf(BRAID_ENOENT, "no user %s", (char *)name);
+ *         return braid_result_ok_owned(u, user_free);
  *     }
  *     braid_pool *db;
  *     braid_pool_options o = { .max_threads = 4, .name = "db", .loop = loop };
- *     if (braid_pool_new(&db, &o) < 0) ...;
- *     braid_deferred *d = braid_defer_to_pool(loop, db, lookup_user, name);
- *     braid_deferred_add_callbacks(d, send_profile, send_error, conn);  // loop thread
- *     braid_deferred_release(d);
+ *     if (braid_pool_new(&o, &db) < 0) ...;
+ *     braid_deferred *d = braid_pool_defer(loop, db, lookup_user, name);
+ *     braid_deferred_add(d, send_profile, send_error, conn);  // loop thread
+ *     braid_deferred_unref(d);
  *     ...
- *     braid_pool_destroy(db, BRAID_POOL_FINISH);   // joins the threads
+ *     braid_pool_free(db);   // joins the threads
  *
  * Threads. fn runs on a worker thread and must not touch loop-affine objects
  * (Deferreds, timers, transports); to reach the loop from there use
- * braid_loop_post() or braid_blocking_call_from_thread(). The Deferred's
- * callbacks run on the thread of the loop passed to braid_defer_to_pool.
- * braid_call_in_pool, braid_pool_shutdown and braid_pool_stats may be called
- * from any thread; braid_defer_to_pool only on the loop's thread.
+ * braid_loop_post() or braid_pool_blocking_call(). The Deferred's
+ * callbacks run on the thread of the loop passed to braid_pool_defer.
+ * braid_pool_call, braid_pool_shutdown and braid_pool_stats may be called
+ * from any thread; braid_pool_defer only on the loop's thread.
  *
- * Ownership. The caller owns the pool and frees it with braid_pool_destroy.
+ * Ownership. The caller owns the pool and frees it with braid_pool_free.
  * fn's braid_result owns its value through its dtor; braid hands it to the
  * Deferred, or drops it (calling the dtor on the loop's thread) if the
- * Deferred was cancelled meanwhile. fn must not return braid_chain(): a
+ * Deferred was cancelled meanwhile. fn must not return braid_result_chain(): a
  * worker cannot own a Deferred.
  *
  * Bounded by default: a full class queue makes the Deferred fail
- * at once with BRAID_EQUEUE_FULL (braid_call_in_pool returns it). Cancelling a
+ * at once with BRAID_EQUEUE_FULL (braid_pool_call returns it). Cancelling a
  * Deferred whose work has not started removes the work from the queue; work
  * already running finishes and its result is dropped.
  *
@@ -78,9 +78,8 @@ extern "C" {
 
 typedef struct braid_pool braid_pool;
 
-/* Work with a result: runs on a worker; its result (value with dtor, or a
- * failure) becomes the Deferred's. */
-typedef braid_result (*braid_pool_fn)(void *arg);
+/* Work with a result is a braid_result_fn (<braid/deferred.h>): it runs on a
+ * worker; its result (value with dtor, or a failure) becomes the Deferred's. */
 
 enum {
     BRAID_POOL_MEMORY  = 1u << 0,  /* no threads: braid_pool_step runs the work */
@@ -106,7 +105,7 @@ typedef struct braid_pool_options {
 
 /* Create a pool (opts may be NULL: 0..4 threads, default class of 4096).
  * Starts min_threads threads; returns their creation error if one fails. */
-BRAID_API int braid_pool_new(braid_pool **out, const braid_pool_options *opts);
+BRAID_API int braid_pool_new(const braid_pool_options *opts, braid_pool **out);
 
 /* ---- classes of work --------------------------------------------------------------- */
 /* Work is queued per class; workers take from the classes in turn and never
@@ -128,18 +127,18 @@ BRAID_API unsigned braid_pool_classes(braid_pool *pool);
  * Cancelling it before fn starts dequeues the work (fn never runs).
  * NULL only on allocation failure. The loop is held (braid_loop_run keeps
  * going) until the result has been delivered. */
-BRAID_API braid_deferred *braid_defer_to_pool(braid_loop *loop, braid_pool *pool,
-                                              braid_pool_fn fn, void *arg);
-BRAID_API braid_deferred *braid_defer_to_pool_class(braid_loop *loop, braid_pool *pool, int cls,
-                                                    braid_pool_fn fn, void *arg);
+BRAID_API braid_deferred *braid_pool_defer(braid_loop *loop, braid_pool *pool,
+                                              braid_result_fn fn, void *arg);
+BRAID_API braid_deferred *braid_pool_defer_class(braid_loop *loop, braid_pool *pool, int cls,
+                                                    braid_result_fn fn, void *arg);
 
 /* The same, taking ownership of arg: arg_free(arg) runs on the loop's thread
  * once fn is done with it — after fn returned (before the Deferred fires),
  * or when the work was cancelled or refused before it ran, or at once if
  * this call fails (NULL returned). So a request can carry heap data to the
  * worker without leaking when it is cancelled in the queue. */
-BRAID_API braid_deferred *braid_defer_to_pool_full(braid_loop *loop, braid_pool *pool, int cls,
-                                                   braid_pool_fn fn, void *arg,
+BRAID_API braid_deferred *braid_pool_defer_full(braid_loop *loop, braid_pool *pool, int cls,
+                                                   braid_result_fn fn, void *arg,
                                                    void (*arg_free)(void *));
 
 /* Any thread: run fn(arg) on a worker, no result. 0, BRAID_EQUEUE_FULL,
@@ -147,8 +146,8 @@ BRAID_API braid_deferred *braid_defer_to_pool_full(braid_loop *loop, braid_pool 
  * when the pool is shut down with BRAID_POOL_CANCEL is dropped without
  * running: fn should not own resources that only it frees, or the pool should
  * be shut down with BRAID_POOL_FINISH. */
-BRAID_API int braid_call_in_pool(braid_pool *pool, braid_call_fn fn, void *arg);
-BRAID_API int braid_call_in_pool_class(braid_pool *pool, int cls, braid_call_fn fn, void *arg);
+BRAID_API int braid_pool_call(braid_pool *pool, braid_loop_call_cb fn, void *arg);
+BRAID_API int braid_pool_call_class(braid_pool *pool, int cls, braid_loop_call_cb fn, void *arg);
 
 /* A thread that is not loop's (a pool worker, typically): run fn(arg) on the
  * loop's thread, wait until the Deferred it returns fires, and return that
@@ -161,8 +160,8 @@ BRAID_API int braid_call_in_pool_class(braid_pool *pool, int cls, braid_call_fn 
  * failure whose message names the misuse) and fn does not run. That check is
  * one thread-id comparison, made in every build. Waiting on a loop that no
  * longer runs still blocks forever. */
-typedef braid_deferred *(*braid_loop_fn)(braid_loop *loop, void *arg);
-BRAID_API braid_result braid_blocking_call_from_thread(braid_loop *loop, braid_loop_fn fn,
+typedef braid_deferred *(*braid_pool_blocking_fn)(braid_loop *loop, void *arg);
+BRAID_API braid_result braid_pool_blocking_call(braid_loop *loop, braid_pool_blocking_fn fn,
                                                        void *arg);
 
 /* ---- shutdown ------------------------------------------------------------------------- */
@@ -177,14 +176,16 @@ typedef enum braid_pool_mode {
  * (a later CANCEL still cancels what is queued). */
 BRAID_API void braid_pool_shutdown(braid_pool *pool, braid_pool_mode mode);
 
-/* Shut down (mode), wait for every thread to exit, and free the pool. Not on
+/* Shut down (BRAID_POOL_FINISH, unless braid_pool_shutdown(pool,
+ * BRAID_POOL_CANCEL) came first), wait for every thread to exit, and free
+ * the pool; NULL is a no-op. Not on
  * a pool worker; for a pool created with options.loop, on that loop's thread
  * (it leaves the loop's leak gate). Completions already posted to loops are still delivered
  * there by their loops (the pool is not needed for that). A memory pool
- * with BRAID_POOL_FINISH runs its queued work on the calling thread. Do not
+ * runs its queued work on the calling thread. Do not
  * call it on a loop thread while FINISH work waits on that loop
- * (braid_blocking_call_from_thread): that deadlocks. */
-BRAID_API void braid_pool_destroy(braid_pool *pool, braid_pool_mode mode);
+ * (braid_pool_blocking_call): that deadlocks. */
+BRAID_API void braid_pool_free(braid_pool *pool);
 
 /* ---- the memory worker (tests) ----------------------------------------------------------- */
 /* BRAID_POOL_MEMORY pools only: run the next queued job on the calling thread,
@@ -192,23 +193,12 @@ BRAID_API void braid_pool_destroy(braid_pool *pool, braid_pool_mode mode);
  * BRAID_EINVAL for a threaded pool. */
 BRAID_API int braid_pool_step(braid_pool *pool);
 
-/* ---- name resolution --------------------------------------------------------------------- */
-/* braid resolves host names (getaddrinfo, for connects and endpoints) in a
- * pool, so a slow DNS server neither blocks the loop nor starves other work.
- * By default a loop makes a small pool of its own for that on first use (up
- * to 4 threads, never spinning) and destroys it with the loop. Call this
- * (loop thread) to run lookups in class cls of one of your pools instead —
- * typically a class with a small max_running; the pool must outlive the
- * lookups. A loop-made pool in use before is destroyed (FINISH: lookups
- * already queued there still complete). */
-BRAID_API int braid_loop_set_resolver_pool(braid_loop *loop, braid_pool *pool, int cls);
-
 /* ---- statistics ------------------------------------------------------------------------ */
 /* Histograms are log2 buckets of nanoseconds: bucket i counts durations d
  * with 2^i <= d < 2^(i+1) (bucket 0 also counts 0; the last is open-ended). */
 #define BRAID_POOL_HIST 40
 
-typedef struct braid_pool_stats {
+struct braid_pool_stats {
     uint64_t queued;          /* waiting in a queue now */
     uint64_t running;         /* being run by a worker now */
     uint64_t threads;         /* threads alive */
@@ -221,12 +211,12 @@ typedef struct braid_pool_stats {
     uint64_t class_running[BRAID_POOL_MAX_CLASSES];
     uint64_t wait_hist[BRAID_POOL_HIST];   /* queued -> started */
     uint64_t run_hist[BRAID_POOL_HIST];    /* started -> finished */
-} braid_pool_stats;
+};
 
 /* Any thread: a consistent snapshot. A worker counts a job (completed, the
  * histograms) just after posting its result, so a Deferred may fire a moment
  * before its job shows in `completed`. */
-BRAID_API void braid_pool_stats_get(braid_pool *pool, braid_pool_stats *out);
+BRAID_API void braid_pool_stats(braid_pool *pool, struct braid_pool_stats *out);
 /* Bucket index of a duration, and the upper bound (ns) of the bucket holding
  * quantile q (0..1) of a histogram (0 if it is empty). */
 BRAID_API unsigned braid_pool_hist_bucket(uint64_t ns);

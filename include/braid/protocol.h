@@ -14,13 +14,13 @@
  *     static const braid_protocol_ops echo_ops = { .data_received = echo_data };
  *     braid_factory f;
  *     braid_factory_init(&f, &echo_ops, sizeof(echo), NULL);   // calloc'd per peer
- *     braid_deferred *d = braid_listen(loop, "tcp:8000:interface=127.0.0.1", &f);
+ *     braid_deferred *d = braid_endpoint_listen(loop, "tcp:8000:interface=127.0.0.1", &f);
  *
  * Callbacks, all on the transport's loop thread, in this order:
  *   connection_made        once, when the transport is attached (p->transport set);
  *   data_received          any number of times; buf is lent for the call only;
  *   read_connection_lost   the peer shut its write side (EOF) — only if this op is
- *                          set; without it EOF means lose_connection (Twisted's
+ *                          set; without it EOF means close (Twisted's
  *                          IHalfCloseableProtocol);
  *   write_connection_lost  our own shutdown_write completed (buffer flushed, FIN sent);
  *   connection_lost        exactly once, last. reason is lent for the call:
@@ -28,7 +28,7 @@
  *                          error (-ECONNRESET, BRAID_ECONNECTION_LOST after abort,
  *                          BRAID_EBUFFER_LIMIT when the write cap was passed ...).
  *                          It runs in the loop's ready phase, never from inside
- *                          a call the protocol made (write, lose_connection).
+ *                          a call the protocol made (write, close).
  *   destroy                (optional) after connection_lost: release what the
  *                          protocol owns. A protocol built by braid_factory_init's
  *                          default builder is then freed by braid.
@@ -77,6 +77,8 @@ typedef struct braid_address {
 BRAID_API const char *braid_address_format(const braid_address *a, char *buf, size_t size);
 /* The port of an IPv4/IPv6 address (host order), 0 otherwise. */
 BRAID_API int braid_address_port(const braid_address *a);
+/* Resolve a numeric "host" and port into an address (no DNS). */
+BRAID_API int braid_address_from_numeric(const char *host, int port, braid_address *out);
 
 typedef struct braid_protocol_ops {
     void (*connection_made)(braid_protocol *p);
@@ -123,7 +125,7 @@ BRAID_API void braid_factory_init(braid_factory *f, const braid_protocol_ops *op
 /* Build a protocol through f (used by transports; tests may call it). */
 BRAID_API braid_protocol *braid_factory_build(braid_factory *f, const braid_address *peer);
 /* Factory start/stop reference counting (listeners and connectors call these). */
-BRAID_API void braid_factory_ref(braid_factory *f);
+BRAID_API braid_factory *braid_factory_ref(braid_factory *f);   /* returns f */
 BRAID_API void braid_factory_unref(braid_factory *f);
 
 /* ---- producers ---------------------------------------------------------------------- */

@@ -30,7 +30,7 @@
  *     braid_listener_close(l);
  *     // client: a Deferred of the connected protocol (borrowed pointer)
  *     braid_deferred *d = braid_tcp_connect(loop, &(braid_tcp_connect_options){
- *         .host = "127.0.0.1", .port = 8000, .timeout_ns = BRAID_SECONDS(5) }, &factory);
+ *         .host = "127.0.0.1", .port = 8000, .timeout = BRAID_SECONDS(5) }, &factory);
  *
  * Ownership: braid owns transports. A transport lives from connection_made
  * until its protocol's connection_lost has returned; then braid frees it (and
@@ -38,7 +38,7 @@
  * braid_listener_close. Every open transport and listener is a loop handle
  * (the leak gate names it). Everything is loop-thread only, except host name
  * resolution, which runs on a pool thread (the loop's resolver pool, see
- * braid_loop_set_resolver_pool) and reports back to the loop.
+ * braid_resolver_set_pool) and reports back to the loop.
  */
 #ifndef BRAID_STREAM_H
 #define BRAID_STREAM_H
@@ -51,29 +51,27 @@ extern "C" {
 #endif
 
 /* ---- the transport (ITransport, ITCPTransport, IHalfCloseableDescriptor) ---- */
-/* Queue bytes. 0, or: BRAID_ESHUTDOWN after lose_connection/shutdown_write/close
+/* Queue bytes. 0, or: BRAID_ESHUTDOWN after close/shutdown_write
  * (nothing queued), BRAID_EBUFFER_LIMIT if this write passed the hard cap (the
  * connection is being aborted), BRAID_ENOMEM. */
 BRAID_API int braid_transport_write(braid_transport *t, const void *buf, size_t len);
 BRAID_API int braid_transport_writev(braid_transport *t, const struct iovec *iov, int iovcnt);
-/* Flush what is buffered, then close: connection_lost(BRAID_ECONNECTION_DONE).
- * No deadline: a peer that never reads keeps the connection (and the loop)
- * alive for as long as it likes — use close_within where that matters. */
-BRAID_API void braid_transport_lose_connection(braid_transport *t);
-/* A graceful close with a deadline: lose_connection now, and if the
- * connection has not closed timeout_ns later on the loop clock (the peer did
- * not read what was buffered), abort it — the rest of the buffer is dropped,
- * a TCP peer gets RST, and connection_lost receives BRAID_ETIMEDOUT ("close
- * deadline passed with N bytes unsent"). A peer that reads in time gets the
- * usual clean close (BRAID_ECONNECTION_DONE). Escalation, in order: flush
- * (as lose_connection) → deadline → abort. Calling it again, or after
- * lose_connection, only ever moves the deadline earlier; BRAID_FOREVER is
- * plain lose_connection; 0 aborts in the next timer phase unless the close
- * completed first. Works on every kind; a TLS transport passes its deadline
- * down to the transport under it (close_notify and the last records get the
- * rest of the time, then that one is aborted too). Servers shutting down:
- * close the listener, close_within every connection, run the loop dry. */
-BRAID_API void braid_transport_close_within(braid_transport *t, uint64_t timeout_ns);
+/* The graceful close: flush what is buffered, then close
+ * (connection_lost(BRAID_ECONNECTION_DONE)); if the connection has not
+ * closed timeout later on the loop clock (the peer did not read what was
+ * buffered), abort it — the rest of the buffer is dropped, a TCP peer gets
+ * RST, and connection_lost receives BRAID_ETIMEDOUT ("close deadline passed
+ * with N bytes unsent"). A peer that reads in time gets the usual clean
+ * close. Escalation, in order: flush → deadline → abort. Calling it again
+ * only ever moves the deadline earlier; BRAID_FOREVER waits for the flush as
+ * long as the peer likes (a peer that never reads then keeps the connection,
+ * and the loop, alive: give servers a real timeout); 0 aborts in the next
+ * timer phase unless the close completed first. Works on every kind; a TLS
+ * transport passes its deadline down to the transport under it
+ * (close_notify and the last records get the rest of the time, then that
+ * one is aborted too). Servers shutting down: close the listener, close
+ * every connection with a timeout, run the loop dry. */
+BRAID_API void braid_transport_close(braid_transport *t, uint64_t timeout);
 /* Close now, dropping the buffer: connection_lost(BRAID_ECONNECTION_LOST). */
 BRAID_API void braid_transport_abort(braid_transport *t);
 /* Abort with a reason of your own (e.g. a framing error such as
@@ -81,8 +79,8 @@ BRAID_API void braid_transport_abort(braid_transport *t);
 BRAID_API void braid_transport_abort_with(braid_transport *t, int code);
 /* Half-close: flush, then shut the write side (FIN); write_connection_lost follows. */
 BRAID_API int braid_transport_shutdown_write(braid_transport *t);
-BRAID_API int braid_transport_get_peer(braid_transport *t, braid_address *out);
-BRAID_API int braid_transport_get_host(braid_transport *t, braid_address *out);
+BRAID_API int braid_transport_peer(braid_transport *t, braid_address *out);
+BRAID_API int braid_transport_host(braid_transport *t, braid_address *out);
 /* TCP only (BRAID_ENOSYS otherwise). TCP transports start with NODELAY on. */
 BRAID_API int braid_transport_set_nodelay(braid_transport *t, bool on);
 BRAID_API int braid_transport_set_keepalive(braid_transport *t, bool on, int idle_seconds);
@@ -151,15 +149,21 @@ BRAID_API void braid_listener_close(braid_listener *l);
 /* Stats: accepted so far, and times the EMFILE back-off engaged. */
 BRAID_API uint64_t braid_listener_accepted(const braid_listener *l);
 BRAID_API uint64_t braid_listener_emfile_events(const braid_listener *l);
+/* Accept with wake-one: when the same listening socket is watched by several
+ * loops (threads, or processes that inherited it), a new connection wakes
+ * one loop instead of all of them (BRAID_WATCH_EXCLUSIVE: EPOLLEXCLUSIVE on the
+ * epoll backend; the other backends wake every loop, and all but one find
+ * nothing to accept). 0 or a negative code from the poller. */
+BRAID_API int braid_listener_set_exclusive(braid_listener *l, bool on);
 /* EMFILE back-off: after running out of descriptors the listener stops
  * accepting for this long (doubling to 1 s while it persists). Default 50 ms. */
-BRAID_API void braid_listener_set_backoff(braid_listener *l, uint64_t ns);
+BRAID_API void braid_listener_set_backoff(braid_listener *l, uint64_t backoff);
 
 /* ---- connecting ------------------------------------------------------------------ */
 typedef struct braid_tcp_connect_options {
     const char *host;          /* name or numeric; names resolve off the loop thread */
     int port;
-    uint64_t timeout_ns;       /* 0 = no timeout; BRAID_ETIMEDOUT when it fires */
+    uint64_t timeout;          /* 0 = no timeout; BRAID_ETIMEDOUT when it fires */
     const char *bind_host;     /* optional source address (numeric) */
     int bind_port;
     int family;                /* 0 = any, AF_INET or AF_INET6 */
@@ -171,25 +175,39 @@ typedef struct braid_tcp_connect_options {
 BRAID_API braid_deferred *braid_tcp_connect(braid_loop *loop, const braid_tcp_connect_options *o,
                                             braid_factory *f);
 BRAID_API braid_deferred *braid_unix_connect(braid_loop *loop, const char *path,
-                                             uint64_t timeout_ns, braid_factory *f);
+                                             uint64_t timeout, braid_factory *f);
 
 /* ---- adopting descriptors ---------------------------------------------------------- */
 /* Wrap a connected descriptor made elsewhere (a socketpair, a parent's socket,
  * a pipe): braid takes ownership, sets O_NONBLOCK, and attaches p
  * (connection_made runs before this returns). The kind ("tcp", "unix" or
  * "pipe", see braid_transport_kind) is detected from the descriptor. */
-BRAID_API int braid_stream_adopt(braid_loop *loop, int fd, braid_protocol *p);
+BRAID_API int braid_transport_adopt(braid_loop *loop, int fd, braid_protocol *p);
 /* A pipe pair (or stdin/stdout): reads from rfd, writes to wfd (either may be
  * -1). shutdown_write closes wfd. Ownership of both is taken; for stdio pass
  * dup(0), dup(1) if the process should keep its own. */
-BRAID_API int braid_stream_adopt_pipes(braid_loop *loop, int rfd, int wfd, braid_protocol *p);
+BRAID_API int braid_transport_adopt_pipes(braid_loop *loop, int rfd, int wfd, braid_protocol *p);
+
+/* ---- name resolution --------------------------------------------------------------------- */
+/* braid resolves host names (getaddrinfo, for connects and endpoints) in a
+ * pool, so a slow DNS server neither blocks the loop nor starves other work.
+ * By default a loop makes a small pool of its own for that on first use (up
+ * to 4 threads, never spinning) and destroys it with the loop. Call this
+ * (loop thread) to run lookups in class cls of one of your pools instead —
+ * typically a class with a small max_running; the pool must outlive the
+ * lookups. A loop-made pool in use before is destroyed (FINISH: lookups
+ * already queued there still complete). */
+struct braid_pool;
+BRAID_API int braid_resolver_set_pool(braid_loop *loop, struct braid_pool *pool, int cls);
 
 /* ---- test doubles (Twisted's StringTransport and iosim) ---------------------------- */
 /* A memory transport attached to p (connection_made runs before this returns).
  * Written bytes stay queued (counting against the watermarks, pausing the
- * producer) until the test consumes them, as a peer would read them. */
+ * producer) until the test consumes them, as a peer would read them. 0 and
+ * *out (yours: braid_memory_transport_free), or BRAID_ENOMEM. */
 typedef struct braid_memory_transport braid_memory_transport;
-BRAID_API braid_memory_transport *braid_memory_transport_new(braid_loop *loop, braid_protocol *p);
+BRAID_API int braid_memory_transport_new(braid_loop *loop, braid_protocol *p,
+                                         braid_memory_transport **out);
 BRAID_API braid_transport *braid_memory_transport_base(braid_memory_transport *m);
 /* The bytes written and not yet consumed (pointer valid until the next call). */
 BRAID_API const void *braid_memory_transport_data(braid_memory_transport *m, size_t *len);
@@ -202,8 +220,8 @@ BRAID_API int braid_memory_transport_receive(braid_memory_transport *m, const vo
 BRAID_API void braid_memory_transport_peer_eof(braid_memory_transport *m);
 BRAID_API void braid_memory_transport_peer_lost(braid_memory_transport *m, int code);
 
-typedef struct braid_memory_state {
-    bool disconnecting;        /* lose_connection called, buffer not yet drained */
+struct braid_memory_transport_state {
+    bool disconnecting;        /* close called, buffer not yet drained */
     bool write_shut;           /* shutdown_write completed */
     bool read_shut;            /* peer EOF delivered */
     bool closed;               /* connection over (connection_lost queued or done) */
@@ -213,16 +231,21 @@ typedef struct braid_memory_state {
     bool producer_registered, producer_streaming, producer_paused;
     int lost_code;
     uint64_t bytes_written;    /* total accepted by write/writev */
-} braid_memory_state;
-BRAID_API braid_memory_state braid_memory_transport_state(const braid_memory_transport *m);
+};
+/* A snapshot of m's state into *out (like stat(2): the struct and the
+ * function share the name). */
+BRAID_API void braid_memory_transport_state(const braid_memory_transport *m,
+                                            struct braid_memory_transport_state *out);
 /* Free the double (after connection_lost, or aborting first if still open). */
 BRAID_API void braid_memory_transport_free(braid_memory_transport *m);
 
 /* The pump (iosim): two protocols connected in memory. flush moves bytes,
  * half-closes and closes across until nothing moves (running the loop's ready
- * phase so connection_lost is delivered), honouring pause_reading. */
+ * phase so connection_lost is delivered), honouring pause_reading. 0 and
+ * *out (yours: braid_pump_free), or BRAID_ENOMEM. */
 typedef struct braid_pump braid_pump;
-BRAID_API braid_pump *braid_pump_new(braid_loop *loop, braid_protocol *client, braid_protocol *server);
+BRAID_API int braid_pump_new(braid_loop *loop, braid_protocol *client, braid_protocol *server,
+                             braid_pump **out);
 /* Returns the bytes moved. */
 BRAID_API size_t braid_pump_flush(braid_pump *pump);
 BRAID_API braid_memory_transport *braid_pump_client(braid_pump *pump);

@@ -6,12 +6,12 @@
  * on the Deferred it returned, right now, without running a loop.
  *
  *     braid_deferred *d = fetch(loop, "key");
- *     braid_expect_no_result(d);                    // nothing yet
+ *     braid_deferred_expect_no_result(d);                    // nothing yet
  *     braid_fake_clock_advance(fc, BRAID_SECONDS(5));
- *     braid_loop_run_once(loop, BRAID_RUN_NOWAIT);
- *     braid_failure *f = braid_expect_failure(d, BRAID_ETIMEDOUT);
+ *     braid_loop_run_once(loop, BRAID_LOOP_RUN_NOWAIT);
+ *     braid_failure *f = braid_deferred_expect_failure(d, BRAID_ETIMEDOUT);
  *     braid_failure_free(f);
- *     braid_deferred_release(d);
+ *     braid_deferred_unref(d);
  *
  * A failed expectation calls the handler (default: print file:line and what
  * the Deferred holds instead, then abort()); when a handler returns, the
@@ -19,8 +19,8 @@
  * state, like allocation fault injection. Loop thread only, like any use of
  * a Deferred.
  *
- * Ownership: braid_expect_success and braid_expect_failure take the result
- * out of d (d then holds braid_ok(NULL), so a failure taken this way counts
+ * Ownership: braid_deferred_expect_success and braid_deferred_expect_failure take the result
+ * out of d (d then holds braid_result_ok(NULL), so a failure taken this way counts
  * as consumed); the caller drops the returned result / frees the returned
  * failure. None of them touches d's references.
  */
@@ -33,21 +33,21 @@
 extern "C" {
 #endif
 
-typedef void (*braid_expect_fail_fn)(void *ctx, const char *file, int line, const char *msg);
+typedef void (*braid_deferred_expect_fail_cb)(void *ctx, const char *file, int line, const char *msg);
 /* NULL restores the default (print and abort). */
-BRAID_API void braid_expect_set_handler(braid_expect_fail_fn fn, void *ctx);
+BRAID_API void braid_deferred_expect_set_handler(braid_deferred_expect_fail_cb fn, void *ctx);
 
 /* d must hold a success result now: it is taken out and returned. */
-BRAID_API braid_result braid_expect_success_at(braid_deferred *d, const char *file, int line);
+BRAID_API braid_result braid_deferred_expect_success_at(braid_deferred *d, const char *file, int line);
 /* d must hold a failure now, with this code unless code is 0: taken out and returned. */
-BRAID_API braid_failure *braid_expect_failure_at(braid_deferred *d, int code, const char *file,
+BRAID_API braid_failure *braid_deferred_expect_failure_at(braid_deferred *d, int code, const char *file,
                                                  int line);
 /* d must not have a result now (unfired, paused or waiting on a chain). */
-BRAID_API void braid_expect_no_result_at(braid_deferred *d, const char *file, int line);
+BRAID_API void braid_deferred_expect_no_result_at(braid_deferred *d, const char *file, int line);
 
-#define braid_expect_success(d) braid_expect_success_at((d), __FILE__, __LINE__)
-#define braid_expect_failure(d, code) braid_expect_failure_at((d), (code), __FILE__, __LINE__)
-#define braid_expect_no_result(d) braid_expect_no_result_at((d), __FILE__, __LINE__)
+#define braid_deferred_expect_success(d) braid_deferred_expect_success_at((d), __FILE__, __LINE__)
+#define braid_deferred_expect_failure(d, code) braid_deferred_expect_failure_at((d), (code), __FILE__, __LINE__)
+#define braid_deferred_expect_no_result(d) braid_deferred_expect_no_result_at((d), __FILE__, __LINE__)
 
 #ifdef __cplusplus
 }

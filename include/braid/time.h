@@ -18,16 +18,17 @@
  *
  *     // Twisted's callLater: an allocated one-shot whose handle lives until
  *     // it has fired (after its callback returns) or was cancelled.
- *     braid_timer *h = braid_call_later(loop, BRAID_SECONDS(1), fn, arg);
- *     braid_timer_reset(h, BRAID_SECONDS(2));
+ *     braid_timer *h = braid_timer_call_later(loop, BRAID_SECONDS(1), fn, arg);
+ *     braid_timer_start(h, BRAID_SECONDS(2)); // move it
  *     braid_timer_cancel(h);                  // stops and frees
  *
  *     // Tests:
- *     braid_fake_clock *fc = braid_fake_clock_new(0);
+ *     braid_fake_clock *fc;
+ *     braid_fake_clock_new(0, &fc);
  *     braid_loop_options o = { .clock = braid_fake_clock_base(fc) };
- *     braid_loop_new(&loop, &o); ...
+ *     braid_loop_new(&o, &loop); ...
  *     braid_fake_clock_advance(fc, BRAID_SECONDS(1));
- *     braid_loop_run_once(loop, BRAID_RUN_NOWAIT);   // due timers fire
+ *     braid_loop_run_once(loop, BRAID_LOOP_RUN_NOWAIT);   // due timers fire
  *
  * Under a fake clock the loop never sleeps waiting for a timer (time moves
  * only when the test moves it): a poll with only timers pending returns at
@@ -56,17 +57,14 @@ struct braid_clock {
 BRAID_API braid_clock *braid_clock_monotonic(void);
 
 typedef struct braid_fake_clock braid_fake_clock;
-BRAID_API braid_fake_clock *braid_fake_clock_new(uint64_t start_ns);
+/* A fake clock reading start (ns). 0 and *out (yours: braid_fake_clock_free,
+ * after the loops using it are freed), or BRAID_ENOMEM. */
+BRAID_API int braid_fake_clock_new(uint64_t start, braid_fake_clock **out);
 BRAID_API void braid_fake_clock_free(braid_fake_clock *c);
 BRAID_API braid_clock *braid_fake_clock_base(braid_fake_clock *c);
 BRAID_API void braid_fake_clock_advance(braid_fake_clock *c, uint64_t ns);
 BRAID_API void braid_fake_clock_set(braid_fake_clock *c, uint64_t ns); /* never backwards */
 
-/* Advance a loop's fake clock by ns in steps, running one NOWAIT iteration
- * after each timer deadline crossed, so timers fire at their own times in
- * order (Twisted's Clock.pump). Returns BRAID_EINVAL if the loop's clock is
- * not fake. */
-BRAID_API int braid_loop_advance(braid_loop *loop, uint64_t ns);
 
 /* ---- timers --------------------------------------------------------------------- */
 typedef struct braid_timer braid_timer;
@@ -83,29 +81,25 @@ struct braid_timer {          /* caller storage; fields are private */
 };
 
 BRAID_API void braid_timer_init(braid_loop *loop, braid_timer *t, braid_timer_cb cb, void *arg);
-/* Arm to fire delay_ns from now (a running timer is moved: this is reset). */
-BRAID_API int braid_timer_start(braid_timer *t, uint64_t delay_ns);
+/* Arm to fire timeout from now (a running timer is moved: this is reset). */
+BRAID_API int braid_timer_start(braid_timer *t, uint64_t timeout);
 /* Arm to fire at an absolute time on the loop's clock. */
-BRAID_API int braid_timer_start_at(braid_timer *t, uint64_t deadline_ns);
+BRAID_API int braid_timer_start_at(braid_timer *t, uint64_t deadline);
 BRAID_API void braid_timer_stop(braid_timer *t);
-BRAID_API bool braid_timer_active(const braid_timer *t);
+BRAID_API bool braid_timer_is_active(const braid_timer *t);
 BRAID_API uint64_t braid_timer_deadline(const braid_timer *t);
 /* An active timer keeps run() alive unless unref'd. */
 BRAID_API void braid_timer_unref(braid_timer *t);
 
-/* callLater: allocate a one-shot timer running fn(arg) after delay_ns.
+/* callLater: allocate a one-shot timer running fn(arg) after timeout.
  * Returns NULL on allocation failure. The handle is valid until fn has
  * returned (fn may reset it to fire again, which keeps it alive) or until
  * braid_timer_cancel. */
-BRAID_API braid_timer *braid_call_later(braid_loop *loop, uint64_t delay_ns,
-                                        braid_call_fn fn, void *arg);
-/* Move a call_later (or any) timer's deadline to delay_ns from now. */
-BRAID_API int braid_timer_reset(braid_timer *t, uint64_t delay_ns);
+BRAID_API braid_timer *braid_timer_call_later(braid_loop *loop, uint64_t timeout,
+                                        braid_loop_call_cb fn, void *arg);
 /* Stop; for a call_later handle also free it. */
 BRAID_API void braid_timer_cancel(braid_timer *t);
 
-/* Pending timers on this loop (tests, stats). */
-BRAID_API size_t braid_loop_timer_count(const braid_loop *loop);
 
 /* ---- looping calls (Twisted's LoopingCall, withCount) ------------------------------- */
 typedef struct braid_looping braid_looping;
@@ -122,9 +116,9 @@ struct braid_looping {        /* caller storage; fields are private */
     uint64_t missed;          /* total missed ticks so far (readable) */
     uint64_t calls;           /* total calls so far (readable) */
 };
-/* Call cb every interval_ns on the fixed grid start + k*interval; if now is
+/* Call cb every interval (ns) on the fixed grid start + k*interval; if now is
  * true the first call happens in the next timer phase (tick 0). */
-BRAID_API int braid_looping_start(braid_loop *loop, braid_looping *lc, uint64_t interval_ns,
+BRAID_API int braid_looping_start(braid_loop *loop, braid_looping *lc, uint64_t interval,
                                   bool now, braid_looping_cb cb, void *arg);
 BRAID_API void braid_looping_stop(braid_looping *lc);
 

@@ -19,13 +19,13 @@
  *                             .alpn = "h2,http/1.1" };
  *     braid_tls_ctx *server;
  *     char err[256];
- *     if (braid_tls_ctx_new(&server, BRAID_TLS_SERVER, &o, err, sizeof err) < 0)
+ *     if (braid_tls_ctx_new(BRAID_TLS_SERVER, &o, err, sizeof err, &server) < 0)
  *         fprintf(stderr, "tls: %s\n", err);
  *
  *     static const braid_tls_engine_ops ops = { .plaintext = on_plain,
  *                                               .handshake_done = on_done };
  *     braid_tls_engine *e;
- *     braid_tls_engine_new(&e, server, NULL, &ops, conn);
+ *     braid_tls_engine_new(server, NULL, &ops, conn, &e);
  *     rc = braid_tls_engine_feed(e, bytes_from_peer, n);    // may call on_plain
  *     braid_tls_engine_write(e, "hello", 5);
  *     braid_tls_engine_flush(e);
@@ -132,14 +132,14 @@ typedef struct braid_tls_options {
 /* Create a context. err (may be NULL) receives a one-line reason on failure:
  * which file could not be read, a key that does not match its certificate.
  * Returns 0, BRAID_EINVAL, BRAID_ENOMEM or BRAID_ETLS. */
-BRAID_API int braid_tls_ctx_new(braid_tls_ctx **out, braid_tls_role role,
-                                const braid_tls_options *opts, char *err, size_t errlen);
+BRAID_API int braid_tls_ctx_new(braid_tls_role role, const braid_tls_options *opts,
+                                char *err, size_t errlen, braid_tls_ctx **out);
 /* Server only: serve the certificate in opts (cert/key/chain fields only) to
  * clients asking for `name` through SNI. `name` may be "*.example.com" (one
  * label). Connections for names not added get the context's own certificate. */
 BRAID_API int braid_tls_ctx_add_sni(braid_tls_ctx *ctx, const char *name,
                                     const braid_tls_options *opts, char *err, size_t errlen);
-BRAID_API void braid_tls_ctx_ref(braid_tls_ctx *ctx);
+BRAID_API braid_tls_ctx *braid_tls_ctx_ref(braid_tls_ctx *ctx);   /* returns ctx */
 BRAID_API void braid_tls_ctx_unref(braid_tls_ctx *ctx);
 BRAID_API braid_tls_role braid_tls_ctx_role(const braid_tls_ctx *ctx);
 BRAID_API uint64_t braid_tls_ctx_handshake_timeout(const braid_tls_ctx *ctx);
@@ -175,9 +175,9 @@ typedef struct braid_tls_engine_ops {
  * the name the certificate must match (NULL: no SNI and, unless the context
  * has verification off or no_hostname_check, BRAID_EINVAL). Servers pass NULL.
  * A client's hello is ready in braid_tls_engine_out right after creation. */
-BRAID_API int braid_tls_engine_new(braid_tls_engine **out, braid_tls_ctx *ctx,
-                                   const char *server_name,
-                                   const braid_tls_engine_ops *ops, void *arg);
+BRAID_API int braid_tls_engine_new(braid_tls_ctx *ctx, const char *server_name,
+                                   const braid_tls_engine_ops *ops,
+                                   void *arg, braid_tls_engine **out);
 BRAID_API void braid_tls_engine_free(braid_tls_engine *e);
 
 /* Ciphertext from the peer. Runs the handshake, delivers plaintext through
@@ -207,7 +207,7 @@ BRAID_API void braid_tls_engine_consume(braid_tls_engine *e, size_t n);
  * accepting input until the peer's close_notify or EOF). */
 BRAID_API int braid_tls_engine_shutdown(braid_tls_engine *e);
 
-BRAID_API bool braid_tls_engine_handshake_done(const braid_tls_engine *e);
+BRAID_API bool braid_tls_engine_is_handshake_done(const braid_tls_engine *e);
 /* NULL before the handshake completes. */
 BRAID_API const braid_tls_info *braid_tls_engine_info(const braid_tls_engine *e);
 /* The connection's fatal error code (0 if none) and a one-line description. */
@@ -225,7 +225,7 @@ BRAID_API size_t braid_tls_engine_buffered(const braid_tls_engine *e);
  * transport (TCP, Unix, pipe, memory) and runs an engine; the application's
  * protocol sits on a *TLS transport* that the glue provides. The application
  * sees bytes and an ordinary braid_transport: braid_transport_write,
- * lose_connection (close_notify, then the lower transport is closed once it
+ * close (close_notify, then the lower transport is closed once it
  * has flushed), abort, shutdown_write (close_notify, then FIN), producers,
  * watermarks and the hard cap, pause/resume_reading — all of them work on the
  * TLS transport, and hold end to end: plaintext waits in the TLS transport's
@@ -265,15 +265,15 @@ BRAID_API size_t braid_tls_engine_buffered(const braid_tls_engine *e);
  *
  * Ownership: the factory wrapper is caller storage and must outlive its
  * listeners and connections (like any factory); it holds a context
- * reference until braid_tls_factory_cleanup. Glue protocols are freed by
+ * reference until braid_tls_factory_close. Glue protocols are freed by
  * braid. Everything runs on the loop thread.
  */
-typedef void (*braid_tls_handshake_fn)(braid_protocol *p, const braid_tls_info *info, void *arg);
+typedef void (*braid_tls_handshake_cb)(braid_protocol *p, const braid_tls_info *info, void *arg);
 
 typedef struct braid_tls_wrap_options {
     braid_tls_ctx *ctx;                 /* required */
     const char *server_name;            /* client: SNI and the name the certificate must match */
-    braid_tls_handshake_fn handshake_done;
+    braid_tls_handshake_cb handshake_done;
     void *handshake_arg;
     uint64_t handshake_timeout;         /* ns; 0: the context's (10 s default); BRAID_FOREVER: none */
     /* braid_tls_start only: bytes already read from the peer that belong to
@@ -293,7 +293,7 @@ typedef struct braid_tls_factory {
  * (a reference is taken) and carries a protocol built by inner. */
 BRAID_API int braid_tls_factory_init(braid_tls_factory *tf, braid_factory *inner,
                                      const braid_tls_wrap_options *o);
-BRAID_API void braid_tls_factory_cleanup(braid_tls_factory *tf);
+BRAID_API void braid_tls_factory_close(braid_tls_factory *tf);
 
 /* TCP connect through a client wrapper: a Deferred of the *application's*
  * protocol (borrowed, lives until its connection_lost), fired when the TCP
@@ -311,7 +311,7 @@ BRAID_API braid_protocol *braid_tls_wrapped_protocol(braid_protocol *glue);
  * connection is closing, BRAID_ENOMEM, or the engine's error. */
 BRAID_API int braid_tls_start(braid_protocol *p, const braid_tls_wrap_options *o);
 
-BRAID_API bool braid_transport_is_tls(const braid_transport *t);
+BRAID_API bool braid_tls_is_transport(const braid_transport *t);
 /* The handshake's outcome (NULL before it completes or if t is not TLS). */
 BRAID_API const braid_tls_info *braid_tls_transport_info(braid_transport *t);
 /* The TLS error that ended or is ending the connection (0 if none) and its
@@ -332,17 +332,27 @@ BRAID_API braid_transport *braid_tls_transport_lower(braid_transport *t);
  *               [:serverName=NAME][:certKey=c.pem:privateKey=k.pem][:alpn=...]
  *               [:minVersion=1.3][:timeout=S][:bindAddress=...]     (or tls:HOST:PORT)
  *
- * "ssl" and "tls" are synonyms on both sides. The context is built from the
- * string; tf (caller storage) is initialised as the wrapper of inner and must
- * outlive the listener/connection; release it with braid_tls_factory_cleanup
- * afterwards — also when the Deferred failed. A bad string fails the
- * Deferred with BRAID_EBAD_ENDPOINT naming the part; an unreadable
- * certificate or key with BRAID_ETLS naming the file. Deferreds as in
- * <braid/endpoint.h>: the listener, or the connected *application* protocol. */
-BRAID_API braid_deferred *braid_tls_listen(braid_loop *loop, const char *desc, braid_factory *inner,
-                                           braid_tls_factory *tf);
-BRAID_API braid_deferred *braid_tls_connect_to(braid_loop *loop, const char *desc,
-                                               braid_factory *inner, braid_tls_factory *tf);
+ * "ssl" and "tls" are synonyms on both sides: kinds the TLS module registers
+ * with the endpoint module, so braid_endpoint_listen and
+ * braid_endpoint_connect (<braid/endpoint.h>) take these strings as they take
+ * tcp: ones:
+ *
+ *     braid_endpoint_listen(loop, "ssl:8443:privateKey=server.pem", &app_factory);
+ *     braid_endpoint_connect(loop, "tls:host=example.com:port=443", &app_factory);
+ *
+ * The context is built from the string and the wrapper factory is braid's
+ * (it goes with the listener, or once the connection is made); inner builds
+ * the application's protocols. A bad string fails the Deferred with
+ * BRAID_EBAD_ENDPOINT naming the part; an unreadable certificate or key
+ * with BRAID_ETLS naming the file. The Deferreds fire with the listener, or
+ * with the connected *application* protocol.
+ *
+ * The kinds are registered when the TLS module is loaded (with the static
+ * libbraid: when the program uses the TLS wrapper). A program that uses TLS
+ * only through endpoint strings and links the static libbraid calls
+ * braid_tls_endpoints_register() once first (any thread; 0, or the endpoint
+ * module's error). */
+BRAID_API int braid_tls_endpoints_register(void);
 
 #ifdef __cplusplus
 }

@@ -21,7 +21,7 @@ static atomic_long g_fail_countdown;  /* >0: fail when it reaches 1 */
 static atomic_bool g_fail_sticky;
 static atomic_bool g_failed;
 
-int braid_set_allocator(const braid_allocator *a) {
+int braid_allocator_set(const braid_allocator *a) {
     if (atomic_load(&g_outstanding) != 0) return BRAID_EBUSY;
     if (a) {
         if (!a->malloc_fn || !a->realloc_fn || !a->free_fn) return BRAID_EINVAL;

@@ -104,9 +104,9 @@ void braid__alloc_park(long blocks);
  * — and braid__log passes it (a file that logs without one in scope does
  * not compile). User sinks get the line as it is; the namespace is for the
  * default sink and for the structured log events to come. */
-void braid__log_write(braid_log_fn fn, void *ctx, const char *ns, braid_log_level level, const char *fmt, ...)
+void braid__log_write(braid_log_cb fn, void *ctx, const char *ns, braid_log_level level, const char *fmt, ...)
     BRAID_PRINTF(5, 6);
-void braid__log_vwrite(braid_log_fn fn, void *ctx, const char *ns, braid_log_level level, const char *fmt,
+void braid__log_vwrite(braid_log_cb fn, void *ctx, const char *ns, braid_log_level level, const char *fmt,
                        va_list ap);
 
 #endif

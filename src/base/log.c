@@ -23,7 +23,7 @@ void braid__assert_fail(const char *cond, const char *file, int line, const char
     abort();
 }
 
-void braid__log_vwrite(braid_log_fn fn, void *ctx, const char *ns, braid_log_level level, const char *fmt,
+void braid__log_vwrite(braid_log_cb fn, void *ctx, const char *ns, braid_log_level level, const char *fmt,
                        va_list ap) {
     char buf[1024];
     vsnprintf(buf, sizeof buf, fmt, ap);
@@ -31,7 +31,7 @@ void braid__log_vwrite(braid_log_fn fn, void *ctx, const char *ns, braid_log_lev
     else default_log(ns, level, buf);
 }
 
-void braid__log_write(braid_log_fn fn, void *ctx, const char *ns, braid_log_level level, const char *fmt, ...) {
+void braid__log_write(braid_log_cb fn, void *ctx, const char *ns, braid_log_level level, const char *fmt, ...) {
     va_list ap;
     va_start(ap, fmt);
     braid__log_vwrite(fn, ctx, ns, level, fmt, ap);

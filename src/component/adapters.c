@@ -20,12 +20,12 @@ static braid_result from_fired(braid_result r, void *arg) {
     if (!f->c) {   /* the component is gone (it cancelled d) */
         braid_result_drop(r);
         braid_free(f);
-        return braid_ok(NULL);
+        return braid_result_ok(NULL);
     }
     f->r = r;
     f->fired = true;
     braid_component_wake(f->c);
-    return braid_ok(NULL);
+    return braid_result_ok(NULL);
 }
 
 static int from_run(braid_component *c, void *state) {
@@ -34,7 +34,7 @@ static int from_run(braid_component *c, void *state) {
     if (f->r.failure) {
         int code = f->r.failure->code < 0 ? f->r.failure->code : BRAID_EINVAL;
         braid_result_drop(f->r);
-        f->r = braid_ok(NULL);
+        f->r = braid_result_ok(NULL);
         braid_component_send(c, BRAID_COMPONENT_SIGNAL, BRAID_COMPONENT_SHUTDOWN, NULL);
         return code;
     }
@@ -45,7 +45,7 @@ static int from_run(braid_component *c, void *state) {
             return BRAID_COMPONENT_IDLE;
         }
         if (rc < 0) return rc;   /* kept: freed with the state */
-        f->r = braid_ok(NULL);
+        f->r = braid_result_ok(NULL);
     }
     if (braid_component_send(c, BRAID_COMPONENT_SIGNAL, BRAID_COMPONENT_PRODUCER_FINISHED, NULL) == BRAID_EBOX_FULL) {
         braid_component_wake_on_pop(c, BRAID_COMPONENT_SIGNAL);
@@ -61,14 +61,14 @@ static void from_state_free(void *state) {
     f->d = NULL;
     if (f->fired) {
         braid_result_drop(f->r);
-        if (d) braid_deferred_release(d);
+        if (d) braid_deferred_unref(d);
         braid_free(f);
         return;
     }
     /* d has not fired: cancelling it runs from_fired, which frees f then —
      * now, or whenever d finally fires */
     braid_deferred_cancel(d);
-    braid_deferred_release(d);
+    braid_deferred_unref(d);
 }
 
 int braid_component_new_from_deferred(braid_loop *loop, braid_deferred *d, const braid_component_options *opts,
@@ -150,7 +150,7 @@ int braid_component_new_to_deferred(braid_loop *loop, const braid_component_opti
     int rc = braid_component_new(loop, to_run, dp, &o, &c);
     if (rc < 0) {
         braid_deferred_callback(consumer, NULL, NULL);   /* the producer's reference */
-        braid_deferred_release(consumer);
+        braid_deferred_unref(consumer);
         braid_free(dp);
         return rc;
     }

@@ -410,14 +410,14 @@ static braid_result fiber_main(void *arg) {
     c->parked = false;
     if (c->free_pending) really_free(c);
     else braid__component_end(c, rc);
-    return braid_ok(NULL);
+    return braid_result_ok(NULL);
 }
 
 /* The spawn Deferred's result is consumed here; c may be gone already. */
 static braid_result fiber_result(braid_result r, void *arg) {
     BRAID__UNUSED(arg);
     braid_result_drop(r);
-    return braid_ok(NULL);
+    return braid_result_ok(NULL);
 }
 
 static int fiber_wait(braid_component *c, uint64_t timeout) {
@@ -502,7 +502,7 @@ int braid_component_activate(braid_component *c) {
         int rc = braid_deferred_add_both(d, fiber_result, NULL);
         if (rc < 0) {   /* cannot happen with inline slots; be safe */
             braid_deferred_cancel(d);
-            braid_deferred_release(d);
+            braid_deferred_unref(d);
             return rc;
         }
         c->fiber_d = d;
@@ -554,8 +554,8 @@ void braid__component_end(braid_component *c, int code) {
 braid_deferred *braid_component_when_done(braid_component *c) {
     BRAID__LOOP_AFFINE(c->loop);
     if (c->done) {
-        if (c->result == 0) return braid_succeed(c->loop, NULL, NULL);
-        return braid_fail(c->loop, braid_failure_new(c->result, "component '%s' ended", c->name));
+        if (c->result == 0) return braid_deferred_succeed(c->loop, NULL, NULL);
+        return braid_deferred_fail(c->loop, braid_failure_new(c->result, "component '%s' ended", c->name));
     }
     braid_deferred **v = braid_realloc(c->done_ds, (c->n_done_ds + 1) * sizeof *v);
     if (!v) return NULL;
@@ -622,7 +622,7 @@ static void really_free(braid_component *c) {
     }
     for (uint32_t i = 0; i < c->n_out; i++)
         if (c->out[i]->dynamic) braid_free(c->out[i]);
-    if (c->fiber_d) braid_deferred_release(c->fiber_d);
+    if (c->fiber_d) braid_deferred_unref(c->fiber_d);
     if (c->state_free) c->state_free(c->state);
     braid_free(c->done_ds);
     braid_free(c->child_name);
@@ -799,7 +799,7 @@ int braid_component_unlink(braid_component *src, const char *src_box, int kind) 
 }
 
 /* ---- statistics ------------------------------------------------------------------------------- */
-void braid_component_stats_get(const braid_component *c, braid_component_stats *out) { *out = c->stats; }
+void braid_component_stats(const braid_component *c, struct braid_component_stats *out) { *out = c->stats; }
 
 size_t braid_component_count(braid_loop *loop) {
     braid__sched *s = braid_loop_data(loop, &sched_key);

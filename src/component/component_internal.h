@@ -71,7 +71,7 @@ struct braid_component {
     bool out_inline;                        /* out points into this allocation */
     enum braid__ckind kind;
     braid_component *run_prev, *run_next;
-    braid_component_stats stats;
+    struct braid_component_stats stats;
     braid_loop *loop;
     /* cold */
     char *name;

@@ -108,7 +108,7 @@ static int sock_run(braid_component *sc, void *state) {
     while (braid_component_recv(sc, BRAID_COMPONENT_CONTROL, &m) == 0) {
         if (braid_component_is_shutdown_msg(m.ptr) && c->t && !c->closing) {
             c->closing = true;
-            braid_transport_lose_connection(c->t);   /* after what is buffered */
+            braid_transport_close(c->t, BRAID_FOREVER);   /* after what is buffered */
         }
         braid_component_msg_free(m);
     }
@@ -120,7 +120,7 @@ static braid_result handler_done(braid_result r, void *arg) {
     conn *c = arg;
     braid_result_drop(r);
     if (!c->dying) queue_reap(c);
-    return braid_ok(NULL);
+    return braid_result_ok(NULL);
 }
 
 static void on_made(braid_protocol *p) {
@@ -135,14 +135,14 @@ static void on_made(braid_protocol *p) {
     braid_component_options so = { .name = "connection" };
     if (braid_component_new(s->loop, sock_run, c, &so, &c->sock) < 0) goto fail;
     braid_address peer = { 0 };
-    braid_transport_get_peer(p->transport, &peer);
+    braid_transport_peer(p->transport, &peer);
     if (s->make(s->loop, &peer, s->arg, &c->handler) < 0 || !c->handler) goto fail;
     braid_deferred *d = braid_component_when_done(c->handler);
     if (!d || braid_deferred_add_both(d, handler_done, c) < 0) {
-        if (d) braid_deferred_release(d);
+        if (d) braid_deferred_unref(d);
         goto fail;
     }
-    braid_deferred_release(d);
+    braid_deferred_unref(d);
     /* a handler that ends from here on queues the reap; handler_done may
      * only run while c lives: conn_free frees the handler first, which
      * fires it (ECANCELED) while c is still valid */

@@ -28,20 +28,20 @@ typedef struct comb {
     bool cancelling;
     size_t n;
     size_t remaining;
-    braid_results *res;         /* gather/list: results; race: failures */
-    braid_race_win *win;        /* race */
+    braid_deferred_results *res;         /* gather/list: results; race: failures */
+    braid_deferred_race_win *win;        /* race */
     member m[];
 } comb;
 
-void braid_results_free(void *p) {
-    braid_results *res = p;
+void braid_deferred_results_free(void *p) {
+    braid_deferred_results *res = p;
     if (!res) return;
     for (size_t i = 0; i < res->n; i++) braid_result_drop(res->r[i]);
     braid_free(res);
 }
 
-void braid_race_win_free(void *p) {
-    braid_race_win *w = p;
+void braid_deferred_race_win_free(void *p) {
+    braid_deferred_race_win *w = p;
     if (!w) return;
     if (w->value && w->dtor) w->dtor(w->value);
     braid_free(w);
@@ -55,7 +55,7 @@ static void fire_out(comb *st, braid_result r) {
 /* "gather: 2 of 5 failed: #1 (code), #3 (code)" with the lowest-index
  * failure as the cause (moved out of res). */
 static braid_failure *summarize(comb *st, int code, const char *what) {
-    braid_results *res = st->res;
+    braid_deferred_results *res = st->res;
     char buf[512];
     int len = snprintf(buf, sizeof buf, "%s: %zu of %zu failed:", what, res->nfailed, res->n);
     braid_failure *cause = NULL;
@@ -83,29 +83,29 @@ static void maybe_finish(comb *st) {
         switch (st->kind) {
         case K_GATHER:
             if (st->res->nfailed) {
-                fire_out(st, braid_err(summarize(st, BRAID_EFIRST_ERROR, "gather")));
+                fire_out(st, braid_result_err(summarize(st, BRAID_EFIRST_ERROR, "gather")));
             } else {
-                braid_results *res = st->res;
+                braid_deferred_results *res = st->res;
                 st->res = NULL;
-                fire_out(st, braid_ok_owned(res, braid_results_free));
+                fire_out(st, braid_result_ok_owned(res, braid_deferred_results_free));
             }
             break;
         case K_LIST: {
-            braid_results *res = st->res;
+            braid_deferred_results *res = st->res;
             st->res = NULL;
-            fire_out(st, braid_ok_owned(res, braid_results_free));
+            fire_out(st, braid_result_ok_owned(res, braid_deferred_results_free));
             break;
         }
         case K_RACE:
             if (st->n == 0)
-                fire_out(st, braid_errf(BRAID_EINVAL, "race of no Deferreds"));
+                fire_out(st, braid_result_errf(BRAID_EINVAL, "race of no Deferreds"));
             else
-                fire_out(st, braid_err(summarize(st, BRAID_EALL_FAILED, "race")));
+                fire_out(st, braid_result_err(summarize(st, BRAID_EALL_FAILED, "race")));
             break;
         }
     }
-    braid_results_free(st->res);
-    braid_race_win_free(st->win);
+    braid_deferred_results_free(st->res);
+    braid_deferred_race_win_free(st->win);
     braid_free(st);
 }
 
@@ -118,14 +118,14 @@ static void cancel_rest(comb *st, size_t except) {
 }
 
 /* Added as callback and errback to each member: it consumes the member's
- * result (the member ends with braid_ok(NULL)) and drops our reference. */
+ * result (the member ends with braid_result_ok(NULL)) and drops our reference. */
 static braid_result member_done(braid_result r, void *arg) {
     member *m = arg;
     comb *st = m->st;
     size_t i = m->index;
     braid_deferred *d = m->d;
     m->d = NULL;
-    braid_deferred_release(d);    /* d is running: freed when its chain ends */
+    braid_deferred_unref(d);    /* d is running: freed when its chain ends */
     if (st->out_fired || st->cancelling) {
         braid_result_drop(r);     /* consumed: nobody asked for it any more */
     } else if (st->kind == K_RACE) {
@@ -133,19 +133,19 @@ static braid_result member_done(braid_result r, void *arg) {
             st->res->r[i] = r;
             st->res->nfailed++;
         } else {
-            braid_race_win *w = st->win;
+            braid_deferred_race_win *w = st->win;
             st->win = NULL;
             w->index = i;
             w->value = r.value;
             w->dtor = r.dtor;
             st->remaining++;
-            fire_out(st, braid_ok_owned(w, braid_race_win_free));
+            fire_out(st, braid_result_ok_owned(w, braid_deferred_race_win_free));
             cancel_rest(st, i);
             st->remaining--;
         }
-    } else if (r.failure && st->kind == K_GATHER && !(st->flags & BRAID_GATHER_COLLECT)) {
+    } else if (r.failure && st->kind == K_GATHER && !(st->flags & BRAID_DEFERRED_GATHER_COLLECT)) {
         st->remaining++;
-        fire_out(st, braid_err(braid_failure_wrap(r.failure, BRAID_EFIRST_ERROR,
+        fire_out(st, braid_result_err(braid_failure_wrap(r.failure, BRAID_EFIRST_ERROR,
                                                   "gather: Deferred #%zu failed", i)));
         cancel_rest(st, i);
         st->remaining--;
@@ -155,7 +155,7 @@ static braid_result member_done(braid_result r, void *arg) {
     }
     st->remaining--;
     maybe_finish(st);
-    return braid_ok(NULL);
+    return braid_result_ok(NULL);
 }
 
 /* out's canceller: cancel the members first (as Twisted does), then fail out. */
@@ -165,7 +165,7 @@ static void comb_cancel(braid_deferred *out, void *arg) {
     st->cancelling = true;
     st->remaining++;
     cancel_rest(st, SIZE_MAX);
-    if (!st->out_fired) fire_out(st, braid_errf(BRAID_ECANCELED, "combined Deferred cancelled"));
+    if (!st->out_fired) fire_out(st, braid_result_errf(BRAID_ECANCELED, "combined Deferred cancelled"));
     st->remaining--;
     maybe_finish(st);
 }
@@ -174,8 +174,8 @@ static braid_deferred *combine(braid_loop *loop, braid_deferred *const *ds, size
                                comb_kind kind, unsigned flags) {
     if (n > (SIZE_MAX - sizeof(comb)) / sizeof(member) / 2) return NULL;
     comb *st = braid_calloc(1, sizeof *st + n * sizeof(member));
-    braid_results *res = braid_calloc(1, sizeof *res + n * sizeof(braid_result));
-    braid_race_win *win = kind == K_RACE ? braid_calloc(1, sizeof *win) : NULL;
+    braid_deferred_results *res = braid_calloc(1, sizeof *res + n * sizeof(braid_result));
+    braid_deferred_race_win *win = kind == K_RACE ? braid_calloc(1, sizeof *win) : NULL;
     braid_deferred *out = braid_deferred_new_cancellable(loop, comb_cancel, st);
     bool ok = st && res && out && (kind != K_RACE || win);
     /* Make sure adding our callback to each member cannot fail halfway. */
@@ -184,7 +184,7 @@ static braid_deferred *combine(braid_loop *loop, braid_deferred *const *ds, size
         if (out) {
             out->canceller = NULL;
             braid_deferred_callback(out, NULL, NULL);
-            braid_deferred_release(out);
+            braid_deferred_unref(out);
         }
         braid_free(st);
         braid_free(res);
@@ -214,12 +214,12 @@ static braid_deferred *combine(braid_loop *loop, braid_deferred *const *ds, size
     return out;
 }
 
-braid_deferred *braid_gather(braid_loop *loop, braid_deferred *const *ds, size_t n,
+braid_deferred *braid_deferred_gather(braid_loop *loop, braid_deferred *const *ds, size_t n,
                              unsigned flags) {
     BRAID__LOOP_AFFINE(loop);
     return combine(loop, ds, n, K_GATHER, flags);
 }
-braid_deferred *braid_race(braid_loop *loop, braid_deferred *const *ds, size_t n) {
+braid_deferred *braid_deferred_race(braid_loop *loop, braid_deferred *const *ds, size_t n) {
     BRAID__LOOP_AFFINE(loop);
     return combine(loop, ds, n, K_RACE, 0);
 }

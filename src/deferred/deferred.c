@@ -216,7 +216,7 @@ int braid__deferred_reserve(braid_deferred *d, uint32_t extra) {
     return 0;
 }
 
-static inline int push_slot(braid_deferred *d, braid_callback cb, braid_callback eb, void *arg) {
+static inline int push_slot(braid_deferred *d, braid_deferred_cb cb, braid_deferred_cb eb, void *arg) {
     uint32_t i = d->ncb;
     BRAID__ASSERT(d->pos <= d->ncb && d->ncb <= BRAID__DEFERRED_INLINE + d->spill_cap);
     braid__cbslot *s;
@@ -259,7 +259,7 @@ static braid_result timeout_done(braid_result r, void *arg) {
     braid_timer_stop(&to->timer);
     braid_free(to);
     if (fired && r.failure && r.failure->code == BRAID_ECANCELED)
-        return braid_err(braid_failure_wrap(r.failure, BRAID_ETIMEDOUT, "Deferred timed out"));
+        return braid_result_err(braid_failure_wrap(r.failure, BRAID_ETIMEDOUT, "Deferred timed out"));
     return r;
 }
 
@@ -363,15 +363,15 @@ static void dfree(braid_deferred *d) {
      * store-forwarding stall measured at a quarter of the ready path. */
     if (BRAID__UNLIKELY(r.failure != NULL)) report_unhandled(loop, r.failure);
     if (r.value && r.dtor) r.dtor(r.value);
-    if (BRAID__UNLIKELY(r.chain != NULL)) braid_deferred_release(r.chain);
+    if (BRAID__UNLIKELY(r.chain != NULL)) braid_deferred_unref(r.chain);
 }
 
 /* ---- the callback loop --------------------------------------------------------- */
 
-/* d's result is braid_chain(c). Take c's result now if it has one (true);
+/* d's result is braid_result_chain(c). Take c's result now if it has one (true);
  * else make d wait for c (false). */
 static bool absorb_chain(braid_deferred *d, braid_deferred *c) {
-    CHECK_LIVE(c, "braid_chain");
+    CHECK_LIVE(c, "braid_result_chain");
     if (BRAID__UNLIKELY(d->result.value || d->result.failure)) {
         /* A result is a value, a failure or a chain; the chain wins and
          * what came with it is dropped rather than leaked. */
@@ -383,10 +383,10 @@ static bool absorb_chain(braid_deferred *d, braid_deferred *c) {
     d->result.dtor = NULL;
     d->result.failure = NULL;
     if (BRAID__UNLIKELY(c == d)) {
-        /* braid_chain(d) handed over d's own consumer reference. */
+        /* braid_result_chain(d) handed over d's own consumer reference. */
         d->refs--;
         braid__log(d->loop, BRAID_LOG_ERROR, "a Deferred's callback returned that same Deferred");
-        d->result = braid_errf(BRAID_EINVAL, "callback returned its own Deferred");
+        d->result = braid_result_errf(BRAID_EINVAL, "callback returned its own Deferred");
         return true;
     }
     if (braid__deferred_has_result(c)) {
@@ -400,7 +400,7 @@ static bool absorb_chain(braid_deferred *d, braid_deferred *c) {
          * reference we were given is someone else's: leaking it is safer
          * than dropping it. */
         braid__log(d->loop, BRAID_LOG_ERROR, "a Deferred was chained twice");
-        d->result = braid_errf(BRAID_EINVAL, "Deferred already chained to another");
+        d->result = braid_result_errf(BRAID_EINVAL, "Deferred already chained to another");
         return true;
     }
     c->parent = d;
@@ -422,7 +422,7 @@ static void run(braid_deferred *d) {
             if (d->pos == d->ncb || d->paused) break;
             BRAID__ASSERT(d->pos < d->ncb && d->ncb <= BRAID__DEFERRED_INLINE + d->spill_cap);
             braid__cbslot *s = slot_at(d, d->pos++);
-            braid_callback fn = d->result.failure ? s->eb : s->cb;
+            braid_deferred_cb fn = d->result.failure ? s->eb : s->cb;
             if (!fn) continue;
             void *arg = s->arg;   /* s may move if fn adds callbacks */
             braid_result r = d->result;
@@ -468,7 +468,7 @@ braid_deferred *braid_deferred_new(braid_loop *loop) {
     return d;
 }
 
-braid_deferred *braid_deferred_new_cancellable(braid_loop *loop, braid_canceller c, void *arg) {
+braid_deferred *braid_deferred_new_cancellable(braid_loop *loop, braid_deferred_cancel_fn c, void *arg) {
     CHECK_THREAD(loop, "braid_deferred_new_cancellable");
     braid_deferred *d = braid_deferred_new(loop);
     if (d) {
@@ -491,15 +491,15 @@ static braid_deferred *fired(braid_loop *loop, braid_result r) {
     return d;
 }
 
-braid_deferred *braid_succeed(braid_loop *loop, void *value, void (*dtor)(void *)) {
-    CHECK_THREAD(loop, "braid_succeed");
-    return fired(loop, braid_ok_owned(value, dtor));
+braid_deferred *braid_deferred_succeed(braid_loop *loop, void *value, void (*dtor)(void *)) {
+    CHECK_THREAD(loop, "braid_deferred_succeed");
+    return fired(loop, braid_result_ok_owned(value, dtor));
 }
 
-braid_deferred *braid_fail(braid_loop *loop, braid_failure *f) {
-    CHECK_THREAD(loop, "braid_fail");
-    if (BRAID__UNLIKELY(!f)) f = braid_failure_new(BRAID_EINVAL, "braid_fail without a failure");
-    return fired(loop, braid_err(f));
+braid_deferred *braid_deferred_fail(braid_loop *loop, braid_failure *f) {
+    CHECK_THREAD(loop, "braid_deferred_fail");
+    if (BRAID__UNLIKELY(!f)) f = braid_failure_new(BRAID_EINVAL, "braid_deferred_fail without a failure");
+    return fired(loop, braid_result_err(f));
 }
 
 /* ---- firing --------------------------------------------------------------------- */
@@ -538,22 +538,22 @@ int braid_deferred_fire(braid_deferred *d, braid_result r) {
 }
 
 int braid_deferred_callback(braid_deferred *d, void *value, void (*dtor)(void *)) {
-    return fire(d, braid_ok_owned(value, dtor), true, "braid_deferred_callback");
+    return fire(d, braid_result_ok_owned(value, dtor), true, "braid_deferred_callback");
 }
 
 int braid_deferred_errback(braid_deferred *d, braid_failure *f) {
     /* A NULL failure would silently switch to the callback track. */
     if (BRAID__UNLIKELY(!f)) f = braid_failure_new(BRAID_EINVAL, "errback without a failure");
-    return fire(d, braid_err(f), true, "braid_deferred_errback");
+    return fire(d, braid_result_err(f), true, "braid_deferred_errback");
 }
 
 /* ---- consuming ----------------------------------------------------------------- */
-int braid_deferred_add_callbacks(braid_deferred *d, braid_callback cb, braid_callback eb,
+int braid_deferred_add(braid_deferred *d, braid_deferred_cb cb, braid_deferred_cb eb,
                                  void *arg) {
-    CHECK_LIVE(d, "braid_deferred_add_callbacks");
+    CHECK_LIVE(d, "braid_deferred_add");
     if (braid__deferred_has_result(d)) {
         /* Already fired and idle: run it now, storing nothing. */
-        braid_callback fn = d->result.failure ? eb : cb;
+        braid_deferred_cb fn = d->result.failure ? eb : cb;
         if (!fn) return 0;
         braid_result r = d->result;
         d->result = no_result;
@@ -567,19 +567,27 @@ int braid_deferred_add_callbacks(braid_deferred *d, braid_callback cb, braid_cal
     return push_slot(d, cb, eb, arg);
 }
 
-int braid_deferred_add_callback(braid_deferred *d, braid_callback cb, void *arg) {
-    return braid_deferred_add_callbacks(d, cb, NULL, arg);
-}
-int braid_deferred_add_errback(braid_deferred *d, braid_callback eb, void *arg) {
-    return braid_deferred_add_callbacks(d, NULL, eb, arg);
-}
-int braid_deferred_add_both(braid_deferred *d, braid_callback fn, void *arg) {
-    return braid_deferred_add_callbacks(d, fn, fn, arg);
+int braid_deferred_then(braid_deferred *d, braid_deferred_cb cb, braid_deferred_cb eb, void *arg) {
+    if (!d) return BRAID_ENOMEM;
+    CHECK_LIVE(d, "braid_deferred_then");
+    int rc = braid_deferred_add(d, cb, eb, arg);
+    unref(d);
+    return rc;
 }
 
-void braid_deferred_release(braid_deferred *d) {
+int braid_deferred_add_callback(braid_deferred *d, braid_deferred_cb cb, void *arg) {
+    return braid_deferred_add(d, cb, NULL, arg);
+}
+int braid_deferred_add_errback(braid_deferred *d, braid_deferred_cb eb, void *arg) {
+    return braid_deferred_add(d, NULL, eb, arg);
+}
+int braid_deferred_add_both(braid_deferred *d, braid_deferred_cb fn, void *arg) {
+    return braid_deferred_add(d, fn, fn, arg);
+}
+
+void braid_deferred_unref(braid_deferred *d) {
     if (!d) return;
-    CHECK_LIVE(d, "braid_deferred_release");
+    CHECK_LIVE(d, "braid_deferred_unref");
     unref(d);
 }
 
@@ -590,8 +598,8 @@ braid_deferred *braid_deferred_ref(braid_deferred *d) {
 }
 
 /* ---- state -------------------------------------------------------------------------- */
-bool braid_deferred_called(const braid_deferred *d) {
-    CHECK_LIVE(d, "braid_deferred_called");
+bool braid_deferred_is_called(const braid_deferred *d) {
+    CHECK_LIVE(d, "braid_deferred_is_called");
     return d->flags & BRAID__D_CALLED;
 }
 bool braid_deferred_has_result(const braid_deferred *d) {
@@ -648,7 +656,7 @@ void braid_deferred_cancel(braid_deferred *d) {
     }
     d->refs++;    /* d must outlive its canceller and its errback */
     d->flags |= BRAID__D_CANCELLED;
-    braid_canceller c = d->canceller;
+    braid_deferred_cancel_fn c = d->canceller;
     void *carg = d->canceller_arg;
     d->canceller = NULL;
     /* With a canceller, the producer gave up its reference by accepting
@@ -662,7 +670,7 @@ void braid_deferred_cancel(braid_deferred *d) {
         d->flags &= ~BRAID__D_CANCELLING;
     }
     if (!(d->flags & BRAID__D_CALLED))
-        fire(d, braid_errf(BRAID_ECANCELED, "Deferred cancelled"), drop_producer,
+        fire(d, braid_result_errf(BRAID_ECANCELED, "Deferred cancelled"), drop_producer,
              "braid_deferred_cancel");
     unref(d);
 }

@@ -20,7 +20,7 @@ static const char braid__log_ns[] = "deferred";
 #define BRAID__DEFERRED_SPILL_BUDGET 16384
 
 typedef struct braid__cbslot {
-    braid_callback cb, eb;
+    braid_deferred_cb cb, eb;
     void *arg;
 } braid__cbslot;
 
@@ -46,7 +46,7 @@ struct braid_deferred {
      * reference (in its result.chain) and we hold a reference on it, given
      * back when our result moves into it. On the free list: the next entry. */
     braid_deferred *parent;
-    braid_canceller canceller;
+    braid_deferred_cancel_fn canceller;
     void *canceller_arg;
     braid__cbslot *spill;            /* slots [INLINE, spill_cap + INLINE) */
     braid__cbslot slot[BRAID__DEFERRED_INLINE];

@@ -111,5 +111,5 @@ size_t braid_failure_format(const braid_failure *f, char *buf, size_t size) {
 void braid_result_drop(braid_result r) {
     if (r.value && r.dtor) r.dtor(r.value);
     if (r.failure) braid_failure_free(r.failure);
-    if (r.chain) braid_deferred_release(r.chain);
+    if (r.chain) braid_deferred_unref(r.chain);
 }

@@ -12,7 +12,7 @@
 typedef struct later {
     braid_timer timer;
     braid_deferred *d;
-    braid_thunk fn;
+    braid_result_fn fn;
     void *arg;
 } later;
 
@@ -20,14 +20,14 @@ static void later_fire(braid_timer *t, void *arg) {
     later *l = arg;
     BRAID__UNUSED(t);
     braid_deferred *d = l->d;
-    braid_thunk fn = l->fn;
+    braid_result_fn fn = l->fn;
     void *fnarg = l->arg;
     braid_free(l);
     /* From here a cancel (even from inside fn) finds no canceller: it
      * errbacks d, and our fire below is then ignored, as for any producer
      * that was not told. */
     d->canceller = NULL;
-    braid_result r = fn ? fn(fnarg) : braid_ok(NULL);
+    braid_result r = fn ? fn(fnarg) : braid_result_ok(NULL);
     braid_deferred_fire(d, r);
 }
 
@@ -38,7 +38,7 @@ static void later_cancel(braid_deferred *d, void *arg) {
     braid_free(l);
 }
 
-braid_deferred *braid_defer_later(braid_loop *loop, uint64_t ns, braid_thunk fn, void *arg) {
+braid_deferred *braid_deferred_later(braid_loop *loop, uint64_t ns, braid_result_fn fn, void *arg) {
     BRAID__LOOP_AFFINE(loop);
     later *l = braid_malloc(sizeof *l);
     if (!l) return NULL;
@@ -51,7 +51,7 @@ braid_deferred *braid_defer_later(braid_loop *loop, uint64_t ns, braid_thunk fn,
     if (braid_timer_start(&l->timer, ns) < 0) {
         d->canceller = NULL;
         braid_deferred_callback(d, NULL, NULL);
-        braid_deferred_release(d);
+        braid_deferred_unref(d);
         braid_free(l);
         return NULL;
     }
@@ -106,23 +106,23 @@ static void wring_remove(wring *w, braid_deferred *d) {
 }
 
 /* ---- semaphore and lock ------------------------------------------------------------- */
-struct braid_semaphore {
+struct braid_deferred_semaphore {
     braid_loop *loop;
     unsigned limit, tokens;
     wring waiters;
     braid_handle handle;
 };
 /* A lock is a semaphore of one token; the cast between them is the API. */
-struct braid_lock {
-    struct braid_semaphore s;
+struct braid_deferred_lock {
+    struct braid_deferred_semaphore s;
 };
 
-int braid_semaphore_new(braid_loop *loop, unsigned tokens, braid_semaphore **out) {
+int braid_deferred_semaphore_new(braid_loop *loop, unsigned tokens, braid_deferred_semaphore **out) {
     BRAID__LOOP_AFFINE(loop);
     if (!out) return BRAID_EINVAL;
     *out = NULL;
     if (!tokens) return BRAID_EINVAL;
-    braid_semaphore *s = braid_calloc(1, sizeof *s);
+    braid_deferred_semaphore *s = braid_calloc(1, sizeof *s);
     if (!s) return BRAID_ENOMEM;
     s->loop = loop;
     s->limit = s->tokens = tokens;
@@ -132,14 +132,14 @@ int braid_semaphore_new(braid_loop *loop, unsigned tokens, braid_semaphore **out
 }
 
 static void waiter_cancel(braid_deferred *d, void *arg) {
-    braid_semaphore *s = arg;
+    braid_deferred_semaphore *s = arg;
     wring_remove(&s->waiters, d);
 }
 
-braid_deferred *braid_semaphore_acquire(braid_semaphore *s) {
+braid_deferred *braid_deferred_semaphore_acquire(braid_deferred_semaphore *s) {
     BRAID__LOOP_AFFINE(s->loop);
     if (s->tokens && !s->waiters.live) {
-        braid_deferred *d = braid_succeed(s->loop, s, NULL);
+        braid_deferred *d = braid_deferred_succeed(s->loop, s, NULL);
         if (d) s->tokens--;      /* only once the Deferred exists: NULL takes nothing */
         return d;
     }
@@ -148,13 +148,13 @@ braid_deferred *braid_semaphore_acquire(braid_semaphore *s) {
     if (wring_push(&s->waiters, d) < 0) {
         d->canceller = NULL;
         braid_deferred_callback(d, NULL, NULL);
-        braid_deferred_release(d);
+        braid_deferred_unref(d);
         return NULL;
     }
     return d;
 }
 
-int braid_semaphore_release(braid_semaphore *s) {
+int braid_deferred_semaphore_release(braid_deferred_semaphore *s) {
     BRAID__LOOP_AFFINE(s->loop);
     if (s->tokens >= s->limit) {
         braid__log(s->loop, BRAID_LOG_ERROR, "release of a Deferred semaphore/lock not held");
@@ -171,8 +171,8 @@ int braid_semaphore_release(braid_semaphore *s) {
 }
 
 typedef struct run_ctx {
-    braid_semaphore *s;
-    braid_thunk fn;
+    braid_deferred_semaphore *s;
+    braid_result_fn fn;
     void *arg;
     bool acquired;
 } run_ctx;
@@ -181,36 +181,36 @@ static braid_result run_acquired(braid_result r, void *arg) {
     run_ctx *c = arg;
     braid_result_drop(r);        /* the semaphore, borrowed */
     c->acquired = true;
-    return c->fn ? c->fn(c->arg) : braid_ok(NULL);
+    return c->fn ? c->fn(c->arg) : braid_result_ok(NULL);
 }
 
 static braid_result run_done(braid_result r, void *arg) {
     run_ctx *c = arg;
-    if (c->acquired) braid_semaphore_release(c->s);
+    if (c->acquired) braid_deferred_semaphore_release(c->s);
     braid_free(c);
     return r;
 }
 
-braid_deferred *braid_semaphore_run(braid_semaphore *s, braid_thunk fn, void *arg) {
+braid_deferred *braid_deferred_semaphore_run(braid_deferred_semaphore *s, braid_result_fn fn, void *arg) {
     BRAID__LOOP_AFFINE(s->loop);
     run_ctx *c = braid_malloc(sizeof *c);
     if (!c) return NULL;
-    braid_deferred *d = braid_semaphore_acquire(s);
+    braid_deferred *d = braid_deferred_semaphore_acquire(s);
     if (!d) { braid_free(c); return NULL; }
     c->s = s;
     c->fn = fn;
     c->arg = arg;
     c->acquired = false;
     /* d is fresh (at most these two callbacks, both inline): cannot fail. */
-    braid_deferred_add_callbacks(d, run_acquired, NULL, c);
+    braid_deferred_add(d, run_acquired, NULL, c);
     braid_deferred_add_both(d, run_done, c);
     return d;
 }
 
-unsigned braid_semaphore_tokens(const braid_semaphore *s) { return s->tokens; }
-size_t braid_semaphore_waiting(const braid_semaphore *s) { return s->waiters.live; }
+unsigned braid_deferred_semaphore_tokens(const braid_deferred_semaphore *s) { return s->tokens; }
+size_t braid_deferred_semaphore_waiting(const braid_deferred_semaphore *s) { return s->waiters.live; }
 
-int braid_semaphore_free(braid_semaphore *s) {
+int braid_deferred_semaphore_free(braid_deferred_semaphore *s) {
     if (!s) return 0;
     BRAID__LOOP_AFFINE(s->loop);
     if (s->tokens != s->limit || s->waiters.live) return BRAID_EBUSY;
@@ -220,26 +220,26 @@ int braid_semaphore_free(braid_semaphore *s) {
     return 0;
 }
 
-int braid_lock_new(braid_loop *loop, braid_lock **out) {
+int braid_deferred_lock_new(braid_loop *loop, braid_deferred_lock **out) {
     BRAID__LOOP_AFFINE(loop);
     if (!out) return BRAID_EINVAL;
-    braid_semaphore *s;
-    int rc = braid_semaphore_new(loop, 1, &s);
+    braid_deferred_semaphore *s;
+    int rc = braid_deferred_semaphore_new(loop, 1, &s);
     if (rc < 0) { *out = NULL; return rc; }
     s->handle.kind = "deferred lock";
-    *out = (braid_lock *)s;
+    *out = (braid_deferred_lock *)s;
     return 0;
 }
-braid_deferred *braid_lock_acquire(braid_lock *l) { return braid_semaphore_acquire(&l->s); }
-int braid_lock_release(braid_lock *l) { return braid_semaphore_release(&l->s); }
-braid_deferred *braid_lock_run(braid_lock *l, braid_thunk fn, void *arg) {
-    return braid_semaphore_run(&l->s, fn, arg);
+braid_deferred *braid_deferred_lock_acquire(braid_deferred_lock *l) { return braid_deferred_semaphore_acquire(&l->s); }
+int braid_deferred_lock_release(braid_deferred_lock *l) { return braid_deferred_semaphore_release(&l->s); }
+braid_deferred *braid_deferred_lock_run(braid_deferred_lock *l, braid_result_fn fn, void *arg) {
+    return braid_deferred_semaphore_run(&l->s, fn, arg);
 }
-bool braid_lock_locked(const braid_lock *l) { return l->s.tokens == 0; }
-int braid_lock_free(braid_lock *l) { return l ? braid_semaphore_free(&l->s) : 0; }
+bool braid_deferred_lock_is_locked(const braid_deferred_lock *l) { return l->s.tokens == 0; }
+int braid_deferred_lock_free(braid_deferred_lock *l) { return l ? braid_deferred_semaphore_free(&l->s) : 0; }
 
 /* ---- queue ------------------------------------------------------------------------- */
-struct braid_queue {
+struct braid_deferred_queue {
     braid_loop *loop;
     size_t size, backlog;
     braid_result *items;         /* ring of `size` values */
@@ -248,12 +248,12 @@ struct braid_queue {
     braid_handle handle;
 };
 
-int braid_queue_new(braid_loop *loop, size_t size, size_t backlog, braid_queue **out) {
+int braid_deferred_queue_new(braid_loop *loop, size_t size, size_t backlog, braid_deferred_queue **out) {
     BRAID__LOOP_AFFINE(loop);
     if (!out) return BRAID_EINVAL;
     *out = NULL;
     if (!size || size > SIZE_MAX / sizeof(braid_result)) return BRAID_EINVAL;
-    braid_queue *q = braid_calloc(1, sizeof *q);
+    braid_deferred_queue *q = braid_calloc(1, sizeof *q);
     if (!q) return BRAID_ENOMEM;
     q->items = braid_malloc(size * sizeof *q->items);
     if (!q->items) { braid_free(q); return BRAID_ENOMEM; }
@@ -265,7 +265,7 @@ int braid_queue_new(braid_loop *loop, size_t size, size_t backlog, braid_queue *
     return 0;
 }
 
-int braid_queue_put(braid_queue *q, void *value, void (*dtor)(void *)) {
+int braid_deferred_queue_put(braid_deferred_queue *q, void *value, void (*dtor)(void *)) {
     BRAID__LOOP_AFFINE(q->loop);
     braid_deferred *d = wring_pop(&q->getters);
     if (d) {
@@ -274,20 +274,20 @@ int braid_queue_put(braid_queue *q, void *value, void (*dtor)(void *)) {
         return 0;
     }
     if (q->len == q->size) return BRAID_EQUEUE_FULL;
-    q->items[(q->head + q->len++) % q->size] = braid_ok_owned(value, dtor);
+    q->items[(q->head + q->len++) % q->size] = braid_result_ok_owned(value, dtor);
     return 0;
 }
 
 static void getter_cancel(braid_deferred *d, void *arg) {
-    braid_queue *q = arg;
+    braid_deferred_queue *q = arg;
     wring_remove(&q->getters, d);
 }
 
-int braid_queue_get(braid_queue *q, braid_deferred **out) {
+int braid_deferred_queue_get(braid_deferred_queue *q, braid_deferred **out) {
     BRAID__LOOP_AFFINE(q->loop);
     *out = NULL;
     if (q->len) {
-        braid_deferred *d = braid_succeed(q->loop, NULL, NULL);
+        braid_deferred *d = braid_deferred_succeed(q->loop, NULL, NULL);
         if (!d) return BRAID_ENOMEM;      /* the value stays queued */
         d->result = q->items[q->head];
         q->head = (q->head + 1) % q->size;
@@ -301,17 +301,17 @@ int braid_queue_get(braid_queue *q, braid_deferred **out) {
     if (wring_push(&q->getters, d) < 0) {
         d->canceller = NULL;
         braid_deferred_callback(d, NULL, NULL);
-        braid_deferred_release(d);
+        braid_deferred_unref(d);
         return BRAID_ENOMEM;
     }
     *out = d;
     return 0;
 }
 
-size_t braid_queue_size(const braid_queue *q) { return q->len; }
-size_t braid_queue_waiting(const braid_queue *q) { return q->getters.live; }
+size_t braid_deferred_queue_size(const braid_deferred_queue *q) { return q->len; }
+size_t braid_deferred_queue_waiting(const braid_deferred_queue *q) { return q->getters.live; }
 
-void braid_queue_free(braid_queue *q) {
+void braid_deferred_queue_free(braid_deferred_queue *q) {
     if (!q) return;
     BRAID__LOOP_AFFINE(q->loop);
     while (q->len) {

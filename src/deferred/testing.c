@@ -4,10 +4,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 
-static braid_expect_fail_fn g_handler;
+static braid_deferred_expect_fail_cb g_handler;
 static void *g_ctx;
 
-void braid_expect_set_handler(braid_expect_fail_fn fn, void *ctx) {
+void braid_deferred_expect_set_handler(braid_deferred_expect_fail_cb fn, void *ctx) {
     g_handler = fn;
     g_ctx = ctx;
 }
@@ -35,7 +35,7 @@ static void describe(const braid_deferred *d, char *buf, size_t size) {
     snprintf(buf, size, "a success result (value %p)", d->result.value);
 }
 
-braid_result braid_expect_success_at(braid_deferred *d, const char *file, int line) {
+braid_result braid_deferred_expect_success_at(braid_deferred *d, const char *file, int line) {
     braid_result r = { 0 };
     if (braid__deferred_has_result(d) && !d->result.failure) {
         braid_deferred_take(d, &r);
@@ -48,7 +48,7 @@ braid_result braid_expect_success_at(braid_deferred *d, const char *file, int li
     return r;
 }
 
-braid_failure *braid_expect_failure_at(braid_deferred *d, int code, const char *file, int line) {
+braid_failure *braid_deferred_expect_failure_at(braid_deferred *d, int code, const char *file, int line) {
     if (braid__deferred_has_result(d) && d->result.failure &&
         (code == 0 || d->result.failure->code == code)) {
         braid_result r;
@@ -66,7 +66,7 @@ braid_failure *braid_expect_failure_at(braid_deferred *d, int code, const char *
     return NULL;
 }
 
-void braid_expect_no_result_at(braid_deferred *d, const char *file, int line) {
+void braid_deferred_expect_no_result_at(braid_deferred *d, const char *file, int line) {
     if (!braid__deferred_has_result(d)) return;
     char what[768], msg[1024];
     describe(d, what, sizeof what);

@@ -5,6 +5,8 @@
 #include "base/base.h"
 #include <braid/dgram.h>
 #include <braid/endpoint.h>
+#include <limits.h>
+#include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -112,7 +114,19 @@ static int parse(const char *desc, braid_endpoint *ep, bool server, char *err, s
     if (!strcmp(kind, "tcp")) ep->kind = BRAID_ENDPOINT_TCP;
     else if (!strcmp(kind, "tcp6")) ep->kind = BRAID_ENDPOINT_TCP6;
     else if (!strcmp(kind, "unix")) ep->kind = BRAID_ENDPOINT_UNIX;
-    else return bad(err, errlen, desc, "unknown endpoint type '%s' (want tcp, tcp6 or unix)", kind);
+    else if (!strcmp(kind, "fd")) {
+        /* fd:N — a listening descriptor made elsewhere (socket activation) */
+        if (!server) return bad(err, errlen, desc, "'fd' is a server endpoint only");
+        if (fs.n != 2) return bad(err, errlen, desc, "want fd:N");
+        const char *v = fs.f[1];
+        if (!strncmp(v, "fileno=", 7)) v += 7;
+        long n;
+        if (!parse_int(v, 0, INT_MAX, 10, &n)) return bad(err, errlen, desc, "bad descriptor '%s'", v);
+        ep->kind = BRAID_ENDPOINT_FD;
+        ep->fd = (int)n;
+        return 0;
+    }
+    else return bad(err, errlen, desc, "unknown endpoint type '%s' (want tcp, tcp6, unix or fd)", kind);
     bool is_unix = ep->kind == BRAID_ENDPOINT_UNIX;
     bool have_port = false, have_host = false, have_path = false;
     int npos = 0;
@@ -167,7 +181,7 @@ static int parse(const char *desc, braid_endpoint *ep, bool server, char *err, s
             if (!parse_int(val, 0, 07777, 8, &v)) return bad(err, errlen, desc, "bad mode '%s' (octal)", val);
             ep->mode = (int)v;
         } else if (!strcmp(key, "timeout") && !server) {
-            if (!parse_seconds(val, &ep->timeout_ns))
+            if (!parse_seconds(val, &ep->timeout))
                 return bad(err, errlen, desc, "bad timeout '%s' (seconds > 0)", val);
         } else if (!strcmp(key, "bindAddress") && !server && !is_unix) {
             char tmp[FIELD_LEN];
@@ -204,10 +218,13 @@ int braid_endpoint_parse_client(const char *desc, braid_endpoint *ep, char *err,
     return parse(desc, ep, false, err, errlen);
 }
 
-braid_deferred *braid_endpoint_listen(braid_loop *loop, const braid_endpoint *ep, braid_factory *f) {
+braid_deferred *braid_endpoint_listen_typed(braid_loop *loop, const braid_endpoint *ep, braid_factory *f) {
     braid_listener *l = NULL;
     int rc;
-    if (ep->kind == BRAID_ENDPOINT_UNIX) {
+    if (ep->kind == BRAID_ENDPOINT_FD) {
+        rc = braid_listen_adopt(loop, ep->fd, f, &l);
+        if (rc < 0) return braid_deferred_fail(loop, braid_failure_new(rc, "listen on fd %d", ep->fd));
+    } else if (ep->kind == BRAID_ENDPOINT_UNIX) {
         braid_unix_listen_options o = { .path = ep->path, .mode = ep->mode, .backlog = ep->backlog };
         rc = braid_unix_listen(loop, &o, f, &l);
     } else {
@@ -217,36 +234,85 @@ braid_deferred *braid_endpoint_listen(braid_loop *loop, const braid_endpoint *ep
         rc = braid_tcp_listen(loop, &o, f, &l);
     }
     if (rc < 0) {
-        return braid_fail(loop, braid_failure_new(rc, "listen on %s %s:%d", ep->kind == BRAID_ENDPOINT_UNIX ? "unix" : "tcp",
+        return braid_deferred_fail(loop, braid_failure_new(rc, "listen on %s %s:%d", ep->kind == BRAID_ENDPOINT_UNIX ? "unix" : "tcp",
                                                   ep->kind == BRAID_ENDPOINT_UNIX ? ep->path : ep->host,
                                                   ep->port));
     }
-    braid_deferred *d = braid_succeed(loop, l, NULL);
-    if (!d) braid_listener_close(l);   /* braid_succeed only fails without memory */
+    braid_deferred *d = braid_deferred_succeed(loop, l, NULL);
+    if (!d) braid_listener_close(l);   /* braid_deferred_succeed only fails without memory */
     return d;
 }
 
-braid_deferred *braid_endpoint_connect(braid_loop *loop, const braid_endpoint *ep, braid_factory *f) {
-    if (ep->kind == BRAID_ENDPOINT_UNIX) return braid_unix_connect(loop, ep->path, ep->timeout_ns, f);
+braid_deferred *braid_endpoint_connect_typed(braid_loop *loop, const braid_endpoint *ep, braid_factory *f) {
+    if (ep->kind == BRAID_ENDPOINT_FD)
+        return braid_deferred_fail(loop, braid_failure_new(BRAID_EBAD_ENDPOINT, "an fd endpoint only listens"));
+    if (ep->kind == BRAID_ENDPOINT_UNIX) return braid_unix_connect(loop, ep->path, ep->timeout, f);
     braid_tcp_connect_options o = {
-        .host = ep->host, .port = ep->port, .timeout_ns = ep->timeout_ns,
+        .host = ep->host, .port = ep->port, .timeout = ep->timeout,
         .bind_host = ep->bind_host[0] ? ep->bind_host : NULL, .bind_port = ep->bind_port,
         .family = ep->kind == BRAID_ENDPOINT_TCP6 ? AF_INET6 : 0 };
     return braid_tcp_connect(loop, &o, f);
 }
 
-braid_deferred *braid_listen(braid_loop *loop, const char *desc, braid_factory *f) {
+/* ---- registered kinds ------------------------------------------------------------------ */
+/* Pushed under the lock, read without it (a type is never removed). */
+static braid_endpoint_type *types;   /* __atomic builtins */
+static pthread_mutex_t types_lock = PTHREAD_MUTEX_INITIALIZER;
+
+static bool builtin_kind(const char *name, size_t len) {
+    static const char *const builtin[] = { "tcp", "tcp6", "unix", "fd" };
+    for (size_t i = 0; i < sizeof builtin / sizeof builtin[0]; i++)
+        if (strlen(builtin[i]) == len && !memcmp(builtin[i], name, len)) return true;
+    return false;
+}
+
+int braid_endpoint_type_register(braid_endpoint_type *t) {
+    if (!t || !t->name || !*t->name) return BRAID_EINVAL;
+    if (builtin_kind(t->name, strlen(t->name))) return BRAID_EEXIST;
+    pthread_mutex_lock(&types_lock);
+    int rc = 0;
+    for (braid_endpoint_type *r = types; r; r = r->next) {
+        if (r == t) goto out;
+        if (!strcmp(r->name, t->name)) { rc = BRAID_EEXIST; goto out; }
+    }
+    t->next = types;
+    __atomic_store_n(&types, t, __ATOMIC_RELEASE);
+out:
+    pthread_mutex_unlock(&types_lock);
+    return rc;
+}
+
+/* The registered type named by desc's first field, or NULL. */
+static const braid_endpoint_type *type_of(const char *desc) {
+    if (!desc) return NULL;
+    size_t len = strcspn(desc, ":\\");
+    if (builtin_kind(desc, len)) return NULL;
+    for (const braid_endpoint_type *t = __atomic_load_n(&types, __ATOMIC_ACQUIRE); t; t = t->next)
+        if (strlen(t->name) == len && !memcmp(t->name, desc, len)) return t;
+    return NULL;
+}
+
+static braid_deferred *no_side(braid_loop *loop, const char *desc, bool server) {
+    return braid_deferred_fail(loop, braid_failure_new(BRAID_EBAD_ENDPOINT, "endpoint '%s': this kind has no %s",
+                                                       desc, server ? "servers" : "clients"));
+}
+
+braid_deferred *braid_endpoint_listen(braid_loop *loop, const char *desc, braid_factory *f) {
+    const braid_endpoint_type *t = type_of(desc);
+    if (t) return t->listen ? t->listen(loop, desc, f) : no_side(loop, desc, true);
     braid_endpoint ep;
     char err[256];
     int rc = braid_endpoint_parse_server(desc, &ep, err, sizeof err);
-    if (rc < 0) return braid_fail(loop, braid_failure_new(rc, "%s", err));
-    return braid_endpoint_listen(loop, &ep, f);
+    if (rc < 0) return braid_deferred_fail(loop, braid_failure_new(rc, "%s", err));
+    return braid_endpoint_listen_typed(loop, &ep, f);
 }
 
-braid_deferred *braid_connect(braid_loop *loop, const char *desc, braid_factory *f) {
+braid_deferred *braid_endpoint_connect(braid_loop *loop, const char *desc, braid_factory *f) {
+    const braid_endpoint_type *t = type_of(desc);
+    if (t) return t->connect ? t->connect(loop, desc, f) : no_side(loop, desc, false);
     braid_endpoint ep;
     char err[256];
     int rc = braid_endpoint_parse_client(desc, &ep, err, sizeof err);
-    if (rc < 0) return braid_fail(loop, braid_failure_new(rc, "%s", err));
-    return braid_endpoint_connect(loop, &ep, f);
+    if (rc < 0) return braid_deferred_fail(loop, braid_failure_new(rc, "%s", err));
+    return braid_endpoint_connect_typed(loop, &ep, f);
 }

@@ -227,7 +227,7 @@ static void sleep_done(braid_timer *t, void *arg);
 
 /* ---- spawn and cancel --------------------------------------------------------------------- */
 static braid_result cancelled_failure(void) {
-    return braid_errf(BRAID_ECANCELED, "fiber cancelled");
+    return braid_result_errf(BRAID_ECANCELED, "fiber cancelled");
 }
 
 /* The spawn Deferred's canceller. It does not fire d (the fiber may still
@@ -257,7 +257,7 @@ static void fiber_cancel(braid_deferred *d, void *arg) {
     }
 }
 
-braid_deferred *braid_fiber_spawn(braid_loop *loop, braid_fiber_fn fn, void *arg,
+braid_deferred *braid_fiber_spawn(braid_loop *loop, braid_result_fn fn, void *arg,
                                   const braid_fiber_options *opts) {
     if (!loop || !fn) return NULL;
     braid__fstate *st = fstate_get(loop);
@@ -317,7 +317,7 @@ braid_deferred *braid_fiber_spawn(braid_loop *loop, braid_fiber_fn fn, void *arg
 static braid_result drop_all(braid_result r, void *arg) {
     BRAID__UNUSED(arg);
     braid_result_drop(r);
-    return braid_ok(NULL);
+    return braid_result_ok(NULL);
 }
 
 /* We hold d's consumer reference but will not wait for it: cancel it, make
@@ -331,7 +331,7 @@ static void abandon(braid_deferred *d) {
         braid_deferred_cancel(d);
         if (braid_deferred_take(d, &r) == 0) braid_result_drop(r);
     }
-    braid_deferred_release(d);
+    braid_deferred_unref(d);
 }
 
 /* The awaited Deferred fired: park its result in the fiber and queue the
@@ -350,8 +350,8 @@ static braid_result await_done(braid_result r, void *arg) {
     }
     f->result = r;
     schedule(f, BRAID__F_RUNNABLE);
-    braid_deferred_release(d);
-    return braid_ok(NULL);
+    braid_deferred_unref(d);
+    return braid_result_ok(NULL);
 }
 
 static inline braid_fiber *current_of(braid_loop *loop) {
@@ -359,13 +359,13 @@ static inline braid_fiber *current_of(braid_loop *loop) {
     return st ? st->current : NULL;
 }
 
-braid_result braid_await(braid_deferred *d) {
+braid_result braid_fiber_await(braid_deferred *d) {
     if (BRAID__UNLIKELY(!d))
-        return braid_errf(BRAID_ENOMEM, "braid_await: no Deferred (its producer ran out of memory)");
+        return braid_result_errf(BRAID_ENOMEM, "braid_fiber_await: no Deferred (its producer ran out of memory)");
     braid_fiber *f = current_of(braid_deferred_loop(d));
     if (BRAID__UNLIKELY(!f)) {
         abandon(d);
-        return braid_errf(BRAID_ENOT_IN_FIBER, "braid_await called outside a fiber");
+        return braid_result_errf(BRAID_ENOT_IN_FIBER, "braid_fiber_await called outside a fiber");
     }
     if (BRAID__UNLIKELY(f->cancel_pending)) {
         f->cancel_pending = false;
@@ -374,12 +374,12 @@ braid_result braid_await(braid_deferred *d) {
     }
     braid_result r;
     if (braid_deferred_take(d, &r) == 0) {   /* already fired: no switch */
-        braid_deferred_release(d);
+        braid_deferred_unref(d);
         return r;
     }
     if (BRAID__UNLIKELY(braid_deferred_add_both(d, await_done, f) < 0)) {
         abandon(d);
-        return braid_errf(BRAID_ENOMEM, "braid_await: no memory to wait");
+        return braid_result_errf(BRAID_ENOMEM, "braid_fiber_await: no memory to wait");
     }
     f->awaiting = d;
     f->state = BRAID__F_AWAIT;
@@ -389,15 +389,15 @@ braid_result braid_await(braid_deferred *d) {
     return r;
 }
 
-braid_result braid_await_timeout(braid_deferred *d, uint64_t ns) {
+braid_result braid_fiber_await_timeout(braid_deferred *d, uint64_t ns) {
     if (d && ns != BRAID_FOREVER) {
         int rc = braid_deferred_add_timeout(d, ns);
         if (BRAID__UNLIKELY(rc < 0)) {
             abandon(d);
-            return braid_errf(rc, "braid_await_timeout: no memory for the timeout");
+            return braid_result_errf(rc, "braid_fiber_await_timeout: no memory for the timeout");
         }
     }
-    return braid_await(d);
+    return braid_fiber_await(d);
 }
 
 /* ---- sleep and yield ------------------------------------------------------------------ */
@@ -466,7 +466,7 @@ void braid__fiber_unpark(braid_fiber *f, int rc) {
 /* ---- queries ---------------------------------------------------------------------------- */
 braid_fiber *braid_fiber_current(braid_loop *loop) { return current_of(loop); }
 const char *braid_fiber_name(const braid_fiber *f) { return f->name; }
-bool braid_fiber_cancelled(const braid_fiber *f) { return f->cancelled; }
+bool braid_fiber_is_cancelled(const braid_fiber *f) { return f->cancelled; }
 
 size_t braid_fiber_count(braid_loop *loop) {
     braid__fstate *st = fstate_peek(loop);
@@ -488,7 +488,7 @@ int braid_fiber_set_pool_max(braid_loop *loop, size_t max) {
 static braid_result pingpong(void *arg) {
     braid_fiber *f = arg;
     while (!f->cancel_pending) switch_out(f, false);
-    return braid_ok(NULL);
+    return braid_result_ok(NULL);
 }
 
 /* n round trips (2n switches) between the caller and a bare fiber, with no

@@ -43,7 +43,7 @@ enum braid__fiber_state {
     BRAID__F_NEW,        /* spawned, start queued */
     BRAID__F_RUNNABLE,   /* resume queued in the ready phase */
     BRAID__F_RUNNING,
-    BRAID__F_AWAIT,      /* blocked in braid_await (awaiting set) */
+    BRAID__F_AWAIT,      /* blocked in braid_fiber_await (awaiting set) */
     BRAID__F_SLEEP,      /* blocked in braid_fiber_sleep (timer armed) */
     BRAID__F_DONE,       /* fn returned; its result waits in `result` */
     BRAID__F_PARK,       /* blocked in braid__fiber_park (timer armed if a timeout) */
@@ -65,7 +65,7 @@ struct braid_fiber {
     bool cancel_pending;         /* a cancellation not yet delivered */
     bool cancelled;              /* the spawn Deferred was cancelled */
     int wake_rc;                 /* what sleep/yield return */
-    braid_fiber_fn fn;
+    braid_result_fn fn;
     void *arg;
     braid_deferred *d;           /* the spawn Deferred (producer side); NULL once cancelled */
     braid_deferred *awaiting;    /* while BRAID__F_AWAIT (we hold its consumer reference) */

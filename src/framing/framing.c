@@ -11,7 +11,7 @@
 #include <braid/framing.h>
 #include <string.h>
 
-static void init(braid_framer *f, braid_frame_kind kind, size_t max, braid_frame_cb cb, void *ctx) {
+static void init(braid_framer *f, braid_framer_kind kind, size_t max, braid_framer_fn cb, void *ctx) {
     memset(f, 0, sizeof *f);
     f->kind = kind;
     f->max = max;
@@ -19,28 +19,28 @@ static void init(braid_framer *f, braid_frame_kind kind, size_t max, braid_frame
     f->ctx = ctx;
 }
 
-int braid_framer_init_line(braid_framer *f, const char *delim, size_t max, braid_frame_cb cb,
+int braid_framer_init_line(braid_framer *f, const char *delim, size_t max, braid_framer_fn cb,
                            void *ctx) {
     if (!delim) delim = "\r\n";
     size_t n = strlen(delim);
-    init(f, BRAID_FRAME_LINE, max, cb, ctx);
+    init(f, BRAID_FRAMER_LINE, max, cb, ctx);
     if (n == 0 || n > sizeof f->delim) { f->error = BRAID_EINVAL; return BRAID_EINVAL; }
     memcpy(f->delim, delim, n);
     f->delim_len = n;
     return 0;
 }
 
-void braid_framer_init_u32(braid_framer *f, size_t max, braid_frame_cb cb, void *ctx) {
-    init(f, BRAID_FRAME_U32, max > UINT32_MAX ? UINT32_MAX : max, cb, ctx);
+void braid_framer_init_u32(braid_framer *f, size_t max, braid_framer_fn cb, void *ctx) {
+    init(f, BRAID_FRAMER_U32, max > UINT32_MAX ? UINT32_MAX : max, cb, ctx);
 }
 
-void braid_framer_init_netstring(braid_framer *f, size_t max, braid_frame_cb cb, void *ctx) {
-    init(f, BRAID_FRAME_NETSTRING, max, cb, ctx);
+void braid_framer_init_netstring(braid_framer *f, size_t max, braid_framer_fn cb, void *ctx) {
+    init(f, BRAID_FRAMER_NETSTRING, max, cb, ctx);
 }
 
 size_t braid_framer_pending(const braid_framer *f) { return f->len; }
 
-void braid_framer_free(braid_framer *f) {
+void braid_framer_close(braid_framer *f) {
     braid_free(f->buf);
     f->buf = NULL;
     f->len = f->cap = 0;
@@ -115,9 +115,9 @@ static int parse_netstring(braid_framer *f, const char *p, size_t n, size_t *use
 
 static int parse(braid_framer *f, const char *p, size_t n, size_t scan0, size_t *used) {
     switch (f->kind) {
-    case BRAID_FRAME_LINE: return parse_line(f, p, n, scan0, used);
-    case BRAID_FRAME_U32: return parse_u32(f, p, n, used);
-    case BRAID_FRAME_NETSTRING: return parse_netstring(f, p, n, used);
+    case BRAID_FRAMER_LINE: return parse_line(f, p, n, scan0, used);
+    case BRAID_FRAMER_U32: return parse_u32(f, p, n, used);
+    case BRAID_FRAMER_NETSTRING: return parse_netstring(f, p, n, used);
     }
     return BRAID_EINVAL;
 }
@@ -164,7 +164,7 @@ int braid_framer_feed(braid_framer *f, const void *data, size_t len) {
         memcpy(f->buf, p + used, rest);
         f->len = rest;
     }
-    if (f->len == 0 && f->cap > 64 * 1024) braid_framer_free(f);   /* a burst is over */
+    if (f->len == 0 && f->cap > 64 * 1024) braid_framer_close(f);   /* a burst is over */
     return 0;
 }
 

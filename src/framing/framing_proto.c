@@ -7,13 +7,13 @@
 #include <string.h>
 
 /* ---- encoders ---------------------------------------------------------------------- */
-int braid_frame_write_line(braid_transport *t, const char *delim, const void *data, size_t len) {
+int braid_framing_write_line(braid_transport *t, const char *delim, const void *data, size_t len) {
     if (!delim) delim = "\r\n";
     struct iovec v[2] = { { (void *)data, len }, { (void *)delim, strlen(delim) } };
     return braid_transport_writev(t, v, 2);
 }
 
-int braid_frame_write_u32(braid_transport *t, const void *data, size_t len) {
+int braid_framing_write_u32(braid_transport *t, const void *data, size_t len) {
     if (len > UINT32_MAX) return BRAID_EMSGSIZE;
     unsigned char h[4] = { (unsigned char)(len >> 24), (unsigned char)(len >> 16),
                            (unsigned char)(len >> 8), (unsigned char)len };
@@ -21,7 +21,7 @@ int braid_frame_write_u32(braid_transport *t, const void *data, size_t len) {
     return braid_transport_writev(t, v, 2);
 }
 
-int braid_frame_write_netstring(braid_transport *t, const void *data, size_t len) {
+int braid_framing_write_netstring(braid_transport *t, const void *data, size_t len) {
     char h[24];
     int k = 0;
     char digits[24];
@@ -33,15 +33,15 @@ int braid_frame_write_netstring(braid_transport *t, const void *data, size_t len
     return braid_transport_writev(t, v, 3);
 }
 
-void braid_framed_data_received(braid_protocol *p, const void *buf, size_t len) {
-    braid_framed_protocol *fp = (braid_framed_protocol *)p;
+void braid_framing_protocol_data_received(braid_protocol *p, const void *buf, size_t len) {
+    braid_framing_protocol *fp = (braid_framing_protocol *)p;
     int rc = braid_framer_feed(&fp->framer, buf, len);
     if (rc == BRAID_EMSGSIZE || rc == BRAID_EPROTO_INPUT || rc == BRAID_ENOMEM) {
-        braid_framer_free(&fp->framer);
+        braid_framer_close(&fp->framer);
         if (p->transport) braid_transport_abort_with(p->transport, rc);
     }
 }
 
-void braid_framed_destroy(braid_protocol *p) {
-    braid_framer_free(&((braid_framed_protocol *)p)->framer);
+void braid_framing_protocol_destroy(braid_protocol *p) {
+    braid_framer_close(&((braid_framing_protocol *)p)->framer);
 }

@@ -357,7 +357,7 @@ int braid_fstream_shutdown_write(braid_fstream *s) {
 
 int braid_fstream_close(braid_fstream *s, uint64_t timeout_ns) {
     braid_transport *t = s->base.transport;
-    if (t && !s->lost) braid_transport_lose_connection(t);
+    if (t && !s->lost) braid_transport_close(t, BRAID_FOREVER);
     if (!s->loop || !braid_fiber_current(s->loop)) return 0;
     uint64_t deadline = deadline_of(s, timeout_ns);
     while (s->base.transport && !s->lost) {
@@ -377,10 +377,12 @@ void braid_fstream_abort(braid_fstream *s) {
 }
 
 /* ---- objects ------------------------------------------------------------------------------- */
-braid_fstream *braid_fstream_new(braid_loop *loop) {
+int braid_fstream_new(braid_loop *loop, braid_fstream **out) {
     braid_fstream *s = fs_alloc(loop);
-    if (s) s->refs++;              /* the caller's */
-    return s;
+    if (!s) return BRAID_ENOMEM;
+    s->refs++;                     /* the caller's */
+    *out = s;
+    return 0;
 }
 
 braid_protocol *braid_fstream_protocol(braid_fstream *s) { return &s->base; }
@@ -391,7 +393,7 @@ braid_transport *braid_fstream_transport(braid_fstream *s) {
 
 void braid_fstream_free(braid_fstream *s) {
     if (!s) return;
-    if (s->base.transport && !s->lost) braid_transport_lose_connection(s->base.transport);
+    if (s->base.transport && !s->lost) braid_transport_close(s->base.transport, BRAID_FOREVER);
     if (!s->attached) s->refs--;   /* never attached: no destroy will come */
     fs_release(s);
 }
@@ -420,7 +422,7 @@ static braid_result claim(braid_result r, void *arg) {
     (void)arg;
     braid_fstream *s = r.value;
     s->refs++;
-    return braid_ok_owned(s, claim_drop);
+    return braid_result_ok_owned(s, claim_drop);
 }
 
 int braid_fstream_connect(braid_loop *loop, const char *endpoint, uint64_t timeout_ns,
@@ -436,16 +438,16 @@ int braid_fstream_connect(braid_loop *loop, const char *endpoint, uint64_t timeo
             return BRAID_ENOMEM;
         }
     }
-    braid_deferred *d = braid_connect(loop, endpoint, f);
+    braid_deferred *d = braid_endpoint_connect(loop, endpoint, f);
     if (!d) return BRAID_ENOMEM;
     if (braid_deferred_add_callback(d, claim, NULL) < 0) {
         braid_result r;
         braid_deferred_cancel(d);
         if (braid_deferred_take(d, &r) == 0) braid_result_drop(r);
-        braid_deferred_release(d);
+        braid_deferred_unref(d);
         return BRAID_ENOMEM;
     }
-    braid_result r = braid_await_timeout(d, timeout_ns);
+    braid_result r = braid_fiber_await_timeout(d, timeout_ns);
     if (r.failure) {
         int code = r.failure->code;
         if (code == BRAID_EBAD_ENDPOINT) {
@@ -499,9 +501,9 @@ static braid_result conn_main(void *arg) {
     s->fiber_d = NULL;
     braid_result r;
     if (braid_deferred_take(d, &r) == 0) braid_result_drop(r);
-    braid_deferred_release(d);
+    braid_deferred_unref(d);
     braid_fstream_free(s);           /* graceful close; the fiber's reference */
-    return braid_ok(NULL);
+    return braid_result_ok(NULL);
 }
 
 static void start_handler(braid_fstream *s) {
@@ -525,8 +527,8 @@ static void start_handler(braid_fstream *s) {
     ff->nconns++;
 }
 
-void braid_fstream_factory_init(braid_fstream_factory *ff, braid_loop *loop,
-                                braid_fstream_handler handler, void *arg,
+void braid_fstream_factory_init(braid_loop *loop, braid_fstream_factory *ff,
+                                braid_fstream_handler_fn handler, void *arg,
                                 const braid_fiber_options *fopts) {
     memset(ff, 0, sizeof *ff);
     ff->base.build_protocol = server_build;

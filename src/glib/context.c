@@ -94,7 +94,7 @@ static bg_watch *watch_get(braid_glib_context *gc, int fd) {
     if (rc < 0) {
         /* BRAID_EEXIST: braid itself watches this fd (a program that hands
          * one descriptor to both loops); GLib's source on it will not wake. */
-        braid_log(gc->loop, BRAID_LOG_WARN, "braid_glib_context: cannot watch GLib's fd %d: %s", fd,
+        braid_loop_log(gc->loop, BRAID_LOG_WARN, "braid_glib_context: cannot watch GLib's fd %d: %s", fd,
                   braid_strerror(rc));
         free(bw);
         return NULL;
@@ -111,15 +111,15 @@ static void watch_drop(braid_glib_context *gc, bg_watch *bw) {
 }
 
 static unsigned from_gio(gushort events) {
-    return ((events & (G_IO_IN | G_IO_PRI)) ? BRAID_READ : 0u) | ((events & G_IO_OUT) ? BRAID_WRITE : 0u);
+    return ((events & (G_IO_IN | G_IO_PRI)) ? BRAID_WATCH_READ : 0u) | ((events & G_IO_OUT) ? BRAID_WATCH_WRITE : 0u);
 }
 
 static gushort to_gio(unsigned seen, gushort wanted) {
     gushort r = 0;
-    if (seen & BRAID_READ) r |= wanted & (G_IO_IN | G_IO_PRI);
-    if (seen & BRAID_WRITE) r |= wanted & G_IO_OUT;
-    if (seen & BRAID_ERROR) r |= G_IO_ERR;
-    if (seen & BRAID_HUP) r |= G_IO_HUP;
+    if (seen & BRAID_WATCH_READ) r |= wanted & (G_IO_IN | G_IO_PRI);
+    if (seen & BRAID_WATCH_WRITE) r |= wanted & G_IO_OUT;
+    if (seen & BRAID_WATCH_ERROR) r |= G_IO_ERR;
+    if (seen & BRAID_WATCH_HUP) r |= G_IO_HUP;
     return r;
 }
 
@@ -144,13 +144,13 @@ static void watch_sync(braid_glib_context *gc) {
         }
         bw->wanted = false;
         bw->seen = 0;
-        braid_watch_set(&bw->w, bw->mask);
+        braid_watch_set_interest(&bw->w, bw->mask);
     }
 }
 
 static void watch_mute_all(braid_glib_context *gc) {
     for (size_t fd = 0; fd < gc->nbyfd; fd++)
-        if (gc->byfd[fd]) braid_watch_set(&gc->byfd[fd]->w, 0);
+        if (gc->byfd[fd]) braid_watch_set_interest(&gc->byfd[fd]->w, 0);
     braid_timer_stop(&gc->timer);
 }
 

@@ -73,7 +73,7 @@ static uint64_t mono_ns(void) {
 }
 
 static GIOCondition to_gio(unsigned events) {
-    return (GIOCondition)(((events & BRAID_READ) ? G_IO_IN : 0) | ((events & BRAID_WRITE) ? G_IO_OUT : 0));
+    return (GIOCondition)(((events & BRAID_WATCH_READ) ? G_IO_IN : 0) | ((events & BRAID_WATCH_WRITE) ? G_IO_OUT : 0));
 }
 
 static bool is_passive(braid_glib_source *s) {
@@ -247,7 +247,7 @@ static gboolean bg_dispatch(GSource *g, GSourceFunc cb, gpointer data) {
     (void)data;
     if (!s || s->freed) return G_SOURCE_CONTINUE;
     s->depth++;
-    int rc = braid_loop_run_once(s->loop, BRAID_RUN_NOWAIT);
+    int rc = braid_loop_run_once(s->loop, BRAID_LOOP_RUN_NOWAIT);
     s->depth--;
     if (s->freed) {
         if (s->depth == 0) destroy_now(s);
@@ -255,7 +255,7 @@ static gboolean bg_dispatch(GSource *g, GSourceFunc cb, gpointer data) {
     }
     if (rc < 0 && !s->logged_failure) {
         s->logged_failure = true;
-        braid_log(s->loop, BRAID_LOG_ERROR, "braid_glib_source: the loop's poller failed: %s",
+        braid_loop_log(s->loop, BRAID_LOG_ERROR, "braid_glib_source: the loop's poller failed: %s",
                   braid_strerror(rc));
     }
     return G_SOURCE_CONTINUE;

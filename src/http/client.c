@@ -50,7 +50,7 @@ struct braid_http_client {
     hc_req *reqs;                  /* requests in flight (doubly linked) */
     size_t conns;                  /* protocols alive (built, not yet destroyed) */
     bool closing;
-    braid_http_client_stats st;
+    struct braid_http_client_stats st;
 };
 
 struct hc_pool {
@@ -121,7 +121,7 @@ struct hc_req {
     size_t body_len;
     bool chunked, has_body;
     /* streamed upload */
-    braid_http_source_fn source;
+    braid_http_upload_cb source;
     int upload;                    /* UP_NONE, UP_SENDING, UP_ENDED */
     uint64_t up_len, up_sent;      /* up_len UINT64_MAX: chunked */
     braid_producer producer;
@@ -130,8 +130,8 @@ struct hc_req {
     size_t wire_len;
     uint64_t max_body, t_connect, t_headers, t_body;
     int max_redirects, redirects;
-    braid_http_body_fn on_body;
-    braid_http_end_fn on_end;
+    braid_http_client_body_cb on_body;
+    braid_http_client_end_cb on_end;
     void *arg;
     /* the response */
     braid_http_client_response *resp;
@@ -416,7 +416,7 @@ static void conn_close(hc_conn *k, bool clean) {
     k->state = CONN_CLOSING;
     k->req = NULL;
     if (k->lost || !k->base.transport) return;
-    if (clean) braid_transport_lose_connection(k->base.transport);
+    if (clean) braid_transport_close(k->base.transport, BRAID_FOREVER);
     else braid_transport_abort(k->base.transport);
 }
 
@@ -680,7 +680,7 @@ static void req_fail(hc_req *q, int code, braid_failure *cause, const char *fmt,
         braid_deferred *cd = q->connect_d;
         q->connect_d = NULL;
         braid_deferred_cancel(cd);
-        braid_deferred_release(cd);
+        braid_deferred_unref(cd);
     }
     upload_detach(q);
     if (q->conn) {
@@ -877,10 +877,10 @@ static braid_result on_connected(braid_result r, void *arg) {
     braid_deferred *cd = q->connect_d;
     if (!cd) {   /* stale: the request ended while connecting */
         braid_result_drop(r);
-        return braid_ok(NULL);
+        return braid_result_ok(NULL);
     }
     q->connect_d = NULL;
-    braid_deferred_release(cd);
+    braid_deferred_unref(cd);
     hc_conn *k = r.value;
     braid_result_drop(r);
     if (k->lost || k->state != CONN_CONNECTING) {
@@ -892,7 +892,7 @@ static braid_result on_connected(braid_result r, void *arg) {
         }
         attach(q, k);
     }
-    return braid_ok(NULL);
+    return braid_result_ok(NULL);
 }
 
 static braid_result on_connect_failed(braid_result r, void *arg) {
@@ -900,15 +900,15 @@ static braid_result on_connect_failed(braid_result r, void *arg) {
     braid_deferred *cd = q->connect_d;
     if (!cd) {   /* our own cancel of a connect the request no longer needs */
         braid_result_drop(r);
-        return braid_ok(NULL);
+        return braid_result_ok(NULL);
     }
     q->connect_d = NULL;
-    braid_deferred_release(cd);
+    braid_deferred_unref(cd);
     braid_failure *f = r.failure;
     r.failure = NULL;
     braid_result_drop(r);
     req_fail(q, f->code, f, "cannot connect to %s:%d", q->host, q->port);
-    return braid_ok(NULL);
+    return braid_result_ok(NULL);
 }
 
 /* Run q (again): on an idle pooled connection if there is one (unless this
@@ -919,7 +919,7 @@ static void req_start(hc_req *q) {
     q->got_bytes = false;
     if (q->https && !c->tls) {
         char err[256] = "";
-        int rc = braid_tls_ctx_new(&c->tls, BRAID_TLS_CLIENT, &(braid_tls_options){ 0 }, err, sizeof err);
+        int rc = braid_tls_ctx_new(BRAID_TLS_CLIENT, &(braid_tls_options){ 0 }, err, sizeof err, &c->tls);
         if (rc < 0) {
             c->tls = NULL;
             req_fail(q, rc, NULL, "TLS client context: %s", err);
@@ -965,7 +965,7 @@ static void req_start(hc_req *q) {
     }
     q->connect_d = cd;
     req_ref(q);
-    if (braid_deferred_add_callbacks(cd, on_connected, on_connect_failed, q) < 0) {
+    if (braid_deferred_add(cd, on_connected, on_connect_failed, q) < 0) {
         req_fail(q, BRAID_ENOMEM, NULL, "out of memory connecting");
     }
     req_unref(q);
@@ -1265,7 +1265,7 @@ void braid_http_client_response_resume(braid_http_client_response *r) {
 void braid_http_client_response_abort(braid_http_client_response *r) {
     hc_req *q = live_req(r);
     if (!q) return;
-    braid_http_end_fn end = q->on_end;
+    braid_http_client_end_cb end = q->on_end;
     q->on_end = NULL;   /* the caller knows */
     req_fail(q, BRAID_ECANCELED, NULL, "aborted");
     (void)end;
@@ -1307,10 +1307,9 @@ void braid_http_client_free(braid_http_client *c) {
     client_maybe_free(c);
 }
 
-braid_http_client_stats braid_http_client_get_stats(const braid_http_client *c) {
-    braid_http_client_stats s = c->st;
-    s.active = c->conns;
-    return s;
+void braid_http_client_stats(const braid_http_client *c, struct braid_http_client_stats *out) {
+    *out = c->st;
+    out->active = c->conns;
 }
 
 static void on_cancel(braid_deferred *d, void *arg) {
@@ -1325,14 +1324,14 @@ braid_deferred *braid_http_client_request(braid_http_client *c, const braid_http
     if (!c || !r) return NULL;
     braid_loop *loop = c->loop;
     if (c->closing)
-        return braid_fail(loop, braid_failure_new(BRAID_ESHUTDOWN, "the HTTP client is shutting down"));
+        return braid_deferred_fail(loop, braid_failure_new(BRAID_ESHUTDOWN, "the HTTP client is shutting down"));
     const char *method = r->method ? r->method : "GET";
     if (!is_token(method, strlen(method)))
-        return braid_fail(loop, braid_failure_new(BRAID_EINVAL, "bad HTTP method '%s'", method));
+        return braid_deferred_fail(loop, braid_failure_new(BRAID_EINVAL, "bad HTTP method '%s'", method));
     url_parts u;
     int rc = parse_url(r->url, &u);
     if (rc < 0)
-        return braid_fail(loop, braid_failure_new(rc, "bad URL '%s' (http:// or https://, no userinfo)",
+        return braid_deferred_fail(loop, braid_failure_new(rc, "bad URL '%s' (http:// or https://, no userinfo)",
                                                   r->url ? r->url : "(null)"));
     hc_req *q = braid_calloc(1, sizeof *q);
     if (!q) {
@@ -1396,7 +1395,7 @@ braid_deferred *braid_http_client_request(braid_http_client *c, const braid_http
         int code = oom ? BRAID_ENOMEM : BRAID_EINVAL;
         braid_failure *f = braid_failure_new(code, "HTTP request: %s", oom ? "out of memory" : bad);
         req_unref(q);
-        return braid_fail(loop, f);
+        return braid_deferred_fail(loop, f);
     }
     q->max_body = r->max_body ? r->max_body : c->o.max_body;
     q->max_redirects = r->max_redirects < 0 ? 0 : (r->max_redirects ? r->max_redirects : c->o.max_redirects);

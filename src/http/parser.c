@@ -588,7 +588,7 @@ void braid_http_chunked_init(braid_http_chunked *d, uint64_t max_body) {
     d->state = CH_SIZE;
 }
 
-bool braid_http_chunked_done(const braid_http_chunked *d) {
+bool braid_http_chunked_is_done(const braid_http_chunked *d) {
     return d->state == CH_DONE;
 }
 

@@ -106,12 +106,12 @@ static void refresh_date(braid_http_server *s) {
 
 /* ---- closing ----------------------------------------------------------------------- */
 /* Flush, then close. While the server shuts down with a deadline the close
- * is bounded by it (braid_transport_close_within's escalation: flush, then
+ * is bounded by it (braid_transport_close's escalation: flush, then
  * abort when the deadline passes). */
 static void conn_close(hs_conn *c) {
     braid_http_server *s = c->srv;
     if (s->shutting_down && s->shutdown_deadline) braid__transport_close_at(c->base.transport, s->shutdown_deadline);
-    else braid_transport_lose_connection(c->base.transport);
+    else braid_transport_close(c->base.transport, BRAID_FOREVER);
 }
 
 /* ---- timers ------------------------------------------------------------------------ */
@@ -124,7 +124,7 @@ static void set_timer(hs_conn *c, uint8_t kind) {
                               : kind == HS_T_IDLE ? s->idle_timeout
                                                   : HS_LINGER_NS);
     c->deadline = d;
-    if (!braid_timer_active(&c->timer) || braid_timer_deadline(&c->timer) > d)
+    if (!braid_timer_is_active(&c->timer) || braid_timer_deadline(&c->timer) > d)
         braid_timer_start_at(&c->timer, d);
 }
 
@@ -162,7 +162,7 @@ static bool output_pending(const hs_conn *c) {
 }
 
 static void watch_output(hs_conn *c) {
-    if (c->dead || !c->base.transport || braid_timer_active(&c->wtimer) ||
+    if (c->dead || !c->base.transport || braid_timer_is_active(&c->wtimer) ||
         c->srv->send_timeout == BRAID_FOREVER || !output_pending(c))
         return;
     c->wmark = braid__transport_sent_total(c->base.transport);
@@ -179,7 +179,7 @@ static void on_wtimer(braid_timer *t, void *arg) {
         braid_timer_start_at(&c->wtimer, braid_loop_now_fresh(c->srv->loop) + c->srv->send_timeout);
         return;
     }
-    braid_log(c->srv->loop, BRAID_LOG_INFO,
+    braid_loop_log(c->srv->loop, BRAID_LOG_INFO,
               "http: no write progress for %" PRIu64 " ms (%zu bytes waiting): aborting the connection",
               c->srv->send_timeout / 1000000, braid_transport_buffered(tr));
     braid_transport_abort_with(tr, BRAID_ETIMEDOUT);
@@ -360,7 +360,7 @@ static void respond_miss(hs_conn *c, bool close_after) {
         for (size_t i = 0; i < s->nroutes; i++) {
             const hs_route *r = &s->routes[i];
             if (!r->method) continue;
-            bool match = (r->flags & BRAID_HTTP_PREFIX)
+            bool match = (r->flags & BRAID_HTTP_ROUTE_PREFIX)
                              ? c->req.path_len >= r->path_len && !memcmp(c->req.path, r->path, r->path_len)
                              : c->req.path_len == r->path_len && !memcmp(c->req.path, r->path, r->path_len);
             if (!match || p + r->method_len + 16 > c->xhdr + HS_XHDR_MAX - 8) continue;
@@ -389,7 +389,7 @@ static void route_lookup(hs_conn *c) {
     bool is_head = q->head;
     for (size_t i = 0; i < s->nroutes; i++) {
         const hs_route *r = &s->routes[i];
-        bool exact = !(r->flags & BRAID_HTTP_PREFIX);
+        bool exact = !(r->flags & BRAID_HTTP_ROUTE_PREFIX);
         if (exact ? (q->path_len != r->path_len || memcmp(q->path, r->path, r->path_len))
                   : (q->path_len < r->path_len || memcmp(q->path, r->path, r->path_len)))
             continue;
@@ -422,13 +422,13 @@ static void route_lookup(hs_conn *c) {
     c->req.match_len = best ? best->path_len : 0;
 }
 
-int braid_http_route(braid_http_server *s, const char *method, const char *path, unsigned flags,
-                     braid_http_handler h, void *arg) {
+int braid_http_server_route(braid_http_server *s, const char *method, const char *path, unsigned flags,
+                     braid_http_handler_fn h, void *arg) {
     return braid__http_route_owned(s, method, path, flags, h, arg, NULL);
 }
 
 int braid__http_route_owned(braid_http_server *s, const char *method, const char *path, unsigned flags,
-                            braid_http_handler h, void *arg, void (*arg_free)(void *arg)) {
+                            braid_http_handler_fn h, void *arg, void (*arg_free)(void *arg)) {
     if (!s || !path || path[0] != '/' || !h) return BRAID_EINVAL;
     if (method) {
         if (!*method) return BRAID_EINVAL;
@@ -437,7 +437,7 @@ int braid__http_route_owned(braid_http_server *s, const char *method, const char
     }
     for (size_t i = 0; i < s->nroutes; i++) {
         hs_route *r = &s->routes[i];
-        if (!strcmp(r->path, path) && (r->flags & BRAID_HTTP_PREFIX) == (flags & BRAID_HTTP_PREFIX) &&
+        if (!strcmp(r->path, path) && (r->flags & BRAID_HTTP_ROUTE_PREFIX) == (flags & BRAID_HTTP_ROUTE_PREFIX) &&
             ((!r->method && !method) || (r->method && method && !strcmp(r->method, method))))
             return BRAID_EEXIST;
     }
@@ -448,7 +448,7 @@ int braid__http_route_owned(braid_http_server *s, const char *method, const char
         s->routes = nr;
         s->caproutes = cap;
     }
-    hs_route r = { .flags = flags & BRAID_HTTP_PREFIX, .h = h, .arg = arg, .arg_free = arg_free };
+    hs_route r = { .flags = flags & BRAID_HTTP_ROUTE_PREFIX, .h = h, .arg = arg, .arg_free = arg_free };
     r.path = braid_strdup(path);
     r.method = method ? braid_strdup(method) : NULL;
     if (!r.path || (method && !r.method)) {
@@ -536,10 +536,10 @@ static void dispatch(hs_conn *c) {
     braid_deferred *d = c->route->h(&c->req, c->route->arg);
     if (d) {
         if (c->state != HS_HANDLER) {
-            braid_log(s->loop, BRAID_LOG_ERROR, "http: handler answered and returned a Deferred; "
+            braid_loop_log(s->loop, BRAID_LOG_ERROR, "http: handler answered and returned a Deferred; "
                                                 "the Deferred is cancelled");
             braid_deferred_cancel(d);
-            braid_deferred_release(d);
+            braid_deferred_unref(d);
             return;
         }
         c->state = HS_DEFERRED;
@@ -549,14 +549,14 @@ static void dispatch(hs_conn *c) {
             c->pending = NULL;
             c->holds--;
             braid_deferred_cancel(d);
-            braid_deferred_release(d);
+            braid_deferred_unref(d);
             c->state = HS_HANDLER;
             respond_error(c, 500);
         }
         return;
     }
     if (c->state == HS_HANDLER) {
-        braid_log(s->loop, BRAID_LOG_ERROR, "http: handler for %.*s returned without answering",
+        braid_loop_log(s->loop, BRAID_LOG_ERROR, "http: handler for %.*s returned without answering",
                   (int)c->req.path_len, c->req.path);
         c->xhdr_len = 0;
         respond_status(c, 500, false);
@@ -571,7 +571,7 @@ static braid_result on_answer(braid_result r, void *arg) {
         if (r.failure) {
             char buf[256];
             braid_failure_format(r.failure, buf, sizeof buf);
-            braid_log(c->srv->loop, BRAID_LOG_WARN, "http: handler failed: %s", buf);
+            braid_loop_log(c->srv->loop, BRAID_LOG_WARN, "http: handler failed: %s", buf);
             c->xhdr_len = 0;
             respond_status(c, 500, false);       /* the request was read whole: keep the connection */
         } else if (!r.value) {
@@ -579,14 +579,14 @@ static braid_result on_answer(braid_result r, void *arg) {
             respond_status(c, 500, false);
         } else {
             c->state = HS_DEFERRED;
-            braid_http_respond_response(&c->req, r.value);
+            braid_http_request_respond_response(&c->req, r.value);
         }
     }
     braid_result_drop(r);
-    if (d) braid_deferred_release(d);
+    if (d) braid_deferred_unref(d);
     c->holds--;
     conn_maybe_free(c);
-    return braid_ok(NULL);
+    return braid_result_ok(NULL);
 }
 
 /* The continuation after an asynchronous answer finished. */
@@ -956,7 +956,7 @@ static void hs_eof(braid_protocol *p) {
     case HS_STREAMING:
     case HS_FILE:
         if (c->srv->allow_half_close) return;
-        braid_log(c->srv->loop, BRAID_LOG_DEBUG, "http: the client closed while its answer was pending");
+        braid_loop_log(c->srv->loop, BRAID_LOG_DEBUG, "http: the client closed while its answer was pending");
         braid_transport_abort(p->transport);
         return;
     default:
@@ -998,7 +998,7 @@ static void hs_lost(braid_protocol *p, const braid_failure *reason) {
     if (--s->nconns == 0 && s->shutting_down) shutdown_timer_stop(s);
     /* c stays allocated during connection_lost (the transport still points
      * at it), whatever the hook or the cancel release. */
-    braid_http_lost_fn fn = c->lost_fn;
+    braid_http_request_lost_cb fn = c->lost_fn;
     c->lost_fn = NULL;
     if (fn && (c->state == HS_DEFERRED || c->state == HS_STREAMING || c->state == HS_FILE))
         fn(&c->req, c->lost_arg);
@@ -1049,7 +1049,7 @@ static bool may_answer(hs_conn *c) {
     return !c->answered && (c->state == HS_HANDLER || c->state == HS_DEFERRED);
 }
 
-int braid_http_add_header(braid_http_request *req, const char *name, const char *value) {
+int braid_http_request_add_header(braid_http_request *req, const char *name, const char *value) {
     hs_conn *c = CONN(req);
     if (!valid_field(name, value)) return BRAID_EINVAL;
     size_t nl = strlen(name), vl = strlen(value);
@@ -1063,7 +1063,7 @@ int braid_http_add_header(braid_http_request *req, const char *name, const char 
     return 0;
 }
 
-int braid_http_respond(braid_http_request *req, int status, const char *content_type,
+int braid_http_request_respond(braid_http_request *req, int status, const char *content_type,
                        const void *body, size_t len) {
     hs_conn *c = CONN(req);
     if (!may_answer(c)) return BRAID_EALREADY_CALLED;
@@ -1073,7 +1073,7 @@ int braid_http_respond(braid_http_request *req, int status, const char *content_
     return rc < 0 ? rc : 0;
 }
 
-int braid_http_respond_file(braid_http_request *req, int status, const char *content_type, int fd,
+int braid_http_request_respond_file(braid_http_request *req, int status, const char *content_type, int fd,
                             uint64_t offset, uint64_t length) {
     hs_conn *c = CONN(req);
     if (fd < 0) return BRAID_EINVAL;
@@ -1095,7 +1095,7 @@ int braid_http_respond_file(braid_http_request *req, int status, const char *con
     return 0;
 }
 
-int braid_http_respond_response(braid_http_request *req, const braid_http_response *r) {
+int braid_http_request_respond_response(braid_http_request *req, const braid_http_response *r) {
     hs_conn *c = CONN(req);
     if (!may_answer(c)) return BRAID_EALREADY_CALLED;
     if (r->headers_len) {
@@ -1103,10 +1103,10 @@ int braid_http_respond_response(braid_http_request *req, const braid_http_respon
         memcpy(c->xhdr + c->xhdr_len, r->headers, r->headers_len);
         c->xhdr_len += r->headers_len;
     }
-    return braid_http_respond(req, r->status, r->content_type, r->body, r->body_len);
+    return braid_http_request_respond(req, r->status, r->content_type, r->body, r->body_len);
 }
 
-int braid_http_respond_start(braid_http_request *req, int status, const char *content_type,
+int braid_http_request_respond_start(braid_http_request *req, int status, const char *content_type,
                              int64_t content_length) {
     hs_conn *c = CONN(req);
     if (!may_answer(c)) return BRAID_EALREADY_CALLED;
@@ -1120,7 +1120,7 @@ int braid_http_respond_start(braid_http_request *req, int status, const char *co
     return rc < 0 ? rc : 0;
 }
 
-int braid_http_write(braid_http_request *req, const void *buf, size_t len) {
+int braid_http_request_write(braid_http_request *req, const void *buf, size_t len) {
     hs_conn *c = CONN(req);
     if (c->state != HS_STREAMING) return BRAID_EINVAL;
     if (c->dead || !c->base.transport) return BRAID_ESHUTDOWN;
@@ -1142,7 +1142,7 @@ int braid_http_write(braid_http_request *req, const void *buf, size_t len) {
     return rc;
 }
 
-int braid_http_register_producer(braid_http_request *req, braid_producer *p, bool streaming) {
+int braid_http_request_register_producer(braid_http_request *req, braid_producer *p, bool streaming) {
     hs_conn *c = CONN(req);
     if (c->state != HS_STREAMING) return BRAID_EINVAL;
     if (c->dead || !c->base.transport) return BRAID_ESHUTDOWN;
@@ -1151,7 +1151,7 @@ int braid_http_register_producer(braid_http_request *req, braid_producer *p, boo
     return rc;
 }
 
-int braid_http_finish(braid_http_request *req) {
+int braid_http_request_finish(braid_http_request *req) {
     hs_conn *c = CONN(req);
     if (c->state != HS_STREAMING) return BRAID_EINVAL;
     int rc = BRAID_ESHUTDOWN;
@@ -1171,7 +1171,7 @@ int braid_http_finish(braid_http_request *req) {
     return rc;
 }
 
-int braid_http_on_lost(braid_http_request *req, braid_http_lost_fn fn, void *arg) {
+int braid_http_request_on_lost(braid_http_request *req, braid_http_request_lost_cb fn, void *arg) {
     hs_conn *c = CONN(req);
     if (c->dead) return BRAID_ESHUTDOWN;
     if (c->state != HS_HANDLER && c->state != HS_DEFERRED && c->state != HS_STREAMING) return BRAID_EINVAL;
@@ -1242,10 +1242,10 @@ static void send_file(hs_conn *c, int fd, off_t off, uint64_t len) {
 }
 
 /* ---- responses as values ------------------------------------------------------------- */
-braid_http_response *braid_http_response_new(int status, const char *content_type, const void *body,
-                                             size_t len) {
+int braid_http_response_new(int status, const char *content_type, const void *body, size_t len,
+                            braid_http_response **out) {
     braid_http_response *r = braid_calloc(1, sizeof *r);
-    if (!r) return NULL;
+    if (!r) return BRAID_ENOMEM;
     r->status = status;
     if (content_type && !(r->content_type = braid_strdup(content_type))) goto fail;
     if (len) {
@@ -1253,10 +1253,11 @@ braid_http_response *braid_http_response_new(int status, const char *content_typ
         memcpy(r->body, body, len);
         r->body_len = len;
     }
-    return r;
+    *out = r;
+    return 0;
 fail:
     braid_http_response_free(r);
-    return NULL;
+    return BRAID_ENOMEM;
 }
 
 int braid_http_response_add_header(braid_http_response *r, const char *name, const char *value) {
@@ -1288,11 +1289,11 @@ int braid_http_server_new(braid_loop *loop, const braid_http_server_options *o,
     braid_http_server *s = braid_calloc(1, sizeof *s);
     if (!s) return BRAID_ENOMEM;
     s->loop = loop;
-    s->header_timeout = o->header_timeout_ns ? o->header_timeout_ns : BRAID_SECONDS(10);
-    s->body_timeout = o->body_timeout_ns ? o->body_timeout_ns : BRAID_SECONDS(30);
-    s->idle_timeout = o->idle_timeout_ns ? o->idle_timeout_ns : BRAID_SECONDS(15);
-    s->send_timeout = o->send_timeout_ns ? o->send_timeout_ns : BRAID_SECONDS(60);
-    s->shutdown_timeout = o->shutdown_timeout_ns ? o->shutdown_timeout_ns : BRAID_SECONDS(10);
+    s->header_timeout = o->header_timeout ? o->header_timeout : BRAID_SECONDS(10);
+    s->body_timeout = o->body_timeout ? o->body_timeout : BRAID_SECONDS(30);
+    s->idle_timeout = o->idle_timeout ? o->idle_timeout : BRAID_SECONDS(15);
+    s->send_timeout = o->send_timeout ? o->send_timeout : BRAID_SECONDS(60);
+    s->shutdown_timeout = o->shutdown_timeout ? o->shutdown_timeout : BRAID_SECONDS(10);
     s->allow_half_close = o->allow_half_close;
     s->limits = o->limits;
     if (!s->limits.max_request_line) s->limits.max_request_line = BRAID_HTTP_MAX_REQUEST_LINE;
@@ -1330,7 +1331,7 @@ static void on_shutdown_deadline(braid_timer *t, void *arg) {
         braid_transport_abort_with(c->base.transport, BRAID_ETIMEDOUT);   /* hs_lost runs later */
         n++;
     }
-    if (n) braid_log(s->loop, BRAID_LOG_INFO, "http: shutdown deadline passed: %zu connection(s) aborted", n);
+    if (n) braid_loop_log(s->loop, BRAID_LOG_INFO, "http: shutdown deadline passed: %zu connection(s) aborted", n);
 }
 
 void braid_http_server_shutdown(braid_http_server *s) {
@@ -1379,8 +1380,8 @@ int braid_http_server_free(braid_http_server *s) {
 
 braid_factory *braid_http_server_factory(braid_http_server *s) { return &s->factory; }
 
-braid_deferred *braid_http_listen(braid_http_server *s, const char *endpoint) {
-    return braid_listen(s->loop, endpoint, &s->factory);
+braid_deferred *braid_http_server_listen(braid_http_server *s, const char *endpoint) {
+    return braid_endpoint_listen(s->loop, endpoint, &s->factory);
 }
 
 size_t braid_http_server_connections(const braid_http_server *s) { return s->nconns; }

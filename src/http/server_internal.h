@@ -20,7 +20,7 @@ typedef struct hs_route {
     char *path;
     size_t path_len, method_len;
     unsigned flags;
-    braid_http_handler h;
+    braid_http_handler_fn h;
     void *arg;
     void (*arg_free)(void *arg);   /* run when the server is freed */
 } hs_route;
@@ -103,7 +103,7 @@ struct hs_conn {
     const hs_route *route;
     int route_status;              /* 0, 400, 404 or 405 */
     braid_http_request req;
-    braid_http_lost_fn lost_fn;    /* braid_http_on_lost */
+    braid_http_request_lost_cb lost_fn;    /* braid_http_request_on_lost */
     void *lost_arg;
     /* answer in progress */
     int64_t out_remaining;         /* Content-Length answers: bytes still due; -1 otherwise */

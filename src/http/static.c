@@ -9,7 +9,7 @@
  * opened file's real path (/proc/self/fd) must lie under the root's real
  * path. Every refusal answers 404: nothing tells a prober what exists
  * outside. Bodies leave with sendfile(2) where the transport allows it
- * (braid_http_respond_file).
+ * (braid_http_request_respond_file).
  *
  * A user of the server like any other: a prefix route (whose argument the
  * server frees with it) and the answers of <braid/http.h>. */
@@ -201,7 +201,7 @@ static braid_deferred *static_handler(braid_http_request *req, void *arg) {
     hs_static *st = arg;
     char rel[PATH_MAX];
     if (!safe_relative(req->path + req->match_len, req->path_len - req->match_len, rel, sizeof rel)) {
-        braid_http_respond(req, 404, "text/plain", "Not Found\n", 10);
+        braid_http_request_respond(req, 404, "text/plain", "Not Found\n", 10);
         return NULL;
     }
     int fd = open_beneath(st, st->root_fd, rel);
@@ -215,23 +215,23 @@ static braid_deferred *static_handler(braid_http_request *req, void *arg) {
     }
     if (fd < 0 || !S_ISREG(sb.st_mode)) {
         if (fd >= 0) close(fd);
-        if (fd == -EACCES) braid_http_respond(req, 403, "text/plain", "Forbidden\n", 10);
-        else braid_http_respond(req, 404, "text/plain", "Not Found\n", 10);
+        if (fd == -EACCES) braid_http_request_respond(req, 403, "text/plain", "Forbidden\n", 10);
+        else braid_http_request_respond(req, 404, "text/plain", "Not Found\n", 10);
         return NULL;
     }
     char date[BRAID_HTTP_DATE_LEN + 1];
     braid_http_format_date(sb.st_mtime, date);
-    braid_http_add_header(req, "Last-Modified", date);
+    braid_http_request_add_header(req, "Last-Modified", date);
     const braid_http_header *ims = req_header(req, "If-Modified-Since");
     if (ims && !req_header(req, "Range")) {
         time_t t = braid_http_parse_date(ims->value, ims->value_len);
         if (t != (time_t)-1 && sb.st_mtime <= t) {
             close(fd);
-            braid_http_respond(req, 304, NULL, NULL, 0);
+            braid_http_request_respond(req, 304, NULL, NULL, 0);
             return NULL;
         }
     }
-    braid_http_add_header(req, "Accept-Ranges", "bytes");
+    braid_http_request_add_header(req, "Accept-Ranges", "bytes");
     uint64_t size = (uint64_t)sb.st_size, off = 0, len = size;
     int status = 200;
     const braid_http_header *range = req_header(req, "Range");
@@ -241,27 +241,27 @@ static braid_deferred *static_handler(braid_http_request *req, void *arg) {
         if (r < 0) {
             close(fd);
             snprintf(cr, sizeof cr, "bytes */%llu", (unsigned long long)size);
-            braid_http_add_header(req, "Content-Range", cr);
-            braid_http_respond(req, 416, "text/plain", "Range Not Satisfiable\n", 22);
+            braid_http_request_add_header(req, "Content-Range", cr);
+            braid_http_request_respond(req, 416, "text/plain", "Range Not Satisfiable\n", 22);
             return NULL;
         }
         if (r > 0) {
             status = 206;
             snprintf(cr, sizeof cr, "bytes %llu-%llu/%llu", (unsigned long long)off,
                      (unsigned long long)(off + len - 1), (unsigned long long)size);
-            braid_http_add_header(req, "Content-Range", cr);
+            braid_http_request_add_header(req, "Content-Range", cr);
         }
     }
-    braid_http_respond_file(req, status, content_type_of(rel), fd, off, len);
+    braid_http_request_respond_file(req, status, content_type_of(rel), fd, off, len);
     return NULL;
 }
 
-int braid_http_static(braid_http_server *s, const char *prefix, const char *root_dir) {
+int braid_http_server_static(braid_http_server *s, const char *prefix, const char *root_dir) {
     if (!s || !prefix || prefix[0] != '/' || !root_dir) return BRAID_EINVAL;
     hs_static *st;
     int rc = static_new(root_dir, &st);
     if (rc < 0) return rc;
-    rc = braid__http_route_owned(s, "GET", prefix, BRAID_HTTP_PREFIX, static_handler, st, static_free);
+    rc = braid__http_route_owned(s, "GET", prefix, BRAID_HTTP_ROUTE_PREFIX, static_handler, st, static_free);
     if (rc < 0) static_free(st);
     return rc;
 }

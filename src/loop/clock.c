@@ -20,13 +20,14 @@ struct braid_fake_clock {
 
 static uint64_t fake_now(braid_clock *c) { return ((braid_fake_clock *)c)->now; }
 
-braid_fake_clock *braid_fake_clock_new(uint64_t start_ns) {
+int braid_fake_clock_new(uint64_t start, braid_fake_clock **out) {
     braid_fake_clock *c = braid_malloc(sizeof *c);
-    if (!c) return NULL;
+    if (!c) return BRAID_ENOMEM;
     c->base.now = fake_now;
     c->base.is_fake = true;
-    c->now = start_ns;
-    return c;
+    c->now = start;
+    *out = c;
+    return 0;
 }
 
 void braid_fake_clock_free(braid_fake_clock *c) { braid_free(c); }
@@ -47,10 +48,10 @@ int braid_loop_advance(braid_loop *loop, uint64_t ns) {
         uint64_t d = braid__timers_next_deadline(loop);
         if (d > target) break;
         if (d > fc->now) fc->now = d;
-        int rc = braid_loop_run_once(loop, BRAID_RUN_NOWAIT);
+        int rc = braid_loop_run_once(loop, BRAID_LOOP_RUN_NOWAIT);
         if (rc < 0) return rc;
     }
     fc->now = target;
-    int rc = braid_loop_run_once(loop, BRAID_RUN_NOWAIT);
+    int rc = braid_loop_run_once(loop, BRAID_LOOP_RUN_NOWAIT);
     return rc < 0 ? rc : 0;
 }

@@ -24,7 +24,7 @@ void braid__log_at(braid_loop *loop, const char *ns, braid_log_level level, cons
     va_end(ap);
 }
 
-void braid_log(braid_loop *loop, braid_log_level level, const char *fmt, ...) {
+void braid_loop_log(braid_loop *loop, braid_log_level level, const char *fmt, ...) {
     va_list ap;
     va_start(ap, fmt);
     braid__log_vwrite(loop ? loop->log : NULL, loop ? loop->log_ctx : NULL, NULL, level, fmt, ap);
@@ -72,10 +72,11 @@ static inline void take_over(braid_loop *loop, const char *fn) {
 /* ---- backend choice ----------------------------------------------------------- */
 /* The loop finds pollers by name in the poll layer's table (poll/poller.h);
  * the names are <braid/loop.h>'s braid_backend values. */
-_Static_assert((unsigned)BRAID__POLL_READ == (unsigned)BRAID_READ &&
-               (unsigned)BRAID__POLL_WRITE == (unsigned)BRAID_WRITE &&
-               (unsigned)BRAID__POLL_ERROR == (unsigned)BRAID_ERROR &&
-               (unsigned)BRAID__POLL_HUP == (unsigned)BRAID_HUP,
+_Static_assert((unsigned)BRAID__POLL_READ == (unsigned)BRAID_WATCH_READ &&
+               (unsigned)BRAID__POLL_WRITE == (unsigned)BRAID_WATCH_WRITE &&
+               (unsigned)BRAID__POLL_ERROR == (unsigned)BRAID_WATCH_ERROR &&
+               (unsigned)BRAID__POLL_HUP == (unsigned)BRAID_WATCH_HUP &&
+               (unsigned)BRAID__POLL_EXCLUSIVE == (unsigned)BRAID_WATCH_EXCLUSIVE,
                "the poll layer's event bits are the loop's");
 static const char *const backend_names[] = {
     [BRAID_BACKEND_SELECT] = "select", [BRAID_BACKEND_POLL] = "poll",
@@ -161,7 +162,7 @@ static void wake_signal(braid_loop *loop) {
 }
 
 /* ---- create / destroy ---------------------------------------------------------- */
-int braid_loop_new(braid_loop **out, const braid_loop_options *opts) {
+int braid_loop_new(const braid_loop_options *opts, braid_loop **out) {
     braid_loop_options o = { 0 };
     if (!out) return BRAID_EINVAL;
     *out = NULL;
@@ -211,7 +212,7 @@ int braid_loop_new(braid_loop **out, const braid_loop_options *opts) {
         goto fail;
     loop->wake_watch.flags |= BRAID__WATCH_INTERNAL | BRAID__WATCH_UNREF;
     loop->watchers_open--;
-    if ((rc = braid_watch_set(&loop->wake_watch, BRAID_READ)) < 0) {
+    if ((rc = braid_watch_set_interest(&loop->wake_watch, BRAID_WATCH_READ)) < 0) {
         loop->watchers_open++;
         braid_watch_close(&loop->wake_watch);
         goto fail;
@@ -279,7 +280,7 @@ static bool report_open(braid_loop *loop) {
     return any;
 }
 
-int braid_loop_destroy(braid_loop *loop) {
+int braid_loop_free(braid_loop *loop) {
     if (!loop) return BRAID_EINVAL;
     take_over(loop, __func__);
     /* Module state (e.g. the Deferred free list) may report its own leaks. */
@@ -320,7 +321,7 @@ size_t braid_loop_watched_fds(const braid_loop *loop, size_t cap, braid_loop_fd 
     for (size_t fd = 0; fd < loop->nfds; fd++) {
         const braid_watch *w = loop->fds[fd];
         if (!w || !(w->flags & BRAID__WATCH_OPEN) || !w->mask) continue;
-        if (n < cap) out[n] = (braid_loop_fd){ .fd = (int)fd, .events = w->mask };
+        if (n < cap) out[n] = (braid_loop_fd){ .fd = (int)fd, .events = w->mask & (BRAID_WATCH_READ | BRAID_WATCH_WRITE) };
         n++;
     }
     return n;
@@ -339,7 +340,7 @@ void braid_loop_release(braid_loop *loop) {
     if (loop->holds == 0) { braid__log(loop, BRAID_LOG_ERROR, "braid_loop_release without hold"); abort(); }
     loop->holds--;
 }
-void braid_loop_set_unhandled(braid_loop *loop, braid_unhandled_fn fn, void *ctx) {
+void braid_loop_set_unhandled(braid_loop *loop, braid_loop_unhandled_cb fn, void *ctx) {
     BRAID__LOOP_AFFINE(loop);
     loop->unhandled = fn;
     loop->unhandled_ctx = ctx;
@@ -463,11 +464,12 @@ static bool watch_counts(const braid_watch *w) {
     return w->mask && !(w->flags & BRAID__WATCH_UNREF);
 }
 
-int braid_watch_set(braid_watch *w, unsigned mask) {
+int braid_watch_set_interest(braid_watch *w, unsigned mask) {
     if (!(w->flags & BRAID__WATCH_OPEN)) return BRAID_EINVAL;
     braid_loop *loop = w->loop;
     BRAID__LOOP_AFFINE(loop);
-    mask &= BRAID_READ | BRAID_WRITE;
+    mask &= BRAID_WATCH_READ | BRAID_WATCH_WRITE | BRAID_WATCH_EXCLUSIVE;
+    if (!(mask & (BRAID_WATCH_READ | BRAID_WATCH_WRITE))) mask = 0;
     BRAID__ASSERT((size_t)w->fd < loop->nfds && loop->fds[w->fd] == w);
     if (mask == w->mask) return 0;
     int rc = loop->poller.ops->update(&loop->poller, w->fd, w->mask, mask, braid__tag(w->gen, w->fd));
@@ -521,8 +523,8 @@ static void dispatch_io(braid_loop *loop) {
         if (!w || w->gen != (uint32_t)(e.tag >> 32)) continue;   /* stale */
         BRAID__ASSERT(w->fd == (int)fd && (w->flags & BRAID__WATCH_OPEN) && w->loop == loop);
         unsigned ev = e.events;
-        if (ev & (BRAID_ERROR | BRAID_HUP)) ev |= w->mask;     /* wake whoever waits */
-        ev &= w->mask | BRAID_ERROR | BRAID_HUP;
+        if (ev & (BRAID_WATCH_ERROR | BRAID_WATCH_HUP)) ev |= w->mask & (BRAID_WATCH_READ | BRAID_WATCH_WRITE);     /* wake whoever waits */
+        ev &= (w->mask & (BRAID_WATCH_READ | BRAID_WATCH_WRITE)) | BRAID_WATCH_ERROR | BRAID_WATCH_HUP;
         if (!(ev & w->mask)) continue;
         w->cb(w, ev, w->arg);
     }
@@ -548,19 +550,19 @@ void braid_loop_post_node(braid_loop *loop, braid_post *node) {
 
 typedef struct posted_call {
     braid_post node;
-    braid_call_fn fn;
+    braid_loop_call_cb fn;
     void *arg;
 } posted_call;
 
 static void posted_trampoline(void *p) {
     posted_call *c = p;
-    braid_call_fn fn = c->fn;
+    braid_loop_call_cb fn = c->fn;
     void *arg = c->arg;
     braid_free(c);
     fn(arg);
 }
 
-int braid_loop_post(braid_loop *loop, braid_call_fn fn, void *arg) {
+int braid_loop_post(braid_loop *loop, braid_loop_call_cb fn, void *arg) {
     posted_call *c = braid_malloc(sizeof *c);
     if (!c) return BRAID_ENOMEM;
     c->fn = fn;
@@ -624,19 +626,19 @@ bool braid_loop_soon_cancel(braid_loop *loop, braid_soon *node) {
 
 typedef struct soon_call {
     braid_soon node;
-    braid_call_fn fn;
+    braid_loop_call_cb fn;
     void *arg;
 } soon_call;
 
 static void soon_trampoline(void *p) {
     soon_call *c = p;
-    braid_call_fn fn = c->fn;
+    braid_loop_call_cb fn = c->fn;
     void *arg = c->arg;
     braid_free(c);
     fn(arg);
 }
 
-int braid_loop_soon(braid_loop *loop, braid_call_fn fn, void *arg) {
+int braid_loop_soon(braid_loop *loop, braid_loop_call_cb fn, void *arg) {
     BRAID__LOOP_AFFINE(loop);
     soon_call *c = braid_malloc(sizeof *c);
     if (!c) return BRAID_ENOMEM;
@@ -794,7 +796,7 @@ static int run_once(braid_loop *loop, unsigned flags) {
      * deliver: deliver those first (dispatch_io) and poll next time, so no
      * event is reported twice. */
     bool nested_in_batch = loop->io_next < loop->poller.nevents;
-    uint64_t timeout = (flags & BRAID_RUN_NOWAIT) || nested_in_batch ? 0 : poll_timeout(loop);
+    uint64_t timeout = (flags & BRAID_LOOP_RUN_NOWAIT) || nested_in_batch ? 0 : poll_timeout(loop);
     if (timeout == BRAID_FOREVER && !loop_alive(loop)) timeout = 0;
     uint64_t slept_at = 0;
     bool spun = timeout && loop->spin_holds && loop->spin_max;

@@ -31,7 +31,7 @@ enum {
 enum {
     BRAID__TIMER_ACTIVE = 1u << 0,
     BRAID__TIMER_UNREF  = 1u << 1,
-    BRAID__TIMER_OWNED  = 1u << 2,     /* allocated by braid_call_later */
+    BRAID__TIMER_OWNED  = 1u << 2,     /* allocated by braid_timer_call_later */
     BRAID__TIMER_RUNNING = 1u << 3,    /* owned timer inside its callback */
 };
 
@@ -104,9 +104,9 @@ struct braid_loop {
     braid_watch sig_watch;
     braid_signal *signals;
 
-    braid_log_fn log;
+    braid_log_cb log;
     void *log_ctx;
-    braid_unhandled_fn unhandled;
+    braid_loop_unhandled_cb unhandled;
     void *unhandled_ctx;
 };
 

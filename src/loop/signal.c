@@ -50,7 +50,7 @@ int braid_signal_start(braid_loop *loop, braid_signal *s, int signo, braid_signa
     if (loop->sigfd < 0) {
         loop->sigfd = fd;
         int rc = braid_watch_init(loop, &loop->sig_watch, fd, sig_cb, loop);
-        if (rc == 0) rc = braid_watch_set(&loop->sig_watch, BRAID_READ);
+        if (rc == 0) rc = braid_watch_set_interest(&loop->sig_watch, BRAID_WATCH_READ);
         if (rc < 0) {
             braid_watch_close(&loop->sig_watch);
             close(fd);

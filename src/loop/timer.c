@@ -150,7 +150,7 @@ void braid_timer_stop(braid_timer *t) {
     t->flags &= ~BRAID__TIMER_ACTIVE;
 }
 
-bool braid_timer_active(const braid_timer *t) { return t->flags & BRAID__TIMER_ACTIVE; }
+bool braid_timer_is_active(const braid_timer *t) { return t->flags & BRAID__TIMER_ACTIVE; }
 uint64_t braid_timer_deadline(const braid_timer *t) { return t->deadline; }
 
 void braid_timer_unref(braid_timer *t) {
@@ -200,7 +200,7 @@ void braid__timers_destroy(braid_loop *loop) {
 /* ---- call_later ---------------------------------------------------------------- */
 typedef struct owned_timer {
     braid_timer t;            /* first */
-    braid_call_fn fn;
+    braid_loop_call_cb fn;
     void *arg;
 } owned_timer;
 
@@ -210,7 +210,7 @@ static void owned_cb(braid_timer *t, void *arg) {
     o->fn(o->arg);
 }
 
-braid_timer *braid_call_later(braid_loop *loop, uint64_t delay_ns, braid_call_fn fn, void *arg) {
+braid_timer *braid_timer_call_later(braid_loop *loop, uint64_t delay_ns, braid_loop_call_cb fn, void *arg) {
     BRAID__LOOP_AFFINE(loop);
     if (!fn) return NULL;
     owned_timer *o = braid_malloc(sizeof *o);
@@ -224,11 +224,6 @@ braid_timer *braid_call_later(braid_loop *loop, uint64_t delay_ns, braid_call_fn
         return NULL;
     }
     return &o->t;
-}
-
-int braid_timer_reset(braid_timer *t, uint64_t delay_ns) {
-    BRAID__LOOP_AFFINE(t->loop);
-    return braid_timer_start(t, delay_ns);
 }
 
 void braid_timer_cancel(braid_timer *t) {

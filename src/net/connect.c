@@ -105,7 +105,7 @@ static void try_next(connector *c) {
         }
         c->fd = fd;
         if ((rc = braid_watch_init(c->loop, &c->w, fd, on_writable, c)) < 0 ||
-            (rc = braid_watch_set(&c->w, BRAID_WRITE)) < 0) {
+            (rc = braid_watch_set_interest(&c->w, BRAID_WATCH_WRITE)) < 0) {
             c->last_err = rc;
             if (rc != BRAID_EEXIST) braid_watch_close(&c->w);
             close(fd);
@@ -123,7 +123,7 @@ static braid_result resolved(braid_result r, void *arg) {
     c->resolving = NULL;
     c->addrs = r.value;             /* ownership taken from the result */
     try_next(c);
-    return braid_ok(NULL);
+    return braid_result_ok(NULL);
 }
 
 static braid_result resolve_failed(braid_result r, void *arg) {
@@ -137,7 +137,7 @@ static braid_result resolve_failed(braid_result r, void *arg) {
         braid_deferred_errback(d, f);
     }
     braid_result_drop(r);
-    return braid_ok(NULL);
+    return braid_result_ok(NULL);
 }
 
 static void cancel_connect(braid_deferred *d, void *arg) {
@@ -156,13 +156,13 @@ static void cancel_connect(braid_deferred *d, void *arg) {
 static braid_deferred *start(braid_loop *loop, braid_factory *f, braid__fd_kind kind,
                              uint64_t timeout_ns, connector **out) {
     connector *c = braid_calloc(1, sizeof *c);
-    if (!c) return braid_fail(loop, braid_failure_new(BRAID_ENOMEM, "connect"));
+    if (!c) return braid_deferred_fail(loop, braid_failure_new(BRAID_ENOMEM, "connect"));
     c->loop = loop;
     c->factory = f;
     c->fd = -1;
     c->kind = kind;
     c->d = braid_deferred_new_cancellable(loop, cancel_connect, c);
-    if (!c->d) { braid_free(c); return braid_fail(loop, braid_failure_new(BRAID_ENOMEM, "connect")); }
+    if (!c->d) { braid_free(c); return braid_deferred_fail(loop, braid_failure_new(BRAID_ENOMEM, "connect")); }
     braid_handle_open(loop, &c->handle, "connector");
     braid_factory_ref(f);
     if (timeout_ns && braid_deferred_add_timeout(c->d, timeout_ns) < 0) {
@@ -178,9 +178,9 @@ static braid_deferred *start(braid_loop *loop, braid_factory *f, braid__fd_kind 
 braid_deferred *braid_tcp_connect(braid_loop *loop, const braid_tcp_connect_options *o,
                                   braid_factory *f) {
     if (!o || !f || !o->host)
-        return braid_fail(loop, braid_failure_new(BRAID_EINVAL, "connect: no host"));
+        return braid_deferred_fail(loop, braid_failure_new(BRAID_EINVAL, "connect: no host"));
     connector *c = NULL;
-    braid_deferred *d = start(loop, f, BRAID__FD_TCP, o->timeout_ns, &c);
+    braid_deferred *d = start(loop, f, BRAID__FD_TCP, o->timeout, &c);
     if (!c) return d;
     braid_deferred_ref(d);          /* the connector may finish inside this call */
     if (o->bind_host || o->bind_port) {
@@ -189,7 +189,7 @@ braid_deferred *braid_tcp_connect(braid_loop *loop, const braid_tcp_connect_opti
             connector_free(c);
             braid_deferred_errback(d, braid_failure_new(BRAID_EINVAL, "connect: bad bind address %s",
                                                         o->bind_host ? o->bind_host : ""));
-            braid_deferred_release(d);
+            braid_deferred_unref(d);
             return d;
         }
         c->have_bind = true;
@@ -201,23 +201,23 @@ braid_deferred *braid_tcp_connect(braid_loop *loop, const braid_tcp_connect_opti
     if (!rd) {                      /* out of memory making the resolution's Deferred */
         connector_free(c);
         braid_deferred_errback(d, braid_failure_new(BRAID_ENOMEM, "connect: resolving %s", o->host));
-        braid_deferred_release(d);
+        braid_deferred_unref(d);
         return d;
     }
     c->resolving = rd;
-    int rc = braid_deferred_add_callbacks(rd, resolved, resolve_failed, c);
+    int rc = braid_deferred_add(rd, resolved, resolve_failed, c);
     if (rc < 0) {
         /* Never happens with the inline slots; kept so a failure cannot leak c. */
         c->resolving = NULL;
         braid_deferred_cancel(rd);
-        braid_deferred_release(rd);
+        braid_deferred_unref(rd);
         connector_free(c);
         braid_deferred_errback(d, braid_failure_new(rc, "connect: resolving %s", o->host));
-        braid_deferred_release(d);
+        braid_deferred_unref(d);
         return d;
     }
-    braid_deferred_release(rd);
-    braid_deferred_release(d);
+    braid_deferred_unref(rd);
+    braid_deferred_unref(d);
     return d;
 }
 
@@ -225,7 +225,7 @@ braid_deferred *braid_unix_connect(braid_loop *loop, const char *path, uint64_t 
                                    braid_factory *f) {
     struct sockaddr_un sa = { .sun_family = AF_UNIX };
     if (!path || !*path || strlen(path) >= sizeof sa.sun_path || !f)
-        return braid_fail(loop, braid_failure_new(BRAID_EINVAL, "connect: bad unix path"));
+        return braid_deferred_fail(loop, braid_failure_new(BRAID_EINVAL, "connect: bad unix path"));
     connector *c = NULL;
     braid_deferred *d = start(loop, f, BRAID__FD_UNIX, timeout_ns, &c);
     if (!c) return d;
@@ -241,6 +241,6 @@ braid_deferred *braid_unix_connect(braid_loop *loop, const char *path, uint64_t 
     c->addrs->addrs[0].len = sizeof sa;
     braid_deferred_ref(d);
     try_next(c);
-    braid_deferred_release(d);
+    braid_deferred_unref(d);
     return d;
 }

@@ -85,8 +85,8 @@ static void on_readable(braid_watch *w, unsigned ev, void *arg) {
     if (d->close_pending) dgram_free(d);
 }
 
-int braid_dgram_open(braid_loop *loop, const braid_dgram_options *o, const braid_dgram_ops *ops,
-                     void *arg, braid_dgram **out) {
+int braid_dgram_open(braid_loop *loop, const braid_dgram_ops *ops, void *arg,
+                     const braid_dgram_options *o, braid_dgram **out) {
     if (!o || !ops || !out) return BRAID_EINVAL;
     braid_address a;
     int rc = braid__numeric_address(o->host, o->port, o->ipv6 ? AF_INET6 : 0, &a);
@@ -112,7 +112,7 @@ int braid_dgram_open(braid_loop *loop, const braid_dgram_options *o, const braid
     if (o->ipv6) setsockopt(d->fd, IPPROTO_IPV6, IPV6_V6ONLY, &on, sizeof on);
     if (bind(d->fd, (struct sockaddr *)&a.ss, a.len) < 0) { rc = -errno; goto fail; }
     if ((rc = braid_watch_init(loop, &d->watch, d->fd, on_readable, d)) < 0) goto fail;
-    if ((rc = braid_watch_set(&d->watch, BRAID_READ)) < 0) { braid_watch_close(&d->watch); goto fail; }
+    if ((rc = braid_watch_set_interest(&d->watch, BRAID_WATCH_READ)) < 0) { braid_watch_close(&d->watch); goto fail; }
     braid_handle_open(loop, &d->handle, "udp");
     *out = d;
     return 0;
@@ -157,13 +157,13 @@ int braid_dgram_address(const braid_dgram *d, braid_address *out) {
 void braid_dgram_pause_reading(braid_dgram *d) {
     if (d->paused) return;
     d->paused = true;
-    braid_watch_set(&d->watch, 0);
+    braid_watch_set_interest(&d->watch, 0);
 }
 
 void braid_dgram_resume_reading(braid_dgram *d) {
     if (!d->paused) return;
     d->paused = false;
-    braid_watch_set(&d->watch, BRAID_READ);
+    braid_watch_set_interest(&d->watch, BRAID_WATCH_READ);
 }
 
 uint64_t braid_dgram_received(const braid_dgram *d) { return d->received; }
@@ -173,7 +173,7 @@ void braid_dgram_close(braid_dgram *d) {
     if (!d || d->close_pending) return;
     if (d->in_batch) {
         d->close_pending = true;
-        braid_watch_set(&d->watch, 0);
+        braid_watch_set_interest(&d->watch, 0);
         return;
     }
     dgram_free(d);

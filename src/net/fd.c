@@ -115,14 +115,14 @@ static void update_watch(fd_transport *ft) {
     if (ft->ur) { ur_update_reading(ft); return; }
     bool reading = braid__transport_reading(t);
     if (reading) ft->read_disarmed = false;
-    unsigned rmask = reading || (only_paused(t) && !ft->read_disarmed) ? BRAID_READ : 0;
-    unsigned wmask = ft->write_blocked ? BRAID_WRITE : 0;
+    unsigned rmask = reading || (only_paused(t) && !ft->read_disarmed) ? BRAID_WATCH_READ : 0;
+    unsigned wmask = ft->write_blocked ? BRAID_WATCH_WRITE : 0;
     int rc = 0;
     if (!split(ft)) {
-        rc = braid_watch_set(&ft->rw, rmask | wmask);
+        rc = braid_watch_set_interest(&ft->rw, rmask | wmask);
     } else {
-        if (ft->rfd >= 0) rc = braid_watch_set(&ft->rw, rmask);
-        if (rc == 0 && ft->wfd >= 0) rc = braid_watch_set(&ft->ww, wmask);
+        if (ft->rfd >= 0) rc = braid_watch_set_interest(&ft->rw, rmask);
+        if (rc == 0 && ft->wfd >= 0) rc = braid_watch_set_interest(&ft->ww, wmask);
     }
     if (rc < 0) braid__transport_lost(t, rc);
 }
@@ -261,14 +261,14 @@ ssize_t braid__transport_sendfile(braid_transport *t, int in_fd, off_t *off, siz
 
 static void on_event(fd_transport *ft, unsigned ev, bool is_write_fd) {
     braid_transport *t = &ft->base;
-    if ((ev & BRAID_WRITE) && (is_write_fd || !split(ft))) {
+    if ((ev & BRAID_WATCH_WRITE) && (is_write_fd || !split(ft))) {
         ft->write_blocked = false;
         fd_flush(t);
         if (t->wlen == 0 && !(t->state & BRAID__T_CLOSED))
             braid__transport_wrote(t, 0);      /* pending close / shutdown */
         if (!ft->write_blocked) update_watch(ft);
     }
-    if ((ev & BRAID_READ) && !is_write_fd && !(t->state & BRAID__T_CLOSED)) {
+    if ((ev & BRAID_WATCH_READ) && !is_write_fd && !(t->state & BRAID__T_CLOSED)) {
         if (braid__transport_reading(t)) {
             fd_read(ft);
         } else if (!ft->read_disarmed) {
@@ -804,7 +804,7 @@ static braid__fd_kind detect_kind(int fd) {
     return BRAID__FD_PIPE;
 }
 
-int braid_stream_adopt(braid_loop *loop, int fd, braid_protocol *p) {
+int braid_transport_adopt(braid_loop *loop, int fd, braid_protocol *p) {
     if (fd < 0 || !p) return BRAID_EINVAL;
     braid_transport *t;
     int rc = braid__fd_transport_new(loop, fd, fd, detect_kind(fd), false, &t);
@@ -813,7 +813,7 @@ int braid_stream_adopt(braid_loop *loop, int fd, braid_protocol *p) {
     return 0;
 }
 
-int braid_stream_adopt_pipes(braid_loop *loop, int rfd, int wfd, braid_protocol *p) {
+int braid_transport_adopt_pipes(braid_loop *loop, int rfd, int wfd, braid_protocol *p) {
     if ((rfd < 0 && wfd < 0) || !p || rfd == wfd) return BRAID_EINVAL;
     braid_transport *t;
     int rc = braid__fd_transport_new(loop, rfd, wfd, BRAID__FD_PIPE, false, &t);

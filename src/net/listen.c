@@ -31,6 +31,7 @@ struct braid_listener {
     braid_timer backoff;
     uint64_t backoff_base, backoff_cur;
     uint64_t accepted, emfile_events;
+    unsigned interest;             /* BRAID_WATCH_READ, with BRAID_WATCH_EXCLUSIVE if asked */
     char *unix_path;               /* unlinked on close */
     braid_handle handle;
 };
@@ -47,7 +48,7 @@ static void accept_one_and_drop(braid_listener *l) {
 static void backoff_fire(braid_timer *t, void *arg) {
     braid_listener *l = arg;
     (void)t;
-    braid_watch_set(&l->watch, BRAID_READ);
+    braid_watch_set_interest(&l->watch, l->interest);
 }
 
 static void on_accept(braid_watch *w, unsigned ev, void *arg) {
@@ -65,7 +66,7 @@ static void on_accept(braid_watch *w, unsigned ev, void *arg) {
             if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM) {
                 l->emfile_events++;
                 accept_one_and_drop(l);
-                braid_watch_set(&l->watch, 0);
+                braid_watch_set_interest(&l->watch, 0);
                 l->backoff_cur = l->backoff_cur ? l->backoff_cur * 2 : l->backoff_base;
                 if (l->backoff_cur > BRAID_SECONDS(1)) l->backoff_cur = BRAID_SECONDS(1);
                 braid__log(l->loop, BRAID_LOG_WARN,
@@ -105,10 +106,11 @@ static int listener_start(braid_loop *loop, int fd, braid__fd_kind kind, int bud
     l->kind = kind;
     l->budget = budget > 0 ? budget : 64;
     l->backoff_base = BRAID_MSEC(50);
+    l->interest = BRAID_WATCH_READ;
     l->reserve_fd = open_reserve();
     int rc = braid_watch_init(loop, &l->watch, fd, on_accept, l);
     if (rc < 0) goto fail;
-    if ((rc = braid_watch_set(&l->watch, BRAID_READ)) < 0) { braid_watch_close(&l->watch); goto fail; }
+    if ((rc = braid_watch_set_interest(&l->watch, BRAID_WATCH_READ)) < 0) { braid_watch_close(&l->watch); goto fail; }
     braid_timer_init(loop, &l->backoff, backoff_fire, l);
     braid_handle_open(loop, &l->handle, "listener");
     braid_factory_ref(f);
@@ -248,3 +250,11 @@ void braid_listener_close(braid_listener *l) {
 uint64_t braid_listener_accepted(const braid_listener *l) { return l->accepted; }
 uint64_t braid_listener_emfile_events(const braid_listener *l) { return l->emfile_events; }
 void braid_listener_set_backoff(braid_listener *l, uint64_t ns) { l->backoff_base = ns ? ns : 1; }
+
+int braid_listener_set_exclusive(braid_listener *l, bool on) {
+    unsigned want = BRAID_WATCH_READ | (on ? BRAID_WATCH_EXCLUSIVE : 0u);
+    if (want == l->interest) return 0;
+    l->interest = want;
+    if (braid_timer_is_active(&l->backoff)) return 0;   /* set when the back-off ends */
+    return braid_watch_set_interest(&l->watch, want);
+}

@@ -46,12 +46,13 @@ static void m_free(braid_transport *t) {
 static const braid__transport_vt vt_memory = {
     "memory", m_flush, m_update_reading, m_shutdown_write, m_close, m_get_addr, m_set_option, m_free, NULL };
 
-braid_memory_transport *braid_memory_transport_new(braid_loop *loop, braid_protocol *p) {
+int braid_memory_transport_new(braid_loop *loop, braid_protocol *p, braid_memory_transport **out) {
     braid_memory_transport *m = braid_calloc(1, sizeof *m);
-    if (!m) return NULL;
+    if (!m) return BRAID_ENOMEM;
     braid__transport_init(&m->base, loop, &vt_memory);
+    *out = m;                      /* before attach: connection_made may look */
     if (p) braid__transport_attach(&m->base, p);
-    return m;
+    return 0;
 }
 
 braid_transport *braid_memory_transport_base(braid_memory_transport *m) { return &m->base; }
@@ -81,9 +82,10 @@ void braid_memory_transport_peer_lost(braid_memory_transport *m, int code) {
     braid__transport_lost(&m->base, code ? code : BRAID_ECONNECTION_LOST);
 }
 
-braid_memory_state braid_memory_transport_state(const braid_memory_transport *m) {
+void braid_memory_transport_state(const braid_memory_transport *m,
+                                  struct braid_memory_transport_state *out) {
     const braid_transport *t = &m->base;
-    braid_memory_state s = {
+    *out = (struct braid_memory_transport_state){
         .disconnecting = (t->state & BRAID__T_DISCONNECTING) && !(t->state & BRAID__T_CLOSED),
         .write_shut = t->state & BRAID__T_WRITE_SHUT,
         .read_shut = t->state & BRAID__T_READ_SHUT,
@@ -97,7 +99,6 @@ braid_memory_state braid_memory_transport_state(const braid_memory_transport *m)
         .lost_code = t->lost_code,
         .bytes_written = t->written_total,
     };
-    return s;
 }
 
 void braid_memory_transport_free(braid_memory_transport *m) {
@@ -116,12 +117,13 @@ struct braid_pump {
     bool eof_sent[2];                  /* side i's FIN/close was passed to the other */
 };
 
-braid_pump *braid_pump_new(braid_loop *loop, braid_protocol *client, braid_protocol *server) {
+int braid_pump_new(braid_loop *loop, braid_protocol *client, braid_protocol *server,
+                   braid_pump **out) {
     braid_pump *p = braid_calloc(1, sizeof *p);
-    if (!p) return NULL;
+    if (!p) return BRAID_ENOMEM;
     p->loop = loop;
-    p->side[1] = braid_memory_transport_new(loop, NULL);
-    p->side[0] = braid_memory_transport_new(loop, NULL);
+    braid_memory_transport_new(loop, NULL, &p->side[1]);
+    braid_memory_transport_new(loop, NULL, &p->side[0]);
     if (!p->side[0] || !p->side[1]) {
         for (int i = 0; i < 2; i++) {   /* never attached: nothing queued yet */
             if (!p->side[i]) continue;
@@ -129,12 +131,13 @@ braid_pump *braid_pump_new(braid_loop *loop, braid_protocol *client, braid_proto
             braid_free(p->side[i]);
         }
         braid_free(p);
-        return NULL;
+        return BRAID_ENOMEM;
     }
     /* The server learns of the connection first, as with a real accept. */
+    *out = p;
     braid__transport_attach(&p->side[1]->base, server);
     braid__transport_attach(&p->side[0]->base, client);
-    return p;
+    return 0;
 }
 
 braid_memory_transport *braid_pump_client(braid_pump *p) { return p->side[0]; }
@@ -177,7 +180,7 @@ size_t braid_pump_flush(braid_pump *p) {
         size_t moved = pump_one(p, 0) + pump_one(p, 1);
         /* run the ready phase: flush requests, pending closes, connection_lost */
         bool had_soon = braid__loop_has_ready(p->loop);
-        if (had_soon) braid_loop_run_once(p->loop, BRAID_RUN_NOWAIT);
+        if (had_soon) braid_loop_run_once(p->loop, BRAID_LOOP_RUN_NOWAIT);
         total += moved;
         if (!moved && !had_soon) break;
     }
@@ -191,5 +194,5 @@ void braid_pump_free(braid_pump *p) {
     braid_memory_transport_free(p->side[1]);
     braid_free(p);
     /* deliver the connection_lost calls the aborts queued, which frees the sides */
-    braid_loop_run_once(loop, BRAID_RUN_NOWAIT);
+    braid_loop_run_once(loop, BRAID_LOOP_RUN_NOWAIT);
 }

@@ -39,7 +39,7 @@ struct addrinfo;
 braid_deferred *braid__resolve(braid_loop *loop, const char *host, int port,
                                const struct addrinfo *hints);
 /* The pool and class where this loop resolves host names: the one given to
- * braid_loop_set_resolver_pool, else a pool of the loop's own made on first
+ * braid_resolver_set_pool, else a pool of the loop's own made on first
  * use (up to 4 threads, no spinning) and destroyed with the loop. NULL on
  * allocation failure. Loop thread. */
 struct braid_pool;

@@ -2,7 +2,7 @@
  *
  * getaddrinfo blocks (DNS), so a name is resolved in a pool (<braid/pool.h>):
  * the loop's resolver pool — a small pool the loop makes on first use, or a
- * class of the user's own pool given to braid_loop_set_resolver_pool — so
+ * class of the user's own pool given to braid_resolver_set_pool — so
  * slow lookups neither block the loop nor starve other work. This is the
  * only place braid resolves names. Numeric addresses never leave the loop
  * thread (no thread, no allocation beyond the result).
@@ -32,7 +32,10 @@ static void resolver_free(braid_loop *loop, void *p) {
     resolver *r = p;
     /* No lookup is in flight (each holds the loop, and destroy refuses a
      * held loop): this only joins idle threads. */
-    if (r->owned) braid_pool_destroy(r->pool, BRAID_POOL_CANCEL);
+    if (r->owned) {
+        braid_pool_shutdown(r->pool, BRAID_POOL_CANCEL);
+        braid_pool_free(r->pool);
+    }
     braid_free(r);
 }
 
@@ -49,11 +52,11 @@ static resolver *resolver_get(braid_loop *loop) {
     return r;
 }
 
-int braid_loop_set_resolver_pool(braid_loop *loop, braid_pool *pool, int cls) {
+int braid_resolver_set_pool(braid_loop *loop, braid_pool *pool, int cls) {
     if (!loop || !pool || cls < 0 || (unsigned)cls >= braid_pool_classes(pool)) return BRAID_EINVAL;
     resolver *r = resolver_get(loop);
     if (!r) return BRAID_ENOMEM;
-    if (r->owned) braid_pool_destroy(r->pool, BRAID_POOL_FINISH);
+    if (r->owned) braid_pool_free(r->pool);
     r->pool = pool;
     r->cls = cls;
     r->owned = false;
@@ -68,7 +71,7 @@ braid_pool *braid__resolver_pool(braid_loop *loop, int *cls) {
         braid_pool_options o = { .max_threads = 4, .name = "resolve", .flags = BRAID_POOL_NO_SPIN,
                                  .queue_limit = 1024 };
         braid_pool *pool;
-        if (braid_pool_new(&pool, &o) < 0) return NULL;
+        if (braid_pool_new(&o, &pool) < 0) return NULL;
         r->pool = pool;
         r->cls = 0;
         r->owned = true;
@@ -107,7 +110,7 @@ static braid_result resolve_work(void *arg) {
     int sys = errno;
     if (gai) {
         int code = gai == EAI_SYSTEM ? -sys : gai == EAI_MEMORY ? BRAID_ENOMEM : BRAID_ENOENT;
-        return braid_errf(code, "resolving %s: %s", r->host, gai_strerror(gai));
+        return braid_result_errf(code, "resolving %s: %s", r->host, gai_strerror(gai));
     }
     size_t n = 0;
     for (struct addrinfo *a = res; a; a = a->ai_next) n++;
@@ -121,12 +124,12 @@ static braid_result resolve_work(void *arg) {
         }
     }
     freeaddrinfo(res);
-    if (!l) return braid_errf(BRAID_ENOMEM, "resolving %s", r->host);
+    if (!l) return braid_result_errf(BRAID_ENOMEM, "resolving %s", r->host);
     if (l->n == 0) {
         braid_free(l);
-        return braid_errf(BRAID_ENOENT, "resolving %s: no address", r->host);
+        return braid_result_errf(BRAID_ENOENT, "resolving %s: no address", r->host);
     }
-    return braid_ok_owned(l, braid_free);
+    return braid_result_ok_owned(l, braid_free);
 }
 
 braid_deferred *braid__resolve(braid_loop *loop, const char *host, int port,
@@ -135,20 +138,20 @@ braid_deferred *braid__resolve(braid_loop *loop, const char *host, int port,
     braid_address a;
     if (braid__numeric_address(host, port, family == AF_UNSPEC ? 0 : family, &a) == 0) {
         braid__addrlist *l = list_new(1);
-        if (!l) return braid_fail(loop, braid_failure_new(BRAID_ENOMEM, "resolving %s", host));
+        if (!l) return braid_deferred_fail(loop, braid_failure_new(BRAID_ENOMEM, "resolving %s", host));
         l->n = 1;
         l->addrs[0] = a;
-        return braid_succeed(loop, l, braid_free);
+        return braid_deferred_succeed(loop, l, braid_free);
     }
     if (port < 0 || port > 65535)
-        return braid_fail(loop, braid_failure_new(BRAID_EINVAL, "port %d out of range", port));
+        return braid_deferred_fail(loop, braid_failure_new(BRAID_EINVAL, "port %d out of range", port));
     resolve_req *r = braid_calloc(1, sizeof *r);
-    if (!r) return braid_fail(loop, braid_failure_new(BRAID_ENOMEM, "resolving %s", host));
+    if (!r) return braid_deferred_fail(loop, braid_failure_new(BRAID_ENOMEM, "resolving %s", host));
     r->port = port;
     r->host = braid_strdup(host ? host : "");
     if (!r->host) {
         braid_free(r);
-        return braid_fail(loop, braid_failure_new(BRAID_ENOMEM, "resolving %s", host));
+        return braid_deferred_fail(loop, braid_failure_new(BRAID_ENOMEM, "resolving %s", host));
     }
     if (hints) r->hints = *hints;
     r->hints.ai_socktype = SOCK_STREAM;
@@ -158,7 +161,7 @@ braid_deferred *braid__resolve(braid_loop *loop, const char *host, int port,
     braid_pool *pool = braid__resolver_pool(loop, &cls);
     if (!pool) {
         req_free(r);
-        return braid_fail(loop, braid_failure_new(BRAID_ENOMEM, "resolving %s: no pool", host));
+        return braid_deferred_fail(loop, braid_failure_new(BRAID_ENOMEM, "resolving %s: no pool", host));
     }
-    return braid_defer_to_pool_full(loop, pool, cls, resolve_work, r, req_free);
+    return braid_pool_defer_full(loop, pool, cls, resolve_work, r, req_free);
 }

@@ -49,8 +49,9 @@ braid_protocol *braid_factory_build(braid_factory *f, const braid_address *peer)
     return p;
 }
 
-void braid_factory_ref(braid_factory *f) {
+braid_factory *braid_factory_ref(braid_factory *f) {
     if (f->refs++ == 0 && f->start) f->start(f);
+    return f;
 }
 
 void braid_factory_unref(braid_factory *f) {
@@ -68,10 +69,11 @@ void braid__protocol_release(braid_protocol *p) {
 /* ---- setup ---------------------------------------------------------------------------- */
 static void flush_cb(void *arg);
 static void lost_cb(void *arg);
+static void lose_connection(braid_transport *t);
 
 static void self_pause(braid_producer *p) { braid_transport_pause_reading(p->arg); }
 static void self_resume(braid_producer *p) { braid_transport_resume_reading(p->arg); }
-static void self_stop(braid_producer *p) { braid_transport_lose_connection(p->arg); }
+static void self_stop(braid_producer *p) { lose_connection(p->arg); }
 
 void braid__transport_init(braid_transport *t, braid_loop *loop, const braid__transport_vt *vt) {
     memset(t, 0, sizeof *t);
@@ -129,7 +131,7 @@ void braid__transport_eof(braid_transport *t) {
             braid__transport_lost(t, BRAID_ECONNECTION_DONE);
     } else {
         /* Not half-close aware: EOF ends the connection once our bytes are out. */
-        braid_transport_lose_connection(t);
+        lose_connection(t);
     }
 }
 
@@ -331,7 +333,8 @@ void braid__transport_wrote(braid_transport *t, size_t n) {
     }
 }
 
-void braid_transport_lose_connection(braid_transport *t) {
+/* Flush what is buffered, then close: braid_transport_close with no deadline. */
+static void lose_connection(braid_transport *t) {
     if (t->state & (BRAID__T_CLOSED | BRAID__T_DISCONNECTING)) return;
     t->state |= BRAID__T_DISCONNECTING;
     /* No more input matters once we are closing. */
@@ -368,12 +371,12 @@ void braid__transport_close_at(braid_transport *t, uint64_t deadline) {
             return;
         }
     }
-    braid_transport_lose_connection(t);
+    lose_connection(t);
 }
 
-void braid_transport_close_within(braid_transport *t, uint64_t timeout_ns) {
+void braid_transport_close(braid_transport *t, uint64_t timeout_ns) {
     if (t->state & BRAID__T_CLOSED) return;
-    if (timeout_ns == BRAID_FOREVER) { braid_transport_lose_connection(t); return; }
+    if (timeout_ns == BRAID_FOREVER) { lose_connection(t); return; }
     uint64_t now = braid_loop_now_fresh(t->loop);
     uint64_t deadline = timeout_ns > UINT64_MAX - now ? UINT64_MAX : now + timeout_ns;
     braid__transport_close_at(t, deadline);
@@ -400,11 +403,11 @@ void braid_transport_abort_with(braid_transport *t, int code) {
 }
 
 /* ---- addresses and options -------------------------------------------------------------- */
-int braid_transport_get_peer(braid_transport *t, braid_address *out) {
+int braid_transport_peer(braid_transport *t, braid_address *out) {
     if (t->state & BRAID__T_CLOSED) return BRAID_ESHUTDOWN;
     return t->vt->get_addr ? t->vt->get_addr(t, true, out) : BRAID_ENOSYS;
 }
-int braid_transport_get_host(braid_transport *t, braid_address *out) {
+int braid_transport_host(braid_transport *t, braid_address *out) {
     if (t->state & BRAID__T_CLOSED) return BRAID_ESHUTDOWN;
     return t->vt->get_addr ? t->vt->get_addr(t, false, out) : BRAID_ENOSYS;
 }

@@ -25,7 +25,7 @@ uint64_t braid__transport_sent_total(const braid_transport *t);
 void braid__transport_queue_flush(braid_transport *t);
 /* Lose the connection (flush, then close) and abort it with BRAID_ETIMEDOUT
  * if it has not closed by `deadline` (absolute, loop clock). An earlier
- * deadline already set wins. braid_transport_close_within is this with
+ * deadline already set wins. braid_transport_close is this with
  * now + timeout. */
 void braid__transport_close_at(braid_transport *t, uint64_t deadline);
 /* sendfile(2) from in_fd at *off straight to an fd transport's socket.

@@ -100,7 +100,7 @@ struct braid_transport {
     char *wbuf_retired;
     int lost_code;
     braid_soon flush_node, lost_node;
-    /* braid_transport_close_within: the absolute deadline on the loop clock
+    /* braid_transport_close: the absolute deadline on the loop clock
      * (0 = none) and its timer (initialised on first use). */
     uint64_t close_deadline;
     size_t close_unsent;              /* bytes still buffered when it passed */

@@ -42,6 +42,19 @@ static int ep_update(braid__poller *p, int fd, unsigned old_mask, unsigned new_m
     e.data.u64 = tag;
     if (new_mask & BRAID__POLL_READ) e.events |= EPOLLIN | EPOLLRDHUP;
     if (new_mask & BRAID__POLL_WRITE) e.events |= EPOLLOUT;
+    if (new_mask & BRAID__POLL_EXCLUSIVE) {
+        /* EPOLLEXCLUSIVE is only accepted by EPOLL_CTL_ADD (and without
+         * EPOLLRDHUP's kin it does not need): re-add to change the mask. */
+        e.events = (e.events & ~(uint32_t)EPOLLRDHUP) | EPOLLEXCLUSIVE;
+        if (old_mask && epoll_ctl(s->epfd, EPOLL_CTL_DEL, fd, &e) < 0 && errno != ENOENT) return -errno;
+        return epoll_ctl(s->epfd, EPOLL_CTL_ADD, fd, &e) == 0 ? 0 : -errno;
+    }
+    if (old_mask & BRAID__POLL_EXCLUSIVE) {
+        /* and cannot be modified away either */
+        if (epoll_ctl(s->epfd, EPOLL_CTL_DEL, fd, &e) < 0 && errno != ENOENT) return -errno;
+        if (!new_mask) return 0;
+        old_mask = 0;
+    }
     int op = !old_mask ? EPOLL_CTL_ADD : !new_mask ? EPOLL_CTL_DEL : EPOLL_CTL_MOD;
     if (epoll_ctl(s->epfd, op, fd, &e) == 0) return 0;
     int err = errno;

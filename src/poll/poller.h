@@ -20,8 +20,8 @@
  *               per process); init may still fail with BRAID_ENOSYS (limits)
  *               and the loop then falls back as it does for unavailable ones
  *
- * The event bits are <braid/loop.h>'s BRAID_READ, BRAID_WRITE, BRAID_ERROR
- * and BRAID_HUP, restated here so the layer below the loop does not include
+ * The event bits are <braid/loop.h>'s BRAID_WATCH_READ, BRAID_WATCH_WRITE, BRAID_WATCH_ERROR
+ * and BRAID_WATCH_HUP, restated here so the layer below the loop does not include
  * the loop's header (loop.c checks that they agree).
  *
  * A completion-based backend (io_uring) may also carry operations for the
@@ -37,6 +37,7 @@ enum {
     BRAID__POLL_WRITE = 1u << 1,
     BRAID__POLL_ERROR = 1u << 2,
     BRAID__POLL_HUP   = 1u << 3,
+    BRAID__POLL_EXCLUSIVE = 1u << 4,   /* in update masks only: wake one waiter (epoll) */
 };
 
 typedef struct braid__event {
@@ -66,7 +67,7 @@ struct braid__poller {
     void *state;                  /* the backend's own */
     braid__event *events;         /* the batch: BRAID__MAX_BATCH entries */
     size_t nevents;               /* filled by the last poll */
-    braid_log_fn log;             /* where the backend's log lines go */
+    braid_log_cb log;             /* where the backend's log lines go */
     void *log_ctx;
 };
 

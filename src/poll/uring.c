@@ -23,7 +23,7 @@
  * That is what epoll's level mode does inside epoll_wait, and it costs one
  * SQE per *active* fd, batched into the same io_uring_enter.
  *
- * Interest changes are not sent one by one: braid_watch_set records the
+ * Interest changes are not sent one by one: braid_watch_set_interest records the
  * wanted mask and tag, and before each wait the backend reconciles each
  * changed fd (remove, update in place, or add with a new seq). Several
  * changes in one iteration cost one SQE; closing a watcher and reusing its
@@ -33,7 +33,7 @@
  * A multishot poll that ends (a CQE without IORING_CQE_F_MORE: CQ overflow,
  * -ECANCELED when the submitting thread exited, ...) is re-armed; one that
  * fails (say -EBADF: the fd was closed before the request was sent) reports
- * BRAID_ERROR to its watcher once and stays down until the interest changes.
+ * BRAID_WATCH_ERROR to its watcher once and stays down until the interest changes.
  *
  * Waiting: io_uring_submit_and_wait_timeout with IORING_FEAT_EXT_ARG (5.11),
  * a relative ns timeout and no timeout SQE: queued SQEs and the wait are one

@@ -12,10 +12,10 @@
  * allocate nothing and a batch of them costs the loop one wake-up (or none,
  * while the loop busy-polls, see spin_for_posted in loop.c).
  *
- * Job memory. A braid_defer_to_pool job is taken from a per-loop cache
+ * Job memory. A braid_pool_defer job is taken from a per-loop cache
  * (under the pool's loop key) and given back there by the completion,
  * both on the loop thread, so the steady state allocates nothing but the
- * Deferred (itself from a per-loop free list). braid_call_in_pool jobs come
+ * Deferred (itself from a per-loop free list). braid_pool_call jobs come
  * from any thread and are plain allocations freed by the worker.
  *
  * Lifetimes. A completion touches only its job and its loop, never the
@@ -49,8 +49,8 @@ struct pool_job {
     braid_pool *pool;
     braid_loop *loop;            /* NULL: a call_in_pool job (no completion) */
     braid_deferred *d;           /* producer reference until fired */
-    braid_pool_fn fn;
-    braid_call_fn call;
+    braid_result_fn fn;
+    braid_loop_call_cb call;
     void *arg;
     void (*arg_free)(void *);    /* loop thread, once fn is done with arg (or never ran) */
     braid_result result;
@@ -270,7 +270,7 @@ static void run_job(braid_pool *pool, pool_job *j) {
         braid_loop_post_node(j->loop, &j->post);   /* j belongs to the loop now */
         t0 = t1 - t0;
     } else {
-        braid_call_fn call = j->call;
+        braid_loop_call_cb call = j->call;
         void *arg = j->arg;
         braid_free(j);
         call(arg);
@@ -634,7 +634,7 @@ static int start_takers(braid_pool *pool, unsigned n) {
 }
 
 /* ---- creation --------------------------------------------------------------------------- */
-int braid_pool_new(braid_pool **out, const braid_pool_options *opts) {
+int braid_pool_new(const braid_pool_options *opts, braid_pool **out) {
     braid_pool_options o = { 0 };
     if (!out) return BRAID_EINVAL;
     *out = NULL;
@@ -677,7 +677,8 @@ int braid_pool_new(braid_pool **out, const braid_pool_options *opts) {
             int rc = start_takers(pool, 1);
             if (rc < 0) {
                 pool->loop = NULL;
-                braid_pool_destroy(pool, BRAID_POOL_CANCEL);
+                braid_pool_shutdown(pool, BRAID_POOL_CANCEL);
+                braid_pool_free(pool);
                 return rc;
             }
         }
@@ -807,21 +808,21 @@ static void job_cancel(braid_deferred *d, void *arg) {
     j->dropped = true;
 }
 
-braid_deferred *braid_defer_to_pool_full(braid_loop *loop, braid_pool *pool, int cls,
-                                         braid_pool_fn fn, void *arg, void (*arg_free)(void *)) {
+braid_deferred *braid_pool_defer_full(braid_loop *loop, braid_pool *pool, int cls,
+                                         braid_result_fn fn, void *arg, void (*arg_free)(void *)) {
     if (!loop) {
         if (arg_free) arg_free(arg);
         return NULL;
     }
     if (!pool || !fn) {
         if (arg_free) arg_free(arg);
-        return braid_fail(loop, braid_failure_new(BRAID_EINVAL, "braid_defer_to_pool: no %s",
+        return braid_deferred_fail(loop, braid_failure_new(BRAID_EINVAL, "braid_pool_defer: no %s",
                                                   pool ? "function" : "pool"));
     }
     pool_job *j = job_get(loop);
     if (!j) {
         if (arg_free) arg_free(arg);
-        return braid_fail(loop, braid_failure_new(BRAID_ENOMEM, NULL));
+        return braid_deferred_fail(loop, braid_failure_new(BRAID_ENOMEM, NULL));
     }
     braid_deferred *d = braid_deferred_new_cancellable(loop, job_cancel, j);
     if (!d) {
@@ -852,17 +853,17 @@ braid_deferred *braid_defer_to_pool_full(braid_loop *loop, braid_pool *pool, int
     return d;
 }
 
-braid_deferred *braid_defer_to_pool_class(braid_loop *loop, braid_pool *pool, int cls,
-                                          braid_pool_fn fn, void *arg) {
-    return braid_defer_to_pool_full(loop, pool, cls, fn, arg, NULL);
+braid_deferred *braid_pool_defer_class(braid_loop *loop, braid_pool *pool, int cls,
+                                          braid_result_fn fn, void *arg) {
+    return braid_pool_defer_full(loop, pool, cls, fn, arg, NULL);
 }
 
-braid_deferred *braid_defer_to_pool(braid_loop *loop, braid_pool *pool, braid_pool_fn fn,
+braid_deferred *braid_pool_defer(braid_loop *loop, braid_pool *pool, braid_result_fn fn,
                                     void *arg) {
-    return braid_defer_to_pool_class(loop, pool, 0, fn, arg);
+    return braid_pool_defer_class(loop, pool, 0, fn, arg);
 }
 
-int braid_call_in_pool_class(braid_pool *pool, int cls, braid_call_fn fn, void *arg) {
+int braid_pool_call_class(braid_pool *pool, int cls, braid_loop_call_cb fn, void *arg) {
     if (!pool || !fn) return BRAID_EINVAL;
     pool_job *j = braid_malloc(sizeof *j);
     if (!j) return BRAID_ENOMEM;
@@ -875,15 +876,15 @@ int braid_call_in_pool_class(braid_pool *pool, int cls, braid_call_fn fn, void *
     return rc;
 }
 
-int braid_call_in_pool(braid_pool *pool, braid_call_fn fn, void *arg) {
-    return braid_call_in_pool_class(pool, 0, fn, arg);
+int braid_pool_call(braid_pool *pool, braid_loop_call_cb fn, void *arg) {
+    return braid_pool_call_class(pool, 0, fn, arg);
 }
 
 /* ---- blocking_call_from_thread -------------------------------------------------------------- */
 typedef struct bcall {
     braid_post post;
     braid_loop *loop;
-    braid_loop_fn fn;
+    braid_pool_blocking_fn fn;
     void *arg;
     braid_result r;
     bool done;
@@ -900,14 +901,14 @@ static braid_result bcall_done(braid_result r, void *arg) {
     b->done = true;
     pthread_cond_signal(&b->cv);
     pthread_mutex_unlock(&b->mu);
-    return braid_ok(NULL);
+    return braid_result_ok(NULL);
 }
 
 static void bcall_run(void *arg) {
     bcall *b = arg;
     braid_deferred *d = b->fn(b->loop, b->arg);
     if (!d) {
-        bcall_done(braid_err(braid_failure_new(BRAID_ENOMEM, "blocking call: no Deferred")), b);
+        bcall_done(braid_result_err(braid_failure_new(BRAID_ENOMEM, "blocking call: no Deferred")), b);
         return;
     }
     int rc = braid_deferred_add_both(d, bcall_done, b);
@@ -915,20 +916,20 @@ static void bcall_run(void *arg) {
         /* Could not attach (no memory for a callback slot): cancel what we
          * cannot wait for, and tell the waiting thread. */
         braid_deferred_cancel(d);
-        braid_deferred_release(d);
-        bcall_done(braid_err(braid_failure_new(rc, "blocking call: cannot wait")), b);
+        braid_deferred_unref(d);
+        bcall_done(braid_result_err(braid_failure_new(rc, "blocking call: cannot wait")), b);
         return;
     }
-    braid_deferred_release(d);
+    braid_deferred_unref(d);
 }
 
-braid_result braid_blocking_call_from_thread(braid_loop *loop, braid_loop_fn fn, void *arg) {
-    if (!loop || !fn) return braid_err(braid_failure_new(BRAID_EINVAL, "blocking call: bad arguments"));
+braid_result braid_pool_blocking_call(braid_loop *loop, braid_pool_blocking_fn fn, void *arg) {
+    if (!loop || !fn) return braid_result_err(braid_failure_new(BRAID_EINVAL, "blocking call: bad arguments"));
     /* On the loop's thread nobody would ever run fn: refuse rather than
      * hang (a thread-id comparison, in every build). */
     if (braid__loop_on_owner_thread(loop))
-        return braid_err(braid_failure_new(BRAID_EDEADLK,
-                                           "braid_blocking_call_from_thread called on the loop's own thread "
+        return braid_result_err(braid_failure_new(BRAID_EDEADLK,
+                                           "braid_pool_blocking_call called on the loop's own thread "
                                            "(it would wait forever for itself): call fn directly there"));
     bcall b;
     memset(&b, 0, sizeof b);
@@ -981,7 +982,7 @@ void braid_pool_shutdown(braid_pool *pool, braid_pool_mode mode) {
         pool_job *j = cancelled;
         cancelled = j->next;
         if (j->loop) {
-            j->result = braid_err(braid_failure_new(BRAID_ECANCELED, "pool %s shut down", pool->name));
+            j->result = braid_result_err(braid_failure_new(BRAID_ECANCELED, "pool %s shut down", pool->name));
             braid_loop_post_node(j->loop, &j->post);
         } else {
             braid_free(j);
@@ -989,9 +990,9 @@ void braid_pool_shutdown(braid_pool *pool, braid_pool_mode mode) {
     }
 }
 
-void braid_pool_destroy(braid_pool *pool, braid_pool_mode mode) {
+void braid_pool_free(braid_pool *pool) {
     if (!pool) return;
-    braid_pool_shutdown(pool, mode);
+    braid_pool_shutdown(pool, BRAID_POOL_FINISH);   /* after a CANCEL: nothing left to run */
     if (pool->flags & BRAID_POOL_MEMORY)
         while (braid_pool_step(pool) > 0) {}
     /* Join everyone. A worker may be starting a thread right now (decided
@@ -1026,7 +1027,7 @@ int braid_pool_step(braid_pool *pool) {
 }
 
 /* ---- statistics -------------------------------------------------------------------------------- */
-void braid_pool_stats_get(braid_pool *pool, braid_pool_stats *out) {
+void braid_pool_stats(braid_pool *pool, struct braid_pool_stats *out) {
     memset(out, 0, sizeof *out);
     pthread_mutex_lock(&pool->mu);
     out->queued = atomic_load_explicit(&pool->nqueued, memory_order_relaxed);

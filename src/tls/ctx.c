@@ -317,8 +317,8 @@ static SSL_CTX *new_ssl_ctx(braid_tls_ctx *ctx, const braid_tls_options *o, char
     return c;
 }
 
-int braid_tls_ctx_new(braid_tls_ctx **out, braid_tls_role role, const braid_tls_options *opts,
-                      char *err, size_t errlen) {
+int braid_tls_ctx_new(braid_tls_role role, const braid_tls_options *opts, char *err,
+                      size_t errlen, braid_tls_ctx **out) {
     static const braid_tls_options none;
     const braid_tls_options *o = opts ? opts : &none;
     if (err && errlen) err[0] = 0;
@@ -418,7 +418,10 @@ int braid_tls_ctx_add_sni(braid_tls_ctx *ctx, const char *name, const braid_tls_
     return 0;
 }
 
-void braid_tls_ctx_ref(braid_tls_ctx *ctx) { atomic_fetch_add(&ctx->refs, 1); }
+braid_tls_ctx *braid_tls_ctx_ref(braid_tls_ctx *ctx) {
+    atomic_fetch_add(&ctx->refs, 1);
+    return ctx;
+}
 
 void braid_tls_ctx_unref(braid_tls_ctx *ctx) {
     if (!ctx || atomic_fetch_sub(&ctx->refs, 1) != 1) return;

@@ -1,10 +1,10 @@
 /* TLS endpoint strings ("ssl:8443:privateKey=...", "tls:host=...:port=...").
  *
- * The stream module's endpoint parser has no registration hook for new
- * kinds, so this is a thin wrapper over it: the TLS fields are taken out of
- * the description, the rest is handed to braid_endpoint_parse_server/client
- * as a "tcp:" string (its errors name the bad part as usual), and the
- * listener or connection is made through a braid_tls_factory. */
+ * Two kinds registered with the endpoint module (braid_endpoint_type), which
+ * hands them whole descriptions: the TLS fields are taken out, the rest is
+ * parsed by braid_endpoint_parse_server/client as a "tcp:" string (its
+ * errors name the bad part as usual), and the listener or connection is made
+ * through a braid_tls_factory of its own. */
 #include "tls/tls_internal.h"
 #include <braid/endpoint.h>
 #include <stdarg.h>
@@ -128,66 +128,82 @@ static int make_ctx(const char *desc, const tls_desc *td, bool server, braid_tls
         else return bad(err, errlen, desc, "minVersion must be 1.2 or 1.3, not '%s'", v);
     }
     char why[256];
-    int rc = braid_tls_ctx_new(out, server ? BRAID_TLS_SERVER : BRAID_TLS_CLIENT, &o, why, sizeof why);
+    int rc = braid_tls_ctx_new(server ? BRAID_TLS_SERVER : BRAID_TLS_CLIENT, &o, why, sizeof why, out);
     if (rc < 0) snprintf(err, errlen, "endpoint '%s': %s", desc, why);
     return rc;
 }
 
-braid_deferred *braid_tls_listen(braid_loop *loop, const char *desc, braid_factory *inner,
-                                 braid_tls_factory *tf) {
-    memset(tf, 0, sizeof *tf);
-    tls_desc *td = braid_malloc(sizeof *td);
-    if (!td) return braid_fail(loop, braid_failure_new(BRAID_ENOMEM, "tls endpoint"));
-    char err[768];
-    braid_endpoint ep;
-    braid_tls_ctx *ctx = NULL;
-    int rc = split(desc, true, td, err, sizeof err);
-    if (rc == 0) {
-        rc = braid_endpoint_parse_server(td->tcp, &ep, err, sizeof err);
-        if (rc == 0 && ep.kind == BRAID_ENDPOINT_UNIX) rc = bad(err, sizeof err, desc, "TLS endpoints are TCP");
-    }
-    if (rc == 0) rc = make_ctx(desc, td, true, &ctx, err, sizeof err);
-    braid_free(td);
-    if (rc == 0) {
-        rc = braid_tls_factory_init(tf, inner, &(braid_tls_wrap_options){ .ctx = ctx });
-        braid_tls_ctx_unref(ctx);
-        if (rc < 0) snprintf(err, sizeof err, "tls endpoint: %s", braid_strerror(rc));
-    }
-    if (rc < 0) return braid_fail(loop, braid_failure_new(rc, "%s", err));
-    return braid_endpoint_listen(loop, &ep, &tf->base);
-}
-
+/* The application protocol of a connected glue protocol (connect's Deferred). */
 static braid_result to_app(braid_result r, void *arg) {
     BRAID__UNUSED(arg);
     if (r.failure) return r;
     braid_protocol *app = braid_tls_wrapped_protocol(r.value);
-    if (!app) return braid_errf(BRAID_ECONNECTION_LOST, "TLS connection ended before it started");
-    return braid_ok(app);
+    if (!app) return braid_result_errf(BRAID_ECONNECTION_LOST, "TLS connection ended before it started");
+    return braid_result_ok(app);
 }
 
-braid_deferred *braid_tls_connect_to(braid_loop *loop, const char *desc, braid_factory *inner,
-                                     braid_tls_factory *tf) {
-    memset(tf, 0, sizeof *tf);
+/* The wrapper factory of an endpoint's listener or connection lives on the
+ * heap and goes when its last user (the listener, the connector) lets it
+ * go: its stop undoes the wrapper's start and frees it. Its connections
+ * use it only while they are being made. */
+static void heap_stop(braid_factory *f) {
+    braid_tls_factory *tf = (braid_tls_factory *)f;
+    braid_factory_unref(tf->inner);
+    braid_tls_factory_close(tf);
+    braid_free(tf);
+}
+
+static braid_deferred *tls_endpoint(braid_loop *loop, const char *desc, braid_factory *inner, bool server) {
     tls_desc *td = braid_malloc(sizeof *td);
-    if (!td) return braid_fail(loop, braid_failure_new(BRAID_ENOMEM, "tls endpoint"));
+    if (!td) return braid_deferred_fail(loop, braid_failure_new(BRAID_ENOMEM, "tls endpoint"));
     char err[768];
     braid_endpoint ep;
     braid_tls_ctx *ctx = NULL;
-    int rc = split(desc, false, td, err, sizeof err);
+    braid_tls_factory *tf = NULL;
+    int rc = split(desc, server, td, err, sizeof err);
     if (rc == 0) {
-        rc = braid_endpoint_parse_client(td->tcp, &ep, err, sizeof err);
-        if (rc == 0 && ep.kind == BRAID_ENDPOINT_UNIX) rc = bad(err, sizeof err, desc, "TLS endpoints are TCP");
+        rc = server ? braid_endpoint_parse_server(td->tcp, &ep, err, sizeof err)
+                    : braid_endpoint_parse_client(td->tcp, &ep, err, sizeof err);
+        if (rc == 0 && ep.kind != BRAID_ENDPOINT_TCP && ep.kind != BRAID_ENDPOINT_TCP6)
+            rc = bad(err, sizeof err, desc, "TLS endpoints are TCP");
     }
-    if (rc == 0) rc = make_ctx(desc, td, false, &ctx, err, sizeof err);
+    if (rc == 0) rc = make_ctx(desc, td, server, &ctx, err, sizeof err);
+    if (rc == 0 && !(tf = braid_malloc(sizeof *tf))) {
+        rc = BRAID_ENOMEM;
+        snprintf(err, sizeof err, "tls endpoint: %s", braid_strerror(rc));
+    }
     if (rc == 0) {
-        const char *name = td->have[K_SERVER_NAME] ? td->vals[K_SERVER_NAME] : ep.host;
+        const char *name = server ? NULL : td->have[K_SERVER_NAME] ? td->vals[K_SERVER_NAME] : ep.host;
         rc = braid_tls_factory_init(tf, inner, &(braid_tls_wrap_options){ .ctx = ctx, .server_name = name });
-        braid_tls_ctx_unref(ctx);
-        if (rc < 0) snprintf(err, sizeof err, "tls endpoint: %s", braid_strerror(rc));
+        if (rc < 0) {
+            snprintf(err, sizeof err, "tls endpoint: %s", braid_strerror(rc));
+            braid_tls_factory_close(tf);
+            braid_free(tf);
+        }
     }
+    if (ctx) braid_tls_ctx_unref(ctx);    /* the wrapper holds its own */
     braid_free(td);
-    if (rc < 0) return braid_fail(loop, braid_failure_new(rc, "%s", err));
-    braid_deferred *d = braid_endpoint_connect(loop, &ep, &tf->base);
-    if (d && braid_deferred_add_callback(d, to_app, NULL) < 0) braid_deferred_cancel(d);
+    if (rc < 0) return braid_deferred_fail(loop, braid_failure_new(rc, "%s", err));
+    tf->base.stop = heap_stop;
+    braid_factory_ref(&tf->base);          /* ours for the call: a failed listen or connect frees tf */
+    braid_deferred *d = server ? braid_endpoint_listen_typed(loop, &ep, &tf->base)
+                               : braid_endpoint_connect_typed(loop, &ep, &tf->base);
+    if (d && !server && braid_deferred_add_callback(d, to_app, NULL) < 0) braid_deferred_cancel(d);
+    braid_factory_unref(&tf->base);
     return d;
+}
+
+static braid_deferred *tls_listen(braid_loop *loop, const char *desc, braid_factory *f) {
+    return tls_endpoint(loop, desc, f, true);
+}
+static braid_deferred *tls_connect(braid_loop *loop, const char *desc, braid_factory *f) {
+    return tls_endpoint(loop, desc, f, false);
+}
+
+static braid_endpoint_type ssl_type = { "ssl", tls_listen, tls_connect, NULL };
+static braid_endpoint_type tls_type = { "tls", tls_listen, tls_connect, NULL };
+
+int braid_tls_endpoints_register(void) {
+    int rc = braid_endpoint_type_register(&ssl_type);
+    return rc < 0 ? rc : braid_endpoint_type_register(&tls_type);
 }

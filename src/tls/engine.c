@@ -300,8 +300,8 @@ static int drive(braid_tls_engine *e) {
 
 /* ---- public API ------------------------------------------------------------------------------ */
 
-int braid_tls_engine_new(braid_tls_engine **out, braid_tls_ctx *ctx, const char *server_name,
-                         const braid_tls_engine_ops *ops, void *arg) {
+int braid_tls_engine_new(braid_tls_ctx *ctx, const char *server_name, const braid_tls_engine_ops *ops,
+                         void *arg, braid_tls_engine **out) {
     *out = NULL;
     bool client = ctx->role == BRAID_TLS_CLIENT;
     if (client && ctx->check_host && (!server_name || !*server_name)) return BRAID_EINVAL;
@@ -488,7 +488,7 @@ int braid_tls_engine_shutdown(braid_tls_engine *e) {
     return 0;
 }
 
-bool braid_tls_engine_handshake_done(const braid_tls_engine *e) { return e->hs_done; }
+bool braid_tls_engine_is_handshake_done(const braid_tls_engine *e) { return e->hs_done; }
 
 const braid_tls_info *braid_tls_engine_info(const braid_tls_engine *e) {
     return e->hs_done ? &e->info : NULL;

@@ -38,9 +38,9 @@ typedef struct braid__tls_conn {
     braid_protocol glue;          /* the protocol on the lower transport */
     braid_transport *lower;       /* NULL once the lower transport is gone */
     braid_tls_engine *engine;
-    braid_tls_ctx *ctx;           /* for engine creation */
-    braid_tls_factory *tf;        /* the factory case: builds the application protocol */
-    braid_tls_handshake_fn on_handshake;
+    braid_tls_ctx *ctx;           /* for engine creation (a reference of the connection's) */
+    braid_factory *inner;         /* the factory case: builds the application protocol */
+    braid_tls_handshake_cb on_handshake;
     void *hs_arg;
     uint64_t hs_timeout;
     braid_timer hs_timer;
@@ -74,6 +74,7 @@ static void conn_unref(braid__tls_conn *c) {
     if (--c->refs) return;
     braid_free(c->held);
     braid_free(c->server_name);
+    braid_tls_ctx_unref(c->ctx);
     braid_free(c);
 }
 
@@ -155,7 +156,7 @@ static void update_lower_reading(braid__tls_conn *c) {
     if (!c->lower) return;
     bool want;
     if (!c->t_live || (c->t.state & BRAID__T_CLOSED)) want = false;
-    else if (c->engine && !braid_tls_engine_handshake_done(c->engine)) want = true;
+    else if (c->engine && !braid_tls_engine_is_handshake_done(c->engine)) want = true;
     else want = braid__transport_reading(&c->t) && !c->held_len;
     if (want) braid_transport_resume_reading(c->lower);
     else braid_transport_pause_reading(c->lower);
@@ -266,7 +267,7 @@ static int start(braid__tls_conn *c, braid_protocol *app, bool app_attached) {
     braid__transport_watermarks(lower, &low, &high);
     if (high == BRAID__DEFAULT_HIGH)
         braid_transport_set_limits(lower, low < LOWER_HIGH ? low : LOWER_HIGH, LOWER_HIGH, 0);
-    int rc = braid_tls_engine_new(&c->engine, c->ctx, c->server_name, &engine_ops, c);
+    int rc = braid_tls_engine_new(c->ctx, c->server_name, &engine_ops, c, &c->engine);
     if (rc < 0) return rc;
     if (app_attached) {
         /* STARTTLS: the glue takes the application's place on the lower
@@ -292,8 +293,8 @@ static int start(braid__tls_conn *c, braid_protocol *app, bool app_attached) {
         c->t.state |= BRAID__T_MADE;
     } else {
         braid_address peer = { .len = 0 };   /* not kept: an idle connection's bytes count */
-        if (braid_transport_get_peer(lower, &peer) < 0) memset(&peer, 0, sizeof peer);
-        if (!app) app = braid_factory_build(c->tf->inner, &peer);
+        if (braid_transport_peer(lower, &peer) < 0) memset(&peer, 0, sizeof peer);
+        if (!app) app = braid_factory_build(c->inner, &peer);
         if (!app) {
             braid__transport_lost(&c->t, BRAID_ECONNECTION_DONE);   /* refused */
             return 0;
@@ -338,12 +339,12 @@ static void glue_data(braid_protocol *p, const void *buf, size_t len) {
 static void glue_read_lost(braid_protocol *p) {
     braid__tls_conn *c = of_glue(p);
     if (!c->t_live || (c->t.state & BRAID__T_CLOSED)) {
-        if (c->lower) braid_transport_lose_connection(c->lower);
+        if (c->lower) braid_transport_close(c->lower, BRAID_FOREVER);
         return;
     }
     int rc = braid_tls_engine_feed_eof(c->engine);
     if (rc != BRAID_ECONNECTION_DONE) fail(c, rc);   /* EOF without close_notify */
-    else if (c->lower) braid_transport_lose_connection(c->lower);
+    else if (c->lower) braid_transport_close(c->lower, BRAID_FOREVER);
 }
 
 static void glue_lost(braid_protocol *p, const braid_failure *reason) {
@@ -371,7 +372,7 @@ static const braid_protocol_ops glue_ops = {
 
 static void tls_flush(braid_transport *t) {
     braid__tls_conn *c = of_t(t);
-    if (!c->lower || !c->engine || !braid_tls_engine_handshake_done(c->engine)) return;
+    if (!c->lower || !c->engine || !braid_tls_engine_is_handshake_done(c->engine)) return;
     size_t lower_high;
     braid__transport_watermarks(c->lower, NULL, &lower_high);
     while (t->wlen && !(t->state & BRAID__T_CLOSED)) {
@@ -431,17 +432,17 @@ static void tls_close(braid_transport *t) {
      * queued. Either way the lower transport flushes, then closes. */
     if (t->lost_code == BRAID_ECONNECTION_DONE) braid_tls_engine_shutdown(c->engine);
     push_out(c);
-    /* A close with a deadline (braid_transport_close_within) bounds the
+    /* A close with a deadline (braid_transport_close) bounds the
      * lower transport's flush too: the same deadline passes down. */
     uint64_t deadline = braid__transport_close_deadline(t);
     if (deadline) braid__transport_close_at(c->lower, deadline);
-    else braid_transport_lose_connection(c->lower);
+    else braid_transport_close(c->lower, BRAID_FOREVER);
 }
 
 static int tls_get_addr(braid_transport *t, bool peer, braid_address *out) {
     braid__tls_conn *c = of_t(t);
     if (!c->lower) return BRAID_ESHUTDOWN;
-    return peer ? braid_transport_get_peer(c->lower, out) : braid_transport_get_host(c->lower, out);
+    return peer ? braid_transport_peer(c->lower, out) : braid_transport_host(c->lower, out);
 }
 
 static int tls_set_option(braid_transport *t, int opt, int a, int b) {
@@ -481,7 +482,7 @@ static braid__tls_conn *conn_new(const braid_tls_wrap_options *o, const char *se
         return NULL;
     }
     c->glue.ops = &glue_ops;
-    c->ctx = o->ctx;
+    c->ctx = braid_tls_ctx_ref(o->ctx);   /* the connection may outlive its factory */
     c->on_handshake = o->handshake_done;
     c->hs_arg = o->handshake_arg;
     c->hs_timeout = o->handshake_timeout ? o->handshake_timeout
@@ -494,7 +495,7 @@ static braid_protocol *tls_build(braid_factory *f, const braid_address *peer) {
     braid_tls_factory *tf = (braid_tls_factory *)f;
     braid__tls_conn *c = conn_new(&tf->opts, tf->server_name);
     if (!c) return NULL;
-    c->tf = tf;
+    c->inner = tf->inner;
     (void)peer;   /* the inner factory gets the lower transport's peer when it is made */
     return &c->glue;
 }
@@ -518,7 +519,7 @@ int braid_tls_factory_init(braid_tls_factory *tf, braid_factory *inner, const br
     return 0;
 }
 
-void braid_tls_factory_cleanup(braid_tls_factory *tf) {
+void braid_tls_factory_close(braid_tls_factory *tf) {
     if (tf->opts.ctx) braid_tls_ctx_unref(tf->opts.ctx);
     braid_free(tf->server_name);
     memset(tf, 0, sizeof *tf);
@@ -534,8 +535,8 @@ static braid_result to_app(braid_result r, void *arg) {
     BRAID__UNUSED(arg);
     if (r.failure) return r;
     braid_protocol *app = braid_tls_wrapped_protocol(r.value);
-    if (!app) return braid_errf(BRAID_ECONNECTION_LOST, "TLS connection ended before it started");
-    return braid_ok(app);
+    if (!app) return braid_result_errf(BRAID_ECONNECTION_LOST, "TLS connection ended before it started");
+    return braid_result_ok(app);
 }
 
 braid_deferred *braid_tls_connect(braid_loop *loop, const braid_tcp_connect_options *o,
@@ -565,15 +566,15 @@ int braid_tls_start(braid_protocol *p, const braid_tls_wrap_options *o) {
     return 0;
 }
 
-bool braid_transport_is_tls(const braid_transport *t) { return t && t->vt == &tls_vt; }
+bool braid_tls_is_transport(const braid_transport *t) { return t && t->vt == &tls_vt; }
 
 const braid_tls_info *braid_tls_transport_info(braid_transport *t) {
-    if (!braid_transport_is_tls(t) || !of_t(t)->engine) return NULL;
+    if (!braid_tls_is_transport(t) || !of_t(t)->engine) return NULL;
     return braid_tls_engine_info(of_t(t)->engine);
 }
 
 int braid_tls_transport_error(braid_transport *t, const char **detail) {
-    if (!braid_transport_is_tls(t) || !of_t(t)->engine) {
+    if (!braid_tls_is_transport(t) || !of_t(t)->engine) {
         if (detail) *detail = "";
         return 0;
     }
@@ -581,5 +582,13 @@ int braid_tls_transport_error(braid_transport *t, const char **detail) {
 }
 
 braid_transport *braid_tls_transport_lower(braid_transport *t) {
-    return braid_transport_is_tls(t) ? of_t(t)->lower : NULL;
+    return braid_tls_is_transport(t) ? of_t(t)->lower : NULL;
+}
+
+/* TLS's endpoint kinds (endpoint_tls.c) are registered when the module is
+ * loaded; the call from here makes a static link that uses the TLS wrapper
+ * keep endpoint_tls.o too. (Not in ctx.c: the engine and contexts stand
+ * alone, without the loop or endpoints.) */
+__attribute__((constructor)) static void register_endpoints_at_load(void) {
+    (void)braid_tls_endpoints_register();
 }

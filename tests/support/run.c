@@ -14,7 +14,7 @@ void bt_run_until_pred(braid_loop *loop, bool (*pred)(void *arg), void *arg, lon
 int bt_drain(braid_loop *loop) {
     int i = 0, rc;
     while (i < 1000) {
-        rc = braid_loop_run_once(loop, BRAID_RUN_NOWAIT);
+        rc = braid_loop_run_once(loop, BRAID_LOOP_RUN_NOWAIT);
         i++;
         if (rc < 0) bt_fail(__FILE__, __LINE__, "braid_loop_run_once: %s", braid_strerror(rc));
         if (rc == 0) break;
@@ -23,7 +23,7 @@ int bt_drain(braid_loop *loop) {
 }
 
 void bt_spin(braid_loop *loop, int n) {
-    for (int i = 0; i < n; i++) bt__run_once(loop, BRAID_RUN_NOWAIT, __FILE__, __LINE__);
+    for (int i = 0; i < n; i++) bt__run_once(loop, BRAID_LOOP_RUN_NOWAIT, __FILE__, __LINE__);
 }
 
 void bt_advance(braid_loop *loop, uint64_t ns) {

@@ -24,7 +24,7 @@ void bt__run_once(braid_loop *loop, unsigned flags, const char *file, int line);
 #define BT_RUN_UNTIL(loop, cond, max) BT__RUN_UNTIL(loop, cond, max, 0)
 /* The same with NOWAIT iterations: for a loop with nothing to wait for, or
  * where the test itself moves time (fake clock) or peers (raw sockets). */
-#define BT_RUN_UNTIL_NOWAIT(loop, cond, max) BT__RUN_UNTIL(loop, cond, max, BRAID_RUN_NOWAIT)
+#define BT_RUN_UNTIL_NOWAIT(loop, cond, max) BT__RUN_UNTIL(loop, cond, max, BRAID_LOOP_RUN_NOWAIT)
 #define BT__RUN_UNTIL(loop, cond, max, flags)                                   \
     do {                                                                         \
         long bt_max_ = (long)(max);                                              \

@@ -19,7 +19,7 @@ braid_tls_ctx *bt_tls_server_ctx(const btc_cert *cert, const braid_tls_options *
     o.key_pem = cert->key_pem;
     braid_tls_ctx *c;
     char err[256] = "";
-    int rc = braid_tls_ctx_new(&c, BRAID_TLS_SERVER, &o, err, sizeof err);
+    int rc = braid_tls_ctx_new(BRAID_TLS_SERVER, &o, err, sizeof err, &c);
     if (rc < 0) bt_fail(__FILE__, __LINE__, "server TLS context: %s (%s)", err, braid_strerror(rc));
     return c;
 }
@@ -29,7 +29,7 @@ braid_tls_ctx *bt_tls_client_ctx(const braid_tls_options *extra) {
     if (!o.ca_pem) o.ca_pem = bt_tls_world()->ca.cert_pem;
     braid_tls_ctx *c;
     char err[256] = "";
-    int rc = braid_tls_ctx_new(&c, BRAID_TLS_CLIENT, &o, err, sizeof err);
+    int rc = braid_tls_ctx_new(BRAID_TLS_CLIENT, &o, err, sizeof err, &c);
     if (rc < 0) bt_fail(__FILE__, __LINE__, "client TLS context: %s (%s)", err, braid_strerror(rc));
     return c;
 }

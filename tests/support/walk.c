@@ -11,7 +11,7 @@ bool bt_is_error_code(int rc) {
 static void settle(const bt_walk *w) {
     if (!w->loop) return;
     int n = w->settle ? w->settle : 3;
-    for (int i = 0; i < n; i++) braid_loop_run_once(w->loop, BRAID_RUN_NOWAIT);
+    for (int i = 0; i < n; i++) braid_loop_run_once(w->loop, BRAID_LOOP_RUN_NOWAIT);
 }
 
 static int run(const bt_walk *w, long n, bool *injected) {

@@ -1,0 +1,434 @@
+/* braid/process.h — child processes on the loop, and pools of worker
+ * processes answering framed RPC calls.
+ *
+ * Events use one CPU; processes use the others. This module spawns
+ * children with a *child fd map* and watches them on the loop (Twisted's
+ * spawnProcess and ProcessProtocol, libuv's uv_spawn), and runs pools of
+ * worker processes that answer calls over a socketpair (Twisted's ampoule):
+ * data is copied to the workers and work delivered through pipes, so
+ * nothing needs a mutex.
+ *
+ *     static void out(braid_process *p, int child_fd, const void *buf, size_t len) {
+ *         fwrite(buf, 1, len, stdout);
+ *     }
+ *     static void done(braid_process *p, const braid_process_status *st) {
+ *         printf("exit %d signal %d\n", st->exit_code, st->signo);
+ *     }
+ *     static const braid_process_protocol proto = { .data_received = out, .ended = done };
+ *     const char *argv[] = { "ls", "-l", NULL };
+ *     braid_process_fd fds[] = { { 0, BRAID_PROCESS_FD_DEVNULL },
+ *                                { 1, BRAID_PROCESS_FD_FROM_CHILD },
+ *                                { 2, BRAID_PROCESS_FD_INHERIT, .parent_fd = 2 } };
+ *     braid_process_options o = { .file = "ls", .argv = argv, .fds = fds, .nfds = 3,
+ *                                 .protocol = &proto };
+ *     braid_process *p;
+ *     int rc = braid_process_spawn(loop, &o, &p, NULL);  // ENOENT, EACCES, EMFILE, EAGAIN ...
+ *     braid_loop_run(loop);
+ *     braid_process_free(p);
+ *
+ * Spawning uses posix_spawn (glibc runs it as clone(CLONE_VM|CLONE_VFORK):
+ * its cost does not grow with the parent's memory, unlike fork). Every
+ * descriptor the map does not list is closed in the child (closefrom/
+ * close_range), whatever the parent has open and whether or not it is
+ * close-on-exec; the child starts with an empty signal mask and every
+ * signal at its default action. The parent ends of "pipes" are Unix
+ * socketpairs (as libuv's), so a child that goes away makes a write fail
+ * with EPIPE, never raise SIGPIPE in the parent.
+ *
+ * Exit is learned from a pidfd watched on the loop and reaped with
+ * waitid(P_PIDFD): only this process's own children are reaped, never
+ * another library's. Where pidfds are missing (Linux < 5.3, some
+ * sandboxes), the loop watches SIGCHLD (braid_signal_start) and reaps its
+ * own children with waitpid(pid, WNOHANG) — never waitpid(-1).
+ *
+ * Ownership: a braid_process is yours; free it with braid_process_free
+ * (which, for a child still running, does what opts.on_free says). A live
+ * process is a loop handle: the loop's leak gate names it. Callbacks run on
+ * the loop's thread. Loop-affine, like everything here, except
+ * braid_worker_is_child and braid_worker_role.
+ *
+ * Worker pools: see the second half of this header and docs/process.md.
+ */
+#ifndef BRAID_PROCESS_H
+#define BRAID_PROCESS_H
+
+#include <braid/deferred.h>
+#include <braid/stream.h>
+#include <sys/types.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* Error codes of the process module, -4200 ... -4299. */
+#define BRAID_EPROCESS_EXITED   (-4200)  /* the process was already reaped (signal refused) */
+#define BRAID_EWORKER_LOST      (-4201)  /* the worker holding the call died or was killed */
+#define BRAID_EWORKER_PROTOCOL  (-4202)  /* the worker sent a malformed frame (it was killed) */
+#define BRAID_EWORKER_FRAME     (-4203)  /* a frame passed the pool's size limit (worker killed) */
+#define BRAID_EWORKER_COMMAND   (-4204)  /* the worker has no handler for the command */
+#define BRAID_EWORKER_REMOTE    (-4205)  /* the handler failed without a braid code of its own */
+
+typedef struct braid_process braid_process;
+
+/* ---- the child fd map --------------------------------------------------------------- */
+typedef enum braid_process_fd_kind {
+    BRAID_PROCESS_FD_CLOSED = 0,   /* closed in the child (as every fd not listed) */
+    BRAID_PROCESS_FD_TO_CHILD,     /* the child reads it (stdin); the parent writes */
+    BRAID_PROCESS_FD_FROM_CHILD,   /* the child writes it (stdout); the parent reads */
+    BRAID_PROCESS_FD_STREAM,       /* both ways (a socketpair end in the child) */
+    BRAID_PROCESS_FD_INHERIT,      /* the parent's parent_fd, duplicated in */
+    BRAID_PROCESS_FD_DEVNULL,      /* /dev/null, read-write */
+} braid_process_fd_kind;
+
+typedef struct braid_process_fd {
+    int child_fd;                  /* 0 ... 1023 */
+    braid_process_fd_kind kind;
+    int parent_fd;                 /* INHERIT: the parent's descriptor (not taken) */
+    /* TO_CHILD / FROM_CHILD / STREAM: the parent's end becomes a stream
+     * transport. NULL: it is read and written through the process
+     * (data_received, fd_closed, braid_process_write). A protocol of your
+     * own: the transport is attached to it instead (connection_made runs
+     * inside spawn; it lives until its connection_lost, as any transport's
+     * protocol), and the process no longer waits for that fd to call
+     * ended. */
+    braid_protocol *protocol;
+} braid_process_fd;
+
+/* ---- options --------------------------------------------------------------------------- */
+typedef enum braid_process_env_mode {
+    BRAID_PROCESS_ENV_INHERIT = 0, /* the parent's environment (env ignored) */
+    BRAID_PROCESS_ENV_REPLACE,     /* exactly env */
+    BRAID_PROCESS_ENV_EXTEND,      /* the parent's, with env's NAME=value added or replacing */
+} braid_process_env_mode;
+
+typedef enum braid_process_on_free {
+    /* braid_process_free on a child still running: SIGKILL, then reap it
+     * there and then (waiting the few microseconds a killed process takes
+     * to die). The default: no child outlives its handle unnoticed. */
+    BRAID_PROCESS_FREE_KILL = 0,
+    /* Leave it running; the loop keeps watching it and reaps it when it
+     * exits (callbacks no longer run). Until then the loop's leak gate
+     * names it ("process (freed, still running) pid N"), so destroying the
+     * loop waits for the child: signal it first if you must not wait. */
+    BRAID_PROCESS_FREE_WAIT,
+} braid_process_on_free;
+
+/* Status at exit: one of exit_code / signo is meaningful. */
+typedef struct braid_process_status {
+    int exit_code;                 /* exit status, or -1 when killed by a signal */
+    int signo;                     /* the signal that killed it, or 0 */
+    bool core_dumped;
+} braid_process_status;
+
+/* Twisted's ProcessProtocol: every member may be NULL. */
+typedef struct braid_process_protocol {
+    /* Bytes from child_fd (FROM_CHILD or STREAM), lent for the call. */
+    void (*data_received)(braid_process *p, int child_fd, const void *buf, size_t len);
+    /* child_fd's parent end is closed: reason is BRAID_ECONNECTION_DONE on
+     * EOF, else the error. */
+    void (*fd_closed)(braid_process *p, int child_fd, int reason);
+    /* The child was reaped (Twisted's processExited). Pipes may still be open
+     * (a grandchild may hold them). */
+    void (*exited)(braid_process *p, const braid_process_status *st);
+    /* Reaped *and* every fd the process routes is closed (processEnded);
+     * once. The process may be freed from here. */
+    void (*ended)(braid_process *p, const braid_process_status *st);
+} braid_process_protocol;
+
+typedef struct braid_process_options {
+    const char *file;              /* path, or a name looked up in $PATH when it has no '/' */
+    const char *const *argv;       /* NULL-terminated; NULL: { file, NULL } */
+    braid_process_env_mode env_mode;
+    const char *const *env;        /* NULL-terminated "NAME=value" */
+    const char *cwd;               /* NULL: the parent's */
+    bool new_process_group;        /* setpgid(0, 0) in the child */
+    bool new_session;              /* setsid() in the child (implies a new group) */
+    /* The child fd map. NULL (nfds 0): 0, 1 and 2 are inherited and
+     * everything else is closed. Listed child fds must be distinct. */
+    const braid_process_fd *fds;
+    size_t nfds;
+    const braid_process_protocol *protocol;   /* may be NULL; borrowed */
+    void *user;                    /* braid_process_user */
+    braid_process_on_free on_free;
+} braid_process_options;
+
+/* Spawn. 0 and *out set (yours), or a negative code and nothing left behind
+ * (no descriptor, no child, no memory): the program could not be found
+ * (-ENOENT), run (-EACCES, -ENOEXEC), descriptors ran out (-EMFILE,
+ * -ENFILE), the process limit was reached (-EAGAIN), the map is invalid
+ * (BRAID_EINVAL) ... When failure is not NULL, a failed spawn also stores
+ * there a braid_failure naming the program and the reason ("spawn
+ * '/no/such': No such file or directory"), yours to braid_failure_free.
+ * Descriptors the map makes are attached to their transports before this
+ * returns. */
+BRAID_API int braid_process_spawn(braid_loop *loop, const braid_process_options *opts,
+                                  braid_process **out, braid_failure **failure);
+
+/* Free the handle: open pipes are aborted (their fd_closed does not run);
+ * a child still running is killed and reaped, or left to the loop, as
+ * opts.on_free says. NULL is a no-op. May be called from any callback of p. */
+BRAID_API void braid_process_free(braid_process *p);
+
+BRAID_API pid_t braid_process_pid(const braid_process *p);
+BRAID_API void *braid_process_user(const braid_process *p);
+BRAID_API braid_loop *braid_process_loop(const braid_process *p);
+/* Has the child been reaped? Its status into *out when it has (out may be NULL). */
+BRAID_API bool braid_process_has_exited(const braid_process *p, braid_process_status *out);
+
+/* A Deferred that fires with the braid_process_status * (borrowed: valid
+ * while p lives) when p has ended (reaped and its routed fds closed): at
+ * once if it has. Each call gives a new Deferred (your reference). Freeing
+ * p before then fails it with BRAID_ESHUTDOWN. NULL only on ENOMEM. */
+BRAID_API braid_deferred *braid_process_ended(braid_process *p);
+
+/* Send signo (pidfd_send_signal, so never to a recycled pid).
+ * BRAID_EPROCESS_EXITED once the child has been reaped. */
+BRAID_API int braid_process_signal(braid_process *p, int signo);
+/* SIGTERM now and SIGKILL timeout ns later (loop clock) unless it has
+ * exited by then; 0 = SIGKILL at once. Calling it again moves the SIGKILL
+ * only earlier. BRAID_EPROCESS_EXITED if already reaped. */
+BRAID_API int braid_process_kill_after(braid_process *p, uint64_t timeout);
+
+/* The parent end of a routed child fd: write to it, close it. */
+BRAID_API int braid_process_write(braid_process *p, int child_fd, const void *buf, size_t len);
+/* Flush, then send EOF (the child's read sees end of file). */
+BRAID_API int braid_process_close_fd(braid_process *p, int child_fd);
+/* The transport of a routed child fd (borrowed, valid until fd_closed), or
+ * NULL if it is not open. */
+BRAID_API braid_transport *braid_process_transport(braid_process *p, int child_fd);
+
+/* ==== worker-process pools over framed RPC ========================================
+ *
+ * N worker processes, each connected to the parent by a socketpair at the
+ * worker's fd 3 speaking braid's framed, versioned RPC: u32 length-prefixed
+ * frames holding a command name, a call id and a payload of bytes
+ * (docs/process.md, "Wire format"). One binary can be both sides: the pool
+ * re-runs the current executable (/proc/self/exe) with the environment
+ * variable BRAID_WORKER set, and the program's main asks
+ * braid_worker_is_child() first:
+ *
+ *     static void sum(braid_worker_call *c, const void *buf, size_t len, void *arg) {
+ *         uint64_t s = 0;
+ *         for (size_t i = 0; i < len; i++) s += ((const unsigned char *)buf)[i];
+ *         braid_worker_call_reply(c, &s, sizeof s);          // now or later
+ *     }
+ *     static const braid_worker_command cmds[] = { { "sum", sum, NULL } };
+ *     int main(void) {
+ *         if (braid_worker_is_child()) return braid_worker_main(NULL, cmds, 1);
+ *         ...
+ *         braid_workers *w;
+ *         braid_workers_new(loop, &(braid_workers_options){ .count = 2 }, &w);
+ *         braid_deferred *d = braid_workers_call(w, "sum", data, n, NULL);
+ *         // d fires with a braid_worker_reply * (freed with the result)
+ *     }
+ *
+ * The pool: a worker is sent calls only after its "ready" frame; each
+ * call goes to the least-loaded ready worker with fewer than max_in_flight
+ * calls, else waits in a bounded FIFO queue (full: BRAID_EQUEUE_FULL at
+ * once). Cancelling a queued call removes it; cancelling a sent one fails
+ * its Deferred at once and drops the reply when it comes. Faults, each
+ * ending with the worker killed (SIGKILL) and a new one started:
+ *   - a call passes its timeout: it fails with BRAID_ETIMEDOUT;
+ *   - the worker dies (crash, OOM kill, exit): BRAID_EWORKER_LOST;
+ *   - it sends a malformed frame: BRAID_EWORKER_PROTOCOL;
+ *   - it sends a frame above max_frame: BRAID_EWORKER_FRAME;
+ * and every other call that worker held fails with the same code — or, if
+ * the caller marked it idempotent, is sent again once, to another worker.
+ * No call is ever left pending. A worker is recycled after recycle_after
+ * calls (it finishes what it holds, is told to exit, and a new one starts).
+ * A worker that dies before its ready frame is restarted with a back-off
+ * (10 ms doubling to 1 s); after 3 such deaths in a row the queued calls
+ * fail with BRAID_EWORKER_LOST rather than wait for a program that cannot
+ * start. */
+typedef struct braid_workers braid_workers;
+
+typedef struct braid_workers_options {
+    const char *program;           /* NULL: the current executable (/proc/self/exe) */
+    const char *const *argv;       /* NULL: { program, NULL } */
+    const char *role;              /* passed to the worker (braid_worker_role); may be NULL */
+    unsigned count;                /* 0: the number of online CPUs */
+    unsigned max_in_flight;        /* per worker; 0: 8 */
+    size_t queue_limit;            /* calls waiting for a worker; 0: 1024 */
+    size_t max_frame;              /* bytes in one frame either way; 0: 16 MiB */
+    uint64_t call_timeout;         /* default per call; 0: 60 s; BRAID_FOREVER: none */
+    unsigned recycle_after;        /* calls per worker; 0: never */
+    /* The worker's fd 0 is /dev/null; 1 and 2 are the parent's 1 and 2,
+     * or /dev/null with devnull_output. */
+    bool devnull_output;
+} braid_workers_options;
+
+/* The reply to a call: its payload (freed with the Deferred's result). */
+typedef struct braid_worker_reply {
+    size_t len;
+    unsigned char data[];          /* len bytes, then a NUL (not counted) */
+} braid_worker_reply;
+
+typedef struct braid_workers_call_options {
+    uint64_t timeout;              /* 0: the pool's call_timeout; BRAID_FOREVER: none */
+    bool idempotent;               /* may be sent again once if its worker is lost */
+} braid_workers_call_options;
+
+/* Start the pool: spawns count workers now (an error if the first spawn
+ * fails, e.g. -ENOENT for a missing program). Yours; braid_workers_free. */
+BRAID_API int braid_workers_new(braid_loop *loop, const braid_workers_options *opts,
+                                braid_workers **out);
+/* Call command (1 ... 255 bytes) with len bytes of payload (copied). The
+ * Deferred fires with a braid_worker_reply * (owned by the result), or
+ * fails: BRAID_EQUEUE_FULL, BRAID_EMSGSIZE (the call exceeds max_frame),
+ * BRAID_ETIMEDOUT, BRAID_EWORKER_*, BRAID_ESHUTDOWN, or the code the
+ * handler failed with (its message as the failure's). opts may be NULL.
+ * NULL only on ENOMEM. */
+BRAID_API braid_deferred *braid_workers_call(braid_workers *w, const char *command,
+                                             const void *payload, size_t len,
+                                             const braid_workers_call_options *opts);
+/* Stop: with drain, queued and sent calls finish first (for at most
+ * timeout; then as without drain); without, queued and sent calls fail
+ * with BRAID_ESHUTDOWN. Workers are then told to exit and killed if they
+ * have not within 1 s. The Deferred fires (value NULL) when every worker
+ * has been reaped; new calls fail with BRAID_ESHUTDOWN meanwhile. */
+BRAID_API braid_deferred *braid_workers_shutdown(braid_workers *w, bool drain, uint64_t timeout);
+/* Free at once: pending calls fail with BRAID_ESHUTDOWN, workers are
+ * killed and reaped. NULL is a no-op. */
+BRAID_API void braid_workers_free(braid_workers *w);
+
+struct braid_workers_stats {
+    unsigned workers;              /* alive now */
+    unsigned ready;                /* of which took their ready frame */
+    size_t queued;                 /* calls waiting for a worker */
+    size_t in_flight;              /* calls sent, reply not yet in */
+    uint64_t calls;                /* replies received */
+    uint64_t spawned;              /* workers started, replacements included */
+    uint64_t lost;                 /* workers that died or were killed for a fault */
+    uint64_t timeouts;             /* calls failed by their timeout */
+    uint64_t recycled;             /* workers retired by recycle_after */
+    uint64_t resent;               /* idempotent calls sent again */
+};
+/* A snapshot (the struct and the function share the name, as stat(2)'s:
+ * `struct braid_workers_stats s; braid_workers_stats(w, &s);`). */
+BRAID_API void braid_workers_stats(const braid_workers *w, struct braid_workers_stats *out);
+/* The pids of the live workers into out (up to cap), returning how many
+ * there are (tests, monitoring). */
+BRAID_API size_t braid_workers_pids(const braid_workers *w, pid_t *out, size_t cap);
+
+/* ---- inside a worker --------------------------------------------------------------- */
+typedef struct braid_worker_call braid_worker_call;
+/* A handler: payload is lent for the call. Reply (or fail) exactly once,
+ * now or later — a handler waiting for a Deferred keeps c and answers from
+ * the Deferred's callback. */
+typedef void (*braid_worker_handler_fn)(braid_worker_call *c, const void *payload, size_t len,
+                                        void *arg);
+typedef struct braid_worker_command {
+    const char *name;
+    braid_worker_handler_fn fn;
+    void *arg;
+} braid_worker_command;
+
+/* Was this process started by a braid_workers pool? (Any thread.) */
+BRAID_API bool braid_worker_is_child(void);
+/* The pool's role string, or NULL (any thread). */
+BRAID_API const char *braid_worker_role(void);
+/* Serve the pool: say ready, dispatch calls to cmds (the table is
+ * borrowed) until the parent closes the connection or tells the worker to
+ * stop, then return 0 (a value for main). loop NULL: a loop of its own;
+ * else that loop, run here. Unknown commands fail with
+ * BRAID_EWORKER_COMMAND; a malformed frame from the parent makes it return
+ * BRAID_EWORKER_PROTOCOL. */
+BRAID_API int braid_worker_main(braid_loop *loop, const braid_worker_command *cmds, size_t n);
+/* Answer c (its memory is freed by the call): the payload is copied. */
+BRAID_API int braid_worker_call_reply(braid_worker_call *c, const void *payload, size_t len);
+/* Fail c with code (< 0) and a message (may be NULL). */
+BRAID_API int braid_worker_call_fail(braid_worker_call *c, int code, const char *message);
+BRAID_API braid_loop *braid_worker_call_loop(const braid_worker_call *c);
+BRAID_API const char *braid_worker_call_command(const braid_worker_call *c);
+
+
+/* ==== N loops serving one port ========================================================
+ *
+ * braid_serve runs N loops — in N threads, or in N forked processes — that
+ * serve one TCP endpoint together, and returns when they have stopped:
+ *
+ *     static braid_factory *make(braid_loop *loop, unsigned i, void *arg) {
+ *         braid_factory *f = malloc(sizeof *f);                  // one per loop
+ *         braid_factory_init(f, &my_ops, sizeof(my_proto), NULL);
+ *         return f;
+ *     }
+ *     static void done(braid_factory *f, unsigned i, void *arg) { free(f); }
+ *     struct braid_serve_stats st;
+ *     braid_serve("tcp:8080", &(braid_serve_options){ .loops = 2, .processes = true,
+ *                                                     .method = BRAID_SERVE_REUSEPORT,
+ *                                                     .factory = make, .factory_done = done }, &st);
+ *
+ * The calling thread supervises: it binds the sockets (and keeps them for
+ * the whole run, so a restarted process takes over its predecessor's
+ * socket and queue), starts the loops, and on SIGTERM or SIGINT stops
+ * them gracefully: every loop stops accepting, its open connections get
+ * drain_timeout to finish, then those still open are shut down, and
+ * braid_serve returns. A child process that dies (crash, kill) while the
+ * server is not stopping is started again (unless no_restart).
+ *
+ * braid_serve blocks SIGTERM, SIGINT and SIGCHLD in the calling thread for
+ * its run (the loops take them as events; threads and children inherit
+ * the mask), so block them in your other threads too, as for
+ * braid_signal_start. Processes are made with fork(): call it from a
+ * process with no other threads running braid (a fork copies only the
+ * calling thread); each child makes its own loop after the fork. */
+typedef enum braid_serve_method {
+    /* (a) one SO_REUSEPORT listening socket per loop, the kernel balancing
+     * connections by a hash of the 4-tuple (Linux; where SO_REUSEPORT does
+     * not balance, e.g. macOS, every connection goes to one socket). */
+    BRAID_SERVE_REUSEPORT = 0,
+    /* (b) one listening socket watched by every loop with wake-one
+     * (BRAID_WATCH_EXCLUSIVE: EPOLLEXCLUSIVE). The epoll backend only: on
+     * select, poll and io_uring this is BRAID_SERVE_SHARED (every loop
+     * wakes, one accepts). */
+    BRAID_SERVE_EXCLUSIVE,
+    /* (c) one acceptor (the supervisor's loop) accepts and hands each
+     * connection to the loops in turn (a posted call to a thread; a
+     * descriptor passed over a Unix socket to a process). */
+    BRAID_SERVE_ACCEPTOR,
+    /* One socket watched by every loop, all woken by each connection (the
+     * thundering herd; for comparison). */
+    BRAID_SERVE_SHARED,
+} braid_serve_method;
+
+typedef struct braid_serve_options {
+    unsigned loops;                /* 0: the number of online CPUs (at most 64) */
+    bool processes;                /* N forked processes instead of N threads */
+    braid_serve_method method;
+    braid_backend backend;         /* of every loop (default: $BRAID_BACKEND, else epoll) */
+    uint64_t drain_timeout;        /* after a stop, for open connections; 0: 5 s */
+    bool no_restart;               /* processes: leave a crashed child dead */
+    /* Called in each loop's thread (or child) with its loop: the factory
+     * that loop serves (NULL: that loop fails to start). Required. */
+    braid_factory *(*factory)(braid_loop *loop, unsigned index, void *arg);
+    /* Called there once the loop is gone (free the factory). May be NULL. */
+    void (*factory_done)(braid_factory *f, unsigned index, void *arg);
+    /* Called in the loop's thread/child once it serves, before it runs
+     * (start timers, signal handlers of your own). May be NULL. */
+    void (*on_loop)(braid_loop *loop, unsigned index, void *arg);
+    /* Called in the calling thread once the sockets are bound, with the
+     * port (useful with port 0). May be NULL. */
+    void (*on_listening)(int port, void *arg);
+    void *arg;
+} braid_serve_options;
+
+struct braid_serve_stats {
+    unsigned loops;
+    int port;
+    uint64_t accepted[64];         /* connections each loop accepted (balance) */
+    uint64_t total;
+    uint64_t restarts;             /* child processes started again */
+};
+
+/* Serve endpoint ("tcp:PORT[:interface=ADDR][:backlog=N]", tcp6 too; Unix
+ * endpoints: BRAID_ENOSYS) from N loops until SIGTERM/SIGINT, as above.
+ * 0 after a stop, or a negative code when it could not start (the port is
+ * taken, a loop's factory returned NULL ...). out (may be NULL) gets the
+ * per-loop counts. */
+BRAID_API int braid_serve(const char *endpoint, const braid_serve_options *opts,
+                          struct braid_serve_stats *out);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

@@ -1,0 +1,56 @@
+/* Internals shared by the files of the process module (src/process/, never
+ * installed): the RPC wire format both sides of a worker pool speak, and
+ * the spawning the pool builds on. */
+#ifndef BRAID_PROCESS_INTERNAL_H
+#define BRAID_PROCESS_INTERNAL_H
+
+#include "loop/loop_module.h"
+#include <braid/process.h>
+#include <braid/framing.h>
+
+/* The namespace of this module's log lines (base/base.h). */
+static const char braid__log_ns[] = "process";
+
+/* ---- the RPC wire format (rpc.c) -------------------------------------------------------
+ * A frame is a u32 big-endian length (braid_framing_write_u32's framing), then:
+ *   u8  version (BRAID__RPC_VERSION)
+ *   u8  type    (braid__rpc_type)
+ *   u32 call id (big-endian; 0 for READY and STOP)
+ *   CALL:  u8 command length (1..255), the command, then the payload
+ *   REPLY: the payload
+ *   FAIL:  i32 code (big-endian, < 0), then the message (UTF-8, no NUL)
+ *   READY, STOP, CANCEL: nothing more
+ * Anything else — another version, an unknown type, a short header, a
+ * command length of 0 or past the end, a FAIL code >= 0 — is malformed. */
+#define BRAID__RPC_VERSION 1
+#define BRAID__RPC_HEADER 6
+typedef enum braid__rpc_type {
+    BRAID__RPC_CALL = 1,    /* parent -> worker */
+    BRAID__RPC_REPLY = 2,   /* worker -> parent */
+    BRAID__RPC_FAIL = 3,    /* worker -> parent */
+    BRAID__RPC_READY = 4,   /* worker -> parent, once, first */
+    BRAID__RPC_STOP = 5,    /* parent -> worker: finish and exit */
+    BRAID__RPC_CANCEL = 6,  /* parent -> worker: the caller gave up (advisory) */
+} braid__rpc_type;
+
+typedef struct braid__rpc_msg {
+    braid__rpc_type type;
+    uint32_t id;
+    const char *command;    /* CALL: not NUL-terminated */
+    size_t command_len;
+    int code;               /* FAIL */
+    const void *payload;    /* REPLY/CALL payload, FAIL message */
+    size_t len;
+} braid__rpc_msg;
+
+/* Parse one frame's body (after the u32 length). 0, or BRAID_EPROTO_INPUT. */
+int braid__rpc_parse(const void *frame, size_t len, braid__rpc_msg *out);
+/* Write one frame (a single buffered write). BRAID_EMSGSIZE if its body
+ * would pass max. */
+int braid__rpc_write(braid_transport *t, const braid__rpc_msg *m, size_t max);
+
+/* The write-buffer cap of a pool connection: room for in_flight calls
+ * (and replies) of max_frame bytes each, never below the 4 MiB default. */
+size_t braid__rpc_buffer_cap(size_t max_frame, unsigned in_flight);
+
+#endif

@@ -1,0 +1,171 @@
+/* Worker-process pools, the worker's side: serve the parent's calls on
+ * the socketpair at the fd BRAID_WORKER names, until it closes or says
+ * STOP. */
+#include "process/process_internal.h"
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+typedef struct wconn {
+    braid_loop *loop;
+    braid_transport *t;            /* NULL once the connection is gone */
+    const braid_worker_command *cmds;
+    size_t ncmds;
+    size_t outstanding;            /* calls handed to handlers, not yet answered */
+    size_t max_frame;              /* the pool's limit, either way */
+    bool stopping;
+    int result;
+} wconn;
+
+typedef struct wside {
+    braid_framing_protocol fp;
+    wconn *c;
+} wside;
+
+struct braid_worker_call {
+    wconn *conn;
+    uint32_t id;
+    char command[256];
+};
+
+bool braid_worker_is_child(void) { return getenv("BRAID_WORKER") != NULL; }
+const char *braid_worker_role(void) { return getenv("BRAID_WORKER_ROLE"); }
+
+static void maybe_finish(wconn *c) {
+    if (c->stopping && c->outstanding == 0 && c->t) braid_transport_close(c->t, BRAID_FOREVER);
+}
+
+static int send_msg(braid_worker_call *call, const braid__rpc_msg *m) {
+    wconn *c = call->conn;
+    int rc = c->t ? braid__rpc_write(c->t, m, c->max_frame) : BRAID_ESHUTDOWN;
+    if (rc == BRAID_EMSGSIZE && m->type == BRAID__RPC_REPLY) {
+        /* Too large for the pool's frames: the caller gets an error instead. */
+        braid__rpc_msg f = { .type = BRAID__RPC_FAIL, .id = m->id, .code = BRAID_EMSGSIZE,
+                             .payload = "reply larger than the pool's frame limit", .len = 40 };
+        rc = braid__rpc_write(c->t, &f, c->max_frame);
+    }
+    c->outstanding--;
+    braid_free(call);
+    maybe_finish(c);
+    return rc;
+}
+
+int braid_worker_call_reply(braid_worker_call *call, const void *payload, size_t len) {
+    braid__rpc_msg m = { .type = BRAID__RPC_REPLY, .id = call->id, .payload = payload, .len = len };
+    return send_msg(call, &m);
+}
+
+int braid_worker_call_fail(braid_worker_call *call, int code, const char *message) {
+    braid__rpc_msg m = { .type = BRAID__RPC_FAIL, .id = call->id, .code = code < 0 ? code : BRAID_EWORKER_REMOTE,
+                         .payload = message ? message : "", .len = message ? strlen(message) : 0 };
+    return send_msg(call, &m);
+}
+
+braid_loop *braid_worker_call_loop(const braid_worker_call *call) { return call->conn->loop; }
+const char *braid_worker_call_command(const braid_worker_call *call) { return call->command; }
+
+static int on_frame(void *ctx, const void *frame, size_t len) {
+    wside *ws = ctx;
+    wconn *c = ws->c;
+    braid__rpc_msg m;
+    if (braid__rpc_parse(frame, len, &m) < 0) return BRAID_EPROTO_INPUT;
+    switch (m.type) {
+    case BRAID__RPC_CALL: {
+        braid_worker_call *call = braid_malloc(sizeof *call);
+        if (!call) {
+            braid__rpc_msg f = { .type = BRAID__RPC_FAIL, .id = m.id, .code = BRAID_ENOMEM,
+                                 .payload = "out of memory in the worker", .len = 27 };
+            (void)braid__rpc_write(c->t, &f, SIZE_MAX);
+            return 0;
+        }
+        call->conn = c;
+        call->id = m.id;
+        memcpy(call->command, m.command, m.command_len);
+        call->command[m.command_len] = 0;
+        c->outstanding++;
+        for (size_t i = 0; i < c->ncmds; i++) {
+            if (!strcmp(c->cmds[i].name, call->command)) {
+                c->cmds[i].fn(call, m.payload, m.len, c->cmds[i].arg);
+                return c->t ? 0 : 1;
+            }
+        }
+        char msg[300];
+        snprintf(msg, sizeof msg, "no command '%s' in this worker", call->command);
+        (void)braid_worker_call_fail(call, BRAID_EWORKER_COMMAND, msg);
+        return 0;
+    }
+    case BRAID__RPC_STOP:
+        c->stopping = true;
+        maybe_finish(c);
+        return 0;
+    case BRAID__RPC_CANCEL:
+        return 0;   /* advisory: the parent drops the reply */
+    default:
+        return BRAID_EPROTO_INPUT;
+    }
+}
+
+static void ws_made(braid_protocol *p) {
+    wside *ws = (wside *)p;
+    ws->c->t = p->transport;
+    braid_framer_init_u32(&ws->fp.framer, ws->c->max_frame, on_frame, ws);
+    (void)braid_transport_set_limits(p->transport, 0, 0, braid__rpc_buffer_cap(ws->c->max_frame, 8));
+    braid__rpc_msg m = { .type = BRAID__RPC_READY };
+    (void)braid__rpc_write(p->transport, &m, SIZE_MAX);
+}
+
+static void ws_lost(braid_protocol *p, const braid_failure *reason) {
+    wside *ws = (wside *)p;
+    ws->c->t = NULL;
+    if (reason && reason->code == BRAID_EPROTO_INPUT) ws->c->result = BRAID_EWORKER_PROTOCOL;
+    braid_loop_stop(ws->c->loop);
+}
+
+static void ws_destroy(braid_protocol *p) {
+    braid_framing_protocol_destroy(p);
+    braid_free(p);
+}
+
+static const braid_protocol_ops ws_ops = {
+    .connection_made = ws_made,
+    .data_received = braid_framing_protocol_data_received,
+    .connection_lost = ws_lost,
+    .destroy = ws_destroy,
+};
+
+int braid_worker_main(braid_loop *loop, const braid_worker_command *cmds, size_t n) {
+    const char *e = getenv("BRAID_WORKER");
+    if (!e) return BRAID_EINVAL;
+    int fd = atoi(e);
+    /* Our own children are not workers unless they are told so. */
+    unsetenv("BRAID_WORKER");
+    braid_loop *own = NULL;
+    if (!loop) {
+        int rc = braid_loop_new(NULL, &own);
+        if (rc < 0) return rc;
+        loop = own;
+    }
+    wconn c = { .loop = loop, .cmds = cmds, .ncmds = n, .max_frame = 16u << 20 };
+    const char *mf = getenv("BRAID_WORKER_MAX_FRAME");
+    if (mf && strtoull(mf, NULL, 10) >= 512) c.max_frame = (size_t)strtoull(mf, NULL, 10);
+    unsetenv("BRAID_WORKER_MAX_FRAME");
+    wside *ws = braid_calloc(1, sizeof *ws);
+    int rc = BRAID_ENOMEM;
+    if (ws) {
+        ws->fp.base.ops = &ws_ops;
+        ws->c = &c;
+        rc = braid_transport_adopt(loop, fd, &ws->fp.base);
+        if (rc < 0) braid_free(ws);
+    }
+    if (rc == 0) {
+        while (c.t) {
+            if ((rc = braid_loop_run(loop)) < 0) break;
+        }
+        /* connection_lost has run (it stops the loop): let its transport go. */
+        braid_loop_run_once(loop, BRAID_LOOP_RUN_NOWAIT);
+        if (rc == 0) rc = c.result;
+    }
+    if (own) (void)braid_loop_free(own);
+    return rc;
+}

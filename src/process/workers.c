@@ -1,0 +1,790 @@
+/* Worker-process pools, the parent's side: spawning and replacing
+ * workers, the bounded queue, least-loaded dispatch, timeouts, faults,
+ * recycling and shutdown. The wire format is rpc.c's; the worker's side
+ * is worker.c. */
+#include "process/process_internal.h"
+#include <fcntl.h>
+#include <signal.h>
+#include <stdio.h>
+#include <string.h>
+#include <unistd.h>
+
+typedef struct wcall wcall;
+typedef struct worker worker;
+
+struct wcall {
+    wcall *next, *prev;            /* in the queue, or in its worker's list */
+    braid_workers *pool;
+    worker *w;                     /* NULL while queued */
+    braid_deferred *d;             /* the producer's reference; NULL once cancelled */
+    uint32_t id;
+    bool idempotent, resent;
+    braid_timer timer;
+    bool timer_armed;
+    size_t command_len, len;
+    char *command;                 /* inside this block */
+    unsigned char *payload;        /* inside this block */
+};
+
+typedef struct wproto {
+    braid_framing_protocol fp;
+    worker *w;                     /* NULL once the worker let go of it */
+} wproto;
+
+struct worker {
+    worker *next, *prev;
+    braid_workers *pool;
+    braid_process *proc;
+    wproto *proto;
+    bool ready, retiring;
+    bool broken;                   /* a send failed: its connection is going */
+    unsigned in_flight;
+    uint64_t calls_done;
+    wcall head;                    /* calls sent to it (sentinel) */
+    braid_timer stop_timer;        /* retiring: SIGKILL if it has not gone */
+};
+
+struct braid_workers {
+    braid_loop *loop;
+    braid_handle handle;
+    braid_workers_options o;
+    char *program;
+    char **argv;
+    char role_env[300];
+    worker head;                   /* sentinel */
+    unsigned alive;                /* workers in the list */
+    wcall queue;                   /* sentinel */
+    size_t queued;
+    uint32_t next_id;
+    unsigned start_failures;       /* workers lost before ready, in a row */
+    uint64_t backoff;
+    braid_timer respawn_timer;
+    bool respawn_armed;
+    bool shutting, draining;
+    braid_timer drain_timer;
+    bool drain_armed;
+    braid_deferred *shutdown_d;
+    int depth;                     /* inside callers' callbacks: free deferred */
+    bool freeing, free_pending;
+    struct braid_workers_stats st;
+};
+
+static void dispatch(braid_workers *pool);
+static void spawn_missing(braid_workers *pool);
+static void maybe_shutdown_done(braid_workers *pool);
+static void pool_final_free(braid_workers *pool);
+static void spawn_missing_after(braid_workers *pool, bool after_backoff);
+
+/* Leave a stretch that may run callers' callbacks: true if one of them
+ * freed the pool (it is gone now: touch nothing). */
+static bool depth_leave(braid_workers *pool) {
+    if (--pool->depth == 0 && pool->free_pending) {
+        pool_final_free(pool);
+        return true;
+    }
+    return false;
+}
+
+/* ---- lists ------------------------------------------------------------------------------ */
+static void call_unlink(wcall *c) {
+    c->prev->next = c->next;
+    c->next->prev = c->prev;
+    c->next = c->prev = c;
+}
+static void call_push(wcall *head, wcall *c, bool front) {
+    wcall *at = front ? head : head->prev;
+    c->next = at->next;
+    c->prev = at;
+    at->next->prev = c;
+    at->next = c;
+}
+
+/* ---- calls ------------------------------------------------------------------------------- */
+static void call_free(wcall *c) {
+    if (c->timer_armed) braid_timer_stop(&c->timer);
+    braid_free(c);
+}
+
+/* Fail (or, if nobody waits any more, just drop) a call that is in no list. */
+static void call_fail(wcall *c, int code, const char *fmt, const char *detail) {
+    braid_deferred *d = c->d;
+    c->d = NULL;
+    if (d) {
+        char cmd[256];
+        snprintf(cmd, sizeof cmd, "%.*s", (int)c->command_len, c->command);
+        braid_deferred_errback(d, braid_failure_new(code, fmt, cmd, detail ? detail : ""));
+    }
+    call_free(c);
+}
+
+static void call_timeout_cb(braid_timer *t, void *arg);
+
+static void call_cancel(braid_deferred *d, void *arg) {
+    wcall *c = arg;
+    (void)d;
+    c->d = NULL;   /* braid errbacks d with BRAID_ECANCELED */
+    if (!c->w) {   /* queued: gone */
+        call_unlink(c);
+        c->pool->queued--;
+        call_free(c);
+        return;
+    }
+    /* Sent: the reply will be dropped. The timer stays, so a worker hung
+     * on it is still replaced. Tell the worker (advisory). */
+    if (c->w->proto && c->w->proto->fp.base.transport) {
+        braid__rpc_msg m = { .type = BRAID__RPC_CANCEL, .id = c->id };
+        (void)braid__rpc_write(c->w->proto->fp.base.transport, &m, SIZE_MAX);
+    }
+}
+
+/* ---- workers ------------------------------------------------------------------------------ */
+static void worker_remove(worker *w) {
+    braid_workers *pool = w->pool;
+    BRAID__ASSERT(w->head.next == &w->head);
+    braid_timer_stop(&w->stop_timer);
+    w->prev->next = w->next;
+    w->next->prev = w->prev;
+    pool->alive--;
+    if (w->proto) {
+        wproto *wp = w->proto;
+        wp->w = NULL;
+        w->proto = NULL;
+        if (wp->fp.base.transport) braid_transport_abort(wp->fp.base.transport);
+    }
+    braid_process_free(w->proc);   /* kills and reaps it if it still runs */
+    braid_free(w);
+}
+
+/* The worker is lost (code says why): its calls fail with code, or go back
+ * to the front of the queue once if idempotent; the call `culprit` (its
+ * timeout fired) always fails. Then it is killed and replaced. */
+static void worker_lost(worker *w, int code, const char *why, wcall *culprit) {
+    braid_workers *pool = w->pool;
+    pool->depth++;
+    pool->st.lost++;
+    if (!w->ready) pool->start_failures++;
+    char detail[160];
+    snprintf(detail, sizeof detail, " (worker pid %d: %s)", (int)braid_process_pid(w->proc), why);
+    braid__log(pool->loop, BRAID_LOG_WARN, "worker pid %d lost: %s", (int)braid_process_pid(w->proc), why);
+    /* Take the calls out first: failing one may run code that calls us. */
+    wcall held;
+    held.next = held.prev = &held;
+    while (w->head.next != &w->head) {
+        wcall *c = w->head.next;
+        call_unlink(c);
+        call_push(&held, c, false);
+    }
+    w->in_flight = 0;
+    worker_remove(w);
+    while (held.next != &held) {
+        wcall *c = held.next;
+        call_unlink(c);
+        c->w = NULL;
+        if (c == culprit) {
+            pool->st.timeouts++;
+            call_fail(c, BRAID_ETIMEDOUT, "call '%s' timed out%s", detail);
+        } else if (c->idempotent && !c->resent && c->d && !pool->shutting) {
+            c->resent = true;
+            pool->st.resent++;
+            call_push(&pool->queue, c, true);
+            pool->queued++;
+        } else {
+            call_fail(c, code == BRAID_ETIMEDOUT ? BRAID_EWORKER_LOST : code,
+                      "call '%s' lost with its worker%s", detail);
+        }
+    }
+    if (pool->start_failures >= 3) {
+        /* The program cannot start: do not let callers wait for it. */
+        while (pool->queue.next != &pool->queue) {
+            wcall *c = pool->queue.next;
+            call_unlink(c);
+            pool->queued--;
+            call_fail(c, BRAID_EWORKER_LOST, "call '%s': workers keep dying at start-up%s", detail);
+        }
+    }
+    if (depth_leave(pool)) return;
+    if (!pool->freeing) {
+        spawn_missing(pool);
+        dispatch(pool);
+        maybe_shutdown_done(pool);
+    }
+}
+
+static void stop_timer_cb(braid_timer *t, void *arg) {
+    worker *w = arg;
+    (void)t;
+    (void)braid_process_signal(w->proc, SIGKILL);
+}
+
+/* Tell an idle worker to go (recycling, shutdown): STOP, then EOF; the
+ * process's end removes it; SIGKILL after 1 s if it lingers. */
+static void worker_stop(worker *w) {
+    w->retiring = true;
+    if (w->proto && w->proto->fp.base.transport) {
+        braid__rpc_msg m = { .type = BRAID__RPC_STOP };
+        (void)braid__rpc_write(w->proto->fp.base.transport, &m, SIZE_MAX);
+        (void)braid_transport_shutdown_write(w->proto->fp.base.transport);
+    }
+    braid_timer_start(&w->stop_timer, BRAID_SECONDS(1));
+}
+
+static void proc_ended(braid_process *p, const braid_process_status *st) {
+    worker *w = braid_process_user(p);
+    braid_workers *pool = w->pool;
+    (void)st;
+    if (w->retiring && w->head.next == &w->head) {
+        worker_remove(w);
+        spawn_missing(pool);
+        dispatch(pool);
+        maybe_shutdown_done(pool);
+        return;
+    }
+    /* Exited: its socket's EOF (which comes after any reply it sent) does
+     * the rest, unless the socket is already gone. */
+    if (!w->proto || !w->proto->fp.base.transport) {
+        char why[64];
+        snprintf(why, sizeof why, "exited (status %d, signal %d)", st->exit_code, st->signo);
+        worker_lost(w, BRAID_EWORKER_LOST, why, NULL);
+    }
+}
+static const braid_process_protocol worker_proc_proto = { .ended = proc_ended };
+
+/* ---- frames from a worker ---------------------------------------------------------------- */
+static void send_call(worker *w, wcall *c);
+
+static void on_reply(worker *w, const braid__rpc_msg *m) {
+    braid_workers *pool = w->pool;
+    wcall *c = w->head.next;
+    while (c != &w->head && c->id != m->id) c = c->next;
+    if (c == &w->head) return;   /* a reply to nothing: a call already failed/cancelled... */
+    call_unlink(c);
+    c->w = NULL;
+    w->in_flight--;
+    w->calls_done++;
+    pool->st.calls++;
+    braid_deferred *d = c->d;
+    c->d = NULL;
+    if (d) {
+        if (m->type == BRAID__RPC_REPLY) {
+            braid_worker_reply *r = braid_malloc(sizeof *r + m->len + 1);
+            if (!r) {
+                braid_deferred_errback(d, braid_failure_new(BRAID_ENOMEM, "worker reply"));
+            } else {
+                r->len = m->len;
+                if (m->len) memcpy(r->data, m->payload, m->len);
+                r->data[m->len] = 0;
+                braid_deferred_callback(d, r, braid_free);
+            }
+        } else {
+            int code = m->code >= BRAID_ERRLAST ? m->code : BRAID_EWORKER_REMOTE;
+            braid_deferred_errback(d, braid_failure_new(code, "call '%.*s' failed in worker pid %d: %.*s",
+                                                        (int)c->command_len, c->command,
+                                                        (int)braid_process_pid(w->proc), (int)m->len,
+                                                        (const char *)m->payload));
+        }
+    }
+    call_free(c);
+}
+
+static int on_frame(void *ctx, const void *frame, size_t len) {
+    wproto *wp = ctx;
+    worker *w = wp->w;
+    if (!w) return 1;
+    braid__rpc_msg m;
+    if (braid__rpc_parse(frame, len, &m) < 0) return BRAID_EPROTO_INPUT;
+    braid_workers *pool = w->pool;
+    switch (m.type) {
+    case BRAID__RPC_READY:
+        if (w->ready) return BRAID_EPROTO_INPUT;
+        w->ready = true;
+        pool->start_failures = 0;
+        pool->backoff = 0;
+        break;
+    case BRAID__RPC_REPLY:
+    case BRAID__RPC_FAIL:
+        if (!w->ready) return BRAID_EPROTO_INPUT;
+        pool->depth++;
+        on_reply(w, &m);
+        if (depth_leave(pool) || !wp->w) return 1;   /* a callback freed the pool */
+        if (pool->o.recycle_after && w->calls_done >= pool->o.recycle_after && !w->retiring) {
+            w->retiring = true;
+            pool->st.recycled++;
+        }
+        break;
+    default:
+        return BRAID_EPROTO_INPUT;
+    }
+    if (w->retiring && w->in_flight == 0 && !braid_timer_is_active(&w->stop_timer)) worker_stop(w);
+    spawn_missing(pool);
+    dispatch(pool);
+    maybe_shutdown_done(pool);
+    return 0;
+}
+
+/* The connection's write-buffer cap must hold every call a worker may
+ * have in flight at full size (the default 4 MiB would abort a 16 MiB call). */
+size_t braid__rpc_buffer_cap(size_t max_frame, unsigned in_flight) {
+    size_t per = max_frame + 4 + 64;
+    size_t cap = per > SIZE_MAX / (in_flight + 1u) ? SIZE_MAX / 2 : per * (in_flight + 1u);
+    return cap < (4u << 20) ? (4u << 20) : cap;
+}
+
+static void wp_made(braid_protocol *p) {
+    wproto *wp = (wproto *)p;
+    braid_workers *pool = wp->w->pool;
+    braid_framer_init_u32(&wp->fp.framer, pool->o.max_frame, on_frame, wp);
+    (void)braid_transport_set_limits(p->transport, 0, 0,
+                                     braid__rpc_buffer_cap(pool->o.max_frame, pool->o.max_in_flight));
+}
+
+static void wp_lost(braid_protocol *p, const braid_failure *reason) {
+    wproto *wp = (wproto *)p;
+    worker *w = wp->w;
+    if (!w) return;
+    wp->w = NULL;
+    w->proto = NULL;
+    int code = reason ? reason->code : BRAID_ECONNECTION_DONE;
+    if (w->retiring && w->head.next == &w->head) {
+        /* Expected: it is going. Its process's end removes it. */
+        if (braid_process_has_exited(w->proc, NULL)) {
+            braid_workers *pool = w->pool;
+            worker_remove(w);
+            spawn_missing(pool);
+            dispatch(pool);
+            maybe_shutdown_done(pool);
+        }
+        return;
+    }
+    if (code == BRAID_EMSGSIZE)
+        worker_lost(w, BRAID_EWORKER_FRAME, "sent a frame above the size limit", NULL);
+    else if (code == BRAID_EPROTO_INPUT)
+        worker_lost(w, BRAID_EWORKER_PROTOCOL, "sent a malformed frame", NULL);
+    else
+        worker_lost(w, BRAID_EWORKER_LOST, braid_process_has_exited(w->proc, NULL) ? "exited"
+                                            : "closed its connection", NULL);
+}
+
+static void wp_destroy(braid_protocol *p) {
+    braid_framing_protocol_destroy(p);
+    braid_free(p);
+}
+
+static const braid_protocol_ops wp_ops = {
+    .connection_made = wp_made,
+    .data_received = braid_framing_protocol_data_received,
+    .connection_lost = wp_lost,
+    .destroy = wp_destroy,
+};
+
+/* ---- spawning --------------------------------------------------------------------------------- */
+static int worker_spawn(braid_workers *pool, braid_failure **failure) {
+    worker *w = braid_calloc(1, sizeof *w);
+    wproto *wp = braid_calloc(1, sizeof *wp);
+    if (!w || !wp) {
+        braid_free(w);
+        braid_free(wp);
+        return BRAID_ENOMEM;
+    }
+    w->pool = pool;
+    w->head.next = w->head.prev = &w->head;
+    braid_timer_init(pool->loop, &w->stop_timer, stop_timer_cb, w);
+    wp->fp.base.ops = &wp_ops;
+    wp->w = w;
+    char maxenv[64];
+    snprintf(maxenv, sizeof maxenv, "BRAID_WORKER_MAX_FRAME=%zu", pool->o.max_frame);
+    const char *env[] = { "BRAID_WORKER=3", maxenv, pool->role_env[0] ? pool->role_env : NULL, NULL };
+    int out = pool->o.devnull_output ? BRAID_PROCESS_FD_DEVNULL : BRAID_PROCESS_FD_INHERIT;
+    braid_process_fd fds[] = { { 0, BRAID_PROCESS_FD_DEVNULL, 0, NULL },
+                               { 1, (braid_process_fd_kind)out, 1, NULL },
+                               { 2, (braid_process_fd_kind)out, 2, NULL },
+                               { 3, BRAID_PROCESS_FD_STREAM, 0, &wp->fp.base } };
+    size_t nfds = 4;
+    /* A parent whose stdout/stderr is closed passes /dev/null instead. */
+    if (out == BRAID_PROCESS_FD_INHERIT) {
+        for (int i = 1; i <= 2; i++)
+            if (fcntl(i, F_GETFD) < 0) fds[i].kind = BRAID_PROCESS_FD_DEVNULL;
+    }
+    braid_process_options po = { .file = pool->program, .argv = (const char *const *)pool->argv,
+                                 .env_mode = BRAID_PROCESS_ENV_EXTEND, .env = env, .fds = fds,
+                                 .nfds = nfds, .protocol = &worker_proc_proto, .user = w };
+    /* In the list first: connection_made (inside spawn) finds it complete. */
+    w->next = &pool->head;
+    w->prev = pool->head.prev;
+    pool->head.prev->next = w;
+    pool->head.prev = w;
+    pool->alive++;
+    w->proto = wp;
+    int rc = braid_process_spawn(pool->loop, &po, &w->proc, failure);
+    if (rc < 0) {
+        w->prev->next = w->next;
+        w->next->prev = w->prev;
+        pool->alive--;
+        if (wp->fp.base.transport) wp->w = NULL;   /* attached: its transport frees it */
+        else braid_free(wp);
+        braid_free(w);
+        return rc;
+    }
+    pool->st.spawned++;
+    return 0;
+}
+
+static void respawn_cb(braid_timer *t, void *arg) {
+    braid_workers *pool = arg;
+    (void)t;
+    pool->respawn_armed = false;
+    spawn_missing_after(pool, true);
+    dispatch(pool);
+}
+
+/* Bring the pool back to count workers (retiring ones do not count):
+ * at once, or after the back-off while workers die before their ready
+ * frame or spawning fails. */
+static void spawn_missing_after(braid_workers *pool, bool after_backoff) {
+    if (pool->shutting || pool->freeing || pool->respawn_armed) return;
+    unsigned active = 0;
+    for (worker *w = pool->head.next; w != &pool->head; w = w->next) active += !w->retiring;
+    while (active < pool->o.count) {
+        if (pool->start_failures > 0 && !after_backoff) {
+            if (pool->backoff == 0) pool->backoff = BRAID_MSEC(10);
+            pool->respawn_armed = true;
+            braid_timer_start(&pool->respawn_timer, pool->backoff);
+            pool->backoff = pool->backoff * 2 > BRAID_SECONDS(1) ? BRAID_SECONDS(1) : pool->backoff * 2;
+            return;
+        }
+        after_backoff = false;
+        braid_failure *f = NULL;
+        int rc = worker_spawn(pool, &f);
+        if (rc < 0) {
+            braid__log(pool->loop, BRAID_LOG_WARN, "%s", f ? f->message : braid_strerror(rc));
+            braid_failure_free(f);
+            pool->start_failures++;
+            continue;   /* arms the back-off above */
+        }
+        active++;
+    }
+}
+static void spawn_missing(braid_workers *pool) { spawn_missing_after(pool, false); }
+
+/* ---- dispatch ------------------------------------------------------------------------------- */
+static void send_call(worker *w, wcall *c) {
+    braid_workers *pool = w->pool;
+    c->w = w;
+    call_push(&w->head, c, false);
+    w->in_flight++;
+    braid__rpc_msg m = { .type = BRAID__RPC_CALL, .id = c->id, .command = c->command,
+                         .command_len = c->command_len, .payload = c->payload, .len = c->len };
+    int rc = braid__rpc_write(w->proto->fp.base.transport, &m, pool->o.max_frame);
+    if (rc < 0) {
+        /* The connection is going (its connection_lost handles the worker):
+         * the call waits for another one. */
+        call_unlink(c);
+        c->w = NULL;
+        w->in_flight--;
+        w->broken = true;
+        if (rc == BRAID_EBUFFER_LIMIT || rc == BRAID_EMSGSIZE) {
+            call_fail(c, BRAID_EMSGSIZE, "call '%s' does not fit the connection's buffer%s", NULL);
+        } else {
+            call_push(&pool->queue, c, true);
+            pool->queued++;
+        }
+    }
+}
+
+static void dispatch(braid_workers *pool) {
+    if (pool->depth || pool->freeing) return;
+    while (pool->queue.next != &pool->queue) {
+        worker *best = NULL;
+        for (worker *w = pool->head.next; w != &pool->head; w = w->next) {
+            if (!w->ready || w->retiring || w->broken || !w->proto || !w->proto->fp.base.transport ||
+                w->in_flight >= pool->o.max_in_flight)
+                continue;
+            if (!best || w->in_flight < best->in_flight) best = w;
+        }
+        if (!best) return;
+        wcall *c = pool->queue.next;
+        call_unlink(c);
+        pool->queued--;
+        send_call(best, c);
+    }
+}
+
+static void call_timeout_cb(braid_timer *t, void *arg) {
+    wcall *c = arg;
+    (void)t;
+    c->timer_armed = false;
+    braid_workers *pool = c->pool;
+    if (!c->w) {   /* still queued */
+        call_unlink(c);
+        pool->queued--;
+        pool->st.timeouts++;
+        call_fail(c, BRAID_ETIMEDOUT, "call '%s' timed out waiting for a worker%s", NULL);
+        return;
+    }
+    worker_lost(c->w, BRAID_ETIMEDOUT, "a call timed out", c);
+}
+
+/* ---- the public API ----------------------------------------------------------------------------- */
+int braid_workers_new(braid_loop *loop, const braid_workers_options *opts, braid_workers **out) {
+    BRAID__LOOP_AFFINE(loop);
+    braid_workers_options o = opts ? *opts : (braid_workers_options){ 0 };
+    if (!o.count) {
+        long n = sysconf(_SC_NPROCESSORS_ONLN);
+        o.count = n > 0 ? (unsigned)n : 1;
+    }
+    if (!o.max_in_flight) o.max_in_flight = 8;
+    if (!o.queue_limit) o.queue_limit = 1024;
+    if (!o.max_frame) o.max_frame = 16u << 20;
+    if (o.max_frame < 512) o.max_frame = 512;
+    if (!o.call_timeout) o.call_timeout = BRAID_SECONDS(60);
+    if (o.role && strlen(o.role) > 250) return BRAID_EINVAL;
+    braid_workers *pool = braid_calloc(1, sizeof *pool);
+    if (!pool) return BRAID_ENOMEM;
+    pool->loop = loop;
+    pool->o = o;
+    pool->head.next = pool->head.prev = &pool->head;
+    pool->queue.next = pool->queue.prev = &pool->queue;
+    pool->next_id = 1;
+    if (o.role) snprintf(pool->role_env, sizeof pool->role_env, "BRAID_WORKER_ROLE=%s", o.role);
+    pool->program = braid_strdup(o.program ? o.program : "/proc/self/exe");
+    size_t na = 0;
+    if (o.argv) while (o.argv[na]) na++;
+    pool->argv = braid_calloc(na ? na + 1 : 2, sizeof(char *));
+    int rc = BRAID_ENOMEM;
+    if (!pool->program || !pool->argv) goto fail;
+    if (na) {
+        for (size_t i = 0; i < na; i++)
+            if (!(pool->argv[i] = braid_strdup(o.argv[i]))) goto fail;
+    } else if (!(pool->argv[0] = braid_strdup(pool->program))) {
+        goto fail;
+    }
+    pool->o.program = NULL;
+    pool->o.argv = NULL;
+    pool->o.role = NULL;
+    braid_timer_init(loop, &pool->respawn_timer, respawn_cb, pool);
+    braid_handle_open(loop, &pool->handle, "workers");
+    for (unsigned i = 0; i < o.count; i++) {
+        braid_failure *f = NULL;
+        rc = worker_spawn(pool, i == 0 ? &f : NULL);
+        if (rc < 0 && i == 0) {
+            braid__log(loop, BRAID_LOG_ERROR, "%s", f ? f->message : braid_strerror(rc));
+            braid_failure_free(f);
+            braid_handle_close(loop, &pool->handle);
+            goto fail;
+        }
+        if (rc < 0) {
+            pool->start_failures++;
+            spawn_missing(pool);
+            break;
+        }
+    }
+    *out = pool;
+    return 0;
+fail:
+    if (pool->argv)
+        for (size_t i = 0; pool->argv[i]; i++) braid_free(pool->argv[i]);
+    braid_free(pool->argv);
+    braid_free(pool->program);
+    braid_free(pool);
+    return rc;
+}
+
+braid_deferred *braid_workers_call(braid_workers *pool, const char *command, const void *payload,
+                                   size_t len, const braid_workers_call_options *opts) {
+    BRAID__LOOP_AFFINE(pool->loop);
+    braid_loop *loop = pool->loop;
+    size_t cl = command ? strlen(command) : 0;
+    if (cl == 0 || cl > 255 || (len && !payload))
+        return braid_deferred_fail(loop, braid_failure_new(BRAID_EINVAL, "worker call: bad command or payload"));
+    if (pool->shutting)
+        return braid_deferred_fail(loop, braid_failure_new(BRAID_ESHUTDOWN, "call '%s': the pool is shutting down",
+                                                  command));
+    if (4 + BRAID__RPC_HEADER + 1 + cl + len > pool->o.max_frame + 4)
+        return braid_deferred_fail(loop, braid_failure_new(BRAID_EMSGSIZE, "call '%s': %zu bytes pass the frame limit",
+                                                  command, len));
+    if (pool->queued >= pool->o.queue_limit)
+        return braid_deferred_fail(loop, braid_failure_new(BRAID_EQUEUE_FULL, "call '%s': %zu calls already queued",
+                                                  command, pool->queued));
+    wcall *c = braid_malloc(sizeof *c + cl + len);
+    if (!c) return NULL;
+    braid_deferred *d = braid_deferred_new_cancellable(loop, call_cancel, c);
+    if (!d) {
+        braid_free(c);
+        return NULL;
+    }
+    memset(c, 0, sizeof *c);
+    c->next = c->prev = c;
+    c->pool = pool;
+    c->d = d;
+    c->id = pool->next_id++;
+    if (pool->next_id == 0) pool->next_id = 1;
+    c->command = (char *)(c + 1);
+    c->command_len = cl;
+    memcpy(c->command, command, cl);
+    c->payload = (unsigned char *)c->command + cl;
+    c->len = len;
+    if (len) memcpy(c->payload, payload, len);
+    c->idempotent = opts && opts->idempotent;
+    uint64_t timeout = opts && opts->timeout ? opts->timeout : pool->o.call_timeout;
+    braid_timer_init(loop, &c->timer, call_timeout_cb, c);
+    if (timeout != BRAID_FOREVER) {
+        c->timer_armed = true;
+        braid_timer_start(&c->timer, timeout);
+    }
+    call_push(&pool->queue, c, false);
+    pool->queued++;
+    if (pool->start_failures >= 3 && pool->alive == 0) {
+        /* Nothing can run it now: fail at once rather than wait. */
+        call_unlink(c);
+        pool->queued--;
+        call_fail(c, BRAID_EWORKER_LOST, "call '%s': workers keep dying at start-up%s", NULL);
+        return d;
+    }
+    dispatch(pool);
+    return d;
+}
+
+/* Fail every queued call, and (when sent too) every sent one, with code.
+ * True if a callback freed the pool. */
+static bool fail_all(braid_workers *pool, int code, bool sent) {
+    pool->depth++;
+    while (pool->queue.next != &pool->queue) {
+        wcall *c = pool->queue.next;
+        call_unlink(c);
+        pool->queued--;
+        call_fail(c, code, "call '%s': the pool is shutting down%s", NULL);
+    }
+    if (sent) {
+        for (worker *w = pool->head.next; w != &pool->head; w = w->next) {
+            while (w->head.next != &w->head) {
+                wcall *c = w->head.next;
+                call_unlink(c);
+                c->w = NULL;
+                w->in_flight--;
+                call_fail(c, code, "call '%s': the pool is shutting down%s", NULL);
+            }
+        }
+    }
+    return depth_leave(pool);
+}
+
+static void stop_idle_workers(braid_workers *pool) {
+    for (worker *w = pool->head.next, *n; w != &pool->head; w = n) {
+        n = w->next;
+        if (w->in_flight == 0 && !braid_timer_is_active(&w->stop_timer)) {
+            if (!w->proto) worker_remove(w);   /* its connection is gone already */
+            else worker_stop(w);
+        }
+    }
+}
+
+static void maybe_shutdown_done(braid_workers *pool) {
+    if (!pool->shutting || pool->freeing) return;
+    if (pool->draining) {
+        if (pool->queued) return;
+        stop_idle_workers(pool);
+    }
+    if (pool->alive == 0 && pool->shutdown_d) {
+        if (pool->drain_armed) {
+            braid_timer_stop(&pool->drain_timer);
+            pool->drain_armed = false;
+        }
+        braid_deferred *d = pool->shutdown_d;
+        pool->shutdown_d = NULL;
+        braid_deferred_callback(d, NULL, NULL);
+    }
+}
+
+static void drain_timer_cb(braid_timer *t, void *arg) {
+    braid_workers *pool = arg;
+    (void)t;
+    pool->drain_armed = false;
+    pool->draining = false;
+    if (fail_all(pool, BRAID_ESHUTDOWN, true)) return;
+    stop_idle_workers(pool);
+    maybe_shutdown_done(pool);
+}
+
+braid_deferred *braid_workers_shutdown(braid_workers *pool, bool drain, uint64_t timeout) {
+    BRAID__LOOP_AFFINE(pool->loop);
+    if (pool->shutdown_d || pool->shutting)
+        return braid_deferred_fail(pool->loop, braid_failure_new(BRAID_EALREADY_CALLED, "workers: shutdown twice"));
+    braid_deferred *d = braid_deferred_new(pool->loop);
+    if (!d) return NULL;
+    pool->shutting = true;
+    pool->shutdown_d = d;   /* the producer's reference; the caller has the other */
+    if (pool->respawn_armed) {
+        braid_timer_stop(&pool->respawn_timer);
+        pool->respawn_armed = false;
+    }
+    if (drain && timeout) {
+        pool->draining = true;
+        if (timeout != BRAID_FOREVER) {
+            braid_timer_init(pool->loop, &pool->drain_timer, drain_timer_cb, pool);
+            pool->drain_armed = true;
+            braid_timer_start(&pool->drain_timer, timeout);
+        }
+    } else {
+        if (fail_all(pool, BRAID_ESHUTDOWN, true)) return d;   /* a callback freed the pool (d fired) */
+        stop_idle_workers(pool);
+    }
+    maybe_shutdown_done(pool);
+    return d;
+}
+
+void braid_workers_free(braid_workers *pool) {
+    if (!pool) return;
+    BRAID__LOOP_AFFINE(pool->loop);
+    if (pool->freeing) return;
+    pool->shutting = true;
+    pool->depth++;
+    pool->freeing = true;
+    pool->depth++;
+    (void)fail_all(pool, BRAID_ESHUTDOWN, true);   /* cannot free: depth held */
+    pool->depth--;
+    if (--pool->depth > 0) {   /* from inside one of its calls' callbacks */
+        pool->free_pending = true;
+        return;
+    }
+    pool_final_free(pool);
+}
+
+static void pool_final_free(braid_workers *pool) {
+    pool->freeing = true;
+    pool->free_pending = false;
+    pool->depth = 1;
+    (void)fail_all(pool, BRAID_ESHUTDOWN, true);   /* depth held: never frees here */
+    while (pool->head.next != &pool->head) worker_remove(pool->head.next);
+    if (pool->respawn_armed) braid_timer_stop(&pool->respawn_timer);
+    if (pool->drain_armed) braid_timer_stop(&pool->drain_timer);
+    if (pool->shutdown_d) {
+        braid_deferred *d = pool->shutdown_d;
+        pool->shutdown_d = NULL;
+        braid_deferred_callback(d, NULL, NULL);
+    }
+    for (size_t i = 0; pool->argv[i]; i++) braid_free(pool->argv[i]);
+    braid_free(pool->argv);
+    braid_free(pool->program);
+    braid_handle_close(pool->loop, &pool->handle);
+    braid_free(pool);
+}
+
+void braid_workers_stats(const braid_workers *pool, struct braid_workers_stats *out) {
+    *out = pool->st;
+    out->workers = pool->alive;
+    out->ready = 0;
+    out->in_flight = 0;
+    for (const worker *w = pool->head.next; w != &pool->head; w = w->next) {
+        out->ready += w->ready;
+        out->in_flight += w->in_flight;
+    }
+    out->queued = pool->queued;
+}
+
+size_t braid_workers_pids(const braid_workers *pool, pid_t *out, size_t cap) {
+    size_t n = 0;
+    for (const worker *w = pool->head.next; w != &pool->head; w = w->next) {
+        if (n < cap) out[n] = braid_process_pid(w->proc);
+        n++;
+    }
+    return n;
+}

@@ -1,0 +1,234 @@
+/* N loops on one port (braid_serve): every sharing method in threads and in
+ * processes serves every connection; a graceful stop keeps serving open
+ * connections while refusing new ones, and is bounded by the drain time; a
+ * crashed child process is restarted on its socket. Real loopback sockets,
+ * every case on every backend (on select, poll and io_uring
+ * BRAID_SERVE_EXCLUSIVE is the wake-all shared socket). */
+// ctest-labels: threads
+#include "harness.h"
+#include <braid/process.h>
+#include <netinet/in.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdatomic.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+/* ---- the server: echo; "crash" kills a child process ------------------------------------ */
+static void echo_data(braid_protocol *p, const void *buf, size_t len) {
+    if (len == 5 && !memcmp(buf, "crash", 5)) _exit(9);
+    braid_transport_write(p->transport, buf, len);
+}
+static const braid_protocol_ops echo_ops = { .data_received = echo_data };
+static braid_factory *make(braid_loop *loop, unsigned i, void *arg) {
+    (void)loop; (void)i; (void)arg;
+    braid_factory *f = malloc(sizeof *f);
+    if (f) braid_factory_init(f, &echo_ops, sizeof(braid_protocol), NULL);
+    return f;
+}
+static void done(braid_factory *f, unsigned i, void *arg) {
+    (void)i; (void)arg;
+    free(f);
+}
+
+/* ---- the client (a thread) ---------------------------------------------------------------- */
+static atomic_int port_seen;
+static void on_listening(int port, void *arg) {
+    (void)arg;
+    atomic_store(&port_seen, port);
+}
+static int dial(void) {
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    struct sockaddr_in a = { .sin_family = AF_INET, .sin_port = htons((uint16_t)atomic_load(&port_seen)),
+                             .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
+    struct timeval tv = { 5, 0 };
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    if (connect(fd, (struct sockaddr *)&a, sizeof a) < 0) {
+        close(fd);
+        return -1;
+    }
+    return fd;
+}
+/* Send msg, read the echo: 1 if it came back whole. */
+static int ping(int fd, const char *msg) {
+    size_t n = strlen(msg);
+    char buf[64];
+    if (write(fd, msg, n) != (ssize_t)n) return 0;
+    size_t got = 0;
+    while (got < n) {
+        ssize_t k = read(fd, buf + got, n - got);
+        if (k <= 0) return 0;
+        got += (size_t)k;
+    }
+    return !memcmp(buf, msg, n);
+}
+static void wait_port(void) {
+    while (!atomic_load(&port_seen)) usleep(1000);
+}
+
+typedef struct client {
+    int mode;          /* 0 plain, 1 drain, 2 drain timeout, 3 crash */
+    int nconn;
+    atomic_int ok, refused_after_stop, eof_after_timeout;
+} client;
+
+static void *client_main(void *arg) {
+    client *c = arg;
+    wait_port();
+    if (c->mode == 3) {   /* crash one child, then go on */
+        int fd = dial();
+        if (fd >= 0) {
+            if (write(fd, "crash", 5) == 5) {
+                char b;
+                (void)read(fd, &b, 1);   /* EOF: the child died */
+            }
+            close(fd);
+        }
+    }
+    for (int i = 0; i < c->nconn; i++) {
+        int fd = -1;
+        /* A connection to a restarting child's socket waits in its queue. */
+        fd = dial();
+        if (fd >= 0 && ping(fd, "ping")) atomic_fetch_add(&c->ok, 1);
+        if (fd >= 0) close(fd);
+    }
+    if (c->mode == 1 || c->mode == 2) {
+        int fd = dial();
+        int held = fd >= 0 && ping(fd, "before");
+        kill(getpid(), SIGTERM);
+        /* New connections are refused once every loop stopped accepting. */
+        for (int k = 0; k < 2000; k++) {
+            int f2 = dial();
+            if (f2 < 0) {
+                atomic_store(&c->refused_after_stop, 1);
+                break;
+            }
+            close(f2);
+            usleep(1000);
+        }
+        if (c->mode == 1) {
+            /* The open connection is still served while the server drains. */
+            if (held && ping(fd, "after")) atomic_fetch_add(&c->ok, 1);
+            close(fd);
+        } else {
+            char b;
+            if (fd >= 0 && read(fd, &b, 1) <= 0) atomic_store(&c->eof_after_timeout, 1);   /* shut down */
+            if (fd >= 0) close(fd);
+        }
+        return NULL;
+    }
+    kill(getpid(), SIGTERM);
+    return NULL;
+}
+
+static uint64_t now_ms(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+}
+
+static void run_case(braid_serve_method m, bool processes, int mode, uint64_t drain_ns, struct braid_serve_stats *st,
+                     client *c, uint64_t *ms) {
+    atomic_store(&port_seen, 0);
+    sigset_t set;
+    sigemptyset(&set);
+    sigaddset(&set, SIGTERM);
+    sigaddset(&set, SIGINT);
+    sigaddset(&set, SIGCHLD);
+    pthread_sigmask(SIG_BLOCK, &set, NULL);   /* the client thread inherits it */
+    c->mode = mode;
+    pthread_t t;
+    BT_EQ(pthread_create(&t, NULL, client_main, c), 0);
+    braid_serve_options o = { .loops = 2, .processes = processes, .method = m, .drain_timeout = drain_ns,
+                              .factory = make, .factory_done = done, .on_listening = on_listening };
+    uint64_t t0 = now_ms();
+    int rc = braid_serve("tcp:0:interface=127.0.0.1", &o, st);
+    *ms = now_ms() - t0;
+    pthread_join(t, NULL);
+    BT_OK(rc);
+    BT_EQ(st->loops, 2);
+    uint64_t sum = st->accepted[0] + st->accepted[1];
+    BT_UEQ(sum, st->total);
+}
+
+static void serves_all(braid_serve_method m, bool processes) {
+    client c = { .nconn = 20 };
+    struct braid_serve_stats st;
+    uint64_t ms;
+    run_case(m, processes, 0, BRAID_SECONDS(2), &st, &c, &ms);
+    BT_EQ(atomic_load(&c.ok), 20);
+    BT_UEQ(st.total, 20);
+    BT_UEQ(st.restarts, 0);
+}
+
+BT_IO_TEST(serve_reuseport_threads) { serves_all(BRAID_SERVE_REUSEPORT, false); }
+BT_IO_TEST(serve_exclusive_threads) { serves_all(BRAID_SERVE_EXCLUSIVE, false); }
+BT_IO_TEST(serve_acceptor_threads) { serves_all(BRAID_SERVE_ACCEPTOR, false); }
+BT_IO_TEST(serve_shared_threads) { serves_all(BRAID_SERVE_SHARED, false); }
+BT_IO_TEST(serve_reuseport_processes) { serves_all(BRAID_SERVE_REUSEPORT, true); }
+BT_IO_TEST(serve_exclusive_processes) { serves_all(BRAID_SERVE_EXCLUSIVE, true); }
+BT_IO_TEST(serve_acceptor_processes) { serves_all(BRAID_SERVE_ACCEPTOR, true); }
+BT_IO_TEST(serve_shared_processes) { serves_all(BRAID_SERVE_SHARED, true); }
+
+/* The acceptor spreads connections over both loops (round-robin). */
+BT_IO_TEST(serve_acceptor_balances) {
+    client c = { .nconn = 20 };
+    struct braid_serve_stats st;
+    uint64_t ms;
+    run_case(BRAID_SERVE_ACCEPTOR, false, 0, BRAID_SECONDS(2), &st, &c, &ms);
+    BT_UEQ(st.accepted[0], 10);
+    BT_UEQ(st.accepted[1], 10);
+}
+
+/* SIGTERM: new connections refused, the open one still served, and the
+ * run ends as soon as it closes (well before the drain time). */
+static void drains(braid_serve_method m, bool processes) {
+    client c = { .nconn = 2 };
+    struct braid_serve_stats st;
+    uint64_t ms;
+    run_case(m, processes, 1, BRAID_SECONDS(20), &st, &c, &ms);
+    BT_EQ(atomic_load(&c.ok), 3);
+    BT_EQ(atomic_load(&c.refused_after_stop), 1);
+    BT_LT(ms, 15000);
+}
+BT_IO_TEST(serve_drain_threads) { drains(BRAID_SERVE_REUSEPORT, false); }
+BT_IO_TEST(serve_drain_processes) { drains(BRAID_SERVE_EXCLUSIVE, true); }
+/* Not yet: with the acceptor in processes, a connection open at the stop is
+ * not served during the drain (docs/process.md, Status). */
+
+/* A connection the client never closes is shut down when the drain time
+ * ends, and the run ends then. */
+static void drain_bounded(bool processes) {
+    client c = { .nconn = 0 };
+    struct braid_serve_stats st;
+    uint64_t ms;
+    run_case(BRAID_SERVE_REUSEPORT, processes, 2, BRAID_MSEC(200), &st, &c, &ms);
+    BT_EQ(atomic_load(&c.eof_after_timeout), 1);
+    BT_LT(ms, 10000);
+}
+BT_IO_TEST(serve_drain_bounded_threads) { drain_bounded(false); }
+BT_IO_TEST(serve_drain_bounded_processes) { drain_bounded(true); }
+
+/* A child that dies is started again on the same socket: every later
+ * connection is served, none reset. */
+static void restarts(braid_serve_method m, int may_lose) {
+    client c = { .nconn = 20 };
+    struct braid_serve_stats st;
+    uint64_t ms;
+    run_case(m, true, 3, BRAID_SECONDS(2), &st, &c, &ms);
+    /* Without the restart, every connection for the dead child's share
+     * would fail (about half of them). */
+    BT_GE(atomic_load(&c.ok), 20 - may_lose);
+    BT_UGE(st.restarts, 1);
+}
+BT_IO_TEST(serve_restart_reuseport) { restarts(BRAID_SERVE_REUSEPORT, 0); }
+/* The acceptor may hand a connection to the child in the moment it dies,
+ * before the supervisor has seen the death: that connection is lost. */
+BT_IO_TEST(serve_restart_acceptor) { restarts(BRAID_SERVE_ACCEPTOR, 2); }
+
+BT_TEST(serve_bad_endpoint) {
+    braid_serve_options o = { .loops = 1, .factory = make };
+    BT_EQ(braid_serve("tcp:notaport", &o, NULL), BRAID_EBAD_ENDPOINT);
+    BT_EQ(braid_serve("unix:/tmp/x", &o, NULL), BRAID_ENOSYS);
+}
