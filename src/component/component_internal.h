@@ -17,6 +17,7 @@
 #ifndef BRAID_COMPONENT_INTERNAL_H
 #define BRAID_COMPONENT_INTERNAL_H
 
+#include "context/capture.h"
 #include "fiber/park.h"
 #include "loop/loop_module.h"
 #include <braid/component.h>
@@ -33,6 +34,7 @@ struct braid__box {
     uint32_t size, head, len, cap; /* cap: the bound; size grows up to >= cap */
     braid__box *waiters;           /* inbox: outboxes waiting for a pop (wake-on-pop) */
     uint64_t received;             /* messages appended to this box's ring */
+    braid_ctx **ctxs;              /* inboxes: each message's sender's context (a reference, or NULL), by slot */
     /* cold: links and names */
     bool inbox;
     bool dynamic;                  /* allocated on its own (a splitter's destination) */
@@ -73,6 +75,7 @@ struct braid_component {
     braid_component *run_prev, *run_next;
     struct braid_component_stats stats;
     braid_loop *loop;
+    braid_ctx *msg_ctx;                     /* the last received message's context (a reference), current in the run */
     /* cold */
     char *name;
     const braid__component_hooks *hooks;
@@ -121,7 +124,8 @@ void braid__box_unlink(braid__box *src);
 braid__box *braid__component_add_outbox(braid_component *c, const char *name);
 /* Unlink and free a dynamic outbox of c. */
 void braid__component_remove_outbox(braid_component *c, braid__box *b);
-/* Put a message in inbox ib's ring (the final inbox); wakes its owner. */
+/* Put a message in inbox ib's ring (the final inbox), with the current
+ * context (captured); wakes its owner. */
 int braid__box_put(braid__box *ib, braid_component_msg m);
 /* Register ob (an outbox of a component) to be woken when ob->real pops. */
 void braid__box_wait(braid__box *ob);

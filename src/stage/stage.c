@@ -202,9 +202,10 @@ int braid_stage_new(braid_stage_domain *dom, const char *name, braid_stage_fn fn
     if (!st) return BRAID_ENOMEM;
     st->name = braid_strdup(name ? name : "stage");
     st->ring = braid_calloc(o.queue_limit, sizeof *st->ring);
+    st->ring_c = braid_calloc(o.queue_limit, sizeof *st->ring_c);
     if (!(o.flags & BRAID_STAGE_NO_TIMING))
         st->ring_t = braid_calloc(o.queue_limit, sizeof *st->ring_t);
-    if (!st->name || !st->ring || (!(o.flags & BRAID_STAGE_NO_TIMING) && !st->ring_t))
+    if (!st->name || !st->ring || !st->ring_c || (!(o.flags & BRAID_STAGE_NO_TIMING) && !st->ring_t))
         goto nomem;
     st->dom = dom;
     st->fn = fn;
@@ -228,6 +229,7 @@ int braid_stage_new(braid_stage_domain *dom, const char *name, braid_stage_fn fn
     *out = st;
     return 0;
 nomem:
+    braid_free(st->ring_c);
     braid_free(st->ring_t);
     braid_free(st->ring);
     braid_free(st->name);
@@ -247,6 +249,7 @@ void braid_stage_close(braid_stage *st) {
 static void stage_release(braid_stage *st) {
     pthread_cond_destroy(&st->cv);
     pthread_mutex_destroy(&st->mu);
+    braid_free(st->ring_c);
     braid_free(st->ring_t);
     braid_free(st->ring);
     braid_free(st->name);
@@ -301,7 +304,12 @@ void braid_stage_free(braid_stage *st) {
     size_t n = st->len;
     st->len = 0;
     braid__stage_unlock(st);
-    for (size_t i = 0; i < n; i++) braid_stage_event_free(&st->ring[(st->head + i) % st->cap]);
+    for (size_t i = 0; i < n; i++) {
+        size_t at = (st->head + i) % st->cap;
+        braid_stage_event_free(&st->ring[at]);
+        braid__ctx_release(st->ring_c[at]);
+        st->ring_c[at] = NULL;
+    }
     braid__stage_unregister(st);
     braid_handle_close(dom->loop, &st->handle);
     dom->nstages--;
@@ -380,6 +388,7 @@ static inline unsigned hist_bucket(uint64_t ns) {
 static void stage_run(braid_stage *st, unsigned budget) {
     braid_stage_event evs[BRAID_STAGE_MAX_BATCH];
     uint64_t tq[BRAID_STAGE_MAX_BATCH];
+    braid_ctx *cs[BRAID_STAGE_MAX_BATCH];
     braid_stage_domain *d = st->dom;
     bool timing = st->ring_t != NULL;
     braid__stage_lock(st);
@@ -390,6 +399,8 @@ static void stage_run(braid_stage *st, unsigned budget) {
             size_t at = st->head;
             evs[i] = st->ring[at];
             st->ring[at].data = NULL;
+            cs[i] = st->ring_c[at];
+            st->ring_c[at] = NULL;
             if (timing) tq[i] = st->ring_t[at];
             st->head = at + 1 == st->cap ? 0 : at + 1;
         }
@@ -404,11 +415,24 @@ static void stage_run(braid_stage *st, unsigned budget) {
         tctx.cur = st;
         tctx.edge_to = NULL;
         uint64_t t0 = timing ? braid__stage_now(d) : 0;
-        st->fn(st, evs, n, st->arg);
+        /* Each event runs in its enqueuer's context: the batch is cut where
+         * the context changes (with none anywhere: one call, no switch). */
+        braid_ctx *ambient = braid__ctx_cur;
+        for (size_t i = 0; i < n;) {
+            size_t j = i + 1;
+            while (j < n && cs[j] == cs[i]) j++;
+            braid__ctx_cur = cs[i];
+            st->fn(st, evs + i, j - i, st->arg);
+            i = j;
+        }
+        braid__ctx_cur = ambient;
         uint64_t t1 = timing ? braid__stage_now(d) : 0;
         tctx.cur = outer;
         tctx.edge_to = NULL;
-        for (size_t i = 0; i < n; i++) braid_stage_event_free(&evs[i]);
+        for (size_t i = 0; i < n; i++) {
+            braid_stage_event_free(&evs[i]);
+            braid__ctx_release(cs[i]);
+        }
 
         braid__stage_lock(st);
         st->running--;
@@ -550,6 +574,7 @@ static void push_locked(braid_stage *st, braid_stage_event *evs, size_t n, uint6
         if (at >= st->cap) at -= st->cap;
         st->ring[at] = evs[i];
         if (st->ring_t) st->ring_t[at] = now;
+        st->ring_c[at] = braid__ctx_capture();
         st->len++;
         evs[i].data = NULL;
     }

@@ -6,6 +6,7 @@
 #define BRAID_STAGE_INTERNAL_H
 
 #include "base/base.h"
+#include "context/capture.h"
 #include "loop/loop_module.h"
 #include <braid/stage.h>
 #include <pthread.h>
@@ -66,6 +67,7 @@ struct braid_stage {
     pthread_cond_t cv;                  /* runners reaching 0 while freeing */
     braid_stage_event *ring;
     uint64_t *ring_t;                   /* enqueue times (NULL with NO_TIMING) */
+    braid_ctx **ring_c;                 /* each event's enqueuer's context (a reference, or NULL) */
     size_t cap, head, len, reserved;
     size_t batch_max;
     unsigned threads;                   /* runner bound */
