@@ -348,6 +348,7 @@ int braid__component_create(braid_loop *loop, enum braid__ckind kind, const brai
     if (s->all) s->all->all_prev = c;
     s->all = c;
     s->count++;
+    braid_introspect_add(loop, &c->inode, "components", braid__component_describe, c);
     *out = c;
     return 0;
 inval:
@@ -632,6 +633,7 @@ static void really_free(braid_component *c) {
     else s->all = c->all_next;
     if (c->all_next) c->all_next->all_prev = c->all_prev;
     s->count--;
+    braid_introspect_remove(c->loop, &c->inode);
     /* nothing left to run: take the scheduler's ready call back, so a loop
      * destroyed right after its last component is freed has none left */
     if (!s->head && s->scheduled && braid_loop_soon_cancel(s->loop, &s->soon)) s->scheduled = false;

@@ -22,6 +22,7 @@
 #include "loop/loop_module.h"
 #include <braid/component.h>
 #include <braid/fiber.h>
+#include <braid/introspect.h>
 
 static const char braid__log_ns[] = "component";
 
@@ -95,8 +96,9 @@ struct braid_component {
     braid_deferred *fiber_d;                /* consumer reference of the spawn Deferred */
     size_t stack_size;
     bool fiber_started, fiber_alive, parked;
-    /* the loop's list of components */
+    /* the loop's list of components, and its entry in the "components" section */
     braid_component *all_prev, *all_next;
+    braid_introspect_node inode;
     void *impl;                             /* the kind's own data (splitter) */
 };
 
@@ -111,6 +113,9 @@ struct braid__sched {
 };
 
 braid__sched *braid__component_sched(braid_loop *loop);
+/* introspect.c: write c's entry of the loop's "components" section (a
+ * braid_introspect_fn). */
+void braid__component_describe(braid_json *j, void *arg);
 /* Create a component of any kind (run/fiber_fn per kind) with the default
  * boxes plus opts' extra ones. */
 int braid__component_create(braid_loop *loop, enum braid__ckind kind, const braid_component_options *opts,

@@ -225,6 +225,7 @@ int braid_stage_new(braid_stage_domain *dom, const char *name, braid_stage_fn fn
     pthread_cond_init(&st->cv, NULL);
     st->handle.name = st->name;
     braid_handle_open(dom->loop, &st->handle, "stage");
+    braid_introspect_add(dom->loop, &st->inode, "stages", braid__stage_describe, st);
     dom->nstages++;
     *out = st;
     return 0;
@@ -310,6 +311,7 @@ void braid_stage_free(braid_stage *st) {
         braid__ctx_release(st->ring_c[at]);
         st->ring_c[at] = NULL;
     }
+    braid_introspect_remove(dom->loop, &st->inode);
     braid__stage_unregister(st);
     braid_handle_close(dom->loop, &st->handle);
     dom->nstages--;

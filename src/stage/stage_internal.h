@@ -8,6 +8,7 @@
 #include "base/base.h"
 #include "context/capture.h"
 #include "loop/loop_module.h"
+#include <braid/introspect.h>
 #include <braid/stage.h>
 #include <pthread.h>
 
@@ -61,6 +62,7 @@ struct braid_stage {
     void *arg;
     braid_handle handle;
     braid_stage *reg_prev, *reg_next;   /* the loop's list, for the dump */
+    braid_introspect_node inode;        /* its entry in the loop's "stages" section */
     unsigned flags;
 
     pthread_mutex_t mu;                 /* everything below, unless marked */
@@ -146,9 +148,11 @@ void braid__stage_kick(braid_stage *st);
 /* Stop every controller (loop thread). */
 void braid__stage_controls_stop(braid_stage *st);
 
-/* dump.c: the loop's registry of stages */
+/* dump.c: the loop's registry of stages (and its introspection entry) */
 int braid__stage_register(braid_stage *st);
 void braid__stage_unregister(braid_stage *st);
+/* Write st's entry of the "stages" section (a braid_introspect_fn). */
+void braid__stage_describe(braid_json *j, void *arg);
 /* Count n events sent from `from` (running on this thread) to `to`; the
  * edge's counter, or NULL past BRAID__STAGE_EDGES targets. */
 uint64_t *braid__stage_edge_count(braid_stage *from, braid_stage *to, size_t n);
