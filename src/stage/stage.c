@@ -309,7 +309,6 @@ void braid_stage_free(braid_stage *st) {
         size_t at = (st->head + i) % st->cap;
         braid_stage_event_free(&st->ring[at]);
         braid__ctx_release(st->ring_c[at]);
-        st->ring_c[at] = NULL;
     }
     braid_introspect_remove(dom->loop, &st->inode);
     braid__stage_unregister(st);
@@ -401,8 +400,11 @@ static void stage_run(braid_stage *st, unsigned budget) {
             size_t at = st->head;
             evs[i] = st->ring[at];
             st->ring[at].data = NULL;
-            cs[i] = st->ring_c[at];
-            st->ring_c[at] = NULL;
+            cs[i] = NULL;
+            if (BRAID__UNLIKELY(st->nctx) && (cs[i] = st->ring_c[at])) {
+                st->ring_c[at] = NULL;
+                st->nctx--;
+            }
             if (timing) tq[i] = st->ring_t[at];
             st->head = at + 1 == st->cap ? 0 : at + 1;
         }
@@ -576,7 +578,11 @@ static void push_locked(braid_stage *st, braid_stage_event *evs, size_t n, uint6
         if (at >= st->cap) at -= st->cap;
         st->ring[at] = evs[i];
         if (st->ring_t) st->ring_t[at] = now;
-        st->ring_c[at] = braid__ctx_capture();
+        braid_ctx *c = braid__ctx_capture();
+        if (BRAID__UNLIKELY(c != NULL)) {
+            st->ring_c[at] = c;
+            st->nctx++;
+        }
         st->len++;
         evs[i].data = NULL;
     }

@@ -62,14 +62,16 @@ struct braid_stage {
     void *arg;
     braid_handle handle;
     braid_stage *reg_prev, *reg_next;   /* the loop's list, for the dump */
-    braid_introspect_node inode;        /* its entry in the loop's "stages" section */
     unsigned flags;
 
     pthread_mutex_t mu;                 /* everything below, unless marked */
     pthread_cond_t cv;                  /* runners reaching 0 while freeing */
     braid_stage_event *ring;
     uint64_t *ring_t;                   /* enqueue times (NULL with NO_TIMING) */
-    braid_ctx **ring_c;                 /* each event's enqueuer's context (a reference, or NULL) */
+    braid_ctx **ring_c;                 /* each event's enqueuer's context (a reference), NULL in
+                                           every slot not holding one: only events enqueued
+                                           under a context touch it */
+    size_t nctx;                        /* queued events with a context */
     size_t cap, head, len, reserved;
     size_t batch_max;
     unsigned threads;                   /* runner bound */
@@ -120,6 +122,8 @@ struct braid_stage {
     int bc_dir;                         /* +1 grow, -1 shrink */
     uint64_t rc_handled, rc_last;       /* response controller: handled at the last look, and when */
     uint64_t rc_p90;                    /* response controller: the p90 at the last look with samples */
+
+    braid_introspect_node inode;        /* its entry in the loop's "stages" section (cold) */
 };
 
 enum { NOTE_CLOG = 1u, NOTE_DRAIN = 2u };
