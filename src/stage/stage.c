@@ -384,6 +384,23 @@ static inline unsigned hist_bucket(uint64_t ns) {
     return b < BRAID_POOL_HIST ? b : BRAID_POOL_HIST - 1;
 }
 
+/* The handler over a batch whose events carry contexts (cs; NULL: none
+ * does, but another is current): cut where the context changes, each part
+ * run in its events' context. */
+__attribute__((noinline)) static void run_in_contexts(braid_stage *st, braid_stage_event *evs, braid_ctx **cs,
+                                                    size_t n) {
+    braid_ctx *ambient = braid__ctx_cur;
+    for (size_t i = 0; i < n;) {
+        size_t j = i + 1;
+        braid_ctx *c = cs ? cs[i] : NULL;
+        while (j < n && (cs ? cs[j] : NULL) == c) j++;
+        braid__ctx_cur = c;
+        st->fn(st, evs + i, j - i, st->arg);
+        i = j;
+    }
+    braid__ctx_cur = ambient;
+}
+
 /* Drain st in batches on this thread, up to budget batches; then either
  * end the run or, work remaining, schedule it again (fairness). */
 static void stage_run(braid_stage *st, unsigned budget) {
@@ -396,12 +413,12 @@ static void stage_run(braid_stage *st, unsigned budget) {
     while (budget && !st->freeing && st->len) {
         budget--;
         size_t n = st->len < st->batch_max ? st->len : st->batch_max;
+        bool ctxs = st->nctx != 0;   /* some queued event carries a context */
         for (size_t i = 0; i < n; i++) {
             size_t at = st->head;
             evs[i] = st->ring[at];
             st->ring[at].data = NULL;
-            cs[i] = NULL;
-            if (BRAID__UNLIKELY(st->nctx) && (cs[i] = st->ring_c[at])) {
+            if (BRAID__UNLIKELY(ctxs) && (cs[i] = st->ring_c[at])) {
                 st->ring_c[at] = NULL;
                 st->nctx--;
             }
@@ -419,24 +436,16 @@ static void stage_run(braid_stage *st, unsigned budget) {
         tctx.cur = st;
         tctx.edge_to = NULL;
         uint64_t t0 = timing ? braid__stage_now(d) : 0;
-        /* Each event runs in its enqueuer's context: the batch is cut where
-         * the context changes (with none anywhere: one call, no switch). */
-        braid_ctx *ambient = braid__ctx_cur;
-        for (size_t i = 0; i < n;) {
-            size_t j = i + 1;
-            while (j < n && cs[j] == cs[i]) j++;
-            braid__ctx_cur = cs[i];
-            st->fn(st, evs + i, j - i, st->arg);
-            i = j;
-        }
-        braid__ctx_cur = ambient;
+        /* Each event runs in its enqueuer's context (with none anywhere,
+         * and none current: one call, nothing switched). */
+        if (BRAID__LIKELY(!ctxs && !braid__ctx_cur)) st->fn(st, evs, n, st->arg);
+        else run_in_contexts(st, evs, ctxs ? cs : NULL, n);
         uint64_t t1 = timing ? braid__stage_now(d) : 0;
         tctx.cur = outer;
         tctx.edge_to = NULL;
-        for (size_t i = 0; i < n; i++) {
-            braid_stage_event_free(&evs[i]);
-            braid__ctx_release(cs[i]);
-        }
+        for (size_t i = 0; i < n; i++) braid_stage_event_free(&evs[i]);
+        if (BRAID__UNLIKELY(ctxs))
+            for (size_t i = 0; i < n; i++) braid__ctx_release(cs[i]);
 
         braid__stage_lock(st);
         st->running--;
