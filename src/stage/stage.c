@@ -202,10 +202,9 @@ int braid_stage_new(braid_stage_domain *dom, const char *name, braid_stage_fn fn
     if (!st) return BRAID_ENOMEM;
     st->name = braid_strdup(name ? name : "stage");
     st->ring = braid_calloc(o.queue_limit, sizeof *st->ring);
-    st->ring_c = braid_calloc(o.queue_limit, sizeof *st->ring_c);
     if (!(o.flags & BRAID_STAGE_NO_TIMING))
         st->ring_t = braid_calloc(o.queue_limit, sizeof *st->ring_t);
-    if (!st->name || !st->ring || !st->ring_c || (!(o.flags & BRAID_STAGE_NO_TIMING) && !st->ring_t))
+    if (!st->name || !st->ring || (!(o.flags & BRAID_STAGE_NO_TIMING) && !st->ring_t))
         goto nomem;
     st->dom = dom;
     st->fn = fn;
@@ -230,7 +229,6 @@ int braid_stage_new(braid_stage_domain *dom, const char *name, braid_stage_fn fn
     *out = st;
     return 0;
 nomem:
-    braid_free(st->ring_c);
     braid_free(st->ring_t);
     braid_free(st->ring);
     braid_free(st->name);
@@ -308,7 +306,7 @@ void braid_stage_free(braid_stage *st) {
     for (size_t i = 0; i < n; i++) {
         size_t at = (st->head + i) % st->cap;
         braid_stage_event_free(&st->ring[at]);
-        braid__ctx_release(st->ring_c[at]);
+        if (st->ring_c) braid__ctx_release(st->ring_c[at]);
     }
     braid_introspect_remove(dom->loop, &st->inode);
     braid__stage_unregister(st);
@@ -589,8 +587,13 @@ static void push_locked(braid_stage *st, braid_stage_event *evs, size_t n, uint6
         if (st->ring_t) st->ring_t[at] = now;
         braid_ctx *c = braid__ctx_capture();
         if (BRAID__UNLIKELY(c != NULL)) {
-            st->ring_c[at] = c;
-            st->nctx++;
+            braid_ctx **rc = __atomic_load_n(&st->ring_c, __ATOMIC_ACQUIRE);
+            if (rc) {
+                rc[at] = c;
+                st->nctx++;
+            } else {
+                braid__ctx_release(c);   /* committed in a context its prepare did not have */
+            }
         }
         st->len++;
         evs[i].data = NULL;
@@ -667,11 +670,26 @@ static int check_locked(braid_stage *st, const braid_stage_event *evs, size_t n,
     return 0;
 }
 
+/* The context slots, made by the first enqueue under a context (a stage
+ * never used with one has none). Any thread. */
+__attribute__((noinline)) static int make_ring_c(braid_stage *st) {
+    braid_ctx **p = braid_calloc(st->cap, sizeof *p), **expect_p = NULL;
+    if (!p) return BRAID_ENOMEM;
+    if (!__atomic_compare_exchange_n(&st->ring_c, &expect_p, p, false, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE))
+        braid_free(p);
+    return 0;
+}
+static inline int need_ring_c(braid_stage *st) {
+    if (BRAID__LIKELY(!braid__ctx_cur) || __atomic_load_n(&st->ring_c, __ATOMIC_ACQUIRE)) return 0;
+    return make_ring_c(st);
+}
+
 int braid_stage_enqueue_many(braid_stage *st, braid_stage_event *evs, size_t n) {
     if (!st || (n && !evs)) return BRAID_EINVAL;
     for (size_t i = 0; i < n; i++)
         if (!evs[i].data) return BRAID_EINVAL;
     if (!n) return 0;
+    if (BRAID__UNLIKELY(need_ring_c(st) < 0)) return BRAID_ENOMEM;
     if (st->flags & BRAID_STAGE_LOOP_ONLY) BRAID__LOOP_AFFINE(st->dom->loop);
     uint64_t now = st->ring_t || needs_clock(st) ? braid__stage_now(st->dom) : 0;
     bool fn_ok = admit_fn_ok(st, evs, n);
@@ -713,6 +731,7 @@ bool braid_stage_enqueue_lossy(braid_stage *st, braid_stage_event *ev) {
 int braid_stage_prepare(braid_stage *st, const braid_stage_event *evs, size_t n,
                         braid_stage_reservation *out) {
     if (!st || !out || (n && !evs)) return BRAID_EINVAL;
+    if (BRAID__UNLIKELY(need_ring_c(st) < 0)) return BRAID_ENOMEM;
     uint64_t now = braid__stage_now(st->dom);
     bool fn_ok = admit_fn_ok(st, evs, n);
     bool post = false;

@@ -68,10 +68,6 @@ struct braid_stage {
     pthread_cond_t cv;                  /* runners reaching 0 while freeing */
     braid_stage_event *ring;
     uint64_t *ring_t;                   /* enqueue times (NULL with NO_TIMING) */
-    braid_ctx **ring_c;                 /* each event's enqueuer's context (a reference), NULL in
-                                           every slot not holding one: only events enqueued
-                                           under a context touch it */
-    size_t nctx;                        /* queued events with a context */
     size_t cap, head, len, reserved;
     size_t batch_max;
     unsigned threads;                   /* runner bound */
@@ -124,6 +120,11 @@ struct braid_stage {
     uint64_t rc_p90;                    /* response controller: the p90 at the last look with samples */
 
     braid_introspect_node inode;        /* its entry in the loop's "stages" section (cold) */
+    /* contexts (st->mu), after the rest so that a stage without them lays out as before */
+    braid_ctx **ring_c;                 /* each event's enqueuer's context (a reference), NULL in
+                                           every slot not holding one: only events enqueued
+                                           under a context touch it */
+    size_t nctx;                        /* queued events with a context */
 };
 
 enum { NOTE_CLOG = 1u, NOTE_DRAIN = 2u };
