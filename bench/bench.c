@@ -1084,3 +1084,35 @@ bool bench_serve_args(const char *experiment, int argc, char **argv, const bench
             return serve_error(experiment, opts, exit_code, "%s is required", opts[k].name);
     return true;
 }
+
+/* ---- CPU work ------------------------------------------------------------------------------ */
+static double spin_iters_per_ns;
+static volatile uint64_t spin_sink;
+static void spin_iters(uint64_t n) {
+    uint64_t x = 0;
+    for (uint64_t i = 0; i < n; i++) {
+        x += i * 2654435761u;
+        __asm__ volatile("" : "+r"(x));
+    }
+    spin_sink = x;
+}
+static uint64_t thread_cpu_ns(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+void bench_cpu_calibrate(void) {
+    double best = 0;
+    for (int k = 0; k < 5; k++) {
+        uint64_t t0 = thread_cpu_ns();
+        spin_iters(2000000);
+        uint64_t dt = thread_cpu_ns() - t0;
+        double rate = dt ? 2000000.0 / (double)dt : 0;
+        if (rate > best) best = rate;
+    }
+    spin_iters_per_ns = best;
+}
+void bench_cpu_spin(uint64_t ns) {
+    uint64_t end = thread_cpu_ns() + ns, chunk = (uint64_t)(spin_iters_per_ns * 10000) + 1;
+    while (thread_cpu_ns() < end) spin_iters(chunk);
+}

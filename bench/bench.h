@@ -252,4 +252,12 @@ bool bench_serve_args(const char *experiment, int argc, char **argv, const bench
 /* The usage made from the table. */
 void bench_serve_usage(FILE *f, const char *experiment, const bench_opt *opts);
 
+/* CPU work of a given length: bench_cpu_spin(ns) spins until the calling
+ * thread has used ns of CPU time (checked every ~10 us of spinning), so a
+ * job is the same work whatever the clock speed and however often it is
+ * preempted. Call bench_cpu_calibrate() once before starting threads that
+ * spin (it sizes the spin between two looks at the CPU clock). */
+void bench_cpu_calibrate(void);
+void bench_cpu_spin(uint64_t ns);
+
 #endif

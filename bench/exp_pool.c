@@ -326,42 +326,10 @@ static const int jobs_full[] = { 0, 1, 2, 4 }, jobs_quick[] = { 0, 1, 2, 3 }, jo
 /* The job, set once per child before any pool starts. */
 static bool bjob_cpu;
 static uint64_t bjob_ns;
-static double spin_iters_per_ns;
-static volatile uint64_t spin_sink;
-
-static void spin_iters(uint64_t n) {
-    uint64_t x = 0;
-    for (uint64_t i = 0; i < n; i++) {
-        x += i * 2654435761u;
-        __asm__ volatile("" : "+r"(x));
-    }
-    spin_sink = x;
-}
-static uint64_t thread_cpu_ns(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
-    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
-}
-/* Iterations per ns of this thread's CPU time (the best of a few tries),
- * only to size the spin between two looks at the CPU clock. */
-static void spin_calibrate(void) {
-    double best = 0;
-    for (int k = 0; k < 5; k++) {
-        uint64_t t0 = thread_cpu_ns();
-        spin_iters(2000000);
-        uint64_t dt = thread_cpu_ns() - t0;
-        double rate = dt ? 2000000.0 / (double)dt : 0;
-        if (rate > best) best = rate;
-    }
-    spin_iters_per_ns = best;
-}
-/* CPU work: spin until this thread has used bjob_ns of CPU time (checked
- * every ~10 µs of spinning), so a job is the same work whatever the clock
- * speed and however often it is preempted. */
+/* CPU work (bench_cpu_spin) or sleep, bjob_ns long. */
 static void bjob_run(void) {
     if (bjob_cpu) {
-        uint64_t end = thread_cpu_ns() + bjob_ns, chunk = (uint64_t)(spin_iters_per_ns * 10000) + 1;
-        while (thread_cpu_ns() < end) spin_iters(chunk);
+        bench_cpu_spin(bjob_ns);
     } else {
         struct timespec ts = { (time_t)(bjob_ns / 1000000000ull), (long)(bjob_ns % 1000000000ull) };
         while (nanosleep(&ts, &ts) < 0) {}
@@ -444,7 +412,7 @@ static int serve_blocking(const char *impl, int threads, const char *job, int re
     if (k == NBJOBS || threads < 1 || threads > 16 || reps < 1 || reps > 64) return 2;
     bjob_cpu = bjobs[k].cpu;
     bjob_ns = (uint64_t)bjobs[k].ms * 1000000ull;
-    if (bjob_cpu) spin_calibrate();
+    if (bjob_cpu) bench_cpu_calibrate();
     double med[NBURSTS], v[64];
     if (!strcmp(impl, "braid")) {
         braid_loop *loop;

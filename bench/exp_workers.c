@@ -43,38 +43,8 @@ static const char *const jobs[] = { "trivial", "cpu-1ms" };
 #define NWORKERS 2
 
 /* ---- the job -------------------------------------------------------------------------------- */
-static double spin_iters_per_ns;
-static volatile uint64_t spin_sink;
-static void spin_iters(uint64_t n) {
-    uint64_t x = 0;
-    for (uint64_t i = 0; i < n; i++) {
-        x += i * 2654435761u;
-        __asm__ volatile("" : "+r"(x));
-    }
-    spin_sink = x;
-}
-static uint64_t thread_cpu_ns(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
-    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
-}
-static void spin_calibrate(void) {
-    double best = 0;
-    for (int k = 0; k < 3; k++) {
-        uint64_t t0 = thread_cpu_ns();
-        spin_iters(1000000);
-        uint64_t dt = thread_cpu_ns() - t0;
-        double rate = dt ? 1000000.0 / (double)dt : 0;
-        if (rate > best) best = rate;
-    }
-    spin_iters_per_ns = best;
-}
 /* Spin until this thread has used 1 ms of CPU time. */
-static void cpu_1ms(void) {
-    if (spin_iters_per_ns == 0) spin_calibrate();
-    uint64_t end = thread_cpu_ns() + 1000000, chunk = (uint64_t)(spin_iters_per_ns * 10000) + 1;
-    while (thread_cpu_ns() < end) spin_iters(chunk);
-}
+static void cpu_1ms(void) { bench_cpu_spin(1000000); }
 
 /* ---- braid: the worker side ------------------------------------------------------------------ */
 static void h_trivial(braid_worker_call *c, const void *buf, size_t len, void *arg) {
@@ -222,7 +192,7 @@ static double p_round(pworker *w, int load, long calls) {
 
 static double run_pipe(const char *job, int load, long calls, long warm) {
     bool cpu = !strcmp(job, "cpu-1ms");
-    if (cpu) spin_calibrate();
+    if (cpu) bench_cpu_calibrate();
     pworker w[NWORKERS];
     for (int i = 0; i < NWORKERS; i++) {
         int a[2], b[2];
