@@ -9,14 +9,17 @@
 #include "harness.h"
 #include "support/run.h"
 #include "support/walk.h"
+#include <braid/component.h>
 #include <braid/context.h>
 #include <braid/deferred.h>
 #include <braid/fiber.h>
 #include <braid/http.h>
 #include <braid/log.h>
 #include <braid/pool.h>
+#include <braid/stage.h>
 #include <braid/testing.h>
 #include <pthread.h>
+#include <sched.h>
 #include <stdatomic.h>
 
 static const braid_ctx_key USER = BRAID_CTX_KEY_INIT("test.user", BRAID_CTX_STR, "who asked");
@@ -421,6 +424,187 @@ BT_TEST(hop_pool_job_runs_in_the_submitters_context) {
     BT_PTR_EQ(braid_ctx_current(), NULL);
     braid_pool_free(pool);
     BT_EQ(atomic_load(&call_seen), 5);
+    bt_loop_destroy(loop);
+}
+
+/* ---- hop: stage events ------------------------------------------------------------------ */
+typedef struct stage_seen {
+    braid_stage *next;              /* forward every event there */
+    char user[4][64];               /* by event id */
+    _Atomic long handled;
+} stage_seen;
+
+static void stage_see(braid_stage *st, braid_stage_event *evs, size_t n, void *arg) {
+    (void)st;
+    stage_seen *r = arg;
+    for (size_t i = 0; i < n; i++) {
+        uintptr_t id = (uintptr_t)evs[i].data - 1;
+        if (id < 4) keep(r->user[id], braid_ctx_get_str(&USER));
+        if (r->next && braid_stage_enqueue(r->next, &evs[i]) < 0) abort();
+    }
+    atomic_fetch_add(&r->handled, (long)n);
+}
+
+/* Three events for st, under alice, bob and no context. */
+static void enqueue_three(braid_stage *st) {
+    const char *users[3] = { "alice", "bob", NULL };
+    for (uintptr_t i = 0; i < 3; i++) {
+        braid_stage_event e = BRAID_STAGE_EVENT((void *)(i + 1), NULL);
+        braid_ctx_scope s;
+        if (users[i]) BT_OK(braid_ctx_push_str(&s, &USER, users[i]));
+        BT_OK(braid_stage_enqueue(st, &e));
+        if (users[i]) braid_ctx_pop(&s);
+    }
+}
+
+static void expect_three(stage_seen *r) {
+    BT_STREQ(r->user[0], "alice");
+    BT_STREQ(r->user[1], "bob");
+    BT_STREQ(r->user[2], "(none)");
+}
+
+/* One batch of three events enqueued in three contexts: each is handled in
+ * its own (the loop's wake-up was queued in alice's), and so is what the
+ * handler forwards to a stage of the same domain (a direct run, no hop). */
+BT_TEST(hop_stage_events_run_in_their_enqueuers_context) {
+    braid_loop *loop = bt_loop_new(NULL);
+    braid_stage_domain *d;
+    BT_OK(braid_stage_domain_new(loop, NULL, NULL, &d));
+    static stage_seen ra, rb;
+    memset(&ra, 0, sizeof ra);
+    memset(&rb, 0, sizeof rb);
+    braid_stage *a, *b;
+    BT_OK(braid_stage_new(d, "a", stage_see, &ra, NULL, &a));
+    BT_OK(braid_stage_new(d, "b", stage_see, &rb, NULL, &b));
+    ra.next = b;
+    enqueue_three(a);
+    BT_RUN_UNTIL(loop, atomic_load(&rb.handled) == 3, 100);
+    expect_three(&ra);
+    expect_three(&rb);
+    BT_PTR_EQ(braid_ctx_current(), NULL);
+    braid_stage_stats sa;
+    braid_stage_stats_get(a, &sa);
+    BT_UEQ(sa.batches, 1);                 /* one batch, cut in three calls */
+    braid_stage_free(a);
+    braid_stage_free(b);
+    braid_stage_domain_free(d);
+    bt_drain(loop);
+    bt_loop_destroy(loop);
+}
+
+static _Atomic int gate_open;
+static void gate_job(void *arg) {
+    (void)arg;
+    while (!atomic_load(&gate_open)) sched_yield();
+}
+
+/* Across domains: a loop stage forwards to a pool stage whose one worker is
+ * busy, so the three events wait in its queue and run as one batch on the
+ * worker (whose job was queued in alice's context). */
+BT_TEST(hop_stage_events_cross_into_a_pool_domain) {
+    braid_loop *loop = bt_loop_new(NULL);
+    braid_pool *pool;
+    BT_OK(braid_pool_new(&(braid_pool_options){ .max_threads = 1 }, &pool));
+    braid_stage_domain *dl, *dp;
+    BT_OK(braid_stage_domain_new(loop, NULL, NULL, &dl));
+    BT_OK(braid_stage_domain_new(loop, pool, NULL, &dp));
+    static stage_seen ra, rb;
+    memset(&ra, 0, sizeof ra);
+    memset(&rb, 0, sizeof rb);
+    braid_stage *a, *b;
+    BT_OK(braid_stage_new(dl, "a", stage_see, &ra, NULL, &a));
+    BT_OK(braid_stage_new(dp, "b", stage_see, &rb, NULL, &b));
+    ra.next = b;
+    atomic_store(&gate_open, 0);
+    BT_OK(braid_pool_call(pool, gate_job, NULL));
+    enqueue_three(a);
+    BT_RUN_UNTIL(loop, atomic_load(&ra.handled) == 3, 100);
+    atomic_store(&gate_open, 1);
+    BT_RUN_UNTIL(loop, atomic_load(&rb.handled) == 3, 100000);
+    expect_three(&ra);
+    expect_three(&rb);
+    BT_PTR_EQ(braid_ctx_current(), NULL);
+    braid_stage_stats sb;
+    braid_stage_stats_get(b, &sb);
+    BT_UEQ(sb.batches, 1);
+    braid_stage_free(a);
+    braid_stage_free(b);
+    braid_stage_domain_free(dl);
+    braid_stage_domain_free(dp);
+    bt_drain(loop);
+    braid_pool_free(pool);
+    bt_loop_destroy(loop);
+}
+
+/* ---- hop: component messages -------------------------------------------------------------- */
+typedef struct comp_seen {
+    char user[4][64];     /* by message number */
+    int n;
+    char after_run[64];   /* the fiber, after its last receive and a yield */
+} comp_seen;
+
+/* A callback component: note each message's context, pass it on. */
+static int comp_relay(braid_component *c, void *state) {
+    comp_seen *r = state;
+    braid_component_msg m;
+    while (braid_component_recv(c, BRAID_COMPONENT_INBOX, &m) == 0) {
+        if (r->n < 4) keep(r->user[r->n++], braid_ctx_get_str(&USER));
+        if (braid_component_send(c, BRAID_COMPONENT_OUTBOX, m.ptr, NULL) < 0) abort();
+    }
+    return BRAID_COMPONENT_IDLE;
+}
+
+/* A fiber component: the same, three messages, then end. */
+static int comp_fiber(braid_component *c, void *state) {
+    comp_seen *r = state;
+    while (r->n < 3) {
+        braid_component_msg m;
+        int rc = braid_component_recv_wait(c, BRAID_COMPONENT_INBOX, &m, BRAID_SECONDS(10));
+        if (rc < 0) return rc;
+        keep(r->user[r->n++], braid_ctx_get_str(&USER));
+    }
+    braid_fiber_yield(braid_component_loop(c));     /* the fiber keeps the last one's across a switch */
+    keep(r->after_run, braid_ctx_get_str(&USER));
+    return 0;
+}
+
+/* Three messages delivered under no context, alice and bob: the relay
+ * (one run for all three, scheduled in no context) receives each in
+ * its sender's context, and what it sends carries that context on to a
+ * fiber component. */
+BT_TEST(hop_component_messages_carry_the_senders_context) {
+    braid_loop *loop = bt_loop_new(NULL);
+    static comp_seen rr, rf;
+    memset(&rr, 0, sizeof rr);
+    memset(&rf, 0, sizeof rf);
+    braid_component *relay, *fib;
+    BT_OK(braid_component_new(loop, comp_relay, &rr, NULL, &relay));
+    BT_OK(braid_component_new_fiber(loop, comp_fiber, &rf, NULL, &fib));
+    BT_OK(braid_component_link(relay, "outbox", fib, "inbox", BRAID_COMPONENT_LINK_NORMAL));
+    BT_OK(braid_component_activate(relay));
+    BT_OK(braid_component_activate(fib));
+    bt_drain(loop);
+    const char *users[3] = { NULL, "alice", "bob" };
+    static int msgs[3];
+    for (int i = 0; i < 3; i++) {
+        braid_ctx_scope s;
+        if (users[i]) BT_OK(braid_ctx_push_str(&s, &USER, users[i]));
+        BT_OK(braid_component_deliver(relay, BRAID_COMPONENT_INBOX, &msgs[i], NULL));
+        if (users[i]) braid_ctx_pop(&s);
+    }
+    BT_RUN_UNTIL(loop, braid_component_is_done(fib), 100);
+    for (int k = 0; k < 2; k++) {
+        comp_seen *r = k ? &rf : &rr;
+        BT_EQ(r->n, 3);
+        BT_STREQ(r->user[0], "(none)");
+        BT_STREQ(r->user[1], "alice");
+        BT_STREQ(r->user[2], "bob");
+    }
+    BT_STREQ(rf.after_run, "bob");
+    BT_PTR_EQ(braid_ctx_current(), NULL);
+    braid_component_free(relay);
+    braid_component_free(fib);
+    bt_drain(loop);
     bt_loop_destroy(loop);
 }
 

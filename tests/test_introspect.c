@@ -8,9 +8,11 @@
 #include "support/net.h"
 #include "support/run.h"
 #include "support/walk.h"
+#include <braid/component.h>
 #include <braid/http.h>
 #include <braid/introspect.h>
 #include <braid/pool.h>
+#include <braid/stage.h>
 #include <braid/stream.h>
 #include <braid/testing.h>
 #include <string.h>
@@ -151,6 +153,125 @@ BT_TEST(document_has_loop_pools_connections_and_sections) {
     BT_TRUE(bt_json_get(doc, "connections") == NULL);
     bt_json_free(doc);
     free(p);
+    bt_loop_destroy(loop);
+}
+
+
+/* ---- the stage and component modules' sections ------------------------------------------- */
+/* The entry of section sec named name (NULL: none). */
+static const bt_json *entry(const bt_json *doc, const char *sec, const char *name) {
+    const bt_json *a = bt_json_get(doc, sec);
+    for (size_t i = 0; a && i < a->n; i++) {
+        const bt_json *e = bt_json_at(a, i);
+        const bt_json *n = bt_json_get(e, "name");
+        if (n && n->type == BT_JSON_STR && strcmp(n->str, name) == 0) return e;
+    }
+    return NULL;
+}
+
+static void stage_forward(braid_stage *st, braid_stage_event *evs, size_t n, void *arg) {
+    (void)st;
+    for (size_t i = 0; i < n; i++)
+        if (arg && braid_stage_enqueue(arg, &evs[i]) < 0) abort();
+}
+
+BT_TEST(stages_section_from_the_stage_module) {
+    braid_loop *loop = bt_loop_new(NULL);
+    braid_stage_domain *d;
+    BT_OK(braid_stage_domain_new(loop, NULL, &(braid_stage_domain_options){ .name = "web" }, &d));
+    braid_stage *parse, *render;
+    BT_OK(braid_stage_new(d, "render", stage_forward, NULL, &(braid_stage_options){ .queue_limit = 16 }, &render));
+    BT_OK(braid_stage_new(d, "parse", stage_forward, render, NULL, &parse));
+    bt_json *doc = doc_of(loop);
+    BT_EQ(bt_json_get(doc, "stages")->n, 2);
+    BT_EQ(bt_json_get(entry(doc, "stages", "parse"), "links")->n, 0);   /* no edge learnt yet */
+    bt_json_free(doc);
+    static int ev[3];
+    for (int i = 0; i < 3; i++) {
+        braid_stage_event e = BRAID_STAGE_EVENT(&ev[i], NULL);
+        BT_OK(braid_stage_enqueue(parse, &e));
+    }
+    bt_drain(loop);
+    doc = doc_of(loop);
+    const bt_json *p = entry(doc, "stages", "parse"), *r = entry(doc, "stages", "render");
+    BT_TRUE(p != NULL && r != NULL);
+    is_type(p, "links", BT_JSON_ARR);
+    BT_EQ(bt_json_get(p, "links")->n, 1);
+    BT_STREQ(bt_json_at(bt_json_get(p, "links"), 0)->str, "render");     /* the graph's arrow */
+    BT_STREQ(bt_json_get(bt_json_at(bt_json_get(p, "edges"), 0), "to")->str, "render");
+    BT_EQ((int)bt_json_get(bt_json_at(bt_json_get(p, "edges"), 0), "events")->num, 3);
+    BT_STREQ(bt_json_get(p, "domain")->str, "web");
+    BT_EQ((int)bt_json_get(p, "handled")->num, 3);
+    BT_EQ((int)bt_json_get(r, "handled")->num, 3);
+    BT_EQ((int)bt_json_get(r, "queue_limit")->num, 16);
+    BT_EQ((int)bt_json_get(r, "queue")->num, 0);
+    BT_EQ(bt_json_type(bt_json_get(r, "clogged")), BT_JSON_BOOL);
+    BT_EQ(bt_json_get(r, "links")->n, 0);
+    bt_json_free(doc);
+    braid_stage_free(render);                 /* an edge to a freed stage names nothing */
+    doc = doc_of(loop);
+    BT_EQ(bt_json_get(doc, "stages")->n, 1);
+    BT_EQ(bt_json_get(entry(doc, "stages", "parse"), "links")->n, 0);
+    bt_json_free(doc);
+    braid_stage_free(parse);
+    doc = doc_of(loop);
+    BT_TRUE(bt_json_get(doc, "stages") == NULL);
+    bt_json_free(doc);
+    braid_stage_domain_free(d);
+    bt_drain(loop);
+    bt_loop_destroy(loop);
+}
+
+static int comp_forward(braid_component *c, void *state) {
+    (void)state;
+    braid_component_msg m;
+    while (braid_component_recv(c, BRAID_COMPONENT_INBOX, &m) == 0)
+        if (braid_component_send(c, BRAID_COMPONENT_OUTBOX, m.ptr, NULL) < 0) break;
+    return BRAID_COMPONENT_IDLE;
+}
+static int comp_hold(braid_component *c, void *state) {
+    (void)c;
+    (void)state;
+    return BRAID_COMPONENT_IDLE;      /* leaves its messages in its inbox */
+}
+
+BT_TEST(components_section_from_the_component_module) {
+    braid_loop *loop = bt_loop_new(NULL);
+    braid_component *src, *sink;
+    BT_OK(braid_component_new(loop, comp_forward, NULL, &(braid_component_options){ .name = "src" }, &src));
+    BT_OK(braid_component_new(loop, comp_hold, NULL, &(braid_component_options){ .name = "sink" }, &sink));
+    BT_OK(braid_component_link(src, "outbox", sink, "inbox", BRAID_COMPONENT_LINK_NORMAL));
+    BT_OK(braid_component_link(src, "signal", sink, "control", BRAID_COMPONENT_LINK_NORMAL));
+    BT_OK(braid_component_activate(src));
+    BT_OK(braid_component_activate(sink));
+    static int msg[2];
+    BT_OK(braid_component_deliver(src, BRAID_COMPONENT_INBOX, &msg[0], NULL));
+    BT_OK(braid_component_deliver(src, BRAID_COMPONENT_INBOX, &msg[1], NULL));
+    bt_drain(loop);
+    bt_json *doc = doc_of(loop);
+    BT_EQ(bt_json_get(doc, "components")->n, 2);
+    const bt_json *s = entry(doc, "components", "src"), *k = entry(doc, "components", "sink");
+    BT_TRUE(s != NULL && k != NULL);
+    is_type(s, "links", BT_JSON_ARR);
+    BT_EQ(bt_json_get(s, "links")->n, 1);                 /* two boxes to sink: one arrow */
+    BT_STREQ(bt_json_at(bt_json_get(s, "links"), 0)->str, "sink");
+    BT_EQ(bt_json_get(k, "links")->n, 0);
+    BT_STREQ(bt_json_get(s, "kind")->str, "callback");
+    BT_STREQ(bt_json_get(k, "state")->str, "idle");
+    BT_EQ((int)bt_json_get(s, "sent")->num, 2);
+    BT_EQ((int)bt_json_get(bt_json_get(k, "inboxes"), "inbox")->num, 2);   /* queued there */
+    BT_EQ((int)bt_json_get(bt_json_get(k, "inboxes"), "control")->num, 0);
+    bt_json_free(doc);
+    braid_component_free(sink);               /* src's outboxes now lead nowhere */
+    doc = doc_of(loop);
+    BT_EQ(bt_json_get(doc, "components")->n, 1);
+    BT_EQ(bt_json_get(entry(doc, "components", "src"), "links")->n, 0);
+    bt_json_free(doc);
+    braid_component_free(src);
+    doc = doc_of(loop);
+    BT_TRUE(bt_json_get(doc, "components") == NULL);
+    bt_json_free(doc);
+    bt_drain(loop);
     bt_loop_destroy(loop);
 }
 

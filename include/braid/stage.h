@@ -186,9 +186,11 @@ BRAID_API const char *braid_stage_name(const braid_stage *st);
 /* ---- enqueueing (any thread) --------------------------------------------------------------- */
 /* Hand *ev to st. 0: st owns the event and *ev is cleared. Otherwise
  * BRAID_ESTAGE_FULL, BRAID_ESTAGE_REJECTED or BRAID_ESTAGE_CLOSED (or
- * BRAID_EINVAL for an event without data) and *ev is still the caller's.
- * Never blocks. This is the call for any code, on any thread, that hands
- * an owned event to a stage. */
+ * BRAID_EINVAL for an event without data, BRAID_ENOMEM for the first
+ * enqueue made under a context, which allocates the stage's context slots)
+ * and *ev is still the caller's. Never blocks. This is the call for any
+ * code, on any thread, that hands an owned event to a stage. The event is
+ * handled in the context current here (<braid/context.h>). */
 BRAID_API int braid_stage_enqueue(braid_stage *st, braid_stage_event *ev);
 
 /* The same, but an event that cannot be taken is dropped: freed, and *ev

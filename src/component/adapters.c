@@ -183,7 +183,12 @@ static void carousel_forward_queued(braid_component *c) {
     braid_component_msg m;
     while (own->len) {
         m = own->ring[own->head];
-        if (braid__box_put(dst, m) < 0) return;   /* full: the rest on a later run */
+        braid_ctx *sender = own->ctxs[own->head];
+        braid_ctx *prev = braid__ctx_swap(sender);   /* forwarded in its sender's context */
+        int rc = braid__box_put(dst, m);
+        braid__ctx_swap(prev);
+        if (rc < 0) return;   /* full: the rest on a later run */
+        braid__ctx_release(sender);
         own->head = (own->head + 1) & (own->size - 1);
         own->len--;
     }

@@ -99,8 +99,12 @@ static void run_one(braid_component *c) {
     c->running = true;
     c->wake_pending = false;
     c->stats.runs++;
+    braid_ctx *ambient = braid__ctx_cur;
     int rc = c->run(c, c->state);
     c->running = false;
+    braid__ctx_cur = ambient;     /* the last received message's context ends with the run */
+    braid__ctx_release(c->msg_ctx);
+    c->msg_ctx = NULL;
     if (c->free_pending) {
         really_free(c);
         return;
@@ -161,10 +165,20 @@ static void box_init(braid__box *b, braid_component *owner, const braid_componen
 static int box_grow(braid__box *ib) {
     uint32_t nsize = ib->size ? ib->size * 2 : 8;
     braid_component_msg *r = braid_malloc((size_t)nsize * sizeof *r);
-    if (!r) return BRAID_ENOMEM;
-    for (uint32_t i = 0; i < ib->len; i++) r[i] = ib->ring[(ib->head + i) & (ib->size - 1)];
+    braid_ctx **cs = braid_malloc((size_t)nsize * sizeof *cs);
+    if (!r || !cs) {
+        braid_free(r);
+        braid_free(cs);
+        return BRAID_ENOMEM;
+    }
+    for (uint32_t i = 0; i < ib->len; i++) {
+        r[i] = ib->ring[(ib->head + i) & (ib->size - 1)];
+        cs[i] = ib->ctxs[(ib->head + i) & (ib->size - 1)];
+    }
     braid_free(ib->ring);
+    braid_free(ib->ctxs);
     ib->ring = r;
+    ib->ctxs = cs;
     ib->size = nsize;
     ib->head = 0;
     return 0;
@@ -208,7 +222,9 @@ int braid__box_put(braid__box *ib, braid_component_msg m) {
         int rc = box_grow(ib);
         if (rc < 0) return rc;
     }
-    ib->ring[(ib->head + ib->len) & (ib->size - 1)] = m;
+    uint32_t at = (ib->head + ib->len) & (ib->size - 1);
+    ib->ring[at] = m;
+    ib->ctxs[at] = braid__ctx_capture();
     ib->len++;
     ib->received++;
     ib->owner->stats.received++;
@@ -219,6 +235,7 @@ int braid__box_put(braid__box *ib, braid_component_msg m) {
 static void box_drain(braid__box *ib) {
     while (ib->len) {
         braid_component_msg m = ib->ring[ib->head];
+        braid__ctx_release(ib->ctxs[ib->head]);
         ib->head = (ib->head + 1) & (ib->size - 1);
         ib->len--;
         braid_component_msg_free(m);
@@ -331,6 +348,7 @@ int braid__component_create(braid_loop *loop, enum braid__ckind kind, const brai
     if (s->all) s->all->all_prev = c;
     s->all = c;
     s->count++;
+    braid_introspect_add(loop, &c->inode, "components", braid__component_describe, c);
     *out = c;
     return 0;
 inval:
@@ -407,6 +425,8 @@ static braid_result fiber_main(void *arg) {
     c->fiber_alive = true;
     int rc = c->fiber_fn(c, c->state);
     c->fiber_alive = false;
+    braid__ctx_release(c->msg_ctx);
+    c->msg_ctx = NULL;
     c->parked = false;
     if (c->free_pending) really_free(c);
     else braid__component_end(c, rc);
@@ -613,12 +633,14 @@ static void really_free(braid_component *c) {
     else s->all = c->all_next;
     if (c->all_next) c->all_next->all_prev = c->all_prev;
     s->count--;
+    braid_introspect_remove(c->loop, &c->inode);
     /* nothing left to run: take the scheduler's ready call back, so a loop
      * destroyed right after its last component is freed has none left */
     if (!s->head && s->scheduled && braid_loop_soon_cancel(s->loop, &s->soon)) s->scheduled = false;
     for (uint32_t i = 0; i < c->n_in; i++) {
         box_drain(c->in[i]);
         braid_free(c->in[i]->ring);
+        braid_free(c->in[i]->ctxs);
     }
     for (uint32_t i = 0; i < c->n_out; i++)
         if (c->out[i]->dynamic) braid_free(c->out[i]);
@@ -713,12 +735,29 @@ int braid_component_deliver(braid_component *c, int box, void *ptr, void (*free_
     return braid__box_put(c->in[box]->real, (braid_component_msg){ ptr, free_fn });
 }
 
+/* A message received by c brings its sender's context (ctx, a reference):
+ * inside c's run (its callback, or its fiber) that context becomes current
+ * until the next receive or the end of the run; received from outside a
+ * run, it is dropped. With no context anywhere: two thread-local stores. */
+static inline void take_ctx(braid_component *c, braid_ctx *ctx) {
+    bool inside = c->running || (c->fiber_alive && braid_fiber_current(c->loop) == c->fiber);
+    if (BRAID__UNLIKELY(!inside)) {
+        braid__ctx_release(ctx);
+        return;
+    }
+    braid_ctx *old = c->msg_ctx;
+    c->msg_ctx = ctx;
+    braid__ctx_cur = ctx;
+    braid__ctx_release(old);
+}
+
 int braid_component_recv(braid_component *c, int box, braid_component_msg *out) {
     BRAID__LOOP_AFFINE(c->loop);
     if (BRAID__UNLIKELY((unsigned)box >= c->n_in)) return BRAID_ENO_BOX;
     braid__box *ib = c->in[box];
     if (!ib->len) return BRAID_EAGAIN;
     *out = ib->ring[ib->head];
+    take_ctx(c, ib->ctxs[ib->head]);
     ib->head = (ib->head + 1) & (ib->size - 1);
     ib->len--;
     if (BRAID__UNLIKELY(ib->waiters != NULL)) box_wake_waiters(ib);
@@ -732,6 +771,7 @@ int braid_component_recv_many(braid_component *c, int box, braid_component_msg *
     size_t n = ib->len < max ? ib->len : max;
     for (size_t i = 0; i < n; i++) {
         out[i] = ib->ring[ib->head];
+        take_ctx(c, ib->ctxs[ib->head]);
         ib->head = (ib->head + 1) & (ib->size - 1);
     }
     ib->len -= (uint32_t)n;

@@ -17,10 +17,12 @@
 #ifndef BRAID_COMPONENT_INTERNAL_H
 #define BRAID_COMPONENT_INTERNAL_H
 
+#include "context/capture.h"
 #include "fiber/park.h"
 #include "loop/loop_module.h"
 #include <braid/component.h>
 #include <braid/fiber.h>
+#include <braid/introspect.h>
 
 static const char braid__log_ns[] = "component";
 
@@ -33,6 +35,7 @@ struct braid__box {
     uint32_t size, head, len, cap; /* cap: the bound; size grows up to >= cap */
     braid__box *waiters;           /* inbox: outboxes waiting for a pop (wake-on-pop) */
     uint64_t received;             /* messages appended to this box's ring */
+    braid_ctx **ctxs;              /* inboxes: each message's sender's context (a reference, or NULL), by slot */
     /* cold: links and names */
     bool inbox;
     bool dynamic;                  /* allocated on its own (a splitter's destination) */
@@ -73,6 +76,7 @@ struct braid_component {
     braid_component *run_prev, *run_next;
     struct braid_component_stats stats;
     braid_loop *loop;
+    braid_ctx *msg_ctx;                     /* the last received message's context (a reference), current in the run */
     /* cold */
     char *name;
     const braid__component_hooks *hooks;
@@ -92,8 +96,9 @@ struct braid_component {
     braid_deferred *fiber_d;                /* consumer reference of the spawn Deferred */
     size_t stack_size;
     bool fiber_started, fiber_alive, parked;
-    /* the loop's list of components */
+    /* the loop's list of components, and its entry in the "components" section */
     braid_component *all_prev, *all_next;
+    braid_introspect_node inode;
     void *impl;                             /* the kind's own data (splitter) */
 };
 
@@ -108,6 +113,9 @@ struct braid__sched {
 };
 
 braid__sched *braid__component_sched(braid_loop *loop);
+/* introspect.c: write c's entry of the loop's "components" section (a
+ * braid_introspect_fn). */
+void braid__component_describe(braid_json *j, void *arg);
 /* Create a component of any kind (run/fiber_fn per kind) with the default
  * boxes plus opts' extra ones. */
 int braid__component_create(braid_loop *loop, enum braid__ckind kind, const braid_component_options *opts,
@@ -121,7 +129,8 @@ void braid__box_unlink(braid__box *src);
 braid__box *braid__component_add_outbox(braid_component *c, const char *name);
 /* Unlink and free a dynamic outbox of c. */
 void braid__component_remove_outbox(braid_component *c, braid__box *b);
-/* Put a message in inbox ib's ring (the final inbox); wakes its owner. */
+/* Put a message in inbox ib's ring (the final inbox), with the current
+ * context (captured); wakes its owner. */
 int braid__box_put(braid__box *ib, braid_component_msg m);
 /* Register ob (an outbox of a component) to be woken when ob->real pops. */
 void braid__box_wait(braid__box *ob);

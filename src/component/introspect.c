@@ -1,5 +1,7 @@
 /* Introspection: the loop's components, their boxes and links as JSON, to
- * draw the graph (Axon had an Introspector feeding a visualiser). */
+ * draw the graph (Axon had an Introspector feeding a visualiser): the whole
+ * graph from braid_component_introspect, and one entry per component in
+ * the loop's introspection document (section "components"). */
 #include "component/component_internal.h"
 
 #include <stdarg.h>
@@ -145,4 +147,40 @@ int braid_component_introspect(braid_loop *loop, char **out, size_t *len) {
     *out = b.p;
     if (len) *len = b.len;
     return 0;
+}
+
+/* The entry of c in the loop's "components" section: what it is, its
+ * counters, its inboxes' depths, and "links": the names of the components
+ * its outboxes deliver to (where each collapsed chain ends, each name
+ * once), which the introspection page draws as the graph's arrows. */
+void braid__component_describe(braid_json *j, void *arg) {
+    braid_component *c = arg;
+    braid_json_object_begin(j);
+    braid_json_kv_str(j, "name", c->name);
+    braid_json_kv_str(j, "kind", kind_of(c));
+    braid_json_kv_str(j, "state", state_of(c));
+    braid_json_kv_str(j, "parent", c->parent ? c->parent->name : NULL);
+    braid_json_kv_u64(j, "runs", c->stats.runs);
+    braid_json_kv_u64(j, "received", c->stats.received);
+    braid_json_kv_u64(j, "sent", c->stats.sent);
+    braid_json_kv_u64(j, "dropped", c->stats.dropped);
+    braid_json_kv_u64(j, "full", c->stats.full);
+    braid_json_key(j, "inboxes");
+    braid_json_object_begin(j);
+    for (uint32_t i = 0; i < c->n_in; i++) braid_json_kv_u64(j, c->in[i]->name, c->in[i]->len);
+    braid_json_object_end(j);
+    braid_json_key(j, "links");
+    braid_json_array_begin(j);
+    for (uint32_t i = 0; i < c->n_out; i++) {
+        const braid__box *r = c->out[i]->real;
+        if (!r) continue;
+        bool seen = false;
+        for (uint32_t k = 0; k < i && !seen; k++) {
+            const braid__box *q = c->out[k]->real;
+            seen = q && q->owner == r->owner;
+        }
+        if (!seen) braid_json_str(j, r->owner->name);
+    }
+    braid_json_array_end(j);
+    braid_json_object_end(j);
 }

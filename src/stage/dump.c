@@ -94,6 +94,52 @@ void braid_stage_stats_get(braid_stage *st, braid_stage_stats *out) {
     braid__stage_unlock(st);
 }
 
+/* ---- introspection ------------------------------------------------------------------------- */
+/* One entry of the loop's "stages" section: the counters a dashboard
+ * wants, and "links" (the names of the stages it has sent to) for the
+ * introspection page's graph, with the counts in "edges". Loop thread. */
+void braid__stage_describe(braid_json *j, void *arg) {
+    braid_stage *st = arg;
+    braid_stage_stats s;
+    braid_stage_stats_get(st, &s);
+    braid__stage_lock(st);
+    bool clogged = st->clogged;
+    braid__stage_unlock(st);
+    braid_json_object_begin(j);
+    braid_json_kv_str(j, "name", st->name);
+    braid_json_kv_str(j, "domain", st->dom->name);
+    braid_json_kv_bool(j, "pool", st->dom->pool != NULL);
+    braid_json_kv_u64(j, "queue", s.queue_length);
+    braid_json_kv_u64(j, "queue_limit", s.queue_limit);
+    braid_json_kv_u64(j, "threads", s.threads);
+    braid_json_kv_u64(j, "running", s.running);
+    braid_json_kv_u64(j, "accepted", s.accepted);
+    braid_json_kv_u64(j, "handled", s.handled);
+    braid_json_kv_u64(j, "rejected", s.rejected_full + s.rejected_admission + s.rejected_closed);
+    braid_json_kv_u64(j, "dropped", s.dropped);
+    braid_json_kv_bool(j, "clogged", clogged);
+    braid_json_kv_u64(j, "p90_response_ns", s.p90_response);
+    braid_json_key(j, "links");
+    braid_json_array_begin(j);
+    for (int i = 0; i < BRAID__STAGE_EDGES; i++) {
+        braid_stage *to = __atomic_load_n(&st->edges[i].to, __ATOMIC_ACQUIRE);
+        if (to && to != GONE) braid_json_str(j, to->name);
+    }
+    braid_json_array_end(j);
+    braid_json_key(j, "edges");
+    braid_json_array_begin(j);
+    for (int i = 0; i < BRAID__STAGE_EDGES; i++) {
+        braid_stage *to = __atomic_load_n(&st->edges[i].to, __ATOMIC_ACQUIRE);
+        if (!to || to == GONE) continue;
+        braid_json_object_begin(j);
+        braid_json_kv_str(j, "to", to->name);
+        braid_json_kv_u64(j, "events", __atomic_load_n(&st->edges[i].count, __ATOMIC_RELAXED));
+        braid_json_object_end(j);
+    }
+    braid_json_array_end(j);
+    braid_json_object_end(j);
+}
+
 /* ---- the dump ------------------------------------------------------------------------------ */
 static const char *admit_name(int a) {
     switch (a) {

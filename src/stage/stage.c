@@ -224,6 +224,7 @@ int braid_stage_new(braid_stage_domain *dom, const char *name, braid_stage_fn fn
     pthread_cond_init(&st->cv, NULL);
     st->handle.name = st->name;
     braid_handle_open(dom->loop, &st->handle, "stage");
+    braid_introspect_add(dom->loop, &st->inode, "stages", braid__stage_describe, st);
     dom->nstages++;
     *out = st;
     return 0;
@@ -247,6 +248,7 @@ void braid_stage_close(braid_stage *st) {
 static void stage_release(braid_stage *st) {
     pthread_cond_destroy(&st->cv);
     pthread_mutex_destroy(&st->mu);
+    braid_free(st->ring_c);
     braid_free(st->ring_t);
     braid_free(st->ring);
     braid_free(st->name);
@@ -301,7 +303,12 @@ void braid_stage_free(braid_stage *st) {
     size_t n = st->len;
     st->len = 0;
     braid__stage_unlock(st);
-    for (size_t i = 0; i < n; i++) braid_stage_event_free(&st->ring[(st->head + i) % st->cap]);
+    for (size_t i = 0; i < n; i++) {
+        size_t at = (st->head + i) % st->cap;
+        braid_stage_event_free(&st->ring[at]);
+        if (st->ring_c) braid__ctx_release(st->ring_c[at]);
+    }
+    braid_introspect_remove(dom->loop, &st->inode);
     braid__stage_unregister(st);
     braid_handle_close(dom->loop, &st->handle);
     dom->nstages--;
@@ -375,21 +382,44 @@ static inline unsigned hist_bucket(uint64_t ns) {
     return b < BRAID_POOL_HIST ? b : BRAID_POOL_HIST - 1;
 }
 
+/* The handler over a batch whose events carry contexts (cs; NULL: none
+ * does, but another is current): cut where the context changes, each part
+ * run in its events' context. */
+__attribute__((noinline)) static void run_in_contexts(braid_stage *st, braid_stage_event *evs, braid_ctx **cs,
+                                                    size_t n) {
+    braid_ctx *ambient = braid__ctx_cur;
+    for (size_t i = 0; i < n;) {
+        size_t j = i + 1;
+        braid_ctx *c = cs ? cs[i] : NULL;
+        while (j < n && (cs ? cs[j] : NULL) == c) j++;
+        braid__ctx_cur = c;
+        st->fn(st, evs + i, j - i, st->arg);
+        i = j;
+    }
+    braid__ctx_cur = ambient;
+}
+
 /* Drain st in batches on this thread, up to budget batches; then either
  * end the run or, work remaining, schedule it again (fairness). */
 static void stage_run(braid_stage *st, unsigned budget) {
     braid_stage_event evs[BRAID_STAGE_MAX_BATCH];
     uint64_t tq[BRAID_STAGE_MAX_BATCH];
+    braid_ctx *cs[BRAID_STAGE_MAX_BATCH];
     braid_stage_domain *d = st->dom;
     bool timing = st->ring_t != NULL;
     braid__stage_lock(st);
     while (budget && !st->freeing && st->len) {
         budget--;
         size_t n = st->len < st->batch_max ? st->len : st->batch_max;
+        bool ctxs = st->nctx != 0;   /* some queued event carries a context */
         for (size_t i = 0; i < n; i++) {
             size_t at = st->head;
             evs[i] = st->ring[at];
             st->ring[at].data = NULL;
+            if (BRAID__UNLIKELY(ctxs) && (cs[i] = st->ring_c[at])) {
+                st->ring_c[at] = NULL;
+                st->nctx--;
+            }
             if (timing) tq[i] = st->ring_t[at];
             st->head = at + 1 == st->cap ? 0 : at + 1;
         }
@@ -404,11 +434,16 @@ static void stage_run(braid_stage *st, unsigned budget) {
         tctx.cur = st;
         tctx.edge_to = NULL;
         uint64_t t0 = timing ? braid__stage_now(d) : 0;
-        st->fn(st, evs, n, st->arg);
+        /* Each event runs in its enqueuer's context (with none anywhere,
+         * and none current: one call, nothing switched). */
+        if (BRAID__LIKELY(!ctxs && !braid__ctx_cur)) st->fn(st, evs, n, st->arg);
+        else run_in_contexts(st, evs, ctxs ? cs : NULL, n);
         uint64_t t1 = timing ? braid__stage_now(d) : 0;
         tctx.cur = outer;
         tctx.edge_to = NULL;
         for (size_t i = 0; i < n; i++) braid_stage_event_free(&evs[i]);
+        if (BRAID__UNLIKELY(ctxs))
+            for (size_t i = 0; i < n; i++) braid__ctx_release(cs[i]);
 
         braid__stage_lock(st);
         st->running--;
@@ -550,6 +585,16 @@ static void push_locked(braid_stage *st, braid_stage_event *evs, size_t n, uint6
         if (at >= st->cap) at -= st->cap;
         st->ring[at] = evs[i];
         if (st->ring_t) st->ring_t[at] = now;
+        braid_ctx *c = braid__ctx_capture();
+        if (BRAID__UNLIKELY(c != NULL)) {
+            braid_ctx **rc = __atomic_load_n(&st->ring_c, __ATOMIC_ACQUIRE);
+            if (rc) {
+                rc[at] = c;
+                st->nctx++;
+            } else {
+                braid__ctx_release(c);   /* committed in a context its prepare did not have */
+            }
+        }
         st->len++;
         evs[i].data = NULL;
     }
@@ -625,11 +670,26 @@ static int check_locked(braid_stage *st, const braid_stage_event *evs, size_t n,
     return 0;
 }
 
+/* The context slots, made by the first enqueue under a context (a stage
+ * never used with one has none). Any thread. */
+__attribute__((noinline)) static int make_ring_c(braid_stage *st) {
+    braid_ctx **p = braid_calloc(st->cap, sizeof *p), **expect_p = NULL;
+    if (!p) return BRAID_ENOMEM;
+    if (!__atomic_compare_exchange_n(&st->ring_c, &expect_p, p, false, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE))
+        braid_free(p);
+    return 0;
+}
+static inline int need_ring_c(braid_stage *st) {
+    if (BRAID__LIKELY(!braid__ctx_cur) || __atomic_load_n(&st->ring_c, __ATOMIC_ACQUIRE)) return 0;
+    return make_ring_c(st);
+}
+
 int braid_stage_enqueue_many(braid_stage *st, braid_stage_event *evs, size_t n) {
     if (!st || (n && !evs)) return BRAID_EINVAL;
     for (size_t i = 0; i < n; i++)
         if (!evs[i].data) return BRAID_EINVAL;
     if (!n) return 0;
+    if (BRAID__UNLIKELY(need_ring_c(st) < 0)) return BRAID_ENOMEM;
     if (st->flags & BRAID_STAGE_LOOP_ONLY) BRAID__LOOP_AFFINE(st->dom->loop);
     uint64_t now = st->ring_t || needs_clock(st) ? braid__stage_now(st->dom) : 0;
     bool fn_ok = admit_fn_ok(st, evs, n);
@@ -671,6 +731,7 @@ bool braid_stage_enqueue_lossy(braid_stage *st, braid_stage_event *ev) {
 int braid_stage_prepare(braid_stage *st, const braid_stage_event *evs, size_t n,
                         braid_stage_reservation *out) {
     if (!st || !out || (n && !evs)) return BRAID_EINVAL;
+    if (BRAID__UNLIKELY(need_ring_c(st) < 0)) return BRAID_ENOMEM;
     uint64_t now = braid__stage_now(st->dom);
     bool fn_ok = admit_fn_ok(st, evs, n);
     bool post = false;

@@ -6,7 +6,9 @@
 #define BRAID_STAGE_INTERNAL_H
 
 #include "base/base.h"
+#include "context/capture.h"
 #include "loop/loop_module.h"
+#include <braid/introspect.h>
 #include <braid/stage.h>
 #include <pthread.h>
 
@@ -116,6 +118,13 @@ struct braid_stage {
     int bc_dir;                         /* +1 grow, -1 shrink */
     uint64_t rc_handled, rc_last;       /* response controller: handled at the last look, and when */
     uint64_t rc_p90;                    /* response controller: the p90 at the last look with samples */
+
+    braid_introspect_node inode;        /* its entry in the loop's "stages" section (cold) */
+    /* contexts (st->mu), after the rest so that a stage without them lays out as before */
+    braid_ctx **ring_c;                 /* each event's enqueuer's context (a reference), NULL in
+                                           every slot not holding one: only events enqueued
+                                           under a context touch it */
+    size_t nctx;                        /* queued events with a context */
 };
 
 enum { NOTE_CLOG = 1u, NOTE_DRAIN = 2u };
@@ -144,9 +153,11 @@ void braid__stage_kick(braid_stage *st);
 /* Stop every controller (loop thread). */
 void braid__stage_controls_stop(braid_stage *st);
 
-/* dump.c: the loop's registry of stages */
+/* dump.c: the loop's registry of stages (and its introspection entry) */
 int braid__stage_register(braid_stage *st);
 void braid__stage_unregister(braid_stage *st);
+/* Write st's entry of the "stages" section (a braid_introspect_fn). */
+void braid__stage_describe(braid_json *j, void *arg);
 /* Count n events sent from `from` (running on this thread) to `to`; the
  * edge's counter, or NULL past BRAID__STAGE_EDGES targets. */
 uint64_t *braid__stage_edge_count(braid_stage *from, braid_stage *to, size_t n);
