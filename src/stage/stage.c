@@ -13,6 +13,12 @@
  *     dispatcher runs it on this thread as soon as the current run ends —
  *     no wake-up, no hop. Nothing is ever run from inside an enqueue, so
  *     handlers never nest and the stack stays flat.
+ * In a pool domain the scheduled run keeps its stage until the direct runs
+ * it caused have ended (then takes what arrived meanwhile, within its
+ * budget): were it to end first, the next events for it would start a run
+ * on another pool thread, whose direct calls would find their targets
+ * still running here and join those runs — the events would cross
+ * threads inside the domain.
  */
 #include "stage_internal.h"
 #include <sched.h>
@@ -399,17 +405,19 @@ __attribute__((noinline)) static void run_in_contexts(braid_stage *st, braid_sta
     braid__ctx_cur = ambient;
 }
 
-/* Drain st in batches on this thread, up to budget batches; then either
- * end the run or, work remaining, schedule it again (fairness). */
-static void stage_run(braid_stage *st, unsigned budget) {
+/* Drain st in batches on this thread while *budget lasts; then, work
+ * remaining, schedule the run again (fairness), or, the queue empty, end
+ * it — unless hold: then this thread keeps the run (true) and ends it
+ * later with run_end. */
+static bool stage_run(braid_stage *st, unsigned *budget, bool hold) {
     braid_stage_event evs[BRAID_STAGE_MAX_BATCH];
     uint64_t tq[BRAID_STAGE_MAX_BATCH];
     braid_ctx *cs[BRAID_STAGE_MAX_BATCH];
     braid_stage_domain *d = st->dom;
     bool timing = st->ring_t != NULL;
     braid__stage_lock(st);
-    while (budget && !st->freeing && st->len) {
-        budget--;
+    while (*budget && !st->freeing && st->len) {
+        --*budget;
         size_t n = st->len < st->batch_max ? st->len : st->batch_max;
         bool ctxs = st->nctx != 0;   /* some queued event carries a context */
         for (size_t i = 0; i < n; i++) {
@@ -471,11 +479,30 @@ static void stage_run(braid_stage *st, unsigned budget) {
         st->st.runs_scheduled++;
         braid__stage_unlock(st);
         schedule(st);   /* the run goes on later, as the same runner */
-        return;
+        return false;
+    }
+    if (hold && !st->freeing) {
+        braid__stage_unlock(st);
+        return true;
     }
     st->runners--;
     if (st->freeing && !st->runners) pthread_cond_broadcast(&st->cv);
     braid__stage_unlock(st);
+    return false;
+}
+
+/* End a run this thread holds, unless events came meanwhile (false: run
+ * it again). */
+static bool run_end(braid_stage *st) {
+    braid__stage_lock(st);
+    if (st->len && !st->freeing) {
+        braid__stage_unlock(st);
+        return false;
+    }
+    st->runners--;
+    if (st->freeing && !st->runners) pthread_cond_broadcast(&st->cv);
+    braid__stage_unlock(st);
+    return true;
 }
 
 /* Run every stage on this thread's direct list (and what they add to it). */
@@ -485,7 +512,8 @@ static void run_direct(unsigned budget) {
         tctx.direct_head = st->direct_next;
         if (!tctx.direct_head) tctx.direct_tail = NULL;
         st->direct_next = NULL;
-        stage_run(st, budget);
+        unsigned b = budget;
+        stage_run(st, &b, false);
     }
 }
 
@@ -518,20 +546,29 @@ static void dom_run(void *arg) {
         }
         pthread_mutex_unlock(&d->mu);
         if (!st) break;
-        stage_run(st, LOOP_BUDGET);
+        /* No hold: one thread runs the whole domain, and a handler may
+         * free this stage once its run has ended. */
+        unsigned budget = LOOP_BUDGET;
+        stage_run(st, &budget, false);
         run_direct(LOOP_BUDGET);
     }
     tctx = saved;
 }
 
-/* A pool domain's job: one run of one stage, then the direct list. */
+/* A pool domain's job: one run of one stage, then the direct list; the run
+ * ends only after the direct runs it caused (see the top of the file), and
+ * what reached its queue meanwhile is its own to take, on this thread. */
 static void pool_run(void *arg) {
     braid_stage *st = arg;
     braid_stage_domain *d = st->dom;   /* st may be freed once its run ends */
     dispatch_ctx saved = tctx;
     tctx = (dispatch_ctx){ .dom = d };
-    stage_run(st, POOL_BUDGET);
-    run_direct(POOL_BUDGET);
+    unsigned budget = POOL_BUDGET;
+    for (;;) {
+        bool held = stage_run(st, &budget, true);
+        run_direct(POOL_BUDGET);
+        if (!held || run_end(st)) break;
+    }
     tctx = saved;
     pool_run_ended(d);
 }
