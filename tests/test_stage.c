@@ -527,17 +527,34 @@ BT_TEST(direct_within_a_domain_queue_between) {
 typedef struct handoff {
     rec r;                 /* c's record */
     rec *rb;               /* b's */
+    braid_stage *b;
+    long b_events;         /* b gets this many in all */
     atomic_int c_running;  /* c's first call is going */
-    atomic_int go;         /* 1: return; 2: first wait until b has handled e1 */
+    atomic_int go;         /* 1: return; 2: first wait until b has handled them all;
+                              3: 2 if b's run was scheduled again, else 1 */
     atomic_int gave_up;    /* the wait for b was not met */
 } handoff;
+static void handoff_init(handoff *h, rec *rb, long b_events) {
+    rec_init(&h->r);
+    h->rb = rb;
+    h->b = NULL;
+    h->b_events = b_events;
+    atomic_store(&h->c_running, 0);
+    atomic_store(&h->go, 0);
+    atomic_store(&h->gave_up, 0);
+}
 static void hold_first(braid_stage *st, braid_stage_event *evs, size_t n, void *arg) {
     handoff *h = arg;
     record(st, evs, n, &h->r);
     if (atomic_exchange(&h->c_running, 1)) return;
     int go;
     while (!(go = atomic_load(&h->go))) sched_yield();
-    for (long spins = 0; go == 2 && atomic_load(&h->rb->handled) < 2; spins++) {
+    if (go == 3) {
+        braid_stage_stats s;
+        braid_stage_stats_get(h->b, &s);
+        go = s.runs_scheduled > 1 ? 2 : 1;
+    }
+    for (long spins = 0; go == 2 && atomic_load(&h->rb->handled) < h->b_events; spins++) {
         if (spins == 100000000) {
             atomic_store(&h->gave_up, 1);
             break;
@@ -555,11 +572,7 @@ BT_TEST(direct_call_keeps_the_thread_while_upstream_refills) {
     static rec rb;
     static handoff h;
     rec_init(&rb);
-    rec_init(&h.r);
-    h.rb = &rb;
-    atomic_store(&h.c_running, 0);
-    atomic_store(&h.go, 0);
-    atomic_store(&h.gave_up, 0);
+    handoff_init(&h, &rb, 2);
     braid_stage *b, *c;
     BT_OK(braid_stage_new(dp, "b", record, &rb, NULL, &b));
     BT_OK(braid_stage_new(dp, "c", hold_first, &h, NULL, &c));
@@ -594,6 +607,56 @@ BT_TEST(direct_call_keeps_the_thread_while_upstream_refills) {
     braid_stage_free(b);
     braid_stage_free(c);
     BT_EQ(atomic_load(&freed), 2);
+    braid_stage_domain_free(dp);
+    braid_pool_free(pool);
+    bt_loop_destroy(loop);
+}
+
+/* The same past a run's budget: b's run on T1 spends its 64 batches (batch
+ * 1) with a 65th event queued. Were it scheduled again at once, another
+ * pool thread could run b on that event while c's direct run (e0..e63)
+ * still goes on T1, and e64 would join it there. It is scheduled again
+ * only once c's run has ended, so e64 reaches c on the thread that ran b
+ * for it, whichever that is. */
+BT_TEST(direct_call_keeps_the_thread_past_the_run_budget) {
+    braid_loop *loop = bt_loop_new(NULL);
+    braid_pool *pool;
+    BT_OK(braid_pool_new(&(braid_pool_options){ .max_threads = 2, .loop = loop }, &pool));
+    braid_stage_domain *dp;
+    BT_OK(braid_stage_domain_new(loop, pool, NULL, &dp));
+    enum { N = 65 };   /* one more than a pool run's budget of batches */
+    static rec rb;
+    static handoff h;
+    rec_init(&rb);
+    handoff_init(&h, &rb, N);
+    braid_stage *b, *c;
+    BT_OK(braid_stage_new(dp, "b", record, &rb, &(braid_stage_options){ .batch_max = 1 }, &b));
+    BT_OK(braid_stage_new(dp, "c", hold_first, &h, NULL, &c));
+    rb.next = c;
+    h.b = b;
+    atomic_store(&h.go, 3);
+    atomic_store(&freed, 0);
+    braid_stage_event evs[N];
+    for (long i = 0; i < N; i++) evs[i] = mk(i);
+    BT_OK(braid_stage_enqueue_many(b, evs, N));   /* one run of b finds them all */
+    BT_RUN_UNTIL(loop, atomic_load(&h.r.handled) == N, 100000);
+    BT_OK(braid_loop_run(loop));
+    BT_FALSE(atomic_load(&h.gave_up));
+    BT_UEQ(h.r.nids, N);
+    BT_UEQ(rb.nids, N);
+    for (size_t i = 0; i < N; i++) {
+        BT_EQ(rb.ids[i], (long)i);
+        BT_EQ(h.r.ids[i], (long)i);
+        BT_TRUE(pthread_equal(rb.threads[i], h.r.threads[i]));   /* c on b's thread, each event */
+    }
+    braid_stage_stats sb, sc;
+    braid_stage_stats_get(b, &sb);
+    braid_stage_stats_get(c, &sc);
+    BT_UEQ(sb.runs_scheduled, 2);   /* the budget was spent: the run went on as a new job */
+    BT_UEQ(sc.runs_scheduled, 0);
+    braid_stage_free(b);
+    braid_stage_free(c);
+    BT_EQ(atomic_load(&freed), N);
     braid_stage_domain_free(dp);
     braid_pool_free(pool);
     bt_loop_destroy(loop);

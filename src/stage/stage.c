@@ -407,8 +407,8 @@ __attribute__((noinline)) static void run_in_contexts(braid_stage *st, braid_sta
 
 /* Drain st in batches on this thread while *budget lasts; then, work
  * remaining, schedule the run again (fairness), or, the queue empty, end
- * it — unless hold: then this thread keeps the run (true) and ends it
- * later with run_end. */
+ * it — unless hold and the handler left direct runs to do: then this
+ * thread keeps the run (true) and, once they are done, run_end decides. */
 static bool stage_run(braid_stage *st, unsigned *budget, bool hold) {
     braid_stage_event evs[BRAID_STAGE_MAX_BATCH];
     uint64_t tq[BRAID_STAGE_MAX_BATCH];
@@ -475,15 +475,15 @@ static bool stage_run(braid_stage *st, unsigned *budget, bool hold) {
             st->last_busy = t1;
         }
     }
+    if (hold && tctx.direct_head && !st->freeing) {
+        braid__stage_unlock(st);
+        return true;
+    }
     if (st->len && !st->freeing) {
         st->st.runs_scheduled++;
         braid__stage_unlock(st);
         schedule(st);   /* the run goes on later, as the same runner */
         return false;
-    }
-    if (hold && !st->freeing) {
-        braid__stage_unlock(st);
-        return true;
     }
     st->runners--;
     if (st->freeing && !st->runners) pthread_cond_broadcast(&st->cv);
@@ -491,13 +491,20 @@ static bool stage_run(braid_stage *st, unsigned *budget, bool hold) {
     return false;
 }
 
-/* End a run this thread holds, unless events came meanwhile (false: run
- * it again). */
-static bool run_end(braid_stage *st) {
+/* A run this thread held while its direct runs went: false if events
+ * came meanwhile and budget remains (run it again); otherwise it is
+ * scheduled again (work left) or ends. */
+static bool run_end(braid_stage *st, unsigned budget) {
     braid__stage_lock(st);
     if (st->len && !st->freeing) {
+        if (budget) {
+            braid__stage_unlock(st);
+            return false;
+        }
+        st->st.runs_scheduled++;
         braid__stage_unlock(st);
-        return false;
+        schedule(st);
+        return true;
     }
     st->runners--;
     if (st->freeing && !st->runners) pthread_cond_broadcast(&st->cv);
@@ -555,9 +562,10 @@ static void dom_run(void *arg) {
     tctx = saved;
 }
 
-/* A pool domain's job: one run of one stage, then the direct list; the run
- * ends only after the direct runs it caused (see the top of the file), and
- * what reached its queue meanwhile is its own to take, on this thread. */
+/* A pool domain's job: one run of one stage, then the direct list. The run
+ * ends (or, past its budget, is scheduled again) only after the direct
+ * runs it caused (see the top of the file); what reached its queue
+ * meanwhile is its own to take, on this thread. */
 static void pool_run(void *arg) {
     braid_stage *st = arg;
     braid_stage_domain *d = st->dom;   /* st may be freed once its run ends */
@@ -567,7 +575,7 @@ static void pool_run(void *arg) {
     for (;;) {
         bool held = stage_run(st, &budget, true);
         run_direct(POOL_BUDGET);
-        if (!held || run_end(st)) break;
+        if (!held || run_end(st, budget)) break;
     }
     tctx = saved;
     pool_run_ended(d);
