@@ -662,6 +662,101 @@ BT_TEST(direct_call_keeps_the_thread_past_the_run_budget) {
     bt_loop_destroy(loop);
 }
 
+/* Fairness with direct calls: two stages of one domain that send an event
+ * back and forth (a cycle) used to run each other directly for as long as
+ * the event lived, in one loop wake-up or one pool job. Each stage now has
+ * the budget of batches of a wake-up (16) or a pool job (64) across every
+ * run it gets in that dispatch; past it, its next run is scheduled. */
+typedef struct pingpong_arg {
+    braid_stage *other;
+    atomic_long hops;
+} pingpong_arg;
+static void pingpong(braid_stage *st, braid_stage_event *evs, size_t n, void *arg) {
+    (void)st;
+    pingpong_arg *p = arg;
+    for (size_t i = 0; i < n; i++) {
+        ev *e = evs[i].data;
+        atomic_fetch_add(&p->hops, 1);
+        if (e->id-- > 0 && braid_stage_enqueue(p->other, &evs[i]) < 0) abort();
+    }
+}
+
+BT_TEST(a_cycle_of_direct_calls_yields_the_loop) {
+    braid_fake_clock *fc;
+    braid_stage_domain *d;
+    braid_loop *loop = fake_loop_domain(&fc, &d);
+    static pingpong_arg pa, pb;
+    atomic_store(&pa.hops, 0);
+    atomic_store(&pb.hops, 0);
+    braid_stage *a, *b;
+    BT_OK(braid_stage_new(d, "a", pingpong, &pa, NULL, &a));
+    BT_OK(braid_stage_new(d, "b", pingpong, &pb, NULL, &b));
+    pa.other = b;
+    pb.other = a;
+    atomic_store(&freed, 0);
+    braid_stage_event e = mk(1000);   /* 1001 hops in all */
+    BT_OK(braid_stage_enqueue(a, &e));
+    BT_OK(braid_loop_run_once(loop, BRAID_LOOP_RUN_NOWAIT));
+    long ha = atomic_load(&pa.hops), hb = atomic_load(&pb.hops);
+    BT_EQ(ha, 16);   /* then a's next run went to the next wake-up */
+    BT_EQ(hb, 16);
+    int iterations = 1;
+    for (; ha + hb < 1001 && iterations < 1000; iterations++) {
+        BT_OK(braid_loop_run_once(loop, BRAID_LOOP_RUN_NOWAIT));
+        ha = atomic_load(&pa.hops), hb = atomic_load(&pb.hops);
+    }
+    BT_EQ(ha + hb, 1001);
+    BT_EQ(iterations, 32);   /* 32 hops a wake-up */
+    BT_EQ(atomic_load(&freed), 1);
+    braid_stage_free(a);
+    braid_stage_free(b);
+    close_fake_loop(loop, d, fc);
+}
+
+/* In a pool domain the run that a job started holds its stage (see the
+ * hand-off cases above), which bounded a cycle through it; a cycle behind
+ * it (x -> a <-> b) ran on directly for as long as the event lived. */
+BT_TEST(a_cycle_of_direct_calls_yields_the_pool_thread) {
+    braid_loop *loop = bt_loop_new(NULL);
+    braid_pool *pool;
+    BT_OK(braid_pool_new(&(braid_pool_options){ .max_threads = 2, .loop = loop }, &pool));
+    braid_stage_domain *dp;
+    BT_OK(braid_stage_domain_new(loop, pool, NULL, &dp));
+    static rec rx;
+    static pingpong_arg pa, pb;
+    rec_init(&rx);
+    atomic_store(&pa.hops, 0);
+    atomic_store(&pb.hops, 0);
+    braid_stage *x, *a, *b;
+    BT_OK(braid_stage_new(dp, "x", record, &rx, NULL, &x));
+    BT_OK(braid_stage_new(dp, "a", pingpong, &pa, NULL, &a));
+    BT_OK(braid_stage_new(dp, "b", pingpong, &pb, NULL, &b));
+    rx.next = a;
+    pa.other = b;
+    pb.other = a;
+    atomic_store(&freed, 0);
+    braid_stage_event e = mk(1000);
+    BT_OK(braid_stage_enqueue(x, &e));   /* a pool job for x; a and b run directly */
+    BT_RUN_UNTIL(loop, atomic_load(&pa.hops) + atomic_load(&pb.hops) == 1001, 100000);
+    BT_OK(braid_loop_run(loop));
+    BT_EQ(atomic_load(&freed), 1);
+    braid_stage_stats sa, sb;
+    braid_stage_stats_get(a, &sa);
+    braid_stage_stats_get(b, &sb);
+    BT_UEQ(sa.batches, 501);
+    BT_UEQ(sb.batches, 500);
+    /* 64 batches of each a job, 128 hops: x's job, then a's run scheduled
+     * again 7 times (a job holds a from the second on) */
+    BT_UEQ(sa.runs_scheduled, 7);
+    BT_UEQ(sb.runs_scheduled, 0);
+    braid_stage_free(x);
+    braid_stage_free(a);
+    braid_stage_free(b);
+    braid_stage_domain_free(dp);
+    braid_pool_free(pool);
+    bt_loop_destroy(loop);
+}
+
 /* Many producer threads into a pool stage with 2 runners, on to the loop. */
 typedef struct producer { braid_stage *to; long base, n; atomic_long *refused; } producer;
 static void *produce(void *p) {

@@ -32,8 +32,13 @@ static const char *const stage_names[] = {
 };
 BRAID__ERROR_DOMAIN(stage, "stage", BRAID_ESTAGE_FULL, BRAID_ESTAGE_CLOSED, stage_names);
 
-/* The dispatch context of the calling thread: set while a dispatcher runs
- * stages of dom; cur is the stage whose handler is running. */
+#define LOOP_BUDGET 16      /* batches per stage per loop wake-up, then others get a turn */
+#define POOL_BUDGET 64      /* batches per stage per pool job, then its run is queued again */
+#define DISPATCH_STAGES 16  /* stages one dispatch runs; the runs of more are scheduled */
+
+/* The dispatch context of the calling thread: set while a dispatcher (a
+ * loop domain's wake-up, a pool domain's job) runs stages of dom; cur is
+ * the stage whose handler is running. */
 typedef struct dispatch_ctx {
     braid_stage_domain *dom;
     braid_stage *cur;
@@ -42,11 +47,27 @@ typedef struct dispatch_ctx {
      * batch to one stage */
     braid_stage *edge_to;
     uint64_t *edge_count;
+    /* The batches each stage run in this dispatch has left, across all its
+     * runs here (a cycle of direct calls runs a stage again and again):
+     * budget each at first. */
+    unsigned budget;
+    unsigned nstages;
+    braid_stage *stages[DISPATCH_STAGES];
+    unsigned left[DISPATCH_STAGES];
 } dispatch_ctx;
 static _Thread_local dispatch_ctx tctx;
 
-#define LOOP_BUDGET 16    /* batches per stage per loop wake-up, then others get a turn */
-#define POOL_BUDGET 64    /* batches per pool job, then the job is queued again */
+/* The batches st has left in this dispatch; NULL (none: its run is
+ * scheduled) once DISPATCH_STAGES others have run. The stages are only
+ * compared: one freed meanwhile is harmless. */
+static unsigned *budget_left(braid_stage *st) {
+    for (unsigned i = 0; i < tctx.nstages; i++)
+        if (tctx.stages[i] == st) return &tctx.left[i];
+    if (tctx.nstages == DISPATCH_STAGES) return NULL;
+    tctx.stages[tctx.nstages] = st;
+    tctx.left[tctx.nstages] = tctx.budget;
+    return &tctx.left[tctx.nstages++];
+}
 
 void braid_stage_event_free(braid_stage_event *ev) {
     if (!ev || !ev->data) return;
@@ -405,16 +426,19 @@ __attribute__((noinline)) static void run_in_contexts(braid_stage *st, braid_sta
     braid__ctx_cur = ambient;
 }
 
-/* Drain st in batches on this thread while *budget lasts; then, work
- * remaining, schedule the run again (fairness), or, the queue empty, end
- * it — unless hold and the handler left direct runs to do: then this
- * thread keeps the run (true) and, once they are done, run_end decides. */
-static bool stage_run(braid_stage *st, unsigned *budget, bool hold) {
+/* Drain st in batches on this thread while its budget in this dispatch
+ * lasts; then, work remaining, schedule the run again (fairness), or, the
+ * queue empty, end it — unless hold and the handler left direct runs to
+ * do: then this thread keeps the run (true) and, once they are done,
+ * run_end decides. */
+static bool stage_run(braid_stage *st, bool hold) {
     braid_stage_event evs[BRAID_STAGE_MAX_BATCH];
     uint64_t tq[BRAID_STAGE_MAX_BATCH];
     braid_ctx *cs[BRAID_STAGE_MAX_BATCH];
     braid_stage_domain *d = st->dom;
     bool timing = st->ring_t != NULL;
+    unsigned none = 0, *budget = budget_left(st);
+    if (!budget) budget = &none;
     braid__stage_lock(st);
     while (*budget && !st->freeing && st->len) {
         --*budget;
@@ -494,10 +518,11 @@ static bool stage_run(braid_stage *st, unsigned *budget, bool hold) {
 /* A run this thread held while its direct runs went: false if events
  * came meanwhile and budget remains (run it again); otherwise it is
  * scheduled again (work left) or ends. */
-static bool run_end(braid_stage *st, unsigned budget) {
+static bool run_end(braid_stage *st) {
+    unsigned *budget = budget_left(st), left = budget ? *budget : 0;
     braid__stage_lock(st);
     if (st->len && !st->freeing) {
-        if (budget) {
+        if (left) {
             braid__stage_unlock(st);
             return false;
         }
@@ -512,15 +537,15 @@ static bool run_end(braid_stage *st, unsigned budget) {
     return true;
 }
 
-/* Run every stage on this thread's direct list (and what they add to it). */
-static void run_direct(unsigned budget) {
+/* Run every stage on this thread's direct list (and what they add to it;
+ * a stage whose budget is spent is scheduled instead). */
+static void run_direct(void) {
     braid_stage *st;
     while ((st = tctx.direct_head)) {
         tctx.direct_head = st->direct_next;
         if (!tctx.direct_head) tctx.direct_tail = NULL;
         st->direct_next = NULL;
-        unsigned b = budget;
-        stage_run(st, &b, false);
+        stage_run(st, false);
     }
 }
 
@@ -540,7 +565,7 @@ static void dom_run(void *arg) {
         return;
     }
     dispatch_ctx saved = tctx;
-    tctx = (dispatch_ctx){ .dom = d };
+    tctx = (dispatch_ctx){ .dom = d, .budget = LOOP_BUDGET };
     for (; count; count--) {
         pthread_mutex_lock(&d->mu);
         braid_stage *st = d->runq_head;
@@ -553,11 +578,11 @@ static void dom_run(void *arg) {
         }
         pthread_mutex_unlock(&d->mu);
         if (!st) break;
+        tctx.nstages = 0;   /* each stage taken here starts a dispatch of its own */
         /* No hold: one thread runs the whole domain, and a handler may
          * free this stage once its run has ended. */
-        unsigned budget = LOOP_BUDGET;
-        stage_run(st, &budget, false);
-        run_direct(LOOP_BUDGET);
+        stage_run(st, false);
+        run_direct();
     }
     tctx = saved;
 }
@@ -570,12 +595,11 @@ static void pool_run(void *arg) {
     braid_stage *st = arg;
     braid_stage_domain *d = st->dom;   /* st may be freed once its run ends */
     dispatch_ctx saved = tctx;
-    tctx = (dispatch_ctx){ .dom = d };
-    unsigned budget = POOL_BUDGET;
+    tctx = (dispatch_ctx){ .dom = d, .budget = POOL_BUDGET };
     for (;;) {
-        bool held = stage_run(st, &budget, true);
-        run_direct(POOL_BUDGET);
-        if (!held || run_end(st, budget)) break;
+        bool held = stage_run(st, true);
+        run_direct();
+        if (!held || run_end(st)) break;
     }
     tctx = saved;
     pool_run_ended(d);
