@@ -515,6 +515,22 @@ BT_TEST(direct_within_a_domain_queue_between) {
     bt_loop_destroy(loop);
 }
 
+/* A loop with a pool of two threads and a pool domain on it, for the cases
+ * below; close_pool_domain frees the domain and the pool (its stages freed
+ * and the loop run until the domain's runs have told it they ended) and
+ * passes the leak gate. */
+static braid_loop *pool_domain(braid_pool **pool, braid_stage_domain **d) {
+    braid_loop *loop = bt_loop_new(NULL);
+    BT_OK(braid_pool_new(&(braid_pool_options){ .max_threads = 2, .loop = loop }, pool));
+    BT_OK(braid_stage_domain_new(loop, *pool, NULL, d));
+    return loop;
+}
+static void close_pool_domain(braid_loop *loop, braid_pool *pool, braid_stage_domain *d) {
+    braid_stage_domain_free(d);
+    braid_pool_free(pool);
+    bt_loop_destroy(loop);
+}
+
 /* The hand-off behind the old flake of the case above, made to happen every
  * time. Pool domain of two threads, b -> c. b's run on pool thread T1 hands
  * e0 to c by direct call; c's handler, on T1, holds there while the test
@@ -564,11 +580,9 @@ static void hold_first(braid_stage *st, braid_stage_event *evs, size_t n, void *
 }
 
 BT_TEST(direct_call_keeps_the_thread_while_upstream_refills) {
-    braid_loop *loop = bt_loop_new(NULL);
     braid_pool *pool;
-    BT_OK(braid_pool_new(&(braid_pool_options){ .max_threads = 2, .loop = loop }, &pool));
     braid_stage_domain *dp;
-    BT_OK(braid_stage_domain_new(loop, pool, NULL, &dp));
+    braid_loop *loop = pool_domain(&pool, &dp);
     static rec rb;
     static handoff h;
     rec_init(&rb);
@@ -607,9 +621,7 @@ BT_TEST(direct_call_keeps_the_thread_while_upstream_refills) {
     braid_stage_free(b);
     braid_stage_free(c);
     BT_EQ(atomic_load(&freed), 2);
-    braid_stage_domain_free(dp);
-    braid_pool_free(pool);
-    bt_loop_destroy(loop);
+    close_pool_domain(loop, pool, dp);
 }
 
 /* The same past a run's budget: b's run on T1 spends its 64 batches (batch
@@ -619,11 +631,9 @@ BT_TEST(direct_call_keeps_the_thread_while_upstream_refills) {
  * only once c's run has ended, so e64 reaches c on the thread that ran b
  * for it, whichever that is. */
 BT_TEST(direct_call_keeps_the_thread_past_the_run_budget) {
-    braid_loop *loop = bt_loop_new(NULL);
     braid_pool *pool;
-    BT_OK(braid_pool_new(&(braid_pool_options){ .max_threads = 2, .loop = loop }, &pool));
     braid_stage_domain *dp;
-    BT_OK(braid_stage_domain_new(loop, pool, NULL, &dp));
+    braid_loop *loop = pool_domain(&pool, &dp);
     enum { N = 65 };   /* one more than a pool run's budget of batches */
     static rec rb;
     static handoff h;
@@ -657,9 +667,7 @@ BT_TEST(direct_call_keeps_the_thread_past_the_run_budget) {
     braid_stage_free(b);
     braid_stage_free(c);
     BT_EQ(atomic_load(&freed), N);
-    braid_stage_domain_free(dp);
-    braid_pool_free(pool);
-    bt_loop_destroy(loop);
+    close_pool_domain(loop, pool, dp);
 }
 
 /* Fairness with direct calls: two stages of one domain that send an event
@@ -717,11 +725,9 @@ BT_TEST(a_cycle_of_direct_calls_yields_the_loop) {
  * hand-off cases above), which bounded a cycle through it; a cycle behind
  * it (x -> a <-> b) ran on directly for as long as the event lived. */
 BT_TEST(a_cycle_of_direct_calls_yields_the_pool_thread) {
-    braid_loop *loop = bt_loop_new(NULL);
     braid_pool *pool;
-    BT_OK(braid_pool_new(&(braid_pool_options){ .max_threads = 2, .loop = loop }, &pool));
     braid_stage_domain *dp;
-    BT_OK(braid_stage_domain_new(loop, pool, NULL, &dp));
+    braid_loop *loop = pool_domain(&pool, &dp);
     static rec rx;
     static pingpong_arg pa, pb;
     rec_init(&rx);
@@ -752,9 +758,7 @@ BT_TEST(a_cycle_of_direct_calls_yields_the_pool_thread) {
     braid_stage_free(x);
     braid_stage_free(a);
     braid_stage_free(b);
-    braid_stage_domain_free(dp);
-    braid_pool_free(pool);
-    bt_loop_destroy(loop);
+    close_pool_domain(loop, pool, dp);
 }
 
 /* Many producer threads into a pool stage with 2 runners, on to the loop. */
