@@ -13,6 +13,12 @@
  *     dispatcher runs it on this thread as soon as the current run ends —
  *     no wake-up, no hop. Nothing is ever run from inside an enqueue, so
  *     handlers never nest and the stack stays flat.
+ * In a pool domain the scheduled run keeps its stage until the direct runs
+ * it caused have ended (then takes what arrived meanwhile, within its
+ * budget): were it to end first, the next events for it would start a run
+ * on another pool thread, whose direct calls would find their targets
+ * still running here and join those runs — the events would cross
+ * threads inside the domain.
  */
 #include "stage_internal.h"
 #include <sched.h>
@@ -26,8 +32,13 @@ static const char *const stage_names[] = {
 };
 BRAID__ERROR_DOMAIN(stage, "stage", BRAID_ESTAGE_FULL, BRAID_ESTAGE_CLOSED, stage_names);
 
-/* The dispatch context of the calling thread: set while a dispatcher runs
- * stages of dom; cur is the stage whose handler is running. */
+#define LOOP_BUDGET 16      /* batches per stage per loop wake-up, then others get a turn */
+#define POOL_BUDGET 64      /* batches per stage per pool job, then its run is queued again */
+#define DISPATCH_STAGES 16  /* stages one dispatch runs; the runs of more are scheduled */
+
+/* The dispatch context of the calling thread: set while a dispatcher (a
+ * loop domain's wake-up, a pool domain's job) runs stages of dom; cur is
+ * the stage whose handler is running. */
 typedef struct dispatch_ctx {
     braid_stage_domain *dom;
     braid_stage *cur;
@@ -36,11 +47,27 @@ typedef struct dispatch_ctx {
      * batch to one stage */
     braid_stage *edge_to;
     uint64_t *edge_count;
+    /* The batches each stage run in this dispatch has left, across all its
+     * runs here (a cycle of direct calls runs a stage again and again):
+     * budget each at first. */
+    unsigned budget;
+    unsigned nstages;
+    braid_stage *stages[DISPATCH_STAGES];
+    unsigned left[DISPATCH_STAGES];
 } dispatch_ctx;
 static _Thread_local dispatch_ctx tctx;
 
-#define LOOP_BUDGET 16    /* batches per stage per loop wake-up, then others get a turn */
-#define POOL_BUDGET 64    /* batches per pool job, then the job is queued again */
+/* The batches st has left in this dispatch; NULL (none: its run is
+ * scheduled) once DISPATCH_STAGES others have run. The stages are only
+ * compared: one freed meanwhile is harmless. */
+static unsigned *budget_left(braid_stage *st) {
+    for (unsigned i = 0; i < tctx.nstages; i++)
+        if (tctx.stages[i] == st) return &tctx.left[i];
+    if (tctx.nstages == DISPATCH_STAGES) return NULL;
+    tctx.stages[tctx.nstages] = st;
+    tctx.left[tctx.nstages] = tctx.budget;
+    return &tctx.left[tctx.nstages++];
+}
 
 void braid_stage_event_free(braid_stage_event *ev) {
     if (!ev || !ev->data) return;
@@ -399,17 +426,22 @@ __attribute__((noinline)) static void run_in_contexts(braid_stage *st, braid_sta
     braid__ctx_cur = ambient;
 }
 
-/* Drain st in batches on this thread, up to budget batches; then either
- * end the run or, work remaining, schedule it again (fairness). */
-static void stage_run(braid_stage *st, unsigned budget) {
+/* Drain st in batches on this thread while its budget in this dispatch
+ * lasts; then, work remaining, schedule the run again (fairness), or, the
+ * queue empty, end it — unless hold and the handler left direct runs to
+ * do: then this thread keeps the run (true) and, once they are done,
+ * run_end decides. */
+static bool stage_run(braid_stage *st, bool hold) {
     braid_stage_event evs[BRAID_STAGE_MAX_BATCH];
     uint64_t tq[BRAID_STAGE_MAX_BATCH];
     braid_ctx *cs[BRAID_STAGE_MAX_BATCH];
     braid_stage_domain *d = st->dom;
     bool timing = st->ring_t != NULL;
+    unsigned none = 0, *budget = budget_left(st);
+    if (!budget) budget = &none;
     braid__stage_lock(st);
-    while (budget && !st->freeing && st->len) {
-        budget--;
+    while (*budget && !st->freeing && st->len) {
+        --*budget;
         size_t n = st->len < st->batch_max ? st->len : st->batch_max;
         bool ctxs = st->nctx != 0;   /* some queued event carries a context */
         for (size_t i = 0; i < n; i++) {
@@ -467,25 +499,53 @@ static void stage_run(braid_stage *st, unsigned budget) {
             st->last_busy = t1;
         }
     }
+    if (hold && tctx.direct_head && !st->freeing) {
+        braid__stage_unlock(st);
+        return true;
+    }
     if (st->len && !st->freeing) {
         st->st.runs_scheduled++;
         braid__stage_unlock(st);
         schedule(st);   /* the run goes on later, as the same runner */
-        return;
+        return false;
     }
     st->runners--;
     if (st->freeing && !st->runners) pthread_cond_broadcast(&st->cv);
     braid__stage_unlock(st);
+    return false;
 }
 
-/* Run every stage on this thread's direct list (and what they add to it). */
-static void run_direct(unsigned budget) {
+/* A run this thread held while its direct runs went: false if events
+ * came meanwhile and budget remains (run it again); otherwise it is
+ * scheduled again (work left) or ends. */
+static bool run_end(braid_stage *st) {
+    unsigned *budget = budget_left(st), left = budget ? *budget : 0;
+    braid__stage_lock(st);
+    if (st->len && !st->freeing) {
+        if (left) {
+            braid__stage_unlock(st);
+            return false;
+        }
+        st->st.runs_scheduled++;
+        braid__stage_unlock(st);
+        schedule(st);
+        return true;
+    }
+    st->runners--;
+    if (st->freeing && !st->runners) pthread_cond_broadcast(&st->cv);
+    braid__stage_unlock(st);
+    return true;
+}
+
+/* Run every stage on this thread's direct list (and what they add to it;
+ * a stage whose budget is spent is scheduled instead). */
+static void run_direct(void) {
     braid_stage *st;
     while ((st = tctx.direct_head)) {
         tctx.direct_head = st->direct_next;
         if (!tctx.direct_head) tctx.direct_tail = NULL;
         st->direct_next = NULL;
-        stage_run(st, budget);
+        stage_run(st, false);
     }
 }
 
@@ -505,7 +565,7 @@ static void dom_run(void *arg) {
         return;
     }
     dispatch_ctx saved = tctx;
-    tctx = (dispatch_ctx){ .dom = d };
+    tctx = (dispatch_ctx){ .dom = d, .budget = LOOP_BUDGET };
     for (; count; count--) {
         pthread_mutex_lock(&d->mu);
         braid_stage *st = d->runq_head;
@@ -518,20 +578,29 @@ static void dom_run(void *arg) {
         }
         pthread_mutex_unlock(&d->mu);
         if (!st) break;
-        stage_run(st, LOOP_BUDGET);
-        run_direct(LOOP_BUDGET);
+        tctx.nstages = 0;   /* each stage taken here starts a dispatch of its own */
+        /* No hold: one thread runs the whole domain, and a handler may
+         * free this stage once its run has ended. */
+        stage_run(st, false);
+        run_direct();
     }
     tctx = saved;
 }
 
-/* A pool domain's job: one run of one stage, then the direct list. */
+/* A pool domain's job: one run of one stage, then the direct list. The run
+ * ends (or, past its budget, is scheduled again) only after the direct
+ * runs it caused (see the top of the file); what reached its queue
+ * meanwhile is its own to take, on this thread. */
 static void pool_run(void *arg) {
     braid_stage *st = arg;
     braid_stage_domain *d = st->dom;   /* st may be freed once its run ends */
     dispatch_ctx saved = tctx;
-    tctx = (dispatch_ctx){ .dom = d };
-    stage_run(st, POOL_BUDGET);
-    run_direct(POOL_BUDGET);
+    tctx = (dispatch_ctx){ .dom = d, .budget = POOL_BUDGET };
+    for (;;) {
+        bool held = stage_run(st, true);
+        run_direct();
+        if (!held || run_end(st)) break;
+    }
     tctx = saved;
     pool_run_ended(d);
 }
