@@ -531,8 +531,8 @@ BT_TEST(hop_stage_events_cross_into_a_pool_domain) {
     braid_stage_free(b);
     braid_stage_domain_free(dl);
     braid_stage_domain_free(dp);
-    bt_drain(loop);
     braid_pool_free(pool);
+    bt_drain(loop);   /* after the pool's threads are joined: the domain's last notice is posted */
     bt_loop_destroy(loop);
 }
 

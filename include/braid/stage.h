@@ -7,9 +7,10 @@
  * Where a stage's handler runs is its *execution domain*, chosen when the
  * stage is made: the loop's thread, or the threads of a braid_pool. Stages
  * of one domain hand events to each other by direct call on the same thread
- * (the event is queued, and the target's handler runs on this thread as
- * soon as the current handler returns — no wake-up, no hop through the
- * loop or the pool); only an edge between two domains is a queue hop, with
+ * (the event is queued, and the target's handler runs on this thread when
+ * the current run ends — no wake-up, no hop through the loop or the pool;
+ * see docs/stage.md for the one exception, a target already running on
+ * another thread at its threads limit, which that run takes); only an edge between two domains is a queue hop, with
  * wake-ups batched. That is the split Welsh's 2010 retrospective asks for:
  * stages are code modules, domains are concurrency boundaries, and moving a
  * stage to another domain is a change of one argument.
