@@ -3,7 +3,10 @@
 #include "driver.h"
 
 #include <braid/loop.h>
+#include <braid/process.h>
+#include <braid/protocol.h>
 #include <ctype.h>
+#include <dirent.h>
 #include <signal.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -13,6 +16,7 @@
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/types.h>
@@ -1115,4 +1119,105 @@ void bench_cpu_calibrate(void) {
 void bench_cpu_spin(uint64_t ns) {
     uint64_t end = thread_cpu_ns() + ns, chunk = (uint64_t)(spin_iters_per_ns * 10000) + 1;
     while (thread_cpu_ns() < end) spin_iters(chunk);
+}
+
+/* ---- multi-loop servers (bench.h) ----------------------------------------------------- */
+bench_loop_stats *bench_loop_stats_map(const char *path, bool create) {
+    int fd = open(path, O_RDWR | O_CLOEXEC | (create ? O_CREAT | O_TRUNC : 0), 0600);
+    if (fd < 0) return NULL;
+    if (create && ftruncate(fd, sizeof(bench_loop_stats)) < 0) {
+        close(fd);
+        return NULL;
+    }
+    void *p = mmap(NULL, sizeof(bench_loop_stats), PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    close(fd);
+    return p == MAP_FAILED ? NULL : p;
+}
+
+void bench_loop_stats_unmap(bench_loop_stats *s) {
+    if (s) munmap(s, sizeof *s);
+}
+
+static braid_protocol *counting_build(braid_factory *f, const braid_address *peer) {
+    bench_counting *c = f->user;
+    braid_protocol *p = braid_factory_build(c->inner, peer);
+    if (p) __atomic_fetch_add(c->accepts, 1, __ATOMIC_RELAXED);
+    return p;
+}
+static void counting_start(braid_factory *f) { braid_factory_ref(((bench_counting *)f->user)->inner); }
+static void counting_stop(braid_factory *f) { braid_factory_unref(((bench_counting *)f->user)->inner); }
+
+void bench_counting_factory_init(braid_factory *f, bench_counting *c) {
+    memset(f, 0, sizeof *f);
+    f->build_protocol = counting_build;
+    f->start = counting_start;
+    f->stop = counting_stop;
+    f->user = c;
+}
+
+int bench_serve_method(const char *name) {
+    if (name && !strcmp(name, "exclusive")) return BRAID_SERVE_EXCLUSIVE;
+    if (name && !strcmp(name, "acceptor")) return BRAID_SERVE_ACCEPTOR;
+    if (name && !strcmp(name, "shared")) return BRAID_SERVE_SHARED;
+    return BRAID_SERVE_REUSEPORT;
+}
+
+int bench_tree_pids(int pid, int *kids, int cap) {
+    char what[64];
+    snprintf(what, sizeof what, "task/%d/children", pid);
+    char buf[4096];
+    if (read_proc(pid, what, buf, sizeof buf) < 0) return 0;
+    int n = 0;
+    for (char *p = buf, *end; ; p = end) {
+        long c = strtol(p, &end, 10);
+        if (end == p) break;
+        if (kids && n < cap) kids[n] = (int)c;
+        n++;
+    }
+    return n;
+}
+
+double bench_tree_cpu_us(int pid) {
+    double sum = bench_cpu_us(pid);
+    if (!isfinite(sum)) return NAN;
+    int kids[BENCH_LOOP_STATS_MAX + 8];
+    int n = bench_tree_pids(pid, kids, BENCH_LOOP_STATS_MAX + 8);
+    for (int i = 0; i < n && i < BENCH_LOOP_STATS_MAX + 8; i++) {
+        double c = bench_cpu_us(kids[i]);
+        if (isfinite(c)) sum += c;
+    }
+    return sum;
+}
+
+/* Every thread of pid: /proc/PID/status counts only the thread it names. */
+static long long tasks_ctxt_switches(int pid) {
+    char dir[64];
+    snprintf(dir, sizeof dir, "/proc/%d/task", pid);
+    DIR *d = opendir(dir);
+    if (!d) return -1;
+    long long sum = 0;
+    struct dirent *e;
+    while ((e = readdir(d))) {
+        if (e->d_name[0] < '0' || e->d_name[0] > '9') continue;
+        char what[64], buf[8192];
+        snprintf(what, sizeof what, "task/%s/status", e->d_name);
+        if (read_proc(pid, what, buf, sizeof buf) < 0) continue;
+        for (char *p = buf; p && *p; p = strchr(p, '\n'), p = p ? p + 1 : NULL)
+            if (!strncmp(p, "voluntary_ctxt_switches:", 24)) sum += atoll(p + 24);
+            else if (!strncmp(p, "nonvoluntary_ctxt_switches:", 27)) sum += atoll(p + 27);
+    }
+    closedir(d);
+    return sum;
+}
+
+long long bench_tree_ctxt_switches(int pid) {
+    long long sum = tasks_ctxt_switches(pid);
+    if (sum < 0) return -1;
+    int kids[BENCH_LOOP_STATS_MAX + 8];
+    int n = bench_tree_pids(pid, kids, BENCH_LOOP_STATS_MAX + 8);
+    for (int i = 0; i < n && i < BENCH_LOOP_STATS_MAX + 8; i++) {
+        long long c = tasks_ctxt_switches(kids[i]);
+        if (c > 0) sum += c;
+    }
+    return sum;
 }

@@ -24,7 +24,9 @@
 #include <arpa/inet.h>
 #include <fcntl.h>
 #include <math.h>
+#include <errno.h>
 #include <netinet/in.h>
+#include <pthread.h>
 #include <signal.h>
 #include <spawn.h>
 #include <stdlib.h>
@@ -32,6 +34,7 @@
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 extern char **environ;
@@ -43,7 +46,7 @@ static braid_deferred *hello(braid_http_request *req, void *arg) {
     return NULL;
 }
 
-static int serve_one(int port, const char *backend, double seconds, bool reuseport) {
+static int serve_one(int port, const char *backend, double seconds) {
     braid_loop *loop;
     braid_loop_options o = { .backend = (braid_backend)bench_backend(backend), .flags = BRAID_LOOP_STRICT_BACKEND };
     if (braid_loop_new(&o, &loop) < 0) {
@@ -54,7 +57,7 @@ static int serve_one(int port, const char *backend, double seconds, bool reusepo
     if (braid_http_server_new(loop, NULL, &s) < 0) return 1;
     braid_http_server_route(s, "GET", "/", 0, hello, NULL);
     char ep[96];
-    snprintf(ep, sizeof ep, "tcp:%d:interface=127.0.0.1:backlog=511%s", port, reuseport ? ":reuseport=1" : "");
+    snprintf(ep, sizeof ep, "tcp:%d:interface=127.0.0.1:backlog=511", port);
     braid_deferred *d = braid_http_server_listen(s, ep);
     braid_result r;
     if (braid_deferred_take(d, &r) < 0 || r.failure) {
@@ -69,49 +72,112 @@ static int serve_one(int port, const char *backend, double seconds, bool reusepo
     return 0;        /* the process exits; connections close with it */
 }
 
-static pid_t kids[64];
-static int nkids;
-static void on_term(int sig) {
-    (void)sig;
-    for (int i = 0; i < nkids; i++) kill(kids[i], SIGTERM);
-    _exit(0);
+/* N loops on braid_serve (threads or processes), one HTTP server per loop.
+ * With a stats file, each loop counts its accepts and requests there
+ * (bench_loop_stats: the smp experiment reads the balance between loops). */
+typedef struct http_multi {
+    braid_http_server *srv[BENCH_LOOP_STATS_MAX];
+    braid_factory counting[BENCH_LOOP_STATS_MAX];
+    bench_counting link[BENCH_LOOP_STATS_MAX];
+    bench_loop_stats *stats;
+} http_multi;
+
+static braid_deferred *hello_counted(braid_http_request *req, void *arg) {
+    __atomic_fetch_add((uint64_t *)arg, 1, __ATOMIC_RELAXED);
+    return hello(req, NULL);
 }
 
-/* braid-bench serve http --port P [--processes N] [--backend B] [--seconds S] */
+static braid_factory *multi_factory(braid_loop *loop, unsigned i, void *arg) {
+    http_multi *m = arg;
+    if (braid_http_server_new(loop, NULL, &m->srv[i]) < 0) return NULL;
+    if (!m->stats) {
+        braid_http_server_route(m->srv[i], "GET", "/", 0, hello, NULL);
+        return braid_http_server_factory(m->srv[i]);
+    }
+    braid_http_server_route(m->srv[i], "GET", "/", 0, hello_counted, &m->stats->loop[i].requests);
+    m->link[i] = (bench_counting){ braid_http_server_factory(m->srv[i]), &m->stats->loop[i].accepts };
+    bench_counting_factory_init(&m->counting[i], &m->link[i]);
+    return &m->counting[i];
+}
+
+static void multi_factory_done(braid_factory *f, unsigned i, void *arg) {
+    (void)f;
+    http_multi *m = arg;
+    braid_http_server_free(m->srv[i]);
+    m->srv[i] = NULL;
+}
+
+/* --seconds: a thread that sends the SIGTERM braid_serve stops on (it is
+ * started with SIGTERM and SIGINT blocked, as braid_serve asks of other
+ * threads). */
+static void *stop_later(void *arg) {
+    double secs = *(double *)arg;
+    struct timespec ts = { (time_t)secs, (long)((secs - (double)(time_t)secs) * 1e9) };
+    while (nanosleep(&ts, &ts) < 0 && errno == EINTR) {}
+    kill(getpid(), SIGTERM);
+    return NULL;
+}
+
+static int serve_multi(int port, const char *backend, double seconds, int loops, bool threads,
+                       const char *method, const char *stats_path) {
+    http_multi *m = calloc(1, sizeof *m);
+    if (!m) return 1;
+    if (stats_path && !(m->stats = bench_loop_stats_map(stats_path, true))) {
+        fprintf(stderr, "serve http: --stats-file %s: %s\n", stats_path, strerror(errno));
+        return 1;
+    }
+    char ep[96];
+    snprintf(ep, sizeof ep, "tcp:%d:interface=127.0.0.1:backlog=511", port);
+    braid_serve_options o = {
+        .loops = (unsigned)loops, .processes = !threads, .method = (braid_serve_method)bench_serve_method(method),
+        .backend = (braid_backend)bench_backend(backend), .drain_timeout = BRAID_SECONDS(1),
+        .factory = multi_factory, .factory_done = multi_factory_done, .arg = m,
+    };
+    static double secs;
+    secs = seconds;
+    if (seconds > 0) {
+        sigset_t set, old;
+        sigemptyset(&set);
+        sigaddset(&set, SIGTERM);
+        sigaddset(&set, SIGINT);
+        pthread_sigmask(SIG_BLOCK, &set, &old);
+        pthread_t t;
+        if (pthread_create(&t, NULL, stop_later, &secs) == 0) pthread_detach(t);
+        pthread_sigmask(SIG_SETMASK, &old, NULL);
+    }
+    int rc = braid_serve(ep, &o, NULL);
+    if (rc < 0) fprintf(stderr, "serve http: braid_serve %s: %s\n", ep, braid_strerror(rc));
+    bench_loop_stats_unmap(m->stats);
+    free(m);
+    return rc < 0 ? 1 : 0;
+}
+
+/* braid-bench serve http --port P [--processes N | --threads N] [--method M]
+ *                        [--stats-file F] [--backend B] [--seconds S] */
 static int serve(int argc, char **argv) {
-    int port = 0, procs = 1;
-    const char *backend = "epoll";
+    int port = 0, procs = 0, threads = 0;
+    const char *backend = "epoll", *method = "reuseport", *stats_path = NULL;
     double seconds = 0;
     const bench_opt opts[] = {
         BENCH_SERVE_PORT(&port),
         { .name = "--processes", .kind = BENCH_OPT_INT, .value = &procs, .metavar = "N",
-          .help = "processes, each with its own SO_REUSEPORT listener (max 64)" },
+          .help = "N loops in N processes on braid_serve (max 64; neither this nor --threads: one loop, no supervisor)" },
+        { .name = "--threads", .kind = BENCH_OPT_INT, .value = &threads, .metavar = "N",
+          .help = "N loops in N threads on braid_serve (max 64)" },
+        BENCH_SERVE_METHOD(&method),
+        { .name = "--stats-file", .kind = BENCH_OPT_STR, .value = &stats_path, .metavar = "F",
+          .help = "with --processes/--threads: per-loop accept and request counts, mapped shared (bench_loop_stats)" },
         BENCH_SERVE_BACKEND(&backend),
         BENCH_SERVE_SECONDS(&seconds),
         { 0 } };
     int rc;
     if (!bench_serve_args("http", argc, argv, opts, &rc)) return rc;
     if (port <= 0) { fprintf(stderr, "braid-bench serve http: --port %d: not a port\n", port); return 2; }
+    if (procs > 0 && threads > 0) { fprintf(stderr, "braid-bench serve http: --processes or --threads, not both\n"); return 2; }
     signal(SIGPIPE, SIG_IGN);
-    if (procs <= 1) return serve_one(port, backend, seconds, false);
-    if (procs > 64) procs = 64;
-    /* N processes, each with its own loop and its own SO_REUSEPORT listener */
-    for (int i = 0; i < procs; i++) {
-        pid_t p = fork();
-        if (p < 0) return 1;
-        if (p == 0) {
-            signal(SIGTERM, SIG_DFL);
-            _exit(serve_one(port, backend, seconds, true));
-        }
-        kids[nkids++] = p;
-    }
-    signal(SIGTERM, on_term);
-    signal(SIGINT, on_term);
-    int st;
-    rc = 0;
-    for (int i = 0; i < nkids; i++)
-        if (waitpid(kids[i], &st, 0) == kids[i] && (!WIFEXITED(st) || WEXITSTATUS(st))) rc = 1;
-    return rc;
+    if (procs <= 0 && threads <= 0) return serve_one(port, backend, seconds);
+    int loops = threads > 0 ? threads : procs;
+    return serve_multi(port, backend, seconds, loops > 64 ? 64 : loops, threads > 0, method, stats_path);
 }
 
 /* ==== peers ================================================================================ */
