@@ -8,6 +8,7 @@
 #include <ctype.h>
 #include <dirent.h>
 #include <signal.h>
+#include <spawn.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
@@ -23,6 +24,8 @@
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
+
+extern char **environ;
 
 /* ---- small utilities ------------------------------------------------------------ */
 void *bench_xmalloc(size_t n) {
@@ -1160,6 +1163,60 @@ int bench_serve_method(const char *name) {
     if (name && !strcmp(name, "acceptor")) return BRAID_SERVE_ACCEPTOR;
     if (name && !strcmp(name, "shared")) return BRAID_SERVE_SHARED;
     return BRAID_SERVE_REUSEPORT;
+}
+
+int bench_spawn_quiet(char *const *argv) {
+    pid_t pid;
+    posix_spawn_file_actions_t fa;
+    posix_spawn_file_actions_init(&fa);
+    posix_spawn_file_actions_addopen(&fa, 1, "/dev/null", O_WRONLY, 0);
+    if (posix_spawnp(&pid, argv[0], &fa, NULL, argv, environ) != 0) pid = -1;
+    posix_spawn_file_actions_destroy(&fa);
+    return pid;
+}
+
+const char *bench_nginx_bin(void) {
+    static const char *cands[] = { "/usr/sbin/nginx", "/usr/local/sbin/nginx", "/usr/local/nginx/sbin/nginx" };
+    for (size_t i = 0; i < sizeof cands / sizeof cands[0]; i++)
+        if (access(cands[i], X_OK) == 0) return cands[i];
+    return bench_have_program("nginx") ? "nginx" : NULL;
+}
+
+int bench_nginx_hello_start(int workers, int port, char *dir, size_t dirlen) {
+    const char *bin = bench_nginx_bin();
+    if (!bin || dirlen < 32) return -1;
+    snprintf(dir, dirlen, "/tmp/braid-bench-nginx-XXXXXX");
+    if (!mkdtemp(dir)) {
+        dir[0] = 0;
+        return -1;
+    }
+    char conf[4200], text[8192];
+    snprintf(conf, sizeof conf, "%s/nginx.conf", dir);
+    snprintf(text, sizeof text,
+             "worker_processes %d;\ndaemon off;\nerror_log %s/error.log;\npid %s/nginx.pid;\n"
+             "events { worker_connections 4096; }\n"
+             "http {\n  access_log off;\n  keepalive_requests 100000000;\n"
+             "  client_body_temp_path %s/body;\n  proxy_temp_path %s/proxy;\n"
+             "  fastcgi_temp_path %s/fcgi;\n  uwsgi_temp_path %s/uwsgi;\n  scgi_temp_path %s/scgi;\n"
+             "  server {\n    listen 127.0.0.1:%d backlog=511;\n"
+             "    location / { default_type text/plain; return 200 \"Hello, World!\"; }\n  }\n}\n",
+             workers, dir, dir, dir, dir, dir, dir, dir, port);
+    FILE *f = fopen(conf, "w");
+    if (!f) return -1;
+    fputs(text, f);
+    fclose(f);
+    char *argv[] = { (char *)bin, "-p", dir, "-c", conf, NULL };
+    return bench_spawn_quiet(argv);
+}
+
+void bench_nginx_stop(int pid, char *dir) {
+    if (pid > 0) bench_stop_process(pid, SIGQUIT, 3.0);
+    if (dir && dir[0]) {
+        char cmd[4200];
+        snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
+        if (system(cmd) != 0) {}
+        dir[0] = 0;
+    }
 }
 
 int bench_tree_pids(int pid, int *kids, int cap) {

@@ -302,6 +302,18 @@ void bench_counting_factory_init(struct braid_factory *f, bench_counting *c);
  * switches (voluntary + involuntary) summed from /proc. Children's pids go
  * to kids (up to cap; kids may be NULL) and their number is returned by
  * bench_tree_pids. */
+/* A quiet child: argv (argv[0] looked up in PATH) with stdout on /dev/null. pid or -1. */
+int bench_spawn_quiet(char *const *argv);
+/* nginx answering GET / with 200 text/plain "Hello, World!" on
+ * 127.0.0.1:port (backlog 511) with `workers` worker processes: access_log
+ * off, keepalive_requests raised so a keep-alive client never reconnects,
+ * non-daemon, its prefix a fresh temporary directory (written to dir).
+ * bench_nginx_bin: the binary, or NULL when nginx is not installed. The
+ * caller waits for it (bench_wait_accepting); bench_nginx_stop sends
+ * SIGQUIT, reaps it and removes dir. */
+const char *bench_nginx_bin(void);
+int bench_nginx_hello_start(int workers, int port, char *dir, size_t dirlen);
+void bench_nginx_stop(int pid, char *dir);
 int bench_tree_pids(int pid, int *kids, int cap);
 double bench_tree_cpu_us(int pid);
 long long bench_tree_ctxt_switches(int pid);

@@ -28,7 +28,6 @@
 #include <netinet/in.h>
 #include <pthread.h>
 #include <signal.h>
-#include <spawn.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
@@ -36,8 +35,6 @@
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
-
-extern char **environ;
 
 /* ==== the braid server ===================================================================== */
 static braid_deferred *hello(braid_http_request *req, void *arg) {
@@ -189,23 +186,6 @@ typedef struct srv {
     bool failed;
 } srv;
 
-static pid_t spawn_argv(char *const *argv) {
-    pid_t pid;
-    posix_spawn_file_actions_t fa;
-    posix_spawn_file_actions_init(&fa);
-    posix_spawn_file_actions_addopen(&fa, 1, "/dev/null", O_WRONLY, 0);
-    if (posix_spawnp(&pid, argv[0], &fa, NULL, argv, environ) != 0) pid = -1;
-    posix_spawn_file_actions_destroy(&fa);
-    return pid;
-}
-
-static const char *nginx_bin(void) {
-    static const char *cands[] = { "/usr/sbin/nginx", "/usr/local/sbin/nginx", "/usr/local/nginx/sbin/nginx" };
-    for (size_t i = 0; i < sizeof cands / sizeof cands[0]; i++)
-        if (access(cands[i], X_OK) == 0) return cands[i];
-    return bench_have_program("nginx") ? "nginx" : NULL;
-}
-
 static bool start_server(bench_ctx *ctx, srv *s) {
     char portbuf[16];
     s->port = bench_free_port();
@@ -213,28 +193,9 @@ static bool start_server(bench_ctx *ctx, srv *s) {
     if (!strncmp(s->name, "braid-", 6)) {
         char *argv[] = { (char *)ctx->self_exe, "serve", "http", "--port", portbuf, "--processes",
                          !strcmp(s->name, "braid-2p") ? "2" : "1", NULL };
-        s->pid = spawn_argv(argv);
+        s->pid = bench_spawn_quiet(argv);
     } else if (!strncmp(s->name, "nginx-", 6)) {
-        snprintf(s->dir, sizeof s->dir, "/tmp/braid-bench-nginx-XXXXXX");
-        if (!mkdtemp(s->dir)) return false;
-        char conf[256], text[2048];
-        snprintf(conf, sizeof conf, "%s/nginx.conf", s->dir);
-        snprintf(text, sizeof text,
-                 "worker_processes %d;\ndaemon off;\nerror_log %s/error.log;\npid %s/nginx.pid;\n"
-                 "events { worker_connections 4096; }\n"
-                 "http {\n  access_log off;\n  keepalive_requests 100000000;\n"
-                 "  client_body_temp_path %s/body;\n  proxy_temp_path %s/proxy;\n"
-                 "  fastcgi_temp_path %s/fcgi;\n  uwsgi_temp_path %s/uwsgi;\n  scgi_temp_path %s/scgi;\n"
-                 "  server {\n    listen 127.0.0.1:%d backlog=511;\n"
-                 "    location / { default_type text/plain; return 200 \"Hello, World!\"; }\n  }\n}\n",
-                 !strcmp(s->name, "nginx-2w") ? 2 : 1, s->dir, s->dir, s->dir, s->dir, s->dir, s->dir,
-                 s->dir, s->port);
-        FILE *f = fopen(conf, "w");
-        if (!f) return false;
-        fputs(text, f);
-        fclose(f);
-        char *argv[] = { (char *)nginx_bin(), "-p", s->dir, "-c", conf, NULL };
-        s->pid = spawn_argv(argv);
+        s->pid = bench_nginx_hello_start(!strcmp(s->name, "nginx-2w") ? 2 : 1, s->port, s->dir, sizeof s->dir);
     } else if (!strcmp(s->name, "epoll-min")) {
         char exe[1024];
         snprintf(exe, sizeof exe, "%s", ctx->self_exe);
@@ -242,12 +203,12 @@ static bool start_server(bench_ctx *ctx, srv *s) {
         snprintf(slash ? slash + 1 : exe, sizeof exe - (size_t)(slash ? slash + 1 - exe : 0),
                  "braid-bench-http-epoll");
         char *argv[] = { exe, portbuf, NULL };
-        s->pid = spawn_argv(argv);
+        s->pid = bench_spawn_quiet(argv);
     } else {
         char script[1024];
         snprintf(script, sizeof script, "%s/peers/http_twisted.py", ctx->data_dir);
         char *argv[] = { "/usr/bin/python3", script, portbuf, NULL };
-        s->pid = spawn_argv(argv);
+        s->pid = bench_spawn_quiet(argv);
     }
     if (s->pid < 0 || !bench_wait_accepting(s->pid, s->port)) {
         if (s->pid > 0) { kill(s->pid, SIGKILL); waitpid(s->pid, NULL, 0); }
@@ -257,32 +218,9 @@ static bool start_server(bench_ctx *ctx, srv *s) {
 }
 
 static void stop_server(srv *s) {
-    if (s->pid <= 0) return;
-    bench_stop_process(s->pid, !strncmp(s->name, "nginx-", 6) ? SIGQUIT : SIGTERM, 3.0);
+    if (!strncmp(s->name, "nginx-", 6)) bench_nginx_stop(s->pid, s->dir);   /* and its directory */
+    else if (s->pid > 0) bench_stop_process(s->pid, SIGTERM, 3.0);
     s->pid = -1;
-    if (s->dir[0]) {
-        char cmd[300];
-        snprintf(cmd, sizeof cmd, "rm -rf '%s'", s->dir);
-        if (system(cmd) != 0) {}
-        s->dir[0] = 0;
-    }
-}
-
-/* CPU of a server and its live children (nginx workers, braid's processes). */
-static double tree_cpu_us(pid_t pid) {
-    double sum = bench_cpu_us(pid);
-    if (!isfinite(sum)) return NAN;
-    char path[96];
-    snprintf(path, sizeof path, "/proc/%d/task/%d/children", pid, pid);
-    FILE *f = fopen(path, "r");
-    if (!f) return sum;
-    int c;
-    while (fscanf(f, "%d", &c) == 1) {
-        double x = bench_cpu_us(c);
-        if (isfinite(x)) sum += x;
-    }
-    fclose(f);
-    return sum;
 }
 
 /* ==== wrk =================================================================================== */
@@ -340,9 +278,9 @@ static void measure(bench_ctx *ctx, int i, int run, void *arg) {
     srv *s = &h->servers[i];
     h->rps[i][run] = h->p50[i][run] = h->p99[i][run] = h->cpu[i][run] = NAN;
     if (s->failed) return;
-    double c0 = tree_cpu_us(s->pid);
+    double c0 = bench_tree_cpu_us(s->pid);
     wrk_result r = run_wrk(s->port, h->conns, h->seconds);
-    double c1 = tree_cpu_us(s->pid);
+    double c1 = bench_tree_cpu_us(s->pid);
     if (!r.ok) {
         bench_note(ctx, "%s, %d conns: run %d failed (%s)", s->name, h->conns, run,
                    r.errors[0] ? r.errors : "no answers");
@@ -366,7 +304,7 @@ static int run(bench_ctx *ctx) {
     const char *names[MAX_SRV];
     h->servers[h->nsrv++] = (srv){ .name = "braid-1p" };
     h->servers[h->nsrv++] = (srv){ .name = "braid-2p" };
-    if (nginx_bin()) {
+    if (bench_nginx_bin()) {
         h->servers[h->nsrv++] = (srv){ .name = "nginx-1w" };
         h->servers[h->nsrv++] = (srv){ .name = "nginx-2w" };
     } else {
