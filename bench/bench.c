@@ -18,6 +18,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/types.h>
@@ -1217,6 +1218,52 @@ void bench_nginx_stop(int pid, char *dir) {
         if (system(cmd) != 0) {}
         dir[0] = 0;
     }
+}
+
+static double wrk_lat_us(const char *s) {
+    char *end;
+    double v = strtod(s, &end);
+    if (end == s) return NAN;
+    if (!strncmp(end, "us", 2)) return v;
+    if (!strncmp(end, "ms", 2)) return v * 1e3;
+    if (!strncmp(end, "s", 1)) return v * 1e6;
+    return NAN;
+}
+
+static double children_cpu_us(void) {
+    struct rusage ru;
+    getrusage(RUSAGE_CHILDREN, &ru);
+    return (double)(ru.ru_utime.tv_sec + ru.ru_stime.tv_sec) * 1e6 + (double)(ru.ru_utime.tv_usec + ru.ru_stime.tv_usec);
+}
+
+bench_wrk bench_wrk_run(int port, int conns, int seconds, const char *extra) {
+    bench_wrk r = { NAN, 0, NAN, NAN, NAN, false, "" };
+    char cmd[512];
+    snprintf(cmd, sizeof cmd, "wrk -t1 -c%d -d%ds --latency %s http://127.0.0.1:%d/ 2>&1", conns, seconds,
+             extra ? extra : "", port);
+    double c0 = children_cpu_us();   /* wrk (and its shell), once reaped by pclose */
+    FILE *p = popen(cmd, "r");
+    if (!p) return r;
+    char line[512];
+    bool wrong = false;
+    while (fgets(line, sizeof line, p)) {
+        char *s = line + strspn(line, " \t");
+        double v;
+        if (sscanf(s, "Requests/sec: %lf", &v) == 1) r.rps = v;
+        else if (!strncmp(s, "50%", 3)) r.p50_us = wrk_lat_us(s + 3 + strspn(s + 3, " \t"));
+        else if (!strncmp(s, "99%", 3)) r.p99_us = wrk_lat_us(s + 3 + strspn(s + 3, " \t"));
+        else if (strstr(s, "requests in ")) r.requests = strtod(s, NULL);
+        else if (strstr(s, "Non-2xx") || strstr(s, "Socket errors")) {
+            s[strcspn(s, "\n")] = 0;
+            size_t el = strlen(r.errors);
+            snprintf(r.errors + el, sizeof r.errors - el, "%s%s", el ? "; " : "", s);
+            if (strstr(s, "Non-2xx")) wrong = true;     /* wrong answers fail the run */
+        }
+    }
+    pclose(p);
+    r.cpu_us = children_cpu_us() - c0;
+    r.ok = isfinite(r.rps) && r.requests > 0 && !wrong;
+    return r;
 }
 
 int bench_tree_pids(int pid, int *kids, int cap) {

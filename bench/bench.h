@@ -297,6 +297,18 @@ typedef struct bench_counting {
 } bench_counting;
 void bench_counting_factory_init(struct braid_factory *f, bench_counting *c);
 
+/* wrk -t1 -cCONNS -dSECONDSs --latency [extra] http://127.0.0.1:PORT/ (extra:
+ * more wrk arguments, e.g. "-H 'Connection: close'", or NULL). ok: it ran
+ * and every answer was 2xx; socket errors (and wrong answers) are listed in
+ * errors. cpu_us: wrk's own utime+stime (getrusage of the reaped child: call
+ * it with no other child of this process exiting meanwhile). */
+typedef struct bench_wrk {
+    double rps, requests, p50_us, p99_us, cpu_us;
+    bool ok;
+    char errors[160];
+} bench_wrk;
+bench_wrk bench_wrk_run(int port, int conns, int seconds, const char *extra);
+
 /* A server process and its children (nginx's workers, braid_serve's
  * processes), every thread of each: CPU (utime+stime, µs) and context
  * switches (voluntary + involuntary) summed from /proc. Children's pids go

@@ -223,47 +223,6 @@ static void stop_server(srv *s) {
     s->pid = -1;
 }
 
-/* ==== wrk =================================================================================== */
-typedef struct wrk_result { double rps, p50, p99, requests; bool ok; char errors[160]; } wrk_result;
-
-static double parse_lat_us(const char *s) {
-    char *end;
-    double v = strtod(s, &end);
-    if (end == s) return NAN;
-    if (!strncmp(end, "us", 2)) return v;
-    if (!strncmp(end, "ms", 2)) return v * 1e3;
-    if (!strncmp(end, "s", 1)) return v * 1e6;
-    return NAN;
-}
-
-static wrk_result run_wrk(int port, int conns, int seconds) {
-    wrk_result r = { NAN, NAN, NAN, 0, false, "" };
-    char cmd[256];
-    snprintf(cmd, sizeof cmd, "wrk -t1 -c%d -d%ds --latency http://127.0.0.1:%d/ 2>&1", conns, seconds, port);
-    FILE *p = popen(cmd, "r");
-    if (!p) return r;
-    char line[512];
-    bool errors = false;
-    while (fgets(line, sizeof line, p)) {
-        char *s = line;
-        while (*s == ' ' || *s == '\t') s++;
-        double v;
-        if (sscanf(s, "Requests/sec: %lf", &v) == 1) r.rps = v;
-        else if (!strncmp(s, "50%", 3)) r.p50 = parse_lat_us(s + 3 + strspn(s + 3, " \t"));
-        else if (!strncmp(s, "99%", 3)) r.p99 = parse_lat_us(s + 3 + strspn(s + 3, " \t"));
-        else if (strstr(s, "requests in ")) r.requests = strtod(s, NULL);
-        else if (strstr(s, "Non-2xx") || strstr(s, "Socket errors")) {
-            s[strcspn(s, "\n")] = 0;
-            size_t el = strlen(r.errors);
-            snprintf(r.errors + el, sizeof r.errors - el, "%s%s", el ? "; " : "", s);
-            if (strstr(s, "Non-2xx")) errors = true;     /* wrong answers fail the run */
-        }
-    }
-    pclose(p);
-    r.ok = isfinite(r.rps) && r.requests > 0 && !errors;
-    return r;
-}
-
 /* ==== the experiment ========================================================================== */
 #define MAX_SRV 8
 typedef struct hstate {
@@ -279,7 +238,7 @@ static void measure(bench_ctx *ctx, int i, int run, void *arg) {
     h->rps[i][run] = h->p50[i][run] = h->p99[i][run] = h->cpu[i][run] = NAN;
     if (s->failed) return;
     double c0 = bench_tree_cpu_us(s->pid);
-    wrk_result r = run_wrk(s->port, h->conns, h->seconds);
+    bench_wrk r = bench_wrk_run(s->port, h->conns, h->seconds, NULL);
     double c1 = bench_tree_cpu_us(s->pid);
     if (!r.ok) {
         bench_note(ctx, "%s, %d conns: run %d failed (%s)", s->name, h->conns, run,
@@ -288,8 +247,8 @@ static void measure(bench_ctx *ctx, int i, int run, void *arg) {
     }
     if (r.errors[0]) bench_note(ctx, "%s, %d conns, run %d: wrk reported %s", s->name, h->conns, run, r.errors);
     h->rps[i][run] = r.rps;
-    h->p50[i][run] = r.p50;
-    h->p99[i][run] = r.p99;
+    h->p50[i][run] = r.p50_us;
+    h->p99[i][run] = r.p99_us;
     h->cpu[i][run] = (c1 - c0) / r.requests;
 }
 
@@ -327,7 +286,7 @@ static int run(bench_ctx *ctx) {
         h->conns = levels[k];
         if (ctx->full)                           /* warm-up (full mode only: quick stays short) */
             for (int i = 0; i < h->nsrv; i++)
-                if (!h->servers[i].failed) (void)run_wrk(h->servers[i].port, h->conns, 1);
+                if (!h->servers[i].failed) (void)bench_wrk_run(h->servers[i].port, h->conns, 1, NULL);
         char label[32];
         snprintf(label, sizeof label, "%d conns", h->conns);
         bench_alternate(ctx, label, h->nsrv, names, measure, h);

@@ -38,14 +38,13 @@
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/resource.h>
-#include <sys/time.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #define SMP_MAX_SRV 20
 #define SMP_CONNS 64
 #define SMP_MAX_KIDS 8
+#define CHURN_HEADER "-H 'Connection: close'"
 
 typedef struct smp_srv {
     char label[48];               /* braid-exclusive-p/2 (progress line) */
@@ -103,43 +102,6 @@ static void stop_server(smp_srv *s) {
     if (s->stats_path[0]) unlink(s->stats_path);
 }
 
-/* ---- wrk ------------------------------------------------------------------------------------ */
-typedef struct wrk_out { double rps, requests, cpu_us; bool ok; char errors[160]; } wrk_out;
-
-static double rusage_children_us(void) {
-    struct rusage ru;
-    getrusage(RUSAGE_CHILDREN, &ru);
-    return (double)(ru.ru_utime.tv_sec + ru.ru_stime.tv_sec) * 1e6 + (double)(ru.ru_utime.tv_usec + ru.ru_stime.tv_usec);
-}
-
-static wrk_out run_wrk(int port, int seconds, bool churn) {
-    wrk_out r = { NAN, 0, NAN, false, "" };
-    char cmd[256];
-    snprintf(cmd, sizeof cmd, "wrk -t1 -c%d -d%ds %shttp://127.0.0.1:%d/ 2>&1", SMP_CONNS, seconds,
-             churn ? "-H 'Connection: close' " : "", port);
-    double c0 = rusage_children_us();   /* wrk (and its shell) once reaped by pclose */
-    FILE *p = popen(cmd, "r");
-    if (!p) return r;
-    char line[512];
-    bool wrong = false;
-    while (fgets(line, sizeof line, p)) {
-        char *s = line + strspn(line, " \t");
-        double v;
-        if (sscanf(s, "Requests/sec: %lf", &v) == 1) r.rps = v;
-        else if (strstr(s, "requests in ")) r.requests = strtod(s, NULL);
-        else if (strstr(s, "Non-2xx") || strstr(s, "Socket errors")) {
-            s[strcspn(s, "\n")] = 0;
-            size_t el = strlen(r.errors);
-            snprintf(r.errors + el, sizeof r.errors - el, "%s%s", el ? "; " : "", s);
-            if (strstr(s, "Non-2xx")) wrong = true;
-        }
-    }
-    pclose(p);
-    r.cpu_us = rusage_children_us() - c0;
-    r.ok = isfinite(r.rps) && r.requests > 0 && !wrong;
-    return r;
-}
-
 /* ---- one run ----------------------------------------------------------------------------------- */
 typedef struct snap {
     double cpu;
@@ -168,7 +130,7 @@ static void measure(bench_ctx *ctx, int i, int run, void *arg) {
     snap a, b;
     take(s, st->churn, &a);
     uint64_t t0 = bench_now_ns();
-    wrk_out w = run_wrk(s->port, st->seconds, st->churn);
+    bench_wrk w = bench_wrk_run(s->port, SMP_CONNS, st->seconds, st->churn ? CHURN_HEADER : NULL);
     double wall_us = (double)(bench_now_ns() - t0) / 1e3;
     take(s, st->churn, &b);
     if (!w.ok) {
@@ -265,7 +227,7 @@ static int run(bench_ctx *ctx) {
         const char *load = st->churn ? "churn" : "keepalive";
         if (ctx->full)   /* warm-up, untimed */
             for (int i = 0; i < st->nsrv; i++)
-                if (!st->srv[i].failed) (void)run_wrk(st->srv[i].port, 1, st->churn);
+                if (!st->srv[i].failed) (void)bench_wrk_run(st->srv[i].port, SMP_CONNS, 1, st->churn ? CHURN_HEADER : NULL);
         bench_alternate(ctx, load, st->nsrv, names, measure, st);
         for (int i = 0; i < st->nsrv; i++) {
             smp_srv *s = &st->srv[i];
