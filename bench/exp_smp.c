@@ -284,6 +284,13 @@ static void conclude(bench_ctx *ctx, FILE *html) {
         double r, lo, hi;
         if (n1 && n2 && bench_pair_ratio(n2, n1, "req_per_s", &r, &lo, &hi))
             fprintf(html, "<li>nginx 2 workers &divide; 1 worker: %.2fx req/s (%.2f&ndash;%.2f)</li>\n", r, lo, hi);
+        for (int k = 0; k < ni; k++) {   /* one loop against one worker: the cost of the server itself */
+            const bench_row *b1 = find(ctx, impls[k], load, 1);
+            if (b1 && n1 && bench_pair_ratio(b1, n1, "server_cpu_us_per_req", &r, &lo, &hi))
+                fprintf(html, "<li>%s, 1 loop: %.2f &micro;s of server CPU per request, %.2fx nginx 1 worker's "
+                              "(%.2f&ndash;%.2f)%s</li>\n", impls[k], median_of(b1, "server_cpu_us_per_req"), r, lo, hi,
+                        r > 1.05 ? ": braid loses here" : "");
+        }
         for (int k = 0; k < ni; k++) {
             const bench_row *b1 = find(ctx, impls[k], load, 1), *b2 = find(ctx, impls[k], load, 2);
             if (!b2) continue;
