@@ -3,8 +3,10 @@
  * the 13-byte body "Hello, World!" over keep-alive connections.
  *
  * Load: wrk -t1 (one client thread) at 16 and 256 connections. Servers:
- *   braid-1p / braid-2p   `braid-bench serve http` with 1 or 2 processes
- *                         sharing the port with SO_REUSEPORT;
+ *   braid-1p / braid-2p   `braid-bench serve http --processes 1|2`: 1 or 2
+ *                         loops in processes on braid_serve (braid/process.h),
+ *                         sharing the port with SO_REUSEPORT (the supervisor
+ *                         process idles; its CPU is counted);
  *   nginx-1w / nginx-2w   worker_processes 1 / 2, access_log off,
  *                         `return 200 "Hello, World!"`, non-daemon, temp prefix,
  *                         keepalive_requests raised so wrk never reconnects;
