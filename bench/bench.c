@@ -3,8 +3,12 @@
 #include "driver.h"
 
 #include <braid/loop.h>
+#include <braid/process.h>
+#include <braid/protocol.h>
 #include <ctype.h>
+#include <dirent.h>
 #include <signal.h>
+#include <spawn.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
@@ -13,12 +17,16 @@
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/types.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
+
+extern char **environ;
 
 /* ---- small utilities ------------------------------------------------------------ */
 void *bench_xmalloc(size_t n) {
@@ -1115,4 +1123,205 @@ void bench_cpu_calibrate(void) {
 void bench_cpu_spin(uint64_t ns) {
     uint64_t end = thread_cpu_ns() + ns, chunk = (uint64_t)(spin_iters_per_ns * 10000) + 1;
     while (thread_cpu_ns() < end) spin_iters(chunk);
+}
+
+/* ---- multi-loop servers (bench.h) ----------------------------------------------------- */
+bench_loop_stats *bench_loop_stats_map(const char *path, bool create) {
+    int fd = open(path, O_RDWR | O_CLOEXEC | (create ? O_CREAT | O_TRUNC : 0), 0600);
+    if (fd < 0) return NULL;
+    if (create && ftruncate(fd, sizeof(bench_loop_stats)) < 0) {
+        close(fd);
+        return NULL;
+    }
+    void *p = mmap(NULL, sizeof(bench_loop_stats), PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    close(fd);
+    return p == MAP_FAILED ? NULL : p;
+}
+
+void bench_loop_stats_unmap(bench_loop_stats *s) {
+    if (s) munmap(s, sizeof *s);
+}
+
+static braid_protocol *counting_build(braid_factory *f, const braid_address *peer) {
+    bench_counting *c = f->user;
+    braid_protocol *p = braid_factory_build(c->inner, peer);
+    if (p) __atomic_fetch_add(c->accepts, 1, __ATOMIC_RELAXED);
+    return p;
+}
+static void counting_start(braid_factory *f) { braid_factory_ref(((bench_counting *)f->user)->inner); }
+static void counting_stop(braid_factory *f) { braid_factory_unref(((bench_counting *)f->user)->inner); }
+
+void bench_counting_factory_init(braid_factory *f, bench_counting *c) {
+    memset(f, 0, sizeof *f);
+    f->build_protocol = counting_build;
+    f->start = counting_start;
+    f->stop = counting_stop;
+    f->user = c;
+}
+
+int bench_serve_method(const char *name) {
+    if (name && !strcmp(name, "exclusive")) return BRAID_SERVE_EXCLUSIVE;
+    if (name && !strcmp(name, "acceptor")) return BRAID_SERVE_ACCEPTOR;
+    if (name && !strcmp(name, "shared")) return BRAID_SERVE_SHARED;
+    return BRAID_SERVE_REUSEPORT;
+}
+
+int bench_spawn_quiet(char *const *argv) {
+    pid_t pid;
+    posix_spawn_file_actions_t fa;
+    posix_spawn_file_actions_init(&fa);
+    posix_spawn_file_actions_addopen(&fa, 1, "/dev/null", O_WRONLY, 0);
+    if (posix_spawnp(&pid, argv[0], &fa, NULL, argv, environ) != 0) pid = -1;
+    posix_spawn_file_actions_destroy(&fa);
+    return pid;
+}
+
+const char *bench_nginx_bin(void) {
+    static const char *cands[] = { "/usr/sbin/nginx", "/usr/local/sbin/nginx", "/usr/local/nginx/sbin/nginx" };
+    for (size_t i = 0; i < sizeof cands / sizeof cands[0]; i++)
+        if (access(cands[i], X_OK) == 0) return cands[i];
+    return bench_have_program("nginx") ? "nginx" : NULL;
+}
+
+int bench_nginx_hello_start(int workers, int port, char *dir, size_t dirlen) {
+    const char *bin = bench_nginx_bin();
+    if (!bin || dirlen < 32) return -1;
+    snprintf(dir, dirlen, "/tmp/braid-bench-nginx-XXXXXX");
+    if (!mkdtemp(dir)) {
+        dir[0] = 0;
+        return -1;
+    }
+    char conf[4200], text[8192];
+    snprintf(conf, sizeof conf, "%s/nginx.conf", dir);
+    snprintf(text, sizeof text,
+             "worker_processes %d;\ndaemon off;\nerror_log %s/error.log;\npid %s/nginx.pid;\n"
+             "events { worker_connections 4096; }\n"
+             "http {\n  access_log off;\n  keepalive_requests 100000000;\n"
+             "  client_body_temp_path %s/body;\n  proxy_temp_path %s/proxy;\n"
+             "  fastcgi_temp_path %s/fcgi;\n  uwsgi_temp_path %s/uwsgi;\n  scgi_temp_path %s/scgi;\n"
+             "  server {\n    listen 127.0.0.1:%d backlog=511;\n"
+             "    location / { default_type text/plain; return 200 \"Hello, World!\"; }\n  }\n}\n",
+             workers, dir, dir, dir, dir, dir, dir, dir, port);
+    FILE *f = fopen(conf, "w");
+    if (!f) return -1;
+    fputs(text, f);
+    fclose(f);
+    char *argv[] = { (char *)bin, "-p", dir, "-c", conf, NULL };
+    return bench_spawn_quiet(argv);
+}
+
+void bench_nginx_stop(int pid, char *dir) {
+    if (pid > 0) bench_stop_process(pid, SIGQUIT, 3.0);
+    if (dir && dir[0]) {
+        char cmd[4200];
+        snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
+        if (system(cmd) != 0) {}
+        dir[0] = 0;
+    }
+}
+
+static double wrk_lat_us(const char *s) {
+    char *end;
+    double v = strtod(s, &end);
+    if (end == s) return NAN;
+    if (!strncmp(end, "us", 2)) return v;
+    if (!strncmp(end, "ms", 2)) return v * 1e3;
+    if (!strncmp(end, "s", 1)) return v * 1e6;
+    return NAN;
+}
+
+static double children_cpu_us(void) {
+    struct rusage ru;
+    getrusage(RUSAGE_CHILDREN, &ru);
+    return (double)(ru.ru_utime.tv_sec + ru.ru_stime.tv_sec) * 1e6 + (double)(ru.ru_utime.tv_usec + ru.ru_stime.tv_usec);
+}
+
+bench_wrk bench_wrk_run(int port, int conns, int seconds, const char *extra) {
+    bench_wrk r = { NAN, 0, NAN, NAN, NAN, false, "" };
+    char cmd[512];
+    snprintf(cmd, sizeof cmd, "wrk -t1 -c%d -d%ds --latency %s http://127.0.0.1:%d/ 2>&1", conns, seconds,
+             extra ? extra : "", port);
+    double c0 = children_cpu_us();   /* wrk (and its shell), once reaped by pclose */
+    FILE *p = popen(cmd, "r");
+    if (!p) return r;
+    char line[512];
+    bool wrong = false;
+    while (fgets(line, sizeof line, p)) {
+        char *s = line + strspn(line, " \t");
+        double v;
+        if (sscanf(s, "Requests/sec: %lf", &v) == 1) r.rps = v;
+        else if (!strncmp(s, "50%", 3)) r.p50_us = wrk_lat_us(s + 3 + strspn(s + 3, " \t"));
+        else if (!strncmp(s, "99%", 3)) r.p99_us = wrk_lat_us(s + 3 + strspn(s + 3, " \t"));
+        else if (strstr(s, "requests in ")) r.requests = strtod(s, NULL);
+        else if (strstr(s, "Non-2xx") || strstr(s, "Socket errors")) {
+            s[strcspn(s, "\n")] = 0;
+            size_t el = strlen(r.errors);
+            snprintf(r.errors + el, sizeof r.errors - el, "%s%s", el ? "; " : "", s);
+            if (strstr(s, "Non-2xx")) wrong = true;     /* wrong answers fail the run */
+        }
+    }
+    pclose(p);
+    r.cpu_us = children_cpu_us() - c0;
+    r.ok = isfinite(r.rps) && r.requests > 0 && !wrong;
+    return r;
+}
+
+int bench_tree_pids(int pid, int *kids, int cap) {
+    char what[64];
+    snprintf(what, sizeof what, "task/%d/children", pid);
+    char buf[4096];
+    if (read_proc(pid, what, buf, sizeof buf) < 0) return 0;
+    int n = 0;
+    for (char *p = buf, *end; ; p = end) {
+        long c = strtol(p, &end, 10);
+        if (end == p) break;
+        if (kids && n < cap) kids[n] = (int)c;
+        n++;
+    }
+    return n;
+}
+
+double bench_tree_cpu_us(int pid) {
+    double sum = bench_cpu_us(pid);
+    if (!isfinite(sum)) return NAN;
+    int kids[BENCH_LOOP_STATS_MAX + 8];
+    int n = bench_tree_pids(pid, kids, BENCH_LOOP_STATS_MAX + 8);
+    for (int i = 0; i < n && i < BENCH_LOOP_STATS_MAX + 8; i++) {
+        double c = bench_cpu_us(kids[i]);
+        if (isfinite(c)) sum += c;
+    }
+    return sum;
+}
+
+/* Every thread of pid: /proc/PID/status counts only the thread it names. */
+static long long tasks_ctxt_switches(int pid) {
+    char dir[64];
+    snprintf(dir, sizeof dir, "/proc/%d/task", pid);
+    DIR *d = opendir(dir);
+    if (!d) return -1;
+    long long sum = 0;
+    struct dirent *e;
+    while ((e = readdir(d))) {
+        if (e->d_name[0] < '0' || e->d_name[0] > '9') continue;
+        char what[64], buf[8192];
+        snprintf(what, sizeof what, "task/%s/status", e->d_name);
+        if (read_proc(pid, what, buf, sizeof buf) < 0) continue;
+        for (char *p = buf; p && *p; p = strchr(p, '\n'), p = p ? p + 1 : NULL)
+            if (!strncmp(p, "voluntary_ctxt_switches:", 24)) sum += atoll(p + 24);
+            else if (!strncmp(p, "nonvoluntary_ctxt_switches:", 27)) sum += atoll(p + 27);
+    }
+    closedir(d);
+    return sum;
+}
+
+long long bench_tree_ctxt_switches(int pid) {
+    long long sum = tasks_ctxt_switches(pid);
+    if (sum < 0) return -1;
+    int kids[BENCH_LOOP_STATS_MAX + 8];
+    int n = bench_tree_pids(pid, kids, BENCH_LOOP_STATS_MAX + 8);
+    for (int i = 0; i < n && i < BENCH_LOOP_STATS_MAX + 8; i++) {
+        long long c = tasks_ctxt_switches(kids[i]);
+        if (c > 0) sum += c;
+    }
+    return sum;
 }

@@ -247,6 +247,14 @@ typedef struct bench_opt {
                                .help = "braid backend", .choices = "select|poll|epoll|uring|io_uring" }
 #define BENCH_SERVE_SECONDS(s) { .name = "--seconds", .kind = BENCH_OPT_DOUBLE, .value = (s), .metavar = "S", \
                                .help = "serve at most S seconds (0: until stopped)" }
+/* --method for serve modes on braid_serve: how N loops share the port. */
+#define BENCH_SERVE_METHOD(m) { .name = "--method", .kind = BENCH_OPT_STR, .value = (m), .metavar = "M", \
+                              .help = "braid_serve method: reuseport, exclusive (EPOLLEXCLUSIVE), acceptor, " \
+                                      "shared (every loop woken: the herd)", \
+                              .choices = "reuseport|exclusive|acceptor|shared" }
+/* The braid_serve_method of a --method value (an int, cast to
+ * braid_serve_method, as bench_backend; anything else: REUSEPORT). */
+int bench_serve_method(const char *name);
 /* true: go on serving; false: stop with *exit_code (usage or error printed). */
 bool bench_serve_args(const char *experiment, int argc, char **argv, const bench_opt *opts, int *exit_code);
 /* The usage made from the table. */
@@ -259,5 +267,67 @@ void bench_serve_usage(FILE *f, const char *experiment, const bench_opt *opts);
  * spin (it sizes the spin between two looks at the CPU clock). */
 void bench_cpu_calibrate(void);
 void bench_cpu_spin(uint64_t ns);
+
+/* ---- multi-loop servers (braid_serve) ---------------------------------------------------
+ * Per-loop counters a server of N loops shares with the experiment driving
+ * it: a file mapped MAP_SHARED by both (the serve modes' --stats-file). The
+ * server maps it before braid_serve, so forked children and threads write
+ * the same pages; loop i writes only slot i (relaxed atomics), the driver
+ * reads any time (before and after a run: the run's share per loop). */
+#define BENCH_LOOP_STATS_MAX 64
+typedef struct bench_loop_stat {
+    uint64_t accepts;             /* connections this loop accepted */
+    uint64_t requests;            /* requests it answered */
+    char pad[48];                 /* one cache line per loop */
+} bench_loop_stat;
+typedef struct bench_loop_stats {
+    bench_loop_stat loop[BENCH_LOOP_STATS_MAX];
+} bench_loop_stats;
+/* Map path (created, sized and zeroed with create; else it must exist).
+ * NULL on failure. */
+bench_loop_stats *bench_loop_stats_map(const char *path, bool create);
+void bench_loop_stats_unmap(bench_loop_stats *s);
+/* A factory f that builds through c->inner and counts each connection in
+ * *c->accepts (the accept, seen by the loop that got it); start and stop
+ * are passed on to inner. c is borrowed (f->user) and must outlive f. */
+struct braid_factory;
+typedef struct bench_counting {
+    struct braid_factory *inner;
+    uint64_t *accepts;
+} bench_counting;
+void bench_counting_factory_init(struct braid_factory *f, bench_counting *c);
+
+/* wrk -t1 -cCONNS -dSECONDSs --latency [extra] http://127.0.0.1:PORT/ (extra:
+ * more wrk arguments, e.g. "-H 'Connection: close'", or NULL). ok: it ran
+ * and every answer was 2xx; socket errors (and wrong answers) are listed in
+ * errors. cpu_us: wrk's own utime+stime (getrusage of the reaped child: call
+ * it with no other child of this process exiting meanwhile). */
+typedef struct bench_wrk {
+    double rps, requests, p50_us, p99_us, cpu_us;
+    bool ok;
+    char errors[160];
+} bench_wrk;
+bench_wrk bench_wrk_run(int port, int conns, int seconds, const char *extra);
+
+/* A server process and its children (nginx's workers, braid_serve's
+ * processes), every thread of each: CPU (utime+stime, µs) and context
+ * switches (voluntary + involuntary) summed from /proc. Children's pids go
+ * to kids (up to cap; kids may be NULL) and their number is returned by
+ * bench_tree_pids. */
+/* A quiet child: argv (argv[0] looked up in PATH) with stdout on /dev/null. pid or -1. */
+int bench_spawn_quiet(char *const *argv);
+/* nginx answering GET / with 200 text/plain "Hello, World!" on
+ * 127.0.0.1:port (backlog 511) with `workers` worker processes: access_log
+ * off, keepalive_requests raised so a keep-alive client never reconnects,
+ * non-daemon, its prefix a fresh temporary directory (written to dir).
+ * bench_nginx_bin: the binary, or NULL when nginx is not installed. The
+ * caller waits for it (bench_wait_accepting); bench_nginx_stop sends
+ * SIGQUIT, reaps it and removes dir. */
+const char *bench_nginx_bin(void);
+int bench_nginx_hello_start(int workers, int port, char *dir, size_t dirlen);
+void bench_nginx_stop(int pid, char *dir);
+int bench_tree_pids(int pid, int *kids, int cap);
+double bench_tree_cpu_us(int pid);
+long long bench_tree_ctxt_switches(int pid);
 
 #endif

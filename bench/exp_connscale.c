@@ -9,14 +9,16 @@
  *   pool    a fixed pool of worker threads with blocking I/O, fed by an
  *           acceptor thread through a queue
  *   loop    one braid loop (fd watchers), non-blocking I/O
- *   procs   N braid loops in N processes, each with its own listener bound
- *           to the same port with SO_REUSEPORT (the kernel spreads
- *           connections)
+ *   procs   N braid loops on braid_serve (braid/process.h): N processes
+ *           (or threads with --threads) sharing the port by --method
+ *           (default reuseport: a SO_REUSEPORT listener each, the kernel
+ *           spreads connections), serving the stream model's protocol
  * and two peers: a raw hand-written epoll program (peers/epoll_raw.c, the
  * floor) and Twisted on its epoll reactor (peers/connscale_twisted.py).
  *
  *   braid-bench serve connscale --port P [--model loop|thread|pool|procs|stream]
- *       [--processes N] [--backend B] [--seconds S] [--backlog B] [--pool T]
+ *       [--processes N] [--threads N] [--method M] [--stats-file F]
+ *       [--backend B] [--seconds S] [--backlog B] [--pool T]
  * (stream: the protocol on braid's transport layer, when braid/stream.h is
  * in the build)
  * serves alone so any client can drive it: prints "ready PORT", serves until
@@ -64,6 +66,9 @@ typedef struct cs_opts {
     int seconds;
     int backlog;
     int pool;
+    int threads;                   /* procs model: loops in threads instead */
+    const char *method;            /* procs model: braid_serve method */
+    const char *stats_path;        /* procs model: per-loop counters (bench_loop_stats) */
 } cs_opts;
 
 static int cs_listen(int port, int backlog, bool reuseport, bool nonblock) {
@@ -382,70 +387,6 @@ static int run_loop_server(const cs_opts *o, int lfd, bool ctl, int ready_fd) {
     return 0;
 }
 
-static void on_term(int sig) { (void)sig; _exit(0); }
-
-static int serve_procs(const cs_opts *o) {
-    int port = o->port;
-    if (port == 0) {
-        /* All children must bind one port: pick it now (reserve with a
-         * SO_REUSEPORT socket held until the children listen). */
-        int probe = cs_listen(0, 1, true, true);
-        if (probe < 0) return 1;
-        port = cs_bound_port(probe);
-        close(probe);
-    }
-    int pipefd[2];
-    if (pipe(pipefd) < 0) return 1;
-    pid_t kids[64];
-    int nk = o->processes < 1 ? 1 : o->processes > 64 ? 64 : o->processes;
-    for (int i = 0; i < nk; i++) {
-        pid_t p = fork();
-        if (p < 0) return 1;
-        if (p == 0) {
-            close(pipefd[0]);
-            signal(SIGTERM, on_term);
-            int devnull = open("/dev/null", O_RDONLY);
-            if (devnull >= 0) { dup2(devnull, 0); close(devnull); }
-            int lfd = cs_listen(port, o->backlog, true, true);
-            if (lfd < 0) _exit(1);
-            cs_opts co = *o;
-            co.seconds = 0;
-            run_loop_server(&co, lfd, false, pipefd[1]);
-            _exit(0);
-        }
-        kids[i] = p;
-    }
-    close(pipefd[1]);
-    for (int got = 0; got < nk;) {
-        char b;
-        ssize_t r = read(pipefd[0], &b, 1);
-        if (r == 1) got++;
-        else if (r == 0) { fprintf(stderr, "connscale: a child failed to listen\n"); return 1; }
-    }
-    close(pipefd[0]);
-    printf("ready %d\n", port);
-    fflush(stdout);
-    control_wait(o->seconds);
-    struct rusage sum;
-    memset(&sum, 0, sizeof sum);
-    for (int i = 0; i < nk; i++) {
-        kill(kids[i], SIGTERM);
-        int st;
-        struct rusage ru;
-        if (wait4(kids[i], &st, 0, &ru) == kids[i]) {
-            sum.ru_maxrss += ru.ru_maxrss;
-            sum.ru_utime.tv_sec += ru.ru_utime.tv_sec;
-            sum.ru_utime.tv_usec += ru.ru_utime.tv_usec;
-            sum.ru_stime.tv_sec += ru.ru_stime.tv_sec;
-            sum.ru_stime.tv_usec += ru.ru_stime.tv_usec;
-            sum.ru_nvcsw += ru.ru_nvcsw;
-            sum.ru_nivcsw += ru.ru_nivcsw;
-        }
-    }
-    print_stats(&sum);
-    _exit(0);
-}
-
 /* ---- one braid loop on braid's transport layer (braid/stream.h) ------------------------------
  * The same protocol written as a braid protocol: data_received collects the
  * 16 bytes, writes the answer and loses the connection. This is what a
@@ -469,6 +410,7 @@ static void cs_data(braid_protocol *p, const void *data, size_t len) {
     if (c->have < CS_MSG) return;
     uint8_t resp[CS_MSG];
     cs_reply(c->buf, resp);
+    if (p->user) __atomic_fetch_add((uint64_t *)p->user, 1, __ATOMIC_RELAXED);   /* procs: the loop's count */
     braid_transport_write(p->transport, resp, CS_MSG);
     braid_transport_close(p->transport, BRAID_FOREVER);
 }
@@ -517,11 +459,100 @@ static int serve_stream(const cs_opts *o) {
     /* Open transports, the listener and the loop go with the process. */
     _exit(0);
 }
+
+/* ---- the procs model: N loops on braid_serve ------------------------------------------------
+ * braid_serve runs the stream protocol above in N loops (processes, or
+ * threads with --threads) sharing the port by --method. Each child process
+ * sends its getrusage to the supervisor when its loop is gone (from
+ * factory_done), which prints the sum; with a --stats-file each loop counts
+ * its accepts and answers there. */
+typedef struct cs_multi {
+    const cs_opts *o;
+    braid_factory proto[BENCH_LOOP_STATS_MAX], counting[BENCH_LOOP_STATS_MAX];
+    bench_counting link[BENCH_LOOP_STATS_MAX];
+    bench_loop_stats *stats;
+    int report[2];                 /* children's rusage, to the supervisor */
+} cs_multi;
+
+static braid_factory *cs_multi_factory(braid_loop *loop, unsigned i, void *arg) {
+    (void)loop;
+    cs_multi *m = arg;
+    braid_factory_init(&m->proto[i], &cs_proto_ops, sizeof(cs_proto), m->stats ? &m->stats->loop[i].requests : NULL);
+    if (!m->stats) return &m->proto[i];
+    m->link[i] = (bench_counting){ &m->proto[i], &m->stats->loop[i].accepts };
+    bench_counting_factory_init(&m->counting[i], &m->link[i]);
+    return &m->counting[i];
+}
+
+static void cs_multi_done(braid_factory *f, unsigned i, void *arg) {
+    (void)f; (void)i;
+    cs_multi *m = arg;
+    if (!m->o->threads) {   /* a child: its own usage, summed by the supervisor */
+        struct rusage ru;
+        getrusage(RUSAGE_SELF, &ru);
+        if (write(m->report[1], &ru, sizeof ru) != (ssize_t)sizeof ru) {}
+    }
+}
+
+/* "quit" on stdin or --seconds: SIGTERM to ourselves, which braid_serve
+ * stops on (this thread starts from on_listening, inside braid_serve, so it
+ * inherits the blocked SIGTERM as braid_serve asks of other threads). */
+static void *cs_control(void *arg) {
+    control_wait(((cs_multi *)arg)->o->seconds);
+    kill(getpid(), SIGTERM);
+    return NULL;
+}
+static void cs_multi_listening(int port, void *arg) {
+    printf("ready %d\n", port);
+    fflush(stdout);
+    pthread_t t;
+    if (pthread_create(&t, NULL, cs_control, arg) == 0) pthread_detach(t);
+}
+
+static int serve_procs(const cs_opts *o) {
+    static cs_multi m;
+    m.o = o;
+    if (o->stats_path && !(m.stats = bench_loop_stats_map(o->stats_path, true))) {
+        fprintf(stderr, "connscale: --stats-file %s: %s\n", o->stats_path, strerror(errno));
+        return 1;
+    }
+    if (pipe2(m.report, O_CLOEXEC) < 0) return 1;
+    char ep[96];
+    snprintf(ep, sizeof ep, "tcp:%d:interface=127.0.0.1:backlog=%d", o->port, o->backlog);
+    int n = o->threads > 0 ? o->threads : o->processes;
+    braid_serve_options so = {
+        .loops = (unsigned)(n < 1 ? 1 : n > 64 ? 64 : n), .processes = o->threads <= 0,
+        .method = (braid_serve_method)bench_serve_method(o->method), .backend = cs_backend(o->backend),
+        .drain_timeout = BRAID_SECONDS(1), .factory = cs_multi_factory, .factory_done = cs_multi_done,
+        .on_listening = cs_multi_listening, .arg = &m,
+    };
+    int rc = braid_serve(ep, &so, NULL);
+    if (rc < 0) {
+        fprintf(stderr, "connscale: braid_serve %s: %s\n", ep, braid_strerror(rc));
+        return 1;
+    }
+    close(m.report[1]);
+    struct rusage sum, ru;
+    memset(&sum, 0, sizeof sum);
+    bool any = false;
+    while (read(m.report[0], &ru, sizeof ru) == (ssize_t)sizeof ru) {
+        any = true;
+        sum.ru_maxrss += ru.ru_maxrss;   /* they coexist: peak RSS adds up */
+        sum.ru_utime.tv_sec += ru.ru_utime.tv_sec;
+        sum.ru_utime.tv_usec += ru.ru_utime.tv_usec;
+        sum.ru_stime.tv_sec += ru.ru_stime.tv_sec;
+        sum.ru_stime.tv_usec += ru.ru_stime.tv_usec;
+        sum.ru_nvcsw += ru.ru_nvcsw;
+        sum.ru_nivcsw += ru.ru_nivcsw;
+    }
+    print_stats(any ? &sum : NULL);   /* threads: the process's own usage holds every loop */
+    _exit(0);
+}
 #endif
 
 static int serve(int argc, char **argv) {
     cs_opts o = { .port = 0, .model = "loop", .processes = 0, .backend = NULL, .seconds = 0,
-                  .backlog = CS_BACKLOG, .pool = CS_POOL };
+                  .backlog = CS_BACKLOG, .pool = CS_POOL, .method = "reuseport" };
     const bench_opt opts[] = {
         { .name = "--port", .kind = BENCH_OPT_INT, .value = &o.port, .metavar = "P",
           .help = "port to listen on (0: any, printed as \"ready PORT\")" },
@@ -529,10 +560,15 @@ static int serve(int argc, char **argv) {
 #ifdef CS_HAVE_STREAM
           .choices = "loop|thread|pool|procs|stream" },
 #else
-          .choices = "loop|thread|pool|procs" },
+          .choices = "loop|thread|pool" },
 #endif
         { .name = "--processes", .kind = BENCH_OPT_INT, .value = &o.processes, .metavar = "N",
           .help = "processes of the procs model (0: one per CPU)" },
+        { .name = "--threads", .kind = BENCH_OPT_INT, .value = &o.threads, .metavar = "N",
+          .help = "procs model: N loops in threads instead of processes" },
+        BENCH_SERVE_METHOD(&o.method),
+        { .name = "--stats-file", .kind = BENCH_OPT_STR, .value = &o.stats_path, .metavar = "F",
+          .help = "procs model: per-loop accept and answer counts, mapped shared (bench_loop_stats)" },
         { .name = "--backend", .kind = BENCH_OPT_STR, .value = &o.backend, .metavar = "B",
           .help = "braid backend", .choices = "select|poll|epoll|uring|io_uring" },
         { .name = "--seconds", .kind = BENCH_OPT_INT, .value = &o.seconds, .metavar = "S",
@@ -547,8 +583,8 @@ static int serve(int argc, char **argv) {
     signal(SIGPIPE, SIG_IGN);
     if (!strcmp(o.model, "thread")) return serve_threads(&o, false);
     if (!strcmp(o.model, "pool")) return serve_threads(&o, true);
-    if (!strcmp(o.model, "procs")) return serve_procs(&o);
 #ifdef CS_HAVE_STREAM
+    if (!strcmp(o.model, "procs")) return serve_procs(&o);
     if (!strcmp(o.model, "stream")) return serve_stream(&o);
 #endif
     int lfd = cs_listen(o.port, o.backlog, false, true);
@@ -1247,8 +1283,8 @@ BENCH_EXPERIMENT(connscale,
               "epoll (and a second row on braid's io_uring backend) using braid's lowest layer, fd watchers "
               "(braid_watch: accept4 until EAGAIN, read, reply, close; a 20-byte state per connection); "
               CS_STREAM_METHOD
-              "braid-procs = one braid loop per core (braid_watch as in braid-loop) in as many processes, each with its own listener bound with "
-              "SO_REUSEPORT. Peers: epoll-raw = a minimal hand-written epoll program (bench/peers/epoll_raw.c, 17 "
+              "braid-procs = one braid loop per core in as many processes on braid_serve (method reuseport: a SO_REUSEPORT "
+              "listener each), serving braid-stream's protocol. Peers: epoll-raw = a minimal hand-written epoll program (bench/peers/epoll_raw.c, 17 "
               "bytes of state per fd, the floor); twisted = Twisted's epoll reactor running a Protocol "
               "(bench/peers/connscale_twisted.py, Debian's /usr/bin/python3). Every server: listen backlog 4096 "
               "(= net.core.somaxconn), TCP_NODELAY on accepted sockets, logging off, bound to 127.0.0.1, a fresh "

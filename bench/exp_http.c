@@ -3,8 +3,10 @@
  * the 13-byte body "Hello, World!" over keep-alive connections.
  *
  * Load: wrk -t1 (one client thread) at 16 and 256 connections. Servers:
- *   braid-1p / braid-2p   `braid-bench serve http` with 1 or 2 processes
- *                         sharing the port with SO_REUSEPORT;
+ *   braid-1p / braid-2p   `braid-bench serve http --processes 1|2`: 1 or 2
+ *                         loops in processes on braid_serve (braid/process.h),
+ *                         sharing the port with SO_REUSEPORT (the supervisor
+ *                         process idles; its CPU is counted);
  *   nginx-1w / nginx-2w   worker_processes 1 / 2, access_log off,
  *                         `return 200 "Hello, World!"`, non-daemon, temp prefix,
  *                         keepalive_requests raised so wrk never reconnects;
@@ -24,17 +26,17 @@
 #include <arpa/inet.h>
 #include <fcntl.h>
 #include <math.h>
+#include <errno.h>
 #include <netinet/in.h>
+#include <pthread.h>
 #include <signal.h>
-#include <spawn.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
-
-extern char **environ;
 
 /* ==== the braid server ===================================================================== */
 static braid_deferred *hello(braid_http_request *req, void *arg) {
@@ -43,7 +45,7 @@ static braid_deferred *hello(braid_http_request *req, void *arg) {
     return NULL;
 }
 
-static int serve_one(int port, const char *backend, double seconds, bool reuseport) {
+static int serve_one(int port, const char *backend, double seconds) {
     braid_loop *loop;
     braid_loop_options o = { .backend = (braid_backend)bench_backend(backend), .flags = BRAID_LOOP_STRICT_BACKEND };
     if (braid_loop_new(&o, &loop) < 0) {
@@ -54,7 +56,7 @@ static int serve_one(int port, const char *backend, double seconds, bool reusepo
     if (braid_http_server_new(loop, NULL, &s) < 0) return 1;
     braid_http_server_route(s, "GET", "/", 0, hello, NULL);
     char ep[96];
-    snprintf(ep, sizeof ep, "tcp:%d:interface=127.0.0.1:backlog=511%s", port, reuseport ? ":reuseport=1" : "");
+    snprintf(ep, sizeof ep, "tcp:%d:interface=127.0.0.1:backlog=511", port);
     braid_deferred *d = braid_http_server_listen(s, ep);
     braid_result r;
     if (braid_deferred_take(d, &r) < 0 || r.failure) {
@@ -69,49 +71,112 @@ static int serve_one(int port, const char *backend, double seconds, bool reusepo
     return 0;        /* the process exits; connections close with it */
 }
 
-static pid_t kids[64];
-static int nkids;
-static void on_term(int sig) {
-    (void)sig;
-    for (int i = 0; i < nkids; i++) kill(kids[i], SIGTERM);
-    _exit(0);
+/* N loops on braid_serve (threads or processes), one HTTP server per loop.
+ * With a stats file, each loop counts its accepts and requests there
+ * (bench_loop_stats: the smp experiment reads the balance between loops). */
+typedef struct http_multi {
+    braid_http_server *srv[BENCH_LOOP_STATS_MAX];
+    braid_factory counting[BENCH_LOOP_STATS_MAX];
+    bench_counting link[BENCH_LOOP_STATS_MAX];
+    bench_loop_stats *stats;
+} http_multi;
+
+static braid_deferred *hello_counted(braid_http_request *req, void *arg) {
+    __atomic_fetch_add((uint64_t *)arg, 1, __ATOMIC_RELAXED);
+    return hello(req, NULL);
 }
 
-/* braid-bench serve http --port P [--processes N] [--backend B] [--seconds S] */
+static braid_factory *multi_factory(braid_loop *loop, unsigned i, void *arg) {
+    http_multi *m = arg;
+    if (braid_http_server_new(loop, NULL, &m->srv[i]) < 0) return NULL;
+    if (!m->stats) {
+        braid_http_server_route(m->srv[i], "GET", "/", 0, hello, NULL);
+        return braid_http_server_factory(m->srv[i]);
+    }
+    braid_http_server_route(m->srv[i], "GET", "/", 0, hello_counted, &m->stats->loop[i].requests);
+    m->link[i] = (bench_counting){ braid_http_server_factory(m->srv[i]), &m->stats->loop[i].accepts };
+    bench_counting_factory_init(&m->counting[i], &m->link[i]);
+    return &m->counting[i];
+}
+
+static void multi_factory_done(braid_factory *f, unsigned i, void *arg) {
+    (void)f;
+    http_multi *m = arg;
+    braid_http_server_free(m->srv[i]);
+    m->srv[i] = NULL;
+}
+
+/* --seconds: a thread that sends the SIGTERM braid_serve stops on (it is
+ * started with SIGTERM and SIGINT blocked, as braid_serve asks of other
+ * threads). */
+static void *stop_later(void *arg) {
+    double secs = *(double *)arg;
+    struct timespec ts = { (time_t)secs, (long)((secs - (double)(time_t)secs) * 1e9) };
+    while (nanosleep(&ts, &ts) < 0 && errno == EINTR) {}
+    kill(getpid(), SIGTERM);
+    return NULL;
+}
+
+static int serve_multi(int port, const char *backend, double seconds, int loops, bool threads,
+                       const char *method, const char *stats_path) {
+    http_multi *m = calloc(1, sizeof *m);
+    if (!m) return 1;
+    if (stats_path && !(m->stats = bench_loop_stats_map(stats_path, true))) {
+        fprintf(stderr, "serve http: --stats-file %s: %s\n", stats_path, strerror(errno));
+        return 1;
+    }
+    char ep[96];
+    snprintf(ep, sizeof ep, "tcp:%d:interface=127.0.0.1:backlog=511", port);
+    braid_serve_options o = {
+        .loops = (unsigned)loops, .processes = !threads, .method = (braid_serve_method)bench_serve_method(method),
+        .backend = (braid_backend)bench_backend(backend), .drain_timeout = BRAID_SECONDS(1),
+        .factory = multi_factory, .factory_done = multi_factory_done, .arg = m,
+    };
+    static double secs;
+    secs = seconds;
+    if (seconds > 0) {
+        sigset_t set, old;
+        sigemptyset(&set);
+        sigaddset(&set, SIGTERM);
+        sigaddset(&set, SIGINT);
+        pthread_sigmask(SIG_BLOCK, &set, &old);
+        pthread_t t;
+        if (pthread_create(&t, NULL, stop_later, &secs) == 0) pthread_detach(t);
+        pthread_sigmask(SIG_SETMASK, &old, NULL);
+    }
+    int rc = braid_serve(ep, &o, NULL);
+    if (rc < 0) fprintf(stderr, "serve http: braid_serve %s: %s\n", ep, braid_strerror(rc));
+    bench_loop_stats_unmap(m->stats);
+    free(m);
+    return rc < 0 ? 1 : 0;
+}
+
+/* braid-bench serve http --port P [--processes N | --threads N] [--method M]
+ *                        [--stats-file F] [--backend B] [--seconds S] */
 static int serve(int argc, char **argv) {
-    int port = 0, procs = 1;
-    const char *backend = "epoll";
+    int port = 0, procs = 0, threads = 0;
+    const char *backend = "epoll", *method = "reuseport", *stats_path = NULL;
     double seconds = 0;
     const bench_opt opts[] = {
         BENCH_SERVE_PORT(&port),
         { .name = "--processes", .kind = BENCH_OPT_INT, .value = &procs, .metavar = "N",
-          .help = "processes, each with its own SO_REUSEPORT listener (max 64)" },
+          .help = "N loops in N processes on braid_serve (max 64; neither this nor --threads: one loop, no supervisor)" },
+        { .name = "--threads", .kind = BENCH_OPT_INT, .value = &threads, .metavar = "N",
+          .help = "N loops in N threads on braid_serve (max 64)" },
+        BENCH_SERVE_METHOD(&method),
+        { .name = "--stats-file", .kind = BENCH_OPT_STR, .value = &stats_path, .metavar = "F",
+          .help = "with --processes/--threads: per-loop accept and request counts, mapped shared (bench_loop_stats)" },
         BENCH_SERVE_BACKEND(&backend),
         BENCH_SERVE_SECONDS(&seconds),
         { 0 } };
     int rc;
     if (!bench_serve_args("http", argc, argv, opts, &rc)) return rc;
     if (port <= 0) { fprintf(stderr, "braid-bench serve http: --port %d: not a port\n", port); return 2; }
+    if (procs > 0 && threads > 0) { fprintf(stderr, "braid-bench serve http: --processes or --threads, not both\n"); return 2; }
     signal(SIGPIPE, SIG_IGN);
-    if (procs <= 1) return serve_one(port, backend, seconds, false);
-    if (procs > 64) procs = 64;
-    /* N processes, each with its own loop and its own SO_REUSEPORT listener */
-    for (int i = 0; i < procs; i++) {
-        pid_t p = fork();
-        if (p < 0) return 1;
-        if (p == 0) {
-            signal(SIGTERM, SIG_DFL);
-            _exit(serve_one(port, backend, seconds, true));
-        }
-        kids[nkids++] = p;
-    }
-    signal(SIGTERM, on_term);
-    signal(SIGINT, on_term);
-    int st;
-    rc = 0;
-    for (int i = 0; i < nkids; i++)
-        if (waitpid(kids[i], &st, 0) == kids[i] && (!WIFEXITED(st) || WEXITSTATUS(st))) rc = 1;
-    return rc;
+    if (procs <= 0 && threads <= 0) return serve_one(port, backend, seconds);
+    int loops = threads > 0 ? threads : procs;
+    return serve_multi(port, backend, seconds, loops > 64 ? 64 : loops, threads > 0, method, stats_path);
 }
 
 /* ==== peers ================================================================================ */
@@ -123,23 +188,6 @@ typedef struct srv {
     bool failed;
 } srv;
 
-static pid_t spawn_argv(char *const *argv) {
-    pid_t pid;
-    posix_spawn_file_actions_t fa;
-    posix_spawn_file_actions_init(&fa);
-    posix_spawn_file_actions_addopen(&fa, 1, "/dev/null", O_WRONLY, 0);
-    if (posix_spawnp(&pid, argv[0], &fa, NULL, argv, environ) != 0) pid = -1;
-    posix_spawn_file_actions_destroy(&fa);
-    return pid;
-}
-
-static const char *nginx_bin(void) {
-    static const char *cands[] = { "/usr/sbin/nginx", "/usr/local/sbin/nginx", "/usr/local/nginx/sbin/nginx" };
-    for (size_t i = 0; i < sizeof cands / sizeof cands[0]; i++)
-        if (access(cands[i], X_OK) == 0) return cands[i];
-    return bench_have_program("nginx") ? "nginx" : NULL;
-}
-
 static bool start_server(bench_ctx *ctx, srv *s) {
     char portbuf[16];
     s->port = bench_free_port();
@@ -147,28 +195,9 @@ static bool start_server(bench_ctx *ctx, srv *s) {
     if (!strncmp(s->name, "braid-", 6)) {
         char *argv[] = { (char *)ctx->self_exe, "serve", "http", "--port", portbuf, "--processes",
                          !strcmp(s->name, "braid-2p") ? "2" : "1", NULL };
-        s->pid = spawn_argv(argv);
+        s->pid = bench_spawn_quiet(argv);
     } else if (!strncmp(s->name, "nginx-", 6)) {
-        snprintf(s->dir, sizeof s->dir, "/tmp/braid-bench-nginx-XXXXXX");
-        if (!mkdtemp(s->dir)) return false;
-        char conf[256], text[2048];
-        snprintf(conf, sizeof conf, "%s/nginx.conf", s->dir);
-        snprintf(text, sizeof text,
-                 "worker_processes %d;\ndaemon off;\nerror_log %s/error.log;\npid %s/nginx.pid;\n"
-                 "events { worker_connections 4096; }\n"
-                 "http {\n  access_log off;\n  keepalive_requests 100000000;\n"
-                 "  client_body_temp_path %s/body;\n  proxy_temp_path %s/proxy;\n"
-                 "  fastcgi_temp_path %s/fcgi;\n  uwsgi_temp_path %s/uwsgi;\n  scgi_temp_path %s/scgi;\n"
-                 "  server {\n    listen 127.0.0.1:%d backlog=511;\n"
-                 "    location / { default_type text/plain; return 200 \"Hello, World!\"; }\n  }\n}\n",
-                 !strcmp(s->name, "nginx-2w") ? 2 : 1, s->dir, s->dir, s->dir, s->dir, s->dir, s->dir,
-                 s->dir, s->port);
-        FILE *f = fopen(conf, "w");
-        if (!f) return false;
-        fputs(text, f);
-        fclose(f);
-        char *argv[] = { (char *)nginx_bin(), "-p", s->dir, "-c", conf, NULL };
-        s->pid = spawn_argv(argv);
+        s->pid = bench_nginx_hello_start(!strcmp(s->name, "nginx-2w") ? 2 : 1, s->port, s->dir, sizeof s->dir);
     } else if (!strcmp(s->name, "epoll-min")) {
         char exe[1024];
         snprintf(exe, sizeof exe, "%s", ctx->self_exe);
@@ -176,12 +205,12 @@ static bool start_server(bench_ctx *ctx, srv *s) {
         snprintf(slash ? slash + 1 : exe, sizeof exe - (size_t)(slash ? slash + 1 - exe : 0),
                  "braid-bench-http-epoll");
         char *argv[] = { exe, portbuf, NULL };
-        s->pid = spawn_argv(argv);
+        s->pid = bench_spawn_quiet(argv);
     } else {
         char script[1024];
         snprintf(script, sizeof script, "%s/peers/http_twisted.py", ctx->data_dir);
         char *argv[] = { "/usr/bin/python3", script, portbuf, NULL };
-        s->pid = spawn_argv(argv);
+        s->pid = bench_spawn_quiet(argv);
     }
     if (s->pid < 0 || !bench_wait_accepting(s->pid, s->port)) {
         if (s->pid > 0) { kill(s->pid, SIGKILL); waitpid(s->pid, NULL, 0); }
@@ -191,73 +220,9 @@ static bool start_server(bench_ctx *ctx, srv *s) {
 }
 
 static void stop_server(srv *s) {
-    if (s->pid <= 0) return;
-    bench_stop_process(s->pid, !strncmp(s->name, "nginx-", 6) ? SIGQUIT : SIGTERM, 3.0);
+    if (!strncmp(s->name, "nginx-", 6)) bench_nginx_stop(s->pid, s->dir);   /* and its directory */
+    else if (s->pid > 0) bench_stop_process(s->pid, SIGTERM, 3.0);
     s->pid = -1;
-    if (s->dir[0]) {
-        char cmd[300];
-        snprintf(cmd, sizeof cmd, "rm -rf '%s'", s->dir);
-        if (system(cmd) != 0) {}
-        s->dir[0] = 0;
-    }
-}
-
-/* CPU of a server and its live children (nginx workers, braid's processes). */
-static double tree_cpu_us(pid_t pid) {
-    double sum = bench_cpu_us(pid);
-    if (!isfinite(sum)) return NAN;
-    char path[96];
-    snprintf(path, sizeof path, "/proc/%d/task/%d/children", pid, pid);
-    FILE *f = fopen(path, "r");
-    if (!f) return sum;
-    int c;
-    while (fscanf(f, "%d", &c) == 1) {
-        double x = bench_cpu_us(c);
-        if (isfinite(x)) sum += x;
-    }
-    fclose(f);
-    return sum;
-}
-
-/* ==== wrk =================================================================================== */
-typedef struct wrk_result { double rps, p50, p99, requests; bool ok; char errors[160]; } wrk_result;
-
-static double parse_lat_us(const char *s) {
-    char *end;
-    double v = strtod(s, &end);
-    if (end == s) return NAN;
-    if (!strncmp(end, "us", 2)) return v;
-    if (!strncmp(end, "ms", 2)) return v * 1e3;
-    if (!strncmp(end, "s", 1)) return v * 1e6;
-    return NAN;
-}
-
-static wrk_result run_wrk(int port, int conns, int seconds) {
-    wrk_result r = { NAN, NAN, NAN, 0, false, "" };
-    char cmd[256];
-    snprintf(cmd, sizeof cmd, "wrk -t1 -c%d -d%ds --latency http://127.0.0.1:%d/ 2>&1", conns, seconds, port);
-    FILE *p = popen(cmd, "r");
-    if (!p) return r;
-    char line[512];
-    bool errors = false;
-    while (fgets(line, sizeof line, p)) {
-        char *s = line;
-        while (*s == ' ' || *s == '\t') s++;
-        double v;
-        if (sscanf(s, "Requests/sec: %lf", &v) == 1) r.rps = v;
-        else if (!strncmp(s, "50%", 3)) r.p50 = parse_lat_us(s + 3 + strspn(s + 3, " \t"));
-        else if (!strncmp(s, "99%", 3)) r.p99 = parse_lat_us(s + 3 + strspn(s + 3, " \t"));
-        else if (strstr(s, "requests in ")) r.requests = strtod(s, NULL);
-        else if (strstr(s, "Non-2xx") || strstr(s, "Socket errors")) {
-            s[strcspn(s, "\n")] = 0;
-            size_t el = strlen(r.errors);
-            snprintf(r.errors + el, sizeof r.errors - el, "%s%s", el ? "; " : "", s);
-            if (strstr(s, "Non-2xx")) errors = true;     /* wrong answers fail the run */
-        }
-    }
-    pclose(p);
-    r.ok = isfinite(r.rps) && r.requests > 0 && !errors;
-    return r;
 }
 
 /* ==== the experiment ========================================================================== */
@@ -274,9 +239,9 @@ static void measure(bench_ctx *ctx, int i, int run, void *arg) {
     srv *s = &h->servers[i];
     h->rps[i][run] = h->p50[i][run] = h->p99[i][run] = h->cpu[i][run] = NAN;
     if (s->failed) return;
-    double c0 = tree_cpu_us(s->pid);
-    wrk_result r = run_wrk(s->port, h->conns, h->seconds);
-    double c1 = tree_cpu_us(s->pid);
+    double c0 = bench_tree_cpu_us(s->pid);
+    bench_wrk r = bench_wrk_run(s->port, h->conns, h->seconds, NULL);
+    double c1 = bench_tree_cpu_us(s->pid);
     if (!r.ok) {
         bench_note(ctx, "%s, %d conns: run %d failed (%s)", s->name, h->conns, run,
                    r.errors[0] ? r.errors : "no answers");
@@ -284,8 +249,8 @@ static void measure(bench_ctx *ctx, int i, int run, void *arg) {
     }
     if (r.errors[0]) bench_note(ctx, "%s, %d conns, run %d: wrk reported %s", s->name, h->conns, run, r.errors);
     h->rps[i][run] = r.rps;
-    h->p50[i][run] = r.p50;
-    h->p99[i][run] = r.p99;
+    h->p50[i][run] = r.p50_us;
+    h->p99[i][run] = r.p99_us;
     h->cpu[i][run] = (c1 - c0) / r.requests;
 }
 
@@ -300,7 +265,7 @@ static int run(bench_ctx *ctx) {
     const char *names[MAX_SRV];
     h->servers[h->nsrv++] = (srv){ .name = "braid-1p" };
     h->servers[h->nsrv++] = (srv){ .name = "braid-2p" };
-    if (nginx_bin()) {
+    if (bench_nginx_bin()) {
         h->servers[h->nsrv++] = (srv){ .name = "nginx-1w" };
         h->servers[h->nsrv++] = (srv){ .name = "nginx-2w" };
     } else {
@@ -323,7 +288,7 @@ static int run(bench_ctx *ctx) {
         h->conns = levels[k];
         if (ctx->full)                           /* warm-up (full mode only: quick stays short) */
             for (int i = 0; i < h->nsrv; i++)
-                if (!h->servers[i].failed) (void)run_wrk(h->servers[i].port, h->conns, 1);
+                if (!h->servers[i].failed) (void)bench_wrk_run(h->servers[i].port, h->conns, 1, NULL);
         char label[32];
         snprintf(label, sizeof label, "%d conns", h->conns);
         bench_alternate(ctx, label, h->nsrv, names, measure, h);

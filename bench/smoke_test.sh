@@ -55,6 +55,9 @@ for args in "http --bogus 1" "http --port x" "tls --port 5" "connscale --model n
         { echo "serve $args: exit $rc, want 2 and the usage"; cat "$out/serve.txt"; exit 1; }
 done
 
+# The multi-loop serve modes (braid_serve): answers, per-loop counts, stop.
+"$py" "$(dirname "$0")/serve_check.py" "$bench" "$out" || exit 1
+
 # A second run of nothing keeps the rows (report-only rebuild).
 "$bench" --report-only --out "$out" >/dev/null
 test "$(wc -l <"$out/results.jsonl")" -ge 1 || { echo "report-only lost rows"; exit 1; }
