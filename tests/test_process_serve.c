@@ -35,13 +35,10 @@ static void done(braid_factory *f, unsigned i, void *arg) {
 
 /* ---- the client (a thread) ---------------------------------------------------------------- */
 static atomic_int port_seen;
-static void on_listening(int port, void *arg) {
-    (void)arg;
-    atomic_store(&port_seen, port);
-}
-static int dial(void) {
+static atomic_int early_fd = -1;   /* mode 4: dialled before the children exist */
+static int dial_port(int port) {
     int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    struct sockaddr_in a = { .sin_family = AF_INET, .sin_port = htons((uint16_t)atomic_load(&port_seen)),
+    struct sockaddr_in a = { .sin_family = AF_INET, .sin_port = htons((uint16_t)port),
                              .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
     struct timeval tv = { 5, 0 };
     setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
@@ -50,6 +47,12 @@ static int dial(void) {
         return -1;
     }
     return fd;
+}
+static int dial(void) { return dial_port(atomic_load(&port_seen)); }
+static void on_listening(int port, void *arg) {
+    const int *mode = arg;
+    if (*mode == 4) atomic_store(&early_fd, dial_port(port));   /* before the client thread may go */
+    atomic_store(&port_seen, port);
 }
 /* Send msg, read the echo: 1 if it came back whole. */
 static int ping(int fd, const char *msg) {
@@ -69,7 +72,7 @@ static void wait_port(void) {
 }
 
 typedef struct client {
-    int mode;          /* 0 plain, 1 drain, 2 drain timeout, 3 crash */
+    int mode;          /* 0 plain, 1 drain, 2 drain timeout, 3 crash, 4 early connection */
     int nconn;
     atomic_int ok, refused_after_stop, eof_after_timeout;
 } client;
@@ -86,6 +89,11 @@ static void *client_main(void *arg) {
             }
             close(fd);
         }
+    }
+    if (c->mode == 4) {   /* the connection made before the fork: served, then closed */
+        int fd = atomic_load(&early_fd);
+        if (fd >= 0 && ping(fd, "early")) atomic_fetch_add(&c->ok, 1);
+        if (fd >= 0) close(fd);
     }
     for (int i = 0; i < c->nconn; i++) {
         int fd = -1;
@@ -129,27 +137,8 @@ static uint64_t now_ms(void) {
     return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
 }
 
-#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
-#define BT_SANITIZED 1
-#elif defined(__has_feature)
-#if __has_feature(address_sanitizer) || __has_feature(thread_sanitizer)
-#define BT_SANITIZED 1
-#endif
-#endif
-
 static void run_case(braid_serve_method m, bool processes, int mode, uint64_t drain_ns, struct braid_serve_stats *st,
                      client *c, uint64_t *ms) {
-#ifdef BT_SANITIZED
-    /* Known defect (docs/process.md, Status): in a sanitizer build, a forked
-     * child's loop sometimes does not return after SIGTERM although its
-     * listener is closed and no connection is open — it waits until the
-     * drain time or the supervisor's SIGKILL. Seen under ASan on io_uring
-     * (about 1 run in 5) and once under TSan on select; plain builds 20 of 20.
-     * The process cases skip in sanitizer builds, saying why, until it is
-     * found; the plain build runs them on every backend. */
-    if (processes)
-        bt_skip("known defect: in sanitizer builds a child process's loop sometimes does not finish its drain");
-#endif
     atomic_store(&port_seen, 0);
     sigset_t set;
     sigemptyset(&set);
@@ -161,7 +150,8 @@ static void run_case(braid_serve_method m, bool processes, int mode, uint64_t dr
     pthread_t t;
     BT_EQ(pthread_create(&t, NULL, client_main, c), 0);
     braid_serve_options o = { .loops = 2, .processes = processes, .method = m, .drain_timeout = drain_ns,
-                              .factory = make, .factory_done = done, .on_listening = on_listening };
+                              .factory = make, .factory_done = done, .on_listening = on_listening,
+                              .arg = &c->mode };
     uint64_t t0 = now_ms();
     int rc = braid_serve("tcp:0:interface=127.0.0.1", &o, st);
     *ms = now_ms() - t0;
@@ -214,8 +204,8 @@ static void drains(braid_serve_method m, bool processes) {
 }
 BT_IO_TEST(serve_drain_threads) { drains(BRAID_SERVE_REUSEPORT, false); }
 BT_IO_TEST(serve_drain_processes) { drains(BRAID_SERVE_EXCLUSIVE, true); }
-/* Not yet: with the acceptor in processes, a connection open at the stop is
- * not served during the drain (docs/process.md, Status). */
+BT_IO_TEST(serve_drain_acceptor_processes) { drains(BRAID_SERVE_ACCEPTOR, true); }
+BT_IO_TEST(serve_drain_acceptor_threads) { drains(BRAID_SERVE_ACCEPTOR, false); }
 
 /* A connection the client never closes is shut down when the drain time
  * ends, and the run ends then. */
@@ -252,3 +242,24 @@ BT_TEST(serve_bad_endpoint) {
     BT_EQ(braid_serve("tcp:notaport", &o, NULL), BRAID_EBAD_ENDPOINT);
     BT_EQ(braid_serve("unix:/tmp/x", &o, NULL), BRAID_ENOSYS);
 }
+
+/* A connection the test's thread opened before the children were forked
+ * (dialled from on_listening): fork copies its descriptor into every
+ * child, and a child holding that copy keeps the connection open after
+ * the client closes it, so the child serving it would wait out the whole
+ * drain time for an end of file. The children drop the close-on-exec
+ * descriptors they did not get from braid_serve: the run ends as soon as
+ * the client has closed it and SIGTERM came, far before the drain time. */
+static void early_connection(braid_serve_method m) {
+    client c = { .nconn = 0 };
+    struct braid_serve_stats st;
+    uint64_t ms;
+    atomic_store(&early_fd, -1);
+    run_case(m, true, 4, BRAID_SECONDS(20), &st, &c, &ms);
+    BT_EQ(atomic_load(&c.ok), 1);
+    BT_UEQ(st.total, 1);
+    BT_LT(ms, 10000);
+}
+BT_IO_TEST(serve_early_connection_reuseport) { early_connection(BRAID_SERVE_REUSEPORT); }
+BT_IO_TEST(serve_early_connection_exclusive) { early_connection(BRAID_SERVE_EXCLUSIVE); }
+BT_IO_TEST(serve_early_connection_acceptor) { early_connection(BRAID_SERVE_ACCEPTOR); }

@@ -13,6 +13,8 @@
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <arpa/inet.h>
+#include <dirent.h>
+#include <stdlib.h>
 #include <fcntl.h>
 #include <pthread.h>
 #include <signal.h>
@@ -322,6 +324,47 @@ static void post_drain_all(serve_run *r) {
     pthread_mutex_unlock(&serve_lock);
 }
 
+/* Processes, in a new child: every descriptor the child did not get from
+ * braid_serve and that is close-on-exec (another thread's connection, the
+ * supervisor's loop and hand-off sockets, a library's socket) is what its
+ * owner meant never to reach a child; fork copies it anyway. A copy held
+ * by the child keeps that file open: a connection the parent's thread
+ * closed never ends for its peer — one of this child's own connections,
+ * whose drain then waits for an end of file that cannot come. Each is
+ * replaced by /dev/null opened read-only rather than closed, so its number
+ * stays taken (a library still holding it can never write into a socket
+ * that reused the number: a write fails with EBADF). Descriptors without
+ * close-on-exec are inherited as fork inherits them.
+ * LINUX-ONLY where /proc/self/fd lists them (/dev/fd elsewhere; without
+ * either, the first 1024 numbers are checked). */
+static void child_drop_fds(const int *keep, int nkeep) {
+    int null_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
+    if (null_fd < 0) return;
+    DIR *d = opendir("/proc/self/fd");
+    if (!d) d = opendir("/dev/fd");
+    int dir_fd = d ? dirfd(d) : -1;
+    struct dirent *e;
+    for (int probe = 3;;) {
+        int fd;
+        if (d) {
+            if (!(e = readdir(d))) break;
+            if (e->d_name[0] < '0' || e->d_name[0] > '9') continue;
+            fd = atoi(e->d_name);
+        } else {
+            if (probe >= 1024) break;
+            fd = probe++;
+        }
+        if (fd < 3 || fd == null_fd || fd == dir_fd) continue;
+        bool kept = false;
+        for (int i = 0; i < nkeep; i++) kept |= keep[i] == fd;
+        int fl = fcntl(fd, F_GETFD);
+        if (kept || fl < 0 || !(fl & FD_CLOEXEC)) continue;
+        (void)dup3(null_fd, fd, O_CLOEXEC);
+    }
+    if (d) closedir(d);
+    close(null_fd);
+}
+
 /* Processes: fork slot s's child. */
 static int fork_child(serve_run *r, serve_slot *s) {
     int pair[2] = { -1, -1 };
@@ -335,18 +378,15 @@ static int fork_child(serve_run *r, serve_slot *s) {
         return e;
     }
     if (pid == 0) {
-        /* The child: nothing of the supervisor's loop is touched, its
-         * descriptors are closed; a loop of its own serves slot s. */
-        if (r->sup) close(braid_loop_backend_fd(r->sup));
-        for (int i = 0; i < r->nfds; i++)
-            if (r->fds[i] != s->listen_fd) close(r->fds[i]);
-        for (unsigned i = 0; i < r->n; i++)
-            if (r->slots[i].parent_hand_fd >= 0) close(r->slots[i].parent_hand_fd);
-        close(r->stats_pipe[0]);
-        if (pair[0] >= 0) {
-            close(pair[0]);
-            s->hand_fd = pair[1];
-        }
+        /* The child: nothing of the supervisor's is touched; of its
+         * descriptors the child keeps its listener (none with the
+         * acceptor: connections come over the hand-off socket), its end
+         * of the hand-off socket and the stats pipe. A loop of its own
+         * serves slot s. */
+        if (r->o.method == BRAID_SERVE_ACCEPTOR) s->listen_fd = -1;
+        if (pair[0] >= 0) s->hand_fd = pair[1];
+        int keep[3] = { s->listen_fd, s->hand_fd, r->stats_pipe[1] };
+        child_drop_fds(keep, 3);
         s->accepted = 0;
         int rc = slot_serve(s);
         uint64_t rep[2] = { s->index, s->accepted };
