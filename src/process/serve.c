@@ -34,8 +34,10 @@ typedef struct serve_slot {
     unsigned index;
     int listen_fd;                 /* its listening socket (borrowed from the run) */
     int hand_fd;                   /* acceptor + processes: the child's end of the hand-off pair */
+    int hand_sock;                 /* ... in the child, its number (acknowledgements are sent on it) */
     int parent_hand_fd;            /* ... and the supervisor's */
-    braid_transport *hand;         /* supervisor side of it, as a transport */
+    braid_transport *hand;         /* supervisor side of it, as a transport (the child: its side) */
+    struct sup_hand *sup_hand;     /* the supervisor: hand's protocol */
     pthread_t thread;
     bool thread_started;
     pid_t pid;
@@ -130,21 +132,44 @@ static void adopt_conn(serve_slot *s, int fd) {
     s->accepted++;
 }
 
-/* Processes + ACCEPTOR: connections arrive over the hand-off socket. */
+/* Processes + ACCEPTOR: connections arrive over the hand-off socket, each
+ * one byte with its descriptor attached. The child answers on the same
+ * socket, one byte per message:
+ *   HAND_ACK    "I hold the next connection you handed me" — sent before
+ *               the child adopts it, so before it can have read any of its
+ *               bytes. The supervisor keeps its own copy of every handed
+ *               connection until it is acknowledged; the copies still
+ *               unacknowledged when the hand-off socket ends (the child
+ *               died with them in its socket buffer, unread) are handed
+ *               to another child instead of being lost.
+ *   HAND_DRAIN  "hand me nothing more": the child is draining. The
+ *               supervisor shuts its side's writing; the child serves what
+ *               it received before that end of file, then closes. */
+#define HAND_ACK 'a'
+#define HAND_DRAIN 'd'
+static bool hand_say(serve_slot *s, char what) {
+    /* Straight to the socket, not through the transport's buffer: the
+     * acknowledgement must have left before the connection is read. Only
+     * these bytes are ever written on it, so nothing is overtaken. */
+    return s->hand_sock >= 0 && send(s->hand_sock, &what, 1, MSG_DONTWAIT | MSG_NOSIGNAL) == 1;
+}
 typedef struct hand_proto {
     braid_protocol base;
     serve_slot *slot;
 } hand_proto;
 static void hand_fds(braid_protocol *p, const int *fds, int n) {
     hand_proto *h = (hand_proto *)p;
+    /* Served even while draining: the supervisor handed it before the stop. */
     for (int i = 0; i < n; i++) {
-        if (h->slot->draining) close(fds[i]);
-        else adopt_conn(h->slot, fds[i]);
+        if (hand_say(h->slot, HAND_ACK)) adopt_conn(h->slot, fds[i]);
+        else close(fds[i]);   /* not acknowledged: the supervisor's copy goes to another child */
     }
 }
 static void hand_lost(braid_protocol *p, const braid_failure *why) {
     (void)why;
-    ((hand_proto *)p)->slot->hand = NULL;
+    serve_slot *s = ((hand_proto *)p)->slot;
+    s->hand = NULL;
+    s->hand_sock = -1;
 }
 static void hand_destroy(braid_protocol *p) { braid_free(p); }
 static const braid_protocol_ops hand_ops = { .fds_received = hand_fds, .connection_lost = hand_lost,
@@ -176,7 +201,8 @@ static void begin_drain(void *arg) {
         braid_listener_close(s->listener);
         s->listener = NULL;
     }
-    if (s->hand) braid_transport_close(s->hand, BRAID_FOREVER);
+    if (s->hand && (!s->run->o.processes || !hand_say(s, HAND_DRAIN)))
+        braid_transport_close(s->hand, BRAID_FOREVER);
     if (s->sigs) {   /* they would keep the loop running */
         braid_signal_stop(&s->sigterm);
         braid_signal_stop(&s->sigint);
@@ -221,6 +247,7 @@ static int slot_serve(serve_slot *s) {
             s->hand_fd = -1;
             if ((rc = braid_transport_adopt(s->loop, fd, &h->base)) < 0) goto out;
             s->hand = h->base.transport;
+            s->hand_sock = fd;
         }
     } else {
         int fd = fcntl(s->listen_fd, F_DUPFD_CLOEXEC, 0);
@@ -263,17 +290,84 @@ static void handed_run(void *arg) {
     braid_free(h);
 }
 
-/* Supervisor's side of a process's hand-off socket. */
+/* Supervisor's side of a process's hand-off socket: the copies of the
+ * connections handed over it and not yet acknowledged, oldest first. */
+#define SERVE_UNACKED 256
 typedef struct sup_hand {
     braid_protocol base;
     serve_slot *slot;
+    bool no_more;                  /* the child is draining, or we stop */
+    unsigned head, count;
+    int unacked[SERVE_UNACKED];
 } sup_hand;
+
+/* Hand fd (the supervisor's copy) to the next loop that takes it,
+ * round-robin; false if none could. */
+static bool hand_out(serve_run *r, int fd) {
+    for (unsigned t = 0; t < r->n; t++) {
+        serve_slot *s = &r->slots[r->next++ % r->n];
+        if (r->o.processes) {
+            sup_hand *h = s->hand ? s->sup_hand : NULL;
+            if (!h || h->no_more || h->count == SERVE_UNACKED) continue;
+            if (braid_transport_send_fds(s->hand, &fd, 1, "c", 1) < 0) continue;
+            h->unacked[(h->head + h->count++) % SERVE_UNACKED] = fd;   /* kept until acknowledged */
+            return true;
+        }
+        bool handed = false;
+        pthread_mutex_lock(&serve_lock);
+        if (s->live) {
+            handed_conn *hc = braid_malloc(sizeof *hc);
+            if (hc) {
+                *hc = (handed_conn){ s, fd };
+                if (braid_loop_post(s->loop, handed_run, hc) == 0) handed = true;
+                else braid_free(hc);
+            }
+        }
+        pthread_mutex_unlock(&serve_lock);
+        if (handed) return true;   /* the slot's now */
+    }
+    return false;
+}
+
+static void sup_hand_stop(sup_hand *h) {
+    if (h->no_more) return;
+    h->no_more = true;
+    (void)braid_transport_shutdown_write(h->base.transport);   /* the child reads to this end */
+}
+static void sup_hand_data(braid_protocol *p, const void *buf, size_t len) {
+    sup_hand *h = (sup_hand *)p;
+    const char *b = buf;
+    for (size_t i = 0; i < len; i++) {
+        if (b[i] == HAND_ACK && h->count) {
+            close(h->unacked[h->head]);   /* the child holds it */
+            h->head = (h->head + 1) % SERVE_UNACKED;
+            h->count--;
+        } else if (b[i] == HAND_DRAIN) {
+            sup_hand_stop(h);
+        }
+    }
+}
 static void sup_hand_lost(braid_protocol *p, const braid_failure *why) {
     (void)why;
     sup_hand *h = (sup_hand *)p;
-    if (h->slot->hand == p->transport) h->slot->hand = NULL;
+    serve_run *r = h->slot->run;
+    if (h->slot->hand == p->transport) {
+        h->slot->hand = NULL;
+        h->slot->sup_hand = NULL;
+    }
+    h->no_more = true;
+    /* The child ended with these in its socket buffer, never read: hand
+     * them to another child (a restarted one included). */
+    if (h->count)
+        braid__log(r->sup, BRAID_LOG_WARN, "serve: loop %u ended holding %u connections it had not taken; %s",
+                   h->slot->index, h->count, r->stopping ? "closing them" : "handing them to the others");
+    for (; h->count; h->count--, h->head = (h->head + 1) % SERVE_UNACKED) {
+        int fd = h->unacked[h->head];
+        if (r->stopping || !hand_out(r, fd)) close(fd);
+    }
 }
-static const braid_protocol_ops sup_hand_ops = { .connection_lost = sup_hand_lost, .destroy = hand_destroy };
+static const braid_protocol_ops sup_hand_ops = { .data_received = sup_hand_data,
+                                                 .connection_lost = sup_hand_lost, .destroy = hand_destroy };
 
 /* ACCEPTOR: accept in the supervisor and hand out round-robin. */
 static void on_acceptor(braid_watch *w, unsigned ev, void *arg) {
@@ -282,27 +376,8 @@ static void on_acceptor(braid_watch *w, unsigned ev, void *arg) {
     for (int k = 0; k < 64; k++) {
         int fd = accept4(r->fds[0], NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
         if (fd < 0) return;   /* EAGAIN, or an error for that connection */
-        bool handed = false;
-        for (unsigned t = 0; t < r->n && !handed; t++) {
-            serve_slot *s = &r->slots[r->next++ % r->n];
-            if (r->o.processes) {
-                if (s->hand && braid_transport_send_fds(s->hand, &fd, 1, "c", 1) == 0) handed = true;
-            } else {
-                pthread_mutex_lock(&serve_lock);
-                if (s->live) {
-                    handed_conn *h = braid_malloc(sizeof *h);
-                    if (h) {
-                        *h = (handed_conn){ s, fd };
-                        if (braid_loop_post(s->loop, handed_run, h) == 0) handed = true;
-                        else braid_free(h);
-                    }
-                }
-                pthread_mutex_unlock(&serve_lock);
-                if (handed) fd = -1;   /* the slot's now */
-            }
-        }
-        if (fd >= 0) close(fd);   /* processes: sent a duplicate; or nobody could take it */
-        if (handed) r->handed++;
+        if (hand_out(r, fd)) r->handed++;
+        else close(fd);       /* nobody could take it */
     }
 }
 
@@ -384,6 +459,8 @@ static int fork_child(serve_run *r, serve_slot *s) {
          * of the hand-off socket and the stats pipe. A loop of its own
          * serves slot s. */
         if (r->o.method == BRAID_SERVE_ACCEPTOR) s->listen_fd = -1;
+        s->hand = NULL;       /* the supervisor's, in this copy of its memory */
+        s->sup_hand = NULL;
         if (pair[0] >= 0) s->hand_fd = pair[1];
         int keep[3] = { s->listen_fd, s->hand_fd, r->stats_pipe[1] };
         child_drop_fds(keep, 3);
@@ -403,7 +480,10 @@ static int fork_child(serve_run *r, serve_slot *s) {
             if (h) {
                 h->base.ops = &sup_hand_ops;
                 h->slot = s;
-                if (braid_transport_adopt(r->sup, pair[0], &h->base) == 0) s->hand = h->base.transport;
+                if (braid_transport_adopt(r->sup, pair[0], &h->base) == 0) {
+                    s->hand = h->base.transport;
+                    s->sup_hand = h;
+                }
             } else {
                 close(pair[0]);
             }
@@ -466,8 +546,10 @@ static void on_sup_stop(braid_signal *sig, int signo, void *arg) {
     for (int i = 0; i < r->nfds; i++) close(r->fds[i]);
     r->nfds = 0;
     if (r->o.processes) {
-        for (unsigned i = 0; i < r->n; i++)
+        for (unsigned i = 0; i < r->n; i++) {
+            if (r->slots[i].sup_hand) sup_hand_stop(r->slots[i].sup_hand);
             if (r->slots[i].pid > 0) kill(r->slots[i].pid, SIGTERM);
+        }
         braid_timer_start(&r->grace_timer, r->o.drain_timeout + BRAID_SECONDS(1));
     } else {
         post_drain_all(r);
@@ -486,7 +568,8 @@ int braid_serve(const char *endpoint, const braid_serve_options *opts, struct br
     if (r->n > SERVE_MAX_LOOPS) r->n = SERVE_MAX_LOOPS;
     r->stats_pipe[0] = r->stats_pipe[1] = -1;
     for (unsigned i = 0; i < r->n; i++)
-        r->slots[i] = (serve_slot){ .run = r, .index = i, .listen_fd = -1, .hand_fd = -1, .parent_hand_fd = -1 };
+        r->slots[i] = (serve_slot){ .run = r, .index = i, .listen_fd = -1, .hand_fd = -1, .hand_sock = -1,
+                                  .parent_hand_fd = -1 };
     int rc = braid_endpoint_parse_server(endpoint, &r->ep, NULL, 0);
     if (rc < 0) goto out_free;
     if (r->ep.kind == BRAID_ENDPOINT_UNIX) { rc = BRAID_ENOSYS; goto out_free; }
@@ -532,6 +615,7 @@ int braid_serve(const char *endpoint, const braid_serve_options *opts, struct br
         s->parent_hand_fd = -1;
         if ((rc = braid_transport_adopt(r->sup, fd, &h->base)) < 0) goto out_loop;
         s->hand = h->base.transport;
+        s->sup_hand = h;
     }
     braid_signal sterm, sint, schld;
     braid_timer_init(r->sup, &r->grace_timer, grace_expired, r);
