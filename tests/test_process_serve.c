@@ -188,6 +188,9 @@ static void run_case(braid_serve_method m, bool processes, int mode, uint64_t dr
     BT_EQ(st->loops, 2);
     uint64_t sum = st->accepted[0] + st->accepted[1];
     BT_UEQ(sum, st->total);
+    /* Every child ended its drain itself: none was SIGKILLed (and its
+     * count lost) at drain_timeout + 1 s. */
+    BT_UEQ(st->killed, 0);
 }
 
 static void serves_all(braid_serve_method m, bool processes) {
@@ -236,14 +239,20 @@ BT_IO_TEST(serve_drain_acceptor_processes) { drains(BRAID_SERVE_ACCEPTOR, true);
 BT_IO_TEST(serve_drain_acceptor_threads) { drains(BRAID_SERVE_ACCEPTOR, false); }
 
 /* A connection the client never closes is shut down when the drain time
- * ends, and the run ends then. */
+ * ends, and the run ends then: well before the client's own 5 s read
+ * timeout would close it, and (processes) before the supervisor's SIGKILL
+ * at the drain time + 1 s, which would lose the child's count. */
 static void drain_bounded(bool processes) {
+    if (!processes && !strcmp(bt_backend(), "uring"))
+        bt_skip("known gap (docs/process.md, Status): a loop thread cannot find its connections on io_uring "
+                "completions to shut them down when the drain time ends");
     client c = { .nconn = 0 };
     struct braid_serve_stats st;
     uint64_t ms;
     run_case(BRAID_SERVE_REUSEPORT, processes, 2, BRAID_MSEC(200), &st, &c, &ms);
     BT_EQ(atomic_load(&c.eof_after_timeout), 1);
-    BT_LT(ms, 10000);
+    BT_UGE(st.total, 1);
+    BT_LT(ms, 4000);
 }
 BT_IO_TEST(serve_drain_bounded_threads) { drain_bounded(false); }
 BT_IO_TEST(serve_drain_bounded_processes) { drain_bounded(true); }
@@ -308,4 +317,5 @@ BT_IO_TEST(serve_acceptor_rehands_unread) {
     }
     BT_EQ(atomic_load(&c.ok), 3);
     BT_UEQ(st.total, 3);   /* c1, c2, c3 by the living children (X's count died with it) */
+    BT_UEQ(st.rehanded, 1);
 }

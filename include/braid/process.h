@@ -418,6 +418,10 @@ struct braid_serve_stats {
     uint64_t accepted[64];         /* connections each loop accepted (balance) */
     uint64_t total;
     uint64_t restarts;             /* child processes started again */
+    uint64_t killed;               /* children SIGKILLed for not ending by drain_timeout + 1 s
+                                    * (their counts are missing from accepted) */
+    uint64_t rehanded;             /* ACCEPTOR + processes: connections a child ended without
+                                    * taking (unread in its hand-off socket), handed to another */
 };
 
 /* Serve endpoint ("tcp:PORT[:interface=ADDR][:backlog=N]", tcp6 too; Unix

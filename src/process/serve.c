@@ -63,9 +63,10 @@ struct serve_run {
     braid_loop *sup;               /* the supervisor's loop */
     braid_watch accept_watch;      /* ACCEPTOR */
     unsigned next;                 /* ACCEPTOR: round-robin */
+    int port;                      /* the served port */
     bool stopping;
     unsigned alive;                /* threads or children running */
-    uint64_t restarts, handed;
+    uint64_t restarts, handed, killed, rehanded;
     braid_timer grace_timer;
 };
 
@@ -107,7 +108,8 @@ static int bound_port(int fd) {
     socklen_t len = sizeof ss;
     if (getsockname(fd, (struct sockaddr *)&ss, &len) < 0) return -errno;
     if (ss.ss_family == AF_INET6) return ntohs(((struct sockaddr_in6 *)&ss)->sin6_port);
-    return ntohs(((struct sockaddr_in *)&ss)->sin_port);
+    if (ss.ss_family == AF_INET) return ntohs(((struct sockaddr_in *)&ss)->sin_port);
+    return BRAID_EINVAL;   /* not a TCP/IP socket */
 }
 
 /* Threads: the supervisor posts to a slot's loop only while it is live. */
@@ -175,19 +177,37 @@ static void hand_destroy(braid_protocol *p) { braid_free(p); }
 static const braid_protocol_ops hand_ops = { .fds_received = hand_fds, .connection_lost = hand_lost,
                                              .destroy = hand_destroy };
 
-/* After the drain time: shut down every socket still open so each
- * transport sees its end, then let the loop close them. */
+/* After the drain time: shut down every connection still open so each
+ * transport sees its end, then let the loop close them. A child process
+ * looks through its descriptor table for the TCP connections on the served
+ * port (a transport on io_uring completions is in no watch list) — never
+ * another socket, which may be shared with the parent — and its hand-off
+ * socket. A thread can only shut down what its loop watches (see
+ * docs/process.md, Status). */
 static void drain_expired(braid_timer *t, void *arg) {
     (void)t;
     serve_slot *s = arg;
+    int type;
+    socklen_t len = sizeof type;
+    if (s->run->o.processes) {
+        DIR *d = opendir("/proc/self/fd");
+        if (!d) d = opendir("/dev/fd");
+        if (d) {
+            struct dirent *e;
+            while ((e = readdir(d))) {
+                int fd = atoi(e->d_name);
+                if (fd > 2 && fd != dirfd(d) && (fd == s->hand_sock || bound_port(fd) == s->run->port))
+                    shutdown(fd, SHUT_RDWR);
+            }
+            closedir(d);
+            return;
+        }
+    }
     braid_loop_fd fds[256];
     size_t n = braid_loop_watched_fds(s->loop, 256, fds);
     if (n > 256) n = 256;
-    for (size_t i = 0; i < n; i++) {
-        int type;
-        socklen_t len = sizeof type;
+    for (size_t i = 0; i < n; i++)
         if (getsockopt(fds[i].fd, SOL_SOCKET, SO_TYPE, &type, &len) == 0) shutdown(fds[i].fd, SHUT_RDWR);
-    }
 }
 
 /* Stop accepting; the loop's run returns once the connections have closed
@@ -364,6 +384,7 @@ static void sup_hand_lost(braid_protocol *p, const braid_failure *why) {
     for (; h->count; h->count--, h->head = (h->head + 1) % SERVE_UNACKED) {
         int fd = h->unacked[h->head];
         if (r->stopping || !hand_out(r, fd)) close(fd);
+        else r->rehanded++;
     }
 }
 static const braid_protocol_ops sup_hand_ops = { .data_received = sup_hand_data,
@@ -533,7 +554,10 @@ static void grace_expired(braid_timer *t, void *arg) {
     (void)t;
     serve_run *r = arg;
     for (unsigned i = 0; i < r->n; i++)
-        if (r->slots[i].pid > 0) kill(r->slots[i].pid, SIGKILL);
+        if (r->slots[i].pid > 0 && kill(r->slots[i].pid, SIGKILL) == 0) {
+            braid__log(r->sup, BRAID_LOG_WARN, "serve: loop %u (process) did not finish its drain; killed", i);
+            r->killed++;
+        }
 }
 
 static void on_sup_stop(braid_signal *sig, int signo, void *arg) {
@@ -593,6 +617,7 @@ int braid_serve(const char *endpoint, const braid_serve_options *opts, struct br
         if (port == 0 && (port = bound_port(fd)) < 0) { rc = port; goto out_fds; }
     }
     for (unsigned i = 0; i < r->n; i++) r->slots[i].listen_fd = r->fds[reuseport ? i : 0];
+    r->port = port;
     if (r->o.on_listening) r->o.on_listening(port, r->o.arg);
 
     if (r->o.processes) {
@@ -653,9 +678,14 @@ int braid_serve(const char *endpoint, const braid_serve_options *opts, struct br
     braid_signal_stop(&sint);
     if (r->o.processes) braid_signal_stop(&schld);
     for (unsigned i = 0; i < r->n; i++)
-        if (r->slots[i].hand) braid_transport_close(r->slots[i].hand, BRAID_FOREVER);
+        if (r->slots[i].hand) braid_transport_abort(r->slots[i].hand);   /* its child is gone */
 out_loop:
-    for (int i = 0; i < 100 && braid_loop_free(r->sup) < 0; i++) braid_loop_run_once(r->sup, BRAID_LOOP_RUN_NOWAIT);
+    /* Closing takes a few iterations (on io_uring, until the cancelled
+     * operations' completions came back): bounded, as slot_serve's. */
+    for (int i = 0; i < 100 && braid_loop_free(r->sup) < 0; i++) {
+        braid_loop_run_once(r->sup, BRAID_LOOP_RUN_NOWAIT);
+        usleep(1000);
+    }
 out_kill:
     for (unsigned i = 0; i < r->n; i++) {
         serve_slot *s = &r->slots[i];
@@ -675,6 +705,8 @@ out_fds:
     if (out) {
         out->loops = r->n;
         out->restarts = r->restarts;
+        out->killed = r->killed;
+        out->rehanded = r->rehanded;
         for (unsigned i = 0; i < r->n; i++) {
             out->accepted[i] = r->slots[i].accepted;
             out->total += r->slots[i].accepted;
