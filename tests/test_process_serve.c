@@ -243,9 +243,6 @@ BT_IO_TEST(serve_drain_acceptor_threads) { drains(BRAID_SERVE_ACCEPTOR, false); 
  * timeout would close it, and (processes) before the supervisor's SIGKILL
  * at the drain time + 1 s, which would lose the child's count. */
 static void drain_bounded(bool processes) {
-    if (!processes && !strcmp(bt_backend(), "uring"))
-        bt_skip("known gap (docs/process.md, Status): a loop thread cannot find its connections on io_uring "
-                "completions to shut them down when the drain time ends");
     client c = { .nconn = 0 };
     struct braid_serve_stats st;
     uint64_t ms;

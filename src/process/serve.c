@@ -178,36 +178,43 @@ static const braid_protocol_ops hand_ops = { .fds_received = hand_fds, .connecti
                                              .destroy = hand_destroy };
 
 /* After the drain time: shut down every connection still open so each
- * transport sees its end, then let the loop close them. A child process
- * looks through its descriptor table for the TCP connections on the served
- * port (a transport on io_uring completions is in no watch list) — never
- * another socket, which may be shared with the parent — and its hand-off
- * socket. A thread can only shut down what its loop watches (see
- * docs/process.md, Status). */
+ * transport sees its end, then let the loop close them. The connections
+ * are found in the process's descriptor table — a TCP transport on
+ * io_uring completions is in no watch list — as the connected TCP sockets
+ * whose local port is the served one (never a listener, never another
+ * socket, which may be shared with the parent). Each is checked and shut
+ * down through a duplicate made first, so a number another thread closes
+ * and reuses meanwhile is never mistaken for it. In threads mode every
+ * loop's drain ends at the same time and the first to get there shuts down
+ * the others' connections too. A child also shuts down its hand-off
+ * socket. */
 static void drain_expired(braid_timer *t, void *arg) {
     (void)t;
     serve_slot *s = arg;
-    int type;
-    socklen_t len = sizeof type;
-    if (s->run->o.processes) {
-        DIR *d = opendir("/proc/self/fd");
-        if (!d) d = opendir("/dev/fd");
-        if (d) {
-            struct dirent *e;
-            while ((e = readdir(d))) {
-                int fd = atoi(e->d_name);
-                if (fd > 2 && fd != dirfd(d) && (fd == s->hand_sock || bound_port(fd) == s->run->port))
-                    shutdown(fd, SHUT_RDWR);
-            }
-            closedir(d);
-            return;
-        }
+    if (s->hand_sock >= 0) shutdown(s->hand_sock, SHUT_RDWR);
+    DIR *d = opendir("/proc/self/fd");
+    if (!d) d = opendir("/dev/fd");
+    if (!d) {   /* then only what the loop watches (not transports on completions) */
+        braid_loop_fd fds[256];
+        size_t n = braid_loop_watched_fds(s->loop, 256, fds);
+        for (size_t i = 0; i < n && i < 256; i++)
+            if (bound_port(fds[i].fd) == s->run->port) shutdown(fds[i].fd, SHUT_RDWR);
+        return;
     }
-    braid_loop_fd fds[256];
-    size_t n = braid_loop_watched_fds(s->loop, 256, fds);
-    if (n > 256) n = 256;
-    for (size_t i = 0; i < n; i++)
-        if (getsockopt(fds[i].fd, SOL_SOCKET, SO_TYPE, &type, &len) == 0) shutdown(fds[i].fd, SHUT_RDWR);
+    struct dirent *e;
+    while ((e = readdir(d))) {
+        if (e->d_name[0] < '0' || e->d_name[0] > '9') continue;
+        int fd = atoi(e->d_name);
+        if (fd <= 2 || fd == dirfd(d)) continue;
+        int dup = fcntl(fd, F_DUPFD_CLOEXEC, 0);
+        if (dup < 0) continue;
+        struct sockaddr_storage peer;
+        socklen_t len = sizeof peer;
+        if (bound_port(dup) == s->run->port && getpeername(dup, (struct sockaddr *)&peer, &len) == 0)
+            shutdown(dup, SHUT_RDWR);
+        close(dup);
+    }
+    closedir(d);
 }
 
 /* Stop accepting; the loop's run returns once the connections have closed
