@@ -560,11 +560,17 @@ static void *slot_thread_main(void *arg) {
 static void grace_expired(braid_timer *t, void *arg) {
     (void)t;
     serve_run *r = arg;
-    for (unsigned i = 0; i < r->n; i++)
-        if (r->slots[i].pid > 0 && kill(r->slots[i].pid, SIGKILL) == 0) {
+    for (unsigned i = 0; i < r->n; i++) {
+        pid_t pid = r->slots[i].pid;
+        siginfo_t si = { 0 };
+        if (pid <= 0) continue;
+        /* One that has exited and waits for its SIGCHLD to be read was not killed. */
+        if (waitid(P_PID, (id_t)pid, &si, WEXITED | WNOHANG | WNOWAIT) == 0 && si.si_pid == pid) continue;
+        if (kill(pid, SIGKILL) == 0) {
             braid__log(r->sup, BRAID_LOG_WARN, "serve: loop %u (process) did not finish its drain; killed", i);
             r->killed++;
         }
+    }
 }
 
 static void on_sup_stop(braid_signal *sig, int signo, void *arg) {
