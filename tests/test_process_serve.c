@@ -1,9 +1,12 @@
 /* N loops on one port (braid_serve): every sharing method in threads and in
  * processes serves every connection; a graceful stop keeps serving open
- * connections while refusing new ones, and is bounded by the drain time; a
- * crashed child process is restarted on its socket. Real loopback sockets,
- * every case on every backend (on select, poll and io_uring
- * BRAID_SERVE_EXCLUSIVE is the wake-all shared socket). */
+ * connections while refusing new ones, and is bounded by the drain time
+ * (no child is ever SIGKILLed); a crashed child process is restarted on its
+ * socket; a connection open before the fork does not hold a child; a
+ * connection the acceptor handed to a dying child is served by another.
+ * Real loopback sockets, every case on every backend (on select, poll and
+ * io_uring BRAID_SERVE_EXCLUSIVE is the wake-all shared socket), in the
+ * sanitizer builds too. */
 // ctest-labels: threads
 #include "harness.h"
 #include <braid/process.h>
