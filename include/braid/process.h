@@ -371,7 +371,11 @@ BRAID_API const char *braid_worker_call_command(const braid_worker_call *c);
  * the mask), so block them in your other threads too, as for
  * braid_signal_start. Processes are made with fork(): call it from a
  * process with no other threads running braid (a fork copies only the
- * calling thread); each child makes its own loop after the fork. */
+ * calling thread); each child makes its own loop after the fork. A child
+ * keeps the descriptors it inherits without close-on-exec; those with it
+ * (another thread's connection, a library's socket) are replaced by
+ * /dev/null read-only in the child, so a connection the parent closes
+ * really ends: open what a loop needs in the factory, which runs there. */
 typedef enum braid_serve_method {
     /* (a) one SO_REUSEPORT listening socket per loop, the kernel balancing
      * connections by a hash of the 4-tuple (Linux; where SO_REUSEPORT does
@@ -418,6 +422,10 @@ struct braid_serve_stats {
     uint64_t accepted[64];         /* connections each loop accepted (balance) */
     uint64_t total;
     uint64_t restarts;             /* child processes started again */
+    uint64_t killed;               /* children SIGKILLed for not ending by drain_timeout + 1 s
+                                    * (their counts are missing from accepted) */
+    uint64_t rehanded;             /* ACCEPTOR + processes: connections a child ended without
+                                    * taking (unread in its hand-off socket), handed to another */
 };
 
 /* Serve endpoint ("tcp:PORT[:interface=ADDR][:backlog=N]", tcp6 too; Unix

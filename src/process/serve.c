@@ -13,6 +13,8 @@
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <arpa/inet.h>
+#include <dirent.h>
+#include <stdlib.h>
 #include <fcntl.h>
 #include <pthread.h>
 #include <signal.h>
@@ -32,8 +34,10 @@ typedef struct serve_slot {
     unsigned index;
     int listen_fd;                 /* its listening socket (borrowed from the run) */
     int hand_fd;                   /* acceptor + processes: the child's end of the hand-off pair */
+    int hand_sock;                 /* ... in the child, its number (acknowledgements are sent on it) */
     int parent_hand_fd;            /* ... and the supervisor's */
-    braid_transport *hand;         /* supervisor side of it, as a transport */
+    braid_transport *hand;         /* supervisor side of it, as a transport (the child: its side) */
+    struct sup_hand *sup_hand;     /* the supervisor: hand's protocol */
     pthread_t thread;
     bool thread_started;
     pid_t pid;
@@ -59,9 +63,10 @@ struct serve_run {
     braid_loop *sup;               /* the supervisor's loop */
     braid_watch accept_watch;      /* ACCEPTOR */
     unsigned next;                 /* ACCEPTOR: round-robin */
+    int port;                      /* the served port */
     bool stopping;
     unsigned alive;                /* threads or children running */
-    uint64_t restarts, handed;
+    uint64_t restarts, handed, killed, rehanded;
     braid_timer grace_timer;
 };
 
@@ -103,7 +108,8 @@ static int bound_port(int fd) {
     socklen_t len = sizeof ss;
     if (getsockname(fd, (struct sockaddr *)&ss, &len) < 0) return -errno;
     if (ss.ss_family == AF_INET6) return ntohs(((struct sockaddr_in6 *)&ss)->sin6_port);
-    return ntohs(((struct sockaddr_in *)&ss)->sin_port);
+    if (ss.ss_family == AF_INET) return ntohs(((struct sockaddr_in *)&ss)->sin_port);
+    return BRAID_EINVAL;   /* not a TCP/IP socket */
 }
 
 /* Threads: the supervisor posts to a slot's loop only while it is live. */
@@ -128,39 +134,87 @@ static void adopt_conn(serve_slot *s, int fd) {
     s->accepted++;
 }
 
-/* Processes + ACCEPTOR: connections arrive over the hand-off socket. */
+/* Processes + ACCEPTOR: connections arrive over the hand-off socket, each
+ * one byte with its descriptor attached. The child answers on the same
+ * socket, one byte per message:
+ *   HAND_ACK    "I hold the next connection you handed me" — sent before
+ *               the child adopts it, so before it can have read any of its
+ *               bytes. The supervisor keeps its own copy of every handed
+ *               connection until it is acknowledged; the copies still
+ *               unacknowledged when the hand-off socket ends (the child
+ *               died with them in its socket buffer, unread) are handed
+ *               to another child instead of being lost.
+ *   HAND_DRAIN  "hand me nothing more": the child is draining. The
+ *               supervisor shuts its side's writing; the child serves what
+ *               it received before that end of file, then closes. */
+#define HAND_ACK 'a'
+#define HAND_DRAIN 'd'
+static bool hand_say(serve_slot *s, char what) {
+    /* Straight to the socket, not through the transport's buffer: the
+     * acknowledgement must have left before the connection is read. Only
+     * these bytes are ever written on it, so nothing is overtaken. */
+    return s->hand_sock >= 0 && send(s->hand_sock, &what, 1, MSG_DONTWAIT | MSG_NOSIGNAL) == 1;
+}
 typedef struct hand_proto {
     braid_protocol base;
     serve_slot *slot;
 } hand_proto;
 static void hand_fds(braid_protocol *p, const int *fds, int n) {
     hand_proto *h = (hand_proto *)p;
+    /* Served even while draining: the supervisor handed it before the stop. */
     for (int i = 0; i < n; i++) {
-        if (h->slot->draining) close(fds[i]);
-        else adopt_conn(h->slot, fds[i]);
+        if (hand_say(h->slot, HAND_ACK)) adopt_conn(h->slot, fds[i]);
+        else close(fds[i]);   /* not acknowledged: the supervisor's copy goes to another child */
     }
 }
 static void hand_lost(braid_protocol *p, const braid_failure *why) {
     (void)why;
-    ((hand_proto *)p)->slot->hand = NULL;
+    serve_slot *s = ((hand_proto *)p)->slot;
+    s->hand = NULL;
+    s->hand_sock = -1;
 }
 static void hand_destroy(braid_protocol *p) { braid_free(p); }
 static const braid_protocol_ops hand_ops = { .fds_received = hand_fds, .connection_lost = hand_lost,
                                              .destroy = hand_destroy };
 
-/* After the drain time: shut down every socket still open so each
- * transport sees its end, then let the loop close them. */
+/* After the drain time: shut down every connection still open so each
+ * transport sees its end, then let the loop close them. The connections
+ * are found in the process's descriptor table — a TCP transport on
+ * io_uring completions is in no watch list — as the connected TCP sockets
+ * whose local port is the served one (never a listener, never another
+ * socket, which may be shared with the parent). Each is checked and shut
+ * down through a duplicate made first, so a number another thread closes
+ * and reuses meanwhile is never mistaken for it. In threads mode every
+ * loop's drain ends at the same time and the first to get there shuts down
+ * the others' connections too. A child also shuts down its hand-off
+ * socket. */
 static void drain_expired(braid_timer *t, void *arg) {
     (void)t;
     serve_slot *s = arg;
-    braid_loop_fd fds[256];
-    size_t n = braid_loop_watched_fds(s->loop, 256, fds);
-    if (n > 256) n = 256;
-    for (size_t i = 0; i < n; i++) {
-        int type;
-        socklen_t len = sizeof type;
-        if (getsockopt(fds[i].fd, SOL_SOCKET, SO_TYPE, &type, &len) == 0) shutdown(fds[i].fd, SHUT_RDWR);
+    if (s->hand_sock >= 0) shutdown(s->hand_sock, SHUT_RDWR);
+    DIR *d = opendir("/proc/self/fd");
+    if (!d) d = opendir("/dev/fd");
+    if (!d) {   /* then only what the loop watches (not transports on completions) */
+        braid_loop_fd fds[256];
+        size_t n = braid_loop_watched_fds(s->loop, 256, fds);
+        for (size_t i = 0; i < n && i < 256; i++)
+            if (bound_port(fds[i].fd) == s->run->port) shutdown(fds[i].fd, SHUT_RDWR);
+        return;
     }
+    struct dirent *e;
+    while ((e = readdir(d))) {
+        if (e->d_name[0] < '0' || e->d_name[0] > '9') continue;
+        int fd = atoi(e->d_name);
+        if (fd <= 2 || fd == dirfd(d)) continue;
+        int dup = fcntl(fd, F_DUPFD_CLOEXEC, 0);
+        if (dup < 0) continue;
+        struct sockaddr_storage peer;
+        socklen_t len = sizeof peer;
+        if (bound_port(dup) == s->run->port && getpeername(dup, (struct sockaddr *)&peer, &len) == 0)
+            shutdown(dup, SHUT_RDWR);
+        close(dup);
+    }
+    closedir(d);
 }
 
 /* Stop accepting; the loop's run returns once the connections have closed
@@ -174,7 +228,8 @@ static void begin_drain(void *arg) {
         braid_listener_close(s->listener);
         s->listener = NULL;
     }
-    if (s->hand) braid_transport_close(s->hand, BRAID_FOREVER);
+    if (s->hand && (!s->run->o.processes || !hand_say(s, HAND_DRAIN)))
+        braid_transport_close(s->hand, BRAID_FOREVER);
     if (s->sigs) {   /* they would keep the loop running */
         braid_signal_stop(&s->sigterm);
         braid_signal_stop(&s->sigint);
@@ -219,6 +274,7 @@ static int slot_serve(serve_slot *s) {
             s->hand_fd = -1;
             if ((rc = braid_transport_adopt(s->loop, fd, &h->base)) < 0) goto out;
             s->hand = h->base.transport;
+            s->hand_sock = fd;
         }
     } else {
         int fd = fcntl(s->listen_fd, F_DUPFD_CLOEXEC, 0);
@@ -261,17 +317,85 @@ static void handed_run(void *arg) {
     braid_free(h);
 }
 
-/* Supervisor's side of a process's hand-off socket. */
+/* Supervisor's side of a process's hand-off socket: the copies of the
+ * connections handed over it and not yet acknowledged, oldest first. */
+#define SERVE_UNACKED 256
 typedef struct sup_hand {
     braid_protocol base;
     serve_slot *slot;
+    bool no_more;                  /* the child is draining, or we stop */
+    unsigned head, count;
+    int unacked[SERVE_UNACKED];
 } sup_hand;
+
+/* Hand fd (the supervisor's copy) to the next loop that takes it,
+ * round-robin; false if none could. */
+static bool hand_out(serve_run *r, int fd) {
+    for (unsigned t = 0; t < r->n; t++) {
+        serve_slot *s = &r->slots[r->next++ % r->n];
+        if (r->o.processes) {
+            sup_hand *h = s->hand ? s->sup_hand : NULL;
+            if (!h || h->no_more || h->count == SERVE_UNACKED) continue;
+            if (braid_transport_send_fds(s->hand, &fd, 1, "c", 1) < 0) continue;
+            h->unacked[(h->head + h->count++) % SERVE_UNACKED] = fd;   /* kept until acknowledged */
+            return true;
+        }
+        bool handed = false;
+        pthread_mutex_lock(&serve_lock);
+        if (s->live) {
+            handed_conn *hc = braid_malloc(sizeof *hc);
+            if (hc) {
+                *hc = (handed_conn){ s, fd };
+                if (braid_loop_post(s->loop, handed_run, hc) == 0) handed = true;
+                else braid_free(hc);
+            }
+        }
+        pthread_mutex_unlock(&serve_lock);
+        if (handed) return true;   /* the slot's now */
+    }
+    return false;
+}
+
+static void sup_hand_stop(sup_hand *h) {
+    if (h->no_more) return;
+    h->no_more = true;
+    (void)braid_transport_shutdown_write(h->base.transport);   /* the child reads to this end */
+}
+static void sup_hand_data(braid_protocol *p, const void *buf, size_t len) {
+    sup_hand *h = (sup_hand *)p;
+    const char *b = buf;
+    for (size_t i = 0; i < len; i++) {
+        if (b[i] == HAND_ACK && h->count) {
+            close(h->unacked[h->head]);   /* the child holds it */
+            h->head = (h->head + 1) % SERVE_UNACKED;
+            h->count--;
+        } else if (b[i] == HAND_DRAIN) {
+            sup_hand_stop(h);
+        }
+    }
+}
 static void sup_hand_lost(braid_protocol *p, const braid_failure *why) {
     (void)why;
     sup_hand *h = (sup_hand *)p;
-    if (h->slot->hand == p->transport) h->slot->hand = NULL;
+    serve_run *r = h->slot->run;
+    if (h->slot->hand == p->transport) {
+        h->slot->hand = NULL;
+        h->slot->sup_hand = NULL;
+    }
+    h->no_more = true;
+    /* The child ended with these in its socket buffer, never read: hand
+     * them to another child (a restarted one included). */
+    if (h->count)
+        braid__log(r->sup, BRAID_LOG_WARN, "serve: loop %u ended holding %u connections it had not taken; %s",
+                   h->slot->index, h->count, r->stopping ? "closing them" : "handing them to the others");
+    for (; h->count; h->count--, h->head = (h->head + 1) % SERVE_UNACKED) {
+        int fd = h->unacked[h->head];
+        if (r->stopping || !hand_out(r, fd)) close(fd);
+        else r->rehanded++;
+    }
 }
-static const braid_protocol_ops sup_hand_ops = { .connection_lost = sup_hand_lost, .destroy = hand_destroy };
+static const braid_protocol_ops sup_hand_ops = { .data_received = sup_hand_data,
+                                                 .connection_lost = sup_hand_lost, .destroy = hand_destroy };
 
 /* ACCEPTOR: accept in the supervisor and hand out round-robin. */
 static void on_acceptor(braid_watch *w, unsigned ev, void *arg) {
@@ -280,27 +404,8 @@ static void on_acceptor(braid_watch *w, unsigned ev, void *arg) {
     for (int k = 0; k < 64; k++) {
         int fd = accept4(r->fds[0], NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
         if (fd < 0) return;   /* EAGAIN, or an error for that connection */
-        bool handed = false;
-        for (unsigned t = 0; t < r->n && !handed; t++) {
-            serve_slot *s = &r->slots[r->next++ % r->n];
-            if (r->o.processes) {
-                if (s->hand && braid_transport_send_fds(s->hand, &fd, 1, "c", 1) == 0) handed = true;
-            } else {
-                pthread_mutex_lock(&serve_lock);
-                if (s->live) {
-                    handed_conn *h = braid_malloc(sizeof *h);
-                    if (h) {
-                        *h = (handed_conn){ s, fd };
-                        if (braid_loop_post(s->loop, handed_run, h) == 0) handed = true;
-                        else braid_free(h);
-                    }
-                }
-                pthread_mutex_unlock(&serve_lock);
-                if (handed) fd = -1;   /* the slot's now */
-            }
-        }
-        if (fd >= 0) close(fd);   /* processes: sent a duplicate; or nobody could take it */
-        if (handed) r->handed++;
+        if (hand_out(r, fd)) r->handed++;
+        else close(fd);       /* nobody could take it */
     }
 }
 
@@ -322,6 +427,47 @@ static void post_drain_all(serve_run *r) {
     pthread_mutex_unlock(&serve_lock);
 }
 
+/* Processes, in a new child: every descriptor the child did not get from
+ * braid_serve and that is close-on-exec (another thread's connection, the
+ * supervisor's loop and hand-off sockets, a library's socket) is what its
+ * owner meant never to reach a child; fork copies it anyway. A copy held
+ * by the child keeps that file open: a connection the parent's thread
+ * closed never ends for its peer — one of this child's own connections,
+ * whose drain then waits for an end of file that cannot come. Each is
+ * replaced by /dev/null opened read-only rather than closed, so its number
+ * stays taken (a library still holding it can never write into a socket
+ * that reused the number: a write fails with EBADF). Descriptors without
+ * close-on-exec are inherited as fork inherits them.
+ * LINUX-ONLY where /proc/self/fd lists them (/dev/fd elsewhere; without
+ * either, the first 1024 numbers are checked). */
+static void child_drop_fds(const int *keep, int nkeep) {
+    int null_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
+    if (null_fd < 0) return;
+    DIR *d = opendir("/proc/self/fd");
+    if (!d) d = opendir("/dev/fd");
+    int dir_fd = d ? dirfd(d) : -1;
+    struct dirent *e;
+    for (int probe = 3;;) {
+        int fd;
+        if (d) {
+            if (!(e = readdir(d))) break;
+            if (e->d_name[0] < '0' || e->d_name[0] > '9') continue;
+            fd = atoi(e->d_name);
+        } else {
+            if (probe >= 1024) break;
+            fd = probe++;
+        }
+        if (fd < 3 || fd == null_fd || fd == dir_fd) continue;
+        bool kept = false;
+        for (int i = 0; i < nkeep; i++) kept |= keep[i] == fd;
+        int fl = fcntl(fd, F_GETFD);
+        if (kept || fl < 0 || !(fl & FD_CLOEXEC)) continue;
+        (void)dup3(null_fd, fd, O_CLOEXEC);
+    }
+    if (d) closedir(d);
+    close(null_fd);
+}
+
 /* Processes: fork slot s's child. */
 static int fork_child(serve_run *r, serve_slot *s) {
     int pair[2] = { -1, -1 };
@@ -335,18 +481,17 @@ static int fork_child(serve_run *r, serve_slot *s) {
         return e;
     }
     if (pid == 0) {
-        /* The child: nothing of the supervisor's loop is touched, its
-         * descriptors are closed; a loop of its own serves slot s. */
-        if (r->sup) close(braid_loop_backend_fd(r->sup));
-        for (int i = 0; i < r->nfds; i++)
-            if (r->fds[i] != s->listen_fd) close(r->fds[i]);
-        for (unsigned i = 0; i < r->n; i++)
-            if (r->slots[i].parent_hand_fd >= 0) close(r->slots[i].parent_hand_fd);
-        close(r->stats_pipe[0]);
-        if (pair[0] >= 0) {
-            close(pair[0]);
-            s->hand_fd = pair[1];
-        }
+        /* The child: nothing of the supervisor's is touched; of its
+         * descriptors the child keeps its listener (none with the
+         * acceptor: connections come over the hand-off socket), its end
+         * of the hand-off socket and the stats pipe. A loop of its own
+         * serves slot s. */
+        if (r->o.method == BRAID_SERVE_ACCEPTOR) s->listen_fd = -1;
+        s->hand = NULL;       /* the supervisor's, in this copy of its memory */
+        s->sup_hand = NULL;
+        if (pair[0] >= 0) s->hand_fd = pair[1];
+        int keep[3] = { s->listen_fd, s->hand_fd, r->stats_pipe[1] };
+        child_drop_fds(keep, 3);
         s->accepted = 0;
         int rc = slot_serve(s);
         uint64_t rep[2] = { s->index, s->accepted };
@@ -363,7 +508,10 @@ static int fork_child(serve_run *r, serve_slot *s) {
             if (h) {
                 h->base.ops = &sup_hand_ops;
                 h->slot = s;
-                if (braid_transport_adopt(r->sup, pair[0], &h->base) == 0) s->hand = h->base.transport;
+                if (braid_transport_adopt(r->sup, pair[0], &h->base) == 0) {
+                    s->hand = h->base.transport;
+                    s->sup_hand = h;
+                }
             } else {
                 close(pair[0]);
             }
@@ -412,8 +560,17 @@ static void *slot_thread_main(void *arg) {
 static void grace_expired(braid_timer *t, void *arg) {
     (void)t;
     serve_run *r = arg;
-    for (unsigned i = 0; i < r->n; i++)
-        if (r->slots[i].pid > 0) kill(r->slots[i].pid, SIGKILL);
+    for (unsigned i = 0; i < r->n; i++) {
+        pid_t pid = r->slots[i].pid;
+        siginfo_t si = { 0 };
+        if (pid <= 0) continue;
+        /* One that has exited and waits for its SIGCHLD to be read was not killed. */
+        if (waitid(P_PID, (id_t)pid, &si, WEXITED | WNOHANG | WNOWAIT) == 0 && si.si_pid == pid) continue;
+        if (kill(pid, SIGKILL) == 0) {
+            braid__log(r->sup, BRAID_LOG_WARN, "serve: loop %u (process) did not finish its drain; killed", i);
+            r->killed++;
+        }
+    }
 }
 
 static void on_sup_stop(braid_signal *sig, int signo, void *arg) {
@@ -426,8 +583,10 @@ static void on_sup_stop(braid_signal *sig, int signo, void *arg) {
     for (int i = 0; i < r->nfds; i++) close(r->fds[i]);
     r->nfds = 0;
     if (r->o.processes) {
-        for (unsigned i = 0; i < r->n; i++)
+        for (unsigned i = 0; i < r->n; i++) {
+            if (r->slots[i].sup_hand) sup_hand_stop(r->slots[i].sup_hand);
             if (r->slots[i].pid > 0) kill(r->slots[i].pid, SIGTERM);
+        }
         braid_timer_start(&r->grace_timer, r->o.drain_timeout + BRAID_SECONDS(1));
     } else {
         post_drain_all(r);
@@ -446,7 +605,8 @@ int braid_serve(const char *endpoint, const braid_serve_options *opts, struct br
     if (r->n > SERVE_MAX_LOOPS) r->n = SERVE_MAX_LOOPS;
     r->stats_pipe[0] = r->stats_pipe[1] = -1;
     for (unsigned i = 0; i < r->n; i++)
-        r->slots[i] = (serve_slot){ .run = r, .index = i, .listen_fd = -1, .hand_fd = -1, .parent_hand_fd = -1 };
+        r->slots[i] = (serve_slot){ .run = r, .index = i, .listen_fd = -1, .hand_fd = -1, .hand_sock = -1,
+                                  .parent_hand_fd = -1 };
     int rc = braid_endpoint_parse_server(endpoint, &r->ep, NULL, 0);
     if (rc < 0) goto out_free;
     if (r->ep.kind == BRAID_ENDPOINT_UNIX) { rc = BRAID_ENOSYS; goto out_free; }
@@ -470,6 +630,7 @@ int braid_serve(const char *endpoint, const braid_serve_options *opts, struct br
         if (port == 0 && (port = bound_port(fd)) < 0) { rc = port; goto out_fds; }
     }
     for (unsigned i = 0; i < r->n; i++) r->slots[i].listen_fd = r->fds[reuseport ? i : 0];
+    r->port = port;
     if (r->o.on_listening) r->o.on_listening(port, r->o.arg);
 
     if (r->o.processes) {
@@ -492,6 +653,7 @@ int braid_serve(const char *endpoint, const braid_serve_options *opts, struct br
         s->parent_hand_fd = -1;
         if ((rc = braid_transport_adopt(r->sup, fd, &h->base)) < 0) goto out_loop;
         s->hand = h->base.transport;
+        s->sup_hand = h;
     }
     braid_signal sterm, sint, schld;
     braid_timer_init(r->sup, &r->grace_timer, grace_expired, r);
@@ -529,9 +691,14 @@ int braid_serve(const char *endpoint, const braid_serve_options *opts, struct br
     braid_signal_stop(&sint);
     if (r->o.processes) braid_signal_stop(&schld);
     for (unsigned i = 0; i < r->n; i++)
-        if (r->slots[i].hand) braid_transport_close(r->slots[i].hand, BRAID_FOREVER);
+        if (r->slots[i].hand) braid_transport_abort(r->slots[i].hand);   /* its child is gone */
 out_loop:
-    for (int i = 0; i < 100 && braid_loop_free(r->sup) < 0; i++) braid_loop_run_once(r->sup, BRAID_LOOP_RUN_NOWAIT);
+    /* Closing takes a few iterations (on io_uring, until the cancelled
+     * operations' completions came back): bounded, as slot_serve's. */
+    for (int i = 0; i < 100 && braid_loop_free(r->sup) < 0; i++) {
+        braid_loop_run_once(r->sup, BRAID_LOOP_RUN_NOWAIT);
+        usleep(1000);
+    }
 out_kill:
     for (unsigned i = 0; i < r->n; i++) {
         serve_slot *s = &r->slots[i];
@@ -551,6 +718,8 @@ out_fds:
     if (out) {
         out->loops = r->n;
         out->restarts = r->restarts;
+        out->killed = r->killed;
+        out->rehanded = r->rehanded;
         for (unsigned i = 0; i < r->n; i++) {
             out->accepted[i] = r->slots[i].accepted;
             out->total += r->slots[i].accepted;
