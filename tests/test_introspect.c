@@ -15,6 +15,7 @@
 #include <braid/stage.h>
 #include <braid/stream.h>
 #include <braid/testing.h>
+#include <braid/tuplespace.h>
 #include <string.h>
 
 static bt_json *doc_of(braid_loop *loop) {
@@ -270,6 +271,129 @@ BT_TEST(components_section_from_the_component_module) {
     braid_component_free(src);
     doc = doc_of(loop);
     BT_TRUE(bt_json_get(doc, "components") == NULL);
+    bt_json_free(doc);
+    bt_drain(loop);
+    bt_loop_destroy(loop);
+}
+
+
+/* ---- the tuple space module's sections ----------------------------------------------------- */
+static const bt_json *member(const bt_json *o, const char *k) {
+    const bt_json *v = bt_json_get(o, k);
+    if (!v) bt_fail(__FILE__, __LINE__, "no member %s", k);
+    return v;
+}
+static int num(const bt_json *o, const char *k) { return (int)member(o, k)->num; }
+static const bt_json *arity_entry(const bt_json *ts, int arity) {
+    const bt_json *a = member(ts, "by_arity");
+    for (size_t i = 0; i < a->n; i++)
+        if (num(bt_json_at(a, i), "arity") == arity) return bt_json_at(a, i);
+    return NULL;
+}
+/* Run until d has a result, drop it and d; its failure's code or 0. */
+static int settle(braid_loop *loop, braid_deferred *d) {
+    BT_TRUE(d != NULL);
+    BT_RUN_UNTIL(loop, braid_deferred_has_result(d), 2000);
+    braid_result r;
+    BT_OK(braid_deferred_take(d, &r));
+    braid_deferred_unref(d);
+    int code = r.failure ? r.failure->code : 0;
+    braid_result_drop(r);
+    return code;
+}
+
+BT_IO_TEST(tuplespaces_section_from_the_tuplespace_module) {
+    braid_loop *loop = bt_loop_new(NULL);
+    braid_tuplespace *ts;
+    BT_OK(braid_tuplespace_new(loop, &(braid_tuplespace_options){ .name = "jobs" }, &ts));
+    BT_OK(braid_tuplespace_out(ts, BRAID_FIELDS(braid_field_str("job"), braid_field_int(1)), 0));
+    BT_OK(braid_tuplespace_out(ts, BRAID_FIELDS(braid_field_str("job"), braid_field_int(2)), 0));
+    BT_OK(braid_tuplespace_out(ts, BRAID_FIELDS(braid_field_str("job"), braid_field_int(3)), 0));
+    BT_OK(braid_tuplespace_out(ts, BRAID_FIELDS(braid_field_int(7), braid_field_double(1.5), braid_field_bool(true)), 0));
+    /* blocked calls: an in keyed on a bucket, a rd with a formal first field */
+    braid_deferred *in = braid_tuplespace_in(ts, BRAID_FIELDS(braid_field_str("never"), braid_field_any(BRAID_FIELD_INT)),
+                                             BRAID_FOREVER);
+    braid_deferred *rd = braid_tuplespace_rd(ts, BRAID_FIELDS(braid_field_any(BRAID_FIELD_INT), braid_field_any(BRAID_FIELD_INT),
+                                                              braid_field_any(BRAID_FIELD_INT), braid_field_any(BRAID_FIELD_INT)),
+                                             BRAID_FOREVER);
+    BT_TRUE(in != NULL && rd != NULL);
+    braid_tuple *leased;
+    BT_OK(braid_tuplespace_inp_lease(ts, BRAID_FIELDS(braid_field_str("job"), braid_field_any(BRAID_FIELD_INT)),
+                                     BRAID_SECONDS(10), &leased));
+    /* a client of the space over a socketpair: it takes a lease and waits in an in */
+    int sv[2];
+    bt_socketpair(sv);
+    BT_OK(braid_tuplespace_serve_fd(ts, sv[0], NULL));
+    braid_tuplespace_client *c;
+    BT_OK(braid_tuplespace_client_adopt(loop, sv[1], NULL, &c));
+    BT_EQ(settle(loop, braid_tuplespace_client_in_lease(c, BRAID_FIELDS(braid_field_str("job"),
+                                                                        braid_field_any(BRAID_FIELD_INT)),
+                                                        BRAID_SECONDS(10), 0)), 0);
+    braid_deferred *cin = braid_tuplespace_client_in(c, BRAID_FIELDS(braid_field_str("later"), braid_field_int(0)),
+                                                     BRAID_FOREVER);
+    BT_RUN_UNTIL(loop, ({ braid_tuplespace_stats st; braid_tuplespace_stats_get(ts, &st); st.waiters == 3; }), 2000);
+
+    bt_json *doc = doc_of(loop);
+    const bt_json *e = entry(doc, "tuplespaces", "jobs");
+    BT_TRUE(e != NULL);
+    BT_EQ(bt_json_type(member(e, "durable")), BT_JSON_BOOL);
+    BT_EQ(num(e, "tuples"), 2);               /* job 3 and (7, 1.5, true) */
+    BT_EQ(num(e, "leased"), 2);
+    is_type(e, "bytes", BT_JSON_NUM);
+    is_type(e, "max_tuples", BT_JSON_NUM);
+    const bt_json *a2 = arity_entry(e, 2), *a3 = arity_entry(e, 3), *a4 = arity_entry(e, 4);
+    BT_TRUE(a2 && a3 && a4);
+    BT_EQ(num(a2, "tuples"), 1);
+    BT_EQ(num(a2, "waiting"), 2);             /* "never" here, "later" from the client */
+    BT_EQ(num(a3, "tuples"), 1);
+    BT_EQ(num(a4, "tuples"), 0);
+    BT_EQ(num(a4, "waiting"), 1);             /* the rd, wild */
+    BT_EQ(num(member(e, "by_first_field"), "string"), 1);
+    BT_EQ(num(member(e, "by_first_field"), "int"), 1);
+    const bt_json *w = member(e, "waiting");
+    BT_EQ(num(w, "in"), 2);
+    BT_EQ(num(w, "rd"), 1);
+    BT_EQ(num(w, "in_lease"), 0);
+    BT_EQ(num(w, "out_wait"), 0);
+    const bt_json *l = member(e, "leases");
+    BT_EQ(num(l, "held"), 2);
+    BT_EQ(num(l, "returning"), 0);
+    BT_TRUE(member(l, "next_deadline_in_ns")->num <= 10e9);
+    const bt_json *cl = member(e, "clients");
+    BT_EQ(cl->n, 1);
+    BT_EQ(num(bt_json_at(cl, 0), "leases"), 1);
+    BT_EQ(num(bt_json_at(cl, 0), "waiting"), 1);
+    is_type(bt_json_at(cl, 0), "kind", BT_JSON_STR);
+    const bt_json *ops = member(e, "ops");
+    BT_EQ(num(ops, "outs"), 4);
+    is_type(ops, "expired", BT_JSON_NUM);
+    const bt_json *tc = member(doc, "tuplespace_clients");
+    BT_EQ(tc->n, 1);
+    BT_TRUE(member(bt_json_at(tc, 0), "connected")->b);
+    BT_EQ(num(bt_json_at(tc, 0), "waiting"), 1);
+    BT_EQ(bt_json_type(member(bt_json_at(tc, 0), "lost")), BT_JSON_NULL);
+    bt_json_free(doc);
+
+    /* The client goes: its lease comes back, its call is cancelled, it leaves both sections. */
+    braid_tuplespace_client_free(c);
+    BT_EQ(settle(loop, cin), BRAID_ESHUTDOWN);
+    BT_RUN_UNTIL(loop, braid_tuplespace_connections(ts) == 0, 2000);
+    doc = doc_of(loop);
+    e = entry(doc, "tuplespaces", "jobs");
+    BT_EQ(member(e, "clients")->n, 0);
+    BT_EQ(num(e, "leased"), 1);
+    BT_EQ(num(e, "tuples"), 3);
+    BT_EQ(num(member(e, "waiting"), "in"), 1);
+    BT_TRUE(bt_json_get(doc, "tuplespace_clients") == NULL);
+    bt_json_free(doc);
+
+    BT_OK(braid_tuplespace_ack(ts, leased->lease));
+    braid_tuple_free(leased);
+    braid_tuplespace_free(ts);
+    BT_EQ(settle(loop, in), BRAID_ESHUTDOWN);
+    BT_EQ(settle(loop, rd), BRAID_ESHUTDOWN);
+    doc = doc_of(loop);
+    BT_TRUE(bt_json_get(doc, "tuplespaces") == NULL);
     bt_json_free(doc);
     bt_drain(loop);
     bt_loop_destroy(loop);

@@ -95,6 +95,8 @@ struct braid_tuplespace {
     braid_handle handle;
     braid_tuplespace_options o;
     char *dead_tag;
+    char *name;                      /* the options' name, copied */
+    braid_introspect_node inode;     /* its entry in the loop's "tuplespaces" section */
     ts_htab buckets;
     ts_arity arity[BRAID_TUPLE_MAX_FIELDS + 1];
     uint64_t seq;                    /* tuples' out order and waiters' call order */
@@ -160,6 +162,90 @@ static int open_store(braid_tuplespace *ts) {
     return rc;
 }
 
+/* ---- introspection -------------------------------------------------------------------- */
+static const char *const field_type_names[] = { "?", "int", "double", "string", "bytes", "bool" };
+
+/* The space's entry in the loop's "tuplespaces" section: what it holds by
+ * arity and by the type of the first field (the index key), the waiting
+ * calls by kind, the leases, the connections serving it, its counters.
+ * One pass over the buckets and the waiting calls (both bounded by the
+ * space's limits), nothing allocated. */
+static void describe(braid_json *j, void *arg) {
+    braid_tuplespace *ts = arg;
+    braid_json_object_begin(j);
+    braid_json_kv_str(j, "name", ts->name);
+    braid_json_kv_bool(j, "durable", ts->store != NULL);
+    braid_json_kv_u64(j, "tuples", ts->nstored);
+    braid_json_kv_u64(j, "leased", ts->nleased);
+    braid_json_kv_u64(j, "bytes", ts->bytes);
+    braid_json_kv_u64(j, "max_tuples", ts->o.max_tuples);
+    braid_json_kv_u64(j, "max_bytes", ts->o.max_bytes);
+    braid_json_kv_u64(j, "buckets", ts->st.buckets);
+    size_t by_type[6] = { 0 }, waiting[5] = { 0 };
+    braid_json_key(j, "by_arity");
+    braid_json_array_begin(j);
+    for (uint32_t a = 1; a <= BRAID_TUPLE_MAX_FIELDS; a++) {
+        const ts_arity *ar = &ts->arity[a];
+        if (!ar->buckets && !ar->wfirst) continue;
+        size_t tuples = 0, buckets = 0, waiters = 0;
+        for (const ts_waiter *w = ar->wfirst; w; w = w->next, waiters++) waiting[w->kind]++;
+        for (const ts_bucket *b = ar->buckets; b; b = b->anext) {
+            buckets++;
+            tuples += b->count;
+            by_type[b->key.type < 6 ? b->key.type : 0] += b->count;
+            for (const ts_waiter *w = b->wfirst; w; w = w->next, waiters++) waiting[w->kind]++;
+        }
+        braid_json_object_begin(j);
+        braid_json_kv_u64(j, "arity", a);
+        braid_json_kv_u64(j, "tuples", tuples);
+        braid_json_kv_u64(j, "buckets", buckets);
+        braid_json_kv_u64(j, "waiting", waiters);
+        braid_json_object_end(j);
+    }
+    braid_json_array_end(j);
+    braid_json_key(j, "by_first_field");
+    braid_json_object_begin(j);
+    for (int t = 1; t < 6; t++) braid_json_kv_u64(j, field_type_names[t], by_type[t]);
+    braid_json_object_end(j);
+    for (const ts_waiter *w = ts->ofirst; w; w = w->next) waiting[w->kind]++;
+    braid_json_key(j, "waiting");
+    braid_json_object_begin(j);
+    braid_json_kv_u64(j, "in", waiting[W_IN]);
+    braid_json_kv_u64(j, "rd", waiting[W_RD]);
+    braid_json_kv_u64(j, "in_lease", waiting[W_LEASE]);
+    braid_json_kv_u64(j, "out_wait", waiting[W_OUT]);
+    braid_json_object_end(j);
+    size_t returning = 0;
+    for (uint32_t i = 0; i < ts->heap_len; i++) returning += ts->heap[i]->state == TS_RETURNING;
+    braid_json_key(j, "leases");
+    braid_json_object_begin(j);
+    braid_json_kv_u64(j, "held", ts->heap_len - returning);
+    braid_json_kv_u64(j, "returning", returning);   /* nacked with a delay */
+    braid_json_key(j, "next_deadline_in_ns");
+    if (ts->heap_len) {
+        uint64_t now = braid_loop_now(ts->loop), dl = ts->heap[0]->deadline;
+        braid_json_u64(j, dl > now ? dl - now : 0);
+    } else {
+        braid_json_null(j);
+    }
+    braid_json_object_end(j);
+    braid_json_kv_u64(j, "watches", ts->nwatches);
+    braid_json_key(j, "clients");            /* connections serving the space */
+    braid__ts_server_describe(ts, j);
+    braid_json_key(j, "ops");
+    braid_json_object_begin(j);
+    braid_json_kv_u64(j, "outs", ts->st.outs);
+    braid_json_kv_u64(j, "ins", ts->st.ins);
+    braid_json_kv_u64(j, "rds", ts->st.rds);
+    braid_json_kv_u64(j, "acks", ts->st.acks);
+    braid_json_kv_u64(j, "nacks", ts->st.nacks);
+    braid_json_kv_u64(j, "expired", ts->st.expired);
+    braid_json_kv_u64(j, "dead", ts->st.dead);
+    braid_json_kv_u64(j, "full", ts->st.full);
+    braid_json_object_end(j);
+    braid_json_object_end(j);
+}
+
 /* ---- options, creation ------------------------------------------------------------ */
 int braid_tuplespace_new(braid_loop *loop, const braid_tuplespace_options *opts,
                          braid_tuplespace **out) {
@@ -173,9 +259,13 @@ int braid_tuplespace_new(braid_loop *loop, const braid_tuplespace_options *opts,
     if (!ts->o.max_deliveries) ts->o.max_deliveries = 10;
     ts->dead_tag = braid_strdup(ts->o.dead_letter_tag ? ts->o.dead_letter_tag : "dead");
     ts->o.dead_letter_tag = ts->dead_tag;
+    ts->name = braid_strdup(ts->o.name ? ts->o.name : "tuplespace");
+    ts->o.name = ts->name;
     ts->loop = loop;
-    if (!ts->dead_tag || braid__ts_htab_init(&ts->buckets, 64) < 0 || braid__ts_htab_init(&ts->leases, 64) < 0) {
+    if (!ts->dead_tag || !ts->name || braid__ts_htab_init(&ts->buckets, 64) < 0 ||
+        braid__ts_htab_init(&ts->leases, 64) < 0) {
         braid_free(ts->buckets.slots);
+        braid_free(ts->name);
         braid_free(ts->dead_tag);
         braid_free(ts);
         return BRAID_ENOMEM;
@@ -192,6 +282,7 @@ int braid_tuplespace_new(braid_loop *loop, const braid_tuplespace_options *opts,
     }
     ts->o.path = NULL;               /* the caller's string: not kept */
     braid_handle_open(loop, &ts->handle, "tuplespace");
+    braid_introspect_add(loop, &ts->inode, "tuplespaces", describe, ts);
     *out = ts;
     return 0;
 }
@@ -1193,6 +1284,7 @@ static void fail_waiters(braid_tuplespace *ts, ts_waiter *w) {
 void braid_tuplespace_free(braid_tuplespace *ts) {
     if (!ts) return;
     BRAID__LOOP_AFFINE(ts->loop);
+    braid_introspect_remove(ts->loop, &ts->inode);
     /* Waiting calls first: their callbacks may still look at the space. */
     while (ts->ofirst) fail_waiters(ts, ts->ofirst);
     for (size_t a = 1; a <= BRAID_TUPLE_MAX_FIELDS; a++) {
@@ -1224,6 +1316,7 @@ void braid_tuplespace_free(braid_tuplespace *ts) {
     braid_free(ts->buckets.slots);
     braid_free(ts->leases.slots);
     braid_free(ts->dead_tag);
+    braid_free(ts->name);
     braid__ts_store_close(ts->store);
     braid_handle_close(ts->loop, &ts->handle);
     braid_free(ts);
