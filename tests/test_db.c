@@ -11,7 +11,6 @@
 #include "support/walk.h"
 
 #include <braid/db.h>
-#include <braid/introspect.h>
 #include <braid/pool.h>
 #include <braid/protocol.h>
 #include <braid/stream.h>
@@ -961,23 +960,6 @@ static braid_result hold_fn(braid_txn *txn, void *arg) {
     return braid_result_ok(NULL);
 }
 
-static bt_json *db_doc(braid_loop *loop) {
-    char *text;
-    size_t len;
-    BT_OK(braid_introspect_json(loop, &text, &len));
-    bt_json *doc = bt_json_parse(text, len);
-    if (!doc) bt_fail(__FILE__, __LINE__, "not JSON: %s", text);
-    braid_free(text);
-    return doc;
-}
-static const bt_json *db_entry(const bt_json *doc, const char *name) {
-    const bt_json *a = bt_json_get(doc, "databases");
-    for (size_t i = 0; a && i < a->n; i++) {
-        const bt_json *n = bt_json_get(bt_json_at(a, i), "name");
-        if (n && n->type == BT_JSON_STR && !strcmp(n->str, name)) return bt_json_at(a, i);
-    }
-    return NULL;
-}
 static double jnum(const bt_json *o, const char *k) {
     const bt_json *v = bt_json_get(o, k);
     if (bt_json_type(v) != BT_JSON_NUM) bt_fail(__FILE__, __LINE__, "member %s is not a number", k);
@@ -1003,8 +985,8 @@ static void section_case(const char *url, const char *engine) {
     }
     BT_EQ(atomic_load(&gate_entered), 1);
 
-    bt_json *doc = db_doc(loop);
-    const bt_json *e = db_entry(doc, "orders");
+    bt_json *doc = bt_introspect_doc(loop);
+    const bt_json *e = bt_json_named(doc, "databases", "orders");
     BT_TRUE(e != NULL);
     BT_STREQ(bt_json_get(e, "engine")->str, engine);
     if (!strcmp(engine, "sqlite")) BT_TRUE(strstr(bt_json_get(e, "target")->str, "section.db") != NULL);
@@ -1023,7 +1005,7 @@ static void section_case(const char *url, const char *engine) {
     BT_EQ((int)jnum(e, "committed"), 0);
     bt_json_free(doc);
     /* the db's pool is in "pools" too, under the db's name */
-    doc = db_doc(loop);
+    doc = bt_introspect_doc(loop);
     const bt_json *pools = bt_json_get(doc, "pools");
     BT_TRUE(pools != NULL && pools->n == 1);
     BT_STREQ(bt_json_get(bt_json_at(pools, 0), "name")->str, "orders");
@@ -1034,8 +1016,8 @@ static void section_case(const char *url, const char *engine) {
     BT_EQ(o[0].code, 0);
     BT_EQ(o[1].code, 0);
     BT_EQ(o[2].code, BRAID_EDB_SQL);
-    doc = db_doc(loop);
-    e = db_entry(doc, "orders");
+    doc = bt_introspect_doc(loop);
+    e = bt_json_named(doc, "databases", "orders");
     BT_EQ((int)jnum(e, "in_flight"), 0);
     BT_EQ((int)jnum(e, "queued"), 0);
     BT_EQ((int)jnum(e, "committed"), 2);
@@ -1049,7 +1031,7 @@ static void section_case(const char *url, const char *engine) {
     BT_EQ(bt_json_type(bt_json_get(bt_json_at(cs, 0), "busy_ns")), BT_JSON_NULL);
     bt_json_free(doc);
     braid_db_free(db);
-    doc = db_doc(loop);
+    doc = bt_introspect_doc(loop);
     BT_TRUE(bt_json_get(doc, "databases") == NULL);
     bt_json_free(doc);
     db_done(loop);

@@ -18,16 +18,6 @@
 #include <braid/tuplespace.h>
 #include <string.h>
 
-static bt_json *doc_of(braid_loop *loop) {
-    char *text;
-    size_t len;
-    BT_OK(braid_introspect_json(loop, &text, &len));
-    BT_EQ(strlen(text), len);
-    bt_json *doc = bt_json_parse(text, len);
-    if (!doc) bt_fail(__FILE__, __LINE__, "not JSON: %s", text);
-    braid_free(text);
-    return doc;
-}
 
 static void is_type(const bt_json *obj, const char *key, int type) {
     const bt_json *v = bt_json_get(obj, key);
@@ -88,7 +78,7 @@ BT_TEST(document_has_loop_pools_connections_and_sections) {
     braid_introspect_add(loop, &odd2, "odd", writes_nothing, NULL);
     braid_introspect_add(loop, &odd3, "odd", too_deep, NULL);
 
-    bt_json *doc = doc_of(loop);
+    bt_json *doc = bt_introspect_doc(loop);
     BT_EQ(bt_json_type(doc), BT_JSON_OBJ);
     BT_EQ((int)bt_json_get(doc, "braid")->num, 1);
     is_type(doc, "time_ns", BT_JSON_NUM);
@@ -148,7 +138,7 @@ BT_TEST(document_has_loop_pools_connections_and_sections) {
     braid_memory_transport_free(m);
     bt_spin(loop, 2);
     braid_pool_free(pool);
-    doc = doc_of(loop);
+    doc = bt_introspect_doc(loop);
     BT_TRUE(bt_json_get(doc, "stages") == NULL);
     BT_TRUE(bt_json_get(doc, "pools") == NULL);
     BT_TRUE(bt_json_get(doc, "connections") == NULL);
@@ -159,16 +149,6 @@ BT_TEST(document_has_loop_pools_connections_and_sections) {
 
 
 /* ---- the stage and component modules' sections ------------------------------------------- */
-/* The entry of section sec named name (NULL: none). */
-static const bt_json *entry(const bt_json *doc, const char *sec, const char *name) {
-    const bt_json *a = bt_json_get(doc, sec);
-    for (size_t i = 0; a && i < a->n; i++) {
-        const bt_json *e = bt_json_at(a, i);
-        const bt_json *n = bt_json_get(e, "name");
-        if (n && n->type == BT_JSON_STR && strcmp(n->str, name) == 0) return e;
-    }
-    return NULL;
-}
 
 static void stage_forward(braid_stage *st, braid_stage_event *evs, size_t n, void *arg) {
     (void)st;
@@ -183,9 +163,9 @@ BT_TEST(stages_section_from_the_stage_module) {
     braid_stage *parse, *render;
     BT_OK(braid_stage_new(d, "render", stage_forward, NULL, &(braid_stage_options){ .queue_limit = 16 }, &render));
     BT_OK(braid_stage_new(d, "parse", stage_forward, render, NULL, &parse));
-    bt_json *doc = doc_of(loop);
+    bt_json *doc = bt_introspect_doc(loop);
     BT_EQ(bt_json_get(doc, "stages")->n, 2);
-    BT_EQ(bt_json_get(entry(doc, "stages", "parse"), "links")->n, 0);   /* no edge learnt yet */
+    BT_EQ(bt_json_get(bt_json_named(doc, "stages", "parse"), "links")->n, 0);   /* no edge learnt yet */
     bt_json_free(doc);
     static int ev[3];
     for (int i = 0; i < 3; i++) {
@@ -193,8 +173,8 @@ BT_TEST(stages_section_from_the_stage_module) {
         BT_OK(braid_stage_enqueue(parse, &e));
     }
     bt_drain(loop);
-    doc = doc_of(loop);
-    const bt_json *p = entry(doc, "stages", "parse"), *r = entry(doc, "stages", "render");
+    doc = bt_introspect_doc(loop);
+    const bt_json *p = bt_json_named(doc, "stages", "parse"), *r = bt_json_named(doc, "stages", "render");
     BT_TRUE(p != NULL && r != NULL);
     is_type(p, "links", BT_JSON_ARR);
     BT_EQ(bt_json_get(p, "links")->n, 1);
@@ -210,12 +190,12 @@ BT_TEST(stages_section_from_the_stage_module) {
     BT_EQ(bt_json_get(r, "links")->n, 0);
     bt_json_free(doc);
     braid_stage_free(render);                 /* an edge to a freed stage names nothing */
-    doc = doc_of(loop);
+    doc = bt_introspect_doc(loop);
     BT_EQ(bt_json_get(doc, "stages")->n, 1);
-    BT_EQ(bt_json_get(entry(doc, "stages", "parse"), "links")->n, 0);
+    BT_EQ(bt_json_get(bt_json_named(doc, "stages", "parse"), "links")->n, 0);
     bt_json_free(doc);
     braid_stage_free(parse);
-    doc = doc_of(loop);
+    doc = bt_introspect_doc(loop);
     BT_TRUE(bt_json_get(doc, "stages") == NULL);
     bt_json_free(doc);
     braid_stage_domain_free(d);
@@ -249,9 +229,9 @@ BT_TEST(components_section_from_the_component_module) {
     BT_OK(braid_component_deliver(src, BRAID_COMPONENT_INBOX, &msg[0], NULL));
     BT_OK(braid_component_deliver(src, BRAID_COMPONENT_INBOX, &msg[1], NULL));
     bt_drain(loop);
-    bt_json *doc = doc_of(loop);
+    bt_json *doc = bt_introspect_doc(loop);
     BT_EQ(bt_json_get(doc, "components")->n, 2);
-    const bt_json *s = entry(doc, "components", "src"), *k = entry(doc, "components", "sink");
+    const bt_json *s = bt_json_named(doc, "components", "src"), *k = bt_json_named(doc, "components", "sink");
     BT_TRUE(s != NULL && k != NULL);
     is_type(s, "links", BT_JSON_ARR);
     BT_EQ(bt_json_get(s, "links")->n, 1);                 /* two boxes to sink: one arrow */
@@ -264,12 +244,12 @@ BT_TEST(components_section_from_the_component_module) {
     BT_EQ((int)bt_json_get(bt_json_get(k, "inboxes"), "control")->num, 0);
     bt_json_free(doc);
     braid_component_free(sink);               /* src's outboxes now lead nowhere */
-    doc = doc_of(loop);
+    doc = bt_introspect_doc(loop);
     BT_EQ(bt_json_get(doc, "components")->n, 1);
-    BT_EQ(bt_json_get(entry(doc, "components", "src"), "links")->n, 0);
+    BT_EQ(bt_json_get(bt_json_named(doc, "components", "src"), "links")->n, 0);
     bt_json_free(doc);
     braid_component_free(src);
-    doc = doc_of(loop);
+    doc = bt_introspect_doc(loop);
     BT_TRUE(bt_json_get(doc, "components") == NULL);
     bt_json_free(doc);
     bt_drain(loop);
@@ -333,8 +313,8 @@ BT_IO_TEST(tuplespaces_section_from_the_tuplespace_module) {
                                                      BRAID_FOREVER);
     BT_RUN_UNTIL(loop, ({ braid_tuplespace_stats st; braid_tuplespace_stats_get(ts, &st); st.waiters == 3; }), 2000);
 
-    bt_json *doc = doc_of(loop);
-    const bt_json *e = entry(doc, "tuplespaces", "jobs");
+    bt_json *doc = bt_introspect_doc(loop);
+    const bt_json *e = bt_json_named(doc, "tuplespaces", "jobs");
     BT_TRUE(e != NULL);
     BT_EQ(bt_json_type(member(e, "durable")), BT_JSON_BOOL);
     BT_EQ(num(e, "tuples"), 2);               /* job 3 and (7, 1.5, true) */
@@ -378,8 +358,8 @@ BT_IO_TEST(tuplespaces_section_from_the_tuplespace_module) {
     braid_tuplespace_client_free(c);
     BT_EQ(settle(loop, cin), BRAID_ESHUTDOWN);
     BT_RUN_UNTIL(loop, braid_tuplespace_connections(ts) == 0, 2000);
-    doc = doc_of(loop);
-    e = entry(doc, "tuplespaces", "jobs");
+    doc = bt_introspect_doc(loop);
+    e = bt_json_named(doc, "tuplespaces", "jobs");
     BT_EQ(member(e, "clients")->n, 0);
     BT_EQ(num(e, "leased"), 1);
     BT_EQ(num(e, "tuples"), 3);
@@ -392,7 +372,7 @@ BT_IO_TEST(tuplespaces_section_from_the_tuplespace_module) {
     braid_tuplespace_free(ts);
     BT_EQ(settle(loop, in), BRAID_ESHUTDOWN);
     BT_EQ(settle(loop, rd), BRAID_ESHUTDOWN);
-    doc = doc_of(loop);
+    doc = bt_introspect_doc(loop);
     BT_TRUE(bt_json_get(doc, "tuplespaces") == NULL);
     bt_json_free(doc);
     bt_drain(loop);
