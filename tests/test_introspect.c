@@ -285,7 +285,7 @@ static int settle(braid_loop *loop, braid_deferred *d) {
 BT_IO_TEST(tuplespaces_section_from_the_tuplespace_module) {
     braid_loop *loop = bt_loop_new(NULL);
     braid_tuplespace *ts;
-    BT_OK(braid_tuplespace_new(loop, &(braid_tuplespace_options){ .name = "jobs" }, &ts));
+    BT_OK(braid_tuplespace_new(loop, &(braid_tuplespace_options){ .name = "jobs", .max_tuples = 5 }, &ts));
     BT_OK(braid_tuplespace_out(ts, BRAID_FIELDS(braid_field_str("job"), braid_field_int(1)), 0));
     BT_OK(braid_tuplespace_out(ts, BRAID_FIELDS(braid_field_str("job"), braid_field_int(2)), 0));
     BT_OK(braid_tuplespace_out(ts, BRAID_FIELDS(braid_field_str("job"), braid_field_int(3)), 0));
@@ -367,11 +367,35 @@ BT_IO_TEST(tuplespaces_section_from_the_tuplespace_module) {
     BT_TRUE(bt_json_get(doc, "tuplespace_clients") == NULL);
     bt_json_free(doc);
 
-    BT_OK(braid_tuplespace_ack(ts, leased->lease));
+    /* The tallies follow takes, a full space and a nack with a delay. */
+    braid_tuple *t3;
+    BT_OK(braid_tuplespace_inp(ts, BRAID_FIELDS(braid_field_int(7), braid_field_any(BRAID_FIELD_DOUBLE),
+                                                braid_field_any(BRAID_FIELD_BOOL)), &t3));
+    braid_tuple_free(t3);
+    BT_OK(braid_tuplespace_out(ts, BRAID_FIELDS(braid_field_str("extra"), braid_field_int(0)), 0));
+    BT_OK(braid_tuplespace_out(ts, BRAID_FIELDS(braid_field_str("extra"), braid_field_int(1)), 0));   /* full: 5 */
+    braid_deferred *ow = braid_tuplespace_out_wait(ts, BRAID_FIELDS(braid_field_str("more"), braid_field_int(0)), 0,
+                                                   BRAID_FOREVER);
+    BT_TRUE(ow != NULL);
+    BT_OK(braid_tuplespace_nack(ts, leased->lease, BRAID_SECONDS(5)));
     braid_tuple_free(leased);
+    doc = doc_of(loop);
+    e = entry(doc, "tuplespaces", "jobs");
+    BT_TRUE(arity_entry(e, 3) == NULL);       /* its only bucket went with its tuple */
+    BT_EQ(num(arity_entry(e, 2), "tuples"), 4);
+    BT_EQ(num(arity_entry(e, 2), "buckets"), 3);   /* "job", "extra", "never" (a waiter's) */
+    BT_EQ(num(member(e, "by_first_field"), "int"), 0);
+    BT_EQ(num(member(e, "by_first_field"), "string"), 4);
+    BT_EQ(num(member(e, "waiting"), "out_wait"), 1);
+    BT_EQ(num(member(e, "leases"), "held"), 0);
+    BT_EQ(num(member(e, "leases"), "returning"), 1);
+    BT_EQ(num(member(e, "ops"), "full"), 0);
+    bt_json_free(doc);
+
     braid_tuplespace_free(ts);
     BT_EQ(settle(loop, in), BRAID_ESHUTDOWN);
     BT_EQ(settle(loop, rd), BRAID_ESHUTDOWN);
+    BT_EQ(settle(loop, ow), BRAID_ESHUTDOWN);
     doc = bt_introspect_doc(loop);
     BT_TRUE(bt_json_get(doc, "tuplespaces") == NULL);
     bt_json_free(doc);

@@ -62,6 +62,7 @@ typedef struct ts_bucket {
 typedef struct ts_arity {
     ts_bucket *buckets;              /* every bucket of this arity */
     ts_waiter *wfirst, *wlast;       /* waiting calls whose first field is a formal */
+    size_t tuples, nbuckets, waiting;   /* introspection: stored, buckets, waiting calls */
 } ts_arity;
 
 enum { W_IN = 1, W_RD, W_LEASE, W_OUT };
@@ -102,6 +103,8 @@ struct braid_tuplespace {
     uint64_t seq;                    /* tuples' out order and waiters' call order */
     size_t count, bytes;             /* stored + leased */
     size_t nstored, nleased, nwaiters;
+    size_t by_type[6];               /* stored tuples by their first field's type */
+    size_t by_kind[W_OUT + 1];       /* waiting calls by kind */
     ts_waiter *ofirst, *olast;       /* outs waiting for room */
     bool admitting;
     /* leases */
@@ -168,8 +171,9 @@ static const char *const field_type_names[] = { "?", "int", "double", "string", 
 /* The space's entry in the loop's "tuplespaces" section: what it holds by
  * arity and by the type of the first field (the index key), the waiting
  * calls by kind, the leases, the connections serving it, its counters.
- * One pass over the buckets and the waiting calls (both bounded by the
- * space's limits), nothing allocated. */
+ * The tallies are kept as tuples and calls come and go, so the entry costs
+ * the same whatever the space holds, but for one pass over the connections
+ * serving it (and the leases each holds). Nothing allocated. */
 static void describe(braid_json *j, void *arg) {
     braid_tuplespace *ts = arg;
     braid_json_object_begin(j);
@@ -181,46 +185,35 @@ static void describe(braid_json *j, void *arg) {
     braid_json_kv_u64(j, "max_tuples", ts->o.max_tuples);
     braid_json_kv_u64(j, "max_bytes", ts->o.max_bytes);
     braid_json_kv_u64(j, "buckets", ts->st.buckets);
-    size_t by_type[6] = { 0 }, waiting[5] = { 0 };
     braid_json_key(j, "by_arity");
     braid_json_array_begin(j);
     for (uint32_t a = 1; a <= BRAID_TUPLE_MAX_FIELDS; a++) {
         const ts_arity *ar = &ts->arity[a];
-        if (!ar->buckets && !ar->wfirst) continue;
-        size_t tuples = 0, buckets = 0, waiters = 0;
-        for (const ts_waiter *w = ar->wfirst; w; w = w->next, waiters++) waiting[w->kind]++;
-        for (const ts_bucket *b = ar->buckets; b; b = b->anext) {
-            buckets++;
-            tuples += b->count;
-            by_type[b->key.type < 6 ? b->key.type : 0] += b->count;
-            for (const ts_waiter *w = b->wfirst; w; w = w->next, waiters++) waiting[w->kind]++;
-        }
+        if (!ar->nbuckets && !ar->waiting) continue;
         braid_json_object_begin(j);
         braid_json_kv_u64(j, "arity", a);
-        braid_json_kv_u64(j, "tuples", tuples);
-        braid_json_kv_u64(j, "buckets", buckets);
-        braid_json_kv_u64(j, "waiting", waiters);
+        braid_json_kv_u64(j, "tuples", ar->tuples);
+        braid_json_kv_u64(j, "buckets", ar->nbuckets);
+        braid_json_kv_u64(j, "waiting", ar->waiting);
         braid_json_object_end(j);
     }
     braid_json_array_end(j);
     braid_json_key(j, "by_first_field");
     braid_json_object_begin(j);
-    for (int t = 1; t < 6; t++) braid_json_kv_u64(j, field_type_names[t], by_type[t]);
+    for (int t = 1; t < 6; t++) braid_json_kv_u64(j, field_type_names[t], ts->by_type[t]);
     braid_json_object_end(j);
-    for (const ts_waiter *w = ts->ofirst; w; w = w->next) waiting[w->kind]++;
     braid_json_key(j, "waiting");
     braid_json_object_begin(j);
-    braid_json_kv_u64(j, "in", waiting[W_IN]);
-    braid_json_kv_u64(j, "rd", waiting[W_RD]);
-    braid_json_kv_u64(j, "in_lease", waiting[W_LEASE]);
-    braid_json_kv_u64(j, "out_wait", waiting[W_OUT]);
+    braid_json_kv_u64(j, "in", ts->by_kind[W_IN]);
+    braid_json_kv_u64(j, "rd", ts->by_kind[W_RD]);
+    braid_json_kv_u64(j, "in_lease", ts->by_kind[W_LEASE]);
+    braid_json_kv_u64(j, "out_wait", ts->by_kind[W_OUT]);
     braid_json_object_end(j);
-    size_t returning = 0;
-    for (uint32_t i = 0; i < ts->heap_len; i++) returning += ts->heap[i]->state == TS_RETURNING;
     braid_json_key(j, "leases");
     braid_json_object_begin(j);
-    braid_json_kv_u64(j, "held", ts->heap_len - returning);
-    braid_json_kv_u64(j, "returning", returning);   /* nacked with a delay */
+    /* the heap holds the leased tuples and those nacked with a delay */
+    braid_json_kv_u64(j, "held", ts->nleased);
+    braid_json_kv_u64(j, "returning", ts->heap_len - ts->nleased);
     braid_json_key(j, "next_deadline_in_ns");
     if (ts->heap_len) {
         uint64_t now = braid_loop_now(ts->loop), dl = ts->heap[0]->deadline;
@@ -317,6 +310,7 @@ static ts_bucket *bucket_get(braid_tuplespace *ts, uint32_t arity, const braid_f
     b->anext = a->buckets;
     if (a->buckets) a->buckets->aprev = b;
     a->buckets = b;
+    a->nbuckets++;
     ts->st.buckets++;
     return b;
 }
@@ -329,6 +323,7 @@ static void bucket_maybe_free(braid_tuplespace *ts, ts_bucket *b) {
     if (b->aprev) b->aprev->anext = b->anext;
     else a->buckets = b->anext;
     if (b->anext) b->anext->aprev = b->aprev;
+    a->nbuckets--;
     ts->st.buckets--;
     braid_free(b->levels);
     braid_free(b);
@@ -383,6 +378,8 @@ static void bucket_store(braid_tuplespace *ts, ts_bucket *b, ts_entry *e, bool b
     e->state = TS_STORED;
     b->count++;
     ts->nstored++;
+    ts->arity[b->arity].tuples++;
+    ts->by_type[b->key.type < 6 ? b->key.type : 0]++;
 }
 
 /* Take e out of its bucket (the bucket may then be freed by the caller). */
@@ -401,6 +398,8 @@ static void bucket_unlink(braid_tuplespace *ts, ts_entry *e) {
     }
     b->count--;
     ts->nstored--;
+    ts->arity[b->arity].tuples--;
+    ts->by_type[b->key.type < 6 ? b->key.type : 0]--;
     e->bucket = NULL;
     e->prev = e->next = NULL;
     e->state = TS_LOOSE;
@@ -472,6 +471,7 @@ static void admit(braid_tuplespace *ts) {
         if (ts->ofirst) ts->ofirst->prev = NULL;
         else ts->olast = NULL;
         ts->nwaiters--;
+        ts->by_kind[W_OUT]--;
         ts_entry *e = w->entry;
         braid_deferred *d = w->d;
         braid_free(w);
@@ -509,6 +509,8 @@ static void waiter_unlink(braid_tuplespace *ts, ts_waiter *w) {
     else *last = w->prev;
     w->prev = w->next = NULL;
     ts->nwaiters--;
+    ts->by_kind[w->kind]--;
+    if (w->kind != W_OUT) ts->arity[w->n].waiting--;
     if (w->bucket) {
         ts_bucket *b = w->bucket;
         w->bucket = NULL;
@@ -997,6 +999,7 @@ braid_deferred *braid_tuplespace_out_wait(braid_tuplespace *ts, const braid_fiel
     else ts->ofirst = w;
     ts->olast = w;
     ts->nwaiters++;
+    ts->by_kind[W_OUT]++;
     arm_timeout(ts, w, d, timeout);
     return d;
 }
@@ -1102,6 +1105,8 @@ static braid_deferred *wait_for(braid_tuplespace *ts, uint8_t kind, const braid_
     else *first = w;
     *last = w;
     ts->nwaiters++;
+    ts->by_kind[kind]++;
+    ts->arity[n].waiting++;
     arm_timeout(ts, w, d, timeout);
     return d;
 }
