@@ -379,8 +379,8 @@ BT_IO_TEST(tuplespaces_section_from_the_tuplespace_module) {
     BT_TRUE(ow != NULL);
     BT_OK(braid_tuplespace_nack(ts, leased->lease, BRAID_SECONDS(5)));
     braid_tuple_free(leased);
-    doc = doc_of(loop);
-    e = entry(doc, "tuplespaces", "jobs");
+    doc = bt_introspect_doc(loop);
+    e = bt_json_named(doc, "tuplespaces", "jobs");
     BT_TRUE(arity_entry(e, 3) == NULL);       /* its only bucket went with its tuple */
     BT_EQ(num(arity_entry(e, 2), "tuples"), 4);
     BT_EQ(num(arity_entry(e, 2), "buckets"), 3);   /* "job", "extra", "never" (a waiter's) */
