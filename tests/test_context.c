@@ -608,6 +608,208 @@ BT_TEST(hop_component_messages_carry_the_senders_context) {
     bt_loop_destroy(loop);
 }
 
+
+/* A ready call queued in a context and cancelled gives the context's
+ * reference back (the leak gate fails otherwise). */
+static void never_called(void *arg) { (void)arg; abort(); }
+BT_TEST(hop_soon_cancelled_releases_its_context) {
+    braid_loop *loop = bt_loop_new(NULL);
+    braid_soon node = { .fn = never_called };
+    braid_ctx_scope s;
+    BT_OK(braid_ctx_push_str(&s, &USER, "alice"));
+    braid_loop_soon_node(loop, &node);
+    braid_ctx_pop(&s);
+    BT_TRUE(braid_loop_soon_cancel(loop, &node));
+    BT_TRUE(!braid_loop_soon_cancel(loop, &node));
+    bt_drain(loop);
+    bt_loop_destroy(loop);
+}
+
+/* A component woken from inside a context runs in none: the context of
+ * whoever woke the scheduler is not lent to the runs it makes. */
+static int note_run_context(braid_component *c, void *state) {
+    (void)c;
+    keep(state, braid_ctx_get_str(&USER));
+    return BRAID_COMPONENT_IDLE;
+}
+BT_TEST(hop_component_run_does_not_inherit_the_wakers_context) {
+    braid_loop *loop = bt_loop_new(NULL);
+    static char seen[64];
+    braid_component *c;
+    BT_OK(braid_component_new(loop, note_run_context, seen, NULL, &c));
+    BT_OK(braid_component_activate(c));
+    bt_drain(loop);
+    braid_ctx_scope s;
+    BT_OK(braid_ctx_push_str(&s, &USER, "mallory"));
+    braid_component_wake(c);
+    braid_ctx_pop(&s);
+    bt_drain(loop);
+    BT_STREQ(seen, "(none)");
+    braid_component_free(c);
+    bt_drain(loop);
+    bt_loop_destroy(loop);
+}
+
+/* ---- hop: a threaded component's thread, both ways ------------------------------------------ */
+/* The thread notes the context each message arrives in (a copy travels back
+ * in the reply, so the loop reads it only after the queue's lock), then
+ * replies from inside it. */
+static int thread_echo(braid_component_thread *t, void *state) {
+    (void)state;
+    for (int i = 0; i < 3; i++) {
+        braid_component_msg m;
+        int rc = braid_component_thread_recv(t, NULL, &m, BRAID_SECONDS(10));
+        if (rc < 0) return rc;
+        char *seen = malloc(64);
+        if (!seen) return BRAID_ENOMEM;
+        keep(seen, braid_ctx_get_str(&USER));
+        rc = braid_component_thread_send(t, BRAID_COMPONENT_OUTBOX, seen, free, BRAID_SECONDS(10));
+        if (rc < 0) {
+            free(seen);
+            return rc;
+        }
+    }
+    return 0;
+}
+
+typedef struct thread_seen {
+    char on_thread[3][64];   /* what the thread saw, by message */
+    char on_reply[3][64];    /* the context the reply arrived in, on the loop */
+    int n;
+} thread_seen;
+
+static int collect_replies(braid_component *c, void *state) {
+    thread_seen *r = state;
+    braid_component_msg m;
+    while (braid_component_recv(c, BRAID_COMPONENT_INBOX, &m) == 0) {
+        if (r->n < 3) {
+            keep(r->on_thread[r->n], m.ptr);
+            keep(r->on_reply[r->n], braid_ctx_get_str(&USER));
+            r->n++;
+        }
+        braid_component_msg_free(m);
+    }
+    return BRAID_COMPONENT_IDLE;
+}
+
+/* Three messages delivered under alice, no context and bob: the thread sees
+ * each in its sender's context (not the one before it), and each reply it
+ * sends from there reaches the next component in that context. */
+BT_TEST(hop_threaded_component_thread_runs_in_the_senders_context) {
+    braid_loop *loop = bt_loop_new(NULL);
+    static thread_seen r;
+    memset(&r, 0, sizeof r);
+    braid_component *th, *sink;
+    BT_OK(braid_component_new_threaded(loop, thread_echo, NULL, NULL, &th));
+    BT_OK(braid_component_new(loop, collect_replies, &r, NULL, &sink));
+    BT_OK(braid_component_link(th, "outbox", sink, "inbox", BRAID_COMPONENT_LINK_NORMAL));
+    BT_OK(braid_component_activate(sink));
+    BT_OK(braid_component_activate(th));
+    const char *users[3] = { "alice", NULL, "bob" };
+    static int msgs[3];
+    for (int i = 0; i < 3; i++) {
+        braid_ctx_scope s;
+        if (users[i]) BT_OK(braid_ctx_push_str(&s, &USER, users[i]));
+        BT_OK(braid_component_deliver(th, BRAID_COMPONENT_INBOX, &msgs[i], NULL));
+        if (users[i]) braid_ctx_pop(&s);
+        BT_RUN_UNTIL(loop, r.n == i + 1, 1000);   /* one at a time: each reply before the next */
+    }
+    BT_RUN_UNTIL(loop, braid_component_is_done(th), 1000);
+    static const char *const want[3] = { "alice", "(none)", "bob" };
+    for (int i = 0; i < 3; i++) {
+        BT_STREQ(r.on_thread[i], want[i]);
+        BT_STREQ(r.on_reply[i], want[i]);
+    }
+    BT_PTR_EQ(braid_ctx_current(), NULL);
+    braid_component_free(th);
+    braid_component_free(sink);
+    bt_drain(loop);
+    bt_loop_destroy(loop);
+}
+
+/* ---- hop: a component fed from a Deferred ------------------------------------------------------ */
+/* The value a from_deferred component sends on is in the context the
+ * component was made in (where its callback on the Deferred was added),
+ * not in whatever context fires the Deferred or runs the component. */
+BT_TEST(hop_from_deferred_component_sends_in_its_makers_context) {
+    braid_loop *loop = bt_loop_new(NULL);
+    static thread_seen r;
+    memset(&r, 0, sizeof r);
+    braid_deferred *d = braid_deferred_new(loop);
+    BT_TRUE(d != NULL);
+    braid_component *from, *sink;
+    braid_ctx_scope s;
+    BT_OK(braid_ctx_push_str(&s, &USER, "carol"));
+    BT_OK(braid_component_new_from_deferred(loop, d, NULL, &from));
+    braid_ctx_pop(&s);
+    BT_OK(braid_component_new(loop, collect_replies, &r, NULL, &sink));
+    BT_OK(braid_component_link(from, "outbox", sink, "inbox", BRAID_COMPONENT_LINK_NORMAL));
+    BT_OK(braid_component_activate(sink));
+    BT_OK(braid_component_activate(from));
+    bt_drain(loop);
+    char *v = malloc(64);
+    snprintf(v, 64, "value");
+    braid_component_wake(sink);          /* the scheduler's next run is queued in no context */
+    BT_OK(braid_ctx_push_str(&s, &USER, "mallory"));     /* whoever fires it */
+    BT_OK(braid_deferred_callback(d, v, free));
+    braid_ctx_pop(&s);
+    BT_RUN_UNTIL(loop, r.n == 1, 100);
+    BT_STREQ(r.on_thread[0], "value");
+    BT_STREQ(r.on_reply[0], "carol");
+    BT_PTR_EQ(braid_ctx_current(), NULL);
+    braid_component_free(from);
+    braid_component_free(sink);
+    bt_drain(loop);
+    bt_loop_destroy(loop);
+}
+
+/* ---- hop: a splitter held back by a full destination ---------------------------------------- */
+/* A component that keeps its inbox full until told to drain it. */
+static int drain_when_open(braid_component *c, void *state) {
+    bool *open = state;
+    braid_component_msg m;
+    while (*open && braid_component_recv(c, BRAID_COMPONENT_INBOX, &m) == 0) braid_component_msg_free(m);
+    return BRAID_COMPONENT_IDLE;
+}
+
+/* The splitter hands a message sent under alice to a full destination
+ * first: it waits, and hands the message on (to that one and the next) in
+ * a later run, started by the destination's pop in no context — still in
+ * alice's. */
+BT_TEST(hop_splitter_resumed_after_a_full_box_keeps_the_senders_context) {
+    braid_loop *loop = bt_loop_new(NULL);
+    static bool open;
+    static comp_seen late;
+    open = false;
+    memset(&late, 0, sizeof late);
+    braid_component *slow, *last, *sp;
+    BT_OK(braid_component_new(loop, drain_when_open, &open, &(braid_component_options){ .name = "slow", .capacity = 1 },
+                              &slow));
+    BT_OK(braid_component_new(loop, comp_relay, &late, &(braid_component_options){ .name = "late" }, &last));
+    BT_OK(braid_component_splitter_new(loop, NULL, &sp));
+    BT_OK(braid_component_splitter_add(sp, slow, "inbox", 0));
+    BT_OK(braid_component_splitter_add(sp, last, "inbox", 0));
+    braid_component *all[] = { slow, last, sp };
+    for (int i = 0; i < 3; i++) BT_OK(braid_component_activate(all[i]));
+    static int filler, msg;
+    BT_OK(braid_component_deliver(slow, 0, &filler, NULL));      /* slow is full */
+    braid_ctx_scope s;
+    BT_OK(braid_ctx_push_str(&s, &USER, "alice"));
+    BT_OK(braid_component_deliver(sp, BRAID_COMPONENT_INBOX, &msg, NULL));
+    braid_ctx_pop(&s);
+    bt_drain(loop);
+    BT_EQ(late.n, 0);                                              /* held back by slow */
+    open = true;
+    braid_component_wake(slow);
+    bt_drain(loop);
+    BT_EQ(late.n, 1);
+    BT_STREQ(late.user[0], "alice");
+    BT_PTR_EQ(braid_ctx_current(), NULL);
+    for (int i = 0; i < 3; i++) braid_component_free(all[i]);
+    bt_drain(loop);
+    bt_loop_destroy(loop);
+}
+
 /* ---- hop: fiber spawn and await ---------------------------------------------------------- */
 typedef struct fib {
     braid_loop *loop;

@@ -5,6 +5,7 @@
  * Worker threads and the loop share only atomics here (TSan runs this file). */
 // ctest-labels: threads
 #include "harness.h"
+#include "support/json.h"
 #include "support/net.h"
 #include "support/run.h"
 #include "support/walk.h"
@@ -944,6 +945,100 @@ BT_TEST(sqlite_interaction_runs_in_callers_context) {
     db_done(loop);
 }
 
+
+/* ---- the "databases" introspection section ---------------------------------------------------- */
+/* An interaction that holds its connection until the test opens the gate. */
+static _Atomic int gate_open, gate_entered;
+static braid_result hold_fn(braid_txn *txn, void *arg) {
+    (void)arg;
+    if (braid_txn_exec(txn, "CREATE TABLE IF NOT EXISTS held (v INTEGER)", NULL, 0) < 0) return braid_txn_failure(txn);
+    atomic_fetch_add(&gate_entered, 1);
+    while (!atomic_load(&gate_open)) {
+        struct timespec ts = { 0, 200000 };
+        nanosleep(&ts, NULL);
+    }
+    return braid_result_ok(NULL);
+}
+
+static double jnum(const bt_json *o, const char *k) {
+    const bt_json *v = bt_json_get(o, k);
+    if (bt_json_type(v) != BT_JSON_NUM) bt_fail(__FILE__, __LINE__, "member %s is not a number", k);
+    return v->num;
+}
+
+/* One connection busy in a transaction, two interactions queued behind it,
+ * then the counters once they are done (one of them fails). */
+static void section_case(const char *url, const char *engine) {
+    braid_loop *loop = bt_loop_new(NULL);
+    braid_db *db;
+    BT_OK(braid_db_open(loop, url, &(braid_db_options){ .connections = 1, .name = "orders" }, &db));
+    atomic_store(&gate_open, 0);
+    atomic_store(&gate_entered, 0);
+    outcome o[3];
+    watch(braid_db_run_interaction(db, hold_fn, NULL, NULL), &o[0]);
+    watch(braid_db_run_interaction(db, run_sql, "INSERT INTO held VALUES (1)", NULL), &o[1]);
+    watch(braid_db_run_interaction(db, run_sql, "INSERT INTO no_such_table VALUES (1)", NULL), &o[2]);
+    /* the thread does not need the loop to get there: wait for it here (10 s at most) */
+    for (int i = 0; i < 50000 && atomic_load(&gate_entered) != 1; i++) {
+        struct timespec ts = { 0, 200000 };
+        nanosleep(&ts, NULL);
+    }
+    BT_EQ(atomic_load(&gate_entered), 1);
+
+    bt_json *doc = bt_introspect_doc(loop);
+    const bt_json *e = bt_json_named(doc, "databases", "orders");
+    BT_TRUE(e != NULL);
+    BT_STREQ(bt_json_get(e, "engine")->str, engine);
+    if (!strcmp(engine, "sqlite")) BT_TRUE(strstr(bt_json_get(e, "target")->str, "section.db") != NULL);
+    else BT_EQ(bt_json_type(bt_json_get(e, "target")), BT_JSON_NULL);   /* a conninfo may hold a password */
+    BT_EQ((int)jnum(e, "max_connections"), 1);
+    BT_EQ((int)jnum(e, "in_flight"), 3);
+    BT_EQ((int)jnum(e, "queued"), 2);
+    const bt_json *cs = bt_json_get(e, "connections");
+    BT_EQ(bt_json_type(cs), BT_JSON_ARR);
+    BT_EQ(cs->n, 1);
+    const bt_json *c = bt_json_at(cs, 0);
+    BT_STREQ(bt_json_get(c, "state")->str, "transaction");
+    BT_TRUE(bt_json_get(c, "in_transaction")->b);
+    BT_EQ((int)jnum(c, "attempt"), 1);
+    jnum(c, "busy_ns");
+    BT_EQ((int)jnum(e, "committed"), 0);
+    bt_json_free(doc);
+    /* the db's pool is in "pools" too, under the db's name */
+    doc = bt_introspect_doc(loop);
+    const bt_json *pools = bt_json_get(doc, "pools");
+    BT_TRUE(pools != NULL && pools->n == 1);
+    BT_STREQ(bt_json_get(bt_json_at(pools, 0), "name")->str, "orders");
+    bt_json_free(doc);
+
+    atomic_store(&gate_open, 1);
+    for (int i = 0; i < 3; i++) run_until_fired(loop, &o[i]);
+    BT_EQ(o[0].code, 0);
+    BT_EQ(o[1].code, 0);
+    BT_EQ(o[2].code, BRAID_EDB_SQL);
+    doc = bt_introspect_doc(loop);
+    e = bt_json_named(doc, "databases", "orders");
+    BT_EQ((int)jnum(e, "in_flight"), 0);
+    BT_EQ((int)jnum(e, "queued"), 0);
+    BT_EQ((int)jnum(e, "committed"), 2);
+    BT_EQ((int)jnum(e, "rolled_back"), 1);
+    BT_EQ((int)jnum(e, "failed"), 1);
+    BT_EQ((int)jnum(e, "retries"), 0);
+    BT_EQ((int)jnum(e, "connects"), 1);
+    cs = bt_json_get(e, "connections");
+    BT_EQ(cs->n, 1);                                   /* still open, idle now */
+    BT_STREQ(bt_json_get(bt_json_at(cs, 0), "state")->str, "idle");
+    BT_EQ(bt_json_type(bt_json_get(bt_json_at(cs, 0), "busy_ns")), BT_JSON_NULL);
+    bt_json_free(doc);
+    braid_db_free(db);
+    doc = bt_introspect_doc(loop);
+    BT_TRUE(bt_json_get(doc, "databases") == NULL);
+    bt_json_free(doc);
+    db_done(loop);
+}
+
+BT_TEST(sqlite_introspection_section) { section_case(sqlite_url("section.db"), "sqlite"); }
+
 /* ---- allocation failures ------------------------------------------------------------------------------ */
 /* One scenario of the walk: open, an interaction that creates a table, one
  * that emits two messages, a braid_db_query; then free. Every Deferred fires
@@ -1323,3 +1418,5 @@ BT_TEST(pg_connect_failure_reported) {
     braid_db_free(db);
     db_done(loop);
 }
+
+BT_TEST(pg_introspection_section) { section_case(pg_url(), "postgresql"); }

@@ -15,18 +15,9 @@
 #include <braid/stage.h>
 #include <braid/stream.h>
 #include <braid/testing.h>
+#include <braid/tuplespace.h>
 #include <string.h>
 
-static bt_json *doc_of(braid_loop *loop) {
-    char *text;
-    size_t len;
-    BT_OK(braid_introspect_json(loop, &text, &len));
-    BT_EQ(strlen(text), len);
-    bt_json *doc = bt_json_parse(text, len);
-    if (!doc) bt_fail(__FILE__, __LINE__, "not JSON: %s", text);
-    braid_free(text);
-    return doc;
-}
 
 static void is_type(const bt_json *obj, const char *key, int type) {
     const bt_json *v = bt_json_get(obj, key);
@@ -87,7 +78,7 @@ BT_TEST(document_has_loop_pools_connections_and_sections) {
     braid_introspect_add(loop, &odd2, "odd", writes_nothing, NULL);
     braid_introspect_add(loop, &odd3, "odd", too_deep, NULL);
 
-    bt_json *doc = doc_of(loop);
+    bt_json *doc = bt_introspect_doc(loop);
     BT_EQ(bt_json_type(doc), BT_JSON_OBJ);
     BT_EQ((int)bt_json_get(doc, "braid")->num, 1);
     is_type(doc, "time_ns", BT_JSON_NUM);
@@ -147,7 +138,7 @@ BT_TEST(document_has_loop_pools_connections_and_sections) {
     braid_memory_transport_free(m);
     bt_spin(loop, 2);
     braid_pool_free(pool);
-    doc = doc_of(loop);
+    doc = bt_introspect_doc(loop);
     BT_TRUE(bt_json_get(doc, "stages") == NULL);
     BT_TRUE(bt_json_get(doc, "pools") == NULL);
     BT_TRUE(bt_json_get(doc, "connections") == NULL);
@@ -158,16 +149,6 @@ BT_TEST(document_has_loop_pools_connections_and_sections) {
 
 
 /* ---- the stage and component modules' sections ------------------------------------------- */
-/* The entry of section sec named name (NULL: none). */
-static const bt_json *entry(const bt_json *doc, const char *sec, const char *name) {
-    const bt_json *a = bt_json_get(doc, sec);
-    for (size_t i = 0; a && i < a->n; i++) {
-        const bt_json *e = bt_json_at(a, i);
-        const bt_json *n = bt_json_get(e, "name");
-        if (n && n->type == BT_JSON_STR && strcmp(n->str, name) == 0) return e;
-    }
-    return NULL;
-}
 
 static void stage_forward(braid_stage *st, braid_stage_event *evs, size_t n, void *arg) {
     (void)st;
@@ -182,9 +163,9 @@ BT_TEST(stages_section_from_the_stage_module) {
     braid_stage *parse, *render;
     BT_OK(braid_stage_new(d, "render", stage_forward, NULL, &(braid_stage_options){ .queue_limit = 16 }, &render));
     BT_OK(braid_stage_new(d, "parse", stage_forward, render, NULL, &parse));
-    bt_json *doc = doc_of(loop);
+    bt_json *doc = bt_introspect_doc(loop);
     BT_EQ(bt_json_get(doc, "stages")->n, 2);
-    BT_EQ(bt_json_get(entry(doc, "stages", "parse"), "links")->n, 0);   /* no edge learnt yet */
+    BT_EQ(bt_json_get(bt_json_named(doc, "stages", "parse"), "links")->n, 0);   /* no edge learnt yet */
     bt_json_free(doc);
     static int ev[3];
     for (int i = 0; i < 3; i++) {
@@ -192,8 +173,8 @@ BT_TEST(stages_section_from_the_stage_module) {
         BT_OK(braid_stage_enqueue(parse, &e));
     }
     bt_drain(loop);
-    doc = doc_of(loop);
-    const bt_json *p = entry(doc, "stages", "parse"), *r = entry(doc, "stages", "render");
+    doc = bt_introspect_doc(loop);
+    const bt_json *p = bt_json_named(doc, "stages", "parse"), *r = bt_json_named(doc, "stages", "render");
     BT_TRUE(p != NULL && r != NULL);
     is_type(p, "links", BT_JSON_ARR);
     BT_EQ(bt_json_get(p, "links")->n, 1);
@@ -209,12 +190,12 @@ BT_TEST(stages_section_from_the_stage_module) {
     BT_EQ(bt_json_get(r, "links")->n, 0);
     bt_json_free(doc);
     braid_stage_free(render);                 /* an edge to a freed stage names nothing */
-    doc = doc_of(loop);
+    doc = bt_introspect_doc(loop);
     BT_EQ(bt_json_get(doc, "stages")->n, 1);
-    BT_EQ(bt_json_get(entry(doc, "stages", "parse"), "links")->n, 0);
+    BT_EQ(bt_json_get(bt_json_named(doc, "stages", "parse"), "links")->n, 0);
     bt_json_free(doc);
     braid_stage_free(parse);
-    doc = doc_of(loop);
+    doc = bt_introspect_doc(loop);
     BT_TRUE(bt_json_get(doc, "stages") == NULL);
     bt_json_free(doc);
     braid_stage_domain_free(d);
@@ -248,9 +229,9 @@ BT_TEST(components_section_from_the_component_module) {
     BT_OK(braid_component_deliver(src, BRAID_COMPONENT_INBOX, &msg[0], NULL));
     BT_OK(braid_component_deliver(src, BRAID_COMPONENT_INBOX, &msg[1], NULL));
     bt_drain(loop);
-    bt_json *doc = doc_of(loop);
+    bt_json *doc = bt_introspect_doc(loop);
     BT_EQ(bt_json_get(doc, "components")->n, 2);
-    const bt_json *s = entry(doc, "components", "src"), *k = entry(doc, "components", "sink");
+    const bt_json *s = bt_json_named(doc, "components", "src"), *k = bt_json_named(doc, "components", "sink");
     BT_TRUE(s != NULL && k != NULL);
     is_type(s, "links", BT_JSON_ARR);
     BT_EQ(bt_json_get(s, "links")->n, 1);                 /* two boxes to sink: one arrow */
@@ -263,13 +244,160 @@ BT_TEST(components_section_from_the_component_module) {
     BT_EQ((int)bt_json_get(bt_json_get(k, "inboxes"), "control")->num, 0);
     bt_json_free(doc);
     braid_component_free(sink);               /* src's outboxes now lead nowhere */
-    doc = doc_of(loop);
+    doc = bt_introspect_doc(loop);
     BT_EQ(bt_json_get(doc, "components")->n, 1);
-    BT_EQ(bt_json_get(entry(doc, "components", "src"), "links")->n, 0);
+    BT_EQ(bt_json_get(bt_json_named(doc, "components", "src"), "links")->n, 0);
     bt_json_free(doc);
     braid_component_free(src);
-    doc = doc_of(loop);
+    doc = bt_introspect_doc(loop);
     BT_TRUE(bt_json_get(doc, "components") == NULL);
+    bt_json_free(doc);
+    bt_drain(loop);
+    bt_loop_destroy(loop);
+}
+
+
+/* ---- the tuple space module's sections ----------------------------------------------------- */
+static const bt_json *member(const bt_json *o, const char *k) {
+    const bt_json *v = bt_json_get(o, k);
+    if (!v) bt_fail(__FILE__, __LINE__, "no member %s", k);
+    return v;
+}
+static int num(const bt_json *o, const char *k) { return (int)member(o, k)->num; }
+static const bt_json *arity_entry(const bt_json *ts, int arity) {
+    const bt_json *a = member(ts, "by_arity");
+    for (size_t i = 0; i < a->n; i++)
+        if (num(bt_json_at(a, i), "arity") == arity) return bt_json_at(a, i);
+    return NULL;
+}
+/* Run until d has a result, drop it and d; its failure's code or 0. */
+static int settle(braid_loop *loop, braid_deferred *d) {
+    BT_TRUE(d != NULL);
+    BT_RUN_UNTIL(loop, braid_deferred_has_result(d), 2000);
+    braid_result r;
+    BT_OK(braid_deferred_take(d, &r));
+    braid_deferred_unref(d);
+    int code = r.failure ? r.failure->code : 0;
+    braid_result_drop(r);
+    return code;
+}
+
+BT_IO_TEST(tuplespaces_section_from_the_tuplespace_module) {
+    braid_loop *loop = bt_loop_new(NULL);
+    braid_tuplespace *ts;
+    BT_OK(braid_tuplespace_new(loop, &(braid_tuplespace_options){ .name = "jobs", .max_tuples = 5 }, &ts));
+    BT_OK(braid_tuplespace_out(ts, BRAID_FIELDS(braid_field_str("job"), braid_field_int(1)), 0));
+    BT_OK(braid_tuplespace_out(ts, BRAID_FIELDS(braid_field_str("job"), braid_field_int(2)), 0));
+    BT_OK(braid_tuplespace_out(ts, BRAID_FIELDS(braid_field_str("job"), braid_field_int(3)), 0));
+    BT_OK(braid_tuplespace_out(ts, BRAID_FIELDS(braid_field_int(7), braid_field_double(1.5), braid_field_bool(true)), 0));
+    /* blocked calls: an in keyed on a bucket, a rd with a formal first field */
+    braid_deferred *in = braid_tuplespace_in(ts, BRAID_FIELDS(braid_field_str("never"), braid_field_any(BRAID_FIELD_INT)),
+                                             BRAID_FOREVER);
+    braid_deferred *rd = braid_tuplespace_rd(ts, BRAID_FIELDS(braid_field_any(BRAID_FIELD_INT), braid_field_any(BRAID_FIELD_INT),
+                                                              braid_field_any(BRAID_FIELD_INT), braid_field_any(BRAID_FIELD_INT)),
+                                             BRAID_FOREVER);
+    BT_TRUE(in != NULL && rd != NULL);
+    braid_tuple *leased;
+    BT_OK(braid_tuplespace_inp_lease(ts, BRAID_FIELDS(braid_field_str("job"), braid_field_any(BRAID_FIELD_INT)),
+                                     BRAID_SECONDS(10), &leased));
+    /* a client of the space over a socketpair: it takes a lease and waits in an in */
+    int sv[2];
+    bt_socketpair(sv);
+    BT_OK(braid_tuplespace_serve_fd(ts, sv[0], NULL));
+    braid_tuplespace_client *c;
+    BT_OK(braid_tuplespace_client_adopt(loop, sv[1], NULL, &c));
+    BT_EQ(settle(loop, braid_tuplespace_client_in_lease(c, BRAID_FIELDS(braid_field_str("job"),
+                                                                        braid_field_any(BRAID_FIELD_INT)),
+                                                        BRAID_SECONDS(10), 0)), 0);
+    braid_deferred *cin = braid_tuplespace_client_in(c, BRAID_FIELDS(braid_field_str("later"), braid_field_int(0)),
+                                                     BRAID_FOREVER);
+    BT_RUN_UNTIL(loop, ({ braid_tuplespace_stats st; braid_tuplespace_stats_get(ts, &st); st.waiters == 3; }), 2000);
+
+    bt_json *doc = bt_introspect_doc(loop);
+    const bt_json *e = bt_json_named(doc, "tuplespaces", "jobs");
+    BT_TRUE(e != NULL);
+    BT_EQ(bt_json_type(member(e, "durable")), BT_JSON_BOOL);
+    BT_EQ(num(e, "tuples"), 2);               /* job 3 and (7, 1.5, true) */
+    BT_EQ(num(e, "leased"), 2);
+    is_type(e, "bytes", BT_JSON_NUM);
+    is_type(e, "max_tuples", BT_JSON_NUM);
+    const bt_json *a2 = arity_entry(e, 2), *a3 = arity_entry(e, 3), *a4 = arity_entry(e, 4);
+    BT_TRUE(a2 && a3 && a4);
+    BT_EQ(num(a2, "tuples"), 1);
+    BT_EQ(num(a2, "waiting"), 2);             /* "never" here, "later" from the client */
+    BT_EQ(num(a3, "tuples"), 1);
+    BT_EQ(num(a4, "tuples"), 0);
+    BT_EQ(num(a4, "waiting"), 1);             /* the rd, wild */
+    BT_EQ(num(member(e, "by_first_field"), "string"), 1);
+    BT_EQ(num(member(e, "by_first_field"), "int"), 1);
+    const bt_json *w = member(e, "waiting");
+    BT_EQ(num(w, "in"), 2);
+    BT_EQ(num(w, "rd"), 1);
+    BT_EQ(num(w, "in_lease"), 0);
+    BT_EQ(num(w, "out_wait"), 0);
+    const bt_json *l = member(e, "leases");
+    BT_EQ(num(l, "held"), 2);
+    BT_EQ(num(l, "returning"), 0);
+    BT_TRUE(member(l, "next_deadline_in_ns")->num <= 10e9);
+    const bt_json *cl = member(e, "clients");
+    BT_EQ(cl->n, 1);
+    BT_EQ(num(bt_json_at(cl, 0), "leases"), 1);
+    BT_EQ(num(bt_json_at(cl, 0), "waiting"), 1);
+    is_type(bt_json_at(cl, 0), "kind", BT_JSON_STR);
+    const bt_json *ops = member(e, "ops");
+    BT_EQ(num(ops, "outs"), 4);
+    is_type(ops, "expired", BT_JSON_NUM);
+    const bt_json *tc = member(doc, "tuplespace_clients");
+    BT_EQ(tc->n, 1);
+    BT_TRUE(member(bt_json_at(tc, 0), "connected")->b);
+    BT_EQ(num(bt_json_at(tc, 0), "waiting"), 1);
+    BT_EQ(bt_json_type(member(bt_json_at(tc, 0), "lost")), BT_JSON_NULL);
+    bt_json_free(doc);
+
+    /* The client goes: its lease comes back, its call is cancelled, it leaves both sections. */
+    braid_tuplespace_client_free(c);
+    BT_EQ(settle(loop, cin), BRAID_ESHUTDOWN);
+    BT_RUN_UNTIL(loop, braid_tuplespace_connections(ts) == 0, 2000);
+    doc = bt_introspect_doc(loop);
+    e = bt_json_named(doc, "tuplespaces", "jobs");
+    BT_EQ(member(e, "clients")->n, 0);
+    BT_EQ(num(e, "leased"), 1);
+    BT_EQ(num(e, "tuples"), 3);
+    BT_EQ(num(member(e, "waiting"), "in"), 1);
+    BT_TRUE(bt_json_get(doc, "tuplespace_clients") == NULL);
+    bt_json_free(doc);
+
+    /* The tallies follow takes, a full space and a nack with a delay. */
+    braid_tuple *t3;
+    BT_OK(braid_tuplespace_inp(ts, BRAID_FIELDS(braid_field_int(7), braid_field_any(BRAID_FIELD_DOUBLE),
+                                                braid_field_any(BRAID_FIELD_BOOL)), &t3));
+    braid_tuple_free(t3);
+    BT_OK(braid_tuplespace_out(ts, BRAID_FIELDS(braid_field_str("extra"), braid_field_int(0)), 0));
+    BT_OK(braid_tuplespace_out(ts, BRAID_FIELDS(braid_field_str("extra"), braid_field_int(1)), 0));   /* full: 5 */
+    braid_deferred *ow = braid_tuplespace_out_wait(ts, BRAID_FIELDS(braid_field_str("more"), braid_field_int(0)), 0,
+                                                   BRAID_FOREVER);
+    BT_TRUE(ow != NULL);
+    BT_OK(braid_tuplespace_nack(ts, leased->lease, BRAID_SECONDS(5)));
+    braid_tuple_free(leased);
+    doc = bt_introspect_doc(loop);
+    e = bt_json_named(doc, "tuplespaces", "jobs");
+    BT_TRUE(arity_entry(e, 3) == NULL);       /* its only bucket went with its tuple */
+    BT_EQ(num(arity_entry(e, 2), "tuples"), 4);
+    BT_EQ(num(arity_entry(e, 2), "buckets"), 3);   /* "job", "extra", "never" (a waiter's) */
+    BT_EQ(num(member(e, "by_first_field"), "int"), 0);
+    BT_EQ(num(member(e, "by_first_field"), "string"), 4);
+    BT_EQ(num(member(e, "waiting"), "out_wait"), 1);
+    BT_EQ(num(member(e, "leases"), "held"), 0);
+    BT_EQ(num(member(e, "leases"), "returning"), 1);
+    BT_EQ(num(member(e, "ops"), "full"), 0);
+    bt_json_free(doc);
+
+    braid_tuplespace_free(ts);
+    BT_EQ(settle(loop, in), BRAID_ESHUTDOWN);
+    BT_EQ(settle(loop, rd), BRAID_ESHUTDOWN);
+    BT_EQ(settle(loop, ow), BRAID_ESHUTDOWN);
+    doc = bt_introspect_doc(loop);
+    BT_TRUE(bt_json_get(doc, "tuplespaces") == NULL);
     bt_json_free(doc);
     bt_drain(loop);
     bt_loop_destroy(loop);

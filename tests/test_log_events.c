@@ -8,6 +8,8 @@
 #include "support/walk.h"
 #include <braid/context.h>
 #include <braid/log.h>
+#include <braid/pool.h>
+#include <braid/stage.h>
 #include <pthread.h>
 #include <stdlib.h>
 #include <unistd.h>
@@ -349,6 +351,73 @@ BT_TEST(sixteen_threads_above_the_bound_count_the_drops) {
     BT_EQ(t.n, 100);
     BT_UEQ(st.queued, 100);
     BT_UEQ(st.dropped, THREADS * 40 - 100);
+    braid_log_observer_remove(o);
+    bt_loop_destroy(loop);
+}
+
+
+/* ---- pool threads and stages ------------------------------------------------------------ */
+/* Events emitted by a pool job and by a stage handler running on a pool
+ * domain's thread reach the loop's observers through the queue, marked as
+ * from a thread and carrying the request id of the context the work was
+ * queued in (the pool job's and the stage event's context hops). */
+typedef struct from_pool {
+    int n;
+    bool all_from_thread;
+    uint64_t req[2];           /* by field "who": 0 the pool job, 1 the stage */
+} from_pool;
+static void on_pool_event(const braid_log_event *ev, void *arg) {
+    from_pool *f = arg;
+    f->n++;
+    if (!ev->from_thread) f->all_from_thread = false;
+    if (ev->nfields == 1 && ev->fields[0].v.i64 >= 0 && ev->fields[0].v.i64 < 2) f->req[ev->fields[0].v.i64] = ev->request_id;
+}
+static braid_logger *pool_lg;
+static void pool_job_logs(void *arg) {
+    (void)arg;
+    braid_log_emit(pool_lg, BRAID_LOG_INFO, "app.job", braid_log_fields(BRAID_LOG_I64("who", 0)), "from a pool job");
+}
+static void stage_logs(braid_stage *st, braid_stage_event *evs, size_t n, void *arg) {
+    (void)st;
+    (void)evs;
+    (void)arg;
+    for (size_t i = 0; i < n; i++)
+        braid_log_emit(pool_lg, BRAID_LOG_INFO, "app.stage", braid_log_fields(BRAID_LOG_I64("who", 1)), "from a stage");
+}
+
+BT_TEST(pool_job_and_stage_thread_events_reach_the_observers) {
+    braid_loop *loop = bt_loop_new(NULL);
+    pool_lg = braid_loop_logger(loop);
+    from_pool f = { .all_from_thread = true };
+    braid_log_observer *o;
+    BT_OK(braid_logger_add_callback(pool_lg, on_pool_event, &f, &o));
+    braid_pool *pool;
+    BT_OK(braid_pool_new(&(braid_pool_options){ .name = "logpool", .loop = loop, .max_threads = 2 }, &pool));
+    braid_stage_domain *d;
+    BT_OK(braid_stage_domain_new(loop, pool, NULL, &d));
+    braid_stage *st;
+    BT_OK(braid_stage_new(d, "logs", stage_logs, NULL, NULL, &st));
+    braid_ctx_scope s;
+    BT_OK(braid_ctx_push_u64(&s, &braid_log_request_id_key, 41));
+    BT_OK(braid_pool_call(pool, pool_job_logs, NULL));
+    braid_ctx_pop(&s);
+    BT_OK(braid_ctx_push_u64(&s, &braid_log_request_id_key, 42));
+    static int ev;
+    braid_stage_event e = BRAID_STAGE_EVENT(&ev, NULL);
+    BT_OK(braid_stage_enqueue(st, &e));
+    braid_ctx_pop(&s);
+    BT_RUN_UNTIL(loop, f.n == 2, 1000);
+    BT_TRUE(f.all_from_thread);
+    BT_UEQ(f.req[0], 41);
+    BT_UEQ(f.req[1], 42);
+    braid_logger_stats ls;
+    braid_logger_stats_get(pool_lg, &ls);
+    BT_UEQ(ls.queued, 2);
+    BT_UEQ(ls.dropped, 0);
+    braid_stage_free(st);
+    braid_stage_domain_free(d);
+    bt_drain(loop);
+    braid_pool_free(pool);
     braid_log_observer_remove(o);
     bt_loop_destroy(loop);
 }

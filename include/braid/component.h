@@ -345,12 +345,15 @@ typedef int (*braid_component_thread_fn)(braid_component_thread *t, void *state)
 BRAID_API int braid_component_new_threaded(braid_loop *loop, braid_component_thread_fn fn, void *state,
                                            const braid_component_options *opts, braid_component **out);
 /* The component's thread only: the next message from any inbox, oldest
- * first (*box says which). 0, BRAID_ETIMEDOUT, BRAID_ECANCELED (freed). */
+ * first (*box says which). 0, BRAID_ETIMEDOUT, BRAID_ECANCELED (freed).
+ * The message's sender's context (<braid/context.h>) becomes the thread's
+ * current context until the next receive or the function's return. */
 BRAID_API int braid_component_thread_recv(braid_component_thread *t, int *box, braid_component_msg *out,
                                           uint64_t timeout);
 /* The component's thread only: queue a message for outbox `box`, waiting
  * for room up to timeout. 0, BRAID_ETIMEDOUT, BRAID_ECANCELED, BRAID_ENO_BOX;
- * on error the message stays yours. */
+ * on error the message stays yours. It carries the thread's current
+ * context, as a send on the loop does. */
 BRAID_API int braid_component_thread_send(braid_component_thread *t, int box, void *ptr, void (*free_fn)(void *),
                                           uint64_t timeout);
 

@@ -17,7 +17,10 @@
  *     posting thread), pool jobs (when submitted; restored on the worker),
  *     fibers (a fiber starts in its spawner's context and keeps its own
  *     across every await, sleep and yield), HTTP handlers (the request is in
- *     it, under BRAID_HTTP_REQUEST_KEY).
+ *     it, under braid_http_request_key), stage events and component
+ *     messages (per event / message, when enqueued or sent; a threaded
+ *     component's thread gets each message's), db interactions (on the
+ *     connection's thread, with braid_db_txn_key set).
  *
  * Example: tag everything a request starts with the user it is for.
  *

@@ -346,6 +346,7 @@ struct braid_db_stats {
                                  rejecting or closed stage; a detached transport) */
     uint64_t rejected;        /* interactions refused: queue full or shut down */
     uint64_t timed_out;       /* interactions failed by their deadline */
+    uint64_t failed;          /* interactions that ended with a failure (after their retries) */
 };
 /* Any thread: a snapshot. */
 BRAID_API void braid_db_stats(braid_db *db, struct braid_db_stats *out);

@@ -220,6 +220,7 @@ typedef struct braid_tuplespace_options {
      * used (the reason is logged). */
     const char *path;
     bool sync_full;
+    const char *name;               /* NULL = "tuplespace": its name in introspection (copied) */
 } braid_tuplespace_options;
 
 /* 0, BRAID_ENOMEM, and with a path -EIO, BRAID_ENOSYS, BRAID_ETUPLE_PROTO (a

@@ -13,6 +13,8 @@ typedef struct from_d {
     braid_deferred *d;    /* consumer reference, until the component is freed */
     bool fired;
     braid_result r;
+    braid_ctx *ctx;       /* the callback's context when d fired (a reference): what
+                           * the component sends is sent in it */
 } from_d;
 
 static braid_result from_fired(braid_result r, void *arg) {
@@ -24,13 +26,23 @@ static braid_result from_fired(braid_result r, void *arg) {
     }
     f->r = r;
     f->fired = true;
+    f->ctx = braid__ctx_capture();   /* the context the callback was added in */
     braid_component_wake(f->c);
     return braid_result_ok(NULL);
 }
 
+static int from_sends(braid_component *c, from_d *f);
+
 static int from_run(braid_component *c, void *state) {
     from_d *f = state;
     if (!f->fired) return braid_component_handle_control(c);
+    braid_ctx *prev = braid__ctx_swap(f->ctx);
+    int rc = from_sends(c, f);
+    braid__ctx_swap(prev);
+    return rc;
+}
+
+static int from_sends(braid_component *c, from_d *f) {
     if (f->r.failure) {
         int code = f->r.failure->code < 0 ? f->r.failure->code : BRAID_EINVAL;
         braid_result_drop(f->r);
@@ -61,6 +73,7 @@ static void from_state_free(void *state) {
     f->d = NULL;
     if (f->fired) {
         braid_result_drop(f->r);
+        braid__ctx_release(f->ctx);
         if (d) braid_deferred_unref(d);
         braid_free(f);
         return;

@@ -64,10 +64,16 @@ braid__sched *braid__component_sched(braid_loop *loop) {
     return s;
 }
 
+/* The scheduler's run is queued in no context: whoever happens to wake the
+ * first component of a burst must not lend its context to every run of
+ * it. A component's run starts in none; each message received brings its
+ * own (take_ctx). */
 static void sched_kick(braid__sched *s) {
     if (s->scheduled) return;
     s->scheduled = true;
+    braid_ctx *prev = braid__ctx_swap(NULL);
     braid_loop_soon_node(s->loop, &s->soon);
+    braid__ctx_swap(prev);
 }
 
 static void runq_push(braid_component *c) {

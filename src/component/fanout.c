@@ -42,6 +42,8 @@ void braid_component_shared_unref(void *payload) {
 typedef struct splitter {
     void *(*dup)(void *ptr);
     braid_component_msg cur;   /* the message being handed out */
+    braid_ctx *ctx;            /* its sender's context (a reference): a copy sent on a
+                                * later run, after a full box, is sent in it too */
     bool holding;
     uint32_t next;             /* next outbox index to deliver cur to */
 } splitter;
@@ -74,15 +76,19 @@ static int splitter_run(braid_component *c, void *state) {
             if (braid_component_recv(c, BRAID_COMPONENT_INBOX, &sp->cur) < 0) break;
             sp->holding = true;
             sp->next = 0;
+            sp->ctx = braid__ctx_capture();
             if (sp->cur.free && sp->cur.free != braid_component_shared_unref && !sp->dup) {
                 braid__log(c->loop, BRAID_LOG_WARN, "splitter '%s': %s, dropped", c->name,
                            braid_strerror(BRAID_EMSG_NOT_SHARABLE));
                 c->stats.dropped++;
                 braid_component_msg_free(sp->cur);
+                braid__ctx_release(sp->ctx);
+                sp->ctx = NULL;
                 sp->holding = false;
                 continue;
             }
         }
+        braid_ctx *prev = braid__ctx_swap(sp->ctx);
         /* destinations: outbox 0 (its own "outbox"), then 2.. (added ones) */
         while (sp->next < c->n_out) {
             uint32_t i = sp->next;
@@ -98,6 +104,7 @@ static int splitter_run(braid_component *c, void *state) {
             }
             int rc = braid__box_put(c->out[i]->real, m);
             if (rc == BRAID_EBOX_FULL) {
+                braid__ctx_swap(prev);
                 braid_component_msg_free(m);   /* the copy or reference made for it */
                 c->stats.full++;
                 braid__box_wait(c->out[i]);
@@ -111,7 +118,10 @@ static int splitter_run(braid_component *c, void *state) {
             }
             sp->next++;
         }
+        braid__ctx_swap(prev);
         braid_component_msg_free(sp->cur);
+        braid__ctx_release(sp->ctx);
+        sp->ctx = NULL;
         sp->holding = false;
     }
     return braid_component_handle_control(c);
@@ -119,7 +129,10 @@ static int splitter_run(braid_component *c, void *state) {
 
 static void splitter_state_free(void *state) {
     splitter *sp = state;
-    if (sp->holding) braid_component_msg_free(sp->cur);
+    if (sp->holding) {
+        braid_component_msg_free(sp->cur);
+        braid__ctx_release(sp->ctx);
+    }
     braid_free(sp);
 }
 

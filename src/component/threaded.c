@@ -9,7 +9,12 @@
  * lives here (posted at most once at a time: the wake-ups are batched). The
  * thread's last act is posting `done_post`; until that runs the loop is
  * held, so the loop outlives the thread, and everything here is freed on
- * the loop's thread — message free functions included. */
+ * the loop's thread — message free functions included.
+ *
+ * Context: each queued message carries its sender's context. Handed to the
+ * thread, it becomes current there from braid_component_thread_recv until
+ * the next receive or the function's return; what the thread sends carries
+ * the thread's current context, and the loop side sends it on in it. */
 #include "component/component_internal.h"
 
 #include <errno.h>
@@ -19,6 +24,7 @@
 typedef struct tslot {
     int box;
     braid_component_msg m;
+    braid_ctx *ctx;                 /* the sender's context (a reference, or NULL) */
 } tslot;
 
 typedef struct tqueue {
@@ -40,15 +46,17 @@ struct braid_component_thread {
     braid_component *c;             /* loop side; NULL once freed (loop thread only) */
     braid_component_thread_fn fn;
     void *state;
+    braid_ctx *thread_ctx;          /* thread side: the last received message's context,
+                                     * current on the thread (a reference) */
     void (*state_free)(void *state);
     tslot held;                     /* loop side: popped from out, refused by a full box */
     bool holding;
     bool started, hold_taken;
 };
 
-static bool tq_push(tqueue *q, int box, braid_component_msg m) {
+static bool tq_push(tqueue *q, int box, braid_component_msg m, braid_ctx *ctx) {
     if (q->len == q->cap) return false;
-    q->v[(q->head + q->len) % q->cap] = (tslot){ box, m };
+    q->v[(q->head + q->len) % q->cap] = (tslot){ box, m, ctx };
     q->len++;
     return true;
 }
@@ -59,13 +67,20 @@ static tslot tq_pop(tqueue *q) {
     return s;
 }
 static void tq_drain(tqueue *q) {
-    while (q->len) braid_component_msg_free(tq_pop(q).m);
+    while (q->len) {
+        tslot s = tq_pop(q);
+        braid_component_msg_free(s.m);
+        braid__ctx_release(s.ctx);
+    }
 }
 
 static void thread_free(braid_component_thread *t) {
     tq_drain(&t->in);
     tq_drain(&t->out);
-    if (t->holding) braid_component_msg_free(t->held.m);
+    if (t->holding) {
+        braid_component_msg_free(t->held.m);
+        braid__ctx_release(t->held.ctx);
+    }
     braid_free(t->in.v);
     braid_free(t->out.v);
     pthread_mutex_destroy(&t->mu);
@@ -107,7 +122,7 @@ static int threaded_run(braid_component *c, void *state) {
     for (uint32_t i = 0; i < c->n_in && t->in.len < t->in.cap; i++) {
         braid_component_msg m;
         while (t->in.len < t->in.cap && braid_component_recv(c, (int)i, &m) == 0) {
-            tq_push(&t->in, (int)i, m);
+            tq_push(&t->in, (int)i, m, braid__ctx_capture());   /* the message's: current now */
             fed = true;
         }
     }
@@ -126,12 +141,16 @@ static int threaded_run(braid_component *c, void *state) {
             pthread_mutex_unlock(&t->mu);
             if (!any) break;
         }
+        /* sent in the context the thread sent it from */
+        braid_ctx *prev = braid__ctx_swap(t->held.ctx);
         int rc = braid_component_send(c, t->held.box, t->held.m.ptr, t->held.m.free);
+        braid__ctx_swap(prev);
         if (rc == BRAID_EBOX_FULL) {
             braid_component_wake_on_pop(c, t->held.box);
             return BRAID_COMPONENT_IDLE;
         }
         if (rc < 0) braid_component_msg_free(t->held.m);
+        braid__ctx_release(t->held.ctx);
         t->holding = false;
     }
     if (t->thread_done) return t->result < 0 ? t->result : BRAID_COMPONENT_DONE;
@@ -141,6 +160,9 @@ static int threaded_run(braid_component *c, void *state) {
 static void *thread_main(void *arg) {
     braid_component_thread *t = arg;
     int rc = t->fn(t, t->state);
+    braid__ctx_swap(NULL);           /* the last message's context ends with the function */
+    braid__ctx_release(t->thread_ctx);
+    t->thread_ctx = NULL;
     pthread_mutex_lock(&t->mu);
     t->result = rc;
     pthread_mutex_unlock(&t->mu);
@@ -279,6 +301,11 @@ int braid_component_thread_recv(braid_component_thread *t, int *box, braid_compo
     pthread_mutex_unlock(&t->mu);
     if (box) *box = s.box;
     *out = s.m;
+    /* the message's context is current on the thread until the next receive */
+    braid_ctx *old = t->thread_ctx;
+    t->thread_ctx = s.ctx;
+    braid__ctx_swap(s.ctx);
+    braid__ctx_release(old);
     return 0;
 }
 
@@ -298,7 +325,7 @@ int braid_component_thread_send(braid_component_thread *t, int box, void *ptr, v
         pthread_mutex_unlock(&t->mu);
         return BRAID_ECANCELED;
     }
-    tq_push(&t->out, box, (braid_component_msg){ ptr, free_fn });
+    tq_push(&t->out, box, (braid_component_msg){ ptr, free_fn }, braid__ctx_capture());
     wake_loop(t);
     pthread_mutex_unlock(&t->mu);
     return 0;

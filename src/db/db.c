@@ -21,6 +21,7 @@
  * and go straight to the completion list. */
 #include "db_internal.h"
 
+#include <braid/introspect.h>
 #include <braid/time.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -79,6 +80,7 @@ typedef struct job {
     order_node order;                /* the job's place in `pending` (its last ticket) */
     order_node voids[BRAID__DB_MAX_ATTEMPTS];
     unsigned nvoids;
+    _Atomic bool started;            /* a thread took it (introspection: not queued) */
     /* interruption: a deadline, a cancel, the db being freed */
     _Atomic int interrupt;           /* 0 or the code to fail with */
     braid__db_conn *conn;            /* running on it now (db->mu) */
@@ -113,11 +115,16 @@ struct braid_db {
     unsigned draining;               /* drain() frames on the stack (loop thread) */
     bool free_requested;             /* braid_db_free ran inside a drain: the outer one frees */
     bool freed;                      /* braid_db_free ran; the wake frees the struct */
+    braid__db_conn *conns;           /* open connections (mu), for introspection */
     /* loop side */
     job *live;                       /* in flight */
+    char *name;                      /* the options' name, copied */
+    unsigned max_connections;
+    size_t queue_limit;
+    braid_introspect_node inode;     /* its entry in the loop's "databases" section */
     /* stats (atomics: read from any thread) */
     _Atomic uint64_t st_committed, st_rolled_back, st_retries, st_reconnects, st_connects,
-        st_released, st_dropped, st_refused, st_rejected, st_timed_out;
+        st_released, st_dropped, st_refused, st_rejected, st_timed_out, st_failed;
     _Atomic unsigned thread_seq;
 };
 
@@ -388,8 +395,21 @@ const char *braid_txn_engine(const braid_txn *txn) { return txn->db->drv->name; 
 const char *braid_db_engine(const braid_db *db) { return db->drv->name; }
 
 /* ---- connections: one per thread ------------------------------------------------------------- */
+static uint64_t mono_ns(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
 static void conn_close(braid__db_conn *c) {
-    if (c) c->drv->close(c);
+    if (!c) return;
+    braid_db *db = c->db;
+    pthread_mutex_lock(&db->mu);
+    if (c->cprev) c->cprev->cnext = c->cnext;
+    else db->conns = c->cnext;
+    if (c->cnext) c->cnext->cprev = c->cprev;
+    pthread_mutex_unlock(&db->mu);
+    c->drv->close(c);
 }
 
 static void conn_key_dtor(void *p) { conn_close(p); }
@@ -409,6 +429,14 @@ static braid__db_conn *conn_get(braid_db *db, braid_failure **f) {
     c->db = db;
     c->broken = false;
     c->interrupt = NULL;
+    atomic_store_explicit(&c->phase, BRAID__DB_IDLE, memory_order_relaxed);
+    atomic_store_explicit(&c->attempt, 0, memory_order_relaxed);
+    pthread_mutex_lock(&db->mu);
+    c->cprev = NULL;
+    c->cnext = db->conns;
+    if (db->conns) db->conns->cprev = c;
+    db->conns = c;
+    pthread_mutex_unlock(&db->mu);
     if (pthread_setspecific(db->key, c) != 0) {
         conn_close(c);
         *f = braid_failure_new(BRAID_ENOMEM, "pthread_setspecific failed");
@@ -418,9 +446,16 @@ static braid__db_conn *conn_get(braid_db *db, braid_failure **f) {
     return c;
 }
 
-static void job_set_conn(job *j, braid__db_conn *c) {
-    if (c) c->interrupt = &j->interrupt;
-    else if (j->conn) j->conn->interrupt = NULL;
+static void job_set_conn(job *j, braid__db_conn *c, unsigned attempt) {
+    if (c) {
+        c->interrupt = &j->interrupt;
+        atomic_store_explicit(&c->since_ns, mono_ns(), memory_order_relaxed);
+        atomic_store_explicit(&c->attempt, attempt, memory_order_relaxed);
+        atomic_store_explicit(&c->phase, BRAID__DB_TXN, memory_order_relaxed);
+    } else if (j->conn) {
+        j->conn->interrupt = NULL;
+        atomic_store_explicit(&j->conn->phase, BRAID__DB_IDLE, memory_order_relaxed);
+    }
     pthread_mutex_lock(&j->db->mu);
     j->conn = c;
     pthread_mutex_unlock(&j->db->mu);
@@ -616,6 +651,7 @@ static braid_result run_attempt(braid_txn *txn, job *j, bool *begin_lost, bool *
     }
     if (txn->emits) take_ticket(j);
     *in_commit = true;
+    atomic_store_explicit(&c->phase, BRAID__DB_COMMIT, memory_order_relaxed);
     rc = c->drv->commit(c, &f);
     if (rc < 0) {
         braid_result_drop(r);
@@ -636,6 +672,7 @@ static void worker(void *arg) {
     /* The context hop: the caller's context, plus braid_db_txn_key = &txn
      * (one address for every attempt), is current while fn runs. */
     braid_txn txn;
+    atomic_store_explicit(&j->started, true, memory_order_relaxed);
     braid_ctx *prev_ctx = braid_ctx_swap(j->ctx);
     braid_ctx_scope scope;
     int prc = braid_ctx_push_ptr(&scope, &braid_db_txn_key, &txn);
@@ -663,13 +700,13 @@ static void worker(void *arg) {
         attempt++;
         txn = (braid_txn){ .db = db, .job = j, .conn = c, .attempt = attempt };
         txn.emit_tail = &txn.emits;
-        job_set_conn(j, c);
+        job_set_conn(j, c, attempt);
         bool begin_lost = false, in_commit = false;
         bool writer = db->serial_writers && !(j->flags & BRAID_DB_READ_ONLY);
         if (writer) pthread_mutex_lock(&db->writer_mu);
         res = run_attempt(&txn, j, &begin_lost, &in_commit);
         if (writer) pthread_mutex_unlock(&db->writer_mu);
-        job_set_conn(j, NULL);
+        job_set_conn(j, NULL, 0);
         braid_failure_free(txn.failed);
         if (!res.failure) {
             j->emits = txn.emits;
@@ -700,6 +737,7 @@ static void worker(void *arg) {
     }
     braid_ctx_pop(&scope);
     braid_ctx_swap(prev_ctx);
+    if (res.failure) atomic_fetch_add_explicit(&db->st_failed, 1, memory_order_relaxed);
     j->result = res;
     job_complete(j);
 }
@@ -777,6 +815,7 @@ static void free_final(braid_db *db) {
 }
 
 static void db_struct_free(braid_db *db) {
+    braid_free(db->name);
     pthread_key_delete(db->key);
     pthread_mutex_destroy(&db->writer_mu);
     pthread_mutex_destroy(&db->mu);
@@ -908,6 +947,63 @@ braid_deferred *braid_db_query(braid_db *db, const char *sql, const braid_db_val
     return submit(db, j, NULL);
 }
 
+/* ---- introspection ------------------------------------------------------------------------------ */
+static const char *const phase_names[] = { "idle", "transaction", "committing" };
+
+/* The db's entry in the loop's "databases" section: the engine, each open
+ * connection (what it does, its attempt, how long it has been at it),
+ * interactions queued for a thread and in flight, the counters. A SQLite
+ * db shows its path; a PostgreSQL one no target (a conninfo may hold a
+ * password). Loop thread; the connections' list under the db's mutex. */
+static void describe(braid_json *j, void *arg) {
+    braid_db *db = arg;
+    size_t in_flight = 0, queued = 0;
+    for (job *q = db->live; q; q = q->next_live) {
+        in_flight++;
+        queued += !atomic_load_explicit(&q->started, memory_order_relaxed);
+    }
+    struct braid_db_stats st;
+    braid_db_stats(db, &st);
+    braid_json_object_begin(j);
+    braid_json_kv_str(j, "name", db->name);
+    braid_json_kv_str(j, "engine", db->drv->name);
+    braid_json_kv_str(j, "target", db->drv == &braid__db_sqlite ? db->cfg.target : NULL);
+    braid_json_kv_u64(j, "max_connections", db->max_connections);
+    braid_json_kv_u64(j, "queue_limit", db->queue_limit);
+    braid_json_kv_u64(j, "in_flight", in_flight);
+    braid_json_kv_u64(j, "queued", queued);
+    braid_json_key(j, "connections");
+    braid_json_array_begin(j);
+    uint64_t now = mono_ns();
+    pthread_mutex_lock(&db->mu);
+    for (braid__db_conn *c = db->conns; c; c = c->cnext) {
+        int ph = atomic_load_explicit(&c->phase, memory_order_relaxed);
+        uint64_t since = atomic_load_explicit(&c->since_ns, memory_order_relaxed);
+        braid_json_object_begin(j);
+        braid_json_kv_str(j, "state", phase_names[ph >= 0 && ph <= 2 ? ph : 0]);
+        braid_json_kv_bool(j, "in_transaction", ph != BRAID__DB_IDLE);
+        braid_json_key(j, "busy_ns");
+        if (ph != BRAID__DB_IDLE) braid_json_u64(j, now > since ? now - since : 0);
+        else braid_json_null(j);
+        braid_json_kv_u64(j, "attempt", ph != BRAID__DB_IDLE ? atomic_load_explicit(&c->attempt, memory_order_relaxed) : 0);
+        braid_json_object_end(j);
+    }
+    pthread_mutex_unlock(&db->mu);
+    braid_json_array_end(j);
+    braid_json_kv_u64(j, "committed", st.committed);
+    braid_json_kv_u64(j, "rolled_back", st.rolled_back);
+    braid_json_kv_u64(j, "retries", st.retries);
+    braid_json_kv_u64(j, "failed", st.failed);
+    braid_json_kv_u64(j, "timed_out", st.timed_out);
+    braid_json_kv_u64(j, "rejected", st.rejected);
+    braid_json_kv_u64(j, "connects", st.connects);
+    braid_json_kv_u64(j, "reconnects", st.reconnects);
+    braid_json_kv_u64(j, "released", st.released);
+    braid_json_kv_u64(j, "dropped", st.dropped);
+    braid_json_kv_u64(j, "refused", st.refused);
+    braid_json_object_end(j);
+}
+
 /* ---- open, free, stats ------------------------------------------------------------------------- */
 int braid_db_open(braid_loop *loop, const char *url, const braid_db_options *opts,
                   braid_db **out) {
@@ -968,11 +1064,18 @@ int braid_db_open(braid_loop *loop, const char *url, const braid_db_options *opt
         return BRAID_EAGAIN;
     }
     unsigned n = memory ? 1 : (o.connections ? o.connections : 4);
+    db->max_connections = n;
+    db->queue_limit = o.queue_limit ? o.queue_limit : 1024;
+    db->name = braid_strdup(o.name ? o.name : "braid-db");
+    if (!db->name) {
+        db_struct_free(db);
+        return BRAID_ENOMEM;
+    }
     braid_pool_options po = {
         .min_threads = 0,
         .max_threads = n,
-        .name = o.name ? o.name : "braid-db",
-        .queue_limit = o.queue_limit ? o.queue_limit : 1024,
+        .name = db->name,
+        .queue_limit = db->queue_limit,
         .idle_timeout = o.idle_timeout ? o.idle_timeout : BRAID_SECONDS(60),
         .loop = loop,
         /* a transaction costs tens of microseconds at least: spinning for it
@@ -984,12 +1087,14 @@ int braid_db_open(braid_loop *loop, const char *url, const braid_db_options *opt
         db_struct_free(db);
         return rc;
     }
+    braid_introspect_add(loop, &db->inode, "databases", describe, db);
     *out = db;
     return 0;
 }
 
 void braid_db_free(braid_db *db) {
     if (!db || db->pool == NULL) return;   /* NULL, or freed already from a callback */
+    braid_introspect_remove(db->loop, &db->inode);
     atomic_store(&db->closing, true);
     pthread_mutex_lock(&db->mu);
     db->freeing = true;
@@ -1018,4 +1123,5 @@ void braid_db_stats(braid_db *db, struct braid_db_stats *out) {
     out->refused = atomic_load(&db->st_refused);
     out->rejected = atomic_load(&db->st_rejected);
     out->timed_out = atomic_load(&db->st_timed_out);
+    out->failed = atomic_load(&db->st_failed);
 }

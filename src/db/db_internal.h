@@ -51,7 +51,14 @@ struct braid__db_conn {
      * driver polls it while a statement runs, so an interruption that came
      * just before the statement started is not lost. NULL between jobs. */
     _Atomic int *interrupt;
+    /* Introspection (db.c): the db's list of open connections (under the
+     * db's mutex) and what this one is doing, read on the loop. */
+    braid__db_conn *cprev, *cnext;
+    _Atomic int phase;          /* BRAID__DB_IDLE, _TXN, _COMMIT */
+    _Atomic uint64_t since_ns;  /* CLOCK_MONOTONIC when the attempt began */
+    _Atomic unsigned attempt;
 };
+enum { BRAID__DB_IDLE = 0, BRAID__DB_TXN, BRAID__DB_COMMIT };
 
 /* The parts of the db the drivers read. */
 typedef struct braid__db_config {

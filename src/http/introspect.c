@@ -1,8 +1,10 @@
 /* braid_http_introspection_route: the loop's introspection document
  * (<braid/introspect.h>) as JSON at PATH.json and as a self-contained page
  * at PATH (inline style and script, no external assets) that fetches the
- * JSON, renders each section as a table and draws the entries of "stages"
- * and "components" that have "links" as an SVG graph. */
+ * JSON, renders each section as a table (a member that is an array of
+ * objects — a tuple space's clients, a database's connections — as a table
+ * inside its cell) and draws the entries of "stages" and "components" that
+ * have "links" as an SVG graph. */
 #include "http_internal.h"
 #include "server_internal.h"
 #include <braid/introspect.h>
@@ -13,7 +15,8 @@ static const char page[] =
     "body{font:13px/1.4 system-ui,sans-serif;margin:1em;color:#222}"
     "h2{font-size:15px;margin:1.2em 0 .3em}table{border-collapse:collapse}"
     "td,th{border:1px solid #ccc;padding:2px 6px;text-align:left;vertical-align:top}"
-    "th{background:#f2f2f2}#err{color:#b00}svg text{font:12px sans-serif}"
+    "th{background:#f2f2f2}td table{font-size:12px}td td,td th{padding:1px 4px}"
+    "#err{color:#b00}svg text{font:12px sans-serif}"
     "</style></head><body><h1 style=\"font-size:18px\">braid: live state</h1>"
     "<div id=\"err\"></div><div id=\"out\"></div>"
     "<p><a id=\"raw\" href=\"\">JSON</a> &middot; refreshed every 2 s</p><script>\n"
@@ -22,7 +25,8 @@ static const char page[] =
     "document.getElementById('raw').href=url;\n"
     "function esc(s){return String(s).replace(/[&<>\"]/g,c=>({'&':'&amp;','<':'&lt;','>':'&gt;','\"':'&quot;'}[c]));}\n"
     "function cell(v){if(v===null||v===undefined)return '';"
-    "if(Array.isArray(v))return esc(v.map(x=>typeof x==='object'?JSON.stringify(x):x).join(', '));"
+    "if(Array.isArray(v))return v.some(x=>typeof x==='object'&&x!==null&&!Array.isArray(x))?"
+    "table(v.map(x=>typeof x==='object'&&x!==null?x:{value:x})):esc(v.map(x=>typeof x==='object'?JSON.stringify(x):x).join(', '));"
     "if(typeof v==='object')return Object.keys(v).map(k=>esc(k)+': '+cell(v[k])).join('<br>');return esc(v);}\n"
     "function table(rows){if(!rows.length)return '<p>(none)</p>';const keys=[];"
     "rows.forEach(r=>Object.keys(r).forEach(k=>{if(!keys.includes(k))keys.push(k);}));"

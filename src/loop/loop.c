@@ -666,6 +666,8 @@ bool braid_loop_soon_cancel(braid_loop *loop, braid_soon *node) {
         else loop->soon_head = n->next;
         if (loop->soon_tail == n) loop->soon_tail = prev;
         n->next = NULL;
+        braid__ctx_release(n->ctx);      /* the context captured when it was queued */
+        n->ctx = NULL;
         return true;
     }
     return false;

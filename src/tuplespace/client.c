@@ -30,6 +30,7 @@ struct braid_tuplespace_client {
     uint32_t next_id;
     ts_buf out;
     int lost_code;
+    braid_introspect_node inode;   /* its entry in the loop's "tuplespace_clients" section */
 };
 
 struct ts_cproto {
@@ -290,6 +291,31 @@ static const braid_protocol_ops cp_ops = {
     .destroy = cp_destroy,
 };
 
+/* ---- introspection ----------------------------------------------------------------- */
+/* The client's entry: the server it talks to, connected or why not, and the
+ * requests waiting for their reply. */
+static void describe(braid_json *j, void *arg) {
+    braid_tuplespace_client *c = arg;
+    braid_transport *t = c->p ? c->p->base.transport : NULL;
+    char peer[128];
+    braid_address a;
+    bool have = t && braid_transport_peer(t, &a) == 0 && braid_address_format(&a, peer, sizeof peer) != NULL;
+    braid_json_object_begin(j);
+    braid_json_kv_str(j, "server", have ? peer : NULL);
+    braid_json_kv_str(j, "kind", t ? braid_transport_kind(t) : NULL);
+    braid_json_kv_bool(j, "connected", c->p != NULL);
+    braid_json_kv_u64(j, "waiting", c->reqs.count);
+    braid_json_kv_str(j, "lost", c->lost_code ? braid_strerror(c->lost_code) : NULL);
+    braid_json_object_end(j);
+}
+
+static void client_dealloc(braid_tuplespace_client *c) {
+    braid_introspect_remove(c->loop, &c->inode);
+    braid__ts_buf_free(&c->out);
+    braid_free(c->reqs.slots);
+    braid_free(c);
+}
+
 /* ---- making and freeing ------------------------------------------------------------ */
 static braid_tuplespace_client *client_alloc(braid_loop *loop, const braid_tuplespace_client_options *opts) {
     braid_tuplespace_client *c = braid_calloc(1, sizeof *c);
@@ -298,6 +324,7 @@ static braid_tuplespace_client *client_alloc(braid_loop *loop, const braid_tuple
     c->loop = loop;
     if (opts) c->o = *opts;
     if (!c->o.max_frame) c->o.max_frame = TS_DEFAULT_MAX_FRAME;
+    braid_introspect_add(loop, &c->inode, "tuplespace_clients", describe, c);
     return c;
 }
 
@@ -326,8 +353,7 @@ static int adopt(braid_loop *loop, int rfd, int wfd, const braid_tuplespace_clie
         }
         cp_destroy(&p->base);
     }
-    if (c) braid_free(c->reqs.slots);
-    braid_free(c);
+    if (c) client_dealloc(c);
     close(rfd);
     if (wfd != rfd) close(wfd);
     return rc;
@@ -362,9 +388,7 @@ static braid_result connected(braid_result r, void *arg) {
 static braid_result not_connected(braid_result r, void *arg) {
     braid_tuplespace_client *c = arg;
     if (c->p) { c->p->c = NULL; c->p = NULL; }
-    braid__ts_buf_free(&c->out);
-    braid_free(c->reqs.slots);
-    braid_free(c);
+    client_dealloc(c);
     return r;
 }
 
@@ -377,8 +401,7 @@ braid_deferred *braid_tuplespace_client_connect(braid_loop *loop, const char *en
     c->factory.user = c;
     braid_deferred *d = braid_endpoint_connect(loop, endpoint, &c->factory);
     if (!d) {
-        braid_free(c->reqs.slots);
-        braid_free(c);
+        client_dealloc(c);
         return NULL;
     }
     if (braid_deferred_add(d, connected, not_connected, c) < 0) {
@@ -396,9 +419,7 @@ void braid_tuplespace_client_free(braid_tuplespace_client *c) {
         braid_transport_abort(c->p->base.transport);
         c->p = NULL;
     }
-    braid__ts_buf_free(&c->out);
-    braid_free(c->reqs.slots);
-    braid_free(c);
+    client_dealloc(c);
 }
 
 bool braid_tuplespace_client_is_connected(const braid_tuplespace_client *c) { return c->p != NULL; }

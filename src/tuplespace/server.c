@@ -358,3 +358,25 @@ int braid_tuplespace_spawn_worker(braid_tuplespace *ts, const braid_process_opti
     if (!made) braid_free(c);
     return rc;
 }
+
+/* ---- introspection ------------------------------------------------------------------------ */
+/* The connections serving ts, for its introspection entry: one object each
+ * with the client's address, the leases it holds and its waiting calls. */
+void braid__ts_server_describe(braid_tuplespace *ts, braid_json *j) {
+    braid_json_array_begin(j);
+    for (ts_conn *c = *braid__ts_conns(ts); c; c = c->next) {
+        char peer[128];
+        braid_address a;
+        bool have = c->base.transport && braid_transport_peer(c->base.transport, &a) == 0 &&
+                    braid_address_format(&a, peer, sizeof peer) != NULL;
+        size_t leases = 0;
+        for (ts_entry *e = c->leases; e; e = e->onext) leases++;
+        braid_json_object_begin(j);
+        braid_json_kv_str(j, "peer", have ? peer : NULL);
+        braid_json_kv_str(j, "kind", c->base.transport ? braid_transport_kind(c->base.transport) : NULL);
+        braid_json_kv_u64(j, "leases", leases);
+        braid_json_kv_u64(j, "waiting", c->npending);
+        braid_json_object_end(j);
+    }
+    braid_json_array_end(j);
+}

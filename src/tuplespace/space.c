@@ -62,6 +62,7 @@ typedef struct ts_bucket {
 typedef struct ts_arity {
     ts_bucket *buckets;              /* every bucket of this arity */
     ts_waiter *wfirst, *wlast;       /* waiting calls whose first field is a formal */
+    size_t tuples, nbuckets, waiting;   /* introspection: stored, buckets, waiting calls */
 } ts_arity;
 
 enum { W_IN = 1, W_RD, W_LEASE, W_OUT };
@@ -95,11 +96,15 @@ struct braid_tuplespace {
     braid_handle handle;
     braid_tuplespace_options o;
     char *dead_tag;
+    char *name;                      /* the options' name, copied */
+    braid_introspect_node inode;     /* its entry in the loop's "tuplespaces" section */
     ts_htab buckets;
     ts_arity arity[BRAID_TUPLE_MAX_FIELDS + 1];
     uint64_t seq;                    /* tuples' out order and waiters' call order */
     size_t count, bytes;             /* stored + leased */
     size_t nstored, nleased, nwaiters;
+    size_t by_type[6];               /* stored tuples by their first field's type */
+    size_t by_kind[W_OUT + 1];       /* waiting calls by kind */
     ts_waiter *ofirst, *olast;       /* outs waiting for room */
     bool admitting;
     /* leases */
@@ -160,6 +165,80 @@ static int open_store(braid_tuplespace *ts) {
     return rc;
 }
 
+/* ---- introspection -------------------------------------------------------------------- */
+static const char *const field_type_names[] = { "?", "int", "double", "string", "bytes", "bool" };
+
+/* The space's entry in the loop's "tuplespaces" section: what it holds by
+ * arity and by the type of the first field (the index key), the waiting
+ * calls by kind, the leases, the connections serving it, its counters.
+ * The tallies are kept as tuples and calls come and go, so the entry costs
+ * the same whatever the space holds, but for one pass over the connections
+ * serving it (and the leases each holds). Nothing allocated. */
+static void describe(braid_json *j, void *arg) {
+    braid_tuplespace *ts = arg;
+    braid_json_object_begin(j);
+    braid_json_kv_str(j, "name", ts->name);
+    braid_json_kv_bool(j, "durable", ts->store != NULL);
+    braid_json_kv_u64(j, "tuples", ts->nstored);
+    braid_json_kv_u64(j, "leased", ts->nleased);
+    braid_json_kv_u64(j, "bytes", ts->bytes);
+    braid_json_kv_u64(j, "max_tuples", ts->o.max_tuples);
+    braid_json_kv_u64(j, "max_bytes", ts->o.max_bytes);
+    braid_json_kv_u64(j, "buckets", ts->st.buckets);
+    braid_json_key(j, "by_arity");
+    braid_json_array_begin(j);
+    for (uint32_t a = 1; a <= BRAID_TUPLE_MAX_FIELDS; a++) {
+        const ts_arity *ar = &ts->arity[a];
+        if (!ar->nbuckets && !ar->waiting) continue;
+        braid_json_object_begin(j);
+        braid_json_kv_u64(j, "arity", a);
+        braid_json_kv_u64(j, "tuples", ar->tuples);
+        braid_json_kv_u64(j, "buckets", ar->nbuckets);
+        braid_json_kv_u64(j, "waiting", ar->waiting);
+        braid_json_object_end(j);
+    }
+    braid_json_array_end(j);
+    braid_json_key(j, "by_first_field");
+    braid_json_object_begin(j);
+    for (int t = 1; t < 6; t++) braid_json_kv_u64(j, field_type_names[t], ts->by_type[t]);
+    braid_json_object_end(j);
+    braid_json_key(j, "waiting");
+    braid_json_object_begin(j);
+    braid_json_kv_u64(j, "in", ts->by_kind[W_IN]);
+    braid_json_kv_u64(j, "rd", ts->by_kind[W_RD]);
+    braid_json_kv_u64(j, "in_lease", ts->by_kind[W_LEASE]);
+    braid_json_kv_u64(j, "out_wait", ts->by_kind[W_OUT]);
+    braid_json_object_end(j);
+    braid_json_key(j, "leases");
+    braid_json_object_begin(j);
+    /* the heap holds the leased tuples and those nacked with a delay */
+    braid_json_kv_u64(j, "held", ts->nleased);
+    braid_json_kv_u64(j, "returning", ts->heap_len - ts->nleased);
+    braid_json_key(j, "next_deadline_in_ns");
+    if (ts->heap_len) {
+        uint64_t now = braid_loop_now(ts->loop), dl = ts->heap[0]->deadline;
+        braid_json_u64(j, dl > now ? dl - now : 0);
+    } else {
+        braid_json_null(j);
+    }
+    braid_json_object_end(j);
+    braid_json_kv_u64(j, "watches", ts->nwatches);
+    braid_json_key(j, "clients");            /* connections serving the space */
+    braid__ts_server_describe(ts, j);
+    braid_json_key(j, "ops");
+    braid_json_object_begin(j);
+    braid_json_kv_u64(j, "outs", ts->st.outs);
+    braid_json_kv_u64(j, "ins", ts->st.ins);
+    braid_json_kv_u64(j, "rds", ts->st.rds);
+    braid_json_kv_u64(j, "acks", ts->st.acks);
+    braid_json_kv_u64(j, "nacks", ts->st.nacks);
+    braid_json_kv_u64(j, "expired", ts->st.expired);
+    braid_json_kv_u64(j, "dead", ts->st.dead);
+    braid_json_kv_u64(j, "full", ts->st.full);
+    braid_json_object_end(j);
+    braid_json_object_end(j);
+}
+
 /* ---- options, creation ------------------------------------------------------------ */
 int braid_tuplespace_new(braid_loop *loop, const braid_tuplespace_options *opts,
                          braid_tuplespace **out) {
@@ -173,9 +252,13 @@ int braid_tuplespace_new(braid_loop *loop, const braid_tuplespace_options *opts,
     if (!ts->o.max_deliveries) ts->o.max_deliveries = 10;
     ts->dead_tag = braid_strdup(ts->o.dead_letter_tag ? ts->o.dead_letter_tag : "dead");
     ts->o.dead_letter_tag = ts->dead_tag;
+    ts->name = braid_strdup(ts->o.name ? ts->o.name : "tuplespace");
+    ts->o.name = ts->name;
     ts->loop = loop;
-    if (!ts->dead_tag || braid__ts_htab_init(&ts->buckets, 64) < 0 || braid__ts_htab_init(&ts->leases, 64) < 0) {
+    if (!ts->dead_tag || !ts->name || braid__ts_htab_init(&ts->buckets, 64) < 0 ||
+        braid__ts_htab_init(&ts->leases, 64) < 0) {
         braid_free(ts->buckets.slots);
+        braid_free(ts->name);
         braid_free(ts->dead_tag);
         braid_free(ts);
         return BRAID_ENOMEM;
@@ -192,6 +275,7 @@ int braid_tuplespace_new(braid_loop *loop, const braid_tuplespace_options *opts,
     }
     ts->o.path = NULL;               /* the caller's string: not kept */
     braid_handle_open(loop, &ts->handle, "tuplespace");
+    braid_introspect_add(loop, &ts->inode, "tuplespaces", describe, ts);
     *out = ts;
     return 0;
 }
@@ -226,6 +310,7 @@ static ts_bucket *bucket_get(braid_tuplespace *ts, uint32_t arity, const braid_f
     b->anext = a->buckets;
     if (a->buckets) a->buckets->aprev = b;
     a->buckets = b;
+    a->nbuckets++;
     ts->st.buckets++;
     return b;
 }
@@ -238,6 +323,7 @@ static void bucket_maybe_free(braid_tuplespace *ts, ts_bucket *b) {
     if (b->aprev) b->aprev->anext = b->anext;
     else a->buckets = b->anext;
     if (b->anext) b->anext->aprev = b->aprev;
+    a->nbuckets--;
     ts->st.buckets--;
     braid_free(b->levels);
     braid_free(b);
@@ -292,6 +378,8 @@ static void bucket_store(braid_tuplespace *ts, ts_bucket *b, ts_entry *e, bool b
     e->state = TS_STORED;
     b->count++;
     ts->nstored++;
+    ts->arity[b->arity].tuples++;
+    ts->by_type[b->key.type < 6 ? b->key.type : 0]++;
 }
 
 /* Take e out of its bucket (the bucket may then be freed by the caller). */
@@ -310,6 +398,8 @@ static void bucket_unlink(braid_tuplespace *ts, ts_entry *e) {
     }
     b->count--;
     ts->nstored--;
+    ts->arity[b->arity].tuples--;
+    ts->by_type[b->key.type < 6 ? b->key.type : 0]--;
     e->bucket = NULL;
     e->prev = e->next = NULL;
     e->state = TS_LOOSE;
@@ -381,6 +471,7 @@ static void admit(braid_tuplespace *ts) {
         if (ts->ofirst) ts->ofirst->prev = NULL;
         else ts->olast = NULL;
         ts->nwaiters--;
+        ts->by_kind[W_OUT]--;
         ts_entry *e = w->entry;
         braid_deferred *d = w->d;
         braid_free(w);
@@ -418,6 +509,8 @@ static void waiter_unlink(braid_tuplespace *ts, ts_waiter *w) {
     else *last = w->prev;
     w->prev = w->next = NULL;
     ts->nwaiters--;
+    ts->by_kind[w->kind]--;
+    if (w->kind != W_OUT) ts->arity[w->n].waiting--;
     if (w->bucket) {
         ts_bucket *b = w->bucket;
         w->bucket = NULL;
@@ -906,6 +999,7 @@ braid_deferred *braid_tuplespace_out_wait(braid_tuplespace *ts, const braid_fiel
     else ts->ofirst = w;
     ts->olast = w;
     ts->nwaiters++;
+    ts->by_kind[W_OUT]++;
     arm_timeout(ts, w, d, timeout);
     return d;
 }
@@ -1011,6 +1105,8 @@ static braid_deferred *wait_for(braid_tuplespace *ts, uint8_t kind, const braid_
     else *first = w;
     *last = w;
     ts->nwaiters++;
+    ts->by_kind[kind]++;
+    ts->arity[n].waiting++;
     arm_timeout(ts, w, d, timeout);
     return d;
 }
@@ -1193,6 +1289,7 @@ static void fail_waiters(braid_tuplespace *ts, ts_waiter *w) {
 void braid_tuplespace_free(braid_tuplespace *ts) {
     if (!ts) return;
     BRAID__LOOP_AFFINE(ts->loop);
+    braid_introspect_remove(ts->loop, &ts->inode);
     /* Waiting calls first: their callbacks may still look at the space. */
     while (ts->ofirst) fail_waiters(ts, ts->ofirst);
     for (size_t a = 1; a <= BRAID_TUPLE_MAX_FIELDS; a++) {
@@ -1224,6 +1321,7 @@ void braid_tuplespace_free(braid_tuplespace *ts) {
     braid_free(ts->buckets.slots);
     braid_free(ts->leases.slots);
     braid_free(ts->dead_tag);
+    braid_free(ts->name);
     braid__ts_store_close(ts->store);
     braid_handle_close(ts->loop, &ts->handle);
     braid_free(ts);

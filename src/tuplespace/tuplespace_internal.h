@@ -10,6 +10,7 @@
 #define BRAID_TUPLESPACE_INTERNAL_H
 
 #include "base/base.h"
+#include <braid/introspect.h>
 #include <braid/tuplespace.h>
 
 /* The namespace of this module's log lines (base/base.h). */
@@ -87,6 +88,8 @@ struct ts_conn **braid__ts_conns(braid_tuplespace *ts);
 /* Close every connection of the space, forgetting it (server.c; called by
  * braid_tuplespace_free once the waiting calls have failed). */
 void braid__ts_server_detach(braid_tuplespace *ts);
+/* The connections serving the space as a JSON array (its introspection entry). */
+void braid__ts_server_describe(braid_tuplespace *ts, braid_json *j);
 /* The options every served connection of the space uses. */
 braid_tuplespace_serve_options *braid__ts_serve_options(braid_tuplespace *ts);
 

@@ -1,6 +1,8 @@
 /* A strict JSON reader for tests (support/json.h). Recursive descent over
  * the text; depth is limited to 64. */
 #include "json.h"
+#include "../harness.h"
+#include <braid/introspect.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -170,3 +172,24 @@ const bt_json *bt_json_at(const bt_json *v, size_t i) {
 }
 
 int bt_json_type(const bt_json *v) { return v ? (int)v->type : -1; }
+
+bt_json *bt_introspect_doc(braid_loop *loop) {
+    char *text;
+    size_t len;
+    BT_OK(braid_introspect_json(loop, &text, &len));
+    BT_EQ(strlen(text), len);
+    bt_json *doc = bt_json_parse(text, len);
+    if (!doc) bt_fail(__FILE__, __LINE__, "not JSON: %s", text);
+    braid_free(text);
+    return doc;
+}
+
+const bt_json *bt_json_named(const bt_json *doc, const char *section, const char *name) {
+    const bt_json *a = bt_json_get(doc, section);
+    for (size_t i = 0; a && i < a->n; i++) {
+        const bt_json *e = bt_json_at(a, i);
+        const bt_json *n = bt_json_get(e, "name");
+        if (n && n->type == BT_JSON_STR && strcmp(n->str, name) == 0) return e;
+    }
+    return NULL;
+}

@@ -37,4 +37,11 @@ const bt_json *bt_json_at(const bt_json *v, size_t i);
 /* The type, or -1 for NULL. */
 int bt_json_type(const bt_json *v);
 
+/* ---- the introspection document (<braid/introspect.h>) ---------------------------------- */
+struct braid_loop;
+/* braid_introspect_json(loop) parsed (the test fails if it is not JSON). */
+bt_json *bt_introspect_doc(struct braid_loop *loop);
+/* The entry of doc's section whose "name" is name (NULL: none). */
+const bt_json *bt_json_named(const bt_json *doc, const char *section, const char *name);
+
 #endif
