@@ -16,6 +16,7 @@
 #include <stdatomic.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -319,3 +320,66 @@ BT_IO_TEST(serve_acceptor_rehands_unread) {
     BT_UEQ(st.total, 3);   /* c1, c2, c3 by the living children (X's count died with it) */
     BT_UEQ(st.rehanded, 1);
 }
+
+/* The supervisor is SIGKILLed: its children do not serve on as orphans —
+ * each gets SIGTERM and drains, and the port refuses connections within a
+ * bounded time. The supervisor is a process of its own here (the test's
+ * fork), so that it can be killed. */
+static void report_port(int port, void *arg) {
+    int fd = *(int *)arg;
+    if (write(fd, &port, sizeof port) != (ssize_t)sizeof port) _exit(3);
+}
+static void supervisor_dies(braid_serve_method m) {
+#ifndef __linux__
+    bt_skip("children learn of their supervisor's death through PR_SET_PDEATHSIG (Linux only)");
+#endif
+    int pp[2];
+    BT_EQ(pipe(pp), 0);
+    pid_t sup = fork();
+    BT_TRUE(sup >= 0);
+    if (sup == 0) {
+        close(pp[0]);
+        sigset_t set;
+        sigemptyset(&set);
+        sigaddset(&set, SIGTERM);
+        sigaddset(&set, SIGINT);
+        sigaddset(&set, SIGCHLD);
+        pthread_sigmask(SIG_BLOCK, &set, NULL);
+        struct braid_serve_stats st;
+        braid_serve_options o = { .loops = 2, .processes = true, .method = m, .drain_timeout = BRAID_SECONDS(2),
+                                  .factory = make, .factory_done = done, .on_listening = report_port,
+                                  .arg = &pp[1] };
+        _exit(braid_serve("tcp:0:interface=127.0.0.1", &o, &st) < 0 ? 1 : 0);
+    }
+    close(pp[1]);
+    int port = 0;
+    BT_EQ(read(pp[0], &port, sizeof port), (ssize_t)sizeof port);
+    close(pp[0]);
+    /* served (the children exist: retry until one answers) */
+    int served = 0;
+    for (int i = 0; i < 500 && !served; i++) {
+        int fd = dial_port(port);
+        if (fd >= 0) {
+            served = ping(fd, "hello");
+            close(fd);
+        }
+        if (!served) usleep(10000);
+    }
+    BT_TRUE(served);
+    BT_EQ(kill(sup, SIGKILL), 0);
+    int status;
+    BT_EQ(waitpid(sup, &status, 0), sup);
+    /* Without the parent-death signal the children serve on for ever. */
+    int refused = 0;
+    for (int i = 0; i < 1000 && !refused; i++) {   /* 10 s at most; the drain is 2 s */
+        int fd = dial_port(port);
+        if (fd < 0) refused = 1;
+        else {
+            close(fd);
+            usleep(10000);
+        }
+    }
+    BT_TRUE(refused);
+}
+BT_IO_TEST(serve_children_end_with_the_supervisor_reuseport) { supervisor_dies(BRAID_SERVE_REUSEPORT); }
+BT_IO_TEST(serve_children_end_with_the_supervisor_acceptor) { supervisor_dies(BRAID_SERVE_ACCEPTOR); }

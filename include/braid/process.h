@@ -364,7 +364,10 @@ BRAID_API const char *braid_worker_call_command(const braid_worker_call *c);
  * them gracefully: every loop stops accepting, its open connections get
  * drain_timeout to finish, then those still open are shut down, and
  * braid_serve returns. A child process that dies (crash, kill) while the
- * server is not stopping is started again (unless no_restart).
+ * server is not stopping is started again (unless no_restart). If the
+ * supervisor itself dies (SIGKILL, a crash), its children get SIGTERM and
+ * drain as after a stop rather than serve on as orphans (LINUX-ONLY:
+ * PR_SET_PDEATHSIG; elsewhere they serve on until killed).
  *
  * braid_serve blocks SIGTERM, SIGINT and SIGCHLD in the calling thread for
  * its run (the loops take them as events; threads and children inherit

@@ -23,6 +23,9 @@
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
+#ifdef __linux__
+#include <sys/prctl.h>
+#endif
 
 #define SERVE_MAX_LOOPS 64
 
@@ -474,6 +477,7 @@ static int fork_child(serve_run *r, serve_slot *s) {
     if (r->o.method == BRAID_SERVE_ACCEPTOR &&
         socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, pair) < 0)
         return -errno;
+    pid_t supervisor = getpid();
     pid_t pid = fork();
     if (pid < 0) {
         int e = -errno;
@@ -481,6 +485,18 @@ static int fork_child(serve_run *r, serve_slot *s) {
         return e;
     }
     if (pid == 0) {
+        /* A child does not outlive its supervisor: if the supervisor dies
+         * (SIGKILL, a crash), the child gets SIGTERM and drains as after a
+         * stop, instead of serving on, orphaned, with nobody to stop it.
+         * The signal follows the forking thread, which is braid_serve's
+         * caller, alive until every child is gone. The supervisor may
+         * already be dead by the time the child asks: then stop now.
+         * LINUX-ONLY (PR_SET_PDEATHSIG); elsewhere orphans serve on. */
+#ifdef __linux__
+        if (prctl(PR_SET_PDEATHSIG, SIGTERM) == 0 && getppid() != supervisor) raise(SIGTERM);
+#else
+        (void)supervisor;
+#endif
         /* The child: nothing of the supervisor's is touched; of its
          * descriptors the child keeps its listener (none with the
          * acceptor: connections come over the hand-off socket), its end
