@@ -8,8 +8,14 @@
  * The workers are this very program re-run by the pool: the constructor
  * below serves the pool before the harness's main ever runs. */
 #include "harness.h"
+#include "process/process_internal.h"
+#include <braid/log.h>
 #include <braid/process.h>
+#include <dirent.h>
+#include <fcntl.h>
+#include <poll.h>
 #include <signal.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -73,7 +79,66 @@ static void h_later(braid_worker_call *c, const void *buf, size_t len, void *arg
     braid_deferred_unref(d);
 }
 
+/* A box call: the box back, with the worker's pid added. */
+static void h_boxecho(braid_worker_call *c, const void *buf, size_t len, void *arg) {
+    (void)arg;
+    const braid_box *in = braid_worker_call_box(c);
+    braid_box *out;
+    if (!in) {
+        braid_worker_call_fail(c, BRAID_EINVAL, "not a box call");
+        return;
+    }
+    if (braid_box_decode(buf, len, &out) < 0) {   /* the payload is the box's encoding */
+        braid_worker_call_fail(c, BRAID_EBOX, "payload is not the box");
+        return;
+    }
+    braid_box_set_i64(out, "pid", getpid());
+    braid_worker_call_reply_box(c, out);
+    braid_box_free(out);
+}
+/* A REPLY_BOX frame whose box is garbage (version 2). */
+static void h_badbox(braid_worker_call *c, const void *buf, size_t len, void *arg) {
+    (void)c; (void)buf; (void)len; (void)arg;
+    static const unsigned char g[] = { 0, 0, 0, 9, 1, 8, 0, 0, 0, 0, 2, 0, 0 };
+    if (write(3, g, sizeof g) != sizeof g) _exit(5);
+}
+/* The request id the call carried (in the handler's context). */
+static void h_rid(braid_worker_call *c, const void *buf, size_t len, void *arg) {
+    (void)buf; (void)len; (void)arg;
+    char s[32];
+    int n = snprintf(s, sizeof s, "%llu",
+                     (unsigned long long)braid_ctx_get_u64(&braid_log_request_id_key, 0));
+    braid_worker_call_reply(c, s, (size_t)n);
+}
+
+/* The descriptors the worker inherited ("0,1,2,3,5,9": every open one
+ * without close-on-exec — what it made itself, its loop's, has the flag)
+ * and the first bytes of fd 5. */
+static void h_fds(braid_worker_call *c, const void *buf, size_t len, void *arg) {
+    (void)buf; (void)len; (void)arg;
+    char out[256] = "";
+    size_t n = 0;
+    DIR *d = opendir("/proc/self/fd");
+    int fds[64], nf = 0;
+    for (struct dirent *e; d && (e = readdir(d)) != NULL;) {
+        if (e->d_name[0] == '.' || atoi(e->d_name) == dirfd(d) || nf == 64) continue;
+        if (fcntl(atoi(e->d_name), F_GETFD) & FD_CLOEXEC) continue;
+        fds[nf++] = atoi(e->d_name);
+    }
+    if (d) closedir(d);
+    for (int i = 0; i < nf; i++)   /* sorted, whatever readdir's order */
+        for (int k = i + 1; k < nf; k++)
+            if (fds[k] < fds[i]) { int t = fds[i]; fds[i] = fds[k]; fds[k] = t; }
+    for (int i = 0; i < nf; i++) n += (size_t)snprintf(out + n, sizeof out - n, "%s%d", i ? "," : "", fds[i]);
+    char data[8] = "";
+    ssize_t r = pread(5, data, 7, 0);
+    n += (size_t)snprintf(out + n, sizeof out - n, " %s", r > 0 ? data : "-");
+    braid_worker_call_reply(c, out, n);
+}
+
 static const braid_worker_command cmds[] = {
+    { "fds", h_fds, NULL },
+    { "boxecho", h_boxecho, NULL }, { "badbox", h_badbox, NULL }, { "rid", h_rid, NULL },
     { "echo", h_echo, NULL }, { "pid", h_pid, NULL }, { "fail", h_fail, NULL },
     { "hold", h_hold, NULL }, { "crash", h_crash, NULL }, { "hang", h_hang, NULL },
     { "garbage", h_garbage, NULL }, { "huge", h_huge, NULL }, { "crash_once", h_crash_once, NULL },
@@ -469,4 +534,300 @@ BT_IO_TEST(workers_alloc_walk) {
     }
     BT_GT(failures, 0);
     finish(loop, w);
+}
+
+/* ---- boxes over the connection ------------------------------------------------------------ */
+static braid_box *every_type(size_t big) {
+    braid_box *b;
+    BT_OK(braid_box_new(&b));
+    BT_OK(braid_box_set_str(b, "s", "text \xc3\xa9"));
+    BT_OK(braid_box_set_i64(b, "i", -7));
+    BT_OK(braid_box_set_u64(b, "u", UINT64_MAX));
+    BT_OK(braid_box_set_f64(b, "f", 0.125));
+    BT_OK(braid_box_set_bool(b, "t", true));
+    BT_OK(braid_box_append(b, "l", "x", 1));
+    BT_OK(braid_box_append(b, "l", "yz", 2));
+    char *v = malloc(big);
+    memset(v, 'v', big);
+    BT_OK(braid_box_set_bytes(b, "big", v, big));   /* past AMP's 64 KiB value limit */
+    free(v);
+    return b;
+}
+
+typedef struct boxres {
+    int done, code;
+    braid_box *box;
+    size_t len;
+} boxres;
+static braid_result box_ok(braid_result r, void *arg) {
+    boxres *x = arg;
+    braid_worker_reply *rep = r.value;
+    x->len = rep->len;
+    if (rep->box) {   /* copy it out: the reply goes with the result */
+        size_t n = braid_box_encoded_size(rep->box);
+        unsigned char *buf = malloc(n);
+        BT_OK(braid_box_encode(rep->box, buf, n, NULL));
+        BT_EQ(n, rep->len);
+        BT_TRUE(!memcmp(buf, rep->data, n));   /* data is the encoding */
+        BT_OK(braid_box_decode(buf, n, &x->box));
+        free(buf);
+    }
+    x->done = 1;
+    return r;
+}
+static braid_result box_err(braid_result r, void *arg) {
+    boxres *x = arg;
+    x->code = r.failure->code;
+    x->done = 1;
+    braid_result_drop(r);
+    return braid_result_ok(NULL);
+}
+
+BT_IO_TEST(workers_box_call) {
+    braid_loop *loop = bt_loop_new(NULL);
+    braid_workers *w;
+    BT_OK(braid_workers_new(loop, &(braid_workers_options){ .count = 1, .max_frame = 1u << 20 }, &w));
+    wait_ready(loop, w, 1);
+    pid_t pid;
+    braid_workers_pids(w, &pid, 1);
+    braid_box *b = every_type(100000);
+    boxres x = { 0 };
+    braid_deferred *d = braid_workers_call_box(w, "boxecho", b, NULL);
+    BT_OK(braid_deferred_add(d, box_ok, box_err, &x));
+    braid_deferred_unref(d);
+    /* A bytes call beside it is unchanged: bytes back, no box. */
+    res e;
+    call_rel(w, "echo", "plain", &e, NULL);
+    bt_run_until(loop, &x.done, 200000);
+    bt_run_until(loop, &e.done, 200000);
+    BT_EQ(x.code, 0);
+    BT_TRUE(x.box != NULL);
+    BT_STREQ(braid_box_str(x.box, "s"), "text \xc3\xa9");
+    int64_t i;
+    BT_OK(braid_box_i64(x.box, "i", &i));
+    BT_EQ(i, -7);
+    BT_OK(braid_box_i64(x.box, "pid", &i));
+    BT_EQ(i, pid);
+    uint64_t u;
+    BT_OK(braid_box_u64(x.box, "u", &u));
+    BT_TRUE(u == UINT64_MAX);
+    double f;
+    BT_OK(braid_box_f64(x.box, "f", &f));
+    BT_TRUE(f == 0.125);
+    bool t;
+    BT_OK(braid_box_bool(x.box, "t", &t));
+    BT_TRUE(t);
+    BT_EQ(braid_box_items(x.box, "l"), 2);
+    const void *p;
+    size_t n;
+    BT_OK(braid_box_bytes(x.box, "big", &p, &n));
+    BT_EQ(n, 100000);
+    BT_TRUE(((const char *)p)[99999] == 'v');
+    braid_box_free(x.box);
+    BT_STREQ(e.data, "plain");
+    /* A bytes call to a box handler: it sees no box. */
+    res nb;
+    call_rel(w, "boxecho", "raw", &nb, NULL);
+    bt_run_until(loop, &nb.done, 200000);
+    BT_EQ(nb.code, BRAID_EINVAL);
+    /* A box past the frame limit fails at once; no box is BRAID_EINVAL. */
+    braid_box_free(b);
+    b = every_type(2u << 20);
+    memset(&x, 0, sizeof x);
+    d = braid_workers_call_box(w, "boxecho", b, NULL);
+    BT_OK(braid_deferred_add(d, box_ok, box_err, &x));
+    braid_deferred_unref(d);
+    BT_EQ(x.code, BRAID_EMSGSIZE);
+    memset(&x, 0, sizeof x);
+    d = braid_workers_call_box(w, "boxecho", NULL, NULL);
+    BT_OK(braid_deferred_add(d, box_ok, box_err, &x));
+    braid_deferred_unref(d);
+    BT_EQ(x.code, BRAID_EINVAL);
+    braid_box_free(b);
+    struct braid_workers_stats s;
+    braid_workers_stats(w, &s);
+    BT_UEQ(s.lost, 0);
+    finish(loop, w);
+}
+
+/* A worker whose reply box is garbage is a worker that sent a garbage
+ * frame: killed, its calls failed with BRAID_EWORKER_PROTOCOL, replaced. */
+BT_IO_TEST(workers_box_garbage_from_worker) {
+    braid_loop *loop = bt_loop_new(NULL);
+    braid_workers *w;
+    BT_OK(braid_workers_new(loop, &(braid_workers_options){ .count = 1 }, &w));
+    res h, g, e;
+    call_rel(w, "hold", NULL, &h, NULL);
+    call_rel(w, "badbox", NULL, &g, NULL);
+    bt_run_until(loop, &g.done, 200000);
+    bt_run_until(loop, &h.done, 200000);
+    BT_EQ(g.code, BRAID_EWORKER_PROTOCOL);
+    BT_EQ(h.code, BRAID_EWORKER_PROTOCOL);
+    call_rel(w, "echo", "after", &e, NULL);
+    bt_run_until(loop, &e.done, 200000);
+    BT_STREQ(e.data, "after");
+    struct braid_workers_stats s;
+    braid_workers_stats(w, &s);
+    BT_UEQ(s.lost, 1);
+    finish(loop, w);
+}
+
+/* The parent's side written by hand over a socketpair, so that it can send
+ * what braid's parent never does: a garbage box is an error reply for that
+ * call, and the worker goes on serving; a call's request id reaches the
+ * handler's context. */
+static void raw_write(int fd, const braid__rpc_msg *m) {
+    braid_loop *loop;
+    BT_OK(braid_loop_new(NULL, &loop));
+    braid_protocol sink = { 0 };
+    static const braid_protocol_ops ops = { 0 };
+    sink.ops = &ops;
+    braid_memory_transport *mt;
+    BT_OK(braid_memory_transport_new(loop, &sink, &mt));
+    BT_OK(braid__rpc_write(braid_memory_transport_base(mt), m, 1u << 20));
+    size_t n;
+    const unsigned char *out = braid_memory_transport_data(mt, &n);
+    BT_EQ(write(fd, out, n), (ssize_t)n);
+    braid_memory_transport_free(mt);
+    for (int i = 0; i < 4; i++) braid_loop_run_once(loop, BRAID_LOOP_RUN_NOWAIT);
+    BT_OK(braid_loop_free(loop));
+}
+static size_t raw_read(int fd, unsigned char *buf, size_t cap) {
+    size_t got = 0, want = 4;
+    while (got < want) {
+        struct pollfd pfd = { fd, POLLIN, 0 };
+        BT_EQ(poll(&pfd, 1, 20000), 1);
+        ssize_t r = read(fd, buf + got, want - got);
+        BT_GT(r, 0);
+        got += (size_t)r;
+        if (got == 4 && want == 4) {
+            want = 4 + ((size_t)buf[0] << 24 | (size_t)buf[1] << 16 | (size_t)buf[2] << 8 | buf[3]);
+            BT_TRUE(want <= cap);
+        }
+    }
+    return got;
+}
+
+BT_IO_TEST(workers_box_garbage_from_parent) {
+    braid_loop *loop = bt_loop_new(NULL);
+    int sp[2];
+    BT_EQ(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sp), 0);
+    const char *env[] = { "BRAID_WORKER=3", NULL };
+    braid_process_fd fds[] = { { 0, BRAID_PROCESS_FD_DEVNULL, 0, NULL },
+                               { 1, BRAID_PROCESS_FD_INHERIT, 1, NULL },
+                               { 2, BRAID_PROCESS_FD_INHERIT, 2, NULL },
+                               { 3, BRAID_PROCESS_FD_INHERIT, sp[1], NULL } };
+    braid_process *p;
+    BT_OK(braid_process_spawn(loop, &(braid_process_options){ .file = "/proc/self/exe",
+                                  .env_mode = BRAID_PROCESS_ENV_EXTEND, .env = env, .fds = fds,
+                                  .nfds = 4 }, &p, NULL));
+    close(sp[1]);
+    static unsigned char buf[1 << 16];
+    braid__rpc_msg m;
+    size_t n = raw_read(sp[0], buf, sizeof buf);
+    BT_OK(braid__rpc_parse(buf + 4, n - 4, &m));
+    BT_EQ(m.type, BRAID__RPC_READY);
+    /* A garbage box (version 9). */
+    static const unsigned char bad[] = { 9, 0, 0 };
+    raw_write(sp[0], &(braid__rpc_msg){ .type = BRAID__RPC_CALL_EX, .id = 7, .flags = BRAID__RPC_F_BOX,
+                                        .command = "boxecho", .command_len = 7, .payload = bad,
+                                        .len = sizeof bad });
+    n = raw_read(sp[0], buf, sizeof buf);
+    BT_OK(braid__rpc_parse(buf + 4, n - 4, &m));
+    BT_EQ(m.type, BRAID__RPC_FAIL);
+    BT_EQ(m.id, 7);
+    BT_EQ(m.code, BRAID_EBOX);
+    /* The worker keeps serving: a good box, then a request id. */
+    braid_box *b;
+    BT_OK(braid_box_new(&b));
+    BT_OK(braid_box_set_str(b, "k", "v"));
+    unsigned char enc[64];
+    size_t el;
+    BT_OK(braid_box_encode(b, enc, sizeof enc, &el));
+    braid_box_free(b);
+    raw_write(sp[0], &(braid__rpc_msg){ .type = BRAID__RPC_CALL_EX, .id = 8, .flags = BRAID__RPC_F_BOX,
+                                        .command = "boxecho", .command_len = 7, .payload = enc,
+                                        .len = el });
+    n = raw_read(sp[0], buf, sizeof buf);
+    BT_OK(braid__rpc_parse(buf + 4, n - 4, &m));
+    BT_EQ(m.type, BRAID__RPC_REPLY_BOX);
+    BT_EQ(m.id, 8);
+    BT_OK(braid_box_decode(m.payload, m.len, &b));
+    BT_STREQ(braid_box_str(b, "k"), "v");
+    braid_box_free(b);
+    raw_write(sp[0], &(braid__rpc_msg){ .type = BRAID__RPC_CALL_EX, .id = 9, .flags = BRAID__RPC_F_RID,
+                                        .request_id = 123456789012ull, .command = "rid", .command_len = 3 });
+    n = raw_read(sp[0], buf, sizeof buf);
+    BT_OK(braid__rpc_parse(buf + 4, n - 4, &m));
+    BT_EQ(m.type, BRAID__RPC_REPLY);
+    BT_EQ(m.len, 12);
+    BT_TRUE(!memcmp(m.payload, "123456789012", 12));
+    /* EOF: the worker exits 0. */
+    close(sp[0]);
+    braid_process_status st;
+    for (int i = 0; i < 200000 && !braid_process_has_exited(p, &st); i++) braid_loop_run_once(loop, 0);
+    BT_TRUE(braid_process_has_exited(p, &st));
+    BT_EQ(st.exit_code, 0);
+    braid_process_free(p);
+    bt_loop_destroy(loop);
+}
+
+/* The caller's request id travels with the call. */
+BT_IO_TEST(workers_request_id) {
+    braid_loop *loop = bt_loop_new(NULL);
+    braid_workers *w;
+    BT_OK(braid_workers_new(loop, &(braid_workers_options){ .count = 1 }, &w));
+    res a, b;
+    braid_ctx_scope scope;
+    BT_OK(braid_ctx_push_u64(&scope, &braid_log_request_id_key, 4242));
+    call_rel(w, "rid", NULL, &a, NULL);
+    braid_ctx_pop(&scope);
+    call_rel(w, "rid", NULL, &b, NULL);
+    bt_run_until(loop, &a.done, 200000);
+    bt_run_until(loop, &b.done, 200000);
+    BT_STREQ(a.data, "4242");
+    BT_STREQ(b.data, "0");
+    finish(loop, w);
+}
+
+/* Extra descriptors reach every worker at their child numbers — a data
+ * file at 5, /dev/null at 9 — and nothing else is open there (a parent fd
+ * left inheritable on purpose stays out), replacements included. */
+BT_IO_TEST(workers_extra_fds) {
+    braid_loop *loop = bt_loop_new(NULL);
+    char path[] = "/tmp/braid-workers-fds-XXXXXX";
+    int data = mkstemp(path);
+    BT_GE(data, 0);
+    unlink(path);
+    BT_EQ(write(data, "dataset", 7), 7);
+    int decoy = open("/dev/null", O_RDONLY);   /* not close-on-exec */
+    BT_GE(decoy, 0);
+    braid_process_fd extra[] = { { 5, BRAID_PROCESS_FD_INHERIT, data, NULL },
+                                 { 9, BRAID_PROCESS_FD_DEVNULL, 0, NULL } };
+    braid_workers *w;
+    BT_OK(braid_workers_new(loop, &(braid_workers_options){ .count = 1, .fds = extra, .nfds = 2 }, &w));
+    extra[0].child_fd = 99;   /* the pool copied the map */
+    res a;
+    call_rel(w, "fds", NULL, &a, NULL);
+    bt_run_until(loop, &a.done, 200000);
+    BT_STREQ(a.data, "0,1,2,3,5,9 dataset");
+    /* A replacement gets them too. */
+    res c, b;
+    call_rel(w, "crash", NULL, &c, NULL);
+    bt_run_until(loop, &c.done, 200000);
+    call_rel(w, "fds", NULL, &b, NULL);
+    bt_run_until(loop, &b.done, 200000);
+    BT_STREQ(b.data, "0,1,2,3,5,9 dataset");
+    finish(loop, w);
+    /* Maps the pool refuses: its own numbers, pipes, duplicates. */
+    loop = bt_loop_new(NULL);
+    braid_process_fd bad3[] = { { 3, BRAID_PROCESS_FD_INHERIT, data, NULL } };
+    braid_process_fd pipe[] = { { 5, BRAID_PROCESS_FD_FROM_CHILD, 0, NULL } };
+    braid_process_fd dup[] = { { 5, BRAID_PROCESS_FD_DEVNULL, 0, NULL }, { 5, BRAID_PROCESS_FD_DEVNULL, 0, NULL } };
+    BT_EQ(braid_workers_new(loop, &(braid_workers_options){ .count = 1, .fds = bad3, .nfds = 1 }, &w), BRAID_EINVAL);
+    BT_EQ(braid_workers_new(loop, &(braid_workers_options){ .count = 1, .fds = pipe, .nfds = 1 }, &w), BRAID_EINVAL);
+    BT_EQ(braid_workers_new(loop, &(braid_workers_options){ .count = 1, .fds = dup, .nfds = 2 }, &w), BRAID_EINVAL);
+    bt_loop_destroy(loop);
+    close(decoy);
+    close(data);
 }

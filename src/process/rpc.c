@@ -11,6 +11,21 @@ static void put32(unsigned char *b, uint32_t v) {
     b[0] = (unsigned char)(v >> 24); b[1] = (unsigned char)(v >> 16);
     b[2] = (unsigned char)(v >> 8); b[3] = (unsigned char)v;
 }
+static uint64_t get64(const unsigned char *b) { return (uint64_t)get32(b) << 32 | get32(b + 4); }
+static void put64(unsigned char *b, uint64_t v) {
+    put32(b, (uint32_t)(v >> 32));
+    put32(b + 4, (uint32_t)v);
+}
+
+/* The command part of CALL and CALL_EX: u8 length, the command, the payload. */
+static int parse_command(const unsigned char *rest, size_t n, braid__rpc_msg *m) {
+    if (n < 1 || rest[0] == 0 || rest[0] > n - 1) return BRAID_EPROTO_INPUT;
+    m->command = (const char *)rest + 1;
+    m->command_len = rest[0];
+    m->payload = rest + 1 + rest[0];
+    m->len = n - 1 - rest[0];
+    return 0;
+}
 
 int braid__rpc_parse(const void *frame, size_t len, braid__rpc_msg *m) {
     const unsigned char *b = frame;
@@ -22,12 +37,38 @@ int braid__rpc_parse(const void *frame, size_t len, braid__rpc_msg *m) {
     size_t n = len - BRAID__RPC_HEADER;
     switch (m->type) {
     case BRAID__RPC_CALL:
-        if (n < 1 || rest[0] == 0 || rest[0] > n - 1) return BRAID_EPROTO_INPUT;
-        m->command = (const char *)rest + 1;
-        m->command_len = rest[0];
-        m->payload = rest + 1 + rest[0];
-        m->len = n - 1 - rest[0];
+        return parse_command(rest, n, m);
+    case BRAID__RPC_CALL_EX: {
+        if (n < 1 || (rest[0] & ~(BRAID__RPC_F_BOX | BRAID__RPC_F_RID))) return BRAID_EPROTO_INPUT;
+        m->flags = rest[0];
+        size_t at = 1;
+        if (m->flags & BRAID__RPC_F_RID) {
+            if (n < 9) return BRAID_EPROTO_INPUT;
+            m->request_id = get64(rest + 1);
+            at = 9;
+        }
+        return parse_command(rest + at, n - at, m);
+    }
+    case BRAID__RPC_LOG: {
+        /* level, time, request id, dropped, ns length: 22 bytes */
+        if (n < 22 || rest[0] > BRAID_LOG_ERROR || n - 22 < rest[21]) return BRAID_EPROTO_INPUT;
+        m->level = rest[0];
+        m->time_ns = get64(rest + 1);
+        m->request_id = get64(rest + 9);
+        m->dropped = get32(rest + 17);
+        m->ns_len = rest[21];
+        m->ns = (const char *)rest + 22;
+        size_t at = 22 + m->ns_len;
+        if (n - at < 2) return BRAID_EPROTO_INPUT;
+        m->text_len = (size_t)rest[at] << 8 | rest[at + 1];
+        at += 2;
+        if (n - at < m->text_len) return BRAID_EPROTO_INPUT;
+        m->text = (const char *)rest + at;
+        m->payload = rest + at + m->text_len;
+        m->len = n - at - m->text_len;
         return 0;
+    }
+    case BRAID__RPC_REPLY_BOX:
     case BRAID__RPC_REPLY:
         m->payload = rest;
         m->len = n;
@@ -50,12 +91,37 @@ int braid__rpc_parse(const void *frame, size_t len, braid__rpc_msg *m) {
 }
 
 int braid__rpc_write(braid_transport *t, const braid__rpc_msg *m, size_t max) {
-    unsigned char h[4 + BRAID__RPC_HEADER + 1 + 255];
+    unsigned char h[4 + BRAID__RPC_HEADER + 22 + 255 + 2];
     size_t hl = 4 + BRAID__RPC_HEADER;
     h[4] = BRAID__RPC_VERSION;
     h[5] = (unsigned char)m->type;
     put32(h + 6, m->id);
-    if (m->type == BRAID__RPC_CALL) {
+    if (m->type == BRAID__RPC_CALL_EX) {
+        h[hl++] = (unsigned char)m->flags;
+        if (m->flags & BRAID__RPC_F_RID) {
+            put64(h + hl, m->request_id);
+            hl += 8;
+        }
+    }
+    if (m->type == BRAID__RPC_LOG) {
+        if (m->ns_len > 255 || m->text_len > 65535) return BRAID_EINVAL;
+        h[hl] = (unsigned char)m->level;
+        put64(h + hl + 1, m->time_ns);
+        put64(h + hl + 9, m->request_id);
+        put32(h + hl + 17, m->dropped);
+        h[hl + 21] = (unsigned char)m->ns_len;
+        hl += 22;
+        if (m->ns_len) memcpy(h + hl, m->ns, m->ns_len);
+        hl += m->ns_len;
+        h[hl++] = (unsigned char)(m->text_len >> 8);
+        h[hl++] = (unsigned char)m->text_len;
+        size_t body = hl - 4 + m->text_len + m->len;
+        if (body > max || body > UINT32_MAX) return BRAID_EMSGSIZE;
+        put32(h, (uint32_t)body);
+        struct iovec v[3] = { { h, hl }, { (void *)m->text, m->text_len }, { (void *)m->payload, m->len } };
+        return braid_transport_writev(t, v, 3);
+    }
+    if (m->type == BRAID__RPC_CALL || m->type == BRAID__RPC_CALL_EX) {
         if (m->command_len == 0 || m->command_len > 255) return BRAID_EINVAL;
         h[hl++] = (unsigned char)m->command_len;
         memcpy(h + hl, m->command, m->command_len);

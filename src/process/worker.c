@@ -26,6 +26,7 @@ typedef struct wside {
 struct braid_worker_call {
     wconn *conn;
     uint32_t id;
+    braid_box *box;                /* a box call's, decoded; NULL for bytes */
     char command[256];
 };
 
@@ -46,6 +47,7 @@ static int send_msg(braid_worker_call *call, const braid__rpc_msg *m) {
         rc = braid__rpc_write(c->t, &f, c->max_frame);
     }
     c->outstanding--;
+    braid_box_free(call->box);
     braid_free(call);
     maybe_finish(c);
     return rc;
@@ -55,6 +57,19 @@ int braid_worker_call_reply(braid_worker_call *call, const void *payload, size_t
     braid__rpc_msg m = { .type = BRAID__RPC_REPLY, .id = call->id, .payload = payload, .len = len };
     return send_msg(call, &m);
 }
+
+int braid_worker_call_reply_box(braid_worker_call *call, const braid_box *b) {
+    size_t n = braid_box_encoded_size(b);
+    unsigned char *buf = braid_malloc(n);
+    if (!buf) return braid_worker_call_fail(call, BRAID_ENOMEM, "out of memory encoding the reply box");
+    (void)braid_box_encode(b, buf, n, NULL);
+    braid__rpc_msg m = { .type = BRAID__RPC_REPLY_BOX, .id = call->id, .payload = buf, .len = n };
+    int rc = send_msg(call, &m);
+    braid_free(buf);
+    return rc;
+}
+
+const braid_box *braid_worker_call_box(const braid_worker_call *call) { return call->box; }
 
 int braid_worker_call_fail(braid_worker_call *call, int code, const char *message) {
     braid__rpc_msg m = { .type = BRAID__RPC_FAIL, .id = call->id, .code = code < 0 ? code : BRAID_EWORKER_REMOTE,
@@ -71,7 +86,8 @@ static int on_frame(void *ctx, const void *frame, size_t len) {
     braid__rpc_msg m;
     if (braid__rpc_parse(frame, len, &m) < 0) return BRAID_EPROTO_INPUT;
     switch (m.type) {
-    case BRAID__RPC_CALL: {
+    case BRAID__RPC_CALL:
+    case BRAID__RPC_CALL_EX: {
         braid_worker_call *call = braid_malloc(sizeof *call);
         if (!call) {
             braid__rpc_msg f = { .type = BRAID__RPC_FAIL, .id = m.id, .code = BRAID_ENOMEM,
@@ -81,12 +97,27 @@ static int on_frame(void *ctx, const void *frame, size_t len) {
         }
         call->conn = c;
         call->id = m.id;
+        call->box = NULL;
         memcpy(call->command, m.command, m.command_len);
         call->command[m.command_len] = 0;
         c->outstanding++;
+        if (m.flags & BRAID__RPC_F_BOX) {
+            /* A bad box from the parent is an error for this call only. */
+            int rc = braid_box_decode(m.payload, m.len, &call->box);
+            if (rc < 0) {
+                (void)braid_worker_call_fail(call, rc, rc == BRAID_EBOX ? "malformed box in the call"
+                                                                       : "out of memory decoding the call's box");
+                return c->t ? 0 : 1;
+            }
+        }
         for (size_t i = 0; i < c->ncmds; i++) {
             if (!strcmp(c->cmds[i].name, call->command)) {
+                /* The caller's request id, for what the handler logs and schedules. */
+                braid_ctx_scope scope;
+                bool scoped = m.request_id &&
+                              braid_ctx_push_u64(&scope, &braid_log_request_id_key, m.request_id) == 0;
                 c->cmds[i].fn(call, m.payload, m.len, c->cmds[i].arg);
+                if (scoped) braid_ctx_pop(&scope);
                 return c->t ? 0 : 1;
             }
         }

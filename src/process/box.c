@@ -1,0 +1,380 @@
+/* Boxes: the small typed key/value payloads of worker calls (process.h),
+ * after Twisted's AMP boxes, and their encoding. The decoder reads what
+ * another process sent, so it trusts nothing (fuzz/fuzz_box.c): every
+ * length is checked against what is left, keys are unique, counts are
+ * bounded, and the encoding is canonical (decoding then encoding gives the
+ * very bytes back).
+ *
+ * Encoding (all integers big-endian):
+ *   u8  version (1)
+ *   u16 count of entries (0 ... BRAID_BOX_MAX_KEYS)
+ *   count x { u8 key length (1 ... 255), the key, u8 type, the value }
+ *     I64, U64: 8 bytes; F64: the IEEE-754 bits, 8 bytes; BOOL: 1 byte, 0 or 1;
+ *     BYTES, STR: u32 length, the bytes (STR: UTF-8, no NUL);
+ *     LIST: u32 count of items (<= BRAID_BOX_MAX_ITEMS), then each
+ *           u32 length and the bytes
+ *   and nothing after the last entry. */
+#include "process/process_internal.h"
+#include <string.h>
+
+typedef struct box_entry {
+    void *mem;                     /* one block: the key, NUL, then the value */
+    const char *key;               /* in mem */
+    unsigned char *val;            /* BYTES/STR: in mem, NUL after; LIST: the items' encoding */
+    size_t len;                    /* BYTES/STR: bytes; LIST: the items' encoding */
+    uint32_t items;                /* LIST */
+    uint8_t klen;
+    braid_box_type type;
+    union { int64_t i64; uint64_t u64; double f64; bool b; } n;
+} box_entry;
+
+struct braid_box {
+    box_entry *e;
+    size_t n, cap;
+};
+
+static uint32_t get32(const unsigned char *b) {
+    return (uint32_t)b[0] << 24 | (uint32_t)b[1] << 16 | (uint32_t)b[2] << 8 | b[3];
+}
+static void put32(unsigned char *b, uint32_t v) {
+    b[0] = (unsigned char)(v >> 24); b[1] = (unsigned char)(v >> 16);
+    b[2] = (unsigned char)(v >> 8); b[3] = (unsigned char)v;
+}
+static uint64_t get64(const unsigned char *b) { return (uint64_t)get32(b) << 32 | get32(b + 4); }
+static void put64(unsigned char *b, uint64_t v) {
+    put32(b, (uint32_t)(v >> 32));
+    put32(b + 4, (uint32_t)v);
+}
+
+int braid_box_new(braid_box **out) {
+    braid_box *b = braid_calloc(1, sizeof *b);
+    if (!b) return BRAID_ENOMEM;
+    *out = b;
+    return 0;
+}
+
+void braid_box_free(braid_box *b) {
+    if (!b) return;
+    for (size_t i = 0; i < b->n; i++) braid_free(b->e[i].mem);
+    braid_free(b->e);
+    braid_free(b);
+}
+
+static box_entry *find(const braid_box *b, const char *key, size_t klen) {
+    for (size_t i = 0; i < b->n; i++)
+        if (b->e[i].klen == klen && !memcmp(b->e[i].key, key, klen)) return &b->e[i];
+    return NULL;
+}
+
+/* Is s (len bytes) UTF-8 without a NUL? (RFC 3629: no overlongs, no
+ * surrogates, nothing above U+10FFFF.) */
+static bool utf8_text(const unsigned char *s, size_t len) {
+    for (size_t i = 0; i < len;) {
+        unsigned c = s[i];
+        if (c == 0) return false;
+        if (c < 0x80) { i++; continue; }
+        size_t n;
+        unsigned lo = 0x80, hi = 0xBF;
+        if (c >= 0xC2 && c <= 0xDF) n = 1;
+        else if (c >= 0xE0 && c <= 0xEF) { n = 2; if (c == 0xE0) lo = 0xA0; if (c == 0xED) hi = 0x9F; }
+        else if (c >= 0xF0 && c <= 0xF4) { n = 3; if (c == 0xF0) lo = 0x90; if (c == 0xF4) hi = 0x8F; }
+        else return false;
+        if (len - i - 1 < n) return false;
+        if (s[i + 1] < lo || s[i + 1] > hi) return false;
+        for (size_t k = 2; k <= n; k++)
+            if ((s[i + k] & 0xC0) != 0x80) return false;
+        i += n + 1;
+    }
+    return true;
+}
+
+/* Put key = a value of type with vlen bytes at v (copied; NUL added): a new
+ * entry, or the old one replaced. The entry is returned for numbers. */
+static int put(braid_box *b, const char *key, size_t klen, braid_box_type type, const void *v,
+               size_t vlen, box_entry **out) {
+    if (klen == 0 || klen > BRAID_BOX_MAX_KEY) return BRAID_EINVAL;
+    box_entry *e = find(b, key, klen);
+    if (!e && b->n >= BRAID_BOX_MAX_KEYS) return BRAID_EMSGSIZE;
+    if (vlen > SIZE_MAX - klen - 2) return BRAID_EMSGSIZE;
+    char *mem = braid_malloc(klen + 1 + vlen + 1);
+    if (!mem) return BRAID_ENOMEM;
+    if (!e && b->n == b->cap) {
+        size_t cap = b->cap ? b->cap * 2 : 4;
+        box_entry *ne = braid_realloc(b->e, cap * sizeof *ne);
+        if (!ne) {
+            braid_free(mem);
+            return BRAID_ENOMEM;
+        }
+        b->e = ne;
+        b->cap = cap;
+    }
+    if (e) braid_free(e->mem);
+    else e = &b->e[b->n++];
+    memset(e, 0, sizeof *e);
+    memcpy(mem, key, klen);
+    mem[klen] = 0;
+    e->mem = mem;
+    e->key = mem;
+    e->klen = (uint8_t)klen;
+    e->type = type;
+    e->val = (unsigned char *)mem + klen + 1;
+    if (vlen && v) memcpy(e->val, v, vlen);
+    e->val[vlen] = 0;
+    e->len = vlen;
+    if (out) *out = e;
+    return 0;
+}
+
+int braid_box_set_bytes(braid_box *b, const char *key, const void *p, size_t len) {
+    if (len && !p) return BRAID_EINVAL;
+    if (len > UINT32_MAX) return BRAID_EMSGSIZE;
+    return put(b, key, key ? strlen(key) : 0, BRAID_BOX_BYTES, p, len, NULL);
+}
+
+int braid_box_set_str(braid_box *b, const char *key, const char *s) {
+    if (!s) return BRAID_EINVAL;
+    size_t len = strlen(s);
+    if (len > UINT32_MAX) return BRAID_EMSGSIZE;
+    if (!utf8_text((const unsigned char *)s, len)) return BRAID_EINVAL;
+    return put(b, key, key ? strlen(key) : 0, BRAID_BOX_STR, s, len, NULL);
+}
+
+#define SET_NUM(name, T, TYPE, field)                                                  \
+    int braid_box_set_##name(braid_box *b, const char *key, T v) {                     \
+        box_entry *e;                                                                  \
+        int rc = put(b, key, key ? strlen(key) : 0, TYPE, NULL, 0, &e);                \
+        if (rc == 0) e->n.field = v;                                                   \
+        return rc;                                                                     \
+    }
+SET_NUM(i64, int64_t, BRAID_BOX_I64, i64)
+SET_NUM(u64, uint64_t, BRAID_BOX_U64, u64)
+SET_NUM(f64, double, BRAID_BOX_F64, f64)
+SET_NUM(bool, bool, BRAID_BOX_BOOL, b)
+
+int braid_box_append(braid_box *b, const char *key, const void *p, size_t len) {
+    size_t klen = key ? strlen(key) : 0;
+    if (len && !p) return BRAID_EINVAL;
+    if (len > UINT32_MAX - 4) return BRAID_EMSGSIZE;
+    box_entry *e = klen ? find(b, key, klen) : NULL;
+    if (!e) {
+        unsigned char l[4];
+        put32(l, (uint32_t)len);
+        int rc = put(b, key, klen, BRAID_BOX_LIST, NULL, 4 + len, &e);
+        if (rc < 0) return rc;
+        memcpy(e->val, l, 4);
+        if (len) memcpy(e->val + 4, p, len);
+        e->items = 1;
+        return 0;
+    }
+    if (e->type != BRAID_BOX_LIST) return BRAID_EBOX_TYPE;
+    if (e->items >= BRAID_BOX_MAX_ITEMS || e->len > UINT32_MAX - 4 - len) return BRAID_EMSGSIZE;
+    char *mem = braid_realloc(e->mem, e->klen + 1 + e->len + 4 + len + 1);
+    if (!mem) return BRAID_ENOMEM;
+    e->mem = mem;
+    e->key = mem;
+    e->val = (unsigned char *)mem + e->klen + 1;
+    put32(e->val + e->len, (uint32_t)len);
+    if (len) memcpy(e->val + e->len + 4, p, len);
+    e->len += 4 + len;
+    e->val[e->len] = 0;
+    e->items++;
+    return 0;
+}
+
+/* ---- reading ------------------------------------------------------------------------ */
+size_t braid_box_count(const braid_box *b) { return b->n; }
+
+const char *braid_box_key(const braid_box *b, size_t i) { return i < b->n ? b->e[i].key : NULL; }
+
+static const box_entry *lookup(const braid_box *b, const char *key) {
+    return key ? find(b, key, strlen(key)) : NULL;
+}
+
+braid_box_type braid_box_kind(const braid_box *b, const char *key) {
+    const box_entry *e = lookup(b, key);
+    return e ? e->type : (braid_box_type)0;
+}
+
+#define GET_NUM(name, T, TYPE, field)                                                  \
+    int braid_box_##name(const braid_box *b, const char *key, T *out) {                \
+        const box_entry *e = lookup(b, key);                                           \
+        if (!e) return BRAID_ENOENT;                                                   \
+        if (e->type != TYPE) return BRAID_EBOX_TYPE;                                   \
+        *out = e->n.field;                                                             \
+        return 0;                                                                      \
+    }
+GET_NUM(i64, int64_t, BRAID_BOX_I64, i64)
+GET_NUM(u64, uint64_t, BRAID_BOX_U64, u64)
+GET_NUM(f64, double, BRAID_BOX_F64, f64)
+GET_NUM(bool, bool, BRAID_BOX_BOOL, b)
+
+const char *braid_box_str(const braid_box *b, const char *key) {
+    const box_entry *e = lookup(b, key);
+    return e && e->type == BRAID_BOX_STR ? (const char *)e->val : NULL;
+}
+
+int braid_box_bytes(const braid_box *b, const char *key, const void **p, size_t *len) {
+    const box_entry *e = lookup(b, key);
+    if (!e) return BRAID_ENOENT;
+    if (e->type != BRAID_BOX_BYTES && e->type != BRAID_BOX_STR) return BRAID_EBOX_TYPE;
+    *p = e->val;
+    *len = e->len;
+    return 0;
+}
+
+size_t braid_box_items(const braid_box *b, const char *key) {
+    const box_entry *e = lookup(b, key);
+    return e && e->type == BRAID_BOX_LIST ? e->items : 0;
+}
+
+int braid_box_item(const braid_box *b, const char *key, size_t i, const void **p, size_t *len) {
+    const box_entry *e = lookup(b, key);
+    if (!e) return BRAID_ENOENT;
+    if (e->type != BRAID_BOX_LIST) return BRAID_EBOX_TYPE;
+    if (i >= e->items) return BRAID_ENOENT;
+    const unsigned char *at = e->val;
+    for (;;) {
+        uint32_t l = get32(at);
+        if (i-- == 0) {
+            *p = at + 4;
+            *len = l;
+            return 0;
+        }
+        at += 4 + (size_t)l;
+    }
+}
+
+/* ---- encoding ------------------------------------------------------------------------ */
+static size_t value_size(const box_entry *e) {
+    switch (e->type) {
+    case BRAID_BOX_BOOL: return 1;
+    case BRAID_BOX_BYTES:
+    case BRAID_BOX_STR:
+    case BRAID_BOX_LIST: return 4 + e->len;
+    default: return 8;
+    }
+}
+
+size_t braid_box_encoded_size(const braid_box *b) {
+    size_t n = 3;
+    for (size_t i = 0; i < b->n; i++) n += 2 + (size_t)b->e[i].klen + value_size(&b->e[i]);
+    return n;
+}
+
+int braid_box_encode(const braid_box *b, void *buf, size_t cap, size_t *len) {
+    size_t need = braid_box_encoded_size(b);
+    if (need > cap) return BRAID_EMSGSIZE;
+    unsigned char *o = buf;
+    o[0] = BRAID_BOX_VERSION;
+    o[1] = (unsigned char)(b->n >> 8);
+    o[2] = (unsigned char)b->n;
+    o += 3;
+    for (size_t i = 0; i < b->n; i++) {
+        const box_entry *e = &b->e[i];
+        *o++ = e->klen;
+        memcpy(o, e->key, e->klen);
+        o += e->klen;
+        *o++ = (unsigned char)e->type;
+        switch (e->type) {
+        case BRAID_BOX_BOOL: *o++ = e->n.b; break;
+        case BRAID_BOX_I64: put64(o, (uint64_t)e->n.i64); o += 8; break;
+        case BRAID_BOX_U64: put64(o, e->n.u64); o += 8; break;
+        case BRAID_BOX_F64: {
+            uint64_t u;
+            memcpy(&u, &e->n.f64, 8);
+            put64(o, u);
+            o += 8;
+            break;
+        }
+        case BRAID_BOX_LIST:
+            put32(o, e->items);
+            memcpy(o + 4, e->val, e->len);
+            o += 4 + e->len;
+            break;
+        default:
+            put32(o, (uint32_t)e->len);
+            if (e->len) memcpy(o + 4, e->val, e->len);
+            o += 4 + e->len;
+            break;
+        }
+    }
+    if (len) *len = need;
+    return 0;
+}
+
+/* ---- decoding ------------------------------------------------------------------------ */
+int braid_box_decode(const void *buf, size_t len, braid_box **out) {
+    const unsigned char *p = buf, *end = p + len;
+    if (len < 3 || p[0] != BRAID_BOX_VERSION) return BRAID_EBOX;
+    size_t count = (size_t)p[1] << 8 | p[2];
+    if (count > BRAID_BOX_MAX_KEYS) return BRAID_EBOX;
+    p += 3;
+    braid_box *b;
+    int rc = braid_box_new(&b);
+    if (rc < 0) return rc;
+    for (size_t i = 0; i < count; i++) {
+        rc = BRAID_EBOX;
+        if (end - p < 1) goto fail;
+        size_t klen = *p++;
+        if (klen == 0 || (size_t)(end - p) < klen + 1) goto fail;
+        const char *key = (const char *)p;
+        p += klen;
+        if (memchr(key, 0, klen) || find(b, key, klen)) goto fail;   /* keys: no NUL, unique */
+        braid_box_type type = (braid_box_type)*p++;
+        box_entry *e;
+        size_t left = (size_t)(end - p);
+        switch (type) {
+        case BRAID_BOX_BOOL:
+            if (left < 1 || p[0] > 1) goto fail;
+            if ((rc = put(b, key, klen, type, NULL, 0, &e)) < 0) goto fail;
+            e->n.b = p[0];
+            p += 1;
+            break;
+        case BRAID_BOX_I64:
+        case BRAID_BOX_U64:
+        case BRAID_BOX_F64: {
+            if (left < 8) goto fail;
+            uint64_t u = get64(p);
+            if ((rc = put(b, key, klen, type, NULL, 0, &e)) < 0) goto fail;
+            if (type == BRAID_BOX_F64) memcpy(&e->n.f64, &u, 8);
+            else e->n.u64 = u;   /* the i64 shares its bits */
+            p += 8;
+            break;
+        }
+        case BRAID_BOX_BYTES:
+        case BRAID_BOX_STR: {
+            if (left < 4 || left - 4 < get32(p)) goto fail;
+            size_t vlen = get32(p);
+            if (type == BRAID_BOX_STR && !utf8_text(p + 4, vlen)) goto fail;
+            if ((rc = put(b, key, klen, type, p + 4, vlen, NULL)) < 0) goto fail;
+            p += 4 + vlen;
+            break;
+        }
+        case BRAID_BOX_LIST: {
+            if (left < 4) goto fail;
+            uint32_t items = get32(p);
+            if (items > BRAID_BOX_MAX_ITEMS) goto fail;
+            const unsigned char *q = p + 4;
+            for (uint32_t k = 0; k < items; k++) {
+                if (end - q < 4 || (size_t)(end - q) - 4 < get32(q)) goto fail;
+                q += 4 + (size_t)get32(q);
+            }
+            if ((rc = put(b, key, klen, type, p + 4, (size_t)(q - p) - 4, &e)) < 0) goto fail;
+            e->items = items;
+            p = q;
+            break;
+        }
+        default:
+            goto fail;
+        }
+    }
+    if (p != end) {
+        rc = BRAID_EBOX;
+        goto fail;
+    }
+    *out = b;
+    return 0;
+fail:
+    braid_box_free(b);
+    return rc;
+}
