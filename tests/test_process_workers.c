@@ -136,7 +136,40 @@ static void h_fds(braid_worker_call *c, const void *buf, size_t len, void *arg) 
     braid_worker_call_reply(c, out, n);
 }
 
+/* Log events: payload "N" logs N info events in "app.work" (a seq field
+ * each), one in "app.quiet" and one debug event, then answers. */
+static void h_log(braid_worker_call *c, const void *buf, size_t len, void *arg) {
+    (void)len; (void)arg;
+    braid_logger *lg = braid_loop_logger(braid_worker_call_loop(c));
+    int n = atoi(buf);
+    for (int i = 0; i < n; i++)
+        braid_log_emit(lg, BRAID_LOG_INFO, "app.work",
+                       braid_log_fields(BRAID_LOG_U64("seq", (uint64_t)i), BRAID_LOG_STR("who", "worker"),
+                                        BRAID_LOG_F64("half", i / 2.0), BRAID_LOG_BOOL("odd", i & 1)),
+                       "step %d", i);
+    braid_log_emit(lg, BRAID_LOG_INFO, "app.quiet", braid_log_no_fields, "filtered by the parent");
+    braid_log_emit(lg, BRAID_LOG_DEBUG, "app.work", braid_log_no_fields, "filtered in the worker");
+    braid_worker_call_reply(c, "logged", 6);
+}
+/* Payload "N": N events of 1000 bytes at once — far more than the
+ * connection holds while the parent does not read — then a byte on fd 5
+ * (the test's pipe) and the answer. */
+static void h_spam(braid_worker_call *c, const void *buf, size_t len, void *arg) {
+    (void)len; (void)arg;
+    braid_logger *lg = braid_loop_logger(braid_worker_call_loop(c));
+    int n = atoi(buf);
+    char pad[1001];
+    memset(pad, 'x', 1000);
+    pad[1000] = 0;
+    for (int i = 0; i < n; i++)
+        braid_log_emit(lg, BRAID_LOG_INFO, "app.spam", braid_log_fields(BRAID_LOG_U64("seq", (uint64_t)i)),
+                       "%s", pad);
+    if (write(5, "!", 1) != 1) _exit(6);
+    braid_worker_call_reply(c, "spammed", 7);
+}
+
 static const braid_worker_command cmds[] = {
+    { "log", h_log, NULL }, { "spam", h_spam, NULL },
     { "fds", h_fds, NULL },
     { "boxecho", h_boxecho, NULL }, { "badbox", h_badbox, NULL }, { "rid", h_rid, NULL },
     { "echo", h_echo, NULL }, { "pid", h_pid, NULL }, { "fail", h_fail, NULL },
@@ -830,4 +863,123 @@ BT_IO_TEST(workers_extra_fds) {
     bt_loop_destroy(loop);
     close(decoy);
     close(data);
+}
+
+/* ---- log events from workers ------------------------------------------------------------- */
+typedef struct logseen {
+    int events;                    /* in the namespace watched */
+    int quiet, debug;
+    uint64_t last_seq[2];          /* per worker index, +1 (0: none yet) */
+    int per_worker[2];
+    bool out_of_order;
+    int64_t pid[2];
+    uint64_t rid;
+    uint64_t reported_dropped;     /* worker_dropped fields */
+    int reports;
+    const char *ns;
+} logseen;
+
+static void seen_cb(const braid_log_event *ev, void *arg) {
+    logseen *x = arg;
+    uint64_t seq = 0, widx = 9;
+    int64_t pid = 0;
+    for (size_t i = 0; i < ev->nfields; i++) {
+        const braid_log_field *f = &ev->fields[i];
+        if (!strcmp(f->key, "seq")) seq = f->v.u64;
+        if (!strcmp(f->key, "worker")) widx = f->v.u64;
+        if (!strcmp(f->key, "pid")) pid = f->v.i64;
+        if (!strcmp(f->key, "worker_dropped")) x->reported_dropped += f->v.u64;
+    }
+    if (ev->ns && !strcmp(ev->ns, "braid.process") && strstr(ev->msg, "log events dropped")) x->reports++;
+    if (ev->ns && !strcmp(ev->ns, "app.quiet")) x->quiet++;
+    if (ev->level == BRAID_LOG_DEBUG) x->debug++;
+    if (!ev->ns || strcmp(ev->ns, x->ns) || widx > 1) return;
+    x->events++;
+    x->per_worker[widx]++;
+    if (x->last_seq[widx] && seq + 1 <= x->last_seq[widx]) x->out_of_order = true;
+    x->last_seq[widx] = seq + 1;
+    x->pid[widx] = pid;
+    x->rid = ev->request_id;
+}
+
+/* Events logged in a worker reach the parent's observers with the worker's
+ * index and pid added, in order per worker, carrying the request id of the
+ * call; the parent's namespace filters apply, and the worker's own level. */
+BT_IO_TEST(workers_log_events) {
+    unsetenv("BRAID_LOG_DEBUG");   /* the workers' default level: info */
+    braid_loop *loop = bt_loop_new(NULL);
+    braid_logger *lg = braid_loop_logger(loop);
+    logseen x = { .ns = "app.work" };
+    braid_log_observer *obs;
+    BT_OK(braid_logger_add_callback(lg, seen_cb, &x, &obs));
+    BT_OK(braid_logger_set_level(lg, "app.quiet", BRAID_LOG_ERROR));
+    BT_OK(braid_logger_set_level(lg, NULL, BRAID_LOG_DEBUG));
+    braid_workers *w;
+    BT_OK(braid_workers_new(loop, &(braid_workers_options){ .count = 2 }, &w));
+    wait_ready(loop, w, 2);
+    res a, b;
+    braid_ctx_scope scope;
+    BT_OK(braid_ctx_push_u64(&scope, &braid_log_request_id_key, 77));
+    call_rel(w, "log", "200", &a, NULL);
+    call_rel(w, "log", "100", &b, NULL);   /* least-loaded: the other worker */
+    braid_ctx_pop(&scope);
+    bt_run_until(loop, &a.done, 200000);
+    bt_run_until(loop, &b.done, 200000);
+    BT_STREQ(a.data, "logged");
+    BT_EQ(x.events, 300);   /* each before its reply, on the same connection */
+    BT_EQ(x.per_worker[0] + x.per_worker[1], 300);
+    BT_TRUE(x.per_worker[0] == 100 || x.per_worker[0] == 200);
+    BT_FALSE(x.out_of_order);
+    BT_EQ(x.quiet, 0);
+    BT_EQ(x.debug, 0);
+    BT_UEQ(x.rid, 77);
+    pid_t pids[2];
+    BT_EQ(braid_workers_pids(w, pids, 2), 2);
+    BT_TRUE((x.pid[0] == pids[0] && x.pid[1] == pids[1]) || (x.pid[0] == pids[1] && x.pid[1] == pids[0]));
+    struct braid_workers_stats s;
+    braid_workers_stats(w, &s);
+    BT_UEQ(s.log_events, 302);   /* the quiet ones arrive and are filtered here */
+    BT_UEQ(s.log_dropped, 0);
+    braid_log_observer_remove(obs);
+    finish(loop, w);
+}
+
+/* A worker logging faster than the parent reads never blocks: past its
+ * connection's high watermark events are dropped and counted, and once the
+ * parent catches up a warning says how many; every event is either
+ * delivered, in order, or counted. */
+BT_IO_TEST(workers_log_drops) {
+    braid_loop *loop = bt_loop_new(NULL);
+    braid_logger *lg = braid_loop_logger(loop);
+    logseen x = { .ns = "app.spam" };
+    braid_log_observer *obs;
+    BT_OK(braid_logger_add_callback(lg, seen_cb, &x, &obs));
+    int pp[2];
+    BT_EQ(pipe2(pp, O_CLOEXEC), 0);
+    braid_process_fd extra[] = { { 5, BRAID_PROCESS_FD_INHERIT, pp[1], NULL } };
+    braid_workers *w;
+    BT_OK(braid_workers_new(loop, &(braid_workers_options){ .count = 1, .fds = extra, .nfds = 1 }, &w));
+    wait_ready(loop, w, 1);
+    res r;
+    call_rel(w, "spam", "3000", &r, NULL);
+    for (int i = 0; i < 3; i++) braid_loop_run_once(loop, BRAID_LOOP_RUN_NOWAIT);   /* the call leaves */
+    /* The parent does not read while the worker logs: wait on the pipe alone. */
+    struct pollfd pfd = { pp[0], POLLIN, 0 };
+    BT_EQ(poll(&pfd, 1, 30000), 1);
+    bt_run_until(loop, &r.done, 400000);
+    BT_STREQ(r.data, "spammed");
+    for (int i = 0; i < 400000 && (uint64_t)x.events + x.reported_dropped < 3000; i++)
+        braid_loop_run_once(loop, 0);
+    BT_UEQ((uint64_t)x.events + x.reported_dropped, 3000);
+    BT_GT(x.reported_dropped, 0);
+    BT_GT(x.events, 0);
+    BT_FALSE(x.out_of_order);
+    BT_GE(x.reports, 1);
+    struct braid_workers_stats s;
+    braid_workers_stats(w, &s);
+    BT_UEQ(s.log_dropped, x.reported_dropped);
+    braid_log_observer_remove(obs);
+    finish(loop, w);
+    close(pp[0]);
+    close(pp[1]);
 }

@@ -407,6 +407,8 @@ struct braid_workers_stats {
     uint64_t timeouts;             /* calls failed by their timeout */
     uint64_t recycled;             /* workers retired by recycle_after */
     uint64_t resent;               /* idempotent calls sent again */
+    uint64_t log_events;           /* log events received from workers */
+    uint64_t log_dropped;          /* log events workers reported lost (their connection was full) */
 };
 /* A snapshot (the struct and the function share the name, as stat(2)'s:
  * `struct braid_workers_stats s; braid_workers_stats(w, &s);`). */

@@ -378,3 +378,80 @@ fail:
     braid_box_free(b);
     return rc;
 }
+
+/* ---- log fields as a box (a worker's log events, worker.c) ----------------------------- */
+size_t braid__box_encode_fields(const braid_log_field *f, size_t n, unsigned char *buf, size_t cap) {
+    if (cap < 3) return 0;
+    size_t at = 3, count = 0;
+    for (size_t i = 0; i < n && count < BRAID_BOX_MAX_KEYS; i++) {
+        size_t klen = f[i].key ? strlen(f[i].key) : 0;
+        if (klen == 0 || klen > BRAID_BOX_MAX_KEY || memchr(f[i].key, 0, klen)) continue;
+        bool dup = false;   /* the first of a key wins: a box's keys are unique */
+        for (size_t k = 0; k < i && !dup; k++) dup = f[k].key && !strcmp(f[k].key, f[i].key);
+        if (dup) continue;
+        size_t vlen = 8;
+        braid_box_type t;
+        const char *s = NULL;
+        switch (f[i].type) {
+        case BRAID_LOG_FIELD_I64: t = BRAID_BOX_I64; break;
+        case BRAID_LOG_FIELD_U64: t = BRAID_BOX_U64; break;
+        case BRAID_LOG_FIELD_F64: t = BRAID_BOX_F64; break;
+        case BRAID_LOG_FIELD_BOOL: t = BRAID_BOX_BOOL; vlen = 1; break;
+        case BRAID_LOG_FIELD_STR:
+            s = f[i].v.str ? f[i].v.str : "";
+            vlen = 4 + strlen(s);
+            t = utf8_text((const unsigned char *)s, vlen - 4) ? BRAID_BOX_STR : BRAID_BOX_BYTES;
+            break;
+        default: continue;
+        }
+        if (cap - at < 2 + klen + vlen) continue;   /* what does not fit stays out */
+        buf[at++] = (unsigned char)klen;
+        memcpy(buf + at, f[i].key, klen);
+        at += klen;
+        buf[at++] = (unsigned char)t;
+        switch (t) {
+        case BRAID_BOX_I64: put64(buf + at, (uint64_t)f[i].v.i64); break;
+        case BRAID_BOX_U64: put64(buf + at, f[i].v.u64); break;
+        case BRAID_BOX_F64: {
+            uint64_t u;
+            memcpy(&u, &f[i].v.f64, 8);
+            put64(buf + at, u);
+            break;
+        }
+        case BRAID_BOX_BOOL: buf[at] = f[i].v.b; break;
+        default:
+            put32(buf + at, (uint32_t)(vlen - 4));
+            memcpy(buf + at + 4, s, vlen - 4);
+            break;
+        }
+        at += vlen;
+        count++;
+    }
+    buf[0] = BRAID_BOX_VERSION;
+    buf[1] = (unsigned char)(count >> 8);
+    buf[2] = (unsigned char)count;
+    return at;
+}
+
+size_t braid__box_to_fields(const braid_box *b, braid_log_field *out, size_t cap) {
+    size_t n = 0;
+    for (size_t i = 0; i < b->n && n < cap; i++) {
+        const box_entry *e = &b->e[i];
+        braid_log_field *f = &out[n];
+        f->key = e->key;
+        switch (e->type) {
+        case BRAID_BOX_I64: f->type = BRAID_LOG_FIELD_I64; f->v.i64 = e->n.i64; break;
+        case BRAID_BOX_U64: f->type = BRAID_LOG_FIELD_U64; f->v.u64 = e->n.u64; break;
+        case BRAID_BOX_F64: f->type = BRAID_LOG_FIELD_F64; f->v.f64 = e->n.f64; break;
+        case BRAID_BOX_BOOL: f->type = BRAID_LOG_FIELD_BOOL; f->v.b = e->n.b; break;
+        case BRAID_BOX_STR:
+        case BRAID_BOX_BYTES:   /* NUL-terminated in the box; a NUL inside cuts it */
+            f->type = BRAID_LOG_FIELD_STR;
+            f->v.str = (const char *)e->val;
+            break;
+        default: continue;      /* lists have no log field type */
+        }
+        n++;
+    }
+    return n;
+}

@@ -72,6 +72,16 @@ int braid__rpc_parse(const void *frame, size_t len, braid__rpc_msg *out);
  * would pass max. */
 int braid__rpc_write(braid_transport *t, const braid__rpc_msg *m, size_t max);
 
+/* ---- boxes (box.c) ----------------------------------------------------------------------
+ * A worker's log event fields written straight into a box's encoding (no
+ * allocation): keys that are empty, too long or repeated are left out, as
+ * are fields that do not fit cap; text that is not UTF-8 goes as bytes.
+ * Returns the length (0 if cap < 3). */
+size_t braid__box_encode_fields(const braid_log_field *f, size_t n, unsigned char *buf, size_t cap);
+/* A box's entries as log fields (borrowed from b): lists are left out.
+ * Returns how many were written (at most cap). */
+size_t braid__box_to_fields(const braid_box *b, braid_log_field *out, size_t cap);
+
 /* The write-buffer cap of a pool connection: room for in_flight calls
  * (and replies) of max_frame bytes each, never below the 4 MiB default. */
 size_t braid__rpc_buffer_cap(size_t max_frame, unsigned in_flight);

@@ -40,6 +40,7 @@ struct worker {
     wproto *proto;
     bool ready, retiring;
     bool broken;                   /* a send failed: its connection is going */
+    unsigned index;                /* the lowest free at its spawn: a replacement takes its predecessor's */
     unsigned in_flight;
     uint64_t calls_done;
     wcall head;                    /* calls sent to it (sentinel) */
@@ -255,6 +256,7 @@ static const braid_process_protocol worker_proc_proto = { .ended = proc_ended };
 
 /* ---- frames from a worker ---------------------------------------------------------------- */
 static void send_call(worker *w, wcall *c);
+static int on_log(worker *w, const braid__rpc_msg *m);
 
 static void reply_free(void *p) {
     braid_worker_reply *r = p;
@@ -318,6 +320,8 @@ static int on_frame(void *ctx, const void *frame, size_t len) {
         pool->start_failures = 0;
         pool->backoff = 0;
         break;
+    case BRAID__RPC_LOG:
+        return on_log(w, &m);
     case BRAID__RPC_REPLY:
     case BRAID__RPC_REPLY_BOX:
     case BRAID__RPC_FAIL: {
@@ -345,6 +349,36 @@ static int on_frame(void *ctx, const void *frame, size_t len) {
     spawn_missing(pool);
     dispatch(pool);
     maybe_shutdown_done(pool);
+    return 0;
+}
+
+/* A log event from the worker: to the parent's logger (its filters apply),
+ * with the worker's index and pid, and the request id it carried. */
+static int on_log(worker *w, const braid__rpc_msg *m) {
+    braid_workers *pool = w->pool;
+    braid_box *box;
+    int rc = braid_box_decode(m->payload, m->len, &box);
+    if (rc == BRAID_EBOX) return BRAID_EPROTO_INPUT;   /* a garbage box is a garbage frame */
+    pool->st.log_events++;
+    pool->st.log_dropped += m->dropped;
+    if (rc < 0) {   /* no memory: this one is lost too */
+        pool->st.log_dropped++;
+        return 0;
+    }
+    braid_log_field f[BRAID_BOX_MAX_KEYS + 3];
+    size_t n = braid__box_to_fields(box, f, BRAID_BOX_MAX_KEYS);
+    f[n++] = BRAID_LOG_U64("worker", w->index);
+    f[n++] = BRAID_LOG_I64("pid", (int64_t)braid_process_pid(w->proc));
+    if (m->dropped) f[n++] = BRAID_LOG_U64("worker_dropped", m->dropped);
+    char ns[256];
+    snprintf(ns, sizeof ns, "%.*s", (int)m->ns_len, m->ns);
+    braid_ctx_scope scope;
+    bool scoped = (m->request_id || braid_ctx_get_u64(&braid_log_request_id_key, 0)) &&
+                  braid_ctx_push_u64(&scope, &braid_log_request_id_key, m->request_id) == 0;
+    braid_log_emit(braid_loop_logger(pool->loop), (braid_log_level)m->level, m->ns_len ? ns : NULL, f, n,
+                   "%.*s", (int)m->text_len, m->text);
+    if (scoped) braid_ctx_pop(&scope);
+    braid_box_free(box);
     return 0;
 }
 
@@ -414,6 +448,12 @@ static int worker_spawn(braid_workers *pool, braid_failure **failure) {
     }
     w->pool = pool;
     w->head.next = w->head.prev = &w->head;
+    for (bool taken = true; taken;) {   /* the lowest index no live worker has */
+        taken = false;
+        for (worker *o = pool->head.next; o != &pool->head; o = o->next)
+            if (o->index == w->index && !o->retiring) taken = true;
+        if (taken) w->index++;
+    }
     braid_timer_init(pool->loop, &w->stop_timer, stop_timer_cb, w);
     wp->fp.base.ops = &wp_ops;
     wp->w = w;
