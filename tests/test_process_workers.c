@@ -9,6 +9,8 @@
  * below serves the pool before the harness's main ever runs. */
 #include "harness.h"
 #include "process/process_internal.h"
+#include "support/json.h"
+#include <braid/introspect.h>
 #include <braid/log.h>
 #include <braid/process.h>
 #include <dirent.h>
@@ -982,4 +984,95 @@ BT_IO_TEST(workers_log_drops) {
     finish(loop, w);
     close(pp[0]);
     close(pp[1]);
+}
+
+/* ---- introspection: the "workers" section ------------------------------------------------- */
+static bt_json *doc_of(braid_loop *loop) {
+    char *text;
+    size_t len;
+    BT_OK(braid_introspect_json(loop, &text, &len));
+    bt_json *doc = bt_json_parse(text, len);
+    BT_TRUE(doc != NULL);
+    braid_free(text);
+    return doc;
+}
+static double num(const bt_json *o, const char *key) {
+    const bt_json *v = bt_json_get(o, key);
+    if (bt_json_type(v) != BT_JSON_NUM) bt_fail(__FILE__, __LINE__, "\"%s\" is not a number", key);
+    return v->num;
+}
+
+BT_IO_TEST(workers_introspection) {
+    braid_loop *loop = bt_loop_new(NULL);
+    braid_workers *w;
+    BT_OK(braid_workers_new(loop, &(braid_workers_options){ .count = 2, .role = "intro", .queue_limit = 50 }, &w));
+    wait_ready(loop, w, 2);
+    res a[4], h, c;
+    for (int i = 0; i < 4; i++) call_rel(w, "echo", "x", &a[i], NULL);
+    for (int i = 0; i < 4; i++) bt_run_until(loop, &a[i].done, 200000);
+    call_rel(w, "hold", NULL, &h, NULL);
+    for (int i = 0; i < 20; i++) braid_loop_run_once(loop, BRAID_LOOP_RUN_NOWAIT);
+    bt_json *doc = doc_of(loop);
+    const bt_json *sec = bt_json_get(doc, "workers");
+    BT_EQ(bt_json_type(sec), BT_JSON_ARR);
+    BT_EQ(sec->n, 1);
+    const bt_json *e = bt_json_at(sec, 0);
+    BT_STREQ(bt_json_get(e, "name")->str, "intro");
+    BT_STREQ(bt_json_get(e, "role")->str, "intro");
+    BT_EQ(bt_json_type(bt_json_get(e, "program")), BT_JSON_STR);
+    BT_STREQ(bt_json_get(e, "state")->str, "running");
+    BT_EQ(num(e, "count"), 2);
+    BT_EQ(num(e, "alive"), 2);
+    BT_EQ(num(e, "ready"), 2);
+    BT_EQ(num(e, "queued"), 0);
+    BT_EQ(num(e, "queue_limit"), 50);
+    BT_EQ(num(e, "in_flight"), 1);
+    BT_EQ(num(e, "max_in_flight"), 8);
+    BT_EQ(num(e, "calls"), 4);
+    BT_EQ(num(e, "spawned"), 2);
+    BT_EQ(num(e, "restarts"), 0);
+    BT_EQ(num(e, "lost"), 0);
+    BT_EQ(num(e, "timeouts"), 0);
+    BT_EQ(num(e, "recycled"), 0);
+    BT_EQ(num(e, "resent"), 0);
+    BT_EQ(num(e, "log_events"), 0);
+    BT_EQ(num(e, "log_dropped"), 0);
+    const bt_json *ws = bt_json_get(e, "workers");
+    BT_EQ(bt_json_type(ws), BT_JSON_ARR);
+    BT_EQ(ws->n, 2);
+    pid_t pids[2];
+    braid_workers_pids(w, pids, 2);
+    double calls = 0, inflight = 0, idx = 0;
+    for (size_t i = 0; i < 2; i++) {
+        const bt_json *k = bt_json_at(ws, i);
+        BT_EQ(num(k, "pid"), pids[i]);
+        BT_STREQ(bt_json_get(k, "state")->str, "ready");
+        calls += num(k, "calls");
+        inflight += num(k, "in_flight");
+        idx += num(k, "index");
+        BT_EQ(num(k, "failed"), 0);
+    }
+    BT_EQ(calls, 4);
+    BT_EQ(inflight, 1);
+    BT_EQ(idx, 0 + 1);   /* indexes 0 and 1 */
+    bt_json_free(doc);
+    /* A crash: counted, and the replacement takes the free index. */
+    call_rel(w, "crash", NULL, &c, NULL);
+    bt_run_until(loop, &c.done, 200000);
+    wait_ready(loop, w, 2);
+    doc = doc_of(loop);
+    e = bt_json_at(bt_json_get(doc, "workers"), 0);
+    BT_EQ(num(e, "restarts"), 1);
+    BT_EQ(num(e, "lost"), 1);
+    ws = bt_json_get(e, "workers");
+    BT_EQ(ws->n, 2);
+    BT_EQ(num(bt_json_at(ws, 0), "index") + num(bt_json_at(ws, 1), "index"), 1);
+    bt_json_free(doc);
+    braid_workers_free(w);
+    BT_EQ(h.code, BRAID_ESHUTDOWN);
+    doc = doc_of(loop);
+    BT_TRUE(bt_json_get(doc, "workers") == NULL);   /* gone with the pool */
+    bt_json_free(doc);
+    for (int i = 0; i < 4; i++) braid_loop_run_once(loop, BRAID_LOOP_RUN_NOWAIT);
+    bt_loop_destroy(loop);
 }

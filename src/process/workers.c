@@ -3,6 +3,7 @@
  * recycling and shutdown. The wire format is rpc.c's; the worker's side
  * is worker.c. */
 #include "process/process_internal.h"
+#include <braid/introspect.h>
 #include <fcntl.h>
 #include <signal.h>
 #include <stdio.h>
@@ -40,6 +41,7 @@ struct worker {
     wproto *proto;
     bool ready, retiring;
     bool broken;                   /* a send failed: its connection is going */
+    uint64_t calls_failed;         /* of calls_done, answered with a failure */
     unsigned index;                /* the lowest free at its spawn: a replacement takes its predecessor's */
     unsigned in_flight;
     uint64_t calls_done;
@@ -72,6 +74,8 @@ struct braid_workers {
     int depth;                     /* inside callers' callbacks: free deferred */
     bool freeing, free_pending;
     struct braid_workers_stats st;
+    char *role;                    /* for introspection; NULL: none */
+    braid_introspect_node inode;   /* its entry in the loop's "workers" section */
 };
 
 static void dispatch(braid_workers *pool);
@@ -277,6 +281,7 @@ static void on_reply(worker *w, const braid__rpc_msg *m, braid_box *box) {
     c->w = NULL;
     w->in_flight--;
     w->calls_done++;
+    w->calls_failed += m->type == BRAID__RPC_FAIL;
     pool->st.calls++;
     braid_deferred *d = c->d;
     c->d = NULL;
@@ -596,6 +601,54 @@ static void call_timeout_cb(braid_timer *t, void *arg) {
     worker_lost(c->w, BRAID_ETIMEDOUT, "a call timed out", c);
 }
 
+/* ---- introspection: the loop's "workers" section ---------------------------------------------- */
+static const char *worker_state(const worker *w) {
+    if (w->retiring) return "retiring";
+    if (w->broken || !w->proto) return "closing";
+    return w->ready ? "ready" : "starting";
+}
+
+static void describe(braid_json *j, void *arg) {
+    braid_workers *pool = arg;
+    struct braid_workers_stats s;
+    braid_workers_stats(pool, &s);
+    braid_json_object_begin(j);
+    braid_json_kv_str(j, "name", pool->role ? pool->role : pool->program);
+    braid_json_kv_str(j, "program", pool->program);
+    braid_json_kv_str(j, "role", pool->role);
+    braid_json_kv_u64(j, "count", pool->o.count);
+    braid_json_kv_u64(j, "alive", s.workers);
+    braid_json_kv_u64(j, "ready", s.ready);
+    braid_json_kv_u64(j, "queued", s.queued);
+    braid_json_kv_u64(j, "queue_limit", pool->o.queue_limit);
+    braid_json_kv_u64(j, "in_flight", s.in_flight);
+    braid_json_kv_u64(j, "max_in_flight", pool->o.max_in_flight);
+    braid_json_kv_u64(j, "calls", s.calls);
+    braid_json_kv_u64(j, "spawned", s.spawned);
+    braid_json_kv_u64(j, "restarts", s.spawned > pool->o.count ? s.spawned - pool->o.count : 0);
+    braid_json_kv_u64(j, "lost", s.lost);
+    braid_json_kv_u64(j, "timeouts", s.timeouts);
+    braid_json_kv_u64(j, "recycled", s.recycled);
+    braid_json_kv_u64(j, "resent", s.resent);
+    braid_json_kv_u64(j, "log_events", s.log_events);
+    braid_json_kv_u64(j, "log_dropped", s.log_dropped);
+    braid_json_kv_str(j, "state", pool->shutting ? (pool->draining ? "draining" : "stopping") : "running");
+    braid_json_key(j, "workers");
+    braid_json_array_begin(j);
+    for (const worker *w = pool->head.next; w != &pool->head; w = w->next) {
+        braid_json_object_begin(j);
+        braid_json_kv_u64(j, "index", w->index);
+        braid_json_kv_i64(j, "pid", (int64_t)braid_process_pid(w->proc));
+        braid_json_kv_str(j, "state", worker_state(w));
+        braid_json_kv_u64(j, "in_flight", w->in_flight);
+        braid_json_kv_u64(j, "calls", w->calls_done);
+        braid_json_kv_u64(j, "failed", w->calls_failed);
+        braid_json_object_end(j);
+    }
+    braid_json_array_end(j);
+    braid_json_object_end(j);
+}
+
 /* ---- the public API ----------------------------------------------------------------------------- */
 int braid_workers_new(braid_loop *loop, const braid_workers_options *opts, braid_workers **out) {
     BRAID__LOOP_AFFINE(loop);
@@ -647,6 +700,7 @@ int braid_workers_new(braid_loop *loop, const braid_workers_options *opts, braid
     pool->o.argv = NULL;
     pool->o.role = NULL;
     pool->o.fds = NULL;
+    if (o.role && !(pool->role = braid_strdup(o.role))) goto fail;
     braid_timer_init(loop, &pool->respawn_timer, respawn_cb, pool);
     braid_handle_open(loop, &pool->handle, "workers");
     for (unsigned i = 0; i < o.count; i++) {
@@ -664,6 +718,7 @@ int braid_workers_new(braid_loop *loop, const braid_workers_options *opts, braid
             break;
         }
     }
+    braid_introspect_add(loop, &pool->inode, "workers", describe, pool);
     *out = pool;
     return 0;
 fail:
@@ -671,6 +726,7 @@ fail:
         for (size_t i = 0; pool->argv[i]; i++) braid_free(pool->argv[i]);
     braid_free(pool->argv);
     braid_free(pool->fds);
+    braid_free(pool->role);
     braid_free(pool->program);
     braid_free(pool);
     return rc;
@@ -870,7 +926,9 @@ static void pool_final_free(braid_workers *pool) {
     for (size_t i = 0; pool->argv[i]; i++) braid_free(pool->argv[i]);
     braid_free(pool->argv);
     braid_free(pool->fds);
+    braid_free(pool->role);
     braid_free(pool->program);
+    braid_introspect_remove(pool->loop, &pool->inode);
     braid_handle_close(pool->loop, &pool->handle);
     braid_free(pool);
 }
