@@ -289,8 +289,8 @@ BRAID_API int braid_box_decode(const void *buf, size_t len, braid_box **out);
  *
  * N worker processes, each connected to the parent by a socketpair at the
  * worker's fd 3 speaking braid's framed, versioned RPC: u32 length-prefixed
- * frames holding a command name, a call id and a payload of bytes
- * (docs/process.md, "Wire format"). One binary can be both sides: the pool
+ * frames holding a command name, a call id and a payload of bytes or a box
+ * (above; docs/process.md, "Wire format"). One binary can be both sides: the pool
  * re-runs the current executable (/proc/self/exe) with the environment
  * variable BRAID_WORKER set, and the program's main asks
  * braid_worker_is_child() first:
@@ -327,7 +327,17 @@ BRAID_API int braid_box_decode(const void *buf, size_t len, braid_box **out);
  * A worker that dies before its ready frame is restarted with a back-off
  * (10 ms doubling to 1 s); after 3 such deaths in a row the queued calls
  * fail with BRAID_EWORKER_LOST rather than wait for a program that cannot
- * start. */
+ * start.
+ *
+ * Logging: while it serves, a worker's loop logger sends every event to
+ * the parent, whose logger delivers it to its observers (its filters
+ * applying) with the fields "worker" (the worker's index) and "pid" added.
+ * The worker never blocks on it: past its connection's high watermark
+ * events are dropped and counted, a "braid.process" warning reports how
+ * many once the parent caught up, and braid_workers_stats' log_dropped
+ * sums them. A call carries the caller's request id (braid_log_request_id_key)
+ * into the handler's context. Each pool is an entry of the loop's
+ * "workers" introspection section (<braid/introspect.h>). */
 typedef struct braid_workers braid_workers;
 
 typedef struct braid_workers_options {
