@@ -33,18 +33,6 @@ struct braid_box {
     size_t n, cap;
 };
 
-static uint32_t get32(const unsigned char *b) {
-    return (uint32_t)b[0] << 24 | (uint32_t)b[1] << 16 | (uint32_t)b[2] << 8 | b[3];
-}
-static void put32(unsigned char *b, uint32_t v) {
-    b[0] = (unsigned char)(v >> 24); b[1] = (unsigned char)(v >> 16);
-    b[2] = (unsigned char)(v >> 8); b[3] = (unsigned char)v;
-}
-static uint64_t get64(const unsigned char *b) { return (uint64_t)get32(b) << 32 | get32(b + 4); }
-static void put64(unsigned char *b, uint64_t v) {
-    put32(b, (uint32_t)(v >> 32));
-    put32(b + 4, (uint32_t)v);
-}
 
 int braid_box_new(braid_box **out) {
     braid_box *b = braid_calloc(1, sizeof *b);
@@ -158,7 +146,7 @@ int braid_box_append(braid_box *b, const char *key, const void *p, size_t len) {
     box_entry *e = klen ? find(b, key, klen) : NULL;
     if (!e) {
         unsigned char l[4];
-        put32(l, (uint32_t)len);
+        braid__put32(l, (uint32_t)len);
         int rc = put(b, key, klen, BRAID_BOX_LIST, NULL, 4 + len, &e);
         if (rc < 0) return rc;
         memcpy(e->val, l, 4);
@@ -173,7 +161,7 @@ int braid_box_append(braid_box *b, const char *key, const void *p, size_t len) {
     e->mem = mem;
     e->key = mem;
     e->val = (unsigned char *)mem + e->klen + 1;
-    put32(e->val + e->len, (uint32_t)len);
+    braid__put32(e->val + e->len, (uint32_t)len);
     if (len) memcpy(e->val + e->len + 4, p, len);
     e->len += 4 + len;
     e->val[e->len] = 0;
@@ -234,7 +222,7 @@ int braid_box_item(const braid_box *b, const char *key, size_t i, const void **p
     if (i >= e->items) return BRAID_ENOENT;
     const unsigned char *at = e->val;
     for (;;) {
-        uint32_t l = get32(at);
+        uint32_t l = braid__get32(at);
         if (i-- == 0) {
             *p = at + 4;
             *len = l;
@@ -277,22 +265,22 @@ int braid_box_encode(const braid_box *b, void *buf, size_t cap, size_t *len) {
         *o++ = (unsigned char)e->type;
         switch (e->type) {
         case BRAID_BOX_BOOL: *o++ = e->n.b; break;
-        case BRAID_BOX_I64: put64(o, (uint64_t)e->n.i64); o += 8; break;
-        case BRAID_BOX_U64: put64(o, e->n.u64); o += 8; break;
+        case BRAID_BOX_I64: braid__put64(o, (uint64_t)e->n.i64); o += 8; break;
+        case BRAID_BOX_U64: braid__put64(o, e->n.u64); o += 8; break;
         case BRAID_BOX_F64: {
             uint64_t u;
             memcpy(&u, &e->n.f64, 8);
-            put64(o, u);
+            braid__put64(o, u);
             o += 8;
             break;
         }
         case BRAID_BOX_LIST:
-            put32(o, e->items);
+            braid__put32(o, e->items);
             memcpy(o + 4, e->val, e->len);
             o += 4 + e->len;
             break;
         default:
-            put32(o, (uint32_t)e->len);
+            braid__put32(o, (uint32_t)e->len);
             if (e->len) memcpy(o + 4, e->val, e->len);
             o += 4 + e->len;
             break;
@@ -334,7 +322,7 @@ int braid_box_decode(const void *buf, size_t len, braid_box **out) {
         case BRAID_BOX_U64:
         case BRAID_BOX_F64: {
             if (left < 8) goto fail;
-            uint64_t u = get64(p);
+            uint64_t u = braid__get64(p);
             if ((rc = put(b, key, klen, type, NULL, 0, &e)) < 0) goto fail;
             if (type == BRAID_BOX_F64) memcpy(&e->n.f64, &u, 8);
             else e->n.u64 = u;   /* the i64 shares its bits */
@@ -343,8 +331,8 @@ int braid_box_decode(const void *buf, size_t len, braid_box **out) {
         }
         case BRAID_BOX_BYTES:
         case BRAID_BOX_STR: {
-            if (left < 4 || left - 4 < get32(p)) goto fail;
-            size_t vlen = get32(p);
+            if (left < 4 || left - 4 < braid__get32(p)) goto fail;
+            size_t vlen = braid__get32(p);
             if (type == BRAID_BOX_STR && !utf8_text(p + 4, vlen)) goto fail;
             if ((rc = put(b, key, klen, type, p + 4, vlen, NULL)) < 0) goto fail;
             p += 4 + vlen;
@@ -352,12 +340,12 @@ int braid_box_decode(const void *buf, size_t len, braid_box **out) {
         }
         case BRAID_BOX_LIST: {
             if (left < 4) goto fail;
-            uint32_t items = get32(p);
+            uint32_t items = braid__get32(p);
             if (items > BRAID_BOX_MAX_ITEMS) goto fail;
             const unsigned char *q = p + 4;
             for (uint32_t k = 0; k < items; k++) {
-                if (end - q < 4 || (size_t)(end - q) - 4 < get32(q)) goto fail;
-                q += 4 + (size_t)get32(q);
+                if (end - q < 4 || (size_t)(end - q) - 4 < braid__get32(q)) goto fail;
+                q += 4 + (size_t)braid__get32(q);
             }
             if ((rc = put(b, key, klen, type, p + 4, (size_t)(q - p) - 4, &e)) < 0) goto fail;
             e->items = items;
@@ -410,17 +398,17 @@ size_t braid__box_encode_fields(const braid_log_field *f, size_t n, unsigned cha
         at += klen;
         buf[at++] = (unsigned char)t;
         switch (t) {
-        case BRAID_BOX_I64: put64(buf + at, (uint64_t)f[i].v.i64); break;
-        case BRAID_BOX_U64: put64(buf + at, f[i].v.u64); break;
+        case BRAID_BOX_I64: braid__put64(buf + at, (uint64_t)f[i].v.i64); break;
+        case BRAID_BOX_U64: braid__put64(buf + at, f[i].v.u64); break;
         case BRAID_BOX_F64: {
             uint64_t u;
             memcpy(&u, &f[i].v.f64, 8);
-            put64(buf + at, u);
+            braid__put64(buf + at, u);
             break;
         }
         case BRAID_BOX_BOOL: buf[at] = f[i].v.b; break;
         default:
-            put32(buf + at, (uint32_t)(vlen - 4));
+            braid__put32(buf + at, (uint32_t)(vlen - 4));
             memcpy(buf + at + 4, s, vlen - 4);
             break;
         }

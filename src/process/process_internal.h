@@ -12,6 +12,22 @@
 /* The namespace of this module's log lines (base/base.h). */
 static const char braid__log_ns[] = "process";
 
+/* Big-endian integers of the wire formats (rpc.c, box.c). */
+static inline uint32_t braid__get32(const unsigned char *b) {
+    return (uint32_t)b[0] << 24 | (uint32_t)b[1] << 16 | (uint32_t)b[2] << 8 | b[3];
+}
+static inline void braid__put32(unsigned char *b, uint32_t v) {
+    b[0] = (unsigned char)(v >> 24); b[1] = (unsigned char)(v >> 16);
+    b[2] = (unsigned char)(v >> 8); b[3] = (unsigned char)v;
+}
+static inline uint64_t braid__get64(const unsigned char *b) {
+    return (uint64_t)braid__get32(b) << 32 | braid__get32(b + 4);
+}
+static inline void braid__put64(unsigned char *b, uint64_t v) {
+    braid__put32(b, (uint32_t)(v >> 32));
+    braid__put32(b + 4, (uint32_t)v);
+}
+
 /* ---- the RPC wire format (rpc.c) -------------------------------------------------------
  * A frame is a u32 big-endian length (braid_framing_write_u32's framing), then:
  *   u8  version (BRAID__RPC_VERSION)
