@@ -98,6 +98,24 @@ static void h_boxecho(braid_worker_call *c, const void *buf, size_t len, void *a
     braid_worker_call_reply_box(c, out);
     braid_box_free(out);
 }
+/* The payload as a number (it is not NUL-terminated). */
+static long num_of(const void *buf, size_t len) {
+    char s[32];
+    snprintf(s, sizeof s, "%.*s", (int)(len < 31 ? len : 31), (const char *)buf);
+    return atol(s);
+}
+/* A reply box of N bytes (payload "N"). */
+static void h_bigbox(braid_worker_call *c, const void *buf, size_t len, void *arg) {
+    (void)arg;
+    size_t n = (size_t)num_of(buf, len);
+    char *v = calloc(1, n + 1);
+    braid_box *b;
+    braid_box_new(&b);
+    braid_box_set_bytes(b, "v", v, n);
+    braid_worker_call_reply_box(c, b);
+    braid_box_free(b);
+    free(v);
+}
 /* A REPLY_BOX frame whose box is garbage (version 2). */
 static void h_badbox(braid_worker_call *c, const void *buf, size_t len, void *arg) {
     (void)c; (void)buf; (void)len; (void)arg;
@@ -141,9 +159,9 @@ static void h_fds(braid_worker_call *c, const void *buf, size_t len, void *arg) 
 /* Log events: payload "N" logs N info events in "app.work" (a seq field
  * each), one in "app.quiet" and one debug event, then answers. */
 static void h_log(braid_worker_call *c, const void *buf, size_t len, void *arg) {
-    (void)len; (void)arg;
+    (void)arg;
     braid_logger *lg = braid_loop_logger(braid_worker_call_loop(c));
-    int n = atoi(buf);
+    int n = (int)num_of(buf, len);
     for (int i = 0; i < n; i++)
         braid_log_emit(lg, BRAID_LOG_INFO, "app.work",
                        braid_log_fields(BRAID_LOG_U64("seq", (uint64_t)i), BRAID_LOG_STR("who", "worker"),
@@ -157,9 +175,9 @@ static void h_log(braid_worker_call *c, const void *buf, size_t len, void *arg) 
  * connection holds while the parent does not read — then a byte on fd 5
  * (the test's pipe) and the answer. */
 static void h_spam(braid_worker_call *c, const void *buf, size_t len, void *arg) {
-    (void)len; (void)arg;
+    (void)arg;
     braid_logger *lg = braid_loop_logger(braid_worker_call_loop(c));
-    int n = atoi(buf);
+    int n = (int)num_of(buf, len);
     char pad[1001];
     memset(pad, 'x', 1000);
     pad[1000] = 0;
@@ -173,7 +191,7 @@ static void h_spam(braid_worker_call *c, const void *buf, size_t len, void *arg)
 static const braid_worker_command cmds[] = {
     { "log", h_log, NULL }, { "spam", h_spam, NULL },
     { "fds", h_fds, NULL },
-    { "boxecho", h_boxecho, NULL }, { "badbox", h_badbox, NULL }, { "rid", h_rid, NULL },
+    { "boxecho", h_boxecho, NULL }, { "bigbox", h_bigbox, NULL }, { "badbox", h_badbox, NULL }, { "rid", h_rid, NULL },
     { "echo", h_echo, NULL }, { "pid", h_pid, NULL }, { "fail", h_fail, NULL },
     { "hold", h_hold, NULL }, { "crash", h_crash, NULL }, { "hang", h_hang, NULL },
     { "garbage", h_garbage, NULL }, { "huge", h_huge, NULL }, { "crash_once", h_crash_once, NULL },
@@ -540,6 +558,16 @@ BT_IO_TEST(workers_bad_program) {
     finish(loop, w);
 }
 
+/* The reply box's "k" (read without allocating: the walk may be failing allocations). */
+static braid_result walk_box_ok(braid_result r, void *arg) {
+    res *x = arg;
+    braid_worker_reply *rep = r.value;
+    const char *k = rep->box ? braid_box_str(rep->box, "k") : NULL;
+    snprintf(x->data, sizeof x->data, "%s", k ? k : "(no box)");
+    x->done = 1;
+    return r;
+}
+
 /* ---- the allocation-failure walk over a call ------------------------------------------------- */
 BT_IO_TEST(workers_alloc_walk) {
     braid_loop *loop = bt_loop_new(NULL);
@@ -568,6 +596,32 @@ BT_IO_TEST(workers_alloc_walk) {
         if (!failed) break;
     }
     BT_GT(failures, 0);
+    /* The same over a box call: the box's encoding into the call and the
+     * reply box's decoding fail cleanly too. */
+    braid_box *b;
+    BT_OK(braid_box_new(&b));
+    BT_OK(braid_box_set_str(b, "k", "walk"));
+    base = braid_test_alloc_outstanding();
+    failures = 0;
+    for (long n = 1; n < 100; n++) {
+        memset(&r, 0, sizeof r);
+        braid_test_fail_alloc_after(n, false);
+        braid_deferred *d = braid_workers_call_box(w, "boxecho", b, NULL);
+        if (d) {
+            BT_OK(braid_deferred_add(d, walk_box_ok, res_err, &r));
+            braid_deferred_unref(d);
+            bt_run_until(loop, &r.done, 200000);
+        }
+        bool failed = braid_test_alloc_failed();
+        braid_test_fail_alloc_after(0, false);
+        if (!d || r.code) failures++;
+        else BT_STREQ(r.data, "walk");
+        for (int i = 0; i < 4; i++) braid_loop_run_once(loop, BRAID_LOOP_RUN_NOWAIT);
+        BT_EQ(braid_test_alloc_outstanding(), base);
+        if (!failed) break;
+    }
+    BT_GT(failures, 0);
+    braid_box_free(b);
     finish(loop, w);
 }
 
@@ -679,6 +733,14 @@ BT_IO_TEST(workers_box_call) {
     braid_deferred_unref(d);
     BT_EQ(x.code, BRAID_EINVAL);
     braid_box_free(b);
+    /* A reply box past the frame limit reaches the caller as BRAID_EMSGSIZE. */
+    res big;
+    call_rel(w, "bigbox", "2000000", &big, NULL);
+    bt_run_until(loop, &big.done, 200000);
+    BT_EQ(big.code, BRAID_EMSGSIZE);
+    call_rel(w, "bigbox", "500000", &big, NULL);
+    bt_run_until(loop, &big.done, 200000);
+    BT_EQ(big.code, 0);
     struct braid_workers_stats s;
     braid_workers_stats(w, &s);
     BT_UEQ(s.lost, 0);

@@ -49,7 +49,7 @@ static void maybe_finish(wconn *c) {
 static int send_msg(braid_worker_call *call, const braid__rpc_msg *m) {
     wconn *c = call->conn;
     int rc = c->t ? braid__rpc_write(c->t, m, c->max_frame) : BRAID_ESHUTDOWN;
-    if (rc == BRAID_EMSGSIZE && m->type == BRAID__RPC_REPLY) {
+    if (rc == BRAID_EMSGSIZE && (m->type == BRAID__RPC_REPLY || m->type == BRAID__RPC_REPLY_BOX)) {
         /* Too large for the pool's frames: the caller gets an error instead. */
         braid__rpc_msg f = { .type = BRAID__RPC_FAIL, .id = m->id, .code = BRAID_EMSGSIZE,
                              .payload = "reply larger than the pool's frame limit", .len = 40 };

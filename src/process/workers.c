@@ -288,8 +288,13 @@ static void on_reply(worker *w, const braid__rpc_msg *m, braid_box *box) {
     if (d) {
         if (m->type != BRAID__RPC_FAIL) {
             braid_worker_reply *r = braid_malloc(sizeof *r + m->len + 1);
+            if (m->type == BRAID__RPC_REPLY_BOX && !box) {   /* its decoding ran out of memory */
+                braid_free(r);
+                r = NULL;
+            }
             if (!r) {
                 braid_box_free(box);
+                box = NULL;
                 braid_deferred_errback(d, braid_failure_new(BRAID_ENOMEM, "worker reply"));
             } else {
                 r->box = box;
@@ -325,8 +330,13 @@ static int on_frame(void *ctx, const void *frame, size_t len) {
         pool->start_failures = 0;
         pool->backoff = 0;
         break;
-    case BRAID__RPC_LOG:
-        return on_log(w, &m);
+    case BRAID__RPC_LOG: {
+        pool->depth++;   /* an observer may free the pool */
+        int rc = on_log(w, &m);
+        if (depth_leave(pool) || !wp->w) return 1;
+        if (rc < 0) return rc;
+        break;
+    }
     case BRAID__RPC_REPLY:
     case BRAID__RPC_REPLY_BOX:
     case BRAID__RPC_FAIL: {
@@ -336,7 +346,7 @@ static int on_frame(void *ctx, const void *frame, size_t len) {
             /* A garbage box is a garbage frame: the worker is killed. */
             int rc = braid_box_decode(m.payload, m.len, &box);
             if (rc == BRAID_EBOX) return BRAID_EPROTO_INPUT;
-            if (rc < 0) box = NULL;   /* no memory: the caller gets the bytes alone */
+            if (rc < 0) box = NULL;   /* no memory: the call fails with BRAID_ENOMEM */
         }
         pool->depth++;
         on_reply(w, &m, box);
