@@ -1138,3 +1138,33 @@ BT_IO_TEST(workers_introspection) {
     for (int i = 0; i < 4; i++) braid_loop_run_once(loop, BRAID_LOOP_RUN_NOWAIT);
     bt_loop_destroy(loop);
 }
+
+/* An observer may free the pool from a worker's log event: the frame's
+ * processing stops there, every call fails with BRAID_ESHUTDOWN. */
+typedef struct freer {
+    braid_workers *w;
+    int seen;
+} freer;
+static void free_on_event(const braid_log_event *ev, void *arg) {
+    freer *f = arg;
+    if (!ev->ns || strcmp(ev->ns, "app.work") || !f->w) return;
+    f->seen++;
+    braid_workers_free(f->w);
+    f->w = NULL;
+}
+
+BT_IO_TEST(workers_log_observer_frees_pool) {
+    braid_loop *loop = bt_loop_new(NULL);
+    freer f = { 0 };
+    braid_log_observer *obs;
+    BT_OK(braid_logger_add_callback(braid_loop_logger(loop), free_on_event, &f, &obs));
+    BT_OK(braid_workers_new(loop, &(braid_workers_options){ .count = 1 }, &f.w));
+    res a;
+    call_rel(f.w, "log", "50", &a, NULL);
+    bt_run_until(loop, &a.done, 200000);
+    BT_EQ(a.code, BRAID_ESHUTDOWN);
+    BT_EQ(f.seen, 1);
+    braid_log_observer_remove(obs);
+    for (int i = 0; i < 4; i++) braid_loop_run_once(loop, BRAID_LOOP_RUN_NOWAIT);
+    bt_loop_destroy(loop);
+}
