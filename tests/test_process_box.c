@@ -118,6 +118,23 @@ BT_TEST(box_roundtrip_every_type) {
     BT_STREQ(braid_box_key(c, 0), "raw");
     BT_OK(braid_box_i64(c, "raw", &i));
     BT_EQ(i, 7);
+    /* A decoded box changes like a built one: a list grows, keys are added
+     * past what it was decoded with. */
+    BT_OK(braid_box_append(c, "list", "four", 4));
+    BT_EQ(braid_box_items(c, "list"), 4);
+    BT_OK(braid_box_item(c, "list", 3, &p, &len));
+    BT_TRUE(len == 4 && !memcmp(p, "four", 4));
+    BT_OK(braid_box_item(c, "list", 0, &p, &len));
+    BT_TRUE(len == 3 && !memcmp(p, "one", 3));
+    for (int k = 0; k < 20; k++) {
+        char key[16];
+        snprintf(key, sizeof key, "added%d", k);
+        BT_OK(braid_box_set_i64(c, key, k));
+    }
+    BT_EQ(braid_box_count(c), 31);
+    BT_STREQ(braid_box_str(c, "name"), "caf\xc3\xa9 \xf0\x9f\x8d\xb5");
+    BT_OK(braid_box_i64(c, "added19", &i));
+    BT_EQ(i, 19);
     /* An empty box. */
     braid_box *z;
     BT_OK(braid_box_new(&z));
@@ -280,6 +297,14 @@ static int walk_body(void *arg) {
     int64_t v = 0;
     rc = braid_box_i64(c, "n", &v);
     if (rc == 0 && (v != 5 || braid_box_items(c, "l") != 2)) rc = BRAID_EINVAL;
+    /* Changing the decoded box: an item, new keys past its entries. */
+    if (rc == 0) rc = braid_box_append(c, "l", "d", 1);
+    for (int k = 0; k < 6 && rc == 0; k++) {
+        char key[8];
+        snprintf(key, sizeof key, "k%d", k);
+        rc = braid_box_set_bool(c, key, true);
+    }
+    if (rc == 0 && braid_box_items(c, "l") != 3) rc = BRAID_EINVAL;
     braid_box_free(c);
     return rc;
 }

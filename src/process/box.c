@@ -18,9 +18,9 @@
 #include <string.h>
 
 typedef struct box_entry {
-    void *mem;                     /* one block: the key, NUL, then the value */
-    const char *key;               /* in mem */
-    unsigned char *val;            /* BYTES/STR: in mem, NUL after; LIST: the items' encoding */
+    void *mem;                     /* its own block (the key, NUL, the value), or NULL: in the box's */
+    const char *key;               /* NUL-terminated */
+    unsigned char *val;            /* BYTES/STR: NUL after; LIST: the items' encoding */
     size_t len;                    /* BYTES/STR: bytes; LIST: the items' encoding */
     uint32_t items;                /* LIST */
     uint8_t klen;
@@ -28,15 +28,24 @@ typedef struct box_entry {
     union { int64_t i64; uint64_t u64; double f64; bool b; } n;
 } box_entry;
 
+/* A built box holds its first entries inline and allocates one block per
+ * entry; a decoded box is one allocation: the box, its entries and their
+ * keys and values (entries changed later get blocks of their own). */
+#define INLINE_ENTRIES 4
 struct braid_box {
-    box_entry *e;
+    box_entry *e;                  /* inl, the decoded block's array, or its own allocation */
     size_t n, cap;
+    bool e_own;                    /* e was allocated apart */
+    box_entry inl[INLINE_ENTRIES];
 };
 
-
 int braid_box_new(braid_box **out) {
-    braid_box *b = braid_calloc(1, sizeof *b);
+    braid_box *b = braid_malloc(sizeof *b);
     if (!b) return BRAID_ENOMEM;
+    b->e = b->inl;
+    b->n = 0;
+    b->cap = INLINE_ENTRIES;
+    b->e_own = false;
     *out = b;
     return 0;
 }
@@ -44,7 +53,7 @@ int braid_box_new(braid_box **out) {
 void braid_box_free(braid_box *b) {
     if (!b) return;
     for (size_t i = 0; i < b->n; i++) braid_free(b->e[i].mem);
-    braid_free(b->e);
+    if (b->e_own) braid_free(b->e);
     braid_free(b);
 }
 
@@ -87,14 +96,16 @@ static int put(braid_box *b, const char *key, size_t klen, braid_box_type type, 
     char *mem = braid_malloc(klen + 1 + vlen + 1);
     if (!mem) return BRAID_ENOMEM;
     if (!e && b->n == b->cap) {
-        size_t cap = b->cap ? b->cap * 2 : 4;
-        box_entry *ne = braid_realloc(b->e, cap * sizeof *ne);
+        size_t cap = b->cap * 2;
+        box_entry *ne = b->e_own ? braid_realloc(b->e, cap * sizeof *ne) : braid_malloc(cap * sizeof *ne);
         if (!ne) {
             braid_free(mem);
             return BRAID_ENOMEM;
         }
+        if (!b->e_own) memcpy(ne, b->e, b->n * sizeof *ne);
         b->e = ne;
         b->cap = cap;
+        b->e_own = true;
     }
     if (e) braid_free(e->mem);
     else e = &b->e[b->n++];
@@ -156,7 +167,14 @@ int braid_box_append(braid_box *b, const char *key, const void *p, size_t len) {
     }
     if (e->type != BRAID_BOX_LIST) return BRAID_EBOX_TYPE;
     if (e->items >= BRAID_BOX_MAX_ITEMS || e->len > UINT32_MAX - 4 - len) return BRAID_EMSGSIZE;
-    char *mem = braid_realloc(e->mem, e->klen + 1 + e->len + 4 + len + 1);
+    char *mem;
+    if (e->mem) {
+        mem = braid_realloc(e->mem, e->klen + 1 + e->len + 4 + len + 1);
+    } else if ((mem = braid_malloc(e->klen + 1 + e->len + 4 + len + 1)) != NULL) {
+        /* In a decoded box's block: it gets a block of its own. */
+        memcpy(mem, e->key, e->klen + 1u);
+        memcpy(mem + e->klen + 1, e->val, e->len);
+    }
     if (!mem) return BRAID_ENOMEM;
     e->mem = mem;
     e->key = mem;
@@ -290,81 +308,106 @@ int braid_box_encode(const braid_box *b, void *buf, size_t cap, size_t *len) {
     return 0;
 }
 
-/* ---- decoding ------------------------------------------------------------------------ */
-int braid_box_decode(const void *buf, size_t len, braid_box **out) {
-    const unsigned char *p = buf, *end = p + len;
-    if (len < 3 || p[0] != BRAID_BOX_VERSION) return BRAID_EBOX;
-    size_t count = (size_t)p[1] << 8 | p[2];
-    if (count > BRAID_BOX_MAX_KEYS) return BRAID_EBOX;
-    p += 3;
-    braid_box *b;
-    int rc = braid_box_new(&b);
-    if (rc < 0) return rc;
-    for (size_t i = 0; i < count; i++) {
-        rc = BRAID_EBOX;
-        if (end - p < 1) goto fail;
-        size_t klen = *p++;
-        if (klen == 0 || (size_t)(end - p) < klen + 1) goto fail;
-        const char *key = (const char *)p;
-        p += klen;
-        if (memchr(key, 0, klen) || find(b, key, klen)) goto fail;   /* keys: no NUL, unique */
-        braid_box_type type = (braid_box_type)*p++;
-        box_entry *e;
-        size_t left = (size_t)(end - p);
-        switch (type) {
-        case BRAID_BOX_BOOL:
-            if (left < 1 || p[0] > 1) goto fail;
-            if ((rc = put(b, key, klen, type, NULL, 0, &e)) < 0) goto fail;
-            e->n.b = p[0];
-            p += 1;
-            break;
-        case BRAID_BOX_I64:
-        case BRAID_BOX_U64:
-        case BRAID_BOX_F64: {
-            if (left < 8) goto fail;
-            uint64_t u = braid__get64(p);
-            if ((rc = put(b, key, klen, type, NULL, 0, &e)) < 0) goto fail;
-            if (type == BRAID_BOX_F64) memcpy(&e->n.f64, &u, 8);
-            else e->n.u64 = u;   /* the i64 shares its bits */
-            p += 8;
-            break;
-        }
-        case BRAID_BOX_BYTES:
-        case BRAID_BOX_STR: {
-            if (left < 4 || left - 4 < braid__get32(p)) goto fail;
-            size_t vlen = braid__get32(p);
-            if (type == BRAID_BOX_STR && !utf8_text(p + 4, vlen)) goto fail;
-            if ((rc = put(b, key, klen, type, p + 4, vlen, NULL)) < 0) goto fail;
-            p += 4 + vlen;
-            break;
-        }
-        case BRAID_BOX_LIST: {
-            if (left < 4) goto fail;
-            uint32_t items = braid__get32(p);
-            if (items > BRAID_BOX_MAX_ITEMS) goto fail;
-            const unsigned char *q = p + 4;
-            for (uint32_t k = 0; k < items; k++) {
-                if (end - q < 4 || (size_t)(end - q) - 4 < braid__get32(q)) goto fail;
-                q += 4 + (size_t)braid__get32(q);
-            }
-            if ((rc = put(b, key, klen, type, p + 4, (size_t)(q - p) - 4, &e)) < 0) goto fail;
-            e->items = items;
-            p = q;
-            break;
-        }
-        default:
-            goto fail;
-        }
+/* ---- decoding ------------------------------------------------------------------------
+ * Two passes over the input: the first checks its shape and sizes the
+ * block (keys and values with their NULs), the second fills it. */
+static size_t value_wire(const unsigned char *p, const unsigned char *end, braid_box_type type,
+                         uint32_t *items) {
+    size_t left = (size_t)(end - p);
+    switch (type) {
+    case BRAID_BOX_BOOL: return left >= 1 && p[0] <= 1 ? 1 : 0;
+    case BRAID_BOX_I64:
+    case BRAID_BOX_U64:
+    case BRAID_BOX_F64: return left >= 8 ? 8 : 0;
+    case BRAID_BOX_BYTES:
+    case BRAID_BOX_STR: {
+        if (left < 4 || left - 4 < braid__get32(p)) return 0;
+        size_t vlen = braid__get32(p);
+        if (type == BRAID_BOX_STR && !utf8_text(p + 4, vlen)) return 0;
+        return 4 + vlen;
     }
-    if (p != end) {
-        rc = BRAID_EBOX;
-        goto fail;
+    case BRAID_BOX_LIST: {
+        if (left < 4) return 0;
+        uint32_t n = braid__get32(p);
+        if (n > BRAID_BOX_MAX_ITEMS) return 0;
+        const unsigned char *q = p + 4;
+        for (uint32_t k = 0; k < n; k++) {
+            if (end - q < 4 || (size_t)(end - q) - 4 < braid__get32(q)) return 0;
+            q += 4 + (size_t)braid__get32(q);
+        }
+        *items = n;
+        return (size_t)(q - p);
+    }
+    default: return 0;
+    }
+}
+
+int braid_box_decode(const void *buf, size_t len, braid_box **out) {
+    const unsigned char *start = buf, *end = start + len, *p = start + 3;
+    if (len < 3 || start[0] != BRAID_BOX_VERSION) return BRAID_EBOX;
+    size_t count = (size_t)start[1] << 8 | start[2];
+    if (count > BRAID_BOX_MAX_KEYS) return BRAID_EBOX;
+    size_t arena = 0;
+    for (size_t i = 0; i < count; i++) {
+        if (end - p < 1) return BRAID_EBOX;
+        size_t klen = *p++;
+        if (klen == 0 || (size_t)(end - p) < klen + 1 || memchr(p, 0, klen)) return BRAID_EBOX;
+        p += klen;
+        braid_box_type type = (braid_box_type)*p++;
+        uint32_t items = 0;
+        size_t w = value_wire(p, end, type, &items);
+        if (w == 0) return BRAID_EBOX;
+        p += w;
+        arena += klen + 1 + (type == BRAID_BOX_BYTES || type == BRAID_BOX_STR ? w - 4 + 1
+                             : type == BRAID_BOX_LIST ? w - 4 + 1 : 0);
+    }
+    if (p != end) return BRAID_EBOX;
+    size_t cap = count > INLINE_ENTRIES ? count : 0;   /* more than inline: an array in the block */
+    braid_box *b = braid_malloc(sizeof *b + cap * sizeof(box_entry) + arena);
+    if (!b) return BRAID_ENOMEM;
+    b->e = cap ? (box_entry *)(b + 1) : b->inl;
+    b->cap = cap ? cap : INLINE_ENTRIES;
+    b->n = 0;
+    b->e_own = false;
+    char *a = (char *)(b + 1) + cap * sizeof(box_entry);
+    p = start + 3;
+    for (size_t i = 0; i < count; i++) {
+        size_t klen = *p++;
+        if (find(b, (const char *)p, klen)) {   /* keys are unique */
+            braid_box_free(b);
+            return BRAID_EBOX;
+        }
+        box_entry *e = &b->e[b->n++];
+        memset(e, 0, sizeof *e);
+        memcpy(a, p, klen);
+        a[klen] = 0;
+        e->key = a;
+        e->klen = (uint8_t)klen;
+        a += klen + 1;
+        p += klen;
+        e->type = (braid_box_type)*p++;
+        size_t w = value_wire(p, end, e->type, &e->items);
+        switch (e->type) {
+        case BRAID_BOX_BOOL: e->n.b = p[0]; break;
+        case BRAID_BOX_F64: {
+            uint64_t u = braid__get64(p);
+            memcpy(&e->n.f64, &u, 8);
+            break;
+        }
+        case BRAID_BOX_I64:
+        case BRAID_BOX_U64: e->n.u64 = braid__get64(p); break;   /* the i64 shares its bits */
+        default:   /* BYTES, STR, LIST: what follows the u32 */
+            e->len = w - 4;
+            e->val = (unsigned char *)a;
+            memcpy(a, p + 4, e->len);
+            a[e->len] = 0;
+            a += e->len + 1;
+            break;
+        }
+        p += w;
     }
     *out = b;
     return 0;
-fail:
-    braid_box_free(b);
-    return rc;
 }
 
 /* ---- log fields as a box (a worker's log events, worker.c) ----------------------------- */

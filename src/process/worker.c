@@ -69,12 +69,13 @@ int braid_worker_call_reply(braid_worker_call *call, const void *payload, size_t
 
 int braid_worker_call_reply_box(braid_worker_call *call, const braid_box *b) {
     size_t n = braid_box_encoded_size(b);
-    unsigned char *buf = braid_malloc(n);
+    unsigned char small[512];
+    unsigned char *buf = n <= sizeof small ? small : braid_malloc(n);
     if (!buf) return braid_worker_call_fail(call, BRAID_ENOMEM, "out of memory encoding the reply box");
     (void)braid_box_encode(b, buf, n, NULL);
     braid__rpc_msg m = { .type = BRAID__RPC_REPLY_BOX, .id = call->id, .payload = buf, .len = n };
     int rc = send_msg(call, &m);
-    braid_free(buf);
+    if (buf != small) braid_free(buf);
     return rc;
 }
 
