@@ -569,6 +569,34 @@ static braid_result walk_box_ok(braid_result r, void *arg) {
 }
 
 /* ---- the allocation-failure walk over a call ------------------------------------------------- */
+/* Calls (bytes, or box b when not NULL) under the allocation walk until one
+ * runs without reaching the failing allocation: each one fails cleanly or
+ * answers, and leaves nothing behind. Returns how many failed. */
+static int walk_calls(braid_loop *loop, braid_workers *w, const braid_box *b) {
+    long base = braid_test_alloc_outstanding();
+    int failures = 0;
+    for (long n = 1; n < 100; n++) {
+        res r;
+        memset(&r, 0, sizeof r);
+        braid_test_fail_alloc_after(n, false);
+        braid_deferred *d = b ? braid_workers_call_box(w, "boxecho", b, NULL)
+                              : braid_workers_call(w, "echo", "walk", 4, NULL);
+        if (d) {
+            BT_OK(braid_deferred_add(d, b ? walk_box_ok : res_ok, res_err, &r));
+            braid_deferred_unref(d);
+            bt_run_until(loop, &r.done, 200000);
+        }
+        bool failed = braid_test_alloc_failed();
+        braid_test_fail_alloc_after(0, false);
+        if (!d || r.code) failures++;
+        else BT_STREQ(r.data, "walk");
+        for (int i = 0; i < 4; i++) braid_loop_run_once(loop, BRAID_LOOP_RUN_NOWAIT);
+        BT_EQ(braid_test_alloc_outstanding(), base);
+        if (!failed) break;
+    }
+    return failures;
+}
+
 BT_IO_TEST(workers_alloc_walk) {
     braid_loop *loop = bt_loop_new(NULL);
     braid_workers *w;
@@ -576,51 +604,13 @@ BT_IO_TEST(workers_alloc_walk) {
     res r;
     call_rel(w, "echo", "warm", &r, NULL);
     bt_run_until(loop, &r.done, 200000);
-    long base = braid_test_alloc_outstanding();
-    int failures = 0;
-    for (long n = 1; n < 100; n++) {
-        memset(&r, 0, sizeof r);
-        braid_test_fail_alloc_after(n, false);
-        braid_deferred *d = braid_workers_call(w, "echo", "walk", 4, NULL);
-        if (d) {
-            BT_OK(braid_deferred_add(d, res_ok, res_err, &r));
-            braid_deferred_unref(d);
-            bt_run_until(loop, &r.done, 200000);
-        }
-        bool failed = braid_test_alloc_failed();
-        braid_test_fail_alloc_after(0, false);
-        if (!d || r.code) failures++;
-        else BT_STREQ(r.data, "walk");
-        for (int i = 0; i < 4; i++) braid_loop_run_once(loop, BRAID_LOOP_RUN_NOWAIT);
-        BT_EQ(braid_test_alloc_outstanding(), base);
-        if (!failed) break;
-    }
-    BT_GT(failures, 0);
+    BT_GT(walk_calls(loop, w, NULL), 0);
     /* The same over a box call: the box's encoding into the call and the
      * reply box's decoding fail cleanly too. */
     braid_box *b;
     BT_OK(braid_box_new(&b));
     BT_OK(braid_box_set_str(b, "k", "walk"));
-    base = braid_test_alloc_outstanding();
-    failures = 0;
-    for (long n = 1; n < 100; n++) {
-        memset(&r, 0, sizeof r);
-        braid_test_fail_alloc_after(n, false);
-        braid_deferred *d = braid_workers_call_box(w, "boxecho", b, NULL);
-        if (d) {
-            BT_OK(braid_deferred_add(d, walk_box_ok, res_err, &r));
-            braid_deferred_unref(d);
-            bt_run_until(loop, &r.done, 200000);
-        }
-        bool failed = braid_test_alloc_failed();
-        braid_test_fail_alloc_after(0, false);
-        if (!d || r.code) failures++;
-        else BT_STREQ(r.data, "walk");
-        for (int i = 0; i < 4; i++) braid_loop_run_once(loop, BRAID_LOOP_RUN_NOWAIT);
-        BT_EQ(braid_test_alloc_outstanding(), base);
-        if (!failed) break;
-    }
-    BT_GT(failures, 0);
+    BT_GT(walk_calls(loop, w, b), 0);
     braid_box_free(b);
     finish(loop, w);
 }
