@@ -13,6 +13,8 @@
  * process:
  *   braid   braid_workers_call on braid_workers (count 2, max_in_flight 16),
  *           the workers being braid-bench re-run (`serve workers --worker`)
+ *   braid-box  the same calls with a box as the payload both ways (one u64
+ *           key "x": made, encoded, decoded and read on each side, each call)
  *   pipe    the hand-written limit: 2 forked children, each reading a
  *           16-byte request from a pipe and writing a 16-byte reply to
  *           another (blocking read/write); the parent keeps `load` requests
@@ -33,8 +35,8 @@
 #include <time.h>
 #include <unistd.h>
 
-enum { I_BRAID, I_PIPE, I_MP, NIMPL };
-static const char *const impl_names[NIMPL] = { "braid", "pipe", "mp" };
+enum { I_BRAID, I_BOX, I_PIPE, I_MP, NIMPL };
+static const char *const impl_names[NIMPL] = { "braid", "braid-box", "pipe", "mp" };
 static const int loads[] = { 1, 16 };
 #define NLOADS 2
 #define MAX_LOAD 16
@@ -50,6 +52,18 @@ static void cpu_1ms(void) { bench_cpu_spin(1000000); }
 static void h_trivial(braid_worker_call *c, const void *buf, size_t len, void *arg) {
     (void)arg;
     uint64_t x;
+    const braid_box *in = braid_worker_call_box(c);
+    if (in) {   /* braid-box: x in, x + 1 out, as boxes */
+        braid_box *out;
+        if (braid_box_u64(in, "x", &x) < 0 || braid_box_new(&out) < 0) {
+            braid_worker_call_fail(c, BRAID_EINVAL, "a box with x expected");
+            return;
+        }
+        braid_box_set_u64(out, "x", x + 1);
+        braid_worker_call_reply_box(c, out);
+        braid_box_free(out);
+        return;
+    }
     if (len != sizeof x) {
         braid_worker_call_fail(c, BRAID_EINVAL, "8 bytes expected");
         return;
@@ -76,7 +90,7 @@ struct bstate {
     braid_workers *w;
     const char *job;
     int active;
-    bool failed;
+    bool failed, box;
     bcaller c[MAX_LOAD];
 };
 
@@ -85,8 +99,13 @@ static braid_result b_got(braid_result r, void *arg) {
     bcaller *c = arg;
     const braid_worker_reply *rep = r.value;
     uint64_t y = 0;
-    if (rep->len != sizeof y) c->s->failed = true;
-    else memcpy(&y, rep->data, sizeof y);
+    if (c->s->box) {
+        if (!rep->box || braid_box_u64(rep->box, "x", &y) < 0) c->s->failed = true;
+    } else if (rep->len != sizeof y) {
+        c->s->failed = true;
+    } else {
+        memcpy(&y, rep->data, sizeof y);
+    }
     if (y != c->x + 1) c->s->failed = true;
     c->x = y;
     if (--c->left > 0 && !c->s->failed) b_issue(c);
@@ -102,7 +121,15 @@ static braid_result b_err(braid_result r, void *arg) {
     return braid_result_ok(NULL);
 }
 static void b_issue(bcaller *c) {
-    braid_deferred *d = braid_workers_call(c->s->w, c->s->job, &c->x, sizeof c->x, NULL);
+    braid_deferred *d;
+    if (c->s->box) {
+        braid_box *b;
+        if (braid_box_new(&b) < 0 || braid_box_set_u64(b, "x", c->x) < 0) exit(3);
+        d = braid_workers_call_box(c->s->w, c->s->job, b, NULL);
+        braid_box_free(b);
+    } else {
+        d = braid_workers_call(c->s->w, c->s->job, &c->x, sizeof c->x, NULL);
+    }
     if (!d || braid_deferred_add(d, b_got, b_err, c) < 0) exit(3);
     braid_deferred_unref(d);
 }
@@ -117,9 +144,9 @@ static double b_round(bstate *s, int load, long calls) {
     uint64_t dt = bench_now_ns() - t0;
     return s->failed ? NAN : (double)dt;
 }
-static double run_braid(const char *job, int load, long calls, long warm) {
+static double run_braid(const char *job, int load, long calls, long warm, bool box) {
     static const char *const argv[] = { "braid-bench", "serve", "workers", "--worker", NULL };
-    bstate s = { .job = job };
+    bstate s = { .job = job, .box = box };
     if (braid_loop_new(NULL, &s.loop) < 0) return NAN;
     braid_workers_options o = { .program = "/proc/self/exe", .argv = argv, .count = NWORKERS,
                                 .max_in_flight = MAX_LOAD };
@@ -242,7 +269,8 @@ static int serve(int argc, char **argv) {
     if (load < 1 || load > MAX_LOAD || calls < 1 || warm < 1) return 2;
     if (strcmp(job, "trivial") && strcmp(job, "cpu-1ms")) return 2;
     double ns;
-    if (!strcmp(impl, "braid")) ns = run_braid(job, load, calls, warm);
+    if (!strcmp(impl, "braid")) ns = run_braid(job, load, calls, warm, false);
+    else if (!strcmp(impl, "braid-box")) ns = run_braid(job, load, calls, warm, true);
     else if (!strcmp(impl, "pipe")) ns = run_pipe(job, load, calls, warm);
     else return 2;
     if (!isfinite(ns)) return 1;
@@ -366,6 +394,12 @@ static void conclude(bench_ctx *ctx, FILE *html) {
         if (isfinite(m16))
             fprintf(html, ", multiprocessing %.0f (braid %.1f×)", m16,
                     pair_of(ctx, "braid", "mp", jobs[ji], 16, "calls_per_s"));
+        double bx = pair_of(ctx, "braid-box", "braid", jobs[ji], 1, "us_per_call");
+        if (isfinite(bx))
+            fprintf(html, "; a box call (one u64 key each way) took %.1f µs at load 1, %.2f× a bytes call pair by "
+                          "pair, and ran %.0f calls/s at load 16",
+                    med_of(ctx, "braid-box", jobs[ji], 1, "us_per_call"), bx,
+                    med_of(ctx, "braid-box", jobs[ji], 16, "calls_per_s"));
         fputs(". ", html);
     }
     fputs("The pipe limit does the least that can be done: blocking children, fixed 16-byte messages, no "
@@ -390,9 +424,10 @@ BENCH_EXPERIMENT(workers,
               "after a tenth as many untimed warm-up calls (the workers start then). us_per_call = elapsed / "
               "calls per caller; calls_per_s = all calls / elapsed. Each measurement is a fresh process; "
               "implementations alternate run by run; not pinned. braid: braid_workers with count 2 and "
-              "max_in_flight 16, default options otherwise. pipe: 2 forked children doing blocking read/write "
+              "max_in_flight 16, default options otherwise. braid-box: the same with a box as the payload both "
+              "ways (one u64 key, made, encoded, decoded and read on each side per call). pipe: 2 forked children doing blocking read/write "
               "on two pipes each, the parent polling. mp: multiprocessing.Pool(2), each caller's apply_async "
               "callback issuing its next call.",
-    .run = run, .serve = serve, .conclude = conclude, .quick_seconds = 40, .quick_runs = 3, .full_seconds = 300,
+    .run = run, .serve = serve, .conclude = conclude, .quick_seconds = 50, .quick_runs = 3, .full_seconds = 300,
     .order = 61, .plot_x = "load", .plot_metric = "us_per_call,calls_per_s", .plot_logy = true,
     .headline = "us_per_call,calls_per_s");

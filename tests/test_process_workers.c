@@ -8,8 +8,16 @@
  * The workers are this very program re-run by the pool: the constructor
  * below serves the pool before the harness's main ever runs. */
 #include "harness.h"
+#include "process/process_internal.h"
+#include "support/json.h"
+#include <braid/introspect.h>
+#include <braid/log.h>
 #include <braid/process.h>
+#include <dirent.h>
+#include <fcntl.h>
+#include <poll.h>
 #include <signal.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -73,7 +81,117 @@ static void h_later(braid_worker_call *c, const void *buf, size_t len, void *arg
     braid_deferred_unref(d);
 }
 
+/* A box call: the box back, with the worker's pid added. */
+static void h_boxecho(braid_worker_call *c, const void *buf, size_t len, void *arg) {
+    (void)arg;
+    const braid_box *in = braid_worker_call_box(c);
+    braid_box *out;
+    if (!in) {
+        braid_worker_call_fail(c, BRAID_EINVAL, "not a box call");
+        return;
+    }
+    if (braid_box_decode(buf, len, &out) < 0) {   /* the payload is the box's encoding */
+        braid_worker_call_fail(c, BRAID_EBOX, "payload is not the box");
+        return;
+    }
+    braid_box_set_i64(out, "pid", getpid());
+    braid_worker_call_reply_box(c, out);
+    braid_box_free(out);
+}
+/* The payload as a number (it is not NUL-terminated). */
+static long num_of(const void *buf, size_t len) {
+    char s[32];
+    snprintf(s, sizeof s, "%.*s", (int)(len < 31 ? len : 31), (const char *)buf);
+    return atol(s);
+}
+/* A reply box of N bytes (payload "N"). */
+static void h_bigbox(braid_worker_call *c, const void *buf, size_t len, void *arg) {
+    (void)arg;
+    size_t n = (size_t)num_of(buf, len);
+    char *v = calloc(1, n + 1);
+    braid_box *b;
+    braid_box_new(&b);
+    braid_box_set_bytes(b, "v", v, n);
+    braid_worker_call_reply_box(c, b);
+    braid_box_free(b);
+    free(v);
+}
+/* A REPLY_BOX frame whose box is garbage (version 2). */
+static void h_badbox(braid_worker_call *c, const void *buf, size_t len, void *arg) {
+    (void)c; (void)buf; (void)len; (void)arg;
+    static const unsigned char g[] = { 0, 0, 0, 9, 1, 8, 0, 0, 0, 0, 2, 0, 0 };
+    if (write(3, g, sizeof g) != sizeof g) _exit(5);
+}
+/* The request id the call carried (in the handler's context). */
+static void h_rid(braid_worker_call *c, const void *buf, size_t len, void *arg) {
+    (void)buf; (void)len; (void)arg;
+    char s[32];
+    int n = snprintf(s, sizeof s, "%llu",
+                     (unsigned long long)braid_ctx_get_u64(&braid_log_request_id_key, 0));
+    braid_worker_call_reply(c, s, (size_t)n);
+}
+
+/* The descriptors the worker inherited ("0,1,2,3,5,9": every open one
+ * without close-on-exec — what it made itself, its loop's, has the flag)
+ * and the first bytes of fd 5. */
+static void h_fds(braid_worker_call *c, const void *buf, size_t len, void *arg) {
+    (void)buf; (void)len; (void)arg;
+    char out[256] = "";
+    size_t n = 0;
+    DIR *d = opendir("/proc/self/fd");
+    int fds[64], nf = 0;
+    for (struct dirent *e; d && (e = readdir(d)) != NULL;) {
+        if (e->d_name[0] == '.' || atoi(e->d_name) == dirfd(d) || nf == 64) continue;
+        if (fcntl(atoi(e->d_name), F_GETFD) & FD_CLOEXEC) continue;
+        fds[nf++] = atoi(e->d_name);
+    }
+    if (d) closedir(d);
+    for (int i = 0; i < nf; i++)   /* sorted, whatever readdir's order */
+        for (int k = i + 1; k < nf; k++)
+            if (fds[k] < fds[i]) { int t = fds[i]; fds[i] = fds[k]; fds[k] = t; }
+    for (int i = 0; i < nf; i++) n += (size_t)snprintf(out + n, sizeof out - n, "%s%d", i ? "," : "", fds[i]);
+    char data[8] = "";
+    ssize_t r = pread(5, data, 7, 0);
+    n += (size_t)snprintf(out + n, sizeof out - n, " %s", r > 0 ? data : "-");
+    braid_worker_call_reply(c, out, n);
+}
+
+/* Log events: payload "N" logs N info events in "app.work" (a seq field
+ * each), one in "app.quiet" and one debug event, then answers. */
+static void h_log(braid_worker_call *c, const void *buf, size_t len, void *arg) {
+    (void)arg;
+    braid_logger *lg = braid_loop_logger(braid_worker_call_loop(c));
+    int n = (int)num_of(buf, len);
+    for (int i = 0; i < n; i++)
+        braid_log_emit(lg, BRAID_LOG_INFO, "app.work",
+                       braid_log_fields(BRAID_LOG_U64("seq", (uint64_t)i), BRAID_LOG_STR("who", "worker"),
+                                        BRAID_LOG_F64("half", i / 2.0), BRAID_LOG_BOOL("odd", i & 1)),
+                       "step %d", i);
+    braid_log_emit(lg, BRAID_LOG_INFO, "app.quiet", braid_log_no_fields, "filtered by the parent");
+    braid_log_emit(lg, BRAID_LOG_DEBUG, "app.work", braid_log_no_fields, "filtered in the worker");
+    braid_worker_call_reply(c, "logged", 6);
+}
+/* Payload "N": N events of 1000 bytes at once — far more than the
+ * connection holds while the parent does not read — then a byte on fd 5
+ * (the test's pipe) and the answer. */
+static void h_spam(braid_worker_call *c, const void *buf, size_t len, void *arg) {
+    (void)arg;
+    braid_logger *lg = braid_loop_logger(braid_worker_call_loop(c));
+    int n = (int)num_of(buf, len);
+    char pad[1001];
+    memset(pad, 'x', 1000);
+    pad[1000] = 0;
+    for (int i = 0; i < n; i++)
+        braid_log_emit(lg, BRAID_LOG_INFO, "app.spam", braid_log_fields(BRAID_LOG_U64("seq", (uint64_t)i)),
+                       "%s", pad);
+    if (write(5, "!", 1) != 1) _exit(6);
+    braid_worker_call_reply(c, "spammed", 7);
+}
+
 static const braid_worker_command cmds[] = {
+    { "log", h_log, NULL }, { "spam", h_spam, NULL },
+    { "fds", h_fds, NULL },
+    { "boxecho", h_boxecho, NULL }, { "bigbox", h_bigbox, NULL }, { "badbox", h_badbox, NULL }, { "rid", h_rid, NULL },
     { "echo", h_echo, NULL }, { "pid", h_pid, NULL }, { "fail", h_fail, NULL },
     { "hold", h_hold, NULL }, { "crash", h_crash, NULL }, { "hang", h_hang, NULL },
     { "garbage", h_garbage, NULL }, { "huge", h_huge, NULL }, { "crash_once", h_crash_once, NULL },
@@ -440,22 +558,31 @@ BT_IO_TEST(workers_bad_program) {
     finish(loop, w);
 }
 
+/* The reply box's "k" (read without allocating: the walk may be failing allocations). */
+static braid_result walk_box_ok(braid_result r, void *arg) {
+    res *x = arg;
+    braid_worker_reply *rep = r.value;
+    const char *k = rep->box ? braid_box_str(rep->box, "k") : NULL;
+    snprintf(x->data, sizeof x->data, "%s", k ? k : "(no box)");
+    x->done = 1;
+    return r;
+}
+
 /* ---- the allocation-failure walk over a call ------------------------------------------------- */
-BT_IO_TEST(workers_alloc_walk) {
-    braid_loop *loop = bt_loop_new(NULL);
-    braid_workers *w;
-    BT_OK(braid_workers_new(loop, &(braid_workers_options){ .count = 1 }, &w));
-    res r;
-    call_rel(w, "echo", "warm", &r, NULL);
-    bt_run_until(loop, &r.done, 200000);
+/* Calls (bytes, or box b when not NULL) under the allocation walk until one
+ * runs without reaching the failing allocation: each one fails cleanly or
+ * answers, and leaves nothing behind. Returns how many failed. */
+static int walk_calls(braid_loop *loop, braid_workers *w, const braid_box *b) {
     long base = braid_test_alloc_outstanding();
     int failures = 0;
     for (long n = 1; n < 100; n++) {
+        res r;
         memset(&r, 0, sizeof r);
         braid_test_fail_alloc_after(n, false);
-        braid_deferred *d = braid_workers_call(w, "echo", "walk", 4, NULL);
+        braid_deferred *d = b ? braid_workers_call_box(w, "boxecho", b, NULL)
+                              : braid_workers_call(w, "echo", "walk", 4, NULL);
         if (d) {
-            BT_OK(braid_deferred_add(d, res_ok, res_err, &r));
+            BT_OK(braid_deferred_add(d, b ? walk_box_ok : res_ok, res_err, &r));
             braid_deferred_unref(d);
             bt_run_until(loop, &r.done, 200000);
         }
@@ -467,6 +594,567 @@ BT_IO_TEST(workers_alloc_walk) {
         BT_EQ(braid_test_alloc_outstanding(), base);
         if (!failed) break;
     }
-    BT_GT(failures, 0);
+    return failures;
+}
+
+BT_IO_TEST(workers_alloc_walk) {
+    braid_loop *loop = bt_loop_new(NULL);
+    braid_workers *w;
+    BT_OK(braid_workers_new(loop, &(braid_workers_options){ .count = 1 }, &w));
+    res r;
+    call_rel(w, "echo", "warm", &r, NULL);
+    bt_run_until(loop, &r.done, 200000);
+    BT_GT(walk_calls(loop, w, NULL), 0);
+    /* The same over a box call: the box's encoding into the call and the
+     * reply box's decoding fail cleanly too. */
+    braid_box *b;
+    BT_OK(braid_box_new(&b));
+    BT_OK(braid_box_set_str(b, "k", "walk"));
+    BT_GT(walk_calls(loop, w, b), 0);
+    braid_box_free(b);
     finish(loop, w);
+}
+
+/* ---- boxes over the connection ------------------------------------------------------------ */
+static braid_box *every_type(size_t big) {
+    braid_box *b;
+    BT_OK(braid_box_new(&b));
+    BT_OK(braid_box_set_str(b, "s", "text \xc3\xa9"));
+    BT_OK(braid_box_set_i64(b, "i", -7));
+    BT_OK(braid_box_set_u64(b, "u", UINT64_MAX));
+    BT_OK(braid_box_set_f64(b, "f", 0.125));
+    BT_OK(braid_box_set_bool(b, "t", true));
+    BT_OK(braid_box_append(b, "l", "x", 1));
+    BT_OK(braid_box_append(b, "l", "yz", 2));
+    char *v = malloc(big);
+    memset(v, 'v', big);
+    BT_OK(braid_box_set_bytes(b, "big", v, big));   /* past AMP's 64 KiB value limit */
+    free(v);
+    return b;
+}
+
+typedef struct boxres {
+    int done, code;
+    braid_box *box;
+    size_t len;
+} boxres;
+static braid_result box_ok(braid_result r, void *arg) {
+    boxres *x = arg;
+    braid_worker_reply *rep = r.value;
+    x->len = rep->len;
+    if (rep->box) {   /* copy it out: the reply goes with the result */
+        size_t n = braid_box_encoded_size(rep->box);
+        unsigned char *buf = malloc(n);
+        BT_OK(braid_box_encode(rep->box, buf, n, NULL));
+        BT_EQ(n, rep->len);
+        BT_TRUE(!memcmp(buf, rep->data, n));   /* data is the encoding */
+        BT_OK(braid_box_decode(buf, n, &x->box));
+        free(buf);
+    }
+    x->done = 1;
+    return r;
+}
+static braid_result box_err(braid_result r, void *arg) {
+    boxres *x = arg;
+    x->code = r.failure->code;
+    x->done = 1;
+    braid_result_drop(r);
+    return braid_result_ok(NULL);
+}
+
+BT_IO_TEST(workers_box_call) {
+    braid_loop *loop = bt_loop_new(NULL);
+    braid_workers *w;
+    BT_OK(braid_workers_new(loop, &(braid_workers_options){ .count = 1, .max_frame = 1u << 20 }, &w));
+    wait_ready(loop, w, 1);
+    pid_t pid;
+    braid_workers_pids(w, &pid, 1);
+    braid_box *b = every_type(100000);
+    boxres x = { 0 };
+    braid_deferred *d = braid_workers_call_box(w, "boxecho", b, NULL);
+    BT_OK(braid_deferred_add(d, box_ok, box_err, &x));
+    braid_deferred_unref(d);
+    /* A bytes call beside it is unchanged: bytes back, no box. */
+    res e;
+    call_rel(w, "echo", "plain", &e, NULL);
+    bt_run_until(loop, &x.done, 200000);
+    bt_run_until(loop, &e.done, 200000);
+    BT_EQ(x.code, 0);
+    BT_TRUE(x.box != NULL);
+    BT_STREQ(braid_box_str(x.box, "s"), "text \xc3\xa9");
+    int64_t i;
+    BT_OK(braid_box_i64(x.box, "i", &i));
+    BT_EQ(i, -7);
+    BT_OK(braid_box_i64(x.box, "pid", &i));
+    BT_EQ(i, pid);
+    uint64_t u;
+    BT_OK(braid_box_u64(x.box, "u", &u));
+    BT_TRUE(u == UINT64_MAX);
+    double f;
+    BT_OK(braid_box_f64(x.box, "f", &f));
+    BT_TRUE(f == 0.125);
+    bool t;
+    BT_OK(braid_box_bool(x.box, "t", &t));
+    BT_TRUE(t);
+    BT_EQ(braid_box_items(x.box, "l"), 2);
+    const void *p;
+    size_t n;
+    BT_OK(braid_box_bytes(x.box, "big", &p, &n));
+    BT_EQ(n, 100000);
+    BT_TRUE(((const char *)p)[99999] == 'v');
+    braid_box_free(x.box);
+    BT_STREQ(e.data, "plain");
+    /* A bytes call to a box handler: it sees no box. */
+    res nb;
+    call_rel(w, "boxecho", "raw", &nb, NULL);
+    bt_run_until(loop, &nb.done, 200000);
+    BT_EQ(nb.code, BRAID_EINVAL);
+    /* A box past the frame limit fails at once; no box is BRAID_EINVAL. */
+    braid_box_free(b);
+    b = every_type(2u << 20);
+    memset(&x, 0, sizeof x);
+    d = braid_workers_call_box(w, "boxecho", b, NULL);
+    BT_OK(braid_deferred_add(d, box_ok, box_err, &x));
+    braid_deferred_unref(d);
+    BT_EQ(x.code, BRAID_EMSGSIZE);
+    memset(&x, 0, sizeof x);
+    d = braid_workers_call_box(w, "boxecho", NULL, NULL);
+    BT_OK(braid_deferred_add(d, box_ok, box_err, &x));
+    braid_deferred_unref(d);
+    BT_EQ(x.code, BRAID_EINVAL);
+    braid_box_free(b);
+    /* A reply box past the frame limit reaches the caller as BRAID_EMSGSIZE. */
+    res big;
+    call_rel(w, "bigbox", "2000000", &big, NULL);
+    bt_run_until(loop, &big.done, 200000);
+    BT_EQ(big.code, BRAID_EMSGSIZE);
+    call_rel(w, "bigbox", "500000", &big, NULL);
+    bt_run_until(loop, &big.done, 200000);
+    BT_EQ(big.code, 0);
+    struct braid_workers_stats s;
+    braid_workers_stats(w, &s);
+    BT_UEQ(s.lost, 0);
+    finish(loop, w);
+}
+
+/* A worker whose reply box is garbage is a worker that sent a garbage
+ * frame: killed, its calls failed with BRAID_EWORKER_PROTOCOL, replaced. */
+BT_IO_TEST(workers_box_garbage_from_worker) {
+    braid_loop *loop = bt_loop_new(NULL);
+    braid_workers *w;
+    BT_OK(braid_workers_new(loop, &(braid_workers_options){ .count = 1 }, &w));
+    res h, g, e;
+    call_rel(w, "hold", NULL, &h, NULL);
+    call_rel(w, "badbox", NULL, &g, NULL);
+    bt_run_until(loop, &g.done, 200000);
+    bt_run_until(loop, &h.done, 200000);
+    BT_EQ(g.code, BRAID_EWORKER_PROTOCOL);
+    BT_EQ(h.code, BRAID_EWORKER_PROTOCOL);
+    call_rel(w, "echo", "after", &e, NULL);
+    bt_run_until(loop, &e.done, 200000);
+    BT_STREQ(e.data, "after");
+    struct braid_workers_stats s;
+    braid_workers_stats(w, &s);
+    BT_UEQ(s.lost, 1);
+    finish(loop, w);
+}
+
+/* The parent's side written by hand over a socketpair, so that it can send
+ * what braid's parent never does: a garbage box is an error reply for that
+ * call, and the worker goes on serving; a call's request id reaches the
+ * handler's context. */
+static void raw_write(int fd, const braid__rpc_msg *m) {
+    braid_loop *loop;
+    BT_OK(braid_loop_new(NULL, &loop));
+    braid_protocol sink = { 0 };
+    static const braid_protocol_ops ops = { 0 };
+    sink.ops = &ops;
+    braid_memory_transport *mt;
+    BT_OK(braid_memory_transport_new(loop, &sink, &mt));
+    BT_OK(braid__rpc_write(braid_memory_transport_base(mt), m, 1u << 20));
+    size_t n;
+    const unsigned char *out = braid_memory_transport_data(mt, &n);
+    BT_EQ(write(fd, out, n), (ssize_t)n);
+    braid_memory_transport_free(mt);
+    for (int i = 0; i < 4; i++) braid_loop_run_once(loop, BRAID_LOOP_RUN_NOWAIT);
+    BT_OK(braid_loop_free(loop));
+}
+static size_t raw_read(int fd, unsigned char *buf, size_t cap) {
+    size_t got = 0, want = 4;
+    while (got < want) {
+        struct pollfd pfd = { fd, POLLIN, 0 };
+        BT_EQ(poll(&pfd, 1, 20000), 1);
+        ssize_t r = read(fd, buf + got, want - got);
+        BT_GT(r, 0);
+        got += (size_t)r;
+        if (got == 4 && want == 4) {
+            want = 4 + ((size_t)buf[0] << 24 | (size_t)buf[1] << 16 | (size_t)buf[2] << 8 | buf[3]);
+            BT_TRUE(want <= cap);
+        }
+    }
+    return got;
+}
+
+BT_IO_TEST(workers_box_garbage_from_parent) {
+    braid_loop *loop = bt_loop_new(NULL);
+    int sp[2];
+    BT_EQ(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sp), 0);
+    const char *env[] = { "BRAID_WORKER=3", NULL };
+    braid_process_fd fds[] = { { 0, BRAID_PROCESS_FD_DEVNULL, 0, NULL },
+                               { 1, BRAID_PROCESS_FD_INHERIT, 1, NULL },
+                               { 2, BRAID_PROCESS_FD_INHERIT, 2, NULL },
+                               { 3, BRAID_PROCESS_FD_INHERIT, sp[1], NULL } };
+    braid_process *p;
+    BT_OK(braid_process_spawn(loop, &(braid_process_options){ .file = "/proc/self/exe",
+                                  .env_mode = BRAID_PROCESS_ENV_EXTEND, .env = env, .fds = fds,
+                                  .nfds = 4 }, &p, NULL));
+    close(sp[1]);
+    static unsigned char buf[1 << 16];
+    braid__rpc_msg m;
+    size_t n = raw_read(sp[0], buf, sizeof buf);
+    BT_OK(braid__rpc_parse(buf + 4, n - 4, &m));
+    BT_EQ(m.type, BRAID__RPC_READY);
+    /* A garbage box (version 9). */
+    static const unsigned char bad[] = { 9, 0, 0 };
+    raw_write(sp[0], &(braid__rpc_msg){ .type = BRAID__RPC_CALL_EX, .id = 7, .flags = BRAID__RPC_F_BOX,
+                                        .command = "boxecho", .command_len = 7, .payload = bad,
+                                        .len = sizeof bad });
+    n = raw_read(sp[0], buf, sizeof buf);
+    BT_OK(braid__rpc_parse(buf + 4, n - 4, &m));
+    BT_EQ(m.type, BRAID__RPC_FAIL);
+    BT_EQ(m.id, 7);
+    BT_EQ(m.code, BRAID_EBOX);
+    /* The worker keeps serving: a good box, then a request id. */
+    braid_box *b;
+    BT_OK(braid_box_new(&b));
+    BT_OK(braid_box_set_str(b, "k", "v"));
+    unsigned char enc[64];
+    size_t el;
+    BT_OK(braid_box_encode(b, enc, sizeof enc, &el));
+    braid_box_free(b);
+    raw_write(sp[0], &(braid__rpc_msg){ .type = BRAID__RPC_CALL_EX, .id = 8, .flags = BRAID__RPC_F_BOX,
+                                        .command = "boxecho", .command_len = 7, .payload = enc,
+                                        .len = el });
+    n = raw_read(sp[0], buf, sizeof buf);
+    BT_OK(braid__rpc_parse(buf + 4, n - 4, &m));
+    BT_EQ(m.type, BRAID__RPC_REPLY_BOX);
+    BT_EQ(m.id, 8);
+    BT_OK(braid_box_decode(m.payload, m.len, &b));
+    BT_STREQ(braid_box_str(b, "k"), "v");
+    braid_box_free(b);
+    raw_write(sp[0], &(braid__rpc_msg){ .type = BRAID__RPC_CALL_EX, .id = 9, .flags = BRAID__RPC_F_RID,
+                                        .request_id = 123456789012ull, .command = "rid", .command_len = 3 });
+    n = raw_read(sp[0], buf, sizeof buf);
+    BT_OK(braid__rpc_parse(buf + 4, n - 4, &m));
+    BT_EQ(m.type, BRAID__RPC_REPLY);
+    BT_EQ(m.len, 12);
+    BT_TRUE(!memcmp(m.payload, "123456789012", 12));
+    /* EOF: the worker exits 0. */
+    close(sp[0]);
+    braid_process_status st;
+    for (int i = 0; i < 200000 && !braid_process_has_exited(p, &st); i++) braid_loop_run_once(loop, 0);
+    BT_TRUE(braid_process_has_exited(p, &st));
+    BT_EQ(st.exit_code, 0);
+    braid_process_free(p);
+    bt_loop_destroy(loop);
+}
+
+/* The caller's request id travels with the call. */
+BT_IO_TEST(workers_request_id) {
+    braid_loop *loop = bt_loop_new(NULL);
+    braid_workers *w;
+    BT_OK(braid_workers_new(loop, &(braid_workers_options){ .count = 1 }, &w));
+    res a, b;
+    braid_ctx_scope scope;
+    BT_OK(braid_ctx_push_u64(&scope, &braid_log_request_id_key, 4242));
+    call_rel(w, "rid", NULL, &a, NULL);
+    braid_ctx_pop(&scope);
+    call_rel(w, "rid", NULL, &b, NULL);
+    bt_run_until(loop, &a.done, 200000);
+    bt_run_until(loop, &b.done, 200000);
+    BT_STREQ(a.data, "4242");
+    BT_STREQ(b.data, "0");
+    finish(loop, w);
+}
+
+/* Extra descriptors reach every worker at their child numbers — a data
+ * file at 5, /dev/null at 9 — and nothing else is open there (a parent fd
+ * left inheritable on purpose stays out), replacements included. */
+BT_IO_TEST(workers_extra_fds) {
+    braid_loop *loop = bt_loop_new(NULL);
+    char path[] = "/tmp/braid-workers-fds-XXXXXX";
+    int data = mkstemp(path);
+    BT_GE(data, 0);
+    unlink(path);
+    BT_EQ(write(data, "dataset", 7), 7);
+    int decoy = open("/dev/null", O_RDONLY);   /* not close-on-exec */
+    BT_GE(decoy, 0);
+    braid_process_fd extra[] = { { 5, BRAID_PROCESS_FD_INHERIT, data, NULL },
+                                 { 9, BRAID_PROCESS_FD_DEVNULL, 0, NULL } };
+    braid_workers *w;
+    BT_OK(braid_workers_new(loop, &(braid_workers_options){ .count = 1, .fds = extra, .nfds = 2 }, &w));
+    extra[0].child_fd = 99;   /* the pool copied the map */
+    res a;
+    call_rel(w, "fds", NULL, &a, NULL);
+    bt_run_until(loop, &a.done, 200000);
+    BT_STREQ(a.data, "0,1,2,3,5,9 dataset");
+    /* A replacement gets them too. */
+    res c, b;
+    call_rel(w, "crash", NULL, &c, NULL);
+    bt_run_until(loop, &c.done, 200000);
+    call_rel(w, "fds", NULL, &b, NULL);
+    bt_run_until(loop, &b.done, 200000);
+    BT_STREQ(b.data, "0,1,2,3,5,9 dataset");
+    finish(loop, w);
+    /* Maps the pool refuses: its own numbers, pipes, duplicates. */
+    loop = bt_loop_new(NULL);
+    braid_process_fd bad3[] = { { 3, BRAID_PROCESS_FD_INHERIT, data, NULL } };
+    braid_process_fd pipe[] = { { 5, BRAID_PROCESS_FD_FROM_CHILD, 0, NULL } };
+    braid_process_fd dup[] = { { 5, BRAID_PROCESS_FD_DEVNULL, 0, NULL }, { 5, BRAID_PROCESS_FD_DEVNULL, 0, NULL } };
+    BT_EQ(braid_workers_new(loop, &(braid_workers_options){ .count = 1, .fds = bad3, .nfds = 1 }, &w), BRAID_EINVAL);
+    BT_EQ(braid_workers_new(loop, &(braid_workers_options){ .count = 1, .fds = pipe, .nfds = 1 }, &w), BRAID_EINVAL);
+    BT_EQ(braid_workers_new(loop, &(braid_workers_options){ .count = 1, .fds = dup, .nfds = 2 }, &w), BRAID_EINVAL);
+    bt_loop_destroy(loop);
+    close(decoy);
+    close(data);
+}
+
+/* ---- log events from workers ------------------------------------------------------------- */
+typedef struct logseen {
+    int events;                    /* in the namespace watched */
+    int quiet, debug;
+    uint64_t last_seq[2];          /* per worker index, +1 (0: none yet) */
+    int per_worker[2];
+    bool out_of_order;
+    int64_t pid[2];
+    uint64_t rid;
+    uint64_t reported_dropped;     /* worker_dropped fields */
+    int reports;
+    const char *ns;
+} logseen;
+
+static void seen_cb(const braid_log_event *ev, void *arg) {
+    logseen *x = arg;
+    uint64_t seq = 0, widx = 9;
+    int64_t pid = 0;
+    for (size_t i = 0; i < ev->nfields; i++) {
+        const braid_log_field *f = &ev->fields[i];
+        if (!strcmp(f->key, "seq")) seq = f->v.u64;
+        if (!strcmp(f->key, "worker")) widx = f->v.u64;
+        if (!strcmp(f->key, "pid")) pid = f->v.i64;
+        if (!strcmp(f->key, "worker_dropped")) x->reported_dropped += f->v.u64;
+    }
+    if (ev->ns && !strcmp(ev->ns, "braid.process") && strstr(ev->msg, "log events dropped")) x->reports++;
+    if (ev->ns && !strcmp(ev->ns, "app.quiet")) x->quiet++;
+    if (ev->level == BRAID_LOG_DEBUG) x->debug++;
+    if (!ev->ns || strcmp(ev->ns, x->ns) || widx > 1) return;
+    x->events++;
+    x->per_worker[widx]++;
+    if (x->last_seq[widx] && seq + 1 <= x->last_seq[widx]) x->out_of_order = true;
+    x->last_seq[widx] = seq + 1;
+    x->pid[widx] = pid;
+    x->rid = ev->request_id;
+}
+
+/* Events logged in a worker reach the parent's observers with the worker's
+ * index and pid added, in order per worker, carrying the request id of the
+ * call; the parent's namespace filters apply, and the worker's own level. */
+BT_IO_TEST(workers_log_events) {
+    unsetenv("BRAID_LOG_DEBUG");   /* the workers' default level: info */
+    braid_loop *loop = bt_loop_new(NULL);
+    braid_logger *lg = braid_loop_logger(loop);
+    logseen x = { .ns = "app.work" };
+    braid_log_observer *obs;
+    BT_OK(braid_logger_add_callback(lg, seen_cb, &x, &obs));
+    BT_OK(braid_logger_set_level(lg, "app.quiet", BRAID_LOG_ERROR));
+    BT_OK(braid_logger_set_level(lg, NULL, BRAID_LOG_DEBUG));
+    braid_workers *w;
+    BT_OK(braid_workers_new(loop, &(braid_workers_options){ .count = 2 }, &w));
+    wait_ready(loop, w, 2);
+    res a, b;
+    braid_ctx_scope scope;
+    BT_OK(braid_ctx_push_u64(&scope, &braid_log_request_id_key, 77));
+    call_rel(w, "log", "200", &a, NULL);
+    call_rel(w, "log", "100", &b, NULL);   /* least-loaded: the other worker */
+    braid_ctx_pop(&scope);
+    bt_run_until(loop, &a.done, 200000);
+    bt_run_until(loop, &b.done, 200000);
+    BT_STREQ(a.data, "logged");
+    BT_EQ(x.events, 300);   /* each before its reply, on the same connection */
+    BT_EQ(x.per_worker[0] + x.per_worker[1], 300);
+    BT_TRUE(x.per_worker[0] == 100 || x.per_worker[0] == 200);
+    BT_FALSE(x.out_of_order);
+    BT_EQ(x.quiet, 0);
+    BT_EQ(x.debug, 0);
+    BT_UEQ(x.rid, 77);
+    pid_t pids[2];
+    BT_EQ(braid_workers_pids(w, pids, 2), 2);
+    BT_TRUE((x.pid[0] == pids[0] && x.pid[1] == pids[1]) || (x.pid[0] == pids[1] && x.pid[1] == pids[0]));
+    struct braid_workers_stats s;
+    braid_workers_stats(w, &s);
+    BT_UEQ(s.log_events, 302);   /* the quiet ones arrive and are filtered here */
+    BT_UEQ(s.log_dropped, 0);
+    braid_log_observer_remove(obs);
+    finish(loop, w);
+}
+
+/* A worker logging faster than the parent reads never blocks: past its
+ * connection's high watermark events are dropped and counted, and once the
+ * parent catches up a warning says how many; every event is either
+ * delivered, in order, or counted. */
+BT_IO_TEST(workers_log_drops) {
+    braid_loop *loop = bt_loop_new(NULL);
+    braid_logger *lg = braid_loop_logger(loop);
+    logseen x = { .ns = "app.spam" };
+    braid_log_observer *obs;
+    BT_OK(braid_logger_add_callback(lg, seen_cb, &x, &obs));
+    int pp[2];
+    BT_EQ(pipe2(pp, O_CLOEXEC), 0);
+    braid_process_fd extra[] = { { 5, BRAID_PROCESS_FD_INHERIT, pp[1], NULL } };
+    braid_workers *w;
+    BT_OK(braid_workers_new(loop, &(braid_workers_options){ .count = 1, .fds = extra, .nfds = 1 }, &w));
+    wait_ready(loop, w, 1);
+    res r;
+    call_rel(w, "spam", "3000", &r, NULL);
+    for (int i = 0; i < 3; i++) braid_loop_run_once(loop, BRAID_LOOP_RUN_NOWAIT);   /* the call leaves */
+    /* The parent does not read while the worker logs: wait on the pipe alone. */
+    struct pollfd pfd = { pp[0], POLLIN, 0 };
+    BT_EQ(poll(&pfd, 1, 30000), 1);
+    bt_run_until(loop, &r.done, 400000);
+    BT_STREQ(r.data, "spammed");
+    for (int i = 0; i < 400000 && (uint64_t)x.events + x.reported_dropped < 3000; i++)
+        braid_loop_run_once(loop, 0);
+    BT_UEQ((uint64_t)x.events + x.reported_dropped, 3000);
+    BT_GT(x.reported_dropped, 0);
+    BT_GT(x.events, 0);
+    BT_FALSE(x.out_of_order);
+    BT_GE(x.reports, 1);
+    struct braid_workers_stats s;
+    braid_workers_stats(w, &s);
+    BT_UEQ(s.log_dropped, x.reported_dropped);
+    braid_log_observer_remove(obs);
+    finish(loop, w);
+    close(pp[0]);
+    close(pp[1]);
+}
+
+/* ---- introspection: the "workers" section ------------------------------------------------- */
+static bt_json *doc_of(braid_loop *loop) {
+    char *text;
+    size_t len;
+    BT_OK(braid_introspect_json(loop, &text, &len));
+    bt_json *doc = bt_json_parse(text, len);
+    BT_TRUE(doc != NULL);
+    braid_free(text);
+    return doc;
+}
+static double num(const bt_json *o, const char *key) {
+    const bt_json *v = bt_json_get(o, key);
+    if (bt_json_type(v) != BT_JSON_NUM) bt_fail(__FILE__, __LINE__, "\"%s\" is not a number", key);
+    return v->num;
+}
+
+BT_IO_TEST(workers_introspection) {
+    braid_loop *loop = bt_loop_new(NULL);
+    braid_workers *w;
+    BT_OK(braid_workers_new(loop, &(braid_workers_options){ .count = 2, .role = "intro", .queue_limit = 50 }, &w));
+    wait_ready(loop, w, 2);
+    res a[4], h, c;
+    for (int i = 0; i < 4; i++) call_rel(w, "echo", "x", &a[i], NULL);
+    for (int i = 0; i < 4; i++) bt_run_until(loop, &a[i].done, 200000);
+    call_rel(w, "hold", NULL, &h, NULL);
+    for (int i = 0; i < 20; i++) braid_loop_run_once(loop, BRAID_LOOP_RUN_NOWAIT);
+    bt_json *doc = doc_of(loop);
+    const bt_json *sec = bt_json_get(doc, "workers");
+    BT_EQ(bt_json_type(sec), BT_JSON_ARR);
+    BT_EQ(sec->n, 1);
+    const bt_json *e = bt_json_at(sec, 0);
+    BT_STREQ(bt_json_get(e, "name")->str, "intro");
+    BT_STREQ(bt_json_get(e, "role")->str, "intro");
+    BT_EQ(bt_json_type(bt_json_get(e, "program")), BT_JSON_STR);
+    BT_STREQ(bt_json_get(e, "state")->str, "running");
+    BT_EQ(num(e, "count"), 2);
+    BT_EQ(num(e, "alive"), 2);
+    BT_EQ(num(e, "ready"), 2);
+    BT_EQ(num(e, "queued"), 0);
+    BT_EQ(num(e, "queue_limit"), 50);
+    BT_EQ(num(e, "in_flight"), 1);
+    BT_EQ(num(e, "max_in_flight"), 8);
+    BT_EQ(num(e, "calls"), 4);
+    BT_EQ(num(e, "spawned"), 2);
+    BT_EQ(num(e, "restarts"), 0);
+    BT_EQ(num(e, "lost"), 0);
+    BT_EQ(num(e, "timeouts"), 0);
+    BT_EQ(num(e, "recycled"), 0);
+    BT_EQ(num(e, "resent"), 0);
+    BT_EQ(num(e, "log_events"), 0);
+    BT_EQ(num(e, "log_dropped"), 0);
+    const bt_json *ws = bt_json_get(e, "workers");
+    BT_EQ(bt_json_type(ws), BT_JSON_ARR);
+    BT_EQ(ws->n, 2);
+    pid_t pids[2];
+    braid_workers_pids(w, pids, 2);
+    double calls = 0, inflight = 0, idx = 0;
+    for (size_t i = 0; i < 2; i++) {
+        const bt_json *k = bt_json_at(ws, i);
+        BT_EQ(num(k, "pid"), pids[i]);
+        BT_STREQ(bt_json_get(k, "state")->str, "ready");
+        calls += num(k, "calls");
+        inflight += num(k, "in_flight");
+        idx += num(k, "index");
+        BT_EQ(num(k, "failed"), 0);
+    }
+    BT_EQ(calls, 4);
+    BT_EQ(inflight, 1);
+    BT_EQ(idx, 0 + 1);   /* indexes 0 and 1 */
+    bt_json_free(doc);
+    /* A crash: counted, and the replacement takes the free index. */
+    call_rel(w, "crash", NULL, &c, NULL);
+    bt_run_until(loop, &c.done, 200000);
+    wait_ready(loop, w, 2);
+    doc = doc_of(loop);
+    e = bt_json_at(bt_json_get(doc, "workers"), 0);
+    BT_EQ(num(e, "restarts"), 1);
+    BT_EQ(num(e, "lost"), 1);
+    ws = bt_json_get(e, "workers");
+    BT_EQ(ws->n, 2);
+    BT_EQ(num(bt_json_at(ws, 0), "index") + num(bt_json_at(ws, 1), "index"), 1);
+    bt_json_free(doc);
+    braid_workers_free(w);
+    BT_EQ(h.code, BRAID_ESHUTDOWN);
+    doc = doc_of(loop);
+    BT_TRUE(bt_json_get(doc, "workers") == NULL);   /* gone with the pool */
+    bt_json_free(doc);
+    for (int i = 0; i < 4; i++) braid_loop_run_once(loop, BRAID_LOOP_RUN_NOWAIT);
+    bt_loop_destroy(loop);
+}
+
+/* An observer may free the pool from a worker's log event: the frame's
+ * processing stops there, every call fails with BRAID_ESHUTDOWN. */
+typedef struct freer {
+    braid_workers *w;
+    int seen;
+} freer;
+static void free_on_event(const braid_log_event *ev, void *arg) {
+    freer *f = arg;
+    if (!ev->ns || strcmp(ev->ns, "app.work") || !f->w) return;
+    f->seen++;
+    braid_workers_free(f->w);
+    f->w = NULL;
+}
+
+BT_IO_TEST(workers_log_observer_frees_pool) {
+    braid_loop *loop = bt_loop_new(NULL);
+    freer f = { 0 };
+    braid_log_observer *obs;
+    BT_OK(braid_logger_add_callback(braid_loop_logger(loop), free_on_event, &f, &obs));
+    BT_OK(braid_workers_new(loop, &(braid_workers_options){ .count = 1 }, &f.w));
+    res a;
+    call_rel(f.w, "log", "50", &a, NULL);
+    bt_run_until(loop, &a.done, 200000);
+    BT_EQ(a.code, BRAID_ESHUTDOWN);
+    BT_EQ(f.seen, 1);
+    braid_log_observer_remove(obs);
+    for (int i = 0; i < 4; i++) braid_loop_run_once(loop, BRAID_LOOP_RUN_NOWAIT);
+    bt_loop_destroy(loop);
 }

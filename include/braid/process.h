@@ -67,6 +67,8 @@ extern "C" {
 #define BRAID_EWORKER_FRAME     (-4203)  /* a frame passed the pool's size limit (worker killed) */
 #define BRAID_EWORKER_COMMAND   (-4204)  /* the worker has no handler for the command */
 #define BRAID_EWORKER_REMOTE    (-4205)  /* the handler failed without a braid code of its own */
+#define BRAID_EBOX              (-4206)  /* a malformed box (braid_box_decode) */
+#define BRAID_EBOX_TYPE         (-4207)  /* a box value is of another type than asked */
 
 typedef struct braid_process braid_process;
 
@@ -197,12 +199,98 @@ BRAID_API int braid_process_close_fd(braid_process *p, int child_fd);
  * NULL if it is not open. */
 BRAID_API braid_transport *braid_process_transport(braid_process *p, int child_fd);
 
+/* ==== boxes: small typed key/value payloads ==========================================
+ *
+ * A call's payload is bytes, or a box: keys (1 ... 255 bytes, unique, no
+ * NUL) to typed values — bytes, UTF-8 text, int64, uint64, double, bool, or
+ * a list of byte strings — as Twisted's AMP boxes ("Asynchronous Messaging
+ * Protocol", twisted.protocols.amp) carry typed arguments. Unlike AMP's, a
+ * value is not capped at 64 KiB (AMP's MAX_VALUE_LENGTH, which makes large
+ * values need chunking): a box is bounded by the frame it travels in, by
+ * BRAID_BOX_MAX_KEYS keys and BRAID_BOX_MAX_ITEMS items a list.
+ *
+ *     braid_box *b;
+ *     braid_box_new(&b);
+ *     braid_box_set_str(b, "path", "/data/a.csv");
+ *     braid_box_set_i64(b, "offset", 4096);
+ *     braid_box_append(b, "cols", "price", 5);
+ *     braid_deferred *d = braid_workers_call_box(w, "scan", b, NULL);   // b is copied
+ *     braid_box_free(b);
+ *     // d fires with a braid_worker_reply *: r->box is the worker's reply box
+ *
+ *     // in the worker's handler:
+ *     const braid_box *a = braid_worker_call_box(c);
+ *     int64_t off;
+ *     if (braid_box_i64(a, "offset", &off) < 0) ... // BRAID_ENOENT, BRAID_EBOX_TYPE
+ *
+ * The encoding (docs/process.md, "Boxes") is versioned and canonical;
+ * braid_box_decode rejects anything malformed with BRAID_EBOX. A box is
+ * yours (braid_box_free); not thread-safe, as any plain data. */
+typedef struct braid_box braid_box;
+typedef enum braid_box_type {
+    BRAID_BOX_BYTES = 1,
+    BRAID_BOX_STR,                 /* UTF-8, no NUL */
+    BRAID_BOX_I64,
+    BRAID_BOX_U64,
+    BRAID_BOX_F64,
+    BRAID_BOX_BOOL,
+    BRAID_BOX_LIST,                /* a list of byte strings */
+} braid_box_type;
+#define BRAID_BOX_VERSION 1
+#define BRAID_BOX_MAX_KEYS 256
+#define BRAID_BOX_MAX_KEY 255      /* bytes in a key (AMP's MAX_KEY_LENGTH) */
+#define BRAID_BOX_MAX_ITEMS 65536  /* items in a list */
+
+/* An empty box: 0, or BRAID_ENOMEM. */
+BRAID_API int braid_box_new(braid_box **out);
+BRAID_API void braid_box_free(braid_box *b);       /* NULL is a no-op */
+/* Set key (copied) to a value (copied), replacing any value it had. 0, or
+ * BRAID_EINVAL (no key, a key over 255 bytes, text that is not UTF-8 or has
+ * a NUL), BRAID_EMSGSIZE (a key past BRAID_BOX_MAX_KEYS, a value over
+ * 4 GiB), BRAID_ENOMEM (the box is unchanged). */
+BRAID_API int braid_box_set_bytes(braid_box *b, const char *key, const void *p, size_t len);
+BRAID_API int braid_box_set_str(braid_box *b, const char *key, const char *s);
+BRAID_API int braid_box_set_i64(braid_box *b, const char *key, int64_t v);
+BRAID_API int braid_box_set_u64(braid_box *b, const char *key, uint64_t v);
+BRAID_API int braid_box_set_f64(braid_box *b, const char *key, double v);
+BRAID_API int braid_box_set_bool(braid_box *b, const char *key, bool v);
+/* Append an item to key's list (made if key is new). BRAID_EBOX_TYPE if key
+ * holds another type; BRAID_EMSGSIZE past BRAID_BOX_MAX_ITEMS. */
+BRAID_API int braid_box_append(braid_box *b, const char *key, const void *p, size_t len);
+
+/* Keys in the order they were first set (or decoded): i < braid_box_count. */
+BRAID_API size_t braid_box_count(const braid_box *b);
+BRAID_API const char *braid_box_key(const braid_box *b, size_t i);   /* NULL past the end */
+/* The type of key's value, or 0 when there is no such key. */
+BRAID_API braid_box_type braid_box_kind(const braid_box *b, const char *key);
+/* Getters: 0 and *out, BRAID_ENOENT (no such key) or BRAID_EBOX_TYPE. */
+BRAID_API int braid_box_i64(const braid_box *b, const char *key, int64_t *out);
+BRAID_API int braid_box_u64(const braid_box *b, const char *key, uint64_t *out);
+BRAID_API int braid_box_f64(const braid_box *b, const char *key, double *out);
+BRAID_API int braid_box_bool(const braid_box *b, const char *key, bool *out);
+/* Text (borrowed, valid until key changes or b is freed), or NULL. */
+BRAID_API const char *braid_box_str(const braid_box *b, const char *key);
+/* Bytes (or text), borrowed as above; a NUL follows them (not counted). */
+BRAID_API int braid_box_bytes(const braid_box *b, const char *key, const void **p, size_t *len);
+/* A list's length (0: none or another type) and its item i, borrowed. */
+BRAID_API size_t braid_box_items(const braid_box *b, const char *key);
+BRAID_API int braid_box_item(const braid_box *b, const char *key, size_t i, const void **p,
+                             size_t *len);
+
+/* Encoding: the size, and the bytes into buf (BRAID_EMSGSIZE if cap is too
+ * small); decoding: a new box (yours), BRAID_EBOX for malformed input, or
+ * BRAID_ENOMEM. Decoding an encoding gives the same box; encoding a decoded
+ * box gives the same bytes. */
+BRAID_API size_t braid_box_encoded_size(const braid_box *b);
+BRAID_API int braid_box_encode(const braid_box *b, void *buf, size_t cap, size_t *len);
+BRAID_API int braid_box_decode(const void *buf, size_t len, braid_box **out);
+
 /* ==== worker-process pools over framed RPC ========================================
  *
  * N worker processes, each connected to the parent by a socketpair at the
  * worker's fd 3 speaking braid's framed, versioned RPC: u32 length-prefixed
- * frames holding a command name, a call id and a payload of bytes
- * (docs/process.md, "Wire format"). One binary can be both sides: the pool
+ * frames holding a command name, a call id and a payload of bytes or a box
+ * (above; docs/process.md, "Wire format"). One binary can be both sides: the pool
  * re-runs the current executable (/proc/self/exe) with the environment
  * variable BRAID_WORKER set, and the program's main asks
  * braid_worker_is_child() first:
@@ -239,7 +327,17 @@ BRAID_API braid_transport *braid_process_transport(braid_process *p, int child_f
  * A worker that dies before its ready frame is restarted with a back-off
  * (10 ms doubling to 1 s); after 3 such deaths in a row the queued calls
  * fail with BRAID_EWORKER_LOST rather than wait for a program that cannot
- * start. */
+ * start.
+ *
+ * Logging: while it serves, a worker's loop logger sends every event to
+ * the parent, whose logger delivers it to its observers (its filters
+ * applying) with the fields "worker" (the worker's index) and "pid" added.
+ * The worker never blocks on it: past its connection's high watermark
+ * events are dropped and counted, a "braid.process" warning reports how
+ * many once the parent caught up, and braid_workers_stats' log_dropped
+ * sums them. A call carries the caller's request id (braid_log_request_id_key)
+ * into the handler's context. Each pool is an entry of the loop's
+ * "workers" introspection section (<braid/introspect.h>). */
 typedef struct braid_workers braid_workers;
 
 typedef struct braid_workers_options {
@@ -255,10 +353,22 @@ typedef struct braid_workers_options {
     /* The worker's fd 0 is /dev/null; 1 and 2 are the parent's 1 and 2,
      * or /dev/null with devnull_output. */
     bool devnull_output;
+    /* More descriptors for every worker, in braid_process_spawn's fd map:
+     * each entry's child_fd (4 ... 1023, distinct; 0 to 3 are the pool's)
+     * is BRAID_PROCESS_FD_INHERIT (the parent's parent_fd duplicated in: a
+     * shared data file, a listening socket) or BRAID_PROCESS_FD_DEVNULL;
+     * other kinds are BRAID_EINVAL. The array is copied; the parent fds are
+     * not: keep them open while the pool lives (replacements are spawned
+     * with them). Everything else stays closed in the worker. */
+    const braid_process_fd *fds;
+    size_t nfds;
 } braid_workers_options;
 
 /* The reply to a call: its payload (freed with the Deferred's result). */
 typedef struct braid_worker_reply {
+    /* The worker replied with a box (braid_worker_call_reply_box): it,
+     * decoded (owned by the reply), and data holds its encoding. Else NULL. */
+    braid_box *box;
     size_t len;
     unsigned char data[];          /* len bytes, then a NUL (not counted) */
 } braid_worker_reply;
@@ -281,6 +391,11 @@ BRAID_API int braid_workers_new(braid_loop *loop, const braid_workers_options *o
 BRAID_API braid_deferred *braid_workers_call(braid_workers *w, const char *command,
                                              const void *payload, size_t len,
                                              const braid_workers_call_options *opts);
+/* The same with a box as the payload (encoded into the call: b stays
+ * yours). The worker's handler gets it from braid_worker_call_box. */
+BRAID_API braid_deferred *braid_workers_call_box(braid_workers *w, const char *command,
+                                                 const braid_box *b,
+                                                 const braid_workers_call_options *opts);
 /* Stop: with drain, queued and sent calls finish first (for at most
  * timeout; then as without drain); without, queued and sent calls fail
  * with BRAID_ESHUTDOWN. Workers are then told to exit and killed if they
@@ -302,6 +417,8 @@ struct braid_workers_stats {
     uint64_t timeouts;             /* calls failed by their timeout */
     uint64_t recycled;             /* workers retired by recycle_after */
     uint64_t resent;               /* idempotent calls sent again */
+    uint64_t log_events;           /* log events received from workers */
+    uint64_t log_dropped;          /* log events workers reported lost (their connection was full) */
 };
 /* A snapshot (the struct and the function share the name, as stat(2)'s:
  * `struct braid_workers_stats s; braid_workers_stats(w, &s);`). */
@@ -336,6 +453,13 @@ BRAID_API const char *braid_worker_role(void);
 BRAID_API int braid_worker_main(braid_loop *loop, const braid_worker_command *cmds, size_t n);
 /* Answer c (its memory is freed by the call): the payload is copied. */
 BRAID_API int braid_worker_call_reply(braid_worker_call *c, const void *payload, size_t len);
+/* Answer c with a box (encoded: b stays yours). BRAID_EMSGSIZE past the
+ * pool's frame limit (the caller then gets that error). */
+BRAID_API int braid_worker_call_reply_box(braid_worker_call *c, const braid_box *b);
+/* The call's box (borrowed, valid until c is answered), or NULL when the
+ * caller sent bytes. A malformed box from the parent never reaches a
+ * handler: the call fails with BRAID_EBOX and the worker keeps serving. */
+BRAID_API const braid_box *braid_worker_call_box(const braid_worker_call *c);
 /* Fail c with code (< 0) and a message (may be NULL). */
 BRAID_API int braid_worker_call_fail(braid_worker_call *c, int code, const char *message);
 BRAID_API braid_loop *braid_worker_call_loop(const braid_worker_call *c);

@@ -7,9 +7,26 @@
 #include "loop/loop_module.h"
 #include <braid/process.h>
 #include <braid/framing.h>
+#include <braid/log.h>
 
 /* The namespace of this module's log lines (base/base.h). */
 static const char braid__log_ns[] = "process";
+
+/* Big-endian integers of the wire formats (rpc.c, box.c). */
+static inline uint32_t braid__get32(const unsigned char *b) {
+    return (uint32_t)b[0] << 24 | (uint32_t)b[1] << 16 | (uint32_t)b[2] << 8 | b[3];
+}
+static inline void braid__put32(unsigned char *b, uint32_t v) {
+    b[0] = (unsigned char)(v >> 24); b[1] = (unsigned char)(v >> 16);
+    b[2] = (unsigned char)(v >> 8); b[3] = (unsigned char)v;
+}
+static inline uint64_t braid__get64(const unsigned char *b) {
+    return (uint64_t)braid__get32(b) << 32 | braid__get32(b + 4);
+}
+static inline void braid__put64(unsigned char *b, uint64_t v) {
+    braid__put32(b, (uint32_t)(v >> 32));
+    braid__put32(b + 4, (uint32_t)v);
+}
 
 /* ---- the RPC wire format (rpc.c) -------------------------------------------------------
  * A frame is a u32 big-endian length (braid_framing_write_u32's framing), then:
@@ -20,8 +37,16 @@ static const char braid__log_ns[] = "process";
  *   REPLY: the payload
  *   FAIL:  i32 code (big-endian, < 0), then the message (UTF-8, no NUL)
  *   READY, STOP, CANCEL: nothing more
+ *   CALL_EX: u8 flags (BRAID__RPC_F_*; no other bit), the u64 request id if
+ *            F_RID, then as CALL; with F_BOX the payload is a box (box.c)
+ *   REPLY_BOX: a box (box.c; its decoder judges it)
+ *   LOG (worker -> parent, id 0): u8 level (0...3), u64 time (ns, wall
+ *            clock), u64 request id (0: none), u32 events the worker dropped
+ *            before this one, u8 namespace length (0: none), the namespace,
+ *            u16 message length, the message, then the fields as a box
  * Anything else — another version, an unknown type, a short header, a
- * command length of 0 or past the end, a FAIL code >= 0 — is malformed. */
+ * command length of 0 or past the end, a FAIL code >= 0, unknown flags, a
+ * level above 3, lengths past the end — is malformed. */
 #define BRAID__RPC_VERSION 1
 #define BRAID__RPC_HEADER 6
 typedef enum braid__rpc_type {
@@ -31,7 +56,12 @@ typedef enum braid__rpc_type {
     BRAID__RPC_READY = 4,   /* worker -> parent, once, first */
     BRAID__RPC_STOP = 5,    /* parent -> worker: finish and exit */
     BRAID__RPC_CANCEL = 6,  /* parent -> worker: the caller gave up (advisory) */
+    BRAID__RPC_CALL_EX = 7, /* parent -> worker: a call with a box or a request id */
+    BRAID__RPC_REPLY_BOX = 8, /* worker -> parent */
+    BRAID__RPC_LOG = 9,     /* worker -> parent: a log event */
 } braid__rpc_type;
+#define BRAID__RPC_F_BOX 1u
+#define BRAID__RPC_F_RID 2u
 
 typedef struct braid__rpc_msg {
     braid__rpc_type type;
@@ -39,8 +69,17 @@ typedef struct braid__rpc_msg {
     const char *command;    /* CALL: not NUL-terminated */
     size_t command_len;
     int code;               /* FAIL */
-    const void *payload;    /* REPLY/CALL payload, FAIL message */
+    const void *payload;    /* REPLY/CALL payload, FAIL message, LOG fields */
     size_t len;
+    unsigned flags;         /* CALL_EX */
+    uint64_t request_id;    /* CALL_EX with F_RID, LOG */
+    unsigned level;         /* LOG */
+    uint64_t time_ns;       /* LOG */
+    uint32_t dropped;       /* LOG */
+    const char *ns;         /* LOG: not NUL-terminated; ns_len 0: none */
+    size_t ns_len;
+    const char *text;       /* LOG: the message, not NUL-terminated (<= 65535) */
+    size_t text_len;
 } braid__rpc_msg;
 
 /* Parse one frame's body (after the u32 length). 0, or BRAID_EPROTO_INPUT. */
@@ -48,6 +87,16 @@ int braid__rpc_parse(const void *frame, size_t len, braid__rpc_msg *out);
 /* Write one frame (a single buffered write). BRAID_EMSGSIZE if its body
  * would pass max. */
 int braid__rpc_write(braid_transport *t, const braid__rpc_msg *m, size_t max);
+
+/* ---- boxes (box.c) ----------------------------------------------------------------------
+ * A worker's log event fields written straight into a box's encoding (no
+ * allocation): keys that are empty, too long or repeated are left out, as
+ * are fields that do not fit cap; text that is not UTF-8 goes as bytes.
+ * Returns the length (0 if cap < 3). */
+size_t braid__box_encode_fields(const braid_log_field *f, size_t n, unsigned char *buf, size_t cap);
+/* A box's entries as log fields (borrowed from b): lists are left out.
+ * Returns how many were written (at most cap). */
+size_t braid__box_to_fields(const braid_box *b, braid_log_field *out, size_t cap);
 
 /* The write-buffer cap of a pool connection: room for in_flight calls
  * (and replies) of max_frame bytes each, never below the 4 MiB default. */

@@ -4,12 +4,15 @@
 #include "process/process_internal.h"
 #include <string.h>
 
-static uint32_t get32(const unsigned char *b) {
-    return (uint32_t)b[0] << 24 | (uint32_t)b[1] << 16 | (uint32_t)b[2] << 8 | b[3];
-}
-static void put32(unsigned char *b, uint32_t v) {
-    b[0] = (unsigned char)(v >> 24); b[1] = (unsigned char)(v >> 16);
-    b[2] = (unsigned char)(v >> 8); b[3] = (unsigned char)v;
+
+/* The command part of CALL and CALL_EX: u8 length, the command, the payload. */
+static int parse_command(const unsigned char *rest, size_t n, braid__rpc_msg *m) {
+    if (n < 1 || rest[0] == 0 || rest[0] > n - 1) return BRAID_EPROTO_INPUT;
+    m->command = (const char *)rest + 1;
+    m->command_len = rest[0];
+    m->payload = rest + 1 + rest[0];
+    m->len = n - 1 - rest[0];
+    return 0;
 }
 
 int braid__rpc_parse(const void *frame, size_t len, braid__rpc_msg *m) {
@@ -17,24 +20,50 @@ int braid__rpc_parse(const void *frame, size_t len, braid__rpc_msg *m) {
     if (len < BRAID__RPC_HEADER || b[0] != BRAID__RPC_VERSION) return BRAID_EPROTO_INPUT;
     memset(m, 0, sizeof *m);
     m->type = (braid__rpc_type)b[1];
-    m->id = get32(b + 2);
+    m->id = braid__get32(b + 2);
     const unsigned char *rest = b + BRAID__RPC_HEADER;
     size_t n = len - BRAID__RPC_HEADER;
     switch (m->type) {
     case BRAID__RPC_CALL:
-        if (n < 1 || rest[0] == 0 || rest[0] > n - 1) return BRAID_EPROTO_INPUT;
-        m->command = (const char *)rest + 1;
-        m->command_len = rest[0];
-        m->payload = rest + 1 + rest[0];
-        m->len = n - 1 - rest[0];
+        return parse_command(rest, n, m);
+    case BRAID__RPC_CALL_EX: {
+        if (n < 1 || (rest[0] & ~(BRAID__RPC_F_BOX | BRAID__RPC_F_RID))) return BRAID_EPROTO_INPUT;
+        m->flags = rest[0];
+        size_t at = 1;
+        if (m->flags & BRAID__RPC_F_RID) {
+            if (n < 9) return BRAID_EPROTO_INPUT;
+            m->request_id = braid__get64(rest + 1);
+            at = 9;
+        }
+        return parse_command(rest + at, n - at, m);
+    }
+    case BRAID__RPC_LOG: {
+        /* level, time, request id, dropped, ns length: 22 bytes */
+        if (n < 22 || rest[0] > BRAID_LOG_ERROR || n - 22 < rest[21]) return BRAID_EPROTO_INPUT;
+        m->level = rest[0];
+        m->time_ns = braid__get64(rest + 1);
+        m->request_id = braid__get64(rest + 9);
+        m->dropped = braid__get32(rest + 17);
+        m->ns_len = rest[21];
+        m->ns = (const char *)rest + 22;
+        size_t at = 22 + m->ns_len;
+        if (n - at < 2) return BRAID_EPROTO_INPUT;
+        m->text_len = (size_t)rest[at] << 8 | rest[at + 1];
+        at += 2;
+        if (n - at < m->text_len) return BRAID_EPROTO_INPUT;
+        m->text = (const char *)rest + at;
+        m->payload = rest + at + m->text_len;
+        m->len = n - at - m->text_len;
         return 0;
+    }
+    case BRAID__RPC_REPLY_BOX:
     case BRAID__RPC_REPLY:
         m->payload = rest;
         m->len = n;
         return 0;
     case BRAID__RPC_FAIL: {
         if (n < 4) return BRAID_EPROTO_INPUT;
-        int32_t code = (int32_t)get32(rest);
+        int32_t code = (int32_t)braid__get32(rest);
         if (code >= 0) return BRAID_EPROTO_INPUT;
         m->code = code;
         m->payload = rest + 4;
@@ -50,23 +79,48 @@ int braid__rpc_parse(const void *frame, size_t len, braid__rpc_msg *m) {
 }
 
 int braid__rpc_write(braid_transport *t, const braid__rpc_msg *m, size_t max) {
-    unsigned char h[4 + BRAID__RPC_HEADER + 1 + 255];
+    unsigned char h[4 + BRAID__RPC_HEADER + 22 + 255 + 2];
     size_t hl = 4 + BRAID__RPC_HEADER;
     h[4] = BRAID__RPC_VERSION;
     h[5] = (unsigned char)m->type;
-    put32(h + 6, m->id);
-    if (m->type == BRAID__RPC_CALL) {
+    braid__put32(h + 6, m->id);
+    if (m->type == BRAID__RPC_CALL_EX) {
+        h[hl++] = (unsigned char)m->flags;
+        if (m->flags & BRAID__RPC_F_RID) {
+            braid__put64(h + hl, m->request_id);
+            hl += 8;
+        }
+    }
+    if (m->type == BRAID__RPC_LOG) {
+        if (m->ns_len > 255 || m->text_len > 65535) return BRAID_EINVAL;
+        h[hl] = (unsigned char)m->level;
+        braid__put64(h + hl + 1, m->time_ns);
+        braid__put64(h + hl + 9, m->request_id);
+        braid__put32(h + hl + 17, m->dropped);
+        h[hl + 21] = (unsigned char)m->ns_len;
+        hl += 22;
+        if (m->ns_len) memcpy(h + hl, m->ns, m->ns_len);
+        hl += m->ns_len;
+        h[hl++] = (unsigned char)(m->text_len >> 8);
+        h[hl++] = (unsigned char)m->text_len;
+        size_t body = hl - 4 + m->text_len + m->len;
+        if (body > max || body > UINT32_MAX) return BRAID_EMSGSIZE;
+        braid__put32(h, (uint32_t)body);
+        struct iovec v[3] = { { h, hl }, { (void *)m->text, m->text_len }, { (void *)m->payload, m->len } };
+        return braid_transport_writev(t, v, 3);
+    }
+    if (m->type == BRAID__RPC_CALL || m->type == BRAID__RPC_CALL_EX) {
         if (m->command_len == 0 || m->command_len > 255) return BRAID_EINVAL;
         h[hl++] = (unsigned char)m->command_len;
         memcpy(h + hl, m->command, m->command_len);
         hl += m->command_len;
     } else if (m->type == BRAID__RPC_FAIL) {
-        put32(h + hl, (uint32_t)m->code);
+        braid__put32(h + hl, (uint32_t)m->code);
         hl += 4;
     }
     size_t body = hl - 4 + m->len;
     if (body > max || body > UINT32_MAX) return BRAID_EMSGSIZE;
-    put32(h, (uint32_t)body);
+    braid__put32(h, (uint32_t)body);
     struct iovec v[2] = { { h, hl }, { (void *)m->payload, m->len } };
     return braid_transport_writev(t, v, m->len ? 2 : 1);
 }

@@ -32,8 +32,10 @@ static const char *const process_error_names[] = {
     [BRAID_EPROCESS_EXITED - BRAID_EWORKER_FRAME] = "process: frame larger than the limit",
     [BRAID_EPROCESS_EXITED - BRAID_EWORKER_COMMAND] = "process: no such worker command",
     [BRAID_EPROCESS_EXITED - BRAID_EWORKER_REMOTE] = "process: worker handler failed",
+    [BRAID_EPROCESS_EXITED - BRAID_EBOX] = "process: malformed box",
+    [BRAID_EPROCESS_EXITED - BRAID_EBOX_TYPE] = "process: box value of another type",
 };
-BRAID__ERROR_DOMAIN(process, "process", BRAID_EPROCESS_EXITED, BRAID_EWORKER_REMOTE,
+BRAID__ERROR_DOMAIN(process, "process", BRAID_EPROCESS_EXITED, BRAID_EBOX_TYPE,
                     process_error_names);
 
 /* ---- per-loop state: the SIGCHLD fallback --------------------------------------------- */

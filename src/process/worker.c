@@ -5,6 +5,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 typedef struct wconn {
@@ -16,6 +17,14 @@ typedef struct wconn {
     size_t max_frame;              /* the pool's limit, either way */
     bool stopping;
     int result;
+    /* Log events to the parent: an observer of the loop's logger; the
+     * connection's producer pauses them (drops, counted) while its write
+     * buffer is above the high watermark. */
+    braid_log_observer *obs;
+    braid_producer prod;
+    bool log_paused, in_log;
+    uint64_t log_dropped;          /* not yet reported to the parent */
+    uint64_t logger_dropped;       /* the logger's own count (threads), as last seen */
 } wconn;
 
 typedef struct wside {
@@ -26,6 +35,7 @@ typedef struct wside {
 struct braid_worker_call {
     wconn *conn;
     uint32_t id;
+    braid_box *box;                /* a box call's, decoded; NULL for bytes */
     char command[256];
 };
 
@@ -39,13 +49,14 @@ static void maybe_finish(wconn *c) {
 static int send_msg(braid_worker_call *call, const braid__rpc_msg *m) {
     wconn *c = call->conn;
     int rc = c->t ? braid__rpc_write(c->t, m, c->max_frame) : BRAID_ESHUTDOWN;
-    if (rc == BRAID_EMSGSIZE && m->type == BRAID__RPC_REPLY) {
+    if (rc == BRAID_EMSGSIZE && (m->type == BRAID__RPC_REPLY || m->type == BRAID__RPC_REPLY_BOX)) {
         /* Too large for the pool's frames: the caller gets an error instead. */
         braid__rpc_msg f = { .type = BRAID__RPC_FAIL, .id = m->id, .code = BRAID_EMSGSIZE,
                              .payload = "reply larger than the pool's frame limit", .len = 40 };
         rc = braid__rpc_write(c->t, &f, c->max_frame);
     }
     c->outstanding--;
+    braid_box_free(call->box);
     braid_free(call);
     maybe_finish(c);
     return rc;
@@ -55,6 +66,20 @@ int braid_worker_call_reply(braid_worker_call *call, const void *payload, size_t
     braid__rpc_msg m = { .type = BRAID__RPC_REPLY, .id = call->id, .payload = payload, .len = len };
     return send_msg(call, &m);
 }
+
+int braid_worker_call_reply_box(braid_worker_call *call, const braid_box *b) {
+    size_t n = braid_box_encoded_size(b);
+    unsigned char small[512];
+    unsigned char *buf = n <= sizeof small ? small : braid_malloc(n);
+    if (!buf) return braid_worker_call_fail(call, BRAID_ENOMEM, "out of memory encoding the reply box");
+    (void)braid_box_encode(b, buf, n, NULL);
+    braid__rpc_msg m = { .type = BRAID__RPC_REPLY_BOX, .id = call->id, .payload = buf, .len = n };
+    int rc = send_msg(call, &m);
+    if (buf != small) braid_free(buf);
+    return rc;
+}
+
+const braid_box *braid_worker_call_box(const braid_worker_call *call) { return call->box; }
 
 int braid_worker_call_fail(braid_worker_call *call, int code, const char *message) {
     braid__rpc_msg m = { .type = BRAID__RPC_FAIL, .id = call->id, .code = code < 0 ? code : BRAID_EWORKER_REMOTE,
@@ -71,7 +96,8 @@ static int on_frame(void *ctx, const void *frame, size_t len) {
     braid__rpc_msg m;
     if (braid__rpc_parse(frame, len, &m) < 0) return BRAID_EPROTO_INPUT;
     switch (m.type) {
-    case BRAID__RPC_CALL: {
+    case BRAID__RPC_CALL:
+    case BRAID__RPC_CALL_EX: {
         braid_worker_call *call = braid_malloc(sizeof *call);
         if (!call) {
             braid__rpc_msg f = { .type = BRAID__RPC_FAIL, .id = m.id, .code = BRAID_ENOMEM,
@@ -81,12 +107,27 @@ static int on_frame(void *ctx, const void *frame, size_t len) {
         }
         call->conn = c;
         call->id = m.id;
+        call->box = NULL;
         memcpy(call->command, m.command, m.command_len);
         call->command[m.command_len] = 0;
         c->outstanding++;
+        if (m.flags & BRAID__RPC_F_BOX) {
+            /* A bad box from the parent is an error for this call only. */
+            int rc = braid_box_decode(m.payload, m.len, &call->box);
+            if (rc < 0) {
+                (void)braid_worker_call_fail(call, rc, rc == BRAID_EBOX ? "malformed box in the call"
+                                                                       : "out of memory decoding the call's box");
+                return c->t ? 0 : 1;
+            }
+        }
         for (size_t i = 0; i < c->ncmds; i++) {
             if (!strcmp(c->cmds[i].name, call->command)) {
+                /* The caller's request id, for what the handler logs and schedules. */
+                braid_ctx_scope scope;
+                bool scoped = m.request_id &&
+                              braid_ctx_push_u64(&scope, &braid_log_request_id_key, m.request_id) == 0;
                 c->cmds[i].fn(call, m.payload, m.len, c->cmds[i].arg);
+                if (scoped) braid_ctx_pop(&scope);
                 return c->t ? 0 : 1;
             }
         }
@@ -106,6 +147,54 @@ static int on_frame(void *ctx, const void *frame, size_t len) {
     }
 }
 
+/* ---- log events to the parent ------------------------------------------------------------- */
+static void send_log(wconn *c, const braid_log_event *ev) {
+    unsigned char fields[8192];
+    size_t flen = braid__box_encode_fields(ev->fields, ev->nfields, fields, sizeof fields);
+    size_t nl = ev->ns ? strlen(ev->ns) : 0;
+    size_t tl = strlen(ev->msg);
+    uint32_t dropped = c->log_dropped > UINT32_MAX ? UINT32_MAX : (uint32_t)c->log_dropped;
+    braid__rpc_msg m = { .type = BRAID__RPC_LOG, .level = (unsigned)ev->level, .time_ns = ev->time_ns,
+                         .request_id = ev->request_id, .dropped = dropped, .ns = ev->ns,
+                         .ns_len = nl > 255 ? 255 : nl, .text = ev->msg, .text_len = tl > 65535 ? 65535 : tl,
+                         .payload = fields, .len = flen };
+    c->in_log = true;
+    int rc = braid__rpc_write(c->t, &m, c->max_frame);
+    c->in_log = false;
+    if (rc < 0) c->log_dropped++;
+    else c->log_dropped -= dropped;
+}
+
+static void log_observe(const braid_log_event *ev, void *arg) {
+    wconn *c = arg;
+    braid_logger_stats ls;
+    braid_logger_stats_get(braid_loop_logger(c->loop), &ls);
+    c->log_dropped += ls.dropped - c->logger_dropped;   /* lost between threads and the loop */
+    c->logger_dropped = ls.dropped;
+    if (!c->t || c->log_paused || c->in_log) {
+        c->log_dropped++;
+        return;
+    }
+    send_log(c, ev);
+}
+
+static void log_pause(braid_producer *p) { ((wconn *)p->arg)->log_paused = true; }
+static void log_stop(braid_producer *p) { ((wconn *)p->arg)->log_paused = true; }
+/* The parent caught up: say how many events were lost meanwhile. */
+static void log_resume(braid_producer *p) {
+    wconn *c = p->arg;
+    c->log_paused = false;
+    if (!c->log_dropped || !c->t || c->in_log) return;
+    char msg[128];
+    snprintf(msg, sizeof msg, "%llu log events dropped: the connection to the parent was full",
+             (unsigned long long)c->log_dropped);
+    braid_log_event ev = { .time_ns = 0, .level = BRAID_LOG_WARN, .ns = "braid.process", .msg = msg };
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    ev.time_ns = (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+    send_log(c, &ev);
+}
+
 static void ws_made(braid_protocol *p) {
     wside *ws = (wside *)p;
     ws->c->t = p->transport;
@@ -113,11 +202,16 @@ static void ws_made(braid_protocol *p) {
     (void)braid_transport_set_limits(p->transport, 0, 0, braid__rpc_buffer_cap(ws->c->max_frame, 8));
     braid__rpc_msg m = { .type = BRAID__RPC_READY };
     (void)braid__rpc_write(p->transport, &m, SIZE_MAX);
+    wconn *c = ws->c;
+    c->prod = (braid_producer){ .pause_producing = log_pause, .resume_producing = log_resume,
+                                .stop_producing = log_stop, .arg = c };
+    (void)braid_transport_register_producer(p->transport, &c->prod, true);
 }
 
 static void ws_lost(braid_protocol *p, const braid_failure *reason) {
     wside *ws = (wside *)p;
     ws->c->t = NULL;
+    ws->c->log_paused = true;
     if (reason && reason->code == BRAID_EPROTO_INPUT) ws->c->result = BRAID_EWORKER_PROTOCOL;
     braid_loop_stop(ws->c->loop);
 }
@@ -159,11 +253,19 @@ int braid_worker_main(braid_loop *loop, const braid_worker_command *cmds, size_t
         if (rc < 0) braid_free(ws);
     }
     if (rc == 0) {
+        /* From here the loop's log events go to the parent (with the ones
+         * kept from before, replayed to this first observer). */
+        braid_logger *lg = braid_loop_logger(loop);
+        braid_logger_stats ls;
+        braid_logger_stats_get(lg, &ls);
+        c.logger_dropped = ls.dropped;
+        if (braid_logger_add_callback(lg, log_observe, &c, &c.obs) < 0) c.obs = NULL;
         while (c.t) {
             if ((rc = braid_loop_run(loop)) < 0) break;
         }
         /* connection_lost has run (it stops the loop): let its transport go. */
         braid_loop_run_once(loop, BRAID_LOOP_RUN_NOWAIT);
+        if (c.obs) braid_log_observer_remove(c.obs);
         if (rc == 0) rc = c.result;
     }
     if (own) (void)braid_loop_free(own);

@@ -3,6 +3,7 @@
  * recycling and shutdown. The wire format is rpc.c's; the worker's side
  * is worker.c. */
 #include "process/process_internal.h"
+#include <braid/introspect.h>
 #include <fcntl.h>
 #include <signal.h>
 #include <stdio.h>
@@ -19,6 +20,8 @@ struct wcall {
     braid_deferred *d;             /* the producer's reference; NULL once cancelled */
     uint32_t id;
     bool idempotent, resent;
+    bool box;                      /* the payload is a box's encoding */
+    uint64_t request_id;           /* the caller's context's (0: none) */
     braid_timer timer;
     bool timer_armed;
     size_t command_len, len;
@@ -38,6 +41,8 @@ struct worker {
     wproto *proto;
     bool ready, retiring;
     bool broken;                   /* a send failed: its connection is going */
+    uint64_t calls_failed;         /* of calls_done, answered with a failure */
+    unsigned index;                /* the lowest free at its spawn: a replacement takes its predecessor's */
     unsigned in_flight;
     uint64_t calls_done;
     wcall head;                    /* calls sent to it (sentinel) */
@@ -50,6 +55,8 @@ struct braid_workers {
     braid_workers_options o;
     char *program;
     char **argv;
+    braid_process_fd *fds;         /* the pool's 4, then opts.fds */
+    size_t nfds;
     char role_env[300];
     worker head;                   /* sentinel */
     unsigned alive;                /* workers in the list */
@@ -67,6 +74,8 @@ struct braid_workers {
     int depth;                     /* inside callers' callbacks: free deferred */
     bool freeing, free_pending;
     struct braid_workers_stats st;
+    char *role;                    /* for introspection; NULL: none */
+    braid_introspect_node inode;   /* its entry in the loop's "workers" section */
 };
 
 static void dispatch(braid_workers *pool);
@@ -251,29 +260,49 @@ static const braid_process_protocol worker_proc_proto = { .ended = proc_ended };
 
 /* ---- frames from a worker ---------------------------------------------------------------- */
 static void send_call(worker *w, wcall *c);
+static int on_log(worker *w, const braid__rpc_msg *m);
 
-static void on_reply(worker *w, const braid__rpc_msg *m) {
+static void reply_free(void *p) {
+    braid_worker_reply *r = p;
+    braid_box_free(r->box);
+    braid_free(r);
+}
+
+/* box: a REPLY_BOX's, decoded (taken over). */
+static void on_reply(worker *w, const braid__rpc_msg *m, braid_box *box) {
     braid_workers *pool = w->pool;
     wcall *c = w->head.next;
     while (c != &w->head && c->id != m->id) c = c->next;
-    if (c == &w->head) return;   /* a reply to nothing: a call already failed/cancelled... */
+    if (c == &w->head) {   /* a reply to nothing: a call already failed/cancelled... */
+        braid_box_free(box);
+        return;
+    }
     call_unlink(c);
     c->w = NULL;
     w->in_flight--;
     w->calls_done++;
+    w->calls_failed += m->type == BRAID__RPC_FAIL;
     pool->st.calls++;
     braid_deferred *d = c->d;
     c->d = NULL;
     if (d) {
-        if (m->type == BRAID__RPC_REPLY) {
+        if (m->type != BRAID__RPC_FAIL) {
             braid_worker_reply *r = braid_malloc(sizeof *r + m->len + 1);
+            if (m->type == BRAID__RPC_REPLY_BOX && !box) {   /* its decoding ran out of memory */
+                braid_free(r);
+                r = NULL;
+            }
             if (!r) {
+                braid_box_free(box);
+                box = NULL;
                 braid_deferred_errback(d, braid_failure_new(BRAID_ENOMEM, "worker reply"));
             } else {
+                r->box = box;
+                box = NULL;
                 r->len = m->len;
                 if (m->len) memcpy(r->data, m->payload, m->len);
                 r->data[m->len] = 0;
-                braid_deferred_callback(d, r, braid_free);
+                braid_deferred_callback(d, r, reply_free);
             }
         } else {
             int code = m->code >= BRAID_ERRLAST ? m->code : BRAID_EWORKER_REMOTE;
@@ -283,6 +312,7 @@ static void on_reply(worker *w, const braid__rpc_msg *m) {
                                                         (const char *)m->payload));
         }
     }
+    braid_box_free(box);
     call_free(c);
 }
 
@@ -300,17 +330,33 @@ static int on_frame(void *ctx, const void *frame, size_t len) {
         pool->start_failures = 0;
         pool->backoff = 0;
         break;
+    case BRAID__RPC_LOG: {
+        pool->depth++;   /* an observer may free the pool */
+        int rc = on_log(w, &m);
+        if (depth_leave(pool) || !wp->w) return 1;
+        if (rc < 0) return rc;
+        break;
+    }
     case BRAID__RPC_REPLY:
-    case BRAID__RPC_FAIL:
+    case BRAID__RPC_REPLY_BOX:
+    case BRAID__RPC_FAIL: {
         if (!w->ready) return BRAID_EPROTO_INPUT;
+        braid_box *box = NULL;
+        if (m.type == BRAID__RPC_REPLY_BOX) {
+            /* A garbage box is a garbage frame: the worker is killed. */
+            int rc = braid_box_decode(m.payload, m.len, &box);
+            if (rc == BRAID_EBOX) return BRAID_EPROTO_INPUT;
+            if (rc < 0) box = NULL;   /* no memory: the call fails with BRAID_ENOMEM */
+        }
         pool->depth++;
-        on_reply(w, &m);
+        on_reply(w, &m, box);
         if (depth_leave(pool) || !wp->w) return 1;   /* a callback freed the pool */
         if (pool->o.recycle_after && w->calls_done >= pool->o.recycle_after && !w->retiring) {
             w->retiring = true;
             pool->st.recycled++;
         }
         break;
+    }
     default:
         return BRAID_EPROTO_INPUT;
     }
@@ -318,6 +364,36 @@ static int on_frame(void *ctx, const void *frame, size_t len) {
     spawn_missing(pool);
     dispatch(pool);
     maybe_shutdown_done(pool);
+    return 0;
+}
+
+/* A log event from the worker: to the parent's logger (its filters apply),
+ * with the worker's index and pid, and the request id it carried. */
+static int on_log(worker *w, const braid__rpc_msg *m) {
+    braid_workers *pool = w->pool;
+    braid_box *box;
+    int rc = braid_box_decode(m->payload, m->len, &box);
+    if (rc == BRAID_EBOX) return BRAID_EPROTO_INPUT;   /* a garbage box is a garbage frame */
+    pool->st.log_events++;
+    pool->st.log_dropped += m->dropped;
+    if (rc < 0) {   /* no memory: this one is lost too */
+        pool->st.log_dropped++;
+        return 0;
+    }
+    braid_log_field f[BRAID_BOX_MAX_KEYS + 3];
+    size_t n = braid__box_to_fields(box, f, BRAID_BOX_MAX_KEYS);
+    f[n++] = BRAID_LOG_U64("worker", w->index);
+    f[n++] = BRAID_LOG_I64("pid", (int64_t)braid_process_pid(w->proc));
+    if (m->dropped) f[n++] = BRAID_LOG_U64("worker_dropped", m->dropped);
+    char ns[256];
+    snprintf(ns, sizeof ns, "%.*s", (int)m->ns_len, m->ns);
+    braid_ctx_scope scope;
+    bool scoped = (m->request_id || braid_ctx_get_u64(&braid_log_request_id_key, 0)) &&
+                  braid_ctx_push_u64(&scope, &braid_log_request_id_key, m->request_id) == 0;
+    braid_log_emit(braid_loop_logger(pool->loop), (braid_log_level)m->level, m->ns_len ? ns : NULL, f, n,
+                   "%.*s", (int)m->text_len, m->text);
+    if (scoped) braid_ctx_pop(&scope);
+    braid_box_free(box);
     return 0;
 }
 
@@ -387,6 +463,12 @@ static int worker_spawn(braid_workers *pool, braid_failure **failure) {
     }
     w->pool = pool;
     w->head.next = w->head.prev = &w->head;
+    for (bool taken = true; taken;) {   /* the lowest index no live worker has */
+        taken = false;
+        for (worker *o = pool->head.next; o != &pool->head; o = o->next)
+            if (o->index == w->index && !o->retiring) taken = true;
+        if (taken) w->index++;
+    }
     braid_timer_init(pool->loop, &w->stop_timer, stop_timer_cb, w);
     wp->fp.base.ops = &wp_ops;
     wp->w = w;
@@ -394,11 +476,12 @@ static int worker_spawn(braid_workers *pool, braid_failure **failure) {
     snprintf(maxenv, sizeof maxenv, "BRAID_WORKER_MAX_FRAME=%zu", pool->o.max_frame);
     const char *env[] = { "BRAID_WORKER=3", maxenv, pool->role_env[0] ? pool->role_env : NULL, NULL };
     int out = pool->o.devnull_output ? BRAID_PROCESS_FD_DEVNULL : BRAID_PROCESS_FD_INHERIT;
-    braid_process_fd fds[] = { { 0, BRAID_PROCESS_FD_DEVNULL, 0, NULL },
-                               { 1, (braid_process_fd_kind)out, 1, NULL },
-                               { 2, (braid_process_fd_kind)out, 2, NULL },
-                               { 3, BRAID_PROCESS_FD_STREAM, 0, &wp->fp.base } };
-    size_t nfds = 4;
+    braid_process_fd *fds = pool->fds;   /* 4 + the caller's extra ones */
+    fds[0] = (braid_process_fd){ 0, BRAID_PROCESS_FD_DEVNULL, 0, NULL };
+    fds[1] = (braid_process_fd){ 1, (braid_process_fd_kind)out, 1, NULL };
+    fds[2] = (braid_process_fd){ 2, (braid_process_fd_kind)out, 2, NULL };
+    fds[3] = (braid_process_fd){ 3, BRAID_PROCESS_FD_STREAM, 0, &wp->fp.base };
+    size_t nfds = pool->nfds;
     /* A parent whose stdout/stderr is closed passes /dev/null instead. */
     if (out == BRAID_PROCESS_FD_INHERIT) {
         for (int i = 1; i <= 2; i++)
@@ -473,6 +556,11 @@ static void send_call(worker *w, wcall *c) {
     w->in_flight++;
     braid__rpc_msg m = { .type = BRAID__RPC_CALL, .id = c->id, .command = c->command,
                          .command_len = c->command_len, .payload = c->payload, .len = c->len };
+    if (c->box || c->request_id) {
+        m.type = BRAID__RPC_CALL_EX;
+        m.flags = (c->box ? BRAID__RPC_F_BOX : 0) | (c->request_id ? BRAID__RPC_F_RID : 0);
+        m.request_id = c->request_id;
+    }
     int rc = braid__rpc_write(w->proto->fp.base.transport, &m, pool->o.max_frame);
     if (rc < 0) {
         /* The connection is going (its connection_lost handles the worker):
@@ -523,6 +611,54 @@ static void call_timeout_cb(braid_timer *t, void *arg) {
     worker_lost(c->w, BRAID_ETIMEDOUT, "a call timed out", c);
 }
 
+/* ---- introspection: the loop's "workers" section ---------------------------------------------- */
+static const char *worker_state(const worker *w) {
+    if (w->retiring) return "retiring";
+    if (w->broken || !w->proto) return "closing";
+    return w->ready ? "ready" : "starting";
+}
+
+static void describe(braid_json *j, void *arg) {
+    braid_workers *pool = arg;
+    struct braid_workers_stats s;
+    braid_workers_stats(pool, &s);
+    braid_json_object_begin(j);
+    braid_json_kv_str(j, "name", pool->role ? pool->role : pool->program);
+    braid_json_kv_str(j, "program", pool->program);
+    braid_json_kv_str(j, "role", pool->role);
+    braid_json_kv_u64(j, "count", pool->o.count);
+    braid_json_kv_u64(j, "alive", s.workers);
+    braid_json_kv_u64(j, "ready", s.ready);
+    braid_json_kv_u64(j, "queued", s.queued);
+    braid_json_kv_u64(j, "queue_limit", pool->o.queue_limit);
+    braid_json_kv_u64(j, "in_flight", s.in_flight);
+    braid_json_kv_u64(j, "max_in_flight", pool->o.max_in_flight);
+    braid_json_kv_u64(j, "calls", s.calls);
+    braid_json_kv_u64(j, "spawned", s.spawned);
+    braid_json_kv_u64(j, "restarts", s.spawned > pool->o.count ? s.spawned - pool->o.count : 0);
+    braid_json_kv_u64(j, "lost", s.lost);
+    braid_json_kv_u64(j, "timeouts", s.timeouts);
+    braid_json_kv_u64(j, "recycled", s.recycled);
+    braid_json_kv_u64(j, "resent", s.resent);
+    braid_json_kv_u64(j, "log_events", s.log_events);
+    braid_json_kv_u64(j, "log_dropped", s.log_dropped);
+    braid_json_kv_str(j, "state", pool->shutting ? (pool->draining ? "draining" : "stopping") : "running");
+    braid_json_key(j, "workers");
+    braid_json_array_begin(j);
+    for (const worker *w = pool->head.next; w != &pool->head; w = w->next) {
+        braid_json_object_begin(j);
+        braid_json_kv_u64(j, "index", w->index);
+        braid_json_kv_i64(j, "pid", (int64_t)braid_process_pid(w->proc));
+        braid_json_kv_str(j, "state", worker_state(w));
+        braid_json_kv_u64(j, "in_flight", w->in_flight);
+        braid_json_kv_u64(j, "calls", w->calls_done);
+        braid_json_kv_u64(j, "failed", w->calls_failed);
+        braid_json_object_end(j);
+    }
+    braid_json_array_end(j);
+    braid_json_object_end(j);
+}
+
 /* ---- the public API ----------------------------------------------------------------------------- */
 int braid_workers_new(braid_loop *loop, const braid_workers_options *opts, braid_workers **out) {
     BRAID__LOOP_AFFINE(loop);
@@ -537,6 +673,16 @@ int braid_workers_new(braid_loop *loop, const braid_workers_options *opts, braid
     if (o.max_frame < 512) o.max_frame = 512;
     if (!o.call_timeout) o.call_timeout = BRAID_SECONDS(60);
     if (o.role && strlen(o.role) > 250) return BRAID_EINVAL;
+    if (o.nfds && !o.fds) return BRAID_EINVAL;
+    for (size_t i = 0; i < o.nfds; i++) {
+        const braid_process_fd *f = &o.fds[i];
+        if (f->child_fd < 4 || f->child_fd > 1023 || f->protocol ||
+            (f->kind != BRAID_PROCESS_FD_INHERIT && f->kind != BRAID_PROCESS_FD_DEVNULL) ||
+            (f->kind == BRAID_PROCESS_FD_INHERIT && f->parent_fd < 0))
+            return BRAID_EINVAL;
+        for (size_t k = 0; k < i; k++)
+            if (o.fds[k].child_fd == f->child_fd) return BRAID_EINVAL;
+    }
     braid_workers *pool = braid_calloc(1, sizeof *pool);
     if (!pool) return BRAID_ENOMEM;
     pool->loop = loop;
@@ -546,11 +692,14 @@ int braid_workers_new(braid_loop *loop, const braid_workers_options *opts, braid
     pool->next_id = 1;
     if (o.role) snprintf(pool->role_env, sizeof pool->role_env, "BRAID_WORKER_ROLE=%s", o.role);
     pool->program = braid_strdup(o.program ? o.program : "/proc/self/exe");
+    pool->nfds = 4 + o.nfds;
+    pool->fds = braid_calloc(pool->nfds, sizeof *pool->fds);
+    if (pool->fds && o.nfds) memcpy(pool->fds + 4, o.fds, o.nfds * sizeof *o.fds);
     size_t na = 0;
     if (o.argv) while (o.argv[na]) na++;
     pool->argv = braid_calloc(na ? na + 1 : 2, sizeof(char *));
     int rc = BRAID_ENOMEM;
-    if (!pool->program || !pool->argv) goto fail;
+    if (!pool->program || !pool->argv || !pool->fds) goto fail;
     if (na) {
         for (size_t i = 0; i < na; i++)
             if (!(pool->argv[i] = braid_strdup(o.argv[i]))) goto fail;
@@ -560,6 +709,8 @@ int braid_workers_new(braid_loop *loop, const braid_workers_options *opts, braid
     pool->o.program = NULL;
     pool->o.argv = NULL;
     pool->o.role = NULL;
+    pool->o.fds = NULL;
+    if (o.role && !(pool->role = braid_strdup(o.role))) goto fail;
     braid_timer_init(loop, &pool->respawn_timer, respawn_cb, pool);
     braid_handle_open(loop, &pool->handle, "workers");
     for (unsigned i = 0; i < o.count; i++) {
@@ -577,28 +728,35 @@ int braid_workers_new(braid_loop *loop, const braid_workers_options *opts, braid
             break;
         }
     }
+    braid_introspect_add(loop, &pool->inode, "workers", describe, pool);
     *out = pool;
     return 0;
 fail:
     if (pool->argv)
         for (size_t i = 0; pool->argv[i]; i++) braid_free(pool->argv[i]);
     braid_free(pool->argv);
+    braid_free(pool->fds);
+    braid_free(pool->role);
     braid_free(pool->program);
     braid_free(pool);
     return rc;
 }
 
-braid_deferred *braid_workers_call(braid_workers *pool, const char *command, const void *payload,
-                                   size_t len, const braid_workers_call_options *opts) {
+/* A call of bytes (payload, len), or of box's encoding (len its size). */
+static braid_deferred *call_submit(braid_workers *pool, const char *command, const void *payload,
+                                   size_t len, const braid_box *box,
+                                   const braid_workers_call_options *opts) {
     BRAID__LOOP_AFFINE(pool->loop);
     braid_loop *loop = pool->loop;
     size_t cl = command ? strlen(command) : 0;
-    if (cl == 0 || cl > 255 || (len && !payload))
+    if (cl == 0 || cl > 255 || (len && !payload && !box))
         return braid_deferred_fail(loop, braid_failure_new(BRAID_EINVAL, "worker call: bad command or payload"));
     if (pool->shutting)
         return braid_deferred_fail(loop, braid_failure_new(BRAID_ESHUTDOWN, "call '%s': the pool is shutting down",
                                                   command));
-    if (4 + BRAID__RPC_HEADER + 1 + cl + len > pool->o.max_frame + 4)
+    uint64_t rid = braid_ctx_get_u64(&braid_log_request_id_key, 0);
+    size_t ex = box || rid ? 1 + (rid ? 8 : 0) : 0;   /* CALL_EX's flags and request id */
+    if (4 + BRAID__RPC_HEADER + ex + 1 + cl + len > pool->o.max_frame + 4)
         return braid_deferred_fail(loop, braid_failure_new(BRAID_EMSGSIZE, "call '%s': %zu bytes pass the frame limit",
                                                   command, len));
     if (pool->queued >= pool->o.queue_limit)
@@ -622,7 +780,10 @@ braid_deferred *braid_workers_call(braid_workers *pool, const char *command, con
     memcpy(c->command, command, cl);
     c->payload = (unsigned char *)c->command + cl;
     c->len = len;
-    if (len) memcpy(c->payload, payload, len);
+    if (box) (void)braid_box_encode(box, c->payload, len, NULL);
+    else if (len) memcpy(c->payload, payload, len);
+    c->box = box != NULL;
+    c->request_id = rid;
     c->idempotent = opts && opts->idempotent;
     uint64_t timeout = opts && opts->timeout ? opts->timeout : pool->o.call_timeout;
     braid_timer_init(loop, &c->timer, call_timeout_cb, c);
@@ -641,6 +802,17 @@ braid_deferred *braid_workers_call(braid_workers *pool, const char *command, con
     }
     dispatch(pool);
     return d;
+}
+
+braid_deferred *braid_workers_call(braid_workers *pool, const char *command, const void *payload,
+                                   size_t len, const braid_workers_call_options *opts) {
+    return call_submit(pool, command, payload, len, NULL, opts);
+}
+
+braid_deferred *braid_workers_call_box(braid_workers *pool, const char *command, const braid_box *b,
+                                       const braid_workers_call_options *opts) {
+    if (!b) return call_submit(pool, command, NULL, 1, NULL, opts);   /* BRAID_EINVAL */
+    return call_submit(pool, command, NULL, braid_box_encoded_size(b), b, opts);
 }
 
 /* Fail every queued call, and (when sent too) every sent one, with code.
@@ -763,7 +935,10 @@ static void pool_final_free(braid_workers *pool) {
     }
     for (size_t i = 0; pool->argv[i]; i++) braid_free(pool->argv[i]);
     braid_free(pool->argv);
+    braid_free(pool->fds);
+    braid_free(pool->role);
     braid_free(pool->program);
+    braid_introspect_remove(pool->loop, &pool->inode);
     braid_handle_close(pool->loop, &pool->handle);
     braid_free(pool);
 }

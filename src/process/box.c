@@ -1,0 +1,488 @@
+/* Boxes: the small typed key/value payloads of worker calls (process.h),
+ * after Twisted's AMP boxes, and their encoding. The decoder reads what
+ * another process sent, so it trusts nothing (fuzz/fuzz_box.c): every
+ * length is checked against what is left, keys are unique, counts are
+ * bounded, and the encoding is canonical (decoding then encoding gives the
+ * very bytes back).
+ *
+ * Encoding (all integers big-endian):
+ *   u8  version (1)
+ *   u16 count of entries (0 ... BRAID_BOX_MAX_KEYS)
+ *   count x { u8 key length (1 ... 255), the key, u8 type, the value }
+ *     I64, U64: 8 bytes; F64: the IEEE-754 bits, 8 bytes; BOOL: 1 byte, 0 or 1;
+ *     BYTES, STR: u32 length, the bytes (STR: UTF-8, no NUL);
+ *     LIST: u32 count of items (<= BRAID_BOX_MAX_ITEMS), then each
+ *           u32 length and the bytes
+ *   and nothing after the last entry. */
+#include "process/process_internal.h"
+#include <string.h>
+
+typedef struct box_entry {
+    void *mem;                     /* its own block (the key, NUL, the value), or NULL: in the box's */
+    const char *key;               /* NUL-terminated */
+    unsigned char *val;            /* BYTES/STR: NUL after; LIST: the items' encoding */
+    size_t len;                    /* BYTES/STR: bytes; LIST: the items' encoding */
+    uint32_t items;                /* LIST */
+    uint8_t klen;
+    braid_box_type type;
+    union { int64_t i64; uint64_t u64; double f64; bool b; } n;
+} box_entry;
+
+/* A built box holds its first entries inline and allocates one block per
+ * entry; a decoded box is one allocation: the box, its entries and their
+ * keys and values (entries changed later get blocks of their own). */
+#define INLINE_ENTRIES 4
+struct braid_box {
+    box_entry *e;                  /* inl, the decoded block's array, or its own allocation */
+    size_t n, cap;
+    bool e_own;                    /* e was allocated apart */
+    box_entry inl[INLINE_ENTRIES];
+};
+
+int braid_box_new(braid_box **out) {
+    braid_box *b = braid_malloc(sizeof *b);
+    if (!b) return BRAID_ENOMEM;
+    b->e = b->inl;
+    b->n = 0;
+    b->cap = INLINE_ENTRIES;
+    b->e_own = false;
+    *out = b;
+    return 0;
+}
+
+void braid_box_free(braid_box *b) {
+    if (!b) return;
+    for (size_t i = 0; i < b->n; i++) braid_free(b->e[i].mem);
+    if (b->e_own) braid_free(b->e);
+    braid_free(b);
+}
+
+static box_entry *find(const braid_box *b, const char *key, size_t klen) {
+    for (size_t i = 0; i < b->n; i++)
+        if (b->e[i].klen == klen && !memcmp(b->e[i].key, key, klen)) return &b->e[i];
+    return NULL;
+}
+
+/* Is s (len bytes) UTF-8 without a NUL? (RFC 3629: no overlongs, no
+ * surrogates, nothing above U+10FFFF.) */
+static bool utf8_text(const unsigned char *s, size_t len) {
+    for (size_t i = 0; i < len;) {
+        unsigned c = s[i];
+        if (c == 0) return false;
+        if (c < 0x80) { i++; continue; }
+        size_t n;
+        unsigned lo = 0x80, hi = 0xBF;
+        if (c >= 0xC2 && c <= 0xDF) n = 1;
+        else if (c >= 0xE0 && c <= 0xEF) { n = 2; if (c == 0xE0) lo = 0xA0; if (c == 0xED) hi = 0x9F; }
+        else if (c >= 0xF0 && c <= 0xF4) { n = 3; if (c == 0xF0) lo = 0x90; if (c == 0xF4) hi = 0x8F; }
+        else return false;
+        if (len - i - 1 < n) return false;
+        if (s[i + 1] < lo || s[i + 1] > hi) return false;
+        for (size_t k = 2; k <= n; k++)
+            if ((s[i + k] & 0xC0) != 0x80) return false;
+        i += n + 1;
+    }
+    return true;
+}
+
+/* Put key = a value of type with vlen bytes at v (copied; NUL added): a new
+ * entry, or the old one replaced. The entry is returned for numbers. */
+static int put(braid_box *b, const char *key, size_t klen, braid_box_type type, const void *v,
+               size_t vlen, box_entry **out) {
+    if (klen == 0 || klen > BRAID_BOX_MAX_KEY) return BRAID_EINVAL;
+    box_entry *e = find(b, key, klen);
+    if (!e && b->n >= BRAID_BOX_MAX_KEYS) return BRAID_EMSGSIZE;
+    if (vlen > SIZE_MAX - klen - 2) return BRAID_EMSGSIZE;
+    char *mem = braid_malloc(klen + 1 + vlen + 1);
+    if (!mem) return BRAID_ENOMEM;
+    if (!e && b->n == b->cap) {
+        size_t cap = b->cap * 2;
+        box_entry *ne = b->e_own ? braid_realloc(b->e, cap * sizeof *ne) : braid_malloc(cap * sizeof *ne);
+        if (!ne) {
+            braid_free(mem);
+            return BRAID_ENOMEM;
+        }
+        if (!b->e_own) memcpy(ne, b->e, b->n * sizeof *ne);
+        b->e = ne;
+        b->cap = cap;
+        b->e_own = true;
+    }
+    if (e) braid_free(e->mem);
+    else e = &b->e[b->n++];
+    memset(e, 0, sizeof *e);
+    memcpy(mem, key, klen);
+    mem[klen] = 0;
+    e->mem = mem;
+    e->key = mem;
+    e->klen = (uint8_t)klen;
+    e->type = type;
+    e->val = (unsigned char *)mem + klen + 1;
+    if (vlen && v) memcpy(e->val, v, vlen);
+    e->val[vlen] = 0;
+    e->len = vlen;
+    if (out) *out = e;
+    return 0;
+}
+
+int braid_box_set_bytes(braid_box *b, const char *key, const void *p, size_t len) {
+    if (len && !p) return BRAID_EINVAL;
+    if (len > UINT32_MAX) return BRAID_EMSGSIZE;
+    return put(b, key, key ? strlen(key) : 0, BRAID_BOX_BYTES, p, len, NULL);
+}
+
+int braid_box_set_str(braid_box *b, const char *key, const char *s) {
+    if (!s) return BRAID_EINVAL;
+    size_t len = strlen(s);
+    if (len > UINT32_MAX) return BRAID_EMSGSIZE;
+    if (!utf8_text((const unsigned char *)s, len)) return BRAID_EINVAL;
+    return put(b, key, key ? strlen(key) : 0, BRAID_BOX_STR, s, len, NULL);
+}
+
+#define SET_NUM(name, T, TYPE, field)                                                  \
+    int braid_box_set_##name(braid_box *b, const char *key, T v) {                     \
+        box_entry *e;                                                                  \
+        int rc = put(b, key, key ? strlen(key) : 0, TYPE, NULL, 0, &e);                \
+        if (rc == 0) e->n.field = v;                                                   \
+        return rc;                                                                     \
+    }
+SET_NUM(i64, int64_t, BRAID_BOX_I64, i64)
+SET_NUM(u64, uint64_t, BRAID_BOX_U64, u64)
+SET_NUM(f64, double, BRAID_BOX_F64, f64)
+SET_NUM(bool, bool, BRAID_BOX_BOOL, b)
+
+int braid_box_append(braid_box *b, const char *key, const void *p, size_t len) {
+    size_t klen = key ? strlen(key) : 0;
+    if (len && !p) return BRAID_EINVAL;
+    if (len > UINT32_MAX - 4) return BRAID_EMSGSIZE;
+    box_entry *e = klen ? find(b, key, klen) : NULL;
+    if (!e) {
+        unsigned char l[4];
+        braid__put32(l, (uint32_t)len);
+        int rc = put(b, key, klen, BRAID_BOX_LIST, NULL, 4 + len, &e);
+        if (rc < 0) return rc;
+        memcpy(e->val, l, 4);
+        if (len) memcpy(e->val + 4, p, len);
+        e->items = 1;
+        return 0;
+    }
+    if (e->type != BRAID_BOX_LIST) return BRAID_EBOX_TYPE;
+    if (e->items >= BRAID_BOX_MAX_ITEMS || e->len > UINT32_MAX - 4 - len) return BRAID_EMSGSIZE;
+    char *mem;
+    if (e->mem) {
+        mem = braid_realloc(e->mem, e->klen + 1 + e->len + 4 + len + 1);
+    } else if ((mem = braid_malloc(e->klen + 1 + e->len + 4 + len + 1)) != NULL) {
+        /* In a decoded box's block: it gets a block of its own. */
+        memcpy(mem, e->key, e->klen + 1u);
+        memcpy(mem + e->klen + 1, e->val, e->len);
+    }
+    if (!mem) return BRAID_ENOMEM;
+    e->mem = mem;
+    e->key = mem;
+    e->val = (unsigned char *)mem + e->klen + 1;
+    braid__put32(e->val + e->len, (uint32_t)len);
+    if (len) memcpy(e->val + e->len + 4, p, len);
+    e->len += 4 + len;
+    e->val[e->len] = 0;
+    e->items++;
+    return 0;
+}
+
+/* ---- reading ------------------------------------------------------------------------ */
+size_t braid_box_count(const braid_box *b) { return b->n; }
+
+const char *braid_box_key(const braid_box *b, size_t i) { return i < b->n ? b->e[i].key : NULL; }
+
+static const box_entry *lookup(const braid_box *b, const char *key) {
+    return key ? find(b, key, strlen(key)) : NULL;
+}
+
+braid_box_type braid_box_kind(const braid_box *b, const char *key) {
+    const box_entry *e = lookup(b, key);
+    return e ? e->type : (braid_box_type)0;
+}
+
+#define GET_NUM(name, T, TYPE, field)                                                  \
+    int braid_box_##name(const braid_box *b, const char *key, T *out) {                \
+        const box_entry *e = lookup(b, key);                                           \
+        if (!e) return BRAID_ENOENT;                                                   \
+        if (e->type != TYPE) return BRAID_EBOX_TYPE;                                   \
+        *out = e->n.field;                                                             \
+        return 0;                                                                      \
+    }
+GET_NUM(i64, int64_t, BRAID_BOX_I64, i64)
+GET_NUM(u64, uint64_t, BRAID_BOX_U64, u64)
+GET_NUM(f64, double, BRAID_BOX_F64, f64)
+GET_NUM(bool, bool, BRAID_BOX_BOOL, b)
+
+const char *braid_box_str(const braid_box *b, const char *key) {
+    const box_entry *e = lookup(b, key);
+    return e && e->type == BRAID_BOX_STR ? (const char *)e->val : NULL;
+}
+
+int braid_box_bytes(const braid_box *b, const char *key, const void **p, size_t *len) {
+    const box_entry *e = lookup(b, key);
+    if (!e) return BRAID_ENOENT;
+    if (e->type != BRAID_BOX_BYTES && e->type != BRAID_BOX_STR) return BRAID_EBOX_TYPE;
+    *p = e->val;
+    *len = e->len;
+    return 0;
+}
+
+size_t braid_box_items(const braid_box *b, const char *key) {
+    const box_entry *e = lookup(b, key);
+    return e && e->type == BRAID_BOX_LIST ? e->items : 0;
+}
+
+int braid_box_item(const braid_box *b, const char *key, size_t i, const void **p, size_t *len) {
+    const box_entry *e = lookup(b, key);
+    if (!e) return BRAID_ENOENT;
+    if (e->type != BRAID_BOX_LIST) return BRAID_EBOX_TYPE;
+    if (i >= e->items) return BRAID_ENOENT;
+    const unsigned char *at = e->val;
+    for (;;) {
+        uint32_t l = braid__get32(at);
+        if (i-- == 0) {
+            *p = at + 4;
+            *len = l;
+            return 0;
+        }
+        at += 4 + (size_t)l;
+    }
+}
+
+/* ---- encoding ------------------------------------------------------------------------ */
+static size_t value_size(const box_entry *e) {
+    switch (e->type) {
+    case BRAID_BOX_BOOL: return 1;
+    case BRAID_BOX_BYTES:
+    case BRAID_BOX_STR:
+    case BRAID_BOX_LIST: return 4 + e->len;
+    default: return 8;
+    }
+}
+
+size_t braid_box_encoded_size(const braid_box *b) {
+    size_t n = 3;
+    for (size_t i = 0; i < b->n; i++) n += 2 + (size_t)b->e[i].klen + value_size(&b->e[i]);
+    return n;
+}
+
+int braid_box_encode(const braid_box *b, void *buf, size_t cap, size_t *len) {
+    size_t need = braid_box_encoded_size(b);
+    if (need > cap) return BRAID_EMSGSIZE;
+    unsigned char *o = buf;
+    o[0] = BRAID_BOX_VERSION;
+    o[1] = (unsigned char)(b->n >> 8);
+    o[2] = (unsigned char)b->n;
+    o += 3;
+    for (size_t i = 0; i < b->n; i++) {
+        const box_entry *e = &b->e[i];
+        *o++ = e->klen;
+        memcpy(o, e->key, e->klen);
+        o += e->klen;
+        *o++ = (unsigned char)e->type;
+        switch (e->type) {
+        case BRAID_BOX_BOOL: *o++ = e->n.b; break;
+        case BRAID_BOX_I64: braid__put64(o, (uint64_t)e->n.i64); o += 8; break;
+        case BRAID_BOX_U64: braid__put64(o, e->n.u64); o += 8; break;
+        case BRAID_BOX_F64: {
+            uint64_t u;
+            memcpy(&u, &e->n.f64, 8);
+            braid__put64(o, u);
+            o += 8;
+            break;
+        }
+        case BRAID_BOX_LIST:
+            braid__put32(o, e->items);
+            memcpy(o + 4, e->val, e->len);
+            o += 4 + e->len;
+            break;
+        default:
+            braid__put32(o, (uint32_t)e->len);
+            if (e->len) memcpy(o + 4, e->val, e->len);
+            o += 4 + e->len;
+            break;
+        }
+    }
+    if (len) *len = need;
+    return 0;
+}
+
+/* ---- decoding ------------------------------------------------------------------------
+ * Two passes over the input: the first checks its shape and sizes the
+ * block (keys and values with their NULs), the second fills it. */
+static size_t value_wire(const unsigned char *p, const unsigned char *end, braid_box_type type,
+                         uint32_t *items) {
+    size_t left = (size_t)(end - p);
+    switch (type) {
+    case BRAID_BOX_BOOL: return left >= 1 && p[0] <= 1 ? 1 : 0;
+    case BRAID_BOX_I64:
+    case BRAID_BOX_U64:
+    case BRAID_BOX_F64: return left >= 8 ? 8 : 0;
+    case BRAID_BOX_BYTES:
+    case BRAID_BOX_STR: {
+        if (left < 4 || left - 4 < braid__get32(p)) return 0;
+        size_t vlen = braid__get32(p);
+        if (type == BRAID_BOX_STR && !utf8_text(p + 4, vlen)) return 0;
+        return 4 + vlen;
+    }
+    case BRAID_BOX_LIST: {
+        if (left < 4) return 0;
+        uint32_t n = braid__get32(p);
+        if (n > BRAID_BOX_MAX_ITEMS) return 0;
+        const unsigned char *q = p + 4;
+        for (uint32_t k = 0; k < n; k++) {
+            if (end - q < 4 || (size_t)(end - q) - 4 < braid__get32(q)) return 0;
+            q += 4 + (size_t)braid__get32(q);
+        }
+        *items = n;
+        return (size_t)(q - p);
+    }
+    default: return 0;
+    }
+}
+
+int braid_box_decode(const void *buf, size_t len, braid_box **out) {
+    const unsigned char *start = buf, *end = start + len, *p = start + 3;
+    if (len < 3 || start[0] != BRAID_BOX_VERSION) return BRAID_EBOX;
+    size_t count = (size_t)start[1] << 8 | start[2];
+    if (count > BRAID_BOX_MAX_KEYS) return BRAID_EBOX;
+    size_t arena = 0;
+    for (size_t i = 0; i < count; i++) {
+        if (end - p < 1) return BRAID_EBOX;
+        size_t klen = *p++;
+        if (klen == 0 || (size_t)(end - p) < klen + 1 || memchr(p, 0, klen)) return BRAID_EBOX;
+        p += klen;
+        braid_box_type type = (braid_box_type)*p++;
+        uint32_t items = 0;
+        size_t w = value_wire(p, end, type, &items);
+        if (w == 0) return BRAID_EBOX;
+        p += w;
+        arena += klen + 1 + (type == BRAID_BOX_BYTES || type == BRAID_BOX_STR ? w - 4 + 1
+                             : type == BRAID_BOX_LIST ? w - 4 + 1 : 0);
+    }
+    if (p != end) return BRAID_EBOX;
+    size_t cap = count > INLINE_ENTRIES ? count : 0;   /* more than inline: an array in the block */
+    braid_box *b = braid_malloc(sizeof *b + cap * sizeof(box_entry) + arena);
+    if (!b) return BRAID_ENOMEM;
+    b->e = cap ? (box_entry *)(b + 1) : b->inl;
+    b->cap = cap ? cap : INLINE_ENTRIES;
+    b->n = 0;
+    b->e_own = false;
+    char *a = (char *)(b + 1) + cap * sizeof(box_entry);
+    p = start + 3;
+    for (size_t i = 0; i < count; i++) {
+        size_t klen = *p++;
+        if (find(b, (const char *)p, klen)) {   /* keys are unique */
+            braid_box_free(b);
+            return BRAID_EBOX;
+        }
+        box_entry *e = &b->e[b->n++];
+        memset(e, 0, sizeof *e);
+        memcpy(a, p, klen);
+        a[klen] = 0;
+        e->key = a;
+        e->klen = (uint8_t)klen;
+        a += klen + 1;
+        p += klen;
+        e->type = (braid_box_type)*p++;
+        size_t w = value_wire(p, end, e->type, &e->items);
+        switch (e->type) {
+        case BRAID_BOX_BOOL: e->n.b = p[0]; break;
+        case BRAID_BOX_F64: {
+            uint64_t u = braid__get64(p);
+            memcpy(&e->n.f64, &u, 8);
+            break;
+        }
+        case BRAID_BOX_I64:
+        case BRAID_BOX_U64: e->n.u64 = braid__get64(p); break;   /* the i64 shares its bits */
+        default:   /* BYTES, STR, LIST: what follows the u32 */
+            e->len = w - 4;
+            e->val = (unsigned char *)a;
+            memcpy(a, p + 4, e->len);
+            a[e->len] = 0;
+            a += e->len + 1;
+            break;
+        }
+        p += w;
+    }
+    *out = b;
+    return 0;
+}
+
+/* ---- log fields as a box (a worker's log events, worker.c) ----------------------------- */
+size_t braid__box_encode_fields(const braid_log_field *f, size_t n, unsigned char *buf, size_t cap) {
+    if (cap < 3) return 0;
+    size_t at = 3, count = 0;
+    for (size_t i = 0; i < n && count < BRAID_BOX_MAX_KEYS; i++) {
+        size_t klen = f[i].key ? strlen(f[i].key) : 0;
+        if (klen == 0 || klen > BRAID_BOX_MAX_KEY || memchr(f[i].key, 0, klen)) continue;
+        bool dup = false;   /* the first of a key wins: a box's keys are unique */
+        for (size_t k = 0; k < i && !dup; k++) dup = f[k].key && !strcmp(f[k].key, f[i].key);
+        if (dup) continue;
+        size_t vlen = 8;
+        braid_box_type t;
+        const char *s = NULL;
+        switch (f[i].type) {
+        case BRAID_LOG_FIELD_I64: t = BRAID_BOX_I64; break;
+        case BRAID_LOG_FIELD_U64: t = BRAID_BOX_U64; break;
+        case BRAID_LOG_FIELD_F64: t = BRAID_BOX_F64; break;
+        case BRAID_LOG_FIELD_BOOL: t = BRAID_BOX_BOOL; vlen = 1; break;
+        case BRAID_LOG_FIELD_STR:
+            s = f[i].v.str ? f[i].v.str : "";
+            vlen = 4 + strlen(s);
+            t = utf8_text((const unsigned char *)s, vlen - 4) ? BRAID_BOX_STR : BRAID_BOX_BYTES;
+            break;
+        default: continue;
+        }
+        if (cap - at < 2 + klen + vlen) continue;   /* what does not fit stays out */
+        buf[at++] = (unsigned char)klen;
+        memcpy(buf + at, f[i].key, klen);
+        at += klen;
+        buf[at++] = (unsigned char)t;
+        switch (t) {
+        case BRAID_BOX_I64: braid__put64(buf + at, (uint64_t)f[i].v.i64); break;
+        case BRAID_BOX_U64: braid__put64(buf + at, f[i].v.u64); break;
+        case BRAID_BOX_F64: {
+            uint64_t u;
+            memcpy(&u, &f[i].v.f64, 8);
+            braid__put64(buf + at, u);
+            break;
+        }
+        case BRAID_BOX_BOOL: buf[at] = f[i].v.b; break;
+        default:
+            braid__put32(buf + at, (uint32_t)(vlen - 4));
+            memcpy(buf + at + 4, s, vlen - 4);
+            break;
+        }
+        at += vlen;
+        count++;
+    }
+    buf[0] = BRAID_BOX_VERSION;
+    buf[1] = (unsigned char)(count >> 8);
+    buf[2] = (unsigned char)count;
+    return at;
+}
+
+size_t braid__box_to_fields(const braid_box *b, braid_log_field *out, size_t cap) {
+    size_t n = 0;
+    for (size_t i = 0; i < b->n && n < cap; i++) {
+        const box_entry *e = &b->e[i];
+        braid_log_field *f = &out[n];
+        f->key = e->key;
+        switch (e->type) {
+        case BRAID_BOX_I64: f->type = BRAID_LOG_FIELD_I64; f->v.i64 = e->n.i64; break;
+        case BRAID_BOX_U64: f->type = BRAID_LOG_FIELD_U64; f->v.u64 = e->n.u64; break;
+        case BRAID_BOX_F64: f->type = BRAID_LOG_FIELD_F64; f->v.f64 = e->n.f64; break;
+        case BRAID_BOX_BOOL: f->type = BRAID_LOG_FIELD_BOOL; f->v.b = e->n.b; break;
+        case BRAID_BOX_STR:
+        case BRAID_BOX_BYTES:   /* NUL-terminated in the box; a NUL inside cuts it */
+            f->type = BRAID_LOG_FIELD_STR;
+            f->v.str = (const char *)e->val;
+            break;
+        default: continue;      /* lists have no log field type */
+        }
+        n++;
+    }
+    return n;
+}
