@@ -95,14 +95,6 @@ BT_IO_TEST(udp_connected_mode_and_errors) {
     BT_EQ(ra.n, 0);
     /* b goes away: a's next send draws ICMP port unreachable -> ECONNREFUSED */
     braid_dgram_close(b);
-    if (!strcmp(bt_backend(), "uring")) {
-        /* Known: the io_uring backend's poll does not report an error-only
-         * readiness (POLLERR without POLLIN) on a UDP socket; reported to
-         * the backend's owner. Everything above was checked. */
-        braid_dgram_close(a);
-        bt_loop_destroy(loop);
-        bt_skip("uring backend misses POLLERR-only readiness (ICMP error)");
-    }
     BT_OK(braid_dgram_send(a, "anyone?", 7));
     for (int i = 0; i < 100 && ra.errors < 2; i++) {
         BT_OK(braid_loop_run_once(loop, BRAID_LOOP_RUN_NOWAIT));

@@ -5,6 +5,8 @@
 #include "support/net.h"
 #include <pthread.h>
 #include <signal.h>
+#include <errno.h>
+#include <netinet/in.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -573,5 +575,38 @@ BT_TEST(soon_cancel_takes_a_node_out_of_the_queue) {
     /* a cancelled node is no ready call left behind for the leak gate */
     braid_loop_soon_node(loop, &na);
     BT_TRUE(braid_loop_soon_cancel(loop, &na));
+    bt_loop_destroy(loop);
+}
+
+/* ---- closing a watched descriptor closes it now ------------------------------------------ */
+static void never_called(braid_watch *w, unsigned ev, void *arg) {
+    (void)w; (void)ev; (void)arg;
+    bt_fail(__FILE__, __LINE__, "a closed watcher was called");
+}
+
+/* braid_watch_close, then close(fd): the socket is gone at once, on every
+ * backend — no loop iteration needed. (io_uring's armed poll holds the
+ * file: until its removal reached the kernel, a "closed" listener still
+ * completed handshakes and a "closed" UDP port still took datagrams.) */
+BT_IO_TEST(closed_watched_listener_refuses_at_once) {
+    braid_loop *loop = bt_loop_new(NULL);
+    int lfd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    struct sockaddr_in a = { .sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
+    socklen_t len = sizeof a;
+    BT_EQ(bind(lfd, (struct sockaddr *)&a, sizeof a), 0);
+    BT_EQ(listen(lfd, 16), 0);
+    BT_EQ(getsockname(lfd, (struct sockaddr *)&a, &len), 0);
+    braid_watch w;
+    BT_OK(braid_watch_init(loop, &w, lfd, never_called, NULL));
+    BT_OK(braid_watch_set_interest(&w, BRAID_WATCH_READ));
+    BT_GE(braid_loop_run_once(loop, BRAID_LOOP_RUN_NOWAIT), 0);   /* armed in the kernel */
+    braid_watch_close(&w);
+    close(lfd);
+    int c = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    int rc = connect(c, (struct sockaddr *)&a, sizeof a);
+    int err = errno;
+    close(c);
+    BT_EQ(rc, -1);
+    BT_EQ(err, ECONNREFUSED);
     bt_loop_destroy(loop);
 }

@@ -253,7 +253,11 @@ BRAID_API int braid_watch_init(braid_loop *loop, braid_watch *w, int fd,
 BRAID_API int braid_watch_set_interest(braid_watch *w, unsigned mask);
 /* Unregister. Safe from any callback, including w's own; once it returns, no
  * event is delivered for w even if already collected in this batch, and w's
- * memory may be freed (a new watcher for the same fd number is safe too). */
+ * memory may be freed (a new watcher for the same fd number is safe too).
+ * The kernel has forgotten the watch when it returns, on every backend, so
+ * closing the fd next closes the socket at once (io_uring: the poll's
+ * removal is submitted now, one io_uring_enter, since an armed poll holds
+ * the file). */
 BRAID_API void braid_watch_close(braid_watch *w);
 /* A watcher with interest keeps run() alive unless unref'd. */
 BRAID_API void braid_watch_unref(braid_watch *w);

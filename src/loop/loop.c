@@ -534,6 +534,12 @@ void braid_watch_close(braid_watch *w) {
         /* Removing may fail with EBADF if the user closed the fd first; the
          * kernel already forgot it then, which is what we want. */
         (void)loop->poller.ops->update(&loop->poller, w->fd, w->mask, 0, braid__tag(w->gen, w->fd));
+        /* A backend that queues its changes (io_uring) hands the removal to
+         * the kernel now: an armed poll holds the file, so a socket the
+         * caller closes next would otherwise live on until the next wait —
+         * a closed UDP port still taking datagrams (no ICMP error for the
+         * sender), a closed listener still completing handshakes. */
+        if (loop->poller.ops->flush) (void)loop->poller.ops->flush(&loop->poller);
         if (watch_counts(w)) loop->watchers_alive--;
         w->mask = 0;
     }
