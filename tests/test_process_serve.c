@@ -226,6 +226,25 @@ BT_IO_TEST(serve_acceptor_balances) {
     BT_UEQ(st.accepted[1], 10);
 }
 
+/* EPOLLEXCLUSIVE wakes the loop that added the socket first whenever it is
+ * asleep: one client dialling one connection at a time would land every
+ * connection on it. Each loop re-adds its listener after 16 accepts (to the
+ * wait queue's tail), so 64 connections spread 32/32 (give or take a
+ * wake-up that finds the other loop busy). On select, poll and io_uring
+ * EXCLUSIVE is the wake-all shared socket: no balance is promised there. */
+static void exclusive_balances(bool processes) {
+    client c = { .nconn = 64 };
+    struct braid_serve_stats st;
+    uint64_t ms;
+    run_case(BRAID_SERVE_EXCLUSIVE, processes, 0, BRAID_SECONDS(2), &st, &c, &ms);
+    BT_EQ(atomic_load(&c.ok), 64);
+    if (strcmp(bt_backend(), "epoll")) return;
+    BT_UGE(st.accepted[0], 16);
+    BT_UGE(st.accepted[1], 16);
+}
+BT_IO_TEST(serve_exclusive_balances_threads) { exclusive_balances(false); }
+BT_IO_TEST(serve_exclusive_balances_processes) { exclusive_balances(true); }
+
 /* SIGTERM: new connections refused, the open one still served, and the
  * run ends as soon as it closes (well before the drain time). */
 static void drains(braid_serve_method m, bool processes) {

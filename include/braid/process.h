@@ -511,7 +511,9 @@ typedef enum braid_serve_method {
     /* (b) one listening socket watched by every loop with wake-one
      * (BRAID_WATCH_EXCLUSIVE: EPOLLEXCLUSIVE). The epoll backend only: on
      * select, poll and io_uring this is BRAID_SERVE_SHARED (every loop
-     * wakes, one accepts). */
+     * wakes, one accepts). The kernel wakes the first loop asleep in the
+     * socket's wait queue, so each loop re-adds its listener after 16
+     * accepts (to the queue's tail), as nginx does, to spread the load. */
     BRAID_SERVE_EXCLUSIVE,
     /* (c) one acceptor (the supervisor's loop) accepts and hands each
      * connection to the loops in turn (a posted call to a thread; a

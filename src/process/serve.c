@@ -53,6 +53,8 @@ typedef struct serve_slot {
     bool sigs;
     bool live, started, failed;    /* threads: under serve_lock */
     uint64_t accepted;
+    braid_prepare reorder;         /* EXCLUSIVE on epoll: re-add the listener now and then */
+    uint64_t reordered_at;         /* the listener's accept count at the last re-add */
 } serve_slot;
 
 struct serve_run {
@@ -222,10 +224,29 @@ static void drain_expired(braid_timer *t, void *arg) {
 
 /* Stop accepting; the loop's run returns once the connections have closed
  * (or been shut down when the drain time ran out). */
+/* EPOLLEXCLUSIVE wakes the first loop in the listening socket's wait queue
+ * that is asleep, so an idle server hands nearly every connection to the
+ * loop that added the socket first. As nginx does (ngx_reorder_accept_events),
+ * a loop that has accepted 16 connections since its last re-add removes and
+ * adds its listener again, which moves it to the queue's tail. Checked before
+ * each wait, when the batch just accepted is done. */
+enum { SERVE_REORDER_EVERY = 16 };
+static void reorder_check(braid_prepare *p, void *arg) {
+    serve_slot *s = arg;
+    (void)p;
+    if (!s->listener) return;
+    uint64_t n = braid_listener_accepted(s->listener);
+    if (n - s->reordered_at < SERVE_REORDER_EVERY) return;
+    s->reordered_at = n;
+    if (braid_listener_set_exclusive(s->listener, false) == 0)
+        (void)braid_listener_set_exclusive(s->listener, true);
+}
+
 static void begin_drain(void *arg) {
     serve_slot *s = arg;
     if (s->draining) return;
     s->draining = true;
+    braid_prepare_stop(&s->reorder);
     if (s->listener) {
         s->accepted += braid_listener_accepted(s->listener);
         braid_listener_close(s->listener);
@@ -290,6 +311,10 @@ static int slot_serve(serve_slot *s) {
         if (r->o.method == BRAID_SERVE_EXCLUSIVE &&
             (rc = braid_listener_set_exclusive(s->listener, true)) < 0)
             goto out;
+        if (r->o.method == BRAID_SERVE_EXCLUSIVE && !strcmp(braid_loop_backend(s->loop), "epoll")) {
+            s->reordered_at = 0;
+            braid_prepare_start(s->loop, &s->reorder, reorder_check, s);
+        }
     }
     if (r->o.on_loop) r->o.on_loop(s->loop, s->index, r->o.arg);
     slot_set_live(s, true);
