@@ -402,3 +402,98 @@ static void supervisor_dies(braid_serve_method m) {
 }
 BT_IO_TEST(serve_children_end_with_the_supervisor_reuseport) { supervisor_dies(BRAID_SERVE_REUSEPORT); }
 BT_IO_TEST(serve_children_end_with_the_supervisor_acceptor) { supervisor_dies(BRAID_SERVE_ACCEPTOR); }
+
+/* ---- a loop that cannot start, a stop that must end, a child that crashes at once ------- */
+static void block_stop_signals(void) {
+    sigset_t set;
+    sigemptyset(&set);
+    sigaddset(&set, SIGTERM);
+    sigaddset(&set, SIGINT);
+    sigaddset(&set, SIGCHLD);
+    pthread_sigmask(SIG_BLOCK, &set, NULL);
+}
+static void *term_after(void *arg) {
+    usleep((useconds_t)(uintptr_t)arg);
+    kill(getpid(), SIGTERM);
+    return NULL;
+}
+static braid_factory *make_but_1(braid_loop *loop, unsigned i, void *arg) {
+    return i == 1 ? NULL : make(loop, i, arg);
+}
+
+/* A factory that returns NULL fails braid_serve with BRAID_ESERVE_START —
+ * in processes too, where the child is not restarted over and over. */
+static void factory_null(bool processes) {
+    block_stop_signals();
+    struct braid_serve_stats st;
+    braid_serve_options o = { .loops = 2, .processes = processes, .factory = make_but_1, .factory_done = done };
+    uint64_t t0 = now_ms();
+    BT_ERR(braid_serve("tcp:0:interface=127.0.0.1", &o, &st), BRAID_ESERVE_START);
+    BT_LT(now_ms() - t0, 10000);
+    BT_UEQ(st.restarts, 0);
+}
+BT_IO_TEST(serve_factory_null_threads) { factory_null(false); }
+BT_IO_TEST(serve_factory_null_processes) { factory_null(true); }
+
+/* A timer of the program's own keeps each loop alive: on_drain stops it and
+ * the stop ends at once; without on_drain the loop is stopped 250 ms after
+ * the drain time rather than serving on (before: never, in threads; a
+ * SIGKILL and a lost count, in processes). */
+static braid_timer own_timers[2];
+static void own_tick(braid_timer *t, void *arg) {
+    (void)arg;
+    braid_timer_start(t, BRAID_MSEC(20));
+}
+static void own_start(braid_loop *loop, unsigned i, void *arg) {
+    (void)arg;
+    braid_timer_init(loop, &own_timers[i], own_tick, NULL);
+    braid_timer_start(&own_timers[i], BRAID_MSEC(20));
+}
+static void own_stop(braid_loop *loop, unsigned i, void *arg) {
+    (void)loop; (void)arg;
+    braid_timer_stop(&own_timers[i]);
+}
+static void own_done(braid_factory *f, unsigned i, void *arg) {
+    braid_timer_stop(&own_timers[i]);   /* abandoned with its loop: not run again */
+    done(f, i, arg);
+}
+static void stop_ends(bool processes, bool with_on_drain) {
+    block_stop_signals();
+    struct braid_serve_stats st;
+    braid_serve_options o = { .loops = 2, .processes = processes, .drain_timeout = BRAID_SECONDS(1),
+                              .factory = make, .factory_done = own_done, .on_loop = own_start,
+                              .on_drain = with_on_drain ? own_stop : NULL };
+    pthread_t t;
+    BT_EQ(pthread_create(&t, NULL, term_after, (void *)(uintptr_t)300000), 0);
+    uint64_t t0 = now_ms();
+    BT_OK(braid_serve("tcp:0:interface=127.0.0.1", &o, &st));
+    uint64_t ms = now_ms() - t0;
+    pthread_join(t, NULL);
+    BT_UEQ(st.killed, 0);
+    if (with_on_drain) BT_LT(ms, 1200);    /* 300 ms, then no drain to wait for */
+    else BT_LT(ms, 5000);                  /* 300 ms + 1 s + 250 ms, and no more */
+}
+BT_IO_TEST(serve_on_drain_ends_the_stop_threads) { stop_ends(false, true); }
+BT_IO_TEST(serve_on_drain_ends_the_stop_processes) { stop_ends(true, true); }
+BT_IO_TEST(serve_stop_ends_despite_a_timer_threads) { stop_ends(false, false); }
+BT_IO_TEST(serve_stop_ends_despite_a_timer_processes) { stop_ends(true, false); }
+
+/* A child that dies as it starts is restarted after a growing back-off,
+ * not in a fork loop: in 600 ms, a handful of restarts (10 + 20 + 40 + ...
+ * ms), not thousands. */
+static void crash_1(braid_loop *loop, unsigned i, void *arg) {
+    (void)loop; (void)arg;
+    if (i == 1) _exit(9);
+}
+BT_IO_TEST(serve_quick_crash_backs_off) {
+    block_stop_signals();
+    struct braid_serve_stats st;
+    braid_serve_options o = { .loops = 2, .processes = true, .drain_timeout = BRAID_SECONDS(1),
+                              .factory = make, .factory_done = done, .on_loop = crash_1 };
+    pthread_t t;
+    BT_EQ(pthread_create(&t, NULL, term_after, (void *)(uintptr_t)600000), 0);
+    BT_OK(braid_serve("tcp:0:interface=127.0.0.1", &o, &st));
+    pthread_join(t, NULL);
+    BT_UGE(st.restarts, 2);
+    BT_ULE(st.restarts, 12);
+}

@@ -69,6 +69,8 @@ extern "C" {
 #define BRAID_EWORKER_REMOTE    (-4205)  /* the handler failed without a braid code of its own */
 #define BRAID_EBOX              (-4206)  /* a malformed box (braid_box_decode) */
 #define BRAID_EBOX_TYPE         (-4207)  /* a box value is of another type than asked */
+#define BRAID_ESERVE_START      (-4208)  /* a braid_serve loop could not start (its factory
+                                          * returned NULL, or its listener failed) */
 
 typedef struct braid_process braid_process;
 
@@ -539,6 +541,13 @@ typedef struct braid_serve_options {
     /* Called in the loop's thread/child once it serves, before it runs
      * (start timers, signal handlers of your own). May be NULL. */
     void (*on_loop)(braid_loop *loop, unsigned index, void *arg);
+    /* Called there when the stop begins (the listener is already closed):
+     * close what on_loop or the factory opened — timers, an HTTP server's
+     * idle connections, pools — so the loop can end. May be NULL. Whatever
+     * still keeps the loop alive a moment (250 ms) after drain_timeout, when
+     * the open connections have been shut down, is abandoned: the loop is
+     * stopped with a warning naming it, so a stop always ends. */
+    void (*on_drain)(braid_loop *loop, unsigned index, void *arg);
     /* Called in the calling thread once the sockets are bound, with the
      * port (useful with port 0). May be NULL. */
     void (*on_listening)(int port, void *arg);
@@ -560,7 +569,10 @@ struct braid_serve_stats {
 /* Serve endpoint ("tcp:PORT[:interface=ADDR][:backlog=N]", tcp6 too; Unix
  * endpoints: BRAID_ENOSYS) from N loops until SIGTERM/SIGINT, as above.
  * 0 after a stop, or a negative code when it could not start (the port is
- * taken, a loop's factory returned NULL ...). out (may be NULL) gets the
+ * taken; BRAID_ESERVE_START: a loop's factory returned NULL — in processes a
+ * child that cannot start is not restarted, the others are stopped). A child
+ * that crashes within a second of its start again and again is restarted
+ * after a back-off (10 ms, doubling to 1 s), not in a fork loop. out (may be NULL) gets the
  * per-loop counts. */
 BRAID_API int braid_serve(const char *endpoint, const braid_serve_options *opts,
                           struct braid_serve_stats *out);

@@ -53,6 +53,15 @@ typedef struct serve_slot {
     bool sigs;
     bool live, started, failed;    /* threads: under serve_lock */
     uint64_t accepted;
+    bool serving;                  /* its loop started running (not a failed start) */
+    bool drain_final;              /* drain_timer: the final stop is armed */
+    bool forced;                   /* ... and it stopped the loop */
+    int start_rc;                  /* threads: why it could not start */
+    uint64_t started_ns;           /* processes: when the child was forked (CLOCK_MONOTONIC) */
+    uint64_t backoff;              /* processes: delay before the next quick restart */
+    unsigned quick_deaths;         /* processes: deaths in a row within 1 s of the start */
+    braid_timer restart_timer;     /* processes: a restart after the back-off */
+    bool restart_timer_init;
     braid_prepare reorder;         /* EXCLUSIVE on epoll: re-add the listener now and then */
     uint64_t reordered_at;         /* the listener's accept count at the last re-add */
 } serve_slot;
@@ -73,7 +82,18 @@ struct serve_run {
     unsigned alive;                /* threads or children running */
     uint64_t restarts, handed, killed, rehanded;
     braid_timer grace_timer;
+    int failed_rc;                 /* a loop could not start: braid_serve returns it */
 };
+
+/* A child whose loop could not start exits with this status: restarting it
+ * would fail the same way, so the supervisor stops instead (EX_CONFIG). */
+enum { SERVE_EXIT_NOSTART = 78 };
+
+static uint64_t mono_ns(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
 
 /* ---- sockets ------------------------------------------------------------------------------ */
 static int open_listener(const braid_endpoint *ep, int port, bool reuseport) {
@@ -193,9 +213,27 @@ static const braid_protocol_ops hand_ops = { .fds_received = hand_fds, .connecti
  * loop's drain ends at the same time and the first to get there shuts down
  * the others' connections too. A child also shuts down its hand-off
  * socket. */
+static void drain_shutdown(serve_slot *s);
 static void drain_expired(braid_timer *t, void *arg) {
-    (void)t;
     serve_slot *s = arg;
+    if (s->drain_final) {
+        /* The connections were shut down 250 ms ago and the loop still has
+         * work: timers or handles the program left running. A stop must end. */
+        braid__log(s->loop, BRAID_LOG_WARN,
+                   "serve: loop %u still had work %s after its drain (timers or handles left running — "
+                   "close them in on_drain); stopping it",
+                   s->index, "250 ms");
+        s->forced = true;
+        braid_loop_stop(s->loop);
+        return;
+    }
+    drain_shutdown(s);
+    s->drain_final = true;
+    braid_timer_start(t, BRAID_MSEC(250));
+    braid_timer_unref(t);
+}
+
+static void drain_shutdown(serve_slot *s) {
     if (s->hand_sock >= 0) shutdown(s->hand_sock, SHUT_RDWR);
     DIR *d = opendir("/proc/self/fd");
     if (!d) d = opendir("/dev/fd");
@@ -261,6 +299,7 @@ static void begin_drain(void *arg) {
     }
     braid_timer_start(&s->drain_timer, s->run->o.drain_timeout);
     braid_timer_unref(&s->drain_timer);
+    if (s->serving && s->run->o.on_drain) s->run->o.on_drain(s->loop, s->index, s->run->o.arg);
 }
 
 static void on_stop_signal(braid_signal *sig, int signo, void *arg) {
@@ -277,7 +316,11 @@ static int slot_serve(serve_slot *s) {
     if (rc < 0) return rc;
     braid_timer_init(s->loop, &s->drain_timer, drain_expired, s);
     s->factory = r->o.factory(s->loop, s->index, r->o.arg);
-    if (!s->factory) { rc = BRAID_ENOMEM; goto out; }
+    if (!s->factory) {
+        braid__log(s->loop, BRAID_LOG_ERROR, "serve: loop %u: the factory returned NULL", s->index);
+        rc = BRAID_ESERVE_START;
+        goto out;
+    }
     if (r->o.processes) {
         if ((rc = braid_signal_start(s->loop, &s->sigterm, SIGTERM, on_stop_signal, s)) < 0) goto out;
         if ((rc = braid_signal_start(s->loop, &s->sigint, SIGINT, on_stop_signal, s)) < 0) {
@@ -317,6 +360,7 @@ static int slot_serve(serve_slot *s) {
         }
     }
     if (r->o.on_loop) r->o.on_loop(s->loop, s->index, r->o.arg);
+    s->serving = true;
     slot_set_live(s, true);
     rc = braid_loop_run(s->loop);
 out:
@@ -324,7 +368,14 @@ out:
     braid_timer_stop(&s->drain_timer);
     /* Whatever the drain left (a protocol's own timers): one more bounded pass. */
     slot_set_live(s, false);
-    for (int i = 0; i < 100 && braid_loop_free(s->loop) < 0; i++) {
+    if (s->forced && braid_loop_free(s->loop) < 0) {
+        /* Stopped with the program's own handles alive: factory_done is its
+         * chance to close them (its connections were shut down 250 ms ago),
+         * then the loop can go. */
+        if (s->factory && r->o.factory_done) r->o.factory_done(s->factory, s->index, r->o.arg);
+        s->factory = NULL;
+    }
+    for (int i = 0; i < 100 && s->loop && braid_loop_free(s->loop) < 0; i++) {
         braid_loop_run_once(s->loop, BRAID_LOOP_RUN_NOWAIT);
         usleep(1000);
     }
@@ -441,7 +492,10 @@ static void *slot_thread(void *arg) {
     serve_slot *s = arg;
     int rc = slot_serve(s);
     pthread_mutex_lock(&serve_lock);
-    if (rc < 0) s->failed = true;
+    if (rc < 0) {
+        s->failed = true;
+        s->start_rc = s->serving ? rc : rc == BRAID_ESERVE_START ? rc : BRAID_ESERVE_START;
+    }
     s->started = true;
     pthread_cond_broadcast(&serve_cond);
     pthread_mutex_unlock(&serve_lock);
@@ -535,11 +589,13 @@ static int fork_child(serve_run *r, serve_slot *s) {
         child_drop_fds(keep, 3);
         s->accepted = 0;
         int rc = slot_serve(s);
+        if (rc < 0 && !s->serving) _exit(SERVE_EXIT_NOSTART);
         uint64_t rep[2] = { s->index, s->accepted };
         if (write(r->stats_pipe[1], rep, sizeof rep) != (ssize_t)sizeof rep) rc = rc < 0 ? rc : -EIO;
         _exit(rc < 0 ? 1 : 0);
     }
     s->pid = pid;
+    s->started_ns = mono_ns();
     r->alive++;
     if (pair[0] >= 0) {
         close(pair[1]);
@@ -568,6 +624,16 @@ static void read_stats(serve_run *r) {
         if (rep[0] < r->n) r->slots[rep[0]].accepted += rep[1];
 }
 
+static void on_sup_stop(braid_signal *sig, int signo, void *arg);
+static void restart_later(braid_timer *t, void *arg) {
+    (void)t;
+    serve_slot *s = arg;
+    serve_run *r = s->run;
+    r->alive--;   /* the placeholder taken when the restart was put off */
+    if (!r->stopping && fork_child(r, s) == 0) r->restarts++;
+    if (r->alive == 0) braid_loop_stop(r->sup);
+}
+
 static void on_child(braid_signal *sig, int signo, void *arg) {
     (void)sig; (void)signo;
     serve_run *r = arg;
@@ -578,10 +644,37 @@ static void on_child(braid_signal *sig, int signo, void *arg) {
         if (s->pid <= 0 || waitpid(s->pid, &st, WNOHANG) != s->pid) continue;
         s->pid = 0;
         r->alive--;
+        if (WIFEXITED(st) && WEXITSTATUS(st) == SERVE_EXIT_NOSTART) {
+            /* Its loop could not start (the factory returned NULL ...): a
+             * restart would fail the same way. Stop serving, say why. */
+            braid__log(r->sup, BRAID_LOG_ERROR, "serve: loop %u (process) could not start; stopping", i);
+            if (!r->failed_rc) r->failed_rc = BRAID_ESERVE_START;
+            on_sup_stop(NULL, 0, r);
+            continue;
+        }
         if (!r->stopping && !r->o.no_restart) {
-            braid__log(r->sup, BRAID_LOG_WARN, "serve: loop %u (process) %s %d; restarting it", i,
-                       WIFSIGNALED(st) ? "killed by signal" : "exited with", WIFSIGNALED(st) ? WTERMSIG(st) : WEXITSTATUS(st));
-            if (fork_child(r, s) == 0) r->restarts++;
+            /* A child that dies within a second of its start again and
+             * again waits before the next try (10 ms, doubling to 1 s): one
+             * that crashes at once must not become a fork loop. The first
+             * such death restarts at once. */
+            bool quick = mono_ns() - s->started_ns < BRAID_SECONDS(1);
+            s->quick_deaths = quick ? s->quick_deaths + 1 : 0;
+            s->backoff = s->quick_deaths < 2 ? 0
+                       : s->quick_deaths >= 9 ? BRAID_SECONDS(1) : BRAID_MSEC(10) << (s->quick_deaths - 2);
+            if (s->backoff > BRAID_SECONDS(1)) s->backoff = BRAID_SECONDS(1);
+            braid__log(r->sup, BRAID_LOG_WARN, "serve: loop %u (process) %s %d; restarting it%s", i,
+                       WIFSIGNALED(st) ? "killed by signal" : "exited with",
+                       WIFSIGNALED(st) ? WTERMSIG(st) : WEXITSTATUS(st), s->backoff ? " after a back-off" : "");
+            if (s->backoff) {
+                if (!s->restart_timer_init) {
+                    braid_timer_init(r->sup, &s->restart_timer, restart_later, s);
+                    s->restart_timer_init = true;
+                }
+                braid_timer_start(&s->restart_timer, s->backoff);
+                r->alive++;   /* it counts as running until the restart (or the stop) */
+            } else if (fork_child(r, s) == 0) {
+                r->restarts++;
+            }
         }
     }
     if (r->alive == 0) braid_loop_stop(r->sup);
@@ -625,9 +718,15 @@ static void on_sup_stop(braid_signal *sig, int signo, void *arg) {
     r->nfds = 0;
     if (r->o.processes) {
         for (unsigned i = 0; i < r->n; i++) {
-            if (r->slots[i].sup_hand) sup_hand_stop(r->slots[i].sup_hand);
-            if (r->slots[i].pid > 0) kill(r->slots[i].pid, SIGTERM);
+            serve_slot *sl = &r->slots[i];
+            if (sl->restart_timer_init && braid_timer_is_active(&sl->restart_timer)) {
+                braid_timer_stop(&sl->restart_timer);   /* a restart put off: not needed now */
+                r->alive--;
+            }
+            if (sl->sup_hand) sup_hand_stop(sl->sup_hand);
+            if (sl->pid > 0) kill(sl->pid, SIGTERM);
         }
+        if (r->alive == 0) braid_loop_stop(r->sup);
         braid_timer_start(&r->grace_timer, r->o.drain_timeout + BRAID_SECONDS(1));
     } else {
         post_drain_all(r);
@@ -716,7 +815,7 @@ int braid_serve(const char *endpoint, const braid_serve_options *opts, struct br
         pthread_mutex_lock(&serve_lock);
         for (unsigned i = 0; i < r->n; i++) {
             while (r->slots[i].thread_started && !r->slots[i].started) pthread_cond_wait(&serve_cond, &serve_lock);
-            if (r->slots[i].failed) rc = BRAID_EINVAL;
+            if (r->slots[i].failed) rc = r->slots[i].start_rc ? r->slots[i].start_rc : BRAID_ESERVE_START;
         }
         pthread_mutex_unlock(&serve_lock);
         if (rc < 0) on_sup_stop(NULL, 0, r);
@@ -728,6 +827,9 @@ int braid_serve(const char *endpoint, const braid_serve_options *opts, struct br
     if (r->o.processes) read_stats(r);
     if (r->o.method == BRAID_SERVE_ACCEPTOR && !r->stopping) braid_watch_close(&r->accept_watch);
     braid_timer_stop(&r->grace_timer);
+    for (unsigned i = 0; i < r->n; i++)
+        if (r->slots[i].restart_timer_init) braid_timer_stop(&r->slots[i].restart_timer);
+    if (r->failed_rc && rc == 0) rc = r->failed_rc;
     braid_signal_stop(&sterm);
     braid_signal_stop(&sint);
     if (r->o.processes) braid_signal_stop(&schld);

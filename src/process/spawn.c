@@ -34,8 +34,9 @@ static const char *const process_error_names[] = {
     [BRAID_EPROCESS_EXITED - BRAID_EWORKER_REMOTE] = "process: worker handler failed",
     [BRAID_EPROCESS_EXITED - BRAID_EBOX] = "process: malformed box",
     [BRAID_EPROCESS_EXITED - BRAID_EBOX_TYPE] = "process: box value of another type",
+    [BRAID_EPROCESS_EXITED - BRAID_ESERVE_START] = "process: a serve loop could not start",
 };
-BRAID__ERROR_DOMAIN(process, "process", BRAID_EPROCESS_EXITED, BRAID_EBOX_TYPE,
+BRAID__ERROR_DOMAIN(process, "process", BRAID_EPROCESS_EXITED, BRAID_ESERVE_START,
                     process_error_names);
 
 /* ---- per-loop state: the SIGCHLD fallback --------------------------------------------- */
