@@ -456,16 +456,16 @@ BT_IO_TEST(tcp_tls_echo_resume_and_bad_client) {
     af_init(&sf, s, 3);
     af_init(&cf, c, 2);
     for (int i = 0; i < 3; i++) s[i].echo = true;
-    braid_tls_factory stf, ctf;
+    braid_tls_factory stf;
     BT_OK(braid_tls_factory_init(&stf, &sf.f, &(braid_tls_wrap_options){ .ctx = sctx, .handshake_done = on_hs }));
-    BT_OK(braid_tls_factory_init(&ctf, &cf.f, &(braid_tls_wrap_options){
-        .ctx = cctx, .server_name = "localhost", .handshake_done = on_hs }));
+    braid_tls_wrap_options cto = {
+        .ctx = cctx, .server_name = "localhost", .handshake_done = on_hs };
     int port;
     braid_listener *l = bt_listen_tcp(loop, &stf.base, &port);
 
     /* 1: a full handshake, echo, close_notify */
     got g = { 0 };
-    braid_deferred *d = braid_tls_connect(loop, &(braid_tcp_connect_options){ .host = "127.0.0.1", .port = port }, &ctf);
+    braid_deferred *d = braid_endpoint_connect_typed(loop, &(braid_endpoint){ .kind = BRAID_ENDPOINT_TCP, .host = "127.0.0.1", .port = port, .tls = &cto }, &cf.f);
     BT_OK(braid_deferred_add(d, got_ok, got_err, &g));
     braid_deferred_unref(d);
     bt_run_until(loop, &g.done, 1000);
@@ -493,7 +493,7 @@ BT_IO_TEST(tcp_tls_echo_resume_and_bad_client) {
     af_init(&jf, junk, 1);
     (void)plain;
     got gj = { 0 };
-    d = braid_tcp_connect(loop, &(braid_tcp_connect_options){ .host = "127.0.0.1", .port = port }, &jf.f);
+    d = braid_endpoint_connect_typed(loop, &(braid_endpoint){ .kind = BRAID_ENDPOINT_TCP, .host = "127.0.0.1", .port = port }, &jf.f);
     BT_OK(braid_deferred_add(d, got_ok, got_err, &gj));
     braid_deferred_unref(d);
     bt_run_until(loop, &gj.done, 1000);
@@ -503,7 +503,7 @@ BT_IO_TEST(tcp_tls_echo_resume_and_bad_client) {
 
     /* 3: the server still serves; the session is resumed */
     got g2 = { 0 };
-    d = braid_tls_connect(loop, &(braid_tcp_connect_options){ .host = "127.0.0.1", .port = port }, &ctf);
+    d = braid_endpoint_connect_typed(loop, &(braid_endpoint){ .kind = BRAID_ENDPOINT_TCP, .host = "127.0.0.1", .port = port, .tls = &cto }, &cf.f);
     BT_OK(braid_deferred_add(d, got_ok, got_err, &g2));
     braid_deferred_unref(d);
     bt_run_until(loop, &g2.done, 1000);
@@ -518,7 +518,6 @@ BT_IO_TEST(tcp_tls_echo_resume_and_bad_client) {
     braid_listener_close(l);
     for (int i = 0; i < 5; i++) braid_loop_run_once(loop, BRAID_LOOP_RUN_NOWAIT);
     braid_tls_factory_close(&stf);
-    braid_tls_factory_close(&ctf);
     braid_tls_ctx_unref(sctx);
     braid_tls_ctx_unref(cctx);
     bt_loop_destroy(loop);
@@ -808,7 +807,7 @@ static const braid_protocol_ops raw_ops = { .connection_made = raw_made, .data_r
 
 static braid_protocol *plain_connect(braid_loop *loop, int port, braid_factory *f) {
     got g = { 0 };
-    braid_deferred *d = braid_tcp_connect(loop, &(braid_tcp_connect_options){ .host = "127.0.0.1", .port = port }, f);
+    braid_deferred *d = braid_endpoint_connect_typed(loop, &(braid_endpoint){ .kind = BRAID_ENDPOINT_TCP, .host = "127.0.0.1", .port = port }, f);
     BT_OK(braid_deferred_add(d, got_ok, got_err, &g));
     braid_deferred_unref(d);
     bt_run_until(loop, &g.done, 1000);
@@ -889,10 +888,10 @@ BT_IO_TEST(bad_input_over_tcp_fails_one_connection) {
     afactory cf;
     app c[1];
     af_init(&cf, c, 1);
-    braid_tls_factory ctf;
-    BT_OK(braid_tls_factory_init(&ctf, &cf.f, &(braid_tls_wrap_options){ .ctx = cctx, .server_name = "localhost" }));
+    
+    braid_tls_wrap_options cto = { .ctx = cctx, .server_name = "localhost" };
     got g = { 0 };
-    braid_deferred *d = braid_tls_connect(loop, &(braid_tcp_connect_options){ .host = "127.0.0.1", .port = port }, &ctf);
+    braid_deferred *d = braid_endpoint_connect_typed(loop, &(braid_endpoint){ .kind = BRAID_ENDPOINT_TCP, .host = "127.0.0.1", .port = port, .tls = &cto }, &cf.f);
     BT_OK(braid_deferred_add(d, got_ok, got_err, &g));
     braid_deferred_unref(d);
     bt_run_until(loop, &g.done, 1000);
@@ -907,7 +906,6 @@ BT_IO_TEST(bad_input_over_tcp_fails_one_connection) {
     braid_listener_close(l);
     for (int i = 0; i < 5; i++) braid_loop_run_once(loop, BRAID_LOOP_RUN_NOWAIT);
     braid_tls_factory_close(&stf);
-    braid_tls_factory_close(&ctf);
     braid_tls_ctx_unref(sctx);
     braid_tls_ctx_unref(cctx);
     bt_loop_destroy(loop);
@@ -937,14 +935,14 @@ BT_IO_TEST(verification_failures_over_tcp) {
         app s[1], c[1];
         af_init(&sf, s, 1);
         af_init(&cf, c, 1);
-        braid_tls_factory stf, ctf;
+        braid_tls_factory stf;
         BT_OK(braid_tls_factory_init(&stf, &sf.f, &(braid_tls_wrap_options){ .ctx = sctx }));
-        BT_OK(braid_tls_factory_init(&ctf, &cf.f, &(braid_tls_wrap_options){
-            .ctx = cctx, .server_name = cases[k].host, .handshake_done = on_hs }));
+        braid_tls_wrap_options cto = {
+            .ctx = cctx, .server_name = cases[k].host, .handshake_done = on_hs };
         int port;
         braid_listener *l = bt_listen_tcp(loop, &stf.base, &port);
         got g = { 0 };
-        braid_deferred *d = braid_tls_connect(loop, &(braid_tcp_connect_options){ .host = "127.0.0.1", .port = port }, &ctf);
+        braid_deferred *d = braid_endpoint_connect_typed(loop, &(braid_endpoint){ .kind = BRAID_ENDPOINT_TCP, .host = "127.0.0.1", .port = port, .tls = &cto }, &cf.f);
         BT_OK(braid_deferred_add(d, got_ok, got_err, &g));
         braid_deferred_unref(d);
         bt_run_until(loop, &g.done, 1000);
@@ -961,7 +959,6 @@ BT_IO_TEST(verification_failures_over_tcp) {
         braid_listener_close(l);
         for (int i = 0; i < 5; i++) braid_loop_run_once(loop, BRAID_LOOP_RUN_NOWAIT);
         braid_tls_factory_close(&stf);
-        braid_tls_factory_close(&ctf);
         braid_tls_ctx_unref(sctx);
     }
     braid_tls_ctx_unref(cctx);
@@ -998,11 +995,11 @@ BT_IO_TEST(one_byte_writes_over_tcp_make_few_records) {
     byter b = { .a.base.ops = &app_ops, .writes = 3000 };
     onefactory cf;
     one_init(&cf, &b.a.base);
-    braid_tls_factory ctf;
-    BT_OK(braid_tls_factory_init(&ctf, &cf.f, &(braid_tls_wrap_options){
-        .ctx = cctx, .server_name = "localhost", .handshake_done = byter_hs }));
+    
+    braid_tls_wrap_options cto = {
+        .ctx = cctx, .server_name = "localhost", .handshake_done = byter_hs };
     got g = { 0 };
-    braid_deferred *d = braid_tls_connect(loop, &(braid_tcp_connect_options){ .host = "127.0.0.1", .port = port }, &ctf);
+    braid_deferred *d = braid_endpoint_connect_typed(loop, &(braid_endpoint){ .kind = BRAID_ENDPOINT_TCP, .host = "127.0.0.1", .port = port, .tls = &cto }, &cf.f);
     BT_OK(braid_deferred_add(d, got_ok, got_err, &g));
     braid_deferred_unref(d);
     bt_run_until(loop, &g.done, 1000);
@@ -1024,7 +1021,6 @@ BT_IO_TEST(one_byte_writes_over_tcp_make_few_records) {
     braid_listener_close(l);
     for (int i = 0; i < 5; i++) braid_loop_run_once(loop, BRAID_LOOP_RUN_NOWAIT);
     braid_tls_engine_free(rs.e);
-    braid_tls_factory_close(&ctf);
     braid_tls_ctx_unref(sctx);
     braid_tls_ctx_unref(cctx);
     bt_loop_destroy(loop);
@@ -1051,14 +1047,14 @@ BT_IO_TEST(never_reading_tls_peer_over_tcp_stays_under_cap) {
     af_init(&sf, s, 1);
     af_init(&cf, c, 1);
     s[0].base.ops = &never_read_ops;
-    braid_tls_factory stf, ctf;
+    braid_tls_factory stf;
     BT_OK(braid_tls_factory_init(&stf, &sf.f, &(braid_tls_wrap_options){ .ctx = sctx }));
-    BT_OK(braid_tls_factory_init(&ctf, &cf.f, &(braid_tls_wrap_options){
-        .ctx = cctx, .server_name = "localhost", .handshake_done = on_hs }));
+    braid_tls_wrap_options cto = {
+        .ctx = cctx, .server_name = "localhost", .handshake_done = on_hs };
     int port;
     braid_listener *l = bt_listen_tcp(loop, &stf.base, &port);
     got g = { 0 };
-    braid_deferred *d = braid_tls_connect(loop, &(braid_tcp_connect_options){ .host = "127.0.0.1", .port = port }, &ctf);
+    braid_deferred *d = braid_endpoint_connect_typed(loop, &(braid_endpoint){ .kind = BRAID_ENDPOINT_TCP, .host = "127.0.0.1", .port = port, .tls = &cto }, &cf.f);
     BT_OK(braid_deferred_add(d, got_ok, got_err, &g));
     braid_deferred_unref(d);
     bt_run_until(loop, &g.done, 1000);
@@ -1109,7 +1105,6 @@ BT_IO_TEST(never_reading_tls_peer_over_tcp_stays_under_cap) {
     braid_listener_close(l);
     for (int i = 0; i < 5; i++) braid_loop_run_once(loop, BRAID_LOOP_RUN_NOWAIT);
     braid_tls_factory_close(&stf);
-    braid_tls_factory_close(&ctf);
     braid_tls_ctx_unref(sctx);
     braid_tls_ctx_unref(cctx);
     bt_loop_destroy(loop);

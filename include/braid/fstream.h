@@ -129,7 +129,7 @@ BRAID_API void braid_fstream_free(braid_fstream *s);
 BRAID_API int braid_fstream_connect(braid_loop *loop, const char *endpoint, uint64_t timeout,
                                     braid_fstream **out);
 
-/* Accepting: a factory (pass &ff->base to braid_endpoint_listen, braid_tcp_listen ...)
+/* Accepting: a factory (pass &ff->base to braid_endpoint_listen or _listen_typed)
  * that runs handler(stream, arg) in a new fiber for every connection. When the
  * handler returns, the connection is closed gracefully and the stream
  * released; a negative return value is logged (debug level). If a fiber cannot

@@ -343,7 +343,7 @@ BRAID_API int braid_http_server_new(braid_loop *loop, const braid_http_server_op
 BRAID_API void braid_http_server_shutdown(braid_http_server *s);
 /* Free; BRAID_EBUSY while connections are open (shut down and run the loop first). */
 BRAID_API int braid_http_server_free(braid_http_server *s);
-/* The factory to hand to any listener (braid_endpoint_listen, braid_tcp_listen ...). */
+/* The factory to hand to a listener (braid_endpoint_listen or _listen_typed). */
 BRAID_API braid_factory *braid_http_server_factory(braid_http_server *s);
 /* braid_endpoint_listen(loop, endpoint, factory): a Deferred of the braid_listener *
  * (yours to close). "tcp:8080:reuseport=1" lets N processes share the port. */
@@ -533,8 +533,8 @@ typedef struct braid_http_client_options {
      * first use that verifies against the system CA store. */
     struct braid_tls_ctx *tls_ctx;
     /* Tests and custom transports: open a connection to host:port, returning
-     * a Deferred of the connected protocol built by f (as braid_tcp_connect
-     * does). NULL: TCP. For https the client starts TLS on it itself. */
+     * a Deferred of the connected protocol built by f (as
+     * braid_endpoint_connect does). NULL: TCP. For https the client starts TLS on it itself. */
     struct braid_deferred *(*connect)(void *arg, struct braid_loop *loop, const char *host, int port,
                                       bool https, struct braid_factory *f);
     void *connect_arg;
