@@ -311,7 +311,7 @@ typedef braid_deferred *(*braid_http_handler_fn)(braid_http_request *req, void *
 BRAID_API extern const braid_ctx_key braid_http_request_key;
 
 typedef struct braid_http_server_options {
-    uint64_t header_timeout;      /* 0 = 10 s */
+    uint64_t header_timeout;      /* 0 = 10 s; BRAID_FOREVER = never (as every timeout below) */
     uint64_t body_timeout;        /* 0 = 30 s */
     uint64_t idle_timeout;        /* 0 = 15 s */
     /* Abort a connection whose pending output made no progress for this long
@@ -522,6 +522,7 @@ typedef struct braid_http_client_options {
     size_t max_idle_per_host;   /* idle keep-alive connections kept per origin (4) */
     size_t max_per_host;        /* connections per origin, idle ones included (0: no
                                  * limit); requests beyond it wait, in order, for one */
+    /* 0 takes the default in parentheses; BRAID_FOREVER: no limit */
     uint64_t idle_timeout;      /* how long an idle connection is kept (60 s) */
     uint64_t connect_timeout;   /* (30 s) */
     uint64_t header_timeout;    /* (60 s) */
@@ -570,7 +571,7 @@ typedef struct braid_http_client_req {
     braid_http_upload_cb body_source;
     uint64_t max_body;          /* buffered response body limit (0: the client's) */
     int max_redirects;          /* 0: the client's; < 0: never follow */
-    uint64_t connect_timeout, header_timeout, body_timeout;   /* 0: the client's */
+    uint64_t connect_timeout, header_timeout, body_timeout;   /* 0: the client's; BRAID_FOREVER: none */
     /* Streaming response bodies (see above). */
     braid_http_client_body_cb on_body;
     braid_http_client_end_cb on_end;
