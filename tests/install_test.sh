@@ -58,6 +58,16 @@ ldd "$work/hello-tree" | grep -q "$build/libbraid.so" || fail "hello-tree does n
 prefix="$work/prefix"
 cmake --install "$build" --prefix "$prefix" >/dev/null
 libdir=$(ls -d "$prefix"/lib*/pkgconfig | head -n1); libdir=${libdir%/pkgconfig}
+# A header is installed only with its library: glib.h with libbraid-glib,
+# db.h with libbraid-db (a program must not find a header it cannot link).
+for m in glib db; do
+    if [ -f "$prefix/include/braid/$m.h" ] && ! ls "$libdir"/libbraid-$m.* >/dev/null 2>&1; then
+        fail "include/braid/$m.h is installed without libbraid-$m"
+    fi
+    if [ ! -f "$prefix/include/braid/$m.h" ] && ls "$libdir"/libbraid-$m.* >/dev/null 2>&1; then
+        fail "libbraid-$m is installed without include/braid/$m.h"
+    fi
+done
 export PKG_CONFIG_PATH="$libdir/pkgconfig"
 check_static_libs installed "$libdir/pkgconfig/braid.pc"
 "$cc" -o "$work/hello" "$work/hello.c" $(pkg-config --cflags --libs braid)

@@ -15,6 +15,7 @@
  *    keys, transcript and records, over the in-memory pump. Its live blocks
  *    are counted here, so a leak on one of its error paths fails the walk. */
 // ctest-labels: tls
+// ctest-timeout: openssl_allocation_walk 180
 #include "harness.h"
 #include "support/tls_certs.h"
 #include <braid/endpoint.h>

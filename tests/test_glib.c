@@ -604,3 +604,121 @@ static void xpost_case(driver who) {
 
 BT_IO_TEST(glib_drives_call_posted_from_a_thread) { xpost_case(GLIB_DRIVES); }
 BT_IO_TEST(braid_drives_call_posted_from_a_thread) { xpost_case(BRAID_DRIVES); }
+
+/* ---- braid_loop_stop on a loop GLib drives: on_stop, and no spin without it ----------------- */
+typedef struct stopper { GMainLoop *ml; int on_stop; int thread_stops; braid_loop *loop; } stopper;
+static void stop_quit(braid_loop *loop, void *arg) {
+    stopper *s = arg;
+    BT_TRUE(loop == s->loop);
+    s->on_stop++;
+    g_main_loop_quit(s->ml);
+}
+static void stop_from_timer(braid_timer *t, void *arg) {
+    (void)t;
+    braid_loop_stop(arg);
+}
+static void *stop_from_thread(void *arg) {
+    braid_loop_stop(arg);
+    return NULL;
+}
+
+/* A braid callback (and then another thread) asks the loop to stop: the
+ * source hands each request to on_stop, once, which quits the GLib loop. */
+BT_IO_TEST(glib_drives_loop_stop_calls_on_stop) {
+    braid_loop *loop = bt_loop_new(NULL);
+    stopper s = { .ml = g_main_loop_new(NULL, FALSE), .loop = loop };
+    braid_glib_source *src;
+    BT_OK(braid_glib_source_new(loop, NULL,
+                                &(braid_glib_source_options){ .on_stop = stop_quit, .stop_arg = &s }, &src));
+    guint guard = g_timeout_add_seconds(20, guard_fired, (gpointer)"on_stop after a timer's stop");
+    braid_timer t;
+    braid_timer_init(loop, &t, stop_from_timer, loop);
+    BT_OK(braid_timer_start(&t, BRAID_MSEC(1)));
+    g_main_loop_run(s.ml);
+    BT_EQ(s.on_stop, 1);
+    pthread_t th;
+    BT_EQ(pthread_create(&th, NULL, stop_from_thread, loop), 0);
+    g_main_loop_run(s.ml);          /* the thread's stop wakes GLib and quits it again */
+    BT_EQ(pthread_join(th, NULL), 0);
+    BT_EQ(s.on_stop, 2);
+    g_source_remove(guard);
+    braid_glib_source_free(src);
+    g_main_loop_unref(s.ml);
+    bt_loop_destroy(loop);
+}
+
+static gboolean quit_ml(gpointer ml) {
+    g_main_loop_quit(ml);
+    return G_SOURCE_REMOVE;
+}
+
+/* Without on_stop the request is dropped (one warning): GLib does not spin on
+ * a stop nobody can honour (a pending stop keeps braid's timeout at 0). */
+BT_IO_TEST(glib_drives_loop_stop_without_on_stop_does_not_spin) {
+    braid_loop *loop = bt_loop_new(NULL);
+    GMainLoop *ml = g_main_loop_new(NULL, FALSE);
+    braid_glib_source *src;
+    BT_OK(braid_glib_source_new(loop, NULL, NULL, &src));
+    braid_timer t;
+    braid_timer_init(loop, &t, stop_from_timer, loop);
+    BT_OK(braid_timer_start(&t, BRAID_MSEC(1)));
+    g_timeout_add(50, quit_ml, ml);
+    uint64_t it0 = braid_loop_iteration(loop);
+    g_main_loop_run(ml);
+    /* A spin runs braid thousands of times in 50 ms; a handful is the timer
+     * and the stop's wake-up. A spin detector, not a timing measurement. */
+    BT_LE(braid_loop_iteration(loop) - it0, 20);
+    BT_FALSE(braid_loop_take_stop(loop));   /* the request was taken, not left pending */
+    braid_glib_source_free(src);
+    g_main_loop_unref(ml);
+    bt_loop_destroy(loop);
+}
+
+/* ---- one descriptor watched by both loops ------------------------------------------------- */
+typedef struct both { world *w; int braid_seen, glib_seen; } both;
+static void both_braid(braid_watch *wt, unsigned ev, void *arg) {
+    both *b = arg;
+    (void)ev;
+    b->braid_seen++;
+    braid_watch_set_interest(wt, 0);
+    if (b->glib_seen) world_done(b->w);
+}
+static gboolean both_glib(gint fd, GIOCondition c, gpointer arg) {
+    both *b = arg;
+    (void)fd; (void)c;
+    b->glib_seen++;
+    if (b->braid_seen) world_done(b->w);
+    return G_SOURCE_REMOVE;
+}
+
+/* A program hands one socket to both loops (a braid watcher and a GLib fd
+ * source): both are told it is readable, whichever watched it first. */
+static void both_case(driver who, bool braid_first) {
+    world w;
+    world_open(&w, who);
+    int sv[2];
+    bt_socketpair(sv);
+    both b = { .w = &w };
+    braid_watch bw;
+    guint gid = 0;
+    if (!braid_first) {
+        gid = g_unix_fd_add(sv[0], G_IO_IN, both_glib, &b);
+        /* one braid iteration: its prepare hook watches GLib's fds */
+        BT_GE(braid_loop_run_once(w.loop, BRAID_LOOP_RUN_NOWAIT), 0);
+    }
+    BT_OK(braid_watch_init(w.loop, &bw, sv[0], both_braid, &b));
+    BT_OK(braid_watch_set_interest(&bw, BRAID_WATCH_READ));
+    if (braid_first) gid = g_unix_fd_add(sv[0], G_IO_IN, both_glib, &b);
+    BT_EQ(write(sv[1], "x", 1), 1);
+    world_run(&w, "both loops to see the descriptor readable");
+    BT_GE(b.braid_seen, 1);
+    BT_EQ(b.glib_seen, 1);
+    (void)gid;
+    braid_watch_close(&bw);
+    close(sv[0]); close(sv[1]);
+    world_close(&w);
+}
+BT_IO_TEST(braid_drives_one_fd_watched_by_both_braid_first) { both_case(BRAID_DRIVES, true); }
+BT_IO_TEST(braid_drives_one_fd_watched_by_both_glib_first) { both_case(BRAID_DRIVES, false); }
+BT_IO_TEST(glib_drives_one_fd_watched_by_both) { both_case(GLIB_DRIVES, true); }
+

@@ -25,6 +25,9 @@
  *                        windows in their container's order)
  *   geometry            "geom cycler X Y" and "geom close I X Y" per tab (root
  *                        coordinates of the buttons' centres, for xdotool)
+ *   drawn               "drawn N" once the N mapped top-level windows have
+ *                        painted their current state and the X server has it
+ *                        (before a screenshot)
  *   close I             close plug I as its close button would
  *   load RATE SECONDS   the server sends RATE lines/s spread over the plugs;
  *                        meanwhile a GLib timeout every 5 ms records its
@@ -114,6 +117,7 @@ struct app {
     braid_timer modal_timer, modal_check;
 
     /* test commands */
+    int drawn_pending, drawn_count;
     braid_watch in_watch;
     bool in_open;
     char in_buf[4096];
@@ -460,6 +464,50 @@ static void modal_run(braid_timer *t, void *arg) {
     fflush(stdout);
 }
 
+/* "drawn": answered once every mapped top-level window has painted what it
+ * shows now (its frame clock's after-paint) and the X server has processed
+ * the drawing (gdk_display_sync) — so a screenshot taken after the answer
+ * shows this state, without guessing how long GTK takes to draw. */
+typedef struct drawn_wait {
+    app *a;
+    gulong id;
+} drawn_wait;
+
+static void drawn_one(app *a) {
+    if (--a->drawn_pending > 0) return;
+    gdk_display_sync(gdk_display_get_default());
+    printf("drawn %d\n", a->drawn_count);
+    fflush(stdout);
+}
+
+static void on_after_paint(GdkFrameClock *clock, gpointer data) {
+    drawn_wait *w = data;
+    app *a = w->a;
+    g_signal_handler_disconnect(clock, w->id);
+    g_free(w);
+    drawn_one(a);
+}
+
+static void drawn_start(app *a) {
+    GList *tops = gtk_window_list_toplevels();
+    a->drawn_pending = 1;              /* held until every window is asked */
+    a->drawn_count = 0;
+    for (GList *l = tops; l; l = l->next) {
+        GtkWidget *w = l->data;
+        GdkFrameClock *c = gtk_widget_get_mapped(w) ? gtk_widget_get_frame_clock(w) : NULL;
+        if (!c) continue;
+        drawn_wait *dw = g_new0(drawn_wait, 1);
+        dw->a = a;
+        dw->id = g_signal_connect(c, "after-paint", G_CALLBACK(on_after_paint), dw);
+        a->drawn_pending++;
+        a->drawn_count++;
+        gtk_widget_queue_draw(w);
+        gdk_frame_clock_request_phase(c, GDK_FRAME_CLOCK_PHASE_PAINT);
+    }
+    g_list_free(tops);
+    drawn_one(a);
+}
+
 static void command(app *a, char *line) {
     unsigned long long rate;
     double seconds;
@@ -469,6 +517,9 @@ static void command(app *a, char *line) {
         print_state(a);
     } else if (!strcmp(line, "geometry")) {
         print_geometry(a);
+    } else if (!strcmp(line, "drawn")) {
+        drawn_start(a);
+        return;                        /* answered when painted */
     } else if (sscanf(line, "close %d", &idx) == 1) {
         if (idx >= 0 && (guint)idx < a->tabs->plugs->len) {
             GtkWidget *b = mdi_tab_close_button(a->tabs, a->tabs->plugs->pdata[idx]);

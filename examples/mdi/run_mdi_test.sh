@@ -77,7 +77,7 @@ expect_x() {
 }
 
 shot() {
-    sleep 0.5                                   # let GTK draw the new state
+    ask drawn "drawn " >/dev/null || fail "$1: the windows were not drawn"   # painted, and the X server has it
     xwd -root -silent -out "$dir/shot.xwd" || fail "$1: xwd failed"
     r=$("$check" "$dir/shot.xwd" "$shots/$1.png") || fail "$1: the screenshot is blank ($r)"
     echo "  $1.png: $r"

@@ -41,8 +41,9 @@
  * Threads: every function here is loop-affine (the braid loop's thread, which
  * is also the thread iterating the GMainContext). braid callbacks run on that
  * thread, inside the GSource's dispatch or inside braid_loop_run.
- * Do not call braid_loop_stop on a loop a braid_glib_source drives: there is
- * no braid_loop_run to return from; quit the GLib loop instead.
+ * braid_loop_stop on a loop a braid_glib_source drives calls the source's
+ * on_stop option (e.g. to quit the GLib loop): there is no braid_loop_run to
+ * return from.
  */
 #ifndef BRAID_GLIB_H
 #define BRAID_GLIB_H
@@ -62,6 +63,14 @@ typedef struct braid_glib_source_options {
      * own I/O and timeouts run; GTK redraws at G_PRIORITY_HIGH_IDLE + 20 run
      * whenever no source of a higher priority is ready. */
     int priority;
+    /* braid_loop_stop on a loop this source drives: there is no
+     * braid_loop_run to return from, so after the iteration in which the stop
+     * was asked the source takes the request (braid_loop_take_stop) and calls
+     * on_stop(loop, stop_arg) — typically g_main_loop_quit or
+     * g_application_quit. NULL: the request is dropped, with one warning in
+     * the loop's log. Either way GLib does not spin on it. */
+    void (*on_stop)(braid_loop *loop, void *stop_arg);
+    void *stop_arg;
 } braid_glib_source_options;
 
 /* Attach a braid source for loop to context (NULL: g_main_context_default()).

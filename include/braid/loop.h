@@ -134,6 +134,13 @@ BRAID_API int braid_loop_advance(braid_loop *loop, uint64_t ns);
  * the backend fd would not wake for them. */
 BRAID_API int braid_loop_backend_fd(const braid_loop *loop);
 BRAID_API uint64_t braid_loop_next_timeout(braid_loop *loop);
+/* An outer loop driving braid with run_once has no braid_loop_run for
+ * braid_loop_stop to end, and a pending stop keeps next_timeout at 0: after
+ * each iteration it takes the stop — true if braid_loop_stop was called since
+ * the last take (or since braid_loop_run returned), and the request is cleared
+ * — and ends its own loop, or ignores the request, as it documents.
+ * (braid_glib_source does this; see <braid/glib.h>.) Thread-safe. */
+BRAID_API bool braid_loop_take_stop(braid_loop *loop);
 
 /* With a backend that has no backend fd (select, poll) the outer loop
  * watches braid's descriptors itself: the fds the loop's watchers want now

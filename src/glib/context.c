@@ -32,11 +32,15 @@
 #include <braid/time.h>
 #include <stdlib.h>
 #include <string.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <unistd.h>
 
 typedef struct bg_watch {
     braid_watch w;
     struct braid_glib_context *gc;
     int fd;
+    int wfd;                /* the fd braid watches: a duplicate of fd */
     unsigned mask;          /* braid interest wanted this round */
     unsigned seen;          /* readiness braid reported since the last prepare */
     bool wanted;
@@ -90,10 +94,16 @@ static bg_watch *watch_get(braid_glib_context *gc, int fd) {
     if (!bw) return NULL;
     bw->gc = gc;
     bw->fd = fd;
-    int rc = braid_watch_init(gc->loop, &bw->w, fd, on_ready, bw);
+    /* braid watches a duplicate of GLib's fd, never the fd itself: a loop has
+     * one watcher per fd, and a program may hand one descriptor to both loops
+     * (a socket with a braid transport and a GIOChannel); with the duplicate,
+     * neither side's watcher refuses the other's (BRAID_EEXIST). Same open
+     * file, so the readiness is the same. */
+    bw->wfd = fcntl(fd, F_DUPFD_CLOEXEC, 0);
+    int rc = bw->wfd < 0 ? -errno : braid_watch_init(gc->loop, &bw->w, bw->wfd, on_ready, bw);
+    if (rc < 0 && bw->wfd >= 0) close(bw->wfd);
     if (rc < 0) {
-        /* BRAID_EEXIST: braid itself watches this fd (a program that hands
-         * one descriptor to both loops); GLib's source on it will not wake. */
+        /* GLib's source on it will not wake (out of descriptors or memory). */
         braid_loop_log(gc->loop, BRAID_LOG_WARN, "braid_glib_context: cannot watch GLib's fd %d: %s", fd,
                   braid_strerror(rc));
         free(bw);
@@ -107,6 +117,7 @@ static bg_watch *watch_get(braid_glib_context *gc, int fd) {
 static void watch_drop(braid_glib_context *gc, bg_watch *bw) {
     gc->byfd[bw->fd] = NULL;
     braid_watch_close(&bw->w);
+    close(bw->wfd);   /* our duplicate */
     free(bw);
 }
 

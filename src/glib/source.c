@@ -63,6 +63,9 @@ struct braid_glib_source {
     bool freed;                   /* braid_glib_source_free ran during a dispatch */
     bool idle;                    /* helper: parked while its driver iterates */
     bool logged_failure;
+    bool logged_stop;
+    void (*on_stop)(braid_loop *, void *);
+    void *stop_arg;
     braid__glib_helper helper;    /* all NULL for a plain source */
 };
 
@@ -253,6 +256,27 @@ static gboolean bg_dispatch(GSource *g, GSourceFunc cb, gpointer data) {
         if (s->depth == 0) destroy_now(s);
         return G_SOURCE_CONTINUE;
     }
+    /* A plain source's loop has no braid_loop_run to end: take a stop asked
+     * in this iteration (or from another thread), or next_timeout stays 0 and
+     * GLib spins. A nested-loop helper leaves it for the braid_loop_run it
+     * runs inside of. */
+    if (!s->helper.ctx && braid_loop_take_stop(s->loop)) {
+        if (s->on_stop) {
+            s->depth++;
+            s->on_stop(s->loop, s->stop_arg);
+            s->depth--;
+            if (s->freed) {
+                if (s->depth == 0) destroy_now(s);
+                return G_SOURCE_CONTINUE;
+            }
+        } else if (!s->logged_stop) {
+            s->logged_stop = true;
+            braid_loop_log(s->loop, BRAID_LOG_WARN,
+                           "braid_glib_source: braid_loop_stop on a loop that GLib drives does nothing "
+                           "(no braid_loop_run to return from); set braid_glib_source_options.on_stop "
+                           "to quit the GLib loop");
+        }
+    }
     if (rc < 0 && !s->logged_failure) {
         s->logged_failure = true;
         braid_loop_log(s->loop, BRAID_LOG_ERROR, "braid_glib_source: the loop's poller failed: %s",
@@ -308,7 +332,12 @@ static int source_new(braid_loop *loop, GMainContext *context, int priority,
 
 int braid_glib_source_new(braid_loop *loop, GMainContext *context,
                           const braid_glib_source_options *opts, braid_glib_source **out) {
-    return source_new(loop, context, opts ? opts->priority : G_PRIORITY_DEFAULT, NULL, out);
+    int rc = source_new(loop, context, opts ? opts->priority : G_PRIORITY_DEFAULT, NULL, out);
+    if (rc == 0 && opts) {
+        (*out)->on_stop = opts->on_stop;
+        (*out)->stop_arg = opts->stop_arg;
+    }
+    return rc;
 }
 
 int braid__glib_source_new_helper(braid_loop *loop, GMainContext *context,

@@ -639,6 +639,10 @@ void braid_loop_stop(braid_loop *loop) {
     wake_signal(loop);
 }
 
+bool braid_loop_take_stop(braid_loop *loop) {
+    return atomic_exchange(&loop->stop, false);
+}
+
 /* ---- ready calls (loop thread) ------------------------------------------------------ */
 void braid_loop_soon_node(braid_loop *loop, braid_soon *node) {
     BRAID__LOOP_AFFINE(loop);
