@@ -584,6 +584,7 @@ BT_TEST(leak_gate_refuses_unfired_deferred) {
 }
 
 /* Debug builds name where each leaked Deferred was made, and its state. */
+#ifdef BRAID_DEBUG
 static int leak_line_pending, leak_line_fired;
 static braid_result keep(braid_result r, void *arg) { (void)arg; return r; }
 static void leak_two(braid_loop *loop, braid_deferred **pending, braid_deferred **fired) {
@@ -593,6 +594,7 @@ static void leak_two(braid_loop *loop, braid_deferred **pending, braid_deferred 
     leak_line_fired = __LINE__ + 1;
     *fired = braid_deferred_succeed(loop, NULL, NULL);
 }
+#endif
 BT_TEST(leak_gate_names_each_deferreds_origin) {
 #ifndef BRAID_DEBUG
     bt_skip("Deferred origins are recorded in BRAID_DEBUG builds only");

@@ -221,17 +221,12 @@ int braid_endpoint_parse_client(const char *desc, braid_endpoint *ep, char *err,
 
 static const braid_endpoint_type *type_named(const char *name, size_t len);
 
-static braid_deferred *no_tls(braid_loop *loop, const braid_endpoint *ep) {
-    return braid_deferred_fail(loop, braid_failure_new(BRAID_EBAD_ENDPOINT,
-                               "%s endpoint with TLS options: %s", ep->kind == BRAID_ENDPOINT_UNIX ? "unix" : "fd",
-                               "TLS endpoints are TCP"));
-}
-
 /* The TLS type of the registry, or a failed Deferred in *fail. */
 static const braid_endpoint_type *tls_type(braid_loop *loop, const braid_endpoint *ep, bool server,
                                            braid_deferred **fail) {
     if (ep->kind != BRAID_ENDPOINT_TCP && ep->kind != BRAID_ENDPOINT_TCP6) {
-        *fail = no_tls(loop, ep);
+        *fail = braid_deferred_fail(loop, braid_failure_new(BRAID_EBAD_ENDPOINT,
+                                    "an endpoint with .tls must be tcp or tcp6 (kind %d)", (int)ep->kind));
         return NULL;
     }
     const braid_endpoint_type *t = type_named("tls", 3);
