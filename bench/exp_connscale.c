@@ -391,8 +391,8 @@ static int run_loop_server(const cs_opts *o, int lfd, bool ctl, int ready_fd) {
  * The same protocol written as a braid protocol: data_received collects the
  * 16 bytes, writes the answer and loses the connection. This is what a
  * braid user writes; braid-loop above is the fd-watcher floor beneath it. */
-#if __has_include(<braid/stream.h>)
-#include <braid/stream.h>
+#if __has_include(<braid/endpoint.h>)
+#include <braid/endpoint.h>
 #define CS_HAVE_STREAM 1
 
 typedef struct cs_proto {
@@ -443,9 +443,9 @@ static int serve_stream(const cs_opts *o) {
     braid_factory f;
     braid_factory_init(&f, &cs_proto_ops, sizeof(cs_proto), NULL);
     braid_listener *l;
-    braid_tcp_listen_options tl = { .host = "127.0.0.1", .port = o->port, .backlog = o->backlog };
-    int rc = braid_tcp_listen(s.loop, &tl, &f, &l);
-    if (rc < 0) { fprintf(stderr, "connscale: braid_tcp_listen: %s\n", braid_strerror(rc)); return 1; }
+    braid_endpoint tl = { .kind = BRAID_ENDPOINT_TCP, .host = "127.0.0.1", .port = o->port, .backlog = o->backlog };
+    int rc = braid_endpoint_listener(braid_endpoint_listen_typed(s.loop, &tl, &f), &l);
+    if (rc < 0) { fprintf(stderr, "connscale: braid_endpoint_listen_typed: %s\n", braid_strerror(rc)); return 1; }
     braid_address addr;
     braid_listener_address(l, &addr);
     braid_timer_init(s.loop, &s.limit, stream_limit_cb, &s);
@@ -1150,7 +1150,7 @@ static int run(bench_ctx *ctx) {
 #define CS_STREAM_METHOD                                                                              \
     "braid-stream = one braid loop on epoll running the protocol on braid's transport layer "          \
     "(braid/stream.h: a braid_protocol whose data_received collects the 16 bytes, writes the answer "   \
-    "and loses the connection; braid_tcp_listen with backlog 4096 and its default accept budget of 64 " \
+    "and loses the connection; braid_endpoint_listen_typed with backlog 4096 and its default accept budget of 64 " \
     "per iteration; transports start with TCP_NODELAY) - the code a braid user writes; "
 #else
 #define CS_STREAM_METHOD                                                                              \

@@ -215,8 +215,8 @@ int rr_serve_fiber(int port, const char *backend, int mode, double seconds) {
     braid_fiber_options fo = { .name = "rr-conn" };
     braid_fstream_factory_init(loop, &ff, rr_fiber_conn, &smode, &fo);
     braid_listener *l;
-    int rc = braid_tcp_listen(loop, &(braid_tcp_listen_options){ .host = "127.0.0.1", .port = port,
-                                                                  .backlog = 511 }, &ff.base, &l);
+    int rc = braid_endpoint_listener(braid_endpoint_listen_typed(loop, &(braid_endpoint){
+        .kind = BRAID_ENDPOINT_TCP, .host = "127.0.0.1", .port = port, .backlog = 511 }, &ff.base), &l);
     if (rc < 0) { fprintf(stderr, "serve: listen: %s\n", braid_strerror(rc)); return 1; }
     if (seconds > 0) braid_timer_call_later(loop, (uint64_t)(seconds * 1e9), bench_stop_loop, loop);
     braid_loop_run(loop);

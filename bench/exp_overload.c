@@ -209,8 +209,8 @@ static int serve_braid(int port, int channels, bool stages, double target_ms) {
     braid_factory f;
     braid_factory_init(&f, &s_ops, sizeof(sproto), NULL);
     braid_listener *l;
-    int rc = braid_tcp_listen(loop, &(braid_tcp_listen_options){ .host = "127.0.0.1", .port = port,
-                                                                  .backlog = 511 }, &f, &l);
+    int rc = braid_endpoint_listener(braid_endpoint_listen_typed(loop, &(braid_endpoint){
+        .kind = BRAID_ENDPOINT_TCP, .host = "127.0.0.1", .port = port, .backlog = 511 }, &f), &l);
     if (rc < 0) { fprintf(stderr, "serve overload: listen: %s\n", braid_strerror(rc)); return 1; }
     braid_loop_run(loop);
     return 0;   /* killed by the driver */

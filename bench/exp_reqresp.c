@@ -80,8 +80,8 @@ static int serve_braid(int port, const char *backend, int mode, double seconds) 
     braid_factory f;
     braid_factory_init(&f, mode == RR_MODE_ECHO ? &echo_ops : &rr_ops, sizeof(rr_conn), NULL);
     braid_listener *l;
-    int rc = braid_tcp_listen(loop, &(braid_tcp_listen_options){ .host = "127.0.0.1", .port = port,
-                                                                  .backlog = 511 }, &f, &l);
+    int rc = braid_endpoint_listener(braid_endpoint_listen_typed(loop, &(braid_endpoint){
+        .kind = BRAID_ENDPOINT_TCP, .host = "127.0.0.1", .port = port, .backlog = 511 }, &f), &l);
     if (rc < 0) { fprintf(stderr, "serve: listen: %s\n", braid_strerror(rc)); return 1; }
     if (seconds > 0) braid_timer_call_later(loop, (uint64_t)(seconds * 1e9), bench_stop_loop, loop);
     braid_loop_run(loop);

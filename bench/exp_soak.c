@@ -291,8 +291,8 @@ static int serve(int argc, char **argv) {
         return 1;
     braid_tls_ctx_unref(tctx);
     braid_listener *tl;
-    if (braid_tcp_listen(S.loop, &(braid_tcp_listen_options){ .host = "127.0.0.1", .port = tls_port }, &tf.base,
-                         &tl) < 0) {
+    if (braid_endpoint_listener(braid_endpoint_listen_typed(S.loop, &(braid_endpoint){
+            .kind = BRAID_ENDPOINT_TCP, .host = "127.0.0.1", .port = tls_port }, &tf.base), &tl) < 0) {
         fprintf(stderr, "serve soak: cannot listen on TLS port %d\n", tls_port);
         return 1;
     }

@@ -176,8 +176,8 @@ static int serve(int argc, char **argv) {
     braid_tls_factory tf;
     if (braid_tls_factory_init(&tf, &app, &(braid_tls_wrap_options){ .ctx = ctx }) < 0) return 1;
     braid_listener *l;
-    rc = braid_tcp_listen(loop, &(braid_tcp_listen_options){ .host = "127.0.0.1", .port = port,
-                                                                  .backlog = 511 }, &tf.base, &l);
+    rc = braid_endpoint_listener(braid_endpoint_listen_typed(loop, &(braid_endpoint){
+        .kind = BRAID_ENDPOINT_TCP, .host = "127.0.0.1", .port = port, .backlog = 511 }, &tf.base), &l);
     if (rc < 0) { fprintf(stderr, "serve tls: listen: %s\n", braid_strerror(rc)); return 1; }
     if (seconds > 0) braid_timer_call_later(loop, (uint64_t)(seconds * 1e9), bench_stop_loop, loop);
     braid_loop_run(loop);
@@ -412,8 +412,8 @@ static void g_open(gen *g) {
         if (g->mode == 2 ? g->opening >= 64 || g->inflight >= g->target : g->inflight >= g->target) return;
         g->inflight++;
         if (g->mode == 2) g->opening++;
-        braid_deferred *d = braid_tls_connect(g->loop, &(braid_tcp_connect_options){
-            .host = "127.0.0.1", .port = g->port }, &g->tf);
+        braid_deferred *d = braid_endpoint_connect_typed(g->loop, &(braid_endpoint){ .kind = BRAID_ENDPOINT_TCP,
+            .host = "127.0.0.1", .port = g->port }, &g->tf.base);
         if (!d) { g->inflight--; g->errors++; return; }
         braid_deferred_add(d, g_connected, g_connected, g);
         braid_deferred_unref(d);

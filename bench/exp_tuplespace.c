@@ -330,8 +330,9 @@ static void braid_server(const char *path, long jobs, int ctl) {
     braid_factory f;
     braid_tuplespace_factory_init(&f, ts, NULL);
     braid_listener *l;
-    braid_unix_listen_options lo = { .path = path };
-    if (braid_unix_listen(loop, &lo, &f, &l) < 0) _exit(8);
+    braid_endpoint lo = { .kind = BRAID_ENDPOINT_UNIX };
+    snprintf(lo.path, sizeof lo.path, "%s", path);
+    if (braid_endpoint_listener(braid_endpoint_listen_typed(loop, &lo, &f), &l) < 0) _exit(8);
     braid_watch w;
     braid_watch_init(loop, &w, ctl, stop_on_eof, loop);
     braid_watch_set_interest(&w, BRAID_WATCH_READ);

@@ -18,6 +18,7 @@
 // ctest-timeout: openssl_allocation_walk 180
 #include "harness.h"
 #include "support/tls_certs.h"
+#include <braid/endpoint.h>
 #include <braid/tls.h>
 #include <openssl/crypto.h>
 #include <openssl/err.h>
@@ -250,22 +251,19 @@ static int tcp_path(braid_loop *loop, braid_tls_ctx *sctx, braid_tls_ctx *cctx) 
     app s[1], c[1];
     af_init(&sf, s, 1, true);
     af_init(&cf, c, 1, false);
-    braid_tls_factory stf, ctf;
+    braid_tls_factory stf;
     int rc = braid_tls_factory_init(&stf, &sf.f, &(braid_tls_wrap_options){ .ctx = sctx });
     if (rc < 0) return rc;
-    rc = braid_tls_factory_init(&ctf, &cf.f, &(braid_tls_wrap_options){ .ctx = cctx, .server_name = "localhost" });
-    if (rc < 0) {
-        braid_tls_factory_close(&stf);
-        return rc;
-    }
+    braid_tls_wrap_options cto = { .ctx = cctx, .server_name = "localhost" };
     braid_listener *l = NULL;
-    rc = braid_tcp_listen(loop, &(braid_tcp_listen_options){ .host = "127.0.0.1" }, &stf.base, &l);
+    rc = braid_endpoint_listener(braid_endpoint_listen_typed(loop, &(braid_endpoint){
+        .kind = BRAID_ENDPOINT_TCP, .host = "127.0.0.1" }, &stf.base), &l);
     conn_wait w = { 0 };
     if (rc == 0) {
         braid_address a;
         BT_OK(braid_listener_address(l, &a));
-        braid_deferred *d = braid_tls_connect(
-            loop, &(braid_tcp_connect_options){ .host = "127.0.0.1", .port = braid_address_port(&a) }, &ctf);
+        braid_deferred *d = braid_endpoint_connect_typed(loop, &(braid_endpoint){ .kind = BRAID_ENDPOINT_TCP,
+            .host = "127.0.0.1", .port = braid_address_port(&a), .tls = &cto }, &cf.f);
         if (!d) {
             rc = BRAID_ENOMEM;
         } else {
@@ -294,7 +292,6 @@ static int tcp_path(braid_loop *loop, braid_tls_ctx *sctx, braid_tls_ctx *cctx) 
     if (sf.used && !s[0].lost) BT_TRUE(run_for(loop, &s[0].lost));
     for (int i = 0; i < 5; i++) braid_loop_run_once(loop, BRAID_LOOP_RUN_NOWAIT);
     braid_tls_factory_close(&stf);
-    braid_tls_factory_close(&ctf);
     return rc;
 }
 

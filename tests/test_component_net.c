@@ -3,6 +3,7 @@
  * signal, backpressure by pausing the reads. */
 // ctest-labels: component stream
 #include "harness.h"
+#include "support/net.h"
 #include "support/run.h"
 
 #include <braid/component.h>
@@ -205,15 +206,14 @@ BT_IO_TEST(echo_over_tcp) {
     g_done = 0;
     braid_component_server *s;
     BT_OK(braid_component_server_new(loop, make_echo, NULL, &s));
-    braid_tcp_listen_options lo = { .host = "127.0.0.1" };
-    braid_listener *l;
-    BT_OK(braid_tcp_listen(loop, &lo, braid_component_server_factory(s), &l));
+    braid_listener *l = bt_listen(loop, &(braid_endpoint){ .kind = BRAID_ENDPOINT_TCP, .host = "127.0.0.1" },
+                                  braid_component_server_factory(s));
     braid_address a;
     BT_OK(braid_listener_address(l, &a));
     braid_factory cf;
     braid_factory_init(&cf, &client_ops, sizeof(client), NULL);
-    braid_tcp_connect_options co = { .host = "127.0.0.1", .port = braid_address_port(&a) };
-    braid_deferred *d = braid_tcp_connect(loop, &co, &cf);
+    braid_endpoint co = { .kind = BRAID_ENDPOINT_TCP, .host = "127.0.0.1", .port = braid_address_port(&a) };
+    braid_deferred *d = braid_endpoint_connect_typed(loop, &co, &cf);
     BT_OK(braid_deferred_add_both(d, drop_result, NULL));
     braid_deferred_unref(d);
     bt_run_until(loop, &g_done, 10000);

@@ -12,6 +12,7 @@ typedef struct logcap {
     int n;
     int errors;
     char last[1024];
+    char all[4096];            /* every line, '\n'-separated (truncated when full) */
 } logcap;
 static logcap g_log;
 static void cap_log(void *ctx, braid_log_level level, const char *msg) {
@@ -19,6 +20,8 @@ static void cap_log(void *ctx, braid_log_level level, const char *msg) {
     g_log.n++;
     if (level == BRAID_LOG_ERROR) g_log.errors++;
     snprintf(g_log.last, sizeof g_log.last, "%s", msg);
+    size_t used = strlen(g_log.all);
+    snprintf(g_log.all + used, sizeof g_log.all - used, "%s\n", msg);
 }
 
 typedef struct unhandled_rec {
@@ -575,9 +578,48 @@ BT_TEST(leak_gate_refuses_unfired_deferred) {
     braid_deferred *d = braid_deferred_new(loop);
     braid_deferred_unref(d);
     BT_ERR(braid_loop_free(loop), BRAID_EBUSY);
-    BT_TRUE(strstr(g_log.last, "loop not destroyed: 1 Deferred(s) still alive (1 never fired)") != NULL);
+    BT_TRUE(strstr(g_log.all, "loop not destroyed: 1 Deferred(s) still alive (1 never fired)") != NULL);
     BT_OK(braid_deferred_callback(d, NULL, NULL));
     done(loop);
+}
+
+/* Debug builds name where each leaked Deferred was made, and its state. */
+#ifdef BRAID_DEBUG
+static int leak_line_pending, leak_line_fired;
+static braid_result keep(braid_result r, void *arg) { (void)arg; return r; }
+static void leak_two(braid_loop *loop, braid_deferred **pending, braid_deferred **fired) {
+    leak_line_pending = __LINE__ + 1;
+    *pending = braid_deferred_new(loop);
+    BT_OK(braid_deferred_add_callback(*pending, keep, NULL));
+    leak_line_fired = __LINE__ + 1;
+    *fired = braid_deferred_succeed(loop, NULL, NULL);
+}
+#endif
+BT_TEST(leak_gate_names_each_deferreds_origin) {
+#ifndef BRAID_DEBUG
+    bt_skip("Deferred origins are recorded in BRAID_DEBUG builds only");
+#else
+    braid_loop *loop = mkloop();
+    braid_deferred *pending, *fired;
+    leak_two(loop, &pending, &fired);
+    g_log.all[0] = 0;
+    BT_ERR(braid_loop_free(loop), BRAID_EBUSY);
+    char want[256];
+    snprintf(want, sizeof want, "deferred created at %s:%d in leak_two(), pending (never fired), "
+             "1 callback to run, 2 references", __FILE__, leak_line_pending);
+    if (!strstr(g_log.all, want)) bt_fail(__FILE__, __LINE__, "no \"%s\" in:\n%s", want, g_log.all);
+    snprintf(want, sizeof want, "deferred created at %s:%d in leak_two(), fired, 0 callbacks to run, "
+             "1 reference", __FILE__, leak_line_fired);
+    if (!strstr(g_log.all, want)) bt_fail(__FILE__, __LINE__, "no \"%s\" in:\n%s", want, g_log.all);
+    /* oldest first, after the count */
+    const char *count = strstr(g_log.all, "2 Deferred(s) still alive");
+    const char *first = strstr(g_log.all, "pending (never fired)"), *second = strstr(g_log.all, ", fired,");
+    BT_TRUE(count && first && second && count < first && first < second);
+    BT_OK(braid_deferred_callback(pending, NULL, NULL));
+    braid_deferred_unref(pending);
+    braid_deferred_unref(fired);
+    done(loop);
+#endif
 }
 
 /* ---- test helpers ------------------------------------------------------------------------ */

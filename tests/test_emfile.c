@@ -64,7 +64,8 @@ static int child_main(int ctl_r, int ctl_w) {
     if (braid_loop_new(&(braid_loop_options){ .flags = BRAID_LOOP_STRICT_BACKEND }, &c.loop) < 0) return 2;
     braid_factory f;
     braid_factory_init(&f, &echo_ops, sizeof(braid_protocol), NULL);
-    if (braid_tcp_listen(c.loop, &(braid_tcp_listen_options){ .host = "127.0.0.1", .backlog = 64 }, &f, &c.l) < 0)
+    if (braid_endpoint_listener(braid_endpoint_listen_typed(c.loop, &(braid_endpoint){
+            .kind = BRAID_ENDPOINT_TCP, .host = "127.0.0.1", .backlog = 64 }, &f), &c.l) < 0)
         return 2;
     braid_address a;
     braid_listener_address(c.l, &a);

@@ -4,6 +4,7 @@
 // ctest-labels: stream
 #include "harness.h"
 #include "support/run.h"
+#include <braid/pool.h>
 #include <braid/testing_deferred.h>
 #include <arpa/inet.h>
 #include <fcntl.h>
@@ -227,4 +228,64 @@ BT_IO_TEST(connect_string_timeout) {
     BT_EQ(cf.refs, 0);
     bt_loop_destroy(loop);
     braid_fake_clock_free(fc);
+}
+
+/* Connect timeouts follow the options-struct convention: 0 is the default
+ * (BRAID_ENDPOINT_CONNECT_TIMEOUT, 30 s), BRAID_FOREVER none. The name
+ * resolution is held in a memory pool (it runs only when the test steps
+ * the pool), so nothing but the timer can end the attempt. */
+typedef struct held {
+    braid_fake_clock *fc;
+    braid_loop *loop;
+    braid_pool *pool;
+    braid_factory cf;
+} held;
+
+static braid_deferred *held_connect(held *h, uint64_t timeout, bool string) {
+    braid_fake_clock_new(0, &h->fc);
+    h->loop = bt_loop_new(braid_fake_clock_base(h->fc));
+    braid_factory_init(&h->cf, &client_ops, sizeof(ep_proto), NULL);
+    BT_OK(braid_pool_new(&(braid_pool_options){ .flags = BRAID_POOL_MEMORY }, &h->pool));
+    BT_OK(braid_resolver_set_pool(h->loop, h->pool, 0));
+    braid_deferred *d = string ? braid_endpoint_connect(h->loop, "tcp:host=localhost:port=9", &h->cf)
+                               : braid_endpoint_connect_typed(h->loop, &(braid_endpoint){
+                                     .kind = BRAID_ENDPOINT_TCP, .host = "localhost", .port = 9,
+                                     .timeout = timeout }, &h->cf);
+    BT_FALSE(braid_deferred_is_called(d));
+    return d;
+}
+
+/* d must have failed with code: consume it, let the held resolution run
+ * and report back, and free everything. */
+static void held_done(held *h, braid_deferred *d, int code) {
+    braid_failure *f = braid_deferred_expect_failure(d, code);
+    braid_failure_free(f);
+    braid_deferred_unref(d);
+    while (braid_pool_step(h->pool) > 0) {}
+    bt_drain(h->loop);
+    braid_pool_free(h->pool);
+    bt_loop_destroy(h->loop);
+    braid_fake_clock_free(h->fc);
+    BT_EQ(h->cf.refs, 0);
+}
+
+BT_IO_TEST(connect_default_timeout) {
+    for (int string = 0; string < 2; string++) {
+        held h;
+        braid_deferred *d = held_connect(&h, 0, string);
+        bt_advance(h.loop, BRAID_ENDPOINT_CONNECT_TIMEOUT - 1);
+        braid_deferred_expect_no_result(d);
+        bt_advance(h.loop, 1);
+        held_done(&h, d, BRAID_ETIMEDOUT);
+    }
+}
+
+BT_IO_TEST(connect_forever_never_times_out) {
+    held h;
+    braid_deferred *d = held_connect(&h, BRAID_FOREVER, false);
+    bt_advance(h.loop, BRAID_SECONDS(86400) * 365);
+    braid_deferred_expect_no_result(d);
+    BT_EQ(braid_loop_timer_count(h.loop), 0);      /* no timer armed at all */
+    braid_deferred_cancel(d);
+    held_done(&h, d, BRAID_ECANCELED);
 }

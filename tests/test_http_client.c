@@ -1192,7 +1192,7 @@ static braid_deferred *loopback_connect(void *arg, braid_loop *loop, const char 
     (void)arg;
     (void)host;
     (void)https;
-    return braid_tcp_connect(loop, &(braid_tcp_connect_options){ .host = "127.0.0.1", .port = port }, f);
+    return braid_endpoint_connect_typed(loop, &(braid_endpoint){ .kind = BRAID_ENDPOINT_TCP, .host = "127.0.0.1", .port = port }, f);
 }
 
 BT_IO_TEST(https_over_loopback) {

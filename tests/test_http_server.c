@@ -366,6 +366,35 @@ BT_TEST(slowloris_header_timeout) {
     fx_done(&f);
 }
 
+/* BRAID_FOREVER disables a phase's limit (the options convention); it
+ * used to be added to the clock, wrap around, and fire at once. */
+BT_TEST(forever_timeouts_never_fire) {
+    fx f;
+    braid_http_server_options o = { .header_timeout = BRAID_FOREVER, .body_timeout = BRAID_FOREVER,
+                                    .idle_timeout = BRAID_FOREVER };
+    fx_init(&f, &o);
+    BT_OK(braid_http_server_route(f.s, "POST", "/", 0, h_echo, NULL));
+    fx_conn(&f);
+    BT_OK(braid_loop_advance(f.loop, BRAID_SECONDS(86400)));          /* idle before the first byte */
+    bt_spin(f.loop, 4);
+    BT_FALSE(closed(&f));
+    feed(&f, "POST / HTTP/1.1\r\n");                                  /* a head that stalls */
+    BT_OK(braid_loop_advance(f.loop, BRAID_SECONDS(86400)));
+    bt_spin(f.loop, 4);
+    BT_FALSE(closed(&f));
+    feed(&f, "Host: a\r\nContent-Length: 4\r\n\r\nab");               /* a body that stalls */
+    BT_OK(braid_loop_advance(f.loop, BRAID_SECONDS(86400)));
+    bt_spin(f.loop, 4);
+    BT_FALSE(closed(&f));
+    feed(&f, "cd");
+    BT_TRUE(strstr(take(&f), "body=abcd") != NULL);
+    BT_OK(braid_loop_advance(f.loop, BRAID_SECONDS(86400)));          /* idle keep-alive */
+    bt_spin(f.loop, 4);
+    BT_FALSE(closed(&f));
+    BT_EQ(braid_loop_timer_count(f.loop), 0);
+    fx_done(&f);
+}
+
 BT_TEST(body_and_idle_timeouts) {
     fx f;
     braid_http_server_options o = { .body_timeout = BRAID_SECONDS(5), .idle_timeout = BRAID_SECONDS(7) };

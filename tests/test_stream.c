@@ -385,7 +385,7 @@ BT_IO_TEST(tcp_echo_roundtrip) {
     int port;
     braid_listener *l = bt_listen_tcp(loop, &sf.f, &port);
     got g = { 0 };
-    await_connect(loop, braid_tcp_connect(loop, &(braid_tcp_connect_options){
+    await_connect(loop, braid_endpoint_connect_typed(loop, &(braid_endpoint){ .kind = BRAID_ENDPOINT_TCP,
                       .host = "127.0.0.1", .port = port }, &cf.f), &g);
     BT_FALSE(g.failed);
     BT_TRUE(g.p == &cpool[0].base);
@@ -428,7 +428,7 @@ BT_IO_TEST(tcp_slow_reader_pauses_producer) {
     int port;
     braid_listener *l = bt_listen_tcp(loop, &sf.f, &port);
     got g = { 0 };
-    await_connect(loop, braid_tcp_connect(loop, &(braid_tcp_connect_options){
+    await_connect(loop, braid_endpoint_connect_typed(loop, &(braid_endpoint){ .kind = BRAID_ENDPOINT_TCP,
                       .host = "127.0.0.1", .port = port }, &cf.f), &g);
     BT_RUN_UNTIL(loop, spool[0].made, 100);
     braid_transport *st = spool[0].base.transport, *ct = g.p->transport;
@@ -473,7 +473,7 @@ BT_IO_TEST(tcp_hard_cap_aborts) {
     int port;
     braid_listener *l = bt_listen_tcp(loop, &sf.f, &port);
     got g = { 0 };
-    await_connect(loop, braid_tcp_connect(loop, &(braid_tcp_connect_options){
+    await_connect(loop, braid_endpoint_connect_typed(loop, &(braid_endpoint){ .kind = BRAID_ENDPOINT_TCP,
                       .host = "127.0.0.1", .port = port }, &cf.f), &g);
     braid_transport_pause_reading(g.p->transport);
     BT_RUN_UNTIL(loop, spool[0].made, 100);
@@ -507,7 +507,7 @@ BT_IO_TEST(tcp_half_close_both_ways) {
     int port;
     braid_listener *l = bt_listen_tcp(loop, &sf.f, &port);
     got g = { 0 };
-    await_connect(loop, braid_tcp_connect(loop, &(braid_tcp_connect_options){
+    await_connect(loop, braid_endpoint_connect_typed(loop, &(braid_endpoint){ .kind = BRAID_ENDPOINT_TCP,
                       .host = "127.0.0.1", .port = port }, &cf.f), &g);
     braid_transport *ct = g.p->transport;
     BT_OK(braid_transport_write(ct, "request", 7));
@@ -537,7 +537,7 @@ BT_IO_TEST(tcp6_listen_connect) {
     braid_listener *l = bt_listen_tcp6(loop, &sf.f, &port);
     if (!l) { bt_loop_destroy(loop); bt_skip("no IPv6 loopback"); }
     got g = { 0 };
-    await_connect(loop, braid_tcp_connect(loop, &(braid_tcp_connect_options){
+    await_connect(loop, braid_endpoint_connect_typed(loop, &(braid_endpoint){ .kind = BRAID_ENDPOINT_TCP,
                       .host = "[::1]", .port = port }, &cf.f), &g);
     BT_FALSE(g.failed);
     BT_OK(braid_transport_write(g.p->transport, "v6", 2));
@@ -555,7 +555,7 @@ BT_IO_TEST(connect_refused_fails) {
     tfactory cf;
     tf_init(&cf, cpool, 1, &tp_ops);
     got g = { 0 };
-    await_connect(loop, braid_tcp_connect(loop, &(braid_tcp_connect_options){
+    await_connect(loop, braid_endpoint_connect_typed(loop, &(braid_endpoint){ .kind = BRAID_ENDPOINT_TCP,
                       .host = "127.0.0.1", .port = bt_free_port() }, &cf.f), &g);
     BT_TRUE(g.failed);
     BT_ERR(g.code, -ECONNREFUSED);
@@ -574,7 +574,7 @@ BT_IO_TEST(connect_cancel_and_timeout) {
     int port;
     braid_listener *l = bt_listen_tcp(loop, &sf.f, &port);
     /* cancel before the connect completed */
-    braid_deferred *d = braid_tcp_connect(loop, &(braid_tcp_connect_options){
+    braid_deferred *d = braid_endpoint_connect_typed(loop, &(braid_endpoint){ .kind = BRAID_ENDPOINT_TCP,
         .host = "127.0.0.1", .port = port }, &cf.f);
     braid_deferred_expect_no_result(d);
     braid_deferred_cancel(d);
@@ -582,7 +582,7 @@ BT_IO_TEST(connect_cancel_and_timeout) {
     braid_failure_free(f);
     braid_deferred_unref(d);
     /* the timeout: the fake clock passes it before the loop sees the socket */
-    d = braid_tcp_connect(loop, &(braid_tcp_connect_options){
+    d = braid_endpoint_connect_typed(loop, &(braid_endpoint){ .kind = BRAID_ENDPOINT_TCP,
         .host = "127.0.0.1", .port = port, .timeout = BRAID_SECONDS(5) }, &cf.f);
     braid_fake_clock_advance(fc, BRAID_SECONDS(5));
     BT_OK(braid_loop_run_once(loop, BRAID_LOOP_RUN_NOWAIT));
@@ -617,8 +617,8 @@ BT_IO_TEST(connect_by_name_resolves_off_thread) {
     int port;
     braid_listener *l = bt_listen_tcp(loop, &sf.f, &port);
     got g = { 0 };
-    braid_deferred *d = braid_tcp_connect(loop, &(braid_tcp_connect_options){
-        .host = "localhost", .port = port, .family = AF_INET }, &cf.f);
+    braid_deferred *d = braid_endpoint_connect_typed(loop, &(braid_endpoint){ .kind = BRAID_ENDPOINT_TCP,
+        .host = "localhost", .port = port }, &cf.f);
     BT_FALSE(braid_deferred_is_called(d));   /* a name goes to the resolver pool */
     await_connect(loop, d, &g);
     BT_FALSE(g.failed);
@@ -634,15 +634,14 @@ BT_IO_TEST(unix_listen_connect_and_fd_passing) {
     tfactory sf, cf;
     tf_init(&sf, spool, 1, &tp_ops);
     tf_init(&cf, cpool, 1, &tp_ops);
-    char path[128];
-    bt_unix_path(path, sizeof path, "fd");
-    braid_listener *l;
-    BT_OK(braid_unix_listen(loop, &(braid_unix_listen_options){ .path = path, .mode = 0600 }, &sf.f, &l));
+    braid_endpoint ue = { .kind = BRAID_ENDPOINT_UNIX, .mode = 0600 };
+    const char *path = bt_unix_path(ue.path, sizeof ue.path, "fd");
+    braid_listener *l = bt_listen(loop, &ue, &sf.f);
     struct stat st;
     BT_OK(stat(path, &st));
     BT_EQ(st.st_mode & 0777, 0600);
     got g = { 0 };
-    await_connect(loop, braid_unix_connect(loop, path, 0, &cf.f), &g);
+    await_connect(loop, braid_endpoint_connect_typed(loop, &ue, &cf.f), &g);
     BT_FALSE(g.failed);
     braid_transport *ct = g.p->transport;
     BT_STREQ(braid_transport_kind(ct), "unix");
@@ -733,9 +732,8 @@ BT_IO_TEST(accept_in_batches_with_budget) {
     static tp spool[N];
     tfactory sf;
     tf_init(&sf, spool, N, &tp_ops);
-    braid_listener *l;
-    BT_OK(braid_tcp_listen(loop, &(braid_tcp_listen_options){ .host = "127.0.0.1", .accept_budget = 8 },
-                           &sf.f, &l));
+    braid_listener *l = bt_listen(loop, &(braid_endpoint){ .kind = BRAID_ENDPOINT_TCP, .host = "127.0.0.1",
+                                                         .accept_budget = 8 }, &sf.f);
     int port = bt_listener_port(l);
     int cl[N];
     for (int i = 0; i < N; i++) cl[i] = bt_connect_tcp(port, 0);
@@ -856,22 +854,23 @@ static int stream_scenario(void *arg) {
     braid_factory_init(&sf, &ws_server_ops, sizeof(braid_protocol), &st);
     braid_factory_init(&cf, &ws_client_ops, sizeof(braid_protocol), &st);
     braid_listener *l = NULL;
-    rc = braid_tcp_listen(loop, &(braid_tcp_listen_options){ .host = "127.0.0.1" }, &sf, &l);
+    rc = braid_endpoint_listener(braid_endpoint_listen_typed(loop, &(braid_endpoint){
+        .kind = BRAID_ENDPOINT_TCP, .host = "127.0.0.1" }, &sf), &l);
     if (rc == 0) {
         braid_address a;
         if (braid_listener_address(l, &a) < 0) abort();
-        rc = walk_exchange(loop, &st, braid_tcp_connect(loop, &(braid_tcp_connect_options){
+        rc = walk_exchange(loop, &st, braid_endpoint_connect_typed(loop, &(braid_endpoint){ .kind = BRAID_ENDPOINT_TCP,
                                .host = "127.0.0.1", .port = braid_address_port(&a),
                                .timeout = BRAID_SECONDS(30) }, &cf), false);
         braid_listener_close(l);
     }
     if (rc == 0) {
-        char path[128];
-        bt_unix_path(path, sizeof path, "walk");
-        rc = braid_unix_listen(loop, &(braid_unix_listen_options){ .path = path }, &sf, &l);
+        braid_endpoint ue = { .kind = BRAID_ENDPOINT_UNIX, .timeout = BRAID_SECONDS(30) };
+        bt_unix_path(ue.path, sizeof ue.path, "walk");
+        rc = braid_endpoint_listener(braid_endpoint_listen_typed(loop, &ue, &sf), &l);
         if (rc == 0) {
             memset(&st, 0, sizeof st);
-            rc = walk_exchange(loop, &st, braid_unix_connect(loop, path, BRAID_SECONDS(30), &cf), true);
+            rc = walk_exchange(loop, &st, braid_endpoint_connect_typed(loop, &ue, &cf), true);
             braid_listener_close(l);
         }
     }
@@ -1013,13 +1012,12 @@ BT_IO_TEST(listen_on_adopted_socket) {
     struct sockaddr_in sa = { .sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
     BT_OK(bind(s, (struct sockaddr *)&sa, sizeof sa));
     BT_OK(listen(s, 16));
-    braid_listener *l;
-    BT_OK(braid_listen_adopt(loop, s, &sf.f, &l));
+    braid_listener *l = bt_listen(loop, &(braid_endpoint){ .kind = BRAID_ENDPOINT_FD, .fd = s }, &sf.f);
     BT_TRUE(fcntl(s, F_GETFL) & O_NONBLOCK);
     braid_address a;
     BT_OK(braid_listener_address(l, &a));
     got g = { 0 };
-    await_connect(loop, braid_tcp_connect(loop, &(braid_tcp_connect_options){
+    await_connect(loop, braid_endpoint_connect_typed(loop, &(braid_endpoint){ .kind = BRAID_ENDPOINT_TCP,
                       .host = "127.0.0.1", .port = braid_address_port(&a) }, &cf.f), &g);
     BT_FALSE(g.failed);
     BT_OK(braid_transport_write(g.p->transport, "adopted", 7));
@@ -1044,7 +1042,7 @@ BT_IO_TEST(connect_with_bind_address) {
     braid_listener *l = bt_listen_tcp(loop, &sf.f, &port);
     int src = bt_free_port();   /* a source port that was just free */
     got g = { 0 };
-    await_connect(loop, braid_tcp_connect(loop, &(braid_tcp_connect_options){
+    await_connect(loop, braid_endpoint_connect_typed(loop, &(braid_endpoint){ .kind = BRAID_ENDPOINT_TCP,
                       .host = "127.0.0.1", .port = port, .bind_host = "127.0.0.1", .bind_port = src },
                       &cf.f), &g);
     BT_FALSE(g.failed);
@@ -1058,7 +1056,7 @@ BT_IO_TEST(connect_with_bind_address) {
     braid_transport_close(g.p->transport, BRAID_FOREVER);
     BT_RUN_UNTIL(loop, cpool[0].lost && spool[0].lost, 1000);
     /* not a numeric address */
-    braid_deferred *d = braid_tcp_connect(loop, &(braid_tcp_connect_options){
+    braid_deferred *d = braid_endpoint_connect_typed(loop, &(braid_endpoint){ .kind = BRAID_ENDPOINT_TCP,
         .host = "127.0.0.1", .port = port, .bind_host = "nowhere" }, &cf.f);
     braid_failure *f = braid_deferred_expect_failure(d, BRAID_EINVAL);
     BT_TRUE(f->message && strstr(f->message, "nowhere"));
@@ -1079,8 +1077,8 @@ BT_IO_TEST(connect_cancelled_while_resolving) {
     tf_init(&cf, cpool, 1, &tp_ops);
     int port;
     braid_listener *l = bt_listen_tcp(loop, &sf.f, &port);
-    braid_deferred *d = braid_tcp_connect(loop, &(braid_tcp_connect_options){
-        .host = "localhost", .port = port, .family = AF_INET }, &cf.f);
+    braid_deferred *d = braid_endpoint_connect_typed(loop, &(braid_endpoint){ .kind = BRAID_ENDPOINT_TCP,
+        .host = "localhost", .port = port }, &cf.f);
     braid_deferred_expect_no_result(d);
     braid_deferred_cancel(d);
     braid_failure *f = braid_deferred_expect_failure(d, BRAID_ECANCELED);
@@ -1126,7 +1124,7 @@ BT_IO_TEST(tcp_pull_producer) {
     int port;
     braid_listener *l = bt_listen_tcp(loop, &sf.f, &port);
     got g = { 0 };
-    await_connect(loop, braid_tcp_connect(loop, &(braid_tcp_connect_options){
+    await_connect(loop, braid_endpoint_connect_typed(loop, &(braid_endpoint){ .kind = BRAID_ENDPOINT_TCP,
                       .host = "127.0.0.1", .port = port }, &cf.f), &g);
     tpuller pu = { .prod = { NULL, tpull_resume, tpull_stop, &pu }, .t = g.p->transport, .max = 64 };
     BT_OK(braid_transport_register_producer(pu.t, &pu.prod, false));
@@ -1184,7 +1182,7 @@ BT_IO_TEST(tcp_eof_while_paused_comes_after_the_data) {
     int port;
     braid_listener *l = bt_listen_tcp(loop, &sf.f, &port);
     got g = { 0 };
-    await_connect(loop, braid_tcp_connect(loop, &(braid_tcp_connect_options){
+    await_connect(loop, braid_endpoint_connect_typed(loop, &(braid_endpoint){ .kind = BRAID_ENDPOINT_TCP,
                       .host = "127.0.0.1", .port = port }, &cf.f), &g);
     BT_RUN_UNTIL(loop, spool[0].made, 1000);
     braid_transport *st = spool[0].base.transport;
@@ -1287,7 +1285,7 @@ static void tcp_pair(braid_loop *loop, tfactory *sf, tfactory *cf, braid_listene
     int port;
     *l = bt_listen_tcp(loop, &sf->f, &port);
     got g = { 0 };
-    await_connect(loop, braid_tcp_connect(loop, &(braid_tcp_connect_options){
+    await_connect(loop, braid_endpoint_connect_typed(loop, &(braid_endpoint){ .kind = BRAID_ENDPOINT_TCP,
                       .host = "127.0.0.1", .port = port }, &cf->f), &g);
     BT_FALSE(g.failed);
     BT_RUN_UNTIL(loop, sf->pool[0].made, 1000);
@@ -1386,15 +1384,14 @@ BT_IO_TEST(tls_close_within_bounds_the_lower_transport) {
     tfactory sf, cf;
     tf_init(&sf, spool, 1, &tp_ops);
     tf_init(&cf, cpool, 1, &tp_ops);
-    braid_tls_factory stf, ctf;
+    braid_tls_factory stf;
     BT_OK(braid_tls_factory_init(&stf, &sf.f, &(braid_tls_wrap_options){ .ctx = sctx }));
-    BT_OK(braid_tls_factory_init(&ctf, &cf.f, &(braid_tls_wrap_options){
-        .ctx = cctx, .server_name = "localhost" }));
+    braid_tls_wrap_options cto = { .ctx = cctx, .server_name = "localhost" };
     int port;
     braid_listener *l = bt_listen_tcp(loop, &stf.base, &port);
     got g = { 0 };
-    await_connect(loop, braid_tls_connect(loop, &(braid_tcp_connect_options){
-                      .host = "127.0.0.1", .port = port }, &ctf), &g);
+    await_connect(loop, braid_endpoint_connect_typed(loop, &(braid_endpoint){ .kind = BRAID_ENDPOINT_TCP,
+                      .host = "127.0.0.1", .port = port, .tls = &cto }, &cf.f), &g);
     BT_FALSE(g.failed);
     braid_listener_close(l);
     /* the handshake completes when the client has something to say */
@@ -1433,7 +1430,6 @@ BT_IO_TEST(tls_close_within_bounds_the_lower_transport) {
     BT_ERR(cpool[0].lost_code, BRAID_ECONNRESET);
     BT_EQ(braid_loop_run(loop), 0);
     braid_tls_factory_close(&stf);
-    braid_tls_factory_close(&ctf);
     braid_tls_ctx_unref(sctx);
     braid_tls_ctx_unref(cctx);
     bt_loop_destroy(loop);
@@ -1564,7 +1560,7 @@ static void bc_open(braid_loop *loop, bc_world *w, braid_factory *sf, tfactory *
     for (int i = 0; i < nr; i++) {
         w->cpool[i].check_pattern = true;
         got g = { 0 };
-        await_connect(loop, braid_tcp_connect(loop, &(braid_tcp_connect_options){
+        await_connect(loop, braid_endpoint_connect_typed(loop, &(braid_endpoint){ .kind = BRAID_ENDPOINT_TCP,
                           .host = "127.0.0.1", .port = w->port }, &cf->f), &g);
         BT_FALSE(g.failed);
     }

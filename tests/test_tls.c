@@ -447,6 +447,70 @@ static braid_result got_err(braid_result r, void *arg) {
     return braid_result_ok(NULL);
 }
 
+/* The typed endpoint's .tls: TLS on both sides without a wrapper factory of
+ * the test's own; a client without server_name checks the certificate
+ * against the endpoint's host ("localhost" passes, "127.0.0.2" does not);
+ * TLS over a unix endpoint is refused. */
+BT_IO_TEST(typed_endpoint_tls_both_sides) {
+    signal(SIGPIPE, SIG_IGN);
+    braid_loop *loop = bt_loop_new(NULL);
+    braid_tls_ctx *sctx = bt_tls_server_ctx(NULL, NULL), *cctx = bt_tls_client_ctx(NULL);
+    afactory sf, cf;
+    app s[2], c[2];
+    af_init(&sf, s, 2);
+    af_init(&cf, c, 2);
+    s[0].echo = true;
+    braid_tls_wrap_options so = { .ctx = sctx, .handshake_done = on_hs };
+    braid_tls_wrap_options co = { .ctx = cctx, .handshake_done = on_hs };
+    braid_listener *l = bt_listen(loop, &(braid_endpoint){ .kind = BRAID_ENDPOINT_TCP, .host = "127.0.0.1",
+                                                         .tls = &so }, &sf.f);
+    int port = bt_listener_port(l);
+    got g = { 0 };
+    braid_deferred *d = braid_endpoint_connect_typed(loop, &(braid_endpoint){ .kind = BRAID_ENDPOINT_TCP,
+        .host = "localhost", .port = port, .tls = &co }, &cf.f);
+    BT_OK(braid_deferred_add(d, got_ok, got_err, &g));
+    braid_deferred_unref(d);
+    bt_run_until(loop, &g.done, 1000);
+    BT_FALSE(g.failed);
+    BT_TRUE(g.p == &c[0].base);                       /* the application's protocol */
+    BT_TRUE(braid_tls_is_transport(g.p->transport));
+    BT_OK(braid_transport_write(g.p->transport, "typed", 5));
+    BT_RUN_UNTIL(loop, c[0].inlen >= 5, 2000);
+    BT_TRUE(memcmp(c[0].in, "typed", 5) == 0);
+    BT_EQ(c[0].handshakes, 1);
+    BT_EQ(s[0].handshakes, 1);
+    braid_transport_close(g.p->transport, BRAID_SECONDS(5));
+    BT_RUN_UNTIL(loop, c[0].lost && s[0].lost, 3000);
+    BT_ERR(c[0].lost_code, BRAID_ECONNECTION_DONE);
+    /* the name checked is the host's: the certificate has localhost and
+     * 127.0.0.1, not 127.0.0.2 (a loopback address all the same) */
+    braid_listener *l2 = bt_listen(loop, &(braid_endpoint){ .kind = BRAID_ENDPOINT_TCP, .host = "127.0.0.2",
+                                                          .tls = &so }, &sf.f);
+    got g2 = { 0 };
+    d = braid_endpoint_connect_typed(loop, &(braid_endpoint){ .kind = BRAID_ENDPOINT_TCP,
+        .host = "127.0.0.2", .port = bt_listener_port(l2), .tls = &co }, &cf.f);
+    BT_OK(braid_deferred_add(d, got_ok, got_err, &g2));
+    braid_deferred_unref(d);
+    bt_run_until(loop, &g2.done, 1000);
+    BT_FALSE(g2.failed);
+    BT_OK(braid_transport_write(g2.p->transport, "never", 5));   /* starts the handshake */
+    BT_RUN_UNTIL(loop, c[1].lost && s[1].lost, 3000);
+    BT_ERR(c[1].lost_code, BRAID_ETLS_HOSTNAME);
+    BT_EQ(c[1].handshakes, 0);
+    /* TLS is over tcp only */
+    braid_endpoint ue = { .kind = BRAID_ENDPOINT_UNIX, .tls = &so };
+    bt_unix_path(ue.path, sizeof ue.path, "tls");
+    braid_listener *ul = NULL;
+    BT_ERR(braid_endpoint_listener(braid_endpoint_listen_typed(loop, &ue, &sf.f), &ul), BRAID_EBAD_ENDPOINT);
+    BT_TRUE(ul == NULL);
+    braid_listener_close(l);
+    braid_listener_close(l2);
+    bt_drain(loop);
+    braid_tls_ctx_unref(sctx);
+    braid_tls_ctx_unref(cctx);
+    bt_loop_destroy(loop);
+}
+
 BT_IO_TEST(tcp_tls_echo_resume_and_bad_client) {
     signal(SIGPIPE, SIG_IGN);
     braid_loop *loop = bt_loop_new(NULL);
@@ -456,16 +520,16 @@ BT_IO_TEST(tcp_tls_echo_resume_and_bad_client) {
     af_init(&sf, s, 3);
     af_init(&cf, c, 2);
     for (int i = 0; i < 3; i++) s[i].echo = true;
-    braid_tls_factory stf, ctf;
+    braid_tls_factory stf;
     BT_OK(braid_tls_factory_init(&stf, &sf.f, &(braid_tls_wrap_options){ .ctx = sctx, .handshake_done = on_hs }));
-    BT_OK(braid_tls_factory_init(&ctf, &cf.f, &(braid_tls_wrap_options){
-        .ctx = cctx, .server_name = "localhost", .handshake_done = on_hs }));
+    braid_tls_wrap_options cto = {
+        .ctx = cctx, .server_name = "localhost", .handshake_done = on_hs };
     int port;
     braid_listener *l = bt_listen_tcp(loop, &stf.base, &port);
 
     /* 1: a full handshake, echo, close_notify */
     got g = { 0 };
-    braid_deferred *d = braid_tls_connect(loop, &(braid_tcp_connect_options){ .host = "127.0.0.1", .port = port }, &ctf);
+    braid_deferred *d = braid_endpoint_connect_typed(loop, &(braid_endpoint){ .kind = BRAID_ENDPOINT_TCP, .host = "127.0.0.1", .port = port, .tls = &cto }, &cf.f);
     BT_OK(braid_deferred_add(d, got_ok, got_err, &g));
     braid_deferred_unref(d);
     bt_run_until(loop, &g.done, 1000);
@@ -493,7 +557,7 @@ BT_IO_TEST(tcp_tls_echo_resume_and_bad_client) {
     af_init(&jf, junk, 1);
     (void)plain;
     got gj = { 0 };
-    d = braid_tcp_connect(loop, &(braid_tcp_connect_options){ .host = "127.0.0.1", .port = port }, &jf.f);
+    d = braid_endpoint_connect_typed(loop, &(braid_endpoint){ .kind = BRAID_ENDPOINT_TCP, .host = "127.0.0.1", .port = port }, &jf.f);
     BT_OK(braid_deferred_add(d, got_ok, got_err, &gj));
     braid_deferred_unref(d);
     bt_run_until(loop, &gj.done, 1000);
@@ -503,7 +567,7 @@ BT_IO_TEST(tcp_tls_echo_resume_and_bad_client) {
 
     /* 3: the server still serves; the session is resumed */
     got g2 = { 0 };
-    d = braid_tls_connect(loop, &(braid_tcp_connect_options){ .host = "127.0.0.1", .port = port }, &ctf);
+    d = braid_endpoint_connect_typed(loop, &(braid_endpoint){ .kind = BRAID_ENDPOINT_TCP, .host = "127.0.0.1", .port = port, .tls = &cto }, &cf.f);
     BT_OK(braid_deferred_add(d, got_ok, got_err, &g2));
     braid_deferred_unref(d);
     bt_run_until(loop, &g2.done, 1000);
@@ -518,7 +582,6 @@ BT_IO_TEST(tcp_tls_echo_resume_and_bad_client) {
     braid_listener_close(l);
     for (int i = 0; i < 5; i++) braid_loop_run_once(loop, BRAID_LOOP_RUN_NOWAIT);
     braid_tls_factory_close(&stf);
-    braid_tls_factory_close(&ctf);
     braid_tls_ctx_unref(sctx);
     braid_tls_ctx_unref(cctx);
     bt_loop_destroy(loop);
@@ -808,7 +871,7 @@ static const braid_protocol_ops raw_ops = { .connection_made = raw_made, .data_r
 
 static braid_protocol *plain_connect(braid_loop *loop, int port, braid_factory *f) {
     got g = { 0 };
-    braid_deferred *d = braid_tcp_connect(loop, &(braid_tcp_connect_options){ .host = "127.0.0.1", .port = port }, f);
+    braid_deferred *d = braid_endpoint_connect_typed(loop, &(braid_endpoint){ .kind = BRAID_ENDPOINT_TCP, .host = "127.0.0.1", .port = port }, f);
     BT_OK(braid_deferred_add(d, got_ok, got_err, &g));
     braid_deferred_unref(d);
     bt_run_until(loop, &g.done, 1000);
@@ -889,10 +952,10 @@ BT_IO_TEST(bad_input_over_tcp_fails_one_connection) {
     afactory cf;
     app c[1];
     af_init(&cf, c, 1);
-    braid_tls_factory ctf;
-    BT_OK(braid_tls_factory_init(&ctf, &cf.f, &(braid_tls_wrap_options){ .ctx = cctx, .server_name = "localhost" }));
+    
+    braid_tls_wrap_options cto = { .ctx = cctx, .server_name = "localhost" };
     got g = { 0 };
-    braid_deferred *d = braid_tls_connect(loop, &(braid_tcp_connect_options){ .host = "127.0.0.1", .port = port }, &ctf);
+    braid_deferred *d = braid_endpoint_connect_typed(loop, &(braid_endpoint){ .kind = BRAID_ENDPOINT_TCP, .host = "127.0.0.1", .port = port, .tls = &cto }, &cf.f);
     BT_OK(braid_deferred_add(d, got_ok, got_err, &g));
     braid_deferred_unref(d);
     bt_run_until(loop, &g.done, 1000);
@@ -907,7 +970,6 @@ BT_IO_TEST(bad_input_over_tcp_fails_one_connection) {
     braid_listener_close(l);
     for (int i = 0; i < 5; i++) braid_loop_run_once(loop, BRAID_LOOP_RUN_NOWAIT);
     braid_tls_factory_close(&stf);
-    braid_tls_factory_close(&ctf);
     braid_tls_ctx_unref(sctx);
     braid_tls_ctx_unref(cctx);
     bt_loop_destroy(loop);
@@ -937,14 +999,14 @@ BT_IO_TEST(verification_failures_over_tcp) {
         app s[1], c[1];
         af_init(&sf, s, 1);
         af_init(&cf, c, 1);
-        braid_tls_factory stf, ctf;
+        braid_tls_factory stf;
         BT_OK(braid_tls_factory_init(&stf, &sf.f, &(braid_tls_wrap_options){ .ctx = sctx }));
-        BT_OK(braid_tls_factory_init(&ctf, &cf.f, &(braid_tls_wrap_options){
-            .ctx = cctx, .server_name = cases[k].host, .handshake_done = on_hs }));
+        braid_tls_wrap_options cto = {
+            .ctx = cctx, .server_name = cases[k].host, .handshake_done = on_hs };
         int port;
         braid_listener *l = bt_listen_tcp(loop, &stf.base, &port);
         got g = { 0 };
-        braid_deferred *d = braid_tls_connect(loop, &(braid_tcp_connect_options){ .host = "127.0.0.1", .port = port }, &ctf);
+        braid_deferred *d = braid_endpoint_connect_typed(loop, &(braid_endpoint){ .kind = BRAID_ENDPOINT_TCP, .host = "127.0.0.1", .port = port, .tls = &cto }, &cf.f);
         BT_OK(braid_deferred_add(d, got_ok, got_err, &g));
         braid_deferred_unref(d);
         bt_run_until(loop, &g.done, 1000);
@@ -961,7 +1023,6 @@ BT_IO_TEST(verification_failures_over_tcp) {
         braid_listener_close(l);
         for (int i = 0; i < 5; i++) braid_loop_run_once(loop, BRAID_LOOP_RUN_NOWAIT);
         braid_tls_factory_close(&stf);
-        braid_tls_factory_close(&ctf);
         braid_tls_ctx_unref(sctx);
     }
     braid_tls_ctx_unref(cctx);
@@ -998,11 +1059,11 @@ BT_IO_TEST(one_byte_writes_over_tcp_make_few_records) {
     byter b = { .a.base.ops = &app_ops, .writes = 3000 };
     onefactory cf;
     one_init(&cf, &b.a.base);
-    braid_tls_factory ctf;
-    BT_OK(braid_tls_factory_init(&ctf, &cf.f, &(braid_tls_wrap_options){
-        .ctx = cctx, .server_name = "localhost", .handshake_done = byter_hs }));
+    
+    braid_tls_wrap_options cto = {
+        .ctx = cctx, .server_name = "localhost", .handshake_done = byter_hs };
     got g = { 0 };
-    braid_deferred *d = braid_tls_connect(loop, &(braid_tcp_connect_options){ .host = "127.0.0.1", .port = port }, &ctf);
+    braid_deferred *d = braid_endpoint_connect_typed(loop, &(braid_endpoint){ .kind = BRAID_ENDPOINT_TCP, .host = "127.0.0.1", .port = port, .tls = &cto }, &cf.f);
     BT_OK(braid_deferred_add(d, got_ok, got_err, &g));
     braid_deferred_unref(d);
     bt_run_until(loop, &g.done, 1000);
@@ -1024,7 +1085,6 @@ BT_IO_TEST(one_byte_writes_over_tcp_make_few_records) {
     braid_listener_close(l);
     for (int i = 0; i < 5; i++) braid_loop_run_once(loop, BRAID_LOOP_RUN_NOWAIT);
     braid_tls_engine_free(rs.e);
-    braid_tls_factory_close(&ctf);
     braid_tls_ctx_unref(sctx);
     braid_tls_ctx_unref(cctx);
     bt_loop_destroy(loop);
@@ -1051,14 +1111,14 @@ BT_IO_TEST(never_reading_tls_peer_over_tcp_stays_under_cap) {
     af_init(&sf, s, 1);
     af_init(&cf, c, 1);
     s[0].base.ops = &never_read_ops;
-    braid_tls_factory stf, ctf;
+    braid_tls_factory stf;
     BT_OK(braid_tls_factory_init(&stf, &sf.f, &(braid_tls_wrap_options){ .ctx = sctx }));
-    BT_OK(braid_tls_factory_init(&ctf, &cf.f, &(braid_tls_wrap_options){
-        .ctx = cctx, .server_name = "localhost", .handshake_done = on_hs }));
+    braid_tls_wrap_options cto = {
+        .ctx = cctx, .server_name = "localhost", .handshake_done = on_hs };
     int port;
     braid_listener *l = bt_listen_tcp(loop, &stf.base, &port);
     got g = { 0 };
-    braid_deferred *d = braid_tls_connect(loop, &(braid_tcp_connect_options){ .host = "127.0.0.1", .port = port }, &ctf);
+    braid_deferred *d = braid_endpoint_connect_typed(loop, &(braid_endpoint){ .kind = BRAID_ENDPOINT_TCP, .host = "127.0.0.1", .port = port, .tls = &cto }, &cf.f);
     BT_OK(braid_deferred_add(d, got_ok, got_err, &g));
     braid_deferred_unref(d);
     bt_run_until(loop, &g.done, 1000);
@@ -1109,7 +1169,6 @@ BT_IO_TEST(never_reading_tls_peer_over_tcp_stays_under_cap) {
     braid_listener_close(l);
     for (int i = 0; i < 5; i++) braid_loop_run_once(loop, BRAID_LOOP_RUN_NOWAIT);
     braid_tls_factory_close(&stf);
-    braid_tls_factory_close(&ctf);
     braid_tls_ctx_unref(sctx);
     braid_tls_ctx_unref(cctx);
     bt_loop_destroy(loop);

@@ -369,7 +369,7 @@ BRAID_API int braid_component_thread_send(braid_component_thread *t, int box, vo
  * pauses reading from that peer until it pops (backpressure). Both
  * components are freed once the connection is gone and the handler has
  * ended. braid_component_server_factory is the protocol factory to listen
- * with (braid_endpoint_listen, braid_tcp_listen ...); close the listeners before
+ * with (braid_endpoint_listen or _listen_typed); close the listeners before
  * braid_component_server_free, which aborts the connections still open
  * (run the loop once afterwards to let them finish). */
 typedef struct braid_component_chunk {

@@ -337,6 +337,35 @@ BRAID_API void braid_deferred_queue_free(braid_deferred_queue *q);
 /* Live Deferreds of this loop (tests, stats). */
 BRAID_API size_t braid_deferred_live(braid_loop *loop);
 
+/* ---- where a Deferred was made (the leak gate's origins) ---------------------------
+ * Debug builds (BRAID_DEBUG defined for the library and for your code)
+ * record the file, line and function of each call to the constructors
+ * below, and braid_loop_free, refusing a loop that still has live
+ * Deferreds, names every one:
+ *
+ *     deferred created at tests/test_x.c:42 in foo(), pending (never fired), 1 callback to run
+ *
+ * The macros wrap braid_deferred_new, _new_cancellable, _succeed, _fail,
+ * _gather, _race, _list and _later; other modules' Deferreds are named by
+ * the line inside braid that made them. Release builds define no macro and
+ * keep no origin: the constructors cost what they did. Define
+ * BRAID_NO_DEFERRED_ORIGIN before including braid to opt out.
+ * braid_deferred_origin_at records an origin on d (returns d; NULL is
+ * ignored; a no-op in release builds of the library). */
+BRAID_API braid_deferred *braid_deferred_origin_at(braid_deferred *d, const char *file, int line,
+                                                   const char *func);
+#if defined(BRAID_DEBUG) && !defined(BRAID_NO_DEFERRED_ORIGIN)
+#define BRAID__DEFERRED_AT(d) braid_deferred_origin_at((d), __FILE__, __LINE__, __func__)
+#define braid_deferred_new(...) BRAID__DEFERRED_AT(braid_deferred_new(__VA_ARGS__))
+#define braid_deferred_new_cancellable(...) BRAID__DEFERRED_AT(braid_deferred_new_cancellable(__VA_ARGS__))
+#define braid_deferred_succeed(...) BRAID__DEFERRED_AT(braid_deferred_succeed(__VA_ARGS__))
+#define braid_deferred_fail(...) BRAID__DEFERRED_AT(braid_deferred_fail(__VA_ARGS__))
+#define braid_deferred_gather(...) BRAID__DEFERRED_AT(braid_deferred_gather(__VA_ARGS__))
+#define braid_deferred_race(...) BRAID__DEFERRED_AT(braid_deferred_race(__VA_ARGS__))
+#define braid_deferred_list(...) BRAID__DEFERRED_AT(braid_deferred_list(__VA_ARGS__))
+#define braid_deferred_later(...) BRAID__DEFERRED_AT(braid_deferred_later(__VA_ARGS__))
+#endif
+
 #ifdef __cplusplus
 }
 #endif

@@ -123,13 +123,14 @@ BRAID_API void braid_fstream_free(braid_fstream *s);
 
 /* From a fiber: connect to a client endpoint string ("tcp:host=127.0.0.1:
  * port=8000", "unix:path=/run/x.sock", see <braid/endpoint.h>) and wait for
- * the connection, at most timeout. 0 and *out (free it with
+ * the connection, at most timeout (the endpoint's own connect timeout —
+ * 30 s unless the string sets timeout= — applies too). 0 and *out (free it with
  * braid_fstream_free), or the connect failure's code (BRAID_ETIMEDOUT,
  * -ECONNREFUSED, BRAID_EBAD_ENDPOINT, BRAID_ECANCELED, BRAID_ENOT_IN_FIBER). */
 BRAID_API int braid_fstream_connect(braid_loop *loop, const char *endpoint, uint64_t timeout,
                                     braid_fstream **out);
 
-/* Accepting: a factory (pass &ff->base to braid_endpoint_listen, braid_tcp_listen ...)
+/* Accepting: a factory (pass &ff->base to braid_endpoint_listen or _listen_typed)
  * that runs handler(stream, arg) in a new fiber for every connection. When the
  * handler returns, the connection is closed gracefully and the stream
  * released; a negative return value is logged (debug level). If a fiber cannot

@@ -311,7 +311,7 @@ typedef braid_deferred *(*braid_http_handler_fn)(braid_http_request *req, void *
 BRAID_API extern const braid_ctx_key braid_http_request_key;
 
 typedef struct braid_http_server_options {
-    uint64_t header_timeout;      /* 0 = 10 s */
+    uint64_t header_timeout;      /* 0 = 10 s; BRAID_FOREVER = never (as every timeout below) */
     uint64_t body_timeout;        /* 0 = 30 s */
     uint64_t idle_timeout;        /* 0 = 15 s */
     /* Abort a connection whose pending output made no progress for this long
@@ -343,7 +343,7 @@ BRAID_API int braid_http_server_new(braid_loop *loop, const braid_http_server_op
 BRAID_API void braid_http_server_shutdown(braid_http_server *s);
 /* Free; BRAID_EBUSY while connections are open (shut down and run the loop first). */
 BRAID_API int braid_http_server_free(braid_http_server *s);
-/* The factory to hand to any listener (braid_endpoint_listen, braid_tcp_listen ...). */
+/* The factory to hand to a listener (braid_endpoint_listen or _listen_typed). */
 BRAID_API braid_factory *braid_http_server_factory(braid_http_server *s);
 /* braid_endpoint_listen(loop, endpoint, factory): a Deferred of the braid_listener *
  * (yours to close). "tcp:8080:reuseport=1" lets N processes share the port. */
@@ -522,6 +522,7 @@ typedef struct braid_http_client_options {
     size_t max_idle_per_host;   /* idle keep-alive connections kept per origin (4) */
     size_t max_per_host;        /* connections per origin, idle ones included (0: no
                                  * limit); requests beyond it wait, in order, for one */
+    /* 0 takes the default in parentheses; BRAID_FOREVER: no limit */
     uint64_t idle_timeout;      /* how long an idle connection is kept (60 s) */
     uint64_t connect_timeout;   /* (30 s) */
     uint64_t header_timeout;    /* (60 s) */
@@ -533,8 +534,8 @@ typedef struct braid_http_client_options {
      * first use that verifies against the system CA store. */
     struct braid_tls_ctx *tls_ctx;
     /* Tests and custom transports: open a connection to host:port, returning
-     * a Deferred of the connected protocol built by f (as braid_tcp_connect
-     * does). NULL: TCP. For https the client starts TLS on it itself. */
+     * a Deferred of the connected protocol built by f (as
+     * braid_endpoint_connect does). NULL: TCP. For https the client starts TLS on it itself. */
     struct braid_deferred *(*connect)(void *arg, struct braid_loop *loop, const char *host, int port,
                                       bool https, struct braid_factory *f);
     void *connect_arg;
@@ -570,7 +571,7 @@ typedef struct braid_http_client_req {
     braid_http_upload_cb body_source;
     uint64_t max_body;          /* buffered response body limit (0: the client's) */
     int max_redirects;          /* 0: the client's; < 0: never follow */
-    uint64_t connect_timeout, header_timeout, body_timeout;   /* 0: the client's */
+    uint64_t connect_timeout, header_timeout, body_timeout;   /* 0: the client's; BRAID_FOREVER: none */
     /* Streaming response bodies (see above). */
     braid_http_client_body_cb on_body;
     braid_http_client_end_cb on_end;

@@ -22,15 +22,17 @@
  * loop's next wait — no read()/send() system call per message (see
  * docs/stream.md).
  *
- *     // server
- *     braid_listener *l;
- *     braid_tcp_listen_options o = { .host = "127.0.0.1", .port = 8000 };
- *     braid_tcp_listen(loop, &o, &factory, &l);
+ * Listening and connecting go through <braid/endpoint.h> (an endpoint string
+ * or its typed braid_endpoint), for every kind of transport:
+ *
+ *     // server: the Deferred has fired with the listener when this returns
+ *     braid_deferred_then(braid_endpoint_listen(loop, "tcp:8000:interface=127.0.0.1", &factory),
+ *                         listening, failed, ctx);
  *     ...
  *     braid_listener_close(l);
  *     // client: a Deferred of the connected protocol (borrowed pointer)
- *     braid_deferred *d = braid_tcp_connect(loop, &(braid_tcp_connect_options){
- *         .host = "127.0.0.1", .port = 8000, .timeout = BRAID_SECONDS(5) }, &factory);
+ *     braid_deferred_then(braid_endpoint_connect(loop, "tcp:127.0.0.1:8000:timeout=5", &factory),
+ *                         connected, failed, ctx);
  *
  * Ownership: braid owns transports. A transport lives from connection_made
  * until its protocol's connection_lost has returned; then braid frees it (and
@@ -117,31 +119,11 @@ BRAID_API braid_producer *braid_transport_producer(braid_transport *t);
 BRAID_API int braid_transport_send_fds(braid_transport *t, const int *fds, int n,
                                        const void *buf, size_t len);
 
-/* ---- listening ------------------------------------------------------------------ */
+/* ---- listeners ------------------------------------------------------------------ */
+/* What braid_endpoint_listen / _listen_typed (<braid/endpoint.h>) make:
+ * yours until braid_listener_close. */
 typedef struct braid_listener braid_listener;
 
-typedef struct braid_tcp_listen_options {
-    const char *host;          /* numeric address; NULL or "" = all IPv4 ("::" for v6) */
-    int port;                  /* 0 = any; read it back with braid_listener_address */
-    bool ipv6;                 /* tcp6 */
-    int backlog;               /* 0 = 511 */
-    bool reuseport;            /* SO_REUSEPORT (several processes share the port) */
-    int accept_budget;         /* accepts per loop iteration, 0 = 64 (fairness) */
-} braid_tcp_listen_options;
-
-typedef struct braid_unix_listen_options {
-    const char *path;
-    int mode;                  /* chmod of the socket file, 0 = leave as umask gives */
-    int backlog;
-    int accept_budget;
-} braid_unix_listen_options;
-
-BRAID_API int braid_tcp_listen(braid_loop *loop, const braid_tcp_listen_options *o,
-                               braid_factory *f, braid_listener **out);
-BRAID_API int braid_unix_listen(braid_loop *loop, const braid_unix_listen_options *o,
-                                braid_factory *f, braid_listener **out);
-/* Listen on a descriptor made elsewhere (socket activation); takes ownership. */
-BRAID_API int braid_listen_adopt(braid_loop *loop, int fd, braid_factory *f, braid_listener **out);
 BRAID_API int braid_listener_address(const braid_listener *l, braid_address *out);
 /* Stop listening, close the socket (and unlink a Unix path we created), free.
  * Accepted connections live on. */
@@ -158,24 +140,6 @@ BRAID_API int braid_listener_set_exclusive(braid_listener *l, bool on);
 /* EMFILE back-off: after running out of descriptors the listener stops
  * accepting for this long (doubling to 1 s while it persists). Default 50 ms. */
 BRAID_API void braid_listener_set_backoff(braid_listener *l, uint64_t backoff);
-
-/* ---- connecting ------------------------------------------------------------------ */
-typedef struct braid_tcp_connect_options {
-    const char *host;          /* name or numeric; names resolve off the loop thread */
-    int port;
-    uint64_t timeout;          /* 0 = no timeout; BRAID_ETIMEDOUT when it fires */
-    const char *bind_host;     /* optional source address (numeric) */
-    int bind_port;
-    int family;                /* 0 = any, AF_INET or AF_INET6 */
-} braid_tcp_connect_options;
-
-/* A Deferred of the connected braid_protocol * (borrowed: it lives until its
- * connection_lost). Cancelling it (or the timeout) closes the attempt. NULL
- * only if even a failed Deferred could not be allocated. */
-BRAID_API braid_deferred *braid_tcp_connect(braid_loop *loop, const braid_tcp_connect_options *o,
-                                            braid_factory *f);
-BRAID_API braid_deferred *braid_unix_connect(braid_loop *loop, const char *path,
-                                             uint64_t timeout, braid_factory *f);
 
 /* ---- adopting descriptors ---------------------------------------------------------- */
 /* Wrap a connected descriptor made elsewhere (a socketpair, a parent's socket,

@@ -240,16 +240,17 @@ BRAID_API size_t braid_tls_engine_buffered(const braid_tls_engine *e);
  * 48 KiB when it was at the default, so its buffer stays within the 64 KiB
  * a transport keeps between bursts.
  *
- *     // server: wrap any factory, listen with the wrapper
- *     braid_tls_factory tf;
- *     braid_tls_factory_init(&tf, &app_factory, &(braid_tls_wrap_options){
- *         .ctx = server_ctx, .handshake_done = on_handshake });
- *     braid_tcp_listen(loop, &(braid_tcp_listen_options){ .port = 8443 }, &tf.base, &l);
+ *     // server and client: an endpoint with TLS options (or an ssl:/tls:
+ *     // string, below); the wrapper factory is braid's
+ *     braid_tls_wrap_options so = { .ctx = server_ctx, .handshake_done = on_handshake };
+ *     braid_endpoint_listen_typed(loop, &(braid_endpoint){ .kind = BRAID_ENDPOINT_TCP,
+ *         .port = 8443, .tls = &so }, &app_factory);
  *     // client: a Deferred of the application's protocol
- *     braid_tls_factory_init(&cf, &app_factory, &(braid_tls_wrap_options){
- *         .ctx = client_ctx, .server_name = "example.com" });
- *     braid_deferred *d = braid_tls_connect(loop, &(braid_tcp_connect_options){
- *         .host = "example.com", .port = 443 }, &cf);
+ *     braid_tls_wrap_options co = { .ctx = client_ctx };   // checks "example.com"
+ *     braid_deferred *d = braid_endpoint_connect_typed(loop, &(braid_endpoint){
+ *         .kind = BRAID_ENDPOINT_TCP, .host = "example.com", .port = 443, .tls = &co }, &app_factory);
+ *     // or wrap a factory yourself (braid_tls_factory_init) and pass &tf.base
+ *     // to any listen or connect
  *     // STARTTLS: from inside the protocol, on its live connection
  *     braid_tls_start(p, &(braid_tls_wrap_options){ .ctx = client_ctx,
  *                                                   .server_name = "mail.example.com" });
@@ -295,13 +296,9 @@ BRAID_API int braid_tls_factory_init(braid_tls_factory *tf, braid_factory *inner
                                      const braid_tls_wrap_options *o);
 BRAID_API void braid_tls_factory_close(braid_tls_factory *tf);
 
-/* TCP connect through a client wrapper: a Deferred of the *application's*
- * protocol (borrowed, lives until its connection_lost), fired when the TCP
- * connection is made; the handshake follows. */
-BRAID_API braid_deferred *braid_tls_connect(braid_loop *loop, const braid_tcp_connect_options *o,
-                                            braid_tls_factory *tf);
-/* The application protocol carried by a glue protocol (what the stream
- * module's connect Deferreds give for a wrapper factory), or NULL. */
+/* The application protocol carried by a glue protocol (what a connect
+ * Deferred gives when you pass &tf->base yourself instead of the endpoint's
+ * .tls), or NULL. */
 BRAID_API braid_protocol *braid_tls_wrapped_protocol(braid_protocol *glue);
 
 /* STARTTLS: switch p's live connection to TLS. Bytes p wrote before go out

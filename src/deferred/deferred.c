@@ -69,12 +69,43 @@ static void run(braid_deferred *d);
 static void dfree(braid_deferred *d);
 
 /* ---- the per-loop pool ----------------------------------------------------------- */
+#ifdef BRAID_DEBUG
+/* One live Deferred for the leak gate: where it was made, its state. */
+static void report_one(braid_loop *loop, const braid_deferred *d) {
+    char where[512];
+    if (d->origin_file)
+        snprintf(where, sizeof where, "%s:%d in %s()", d->origin_file, d->origin_line,
+                 d->origin_func ? d->origin_func : "?");
+    else
+        snprintf(where, sizeof where, "an unrecorded place (code built without BRAID_DEBUG)");
+    const char *state = !(d->flags & BRAID__D_CALLED) ? "pending (never fired)"
+                      : d->flags & BRAID__D_WAITING   ? "waiting on a chained Deferred"
+                      : d->paused                     ? "paused"
+                      : d->result.failure             ? "fired with a failure"
+                                                      : "fired";
+    uint32_t left = d->ncb - d->pos;
+    braid__log(loop, BRAID_LOG_ERROR, "deferred created at %s, %s, %u callback%s to run, %u reference%s",
+               where, state, left, left == 1 ? "" : "s", d->refs, d->refs == 1 ? "" : "s");
+}
+#endif
+
 static bool dpool_report(braid_loop *loop, void *ptr) {
     braid__dpool *p = ptr;
     if (!p->live) return false;
     braid__log(loop, BRAID_LOG_ERROR,
                "loop not destroyed: %zu Deferred(s) still alive (%zu never fired): a producer "
                "did not fire, or a consumer did not release", p->live, p->unfired);
+#ifdef BRAID_DEBUG
+    /* Oldest first: the list is newest first, so walk from its tail. */
+    enum { MAX_NAMED = 32 };
+    const braid_deferred *tail = p->live_head;
+    while (tail && tail->live_next) tail = tail->live_next;
+    size_t named = 0;
+    for (const braid_deferred *d = tail; d && named < MAX_NAMED; d = d->live_prev, named++)
+        report_one(loop, d);
+    if (p->live > named)
+        braid__log(loop, BRAID_LOG_ERROR, "... and %zu more live Deferred(s)", p->live - named);
+#endif
     return true;
 }
 
@@ -144,6 +175,14 @@ static braid_deferred *dalloc(braid_loop *loop, braid__dpool **pp) {
         d->spill_cap = 0;
     }
     p->live++;
+#ifdef BRAID_DEBUG
+    d->origin_file = d->origin_func = NULL;
+    d->origin_line = 0;
+    d->live_prev = NULL;
+    d->live_next = p->live_head;
+    if (p->live_head) p->live_head->live_prev = d;
+    p->live_head = d;
+#endif
     d->loop = loop;
     d->ncb = d->pos = d->paused = 0;
     d->result = no_result;
@@ -197,8 +236,10 @@ static void report_unhandled(braid_loop *loop, braid_failure *f) {
 }
 
 /* 168 bytes on LP64: context markers live in the slots, not beside them. */
+#ifndef BRAID_DEBUG   /* debug builds add the origin and the live list */
 _Static_assert(sizeof(void *) != 8 || sizeof(struct braid_deferred) == 168,
                "a Deferred stays at 168 bytes");
+#endif
 
 /* ---- callback slots ---------------------------------------------------------------- */
 static inline braid__cbslot *slot_at(braid_deferred *d, uint32_t i) {
@@ -421,6 +462,11 @@ static void dfree(braid_deferred *d) {
     d->result = no_result;
     braid__dpool *p = braid__loop_data(loop, &dpool_key);
     p->live--;
+#ifdef BRAID_DEBUG
+    if (d->live_prev) d->live_prev->live_next = d->live_next;
+    else p->live_head = d->live_next;
+    if (d->live_next) d->live_next->live_prev = d->live_prev;
+#endif
     if (BRAID__UNLIKELY(!(d->flags & BRAID__D_CALLED))) p->unfired--;
     free_list_put(p, d);
     /* Last: a dtor may call back into braid. Field by field, not through
@@ -535,6 +581,21 @@ static void run(braid_deferred *d) {
 }
 
 /* ---- creating -------------------------------------------------------------------- */
+braid_deferred *braid_deferred_origin_at(braid_deferred *d, const char *file, int line, const char *func) {
+#ifdef BRAID_DEBUG
+    if (d) {
+        d->origin_file = file;
+        d->origin_line = line;
+        d->origin_func = func;
+    }
+#else
+    BRAID__UNUSED(file);
+    BRAID__UNUSED(line);
+    BRAID__UNUSED(func);
+#endif
+    return d;
+}
+
 braid_deferred *braid_deferred_new(braid_loop *loop) {
     CHECK_THREAD(loop, "braid_deferred_new");
     braid__dpool *p;

@@ -2,6 +2,8 @@
 #ifndef BRAID_DEFERRED_INTERNAL_H
 #define BRAID_DEFERRED_INTERNAL_H
 
+/* The module defines the constructors the debug origin macros wrap. */
+#define BRAID_NO_DEFERRED_ORIGIN 1
 #include "loop/loop_module.h"
 #include <braid/deferred.h>
 
@@ -57,6 +59,13 @@ struct braid_deferred {
     void *canceller_arg;
     braid__cbslot *spill;            /* slots [INLINE, spill_cap + INLINE) */
     braid__cbslot slot[BRAID__DEFERRED_INLINE];
+#ifdef BRAID_DEBUG
+    /* Where it was made (braid_deferred_origin_at; file NULL: not recorded),
+     * and its links in the loop's list of live Deferreds (the leak gate). */
+    const char *origin_file, *origin_func;
+    int origin_line;
+    braid_deferred *live_prev, *live_next;
+#endif
 };
 
 /* Per-loop state of Deferreds (under the deferred module's loop key). */
@@ -72,6 +81,9 @@ typedef struct braid__dpool {
     size_t live;                     /* allocated, not yet freed */
     size_t unfired;                  /* made with braid_deferred_new*, not yet fired */
     size_t big_spill_slots;          /* in free-list spill arrays over KEEP_SPILL */
+#ifdef BRAID_DEBUG
+    braid_deferred *live_head;       /* every live Deferred, newest first */
+#endif
 } braid__dpool;
 
 /* The loop's Deferred state, or NULL before its first Deferred. */

@@ -5,6 +5,7 @@
 #include "base/base.h"
 #include <braid/dgram.h>
 #include <braid/endpoint.h>
+#include "net/sockets.h"
 #include <limits.h>
 #include <pthread.h>
 #include <stdarg.h>
@@ -218,20 +219,50 @@ int braid_endpoint_parse_client(const char *desc, braid_endpoint *ep, char *err,
     return parse(desc, ep, false, err, errlen);
 }
 
+static const braid_endpoint_type *type_named(const char *name, size_t len);
+
+/* The TLS type of the registry, or a failed Deferred in *fail. */
+static const braid_endpoint_type *tls_type(braid_loop *loop, const braid_endpoint *ep, bool server,
+                                           braid_deferred **fail) {
+    if (ep->kind != BRAID_ENDPOINT_TCP && ep->kind != BRAID_ENDPOINT_TCP6) {
+        *fail = braid_deferred_fail(loop, braid_failure_new(BRAID_EBAD_ENDPOINT,
+                                    "an endpoint with .tls must be tcp or tcp6 (kind %d)", (int)ep->kind));
+        return NULL;
+    }
+    const braid_endpoint_type *t = type_named("tls", 3);
+    if (!t || !(server ? t->listen_typed : t->connect_typed)) {
+        *fail = braid_deferred_fail(loop, braid_failure_new(BRAID_EBAD_ENDPOINT,
+            "TLS endpoint: the TLS module is not linked (call braid_tls_endpoints_register)"));
+        return NULL;
+    }
+    return t;
+}
+
 braid_deferred *braid_endpoint_listen_typed(braid_loop *loop, const braid_endpoint *ep, braid_factory *f) {
+    if (!ep || !f) return braid_deferred_fail(loop, braid_failure_new(BRAID_EINVAL, "listen: no endpoint or factory"));
+    if (ep->tls) {
+        braid_deferred *d = NULL;
+        const braid_endpoint_type *t = tls_type(loop, ep, true, &d);
+        return t ? t->listen_typed(loop, ep, f) : d;
+    }
     braid_listener *l = NULL;
     int rc;
     if (ep->kind == BRAID_ENDPOINT_FD) {
-        rc = braid_listen_adopt(loop, ep->fd, f, &l);
+        rc = braid__fd_listen(loop, ep->fd, ep->accept_budget, f, &l);
         if (rc < 0) return braid_deferred_fail(loop, braid_failure_new(rc, "listen on fd %d", ep->fd));
     } else if (ep->kind == BRAID_ENDPOINT_UNIX) {
-        braid_unix_listen_options o = { .path = ep->path, .mode = ep->mode, .backlog = ep->backlog };
-        rc = braid_unix_listen(loop, &o, f, &l);
+        braid__unix_listen_options o = { .path = ep->path, .mode = ep->mode, .backlog = ep->backlog,
+                                         .accept_budget = ep->accept_budget };
+        rc = braid__unix_listen(loop, &o, f, &l);
+    } else if (ep->kind == BRAID_ENDPOINT_TCP || ep->kind == BRAID_ENDPOINT_TCP6) {
+        braid__tcp_listen_options o = { .host = ep->host, .port = ep->port,
+                                        .ipv6 = ep->kind == BRAID_ENDPOINT_TCP6,
+                                        .backlog = ep->backlog, .reuseport = ep->reuseport,
+                                        .accept_budget = ep->accept_budget };
+        rc = braid__tcp_listen(loop, &o, f, &l);
     } else {
-        braid_tcp_listen_options o = { .host = ep->host, .port = ep->port,
-                                       .ipv6 = ep->kind == BRAID_ENDPOINT_TCP6,
-                                       .backlog = ep->backlog, .reuseport = ep->reuseport };
-        rc = braid_tcp_listen(loop, &o, f, &l);
+        return braid_deferred_fail(loop, braid_failure_new(BRAID_EBAD_ENDPOINT, "listen: unknown endpoint kind %d",
+                                                           (int)ep->kind));
     }
     if (rc < 0) {
         return braid_deferred_fail(loop, braid_failure_new(rc, "listen on %s %s:%d", ep->kind == BRAID_ENDPOINT_UNIX ? "unix" : "tcp",
@@ -243,15 +274,50 @@ braid_deferred *braid_endpoint_listen_typed(braid_loop *loop, const braid_endpoi
     return d;
 }
 
+int braid_endpoint_listener(braid_deferred *d, braid_listener **out) {
+    *out = NULL;
+    if (!d) return BRAID_ENOMEM;
+    braid_result r = { 0 };
+    int rc = braid_deferred_take(d, &r);
+    if (rc == BRAID_EAGAIN) {
+        /* A registered kind that listens later: stop it, consume the result. */
+        braid_deferred_cancel(d);
+        if (braid_deferred_take(d, &r) < 0) r = (braid_result){ 0 };
+    } else if (r.failure) {
+        rc = r.failure->code < 0 ? r.failure->code : BRAID_EINVAL;
+    } else {
+        *out = r.value;
+        r.value = NULL;
+    }
+    braid_result_drop(r);
+    braid_deferred_unref(d);
+    return rc;
+}
+
+/* The timeout convention of an options struct: 0 is the default,
+ * BRAID_FOREVER no limit (what the net layer takes as "none"). */
+static uint64_t connect_timeout(const braid_endpoint *ep) {
+    return ep->timeout ? ep->timeout : BRAID_ENDPOINT_CONNECT_TIMEOUT;
+}
+
 braid_deferred *braid_endpoint_connect_typed(braid_loop *loop, const braid_endpoint *ep, braid_factory *f) {
+    if (!ep || !f) return braid_deferred_fail(loop, braid_failure_new(BRAID_EINVAL, "connect: no endpoint or factory"));
     if (ep->kind == BRAID_ENDPOINT_FD)
         return braid_deferred_fail(loop, braid_failure_new(BRAID_EBAD_ENDPOINT, "an fd endpoint only listens"));
-    if (ep->kind == BRAID_ENDPOINT_UNIX) return braid_unix_connect(loop, ep->path, ep->timeout, f);
-    braid_tcp_connect_options o = {
-        .host = ep->host, .port = ep->port, .timeout = ep->timeout,
+    if (ep->tls) {
+        braid_deferred *d = NULL;
+        const braid_endpoint_type *t = tls_type(loop, ep, false, &d);
+        return t ? t->connect_typed(loop, ep, f) : d;
+    }
+    if (ep->kind == BRAID_ENDPOINT_UNIX) return braid__unix_connect(loop, ep->path, connect_timeout(ep), f);
+    if (ep->kind != BRAID_ENDPOINT_TCP && ep->kind != BRAID_ENDPOINT_TCP6)
+        return braid_deferred_fail(loop, braid_failure_new(BRAID_EBAD_ENDPOINT, "connect: unknown endpoint kind %d",
+                                                           (int)ep->kind));
+    braid__tcp_connect_options o = {
+        .host = ep->host, .port = ep->port, .timeout = connect_timeout(ep),
         .bind_host = ep->bind_host[0] ? ep->bind_host : NULL, .bind_port = ep->bind_port,
         .family = ep->kind == BRAID_ENDPOINT_TCP6 ? AF_INET6 : 0 };
-    return braid_tcp_connect(loop, &o, f);
+    return braid__tcp_connect(loop, &o, f);
 }
 
 /* ---- registered kinds ------------------------------------------------------------------ */
@@ -282,14 +348,18 @@ out:
     return rc;
 }
 
+static const braid_endpoint_type *type_named(const char *name, size_t len) {
+    for (const braid_endpoint_type *t = __atomic_load_n(&types, __ATOMIC_ACQUIRE); t; t = t->next)
+        if (strlen(t->name) == len && !memcmp(t->name, name, len)) return t;
+    return NULL;
+}
+
 /* The registered type named by desc's first field, or NULL. */
 static const braid_endpoint_type *type_of(const char *desc) {
     if (!desc) return NULL;
     size_t len = strcspn(desc, ":\\");
     if (builtin_kind(desc, len)) return NULL;
-    for (const braid_endpoint_type *t = __atomic_load_n(&types, __ATOMIC_ACQUIRE); t; t = t->next)
-        if (strlen(t->name) == len && !memcmp(t->name, desc, len)) return t;
-    return NULL;
+    return type_named(desc, len);
 }
 
 static braid_deferred *no_side(braid_loop *loop, const char *desc, bool server) {

@@ -20,6 +20,7 @@
  * client itself is freed only when its last connection is gone. */
 #include "loop/loop_module.h"
 #include <braid/deferred.h>
+#include <braid/endpoint.h>
 #include <braid/http.h>
 #include <braid/stream.h>
 #include <braid/time.h>
@@ -956,8 +957,12 @@ static void req_start(hc_req *q) {
     if (c->o.connect) {
         cd = c->o.connect(c->o.connect_arg, c->loop, p->host, p->port, p->https, &p->f);
     } else {
-        cd = braid_tcp_connect(c->loop, &(braid_tcp_connect_options){ .host = p->host, .port = p->port },
-                               &p->f);
+        /* No endpoint timeout: the connect phase's timer (connect_timeout) governs. */
+        braid_endpoint ep = { .kind = BRAID_ENDPOINT_TCP, .port = p->port, .timeout = BRAID_FOREVER };
+        if (snprintf(ep.host, sizeof ep.host, "%s", p->host) >= (int)sizeof ep.host)
+            cd = braid_deferred_fail(c->loop, braid_failure_new(BRAID_EINVAL, "host name too long"));
+        else
+            cd = braid_endpoint_connect_typed(c->loop, &ep, &p->f);
     }
     if (!cd) {
         req_fail(q, BRAID_ENOMEM, NULL, "out of memory connecting");

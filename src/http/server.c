@@ -116,16 +116,22 @@ static void conn_close(hs_conn *c) {
 }
 
 /* ---- timers ------------------------------------------------------------------------ */
+/* now + timeout; BRAID_FOREVER (or an overflow) is UINT64_MAX, "never". */
+static uint64_t hs_deadline(uint64_t now, uint64_t timeout) {
+    return timeout > UINT64_MAX - now ? UINT64_MAX : now + timeout;
+}
+
 static void set_timer(hs_conn *c, uint8_t kind) {
     c->tkind = kind;
     if (kind == HS_T_NONE) return;
     braid_http_server *s = c->srv;
-    uint64_t d = hs_now(s) + (kind == HS_T_HEADER ? s->header_timeout
-                              : kind == HS_T_BODY ? s->body_timeout
-                              : kind == HS_T_IDLE ? s->idle_timeout
-                                                  : HS_LINGER_NS);
+    uint64_t d = hs_deadline(hs_now(s), kind == HS_T_HEADER ? s->header_timeout
+                                        : kind == HS_T_BODY ? s->body_timeout
+                                        : kind == HS_T_IDLE ? s->idle_timeout
+                                                            : HS_LINGER_NS);
     c->deadline = d;
-    if (!braid_timer_is_active(&c->timer) || braid_timer_deadline(&c->timer) > d)
+    if (d == UINT64_MAX) braid_timer_stop(&c->timer);   /* this phase has no limit */
+    else if (!braid_timer_is_active(&c->timer) || braid_timer_deadline(&c->timer) > d)
         braid_timer_start_at(&c->timer, d);
 }
 
@@ -995,8 +1001,8 @@ static void hs_made(braid_protocol *p) {
     braid_timer_init(c->srv->loop, &c->timer, on_timer, c);
     braid_timer_init(c->srv->loop, &c->wtimer, on_wtimer, c);
     c->tkind = HS_T_IDLE;
-    c->deadline = hs_now(c->srv) + c->srv->header_timeout;
-    braid_timer_start_at(&c->timer, c->deadline);
+    c->deadline = hs_deadline(hs_now(c->srv), c->srv->header_timeout);
+    if (c->deadline != UINT64_MAX) braid_timer_start_at(&c->timer, c->deadline);
 }
 
 static void hs_lost(braid_protocol *p, const braid_failure *reason) {

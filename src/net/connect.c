@@ -4,6 +4,7 @@
  * directly or through its timeout — stops the resolution or closes the
  * socket in flight. */
 #include "net/net_internal.h"
+#include "net/sockets.h"
 #include <netdb.h>
 #include <string.h>
 #include <sys/socket.h>
@@ -154,7 +155,7 @@ static void cancel_connect(braid_deferred *d, void *arg) {
 }
 
 static braid_deferred *start(braid_loop *loop, braid_factory *f, braid__fd_kind kind,
-                             uint64_t timeout_ns, connector **out) {
+                             uint64_t timeout, connector **out) {
     connector *c = braid_calloc(1, sizeof *c);
     if (!c) return braid_deferred_fail(loop, braid_failure_new(BRAID_ENOMEM, "connect"));
     c->loop = loop;
@@ -165,7 +166,7 @@ static braid_deferred *start(braid_loop *loop, braid_factory *f, braid__fd_kind 
     if (!c->d) { braid_free(c); return braid_deferred_fail(loop, braid_failure_new(BRAID_ENOMEM, "connect")); }
     braid_handle_open(loop, &c->handle, "connector");
     braid_factory_ref(f);
-    if (timeout_ns && braid_deferred_add_timeout(c->d, timeout_ns) < 0) {
+    if (timeout != BRAID_FOREVER && braid_deferred_add_timeout(c->d, timeout) < 0) {
         braid_deferred *d = c->d;
         connector_free(c);
         braid_deferred_errback(d, braid_failure_new(BRAID_ENOMEM, "connect: timeout"));
@@ -175,8 +176,8 @@ static braid_deferred *start(braid_loop *loop, braid_factory *f, braid__fd_kind 
     return c->d;
 }
 
-braid_deferred *braid_tcp_connect(braid_loop *loop, const braid_tcp_connect_options *o,
-                                  braid_factory *f) {
+braid_deferred *braid__tcp_connect(braid_loop *loop, const braid__tcp_connect_options *o,
+                                   braid_factory *f) {
     if (!o || !f || !o->host)
         return braid_deferred_fail(loop, braid_failure_new(BRAID_EINVAL, "connect: no host"));
     connector *c = NULL;
@@ -221,13 +222,13 @@ braid_deferred *braid_tcp_connect(braid_loop *loop, const braid_tcp_connect_opti
     return d;
 }
 
-braid_deferred *braid_unix_connect(braid_loop *loop, const char *path, uint64_t timeout_ns,
-                                   braid_factory *f) {
+braid_deferred *braid__unix_connect(braid_loop *loop, const char *path, uint64_t timeout,
+                                    braid_factory *f) {
     struct sockaddr_un sa = { .sun_family = AF_UNIX };
     if (!path || !*path || strlen(path) >= sizeof sa.sun_path || !f)
         return braid_deferred_fail(loop, braid_failure_new(BRAID_EINVAL, "connect: bad unix path"));
     connector *c = NULL;
-    braid_deferred *d = start(loop, f, BRAID__FD_UNIX, timeout_ns, &c);
+    braid_deferred *d = start(loop, f, BRAID__FD_UNIX, timeout, &c);
     if (!c) return d;
     c->addrs = braid_calloc(1, sizeof *c->addrs + sizeof(braid_address));
     if (!c->addrs) {

@@ -11,6 +11,7 @@
  * stops watching the listener for a back-off period (50 ms, doubling to 1 s
  * while the shortage lasts) so the CPU stays idle until descriptors free up. */
 #include "net/net_internal.h"
+#include "net/sockets.h"
 #include <arpa/inet.h>
 #include <fcntl.h>
 #include <netinet/in.h>
@@ -152,8 +153,8 @@ int braid__numeric_address(const char *host, int port, int family, braid_address
     return BRAID_EINVAL;
 }
 
-int braid_tcp_listen(braid_loop *loop, const braid_tcp_listen_options *o, braid_factory *f,
-                     braid_listener **out) {
+int braid__tcp_listen(braid_loop *loop, const braid__tcp_listen_options *o, braid_factory *f,
+                      braid_listener **out) {
     if (!o || !f || !out) return BRAID_EINVAL;
     braid_address a;
     int rc = braid__numeric_address(o->host, o->port, o->ipv6 ? AF_INET6 : 0, &a);
@@ -176,8 +177,8 @@ err:
     return rc;
 }
 
-int braid_unix_listen(braid_loop *loop, const braid_unix_listen_options *o, braid_factory *f,
-                      braid_listener **out) {
+int braid__unix_listen(braid_loop *loop, const braid__unix_listen_options *o, braid_factory *f,
+                       braid_listener **out) {
     if (!o || !o->path || !f || !out) return BRAID_EINVAL;
     struct sockaddr_un sa = { .sun_family = AF_UNIX };
     size_t n = strlen(o->path);
@@ -218,14 +219,16 @@ err:
     return rc;
 }
 
-int braid_listen_adopt(braid_loop *loop, int fd, braid_factory *f, braid_listener **out) {
+int braid__fd_listen(braid_loop *loop, int fd, int accept_budget, braid_factory *f,
+                     braid_listener **out) {
     if (fd < 0 || !f || !out) return BRAID_EINVAL;
     int rc = braid__set_nonblock(fd);
     if (rc < 0) return rc;
     int dom = 0;
     socklen_t l = sizeof dom;
     getsockopt(fd, SOL_SOCKET, SO_DOMAIN, &dom, &l);
-    return listener_start(loop, fd, dom == AF_UNIX ? BRAID__FD_UNIX : BRAID__FD_TCP, 0, f, out);
+    return listener_start(loop, fd, dom == AF_UNIX ? BRAID__FD_UNIX : BRAID__FD_TCP, accept_budget, f,
+                          out);
 }
 
 int braid_listener_address(const braid_listener *l, braid_address *out) {

@@ -346,7 +346,9 @@ static int slot_serve(serve_slot *s) {
     } else {
         int fd = fcntl(s->listen_fd, F_DUPFD_CLOEXEC, 0);
         if (fd < 0) { rc = -errno; goto out; }
-        if ((rc = braid_listen_adopt(s->loop, fd, s->factory, &s->listener)) < 0) goto out;
+        if ((rc = braid_endpoint_listener(braid_endpoint_listen_typed(s->loop, &(braid_endpoint){
+                 .kind = BRAID_ENDPOINT_FD, .fd = fd }, s->factory), &s->listener)) < 0)
+            goto out;
         if (r->o.processes) {   /* the child keeps only its listener's copy */
             close(s->listen_fd);
             s->listen_fd = -1;

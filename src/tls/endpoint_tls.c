@@ -4,7 +4,9 @@
  * hands them whole descriptions: the TLS fields are taken out, the rest is
  * parsed by braid_endpoint_parse_server/client as a "tcp:" string (its
  * errors name the bad part as usual), and the listener or connection is made
- * through a braid_tls_factory of its own. */
+ * through a braid_tls_factory of its own. The "tls" type also serves the
+ * typed calls (braid_endpoint_listen_typed / _connect_typed) for endpoints
+ * whose .tls is set: the same wrapper, with the caller's options. */
 #include "tls/tls_internal.h"
 #include <braid/endpoint.h>
 #include <stdarg.h>
@@ -153,13 +155,41 @@ static void heap_stop(braid_factory *f) {
     braid_free(tf);
 }
 
+/* Listen or connect at ep (tcp/tcp6, its .tls ignored) through a heap
+ * wrapper factory made with w around inner: the typed calls' TLS half,
+ * which the strings' reaches once they have built their context. A client
+ * whose w names no server checks the certificate against ep->host. */
+static braid_deferred *wrapped(braid_loop *loop, const braid_endpoint *ep, const braid_tls_wrap_options *w,
+                               braid_factory *inner, bool server) {
+    if (!w->ctx) return braid_deferred_fail(loop, braid_failure_new(BRAID_EINVAL, "tls endpoint: no context"));
+    braid_tls_factory *tf = braid_malloc(sizeof *tf);
+    if (!tf) return braid_deferred_fail(loop, braid_failure_new(BRAID_ENOMEM, "tls endpoint"));
+    braid_tls_wrap_options o = *w;
+    if (server) o.server_name = NULL;
+    else if (!o.server_name) o.server_name = ep->host;
+    int rc = braid_tls_factory_init(tf, inner, &o);
+    if (rc < 0) {
+        braid_tls_factory_close(tf);
+        braid_free(tf);
+        return braid_deferred_fail(loop, braid_failure_new(rc, "tls endpoint: %s", braid_strerror(rc)));
+    }
+    tf->base.stop = heap_stop;
+    braid_factory_ref(&tf->base);          /* ours for the call: a failed listen or connect frees tf */
+    braid_endpoint plain = *ep;
+    plain.tls = NULL;
+    braid_deferred *d = server ? braid_endpoint_listen_typed(loop, &plain, &tf->base)
+                               : braid_endpoint_connect_typed(loop, &plain, &tf->base);
+    if (d && !server && braid_deferred_add_callback(d, to_app, NULL) < 0) braid_deferred_cancel(d);
+    braid_factory_unref(&tf->base);
+    return d;
+}
+
 static braid_deferred *tls_endpoint(braid_loop *loop, const char *desc, braid_factory *inner, bool server) {
     tls_desc *td = braid_malloc(sizeof *td);
     if (!td) return braid_deferred_fail(loop, braid_failure_new(BRAID_ENOMEM, "tls endpoint"));
     char err[768];
     braid_endpoint ep;
     braid_tls_ctx *ctx = NULL;
-    braid_tls_factory *tf = NULL;
     int rc = split(desc, server, td, err, sizeof err);
     if (rc == 0) {
         rc = server ? braid_endpoint_parse_server(td->tcp, &ep, err, sizeof err)
@@ -168,29 +198,21 @@ static braid_deferred *tls_endpoint(braid_loop *loop, const char *desc, braid_fa
             rc = bad(err, sizeof err, desc, "TLS endpoints are TCP");
     }
     if (rc == 0) rc = make_ctx(desc, td, server, &ctx, err, sizeof err);
-    if (rc == 0 && !(tf = braid_malloc(sizeof *tf))) {
-        rc = BRAID_ENOMEM;
-        snprintf(err, sizeof err, "tls endpoint: %s", braid_strerror(rc));
-    }
+    braid_deferred *d = NULL;
     if (rc == 0) {
-        const char *name = server ? NULL : td->have[K_SERVER_NAME] ? td->vals[K_SERVER_NAME] : ep.host;
-        rc = braid_tls_factory_init(tf, inner, &(braid_tls_wrap_options){ .ctx = ctx, .server_name = name });
-        if (rc < 0) {
-            snprintf(err, sizeof err, "tls endpoint: %s", braid_strerror(rc));
-            braid_tls_factory_close(tf);
-            braid_free(tf);
-        }
+        const char *name = !server && td->have[K_SERVER_NAME] ? td->vals[K_SERVER_NAME] : NULL;
+        d = wrapped(loop, &ep, &(braid_tls_wrap_options){ .ctx = ctx, .server_name = name }, inner, server);
+        braid_tls_ctx_unref(ctx);          /* the wrapper holds its own */
     }
-    if (ctx) braid_tls_ctx_unref(ctx);    /* the wrapper holds its own */
     braid_free(td);
-    if (rc < 0) return braid_deferred_fail(loop, braid_failure_new(rc, "%s", err));
-    tf->base.stop = heap_stop;
-    braid_factory_ref(&tf->base);          /* ours for the call: a failed listen or connect frees tf */
-    braid_deferred *d = server ? braid_endpoint_listen_typed(loop, &ep, &tf->base)
-                               : braid_endpoint_connect_typed(loop, &ep, &tf->base);
-    if (d && !server && braid_deferred_add_callback(d, to_app, NULL) < 0) braid_deferred_cancel(d);
-    braid_factory_unref(&tf->base);
-    return d;
+    return rc < 0 ? braid_deferred_fail(loop, braid_failure_new(rc, "%s", err)) : d;
+}
+
+static braid_deferred *tls_listen_typed(braid_loop *loop, const braid_endpoint *ep, braid_factory *f) {
+    return wrapped(loop, ep, ep->tls, f, true);
+}
+static braid_deferred *tls_connect_typed(braid_loop *loop, const braid_endpoint *ep, braid_factory *f) {
+    return wrapped(loop, ep, ep->tls, f, false);
 }
 
 static braid_deferred *tls_listen(braid_loop *loop, const char *desc, braid_factory *f) {
@@ -200,8 +222,11 @@ static braid_deferred *tls_connect(braid_loop *loop, const char *desc, braid_fac
     return tls_endpoint(loop, desc, f, false);
 }
 
-static braid_endpoint_type ssl_type = { "ssl", tls_listen, tls_connect, NULL };
-static braid_endpoint_type tls_type = { "tls", tls_listen, tls_connect, NULL };
+static braid_endpoint_type ssl_type = { .name = "ssl", .listen = tls_listen, .connect = tls_connect };
+/* "tls" also takes the typed calls' endpoints with .tls set. */
+static braid_endpoint_type tls_type = { .name = "tls", .listen = tls_listen, .connect = tls_connect,
+                                        .listen_typed = tls_listen_typed,
+                                        .connect_typed = tls_connect_typed };
 
 int braid_tls_endpoints_register(void) {
     int rc = braid_endpoint_type_register(&ssl_type);

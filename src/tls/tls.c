@@ -531,24 +531,6 @@ braid_protocol *braid_tls_wrapped_protocol(braid_protocol *glue) {
     return c->t_live ? c->t.protocol : NULL;
 }
 
-static braid_result to_app(braid_result r, void *arg) {
-    BRAID__UNUSED(arg);
-    if (r.failure) return r;
-    braid_protocol *app = braid_tls_wrapped_protocol(r.value);
-    if (!app) return braid_result_errf(BRAID_ECONNECTION_LOST, "TLS connection ended before it started");
-    return braid_result_ok(app);
-}
-
-braid_deferred *braid_tls_connect(braid_loop *loop, const braid_tcp_connect_options *o,
-                                  braid_tls_factory *tf) {
-    braid_deferred *d = braid_tcp_connect(loop, o, &tf->base);
-    if (d && braid_deferred_add_callback(d, to_app, NULL) < 0) {
-        /* No room for the mapping: report it instead of a wrong value. */
-        braid_deferred_cancel(d);
-    }
-    return d;
-}
-
 int braid_tls_start(braid_protocol *p, const braid_tls_wrap_options *o) {
     if (!p || !p->transport || !o || !o->ctx) return BRAID_EINVAL;
     braid_transport *lower = p->transport;

@@ -36,16 +36,22 @@ int bt_listener_port(braid_listener *l) {
     return port;
 }
 
-braid_listener *bt_listen_tcp(braid_loop *loop, braid_factory *f, int *port) {
+braid_listener *bt_listen(braid_loop *loop, const braid_endpoint *ep, braid_factory *f) {
     braid_listener *l;
-    BT_OK(braid_tcp_listen(loop, &(braid_tcp_listen_options){ .host = "127.0.0.1" }, f, &l));
+    BT_OK(braid_endpoint_listener(braid_endpoint_listen_typed(loop, ep, f), &l));
+    return l;
+}
+
+braid_listener *bt_listen_tcp(braid_loop *loop, braid_factory *f, int *port) {
+    braid_listener *l = bt_listen(loop, &(braid_endpoint){ .kind = BRAID_ENDPOINT_TCP, .host = "127.0.0.1" }, f);
     if (port) *port = bt_listener_port(l);
     return l;
 }
 
 braid_listener *bt_listen_tcp6(braid_loop *loop, braid_factory *f, int *port) {
     braid_listener *l;
-    int rc = braid_tcp_listen(loop, &(braid_tcp_listen_options){ .host = "::1", .ipv6 = true }, f, &l);
+    int rc = braid_endpoint_listener(braid_endpoint_listen_typed(loop, &(braid_endpoint){
+        .kind = BRAID_ENDPOINT_TCP6, .host = "::1" }, f), &l);
     if (rc == -EADDRNOTAVAIL || rc == -EAFNOSUPPORT) return NULL;
     BT_OK(rc);
     if (port) *port = bt_listener_port(l);
@@ -84,9 +90,9 @@ const char *bt_unix_path(char *buf, size_t n, const char *tag) {
 
 braid_listener *bt_listen_unix(braid_loop *loop, braid_factory *f, char *path, size_t n) {
     bt_unix_path(path, n, "listen");
-    braid_listener *l;
-    BT_OK(braid_unix_listen(loop, &(braid_unix_listen_options){ .path = path }, f, &l));
-    return l;
+    braid_endpoint ep = { .kind = BRAID_ENDPOINT_UNIX };
+    snprintf(ep.path, sizeof ep.path, "%s", path);
+    return bt_listen(loop, &ep, f);
 }
 
 int bt_free_port(void) {

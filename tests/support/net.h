@@ -16,13 +16,15 @@
 #define BRAID_TESTS_SUPPORT_NET_H
 
 #include "../harness.h"
-#include <braid/stream.h>
+#include <braid/endpoint.h>
 
 /* A connected AF_UNIX stream pair, non-blocking, close-on-exec. */
 void bt_socketpair(int sv[2]);
 /* A connected TCP pair on 127.0.0.1, blocking, close-on-exec. */
 void bt_tcp_socketpair(int sv[2]);
 
+/* Listen at ep (braid_endpoint_listen_typed) for f. */
+braid_listener *bt_listen(braid_loop *loop, const braid_endpoint *ep, braid_factory *f);
 /* Listen on 127.0.0.1:0 for f; *port (may be NULL) gets the port. */
 braid_listener *bt_listen_tcp(braid_loop *loop, braid_factory *f, int *port);
 /* The same on [::1]; returns NULL when the machine has no IPv6 loopback
