@@ -1420,3 +1420,21 @@ BT_TEST(pg_connect_failure_reported) {
 }
 
 BT_TEST(pg_introspection_section) { section_case(pg_url(), "postgresql"); }
+
+/* A run's timeout of BRAID_FOREVER is no deadline (now + BRAID_FOREVER used
+ * to wrap around to a deadline in the past: BRAID_ETIMEDOUT at once), and a
+ * busy timeout of BRAID_FOREVER opens (SQLite's longest wait, not a
+ * negative int). */
+BT_TEST(sqlite_forever_timeouts) {
+    braid_loop *loop = bt_loop_new(NULL);
+    braid_db *db;
+    BT_OK(braid_db_open(loop, sqlite_url("forever.db"),
+                        &(braid_db_options){ .busy_timeout = BRAID_FOREVER }, &db));
+    outcome o;
+    watch(braid_db_run_interaction(db, typed_rows, NULL, &(braid_db_run_options){ .timeout = BRAID_FOREVER }), &o);
+    run_until_fired(loop, &o);
+    if (o.code) bt_fail(__FILE__, __LINE__, "%s", o.msg);
+    BT_EQ(*(int64_t *)o.value, 7);
+    braid_db_free(db);
+    db_done(loop);
+}

@@ -13,6 +13,7 @@
 #include <pthread.h>
 #include <sched.h>
 #include <stdatomic.h>
+#include <unistd.h>
 #include <time.h>
 
 /* ---- helpers ------------------------------------------------------------------------ */
@@ -1039,4 +1040,32 @@ BT_TEST(defer_full_frees_arg_exactly_once) {
     braid_deferred_unref(d0);
     braid_deferred_unref(d1);
     bt_loop_destroy(loop);
+}
+
+/* idle_timeout = BRAID_FOREVER: a thread above min_threads stays (the end of
+ * its idle time was idle_since + BRAID_FOREVER, which wrapped around: it
+ * left at once). Real time, bounded: 100 ms of idling. */
+static atomic_int forever_ran;
+static void forever_job(void *arg) {
+    (void)arg;
+    atomic_fetch_add(&forever_ran, 1);
+}
+BT_TEST(idle_timeout_forever_keeps_threads) {
+    braid_pool_options o = { .min_threads = 0, .max_threads = 1, .name = "forever",
+                             .flags = BRAID_POOL_NO_SPIN, .idle_timeout = BRAID_FOREVER };
+    braid_pool *pool;
+    BT_OK(braid_pool_new(&o, &pool));
+    BT_OK(braid_pool_call(pool, forever_job, NULL));
+    struct braid_pool_stats st;
+    for (int i = 0; i < 100; i++) {   /* ran, and asleep or gone */
+        braid_pool_stats(pool, &st);
+        if (atomic_load(&forever_ran) && st.running == 0 && (st.idle == 1 || st.threads == 0)) break;
+        usleep(1000);
+    }
+    usleep(100000);
+    braid_pool_stats(pool, &st);
+    BT_EQ(atomic_load(&forever_ran), 1);
+    BT_UEQ(st.threads, 1);
+    BT_UEQ(st.idle, 1);
+    braid_pool_free(pool);
 }

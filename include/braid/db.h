@@ -146,7 +146,8 @@ typedef struct braid_db_options {
     size_t queue_limit;       /* interactions waiting for a thread (0: 1024); more fail
                                  at once with BRAID_EQUEUE_FULL */
     unsigned max_attempts;    /* attempts of a RETRYABLE interaction (0: 5) */
-    uint64_t busy_timeout;    /* SQLite busy timeout (0: 5 s) */
+    uint64_t busy_timeout;    /* SQLite busy timeout (0: 5 s; BRAID_FOREVER: SQLite's
+                                 longest, INT_MAX ms) */
     uint64_t idle_timeout;    /* a thread idle this long exits, closing its connection
                                  (0: 60 s) */
     unsigned statement_cache; /* prepared statements kept per connection (0: 64) */
@@ -298,7 +299,8 @@ enum {
 
 typedef struct braid_db_run_options {
     unsigned flags;           /* BRAID_DB_RETRYABLE, READ_ONLY, SERIALIZABLE */
-    uint64_t timeout;         /* deadline = now + timeout on the loop's clock (0: none) */
+    uint64_t timeout;         /* deadline = now + timeout on the loop's clock (0, the
+                                 default, or BRAID_FOREVER: none) */
 } braid_db_run_options;
 
 /* Loop thread: run fn(txn, arg) on a db thread inside a transaction. The

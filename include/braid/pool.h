@@ -95,7 +95,8 @@ typedef struct braid_pool_options {
     const char *name;         /* threads are named "<name>-<n>" (15 chars max; NULL: "braid-pool") */
     size_t stack_size;        /* worker stack size in bytes (0: the system default) */
     size_t queue_limit;       /* bound of the default class's queue (0: 4096) */
-    uint64_t idle_timeout;    /* threads above min_threads exit after idling this long (0: 10 s) */
+    uint64_t idle_timeout;    /* threads above min_threads exit after idling this long
+                               * (0: 10 s; BRAID_FOREVER: they stay) */
     uint64_t spin_ns;         /* an idle worker spins up to this long for new work (0: 50 µs) */
     uint64_t loop_spin_ns;    /* the loop busy-polls up to this long for completions (0: 50 µs) */
     braid_loop *loop;         /* optional: the pool shows in this loop's leak gate until destroyed */

@@ -531,7 +531,7 @@ typedef struct braid_serve_options {
     bool processes;                /* N forked processes instead of N threads */
     braid_serve_method method;
     braid_backend backend;         /* of every loop (default: $BRAID_BACKEND, else epoll) */
-    uint64_t drain_timeout;        /* after a stop, for open connections; 0: 5 s */
+    uint64_t drain_timeout;        /* after a stop, for open connections; 0: 5 s; BRAID_FOREVER: no limit */
     bool no_restart;               /* processes: leave a crashed child dead */
     /* Called in each loop's thread (or child) with its loop: the factory
      * that loop serves (NULL: that loop fails to start). Required. */

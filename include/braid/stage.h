@@ -252,7 +252,8 @@ typedef struct braid_stage_thread_control {
     uint64_t period;        /* ns between looks (0: off) */
     size_t threshold;       /* one more runner while the queue holds this many (0: 10) */
     unsigned min, max;      /* bounds (0: 1; 0: 20) */
-    uint64_t idle_timeout;  /* one fewer after the queue was empty this long (0: 1 s) */
+    uint64_t idle_timeout;  /* one fewer after the queue was empty this long (0: 1 s;
+                             * BRAID_FOREVER: never fewer) */
 } braid_stage_thread_control;
 BRAID_API int braid_stage_control_threads(braid_stage *st, const braid_stage_thread_control *c);
 

@@ -880,7 +880,7 @@ static braid_deferred *submit(braid_db *db, job *j, const braid_db_run_options *
         j->next_live = db->live;
         if (db->live) db->live->prev = j;
         db->live = j;
-        if (opts && opts->timeout) {
+        if (opts && opts->timeout && opts->timeout != BRAID_FOREVER) {
             braid_timer_init(db->loop, &j->timer, on_deadline, j);
             uint64_t deadline = braid_loop_now(db->loop) + opts->timeout;
             if (braid_timer_start_at(&j->timer, deadline) == 0) j->timer_on = true;

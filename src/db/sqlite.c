@@ -10,6 +10,7 @@
  * lock later (SQLITE_BUSY_SNAPSHOT, which no busy timeout waits out). */
 #include "db_internal.h"
 
+#include <limits.h>
 #include <sqlite3.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -99,7 +100,10 @@ static int sq_connect(braid_db *db, braid__db_conn **out, braid_failure **f) {
     }
     sqlite3_extended_result_codes(c->db, 1);
     sqlite3_progress_handler(c->db, 1000, sq_progress, c);
-    sqlite3_busy_timeout(c->db, (int)(cfg->busy_timeout / 1000000ull));
+    /* In ms, an int: BRAID_FOREVER (or anything past INT_MAX ms, 24 days)
+     * is the longest SQLite can wait. */
+    uint64_t busy_ms = cfg->busy_timeout / 1000000ull;
+    sqlite3_busy_timeout(c->db, busy_ms > INT_MAX ? INT_MAX : (int)busy_ms);
     char pragmas[256];
     snprintf(pragmas, sizeof pragmas, "%s PRAGMA synchronous=%s; PRAGMA foreign_keys=ON;",
              cfg->memory ? "" : "PRAGMA journal_mode=WAL;",

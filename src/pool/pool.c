@@ -494,7 +494,7 @@ static void *worker_main(void *arg) {
          * sentinel whose runners were busy stays one. */
         uint64_t t0 = mono_ns(), end = BRAID_FOREVER;
         if (!idle_since) idle_since = t0;
-        bool timed = pool->nthreads > pool->min_threads;
+        bool timed = pool->nthreads > pool->min_threads && pool->idle_timeout != BRAID_FOREVER;
         if (timed) end = idle_since + pool->idle_timeout;
         if (!pool->sentinel && !pool->shutdown && (pool->nrunning || keep_watch)) {
             if (!w->watch_ns) w->watch_ns = WATCH_NS;

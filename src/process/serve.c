@@ -729,7 +729,10 @@ static void on_sup_stop(braid_signal *sig, int signo, void *arg) {
             if (sl->pid > 0) kill(sl->pid, SIGTERM);
         }
         if (r->alive == 0) braid_loop_stop(r->sup);
-        braid_timer_start(&r->grace_timer, r->o.drain_timeout + BRAID_SECONDS(1));
+        /* (braid_timer_start saturates: BRAID_FOREVER waits for ever) */
+        uint64_t grace = r->o.drain_timeout > BRAID_FOREVER - BRAID_SECONDS(1) ? BRAID_FOREVER
+                                                                               : r->o.drain_timeout + BRAID_SECONDS(1);
+        braid_timer_start(&r->grace_timer, grace);
     } else {
         post_drain_all(r);
     }
