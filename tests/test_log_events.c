@@ -452,3 +452,22 @@ BT_TEST(alloc_walk_observers_and_filters) {
     BT_GE(r.errors, 2);
     bt_loop_destroy(loop);
 }
+
+/* An observer nobody will remove may be added without a handle (out NULL):
+ * it works, and goes with the loop (the leak gate checks). */
+BT_TEST(observer_without_handle) {
+    braid_loop *loop = bt_loop_new(NULL);
+    int p[2];
+    BT_EQ(pipe(p), 0);
+    braid_logger *lg = braid_loop_logger(loop);
+    BT_OK(braid_logger_add_json(lg, p[1], NULL));
+    BT_EQ(braid_logger_add_json(lg, -1, NULL), BRAID_EINVAL);
+    braid_log_emit(lg, BRAID_LOG_WARN, "app", braid_log_no_fields, "hello %d", 7);
+    char buf[512] = { 0 };
+    ssize_t n = read(p[0], buf, sizeof buf - 1);
+    BT_GT(n, 0);
+    BT_TRUE(strstr(buf, "\"msg\":\"hello 7\"") != NULL);
+    bt_loop_destroy(loop);
+    close(p[0]);
+    close(p[1]);
+}

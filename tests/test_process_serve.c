@@ -298,6 +298,8 @@ BT_TEST(serve_bad_endpoint) {
     braid_serve_options o = { .loops = 1, .factory = make };
     BT_EQ(braid_serve("tcp:notaport", &o, NULL), BRAID_EBAD_ENDPOINT);
     BT_EQ(braid_serve("unix:/tmp/x", &o, NULL), BRAID_ENOSYS);
+    o.loops = 65;   /* at most 64: an error, not a silent clamp */
+    BT_EQ(braid_serve("tcp:0", &o, NULL), BRAID_EINVAL);
 }
 
 /* A connection the test's thread opened before the children were forked

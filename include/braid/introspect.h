@@ -25,8 +25,9 @@
  *
  * Connections appear by themselves; a pool when it was made with
  * braid_pool_options.loop. braid's modules add sections of their own:
- * "stages", "components", "tuplespaces", "tuplespace_clients" and, from
- * libbraid-db, "databases" (docs/introspect.md lists their members).
+ * "stages", "components", "tuplespaces", "tuplespace_clients", "workers"
+ * (worker-process pools) and, from libbraid-db, "databases"
+ * (docs/introspect.md lists their members).
  * Other modules (and applications) add their own
  * entries with a node: each node writes one JSON value into the array of
  * its section. Stages and components that want to be drawn as a graph

@@ -67,7 +67,9 @@ typedef struct braid_log_field {
 #define BRAID_LOG_F64(k, x) ((braid_log_field){ (k), BRAID_LOG_FIELD_F64, { .f64 = (x) } })
 #define BRAID_LOG_STR(k, x) ((braid_log_field){ (k), BRAID_LOG_FIELD_STR, { .str = (x) } })
 #define BRAID_LOG_BOOL(k, x) ((braid_log_field){ (k), BRAID_LOG_FIELD_BOOL, { .b = (x) } })
-/* Expands to "array, count" for braid_log_emit. */
+/* Expands to "array, count" for braid_log_emit: one field or more (an empty
+ * braid_log_fields() is an empty initializer, not ISO C; with no fields
+ * write braid_log_no_fields). */
 #define braid_log_fields(...)                                                         \
     ((const braid_log_field[]){ __VA_ARGS__ }),                                       \
     (sizeof((const braid_log_field[]){ __VA_ARGS__ }) / sizeof(braid_log_field))
@@ -129,9 +131,11 @@ BRAID_API void braid_log_emit_limited(braid_logger *lg, braid_log_level level, c
                                       size_t nfields, const char *fmt, ...) BRAID_PRINTF(7, 8);
 
 /* ---- observers (loop thread) -------------------------------------------------------------
- * Each returns 0 or BRAID_ENOMEM; *out is the observer, removed (and freed)
- * with braid_log_observer_remove or when the loop is destroyed. The first
- * observer added receives the events kept while there was none. */
+ * Each returns 0, BRAID_ENOMEM, or BRAID_EINVAL for a bad argument (fd < 0,
+ * no callback, a ring of 0); *out is the observer, removed (and freed) with
+ * braid_log_observer_remove or when the loop is destroyed — out may be NULL
+ * when it is never removed. The first observer added receives the events
+ * kept while there was none. */
 BRAID_API int braid_logger_add_callback(braid_logger *lg, braid_log_observer_fn fn, void *arg,
                                         braid_log_observer **out);
 /* Text lines ("2024-05-01T12:00:00.123Z warn braid.http: msg key=value …")

@@ -527,7 +527,8 @@ typedef enum braid_serve_method {
 } braid_serve_method;
 
 typedef struct braid_serve_options {
-    unsigned loops;                /* 0: the number of online CPUs (at most 64) */
+    unsigned loops;                /* 1 to 64 (more: BRAID_EINVAL); 0: the number of online
+                                    * CPUs, at most 64 */
     bool processes;                /* N forked processes instead of N threads */
     braid_serve_method method;
     braid_backend backend;         /* of every loop (default: $BRAID_BACKEND, else epoll) */

@@ -529,7 +529,8 @@ static int add_observer(braid_logger *lg, braid_log_observer *o) {
 }
 
 static int new_observer(braid_logger *lg, obs_kind kind, braid_log_observer **out, braid_log_observer **o) {
-    if (!lg || !out) return BRAID_EINVAL;
+    (void)out;   /* may be NULL: the observer then lives until the loop goes */
+    if (!lg) return BRAID_EINVAL;
     *o = braid_calloc(1, sizeof **o);
     if (!*o) return BRAID_ENOMEM;
     (*o)->kind = kind;
@@ -543,7 +544,7 @@ int braid_logger_add_callback(braid_logger *lg, braid_log_observer_fn fn, void *
     if (rc < 0) return rc;
     o->fn = fn;
     o->arg = arg;
-    *out = o;
+    if (out) *out = o;
     return add_observer(lg, o);
 }
 
@@ -553,7 +554,7 @@ static int add_fd(braid_logger *lg, obs_kind kind, int fd, braid_log_observer **
     int rc = new_observer(lg, kind, out, &o);
     if (rc < 0) return rc;
     o->fd = fd;
-    *out = o;
+    if (out) *out = o;
     return add_observer(lg, o);
 }
 int braid_logger_add_text(braid_logger *lg, int fd, braid_log_observer **out) { return add_fd(lg, OBS_TEXT, fd, out); }
@@ -570,7 +571,7 @@ int braid_logger_add_ring(braid_logger *lg, size_t capacity, braid_log_observer 
         return BRAID_ENOMEM;
     }
     o->cap = capacity;
-    *out = o;
+    if (out) *out = o;
     return add_observer(lg, o);
 }
 

@@ -739,7 +739,7 @@ static void on_sup_stop(braid_signal *sig, int signo, void *arg) {
 }
 
 int braid_serve(const char *endpoint, const braid_serve_options *opts, struct braid_serve_stats *out) {
-    if (!endpoint || !opts || !opts->factory) return BRAID_EINVAL;
+    if (!endpoint || !opts || !opts->factory || opts->loops > SERVE_MAX_LOOPS) return BRAID_EINVAL;
     if (out) memset(out, 0, sizeof *out);
     serve_run *r = braid_calloc(1, sizeof *r);
     if (!r) return BRAID_ENOMEM;
