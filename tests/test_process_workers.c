@@ -49,15 +49,18 @@ static void h_hang(braid_worker_call *c, const void *buf, size_t len, void *arg)
     (void)c; (void)buf; (void)len; (void)arg;
     for (;;) pause();   /* blocks its loop for good */
 }
+/* Frames go to the parent on fd 4 (calls come in on fd 3: a pair of pipes;
+ * 4 is the lowest fd the pool's callers here leave free). */
+#define UP_FD 4
 static void h_garbage(braid_worker_call *c, const void *buf, size_t len, void *arg) {
     (void)c; (void)buf; (void)len; (void)arg;
     static const unsigned char g[] = { 0, 0, 0, 6, 9, 9, 0, 0, 0, 0 };   /* version 9 */
-    if (write(3, g, sizeof g) != sizeof g) _exit(5);
+    if (write(UP_FD, g, sizeof g) != sizeof g) _exit(5);
 }
 static void h_huge(braid_worker_call *c, const void *buf, size_t len, void *arg) {
     (void)c; (void)buf; (void)len; (void)arg;
     static const unsigned char g[] = { 0x40, 0, 0, 0, 1, 2, 0, 0, 0, 1 };   /* 1 GiB announced */
-    if (write(3, g, sizeof g) != sizeof g) _exit(5);
+    if (write(UP_FD, g, sizeof g) != sizeof g) _exit(5);
 }
 static void h_crash_once(braid_worker_call *c, const void *buf, size_t len, void *arg) {
     (void)buf; (void)len; (void)arg;
@@ -120,7 +123,7 @@ static void h_bigbox(braid_worker_call *c, const void *buf, size_t len, void *ar
 static void h_badbox(braid_worker_call *c, const void *buf, size_t len, void *arg) {
     (void)c; (void)buf; (void)len; (void)arg;
     static const unsigned char g[] = { 0, 0, 0, 9, 1, 8, 0, 0, 0, 0, 2, 0, 0 };
-    if (write(3, g, sizeof g) != sizeof g) _exit(5);
+    if (write(UP_FD, g, sizeof g) != sizeof g) _exit(5);
 }
 /* The request id the call carried (in the handler's context). */
 static void h_rid(braid_worker_call *c, const void *buf, size_t len, void *arg) {
@@ -154,6 +157,14 @@ static void h_fds(braid_worker_call *c, const void *buf, size_t len, void *arg) 
     ssize_t r = pread(5, data, 7, 0);
     n += (size_t)snprintf(out + n, sizeof out - n, " %s", r > 0 ? data : "-");
     braid_worker_call_reply(c, out, n);
+}
+
+/* What the worker's connection is: "fifo" or "socket" (fd 3, calls in). */
+static void h_conn(braid_worker_call *c, const void *buf, size_t len, void *arg) {
+    (void)buf; (void)len; (void)arg;
+    struct stat st;
+    const char *k = fstat(3, &st) < 0 ? "none" : S_ISFIFO(st.st_mode) ? "fifo" : S_ISSOCK(st.st_mode) ? "socket" : "other";
+    braid_worker_call_reply(c, k, strlen(k));
 }
 
 /* Log events: payload "N" logs N info events in "app.work" (a seq field
@@ -191,6 +202,7 @@ static void h_spam(braid_worker_call *c, const void *buf, size_t len, void *arg)
 static const braid_worker_command cmds[] = {
     { "log", h_log, NULL }, { "spam", h_spam, NULL },
     { "fds", h_fds, NULL },
+    { "conn", h_conn, NULL },
     { "boxecho", h_boxecho, NULL }, { "bigbox", h_bigbox, NULL }, { "badbox", h_badbox, NULL }, { "rid", h_rid, NULL },
     { "echo", h_echo, NULL }, { "pid", h_pid, NULL }, { "fail", h_fail, NULL },
     { "hold", h_hold, NULL }, { "crash", h_crash, NULL }, { "hang", h_hang, NULL },
@@ -875,6 +887,32 @@ BT_IO_TEST(workers_request_id) {
     BT_STREQ(a.data, "4242");
     BT_STREQ(b.data, "0");
     finish(loop, w);
+}
+
+/* The connection is a pair of pipes (cheaper per round trip than a
+ * socketpair): calls come in on fd 3, and the frames go out on the lowest
+ * fd the caller's map leaves free — here 6, past extras at 4 and 5 — which
+ * the worker's own children do not inherit. */
+BT_IO_TEST(workers_connection_is_pipes) {
+    braid_loop *loop = bt_loop_new(NULL);
+    char path[] = "/tmp/braid-workers-pipes-XXXXXX";
+    int data = mkstemp(path);
+    BT_GE(data, 0);
+    unlink(path);
+    BT_EQ(write(data, "dataset", 7), 7);
+    braid_process_fd extra[] = { { 4, BRAID_PROCESS_FD_DEVNULL, 0, NULL },
+                                 { 5, BRAID_PROCESS_FD_INHERIT, data, NULL } };
+    braid_workers *w;
+    BT_OK(braid_workers_new(loop, &(braid_workers_options){ .count = 1, .fds = extra, .nfds = 2 }, &w));
+    res a, b;
+    call_rel(w, "conn", NULL, &a, NULL);
+    bt_run_until(loop, &a.done, 200000);
+    BT_STREQ(a.data, "fifo");
+    call_rel(w, "fds", NULL, &b, NULL);
+    bt_run_until(loop, &b.done, 200000);
+    BT_STREQ(b.data, "0,1,2,3,4,5 dataset");
+    finish(loop, w);
+    close(data);
 }
 
 /* Extra descriptors reach every worker at their child numbers — a data

@@ -2,6 +2,7 @@
  * the socketpair at the fd BRAID_WORKER names, until it closes or says
  * STOP. */
 #include "process/process_internal.h"
+#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -231,7 +232,12 @@ static const braid_protocol_ops ws_ops = {
 int braid_worker_main(braid_loop *loop, const braid_worker_command *cmds, size_t n) {
     const char *e = getenv("BRAID_WORKER");
     if (!e) return BRAID_EINVAL;
-    int fd = atoi(e);
+    /* "3,W": calls come in on fd 3, frames go out on fd W (a pair of
+     * pipes); "3" alone: one socket both ways. */
+    char *comma;
+    int fd = (int)strtol(e, &comma, 10), wfd = *comma == ',' ? atoi(comma + 1) : -1;
+    /* Our own children must not hold the parent's end of the pipe open. */
+    if (wfd >= 0) (void)fcntl(wfd, F_SETFD, FD_CLOEXEC);
     /* Our own children are not workers unless they are told so. */
     unsetenv("BRAID_WORKER");
     braid_loop *own = NULL;
@@ -249,7 +255,8 @@ int braid_worker_main(braid_loop *loop, const braid_worker_command *cmds, size_t
     if (ws) {
         ws->fp.base.ops = &ws_ops;
         ws->c = &c;
-        rc = braid_transport_adopt(loop, fd, &ws->fp.base);
+        rc = wfd >= 0 ? braid_transport_adopt_pipes(loop, fd, wfd, &ws->fp.base)
+                      : braid_transport_adopt(loop, fd, &ws->fp.base);
         if (rc < 0) braid_free(ws);
     }
     if (rc == 0) {
