@@ -27,6 +27,13 @@ static void h_echo(braid_worker_call *c, const void *buf, size_t len, void *arg)
     (void)arg;
     braid_worker_call_reply(c, buf, len);
 }
+/* Stops reading its calls (closes fd 3, the pipe they come in on) and
+ * answers this one: it lives on, deaf. */
+static void h_deaf(braid_worker_call *c, const void *buf, size_t len, void *arg) {
+    (void)buf; (void)len; (void)arg;
+    close(3);
+    braid_worker_call_reply(c, "deaf", 4);
+}
 static void h_pid(braid_worker_call *c, const void *buf, size_t len, void *arg) {
     (void)buf; (void)len; (void)arg;
     char s[32];
@@ -203,6 +210,7 @@ static const braid_worker_command cmds[] = {
     { "log", h_log, NULL }, { "spam", h_spam, NULL },
     { "fds", h_fds, NULL },
     { "conn", h_conn, NULL },
+    { "deaf", h_deaf, NULL },
     { "boxecho", h_boxecho, NULL }, { "bigbox", h_bigbox, NULL }, { "badbox", h_badbox, NULL }, { "rid", h_rid, NULL },
     { "echo", h_echo, NULL }, { "pid", h_pid, NULL }, { "fail", h_fail, NULL },
     { "hold", h_hold, NULL }, { "crash", h_crash, NULL }, { "hang", h_hang, NULL },
@@ -913,6 +921,34 @@ BT_IO_TEST(workers_connection_is_pipes) {
     BT_STREQ(b.data, "0,1,2,3,4,5 dataset");
     finish(loop, w);
     close(data);
+}
+
+/* A call written to a worker that no longer reads (the pipe to it has no
+ * reader on its side) must not raise SIGPIPE in the parent, whose default
+ * action would kill it: the call times out, the worker is replaced and the
+ * replacement answers. The timeout runs on the fake clock. */
+BT_IO_TEST(workers_no_sigpipe_in_parent) {
+    braid_fake_clock *fc = NULL;
+    braid_fake_clock_new(0, &fc);
+    braid_loop *loop = bt_loop_new(braid_fake_clock_base(fc));
+    braid_workers *w;
+    BT_OK(braid_workers_new(loop, &(braid_workers_options){ .count = 1 }, &w));
+    wait_ready(loop, w, 1);
+    res a, b, e;
+    call_rel(w, "deaf", NULL, &a, NULL);
+    bt_run_until(loop, &a.done, 200000);
+    BT_EQ(a.code, 0);
+    call_rel(w, "echo", "x", &b, &(braid_workers_call_options){ .timeout = BRAID_SECONDS(5) });
+    for (int i = 0; i < 50; i++) braid_loop_run_once(loop, BRAID_LOOP_RUN_NOWAIT);   /* written */
+    braid_fake_clock_advance(fc, BRAID_SECONDS(5));
+    bt_run_until(loop, &b.done, 200000);
+    BT_TRUE(b.code == BRAID_ETIMEDOUT || b.code == BRAID_EWORKER_LOST);
+    call_rel(w, "echo", "after", &e, NULL);
+    bt_run_until(loop, &e.done, 200000);
+    BT_EQ(e.code, 0);
+    BT_STREQ(e.data, "after");
+    finish(loop, w);
+    braid_fake_clock_free(fc);
 }
 
 /* Extra descriptors reach every worker at their child numbers — a data

@@ -3,6 +3,7 @@
  * STOP. */
 #include "process/process_internal.h"
 #include <fcntl.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -238,6 +239,12 @@ int braid_worker_main(braid_loop *loop, const braid_worker_command *cmds, size_t
     int fd = (int)strtol(e, &comma, 10), wfd = *comma == ',' ? atoi(comma + 1) : -1;
     /* Our own children must not hold the parent's end of the pipe open. */
     if (wfd >= 0) (void)fcntl(wfd, F_SETFD, FD_CLOEXEC);
+    /* A write to the pipe after the parent died fails with EPIPE (the
+     * connection is lost and the worker ends) rather than killing it with
+     * SIGPIPE, unless the program chose a disposition of its own. braid's
+     * spawn resets every signal for this worker's own children. */
+    struct sigaction sa;
+    if (wfd >= 0 && sigaction(SIGPIPE, NULL, &sa) == 0 && sa.sa_handler == SIG_DFL) signal(SIGPIPE, SIG_IGN);
     /* Our own children are not workers unless they are told so. */
     unsetenv("BRAID_WORKER");
     braid_loop *own = NULL;

@@ -45,6 +45,7 @@ struct worker {
     uint64_t calls_failed;         /* of calls_done, answered with a failure */
     unsigned index;                /* the lowest free at its spawn: a replacement takes its predecessor's */
     unsigned in_flight;
+    int down_reader;               /* the parent's copy of the worker's read end (-1: none) */
     uint64_t calls_done;
     wcall head;                    /* calls sent to it (sentinel) */
     braid_timer stop_timer;        /* retiring: SIGKILL if it has not gone */
@@ -163,6 +164,7 @@ static void worker_remove(worker *w) {
         if (wp->fp.base.transport) braid_transport_abort(wp->fp.base.transport);
     }
     braid_process_free(w->proc);   /* kills and reaps it if it still runs */
+    if (w->down_reader >= 0) close(w->down_reader);
     braid_free(w);
 }
 
@@ -464,6 +466,7 @@ static int worker_spawn(braid_workers *pool, braid_failure **failure) {
         return BRAID_ENOMEM;
     }
     w->pool = pool;
+    w->down_reader = -1;
     w->head.next = w->head.prev = &w->head;
     for (bool taken = true; taken;) {   /* the lowest index no live worker has */
         taken = false;
@@ -520,13 +523,18 @@ static int worker_spawn(braid_workers *pool, braid_failure **failure) {
     pool->alive++;
     w->proto = wp;
     int rc = braid_process_spawn(pool->loop, &po, &w->proc, failure);
-    close(down[0]);   /* the worker's ends */
-    close(up[1]);
+    /* The parent keeps a reader on the pipe to the worker for as long as
+     * the worker is in the pool: a write after the worker died then never
+     * raises SIGPIPE (pipes have no MSG_NOSIGNAL); the worker's end is seen
+     * by the EOF on the pipe from it and by its exit. */
+    w->down_reader = down[0];
+    close(up[1]);   /* the worker's end */
     if (rc == 0 && (rc = braid_transport_adopt_pipes(pool->loop, up[0], down[1], &wp->fp.base)) < 0) {
         braid_process_free(w->proc);   /* kills and reaps it */
         if (failure) *failure = braid_failure_new(rc, "worker: its connection: %s", braid_strerror(rc));
     }
     if (rc < 0) {
+        close(down[0]);
         if (!wp->fp.base.transport) {   /* attached, its transport owns them and frees wp */
             close(up[0]);
             close(down[1]);
