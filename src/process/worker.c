@@ -1,6 +1,6 @@
 /* Worker-process pools, the worker's side: serve the parent's calls on
- * the socketpair at the fd BRAID_WORKER names, until it closes or says
- * STOP. */
+ * the pipes at the fds BRAID_WORKER names ("3,4": calls in, frames out;
+ * "3": one socket both ways), until the connection closes or says STOP. */
 #include "process/process_internal.h"
 #include <fcntl.h>
 #include <signal.h>

@@ -500,7 +500,7 @@ static int worker_spawn(braid_workers *pool, braid_failure **failure) {
         return e;
     }
     int out = pool->o.devnull_output ? BRAID_PROCESS_FD_DEVNULL : BRAID_PROCESS_FD_INHERIT;
-    braid_process_fd *fds = pool->fds;   /* 4 + the caller's extra ones */
+    braid_process_fd *fds = pool->fds;   /* 5 + the caller's extra ones */
     fds[0] = (braid_process_fd){ 0, BRAID_PROCESS_FD_DEVNULL, 0, NULL };
     fds[1] = (braid_process_fd){ 1, (braid_process_fd_kind)out, 1, NULL };
     fds[2] = (braid_process_fd){ 2, (braid_process_fd_kind)out, 2, NULL };
@@ -533,17 +533,14 @@ static int worker_spawn(braid_workers *pool, braid_failure **failure) {
         braid_process_free(w->proc);   /* kills and reaps it */
         if (failure) *failure = braid_failure_new(rc, "worker: its connection: %s", braid_strerror(rc));
     }
-    if (rc < 0) {
+    if (rc < 0) {   /* nothing adopted the parent's ends */
         close(down[0]);
-        if (!wp->fp.base.transport) {   /* attached, its transport owns them and frees wp */
-            close(up[0]);
-            close(down[1]);
-        }
+        close(up[0]);
+        close(down[1]);
         w->prev->next = w->next;
         w->next->prev = w->prev;
         pool->alive--;
-        if (wp->fp.base.transport) wp->w = NULL;
-        else braid_free(wp);
+        braid_free(wp);
         braid_free(w);
         return rc;
     }
