@@ -390,22 +390,21 @@ static int run(bench_ctx *ctx) {
     return 0;
 }
 
-static const char *cur_pl = "free";   /* the placement conclude() is describing */
-static const bench_row *row_of(bench_ctx *ctx, const char *impl, const char *job, int load) {
+static const bench_row *row_of(bench_ctx *ctx, const char *pl, const char *impl, const char *job, int load) {
     char fl[32], fj[64], fp[64];
     snprintf(fl, sizeof fl, "load=%d", load);
     snprintf(fj, sizeof fj, "job=%s", job);
-    snprintf(fp, sizeof fp, "placement=%s", cur_pl);
+    snprintf(fp, sizeof fp, "placement=%s", pl);
     return bench_find_row(ctx, impl, NULL, fl, fj, fp, (char *)NULL);
 }
-static double med_of(bench_ctx *ctx, const char *impl, const char *job, int load, const char *metric) {
-    const bench_row *r = row_of(ctx, impl, job, load);
+static double med_of(bench_ctx *ctx, const char *pl, const char *impl, const char *job, int load, const char *metric) {
+    const bench_row *r = row_of(ctx, pl, impl, job, load);
     double v = NAN;
     if (r) bench_row_metric_get(r, metric, &v, NULL, NULL);
     return v;
 }
-static double pair_of(bench_ctx *ctx, const char *a, const char *b, const char *job, int load, const char *metric) {
-    const bench_row *ra = row_of(ctx, a, job, load), *rb = row_of(ctx, b, job, load);
+static double pair_of(bench_ctx *ctx, const char *pl, const char *a, const char *b, const char *job, int load, const char *metric) {
+    const bench_row *ra = row_of(ctx, pl, a, job, load), *rb = row_of(ctx, pl, b, job, load);
     double m = NAN;
     if (!ra || !rb || !bench_pair_ratio(ra, rb, metric, &m, NULL, NULL)) return NAN;
     return m;
@@ -415,37 +414,37 @@ static void conclude(bench_ctx *ctx, FILE *html) {
     fputs("<p>", html);
     for (int pj = 0; pj < NJOBS * NPL; pj++) {
         int ji = pj / NPL;
-        cur_pl = placements[pj % NPL];
-        double b1 = med_of(ctx, "braid", jobs[ji], 1, "us_per_call");
+        const char *cur_pl = placements[pj % NPL];
+        double b1 = med_of(ctx, cur_pl, "braid", jobs[ji], 1, "us_per_call");
         if (!isfinite(b1)) continue;
-        double p1 = med_of(ctx, "pipe", jobs[ji], 1, "us_per_call"), m1 = med_of(ctx, "mp", jobs[ji], 1, "us_per_call");
-        double b16 = med_of(ctx, "braid", jobs[ji], 16, "calls_per_s");
-        double p16 = med_of(ctx, "pipe", jobs[ji], 16, "calls_per_s"), m16 = med_of(ctx, "mp", jobs[ji], 16, "calls_per_s");
-        double rl = pair_of(ctx, "braid", "pipe", jobs[ji], 1, "us_per_call");
+        double p1 = med_of(ctx, cur_pl, "pipe", jobs[ji], 1, "us_per_call"), m1 = med_of(ctx, cur_pl, "mp", jobs[ji], 1, "us_per_call");
+        double b16 = med_of(ctx, cur_pl, "braid", jobs[ji], 16, "calls_per_s");
+        double p16 = med_of(ctx, cur_pl, "pipe", jobs[ji], 16, "calls_per_s"), m16 = med_of(ctx, cur_pl, "mp", jobs[ji], 16, "calls_per_s");
+        double rl = pair_of(ctx, cur_pl, "braid", "pipe", jobs[ji], 1, "us_per_call");
         fprintf(html, "Job %s, placement %s: at load 1 a braid round trip took %.1f µs, the hand-written pipe ping-pong %.1f µs: "
                       "<b>braid %.2f× the limit</b> (pair by pair",
                 jobs[ji], cur_pl, b1, p1, rl);
         if (ji == 0 && isfinite(rl)) fprintf(html, "; target ≤ 1.5×: %s", rl <= 1.5 ? "met" : "missed");
         fputs(")", html);
-        double s1 = med_of(ctx, "sock", jobs[ji], 1, "us_per_call");
+        double s1 = med_of(ctx, cur_pl, "sock", jobs[ji], 1, "us_per_call");
         if (isfinite(s1))
             fprintf(html, "; the same hand-written program over a socketpair (braid's transport) %.1f µs, "
                           "%.2f× the pipes, and braid %.2f× that socketpair floor",
-                    s1, pair_of(ctx, "sock", "pipe", jobs[ji], 1, "us_per_call"),
-                    pair_of(ctx, "braid", "sock", jobs[ji], 1, "us_per_call"));
+                    s1, pair_of(ctx, cur_pl, "sock", "pipe", jobs[ji], 1, "us_per_call"),
+                    pair_of(ctx, cur_pl, "braid", "sock", jobs[ji], 1, "us_per_call"));
         if (isfinite(m1))
             fprintf(html, ", multiprocessing's apply_async %.1f µs", m1);
         fprintf(html, "; at load 16 braid ran %.0f calls/s, the pipes %.0f (%.2f×)", b16, p16,
-                pair_of(ctx, "braid", "pipe", jobs[ji], 16, "calls_per_s"));
+                pair_of(ctx, cur_pl, "braid", "pipe", jobs[ji], 16, "calls_per_s"));
         if (isfinite(m16))
             fprintf(html, ", multiprocessing %.0f (braid %.1f×)", m16,
-                    pair_of(ctx, "braid", "mp", jobs[ji], 16, "calls_per_s"));
-        double bx = pair_of(ctx, "braid-box", "braid", jobs[ji], 1, "us_per_call");
+                    pair_of(ctx, cur_pl, "braid", "mp", jobs[ji], 16, "calls_per_s"));
+        double bx = pair_of(ctx, cur_pl, "braid-box", "braid", jobs[ji], 1, "us_per_call");
         if (isfinite(bx))
             fprintf(html, "; a box call (one u64 key each way) took %.1f µs at load 1, %.2f× a bytes call pair by "
                           "pair, and ran %.0f calls/s at load 16",
-                    med_of(ctx, "braid-box", jobs[ji], 1, "us_per_call"), bx,
-                    med_of(ctx, "braid-box", jobs[ji], 16, "calls_per_s"));
+                    med_of(ctx, cur_pl, "braid-box", jobs[ji], 1, "us_per_call"), bx,
+                    med_of(ctx, cur_pl, "braid-box", jobs[ji], 16, "calls_per_s"));
         fputs(". ", html);
     }
     fputs("The pipe limit does the least that can be done: blocking children, fixed 16-byte messages, no "
