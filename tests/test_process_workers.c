@@ -374,16 +374,24 @@ BT_IO_TEST(workers_crash) {
     finish(loop, w);
 }
 
+/* A loop on a fake clock (for call timeouts) and a pool of one ready worker. */
+static braid_workers *one_worker_on_fake_clock(braid_fake_clock **fc, braid_loop **loop) {
+    *fc = NULL;
+    braid_fake_clock_new(0, fc);
+    *loop = bt_loop_new(braid_fake_clock_base(*fc));
+    braid_workers *w;
+    BT_OK(braid_workers_new(*loop, &(braid_workers_options){ .count = 1 }, &w));
+    wait_ready(*loop, w, 1);
+    return w;
+}
+
 /* A worker that blocks past a call's timeout is killed and replaced; the
  * call fails with BRAID_ETIMEDOUT, the other call it held with
  * BRAID_EWORKER_LOST. The timeout runs on the fake clock. */
 BT_IO_TEST(workers_timeout) {
-    braid_fake_clock *fc = NULL;
-    braid_fake_clock_new(0, &fc);
-    braid_loop *loop = bt_loop_new(braid_fake_clock_base(fc));
-    braid_workers *w;
-    BT_OK(braid_workers_new(loop, &(braid_workers_options){ .count = 1 }, &w));
-    wait_ready(loop, w, 1);
+    braid_fake_clock *fc;
+    braid_loop *loop;
+    braid_workers *w = one_worker_on_fake_clock(&fc, &loop);
     pid_t first;
     braid_workers_pids(w, &first, 1);
     res hold, hang;
@@ -897,17 +905,24 @@ BT_IO_TEST(workers_request_id) {
     finish(loop, w);
 }
 
+/* An unlinked temporary file holding "dataset", for a worker to read at an
+ * extra fd. */
+static int data_file(void) {
+    char path[] = "/tmp/braid-workers-fds-XXXXXX";
+    int data = mkstemp(path);
+    BT_GE(data, 0);
+    unlink(path);
+    BT_EQ(write(data, "dataset", 7), 7);
+    return data;
+}
+
 /* The connection is a pair of pipes (cheaper per round trip than a
  * socketpair): calls come in on fd 3, and the frames go out on the lowest
  * fd the caller's map leaves free — here 6, past extras at 4 and 5 — which
  * the worker's own children do not inherit. */
 BT_IO_TEST(workers_connection_is_pipes) {
     braid_loop *loop = bt_loop_new(NULL);
-    char path[] = "/tmp/braid-workers-pipes-XXXXXX";
-    int data = mkstemp(path);
-    BT_GE(data, 0);
-    unlink(path);
-    BT_EQ(write(data, "dataset", 7), 7);
+    int data = data_file();
     braid_process_fd extra[] = { { 4, BRAID_PROCESS_FD_DEVNULL, 0, NULL },
                                  { 5, BRAID_PROCESS_FD_INHERIT, data, NULL } };
     braid_workers *w;
@@ -928,12 +943,9 @@ BT_IO_TEST(workers_connection_is_pipes) {
  * action would kill it: the call times out, the worker is replaced and the
  * replacement answers. The timeout runs on the fake clock. */
 BT_IO_TEST(workers_no_sigpipe_in_parent) {
-    braid_fake_clock *fc = NULL;
-    braid_fake_clock_new(0, &fc);
-    braid_loop *loop = bt_loop_new(braid_fake_clock_base(fc));
-    braid_workers *w;
-    BT_OK(braid_workers_new(loop, &(braid_workers_options){ .count = 1 }, &w));
-    wait_ready(loop, w, 1);
+    braid_fake_clock *fc;
+    braid_loop *loop;
+    braid_workers *w = one_worker_on_fake_clock(&fc, &loop);
     res a, b, e;
     call_rel(w, "deaf", NULL, &a, NULL);
     bt_run_until(loop, &a.done, 200000);
@@ -956,11 +968,7 @@ BT_IO_TEST(workers_no_sigpipe_in_parent) {
  * left inheritable on purpose stays out), replacements included. */
 BT_IO_TEST(workers_extra_fds) {
     braid_loop *loop = bt_loop_new(NULL);
-    char path[] = "/tmp/braid-workers-fds-XXXXXX";
-    int data = mkstemp(path);
-    BT_GE(data, 0);
-    unlink(path);
-    BT_EQ(write(data, "dataset", 7), 7);
+    int data = data_file();
     int decoy = open("/dev/null", O_RDONLY);   /* not close-on-exec */
     BT_GE(decoy, 0);
     braid_process_fd extra[] = { { 5, BRAID_PROCESS_FD_INHERIT, data, NULL },
