@@ -27,6 +27,13 @@ static void h_echo(braid_worker_call *c, const void *buf, size_t len, void *arg)
     (void)arg;
     braid_worker_call_reply(c, buf, len);
 }
+/* Stops reading its calls (closes fd 3, the pipe they come in on) and
+ * answers this one: it lives on, deaf. */
+static void h_deaf(braid_worker_call *c, const void *buf, size_t len, void *arg) {
+    (void)buf; (void)len; (void)arg;
+    close(3);
+    braid_worker_call_reply(c, "deaf", 4);
+}
 static void h_pid(braid_worker_call *c, const void *buf, size_t len, void *arg) {
     (void)buf; (void)len; (void)arg;
     char s[32];
@@ -49,15 +56,18 @@ static void h_hang(braid_worker_call *c, const void *buf, size_t len, void *arg)
     (void)c; (void)buf; (void)len; (void)arg;
     for (;;) pause();   /* blocks its loop for good */
 }
+/* Frames go to the parent on fd 4 (calls come in on fd 3: a pair of pipes;
+ * 4 is the lowest fd the pool's callers here leave free). */
+#define UP_FD 4
 static void h_garbage(braid_worker_call *c, const void *buf, size_t len, void *arg) {
     (void)c; (void)buf; (void)len; (void)arg;
     static const unsigned char g[] = { 0, 0, 0, 6, 9, 9, 0, 0, 0, 0 };   /* version 9 */
-    if (write(3, g, sizeof g) != sizeof g) _exit(5);
+    if (write(UP_FD, g, sizeof g) != sizeof g) _exit(5);
 }
 static void h_huge(braid_worker_call *c, const void *buf, size_t len, void *arg) {
     (void)c; (void)buf; (void)len; (void)arg;
     static const unsigned char g[] = { 0x40, 0, 0, 0, 1, 2, 0, 0, 0, 1 };   /* 1 GiB announced */
-    if (write(3, g, sizeof g) != sizeof g) _exit(5);
+    if (write(UP_FD, g, sizeof g) != sizeof g) _exit(5);
 }
 static void h_crash_once(braid_worker_call *c, const void *buf, size_t len, void *arg) {
     (void)buf; (void)len; (void)arg;
@@ -120,7 +130,7 @@ static void h_bigbox(braid_worker_call *c, const void *buf, size_t len, void *ar
 static void h_badbox(braid_worker_call *c, const void *buf, size_t len, void *arg) {
     (void)c; (void)buf; (void)len; (void)arg;
     static const unsigned char g[] = { 0, 0, 0, 9, 1, 8, 0, 0, 0, 0, 2, 0, 0 };
-    if (write(3, g, sizeof g) != sizeof g) _exit(5);
+    if (write(UP_FD, g, sizeof g) != sizeof g) _exit(5);
 }
 /* The request id the call carried (in the handler's context). */
 static void h_rid(braid_worker_call *c, const void *buf, size_t len, void *arg) {
@@ -154,6 +164,14 @@ static void h_fds(braid_worker_call *c, const void *buf, size_t len, void *arg) 
     ssize_t r = pread(5, data, 7, 0);
     n += (size_t)snprintf(out + n, sizeof out - n, " %s", r > 0 ? data : "-");
     braid_worker_call_reply(c, out, n);
+}
+
+/* What the worker's connection is: "fifo" or "socket" (fd 3, calls in). */
+static void h_conn(braid_worker_call *c, const void *buf, size_t len, void *arg) {
+    (void)buf; (void)len; (void)arg;
+    struct stat st;
+    const char *k = fstat(3, &st) < 0 ? "none" : S_ISFIFO(st.st_mode) ? "fifo" : S_ISSOCK(st.st_mode) ? "socket" : "other";
+    braid_worker_call_reply(c, k, strlen(k));
 }
 
 /* Log events: payload "N" logs N info events in "app.work" (a seq field
@@ -191,6 +209,8 @@ static void h_spam(braid_worker_call *c, const void *buf, size_t len, void *arg)
 static const braid_worker_command cmds[] = {
     { "log", h_log, NULL }, { "spam", h_spam, NULL },
     { "fds", h_fds, NULL },
+    { "conn", h_conn, NULL },
+    { "deaf", h_deaf, NULL },
     { "boxecho", h_boxecho, NULL }, { "bigbox", h_bigbox, NULL }, { "badbox", h_badbox, NULL }, { "rid", h_rid, NULL },
     { "echo", h_echo, NULL }, { "pid", h_pid, NULL }, { "fail", h_fail, NULL },
     { "hold", h_hold, NULL }, { "crash", h_crash, NULL }, { "hang", h_hang, NULL },
@@ -354,16 +374,24 @@ BT_IO_TEST(workers_crash) {
     finish(loop, w);
 }
 
+/* A loop on a fake clock (for call timeouts) and a pool of one ready worker. */
+static braid_workers *one_worker_on_fake_clock(braid_fake_clock **fc, braid_loop **loop) {
+    *fc = NULL;
+    braid_fake_clock_new(0, fc);
+    *loop = bt_loop_new(braid_fake_clock_base(*fc));
+    braid_workers *w;
+    BT_OK(braid_workers_new(*loop, &(braid_workers_options){ .count = 1 }, &w));
+    wait_ready(*loop, w, 1);
+    return w;
+}
+
 /* A worker that blocks past a call's timeout is killed and replaced; the
  * call fails with BRAID_ETIMEDOUT, the other call it held with
  * BRAID_EWORKER_LOST. The timeout runs on the fake clock. */
 BT_IO_TEST(workers_timeout) {
-    braid_fake_clock *fc = NULL;
-    braid_fake_clock_new(0, &fc);
-    braid_loop *loop = bt_loop_new(braid_fake_clock_base(fc));
-    braid_workers *w;
-    BT_OK(braid_workers_new(loop, &(braid_workers_options){ .count = 1 }, &w));
-    wait_ready(loop, w, 1);
+    braid_fake_clock *fc;
+    braid_loop *loop;
+    braid_workers *w = one_worker_on_fake_clock(&fc, &loop);
     pid_t first;
     braid_workers_pids(w, &first, 1);
     res hold, hang;
@@ -877,16 +905,70 @@ BT_IO_TEST(workers_request_id) {
     finish(loop, w);
 }
 
-/* Extra descriptors reach every worker at their child numbers — a data
- * file at 5, /dev/null at 9 — and nothing else is open there (a parent fd
- * left inheritable on purpose stays out), replacements included. */
-BT_IO_TEST(workers_extra_fds) {
-    braid_loop *loop = bt_loop_new(NULL);
+/* An unlinked temporary file holding "dataset", for a worker to read at an
+ * extra fd. */
+static int data_file(void) {
     char path[] = "/tmp/braid-workers-fds-XXXXXX";
     int data = mkstemp(path);
     BT_GE(data, 0);
     unlink(path);
     BT_EQ(write(data, "dataset", 7), 7);
+    return data;
+}
+
+/* The connection is a pair of pipes (cheaper per round trip than a
+ * socketpair): calls come in on fd 3, and the frames go out on the lowest
+ * fd the caller's map leaves free — here 6, past extras at 4 and 5 — which
+ * the worker's own children do not inherit. */
+BT_IO_TEST(workers_connection_is_pipes) {
+    braid_loop *loop = bt_loop_new(NULL);
+    int data = data_file();
+    braid_process_fd extra[] = { { 4, BRAID_PROCESS_FD_DEVNULL, 0, NULL },
+                                 { 5, BRAID_PROCESS_FD_INHERIT, data, NULL } };
+    braid_workers *w;
+    BT_OK(braid_workers_new(loop, &(braid_workers_options){ .count = 1, .fds = extra, .nfds = 2 }, &w));
+    res a, b;
+    call_rel(w, "conn", NULL, &a, NULL);
+    bt_run_until(loop, &a.done, 200000);
+    BT_STREQ(a.data, "fifo");
+    call_rel(w, "fds", NULL, &b, NULL);
+    bt_run_until(loop, &b.done, 200000);
+    BT_STREQ(b.data, "0,1,2,3,4,5 dataset");
+    finish(loop, w);
+    close(data);
+}
+
+/* A call written to a worker that no longer reads (the pipe to it has no
+ * reader on its side) must not raise SIGPIPE in the parent, whose default
+ * action would kill it: the call times out, the worker is replaced and the
+ * replacement answers. The timeout runs on the fake clock. */
+BT_IO_TEST(workers_no_sigpipe_in_parent) {
+    braid_fake_clock *fc;
+    braid_loop *loop;
+    braid_workers *w = one_worker_on_fake_clock(&fc, &loop);
+    res a, b, e;
+    call_rel(w, "deaf", NULL, &a, NULL);
+    bt_run_until(loop, &a.done, 200000);
+    BT_EQ(a.code, 0);
+    call_rel(w, "echo", "x", &b, &(braid_workers_call_options){ .timeout = BRAID_SECONDS(5) });
+    for (int i = 0; i < 50; i++) braid_loop_run_once(loop, BRAID_LOOP_RUN_NOWAIT);   /* written */
+    braid_fake_clock_advance(fc, BRAID_SECONDS(5));
+    bt_run_until(loop, &b.done, 200000);
+    BT_TRUE(b.code == BRAID_ETIMEDOUT || b.code == BRAID_EWORKER_LOST);
+    call_rel(w, "echo", "after", &e, NULL);
+    bt_run_until(loop, &e.done, 200000);
+    BT_EQ(e.code, 0);
+    BT_STREQ(e.data, "after");
+    finish(loop, w);
+    braid_fake_clock_free(fc);
+}
+
+/* Extra descriptors reach every worker at their child numbers — a data
+ * file at 5, /dev/null at 9 — and nothing else is open there (a parent fd
+ * left inheritable on purpose stays out), replacements included. */
+BT_IO_TEST(workers_extra_fds) {
+    braid_loop *loop = bt_loop_new(NULL);
+    int data = data_file();
     int decoy = open("/dev/null", O_RDONLY);   /* not close-on-exec */
     BT_GE(decoy, 0);
     braid_process_fd extra[] = { { 5, BRAID_PROCESS_FD_INHERIT, data, NULL },

@@ -4,7 +4,7 @@
  * Events use one CPU; processes use the others. This module spawns
  * children with a *child fd map* and watches them on the loop (Twisted's
  * spawnProcess and ProcessProtocol, libuv's uv_spawn), and runs pools of
- * worker processes that answer calls over a socketpair (Twisted's ampoule):
+ * worker processes that answer calls over a pair of pipes (Twisted's ampoule):
  * data is copied to the workers and work delivered through pipes, so
  * nothing needs a mutex.
  *
@@ -289,8 +289,10 @@ BRAID_API int braid_box_decode(const void *buf, size_t len, braid_box **out);
 
 /* ==== worker-process pools over framed RPC ========================================
  *
- * N worker processes, each connected to the parent by a socketpair at the
- * worker's fd 3 speaking braid's framed, versioned RPC: u32 length-prefixed
+ * N worker processes, each connected to the parent by a pair of pipes (calls
+ * in at the worker's fd 3, frames out at the lowest fd from 4 its extra fds
+ * leave free; pipes cost less per round trip than a socketpair) speaking
+ * braid's framed, versioned RPC: u32 length-prefixed
  * frames holding a command name, a call id and a payload of bytes or a box
  * (above; docs/process.md, "Wire format"). One binary can be both sides: the pool
  * re-runs the current executable (/proc/self/exe) with the environment

@@ -1,7 +1,9 @@
 /* Worker-process pools, the worker's side: serve the parent's calls on
- * the socketpair at the fd BRAID_WORKER names, until it closes or says
- * STOP. */
+ * the pipes at the fds BRAID_WORKER names ("3,4": calls in, frames out;
+ * "3": one socket both ways), until the connection closes or says STOP. */
 #include "process/process_internal.h"
+#include <fcntl.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -231,7 +233,18 @@ static const braid_protocol_ops ws_ops = {
 int braid_worker_main(braid_loop *loop, const braid_worker_command *cmds, size_t n) {
     const char *e = getenv("BRAID_WORKER");
     if (!e) return BRAID_EINVAL;
-    int fd = atoi(e);
+    /* "3,W": calls come in on fd 3, frames go out on fd W (a pair of
+     * pipes); "3" alone: one socket both ways. */
+    char *comma;
+    int fd = (int)strtol(e, &comma, 10), wfd = *comma == ',' ? atoi(comma + 1) : -1;
+    /* Our own children must not hold the parent's end of the pipe open. */
+    if (wfd >= 0) (void)fcntl(wfd, F_SETFD, FD_CLOEXEC);
+    /* A write to the pipe after the parent died fails with EPIPE (the
+     * connection is lost and the worker ends) rather than killing it with
+     * SIGPIPE, unless the program chose a disposition of its own. braid's
+     * spawn resets every signal for this worker's own children. */
+    struct sigaction sa;
+    if (wfd >= 0 && sigaction(SIGPIPE, NULL, &sa) == 0 && sa.sa_handler == SIG_DFL) signal(SIGPIPE, SIG_IGN);
     /* Our own children are not workers unless they are told so. */
     unsetenv("BRAID_WORKER");
     braid_loop *own = NULL;
@@ -249,7 +262,8 @@ int braid_worker_main(braid_loop *loop, const braid_worker_command *cmds, size_t
     if (ws) {
         ws->fp.base.ops = &ws_ops;
         ws->c = &c;
-        rc = braid_transport_adopt(loop, fd, &ws->fp.base);
+        rc = wfd >= 0 ? braid_transport_adopt_pipes(loop, fd, wfd, &ws->fp.base)
+                      : braid_transport_adopt(loop, fd, &ws->fp.base);
         if (rc < 0) braid_free(ws);
     }
     if (rc == 0) {
