@@ -209,6 +209,20 @@ int main(int argc, char **argv) {
     ctx.experiment = NULL;
     int rc = bench_report(&ctx, ctx.out_dir, total);
     bench_store_close();
+    if (ntodo && rc >= 0) {
+        /* The run ends in its summary table (the report's summary.md): braid
+         * against each peer, the ratio over all points and at the largest. */
+        char path[4096];
+        snprintf(path, sizeof path, "%s/summary.md", ctx.out_dir);
+        FILE *f = fopen(path, "r");
+        if (f) {
+            char line[1024];
+            printf("\n");
+            while (fgets(line, sizeof line, f)) fputs(line, stdout);
+            fclose(f);
+            printf("\n");
+        }
+    }
     if (ntodo) printf("braid-bench: measured in %.0f s; report: %s/index.html\n", total, ctx.out_dir);
     return failures || rc < 0 ? 1 : 0;
 }
