@@ -227,20 +227,21 @@ BT_IO_TEST(serve_acceptor_balances) {
 }
 
 /* EPOLLEXCLUSIVE wakes the loop that added the socket first whenever it is
- * asleep: one client dialling one connection at a time would land every
- * connection on it. Each loop re-adds its listener after 16 accepts (to the
- * wait queue's tail), so 64 connections spread 32/32 (give or take a
- * wake-up that finds the other loop busy). On select, poll and io_uring
- * EXCLUSIVE is the wake-all shared socket: no balance is promised there. */
+ * asleep: one client dialling one connection at a time would land most
+ * connections on it. Each loop re-adds its listener after 16 accepts (to the
+ * wait queue's tail), which spreads them (34/30 or so on a quiet machine,
+ * up to 50/14 without it). How even the split is depends on the scheduler,
+ * so it is printed here, not asserted (a loaded machine gave 5/59 once):
+ * braid-bench smp measures it. The re-adds must not lose a connection. */
 static void exclusive_balances(bool processes) {
     client c = { .nconn = 64 };
     struct braid_serve_stats st;
     uint64_t ms;
     run_case(BRAID_SERVE_EXCLUSIVE, processes, 0, BRAID_SECONDS(2), &st, &c, &ms);
     BT_EQ(atomic_load(&c.ok), 64);
-    if (strcmp(bt_backend(), "epoll")) return;
-    BT_UGE(st.accepted[0], 16);
-    BT_UGE(st.accepted[1], 16);
+    BT_UEQ(st.total, 64);
+    fprintf(stderr, "exclusive_balances [%s]: loops accepted %llu / %llu\n", bt_backend(),
+            (unsigned long long)st.accepted[0], (unsigned long long)st.accepted[1]);
 }
 BT_IO_TEST(serve_exclusive_balances_threads) { exclusive_balances(false); }
 BT_IO_TEST(serve_exclusive_balances_processes) { exclusive_balances(true); }
