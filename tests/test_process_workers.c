@@ -188,7 +188,29 @@ static void h_spam(braid_worker_call *c, const void *buf, size_t len, void *arg)
     braid_worker_call_reply(c, "spammed", 7);
 }
 
+/* An error logged, then a crash: the event must reach the parent. */
+static void h_logdie(braid_worker_call *c, const void *buf, size_t len, void *arg) {
+    (void)buf; (void)len; (void)arg;
+    braid_log_emit(braid_loop_logger(braid_worker_call_loop(c)), BRAID_LOG_ERROR, "app.fatal",
+                   braid_log_no_fields, "fatal");
+    signal(SIGABRT, SIG_DFL);
+    abort();
+}
+/* An error logged, then the handler blocks for good, after writing the
+ * wall-clock time just after the event to fd 5 (the test's pipe). */
+static void h_logblock(braid_worker_call *c, const void *buf, size_t len, void *arg) {
+    (void)buf; (void)len; (void)arg;
+    braid_log_emit(braid_loop_logger(braid_worker_call_loop(c)), BRAID_LOG_ERROR, "app.fatal",
+                   braid_log_no_fields, "blocked");
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    uint64_t t1 = (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+    if (write(5, &t1, sizeof t1) != sizeof t1) _exit(6);
+    for (;;) pause();
+}
+
 static const braid_worker_command cmds[] = {
+    { "logdie", h_logdie, NULL }, { "logblock", h_logblock, NULL },
     { "log", h_log, NULL }, { "spam", h_spam, NULL },
     { "fds", h_fds, NULL },
     { "boxecho", h_boxecho, NULL }, { "bigbox", h_bigbox, NULL }, { "badbox", h_badbox, NULL }, { "rid", h_rid, NULL },
@@ -1032,6 +1054,59 @@ BT_IO_TEST(workers_log_drops) {
     struct braid_workers_stats s;
     braid_workers_stats(w, &s);
     BT_UEQ(s.log_dropped, x.reported_dropped);
+    braid_log_observer_remove(obs);
+    finish(loop, w);
+    close(pp[0]);
+    close(pp[1]);
+}
+
+typedef struct fatalseen {
+    int n, two;
+    uint64_t time_ns;
+    char msg[64];
+} fatalseen;
+static void fatal_cb(const braid_log_event *ev, void *arg) {
+    fatalseen *x = arg;
+    if (!ev->ns || strcmp(ev->ns, "app.fatal")) return;
+    x->time_ns = ev->time_ns;
+    snprintf(x->msg, sizeof x->msg, "%s", ev->msg);
+    x->two = ++x->n >= 2;
+}
+
+/* A worker's log event leaves when it is logged, not when the handler
+ * returns: one logged just before a crash reaches the parent, and one
+ * logged by a handler that then blocks arrives while it blocks, stamped
+ * with the worker's time (before the time the worker read after it). */
+BT_IO_TEST(workers_log_leaves_before_crash) {
+    braid_loop *loop = bt_loop_new(NULL);
+    fatalseen x = { 0 };
+    braid_log_observer *obs;
+    BT_OK(braid_logger_add_callback(braid_loop_logger(loop), fatal_cb, &x, &obs));
+    int pp[2];
+    BT_EQ(pipe2(pp, O_CLOEXEC), 0);
+    braid_process_fd extra[] = { { 5, BRAID_PROCESS_FD_INHERIT, pp[1], NULL } };
+    braid_workers *w;
+    BT_OK(braid_workers_new(loop, &(braid_workers_options){ .count = 1, .fds = extra, .nfds = 1 }, &w));
+    wait_ready(loop, w, 1);
+    res a;
+    call_rel(w, "logdie", NULL, &a, NULL);
+    bt_run_until(loop, &a.done, 200000);
+    BT_EQ(a.code, BRAID_EWORKER_LOST);
+    BT_EQ(x.n, 1);
+    BT_STREQ(x.msg, "fatal");
+    wait_ready(loop, w, 1);
+    res b;
+    call_rel(w, "logblock", NULL, &b, NULL);
+    for (int i = 0; i < 3; i++) braid_loop_run_once(loop, BRAID_LOOP_RUN_NOWAIT);   /* the call leaves */
+    /* The parent reads nothing until the worker has logged and read its clock. */
+    struct pollfd pfd = { pp[0], POLLIN, 0 };
+    BT_EQ(poll(&pfd, 1, 30000), 1);
+    uint64_t t1 = 0;
+    BT_EQ(read(pp[0], &t1, sizeof t1), (ssize_t)sizeof t1);
+    bt_run_until(loop, &x.two, 200000);
+    BT_STREQ(x.msg, "blocked");
+    BT_UGE(t1, x.time_ns);
+    BT_EQ(b.done, 0);
     braid_log_observer_remove(obs);
     finish(loop, w);
     close(pp[0]);

@@ -11,6 +11,7 @@
 typedef struct wconn {
     braid_loop *loop;
     braid_transport *t;            /* NULL once the connection is gone */
+    int fd;                        /* t's socket (log events may go straight to it) */
     const braid_worker_command *cmds;
     size_t ncmds;
     size_t outstanding;            /* calls handed to handlers, not yet answered */
@@ -159,7 +160,8 @@ static void send_log(wconn *c, const braid_log_event *ev) {
                          .ns_len = nl > 255 ? 255 : nl, .text = ev->msg, .text_len = tl > 65535 ? 65535 : tl,
                          .payload = fields, .len = flen };
     c->in_log = true;
-    int rc = braid__rpc_write(c->t, &m, c->max_frame);
+    /* Now, not when the handler returns: it may block or crash next. */
+    int rc = braid__rpc_write_log_now(c->t, c->fd, &m, c->max_frame);
     c->in_log = false;
     if (rc < 0) c->log_dropped++;
     else c->log_dropped -= dropped;
@@ -240,7 +242,7 @@ int braid_worker_main(braid_loop *loop, const braid_worker_command *cmds, size_t
         if (rc < 0) return rc;
         loop = own;
     }
-    wconn c = { .loop = loop, .cmds = cmds, .ncmds = n, .max_frame = 16u << 20 };
+    wconn c = { .loop = loop, .fd = fd, .cmds = cmds, .ncmds = n, .max_frame = 16u << 20 };
     const char *mf = getenv("BRAID_WORKER_MAX_FRAME");
     if (mf && strtoull(mf, NULL, 10) >= 512) c.max_frame = (size_t)strtoull(mf, NULL, 10);
     unsetenv("BRAID_WORKER_MAX_FRAME");

@@ -390,8 +390,9 @@ static int on_log(worker *w, const braid__rpc_msg *m) {
     braid_ctx_scope scope;
     bool scoped = (m->request_id || braid_ctx_get_u64(&braid_log_request_id_key, 0)) &&
                   braid_ctx_push_u64(&scope, &braid_log_request_id_key, m->request_id) == 0;
-    braid_log_emit(braid_loop_logger(pool->loop), (braid_log_level)m->level, m->ns_len ? ns : NULL, f, n,
-                   "%.*s", (int)m->text_len, m->text);
+    /* Stamped with the worker's time: when it happened, not when it arrived. */
+    braid_log_emit_at(braid_loop_logger(pool->loop), m->time_ns, (braid_log_level)m->level,
+                      m->ns_len ? ns : NULL, f, n, "%.*s", (int)m->text_len, m->text);
     if (scoped) braid_ctx_pop(&scope);
     braid_box_free(box);
     return 0;
