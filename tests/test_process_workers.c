@@ -495,6 +495,27 @@ BT_IO_TEST(workers_recycle) {
     finish(loop, w);
 }
 
+/* recycle_after bounds the calls a worker is given, not the ones it has
+ * answered: a burst does not all go to one worker. */
+BT_IO_TEST(workers_recycle_burst) {
+    braid_loop *loop = bt_loop_new(NULL);
+    braid_workers *w;
+    BT_OK(braid_workers_new(loop, &(braid_workers_options){ .count = 1, .recycle_after = 2 }, &w));
+    wait_ready(loop, w, 1);
+    res r[6];
+    for (int i = 0; i < 6; i++) call_rel(w, "pid", NULL, &r[i], NULL);
+    for (int i = 0; i < 6; i++) {
+        bt_run_until(loop, &r[i].done, 400000);
+        BT_EQ(r[i].code, 0);
+    }
+    for (int i = 0; i < 6; i++) {
+        int same = 0;
+        for (int k = 0; k < 6; k++) same += atoi(r[k].data) == atoi(r[i].data);
+        BT_LE(same, 2);
+    }
+    finish(loop, w);
+}
+
 BT_IO_TEST(workers_queue_full_and_cancel) {
     braid_loop *loop = bt_loop_new(NULL);
     braid_workers *w;

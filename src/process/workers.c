@@ -44,6 +44,7 @@ struct worker {
     uint64_t calls_failed;         /* of calls_done, answered with a failure */
     unsigned index;                /* the lowest free at its spawn: a replacement takes its predecessor's */
     unsigned in_flight;
+    uint64_t calls_assigned;       /* sent to it, ever: recycle_after bounds this */
     uint64_t calls_done;
     wcall head;                    /* calls sent to it (sentinel) */
     braid_timer stop_timer;        /* retiring: SIGKILL if it has not gone */
@@ -585,7 +586,8 @@ static void dispatch(braid_workers *pool) {
         worker *best = NULL;
         for (worker *w = pool->head.next; w != &pool->head; w = w->next) {
             if (!w->ready || w->retiring || w->broken || !w->proto || !w->proto->fp.base.transport ||
-                w->in_flight >= pool->o.max_in_flight)
+                w->in_flight >= pool->o.max_in_flight ||
+                (pool->o.recycle_after && w->calls_assigned >= pool->o.recycle_after))
                 continue;
             if (!best || w->in_flight < best->in_flight) best = w;
         }
@@ -593,6 +595,7 @@ static void dispatch(braid_workers *pool) {
         wcall *c = pool->queue.next;
         call_unlink(c);
         pool->queued--;
+        best->calls_assigned++;
         send_call(best, c);
     }
 }
