@@ -363,6 +363,12 @@ BT_IO_TEST(workers_crash) {
         BT_EQ(h[i].code, BRAID_EWORKER_LOST);
     }
     BT_EQ(c.code, BRAID_EWORKER_LOST);
+    /* The cause is said: in the failure, and in the stats. */
+    BT_TRUE(strstr(c.msg, "exit status 70") != NULL);
+    BT_TRUE(strstr(h[0].msg, "exit status 70") != NULL);
+    struct braid_workers_stats s0;
+    braid_workers_stats(w, &s0);
+    BT_STREQ(s0.last_exit, "exit status 70");
     /* Replaced: the next call is answered by a new worker. */
     res e;
     call_rel(w, "pid", NULL, &e, NULL);
@@ -1113,6 +1119,7 @@ BT_IO_TEST(workers_log_leaves_before_crash) {
     call_rel(w, "logdie", NULL, &a, NULL);
     bt_run_until(loop, &a.done, 200000);
     BT_EQ(a.code, BRAID_EWORKER_LOST);
+    BT_TRUE(strstr(a.msg, "signal 6") != NULL);
     BT_EQ(x.n, 1);
     BT_STREQ(x.msg, "fatal");
     wait_ready(loop, w, 1);

@@ -419,6 +419,8 @@ struct braid_workers_stats {
     uint64_t resent;               /* idempotent calls sent again */
     uint64_t log_events;           /* log events received from workers */
     uint64_t log_dropped;          /* log events workers reported lost (their connection was full) */
+    char last_exit[48];            /* how the last lost worker ended: "signal 6 (core dumped)",
+                                    * "exit status 70", or "" (none lost, or not known) */
 };
 /* A snapshot (the struct and the function share the name, as stat(2)'s:
  * `struct braid_workers_stats s; braid_workers_stats(w, &s);`). */

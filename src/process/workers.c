@@ -41,6 +41,7 @@ struct worker {
     wproto *proto;
     bool ready, retiring;
     bool broken;                   /* a send failed: its connection is going */
+    bool killed;                   /* its stop_timer sent SIGKILL */
     uint64_t calls_failed;         /* of calls_done, answered with a failure */
     unsigned index;                /* the lowest free at its spawn: a replacement takes its predecessor's */
     unsigned in_flight;
@@ -148,6 +149,14 @@ static void call_cancel(braid_deferred *d, void *arg) {
 }
 
 /* ---- workers ------------------------------------------------------------------------------ */
+/* How a process ended, for people: "signal 6 (core dumped)", "exit status 70". */
+static void exit_cause(const braid_process_status *st, char *buf, size_t cap) {
+    if (st->signo)
+        snprintf(buf, cap, "signal %d%s", st->signo, st->core_dumped ? " (core dumped)" : "");
+    else
+        snprintf(buf, cap, "exit status %d", st->exit_code);
+}
+
 static void worker_remove(worker *w) {
     braid_workers *pool = w->pool;
     BRAID__ASSERT(w->head.next == &w->head);
@@ -173,6 +182,9 @@ static void worker_lost(worker *w, int code, const char *why, wcall *culprit) {
     pool->depth++;
     pool->st.lost++;
     if (!w->ready) pool->start_failures++;
+    braid_process_status ps;
+    if (braid_process_has_exited(w->proc, &ps)) exit_cause(&ps, pool->st.last_exit, sizeof pool->st.last_exit);
+    else pool->st.last_exit[0] = 0;
     char detail[160];
     snprintf(detail, sizeof detail, " (worker pid %d: %s)", (int)braid_process_pid(w->proc), why);
     braid__log(pool->loop, BRAID_LOG_WARN, "worker pid %d lost: %s", (int)braid_process_pid(w->proc), why);
@@ -223,6 +235,7 @@ static void worker_lost(worker *w, int code, const char *why, wcall *culprit) {
 static void stop_timer_cb(braid_timer *t, void *arg) {
     worker *w = arg;
     (void)t;
+    w->killed = true;
     (void)braid_process_signal(w->proc, SIGKILL);
 }
 
@@ -241,7 +254,6 @@ static void worker_stop(worker *w) {
 static void proc_ended(braid_process *p, const braid_process_status *st) {
     worker *w = braid_process_user(p);
     braid_workers *pool = w->pool;
-    (void)st;
     if (w->retiring && w->head.next == &w->head) {
         worker_remove(w);
         spawn_missing(pool);
@@ -252,8 +264,9 @@ static void proc_ended(braid_process *p, const braid_process_status *st) {
     /* Exited: its socket's EOF (which comes after any reply it sent) does
      * the rest, unless the socket is already gone. */
     if (!w->proto || !w->proto->fp.base.transport) {
-        char why[64];
-        snprintf(why, sizeof why, "exited (status %d, signal %d)", st->exit_code, st->signo);
+        char why[96], cause[48];
+        exit_cause(st, cause, sizeof cause);
+        snprintf(why, sizeof why, "%s: %s", w->killed ? "closed its connection, killed" : "ended", cause);
         worker_lost(w, BRAID_EWORKER_LOST, why, NULL);
     }
 }
@@ -433,13 +446,22 @@ static void wp_lost(braid_protocol *p, const braid_failure *reason) {
         }
         return;
     }
-    if (code == BRAID_EMSGSIZE)
+    braid_process_status ps;
+    if (code == BRAID_EMSGSIZE) {
         worker_lost(w, BRAID_EWORKER_FRAME, "sent a frame above the size limit", NULL);
-    else if (code == BRAID_EPROTO_INPUT)
+    } else if (code == BRAID_EPROTO_INPUT) {
         worker_lost(w, BRAID_EWORKER_PROTOCOL, "sent a malformed frame", NULL);
-    else
-        worker_lost(w, BRAID_EWORKER_LOST, braid_process_has_exited(w->proc, NULL) ? "exited"
-                                            : "closed its connection", NULL);
+    } else if (braid_process_has_exited(w->proc, &ps)) {
+        char why[96], cause[48];
+        exit_cause(&ps, cause, sizeof cause);
+        snprintf(why, sizeof why, "ended: %s", cause);
+        worker_lost(w, BRAID_EWORKER_LOST, why, NULL);
+    } else {
+        /* Its end (with the signal or exit status) comes next, as a rule
+         * at once: proc_ended fails its calls then, saying how it ended. One
+         * that closed its connection and lives on is killed after 1 s. */
+        if (!braid_timer_is_active(&w->stop_timer)) braid_timer_start(&w->stop_timer, BRAID_SECONDS(1));
+    }
 }
 
 static void wp_destroy(braid_protocol *p) {
@@ -646,6 +668,7 @@ static void describe(braid_json *j, void *arg) {
     braid_json_kv_u64(j, "resent", s.resent);
     braid_json_kv_u64(j, "log_events", s.log_events);
     braid_json_kv_u64(j, "log_dropped", s.log_dropped);
+    braid_json_kv_str(j, "last_exit", s.last_exit[0] ? s.last_exit : NULL);
     braid_json_kv_str(j, "state", pool->shutting ? (pool->draining ? "draining" : "stopping") : "running");
     braid_json_key(j, "workers");
     braid_json_array_begin(j);
