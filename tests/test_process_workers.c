@@ -1141,6 +1141,37 @@ BT_IO_TEST(workers_log_leaves_before_crash) {
     close(pp[1]);
 }
 
+/* braid_worker_main refuses a BRAID_WORKER that is not an AF_UNIX stream
+ * socket at fd >= 3 and leaves fds 0-2 alone. */
+BT_TEST(workers_main_bad_fd) {
+    int saved = dup(1);
+    BT_GE(saved, 3);
+    char path[] = "/tmp/braid-worker-fd-XXXXXX";
+    int file = mkstemp(path);
+    BT_GE(file, 3);
+    unlink(path);
+    int dg[2];
+    BT_EQ(socketpair(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0, dg), 0);
+    char v[4][16];
+    snprintf(v[0], sizeof v[0], "1");
+    snprintf(v[1], sizeof v[1], "%d", file);
+    snprintf(v[2], sizeof v[2], "%d", dg[0]);
+    snprintf(v[3], sizeof v[3], "3x");
+    for (int i = 0; i < 4; i++) {
+        setenv("BRAID_WORKER", v[i], 1);
+        int rc = braid_worker_main(NULL, cmds, 1);
+        BT_EQ(rc, BRAID_EINVAL);
+        BT_GE(fcntl(1, F_GETFD), 0);
+        BT_GE(fcntl(file, F_GETFD), 0);
+    }
+    unsetenv("BRAID_WORKER");
+    dup2(saved, 1);
+    close(saved);
+    close(file);
+    close(dg[0]);
+    close(dg[1]);
+}
+
 /* ---- introspection: the "workers" section ------------------------------------------------- */
 static bt_json *doc_of(braid_loop *loop) {
     char *text;

@@ -7,6 +7,10 @@
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
+#include <errno.h>
+#include <limits.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
 
 typedef struct wconn {
     braid_loop *loop;
@@ -230,10 +234,35 @@ static const braid_protocol_ops ws_ops = {
     .destroy = ws_destroy,
 };
 
+/* BRAID_WORKER's value: the decimal number of an open AF_UNIX stream
+ * socket, 3 or above (the pool passes 3). Anything else is refused, and
+ * fds 0-2 are never taken. */
+static int worker_fd(const char *e) {
+    char *end;
+    errno = 0;
+    long v = strtol(e, &end, 10);
+    if (errno || end == e || *end || v < 3 || v > INT_MAX) return BRAID_EINVAL;
+    int fd = (int)v;
+    struct stat st;
+    if (fstat(fd, &st) < 0 || !S_ISSOCK(st.st_mode)) return BRAID_EINVAL;
+    int type = 0;
+    socklen_t tl = sizeof type;
+    struct sockaddr_storage sa;
+    socklen_t sl = sizeof sa;
+    if (getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &tl) < 0 || type != SOCK_STREAM ||
+        getsockname(fd, (struct sockaddr *)&sa, &sl) < 0 || sa.ss_family != AF_UNIX)
+        return BRAID_EINVAL;
+    return fd;
+}
+
 int braid_worker_main(braid_loop *loop, const braid_worker_command *cmds, size_t n) {
     const char *e = getenv("BRAID_WORKER");
     if (!e) return BRAID_EINVAL;
-    int fd = atoi(e);
+    int fd = worker_fd(e);
+    if (fd < 0) {
+        fprintf(stderr, "braid_worker_main: BRAID_WORKER=%s is not an AF_UNIX stream socket at fd >= 3\n", e);
+        return fd;
+    }
     /* Our own children are not workers unless they are told so. */
     unsetenv("BRAID_WORKER");
     braid_loop *own = NULL;
