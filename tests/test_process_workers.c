@@ -116,6 +116,17 @@ static void h_bigbox(braid_worker_call *c, const void *buf, size_t len, void *ar
     braid_box_free(b);
     free(v);
 }
+/* A reply of N bytes (payload "N"); what braid_worker_call_reply
+ * returned is logged in "app.rc". */
+static void h_bigbytes(braid_worker_call *c, const void *buf, size_t len, void *arg) {
+    (void)arg;
+    braid_logger *lg = braid_loop_logger(braid_worker_call_loop(c));
+    size_t n = (size_t)num_of(buf, len);
+    char *v = calloc(1, n + 1);
+    int rc = braid_worker_call_reply(c, v, n);
+    braid_log_emit(lg, BRAID_LOG_INFO, "app.rc", braid_log_no_fields, "%d", rc);
+    free(v);
+}
 /* A REPLY_BOX frame whose box is garbage (version 2). */
 static void h_badbox(braid_worker_call *c, const void *buf, size_t len, void *arg) {
     (void)c; (void)buf; (void)len; (void)arg;
@@ -213,7 +224,7 @@ static const braid_worker_command cmds[] = {
     { "logdie", h_logdie, NULL }, { "logblock", h_logblock, NULL },
     { "log", h_log, NULL }, { "spam", h_spam, NULL },
     { "fds", h_fds, NULL },
-    { "boxecho", h_boxecho, NULL }, { "bigbox", h_bigbox, NULL }, { "badbox", h_badbox, NULL }, { "rid", h_rid, NULL },
+    { "boxecho", h_boxecho, NULL }, { "bigbox", h_bigbox, NULL }, { "bigbytes", h_bigbytes, NULL }, { "badbox", h_badbox, NULL }, { "rid", h_rid, NULL },
     { "echo", h_echo, NULL }, { "pid", h_pid, NULL }, { "fail", h_fail, NULL },
     { "hold", h_hold, NULL }, { "crash", h_crash, NULL }, { "hang", h_hang, NULL },
     { "garbage", h_garbage, NULL }, { "huge", h_huge, NULL }, { "crash_once", h_crash_once, NULL },
@@ -1139,6 +1150,34 @@ BT_IO_TEST(workers_log_leaves_before_crash) {
     finish(loop, w);
     close(pp[0]);
     close(pp[1]);
+}
+
+static void rc_cb(const braid_log_event *ev, void *arg) {
+    if (ev->ns && !strcmp(ev->ns, "app.rc")) *(int *)arg = atoi(ev->msg) - 1000000;
+}
+
+/* A bytes reply past the pool's frame limit: the caller gets
+ * BRAID_EMSGSIZE, and so does the handler from braid_worker_call_reply. */
+BT_IO_TEST(workers_reply_too_big) {
+    braid_loop *loop = bt_loop_new(NULL);
+    int rc = 1;   /* the handler's, - 1000000 once logged */
+    braid_log_observer *obs;
+    BT_OK(braid_logger_add_callback(braid_loop_logger(loop), rc_cb, &rc, &obs));
+    braid_workers *w;
+    BT_OK(braid_workers_new(loop, &(braid_workers_options){ .count = 1, .max_frame = 4096 }, &w));
+    res big;
+    call_rel(w, "bigbytes", "5000", &big, NULL);
+    bt_run_until(loop, &big.done, 200000);
+    BT_EQ(big.code, BRAID_EMSGSIZE);
+    for (int i = 0; i < 200000 && rc == 1; i++) braid_loop_run_once(loop, 0);
+    BT_EQ(rc + 1000000, BRAID_EMSGSIZE);
+    call_rel(w, "bigbytes", "100", &big, NULL);
+    bt_run_until(loop, &big.done, 200000);
+    BT_EQ(big.code, 0);
+    for (int i = 0; i < 200000 && rc + 1000000 != 0; i++) braid_loop_run_once(loop, 0);
+    BT_EQ(rc + 1000000, 0);
+    braid_log_observer_remove(obs);
+    finish(loop, w);
 }
 
 /* braid_worker_main refuses a BRAID_WORKER that is not an AF_UNIX stream

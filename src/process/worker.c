@@ -58,7 +58,8 @@ static int send_msg(braid_worker_call *call, const braid__rpc_msg *m) {
         /* Too large for the pool's frames: the caller gets an error instead. */
         braid__rpc_msg f = { .type = BRAID__RPC_FAIL, .id = m->id, .code = BRAID_EMSGSIZE,
                              .payload = "reply larger than the pool's frame limit", .len = 40 };
-        rc = braid__rpc_write(c->t, &f, c->max_frame);
+        int frc = braid__rpc_write(c->t, &f, c->max_frame);
+        if (frc < 0) rc = frc;   /* else: the handler learns its reply did not go */
     }
     c->outstanding--;
     braid_box_free(call->box);
