@@ -1180,6 +1180,29 @@ BT_IO_TEST(workers_reply_too_big) {
     finish(loop, w);
 }
 
+static void named_cb(const braid_log_event *ev, void *arg) {
+    if (strstr(ev->msg, "loop not destroyed") && strstr(ev->msg, "worker pool 'freeorder'")) (*(int *)arg)++;
+}
+
+/* braid_workers_free closes the workers' connections, which go in the
+ * loop's next iteration: a braid_loop_free before it refuses and names the
+ * pool; one iteration later it succeeds. */
+BT_IO_TEST(workers_free_then_loop_free) {
+    braid_loop *loop = bt_loop_new(NULL);
+    int named = 0;
+    braid_log_observer *obs;
+    BT_OK(braid_logger_add_callback(braid_loop_logger(loop), named_cb, &named, &obs));
+    braid_workers *w;
+    BT_OK(braid_workers_new(loop, &(braid_workers_options){ .count = 2, .role = "freeorder" }, &w));
+    wait_ready(loop, w, 2);
+    braid_workers_free(w);
+    BT_EQ(braid_loop_free(loop), BRAID_EBUSY);
+    BT_EQ(named, 1);
+    braid_loop_run_once(loop, BRAID_LOOP_RUN_NOWAIT);
+    braid_log_observer_remove(obs);
+    bt_loop_destroy(loop);
+}
+
 /* braid_worker_main refuses a BRAID_WORKER that is not an AF_UNIX stream
  * socket at fd >= 3 and leaves fds 0-2 alone. */
 BT_TEST(workers_main_bad_fd) {

@@ -29,9 +29,21 @@ struct wcall {
     unsigned char *payload;        /* inside this block */
 };
 
+/* What a freed pool leaves to the loop: its workers' connections, whose
+ * transports go in the loop's next ready phase. A handle named after the
+ * pool stays open until they have, so that a braid_loop_free before then
+ * says whose they are. */
+typedef struct remnant {
+    braid_loop *loop;
+    braid_handle h;
+    unsigned n;                    /* connections not yet gone */
+    char name[320];
+} remnant;
+
 typedef struct wproto {
     braid_framing_protocol fp;
     worker *w;                     /* NULL once the worker let go of it */
+    remnant *rem;                  /* its freed pool's, or NULL */
 } wproto;
 
 struct worker {
@@ -465,6 +477,11 @@ static void wp_lost(braid_protocol *p, const braid_failure *reason) {
 }
 
 static void wp_destroy(braid_protocol *p) {
+    remnant *rem = ((wproto *)p)->rem;
+    if (rem && --rem->n == 0) {
+        braid_handle_close(rem->loop, &rem->h);
+        braid_free(rem);
+    }
     braid_framing_protocol_destroy(p);
     braid_free(p);
 }
@@ -952,6 +969,25 @@ static void pool_final_free(braid_workers *pool) {
     pool->free_pending = false;
     pool->depth = 1;
     (void)fail_all(pool, BRAID_ESHUTDOWN, true);   /* depth held: never frees here */
+    remnant *rem = braid_calloc(1, sizeof *rem);
+    if (rem) {
+        rem->loop = pool->loop;
+        snprintf(rem->name, sizeof rem->name,
+                 "worker pool '%s' freed, its connections close in the loop's next iteration",
+                 pool->role ? pool->role : pool->program);
+        for (worker *w = pool->head.next; w != &pool->head; w = w->next) {
+            if (w->proto && w->proto->fp.base.transport) {
+                w->proto->rem = rem;
+                rem->n++;
+            }
+        }
+        if (rem->n) {
+            braid_handle_open(pool->loop, &rem->h, "workers");
+            rem->h.name = rem->name;
+        } else {
+            braid_free(rem);
+        }
+    }
     while (pool->head.next != &pool->head) worker_remove(pool->head.next);
     if (pool->respawn_armed) braid_timer_stop(&pool->respawn_timer);
     if (pool->drain_armed) braid_timer_stop(&pool->drain_timer);
