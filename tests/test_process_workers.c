@@ -69,6 +69,11 @@ static void h_crash_once(braid_worker_call *c, const void *buf, size_t len, void
     }
     braid_worker_call_reply(c, "second", 6);
 }
+/* Never answers, and keeps a timer of an hour running in the worker. */
+static void h_holdtimer(braid_worker_call *c, const void *buf, size_t len, void *arg) {
+    (void)buf; (void)len; (void)arg;
+    braid_deferred_unref(braid_deferred_later(braid_worker_call_loop(c), BRAID_SECONDS(3600), NULL, NULL));
+}
 /* A handler answering from a Deferred's callback. */
 static braid_result later_fire(braid_result r, void *arg) {
     braid_worker_call_reply(arg, "later", 5);
@@ -228,7 +233,7 @@ static const braid_worker_command cmds[] = {
     { "echo", h_echo, NULL }, { "pid", h_pid, NULL }, { "fail", h_fail, NULL },
     { "hold", h_hold, NULL }, { "crash", h_crash, NULL }, { "hang", h_hang, NULL },
     { "garbage", h_garbage, NULL }, { "huge", h_huge, NULL }, { "crash_once", h_crash_once, NULL },
-    { "later", h_later, NULL },
+    { "later", h_later, NULL }, { "holdtimer", h_holdtimer, NULL },
 };
 
 __attribute__((constructor)) static void worker_entry(void) {
@@ -1058,6 +1063,16 @@ BT_IO_TEST(workers_log_events) {
     finish(loop, w);
 }
 
+/* A pool of one ready worker whose fd 5 is the write end of pipe pp. */
+static braid_workers *one_with_pipe(braid_loop *loop, int pp[2]) {
+    BT_EQ(pipe2(pp, O_CLOEXEC), 0);
+    braid_process_fd extra[] = { { 5, BRAID_PROCESS_FD_INHERIT, pp[1], NULL } };
+    braid_workers *w;
+    BT_OK(braid_workers_new(loop, &(braid_workers_options){ .count = 1, .fds = extra, .nfds = 1 }, &w));
+    wait_ready(loop, w, 1);
+    return w;
+}
+
 /* A worker logging faster than the parent reads never blocks: past its
  * connection's high watermark events are dropped and counted, and once the
  * parent catches up a warning says how many; every event is either
@@ -1069,11 +1084,7 @@ BT_IO_TEST(workers_log_drops) {
     braid_log_observer *obs;
     BT_OK(braid_logger_add_callback(lg, seen_cb, &x, &obs));
     int pp[2];
-    BT_EQ(pipe2(pp, O_CLOEXEC), 0);
-    braid_process_fd extra[] = { { 5, BRAID_PROCESS_FD_INHERIT, pp[1], NULL } };
-    braid_workers *w;
-    BT_OK(braid_workers_new(loop, &(braid_workers_options){ .count = 1, .fds = extra, .nfds = 1 }, &w));
-    wait_ready(loop, w, 1);
+    braid_workers *w = one_with_pipe(loop, pp);
     res r;
     call_rel(w, "spam", "3000", &r, NULL);
     for (int i = 0; i < 3; i++) braid_loop_run_once(loop, BRAID_LOOP_RUN_NOWAIT);   /* the call leaves */
@@ -1121,11 +1132,7 @@ BT_IO_TEST(workers_log_leaves_before_crash) {
     braid_log_observer *obs;
     BT_OK(braid_logger_add_callback(braid_loop_logger(loop), fatal_cb, &x, &obs));
     int pp[2];
-    BT_EQ(pipe2(pp, O_CLOEXEC), 0);
-    braid_process_fd extra[] = { { 5, BRAID_PROCESS_FD_INHERIT, pp[1], NULL } };
-    braid_workers *w;
-    BT_OK(braid_workers_new(loop, &(braid_workers_options){ .count = 1, .fds = extra, .nfds = 1 }, &w));
-    wait_ready(loop, w, 1);
+    braid_workers *w = one_with_pipe(loop, pp);
     res a;
     call_rel(w, "logdie", NULL, &a, NULL);
     bt_run_until(loop, &a.done, 200000);
@@ -1201,6 +1208,44 @@ BT_IO_TEST(workers_free_then_loop_free) {
     braid_loop_run_once(loop, BRAID_LOOP_RUN_NOWAIT);
     braid_log_observer_remove(obs);
     bt_loop_destroy(loop);
+}
+
+/* A worker told to stop while a handler holds a call (with a timer) exits
+ * without a "loop not destroyed" complaint, and what it says on its stderr
+ * (the parent's) carries its pid. */
+BT_IO_TEST(workers_stop_holding_calls) {
+    braid_loop *loop = bt_loop_new(NULL);
+    int ep[2];
+    BT_EQ(pipe2(ep, O_CLOEXEC | O_NONBLOCK), 0);
+    int saved = dup(2);
+    BT_GE(saved, 0);
+    dup2(ep[1], 2);   /* the worker inherits this as its stderr */
+    braid_workers *w;
+    int rc = braid_workers_new(loop, &(braid_workers_options){ .count = 1 }, &w);
+    dup2(saved, 2);
+    close(saved);
+    BT_OK(rc);
+    wait_ready(loop, w, 1);
+    pid_t pid;
+    braid_workers_pids(w, &pid, 1);
+    res h;
+    call_rel(w, "holdtimer", NULL, &h, NULL);
+    for (int i = 0; i < 20; i++) braid_loop_run_once(loop, BRAID_LOOP_RUN_NOWAIT);
+    int down = 0;
+    braid_deferred *d = braid_workers_shutdown(w, false, 0);
+    braid_deferred_add_callback(d, set_flag, &down);
+    braid_deferred_unref(d);
+    bt_run_until(loop, &down, 400000);
+    char out[4096];
+    ssize_t n = read(ep[0], out, sizeof out - 1);
+    out[n > 0 ? n : 0] = 0;
+    BT_TRUE(strstr(out, "loop not destroyed") == NULL);
+    char tag[64];
+    snprintf(tag, sizeof tag, "braid worker pid %d: stopped with 1 call(s) unanswered", (int)pid);
+    BT_TRUE(strstr(out, tag) != NULL);
+    finish(loop, w);
+    close(ep[0]);
+    close(ep[1]);
 }
 
 /* braid_worker_main refuses a BRAID_WORKER that is not an AF_UNIX stream

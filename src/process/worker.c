@@ -300,6 +300,15 @@ int braid_worker_main(braid_loop *loop, const braid_worker_command *cmds, size_t
         if (c.obs) braid_log_observer_remove(c.obs);
         if (rc == 0) rc = c.result;
     }
-    if (own) (void)braid_loop_free(own);
+    if (own && c.outstanding) {
+        /* Stopped while handlers hold calls (and their timers, Deferreds):
+         * the process exits next, so its loop is left to the exit rather
+         * than refused half-way ("loop not destroyed"). Said with the pid:
+         * the worker's stderr is the parent's. */
+        fprintf(stderr, "braid worker pid %d: stopped with %zu call(s) unanswered\n", (int)getpid(),
+                c.outstanding);
+    } else if (own) {
+        (void)braid_loop_free(own);
+    }
     return rc;
 }
