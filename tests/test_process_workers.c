@@ -1248,6 +1248,64 @@ BT_IO_TEST(workers_stop_holding_calls) {
     close(ep[1]);
 }
 
+typedef struct warned { int n; } warned;
+static void startup_cb(const braid_log_event *ev, void *arg) {
+    if (strstr(ev->msg, "die at start-up")) ((warned *)arg)->n++;
+}
+/* Advance the fake clock by step, n times, running the loop between. */
+static void advance_running(braid_loop *loop, braid_fake_clock *fc, uint64_t step, int n) {
+    for (int i = 0; i < n; i++) {
+        braid_fake_clock_advance(fc, step);
+        for (int k = 0; k < 200; k++) braid_loop_run_once(loop, BRAID_LOOP_RUN_NOWAIT);
+    }
+}
+
+/* A worker that never sends its ready frame is killed and replaced after
+ * start_timeout; after three start-up failures in a row the pool starts no
+ * more (a program that exits at once is not respawned forever), says so
+ * once, and fails calls at once. On the fake clock. */
+BT_IO_TEST(workers_startup_failures) {
+    braid_fake_clock *fc = NULL;
+    braid_fake_clock_new(0, &fc);
+    braid_loop *loop = bt_loop_new(braid_fake_clock_base(fc));
+    warned wn = { 0 };
+    braid_log_observer *obs;
+    BT_OK(braid_logger_add_callback(braid_loop_logger(loop), startup_cb, &wn, &obs));
+    const char *const mute[] = { "sleep", "1000", NULL };
+    const char *progs[] = { "/bin/sleep", "/bin/false" };
+    for (int p = 0; p < 2; p++) {
+        wn.n = 0;
+        braid_workers *w;
+        BT_OK(braid_workers_new(loop, &(braid_workers_options){ .count = 1, .program = progs[p],
+                                                                .argv = p == 0 ? mute : NULL,
+                                                                .start_timeout = p == 0 ? BRAID_SECONDS(1)
+                                                                                        : BRAID_FOREVER }, &w));
+        struct braid_workers_stats s;
+        /* /bin/false's exits come in real time: wait for them. */
+        for (int i = 0; i < 2000; i++) {
+            braid_workers_stats(w, &s);
+            if (s.respawn_stopped) break;
+            advance_running(loop, fc, BRAID_MSEC(50), 1);
+        }
+        advance_running(loop, fc, BRAID_MSEC(500), 40);   /* 20 s more: nothing new */
+        braid_workers_stats(w, &s);
+        BT_UEQ(s.lost, 3);
+        BT_UEQ(s.spawned, 3);
+        BT_EQ(s.workers, 0);
+        BT_TRUE(s.respawn_stopped);
+        BT_EQ(wn.n, 1);
+        if (p == 1) BT_STREQ(s.last_exit, "exit status 1");
+        res r;
+        call_rel(w, "echo", "x", &r, NULL);
+        BT_EQ(r.code, BRAID_EWORKER_LOST);
+        braid_workers_free(w);
+        for (int i = 0; i < 4; i++) braid_loop_run_once(loop, BRAID_LOOP_RUN_NOWAIT);
+    }
+    braid_log_observer_remove(obs);
+    finish(loop, NULL);
+    braid_fake_clock_free(fc);
+}
+
 /* braid_worker_main refuses a BRAID_WORKER that is not an AF_UNIX stream
  * socket at fd >= 3 and leaves fds 0-2 alone. */
 BT_TEST(workers_main_bad_fd) {

@@ -362,6 +362,13 @@ typedef struct braid_workers_options {
      * with them). Everything else stays closed in the worker. */
     const braid_process_fd *fds;
     size_t nfds;
+    /* A worker that has not sent its ready frame this long after its
+     * spawn is killed and replaced (a start-up failure). 0: 10 s;
+     * BRAID_FOREVER: none. After 3 start-up failures in a row the pool
+     * stops starting workers until braid_workers_free (a warning says so,
+     * once; stats' respawn_stopped): queued calls fail, and new ones too
+     * while no worker is left, with BRAID_EWORKER_LOST. */
+    uint64_t start_timeout;
 } braid_workers_options;
 
 /* The reply to a call: its payload (freed with the Deferred's result). */
@@ -419,6 +426,7 @@ struct braid_workers_stats {
     uint64_t resent;               /* idempotent calls sent again */
     uint64_t log_events;           /* log events received from workers */
     uint64_t log_dropped;          /* log events workers reported lost (their connection was full) */
+    bool respawn_stopped;          /* start-up failures in a row: no more workers are started */
     char last_exit[48];            /* how the last lost worker ended: "signal 6 (core dumped)",
                                     * "exit status 70", or "" (none lost, or not known) */
 };

@@ -61,6 +61,7 @@ struct worker {
     uint64_t calls_done;
     wcall head;                    /* calls sent to it (sentinel) */
     braid_timer stop_timer;        /* retiring: SIGKILL if it has not gone */
+    braid_timer start_timer;       /* until its ready frame: start_timeout */
 };
 
 struct braid_workers {
@@ -173,6 +174,7 @@ static void worker_remove(worker *w) {
     braid_workers *pool = w->pool;
     BRAID__ASSERT(w->head.next == &w->head);
     braid_timer_stop(&w->stop_timer);
+    braid_timer_stop(&w->start_timer);
     w->prev->next = w->next;
     w->next->prev = w->prev;
     pool->alive--;
@@ -227,6 +229,12 @@ static void worker_lost(worker *w, int code, const char *why, wcall *culprit) {
                       "call '%s' lost with its worker%s", detail);
         }
     }
+    if (pool->start_failures >= 3 && !pool->st.respawn_stopped) {
+        pool->st.respawn_stopped = true;
+        braid__log(pool->loop, BRAID_LOG_WARN,
+                   "workers of '%s' die at start-up (%u in a row, the last: %s): none is started again "
+                   "until braid_workers_free", pool->role ? pool->role : pool->program, pool->start_failures, why);
+    }
     if (pool->start_failures >= 3) {
         /* The program cannot start: do not let callers wait for it. */
         while (pool->queue.next != &pool->queue) {
@@ -242,6 +250,12 @@ static void worker_lost(worker *w, int code, const char *why, wcall *culprit) {
         dispatch(pool);
         maybe_shutdown_done(pool);
     }
+}
+
+static void start_timer_cb(braid_timer *t, void *arg) {
+    worker *w = arg;
+    (void)t;
+    if (!w->ready) worker_lost(w, BRAID_EWORKER_LOST, "no ready frame within its start-up timeout", NULL);
 }
 
 static void stop_timer_cb(braid_timer *t, void *arg) {
@@ -353,6 +367,7 @@ static int on_frame(void *ctx, const void *frame, size_t len) {
     case BRAID__RPC_READY:
         if (w->ready) return BRAID_EPROTO_INPUT;
         w->ready = true;
+        braid_timer_stop(&w->start_timer);
         pool->start_failures = 0;
         pool->backoff = 0;
         break;
@@ -511,6 +526,7 @@ static int worker_spawn(braid_workers *pool, braid_failure **failure) {
         if (taken) w->index++;
     }
     braid_timer_init(pool->loop, &w->stop_timer, stop_timer_cb, w);
+    braid_timer_init(pool->loop, &w->start_timer, start_timer_cb, w);
     wp->fp.base.ops = &wp_ops;
     wp->w = w;
     char maxenv[64];
@@ -549,6 +565,7 @@ static int worker_spawn(braid_workers *pool, braid_failure **failure) {
         return rc;
     }
     pool->st.spawned++;
+    if (pool->o.start_timeout != BRAID_FOREVER) braid_timer_start(&w->start_timer, pool->o.start_timeout);
     return 0;
 }
 
@@ -564,7 +581,7 @@ static void respawn_cb(braid_timer *t, void *arg) {
  * at once, or after the back-off while workers die before their ready
  * frame or spawning fails. */
 static void spawn_missing_after(braid_workers *pool, bool after_backoff) {
-    if (pool->shutting || pool->freeing || pool->respawn_armed) return;
+    if (pool->shutting || pool->freeing || pool->respawn_armed || pool->st.respawn_stopped) return;
     unsigned active = 0;
     for (worker *w = pool->head.next; w != &pool->head; w = w->next) active += !w->retiring;
     while (active < pool->o.count) {
@@ -685,6 +702,7 @@ static void describe(braid_json *j, void *arg) {
     braid_json_kv_u64(j, "resent", s.resent);
     braid_json_kv_u64(j, "log_events", s.log_events);
     braid_json_kv_u64(j, "log_dropped", s.log_dropped);
+    braid_json_kv_bool(j, "respawn_stopped", s.respawn_stopped);
     braid_json_kv_str(j, "last_exit", s.last_exit[0] ? s.last_exit : NULL);
     braid_json_kv_str(j, "state", pool->shutting ? (pool->draining ? "draining" : "stopping") : "running");
     braid_json_key(j, "workers");
@@ -716,6 +734,7 @@ int braid_workers_new(braid_loop *loop, const braid_workers_options *opts, braid
     if (!o.max_frame) o.max_frame = 16u << 20;
     if (o.max_frame < 512) o.max_frame = 512;
     if (!o.call_timeout) o.call_timeout = BRAID_SECONDS(60);
+    if (!o.start_timeout) o.start_timeout = BRAID_SECONDS(10);
     if (o.role && strlen(o.role) > 250) return BRAID_EINVAL;
     if (o.nfds && !o.fds) return BRAID_EINVAL;
     for (size_t i = 0; i < o.nfds; i++) {
