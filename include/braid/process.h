@@ -456,12 +456,16 @@ BRAID_API bool braid_worker_is_child(void);
 BRAID_API const char *braid_worker_role(void);
 /* Serve the pool: say ready, dispatch calls to cmds (the table is
  * borrowed) until the parent closes the connection or tells the worker to
- * stop, then return 0 (a value for main). loop NULL: a loop of its own;
+ * stop, then return 0 (a value for main). BRAID_WORKER names the
+ * connection's fd (the pool passes 3): anything but a decimal fd >= 3
+ * that is an AF_UNIX stream socket is BRAID_EINVAL, no fd touched. loop NULL: a loop of its own;
  * else that loop, run here. Unknown commands fail with
  * BRAID_EWORKER_COMMAND; a malformed frame from the parent makes it return
  * BRAID_EWORKER_PROTOCOL. */
 BRAID_API int braid_worker_main(braid_loop *loop, const braid_worker_command *cmds, size_t n);
-/* Answer c (its memory is freed by the call): the payload is copied. */
+/* Answer c (its memory is freed by the call): the payload is copied.
+ * BRAID_EMSGSIZE past the pool's frame limit (the caller then gets that
+ * error; c is answered all the same). */
 BRAID_API int braid_worker_call_reply(braid_worker_call *c, const void *payload, size_t len);
 /* Answer c with a box (encoded: b stays yours). BRAID_EMSGSIZE past the
  * pool's frame limit (the caller then gets that error). */
