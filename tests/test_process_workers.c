@@ -79,6 +79,11 @@ static void h_crash_once(braid_worker_call *c, const void *buf, size_t len, void
     }
     braid_worker_call_reply(c, "second", 6);
 }
+/* Never answers, and keeps a timer of an hour running in the worker. */
+static void h_holdtimer(braid_worker_call *c, const void *buf, size_t len, void *arg) {
+    (void)buf; (void)len; (void)arg;
+    braid_deferred_unref(braid_deferred_later(braid_worker_call_loop(c), BRAID_SECONDS(3600), NULL, NULL));
+}
 /* A handler answering from a Deferred's callback. */
 static braid_result later_fire(braid_result r, void *arg) {
     braid_worker_call_reply(arg, "later", 5);
@@ -124,6 +129,17 @@ static void h_bigbox(braid_worker_call *c, const void *buf, size_t len, void *ar
     braid_box_set_bytes(b, "v", v, n);
     braid_worker_call_reply_box(c, b);
     braid_box_free(b);
+    free(v);
+}
+/* A reply of N bytes (payload "N"); what braid_worker_call_reply
+ * returned is logged in "app.rc". */
+static void h_bigbytes(braid_worker_call *c, const void *buf, size_t len, void *arg) {
+    (void)arg;
+    braid_logger *lg = braid_loop_logger(braid_worker_call_loop(c));
+    size_t n = (size_t)num_of(buf, len);
+    char *v = calloc(1, n + 1);
+    int rc = braid_worker_call_reply(c, v, n);
+    braid_log_emit(lg, BRAID_LOG_INFO, "app.rc", braid_log_no_fields, "%d", rc);
     free(v);
 }
 /* A REPLY_BOX frame whose box is garbage (version 2). */
@@ -206,16 +222,38 @@ static void h_spam(braid_worker_call *c, const void *buf, size_t len, void *arg)
     braid_worker_call_reply(c, "spammed", 7);
 }
 
+/* An error logged, then a crash: the event must reach the parent. */
+static void h_logdie(braid_worker_call *c, const void *buf, size_t len, void *arg) {
+    (void)buf; (void)len; (void)arg;
+    braid_log_emit(braid_loop_logger(braid_worker_call_loop(c)), BRAID_LOG_ERROR, "app.fatal",
+                   braid_log_no_fields, "fatal");
+    signal(SIGABRT, SIG_DFL);
+    abort();
+}
+/* An error logged, then the handler blocks for good, after writing the
+ * wall-clock time just after the event to fd 5 (the test's pipe). */
+static void h_logblock(braid_worker_call *c, const void *buf, size_t len, void *arg) {
+    (void)buf; (void)len; (void)arg;
+    braid_log_emit(braid_loop_logger(braid_worker_call_loop(c)), BRAID_LOG_ERROR, "app.fatal",
+                   braid_log_no_fields, "blocked");
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    uint64_t t1 = (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+    if (write(5, &t1, sizeof t1) != sizeof t1) _exit(6);
+    for (;;) pause();
+}
+
 static const braid_worker_command cmds[] = {
+    { "logdie", h_logdie, NULL }, { "logblock", h_logblock, NULL },
     { "log", h_log, NULL }, { "spam", h_spam, NULL },
     { "fds", h_fds, NULL },
     { "conn", h_conn, NULL },
     { "deaf", h_deaf, NULL },
-    { "boxecho", h_boxecho, NULL }, { "bigbox", h_bigbox, NULL }, { "badbox", h_badbox, NULL }, { "rid", h_rid, NULL },
+    { "boxecho", h_boxecho, NULL }, { "bigbox", h_bigbox, NULL }, { "bigbytes", h_bigbytes, NULL }, { "badbox", h_badbox, NULL }, { "rid", h_rid, NULL },
     { "echo", h_echo, NULL }, { "pid", h_pid, NULL }, { "fail", h_fail, NULL },
     { "hold", h_hold, NULL }, { "crash", h_crash, NULL }, { "hang", h_hang, NULL },
     { "garbage", h_garbage, NULL }, { "huge", h_huge, NULL }, { "crash_once", h_crash_once, NULL },
-    { "later", h_later, NULL },
+    { "later", h_later, NULL }, { "holdtimer", h_holdtimer, NULL },
 };
 
 __attribute__((constructor)) static void worker_entry(void) {
@@ -361,6 +399,12 @@ BT_IO_TEST(workers_crash) {
         BT_EQ(h[i].code, BRAID_EWORKER_LOST);
     }
     BT_EQ(c.code, BRAID_EWORKER_LOST);
+    /* The cause is said: in the failure, and in the stats. */
+    BT_TRUE(strstr(c.msg, "exit status 70") != NULL);
+    BT_TRUE(strstr(h[0].msg, "exit status 70") != NULL);
+    struct braid_workers_stats s0;
+    braid_workers_stats(w, &s0);
+    BT_STREQ(s0.last_exit, "exit status 70");
     /* Replaced: the next call is answered by a new worker. */
     res e;
     call_rel(w, "pid", NULL, &e, NULL);
@@ -498,6 +542,27 @@ BT_IO_TEST(workers_recycle) {
     braid_workers_stats(w, &s);
     BT_UGE(s.recycled, 2);
     BT_UEQ(s.lost, 0);
+    finish(loop, w);
+}
+
+/* recycle_after bounds the calls a worker is given, not the ones it has
+ * answered: a burst does not all go to one worker. */
+BT_IO_TEST(workers_recycle_burst) {
+    braid_loop *loop = bt_loop_new(NULL);
+    braid_workers *w;
+    BT_OK(braid_workers_new(loop, &(braid_workers_options){ .count = 1, .recycle_after = 2 }, &w));
+    wait_ready(loop, w, 1);
+    res r[6];
+    for (int i = 0; i < 6; i++) call_rel(w, "pid", NULL, &r[i], NULL);
+    for (int i = 0; i < 6; i++) {
+        bt_run_until(loop, &r[i].done, 400000);
+        BT_EQ(r[i].code, 0);
+    }
+    for (int i = 0; i < 6; i++) {
+        int same = 0;
+        for (int k = 0; k < 6; k++) same += atoi(r[k].data) == atoi(r[i].data);
+        BT_LE(same, 2);
+    }
     finish(loop, w);
 }
 
@@ -1080,6 +1145,16 @@ BT_IO_TEST(workers_log_events) {
     finish(loop, w);
 }
 
+/* A pool of one ready worker whose fd 5 is the write end of pipe pp. */
+static braid_workers *one_with_pipe(braid_loop *loop, int pp[2]) {
+    BT_EQ(pipe2(pp, O_CLOEXEC), 0);
+    braid_process_fd extra[] = { { 5, BRAID_PROCESS_FD_INHERIT, pp[1], NULL } };
+    braid_workers *w;
+    BT_OK(braid_workers_new(loop, &(braid_workers_options){ .count = 1, .fds = extra, .nfds = 1 }, &w));
+    wait_ready(loop, w, 1);
+    return w;
+}
+
 /* A worker logging faster than the parent reads never blocks: past its
  * connection's high watermark events are dropped and counted, and once the
  * parent catches up a warning says how many; every event is either
@@ -1091,11 +1166,7 @@ BT_IO_TEST(workers_log_drops) {
     braid_log_observer *obs;
     BT_OK(braid_logger_add_callback(lg, seen_cb, &x, &obs));
     int pp[2];
-    BT_EQ(pipe2(pp, O_CLOEXEC), 0);
-    braid_process_fd extra[] = { { 5, BRAID_PROCESS_FD_INHERIT, pp[1], NULL } };
-    braid_workers *w;
-    BT_OK(braid_workers_new(loop, &(braid_workers_options){ .count = 1, .fds = extra, .nfds = 1 }, &w));
-    wait_ready(loop, w, 1);
+    braid_workers *w = one_with_pipe(loop, pp);
     res r;
     call_rel(w, "spam", "3000", &r, NULL);
     for (int i = 0; i < 3; i++) braid_loop_run_once(loop, BRAID_LOOP_RUN_NOWAIT);   /* the call leaves */
@@ -1118,6 +1189,234 @@ BT_IO_TEST(workers_log_drops) {
     finish(loop, w);
     close(pp[0]);
     close(pp[1]);
+}
+
+typedef struct fatalseen {
+    int n, two;
+    uint64_t time_ns;
+    char msg[64];
+} fatalseen;
+static void fatal_cb(const braid_log_event *ev, void *arg) {
+    fatalseen *x = arg;
+    if (!ev->ns || strcmp(ev->ns, "app.fatal")) return;
+    x->time_ns = ev->time_ns;
+    snprintf(x->msg, sizeof x->msg, "%s", ev->msg);
+    x->two = ++x->n >= 2;
+}
+
+/* A worker's log event leaves when it is logged, not when the handler
+ * returns: one logged just before a crash reaches the parent, and one
+ * logged by a handler that then blocks arrives while it blocks, stamped
+ * with the worker's time (before the time the worker read after it). */
+BT_IO_TEST(workers_log_leaves_before_crash) {
+    braid_loop *loop = bt_loop_new(NULL);
+    fatalseen x = { 0 };
+    braid_log_observer *obs;
+    BT_OK(braid_logger_add_callback(braid_loop_logger(loop), fatal_cb, &x, &obs));
+    int pp[2];
+    braid_workers *w = one_with_pipe(loop, pp);
+    res a;
+    call_rel(w, "logdie", NULL, &a, NULL);
+    bt_run_until(loop, &a.done, 200000);
+    BT_EQ(a.code, BRAID_EWORKER_LOST);
+    BT_TRUE(strstr(a.msg, "signal 6") != NULL);
+    BT_EQ(x.n, 1);
+    BT_STREQ(x.msg, "fatal");
+    wait_ready(loop, w, 1);
+    res b;
+    call_rel(w, "logblock", NULL, &b, NULL);
+    for (int i = 0; i < 3; i++) braid_loop_run_once(loop, BRAID_LOOP_RUN_NOWAIT);   /* the call leaves */
+    /* The parent reads nothing until the worker has logged and read its clock. */
+    struct pollfd pfd = { pp[0], POLLIN, 0 };
+    BT_EQ(poll(&pfd, 1, 30000), 1);
+    uint64_t t1 = 0;
+    BT_EQ(read(pp[0], &t1, sizeof t1), (ssize_t)sizeof t1);
+    bt_run_until(loop, &x.two, 200000);
+    BT_STREQ(x.msg, "blocked");
+    BT_UGE(t1, x.time_ns);
+    BT_EQ(b.done, 0);
+    braid_log_observer_remove(obs);
+    finish(loop, w);
+    close(pp[0]);
+    close(pp[1]);
+}
+
+static void rc_cb(const braid_log_event *ev, void *arg) {
+    if (ev->ns && !strcmp(ev->ns, "app.rc")) *(int *)arg = atoi(ev->msg) - 1000000;
+}
+
+/* A bytes reply past the pool's frame limit: the caller gets
+ * BRAID_EMSGSIZE, and so does the handler from braid_worker_call_reply. */
+BT_IO_TEST(workers_reply_too_big) {
+    braid_loop *loop = bt_loop_new(NULL);
+    int rc = 1;   /* the handler's, - 1000000 once logged */
+    braid_log_observer *obs;
+    BT_OK(braid_logger_add_callback(braid_loop_logger(loop), rc_cb, &rc, &obs));
+    braid_workers *w;
+    BT_OK(braid_workers_new(loop, &(braid_workers_options){ .count = 1, .max_frame = 4096 }, &w));
+    res big;
+    call_rel(w, "bigbytes", "5000", &big, NULL);
+    bt_run_until(loop, &big.done, 200000);
+    BT_EQ(big.code, BRAID_EMSGSIZE);
+    for (int i = 0; i < 200000 && rc == 1; i++) braid_loop_run_once(loop, 0);
+    BT_EQ(rc + 1000000, BRAID_EMSGSIZE);
+    call_rel(w, "bigbytes", "100", &big, NULL);
+    bt_run_until(loop, &big.done, 200000);
+    BT_EQ(big.code, 0);
+    for (int i = 0; i < 200000 && rc + 1000000 != 0; i++) braid_loop_run_once(loop, 0);
+    BT_EQ(rc + 1000000, 0);
+    braid_log_observer_remove(obs);
+    finish(loop, w);
+}
+
+static void named_cb(const braid_log_event *ev, void *arg) {
+    if (strstr(ev->msg, "loop not destroyed") && strstr(ev->msg, "worker pool 'freeorder'")) (*(int *)arg)++;
+}
+
+/* braid_workers_free closes the workers' connections, which go in the
+ * loop's next iteration: a braid_loop_free before it refuses and names the
+ * pool; one iteration later it succeeds. */
+BT_IO_TEST(workers_free_then_loop_free) {
+    braid_loop *loop = bt_loop_new(NULL);
+    int named = 0;
+    braid_log_observer *obs;
+    BT_OK(braid_logger_add_callback(braid_loop_logger(loop), named_cb, &named, &obs));
+    braid_workers *w;
+    BT_OK(braid_workers_new(loop, &(braid_workers_options){ .count = 2, .role = "freeorder" }, &w));
+    wait_ready(loop, w, 2);
+    braid_workers_free(w);
+    BT_EQ(braid_loop_free(loop), BRAID_EBUSY);
+    BT_EQ(named, 1);
+    braid_loop_run_once(loop, BRAID_LOOP_RUN_NOWAIT);
+    braid_log_observer_remove(obs);
+    bt_loop_destroy(loop);
+}
+
+/* A worker told to stop while a handler holds a call (with a timer) exits
+ * without a "loop not destroyed" complaint, and what it says on its stderr
+ * (the parent's) carries its pid. */
+BT_IO_TEST(workers_stop_holding_calls) {
+    braid_loop *loop = bt_loop_new(NULL);
+    int ep[2];
+    BT_EQ(pipe2(ep, O_CLOEXEC | O_NONBLOCK), 0);
+    int saved = dup(2);
+    BT_GE(saved, 0);
+    dup2(ep[1], 2);   /* the worker inherits this as its stderr */
+    braid_workers *w;
+    int rc = braid_workers_new(loop, &(braid_workers_options){ .count = 1 }, &w);
+    dup2(saved, 2);
+    close(saved);
+    BT_OK(rc);
+    wait_ready(loop, w, 1);
+    pid_t pid;
+    braid_workers_pids(w, &pid, 1);
+    res h;
+    call_rel(w, "holdtimer", NULL, &h, NULL);
+    for (int i = 0; i < 20; i++) braid_loop_run_once(loop, BRAID_LOOP_RUN_NOWAIT);
+    int down = 0;
+    braid_deferred *d = braid_workers_shutdown(w, false, 0);
+    braid_deferred_add_callback(d, set_flag, &down);
+    braid_deferred_unref(d);
+    bt_run_until(loop, &down, 400000);
+    char out[4096];
+    ssize_t n = read(ep[0], out, sizeof out - 1);
+    out[n > 0 ? n : 0] = 0;
+    BT_TRUE(strstr(out, "loop not destroyed") == NULL);
+    char tag[64];
+    snprintf(tag, sizeof tag, "braid worker pid %d: stopped with 1 call(s) unanswered", (int)pid);
+    BT_TRUE(strstr(out, tag) != NULL);
+    finish(loop, w);
+    close(ep[0]);
+    close(ep[1]);
+}
+
+typedef struct warned { int n; } warned;
+static void startup_cb(const braid_log_event *ev, void *arg) {
+    if (strstr(ev->msg, "die at start-up")) ((warned *)arg)->n++;
+}
+/* Advance the fake clock by step, n times, running the loop between. */
+static void advance_running(braid_loop *loop, braid_fake_clock *fc, uint64_t step, int n) {
+    for (int i = 0; i < n; i++) {
+        braid_fake_clock_advance(fc, step);
+        for (int k = 0; k < 200; k++) braid_loop_run_once(loop, BRAID_LOOP_RUN_NOWAIT);
+    }
+}
+
+/* A worker that never sends its ready frame is killed and replaced after
+ * start_timeout; after three start-up failures in a row the pool starts no
+ * more (a program that exits at once is not respawned forever), says so
+ * once, and fails calls at once. On the fake clock. */
+BT_IO_TEST(workers_startup_failures) {
+    braid_fake_clock *fc = NULL;
+    braid_fake_clock_new(0, &fc);
+    braid_loop *loop = bt_loop_new(braid_fake_clock_base(fc));
+    warned wn = { 0 };
+    braid_log_observer *obs;
+    BT_OK(braid_logger_add_callback(braid_loop_logger(loop), startup_cb, &wn, &obs));
+    const char *const mute[] = { "sleep", "1000", NULL };
+    const char *progs[] = { "/bin/sleep", "/bin/false" };
+    for (int p = 0; p < 2; p++) {
+        wn.n = 0;
+        braid_workers *w;
+        BT_OK(braid_workers_new(loop, &(braid_workers_options){ .count = 1, .program = progs[p],
+                                                                .argv = p == 0 ? mute : NULL,
+                                                                .start_timeout = p == 0 ? BRAID_SECONDS(1)
+                                                                                        : BRAID_FOREVER }, &w));
+        struct braid_workers_stats s;
+        /* /bin/false's exits come in real time: wait for them. */
+        for (int i = 0; i < 2000; i++) {
+            braid_workers_stats(w, &s);
+            if (s.respawn_stopped) break;
+            advance_running(loop, fc, BRAID_MSEC(50), 1);
+        }
+        advance_running(loop, fc, BRAID_MSEC(500), 40);   /* 20 s more: nothing new */
+        braid_workers_stats(w, &s);
+        BT_UEQ(s.lost, 3);
+        BT_UEQ(s.spawned, 3);
+        BT_EQ(s.workers, 0);
+        BT_TRUE(s.respawn_stopped);
+        BT_EQ(wn.n, 1);
+        if (p == 1) BT_STREQ(s.last_exit, "exit status 1");
+        res r;
+        call_rel(w, "echo", "x", &r, NULL);
+        BT_EQ(r.code, BRAID_EWORKER_LOST);
+        braid_workers_free(w);
+        for (int i = 0; i < 4; i++) braid_loop_run_once(loop, BRAID_LOOP_RUN_NOWAIT);
+    }
+    braid_log_observer_remove(obs);
+    finish(loop, NULL);
+    braid_fake_clock_free(fc);
+}
+
+/* braid_worker_main refuses a BRAID_WORKER that is not an AF_UNIX stream
+ * socket at fd >= 3 and leaves fds 0-2 alone. */
+BT_TEST(workers_main_bad_fd) {
+    int saved = dup(1);
+    BT_GE(saved, 3);
+    char path[] = "/tmp/braid-worker-fd-XXXXXX";
+    int file = mkstemp(path);
+    BT_GE(file, 3);
+    unlink(path);
+    int dg[2];
+    BT_EQ(socketpair(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0, dg), 0);
+    char v[4][16];
+    snprintf(v[0], sizeof v[0], "1");
+    snprintf(v[1], sizeof v[1], "%d", file);
+    snprintf(v[2], sizeof v[2], "%d", dg[0]);
+    snprintf(v[3], sizeof v[3], "3x");
+    for (int i = 0; i < 4; i++) {
+        setenv("BRAID_WORKER", v[i], 1);
+        int rc = braid_worker_main(NULL, cmds, 1);
+        BT_EQ(rc, BRAID_EINVAL);
+        BT_GE(fcntl(1, F_GETFD), 0);
+        BT_GE(fcntl(file, F_GETFD), 0);
+    }
+    unsetenv("BRAID_WORKER");
+    dup2(saved, 1);
+    close(saved);
+    close(file);
+    close(dg[0]);
+    close(dg[1]);
 }
 
 /* ---- introspection: the "workers" section ------------------------------------------------- */

@@ -102,6 +102,11 @@ BRAID_API void braid_log_emit(braid_logger *lg, braid_log_level level, const cha
 BRAID_API void braid_log_vemit(braid_logger *lg, braid_log_level level, const char *ns,
                                const braid_log_field *fields, size_t nfields, const char *fmt,
                                va_list ap);
+/* As braid_log_emit, stamped with time_ns (wall clock, ns since the epoch;
+ * 0: now) — for events relayed from elsewhere, e.g. a worker process's. */
+BRAID_API void braid_log_emit_at(braid_logger *lg, uint64_t time_ns, braid_log_level level, const char *ns,
+                                 const braid_log_field *fields, size_t nfields, const char *fmt, ...)
+    BRAID_PRINTF(7, 8);
 /* Would an event of this level and namespace pass the filters? (Any thread.) */
 BRAID_API bool braid_log_enabled(braid_logger *lg, braid_log_level level, const char *ns);
 

@@ -366,6 +366,13 @@ typedef struct braid_workers_options {
      * with them). Everything else stays closed in the worker. */
     const braid_process_fd *fds;
     size_t nfds;
+    /* A worker that has not sent its ready frame this long after its
+     * spawn is killed and replaced (a start-up failure). 0: 10 s;
+     * BRAID_FOREVER: none. After 3 start-up failures in a row the pool
+     * stops starting workers until braid_workers_free (a warning says so,
+     * once; stats' respawn_stopped): queued calls fail, and new ones too
+     * while no worker is left, with BRAID_EWORKER_LOST. */
+    uint64_t start_timeout;
 } braid_workers_options;
 
 /* The reply to a call: its payload (freed with the Deferred's result). */
@@ -423,6 +430,9 @@ struct braid_workers_stats {
     uint64_t resent;               /* idempotent calls sent again */
     uint64_t log_events;           /* log events received from workers */
     uint64_t log_dropped;          /* log events workers reported lost (their connection was full) */
+    bool respawn_stopped;          /* start-up failures in a row: no more workers are started */
+    char last_exit[48];            /* how the last lost worker ended: "signal 6 (core dumped)",
+                                    * "exit status 70", or "" (none lost, or not known) */
 };
 /* A snapshot (the struct and the function share the name, as stat(2)'s:
  * `struct braid_workers_stats s; braid_workers_stats(w, &s);`). */
@@ -450,12 +460,16 @@ BRAID_API bool braid_worker_is_child(void);
 BRAID_API const char *braid_worker_role(void);
 /* Serve the pool: say ready, dispatch calls to cmds (the table is
  * borrowed) until the parent closes the connection or tells the worker to
- * stop, then return 0 (a value for main). loop NULL: a loop of its own;
+ * stop, then return 0 (a value for main). BRAID_WORKER names the
+ * connection's fd (the pool passes 3): anything but a decimal fd >= 3
+ * that is an AF_UNIX stream socket is BRAID_EINVAL, no fd touched. loop NULL: a loop of its own;
  * else that loop, run here. Unknown commands fail with
  * BRAID_EWORKER_COMMAND; a malformed frame from the parent makes it return
  * BRAID_EWORKER_PROTOCOL. */
 BRAID_API int braid_worker_main(braid_loop *loop, const braid_worker_command *cmds, size_t n);
-/* Answer c (its memory is freed by the call): the payload is copied. */
+/* Answer c (its memory is freed by the call): the payload is copied.
+ * BRAID_EMSGSIZE past the pool's frame limit (the caller then gets that
+ * error; c is answered all the same). */
 BRAID_API int braid_worker_call_reply(braid_worker_call *c, const void *payload, size_t len);
 /* Answer c with a box (encoded: b stays yours). BRAID_EMSGSIZE past the
  * pool's frame limit (the caller then gets that error). */

@@ -418,14 +418,14 @@ static uint64_t wall_now(void) {
     return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
 }
 
-static void emit(braid_logger *lg, braid_log_level level, const char *ns, const braid_log_field *fields,
-                 size_t nfields, const char *fmt, va_list ap) {
+static void emit(braid_logger *lg, uint64_t time_ns, braid_log_level level, const char *ns,
+                 const braid_log_field *fields, size_t nfields, const char *fmt, va_list ap) {
     bool owner = on_owner(lg);
     if (owner && lg->nrules && level < level_for(lg, ns)) return;
     char msg[MSG_MAX];
     vsnprintf(msg, sizeof msg, fmt, ap);
     braid_log_event ev = {
-        .time_ns = wall_now(), .level = level, .ns = ns, .msg = msg, .fields = fields,
+        .time_ns = time_ns ? time_ns : wall_now(), .level = level, .ns = ns, .msg = msg, .fields = fields,
         .nfields = nfields, .request_id = braid_ctx_get_u64(&braid_log_request_id_key, 0),
         .from_thread = !owner,
     };
@@ -457,7 +457,7 @@ static void emit(braid_logger *lg, braid_log_level level, const char *ns, const 
 void braid_log_vemit(braid_logger *lg, braid_log_level level, const char *ns, const braid_log_field *fields,
                      size_t nfields, const char *fmt, va_list ap) {
     if (!lg || (int)level < atomic_load_explicit(&lg->floor, memory_order_relaxed)) return;
-    emit(lg, level, ns, fields, nfields, fmt, ap);
+    emit(lg, 0, level, ns, fields, nfields, fmt, ap);
 }
 
 void braid_log_emit(braid_logger *lg, braid_log_level level, const char *ns, const braid_log_field *fields,
@@ -465,7 +465,16 @@ void braid_log_emit(braid_logger *lg, braid_log_level level, const char *ns, con
     if (!lg || (int)level < atomic_load_explicit(&lg->floor, memory_order_relaxed)) return;
     va_list ap;
     va_start(ap, fmt);
-    emit(lg, level, ns, fields, nfields, fmt, ap);
+    emit(lg, 0, level, ns, fields, nfields, fmt, ap);
+    va_end(ap);
+}
+
+void braid_log_emit_at(braid_logger *lg, uint64_t time_ns, braid_log_level level, const char *ns,
+                       const braid_log_field *fields, size_t nfields, const char *fmt, ...) {
+    if (!lg || (int)level < atomic_load_explicit(&lg->floor, memory_order_relaxed)) return;
+    va_list ap;
+    va_start(ap, fmt);
+    emit(lg, time_ns, level, ns, fields, nfields, fmt, ap);
     va_end(ap);
 }
 

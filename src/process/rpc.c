@@ -2,7 +2,10 @@
  * parser and one encoder, shared by both sides. The parser reads what a
  * peer process sent, so it trusts nothing (fuzz/fuzz_process_rpc.c). */
 #include "process/process_internal.h"
+#include <errno.h>
+#include <sys/uio.h>
 #include <string.h>
+#include <sys/socket.h>
 
 
 /* The command part of CALL and CALL_EX: u8 length, the command, the payload. */
@@ -78,6 +81,58 @@ int braid__rpc_parse(const void *frame, size_t len, braid__rpc_msg *m) {
     return BRAID_EPROTO_INPUT;
 }
 
+/* A LOG frame as three pieces: its header (into h, which has room for
+ * the longest), the message, the fields. */
+static int log_frame(const braid__rpc_msg *m, size_t max, unsigned char *h, struct iovec v[3]) {
+    if (m->ns_len > 255 || m->text_len > 65535) return BRAID_EINVAL;
+    size_t hl = 4 + BRAID__RPC_HEADER;
+    h[4] = BRAID__RPC_VERSION;
+    h[5] = (unsigned char)m->type;
+    braid__put32(h + 6, m->id);
+    h[hl] = (unsigned char)m->level;
+    braid__put64(h + hl + 1, m->time_ns);
+    braid__put64(h + hl + 9, m->request_id);
+    braid__put32(h + hl + 17, m->dropped);
+    h[hl + 21] = (unsigned char)m->ns_len;
+    hl += 22;
+    if (m->ns_len) memcpy(h + hl, m->ns, m->ns_len);
+    hl += m->ns_len;
+    h[hl++] = (unsigned char)(m->text_len >> 8);
+    h[hl++] = (unsigned char)m->text_len;
+    size_t body = hl - 4 + m->text_len + m->len;
+    if (body > max || body > UINT32_MAX) return BRAID_EMSGSIZE;
+    braid__put32(h, (uint32_t)body);
+    v[0] = (struct iovec){ h, hl };
+    v[1] = (struct iovec){ (void *)m->text, m->text_len };
+    v[2] = (struct iovec){ (void *)m->payload, m->len };
+    return 0;
+}
+
+int braid__rpc_write_log_now(braid_transport *t, int fd, const braid__rpc_msg *m, size_t max) {
+    unsigned char h[4 + BRAID__RPC_HEADER + 22 + 255 + 2];
+    struct iovec v[3];
+    int rc = log_frame(m, max, h, v);
+    if (rc < 0) return rc;
+    int at = 0;
+    if (fd >= 0 && braid_transport_buffered(t) == 0) {
+        /* Nothing queued before it: the kernel may take it now, in order. */
+        struct msghdr mh = { .msg_iov = v, .msg_iovlen = 3 };
+        ssize_t n = sendmsg(fd, &mh, MSG_DONTWAIT | MSG_NOSIGNAL);
+        if (n < 0 && errno == ENOTSOCK) n = writev(fd, v, 3);   /* a pipe: non-blocking already,
+                                                                 * SIGPIPE ignored by the worker */
+        for (; n > 0 && at < 3; at++) {
+            if ((size_t)n < v[at].iov_len) {
+                v[at].iov_base = (char *)v[at].iov_base + n;
+                v[at].iov_len -= (size_t)n;
+                break;
+            }
+            n -= (ssize_t)v[at].iov_len;
+        }
+        if (at == 3) return 0;
+    }
+    return braid_transport_writev(t, v + at, 3 - at);   /* the rest, or all: buffered */
+}
+
 int braid__rpc_write(braid_transport *t, const braid__rpc_msg *m, size_t max) {
     unsigned char h[4 + BRAID__RPC_HEADER + 22 + 255 + 2];
     size_t hl = 4 + BRAID__RPC_HEADER;
@@ -92,22 +147,9 @@ int braid__rpc_write(braid_transport *t, const braid__rpc_msg *m, size_t max) {
         }
     }
     if (m->type == BRAID__RPC_LOG) {
-        if (m->ns_len > 255 || m->text_len > 65535) return BRAID_EINVAL;
-        h[hl] = (unsigned char)m->level;
-        braid__put64(h + hl + 1, m->time_ns);
-        braid__put64(h + hl + 9, m->request_id);
-        braid__put32(h + hl + 17, m->dropped);
-        h[hl + 21] = (unsigned char)m->ns_len;
-        hl += 22;
-        if (m->ns_len) memcpy(h + hl, m->ns, m->ns_len);
-        hl += m->ns_len;
-        h[hl++] = (unsigned char)(m->text_len >> 8);
-        h[hl++] = (unsigned char)m->text_len;
-        size_t body = hl - 4 + m->text_len + m->len;
-        if (body > max || body > UINT32_MAX) return BRAID_EMSGSIZE;
-        braid__put32(h, (uint32_t)body);
-        struct iovec v[3] = { { h, hl }, { (void *)m->text, m->text_len }, { (void *)m->payload, m->len } };
-        return braid_transport_writev(t, v, 3);
+        struct iovec v[3];
+        int rc = log_frame(m, max, h, v);
+        return rc < 0 ? rc : braid_transport_writev(t, v, 3);
     }
     if (m->type == BRAID__RPC_CALL || m->type == BRAID__RPC_CALL_EX) {
         if (m->command_len == 0 || m->command_len > 255) return BRAID_EINVAL;

@@ -9,10 +9,15 @@
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
+#include <errno.h>
+#include <limits.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
 
 typedef struct wconn {
     braid_loop *loop;
     braid_transport *t;            /* NULL once the connection is gone */
+    int fd;                        /* t's socket (log events may go straight to it) */
     const braid_worker_command *cmds;
     size_t ncmds;
     size_t outstanding;            /* calls handed to handlers, not yet answered */
@@ -55,7 +60,8 @@ static int send_msg(braid_worker_call *call, const braid__rpc_msg *m) {
         /* Too large for the pool's frames: the caller gets an error instead. */
         braid__rpc_msg f = { .type = BRAID__RPC_FAIL, .id = m->id, .code = BRAID_EMSGSIZE,
                              .payload = "reply larger than the pool's frame limit", .len = 40 };
-        rc = braid__rpc_write(c->t, &f, c->max_frame);
+        int frc = braid__rpc_write(c->t, &f, c->max_frame);
+        if (frc < 0) rc = frc;   /* else: the handler learns its reply did not go */
     }
     c->outstanding--;
     braid_box_free(call->box);
@@ -161,7 +167,8 @@ static void send_log(wconn *c, const braid_log_event *ev) {
                          .ns_len = nl > 255 ? 255 : nl, .text = ev->msg, .text_len = tl > 65535 ? 65535 : tl,
                          .payload = fields, .len = flen };
     c->in_log = true;
-    int rc = braid__rpc_write(c->t, &m, c->max_frame);
+    /* Now, not when the handler returns: it may block or crash next. */
+    int rc = braid__rpc_write_log_now(c->t, c->fd, &m, c->max_frame);
     c->in_log = false;
     if (rc < 0) c->log_dropped++;
     else c->log_dropped -= dropped;
@@ -230,13 +237,69 @@ static const braid_protocol_ops ws_ops = {
     .destroy = ws_destroy,
 };
 
+/* BRAID_WORKER's value: the decimal number of an open AF_UNIX stream
+ * socket, 3 or above (the pool passes 3). Anything else is refused, and
+ * fds 0-2 are never taken. */
+/* A descriptor number in BRAID_WORKER: decimal, at least 3 (0-2 are never
+ * taken), open. */
+static int worker_num(const char *p, char **end) {
+    errno = 0;
+    long v = strtol(p, end, 10);
+    if (errno || *end == p || v < 3 || v > INT_MAX) return BRAID_EINVAL;
+    return (int)v;
+}
+
+static bool is_unix_stream(int fd) {
+    struct stat st;
+    if (fstat(fd, &st) < 0 || !S_ISSOCK(st.st_mode)) return false;
+    int type = 0;
+    socklen_t tl = sizeof type;
+    struct sockaddr_storage sa;
+    socklen_t sl = sizeof sa;
+    return getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &tl) == 0 && type == SOCK_STREAM &&
+           getsockname(fd, (struct sockaddr *)&sa, &sl) == 0 && sa.ss_family == AF_UNIX;
+}
+
+static bool is_fifo(int fd) {
+    struct stat st;
+    return fstat(fd, &st) == 0 && S_ISFIFO(st.st_mode);
+}
+
+/* BRAID_WORKER is "R,W" (calls come in on the pipe R, frames go out on the
+ * pipe W) or "S" (one AF_UNIX stream socket both ways). BRAID_EINVAL for
+ * anything else, touching no descriptor. */
+static int worker_fds(const char *e, int *rfd, int *wfd) {
+    char *end;
+    int r = worker_num(e, &end);
+    if (r < 0) return r;
+    if (!*end) {
+        if (!is_unix_stream(r)) return BRAID_EINVAL;
+        *rfd = r;
+        *wfd = -1;
+        return 0;
+    }
+    if (*end != ',') return BRAID_EINVAL;
+    const char *p = end + 1;
+    int w = worker_num(p, &end);
+    if (w < 0 || *end || w == r) return BRAID_EINVAL;
+    if (!(is_fifo(r) || is_unix_stream(r)) || !(is_fifo(w) || is_unix_stream(w))) return BRAID_EINVAL;
+    *rfd = r;
+    *wfd = w;
+    return 0;
+}
+
 int braid_worker_main(braid_loop *loop, const braid_worker_command *cmds, size_t n) {
     const char *e = getenv("BRAID_WORKER");
     if (!e) return BRAID_EINVAL;
     /* "3,W": calls come in on fd 3, frames go out on fd W (a pair of
      * pipes); "3" alone: one socket both ways. */
-    char *comma;
-    int fd = (int)strtol(e, &comma, 10), wfd = *comma == ',' ? atoi(comma + 1) : -1;
+    int fd, wfd;
+    int vrc = worker_fds(e, &fd, &wfd);
+    if (vrc < 0) {
+        fprintf(stderr, "braid_worker_main: BRAID_WORKER=%s names neither a pair of pipes \"R,W\" nor an "
+                        "AF_UNIX stream socket, at fds >= 3\n", e);
+        return vrc;
+    }
     /* Our own children must not hold the parent's end of the pipe open. */
     if (wfd >= 0) (void)fcntl(wfd, F_SETFD, FD_CLOEXEC);
     /* A write to the pipe after the parent died fails with EPIPE (the
@@ -253,7 +316,8 @@ int braid_worker_main(braid_loop *loop, const braid_worker_command *cmds, size_t
         if (rc < 0) return rc;
         loop = own;
     }
-    wconn c = { .loop = loop, .cmds = cmds, .ncmds = n, .max_frame = 16u << 20 };
+    /* c.fd is where frames go out: the write pipe, or the socket. */
+    wconn c = { .loop = loop, .fd = wfd >= 0 ? wfd : fd, .cmds = cmds, .ncmds = n, .max_frame = 16u << 20 };
     const char *mf = getenv("BRAID_WORKER_MAX_FRAME");
     if (mf && strtoull(mf, NULL, 10) >= 512) c.max_frame = (size_t)strtoull(mf, NULL, 10);
     unsetenv("BRAID_WORKER_MAX_FRAME");
@@ -282,6 +346,15 @@ int braid_worker_main(braid_loop *loop, const braid_worker_command *cmds, size_t
         if (c.obs) braid_log_observer_remove(c.obs);
         if (rc == 0) rc = c.result;
     }
-    if (own) (void)braid_loop_free(own);
+    if (own && c.outstanding) {
+        /* Stopped while handlers hold calls (and their timers, Deferreds):
+         * the process exits next, so its loop is left to the exit rather
+         * than refused half-way ("loop not destroyed"). Said with the pid:
+         * the worker's stderr is the parent's. */
+        fprintf(stderr, "braid worker pid %d: stopped with %zu call(s) unanswered\n", (int)getpid(),
+                c.outstanding);
+    } else if (own) {
+        (void)braid_loop_free(own);
+    }
     return rc;
 }

@@ -30,9 +30,21 @@ struct wcall {
     unsigned char *payload;        /* inside this block */
 };
 
+/* What a freed pool leaves to the loop: its workers' connections, whose
+ * transports go in the loop's next ready phase. A handle named after the
+ * pool stays open until they have, so that a braid_loop_free before then
+ * says whose they are. */
+typedef struct remnant {
+    braid_loop *loop;
+    braid_handle h;
+    unsigned n;                    /* connections not yet gone */
+    char name[320];
+} remnant;
+
 typedef struct wproto {
     braid_framing_protocol fp;
     worker *w;                     /* NULL once the worker let go of it */
+    remnant *rem;                  /* its freed pool's, or NULL */
 } wproto;
 
 struct worker {
@@ -42,13 +54,16 @@ struct worker {
     wproto *proto;
     bool ready, retiring;
     bool broken;                   /* a send failed: its connection is going */
+    bool killed;                   /* its stop_timer sent SIGKILL */
     uint64_t calls_failed;         /* of calls_done, answered with a failure */
     unsigned index;                /* the lowest free at its spawn: a replacement takes its predecessor's */
     unsigned in_flight;
     int down_reader;               /* the parent's copy of the worker's read end (-1: none) */
+    uint64_t calls_assigned;       /* sent to it, ever: recycle_after bounds this */
     uint64_t calls_done;
     wcall head;                    /* calls sent to it (sentinel) */
     braid_timer stop_timer;        /* retiring: SIGKILL if it has not gone */
+    braid_timer start_timer;       /* until its ready frame: start_timeout */
 };
 
 struct braid_workers {
@@ -150,10 +165,19 @@ static void call_cancel(braid_deferred *d, void *arg) {
 }
 
 /* ---- workers ------------------------------------------------------------------------------ */
+/* How a process ended, for people: "signal 6 (core dumped)", "exit status 70". */
+static void exit_cause(const braid_process_status *st, char *buf, size_t cap) {
+    if (st->signo)
+        snprintf(buf, cap, "signal %d%s", st->signo, st->core_dumped ? " (core dumped)" : "");
+    else
+        snprintf(buf, cap, "exit status %d", st->exit_code);
+}
+
 static void worker_remove(worker *w) {
     braid_workers *pool = w->pool;
     BRAID__ASSERT(w->head.next == &w->head);
     braid_timer_stop(&w->stop_timer);
+    braid_timer_stop(&w->start_timer);
     w->prev->next = w->next;
     w->next->prev = w->prev;
     pool->alive--;
@@ -176,6 +200,9 @@ static void worker_lost(worker *w, int code, const char *why, wcall *culprit) {
     pool->depth++;
     pool->st.lost++;
     if (!w->ready) pool->start_failures++;
+    braid_process_status ps;
+    if (braid_process_has_exited(w->proc, &ps)) exit_cause(&ps, pool->st.last_exit, sizeof pool->st.last_exit);
+    else pool->st.last_exit[0] = 0;
     char detail[160];
     snprintf(detail, sizeof detail, " (worker pid %d: %s)", (int)braid_process_pid(w->proc), why);
     braid__log(pool->loop, BRAID_LOG_WARN, "worker pid %d lost: %s", (int)braid_process_pid(w->proc), why);
@@ -206,6 +233,12 @@ static void worker_lost(worker *w, int code, const char *why, wcall *culprit) {
                       "call '%s' lost with its worker%s", detail);
         }
     }
+    if (pool->start_failures >= 3 && !pool->st.respawn_stopped) {
+        pool->st.respawn_stopped = true;
+        braid__log(pool->loop, BRAID_LOG_WARN,
+                   "workers of '%s' die at start-up (%u in a row, the last: %s): none is started again "
+                   "until braid_workers_free", pool->role ? pool->role : pool->program, pool->start_failures, why);
+    }
     if (pool->start_failures >= 3) {
         /* The program cannot start: do not let callers wait for it. */
         while (pool->queue.next != &pool->queue) {
@@ -223,9 +256,16 @@ static void worker_lost(worker *w, int code, const char *why, wcall *culprit) {
     }
 }
 
+static void start_timer_cb(braid_timer *t, void *arg) {
+    worker *w = arg;
+    (void)t;
+    if (!w->ready) worker_lost(w, BRAID_EWORKER_LOST, "no ready frame within its start-up timeout", NULL);
+}
+
 static void stop_timer_cb(braid_timer *t, void *arg) {
     worker *w = arg;
     (void)t;
+    w->killed = true;
     (void)braid_process_signal(w->proc, SIGKILL);
 }
 
@@ -244,7 +284,6 @@ static void worker_stop(worker *w) {
 static void proc_ended(braid_process *p, const braid_process_status *st) {
     worker *w = braid_process_user(p);
     braid_workers *pool = w->pool;
-    (void)st;
     if (w->retiring && w->head.next == &w->head) {
         worker_remove(w);
         spawn_missing(pool);
@@ -255,8 +294,9 @@ static void proc_ended(braid_process *p, const braid_process_status *st) {
     /* Exited: its socket's EOF (which comes after any reply it sent) does
      * the rest, unless the socket is already gone. */
     if (!w->proto || !w->proto->fp.base.transport) {
-        char why[64];
-        snprintf(why, sizeof why, "exited (status %d, signal %d)", st->exit_code, st->signo);
+        char why[96], cause[48];
+        exit_cause(st, cause, sizeof cause);
+        snprintf(why, sizeof why, "%s: %s", w->killed ? "closed its connection, killed" : "ended", cause);
         worker_lost(w, BRAID_EWORKER_LOST, why, NULL);
     }
 }
@@ -331,6 +371,7 @@ static int on_frame(void *ctx, const void *frame, size_t len) {
     case BRAID__RPC_READY:
         if (w->ready) return BRAID_EPROTO_INPUT;
         w->ready = true;
+        braid_timer_stop(&w->start_timer);
         pool->start_failures = 0;
         pool->backoff = 0;
         break;
@@ -394,8 +435,9 @@ static int on_log(worker *w, const braid__rpc_msg *m) {
     braid_ctx_scope scope;
     bool scoped = (m->request_id || braid_ctx_get_u64(&braid_log_request_id_key, 0)) &&
                   braid_ctx_push_u64(&scope, &braid_log_request_id_key, m->request_id) == 0;
-    braid_log_emit(braid_loop_logger(pool->loop), (braid_log_level)m->level, m->ns_len ? ns : NULL, f, n,
-                   "%.*s", (int)m->text_len, m->text);
+    /* Stamped with the worker's time: when it happened, not when it arrived. */
+    braid_log_emit_at(braid_loop_logger(pool->loop), m->time_ns, (braid_log_level)m->level,
+                      m->ns_len ? ns : NULL, f, n, "%.*s", (int)m->text_len, m->text);
     if (scoped) braid_ctx_pop(&scope);
     braid_box_free(box);
     return 0;
@@ -435,16 +477,30 @@ static void wp_lost(braid_protocol *p, const braid_failure *reason) {
         }
         return;
     }
-    if (code == BRAID_EMSGSIZE)
+    braid_process_status ps;
+    if (code == BRAID_EMSGSIZE) {
         worker_lost(w, BRAID_EWORKER_FRAME, "sent a frame above the size limit", NULL);
-    else if (code == BRAID_EPROTO_INPUT)
+    } else if (code == BRAID_EPROTO_INPUT) {
         worker_lost(w, BRAID_EWORKER_PROTOCOL, "sent a malformed frame", NULL);
-    else
-        worker_lost(w, BRAID_EWORKER_LOST, braid_process_has_exited(w->proc, NULL) ? "exited"
-                                            : "closed its connection", NULL);
+    } else if (braid_process_has_exited(w->proc, &ps)) {
+        char why[96], cause[48];
+        exit_cause(&ps, cause, sizeof cause);
+        snprintf(why, sizeof why, "ended: %s", cause);
+        worker_lost(w, BRAID_EWORKER_LOST, why, NULL);
+    } else {
+        /* Its end (with the signal or exit status) comes next, as a rule
+         * at once: proc_ended fails its calls then, saying how it ended. One
+         * that closed its connection and lives on is killed after 1 s. */
+        if (!braid_timer_is_active(&w->stop_timer)) braid_timer_start(&w->stop_timer, BRAID_SECONDS(1));
+    }
 }
 
 static void wp_destroy(braid_protocol *p) {
+    remnant *rem = ((wproto *)p)->rem;
+    if (rem && --rem->n == 0) {
+        braid_handle_close(rem->loop, &rem->h);
+        braid_free(rem);
+    }
     braid_framing_protocol_destroy(p);
     braid_free(p);
 }
@@ -475,6 +531,7 @@ static int worker_spawn(braid_workers *pool, braid_failure **failure) {
         if (taken) w->index++;
     }
     braid_timer_init(pool->loop, &w->stop_timer, stop_timer_cb, w);
+    braid_timer_init(pool->loop, &w->start_timer, start_timer_cb, w);
     wp->fp.base.ops = &wp_ops;
     wp->w = w;
     char maxenv[64], wenv[48];
@@ -545,6 +602,7 @@ static int worker_spawn(braid_workers *pool, braid_failure **failure) {
         return rc;
     }
     pool->st.spawned++;
+    if (pool->o.start_timeout != BRAID_FOREVER) braid_timer_start(&w->start_timer, pool->o.start_timeout);
     return 0;
 }
 
@@ -560,7 +618,7 @@ static void respawn_cb(braid_timer *t, void *arg) {
  * at once, or after the back-off while workers die before their ready
  * frame or spawning fails. */
 static void spawn_missing_after(braid_workers *pool, bool after_backoff) {
-    if (pool->shutting || pool->freeing || pool->respawn_armed) return;
+    if (pool->shutting || pool->freeing || pool->respawn_armed || pool->st.respawn_stopped) return;
     unsigned active = 0;
     for (worker *w = pool->head.next; w != &pool->head; w = w->next) active += !w->retiring;
     while (active < pool->o.count) {
@@ -621,7 +679,8 @@ static void dispatch(braid_workers *pool) {
         worker *best = NULL;
         for (worker *w = pool->head.next; w != &pool->head; w = w->next) {
             if (!w->ready || w->retiring || w->broken || !w->proto || !w->proto->fp.base.transport ||
-                w->in_flight >= pool->o.max_in_flight)
+                w->in_flight >= pool->o.max_in_flight ||
+                (pool->o.recycle_after && w->calls_assigned >= pool->o.recycle_after))
                 continue;
             if (!best || w->in_flight < best->in_flight) best = w;
         }
@@ -629,6 +688,7 @@ static void dispatch(braid_workers *pool) {
         wcall *c = pool->queue.next;
         call_unlink(c);
         pool->queued--;
+        best->calls_assigned++;
         send_call(best, c);
     }
 }
@@ -679,6 +739,8 @@ static void describe(braid_json *j, void *arg) {
     braid_json_kv_u64(j, "resent", s.resent);
     braid_json_kv_u64(j, "log_events", s.log_events);
     braid_json_kv_u64(j, "log_dropped", s.log_dropped);
+    braid_json_kv_bool(j, "respawn_stopped", s.respawn_stopped);
+    braid_json_kv_str(j, "last_exit", s.last_exit[0] ? s.last_exit : NULL);
     braid_json_kv_str(j, "state", pool->shutting ? (pool->draining ? "draining" : "stopping") : "running");
     braid_json_key(j, "workers");
     braid_json_array_begin(j);
@@ -709,6 +771,7 @@ int braid_workers_new(braid_loop *loop, const braid_workers_options *opts, braid
     if (!o.max_frame) o.max_frame = 16u << 20;
     if (o.max_frame < 512) o.max_frame = 512;
     if (!o.call_timeout) o.call_timeout = BRAID_SECONDS(60);
+    if (!o.start_timeout) o.start_timeout = BRAID_SECONDS(10);
     if (o.role && strlen(o.role) > 250) return BRAID_EINVAL;
     if (o.nfds && !o.fds) return BRAID_EINVAL;
     for (size_t i = 0; i < o.nfds; i++) {
@@ -971,6 +1034,25 @@ static void pool_final_free(braid_workers *pool) {
     pool->free_pending = false;
     pool->depth = 1;
     (void)fail_all(pool, BRAID_ESHUTDOWN, true);   /* depth held: never frees here */
+    remnant *rem = braid_calloc(1, sizeof *rem);
+    if (rem) {
+        rem->loop = pool->loop;
+        snprintf(rem->name, sizeof rem->name,
+                 "worker pool '%s' freed, its connections close in the loop's next iteration",
+                 pool->role ? pool->role : pool->program);
+        for (worker *w = pool->head.next; w != &pool->head; w = w->next) {
+            if (w->proto && w->proto->fp.base.transport) {
+                w->proto->rem = rem;
+                rem->n++;
+            }
+        }
+        if (rem->n) {
+            braid_handle_open(pool->loop, &rem->h, "workers");
+            rem->h.name = rem->name;
+        } else {
+            braid_free(rem);
+        }
+    }
     while (pool->head.next != &pool->head) worker_remove(pool->head.next);
     if (pool->respawn_armed) braid_timer_stop(&pool->respawn_timer);
     if (pool->drain_armed) braid_timer_stop(&pool->drain_timer);
