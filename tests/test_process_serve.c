@@ -169,15 +169,21 @@ static uint64_t now_ms(void) {
     return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
 }
 
-static void run_case(braid_serve_method m, bool processes, int mode, uint64_t drain_ns, struct braid_serve_stats *st,
-                     client *c, uint64_t *ms) {
-    atomic_store(&port_seen, 0);
+/* braid_serve takes the stop signals as events: block them in the caller
+ * (and the threads it starts) first. */
+static void block_stop_signals(void) {
     sigset_t set;
     sigemptyset(&set);
     sigaddset(&set, SIGTERM);
     sigaddset(&set, SIGINT);
     sigaddset(&set, SIGCHLD);
-    pthread_sigmask(SIG_BLOCK, &set, NULL);   /* the client thread inherits it */
+    pthread_sigmask(SIG_BLOCK, &set, NULL);
+}
+
+static void run_case(braid_serve_method m, bool processes, int mode, uint64_t drain_ns, struct braid_serve_stats *st,
+                     client *c, uint64_t *ms) {
+    atomic_store(&port_seen, 0);
+    block_stop_signals();   /* the client thread inherits it */
     c->mode = mode;
     pthread_t t;
     BT_EQ(pthread_create(&t, NULL, client_main, c), 0);
@@ -365,12 +371,7 @@ static void supervisor_dies(braid_serve_method m) {
     BT_TRUE(sup >= 0);
     if (sup == 0) {
         close(pp[0]);
-        sigset_t set;
-        sigemptyset(&set);
-        sigaddset(&set, SIGTERM);
-        sigaddset(&set, SIGINT);
-        sigaddset(&set, SIGCHLD);
-        pthread_sigmask(SIG_BLOCK, &set, NULL);
+        block_stop_signals();
         struct braid_serve_stats st;
         braid_serve_options o = { .loops = 2, .processes = true, .method = m, .drain_timeout = BRAID_SECONDS(2),
                                   .factory = make, .factory_done = done, .on_listening = report_port,
@@ -411,14 +412,6 @@ BT_IO_TEST(serve_children_end_with_the_supervisor_reuseport) { supervisor_dies(B
 BT_IO_TEST(serve_children_end_with_the_supervisor_acceptor) { supervisor_dies(BRAID_SERVE_ACCEPTOR); }
 
 /* ---- a loop that cannot start, a stop that must end, a child that crashes at once ------- */
-static void block_stop_signals(void) {
-    sigset_t set;
-    sigemptyset(&set);
-    sigaddset(&set, SIGTERM);
-    sigaddset(&set, SIGINT);
-    sigaddset(&set, SIGCHLD);
-    pthread_sigmask(SIG_BLOCK, &set, NULL);
-}
 static void *term_after(void *arg) {
     usleep((useconds_t)(uintptr_t)arg);
     kill(getpid(), SIGTERM);

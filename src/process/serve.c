@@ -220,9 +220,9 @@ static void drain_expired(braid_timer *t, void *arg) {
         /* The connections were shut down 250 ms ago and the loop still has
          * work: timers or handles the program left running. A stop must end. */
         braid__log(s->loop, BRAID_LOG_WARN,
-                   "serve: loop %u still had work %s after its drain (timers or handles left running — "
+                   "serve: loop %u still had work 250 ms after its drain (timers or handles left running — "
                    "close them in on_drain); stopping it",
-                   s->index, "250 ms");
+                   s->index);
         s->forced = true;
         braid_loop_stop(s->loop);
         return;
