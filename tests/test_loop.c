@@ -5,6 +5,7 @@
 #include "support/net.h"
 #include <pthread.h>
 #include <signal.h>
+#include <stdatomic.h>
 #include <errno.h>
 #include <netinet/in.h>
 #include <sys/socket.h>
@@ -613,5 +614,56 @@ BT_IO_TEST(closed_watched_listener_refuses_at_once) {
     close(c);
     BT_EQ(rc, -1);
     BT_EQ(err, ECONNREFUSED);
+    bt_loop_destroy(loop);
+}
+
+/* The same while a connection is waking the listener: another thread's
+ * connect queues the wakeup of io_uring's poll as task work for the loop's
+ * thread, which runs it only at its next system call. A poll removal sent
+ * in that window was refused (-EALREADY) and the multishot poll stayed
+ * armed, holding the file: the "closed" listener went on completing
+ * handshakes until the loop ended (a server's graceful stop waited its
+ * whole drain time for clients stuck in connect). The loop's thread makes
+ * no system call between the wakeup and the close. */
+typedef struct waker {
+    struct sockaddr_in a;
+    atomic_int connected;
+    int fd;
+} waker;
+static void *connect_thread(void *arg) {
+    waker *k = arg;
+    k->fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    int rc = connect(k->fd, (struct sockaddr *)&k->a, sizeof k->a);
+    atomic_store(&k->connected, rc == 0 ? 1 : -1);
+    return NULL;
+}
+BT_IO_TEST(closed_listener_refuses_while_a_connection_wakes_it) {
+    braid_loop *loop = bt_loop_new(NULL);
+    for (int round = 0; round < 20; round++) {
+        int lfd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+        waker k = { .a = { .sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK) }, .fd = -1 };
+        socklen_t len = sizeof k.a;
+        BT_EQ(bind(lfd, (struct sockaddr *)&k.a, sizeof k.a), 0);
+        BT_EQ(listen(lfd, 16), 0);
+        BT_EQ(getsockname(lfd, (struct sockaddr *)&k.a, &len), 0);
+        braid_watch w;
+        BT_OK(braid_watch_init(loop, &w, lfd, never_called, NULL));
+        BT_OK(braid_watch_set_interest(&w, BRAID_WATCH_READ));
+        BT_GE(braid_loop_run_once(loop, BRAID_LOOP_RUN_NOWAIT), 0);   /* armed in the kernel */
+        pthread_t t;
+        BT_EQ(pthread_create(&t, NULL, connect_thread, &k), 0);
+        while (!atomic_load(&k.connected)) {}   /* spin: no system call here */
+        braid_watch_close(&w);
+        close(lfd);
+        BT_EQ(pthread_join(t, NULL), 0);
+        BT_EQ(atomic_load(&k.connected), 1);
+        close(k.fd);
+        int c = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        int rc = connect(c, (struct sockaddr *)&k.a, sizeof k.a);
+        int err = errno;
+        close(c);
+        BT_EQ(rc, -1);
+        BT_EQ(err, ECONNREFUSED);
+    }
     bt_loop_destroy(loop);
 }

@@ -255,10 +255,6 @@ BT_IO_TEST(serve_exclusive_balances_processes) { exclusive_balances(true); }
 /* SIGTERM: new connections refused, the open one still served, and the
  * run ends as soon as it closes (well before the drain time). */
 static void drains(braid_serve_method m, bool processes) {
-    if (m == BRAID_SERVE_ACCEPTOR && !strcmp(bt_backend(), "uring"))
-        bt_skip("known defect: with the acceptor on io_uring, a connection open at the stop is sometimes "
-                "not served once the drain begins (its next echo never comes; about 1 run in 10 under "
-                "TSan, 1 in 30 plain) - docs/process.md, Status");
     client c = { .nconn = 2 };
     struct braid_serve_stats st;
     uint64_t ms;

@@ -40,12 +40,21 @@
  * system call. The ring fd is the backend fd: it polls readable while CQEs
  * are pending, so another loop can embed braid.
  *
- * user_data space: READY_BIT set = readiness; below 4096 = the backend's own
- * removals, updates and cancellations (with IOSQE_CQE_SKIP_SUCCESS they post
- * nothing when they succeed; a failure other than "not found" is logged);
- * anything else is a pointer to a braid__poll_token of the completion
- * service (user-space pointers never have bit 63 set and are never below
- * 4096). */
+ * Removing a request is an IORING_OP_ASYNC_CANCEL of its user_data, not an
+ * IORING_OP_POLL_REMOVE: the kernel refuses a poll removal with -EALREADY
+ * while a wakeup of that request is being handled (its task work queued),
+ * and the multishot request then stays armed — holding its file, so a
+ * closed listening socket went on taking connections into its queue and a
+ * closed connection never sent its FIN. A cancel marks the request
+ * cancelled whatever it is doing. An update refused the same way is sent
+ * again before the next wait (its user_data names the fd and seq).
+ *
+ * user_data space: READY_BIT set = readiness; UPDATE_BIT set = an update of
+ * the request ready_ud would name; below 4096 = the backend's own removals
+ * and cancellations (with IOSQE_CQE_SKIP_SUCCESS these post nothing when
+ * they succeed; a failure other than "not found" is logged); anything else
+ * is a pointer to a braid__poll_token of the completion service (user-space
+ * pointers never have bit 63 or 62 set and are never below 4096). */
 #ifdef BRAID_HAVE_URING   /* built with liburing only */
 #include "poll/uring.h"
 #include <poll.h>
@@ -56,12 +65,13 @@
 #include <unistd.h>
 
 #define READY_BIT (1ull << 63)
+#define UPDATE_BIT (1ull << 62)
 #define SEQ_MASK 0x7fffffffu
 #define SQ_ENTRIES 512u
 #define CQ_ENTRIES 4096u
 #define REAP_BATCH 64u
 /* user_data of the backend's own requests (never a valid op pointer). */
-enum { UD_IGNORE = 0, UD_REMOVE = 1, UD_UPDATE = 2, UD_CANCEL = 3, UD_INTERNAL_MAX = 4096 };
+enum { UD_IGNORE = 0, UD_REMOVE = 1, UD_CANCEL = 2, UD_INTERNAL_MAX = 4096 };
 
 enum {
     FD_ARMED   = 1u << 0,   /* a live multishot poll request exists (or is queued) */
@@ -244,7 +254,7 @@ static bool reconcile_fd(ur_state *s, int fd, ur_fd *f) {
     struct io_uring_sqe *sqe;
     if ((f->flags & FD_ARMED) && (!f->want_ev || f->want_tag != f->armed_tag)) {
         if (!(sqe = get_sqe(s))) return false;
-        io_uring_prep_poll_remove(sqe, ready_ud(f->seq, fd));
+        io_uring_prep_cancel64(sqe, ready_ud(f->seq, fd), 0);   /* not POLL_REMOVE: see the top */
         sqe->user_data = UD_REMOVE;
         sqe->flags |= (uint8_t)s->sqe_flags;
         f->flags &= (uint8_t)~FD_ARMED;
@@ -258,7 +268,7 @@ static bool reconcile_fd(ur_state *s, int fd, ur_fd *f) {
         /* new_user_data must be 0 unless IORING_POLL_UPDATE_USER_DATA (EINVAL) */
         io_uring_prep_poll_update(sqe, ud, 0, f->want_ev,
                                   IORING_POLL_UPDATE_EVENTS | IORING_POLL_ADD_MULTI);
-        sqe->user_data = UD_UPDATE;
+        sqe->user_data = (ud & ~READY_BIT) | UPDATE_BIT;
         sqe->flags |= (uint8_t)s->sqe_flags;
         f->armed_ev = f->want_ev;
         return true;
@@ -337,12 +347,31 @@ static void on_ready_cqe(braid__poller *p, ur_state *s, uint64_t ud, int res, un
     mark_dirty(s, fd, 0);    /* re-armed (with a new seq) before the next wait */
 }
 
-/* A removal, update or cancellation failed. Not finding the target is a
- * normal race (it ended, or completed, first); anything else is a bug here. */
+/* An update of fd's request (seq) failed. -EALREADY: a wakeup of the
+ * request was being handled and the new events were not applied — send the
+ * update again before the next wait, if that request is still the live one.
+ * -ENOENT: the request ended first (its final CQE re-arms it). */
+static void on_update_failure(braid__poller *p, ur_state *s, uint64_t ud, int res) {
+    int fd = (int)(uint32_t)ud;
+    uint32_t seq = (uint32_t)(ud >> 32) & SEQ_MASK;
+    if (res == -ENOENT) return;
+    if (res == -EALREADY) {
+        if ((size_t)fd < s->nfds && (s->fds[fd].flags & FD_ARMED) && s->fds[fd].seq == seq)
+            mark_dirty(s, fd, FD_RECHECK);
+        return;
+    }
+    braid__log_write(p->log, p->log_ctx, "poll", BRAID_LOG_WARN, "io_uring poll update on fd %d failed: %s", fd,
+                     braid_strerror(res));
+}
+
+/* A removal or cancellation failed. Not finding the target is a normal race
+ * (it ended, or completed, first), and so is -EALREADY for a cancellation
+ * (the operation was already running and completes by itself); anything
+ * else is a bug here. */
 static void on_internal_failure(braid__poller *p, uint64_t ud, int res) {
     if (res == -ENOENT || res == -EALREADY) return;
-    static const char *const what[] = { "request", "poll remove", "poll update", "cancel" };
-    braid__log_write(p->log, p->log_ctx, "poll", BRAID_LOG_WARN, "io_uring %s failed: %s", what[ud < 4 ? ud : 0], braid_strerror(res));
+    static const char *const what[] = { "request", "poll removal", "cancel" };
+    braid__log_write(p->log, p->log_ctx, "poll", BRAID_LOG_WARN, "io_uring %s failed: %s", what[ud < 3 ? ud : 0], braid_strerror(res));
 }
 
 /* Handle the CQEs present, copying each batch out and advancing the CQ head
@@ -367,6 +396,8 @@ static void reap(braid__poller *p, ur_state *s) {
             uint64_t ud = got[i].ud;
             if (ud & READY_BIT) {
                 on_ready_cqe(p, s, ud, got[i].res, got[i].flags);
+            } else if (ud & UPDATE_BIT) {
+                if (got[i].res < 0) on_update_failure(p, s, ud, got[i].res);
             } else if (ud >= UD_INTERNAL_MAX) {
                 braid__poll_token *t = (braid__poll_token *)(uintptr_t)ud;
                 t->complete(t, got[i].res, got[i].flags);
