@@ -4,8 +4,9 @@
  * worker pool's calls and replies carry (another process wrote them).
  * Invariants beyond "no crash, no ASan report": a decoded box encodes back
  * to the very input (the encoding is canonical), every getter stays inside
- * the box, text values are NUL-free and end with a NUL, and a list's items
- * lie inside its value. */
+ * the box, text values are NUL-free and end with a NUL, a list's items
+ * lie inside its value, nested boxes decode (they were checked with the
+ * outer one) and a time's offset is within a day. */
 #include <braid/process.h>
 #include <stdlib.h>
 #include <string.h>
@@ -45,6 +46,29 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
             if (total > size) abort();
             break;
         }
+        case BRAID_BOX_BOX: {   /* checked when the outer box was: it decodes */
+            braid_box *in;
+            if (braid_box_box(b, key, &in) < 0) abort();
+            braid_box_free(in);
+            break;
+        }
+        case BRAID_BOX_BOXES: {
+            size_t items = braid_box_items(b, key);
+            for (size_t k = 0; k < items; k++) {
+                braid_box *in;
+                if (braid_box_item_box(b, key, k, &in) < 0) abort();
+                braid_box_free(in);
+            }
+            break;
+        }
+        case BRAID_BOX_TIME: {
+            int tz;
+            if (braid_box_time(b, key, NULL, &tz) < 0 || tz <= -1440 || tz >= 1440) abort();
+            break;
+        }
+        case BRAID_BOX_DECIMAL:
+            if (!braid_box_decimal(b, key)) abort();
+            break;
         case BRAID_BOX_I64: case BRAID_BOX_U64: case BRAID_BOX_F64: case BRAID_BOX_BOOL:
             break;
         default:

@@ -207,6 +207,7 @@ typedef struct bad_case {
 } bad_case;
 #define BAD(what, lit) { what, lit, sizeof(lit) - 1 }
 
+static void mutations(const braid_box *s);
 BT_TEST(box_malformed) {
     static const bad_case bad[] = {
         BAD("empty", ""),
@@ -218,7 +219,7 @@ BT_TEST(box_malformed) {
         BAD("key past the end", "\x01\x00\x01\x05" "ab"),
         BAD("no type", "\x01\x00\x01\x01" "a"),
         BAD("type 0", "\x01\x00\x01\x01" "a\x00"),
-        BAD("type 8", "\x01\x00\x01\x01" "a\x08\x00"),
+        BAD("type 12", "\x01\x00\x01\x01" "a\x0c\x00"),
         BAD("bool 2", "\x01\x00\x01\x01" "a\x06\x02"),
         BAD("i64 cut short", "\x01\x00\x01\x01" "a\x03\x00\x00\x00\x00\x00\x00\x00"),
         BAD("bytes past the end", "\x01\x00\x01\x01" "a\x01\x00\x00\x00\x05" "abcd"),
@@ -232,6 +233,20 @@ BT_TEST(box_malformed) {
         BAD("list with fewer items than announced", "\x01\x00\x01\x01" "a\x07\x00\x00\x00\x02\x00\x00\x00\x00"),
         BAD("a byte after the last entry", "\x01\x00\x01\x01" "a\x06\x01\x00"),
         BAD("bytes length near 4 GiB", "\x01\x00\x01\x01" "a\x01\xff\xff\xff\xff" "abc"),
+        BAD("time cut short", "\x01\x00\x01\x01" "a\x0a\x00\x00\x00\x00\x00\x00\x00\x00\x00"),
+        BAD("time offset of a day", "\x01\x00\x01\x01" "a\x0a\x00\x00\x00\x00\x00\x00\x00\x00\x05\xa0"),
+        BAD("time offset of minus a day", "\x01\x00\x01\x01" "a\x0a\x00\x00\x00\x00\x00\x00\x00\x00\xfa\x60"),
+        BAD("decimal with two points", "\x01\x00\x01\x01" "a\x0b\x00\x00\x00\x03" "1.."),
+        BAD("decimal empty", "\x01\x00\x01\x01" "a\x0b\x00\x00\x00\x00"),
+        BAD("decimal exponent without digits", "\x01\x00\x01\x01" "a\x0b\x00\x00\x00\x02" "1e"),
+        BAD("decimal as a word", "\x01\x00\x01\x01" "a\x0b\x00\x00\x00\x03" "nan"),
+        BAD("nested box of another version", "\x01\x00\x01\x01" "a\x08\x00\x00\x00\x03\x02\x00\x00"),
+        BAD("nested box with the same key twice",
+            "\x01\x00\x01\x01" "a\x08\x00\x00\x00\x0b" "\x01\x00\x02\x01" "k\x06\x01\x01" "k\x06\x00"),
+        BAD("nested box with a byte after it", "\x01\x00\x01\x01" "a\x08\x00\x00\x00\x04\x01\x00\x00\x00"),
+        BAD("nested box past its value", "\x01\x00\x01\x01" "a\x08\x00\x00\x00\x02\x01\x00\x00"),
+        BAD("list of boxes with a bad item",
+            "\x01\x00\x01\x01" "a\x09\x00\x00\x00\x02" "\x00\x00\x00\x03\x01\x00\x00" "\x00\x00\x00\x01\x01"),
     };
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
         braid_box *b = (braid_box *)1;
@@ -239,10 +254,31 @@ BT_TEST(box_malformed) {
         if (rc != BRAID_EBOX) bt_fail(__FILE__, __LINE__, "%s: decode gave %d", bad[i].what, rc);
         BT_PTR_EQ(b, (braid_box *)1);   /* *out untouched */
     }
-    /* Every truncation of a valid encoding is malformed; every one-byte
-     * change either decodes into something that encodes back to the
-     * changed bytes, or is malformed. */
     braid_box *s = sample();
+    mutations(s);
+    braid_box_free(s);
+    /* The same over AMP's other types: nested boxes are checked as the
+     * outermost one is. */
+    braid_box *in;
+    BT_OK(braid_box_new(&s));
+    BT_OK(braid_box_new(&in));
+    BT_OK(braid_box_set_str(in, "k", "v"));
+    BT_OK(braid_box_append(in, "l", "ab", 2));
+    BT_OK(braid_box_set_box(s, "box", in));
+    BT_OK(braid_box_append_box(s, "boxes", in));
+    BT_OK(braid_box_set_bool(in, "b", true));
+    BT_OK(braid_box_append_box(s, "boxes", in));
+    BT_OK(braid_box_set_time(s, "t", 123456789, -300));
+    BT_OK(braid_box_set_decimal(s, "d", "-1.5e3"));
+    mutations(s);
+    braid_box_free(in);
+    braid_box_free(s);
+}
+
+/* Every truncation of a valid encoding is malformed; every one-byte
+ * change either decodes into something that encodes back to the changed
+ * bytes, or is malformed. */
+static void mutations(const braid_box *s) {
     size_t n;
     unsigned char *enc = encode(s, &n);
     for (size_t cut = 0; cut < n; cut++) {
@@ -271,12 +307,35 @@ BT_TEST(box_malformed) {
     BT_GT(accepted, 0);   /* flips inside values are still boxes */
     free(mut);
     free(enc);
-    braid_box_free(s);
 }
 
 /* ---- the allocation-failure walk: building, encoding, decoding ------------------------- */
 static int walk_body(void *arg) {
     (void)arg;
+    {   /* nested boxes, times and decimals */
+        braid_box *in, *out;
+        int rc = braid_box_new(&in);
+        if (rc < 0) return rc;
+        if ((rc = braid_box_new(&out)) < 0) {
+            braid_box_free(in);
+            return rc;
+        }
+        if ((rc = braid_box_set_str(in, "s", "x")) == 0 && (rc = braid_box_set_box(out, "b", in)) == 0 &&
+            (rc = braid_box_append_box(out, "l", in)) == 0 && (rc = braid_box_append_box(out, "l", in)) == 0 &&
+            (rc = braid_box_set_time(out, "t", 1, 2)) == 0 && (rc = braid_box_set_decimal(out, "d", "1.5")) == 0) {
+            unsigned char buf[256];
+            size_t n;
+            braid_box *c = NULL, *got = NULL;
+            if ((rc = braid_box_encode(out, buf, sizeof buf, &n)) == 0 && (rc = braid_box_decode(buf, n, &c)) == 0 &&
+                (rc = braid_box_item_box(c, "l", 1, &got)) == 0 && !braid_box_str(got, "s"))
+                rc = BRAID_EINVAL;
+            braid_box_free(got);
+            braid_box_free(c);
+        }
+        braid_box_free(in);
+        braid_box_free(out);
+        if (rc < 0) return rc;
+    }
     braid_box *b;
     int rc = braid_box_new(&b);
     if (rc < 0) return rc;
@@ -313,4 +372,132 @@ BT_TEST(box_alloc_walk) {
     bt_walk_result r = bt_alloc_walk(&(bt_walk){ .name = "box", .body = walk_body, .enomem_only = true,
                                                  .must_fail = true });
     BT_GE(r.errors, 10);
+}
+
+/* AMP's other types: a box in a box, a list of boxes (AmpList), a time with
+ * its UTC offset (DateTime), a decimal kept as text (Decimal). */
+BT_TEST(box_nested_time_decimal) {
+    braid_box *inner, *b;
+    BT_OK(braid_box_new(&inner));
+    BT_OK(braid_box_set_str(inner, "city", "Lyon"));
+    BT_OK(braid_box_set_i64(inner, "zip", 69001));
+    BT_OK(braid_box_new(&b));
+    BT_OK(braid_box_set_box(b, "where", inner));
+    for (int i = 0; i < 3; i++) {
+        BT_OK(braid_box_set_i64(inner, "zip", 69001 + i));
+        BT_OK(braid_box_append_box(b, "rows", inner));
+    }
+    BT_EQ(braid_box_set_box(b, "none", NULL), BRAID_EINVAL);
+    /* 2026-12-03 10:00:00.5 at +01:00: 09:00:00.5 UTC */
+    int64_t at = 1796288400LL * 1000000000LL + 500000000LL;
+    BT_OK(braid_box_set_time(b, "when", at, 60));
+    BT_OK(braid_box_set_time(b, "west", -1, -1439));
+    BT_EQ(braid_box_set_time(b, "bad", 0, 1440), BRAID_EINVAL);
+    BT_EQ(braid_box_set_time(b, "bad", 0, -1440), BRAID_EINVAL);
+    BT_OK(braid_box_set_decimal(b, "price", "-12.50"));
+    static const char *const good[] = { "0", "+1", ".5", "5.", "1.5e-3", "2E+10", "NaN", "-sNaN", "-Infinity",
+                                        "123456789012345678901234567890.000000000000000000001" };
+    for (size_t i = 0; i < sizeof good / sizeof good[0]; i++) BT_OK(braid_box_set_decimal(b, "d", good[i]));
+    static const char *const bad[] = { "", "-", ".", "1.2.3", "1e", "e5", "1e+", "0x10", "inf", " 1", "1 ", "1,5" };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) BT_EQ(braid_box_set_decimal(b, "bad", bad[i]), BRAID_EINVAL);
+    BT_EQ(braid_box_kind(b, "bad"), 0);
+    BT_EQ(braid_box_append_box(b, "price", inner), BRAID_EBOX_TYPE);
+    BT_EQ(braid_box_append(b, "rows", "x", 1), BRAID_EBOX_TYPE);   /* a list of boxes takes boxes */
+    braid_box_free(inner);
+
+    size_t n;
+    unsigned char *enc = encode(b, &n);
+    braid_box *c;
+    BT_OK(braid_box_decode(enc, n, &c));
+    size_t n2;
+    unsigned char *enc2 = encode(c, &n2);   /* canonical */
+    BT_TRUE(n2 == n && !memcmp(enc, enc2, n));
+    free(enc2);
+    BT_EQ(braid_box_kind(c, "where"), BRAID_BOX_BOX);
+    BT_EQ(braid_box_kind(c, "rows"), BRAID_BOX_BOXES);
+    BT_EQ(braid_box_kind(c, "when"), BRAID_BOX_TIME);
+    BT_EQ(braid_box_kind(c, "price"), BRAID_BOX_DECIMAL);
+    braid_box *w;
+    BT_OK(braid_box_box(c, "where", &w));
+    BT_STREQ(braid_box_str(w, "city"), "Lyon");
+    int64_t v;
+    BT_OK(braid_box_i64(w, "zip", &v));
+    BT_EQ(v, 69001);
+    braid_box_free(w);
+    BT_EQ(braid_box_items(c, "rows"), 3);
+    for (size_t i = 0; i < 3; i++) {
+        BT_OK(braid_box_item_box(c, "rows", i, &w));
+        BT_OK(braid_box_i64(w, "zip", &v));
+        BT_EQ(v, 69001 + (int64_t)i);
+        braid_box_free(w);
+    }
+    BT_EQ(braid_box_item_box(c, "rows", 3, &w), BRAID_ENOENT);
+    const void *p;
+    size_t len;
+    BT_EQ(braid_box_item(c, "rows", 0, &p, &len), BRAID_EBOX_TYPE);   /* boxes, not byte strings */
+    BT_EQ(braid_box_item_box(c, "where", 0, &w), BRAID_EBOX_TYPE);
+    BT_EQ(braid_box_box(c, "rows", &w), BRAID_EBOX_TYPE);
+    BT_EQ(braid_box_box(c, "nope", &w), BRAID_ENOENT);
+    int64_t ns;
+    int tz;
+    BT_OK(braid_box_time(c, "when", &ns, &tz));
+    BT_TRUE(ns == at);
+    BT_EQ(tz, 60);
+    BT_OK(braid_box_time(c, "west", &ns, &tz));
+    BT_TRUE(ns == -1);
+    BT_EQ(tz, -1439);
+    BT_OK(braid_box_time(c, "when", NULL, NULL));
+    BT_EQ(braid_box_time(c, "price", &ns, &tz), BRAID_EBOX_TYPE);
+    BT_STREQ(braid_box_decimal(c, "price"), "-12.50");
+    BT_STREQ(braid_box_decimal(c, "d"), good[sizeof good / sizeof good[0] - 1]);   /* exact, not a double */
+    BT_TRUE(braid_box_decimal(c, "when") == NULL);
+    BT_TRUE(braid_box_str(c, "price") == NULL);
+    /* A box may be put inside itself (its encoding at that moment). */
+    BT_OK(braid_box_set_box(c, "self", c));
+    BT_OK(braid_box_box(c, "self", &w));
+    BT_EQ(braid_box_count(w), braid_box_count(c) - 1);
+    braid_box_free(w);
+    free(enc);
+    braid_box_free(c);
+    braid_box_free(b);
+}
+
+/* Boxes nest BRAID_BOX_MAX_DEPTH levels below the outermost and no more:
+ * setting one deeper is refused, and so is decoding one (made by hand). */
+BT_TEST(box_depth_limit) {
+    braid_box *cur;
+    BT_OK(braid_box_new(&cur));
+    BT_OK(braid_box_set_bool(cur, "leaf", true));
+    for (int level = 1; level <= BRAID_BOX_MAX_DEPTH; level++) {
+        braid_box *up;
+        BT_OK(braid_box_new(&up));
+        BT_OK(level % 2 ? braid_box_set_box(up, "in", cur) : braid_box_append_box(up, "in", cur));
+        braid_box_free(cur);
+        cur = up;
+    }
+    braid_box *top;   /* one more level is too deep, either way */
+    BT_OK(braid_box_new(&top));
+    BT_EQ(braid_box_set_box(top, "in", cur), BRAID_EINVAL);
+    BT_EQ(braid_box_append_box(top, "in", cur), BRAID_EINVAL);
+    BT_EQ(braid_box_count(top), 0);
+    braid_box_free(top);
+    size_t n;
+    unsigned char *enc = encode(cur, &n);
+    braid_box *c;
+    BT_OK(braid_box_decode(enc, n, &c));   /* the deepest allowed decodes */
+    braid_box_free(c);
+    /* By hand: wrap that encoding in one more box value. */
+    unsigned char *deeper = malloc(n + 10);
+    memcpy(deeper, "\x01\x00\x01\x01" "a\x08", 6);
+    deeper[6] = (unsigned char)(n >> 24);
+    deeper[7] = (unsigned char)(n >> 16);
+    deeper[8] = (unsigned char)(n >> 8);
+    deeper[9] = (unsigned char)n;
+    memcpy(deeper + 10, enc, n);
+    c = (braid_box *)1;
+    BT_EQ(braid_box_decode(deeper, n + 10, &c), BRAID_EBOX);
+    BT_PTR_EQ(c, (braid_box *)1);
+    free(deeper);
+    free(enc);
+    braid_box_free(cur);
 }

@@ -204,12 +204,16 @@ BRAID_API braid_transport *braid_process_transport(braid_process *p, int child_f
 /* ==== boxes: small typed key/value payloads ==========================================
  *
  * A call's payload is bytes, or a box: keys (1 ... 255 bytes, unique, no
- * NUL) to typed values — bytes, UTF-8 text, int64, uint64, double, bool, or
- * a list of byte strings — as Twisted's AMP boxes ("Asynchronous Messaging
- * Protocol", twisted.protocols.amp) carry typed arguments. Unlike AMP's, a
- * value is not capped at 64 KiB (AMP's MAX_VALUE_LENGTH, which makes large
- * values need chunking): a box is bounded by the frame it travels in, by
- * BRAID_BOX_MAX_KEYS keys and BRAID_BOX_MAX_ITEMS items a list.
+ * NUL) to typed values — bytes, UTF-8 text, int64, uint64, double, bool, a
+ * list of byte strings, a box, a list of boxes, a time with its UTC offset,
+ * a decimal number as text — as Twisted's AMP boxes ("Asynchronous
+ * Messaging Protocol", twisted.protocols.amp) carry typed arguments (its
+ * String, Unicode, Integer, Float, Boolean, ListOf, AmpList, DateTime and
+ * Decimal). Unlike AMP's, a value is not capped at 64 KiB (AMP's
+ * MAX_VALUE_LENGTH, which makes large values need chunking): a box is
+ * bounded by the frame it travels in, by BRAID_BOX_MAX_KEYS keys,
+ * BRAID_BOX_MAX_ITEMS items a list and BRAID_BOX_MAX_DEPTH levels of boxes
+ * inside boxes.
  *
  *     braid_box *b;
  *     braid_box_new(&b);
@@ -236,12 +240,17 @@ typedef enum braid_box_type {
     BRAID_BOX_U64,
     BRAID_BOX_F64,
     BRAID_BOX_BOOL,
-    BRAID_BOX_LIST,                /* a list of byte strings */
+    BRAID_BOX_LIST,                /* a list of byte strings (AMP's ListOf) */
+    BRAID_BOX_BOX,                 /* a box */
+    BRAID_BOX_BOXES,               /* a list of boxes (AMP's AmpList) */
+    BRAID_BOX_TIME,                /* ns since the Unix epoch (UTC) and a UTC offset (AMP's DateTime) */
+    BRAID_BOX_DECIMAL,             /* a decimal number as text, kept exact (AMP's Decimal) */
 } braid_box_type;
 #define BRAID_BOX_VERSION 1
 #define BRAID_BOX_MAX_KEYS 256
 #define BRAID_BOX_MAX_KEY 255      /* bytes in a key (AMP's MAX_KEY_LENGTH) */
 #define BRAID_BOX_MAX_ITEMS 65536  /* items in a list */
+#define BRAID_BOX_MAX_DEPTH 8      /* levels of boxes below the outermost one */
 
 /* An empty box: 0, or BRAID_ENOMEM. */
 BRAID_API int braid_box_new(braid_box **out);
@@ -259,6 +268,21 @@ BRAID_API int braid_box_set_bool(braid_box *b, const char *key, bool v);
 /* Append an item to key's list (made if key is new). BRAID_EBOX_TYPE if key
  * holds another type; BRAID_EMSGSIZE past BRAID_BOX_MAX_ITEMS. */
 BRAID_API int braid_box_append(braid_box *b, const char *key, const void *p, size_t len);
+/* A box as a value, and appended to key's list of boxes: v is encoded
+ * (copied; v stays yours and may be b itself). BRAID_EINVAL when v holds
+ * boxes BRAID_BOX_MAX_DEPTH deep already (the result would be too deep),
+ * BRAID_EBOX_TYPE (append) if key holds another type. */
+BRAID_API int braid_box_set_box(braid_box *b, const char *key, const braid_box *v);
+BRAID_API int braid_box_append_box(braid_box *b, const char *key, const braid_box *v);
+/* A point in time: unix_ns nanoseconds since 1970-01-01 UTC, and the UTC
+ * offset it was taken in, in minutes (-1439 ... 1439, else BRAID_EINVAL):
+ * 2026-12-03 10:00 at +01:00 is (the ns of 09:00 UTC, 60). */
+BRAID_API int braid_box_set_time(braid_box *b, const char *key, int64_t unix_ns, int utc_offset_min);
+/* A decimal number kept as its text, never through a double: an optional
+ * sign, digits with an optional point ("12", "-0.50", ".5", "5."), an
+ * optional exponent ("1.5e-3"), or "NaN", "sNaN", "Infinity" (signed) —
+ * the forms Python's decimal.Decimal prints. Anything else: BRAID_EINVAL. */
+BRAID_API int braid_box_set_decimal(braid_box *b, const char *key, const char *text);
 
 /* Keys in the order they were first set (or decoded): i < braid_box_count. */
 BRAID_API size_t braid_box_count(const braid_box *b);
@@ -274,10 +298,20 @@ BRAID_API int braid_box_bool(const braid_box *b, const char *key, bool *out);
 BRAID_API const char *braid_box_str(const braid_box *b, const char *key);
 /* Bytes (or text), borrowed as above; a NUL follows them (not counted). */
 BRAID_API int braid_box_bytes(const braid_box *b, const char *key, const void **p, size_t *len);
-/* A list's length (0: none or another type) and its item i, borrowed. */
+/* A list's length (a list of byte strings or of boxes; 0: none or another
+ * type) and its item i (a list of byte strings), borrowed. */
 BRAID_API size_t braid_box_items(const braid_box *b, const char *key);
 BRAID_API int braid_box_item(const braid_box *b, const char *key, size_t i, const void **p,
                              size_t *len);
+/* A box value, or item i of a list of boxes, as a new box (yours:
+ * braid_box_free): 0, BRAID_ENOENT, BRAID_EBOX_TYPE or BRAID_ENOMEM. */
+BRAID_API int braid_box_box(const braid_box *b, const char *key, braid_box **out);
+BRAID_API int braid_box_item_box(const braid_box *b, const char *key, size_t i, braid_box **out);
+/* A time: 0 with *unix_ns and *utc_offset_min (either may be NULL),
+ * BRAID_ENOENT or BRAID_EBOX_TYPE. */
+BRAID_API int braid_box_time(const braid_box *b, const char *key, int64_t *unix_ns, int *utc_offset_min);
+/* A decimal's text (borrowed, as braid_box_str), or NULL. */
+BRAID_API const char *braid_box_decimal(const braid_box *b, const char *key);
 
 /* Encoding: the size, and the bytes into buf (BRAID_EMSGSIZE if cap is too
  * small); decoding: a new box (yours), BRAID_EBOX for malformed input, or

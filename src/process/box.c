@@ -12,8 +12,16 @@
  *     I64, U64: 8 bytes; F64: the IEEE-754 bits, 8 bytes; BOOL: 1 byte, 0 or 1;
  *     BYTES, STR: u32 length, the bytes (STR: UTF-8, no NUL);
  *     LIST: u32 count of items (<= BRAID_BOX_MAX_ITEMS), then each
- *           u32 length and the bytes
- *   and nothing after the last entry. */
+ *           u32 length and the bytes;
+ *     BOX: u32 length, a box's encoding (this one, nested);
+ *     BOXES: as LIST, each item a box's encoding;
+ *     TIME: i64 ns since the Unix epoch, i16 UTC offset in minutes (|o| < 1440);
+ *     DECIMAL: u32 length, the text (decimal_text below)
+ *   and nothing after the last entry. Boxes nest at most BRAID_BOX_MAX_DEPTH
+ *   levels below the outermost; a nested box is checked as the outermost is,
+ *   keys unique included (by a small hash table, so the check stays linear in
+ *   the input however many boxes it holds). A nested value is kept as its
+ *   encoding, so a decoded box encodes back to the same bytes. */
 #include "process/process_internal.h"
 #include <string.h>
 
@@ -22,10 +30,11 @@ typedef struct box_entry {
     const char *key;               /* NUL-terminated */
     unsigned char *val;            /* BYTES/STR: NUL after; LIST: the items' encoding */
     size_t len;                    /* BYTES/STR: bytes; LIST: the items' encoding */
-    uint32_t items;                /* LIST */
+    uint32_t items;                /* LIST, BOXES */
+    int16_t tz;                    /* TIME: the UTC offset in minutes */
     uint8_t klen;
     braid_box_type type;
-    union { int64_t i64; uint64_t u64; double f64; bool b; } n;
+    union { int64_t i64; uint64_t u64; double f64; bool b; } n;   /* TIME: i64 */
 } box_entry;
 
 /* A built box holds its first entries inline and allocates one block per
@@ -130,12 +139,58 @@ int braid_box_set_bytes(braid_box *b, const char *key, const void *p, size_t len
     return put(b, key, key ? strlen(key) : 0, BRAID_BOX_BYTES, p, len, NULL);
 }
 
+/* A decimal number's text, as Python's decimal.Decimal prints it: a sign,
+ * then digits with an optional point and an optional exponent, or NaN,
+ * sNaN, Infinity. */
+static bool is_digit(unsigned char c) { return c >= '0' && c <= '9'; }
+static bool decimal_text(const unsigned char *s, size_t len) {
+    size_t i = 0;
+    if (i < len && (s[i] == '+' || s[i] == '-')) i++;
+    size_t rest = len - i;
+    if ((rest == 3 && !memcmp(s + i, "NaN", 3)) || (rest == 4 && !memcmp(s + i, "sNaN", 4)) ||
+        (rest == 8 && !memcmp(s + i, "Infinity", 8)))
+        return true;
+    size_t digits = 0;
+    for (; i < len && is_digit(s[i]); i++) digits++;
+    if (i < len && s[i] == '.')
+        for (i++; i < len && is_digit(s[i]); i++) digits++;
+    if (!digits) return false;
+    if (i < len && (s[i] == 'e' || s[i] == 'E')) {
+        i++;
+        if (i < len && (s[i] == '+' || s[i] == '-')) i++;
+        size_t e = 0;
+        for (; i < len && is_digit(s[i]); i++) e++;
+        if (!e) return false;
+    }
+    return i == len;
+}
+
 int braid_box_set_str(braid_box *b, const char *key, const char *s) {
     if (!s) return BRAID_EINVAL;
     size_t len = strlen(s);
     if (len > UINT32_MAX) return BRAID_EMSGSIZE;
     if (!utf8_text((const unsigned char *)s, len)) return BRAID_EINVAL;
     return put(b, key, key ? strlen(key) : 0, BRAID_BOX_STR, s, len, NULL);
+}
+
+int braid_box_set_decimal(braid_box *b, const char *key, const char *text) {
+    if (!text) return BRAID_EINVAL;
+    size_t len = strlen(text);
+    if (len > UINT32_MAX) return BRAID_EMSGSIZE;
+    if (!decimal_text((const unsigned char *)text, len)) return BRAID_EINVAL;
+    return put(b, key, key ? strlen(key) : 0, BRAID_BOX_DECIMAL, text, len, NULL);
+}
+
+enum { TZ_LIMIT = 24 * 60 };   /* |offset| < one day, in minutes */
+int braid_box_set_time(braid_box *b, const char *key, int64_t unix_ns, int utc_offset_min) {
+    if (utc_offset_min <= -TZ_LIMIT || utc_offset_min >= TZ_LIMIT) return BRAID_EINVAL;
+    box_entry *e;
+    int rc = put(b, key, key ? strlen(key) : 0, BRAID_BOX_TIME, NULL, 0, &e);
+    if (rc == 0) {
+        e->n.i64 = unix_ns;
+        e->tz = (int16_t)utc_offset_min;
+    }
+    return rc;
 }
 
 #define SET_NUM(name, T, TYPE, field)                                                  \
@@ -150,7 +205,8 @@ SET_NUM(u64, uint64_t, BRAID_BOX_U64, u64)
 SET_NUM(f64, double, BRAID_BOX_F64, f64)
 SET_NUM(bool, bool, BRAID_BOX_BOOL, b)
 
-int braid_box_append(braid_box *b, const char *key, const void *p, size_t len) {
+/* Append an item to key's list of type (LIST or BOXES), made if key is new. */
+static int append_item(braid_box *b, const char *key, braid_box_type type, const void *p, size_t len) {
     size_t klen = key ? strlen(key) : 0;
     if (len && !p) return BRAID_EINVAL;
     if (len > UINT32_MAX - 4) return BRAID_EMSGSIZE;
@@ -158,14 +214,14 @@ int braid_box_append(braid_box *b, const char *key, const void *p, size_t len) {
     if (!e) {
         unsigned char l[4];
         braid__put32(l, (uint32_t)len);
-        int rc = put(b, key, klen, BRAID_BOX_LIST, NULL, 4 + len, &e);
+        int rc = put(b, key, klen, type, NULL, 4 + len, &e);
         if (rc < 0) return rc;
         memcpy(e->val, l, 4);
         if (len) memcpy(e->val + 4, p, len);
         e->items = 1;
         return 0;
     }
-    if (e->type != BRAID_BOX_LIST) return BRAID_EBOX_TYPE;
+    if (e->type != type) return BRAID_EBOX_TYPE;
     if (e->items >= BRAID_BOX_MAX_ITEMS || e->len > UINT32_MAX - 4 - len) return BRAID_EMSGSIZE;
     char *mem;
     if (e->mem) {
@@ -185,6 +241,49 @@ int braid_box_append(braid_box *b, const char *key, const void *p, size_t len) {
     e->val[e->len] = 0;
     e->items++;
     return 0;
+}
+
+int braid_box_append(braid_box *b, const char *key, const void *p, size_t len) {
+    return append_item(b, key, BRAID_BOX_LIST, p, len);
+}
+
+static bool box_wellformed(const unsigned char *p, size_t len, unsigned depth);
+
+/* v's encoding in a new block (*enc, *len), if v may go one level down. */
+static int encode_nested(const braid_box *v, unsigned char **enc, size_t *len) {
+    if (!v) return BRAID_EINVAL;
+    size_t n = braid_box_encoded_size(v);
+    if (n > UINT32_MAX - 4) return BRAID_EMSGSIZE;
+    unsigned char *buf = braid_malloc(n);
+    if (!buf) return BRAID_ENOMEM;
+    (void)braid_box_encode(v, buf, n, NULL);
+    if (!box_wellformed(buf, n, BRAID_BOX_MAX_DEPTH - 1)) {   /* too deep one level down */
+        braid_free(buf);
+        return BRAID_EINVAL;
+    }
+    *enc = buf;
+    *len = n;
+    return 0;
+}
+
+int braid_box_set_box(braid_box *b, const char *key, const braid_box *v) {
+    unsigned char *enc;
+    size_t n;
+    int rc = encode_nested(v, &enc, &n);
+    if (rc < 0) return rc;
+    rc = put(b, key, key ? strlen(key) : 0, BRAID_BOX_BOX, enc, n, NULL);
+    braid_free(enc);
+    return rc;
+}
+
+int braid_box_append_box(braid_box *b, const char *key, const braid_box *v) {
+    unsigned char *enc;
+    size_t n;
+    int rc = encode_nested(v, &enc, &n);
+    if (rc < 0) return rc;
+    rc = append_item(b, key, BRAID_BOX_BOXES, enc, n);
+    braid_free(enc);
+    return rc;
 }
 
 /* ---- reading ------------------------------------------------------------------------ */
@@ -230,13 +329,14 @@ int braid_box_bytes(const braid_box *b, const char *key, const void **p, size_t 
 
 size_t braid_box_items(const braid_box *b, const char *key) {
     const box_entry *e = lookup(b, key);
-    return e && e->type == BRAID_BOX_LIST ? e->items : 0;
+    return e && (e->type == BRAID_BOX_LIST || e->type == BRAID_BOX_BOXES) ? e->items : 0;
 }
 
-int braid_box_item(const braid_box *b, const char *key, size_t i, const void **p, size_t *len) {
+static int item_of(const braid_box *b, const char *key, braid_box_type type, size_t i, const void **p,
+                   size_t *len) {
     const box_entry *e = lookup(b, key);
     if (!e) return BRAID_ENOENT;
-    if (e->type != BRAID_BOX_LIST) return BRAID_EBOX_TYPE;
+    if (e->type != type) return BRAID_EBOX_TYPE;
     if (i >= e->items) return BRAID_ENOENT;
     const unsigned char *at = e->val;
     for (;;) {
@@ -250,13 +350,49 @@ int braid_box_item(const braid_box *b, const char *key, size_t i, const void **p
     }
 }
 
+int braid_box_item(const braid_box *b, const char *key, size_t i, const void **p, size_t *len) {
+    return item_of(b, key, BRAID_BOX_LIST, i, p, len);
+}
+
+int braid_box_item_box(const braid_box *b, const char *key, size_t i, braid_box **out) {
+    const void *p;
+    size_t len;
+    int rc = item_of(b, key, BRAID_BOX_BOXES, i, &p, &len);
+    return rc < 0 ? rc : braid_box_decode(p, len, out);
+}
+
+int braid_box_box(const braid_box *b, const char *key, braid_box **out) {
+    const box_entry *e = lookup(b, key);
+    if (!e) return BRAID_ENOENT;
+    if (e->type != BRAID_BOX_BOX) return BRAID_EBOX_TYPE;
+    return braid_box_decode(e->val, e->len, out);
+}
+
+int braid_box_time(const braid_box *b, const char *key, int64_t *unix_ns, int *utc_offset_min) {
+    const box_entry *e = lookup(b, key);
+    if (!e) return BRAID_ENOENT;
+    if (e->type != BRAID_BOX_TIME) return BRAID_EBOX_TYPE;
+    if (unix_ns) *unix_ns = e->n.i64;
+    if (utc_offset_min) *utc_offset_min = e->tz;
+    return 0;
+}
+
+const char *braid_box_decimal(const braid_box *b, const char *key) {
+    const box_entry *e = lookup(b, key);
+    return e && e->type == BRAID_BOX_DECIMAL ? (const char *)e->val : NULL;
+}
+
 /* ---- encoding ------------------------------------------------------------------------ */
 static size_t value_size(const box_entry *e) {
     switch (e->type) {
     case BRAID_BOX_BOOL: return 1;
+    case BRAID_BOX_TIME: return 10;
     case BRAID_BOX_BYTES:
     case BRAID_BOX_STR:
-    case BRAID_BOX_LIST: return 4 + e->len;
+    case BRAID_BOX_DECIMAL:
+    case BRAID_BOX_BOX:
+    case BRAID_BOX_LIST:
+    case BRAID_BOX_BOXES: return 4 + e->len;
     default: return 8;
     }
 }
@@ -292,7 +428,14 @@ int braid_box_encode(const braid_box *b, void *buf, size_t cap, size_t *len) {
             o += 8;
             break;
         }
+        case BRAID_BOX_TIME:
+            braid__put64(o, (uint64_t)e->n.i64);
+            o[8] = (unsigned char)((uint16_t)e->tz >> 8);
+            o[9] = (unsigned char)(uint16_t)e->tz;
+            o += 10;
+            break;
         case BRAID_BOX_LIST:
+        case BRAID_BOX_BOXES:
             braid__put32(o, e->items);
             memcpy(o + 4, e->val, e->len);
             o += 4 + e->len;
@@ -311,35 +454,88 @@ int braid_box_encode(const braid_box *b, void *buf, size_t cap, size_t *len) {
 /* ---- decoding ------------------------------------------------------------------------
  * Two passes over the input: the first checks its shape and sizes the
  * block (keys and values with their NULs), the second fills it. */
+/* The bytes of the value of type at p (0: malformed); depth: the levels of
+ * boxes that may still nest inside it. */
 static size_t value_wire(const unsigned char *p, const unsigned char *end, braid_box_type type,
-                         uint32_t *items) {
+                         uint32_t *items, unsigned depth) {
     size_t left = (size_t)(end - p);
     switch (type) {
     case BRAID_BOX_BOOL: return left >= 1 && p[0] <= 1 ? 1 : 0;
     case BRAID_BOX_I64:
     case BRAID_BOX_U64:
     case BRAID_BOX_F64: return left >= 8 ? 8 : 0;
+    case BRAID_BOX_TIME: {
+        if (left < 10) return 0;
+        int tz = (int16_t)(uint16_t)(p[8] << 8 | p[9]);
+        return tz > -TZ_LIMIT && tz < TZ_LIMIT ? 10 : 0;
+    }
     case BRAID_BOX_BYTES:
-    case BRAID_BOX_STR: {
+    case BRAID_BOX_STR:
+    case BRAID_BOX_DECIMAL:
+    case BRAID_BOX_BOX: {
         if (left < 4 || left - 4 < braid__get32(p)) return 0;
         size_t vlen = braid__get32(p);
         if (type == BRAID_BOX_STR && !utf8_text(p + 4, vlen)) return 0;
+        if (type == BRAID_BOX_DECIMAL && !decimal_text(p + 4, vlen)) return 0;
+        if (type == BRAID_BOX_BOX && (!depth || !box_wellformed(p + 4, vlen, depth - 1))) return 0;
         return 4 + vlen;
     }
-    case BRAID_BOX_LIST: {
+    case BRAID_BOX_LIST:
+    case BRAID_BOX_BOXES: {
         if (left < 4) return 0;
         uint32_t n = braid__get32(p);
-        if (n > BRAID_BOX_MAX_ITEMS) return 0;
+        if (n > BRAID_BOX_MAX_ITEMS || (type == BRAID_BOX_BOXES && !depth)) return 0;
         const unsigned char *q = p + 4;
         for (uint32_t k = 0; k < n; k++) {
             if (end - q < 4 || (size_t)(end - q) - 4 < braid__get32(q)) return 0;
-            q += 4 + (size_t)braid__get32(q);
+            size_t l = braid__get32(q);
+            if (type == BRAID_BOX_BOXES && !box_wellformed(q + 4, l, depth - 1)) return 0;
+            q += 4 + l;
         }
         *items = n;
         return (size_t)(q - p);
     }
     default: return 0;
     }
+}
+
+/* Is [p, p + len) one box's encoding, with boxes at most depth levels
+ * inside it? Keys are checked unique through an open-addressing table of
+ * their FNV-1a hashes (256 keys at most: 512 slots), so the check stays
+ * linear — a frame full of boxes of 256 keys each would otherwise cost
+ * 32,000 key comparisons a box. */
+static bool box_wellformed(const unsigned char *p, size_t len, unsigned depth) {
+    const unsigned char *end = p + len;
+    if (len < 3 || p[0] != BRAID_BOX_VERSION) return false;
+    size_t count = (size_t)p[1] << 8 | p[2];
+    if (count > BRAID_BOX_MAX_KEYS) return false;
+    const unsigned char *keys[BRAID_BOX_MAX_KEYS];   /* each: its length byte, then the key */
+    uint16_t slot[2 * BRAID_BOX_MAX_KEYS];           /* index + 1 into keys, 0: free */
+    memset(slot, 0, sizeof slot);
+    p += 3;
+    for (size_t i = 0; i < count; i++) {
+        if (end - p < 1) return false;
+        size_t klen = *p;
+        if (klen == 0 || (size_t)(end - p) < klen + 2 || memchr(p + 1, 0, klen)) return false;
+        uint32_t h = 2166136261u;
+        for (size_t k = 0; k < klen; k++) h = (h ^ p[1 + k]) * 16777619u;
+        for (size_t at = h % (2 * BRAID_BOX_MAX_KEYS);; at = (at + 1) % (2 * BRAID_BOX_MAX_KEYS)) {
+            if (!slot[at]) {
+                keys[i] = p;
+                slot[at] = (uint16_t)(i + 1);
+                break;
+            }
+            const unsigned char *o = keys[slot[at] - 1];
+            if (o[0] == klen && !memcmp(o + 1, p + 1, klen)) return false;   /* the same key twice */
+        }
+        p += 1 + klen;
+        braid_box_type type = (braid_box_type)*p++;
+        uint32_t items = 0;
+        size_t w = value_wire(p, end, type, &items, depth);
+        if (w == 0) return false;
+        p += w;
+    }
+    return p == end;
 }
 
 int braid_box_decode(const void *buf, size_t len, braid_box **out) {
@@ -355,11 +551,12 @@ int braid_box_decode(const void *buf, size_t len, braid_box **out) {
         p += klen;
         braid_box_type type = (braid_box_type)*p++;
         uint32_t items = 0;
-        size_t w = value_wire(p, end, type, &items);
+        size_t w = value_wire(p, end, type, &items, BRAID_BOX_MAX_DEPTH);
         if (w == 0) return BRAID_EBOX;
         p += w;
-        arena += klen + 1 + (type == BRAID_BOX_BYTES || type == BRAID_BOX_STR ? w - 4 + 1
-                             : type == BRAID_BOX_LIST ? w - 4 + 1 : 0);
+        bool stored = type != BRAID_BOX_BOOL && type != BRAID_BOX_I64 && type != BRAID_BOX_U64 &&
+                      type != BRAID_BOX_F64 && type != BRAID_BOX_TIME;   /* bytes kept after a u32 */
+        arena += klen + 1 + (stored ? w - 4 + 1 : 0);
     }
     if (p != end) return BRAID_EBOX;
     size_t cap = count > INLINE_ENTRIES ? count : 0;   /* more than inline: an array in the block */
@@ -386,9 +583,13 @@ int braid_box_decode(const void *buf, size_t len, braid_box **out) {
         a += klen + 1;
         p += klen;
         e->type = (braid_box_type)*p++;
-        size_t w = value_wire(p, end, e->type, &e->items);
+        size_t w = value_wire(p, end, e->type, &e->items, BRAID_BOX_MAX_DEPTH);
         switch (e->type) {
         case BRAID_BOX_BOOL: e->n.b = p[0]; break;
+        case BRAID_BOX_TIME:
+            e->n.u64 = braid__get64(p);
+            e->tz = (int16_t)(uint16_t)(p[8] << 8 | p[9]);
+            break;
         case BRAID_BOX_F64: {
             uint64_t u = braid__get64(p);
             memcpy(&e->n.f64, &u, 8);
@@ -396,7 +597,7 @@ int braid_box_decode(const void *buf, size_t len, braid_box **out) {
         }
         case BRAID_BOX_I64:
         case BRAID_BOX_U64: e->n.u64 = braid__get64(p); break;   /* the i64 shares its bits */
-        default:   /* BYTES, STR, LIST: what follows the u32 */
+        default:   /* BYTES, STR, DECIMAL, BOX, LIST, BOXES: what follows the u32 */
             e->len = w - 4;
             e->val = (unsigned char *)a;
             memcpy(a, p + 4, e->len);
@@ -476,11 +677,12 @@ size_t braid__box_to_fields(const braid_box *b, braid_log_field *out, size_t cap
         case BRAID_BOX_F64: f->type = BRAID_LOG_FIELD_F64; f->v.f64 = e->n.f64; break;
         case BRAID_BOX_BOOL: f->type = BRAID_LOG_FIELD_BOOL; f->v.b = e->n.b; break;
         case BRAID_BOX_STR:
+        case BRAID_BOX_DECIMAL:
         case BRAID_BOX_BYTES:   /* NUL-terminated in the box; a NUL inside cuts it */
             f->type = BRAID_LOG_FIELD_STR;
             f->v.str = (const char *)e->val;
             break;
-        default: continue;      /* lists have no log field type */
+        default: continue;      /* lists, boxes and times have no log field type */
         }
         n++;
     }
