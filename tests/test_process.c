@@ -214,7 +214,7 @@ BT_IO_TEST(process_signal_sigchld) {
 
 /* A child that ignores SIGTERM is killed when kill_after's timeout passes
  * on the (fake) loop clock, and not before. */
-BT_IO_TEST(process_kill_after) {
+static void kill_after_case(void) {
     braid_fake_clock *fc = NULL;
     braid_fake_clock_new(0, &fc);
     braid_loop *loop = bt_loop_new(braid_fake_clock_base(fc));
@@ -233,12 +233,13 @@ BT_IO_TEST(process_kill_after) {
     bt_loop_destroy(loop);
     braid_fake_clock_free(fc);
 }
+BT_IO_TEST(process_kill_after) { kill_after_case(); }
 
 /* ---- the fd map ------------------------------------------------------------------------ */
 /* Whatever the parent has open — close-on-exec or not, at low numbers or
  * high — the child has exactly the fds of its map, and an inherited one is
  * the parent's file. */
-BT_IO_TEST(process_fd_map) {
+static void fd_map_case(void) {
     braid_loop *loop = bt_loop_new(NULL);
     int leak[4];
     for (int i = 0; i < 4; i++) leak[i] = dup(2);   /* not close-on-exec */
@@ -270,11 +271,12 @@ BT_IO_TEST(process_fd_map) {
     close(pp[1]);
     bt_loop_destroy(loop);
 }
+BT_IO_TEST(process_fd_map) { fd_map_case(); }
 
 /* A child fd mapped from a parent fd of the same number (the "dup2 onto
  * itself keeps close-on-exec" trap) and one mapped from another child
  * fd's number (a swap) both arrive. */
-BT_IO_TEST(process_fd_map_swap) {
+static void fd_map_swap_case(void) {
     braid_loop *loop = bt_loop_new(NULL);
     int a[2], b[2];
     BT_OK(pipe2(a, O_CLOEXEC));
@@ -302,9 +304,10 @@ BT_IO_TEST(process_fd_map_swap) {
     close(a[0]); close(a[1]); close(b[0]); close(b[1]);
     bt_loop_destroy(loop);
 }
+BT_IO_TEST(process_fd_map_swap) { fd_map_swap_case(); }
 
 /* stdin to the child, stdout back, EOF by close_fd. */
-BT_IO_TEST(process_stdin_stdout) {
+static void stdin_stdout_case(void) {
     braid_loop *loop = bt_loop_new(NULL);
     rec r = { 0 };
     const char *env[] = { "BT_CHILD=echo", NULL };
@@ -329,8 +332,9 @@ BT_IO_TEST(process_stdin_stdout) {
     braid_process_free(p);
     bt_loop_destroy(loop);
 }
+BT_IO_TEST(process_stdin_stdout) { stdin_stdout_case(); }
 
-BT_IO_TEST(process_env_cwd) {
+static void env_cwd_case(void) {
     braid_loop *loop = bt_loop_new(NULL);
     setenv("BT_Y", "parent", 1);
     const char *env1[] = { "BT_CHILD=env", "BT_X=42", NULL };
@@ -358,10 +362,11 @@ BT_IO_TEST(process_env_cwd) {
     braid_process_free(p2);
     bt_loop_destroy(loop);
 }
+BT_IO_TEST(process_env_cwd) { env_cwd_case(); }
 
 /* A parent thread that blocks SIGTERM and ignores SIGUSR1 (as JVM and
  * libdispatch threads do) still gives its children a clean signal state. */
-BT_IO_TEST(process_clean_signal_state) {
+static void clean_signal_state_case(void) {
     braid_loop *loop = bt_loop_new(NULL);
     sigset_t s;
     sigemptyset(&s);
@@ -375,9 +380,10 @@ BT_IO_TEST(process_clean_signal_state) {
     braid_process_free(p);
     bt_loop_destroy(loop);
 }
+BT_IO_TEST(process_clean_signal_state) { clean_signal_state_case(); }
 
 /* ---- spawn errors ------------------------------------------------------------------------ */
-BT_IO_TEST(process_spawn_errors) {
+static void spawn_errors_case(void) {
     braid_loop *loop = bt_loop_new(NULL);
     int before = count_fds();
     braid_process_fd fds[] = { { 0, BRAID_PROCESS_FD_TO_CHILD, 0, NULL },
@@ -441,6 +447,7 @@ BT_IO_TEST(process_spawn_errors) {
     bt_loop_destroy(loop);
     no_children_left();
 }
+BT_IO_TEST(process_spawn_errors) { spawn_errors_case(); }
 
 /* EAGAIN at the process limit: in a child that is not root (root ignores
  * RLIMIT_NPROC), with the limit at what the user has already. */
@@ -580,3 +587,67 @@ BT_IO_TEST(process_alloc_walk) {
     bt_loop_destroy(loop);
     no_children_left();
 }
+
+/* ---- a program found on PATH, a directory that is not there ------------------------------ */
+static void path_search_case(void) {
+    braid_loop *loop = bt_loop_new(NULL);
+    char *old_path = getenv("PATH") ? strdup(getenv("PATH")) : NULL;
+    char dir[] = "/tmp/braid-path-XXXXXX";
+    BT_TRUE(mkdtemp(dir) != NULL);
+    char noexec[64];
+    snprintf(noexec, sizeof noexec, "%s/braid-noexec", dir);
+    int fd = open(noexec, O_CREAT | O_WRONLY | O_CLOEXEC, 0644);
+    BT_GE(fd, 0);
+    close(fd);
+    char path[128];
+    snprintf(path, sizeof path, "/no/such/dir:%s:/bin:/usr/bin", dir);
+    setenv("PATH", path, 1);
+    braid_process_fd fds[] = { { 1, BRAID_PROCESS_FD_DEVNULL, 0, NULL } };
+    rec r = { 0 };
+    braid_process_options o = { .file = "true", .fds = fds, .nfds = 1, .protocol = &rec_proto, .user = &r };
+    braid_process *p = NULL;
+    braid_failure *f = NULL;
+    BT_OK(braid_process_spawn(loop, &o, &p, NULL));   /* found after two misses */
+    bt_run_until(loop, &r.ended, 100000);
+    BT_EQ(r.st.exit_code, 0);
+    braid_process_free(p);
+    o.file = "braid-noexec";   /* found, but not executable: EACCES, not ENOENT */
+    BT_ERR(braid_process_spawn(loop, &o, &p, &f), -EACCES);
+    BT_TRUE(f && strstr(f->message, "braid-noexec"));
+    braid_failure_free(f);
+    o.file = "/bin/true";
+    o.cwd = "/no/such/dir";
+    BT_ERR(braid_process_spawn(loop, &o, &p, &f), -ENOENT);
+    BT_TRUE(f && strstr(f->message, "/bin/true"));
+    braid_failure_free(f);
+    if (old_path) setenv("PATH", old_path, 1);
+    else unsetenv("PATH");
+    free(old_path);
+    unlink(noexec);
+    rmdir(dir);
+    bt_loop_destroy(loop);
+    no_children_left();
+}
+BT_IO_TEST(process_path_search) { path_search_case(); }
+
+/* ---- the fork/exec fallback -------------------------------------------------------------
+ * Where the C library has no posix_spawn_file_actions_addclosefrom_np (musl,
+ * the BSDs, macOS), braid forks and execs instead; BRAID_PROCESS_FORK=1 takes
+ * that path on this machine too, so the same cases check it. */
+static void use_fork(void) { setenv("BRAID_PROCESS_FORK", "1", 1); }
+BT_IO_TEST(process_fork_exit_code) { use_fork(); exit_code_case(); }
+BT_IO_TEST(process_fork_signal) { use_fork(); signal_case(); }
+BT_IO_TEST(process_fork_signal_sigchld) {
+    use_fork();
+    setenv("BRAID_PROCESS_SIGCHLD", "1", 1);
+    signal_case();
+}
+BT_IO_TEST(process_fork_kill_after) { use_fork(); kill_after_case(); }
+BT_IO_TEST(process_fork_fd_map) { use_fork(); fd_map_case(); }
+BT_IO_TEST(process_fork_fd_map_swap) { use_fork(); fd_map_swap_case(); }
+BT_IO_TEST(process_fork_stdin_stdout) { use_fork(); stdin_stdout_case(); }
+BT_IO_TEST(process_fork_env_cwd) { use_fork(); env_cwd_case(); }
+BT_IO_TEST(process_fork_clean_signal_state) { use_fork(); clean_signal_state_case(); }
+BT_IO_TEST(process_fork_spawn_errors) { use_fork(); spawn_errors_case(); }
+BT_IO_TEST(process_fork_path_search) { use_fork(); path_search_case(); }
+BT_IO_TEST(process_fork_burst_no_zombies) { use_fork(); burst_case(200); }

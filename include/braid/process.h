@@ -27,7 +27,10 @@
  *     braid_process_free(p);
  *
  * Spawning uses posix_spawn (glibc runs it as clone(CLONE_VM|CLONE_VFORK):
- * its cost does not grow with the parent's memory, unlike fork). Every
+ * its cost does not grow with the parent's memory, unlike fork); with a C
+ * library that lacks posix_spawn_file_actions_addclosefrom_np (before glibc
+ * 2.34, musl, the BSDs, macOS), or BRAID_PROCESS_FORK=1 in the environment,
+ * fork and exec, with the same behaviour and errors. Every
  * descriptor the map does not list is closed in the child (closefrom/
  * close_range), whatever the parent has open and whether or not it is
  * close-on-exec; the child starts with an empty signal mask and every

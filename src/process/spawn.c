@@ -5,9 +5,12 @@
  * pidfd_send_signal, probed once per loop; elsewhere, or when they fail,
  * the SIGCHLD path runs (which needs braid_signal_start: signalfd). The
  * spawning itself is POSIX posix_spawn plus two GNU file actions
- * (addclosefrom_np, glibc >= 2.34; addchdir_np, glibc >= 2.29). */
+ * (addclosefrom_np, glibc >= 2.34; addchdir_np, glibc >= 2.29); with a C
+ * library that lacks them (musl, the BSDs, macOS), or BRAID_PROCESS_FORK=1
+ * in the environment, fork and exec do the same (fork_exec below). */
 #include "process/process_internal.h"
 #include <fcntl.h>
+#include <pthread.h>
 #include <signal.h>
 #include <spawn.h>
 #include <stdio.h>
@@ -304,6 +307,10 @@ typedef struct slot {
     braid_protocol *user_proto;
 } slot;
 
+#if defined(__GLIBC__) && (__GLIBC__ > 2 || (__GLIBC__ == 2 && __GLIBC_MINOR__ >= 34))
+#define HAVE_SPAWN_CLOSEFROM 1
+#endif
+
 static void close_if(int *fd) {
     if (*fd >= 0) close(*fd);
     *fd = -1;
@@ -380,6 +387,199 @@ static void kill_timer_cb(braid_timer *t, void *arg) {
     if (!p->exited) (void)braid_process_signal(p, SIGKILL);
 }
 
+/* Is fd one of the child's (mapped to a source)? */
+static bool mapped_fd(const slot *slots, size_t nmap, int fd) {
+    for (size_t i = 0; i < nmap; i++)
+        if (slots[i].child_fd == fd && slots[i].src >= 0) return true;
+    return false;
+}
+
+#ifdef HAVE_SPAWN_CLOSEFROM
+/* posix_spawn (glibc's uses clone(CLONE_VM | CLONE_VFORK): no copy of a
+ * large parent): the map by file actions, every other fd closed. 0 and
+ * *pid, or -errno. */
+static int spawn_posix(const char *file, const char *const *argv, char *const *envp, const slot *slots,
+                       size_t nmap, int maxfd, const braid_process_options *o, pid_t *pid) {
+    posix_spawn_file_actions_t fa;
+    posix_spawnattr_t attr;
+    int rc = -posix_spawn_file_actions_init(&fa);
+    if (rc < 0) return rc;
+    if ((rc = -posix_spawnattr_init(&attr)) < 0) {
+        posix_spawn_file_actions_destroy(&fa);
+        return rc;
+    }
+    for (size_t i = 0; i < nmap && rc == 0; i++) {
+        if (slots[i].src >= 0) rc = -posix_spawn_file_actions_adddup2(&fa, slots[i].src, slots[i].child_fd);
+    }
+    /* Every low fd the map does not fill is closed (closing one that is not
+     * open is not an error for glibc's posix_spawn), then everything above. */
+    for (int fd = 0; fd <= maxfd && rc == 0; fd++)
+        if (!mapped_fd(slots, nmap, fd)) rc = -posix_spawn_file_actions_addclose(&fa, fd);
+    if (rc == 0) rc = -posix_spawn_file_actions_addclosefrom_np(&fa, maxfd + 1);
+    if (rc == 0 && o->cwd) rc = -posix_spawn_file_actions_addchdir_np(&fa, o->cwd);
+    short flags = POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF;
+    if (o->new_session) flags |= POSIX_SPAWN_SETSID;
+    else if (o->new_process_group) flags |= POSIX_SPAWN_SETPGROUP;
+    sigset_t none, all;
+    sigemptyset(&none);
+    /* Every signal to its default, glibc's internal ones too: sigfillset
+     * leaves those out, and glibc's child then sets them to SIG_IGN, which
+     * survives exec. */
+    memset(&all, 0xff, sizeof all);
+    if (rc == 0) rc = -posix_spawnattr_setflags(&attr, flags);
+    if (rc == 0) rc = -posix_spawnattr_setsigmask(&attr, &none);
+    if (rc == 0) rc = -posix_spawnattr_setsigdefault(&attr, &all);
+    if (rc == 0 && (flags & POSIX_SPAWN_SETPGROUP)) rc = -posix_spawnattr_setpgroup(&attr, 0);
+    if (rc == 0)
+        rc = -(strchr(file, '/') ? posix_spawn(pid, file, &fa, &attr, (char *const *)argv, envp)
+                                 : posix_spawnp(pid, file, &fa, &attr, (char *const *)argv, envp));
+    posix_spawn_file_actions_destroy(&fa);
+    posix_spawnattr_destroy(&attr);
+    return rc;
+}
+#endif
+
+/* The fallback: fork, then in the child only async-signal-safe calls —
+ * every signal to its default, the session or group, the map by dup2,
+ * every other fd closed (close_range where the kernel has it, else one by
+ * one up to the descriptor limit), the directory, an empty mask, exec.
+ * What fails in the child (exec's ENOENT, chdir's ENOTDIR ...) comes back
+ * as its errno over a close-on-exec pipe, which reads end of file when the
+ * exec succeeded; the parent then reaps that child, so the error is the
+ * spawn's, as with posix_spawn. The PATH search (for a file without '/') is
+ * prepared in the parent: the child only tries each candidate, keeping
+ * EACCES over ENOENT as execvp does. All signals are blocked in the parent
+ * around fork so no handler runs in the child before the reset. */
+static int fork_exec(const char *file, const char *const *argv, char *const *envp, const slot *slots,
+                     size_t nmap, int maxfd, const braid_process_options *o, pid_t *pid_out) {
+    char **cand = NULL;
+    size_t ncand = 0;
+    if (!strchr(file, '/')) {
+        const char *path = getenv("PATH");
+        if (!path) path = "/bin:/usr/bin";
+        size_t n = 1;
+        for (const char *c = path; *c; c++) n += *c == ':';
+        if (!(cand = braid_calloc(n, sizeof *cand))) return BRAID_ENOMEM;
+        for (const char *dir = path;; ) {
+            const char *colon = strchr(dir, ':');
+            size_t dl = colon ? (size_t)(colon - dir) : strlen(dir);
+            size_t fl = strlen(file);
+            char *c = braid_malloc(dl + 1 + fl + 1);
+            if (!c) {
+                for (size_t i = 0; i < ncand; i++) braid_free(cand[i]);
+                braid_free(cand);
+                return BRAID_ENOMEM;
+            }
+            if (dl) {   /* an empty entry is the current directory */
+                memcpy(c, dir, dl);
+                c[dl] = '/';
+                memcpy(c + dl + 1, file, fl + 1);
+            } else {
+                memcpy(c, file, fl + 1);
+            }
+            cand[ncand++] = c;
+            if (!colon) break;
+            dir = colon + 1;
+        }
+    }
+    long open_max = sysconf(_SC_OPEN_MAX);
+    if (open_max < 0 || open_max > 1 << 20) open_max = 1 << 20;
+    int ep[2] = { -1, -1 };
+    int rc = 0;
+#ifdef __APPLE__   /* no pipe2: another thread's fork may copy these before FD_CLOEXEC */
+    int prc = pipe(ep);
+    if (prc == 0) prc = fcntl(ep[0], F_SETFD, FD_CLOEXEC) | fcntl(ep[1], F_SETFD, FD_CLOEXEC);
+#else
+    int prc = pipe2(ep, O_CLOEXEC);
+#endif
+    if (prc < 0 || (ep[0] = lift(ep[0], maxfd)) < 0 || (ep[1] = lift(ep[1], maxfd)) < 0) {
+        rc = -errno;
+        if (ep[0] >= 0) close(ep[0]);
+        if (ep[1] >= 0) close(ep[1]);
+        goto out;
+    }
+    sigset_t all, old, none;
+    sigfillset(&all);
+    sigemptyset(&none);
+    pthread_sigmask(SIG_SETMASK, &all, &old);
+    pid_t pid = fork();
+    if (pid == 0) {
+        int ewr = ep[1];
+        for (int sig = 1; sig < NSIG; sig++) {
+            struct sigaction sa;
+            memset(&sa, 0, sizeof sa);
+            sa.sa_handler = SIG_DFL;
+            (void)sigaction(sig, &sa, NULL);   /* EINVAL for SIGKILL, SIGSTOP and the like */
+        }
+        int e = 0;
+        if (o->new_session ? setsid() < 0 : o->new_process_group && setpgid(0, 0) < 0) e = errno;
+        for (size_t i = 0; i < nmap && !e; i++)
+            if (slots[i].src >= 0 && dup2(slots[i].src, slots[i].child_fd) < 0) e = errno;
+        for (int fd = 0; fd <= maxfd && !e; fd++)
+            if (!mapped_fd(slots, nmap, fd)) (void)close(fd);
+        if (!e) {   /* everything above the map but the error pipe (close-on-exec) */
+            bool ranged = false;
+#ifdef SYS_close_range
+            ranged = (ewr == maxfd + 1 || syscall(SYS_close_range, maxfd + 1, ewr - 1, 0) == 0) &&
+                     syscall(SYS_close_range, ewr + 1, ~0u, 0) == 0;
+#endif
+            for (long fd = maxfd + 1; !ranged && fd < open_max; fd++)
+                if (fd != ewr) (void)close((int)fd);
+        }
+        if (!e && o->cwd && chdir(o->cwd) < 0) e = errno;
+        if (!e) {
+            sigprocmask(SIG_SETMASK, &none, NULL);
+            if (!cand) {
+                execve(file, (char *const *)argv, envp);
+                e = errno;
+            } else {
+                bool eacces = false;
+                e = ENOENT;
+                for (size_t i = 0; i < ncand; i++) {
+                    execve(cand[i], (char *const *)argv, envp);
+                    if (errno == EACCES) eacces = true;
+                    else if (errno != ENOENT && errno != ENOTDIR) { e = errno; break; }
+                }
+                if (eacces && e == ENOENT) e = EACCES;
+            }
+        }
+        while (write(ewr, &e, sizeof e) < 0 && errno == EINTR) {}
+        _exit(127);
+    }
+    int fork_errno = errno;
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    close(ep[1]);
+    if (pid < 0) {
+        rc = -fork_errno;
+    } else {
+        int e = 0;
+        ssize_t n;
+        while ((n = read(ep[0], &e, sizeof e)) < 0 && errno == EINTR) {}
+        if (n == (ssize_t)sizeof e) {   /* the child failed before exec: reap it */
+            while (waitpid(pid, NULL, 0) < 0 && errno == EINTR) {}
+            rc = e > 0 ? -e : -EIO;
+        } else {
+            *pid_out = pid;
+        }
+    }
+    close(ep[0]);
+out:
+    for (size_t i = 0; i < ncand; i++) braid_free(cand[i]);
+    braid_free(cand);
+    return rc;
+}
+
+/* The fork fallback instead of posix_spawn: where the C library lacks
+ * what the posix_spawn path needs, or when BRAID_PROCESS_FORK=1 (tests). */
+static bool spawn_by_fork(void) {
+#ifdef HAVE_SPAWN_CLOSEFROM
+    const char *e = getenv("BRAID_PROCESS_FORK");
+    return e && *e && strcmp(e, "0");
+#else
+    return true;
+#endif
+}
+
 int braid_process_spawn(braid_loop *loop, const braid_process_options *o, braid_process **out,
                         braid_failure **failure) {
     BRAID__LOOP_AFFINE(loop);
@@ -434,9 +634,6 @@ int braid_process_spawn(braid_loop *loop, const braid_process_options *o, braid_
         nroute += map[i].kind >= BRAID_PROCESS_FD_TO_CHILD && map[i].kind <= BRAID_PROCESS_FD_STREAM &&
                   !map[i].protocol;
     proc_pipe **pipes = braid_calloc(nroute ? nroute : 1, sizeof *pipes);
-    bool attr_ok = false, fa_ok = false;
-    posix_spawnattr_t attr;
-    posix_spawn_file_actions_t fa;
     for (size_t i = 0; slots && i < nmap; i++) slots[i].src = slots[i].parent_end = -1;
     if (!p || !slots || !pipes || (o->env_mode != BRAID_PROCESS_ENV_INHERIT && !envp)) goto fail;
     for (size_t i = 0, k = 0; i < nmap; i++) {
@@ -484,41 +681,6 @@ int braid_process_spawn(braid_loop *loop, const braid_process_options *o, braid_
         }
     }
 
-    if ((rc = -posix_spawn_file_actions_init(&fa)) < 0) goto fail;
-    fa_ok = true;
-    if ((rc = -posix_spawnattr_init(&attr)) < 0) goto fail;
-    attr_ok = true;
-    for (size_t i = 0; i < nmap && rc == 0; i++) {
-        if (slots[i].src >= 0) rc = -posix_spawn_file_actions_adddup2(&fa, slots[i].src, slots[i].child_fd);
-    }
-    /* Every low fd the map does not fill is closed (closing one that is not
-     * open is not an error for glibc's posix_spawn), then everything above. */
-    for (int fd = 0; fd <= maxfd && rc == 0; fd++) {
-        bool mapped = false;
-        for (size_t i = 0; i < nmap && !mapped; i++) mapped = slots[i].child_fd == fd && slots[i].src >= 0;
-        if (!mapped) rc = -posix_spawn_file_actions_addclose(&fa, fd);
-    }
-#if defined(__GLIBC__) && (__GLIBC__ > 2 || (__GLIBC__ == 2 && __GLIBC_MINOR__ >= 34))
-    if (rc == 0) rc = -posix_spawn_file_actions_addclosefrom_np(&fa, maxfd + 1);
-#else
-#error "braid's process module needs posix_spawn_file_actions_addclosefrom_np (glibc >= 2.34)"
-#endif
-    if (rc == 0 && o->cwd) rc = -posix_spawn_file_actions_addchdir_np(&fa, o->cwd);
-    short flags = POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF;
-    if (o->new_session) flags |= POSIX_SPAWN_SETSID;
-    else if (o->new_process_group) flags |= POSIX_SPAWN_SETPGROUP;
-    sigset_t none, all;
-    sigemptyset(&none);
-    /* Every signal to its default, glibc's internal ones too: sigfillset
-     * leaves those out, and glibc's child then sets them to SIG_IGN, which
-     * survives exec. */
-    memset(&all, 0xff, sizeof all);
-    if (rc == 0) rc = -posix_spawnattr_setflags(&attr, flags);
-    if (rc == 0) rc = -posix_spawnattr_setsigmask(&attr, &none);
-    if (rc == 0) rc = -posix_spawnattr_setsigdefault(&attr, &all);
-    if (rc == 0 && (flags & POSIX_SPAWN_SETPGROUP)) rc = -posix_spawnattr_setpgroup(&attr, 0);
-    if (rc < 0) goto fail;
-
     /* Without pidfds, SIGCHLD is watched before the child exists, so its
      * exit cannot come before the signal is blocked and queued. */
     if (!use_pidfd && !st->sig_started) {
@@ -531,22 +693,21 @@ int braid_process_spawn(braid_loop *loop, const braid_process_options *o, braid_
 
     const char *const default_argv[] = { file, NULL };
     const char *const *argv = o->argv ? o->argv : default_argv;
-    pid_t pid;
-    rc = strchr(file, '/') ? posix_spawn(&pid, file, &fa, &attr, (char *const *)argv,
-                                         envp ? envp : environ)
-                           : posix_spawnp(&pid, file, &fa, &attr, (char *const *)argv,
-                                          envp ? envp : environ);
-    if (rc != 0) {
-        rc = -rc;
+    pid_t pid = -1;
+    char *const *env = envp ? envp : environ;
+#ifdef HAVE_SPAWN_CLOSEFROM
+    rc = spawn_by_fork() ? fork_exec(file, argv, env, slots, nmap, maxfd, o, &pid)
+                         : spawn_posix(file, argv, env, slots, nmap, maxfd, o, &pid);
+#else
+    rc = fork_exec(file, argv, env, slots, nmap, maxfd, o, &pid);
+#endif
+    if (rc < 0) {
         if (!use_pidfd && !st->sig_list) {
             braid_signal_stop(&st->sigchld);
             st->sig_started = false;
         }
         goto fail;
     }
-    posix_spawn_file_actions_destroy(&fa);
-    posix_spawnattr_destroy(&attr);
-    fa_ok = attr_ok = false;
     braid_free(envp);
     envp = NULL;
     for (size_t i = 0; i < nmap; i++)
@@ -630,8 +791,6 @@ fail_child:
     return rc;
 
 fail:
-    if (fa_ok) posix_spawn_file_actions_destroy(&fa);
-    if (attr_ok) posix_spawnattr_destroy(&attr);
     for (size_t i = 0; slots && i < nmap; i++) {
         if (slots[i].src_owned) close_if(&slots[i].src);
         close_if(&slots[i].parent_end);
