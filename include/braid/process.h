@@ -426,6 +426,9 @@ struct braid_workers_stats {
     uint64_t spawned;              /* workers started, replacements included */
     uint64_t lost;                 /* workers that died or were killed for a fault */
     uint64_t timeouts;             /* calls failed by their timeout */
+    uint64_t cancelled_queued;     /* calls cancelled (their timeout, braid_deferred_cancel)
+                                    * while waiting inside a worker, not started: dropped
+                                    * there, the worker kept */
     uint64_t recycled;             /* workers retired by recycle_after */
     uint64_t resent;               /* idempotent calls sent again */
     uint64_t log_events;           /* log events received from workers */
