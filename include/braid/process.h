@@ -317,10 +317,23 @@ BRAID_API int braid_box_decode(const void *buf, size_t len, braid_box **out);
  * The pool: a worker is sent calls only after its "ready" frame; each
  * call goes to the least-loaded ready worker with fewer than max_in_flight
  * calls, else waits in a bounded FIFO queue (full: BRAID_EQUEUE_FULL at
- * once). Cancelling a queued call removes it; cancelling a sent one fails
- * its Deferred at once and drops the reply when it comes. Faults, each
- * ending with the worker killed (SIGKILL) and a new one started:
- *   - a call passes its timeout: it fails with BRAID_ETIMEDOUT;
+ * once). A worker runs its calls in the order it gets them, so a call may
+ * wait inside it behind others. Cancelling a queued call removes it;
+ * cancelling a sent one fails its Deferred at once (BRAID_ECANCELED) and,
+ * if the worker has not started it, the worker drops it unrun; a started
+ * one runs on and its reply is dropped. Timeouts count from the call:
+ *   - a call that passes its timeout before its worker started it (it
+ *     waits there behind a long call) fails alone with BRAID_ETIMEDOUT;
+ *     the worker drops it and keeps running the others (stats:
+ *     cancelled_queued). Whether the worker has started a call is decided
+ *     in a page of memory the two processes share, by one compare-and-swap
+ *     (nothing per call on the wire; a blocked handler cannot send a frame).
+ *     A worker that then takes no call for 1 s although nothing is in front
+ *     of the cancelled one (its loop blocked outside any call) is replaced;
+ * and the faults, each ending with the worker killed (SIGKILL) and a new
+ * one started:
+ *   - a call that has started passes its timeout: it fails with
+ *     BRAID_ETIMEDOUT;
  *   - the worker dies (crash, OOM kill, exit): BRAID_EWORKER_LOST;
  *   - it sends a malformed frame: BRAID_EWORKER_PROTOCOL;
  *   - it sends a frame above max_frame: BRAID_EWORKER_FRAME;
