@@ -1519,6 +1519,32 @@ BT_IO_TEST(workers_log_leaves_before_crash) {
     close(pp[1]);
 }
 
+/* A reply written by an earlier call of the same read waits in the
+ * worker's buffer until the read is handled; an event logged after it, by
+ * a handler that then crashes, takes the reply out with it, first: both
+ * reach the parent (both sent in one write, so one read in the worker). */
+BT_IO_TEST(workers_log_behind_reply_survives_crash) {
+    braid_loop *loop = bt_loop_new(NULL);
+    fatalseen x = { 0 };
+    braid_log_observer *obs;
+    BT_OK(braid_logger_add_callback(braid_loop_logger(loop), fatal_cb, &x, &obs));
+    braid_workers *w;
+    BT_OK(braid_workers_new(loop, &(braid_workers_options){ .count = 1 }, &w));
+    wait_ready(loop, w, 1);
+    res a, b;
+    call_rel(w, "echo", "first", &a, NULL);
+    call_rel(w, "logdie", NULL, &b, NULL);
+    bt_run_until(loop, &b.done, 200000);
+    bt_run_until(loop, &a.done, 200000);
+    BT_EQ(a.code, 0);
+    BT_STREQ(a.data, "first");
+    BT_EQ(b.code, BRAID_EWORKER_LOST);
+    BT_EQ(x.n, 1);
+    BT_STREQ(x.msg, "fatal");
+    braid_log_observer_remove(obs);
+    finish(loop, w);
+}
+
 static void rc_cb(const braid_log_event *ev, void *arg) {
     if (ev->ns && !strcmp(ev->ns, "app.rc")) *(int *)arg = atoi(ev->msg) - 1000000;
 }

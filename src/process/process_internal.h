@@ -89,9 +89,10 @@ int braid__rpc_parse(const void *frame, size_t len, braid__rpc_msg *out);
 /* Write one frame (a single buffered write). BRAID_EMSGSIZE if its body
  * would pass max. */
 int braid__rpc_write(braid_transport *t, const braid__rpc_msg *m, size_t max);
-/* Write a LOG frame, straight to the socket fd (a non-blocking send) when
- * t's buffer is empty, so that it leaves even if the caller then blocks or
- * crashes; what the socket does not take is buffered after it. */
+/* Write a LOG frame, straight to the fd (a non-blocking send), so that it
+ * leaves even if the caller then blocks or crashes: what t's buffer holds
+ * (replies left for the end of the read) is handed to the kernel first;
+ * what the kernel does not take, of either, stays buffered, in order. */
 int braid__rpc_write_log_now(braid_transport *t, int fd, const braid__rpc_msg *m, size_t max);
 
 /* ---- the slot page (slots.c) ---------------------------------------------------------------
