@@ -518,30 +518,48 @@ static void wait_idle(braid_loop *loop, braid_workers *w) {
     bt_fail(__FILE__, __LINE__, "calls stayed in flight");
 }
 
+/* A pool of one worker on a fake clock, with the gate at its fds 5 and 6
+ * (role: the pool's, or NULL), and the worker's pid. */
+typedef struct gated {
+    braid_fake_clock *fc;
+    braid_loop *loop;
+    gate g;
+    braid_workers *w;
+    pid_t first;
+} gated;
+static void gated_open(gated *t, const char *role) {
+    gate_open(&t->g);
+    t->w = pool_on_fake_clock(&t->fc, &t->loop,
+                              &(braid_workers_options){ .fds = t->g.fds, .nfds = 2, .role = role });
+    braid_workers_pids(t->w, &t->first, 1);
+}
+static void gated_close(gated *t) {
+    finish(t->loop, t->w);
+    braid_fake_clock_free(t->fc);
+    gate_close(&t->g);
+}
+
 /* A worker that blocks past a call's timeout is killed and replaced; the
  * call fails with BRAID_ETIMEDOUT, the other call it held with
  * BRAID_EWORKER_LOST. The timeout runs on the fake clock. */
 BT_IO_TEST(workers_timeout) {
-    braid_fake_clock *fc;
-    braid_loop *loop;
-    gate g;
-    gate_open(&g);
-    braid_workers *w = pool_on_fake_clock(&fc, &loop, &(braid_workers_options){ .fds = g.fds, .nfds = 2 });
-    pid_t first;
-    braid_workers_pids(w, &first, 1);
+    gated t;
+    gated_open(&t, NULL);
+    braid_loop *loop = t.loop;
+    braid_workers *w = t.w;
     res hold, hang;
     call_rel(w, "hold", NULL, &hold, &(braid_workers_call_options){ .timeout = BRAID_SECONDS(100) });
     call_rel(w, "hang", NULL, &hang, &(braid_workers_call_options){ .timeout = BRAID_SECONDS(5) });
-    gate_wait_started(loop, &g);   /* a call that has started: its timeout kills */
+    gate_wait_started(loop, &t.g);   /* a call that has started: its timeout kills */
     BT_EQ(hang.done, 0);
-    braid_fake_clock_advance(fc, BRAID_SECONDS(5));
+    braid_fake_clock_advance(t.fc, BRAID_SECONDS(5));
     bt_run_until(loop, &hang.done, 200000);
     BT_EQ(hang.code, BRAID_ETIMEDOUT);
     BT_TRUE(strstr(hang.msg, "'hang'") != NULL);
     BT_TRUE(hold.done);
     BT_EQ(hold.code, BRAID_EWORKER_LOST);
     errno = 0;
-    BT_EQ(kill(first, 0), -1);   /* killed and reaped */
+    BT_EQ(kill(t.first, 0), -1);   /* killed and reaped */
     res e;
     call_rel(w, "echo", "after", &e, NULL);
     bt_run_until(loop, &e.done, 200000);
@@ -550,9 +568,7 @@ BT_IO_TEST(workers_timeout) {
     braid_workers_stats(w, &s);
     BT_UEQ(s.timeouts, 1);
     BT_UEQ(s.cancelled_queued, 0);
-    finish(loop, w);
-    braid_fake_clock_free(fc);
-    gate_close(&g);
+    gated_close(&t);
 }
 
 /* Issue 15: a call that times out while it waits inside its worker behind
@@ -562,20 +578,17 @@ BT_IO_TEST(workers_timeout) {
  * died). The timeouts run on the fake clock; the long call is a real
  * blocking handler, released by the test. */
 BT_IO_TEST(workers_unstarted_timeout_keeps_worker) {
-    braid_fake_clock *fc;
-    braid_loop *loop;
-    gate g;
-    gate_open(&g);
-    braid_workers *w = pool_on_fake_clock(&fc, &loop, &(braid_workers_options){ .fds = g.fds, .nfds = 2 });
-    pid_t first;
-    braid_workers_pids(w, &first, 1);
+    gated t;
+    gated_open(&t, NULL);
+    braid_loop *loop = t.loop;
+    braid_workers *w = t.w;
     res lng, shrt;
     call_rel(w, "block", NULL, &lng, &(braid_workers_call_options){ .timeout = BRAID_SECONDS(100) });
-    gate_wait_started(loop, &g);
+    gate_wait_started(loop, &t.g);
     call_rel(w, "crash", NULL, &shrt, &(braid_workers_call_options){ .timeout = BRAID_SECONDS(5) });
     for (int i = 0; i < 20; i++) braid_loop_run_once(loop, BRAID_LOOP_RUN_NOWAIT);   /* written */
     BT_UEQ(stats_of(w).in_flight, 2);
-    braid_fake_clock_advance(fc, BRAID_SECONDS(5));
+    braid_fake_clock_advance(t.fc, BRAID_SECONDS(5));
     bt_run_until(loop, &shrt.done, 200000);
     BT_EQ(shrt.code, BRAID_ETIMEDOUT);
     BT_EQ(lng.done, 0);   /* still running, its worker alive */
@@ -585,7 +598,7 @@ BT_IO_TEST(workers_unstarted_timeout_keeps_worker) {
     BT_UEQ(s.timeouts, 1);
     BT_UEQ(s.cancelled_queued, 1);
     BT_UEQ(s.in_flight, 2);   /* the cancelled one keeps its place until the worker drops it */
-    gate_release(&g);
+    gate_release(&t.g);
     bt_run_until(loop, &lng.done, 200000);
     BT_EQ(lng.code, 0);
     BT_STREQ(lng.data, "released");
@@ -594,114 +607,98 @@ BT_IO_TEST(workers_unstarted_timeout_keeps_worker) {
     res after;
     call_rel(w, "pid", NULL, &after, NULL);
     bt_run_until(loop, &after.done, 200000);
-    BT_EQ(atoi(after.data), first);
+    BT_EQ(atoi(after.data), t.first);
     s = stats_of(w);
     BT_UEQ(s.spawned, 1);
     BT_UEQ(s.lost, 0);
     BT_UEQ(s.calls, 2);   /* the dropped one is no reply */
-    finish(loop, w);
-    braid_fake_clock_free(fc);
-    gate_close(&g);
+    gated_close(&t);
 }
 
 /* A call that has started and times out still kills its worker; a call
  * behind it fails with BRAID_EWORKER_LOST, an idempotent one is sent again
  * to the replacement. */
 BT_IO_TEST(workers_started_timeout_kills) {
-    braid_fake_clock *fc;
-    braid_loop *loop;
-    gate g;
-    gate_open(&g);
-    braid_workers *w = pool_on_fake_clock(&fc, &loop, &(braid_workers_options){ .fds = g.fds, .nfds = 2 });
-    pid_t first;
-    braid_workers_pids(w, &first, 1);
+    gated t;
+    gated_open(&t, NULL);
+    braid_loop *loop = t.loop;
+    braid_workers *w = t.w;
     res lng, behind, idem;
     call_rel(w, "block", NULL, &lng, &(braid_workers_call_options){ .timeout = BRAID_SECONDS(5) });
-    gate_wait_started(loop, &g);
+    gate_wait_started(loop, &t.g);
     call_rel(w, "echo", "b", &behind, &(braid_workers_call_options){ .timeout = BRAID_SECONDS(100) });
     call_rel(w, "pid", NULL, &idem, &(braid_workers_call_options){ .timeout = BRAID_SECONDS(100), .idempotent = true });
     for (int i = 0; i < 20; i++) braid_loop_run_once(loop, BRAID_LOOP_RUN_NOWAIT);
-    braid_fake_clock_advance(fc, BRAID_SECONDS(5));
+    braid_fake_clock_advance(t.fc, BRAID_SECONDS(5));
     bt_run_until(loop, &lng.done, 200000);
     BT_EQ(lng.code, BRAID_ETIMEDOUT);
     bt_run_until(loop, &behind.done, 200000);
     BT_EQ(behind.code, BRAID_EWORKER_LOST);
     bt_run_until(loop, &idem.done, 200000);
     BT_EQ(idem.code, 0);
-    BT_NE(atoi(idem.data), first);
+    BT_NE(atoi(idem.data), t.first);
     errno = 0;
-    BT_EQ(kill(first, 0), -1);   /* killed and reaped */
+    BT_EQ(kill(t.first, 0), -1);   /* killed and reaped */
     struct braid_workers_stats s = stats_of(w);
     BT_UEQ(s.lost, 1);
     BT_UEQ(s.resent, 1);
     BT_UEQ(s.cancelled_queued, 0);
-    finish(loop, w);
-    braid_fake_clock_free(fc);
-    gate_close(&g);
+    gated_close(&t);
 }
 
 /* Cancelling a call that waits inside its worker, not started: it fails at
  * once with BRAID_ECANCELED and the worker drops it unrun (it is "crash").
  * The long call in front succeeds, the worker lives on. */
 BT_IO_TEST(workers_cancel_unstarted) {
-    braid_loop *loop = bt_loop_new(NULL);
-    gate g;
-    gate_open(&g);
-    braid_workers *w;
-    BT_OK(braid_workers_new(loop, &(braid_workers_options){ .count = 1, .fds = g.fds, .nfds = 2 }, &w));
-    wait_ready(loop, w, 1);
-    pid_t first;
-    braid_workers_pids(w, &first, 1);
+    gated t;
+    gated_open(&t, NULL);
+    braid_loop *loop = t.loop;
+    braid_workers *w = t.w;
     res lng, q;
     call_rel(w, "block", NULL, &lng, NULL);
-    gate_wait_started(loop, &g);
+    gate_wait_started(loop, &t.g);
     braid_deferred *d = call(w, "crash", NULL, &q, NULL);
     for (int i = 0; i < 20; i++) braid_loop_run_once(loop, BRAID_LOOP_RUN_NOWAIT);
     braid_deferred_cancel(d);
     braid_deferred_unref(d);
     BT_TRUE(q.done);
     BT_EQ(q.code, BRAID_ECANCELED);
-    gate_release(&g);
+    gate_release(&t.g);
     bt_run_until(loop, &lng.done, 200000);
     BT_STREQ(lng.data, "released");   /* had "crash" run, the worker would have died with it */
     wait_idle(loop, w);
     res after;
     call_rel(w, "pid", NULL, &after, NULL);
     bt_run_until(loop, &after.done, 200000);
-    BT_EQ(atoi(after.data), first);
+    BT_EQ(atoi(after.data), t.first);
     struct braid_workers_stats s = stats_of(w);
     BT_UEQ(s.lost, 0);
     BT_UEQ(s.spawned, 1);
     BT_UEQ(s.cancelled_queued, 1);
-    finish(loop, w);
-    gate_close(&g);
+    gated_close(&t);
 }
 
 /* A worker that predates the slot page (it maps none; its ready frame says
  * so): every call sent to it counts as started, as before — the short
  * call's timeout kills it, and the long call fails with it. */
 BT_IO_TEST(workers_unstarted_timeout_old_worker) {
-    braid_fake_clock *fc;
-    braid_loop *loop;
-    gate g;
-    gate_open(&g);
-    braid_workers *w = pool_on_fake_clock(&fc, &loop, &(braid_workers_options){ .fds = g.fds, .nfds = 2,
-                                                                               .role = "no-slots" });
+    gated t;
+    gated_open(&t, "no-slots");
+    braid_loop *loop = t.loop;
+    braid_workers *w = t.w;
     res lng, shrt;
     call_rel(w, "block", NULL, &lng, &(braid_workers_call_options){ .timeout = BRAID_SECONDS(100) });
-    gate_wait_started(loop, &g);
+    gate_wait_started(loop, &t.g);
     call_rel(w, "echo", "s", &shrt, &(braid_workers_call_options){ .timeout = BRAID_SECONDS(5) });
     for (int i = 0; i < 20; i++) braid_loop_run_once(loop, BRAID_LOOP_RUN_NOWAIT);
-    braid_fake_clock_advance(fc, BRAID_SECONDS(5));
+    braid_fake_clock_advance(t.fc, BRAID_SECONDS(5));
     bt_run_until(loop, &shrt.done, 200000);
     BT_EQ(shrt.code, BRAID_ETIMEDOUT);
     bt_run_until(loop, &lng.done, 200000);
     BT_EQ(lng.code, BRAID_EWORKER_LOST);
     BT_UEQ(stats_of(w).lost, 1);
     BT_UEQ(stats_of(w).cancelled_queued, 0);
-    finish(loop, w);
-    braid_fake_clock_free(fc);
-    gate_close(&g);
+    gated_close(&t);
 }
 
 /* A worker whose loop is blocked outside any call takes no call: one sent
@@ -709,35 +706,30 @@ BT_IO_TEST(workers_unstarted_timeout_old_worker) {
  * worker is replaced after the drop grace (1 s, fake clock). Calls made
  * meanwhile wait for the replacement rather than go to it. */
 BT_IO_TEST(workers_wedged_worker_replaced) {
-    braid_fake_clock *fc;
-    braid_loop *loop;
-    gate g;
-    gate_open(&g);
-    braid_workers *w = pool_on_fake_clock(&fc, &loop, &(braid_workers_options){ .fds = g.fds, .nfds = 2 });
-    pid_t first;
-    braid_workers_pids(w, &first, 1);
+    gated t;
+    gated_open(&t, NULL);
+    braid_loop *loop = t.loop;
+    braid_workers *w = t.w;
     res a, x, y;
     call_rel(w, "wedge", NULL, &a, NULL);
     bt_run_until(loop, &a.done, 200000);
     BT_STREQ(a.data, "wedging");
-    gate_wait_started(loop, &g);   /* its loop is blocked now */
+    gate_wait_started(loop, &t.g);   /* its loop is blocked now */
     call_rel(w, "echo", "x", &x, &(braid_workers_call_options){ .timeout = BRAID_SECONDS(5) });
     for (int i = 0; i < 20; i++) braid_loop_run_once(loop, BRAID_LOOP_RUN_NOWAIT);
-    braid_fake_clock_advance(fc, BRAID_SECONDS(5));
+    braid_fake_clock_advance(t.fc, BRAID_SECONDS(5));
     bt_run_until(loop, &x.done, 200000);
     BT_EQ(x.code, BRAID_ETIMEDOUT);
     call_rel(w, "pid", NULL, &y, NULL);
     for (int i = 0; i < 20; i++) braid_loop_run_once(loop, BRAID_LOOP_RUN_NOWAIT);
     BT_EQ(y.done, 0);
     BT_UEQ(stats_of(w).queued, 1);   /* not given to the stuck worker */
-    braid_fake_clock_advance(fc, BRAID_SECONDS(1));
+    braid_fake_clock_advance(t.fc, BRAID_SECONDS(1));
     bt_run_until(loop, &y.done, 200000);
     BT_EQ(y.code, 0);
-    BT_NE(atoi(y.data), first);
+    BT_NE(atoi(y.data), t.first);
     BT_UEQ(stats_of(w).lost, 1);
-    finish(loop, w);
-    braid_fake_clock_free(fc);
-    gate_close(&g);
+    gated_close(&t);
 }
 
 BT_IO_TEST(workers_bad_frames) {
