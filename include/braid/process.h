@@ -481,7 +481,9 @@ BRAID_API const char *braid_worker_role(void);
  * that is an AF_UNIX stream socket is BRAID_EINVAL, no fd touched. loop NULL: a loop of its own;
  * else that loop, run here. Unknown commands fail with
  * BRAID_EWORKER_COMMAND; a malformed frame from the parent makes it return
- * BRAID_EWORKER_PROTOCOL. */
+ * BRAID_EWORKER_PROTOCOL. It maps the slot page BRAID_WORKER_SLOTS names
+ * (how the parent cancels a call not yet started; without it every call
+ * runs) and closes that fd first. */
 BRAID_API int braid_worker_main(braid_loop *loop, const braid_worker_command *cmds, size_t n);
 /* Answer c (its memory is freed by the call): the payload is copied.
  * BRAID_EMSGSIZE past the pool's frame limit (the caller then gets that
