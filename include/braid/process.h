@@ -333,11 +333,13 @@ BRAID_API int braid_box_decode(const void *buf, size_t len, braid_box **out);
  * and the faults, each ending with the worker killed (SIGKILL) and a new
  * one started:
  *   - a call that has started passes its timeout: it fails with
- *     BRAID_ETIMEDOUT;
+ *     BRAID_ETIMEDOUT (with handlers that answer later, from a Deferred,
+ *     every call the worker has taken counts as started);
  *   - the worker dies (crash, OOM kill, exit): BRAID_EWORKER_LOST;
  *   - it sends a malformed frame: BRAID_EWORKER_PROTOCOL;
  *   - it sends a frame above max_frame: BRAID_EWORKER_FRAME;
- * and every other call that worker held fails with the same code — or, if
+ * and every other call that worker held fails with the same code
+ * (BRAID_EWORKER_LOST after a timeout) — or, if
  * the caller marked it idempotent, is sent again once, to another worker.
  * No call is ever left pending. A worker is recycled after recycle_after
  * calls (it finishes what it holds, is told to exit, and a new one starts).
