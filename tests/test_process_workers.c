@@ -52,9 +52,41 @@ static void h_crash(braid_worker_call *c, const void *buf, size_t len, void *arg
     signal(SIGABRT, SIG_DFL);
     _exit(70);
 }
+/* Says it has started: a byte on fd 5 when the test passed a pipe there
+ * (the gate below). */
+static void say_started(void) {
+    struct stat st;
+    if (fstat(5, &st) == 0 && S_ISFIFO(st.st_mode) && write(5, "s", 1) != 1) _exit(6);
+}
 static void h_hang(braid_worker_call *c, const void *buf, size_t len, void *arg) {
     (void)c; (void)buf; (void)len; (void)arg;
+    say_started();
     for (;;) pause();   /* blocks its loop for good */
+}
+/* Blocks its loop — a real blocking handler — until the test writes a
+ * byte into the pipe at fd 6 (at most 10 s), then answers. */
+static void h_block(braid_worker_call *c, const void *buf, size_t len, void *arg) {
+    (void)buf; (void)len; (void)arg;
+    say_started();
+    struct pollfd p = { 6, POLLIN, 0 };
+    char b;
+    bool released = poll(&p, 1, 10000) == 1 && read(6, &b, 1) == 1;
+    braid_worker_call_reply(c, released ? "released" : "unreleased", released ? 8 : 10);
+}
+/* Answers, and then blocks its loop for good from a timer callback: the
+ * worker takes no call any more, holding none. */
+static braid_result wedge_fire(braid_result r, void *arg) {
+    (void)arg;
+    say_started();
+    for (;;) pause();
+    return r;
+}
+static void h_wedge(braid_worker_call *c, const void *buf, size_t len, void *arg) {
+    (void)buf; (void)len; (void)arg;
+    braid_deferred *d = braid_deferred_later(braid_worker_call_loop(c), BRAID_MSEC(1), NULL, NULL);
+    braid_deferred_add_callback(d, wedge_fire, NULL);
+    braid_deferred_unref(d);
+    braid_worker_call_reply(c, "wedging", 7);
 }
 /* Frames go to the parent on fd 4 (calls come in on fd 3: a pair of pipes;
  * 4 is the lowest fd the pool's callers here leave free). */
@@ -254,10 +286,14 @@ static const braid_worker_command cmds[] = {
     { "hold", h_hold, NULL }, { "crash", h_crash, NULL }, { "hang", h_hang, NULL },
     { "garbage", h_garbage, NULL }, { "huge", h_huge, NULL }, { "crash_once", h_crash_once, NULL },
     { "later", h_later, NULL }, { "holdtimer", h_holdtimer, NULL },
+    { "block", h_block, NULL }, { "wedge", h_wedge, NULL },
 };
 
 __attribute__((constructor)) static void worker_entry(void) {
     if (!braid_worker_is_child()) return;
+    /* A worker as they were before the slot page: it never maps one. */
+    const char *role = braid_worker_role();
+    if (role && !strcmp(role, "no-slots")) unsetenv("BRAID_WORKER_SLOTS");
     int rc = braid_worker_main(NULL, cmds, sizeof cmds / sizeof cmds[0]);
     _exit(rc == 0 ? 0 : 1);
 }
@@ -418,39 +454,112 @@ BT_IO_TEST(workers_crash) {
     finish(loop, w);
 }
 
-/* A loop on a fake clock (for call timeouts) and a pool of one ready worker. */
-static braid_workers *one_worker_on_fake_clock(braid_fake_clock **fc, braid_loop **loop) {
+/* A loop on a fake clock (for call timeouts) and a pool of one ready
+ * worker, with opts (NULL: the defaults; count is 1 either way). */
+static braid_workers *pool_on_fake_clock(braid_fake_clock **fc, braid_loop **loop,
+                                         const braid_workers_options *opts) {
     *fc = NULL;
     braid_fake_clock_new(0, fc);
     *loop = bt_loop_new(braid_fake_clock_base(*fc));
+    braid_workers_options o = opts ? *opts : (braid_workers_options){ 0 };
+    o.count = 1;
     braid_workers *w;
-    BT_OK(braid_workers_new(*loop, &(braid_workers_options){ .count = 1 }, &w));
+    BT_OK(braid_workers_new(*loop, &o, &w));
     wait_ready(*loop, w, 1);
     return w;
+}
+static braid_workers *one_worker_on_fake_clock(braid_fake_clock **fc, braid_loop **loop) {
+    return pool_on_fake_clock(fc, loop, NULL);
+}
+
+/* The gate of a blocking handler: the worker's fd 5 says it has started
+ * (h_hang, h_block), a byte into its fd 6 releases h_block. */
+typedef struct gate {
+    int started[2], release[2];
+    braid_process_fd fds[2];
+} gate;
+static void gate_open(gate *g) {
+    BT_OK(pipe2(g->started, O_CLOEXEC));
+    BT_OK(pipe2(g->release, O_CLOEXEC));
+    g->fds[0] = (braid_process_fd){ 5, BRAID_PROCESS_FD_INHERIT, g->started[1], NULL };
+    g->fds[1] = (braid_process_fd){ 6, BRAID_PROCESS_FD_INHERIT, g->release[0], NULL };
+}
+/* Runs the loop until a handler has said it started (at most 10 s). */
+static void gate_wait_started(braid_loop *loop, gate *g) {
+    for (int i = 0; i < 10000; i++) {
+        struct pollfd p = { g->started[0], POLLIN, 0 };
+        if (poll(&p, 1, 1) == 1) {
+            char b;
+            BT_EQ(read(g->started[0], &b, 1), 1);
+            return;
+        }
+        braid_loop_run_once(loop, BRAID_LOOP_RUN_NOWAIT);
+    }
+    bt_fail(__FILE__, __LINE__, "the blocking handler never started");
+}
+static void gate_release(gate *g) { BT_EQ(write(g->release[1], "r", 1), 1); }
+static void gate_close(gate *g) {
+    for (int i = 0; i < 2; i++) {
+        close(g->started[i]);
+        close(g->release[i]);
+    }
+}
+static struct braid_workers_stats stats_of(braid_workers *w) {
+    struct braid_workers_stats s;
+    braid_workers_stats(w, &s);
+    return s;
+}
+/* Runs the loop until the pool holds no call in flight. */
+static void wait_idle(braid_loop *loop, braid_workers *w) {
+    for (int i = 0; i < 200000; i++) {
+        if (stats_of(w).in_flight == 0) return;
+        braid_loop_run_once(loop, 0);
+    }
+    bt_fail(__FILE__, __LINE__, "calls stayed in flight");
+}
+
+/* A pool of one worker on a fake clock, with the gate at its fds 5 and 6
+ * (role: the pool's, or NULL), and the worker's pid. */
+typedef struct gated {
+    braid_fake_clock *fc;
+    braid_loop *loop;
+    gate g;
+    braid_workers *w;
+    pid_t first;
+} gated;
+static void gated_open(gated *t, const char *role) {
+    gate_open(&t->g);
+    t->w = pool_on_fake_clock(&t->fc, &t->loop,
+                              &(braid_workers_options){ .fds = t->g.fds, .nfds = 2, .role = role });
+    braid_workers_pids(t->w, &t->first, 1);
+}
+static void gated_close(gated *t) {
+    finish(t->loop, t->w);
+    braid_fake_clock_free(t->fc);
+    gate_close(&t->g);
 }
 
 /* A worker that blocks past a call's timeout is killed and replaced; the
  * call fails with BRAID_ETIMEDOUT, the other call it held with
  * BRAID_EWORKER_LOST. The timeout runs on the fake clock. */
 BT_IO_TEST(workers_timeout) {
-    braid_fake_clock *fc;
-    braid_loop *loop;
-    braid_workers *w = one_worker_on_fake_clock(&fc, &loop);
-    pid_t first;
-    braid_workers_pids(w, &first, 1);
+    gated t;
+    gated_open(&t, NULL);
+    braid_loop *loop = t.loop;
+    braid_workers *w = t.w;
     res hold, hang;
     call_rel(w, "hold", NULL, &hold, &(braid_workers_call_options){ .timeout = BRAID_SECONDS(100) });
     call_rel(w, "hang", NULL, &hang, &(braid_workers_call_options){ .timeout = BRAID_SECONDS(5) });
-    for (int i = 0; i < 50; i++) braid_loop_run_once(loop, BRAID_LOOP_RUN_NOWAIT);
+    gate_wait_started(loop, &t.g);   /* a call that has started: its timeout kills */
     BT_EQ(hang.done, 0);
-    braid_fake_clock_advance(fc, BRAID_SECONDS(5));
+    braid_fake_clock_advance(t.fc, BRAID_SECONDS(5));
     bt_run_until(loop, &hang.done, 200000);
     BT_EQ(hang.code, BRAID_ETIMEDOUT);
     BT_TRUE(strstr(hang.msg, "'hang'") != NULL);
     BT_TRUE(hold.done);
     BT_EQ(hold.code, BRAID_EWORKER_LOST);
     errno = 0;
-    BT_EQ(kill(first, 0), -1);   /* killed and reaped */
+    BT_EQ(kill(t.first, 0), -1);   /* killed and reaped */
     res e;
     call_rel(w, "echo", "after", &e, NULL);
     bt_run_until(loop, &e.done, 200000);
@@ -458,8 +567,169 @@ BT_IO_TEST(workers_timeout) {
     struct braid_workers_stats s;
     braid_workers_stats(w, &s);
     BT_UEQ(s.timeouts, 1);
-    finish(loop, w);
-    braid_fake_clock_free(fc);
+    BT_UEQ(s.cancelled_queued, 0);
+    gated_close(&t);
+}
+
+/* Issue 15: a call that times out while it waits inside its worker behind
+ * a long one, not started, fails alone with BRAID_ETIMEDOUT; the worker
+ * keeps running the long call (which succeeds), is not replaced, and drops
+ * the short one unrun (it is "crash": had it run, the worker would have
+ * died). The timeouts run on the fake clock; the long call is a real
+ * blocking handler, released by the test. */
+BT_IO_TEST(workers_unstarted_timeout_keeps_worker) {
+    gated t;
+    gated_open(&t, NULL);
+    braid_loop *loop = t.loop;
+    braid_workers *w = t.w;
+    res lng, shrt;
+    call_rel(w, "block", NULL, &lng, &(braid_workers_call_options){ .timeout = BRAID_SECONDS(100) });
+    gate_wait_started(loop, &t.g);
+    call_rel(w, "crash", NULL, &shrt, &(braid_workers_call_options){ .timeout = BRAID_SECONDS(5) });
+    for (int i = 0; i < 20; i++) braid_loop_run_once(loop, BRAID_LOOP_RUN_NOWAIT);   /* written */
+    BT_UEQ(stats_of(w).in_flight, 2);
+    braid_fake_clock_advance(t.fc, BRAID_SECONDS(5));
+    bt_run_until(loop, &shrt.done, 200000);
+    BT_EQ(shrt.code, BRAID_ETIMEDOUT);
+    BT_EQ(lng.done, 0);   /* still running, its worker alive */
+    BT_TRUE(strstr(shrt.msg, "before its worker started it") != NULL);
+    struct braid_workers_stats s = stats_of(w);
+    BT_UEQ(s.lost, 0);
+    BT_UEQ(s.timeouts, 1);
+    BT_UEQ(s.cancelled_queued, 1);
+    BT_UEQ(s.in_flight, 2);   /* the cancelled one keeps its place until the worker drops it */
+    gate_release(&t.g);
+    bt_run_until(loop, &lng.done, 200000);
+    BT_EQ(lng.code, 0);
+    BT_STREQ(lng.data, "released");
+    wait_idle(loop, w);
+    /* The same worker, never replaced, serves on. */
+    res after;
+    call_rel(w, "pid", NULL, &after, NULL);
+    bt_run_until(loop, &after.done, 200000);
+    BT_EQ(atoi(after.data), t.first);
+    s = stats_of(w);
+    BT_UEQ(s.spawned, 1);
+    BT_UEQ(s.lost, 0);
+    BT_UEQ(s.calls, 2);   /* the dropped one is no reply */
+    gated_close(&t);
+}
+
+/* A call that has started and times out still kills its worker; a call
+ * behind it fails with BRAID_EWORKER_LOST, an idempotent one is sent again
+ * to the replacement. */
+BT_IO_TEST(workers_started_timeout_kills) {
+    gated t;
+    gated_open(&t, NULL);
+    braid_loop *loop = t.loop;
+    braid_workers *w = t.w;
+    res lng, behind, idem;
+    call_rel(w, "block", NULL, &lng, &(braid_workers_call_options){ .timeout = BRAID_SECONDS(5) });
+    gate_wait_started(loop, &t.g);
+    call_rel(w, "echo", "b", &behind, &(braid_workers_call_options){ .timeout = BRAID_SECONDS(100) });
+    call_rel(w, "pid", NULL, &idem, &(braid_workers_call_options){ .timeout = BRAID_SECONDS(100), .idempotent = true });
+    for (int i = 0; i < 20; i++) braid_loop_run_once(loop, BRAID_LOOP_RUN_NOWAIT);
+    braid_fake_clock_advance(t.fc, BRAID_SECONDS(5));
+    bt_run_until(loop, &lng.done, 200000);
+    BT_EQ(lng.code, BRAID_ETIMEDOUT);
+    bt_run_until(loop, &behind.done, 200000);
+    BT_EQ(behind.code, BRAID_EWORKER_LOST);
+    bt_run_until(loop, &idem.done, 200000);
+    BT_EQ(idem.code, 0);
+    BT_NE(atoi(idem.data), t.first);
+    errno = 0;
+    BT_EQ(kill(t.first, 0), -1);   /* killed and reaped */
+    struct braid_workers_stats s = stats_of(w);
+    BT_UEQ(s.lost, 1);
+    BT_UEQ(s.resent, 1);
+    BT_UEQ(s.cancelled_queued, 0);
+    gated_close(&t);
+}
+
+/* Cancelling a call that waits inside its worker, not started: it fails at
+ * once with BRAID_ECANCELED and the worker drops it unrun (it is "crash").
+ * The long call in front succeeds, the worker lives on. */
+BT_IO_TEST(workers_cancel_unstarted) {
+    gated t;
+    gated_open(&t, NULL);
+    braid_loop *loop = t.loop;
+    braid_workers *w = t.w;
+    res lng, q;
+    call_rel(w, "block", NULL, &lng, NULL);
+    gate_wait_started(loop, &t.g);
+    braid_deferred *d = call(w, "crash", NULL, &q, NULL);
+    for (int i = 0; i < 20; i++) braid_loop_run_once(loop, BRAID_LOOP_RUN_NOWAIT);
+    braid_deferred_cancel(d);
+    braid_deferred_unref(d);
+    BT_TRUE(q.done);
+    BT_EQ(q.code, BRAID_ECANCELED);
+    gate_release(&t.g);
+    bt_run_until(loop, &lng.done, 200000);
+    BT_STREQ(lng.data, "released");   /* had "crash" run, the worker would have died with it */
+    wait_idle(loop, w);
+    res after;
+    call_rel(w, "pid", NULL, &after, NULL);
+    bt_run_until(loop, &after.done, 200000);
+    BT_EQ(atoi(after.data), t.first);
+    struct braid_workers_stats s = stats_of(w);
+    BT_UEQ(s.lost, 0);
+    BT_UEQ(s.spawned, 1);
+    BT_UEQ(s.cancelled_queued, 1);
+    gated_close(&t);
+}
+
+/* A worker that predates the slot page (it maps none; its ready frame says
+ * so): every call sent to it counts as started, as before — the short
+ * call's timeout kills it, and the long call fails with it. */
+BT_IO_TEST(workers_unstarted_timeout_old_worker) {
+    gated t;
+    gated_open(&t, "no-slots");
+    braid_loop *loop = t.loop;
+    braid_workers *w = t.w;
+    res lng, shrt;
+    call_rel(w, "block", NULL, &lng, &(braid_workers_call_options){ .timeout = BRAID_SECONDS(100) });
+    gate_wait_started(loop, &t.g);
+    call_rel(w, "echo", "s", &shrt, &(braid_workers_call_options){ .timeout = BRAID_SECONDS(5) });
+    for (int i = 0; i < 20; i++) braid_loop_run_once(loop, BRAID_LOOP_RUN_NOWAIT);
+    braid_fake_clock_advance(t.fc, BRAID_SECONDS(5));
+    bt_run_until(loop, &shrt.done, 200000);
+    BT_EQ(shrt.code, BRAID_ETIMEDOUT);
+    bt_run_until(loop, &lng.done, 200000);
+    BT_EQ(lng.code, BRAID_EWORKER_LOST);
+    BT_UEQ(stats_of(w).lost, 1);
+    BT_UEQ(stats_of(w).cancelled_queued, 0);
+    gated_close(&t);
+}
+
+/* A worker whose loop is blocked outside any call takes no call: one sent
+ * to it times out (not started), and since nothing was in front of it the
+ * worker is replaced after the drop grace (1 s, fake clock). Calls made
+ * meanwhile wait for the replacement rather than go to it. */
+BT_IO_TEST(workers_wedged_worker_replaced) {
+    gated t;
+    gated_open(&t, NULL);
+    braid_loop *loop = t.loop;
+    braid_workers *w = t.w;
+    res a, x, y;
+    call_rel(w, "wedge", NULL, &a, NULL);
+    bt_run_until(loop, &a.done, 200000);
+    BT_STREQ(a.data, "wedging");
+    gate_wait_started(loop, &t.g);   /* its loop is blocked now */
+    call_rel(w, "echo", "x", &x, &(braid_workers_call_options){ .timeout = BRAID_SECONDS(5) });
+    for (int i = 0; i < 20; i++) braid_loop_run_once(loop, BRAID_LOOP_RUN_NOWAIT);
+    braid_fake_clock_advance(t.fc, BRAID_SECONDS(5));
+    bt_run_until(loop, &x.done, 200000);
+    BT_EQ(x.code, BRAID_ETIMEDOUT);
+    call_rel(w, "pid", NULL, &y, NULL);
+    for (int i = 0; i < 20; i++) braid_loop_run_once(loop, BRAID_LOOP_RUN_NOWAIT);
+    BT_EQ(y.done, 0);
+    BT_UEQ(stats_of(w).queued, 1);   /* not given to the stuck worker */
+    braid_fake_clock_advance(t.fc, BRAID_SECONDS(1));
+    bt_run_until(loop, &y.done, 200000);
+    BT_EQ(y.code, 0);
+    BT_NE(atoi(y.data), t.first);
+    BT_UEQ(stats_of(w).lost, 1);
+    gated_close(&t);
 }
 
 BT_IO_TEST(workers_bad_frames) {
@@ -1239,6 +1509,32 @@ BT_IO_TEST(workers_log_leaves_before_crash) {
     finish(loop, w);
     close(pp[0]);
     close(pp[1]);
+}
+
+/* A reply written by an earlier call of the same read waits in the
+ * worker's buffer until the read is handled; an event logged after it, by
+ * a handler that then crashes, takes the reply out with it, first: both
+ * reach the parent (both sent in one write, so one read in the worker). */
+BT_IO_TEST(workers_log_behind_reply_survives_crash) {
+    braid_loop *loop = bt_loop_new(NULL);
+    fatalseen x = { 0 };
+    braid_log_observer *obs;
+    BT_OK(braid_logger_add_callback(braid_loop_logger(loop), fatal_cb, &x, &obs));
+    braid_workers *w;
+    BT_OK(braid_workers_new(loop, &(braid_workers_options){ .count = 1 }, &w));
+    wait_ready(loop, w, 1);
+    res a, b;
+    call_rel(w, "echo", "first", &a, NULL);
+    call_rel(w, "logdie", NULL, &b, NULL);
+    bt_run_until(loop, &b.done, 200000);
+    bt_run_until(loop, &a.done, 200000);
+    BT_EQ(a.code, 0);
+    BT_STREQ(a.data, "first");
+    BT_EQ(b.code, BRAID_EWORKER_LOST);
+    BT_EQ(x.n, 1);
+    BT_STREQ(x.msg, "fatal");
+    braid_log_observer_remove(obs);
+    finish(loop, w);
 }
 
 static void rc_cb(const braid_log_event *ev, void *arg) {

@@ -354,14 +354,29 @@ BRAID_API int braid_box_decode(const void *buf, size_t len, braid_box **out);
  * The pool: a worker is sent calls only after its "ready" frame; each
  * call goes to the least-loaded ready worker with fewer than max_in_flight
  * calls, else waits in a bounded FIFO queue (full: BRAID_EQUEUE_FULL at
- * once). Cancelling a queued call removes it; cancelling a sent one fails
- * its Deferred at once and drops the reply when it comes. Faults, each
- * ending with the worker killed (SIGKILL) and a new one started:
- *   - a call passes its timeout: it fails with BRAID_ETIMEDOUT;
+ * once). A worker runs its calls in the order it gets them, so a call may
+ * wait inside it behind others. Cancelling a queued call removes it;
+ * cancelling a sent one fails its Deferred at once (BRAID_ECANCELED) and,
+ * if the worker has not started it, the worker drops it unrun; a started
+ * one runs on and its reply is dropped. Timeouts count from the call:
+ *   - a call that passes its timeout before its worker started it (it
+ *     waits there behind a long call) fails alone with BRAID_ETIMEDOUT;
+ *     the worker drops it and keeps running the others (stats:
+ *     cancelled_queued). Whether the worker has started a call is decided
+ *     in a page of memory the two processes share, by one compare-and-swap
+ *     (nothing per call on the wire; a blocked handler cannot send a frame).
+ *     A worker that then takes no call for 1 s although nothing is in front
+ *     of the cancelled one (its loop blocked outside any call) is replaced;
+ * and the faults, each ending with the worker killed (SIGKILL) and a new
+ * one started:
+ *   - a call that has started passes its timeout: it fails with
+ *     BRAID_ETIMEDOUT (with handlers that answer later, from a Deferred,
+ *     every call the worker has taken counts as started);
  *   - the worker dies (crash, OOM kill, exit): BRAID_EWORKER_LOST;
  *   - it sends a malformed frame: BRAID_EWORKER_PROTOCOL;
  *   - it sends a frame above max_frame: BRAID_EWORKER_FRAME;
- * and every other call that worker held fails with the same code — or, if
+ * and every other call that worker held fails with the same code
+ * (BRAID_EWORKER_LOST after a timeout) — or, if
  * the caller marked it idempotent, is sent again once, to another worker.
  * No call is ever left pending. A worker is recycled after recycle_after
  * calls (it finishes what it holds, is told to exit, and a new one starts).
@@ -463,6 +478,9 @@ struct braid_workers_stats {
     uint64_t spawned;              /* workers started, replacements included */
     uint64_t lost;                 /* workers that died or were killed for a fault */
     uint64_t timeouts;             /* calls failed by their timeout */
+    uint64_t cancelled_queued;     /* calls cancelled (their timeout, braid_deferred_cancel)
+                                    * while waiting inside a worker, not started: dropped
+                                    * there, the worker kept */
     uint64_t recycled;             /* workers retired by recycle_after */
     uint64_t resent;               /* idempotent calls sent again */
     uint64_t log_events;           /* log events received from workers */
@@ -502,7 +520,9 @@ BRAID_API const char *braid_worker_role(void);
  * that is an AF_UNIX stream socket is BRAID_EINVAL, no fd touched. loop NULL: a loop of its own;
  * else that loop, run here. Unknown commands fail with
  * BRAID_EWORKER_COMMAND; a malformed frame from the parent makes it return
- * BRAID_EWORKER_PROTOCOL. */
+ * BRAID_EWORKER_PROTOCOL. It maps the slot page BRAID_WORKER_SLOTS names
+ * (how the parent cancels a call not yet started; without it every call
+ * runs) and closes that fd first. */
 BRAID_API int braid_worker_main(braid_loop *loop, const braid_worker_command *cmds, size_t n);
 /* Answer c (its memory is freed by the call): the payload is copied.
  * BRAID_EMSGSIZE past the pool's frame limit (the caller then gets that

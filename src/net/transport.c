@@ -294,9 +294,7 @@ int braid_transport_writev(braid_transport *t, const struct iovec *iov, int iovc
          * one iteration (a broadcast fed by a busy source) then never count
          * against the cap while its reader keeps up; only what the kernel
          * refuses stays buffered, pauses the producer and counts. */
-        t->state |= BRAID__T_IN_FLUSH | BRAID__T_EARLY_FLUSH;
-        t->vt->flush(t);
-        t->state &= ~(BRAID__T_IN_FLUSH | BRAID__T_EARLY_FLUSH);
+        (void)braid__transport_flush_now(t);
         if (t->state & BRAID__T_CLOSED) return 0;   /* the send failed: connection_lost follows */
     }
     maybe_pause_producer(t);
@@ -515,6 +513,15 @@ void braid__transport_watermarks(const braid_transport *t, size_t *low, size_t *
 }
 
 uint64_t braid__transport_sent_total(const braid_transport *t) { return t->sent_total; }
+
+int braid__transport_flush_now(braid_transport *t) {
+    if (t->wlen && !(t->state & (BRAID__T_CLOSED | BRAID__T_IN_FLUSH))) {
+        t->state |= BRAID__T_IN_FLUSH | BRAID__T_EARLY_FLUSH;
+        t->vt->flush(t);
+        t->state &= ~(BRAID__T_IN_FLUSH | BRAID__T_EARLY_FLUSH);
+    }
+    return braid__transport_writable(t) ? 0 : BRAID_ESHUTDOWN;
+}
 
 void braid__transport_queue_flush(braid_transport *t) {
     if (t->state & (BRAID__T_FLUSH_QUEUED | BRAID__T_CLOSED)) return;

@@ -19,6 +19,11 @@
 void braid__transport_watermarks(const braid_transport *t, size_t *low, size_t *high);
 /* Bytes handed to the kernel so far (write progress). */
 uint64_t braid__transport_sent_total(const braid_transport *t);
+/* Hand the kernel what t's buffer holds, now (what it refuses stays
+ * buffered; no callbacks run; nothing from inside a flush or once
+ * closed). 0 if t can still be written, else BRAID_ESHUTDOWN (the flush
+ * may lose the connection: connection_lost follows). */
+int braid__transport_flush_now(braid_transport *t);
 /* Queue t's flush in the ready phase (once; no-op when queued or closed).
  * A module that wakes a fiber from the I/O phase queues the flush behind
  * it, so what the fiber writes leaves in the same ready phase. */

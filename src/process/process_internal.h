@@ -8,6 +8,7 @@
 #include <braid/process.h>
 #include <braid/framing.h>
 #include <braid/log.h>
+#include <stdatomic.h>
 
 /* The namespace of this module's log lines (base/base.h). */
 static const char braid__log_ns[] = "process";
@@ -32,7 +33,8 @@ static inline void braid__put64(unsigned char *b, uint64_t v) {
  * A frame is a u32 big-endian length (braid_framing_write_u32's framing), then:
  *   u8  version (BRAID__RPC_VERSION)
  *   u8  type    (braid__rpc_type)
- *   u32 call id (big-endian; 0 for READY and STOP)
+ *   u32 call id (big-endian; 0 for STOP; READY's: the worker's features,
+ *       BRAID__RPC_READY_*, which a parent that predates them ignores)
  *   CALL:  u8 command length (1..255), the command, then the payload
  *   REPLY: the payload
  *   FAIL:  i32 code (big-endian, < 0), then the message (UTF-8, no NUL)
@@ -87,10 +89,68 @@ int braid__rpc_parse(const void *frame, size_t len, braid__rpc_msg *out);
 /* Write one frame (a single buffered write). BRAID_EMSGSIZE if its body
  * would pass max. */
 int braid__rpc_write(braid_transport *t, const braid__rpc_msg *m, size_t max);
-/* Write a LOG frame, straight to the socket fd (a non-blocking send) when
- * t's buffer is empty, so that it leaves even if the caller then blocks or
- * crashes; what the socket does not take is buffered after it. */
+/* Write a LOG frame, straight to the fd (a non-blocking send), so that it
+ * leaves even if the caller then blocks or crashes: what t's buffer holds
+ * (replies left for the end of the read) is handed to the kernel first;
+ * what the kernel does not take, of either, stays buffered, in order. */
 int braid__rpc_write_log_now(braid_transport *t, int fd, const braid__rpc_msg *m, size_t max);
+
+/* ---- the slot page (slots.c) ---------------------------------------------------------------
+ * Who starts a call sent to a worker, the worker or the parent's cancel,
+ * is decided in a page of memory both processes map (a memfd the pool
+ * passes at the child fd BRAID_WORKER_SLOTS names), not by frames: a
+ * frame from a worker whose handler blocks arrives only when it returns,
+ * and a reply it wrote before blocking may still wait in its write buffer.
+ *
+ * The worker numbers the calls it receives 0, 1, 2 ... (in arrival order;
+ * the parent numbers them the same way as it sends them), and call k has
+ * the slot k % count, where count is the pool's max_in_flight: the calls
+ * sent and not yet taken are at most max_in_flight consecutive numbers, so
+ * no two share a slot. A slot holds 0, TAKEN(k), CANCEL(k) or DROPPED(k);
+ * each side moves it by compare-and-swap, so exactly one wins:
+ *   - the worker, before it runs call k: CANCEL(k) there means the parent
+ *     gave up on it: it writes DROPPED(k), answers FAIL BRAID_ECANCELED and
+ *     runs nothing; else it writes TAKEN(k) and runs it;
+ *   - the parent, when call k's timeout fires or it is cancelled: TAKEN(k)
+ *     there means the call has started (a timeout then kills the worker);
+ *     else it writes CANCEL(k), and the worker will drop the call.
+ * The worker writes this page: the parent reads it as another process's
+ * word, never as an index or a length. */
+#define BRAID__SLOTS_MAGIC 0x42534c31u   /* "BSL1" */
+typedef struct braid__slots {
+    uint32_t magic;
+    uint32_t count;                /* slots: the pool's max_in_flight */
+    _Atomic uint64_t slot[];
+} braid__slots;
+#define BRAID__SLOT_CANCEL(k) (3 * (uint64_t)(k) + 1)
+#define BRAID__SLOT_TAKEN(k) (3 * (uint64_t)(k) + 2)
+#define BRAID__SLOT_DROPPED(k) (3 * (uint64_t)(k) + 3)
+/* READY's call id, from a worker: its features (0 from a worker that
+ * predates them; a parent that predates them ignores the id). */
+#define BRAID__RPC_READY_SLOTS 1u  /* it takes its calls through the slot page */
+
+/* One side's handle on a page: the mapping, and its slot count as this
+ * side knows it (never read back from the shared header). p NULL: none. */
+typedef struct braid__slot_page {
+    braid__slots *p;
+    uint32_t count;
+} braid__slot_page;
+/* The parent: a new page of count slots, its fd (close-on-exec) in *fd.
+ * 0, or a negative code (the worker then runs without one, as a worker
+ * that predates it). */
+int braid__slots_new(uint32_t count, braid__slot_page *out, int *fd);
+/* The worker: the page at fd, validated (a shared file holding the header
+ * and exactly its slots). 0 or BRAID_EINVAL; fd is closed either way. */
+int braid__slots_map(int fd, braid__slot_page *out);
+void braid__slots_free(braid__slot_page *pg);
+/* The worker, before running call k: true to run it, false if the parent
+ * cancelled it (it is then marked dropped). */
+bool braid__slots_take(const braid__slot_page *pg, uint64_t k);
+/* The parent: true if it cancelled call k before the worker took it (the
+ * worker will drop it), false if the worker has taken it. */
+bool braid__slots_cancel(const braid__slot_page *pg, uint64_t k);
+/* The parent, of a call k it cancelled: has the worker dropped it yet? */
+bool braid__slots_dropped(const braid__slot_page *pg, uint64_t k);
 
 /* ---- boxes (box.c) ----------------------------------------------------------------------
  * A worker's log event fields written straight into a box's encoding (no

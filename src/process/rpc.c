@@ -2,6 +2,7 @@
  * parser and one encoder, shared by both sides. The parser reads what a
  * peer process sent, so it trusts nothing (fuzz/fuzz_process_rpc.c). */
 #include "process/process_internal.h"
+#include "net/transport_ext.h"
 #include <errno.h>
 #include <sys/uio.h>
 #include <string.h>
@@ -114,6 +115,9 @@ int braid__rpc_write_log_now(braid_transport *t, int fd, const braid__rpc_msg *m
     int rc = log_frame(m, max, h, v);
     if (rc < 0) return rc;
     int at = 0;
+    /* Replies written before it (left for the end of the read) go first,
+     * now: a crash next must not take them, nor this, with it. */
+    if (fd >= 0 && braid_transport_buffered(t) > 0 && braid__transport_flush_now(t) < 0) return BRAID_ESHUTDOWN;
     if (fd >= 0 && braid_transport_buffered(t) == 0) {
         /* Nothing queued before it: the kernel may take it now, in order. */
         struct msghdr mh = { .msg_iov = v, .msg_iovlen = 3 };

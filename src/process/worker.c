@@ -21,6 +21,8 @@ typedef struct wconn {
     const braid_worker_command *cmds;
     size_t ncmds;
     size_t outstanding;            /* calls handed to handlers, not yet answered */
+    braid__slot_page slots;        /* shared with the parent (p NULL: none) */
+    uint64_t seq;                  /* calls received: the next one's number */
     size_t max_frame;              /* the pool's limit, either way */
     bool stopping;
     int result;
@@ -106,6 +108,15 @@ static int on_frame(void *ctx, const void *frame, size_t len) {
     switch (m.type) {
     case BRAID__RPC_CALL:
     case BRAID__RPC_CALL_EX: {
+        /* Taken now, or dropped: the parent gave up on it (its timeout, a
+         * cancel) while it waited here; it kept its worker. */
+        uint64_t k = c->seq++;
+        if (c->slots.p && !braid__slots_take(&c->slots, k)) {
+            braid__rpc_msg f = { .type = BRAID__RPC_FAIL, .id = m.id, .code = BRAID_ECANCELED,
+                                 .payload = "cancelled before it started", .len = 27 };
+            (void)braid__rpc_write(c->t, &f, SIZE_MAX);
+            return 0;
+        }
         braid_worker_call *call = braid_malloc(sizeof *call);
         if (!call) {
             braid__rpc_msg f = { .type = BRAID__RPC_FAIL, .id = m.id, .code = BRAID_ENOMEM,
@@ -209,9 +220,10 @@ static void ws_made(braid_protocol *p) {
     ws->c->t = p->transport;
     braid_framer_init_u32(&ws->fp.framer, ws->c->max_frame, on_frame, ws);
     (void)braid_transport_set_limits(p->transport, 0, 0, braid__rpc_buffer_cap(ws->c->max_frame, 8));
-    braid__rpc_msg m = { .type = BRAID__RPC_READY };
-    (void)braid__rpc_write(p->transport, &m, SIZE_MAX);
     wconn *c = ws->c;
+    /* READY's call id: what this worker does beyond version 1's frames. */
+    braid__rpc_msg m = { .type = BRAID__RPC_READY, .id = c->slots.p ? BRAID__RPC_READY_SLOTS : 0 };
+    (void)braid__rpc_write(p->transport, &m, SIZE_MAX);
     c->prod = (braid_producer){ .pause_producing = log_pause, .resume_producing = log_resume,
                                 .stop_producing = log_stop, .arg = c };
     (void)braid_transport_register_producer(p->transport, &c->prod, true);
@@ -321,6 +333,15 @@ int braid_worker_main(braid_loop *loop, const braid_worker_command *cmds, size_t
     const char *mf = getenv("BRAID_WORKER_MAX_FRAME");
     if (mf && strtoull(mf, NULL, 10) >= 512) c.max_frame = (size_t)strtoull(mf, NULL, 10);
     unsetenv("BRAID_WORKER_MAX_FRAME");
+    /* The slot page (process_internal.h): without it (a parent that
+     * predates it) every call runs, as before. */
+    const char *se = getenv("BRAID_WORKER_SLOTS");
+    if (se) {
+        char *end;
+        int sfd = worker_num(se, &end);
+        if (sfd >= 0 && !*end && sfd != fd && sfd != wfd) (void)braid__slots_map(sfd, &c.slots);
+        unsetenv("BRAID_WORKER_SLOTS");
+    }
     wside *ws = braid_calloc(1, sizeof *ws);
     int rc = BRAID_ENOMEM;
     if (ws) {
@@ -356,5 +377,6 @@ int braid_worker_main(braid_loop *loop, const braid_worker_command *cmds, size_t
     } else if (own) {
         (void)braid_loop_free(own);
     }
+    braid__slots_free(&c.slots);
     return rc;
 }

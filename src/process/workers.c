@@ -20,6 +20,9 @@ struct wcall {
     worker *w;                     /* NULL while queued */
     braid_deferred *d;             /* the producer's reference; NULL once cancelled */
     uint32_t id;
+    uint64_t seq;                  /* sent: its number among its worker's calls (the slot page's k) */
+    bool cancelled;                /* sent, then cancelled before its worker took it: it will be
+                                    * dropped there (a FAIL BRAID_ECANCELED comes back) */
     bool idempotent, resent;
     bool box;                      /* the payload is a box's encoding */
     uint64_t request_id;           /* the caller's context's (0: none) */
@@ -62,6 +65,9 @@ struct worker {
     uint64_t calls_assigned;       /* sent to it, ever: recycle_after bounds this */
     uint64_t calls_done;
     wcall head;                    /* calls sent to it (sentinel) */
+    braid__slot_page slots;        /* shared with it (p NULL: none) */
+    bool slots_on;                 /* its ready frame said it takes calls through them */
+    uint64_t sent_seq;             /* calls sent to it: the next one's number */
     braid_timer stop_timer;        /* retiring: SIGKILL if it has not gone */
     braid_timer start_timer;       /* until its ready frame: start_timeout */
 };
@@ -72,8 +78,9 @@ struct braid_workers {
     braid_workers_options o;
     char *program;
     char **argv;
-    braid_process_fd *fds;         /* the pool's 5, then opts.fds */
+    braid_process_fd *fds;         /* the pool's 5, then opts.fds, then the slot page's */
     int up_fd;                     /* the child fd the worker writes its frames to */
+    int slots_fd;                  /* the child fd of the worker's slot page */
     size_t nfds;
     char role_env[300];
     worker head;                   /* sentinel */
@@ -146,6 +153,30 @@ static void call_fail(wcall *c, int code, const char *fmt, const char *detail) {
 
 static void call_timeout_cb(braid_timer *t, void *arg);
 
+/* A sent call, not started by its worker: cancel it there (the slot page,
+ * process_internal.h). True if the worker will drop it; false if it has
+ * taken it — or has no slot page (a worker that predates it), whose calls
+ * all count as started. */
+static bool cancel_unstarted(wcall *c) {
+    worker *w = c->w;
+    return w->slots_on && !c->cancelled && braid__slots_cancel(&w->slots, c->seq);
+}
+
+/* How long a worker has to drop a cancelled call once nothing sent before
+ * it is unanswered (it is then next in its pipe): past that the worker is
+ * stuck outside any call (its loop blocked, or no longer reading) and is
+ * replaced. */
+#define DROP_GRACE BRAID_SECONDS(1)
+
+/* A cancelled call at the front of its worker's list gets DROP_GRACE
+ * (its timer; call_timeout_cb). */
+static void front_check(worker *w) {
+    wcall *f = w->head.next;
+    if (f == &w->head || !f->cancelled || f->timer_armed) return;
+    f->timer_armed = true;
+    braid_timer_start(&f->timer, DROP_GRACE);
+}
+
 static void call_cancel(braid_deferred *d, void *arg) {
     wcall *c = arg;
     (void)d;
@@ -156,8 +187,20 @@ static void call_cancel(braid_deferred *d, void *arg) {
         call_free(c);
         return;
     }
-    /* Sent: the reply will be dropped. The timer stays, so a worker hung
-     * on it is still replaced. Tell the worker (advisory). */
+    if (cancel_unstarted(c)) {
+        /* Waiting inside its worker, not started: the worker drops it (its
+         * FAIL frees the in-flight place); no timer is needed any more. */
+        c->cancelled = true;
+        c->pool->st.cancelled_queued++;
+        if (c->timer_armed) {
+            braid_timer_stop(&c->timer);
+            c->timer_armed = false;
+        }
+        front_check(c->w);
+        return;
+    }
+    /* Started: the reply will be dropped. The timer stays, so a worker
+     * hung on it is still replaced. Tell the worker (advisory). */
     if (c->w->proto && c->w->proto->fp.base.transport) {
         braid__rpc_msg m = { .type = BRAID__RPC_CANCEL, .id = c->id };
         (void)braid__rpc_write(c->w->proto->fp.base.transport, &m, SIZE_MAX);
@@ -189,6 +232,7 @@ static void worker_remove(worker *w) {
     }
     braid_process_free(w->proc);   /* kills and reaps it if it still runs */
     if (w->down_reader >= 0) close(w->down_reader);
+    braid__slots_free(&w->slots);
     braid_free(w);
 }
 
@@ -305,6 +349,7 @@ static const braid_process_protocol worker_proc_proto = { .ended = proc_ended };
 /* ---- frames from a worker ---------------------------------------------------------------- */
 static void send_call(worker *w, wcall *c);
 static int on_log(worker *w, const braid__rpc_msg *m);
+static void after_frame(worker *w);
 
 static void reply_free(void *p) {
     braid_worker_reply *r = p;
@@ -324,7 +369,14 @@ static void on_reply(worker *w, const braid__rpc_msg *m, braid_box *box) {
     call_unlink(c);
     c->w = NULL;
     w->in_flight--;
-    w->calls_done++;
+    w->calls_done++;   /* dropped ones too: recycle_after counts the calls it was given */
+    front_check(w);
+    if (c->cancelled && m->type == BRAID__RPC_FAIL && m->code == BRAID_ECANCELED) {
+        /* Dropped unstarted, as asked: its caller had its answer already. */
+        braid_box_free(box);
+        call_free(c);
+        return;
+    }
     w->calls_failed += m->type == BRAID__RPC_FAIL;
     pool->st.calls++;
     braid_deferred *d = c->d;
@@ -371,6 +423,7 @@ static int on_frame(void *ctx, const void *frame, size_t len) {
     case BRAID__RPC_READY:
         if (w->ready) return BRAID_EPROTO_INPUT;
         w->ready = true;
+        w->slots_on = (m.id & BRAID__RPC_READY_SLOTS) && w->slots.p;
         braid_timer_stop(&w->start_timer);
         pool->start_failures = 0;
         pool->backoff = 0;
@@ -396,20 +449,27 @@ static int on_frame(void *ctx, const void *frame, size_t len) {
         pool->depth++;
         on_reply(w, &m, box);
         if (depth_leave(pool) || !wp->w) return 1;   /* a callback freed the pool */
-        if (pool->o.recycle_after && w->calls_done >= pool->o.recycle_after && !w->retiring) {
-            w->retiring = true;
-            pool->st.recycled++;
-        }
         break;
     }
     default:
         return BRAID_EPROTO_INPUT;
     }
+    after_frame(w);
+    return 0;
+}
+
+/* After a worker answered (or showed it dropped) a call: retire it if it
+ * is due, and give out what waits. */
+static void after_frame(worker *w) {
+    braid_workers *pool = w->pool;
+    if (pool->o.recycle_after && w->calls_done >= pool->o.recycle_after && !w->retiring) {
+        w->retiring = true;
+        pool->st.recycled++;
+    }
     if (w->retiring && w->in_flight == 0 && !braid_timer_is_active(&w->stop_timer)) worker_stop(w);
     spawn_missing(pool);
     dispatch(pool);
     maybe_shutdown_done(pool);
-    return 0;
 }
 
 /* A log event from the worker: to the parent's logger (its filters apply),
@@ -534,16 +594,29 @@ static int worker_spawn(braid_workers *pool, braid_failure **failure) {
     braid_timer_init(pool->loop, &w->start_timer, start_timer_cb, w);
     wp->fp.base.ops = &wp_ops;
     wp->w = w;
-    char maxenv[64], wenv[48];
+    char maxenv[64], wenv[48], senv[48];
     snprintf(maxenv, sizeof maxenv, "BRAID_WORKER_MAX_FRAME=%zu", pool->o.max_frame);
     snprintf(wenv, sizeof wenv, "BRAID_WORKER=3,%d", pool->up_fd);
-    const char *env[] = { wenv, maxenv, pool->role_env[0] ? pool->role_env : NULL, NULL };
+    snprintf(senv, sizeof senv, "BRAID_WORKER_SLOTS=%d", pool->slots_fd);
+    /* The slot page: without one (no memory for it) the worker runs as one
+     * that predates it, every call it is sent counting as started. */
+    int page_fd = -1;
+    if (braid__slots_new(pool->o.max_in_flight, &w->slots, &page_fd) < 0) page_fd = -1;
+    const char *env[5];
+    size_t ne = 0;
+    env[ne++] = wenv;
+    env[ne++] = maxenv;
+    if (page_fd >= 0) env[ne++] = senv;
+    if (pool->role_env[0]) env[ne++] = pool->role_env;
+    env[ne] = NULL;
     /* The connection is a pair of pipes, not a socketpair: a round trip
      * over pipes costs about 1.7 µs less on Linux (docs/process.md,
      * "Measured"). down: parent -> worker, up: worker -> parent. */
     int down[2], up[2];
     if (pipe2(down, O_CLOEXEC) < 0) {
         int e = -errno;
+        if (page_fd >= 0) close(page_fd);
+        braid__slots_free(&w->slots);
         braid_free(w);
         braid_free(wp);
         return e;
@@ -552,6 +625,8 @@ static int worker_spawn(braid_workers *pool, braid_failure **failure) {
         int e = -errno;
         close(down[0]);
         close(down[1]);
+        if (page_fd >= 0) close(page_fd);
+        braid__slots_free(&w->slots);
         braid_free(w);
         braid_free(wp);
         return e;
@@ -563,7 +638,9 @@ static int worker_spawn(braid_workers *pool, braid_failure **failure) {
     fds[2] = (braid_process_fd){ 2, (braid_process_fd_kind)out, 2, NULL };
     fds[3] = (braid_process_fd){ 3, BRAID_PROCESS_FD_INHERIT, down[0], NULL };
     fds[4] = (braid_process_fd){ pool->up_fd, BRAID_PROCESS_FD_INHERIT, up[1], NULL };
-    size_t nfds = pool->nfds;
+    size_t nfds = pool->nfds;   /* the slot page's entry last: left out without one */
+    if (page_fd >= 0) fds[nfds - 1] = (braid_process_fd){ pool->slots_fd, BRAID_PROCESS_FD_INHERIT, page_fd, NULL };
+    else nfds--;
     /* A parent whose stdout/stderr is closed passes /dev/null instead. */
     if (out == BRAID_PROCESS_FD_INHERIT) {
         for (int i = 1; i <= 2; i++)
@@ -586,6 +663,7 @@ static int worker_spawn(braid_workers *pool, braid_failure **failure) {
      * by the EOF on the pipe from it and by its exit. */
     w->down_reader = down[0];
     close(up[1]);   /* the worker's end */
+    if (page_fd >= 0) close(page_fd);   /* the mapping stays */
     if (rc == 0 && (rc = braid_transport_adopt_pipes(pool->loop, up[0], down[1], &wp->fp.base)) < 0) {
         braid_process_free(w->proc);   /* kills and reaps it */
         if (failure) *failure = braid_failure_new(rc, "worker: its connection: %s", braid_strerror(rc));
@@ -597,6 +675,7 @@ static int worker_spawn(braid_workers *pool, braid_failure **failure) {
         w->prev->next = w->next;
         w->next->prev = w->prev;
         pool->alive--;
+        braid__slots_free(&w->slots);
         braid_free(wp);
         braid_free(w);
         return rc;
@@ -657,6 +736,7 @@ static void send_call(worker *w, wcall *c) {
         m.request_id = c->request_id;
     }
     int rc = braid__rpc_write(w->proto->fp.base.transport, &m, pool->o.max_frame);
+    if (rc == 0) c->seq = w->sent_seq++;   /* the worker numbers what it receives the same way */
     if (rc < 0) {
         /* The connection is going (its connection_lost handles the worker):
          * the call waits for another one. */
@@ -680,6 +760,7 @@ static void dispatch(braid_workers *pool) {
         for (worker *w = pool->head.next; w != &pool->head; w = w->next) {
             if (!w->ready || w->retiring || w->broken || !w->proto || !w->proto->fp.base.transport ||
                 w->in_flight >= pool->o.max_in_flight ||
+                (w->head.next != &w->head && w->head.next->cancelled) ||   /* in DROP_GRACE */
                 (pool->o.recycle_after && w->calls_assigned >= pool->o.recycle_after))
                 continue;
             if (!best || w->in_flight < best->in_flight) best = w;
@@ -703,6 +784,46 @@ static void call_timeout_cb(braid_timer *t, void *arg) {
         pool->queued--;
         pool->st.timeouts++;
         call_fail(c, BRAID_ETIMEDOUT, "call '%s' timed out waiting for a worker%s", NULL);
+        return;
+    }
+    if (c->cancelled) {
+        /* DROP_GRACE is over (front_check): a worker that went past the
+         * call (its FAIL waits behind a call it runs now) keeps its place;
+         * one that did not is stuck outside any call. */
+        worker *w = c->w;
+        if (braid__slots_dropped(&w->slots, c->seq)) {
+            call_unlink(c);
+            c->w = NULL;
+            w->in_flight--;
+            w->calls_done++;
+            call_free(c);
+            front_check(w);
+            after_frame(w);
+            return;
+        }
+        worker_lost(w, BRAID_EWORKER_LOST, "took no call for 1 s with nothing to run before it", NULL);
+        return;
+    }
+    if (c->d && cancel_unstarted(c)) {
+        /* Waiting inside its worker behind calls it is running: only this
+         * call fails; the worker keeps them (and drops this one). The call
+         * stays in its list, holding its in-flight place, until it does. */
+        c->cancelled = true;
+        pool->st.timeouts++;
+        pool->st.cancelled_queued++;
+        front_check(c->w);
+        braid_deferred *d = c->d;
+        c->d = NULL;
+        char cmd[256];
+        snprintf(cmd, sizeof cmd, "%.*s", (int)c->command_len, c->command);
+        pool->depth++;   /* the errback may free the pool (and c with it) */
+        braid_deferred_errback(d, braid_failure_new(BRAID_ETIMEDOUT,
+                                                    "call '%s' timed out before its worker started it "
+                                                    "(worker pid %d, busy with earlier calls, kept)",
+                                                    cmd, (int)braid_process_pid(c->w->proc)));
+        if (depth_leave(pool)) return;
+        dispatch(pool);   /* what its callbacks called meanwhile */
+        maybe_shutdown_done(pool);
         return;
     }
     worker_lost(c->w, BRAID_ETIMEDOUT, "a call timed out", c);
@@ -735,6 +856,7 @@ static void describe(braid_json *j, void *arg) {
     braid_json_kv_u64(j, "restarts", s.spawned > pool->o.count ? s.spawned - pool->o.count : 0);
     braid_json_kv_u64(j, "lost", s.lost);
     braid_json_kv_u64(j, "timeouts", s.timeouts);
+    braid_json_kv_u64(j, "cancelled_queued", s.cancelled_queued);
     braid_json_kv_u64(j, "recycled", s.recycled);
     braid_json_kv_u64(j, "resent", s.resent);
     braid_json_kv_u64(j, "log_events", s.log_events);
@@ -801,7 +923,15 @@ int braid_workers_new(braid_loop *loop, const braid_workers_options *opts, braid
             if (o.fds[i].child_fd == pool->up_fd) taken = true;
         if (taken) pool->up_fd++;
     }
-    pool->nfds = 5 + o.nfds;
+    /* The slot page at the lowest fd from 4 left free by both. */
+    pool->slots_fd = 4;
+    for (bool taken = true; taken;) {
+        taken = pool->slots_fd == pool->up_fd;
+        for (size_t i = 0; i < o.nfds; i++)
+            if (o.fds[i].child_fd == pool->slots_fd) taken = true;
+        if (taken) pool->slots_fd++;
+    }
+    pool->nfds = 5 + o.nfds + 1;
     pool->fds = braid_calloc(pool->nfds, sizeof *pool->fds);
     if (pool->fds && o.nfds) memcpy(pool->fds + 5, o.fds, o.nfds * sizeof *o.fds);
     size_t na = 0;
