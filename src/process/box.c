@@ -31,6 +31,9 @@ typedef struct box_entry {
     unsigned char *val;            /* BYTES/STR: NUL after; LIST: the items' encoding */
     size_t len;                    /* BYTES/STR: bytes; LIST: the items' encoding */
     uint32_t items;                /* LIST, BOXES */
+    uint32_t *offs;                /* LIST, BOXES: where item i starts in val (its u32 length) */
+    uint32_t ocap;                 /* offs' room, when allocated apart (0: in a decoded box's block) */
+    size_t mcap;                   /* mem's bytes (a list's appends grow it by doubling) */
     int16_t tz;                    /* TIME: the UTC offset in minutes */
     uint8_t klen;
     braid_box_type type;
@@ -61,7 +64,10 @@ int braid_box_new(braid_box **out) {
 
 void braid_box_free(braid_box *b) {
     if (!b) return;
-    for (size_t i = 0; i < b->n; i++) braid_free(b->e[i].mem);
+    for (size_t i = 0; i < b->n; i++) {
+        braid_free(b->e[i].mem);
+        if (b->e[i].ocap) braid_free(b->e[i].offs);
+    }
     if (b->e_own) braid_free(b->e);
     braid_free(b);
 }
@@ -116,12 +122,17 @@ static int put(braid_box *b, const char *key, size_t klen, braid_box_type type, 
         b->cap = cap;
         b->e_own = true;
     }
-    if (e) braid_free(e->mem);
-    else e = &b->e[b->n++];
+    if (e) {
+        braid_free(e->mem);
+        if (e->ocap) braid_free(e->offs);
+    } else {
+        e = &b->e[b->n++];
+    }
     memset(e, 0, sizeof *e);
     memcpy(mem, key, klen);
     mem[klen] = 0;
     e->mem = mem;
+    e->mcap = klen + 1 + vlen + 1;
     e->key = mem;
     e->klen = (uint8_t)klen;
     e->type = type;
@@ -147,9 +158,13 @@ static bool decimal_text(const unsigned char *s, size_t len) {
     size_t i = 0;
     if (i < len && (s[i] == '+' || s[i] == '-')) i++;
     size_t rest = len - i;
-    if ((rest == 3 && !memcmp(s + i, "NaN", 3)) || (rest == 4 && !memcmp(s + i, "sNaN", 4)) ||
-        (rest == 8 && !memcmp(s + i, "Infinity", 8)))
+    if (rest == 8 && !memcmp(s + i, "Infinity", 8)) return true;
+    size_t nan = rest >= 3 && !memcmp(s + i, "NaN", 3) ? 3 : rest >= 4 && !memcmp(s + i, "sNaN", 4) ? 4 : 0;
+    if (nan) {   /* a NaN may carry a payload of digits: "NaN123" */
+        for (i += nan; i < len; i++)
+            if (!is_digit(s[i])) return false;
         return true;
+    }
     size_t digits = 0;
     for (; i < len && is_digit(s[i]); i++) digits++;
     if (i < len && s[i] == '.')
@@ -212,29 +227,53 @@ static int append_item(braid_box *b, const char *key, braid_box_type type, const
     if (len > UINT32_MAX - 4) return BRAID_EMSGSIZE;
     box_entry *e = klen ? find(b, key, klen) : NULL;
     if (!e) {
+        uint32_t *offs = braid_malloc(8 * sizeof *offs);
+        if (!offs) return BRAID_ENOMEM;
         unsigned char l[4];
         braid__put32(l, (uint32_t)len);
         int rc = put(b, key, klen, type, NULL, 4 + len, &e);
-        if (rc < 0) return rc;
+        if (rc < 0) {
+            braid_free(offs);
+            return rc;
+        }
         memcpy(e->val, l, 4);
         if (len) memcpy(e->val + 4, p, len);
         e->items = 1;
+        e->offs = offs;
+        e->ocap = 8;
+        offs[0] = 0;
         return 0;
     }
     if (e->type != type) return BRAID_EBOX_TYPE;
     if (e->items >= BRAID_BOX_MAX_ITEMS || e->len > UINT32_MAX - 4 - len) return BRAID_EMSGSIZE;
-    char *mem;
-    if (e->mem) {
-        mem = braid_realloc(e->mem, e->klen + 1 + e->len + 4 + len + 1);
-    } else if ((mem = braid_malloc(e->klen + 1 + e->len + 4 + len + 1)) != NULL) {
-        /* In a decoded box's block: it gets a block of its own. */
-        memcpy(mem, e->key, e->klen + 1u);
-        memcpy(mem + e->klen + 1, e->val, e->len);
+    /* Room for one more offset, then for the bytes: both grow by doubling,
+     * so n appends cost O(n) whatever the allocator does with realloc. */
+    if (!e->ocap || e->items == e->ocap) {   /* full, or in a decoded block */
+        uint32_t cap = e->items < 4 ? 8 : e->items * 2;
+        uint32_t *o = e->ocap ? braid_realloc(e->offs, cap * sizeof *o) : braid_malloc(cap * sizeof *o);
+        if (!o) return BRAID_ENOMEM;
+        if (!e->ocap && e->items) memcpy(o, e->offs, e->items * sizeof *o);   /* was in a decoded block */
+        e->offs = o;
+        e->ocap = cap;
     }
-    if (!mem) return BRAID_ENOMEM;
-    e->mem = mem;
-    e->key = mem;
-    e->val = (unsigned char *)mem + e->klen + 1;
+    size_t need = e->klen + 1u + e->len + 4 + len + 1;
+    if (!e->mem || need > e->mcap) {
+        size_t cap = e->mem && e->mcap * 2 > need ? e->mcap * 2 : need;
+        char *mem;
+        if (e->mem) {
+            mem = braid_realloc(e->mem, cap);
+        } else if ((mem = braid_malloc(cap)) != NULL) {
+            /* In a decoded box's block: it gets a block of its own. */
+            memcpy(mem, e->key, e->klen + 1u);
+            memcpy(mem + e->klen + 1, e->val, e->len);
+        }
+        if (!mem) return BRAID_ENOMEM;
+        e->mem = mem;
+        e->mcap = cap;
+        e->key = mem;
+        e->val = (unsigned char *)mem + e->klen + 1;
+    }
+    e->offs[e->items] = (uint32_t)e->len;
     braid__put32(e->val + e->len, (uint32_t)len);
     if (len) memcpy(e->val + e->len + 4, p, len);
     e->len += 4 + len;
@@ -338,16 +377,10 @@ static int item_of(const braid_box *b, const char *key, braid_box_type type, siz
     if (!e) return BRAID_ENOENT;
     if (e->type != type) return BRAID_EBOX_TYPE;
     if (i >= e->items) return BRAID_ENOENT;
-    const unsigned char *at = e->val;
-    for (;;) {
-        uint32_t l = braid__get32(at);
-        if (i-- == 0) {
-            *p = at + 4;
-            *len = l;
-            return 0;
-        }
-        at += 4 + (size_t)l;
-    }
+    const unsigned char *at = e->val + e->offs[i];
+    *p = at + 4;
+    *len = braid__get32(at);
+    return 0;
 }
 
 int braid_box_item(const braid_box *b, const char *key, size_t i, const void **p, size_t *len) {
@@ -557,6 +590,7 @@ int braid_box_decode(const void *buf, size_t len, braid_box **out) {
         bool stored = type != BRAID_BOX_BOOL && type != BRAID_BOX_I64 && type != BRAID_BOX_U64 &&
                       type != BRAID_BOX_F64 && type != BRAID_BOX_TIME;   /* bytes kept after a u32 */
         arena += klen + 1 + (stored ? w - 4 + 1 : 0);
+        if (type == BRAID_BOX_LIST || type == BRAID_BOX_BOXES) arena += 3 + (size_t)items * 4;   /* offsets */
     }
     if (p != end) return BRAID_EBOX;
     size_t cap = count > INLINE_ENTRIES ? count : 0;   /* more than inline: an array in the block */
@@ -603,6 +637,16 @@ int braid_box_decode(const void *buf, size_t len, braid_box **out) {
             memcpy(a, p + 4, e->len);
             a[e->len] = 0;
             a += e->len + 1;
+            if (e->type == BRAID_BOX_LIST || e->type == BRAID_BOX_BOXES) {
+                a = (char *)(((uintptr_t)a + 3) & ~(uintptr_t)3);
+                e->offs = (uint32_t *)(void *)a;
+                uint32_t off = 0;
+                for (uint32_t k = 0; k < e->items; k++) {
+                    e->offs[k] = off;
+                    off += 4 + braid__get32(e->val + off);
+                }
+                a += (size_t)e->items * 4;
+            }
             break;
         }
         p += w;
