@@ -616,9 +616,18 @@ static void path_search_case(void) {
     BT_TRUE(f && strstr(f->message, "braid-noexec"));
     braid_failure_free(f);
     o.file = "/bin/true";
-    o.cwd = "/no/such/dir";
+    o.cwd = "/no/such/dir";   /* the message names the directory, not only the program */
     BT_ERR(braid_process_spawn(loop, &o, &p, &f), -ENOENT);
-    BT_TRUE(f && strstr(f->message, "/bin/true"));
+    BT_TRUE(f && strstr(f->message, "/bin/true") && strstr(f->message, "(cwd) '/no/such/dir'"));
+    braid_failure_free(f);
+    o.cwd = "/etc/passwd";
+    BT_ERR(braid_process_spawn(loop, &o, &p, &f), -ENOTDIR);
+    BT_TRUE(f && strstr(f->message, "(cwd) '/etc/passwd'"));
+    braid_failure_free(f);
+    o.cwd = "/";   /* a good directory, a missing program: the program's error, no cwd in it */
+    o.file = "/no/such/program";
+    BT_ERR(braid_process_spawn(loop, &o, &p, &f), -ENOENT);
+    BT_TRUE(f && !strstr(f->message, "cwd"));
     braid_failure_free(f);
     if (old_path) setenv("PATH", old_path, 1);
     else unsetenv("PATH");

@@ -571,6 +571,9 @@ BT_IO_TEST(workers_timeout) {
     gated_close(&t);
 }
 
+static bt_json *doc_of(braid_loop *loop);
+static double num(const bt_json *o, const char *key);
+
 /* Issue 15: a call that times out while it waits inside its worker behind
  * a long one, not started, fails alone with BRAID_ETIMEDOUT; the worker
  * keeps running the long call (which succeeds), is not replaced, and drops
@@ -612,6 +615,13 @@ BT_IO_TEST(workers_unstarted_timeout_keeps_worker) {
     BT_UEQ(s.spawned, 1);
     BT_UEQ(s.lost, 0);
     BT_UEQ(s.calls, 2);   /* the dropped one is no reply */
+    /* The worker's own counts agree with the pool's: 2 answered, 1 dropped. */
+    bt_json *doc = doc_of(loop);
+    const bt_json *k = bt_json_at(bt_json_get(bt_json_at(bt_json_get(doc, "workers"), 0), "workers"), 0);
+    BT_EQ(num(k, "calls"), 2);
+    BT_EQ(num(k, "failed"), 0);
+    BT_EQ(num(k, "dropped"), 1);
+    bt_json_free(doc);
     gated_close(&t);
 }
 

@@ -143,7 +143,9 @@ typedef struct braid_process_protocol {
 } braid_process_protocol;
 
 typedef struct braid_process_options {
-    const char *file;              /* path, or a name looked up in $PATH when it has no '/' */
+    const char *file;              /* path, or a name looked up in $PATH when it has no '/' —
+                                      the parent's PATH, as posix_spawnp and execvp do, not one
+                                      given in env (give an absolute path for that) */
     const char *const *argv;       /* NULL-terminated; NULL: { file, NULL } */
     braid_process_env_mode env_mode;
     const char *const *env;        /* NULL-terminated "NAME=value" */
@@ -196,7 +198,13 @@ BRAID_API int braid_process_signal(braid_process *p, int signo);
  * only earlier. BRAID_EPROCESS_EXITED if already reaped. */
 BRAID_API int braid_process_kill_after(braid_process *p, uint64_t timeout);
 
-/* The parent end of a routed child fd: write to it, close it. */
+/* The parent end of a routed child fd: write to it, close it. Writes are
+ * buffered as any stream transport's, with its limits: past the hard cap
+ * (4 MiB unless braid_transport_set_limits on braid_process_transport
+ * changed it) of bytes the child has not read, the write fails with
+ * BRAID_EBUFFER_LIMIT and that fd's pipe is aborted (fd_closed says why) —
+ * a child that never reads cannot grow the parent's memory. Register a
+ * producer on the transport to be paused at the high watermark instead. */
 BRAID_API int braid_process_write(braid_process *p, int child_fd, const void *buf, size_t len);
 /* Flush, then send EOF (the child's read sees end of file). */
 BRAID_API int braid_process_close_fd(braid_process *p, int child_fd);
@@ -358,7 +366,10 @@ BRAID_API int braid_box_decode(const void *buf, size_t len, braid_box **out);
  * wait inside it behind others. Cancelling a queued call removes it;
  * cancelling a sent one fails its Deferred at once (BRAID_ECANCELED) and,
  * if the worker has not started it, the worker drops it unrun; a started
- * one runs on and its reply is dropped. Timeouts count from the call:
+ * one runs on and its reply is dropped — and keeps its timeout: a handler
+ * still running then is a hung one, so its worker is killed and replaced
+ * as for any started call that times out (counted in timeouts; the call
+ * itself failed already). Timeouts count from the call:
  *   - a call that passes its timeout before its worker started it (it
  *     waits there behind a long call) fails alone with BRAID_ETIMEDOUT;
  *     the worker drops it and keeps running the others (stats:
@@ -516,8 +527,10 @@ BRAID_API const char *braid_worker_role(void);
 /* Serve the pool: say ready, dispatch calls to cmds (the table is
  * borrowed) until the parent closes the connection or tells the worker to
  * stop, then return 0 (a value for main). BRAID_WORKER names the
- * connection's fd (the pool passes 3): anything but a decimal fd >= 3
- * that is an AF_UNIX stream socket is BRAID_EINVAL, no fd touched. loop NULL: a loop of its own;
+ * connection: "R,W", a pipe the worker reads and one it writes (what the
+ * pool passes: "3,4"), or one fd, an AF_UNIX stream socket; anything else
+ * (fds below 3, not pipes or not such a socket) is BRAID_EINVAL, no fd
+ * touched. loop NULL: a loop of its own;
  * else that loop, run here. Unknown commands fail with
  * BRAID_EWORKER_COMMAND; a malformed frame from the parent makes it return
  * BRAID_EWORKER_PROTOCOL. It maps the slot page BRAID_WORKER_SLOTS names

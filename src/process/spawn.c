@@ -17,6 +17,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -626,6 +627,7 @@ int braid_process_spawn(braid_loop *loop, const braid_process_options *o, braid_
 
     int rc = BRAID_ENOMEM;
     const char *what = NULL;
+    char cwd_what[256];
     braid_process *p = braid_calloc(1, sizeof *p);
     slot *slots = braid_calloc(nmap ? nmap : 1, sizeof *slots);
     char **envp = build_env(o);
@@ -705,6 +707,14 @@ int braid_process_spawn(braid_loop *loop, const braid_process_options *o, braid_
         if (!use_pidfd && !st->sig_list) {
             braid_signal_stop(&st->sigchld);
             st->sig_started = false;
+        }
+        /* chdir's failure reads as the program's ("No such file or
+         * directory"): name the directory when it is the one at fault. */
+        struct stat cst;
+        if (o->cwd && (rc == -ENOENT || rc == -ENOTDIR || rc == -EACCES) &&
+            (stat(o->cwd, &cst) < 0 || !S_ISDIR(cst.st_mode) || access(o->cwd, X_OK) < 0)) {
+            snprintf(cwd_what, sizeof cwd_what, "the directory to run in (cwd) '%.200s'", o->cwd);
+            what = cwd_what;
         }
         goto fail;
     }

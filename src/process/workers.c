@@ -64,6 +64,7 @@ struct worker {
     int down_reader;               /* the parent's copy of the worker's read end (-1: none) */
     uint64_t calls_assigned;       /* sent to it, ever: recycle_after bounds this */
     uint64_t calls_done;
+    uint64_t calls_dropped;        /* of calls_done, dropped unrun (timed out or cancelled unstarted) */
     wcall head;                    /* calls sent to it (sentinel) */
     braid__slot_page slots;        /* shared with it (p NULL: none) */
     bool slots_on;                 /* its ready frame said it takes calls through them */
@@ -373,6 +374,7 @@ static void on_reply(worker *w, const braid__rpc_msg *m, braid_box *box) {
     front_check(w);
     if (c->cancelled && m->type == BRAID__RPC_FAIL && m->code == BRAID_ECANCELED) {
         /* Dropped unstarted, as asked: its caller had its answer already. */
+        w->calls_dropped++;
         braid_box_free(box);
         call_free(c);
         return;
@@ -796,6 +798,7 @@ static void call_timeout_cb(braid_timer *t, void *arg) {
             c->w = NULL;
             w->in_flight--;
             w->calls_done++;
+            w->calls_dropped++;
             call_free(c);
             front_check(w);
             after_frame(w);
@@ -872,8 +875,9 @@ static void describe(braid_json *j, void *arg) {
         braid_json_kv_i64(j, "pid", (int64_t)braid_process_pid(w->proc));
         braid_json_kv_str(j, "state", worker_state(w));
         braid_json_kv_u64(j, "in_flight", w->in_flight);
-        braid_json_kv_u64(j, "calls", w->calls_done);
+        braid_json_kv_u64(j, "calls", w->calls_done - w->calls_dropped);
         braid_json_kv_u64(j, "failed", w->calls_failed);
+        braid_json_kv_u64(j, "dropped", w->calls_dropped);
         braid_json_object_end(j);
     }
     braid_json_array_end(j);
