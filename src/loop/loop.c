@@ -266,47 +266,50 @@ fail:
 }
 
 /* The leak gate: name everything still open; true if anything is. */
-static bool report_open(braid_loop *loop) {
+static bool report_open(braid_loop *loop, bool say) {
     bool any = false;
     if (loop->watchers_open) {
         any = true;
         for (size_t fd = 0; fd < loop->nfds; fd++) {
             braid_watch *w = loop->fds[fd];
             if (w && !(w->flags & BRAID__WATCH_INTERNAL))
-                braid__log(loop, BRAID_LOG_ERROR, "loop not destroyed: fd watcher still open (fd %zu)", fd);
+                if (say) braid__log(loop, BRAID_LOG_ERROR, "loop not destroyed: fd watcher still open (fd %zu)", fd);
         }
     }
     if (loop->heap_len) {
         any = true;
-        braid__log(loop, BRAID_LOG_ERROR, "loop not destroyed: %zu timer(s) still active", loop->heap_len);
+        if (say) braid__log(loop, BRAID_LOG_ERROR, "loop not destroyed: %zu timer(s) still active", loop->heap_len);
     }
     if (loop->signals) {
         any = true;
         for (braid_signal *s = loop->signals; s; s = s->next)
-            braid__log(loop, BRAID_LOG_ERROR, "loop not destroyed: signal watcher still open (signal %d)",
+            if (say) braid__log(loop, BRAID_LOG_ERROR, "loop not destroyed: signal watcher still open (signal %d)",
                        s->signo);
     }
     for (braid_handle *h = loop->handles.next; h != &loop->handles; h = h->next) {
         any = true;
-        braid__log(loop, BRAID_LOG_ERROR, "loop not destroyed: %s handle still open%s%s", h->kind,
+        if (say) braid__log(loop, BRAID_LOG_ERROR, "loop not destroyed: %s handle still open%s%s", h->kind,
                    h->name ? ": " : "", h->name ? h->name : "");
     }
     if (atomic_load(&loop->posted)) {
         any = true;
-        braid__log(loop, BRAID_LOG_ERROR, "loop not destroyed: posted calls not yet run");
+        if (say) braid__log(loop, BRAID_LOG_ERROR, "loop not destroyed: posted calls not yet run");
     }
     if (loop->soon_head) {
         any = true;
-        braid__log(loop, BRAID_LOG_ERROR, "loop not destroyed: ready calls not yet run");
+        if (say) braid__log(loop, BRAID_LOG_ERROR, "loop not destroyed: ready calls not yet run");
     }
     for (braid_prepare *p = loop->prepares; p; p = p->next) {
         any = true;
-        braid__log(loop, BRAID_LOG_ERROR, "loop not destroyed: a prepare hook is started");
+        if (say) braid__log(loop, BRAID_LOG_ERROR, "loop not destroyed: a prepare hook is started");
     }
     if (loop->holds) {
         any = true;
-        braid__log(loop, BRAID_LOG_ERROR, "loop not destroyed: %zu hold(s) not released", loop->holds);
+        if (say) braid__log(loop, BRAID_LOG_ERROR, "loop not destroyed: %zu hold(s) not released", loop->holds);
     }
+    /* Modules' reports log what they find: asked only when the rest is
+     * clear, or when the caller wants every reason said. */
+    if (any && !say) return true;
     for (unsigned k = 0; k < loop->nkeys; k++) {
         unsigned i = loop->key_order[k];
         braid_loop_key *key = loop->keys[i];
@@ -316,11 +319,11 @@ static bool report_open(braid_loop *loop) {
     return any;
 }
 
-int braid_loop_free(braid_loop *loop) {
+static int loop_free(braid_loop *loop, bool say) {
     if (!loop) return BRAID_EINVAL;
-    take_over(loop, __func__);
+    take_over(loop, "braid_loop_free");
     /* Module state (e.g. the Deferred free list) may report its own leaks. */
-    if (report_open(loop)) return BRAID_EBUSY;
+    if (report_open(loop, say)) return BRAID_EBUSY;
     atomic_store(&loop->destroying, true);
     for (unsigned k = loop->nkeys; k-- > 0;) {
         unsigned i = loop->key_order[k];
@@ -340,6 +343,9 @@ int braid_loop_free(braid_loop *loop) {
     braid_free(loop);
     return 0;
 }
+
+int braid_loop_free(braid_loop *loop) { return loop_free(loop, true); }
+int braid__loop_free_quiet(braid_loop *loop) { return loop_free(loop, false); }
 
 const char *braid_loop_backend(const braid_loop *loop) { return loop->poller.ops->name; }
 int braid_loop_backend_fd(const braid_loop *loop) { return loop->poller.ops->backend_fd(&loop->poller); }

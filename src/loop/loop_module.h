@@ -18,6 +18,11 @@
 void braid__log_at(braid_loop *loop, const char *ns, braid_log_level level, const char *fmt, ...)
     BRAID_PRINTF(4, 5);
 
+/* braid_loop_free, silent when something is still open (BRAID_EBUSY): for
+ * a module that frees a loop of its own after closing what it opened, and
+ * runs it an iteration or two more until the closes are done. */
+int braid__loop_free_quiet(braid_loop *loop);
+
 /* ---- loop affinity --------------------------------------------------------------
  * Every loop-affine entry point starts with BRAID__LOOP_AFFINE(loop). Debug
  * builds (BRAID_DEBUG) abort there, naming the function, when the caller is
