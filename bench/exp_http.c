@@ -106,9 +106,12 @@ static void multi_factory_done(braid_factory *f, unsigned i, void *arg) {
     m->srv[i] = NULL;
 }
 
-/* --seconds: a thread that sends the SIGTERM braid_serve stops on (it is
- * started with SIGTERM and SIGINT blocked, as braid_serve asks of other
- * threads). */
+/* --seconds: a thread that sends the SIGTERM braid_serve stops on. It is
+ * started with every signal blocked: a thread that left SIGCHLD unblocked
+ * took the children's exit signals while it lived (the kernel gives a
+ * process-wide signal to a thread that does not block it, and SIGCHLD's
+ * default action discards it), which left a supervisor that reaped on
+ * SIGCHLD alone waiting for ever (braid_serve watches pidfds now). */
 static void *stop_later(void *arg) {
     double secs = *(double *)arg;
     struct timespec ts = { (time_t)secs, (long)((secs - (double)(time_t)secs) * 1e9) };
@@ -134,15 +137,23 @@ static int serve_multi(int port, const char *backend, double seconds, int loops,
     };
     static double secs;
     secs = seconds;
+    /* The stop signals are blocked here already, before the thread exists:
+     * a SIGTERM that came before braid_serve blocks them would end the
+     * process instead of stopping the run. They stay blocked after it (the
+     * process exits next): a late SIGTERM of the thread is then dropped. */
+    sigset_t stop;
+    sigemptyset(&stop);
+    sigaddset(&stop, SIGTERM);
+    sigaddset(&stop, SIGINT);
+    sigaddset(&stop, SIGCHLD);
+    pthread_sigmask(SIG_BLOCK, &stop, NULL);
     if (seconds > 0) {
-        sigset_t set, old;
-        sigemptyset(&set);
-        sigaddset(&set, SIGTERM);
-        sigaddset(&set, SIGINT);
-        pthread_sigmask(SIG_BLOCK, &set, &old);
+        sigset_t all, mine;
+        sigfillset(&all);
+        pthread_sigmask(SIG_BLOCK, &all, &mine);
         pthread_t t;
         if (pthread_create(&t, NULL, stop_later, &secs) == 0) pthread_detach(t);
-        pthread_sigmask(SIG_SETMASK, &old, NULL);
+        pthread_sigmask(SIG_SETMASK, &mine, NULL);
     }
     int rc = braid_serve(ep, &o, NULL);
     if (rc < 0) fprintf(stderr, "serve http: braid_serve %s: %s\n", ep, braid_strerror(rc));

@@ -493,3 +493,70 @@ BT_IO_TEST(serve_quick_crash_backs_off) {
     BT_UGE(st.restarts, 2);
     BT_ULE(st.restarts, 12);
 }
+
+/* A thread of the program that blocks the stop signals but not SIGCHLD
+ * (braid-bench's --seconds thread was one: it sends the SIGTERM, then
+ * lives on a moment) takes the SIGCHLDs sent to the process while it
+ * lives: the kernel delivers a process-wide signal to a thread that does
+ * not block it, SIGCHLD's default action discards it, and the supervisor's
+ * signalfd gets it only when it reads first (now and then). A
+ * supervisor that learned of its children's exits only from SIGCHLD then
+ * never reaped them and never returned (the bench.smoke hang). It watches
+ * each child's pidfd instead, so the run ends as soon as the children have
+ * drained; without pidfds (BRAID_PROCESS_SIGCHLD=1 forces that path) the
+ * grace timer reaps what exited, drain_timeout + 1 s after the stop. Three
+ * runs, as the race for the signal can hide the defect in one (before the
+ * fix, 11 of these 16 cases failed in a run of them all). The thread
+ * lives 6 s at most; then it blocks
+ * SIGCHLD and sends one itself, so a supervisor that waits for SIGCHLD
+ * still ends, late, and the bounds below fail rather than hang. */
+static atomic_int serve_returned;
+static void *sigchld_taker(void *arg) {
+    (void)arg;
+    sigset_t set;
+    sigemptyset(&set);
+    sigaddset(&set, SIGTERM);
+    sigaddset(&set, SIGINT);
+    pthread_sigmask(SIG_BLOCK, &set, NULL);
+    sigemptyset(&set);
+    sigaddset(&set, SIGCHLD);
+    pthread_sigmask(SIG_UNBLOCK, &set, NULL);
+    wait_port();
+    usleep(300000);
+    kill(getpid(), SIGTERM);
+    for (int i = 0; i < 600 && !atomic_load(&serve_returned); i++) usleep(10000);
+    pthread_sigmask(SIG_BLOCK, &set, NULL);
+    if (!atomic_load(&serve_returned)) kill(getpid(), SIGCHLD);
+    return NULL;
+}
+static void sigchld_elsewhere(braid_serve_method m, bool pidfds) {
+    if (!pidfds) setenv("BRAID_PROCESS_SIGCHLD", "1", 1);
+    for (int round = 0; round < 3; round++) {
+        atomic_store(&port_seen, 0);
+        atomic_store(&serve_returned, 0);
+        block_stop_signals();
+        int mode = 0;
+        struct braid_serve_stats st;
+        braid_serve_options o = { .loops = 2, .processes = true, .method = m, .drain_timeout = BRAID_SECONDS(2),
+                                  .factory = make, .factory_done = done, .on_listening = on_listening,
+                                  .arg = &mode };
+        pthread_t t;
+        BT_EQ(pthread_create(&t, NULL, sigchld_taker, NULL), 0);
+        uint64_t t0 = now_ms();
+        int rc = braid_serve("tcp:0:interface=127.0.0.1", &o, &st);
+        uint64_t ms = now_ms() - t0;
+        atomic_store(&serve_returned, 1);
+        pthread_join(t, NULL);
+        BT_OK(rc);
+        BT_UEQ(st.killed, 0);
+        BT_UEQ(st.restarts, 0);
+        /* 300 ms, then nothing to drain; without pidfds, 300 ms + 2 s + 1 s */
+        if (pidfds) BT_LT(ms, 2000);
+        else BT_LT(ms, 5500);
+    }
+    unsetenv("BRAID_PROCESS_SIGCHLD");
+}
+BT_IO_TEST(serve_sigchld_taken_by_another_thread_reuseport) { sigchld_elsewhere(BRAID_SERVE_REUSEPORT, true); }
+BT_IO_TEST(serve_sigchld_taken_by_another_thread_exclusive) { sigchld_elsewhere(BRAID_SERVE_EXCLUSIVE, true); }
+BT_IO_TEST(serve_sigchld_taken_by_another_thread_acceptor) { sigchld_elsewhere(BRAID_SERVE_ACCEPTOR, true); }
+BT_IO_TEST(serve_sigchld_taken_without_pidfds) { sigchld_elsewhere(BRAID_SERVE_REUSEPORT, false); }

@@ -583,8 +583,14 @@ BRAID_API const char *braid_worker_call_command(const braid_worker_call *c);
  *
  * braid_serve blocks SIGTERM, SIGINT and SIGCHLD in the calling thread for
  * its run (the loops take them as events; threads and children inherit
- * the mask), so block them in your other threads too, as for
- * braid_signal_start. Processes are made with fork(): call it from a
+ * the mask), so block SIGTERM and SIGINT in your other threads too, as for
+ * braid_signal_start (a thread that does not would be killed by them).
+ * The supervisor learns of a child's exit from its pidfd (Linux >= 5.3),
+ * so a thread of yours that leaves SIGCHLD unblocked — and so receives the
+ * process's SIGCHLDs, which the default action discards — does no harm;
+ * without pidfds it reaps on SIGCHLD, which every thread must then block
+ * (a SIGCHLD lost to another thread delays the end of a stop to
+ * drain_timeout + 1 s). Processes are made with fork(): call it from a
  * process with no other threads running braid (a fork copies only the
  * calling thread); each child makes its own loop after the fork. A child
  * keeps the descriptors it inherits without close-on-exec; those with it

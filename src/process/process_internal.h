@@ -13,6 +13,13 @@
 /* The namespace of this module's log lines (base/base.h). */
 static const char braid__log_ns[] = "process";
 
+/* A pidfd for the child pid (close-on-exec; it becomes readable when the
+ * child exits, whichever thread SIGCHLD goes to), or -1 where there is none:
+ * no pidfd_open (Linux < 5.3, other systems), a sandbox refusing it, or
+ * BRAID_PROCESS_SIGCHLD=1 in the environment, which forces the SIGCHLD
+ * paths for their tests. LINUX-ONLY (pidfd_open); spawn.c. */
+int braid__pidfd_open(pid_t pid);
+
 /* Big-endian integers of the wire formats (rpc.c, box.c). */
 static inline uint32_t braid__get32(const unsigned char *b) {
     return (uint32_t)b[0] << 24 | (uint32_t)b[1] << 16 | (uint32_t)b[2] << 8 | b[3];

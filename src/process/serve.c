@@ -58,6 +58,10 @@ typedef struct serve_slot {
     bool forced;                   /* ... and it stopped the loop */
     int start_rc;                  /* threads: why it could not start */
     uint64_t started_ns;           /* processes: when the child was forked (CLOCK_MONOTONIC) */
+    int pidfd;                     /* processes: the child's pidfd (-1: none; SIGCHLD only) */
+    braid_watch pid_watch;         /* ... watched on the supervisor's loop */
+    bool pid_watched;
+    bool sigkilled;                /* processes: the stop's grace ran out (the child is not restarted) */
     uint64_t backoff;              /* processes: delay before the next quick restart */
     unsigned quick_deaths;         /* processes: deaths in a row within 1 s of the start */
     braid_timer restart_timer;     /* processes: a restart after the back-off */
@@ -552,6 +556,9 @@ static void child_drop_fds(const int *keep, int nkeep) {
     close(null_fd);
 }
 
+static void watch_pid(serve_run *r, serve_slot *s);
+static void unwatch_pid(serve_slot *s);
+
 /* Processes: fork slot s's child. */
 static int fork_child(serve_run *r, serve_slot *s) {
     int pair[2] = { -1, -1 };
@@ -597,8 +604,11 @@ static int fork_child(serve_run *r, serve_slot *s) {
         _exit(rc < 0 ? 1 : 0);
     }
     s->pid = pid;
+    s->sigkilled = false;
     s->started_ns = mono_ns();
+    s->pidfd = braid__pidfd_open(pid);
     r->alive++;
+    if (r->sup) watch_pid(r, s);
     if (pair[0] >= 0) {
         close(pair[1]);
         s->parent_hand_fd = pair[0];
@@ -636,50 +646,91 @@ static void restart_later(braid_timer *t, void *arg) {
     if (r->alive == 0) braid_loop_stop(r->sup);
 }
 
+/* Reap slot i's child if it has exited: restart it, or stop the run. */
+static void slot_reap(serve_run *r, unsigned i) {
+    serve_slot *s = &r->slots[i];
+    int st;
+    if (s->pid <= 0 || waitpid(s->pid, &st, WNOHANG) != s->pid) return;
+    s->pid = 0;
+    unwatch_pid(s);
+    r->alive--;
+    if (WIFEXITED(st) && WEXITSTATUS(st) == SERVE_EXIT_NOSTART) {
+        /* Its loop could not start (the factory returned NULL ...): a
+         * restart would fail the same way. Stop serving, say why. */
+        braid__log(r->sup, BRAID_LOG_ERROR, "serve: loop %u (process) could not start; stopping", i);
+        if (!r->failed_rc) r->failed_rc = BRAID_ESERVE_START;
+        on_sup_stop(NULL, 0, r);
+        return;
+    }
+    if (!r->stopping && !r->o.no_restart) {
+        /* A child that dies within a second of its start again and
+         * again waits before the next try (10 ms, doubling to 1 s): one
+         * that crashes at once must not become a fork loop. The first
+         * such death restarts at once. */
+        bool quick = mono_ns() - s->started_ns < BRAID_SECONDS(1);
+        s->quick_deaths = quick ? s->quick_deaths + 1 : 0;
+        s->backoff = s->quick_deaths < 2 ? 0
+                   : s->quick_deaths >= 9 ? BRAID_SECONDS(1) : BRAID_MSEC(10) << (s->quick_deaths - 2);
+        if (s->backoff > BRAID_SECONDS(1)) s->backoff = BRAID_SECONDS(1);
+        braid__log(r->sup, BRAID_LOG_WARN, "serve: loop %u (process) %s %d; restarting it%s", i,
+                   WIFSIGNALED(st) ? "killed by signal" : "exited with",
+                   WIFSIGNALED(st) ? WTERMSIG(st) : WEXITSTATUS(st), s->backoff ? " after a back-off" : "");
+        if (s->backoff) {
+            if (!s->restart_timer_init) {
+                braid_timer_init(r->sup, &s->restart_timer, restart_later, s);
+                s->restart_timer_init = true;
+            }
+            braid_timer_start(&s->restart_timer, s->backoff);
+            r->alive++;   /* it counts as running until the restart (or the stop) */
+        } else if (fork_child(r, s) == 0) {
+            r->restarts++;
+        }
+    }
+}
+
+/* A child's exit is learned from its pidfd where there is one: SIGCHLD is
+ * one signal for the whole process, and a thread of the program that does
+ * not block it (a helper thread started before braid_serve, a library's)
+ * receives it instead of the supervisor's signalfd — SIGCHLD's default
+ * action then discards it, and the supervisor would never reap that child
+ * nor return. SIGCHLD is still watched: without pidfds it is the only way
+ * (then every thread must block it), and with them it is harmless (a child
+ * already reaped is not waited for twice). */
 static void on_child(braid_signal *sig, int signo, void *arg) {
     (void)sig; (void)signo;
     serve_run *r = arg;
     read_stats(r);
-    for (unsigned i = 0; i < r->n; i++) {
-        serve_slot *s = &r->slots[i];
-        int st;
-        if (s->pid <= 0 || waitpid(s->pid, &st, WNOHANG) != s->pid) continue;
-        s->pid = 0;
-        r->alive--;
-        if (WIFEXITED(st) && WEXITSTATUS(st) == SERVE_EXIT_NOSTART) {
-            /* Its loop could not start (the factory returned NULL ...): a
-             * restart would fail the same way. Stop serving, say why. */
-            braid__log(r->sup, BRAID_LOG_ERROR, "serve: loop %u (process) could not start; stopping", i);
-            if (!r->failed_rc) r->failed_rc = BRAID_ESERVE_START;
-            on_sup_stop(NULL, 0, r);
-            continue;
-        }
-        if (!r->stopping && !r->o.no_restart) {
-            /* A child that dies within a second of its start again and
-             * again waits before the next try (10 ms, doubling to 1 s): one
-             * that crashes at once must not become a fork loop. The first
-             * such death restarts at once. */
-            bool quick = mono_ns() - s->started_ns < BRAID_SECONDS(1);
-            s->quick_deaths = quick ? s->quick_deaths + 1 : 0;
-            s->backoff = s->quick_deaths < 2 ? 0
-                       : s->quick_deaths >= 9 ? BRAID_SECONDS(1) : BRAID_MSEC(10) << (s->quick_deaths - 2);
-            if (s->backoff > BRAID_SECONDS(1)) s->backoff = BRAID_SECONDS(1);
-            braid__log(r->sup, BRAID_LOG_WARN, "serve: loop %u (process) %s %d; restarting it%s", i,
-                       WIFSIGNALED(st) ? "killed by signal" : "exited with",
-                       WIFSIGNALED(st) ? WTERMSIG(st) : WEXITSTATUS(st), s->backoff ? " after a back-off" : "");
-            if (s->backoff) {
-                if (!s->restart_timer_init) {
-                    braid_timer_init(r->sup, &s->restart_timer, restart_later, s);
-                    s->restart_timer_init = true;
-                }
-                braid_timer_start(&s->restart_timer, s->backoff);
-                r->alive++;   /* it counts as running until the restart (or the stop) */
-            } else if (fork_child(r, s) == 0) {
-                r->restarts++;
-            }
-        }
-    }
+    for (unsigned i = 0; i < r->n; i++) slot_reap(r, i);
     if (r->alive == 0) braid_loop_stop(r->sup);
+}
+
+static void on_pidfd(braid_watch *w, unsigned ev, void *arg) {
+    (void)w; (void)ev;
+    serve_slot *s = arg;
+    serve_run *r = s->run;
+    read_stats(r);
+    slot_reap(r, s->index);
+    if (r->alive == 0) braid_loop_stop(r->sup);
+}
+
+static void watch_pid(serve_run *r, serve_slot *s) {
+    if (s->pidfd < 0 || s->pid_watched) return;
+    if (braid_watch_init(r->sup, &s->pid_watch, s->pidfd, on_pidfd, s) == 0) {
+        if (braid_watch_set_interest(&s->pid_watch, BRAID_WATCH_READ) == 0) {
+            s->pid_watched = true;
+            return;
+        }
+        braid_watch_close(&s->pid_watch);
+    }
+    close(s->pidfd);   /* SIGCHLD then */
+    s->pidfd = -1;
+}
+
+static void unwatch_pid(serve_slot *s) {
+    if (s->pid_watched) braid_watch_close(&s->pid_watch);
+    s->pid_watched = false;
+    if (s->pidfd >= 0) close(s->pidfd);
+    s->pidfd = -1;
 }
 
 static void thread_done(void *arg) {
@@ -693,20 +744,25 @@ static void *slot_thread_main(void *arg) {
     return NULL;
 }
 
+/* drain_timeout + 1 s after the stop, then every second until every child
+ * is reaped: a child that has exited is reaped here (without pidfds, its
+ * SIGCHLD may have gone to another thread of the program, which discards
+ * it: this bounds that loss), one still running is SIGKILLed, once. */
 static void grace_expired(braid_timer *t, void *arg) {
-    (void)t;
     serve_run *r = arg;
+    read_stats(r);
+    for (unsigned i = 0; i < r->n; i++) slot_reap(r, i);
     for (unsigned i = 0; i < r->n; i++) {
-        pid_t pid = r->slots[i].pid;
-        siginfo_t si = { 0 };
-        if (pid <= 0) continue;
-        /* One that has exited and waits for its SIGCHLD to be read was not killed. */
-        if (waitid(P_PID, (id_t)pid, &si, WEXITED | WNOHANG | WNOWAIT) == 0 && si.si_pid == pid) continue;
-        if (kill(pid, SIGKILL) == 0) {
+        serve_slot *s = &r->slots[i];
+        if (s->pid <= 0 || s->sigkilled) continue;
+        if (kill(s->pid, SIGKILL) == 0) {
             braid__log(r->sup, BRAID_LOG_WARN, "serve: loop %u (process) did not finish its drain; killed", i);
+            s->sigkilled = true;
             r->killed++;
         }
     }
+    if (r->alive == 0) braid_loop_stop(r->sup);
+    else braid_timer_start(t, BRAID_SECONDS(1));
 }
 
 static void on_sup_stop(braid_signal *sig, int signo, void *arg) {
@@ -751,7 +807,7 @@ int braid_serve(const char *endpoint, const braid_serve_options *opts, struct br
     r->stats_pipe[0] = r->stats_pipe[1] = -1;
     for (unsigned i = 0; i < r->n; i++)
         r->slots[i] = (serve_slot){ .run = r, .index = i, .listen_fd = -1, .hand_fd = -1, .hand_sock = -1,
-                                  .parent_hand_fd = -1 };
+                                  .parent_hand_fd = -1, .pidfd = -1 };
     int rc = braid_endpoint_parse_server(endpoint, &r->ep, NULL, 0);
     if (rc < 0) goto out_free;
     if (r->ep.kind == BRAID_ENDPOINT_UNIX) { rc = BRAID_ENOSYS; goto out_free; }
@@ -789,6 +845,7 @@ int braid_serve(const char *endpoint, const braid_serve_options *opts, struct br
      * sockets become transports now. */
     for (unsigned i = 0; i < r->n; i++) {
         serve_slot *s = &r->slots[i];
+        watch_pid(r, s);
         if (s->parent_hand_fd < 0) continue;
         sup_hand *h = braid_calloc(1, sizeof *h);
         if (!h) { rc = BRAID_ENOMEM; goto out_loop; }
@@ -841,6 +898,11 @@ int braid_serve(const char *endpoint, const braid_serve_options *opts, struct br
     for (unsigned i = 0; i < r->n; i++)
         if (r->slots[i].hand) braid_transport_abort(r->slots[i].hand);   /* its child is gone */
 out_loop:
+    for (unsigned i = 0; i < r->n; i++)
+        if (r->slots[i].pid_watched) {
+            braid_watch_close(&r->slots[i].pid_watch);
+            r->slots[i].pid_watched = false;
+        }
     /* Closing takes a few iterations (on io_uring, until the cancelled
      * operations' completions came back): bounded, as slot_serve's. */
     for (int i = 0; i < 100 && braid_loop_free(r->sup) < 0; i++) {
@@ -855,6 +917,7 @@ out_kill:
             waitpid(s->pid, NULL, 0);
         }
         if (s->parent_hand_fd >= 0) close(s->parent_hand_fd);
+        if (s->pidfd >= 0) close(s->pidfd);
     }
 out_fds:
     for (int i = 0; i < r->nfds; i++) close(r->fds[i]);

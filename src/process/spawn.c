@@ -121,19 +121,20 @@ static int sys_pidfd_send_signal(int pidfd, int signo) {
 #endif
 }
 
+int braid__pidfd_open(pid_t pid) {
+    const char *e = getenv("BRAID_PROCESS_SIGCHLD");
+    if (e && *e && strcmp(e, "0")) return -1;
+    return sys_pidfd_open(pid);
+}
+
 /* Do pidfds work here? Probed once per loop; BRAID_PROCESS_SIGCHLD=1 in the
  * environment forces the SIGCHLD path (tests of it). A sandbox may answer
  * EPERM rather than ENOSYS: any failure means no. */
 static bool pidfds_work(proc_loop_state *st) {
     if (st->use_pidfd < 0) {
-        const char *e = getenv("BRAID_PROCESS_SIGCHLD");
-        if (e && *e && strcmp(e, "0")) {
-            st->use_pidfd = 0;
-        } else {
-            int fd = sys_pidfd_open(getpid());
-            st->use_pidfd = fd >= 0;
-            if (fd >= 0) close(fd);
-        }
+        int fd = braid__pidfd_open(getpid());
+        st->use_pidfd = fd >= 0;
+        if (fd >= 0) close(fd);
     }
     return st->use_pidfd == 1;
 }
