@@ -3,6 +3,7 @@
 // ctest-labels: loop threads
 #include "harness.h"
 #include "support/net.h"
+#include "loop/loop_module.h"
 #include <pthread.h>
 #include <signal.h>
 #include <stdatomic.h>
@@ -372,6 +373,34 @@ BT_IO_TEST(leak_gate_names_open_watcher_and_handle) {
     braid_deferred_unref(d);
     BT_OK(braid_loop_free(loop));
     close(sv[0]); close(sv[1]);
+}
+
+/* The quiet free braid's modules use while what they closed is still
+ * closing (braid_serve's loops): it refuses as braid_loop_free does, and
+ * says nothing — a normal stop used to print "loop not destroyed: unix
+ * handle still open" now and then. */
+BT_IO_TEST(quiet_free_refuses_silently) {
+    braid_loop_options o = { .log = count_log, .flags = BRAID_LOOP_STRICT_BACKEND };
+    braid_loop *loop;
+    int rc = braid_loop_new(&o, &loop);
+    if (rc == BRAID_ENOSYS) bt_skip("backend not available");
+    BT_OK(rc);
+    braid_handle h = { 0 };
+    braid_handle_open(loop, &h, "closing-thing");
+    braid_deferred *d = braid_deferred_new(loop);
+    logged[0] = 0;
+    logged_errors = 0;
+    BT_ERR(braid__loop_free_quiet(loop), BRAID_EBUSY);
+    BT_EQ(logged_errors, 0);
+    braid_handle_close(loop, &h);
+    BT_ERR(braid__loop_free_quiet(loop), BRAID_EBUSY);   /* the Deferred: a module's report, asked last */
+    BT_ERR(braid_loop_free(loop), BRAID_EBUSY);          /* which braid_loop_free names */
+    BT_GE(logged_errors, 1);
+    BT_OK(braid_deferred_callback(d, NULL, NULL));
+    braid_deferred_unref(d);
+    logged_errors = 0;
+    BT_OK(braid__loop_free_quiet(loop));
+    BT_EQ(logged_errors, 0);
 }
 
 /* ---- loop affinity: debug builds name the function called from the wrong thread ---- */

@@ -311,6 +311,20 @@ static void on_stop_signal(braid_signal *sig, int signo, void *arg) {
     begin_drain(arg);
 }
 
+/* Free a loop of ours once what was closed on it is done closing (on
+ * io_uring, until the cancelled operations' completions are back): up to
+ * 100 iterations, 1 ms apart, silently; then braid_loop_free says what is
+ * still open. true if freed. */
+static bool free_loop_bounded(braid_loop *loop) {
+    if (!loop) return true;
+    for (int i = 0; i < 100; i++) {
+        if (braid__loop_free_quiet(loop) == 0) return true;
+        braid_loop_run_once(loop, BRAID_LOOP_RUN_NOWAIT);
+        usleep(1000);
+    }
+    return braid_loop_free(loop) == 0;
+}
+
 /* Serve slot s on a fresh loop until drained. 0, or a negative code if it
  * could not start. */
 static int slot_serve(serve_slot *s) {
@@ -374,17 +388,16 @@ out:
     braid_timer_stop(&s->drain_timer);
     /* Whatever the drain left (a protocol's own timers): one more bounded pass. */
     slot_set_live(s, false);
-    if (s->forced && braid_loop_free(s->loop) < 0) {
-        /* Stopped with the program's own handles alive: factory_done is its
-         * chance to close them (its connections were shut down 250 ms ago),
-         * then the loop can go. */
-        if (s->factory && r->o.factory_done) r->o.factory_done(s->factory, s->index, r->o.arg);
-        s->factory = NULL;
+    bool freed = false;
+    if (s->forced) {
+        /* Stopped with the program's own handles alive (this free says
+         * which): factory_done is its chance to close them (its
+         * connections were shut down 250 ms ago), then the loop can go. */
+        freed = braid_loop_free(s->loop) == 0;
+        if (!freed && s->factory && r->o.factory_done) r->o.factory_done(s->factory, s->index, r->o.arg);
+        if (!freed) s->factory = NULL;
     }
-    for (int i = 0; i < 100 && s->loop && braid_loop_free(s->loop) < 0; i++) {
-        braid_loop_run_once(s->loop, BRAID_LOOP_RUN_NOWAIT);
-        usleep(1000);
-    }
+    if (!freed) (void)free_loop_bounded(s->loop);   /* if not, it said why, and the loop is left */
     if (s->factory && r->o.factory_done) r->o.factory_done(s->factory, s->index, r->o.arg);
     s->loop = NULL;
     return rc;
@@ -905,10 +918,7 @@ out_loop:
         }
     /* Closing takes a few iterations (on io_uring, until the cancelled
      * operations' completions came back): bounded, as slot_serve's. */
-    for (int i = 0; i < 100 && braid_loop_free(r->sup) < 0; i++) {
-        braid_loop_run_once(r->sup, BRAID_LOOP_RUN_NOWAIT);
-        usleep(1000);
-    }
+    (void)free_loop_bounded(r->sup);
 out_kill:
     for (unsigned i = 0; i < r->n; i++) {
         serve_slot *s = &r->slots[i];
