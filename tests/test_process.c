@@ -14,6 +14,7 @@
 #include <signal.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -373,6 +374,13 @@ static void clean_signal_state_case(void) {
     sigaddset(&s, SIGTERM);
     pthread_sigmask(SIG_BLOCK, &s, NULL);
     signal(SIGUSR1, SIG_IGN);
+#if defined(__linux__) && defined(SYS_rt_sigaction)
+    /* The C library's own signals (glibc's 32 and 33) ignored too, as in a
+     * program that posix_spawn started (its sigaction refuses them: the
+     * kernel's call). The fork path once left them ignored in the child. */
+    unsigned long ign[8] = { (unsigned long)(uintptr_t)SIG_IGN };
+    for (int sig = 32; sig <= 33 && sig < SIGRTMIN; sig++) (void)syscall(SYS_rt_sigaction, sig, ign, NULL, (size_t)(NSIG - 1) / 8);
+#endif
     rec r = { 0 };
     braid_process *p = spawn_role(loop, "sigstate", &r);
     bt_run_until(loop, &r.ended, 100000);

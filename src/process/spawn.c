@@ -511,7 +511,17 @@ static int fork_exec(const char *file, const char *const *argv, char *const *env
             struct sigaction sa;
             memset(&sa, 0, sizeof sa);
             sa.sa_handler = SIG_DFL;
-            (void)sigaction(sig, &sa, NULL);   /* EINVAL for SIGKILL, SIGSTOP and the like */
+            if (sigaction(sig, &sa, NULL) < 0 && errno == EINVAL && sig != SIGKILL && sig != SIGSTOP) {
+#if defined(__linux__) && defined(SYS_rt_sigaction)
+                /* The C library's own signals (glibc's 32 and 33), which its
+                 * sigaction refuses: an ignored one stays ignored across
+                 * exec (a parent started by posix_spawn may have them so).
+                 * LINUX-ONLY: the kernel's call, with an all-zero struct —
+                 * SIG_DFL, no flags, an empty mask whatever the arch's layout. */
+                unsigned long ksa[8] = { 0 };
+                (void)syscall(SYS_rt_sigaction, sig, ksa, NULL, (size_t)(NSIG - 1) / 8);
+#endif
+            }
         }
         int e = 0;
         if (o->new_session ? setsid() < 0 : o->new_process_group && setpgid(0, 0) < 0) e = errno;
