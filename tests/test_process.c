@@ -351,8 +351,10 @@ static void env_cwd_case(void) {
     o.env_mode = BRAID_PROCESS_ENV_REPLACE;
     o.cwd = NULL;
     o.new_process_group = false;
+    o.new_session = true;
     o.user = &r2;
     BT_OK(braid_process_spawn(loop, &o, &p2, NULL));
+    BT_EQ(getsid(braid_process_pid(p2)), braid_process_pid(p2));   /* a session of its own */
     bt_run_until(loop, &r1.ended, 100000);
     bt_run_until(loop, &r2.ended, 100000);
     BT_STREQ(r1.out, "X=42 Y=parent CWD=/");

@@ -538,12 +538,14 @@ static size_t value_wire(const unsigned char *p, const unsigned char *end, braid
  * linear — a frame full of boxes of 256 keys each would otherwise cost
  * 32,000 key comparisons a box. */
 static bool box_wellformed(const unsigned char *p, size_t len, unsigned depth) {
-    const unsigned char *end = p + len;
-    if (len < 3 || p[0] != BRAID_BOX_VERSION) return false;
+    const unsigned char *start = p, *end = p + len;
+    if (len < 3 || p[0] != BRAID_BOX_VERSION || len > UINT32_MAX) return false;
     size_t count = (size_t)p[1] << 8 | p[2];
     if (count > BRAID_BOX_MAX_KEYS) return false;
-    const unsigned char *keys[BRAID_BOX_MAX_KEYS];   /* each: its length byte, then the key */
-    uint16_t slot[2 * BRAID_BOX_MAX_KEYS];           /* index + 1 into keys, 0: free */
+    /* Each used slot: 1 + where a key's length byte is, from start. 2 KiB
+     * of stack a level, so a box nested to the limit decodes in a fiber's
+     * 64 KiB stack with room to spare. */
+    uint32_t slot[2 * BRAID_BOX_MAX_KEYS];
     memset(slot, 0, sizeof slot);
     p += 3;
     for (size_t i = 0; i < count; i++) {
@@ -554,11 +556,10 @@ static bool box_wellformed(const unsigned char *p, size_t len, unsigned depth) {
         for (size_t k = 0; k < klen; k++) h = (h ^ p[1 + k]) * 16777619u;
         for (size_t at = h % (2 * BRAID_BOX_MAX_KEYS);; at = (at + 1) % (2 * BRAID_BOX_MAX_KEYS)) {
             if (!slot[at]) {
-                keys[i] = p;
-                slot[at] = (uint16_t)(i + 1);
+                slot[at] = (uint32_t)(p - start) + 1;
                 break;
             }
-            const unsigned char *o = keys[slot[at] - 1];
+            const unsigned char *o = start + slot[at] - 1;
             if (o[0] == klen && !memcmp(o + 1, p + 1, klen)) return false;   /* the same key twice */
         }
         p += 1 + klen;
